@@ -1,0 +1,708 @@
+//! Building answers: from a decoded request to a response message, with Consul's record
+//! choices, TTLs, response codes and truncation. Pure apart from the catalog reads it
+//! makes through the gateway, so it is exercised directly by tests.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gateway::{Gateway, RouteError};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use lan::catalog::{Answer, Health, Node, Query, ServiceHealth};
+use rand::seq::SliceRandom;
+
+use super::DnsConfig;
+use super::name::{Lookup, encode_addr, parse, parse_reverse};
+
+/// How the request arrived, which decides the size limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// UDP: 512 bytes, or the client's EDNS buffer size.
+    Udp,
+    /// TCP: 65,535 bytes.
+    Tcp,
+}
+
+/// What to do with a request.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Send this response.
+    Reply(Message),
+    /// The name is outside the domain and recursors are configured: forward the request.
+    Recurse,
+    /// Send nothing (a response, not a query).
+    Drop,
+}
+
+/// Largest UDP payload we send, whatever the client's EDNS says (Consul's cap).
+const MAX_UDP_PAYLOAD: u16 = 65535 - 68;
+/// Hard cap on answers over UDP without EDNS, whatever `udp_answer_limit` says.
+const MAX_UDP_ANSWERS: usize = 8;
+/// Answers kept before size trimming over TCP (Consul: 4096, 1024 for SRV).
+const MAX_TCP_ANSWERS: usize = 4096;
+const MAX_TCP_SRV_ANSWERS: usize = 1024;
+/// How many servers an NS answer lists.
+const MAX_NS_RECORDS: usize = 3;
+
+/// The parts of a response before trimming.
+#[derive(Default)]
+struct Sections {
+    code: Option<ResponseCode>,
+    answers: Vec<Record>,
+    authorities: Vec<Record>,
+    additionals: Vec<Record>,
+    /// Put the SOA in the authority section (NXDOMAIN, NODATA).
+    soa: bool,
+}
+
+impl Sections {
+    fn nxdomain() -> Sections {
+        Sections {
+            code: Some(ResponseCode::NXDomain),
+            soa: true,
+            ..Sections::default()
+        }
+    }
+
+    fn nodata() -> Sections {
+        Sections {
+            soa: true,
+            ..Sections::default()
+        }
+    }
+
+    fn code(code: ResponseCode) -> Sections {
+        Sections {
+            code: Some(code),
+            ..Sections::default()
+        }
+    }
+}
+
+/// Builds responses for one agent's DNS interface.
+pub(crate) struct Responder {
+    gateway: Gateway,
+    config: DnsConfig,
+    domain: Name,
+    domain_labels: usize,
+    ns_name: Name,
+    hostmaster: Name,
+}
+
+fn lower_labels(name: &Name) -> Vec<String> {
+    name.iter()
+        .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
+        .collect()
+}
+
+/// A name built from text labels; `None` when a label is not a valid DNS label.
+fn name_from(text: &str) -> Option<Name> {
+    Name::from_ascii(text).ok().map(|mut n| {
+        n.set_fqdn(true);
+        n
+    })
+}
+
+fn rr(name: &Name, ttl: u32, data: RData) -> Record {
+    Record::from_rdata(name.clone(), ttl, data)
+}
+
+fn secs(d: Duration) -> u32 {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
+}
+
+/// RFC 1464 text of a node-meta pair, as Consul writes it.
+fn meta_txt(key: &str, value: &str) -> String {
+    if key.starts_with("rfc1035-") {
+        return value.to_owned();
+    }
+    let mut escaped = String::new();
+    let chars: Vec<char> = key.chars().collect();
+    for (i, c) in chars.iter().enumerate() {
+        let edge = i == 0 || i == chars.len() - 1;
+        match c {
+            '`' => escaped.push_str("``"),
+            '=' => escaped.push_str("`="),
+            ' ' if edge => escaped.push_str("` "),
+            other => escaped.push(*other),
+        }
+    }
+    format!("{escaped}={value}")
+}
+
+impl Responder {
+    pub(crate) fn new(gateway: Gateway, config: DnsConfig) -> Responder {
+        let domain = config.domain.clone();
+        let domain_labels = domain.num_labels() as usize;
+        let ns_name = Name::from_ascii("ns")
+            .and_then(|n| n.append_domain(&domain))
+            .expect("ns.<domain> is a valid name");
+        let hostmaster = Name::from_ascii("hostmaster")
+            .and_then(|n| n.append_domain(&domain))
+            .expect("hostmaster.<domain> is a valid name");
+        Responder {
+            gateway,
+            config,
+            domain,
+            domain_labels,
+            ns_name,
+            hostmaster,
+        }
+    }
+
+    pub(crate) fn config(&self) -> &DnsConfig {
+        &self.config
+    }
+
+    /// Answers a decoded request.
+    pub(crate) fn respond(&self, request: &Message, transport: Transport) -> Outcome {
+        if request.metadata.message_type != MessageType::Query {
+            return Outcome::Drop;
+        }
+        let mut response = Message::response(request.metadata.id, request.metadata.op_code);
+        response.metadata.recursion_desired = request.metadata.recursion_desired;
+        response.metadata.checking_disabled = request.metadata.checking_disabled;
+        response.metadata.recursion_available = !self.config.recursors.is_empty();
+        response.queries = request.queries.clone();
+        if let Some(edns) = &request.edns {
+            let mut ours = Edns::new();
+            ours.set_max_payload(edns.max_payload().max(512));
+            response.edns = Some(ours);
+        }
+        if request.metadata.op_code != OpCode::Query {
+            response.metadata.response_code = ResponseCode::NotImp;
+            return Outcome::Reply(response);
+        }
+        let [query] = request.queries.as_slice() else {
+            response.metadata.response_code = ResponseCode::FormErr;
+            return Outcome::Reply(response);
+        };
+        let qname = query.name();
+        let qtype = query.query_type();
+        let in_domain = self.domain.zone_of(qname);
+        let labels = lower_labels(qname);
+        let sections = if in_domain {
+            response.metadata.authoritative = true;
+            let below = &labels[..labels.len().saturating_sub(self.domain_labels)];
+            self.in_domain(qname, qtype, below)
+        } else if let Some(ip) = parse_reverse(&labels) {
+            match self.reverse(qname, ip) {
+                Some(sections) => {
+                    response.metadata.authoritative = true;
+                    sections
+                }
+                None if !self.config.recursors.is_empty() => return Outcome::Recurse,
+                None => {
+                    response.metadata.authoritative = true;
+                    Sections::nxdomain()
+                }
+            }
+        } else if !self.config.recursors.is_empty() {
+            return Outcome::Recurse;
+        } else {
+            Sections::code(ResponseCode::Refused)
+        };
+        self.finish(&mut response, request, sections, qtype, transport);
+        Outcome::Reply(response)
+    }
+
+    fn in_domain(&self, qname: &Name, qtype: RecordType, below: &[String]) -> Sections {
+        match qtype {
+            RecordType::AXFR | RecordType::IXFR => return Sections::code(ResponseCode::NotImp),
+            RecordType::SOA => {
+                return Sections {
+                    answers: vec![self.soa()],
+                    ..self.ns_sections(true)
+                };
+            }
+            RecordType::NS => return self.ns_sections(false),
+            _ => {}
+        }
+        match parse(below, qtype == RecordType::SRV) {
+            Lookup::Apex | Lookup::Invalid => Sections::nxdomain(),
+            // Prepared queries are not stored by this version, so none is ever found.
+            Lookup::PreparedQuery { .. } => Sections::nxdomain(),
+            Lookup::Addr(ip) => self.addr(qname, qtype, ip),
+            Lookup::Node { name, dc } => self.node(qname, qtype, &name, dc.as_deref()),
+            Lookup::Service { name, tag, dc } => {
+                self.service(qname, qtype, &name, tag, dc.as_deref())
+            }
+        }
+    }
+
+    fn soa(&self) -> Record {
+        let soa = &self.config.soa;
+        let serial = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as u32)
+            .unwrap_or(1);
+        let as_i32 = |d: Duration| i32::try_from(d.as_secs()).unwrap_or(i32::MAX);
+        rr(
+            &self.domain,
+            secs(soa.min_ttl),
+            RData::SOA(SOA::new(
+                self.ns_name.clone(),
+                self.hostmaster.clone(),
+                serial,
+                as_i32(soa.refresh),
+                as_i32(soa.retry),
+                as_i32(soa.expire),
+                secs(soa.min_ttl),
+            )),
+        )
+    }
+
+    /// NS records for up to three servers of this datacenter, with glue; in the
+    /// authority section when `authority` (the SOA answer), else as the answer.
+    fn ns_sections(&self, authority: bool) -> Sections {
+        let query = Query::ServiceHealth {
+            service: "consul".into(),
+            tags: vec![],
+            passing_only: false,
+            node_meta: vec![],
+        };
+        let mut servers = match self.gateway.read_stale(None, &query) {
+            Ok((Answer::ServiceHealth(list), _)) => list,
+            _ => Vec::new(),
+        };
+        servers.retain(|e| e.aggregate() != Health::Critical);
+        servers.shuffle(&mut rand::rng());
+        let ttl = secs(self.config.node_ttl);
+        let dc = self.gateway.local_datacenter().to_string();
+        let mut ns = Vec::new();
+        let mut glue = Vec::new();
+        for entry in servers {
+            if ns.len() == MAX_NS_RECORDS {
+                break;
+            }
+            let Some(target) = self.node_name(&entry.node.name, &dc) else {
+                continue;
+            };
+            let Ok(ip) = IpAddr::from_str(&entry.node.address) else {
+                continue;
+            };
+            ns.push(rr(&self.domain, ttl, RData::NS(NS(target.clone()))));
+            glue.push(rr(&target, ttl, address_rdata(ip)));
+        }
+        if authority {
+            Sections {
+                authorities: ns,
+                additionals: glue,
+                ..Sections::default()
+            }
+        } else {
+            Sections {
+                answers: ns,
+                additionals: glue,
+                ..Sections::default()
+            }
+        }
+    }
+
+    /// `<node>.node.<dc>.<domain>`.
+    fn node_name(&self, node: &str, dc: &str) -> Option<Name> {
+        name_from(&format!("{node}.node.{dc}.{}", self.domain))
+    }
+
+    fn addr(&self, qname: &Name, qtype: RecordType, ip: IpAddr) -> Sections {
+        let ttl = secs(self.config.node_ttl);
+        let fits = matches!(
+            (qtype, ip),
+            (RecordType::A | RecordType::ANY, IpAddr::V4(_))
+                | (RecordType::AAAA | RecordType::ANY, IpAddr::V6(_))
+        );
+        if fits {
+            Sections {
+                answers: vec![rr(qname, ttl, address_rdata(ip))],
+                ..Sections::default()
+            }
+        } else {
+            Sections::nodata()
+        }
+    }
+
+    fn node(&self, qname: &Name, qtype: RecordType, name: &str, dc: Option<&str>) -> Sections {
+        let query = Query::NodeServices { node: name.into() };
+        let node = match self.gateway.read_stale(dc, &query) {
+            Ok((Answer::NodeServices(Some(ns)), _)) => ns.node,
+            Ok(_) => return Sections::nxdomain(),
+            Err(e) => return route_error(e),
+        };
+        let ttl = secs(self.config.node_ttl);
+        let address = address_record(qname, qtype, &node.address, ttl);
+        let txt = || self.node_txt(qname, &node, ttl);
+        match qtype {
+            RecordType::A | RecordType::AAAA => match address {
+                Some(record) => Sections {
+                    answers: vec![record],
+                    additionals: if self.config.enable_additional_node_meta_txt {
+                        txt()
+                    } else {
+                        Vec::new()
+                    },
+                    ..Sections::default()
+                },
+                None => Sections::nodata(),
+            },
+            RecordType::TXT => {
+                let answers = txt();
+                if answers.is_empty() {
+                    Sections::nodata()
+                } else {
+                    Sections {
+                        answers,
+                        ..Sections::default()
+                    }
+                }
+            }
+            RecordType::ANY => {
+                let mut answers: Vec<Record> = address.into_iter().collect();
+                answers.extend(txt());
+                Sections {
+                    answers,
+                    ..Sections::default()
+                }
+            }
+            _ => Sections::nodata(),
+        }
+    }
+
+    fn node_txt(&self, owner: &Name, node: &Node, ttl: u32) -> Vec<Record> {
+        node.meta
+            .iter()
+            .map(|(k, v)| rr(owner, ttl, RData::TXT(TXT::new(vec![meta_txt(k, v)]))))
+            .collect()
+    }
+
+    fn service_ttl(&self, service: &str) -> u32 {
+        let map = &self.config.service_ttl;
+        let name = service.to_ascii_lowercase();
+        if let Some(ttl) = map.get(&name) {
+            return secs(*ttl);
+        }
+        let best = map
+            .iter()
+            .filter_map(|(k, v)| {
+                let prefix = k.strip_suffix('*')?;
+                name.starts_with(prefix).then_some((prefix.len(), *v))
+            })
+            .max_by_key(|(len, _)| *len);
+        best.map(|(_, ttl)| secs(ttl)).unwrap_or(0)
+    }
+
+    fn service(
+        &self,
+        qname: &Name,
+        qtype: RecordType,
+        name: &str,
+        tag: Option<String>,
+        dc: Option<&str>,
+    ) -> Sections {
+        let query = Query::ServiceHealth {
+            service: name.into(),
+            tags: tag.into_iter().collect(),
+            passing_only: false,
+            node_meta: vec![],
+        };
+        let mut instances = match self.gateway.read_stale(dc, &query) {
+            Ok((Answer::ServiceHealth(list), _)) => list,
+            Ok(_) => Vec::new(),
+            Err(e) => return route_error(e),
+        };
+        let only_passing = self.config.only_passing;
+        instances.retain(|e| match e.aggregate() {
+            Health::Passing => true,
+            Health::Warning => !only_passing,
+            Health::Critical => false,
+        });
+        if instances.is_empty() {
+            // Consul: no healthy instance is "not found" (issue #1142).
+            return Sections::nxdomain();
+        }
+        instances.shuffle(&mut rand::rng());
+        let ttl = self.service_ttl(name);
+        let dc = dc
+            .map(str::to_owned)
+            .unwrap_or_else(|| self.gateway.local_datacenter().to_string());
+        match qtype {
+            RecordType::SRV => self.service_srv(&instances, qname, &dc, ttl),
+            RecordType::A | RecordType::AAAA | RecordType::ANY | RecordType::TXT => {
+                let mut seen = BTreeSet::new();
+                let mut answers = Vec::new();
+                for e in &instances {
+                    let address = instance_address(e);
+                    if !seen.insert(address.to_owned()) {
+                        continue;
+                    }
+                    if let Some(record) = address_record(qname, qtype, address, ttl) {
+                        answers.push(record);
+                    }
+                }
+                let limit = self.config.a_record_limit;
+                if limit > 0 {
+                    answers.truncate(limit);
+                }
+                if answers.is_empty() {
+                    Sections::nodata()
+                } else {
+                    Sections {
+                        answers,
+                        ..Sections::default()
+                    }
+                }
+            }
+            _ => Sections::nodata(),
+        }
+    }
+
+    fn service_srv(
+        &self,
+        instances: &[ServiceHealth],
+        qname: &Name,
+        dc: &str,
+        ttl: u32,
+    ) -> Sections {
+        let mut seen = BTreeSet::new();
+        let mut answers = Vec::new();
+        let mut additionals = Vec::new();
+        for e in instances {
+            let address = instance_address(e);
+            if !seen.insert((e.node.name.clone(), address.to_owned(), e.service.port)) {
+                continue;
+            }
+            let weight = match e.aggregate() {
+                Health::Warning => e.service.weights.warning,
+                _ => e.service.weights.passing,
+            };
+            let weight = u16::try_from(weight).unwrap_or(u16::MAX);
+            let (target, extra) = if e.service.address.is_empty() {
+                let Some(target) = self.node_name(&e.node.name, dc) else {
+                    continue;
+                };
+                let mut extra: Vec<Record> = IpAddr::from_str(&e.node.address)
+                    .ok()
+                    .map(|ip| rr(&target, ttl, address_rdata(ip)))
+                    .into_iter()
+                    .collect();
+                if self.config.enable_additional_node_meta_txt {
+                    extra.extend(self.node_txt(&target, &e.node, ttl));
+                }
+                (target, extra)
+            } else if let Ok(ip) = IpAddr::from_str(address) {
+                let Some(target) =
+                    name_from(&format!("{}.addr.{dc}.{}", encode_addr(ip), self.domain))
+                else {
+                    continue;
+                };
+                let extra = vec![rr(&target, ttl, address_rdata(ip))];
+                (target, extra)
+            } else {
+                let Some(target) = name_from(address) else {
+                    continue;
+                };
+                (target, Vec::new())
+            };
+            answers.push(rr(
+                qname,
+                ttl,
+                RData::SRV(SRV::new(1, weight, e.service.port, target)),
+            ));
+            for record in extra {
+                if !additionals.contains(&record) {
+                    additionals.push(record);
+                }
+            }
+        }
+        Sections {
+            answers,
+            additionals,
+            ..Sections::default()
+        }
+    }
+
+    fn reverse(&self, qname: &Name, ip: IpAddr) -> Option<Sections> {
+        let query = Query::Address {
+            address: ip.to_string(),
+        };
+        let dc = self.gateway.local_datacenter().to_string();
+        let (nodes, services) = match self.gateway.read_stale(None, &query) {
+            Ok((Answer::Address(nodes, services), _)) => (nodes, services),
+            _ => return None,
+        };
+        let target = if let Some(node) = nodes.first() {
+            self.node_name(&node.name, &dc)
+        } else if let Some(service) = services.first() {
+            name_from(&format!("{}.service.{dc}.{}", service.name, self.domain))
+        } else {
+            None
+        }?;
+        // Consul always answers PTR with TTL 0.
+        Some(Sections {
+            answers: vec![rr(qname, 0, RData::PTR(PTR(target)))],
+            ..Sections::default()
+        })
+    }
+
+    /// Puts the sections into the response, trimming them to the transport's size.
+    fn finish(
+        &self,
+        response: &mut Message,
+        request: &Message,
+        mut s: Sections,
+        qtype: RecordType,
+        transport: Transport,
+    ) {
+        if let Some(code) = s.code {
+            response.metadata.response_code = code;
+        }
+        if s.soa {
+            s.authorities.push(self.soa());
+        }
+        let limit = match transport {
+            Transport::Tcp => usize::from(u16::MAX),
+            Transport::Udp => match &request.edns {
+                Some(edns) => usize::from(edns.max_payload().clamp(512, MAX_UDP_PAYLOAD)),
+                None => 512,
+            },
+        };
+        let mut truncated = false;
+        let count_cap = match transport {
+            Transport::Udp if limit == 512 => {
+                self.config.udp_answer_limit.clamp(1, MAX_UDP_ANSWERS)
+            }
+            Transport::Udp => usize::MAX,
+            Transport::Tcp if qtype == RecordType::SRV => MAX_TCP_SRV_ANSWERS,
+            Transport::Tcp => MAX_TCP_ANSWERS,
+        };
+        if s.answers.len() > count_cap {
+            s.answers.truncate(count_cap);
+            truncated = true;
+        }
+        response.answers = s.answers;
+        response.authorities = s.authorities;
+        response.additionals = s.additionals;
+        if truncated && qtype == RecordType::SRV {
+            resync_additionals(response);
+        }
+        if !fits(response, limit) {
+            // Extra sections go first; the answer is what the client asked for.
+            let extra = std::mem::take(&mut response.additionals);
+            if !fits(response, limit) {
+                response.authorities.clear();
+            }
+            if !fits(response, limit) {
+                // The most answers that fit, by binary search; at least one is kept.
+                let all = std::mem::take(&mut response.answers);
+                let (mut lo, mut hi) = (1usize, all.len());
+                while lo < hi {
+                    let mid = (lo + hi).div_ceil(2);
+                    response.answers = all[..mid].to_vec();
+                    if fits(response, limit) {
+                        lo = mid;
+                    } else {
+                        hi = mid - 1;
+                    }
+                }
+                response.answers = all[..lo.min(all.len())].to_vec();
+                truncated = true;
+            }
+            // Give back the additional records that still fit and still matter.
+            response.additionals = extra;
+            if qtype == RecordType::SRV {
+                resync_additionals(response);
+            }
+            let extra = std::mem::take(&mut response.additionals);
+            for record in extra {
+                response.additionals.push(record);
+                if !fits(response, limit) {
+                    response.additionals.pop();
+                    break;
+                }
+            }
+        }
+        response.metadata.truncation = truncated;
+    }
+}
+
+fn fits(response: &Message, limit: usize) -> bool {
+    response.to_vec().map(|b| b.len() <= limit).unwrap_or(false)
+}
+
+/// After SRV answers were cut, keep only additional records for targets still answered.
+fn resync_additionals(response: &mut Message) {
+    let targets: BTreeSet<Name> = response
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::SRV(srv) => Some(srv.target.to_lowercase()),
+            _ => None,
+        })
+        .collect();
+    response
+        .additionals
+        .retain(|r| targets.contains(&r.name.to_lowercase()));
+}
+
+fn route_error(e: RouteError) -> Sections {
+    match e {
+        // Consul answers NXDOMAIN for an unknown datacenter (since 1.8.1).
+        RouteError::NoPath { .. } => Sections::nxdomain(),
+        _ => Sections::code(ResponseCode::ServFail),
+    }
+}
+
+fn address_rdata(ip: IpAddr) -> RData {
+    match ip {
+        IpAddr::V4(v4) => RData::A(A(v4)),
+        IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+    }
+}
+
+/// The address an instance is reached at: its own, else its node's.
+fn instance_address(e: &ServiceHealth) -> &str {
+    if e.service.address.is_empty() {
+        &e.node.address
+    } else {
+        &e.service.address
+    }
+}
+
+/// An A/AAAA record for an IP of the asked family, a CNAME for a host name, or nothing.
+fn address_record(owner: &Name, qtype: RecordType, address: &str, ttl: u32) -> Option<Record> {
+    match IpAddr::from_str(address) {
+        Ok(ip @ IpAddr::V4(_))
+            if matches!(qtype, RecordType::A | RecordType::ANY | RecordType::TXT) =>
+        {
+            Some(rr(owner, ttl, address_rdata(ip)))
+        }
+        Ok(ip @ IpAddr::V6(_))
+            if matches!(qtype, RecordType::AAAA | RecordType::ANY | RecordType::TXT) =>
+        {
+            Some(rr(owner, ttl, address_rdata(ip)))
+        }
+        Ok(_) => None,
+        Err(_) => name_from(address).map(|target| rr(owner, ttl, RData::CNAME(CNAME(target)))),
+    }
+}
+
+/// A reply with only a response code, for requests that could not be decoded.
+pub(crate) fn error_reply(id: u16, op_code: OpCode, code: ResponseCode) -> Message {
+    Message::error_msg(id, op_code, code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_txt_follows_rfc1464() {
+        assert_eq!(meta_txt("k", "v"), "k=v");
+        assert_eq!(meta_txt("a=b", "v"), "a`=b=v");
+        assert_eq!(meta_txt("a`b", "v"), "a``b=v");
+        assert_eq!(meta_txt(" k ", "v"), "` k` =v");
+        assert_eq!(meta_txt("rfc1035-x", "raw"), "raw");
+    }
+}

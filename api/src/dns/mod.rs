@@ -1,0 +1,447 @@
+//! Consul's DNS interface on the DNS port (8600), over UDP and TCP.
+//!
+//! ```text
+//!   UDP socket ×N (SO_REUSEPORT) ─┐                      ┌─ in the domain: catalog via the gateway
+//!                                 ├─ decode ─▶ Responder ┤─ reverse (PTR): catalog, else recursors
+//!   TCP listener (bounded) ───────┘  (hickory-proto)     └─ elsewhere: recursors, else REFUSED
+//! ```
+//!
+//! Each UDP socket is served by one task that answers catalog questions inline, so a
+//! flood of queries can never grow a queue; only forwarding to recursors, which waits on
+//! the network, runs in its own task, at most [`MAX_RECURSIONS`] at once (beyond that the
+//! client gets SERVFAIL at once). The wire format is hickory-proto's; the serving loops
+//! are ours rather than hickory-server's, which spawns a task per datagram into an
+//! unbounded set and accepts TCP connections without limit.
+
+mod answer;
+mod name;
+mod recursor;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway::Gateway;
+use hickory_proto::op::{Message, OpCode, ResponseCode};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use answer::{Outcome, Responder, Transport};
+
+/// DNS names, as the configuration gives the domain.
+pub use hickory_proto::rr::Name;
+
+/// Most forwarded (recursive) queries in flight at once; more get SERVFAIL at once.
+pub const MAX_RECURSIONS: usize = 256;
+/// Most DNS-over-TCP connections open at once; more wait in the kernel's backlog.
+pub const MAX_TCP_CONNECTIONS: usize = 256;
+/// A TCP connection with no complete query for this long is closed.
+pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How forwarding picks recursors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecursorStrategy {
+    /// In the configured order.
+    #[default]
+    Sequential,
+    /// In a random order per query.
+    Random,
+}
+
+/// SOA timers (`dns_config.soa`).
+#[derive(Debug, Clone)]
+pub struct Soa {
+    /// Refresh.
+    pub refresh: Duration,
+    /// Retry.
+    pub retry: Duration,
+    /// Expire.
+    pub expire: Duration,
+    /// Minimum TTL, also the TTL of the SOA record itself.
+    pub min_ttl: Duration,
+}
+
+impl Default for Soa {
+    fn default() -> Self {
+        Soa {
+            refresh: Duration::from_secs(3600),
+            retry: Duration::from_secs(600),
+            expire: Duration::from_secs(86400),
+            min_ttl: Duration::ZERO,
+        }
+    }
+}
+
+/// The DNS interface's settings (`domain`, `recursors`, `dns_config`).
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    /// The domain answered authoritatively, as a lower-case FQDN (`consul.`).
+    pub domain: Name,
+    /// TTL of node, NS and `.addr` records.
+    pub node_ttl: Duration,
+    /// TTL of service records by service name; keys ending in `*` match by prefix.
+    pub service_ttl: BTreeMap<String, Duration>,
+    /// Leave out instances with a warning check too.
+    pub only_passing: bool,
+    /// Answers in a UDP response without EDNS (at most 8).
+    pub udp_answer_limit: usize,
+    /// Most A/AAAA answers for a service (0 = no limit).
+    pub a_record_limit: usize,
+    /// Node metadata as TXT records in the additional section of A/AAAA answers.
+    pub enable_additional_node_meta_txt: bool,
+    /// Upstream servers for names outside the domain.
+    pub recursors: Vec<SocketAddr>,
+    /// Order in which recursors are tried.
+    pub recursor_strategy: RecursorStrategy,
+    /// Budget of each attempt at a recursor.
+    pub recursor_timeout: Duration,
+    /// SOA timers.
+    pub soa: Soa,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            domain: Name::from_ascii("consul.").expect("consul. is a valid name"),
+            node_ttl: Duration::ZERO,
+            service_ttl: BTreeMap::new(),
+            only_passing: false,
+            udp_answer_limit: 3,
+            a_record_limit: 0,
+            enable_additional_node_meta_txt: true,
+            recursors: Vec::new(),
+            recursor_strategy: RecursorStrategy::Sequential,
+            recursor_timeout: Duration::from_secs(2),
+            soa: Soa::default(),
+        }
+    }
+}
+
+/// Addresses the DNS interface is bound to.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    /// UDP addresses.
+    pub udp: Vec<SocketAddr>,
+    /// TCP addresses.
+    pub tcp: Vec<SocketAddr>,
+}
+
+struct Server {
+    responder: Responder,
+    recursions: Arc<Semaphore>,
+    tasks: TaskTracker,
+}
+
+/// A datagram or TCP message, decoded.
+enum Decoded {
+    /// A query to answer.
+    Query(Message),
+    /// Not a DNS query we can read, but with a readable header: answer FORMERR.
+    FormErr(Message),
+    /// Not worth an answer (shorter than a header, or a response).
+    Drop,
+}
+
+fn decode(bytes: &[u8]) -> Decoded {
+    match Message::from_vec(bytes) {
+        Ok(m) => Decoded::Query(m),
+        Err(_) => {
+            let Some(header) = bytes.get(..12) else {
+                return Decoded::Drop;
+            };
+            let id = u16::from_be_bytes([header[0], header[1]]);
+            let is_response = header[2] & 0x80 != 0;
+            if is_response {
+                return Decoded::Drop;
+            }
+            let op_code = OpCode::from_u8((header[2] >> 3) & 0x0f);
+            Decoded::FormErr(answer::error_reply(id, op_code, ResponseCode::FormErr))
+        }
+    }
+}
+
+/// What to do after reading one request.
+enum Handled {
+    /// Send these bytes.
+    Reply(Vec<u8>),
+    /// Send nothing.
+    Nothing,
+    /// Forward this request to the recursors.
+    Recurse(Box<Message>),
+}
+
+fn encode(message: &Message) -> Option<Vec<u8>> {
+    match message.to_vec() {
+        Ok(bytes) => Some(bytes),
+        Err(e) => {
+            tracing::warn!(error = %e, "failed to encode a DNS response");
+            None
+        }
+    }
+}
+
+impl Server {
+    /// Answers one request from its bytes.
+    fn handle(&self, bytes: &[u8], transport: Transport) -> Handled {
+        let reply = match decode(bytes) {
+            Decoded::Query(request) => match self.responder.respond(&request, transport) {
+                Outcome::Reply(m) => m,
+                Outcome::Drop => return Handled::Nothing,
+                Outcome::Recurse => return Handled::Recurse(Box::new(request)),
+            },
+            Decoded::FormErr(m) => m,
+            Decoded::Drop => return Handled::Nothing,
+        };
+        match encode(&reply) {
+            Some(bytes) => Handled::Reply(bytes),
+            None => Handled::Nothing,
+        }
+    }
+
+    async fn recurse(&self, request: &Message, transport: Transport) -> Option<Vec<u8>> {
+        recursor::forward(self.responder.config(), request, transport)
+            .await
+            .or_else(|| {
+                let mut reply = answer::error_reply(
+                    request.metadata.id,
+                    request.metadata.op_code,
+                    ResponseCode::ServFail,
+                );
+                reply.metadata.recursion_available = true;
+                reply.metadata.recursion_desired = request.metadata.recursion_desired;
+                reply.queries = request.queries.clone();
+                encode(&reply)
+            })
+    }
+
+    fn servfail(request: &Message) -> Option<Vec<u8>> {
+        let mut reply = answer::error_reply(
+            request.metadata.id,
+            request.metadata.op_code,
+            ResponseCode::ServFail,
+        );
+        reply.metadata.recursion_available = true;
+        reply.queries = request.queries.clone();
+        encode(&reply)
+    }
+}
+
+fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// How many UDP sockets share each DNS address: one per core, so the kernel spreads
+/// queries across them.
+fn udp_sockets_per_addr() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
+}
+
+/// Binds the DNS interface on every address (UDP and TCP) and serves it until
+/// `shutdown`.
+pub async fn start(
+    addrs: &[SocketAddr],
+    gateway: Gateway,
+    config: DnsConfig,
+    tasks: &TaskTracker,
+    shutdown: CancellationToken,
+) -> io::Result<Bound> {
+    let server = Arc::new(Server {
+        responder: Responder::new(gateway, config),
+        recursions: Arc::new(Semaphore::new(MAX_RECURSIONS)),
+        tasks: tasks.clone(),
+    });
+    let mut bound = Bound {
+        udp: Vec::new(),
+        tcp: Vec::new(),
+    };
+    let mut sockets = Vec::new();
+    let mut listeners = Vec::new();
+    for addr in addrs {
+        let context = |e: io::Error, what: &str| {
+            io::Error::new(e.kind(), format!("binding DNS ({what}) to {addr}: {e}"))
+        };
+        let first = udp_socket(*addr).map_err(|e| context(e, "udp"))?;
+        let local = first.local_addr()?;
+        sockets.push(first);
+        for _ in 1..udp_sockets_per_addr() {
+            sockets.push(udp_socket(local).map_err(|e| context(e, "udp"))?);
+        }
+        // TCP on the same port as UDP, as clients expect.
+        let tcp = TcpListener::bind(local)
+            .await
+            .map_err(|e| context(e, "tcp"))?;
+        tracing::info!(proto = "dns-udp", addr = %local, "listening");
+        tracing::info!(proto = "dns-tcp", addr = %local, "listening");
+        bound.udp.push(local);
+        bound.tcp.push(local);
+        listeners.push(tcp);
+    }
+    for socket in sockets {
+        tasks.spawn(serve_udp(
+            Arc::new(socket),
+            server.clone(),
+            shutdown.clone(),
+        ));
+    }
+    for listener in listeners {
+        tasks.spawn(serve_tcp(listener, server.clone(), shutdown.clone()));
+    }
+    Ok(bound)
+}
+
+async fn serve_udp(socket: Arc<UdpSocket>, server: Arc<Server>, shutdown: CancellationToken) {
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let (len, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            received = socket.recv_from(&mut buf) => match received {
+                Ok(r) => r,
+                Err(e) => {
+                    // ICMP errors from earlier replies surface here; they concern one
+                    // client only.
+                    tracing::debug!(error = %e, "dns udp receive failed");
+                    continue;
+                }
+            },
+        };
+        let Some(bytes) = buf.get(..len) else {
+            continue;
+        };
+        match server.handle(bytes, Transport::Udp) {
+            Handled::Reply(reply) => {
+                if let Err(e) = socket.send_to(&reply, peer).await {
+                    tracing::debug!(peer = %peer, error = %e, "dns udp send failed");
+                }
+            }
+            Handled::Nothing => {}
+            Handled::Recurse(request) => {
+                let Ok(permit) = server.recursions.clone().try_acquire_owned() else {
+                    if let Some(reply) = Server::servfail(&request) {
+                        let _ = socket.send_to(&reply, peer).await;
+                    }
+                    continue;
+                };
+                let (server2, socket2) = (server.clone(), socket.clone());
+                server.tasks.spawn(async move {
+                    let _permit = permit;
+                    if let Some(reply) = server2.recurse(&request, Transport::Udp).await {
+                        let _ = socket2.send_to(&reply, peer).await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn serve_tcp(listener: TcpListener, server: Arc<Server>, shutdown: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "dns tcp accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let server2 = server.clone();
+        let stop = shutdown.clone();
+        server.tasks.spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                result = serve_tcp_connection(stream, &server2) => {
+                    if let Err(e) = result {
+                        tracing::debug!(peer = %peer, error = %e, "dns tcp connection ended");
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_tcp_connection(mut stream: TcpStream, server: &Server) -> io::Result<()> {
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let len = match tokio::time::timeout(TCP_IDLE_TIMEOUT, stream.read_u16()).await {
+            Err(_) => return Ok(()),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Ok(r) => usize::from(r?),
+        };
+        if len == 0 {
+            return Ok(());
+        }
+        let body = buf.get_mut(..len).expect("buffer holds any u16 length");
+        tokio::time::timeout(TCP_IDLE_TIMEOUT, stream.read_exact(body))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "query not sent in time"))??;
+        let reply = match server.handle(body, Transport::Tcp) {
+            Handled::Reply(reply) => Some(reply),
+            Handled::Nothing => None,
+            Handled::Recurse(request) => match server.recursions.clone().try_acquire_owned() {
+                Ok(_permit) => server.recurse(&request, Transport::Tcp).await,
+                Err(_) => Server::servfail(&request),
+            },
+        };
+        let Some(reply) = reply else {
+            continue;
+        };
+        let Ok(reply_len) = u16::try_from(reply.len()) else {
+            continue;
+        };
+        stream.write_u16(reply_len).await?;
+        stream.write_all(&reply).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::MessageType;
+
+    #[test]
+    fn garbage_after_a_query_header_gets_formerr() {
+        let mut bytes = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        bytes.extend_from_slice(&[0xff, 0xff, 0xff]);
+        let Decoded::FormErr(reply) = decode(&bytes) else {
+            panic!("expected FORMERR")
+        };
+        assert_eq!(reply.metadata.id, 0x1234);
+        assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+        assert_eq!(reply.metadata.message_type, MessageType::Response);
+    }
+
+    #[test]
+    fn short_packets_and_responses_are_dropped() {
+        assert!(matches!(decode(&[1, 2, 3]), Decoded::Drop));
+        let response_header = [0, 1, 0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xff];
+        assert!(matches!(decode(&response_header), Decoded::Drop));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let _ = decode(&bytes);
+        }
+    }
+}

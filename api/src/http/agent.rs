@@ -1,0 +1,298 @@
+//! `/v1/agent/...`: this agent's own view and its services and checks.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use lan::catalog::Health;
+use lan::{LocalError, Source};
+use serde_json::{Value, json as json_value};
+
+use super::{ApiError, Params, json, parse_body};
+use crate::Context;
+use crate::definition::{self, Style, fold_key};
+
+/// How long `/v1/agent/reload` waits for the agent to re-read its config.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn local_error(e: LocalError) -> ApiError {
+    match e {
+        LocalError::UnknownService(_) | LocalError::UnknownCheck(_) => {
+            ApiError::NotFound(e.to_string())
+        }
+        LocalError::ScriptsDisabled => ApiError::BadRequest(e.to_string()),
+        LocalError::NotTtl(_) => ApiError::Internal(e.to_string()),
+    }
+}
+
+fn empty_ok() -> Response {
+    StatusCode::OK.into_response()
+}
+
+pub(crate) async fn self_info(State(ctx): State<Context>, RawQuery(q): RawQuery) -> Response {
+    let params = Params::parse(q.as_deref());
+    let info = &ctx.agent;
+    let raft = ctx.gateway.raft_status(None).ok();
+    let members = ctx.lan.members();
+    let me = members.iter().find(|m| m.name == info.node_name);
+    let local = ctx.lan.local();
+    let body = json_value!({
+        "Config": {
+            "Datacenter": info.datacenter,
+            "PrimaryDatacenter": info.datacenter,
+            "NodeName": info.node_name,
+            "NodeID": info.node_id,
+            "Revision": info.revision,
+            "Server": info.server,
+            "Version": info.version,
+            "BuildDate": "",
+        },
+        "DebugConfig": info.debug_config,
+        "Coord": Value::Null,
+        "Member": me.map(super::json::member),
+        "Meta": ctx.lan.local().node().meta,
+        "Stats": {
+            "agent": {
+                "checks": local.checks().len().to_string(),
+                "services": local.services().len().to_string(),
+            },
+            "build": {
+                "version": info.version,
+                "revision": info.revision,
+                "prerelease": "",
+            },
+            "consul": {
+                "server": info.server.to_string(),
+                "leader": raft.as_ref().is_some_and(|r| r.state == "Leader").to_string(),
+                "leader_addr": raft.as_ref().and_then(|r| r.leader.clone()).unwrap_or_default(),
+                "known_datacenters": ctx.gateway.datacenters().len().to_string(),
+                "bootstrap": info.bootstrap.to_string(),
+            },
+            "raft": raft.as_ref().map(|r| json_value!({
+                "state": r.state,
+                "term": r.term.to_string(),
+                "last_log_index": r.last_log_index.to_string(),
+                "applied_index": r.applied_index.to_string(),
+                "num_peers": r.peers.len().saturating_sub(1).to_string(),
+            })),
+            "runtime": {
+                "os": std::env::consts::OS,
+                "arch": std::env::consts::ARCH,
+                "cpu_count": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).to_string(),
+            },
+        },
+    });
+    json(&body, params.pretty())
+}
+
+pub(crate) async fn members(
+    State(ctx): State<Context>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref());
+    // Consul treats any non-empty value of `wan` as true, even "0".
+    if params.get("wan").is_some_and(|v| !v.is_empty()) {
+        return Err(ApiError::BadRequest(
+            "this version of proconsul has no WAN pool: federation between datacenters is not available yet".into(),
+        ));
+    }
+    let members = ctx.lan.members();
+    let list: Vec<_> = members.iter().map(super::json::member).collect();
+    Ok(json(&list, params.pretty()))
+}
+
+pub(crate) async fn services(State(ctx): State<Context>, RawQuery(q): RawQuery) -> Response {
+    let params = Params::parse(q.as_deref());
+    let services = ctx.lan.local().services();
+    let dc = ctx.agent.datacenter.as_str();
+    let map: BTreeMap<&str, _> = services
+        .iter()
+        .map(|s| (s.id.as_str(), super::json::agent_service(s, dc)))
+        .collect();
+    json(&map, params.pretty())
+}
+
+pub(crate) async fn service(
+    State(ctx): State<Context>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref());
+    let service = ctx
+        .lan
+        .local()
+        .service(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("unknown service ID: {id}")))?;
+    let dc = ctx.agent.datacenter.as_str();
+    Ok(json(
+        &super::json::agent_service(&service, dc),
+        params.pretty(),
+    ))
+}
+
+pub(crate) async fn checks(State(ctx): State<Context>, RawQuery(q): RawQuery) -> Response {
+    let params = Params::parse(q.as_deref());
+    let checks = ctx.lan.local().checks();
+    let map: BTreeMap<&str, _> = checks
+        .iter()
+        .map(|c| (c.check_id.as_str(), super::json::check(c)))
+        .collect();
+    json(&map, params.pretty())
+}
+
+/// Script checks through the API need `enable_script_checks` (config files may also use
+/// `enable_local_script_checks`): a check that runs commands is remote code execution.
+fn refuse_api_scripts(ctx: &Context, checks: &[lan::CheckDefinition]) -> Result<(), ApiError> {
+    let scripts = checks
+        .iter()
+        .any(|c| matches!(c.kind, lan::CheckKind::Script { .. }));
+    if scripts && !ctx.agent.enable_script_checks {
+        return Err(local_error(LocalError::ScriptsDisabled));
+    }
+    Ok(())
+}
+
+fn definition_error(e: definition::DefinitionError) -> ApiError {
+    ApiError::BadRequest(format!("Request decode failed: {e}"))
+}
+
+pub(crate) async fn register_service(
+    State(ctx): State<Context>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref());
+    let value = parse_body(&body)?;
+    let (service, checks) =
+        definition::service(&value, Style::Api, "").map_err(definition_error)?;
+    let replace = params
+        .flag("replace-existing-checks")
+        .map_err(|()| ApiError::BadRequest("Invalid value for ?replace-existing-checks".into()))?
+        .unwrap_or(false);
+    refuse_api_scripts(&ctx, &checks)?;
+    ctx.lan
+        .local()
+        .register_service(service, checks, Source::Api, replace)
+        .map_err(local_error)?;
+    Ok(empty_ok())
+}
+
+pub(crate) async fn deregister_service(
+    State(ctx): State<Context>,
+    Path(id): Path<String>,
+) -> Response {
+    ctx.lan.local().deregister_service(&id);
+    empty_ok()
+}
+
+pub(crate) async fn register_check(
+    State(ctx): State<Context>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let value = parse_body(&body)?;
+    let check = definition::check(&value, Style::Api, "").map_err(|e| {
+        if e.message == "Missing check name" {
+            ApiError::BadRequest(e.message)
+        } else {
+            definition_error(e)
+        }
+    })?;
+    refuse_api_scripts(&ctx, std::slice::from_ref(&check))?;
+    ctx.lan
+        .local()
+        .register_check(check, Source::Api)
+        .map_err(local_error)?;
+    Ok(empty_ok())
+}
+
+pub(crate) async fn deregister_check(
+    State(ctx): State<Context>,
+    Path(id): Path<String>,
+) -> Response {
+    ctx.lan.local().deregister_check(&id);
+    empty_ok()
+}
+
+fn ttl_update(ctx: &Context, id: &str, status: Health, note: String) -> Result<Response, ApiError> {
+    ctx.lan
+        .local()
+        .update_ttl(id, status, note)
+        .map_err(local_error)?;
+    Ok(empty_ok())
+}
+
+fn note(q: Option<&str>) -> String {
+    Params::parse(q).get("note").unwrap_or_default().to_owned()
+}
+
+pub(crate) async fn check_pass(
+    State(ctx): State<Context>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    ttl_update(&ctx, &id, Health::Passing, note(q.as_deref()))
+}
+
+pub(crate) async fn check_warn(
+    State(ctx): State<Context>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    ttl_update(&ctx, &id, Health::Warning, note(q.as_deref()))
+}
+
+pub(crate) async fn check_fail(
+    State(ctx): State<Context>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    ttl_update(&ctx, &id, Health::Critical, note(q.as_deref()))
+}
+
+pub(crate) async fn check_update(
+    State(ctx): State<Context>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let value = parse_body(&body)?;
+    let obj = value.as_object().ok_or_else(|| {
+        ApiError::BadRequest("Request decode failed: body must be an object".into())
+    })?;
+    let get = |key: &str| {
+        obj.iter()
+            .find(|(k, _)| fold_key(k) == key)
+            .and_then(|(_, v)| v.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let status_text = get("status");
+    let status = Health::parse(&status_text)
+        .ok_or_else(|| ApiError::BadRequest(format!("Invalid check status: '{status_text}'")))?;
+    ttl_update(&ctx, &id, status, get("output"))
+}
+
+pub(crate) async fn leave(State(ctx): State<Context>) -> Response {
+    tracing::info!("graceful leave requested through the HTTP API");
+    ctx.lan.leave();
+    ctx.control.leave.cancel();
+    empty_ok()
+}
+
+pub(crate) async fn reload(State(ctx): State<Context>) -> Result<Response, ApiError> {
+    let (reply, done) = tokio::sync::oneshot::channel();
+    ctx.control
+        .reload
+        .try_send(reply)
+        .map_err(|_| ApiError::Internal("a reload is already in progress".into()))?;
+    match tokio::time::timeout(RELOAD_TIMEOUT, done).await {
+        Ok(Ok(Ok(()))) => Ok(empty_ok()),
+        Ok(Ok(Err(message))) => Err(ApiError::Internal(message)),
+        Ok(Err(_)) => Err(ApiError::Internal("the agent is shutting down".into())),
+        Err(_) => Err(ApiError::Internal(
+            "timed out waiting for the reload".into(),
+        )),
+    }
+}

@@ -1,0 +1,341 @@
+//! `/v1/catalog/...`
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::Response;
+use lan::catalog::{
+    Answer, Check, Command, Deregistration, Health, Node, Query, Registration, Service,
+};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::{ApiError, Params, REQUEST_TIMEOUT, add_meta_headers, json, parse_body, read_request};
+use crate::Context;
+use crate::definition::{self, Style, fold_key};
+
+/// Runs a read through the gateway and renders it with the blocking-query headers.
+pub(crate) async fn read_and_render(
+    ctx: &Context,
+    params: &Params,
+    query: Query,
+    render: impl FnOnce(&Answer, bool) -> Response,
+) -> Result<Response, ApiError> {
+    let request = read_request(params)?;
+    let result = tokio::select! {
+        result = ctx.gateway.read(params.dc(), &query, request.options) => result?,
+        _ = ctx.shutdown.cancelled() => {
+            return Err(ApiError::Internal("the agent is shutting down".into()));
+        }
+    };
+    let mut response = render(&result.answer, request.pretty);
+    add_meta_headers(
+        &mut response,
+        result.index,
+        result.meta,
+        request.options.consistency,
+    );
+    Ok(response)
+}
+
+pub(crate) async fn datacenters(
+    State(ctx): State<Context>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref());
+    let names: Vec<String> = ctx
+        .gateway
+        .datacenters()
+        .into_iter()
+        .map(String::from)
+        .collect();
+    Ok(json(&names, params.pretty()))
+}
+
+pub(crate) async fn nodes(
+    State(ctx): State<Context>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref());
+    let query = Query::Nodes {
+        node_meta: params.node_meta()?,
+    };
+    read_and_render(&ctx, &params, query, |answer, pretty| match answer {
+        Answer::Nodes(nodes) => json(
+            &nodes.iter().map(super::json::node).collect::<Vec<_>>(),
+            pretty,
+        ),
+        _ => unexpected(),
+    })
+    .await
+}
+
+pub(crate) async fn services(
+    State(ctx): State<Context>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref());
+    let query = Query::Services {
+        node_meta: params.node_meta()?,
+    };
+    read_and_render(&ctx, &params, query, |answer, pretty| match answer {
+        Answer::Services(map) => json(map, pretty),
+        _ => unexpected(),
+    })
+    .await
+}
+
+pub(crate) async fn service(
+    State(ctx): State<Context>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref());
+    if name.is_empty() {
+        return Err(ApiError::BadRequest("Missing service name".into()));
+    }
+    let query = Query::ServiceNodes {
+        service: name,
+        tags: params.all("tag"),
+        node_meta: params.node_meta()?,
+    };
+    read_and_render(&ctx, &params, query, |answer, pretty| match answer {
+        Answer::ServiceNodes(list) => json(
+            &list
+                .iter()
+                .map(super::json::service_node)
+                .collect::<Vec<_>>(),
+            pretty,
+        ),
+        _ => unexpected(),
+    })
+    .await
+}
+
+pub(crate) async fn node(
+    State(ctx): State<Context>,
+    Path(node): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref());
+    let query = Query::NodeServices { node };
+    read_and_render(&ctx, &params, query, |answer, pretty| match answer {
+        // Consul answers an unknown node with 200 and `null` (issue #9330); clients
+        // depend on it, so we keep it.
+        Answer::NodeServices(None) => json(&Value::Null, pretty),
+        Answer::NodeServices(Some(ns)) => {
+            json(&super::json::node_services(&ns.node, &ns.services), pretty)
+        }
+        _ => unexpected(),
+    })
+    .await
+}
+
+pub(crate) async fn node_services(
+    State(ctx): State<Context>,
+    Path(node): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref());
+    let query = Query::NodeServices { node };
+    read_and_render(&ctx, &params, query, |answer, pretty| match answer {
+        Answer::NodeServices(None) => json(&Value::Null, pretty),
+        Answer::NodeServices(Some(ns)) => json(
+            &super::json::node_service_list(&ns.node, &ns.services),
+            pretty,
+        ),
+        _ => unexpected(),
+    })
+    .await
+}
+
+/// A gateway answer of the wrong variant for its query: a bug, reported as a 500.
+pub(crate) fn unexpected() -> Response {
+    use axum::response::IntoResponse;
+    ApiError::Internal("internal error: unexpected answer for the query".into()).into_response()
+}
+
+/// Looks up a key of a JSON object case-insensitively (Go's decoding rule).
+fn field<'a>(obj: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a Value> {
+    obj.iter()
+        .find(|(k, _)| fold_key(k) == key)
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_null())
+}
+
+fn string_field(
+    obj: &serde_json::Map<String, Value>,
+    key: &str,
+    name: &str,
+) -> Result<String, ApiError> {
+    match field(obj, key) {
+        None => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(ApiError::BadRequest(format!(
+            "Request decode failed: {name} must be a string"
+        ))),
+    }
+}
+
+fn string_map_field(
+    obj: &serde_json::Map<String, Value>,
+    key: &str,
+    name: &str,
+) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+    match field(obj, key) {
+        None => Ok(Default::default()),
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k.clone(), s.clone())),
+                _ => Err(ApiError::BadRequest(format!(
+                    "Request decode failed: {name}.{k} must be a string"
+                ))),
+            })
+            .collect(),
+        Some(_) => Err(ApiError::BadRequest(format!(
+            "Request decode failed: {name} must be an object"
+        ))),
+    }
+}
+
+/// The service of a catalog registration. The catalog API names the service under
+/// `Service` where the agent API says `Name`; everything else is the same definition.
+fn catalog_service(value: &Value) -> Result<Service, ApiError> {
+    let mut obj = value.as_object().cloned().ok_or_else(|| {
+        ApiError::BadRequest("Request decode failed: Service must be an object".into())
+    })?;
+    if let Some(key) = obj.keys().find(|k| fold_key(k) == "service").cloned()
+        && let Some(name) = obj.remove(&key)
+    {
+        obj.insert("Name".into(), name);
+    }
+    let (service, checks) = definition::service(&Value::Object(obj), Style::Api, "Service")
+        .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))?;
+    if !checks.is_empty() {
+        return Err(ApiError::BadRequest(
+            "Request decode failed: give catalog checks in Check or Checks, not in Service".into(),
+        ));
+    }
+    Ok(service)
+}
+
+/// A check of a catalog registration: status and texts only; the catalog does not run it.
+fn catalog_check(value: &Value, node: &str) -> Result<Check, ApiError> {
+    let obj = value.as_object().ok_or_else(|| {
+        ApiError::BadRequest("Request decode failed: Check must be an object".into())
+    })?;
+    let status = string_field(obj, "status", "Check.Status")?;
+    let status = if status.is_empty() {
+        Health::Critical
+    } else {
+        Health::parse(&status)
+            .ok_or_else(|| ApiError::BadRequest(format!("Invalid check status: '{status}'")))?
+    };
+    let name = string_field(obj, "name", "Check.Name")?;
+    let mut check_id = string_field(obj, "checkid", "Check.CheckID")?;
+    if check_id.is_empty() {
+        check_id = name.clone();
+    }
+    Ok(Check {
+        node: node.to_owned(),
+        check_id,
+        name,
+        status,
+        notes: string_field(obj, "notes", "Check.Notes")?,
+        output: string_field(obj, "output", "Check.Output")?,
+        service_id: string_field(obj, "serviceid", "Check.ServiceID")?,
+        ..Check::default()
+    })
+}
+
+pub(crate) async fn register(
+    State(ctx): State<Context>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref());
+    let value = parse_body(&body)?;
+    let obj = value.as_object().ok_or_else(|| {
+        ApiError::BadRequest("Request decode failed: body must be an object".into())
+    })?;
+    let node_name = string_field(obj, "node", "Node")?;
+    if node_name.is_empty() {
+        return Err(ApiError::BadRequest("Must provide node".into()));
+    }
+    let address = string_field(obj, "address", "Address")?;
+    let skip_node_update = matches!(field(obj, "skipnodeupdate"), Some(Value::Bool(true)));
+    let body_dc = string_field(obj, "datacenter", "Datacenter")?;
+    let dc = params
+        .dc()
+        .map(str::to_owned)
+        .or_else(|| (!body_dc.is_empty()).then_some(body_dc));
+    let service = match field(obj, "service") {
+        None => None,
+        Some(v) => Some(catalog_service(v)?),
+    };
+    let mut checks = Vec::new();
+    if let Some(c) = field(obj, "check") {
+        checks.push(catalog_check(c, &node_name)?);
+    }
+    if let Some(cs) = field(obj, "checks") {
+        let list = cs.as_array().ok_or_else(|| {
+            ApiError::BadRequest("Request decode failed: Checks must be a list".into())
+        })?;
+        for c in list {
+            checks.push(catalog_check(c, &node_name)?);
+        }
+    }
+    let node = Node {
+        id: string_field(obj, "id", "ID")?,
+        name: node_name,
+        address,
+        datacenter: dc
+            .clone()
+            .unwrap_or_else(|| ctx.gateway.local_datacenter().to_string()),
+        tagged_addresses: string_map_field(obj, "taggedaddresses", "TaggedAddresses")?,
+        meta: string_map_field(obj, "nodemeta", "NodeMeta")?,
+        create_index: 0,
+        modify_index: 0,
+    };
+    let command = Command::Register(Registration {
+        node,
+        skip_node_update,
+        service,
+        checks,
+    });
+    ctx.gateway
+        .write(dc.as_deref(), command, Instant::now() + REQUEST_TIMEOUT)
+        .await?;
+    Ok(json(&true, params.pretty()))
+}
+
+pub(crate) async fn deregister(
+    State(ctx): State<Context>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref());
+    let value = parse_body(&body)?;
+    let obj = value.as_object().ok_or_else(|| {
+        ApiError::BadRequest("Request decode failed: body must be an object".into())
+    })?;
+    let node = string_field(obj, "node", "Node")?;
+    if node.is_empty() {
+        return Err(ApiError::BadRequest("Must provide node".into()));
+    }
+    let non_empty = |s: String| (!s.is_empty()).then_some(s);
+    let body_dc = string_field(obj, "datacenter", "Datacenter")?;
+    let dc = params
+        .dc()
+        .map(str::to_owned)
+        .or_else(|| non_empty(body_dc));
+    let command = Command::Deregister(Deregistration {
+        node,
+        service_id: non_empty(string_field(obj, "serviceid", "ServiceID")?),
+        check_id: non_empty(string_field(obj, "checkid", "CheckID")?),
+    });
+    ctx.gateway
+        .write(dc.as_deref(), command, Instant::now() + REQUEST_TIMEOUT)
+        .await?;
+    Ok(json(&true, params.pretty()))
+}

@@ -1,0 +1,498 @@
+//! Consul's HTTP API on the HTTP port (8500).
+//!
+//! Each handler parses its request into a catalog [`Query`](lan::catalog::Query) or
+//! [`Command`](lan::catalog::Command) for a datacenter, hands it to the gateway, and
+//! renders the answer in Consul's JSON shapes (`json`) with Consul's headers. Errors
+//! become Consul's status codes and texts (`ApiError`).
+
+mod agent;
+mod catalog;
+mod health;
+pub(crate) mod json;
+mod status;
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use gateway::RouteError;
+use lan::{Consistency, ReadError, ReadMeta, ReadOptions, WriteError};
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::Context;
+
+/// Largest request body accepted, in bytes; larger bodies get 413.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Most HTTP connections open at once; further clients wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Blocking-query wait when `?wait` is absent (Consul: 5m).
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+/// Longest blocking-query wait (Consul: 10m).
+pub const MAX_WAIT: Duration = Duration::from_secs(600);
+/// Budget of a write, and of the consistency check of a non-blocking read.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An HTTP error in Consul's shape: a status and a plain-text body.
+#[derive(Debug)]
+pub(crate) enum ApiError {
+    /// 400 with a message.
+    BadRequest(String),
+    /// 404 with a message.
+    NotFound(String),
+    /// 500 with a message.
+    Internal(String),
+}
+
+impl From<RouteError> for ApiError {
+    fn from(e: RouteError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(e: ReadError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, text) = match self {
+            ApiError::BadRequest(t) => (StatusCode::BAD_REQUEST, t),
+            ApiError::NotFound(t) => (StatusCode::NOT_FOUND, t),
+            ApiError::Internal(t) => (StatusCode::INTERNAL_SERVER_ERROR, t),
+        };
+        (
+            status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            text,
+        )
+            .into_response()
+    }
+}
+
+/// Query-string parameters in order, with repeats (`?tag=a&tag=b`).
+pub(crate) struct Params(Vec<(String, String)>);
+
+impl Params {
+    pub(crate) fn parse(raw: Option<&str>) -> Params {
+        Params(
+            raw.map(|q| {
+                form_urlencoded::parse(q.as_bytes())
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        )
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub(crate) fn has(&self, key: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == key)
+    }
+
+    pub(crate) fn all(&self, key: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// `?dc=`; empty means the local datacenter.
+    pub(crate) fn dc(&self) -> Option<&str> {
+        self.get("dc").filter(|d| !d.is_empty())
+    }
+
+    /// Go's `strconv.ParseBool` on a flag parameter: absent → `None`, present with no
+    /// value → true.
+    pub(crate) fn flag(&self, key: &str) -> Result<Option<bool>, ()> {
+        match self.get(key) {
+            None => Ok(None),
+            Some("") => Ok(Some(true)),
+            Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(Some(true)),
+            Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(Some(false)),
+            Some(_) => Err(()),
+        }
+    }
+
+    /// `?pretty` (any value).
+    pub(crate) fn pretty(&self) -> bool {
+        self.has("pretty")
+    }
+
+    /// `?node-meta=key:value`, repeatable.
+    pub(crate) fn node_meta(&self) -> Result<Vec<(String, String)>, ApiError> {
+        self.all("node-meta")
+            .into_iter()
+            .map(|kv| match kv.split_once(':') {
+                Some((k, v)) => Ok((k.to_owned(), v.to_owned())),
+                None => Ok((kv, String::new())),
+            })
+            .collect()
+    }
+
+    /// Parameters proconsul does not implement; refusing them beats answering as if
+    /// they were not there.
+    pub(crate) fn refuse_unsupported(&self) -> Result<(), ApiError> {
+        for key in ["filter", "near", "cached", "peer"] {
+            if self.has(key) {
+                return Err(ApiError::BadRequest(format!(
+                    "the ?{key} parameter is not supported by proconsul"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The read parameters every blocking-capable endpoint shares.
+pub(crate) struct ReadRequest {
+    pub(crate) options: ReadOptions,
+    pub(crate) pretty: bool,
+}
+
+/// Parses `?stale`, `?consistent`, `?index` and `?wait`.
+pub(crate) fn read_request(params: &Params) -> Result<ReadRequest, ApiError> {
+    params.refuse_unsupported()?;
+    let stale = params.has("stale");
+    let consistent = params.has("consistent");
+    if stale && consistent {
+        return Err(ApiError::BadRequest(
+            "Cannot specify ?stale with ?consistent, conflicting semantics.".into(),
+        ));
+    }
+    let consistency = if stale {
+        Consistency::Stale
+    } else if consistent {
+        Consistency::Consistent
+    } else {
+        Consistency::Default
+    };
+    let min_index = match params.get("index") {
+        None | Some("") => 0,
+        Some(i) => i
+            .parse::<u64>()
+            .map_err(|_| ApiError::BadRequest("Invalid index".into()))?,
+    };
+    let wait = match params.get("wait") {
+        None | Some("") => DEFAULT_WAIT,
+        Some(w) => {
+            lan::duration::parse(w).map_err(|_| ApiError::BadRequest("Invalid wait time".into()))?
+        }
+    }
+    .min(MAX_WAIT);
+    let deadline = if min_index > 0 {
+        // Consul adds up to wait/16 of jitter so that many watchers do not return at once.
+        let jitter_ms = (wait.as_millis() / 16) as u64;
+        Instant::now() + wait + Duration::from_millis(rand::random_range(0..=jitter_ms))
+    } else {
+        Instant::now() + REQUEST_TIMEOUT
+    };
+    Ok(ReadRequest {
+        options: ReadOptions {
+            consistency,
+            min_index,
+            deadline,
+        },
+        pretty: params.pretty(),
+    })
+}
+
+/// Serialises `value` as Consul does: compact, or with 4-space indents and a trailing
+/// newline under `?pretty`.
+pub(crate) fn to_json<T: Serialize>(value: &T, pretty: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let result = if pretty {
+        let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+        let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
+        value.serialize(&mut ser)
+    } else {
+        serde_json::to_writer(&mut out, value)
+    };
+    // Our shapes are maps with string keys and plain values: serialising cannot fail.
+    result.expect("response serialises");
+    if pretty {
+        out.push(b'\n');
+    }
+    out
+}
+
+/// A JSON response.
+pub(crate) fn json<T: Serialize>(value: &T, pretty: bool) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        to_json(value, pretty),
+    )
+        .into_response()
+}
+
+/// Adds the blocking-query headers to a read's response.
+pub(crate) fn add_meta_headers(
+    response: &mut Response,
+    index: u64,
+    meta: ReadMeta,
+    consistency: Consistency,
+) {
+    let headers = response.headers_mut();
+    let set = |headers: &mut HeaderMap, name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    };
+    set(headers, "x-consul-index", index.max(1).to_string());
+    set(
+        headers,
+        "x-consul-knownleader",
+        meta.known_leader.to_string(),
+    );
+    set(
+        headers,
+        "x-consul-lastcontact",
+        meta.last_contact.as_millis().to_string(),
+    );
+    let effective = match consistency {
+        Consistency::Default => "leader",
+        Consistency::Stale => "stale",
+        Consistency::Consistent => "consistent",
+    };
+    set(headers, "x-consul-effective-consistency", effective.into());
+}
+
+/// Parses a JSON request body, with Consul's error text on failure.
+pub(crate) fn parse_body(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest(
+            "Request decode failed: request body is empty".into(),
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
+    let _ = method;
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!(
+            "Invalid URL path: not a recognized HTTP API endpoint: {}",
+            uri.path()
+        ),
+    )
+        .into_response()
+}
+
+async fn method_not_allowed(method: Method) -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("method {method} not allowed"),
+    )
+        .into_response()
+}
+
+async fn add_common_headers(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        HeaderName::from_static("x-consul-default-acl-policy"),
+        HeaderValue::from_static("allow"),
+    );
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        let text = format!("Request body too large: the limit is {MAX_BODY_BYTES} bytes");
+        let mut replaced = (StatusCode::PAYLOAD_TOO_LARGE, text).into_response();
+        std::mem::swap(replaced.headers_mut(), response.headers_mut());
+        replaced.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        replaced.headers_mut().remove(header::CONTENT_LENGTH);
+        return replaced;
+    }
+    response
+}
+
+/// The API's routes.
+pub(crate) fn router(ctx: Context) -> Router {
+    Router::new()
+        .route("/v1/catalog/datacenters", get(catalog::datacenters))
+        .route("/v1/catalog/nodes", get(catalog::nodes))
+        .route("/v1/catalog/services", get(catalog::services))
+        .route("/v1/catalog/service/{name}", get(catalog::service))
+        .route("/v1/catalog/node/{node}", get(catalog::node))
+        .route(
+            "/v1/catalog/node-services/{node}",
+            get(catalog::node_services),
+        )
+        .route("/v1/catalog/register", put(catalog::register))
+        .route("/v1/catalog/deregister", put(catalog::deregister))
+        .route("/v1/health/service/{name}", get(health::service))
+        .route("/v1/health/node/{node}", get(health::node))
+        .route("/v1/health/checks/{service}", get(health::checks))
+        .route("/v1/health/state/{state}", get(health::state))
+        .route("/v1/agent/self", get(agent::self_info))
+        .route("/v1/agent/members", get(agent::members))
+        .route("/v1/agent/services", get(agent::services))
+        .route("/v1/agent/service/{id}", get(agent::service))
+        .route("/v1/agent/checks", get(agent::checks))
+        .route("/v1/agent/service/register", put(agent::register_service))
+        .route(
+            "/v1/agent/service/deregister/{id}",
+            put(agent::deregister_service),
+        )
+        .route("/v1/agent/check/register", put(agent::register_check))
+        .route(
+            "/v1/agent/check/deregister/{id}",
+            put(agent::deregister_check),
+        )
+        .route("/v1/agent/check/pass/{id}", put(agent::check_pass))
+        .route("/v1/agent/check/warn/{id}", put(agent::check_warn))
+        .route("/v1/agent/check/fail/{id}", put(agent::check_fail))
+        .route("/v1/agent/check/update/{id}", put(agent::check_update))
+        .route("/v1/agent/leave", put(agent::leave))
+        .route("/v1/agent/reload", put(agent::reload))
+        .route("/v1/status/leader", get(status::leader))
+        .route("/v1/status/peers", get(status::peers))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::map_response(add_common_headers))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(ctx)
+}
+
+/// A TCP listener that holds at most [`MAX_CONNECTIONS`] connections open at once.
+struct LimitedListener {
+    inner: TcpListener,
+    permits: Arc<Semaphore>,
+}
+
+/// A connection holding its permit until it is dropped.
+struct LimitedStream {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for LimitedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LimitedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl axum::serve::Listener for LimitedListener {
+    type Io = LimitedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (LimitedStream, SocketAddr) {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the connection semaphore is never closed");
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, addr)) => {
+                    return (
+                        LimitedStream {
+                            stream,
+                            _permit: permit,
+                        },
+                        addr,
+                    );
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "http accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// Binds the HTTP API on every address and serves it until `shutdown`; returns the bound
+/// addresses.
+pub async fn start(
+    addrs: &[SocketAddr],
+    ctx: Context,
+    tasks: &TaskTracker,
+    shutdown: CancellationToken,
+) -> io::Result<Vec<SocketAddr>> {
+    let app = router(ctx);
+    let mut bound = Vec::new();
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut listeners = Vec::new();
+    for addr in addrs {
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            io::Error::new(e.kind(), format!("binding the HTTP API to {addr}: {e}"))
+        })?;
+        let local = listener.local_addr()?;
+        tracing::info!(proto = "http", addr = %local, "listening");
+        bound.push(local);
+        listeners.push(listener);
+    }
+    for listener in listeners {
+        let app = app.clone();
+        let stop = shutdown.clone();
+        let limited = LimitedListener {
+            inner: listener,
+            permits: permits.clone(),
+        };
+        tasks.spawn(async move {
+            let serve = axum::serve(limited, app).with_graceful_shutdown(stop.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "http server stopped");
+            }
+        });
+    }
+    Ok(bound)
+}

@@ -1,0 +1,25 @@
+//! `/v1/status/...`
+
+use axum::extract::{RawQuery, State};
+use axum::response::Response;
+
+use super::{ApiError, Params, json};
+use crate::Context;
+
+pub(crate) async fn leader(
+    State(ctx): State<Context>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref());
+    let status = ctx.gateway.raft_status(params.dc())?;
+    Ok(json(&status.leader.unwrap_or_default(), params.pretty()))
+}
+
+pub(crate) async fn peers(
+    State(ctx): State<Context>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref());
+    let status = ctx.gateway.raft_status(params.dc())?;
+    Ok(json(&status.peers, params.pretty()))
+}

@@ -1,0 +1,81 @@
+//! # proconsul-api: the front doors
+//!
+//! Consul's HTTP API ([`http`]) and DNS interface ([`dns`]). Both parse a request into a
+//! catalog query or write for a datacenter, hand it to the [`gateway::Gateway`], and
+//! render the answer in Consul's shapes; errors become Consul's status codes, texts and
+//! DNS response codes.
+//!
+//! ```text
+//!   curl ─▶ http (axum) ──┐                        ┌─▶ answer in Consul's JSON + headers
+//!                         ├─▶ Gateway::read/write ─┤
+//!   dig ──▶ dns (UDP/TCP) ┘                        └─▶ records, TTLs, rcode, TC bit
+//! ```
+//!
+//! Service and check definitions (config files and `/v1/agent/service/register`) are
+//! decoded by [`definition`], shared with the agent's config loader.
+//!
+//! Invariants: this crate never calls Raft or another datacenter directly; every
+//! listener bounds its connections, and every request has a deadline.
+
+#![warn(missing_docs)]
+
+pub mod definition;
+pub mod dns;
+pub mod http;
+
+use std::sync::Arc;
+
+use gateway::Gateway;
+use lan::Lan;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// What `/v1/agent/self` reports about the agent.
+#[derive(Debug, Clone)]
+pub struct AgentInfo {
+    /// Node name.
+    pub node_name: String,
+    /// Node UUID.
+    pub node_id: String,
+    /// Datacenter.
+    pub datacenter: String,
+    /// Whether the agent is a server.
+    pub server: bool,
+    /// Whether it bootstraps alone.
+    pub bootstrap: bool,
+    /// Version (`0.1.0`).
+    pub version: String,
+    /// Source revision, when known.
+    pub revision: String,
+    /// Script checks may be registered through the API (`enable_script_checks`).
+    pub enable_script_checks: bool,
+    /// The resolved runtime configuration (`DebugConfig`).
+    pub debug_config: serde_json::Value,
+}
+
+/// A reload request: the agent answers on the channel when done.
+pub type ReloadRequest = oneshot::Sender<Result<(), String>>;
+
+/// How the API asks the agent to act on itself.
+#[derive(Debug, Clone)]
+pub struct Control {
+    /// Cancelled to make the agent leave and stop (`/v1/agent/leave`).
+    pub leave: CancellationToken,
+    /// Reload requests (`/v1/agent/reload`).
+    pub reload: mpsc::Sender<ReloadRequest>,
+}
+
+/// Everything the HTTP API needs from the agent. Cheap to clone.
+#[derive(Clone)]
+pub struct Context {
+    /// Catalog reads and writes, in any datacenter.
+    pub gateway: Gateway,
+    /// This agent's members, services and checks (never its Raft).
+    pub lan: Lan,
+    /// Static facts about the agent.
+    pub agent: Arc<AgentInfo>,
+    /// Leave and reload.
+    pub control: Control,
+    /// Cancelled when the agent stops; blocking queries return at once.
+    pub shutdown: CancellationToken,
+}

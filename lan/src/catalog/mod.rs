@@ -1,0 +1,165 @@
+//! The service catalog of one datacenter: types, the state machine Raft applies, read
+//! queries, and the shared handle readers use.
+//!
+//! ```text
+//!   Raft log ──apply(index, Command)──▶ State ──query(&Query)──▶ (Answer, index)
+//!                                        │
+//!                       watch<u64> ◀─────┘ newest index, for blocking queries
+//! ```
+//!
+//! This module imports nothing else from `lan` (no Raft, no gossip), so it could become
+//! a crate of its own if a consumer ever needs the types without the machinery.
+
+mod query;
+mod state;
+mod types;
+
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+pub use query::{Answer, Query};
+pub use state::{ApplyError, Command, Deregistration, Indexes, Registration, Snapshot, State};
+pub use types::{
+    Check, Datacenter, DatacenterError, Health, Node, NodeServices, SERF_HEALTH_CHECK, Service,
+    ServiceAddress, ServiceHealth, ServiceNode, Weights,
+};
+
+/// Shared, read-mostly access to the catalog. Cheap to clone.
+///
+/// Readers take the lock only for the synchronous work of a query; the Raft state
+/// machine is the only writer.
+#[derive(Clone, Debug)]
+pub struct Catalog {
+    state: Arc<RwLock<State>>,
+    index: watch::Receiver<u64>,
+}
+
+/// The writing side of a [`Catalog`], held by the Raft state machine.
+#[derive(Debug)]
+pub(crate) struct CatalogWriter {
+    state: Arc<RwLock<State>>,
+    index: watch::Sender<u64>,
+}
+
+impl Catalog {
+    /// An empty catalog and the writer that fills it.
+    pub(crate) fn new() -> (Catalog, CatalogWriter) {
+        let state = Arc::new(RwLock::new(State::new()));
+        let (tx, rx) = watch::channel(0);
+        (
+            Catalog {
+                state: state.clone(),
+                index: rx,
+            },
+            CatalogWriter { state, index: tx },
+        )
+    }
+
+    /// Runs `f` on the current state under the read lock.
+    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        let state = self.state.read().expect("catalog lock poisoned");
+        f(&state)
+    }
+
+    /// Answers `query` now.
+    pub fn query(&self, query: &Query) -> (Answer, u64) {
+        self.read(|s| s.query(query))
+    }
+
+    /// Answers `query` once its index exceeds `min_index`, or at `deadline` with whatever
+    /// is there then. `min_index == 0` answers at once, as Consul's blocking queries do.
+    pub async fn query_blocking(
+        &self,
+        query: &Query,
+        min_index: u64,
+        deadline: Instant,
+    ) -> (Answer, u64) {
+        let mut changes = self.index.clone();
+        loop {
+            // Mark the current value seen before reading, so a change that lands between
+            // the read and the wait still wakes us.
+            changes.borrow_and_update();
+            let (answer, index) = self.query(query);
+            if min_index == 0 || index > min_index {
+                return (answer, index);
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => continue,
+                // Deadline reached, or the writer is gone (shutting down): answer as is.
+                Ok(Err(_)) | Err(_) => return self.query(query),
+            }
+        }
+    }
+}
+
+impl CatalogWriter {
+    /// Applies `command` at Raft index `index` and wakes blocking queries.
+    pub(crate) fn apply(&self, index: u64, command: &Command) -> Result<(), ApplyError> {
+        let mut state = self.state.write().expect("catalog lock poisoned");
+        let result = state.apply(index, command);
+        self.index.send_replace(state.indexes().max());
+        result
+    }
+
+    /// The catalog as a serialisable snapshot.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        self.state
+            .read()
+            .expect("catalog lock poisoned")
+            .to_snapshot()
+    }
+
+    /// Replaces the whole catalog (snapshot install).
+    pub(crate) fn replace(&self, snapshot: Snapshot) {
+        let mut state = self.state.write().expect("catalog lock poisoned");
+        *state = State::from_snapshot(snapshot);
+        self.index.send_replace(state.indexes().max());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn register(index: u64) -> Command {
+        Command::Register(Registration {
+            node: Node {
+                name: format!("n{index}"),
+                address: "10.0.0.1".into(),
+                ..Node::default()
+            },
+            skip_node_update: false,
+            service: None,
+            checks: vec![],
+        })
+    }
+
+    #[tokio::test]
+    async fn blocking_query_wakes_on_a_change() {
+        let (catalog, writer) = Catalog::new();
+        writer.apply(3, &register(3)).unwrap();
+        let q = Query::Nodes { node_meta: vec![] };
+        let reader = catalog.clone();
+        let far = Instant::now() + Duration::from_secs(60);
+        let waiter = tokio::spawn(async move { reader.query_blocking(&q, 3, far).await });
+        tokio::task::yield_now().await;
+        writer.apply(4, &register(4)).unwrap();
+        let (answer, index) = waiter.await.unwrap();
+        assert_eq!(index, 4);
+        assert!(matches!(answer, Answer::Nodes(n) if n.len() == 2));
+    }
+
+    #[tokio::test]
+    async fn blocking_query_returns_at_the_deadline() {
+        let (catalog, writer) = Catalog::new();
+        writer.apply(3, &register(3)).unwrap();
+        let q = Query::Nodes { node_meta: vec![] };
+        let (_, index) = catalog
+            .query_blocking(&q, 3, Instant::now() + Duration::from_millis(20))
+            .await;
+        assert_eq!(index, 3);
+    }
+}

@@ -1,0 +1,373 @@
+//! Read queries over the catalog, each answering with the index a blocking query waits on.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::state::{State, fold, prefix_range};
+use super::types::{Check, Health, Node, NodeServices, Service, ServiceHealth, ServiceNode};
+
+/// A read of the catalog. Queries are plain data so they can travel to another server
+/// or datacenter and be answered there.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Query {
+    /// All nodes (`/v1/catalog/nodes`).
+    Nodes {
+        /// Keep only nodes whose meta has every pair.
+        node_meta: Vec<(String, String)>,
+    },
+    /// Service names with the union of their tags (`/v1/catalog/services`).
+    Services {
+        /// Keep only services on nodes whose meta has every pair.
+        node_meta: Vec<(String, String)>,
+    },
+    /// Instances of a service with their nodes (`/v1/catalog/service/:name`).
+    ServiceNodes {
+        /// Service name (case-insensitive).
+        service: String,
+        /// Keep only instances carrying every tag (case-insensitive).
+        tags: Vec<String>,
+        /// Keep only instances on nodes whose meta has every pair.
+        node_meta: Vec<(String, String)>,
+    },
+    /// One node and its instances (`/v1/catalog/node/:node`).
+    NodeServices {
+        /// Node name (case-insensitive).
+        node: String,
+    },
+    /// Instances of a service with their nodes and checks (`/v1/health/service/:name`).
+    ServiceHealth {
+        /// Service name (case-insensitive).
+        service: String,
+        /// Keep only instances carrying every tag (case-insensitive).
+        tags: Vec<String>,
+        /// Keep only instances whose every check passes.
+        passing_only: bool,
+        /// Keep only instances on nodes whose meta has every pair.
+        node_meta: Vec<(String, String)>,
+    },
+    /// Checks of one node (`/v1/health/node/:node`).
+    NodeChecks {
+        /// Node name (case-insensitive).
+        node: String,
+    },
+    /// Checks of every instance of a service (`/v1/health/checks/:service`).
+    ServiceChecks {
+        /// Service name (case-insensitive).
+        service: String,
+    },
+    /// Checks in a state; `None` means any (`/v1/health/state/:state`).
+    ChecksInState {
+        /// The state to match.
+        state: Option<Health>,
+    },
+    /// Nodes and instances with this exact address (reverse DNS).
+    Address {
+        /// The address as text, as stored.
+        address: String,
+    },
+}
+
+/// The answer to a [`Query`], variant for variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// For [`Query::Nodes`].
+    Nodes(Vec<Node>),
+    /// For [`Query::Services`]: name → sorted distinct tags.
+    Services(BTreeMap<String, Vec<String>>),
+    /// For [`Query::ServiceNodes`].
+    ServiceNodes(Vec<ServiceNode>),
+    /// For [`Query::NodeServices`]; `None` when the node is unknown.
+    NodeServices(Option<NodeServices>),
+    /// For [`Query::ServiceHealth`].
+    ServiceHealth(Vec<ServiceHealth>),
+    /// For the three check queries.
+    Checks(Vec<Check>),
+    /// For [`Query::Address`]: nodes with the address, then instances with it.
+    Address(Vec<Node>, Vec<Service>),
+}
+
+fn meta_matches(node: &Node, filter: &[(String, String)]) -> bool {
+    filter
+        .iter()
+        .all(|(k, v)| node.meta.get(k).is_some_and(|have| have == v))
+}
+
+fn tags_match(service: &Service, tags: &[String]) -> bool {
+    tags.iter()
+        .all(|want| service.tags.iter().any(|t| t.eq_ignore_ascii_case(want)))
+}
+
+impl State {
+    /// Answers a query, with the index of the tables it read (never below 1, as Consul's).
+    pub fn query(&self, query: &Query) -> (Answer, u64) {
+        let ix = self.indexes;
+        let (answer, index) = match query {
+            Query::Nodes { node_meta } => (
+                Answer::Nodes(
+                    self.nodes
+                        .values()
+                        .filter(|n| meta_matches(n, node_meta))
+                        .cloned()
+                        .collect(),
+                ),
+                ix.nodes,
+            ),
+            Query::Services { node_meta } => {
+                let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+                for ((node_key, _), s) in &self.services {
+                    let on_matching_node = self
+                        .nodes
+                        .get(node_key)
+                        .is_some_and(|n| meta_matches(n, node_meta));
+                    if on_matching_node {
+                        out.entry(s.name.clone())
+                            .or_default()
+                            .extend(s.tags.iter().cloned());
+                    }
+                }
+                let out = out
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_iter().collect()))
+                    .collect();
+                (Answer::Services(out), ix.services)
+            }
+            Query::ServiceNodes {
+                service,
+                tags,
+                node_meta,
+            } => {
+                let list = self
+                    .instances(service, tags, node_meta)
+                    .map(|(node, service)| ServiceNode {
+                        node: node.clone(),
+                        service: service.clone(),
+                    })
+                    .collect();
+                (Answer::ServiceNodes(list), ix.nodes.max(ix.services))
+            }
+            Query::NodeServices { node } => {
+                let key = fold(node);
+                let found = self.nodes.get(&key).map(|n| NodeServices {
+                    node: n.clone(),
+                    services: self
+                        .services
+                        .range(prefix_range(&key))
+                        .map(|(_, s)| s.clone())
+                        .collect(),
+                });
+                (Answer::NodeServices(found), ix.nodes.max(ix.services))
+            }
+            Query::ServiceHealth {
+                service,
+                tags,
+                passing_only,
+                node_meta,
+            } => {
+                let list = self
+                    .instances(service, tags, node_meta)
+                    .map(|(node, service)| ServiceHealth {
+                        node: node.clone(),
+                        service: service.clone(),
+                        checks: self.checks_covering(&node.name, &service.id),
+                    })
+                    .filter(|e| !passing_only || e.aggregate() == Health::Passing)
+                    .collect();
+                (Answer::ServiceHealth(list), ix.max())
+            }
+            Query::NodeChecks { node } => {
+                let list = self
+                    .checks
+                    .range(prefix_range(&fold(node)))
+                    .map(|(_, c)| c.clone())
+                    .collect();
+                (Answer::Checks(list), ix.checks)
+            }
+            Query::ServiceChecks { service } => {
+                let name = fold(service);
+                let mut list = Vec::new();
+                if let Some(keys) = self.by_name.get(&name) {
+                    for (node_key, id_key) in keys {
+                        list.extend(
+                            self.checks
+                                .range(prefix_range(node_key))
+                                .filter(|(_, c)| fold(&c.service_id) == *id_key)
+                                .map(|(_, c)| c.clone()),
+                        );
+                    }
+                }
+                (Answer::Checks(list), ix.checks)
+            }
+            Query::ChecksInState { state } => {
+                let list = self
+                    .checks
+                    .values()
+                    .filter(|c| state.is_none_or(|s| c.status == s))
+                    .cloned()
+                    .collect();
+                (Answer::Checks(list), ix.checks)
+            }
+            Query::Address { address } => {
+                let nodes = self
+                    .nodes
+                    .values()
+                    .filter(|n| n.address == *address)
+                    .cloned()
+                    .collect();
+                let services = self
+                    .services
+                    .values()
+                    .filter(|s| s.address == *address)
+                    .cloned()
+                    .collect();
+                (Answer::Address(nodes, services), ix.nodes.max(ix.services))
+            }
+        };
+        (answer, index.max(1))
+    }
+
+    /// Instances of a service (by name, case-insensitive) with their nodes, filtered.
+    fn instances<'a>(
+        &'a self,
+        service: &str,
+        tags: &'a [String],
+        node_meta: &'a [(String, String)],
+    ) -> impl Iterator<Item = (&'a Node, &'a Service)> + 'a {
+        self.by_name
+            .get(&fold(service))
+            .into_iter()
+            .flatten()
+            .filter_map(move |key| {
+                let svc = self.services.get(key)?;
+                let node = self.nodes.get(&key.0)?;
+                (tags_match(svc, tags) && meta_matches(node, node_meta)).then_some((node, svc))
+            })
+    }
+
+    /// Node-level checks of `node` followed by the checks of service instance `service_id`.
+    fn checks_covering(&self, node: &str, service_id: &str) -> Vec<Check> {
+        let node_key = fold(node);
+        let id = fold(service_id);
+        let all = || self.checks.range(prefix_range(&node_key)).map(|(_, c)| c);
+        all()
+            .filter(|c| c.service_id.is_empty())
+            .chain(all().filter(|c| !c.service_id.is_empty() && fold(&c.service_id) == id))
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::state::{Command, Registration};
+
+    fn setup() -> State {
+        let mut s = State::new();
+        let mut index = 1;
+        let mut add = |node: &str, id: &str, tags: &[&str], statuses: &[Health]| {
+            let checks = statuses
+                .iter()
+                .enumerate()
+                .map(|(i, st)| Check {
+                    check_id: format!("{id}-c{i}"),
+                    service_id: id.into(),
+                    status: *st,
+                    ..Check::default()
+                })
+                .collect();
+            s.apply(
+                index,
+                &Command::Register(Registration {
+                    node: Node {
+                        name: node.into(),
+                        address: format!("10.0.0.{index}"),
+                        meta: [("rack".to_string(), node.to_string())].into(),
+                        ..Node::default()
+                    },
+                    skip_node_update: false,
+                    service: Some(Service {
+                        id: id.into(),
+                        name: "web".into(),
+                        tags: tags.iter().map(|t| t.to_string()).collect(),
+                        port: 80,
+                        ..Service::default()
+                    }),
+                    checks,
+                }),
+            )
+            .unwrap();
+            index += 1;
+        };
+        add("n1", "web1", &["Primary", "v1"], &[Health::Passing]);
+        add("n2", "web2", &["v1"], &[Health::Warning]);
+        add("n3", "web3", &[], &[Health::Passing, Health::Critical]);
+        s
+    }
+
+    fn health(s: &State, tags: &[&str], passing_only: bool) -> Vec<String> {
+        let q = Query::ServiceHealth {
+            service: "WEB".into(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            passing_only,
+            node_meta: vec![],
+        };
+        match s.query(&q).0 {
+            Answer::ServiceHealth(list) => list.into_iter().map(|e| e.service.id).collect(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn service_health_filters_by_tag_and_passing() {
+        let s = setup();
+        assert_eq!(health(&s, &[], false), ["web1", "web2", "web3"]);
+        assert_eq!(health(&s, &[], true), ["web1"]);
+        assert_eq!(health(&s, &["v1"], false), ["web1", "web2"]);
+        assert_eq!(health(&s, &["primary", "v1"], false), ["web1"]);
+        assert!(health(&s, &["nope"], false).is_empty());
+    }
+
+    #[test]
+    fn services_lists_distinct_tags() {
+        let s = setup();
+        let (Answer::Services(map), index) = s.query(&Query::Services { node_meta: vec![] }) else {
+            panic!()
+        };
+        assert_eq!(map["web"], ["Primary", "v1"]);
+        assert_eq!(index, 3);
+    }
+
+    #[test]
+    fn node_meta_filter_applies() {
+        let s = setup();
+        let (Answer::Nodes(nodes), _) = s.query(&Query::Nodes {
+            node_meta: vec![("rack".into(), "n2".into())],
+        }) else {
+            panic!()
+        };
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0].name, "n2");
+    }
+
+    #[test]
+    fn empty_catalog_answers_with_index_one() {
+        let s = State::new();
+        let (answer, index) = s.query(&Query::Nodes { node_meta: vec![] });
+        assert_eq!(answer, Answer::Nodes(vec![]));
+        assert_eq!(index, 1);
+    }
+
+    #[test]
+    fn unknown_node_is_none() {
+        let s = setup();
+        let (answer, _) = s.query(&Query::NodeServices { node: "zz".into() });
+        assert_eq!(answer, Answer::NodeServices(None));
+        let (Answer::NodeServices(Some(ns)), _) =
+            s.query(&Query::NodeServices { node: "N1".into() })
+        else {
+            panic!()
+        };
+        assert_eq!(ns.services.len(), 1);
+    }
+}

@@ -1,0 +1,610 @@
+//! The catalog state machine: what Raft applies, one command at a time.
+//!
+//! Every change carries the Raft log index it was applied at; that index becomes the
+//! `CreateIndex`/`ModifyIndex` of what changed and the index of the table it lives in,
+//! which blocking queries wait on. A write that changes nothing (the anti-entropy sync
+//! re-sending what is already there) leaves every index alone, so it wakes no one.
+//!
+//! Node names, service IDs and check IDs are compared case-insensitively, as in Consul.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::types::{Check, Node, Service};
+
+/// A change to the catalog, as it is written to the Raft log.
+// Commands are built once and moved into the log; boxing the large variant would only
+// add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create or update a node, and optionally one service and some checks on it.
+    Register(Registration),
+    /// Remove a node (with everything on it), one service (with its checks) or one check.
+    Deregister(Deregistration),
+}
+
+/// The body of a catalog registration (Consul's `RegisterRequest`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    /// The node; its index fields are ignored.
+    pub node: Node,
+    /// Keep the node as it is in the catalog and only add the service and checks.
+    pub skip_node_update: bool,
+    /// A service instance on the node.
+    pub service: Option<Service>,
+    /// Checks on the node; each check's `node` is set to the node's name.
+    pub checks: Vec<Check>,
+}
+
+/// The body of a catalog deregistration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deregistration {
+    /// The node.
+    pub node: String,
+    /// Remove only this service instance (and its checks).
+    pub service_id: Option<String>,
+    /// Remove only this check.
+    pub check_id: Option<String>,
+}
+
+/// Why a command was refused; the catalog is unchanged.
+///
+/// These are deterministic: every server refuses the same command the same way, so the
+/// caller should report them to the user rather than retry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApplyError {
+    /// A registration named no node.
+    #[error("Must provide node")]
+    MissingNode,
+    /// A registration gave no address for a new node.
+    #[error("Must provide address")]
+    MissingAddress,
+    /// A service without a name.
+    #[error("Must provide service name")]
+    MissingServiceName,
+    /// A check refers to a service the node does not have.
+    #[error(
+        "Missing service registration for check {check_id:?}: no service {service_id:?} on node {node:?}"
+    )]
+    MissingService {
+        /// The node.
+        node: String,
+        /// The check.
+        check_id: String,
+        /// The service it named.
+        service_id: String,
+    },
+    /// A check without an ID.
+    #[error("Must provide a check ID")]
+    MissingCheckId,
+    /// Deregistering a service or check of a node that is not registered.
+    #[error("Unknown node {0:?}")]
+    UnknownNode(String),
+}
+
+/// Per-table indexes: the Raft index of the last change to each table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Indexes {
+    /// Last change to any node.
+    pub nodes: u64,
+    /// Last change to any service instance.
+    pub services: u64,
+    /// Last change to any check.
+    pub checks: u64,
+}
+
+impl Indexes {
+    /// The newest of the three.
+    pub fn max(&self) -> u64 {
+        self.nodes.max(self.services).max(self.checks)
+    }
+}
+
+type Key = (String, String);
+
+/// The replicated catalog of one datacenter.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    pub(super) nodes: BTreeMap<String, Node>,
+    pub(super) services: BTreeMap<Key, Service>,
+    pub(super) checks: BTreeMap<Key, Check>,
+    /// Lower-case service name → instances, derived from `services`.
+    pub(super) by_name: BTreeMap<String, BTreeSet<Key>>,
+    pub(super) indexes: Indexes,
+}
+
+/// The serialised form of the catalog used for Raft snapshots.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    nodes: Vec<Node>,
+    services: Vec<(String, Service)>,
+    checks: Vec<Check>,
+    indexes: Indexes,
+}
+
+pub(super) fn fold(s: &str) -> String {
+    s.to_ascii_lowercase()
+}
+
+impl State {
+    /// An empty catalog.
+    pub fn new() -> State {
+        State::default()
+    }
+
+    /// The table indexes.
+    pub fn indexes(&self) -> Indexes {
+        self.indexes
+    }
+
+    /// Applies one command at Raft index `index`.
+    pub fn apply(&mut self, index: u64, command: &Command) -> Result<(), ApplyError> {
+        match command {
+            Command::Register(r) => self.register(index, r),
+            Command::Deregister(d) => self.deregister(index, d),
+        }
+    }
+
+    fn register(&mut self, index: u64, r: &Registration) -> Result<(), ApplyError> {
+        if r.node.name.is_empty() {
+            return Err(ApplyError::MissingNode);
+        }
+        let node_key = fold(&r.node.name);
+        let exists = self.nodes.contains_key(&node_key);
+        if (!exists || !r.skip_node_update) && r.node.address.is_empty() {
+            return Err(ApplyError::MissingAddress);
+        }
+        if let Some(service) = &r.service
+            && service.name.is_empty()
+        {
+            return Err(ApplyError::MissingServiceName);
+        }
+        // Validate the checks before touching anything, so a refused command changes nothing.
+        for check in &r.checks {
+            if check.check_id.is_empty() {
+                return Err(ApplyError::MissingCheckId);
+            }
+            if !check.service_id.is_empty() {
+                let key = (node_key.clone(), fold(&check.service_id));
+                let in_request = r
+                    .service
+                    .as_ref()
+                    .is_some_and(|s| fold(&service_id(s)) == key.1);
+                if !in_request && !self.services.contains_key(&key) {
+                    return Err(ApplyError::MissingService {
+                        node: r.node.name.clone(),
+                        check_id: check.check_id.clone(),
+                        service_id: check.service_id.clone(),
+                    });
+                }
+            }
+        }
+
+        if !exists || !r.skip_node_update {
+            self.upsert_node(index, &node_key, &r.node);
+        }
+        let node_name = self
+            .nodes
+            .get(&node_key)
+            .map(|n| n.name.clone())
+            .unwrap_or_else(|| r.node.name.clone());
+        if let Some(service) = &r.service {
+            self.upsert_service(index, &node_key, service);
+        }
+        for check in &r.checks {
+            self.upsert_check(index, &node_key, &node_name, check);
+        }
+        Ok(())
+    }
+
+    fn upsert_node(&mut self, index: u64, key: &str, node: &Node) {
+        let mut new = node.clone();
+        match self.nodes.get(key) {
+            Some(old) => {
+                new.create_index = old.create_index;
+                new.modify_index = old.modify_index;
+                if *old == new {
+                    return;
+                }
+                new.modify_index = index;
+            }
+            None => {
+                new.create_index = index;
+                new.modify_index = index;
+            }
+        }
+        self.nodes.insert(key.to_owned(), new);
+        self.indexes.nodes = index;
+    }
+
+    fn upsert_service(&mut self, index: u64, node_key: &str, service: &Service) {
+        let mut new = service.clone();
+        new.id = service_id(service);
+        let key = (node_key.to_owned(), fold(&new.id));
+        match self.services.get(&key) {
+            Some(old) => {
+                new.create_index = old.create_index;
+                new.modify_index = old.modify_index;
+                if *old == new {
+                    return;
+                }
+                new.modify_index = index;
+                let old_name = fold(&old.name);
+                if old_name != fold(&new.name) {
+                    self.unindex_name(&old_name, &key);
+                }
+            }
+            None => {
+                new.create_index = index;
+                new.modify_index = index;
+            }
+        }
+        self.by_name
+            .entry(fold(&new.name))
+            .or_default()
+            .insert(key.clone());
+        // Checks carry the service's name and tags; keep them in step.
+        let (name, tags) = (new.name.clone(), new.tags.clone());
+        self.services.insert(key.clone(), new);
+        self.indexes.services = index;
+        let mut touched = false;
+        for ((n, _), check) in self.checks.iter_mut() {
+            if n == node_key
+                && fold(&check.service_id) == key.1
+                && (check.service_name != name || check.service_tags != tags)
+            {
+                check.service_name = name.clone();
+                check.service_tags = tags.clone();
+                check.modify_index = index;
+                touched = true;
+            }
+        }
+        if touched {
+            self.indexes.checks = index;
+        }
+    }
+
+    fn upsert_check(&mut self, index: u64, node_key: &str, node_name: &str, check: &Check) {
+        let mut new = check.clone();
+        new.node = node_name.to_owned();
+        new.service_name.clear();
+        new.service_tags.clear();
+        if !new.service_id.is_empty()
+            && let Some(service) = self
+                .services
+                .get(&(node_key.to_owned(), fold(&new.service_id)))
+        {
+            new.service_id = service.id.clone();
+            new.service_name = service.name.clone();
+            new.service_tags = service.tags.clone();
+        }
+        let key = (node_key.to_owned(), fold(&new.check_id));
+        match self.checks.get(&key) {
+            Some(old) => {
+                new.create_index = old.create_index;
+                new.modify_index = old.modify_index;
+                if *old == new {
+                    return;
+                }
+                new.modify_index = index;
+            }
+            None => {
+                new.create_index = index;
+                new.modify_index = index;
+            }
+        }
+        self.checks.insert(key, new);
+        self.indexes.checks = index;
+    }
+
+    fn unindex_name(&mut self, name: &str, key: &Key) {
+        if let Some(set) = self.by_name.get_mut(name) {
+            set.remove(key);
+            if set.is_empty() {
+                self.by_name.remove(name);
+            }
+        }
+    }
+
+    fn deregister(&mut self, index: u64, d: &Deregistration) -> Result<(), ApplyError> {
+        if d.node.is_empty() {
+            return Err(ApplyError::MissingNode);
+        }
+        let node_key = fold(&d.node);
+        if !self.nodes.contains_key(&node_key) {
+            // Removing a node that is gone already is a success; removing part of one is
+            // a mistake worth reporting.
+            return match (&d.service_id, &d.check_id) {
+                (None, None) => Ok(()),
+                _ => Err(ApplyError::UnknownNode(d.node.clone())),
+            };
+        }
+        match (&d.service_id, &d.check_id) {
+            (Some(service_id), _) => self.remove_service(index, &node_key, &fold(service_id)),
+            (None, Some(check_id)) => {
+                if self
+                    .checks
+                    .remove(&(node_key.clone(), fold(check_id)))
+                    .is_some()
+                {
+                    self.indexes.checks = index;
+                }
+            }
+            (None, None) => {
+                let ids: Vec<String> = self
+                    .services
+                    .range(prefix_range(&node_key))
+                    .map(|((_, id), _)| id.clone())
+                    .collect();
+                for id in ids {
+                    self.remove_service(index, &node_key, &id);
+                }
+                let check_keys: Vec<Key> = self
+                    .checks
+                    .range(prefix_range(&node_key))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                if !check_keys.is_empty() {
+                    for k in check_keys {
+                        self.checks.remove(&k);
+                    }
+                    self.indexes.checks = index;
+                }
+                self.nodes.remove(&node_key);
+                self.indexes.nodes = index;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_service(&mut self, index: u64, node_key: &str, id_key: &str) {
+        let key = (node_key.to_owned(), id_key.to_owned());
+        let Some(old) = self.services.remove(&key) else {
+            return;
+        };
+        self.unindex_name(&fold(&old.name), &key);
+        self.indexes.services = index;
+        let before = self.checks.len();
+        self.checks
+            .retain(|(n, _), c| !(n == node_key && fold(&c.service_id) == id_key));
+        if self.checks.len() != before {
+            self.indexes.checks = index;
+        }
+    }
+
+    /// The catalog as a serialisable value, for Raft snapshots.
+    pub fn to_snapshot(&self) -> Snapshot {
+        Snapshot {
+            nodes: self.nodes.values().cloned().collect(),
+            services: self
+                .services
+                .iter()
+                .map(|((n, _), s)| (n.clone(), s.clone()))
+                .collect(),
+            checks: self.checks.values().cloned().collect(),
+            indexes: self.indexes,
+        }
+    }
+
+    /// Rebuilds a catalog from a snapshot.
+    pub fn from_snapshot(snapshot: Snapshot) -> State {
+        let mut state = State {
+            indexes: snapshot.indexes,
+            ..State::default()
+        };
+        for node in snapshot.nodes {
+            state.nodes.insert(fold(&node.name), node);
+        }
+        for (node_key, service) in snapshot.services {
+            let key = (node_key, fold(&service.id));
+            state
+                .by_name
+                .entry(fold(&service.name))
+                .or_default()
+                .insert(key.clone());
+            state.services.insert(key, service);
+        }
+        for check in snapshot.checks {
+            state
+                .checks
+                .insert((fold(&check.node), fold(&check.check_id)), check);
+        }
+        state
+    }
+}
+
+/// The ID a service is stored under: its ID, or its name when the ID is empty.
+fn service_id(service: &Service) -> String {
+    if service.id.is_empty() {
+        service.name.clone()
+    } else {
+        service.id.clone()
+    }
+}
+
+/// The key range of everything belonging to one node in a `(node, id)`-keyed map.
+pub(super) fn prefix_range(node_key: &str) -> std::ops::RangeInclusive<Key> {
+    (node_key.to_owned(), String::new())..=(node_key.to_owned(), char::MAX.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::types::Health;
+
+    fn node(name: &str) -> Node {
+        Node {
+            name: name.into(),
+            address: "10.0.0.1".into(),
+            datacenter: "dc1".into(),
+            ..Node::default()
+        }
+    }
+
+    fn web(id: &str) -> Service {
+        Service {
+            id: id.into(),
+            name: "web".into(),
+            port: 80,
+            ..Service::default()
+        }
+    }
+
+    fn register(state: &mut State, index: u64, r: Registration) -> Result<(), ApplyError> {
+        state.apply(index, &Command::Register(r))
+    }
+
+    fn reg(node_name: &str, service: Option<Service>, checks: Vec<Check>) -> Registration {
+        Registration {
+            node: node(node_name),
+            skip_node_update: false,
+            service,
+            checks,
+        }
+    }
+
+    #[test]
+    fn registration_sets_create_and_modify_indexes() {
+        let mut s = State::new();
+        register(&mut s, 5, reg("a", Some(web("web1")), vec![])).unwrap();
+        let n = &s.nodes["a"];
+        assert_eq!((n.create_index, n.modify_index), (5, 5));
+        let svc = &s.services[&("a".into(), "web1".into())];
+        assert_eq!((svc.create_index, svc.modify_index), (5, 5));
+        assert_eq!(s.indexes().max(), 5);
+    }
+
+    #[test]
+    fn identical_registration_changes_no_index() {
+        let mut s = State::new();
+        register(&mut s, 5, reg("a", Some(web("web1")), vec![])).unwrap();
+        register(&mut s, 9, reg("a", Some(web("web1")), vec![])).unwrap();
+        assert_eq!(s.indexes().max(), 5);
+        let mut changed = web("web1");
+        changed.port = 81;
+        register(&mut s, 10, reg("a", Some(changed), vec![])).unwrap();
+        assert_eq!(s.indexes().services, 10);
+        assert_eq!(s.indexes().nodes, 5);
+        let svc = &s.services[&("a".into(), "web1".into())];
+        assert_eq!((svc.create_index, svc.modify_index), (5, 10));
+    }
+
+    #[test]
+    fn a_check_for_a_missing_service_is_refused_and_changes_nothing() {
+        let mut s = State::new();
+        let check = Check {
+            check_id: "c1".into(),
+            service_id: "nope".into(),
+            ..Check::default()
+        };
+        let err = register(&mut s, 3, reg("a", None, vec![check])).unwrap_err();
+        assert!(matches!(err, ApplyError::MissingService { .. }));
+        assert!(s.nodes.is_empty());
+        assert_eq!(s.indexes().max(), 0);
+    }
+
+    #[test]
+    fn checks_take_the_service_name_and_tags() {
+        let mut s = State::new();
+        let mut svc = web("web1");
+        svc.tags = vec!["v1".into()];
+        let check = Check {
+            check_id: "c1".into(),
+            service_id: "WEB1".into(),
+            status: Health::Passing,
+            ..Check::default()
+        };
+        register(&mut s, 3, reg("a", Some(svc.clone()), vec![check])).unwrap();
+        let c = &s.checks[&("a".into(), "c1".into())];
+        assert_eq!(c.service_name, "web");
+        assert_eq!(c.service_id, "web1");
+        assert_eq!(c.node, "a");
+        svc.tags = vec!["v2".into()];
+        register(&mut s, 4, reg("a", Some(svc), vec![])).unwrap();
+        let c = &s.checks[&("a".into(), "c1".into())];
+        assert_eq!(c.service_tags, vec!["v2".to_string()]);
+        assert_eq!(s.indexes().checks, 4);
+    }
+
+    #[test]
+    fn deregistering_a_service_removes_its_checks_only() {
+        let mut s = State::new();
+        let svc_check = Check {
+            check_id: "c1".into(),
+            service_id: "web1".into(),
+            ..Check::default()
+        };
+        let node_check = Check {
+            check_id: "n1".into(),
+            ..Check::default()
+        };
+        register(
+            &mut s,
+            3,
+            reg("a", Some(web("web1")), vec![svc_check, node_check]),
+        )
+        .unwrap();
+        s.apply(
+            4,
+            &Command::Deregister(Deregistration {
+                node: "A".into(),
+                service_id: Some("web1".into()),
+                check_id: None,
+            }),
+        )
+        .unwrap();
+        assert!(s.services.is_empty());
+        assert!(s.by_name.is_empty());
+        assert_eq!(s.checks.len(), 1);
+        assert_eq!(s.indexes().services, 4);
+    }
+
+    #[test]
+    fn deregistering_a_node_removes_everything_on_it() {
+        let mut s = State::new();
+        register(&mut s, 3, reg("a", Some(web("web1")), vec![])).unwrap();
+        register(&mut s, 4, reg("b", Some(web("web1")), vec![])).unwrap();
+        s.apply(
+            5,
+            &Command::Deregister(Deregistration {
+                node: "a".into(),
+                service_id: None,
+                check_id: None,
+            }),
+        )
+        .unwrap();
+        assert_eq!(s.nodes.len(), 1);
+        assert_eq!(s.services.len(), 1);
+        assert_eq!(s.by_name["web"].len(), 1);
+        // Gone already: still a success.
+        s.apply(
+            6,
+            &Command::Deregister(Deregistration {
+                node: "a".into(),
+                service_id: None,
+                check_id: None,
+            }),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn snapshot_round_trip_keeps_everything() {
+        let mut s = State::new();
+        let check = Check {
+            check_id: "c1".into(),
+            service_id: "web1".into(),
+            ..Check::default()
+        };
+        register(&mut s, 3, reg("a", Some(web("web1")), vec![check])).unwrap();
+        let json = serde_json::to_vec(&s.to_snapshot()).unwrap();
+        let back = State::from_snapshot(serde_json::from_slice(&json).unwrap());
+        assert_eq!(back.nodes, s.nodes);
+        assert_eq!(back.services, s.services);
+        assert_eq!(back.checks, s.checks);
+        assert_eq!(back.by_name, s.by_name);
+        assert_eq!(back.indexes(), s.indexes());
+    }
+}

@@ -1,0 +1,301 @@
+//! The catalog's domain types: nodes, services, checks and their health.
+//!
+//! These types go into the Raft log, so they use Rust field names and are never renamed
+//! for the HTTP API; `api::http::json` converts them into Consul's PascalCase shapes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A datacenter name: lower-case ASCII letters, digits, `-` and `_`, as Consul requires.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Datacenter(String);
+
+/// Why a datacenter name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DatacenterError {
+    /// The name is empty; give a name such as `dc1`.
+    #[error("datacenter name must not be empty")]
+    Empty,
+    /// The name has characters Consul does not allow; the text is Consul's own.
+    #[error("datacenter can only contain lowercase alphanumeric, - or _ characters.")]
+    Invalid,
+}
+
+impl Datacenter {
+    /// Checks and wraps a datacenter name. Upper-case letters are refused rather than
+    /// folded, because a silently changed name is a routing surprise later.
+    pub fn new(name: &str) -> Result<Datacenter, DatacenterError> {
+        if name.is_empty() {
+            return Err(DatacenterError::Empty);
+        }
+        let ok = name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if ok {
+            Ok(Datacenter(name.to_owned()))
+        } else {
+            Err(DatacenterError::Invalid)
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Datacenter {
+    type Err = DatacenterError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Datacenter::new(s)
+    }
+}
+
+impl TryFrom<String> for Datacenter {
+    type Error = DatacenterError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Datacenter::new(&s)
+    }
+}
+
+impl From<Datacenter> for String {
+    fn from(dc: Datacenter) -> String {
+        dc.0
+    }
+}
+
+impl fmt::Display for Datacenter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Health of a check, and of anything its checks cover.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+pub enum Health {
+    /// The check succeeds.
+    Passing,
+    /// The check reports a problem that does not remove the instance from DNS.
+    Warning,
+    /// The check fails; the instance is left out of DNS and `?passing`. New checks start
+    /// here, as Consul's do.
+    #[default]
+    Critical,
+}
+
+impl Health {
+    /// Consul's lower-case name of the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Passing => "passing",
+            Health::Warning => "warning",
+            Health::Critical => "critical",
+        }
+    }
+
+    /// Parses Consul's status names (`passing`, `warning`, `critical`).
+    pub fn parse(s: &str) -> Option<Health> {
+        match s {
+            "passing" => Some(Health::Passing),
+            "warning" => Some(Health::Warning),
+            "critical" => Some(Health::Critical),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A node in the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Node {
+    /// The node's UUID (may be empty for nodes registered through the catalog API).
+    pub id: String,
+    /// The node name, unique in the datacenter (compared case-insensitively).
+    pub name: String,
+    /// The address other nodes and DNS answers use.
+    pub address: String,
+    /// The datacenter the node belongs to.
+    pub datacenter: String,
+    /// Extra addresses by purpose (`lan`, `wan`, …).
+    pub tagged_addresses: BTreeMap<String, String>,
+    /// User and agent metadata.
+    pub meta: BTreeMap<String, String>,
+    /// Raft index at which the node was created.
+    pub create_index: u64,
+    /// Raft index at which the node last changed.
+    pub modify_index: u64,
+}
+
+/// An address and port a service can be reached at for a given purpose.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ServiceAddress {
+    /// IP address or host name.
+    pub address: String,
+    /// Port number.
+    pub port: u16,
+}
+
+/// SRV weights of an instance by health, as Consul's `Weights`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Weights {
+    /// Weight while all checks pass.
+    pub passing: u32,
+    /// Weight while a check warns.
+    pub warning: u32,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Weights {
+            passing: 1,
+            warning: 1,
+        }
+    }
+}
+
+/// A service instance registered on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Service {
+    /// Instance ID, unique on its node (defaults to the name).
+    pub id: String,
+    /// Service name, shared by all instances.
+    pub name: String,
+    /// Tags, matched case-insensitively by queries.
+    pub tags: Vec<String>,
+    /// Address of the instance; empty means the node's address.
+    pub address: String,
+    /// Addresses by purpose (`lan`, `wan`, …).
+    pub tagged_addresses: BTreeMap<String, ServiceAddress>,
+    /// User metadata.
+    pub meta: BTreeMap<String, String>,
+    /// Port of the instance.
+    pub port: u16,
+    /// SRV weights.
+    pub weights: Weights,
+    /// Whether catalog updates to the tags win over the agent's definition.
+    pub enable_tag_override: bool,
+    /// Raft index at which the instance was created.
+    pub create_index: u64,
+    /// Raft index at which the instance last changed.
+    pub modify_index: u64,
+}
+
+/// A health check on a node, possibly bound to one service instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Check {
+    /// Name of the node the check runs on.
+    pub node: String,
+    /// Check ID, unique on its node.
+    pub check_id: String,
+    /// Human-readable name.
+    pub name: String,
+    /// Current status.
+    pub status: Health,
+    /// Free-text notes from the definition.
+    pub notes: String,
+    /// Output of the last run.
+    pub output: String,
+    /// ID of the service instance this check covers; empty for a node-level check.
+    pub service_id: String,
+    /// Name of that service (filled in by the catalog).
+    pub service_name: String,
+    /// Tags of that service (filled in by the catalog).
+    pub service_tags: Vec<String>,
+    /// Kind of check: `ttl`, `http`, `tcp`, `script`, `serf` or empty.
+    pub check_type: String,
+    /// Run interval for interval checks, in Consul's duration syntax (`10s`); empty otherwise.
+    pub interval: String,
+    /// Timeout for interval checks, in Consul's duration syntax; empty otherwise.
+    pub timeout: String,
+    /// Raft index at which the check was created.
+    pub create_index: u64,
+    /// Raft index at which the check last changed.
+    pub modify_index: u64,
+}
+
+/// The name of the check the leader keeps for every member's gossip health.
+pub const SERF_HEALTH_CHECK: &str = "serfHealth";
+
+/// A node with one of its service instances (`/v1/catalog/service/:name`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceNode {
+    /// The node.
+    pub node: Node,
+    /// The instance.
+    pub service: Service,
+}
+
+/// A service instance with its node and every check that covers it (node checks and its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceHealth {
+    /// The node.
+    pub node: Node,
+    /// The instance.
+    pub service: Service,
+    /// Node-level checks followed by the instance's own checks.
+    pub checks: Vec<Check>,
+}
+
+impl ServiceHealth {
+    /// The worst status among the checks; passing when there are none.
+    pub fn aggregate(&self) -> Health {
+        self.checks
+            .iter()
+            .map(|c| c.status)
+            .max()
+            .unwrap_or(Health::Passing)
+    }
+}
+
+/// A node with all of its service instances (`/v1/catalog/node/:node`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeServices {
+    /// The node.
+    pub node: Node,
+    /// Its instances, by ID.
+    pub services: Vec<Service>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datacenter_names_follow_consul_rules() {
+        assert!(Datacenter::new("dc1").is_ok());
+        assert!(Datacenter::new("us-east_1").is_ok());
+        assert_eq!(Datacenter::new("DC1"), Err(DatacenterError::Invalid));
+        assert_eq!(Datacenter::new("dc.1"), Err(DatacenterError::Invalid));
+        assert_eq!(Datacenter::new(""), Err(DatacenterError::Empty));
+    }
+
+    #[test]
+    fn aggregate_health_is_the_worst_check() {
+        let mut entry = ServiceHealth {
+            node: Node::default(),
+            service: Service::default(),
+            checks: vec![],
+        };
+        assert_eq!(entry.aggregate(), Health::Passing);
+        entry.checks.push(Check {
+            status: Health::Warning,
+            ..Check::default()
+        });
+        entry.checks.push(Check {
+            status: Health::Passing,
+            ..Check::default()
+        });
+        assert_eq!(entry.aggregate(), Health::Warning);
+    }
+}

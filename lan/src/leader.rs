@@ -1,0 +1,182 @@
+//! What the leader does besides replicating: turn pool membership into catalog state.
+//!
+//! For each member: alive → its node is registered with a passing `serfHealth` check
+//! (and, for a server, the `consul` service on its RPC port); failed → `serfHealth`
+//! critical, so its services leave DNS and `?passing`; left → its node is deregistered.
+//! Consul's leader does the same ("reconcile").
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{
+    Check, Command, Deregistration, Health, Node, Registration, SERF_HEALTH_CHECK, Service,
+};
+use crate::local::CONSUL_SERVICE;
+use crate::member::{Member, MemberStatus};
+use crate::raft::Consensus;
+
+/// How often the leader re-applies the whole member list even without changes.
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
+/// Retry delay after a failed reconcile.
+const RECONCILE_RETRY: Duration = Duration::from_secs(1);
+/// Budget of one reconcile write.
+const RECONCILE_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs until `shutdown`, reconciling while this server leads.
+pub(crate) async fn run(
+    consensus: Consensus,
+    datacenter: String,
+    mut members: watch::Receiver<Arc<Vec<Member>>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        if !consensus.is_leader() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = consensus.leadership_changed(false) => continue,
+            }
+        }
+        let list = members.borrow_and_update().clone();
+        let ok = reconcile(&consensus, &datacenter, &list).await;
+        let wait = if ok {
+            RECONCILE_INTERVAL
+        } else {
+            RECONCILE_RETRY
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = consensus.leadership_changed(true) => {}
+            _ = members.changed() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+async fn reconcile(consensus: &Consensus, datacenter: &str, members: &[Member]) -> bool {
+    let mut ok = true;
+    for member in members {
+        let command = command_for(datacenter, member);
+        let deadline = Instant::now() + RECONCILE_WRITE_TIMEOUT;
+        if let Err(e) = consensus.write(command, deadline).await {
+            tracing::warn!(node = %member.name, error = %e, "failed to reconcile member");
+            ok = false;
+        }
+    }
+    ok
+}
+
+/// The catalog change that reflects `member`'s state.
+fn command_for(datacenter: &str, member: &Member) -> Command {
+    let (status, output) = match member.status {
+        MemberStatus::Alive => (Health::Passing, "Agent alive and reachable"),
+        MemberStatus::Leaving | MemberStatus::Failed => {
+            (Health::Critical, "Agent not live or unreachable")
+        }
+        MemberStatus::Left => {
+            return Command::Deregister(Deregistration {
+                node: member.name.clone(),
+                service_id: None,
+                check_id: None,
+            });
+        }
+    };
+    let serf_health = Check {
+        check_id: SERF_HEALTH_CHECK.into(),
+        name: "Serf Health Status".into(),
+        status,
+        output: output.into(),
+        ..Check::default()
+    };
+    let rpc_port = member.tags.get("port").and_then(|p| p.parse::<u16>().ok());
+    let service = match (member.is_server(), member.status, rpc_port) {
+        (true, MemberStatus::Alive, Some(port)) => Some(Service {
+            id: CONSUL_SERVICE.into(),
+            name: CONSUL_SERVICE.into(),
+            port,
+            meta: BTreeMap::from([
+                ("raft_version".to_string(), "3".to_string()),
+                ("serf_protocol_current".into(), "2".into()),
+                ("serf_protocol_min".into(), "1".into()),
+                ("serf_protocol_max".into(), "5".into()),
+                (
+                    "version".into(),
+                    member
+                        .tags
+                        .get("build")
+                        .and_then(|b| b.split(':').next())
+                        .unwrap_or_default()
+                        .to_owned(),
+                ),
+            ]),
+            ..Service::default()
+        }),
+        _ => None,
+    };
+    let address = member.addr.to_string();
+    Command::Register(Registration {
+        node: Node {
+            id: member.tags.get("id").cloned().unwrap_or_default(),
+            name: member.name.clone(),
+            address,
+            datacenter: datacenter.to_owned(),
+            ..Node::default()
+        },
+        // The agent's own anti-entropy owns the node's details; the leader only makes
+        // sure the node exists.
+        skip_node_update: true,
+        service,
+        checks: vec![serf_health],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(status: MemberStatus, role: &str) -> Member {
+        Member {
+            name: "n1".into(),
+            addr: "10.0.0.1".parse().unwrap(),
+            port: 8301,
+            tags: [
+                ("role".to_string(), role.to_string()),
+                ("port".into(), "8300".into()),
+            ]
+            .into(),
+            status,
+        }
+    }
+
+    #[test]
+    fn an_alive_server_gets_serf_health_and_the_consul_service() {
+        let Command::Register(r) = command_for("dc1", &member(MemberStatus::Alive, "consul"))
+        else {
+            panic!()
+        };
+        assert_eq!(r.checks[0].check_id, "serfHealth");
+        assert_eq!(r.checks[0].status, Health::Passing);
+        assert_eq!(r.service.unwrap().port, 8300);
+    }
+
+    #[test]
+    fn a_failed_client_goes_critical_without_a_service() {
+        let Command::Register(r) = command_for("dc1", &member(MemberStatus::Failed, "node")) else {
+            panic!()
+        };
+        assert_eq!(r.checks[0].status, Health::Critical);
+        assert!(r.service.is_none());
+    }
+
+    #[test]
+    fn a_left_member_is_deregistered() {
+        assert!(matches!(
+            command_for("dc1", &member(MemberStatus::Left, "node")),
+            Command::Deregister(_)
+        ));
+    }
+}

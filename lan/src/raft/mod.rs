@@ -1,0 +1,328 @@
+//! Raft for the catalog: openraft configured for this datacenter's servers.
+//!
+//! Every catalog change is a [`Command`] appended to the Raft log; once committed, the
+//! state machine ([`store::StateMachine`]) applies it to the in-memory catalog at the
+//! entry's log index. Reads go to that catalog directly, after the check their
+//! consistency mode asks for:
+//!
+//! | mode | check before reading | Consul name |
+//! |---|---|---|
+//! | [`Consistency::Default`] | this server is the leader (no round trip) | default |
+//! | [`Consistency::Stale`] | none; any server answers, even without a leader | `?stale` |
+//! | [`Consistency::Consistent`] | leadership confirmed by a quorum, read index applied | `?consistent` |
+//!
+//! A single server elects itself as soon as it is initialised; `-dev` keeps the log in
+//! memory ([`store::MemLog`]).
+
+mod network;
+mod store;
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Raft, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::catalog::{ApplyError, Catalog, Command};
+
+/// Raft's ID of a server, derived from its node ID.
+pub(crate) type NodeId = u64;
+
+/// What Raft's membership records about a server: enough to reach and name it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerNode {
+    /// The server's node name.
+    pub name: String,
+    /// `ip:port` of its server RPC port.
+    pub rpc_addr: String,
+}
+
+openraft::declare_raft_types!(
+    /// openraft's type configuration for the catalog.
+    pub(crate) TypeConfig:
+        D = Command,
+        R = Result<(), ApplyError>,
+        NodeId = NodeId,
+        Node = ServerNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// Raft timers.
+#[derive(Debug, Clone, Copy)]
+pub struct RaftTiming {
+    /// How often the leader sends heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Lower bound of the randomised election timeout.
+    pub election_timeout_min: Duration,
+    /// Upper bound of the randomised election timeout.
+    pub election_timeout_max: Duration,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(300),
+            election_timeout_max: Duration::from_millis(600),
+        }
+    }
+}
+
+/// How fresh a read must be. See the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Consistency {
+    /// Read on the leader.
+    #[default]
+    Default,
+    /// Read on any server, possibly behind the leader.
+    Stale,
+    /// Linearizable read.
+    Consistent,
+}
+
+/// Why a catalog write failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// No leader is known; retry later or report to the user (Consul's text).
+    #[error("No cluster leader")]
+    NoLeader,
+    /// The deadline passed before the write was committed; it may still be applied.
+    #[error("timed out waiting for the catalog write to commit")]
+    Timeout,
+    /// The catalog refused the command; the same command will always be refused.
+    #[error(transparent)]
+    Rejected(#[from] ApplyError),
+    /// Raft is stopping; the agent is shutting down.
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+}
+
+impl WriteError {
+    /// Whether sending the same write again (elsewhere or later) can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, WriteError::NoLeader | WriteError::Timeout)
+    }
+}
+
+/// Why a catalog read could not be served in the consistency mode asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// The read needs a leader and none is known; `?stale` reads still work (Consul's text).
+    #[error("No cluster leader")]
+    NoLeader,
+    /// A consistent read could not confirm leadership in time (Consul's text).
+    #[error("Not ready to serve consistent reads")]
+    NotReady,
+    /// The deadline passed.
+    #[error("timed out waiting for a consistent read")]
+    Timeout,
+    /// Raft is stopping; the agent is shutting down.
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+}
+
+/// What a read reports about the Raft state behind its answer (Consul's headers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadMeta {
+    /// Whether the answering server knows a leader (`X-Consul-KnownLeader`).
+    pub known_leader: bool,
+    /// Time since the answering server last heard from the leader; zero on the leader
+    /// (`X-Consul-LastContact`).
+    pub last_contact: Duration,
+}
+
+/// A snapshot of this server's view of Raft.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftStatus {
+    /// Server RPC address of the leader, if one is known.
+    pub leader: Option<String>,
+    /// Server RPC addresses of the voters.
+    pub peers: Vec<String>,
+    /// This server's role: `Leader`, `Follower`, `Candidate` or `Learner`.
+    pub state: String,
+    /// Current term.
+    pub term: u64,
+    /// Index of the last entry in the log.
+    pub last_log_index: u64,
+    /// Index of the last applied entry.
+    pub applied_index: u64,
+}
+
+/// This server's Raft and the catalog it drives. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Consensus {
+    id: NodeId,
+    raft: Raft<TypeConfig>,
+}
+
+/// Raft could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftStartError {
+    /// openraft refused its configuration; fix the timing settings.
+    #[error("invalid raft configuration: {0}")]
+    Config(#[from] openraft::ConfigError),
+    /// openraft failed while starting; the agent cannot run as a server.
+    #[error("raft failed to start: {0}")]
+    Fatal(String),
+}
+
+impl Consensus {
+    /// Starts Raft for this server with an in-memory log. With `bootstrap`, a server with
+    /// no Raft state makes itself the only voter.
+    pub(crate) async fn start(
+        id: NodeId,
+        me: ServerNode,
+        bootstrap: bool,
+        timing: RaftTiming,
+    ) -> Result<(Consensus, Catalog), RaftStartError> {
+        let config = openraft::Config {
+            cluster_name: "proconsul".into(),
+            heartbeat_interval: millis(timing.heartbeat_interval),
+            election_timeout_min: millis(timing.election_timeout_min),
+            election_timeout_max: millis(timing.election_timeout_max),
+            ..openraft::Config::default()
+        }
+        .validate()?;
+        let (catalog, writer) = Catalog::new();
+        let machine = store::StateMachine::new(writer);
+        let raft = Raft::new(
+            id,
+            Arc::new(config),
+            network::Network,
+            store::MemLog::default(),
+            machine,
+        )
+        .await
+        .map_err(|e| RaftStartError::Fatal(e.to_string()))?;
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| RaftStartError::Fatal(e.to_string()))?;
+        if bootstrap && !initialized {
+            let members = BTreeMap::from([(id, me)]);
+            match raft.initialize(members).await {
+                Ok(())
+                | Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(RaftStartError::Fatal(e.to_string())),
+            }
+        }
+        Ok((Consensus { id, raft }, catalog))
+    }
+
+    /// Appends `command` and waits until it is committed and applied, or `deadline`.
+    /// Returns the log index it was applied at.
+    pub(crate) async fn write(
+        &self,
+        command: Command,
+        deadline: Instant,
+    ) -> Result<u64, WriteError> {
+        let result = tokio::time::timeout_at(deadline, self.raft.client_write(command)).await;
+        match result {
+            Err(_) => Err(WriteError::Timeout),
+            Ok(Ok(response)) => {
+                response.data?;
+                Ok(response.log_id.index)
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(WriteError::NoLeader)
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(_)))) => {
+                // Only membership changes produce this, and catalog writes are not those.
+                Err(WriteError::NoLeader)
+            }
+            Ok(Err(RaftError::Fatal(_))) => Err(WriteError::ShuttingDown),
+        }
+    }
+
+    /// Checks what `consistency` requires before a local read.
+    pub(crate) async fn read_barrier(
+        &self,
+        consistency: Consistency,
+        deadline: Instant,
+    ) -> Result<ReadMeta, ReadError> {
+        let (known_leader, is_leader) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (
+                m.current_leader.is_some(),
+                m.state == ServerState::Leader && m.current_leader == Some(self.id),
+            )
+        };
+        let meta = ReadMeta {
+            known_leader,
+            last_contact: Duration::ZERO,
+        };
+        match consistency {
+            Consistency::Stale => Ok(meta),
+            Consistency::Default if is_leader => Ok(meta),
+            Consistency::Default => Err(ReadError::NoLeader),
+            Consistency::Consistent => {
+                match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await {
+                    Err(_) => Err(ReadError::Timeout),
+                    Ok(Ok(_)) => Ok(meta),
+                    Ok(Err(RaftError::Fatal(_))) => Err(ReadError::ShuttingDown),
+                    Ok(Err(RaftError::APIError(_))) if known_leader => Err(ReadError::NotReady),
+                    Ok(Err(RaftError::APIError(_))) => Err(ReadError::NoLeader),
+                }
+            }
+        }
+    }
+
+    /// Whether this server is the leader right now.
+    pub(crate) fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    /// Waits until this server's leadership changes (or Raft stops).
+    pub(crate) async fn leadership_changed(&self, was_leader: bool) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                let leader = m.state == ServerState::Leader && m.current_leader == Some(self.id);
+                if leader != was_leader {
+                    return;
+                }
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// This server's view of Raft.
+    pub(crate) fn status(&self) -> RaftStatus {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        let addr_of = |id: &NodeId| membership.get_node(id).map(|n| n.rpc_addr.clone());
+        RaftStatus {
+            leader: m.current_leader.as_ref().and_then(addr_of),
+            peers: membership
+                .voter_ids()
+                .filter_map(|id| addr_of(&id))
+                .collect(),
+            state: format!("{:?}", m.state),
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+        }
+    }
+
+    /// Stops Raft.
+    pub(crate) async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft did not stop cleanly");
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,289 @@
+//! Raft storage: the log (and vote) store, and the state machine that applies committed
+//! entries to the catalog.
+//!
+//! [`MemLog`] keeps the log in memory, as `agent -dev` does in Consul; it honours every
+//! ordering rule of openraft's `RaftLogStorage` so that a durable store can replace it
+//! behind the same trait without touching the rest of the agent.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::RangeBounds;
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::{
+    Entry, EntryPayload, LogId, LogState, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
+    Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{NodeId, ServerNode, TypeConfig};
+use crate::catalog::{ApplyError, CatalogWriter};
+
+#[derive(Debug, Default)]
+struct LogInner {
+    vote: Option<Vote<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+    last_purged: Option<LogId<NodeId>>,
+    entries: BTreeMap<u64, Entry<TypeConfig>>,
+}
+
+/// The Raft log and vote, in memory. Cloning gives another handle to the same log, which
+/// is what openraft's replication tasks use as readers.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MemLog {
+    inner: Arc<Mutex<LogInner>>,
+}
+
+impl MemLog {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogInner> {
+        self.inner.lock().expect("raft log lock poisoned")
+    }
+}
+
+impl RaftLogReader<TypeConfig> for MemLog {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        Ok(self
+            .lock()
+            .entries
+            .range(range)
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for MemLog {
+    type LogReader = MemLog;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let inner = self.lock();
+        let last = inner
+            .entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(inner.last_purged);
+        Ok(LogState {
+            last_purged_log_id: inner.last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.lock().vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        Ok(self.lock().vote)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        self.lock().committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        Ok(self.lock().committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        {
+            let mut inner = self.lock();
+            for entry in entries {
+                inner.entries.insert(entry.log_id.index, entry);
+            }
+        }
+        // Memory is as durable as this store gets.
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.lock().entries.split_off(&log_id.index);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let mut inner = self.lock();
+        let keep = inner.entries.split_off(&(log_id.index + 1));
+        inner.entries = keep;
+        inner.last_purged = Some(log_id);
+        Ok(())
+    }
+}
+
+/// What a snapshot carries besides the catalog.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotFile {
+    catalog: crate::catalog::Snapshot,
+}
+
+#[derive(Debug, Clone)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, ServerNode>,
+    data: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct MachineInner {
+    catalog: CatalogWriter,
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, ServerNode>,
+    snapshot: Option<StoredSnapshot>,
+    snapshot_seq: u64,
+}
+
+/// The state machine: applies committed entries to the catalog and builds snapshots of it.
+#[derive(Debug, Clone)]
+pub(crate) struct StateMachine {
+    inner: Arc<Mutex<MachineInner>>,
+}
+
+impl StateMachine {
+    pub(crate) fn new(catalog: CatalogWriter) -> StateMachine {
+        StateMachine {
+            inner: Arc::new(Mutex::new(MachineInner {
+                catalog,
+                last_applied: None,
+                membership: StoredMembership::default(),
+                snapshot: None,
+                snapshot_seq: 0,
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MachineInner> {
+        self.inner.lock().expect("state machine lock poisoned")
+    }
+}
+
+fn io_error(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageError::IO {
+        source: StorageIOError::read_state_machine(&e),
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let mut inner = self.lock();
+        let file = SnapshotFile {
+            catalog: inner.catalog.snapshot(),
+        };
+        let data = serde_json::to_vec(&file).map_err(io_error)?;
+        inner.snapshot_seq += 1;
+        let snapshot_id = match inner.last_applied {
+            Some(last) => format!("{}-{}-{}", last.leader_id, last.index, inner.snapshot_seq),
+            None => format!("--{}", inner.snapshot_seq),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: inner.last_applied,
+            last_membership: inner.membership.clone(),
+            snapshot_id,
+        };
+        inner.snapshot = Some(StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        });
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, ServerNode>), StorageError<NodeId>>
+    {
+        let inner = self.lock();
+        Ok((inner.last_applied, inner.membership.clone()))
+    }
+
+    async fn apply<I>(
+        &mut self,
+        entries: I,
+    ) -> Result<Vec<Result<(), ApplyError>>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut inner = self.lock();
+        let mut out = Vec::new();
+        for entry in entries {
+            inner.last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => out.push(Ok(())),
+                EntryPayload::Normal(command) => {
+                    out.push(inner.catalog.apply(entry.log_id.index, &command));
+                }
+                EntryPayload::Membership(m) => {
+                    inner.membership = StoredMembership::new(Some(entry.log_id), m);
+                    out.push(Ok(()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, ServerNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let data = snapshot.into_inner();
+        let file: SnapshotFile = serde_json::from_slice(&data).map_err(|e| StorageError::IO {
+            source: StorageIOError::read_snapshot(Some(meta.signature()), &e),
+        })?;
+        let mut inner = self.lock();
+        inner.catalog.replace(file.catalog);
+        inner.last_applied = meta.last_log_id;
+        inner.membership = meta.last_membership.clone();
+        inner.snapshot = Some(StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        });
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        Ok(self.lock().snapshot.clone().map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}

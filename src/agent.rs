@@ -1,0 +1,423 @@
+//! Assembly of one agent: start order, shutdown order, reloads.
+//!
+//! Start: resolve addresses and the node ID → datacenter layer (Raft, sync, leader
+//! upkeep) → gateway → HTTP and DNS listeners → config-file services. Shutdown runs the
+//! other way: listeners stop accepting, the agent leaves, background tasks stop (each
+//! stage bounded by a timeout), then Raft stops.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use gateway::Gateway;
+use lan::{Lan, RaftTiming};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{AgentConfig, new_uuid};
+
+/// How long shutdown waits for background tasks before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Reload requests waiting to be served; more get "a reload is already in progress".
+const RELOAD_QUEUE: usize = 1;
+
+/// A running agent: a server of one datacenter with its HTTP API and DNS interface.
+///
+/// ```no_run
+/// # async fn run() -> anyhow::Result<()> {
+/// use proconsul::{Agent, AgentConfig, config::Sources};
+/// let config = AgentConfig::load(Sources { dev: true, ..Sources::default() })?;
+/// let agent = Agent::start(config).await?;
+/// println!("HTTP API on {:?}", agent.http_addr());
+/// agent.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub struct Agent {
+    config: AgentConfig,
+    node_id: String,
+    advertise: IpAddr,
+    lan: Lan,
+    gateway: Gateway,
+    http: Vec<SocketAddr>,
+    dns: Option<api::dns::Bound>,
+    tasks: TaskTracker,
+    front: CancellationToken,
+    core: CancellationToken,
+    leave: CancellationToken,
+}
+
+/// Private IPv4 ranges an unspecified bind address may resolve to (RFC 1918, RFC 6598).
+fn is_private(ip: Ipv4Addr) -> bool {
+    let o = ip.octets();
+    o[0] == 10
+        || (o[0] == 172 && (16..=31).contains(&o[1]))
+        || (o[0] == 192 && o[1] == 168)
+        || (o[0] == 100 && (64..=127).contains(&o[1]))
+}
+
+/// The address to advertise for a bind address: itself, or for `0.0.0.0` the only
+/// private IPv4 address of the host (Consul refuses to guess between several).
+pub fn resolve_bind(bind: IpAddr) -> anyhow::Result<IpAddr> {
+    if !bind.is_unspecified() {
+        return Ok(bind);
+    }
+    let private: Vec<Ipv4Addr> = if_addrs::get_if_addrs()
+        .context("listing network interfaces")?
+        .into_iter()
+        .filter_map(|i| match i.ip() {
+            IpAddr::V4(v4) if is_private(v4) => Some(v4),
+            _ => None,
+        })
+        .collect();
+    match private.as_slice() {
+        [one] => Ok(IpAddr::V4(*one)),
+        [] => bail!(
+            "No private IPv4 address found; set -bind (or bind_addr) to the address to use, e.g. -bind=127.0.0.1"
+        ),
+        many => {
+            let list: Vec<String> = many.iter().map(|ip| ip.to_string()).collect();
+            bail!(
+                "Multiple private IPv4 addresses found ({}). Please configure one with 'bind' and/or 'advertise'.",
+                list.join(", ")
+            )
+        }
+    }
+}
+
+/// The node ID: configured, else read from the data dir, else new (and saved there).
+fn node_id(config: &AgentConfig) -> anyhow::Result<String> {
+    if let Some(id) = &config.node_id {
+        return Ok(id.clone());
+    }
+    let Some(dir) = &config.data_dir else {
+        return Ok(new_uuid());
+    };
+    let path = dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim().to_owned();
+            if id.len() == 36 {
+                return Ok(id);
+            }
+            bail!(
+                "{} does not hold a node ID; remove it to get a new one",
+                path.display()
+            );
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let id = new_uuid();
+    std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))
+}
+
+/// The resolved configuration as `/v1/agent/self` shows it under `DebugConfig`.
+fn debug_config(config: &AgentConfig, node_id: &str, advertise: IpAddr) -> serde_json::Value {
+    serde_json::json!({
+        "Datacenter": config.datacenter.as_str(),
+        "NodeName": config.node_name,
+        "NodeID": node_id,
+        "ServerMode": config.server,
+        "Bootstrap": config.bootstrap,
+        "BootstrapExpect": config.bootstrap_expect,
+        "DevMode": config.dev,
+        "DataDir": config.data_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(),
+        "BindAddr": config.bind_addr.to_string(),
+        "AdvertiseAddrLAN": advertise.to_string(),
+        "ClientAddrs": config.client_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "DNSDomain": config.dns.domain.to_string(),
+        "DNSPort": config.ports.dns.map(i64::from).unwrap_or(-1),
+        "HTTPPort": config.ports.http.map(i64::from).unwrap_or(-1),
+        "ServerPort": config.ports.server,
+        "SerfPortLAN": config.ports.serf_lan,
+        "SerfPortWAN": config.ports.serf_wan,
+        "DNSRecursors": config.dns.recursors.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "DNSOnlyPassing": config.dns.only_passing,
+        "DNSUDPAnswerLimit": config.dns.udp_answer_limit,
+        "DNSARecordLimit": config.dns.a_record_limit,
+        "EnableScriptChecks": config.enable_script_checks,
+        "EnableLocalScriptChecks": config.enable_local_script_checks,
+        "NodeMeta": config.node_meta,
+        "LogLevel": config.log_level,
+    })
+}
+
+impl Agent {
+    /// Starts an agent: binds its listeners (ports 0 pick free ports) and registers the
+    /// services of its config files.
+    pub async fn start(config: AgentConfig) -> anyhow::Result<Agent> {
+        if let Some(dir) = &config.data_dir {
+            prepare_data_dir(dir)?;
+        }
+        let advertise = match config.advertise_addr {
+            Some(a) => a,
+            None => resolve_bind(config.bind_addr)?,
+        };
+        let node_id = node_id(&config)?;
+        let tasks = TaskTracker::new();
+        let core = CancellationToken::new();
+        let front = CancellationToken::new();
+        let leave = CancellationToken::new();
+        let lan_config = lan::Config {
+            node_name: config.node_name.clone(),
+            node_id: node_id.clone(),
+            datacenter: config.datacenter.clone(),
+            bootstrap: config.bootstrap,
+            bootstrap_expect: config.bootstrap_expect,
+            advertise,
+            advertise_wan: config.advertise_addr_wan.unwrap_or(advertise),
+            server_port: config.ports.server,
+            serf_lan_port: config.ports.serf_lan,
+            serf_wan_port: config.ports.serf_wan,
+            node_meta: config.node_meta.clone(),
+            enable_script_checks: config.enable_script_checks || config.enable_local_script_checks,
+            raft: RaftTiming::default(),
+            version: crate::VERSION.to_owned(),
+        };
+        let lan = Lan::start(lan_config, &tasks, core.child_token())
+            .await
+            .context("starting the catalog")?;
+        let gateway = Gateway::new(lan.clone());
+
+        let (reload_tx, reload_rx) = mpsc::channel(RELOAD_QUEUE);
+        let context = api::Context {
+            gateway: gateway.clone(),
+            lan: lan.clone(),
+            agent: Arc::new(api::AgentInfo {
+                node_name: config.node_name.clone(),
+                node_id: node_id.clone(),
+                datacenter: config.datacenter.to_string(),
+                server: config.server,
+                bootstrap: config.bootstrap,
+                version: crate::VERSION.to_owned(),
+                revision: String::new(),
+                enable_script_checks: config.enable_script_checks,
+                debug_config: debug_config(&config, &node_id, advertise),
+            }),
+            control: api::Control {
+                leave: leave.clone(),
+                reload: reload_tx,
+            },
+            shutdown: front.clone(),
+        };
+        let started = async {
+            let http = match config.ports.http {
+                Some(port) => {
+                    let addrs: Vec<SocketAddr> = config
+                        .client_addrs
+                        .iter()
+                        .map(|ip| SocketAddr::new(*ip, port))
+                        .collect();
+                    api::http::start(&addrs, context, &tasks, front.child_token()).await?
+                }
+                None => Vec::new(),
+            };
+            let dns = match config.ports.dns {
+                Some(port) => {
+                    let addrs: Vec<SocketAddr> = config
+                        .client_addrs
+                        .iter()
+                        .map(|ip| SocketAddr::new(*ip, port))
+                        .collect();
+                    Some(
+                        api::dns::start(
+                            &addrs,
+                            gateway.clone(),
+                            config.dns.clone(),
+                            &tasks,
+                            front.child_token(),
+                        )
+                        .await?,
+                    )
+                }
+                None => None,
+            };
+            anyhow::Ok((http, dns))
+        };
+        let (http, dns) = match started.await {
+            Ok(bound) => bound,
+            Err(e) => {
+                // Stop what did start before reporting.
+                front.cancel();
+                core.cancel();
+                tasks.close();
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await;
+                lan.shutdown().await;
+                return Err(e);
+            }
+        };
+        lan.local()
+            .replace_config(config.services.clone(), config.checks.clone())
+            .context("registering the services of the config files")?;
+        tasks.spawn(serve_reloads(
+            reload_rx,
+            config.sources.clone(),
+            lan.clone(),
+            core.child_token(),
+        ));
+        Ok(Agent {
+            config,
+            node_id,
+            advertise,
+            lan,
+            gateway,
+            http,
+            dns,
+            tasks,
+            front,
+            core,
+            leave,
+        })
+    }
+
+    /// The first bound HTTP address.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.first().copied()
+    }
+
+    /// The first bound DNS address (UDP and TCP share it).
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns.as_ref().and_then(|b| b.udp.first().copied())
+    }
+
+    /// The datacenter layer.
+    pub fn lan(&self) -> &Lan {
+        &self.lan
+    }
+
+    /// The gateway.
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// The configuration the agent runs with.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// Resolves when a leave was requested through the API.
+    pub async fn left(&self) {
+        self.leave.cancelled().await;
+    }
+
+    /// Re-reads the config files and replaces the services and checks they define.
+    pub async fn reload(&self) -> Result<(), String> {
+        reload(&self.config.sources, &self.lan)
+    }
+
+    /// Consul's start-up banner.
+    pub fn banner(&self) -> String {
+        let c = &self.config;
+        let port = |p: Option<u16>, bound: Option<SocketAddr>| match (p, bound) {
+            (_, Some(a)) => a.port().to_string(),
+            (Some(p), None) => p.to_string(),
+            (None, None) => "-1".into(),
+        };
+        let clients: Vec<String> = c.client_addrs.iter().map(|a| a.to_string()).collect();
+        format!(
+            "==> Starting proconsul agent...\n\
+             \x20              Version: '{version}'\n\
+             \x20              Node ID: '{id}'\n\
+             \x20            Node name: '{node}'\n\
+             \x20           Datacenter: '{dc}' (Segment: '<all>')\n\
+             \x20               Server: {server} (Bootstrap: {bootstrap})\n\
+             \x20          Client Addr: [{clients}] (HTTP: {http}, HTTPS: -1, gRPC: -1, DNS: {dns})\n\
+             \x20         Cluster Addr: {advertise} (LAN: {lan}, WAN: {wan})\n\
+             \x20    Gossip Encryption: false\n\
+             \n\
+             ==> Log data will now stream in as it occurs:\n",
+            version = crate::VERSION,
+            id = self.node_id,
+            node = c.node_name,
+            dc = c.datacenter,
+            server = c.server,
+            bootstrap = c.bootstrap,
+            clients = clients.join(" "),
+            http = port(c.ports.http, self.http_addr()),
+            dns = port(c.ports.dns, self.dns_addr()),
+            advertise = self.advertise,
+            lan = c.ports.serf_lan,
+            wan = c.ports.serf_wan,
+        )
+    }
+
+    /// Stops the agent in order: listeners, leave, background tasks, Raft.
+    pub async fn shutdown(self) {
+        self.front.cancel();
+        self.lan.leave();
+        self.core.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = self.tasks.len(),
+                "background tasks did not stop within the grace period"
+            );
+        }
+        self.lan.shutdown().await;
+        tracing::info!("agent stopped");
+    }
+}
+
+fn reload(sources: &crate::config::Sources, lan: &Lan) -> Result<(), String> {
+    let config = AgentConfig::load(sources.clone()).map_err(|e| e.to_string())?;
+    lan.local()
+        .replace_config(config.services, config.checks)
+        .map_err(|e| e.to_string())?;
+    tracing::info!("configuration reloaded");
+    Ok(())
+}
+
+async fn serve_reloads(
+    mut requests: mpsc::Receiver<api::ReloadRequest>,
+    sources: crate::config::Sources,
+    lan: Lan,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let reply = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = requests.recv() => match r {
+                Some(r) => r,
+                None => return,
+            },
+        };
+        let result = reload(&sources, &lan);
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "configuration reload failed");
+        }
+        let _ = reply.send(result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_ranges() {
+        assert!(is_private("10.1.2.3".parse().unwrap()));
+        assert!(is_private("172.16.0.1".parse().unwrap()));
+        assert!(!is_private("172.32.0.1".parse().unwrap()));
+        assert!(is_private("192.168.1.1".parse().unwrap()));
+        assert!(is_private("100.64.0.1".parse().unwrap()));
+        assert!(!is_private("192.0.2.2".parse().unwrap()));
+        assert!(!is_private("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_specific_bind_address_is_used_as_is() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(resolve_bind(ip).unwrap(), ip);
+    }
+}

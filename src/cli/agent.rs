@@ -1,0 +1,285 @@
+//! `proconsul agent`.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use clap::Args;
+use proconsul::config::raw::{RawConfig, RawPorts};
+use proconsul::config::{self, Sources};
+use proconsul::{Agent, AgentConfig};
+
+/// Bool flags take Go's forms: `-server` or `-server=false`.
+#[derive(Args, Debug, Default)]
+pub struct AgentArgs {
+    /// Starts a single in-memory server for development (datacenter dc1, local addresses)
+    #[arg(long)]
+    pub dev: bool,
+    /// Runs the agent as a server
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub server: Option<bool>,
+    /// Elects this server alone
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub bootstrap: Option<bool>,
+    /// Number of servers to wait for before bootstrapping
+    #[arg(long = "bootstrap-expect")]
+    pub bootstrap_expect: Option<u32>,
+    /// Datacenter of the agent
+    #[arg(long)]
+    pub datacenter: Option<String>,
+    /// Node name (default: the host name)
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Node UUID (default: random, kept in the data dir)
+    #[arg(long = "node-id")]
+    pub node_id: Option<String>,
+    /// Node metadata as key:value (repeatable)
+    #[arg(long = "node-meta")]
+    pub node_meta: Vec<String>,
+    /// Address to bind cluster communication to
+    #[arg(long)]
+    pub bind: Option<String>,
+    /// Address to advertise to other agents
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Address to advertise to other datacenters
+    #[arg(long = "advertise-wan")]
+    pub advertise_wan: Option<String>,
+    /// Addresses (space-separated) for the HTTP API and DNS
+    #[arg(long)]
+    pub client: Option<String>,
+    /// Directory for the agent's state
+    #[arg(long = "data-dir")]
+    pub data_dir: Option<String>,
+    /// Directory of *.json config files, read in lexical order (repeatable)
+    #[arg(long = "config-dir")]
+    pub config_dir: Vec<PathBuf>,
+    /// A JSON config file (repeatable)
+    #[arg(long = "config-file")]
+    pub config_file: Vec<PathBuf>,
+    /// HTTP API port (-1 disables)
+    #[arg(long = "http-port", allow_negative_numbers = true)]
+    pub http_port: Option<i64>,
+    /// DNS port (-1 disables)
+    #[arg(long = "dns-port", allow_negative_numbers = true)]
+    pub dns_port: Option<i64>,
+    /// Server RPC port
+    #[arg(long = "server-port")]
+    pub server_port: Option<i64>,
+    /// LAN gossip port
+    #[arg(long = "serf-lan-port")]
+    pub serf_lan_port: Option<i64>,
+    /// WAN gossip port
+    #[arg(long = "serf-wan-port")]
+    pub serf_wan_port: Option<i64>,
+    /// Log level: trace, debug, info, warn, error
+    #[arg(long = "log-level")]
+    pub log_level: Option<String>,
+    /// DNS domain (default consul)
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// Upstream DNS server for names outside the domain (repeatable)
+    #[arg(long)]
+    pub recursor: Vec<String>,
+    /// Allows script checks
+    #[arg(long = "enable-script-checks", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub enable_script_checks: Option<bool>,
+    /// Allows script checks from config files only
+    #[arg(long = "enable-local-script-checks", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub enable_local_script_checks: Option<bool>,
+}
+
+impl AgentArgs {
+    /// The flags as a configuration layer.
+    fn to_layer(&self) -> Result<RawConfig, String> {
+        let mut meta = BTreeMap::new();
+        for kv in &self.node_meta {
+            let (k, v) = kv
+                .split_once(':')
+                .ok_or_else(|| format!("-node-meta {kv:?}: expected key:value"))?;
+            meta.insert(k.to_owned(), v.to_owned());
+        }
+        let any_port = self.http_port.is_some()
+            || self.dns_port.is_some()
+            || self.server_port.is_some()
+            || self.serf_lan_port.is_some()
+            || self.serf_wan_port.is_some();
+        Ok(RawConfig {
+            server: self.server,
+            bootstrap: self.bootstrap,
+            bootstrap_expect: self.bootstrap_expect,
+            datacenter: self.datacenter.clone(),
+            node_name: self.node.clone(),
+            node_id: self.node_id.clone(),
+            node_meta: (!meta.is_empty()).then_some(meta),
+            bind_addr: self.bind.clone(),
+            advertise_addr: self.advertise.clone(),
+            advertise_addr_wan: self.advertise_wan.clone(),
+            client_addr: self.client.clone(),
+            data_dir: self.data_dir.clone(),
+            log_level: self.log_level.clone(),
+            domain: self.domain.clone(),
+            recursors: (!self.recursor.is_empty()).then(|| self.recursor.clone()),
+            enable_script_checks: self.enable_script_checks,
+            enable_local_script_checks: self.enable_local_script_checks,
+            ports: any_port.then(|| RawPorts {
+                http: self.http_port,
+                dns: self.dns_port,
+                server: self.server_port,
+                serf_lan: self.serf_lan_port,
+                serf_wan: self.serf_wan_port,
+                ..RawPorts::default()
+            }),
+            ..RawConfig::default()
+        })
+    }
+}
+
+pub fn run(args: AgentArgs) -> ExitCode {
+    let flags = match args.to_layer() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("==> {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let sources = Sources {
+        dev: args.dev,
+        dirs: args.config_dir.clone(),
+        files: args.config_file.clone(),
+        flags,
+    };
+    let config = match AgentConfig::load(sources) {
+        Ok(c) => c,
+        Err(problems) => {
+            eprintln!("==> Error loading the configuration:");
+            for p in &problems.0 {
+                eprintln!("    {p}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    let filter = config::log_filter(&config.log_level).unwrap_or_else(|| "info".into());
+    let gate = Gate::default();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(std::io::stdout().is_terminal())
+        .with_writer(gate.clone())
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("proconsul")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("==> cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(serve(config, gate))
+}
+
+async fn serve(config: AgentConfig, gate: Gate) -> ExitCode {
+    use tokio::signal::unix::{SignalKind, signal};
+    let agent = match Agent::start(config).await {
+        Ok(a) => a,
+        Err(e) => {
+            gate.open();
+            eprintln!("==> Error starting agent: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    // As Consul does: the banner first, then the log lines held back during start-up.
+    print!("{}", agent.banner());
+    gate.open();
+    let signals = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    );
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = signals else {
+        eprintln!("==> cannot install signal handlers");
+        agent.shutdown().await;
+        return ExitCode::from(1);
+    };
+    loop {
+        tokio::select! {
+            _ = int.recv() => {
+                tracing::info!("caught interrupt, leaving gracefully");
+                break;
+            }
+            _ = term.recv() => {
+                tracing::info!("caught terminate, leaving gracefully");
+                break;
+            }
+            _ = hup.recv() => {
+                tracing::info!("caught hangup, reloading configuration");
+                if let Err(e) = agent.reload().await {
+                    tracing::error!(error = %e, "reload failed");
+                }
+            }
+            _ = agent.left() => break,
+        }
+    }
+    agent.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+/// Log output held back until the banner is printed, then written straight to stdout.
+#[derive(Clone, Default)]
+struct Gate {
+    state: Arc<Mutex<GateState>>,
+}
+
+#[derive(Default)]
+struct GateState {
+    open: bool,
+    held: Vec<u8>,
+}
+
+/// Most log output held back before the gate opens; later lines are dropped.
+const GATE_BUFFER: usize = 1024 * 1024;
+
+impl Gate {
+    fn open(&self) {
+        let mut state = self.state.lock().expect("log gate poisoned");
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&state.held);
+        let _ = out.flush();
+        state.held = Vec::new();
+        state.open = true;
+    }
+}
+
+struct GateWriter {
+    state: Arc<Mutex<GateState>>,
+}
+
+impl Write for GateWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut state = self.state.lock().expect("log gate poisoned");
+        if state.open {
+            std::io::stdout().lock().write_all(buf)?;
+        } else if state.held.len() + buf.len() <= GATE_BUFFER {
+            state.held.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().lock().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Gate {
+    type Writer = GateWriter;
+
+    fn make_writer(&'a self) -> GateWriter {
+        GateWriter {
+            state: self.state.clone(),
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! The command line: Consul's verbs and flags.
+//!
+//! Consul users type Go-style single-dash long flags (`-dev`, `-config-dir=DIR`). clap
+//! does not parse those (clap-rs/clap#1210), so [`normalize`] rewrites every `-name` or
+//! `-name=value` whose `name` is a long flag of the chosen (sub)command into `--name…`
+//! before clap sees it. No short flags are defined, so nothing is ambiguous.
+//!
+//! Verbs other than `agent`, `validate` and `version` talk to a running agent over its
+//! HTTP API (`-http-addr`, else `CONSUL_HTTP_ADDR`, else 127.0.0.1:8500).
+
+#![allow(missing_docs, unreachable_pub)]
+#![allow(clippy::print_stdout)]
+
+mod agent;
+mod catalog;
+mod members;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+use proconsul::client::Client;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "proconsul",
+    about = "A Consul-compatible service catalog agent",
+    disable_version_flag = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Runs an agent
+    Agent(Box<agent::AgentArgs>),
+    /// Interacts with the catalog
+    Catalog {
+        #[command(subcommand)]
+        command: catalog::CatalogCommand,
+    },
+    /// Gracefully leaves the cluster and shuts the agent down
+    Leave(ClientArgs),
+    /// Lists the members of the datacenter
+    Members(members::MembersArgs),
+    /// Triggers the agent to reload its configuration files
+    Reload(ClientArgs),
+    /// Validates configuration files
+    Validate(ValidateArgs),
+    /// Prints the proconsul version
+    Version,
+}
+
+/// Where the agent's HTTP API is.
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// The agent's HTTP address (also CONSUL_HTTP_ADDR)
+    #[arg(
+        long = "http-addr",
+        env = "CONSUL_HTTP_ADDR",
+        default_value = "127.0.0.1:8500"
+    )]
+    pub http_addr: String,
+}
+
+impl ClientArgs {
+    fn client(&self) -> anyhow::Result<Client> {
+        Client::new(&self.http_addr)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ValidateArgs {
+    /// Do not print "Configuration is valid!" on success
+    #[arg(long)]
+    pub quiet: bool,
+    /// Config files or directories of *.json files
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+/// Rewrites Go-style `-flag` arguments into `--flag` for the (sub)command they follow.
+pub fn normalize(args: Vec<OsString>) -> Vec<OsString> {
+    let root = Cli::command();
+    let mut current = &root;
+    let mut out = Vec::with_capacity(args.len());
+    let mut iter = args.into_iter();
+    if let Some(program) = iter.next() {
+        out.push(program);
+    }
+    while let Some(arg) = iter.next() {
+        let Some(text) = arg.to_str() else {
+            out.push(arg);
+            continue;
+        };
+        if text == "--" {
+            out.push(arg);
+            out.extend(iter);
+            break;
+        }
+        if let Some(flag) = text.strip_prefix('-')
+            && !flag.starts_with('-')
+            && flag.len() > 1
+        {
+            let name = flag.split('=').next().unwrap_or(flag);
+            let known =
+                name == "help" || current.get_arguments().any(|a| a.get_long() == Some(name));
+            if known {
+                out.push(OsString::from(format!("-{text}")));
+                continue;
+            }
+        }
+        if !text.starts_with('-')
+            && let Some(sub) = current.find_subcommand(text)
+        {
+            current = sub;
+        }
+        out.push(arg);
+    }
+    out
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn run(args: Vec<OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(normalize(args)) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Agent(args) => agent::run(*args),
+        Command::Version => {
+            println!("proconsul v{}", proconsul::VERSION);
+            println!("{}", proconsul::PROTOCOL_LINE);
+            ExitCode::SUCCESS
+        }
+        Command::Validate(args) => validate(args),
+        Command::Members(args) => client_command(|| members::run(args)),
+        Command::Catalog { command } => client_command(|| catalog::run(command)),
+        Command::Leave(args) => client_command(|| async move {
+            args.client()?.put("/v1/agent/leave", None).await?;
+            println!("Graceful leave complete");
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Reload(args) => client_command(|| async move {
+            args.client()?.put("/v1/agent/reload", None).await?;
+            println!("Configuration reload triggered");
+            Ok(ExitCode::SUCCESS)
+        }),
+    }
+}
+
+/// Runs an HTTP-client verb on a small runtime; errors print as Consul's do and exit 1.
+fn client_command<F, Fut>(f: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
+{
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(f()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn validate(args: ValidateArgs) -> ExitCode {
+    use proconsul::config::{self, Layer, Origin, Problems, Sources};
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    for path in &args.paths {
+        if path.is_dir() {
+            match config::dir_files(path) {
+                Ok(f) => files.extend(f),
+                Err(p) => problems.push(p),
+            }
+        } else {
+            files.push(path.clone());
+        }
+    }
+    // Files are checked as an agent started with -dev would read them, so a directory
+    // of service definitions validates without a data_dir.
+    let mut layers = vec![Layer {
+        origin: Origin::Defaults,
+        raw: config::raw::RawConfig {
+            server: Some(true),
+            bootstrap: Some(true),
+            ..Default::default()
+        },
+    }];
+    for file in &files {
+        match config::read_file(file) {
+            Ok(layer) => layers.push(layer),
+            Err(p) => problems.push(p),
+        }
+    }
+    let result = if problems.is_empty() {
+        proconsul::AgentConfig::from_layers(
+            &layers,
+            Sources {
+                dev: true,
+                ..Sources::default()
+            },
+        )
+        .map(|_| ())
+    } else {
+        Err(Problems(problems))
+    };
+    match result {
+        Ok(()) => {
+            if !args.quiet {
+                println!("Configuration is valid!");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            eprintln!("Config validation failed:");
+            for p in &problems.0 {
+                eprintln!("  {p}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Lays out rows in columns separated by at least two spaces (Consul's columnize).
+pub fn columns(rows: &[Vec<String>]) -> String {
+    let width = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut widths = vec![0usize; width];
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            line.push_str(cell);
+            if i + 1 < row.len() {
+                let pad = widths[i] - cell.chars().count() + 2;
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(args: &[&str]) -> Vec<String> {
+        normalize(args.iter().map(OsString::from).collect())
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn single_dash_long_flags_become_double_dash() {
+        assert_eq!(
+            norm(&["p", "agent", "-dev", "-config-dir=x", "-node", "n1"]),
+            ["p", "agent", "--dev", "--config-dir=x", "--node", "n1"]
+        );
+        assert_eq!(
+            norm(&[
+                "p",
+                "members",
+                "-detailed",
+                "-status=alive",
+                "-http-addr",
+                "h:1"
+            ]),
+            [
+                "p",
+                "members",
+                "--detailed",
+                "--status=alive",
+                "--http-addr",
+                "h:1"
+            ]
+        );
+        assert_eq!(
+            norm(&["p", "catalog", "nodes", "-detailed"]),
+            ["p", "catalog", "nodes", "--detailed"]
+        );
+    }
+
+    #[test]
+    fn unknown_flags_and_values_are_left_alone() {
+        assert_eq!(norm(&["p", "agent", "-nope"]), ["p", "agent", "-nope"]);
+        assert_eq!(
+            norm(&["p", "validate", "-quiet", "--", "-dev"]),
+            ["p", "validate", "--quiet", "--", "-dev"]
+        );
+        assert_eq!(norm(&["p", "agent", "--dev"]), ["p", "agent", "--dev"]);
+        assert_eq!(norm(&["p", "-help"]), ["p", "--help"]);
+    }
+
+    #[test]
+    fn parsed_flags_reach_the_agent_args() {
+        let cli = Cli::try_parse_from(normalize(
+            [
+                "p",
+                "agent",
+                "-dev",
+                "-config-dir",
+                "d1",
+                "-config-dir=d2",
+                "-http-port=0",
+                "-server=false",
+            ]
+            .iter()
+            .map(OsString::from)
+            .collect(),
+        ))
+        .unwrap();
+        let Command::Agent(a) = cli.command else {
+            panic!()
+        };
+        assert!(a.dev);
+        assert_eq!(a.config_dir.len(), 2);
+        assert_eq!(a.http_port, Some(0));
+        assert_eq!(a.server, Some(false));
+    }
+
+    #[test]
+    fn columns_align() {
+        let rows = vec![
+            vec!["Node".to_string(), "Address".into()],
+            vec!["a-long-name".to_string(), "1.2.3.4:8301".into()],
+        ];
+        assert_eq!(
+            columns(&rows),
+            "Node         Address\na-long-name  1.2.3.4:8301\n"
+        );
+    }
+}

@@ -1,0 +1,859 @@
+//! Configuration: Consul's JSON read as written ([`raw`]), layered in Consul's order
+//! (defaults or the `-dev` preset, then `-config-dir` files in lexical order and
+//! `-config-file`s, then flags), checked, and turned into the typed [`AgentConfig`] the
+//! agent runs with.
+//!
+//! Every problem names its source and key (`web.json: services[0].port: must be a port
+//! number`), and all problems are reported at once.
+
+pub mod raw;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use api::definition::{self, Style};
+use api::dns::Name;
+use api::dns::{DnsConfig, RecursorStrategy, Soa};
+use lan::catalog::Service;
+use lan::{CheckDefinition, Datacenter};
+use raw::RawConfig;
+
+/// Where a layer of configuration came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A file.
+    File(PathBuf),
+    /// Command-line flags.
+    Flags,
+    /// The `-dev` preset or built-in defaults.
+    Defaults,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File(p) => write!(f, "{}", p.display()),
+            Origin::Flags => f.write_str("command line"),
+            Origin::Defaults => f.write_str("defaults"),
+        }
+    }
+}
+
+/// One problem with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The source, when one source is to blame.
+    pub origin: Option<Origin>,
+    /// The key (`ports.http`, `services[0].checks[1].interval`).
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.origin {
+            Some(origin) if !self.key.is_empty() => {
+                write!(f, "{origin}: {}: {}", self.key, self.message)
+            }
+            Some(origin) => write!(f, "{origin}: {}", self.message),
+            None if !self.key.is_empty() => write!(f, "{}: {}", self.key, self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// All problems found, one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
+/// A parsed source.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// Where it came from.
+    pub origin: Origin,
+    /// What it says.
+    pub raw: RawConfig,
+}
+
+/// Ports; `None` means disabled (`-1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    /// DNS (8600).
+    pub dns: Option<u16>,
+    /// HTTP (8500).
+    pub http: Option<u16>,
+    /// Server RPC (8300).
+    pub server: u16,
+    /// LAN gossip (8301).
+    pub serf_lan: u16,
+    /// WAN gossip (8302).
+    pub serf_wan: u16,
+}
+
+/// Everything an agent runs with, checked and typed.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Node name.
+    pub node_name: String,
+    /// Node UUID; `None` means "generate one (and persist it unless `-dev`)".
+    pub node_id: Option<String>,
+    /// Datacenter.
+    pub datacenter: Datacenter,
+    /// Runs as a server (always, in this version).
+    pub server: bool,
+    /// Elects itself.
+    pub bootstrap: bool,
+    /// `bootstrap_expect` as given.
+    pub bootstrap_expect: u32,
+    /// `-dev`.
+    pub dev: bool,
+    /// Bind address as given (`0.0.0.0` means "the single private IPv4").
+    pub bind_addr: IpAddr,
+    /// Advertise address, if given.
+    pub advertise_addr: Option<IpAddr>,
+    /// WAN advertise address, if given.
+    pub advertise_addr_wan: Option<IpAddr>,
+    /// Addresses HTTP and DNS listen on.
+    pub client_addrs: Vec<IpAddr>,
+    /// Data directory (`None` only with `-dev`).
+    pub data_dir: Option<PathBuf>,
+    /// Log level (`trace`, `debug`, `info`, `warn`, `error`).
+    pub log_level: String,
+    /// Ports.
+    pub ports: Ports,
+    /// User node metadata.
+    pub node_meta: BTreeMap<String, String>,
+    /// Script checks allowed from the API and config files.
+    pub enable_script_checks: bool,
+    /// Script checks allowed from config files only.
+    pub enable_local_script_checks: bool,
+    /// DNS settings.
+    pub dns: DnsConfig,
+    /// Services from config files, with their checks.
+    pub services: Vec<(Service, Vec<CheckDefinition>)>,
+    /// Node-level checks from config files.
+    pub checks: Vec<CheckDefinition>,
+    /// The sources, for a reload.
+    pub sources: Sources,
+}
+
+/// Where the configuration is read from, kept for reloads.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// `-dev`.
+    pub dev: bool,
+    /// `-config-dir`s.
+    pub dirs: Vec<PathBuf>,
+    /// `-config-file`s.
+    pub files: Vec<PathBuf>,
+    /// Command-line flags as a layer.
+    pub flags: RawConfig,
+}
+
+fn problem(origin: Option<&Origin>, key: &str, message: impl Into<String>) -> Problem {
+    Problem {
+        origin: origin.cloned(),
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// Reads one JSON config file.
+pub fn read_file(path: &Path) -> Result<Layer, Problem> {
+    let origin = Origin::File(path.to_owned());
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| problem(Some(&origin), "", format!("cannot read: {e}")))?;
+    parse_layer(origin, &text)
+}
+
+/// Parses one JSON source, naming the key of the first problem.
+pub fn parse_layer(origin: Origin, text: &str) -> Result<Layer, Problem> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    match serde_path_to_error::deserialize::<_, RawConfig>(de) {
+        Ok(raw) => Ok(Layer { origin, raw }),
+        Err(e) => {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            let inner = e.into_inner();
+            Err(problem(Some(&origin), &key, inner.to_string()))
+        }
+    }
+}
+
+/// The `*.json` files of a config directory, in lexical order.
+pub fn dir_files(dir: &Path) -> Result<Vec<PathBuf>, Problem> {
+    let origin = Origin::File(dir.to_owned());
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| problem(Some(&origin), "", format!("cannot read directory: {e}")))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The `-dev` preset.
+fn dev_layer() -> RawConfig {
+    RawConfig {
+        server: Some(true),
+        bootstrap: Some(true),
+        bind_addr: Some("127.0.0.1".into()),
+        client_addr: Some("127.0.0.1".into()),
+        log_level: Some("debug".into()),
+        ..RawConfig::default()
+    }
+}
+
+/// Reads every source in Consul's order.
+pub fn load_layers(sources: &Sources) -> Result<Vec<Layer>, Problems> {
+    let mut layers = Vec::new();
+    let mut problems = Vec::new();
+    if sources.dev {
+        layers.push(Layer {
+            origin: Origin::Defaults,
+            raw: dev_layer(),
+        });
+    }
+    let mut paths = Vec::new();
+    for dir in &sources.dirs {
+        match dir_files(dir) {
+            Ok(files) => paths.extend(files),
+            Err(p) => problems.push(p),
+        }
+    }
+    paths.extend(sources.files.iter().cloned());
+    for path in paths {
+        match read_file(&path) {
+            Ok(layer) => layers.push(layer),
+            Err(p) => problems.push(p),
+        }
+    }
+    layers.push(Layer {
+        origin: Origin::Flags,
+        raw: sources.flags.clone(),
+    });
+    if problems.is_empty() {
+        Ok(layers)
+    } else {
+        Err(Problems(problems))
+    }
+}
+
+fn port(
+    origin: Option<&Origin>,
+    key: &str,
+    value: Option<i64>,
+    default: u16,
+    problems: &mut Vec<Problem>,
+) -> Option<u16> {
+    match value {
+        None => Some(default),
+        Some(-1) => None,
+        Some(p) => match u16::try_from(p) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                problems.push(problem(
+                    origin,
+                    key,
+                    "must be a port number (0-65535), or -1 to disable",
+                ));
+                Some(default)
+            }
+        },
+    }
+}
+
+fn duration(
+    origin: Option<&Origin>,
+    key: &str,
+    value: &Option<String>,
+    problems: &mut Vec<Problem>,
+) -> Option<Duration> {
+    let text = value.as_ref()?;
+    match lan::duration::parse(text) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            problems.push(problem(origin, key, e.to_string()));
+            None
+        }
+    }
+}
+
+fn ip(
+    origin: Option<&Origin>,
+    key: &str,
+    value: &Option<String>,
+    problems: &mut Vec<Problem>,
+) -> Option<IpAddr> {
+    let text = value.as_ref()?;
+    match text.parse() {
+        Ok(ip) => Some(ip),
+        Err(_) => {
+            problems.push(problem(
+                origin,
+                key,
+                format!("{text:?} is not an IP address (go-sockaddr templates are not supported)"),
+            ));
+            None
+        }
+    }
+}
+
+fn recursor(text: &str) -> Option<SocketAddr> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Some(addr);
+    }
+    text.parse::<IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, 53))
+}
+
+/// A node name Consul accepts: not empty, no whitespace or quotes.
+fn check_node_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("node name must not be empty".into());
+    }
+    if name
+        .chars()
+        .any(|c| c.is_whitespace() || c == '"' || c == '\'')
+    {
+        return Err(format!(
+            "node name {name:?} must not contain whitespace or quotes"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the values one source sets, blaming that source; returns its definitions.
+fn check_layer(
+    layer: &Layer,
+    problems: &mut Vec<Problem>,
+) -> (Vec<(Service, Vec<CheckDefinition>)>, Vec<CheckDefinition>) {
+    let o = Some(&layer.origin);
+    let r = &layer.raw;
+    for (key, why) in r.unsupported_keys() {
+        problems.push(problem(o, key, format!("not supported: {why}")));
+    }
+    if let Some(dc) = &r.datacenter
+        && let Err(e) = Datacenter::new(&dc.to_ascii_lowercase())
+    {
+        problems.push(problem(o, "datacenter", e.to_string()));
+    }
+    if let Some(name) = &r.node_name
+        && let Err(e) = check_node_name(name)
+    {
+        problems.push(problem(o, "node_name", e));
+    }
+    if let Some(id) = &r.node_id
+        && !is_uuid(id)
+    {
+        problems.push(problem(o, "node_id", format!("{id:?} is not a UUID")));
+    }
+    ip(o, "bind_addr", &r.bind_addr, problems);
+    ip(o, "advertise_addr", &r.advertise_addr, problems);
+    ip(o, "advertise_addr_wan", &r.advertise_addr_wan, problems);
+    if let Some(c) = &r.client_addr {
+        for part in c.split_whitespace() {
+            ip(o, "client_addr", &Some(part.to_owned()), problems);
+        }
+    }
+    if let Some(level) = &r.log_level
+        && log_filter(level).is_none()
+    {
+        problems.push(problem(
+            o,
+            "log_level",
+            format!("{level:?} is not one of trace, debug, info, warn, error"),
+        ));
+    }
+    if let Some(domain) = &r.domain
+        && Name::from_ascii(domain).is_err()
+    {
+        problems.push(problem(
+            o,
+            "domain",
+            format!("{domain:?} is not a valid domain name"),
+        ));
+    }
+    if let Some(p) = &r.ports {
+        port(o, "ports.dns", p.dns, 8600, problems);
+        port(o, "ports.http", p.http, 8500, problems);
+        port(o, "ports.server", p.server, 8300, problems);
+        port(o, "ports.serf_lan", p.serf_lan, 8301, problems);
+        port(o, "ports.serf_wan", p.serf_wan, 8302, problems);
+        for (key, value) in [
+            ("ports.https", p.https),
+            ("ports.grpc", p.grpc),
+            ("ports.grpc_tls", p.grpc_tls),
+        ] {
+            if value.is_some_and(|v| v > 0) {
+                problems.push(problem(
+                    o,
+                    key,
+                    "not supported: proconsul serves only plain HTTP and DNS in this version",
+                ));
+            }
+        }
+    }
+    for (i, r) in r.recursors.iter().flatten().enumerate() {
+        if recursor(r).is_none() {
+            problems.push(problem(
+                o,
+                &format!("recursors[{i}]"),
+                format!("{r:?} is not an IP address or ip:port"),
+            ));
+        }
+    }
+    if let Some(d) = &r.dns_config {
+        duration(o, "dns_config.max_stale", &d.max_stale, problems);
+        duration(o, "dns_config.node_ttl", &d.node_ttl, problems);
+        duration(
+            o,
+            "dns_config.recursor_timeout",
+            &d.recursor_timeout,
+            problems,
+        );
+        for (name, ttl) in d.service_ttl.iter().flatten() {
+            duration(
+                o,
+                &format!("dns_config.service_ttl.{name}"),
+                &Some(ttl.clone()),
+                problems,
+            );
+        }
+        if let Some(s) = &d.recursor_strategy
+            && s != "sequential"
+            && s != "random"
+        {
+            problems.push(problem(
+                o,
+                "dns_config.recursor_strategy",
+                "must be \"sequential\" or \"random\"",
+            ));
+        }
+        if d.use_cache == Some(true) {
+            problems.push(problem(
+                o,
+                "dns_config.use_cache",
+                "not supported: the agent cache is not in this version",
+            ));
+        }
+    }
+    let mut services = Vec::new();
+    let mut checks = Vec::new();
+    let service_defs = r.service.iter().map(|s| ("service".to_string(), s)).chain(
+        r.services
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, s)| (format!("services[{i}]"), s)),
+    );
+    for (key, s) in service_defs {
+        match definition::service(s, Style::Config, &key) {
+            Ok(def) => services.push(def),
+            Err(e) => problems.push(problem(o, &e.field, e.message)),
+        }
+    }
+    for (key, c) in r.check.iter().map(|c| ("check".to_string(), c)).chain(
+        r.checks
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, c)| (format!("checks[{i}]"), c)),
+    ) {
+        match definition::check(c, Style::Config, &key) {
+            Ok(def) => checks.push(def),
+            Err(e) => problems.push(problem(o, &e.field, e.message)),
+        }
+    }
+    (services, checks)
+}
+
+/// The tracing filter for a Consul log level, or `None` when the level is unknown.
+/// Dependencies log at `warn` (openraft's `info` is per-election chatter) unless the
+/// level asks for less.
+pub fn log_filter(level: &str) -> Option<String> {
+    let ours = match level.to_ascii_lowercase().as_str() {
+        "trace" => "trace",
+        "debug" => "debug",
+        "info" => "info",
+        "warn" | "warning" => "warn",
+        "err" | "error" => "error",
+        _ => return None,
+    };
+    let deps = if ours == "error" { "error" } else { "warn" };
+    Some(format!(
+        "{deps},proconsul={ours},proconsul_lan={ours},proconsul_gateway={ours},proconsul_api={ours}"
+    ))
+}
+
+fn is_uuid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
+        && parts
+            .iter()
+            .all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// A fresh random UUID (version 4).
+pub fn new_uuid() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// This machine's host name, the default node name.
+pub fn hostname() -> String {
+    gethostname::gethostname()
+        .to_string_lossy()
+        .split('.')
+        .next()
+        .filter(|s| !s.is_empty())
+        .unwrap_or("localhost")
+        .to_owned()
+}
+
+impl AgentConfig {
+    /// Merges and checks the layers.
+    pub fn from_layers(layers: &[Layer], sources: Sources) -> Result<AgentConfig, Problems> {
+        let mut problems = Vec::new();
+        let mut services = Vec::new();
+        let mut checks = Vec::new();
+        let mut merged = RawConfig::default();
+        for layer in layers {
+            let (s, c) = check_layer(layer, &mut problems);
+            services.extend(s);
+            checks.extend(c);
+            merged.merge(layer.raw.clone());
+        }
+        if !problems.is_empty() {
+            return Err(Problems(problems));
+        }
+        let m = merged;
+        let datacenter = Datacenter::new(
+            &m.datacenter
+                .as_deref()
+                .unwrap_or("dc1")
+                .to_ascii_lowercase(),
+        )
+        .expect("checked per layer");
+        let server = m.server.unwrap_or(false);
+        let bootstrap_expect = m.bootstrap_expect.unwrap_or(0);
+        let bootstrap = m.bootstrap.unwrap_or(false) || bootstrap_expect == 1;
+        if !server {
+            problems.push(problem(None, "server", "client agents join servers through LAN gossip, which this version does not have yet: run a server (-server -bootstrap-expect=1) or -dev"));
+        }
+        if m.bootstrap.unwrap_or(false) && bootstrap_expect > 0 {
+            problems.push(problem(
+                None,
+                "bootstrap_expect",
+                "bootstrap cannot be combined with bootstrap_expect",
+            ));
+        }
+        if bootstrap_expect > 1 {
+            problems.push(problem(None, "bootstrap_expect", format!("{bootstrap_expect} servers need LAN gossip to find each other, which this version does not have yet: use bootstrap_expect = 1")));
+        }
+        if server && !bootstrap && bootstrap_expect == 0 {
+            problems.push(problem(None, "bootstrap_expect", "a server needs -bootstrap-expect=1 (or -bootstrap) to elect itself: there are no other servers to join in this version"));
+        }
+        if !sources.dev && m.data_dir.as_deref().unwrap_or("").is_empty() {
+            problems.push(problem(
+                None,
+                "data_dir",
+                "data_dir cannot be empty (give -data-dir, or use -dev)",
+            ));
+        }
+        let ports_raw = m.ports.clone().unwrap_or_default();
+        let mut ignore = Vec::new();
+        let ports = Ports {
+            dns: port(None, "", ports_raw.dns, 8600, &mut ignore),
+            http: port(None, "", ports_raw.http, 8500, &mut ignore),
+            server: port(None, "", ports_raw.server, 8300, &mut ignore).unwrap_or(8300),
+            serf_lan: port(None, "", ports_raw.serf_lan, 8301, &mut ignore).unwrap_or(8301),
+            serf_wan: port(None, "", ports_raw.serf_wan, 8302, &mut ignore).unwrap_or(8302),
+        };
+        let client_addrs: Vec<IpAddr> = m
+            .client_addr
+            .as_deref()
+            .unwrap_or("127.0.0.1")
+            .split_whitespace()
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        let dns_raw = m.dns_config.clone().unwrap_or_default();
+        let mut domain_text = m
+            .domain
+            .clone()
+            .unwrap_or_else(|| "consul".into())
+            .to_ascii_lowercase();
+        if !domain_text.ends_with('.') {
+            domain_text.push('.');
+        }
+        let domain = Name::from_ascii(&domain_text).expect("checked per layer");
+        let d = |v: &Option<String>| v.as_deref().and_then(|t| lan::duration::parse(t).ok());
+        let soa_raw = dns_raw.soa.clone().unwrap_or_default();
+        let default_soa = Soa::default();
+        let dns = DnsConfig {
+            domain,
+            node_ttl: d(&dns_raw.node_ttl).unwrap_or(Duration::ZERO),
+            service_ttl: dns_raw
+                .service_ttl
+                .iter()
+                .flatten()
+                .filter_map(|(k, v)| Some((k.to_ascii_lowercase(), lan::duration::parse(v).ok()?)))
+                .collect(),
+            only_passing: dns_raw.only_passing.unwrap_or(false),
+            udp_answer_limit: dns_raw.udp_answer_limit.unwrap_or(3).clamp(1, 8) as usize,
+            a_record_limit: dns_raw.a_record_limit.unwrap_or(0) as usize,
+            enable_additional_node_meta_txt: dns_raw
+                .enable_additional_node_meta_txt
+                .unwrap_or(true),
+            recursors: m
+                .recursors
+                .iter()
+                .flatten()
+                .filter_map(|r| recursor(r))
+                .collect(),
+            recursor_strategy: match dns_raw.recursor_strategy.as_deref() {
+                Some("random") => RecursorStrategy::Random,
+                _ => RecursorStrategy::Sequential,
+            },
+            recursor_timeout: d(&dns_raw.recursor_timeout).unwrap_or(Duration::from_secs(2)),
+            soa: Soa {
+                refresh: soa_raw
+                    .refresh
+                    .map(Duration::from_secs)
+                    .unwrap_or(default_soa.refresh),
+                retry: soa_raw
+                    .retry
+                    .map(Duration::from_secs)
+                    .unwrap_or(default_soa.retry),
+                expire: soa_raw
+                    .expire
+                    .map(Duration::from_secs)
+                    .unwrap_or(default_soa.expire),
+                min_ttl: soa_raw
+                    .min_ttl
+                    .map(Duration::from_secs)
+                    .unwrap_or(default_soa.min_ttl),
+            },
+        };
+        let enable_script_checks = m.enable_script_checks.unwrap_or(false);
+        let enable_local_script_checks = m.enable_local_script_checks.unwrap_or(false);
+        let scripts_in_files = services
+            .iter()
+            .flat_map(|(_, cs)| cs.iter())
+            .chain(checks.iter())
+            .any(|c| matches!(c.kind, lan::CheckKind::Script { .. }));
+        if scripts_in_files && !(enable_script_checks || enable_local_script_checks) {
+            problems.push(problem(None, "enable_script_checks", "script checks are defined but disabled: set enable_script_checks or enable_local_script_checks to true"));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for (s, _) in &services {
+            if !ids.insert(s.id.clone()) {
+                problems.push(problem(
+                    None,
+                    "services",
+                    format!("service ID {:?} is defined twice", s.id),
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Problems(problems));
+        }
+        Ok(AgentConfig {
+            node_name: m.node_name.clone().unwrap_or_else(hostname),
+            node_id: m.node_id.clone().map(|s| s.to_ascii_lowercase()),
+            datacenter,
+            server,
+            bootstrap,
+            bootstrap_expect,
+            dev: sources.dev,
+            bind_addr: m
+                .bind_addr
+                .as_deref()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            advertise_addr: m.advertise_addr.as_deref().and_then(|s| s.parse().ok()),
+            advertise_addr_wan: m.advertise_addr_wan.as_deref().and_then(|s| s.parse().ok()),
+            client_addrs,
+            data_dir: m
+                .data_dir
+                .clone()
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from),
+            log_level: m.log_level.clone().unwrap_or_else(|| "info".into()),
+            ports,
+            node_meta: m.node_meta.clone().unwrap_or_default(),
+            enable_script_checks,
+            enable_local_script_checks,
+            dns,
+            services,
+            checks,
+            sources,
+        })
+    }
+
+    /// Loads and checks the configuration from its sources.
+    pub fn load(sources: Sources) -> Result<AgentConfig, Problems> {
+        let layers = load_layers(&sources)?;
+        AgentConfig::from_layers(&layers, sources)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(text: &str) -> Layer {
+        parse_layer(Origin::File("t.json".into()), text).unwrap()
+    }
+
+    fn dev_sources() -> Sources {
+        Sources {
+            dev: true,
+            ..Sources::default()
+        }
+    }
+
+    #[test]
+    fn unknown_keys_name_the_file_and_key() {
+        let e =
+            parse_layer(Origin::File("a.json".into()), r#"{"ports": {"htpp": 1}}"#).unwrap_err();
+        assert_eq!(e.key, "ports.htpp");
+        assert!(e.message.contains("unknown field `htpp`"), "{}", e.message);
+        assert!(e.to_string().starts_with("a.json: ports.htpp:"), "{e}");
+        let e = parse_layer(Origin::File("a.json".into()), r#"{"datacentre": "x"}"#).unwrap_err();
+        assert!(e.message.contains("datacentre"), "{e}");
+    }
+
+    #[test]
+    fn later_layers_win_and_lists_append() {
+        let layers = vec![
+            Layer {
+                origin: Origin::Defaults,
+                raw: dev_layer(),
+            },
+            layer(r#"{"datacenter": "east", "service": {"name": "a"}, "recursors": ["1.1.1.1"]}"#),
+            layer(
+                r#"{"datacenter": "west", "services": [{"name": "b"}], "recursors": ["9.9.9.9:5353"]}"#,
+            ),
+        ];
+        let c = AgentConfig::from_layers(&layers, dev_sources()).unwrap();
+        assert_eq!(c.datacenter.as_str(), "west");
+        assert_eq!(c.services.len(), 2);
+        assert_eq!(c.dns.recursors.len(), 2);
+        assert_eq!(c.dns.recursors[0].port(), 53);
+    }
+
+    #[test]
+    fn all_problems_are_reported_with_their_source() {
+        let layers = vec![
+            Layer {
+                origin: Origin::Defaults,
+                raw: dev_layer(),
+            },
+            layer(
+                r#"{"datacenter": "d c", "ports": {"http": 70000}, "service": {"name": "w", "port": "x"}}"#,
+            ),
+        ];
+        let e = AgentConfig::from_layers(&layers, dev_sources()).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("t.json: datacenter:"), "{text}");
+        assert!(text.contains("t.json: ports.http:"), "{text}");
+        assert!(text.contains("t.json: service.port:"), "{text}");
+    }
+
+    #[test]
+    fn unsupported_features_are_named() {
+        let layers = vec![
+            Layer {
+                origin: Origin::Defaults,
+                raw: dev_layer(),
+            },
+            layer(r#"{"encrypt": "abc"}"#),
+        ];
+        let e = AgentConfig::from_layers(&layers, dev_sources()).unwrap_err();
+        assert!(e.to_string().contains("encrypt: not supported"), "{e}");
+    }
+
+    #[test]
+    fn a_plain_server_needs_a_data_dir_and_bootstrap() {
+        let layers = vec![layer(r#"{"server": true}"#)];
+        let e = AgentConfig::from_layers(&layers, Sources::default()).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("data_dir"), "{text}");
+        assert!(text.contains("bootstrap_expect"), "{text}");
+        let layers = vec![layer(
+            r#"{"server": true, "bootstrap_expect": 1, "data_dir": "/tmp/x"}"#,
+        )];
+        let c = AgentConfig::from_layers(&layers, Sources::default()).unwrap();
+        assert!(c.bootstrap);
+    }
+
+    #[test]
+    fn script_checks_need_to_be_enabled() {
+        let layers = vec![
+            Layer {
+                origin: Origin::Defaults,
+                raw: dev_layer(),
+            },
+            layer(r#"{"service": {"name": "w", "check": {"args": ["true"], "interval": "5s"}}}"#),
+        ];
+        assert!(AgentConfig::from_layers(&layers, dev_sources()).is_err());
+    }
+
+    #[test]
+    fn uuids() {
+        let id = new_uuid();
+        assert!(is_uuid(&id), "{id}");
+        assert_eq!(&id[14..15], "4");
+        assert!(!is_uuid("not-a-uuid"));
+    }
+
+    #[test]
+    fn dns_settings_are_read() {
+        let layers = vec![
+            Layer {
+                origin: Origin::Defaults,
+                raw: dev_layer(),
+            },
+            layer(
+                r#"{"domain": "Example", "dns_config": {"node_ttl": "10s", "service_ttl": {"*": "5s"}, "udp_answer_limit": 20}}"#,
+            ),
+        ];
+        let c = AgentConfig::from_layers(&layers, dev_sources()).unwrap();
+        assert_eq!(c.dns.domain.to_string(), "example.");
+        assert_eq!(c.dns.node_ttl, Duration::from_secs(10));
+        assert_eq!(c.dns.service_ttl["*"], Duration::from_secs(5));
+        assert_eq!(c.dns.udp_answer_limit, 8);
+    }
+}

@@ -1,0 +1,310 @@
+//! The configuration as the user wrote it: Consul's JSON keys, every field optional,
+//! unknown keys rejected. One `RawConfig` per source (a file, or the command line);
+//! `merge` layers them in Consul's order.
+
+// The fields are Consul's own config keys under their own names; Consul's documentation
+// describes each, and the checked meaning lives on `AgentConfig`.
+#![allow(missing_docs)]
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// `ports`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawPorts {
+    pub dns: Option<i64>,
+    pub http: Option<i64>,
+    pub https: Option<i64>,
+    pub grpc: Option<i64>,
+    pub grpc_tls: Option<i64>,
+    pub serf_lan: Option<i64>,
+    pub serf_wan: Option<i64>,
+    pub server: Option<i64>,
+}
+
+/// `dns_config.soa`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawSoa {
+    pub refresh: Option<u64>,
+    pub retry: Option<u64>,
+    pub expire: Option<u64>,
+    pub min_ttl: Option<u64>,
+}
+
+/// `dns_config`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawDnsConfig {
+    pub allow_stale: Option<bool>,
+    pub max_stale: Option<String>,
+    pub node_ttl: Option<String>,
+    pub service_ttl: Option<BTreeMap<String, String>>,
+    pub enable_truncate: Option<bool>,
+    pub only_passing: Option<bool>,
+    pub udp_answer_limit: Option<u64>,
+    pub a_record_limit: Option<u64>,
+    pub enable_additional_node_meta_txt: Option<bool>,
+    pub recursor_strategy: Option<String>,
+    pub recursor_timeout: Option<String>,
+    pub disable_compression: Option<bool>,
+    pub soa: Option<RawSoa>,
+    pub use_cache: Option<bool>,
+    pub cache_max_age: Option<String>,
+}
+
+/// One configuration source.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub datacenter: Option<String>,
+    pub primary_datacenter: Option<String>,
+    pub node_name: Option<String>,
+    pub node_id: Option<String>,
+    pub node_meta: Option<BTreeMap<String, String>>,
+    pub server: Option<bool>,
+    pub bootstrap: Option<bool>,
+    pub bootstrap_expect: Option<u32>,
+    pub bind_addr: Option<String>,
+    pub advertise_addr: Option<String>,
+    pub advertise_addr_wan: Option<String>,
+    pub client_addr: Option<String>,
+    pub data_dir: Option<String>,
+    pub domain: Option<String>,
+    pub log_level: Option<String>,
+    pub ports: Option<RawPorts>,
+    pub recursors: Option<Vec<String>>,
+    pub dns_config: Option<RawDnsConfig>,
+    pub enable_script_checks: Option<bool>,
+    pub enable_local_script_checks: Option<bool>,
+    pub leave_on_terminate: Option<bool>,
+    pub skip_leave_on_interrupt: Option<bool>,
+    pub disable_update_check: Option<bool>,
+    /// Service definitions are decoded by `api::definition`, which names bad fields.
+    pub service: Option<Value>,
+    pub services: Option<Vec<Value>>,
+    pub check: Option<Value>,
+    pub checks: Option<Vec<Value>>,
+
+    // Keys of Consul features this version does not have. They are accepted by the
+    // parser only so that validation can say so plainly instead of "unknown key".
+    pub encrypt: Option<Value>,
+    pub encrypt_verify_incoming: Option<Value>,
+    pub encrypt_verify_outgoing: Option<Value>,
+    pub retry_join: Option<Value>,
+    pub start_join: Option<Value>,
+    pub retry_join_wan: Option<Value>,
+    pub start_join_wan: Option<Value>,
+    pub acl: Option<Value>,
+    pub connect: Option<Value>,
+    pub ui_config: Option<Value>,
+    pub ui: Option<Value>,
+    pub tls: Option<Value>,
+    pub ca_file: Option<Value>,
+    pub cert_file: Option<Value>,
+    pub key_file: Option<Value>,
+    pub verify_incoming: Option<Value>,
+    pub verify_outgoing: Option<Value>,
+    pub verify_server_hostname: Option<Value>,
+    pub alt_domain: Option<Value>,
+    pub translate_wan_addrs: Option<Value>,
+}
+
+/// The keys above that name features proconsul lacks, with what to say about them.
+pub const UNSUPPORTED: &[(&str, &str)] = &[
+    (
+        "encrypt",
+        "gossip encryption needs LAN gossip, which this version does not have",
+    ),
+    (
+        "encrypt_verify_incoming",
+        "gossip encryption needs LAN gossip, which this version does not have",
+    ),
+    (
+        "encrypt_verify_outgoing",
+        "gossip encryption needs LAN gossip, which this version does not have",
+    ),
+    (
+        "retry_join",
+        "joining other agents needs LAN gossip, which this version does not have",
+    ),
+    (
+        "start_join",
+        "joining other agents needs LAN gossip, which this version does not have",
+    ),
+    ("retry_join_wan", "WAN federation is not in this version"),
+    ("start_join_wan", "WAN federation is not in this version"),
+    ("acl", "ACLs are not supported by proconsul"),
+    (
+        "connect",
+        "service mesh (Connect) is not supported by proconsul",
+    ),
+    ("ui_config", "proconsul has no web UI"),
+    ("ui", "proconsul has no web UI"),
+    ("tls", "TLS is not in this version"),
+    ("ca_file", "TLS is not in this version"),
+    ("cert_file", "TLS is not in this version"),
+    ("key_file", "TLS is not in this version"),
+    ("verify_incoming", "TLS is not in this version"),
+    ("verify_outgoing", "TLS is not in this version"),
+    ("verify_server_hostname", "TLS is not in this version"),
+    ("alt_domain", "alt_domain is not supported by proconsul yet"),
+    (
+        "translate_wan_addrs",
+        "WAN address translation needs WAN federation, which this version does not have",
+    ),
+];
+
+impl RawConfig {
+    /// Which unsupported keys this source sets (to anything but null or false).
+    pub fn unsupported_keys(&self) -> Vec<(&'static str, &'static str)> {
+        let set = |v: &Option<Value>| {
+            v.as_ref()
+                .is_some_and(|v| !v.is_null() && *v != Value::Bool(false))
+        };
+        let values = [
+            &self.encrypt,
+            &self.encrypt_verify_incoming,
+            &self.encrypt_verify_outgoing,
+            &self.retry_join,
+            &self.start_join,
+            &self.retry_join_wan,
+            &self.start_join_wan,
+            &self.acl,
+            &self.connect,
+            &self.ui_config,
+            &self.ui,
+            &self.tls,
+            &self.ca_file,
+            &self.cert_file,
+            &self.key_file,
+            &self.verify_incoming,
+            &self.verify_outgoing,
+            &self.verify_server_hostname,
+            &self.alt_domain,
+            &self.translate_wan_addrs,
+        ];
+        UNSUPPORTED
+            .iter()
+            .zip(values)
+            .filter(|(_, v)| set(v))
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    /// Layers `later` over `self`: scalars are replaced, lists appended, maps merged
+    /// key by key (Consul's rules).
+    pub fn merge(&mut self, later: RawConfig) {
+        fn scalar<T>(into: &mut Option<T>, from: Option<T>) {
+            if from.is_some() {
+                *into = from;
+            }
+        }
+        fn list<T>(into: &mut Option<Vec<T>>, from: Option<Vec<T>>) {
+            if let Some(mut items) = from {
+                into.get_or_insert_with(Vec::new).append(&mut items);
+            }
+        }
+        fn map<V>(into: &mut Option<BTreeMap<String, V>>, from: Option<BTreeMap<String, V>>) {
+            if let Some(items) = from {
+                into.get_or_insert_with(BTreeMap::new).extend(items);
+            }
+        }
+        let l = later;
+        scalar(&mut self.datacenter, l.datacenter);
+        scalar(&mut self.primary_datacenter, l.primary_datacenter);
+        scalar(&mut self.node_name, l.node_name);
+        scalar(&mut self.node_id, l.node_id);
+        map(&mut self.node_meta, l.node_meta);
+        scalar(&mut self.server, l.server);
+        scalar(&mut self.bootstrap, l.bootstrap);
+        scalar(&mut self.bootstrap_expect, l.bootstrap_expect);
+        scalar(&mut self.bind_addr, l.bind_addr);
+        scalar(&mut self.advertise_addr, l.advertise_addr);
+        scalar(&mut self.advertise_addr_wan, l.advertise_addr_wan);
+        scalar(&mut self.client_addr, l.client_addr);
+        scalar(&mut self.data_dir, l.data_dir);
+        scalar(&mut self.domain, l.domain);
+        scalar(&mut self.log_level, l.log_level);
+        if let Some(p) = l.ports {
+            let ports = self.ports.get_or_insert_with(RawPorts::default);
+            scalar(&mut ports.dns, p.dns);
+            scalar(&mut ports.http, p.http);
+            scalar(&mut ports.https, p.https);
+            scalar(&mut ports.grpc, p.grpc);
+            scalar(&mut ports.grpc_tls, p.grpc_tls);
+            scalar(&mut ports.serf_lan, p.serf_lan);
+            scalar(&mut ports.serf_wan, p.serf_wan);
+            scalar(&mut ports.server, p.server);
+        }
+        list(&mut self.recursors, l.recursors);
+        if let Some(d) = l.dns_config {
+            let dns = self.dns_config.get_or_insert_with(RawDnsConfig::default);
+            scalar(&mut dns.allow_stale, d.allow_stale);
+            scalar(&mut dns.max_stale, d.max_stale);
+            scalar(&mut dns.node_ttl, d.node_ttl);
+            map(&mut dns.service_ttl, d.service_ttl);
+            scalar(&mut dns.enable_truncate, d.enable_truncate);
+            scalar(&mut dns.only_passing, d.only_passing);
+            scalar(&mut dns.udp_answer_limit, d.udp_answer_limit);
+            scalar(&mut dns.a_record_limit, d.a_record_limit);
+            scalar(
+                &mut dns.enable_additional_node_meta_txt,
+                d.enable_additional_node_meta_txt,
+            );
+            scalar(&mut dns.recursor_strategy, d.recursor_strategy);
+            scalar(&mut dns.recursor_timeout, d.recursor_timeout);
+            scalar(&mut dns.disable_compression, d.disable_compression);
+            if let Some(s) = d.soa {
+                let soa = dns.soa.get_or_insert_with(RawSoa::default);
+                scalar(&mut soa.refresh, s.refresh);
+                scalar(&mut soa.retry, s.retry);
+                scalar(&mut soa.expire, s.expire);
+                scalar(&mut soa.min_ttl, s.min_ttl);
+            }
+            scalar(&mut dns.use_cache, d.use_cache);
+            scalar(&mut dns.cache_max_age, d.cache_max_age);
+        }
+        scalar(&mut self.enable_script_checks, l.enable_script_checks);
+        scalar(
+            &mut self.enable_local_script_checks,
+            l.enable_local_script_checks,
+        );
+        scalar(&mut self.leave_on_terminate, l.leave_on_terminate);
+        scalar(&mut self.skip_leave_on_interrupt, l.skip_leave_on_interrupt);
+        scalar(&mut self.disable_update_check, l.disable_update_check);
+        // Each source's single `service` joins the list, so several files can each
+        // define one.
+        if let Some(s) = l.service {
+            self.services.get_or_insert_with(Vec::new).push(s);
+        }
+        list(&mut self.services, l.services);
+        if let Some(c) = l.check {
+            self.checks.get_or_insert_with(Vec::new).push(c);
+        }
+        list(&mut self.checks, l.checks);
+        scalar(&mut self.encrypt, l.encrypt);
+        scalar(&mut self.encrypt_verify_incoming, l.encrypt_verify_incoming);
+        scalar(&mut self.encrypt_verify_outgoing, l.encrypt_verify_outgoing);
+        scalar(&mut self.retry_join, l.retry_join);
+        scalar(&mut self.start_join, l.start_join);
+        scalar(&mut self.retry_join_wan, l.retry_join_wan);
+        scalar(&mut self.start_join_wan, l.start_join_wan);
+        scalar(&mut self.acl, l.acl);
+        scalar(&mut self.connect, l.connect);
+        scalar(&mut self.ui_config, l.ui_config);
+        scalar(&mut self.ui, l.ui);
+        scalar(&mut self.tls, l.tls);
+        scalar(&mut self.ca_file, l.ca_file);
+        scalar(&mut self.cert_file, l.cert_file);
+        scalar(&mut self.key_file, l.key_file);
+        scalar(&mut self.verify_incoming, l.verify_incoming);
+        scalar(&mut self.verify_outgoing, l.verify_outgoing);
+        scalar(&mut self.verify_server_hostname, l.verify_server_hostname);
+        scalar(&mut self.alt_domain, l.alt_domain);
+        scalar(&mut self.translate_wan_addrs, l.translate_wan_addrs);
+    }
+}

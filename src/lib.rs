@@ -1,0 +1,29 @@
+//! # proconsul
+//!
+//! A Consul-compatible service catalog agent. This crate assembles one agent from the
+//! workspace's layers and is what the `proconsul` binary runs; a Rust program can embed
+//! an agent the same way:
+//!
+//! ```text
+//!   config files + flags ─▶ AgentConfig ─▶ Agent::start
+//!        lan (Raft catalog, local services, checks) ◀─ gateway ◀─ api (HTTP :8500, DNS :8600)
+//! ```
+//!
+//! - [`config`]: Consul's JSON configuration, layered and checked.
+//! - [`Agent`]: start order, shutdown order, reloads.
+//! - [`client`]: a small client of an agent's HTTP API.
+
+#![warn(missing_docs)]
+
+mod agent;
+pub mod client;
+pub mod config;
+
+pub use agent::{Agent, resolve_bind};
+pub use config::AgentConfig;
+
+/// This build's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The protocol line `proconsul version` prints, as Consul's.
+pub const PROTOCOL_LINE: &str = "Protocol 2 spoken by default, understands 2 to 3 (agent will automatically use protocol >2 when speaking to compatible agents)";
