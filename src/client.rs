@@ -13,6 +13,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 /// An agent's HTTP API, as `-http-addr` / `CONSUL_HTTP_ADDR` name it.
+#[derive(Debug, Clone)]
 pub struct Client {
     authority: String,
 }

@@ -2,8 +2,8 @@
 //!
 //! Consul users type Go-style single-dash long flags (`-dev`, `-config-dir=DIR`). clap
 //! does not parse those (clap-rs/clap#1210), so [`normalize`] rewrites every `-name` or
-//! `-name=value` whose `name` is a long flag of the chosen (sub)command into `--name…`
-//! before clap sees it. No short flags are defined, so nothing is ambiguous.
+//! `-name=value` into `--name…` before clap sees it. No short flags are defined, so
+//! nothing is ambiguous.
 //!
 //! Verbs other than `agent`, `validate` and `version` talk to a running agent over its
 //! HTTP API (`-http-addr`, else `CONSUL_HTTP_ADDR`, else 127.0.0.1:8500).
@@ -19,7 +19,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use proconsul::client::Client;
 
@@ -83,15 +83,14 @@ pub struct ValidateArgs {
     pub paths: Vec<PathBuf>,
 }
 
-/// Rewrites Go-style `-flag` arguments into `--flag` for the (sub)command they follow.
+/// Rewrites Go-style `-flag` arguments into `--flag`. We define no short flags (clap's
+/// `-h` aside), so every single-dash word is a long flag; an unknown one then gets
+/// clap's "unexpected argument '--name'" error. Negative numbers and everything after
+/// `--` are left alone.
 pub fn normalize(args: Vec<OsString>) -> Vec<OsString> {
-    let root = Cli::command();
-    let mut current = &root;
     let mut out = Vec::with_capacity(args.len());
     let mut iter = args.into_iter();
-    if let Some(program) = iter.next() {
-        out.push(program);
-    }
+    out.extend(iter.next());
     while let Some(arg) = iter.next() {
         let Some(text) = arg.to_str() else {
             out.push(arg);
@@ -102,24 +101,14 @@ pub fn normalize(args: Vec<OsString>) -> Vec<OsString> {
             out.extend(iter);
             break;
         }
-        if let Some(flag) = text.strip_prefix('-')
-            && !flag.starts_with('-')
-            && flag.len() > 1
-        {
-            let name = flag.split('=').next().unwrap_or(flag);
-            let known =
-                name == "help" || current.get_arguments().any(|a| a.get_long() == Some(name));
-            if known {
-                out.push(OsString::from(format!("-{text}")));
-                continue;
-            }
+        let long = text.strip_prefix('-').is_some_and(|flag| {
+            flag.len() > 1 && flag.starts_with(|c: char| c.is_ascii_alphabetic())
+        });
+        if long {
+            out.push(OsString::from(format!("-{text}")));
+        } else {
+            out.push(arg);
         }
-        if !text.starts_with('-')
-            && let Some(sub) = current.find_subcommand(text)
-        {
-            current = sub;
-        }
-        out.push(arg);
     }
     out
 }
@@ -311,8 +300,12 @@ mod tests {
     }
 
     #[test]
-    fn unknown_flags_and_values_are_left_alone() {
-        assert_eq!(norm(&["p", "agent", "-nope"]), ["p", "agent", "-nope"]);
+    fn unknown_flags_are_long_too_and_values_are_left_alone() {
+        assert_eq!(norm(&["p", "agent", "-nope"]), ["p", "agent", "--nope"]);
+        assert_eq!(
+            norm(&["p", "agent", "-http-port", "-1"]),
+            ["p", "agent", "--http-port", "-1"]
+        );
         assert_eq!(
             norm(&["p", "validate", "-quiet", "--", "-dev"]),
             ["p", "validate", "--quiet", "--", "-dev"]

@@ -1,1 +1,15 @@
-//! End-to-end tests of whole agents.
+//! End-to-end tests of whole agents: in-process agents on OS-chosen ports (`http`,
+//! `dns`), and the real binary as a process driven by its own CLI, `dig` and a Consul
+//! client library written by others (`process`).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    missing_docs,
+    unreachable_pub
+)]
+
+mod dns;
+mod http;
+mod process;
+mod support;

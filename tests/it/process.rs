@@ -1,0 +1,453 @@
+//! The real binary: `agent -dev` as a process, driven by its own CLI verbs, by `dig`, and
+//! by python-consul (Debian's `python3-consul`), a Consul client we did not write.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::process::{Proc, binary, run};
+
+/// Starts `agent -dev` on OS-chosen ports; returns the process and its HTTP and DNS
+/// addresses.
+fn dev_agent(extra: &[&str]) -> (Proc, String, String) {
+    let mut args = vec![
+        "agent",
+        "-dev",
+        "-http-port=0",
+        "-dns-port",
+        "0",
+        "-node=proc-node",
+        "-log-level=info",
+    ];
+    args.extend_from_slice(extra);
+    let p = Proc::spawn(&args);
+    let http = p.listening("http").to_string();
+    let dns = p.listening("dns-udp").to_string();
+    // Wait until the agent has registered itself.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = run(&["catalog", "services", &format!("-http-addr={http}")]);
+        if String::from_utf8_lossy(&out.stdout).contains("consul") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agent never registered itself:\n{}",
+            p.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (p, http, dns)
+}
+
+fn text(out: &std::process::Output) -> (i32, String, String) {
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn version_and_help_list_what_exists() {
+    let (code, out, _) = text(&run(&["version"]));
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with(&format!("proconsul v{}\n", env!("CARGO_PKG_VERSION"))),
+        "{out}"
+    );
+    assert!(out.contains("Protocol 2 spoken by default"), "{out}");
+    let (code, out, _) = text(&run(&["-help"]));
+    assert_eq!(code, 0);
+    for verb in [
+        "agent", "catalog", "leave", "members", "reload", "validate", "version",
+    ] {
+        assert!(out.contains(verb), "{verb} in help:\n{out}");
+    }
+    let (code, _, err) = text(&run(&["agent", "-no-such-flag"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("no-such-flag"), "{err}");
+}
+
+#[test]
+fn cli_verbs_work_against_a_running_agent_and_sigterm_exits_cleanly() {
+    let (mut p, http, _dns) = dev_agent(&[]);
+    let banner = p.wait_for_line(Duration::from_secs(5), |l| l.contains("Node name:"));
+    assert!(banner.contains("'proc-node'"), "{banner}");
+    let addr = format!("-http-addr={http}");
+
+    let (code, out, err) = text(&run(&["members", &addr]));
+    assert_eq!(code, 0, "{err}");
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "Node", "Address", "Status", "Type", "Build", "Protocol", "DC"
+        ]
+    );
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(row[0], "proc-node");
+    assert_eq!(row[2], "alive");
+    assert_eq!(row[3], "server");
+    assert_eq!(row[6], "dc1");
+    let (code, out, _) = text(&run(&["members", "-detailed", &addr]));
+    assert_eq!(code, 0);
+    assert!(out.contains("role=consul"), "{out}");
+    let (code, _, _) = text(&run(&["members", "-status=failed", &addr]));
+    assert_eq!(code, 2, "no member matches: exit 2");
+
+    // CONSUL_HTTP_ADDR works as -http-addr.
+    let out = Command::new(binary())
+        .args(["catalog", "nodes"])
+        .env("CONSUL_HTTP_ADDR", &http)
+        .output()
+        .unwrap();
+    let (code, out, err) = text(&out);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("Node"), "{out}");
+    assert!(out.contains("proc-node"), "{out}");
+    let (_, out, _) = text(&run(&["catalog", "datacenters", &addr]));
+    assert_eq!(out, "dc1\n");
+
+    p.signal("TERM");
+    let status = p.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{}", p.output());
+    let (code, _, err) = text(&run(&["members", &addr]));
+    assert_eq!(code, 1);
+    assert!(err.contains("Error"), "{err}");
+}
+
+#[test]
+fn leave_stops_the_agent() {
+    let (mut p, http, _) = dev_agent(&[]);
+    let (code, out, err) = text(&run(&["leave", &format!("-http-addr={http}")]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "Graceful leave complete\n");
+    assert_eq!(p.wait(Duration::from_secs(10)).code(), Some(0));
+}
+
+#[test]
+fn interrupt_exits_cleanly() {
+    let (mut p, _, _) = dev_agent(&[]);
+    p.signal("INT");
+    assert_eq!(
+        p.wait(Duration::from_secs(10)).code(),
+        Some(0),
+        "{}",
+        p.output()
+    );
+}
+
+#[test]
+fn config_dir_services_are_served_to_dig() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("web.json"),
+        r#"{"service": {"name": "web", "tags": ["rails"], "port": 80}}"#,
+    )
+    .unwrap();
+    let config_dir = format!("-config-dir={}", dir.path().display());
+    let (p, _http, dns) = dev_agent(&[&config_dir]);
+    let (host, port) = dns.rsplit_once(':').unwrap();
+    let dig = |args: &[&str]| {
+        let out = Command::new("dig")
+            .args([
+                &format!("@{host}"),
+                "-p",
+                port,
+                "+short",
+                "+time=2",
+                "+tries=1",
+            ])
+            .args(args)
+            .output()
+            .expect("dig is needed for this test: apt-get install dnsutils");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while dig(&["web.service.consul"]).trim() != "127.0.0.1" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "web never answered:\n{}",
+            p.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        dig(&["web.service.consul", "SRV"]).trim(),
+        "1 1 80 proc-node.node.dc1.consul."
+    );
+    assert_eq!(dig(&["rails.web.service.consul"]).trim(), "127.0.0.1");
+    assert_eq!(dig(&["proc-node.node.consul"]).trim(), "127.0.0.1");
+    let out = Command::new("dig")
+        .args([
+            &format!("@{host}"),
+            "-p",
+            port,
+            "+time=2",
+            "+tries=1",
+            "nope.service.consul",
+        ])
+        .output()
+        .unwrap();
+    let full = String::from_utf8_lossy(&out.stdout);
+    assert!(full.contains("status: NXDOMAIN"), "{full}");
+    assert!(full.contains("hostmaster.consul."), "{full}");
+    let tcp = Command::new("dig")
+        .args([
+            &format!("@{host}"),
+            "-p",
+            port,
+            "+tcp",
+            "+short",
+            "web.service.consul",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&tcp.stdout).trim(), "127.0.0.1");
+}
+
+/// A Python interpreter with Debian's python3-consul, which is what CI installs.
+fn python_with_consul() -> String {
+    for candidate in ["/usr/bin/python3", "python3"] {
+        let ok = Command::new(candidate)
+            .args(["-c", "import consul"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return candidate.to_owned();
+        }
+    }
+    panic!("this test needs python3-consul: apt-get install python3-consul");
+}
+
+#[test]
+fn python_consul_client_sees_consul_shapes() {
+    let python = python_with_consul();
+    let (_p, http, _) = dev_agent(&[]);
+    let (host, port) = http.rsplit_once(':').unwrap();
+    let script = r#"
+import json, sys, time
+import consul
+c = consul.Consul(host=sys.argv[1], port=int(sys.argv[2]))
+out = {}
+out["leader"] = c.status.leader()
+out["peers"] = c.status.peers()
+out["register"] = c.agent.service.register("web", service_id="web1", port=8080, tags=["v1"],
+                                          check=consul.Check.ttl("30s"))
+out["check_pass"] = c.agent.check.register("extra", check=consul.Check.ttl("30s"), check_id="extra-ttl")
+deadline = time.time() + 20
+while True:
+    index, services = c.catalog.service("web")
+    if services or time.time() > deadline:
+        break
+    time.sleep(0.05)
+out["catalog_index"] = int(index)
+out["catalog_service"] = services
+index, nodes = c.catalog.nodes()
+out["nodes"] = [n["Node"] for n in nodes]
+index, health = c.health.service("web")
+out["health_all"] = len(health)
+index, passing = c.health.service("web", passing=True)
+out["health_passing"] = len(passing)
+out["members"] = [m["Name"] for m in c.agent.members()]
+out["self_node"] = c.agent.self()["Config"]["NodeName"]
+out["datacenters"] = c.catalog.datacenters()
+out["agent_services"] = sorted(c.agent.services().keys())
+index, checks = c.health.state("critical")
+out["critical"] = sorted(ch["CheckID"] for ch in checks)
+out["catalog_register"] = c.catalog.register("db-host", "10.1.1.1", service={"Service": "db", "Port": 5432})
+index, db = c.catalog.service("db")
+out["db"] = [(s["Node"], s["ServiceAddress"], s["ServicePort"]) for s in db]
+print(json.dumps(out))
+"#;
+    let output = Command::new(&python)
+        .args(["-c", script, host, port])
+        .output()
+        .unwrap();
+    let (code, out, err) = text(&output);
+    assert_eq!(code, 0, "python-consul failed:\n{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(v["leader"].as_str().unwrap().ends_with(":8300"), "{v}");
+    assert_eq!(v["peers"].as_array().unwrap().len(), 1);
+    assert_eq!(v["register"], true);
+    assert_eq!(v["check_pass"], true);
+    assert!(v["catalog_index"].as_u64().unwrap() >= 1);
+    let svc = &v["catalog_service"][0];
+    assert_eq!(svc["ServiceID"], "web1");
+    assert_eq!(svc["ServicePort"], 8080);
+    assert_eq!(svc["ServiceTags"], serde_json::json!(["v1"]));
+    assert_eq!(v["nodes"], serde_json::json!(["proc-node"]));
+    assert_eq!(v["health_all"], 1);
+    assert_eq!(v["health_passing"], 0, "a new TTL check starts critical");
+    assert_eq!(v["members"], serde_json::json!(["proc-node"]));
+    assert_eq!(v["self_node"], "proc-node");
+    assert_eq!(v["datacenters"], serde_json::json!(["dc1"]));
+    assert_eq!(v["agent_services"], serde_json::json!(["web1"]));
+    assert_eq!(v["catalog_register"], true);
+    assert_eq!(v["db"], serde_json::json!([["db-host", "", 5432]]));
+}
+
+#[test]
+fn validate_names_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.json");
+    std::fs::write(
+        &good,
+        r#"{"service": {"name": "web", "port": 80, "check": {"ttl": "10s"}}}"#,
+    )
+    .unwrap();
+    let (code, out, _) = text(&run(&["validate", good.to_str().unwrap()]));
+    assert_eq!((code, out.as_str()), (0, "Configuration is valid!\n"));
+
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"services": [{"name": "web", "port": 80, "chekcs": []}]}"#,
+    )
+    .unwrap();
+    let (code, _, err) = text(&run(&["validate", dir.path().to_str().unwrap()]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("bad.json: services[0].chekcs: unknown key"),
+        "{err}"
+    );
+
+    let broken = dir.path().join("broken.json");
+    std::fs::write(&broken, r#"{"ports": {"dns": "x"}"#).unwrap();
+    let (code, _, err) = text(&run(&["validate", broken.to_str().unwrap()]));
+    assert_eq!(code, 1);
+    assert!(err.contains("broken.json: ports.dns"), "{err}");
+}
+
+#[test]
+fn a_broken_config_file_stops_the_agent_with_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.json"), r#"{"datacenter": "Not Valid!"}"#).unwrap();
+    let out = run(&[
+        "agent",
+        "-dev",
+        &format!("-config-dir={}", dir.path().display()),
+    ]);
+    let (code, _, err) = text(&out);
+    assert_eq!(code, 1);
+    assert!(err.contains("a.json: datacenter:"), "{err}");
+}
+
+/// Runs `f` in a fresh network namespace when the test runs as root with `ip`; the
+/// namespace is removed afterwards, even if `f` panics.
+fn in_netns(name: &str, setup: &[&str], f: impl FnOnce(&str)) {
+    struct Guard(String);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let ns = format!("{name}-{}", std::process::id());
+    let created = Command::new("ip")
+        .args(["netns", "add", &ns])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !created {
+        println!("skipped: creating a network namespace needs root and iproute2");
+        return;
+    }
+    let _guard = Guard(ns.clone());
+    for cmd in setup {
+        let args: Vec<&str> = ["netns", "exec", &ns]
+            .into_iter()
+            .chain(cmd.split_whitespace())
+            .collect();
+        let status = Command::new("ip").args(&args).status().unwrap();
+        assert!(status.success(), "{cmd}");
+    }
+    f(&ns);
+}
+
+#[test]
+fn the_agent_refuses_to_guess_between_private_addresses() {
+    in_netns(
+        "proconsul-bind",
+        &[
+            "ip link set lo up",
+            "ip link add d1 type veth peer name d2",
+            "ip addr add 10.10.0.1/24 dev d1",
+            "ip addr add 192.168.7.1/24 dev d2",
+            "ip link set d1 up",
+            "ip link set d2 up",
+        ],
+        |ns| {
+            let dir = tempfile::tempdir().unwrap();
+            let data = format!("-data-dir={}", dir.path().display());
+            let out = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    ns,
+                    binary(),
+                    "agent",
+                    "-server",
+                    "-bootstrap-expect=1",
+                    &data,
+                    "-http-port=0",
+                    "-dns-port=0",
+                ])
+                .output()
+                .unwrap();
+            let (code, _, err) = text(&out);
+            assert_eq!(code, 1, "{err}");
+            assert!(
+                err.contains("Multiple private IPv4 addresses found"),
+                "{err}"
+            );
+            assert!(
+                err.contains("10.10.0.1") && err.contains("192.168.7.1"),
+                "{err}"
+            );
+        },
+    );
+}
+
+#[test]
+fn a_single_private_address_is_chosen_and_the_node_id_kept() {
+    in_netns(
+        "proconsul-bind1",
+        &[
+            "ip link set lo up",
+            "ip link add d1 type veth peer name d2",
+            "ip addr add 10.20.0.5/24 dev d1",
+            "ip link set d1 up",
+        ],
+        |ns| {
+            let dir = tempfile::tempdir().unwrap();
+            let data = format!("-data-dir={}", dir.path().display());
+            let start = || {
+                Proc::spawn_in(
+                    ns,
+                    &[
+                        "agent",
+                        "-server",
+                        "-bootstrap-expect=1",
+                        &data,
+                        "-http-port=0",
+                        "-dns-port=0",
+                        "-node=ns-node",
+                    ],
+                )
+            };
+            let mut p = start();
+            let line = p.wait_for_line(Duration::from_secs(20), |l| l.contains("Cluster Addr:"));
+            assert!(line.contains("10.20.0.5"), "{line}");
+            let id_line = p.wait_for_line(Duration::from_secs(5), |l| l.contains("Node ID:"));
+            p.signal("TERM");
+            assert_eq!(p.wait(Duration::from_secs(10)).code(), Some(0));
+            let saved = std::fs::read_to_string(dir.path().join("node-id")).unwrap();
+            assert!(id_line.contains(saved.trim()), "{id_line} vs {saved}");
+            let mut p = start();
+            let again = p.wait_for_line(Duration::from_secs(20), |l| l.contains("Node ID:"));
+            assert_eq!(again, id_line, "the node ID survives a restart");
+            p.signal("TERM");
+            assert_eq!(p.wait(Duration::from_secs(10)).code(), Some(0));
+        },
+    );
+}
