@@ -573,4 +573,47 @@ mod tests {
         let c = check(&v, Style::Config, "check").unwrap();
         assert!(matches!(c.kind, CheckKind::Script { ref args, .. } if args[0] == "/bin/sh"));
     }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let key = prop_oneof![
+            Just("name".to_string()),
+            Just("Port".to_string()),
+            Just("check".to_string()),
+            Just("checks".to_string()),
+            Just("ttl".to_string()),
+            Just("http".to_string()),
+            Just("interval".to_string()),
+            Just("tagged_addresses".to_string()),
+            Just("weights".to_string()),
+            Just("header".to_string()),
+            Just("args".to_string()),
+            "[a-zA-Z_]{1,12}",
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_map(|n| json!(n)),
+            "\\PC{0,16}".prop_map(Value::String),
+            Just(json!("10s")),
+            Just(json!("http://127.0.0.1:1/")),
+        ];
+        leaf.prop_recursive(4, 64, 8, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(key.clone(), inner, 0..8)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_arbitrary_json_never_panics(v in json_value()) {
+            let _ = service(&v, Style::Config, "service");
+            let _ = service(&v, Style::Api, "");
+            let _ = check(&v, Style::Api, "");
+        }
+    }
 }

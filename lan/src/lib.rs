@@ -44,8 +44,8 @@ pub use checks::CheckKind;
 pub use local::{CHECK_OUTPUT_MAX, CheckDefinition, Local, LocalError, Source};
 pub use member::{Member, MemberStatus};
 pub use raft::{
-    Consistency, RaftStartError, RaftStatus, RaftTiming, ReadError, ReadMeta, ServerNode,
-    WriteError,
+    Consistency, RPC_HOLD_TIMEOUT, RaftStartError, RaftStatus, RaftTiming, ReadError, ReadMeta,
+    ServerNode, WriteError,
 };
 
 /// The protocol version this agent speaks in member tags (`vsn`), as Consul's.

@@ -856,4 +856,29 @@ mod tests {
         assert_eq!(c.dns.service_ttl["*"], Duration::from_secs(5));
         assert_eq!(c.dns.udp_answer_limit, 8);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_arbitrary_text_never_panics(text in "\\PC{0,200}") {
+            let _ = parse_layer(Origin::Flags, &text);
+        }
+
+        #[test]
+        fn parsing_json_shaped_text_never_panics(
+            key in "[a-z_]{1,20}",
+            value in proptest::prop_oneof![
+                proptest::strategy::Just("1".to_string()),
+                proptest::strategy::Just("\"x\"".to_string()),
+                proptest::strategy::Just("{}".to_string()),
+                proptest::strategy::Just("[]".to_string()),
+                proptest::strategy::Just("null".to_string()),
+                proptest::strategy::Just("{\"name\": 1}".to_string()),
+            ]
+        ) {
+            let text = format!("{{\"{key}\": {value}}}");
+            if let Ok(layer) = parse_layer(Origin::Flags, &text) {
+                let _ = AgentConfig::from_layers(&[layer], dev_sources());
+            }
+        }
+    }
 }

@@ -607,4 +607,100 @@ mod tests {
         assert_eq!(back.by_name, s.by_name);
         assert_eq!(back.indexes(), s.indexes());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn name() -> impl Strategy<Value = String> {
+            prop_oneof![Just("a"), Just("A"), Just("b"), Just("c")].prop_map(str::to_owned)
+        }
+
+        fn command() -> impl Strategy<Value = Command> {
+            let service = (name(), name(), any::<u16>()).prop_map(|(id, n, port)| Service {
+                id,
+                name: n,
+                port,
+                ..Service::default()
+            });
+            let check = (name(), proptest::option::of(name())).prop_map(|(id, sid)| Check {
+                check_id: id,
+                service_id: sid.unwrap_or_default(),
+                ..Check::default()
+            });
+            let register = (
+                name(),
+                any::<bool>(),
+                proptest::option::of(service),
+                proptest::collection::vec(check, 0..3),
+            )
+                .prop_map(|(n, skip, service, checks)| {
+                    Command::Register(Registration {
+                        node: node(&n),
+                        skip_node_update: skip,
+                        service,
+                        checks,
+                    })
+                });
+            let deregister = (
+                name(),
+                proptest::option::of(name()),
+                proptest::option::of(name()),
+            )
+                .prop_map(|(n, service_id, check_id)| {
+                    Command::Deregister(Deregistration {
+                        node: n,
+                        service_id,
+                        check_id,
+                    })
+                });
+            prop_oneof![register, deregister]
+        }
+
+        fn check_invariants(s: &State) {
+            for (node_key, _) in s.services.keys() {
+                assert!(s.nodes.contains_key(node_key), "service on a missing node");
+            }
+            for ((node_key, _), c) in &s.checks {
+                assert!(s.nodes.contains_key(node_key), "check on a missing node");
+                if !c.service_id.is_empty() {
+                    let key = (node_key.clone(), fold(&c.service_id));
+                    assert!(s.services.contains_key(&key), "check of a missing service");
+                }
+            }
+            let mut by_name: BTreeMap<String, BTreeSet<Key>> = BTreeMap::new();
+            for (key, svc) in &s.services {
+                by_name
+                    .entry(fold(&svc.name))
+                    .or_default()
+                    .insert(key.clone());
+            }
+            assert_eq!(by_name, s.by_name, "the name index follows the services");
+        }
+
+        proptest! {
+            #[test]
+            fn any_command_sequence_keeps_the_catalog_consistent(
+                commands in proptest::collection::vec(command(), 1..40)
+            ) {
+                let mut s = State::new();
+                let mut last = 0;
+                for (i, c) in commands.iter().enumerate() {
+                    let index = i as u64 + 1;
+                    let before = s.indexes();
+                    if s.apply(index, c).is_err() {
+                        prop_assert_eq!(s.indexes(), before, "a refused command changes nothing");
+                    }
+                    prop_assert!(s.indexes().max() >= last);
+                    last = s.indexes().max();
+                    check_invariants(&s);
+                }
+                let back = State::from_snapshot(s.to_snapshot());
+                prop_assert_eq!(&back.nodes, &s.nodes);
+                prop_assert_eq!(&back.services, &s.services);
+                prop_assert_eq!(&back.checks, &s.checks);
+                prop_assert_eq!(&back.by_name, &s.by_name);
+            }
+        }
+    }
 }

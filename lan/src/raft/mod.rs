@@ -29,6 +29,10 @@ use tokio::time::Instant;
 
 use crate::catalog::{ApplyError, Catalog, Command};
 
+/// How long a request waits for a leader to appear before failing with "No cluster
+/// leader" (Consul's `rpc_hold_timeout`). Bounded by the request's own deadline.
+pub const RPC_HOLD_TIMEOUT: Duration = Duration::from_secs(7);
+
 /// Raft's ID of a server, derived from its node ID.
 pub(crate) type NodeId = u64;
 
@@ -213,6 +217,17 @@ impl Consensus {
         Ok((Consensus { id, raft }, catalog))
     }
 
+    /// Waits until this server leads, for at most [`RPC_HOLD_TIMEOUT`] or until
+    /// `deadline`; returns whether it does.
+    async fn hold_for_leadership(&self, deadline: Instant) -> bool {
+        if self.is_leader() {
+            return true;
+        }
+        let hold = deadline.min(Instant::now() + RPC_HOLD_TIMEOUT);
+        let _ = tokio::time::timeout_at(hold, self.leadership_changed(false)).await;
+        self.is_leader()
+    }
+
     /// Appends `command` and waits until it is committed and applied, or `deadline`.
     /// Returns the log index it was applied at.
     pub(crate) async fn write(
@@ -220,6 +235,9 @@ impl Consensus {
         command: Command,
         deadline: Instant,
     ) -> Result<u64, WriteError> {
+        if !self.hold_for_leadership(deadline).await {
+            return Err(WriteError::NoLeader);
+        }
         let result = tokio::time::timeout_at(deadline, self.raft.client_write(command)).await;
         match result {
             Err(_) => Err(WriteError::Timeout),
@@ -244,6 +262,9 @@ impl Consensus {
         consistency: Consistency,
         deadline: Instant,
     ) -> Result<ReadMeta, ReadError> {
+        if consistency != Consistency::Stale {
+            self.hold_for_leadership(deadline).await;
+        }
         let (known_leader, is_leader) = {
             let m = self.raft.metrics();
             let m = m.borrow();
