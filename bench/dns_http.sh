@@ -34,6 +34,7 @@
 #   WRK_CONNS=32      wrk -c
 #   IDLE_WAIT=300     seconds to wait for running compilers (rustc) to finish before
 #                     the load phase; the report says if some were still running
+#   PAIR_WAIT=60      the same before each pair of runs (NSD + agent, or one wrk pair)
 #   NO_BUILD=1        skip `cargo build --release` and use the existing binary
 #
 # Needs: cargo, dnsperf, nsd, wrk, dig, curl, ss; jq for the HTTP answer check.
@@ -53,6 +54,7 @@ RATE=${RATE:-2000}
 WRK_THREADS=${WRK_THREADS:-2}
 WRK_CONNS=${WRK_CONNS:-32}
 IDLE_WAIT=${IDLE_WAIT:-300}
+PAIR_WAIT=${PAIR_WAIT:-60}
 NO_BUILD=${NO_BUILD:-0}
 
 WRITE=0
@@ -147,11 +149,19 @@ hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo NA; 
 mib() { awk -v k="$1" 'BEGIN { if (k ~ /^[0-9]+$/) printf "%.1f", k / 1024; else print "NA" }'; }
 
 compilers_busy() { pgrep -x rustc >/dev/null || pgrep -x clippy-driver >/dev/null || pgrep -x rustdoc >/dev/null; }
+wait_quiet() { # seconds: wait at most that long for no compiler to be running
+  local _
+  for _ in $(seq "$1"); do compilers_busy || return 0; sleep 1; done
+}
+# A run counts as disturbed when a compiler was running at its start or at its end.
 BUSY_RUNS=0
 TOTAL_RUNS=0
+RUN_BUSY=0
+mark_start() { RUN_BUSY=0; if compilers_busy; then RUN_BUSY=1; fi; }
 count_busy() {
   TOTAL_RUNS=$((TOTAL_RUNS + 1))
-  if compilers_busy; then BUSY_RUNS=$((BUSY_RUNS + 1)); fi
+  if compilers_busy; then RUN_BUSY=1; fi
+  BUSY_RUNS=$((BUSY_RUNS + RUN_BUSY))
 }
 
 median() { # column of numbers on stdin (NA ignored) -> median
@@ -161,6 +171,7 @@ median() { # column of numbers on stdin (NA ignored) -> median
     else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 col_median() { awk -v c="$2" '{print $c}' "$1" | median; }
+col_max() { awk -v c="$2" '$c ~ /^[0-9.]+$/ && (!n++ || $c > m) {m = $c} END {print (n ? m : "NA")}' "$1"; }
 fmt() { # number decimals -> formatted, NA kept
   awk -v v="$1" -v d="$2" 'BEGIN { if (v ~ /^-?[0-9.]+([eE][-+]?[0-9]+)?$/) printf "%.*f", d, v; else print v }'
 }
@@ -238,14 +249,16 @@ RSS_REGISTERED=$(rss_kb "$AGENT_PID")
 
 # ---------------------------------------------------------------- NSD
 # The zone holds what the agent answers: A records per instance, SRV records whose
-# targets are <node>.node.dc1.consul with their A records, and node A records.
+# targets are <node>.node.dc1.consul with their A records, and node A records. It has
+# no NS records: NSD then answers exactly as the agent does (answers, and for SRV the
+# targets' A records as additionals; no authority section), so both build the same
+# packets. (With an NS set NSD would add it to every answer, or, with
+# minimal-responses, drop the SRV additionals.)
 {
   cat <<'EOF'
 $ORIGIN consul.
 $TTL 0
 @ IN SOA ns.consul. hostmaster.consul. 1 3600 600 86400 0
-@ IN NS ns.consul.
-ns IN A 127.0.0.1
 EOF
   while read -r addr node svc _ port _; do
     echo "$svc.service IN A $addr"
@@ -276,8 +289,6 @@ server:
   # NSD limits responses per source /24 by default; all load comes from 127.0.0.1.
   rrl-ratelimit: 0
   rrl-whitelist-ratelimit: 0
-  # Consul puts no NS records in the authority section; neither should the reference.
-  minimal-responses: yes
 remote-control:
   control-enable: no
 zone:
@@ -317,12 +328,12 @@ node2.node.consul A
 EOF
 
 # Same question, same answer count and additional count from both servers?
-note "answer/additional counts, NSD vs agent:"
-counts() { # port name type -> rcode/answers/additionals, asked without EDNS like dnsperf
+note "rcode/answer/authority/additional counts, NSD vs agent:"
+counts() { # port name type -> rcode/answers/authority/additionals, asked without EDNS like dnsperf
   dig +noedns +time=2 +tries=1 @127.0.0.1 -p "$1" "$2" "$3" |
     awk '/status:/ {s = $6; sub(/,/, "", s)}
-         /ANSWER: / {for (i = 1; i <= NF; i++) {if ($i == "ANSWER:") a = $(i + 1); if ($i == "ADDITIONAL:") d = $(i + 1)}}
-         END {gsub(/,/, "", a); printf "%s/%s/%s", s, a, d}'
+         /ANSWER: / {for (i = 1; i < NF; i++) {if ($i == "ANSWER:") a = $(i + 1); if ($i == "AUTHORITY:") u = $(i + 1); if ($i == "ADDITIONAL:") d = $(i + 1)}}
+         END {gsub(/,/, "", a); gsub(/,/, "", u); printf "%s/%s/%s/%s", s, a, u, d}'
 }
 mismatch=0
 while read -r name type; do
@@ -378,6 +389,7 @@ dns_run() {
   if [[ $server == nsd ]]; then port=$NSD_PORT; pid=$NSD_PID; else port=$DNS_PORT; pid=$AGENT_PID; fi
   [[ $mode == rate ]] && extra=(-Q "$RATE" -v)
   out="$WORK/$qfile.$mode.$server.$i.out"
+  mark_start
   c0=$(cpu_ticks "$pid")
   local cmd=(dnsperf -s 127.0.0.1 -p "$port" -d "$WORK/$qfile.q" -l "$DURATION" -c "$CLIENTS" -T "$THREADS" -q "$OUTSTANDING" "${extra[@]}")
   if [[ -n "$TIME_BIN" ]]; then
@@ -408,11 +420,13 @@ order() { if (($1 % 2)); then echo "nsd agent"; else echo "agent nsd"; fi; }
 note "DNS, saturating: $RUNS x ${DURATION}s per server and query file (dnsperf -c $CLIENTS -T $THREADS -q $OUTSTANDING)"
 for qfile in web_a web_srv mix; do
   for i in $(seq "$RUNS"); do
+    wait_quiet "$PAIR_WAIT"
     for server in $(order "$i"); do dns_run "$server" "$qfile" saturate "$i"; done
   done
 done
 note "DNS, fixed rate $RATE q/s: $RUNS x ${DURATION}s per server (mix)"
 for i in $(seq "$RUNS"); do
+  wait_quiet "$PAIR_WAIT"
   for server in $(order "$i"); do dns_run "$server" mix rate "$i"; done
 done
 RSS_DNS=$(rss_kb "$AGENT_PID")
@@ -440,6 +454,7 @@ parse_wrk() {
 http_run() { # name path run_no
   local name=$1 path=$2 i=$3 out c0 c1 r pct
   out="$WORK/http.$name.$i.out"
+  mark_start
   c0=$(cpu_ticks "$AGENT_PID")
   timeout $((DURATION + 30)) wrk -t "$WRK_THREADS" -c "$WRK_CONNS" -d "${DURATION}s" --latency "$HTTP$path" >"$out" 2>&1 || true
   c1=$(cpu_ticks "$AGENT_PID")
@@ -455,12 +470,15 @@ http_run() { # name path run_no
 }
 note "HTTP: $RUNS x ${DURATION}s per path (wrk -t $WRK_THREADS -c $WRK_CONNS)"
 for i in $(seq "$RUNS"); do
+  wait_quiet "$PAIR_WAIT"
   http_run all /v1/health/service/web "$i"
   http_run passing "/v1/health/service/web?passing" "$i"
 done
 RSS_HTTP=$(rss_kb "$AGENT_PID")
 HWM=$(hwm_kb "$AGENT_PID")
-LOG_LINES=$(grep -c . "$WORK/agent.log" || true)
+# what the agent logged after its start banner (it runs with -log-level=warn)
+awk 'seen && NF; /Log data will now stream/ {seen = 1}' "$WORK/agent.log" >"$WORK/agent.warn"
+LOG_LINES=$(grep -c . "$WORK/agent.warn" || true)
 
 # ---------------------------------------------------------------- report
 CPU_MODEL=$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo)
@@ -474,49 +492,50 @@ sname() { if [[ $1 == nsd ]]; then echo "NSD $(nsd -v 2>&1 | awk 'NR == 1 {print
   echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) CPUs ($CPU_MODEL), agent built from $COMMIT."
   echo "Command: \`$CMD\` (medians of $RUNS runs of ${DURATION} s; load average at the start of the load: $LOAD_AT_START)."
   if ((BUSY_RUNS > 0)); then
-    echo "Note: rustc was running at the end of $BUSY_RUNS of the $TOTAL_RUNS runs, so those competed with a compiler."
+    echo "Note: a compiler (rustc) was running at the start or the end of $BUSY_RUNS of the $TOTAL_RUNS runs, which then shared the CPUs with it."
   fi
   echo
   echo "**DNS, saturating** (dnsperf \`-c $CLIENTS -T $THREADS -q $OUTSTANDING -l $DURATION\`, UDP, dnsperf on the same cores):"
   echo
-  echo "| queries | server | q/s | avg ms | max ms | server CPU | q/s per server core | dnsperf CPU | lost | response B | rcodes (last run) |"
+  echo "| queries | server | q/s | avg ms | max ms (worst run) | server CPU | q/s per server core | dnsperf CPU | lost | response B | rcodes (last run) |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
   for qfile in web_a web_srv mix; do
     for server in nsd agent; do
       f="$WORK/res.$qfile.saturate.$server"
-      echo "| $(label "$qfile") | $(sname "$server") | $(fmt "$(col_median "$f" 1)" 0) | $(fmt "$(col_median "$f" 2)" 3) | $(fmt "$(col_median "$f" 3)" 1) | $(fmt "$(col_median "$f" 7)" 0)% | $(fmt "$(col_median "$f" 8)" 0) | $(fmt "$(col_median "$f" 9)" 0)% | $(col_median "$f" 5) | $(col_median "$f" 6) | $(tail -n 1 "$f" | awk '{print $NF}') |"
+      echo "| $(label "$qfile") | $(sname "$server") | $(fmt "$(col_median "$f" 1)" 0) | $(fmt "$(col_median "$f" 2)" 3) | $(fmt "$(col_max "$f" 3)" 1) | $(fmt "$(col_median "$f" 7)" 0)% | $(fmt "$(col_median "$f" 8)" 0) | $(fmt "$(col_median "$f" 9)" 0)% | $(col_median "$f" 5) | $(col_median "$f" 6) | $(tail -n 1 "$f" | awk '{print $NF}') |"
     done
   done
   echo
-  echo "| queries | agent / NSD, q/s | agent / NSD, q/s per server core |"
-  echo "|---|---:|---:|"
+  echo "| queries | agent / NSD, q/s | agent / NSD, q/s (median of the back-to-back pairs) | agent / NSD, q/s per server core |"
+  echo "|---|---:|---:|---:|"
   for qfile in web_a web_srv mix; do
     n="$WORK/res.$qfile.saturate.nsd"
     a="$WORK/res.$qfile.saturate.agent"
-    echo "| $(label "$qfile") | **$(ratio "$(col_median "$a" 1)" "$(col_median "$n" 1)")** | $(ratio "$(col_median "$a" 8)" "$(col_median "$n" 8)") |"
+    paired=$(paste -d' ' <(awk '{print $1}' "$a") <(awk '{print $1}' "$n") | awk '$2 > 0 {print $1 / $2}' | median)
+    echo "| $(label "$qfile") | **$(ratio "$(col_median "$a" 1)" "$(col_median "$n" 1)")** | $(fmt "$paired" 2) | $(ratio "$(col_median "$a" 8)" "$(col_median "$n" 8)") |"
   done
   echo
   echo "**DNS, fixed rate** ($RATE q/s, mix; p50/p99 from dnsperf's per-query latencies, \`-v\`):"
   echo
-  echo "| server | q/s | avg ms | p50 ms | p99 ms | max ms | server CPU | lost |"
+  echo "| server | q/s | avg ms | p50 ms | p99 ms | max ms (worst run) | server CPU | lost |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|"
   for server in nsd agent; do
     f="$WORK/res.mix.rate.$server"
-    echo "| $(sname "$server") | $(fmt "$(col_median "$f" 1)" 0) | $(fmt "$(col_median "$f" 2)" 3) | $(fmt "$(col_median "$f" 10)" 3) | $(fmt "$(col_median "$f" 11)" 3) | $(fmt "$(col_median "$f" 3)" 1) | $(fmt "$(col_median "$f" 7)" 0)% | $(col_median "$f" 5) |"
+    echo "| $(sname "$server") | $(fmt "$(col_median "$f" 1)" 0) | $(fmt "$(col_median "$f" 2)" 3) | $(fmt "$(col_median "$f" 10)" 3) | $(fmt "$(col_median "$f" 11)" 3) | $(fmt "$(col_max "$f" 3)" 1) | $(fmt "$(col_median "$f" 7)" 0)% | $(col_median "$f" 5) |"
   done
   echo
   echo "**HTTP** (wrk \`-t $WRK_THREADS -c $WRK_CONNS -d ${DURATION}s --latency\`; the answer is $HTTP_BYTES bytes, 3 instances):"
   echo
-  echo "| request | req/s | avg ms | p50 ms | p99 ms | max ms | non-2xx | socket errors | agent CPU |"
+  echo "| request | req/s | avg ms | p50 ms | p99 ms | max ms (worst run) | non-2xx | socket errors | agent CPU |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
   for name in all passing; do
     f="$WORK/res.http.$name"
     path=/v1/health/service/web
     [[ $name == passing ]] && path="$path?passing"
-    echo "| \`GET $path\` | $(fmt "$(col_median "$f" 1)" 0) | $(fmt "$(col_median "$f" 2)" 3) | $(fmt "$(col_median "$f" 3)" 3) | $(fmt "$(col_median "$f" 4)" 3) | $(fmt "$(col_median "$f" 5)" 1) | $(awk '{s += $7} END {print s + 0}' "$f") | $(awk '{s += $8} END {print s + 0}' "$f") | $(fmt "$(col_median "$f" 9)" 0)% |"
+    echo "| \`GET $path\` | $(fmt "$(col_median "$f" 1)" 0) | $(fmt "$(col_median "$f" 2)" 3) | $(fmt "$(col_median "$f" 3)" 3) | $(fmt "$(col_median "$f" 4)" 3) | $(fmt "$(col_max "$f" 5)" 1) | $(awk '{s += $7} END {print s + 0}' "$f") | $(awk '{s += $8} END {print s + 0}' "$f") | $(fmt "$(col_median "$f" 9)" 0)% |"
   done
   echo
-  echo "(non-2xx and socket errors are totals over the runs.)"
+  echo "(Medians over the runs, except the worst-run maxima and the totals of non-2xx responses and socket errors.)"
   echo
   echo "**Agent memory** (VmRSS):"
   echo
@@ -532,8 +551,8 @@ sname() { if [[ $1 == nsd ]]; then echo "NSD $(nsd -v 2>&1 | awk 'NR == 1 {print
 echo
 cat "$WORK/report.md"
 if ((LOG_LINES > 0)); then
-  note "agent log (last 20 lines):"
-  tail -n 20 "$WORK/agent.log" >&2
+  note "agent warnings (last 20 lines):"
+  tail -n 20 "$WORK/agent.warn" >&2
 fi
 
 if [[ $WRITE == 1 ]]; then
