@@ -99,6 +99,12 @@ impl Gateway {
         Ok(self.lan.read_stale(query))
     }
 
+    /// The newest index of `dc`'s local catalog copy, for callers that cache what they
+    /// derive from it; `None` for a datacenter whose data is not held here.
+    pub fn stale_index(&self, dc: Option<&str>) -> Option<u64> {
+        self.route(dc).ok().map(|()| self.lan.catalog_index())
+    }
+
     /// Applies a write in `dc`'s catalog; returns the index it was applied at.
     pub async fn write(
         &self,

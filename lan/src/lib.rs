@@ -240,6 +240,11 @@ impl Lan {
         self.inner.catalog.query(query)
     }
 
+    /// The newest catalog index: any change to the catalog changes it.
+    pub fn catalog_index(&self) -> u64 {
+        self.inner.catalog.index()
+    }
+
     /// Writes to the catalog; returns the Raft index the change was applied at.
     pub async fn write(&self, command: Command, deadline: Instant) -> Result<u64, WriteError> {
         self.inner.consensus.write(command, deadline).await

@@ -388,3 +388,60 @@ async fn many_questions_in_one_packet_are_a_format_error() {
     let _: SocketAddr = a.dns;
     a.shutdown().await;
 }
+
+#[tokio::test]
+async fn answers_follow_every_catalog_change() {
+    let a = TestAgent::dev().await;
+    register(&a, "svc", 2, 10).await;
+    let a_records = |m: Message| addresses(&m).len();
+    assert_eq!(
+        a_records(a.dig("svc.service.consul.", RecordType::A).await),
+        2
+    );
+    assert_eq!(
+        srv(&a.dig("svc.service.consul.", RecordType::SRV).await).len(),
+        2
+    );
+    // One instance goes critical: it leaves DNS at once.
+    let r = a
+        .put(
+            "/v1/catalog/register",
+            &json!({"Node": "svc-node-1", "Address": "10.0.0.2",
+            "Check": {"CheckID": "down", "Status": "critical", "ServiceID": "svc1"}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        a_records(a.dig("svc.service.consul.", RecordType::A).await),
+        1
+    );
+    assert_eq!(
+        srv(&a.dig("svc.service.consul.", RecordType::SRV).await).len(),
+        1
+    );
+    // A third instance appears; the critical one comes back when its check passes.
+    register(&a, "svc", 3, 10).await;
+    let r = a
+        .put(
+            "/v1/catalog/register",
+            &json!({"Node": "svc-node-1", "Address": "10.0.0.2",
+            "Check": {"CheckID": "down", "Status": "passing", "ServiceID": "svc1"}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        a_records(a.dig("svc.service.consul.", RecordType::A).await),
+        3
+    );
+    let r = a
+        .put("/v1/catalog/deregister", r#"{"Node": "svc-node-0"}"#)
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        a_records(a.dig("SVC.service.consul.", RecordType::A).await),
+        2
+    );
+    a.shutdown().await;
+}

@@ -2,9 +2,10 @@
 //! choices, TTLs, response codes and truncation. Pure apart from the catalog reads it
 //! makes through the gateway, so it is exercised directly by tests.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gateway::{Gateway, RouteError};
@@ -29,8 +30,8 @@ pub(crate) enum Transport {
 /// What to do with a request.
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    /// Send this response.
-    Reply(Message),
+    /// Send this encoded response.
+    Reply(Vec<u8>),
     /// The name is outside the domain and recursors are configured: forward the request.
     Recurse,
     /// Send nothing (a response, not a query).
@@ -46,6 +47,28 @@ const MAX_TCP_ANSWERS: usize = 4096;
 const MAX_TCP_SRV_ANSWERS: usize = 1024;
 /// How many servers an NS answer lists.
 const MAX_NS_RECORDS: usize = 3;
+
+/// Most service lookups whose records are kept between queries; the cache is emptied
+/// when it is full (entries are also worthless once the catalog changes).
+const MAX_PREPARED: usize = 4096;
+
+/// The records of one service lookup, built once per catalog index: only the owner name,
+/// the order and the trimming differ between queries.
+#[derive(Default)]
+struct Prepared {
+    /// Whether any instance is healthy enough to answer (else NXDOMAIN).
+    found: bool,
+    /// TTL of every record.
+    ttl: u32,
+    /// Address answers (A, AAAA, or CNAME for a host name), one per distinct address.
+    addresses: Vec<RData>,
+    /// SRV answers, each with the indexes of its additional records.
+    srv: Vec<(RData, Vec<usize>)>,
+    /// Additional records of the SRV targets, each once.
+    additionals: Vec<Record>,
+}
+
+type CacheKey = (String, Option<String>);
 
 /// The parts of a response before trimming.
 #[derive(Default)]
@@ -85,6 +108,7 @@ impl Sections {
 /// Builds responses for one agent's DNS interface.
 pub(crate) struct Responder {
     gateway: Gateway,
+    cache: Mutex<HashMap<CacheKey, (u64, Arc<Prepared>)>>,
     config: DnsConfig,
     domain: Name,
     domain_labels: usize,
@@ -145,6 +169,7 @@ impl Responder {
             .expect("hostmaster.<domain> is a valid name");
         Responder {
             gateway,
+            cache: Mutex::new(HashMap::new()),
             config,
             domain,
             domain_labels,
@@ -174,11 +199,11 @@ impl Responder {
         }
         if request.metadata.op_code != OpCode::Query {
             response.metadata.response_code = ResponseCode::NotImp;
-            return Outcome::Reply(response);
+            return reply(&response);
         }
         let [query] = request.queries.as_slice() else {
             response.metadata.response_code = ResponseCode::FormErr;
-            return Outcome::Reply(response);
+            return reply(&response);
         };
         let qname = query.name();
         let qtype = query.query_type();
@@ -205,8 +230,10 @@ impl Responder {
         } else {
             Sections::code(ResponseCode::Refused)
         };
-        self.finish(&mut response, request, sections, qtype, transport);
-        Outcome::Reply(response)
+        match self.finish(&mut response, request, sections, qtype, transport) {
+            Some(bytes) => Outcome::Reply(bytes),
+            None => Outcome::Drop,
+        }
     }
 
     fn in_domain(&self, qname: &Name, qtype: RecordType, below: &[String]) -> Sections {
@@ -393,84 +420,75 @@ impl Responder {
         best.map(|(_, ttl)| secs(ttl)).unwrap_or(0)
     }
 
-    fn service(
+    /// The records of a service lookup, from the cache while the catalog is unchanged.
+    fn prepared(
         &self,
-        qname: &Name,
-        qtype: RecordType,
         name: &str,
         tag: Option<String>,
         dc: Option<&str>,
-    ) -> Sections {
+    ) -> Result<Arc<Prepared>, Sections> {
+        let key = (
+            name.to_ascii_lowercase(),
+            tag.as_ref().map(|t| t.to_ascii_lowercase()),
+        );
+        let index = self.gateway.stale_index(dc);
+        if let Some(index) = index
+            && let Some((at, prepared)) = self.cache.lock().expect("dns cache poisoned").get(&key)
+            && *at == index
+        {
+            return Ok(prepared.clone());
+        }
         let query = Query::ServiceHealth {
             service: name.into(),
             tags: tag.into_iter().collect(),
             passing_only: false,
             node_meta: vec![],
         };
-        let mut instances = match self.gateway.read_stale(dc, &query) {
-            Ok((Answer::ServiceHealth(list), _)) => list,
-            Ok(_) => Vec::new(),
-            Err(e) => return route_error(e),
+        let (instances, read_at) = match self.gateway.read_stale(dc, &query) {
+            Ok((Answer::ServiceHealth(list), read_at)) => (list, read_at),
+            Ok((_, read_at)) => (Vec::new(), read_at),
+            Err(e) => return Err(route_error(e)),
         };
+        let dc = dc
+            .map(str::to_owned)
+            .unwrap_or_else(|| self.gateway.local_datacenter().to_string());
+        let prepared = Arc::new(self.prepare(&instances, name, &dc));
+        if index.is_some() {
+            // Keyed by the index the read itself saw: the newest index at the time of the
+            // read, since a service read covers every table.
+            let mut cache = self.cache.lock().expect("dns cache poisoned");
+            if cache.len() >= MAX_PREPARED {
+                cache.clear();
+            }
+            cache.insert(key, (read_at, prepared.clone()));
+        }
+        Ok(prepared)
+    }
+
+    /// Builds the records of the healthy instances of a service.
+    fn prepare(&self, instances: &[ServiceHealth], name: &str, dc: &str) -> Prepared {
+        let ttl = self.service_ttl(name);
         let only_passing = self.config.only_passing;
-        instances.retain(|e| match e.aggregate() {
+        let healthy = instances.iter().filter(|e| match e.aggregate() {
             Health::Passing => true,
             Health::Warning => !only_passing,
             Health::Critical => false,
         });
-        if instances.is_empty() {
-            // Consul: no healthy instance is "not found" (issue #1142).
-            return Sections::nxdomain();
-        }
-        instances.shuffle(&mut rand::rng());
-        let ttl = self.service_ttl(name);
-        let dc = dc
-            .map(str::to_owned)
-            .unwrap_or_else(|| self.gateway.local_datacenter().to_string());
-        match qtype {
-            RecordType::SRV => self.service_srv(&instances, qname, &dc, ttl),
-            RecordType::A | RecordType::AAAA | RecordType::ANY | RecordType::TXT => {
-                let mut seen = BTreeSet::new();
-                let mut answers = Vec::new();
-                for e in &instances {
-                    let address = instance_address(e);
-                    if !seen.insert(address.to_owned()) {
-                        continue;
-                    }
-                    if let Some(record) = address_record(qname, qtype, address, ttl) {
-                        answers.push(record);
-                    }
-                }
-                let limit = self.config.a_record_limit;
-                if limit > 0 {
-                    answers.truncate(limit);
-                }
-                if answers.is_empty() {
-                    Sections::nodata()
-                } else {
-                    Sections {
-                        answers,
-                        ..Sections::default()
-                    }
-                }
-            }
-            _ => Sections::nodata(),
-        }
-    }
-
-    fn service_srv(
-        &self,
-        instances: &[ServiceHealth],
-        qname: &Name,
-        dc: &str,
-        ttl: u32,
-    ) -> Sections {
-        let mut seen = BTreeSet::new();
-        let mut answers = Vec::new();
-        let mut additionals = Vec::new();
-        for e in instances {
+        let mut prepared = Prepared {
+            ttl,
+            ..Prepared::default()
+        };
+        let mut seen_addresses = BTreeSet::new();
+        let mut seen_srv = BTreeSet::new();
+        for e in healthy {
+            prepared.found = true;
             let address = instance_address(e);
-            if !seen.insert((e.node.name.clone(), address.to_owned(), e.service.port)) {
+            if seen_addresses.insert(address.to_owned())
+                && let Some(data) = address_rdata_of(address)
+            {
+                prepared.addresses.push(data);
+            }
+            if !seen_srv.insert((e.node.name.clone(), address.to_owned(), e.service.port)) {
                 continue;
             }
             let weight = match e.aggregate() {
@@ -505,21 +523,88 @@ impl Responder {
                 };
                 (target, Vec::new())
             };
-            answers.push(rr(
-                qname,
-                ttl,
-                RData::SRV(SRV::new(1, weight, e.service.port, target)),
-            ));
+            let mut extra_ids = Vec::new();
             for record in extra {
-                if !additionals.contains(&record) {
-                    additionals.push(record);
+                let id = match prepared.additionals.iter().position(|r| *r == record) {
+                    Some(id) => id,
+                    None => {
+                        prepared.additionals.push(record);
+                        prepared.additionals.len() - 1
+                    }
+                };
+                extra_ids.push(id);
+            }
+            prepared.srv.push((
+                RData::SRV(SRV::new(1, weight, e.service.port, target)),
+                extra_ids,
+            ));
+        }
+        prepared
+    }
+
+    fn service(
+        &self,
+        qname: &Name,
+        qtype: RecordType,
+        name: &str,
+        tag: Option<String>,
+        dc: Option<&str>,
+    ) -> Sections {
+        let prepared = match self.prepared(name, tag, dc) {
+            Ok(p) => p,
+            Err(sections) => return sections,
+        };
+        if !prepared.found {
+            // Consul: no healthy instance is "not found" (issue #1142).
+            return Sections::nxdomain();
+        }
+        let ttl = prepared.ttl;
+        let mut rng = rand::rng();
+        match qtype {
+            RecordType::SRV => {
+                let mut order: Vec<usize> = (0..prepared.srv.len()).collect();
+                order.shuffle(&mut rng);
+                let mut answers = Vec::with_capacity(order.len());
+                let mut additionals = Vec::new();
+                let mut added = vec![false; prepared.additionals.len()];
+                for i in order {
+                    let (data, extra) = &prepared.srv[i];
+                    answers.push(rr(qname, ttl, data.clone()));
+                    for &id in extra {
+                        if !added[id] {
+                            added[id] = true;
+                            additionals.push(prepared.additionals[id].clone());
+                        }
+                    }
+                }
+                Sections {
+                    answers,
+                    additionals,
+                    ..Sections::default()
                 }
             }
-        }
-        Sections {
-            answers,
-            additionals,
-            ..Sections::default()
+            RecordType::A | RecordType::AAAA | RecordType::ANY | RecordType::TXT => {
+                let mut answers: Vec<Record> = prepared
+                    .addresses
+                    .iter()
+                    .filter(|data| fits_query(qtype, data))
+                    .map(|data| rr(qname, ttl, data.clone()))
+                    .collect();
+                answers.shuffle(&mut rng);
+                let limit = self.config.a_record_limit;
+                if limit > 0 {
+                    answers.truncate(limit);
+                }
+                if answers.is_empty() {
+                    Sections::nodata()
+                } else {
+                    Sections {
+                        answers,
+                        ..Sections::default()
+                    }
+                }
+            }
+            _ => Sections::nodata(),
         }
     }
 
@@ -546,7 +631,8 @@ impl Responder {
         })
     }
 
-    /// Puts the sections into the response, trimming them to the transport's size.
+    /// Puts the sections into the response, trims them to the transport's size and
+    /// encodes it (once, when it fits at the first try).
     fn finish(
         &self,
         response: &mut Message,
@@ -554,7 +640,7 @@ impl Responder {
         mut s: Sections,
         qtype: RecordType,
         transport: Transport,
-    ) {
+    ) -> Option<Vec<u8>> {
         if let Some(code) = s.code {
             response.metadata.response_code = code;
         }
@@ -587,7 +673,16 @@ impl Responder {
         if truncated && qtype == RecordType::SRV {
             resync_additionals(response);
         }
-        if !fits(response, limit) {
+        response.metadata.truncation = truncated;
+        match response.to_vec() {
+            Ok(bytes) if bytes.len() <= limit => return Some(bytes),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "failed to encode a DNS response");
+                return None;
+            }
+        }
+        {
             // Extra sections go first; the answer is what the client asked for.
             let extra = std::mem::take(&mut response.additionals);
             if !fits(response, limit) {
@@ -624,6 +719,25 @@ impl Responder {
             }
         }
         response.metadata.truncation = truncated;
+        reply_bytes(response)
+    }
+}
+
+/// Encodes a response; `None` (logged) if it cannot be encoded.
+fn reply_bytes(response: &Message) -> Option<Vec<u8>> {
+    match response.to_vec() {
+        Ok(bytes) => Some(bytes),
+        Err(e) => {
+            tracing::warn!(error = %e, "failed to encode a DNS response");
+            None
+        }
+    }
+}
+
+fn reply(response: &Message) -> Outcome {
+    match reply_bytes(response) {
+        Some(bytes) => Outcome::Reply(bytes),
+        None => Outcome::Drop,
     }
 }
 
@@ -667,6 +781,23 @@ fn instance_address(e: &ServiceHealth) -> &str {
         &e.node.address
     } else {
         &e.service.address
+    }
+}
+
+/// The data of an address answer: A or AAAA for an IP, CNAME for a host name.
+fn address_rdata_of(address: &str) -> Option<RData> {
+    match IpAddr::from_str(address) {
+        Ok(ip) => Some(address_rdata(ip)),
+        Err(_) => name_from(address).map(|target| RData::CNAME(CNAME(target))),
+    }
+}
+
+/// Whether address data answers a question of type `qtype` (CNAMEs answer any).
+fn fits_query(qtype: RecordType, data: &RData) -> bool {
+    match data {
+        RData::A(_) => matches!(qtype, RecordType::A | RecordType::ANY | RecordType::TXT),
+        RData::AAAA(_) => matches!(qtype, RecordType::AAAA | RecordType::ANY | RecordType::TXT),
+        _ => true,
     }
 }
 

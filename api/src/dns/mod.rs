@@ -6,10 +6,11 @@
 //!   TCP listener (bounded) ───────┘  (hickory-proto)     └─ elsewhere: recursors, else REFUSED
 //! ```
 //!
-//! Each UDP socket is served by one task that answers catalog questions inline, so a
-//! flood of queries can never grow a queue; only forwarding to recursors, which waits on
-//! the network, runs in its own task, at most [`MAX_RECURSIONS`] at once (beyond that the
-//! client gets SERVFAIL at once). The wire format is hickory-proto's; the serving loops
+//! Each UDP socket is served by one thread that answers catalog questions inline, so a
+//! flood of queries can never grow a queue, and no task is woken per datagram; only
+//! forwarding to recursors, which waits on the network, runs as a task, at most
+//! [`MAX_RECURSIONS`] at once (beyond that the client gets SERVFAIL at once). Answers of
+//! service lookups are kept between queries until the catalog changes. The wire format is hickory-proto's; the serving loops
 //! are ours rather than hickory-server's, which spawns a task per datagram into an
 //! unbounded set and accepts TCP connections without limit.
 
@@ -27,7 +28,7 @@ use gateway::Gateway;
 use hickory_proto::op::{Message, OpCode, ResponseCode};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -189,18 +190,17 @@ fn encode(message: &Message) -> Option<Vec<u8>> {
 impl Server {
     /// Answers one request from its bytes.
     fn handle(&self, bytes: &[u8], transport: Transport) -> Handled {
-        let reply = match decode(bytes) {
+        match decode(bytes) {
             Decoded::Query(request) => match self.responder.respond(&request, transport) {
-                Outcome::Reply(m) => m,
-                Outcome::Drop => return Handled::Nothing,
-                Outcome::Recurse => return Handled::Recurse(Box::new(request)),
+                Outcome::Reply(bytes) => Handled::Reply(bytes),
+                Outcome::Drop => Handled::Nothing,
+                Outcome::Recurse => Handled::Recurse(Box::new(request)),
             },
-            Decoded::FormErr(m) => m,
-            Decoded::Drop => return Handled::Nothing,
-        };
-        match encode(&reply) {
-            Some(bytes) => Handled::Reply(bytes),
-            None => Handled::Nothing,
+            Decoded::FormErr(m) => match encode(&m) {
+                Some(bytes) => Handled::Reply(bytes),
+                None => Handled::Nothing,
+            },
+            Decoded::Drop => Handled::Nothing,
         }
     }
 
@@ -232,12 +232,16 @@ impl Server {
     }
 }
 
-fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+/// How often a UDP serving thread looks at the shutdown token while no query arrives.
+const UDP_SHUTDOWN_POLL: Duration = Duration::from_millis(200);
+
+fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    let socket: std::net::UdpSocket = socket.into();
+    socket.set_read_timeout(Some(UDP_SHUTDOWN_POLL))?;
+    Ok(socket)
 }
 
 /// How many UDP sockets share each DNS address: one per core, so the kernel spreads
@@ -289,12 +293,10 @@ pub async fn start(
         bound.tcp.push(local);
         listeners.push(tcp);
     }
+    let runtime = tokio::runtime::Handle::current();
     for socket in sockets {
-        tasks.spawn(serve_udp(
-            Arc::new(socket),
-            server.clone(),
-            shutdown.clone(),
-        ));
+        let (server, shutdown, runtime) = (server.clone(), shutdown.clone(), runtime.clone());
+        tasks.spawn_blocking(move || serve_udp(Arc::new(socket), server, shutdown, runtime));
     }
     for listener in listeners {
         tasks.spawn(serve_tcp(listener, server.clone(), shutdown.clone()));
@@ -302,27 +304,40 @@ pub async fn start(
     Ok(bound)
 }
 
-async fn serve_udp(socket: Arc<UdpSocket>, server: Arc<Server>, shutdown: CancellationToken) {
+/// Serves one UDP socket on a thread of its own: receive, answer from the catalog,
+/// send, with no task or queue per datagram. Only forwarding to recursors, which waits on
+/// the network, becomes a task on the runtime.
+fn serve_udp(
+    socket: Arc<std::net::UdpSocket>,
+    server: Arc<Server>,
+    shutdown: CancellationToken,
+    runtime: tokio::runtime::Handle,
+) {
     let mut buf = vec![0u8; 65535];
-    loop {
-        let (len, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            received = socket.recv_from(&mut buf) => match received {
-                Ok(r) => r,
-                Err(e) => {
-                    // ICMP errors from earlier replies surface here; they concern one
-                    // client only.
-                    tracing::debug!(error = %e, "dns udp receive failed");
-                    continue;
-                }
-            },
+    while !shutdown.is_cancelled() {
+        let (len, peer) = match socket.recv_from(&mut buf) {
+            Ok(r) => r,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                // ICMP errors from earlier replies surface here; they concern one
+                // client only.
+                tracing::debug!(error = %e, "dns udp receive failed");
+                continue;
+            }
         };
         let Some(bytes) = buf.get(..len) else {
             continue;
         };
         match server.handle(bytes, Transport::Udp) {
             Handled::Reply(reply) => {
-                if let Err(e) = socket.send_to(&reply, peer).await {
+                if let Err(e) = socket.send_to(&reply, peer) {
                     tracing::debug!(peer = %peer, error = %e, "dns udp send failed");
                 }
             }
@@ -330,17 +345,18 @@ async fn serve_udp(socket: Arc<UdpSocket>, server: Arc<Server>, shutdown: Cancel
             Handled::Recurse(request) => {
                 let Ok(permit) = server.recursions.clone().try_acquire_owned() else {
                     if let Some(reply) = Server::servfail(&request) {
-                        let _ = socket.send_to(&reply, peer).await;
+                        let _ = socket.send_to(&reply, peer);
                     }
                     continue;
                 };
                 let (server2, socket2) = (server.clone(), socket.clone());
-                server.tasks.spawn(async move {
+                let forward = async move {
                     let _permit = permit;
                     if let Some(reply) = server2.recurse(&request, Transport::Udp).await {
-                        let _ = socket2.send_to(&reply, peer).await;
+                        let _ = socket2.send_to(&reply, peer);
                     }
-                });
+                };
+                server.tasks.spawn_on(forward, &runtime);
             }
         }
     }

@@ -63,6 +63,11 @@ impl Catalog {
         f(&state)
     }
 
+    /// The newest index of any table: it changes whenever anything in the catalog does.
+    pub fn index(&self) -> u64 {
+        *self.index.borrow()
+    }
+
     /// Answers `query` now.
     pub fn query(&self, query: &Query) -> (Answer, u64) {
         self.read(|s| s.query(query))
