@@ -37,6 +37,7 @@ const RELOAD_QUEUE: usize = 1;
 /// ```
 pub struct Agent {
     config: AgentConfig,
+    reload: mpsc::Sender<api::ReloadRequest>,
     node_id: String,
     advertise: IpAddr,
     lan: Lan,
@@ -204,7 +205,7 @@ impl Agent {
             }),
             control: api::Control {
                 leave: leave.clone(),
-                reload: reload_tx,
+                reload: reload_tx.clone(),
             },
             shutdown: front.clone(),
         };
@@ -242,7 +243,15 @@ impl Agent {
             };
             anyhow::Ok((http, dns))
         };
-        let (http, dns) = match started.await {
+        let registered = match started.await {
+            Ok(bound) => lan
+                .local()
+                .replace_config(config.services.clone(), config.checks.clone())
+                .map(|()| bound)
+                .context("registering the services of the config files"),
+            Err(e) => Err(e),
+        };
+        let (http, dns) = match registered {
             Ok(bound) => bound,
             Err(e) => {
                 // Stop what did start before reporting.
@@ -254,17 +263,17 @@ impl Agent {
                 return Err(e);
             }
         };
-        lan.local()
-            .replace_config(config.services.clone(), config.checks.clone())
-            .context("registering the services of the config files")?;
         tasks.spawn(serve_reloads(
             reload_rx,
-            config.sources.clone(),
+            config.clone(),
+            node_id.clone(),
+            advertise,
             lan.clone(),
             core.child_token(),
         ));
         Ok(Agent {
             config,
+            reload: reload_tx,
             node_id,
             advertise,
             lan,
@@ -308,9 +317,16 @@ impl Agent {
         self.leave.cancelled().await;
     }
 
-    /// Re-reads the config files and replaces the services and checks they define.
+    /// Re-reads the config files and replaces the services and checks they define
+    /// (SIGHUP, `proconsul reload`). Reloads are served one at a time.
     pub async fn reload(&self) -> Result<(), String> {
-        reload(&self.config.sources, &self.lan)
+        let (reply, done) = tokio::sync::oneshot::channel();
+        self.reload
+            .send(reply)
+            .await
+            .map_err(|_| "the agent is shutting down".to_string())?;
+        done.await
+            .map_err(|_| "the agent is shutting down".to_string())?
     }
 
     /// Consul's start-up banner.
@@ -369,18 +385,43 @@ impl Agent {
     }
 }
 
-fn reload(sources: &crate::config::Sources, lan: &Lan) -> Result<(), String> {
-    let config = AgentConfig::load(sources.clone()).map_err(|e| e.to_string())?;
+/// Re-reads the configuration and applies what can change at run time: the services
+/// and checks of the config files. Other changed keys are named in a warning: they take
+/// effect at the next start.
+fn reload(
+    running: &AgentConfig,
+    node_id: &str,
+    advertise: IpAddr,
+    lan: &Lan,
+) -> Result<(), String> {
+    let config = AgentConfig::load(running.sources.clone()).map_err(|e| e.to_string())?;
     lan.local()
-        .replace_config(config.services, config.checks)
+        .replace_config(config.services.clone(), config.checks.clone())
         .map_err(|e| e.to_string())?;
+    let before = debug_config(running, node_id, advertise);
+    let after = debug_config(&config, node_id, advertise);
+    if let (Some(before), Some(after)) = (before.as_object(), after.as_object()) {
+        let changed: Vec<&str> = after
+            .iter()
+            .filter(|(k, v)| before.get(*k) != Some(*v))
+            .map(|(k, _)| k.as_str())
+            .collect();
+        if !changed.is_empty() {
+            tracing::warn!(
+                keys = %changed.join(", "),
+                "configuration changes that need a restart were not applied"
+            );
+        }
+    }
     tracing::info!("configuration reloaded");
     Ok(())
 }
 
 async fn serve_reloads(
     mut requests: mpsc::Receiver<api::ReloadRequest>,
-    sources: crate::config::Sources,
+    running: AgentConfig,
+    node_id: String,
+    advertise: IpAddr,
     lan: Lan,
     shutdown: CancellationToken,
 ) {
@@ -392,11 +433,20 @@ async fn serve_reloads(
                 None => return,
             },
         };
-        let result = reload(&sources, &lan);
+        let result = reload(&running, &node_id, advertise, &lan);
         if let Err(e) = &result {
             tracing::warn!(error = %e, "configuration reload failed");
         }
         let _ = reply.send(result);
+    }
+}
+
+impl Drop for Agent {
+    /// Stops the agent's own tasks if it was dropped without [`Agent::shutdown`] (which
+    /// also leaves and stops Raft in order).
+    fn drop(&mut self) {
+        self.front.cancel();
+        self.core.cancel();
     }
 }
 

@@ -240,11 +240,12 @@ const CHECK_KEYS: &[&str] = &[
     "script",
     "interval",
     "timeout",
-    "tlsskipverify",
     "outputmaxsize",
     "token",
 ];
 const CHECK_UNSUPPORTED: &[&str] = &[
+    // Only meaningful for https:// checks, which proconsul does not run.
+    "tlsskipverify",
     "deregistercriticalserviceafter",
     "successbeforepassing",
     "failuresbeforecritical",
@@ -319,13 +320,21 @@ pub fn service(
             }
         }
     };
+    let meta = f.string_map("meta")?;
+    lan::catalog::validate_meta(&meta).map_err(|e| err(&f.field("meta"), e))?;
+    if weights.passing == 0 {
+        return Err(err(
+            &f.field("weights"),
+            "passing weight must be greater than 0",
+        ));
+    }
     let service = Service {
         id: id.clone(),
         name: name.clone(),
         tags: f.strings("tags")?,
         address: f.string("address")?.unwrap_or_default(),
         tagged_addresses,
-        meta: f.string_map("meta")?,
+        meta,
         port: f.port("port")?.unwrap_or(0),
         weights,
         enable_tag_override: f.bool("enabletagoverride")?.unwrap_or(false),
@@ -394,7 +403,11 @@ fn check_with_defaults(
         Some(s) => Health::parse(&s).ok_or_else(|| err(&f.field("status"), "Bad check status"))?,
     };
     let interval = f.duration("interval")?;
-    let timeout = f.duration("timeout")?.unwrap_or(DEFAULT_CHECK_TIMEOUT);
+    // Consul uses the default for a missing or zero timeout.
+    let timeout = f
+        .duration("timeout")?
+        .filter(|t| !t.is_zero())
+        .unwrap_or(DEFAULT_CHECK_TIMEOUT);
     let needs_interval = |kind: &str| {
         interval.map(|i| i.max(MIN_CHECK_INTERVAL)).ok_or_else(|| {
             err(
@@ -476,9 +489,23 @@ fn check_with_defaults(
     } else {
         return Err(err(path, "a check needs one of ttl, http, tcp or args"));
     };
+    let output_max_size = match f.get("outputmaxsize") {
+        None => lan::CHECK_OUTPUT_MAX,
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| (1..=lan::CHECK_OUTPUT_LIMIT).contains(n))
+            .ok_or_else(|| {
+                err(
+                    &f.field("outputmaxsize"),
+                    format!("must be between 1 and {} bytes", lan::CHECK_OUTPUT_LIMIT),
+                )
+            })?,
+    };
     Ok(CheckDefinition {
         id,
         name,
+        output_max_size,
         notes: f.string("notes")?.unwrap_or_default(),
         service_id: f.string("serviceid")?.unwrap_or_default(),
         kind,

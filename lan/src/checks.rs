@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::catalog::Health;
-use crate::local::{CHECK_OUTPUT_MAX, Local};
+use crate::local::{CHECK_OUTPUT_LIMIT, Local};
 
 /// What a check runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,7 +276,9 @@ async fn http_request(
     }
     let host = uri.host().ok_or("URL has no host")?;
     let port = uri.port_u16().unwrap_or(80);
-    let stream = tokio::net::TcpStream::connect((host, port))
+    // An IPv6 literal comes bracketed (`[::1]`); the resolver wants it bare.
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let stream = tokio::net::TcpStream::connect((bare, port))
         .await
         .map_err(|e| e.to_string())?;
     let (mut sender, conn) =
@@ -306,17 +308,13 @@ async fn http_request(
             .await
             .map_err(|e| e.to_string())?;
         let status = response.status();
-        let collected = Limited::new(response.into_body(), 64 * 1024)
+        // The body is read up to the largest output a check may keep; the check's own
+        // limit is applied when the result is recorded.
+        let collected = Limited::new(response.into_body(), CHECK_OUTPUT_LIMIT)
             .collect()
             .await;
         let text = match collected {
-            Ok(c) => {
-                let bytes = c.to_bytes();
-                let slice = bytes
-                    .get(..bytes.len().min(CHECK_OUTPUT_MAX))
-                    .unwrap_or(&[]);
-                String::from_utf8_lossy(slice).into_owned()
-            }
+            Ok(c) => String::from_utf8_lossy(&c.to_bytes()).into_owned(),
             Err(_) => String::new(),
         };
         Ok::<_, String>((
@@ -342,24 +340,54 @@ async fn script_check(args: &[String]) -> (Health, String) {
     let Some((program, rest)) = args.split_first() else {
         return (Health::Critical, "script check has no command".into());
     };
-    let output = tokio::process::Command::new(program)
+    let child = tokio::process::Command::new(program)
         .args(rest)
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
-        .output()
-        .await;
-    match output {
-        Ok(out) => {
-            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-            text.push_str(&String::from_utf8_lossy(&out.stderr));
-            let status = match out.status.code() {
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return (Health::Critical, format!("failed to run {program}: {e}")),
+    };
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let (out, err, status) = tokio::join!(read_bounded(stdout), read_bounded(stderr), child.wait());
+    let mut text = String::from_utf8_lossy(&out).into_owned();
+    text.push_str(&String::from_utf8_lossy(&err));
+    match status {
+        Ok(status) => {
+            let health = match status.code() {
                 Some(0) => Health::Passing,
                 Some(1) => Health::Warning,
                 _ => Health::Critical,
             };
-            (status, text)
+            (health, text)
         }
-        Err(e) => (Health::Critical, format!("failed to run {program}: {e}")),
+        Err(e) => (
+            Health::Critical,
+            format!("failed to wait for {program}: {e}"),
+        ),
+    }
+}
+
+/// Reads a pipe to its end, keeping at most [`CHECK_OUTPUT_LIMIT`] bytes: the rest is
+/// read and dropped, so a chatty script neither blocks on a full pipe nor fills memory.
+async fn read_bounded(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let Some(mut pipe) = pipe else {
+        return Vec::new();
+    };
+    let mut kept = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match pipe.read(&mut chunk).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = CHECK_OUTPUT_LIMIT.saturating_sub(kept.len());
+                kept.extend_from_slice(chunk.get(..n.min(room)).unwrap_or(&[]));
+            }
+        }
     }
 }
 
@@ -399,5 +427,18 @@ mod tests {
         assert_eq!(output, "out\n");
         assert_eq!(script_check(&sh("1")).await.0, Health::Warning);
         assert_eq!(script_check(&sh("2")).await.0, Health::Critical);
+    }
+
+    #[tokio::test]
+    async fn script_output_is_bounded_and_the_script_is_not_blocked() {
+        let args = vec![
+            "sh".to_string(),
+            "-c".into(),
+            "head -c 1000000 /dev/zero; echo done >&2".into(),
+        ];
+        let (status, output) = script_check(&args).await;
+        assert_eq!(status, Health::Passing);
+        assert!(output.len() <= 2 * CHECK_OUTPUT_LIMIT, "{}", output.len());
+        assert!(output.ends_with("done\n"));
     }
 }

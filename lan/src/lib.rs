@@ -41,7 +41,7 @@ use tokio_util::task::TaskTracker;
 pub use catalog::Datacenter;
 use catalog::{Answer, Catalog, Command, Node, Query};
 pub use checks::CheckKind;
-pub use local::{CHECK_OUTPUT_MAX, CheckDefinition, Local, LocalError, Source};
+pub use local::{CHECK_OUTPUT_LIMIT, CHECK_OUTPUT_MAX, CheckDefinition, Local, LocalError, Source};
 pub use member::{Member, MemberStatus};
 pub use raft::{
     Consistency, RPC_HOLD_TIMEOUT, RaftStartError, RaftStatus, RaftTiming, ReadError, ReadMeta,

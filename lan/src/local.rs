@@ -23,8 +23,12 @@ use crate::catalog::{
 use crate::checks::{CheckKind, Runner};
 use crate::raft::Consensus;
 
-/// The most output a check keeps, in bytes (Consul's default `output_max_size`).
+/// The most output a check keeps, in bytes, unless its `output_max_size` says otherwise
+/// (Consul's default).
 pub const CHECK_OUTPUT_MAX: usize = 4096;
+/// The largest `output_max_size` accepted: check output is stored in the catalog, so it
+/// must stay small.
+pub const CHECK_OUTPUT_LIMIT: usize = 64 * 1024;
 
 /// The service ID servers register for themselves; owned by the leader, not by the sync.
 pub(crate) const CONSUL_SERVICE: &str = "consul";
@@ -54,6 +58,8 @@ pub struct CheckDefinition {
     pub kind: CheckKind,
     /// Initial status (Consul: critical unless given).
     pub status: Health,
+    /// The most output kept, in bytes (at most [`CHECK_OUTPUT_LIMIT`]).
+    pub output_max_size: usize,
 }
 
 /// Why a local registration or update was refused.
@@ -68,6 +74,12 @@ pub enum LocalError {
     /// A TTL update for a check that has no TTL (HTTP 500 in Consul, with this text).
     #[error("CheckID {0:?} does not have associated TTL")]
     NotTtl(String),
+    /// The ID belongs to what the leader maintains (`consul`, `serfHealth`).
+    #[error("{0:?} is reserved for the agent's own use")]
+    Reserved(String),
+    /// The ID differs only in case from another one; the catalog would see them as one.
+    #[error("ID {0:?} differs only in case from the existing {1:?}")]
+    CaseClash(String, String),
     /// A script check while `enable_script_checks` is off.
     #[error(
         "Scripts are disabled on this agent; to enable, configure 'enable_script_checks' or 'enable_local_script_checks' to true"
@@ -106,9 +118,9 @@ impl std::fmt::Debug for Local {
     }
 }
 
-fn truncate_output(mut output: String) -> String {
-    if output.len() > CHECK_OUTPUT_MAX {
-        let mut cut = CHECK_OUTPUT_MAX;
+fn truncate_output(mut output: String, max: usize) -> String {
+    if output.len() > max {
+        let mut cut = max;
         while !output.is_char_boundary(cut) {
             cut -= 1;
         }
@@ -147,122 +159,177 @@ impl Local {
     /// of the service that are not in `checks` are removed.
     pub fn register_service(
         &self,
-        mut service: Service,
+        service: Service,
         checks: Vec<CheckDefinition>,
         source: Source,
         replace_existing_checks: bool,
     ) -> Result<(), LocalError> {
-        if service.id.is_empty() {
-            service.id = service.name.clone();
-        }
-        self.refuse_disabled_scripts(&checks)?;
-        let id = service.id.clone();
-        let stale: Vec<String> = {
-            let mut inner = self.lock();
-            inner.services.insert(id.clone(), (service, source));
-            if replace_existing_checks {
-                inner
-                    .checks
-                    .iter()
-                    .filter(|(cid, c)| {
-                        c.def.service_id == id && !checks.iter().any(|n| &n.id == *cid)
-                    })
-                    .map(|(cid, _)| cid.clone())
-                    .collect()
-            } else {
-                Vec::new()
-            }
-        };
-        for cid in stale {
-            self.remove_check(&cid);
-        }
-        for mut check in checks {
-            check.service_id = id.clone();
-            self.insert_check(check, source);
-        }
+        let mut inner = self.lock();
+        let service = self.checked_service(&inner, service, &checks, &[])?;
+        self.put_service(&mut inner, service, checks, source, replace_existing_checks);
+        drop(inner);
         self.touch();
         Ok(())
     }
 
-    fn refuse_disabled_scripts(&self, checks: &[CheckDefinition]) -> Result<(), LocalError> {
-        let has_script = checks
-            .iter()
-            .any(|c| matches!(c.kind, CheckKind::Script { .. }));
-        if has_script && !self.runner.scripts_enabled() {
+    /// Checks a service and its checks against the rules and the existing definitions
+    /// (ignoring services in `replacing`); returns the service with its ID filled in.
+    fn checked_service(
+        &self,
+        inner: &Inner,
+        mut service: Service,
+        checks: &[CheckDefinition],
+        replacing: &[String],
+    ) -> Result<Service, LocalError> {
+        if service.id.is_empty() {
+            service.id = service.name.clone();
+        }
+        if service.id.eq_ignore_ascii_case(CONSUL_SERVICE) {
+            return Err(LocalError::Reserved(service.id));
+        }
+        let clash = inner.services.keys().find(|other| {
+            other.eq_ignore_ascii_case(&service.id)
+                && **other != service.id
+                && !replacing.contains(other)
+        });
+        if let Some(other) = clash {
+            return Err(LocalError::CaseClash(service.id, other.clone()));
+        }
+        for check in checks {
+            self.checked_check(inner, check, replacing)?;
+        }
+        Ok(service)
+    }
+
+    /// Checks one check against the rules and the existing definitions.
+    fn checked_check(
+        &self,
+        inner: &Inner,
+        check: &CheckDefinition,
+        replacing: &[String],
+    ) -> Result<(), LocalError> {
+        if matches!(check.kind, CheckKind::Script { .. }) && !self.runner.scripts_enabled() {
             return Err(LocalError::ScriptsDisabled);
         }
+        if check.id.eq_ignore_ascii_case(SERF_HEALTH_CHECK) {
+            return Err(LocalError::Reserved(check.id.clone()));
+        }
+        let clash = inner.checks.keys().find(|other| {
+            other.eq_ignore_ascii_case(&check.id)
+                && **other != check.id
+                && !replacing.contains(other)
+        });
+        if let Some(other) = clash {
+            return Err(LocalError::CaseClash(check.id.clone(), other.clone()));
+        }
         Ok(())
+    }
+
+    /// Stores a checked service with its checks and starts them.
+    fn put_service(
+        &self,
+        inner: &mut Inner,
+        service: Service,
+        checks: Vec<CheckDefinition>,
+        source: Source,
+        replace_existing_checks: bool,
+    ) {
+        let id = service.id.clone();
+        inner.services.insert(id.clone(), (service, source));
+        if replace_existing_checks {
+            let stale: Vec<String> = inner
+                .checks
+                .iter()
+                .filter(|(cid, c)| c.def.service_id == id && !checks.iter().any(|n| &n.id == *cid))
+                .map(|(cid, _)| cid.clone())
+                .collect();
+            for cid in stale {
+                self.take_check(inner, &cid);
+            }
+        }
+        for mut check in checks {
+            check.service_id = id.clone();
+            self.put_check(inner, check, source);
+        }
     }
 
     /// Removes a service and its checks. Unknown IDs are a no-op, as in Consul.
     pub fn deregister_service(&self, id: &str) {
-        let checks: Vec<String> = {
-            let mut inner = self.lock();
-            if inner.services.remove(id).is_none() {
-                return;
-            }
-            inner
-                .checks
-                .iter()
-                .filter(|(_, c)| c.def.service_id == id)
-                .map(|(cid, _)| cid.clone())
-                .collect()
-        };
-        for cid in checks {
-            self.remove_check(&cid);
+        let mut inner = self.lock();
+        if self.take_service(&mut inner, id) {
+            drop(inner);
+            self.touch();
         }
-        self.touch();
+    }
+
+    fn take_service(&self, inner: &mut Inner, id: &str) -> bool {
+        if inner.services.remove(id).is_none() {
+            return false;
+        }
+        let checks: Vec<String> = inner
+            .checks
+            .iter()
+            .filter(|(_, c)| c.def.service_id == id)
+            .map(|(cid, _)| cid.clone())
+            .collect();
+        for cid in checks {
+            self.take_check(inner, &cid);
+        }
+        true
     }
 
     /// Adds or replaces a check.
     pub fn register_check(&self, check: CheckDefinition, source: Source) -> Result<(), LocalError> {
-        self.refuse_disabled_scripts(std::slice::from_ref(&check))?;
-        if !check.service_id.is_empty() && !self.lock().services.contains_key(&check.service_id) {
+        let mut inner = self.lock();
+        self.checked_check(&inner, &check, &[])?;
+        if !check.service_id.is_empty() && !inner.services.contains_key(&check.service_id) {
             return Err(LocalError::UnknownService(check.service_id));
         }
-        self.insert_check(check, source);
+        self.put_check(&mut inner, check, source);
+        drop(inner);
         self.touch();
         Ok(())
     }
 
-    fn insert_check(&self, def: CheckDefinition, source: Source) {
+    /// Stores a checked check and (re)starts its runner, under the caller's lock so a
+    /// concurrent removal cannot leave a runner behind.
+    fn put_check(&self, inner: &mut Inner, def: CheckDefinition, source: Source) {
         let id = def.id.clone();
         let kind = def.kind.clone();
         let ttl_expires = match &def.kind {
             CheckKind::Ttl { ttl } => Some(Instant::now() + *ttl),
             _ => None,
         };
-        {
-            let mut inner = self.lock();
-            let (status, output) = match inner.checks.get(&id) {
-                // Re-registering the same check keeps its last result, as Consul does.
-                Some(old) if old.def.kind == def.kind => (old.status, old.output.clone()),
-                _ => (def.status, String::new()),
-            };
-            inner.checks.insert(
-                id.clone(),
-                LocalCheck {
-                    def,
-                    status,
-                    output,
-                    source,
-                    ttl_expires,
-                },
-            );
-        }
+        let (status, output) = match inner.checks.get(&id) {
+            // Re-registering the same check keeps its last result, as Consul does.
+            Some(old) if old.def.kind == def.kind => (old.status, old.output.clone()),
+            _ => (def.status, String::new()),
+        };
+        inner.checks.insert(
+            id.clone(),
+            LocalCheck {
+                def,
+                status,
+                output,
+                source,
+                ttl_expires,
+            },
+        );
         self.runner.start(id, kind, self.clone());
     }
 
     /// Removes a check. Unknown IDs are a no-op.
     pub fn deregister_check(&self, id: &str) {
-        if self.remove_check(id) {
+        let mut inner = self.lock();
+        if self.take_check(&mut inner, id) {
+            drop(inner);
             self.touch();
         }
     }
 
-    fn remove_check(&self, id: &str) -> bool {
+    fn take_check(&self, inner: &mut Inner, id: &str) -> bool {
         self.runner.stop(id);
-        self.lock().checks.remove(id).is_some()
+        inner.checks.remove(id).is_some()
     }
 
     /// Sets a TTL check's status (`/v1/agent/check/pass|warn|fail|update`) and restarts
@@ -278,7 +345,7 @@ impl Local {
                 return Err(LocalError::NotTtl(id.to_owned()));
             };
             check.status = status;
-            check.output = truncate_output(output);
+            check.output = truncate_output(output, check.def.output_max_size);
             check.ttl_expires = Some(Instant::now() + ttl);
         }
         self.runner.wake(id);
@@ -287,20 +354,26 @@ impl Local {
     }
 
     /// Records the result of a check run. Ignored when the check was removed meanwhile.
+    ///
+    /// A new status is synced to the catalog at once; new output with the same status
+    /// waits for the next full sync, as Consul's `check_update_interval` holds back
+    /// output-only changes, so a check whose output varies (a timestamp, a counter) does
+    /// not write to Raft on every run.
     pub(crate) fn record(&self, id: &str, status: Health, output: String) {
-        let output = truncate_output(output);
-        let changed = {
+        let status_changed = {
             let mut inner = self.lock();
             match inner.checks.get_mut(id) {
-                Some(c) if c.status != status || c.output != output => {
+                Some(c) => {
+                    let output = truncate_output(output, c.def.output_max_size);
+                    let status_changed = c.status != status;
                     c.status = status;
                     c.output = output;
-                    true
+                    status_changed
                 }
-                _ => false,
+                None => false,
             }
         };
-        if changed {
+        if status_changed {
             self.touch();
         }
     }
@@ -330,59 +403,66 @@ impl Local {
     }
 
     /// Replaces every definition that came from config files with `services` and `checks`
-    /// (a reload). API registrations stay.
+    /// (a reload). API registrations stay. Everything is checked first: a refused
+    /// definition leaves the agent exactly as it was.
     pub fn replace_config(
         &self,
         services: Vec<(Service, Vec<CheckDefinition>)>,
         checks: Vec<CheckDefinition>,
     ) -> Result<(), LocalError> {
-        for (_, service_checks) in &services {
-            self.refuse_disabled_scripts(service_checks)?;
-        }
-        self.refuse_disabled_scripts(&checks)?;
-        let (old_services, old_checks): (Vec<String>, Vec<String>) = {
-            let inner = self.lock();
-            (
-                inner
-                    .services
-                    .iter()
-                    .filter(|(_, (_, src))| *src == Source::Config)
-                    .map(|(id, _)| id.clone())
-                    .collect(),
-                inner
-                    .checks
-                    .iter()
-                    .filter(|(_, c)| c.source == Source::Config)
-                    .map(|(id, _)| id.clone())
-                    .collect(),
-            )
-        };
-        let keep_service = |id: &str| {
-            services
-                .iter()
-                .any(|(s, _)| (if s.id.is_empty() { &s.name } else { &s.id }) == id)
-        };
-        let new_check_ids: Vec<String> = services
+        let mut inner = self.lock();
+        let old_services: Vec<String> = inner
+            .services
             .iter()
-            .flat_map(|(_, cs)| cs.iter().map(|c| c.id.clone()))
-            .chain(checks.iter().map(|c| c.id.clone()))
+            .filter(|(_, (_, src))| *src == Source::Config)
+            .map(|(id, _)| id.clone())
             .collect();
-        for id in old_checks {
-            if !new_check_ids.contains(&id) {
-                self.remove_check(&id);
-            }
-        }
-        for id in old_services {
-            if !keep_service(&id) {
-                self.deregister_service(&id);
-            }
-        }
+        let old_checks: Vec<String> = inner
+            .checks
+            .iter()
+            .filter(|(_, c)| c.source == Source::Config)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let replacing: Vec<String> = old_services.iter().chain(&old_checks).cloned().collect();
+        let mut checked = Vec::with_capacity(services.len());
         for (service, service_checks) in services {
-            self.register_service(service, service_checks, Source::Config, true)?;
+            let service = self.checked_service(&inner, service, &service_checks, &replacing)?;
+            checked.push((service, service_checks));
+        }
+        for check in &checks {
+            self.checked_check(&inner, check, &replacing)?;
+            let known = check.service_id.is_empty()
+                || checked.iter().any(|(s, _)| s.id == check.service_id)
+                || inner
+                    .services
+                    .get(&check.service_id)
+                    .is_some_and(|(_, src)| *src == Source::Api);
+            if !known {
+                return Err(LocalError::UnknownService(check.service_id.clone()));
+            }
+        }
+        let new_check_ids: Vec<&str> = checked
+            .iter()
+            .flat_map(|(_, cs)| cs.iter().map(|c| c.id.as_str()))
+            .chain(checks.iter().map(|c| c.id.as_str()))
+            .collect();
+        for id in &old_checks {
+            if !new_check_ids.contains(&id.as_str()) {
+                self.take_check(&mut inner, id);
+            }
+        }
+        for id in &old_services {
+            if !checked.iter().any(|(s, _)| s.id == *id) {
+                self.take_service(&mut inner, id);
+            }
+        }
+        for (service, service_checks) in checked {
+            self.put_service(&mut inner, service, service_checks, Source::Config, true);
         }
         for check in checks {
-            self.register_check(check, Source::Config)?;
+            self.put_check(&mut inner, check, Source::Config);
         }
+        drop(inner);
         self.touch();
         Ok(())
     }

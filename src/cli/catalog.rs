@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use serde::Deserialize;
 
 use super::{ClientArgs, columns};
-use proconsul::client::encode;
+use proconsul::client::{encode, encode_segment};
 
 #[derive(Subcommand, Debug)]
 pub enum CatalogCommand {
@@ -117,7 +117,7 @@ pub async fn run(command: CatalogCommand) -> anyhow::Result<ExitCode> {
         CatalogCommand::Nodes(args) => {
             let q = query(&args.datacenter, &args.node_meta);
             let path = match &args.service {
-                Some(s) => format!("/v1/catalog/service/{}{q}", encode(s)),
+                Some(s) => format!("/v1/catalog/service/{}{q}", encode_segment(s)),
                 None => format!("/v1/catalog/nodes{q}"),
             };
             let body = args.client.client()?.get(&path).await?;
@@ -161,10 +161,13 @@ pub async fn run(command: CatalogCommand) -> anyhow::Result<ExitCode> {
         CatalogCommand::Services(args) => {
             let q = query(&args.datacenter, &args.node_meta);
             let client = args.client.client()?;
+            if args.node.is_some() && !args.node_meta.is_empty() {
+                anyhow::bail!("-node and -node-meta cannot be used together");
+            }
             let services: BTreeMap<String, Vec<String>> = match &args.node {
                 Some(node) => {
                     let body = client
-                        .get(&format!("/v1/catalog/node/{}{q}", encode(node)))
+                        .get(&format!("/v1/catalog/node/{}{q}", encode_segment(node)))
                         .await?;
                     let found: Option<NodeServices> = serde_json::from_str(&body)?;
                     let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();

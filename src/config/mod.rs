@@ -363,6 +363,11 @@ fn check_layer(
     {
         problems.push(problem(o, "node_name", e));
     }
+    if let Some(meta) = &r.node_meta
+        && let Err(e) = lan::catalog::validate_meta(meta)
+    {
+        problems.push(problem(o, "node_meta", e));
+    }
     if let Some(id) = &r.node_id
         && !is_uuid(id)
     {
@@ -676,13 +681,41 @@ impl AgentConfig {
         if scripts_in_files && !(enable_script_checks || enable_local_script_checks) {
             problems.push(problem(None, "enable_script_checks", "script checks are defined but disabled: set enable_script_checks or enable_local_script_checks to true"));
         }
-        let mut ids = std::collections::BTreeSet::new();
+        // IDs are compared without case, as the catalog compares them.
+        let mut service_ids = std::collections::BTreeSet::new();
         for (s, _) in &services {
-            if !ids.insert(s.id.clone()) {
+            if !service_ids.insert(s.id.to_ascii_lowercase()) {
                 problems.push(problem(
                     None,
                     "services",
                     format!("service ID {:?} is defined twice", s.id),
+                ));
+            }
+        }
+        let mut check_ids = std::collections::BTreeSet::new();
+        for c in services
+            .iter()
+            .flat_map(|(_, cs)| cs.iter())
+            .chain(checks.iter())
+        {
+            if !check_ids.insert(c.id.to_ascii_lowercase()) {
+                problems.push(problem(
+                    None,
+                    "checks",
+                    format!("check ID {:?} is defined twice", c.id),
+                ));
+            }
+        }
+        for c in &checks {
+            if !c.service_id.is_empty() && !service_ids.contains(&c.service_id.to_ascii_lowercase())
+            {
+                problems.push(problem(
+                    None,
+                    "checks",
+                    format!(
+                        "check {:?} names service_id {:?}, which no config file defines",
+                        c.id, c.service_id
+                    ),
                 ));
             }
         }
@@ -827,6 +860,37 @@ mod tests {
                 raw: dev_layer(),
             },
             layer(r#"{"service": {"name": "w", "check": {"args": ["true"], "interval": "5s"}}}"#),
+        ];
+        assert!(AgentConfig::from_layers(&layers, dev_sources()).is_err());
+    }
+
+    #[test]
+    fn check_references_and_duplicate_ids_are_checked() {
+        let layers = vec![
+            Layer {
+                origin: Origin::Defaults,
+                raw: dev_layer(),
+            },
+            layer(r#"{"check": {"name": "c", "ttl": "10s", "service_id": "nope"}}"#),
+        ];
+        let e = AgentConfig::from_layers(&layers, dev_sources()).unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+        let layers = vec![
+            Layer {
+                origin: Origin::Defaults,
+                raw: dev_layer(),
+            },
+            layer(r#"{"services": [{"name": "Web"}, {"name": "web"}]}"#),
+        ];
+        assert!(AgentConfig::from_layers(&layers, dev_sources()).is_err());
+        let layers = vec![
+            Layer {
+                origin: Origin::Defaults,
+                raw: dev_layer(),
+            },
+            layer(
+                r#"{"service": {"name": "web", "check": {"id": "c", "ttl": "1s"}}, "check": {"id": "C", "name": "x", "ttl": "1s"}}"#,
+            ),
         ];
         assert!(AgentConfig::from_layers(&layers, dev_sources()).is_err());
     }

@@ -445,3 +445,91 @@ async fn answers_follow_every_catalog_change() {
     );
     a.shutdown().await;
 }
+
+#[tokio::test]
+async fn dns_config_limits_and_filters_apply() {
+    let config = json!({"dns_config": {"only_passing": true, "a_record_limit": 2, "udp_answer_limit": 5,
+                                       "enable_additional_node_meta_txt": false}});
+    let a = TestAgent::with_config(&config.to_string()).await;
+    register(&a, "many", 8, 10).await;
+    let r = a
+        .put(
+            "/v1/catalog/register",
+            &json!({"Node": "many-node-0", "Address": "10.0.0.1",
+            "Check": {"CheckID": "slow", "Status": "warning", "ServiceID": "many0"}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let m = a.dig("many.service.consul.", RecordType::A).await;
+    assert_eq!(addresses(&m).len(), 2, "a_record_limit");
+    let m = dig(
+        a.dns,
+        "many.service.consul.",
+        RecordType::SRV,
+        DigOptions::default(),
+    )
+    .await;
+    assert_eq!(m.answers.len(), 5, "udp_answer_limit");
+    assert!(m.metadata.truncation);
+    let m = dig(
+        a.dns,
+        "many.service.consul.",
+        RecordType::SRV,
+        DigOptions {
+            edns: None,
+            tcp: true,
+        },
+    )
+    .await;
+    assert_eq!(
+        m.answers.len(),
+        7,
+        "only_passing drops the warning instance"
+    );
+    assert!(
+        m.additionals
+            .iter()
+            .all(|r| r.record_type() != RecordType::TXT),
+        "no meta TXT"
+    );
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn node_nodata_and_service_ptr() {
+    let a = TestAgent::dev().await;
+    let m = a.dig("node-1.node.consul.", RecordType::AAAA).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(m.answers.is_empty());
+    assert!(has_soa(&m), "NODATA for a node carries the SOA");
+    let r = a
+        .put(
+            "/v1/catalog/register",
+            &json!({"Node": "n9", "Address": "10.9.0.1",
+            "Service": {"Service": "vip", "Address": "10.200.0.7", "Port": 1}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let m = a.dig("7.0.200.10.in-addr.arpa.", RecordType::PTR).await;
+    assert!(
+        matches!(&m.answers[0].data, RData::PTR(p) if p.0.to_string() == "vip.service.dc1.consul."),
+        "{m:?}"
+    );
+    let long = json!({"Node": "n9", "Address": "10.9.0.1", "NodeMeta": {"long": "y".repeat(500)}});
+    assert_eq!(
+        a.put("/v1/catalog/register", &long.to_string())
+            .await
+            .status,
+        200
+    );
+    let m = a.dig("n9.node.consul.", RecordType::TXT).await;
+    assert_eq!(
+        m.metadata.response_code,
+        ResponseCode::NoError,
+        "long values still encode"
+    );
+    assert!(!m.answers.is_empty());
+    a.shutdown().await;
+}

@@ -1,7 +1,5 @@
 //! The HTTP API of in-process agents.
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 
 use crate::support::{TestAgent, eventually, secs};
@@ -284,7 +282,6 @@ async fn blocking_queries_wait_for_a_change_or_the_timeout() {
             .unwrap()
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let r = a
         .put("/v1/agent/service/register", r#"{"Name": "late"}"#)
         .await;
@@ -486,5 +483,180 @@ async fn leave_endpoint_asks_the_agent_to_stop() {
     let r = a.put("/v1/agent/leave", "").await;
     assert_eq!(r.status, 200);
     tokio::time::timeout(secs(5), a.agent.left()).await.unwrap();
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn blocking_on_one_service_ignores_changes_to_others() {
+    let a = TestAgent::dev().await;
+    let r = a
+        .put(
+            "/v1/agent/service/register",
+            r#"{"Name": "web", "Port": 80}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let index = eventually(secs(10), "web registered", || async {
+        let r = a.get("/v1/health/service/web").await;
+        if r.body.contains("\"web\"") {
+            Ok(r.header("x-consul-index").unwrap().parse::<u64>().unwrap())
+        } else {
+            Err(r.body)
+        }
+    })
+    .await;
+    let other = json!({"Node": "elsewhere", "Address": "10.1.1.1", "Service": {"Service": "db"}});
+    assert_eq!(
+        a.put("/v1/catalog/register", &other.to_string())
+            .await
+            .status,
+        200
+    );
+    let r = a
+        .get(&format!("/v1/health/service/web?index={index}&wait=300ms"))
+        .await;
+    assert_eq!(
+        r.header("x-consul-index").unwrap(),
+        index.to_string(),
+        "db's change does not move web's index"
+    );
+    // An index from before a restart (higher than anything here) answers at once.
+    let r = tokio::time::timeout(
+        secs(5),
+        a.get("/v1/health/service/web?index=999999&wait=10m"),
+    )
+    .await
+    .expect("answered without waiting");
+    assert_eq!(r.status, 200);
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn check_output_is_cut_to_its_limit() {
+    let a = TestAgent::dev().await;
+    let body = json!({"Name": "api", "Checks": [
+        {"CheckID": "small", "TTL": "30s", "OutputMaxSize": 10},
+        {"CheckID": "default", "TTL": "30s"}
+    ]});
+    assert_eq!(
+        a.put("/v1/agent/service/register", &body.to_string())
+            .await
+            .status,
+        200
+    );
+    let long = "x".repeat(10_000);
+    for id in ["small", "default"] {
+        let r = a
+            .put(
+                &format!("/v1/agent/check/update/{id}"),
+                &json!({"Status": "passing", "Output": long}).to_string(),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let checks = a.json("/v1/agent/checks").await;
+    assert_eq!(checks["small"]["Output"].as_str().unwrap().len(), 10);
+    assert_eq!(checks["default"]["Output"].as_str().unwrap().len(), 4096);
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn unsupported_and_unsafe_registrations_are_refused() {
+    let a = TestAgent::with_config(r#"{"enable_local_script_checks": true}"#).await;
+    let script = json!({"Name": "s", "Check": {"Args": ["true"], "Interval": "10s"}});
+    let r = a
+        .put("/v1/agent/service/register", &script.to_string())
+        .await;
+    assert_eq!(r.status, 400, "API script checks need enable_script_checks");
+    assert!(r.body.contains("Scripts are disabled"), "{}", r.body);
+    let https = json!({"Name": "h", "Check": {"HTTP": "https://127.0.0.1/", "Interval": "10s"}});
+    let r = a
+        .put("/v1/agent/service/register", &https.to_string())
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("http://"), "{}", r.body);
+    let reserved = a
+        .put("/v1/agent/service/register", r#"{"Name": "consul"}"#)
+        .await;
+    assert_eq!(reserved.status, 400, "{}", reserved.body);
+    assert_eq!(
+        a.put("/v1/agent/service/register", r#"{"Name": "Web"}"#)
+            .await
+            .status,
+        200
+    );
+    let clash = a
+        .put("/v1/agent/service/register", r#"{"Name": "web"}"#)
+        .await;
+    assert_eq!(clash.status, 400, "{}", clash.body);
+    let long_meta = json!({"Node": "n", "Address": "10.0.0.9", "NodeMeta": {"k": "v".repeat(600)}});
+    let r = a.put("/v1/catalog/register", &long_meta.to_string()).await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("512"), "{}", r.body);
+    let r = a.get("/v1/agent/services?filter=Service%20==%20web").await;
+    assert_eq!(r.status, 400);
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn catalog_tags_win_with_enable_tag_override() {
+    let a = TestAgent::with_config(
+        r#"{"services": [{"name": "over", "tags": ["a"], "enable_tag_override": true}, {"name": "plain", "tags": ["a"]}]}"#,
+    )
+    .await;
+    eventually(secs(10), "services synced", || async {
+        let v = a.json("/v1/catalog/services").await;
+        if v.get("over").is_some() && v.get("plain").is_some() {
+            Ok(())
+        } else {
+            Err(v.to_string())
+        }
+    })
+    .await;
+    for name in ["over", "plain"] {
+        let body = json!({"Node": "node-1", "Address": "127.0.0.1", "SkipNodeUpdate": true,
+                          "Service": {"Service": name, "Tags": ["b"], "EnableTagOverride": name == "over"}});
+        assert_eq!(
+            a.put("/v1/catalog/register", &body.to_string())
+                .await
+                .status,
+            200
+        );
+    }
+    // Anti-entropy repairs the plain service and leaves the override alone.
+    let r = a
+        .put("/v1/agent/service/register", r#"{"Name": "nudge"}"#)
+        .await;
+    assert_eq!(r.status, 200);
+    eventually(secs(10), "plain repaired", || async {
+        let plain = a.json("/v1/catalog/service/plain").await;
+        if plain[0]["ServiceTags"] == json!(["a"]) {
+            Ok(())
+        } else {
+            Err(plain.to_string())
+        }
+    })
+    .await;
+    let over = a.json("/v1/catalog/service/over").await;
+    assert_eq!(over[0]["ServiceTags"], json!(["b"]));
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reload_with_a_bad_reference_changes_nothing() {
+    let a = TestAgent::with_config(r#"{"service": {"name": "web"}}"#).await;
+    std::fs::write(
+        a.config_dir().join("test.json"),
+        r#"{"service": {"name": "db"}, "check": {"name": "c", "ttl": "10s", "service_id": "missing"}}"#,
+    )
+    .unwrap();
+    let r = a.put("/v1/agent/reload", "").await;
+    assert_eq!(r.status, 500);
+    assert!(r.body.contains("missing"), "{}", r.body);
+    let services = a.json("/v1/agent/services").await;
+    assert!(
+        services.get("web").is_some() && services.get("db").is_none(),
+        "{services}"
+    );
     a.shutdown().await;
 }

@@ -451,3 +451,46 @@ fn a_single_private_address_is_chosen_and_the_node_id_kept() {
         },
     );
 }
+
+#[test]
+fn sighup_reloads_config_files_and_node_meta_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.json"),
+        r#"{"service": {"name": "before"}}"#,
+    )
+    .unwrap();
+    let config_dir = format!("-config-dir={}", dir.path().display());
+    let (p, http, _dns) = dev_agent(&[&config_dir, "-node-meta=rack:r1"]);
+    let addr = format!("-http-addr={http}");
+    let services =
+        || String::from_utf8_lossy(&run(&["catalog", "services", &addr]).stdout).into_owned();
+    let wait_for = |what: &str, pred: &dyn Fn(&str) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = services();
+            if pred(&now) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: {now}\n{}",
+                p.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("before", &|s| s.contains("before"));
+    std::fs::write(
+        dir.path().join("a.json"),
+        r#"{"service": {"name": "after"}}"#,
+    )
+    .unwrap();
+    p.signal("HUP");
+    wait_for("after replaces before", &|s| {
+        s.contains("after") && !s.contains("before")
+    });
+    let (code, out, _) = text(&run(&["catalog", "nodes", "-detailed", &addr]));
+    assert_eq!(code, 0);
+    assert!(out.contains("rack=r1"), "{out}");
+}

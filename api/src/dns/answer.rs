@@ -130,6 +130,18 @@ fn name_from(text: &str) -> Option<Name> {
     })
 }
 
+/// TXT data holding `text`, split into character strings of at most 255 bytes (the
+/// wire limit of one string; RFC 1035 3.3.14).
+fn txt_rdata(text: &str) -> RData {
+    let bytes = text.as_bytes();
+    let chunks: Vec<&[u8]> = if bytes.is_empty() {
+        vec![bytes]
+    } else {
+        bytes.chunks(255).collect()
+    };
+    RData::TXT(TXT::from_bytes(chunks))
+}
+
 fn rr(name: &Name, ttl: u32, data: RData) -> Record {
     Record::from_rdata(name.clone(), ttl, data)
 }
@@ -232,7 +244,15 @@ impl Responder {
         };
         match self.finish(&mut response, request, sections, qtype, transport) {
             Some(bytes) => Outcome::Reply(bytes),
-            None => Outcome::Drop,
+            None => {
+                // A record we built cannot be encoded: tell the client instead of
+                // leaving it to time out.
+                let mut failed = Message::response(request.metadata.id, request.metadata.op_code);
+                failed.metadata.response_code = ResponseCode::ServFail;
+                failed.metadata.recursion_desired = request.metadata.recursion_desired;
+                failed.queries = request.queries.clone();
+                reply(&failed)
+            }
         }
     }
 
@@ -400,7 +420,7 @@ impl Responder {
     fn node_txt(&self, owner: &Name, node: &Node, ttl: u32) -> Vec<Record> {
         node.meta
             .iter()
-            .map(|(k, v)| rr(owner, ttl, RData::TXT(TXT::new(vec![meta_txt(k, v)]))))
+            .map(|(k, v)| rr(owner, ttl, txt_rdata(&meta_txt(k, v))))
             .collect()
     }
 
@@ -444,23 +464,23 @@ impl Responder {
             passing_only: false,
             node_meta: vec![],
         };
-        let (instances, read_at) = match self.gateway.read_stale(dc, &query) {
-            Ok((Answer::ServiceHealth(list), read_at)) => (list, read_at),
-            Ok((_, read_at)) => (Vec::new(), read_at),
+        let instances = match self.gateway.read_stale(dc, &query) {
+            Ok((Answer::ServiceHealth(list), _)) => list,
+            Ok(_) => Vec::new(),
             Err(e) => return Err(route_error(e)),
         };
         let dc = dc
             .map(str::to_owned)
             .unwrap_or_else(|| self.gateway.local_datacenter().to_string());
         let prepared = Arc::new(self.prepare(&instances, name, &dc));
-        if index.is_some() {
-            // Keyed by the index the read itself saw: the newest index at the time of the
-            // read, since a service read covers every table.
+        if let Some(index) = index {
+            // Keyed by the catalog index read before the query: if a change raced with
+            // the read, the next query sees a newer index and builds again.
             let mut cache = self.cache.lock().expect("dns cache poisoned");
             if cache.len() >= MAX_PREPARED {
                 cache.clear();
             }
-            cache.insert(key, (read_at, prepared.clone()));
+            cache.insert(key, (index, prepared.clone()));
         }
         Ok(prepared)
     }
@@ -827,6 +847,24 @@ pub(crate) fn error_reply(id: u16, op_code: OpCode, code: ResponseCode) -> Messa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_txt_values_are_split_into_strings_that_encode() {
+        let text = "k=".to_string() + &"é".repeat(300);
+        let RData::TXT(txt) = txt_rdata(&text) else {
+            panic!()
+        };
+        assert_eq!(txt.txt_data.len(), 3);
+        assert!(txt.txt_data.iter().all(|s| s.len() <= 255));
+        let record = rr(
+            &Name::from_ascii("a.node.consul.").unwrap(),
+            0,
+            RData::TXT(txt),
+        );
+        let mut m = Message::response(1, OpCode::Query);
+        m.answers.push(record);
+        assert!(m.to_vec().is_ok());
+    }
 
     #[test]
     fn meta_txt_follows_rfc1464() {

@@ -42,7 +42,8 @@ pub use hickory_proto::rr::Name;
 pub const MAX_RECURSIONS: usize = 256;
 /// Most DNS-over-TCP connections open at once; more wait in the kernel's backlog.
 pub const MAX_TCP_CONNECTIONS: usize = 256;
-/// A TCP connection with no complete query for this long is closed.
+/// A TCP connection with no complete query, or whose answer is not read, for this long
+/// is closed.
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How forwarding picks recursors.
@@ -253,6 +254,36 @@ fn udp_sockets_per_addr() -> usize {
         .clamp(1, 4)
 }
 
+/// Attempts at finding a port free for both UDP and TCP when the port is 0.
+const BIND_ATTEMPTS: usize = 20;
+
+/// Binds the UDP sockets and the TCP listener of one address, on the same port. With
+/// port 0 the OS picks the UDP port, which may be taken for TCP: then try another.
+async fn bind_pair(addr: SocketAddr) -> io::Result<(Vec<std::net::UdpSocket>, TcpListener)> {
+    let context = |e: io::Error, what: &str| {
+        io::Error::new(e.kind(), format!("binding DNS ({what}) to {addr}: {e}"))
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let first = udp_socket(addr).map_err(|e| context(e, "udp"))?;
+        let local = first.local_addr()?;
+        let mut udp = vec![first];
+        for _ in 1..udp_sockets_per_addr() {
+            udp.push(udp_socket(local).map_err(|e| context(e, "udp"))?);
+        }
+        // TCP on the same port as UDP, as clients expect.
+        match TcpListener::bind(local).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e)
+                if addr.port() == 0
+                    && e.kind() == io::ErrorKind::AddrInUse
+                    && attempt < BIND_ATTEMPTS => {}
+            Err(e) => return Err(context(e, "tcp")),
+        }
+    }
+}
+
 /// Binds the DNS interface on every address (UDP and TCP) and serves it until
 /// `shutdown`.
 pub async fn start(
@@ -274,19 +305,9 @@ pub async fn start(
     let mut sockets = Vec::new();
     let mut listeners = Vec::new();
     for addr in addrs {
-        let context = |e: io::Error, what: &str| {
-            io::Error::new(e.kind(), format!("binding DNS ({what}) to {addr}: {e}"))
-        };
-        let first = udp_socket(*addr).map_err(|e| context(e, "udp"))?;
-        let local = first.local_addr()?;
-        sockets.push(first);
-        for _ in 1..udp_sockets_per_addr() {
-            sockets.push(udp_socket(local).map_err(|e| context(e, "udp"))?);
-        }
-        // TCP on the same port as UDP, as clients expect.
-        let tcp = TcpListener::bind(local)
-            .await
-            .map_err(|e| context(e, "tcp"))?;
+        let (udp, tcp) = bind_pair(*addr).await?;
+        let local = tcp.local_addr()?;
+        sockets.extend(udp);
         tracing::info!(proto = "dns-udp", addr = %local, "listening");
         tracing::info!(proto = "dns-tcp", addr = %local, "listening");
         bound.udp.push(local);
@@ -327,8 +348,9 @@ fn serve_udp(
             }
             Err(e) => {
                 // ICMP errors from earlier replies surface here; they concern one
-                // client only.
+                // client only. Pause briefly so a lasting error cannot spin the thread.
                 tracing::debug!(error = %e, "dns udp receive failed");
+                std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
         };
@@ -350,10 +372,16 @@ fn serve_udp(
                     continue;
                 };
                 let (server2, socket2) = (server.clone(), socket.clone());
+                let stop = shutdown.clone();
                 let forward = async move {
                     let _permit = permit;
-                    if let Some(reply) = server2.recurse(&request, Transport::Udp).await {
-                        let _ = socket2.send_to(&reply, peer);
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        reply = server2.recurse(&request, Transport::Udp) => {
+                            if let Some(reply) = reply {
+                                let _ = socket2.send_to(&reply, peer);
+                            }
+                        }
                     }
                 };
                 server.tasks.spawn_on(forward, &runtime);
@@ -425,8 +453,13 @@ async fn serve_tcp_connection(mut stream: TcpStream, server: &Server) -> io::Res
         let Ok(reply_len) = u16::try_from(reply.len()) else {
             continue;
         };
-        stream.write_u16(reply_len).await?;
-        stream.write_all(&reply).await?;
+        let mut framed = Vec::with_capacity(reply.len() + 2);
+        framed.extend_from_slice(&reply_len.to_be_bytes());
+        framed.extend_from_slice(&reply);
+        // A client that does not read its answers must not hold a connection forever.
+        tokio::time::timeout(TCP_IDLE_TIMEOUT, stream.write_all(&framed))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "answer not read in time"))??;
     }
 }
 

@@ -23,7 +23,9 @@ fn local_error(e: LocalError) -> ApiError {
         LocalError::UnknownService(_) | LocalError::UnknownCheck(_) => {
             ApiError::NotFound(e.to_string())
         }
-        LocalError::ScriptsDisabled => ApiError::BadRequest(e.to_string()),
+        LocalError::ScriptsDisabled | LocalError::Reserved(_) | LocalError::CaseClash(..) => {
+            ApiError::BadRequest(e.to_string())
+        }
         LocalError::NotTtl(_) => ApiError::Internal(e.to_string()),
     }
 }
@@ -93,6 +95,7 @@ pub(crate) async fn members(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(q.as_deref());
+    params.refuse_unsupported()?;
     // Consul treats any non-empty value of `wan` as true, even "0".
     if params.get("wan").is_some_and(|v| !v.is_empty()) {
         return Err(ApiError::BadRequest(
@@ -104,15 +107,19 @@ pub(crate) async fn members(
     Ok(json(&list, params.pretty()))
 }
 
-pub(crate) async fn services(State(ctx): State<Context>, RawQuery(q): RawQuery) -> Response {
+pub(crate) async fn services(
+    State(ctx): State<Context>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
     let params = Params::parse(q.as_deref());
+    params.refuse_unsupported()?;
     let services = ctx.lan.local().services();
     let dc = ctx.agent.datacenter.as_str();
     let map: BTreeMap<&str, _> = services
         .iter()
         .map(|s| (s.id.as_str(), super::json::agent_service(s, dc)))
         .collect();
-    json(&map, params.pretty())
+    Ok(json(&map, params.pretty()))
 }
 
 pub(crate) async fn service(
@@ -133,14 +140,18 @@ pub(crate) async fn service(
     ))
 }
 
-pub(crate) async fn checks(State(ctx): State<Context>, RawQuery(q): RawQuery) -> Response {
+pub(crate) async fn checks(
+    State(ctx): State<Context>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
     let params = Params::parse(q.as_deref());
+    params.refuse_unsupported()?;
     let checks = ctx.lan.local().checks();
     let map: BTreeMap<&str, _> = checks
         .iter()
         .map(|c| (c.check_id.as_str(), super::json::check(c)))
         .collect();
-    json(&map, params.pretty())
+    Ok(json(&map, params.pretty()))
 }
 
 /// Script checks through the API need `enable_script_checks` (config files may also use

@@ -285,6 +285,9 @@ pub(crate) async fn register(
             checks.push(catalog_check(c, &node_name)?);
         }
     }
+    let node_meta = string_map_field(obj, "nodemeta", "NodeMeta")?;
+    lan::catalog::validate_meta(&node_meta)
+        .map_err(|e| ApiError::BadRequest(format!("Invalid node metadata: {e}")))?;
     let node = Node {
         id: string_field(obj, "id", "ID")?,
         name: node_name,
@@ -293,7 +296,7 @@ pub(crate) async fn register(
             .clone()
             .unwrap_or_else(|| ctx.gateway.local_datacenter().to_string()),
         tagged_addresses: string_map_field(obj, "taggedaddresses", "TaggedAddresses")?,
-        meta: string_map_field(obj, "nodemeta", "NodeMeta")?,
+        meta: node_meta,
         create_index: 0,
         modify_index: 0,
     };

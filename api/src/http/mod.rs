@@ -13,9 +13,7 @@ mod status;
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -26,7 +24,6 @@ use axum::routing::{get, put};
 use gateway::RouteError;
 use lan::{Consistency, ReadError, ReadMeta, ReadOptions, WriteError};
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -37,7 +34,8 @@ use crate::Context;
 
 /// Largest request body accepted, in bytes; larger bodies get 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// Most HTTP connections open at once; further clients wait in the kernel's backlog.
+/// Most HTTP connections open at once; further clients wait in the kernel's backlog
+/// until one closes (see [`HEADER_READ_TIMEOUT`]).
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Blocking-query wait when `?wait` is absent (Consul: 5m).
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
@@ -385,79 +383,12 @@ pub(crate) fn router(ctx: Context) -> Router {
         .with_state(ctx)
 }
 
-/// A TCP listener that holds at most [`MAX_CONNECTIONS`] connections open at once.
-struct LimitedListener {
-    inner: TcpListener,
-    permits: Arc<Semaphore>,
-}
-
-/// A connection holding its permit until it is dropped.
-struct LimitedStream {
-    stream: TcpStream,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl AsyncRead for LimitedStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for LimitedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
-impl axum::serve::Listener for LimitedListener {
-    type Io = LimitedStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (LimitedStream, SocketAddr) {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the connection semaphore is never closed");
-        loop {
-            match self.inner.accept().await {
-                Ok((stream, addr)) => {
-                    return (
-                        LimitedStream {
-                            stream,
-                            _permit: permit,
-                        },
-                        addr,
-                    );
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a moment rather than spin.
-                    tracing::warn!(error = %e, "http accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-}
+/// A client must send a request's headers within this time, including the wait for the
+/// next request on a kept-alive connection; then the connection is closed. This is what
+/// stops idle or slow clients from holding [`MAX_CONNECTIONS`] open.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopping agent lets open HTTP connections finish their requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Binds the HTTP API on every address and serves it until `shutdown`; returns the bound
 /// addresses.
@@ -468,8 +399,8 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> io::Result<Vec<SocketAddr>> {
     let app = router(ctx);
-    let mut bound = Vec::new();
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut bound = Vec::new();
     let mut listeners = Vec::new();
     for addr in addrs {
         let listener = TcpListener::bind(addr).await.map_err(|e| {
@@ -481,18 +412,76 @@ pub async fn start(
         listeners.push(listener);
     }
     for listener in listeners {
-        let app = app.clone();
-        let stop = shutdown.clone();
-        let limited = LimitedListener {
-            inner: listener,
-            permits: permits.clone(),
-        };
-        tasks.spawn(async move {
-            let serve = axum::serve(limited, app).with_graceful_shutdown(stop.cancelled_owned());
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "http server stopped");
-            }
-        });
+        tasks.spawn(serve(
+            listener,
+            app.clone(),
+            permits.clone(),
+            tasks.clone(),
+            shutdown.clone(),
+        ));
     }
     Ok(bound)
+}
+
+/// Accepts connections while a permit is free and serves each on a task of its own.
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    permits: Arc<Semaphore>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            p = permits.clone().acquire_owned() => p.expect("the connection semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "http accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        tasks.spawn(serve_connection(
+            stream,
+            peer,
+            app.clone(),
+            permit,
+            shutdown.clone(),
+        ));
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    _permit: OwnedSemaphorePermit,
+    shutdown: CancellationToken,
+) {
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            match tokio::time::timeout(SHUTDOWN_GRACE, connection.as_mut()).await {
+                Ok(result) => result,
+                Err(_) => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %peer, error = %e, "http connection ended");
+    }
 }

@@ -22,8 +22,9 @@ use tokio::time::Instant;
 pub use query::{Answer, Query};
 pub use state::{ApplyError, Command, Deregistration, Indexes, Registration, Snapshot, State};
 pub use types::{
-    Check, Datacenter, DatacenterError, Health, Node, NodeServices, SERF_HEALTH_CHECK, Service,
-    ServiceAddress, ServiceHealth, ServiceNode, Weights,
+    Check, Datacenter, DatacenterError, Health, META_KEY_MAX, META_MAX_PAIRS, META_RESERVED_PREFIX,
+    META_VALUE_MAX, Node, NodeServices, SERF_HEALTH_CHECK, Service, ServiceAddress, ServiceHealth,
+    ServiceNode, Weights, validate_meta,
 };
 
 /// Shared, read-mostly access to the catalog. Cheap to clone.
@@ -85,9 +86,12 @@ impl Catalog {
         loop {
             // Mark the current value seen before reading, so a change that lands between
             // the read and the wait still wakes us.
-            changes.borrow_and_update();
+            let newest = *changes.borrow_and_update();
             let (answer, index) = self.query(query);
-            if min_index == 0 || index > min_index {
+            // An index from the future (the client saw a catalog from before a restart
+            // or from another server's longer log) answers at once, so that the client
+            // resets instead of waiting out the whole wait.
+            if min_index == 0 || index > min_index || min_index > newest.max(index) {
                 return (answer, index);
             }
             match tokio::time::timeout_at(deadline, changes.changed()).await {
@@ -104,7 +108,13 @@ impl CatalogWriter {
     pub(crate) fn apply(&self, index: u64, command: &Command) -> Result<(), ApplyError> {
         let mut state = self.state.write().expect("catalog lock poisoned");
         let result = state.apply(index, command);
-        self.index.send_replace(state.indexes().max());
+        let newest = state.indexes().max();
+        // Wake blocking queries only when something changed.
+        self.index.send_if_modified(|current| {
+            let changed = *current != newest;
+            *current = newest;
+            changed
+        });
         result
     }
 
@@ -155,6 +165,21 @@ mod tests {
         let (answer, index) = waiter.await.unwrap();
         assert_eq!(index, 4);
         assert!(matches!(answer, Answer::Nodes(n) if n.len() == 2));
+    }
+
+    #[tokio::test]
+    async fn an_index_from_the_future_answers_at_once() {
+        let (catalog, writer) = Catalog::new();
+        writer.apply(3, &register(3)).unwrap();
+        let q = Query::Nodes { node_meta: vec![] };
+        let far = Instant::now() + Duration::from_secs(3600);
+        let (_, index) = tokio::time::timeout(
+            Duration::from_secs(5),
+            catalog.query_blocking(&q, 5000, far),
+        )
+        .await
+        .expect("answers without waiting");
+        assert_eq!(index, 3);
     }
 
     #[tokio::test]

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::state::{State, fold, prefix_range};
+use super::state::{State, fold, on_node};
 use super::types::{Check, Health, Node, NodeServices, Service, ServiceHealth, ServiceNode};
 
 /// A read of the catalog. Queries are plain data so they can travel to another server
@@ -144,15 +144,13 @@ impl State {
                         service: service.clone(),
                     })
                     .collect();
-                (Answer::ServiceNodes(list), ix.nodes.max(ix.services))
+                (Answer::ServiceNodes(list), self.service_index(service))
             }
             Query::NodeServices { node } => {
                 let key = fold(node);
                 let found = self.nodes.get(&key).map(|n| NodeServices {
                     node: n.clone(),
-                    services: self
-                        .services
-                        .range(prefix_range(&key))
+                    services: on_node(&self.services, &key)
                         .map(|(_, s)| s.clone())
                         .collect(),
                 });
@@ -173,12 +171,11 @@ impl State {
                     })
                     .filter(|e| !passing_only || e.aggregate() == Health::Passing)
                     .collect();
-                (Answer::ServiceHealth(list), ix.max())
+                (Answer::ServiceHealth(list), self.service_index(service))
             }
             Query::NodeChecks { node } => {
-                let list = self
-                    .checks
-                    .range(prefix_range(&fold(node)))
+                let key = fold(node);
+                let list = on_node(&self.checks, &key)
                     .map(|(_, c)| c.clone())
                     .collect();
                 (Answer::Checks(list), ix.checks)
@@ -189,14 +186,13 @@ impl State {
                 if let Some(keys) = self.by_name.get(&name) {
                     for (node_key, id_key) in keys {
                         list.extend(
-                            self.checks
-                                .range(prefix_range(node_key))
+                            on_node(&self.checks, node_key)
                                 .filter(|(_, c)| fold(&c.service_id) == *id_key)
                                 .map(|(_, c)| c.clone()),
                         );
                     }
                 }
-                (Answer::Checks(list), ix.checks)
+                (Answer::Checks(list), self.service_index(service))
             }
             Query::ChecksInState { state } => {
                 let list = self
@@ -248,7 +244,7 @@ impl State {
     fn checks_covering(&self, node: &str, service_id: &str) -> Vec<Check> {
         let node_key = fold(node);
         let id = fold(service_id);
-        let all = || self.checks.range(prefix_range(&node_key)).map(|(_, c)| c);
+        let all = || on_node(&self.checks, &node_key).map(|(_, c)| c);
         all()
             .filter(|c| c.service_id.is_empty())
             .chain(all().filter(|c| !c.service_id.is_empty() && fold(&c.service_id) == id))
@@ -348,6 +344,67 @@ mod tests {
         };
         assert_eq!(nodes.len(), 1);
         assert_eq!(nodes[0].name, "n2");
+    }
+
+    #[test]
+    fn a_service_query_index_moves_only_with_that_service() {
+        let mut s = setup();
+        let q = |name: &str| Query::ServiceHealth {
+            service: name.into(),
+            tags: vec![],
+            passing_only: false,
+            node_meta: vec![],
+        };
+        let (_, web_before) = s.query(&q("web"));
+        let other = Registration {
+            node: Node {
+                name: "other".into(),
+                address: "10.9.9.9".into(),
+                ..Node::default()
+            },
+            skip_node_update: false,
+            service: Some(Service {
+                id: "db1".into(),
+                name: "db".into(),
+                ..Service::default()
+            }),
+            checks: vec![],
+        };
+        s.apply(10, &Command::Register(other)).unwrap();
+        assert_eq!(
+            s.query(&q("web")).1,
+            web_before,
+            "a change to db leaves web alone"
+        );
+        assert_eq!(s.query(&q("db")).1, 10);
+        // A node-level check on a web node moves web's index.
+        let node_check = Registration {
+            node: Node {
+                name: "n2".into(),
+                address: "10.0.0.2".into(),
+                meta: [("rack".to_string(), "n2".to_string())].into(),
+                ..Node::default()
+            },
+            skip_node_update: true,
+            service: None,
+            checks: vec![Check {
+                check_id: "mem".into(),
+                ..Check::default()
+            }],
+        };
+        s.apply(11, &Command::Register(node_check)).unwrap();
+        assert_eq!(s.query(&q("web")).1, 11);
+        // Removing the last db instance still moves db's index forward.
+        s.apply(
+            12,
+            &Command::Deregister(crate::catalog::Deregistration {
+                node: "other".into(),
+                service_id: Some("db1".into()),
+                check_id: None,
+            }),
+        )
+        .unwrap();
+        assert_eq!(s.query(&q("db")).1, 12);
     }
 
     #[test]

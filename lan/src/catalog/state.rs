@@ -112,6 +112,12 @@ pub struct State {
     pub(super) checks: BTreeMap<Key, Check>,
     /// Lower-case service name → instances, derived from `services`.
     pub(super) by_name: BTreeMap<String, BTreeSet<Key>>,
+    /// Lower-case service name → index of the last change to anything a health query of
+    /// that service returns: its instances, their checks, their nodes and node checks.
+    /// Blocking queries on one service wait on this, so changes elsewhere do not wake
+    /// them. A name without instances has no entry: its index is then the services
+    /// table's, which is at least the index of the removal of its last instance.
+    pub(super) service_index: BTreeMap<String, u64>,
     pub(super) indexes: Indexes,
 }
 
@@ -122,10 +128,21 @@ pub struct Snapshot {
     services: Vec<(String, Service)>,
     checks: Vec<Check>,
     indexes: Indexes,
+    #[serde(default)]
+    service_index: BTreeMap<String, u64>,
 }
 
 pub(super) fn fold(s: &str) -> String {
     s.to_ascii_lowercase()
+}
+
+/// The entries of one node in a `(node, id)`-keyed map.
+pub(super) fn on_node<'a, V>(
+    map: &'a BTreeMap<Key, V>,
+    node_key: &'a str,
+) -> impl Iterator<Item = (&'a Key, &'a V)> + 'a {
+    map.range((node_key.to_owned(), String::new())..)
+        .take_while(move |(k, _)| k.0 == node_key)
 }
 
 impl State {
@@ -137,6 +154,46 @@ impl State {
     /// The table indexes.
     pub fn indexes(&self) -> Indexes {
         self.indexes
+    }
+
+    /// The index of the last change to what a query about service `name` returns.
+    pub fn service_index(&self, name: &str) -> u64 {
+        self.service_index
+            .get(&fold(name))
+            .copied()
+            .unwrap_or(self.indexes.services)
+    }
+
+    /// Records a change at `index` to service `name_key` (lower case).
+    fn touch_service(&mut self, name_key: &str, index: u64) {
+        if self.by_name.contains_key(name_key) {
+            self.service_index.insert(name_key.to_owned(), index);
+        } else {
+            self.service_index.remove(name_key);
+        }
+    }
+
+    /// Records a change at `index` to every service on node `node_key`.
+    fn touch_services_on(&mut self, node_key: &str, index: u64) {
+        let names: BTreeSet<String> = on_node(&self.services, node_key)
+            .map(|(_, s)| fold(&s.name))
+            .collect();
+        for name in names {
+            self.touch_service(&name, index);
+        }
+    }
+
+    /// Records a change at `index` to what check `check` (on `node_key`) covers.
+    fn touch_check(&mut self, node_key: &str, check: &Check, index: u64) {
+        if check.service_id.is_empty() {
+            self.touch_services_on(node_key, index);
+        } else if let Some(s) = self
+            .services
+            .get(&(node_key.to_owned(), fold(&check.service_id)))
+        {
+            let name = fold(&s.name);
+            self.touch_service(&name, index);
+        }
     }
 
     /// Applies one command at Raft index `index`.
@@ -217,6 +274,7 @@ impl State {
         }
         self.nodes.insert(key.to_owned(), new);
         self.indexes.nodes = index;
+        self.touch_services_on(key, index);
     }
 
     fn upsert_service(&mut self, index: u64, node_key: &str, service: &Service) {
@@ -234,6 +292,7 @@ impl State {
                 let old_name = fold(&old.name);
                 if old_name != fold(&new.name) {
                     self.unindex_name(&old_name, &key);
+                    self.touch_service(&old_name, index);
                 }
             }
             None => {
@@ -241,10 +300,12 @@ impl State {
                 new.modify_index = index;
             }
         }
+        let name_key = fold(&new.name);
         self.by_name
-            .entry(fold(&new.name))
+            .entry(name_key.clone())
             .or_default()
             .insert(key.clone());
+        self.touch_service(&name_key, index);
         // Checks carry the service's name and tags; keep them in step.
         let (name, tags) = (new.name.clone(), new.tags.clone());
         self.services.insert(key.clone(), new);
@@ -295,6 +356,7 @@ impl State {
                 new.modify_index = index;
             }
         }
+        self.touch_check(node_key, &new, index);
         self.checks.insert(key, new);
         self.indexes.checks = index;
     }
@@ -324,26 +386,19 @@ impl State {
         match (&d.service_id, &d.check_id) {
             (Some(service_id), _) => self.remove_service(index, &node_key, &fold(service_id)),
             (None, Some(check_id)) => {
-                if self
-                    .checks
-                    .remove(&(node_key.clone(), fold(check_id)))
-                    .is_some()
-                {
+                if let Some(old) = self.checks.remove(&(node_key.clone(), fold(check_id))) {
                     self.indexes.checks = index;
+                    self.touch_check(&node_key, &old, index);
                 }
             }
             (None, None) => {
-                let ids: Vec<String> = self
-                    .services
-                    .range(prefix_range(&node_key))
+                let ids: Vec<String> = on_node(&self.services, &node_key)
                     .map(|((_, id), _)| id.clone())
                     .collect();
                 for id in ids {
                     self.remove_service(index, &node_key, &id);
                 }
-                let check_keys: Vec<Key> = self
-                    .checks
-                    .range(prefix_range(&node_key))
+                let check_keys: Vec<Key> = on_node(&self.checks, &node_key)
                     .map(|(k, _)| k.clone())
                     .collect();
                 if !check_keys.is_empty() {
@@ -364,7 +419,9 @@ impl State {
         let Some(old) = self.services.remove(&key) else {
             return;
         };
-        self.unindex_name(&fold(&old.name), &key);
+        let name_key = fold(&old.name);
+        self.unindex_name(&name_key, &key);
+        self.touch_service(&name_key, index);
         self.indexes.services = index;
         let before = self.checks.len();
         self.checks
@@ -385,6 +442,7 @@ impl State {
                 .collect(),
             checks: self.checks.values().cloned().collect(),
             indexes: self.indexes,
+            service_index: self.service_index.clone(),
         }
     }
 
@@ -392,6 +450,7 @@ impl State {
     pub fn from_snapshot(snapshot: Snapshot) -> State {
         let mut state = State {
             indexes: snapshot.indexes,
+            service_index: snapshot.service_index,
             ..State::default()
         };
         for node in snapshot.nodes {
@@ -422,11 +481,6 @@ fn service_id(service: &Service) -> String {
     } else {
         service.id.clone()
     }
-}
-
-/// The key range of everything belonging to one node in a `(node, id)`-keyed map.
-pub(super) fn prefix_range(node_key: &str) -> std::ops::RangeInclusive<Key> {
-    (node_key.to_owned(), String::new())..=(node_key.to_owned(), char::MAX.to_string())
 }
 
 #[cfg(test)]
@@ -676,6 +730,12 @@ mod tests {
                     .insert(key.clone());
             }
             assert_eq!(by_name, s.by_name, "the name index follows the services");
+            for name in s.service_index.keys() {
+                assert!(
+                    s.by_name.contains_key(name),
+                    "an index entry for a gone service"
+                );
+            }
         }
 
         proptest! {
@@ -696,6 +756,7 @@ mod tests {
                     check_invariants(&s);
                 }
                 let back = State::from_snapshot(s.to_snapshot());
+                prop_assert_eq!(&back.service_index, &s.service_index);
                 prop_assert_eq!(&back.nodes, &s.nodes);
                 prop_assert_eq!(&back.services, &s.services);
                 prop_assert_eq!(&back.checks, &s.checks);

@@ -224,6 +224,50 @@ pub struct Check {
     pub modify_index: u64,
 }
 
+/// Most metadata pairs on one node or service (Consul's limit).
+pub const META_MAX_PAIRS: usize = 64;
+/// Longest metadata key, in bytes (Consul's limit).
+pub const META_KEY_MAX: usize = 128;
+/// Longest metadata value, in bytes (Consul's limit).
+pub const META_VALUE_MAX: usize = 512;
+/// The prefix Consul reserves for the agent's own metadata keys.
+pub const META_RESERVED_PREFIX: &str = "consul-";
+
+/// Checks user metadata against Consul's rules: at most 64 pairs, keys of 1 to 128
+/// letters, digits, `_` or `-` that do not start with `consul-`, values up to 512 bytes.
+/// The message names the offending key.
+pub fn validate_meta(meta: &BTreeMap<String, String>) -> Result<(), String> {
+    if meta.len() > META_MAX_PAIRS {
+        return Err(format!(
+            "too many metadata pairs: {} (at most {META_MAX_PAIRS})",
+            meta.len()
+        ));
+    }
+    for (key, value) in meta {
+        let valid_key = !key.is_empty()
+            && key.len() <= META_KEY_MAX
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid_key {
+            return Err(format!(
+                "metadata key {key:?} must be 1 to {META_KEY_MAX} letters, digits, '_' or '-'"
+            ));
+        }
+        if key.starts_with(META_RESERVED_PREFIX) {
+            return Err(format!(
+                "metadata key {key:?} uses the reserved prefix {META_RESERVED_PREFIX:?}"
+            ));
+        }
+        if value.len() > META_VALUE_MAX {
+            return Err(format!(
+                "metadata value of {key:?} is longer than {META_VALUE_MAX} bytes"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The name of the check the leader keeps for every member's gossip health.
 pub const SERF_HEALTH_CHECK: &str = "serfHealth";
 
@@ -278,6 +322,25 @@ mod tests {
         assert_eq!(Datacenter::new("DC1"), Err(DatacenterError::Invalid));
         assert_eq!(Datacenter::new("dc.1"), Err(DatacenterError::Invalid));
         assert_eq!(Datacenter::new(""), Err(DatacenterError::Empty));
+    }
+
+    #[test]
+    fn metadata_follows_consul_limits() {
+        let ok: BTreeMap<String, String> = [("rack".to_string(), "r1".to_string())].into();
+        assert!(validate_meta(&ok).is_ok());
+        for (k, v) in [
+            ("", "x"),
+            ("has space", "x"),
+            ("consul-version", "x"),
+            ("k", &"v".repeat(513)),
+            (&"k".repeat(129), "x"),
+        ] {
+            let m: BTreeMap<String, String> = [(k.to_string(), v.to_string())].into();
+            assert!(validate_meta(&m).is_err(), "{k:?}");
+        }
+        let many: BTreeMap<String, String> =
+            (0..65).map(|i| (format!("k{i}"), String::new())).collect();
+        assert!(validate_meta(&many).is_err());
     }
 
     #[test]

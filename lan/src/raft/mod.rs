@@ -225,6 +225,7 @@ impl Consensus {
         }
         let hold = deadline.min(Instant::now() + RPC_HOLD_TIMEOUT);
         let _ = tokio::time::timeout_at(hold, self.leadership_changed(false)).await;
+        // (A stopped Raft returns at once and is reported by the write or read itself.)
         self.is_leader()
     }
 
@@ -300,19 +301,22 @@ impl Consensus {
         m.state == ServerState::Leader && m.current_leader == Some(self.id)
     }
 
-    /// Waits until this server's leadership changes (or Raft stops).
-    pub(crate) async fn leadership_changed(&self, was_leader: bool) {
+    /// Waits until this server's leadership changes; `false` when Raft stopped instead.
+    pub(crate) async fn leadership_changed(&self, was_leader: bool) -> bool {
         let mut metrics = self.raft.metrics();
         loop {
             {
                 let m = metrics.borrow_and_update();
+                if m.running_state.is_err() {
+                    return false;
+                }
                 let leader = m.state == ServerState::Leader && m.current_leader == Some(self.id);
                 if leader != was_leader {
-                    return;
+                    return true;
                 }
             }
             if metrics.changed().await.is_err() {
-                return;
+                return false;
             }
         }
     }
