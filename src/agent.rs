@@ -181,6 +181,10 @@ impl Agent {
             node_meta: config.node_meta.clone(),
             enable_script_checks: config.enable_script_checks || config.enable_local_script_checks,
             raft: RaftTiming::default(),
+            storage: match &config.data_dir {
+                Some(dir) if !config.dev => lan::Storage::Disk(dir.join("raft")),
+                _ => lan::Storage::Memory,
+            },
             version: crate::VERSION.to_owned(),
         };
         let lan = Lan::start(lan_config, &tasks, core.child_token())

@@ -45,7 +45,7 @@ pub use local::{CHECK_OUTPUT_LIMIT, CHECK_OUTPUT_MAX, CheckDefinition, Local, Lo
 pub use member::{Member, MemberStatus};
 pub use raft::{
     Consistency, RPC_HOLD_TIMEOUT, RaftStartError, RaftStatus, RaftTiming, ReadError, ReadMeta,
-    ServerNode, WriteError,
+    SNAPSHOT_THRESHOLD, ServerNode, Storage, WriteError,
 };
 
 /// The protocol version this agent speaks in member tags (`vsn`), as Consul's.
@@ -80,6 +80,8 @@ pub struct Config {
     pub enable_script_checks: bool,
     /// Raft timers.
     pub raft: RaftTiming,
+    /// Where Raft keeps its state.
+    pub storage: Storage,
     /// This build's version (`0.1.0`), for tags and node meta.
     pub version: String,
 }
@@ -163,6 +165,7 @@ impl Lan {
             },
             config.bootstrap,
             config.raft,
+            &config.storage,
         )
         .await?;
         let runner = checks::Runner::new(

@@ -289,6 +289,7 @@ async fn recursors_are_tried_in_turn() {
     let upstream = TestAgent::start(Setup {
         config: Some(r#"{"domain": "example"}"#.into()),
         node: Some("upstream".into()),
+        ..Setup::default()
     })
     .await;
     // A recursor that never answers, then one that refuses, then the real one.

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::support::{TestAgent, eventually, secs};
+use crate::support::{Setup, TestAgent, eventually, secs};
 
 fn ids(entries: &Value, key: &str) -> Vec<String> {
     let mut out: Vec<String> = entries
@@ -658,5 +658,52 @@ async fn a_reload_with_a_bad_reference_changes_nothing() {
         services.get("web").is_some() && services.get("db").is_none(),
         "{services}"
     );
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_server_restarts_from_its_data_dir_with_the_catalog_intact() {
+    let data = tempfile::tempdir().unwrap();
+    let setup = || Setup {
+        data_dir: Some(data.path().to_owned()),
+        ..Setup::default()
+    };
+    let a = TestAgent::start(setup()).await;
+    for i in 0..20 {
+        let body = json!({"Node": format!("ext-{i}"), "Address": format!("10.3.0.{i}"),
+                          "Service": {"Service": "ext", "ID": format!("ext{i}"), "Port": 1000 + i}});
+        assert_eq!(
+            a.put("/v1/catalog/register", &body.to_string())
+                .await
+                .status,
+            200
+        );
+    }
+    let before = a.json("/v1/catalog/nodes").await;
+    let node_id = before
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["Node"] == "node-1")
+        .unwrap()["ID"]
+        .clone();
+    a.shutdown().await;
+
+    let a = TestAgent::start(setup()).await;
+    let after = a.json("/v1/catalog/service/ext").await;
+    assert_eq!(
+        after.as_array().unwrap().len(),
+        20,
+        "every acknowledged registration is back"
+    );
+    let nodes = a.json("/v1/catalog/nodes").await;
+    let me = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["Node"] == "node-1")
+        .unwrap()
+        .clone();
+    assert_eq!(me["ID"], node_id, "the node ID is kept in the data dir");
     a.shutdown().await;
 }

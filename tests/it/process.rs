@@ -494,3 +494,103 @@ fn sighup_reloads_config_files_and_node_meta_is_served() {
     assert_eq!(code, 0);
     assert!(out.contains("rack=r1"), "{out}");
 }
+
+/// Registers `ext-<i>` through the catalog API until the agent stops answering; returns
+/// the IDs it acknowledged.
+fn register_until_failure(http: &str, stop_after: usize) -> Vec<usize> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = proconsul::client::Client::new(http).unwrap();
+    let mut acknowledged = Vec::new();
+    runtime.block_on(async {
+        for i in 0..stop_after {
+            let body = serde_json::json!({"Node": format!("ext-{i}"), "Address": "10.4.0.1",
+                                          "Service": {"Service": "ext", "ID": format!("ext{i}")}});
+            match client
+                .call(
+                    hyper::Method::PUT,
+                    "/v1/catalog/register",
+                    Some(body.to_string()),
+                )
+                .await
+            {
+                Ok(r) if r.status == 200 => acknowledged.push(i),
+                _ => break,
+            }
+        }
+    });
+    acknowledged
+}
+
+#[test]
+fn acknowledged_writes_survive_kill_9() {
+    let data = tempfile::tempdir().unwrap();
+    let data_arg = format!("-data-dir={}", data.path().display());
+    let args = [
+        "agent",
+        "-server",
+        "-bootstrap-expect=1",
+        "-bind=127.0.0.1",
+        &data_arg,
+        "-http-port=0",
+        "-dns-port=0",
+        "-node=durable",
+        "-log-level=info",
+    ];
+    let mut p = Proc::spawn(&args);
+    let http = p.listening("http").to_string();
+    let writer = {
+        let http = http.clone();
+        std::thread::spawn(move || register_until_failure(&http, 100_000))
+    };
+    // Kill the server while writes are in flight.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = run(&[
+            "catalog",
+            "nodes",
+            "-service=ext",
+            &format!("-http-addr={http}"),
+        ]);
+        if String::from_utf8_lossy(&out.stdout).lines().count() > 50 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writes did not start:\n{}",
+            p.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    p.signal("KILL");
+    p.wait(Duration::from_secs(10));
+    let acknowledged = writer.join().unwrap();
+    assert!(acknowledged.len() > 50, "{}", acknowledged.len());
+
+    let p = Proc::spawn(&args);
+    let http = p.listening("http").to_string();
+    let client_addr = format!("-http-addr={http}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let present = loop {
+        let out = run(&["catalog", "nodes", "-service=ext", &client_addr]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && !text.is_empty() {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "restarted agent never answered:\n{}",
+            p.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for i in &acknowledged {
+        let name = format!("ext-{i} ");
+        assert!(
+            present.contains(&name),
+            "acknowledged ext-{i} lost after kill -9"
+        );
+    }
+}

@@ -14,11 +14,13 @@
 //! A single server elects itself as soon as it is initialised; `-dev` keeps the log in
 //! memory ([`store::MemLog`]).
 
+mod disk;
 mod network;
-mod store;
+pub(crate) mod store;
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +56,20 @@ openraft::declare_raft_types!(
         Node = ServerNode,
         SnapshotData = Cursor<Vec<u8>>,
 );
+
+/// Where a server keeps its Raft state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// In memory: lost when the agent stops (`-dev`).
+    Memory,
+    /// In this directory (`<data_dir>/raft`): the log in `raft.db`, the latest snapshot in
+    /// `snapshot.json`.
+    Disk(PathBuf),
+}
+
+/// A snapshot is taken after this many log entries, and the log before it is dropped
+/// (Consul's `raft_snapshot_threshold`).
+pub const SNAPSHOT_THRESHOLD: u64 = 8192;
 
 /// Raft timers.
 #[derive(Debug, Clone, Copy)]
@@ -172,35 +188,58 @@ pub enum RaftStartError {
     /// openraft failed while starting; the agent cannot run as a server.
     #[error("raft failed to start: {0}")]
     Fatal(String),
+    /// The Raft state on disk could not be opened or read; check the data dir.
+    #[error("{0}")]
+    Storage(String),
 }
 
 impl Consensus {
-    /// Starts Raft for this server with an in-memory log. With `bootstrap`, a server with
-    /// no Raft state makes itself the only voter.
+    /// Starts Raft for this server, with its state in `storage`. With `bootstrap`, a
+    /// server with no Raft state makes itself the only voter; a server with state picks
+    /// up where it stopped.
     pub(crate) async fn start(
         id: NodeId,
         me: ServerNode,
         bootstrap: bool,
         timing: RaftTiming,
+        storage: &Storage,
     ) -> Result<(Consensus, Catalog), RaftStartError> {
-        let config = openraft::Config {
-            cluster_name: "proconsul".into(),
-            heartbeat_interval: millis(timing.heartbeat_interval),
-            election_timeout_min: millis(timing.election_timeout_min),
-            election_timeout_max: millis(timing.election_timeout_max),
-            ..openraft::Config::default()
-        }
-        .validate()?;
+        let config = Arc::new(
+            openraft::Config {
+                cluster_name: "proconsul".into(),
+                heartbeat_interval: millis(timing.heartbeat_interval),
+                election_timeout_min: millis(timing.election_timeout_min),
+                election_timeout_max: millis(timing.election_timeout_max),
+                snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_THRESHOLD),
+                ..openraft::Config::default()
+            }
+            .validate()?,
+        );
         let (catalog, writer) = Catalog::new();
-        let machine = store::StateMachine::new(writer);
-        let raft = Raft::new(
-            id,
-            Arc::new(config),
-            network::Network,
-            store::MemLog::default(),
-            machine,
-        )
-        .await
+        let storage_err = |e: &dyn std::fmt::Display| RaftStartError::Storage(e.to_string());
+        let raft = match storage {
+            Storage::Memory => {
+                let machine =
+                    store::StateMachine::new(writer, None).map_err(|e| storage_err(&e))?;
+                Raft::new(
+                    id,
+                    config,
+                    network::Network,
+                    store::MemLog::default(),
+                    machine,
+                )
+                .await
+            }
+            Storage::Disk(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    RaftStartError::Storage(format!("creating {}: {e}", dir.display()))
+                })?;
+                let log = disk::DiskLog::open(&dir.join("raft.db")).map_err(|e| storage_err(&e))?;
+                let machine = store::StateMachine::new(writer, Some(dir.join("snapshot.json")))
+                    .map_err(|e| storage_err(&e))?;
+                Raft::new(id, config, network::Network, log, machine).await
+            }
+        }
         .map_err(|e| RaftStartError::Fatal(e.to_string()))?;
         let initialized = raft
             .is_initialized()

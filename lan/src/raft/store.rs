@@ -1,14 +1,17 @@
 //! Raft storage: the log (and vote) store, and the state machine that applies committed
 //! entries to the catalog.
 //!
-//! [`MemLog`] keeps the log in memory, as `agent -dev` does in Consul; it honours every
-//! ordering rule of openraft's `RaftLogStorage` so that a durable store can replace it
-//! behind the same trait without touching the rest of the agent.
+//! [`MemLog`] keeps the log in memory, as `agent -dev` does in Consul; `disk::DiskLog`
+//! keeps it in redb for every other server. The state machine keeps the catalog in memory
+//! (as Consul's does) and, on a server with a data dir, writes each snapshot to a file
+//! (`raft/snapshot.json`, replaced atomically) that a restart loads before openraft
+//! re-applies the log entries after it.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
@@ -132,10 +135,35 @@ impl RaftLogStorage<TypeConfig> for MemLog {
     }
 }
 
-/// What a snapshot carries besides the catalog.
+/// What a snapshot carries: the catalog. (The snapshot file wraps it with its Raft
+/// metadata, see [`StoredFile`].)
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotFile {
     catalog: crate::catalog::Snapshot,
+}
+
+/// A snapshot as written to disk: its Raft metadata and its data.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredFile {
+    meta: SnapshotMeta<NodeId, ServerNode>,
+    data: Vec<u8>,
+}
+
+/// Writes `bytes` to `path` so that a crash leaves either the old file or the new one:
+/// a temporary file, fsynced, renamed over the old one, then the directory fsynced.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone)]
@@ -151,6 +179,8 @@ struct MachineInner {
     membership: StoredMembership<NodeId, ServerNode>,
     snapshot: Option<StoredSnapshot>,
     snapshot_seq: u64,
+    /// Where snapshots are kept on disk; `None` keeps them in memory only (`-dev`).
+    snapshot_path: Option<PathBuf>,
 }
 
 /// The state machine: applies committed entries to the catalog and builds snapshots of it.
@@ -159,17 +189,52 @@ pub(crate) struct StateMachine {
     inner: Arc<Mutex<MachineInner>>,
 }
 
+/// The snapshot file could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the raft snapshot {path}: {reason}")]
+pub(crate) struct LoadError {
+    path: String,
+    reason: String,
+}
+
 impl StateMachine {
-    pub(crate) fn new(catalog: CatalogWriter) -> StateMachine {
-        StateMachine {
-            inner: Arc::new(Mutex::new(MachineInner {
-                catalog,
-                last_applied: None,
-                membership: StoredMembership::default(),
-                snapshot: None,
-                snapshot_seq: 0,
-            })),
+    /// A state machine over `catalog`. With `snapshot_path`, snapshots are written there,
+    /// and one found there now is loaded into the catalog.
+    pub(crate) fn new(
+        catalog: CatalogWriter,
+        snapshot_path: Option<PathBuf>,
+    ) -> Result<StateMachine, LoadError> {
+        let mut inner = MachineInner {
+            catalog,
+            last_applied: None,
+            membership: StoredMembership::default(),
+            snapshot: None,
+            snapshot_seq: 0,
+            snapshot_path,
+        };
+        if let Some(path) = &inner.snapshot_path
+            && path.exists()
+        {
+            let fail = |reason: String| LoadError {
+                path: path.display().to_string(),
+                reason,
+            };
+            let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+            let stored: StoredFile =
+                serde_json::from_slice(&bytes).map_err(|e| fail(e.to_string()))?;
+            let file: SnapshotFile =
+                serde_json::from_slice(&stored.data).map_err(|e| fail(e.to_string()))?;
+            inner.catalog.replace(file.catalog);
+            inner.last_applied = stored.meta.last_log_id;
+            inner.membership = stored.meta.last_membership.clone();
+            inner.snapshot = Some(StoredSnapshot {
+                meta: stored.meta,
+                data: stored.data,
+            });
         }
+        Ok(StateMachine {
+            inner: Arc::new(Mutex::new(inner)),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MachineInner> {
@@ -185,30 +250,54 @@ fn io_error(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let mut inner = self.lock();
-        let file = SnapshotFile {
-            catalog: inner.catalog.snapshot(),
+        let (stored, path) = {
+            let mut inner = self.lock();
+            let file = SnapshotFile {
+                catalog: inner.catalog.snapshot(),
+            };
+            let data = serde_json::to_vec(&file).map_err(io_error)?;
+            inner.snapshot_seq += 1;
+            let snapshot_id = match inner.last_applied {
+                Some(last) => format!("{}-{}-{}", last.leader_id, last.index, inner.snapshot_seq),
+                None => format!("--{}", inner.snapshot_seq),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: inner.last_applied,
+                last_membership: inner.membership.clone(),
+                snapshot_id,
+            };
+            (StoredSnapshot { meta, data }, inner.snapshot_path.clone())
         };
-        let data = serde_json::to_vec(&file).map_err(io_error)?;
-        inner.snapshot_seq += 1;
-        let snapshot_id = match inner.last_applied {
-            Some(last) => format!("{}-{}-{}", last.leader_id, last.index, inner.snapshot_seq),
-            None => format!("--{}", inner.snapshot_seq),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: inner.last_applied,
-            last_membership: inner.membership.clone(),
-            snapshot_id,
-        };
-        inner.snapshot = Some(StoredSnapshot {
-            meta: meta.clone(),
-            data: data.clone(),
-        });
+        let (meta, data) = (stored.meta.clone(), stored.data.clone());
+        if let Some(path) = path {
+            persist(path, &stored).await?;
+        }
+        self.lock().snapshot = Some(stored);
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         })
     }
+}
+
+/// Writes a snapshot file on the blocking pool.
+async fn persist(path: PathBuf, snapshot: &StoredSnapshot) -> Result<(), StorageError<NodeId>> {
+    let file = StoredFile {
+        meta: snapshot.meta.clone(),
+        data: snapshot.data.clone(),
+    };
+    let signature = snapshot.meta.signature();
+    let bytes = serde_json::to_vec(&file).map_err(|e| StorageError::IO {
+        source: StorageIOError::write_snapshot(Some(signature.clone()), &e),
+    })?;
+    tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
+        .await
+        .map_err(|e| StorageError::IO {
+            source: StorageIOError::write_snapshot(Some(signature.clone()), &e),
+        })?
+        .map_err(|e| StorageError::IO {
+            source: StorageIOError::write_snapshot(Some(signature), &e),
+        })
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -267,14 +356,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let file: SnapshotFile = serde_json::from_slice(&data).map_err(|e| StorageError::IO {
             source: StorageIOError::read_snapshot(Some(meta.signature()), &e),
         })?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        let path = self.lock().snapshot_path.clone();
+        if let Some(path) = path {
+            // On disk first: once the catalog is replaced, the snapshot must survive.
+            persist(path, &stored).await?;
+        }
         let mut inner = self.lock();
         inner.catalog.replace(file.catalog);
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
-        inner.snapshot = Some(StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        });
+        inner.snapshot = Some(stored);
         Ok(())
     }
 
@@ -285,5 +380,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+    use openraft::testing::{StoreBuilder, Suite};
+
+    struct InMemory;
+
+    impl StoreBuilder<TypeConfig, MemLog, StateMachine> for InMemory {
+        async fn build(&self) -> Result<((), MemLog, StateMachine), StorageError<NodeId>> {
+            let (_, writer) = Catalog::new();
+            let machine = StateMachine::new(writer, None).expect("no file to read");
+            Ok(((), MemLog::default(), machine))
+        }
+    }
+
+    #[test]
+    fn the_memory_log_passes_openraft_storage_suite() {
+        Suite::test_all(InMemory).unwrap();
     }
 }

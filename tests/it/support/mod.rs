@@ -69,6 +69,8 @@ pub struct Setup {
     pub config: Option<String>,
     /// Node name (default `node-1`).
     pub node: Option<String>,
+    /// Run as a durable server with this data dir instead of `-dev`.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl TestAgent {
@@ -92,13 +94,18 @@ impl TestAgent {
         if let Some(json) = &setup.config {
             std::fs::write(config_dir.join("test.json"), json).unwrap();
         }
+        let durable = setup.data_dir.is_some();
         let sources = Sources {
-            dev: true,
+            dev: !durable,
             dirs: vec![config_dir],
             files: vec![],
             flags: RawConfig {
                 node_name: Some(setup.node.unwrap_or_else(|| "node-1".into())),
                 log_level: Some("warn".into()),
+                server: durable.then_some(true),
+                bootstrap_expect: durable.then_some(1),
+                bind_addr: durable.then(|| "127.0.0.1".to_string()),
+                data_dir: setup.data_dir.as_ref().map(|d| d.display().to_string()),
                 ports: Some(RawPorts {
                     http: Some(0),
                     dns: Some(0),
