@@ -24,6 +24,8 @@
 pub mod catalog;
 mod checks;
 pub mod duration;
+pub mod gossip;
+pub mod keyring;
 mod leader;
 mod local;
 mod member;

@@ -1,0 +1,600 @@
+//! The gossip wire format: messages, and their binary encoding.
+//!
+//! A packet (one UDP datagram, or one QUIC datagram on the WAN) is
+//! `[PROTOCOL: u8][count: u8]` followed by `count` messages, each `[type: u8][len: u16]`
+//! and `len` bytes of body; several messages share a packet so that broadcasts ride on
+//! probes (piggybacking). A stream frame (push-pull over TCP) is one message without the
+//! count. Integers are big-endian; strings are `u16` length + UTF-8; an address is a
+//! family byte (4 or 6), the IP bytes and a `u16` port.
+//!
+//! Decoding checks every length before reading and returns [`DecodeError`]: bytes from a
+//! peer can never cause a panic or an allocation larger than the packet.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// The first byte of every plaintext packet and frame: gossip protocol version 1.
+pub const PROTOCOL: u8 = 0x47;
+/// Most messages in one packet.
+pub const MAX_MESSAGES: usize = 64;
+/// Most members in one push-pull state exchange.
+pub const MAX_STATES: usize = 65_536;
+/// Most tags on one member.
+pub const MAX_TAGS: usize = 64;
+
+/// Why bytes could not be decoded. The packet is dropped whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes end before the message does.
+    #[error("truncated message")]
+    Truncated,
+    /// Not our protocol, or a version we do not speak.
+    #[error("unknown protocol byte {0:#04x}")]
+    Protocol(u8),
+    /// An unknown message type.
+    #[error("unknown message type {0}")]
+    Type(u8),
+    /// A field holds a value it cannot hold (bad UTF-8, an unknown address family, a
+    /// count over its limit, bytes left over).
+    #[error("invalid field: {0}")]
+    Invalid(&'static str),
+}
+
+/// A member's state as gossip spreads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum State {
+    /// Answers probes.
+    Alive,
+    /// Missed a probe; others may refute or confirm.
+    Suspect,
+    /// Confirmed failed.
+    Dead,
+    /// Left on purpose.
+    Left,
+}
+
+/// A member as push-pull exchanges it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberState {
+    /// Node name.
+    pub name: String,
+    /// Gossip address.
+    pub addr: SocketAddr,
+    /// Incarnation number.
+    pub incarnation: u32,
+    /// State.
+    pub state: State,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// One gossip message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Are you alive? (`target` names who the sender thinks it is talking to.)
+    Ping {
+        /// Sequence number echoed in the ack.
+        seq: u32,
+        /// The node the sender means.
+        target: String,
+        /// The sender.
+        source: String,
+    },
+    /// Please probe `target` for me.
+    IndirectPing {
+        /// Sequence number of the requester's probe.
+        seq: u32,
+        /// The node to probe.
+        target: String,
+        /// Its address.
+        target_addr: SocketAddr,
+        /// Send a nack if the target does not answer in time.
+        nack: bool,
+    },
+    /// Alive (answer to a ping).
+    Ack {
+        /// The ping's sequence number.
+        seq: u32,
+    },
+    /// I could not reach the target you asked about (Lifeguard).
+    Nack {
+        /// The indirect ping's sequence number.
+        seq: u32,
+    },
+    /// `node` is alive at this incarnation, with these tags.
+    Alive {
+        /// Incarnation.
+        incarnation: u32,
+        /// Node name.
+        node: String,
+        /// Gossip address.
+        addr: SocketAddr,
+        /// Tags.
+        tags: BTreeMap<String, String>,
+    },
+    /// `from` suspects `node`.
+    Suspect {
+        /// Incarnation of `node` being suspected.
+        incarnation: u32,
+        /// Node name.
+        node: String,
+        /// Who suspects it.
+        from: String,
+    },
+    /// `from` declares `node` dead; from == node means it left.
+    Dead {
+        /// Incarnation of `node`.
+        incarnation: u32,
+        /// Node name.
+        node: String,
+        /// Who declares it.
+        from: String,
+    },
+    /// Full state exchange (push-pull), over a stream.
+    PushPull {
+        /// Sent while joining: the receiver answers with its own state.
+        join: bool,
+        /// Every member the sender knows.
+        states: Vec<MemberState>,
+    },
+}
+
+const T_PING: u8 = 1;
+const T_INDIRECT: u8 = 2;
+const T_ACK: u8 = 3;
+const T_NACK: u8 = 4;
+const T_ALIVE: u8 = 5;
+const T_SUSPECT: u8 = 6;
+const T_DEAD: u8 = 7;
+const T_PUSH_PULL: u8 = 8;
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn str(&mut self, s: &str) {
+        // Names and tags are bounded by callers far below 64 KiB; cut rather than wrap.
+        let bytes = s.as_bytes();
+        let len = bytes.len().min(usize::from(u16::MAX));
+        self.u16(len as u16);
+        self.0.extend_from_slice(&bytes[..len]);
+    }
+    fn addr(&mut self, a: &SocketAddr) {
+        match a.ip() {
+            IpAddr::V4(v4) => {
+                self.u8(4);
+                self.0.extend_from_slice(&v4.octets());
+            }
+            IpAddr::V6(v6) => {
+                self.u8(6);
+                self.0.extend_from_slice(&v6.octets());
+            }
+        }
+        self.u16(a.port());
+    }
+    fn tags(&mut self, tags: &BTreeMap<String, String>) {
+        let n = tags.len().min(MAX_TAGS);
+        self.u8(n as u8);
+        for (k, v) in tags.iter().take(n) {
+            self.str(k);
+            self.str(v);
+        }
+    }
+}
+
+/// Reads fields from peer bytes, checking every length first.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn str(&mut self) -> Result<String, DecodeError> {
+        let len = usize::from(self.u16()?);
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::Invalid("utf-8"))
+    }
+    fn addr(&mut self) -> Result<SocketAddr, DecodeError> {
+        let ip = match self.u8()? {
+            4 => {
+                let b: [u8; 4] = self
+                    .take(4)?
+                    .try_into()
+                    .map_err(|_| DecodeError::Truncated)?;
+                IpAddr::V4(Ipv4Addr::from(b))
+            }
+            6 => {
+                let b: [u8; 16] = self
+                    .take(16)?
+                    .try_into()
+                    .map_err(|_| DecodeError::Truncated)?;
+                IpAddr::V6(Ipv6Addr::from(b))
+            }
+            _ => return Err(DecodeError::Invalid("address family")),
+        };
+        Ok(SocketAddr::new(ip, self.u16()?))
+    }
+    fn tags(&mut self) -> Result<BTreeMap<String, String>, DecodeError> {
+        let n = usize::from(self.u8()?);
+        if n > MAX_TAGS {
+            return Err(DecodeError::Invalid("tag count"));
+        }
+        let mut tags = BTreeMap::new();
+        for _ in 0..n {
+            let k = self.str()?;
+            let v = self.str()?;
+            tags.insert(k, v);
+        }
+        Ok(tags)
+    }
+    fn bool(&mut self) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError::Invalid("bool")),
+        }
+    }
+    fn state(&mut self) -> Result<State, DecodeError> {
+        match self.u8()? {
+            0 => Ok(State::Alive),
+            1 => Ok(State::Suspect),
+            2 => Ok(State::Dead),
+            3 => Ok(State::Left),
+            _ => Err(DecodeError::Invalid("member state")),
+        }
+    }
+    fn done(&self) -> Result<(), DecodeError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::Invalid("trailing bytes"))
+        }
+    }
+}
+
+fn state_byte(s: State) -> u8 {
+    match s {
+        State::Alive => 0,
+        State::Suspect => 1,
+        State::Dead => 2,
+        State::Left => 3,
+    }
+}
+
+impl Message {
+    fn kind(&self) -> u8 {
+        match self {
+            Message::Ping { .. } => T_PING,
+            Message::IndirectPing { .. } => T_INDIRECT,
+            Message::Ack { .. } => T_ACK,
+            Message::Nack { .. } => T_NACK,
+            Message::Alive { .. } => T_ALIVE,
+            Message::Suspect { .. } => T_SUSPECT,
+            Message::Dead { .. } => T_DEAD,
+            Message::PushPull { .. } => T_PUSH_PULL,
+        }
+    }
+
+    fn body(&self) -> Vec<u8> {
+        let mut w = Writer(Vec::new());
+        match self {
+            Message::Ping {
+                seq,
+                target,
+                source,
+            } => {
+                w.u32(*seq);
+                w.str(target);
+                w.str(source);
+            }
+            Message::IndirectPing {
+                seq,
+                target,
+                target_addr,
+                nack,
+            } => {
+                w.u32(*seq);
+                w.str(target);
+                w.addr(target_addr);
+                w.u8(u8::from(*nack));
+            }
+            Message::Ack { seq } | Message::Nack { seq } => w.u32(*seq),
+            Message::Alive {
+                incarnation,
+                node,
+                addr,
+                tags,
+            } => {
+                w.u32(*incarnation);
+                w.str(node);
+                w.addr(addr);
+                w.tags(tags);
+            }
+            Message::Suspect {
+                incarnation,
+                node,
+                from,
+            }
+            | Message::Dead {
+                incarnation,
+                node,
+                from,
+            } => {
+                w.u32(*incarnation);
+                w.str(node);
+                w.str(from);
+            }
+            Message::PushPull { join, states } => {
+                w.u8(u8::from(*join));
+                w.u32(states.len().min(MAX_STATES) as u32);
+                for s in states.iter().take(MAX_STATES) {
+                    w.str(&s.name);
+                    w.addr(&s.addr);
+                    w.u32(s.incarnation);
+                    w.u8(state_byte(s.state));
+                    w.tags(&s.tags);
+                }
+            }
+        }
+        w.0
+    }
+
+    /// The encoded size of this message inside a packet.
+    pub fn encoded_len(&self) -> usize {
+        3 + self.body().len()
+    }
+
+    fn decode_body(kind: u8, body: &[u8]) -> Result<Message, DecodeError> {
+        let mut r = Reader(body);
+        let m = match kind {
+            T_PING => Message::Ping {
+                seq: r.u32()?,
+                target: r.str()?,
+                source: r.str()?,
+            },
+            T_INDIRECT => Message::IndirectPing {
+                seq: r.u32()?,
+                target: r.str()?,
+                target_addr: r.addr()?,
+                nack: r.bool()?,
+            },
+            T_ACK => Message::Ack { seq: r.u32()? },
+            T_NACK => Message::Nack { seq: r.u32()? },
+            T_ALIVE => Message::Alive {
+                incarnation: r.u32()?,
+                node: r.str()?,
+                addr: r.addr()?,
+                tags: r.tags()?,
+            },
+            T_SUSPECT => Message::Suspect {
+                incarnation: r.u32()?,
+                node: r.str()?,
+                from: r.str()?,
+            },
+            T_DEAD => Message::Dead {
+                incarnation: r.u32()?,
+                node: r.str()?,
+                from: r.str()?,
+            },
+            T_PUSH_PULL => {
+                let join = r.bool()?;
+                let n = r.u32()? as usize;
+                if n > MAX_STATES {
+                    return Err(DecodeError::Invalid("state count"));
+                }
+                // Each state takes at least 11 bytes: never reserve more than the body holds.
+                let mut states = Vec::with_capacity(n.min(body.len() / 11));
+                for _ in 0..n {
+                    states.push(MemberState {
+                        name: r.str()?,
+                        addr: r.addr()?,
+                        incarnation: r.u32()?,
+                        state: r.state()?,
+                        tags: r.tags()?,
+                    });
+                }
+                Message::PushPull { join, states }
+            }
+            other => return Err(DecodeError::Type(other)),
+        };
+        r.done()?;
+        Ok(m)
+    }
+}
+
+fn put_message(out: &mut Vec<u8>, m: &Message) {
+    let body = m.body();
+    out.push(m.kind());
+    out.extend_from_slice(&(body.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
+    out.extend_from_slice(&body);
+}
+
+/// Encodes messages into one packet (at most [`MAX_MESSAGES`]).
+pub fn encode_packet(messages: &[Message]) -> Vec<u8> {
+    let n = messages.len().min(MAX_MESSAGES);
+    let mut out = vec![PROTOCOL, n as u8];
+    for m in messages.iter().take(n) {
+        put_message(&mut out, m);
+    }
+    out
+}
+
+/// Decodes a packet into its messages.
+pub fn decode_packet(bytes: &[u8]) -> Result<Vec<Message>, DecodeError> {
+    let mut r = Reader(bytes);
+    let protocol = r.u8()?;
+    if protocol != PROTOCOL {
+        return Err(DecodeError::Protocol(protocol));
+    }
+    let n = usize::from(r.u8()?);
+    if n > MAX_MESSAGES {
+        return Err(DecodeError::Invalid("message count"));
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let kind = r.u8()?;
+        let len = usize::from(r.u16()?);
+        out.push(Message::decode_body(kind, r.take(len)?)?);
+    }
+    r.done()?;
+    Ok(out)
+}
+
+/// Encodes one message as a stream frame body (push-pull).
+pub fn encode_frame(message: &Message) -> Vec<u8> {
+    let body = message.body();
+    let mut out = Vec::with_capacity(body.len() + 2);
+    out.push(PROTOCOL);
+    out.push(message.kind());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Decodes a stream frame body.
+pub fn decode_frame(bytes: &[u8]) -> Result<Message, DecodeError> {
+    let mut r = Reader(bytes);
+    let protocol = r.u8()?;
+    if protocol != PROTOCOL {
+        return Err(DecodeError::Protocol(protocol));
+    }
+    let kind = r.u8()?;
+    Message::decode_body(kind, r.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn samples() -> Vec<Message> {
+        let addr: SocketAddr = "10.0.0.1:8301".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::1]:8301".parse().unwrap();
+        let tags: BTreeMap<String, String> = [
+            ("role".to_string(), "consul".to_string()),
+            ("dc".into(), "dc1".into()),
+        ]
+        .into();
+        vec![
+            Message::Ping {
+                seq: 7,
+                target: "b".into(),
+                source: "a".into(),
+            },
+            Message::IndirectPing {
+                seq: 8,
+                target: "c".into(),
+                target_addr: v6,
+                nack: true,
+            },
+            Message::Ack { seq: 9 },
+            Message::Nack { seq: 10 },
+            Message::Alive {
+                incarnation: 3,
+                node: "a".into(),
+                addr,
+                tags: tags.clone(),
+            },
+            Message::Suspect {
+                incarnation: 4,
+                node: "b".into(),
+                from: "a".into(),
+            },
+            Message::Dead {
+                incarnation: 5,
+                node: "b".into(),
+                from: "b".into(),
+            },
+            Message::PushPull {
+                join: true,
+                states: vec![MemberState {
+                    name: "a".into(),
+                    addr,
+                    incarnation: 1,
+                    state: State::Left,
+                    tags,
+                }],
+            },
+        ]
+    }
+
+    #[test]
+    fn packets_and_frames_round_trip() {
+        let all = samples();
+        assert_eq!(decode_packet(&encode_packet(&all)).unwrap(), all);
+        for m in &all {
+            assert_eq!(decode_frame(&encode_frame(m)).unwrap(), *m);
+            assert_eq!(
+                encode_packet(std::slice::from_ref(m)).len(),
+                2 + m.encoded_len()
+            );
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let bytes = encode_packet(&samples());
+        for cut in 0..bytes.len() {
+            assert!(decode_packet(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert_eq!(
+            decode_packet(&extra),
+            Err(DecodeError::Invalid("trailing bytes"))
+        );
+    }
+
+    #[test]
+    fn a_huge_state_count_allocates_nothing_and_fails() {
+        let mut frame = vec![PROTOCOL, T_PUSH_PULL, 0];
+        frame.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(
+            decode_frame(&frame),
+            Err(DecodeError::Invalid("state count"))
+        );
+        let mut frame = vec![PROTOCOL, T_PUSH_PULL, 0];
+        frame.extend_from_slice(&60_000u32.to_be_bytes());
+        assert_eq!(decode_frame(&frame), Err(DecodeError::Truncated));
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_packet(&bytes);
+            let _ = decode_frame(&bytes);
+        }
+
+        #[test]
+        fn corrupting_one_byte_never_panics(index in 0usize..400, value: u8) {
+            let mut bytes = encode_packet(&samples());
+            if let Some(b) = bytes.get_mut(index) {
+                *b = value;
+            }
+            let _ = decode_packet(&bytes);
+        }
+    }
+}
