@@ -48,6 +48,117 @@ pub struct Agent {
     front: CancellationToken,
     core: CancellationToken,
     leave: CancellationToken,
+    failed: CancellationToken,
+}
+
+/// Budget of each `start_join` / `retry_join` attempt.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The gossip keyring, by Consul's precedence: the keyring file in the data dir if
+/// there is one (it wins over `encrypt`, with a log line when they differ), else the
+/// `encrypt` key (saved as the keyring file for next time), else no encryption.
+fn gossip_encryption(config: &AgentConfig) -> anyhow::Result<Option<lan::Encryption>> {
+    use lan::keyring::Keyring;
+    let file = match &config.data_dir {
+        Some(dir) if !config.disable_keyring_file => Some(dir.join("serf").join("local.keyring")),
+        _ => None,
+    };
+    let from_file = match &file {
+        Some(path) => {
+            Keyring::load(path).map_err(|e| anyhow::anyhow!("Failed to configure keyring: {e}"))?
+        }
+        None => None,
+    };
+    let keyring = match (from_file, &config.encrypt) {
+        (Some(ring), Some(key)) => {
+            if !ring.keys().contains(key) {
+                tracing::warn!(
+                    file = %file.as_ref().map(|f| f.display().to_string()).unwrap_or_default(),
+                    "LAN keyring doesn't include key provided with -encrypt, using keyring"
+                );
+            }
+            ring
+        }
+        (Some(ring), None) => ring,
+        (None, Some(key)) => {
+            let ring = Keyring::new(key.clone());
+            if let Some(path) = &file {
+                ring.save(path)
+                    .with_context(|| format!("writing the keyring file {}", path.display()))?;
+            }
+            ring
+        }
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(lan::Encryption {
+        keyring,
+        file,
+        verify_incoming: config.encrypt_verify_incoming,
+        verify_outgoing: config.encrypt_verify_outgoing,
+    }))
+}
+
+/// `start_join`: join at start; an agent that reaches none of them does not start
+/// (Consul's behaviour).
+async fn start_join(lan: &Lan, addrs: &[String]) -> anyhow::Result<()> {
+    if addrs.is_empty() {
+        return Ok(());
+    }
+    let results = lan
+        .join(addrs, tokio::time::Instant::now() + JOIN_TIMEOUT)
+        .await;
+    let joined = results.iter().filter(|r| r.is_ok()).count();
+    for (addr, r) in addrs.iter().zip(&results) {
+        if let Err(e) = r {
+            tracing::warn!(peer = %addr, error = %e, "failed to join");
+        }
+    }
+    if joined == 0 {
+        bail!("Failed to join any nodes");
+    }
+    tracing::info!(joined, "joined the LAN pool");
+    Ok(())
+}
+
+/// `retry_join`: joins in the background, again every `interval` until one address
+/// answers; after `max` failed attempts (0 = no limit) the agent stops with an error.
+async fn retry_join(
+    lan: Lan,
+    addrs: Vec<String>,
+    interval: Duration,
+    max: u32,
+    failed: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    let mut attempt: u32 = 0;
+    loop {
+        attempt += 1;
+        let join = lan.join(&addrs, tokio::time::Instant::now() + JOIN_TIMEOUT);
+        let results = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = join => r,
+        };
+        let joined = results.iter().filter(|r| r.is_ok()).count();
+        if joined > 0 {
+            tracing::info!(joined, "retry join completed");
+            return;
+        }
+        let errors: Vec<String> = addrs
+            .iter()
+            .zip(&results)
+            .filter_map(|(a, r)| r.as_ref().err().map(|e| format!("{a}: {e}")))
+            .collect();
+        if max > 0 && attempt >= max {
+            tracing::error!(attempts = attempt, errors = %errors.join("; "), "max join retry exhausted, exiting");
+            failed.cancel();
+            return;
+        }
+        tracing::warn!(attempt, errors = %errors.join("; "), retry_in = ?interval, "join failed, retrying");
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
 }
 
 /// Private IPv4 ranges an unspecified bind address may resolve to (RFC 1918, RFC 6598).
@@ -167,12 +278,18 @@ impl Agent {
         let core = CancellationToken::new();
         let front = CancellationToken::new();
         let leave = CancellationToken::new();
+        let failed = CancellationToken::new();
+        let encryption = gossip_encryption(&config)?;
+        let mut gossip = config.gossip_lan.clone();
+        gossip.dead_reap_timeout = config.reconnect_timeout;
         let lan_config = lan::Config {
             node_name: config.node_name.clone(),
             node_id: node_id.clone(),
             datacenter: config.datacenter.clone(),
+            server: config.server,
             bootstrap: config.bootstrap,
             bootstrap_expect: config.bootstrap_expect,
+            bind: config.bind_addr,
             advertise,
             advertise_wan: config.advertise_addr_wan.unwrap_or(advertise),
             server_port: config.ports.server,
@@ -185,6 +302,8 @@ impl Agent {
                 Some(dir) if !config.dev => lan::Storage::Disk(dir.join("raft")),
                 _ => lan::Storage::Memory,
             },
+            gossip,
+            encryption,
             version: crate::VERSION.to_owned(),
         };
         let lan = Lan::start(lan_config, &tasks, core.child_token())
@@ -255,6 +374,10 @@ impl Agent {
                 .context("registering the services of the config files"),
             Err(e) => Err(e),
         };
+        let registered = match registered {
+            Ok(bound) => start_join(&lan, &config.start_join).await.map(|()| bound),
+            Err(e) => Err(e),
+        };
         let (http, dns) = match registered {
             Ok(bound) => bound,
             Err(e) => {
@@ -267,6 +390,16 @@ impl Agent {
                 return Err(e);
             }
         };
+        if !config.retry_join.is_empty() {
+            tasks.spawn(retry_join(
+                lan.clone(),
+                config.retry_join.clone(),
+                config.retry_interval,
+                config.retry_max,
+                failed.clone(),
+                core.child_token(),
+            ));
+        }
         tasks.spawn(serve_reloads(
             reload_rx,
             config.clone(),
@@ -288,6 +421,7 @@ impl Agent {
             front,
             core,
             leave,
+            failed,
         })
     }
 
@@ -321,6 +455,12 @@ impl Agent {
         self.leave.cancelled().await;
     }
 
+    /// Resolves when the agent cannot go on (`retry_max` join attempts failed); the
+    /// caller should shut it down and exit with an error.
+    pub async fn failed(&self) {
+        self.failed.cancelled().await;
+    }
+
     /// Re-reads the config files and replaces the services and checks they define
     /// (SIGHUP, `proconsul reload`). Reloads are served one at a time.
     pub async fn reload(&self) -> Result<(), String> {
@@ -351,7 +491,7 @@ impl Agent {
              \x20               Server: {server} (Bootstrap: {bootstrap})\n\
              \x20          Client Addr: [{clients}] (HTTP: {http}, HTTPS: -1, gRPC: -1, DNS: {dns})\n\
              \x20         Cluster Addr: {advertise} (LAN: {lan}, WAN: {wan})\n\
-             \x20    Gossip Encryption: false\n\
+             \x20    Gossip Encryption: {encrypted}\n\
              \n\
              ==> Log data will now stream in as it occurs:\n",
             version = crate::VERSION,
@@ -364,15 +504,26 @@ impl Agent {
             http = port(c.ports.http, self.http_addr()),
             dns = port(c.ports.dns, self.dns_addr()),
             advertise = self.advertise,
-            lan = c.ports.serf_lan,
+            lan = self.lan.gossip_addr().port(),
             wan = c.ports.serf_wan,
+            encrypted = self.lan.encrypted(),
         )
     }
 
-    /// Stops the agent in order: listeners, leave, background tasks, Raft.
+    /// Stops the agent in order: listeners, a graceful leave of the pool, background
+    /// tasks, Raft.
     pub async fn shutdown(self) {
+        self.stop(true).await;
+    }
+
+    /// Stops the agent; with `leave`, it leaves the pool gracefully first (members see
+    /// it `left`), else it just stops (members see it `failed`, as after a crash, and
+    /// it rejoins when it comes back).
+    pub async fn stop(self, leave: bool) {
         self.front.cancel();
-        self.lan.leave();
+        if leave {
+            self.lan.leave().await;
+        }
         self.core.cancel();
         self.tasks.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())

@@ -89,12 +89,13 @@ impl Gateway {
     }
 
     /// Reads the local copy of `dc`'s catalog at once, with no leader check (DNS's
-    /// default `allow_stale`).
+    /// default `allow_stale`). `Ok(None)` when no copy is held here (a client agent):
+    /// then [`Gateway::read`] with [`lan::Consistency::Stale`] asks a server.
     pub fn read_stale(
         &self,
         dc: Option<&str>,
         query: &Query,
-    ) -> Result<(lan::catalog::Answer, u64), RouteError> {
+    ) -> Result<Option<(lan::catalog::Answer, u64)>, RouteError> {
         self.route(dc)?;
         Ok(self.lan.read_stale(query))
     }
@@ -102,7 +103,7 @@ impl Gateway {
     /// The newest index of `dc`'s local catalog copy, for callers that cache what they
     /// derive from it; `None` for a datacenter whose data is not held here.
     pub fn stale_index(&self, dc: Option<&str>) -> Option<u64> {
-        self.route(dc).ok().map(|()| self.lan.catalog_index())
+        self.route(dc).ok().and_then(|()| self.lan.catalog_index())
     }
 
     /// Applies a write in `dc`'s catalog; returns the index it was applied at.
@@ -117,8 +118,12 @@ impl Gateway {
     }
 
     /// Raft status of `dc` (leader and peers).
-    pub fn raft_status(&self, dc: Option<&str>) -> Result<RaftStatus, RouteError> {
+    pub async fn raft_status(
+        &self,
+        dc: Option<&str>,
+        deadline: Instant,
+    ) -> Result<RaftStatus, RouteError> {
         self.route(dc)?;
-        Ok(self.lan.raft_status())
+        Ok(self.lan.raft_status(deadline).await?)
     }
 }

@@ -3,9 +3,12 @@
 //! For each member: alive → its node is registered with a passing `serfHealth` check
 //! (and, for a server, the `consul` service on its RPC port); failed → `serfHealth`
 //! critical, so its services leave DNS and `?passing`; left → its node is deregistered.
-//! Consul's leader does the same ("reconcile").
+//! A node that has a `serfHealth` check but is no longer a member at all (reaped after
+//! `reconnect_timeout`, or pruned with `force-leave -prune`) is deregistered too; nodes
+//! registered through `/v1/catalog/register`, which have no `serfHealth`, are left
+//! alone. Consul's leader does the same ("reconcile", "reconcileReaped").
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +17,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{
-    Check, Command, Deregistration, Health, Node, Registration, SERF_HEALTH_CHECK, Service,
+    Answer, Catalog, Check, Command, Deregistration, Health, Node, Query, Registration,
+    SERF_HEALTH_CHECK, Service,
 };
 use crate::local::CONSUL_SERVICE;
 use crate::member::{Member, MemberStatus};
@@ -30,6 +34,7 @@ const RECONCILE_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Runs until `shutdown`, reconciling while this server leads.
 pub(crate) async fn run(
     consensus: Consensus,
+    catalog: Catalog,
     datacenter: String,
     mut members: watch::Receiver<Arc<Vec<Member>>>,
     shutdown: CancellationToken,
@@ -42,7 +47,8 @@ pub(crate) async fn run(
             }
         }
         let list = members.borrow_and_update().clone();
-        let ok = reconcile(&consensus, &datacenter, &list).await;
+        let ok = reconcile(&consensus, &datacenter, &list).await
+            && reap(&consensus, &catalog, &list).await;
         let wait = if ok {
             RECONCILE_INTERVAL
         } else {
@@ -64,6 +70,38 @@ async fn reconcile(consensus: &Consensus, datacenter: &str, members: &[Member]) 
         let deadline = Instant::now() + RECONCILE_WRITE_TIMEOUT;
         if let Err(e) = consensus.write(command, deadline).await {
             tracing::warn!(node = %member.name, error = %e, "failed to reconcile member");
+            ok = false;
+        }
+    }
+    ok
+}
+
+/// Deregisters nodes that gossip no longer knows at all.
+async fn reap(consensus: &Consensus, catalog: &Catalog, members: &[Member]) -> bool {
+    let known: BTreeSet<String> = members
+        .iter()
+        .map(|m| m.name.to_ascii_lowercase())
+        .collect();
+    let (Answer::Checks(checks), _) = catalog.query(&Query::ChecksInState { state: None }) else {
+        return true;
+    };
+    let gone: BTreeSet<String> = checks
+        .into_iter()
+        .filter(|c| c.check_id == SERF_HEALTH_CHECK)
+        .map(|c| c.node)
+        .filter(|n| !known.contains(&n.to_ascii_lowercase()))
+        .collect();
+    let mut ok = true;
+    for node in gone {
+        tracing::info!(node = %node, "deregistering a node that left the pool");
+        let command = Command::Deregister(Deregistration {
+            node: node.clone(),
+            service_id: None,
+            check_id: None,
+        });
+        let deadline = Instant::now() + RECONCILE_WRITE_TIMEOUT;
+        if let Err(e) = consensus.write(command, deadline).await {
+            tracing::warn!(node = %node, error = %e, "failed to deregister a reaped node");
             ok = false;
         }
     }

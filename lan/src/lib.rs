@@ -30,11 +30,17 @@ mod leader;
 mod local;
 mod member;
 mod raft;
+mod rpc;
+mod server;
+pub mod transport;
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -49,9 +55,13 @@ pub use raft::{
     Consistency, RPC_HOLD_TIMEOUT, RaftStartError, RaftStatus, RaftTiming, ReadError, ReadMeta,
     SNAPSHOT_THRESHOLD, ServerNode, Storage, WriteError,
 };
+pub use transport::{Encryption, JoinError, KeyOperation, KeyringReport, Pool, PoolConfig};
 
 /// The protocol version this agent speaks in member tags (`vsn`), as Consul's.
 pub const PROTOCOL_VERSION: u8 = 2;
+
+/// The serf LAN port Consul agents gossip on, used when a join address has no port.
+pub const DEFAULT_SERF_LAN_PORT: u16 = 8301;
 
 /// Everything the datacenter layer needs to start. Built by the agent from its config.
 #[derive(Debug, Clone)]
@@ -62,17 +72,21 @@ pub struct Config {
     pub node_id: String,
     /// This node's datacenter.
     pub datacenter: Datacenter,
+    /// Run as a server (Raft, the catalog, the server port) or as a client agent.
+    pub server: bool,
     /// Bootstrap Raft with this server as the only voter when it has no Raft state.
     pub bootstrap: bool,
     /// `bootstrap_expect`, shown in member tags (0 when not set).
     pub bootstrap_expect: u32,
+    /// The address the gossip and server ports are bound to.
+    pub bind: IpAddr,
     /// The address other agents and DNS answers use for this node.
     pub advertise: IpAddr,
     /// The address other datacenters use for this node.
     pub advertise_wan: IpAddr,
-    /// Server RPC port.
+    /// Server RPC port (0 picks a free one).
     pub server_port: u16,
-    /// LAN gossip port.
+    /// LAN gossip port (0 picks a free one).
     pub serf_lan_port: u16,
     /// WAN gossip port.
     pub serf_wan_port: u16,
@@ -84,6 +98,10 @@ pub struct Config {
     pub raft: RaftTiming,
     /// Where Raft keeps its state.
     pub storage: Storage,
+    /// Gossip timers.
+    pub gossip: gossip::Config,
+    /// Gossip encryption, if on.
+    pub encryption: Option<Encryption>,
     /// This build's version (`0.1.0`), for tags and node meta.
     pub version: String,
 }
@@ -100,7 +118,7 @@ pub struct ReadOptions {
 }
 
 /// An answer with what Consul reports in its headers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueryResult {
     /// The answer.
     pub answer: Answer,
@@ -116,14 +134,32 @@ pub enum StartError {
     /// Raft failed to start.
     #[error(transparent)]
     Raft(#[from] RaftStartError),
+    /// A port could not be bound; another process may hold it.
+    #[error(transparent)]
+    Bind(#[from] std::io::Error),
+}
+
+/// What this agent is in its datacenter.
+enum Role {
+    /// A server: a Raft voter with a copy of the catalog.
+    Server {
+        consensus: raft::Consensus,
+        catalog: Catalog,
+    },
+    /// A client agent: every catalog request goes to a server.
+    Client {
+        /// The server that answered last, tried first next time.
+        preferred: std::sync::Mutex<Option<SocketAddr>>,
+    },
 }
 
 struct Inner {
     config: Config,
-    consensus: raft::Consensus,
-    catalog: Catalog,
+    role: Role,
     local: Local,
-    members: watch::Sender<Arc<Vec<Member>>>,
+    pool: Pool,
+    rpc: rpc::Client,
+    server_addr: Option<SocketAddr>,
 }
 
 /// Handle to this agent's datacenter layer. Cheap to clone.
@@ -149,56 +185,130 @@ fn raft_id(node_id: &str) -> u64 {
     })
 }
 
+/// Extra time a forwarded call waits beyond the caller's deadline, so that the answer a
+/// server sends at the deadline (a blocking query that timed out) still arrives.
+const FORWARD_MARGIN: Duration = Duration::from_secs(2);
+
+/// Why a request could not be forwarded to a server.
+enum ForwardError {
+    NoServers,
+    Rpc(String),
+    Timeout,
+}
+
+impl From<ForwardError> for ReadError {
+    fn from(e: ForwardError) -> ReadError {
+        match e {
+            ForwardError::NoServers => ReadError::NoServers,
+            ForwardError::Rpc(e) => ReadError::Rpc(e),
+            ForwardError::Timeout => ReadError::Timeout,
+        }
+    }
+}
+
+impl From<ForwardError> for WriteError {
+    fn from(e: ForwardError) -> WriteError {
+        match e {
+            ForwardError::NoServers => WriteError::NoServers,
+            ForwardError::Rpc(e) => WriteError::Rpc(e),
+            ForwardError::Timeout => WriteError::Timeout,
+        }
+    }
+}
+
 impl Lan {
-    /// Starts the datacenter layer of a server: Raft (bootstrapping it when configured),
-    /// the anti-entropy sync and the leader's reconcile loop. Tasks run on `tasks` until
-    /// `shutdown` is cancelled.
+    /// Starts the datacenter layer: LAN gossip, and for a server also the server port,
+    /// Raft (bootstrapping it when configured) and the leader's reconcile loop; then the
+    /// anti-entropy sync. Tasks run on `tasks` until `shutdown` is cancelled.
     pub async fn start(
         config: Config,
         tasks: &TaskTracker,
         shutdown: CancellationToken,
     ) -> Result<Lan, StartError> {
-        let rpc_addr = std::net::SocketAddr::new(config.advertise, config.server_port);
-        let (consensus, catalog) = raft::Consensus::start(
-            raft_id(&config.node_id),
-            ServerNode {
+        let listener = if config.server {
+            Some(rpc::bind(SocketAddr::new(config.bind, config.server_port)).await?)
+        } else {
+            None
+        };
+        let server_port = match &listener {
+            Some(l) => l.local_addr()?.port(),
+            None => config.server_port,
+        };
+        let server_addr = listener
+            .as_ref()
+            .map(|_| SocketAddr::new(config.advertise, server_port));
+        if let Some(l) = &listener {
+            tracing::info!(proto = "server-rpc", addr = %l.local_addr()?, "listening");
+        }
+        let pool = Pool::start(
+            PoolConfig {
                 name: config.node_name.clone(),
-                rpc_addr: rpc_addr.to_string(),
+                bind: SocketAddr::new(config.bind, config.serf_lan_port),
+                advertise: config.advertise,
+                tags: member_tags(&config, server_port),
+                gossip: config.gossip.clone(),
+                encryption: config.encryption.clone(),
             },
-            config.bootstrap,
-            config.raft,
-            &config.storage,
+            tasks,
+            shutdown.child_token(),
         )
         .await?;
+        let rpc = rpc::Client::new(tasks.clone(), shutdown.child_token());
+        let role = match server_addr {
+            Some(addr) => {
+                let (consensus, catalog) = raft::Consensus::start(
+                    raft_id(&config.node_id),
+                    ServerNode {
+                        name: config.node_name.clone(),
+                        rpc_addr: addr.to_string(),
+                    },
+                    config.bootstrap,
+                    config.raft,
+                    &config.storage,
+                    rpc.clone(),
+                )
+                .await?;
+                tasks.spawn(leader::run(
+                    consensus.clone(),
+                    catalog.clone(),
+                    config.datacenter.to_string(),
+                    pool.subscribe(),
+                    shutdown.child_token(),
+                ));
+                Role::Server { consensus, catalog }
+            }
+            None => Role::Client {
+                preferred: std::sync::Mutex::new(None),
+            },
+        };
         let runner = checks::Runner::new(
             tasks.clone(),
             shutdown.child_token(),
             config.enable_script_checks,
         );
         let local = Local::new(own_node(&config), runner);
-        let (members, members_rx) = watch::channel(Arc::new(vec![own_member(&config)]));
-        tasks.spawn(local::run_sync(
-            local.clone(),
-            catalog.clone(),
-            consensus.clone(),
-            shutdown.child_token(),
-        ));
-        tasks.spawn(leader::run(
-            consensus.clone(),
-            config.datacenter.to_string(),
-            members_rx,
-            shutdown.child_token(),
-        ));
-        tracing::info!(node = %config.node_name, dc = %config.datacenter, "datacenter layer started");
-        Ok(Lan {
+        let lan = Lan {
             inner: Arc::new(Inner {
                 config,
-                consensus,
-                catalog,
+                role,
                 local,
-                members,
+                pool,
+                rpc,
+                server_addr,
             }),
-        })
+        };
+        if let Some(listener) = listener {
+            tasks.spawn(rpc::serve(
+                listener,
+                Arc::new(server::Handler::new(lan.clone())),
+                tasks.clone(),
+                shutdown.child_token(),
+            ));
+        }
+        tasks.spawn(local::run_sync(lan.clone(), shutdown.child_token()));
+        let c = &lan.inner.config;
+        tracing::info!(node = %c.node_name, dc = %c.datacenter, server = c.server, "datacenter layer started");
+        Ok(lan)
     }
 
     /// This node's name.
@@ -216,43 +326,145 @@ impl Lan {
         &self.inner.config
     }
 
-    /// Reads the catalog in the mode `options` asks for, blocking if asked.
+    /// Whether this agent is a server.
+    pub fn is_server(&self) -> bool {
+        matches!(self.inner.role, Role::Server { .. })
+    }
+
+    /// The address of this server's RPC port (`None` on a client agent).
+    pub fn server_addr(&self) -> Option<SocketAddr> {
+        self.inner.server_addr
+    }
+
+    /// The address other agents gossip with this one at.
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.inner.pool.addr()
+    }
+
+    /// Whether LAN gossip is encrypted.
+    pub fn encrypted(&self) -> bool {
+        self.inner.pool.encrypted()
+    }
+
+    /// Reads the catalog in the mode `options` asks for, blocking if asked. A client
+    /// agent asks a server.
     pub async fn read(
         &self,
         query: &Query,
         options: ReadOptions,
     ) -> Result<QueryResult, ReadError> {
-        let meta = self
-            .inner
-            .consensus
-            .read_barrier(options.consistency, options.deadline)
-            .await?;
-        let (answer, index) = self
-            .inner
-            .catalog
-            .query_blocking(query, options.min_index, options.deadline)
-            .await;
-        Ok(QueryResult {
-            answer,
-            index,
-            meta,
-        })
+        match &self.inner.role {
+            Role::Server { .. } => server::read(self, query, options, false).await,
+            Role::Client { .. } => {
+                let request = rpc::Request::Read {
+                    query: query.clone(),
+                    consistency: options.consistency,
+                    min_index: options.min_index,
+                    timeout_ms: rpc::remaining_ms(options.deadline),
+                    forwarded: false,
+                };
+                match self
+                    .forward(&request, options.deadline + FORWARD_MARGIN)
+                    .await?
+                {
+                    rpc::Response::Read(r) => r,
+                    other => Err(ReadError::Rpc(format!("unexpected answer {other:?}"))),
+                }
+            }
+        }
     }
 
     /// Reads the local copy of the catalog at once, whatever the leader's state (DNS's
-    /// default `allow_stale`).
-    pub fn read_stale(&self, query: &Query) -> (Answer, u64) {
-        self.inner.catalog.query(query)
+    /// default `allow_stale`). `None` on a client agent, which holds no copy.
+    pub fn read_stale(&self, query: &Query) -> Option<(Answer, u64)> {
+        match &self.inner.role {
+            Role::Server { catalog, .. } => Some(catalog.query(query)),
+            Role::Client { .. } => None,
+        }
     }
 
-    /// The newest catalog index: any change to the catalog changes it.
-    pub fn catalog_index(&self) -> u64 {
-        self.inner.catalog.index()
+    /// The newest index of the local catalog copy (`None` on a client agent): any change
+    /// to the catalog changes it.
+    pub fn catalog_index(&self) -> Option<u64> {
+        match &self.inner.role {
+            Role::Server { catalog, .. } => Some(catalog.index()),
+            Role::Client { .. } => None,
+        }
     }
 
-    /// Writes to the catalog; returns the Raft index the change was applied at.
+    /// Writes to the catalog; returns the Raft index the change was applied at. A client
+    /// agent (or a follower) sends the write on to the leader.
     pub async fn write(&self, command: Command, deadline: Instant) -> Result<u64, WriteError> {
-        self.inner.consensus.write(command, deadline).await
+        match &self.inner.role {
+            Role::Server { .. } => server::write(self, command, deadline, false).await,
+            Role::Client { .. } => {
+                let request = rpc::Request::Write {
+                    command,
+                    timeout_ms: rpc::remaining_ms(deadline),
+                    forwarded: false,
+                };
+                match self.forward(&request, deadline + FORWARD_MARGIN).await? {
+                    rpc::Response::Write(r) => r,
+                    other => Err(WriteError::Rpc(format!("unexpected answer {other:?}"))),
+                }
+            }
+        }
+    }
+
+    /// The servers of this datacenter that gossip says are alive, by server RPC address.
+    pub fn servers(&self) -> Vec<SocketAddr> {
+        let dc = self.inner.config.datacenter.as_str();
+        self.inner
+            .pool
+            .members()
+            .iter()
+            .filter(|m| m.is_server() && m.status == MemberStatus::Alive)
+            .filter(|m| m.tags.get("dc").map(String::as_str) == Some(dc))
+            .filter_map(|m| {
+                let port = m.tags.get("port")?.parse::<u16>().ok()?;
+                Some(SocketAddr::new(m.addr, port))
+            })
+            .collect()
+    }
+
+    /// Sends a request to a server of this datacenter: the one that answered last, else
+    /// the others in random order, until one answers or `deadline`.
+    async fn forward(
+        &self,
+        request: &rpc::Request,
+        deadline: Instant,
+    ) -> Result<rpc::Response, ForwardError> {
+        let Role::Client { preferred } = &self.inner.role else {
+            return Err(ForwardError::Rpc(
+                "a server does not forward to itself".into(),
+            ));
+        };
+        let mut servers = self.servers();
+        if servers.is_empty() {
+            return Err(ForwardError::NoServers);
+        }
+        servers.shuffle(&mut rand::rng());
+        let first = *preferred.lock().expect("preferred lock");
+        if let Some(p) = first
+            && let Some(at) = servers.iter().position(|s| *s == p)
+        {
+            servers.swap(0, at);
+        }
+        let mut last = String::new();
+        for server in servers {
+            match self.inner.rpc.call(server, request, deadline).await {
+                Ok(response) => {
+                    *preferred.lock().expect("preferred lock") = Some(server);
+                    return Ok(response);
+                }
+                Err(rpc::RpcError::Timeout) => return Err(ForwardError::Timeout),
+                Err(e) => {
+                    tracing::debug!(peer = %server, error = %e, "server did not answer, trying another");
+                    last = e.to_string();
+                }
+            }
+        }
+        Err(ForwardError::Rpc(last))
     }
 
     /// This agent's own services and checks.
@@ -260,33 +472,91 @@ impl Lan {
         &self.inner.local
     }
 
-    /// The members of the pool.
+    /// The members of the LAN pool, this agent included.
     pub fn members(&self) -> Arc<Vec<Member>> {
-        self.inner.members.borrow().clone()
+        self.inner.pool.members()
     }
 
-    /// This server's view of Raft.
-    pub fn raft_status(&self) -> RaftStatus {
-        self.inner.consensus.status()
+    /// A receiver that sees every change of the member list.
+    pub fn subscribe_members(&self) -> watch::Receiver<Arc<Vec<Member>>> {
+        self.inner.pool.subscribe()
     }
 
-    /// Marks this agent as leaving the pool. A single agent has no one to tell; its
-    /// catalog goes away with it.
-    pub fn leave(&self) {
-        self.inner.members.send_modify(|list| {
-            let mut updated = (**list).clone();
-            for m in updated.iter_mut() {
-                if m.name == self.inner.config.node_name {
-                    m.status = MemberStatus::Left;
+    /// Joins the LAN pool of each address (`host[:port]`); returns each one's result.
+    pub async fn join(&self, addrs: &[String], deadline: Instant) -> Vec<Result<(), JoinError>> {
+        self.inner.pool.join(addrs, deadline).await
+    }
+
+    /// Marks a failed member as left; with `prune`, forgets it at once. Returns whether
+    /// the member was known.
+    pub async fn force_leave(&self, node: &str, prune: bool) -> bool {
+        self.inner.pool.force_leave(node, prune).await
+    }
+
+    /// Runs a keyring operation across the LAN pool. A client agent asks a server to
+    /// run it (as Consul does).
+    pub async fn keyring(
+        &self,
+        op: KeyOperation,
+        deadline: Instant,
+    ) -> Result<KeyringReport, ReadError> {
+        match &self.inner.role {
+            Role::Server { .. } => Ok(self.inner.pool.keyring(op, deadline).await),
+            Role::Client { .. } => {
+                let request = rpc::Request::Keyring {
+                    op,
+                    timeout_ms: rpc::remaining_ms(deadline),
+                };
+                match self.forward(&request, deadline + FORWARD_MARGIN).await? {
+                    rpc::Response::Keyring(r) => Ok(r),
+                    other => Err(ReadError::Rpc(format!("unexpected answer {other:?}"))),
                 }
             }
-            *list = Arc::new(updated);
-        });
+        }
+    }
+
+    /// Runs a keyring operation across the LAN pool from this agent (what a server does
+    /// for a forwarded request).
+    pub(crate) async fn keyring_here(&self, op: KeyOperation, deadline: Instant) -> KeyringReport {
+        self.inner.pool.keyring(op, deadline).await
+    }
+
+    /// This datacenter's view of Raft; a client agent asks a server.
+    pub async fn raft_status(&self, deadline: Instant) -> Result<RaftStatus, ReadError> {
+        match &self.inner.role {
+            Role::Server { consensus, .. } => Ok(consensus.status()),
+            Role::Client { .. } => match self.forward(&rpc::Request::Status, deadline).await? {
+                rpc::Response::Status(s) => Ok(s),
+                other => Err(ReadError::Rpc(format!("unexpected answer {other:?}"))),
+            },
+        }
+    }
+
+    fn consensus(&self) -> Option<&raft::Consensus> {
+        match &self.inner.role {
+            Role::Server { consensus, .. } => Some(consensus),
+            Role::Client { .. } => None,
+        }
+    }
+
+    fn catalog(&self) -> Option<&Catalog> {
+        match &self.inner.role {
+            Role::Server { catalog, .. } => Some(catalog),
+            Role::Client { .. } => None,
+        }
+    }
+
+    /// Leaves the LAN pool gracefully: the other members see this agent as `left`, and
+    /// the leader removes its node from the catalog.
+    pub async fn leave(&self) {
+        self.inner.pool.leave().await;
     }
 
     /// Stops Raft. Call after the shutdown token was cancelled and tasks have stopped.
     pub async fn shutdown(&self) {
-        self.inner.consensus.shutdown().await;
+        if let Some(c) = self.consensus() {
+            c.shutdown().await;
+        }
     }
 }
 
@@ -314,31 +584,31 @@ fn own_node(config: &Config) -> Node {
     }
 }
 
-fn own_member(config: &Config) -> Member {
+/// The tags this agent gossips, as Consul's (`role`, `dc`, `port`, `id`, `build`, …).
+fn member_tags(config: &Config, server_port: u16) -> BTreeMap<String, String> {
     let mut tags = BTreeMap::new();
-    tags.insert("role".to_string(), "consul".to_string());
+    tags.insert(
+        "role".to_string(),
+        if config.server { "consul" } else { "node" }.to_string(),
+    );
     tags.insert("dc".into(), config.datacenter.to_string());
-    tags.insert("port".into(), config.server_port.to_string());
     tags.insert("id".into(), config.node_id.clone());
     tags.insert("vsn".into(), PROTOCOL_VERSION.to_string());
     tags.insert("vsn_min".into(), "2".into());
     tags.insert("vsn_max".into(), "3".into());
-    tags.insert("raft_vsn".into(), "3".into());
     tags.insert("build".into(), format!("{}:proconsul", config.version));
     tags.insert("segment".into(), String::new());
-    tags.insert("wan_join_port".into(), config.serf_wan_port.to_string());
-    if config.bootstrap_expect > 1 {
-        tags.insert("expect".into(), config.bootstrap_expect.to_string());
-    } else {
-        tags.insert("bootstrap".into(), "1".into());
+    if config.server {
+        tags.insert("port".into(), server_port.to_string());
+        tags.insert("raft_vsn".into(), "3".into());
+        tags.insert("wan_join_port".into(), config.serf_wan_port.to_string());
+        if config.bootstrap_expect > 1 {
+            tags.insert("expect".into(), config.bootstrap_expect.to_string());
+        } else if config.bootstrap {
+            tags.insert("bootstrap".into(), "1".into());
+        }
     }
-    Member {
-        name: config.node_name.clone(),
-        addr: config.advertise,
-        port: config.serf_lan_port,
-        tags,
-        status: MemberStatus::Alive,
-    }
+    tags
 }
 
 #[cfg(test)]

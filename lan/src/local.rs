@@ -17,11 +17,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{
-    Answer, Catalog, Check, Command, Deregistration, Health, Node, Query, Registration,
-    SERF_HEALTH_CHECK, Service,
+    Answer, Check, Command, Deregistration, Health, Node, Query, Registration, SERF_HEALTH_CHECK,
+    Service,
 };
 use crate::checks::{CheckKind, Runner};
-use crate::raft::Consensus;
+use crate::{Consistency, Lan, ReadOptions};
 
 /// The most output a check keeps, in bytes, unless its `output_max_size` says otherwise
 /// (Consul's default).
@@ -532,15 +532,13 @@ const SYNC_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs anti-entropy until `shutdown`: after every local change, and every
 /// [`SYNC_INTERVAL`], writes what differs between `local` and the catalog.
-pub(crate) async fn run_sync(
-    local: Local,
-    catalog: Catalog,
-    consensus: Consensus,
-    shutdown: CancellationToken,
-) {
+pub(crate) async fn run_sync(lan: Lan, shutdown: CancellationToken) {
+    let local = lan.local().clone();
+    let mut members = lan.subscribe_members();
+    let mut servers = live_servers(&members.borrow_and_update());
     let mut retry = SYNC_RETRY_MIN;
     loop {
-        if let Err(e) = sync_once(&local, &catalog, &consensus).await {
+        if let Err(e) = sync_once(&local, &lan).await {
             tracing::debug!(error = %e, "anti-entropy sync failed, will retry");
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -550,12 +548,37 @@ pub(crate) async fn run_sync(
             continue;
         }
         retry = SYNC_RETRY_MIN;
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = local.changed() => {}
-            _ = tokio::time::sleep(SYNC_INTERVAL) => {}
+        let next_full = tokio::time::sleep(SYNC_INTERVAL);
+        tokio::pin!(next_full);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = local.changed() => break,
+                _ = &mut next_full => break,
+                changed = members.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    // A server that joins (or this agent rejoining after a leave, which
+                    // removed its node) gets a full sync at once, as Consul's agent does.
+                    let now = live_servers(&members.borrow_and_update());
+                    if now != servers {
+                        servers = now;
+                        break;
+                    }
+                }
+            }
         }
     }
+}
+
+/// The names of the live servers among `members`.
+fn live_servers(members: &[crate::Member]) -> Vec<String> {
+    members
+        .iter()
+        .filter(|m| m.is_server() && m.status == crate::MemberStatus::Alive)
+        .map(|m| m.name.clone())
+        .collect()
 }
 
 fn same_service(a: &Service, b: &Service) -> bool {
@@ -596,33 +619,34 @@ fn same_node(a: &Node, b: &Node) -> bool {
 }
 
 /// One anti-entropy pass.
-async fn sync_once(
-    local: &Local,
-    catalog: &Catalog,
-    consensus: &Consensus,
-) -> Result<(), crate::WriteError> {
+async fn sync_once(local: &Local, lan: &Lan) -> Result<(), SyncError> {
     let node = local.node();
     let services = local.services();
     let checks = local.checks();
-    let (remote_node, remote_services, remote_checks) = catalog.read(|s| {
-        let node_services = match s.query(&Query::NodeServices {
-            node: node.name.clone(),
-        }) {
-            (Answer::NodeServices(ns), _) => ns,
-            _ => None,
-        };
-        let checks = match s.query(&Query::NodeChecks {
-            node: node.name.clone(),
-        }) {
-            (Answer::Checks(c), _) => c,
-            _ => Vec::new(),
-        };
-        match node_services {
-            Some(ns) => (Some(ns.node), ns.services, checks),
-            None => (None, Vec::new(), checks),
-        }
-    });
     let deadline = || Instant::now() + SYNC_WRITE_TIMEOUT;
+    let options = || ReadOptions {
+        consistency: Consistency::Default,
+        min_index: 0,
+        deadline: deadline(),
+    };
+    let by_node = Query::NodeServices {
+        node: node.name.clone(),
+    };
+    let checks_query = Query::NodeChecks {
+        node: node.name.clone(),
+    };
+    let node_services = match lan.read(&by_node, options()).await?.answer {
+        Answer::NodeServices(ns) => ns,
+        _ => None,
+    };
+    let remote_checks = match lan.read(&checks_query, options()).await?.answer {
+        Answer::Checks(c) => c,
+        _ => Vec::new(),
+    };
+    let (remote_node, remote_services) = match node_services {
+        Some(ns) => (Some(ns.node), ns.services),
+        None => (None, Vec::new()),
+    };
     let mut writes = Vec::new();
 
     let node_ok = remote_node.as_ref().is_some_and(|r| same_node(&node, r));
@@ -696,15 +720,24 @@ async fn sync_once(
         }
     }
     for command in writes {
-        match consensus.write(command, deadline()).await {
+        match lan.write(command, deadline()).await {
             Ok(_) => {}
             // A refused command will be refused again; log it and move on so one bad
             // entry does not block the others.
             Err(crate::WriteError::Rejected(e)) => {
                 tracing::warn!(error = %e, "catalog refused an anti-entropy update");
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
+}
+
+/// Why an anti-entropy pass stopped; the next pass retries.
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error(transparent)]
+    Read(#[from] crate::ReadError),
+    #[error(transparent)]
+    Write(#[from] crate::WriteError),
 }

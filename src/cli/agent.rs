@@ -86,6 +86,24 @@ pub struct AgentArgs {
     /// Allows script checks
     #[arg(long = "enable-script-checks", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub enable_script_checks: Option<bool>,
+    /// Gossip encryption key (base64 of 16, 24 or 32 bytes; see `proconsul keygen`)
+    #[arg(long)]
+    pub encrypt: Option<String>,
+    /// Keeps installed gossip keys in memory only
+    #[arg(long = "disable-keyring-file", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub disable_keyring_file: Option<bool>,
+    /// Agent to join at start; failing to join any is fatal (repeatable)
+    #[arg(long)]
+    pub join: Vec<String>,
+    /// Agent to join at start, retried until one answers (repeatable)
+    #[arg(long = "retry-join")]
+    pub retry_join: Vec<String>,
+    /// Time between retry-join attempts (default 30s)
+    #[arg(long = "retry-interval")]
+    pub retry_interval: Option<String>,
+    /// Most retry-join attempts before the agent exits (default 0, no limit)
+    #[arg(long = "retry-max")]
+    pub retry_max: Option<u32>,
     /// Allows script checks from config files only
     #[arg(long = "enable-local-script-checks", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub enable_local_script_checks: Option<bool>,
@@ -124,6 +142,12 @@ impl AgentArgs {
             recursors: (!self.recursor.is_empty()).then(|| self.recursor.clone()),
             enable_script_checks: self.enable_script_checks,
             enable_local_script_checks: self.enable_local_script_checks,
+            encrypt: self.encrypt.clone(),
+            disable_keyring_file: self.disable_keyring_file,
+            start_join: (!self.join.is_empty()).then(|| self.join.clone()),
+            retry_join: (!self.retry_join.is_empty()).then(|| self.retry_join.clone()),
+            retry_interval: self.retry_interval.clone(),
+            retry_max: self.retry_max,
             ports: any_port.then(|| RawPorts {
                 http: self.http_port,
                 dns: self.dns_port,
@@ -184,6 +208,8 @@ pub fn run(args: AgentArgs) -> ExitCode {
 
 async fn serve(config: AgentConfig, gate: Gate) -> ExitCode {
     use tokio::signal::unix::{SignalKind, signal};
+    let leave_on_terminate = config.leave_on_terminate;
+    let leave_on_interrupt = !config.skip_leave_on_interrupt;
     let agent = match Agent::start(config).await {
         Ok(a) => a,
         Err(e) => {
@@ -205,15 +231,15 @@ async fn serve(config: AgentConfig, gate: Gate) -> ExitCode {
         agent.shutdown().await;
         return ExitCode::from(1);
     };
-    loop {
+    let leave = loop {
         tokio::select! {
             _ = int.recv() => {
-                tracing::info!("caught interrupt, leaving gracefully");
-                break;
+                tracing::info!(leave = leave_on_interrupt, "caught interrupt, stopping");
+                break leave_on_interrupt;
             }
             _ = term.recv() => {
-                tracing::info!("caught terminate, leaving gracefully");
-                break;
+                tracing::info!(leave = leave_on_terminate, "caught terminate, stopping");
+                break leave_on_terminate;
             }
             _ = hup.recv() => {
                 tracing::info!("caught hangup, reloading configuration");
@@ -221,10 +247,15 @@ async fn serve(config: AgentConfig, gate: Gate) -> ExitCode {
                     tracing::error!(error = %e, "reload failed");
                 }
             }
-            _ = agent.left() => break,
+            _ = agent.left() => break false,
+            _ = agent.failed() => {
+                agent.stop(false).await;
+                return ExitCode::from(1);
+            }
         }
-    }
-    agent.shutdown().await;
+    };
+    // After an API leave the agent has left already.
+    agent.stop(leave).await;
     ExitCode::SUCCESS
 }
 

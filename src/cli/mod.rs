@@ -13,6 +13,7 @@
 
 mod agent;
 mod catalog;
+mod gossip;
 mod members;
 
 use std::ffi::OsString;
@@ -43,6 +44,15 @@ pub enum Command {
         #[command(subcommand)]
         command: catalog::CatalogCommand,
     },
+    /// Forces a member of the cluster into the left state
+    #[command(name = "force-leave")]
+    ForceLeave(gossip::ForceLeaveArgs),
+    /// Tells the agent to join a cluster
+    Join(gossip::JoinArgs),
+    /// Generates a new gossip encryption key
+    Keygen,
+    /// Manages gossip encryption keys
+    Keyring(gossip::KeyringArgs),
     /// Gracefully leaves the cluster and shuts the agent down
     Leave(ClientArgs),
     /// Lists the members of the datacenter
@@ -136,6 +146,10 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
         Command::Validate(args) => validate(args),
         Command::Members(args) => client_command(|| members::run(args)),
         Command::Catalog { command } => client_command(|| catalog::run(command)),
+        Command::Join(args) => client_command(|| gossip::join(args)),
+        Command::ForceLeave(args) => client_command(|| gossip::force_leave(args)),
+        Command::Keygen => gossip::keygen(),
+        Command::Keyring(args) => client_command(|| gossip::keyring(args)),
         Command::Leave(args) => client_command(|| async move {
             args.client()?.put("/v1/agent/leave", None).await?;
             println!("Graceful leave complete");

@@ -18,6 +18,7 @@ use api::definition::{self, Style};
 use api::dns::Name;
 use api::dns::{DnsConfig, RecursorStrategy, Soa};
 use lan::catalog::Service;
+use lan::keyring::Key;
 use lan::{CheckDefinition, Datacenter};
 use raw::RawConfig;
 
@@ -151,9 +152,36 @@ pub struct AgentConfig {
     pub services: Vec<(Service, Vec<CheckDefinition>)>,
     /// Node-level checks from config files.
     pub checks: Vec<CheckDefinition>,
+    /// The gossip key from `encrypt`, if given.
+    pub encrypt: Option<Key>,
+    /// Refuse plaintext gossip once encryption is on.
+    pub encrypt_verify_incoming: bool,
+    /// Send encrypted gossip once encryption is on.
+    pub encrypt_verify_outgoing: bool,
+    /// Keep installed keys in memory only (no `serf/local.keyring`).
+    pub disable_keyring_file: bool,
+    /// Agents to join at start (`start_join`, `-join`); failing to join any is fatal.
+    pub start_join: Vec<String>,
+    /// Agents to join at start, trying again until one answers (`retry_join`).
+    pub retry_join: Vec<String>,
+    /// Time between `retry_join` attempts.
+    pub retry_interval: Duration,
+    /// Most `retry_join` attempts before the agent gives up and exits (0 = no limit).
+    pub retry_max: u32,
+    /// How long a failed member is kept before it is forgotten and deregistered.
+    pub reconnect_timeout: Duration,
+    /// Leave the pool on SIGTERM (Consul's default: clients do, servers do not).
+    pub leave_on_terminate: bool,
+    /// Do not leave the pool on SIGINT (Consul's default: servers do not, clients do).
+    pub skip_leave_on_interrupt: bool,
+    /// LAN gossip timers: memberlist's LAN defaults, or shorter ones with `-dev`.
+    pub gossip_lan: lan::gossip::Config,
     /// The sources, for a reload.
     pub sources: Sources,
 }
+
+/// The shortest `reconnect_timeout` Consul accepts.
+pub const MIN_RECONNECT_TIMEOUT: Duration = Duration::from_secs(8 * 3600);
 
 /// Where the configuration is read from, kept for reloads.
 #[derive(Debug, Clone, Default)]
@@ -428,6 +456,21 @@ fn check_layer(
             ));
         }
     }
+    if let Some(key) = &r.encrypt
+        && let Err(e) = Key::parse(key)
+    {
+        problems.push(problem(
+            o,
+            "encrypt",
+            format!("Failed to configure keyring: {e}"),
+        ));
+    }
+    duration(o, "retry_interval", &r.retry_interval, problems);
+    if let Some(d) = duration(o, "reconnect_timeout", &r.reconnect_timeout, problems)
+        && d < MIN_RECONNECT_TIMEOUT
+    {
+        problems.push(problem(o, "reconnect_timeout", "must be at least 8h"));
+    }
     if let Some(d) = &r.dns_config {
         duration(o, "dns_config.max_stale", &d.max_stale, problems);
         duration(o, "dns_config.node_ttl", &d.node_ttl, problems);
@@ -574,9 +617,6 @@ impl AgentConfig {
         let server = m.server.unwrap_or(false);
         let bootstrap_expect = m.bootstrap_expect.unwrap_or(0);
         let bootstrap = m.bootstrap.unwrap_or(false) || bootstrap_expect == 1;
-        if !server {
-            problems.push(problem(None, "server", "client agents join servers through LAN gossip, which this version does not have yet: run a server (-server -bootstrap-expect=1) or -dev"));
-        }
         if m.bootstrap.unwrap_or(false) && bootstrap_expect > 0 {
             problems.push(problem(
                 None,
@@ -585,10 +625,17 @@ impl AgentConfig {
             ));
         }
         if bootstrap_expect > 1 {
-            problems.push(problem(None, "bootstrap_expect", format!("{bootstrap_expect} servers need LAN gossip to find each other, which this version does not have yet: use bootstrap_expect = 1")));
+            problems.push(problem(None, "bootstrap_expect", format!("{bootstrap_expect} servers need several servers per datacenter, which this version does not have yet: use bootstrap_expect = 1 and join client agents to it")));
         }
         if server && !bootstrap && bootstrap_expect == 0 {
-            problems.push(problem(None, "bootstrap_expect", "a server needs -bootstrap-expect=1 (or -bootstrap) to elect itself: there are no other servers to join in this version"));
+            problems.push(problem(None, "bootstrap_expect", "a server needs -bootstrap-expect=1 (or -bootstrap) to elect itself: joining a server to another server's Raft is not in this version"));
+        }
+        if !server && (bootstrap || bootstrap_expect > 0) {
+            problems.push(problem(
+                None,
+                "bootstrap_expect",
+                "bootstrap and bootstrap_expect are only for servers (add -server)",
+            ));
         }
         if !sources.dev && m.data_dir.as_deref().unwrap_or("").is_empty() {
             problems.push(problem(
@@ -751,6 +798,22 @@ impl AgentConfig {
             dns,
             services,
             checks,
+            encrypt: m.encrypt.as_deref().and_then(|k| Key::parse(k).ok()),
+            encrypt_verify_incoming: m.encrypt_verify_incoming.unwrap_or(true),
+            encrypt_verify_outgoing: m.encrypt_verify_outgoing.unwrap_or(true),
+            disable_keyring_file: m.disable_keyring_file.unwrap_or(false) || sources.dev,
+            start_join: m.start_join.clone().unwrap_or_default(),
+            retry_join: m.retry_join.clone().unwrap_or_default(),
+            retry_interval: d(&m.retry_interval).unwrap_or(Duration::from_secs(30)),
+            retry_max: m.retry_max.unwrap_or(0),
+            reconnect_timeout: d(&m.reconnect_timeout).unwrap_or(Duration::from_secs(72 * 3600)),
+            leave_on_terminate: m.leave_on_terminate.unwrap_or(!server),
+            skip_leave_on_interrupt: m.skip_leave_on_interrupt.unwrap_or(server),
+            gossip_lan: if sources.dev {
+                lan::gossip::Config::local()
+            } else {
+                lan::gossip::Config::lan()
+            },
             sources,
         })
     }
@@ -832,10 +895,68 @@ mod tests {
                 origin: Origin::Defaults,
                 raw: dev_layer(),
             },
-            layer(r#"{"encrypt": "abc"}"#),
+            layer(r#"{"retry_join_wan": ["10.0.0.1"]}"#),
         ];
         let e = AgentConfig::from_layers(&layers, dev_sources()).unwrap_err();
-        assert!(e.to_string().contains("encrypt: not supported"), "{e}");
+        assert!(
+            e.to_string().contains("retry_join_wan: not supported"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn gossip_settings_are_read_and_checked() {
+        let key = Key::generate().to_base64();
+        let text = format!(
+            r#"{{"encrypt": "{key}", "encrypt_verify_incoming": false, "retry_join": ["10.0.0.1"], "start_join": ["10.0.0.2:8301"], "retry_interval": "5s", "retry_max": 3}}"#
+        );
+        let layers = vec![
+            Layer {
+                origin: Origin::Defaults,
+                raw: dev_layer(),
+            },
+            layer(&text),
+        ];
+        let c = AgentConfig::from_layers(&layers, dev_sources()).unwrap();
+        assert_eq!(c.encrypt.as_ref().map(Key::to_base64), Some(key));
+        assert!(!c.encrypt_verify_incoming);
+        assert!(c.encrypt_verify_outgoing);
+        assert_eq!(c.retry_join, ["10.0.0.1"]);
+        assert_eq!(c.start_join, ["10.0.0.2:8301"]);
+        assert_eq!(c.retry_interval, Duration::from_secs(5));
+        assert_eq!(c.retry_max, 3);
+        let layers = vec![
+            Layer {
+                origin: Origin::Defaults,
+                raw: dev_layer(),
+            },
+            layer(r#"{"encrypt": "AAAA", "reconnect_timeout": "1h"}"#),
+        ];
+        let e = AgentConfig::from_layers(&layers, dev_sources()).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains(
+                "encrypt: Failed to configure keyring: key size must be 16, 24 or 32 bytes"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("reconnect_timeout: must be at least 8h"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_client_agent_needs_a_data_dir_but_no_bootstrap() {
+        let c = AgentConfig::from_layers(&[layer(r#"{"data_dir": "/tmp/x"}"#)], Sources::default())
+            .unwrap();
+        assert!(!c.server);
+        let e = AgentConfig::from_layers(
+            &[layer(r#"{"data_dir": "/tmp/x", "bootstrap_expect": 1}"#)],
+            Sources::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("only for servers"), "{e}");
     }
 
     #[test]

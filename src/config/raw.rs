@@ -88,14 +88,18 @@ pub struct RawConfig {
     pub services: Option<Vec<Value>>,
     pub check: Option<Value>,
     pub checks: Option<Vec<Value>>,
+    pub encrypt: Option<String>,
+    pub encrypt_verify_incoming: Option<bool>,
+    pub encrypt_verify_outgoing: Option<bool>,
+    pub disable_keyring_file: Option<bool>,
+    pub retry_join: Option<Vec<String>>,
+    pub start_join: Option<Vec<String>>,
+    pub retry_interval: Option<String>,
+    pub retry_max: Option<u32>,
+    pub reconnect_timeout: Option<String>,
 
     // Keys of Consul features this version does not have. They are accepted by the
     // parser only so that validation can say so plainly instead of "unknown key".
-    pub encrypt: Option<Value>,
-    pub encrypt_verify_incoming: Option<Value>,
-    pub encrypt_verify_outgoing: Option<Value>,
-    pub retry_join: Option<Value>,
-    pub start_join: Option<Value>,
     pub retry_join_wan: Option<Value>,
     pub start_join_wan: Option<Value>,
     pub acl: Option<Value>,
@@ -115,26 +119,6 @@ pub struct RawConfig {
 
 /// The keys above that name features proconsul lacks, with what to say about them.
 pub const UNSUPPORTED: &[(&str, &str)] = &[
-    (
-        "encrypt",
-        "gossip encryption needs LAN gossip, which this version does not have",
-    ),
-    (
-        "encrypt_verify_incoming",
-        "gossip encryption needs LAN gossip, which this version does not have",
-    ),
-    (
-        "encrypt_verify_outgoing",
-        "gossip encryption needs LAN gossip, which this version does not have",
-    ),
-    (
-        "retry_join",
-        "joining other agents needs LAN gossip, which this version does not have",
-    ),
-    (
-        "start_join",
-        "joining other agents needs LAN gossip, which this version does not have",
-    ),
     ("retry_join_wan", "WAN federation is not in this version"),
     ("start_join_wan", "WAN federation is not in this version"),
     ("acl", "ACLs are not supported by proconsul"),
@@ -166,11 +150,6 @@ impl RawConfig {
                 .is_some_and(|v| !v.is_null() && *v != Value::Bool(false))
         };
         let values = [
-            &self.encrypt,
-            &self.encrypt_verify_incoming,
-            &self.encrypt_verify_outgoing,
-            &self.retry_join,
-            &self.start_join,
             &self.retry_join_wan,
             &self.start_join_wan,
             &self.acl,
@@ -289,8 +268,12 @@ impl RawConfig {
         scalar(&mut self.encrypt, l.encrypt);
         scalar(&mut self.encrypt_verify_incoming, l.encrypt_verify_incoming);
         scalar(&mut self.encrypt_verify_outgoing, l.encrypt_verify_outgoing);
-        scalar(&mut self.retry_join, l.retry_join);
-        scalar(&mut self.start_join, l.start_join);
+        scalar(&mut self.disable_keyring_file, l.disable_keyring_file);
+        list(&mut self.retry_join, l.retry_join);
+        list(&mut self.start_join, l.start_join);
+        scalar(&mut self.retry_interval, l.retry_interval);
+        scalar(&mut self.retry_max, l.retry_max);
+        scalar(&mut self.reconnect_timeout, l.reconnect_timeout);
         scalar(&mut self.retry_join_wan, l.retry_join_wan);
         scalar(&mut self.start_join_wan, l.start_join_wan);
         scalar(&mut self.acl, l.acl);

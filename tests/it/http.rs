@@ -19,7 +19,8 @@ fn ids(entries: &Value, key: &str) -> Vec<String> {
 async fn dev_agent_registers_itself_and_elects_a_leader() {
     let a = TestAgent::dev().await;
     let leader = a.json("/v1/status/leader").await;
-    assert!(leader.as_str().unwrap().ends_with(":8300"), "{leader}");
+    let server = a.agent.lan().server_addr().unwrap();
+    assert_eq!(leader, json!(server.to_string()));
     assert_eq!(a.json("/v1/status/peers").await, json!([leader]));
     assert_eq!(a.json("/v1/catalog/datacenters").await, json!(["dc1"]));
 
@@ -35,7 +36,7 @@ async fn dev_agent_registers_itself_and_elects_a_leader() {
     assert_eq!(nodes[0]["TaggedAddresses"]["lan"], "127.0.0.1");
 
     let consul = a.json("/v1/health/service/consul").await;
-    assert_eq!(consul[0]["Service"]["Port"], 8300);
+    assert_eq!(consul[0]["Service"]["Port"], server.port());
     let check = &consul[0]["Checks"][0];
     assert_eq!(check["CheckID"], "serfHealth");
     assert_eq!(check["Status"], "passing");

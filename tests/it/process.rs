@@ -13,6 +13,8 @@ fn dev_agent(extra: &[&str]) -> (Proc, String, String) {
         "agent",
         "-dev",
         "-http-port=0",
+        "-server-port=0",
+        "-serf-lan-port=0",
         "-dns-port",
         "0",
         "-node=proc-node",
@@ -268,7 +270,12 @@ print(json.dumps(out))
     let (code, out, err) = text(&output);
     assert_eq!(code, 0, "python-consul failed:\n{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    assert!(v["leader"].as_str().unwrap().ends_with(":8300"), "{v}");
+    // The server port was chosen by the OS (-server-port=0): the leader is this agent.
+    assert!(
+        v["leader"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{v}"
+    );
+    assert_eq!(v["peers"][0], v["leader"]);
     assert_eq!(v["peers"].as_array().unwrap().len(), 1);
     assert_eq!(v["register"], true);
     assert_eq!(v["check_pass"], true);
@@ -390,6 +397,8 @@ fn the_agent_refuses_to_guess_between_private_addresses() {
                     "-bootstrap-expect=1",
                     &data,
                     "-http-port=0",
+                    "-server-port=0",
+                    "-serf-lan-port=0",
                     "-dns-port=0",
                 ])
                 .output()
@@ -430,6 +439,8 @@ fn a_single_private_address_is_chosen_and_the_node_id_kept() {
                         "-bootstrap-expect=1",
                         &data,
                         "-http-port=0",
+                        "-server-port=0",
+                        "-serf-lan-port=0",
                         "-dns-port=0",
                         "-node=ns-node",
                     ],
@@ -535,6 +546,8 @@ fn acknowledged_writes_survive_kill_9() {
         "-bind=127.0.0.1",
         &data_arg,
         "-http-port=0",
+        "-server-port=0",
+        "-serf-lan-port=0",
         "-dns-port=0",
         "-node=durable",
         "-log-level=info",

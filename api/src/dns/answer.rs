@@ -36,6 +36,33 @@ pub(crate) enum Outcome {
     Recurse,
     /// Send nothing (a response, not a query).
     Drop,
+    /// The answer needs a read this agent cannot make from a local copy (a client agent
+    /// asks a server): make it, then call [`Responder::respond_fetched`].
+    Fetch {
+        /// The datacenter named in the question.
+        dc: Option<String>,
+        /// The read.
+        query: Query,
+    },
+}
+
+/// The result of a read made for a request whose answer needed it.
+#[derive(Debug)]
+pub(crate) struct Fetched {
+    /// The datacenter it was made in.
+    pub(crate) dc: Option<String>,
+    /// The read.
+    pub(crate) query: Query,
+    /// What it returned.
+    pub(crate) result: Result<(Answer, u64), RouteError>,
+}
+
+/// The reads available while one request is answered.
+struct Reads {
+    /// A read made beforehand (second pass of a request that needed one).
+    fetched: Option<Fetched>,
+    /// The read the request needs and that is not available here (first pass).
+    needed: std::cell::RefCell<Option<(Option<String>, Query)>>,
 }
 
 /// Largest UDP payload we send, whatever the client's EDNS says (Consul's cap).
@@ -194,8 +221,57 @@ impl Responder {
         &self.config
     }
 
-    /// Answers a decoded request.
+    /// Answers a decoded request from the local catalog copy, or says which read it
+    /// needs first ([`Outcome::Fetch`]).
     pub(crate) fn respond(&self, request: &Message, transport: Transport) -> Outcome {
+        let reads = Reads {
+            fetched: None,
+            needed: std::cell::RefCell::new(None),
+        };
+        self.respond_with(request, transport, &reads)
+    }
+
+    /// Answers a decoded request with the read [`Outcome::Fetch`] asked for.
+    pub(crate) fn respond_fetched(
+        &self,
+        request: &Message,
+        transport: Transport,
+        fetched: Fetched,
+    ) -> Outcome {
+        let reads = Reads {
+            fetched: Some(fetched),
+            needed: std::cell::RefCell::new(None),
+        };
+        self.respond_with(request, transport, &reads)
+    }
+
+    /// Reads `query` in `dc`: the fetched result when it is the one, else the local
+    /// copy. A read that is neither is recorded in `reads.needed` (first pass only).
+    fn read(
+        &self,
+        reads: &Reads,
+        dc: Option<&str>,
+        query: &Query,
+    ) -> Result<(Answer, u64), RouteError> {
+        if let Some(f) = &reads.fetched
+            && f.dc.as_deref() == dc
+            && f.query == *query
+        {
+            return f.result.clone();
+        }
+        match self.gateway.read_stale(dc, query) {
+            Ok(Some(found)) => Ok(found),
+            Ok(None) => {
+                if reads.fetched.is_none() {
+                    *reads.needed.borrow_mut() = Some((dc.map(str::to_owned), query.clone()));
+                }
+                Err(RouteError::Read(lan::ReadError::NoServers))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn respond_with(&self, request: &Message, transport: Transport, reads: &Reads) -> Outcome {
         if request.metadata.message_type != MessageType::Query {
             return Outcome::Drop;
         }
@@ -224,9 +300,13 @@ impl Responder {
         let sections = if in_domain {
             response.metadata.authoritative = true;
             let below = &labels[..labels.len().saturating_sub(self.domain_labels)];
-            self.in_domain(qname, qtype, below)
+            self.in_domain(reads, qname, qtype, below)
         } else if let Some(ip) = parse_reverse(&labels) {
-            match self.reverse(qname, ip) {
+            let found = self.reverse(reads, qname, ip);
+            if let Some((dc, query)) = reads.needed.borrow_mut().take() {
+                return Outcome::Fetch { dc, query };
+            }
+            match found {
                 Some(sections) => {
                     response.metadata.authoritative = true;
                     sections
@@ -242,6 +322,9 @@ impl Responder {
         } else {
             Sections::code(ResponseCode::Refused)
         };
+        if let Some((dc, query)) = reads.needed.borrow_mut().take() {
+            return Outcome::Fetch { dc, query };
+        }
         match self.finish(&mut response, request, sections, qtype, transport) {
             Some(bytes) => Outcome::Reply(bytes),
             None => {
@@ -256,16 +339,22 @@ impl Responder {
         }
     }
 
-    fn in_domain(&self, qname: &Name, qtype: RecordType, below: &[String]) -> Sections {
+    fn in_domain(
+        &self,
+        reads: &Reads,
+        qname: &Name,
+        qtype: RecordType,
+        below: &[String],
+    ) -> Sections {
         match qtype {
             RecordType::AXFR | RecordType::IXFR => return Sections::code(ResponseCode::NotImp),
             RecordType::SOA => {
                 return Sections {
                     answers: vec![self.soa()],
-                    ..self.ns_sections(true)
+                    ..self.ns_sections(reads, true)
                 };
             }
-            RecordType::NS => return self.ns_sections(false),
+            RecordType::NS => return self.ns_sections(reads, false),
             _ => {}
         }
         match parse(below, qtype == RecordType::SRV) {
@@ -273,9 +362,9 @@ impl Responder {
             // Prepared queries are not stored by this version, so none is ever found.
             Lookup::PreparedQuery { .. } => Sections::nxdomain(),
             Lookup::Addr(ip) => self.addr(qname, qtype, ip),
-            Lookup::Node { name, dc } => self.node(qname, qtype, &name, dc.as_deref()),
+            Lookup::Node { name, dc } => self.node(reads, qname, qtype, &name, dc.as_deref()),
             Lookup::Service { name, tag, dc } => {
-                self.service(qname, qtype, &name, tag, dc.as_deref())
+                self.service(reads, qname, qtype, &name, tag, dc.as_deref())
             }
         }
     }
@@ -304,14 +393,14 @@ impl Responder {
 
     /// NS records for up to three servers of this datacenter, with glue; in the
     /// authority section when `authority` (the SOA answer), else as the answer.
-    fn ns_sections(&self, authority: bool) -> Sections {
+    fn ns_sections(&self, reads: &Reads, authority: bool) -> Sections {
         let query = Query::ServiceHealth {
             service: "consul".into(),
             tags: vec![],
             passing_only: false,
             node_meta: vec![],
         };
-        let mut servers = match self.gateway.read_stale(None, &query) {
+        let mut servers = match self.read(reads, None, &query) {
             Ok((Answer::ServiceHealth(list), _)) => list,
             _ => Vec::new(),
         };
@@ -371,9 +460,16 @@ impl Responder {
         }
     }
 
-    fn node(&self, qname: &Name, qtype: RecordType, name: &str, dc: Option<&str>) -> Sections {
+    fn node(
+        &self,
+        reads: &Reads,
+        qname: &Name,
+        qtype: RecordType,
+        name: &str,
+        dc: Option<&str>,
+    ) -> Sections {
         let query = Query::NodeServices { node: name.into() };
-        let node = match self.gateway.read_stale(dc, &query) {
+        let node = match self.read(reads, dc, &query) {
             Ok((Answer::NodeServices(Some(ns)), _)) => ns.node,
             Ok(_) => return Sections::nxdomain(),
             Err(e) => return route_error(e),
@@ -443,6 +539,7 @@ impl Responder {
     /// The records of a service lookup, from the cache while the catalog is unchanged.
     fn prepared(
         &self,
+        reads: &Reads,
         name: &str,
         tag: Option<String>,
         dc: Option<&str>,
@@ -464,7 +561,7 @@ impl Responder {
             passing_only: false,
             node_meta: vec![],
         };
-        let instances = match self.gateway.read_stale(dc, &query) {
+        let instances = match self.read(reads, dc, &query) {
             Ok((Answer::ServiceHealth(list), _)) => list,
             Ok(_) => Vec::new(),
             Err(e) => return Err(route_error(e)),
@@ -564,13 +661,14 @@ impl Responder {
 
     fn service(
         &self,
+        reads: &Reads,
         qname: &Name,
         qtype: RecordType,
         name: &str,
         tag: Option<String>,
         dc: Option<&str>,
     ) -> Sections {
-        let prepared = match self.prepared(name, tag, dc) {
+        let prepared = match self.prepared(reads, name, tag, dc) {
             Ok(p) => p,
             Err(sections) => return sections,
         };
@@ -628,12 +726,12 @@ impl Responder {
         }
     }
 
-    fn reverse(&self, qname: &Name, ip: IpAddr) -> Option<Sections> {
+    fn reverse(&self, reads: &Reads, qname: &Name, ip: IpAddr) -> Option<Sections> {
         let query = Query::Address {
             address: ip.to_string(),
         };
         let dc = self.gateway.local_datacenter().to_string();
-        let (nodes, services) = match self.gateway.read_stale(None, &query) {
+        let (nodes, services) = match self.read(reads, None, &query) {
             Ok((Answer::Address(nodes, services), _)) => (nodes, services),
             _ => return None,
         };

@@ -40,6 +40,11 @@ pub use hickory_proto::rr::Name;
 
 /// Most forwarded (recursive) queries in flight at once; more get SERVFAIL at once.
 pub const MAX_RECURSIONS: usize = 256;
+/// Most questions at once whose answer needs a read from a server (on a client agent);
+/// more get SERVFAIL at once.
+pub const MAX_FETCHES: usize = 256;
+/// Budget of the read behind such a question.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most DNS-over-TCP connections open at once; more wait in the kernel's backlog.
 pub const MAX_TCP_CONNECTIONS: usize = 256;
 /// A TCP connection with no complete query, or whose answer is not read, for this long
@@ -136,7 +141,9 @@ pub struct Bound {
 
 struct Server {
     responder: Responder,
+    gateway: Gateway,
     recursions: Arc<Semaphore>,
+    fetches: Arc<Semaphore>,
     tasks: TaskTracker,
 }
 
@@ -176,6 +183,8 @@ enum Handled {
     Nothing,
     /// Forward this request to the recursors.
     Recurse(Box<Message>),
+    /// Make this read, then answer.
+    Fetch(Box<(Message, Option<String>, lan::catalog::Query)>),
 }
 
 fn encode(message: &Message) -> Option<Vec<u8>> {
@@ -196,6 +205,7 @@ impl Server {
                 Outcome::Reply(bytes) => Handled::Reply(bytes),
                 Outcome::Drop => Handled::Nothing,
                 Outcome::Recurse => Handled::Recurse(Box::new(request)),
+                Outcome::Fetch { dc, query } => Handled::Fetch(Box::new((request, dc, query))),
             },
             Decoded::FormErr(m) => match encode(&m) {
                 Some(bytes) => Handled::Reply(bytes),
@@ -219,6 +229,31 @@ impl Server {
                 reply.queries = request.queries.clone();
                 encode(&reply)
             })
+    }
+
+    /// Makes the read a request needs (bounded by [`FETCH_TIMEOUT`]), then answers it.
+    async fn fetch(
+        &self,
+        request: &Message,
+        dc: Option<String>,
+        query: lan::catalog::Query,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
+        let options = lan::ReadOptions {
+            consistency: lan::Consistency::Stale,
+            min_index: 0,
+            deadline: tokio::time::Instant::now() + FETCH_TIMEOUT,
+        };
+        let result = self
+            .gateway
+            .read(dc.as_deref(), &query, options)
+            .await
+            .map(|r| (r.answer, r.index));
+        let fetched = answer::Fetched { dc, query, result };
+        match self.responder.respond_fetched(request, transport, fetched) {
+            Outcome::Reply(bytes) => Some(bytes),
+            _ => Server::servfail(request),
+        }
     }
 
     fn servfail(request: &Message) -> Option<Vec<u8>> {
@@ -294,8 +329,10 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> io::Result<Bound> {
     let server = Arc::new(Server {
-        responder: Responder::new(gateway, config),
+        responder: Responder::new(gateway.clone(), config),
+        gateway,
         recursions: Arc::new(Semaphore::new(MAX_RECURSIONS)),
+        fetches: Arc::new(Semaphore::new(MAX_FETCHES)),
         tasks: tasks.clone(),
     });
     let mut bound = Bound {
@@ -386,6 +423,29 @@ fn serve_udp(
                 };
                 server.tasks.spawn_on(forward, &runtime);
             }
+            Handled::Fetch(work) => {
+                let Ok(permit) = server.fetches.clone().try_acquire_owned() else {
+                    if let Some(reply) = Server::servfail(&work.0) {
+                        let _ = socket.send_to(&reply, peer);
+                    }
+                    continue;
+                };
+                let (server2, socket2) = (server.clone(), socket.clone());
+                let stop = shutdown.clone();
+                let fetch = async move {
+                    let _permit = permit;
+                    let (request, dc, query) = *work;
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        reply = server2.fetch(&request, dc, query, Transport::Udp) => {
+                            if let Some(reply) = reply {
+                                let _ = socket2.send_to(&reply, peer);
+                            }
+                        }
+                    }
+                };
+                server.tasks.spawn_on(fetch, &runtime);
+            }
         }
     }
 }
@@ -445,6 +505,13 @@ async fn serve_tcp_connection(mut stream: TcpStream, server: &Server) -> io::Res
             Handled::Recurse(request) => match server.recursions.clone().try_acquire_owned() {
                 Ok(_permit) => server.recurse(&request, Transport::Tcp).await,
                 Err(_) => Server::servfail(&request),
+            },
+            Handled::Fetch(work) => match server.fetches.clone().try_acquire_owned() {
+                Ok(_permit) => {
+                    let (request, dc, query) = *work;
+                    server.fetch(&request, dc, query, Transport::Tcp).await
+                }
+                Err(_) => Server::servfail(&work.0),
             },
         };
         let Some(reply) = reply else {

@@ -37,7 +37,14 @@ fn empty_ok() -> Response {
 pub(crate) async fn self_info(State(ctx): State<Context>, RawQuery(q): RawQuery) -> Response {
     let params = Params::parse(q.as_deref());
     let info = &ctx.agent;
-    let raft = ctx.gateway.raft_status(None).ok();
+    let raft = if ctx.lan.is_server() {
+        ctx.gateway
+            .raft_status(None, tokio::time::Instant::now() + super::REQUEST_TIMEOUT)
+            .await
+            .ok()
+    } else {
+        None
+    };
     let members = ctx.lan.members();
     let me = members.iter().find(|m| m.name == info.node_name);
     let local = ctx.lan.local();
@@ -98,9 +105,7 @@ pub(crate) async fn members(
     params.refuse_unsupported()?;
     // Consul treats any non-empty value of `wan` as true, even "0".
     if params.get("wan").is_some_and(|v| !v.is_empty()) {
-        return Err(ApiError::BadRequest(
-            "this version of proconsul has no WAN pool: federation between datacenters is not available yet".into(),
-        ));
+        return Err(no_wan());
     }
     let members = ctx.lan.members();
     let list: Vec<_> = members.iter().map(super::json::member).collect();
@@ -287,7 +292,7 @@ pub(crate) async fn check_update(
 
 pub(crate) async fn leave(State(ctx): State<Context>) -> Response {
     tracing::info!("graceful leave requested through the HTTP API");
-    ctx.lan.leave();
+    ctx.lan.leave().await;
     ctx.control.leave.cancel();
     empty_ok()
 }
@@ -305,5 +310,57 @@ pub(crate) async fn reload(State(ctx): State<Context>) -> Result<Response, ApiEr
         Err(_) => Err(ApiError::Internal(
             "timed out waiting for the reload".into(),
         )),
+    }
+}
+
+fn no_wan() -> ApiError {
+    ApiError::BadRequest(
+        "this version of proconsul has no WAN pool: federation between datacenters is not available yet".into(),
+    )
+}
+
+/// How long a join waits for the other agent.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `PUT /v1/agent/join/:address`: joins the LAN pool of the agent there.
+pub(crate) async fn join(
+    State(ctx): State<Context>,
+    Path(addr): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref());
+    if params.get("wan").is_some_and(|v| !v.is_empty()) {
+        return Err(no_wan());
+    }
+    let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+    let results = ctx.lan.join(std::slice::from_ref(&addr), deadline).await;
+    match results.into_iter().next() {
+        Some(Ok(())) => Ok(empty_ok()),
+        Some(Err(e)) => Err(ApiError::Internal(format!(
+            "1 error occurred:\n\t* Failed to join {addr}: {e}\n\n"
+        ))),
+        None => Err(ApiError::Internal("nothing to join".into())),
+    }
+}
+
+/// `PUT /v1/agent/force-leave/:node[?prune]`: marks a failed member left, or with
+/// `prune` forgets it at once.
+pub(crate) async fn force_leave(
+    State(ctx): State<Context>,
+    Path(node): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref());
+    if params.get("wan").is_some_and(|v| !v.is_empty()) {
+        return Err(no_wan());
+    }
+    let prune = params.get("prune").is_some();
+    if ctx.lan.force_leave(&node, prune).await {
+        Ok(empty_ok())
+    } else {
+        // Consul's serf answers a force-leave of an unknown node with this text.
+        Err(ApiError::Internal(format!(
+            "agent: No node found with name '{node}'"
+        )))
     }
 }

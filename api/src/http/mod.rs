@@ -9,6 +9,7 @@ mod agent;
 mod catalog;
 mod health;
 pub(crate) mod json;
+mod keyring;
 mod status;
 
 use std::io;
@@ -373,6 +374,15 @@ pub(crate) fn router(ctx: Context) -> Router {
         .route("/v1/agent/check/fail/{id}", put(agent::check_fail))
         .route("/v1/agent/check/update/{id}", put(agent::check_update))
         .route("/v1/agent/leave", put(agent::leave))
+        .route("/v1/agent/join/{addr}", put(agent::join))
+        .route("/v1/agent/force-leave/{node}", put(agent::force_leave))
+        .route(
+            "/v1/operator/keyring",
+            get(keyring::list)
+                .post(keyring::install)
+                .put(keyring::use_key)
+                .delete(keyring::remove),
+        )
         .route("/v1/agent/reload", put(agent::reload))
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))

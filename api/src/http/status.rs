@@ -3,7 +3,9 @@
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 
-use super::{ApiError, Params, json};
+use tokio::time::Instant;
+
+use super::{ApiError, Params, REQUEST_TIMEOUT, json};
 use crate::Context;
 
 pub(crate) async fn leader(
@@ -11,7 +13,10 @@ pub(crate) async fn leader(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(q.as_deref());
-    let status = ctx.gateway.raft_status(params.dc())?;
+    let status = ctx
+        .gateway
+        .raft_status(params.dc(), Instant::now() + REQUEST_TIMEOUT)
+        .await?;
     Ok(json(&status.leader.unwrap_or_default(), params.pretty()))
 }
 
@@ -20,6 +25,9 @@ pub(crate) async fn peers(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(q.as_deref());
-    let status = ctx.gateway.raft_status(params.dc())?;
+    let status = ctx
+        .gateway
+        .raft_status(params.dc(), Instant::now() + REQUEST_TIMEOUT)
+        .await?;
     Ok(json(&status.peers, params.pretty()))
 }

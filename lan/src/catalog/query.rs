@@ -69,7 +69,7 @@ pub enum Query {
 }
 
 /// The answer to a [`Query`], variant for variant.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Answer {
     /// For [`Query::Nodes`].
     Nodes(Vec<Node>),

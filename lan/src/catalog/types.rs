@@ -272,7 +272,7 @@ pub fn validate_meta(meta: &BTreeMap<String, String>) -> Result<(), String> {
 pub const SERF_HEALTH_CHECK: &str = "serfHealth";
 
 /// A node with one of its service instances (`/v1/catalog/service/:name`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceNode {
     /// The node.
     pub node: Node,
@@ -281,7 +281,7 @@ pub struct ServiceNode {
 }
 
 /// A service instance with its node and every check that covers it (node checks and its own).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceHealth {
     /// The node.
     pub node: Node,
@@ -303,7 +303,7 @@ impl ServiceHealth {
 }
 
 /// A node with all of its service instances (`/v1/catalog/node/:node`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeServices {
     /// The node.
     pub node: Node,

@@ -105,7 +105,7 @@ pub enum Consistency {
 }
 
 /// Why a catalog write failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum WriteError {
     /// No leader is known; retry later or report to the user (Consul's text).
     #[error("No cluster leader")]
@@ -119,17 +119,27 @@ pub enum WriteError {
     /// Raft is stopping; the agent is shutting down.
     #[error("the agent is shutting down")]
     ShuttingDown,
+    /// A client agent knows no server of its datacenter: it has not joined one (Consul's
+    /// text).
+    #[error("No known Consul servers")]
+    NoServers,
+    /// No server could be reached; the write may or may not have been applied.
+    #[error("rpc error making call: {0}")]
+    Rpc(String),
 }
 
 impl WriteError {
     /// Whether sending the same write again (elsewhere or later) can succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, WriteError::NoLeader | WriteError::Timeout)
+        matches!(
+            self,
+            WriteError::NoLeader | WriteError::Timeout | WriteError::NoServers | WriteError::Rpc(_)
+        )
     }
 }
 
 /// Why a catalog read could not be served in the consistency mode asked for.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum ReadError {
     /// The read needs a leader and none is known; `?stale` reads still work (Consul's text).
     #[error("No cluster leader")]
@@ -143,6 +153,12 @@ pub enum ReadError {
     /// Raft is stopping; the agent is shutting down.
     #[error("the agent is shutting down")]
     ShuttingDown,
+    /// A client agent knows no server of its datacenter (Consul's text).
+    #[error("No known Consul servers")]
+    NoServers,
+    /// No server could be reached.
+    #[error("rpc error making call: {0}")]
+    Rpc(String),
 }
 
 /// What a read reports about the Raft state behind its answer (Consul's headers).
@@ -156,7 +172,7 @@ pub struct ReadMeta {
 }
 
 /// A snapshot of this server's view of Raft.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RaftStatus {
     /// Server RPC address of the leader, if one is known.
     pub leader: Option<String>,
@@ -203,7 +219,9 @@ impl Consensus {
         bootstrap: bool,
         timing: RaftTiming,
         storage: &Storage,
+        rpc: crate::rpc::Client,
     ) -> Result<(Consensus, Catalog), RaftStartError> {
+        let network = network::Network { rpc };
         let config = Arc::new(
             openraft::Config {
                 cluster_name: "proconsul".into(),
@@ -224,7 +242,7 @@ impl Consensus {
                 Raft::new(
                     id,
                     config,
-                    network::Network,
+                    network.clone(),
                     store::MemLog::default(),
                     machine,
                 )
@@ -237,7 +255,7 @@ impl Consensus {
                 let log = disk::DiskLog::open(&dir.join("raft.db")).map_err(|e| storage_err(&e))?;
                 let machine = store::StateMachine::new(writer, Some(dir.join("snapshot.json")))
                     .map_err(|e| storage_err(&e))?;
-                Raft::new(id, config, network::Network, log, machine).await
+                Raft::new(id, config, network.clone(), log, machine).await
             }
         }
         .map_err(|e| RaftStartError::Fatal(e.to_string()))?;
@@ -331,6 +349,44 @@ impl Consensus {
                 }
             }
         }
+    }
+
+    /// The leader's Raft ID and server RPC address, if one is known.
+    pub(crate) fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?;
+        Some((id, node.rpc_addr.clone()))
+    }
+
+    /// This server's Raft ID.
+    pub(crate) fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Waits until a leader is known, for at most [`RPC_HOLD_TIMEOUT`] or until
+    /// `deadline`, and returns it.
+    pub(crate) async fn wait_for_leader(&self, deadline: Instant) -> Option<(NodeId, String)> {
+        let hold = deadline.min(Instant::now() + RPC_HOLD_TIMEOUT);
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Some(l) = self.leader() {
+                return Some(l);
+            }
+            if metrics.borrow_and_update().running_state.is_err() {
+                return None;
+            }
+            match tokio::time::timeout_at(hold, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return self.leader(),
+            }
+        }
+    }
+
+    /// The Raft handle, for the RPC handler.
+    pub(crate) fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
     }
 
     /// Whether this server is the leader right now.

@@ -1,79 +1,140 @@
-//! How one server's Raft reaches the others.
+//! How one server's Raft reaches the others: its RPCs travel on the server port (8300)
+//! through [`crate::rpc`], each bounded by the time budget openraft gives it.
 //!
-//! A datacenter in this version has a single server, so Raft never has a peer to call:
-//! every call answers `Unreachable`, which openraft treats as "back off and retry". The
-//! server-to-server transport on the server port replaces this when datacenters grow to
-//! several servers.
+//! A peer that cannot be reached is `Unreachable` (openraft backs off before the next
+//! attempt); a call that runs out of time is a `Timeout`; an error the remote Raft
+//! returned comes back as it was.
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use std::net::SocketAddr;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use tokio::time::Instant;
 
 use super::{NodeId, ServerNode, TypeConfig};
+use crate::rpc::{self, Request, Response, RpcError};
 
-/// Why a peer cannot be called.
-#[derive(Debug, thiserror::Error)]
-#[error("no server-to-server transport to {addr}: this server runs alone")]
-pub(crate) struct NoTransport {
-    addr: String,
+/// Hands out [`Peer`]s that share the agent's RPC connections.
+#[derive(Debug, Clone)]
+pub(crate) struct Network {
+    pub(crate) rpc: rpc::Client,
 }
-
-/// Hands out [`Peer`]s.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Network;
 
 /// One peer as Raft sees it.
 #[derive(Debug)]
 pub(crate) struct Peer {
-    addr: String,
-}
-
-impl Peer {
-    fn unreachable(&self) -> Unreachable {
-        Unreachable::new(&NoTransport {
-            addr: self.addr.clone(),
-        })
-    }
+    target: NodeId,
+    node: ServerNode,
+    rpc: rpc::Client,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
-    async fn new_client(&mut self, _target: NodeId, node: &ServerNode) -> Peer {
+    async fn new_client(&mut self, target: NodeId, node: &ServerNode) -> Peer {
         Peer {
-            addr: node.rpc_addr.clone(),
+            target,
+            node: node.clone(),
+            rpc: self.rpc.clone(),
         }
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Failure(String);
+
 type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, ServerNode, RaftError<NodeId, E>>>;
+
+impl Peer {
+    async fn call<E: std::error::Error>(
+        &self,
+        request: Request,
+        option: &RPCOption,
+    ) -> Result<Response, RPCError<NodeId, ServerNode, RaftError<NodeId, E>>> {
+        let addr: SocketAddr = self.node.rpc_addr.parse().map_err(|_| {
+            RPCError::Unreachable(Unreachable::new(&Failure(format!(
+                "bad server address {:?}",
+                self.node.rpc_addr
+            ))))
+        })?;
+        let deadline = Instant::now() + option.hard_ttl();
+        match self.rpc.call(addr, &request, deadline).await {
+            Ok(r) => Ok(r),
+            Err(RpcError::Timeout) => Err(RPCError::Network(NetworkError::new(&Failure(format!(
+                "no answer from {addr} in {:?}",
+                option.hard_ttl()
+            ))))),
+            Err(e @ RpcError::Busy(_)) => Err(RPCError::Network(NetworkError::new(&Failure(
+                e.to_string(),
+            )))),
+            Err(e) => Err(RPCError::Unreachable(Unreachable::new(&Failure(
+                e.to_string(),
+            )))),
+        }
+    }
+
+    fn remote<E: std::error::Error>(
+        &self,
+        e: RaftError<NodeId, E>,
+    ) -> RPCError<NodeId, ServerNode, RaftError<NodeId, E>> {
+        RPCError::RemoteError(RemoteError::new_with_node(
+            self.target,
+            self.node.clone(),
+            e,
+        ))
+    }
+
+    fn unexpected<E: std::error::Error>(
+        response: &Response,
+    ) -> RPCError<NodeId, ServerNode, RaftError<NodeId, E>> {
+        RPCError::Network(NetworkError::new(&Failure(format!(
+            "unexpected answer {response:?}"
+        ))))
+    }
+}
 
 impl RaftNetwork<TypeConfig> for Peer {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        Err(RPCError::Unreachable(self.unreachable()))
+        match self.call(Request::AppendEntries(rpc), &option).await? {
+            Response::AppendEntries(Ok(r)) => Ok(r),
+            Response::AppendEntries(Err(e)) => Err(self.remote(e)),
+            other => Err(Self::unexpected(&other)),
+        }
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        Err(RPCError::Unreachable(self.unreachable()))
+        match self.call(Request::InstallSnapshot(rpc), &option).await? {
+            Response::InstallSnapshot(Ok(r)) => Ok(r),
+            Response::InstallSnapshot(Err(e)) => Err(self.remote(e)),
+            other => Err(Self::unexpected(&other)),
+        }
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        Err(RPCError::Unreachable(self.unreachable()))
+        match self.call(Request::Vote(rpc), &option).await? {
+            Response::Vote(Ok(r)) => Ok(r),
+            Response::Vote(Err(e)) => Err(self.remote(e)),
+            other => Err(Self::unexpected(&other)),
+        }
     }
 }

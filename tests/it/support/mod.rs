@@ -109,6 +109,8 @@ impl TestAgent {
                 ports: Some(RawPorts {
                     http: Some(0),
                     dns: Some(0),
+                    server: Some(0),
+                    serf_lan: Some(0),
                     ..RawPorts::default()
                 }),
                 ..RawConfig::default()

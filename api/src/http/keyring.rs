@@ -1,0 +1,159 @@
+//! `/v1/operator/keyring`: gossip keys across the pool.
+//!
+//! Every operation runs on every live member of the LAN pool (a client agent asks a
+//! server to run it, as Consul does). The answer has one entry per pool in Consul's
+//! shape (`WAN`, `Datacenter`, `Keys`, `PrimaryKeys`, `NumNodes`); this version has only
+//! the LAN pool. Unlike Consul, a listing where some member did not answer still succeeds
+//! with what the others said, and names the silent members in `Messages`; a change that
+//! any member refused fails with Consul's per-pool error text.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use lan::keyring::Key;
+use lan::{KeyOperation, KeyringReport};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::{ApiError, Params, json, parse_body};
+use crate::Context;
+
+/// How long members have to answer a keyring operation.
+pub(crate) const KEYRING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One pool's answer, as Consul's `KeyringResponse`.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct PoolKeys<'a> {
+    #[serde(rename = "WAN")]
+    wan: bool,
+    datacenter: &'a str,
+    segment: &'a str,
+    messages: &'a BTreeMap<String, String>,
+    keys: &'a BTreeMap<String, usize>,
+    primary_keys: &'a BTreeMap<String, usize>,
+    num_nodes: usize,
+}
+
+fn check_params(params: &Params, write: bool) -> Result<(), ApiError> {
+    if write && params.get("local-only").is_some() {
+        return Err(ApiError::BadRequest(
+            "local-only can only be set for list requests".into(),
+        ));
+    }
+    if let Some(r) = params.get("relay-factor") {
+        match r.parse::<u8>() {
+            Ok(n) if n <= 5 => {}
+            _ => {
+                return Err(ApiError::BadRequest(
+                    "Relay factor must be in range: [0, 5]".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn key_from_body(body: &[u8]) -> Result<String, ApiError> {
+    let value = parse_body(body)?;
+    let key = value
+        .as_object()
+        .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case("key")))
+        .and_then(|(_, v)| v.as_str())
+        .ok_or_else(|| {
+            ApiError::BadRequest("Request decode failed: the body needs a \"Key\"".into())
+        })?;
+    Key::parse(key).map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))?;
+    Ok(key.to_owned())
+}
+
+async fn run(ctx: &Context, op: KeyOperation) -> Result<KeyringReport, ApiError> {
+    Ok(ctx
+        .lan
+        .keyring(op, Instant::now() + KEYRING_TIMEOUT)
+        .await?)
+}
+
+/// Consul's error text for a pool where some member failed.
+fn pool_error(dc: &str, report: &KeyringReport) -> String {
+    let mut text = format!(
+        "{dc} (LAN) error: {}/{} nodes reported failure",
+        report.num_err, report.num_nodes
+    );
+    for (node, message) in &report.messages {
+        text.push_str(&format!("\n  {node}: {message}"));
+    }
+    text
+}
+
+pub(crate) async fn list(
+    State(ctx): State<Context>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref());
+    check_params(&params, false)?;
+    let report = run(&ctx, KeyOperation::List).await?;
+    if report.num_resp == 0 {
+        return Err(ApiError::Internal(pool_error(
+            &ctx.agent.datacenter,
+            &report,
+        )));
+    }
+    let pools = [PoolKeys {
+        wan: false,
+        datacenter: &ctx.agent.datacenter,
+        segment: "",
+        messages: &report.messages,
+        keys: &report.keys,
+        primary_keys: &report.primary_keys,
+        num_nodes: report.num_nodes,
+    }];
+    Ok(json(&pools, params.pretty()))
+}
+
+async fn change(
+    ctx: Context,
+    q: Option<String>,
+    body: Bytes,
+    op: impl FnOnce(String) -> KeyOperation,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref());
+    check_params(&params, true)?;
+    let key = key_from_body(&body)?;
+    let report = run(&ctx, op(key)).await?;
+    if report.num_err > 0 {
+        return Err(ApiError::Internal(pool_error(
+            &ctx.agent.datacenter,
+            &report,
+        )));
+    }
+    Ok(StatusCode::OK.into_response())
+}
+
+pub(crate) async fn install(
+    State(ctx): State<Context>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    change(ctx, q, body, KeyOperation::Install).await
+}
+
+pub(crate) async fn use_key(
+    State(ctx): State<Context>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    change(ctx, q, body, KeyOperation::Use).await
+}
+
+pub(crate) async fn remove(
+    State(ctx): State<Context>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    change(ctx, q, body, KeyOperation::Remove).await
+}

@@ -1,0 +1,458 @@
+//! Server RPC on the server port (8300/tcp): requests forwarded from client agents and
+//! from other servers (catalog reads and writes), and Raft's own traffic.
+//!
+//! ```text
+//!   caller ──call(addr, Request, deadline)──▶ Client ── one TCP connection per peer ──▶ serve
+//!          ◀──────────── Response ───────────        (requests multiplexed by id)     │
+//!                                                                       Handler::handle
+//! ```
+//!
+//! A connection carries many requests at once: each frame is `[length: u32][JSON]` of an
+//! [`Envelope`] whose `id` pairs a response with its request, so a blocking query that
+//! waits minutes does not hold up a heartbeat behind it. Every call has a deadline; the
+//! remaining time travels with forwarded requests so the far side stops when the caller
+//! has given up. Peer input is length-checked before it is read and a frame that does
+//! not decode closes its connection; it never reaches a panic.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::catalog::{Command, Query};
+use crate::raft::{Consistency, NodeId, RaftStatus, ReadError, TypeConfig, WriteError};
+use crate::{KeyOperation, KeyringReport, QueryResult};
+
+/// Largest frame accepted, in bytes. openraft sends snapshots in chunks well below it.
+pub(crate) const MAX_RPC_FRAME: usize = 64 * 1024 * 1024;
+/// Inbound connections served at once; more wait in the kernel's backlog.
+pub(crate) const MAX_RPC_CONNECTIONS: usize = 1024;
+/// Requests of one inbound connection handled at once; the connection is not read
+/// further until one finishes.
+pub(crate) const MAX_CONCURRENT_PER_CONNECTION: usize = 512;
+/// Requests waiting for an answer on one outbound connection; more fail at once.
+pub(crate) const MAX_PENDING_PER_CONNECTION: usize = 4096;
+/// Frames waiting to be written on one connection; writers wait when it is full.
+const WRITE_QUEUE: usize = 256;
+
+/// A request to a server.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Request {
+    /// A catalog read.
+    Read {
+        /// The query.
+        query: Query,
+        /// Its consistency mode.
+        consistency: Consistency,
+        /// Blocking query index (0 = answer at once).
+        min_index: u64,
+        /// Time left until the caller's deadline, in milliseconds.
+        timeout_ms: u64,
+        /// Already forwarded once: answer here or fail, never forward again.
+        forwarded: bool,
+    },
+    /// A catalog write.
+    Write {
+        /// The change.
+        command: Command,
+        /// Time left until the caller's deadline, in milliseconds.
+        timeout_ms: u64,
+        /// Already forwarded once.
+        forwarded: bool,
+    },
+    /// A keyring operation for the whole LAN pool, run by the receiving server.
+    Keyring {
+        /// The operation.
+        op: KeyOperation,
+        /// Time left until the caller's deadline, in milliseconds.
+        timeout_ms: u64,
+    },
+    /// This datacenter's Raft state (leader, peers).
+    Status,
+    /// Raft: replicate entries or heartbeat.
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// Raft: ask for a vote.
+    Vote(VoteRequest<NodeId>),
+    /// Raft: a snapshot chunk.
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+/// The answer to a [`Request`], variant for variant.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Response {
+    /// For [`Request::Read`].
+    Read(Result<QueryResult, ReadError>),
+    /// For [`Request::Write`].
+    Write(Result<u64, WriteError>),
+    /// For [`Request::Keyring`].
+    Keyring(KeyringReport),
+    /// For [`Request::Status`].
+    Status(RaftStatus),
+    /// For [`Request::AppendEntries`].
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// For [`Request::Vote`].
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// For [`Request::InstallSnapshot`].
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+    /// The receiver cannot serve this kind of request (a client agent, say).
+    Unsupported(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope<T> {
+    id: u64,
+    body: T,
+}
+
+/// Why a call failed. The request may or may not have reached the server.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RpcError {
+    /// No connection could be made; try another server.
+    #[error("connecting to {addr}: {error}")]
+    Connect {
+        /// The server.
+        addr: SocketAddr,
+        /// What went wrong.
+        error: String,
+    },
+    /// The connection closed before the answer came; try another server.
+    #[error("connection to {0} closed")]
+    Closed(SocketAddr),
+    /// The deadline passed.
+    #[error("timed out")]
+    Timeout,
+    /// Too many requests are waiting on this connection; back off.
+    #[error("too many requests in flight to {0}")]
+    Busy(SocketAddr),
+}
+
+/// Milliseconds left until `deadline` (0 once it passed).
+pub(crate) fn remaining_ms(deadline: Instant) -> u64 {
+    u64::try_from(
+        deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX)
+}
+
+/// The deadline a request's `timeout_ms` gives, counted from its arrival.
+pub(crate) fn deadline_in(timeout_ms: u64) -> Instant {
+    Instant::now() + Duration::from_millis(timeout_ms.min(24 * 3600 * 1000))
+}
+
+async fn write_frame(writer: &mut OwnedWriteHalf, payload: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(payload.len()).map_err(|_| std::io::Error::other("frame too large"))?;
+    writer.write_all(&len.to_be_bytes()).await?;
+    writer.write_all(payload).await
+}
+
+async fn read_frame(reader: &mut OwnedReadHalf) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    reader.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_RPC_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes is over the limit of {MAX_RPC_FRAME}"),
+        ));
+    }
+    let mut payload = vec![0u8; len];
+    reader.read_exact(&mut payload).await?;
+    Ok(payload)
+}
+
+/// Writes queued frames until the queue closes or a write fails.
+async fn run_writer(
+    mut writer: OwnedWriteHalf,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+    done: CancellationToken,
+) {
+    loop {
+        let frame = tokio::select! {
+            _ = done.cancelled() => break,
+            f = queue.recv() => match f {
+                Some(f) => f,
+                None => break,
+            },
+        };
+        if write_frame(&mut writer, &frame).await.is_err() {
+            break;
+        }
+    }
+    done.cancel();
+    let _ = writer.shutdown().await;
+}
+
+/// One outbound connection.
+struct Connection {
+    addr: SocketAddr,
+    writes: mpsc::Sender<Vec<u8>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
+    next_id: AtomicU64,
+    closed: CancellationToken,
+}
+
+impl Connection {
+    async fn open(
+        addr: SocketAddr,
+        deadline: Instant,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Result<Arc<Connection>, RpcError> {
+        let stream = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
+            .await
+            .map_err(|_| RpcError::Timeout)?
+            .map_err(|e| RpcError::Connect {
+                addr,
+                error: e.to_string(),
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (reader, writer) = stream.into_split();
+        let (writes, queue) = mpsc::channel(WRITE_QUEUE);
+        let closed = shutdown.child_token();
+        let conn = Arc::new(Connection {
+            addr,
+            writes,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            closed: closed.clone(),
+        });
+        tasks.spawn(run_writer(writer, queue, closed.clone()));
+        tasks.spawn(Connection::read_answers(conn.clone(), reader));
+        Ok(conn)
+    }
+
+    async fn read_answers(conn: Arc<Connection>, mut reader: OwnedReadHalf) {
+        loop {
+            let frame = tokio::select! {
+                _ = conn.closed.cancelled() => break,
+                f = read_frame(&mut reader) => match f {
+                    Ok(f) => f,
+                    Err(_) => break,
+                },
+            };
+            let envelope: Envelope<Response> = match serde_json::from_slice(&frame) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(peer = %conn.addr, error = %e, "closing a server RPC connection after an unreadable answer");
+                    break;
+                }
+            };
+            let waiter = conn
+                .pending
+                .lock()
+                .expect("pending lock")
+                .remove(&envelope.id);
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(envelope.body);
+            }
+        }
+        conn.closed.cancel();
+        // Dropping the senders fails every call still waiting on this connection.
+        conn.pending.lock().expect("pending lock").clear();
+    }
+
+    async fn call(&self, request: &Request, deadline: Instant) -> Result<Response, RpcError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = self.pending.lock().expect("pending lock");
+            if pending.len() >= MAX_PENDING_PER_CONNECTION {
+                return Err(RpcError::Busy(self.addr));
+            }
+            pending.insert(id, tx);
+        }
+        let frame =
+            serde_json::to_vec(&Envelope { id, body: request }).expect("requests serialise");
+        let result = tokio::time::timeout_at(deadline, async {
+            self.writes
+                .send(frame)
+                .await
+                .map_err(|_| RpcError::Closed(self.addr))?;
+            rx.await.map_err(|_| RpcError::Closed(self.addr))
+        })
+        .await;
+        if !matches!(result, Ok(Ok(_))) {
+            self.pending.lock().expect("pending lock").remove(&id);
+        }
+        result.map_err(|_| RpcError::Timeout)?
+    }
+}
+
+/// Outbound server RPC: one multiplexed connection per server, opened on first use and
+/// again after it breaks. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Client {
+    peers: Arc<tokio::sync::Mutex<HashMap<SocketAddr, Arc<Connection>>>>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    pub(crate) fn new(tasks: TaskTracker, shutdown: CancellationToken) -> Client {
+        Client {
+            peers: Arc::default(),
+            tasks,
+            shutdown,
+        }
+    }
+
+    async fn connection(
+        &self,
+        addr: SocketAddr,
+        deadline: Instant,
+    ) -> Result<Arc<Connection>, RpcError> {
+        // The lock is held while connecting so that concurrent callers share one
+        // connection; connecting is bounded by the deadline.
+        let mut peers = self.peers.lock().await;
+        if let Some(c) = peers.get(&addr)
+            && !c.closed.is_cancelled()
+        {
+            return Ok(c.clone());
+        }
+        let conn = Connection::open(addr, deadline, &self.tasks, &self.shutdown).await?;
+        peers.insert(addr, conn.clone());
+        Ok(conn)
+    }
+
+    /// Sends `request` to the server at `addr` and waits for its answer until `deadline`.
+    pub(crate) async fn call(
+        &self,
+        addr: SocketAddr,
+        request: &Request,
+        deadline: Instant,
+    ) -> Result<Response, RpcError> {
+        let conn = self.connection(addr, deadline).await?;
+        conn.call(request, deadline).await
+    }
+}
+
+/// What serves requests arriving on the server port.
+pub(crate) trait Handler: Send + Sync + 'static {
+    /// Answers one request from `peer`.
+    fn handle(&self, request: Request, peer: SocketAddr) -> impl Future<Output = Response> + Send;
+}
+
+/// Binds the server port.
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("binding server RPC to {addr}: {e}")))
+}
+
+/// Accepts connections on the server port until `shutdown`.
+pub(crate) async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_RPC_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(error = %e, "server RPC accept failed");
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let done = shutdown.child_token();
+        tasks.spawn(serve_connection(
+            stream,
+            peer,
+            handler.clone(),
+            tasks.clone(),
+            done,
+            permit,
+        ));
+    }
+}
+
+async fn serve_connection<H: Handler>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    handler: Arc<H>,
+    tasks: TaskTracker,
+    done: CancellationToken,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let (mut reader, writer) = stream.into_split();
+    let (writes, queue) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    tasks.spawn(run_writer(writer, queue, done.clone()));
+    let in_flight = Arc::new(Semaphore::new(MAX_CONCURRENT_PER_CONNECTION));
+    loop {
+        let frame = tokio::select! {
+            _ = done.cancelled() => break,
+            f = read_frame(&mut reader) => match f {
+                Ok(f) => f,
+                Err(e) => {
+                    if e.kind() == std::io::ErrorKind::InvalidData {
+                        tracing::warn!(peer = %peer, error = %e, "closing a server RPC connection");
+                    }
+                    break;
+                }
+            },
+        };
+        let envelope: Envelope<Request> = match serde_json::from_slice(&frame) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(peer = %peer, error = %e, "closing a server RPC connection after an unreadable request");
+                break;
+            }
+        };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
+        let (handler, writes, done) = (handler.clone(), writes.clone(), done.clone());
+        tasks.spawn(async move {
+            let _permit = permit;
+            let body = tokio::select! {
+                _ = done.cancelled() => return,
+                r = handler.handle(envelope.body, peer) => r,
+            };
+            let frame = serde_json::to_vec(&Envelope {
+                id: envelope.id,
+                body,
+            })
+            .expect("responses serialise");
+            let _ = writes.send(frame).await;
+        });
+    }
+    done.cancel();
+}

@@ -1,0 +1,1205 @@
+//! The LAN gossip driver: runs the SWIM [`Engine`] on the serf LAN port (8301), UDP for
+//! packets and TCP for streams, and owns the sockets, the clock and the keyring.
+//!
+//! ```text
+//!   UDP 8301 ──open──▶ Engine::handle_packet ─┐
+//!   TCP 8301 ──open──▶ push-pull / keyring ───┤   one task owns the engine (`run`)
+//!   Pool (handle) ─────────▶ commands ────────┤──▶ Engine::tick ──▶ outputs ──seal──▶ UDP / TCP
+//!                                             └──▶ events ──▶ watch<Arc<Vec<Member>>>
+//! ```
+//!
+//! Every packet and stream frame is sealed with the keyring's primary key when gossip
+//! encryption is on (see [`crate::keyring`]); what does not open or decode is dropped and
+//! logged with its sender, at most once per peer per [`PEER_LOG_INTERVAL`]. A stream
+//! whose frame the other side cannot open is answered with a short plaintext error frame,
+//! so that an agent joining with the wrong key is told why (and the refusing side logs
+//! it too).
+//!
+//! Stream frames are `[length: u32][payload]`; the payload is a sealed message (first byte
+//! [`SEALED_VERSION`]), a plaintext gossip frame ([`PROTOCOL`]), a plaintext keyring
+//! request or answer (JSON after a one-byte tag), or an error frame (`0xEE` + UTF-8),
+//! which is never sealed and only ever ends a stream.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::gossip::message::{Message, PROTOCOL, decode_frame, encode_frame};
+use crate::gossip::{self, Engine, Event, MemberState, Output, State};
+use crate::keyring::{Key, Keyring, KeyringError, OpenError, SEALED_VERSION};
+use crate::member::{Member, MemberStatus};
+
+/// Commands waiting for the engine task; senders wait when it is full.
+const COMMAND_QUEUE: usize = 256;
+/// Push-pull results waiting to be merged; a result that finds the queue full is
+/// dropped (the next exchange brings the same news).
+const MERGE_QUEUE: usize = 64;
+/// Streams served at once (incoming push-pulls and keyring requests); more wait in the
+/// kernel's backlog.
+pub const MAX_INBOUND_STREAMS: usize = 64;
+/// Outgoing push-pulls at once; the engine's periodic exchange is skipped while all are
+/// busy (it runs again at the next interval).
+pub const MAX_OUTBOUND_STREAMS: usize = 16;
+/// Largest stream frame accepted, in bytes (a push-pull of the largest pool fits).
+pub const MAX_STREAM_FRAME: usize = 16 * 1024 * 1024;
+/// Budget of one stream exchange (connect, send, answer).
+pub const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keyring requests sent to members at once during a pool-wide keyring operation.
+pub const KEYRING_FANOUT: usize = 32;
+/// At most one log line per peer per interval for bad input (the rest are counted).
+pub const PEER_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Peers whose bad input is being counted; when full, the oldest entries are forgotten.
+const PEER_LOG_ENTRIES: usize = 1024;
+/// How long a graceful leave waits for its announcement to go out.
+pub const LEAVE_PROPAGATE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Receive buffer for one datagram.
+const MAX_DATAGRAM: usize = 65_536;
+
+const ERROR_FRAME: u8 = 0xEE;
+const KEY_REQUEST: u8 = 0x4B;
+const KEY_ANSWER: u8 = 0x6B;
+
+/// Gossip encryption settings of a pool.
+#[derive(Debug, Clone)]
+pub struct Encryption {
+    /// The keys, primary first.
+    pub keyring: Keyring,
+    /// Where the keyring is saved after every change (`serf/local.keyring`); `None`
+    /// keeps changes in memory only (`-dev`).
+    pub file: Option<PathBuf>,
+    /// Refuse plaintext messages (`encrypt_verify_incoming`).
+    pub verify_incoming: bool,
+    /// Seal what is sent (`encrypt_verify_outgoing`).
+    pub verify_outgoing: bool,
+}
+
+/// Everything a pool needs to start.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// This member's name.
+    pub name: String,
+    /// Address to bind UDP and TCP to; port 0 picks a free port for both.
+    pub bind: SocketAddr,
+    /// Address other members reach this one at (its port is the bound one).
+    pub advertise: IpAddr,
+    /// This member's tags.
+    pub tags: BTreeMap<String, String>,
+    /// Protocol timers.
+    pub gossip: gossip::Config,
+    /// Gossip encryption; `None` for plaintext gossip.
+    pub encryption: Option<Encryption>,
+}
+
+/// Why joining an address failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// The address does not resolve; fix it.
+    #[error("failed to resolve {0}")]
+    Resolve(String),
+    /// No answer in time; the agent may be down or unreachable.
+    #[error("timed out")]
+    Timeout,
+    /// The connection failed.
+    #[error("{0}")]
+    Io(String),
+    /// The other agent refused our message and said why (a different gossip key, or
+    /// encryption on one side only).
+    #[error("remote refused: {0}")]
+    Refused(String),
+    /// The answer could not be read: a different key or protocol.
+    #[error("{0}")]
+    Protocol(String),
+    /// This agent is stopping.
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+}
+
+/// One keyring operation, run by every member on its own keyring.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyOperation {
+    /// Report the installed keys.
+    List,
+    /// Add a key.
+    Install(String),
+    /// Make a key the primary.
+    Use(String),
+    /// Remove a key.
+    Remove(String),
+}
+
+/// A member's answer to a keyring operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct KeyAnswer {
+    /// Installed keys after the operation, primary first.
+    keys: Vec<String>,
+    /// The error, when the member refused.
+    error: Option<String>,
+}
+
+/// The pool-wide result of a keyring operation, as Consul reports it per pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyringReport {
+    /// Members asked (the live members of the pool).
+    pub num_nodes: usize,
+    /// Members that answered.
+    pub num_resp: usize,
+    /// Members that failed or did not answer.
+    pub num_err: usize,
+    /// Each key with the number of members holding it.
+    pub keys: BTreeMap<String, usize>,
+    /// Each primary key with the number of members using it.
+    pub primary_keys: BTreeMap<String, usize>,
+    /// Member name → its error (including "no answer" for silent members).
+    pub messages: BTreeMap<String, String>,
+}
+
+enum Command {
+    Join {
+        states: Vec<MemberState>,
+    },
+    LocalState(oneshot::Sender<Vec<MemberState>>),
+    Remote {
+        states: Vec<MemberState>,
+        reply: oneshot::Sender<Vec<MemberState>>,
+    },
+    Leave(oneshot::Sender<()>),
+    ForceLeave {
+        node: String,
+        prune: bool,
+        reply: oneshot::Sender<bool>,
+    },
+    SetTags(BTreeMap<String, String>),
+    Targets(oneshot::Sender<Vec<(String, SocketAddr)>>),
+}
+
+/// The keyring in use and how messages are sealed and opened with it.
+struct Crypto {
+    keyring: RwLock<Option<Keyring>>,
+    file: Option<PathBuf>,
+    verify_incoming: bool,
+    verify_outgoing: bool,
+}
+
+/// Why a received message was dropped.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("{0}")]
+    Open(#[from] OpenError),
+    #[error("encryption is not configured on this agent, but the message is encrypted")]
+    Unexpected,
+    #[error("encryption is required by this agent, but the message is not encrypted")]
+    Plaintext,
+}
+
+const PACKET_AAD: &[u8] = b"packet";
+const STREAM_AAD: &[u8] = b"stream";
+
+impl Crypto {
+    fn new(encryption: Option<Encryption>) -> Crypto {
+        match encryption {
+            None => Crypto {
+                keyring: RwLock::new(None),
+                file: None,
+                verify_incoming: false,
+                verify_outgoing: false,
+            },
+            Some(e) => Crypto {
+                keyring: RwLock::new(Some(e.keyring)),
+                file: e.file,
+                verify_incoming: e.verify_incoming,
+                verify_outgoing: e.verify_outgoing,
+            },
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.keyring.read().expect("keyring lock").is_some()
+    }
+
+    fn seal(&self, plaintext: Vec<u8>, aad: &[u8]) -> Vec<u8> {
+        if !self.verify_outgoing {
+            return plaintext;
+        }
+        match &*self.keyring.read().expect("keyring lock") {
+            Some(ring) => ring.seal(&plaintext, aad),
+            None => plaintext,
+        }
+    }
+
+    fn open(&self, bytes: &[u8], aad: &[u8]) -> Result<Vec<u8>, Refusal> {
+        let guard = self.keyring.read().expect("keyring lock");
+        match (&*guard, bytes.first()) {
+            (None, Some(&SEALED_VERSION)) => Err(Refusal::Unexpected),
+            (None, _) => Ok(bytes.to_vec()),
+            (Some(ring), Some(&SEALED_VERSION)) => Ok(ring.open(bytes, aad)?),
+            (Some(_), _) if self.verify_incoming => Err(Refusal::Plaintext),
+            (Some(_), _) => Ok(bytes.to_vec()),
+        }
+    }
+
+    /// Applies a keyring operation to this member's keyring and saves it.
+    fn apply(&self, op: &KeyOperation) -> KeyAnswer {
+        let mut guard = self.keyring.write().expect("keyring lock");
+        let Some(ring) = guard.as_mut() else {
+            return KeyAnswer {
+                keys: Vec::new(),
+                error: Some("Gossip encryption is not enabled".into()),
+            };
+        };
+        let parse = |text: &str| Key::parse(text).map_err(|e| e.to_string());
+        let before = ring.clone();
+        let result: Result<(), String> = match op {
+            KeyOperation::List => Ok(()),
+            KeyOperation::Install(k) => parse(k).map(|k| ring.install(k)),
+            KeyOperation::Use(k) => {
+                parse(k).and_then(|k| ring.use_key(&k).map_err(|e: KeyringError| e.to_string()))
+            }
+            KeyOperation::Remove(k) => {
+                parse(k).and_then(|k| ring.remove(&k).map_err(|e: KeyringError| e.to_string()))
+            }
+        };
+        let mut error = result.err();
+        if error.is_none()
+            && *ring != before
+            && let Some(file) = &self.file
+            && let Err(e) = ring.save(file)
+        {
+            // Keep memory and disk in step: a change that cannot be saved is undone.
+            *ring = before;
+            error = Some(format!("failed to write {}: {e}", file.display()));
+        }
+        KeyAnswer {
+            keys: ring.keys().iter().map(Key::to_base64).collect(),
+            error,
+        }
+    }
+}
+
+/// Counts bad input per peer and logs at most once per [`PEER_LOG_INTERVAL`] each.
+#[derive(Default)]
+struct PeerLog {
+    peers: HashMap<IpAddr, (Instant, u64)>,
+}
+
+impl PeerLog {
+    /// Returns how many earlier events were suppressed when this one should be logged.
+    fn should_log(&mut self, peer: IpAddr, now: Instant) -> Option<u64> {
+        if self.peers.len() >= PEER_LOG_ENTRIES && !self.peers.contains_key(&peer) {
+            self.peers
+                .retain(|_, (at, _)| now.saturating_duration_since(*at) < PEER_LOG_INTERVAL);
+            if self.peers.len() >= PEER_LOG_ENTRIES {
+                self.peers.clear();
+            }
+        }
+        match self.peers.get_mut(&peer) {
+            Some((at, suppressed)) if now.saturating_duration_since(*at) < PEER_LOG_INTERVAL => {
+                *suppressed += 1;
+                None
+            }
+            Some((at, suppressed)) => {
+                let n = *suppressed;
+                *at = now;
+                *suppressed = 0;
+                Some(n)
+            }
+            None => {
+                self.peers.insert(peer, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+struct Shared {
+    crypto: Crypto,
+    log: std::sync::Mutex<PeerLog>,
+}
+
+impl Shared {
+    fn refused(&self, peer: SocketAddr, what: &str, error: &dyn std::fmt::Display) {
+        let now = Instant::now();
+        let log = self
+            .log
+            .lock()
+            .expect("peer log lock")
+            .should_log(peer.ip(), now);
+        if let Some(suppressed) = log {
+            tracing::warn!(peer = %peer, error = %error, suppressed, "dropped {what}");
+        }
+    }
+}
+
+/// Handle to the LAN gossip pool. Cheap to clone.
+#[derive(Clone)]
+pub struct Pool {
+    commands: mpsc::Sender<Command>,
+    members: watch::Receiver<Arc<Vec<Member>>>,
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    name: String,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.name)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Binds UDP and TCP on the same port (with port 0, one the OS picks that is free for
+/// both).
+async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+    const ATTEMPTS: usize = 20;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let udp = UdpSocket::bind(addr).await?;
+        let local = udp.local_addr()?;
+        match TcpListener::bind(local).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e)
+                if addr.port() == 0
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                    && attempt < ATTEMPTS => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn to_member(m: &gossip::Member) -> Member {
+    Member {
+        name: m.name.clone(),
+        addr: m.addr.ip(),
+        port: m.addr.port(),
+        tags: m.tags.clone(),
+        status: match m.state {
+            // Serf reports a suspect as alive until it is declared failed.
+            State::Alive | State::Suspect => MemberStatus::Alive,
+            State::Dead => MemberStatus::Failed,
+            State::Left => MemberStatus::Left,
+        },
+    }
+}
+
+fn member_list(engine: &Engine) -> Arc<Vec<Member>> {
+    Arc::new(engine.members().map(to_member).collect())
+}
+
+impl Pool {
+    /// Binds the gossip port and starts the pool with this member alone. Tasks run on
+    /// `tasks` until `shutdown`.
+    pub async fn start(
+        config: PoolConfig,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Pool> {
+        let (udp, tcp) = bind(config.bind).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("binding LAN gossip to {}: {e}", config.bind),
+            )
+        })?;
+        let bound = udp.local_addr()?;
+        let addr = SocketAddr::new(config.advertise, bound.port());
+        tracing::info!(proto = "serf-lan-udp", addr = %bound, "listening");
+        tracing::info!(proto = "serf-lan-tcp", addr = %bound, "listening");
+        let seed = rand::random();
+        let engine = Engine::new(
+            config.gossip,
+            config.name.clone(),
+            addr,
+            config.tags,
+            std::time::Instant::now(),
+            seed,
+        );
+        let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
+        let (publish, members) = watch::channel(member_list(&engine));
+        let shared = Arc::new(Shared {
+            crypto: Crypto::new(config.encryption),
+            log: std::sync::Mutex::new(PeerLog::default()),
+        });
+        let pool = Pool {
+            commands: commands.clone(),
+            members,
+            shared: shared.clone(),
+            addr,
+            name: config.name,
+        };
+        let driver = Driver {
+            engine,
+            udp: Arc::new(udp),
+            shared: shared.clone(),
+            publish,
+            tasks: tasks.clone(),
+            outbound: Arc::new(Semaphore::new(MAX_OUTBOUND_STREAMS)),
+            leaving: None,
+            shutdown: shutdown.clone(),
+        };
+        tasks.spawn(driver.run(inbox));
+        tasks.spawn(serve_streams(
+            tcp,
+            commands,
+            shared,
+            tasks.clone(),
+            shutdown,
+        ));
+        Ok(pool)
+    }
+
+    /// The address other members reach this one at.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every member this one knows, itself included.
+    pub fn members(&self) -> Arc<Vec<Member>> {
+        self.members.borrow().clone()
+    }
+
+    /// A receiver that sees every change of the member list.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Vec<Member>>> {
+        self.members.clone()
+    }
+
+    /// Whether gossip is encrypted.
+    pub fn encrypted(&self) -> bool {
+        self.shared.crypto.enabled()
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Joins the pool of the agent at `addr` (`host:port`, or `host` for port 8301) by a
+    /// full state exchange with it.
+    pub async fn join_one(&self, addr: &str, deadline: Instant) -> Result<(), JoinError> {
+        let target = resolve(addr, deadline).await?;
+        let ours = self
+            .ask(Command::LocalState)
+            .await
+            .ok_or(JoinError::ShuttingDown)?;
+        let theirs = push_pull(&self.shared, target, true, ours, deadline).await?;
+        self.commands
+            .send(Command::Join { states: theirs })
+            .await
+            .map_err(|_| JoinError::ShuttingDown)?;
+        Ok(())
+    }
+
+    /// Joins every address; returns each one's result, in order.
+    pub async fn join(&self, addrs: &[String], deadline: Instant) -> Vec<Result<(), JoinError>> {
+        let attempts = addrs.iter().map(|a| self.join_one(a, deadline));
+        futures_util::future::join_all(attempts).await
+    }
+
+    /// Announces that this member leaves and waits (at most
+    /// [`LEAVE_PROPAGATE_TIMEOUT`]) for the news to go out. The pool stops afterwards.
+    pub async fn leave(&self) {
+        let _ = self.ask(Command::Leave).await;
+    }
+
+    /// Marks a failed member as left (`force-leave`); with `prune`, forgets it at once.
+    /// Returns whether the member was known.
+    pub async fn force_leave(&self, node: &str, prune: bool) -> bool {
+        let node = node.to_owned();
+        self.ask(|reply| Command::ForceLeave { node, prune, reply })
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Replaces this member's tags (spread with a new incarnation).
+    pub async fn set_tags(&self, tags: BTreeMap<String, String>) {
+        let _ = self.commands.send(Command::SetTags(tags)).await;
+    }
+
+    /// Runs a keyring operation on every live member of the pool (this one included),
+    /// collecting their answers until `deadline`. Members that do not answer are named in
+    /// [`KeyringReport::messages`].
+    pub async fn keyring(&self, op: KeyOperation, deadline: Instant) -> KeyringReport {
+        let targets = self.ask(Command::Targets).await.unwrap_or_default();
+        let permits = Arc::new(Semaphore::new(KEYRING_FANOUT));
+        let asks = targets.into_iter().map(|(name, addr)| {
+            let (op, shared, permits) = (op.clone(), self.shared.clone(), permits.clone());
+            let me = name == self.name;
+            async move {
+                let answer = if me {
+                    let shared = shared.clone();
+                    tokio::task::spawn_blocking(move || shared.crypto.apply(&op))
+                        .await
+                        .map_err(|e| e.to_string())
+                } else {
+                    match permits.acquire().await {
+                        Ok(_permit) => key_request(&shared, addr, &op, deadline).await,
+                        Err(e) => Err(e.to_string()),
+                    }
+                };
+                answer.map(|a| (name.clone(), a)).map_err(|e| (name, e))
+            }
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        let mut report = KeyringReport {
+            num_nodes: answers.len(),
+            ..KeyringReport::default()
+        };
+        for answer in answers {
+            match answer {
+                Ok((name, a)) => {
+                    report.num_resp += 1;
+                    if let Some(e) = a.error {
+                        report.num_err += 1;
+                        report.messages.insert(name, e);
+                    }
+                    for (i, k) in a.keys.iter().enumerate() {
+                        *report.keys.entry(k.clone()).or_default() += 1;
+                        if i == 0 {
+                            *report.primary_keys.entry(k.clone()).or_default() += 1;
+                        }
+                    }
+                }
+                Err((name, e)) => {
+                    report.num_err += 1;
+                    report.messages.insert(name, e);
+                }
+            }
+        }
+        report
+    }
+}
+
+/// Resolves `host[:port]` (default port 8301) to one address.
+async fn resolve(addr: &str, deadline: Instant) -> Result<SocketAddr, JoinError> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(ip) = addr.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, crate::DEFAULT_SERF_LAN_PORT));
+    }
+    let with_port = if addr
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        addr.to_owned()
+    } else {
+        format!("{addr}:{}", crate::DEFAULT_SERF_LAN_PORT)
+    };
+    let found = tokio::time::timeout_at(deadline, tokio::net::lookup_host(with_port))
+        .await
+        .map_err(|_| JoinError::Timeout)?
+        .map_err(|_| JoinError::Resolve(addr.to_owned()))?
+        .next();
+    found.ok_or_else(|| JoinError::Resolve(addr.to_owned()))
+}
+
+/// The task that owns the engine.
+struct Driver {
+    engine: Engine,
+    udp: Arc<UdpSocket>,
+    shared: Arc<Shared>,
+    publish: watch::Sender<Arc<Vec<Member>>>,
+    tasks: TaskTracker,
+    outbound: Arc<Semaphore>,
+    leaving: Option<(Instant, oneshot::Sender<()>)>,
+    shutdown: CancellationToken,
+}
+
+impl Driver {
+    async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
+        let (merged_tx, mut merged) = mpsc::channel::<Vec<MemberState>>(MERGE_QUEUE);
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let udp = self.udp.clone();
+        loop {
+            let next = Instant::from_std(self.engine.next_deadline());
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                received = udp.recv_from(&mut buf) => match received {
+                    Ok((n, from)) => self.on_datagram(&buf[..n], from),
+                    Err(e) => tracing::debug!(error = %e, "gossip receive failed"),
+                },
+                Some(command) = inbox.recv() => self.on_command(command),
+                Some(states) = merged.recv() => {
+                    self.engine.merge_remote(std::time::Instant::now(), states);
+                }
+                _ = tokio::time::sleep_until(next) => {}
+            }
+            self.engine.tick(std::time::Instant::now());
+            self.flush(&merged_tx).await;
+            if let Some((deadline, _)) = &self.leaving
+                && (self.engine.pending_broadcasts() == 0 || Instant::now() >= *deadline)
+            {
+                if let Some((_, reply)) = self.leaving.take() {
+                    let _ = reply.send(());
+                }
+                tracing::info!("left the LAN pool");
+                break;
+            }
+        }
+    }
+
+    fn on_datagram(&mut self, bytes: &[u8], from: SocketAddr) {
+        let plain = match self.shared.crypto.open(bytes, PACKET_AAD) {
+            Ok(p) => p,
+            Err(e) => {
+                self.shared.refused(from, "gossip packet", &e);
+                return;
+            }
+        };
+        if let Err(e) = self
+            .engine
+            .handle_packet(std::time::Instant::now(), from, &plain)
+        {
+            self.shared.refused(from, "undecodable gossip packet", &e);
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        let now = std::time::Instant::now();
+        match command {
+            Command::Join { states } => {
+                self.engine.merge_remote(now, states);
+                self.engine.join(&[]);
+            }
+            Command::LocalState(reply) => {
+                let _ = reply.send(self.engine.local_state());
+            }
+            Command::Remote { states, reply } => {
+                let _ = reply.send(self.engine.local_state());
+                self.engine.merge_remote(now, states);
+            }
+            Command::Leave(reply) => {
+                if self.leaving.is_none() {
+                    self.engine.leave(now);
+                    self.leaving = Some((Instant::now() + LEAVE_PROPAGATE_TIMEOUT, reply));
+                }
+            }
+            Command::ForceLeave { node, prune, reply } => {
+                let known = self.engine.members().any(|m| m.name == node);
+                self.engine.force_leave(now, &node, prune);
+                let _ = reply.send(known);
+            }
+            Command::SetTags(tags) => self.engine.set_tags(tags),
+            Command::Targets(reply) => {
+                let live = self
+                    .engine
+                    .members()
+                    .filter(|m| matches!(m.state, State::Alive | State::Suspect))
+                    .map(|m| (m.name.clone(), m.addr))
+                    .collect();
+                let _ = reply.send(live);
+            }
+        }
+    }
+
+    async fn flush(&mut self, merged: &mpsc::Sender<Vec<MemberState>>) {
+        for output in self.engine.take_outputs() {
+            match output {
+                Output::Packet { to, bytes } => {
+                    let sealed = self.shared.crypto.seal(bytes, PACKET_AAD);
+                    // A full socket buffer loses the packet, which SWIM tolerates.
+                    if let Err(e) = self.udp.try_send_to(&sealed, to) {
+                        tracing::trace!(peer = %to, error = %e, "gossip send failed");
+                    }
+                }
+                Output::PushPull { to, join } => {
+                    let Ok(permit) = self.outbound.clone().try_acquire_owned() else {
+                        continue;
+                    };
+                    let (shared, merged) = (self.shared.clone(), merged.clone());
+                    let ours = self.engine.local_state();
+                    let shutdown = self.shutdown.clone();
+                    self.tasks.spawn(async move {
+                        let _permit = permit;
+                        let deadline = Instant::now() + STREAM_TIMEOUT;
+                        tokio::select! {
+                            _ = shutdown.cancelled() => {}
+                            result = push_pull(&shared, to, join, ours, deadline) => match result {
+                                Ok(states) => {
+                                    let _ = merged.try_send(states);
+                                }
+                                Err(e) => tracing::debug!(peer = %to, error = %e, "push-pull failed"),
+                            }
+                        }
+                    });
+                }
+            }
+        }
+        let events = self.engine.take_events();
+        if !events.is_empty() {
+            for event in &events {
+                match event {
+                    Event::Join(n) => tracing::info!(node = %n, "member joined"),
+                    Event::Update(n) => tracing::debug!(node = %n, "member updated"),
+                    Event::Leave(n) => tracing::info!(node = %n, "member left"),
+                    Event::Failed(n) => tracing::warn!(node = %n, "member failed"),
+                    Event::Reap(n) => tracing::info!(node = %n, "member reaped"),
+                }
+            }
+            self.publish.send_replace(member_list(&self.engine));
+        } else if self.publish.borrow().len() != self.engine.members().count() {
+            self.publish.send_replace(member_list(&self.engine));
+        }
+    }
+}
+
+async fn write_frame(stream: &mut TcpStream, payload: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(payload.len()).map_err(|_| std::io::Error::other("frame too large"))?;
+    let mut out = Vec::with_capacity(payload.len() + 4);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(payload);
+    stream.write_all(&out).await
+}
+
+async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_STREAM_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes is over the limit of {MAX_STREAM_FRAME}"),
+        ));
+    }
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload).await?;
+    Ok(payload)
+}
+
+fn error_frame(text: &str) -> Vec<u8> {
+    let mut out = vec![ERROR_FRAME];
+    out.extend_from_slice(text.as_bytes());
+    out
+}
+
+/// Reads the answer of a stream exchange: an error frame, or a sealed or plain payload.
+fn open_answer(shared: &Shared, peer: SocketAddr, payload: &[u8]) -> Result<Vec<u8>, JoinError> {
+    if let Some((&ERROR_FRAME, text)) = payload.split_first() {
+        return Err(JoinError::Refused(
+            String::from_utf8_lossy(text).into_owned(),
+        ));
+    }
+    shared.crypto.open(payload, STREAM_AAD).map_err(|e| {
+        shared.refused(peer, "gossip stream answer", &e);
+        JoinError::Protocol(e.to_string())
+    })
+}
+
+/// One exchange over a fresh TCP connection: send `payload`, read the answer.
+async fn exchange(
+    shared: &Shared,
+    to: SocketAddr,
+    payload: Vec<u8>,
+    deadline: Instant,
+) -> Result<Vec<u8>, JoinError> {
+    let work = async {
+        let mut stream = TcpStream::connect(to)
+            .await
+            .map_err(|e| JoinError::Io(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let sealed = shared.crypto.seal(payload, STREAM_AAD);
+        write_frame(&mut stream, &sealed)
+            .await
+            .map_err(|e| JoinError::Io(e.to_string()))?;
+        let answer = read_frame(&mut stream)
+            .await
+            .map_err(|e| JoinError::Io(e.to_string()))?;
+        open_answer(shared, to, &answer)
+    };
+    tokio::time::timeout_at(deadline, work)
+        .await
+        .map_err(|_| JoinError::Timeout)?
+}
+
+/// A full state exchange with the member at `to`.
+async fn push_pull(
+    shared: &Shared,
+    to: SocketAddr,
+    join: bool,
+    ours: Vec<MemberState>,
+    deadline: Instant,
+) -> Result<Vec<MemberState>, JoinError> {
+    let frame = encode_frame(&Message::PushPull { join, states: ours });
+    let answer = exchange(shared, to, frame, deadline).await?;
+    match decode_frame(&answer) {
+        Ok(Message::PushPull { states, .. }) => Ok(states),
+        Ok(_) => Err(JoinError::Protocol(
+            "unexpected answer to a push-pull".into(),
+        )),
+        Err(e) => Err(JoinError::Protocol(e.to_string())),
+    }
+}
+
+/// Asks the member at `to` to apply a keyring operation.
+async fn key_request(
+    shared: &Shared,
+    to: SocketAddr,
+    op: &KeyOperation,
+    deadline: Instant,
+) -> Result<KeyAnswer, String> {
+    let mut frame = vec![KEY_REQUEST];
+    frame.extend_from_slice(&serde_json::to_vec(op).expect("a key operation serialises"));
+    let answer = exchange(shared, to, frame, deadline)
+        .await
+        .map_err(|e| match e {
+            JoinError::Timeout => "no answer before the deadline".to_string(),
+            other => other.to_string(),
+        })?;
+    match answer.split_first() {
+        Some((&KEY_ANSWER, body)) => {
+            serde_json::from_slice(body).map_err(|e| format!("unreadable answer: {e}"))
+        }
+        _ => Err("unexpected answer to a keyring request".into()),
+    }
+}
+
+/// Accepts gossip streams until `shutdown`, serving at most [`MAX_INBOUND_STREAMS`] at
+/// once.
+async fn serve_streams(
+    listener: TcpListener,
+    commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_INBOUND_STREAMS));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(error = %e, "gossip accept failed");
+                    continue;
+                }
+            },
+        };
+        let (commands, shared, shutdown) = (commands.clone(), shared.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let _permit = permit;
+            let deadline = Instant::now() + STREAM_TIMEOUT;
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                r = tokio::time::timeout_at(deadline, serve_stream(stream, peer, &commands, &shared)) => {
+                    if let Ok(Err(e)) = r {
+                        tracing::debug!(peer = %peer, error = %e, "gossip stream failed");
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_stream(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    commands: &mpsc::Sender<Command>,
+    shared: &Arc<Shared>,
+) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let payload = match read_frame(&mut stream).await {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            shared.refused(peer, "gossip stream", &e);
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let plain = match shared.crypto.open(&payload, STREAM_AAD) {
+        Ok(p) => p,
+        Err(e) => {
+            shared.refused(peer, "gossip stream", &e);
+            return write_frame(&mut stream, &error_frame(&e.to_string())).await;
+        }
+    };
+    let answer = match plain.split_first() {
+        Some((&KEY_REQUEST, body)) => {
+            let op: KeyOperation = match serde_json::from_slice(body) {
+                Ok(op) => op,
+                Err(e) => {
+                    shared.refused(peer, "keyring request", &e);
+                    return Ok(());
+                }
+            };
+            let worker = shared.clone();
+            let answer = tokio::task::spawn_blocking(move || worker.crypto.apply(&op))
+                .await
+                .map_err(std::io::Error::other)?;
+            let mut out = vec![KEY_ANSWER];
+            out.extend_from_slice(&serde_json::to_vec(&answer).expect("an answer serialises"));
+            out
+        }
+        Some((&PROTOCOL, _)) => match decode_frame(&plain) {
+            Ok(Message::PushPull { states, .. }) => {
+                let (reply, ours) = oneshot::channel();
+                if commands
+                    .send(Command::Remote { states, reply })
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+                let Ok(ours) = ours.await else {
+                    return Ok(());
+                };
+                encode_frame(&Message::PushPull {
+                    join: false,
+                    states: ours,
+                })
+            }
+            Ok(_) => {
+                shared.refused(peer, "gossip stream", &"not a push-pull");
+                return Ok(());
+            }
+            Err(e) => {
+                shared.refused(peer, "undecodable gossip stream", &e);
+                return Ok(());
+            }
+        },
+        _ => {
+            shared.refused(peer, "gossip stream", &"unknown frame type");
+            return Ok(());
+        }
+    };
+    let sealed = shared.crypto.seal(answer, STREAM_AAD);
+    write_frame(&mut stream, &sealed).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(name: &str, encryption: Option<Encryption>) -> PoolConfig {
+        PoolConfig {
+            name: name.into(),
+            bind: "127.0.0.1:0".parse().unwrap(),
+            advertise: "127.0.0.1".parse().unwrap(),
+            tags: BTreeMap::from([("role".to_string(), "node".to_string())]),
+            gossip: gossip::Config::local(),
+            encryption,
+        }
+    }
+
+    fn encrypted(key: &Key) -> Option<Encryption> {
+        Some(Encryption {
+            keyring: Keyring::new(key.clone()),
+            file: None,
+            verify_incoming: true,
+            verify_outgoing: true,
+        })
+    }
+
+    async fn eventually(what: &str, mut pred: impl FnMut() -> bool) {
+        let end = Instant::now() + Duration::from_secs(20);
+        while !pred() {
+            assert!(Instant::now() < end, "{what} did not happen within 20s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn sees(pool: &Pool, node: &str, status: MemberStatus) -> bool {
+        pool.members()
+            .iter()
+            .any(|m| m.name == node && m.status == status)
+    }
+
+    struct Cluster {
+        pools: Vec<Pool>,
+        tokens: Vec<CancellationToken>,
+        tasks: TaskTracker,
+    }
+
+    impl Cluster {
+        async fn start(n: usize, encryption: impl Fn(usize) -> Option<Encryption>) -> Cluster {
+            let tasks = TaskTracker::new();
+            let mut pools = Vec::new();
+            let mut tokens = Vec::new();
+            for i in 0..n {
+                let token = CancellationToken::new();
+                let pool = Pool::start(
+                    config(&format!("n{i}"), encryption(i)),
+                    &tasks,
+                    token.clone(),
+                )
+                .await
+                .unwrap();
+                pools.push(pool);
+                tokens.push(token);
+            }
+            Cluster {
+                pools,
+                tokens,
+                tasks,
+            }
+        }
+
+        fn all_alive(&self) -> bool {
+            self.pools.iter().all(|p| {
+                p.members().len() == self.pools.len()
+                    && p.members().iter().all(|m| m.status == MemberStatus::Alive)
+            })
+        }
+    }
+
+    impl Drop for Cluster {
+        fn drop(&mut self) {
+            for t in &self.tokens {
+                t.cancel();
+            }
+            self.tasks.close();
+        }
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    #[tokio::test]
+    async fn pools_join_through_one_member_and_see_failures_and_leaves() {
+        let c = Cluster::start(4, |_| None).await;
+        let seed = c.pools[0].addr().to_string();
+        for p in &c.pools[1..] {
+            p.join_one(&seed, soon()).await.unwrap();
+        }
+        eventually("convergence", || c.all_alive()).await;
+        c.pools[3].leave().await;
+        eventually("the leave", || sees(&c.pools[0], "n3", MemberStatus::Left)).await;
+        c.tokens[2].cancel();
+        eventually("the failure", || {
+            sees(&c.pools[0], "n2", MemberStatus::Failed)
+                && sees(&c.pools[1], "n2", MemberStatus::Failed)
+        })
+        .await;
+        assert!(c.pools[0].force_leave("n2", true).await);
+        assert!(!c.pools[0].members().iter().any(|m| m.name == "n2"));
+    }
+
+    #[tokio::test]
+    async fn joining_with_another_key_is_refused_and_both_sides_say_why() {
+        let (k1, k2) = (Key::generate(), Key::generate());
+        let c = Cluster::start(3, |i| match i {
+            0 => encrypted(&k1),
+            1 => encrypted(&k2),
+            _ => None,
+        })
+        .await;
+        let seed = c.pools[0].addr().to_string();
+        let wrong_key = c.pools[1].join_one(&seed, soon()).await.unwrap_err();
+        assert_eq!(
+            wrong_key,
+            JoinError::Refused("No installed keys could decrypt the message".into())
+        );
+        let plaintext = c.pools[2].join_one(&seed, soon()).await.unwrap_err();
+        assert_eq!(
+            plaintext,
+            JoinError::Refused(
+                "encryption is required by this agent, but the message is not encrypted".into()
+            )
+        );
+        assert_eq!(c.pools[0].members().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_key_rotates_across_the_pool_without_losing_a_member() {
+        let k1 = Key::generate();
+        let k2 = Key::generate();
+        let c = Cluster::start(4, |_| encrypted(&k1)).await;
+        let seed = c.pools[0].addr().to_string();
+        for p in &c.pools[1..] {
+            p.join_one(&seed, soon()).await.unwrap();
+        }
+        eventually("convergence", || c.all_alive()).await;
+        let pool = &c.pools[1];
+        let k2t = k2.to_base64();
+        let installed = pool
+            .keyring(KeyOperation::Install(k2t.clone()), soon())
+            .await;
+        assert_eq!(installed.num_nodes, 4);
+        assert_eq!(installed.num_err, 0, "{:?}", installed.messages);
+        assert_eq!(installed.keys.get(&k2t), Some(&4));
+        let used = pool.keyring(KeyOperation::Use(k2t.clone()), soon()).await;
+        assert_eq!(used.primary_keys.get(&k2t), Some(&4), "{used:?}");
+        let refused = pool
+            .keyring(KeyOperation::Remove(k2t.clone()), soon())
+            .await;
+        assert_eq!(refused.num_err, 4);
+        assert!(
+            refused
+                .messages
+                .values()
+                .all(|m| m == "Removing the primary key is not allowed")
+        );
+        let removed = pool
+            .keyring(KeyOperation::Remove(k1.to_base64()), soon())
+            .await;
+        assert_eq!(removed.num_err, 0);
+        let list = pool.keyring(KeyOperation::List, soon()).await;
+        assert_eq!(list.keys, BTreeMap::from([(k2t, 4)]));
+        // Gossip keeps flowing with the new key: a leave still reaches everyone.
+        c.pools[3].leave().await;
+        eventually("the leave", || sees(&c.pools[0], "n3", MemberStatus::Left)).await;
+        assert!(
+            c.pools[..3]
+                .iter()
+                .all(|p| p.members().iter().all(|m| m.status != MemberStatus::Failed))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_silent_member_is_named_in_a_keyring_listing() {
+        let k1 = Key::generate();
+        let c = Cluster::start(3, |_| encrypted(&k1)).await;
+        let seed = c.pools[0].addr().to_string();
+        for p in &c.pools[1..] {
+            p.join_one(&seed, soon()).await.unwrap();
+        }
+        eventually("convergence", || c.all_alive()).await;
+        // Stop n2 without a leave: until it is declared failed it is still asked.
+        c.tokens[2].cancel();
+        let list = c.pools[0]
+            .keyring(KeyOperation::List, Instant::now() + Duration::from_secs(2))
+            .await;
+        // (n2 cannot have been declared failed yet: a suspicion alone lasts longer.)
+        assert_eq!(list.num_nodes, 3);
+        assert_eq!(list.num_resp, 2);
+        assert!(list.messages.contains_key("n2"), "{list:?}");
+        assert_eq!(list.keys.get(&k1.to_base64()), Some(&2));
+    }
+
+    #[test]
+    fn bad_input_from_one_peer_is_logged_once_per_interval() {
+        let mut log = PeerLog::default();
+        let now = Instant::now();
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(log.should_log(peer, now), Some(0));
+        assert_eq!(log.should_log(peer, now + Duration::from_secs(1)), None);
+        assert_eq!(log.should_log(peer, now + Duration::from_secs(2)), None);
+        assert_eq!(
+            log.should_log(peer, now + PEER_LOG_INTERVAL + Duration::from_secs(1)),
+            Some(2)
+        );
+        for i in 0..(PEER_LOG_ENTRIES * 2) {
+            let ip = IpAddr::from([10, 1, (i / 256) as u8, (i % 256) as u8]);
+            log.should_log(ip, now);
+        }
+        assert!(log.peers.len() <= PEER_LOG_ENTRIES);
+    }
+}
