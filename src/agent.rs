@@ -294,6 +294,7 @@ impl Agent {
             advertise_wan: config.advertise_addr_wan.unwrap_or(advertise),
             server_port: config.ports.server,
             serf_lan_port: config.ports.serf_lan,
+            serf_lan_advertise_port: config.serf_lan_advertise_port,
             serf_wan_port: config.ports.serf_wan,
             node_meta: config.node_meta.clone(),
             enable_script_checks: config.enable_script_checks || config.enable_local_script_checks,

@@ -88,6 +88,8 @@ pub struct Config {
     pub server_port: u16,
     /// LAN gossip port (0 picks a free one).
     pub serf_lan_port: u16,
+    /// LAN gossip port to advertise when it differs from the bound one (NAT, a proxy).
+    pub serf_lan_advertise_port: Option<u16>,
     /// WAN gossip port.
     pub serf_wan_port: u16,
     /// User node metadata.
@@ -245,6 +247,7 @@ impl Lan {
                 name: config.node_name.clone(),
                 bind: SocketAddr::new(config.bind, config.serf_lan_port),
                 advertise: config.advertise,
+                advertise_port: config.serf_lan_advertise_port,
                 tags: member_tags(&config, server_port),
                 gossip: config.gossip.clone(),
                 encryption: config.encryption.clone(),

@@ -90,8 +90,11 @@ pub struct PoolConfig {
     pub name: String,
     /// Address to bind UDP and TCP to; port 0 picks a free port for both.
     pub bind: SocketAddr,
-    /// Address other members reach this one at (its port is the bound one).
+    /// Address other members reach this one at.
     pub advertise: IpAddr,
+    /// Port other members reach this one at, when it is not the bound port (a NAT or a
+    /// proxy in between); `None` advertises the bound port.
+    pub advertise_port: Option<u16>,
     /// This member's tags.
     pub tags: BTreeMap<String, String>,
     /// Protocol timers.
@@ -323,6 +326,9 @@ impl PeerLog {
 struct Shared {
     crypto: Crypto,
     log: std::sync::Mutex<PeerLog>,
+    /// The address outgoing streams leave from: the bind address when one is set, so
+    /// that peers (and firewalls) see the same address as for packets.
+    source: Option<IpAddr>,
 }
 
 impl Shared {
@@ -412,7 +418,10 @@ impl Pool {
             )
         })?;
         let bound = udp.local_addr()?;
-        let addr = SocketAddr::new(config.advertise, bound.port());
+        let addr = SocketAddr::new(
+            config.advertise,
+            config.advertise_port.unwrap_or(bound.port()),
+        );
         tracing::info!(proto = "serf-lan-udp", addr = %bound, "listening");
         tracing::info!(proto = "serf-lan-tcp", addr = %bound, "listening");
         let seed = rand::random();
@@ -429,6 +438,7 @@ impl Pool {
         let shared = Arc::new(Shared {
             crypto: Crypto::new(config.encryption),
             log: std::sync::Mutex::new(PeerLog::default()),
+            source: (!config.bind.ip().is_unspecified()).then(|| config.bind.ip()),
         });
         let pool = Pool {
             commands: commands.clone(),
@@ -638,7 +648,9 @@ impl Driver {
             self.engine.tick(std::time::Instant::now());
             self.flush(&merged_tx).await;
             if let Some((deadline, _)) = &self.leaving
-                && (self.engine.pending_broadcasts() == 0 || Instant::now() >= *deadline)
+                && (self.engine.pending_broadcasts() == 0
+                    || self.engine.live_peers() == 0
+                    || Instant::now() >= *deadline)
             {
                 if let Some((_, reply)) = self.leaving.take() {
                     let _ = reply.send(());
@@ -804,7 +816,7 @@ async fn exchange(
     deadline: Instant,
 ) -> Result<Vec<u8>, JoinError> {
     let work = async {
-        let mut stream = TcpStream::connect(to)
+        let mut stream = connect(shared.source, to)
             .await
             .map_err(|e| JoinError::Io(e.to_string()))?;
         let _ = stream.set_nodelay(true);
@@ -820,6 +832,20 @@ async fn exchange(
     tokio::time::timeout_at(deadline, work)
         .await
         .map_err(|_| JoinError::Timeout)?
+}
+
+/// Connects to `to` from `source` (any address when `None`).
+async fn connect(source: Option<IpAddr>, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(ip) = source.filter(|ip| ip.is_ipv4() == to.is_ipv4()) else {
+        return TcpStream::connect(to).await;
+    };
+    let socket = if ip.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(to).await
 }
 
 /// A full state exchange with the member at `to`.
@@ -992,6 +1018,7 @@ mod tests {
             name: name.into(),
             bind: "127.0.0.1:0".parse().unwrap(),
             advertise: "127.0.0.1".parse().unwrap(),
+            advertise_port: None,
             tags: BTreeMap::from([("role".to_string(), "node".to_string())]),
             gossip: gossip::Config::local(),
             encryption,

@@ -176,6 +176,10 @@ pub struct AgentConfig {
     pub skip_leave_on_interrupt: bool,
     /// LAN gossip timers: memberlist's LAN defaults, or shorter ones with `-dev`.
     pub gossip_lan: lan::gossip::Config,
+    /// The LAN gossip port other agents are told to use, when traffic reaches this agent
+    /// through a port mapping or a proxy. Not a Consul config key: set by embedding
+    /// programs (and the fault tests); `None` advertises the bound port.
+    pub serf_lan_advertise_port: Option<u16>,
     /// The sources, for a reload.
     pub sources: Sources,
 }
@@ -809,6 +813,7 @@ impl AgentConfig {
             reconnect_timeout: d(&m.reconnect_timeout).unwrap_or(Duration::from_secs(72 * 3600)),
             leave_on_terminate: m.leave_on_terminate.unwrap_or(!server),
             skip_leave_on_interrupt: m.skip_leave_on_interrupt.unwrap_or(server),
+            serf_lan_advertise_port: None,
             gossip_lan: if sources.dev {
                 lan::gossip::Config::local()
             } else {

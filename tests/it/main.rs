@@ -9,6 +9,7 @@
     unreachable_pub
 )]
 
+mod cluster;
 mod dns;
 mod http;
 mod process;

@@ -607,3 +607,128 @@ fn acknowledged_writes_survive_kill_9() {
         );
     }
 }
+
+/// Waits until `check` passes on the output of a CLI verb, or fails with the last one.
+fn wait_for_cli(args: &[&str], what: &str, check: impl Fn(i32, &str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
+    loop {
+        let (code, out, err) = text(&run(args));
+        if check(code, &out) {
+            return out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: last answer (exit {code}):\n{out}{err}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn five_agent_processes_form_a_datacenter_and_see_kill_9_and_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = |name: &str| format!("-data-dir={}", dir.path().join(name).display());
+    let common = [
+        "-bind=127.0.0.1",
+        "-client=127.0.0.1",
+        "-http-port=0",
+        "-dns-port=0",
+        "-server-port=0",
+        "-serf-lan-port=0",
+        "-log-level=info",
+    ];
+    let mut server_args = vec!["agent", "-server", "-bootstrap-expect=1", "-node=srv"];
+    let server_data = data("srv");
+    server_args.push(&server_data);
+    server_args.extend(common);
+    let server = Proc::spawn(&server_args);
+    let gossip = server.listening("serf-lan-udp").to_string();
+    let server_http = server.listening("http").to_string();
+    let join = format!("-join={gossip}");
+    let web_dir = dir.path().join("web.d");
+    std::fs::create_dir(&web_dir).unwrap();
+    std::fs::write(
+        web_dir.join("web.json"),
+        r#"{"service": {"name": "web", "port": 8080}}"#,
+    )
+    .unwrap();
+    let web_config = format!("-config-dir={}", web_dir.display());
+    let mut clients = Vec::new();
+    for i in 1..=4 {
+        let node = format!("-node=c{i}");
+        let client_data = data(&format!("c{i}"));
+        let mut args = vec!["agent", node.as_str(), client_data.as_str(), join.as_str()];
+        if i == 1 {
+            args.push(&web_config);
+        }
+        args.extend(common);
+        let p = Proc::spawn(&args);
+        let http = p.listening("http").to_string();
+        let dns = p.listening("dns-udp");
+        clients.push((p, http, dns));
+    }
+    let at = |http: &str| format!("-http-addr={http}");
+
+    // Every agent sees five live members, the server first.
+    let out = wait_for_cli(
+        &["members", &at(&clients[1].1)],
+        "five alive members",
+        |code, out| code == 0 && out.lines().filter(|l| l.contains(" alive ")).count() == 5,
+    );
+    let rows: Vec<&str> = out.lines().collect();
+    assert!(rows[0].starts_with("Node"), "{out}");
+    assert!(
+        rows[1].starts_with("srv ") && rows[1].contains("server"),
+        "{out}"
+    );
+    assert_eq!(out.matches(" client ").count(), 4, "{out}");
+
+    // A client's catalog reads and DNS answers come from the server.
+    wait_for_cli(
+        &["catalog", "services", &at(&clients[2].1)],
+        "web in the catalog",
+        |code, out| code == 0 && out.lines().any(|l| l == "web"),
+    );
+    let dns = clients[3].2;
+    let out = Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &dns.port().to_string(),
+            "web.service.consul",
+            "SRV",
+            "+short",
+        ])
+        .output()
+        .expect("dig is needed for this test: apt-get install dnsutils");
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(answer.contains("8080 c1.node.dc1.consul."), "{answer}");
+
+    // kill -9 of c1: the others declare it failed and its service leaves `?passing`.
+    clients[0].0.signal("KILL");
+    wait_for_cli(
+        &["members", "-status=failed", &at(&server_http)],
+        "c1 failed",
+        |code, out| code == 0 && out.contains("c1 "),
+    );
+    wait_for_cli(
+        &["catalog", "nodes", "-service=web", &at(&clients[2].1)],
+        "web still registered on the failed node",
+        |code, out| code == 0 && out.contains("c1 "),
+    );
+    // force-leave -prune forgets it for good.
+    let (code, _, err) = text(&run(&["force-leave", "-prune", "c1", &at(&server_http)]));
+    assert_eq!(code, 0, "{err}");
+    wait_for_cli(&["members", &at(&server_http)], "c1 pruned", |code, out| {
+        code == 0 && !out.contains("c1 ")
+    });
+
+    // SIGTERM on a client leaves gracefully (Consul's default for clients) and exits 0.
+    clients[1].0.signal("TERM");
+    assert!(clients[1].0.wait(Duration::from_secs(15)).success());
+    wait_for_cli(
+        &["members", "-status=left", &at(&server_http)],
+        "c2 left",
+        |code, out| code == 0 && out.contains("c2 "),
+    );
+}

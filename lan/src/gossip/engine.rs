@@ -241,6 +241,15 @@ impl Engine {
         std::mem::take(&mut self.events)
     }
 
+    /// Members other than this one that are alive or suspect: who would hear a
+    /// broadcast.
+    pub fn live_peers(&self) -> usize {
+        self.members
+            .values()
+            .filter(|m| m.name != self.name && matches!(m.state, State::Alive | State::Suspect))
+            .count()
+    }
+
     /// Broadcasts waiting to be sent.
     pub fn pending_broadcasts(&self) -> usize {
         self.broadcasts.len()
