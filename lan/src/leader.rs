@@ -47,7 +47,7 @@ pub(crate) async fn run(
             }
         }
         let list = members.borrow_and_update().clone();
-        let ok = reconcile(&consensus, &datacenter, &list).await
+        let ok = reconcile(&consensus, &catalog, &datacenter, &list).await
             && reap(&consensus, &catalog, &list).await;
         let wait = if ok {
             RECONCILE_INTERVAL
@@ -63,9 +63,17 @@ pub(crate) async fn run(
     }
 }
 
-async fn reconcile(consensus: &Consensus, datacenter: &str, members: &[Member]) -> bool {
+async fn reconcile(
+    consensus: &Consensus,
+    catalog: &Catalog,
+    datacenter: &str,
+    members: &[Member],
+) -> bool {
     let mut ok = true;
     for member in members {
+        if in_step(catalog, member) {
+            continue;
+        }
         let command = command_for(datacenter, member);
         let deadline = Instant::now() + RECONCILE_WRITE_TIMEOUT;
         if let Err(e) = consensus.write(command, deadline).await {
@@ -74,6 +82,37 @@ async fn reconcile(consensus: &Consensus, datacenter: &str, members: &[Member]) 
         }
     }
     ok
+}
+
+/// Whether the catalog already shows `member` as its state says: only what differs is
+/// written, so a pool of hundreds does not rewrite every node on every change.
+fn in_step(catalog: &Catalog, member: &Member) -> bool {
+    let name = member.name.clone();
+    let (Answer::NodeServices(node), _) =
+        catalog.query(&Query::NodeServices { node: name.clone() })
+    else {
+        return false;
+    };
+    let Some(node) = node else {
+        // A left member's node is gone: in step. Anyone else's must be registered.
+        return member.status == MemberStatus::Left;
+    };
+    if member.status == MemberStatus::Left || node.node.address != member.addr.to_string() {
+        return false;
+    }
+    let (Answer::Checks(checks), _) = catalog.query(&Query::NodeChecks { node: name }) else {
+        return false;
+    };
+    let want = match member.status {
+        MemberStatus::Alive => Health::Passing,
+        _ => Health::Critical,
+    };
+    let serf_ok = checks
+        .iter()
+        .any(|c| c.check_id == SERF_HEALTH_CHECK && c.status == want);
+    let wants_service = member.is_server() && member.status == MemberStatus::Alive;
+    let has_service = node.services.iter().any(|s| s.id == CONSUL_SERVICE);
+    serf_ok && (wants_service == has_service || !wants_service)
 }
 
 /// Deregisters nodes that gossip no longer knows at all.

@@ -1211,6 +1211,63 @@ mod tests {
         assert_eq!(list.keys.get(&k1.to_base64()), Some(&2));
     }
 
+    #[tokio::test]
+    async fn encryption_is_turned_on_in_a_running_pool_without_a_split() {
+        // Consul's rolling procedure: every agent gets the key with both verify flags
+        // off (they read both), then outgoing on, then incoming on.
+        let key = Key::generate();
+        let lenient = |outgoing: bool| {
+            Some(Encryption {
+                keyring: Keyring::new(key.clone()),
+                file: None,
+                verify_incoming: false,
+                verify_outgoing: outgoing,
+            })
+        };
+        let c = Cluster::start(4, |i| match i {
+            0 => None,
+            1 => lenient(false),
+            2 => lenient(true),
+            _ => encrypted(&key),
+        })
+        .await;
+        // n0 (no key) and n1 (key, plaintext out) speak plaintext to each other.
+        c.pools[0]
+            .join_one(&c.pools[1].addr().to_string(), soon())
+            .await
+            .unwrap();
+        eventually("n0 and n1 together", || {
+            sees(&c.pools[0], "n1", MemberStatus::Alive)
+                && sees(&c.pools[1], "n0", MemberStatus::Alive)
+        })
+        .await;
+        // n2 seals what it sends but still reads plaintext: n1 reads both, so n2 and n1
+        // agree; n0, which has no key, cannot read n2.
+        c.pools[2]
+            .join_one(&c.pools[1].addr().to_string(), soon())
+            .await
+            .unwrap();
+        eventually("n1 and n2 together", || {
+            sees(&c.pools[1], "n2", MemberStatus::Alive)
+                && sees(&c.pools[2], "n1", MemberStatus::Alive)
+        })
+        .await;
+        // n3 is strict: it joins n2 (which seals) but refuses n1's plaintext.
+        c.pools[3]
+            .join_one(&c.pools[2].addr().to_string(), soon())
+            .await
+            .unwrap();
+        let refused = c.pools[1]
+            .join_one(&c.pools[3].addr().to_string(), soon())
+            .await;
+        assert_eq!(
+            refused,
+            Err(JoinError::Refused(
+                "encryption is required by this agent, but the message is not encrypted".into()
+            ))
+        );
+    }
+
     #[test]
     fn bad_input_from_one_peer_is_logged_once_per_interval() {
         let mut log = PeerLog::default();

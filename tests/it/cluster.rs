@@ -370,3 +370,33 @@ async fn five_percent_packet_loss_marks_no_member_failed() {
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keyring_file_wins_over_the_configured_key_after_a_restart() {
+    let k1 = lan::keyring::Key::generate().to_base64();
+    let k2 = lan::keyring::Key::generate().to_base64();
+    let spec = |key: Option<String>| Spec {
+        name: "server-0".into(),
+        server: true,
+        key,
+        ..Spec::default()
+    };
+    let first = Member::start(spec(Some(k1.clone()))).await;
+    assert_eq!(keys(&first).await, json!({ k1.clone(): 1 }));
+    let dir = first.dir;
+    first.agent.stop(false).await;
+    // Another key in the config: the file (serf/local.keyring) wins, as in Consul.
+    let second = Member::start_in(spec(Some(k2)), dir).await.unwrap();
+    assert_eq!(keys(&second).await, json!({ k1.clone(): 1 }));
+    let dir = second.dir;
+    second.agent.stop(false).await;
+    // No key in the config: encryption stays on with the file's keys.
+    let third = Member::start_in(spec(None), dir).await.unwrap();
+    assert!(third.agent.lan().encrypted());
+    assert_eq!(keys(&third).await, json!({ k1: 1 }));
+    third.agent.stop(false).await;
+}
+
+async fn keys(m: &Member) -> Value {
+    m.json("/v1/operator/keyring").await[0]["Keys"].clone()
+}

@@ -722,6 +722,12 @@ fn five_agent_processes_form_a_datacenter_and_see_kill_9_and_sigterm() {
     wait_for_cli(&["members", &at(&server_http)], "c1 pruned", |code, out| {
         code == 0 && !out.contains("c1 ")
     });
+    // ...and the leader removes its node from the catalog.
+    wait_for_cli(
+        &["catalog", "nodes", &at(&server_http)],
+        "c1 deregistered",
+        |code, out| code == 0 && !out.contains("c1 ") && out.contains("c2 "),
+    );
 
     // SIGTERM on a client leaves gracefully (Consul's default for clients) and exits 0.
     clients[1].0.signal("TERM");
