@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# LAN gossip benchmark: proconsul's gossip (engine + UDP/TCP transport) against
+# HashiCorp's serf, same cluster sizes, same timing profile (memberlist's LAN defaults),
+# same machine, same run, with 0% and 10% packet loss.
+#
+#   bench/gossip.sh              # measure, print a markdown report
+#   bench/gossip.sh --write      # ... and put it into BENCHMARKS.md
+#   SIZES=8,32 REPEATS=3 LOSSES="0 0.10" bench/gossip.sh
+#
+# What is measured (per N, per repetition; medians over repetitions are reported):
+#   converge  star join from N isolated members until every member lists all N alive
+#   join      one extra member's join until every member lists it alive
+#   leave     its graceful leave until every other member lists it left
+#   fail      a member's death (kill -9 for serf; its sockets closed for proconsul) until
+#             every survivor lists it failed
+#   false     members ever listed failed without having been stopped
+#   idle      loopback traffic per member while idle (UDP datagrams/s, IP bytes/s)
+#   rss       memory per member (serf: each agent process; proconsul: the members share
+#             one process, so this is the process's growth divided by N)
+# serf is driven by serf_gossip.py from the team's reference benchmarks (SERF_BENCH,
+# default ../shared/bench/serf_gossip.py next to the checkout); proconsul by
+# target/release/gossip-bench, which measures the same things the same way.
+#
+# Loss: with LOSS > 0 both run inside a private network namespace (unshare -n) whose
+# loopback drops that fraction of UDP datagrams at random (iptables statistic match),
+# so both see exactly the same loss; TCP (serf's RPC, push-pull streams) is not touched.
+# This needs root and iptables. Everything started is stopped by the two drivers; the
+# namespace disappears with its last process.
+#
+# Needs: cargo, python3, serf, iptables (Debian: apt-get install serf iptables).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+SIZES=${SIZES:-8,32,64}
+REPEATS=${REPEATS:-2}
+LOSSES=${LOSSES:-"0 0.10"}
+IDLE=${IDLE:-5}
+SERF_BENCH=${SERF_BENCH:-$ROOT/../shared/bench/serf_gossip.py}
+WRITE=0
+[ "${1:-}" = "--write" ] && WRITE=1
+
+command -v serf >/dev/null || { echo "serf is needed: apt-get install serf" >&2; exit 1; }
+[ -f "$SERF_BENCH" ] || { echo "serf_gossip.py not found at $SERF_BENCH (set SERF_BENCH)" >&2; exit 1; }
+cargo build --release -q -p proconsul-bench
+BENCH="$ROOT/target/release/gossip-bench"
+
+OUT=$(mktemp -d)
+trap 'rm -rf "$OUT"' EXIT
+
+# Runs "$@" with LOSS applied to UDP on loopback (in a private namespace when > 0).
+with_loss() {
+  local loss=$1
+  shift
+  if [ "$loss" = "0" ]; then
+    "$@"
+  else
+    [ "$(id -u)" -eq 0 ] || { echo "loss needs root (a network namespace)" >&2; exit 1; }
+    command -v iptables >/dev/null || { echo "loss needs iptables" >&2; exit 1; }
+    unshare -n bash -c '
+      set -e
+      ip link set lo up
+      iptables -A INPUT -i lo -p udp -m statistic --mode random --probability "$0" -j DROP
+      exec "$@"
+    ' "$loss" "$@"
+  fi
+}
+
+started=$(date -u +"%Y-%m-%d %H:%M UTC")
+for loss in $LOSSES; do
+  echo "== loss $loss: serf" >&2
+  with_loss "$loss" python3 "$SERF_BENCH" --sizes "$SIZES" --repeats "$REPEATS" --idle "$IDLE" \
+    | tee "$OUT/serf-$loss.log" | grep -v '^JSON' >&2 || true
+  echo "== loss $loss: proconsul" >&2
+  with_loss "$loss" "$BENCH" --sizes "$SIZES" --repeats "$REPEATS" --idle "$IDLE" \
+    | tee "$OUT/proconsul-$loss.log" | grep -v '^JSON' >&2 || true
+done
+
+report=$(python3 - "$OUT" "$SIZES" "$REPEATS" "$LOSSES" "$started" "$(nproc)" "$(serf version | head -1)" <<'PY'
+import json, statistics, sys, os
+out, sizes, repeats, losses, started, cpus, serf_version = sys.argv[1:8]
+sizes = [int(s) for s in sizes.split(",")]
+def load(path):
+    runs = []
+    if os.path.exists(path):
+        for line in open(path):
+            if line.startswith("JSON "):
+                runs.append(json.loads(line[5:]))
+    return runs
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+def stat(runs, key, field="all_s"):
+    vals = []
+    for r in runs:
+        v = r.get(key)
+        if isinstance(v, list):
+            vals.extend(x.get(field) for x in v if x.get("ok"))
+        elif isinstance(v, dict) and v.get("ok"):
+            vals.append(v.get(field))
+    return med(vals)
+def fmt(x, unit="s"):
+    return "—" if x is None else (f"{x:.2f} {unit}" if unit == "s" else f"{x:.0f}")
+print(f"Measured {started} on {cpus} CPUs; serf {serf_version}; medians of {repeats} runs per size.")
+print(f"Command: `SIZES={','.join(map(str, sizes))} REPEATS={repeats} LOSSES=\"{losses}\" bench/gossip.sh --write`.")
+print()
+for loss in losses.split():
+    pct = f"{float(loss) * 100:.0f}%"
+    print(f"**{pct} UDP loss**")
+    print()
+    print("| N | agent | converge (all) | join (all) | leave (all) | fail (median / all) | unconverged | false failures | idle UDP/s per member | idle bytes/s per member | memory per member |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n in sizes:
+        for impl in ("serf", "proconsul"):
+            runs = [r for r in load(os.path.join(out, f"{impl}-{loss}.log")) if r.get("n") == n]
+            if not runs:
+                print(f"| {n} | {impl} | no data | | | | | | | | |")
+                continue
+            bad = 0
+            for r in runs:
+                for k in ("converge", "join", "leave", "fail"):
+                    v = r.get(k)
+                    items = v if isinstance(v, list) else [v]
+                    bad += sum(1 for x in items if isinstance(x, dict) and not x.get("ok"))
+            false = sum(len(r.get("false_positives", [])) for r in runs)
+            idle_u = med([r.get("idle_per_agent", {}).get("udp_dgrams_per_s") for r in runs])
+            idle_b = med([r.get("idle_per_agent", {}).get("ip_bytes_per_s") for r in runs])
+            if impl == "serf":
+                rss = med([r.get("rss_kb", {}).get("median") for r in runs])
+            else:
+                rss = med([r.get("rss_kb_per_member") for r in runs])
+            rss_text = "—" if rss is None else f"{rss / 1024:.1f} MiB" if rss >= 1024 else f"{rss:.0f} KiB"
+            print(f"| {n} | {impl} | {fmt(stat(runs, 'converge'))} | {fmt(stat(runs, 'join'))} | "
+                  f"{fmt(stat(runs, 'leave'))} | {fmt(stat(runs, 'fail', 'median_s'))} / {fmt(stat(runs, 'fail'))} | "
+                  f"{bad} | {false} | {fmt(idle_u, 'n')} | {fmt(idle_b, 'n')} | {rss_text} |")
+    print()
+PY
+)
+echo "$report"
+if [ "$WRITE" = 1 ]; then
+  python3 - "$ROOT/BENCHMARKS.md" "$report" <<'PY'
+import sys
+path, report = sys.argv[1], sys.argv[2]
+text = open(path).read()
+begin, end = "<!-- gossip:begin -->", "<!-- gossip:end -->"
+if begin in text and end in text:
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    text = head + begin + "\n" + report + "\n" + end + tail
+else:
+    text = text.rstrip() + "\n\n" + begin + "\n" + report + "\n" + end + "\n"
+open(path, "w").write(text)
+PY
+  echo "BENCHMARKS.md updated" >&2
+fi

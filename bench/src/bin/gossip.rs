@@ -1,0 +1,454 @@
+//! `gossip-bench`: N members of proconsul's LAN gossip (the SWIM engine on its real
+//! UDP/TCP transport) on loopback, measured the way `serf_gossip.py` measures N serf
+//! agents, so that `bench/gossip.sh` can put both side by side.
+//!
+//! Per cluster size N and repetition:
+//!   converge  every member starts alone, then each joins member 0 (a star join): time
+//!             until every member lists all N alive
+//!   join      one extra member joins a random one: time until every member lists it
+//!   leave     that member leaves gracefully: time until every other lists it `left`
+//!   fail      one member stops dead (its sockets close, as after kill -9): time until
+//!             every survivor lists it `failed`
+//!   idle      loopback UDP datagrams and IP octets per second per member while idle
+//!   false_pos members any member ever listed `failed` without being stopped
+//!   rss       the process's resident memory per member (all members share a process)
+//!
+//! The members run in one process (one tokio runtime on every core) and are observed
+//! through their member-list channels, so observing costs nothing; serf's agents are
+//! separate processes observed over their RPC. Timing profile `lan` is memberlist's
+//! DefaultLANConfig, the same as serf's default.
+//!
+//! Output: one line per measurement, then `JSON {...}` per run with the same keys as
+//! `serf_gossip.py`.
+
+#![allow(clippy::print_stdout, missing_docs)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lan::gossip;
+use lan::keyring::{Key, Keyring};
+use lan::{Encryption, MemberStatus, Pool, PoolConfig};
+use rand::seq::IndexedRandom;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+struct Args {
+    sizes: Vec<usize>,
+    repeats: usize,
+    joins: usize,
+    kills: usize,
+    idle: Duration,
+    timeout: Duration,
+    profile: String,
+    encrypt: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        sizes: vec![8, 32],
+        repeats: 3,
+        joins: 3,
+        kills: 3,
+        idle: Duration::from_secs(10),
+        timeout: Duration::from_secs(90),
+        profile: "lan".into(),
+        encrypt: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--sizes" => {
+                args.sizes = value()?
+                    .split(',')
+                    .map(|s| s.parse().map_err(|_| format!("bad size {s}")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--repeats" => args.repeats = value()?.parse().map_err(|_| "bad --repeats")?,
+            "--joins" => args.joins = value()?.parse().map_err(|_| "bad --joins")?,
+            "--kills" => args.kills = value()?.parse().map_err(|_| "bad --kills")?,
+            "--idle" => {
+                args.idle = Duration::from_secs_f64(value()?.parse().map_err(|_| "bad --idle")?)
+            }
+            "--timeout" => {
+                args.timeout =
+                    Duration::from_secs_f64(value()?.parse().map_err(|_| "bad --timeout")?)
+            }
+            "--profile" => args.profile = value()?,
+            "--encrypt" => args.encrypt = true,
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(args)
+}
+
+/// One member of the bench cluster.
+struct Node {
+    name: String,
+    pool: Pool,
+    stop: CancellationToken,
+    dead: bool,
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    tasks: TaskTracker,
+    config: gossip::Config,
+    key: Option<Key>,
+    /// Members stopped on purpose (their failure is expected).
+    killed: Arc<Mutex<BTreeSet<String>>>,
+    /// Members some member listed as failed without being stopped.
+    false_pos: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl Cluster {
+    async fn spawn(&mut self, name: &str) -> usize {
+        let stop = CancellationToken::new();
+        let tags = BTreeMap::from([
+            ("role".to_string(), "node".to_string()),
+            ("dc".into(), "dc1".into()),
+            ("id".into(), format!("{name}-0000-4000-8000-000000000000")),
+            ("vsn".into(), "2".into()),
+            ("build".into(), "0.1.0:proconsul".into()),
+        ]);
+        let encryption = self.key.as_ref().map(|k| Encryption {
+            keyring: Keyring::new(k.clone()),
+            file: None,
+            verify_incoming: true,
+            verify_outgoing: true,
+        });
+        let pool = Pool::start(
+            PoolConfig {
+                name: name.to_owned(),
+                bind: "127.0.0.1:0".parse().expect("an address"),
+                advertise: "127.0.0.1".parse().expect("an address"),
+                advertise_port: None,
+                tags,
+                gossip: self.config.clone(),
+                encryption,
+            },
+            &self.tasks,
+            stop.clone(),
+        )
+        .await
+        .expect("a loopback port");
+        self.nodes.push(Node {
+            name: name.to_owned(),
+            pool,
+            stop,
+            dead: false,
+        });
+        self.nodes.len() - 1
+    }
+
+    fn live(&self) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|i| !self.nodes[*i].dead).collect()
+    }
+
+    /// Watches every live member for failure verdicts about members not stopped.
+    fn watch_false_positives(&self, done: CancellationToken) {
+        for node in self.nodes.iter().filter(|n| !n.dead) {
+            let mut rx = node.pool.subscribe();
+            let (killed, false_pos, done) =
+                (self.killed.clone(), self.false_pos.clone(), done.clone());
+            self.tasks.spawn(async move {
+                loop {
+                    {
+                        let list = rx.borrow_and_update().clone();
+                        let killed = killed.lock().expect("lock");
+                        for m in list.iter() {
+                            if m.status == MemberStatus::Failed && !killed.contains(&m.name) {
+                                false_pos.lock().expect("lock").insert(m.name.clone());
+                            }
+                        }
+                    }
+                    tokio::select! {
+                        _ = done.cancelled() => return,
+                        r = rx.changed() => if r.is_err() { return },
+                    }
+                }
+            });
+        }
+    }
+
+    /// Seconds from `t0` until each observer's member list satisfied `pred`.
+    async fn until(
+        &self,
+        observers: &[usize],
+        t0: Instant,
+        timeout: Duration,
+        pred: impl Fn(&BTreeMap<String, MemberStatus>) -> bool + Clone + Send + 'static,
+    ) -> Vec<f64> {
+        let waits = observers.iter().map(|&i| {
+            let mut rx = self.nodes[i].pool.subscribe();
+            let pred = pred.clone();
+            async move {
+                let deadline = t0 + timeout;
+                loop {
+                    let view: BTreeMap<String, MemberStatus> = rx
+                        .borrow_and_update()
+                        .iter()
+                        .map(|m| (m.name.clone(), m.status))
+                        .collect();
+                    if pred(&view) {
+                        return Some(t0.elapsed().as_secs_f64());
+                    }
+                    match tokio::time::timeout_at(deadline, rx.changed()).await {
+                        Ok(Ok(())) => {}
+                        _ => return None,
+                    }
+                }
+            }
+        });
+        let results = futures_util::future::join_all(waits).await;
+        results.into_iter().flatten().collect()
+    }
+}
+
+fn summarize(mut times: Vec<f64>, expected: usize) -> Value {
+    if times.len() < expected {
+        return json!({"ok": false, "done": times.len(), "of": expected});
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let median = if times.len() % 2 == 1 {
+        times[times.len() / 2]
+    } else {
+        (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
+    };
+    let p90 = times[(times.len() - 1).min((0.9 * times.len() as f64) as usize)];
+    let r = |x: f64| (x * 1000.0).round() / 1000.0;
+    json!({
+        "ok": true,
+        "all_s": r(*times.last().unwrap_or(&0.0)),
+        "median_s": r(median),
+        "p90_s": r(p90),
+        "slower_than_5s": times.iter().filter(|x| **x > 5.0).count(),
+    })
+}
+
+fn net_counters() -> (u64, u64) {
+    let field = |path: &str, section: &str, name: &str| -> u64 {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return 0;
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        for pair in lines.windows(2) {
+            let prefix = format!("{section}:");
+            if pair[0].starts_with(&prefix) && pair[1].starts_with(&prefix) {
+                let heads = pair[0].split_whitespace().skip(1);
+                let values = pair[1].split_whitespace().skip(1);
+                for (h, v) in heads.zip(values) {
+                    if h == name {
+                        return v.parse().unwrap_or(0);
+                    }
+                }
+            }
+        }
+        0
+    };
+    (
+        field("/proc/net/snmp", "Udp", "InDatagrams"),
+        field("/proc/net/netstat", "IpExt", "InOctets"),
+    )
+}
+
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+async fn run_once(args: &Args, n: usize, rep: usize) -> Value {
+    let config = match args.profile.as_str() {
+        "local" => gossip::Config::local(),
+        "wan" => gossip::Config::wan(),
+        _ => gossip::Config::lan(),
+    };
+    let mut cl = Cluster {
+        nodes: Vec::new(),
+        tasks: TaskTracker::new(),
+        config,
+        key: args.encrypt.then(Key::generate),
+        killed: Arc::default(),
+        false_pos: Arc::default(),
+    };
+    let mut res = json!({
+        "n": n, "rep": rep, "encrypt": args.encrypt, "profile": args.profile,
+        "loadavg_start": loadavg(), "impl": "proconsul",
+    });
+    let rss_before = rss_kb();
+    for i in 0..n {
+        cl.spawn(&format!("n{i:02}")).await;
+    }
+    let done = CancellationToken::new();
+    cl.watch_false_positives(done.clone());
+    let names: BTreeSet<String> = cl.nodes.iter().map(|n| n.name.clone()).collect();
+
+    // Star join.
+    let seed = cl.nodes[0].pool.addr().to_string();
+    let t0 = Instant::now();
+    let joins = (1..n).map(|i| {
+        let (pool, seed) = (cl.nodes[i].pool.clone(), seed.clone());
+        async move { pool.join_one(&seed, Instant::now() + Duration::from_secs(10)).await }
+    });
+    for r in futures_util::future::join_all(joins).await {
+        if let Err(e) = r {
+            eprintln!("join failed: {e}");
+        }
+    }
+    let all: Vec<usize> = cl.live();
+    let want = names.clone();
+    let times = cl
+        .until(&all, t0, args.timeout, move |v| {
+            v.len() == want.len() && want.iter().all(|x| v.get(x) == Some(&MemberStatus::Alive))
+        })
+        .await;
+    res["converge"] = summarize(times, n);
+    println!("N={n} rep={rep} converge: {}", res["converge"]);
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let per = |kb: u64| kb.saturating_sub(rss_before) / n as u64;
+    res["rss_kb_per_member"] = json!(per(rss_kb()));
+
+    let (u0, o0) = net_counters();
+    let t = Instant::now();
+    tokio::time::sleep(args.idle).await;
+    let (u1, o1) = net_counters();
+    let dt = t.elapsed().as_secs_f64();
+    res["idle_per_agent"] = json!({
+        "udp_dgrams_per_s": ((u1 - u0) as f64 / dt / n as f64 * 10.0).round() / 10.0,
+        "ip_bytes_per_s": ((o1 - o0) as f64 / dt / n as f64).round(),
+    });
+
+    // Join and leave of one extra member at a time.
+    let mut join_times = Vec::new();
+    let mut leave_times = Vec::new();
+    for j in 0..args.joins {
+        let new = cl.spawn(&format!("x{j:02}")).await;
+        let others: Vec<usize> = cl.live().into_iter().filter(|i| *i != new).collect();
+        let target = *others.choose(&mut rand::rng()).expect("members");
+        let addr = cl.nodes[target].pool.addr().to_string();
+        let present: BTreeSet<String> = others.iter().map(|i| cl.nodes[*i].name.clone()).collect();
+        let name = cl.nodes[new].name.clone();
+        let t0 = Instant::now();
+        if let Err(e) = cl.nodes[new]
+            .pool
+            .join_one(&addr, Instant::now() + Duration::from_secs(10))
+            .await
+        {
+            eprintln!("join failed: {e}");
+        }
+        let everyone = cl.live();
+        let (nm, ms) = (name.clone(), present.clone());
+        let times = cl
+            .until(&everyone, t0, args.timeout, move |v| {
+                v.get(&nm) == Some(&MemberStatus::Alive)
+                    && ms.iter().all(|x| v.get(x) == Some(&MemberStatus::Alive))
+            })
+            .await;
+        join_times.push(summarize(times, everyone.len()));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let t0 = Instant::now();
+        cl.nodes[new].pool.leave().await;
+        let nm = name.clone();
+        let times = cl
+            .until(&others, t0, args.timeout, move |v| {
+                v.get(&nm) == Some(&MemberStatus::Left)
+            })
+            .await;
+        leave_times.push(summarize(times, others.len()));
+        cl.nodes[new].stop.cancel();
+        cl.nodes[new].dead = true;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    res["join"] = json!(join_times);
+    res["leave"] = json!(leave_times);
+    println!("N={n} rep={rep} join: {}", res["join"]);
+    println!("N={n} rep={rep} leave: {}", res["leave"]);
+
+    // Failure detection: stop one non-seed member at a time.
+    let mut fail_times = Vec::new();
+    for _ in 0..args.kills {
+        let victims: Vec<usize> = cl
+            .live()
+            .into_iter()
+            .filter(|i| *i != 0 && cl.nodes[*i].name.starts_with('n'))
+            .collect();
+        if cl.live().len() <= 3 || victims.is_empty() {
+            break;
+        }
+        let v = *victims.choose(&mut rand::rng()).expect("victims");
+        let name = cl.nodes[v].name.clone();
+        cl.killed.lock().expect("lock").insert(name.clone());
+        let t0 = Instant::now();
+        cl.nodes[v].stop.cancel();
+        cl.nodes[v].dead = true;
+        let observers = cl.live();
+        let nm = name.clone();
+        let times = cl
+            .until(&observers, t0, args.timeout, move |view| {
+                view.get(&nm) == Some(&MemberStatus::Failed)
+            })
+            .await;
+        fail_times.push(summarize(times, observers.len()));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    res["fail"] = json!(fail_times);
+    println!("N={n} rep={rep} fail: {}", res["fail"]);
+    res["false_positives"] = json!(
+        cl.false_pos
+            .lock()
+            .expect("lock")
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+    );
+    res["loadavg_end"] = json!(loadavg());
+    done.cancel();
+    for node in &cl.nodes {
+        node.stop.cancel();
+    }
+    cl.tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(10), cl.tasks.wait()).await;
+    res
+}
+
+fn main() -> std::process::ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("gossip-bench: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        for &n in &args.sizes {
+            for rep in 0..args.repeats {
+                let res = run_once(&args, n, rep).await;
+                println!("JSON {res}");
+            }
+        }
+    });
+    std::process::ExitCode::SUCCESS
+}
