@@ -39,6 +39,7 @@ pub(crate) async fn run(
     mut members: watch::Receiver<Arc<Vec<Member>>>,
     shutdown: CancellationToken,
 ) {
+    let mut dead = crate::autopilot::DeadServers::default();
     loop {
         if !consensus.is_leader() {
             tokio::select! {
@@ -47,8 +48,11 @@ pub(crate) async fn run(
             }
         }
         let list = members.borrow_and_update().clone();
+        let servers_ok =
+            crate::autopilot::reconcile(&consensus, &datacenter, &list, &mut dead).await;
         let ok = reconcile(&consensus, &catalog, &datacenter, &list).await
-            && reap(&consensus, &catalog, &list).await;
+            && reap(&consensus, &catalog, &list).await
+            && servers_ok;
         let wait = if ok {
             RECONCILE_INTERVAL
         } else {

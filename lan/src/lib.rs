@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+mod autopilot;
 pub mod catalog;
 mod checks;
 pub mod duration;
@@ -46,14 +47,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use autopilot::DEAD_SERVER_GRACE;
 pub use catalog::Datacenter;
 use catalog::{Answer, Catalog, Command, Node, Query};
 pub use checks::CheckKind;
 pub use local::{CHECK_OUTPUT_LIMIT, CHECK_OUTPUT_MAX, CheckDefinition, Local, LocalError, Source};
 pub use member::{Member, MemberStatus};
 pub use raft::{
-    Consistency, RPC_HOLD_TIMEOUT, RaftStartError, RaftStatus, RaftTiming, ReadError, ReadMeta,
-    SNAPSHOT_THRESHOLD, ServerNode, Storage, WriteError,
+    Consistency, LEADER_LEASE, RPC_HOLD_TIMEOUT, RaftServer, RaftStartError, RaftStatus,
+    RaftTiming, ReadError, ReadMeta, SNAPSHOT_THRESHOLD, ServerNode, Storage, WriteError,
 };
 pub use transport::{Encryption, JoinError, KeyOperation, KeyringReport, Pool, PoolConfig};
 
@@ -117,6 +119,9 @@ pub struct ReadOptions {
     pub min_index: u64,
     /// When a blocking query answers anyway, and the budget of any consistency check.
     pub deadline: Instant,
+    /// With [`Consistency::Stale`]: a follower that has not heard from the leader for
+    /// longer than this sends the read to the leader instead (`?max_stale`).
+    pub max_stale: Option<Duration>,
 }
 
 /// An answer with what Consul reports in its headers.
@@ -264,11 +269,13 @@ impl Lan {
                     ServerNode {
                         name: config.node_name.clone(),
                         rpc_addr: addr.to_string(),
+                        node_id: config.node_id.clone(),
                     },
                     config.bootstrap,
                     config.raft,
                     &config.storage,
                     rpc.clone(),
+                    pool.subscribe(),
                 )
                 .await?;
                 tasks.spawn(leader::run(
@@ -305,6 +312,13 @@ impl Lan {
                 listener,
                 Arc::new(server::Handler::new(lan.clone())),
                 tasks.clone(),
+                shutdown.child_token(),
+            ));
+        }
+        if lan.is_server() && lan.inner.config.bootstrap_expect > 1 && !lan.inner.config.bootstrap {
+            tasks.spawn(autopilot::bootstrap(
+                lan.clone(),
+                lan.inner.config.bootstrap_expect,
                 shutdown.child_token(),
             ));
         }
@@ -365,6 +379,9 @@ impl Lan {
                     min_index: options.min_index,
                     timeout_ms: rpc::remaining_ms(options.deadline),
                     forwarded: false,
+                    max_stale_ms: options
+                        .max_stale
+                        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                 };
                 match self
                     .forward(&request, options.deadline + FORWARD_MARGIN)

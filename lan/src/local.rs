@@ -628,6 +628,7 @@ async fn sync_once(local: &Local, lan: &Lan) -> Result<(), SyncError> {
         consistency: Consistency::Default,
         min_index: 0,
         deadline: deadline(),
+        max_stale: None,
     };
     let by_node = Query::NodeServices {
         node: node.name.clone(),

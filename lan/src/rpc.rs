@@ -66,6 +66,9 @@ pub(crate) enum Request {
         timeout_ms: u64,
         /// Already forwarded once: answer here or fail, never forward again.
         forwarded: bool,
+        /// `?max_stale`, in milliseconds.
+        #[serde(default)]
+        max_stale_ms: Option<u64>,
     },
     /// A catalog write.
     Write {

@@ -20,8 +20,12 @@ use crate::raft::{Consistency, ReadError, WriteError};
 use crate::rpc::{self, Request, Response, RpcError};
 use crate::{FORWARD_MARGIN, Lan, QueryResult, ReadOptions};
 
-fn parse_addr(addr: &str) -> Option<SocketAddr> {
-    addr.parse().ok()
+/// Pause before looking for a leader again after the last one could not be reached.
+const LEADER_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Where the server `node` answers now.
+fn address_of(lan: &Lan, node: &crate::raft::ServerNode) -> Option<SocketAddr> {
+    crate::raft::network::resolve(&lan.members(), node)
 }
 
 /// Reads on this server, or on the leader when the mode needs the leader.
@@ -34,31 +38,61 @@ pub(crate) async fn read(
     let (Some(consensus), Some(catalog)) = (lan.consensus(), lan.catalog()) else {
         return Err(ReadError::Rpc("not a server".into()));
     };
+    // A stale read on a follower that lost touch with the leader for longer than
+    // `max_stale` is read on the leader instead (Consul's rule).
+    let too_stale = options.consistency == Consistency::Stale
+        && options
+            .max_stale
+            .is_some_and(|max| consensus.last_contact().is_none_or(|c| c > max));
+    let options = if too_stale {
+        ReadOptions {
+            consistency: Consistency::Default,
+            ..options
+        }
+    } else {
+        options
+    };
+    let hold = options
+        .deadline
+        .min(Instant::now() + crate::RPC_HOLD_TIMEOUT);
+    // Reads that need the leader: here if it is this server, else on it.
     if options.consistency != Consistency::Stale {
-        match consensus.wait_for_leader(options.deadline).await {
-            None => return Err(ReadError::NoLeader),
-            Some((id, _)) if id == consensus.id() => {}
-            Some(_) if forwarded => return Err(ReadError::NoLeader),
-            Some((_, addr)) => {
-                let addr = parse_addr(&addr).ok_or(ReadError::NoLeader)?;
-                let request = Request::Read {
-                    query: query.clone(),
-                    consistency: options.consistency,
-                    min_index: options.min_index,
-                    timeout_ms: rpc::remaining_ms(options.deadline),
-                    forwarded: true,
-                };
-                return match lan
-                    .inner
-                    .rpc
-                    .call(addr, &request, options.deadline + FORWARD_MARGIN)
-                    .await
-                {
-                    Ok(Response::Read(r)) => r,
-                    Ok(other) => Err(ReadError::Rpc(format!("unexpected answer {other:?}"))),
-                    Err(RpcError::Timeout) => Err(ReadError::Timeout),
-                    Err(e) => Err(ReadError::Rpc(e.to_string())),
-                };
+        loop {
+            let leader = consensus.wait_for_leader(hold).await;
+            match leader {
+                None => return Err(ReadError::NoLeader),
+                Some((id, _)) if id == consensus.id() => break,
+                Some(_) if forwarded => return Err(ReadError::NoLeader),
+                Some((_, node)) => {
+                    let addr = address_of(lan, &node).ok_or(ReadError::NoLeader)?;
+                    let request = Request::Read {
+                        query: query.clone(),
+                        consistency: options.consistency,
+                        min_index: options.min_index,
+                        timeout_ms: rpc::remaining_ms(options.deadline),
+                        forwarded: true,
+                        max_stale_ms: None,
+                    };
+                    match lan
+                        .inner
+                        .rpc
+                        .call(addr, &request, options.deadline + FORWARD_MARGIN)
+                        .await
+                    {
+                        Ok(Response::Read(r)) => return r,
+                        Ok(other) => {
+                            return Err(ReadError::Rpc(format!("unexpected answer {other:?}")));
+                        }
+                        Err(RpcError::Timeout) => return Err(ReadError::Timeout),
+                        // The leader we knew is gone: look for the next one until the hold
+                        // runs out (then "No cluster leader", as Consul says).
+                        Err(e) if Instant::now() < hold => {
+                            tracing::debug!(peer = %addr, error = %e, "leader unreachable, waiting for another");
+                            tokio::time::sleep(LEADER_RETRY).await;
+                        }
+                        Err(_) => return Err(ReadError::NoLeader),
+                    }
+                }
             }
         }
     }
@@ -85,28 +119,38 @@ pub(crate) async fn write(
     let Some(consensus) = lan.consensus() else {
         return Err(WriteError::Rpc("not a server".into()));
     };
-    match consensus.wait_for_leader(deadline).await {
-        None => Err(WriteError::NoLeader),
-        Some((id, _)) if id == consensus.id() => consensus.write(command, deadline).await,
-        Some(_) if forwarded => Err(WriteError::NoLeader),
-        Some((_, addr)) => {
-            let addr = parse_addr(&addr).ok_or(WriteError::NoLeader)?;
-            let request = Request::Write {
-                command,
-                timeout_ms: rpc::remaining_ms(deadline),
-                forwarded: true,
-            };
-            match lan
-                .inner
-                .rpc
-                .call(addr, &request, deadline + FORWARD_MARGIN)
-                .await
-            {
-                Ok(Response::Write(r)) => r,
-                Ok(other) => Err(WriteError::Rpc(format!("unexpected answer {other:?}"))),
-                Err(RpcError::Timeout) => Err(WriteError::Timeout),
-                Err(e) => Err(WriteError::Rpc(e.to_string())),
+    let hold = deadline.min(Instant::now() + crate::RPC_HOLD_TIMEOUT);
+    loop {
+        let (_, node) = match consensus.wait_for_leader(hold).await {
+            None => return Err(WriteError::NoLeader),
+            Some((id, _)) if id == consensus.id() => {
+                return consensus.write(command, deadline).await;
             }
+            Some(_) if forwarded => return Err(WriteError::NoLeader),
+            Some(leader) => leader,
+        };
+        let addr = address_of(lan, &node).ok_or(WriteError::NoLeader)?;
+        let request = Request::Write {
+            command: command.clone(),
+            timeout_ms: rpc::remaining_ms(deadline),
+            forwarded: true,
+        };
+        match lan
+            .inner
+            .rpc
+            .call(addr, &request, deadline + FORWARD_MARGIN)
+            .await
+        {
+            Ok(Response::Write(r)) => return r,
+            Ok(other) => return Err(WriteError::Rpc(format!("unexpected answer {other:?}"))),
+            Err(RpcError::Timeout) => return Err(WriteError::Timeout),
+            // Not connected: the write never left, so trying the next leader is safe.
+            Err(e @ RpcError::Connect { .. }) if Instant::now() < hold => {
+                tracing::debug!(peer = %addr, error = %e, "leader unreachable, waiting for another");
+                tokio::time::sleep(LEADER_RETRY).await;
+            }
+            Err(RpcError::Connect { .. }) => return Err(WriteError::NoLeader),
+            Err(e) => return Err(WriteError::Rpc(e.to_string())),
         }
     }
 }
@@ -135,11 +179,13 @@ impl rpc::Handler for Handler {
                 min_index,
                 timeout_ms,
                 forwarded,
+                max_stale_ms,
             } => {
                 let options = ReadOptions {
                     consistency,
                     min_index,
                     deadline: rpc::deadline_in(timeout_ms),
+                    max_stale: max_stale_ms.map(std::time::Duration::from_millis),
                 };
                 Response::Read(read(lan, &query, options, forwarded).await)
             }
@@ -155,7 +201,11 @@ impl rpc::Handler for Handler {
             }
             Request::Status => Response::Status(consensus.status()),
             Request::AppendEntries(r) => {
-                Response::AppendEntries(consensus.raft().append_entries(r).await)
+                let answer = consensus.raft().append_entries(r).await;
+                if answer.as_ref().is_ok_and(|a| a.is_success()) {
+                    consensus.heard_from_leader();
+                }
+                Response::AppendEntries(answer)
             }
             Request::Vote(r) => Response::Vote(consensus.raft().vote(r).await),
             Request::InstallSnapshot(r) => {

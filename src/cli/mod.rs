@@ -15,6 +15,7 @@ mod agent;
 mod catalog;
 mod gossip;
 mod members;
+mod operator;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -43,6 +44,18 @@ pub enum Command {
     Catalog {
         #[command(subcommand)]
         command: catalog::CatalogCommand,
+    },
+    /// Prints the agent's figures for debugging
+    Info(ClientArgs),
+    /// Runs cluster operations
+    Operator {
+        #[command(subcommand)]
+        command: operator::OperatorCommand,
+    },
+    /// Saves or restores the catalog
+    Snapshot {
+        #[command(subcommand)]
+        command: operator::SnapshotCommand,
     },
     /// Forces a member of the cluster into the left state
     #[command(name = "force-leave")]
@@ -149,6 +162,9 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
         Command::Join(args) => client_command(|| gossip::join(args)),
         Command::ForceLeave(args) => client_command(|| gossip::force_leave(args)),
         Command::Keygen => gossip::keygen(),
+        Command::Info(args) => client_command(|| operator::info(args)),
+        Command::Operator { command } => client_command(|| operator::operator(command)),
+        Command::Snapshot { command } => client_command(|| operator::snapshot(command)),
         Command::Keyring(args) => client_command(|| gossip::keyring(args)),
         Command::Leave(args) => client_command(|| async move {
             args.client()?.put("/v1/agent/leave", None).await?;

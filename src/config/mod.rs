@@ -628,11 +628,12 @@ impl AgentConfig {
                 "bootstrap cannot be combined with bootstrap_expect",
             ));
         }
-        if bootstrap_expect > 1 {
-            problems.push(problem(None, "bootstrap_expect", format!("{bootstrap_expect} servers need several servers per datacenter, which this version does not have yet: use bootstrap_expect = 1 and join client agents to it")));
-        }
-        if server && !bootstrap && bootstrap_expect == 0 {
-            problems.push(problem(None, "bootstrap_expect", "a server needs -bootstrap-expect=1 (or -bootstrap) to elect itself: joining a server to another server's Raft is not in this version"));
+        if sources.dev && bootstrap_expect > 1 {
+            problems.push(problem(
+                None,
+                "bootstrap_expect",
+                "-dev runs a single server: bootstrap_expect cannot be above 1",
+            ));
         }
         if !server && (bootstrap || bootstrap_expect > 0) {
             problems.push(problem(
@@ -965,17 +966,28 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_server_needs_a_data_dir_and_bootstrap() {
+    fn a_server_needs_a_data_dir_and_may_wait_for_others() {
         let layers = vec![layer(r#"{"server": true}"#)];
         let e = AgentConfig::from_layers(&layers, Sources::default()).unwrap_err();
-        let text = e.to_string();
-        assert!(text.contains("data_dir"), "{text}");
-        assert!(text.contains("bootstrap_expect"), "{text}");
+        assert!(e.to_string().contains("data_dir"), "{e}");
         let layers = vec![layer(
             r#"{"server": true, "bootstrap_expect": 1, "data_dir": "/tmp/x"}"#,
         )];
         let c = AgentConfig::from_layers(&layers, Sources::default()).unwrap();
         assert!(c.bootstrap);
+        // Three servers find each other; a server with neither waits to be added.
+        let layers = vec![layer(
+            r#"{"server": true, "bootstrap_expect": 3, "data_dir": "/tmp/x"}"#,
+        )];
+        let c = AgentConfig::from_layers(&layers, Sources::default()).unwrap();
+        assert!(!c.bootstrap);
+        assert_eq!(c.bootstrap_expect, 3);
+        let layers = vec![layer(r#"{"server": true, "data_dir": "/tmp/x"}"#)];
+        assert!(AgentConfig::from_layers(&layers, Sources::default()).is_ok());
+        let layers = vec![layer(
+            r#"{"server": true, "bootstrap": true, "bootstrap_expect": 3, "data_dir": "/tmp/x"}"#,
+        )];
+        assert!(AgentConfig::from_layers(&layers, Sources::default()).is_err());
     }
 
     #[test]

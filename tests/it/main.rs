@@ -13,4 +13,5 @@ mod cluster;
 mod dns;
 mod http;
 mod process;
+mod raft;
 mod support;

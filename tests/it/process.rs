@@ -2,6 +2,7 @@
 //! by python-consul (Debian's `python3-consul`), a Consul client we did not write.
 
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::process::{Proc, binary, run};
@@ -737,4 +738,179 @@ fn five_agent_processes_form_a_datacenter_and_see_kill_9_and_sigterm() {
         "c2 left",
         |code, out| code == 0 && out.contains("c2 "),
     );
+}
+
+/// GET `path` on the agent at `http`, as JSON (None while it does not answer 200).
+fn get_json(http: &str, path: &str) -> Option<serde_json::Value> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = proconsul::client::Client::new(http).unwrap();
+    runtime.block_on(async {
+        let r = client.call(hyper::Method::GET, path, None).await.ok()?;
+        (r.status == 200)
+            .then(|| serde_json::from_str(&r.body).ok())
+            .flatten()
+    })
+}
+
+/// Registers `ext-<i>` for i = 0, 1, … through `http` until `stop`, carrying on past
+/// failures; returns the IDs that were acknowledged.
+fn register_while(http: &str, stop: Arc<std::sync::atomic::AtomicBool>) -> Vec<usize> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = proconsul::client::Client::new(http).unwrap();
+    let mut acknowledged = Vec::new();
+    runtime.block_on(async {
+        let mut i = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 1_000_000 {
+            let body = serde_json::json!({"Node": format!("ext-{i}"), "Address": "10.4.0.1"});
+            if let Ok(r) = client
+                .call(
+                    hyper::Method::PUT,
+                    "/v1/catalog/register",
+                    Some(body.to_string()),
+                )
+                .await
+                && r.status == 200
+            {
+                acknowledged.push(i);
+            }
+            i += 1;
+        }
+    });
+    acknowledged
+}
+
+/// The `ext-*` node IDs the agent at `http` holds (a stale read: any server answers).
+fn ext_nodes(http: &str) -> Option<std::collections::BTreeSet<usize>> {
+    let nodes = get_json(http, "/v1/catalog/nodes?stale")?;
+    Some(
+        nodes
+            .as_array()?
+            .iter()
+            .filter_map(|n| n["Node"].as_str()?.strip_prefix("ext-")?.parse().ok())
+            .collect(),
+    )
+}
+
+#[test]
+fn three_server_processes_keep_every_acknowledged_write_through_a_kill_9_of_the_leader() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let common = [
+        "agent",
+        "-server",
+        "-bootstrap-expect=3",
+        "-bind=127.0.0.1",
+        "-http-port=0",
+        "-dns-port=-1",
+        "-server-port=0",
+        "-serf-lan-port=0",
+        "-log-level=info",
+    ];
+    let start = |i: usize, join: Option<&str>| {
+        let mut args: Vec<String> = common.iter().map(|s| s.to_string()).collect();
+        args.push(format!("-node=s{i}"));
+        args.push(format!(
+            "-data-dir={}",
+            dir.path().join(format!("s{i}")).display()
+        ));
+        if let Some(j) = join {
+            args.push(format!("-join={j}"));
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let p = Proc::spawn(&refs);
+        let http = p.listening("http").to_string();
+        (p, http)
+    };
+    let first = start(0, None);
+    let seed = first.0.listening("serf-lan-udp").to_string();
+    let mut servers = vec![first, start(1, Some(&seed)), start(2, Some(&seed))];
+
+    // One leader, three voters.
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
+    let leader = loop {
+        let config = get_json(&servers[0].1, "/v1/operator/raft/configuration");
+        let found = config.as_ref().and_then(|c| {
+            let list = c["Servers"].as_array()?;
+            let voters = list.iter().filter(|s| s["Voter"] == true).count();
+            let leader = list.iter().find(|s| s["Leader"] == true)?["Node"].as_str()?;
+            (voters == 3).then(|| leader.to_owned())
+        });
+        if let Some(l) = found {
+            break l;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no leader with three voters: {config:?}\n{}",
+            servers[0].0.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let leader_at: usize = leader[1..].parse().unwrap();
+    let writer_at = (leader_at + 1) % 3;
+
+    // Writes through a follower, which forwards them to the leader; the leader is
+    // killed while they are in flight.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (http, stop) = (servers[writer_at].1.clone(), stop.clone());
+        std::thread::spawn(move || register_while(&http, stop))
+    };
+    let wait_for = |http: &str, count: usize, what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if ext_nodes(http).is_some_and(|n| n.len() >= count) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for(&servers[writer_at].1, 100, "writes did not start");
+    servers[leader_at].0.signal("KILL");
+    servers[leader_at].0.wait(Duration::from_secs(10));
+    let before = ext_nodes(&servers[writer_at].1).unwrap().len();
+    wait_for(
+        &servers[writer_at].1,
+        before + 100,
+        "writes did not resume under a new leader",
+    );
+    stop.store(true, Ordering::Relaxed);
+    let acknowledged = writer.join().unwrap();
+    assert!(acknowledged.len() >= 200, "{}", acknowledged.len());
+
+    // Every acknowledged write is on both survivors, and on the old leader once it is
+    // back from its data dir.
+    let killed = servers.remove(leader_at);
+    drop(killed);
+    let back = start(leader_at, Some(&seed_of(&servers)));
+    servers.push(back);
+    for (p, http) in &servers {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let have = ext_nodes(http).unwrap_or_default();
+            let missing: Vec<&usize> = acknowledged.iter().filter(|i| !have.contains(i)).collect();
+            if missing.is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} acknowledged writes missing on {http}: {:?}…\n{}",
+                missing.len(),
+                &missing[..missing.len().min(10)],
+                p.output()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The gossip address of the first of `servers`.
+fn seed_of(servers: &[(Proc, String)]) -> String {
+    servers[0].0.listening("serf-lan-udp").to_string()
 }

@@ -243,6 +243,7 @@ impl Server {
             consistency: lan::Consistency::Stale,
             min_index: 0,
             deadline: tokio::time::Instant::now() + FETCH_TIMEOUT,
+            max_stale: None,
         };
         let result = self
             .gateway

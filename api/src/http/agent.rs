@@ -75,7 +75,10 @@ pub(crate) async fn self_info(State(ctx): State<Context>, RawQuery(q): RawQuery)
             },
             "consul": {
                 "server": info.server.to_string(),
-                "leader": raft.as_ref().is_some_and(|r| r.state == "Leader").to_string(),
+                "leader": raft
+                    .as_ref()
+                    .is_some_and(|r| r.leader.is_some() && r.leader == ctx.lan.server_addr().map(|a| a.to_string()))
+                    .to_string(),
                 "leader_addr": raft.as_ref().and_then(|r| r.leader.clone()).unwrap_or_default(),
                 "known_datacenters": ctx.gateway.datacenters().len().to_string(),
                 "bootstrap": info.bootstrap.to_string(),
@@ -87,6 +90,12 @@ pub(crate) async fn self_info(State(ctx): State<Context>, RawQuery(q): RawQuery)
                 "applied_index": r.applied_index.to_string(),
                 "num_peers": r.peers.len().saturating_sub(1).to_string(),
             })),
+            "serf_lan": {
+                "members": members.len().to_string(),
+                "failed": members.iter().filter(|m| m.status == lan::MemberStatus::Failed).count().to_string(),
+                "left": members.iter().filter(|m| m.status == lan::MemberStatus::Left).count().to_string(),
+                "encrypted": ctx.lan.encrypted().to_string(),
+            },
             "runtime": {
                 "os": std::env::consts::OS,
                 "arch": std::env::consts::ARCH,

@@ -10,6 +10,7 @@ mod catalog;
 mod health;
 pub(crate) mod json;
 mod keyring;
+mod snapshot;
 mod status;
 
 use std::io;
@@ -180,7 +181,14 @@ pub(crate) struct ReadRequest {
 /// Parses `?stale`, `?consistent`, `?index` and `?wait`.
 pub(crate) fn read_request(params: &Params) -> Result<ReadRequest, ApiError> {
     params.refuse_unsupported()?;
-    let stale = params.has("stale");
+    let max_stale = match params.get("max_stale") {
+        None | Some("") => None,
+        Some(m) => Some(
+            lan::duration::parse(m)
+                .map_err(|_| ApiError::BadRequest("Invalid max_stale value".into()))?,
+        ),
+    };
+    let stale = params.has("stale") || max_stale.is_some();
     let consistent = params.has("consistent");
     if stale && consistent {
         return Err(ApiError::BadRequest(
@@ -219,6 +227,7 @@ pub(crate) fn read_request(params: &Params) -> Result<ReadRequest, ApiError> {
             consistency,
             min_index,
             deadline,
+            max_stale,
         },
         pretty: params.pretty(),
     })
@@ -386,6 +395,16 @@ pub(crate) fn router(ctx: Context) -> Router {
         .route("/v1/agent/reload", put(agent::reload))
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
+        .route(
+            "/v1/snapshot",
+            get(snapshot::save)
+                .put(snapshot::restore)
+                .layer(DefaultBodyLimit::max(snapshot::MAX_SNAPSHOT_BYTES)),
+        )
+        .route(
+            "/v1/operator/raft/configuration",
+            get(status::raft_configuration),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(add_common_headers))

@@ -31,3 +31,53 @@ pub(crate) async fn peers(
         .await?;
     Ok(json(&status.peers, params.pretty()))
 }
+
+/// One server as `/v1/operator/raft/configuration` shows it.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct RaftServerJson<'a> {
+    #[serde(rename = "ID")]
+    id: &'a str,
+    node: &'a str,
+    address: &'a str,
+    leader: bool,
+    protocol_version: &'a str,
+    voter: bool,
+    last_index: u64,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct RaftConfigurationJson<'a> {
+    servers: Vec<RaftServerJson<'a>>,
+    index: u64,
+}
+
+/// `GET /v1/operator/raft/configuration`: the servers of the Raft configuration.
+pub(crate) async fn raft_configuration(
+    State(ctx): State<Context>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref());
+    let status = ctx
+        .gateway
+        .raft_status(params.dc(), Instant::now() + REQUEST_TIMEOUT)
+        .await?;
+    let body = RaftConfigurationJson {
+        servers: status
+            .servers
+            .iter()
+            .map(|s| RaftServerJson {
+                id: &s.node.node_id,
+                node: &s.node.name,
+                address: &s.node.rpc_addr,
+                leader: s.leader,
+                protocol_version: "3",
+                voter: s.voter,
+                last_index: if s.leader { status.last_log_index } else { 0 },
+            })
+            .collect(),
+        index: status.configuration_index,
+    };
+    Ok(json(&body, params.pretty()))
+}

@@ -146,7 +146,9 @@ impl Cluster {
     }
 
     fn live(&self) -> Vec<usize> {
-        (0..self.nodes.len()).filter(|i| !self.nodes[*i].dead).collect()
+        (0..self.nodes.len())
+            .filter(|i| !self.nodes[*i].dead)
+            .collect()
     }
 
     /// Watches every live member for failure verdicts about members not stopped.
@@ -306,7 +308,10 @@ async fn run_once(args: &Args, n: usize, rep: usize) -> Value {
     let t0 = Instant::now();
     let joins = (1..n).map(|i| {
         let (pool, seed) = (cl.nodes[i].pool.clone(), seed.clone());
-        async move { pool.join_one(&seed, Instant::now() + Duration::from_secs(10)).await }
+        async move {
+            pool.join_one(&seed, Instant::now() + Duration::from_secs(10))
+                .await
+        }
     });
     for r in futures_util::future::join_all(joins).await {
         if let Err(e) = r {

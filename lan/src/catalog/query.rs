@@ -66,6 +66,8 @@ pub enum Query {
         /// The address as text, as stored.
         address: String,
     },
+    /// The whole catalog, for `/v1/snapshot`.
+    Snapshot,
 }
 
 /// The answer to a [`Query`], variant for variant.
@@ -85,6 +87,8 @@ pub enum Answer {
     Checks(Vec<Check>),
     /// For [`Query::Address`]: nodes with the address, then instances with it.
     Address(Vec<Node>, Vec<Service>),
+    /// For [`Query::Snapshot`].
+    Snapshot(Box<super::state::Snapshot>),
 }
 
 fn meta_matches(node: &Node, filter: &[(String, String)]) -> bool {
@@ -218,6 +222,7 @@ impl State {
                     .collect();
                 (Answer::Address(nodes, services), ix.nodes.max(ix.services))
             }
+            Query::Snapshot => (Answer::Snapshot(Box::new(self.to_snapshot())), ix.max()),
         };
         (answer, index.max(1))
     }

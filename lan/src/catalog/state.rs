@@ -23,6 +23,8 @@ pub enum Command {
     Register(Registration),
     /// Remove a node (with everything on it), one service (with its checks) or one check.
     Deregister(Deregistration),
+    /// Replace the whole catalog (`snapshot restore`).
+    Restore(Box<Snapshot>),
 }
 
 /// The body of a catalog registration (Consul's `RegisterRequest`).
@@ -121,8 +123,8 @@ pub struct State {
     pub(super) indexes: Indexes,
 }
 
-/// The serialised form of the catalog used for Raft snapshots.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// The serialised form of the catalog used for Raft snapshots (and `/v1/snapshot`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     nodes: Vec<Node>,
     services: Vec<(String, Service)>,
@@ -201,7 +203,28 @@ impl State {
         match command {
             Command::Register(r) => self.register(index, r),
             Command::Deregister(d) => self.deregister(index, d),
+            Command::Restore(s) => {
+                self.restore(index, s);
+                Ok(())
+            }
         }
+    }
+
+    /// Replaces everything with `snapshot`, as changed at `index`: every table and
+    /// service moves to `index`, so blocking queries on anything wake.
+    fn restore(&mut self, index: u64, snapshot: &Snapshot) {
+        let mut state = State::from_snapshot(snapshot.clone());
+        state.indexes = Indexes {
+            nodes: index,
+            services: index,
+            checks: index,
+        };
+        let names: Vec<String> = state.by_name.keys().cloned().collect();
+        state.service_index.clear();
+        for name in names {
+            state.service_index.insert(name, index);
+        }
+        *self = state;
     }
 
     fn register(&mut self, index: u64, r: &Registration) -> Result<(), ApplyError> {

@@ -15,7 +15,7 @@
 //! memory ([`store::MemLog`]).
 
 mod disk;
-mod network;
+pub(crate) mod network;
 pub(crate) mod store;
 
 use std::collections::BTreeMap;
@@ -39,12 +39,32 @@ pub const RPC_HOLD_TIMEOUT: Duration = Duration::from_secs(7);
 pub(crate) type NodeId = u64;
 
 /// What Raft's membership records about a server: enough to reach and name it.
+///
+/// The address is where the server was when it was added; the network resolves the
+/// current one through gossip by name first, so a server that comes back on another
+/// address (or port) is still reached.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerNode {
     /// The server's node name.
     pub name: String,
     /// `ip:port` of its server RPC port.
     pub rpc_addr: String,
+    /// The server's node UUID (Consul's Raft server ID).
+    #[serde(default)]
+    pub node_id: String,
+}
+
+/// One server of the Raft configuration (`/v1/operator/raft/configuration`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftServer {
+    /// Raft's numeric ID.
+    pub raft_id: u64,
+    /// The server as recorded.
+    pub node: ServerNode,
+    /// Whether it votes (else it is a learner catching up).
+    pub voter: bool,
+    /// Whether it is the leader.
+    pub leader: bool,
 }
 
 openraft::declare_raft_types!(
@@ -186,6 +206,12 @@ pub struct RaftStatus {
     pub last_log_index: u64,
     /// Index of the last applied entry.
     pub applied_index: u64,
+    /// Every server of the configuration.
+    #[serde(default)]
+    pub servers: Vec<RaftServer>,
+    /// Index of the log entry that holds the configuration.
+    #[serde(default)]
+    pub configuration_index: u64,
 }
 
 /// This server's Raft and the catalog it drives. Cheap to clone.
@@ -193,7 +219,15 @@ pub struct RaftStatus {
 pub(crate) struct Consensus {
     id: NodeId,
     raft: Raft<TypeConfig>,
+    /// When this server last heard from a leader (an AppendEntries), for
+    /// `X-Consul-LastContact` on followers.
+    contact: Arc<std::sync::Mutex<Option<Instant>>>,
 }
+
+/// Why a membership change failed; the reconcile loop tries again later.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct MembershipError(String);
 
 /// Raft could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -220,8 +254,9 @@ impl Consensus {
         timing: RaftTiming,
         storage: &Storage,
         rpc: crate::rpc::Client,
+        members: tokio::sync::watch::Receiver<Arc<Vec<crate::Member>>>,
     ) -> Result<(Consensus, Catalog), RaftStartError> {
-        let network = network::Network { rpc };
+        let network = network::Network { rpc, members };
         let config = Arc::new(
             openraft::Config {
                 cluster_name: "proconsul".into(),
@@ -271,7 +306,164 @@ impl Consensus {
                 Err(e) => return Err(RaftStartError::Fatal(e.to_string())),
             }
         }
-        Ok((Consensus { id, raft }, catalog))
+        Ok((
+            Consensus {
+                id,
+                raft,
+                contact: Arc::default(),
+            },
+            catalog,
+        ))
+    }
+
+    /// The leader as this server should believe it: the one openraft names, unless
+    /// that is this server and a quorum has not answered it within [`LEADER_LEASE`], or
+    /// another server that has not been heard from within it (openraft keeps naming a
+    /// dead leader until the next term; Consul's followers forget it on a heartbeat
+    /// timeout).
+    fn leader_id(&self, m: &openraft::RaftMetrics<NodeId, ServerNode>) -> Option<NodeId> {
+        let leader = m.current_leader?;
+        if leader != m.id {
+            let heard = *self.contact.lock().expect("contact lock");
+            return heard
+                .is_some_and(|at| at.elapsed() < LEADER_LEASE)
+                .then_some(leader);
+        }
+        if m.state != ServerState::Leader {
+            return None;
+        }
+        let alone = m.membership_config.membership().voter_ids().count() <= 1;
+        let lease = u64::try_from(LEADER_LEASE.as_millis()).unwrap_or(u64::MAX);
+        (alone || m.millis_since_quorum_ack.is_some_and(|ms| ms < lease)).then_some(leader)
+    }
+
+    /// Resolves once this server no longer holds a valid leader lease (checked every
+    /// [`LEASE_CHECK`]).
+    async fn lease_lost(&self) {
+        loop {
+            tokio::time::sleep(LEASE_CHECK).await;
+            if !self.is_leader() {
+                return;
+            }
+        }
+    }
+
+    /// Whether this server holds Raft state (it was bootstrapped, or added by a leader).
+    pub(crate) async fn is_initialized(&self) -> bool {
+        self.raft.is_initialized().await.unwrap_or(true)
+    }
+
+    /// Bootstraps a new cluster whose voters are `members`. Safe to repeat with the
+    /// same set; never call it with another set (see `autopilot`).
+    pub(crate) async fn initialize(
+        &self,
+        members: BTreeMap<NodeId, ServerNode>,
+    ) -> Result<(), MembershipError> {
+        match self.raft.initialize(members).await {
+            Ok(()) | Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {
+                Ok(())
+            }
+            Err(e) => Err(MembershipError(e.to_string())),
+        }
+    }
+
+    /// The servers of the current configuration.
+    pub(crate) fn configuration(&self) -> Vec<RaftServer> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, node)| RaftServer {
+                raft_id: *id,
+                node: node.clone(),
+                voter: voters.contains(id),
+                leader: self.leader_id(&m) == Some(*id),
+            })
+            .collect()
+    }
+
+    /// Adds a server: first as a learner, which returns once it has caught up, then as
+    /// a voter. Leader only.
+    pub(crate) async fn add_voter(
+        &self,
+        id: NodeId,
+        node: ServerNode,
+        deadline: Instant,
+    ) -> Result<(), MembershipError> {
+        let fail = |e: &dyn std::fmt::Display| MembershipError(e.to_string());
+        let learner = tokio::time::timeout_at(deadline, self.raft.add_learner(id, node, true));
+        learner
+            .await
+            .map_err(|_| MembershipError("the new server did not catch up in time".into()))?
+            .map_err(|e| fail(&e))?;
+        let ids = std::collections::BTreeSet::from([id]);
+        let promote = tokio::time::timeout_at(
+            deadline,
+            self.raft
+                .change_membership(openraft::ChangeMembers::AddVoterIds(ids), false),
+        );
+        promote
+            .await
+            .map_err(|_| MembershipError("timed out promoting the server".into()))?
+            .map_err(|e| fail(&e))?;
+        Ok(())
+    }
+
+    /// Removes a server from the configuration (voter or learner). Leader only.
+    pub(crate) async fn remove_server(
+        &self,
+        id: NodeId,
+        deadline: Instant,
+    ) -> Result<(), MembershipError> {
+        let ids = std::collections::BTreeSet::from([id]);
+        let voter = self
+            .configuration()
+            .iter()
+            .any(|s| s.raft_id == id && s.voter);
+        let change = if voter {
+            openraft::ChangeMembers::RemoveVoters(ids)
+        } else {
+            openraft::ChangeMembers::RemoveNodes(ids)
+        };
+        tokio::time::timeout_at(deadline, self.raft.change_membership(change, false))
+            .await
+            .map_err(|_| MembershipError("timed out removing the server".into()))?
+            .map_err(|e| MembershipError(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Records a server's new address in the configuration. Leader only.
+    pub(crate) async fn update_address(
+        &self,
+        id: NodeId,
+        node: ServerNode,
+        deadline: Instant,
+    ) -> Result<(), MembershipError> {
+        let change = openraft::ChangeMembers::SetNodes(BTreeMap::from([(id, node)]));
+        tokio::time::timeout_at(deadline, self.raft.change_membership(change, true))
+            .await
+            .map_err(|_| MembershipError("timed out updating the server address".into()))?
+            .map_err(|e| MembershipError(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Notes that a leader was just heard from.
+    pub(crate) fn heard_from_leader(&self) {
+        *self.contact.lock().expect("contact lock") = Some(Instant::now());
+    }
+
+    /// Time since the leader was last heard from: zero on the leader, `None` when no
+    /// leader was heard from yet.
+    pub(crate) fn last_contact(&self) -> Option<Duration> {
+        if self.is_leader() {
+            return Some(Duration::ZERO);
+        }
+        self.contact
+            .lock()
+            .expect("contact lock")
+            .map(|at| at.elapsed())
     }
 
     /// Waits until this server leads, for at most [`RPC_HOLD_TIMEOUT`] or until
@@ -296,7 +488,13 @@ impl Consensus {
         if !self.hold_for_leadership(deadline).await {
             return Err(WriteError::NoLeader);
         }
-        let result = tokio::time::timeout_at(deadline, self.raft.client_write(command)).await;
+        // A leader that loses its quorum while the write waits says so instead of
+        // waiting out the deadline (the write may still commit if the quorum returns).
+        let commit = tokio::time::timeout_at(deadline, self.raft.client_write(command));
+        let result = tokio::select! {
+            r = commit => r,
+            _ = self.lease_lost() => return Err(WriteError::NoLeader),
+        };
         match result {
             Err(_) => Err(WriteError::Timeout),
             Ok(Ok(response)) => {
@@ -327,13 +525,17 @@ impl Consensus {
             let m = self.raft.metrics();
             let m = m.borrow();
             (
-                m.current_leader.is_some(),
-                m.state == ServerState::Leader && m.current_leader == Some(self.id),
+                self.leader_id(&m).is_some(),
+                self.leader_id(&m) == Some(self.id),
             )
         };
         let meta = ReadMeta {
             known_leader,
-            last_contact: Duration::ZERO,
+            last_contact: if is_leader {
+                Duration::ZERO
+            } else {
+                self.last_contact().unwrap_or(Duration::ZERO)
+            },
         };
         match consistency {
             Consistency::Stale => Ok(meta),
@@ -351,13 +553,13 @@ impl Consensus {
         }
     }
 
-    /// The leader's Raft ID and server RPC address, if one is known.
-    pub(crate) fn leader(&self) -> Option<(NodeId, String)> {
+    /// The leader's Raft ID and its record, if one is known.
+    pub(crate) fn leader(&self) -> Option<(NodeId, ServerNode)> {
         let m = self.raft.metrics();
         let m = m.borrow();
-        let id = m.current_leader?;
+        let id = self.leader_id(&m)?;
         let node = m.membership_config.membership().get_node(&id)?;
-        Some((id, node.rpc_addr.clone()))
+        Some((id, node.clone()))
     }
 
     /// This server's Raft ID.
@@ -367,7 +569,7 @@ impl Consensus {
 
     /// Waits until a leader is known, for at most [`RPC_HOLD_TIMEOUT`] or until
     /// `deadline`, and returns it.
-    pub(crate) async fn wait_for_leader(&self, deadline: Instant) -> Option<(NodeId, String)> {
+    pub(crate) async fn wait_for_leader(&self, deadline: Instant) -> Option<(NodeId, ServerNode)> {
         let hold = deadline.min(Instant::now() + RPC_HOLD_TIMEOUT);
         let mut metrics = self.raft.metrics();
         loop {
@@ -377,9 +579,11 @@ impl Consensus {
             if metrics.borrow_and_update().running_state.is_err() {
                 return None;
             }
-            match tokio::time::timeout_at(hold, metrics.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return self.leader(),
+            // Leases expire without a metrics change, so look again now and then too.
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() { return None },
+                _ = tokio::time::sleep(LEASE_CHECK) => {}
+                _ = tokio::time::sleep_until(hold) => return self.leader(),
             }
         }
     }
@@ -393,7 +597,7 @@ impl Consensus {
     pub(crate) fn is_leader(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow();
-        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+        self.leader_id(&m) == Some(self.id)
     }
 
     /// Waits until this server's leadership changes; `false` when Raft stopped instead.
@@ -405,33 +609,43 @@ impl Consensus {
                 if m.running_state.is_err() {
                     return false;
                 }
-                let leader = m.state == ServerState::Leader && m.current_leader == Some(self.id);
+                let leader = self.leader_id(&m) == Some(self.id);
                 if leader != was_leader {
                     return true;
                 }
             }
-            if metrics.changed().await.is_err() {
-                return false;
+            // Leases expire without a metrics change, so look again now and then too.
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() { return false },
+                _ = tokio::time::sleep(LEASE_CHECK) => {}
             }
         }
     }
 
     /// This server's view of Raft.
     pub(crate) fn status(&self) -> RaftStatus {
+        let servers = self.configuration();
         let m = self.raft.metrics();
         let m = m.borrow();
-        let membership = m.membership_config.membership();
-        let addr_of = |id: &NodeId| membership.get_node(id).map(|n| n.rpc_addr.clone());
+        let addr_of = |id: &NodeId| {
+            servers
+                .iter()
+                .find(|s| s.raft_id == *id)
+                .map(|s| s.node.rpc_addr.clone())
+        };
         RaftStatus {
-            leader: m.current_leader.as_ref().and_then(addr_of),
-            peers: membership
-                .voter_ids()
-                .filter_map(|id| addr_of(&id))
+            leader: self.leader_id(&m).as_ref().and_then(addr_of),
+            peers: servers
+                .iter()
+                .filter(|s| s.voter)
+                .map(|s| s.node.rpc_addr.clone())
                 .collect(),
             state: format!("{:?}", m.state),
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            configuration_index: m.membership_config.log_id().map(|l| l.index).unwrap_or(0),
+            servers,
         }
     }
 
@@ -442,6 +656,16 @@ impl Consensus {
         }
     }
 }
+
+/// How long a leader stays leader without hearing from a quorum of voters. Past it,
+/// the server acts as if it had stepped down (Consul's `leader_lease_timeout`): it takes
+/// no writes and serves no default reads, so a leader cut off from its cluster never
+/// answers with data the others may have moved past. openraft 0.9 keeps such a leader in
+/// the leader state until it hears a higher term; this is where we stop trusting it.
+pub const LEADER_LEASE: Duration = Duration::from_secs(1);
+
+/// How often a write waiting for its commit checks that the lease still holds.
+const LEASE_CHECK: Duration = Duration::from_millis(100);
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

@@ -6,6 +6,7 @@
 //! returned comes back as it was.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -15,15 +16,19 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{NodeId, ServerNode, TypeConfig};
+use crate::member::Member;
 use crate::rpc::{self, Request, Response, RpcError};
 
 /// Hands out [`Peer`]s that share the agent's RPC connections.
 #[derive(Debug, Clone)]
 pub(crate) struct Network {
     pub(crate) rpc: rpc::Client,
+    /// The LAN pool's member list: the current address of each server.
+    pub(crate) members: watch::Receiver<Arc<Vec<Member>>>,
 }
 
 /// One peer as Raft sees it.
@@ -32,6 +37,20 @@ pub(crate) struct Peer {
     target: NodeId,
     node: ServerNode,
     rpc: rpc::Client,
+    members: watch::Receiver<Arc<Vec<Member>>>,
+}
+
+/// The server RPC address of `node` now: what gossip says for that node name (a server
+/// may come back on another address or port), else what Raft recorded.
+pub(crate) fn resolve(members: &[Member], node: &ServerNode) -> Option<SocketAddr> {
+    let from_gossip = members
+        .iter()
+        .find(|m| m.name == node.name && m.is_server())
+        .and_then(|m| {
+            let port = m.tags.get("port")?.parse::<u16>().ok()?;
+            Some(SocketAddr::new(m.addr, port))
+        });
+    from_gossip.or_else(|| node.rpc_addr.parse().ok())
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -42,6 +61,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             node: node.clone(),
             rpc: self.rpc.clone(),
+            members: self.members.clone(),
         }
     }
 }
@@ -59,10 +79,11 @@ impl Peer {
         request: Request,
         option: &RPCOption,
     ) -> Result<Response, RPCError<NodeId, ServerNode, RaftError<NodeId, E>>> {
-        let addr: SocketAddr = self.node.rpc_addr.parse().map_err(|_| {
+        let found = resolve(&self.members.borrow(), &self.node);
+        let addr = found.ok_or_else(|| {
             RPCError::Unreachable(Unreachable::new(&Failure(format!(
-                "bad server address {:?}",
-                self.node.rpc_addr
+                "no address for server {} ({:?})",
+                self.node.name, self.node.rpc_addr
             ))))
         })?;
         let deadline = Instant::now() + option.hard_ttl();

@@ -45,6 +45,8 @@ pub struct Spec {
     pub config: Option<String>,
     /// Put a fault proxy in front of the gossip port.
     pub proxied: bool,
+    /// `bootstrap_expect` of a server (default 1).
+    pub expect: Option<u32>,
 }
 
 /// One running agent of a cluster.
@@ -87,7 +89,7 @@ impl Member {
                 node_name: Some(spec.name.clone()),
                 log_level: Some("warn".into()),
                 server: Some(spec.server),
-                bootstrap_expect: spec.server.then_some(1),
+                bootstrap_expect: spec.server.then_some(spec.expect.unwrap_or(1)),
                 bind_addr: Some(ip_text.clone()),
                 client_addr: Some(ip_text),
                 data_dir: Some(dir.path().join("data").display().to_string()),
@@ -187,6 +189,63 @@ fn free_port(ip: IpAddr) -> u16 {
             return port;
         }
     }
+}
+
+/// `n` servers started with `bootstrap_expect = n`, each joining the first.
+pub async fn servers(n: usize) -> Vec<Member> {
+    let mut members: Vec<Member> = Vec::new();
+    for i in 0..n {
+        let join = members
+            .first()
+            .map(|m| vec![m.gossip_addr()])
+            .unwrap_or_default();
+        members.push(
+            Member::start(Spec {
+                name: format!("server-{i}"),
+                server: true,
+                expect: Some(n as u32),
+                join,
+                ..Spec::default()
+            })
+            .await,
+        );
+    }
+    members
+}
+
+/// Waits until every given agent names the same leader and `peers` voters, and returns
+/// the leader's node name.
+pub async fn leader_of(members: &[&Member], peers: usize) -> String {
+    leader_other_than(members, peers, None).await
+}
+
+/// [`leader_of`], waiting for a leader other than `old` (one that was just stopped, which
+/// the others may still name until their lease on it runs out).
+pub async fn leader_other_than(members: &[&Member], peers: usize, old: Option<&str>) -> String {
+    eventually(secs(30), "one leader seen by every server", || async {
+        let mut leaders = Vec::new();
+        for m in members {
+            let config = m.json("/v1/operator/raft/configuration").await;
+            let servers = config["Servers"].as_array().cloned().unwrap_or_default();
+            let voters = servers.iter().filter(|s| s["Voter"] == true).count();
+            let leader = servers
+                .iter()
+                .find(|s| s["Leader"] == true)
+                .and_then(|s| s["Node"].as_str())
+                .map(str::to_owned);
+            match leader {
+                Some(l) if voters == peers && Some(l.as_str()) != old => leaders.push(l),
+                _ => return Err(format!("{} sees {config}", m.name)),
+            }
+        }
+        leaders.dedup();
+        if leaders.len() == 1 {
+            Ok(leaders.remove(0))
+        } else {
+            Err(format!("different leaders: {leaders:?}"))
+        }
+    })
+    .await
 }
 
 /// One server and `clients` client agents joined to it.

@@ -1,0 +1,258 @@
+#!/usr/bin/env bash
+# Raft write benchmark: catalog registrations on 1 and 3 proconsul servers against etcd
+# puts on 1 and 3 etcd members, same machine, same run, both fsyncing every commit (the
+# default of both); then leader failover time of both.
+#
+#   bench/raft.sh              # measure, print a markdown report
+#   bench/raft.sh --write      # ... and put it into BENCHMARKS.md
+#   NODES="1 3" CLIENTS="1 8 32" RUNS=3 SECONDS_PER_RUN=10 FAILOVERS=5 bench/raft.sh
+#
+# Writes: closed-loop clients (one request in flight each) against the leader's HTTP API:
+#   proconsul: PUT /v1/catalog/register, a new node with one service each time
+#              (bench/catalog_load.py)
+#   etcd:      puts through its JSON gateway (the team's reference etcd_bench.sh and
+#              kv_load.py, SHARED_BENCH, default ../shared/bench next to the checkout)
+# Failover: a 3-member cluster under a write every 10 ms through a follower; the leader
+# is killed with SIGKILL; the figure is the time until a write is acknowledged again.
+# Every process started here is stopped by PID on exit; data dirs live in a temp dir.
+#
+# Needs: cargo, python3, etcd and etcdctl (Debian: apt-get install etcd-server etcd-client).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+NODES=${NODES:-"1 3"}
+CLIENTS=${CLIENTS:-"1 8 32"}
+RUNS=${RUNS:-3}
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
+FAILOVERS=${FAILOVERS:-5}
+SHARED_BENCH=${SHARED_BENCH:-$ROOT/../shared/bench}
+WRITE=0
+[ "${1:-}" = "--write" ] && WRITE=1
+
+for tool in etcd etcdctl python3; do
+  command -v "$tool" >/dev/null || { echo "$tool is needed (apt-get install etcd-server etcd-client)" >&2; exit 1; }
+done
+[ -f "$SHARED_BENCH/etcd_bench.sh" ] || { echo "etcd_bench.sh not found in $SHARED_BENCH" >&2; exit 1; }
+cargo build --release -q --bin proconsul
+BIN="$ROOT/target/release/proconsul"
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+median() { sort -n | awk '{v[NR]=$1} END{ if(NR==0) print "NA"; else if(NR%2) print v[(NR+1)/2]; else printf "%.3f\n", (v[NR/2]+v[NR/2+1])/2 }'; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Starts N proconsul servers (bootstrap_expect=N); sets HTTP[i], SERVER_PIDS[i], DIRS[i].
+start_servers() {
+  local n=$1 i join=""
+  HTTP=(); SERVER_PIDS=(); DIRS=(); SERF=()
+  for i in $(seq 0 $((n - 1))); do
+    local http serf rpc dir
+    http=$(free_port); serf=$(free_port); rpc=$(free_port)
+    dir="$WORK/p$n-s$i"
+    mkdir -p "$dir"
+    "$BIN" agent -server -bootstrap-expect="$n" -node="s$i" -data-dir="$dir" \
+      -bind=127.0.0.1 -client=127.0.0.1 -http-port="$http" -dns-port=-1 \
+      -server-port="$rpc" -serf-lan-port="$serf" -log-level=warn $join > "$dir/log" 2>&1 &
+    SERVER_PIDS+=($!); PIDS+=($!); HTTP+=("$http"); DIRS+=("$dir"); SERF+=("$serf")
+    join="-join=127.0.0.1:${SERF[0]}"
+  done
+  wait_leader "$n"
+}
+
+# Prints the HTTP port of the leader once N voters agree on one (polls server 0..N-1).
+leader_http() {
+  local n=$1
+  python3 - "$n" "${HTTP[@]}" <<'PY'
+import json, sys, urllib.request
+n = int(sys.argv[1]); ports = sys.argv[2:]
+for port in ports:
+    try:
+        c = json.load(urllib.request.urlopen("http://127.0.0.1:%s/v1/operator/raft/configuration" % port, timeout=2))
+    except Exception:
+        continue
+    servers = c.get("Servers", [])
+    leaders = [s["Node"] for s in servers if s.get("Leader")]
+    if len(servers) == n and all(s.get("Voter") for s in servers) and leaders:
+        print(ports[int(leaders[0][1:])])
+        sys.exit(0)
+sys.exit(1)
+PY
+}
+
+wait_leader() {
+  local n=$1
+  for _ in $(seq 300); do
+    if LEADER_HTTP=$(leader_http "$n"); then return 0; fi
+    sleep 0.1
+  done
+  echo "no leader among $n servers" >&2
+  exit 1
+}
+
+stop_servers() {
+  for p in "${SERVER_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${SERVER_PIDS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+  done
+}
+
+# Milliseconds from killing the leader until a write through a survivor is acknowledged.
+# Args: kill-command, then the URL of the survivor's write endpoint and its JSON body.
+time_failover() {
+  python3 - "$@" <<'PY'
+import json, os, signal, sys, time, urllib.request
+pid, url, body = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+method = sys.argv[4] if len(sys.argv) > 4 else "PUT"
+def write():
+    req = urllib.request.Request(url, data=body.encode(), method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=0.5) as r:
+            return r.status == 200
+    except Exception:
+        return False
+for _ in range(100):
+    if write():
+        break
+    time.sleep(0.01)
+t = time.perf_counter()
+os.kill(pid, signal.SIGKILL)
+deadline = t + 60
+while time.perf_counter() < deadline:
+    if write():
+        print(round((time.perf_counter() - t) * 1000))
+        sys.exit(0)
+    time.sleep(0.01)
+print("timeout")
+PY
+}
+
+started=$(date -u +"%Y-%m-%d %H:%M UTC")
+: > "$WORK/ours"
+for n in $NODES; do
+  echo "== proconsul: $n server(s)" >&2
+  start_servers "$n"
+  for c in $CLIENTS; do
+    : > "$WORK/res"
+    for r in $(seq "$RUNS"); do
+      line=$(python3 bench/catalog_load.py --url "http://127.0.0.1:$LEADER_HTTP" --clients "$c" --seconds "$SECONDS_PER_RUN" | grep '^RESULT')
+      echo "  n=$n clients=$c run $r: $line" >&2
+      echo "$line" | sed -E 's/.*ops_s=([0-9.]+).*p50_ms=([0-9.]+).*p99_ms=([0-9.]+).*/\1 \2 \3/' >> "$WORK/res"
+    done
+    echo "proconsul $n $c $(awk '{print $1}' "$WORK/res" | median) $(awk '{print $2}' "$WORK/res" | median) $(awk '{print $3}' "$WORK/res" | median)" >> "$WORK/ours"
+  done
+  stop_servers
+done
+
+echo "== etcd (reference): $SHARED_BENCH/etcd_bench.sh" >&2
+NODES="$NODES" CLIENTS="$CLIENTS" RUNS="$RUNS" SECONDS_PER_RUN="$SECONDS_PER_RUN" FSYNC=0 \
+  bash "$SHARED_BENCH/etcd_bench.sh" > "$WORK/etcd.log" 2>&1 || true
+grep -E '^MEDIAN|^#' "$WORK/etcd.log" >&2 || true
+etcd_version=$(etcd --version | head -1)
+
+# Failover: proconsul.
+: > "$WORK/fo-ours"
+for r in $(seq "$FAILOVERS"); do
+  start_servers 3
+  leader_idx=-1
+  for i in 0 1 2; do [ "${HTTP[$i]}" = "$LEADER_HTTP" ] && leader_idx=$i; done
+  survivor=$(( (leader_idx + 1) % 3 ))
+  ms=$(time_failover "${SERVER_PIDS[$leader_idx]}" "http://127.0.0.1:${HTTP[$survivor]}/v1/catalog/register" '{"Node":"failover","Address":"10.0.0.1"}')
+  echo "  proconsul failover run $r: $ms ms" >&2
+  echo "$ms" >> "$WORK/fo-ours"
+  stop_servers
+done
+
+# Failover: etcd, 3 members.
+: > "$WORK/fo-etcd"
+for r in $(seq "$FAILOVERS"); do
+  cluster=""; ports=(); pports=(); EPIDS=()
+  for i in 1 2 3; do ports+=($(free_port)); pports+=($(free_port)); done
+  for i in 0 1 2; do cluster+="e$i=http://127.0.0.1:${pports[$i]},"; done
+  cluster=${cluster%,}
+  for i in 0 1 2; do
+    etcd --name "e$i" --data-dir "$WORK/etcd-fo-$r-$i" \
+      --listen-client-urls "http://127.0.0.1:${ports[$i]}" --advertise-client-urls "http://127.0.0.1:${ports[$i]}" \
+      --listen-peer-urls "http://127.0.0.1:${pports[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${pports[$i]}" \
+      --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token "fo$r" \
+      --logger zap --log-outputs stderr --log-level error > "$WORK/etcd-fo-$r-$i.log" 2>&1 &
+    EPIDS+=($!); PIDS+=($!)
+  done
+  eps="http://127.0.0.1:${ports[0]},http://127.0.0.1:${ports[1]},http://127.0.0.1:${ports[2]}"
+  for _ in $(seq 100); do etcdctl --endpoints="$eps" endpoint health >/dev/null 2>&1 && break; sleep 0.2; done
+  leader_ep=$(etcdctl --endpoints="$eps" endpoint status -w json | python3 -c '
+import json,sys
+for s in json.load(sys.stdin):
+    if s["Status"]["leader"] == s["Status"]["header"]["member_id"]:
+        print(s["Endpoint"])')
+  leader_idx=0
+  for i in 0 1 2; do [ "http://127.0.0.1:${ports[$i]}" = "$leader_ep" ] && leader_idx=$i; done
+  survivor=$(( (leader_idx + 1) % 3 ))
+  ms=$(time_failover "${EPIDS[$leader_idx]}" "http://127.0.0.1:${ports[$survivor]}/v3/kv/put" '{"key":"Zm8=","value":"YmFy"}' POST)
+  echo "  etcd failover run $r: $ms ms" >&2
+  echo "$ms" >> "$WORK/fo-etcd"
+  for p in "${EPIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+done
+
+report=$(python3 - "$WORK" "$started" "$(nproc)" "$etcd_version" "$RUNS" "$SECONDS_PER_RUN" "$NODES" "$CLIENTS" "$FAILOVERS" <<'PY'
+import re, statistics, sys, os
+work, started, cpus, etcd_version, runs, secs, nodes, clients, failovers = sys.argv[1:10]
+ours = {}
+for line in open(os.path.join(work, "ours")):
+    _, n, c, ops, p50, p99 = line.split()
+    ours[(n, c)] = (ops, p50, p99)
+etcd = {}
+for line in open(os.path.join(work, "etcd.log")):
+    m = re.match(r"MEDIAN etcd nodes=(\d+) clients=(\d+): ops/s=([\d.NA]+) p50_ms=([\d.NA]+) p99_ms=([\d.NA]+)", line)
+    if m:
+        etcd[(m.group(1), m.group(2))] = m.groups()[2:]
+def fo(name):
+    vals = [int(x) for x in open(os.path.join(work, name)).read().split() if x.isdigit()]
+    bad = sum(1 for x in open(os.path.join(work, name)).read().split() if not x.isdigit())
+    if not vals:
+        return "—"
+    return "median %d ms, max %d ms over %d runs%s" % (statistics.median(vals), max(vals), len(vals),
+                                                       (", %d timed out" % bad) if bad else "")
+print(f"Measured {started} on {cpus} CPUs; {etcd_version}; medians of {runs} runs of {secs} s.")
+print(f"Command: `NODES=\"{nodes}\" CLIENTS=\"{clients}\" RUNS={runs} SECONDS_PER_RUN={secs} FAILOVERS={failovers} bench/raft.sh --write`.")
+print()
+print("| servers | clients | proconsul registrations/s | p50 ms | p99 ms | etcd puts/s | p50 ms | p99 ms | proconsul / etcd |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for n in nodes.split():
+    for c in clients.split():
+        o = ours.get((n, c), ("NA",) * 3)
+        e = etcd.get((n, c), ("NA",) * 3)
+        try:
+            ratio = "%.2f" % (float(o[0]) / float(e[0]))
+        except (ValueError, ZeroDivisionError):
+            ratio = "—"
+        print(f"| {n} | {c} | {o[0]} | {o[1]} | {o[2]} | {e[0]} | {e[1]} | {e[2]} | **{ratio}** |")
+print()
+print(f"Leader failover (3 members, SIGKILL of the leader until a write through a follower is acknowledged): proconsul {fo('fo-ours')}; etcd {fo('fo-etcd')}.")
+PY
+)
+echo "$report"
+if [ "$WRITE" = 1 ]; then
+  python3 - "$ROOT/BENCHMARKS.md" "$report" <<'PY'
+import sys
+path, report = sys.argv[1], sys.argv[2]
+text = open(path).read()
+begin, end = "<!-- raft:begin -->", "<!-- raft:end -->"
+if begin in text and end in text:
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    text = head + begin + "\n" + report + "\n" + end + tail
+else:
+    text = text.rstrip() + "\n\n" + begin + "\n" + report + "\n" + end + "\n"
+open(path, "w").write(text)
+PY
+  echo "BENCHMARKS.md updated" >&2
+fi

@@ -1,0 +1,288 @@
+//! How a datacenter's servers become one Raft cluster and stay one: bootstrap with
+//! `bootstrap_expect`, and the leader's upkeep of the server set (Consul's autopilot).
+//!
+//! **Bootstrap.** A server started with `bootstrap_expect = N` and no Raft state waits
+//! until gossip shows N live servers of its datacenter with the same expectation, and
+//! that set has stayed the same for [`BOOTSTRAP_SETTLE`]. It then asks each of them
+//! whether it already holds Raft state; if any does, a cluster exists and this server
+//! will be added to it by its leader. Otherwise only the server with the lowest Raft ID
+//! of the set initializes Raft, with the whole set as voters. One initializer and the
+//! settle time are what keep two clusters from ever forming: a server arriving while the
+//! set is chosen changes the set everyone sees, and by the time it has settled again the
+//! initializer answers that it holds state.
+//!
+//! **Upkeep (leader only).** For every server that gossip shows: alive and not a voter →
+//! added as a learner, then promoted once caught up; left → removed; failed for longer
+//! than [`DEAD_SERVER_GRACE`] (or forgotten by gossip altogether) → removed, but only when
+//! the servers still alive keep a quorum of the smaller configuration, so a network
+//! problem never shrinks the cluster below what it needs. A server whose address changed
+//! (it came back on another port) gets its record updated.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::member::{Member, MemberStatus};
+use crate::raft::{Consensus, NodeId, RaftServer, ServerNode};
+use crate::rpc::{Request, Response};
+use crate::{Lan, raft_id};
+
+/// How long the set of servers must stay the same before one of them bootstraps.
+pub(crate) const BOOTSTRAP_SETTLE: Duration = Duration::from_secs(2);
+/// How often an unbootstrapped server looks at the pool.
+const BOOTSTRAP_POLL: Duration = Duration::from_millis(500);
+/// Budget of each question to another server during bootstrap.
+const BOOTSTRAP_ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a failed server stays in the configuration before it is removed.
+pub const DEAD_SERVER_GRACE: Duration = Duration::from_secs(30);
+/// Budget of one membership change (adding waits for the new server to catch up).
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A server of this datacenter as gossip shows it.
+struct SeenServer {
+    id: NodeId,
+    node: ServerNode,
+    addr: SocketAddr,
+    status: MemberStatus,
+    expect: Option<u32>,
+}
+
+fn servers_in(members: &[Member], dc: &str) -> Vec<SeenServer> {
+    members
+        .iter()
+        .filter(|m| m.is_server() && m.tags.get("dc").map(String::as_str) == Some(dc))
+        .filter_map(|m| {
+            let node_id = m.tags.get("id")?.clone();
+            let port = m.tags.get("port")?.parse::<u16>().ok()?;
+            let addr = SocketAddr::new(m.addr, port);
+            Some(SeenServer {
+                id: raft_id(&node_id),
+                node: ServerNode {
+                    name: m.name.clone(),
+                    rpc_addr: addr.to_string(),
+                    node_id,
+                },
+                addr,
+                status: m.status,
+                expect: m.tags.get("expect").and_then(|e| e.parse().ok()),
+            })
+        })
+        .collect()
+}
+
+/// Runs the bootstrap of a server started with `bootstrap_expect = expect` (> 1),
+/// until Raft holds state or `shutdown`.
+pub(crate) async fn bootstrap(lan: Lan, expect: u32, shutdown: CancellationToken) {
+    let Some(consensus) = lan.consensus().cloned() else {
+        return;
+    };
+    let dc = lan.datacenter().to_string();
+    let me = raft_id(&lan.config().node_id);
+    let mut last: BTreeSet<NodeId> = BTreeSet::new();
+    let mut stable_since = Instant::now();
+    let mut waiting_logged = false;
+    loop {
+        if consensus.is_initialized().await {
+            return;
+        }
+        let members = lan.members();
+        let seen: Vec<SeenServer> = servers_in(&members, &dc)
+            .into_iter()
+            .filter(|s| s.status == MemberStatus::Alive)
+            .collect();
+        for s in &seen {
+            if s.expect.is_some_and(|e| e != expect) {
+                tracing::error!(node = %s.node.name, "member has a conflicting expect value; all servers should set the same bootstrap_expect");
+            }
+        }
+        let agreeing: Vec<&SeenServer> = seen.iter().filter(|s| s.expect == Some(expect)).collect();
+        let ids: BTreeSet<NodeId> = agreeing.iter().map(|s| s.id).collect();
+        if ids != last {
+            last = ids.clone();
+            stable_since = Instant::now();
+        }
+        let settled = stable_since.elapsed() >= BOOTSTRAP_SETTLE;
+        if agreeing.len() < expect as usize {
+            if !waiting_logged {
+                tracing::info!(
+                    seen = agreeing.len(),
+                    expect,
+                    "waiting for servers to bootstrap the cluster"
+                );
+                waiting_logged = true;
+            }
+        } else if settled && ids.first() == Some(&me) {
+            if someone_holds_state(&lan, &agreeing, me).await {
+                tracing::info!("a server already holds raft state; waiting to be added");
+            } else {
+                let voters: BTreeMap<NodeId, ServerNode> =
+                    agreeing.iter().map(|s| (s.id, s.node.clone())).collect();
+                let names: Vec<&str> = agreeing.iter().map(|s| s.node.name.as_str()).collect();
+                match consensus.initialize(voters).await {
+                    Ok(()) => {
+                        tracing::info!(servers = %names.join(", "), "bootstrapped the raft cluster");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "raft bootstrap failed; will retry"),
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(BOOTSTRAP_POLL) => {}
+        }
+    }
+}
+
+/// Whether any of `servers` (other than `me`) reports Raft state. A server that does
+/// not answer counts as holding state: better to wait than to risk a second cluster.
+async fn someone_holds_state(lan: &Lan, servers: &[&SeenServer], me: NodeId) -> bool {
+    for s in servers.iter().filter(|s| s.id != me) {
+        let deadline = Instant::now() + BOOTSTRAP_ASK_TIMEOUT;
+        match lan.inner.rpc.call(s.addr, &Request::Status, deadline).await {
+            Ok(Response::Status(status)) if status.servers.is_empty() && status.term == 0 => {}
+            Ok(Response::Status(_)) => return true,
+            Ok(_) | Err(_) => {
+                tracing::debug!(node = %s.node.name, "server did not say whether it holds raft state");
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// When each failed server was first seen failed (or missing), by Raft ID.
+#[derive(Default)]
+pub(crate) struct DeadServers {
+    since: HashMap<NodeId, Instant>,
+}
+
+/// The leader's pass over the server set; returns whether everything was in step.
+pub(crate) async fn reconcile(
+    consensus: &Consensus,
+    dc: &str,
+    members: &[Member],
+    dead: &mut DeadServers,
+) -> bool {
+    let config = consensus.configuration();
+    let seen = servers_in(members, dc);
+    let mut ok = true;
+    let by_id = |id: NodeId| config.iter().find(|s| s.raft_id == id);
+    for s in &seen {
+        match s.status {
+            MemberStatus::Alive => {
+                dead.since.remove(&s.id);
+                match by_id(s.id) {
+                    Some(RaftServer {
+                        voter: true, node, ..
+                    }) => {
+                        if node.rpc_addr != s.node.rpc_addr {
+                            ok &= change(
+                                "update the address of",
+                                &s.node.name,
+                                consensus.update_address(s.id, s.node.clone(), deadline()),
+                            )
+                            .await;
+                        }
+                    }
+                    _ => {
+                        tracing::info!(node = %s.node.name, "adding server to the raft cluster");
+                        ok &= change(
+                            "add",
+                            &s.node.name,
+                            consensus.add_voter(s.id, s.node.clone(), deadline()),
+                        )
+                        .await;
+                    }
+                }
+            }
+            MemberStatus::Left if by_id(s.id).is_some() && s.id != consensus.id() => {
+                tracing::info!(node = %s.node.name, "removing server that left");
+                ok &= change(
+                    "remove",
+                    &s.node.name,
+                    consensus.remove_server(s.id, deadline()),
+                )
+                .await;
+            }
+            MemberStatus::Failed | MemberStatus::Leaving => {
+                dead.since.entry(s.id).or_insert_with(Instant::now);
+            }
+            MemberStatus::Left => {}
+        }
+    }
+    // Servers in the configuration that gossip has forgotten count as failed.
+    let known: BTreeSet<NodeId> = seen.iter().map(|s| s.id).collect();
+    for s in &config {
+        if !known.contains(&s.raft_id) && s.raft_id != consensus.id() {
+            dead.since.entry(s.raft_id).or_insert_with(Instant::now);
+        }
+    }
+    let alive: BTreeSet<NodeId> = seen
+        .iter()
+        .filter(|s| s.status == MemberStatus::Alive)
+        .map(|s| s.id)
+        .chain(std::iter::once(consensus.id()))
+        .collect();
+    let expired: Vec<NodeId> = dead
+        .since
+        .iter()
+        .filter(|(_, at)| at.elapsed() >= DEAD_SERVER_GRACE)
+        .map(|(id, _)| *id)
+        .collect();
+    for id in expired {
+        let Some(server) = by_id(id) else {
+            dead.since.remove(&id);
+            continue;
+        };
+        let voters: Vec<NodeId> = consensus
+            .configuration()
+            .iter()
+            .filter(|s| s.voter)
+            .map(|s| s.raft_id)
+            .collect();
+        let remaining = voters.iter().filter(|v| **v != id).count();
+        let alive_remaining = voters
+            .iter()
+            .filter(|v| **v != id && alive.contains(v))
+            .count();
+        if server.voter && alive_remaining < remaining / 2 + 1 {
+            tracing::warn!(node = %server.node.name, "not removing a failed server: the others would not keep a quorum");
+            continue;
+        }
+        tracing::info!(node = %server.node.name, "removing failed server");
+        if change(
+            "remove",
+            &server.node.name,
+            consensus.remove_server(id, deadline()),
+        )
+        .await
+        {
+            dead.since.remove(&id);
+        } else {
+            ok = false;
+        }
+    }
+    ok
+}
+
+fn deadline() -> Instant {
+    Instant::now() + CHANGE_TIMEOUT
+}
+
+async fn change(
+    what: &str,
+    node: &str,
+    work: impl std::future::Future<Output = Result<(), crate::raft::MembershipError>>,
+) -> bool {
+    match work.await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(node = %node, error = %e, "failed to {what} server");
+            false
+        }
+    }
+}
