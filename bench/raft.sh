@@ -102,6 +102,7 @@ stop_servers() {
   for p in "${SERVER_PIDS[@]}"; do
     for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
   done
 }
 
@@ -199,7 +200,7 @@ for s in json.load(sys.stdin):
   ms=$(time_failover "${EPIDS[$leader_idx]}" "http://127.0.0.1:${ports[$survivor]}/v3/kv/put" '{"key":"Zm8=","value":"YmFy"}' POST)
   echo "  etcd failover run $r: $ms ms" >&2
   echo "$ms" >> "$WORK/fo-etcd"
-  for p in "${EPIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  for p in "${EPIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
 done
 
 report=$(python3 - "$WORK" "$started" "$(nproc)" "$etcd_version" "$RUNS" "$SECONDS_PER_RUN" "$NODES" "$CLIENTS" "$FAILOVERS" <<'PY'

@@ -276,6 +276,8 @@ impl Lan {
                     &config.storage,
                     rpc.clone(),
                     pool.subscribe(),
+                    tasks,
+                    shutdown.child_token(),
                 )
                 .await?;
                 tasks.spawn(leader::run(

@@ -112,6 +112,56 @@ fn cli_verbs_work_against_a_running_agent_and_sigterm_exits_cleanly() {
     let (_, out, _) = text(&run(&["catalog", "datacenters", &addr]));
     assert_eq!(out, "dc1\n");
 
+    // Raft and agent figures.
+    let (code, out, err) = text(&run(&["operator", "raft", "list-peers", &addr]));
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["Node", "ID", "Address", "State", "Voter", "RaftProtocol"]
+    );
+    assert_eq!(rows[1][0], "proc-node");
+    assert_eq!(rows[1][3], "leader");
+    assert_eq!(rows[1][4], "true");
+    let (code, out, err) = text(&run(&["info", &addr]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("consul:\n"), "{out}");
+    assert!(out.contains("\tleader = true\n"), "{out}");
+    assert!(out.contains("serf_lan:\n"), "{out}");
+    assert!(out.contains("\tmembers = 1\n"), "{out}");
+
+    // snapshot save, a change, snapshot restore: the change is undone.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.snap");
+    let file_text = file.display().to_string();
+    let (code, out, err) = text(&run(&["snapshot", "save", &addr, &file_text]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("Saved and verified snapshot to index "),
+        "{out}"
+    );
+    let register = r#"{"Node": "later", "Address": "10.1.1.1"}"#;
+    let r = get_or_put(
+        &http,
+        hyper::Method::PUT,
+        "/v1/catalog/register",
+        Some(register),
+    );
+    assert_eq!(r, 200);
+    let (_, out, _) = text(&run(&["catalog", "nodes", &addr]));
+    assert!(out.contains("later"), "{out}");
+    let (code, out, err) = text(&run(&["snapshot", "restore", &addr, &file_text]));
+    assert_eq!((code, out.as_str()), (0, "Restored snapshot\n"), "{err}");
+    let (_, out, _) = text(&run(&["catalog", "nodes", &addr]));
+    assert!(!out.contains("later") && out.contains("proc-node"), "{out}");
+    std::fs::write(&file, "{\"not\": \"a snapshot\"}").unwrap();
+    let (code, _, err) = text(&run(&["snapshot", "restore", &addr, &file_text]));
+    assert_eq!(code, 1);
+    assert!(err.contains("not a snapshot file"), "{err}");
+
     p.signal("TERM");
     let status = p.wait(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{}", p.output());
@@ -913,4 +963,20 @@ fn three_server_processes_keep_every_acknowledged_write_through_a_kill_9_of_the_
 /// The gossip address of the first of `servers`.
 fn seed_of(servers: &[(Proc, String)]) -> String {
     servers[0].0.listening("serf-lan-udp").to_string()
+}
+
+/// Sends one request to the agent at `http`; returns the status code.
+fn get_or_put(http: &str, method: hyper::Method, path: &str, body: Option<&str>) -> u16 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = proconsul::client::Client::new(http).unwrap();
+    runtime.block_on(async {
+        client
+            .call(method, path, body.map(str::to_owned))
+            .await
+            .map(|r| r.status)
+            .unwrap_or(0)
+    })
 }

@@ -104,18 +104,22 @@ impl Catalog {
 }
 
 impl CatalogWriter {
-    /// Applies `command` at Raft index `index` and wakes blocking queries.
-    pub(crate) fn apply(&self, index: u64, command: &Command) -> Result<(), ApplyError> {
+    /// Applies several commands at one Raft index (a batched entry), in order, under one
+    /// lock, and wakes blocking queries once.
+    pub(crate) fn apply_all(
+        &self,
+        index: u64,
+        commands: &[Command],
+    ) -> Vec<Result<(), ApplyError>> {
         let mut state = self.state.write().expect("catalog lock poisoned");
-        let result = state.apply(index, command);
+        let results = commands.iter().map(|c| state.apply(index, c)).collect();
         let newest = state.indexes().max();
-        // Wake blocking queries only when something changed.
         self.index.send_if_modified(|current| {
             let changed = *current != newest;
             *current = newest;
             changed
         });
-        result
+        results
     }
 
     /// The catalog as a serialisable snapshot.
@@ -155,13 +159,13 @@ mod tests {
     #[tokio::test]
     async fn blocking_query_wakes_on_a_change() {
         let (catalog, writer) = Catalog::new();
-        writer.apply(3, &register(3)).unwrap();
+        assert_eq!(writer.apply_all(3, &[register(3)]), [Ok(())]);
         let q = Query::Nodes { node_meta: vec![] };
         let reader = catalog.clone();
         let far = Instant::now() + Duration::from_secs(60);
         let waiter = tokio::spawn(async move { reader.query_blocking(&q, 3, far).await });
         tokio::task::yield_now().await;
-        writer.apply(4, &register(4)).unwrap();
+        assert_eq!(writer.apply_all(4, &[register(4)]), [Ok(())]);
         let (answer, index) = waiter.await.unwrap();
         assert_eq!(index, 4);
         assert!(matches!(answer, Answer::Nodes(n) if n.len() == 2));
@@ -170,7 +174,7 @@ mod tests {
     #[tokio::test]
     async fn an_index_from_the_future_answers_at_once() {
         let (catalog, writer) = Catalog::new();
-        writer.apply(3, &register(3)).unwrap();
+        assert_eq!(writer.apply_all(3, &[register(3)]), [Ok(())]);
         let q = Query::Nodes { node_meta: vec![] };
         let far = Instant::now() + Duration::from_secs(3600);
         let (_, index) = tokio::time::timeout(
@@ -185,7 +189,7 @@ mod tests {
     #[tokio::test]
     async fn blocking_query_returns_at_the_deadline() {
         let (catalog, writer) = Catalog::new();
-        writer.apply(3, &register(3)).unwrap();
+        assert_eq!(writer.apply_all(3, &[register(3)]), [Ok(())]);
         let q = Query::Nodes { node_meta: vec![] };
         let (_, index) = catalog
             .query_blocking(&q, 3, Instant::now() + Duration::from_millis(20))

@@ -2,30 +2,38 @@
 //!
 //! One database file (`<data_dir>/raft/raft.db`) with two tables: `log` maps a log index to
 //! the JSON of its entry, `meta` holds the vote, the last purged log ID and the committed
-//! log ID. An append is one write transaction committed with `Durability::Immediate`
-//! (an fsync) before openraft is told the entries are durable; the vote is saved the same
-//! way. The committed pointer is an optimisation (it lets a restarted server re-apply its
-//! log before hearing from a leader), so it is written without an fsync: losing it only
-//! means waiting for the leader's next commit.
+//! log ID.
+//!
+//! **Group commit.** Every change goes to one writer thread, in the order openraft asked
+//! for it. The thread takes everything queued, applies it in one write transaction and
+//! commits it with `Durability::Immediate` (one fsync for the lot); only then are the
+//! appends reported durable to openraft (`LogFlushed`) and the vote, truncate and purge
+//! callers answered. `append` itself returns as soon as its entries are queued, so
+//! openraft keeps accepting writes and replicating while the fsync runs, and the writes
+//! that arrive meanwhile share the next one. Entries queued but not yet written are kept
+//! in memory and served to readers (replication reads them at once). The committed
+//! pointer is an optimisation (a restarted server re-applies its log before hearing from
+//! a leader), so it is written without an fsync of its own.
 //!
 //! Why redb: pure Rust (no C++ build on two cores), ACID with one fsync per commit, MVCC
 //! readers next to one writer, well maintained; a Raft log needs nothing more (an LSM
 //! store such as RocksDB or fjall brings compaction threads and tuning it does not need).
-//! Commits block, so they run on tokio's blocking pool.
 
 // openraft's `StorageError` is what its storage traits return; helpers return it too.
 #![allow(clippy::result_large_err)]
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, mpsc};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
     Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
 };
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
 
 use super::{NodeId, TypeConfig};
 
@@ -35,10 +43,65 @@ const VOTE: &str = "vote";
 const PURGED: &str = "last_purged";
 const COMMITTED: &str = "committed";
 
+/// Most queued changes applied in one transaction; the rest wait for the next one.
+const MAX_BATCH: usize = 1024;
+
+/// A change for the writer thread.
+enum Job {
+    /// Write these entries (index, JSON), then report through the callback.
+    Append {
+        entries: Vec<(u64, Vec<u8>)>,
+        seq: u64,
+        callback: LogFlushed<TypeConfig>,
+    },
+    /// Remove entries from `from` on.
+    Truncate {
+        from: u64,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// Remove entries up to `to` and record the purge point.
+    Purge {
+        to: u64,
+        purged: Vec<u8>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// Set a meta key; `durable` asks for the fsync before answering.
+    Meta {
+        key: &'static str,
+        value: Vec<u8>,
+        durable: bool,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// Entries handed to the writer but not yet committed, by index, with the sequence
+/// number of the append that queued them.
+type Pending = BTreeMap<u64, (u64, Entry<TypeConfig>)>;
+
+struct Shared {
+    db: Arc<Database>,
+    /// `None` once dropping has begun.
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    pending: Arc<Mutex<Pending>>,
+    seq: std::sync::atomic::AtomicU64,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Shared {
+    /// Closes the queue and waits for the writer to finish what was queued, so that the
+    /// database is closed when the last handle is gone (a restart can reopen it at once).
+    fn drop(&mut self) {
+        self.jobs.lock().expect("job queue lock").take();
+        if let Some(writer) = self.writer.lock().expect("writer lock").take() {
+            let _ = writer.join();
+        }
+    }
+}
+
 /// The Raft log in a redb database. Cloning gives another handle to the same database.
 #[derive(Clone)]
 pub(crate) struct DiskLog {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
 }
 
 impl Debug for DiskLog {
@@ -62,9 +125,9 @@ fn read_err(e: impl Into<redb::Error>) -> StorageError<NodeId> {
     }
 }
 
-fn write_err(e: impl Into<redb::Error>) -> StorageError<NodeId> {
+fn write_failed(e: &str) -> StorageError<NodeId> {
     StorageError::IO {
-        source: StorageIOError::write_logs(&e.into()),
+        source: StorageIOError::write_logs(&std::io::Error::other(e.to_owned())),
     }
 }
 
@@ -74,14 +137,8 @@ fn decode_err(e: serde_json::Error) -> StorageError<NodeId> {
     }
 }
 
-fn join_err(e: tokio::task::JoinError) -> StorageError<NodeId> {
-    StorageError::IO {
-        source: StorageIOError::write_logs(&e),
-    }
-}
-
 impl DiskLog {
-    /// Opens (or creates) the log database at `path`.
+    /// Opens (or creates) the log database at `path` and starts its writer thread.
     pub(crate) fn open(path: &Path) -> Result<DiskLog, OpenError> {
         let open = || -> Result<Database, redb::Error> {
             let db = Database::create(path)?;
@@ -92,18 +149,58 @@ impl DiskLog {
             txn.commit()?;
             Ok(db)
         };
-        let db = open().map_err(|source| OpenError {
+        let db = Arc::new(open().map_err(|source| OpenError {
             path: path.display().to_string(),
             source,
-        })?;
-        Ok(DiskLog { db: Arc::new(db) })
+        })?);
+        let (jobs, queue) = mpsc::channel();
+        let pending: Arc<Mutex<Pending>> = Arc::default();
+        let writer = {
+            let (db, pending) = (db.clone(), pending.clone());
+            std::thread::Builder::new()
+                .name("raft-log-writer".into())
+                .spawn(move || run_writer(db, queue, pending))
+                .map_err(|e| OpenError {
+                    path: path.display().to_string(),
+                    source: redb::Error::Io(e),
+                })?
+        };
+        let shared = Arc::new(Shared {
+            db,
+            jobs: Mutex::new(Some(jobs)),
+            pending,
+            seq: std::sync::atomic::AtomicU64::new(0),
+            writer: Mutex::new(Some(writer)),
+        });
+        Ok(DiskLog { shared })
+    }
+
+    fn submit(&self, job: Job) -> Result<(), StorageError<NodeId>> {
+        let jobs = self.shared.jobs.lock().expect("job queue lock");
+        jobs.as_ref()
+            .ok_or_else(|| write_failed("the raft log is closing"))?
+            .send(job)
+            .map_err(|_| write_failed("the raft log writer has stopped"))
+    }
+
+    /// Queues a change and waits until it is committed.
+    async fn run(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Job,
+    ) -> Result<(), StorageError<NodeId>> {
+        let (done, answer) = oneshot::channel();
+        self.submit(make(done))?;
+        answer
+            .await
+            .map_err(|_| write_failed("the raft log writer has stopped"))?
+            .map_err(|e| write_failed(&e))
     }
 
     fn meta<T: serde::de::DeserializeOwned>(
         &self,
         key: &str,
     ) -> Result<Option<T>, StorageError<NodeId>> {
-        let txn = self.db.begin_read().map_err(read_err)?;
+        let txn = self.shared.db.begin_read().map_err(read_err)?;
         let table = txn.open_table(META).map_err(read_err)?;
         match table.get(key).map_err(read_err)? {
             Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(decode_err)?)),
@@ -111,36 +208,98 @@ impl DiskLog {
         }
     }
 
-    /// Runs a write transaction on the blocking pool and commits it with `durability`.
-    async fn write<F>(&self, durability: Durability, f: F) -> Result<(), StorageError<NodeId>>
-    where
-        F: FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error> + Send + 'static,
-    {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), StorageError<NodeId>> {
-            let mut txn = db.begin_write().map_err(write_err)?;
-            txn.set_durability(durability).map_err(write_err)?;
-            f(&txn).map_err(write_err)?;
-            txn.commit().map_err(write_err)?;
-            Ok(())
-        })
-        .await
-        .map_err(join_err)?
-    }
-
     async fn put_meta<T: serde::Serialize>(
         &self,
         key: &'static str,
         value: &T,
-        durability: Durability,
     ) -> Result<(), StorageError<NodeId>> {
-        let bytes = serde_json::to_vec(value).map_err(decode_err)?;
-        self.write(durability, move |txn| {
-            txn.open_table(META)?.insert(key, bytes.as_slice())?;
-            Ok(())
+        let value = serde_json::to_vec(value).map_err(decode_err)?;
+        self.run(|done| Job::Meta {
+            key,
+            value,
+            durable: true,
+            done,
         })
         .await
     }
+}
+
+/// The writer thread: applies queued jobs in order, as many as are waiting per
+/// transaction, one fsync per transaction. Stops when every handle is gone.
+fn run_writer(db: Arc<Database>, queue: mpsc::Receiver<Job>, pending: Arc<Mutex<Pending>>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let result = apply_batch(&db, &batch).map_err(|e| e.to_string());
+        tracing::trace!(jobs = batch.len(), "raft log batch written");
+        for job in batch {
+            match job {
+                Job::Append {
+                    entries,
+                    seq,
+                    callback,
+                } => {
+                    {
+                        let mut pending = pending.lock().expect("pending lock");
+                        for (index, _) in &entries {
+                            // A later append may have replaced this entry already.
+                            if pending.get(index).is_some_and(|(s, _)| *s == seq) {
+                                pending.remove(index);
+                            }
+                        }
+                    }
+                    let io = result.clone().map_err(std::io::Error::other);
+                    callback.log_io_completed(io);
+                }
+                Job::Truncate { done, .. } | Job::Purge { done, .. } | Job::Meta { done, .. } => {
+                    let _ = done.send(result.clone());
+                }
+            }
+        }
+    }
+}
+
+fn apply_batch(db: &Database, batch: &[Job]) -> Result<(), redb::Error> {
+    // Only the committed pointer may skip the fsync; anything else in the batch needs it.
+    let durable = batch
+        .iter()
+        .any(|j| !matches!(j, Job::Meta { durable: false, .. }));
+    let mut txn = db.begin_write()?;
+    txn.set_durability(if durable {
+        Durability::Immediate
+    } else {
+        Durability::None
+    })?;
+    {
+        let mut log = txn.open_table(LOG)?;
+        let mut meta = txn.open_table(META)?;
+        for job in batch {
+            match job {
+                Job::Append { entries, .. } => {
+                    for (index, bytes) in entries {
+                        log.insert(*index, bytes.as_slice())?;
+                    }
+                }
+                Job::Truncate { from, .. } => {
+                    log.retain_in(*from.., |_, _| false)?;
+                }
+                Job::Purge { to, purged, .. } => {
+                    meta.insert(PURGED, purged.as_slice())?;
+                    log.retain_in(..=*to, |_, _| false)?;
+                }
+                Job::Meta { key, value, .. } => {
+                    meta.insert(*key, value.as_slice())?;
+                }
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 fn bounds(range: &impl RangeBounds<u64>) -> (Bound<u64>, Bound<u64>) {
@@ -152,14 +311,30 @@ impl RaftLogReader<TypeConfig> for DiskLog {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        let txn = self.db.begin_read().map_err(read_err)?;
+        // Snapshot the queued entries first: one that is written meanwhile is then found
+        // on disk, never missed.
+        let queued: Vec<Entry<TypeConfig>> = {
+            let pending = self.shared.pending.lock().expect("pending lock");
+            pending
+                .range(bounds(&range))
+                .map(|(_, (_, e))| e.clone())
+                .collect()
+        };
+        let mut out: BTreeMap<u64, Entry<TypeConfig>> = BTreeMap::new();
+        let txn = self.shared.db.begin_read().map_err(read_err)?;
         let table = txn.open_table(LOG).map_err(read_err)?;
-        let mut out = Vec::new();
         for item in table.range(bounds(&range)).map_err(read_err)? {
-            let (_, value) = item.map_err(read_err)?;
-            out.push(serde_json::from_slice(value.value()).map_err(decode_err)?);
+            let (index, value) = item.map_err(read_err)?;
+            out.insert(
+                index.value(),
+                serde_json::from_slice(value.value()).map_err(decode_err)?,
+            );
         }
-        Ok(out)
+        // Queued entries are newer than what is on disk at the same index.
+        for e in queued {
+            out.insert(e.log_id.index, e);
+        }
+        Ok(out.into_values().collect())
     }
 }
 
@@ -168,8 +343,8 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
         let last_purged: Option<LogId<NodeId>> = self.meta(PURGED)?;
-        let last = {
-            let txn = self.db.begin_read().map_err(read_err)?;
+        let on_disk = {
+            let txn = self.shared.db.begin_read().map_err(read_err)?;
             let table = txn.open_table(LOG).map_err(read_err)?;
             match table.last().map_err(read_err)? {
                 Some((_, value)) => {
@@ -179,6 +354,17 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
                 }
                 None => None,
             }
+        };
+        let queued = self
+            .shared
+            .pending
+            .lock()
+            .expect("pending lock")
+            .last_key_value()
+            .map(|(_, (_, e))| e.log_id);
+        let last = match (on_disk, queued) {
+            (Some(a), Some(b)) => Some(if b.index >= a.index { b } else { a }),
+            (a, b) => a.or(b),
         };
         Ok(LogState {
             last_purged_log_id: last_purged,
@@ -191,7 +377,7 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.put_meta(VOTE, vote, Durability::Immediate).await
+        self.put_meta(VOTE, vote).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
@@ -202,7 +388,16 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        self.put_meta(COMMITTED, &committed, Durability::None).await
+        // Queued behind the appends, without waiting: losing it only means a restarted
+        // server waits for the leader's next commit before applying.
+        let value = serde_json::to_vec(&committed).map_err(decode_err)?;
+        let (done, _) = oneshot::channel();
+        self.submit(Job::Meta {
+            key: COMMITTED,
+            value,
+            durable: false,
+            done,
+        })
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
@@ -218,46 +413,50 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let seq = self
+            .shared
+            .seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut encoded = Vec::new();
+        let mut queued = Vec::new();
         for entry in entries {
             let bytes = serde_json::to_vec(&entry).map_err(decode_err)?;
             encoded.push((entry.log_id.index, bytes));
+            queued.push(entry);
         }
-        let result = self
-            .write(Durability::Immediate, move |txn| {
-                let mut table = txn.open_table(LOG)?;
-                for (index, bytes) in &encoded {
-                    table.insert(*index, bytes.as_slice())?;
-                }
-                Ok(())
-            })
-            .await;
-        // The entries are durable once the commit returned: only then tell openraft.
-        match &result {
-            Ok(()) => callback.log_io_completed(Ok(())),
-            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+        {
+            let mut pending = self.shared.pending.lock().expect("pending lock");
+            for e in queued {
+                pending.insert(e.log_id.index, (seq, e));
+            }
         }
-        result
+        // Durable once the writer's commit returns; it then calls `callback`.
+        self.submit(Job::Append {
+            entries: encoded,
+            seq,
+            callback,
+        })
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.write(Durability::Immediate, move |txn| {
-            txn.open_table(LOG)?
-                .retain_in(log_id.index.., |_, _| false)?;
-            Ok(())
-        })
-        .await
+        let from = log_id.index;
+        self.shared
+            .pending
+            .lock()
+            .expect("pending lock")
+            .retain(|index, _| *index < from);
+        self.run(|done| Job::Truncate { from, done }).await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let purged = serde_json::to_vec(&log_id).map_err(decode_err)?;
-        self.write(Durability::Immediate, move |txn| {
-            txn.open_table(META)?.insert(PURGED, purged.as_slice())?;
-            txn.open_table(LOG)?
-                .retain_in(..=log_id.index, |_, _| false)?;
-            Ok(())
-        })
-        .await
+        let to = log_id.index;
+        self.shared
+            .pending
+            .lock()
+            .expect("pending lock")
+            .retain(|index, _| *index > to);
+        self.run(|done| Job::Purge { to, purged, done }).await
     }
 }
 

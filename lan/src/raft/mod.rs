@@ -14,6 +14,7 @@
 //! A single server elects itself as soon as it is initialised; `-dev` keeps the log in
 //! memory ([`store::MemLog`]).
 
+mod batch;
 mod disk;
 pub(crate) mod network;
 pub(crate) mod store;
@@ -24,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use openraft::{Raft, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -70,8 +71,8 @@ pub struct RaftServer {
 openraft::declare_raft_types!(
     /// openraft's type configuration for the catalog.
     pub(crate) TypeConfig:
-        D = Command,
-        R = Result<(), ApplyError>,
+        D = Vec<Command>,
+        R = Vec<Result<(), ApplyError>>,
         NodeId = NodeId,
         Node = ServerNode,
         SnapshotData = Cursor<Vec<u8>>,
@@ -222,6 +223,8 @@ pub(crate) struct Consensus {
     /// When this server last heard from a leader (an AppendEntries), for
     /// `X-Consul-LastContact` on followers.
     contact: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// Writes on their way into a shared Raft entry ([`batch`]).
+    writes: tokio::sync::mpsc::Sender<batch::Pending>,
 }
 
 /// Why a membership change failed; the reconcile loop tries again later.
@@ -255,6 +258,8 @@ impl Consensus {
         storage: &Storage,
         rpc: crate::rpc::Client,
         members: tokio::sync::watch::Receiver<Arc<Vec<crate::Member>>>,
+        tasks: &tokio_util::task::TaskTracker,
+        shutdown: tokio_util::sync::CancellationToken,
     ) -> Result<(Consensus, Catalog), RaftStartError> {
         let network = network::Network { rpc, members };
         let config = Arc::new(
@@ -306,11 +311,13 @@ impl Consensus {
                 Err(e) => return Err(RaftStartError::Fatal(e.to_string())),
             }
         }
+        let writes = batch::start(raft.clone(), tasks, shutdown);
         Ok((
             Consensus {
                 id,
                 raft,
                 contact: Arc::default(),
+                writes,
             },
             catalog,
         ))
@@ -490,25 +497,17 @@ impl Consensus {
         }
         // A leader that loses its quorum while the write waits says so instead of
         // waiting out the deadline (the write may still commit if the quorum returns).
-        let commit = tokio::time::timeout_at(deadline, self.raft.client_write(command));
-        let result = tokio::select! {
-            r = commit => r,
-            _ = self.lease_lost() => return Err(WriteError::NoLeader),
+        let (done, result) = tokio::sync::oneshot::channel();
+        let commit = async {
+            self.writes
+                .send((command, done))
+                .await
+                .map_err(|_| WriteError::ShuttingDown)?;
+            result.await.map_err(|_| WriteError::ShuttingDown)?
         };
-        match result {
-            Err(_) => Err(WriteError::Timeout),
-            Ok(Ok(response)) => {
-                response.data?;
-                Ok(response.log_id.index)
-            }
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                Err(WriteError::NoLeader)
-            }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(_)))) => {
-                // Only membership changes produce this, and catalog writes are not those.
-                Err(WriteError::NoLeader)
-            }
-            Ok(Err(RaftError::Fatal(_))) => Err(WriteError::ShuttingDown),
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline, commit) => r.unwrap_or(Err(WriteError::Timeout)),
+            _ = self.lease_lost() => Err(WriteError::NoLeader),
         }
     }
 

@@ -314,7 +314,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn apply<I>(
         &mut self,
         entries: I,
-    ) -> Result<Vec<Result<(), ApplyError>>, StorageError<NodeId>>
+    ) -> Result<Vec<Vec<Result<(), ApplyError>>>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -324,13 +324,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for entry in entries {
             inner.last_applied = Some(entry.log_id);
             match entry.payload {
-                EntryPayload::Blank => out.push(Ok(())),
-                EntryPayload::Normal(command) => {
-                    out.push(inner.catalog.apply(entry.log_id.index, &command));
+                EntryPayload::Blank => out.push(Vec::new()),
+                EntryPayload::Normal(commands) => {
+                    out.push(inner.catalog.apply_all(entry.log_id.index, &commands));
                 }
                 EntryPayload::Membership(m) => {
                     inner.membership = StoredMembership::new(Some(entry.log_id), m);
-                    out.push(Ok(()));
+                    out.push(Vec::new());
                 }
             }
         }

@@ -1,0 +1,105 @@
+//! Group commit for catalog writes: concurrent writes share one Raft entry.
+//!
+//! openraft 0.9 waits for each entry's log flush before it submits the next entry it
+//! was given, so one entry per write means one fsync per write, whatever the storage
+//! does. Writes therefore go through a queue: a task takes whatever is waiting (up to
+//! [`MAX_BATCH`] commands), proposes them as one entry, and, while that entry commits,
+//! the next writes gather for the next one. A lone write is proposed at once, so nothing
+//! waits on a timer. Every command of an entry is applied at the entry's index, in
+//! order, and gets its own result.
+
+use std::sync::Arc;
+
+use openraft::Raft;
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{TypeConfig, WriteError};
+use crate::catalog::Command;
+
+/// Most commands in one Raft entry.
+pub(crate) const MAX_BATCH: usize = 256;
+/// Writes waiting for a batch; a writer waits (within its deadline) when it is full.
+pub(crate) const WRITE_QUEUE: usize = 4096;
+/// Entries being committed at once.
+const IN_FLIGHT: usize = 4;
+
+/// A write waiting for its batch: the command and where its result goes.
+pub(crate) type Pending = (Command, oneshot::Sender<Result<u64, WriteError>>);
+
+/// Starts the batcher; returns the queue writes go to.
+pub(crate) fn start(
+    raft: Raft<TypeConfig>,
+    tasks: &TaskTracker,
+    shutdown: CancellationToken,
+) -> mpsc::Sender<Pending> {
+    let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+    tasks.spawn(run(raft, rx, tasks.clone(), shutdown));
+    tx
+}
+
+async fn run(
+    raft: Raft<TypeConfig>,
+    mut queue: mpsc::Receiver<Pending>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    loop {
+        // Take a slot first: while all are busy, writes keep gathering in the queue.
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => return,
+            },
+        };
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            w = queue.recv() => match w {
+                Some(w) => w,
+                None => return,
+            },
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tasks.spawn(async move {
+            let _slot = slot;
+            let (commands, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+            match raft.client_write(commands).await {
+                Ok(response) => {
+                    let index = response.log_id.index;
+                    let mut results = response.data.into_iter();
+                    for waiter in waiters {
+                        let result = match results.next() {
+                            Some(Ok(())) => Ok(index),
+                            Some(Err(e)) => Err(WriteError::Rejected(e)),
+                            None => Err(WriteError::Rpc("no result for a batched write".into())),
+                        };
+                        let _ = waiter.send(result);
+                    }
+                }
+                Err(e) => {
+                    let error = match e {
+                        RaftError::APIError(ClientWriteError::ForwardToLeader(_))
+                        | RaftError::APIError(ClientWriteError::ChangeMembershipError(_)) => {
+                            WriteError::NoLeader
+                        }
+                        RaftError::Fatal(_) => WriteError::ShuttingDown,
+                    };
+                    for waiter in waiters {
+                        let _ = waiter.send(Err(error.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
