@@ -265,17 +265,21 @@ impl Lan {
         let role = match server_addr {
             Some(addr) => {
                 let (consensus, catalog) = raft::Consensus::start(
-                    raft_id(&config.node_id),
-                    ServerNode {
-                        name: config.node_name.clone(),
-                        rpc_addr: addr.to_string(),
-                        node_id: config.node_id.clone(),
+                    raft::Identity {
+                        id: raft_id(&config.node_id),
+                        node: ServerNode {
+                            name: config.node_name.clone(),
+                            rpc_addr: addr.to_string(),
+                            node_id: config.node_id.clone(),
+                        },
+                        bootstrap: config.bootstrap,
                     },
-                    config.bootstrap,
                     config.raft,
                     &config.storage,
-                    rpc.clone(),
-                    pool.subscribe(),
+                    raft::network::Network {
+                        rpc: rpc.clone(),
+                        members: pool.subscribe(),
+                    },
                     tasks,
                     shutdown.child_token(),
                 )

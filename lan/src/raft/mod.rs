@@ -227,6 +227,16 @@ pub(crate) struct Consensus {
     writes: tokio::sync::mpsc::Sender<batch::Pending>,
 }
 
+/// Who a server is to Raft, and whether it may bootstrap a cluster alone.
+pub(crate) struct Identity {
+    /// Raft's numeric ID.
+    pub(crate) id: NodeId,
+    /// How the others reach and name it.
+    pub(crate) node: ServerNode,
+    /// Bootstrap with this server as the only voter when it has no Raft state.
+    pub(crate) bootstrap: bool,
+}
+
 /// Why a membership change failed; the reconcile loop tries again later.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -251,17 +261,18 @@ impl Consensus {
     /// server with no Raft state makes itself the only voter; a server with state picks
     /// up where it stopped.
     pub(crate) async fn start(
-        id: NodeId,
-        me: ServerNode,
-        bootstrap: bool,
+        identity: Identity,
         timing: RaftTiming,
         storage: &Storage,
-        rpc: crate::rpc::Client,
-        members: tokio::sync::watch::Receiver<Arc<Vec<crate::Member>>>,
+        network: network::Network,
         tasks: &tokio_util::task::TaskTracker,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Result<(Consensus, Catalog), RaftStartError> {
-        let network = network::Network { rpc, members };
+        let Identity {
+            id,
+            node: me,
+            bootstrap,
+        } = identity;
         let config = Arc::new(
             openraft::Config {
                 cluster_name: "proconsul".into(),
