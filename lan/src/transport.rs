@@ -683,6 +683,7 @@ impl Driver {
             Command::Join { states } => {
                 self.engine.merge_remote(now, states);
                 self.engine.join(&[]);
+                self.engine.resync_soon(now);
             }
             Command::LocalState(reply) => {
                 let _ = reply.send(self.engine.local_state());

@@ -980,3 +980,29 @@ fn get_or_put(http: &str, method: hyper::Method, path: &str, body: Option<&str>)
             .unwrap_or(0)
     })
 }
+
+#[test]
+fn retry_join_gives_up_after_retry_max_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = format!("-data-dir={}", dir.path().display());
+    // Nothing listens on port 1 of this address: every attempt fails.
+    let mut p = Proc::spawn(&[
+        "agent",
+        "-node=lonely",
+        &data,
+        "-bind=127.0.0.1",
+        "-http-port=0",
+        "-dns-port=-1",
+        "-serf-lan-port=0",
+        "-retry-join=127.0.0.1:1",
+        "-retry-interval=100ms",
+        "-retry-max=3",
+    ]);
+    let status = p.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{}", p.output());
+    assert!(
+        p.output().contains("max join retry exhausted"),
+        "{}",
+        p.output()
+    );
+}

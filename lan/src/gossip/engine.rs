@@ -351,6 +351,19 @@ impl Engine {
         self.broadcast(&name, alive);
     }
 
+    /// Moves the next full state exchange to within one or two probe intervals from
+    /// `now` (it stays sooner if it already was). A member that just joined calls it:
+    /// its join exchange told it about the members its seed knew, and the one a moment
+    /// later picks up those who joined meanwhile and whose announcements it missed,
+    /// instead of waiting for the regular push-pull interval.
+    pub fn resync_soon(&mut self, now: Instant) {
+        let delay = self
+            .config
+            .probe_interval
+            .mul_f64(self.rng.random_range(1.0..2.0));
+        self.next_push_pull = self.next_push_pull.min(now + delay);
+    }
+
     /// Announces that this member leaves. The driver keeps running until the broadcast
     /// has gone out (or the leave timeout), then stops.
     pub fn leave(&mut self, now: Instant) {

@@ -519,3 +519,31 @@ fn a_probe_of_a_suspect_carries_the_suspicion_and_the_suspect_answers_its_accuse
     });
     assert!(answered, "the accused did not answer its accuser");
 }
+
+#[test]
+fn a_member_that_just_joined_exchanges_state_again_within_two_probe_intervals() {
+    // Two members that know each other; count the push-pulls n1 asks for in 2 s.
+    let count_push_pulls = |resync: bool| {
+        let mut sim = Sim::new(2, Config::lan(), 13);
+        sim.join_all();
+        sim.run(Duration::from_millis(100));
+        if resync {
+            let now = sim.now;
+            sim.nodes[1].resync_soon(now);
+        }
+        let mut asked = 0;
+        for _ in 0..200 {
+            sim.now += STEP;
+            let now = sim.now;
+            sim.nodes[1].tick(now);
+            asked += sim.nodes[1]
+                .take_outputs()
+                .iter()
+                .filter(|o| matches!(o, Output::PushPull { join: false, .. }))
+                .count();
+        }
+        asked
+    };
+    assert_eq!(count_push_pulls(false), 0, "the regular interval is 30 s");
+    assert_eq!(count_push_pulls(true), 1);
+}
