@@ -98,6 +98,36 @@ fn gossip_encryption(config: &AgentConfig) -> anyhow::Result<Option<lan::Encrypt
     }))
 }
 
+/// TLS for the server port from the configured files: a server presents its
+/// certificate (and with `verify_incoming` asks callers for one); with `verify_outgoing`
+/// every agent calls servers over TLS and checks their certificate, by name too with
+/// `verify_server_hostname`.
+fn rpc_tls(config: &AgentConfig) -> anyhow::Result<Option<lan::RpcTls>> {
+    let Some(tls) = &config.tls else {
+        return Ok(None);
+    };
+    let material = wan::tls::Material::load(&tls.files)?;
+    let server = if config.server && material.has_certificate() {
+        Some(Arc::new(material.server_config(tls.verify_incoming, &[])?))
+    } else {
+        None
+    };
+    let client = if tls.verify_outgoing {
+        Some(Arc::new(
+            material.client_config(tls.verify_server_hostname, &[])?,
+        ))
+    } else {
+        None
+    };
+    let domain = config.dns.domain.to_string();
+    Ok(Some(lan::RpcTls {
+        server,
+        verify_incoming: tls.verify_incoming,
+        client,
+        server_name: wan::tls::server_name(config.datacenter.as_str(), &domain),
+    }))
+}
+
 /// `start_join`: join at start; an agent that reaches none of them does not start
 /// (Consul's behaviour).
 async fn start_join(lan: &Lan, addrs: &[String]) -> anyhow::Result<()> {
@@ -280,6 +310,7 @@ impl Agent {
         let leave = CancellationToken::new();
         let failed = CancellationToken::new();
         let encryption = gossip_encryption(&config)?;
+        let rpc_tls = rpc_tls(&config)?;
         let mut gossip = config.gossip_lan.clone();
         gossip.dead_reap_timeout = config.reconnect_timeout;
         let lan_config = lan::Config {
@@ -305,6 +336,7 @@ impl Agent {
             },
             gossip,
             encryption,
+            rpc_tls,
             version: crate::VERSION.to_owned(),
         };
         let lan = Lan::start(lan_config, &tasks, core.child_token())

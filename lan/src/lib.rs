@@ -30,6 +30,7 @@ pub mod keyring;
 mod leader;
 mod local;
 mod member;
+mod peer_log;
 mod raft;
 mod rpc;
 mod server;
@@ -53,10 +54,12 @@ use catalog::{Answer, Catalog, Command, Node, Query};
 pub use checks::CheckKind;
 pub use local::{CHECK_OUTPUT_LIMIT, CHECK_OUTPUT_MAX, CheckDefinition, Local, LocalError, Source};
 pub use member::{Member, MemberStatus};
+pub use peer_log::PEER_LOG_INTERVAL;
 pub use raft::{
     Consistency, LEADER_LEASE, RPC_HOLD_TIMEOUT, RaftServer, RaftStartError, RaftStatus,
     RaftTiming, ReadError, ReadMeta, SNAPSHOT_THRESHOLD, ServerNode, Storage, WriteError,
 };
+pub use rpc::RpcTls;
 pub use transport::{Encryption, JoinError, KeyOperation, KeyringReport, Pool, PoolConfig};
 
 /// The protocol version this agent speaks in member tags (`vsn`), as Consul's.
@@ -106,6 +109,8 @@ pub struct Config {
     pub gossip: gossip::Config,
     /// Gossip encryption, if on.
     pub encryption: Option<Encryption>,
+    /// TLS on the server port, if configured.
+    pub rpc_tls: Option<RpcTls>,
     /// This build's version (`0.1.0`), for tags and node meta.
     pub version: String,
 }
@@ -261,7 +266,11 @@ impl Lan {
             shutdown.child_token(),
         )
         .await?;
-        let rpc = rpc::Client::new(tasks.clone(), shutdown.child_token());
+        let rpc = rpc::Client::new(
+            config.rpc_tls.clone(),
+            tasks.clone(),
+            shutdown.child_token(),
+        );
         let role = match server_addr {
             Some(addr) => {
                 let (consensus, catalog) = raft::Consensus::start(
@@ -317,6 +326,7 @@ impl Lan {
             tasks.spawn(rpc::serve(
                 listener,
                 Arc::new(server::Handler::new(lan.clone())),
+                lan.inner.config.rpc_tls.clone(),
                 tasks.clone(),
                 shutdown.child_token(),
             ));

@@ -28,7 +28,6 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
@@ -38,6 +37,54 @@ use tokio_util::task::TaskTracker;
 use crate::catalog::{Command, Query};
 use crate::raft::{Consistency, NodeId, RaftStatus, ReadError, TypeConfig, WriteError};
 use crate::{KeyOperation, KeyringReport, QueryResult};
+
+/// The reading half of a connection, TLS or not.
+type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+/// The writing half of a connection, TLS or not.
+type Writer = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+/// Budget of a TLS handshake on the server port.
+pub(crate) const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first byte of a TLS handshake record; a plaintext connection starts with a frame
+/// length, whose first byte is 0 for any frame under 16 MiB.
+const TLS_HANDSHAKE_BYTE: u8 = 0x16;
+
+/// TLS on the server port (Consul's `verify_incoming`, `verify_outgoing` and
+/// `verify_server_hostname` for internal RPC).
+#[derive(Clone)]
+pub struct RpcTls {
+    /// What a server presents to callers; `None` on a client agent or without a
+    /// certificate (the port then speaks plaintext only).
+    pub server: Option<Arc<rustls::ServerConfig>>,
+    /// Refuse callers that do not speak TLS (the server config then also asks them for a
+    /// certificate from the CA).
+    pub verify_incoming: bool,
+    /// What this agent uses to call servers (`verify_outgoing`); `None` calls in
+    /// plaintext.
+    pub client: Option<Arc<rustls::ClientConfig>>,
+    /// The name servers' certificates must carry (`server.<dc>.<domain>`).
+    pub server_name: String,
+}
+
+impl std::fmt::Debug for RpcTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcTls")
+            .field("server", &self.server.is_some())
+            .field("verify_incoming", &self.verify_incoming)
+            .field("client", &self.client.is_some())
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+/// Splits any stream into boxed halves.
+fn halves<S>(stream: S) -> (Reader, Writer)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (r, w) = tokio::io::split(stream);
+    (Box::new(r), Box::new(w))
+}
 
 /// Largest frame accepted, in bytes. openraft sends snapshots in chunks well below it.
 pub(crate) const MAX_RPC_FRAME: usize = 64 * 1024 * 1024;
@@ -162,13 +209,13 @@ pub(crate) fn deadline_in(timeout_ms: u64) -> Instant {
     Instant::now() + Duration::from_millis(timeout_ms.min(24 * 3600 * 1000))
 }
 
-async fn write_frame(writer: &mut OwnedWriteHalf, payload: &[u8]) -> std::io::Result<()> {
+async fn write_frame(writer: &mut Writer, payload: &[u8]) -> std::io::Result<()> {
     let len = u32::try_from(payload.len()).map_err(|_| std::io::Error::other("frame too large"))?;
     writer.write_all(&len.to_be_bytes()).await?;
     writer.write_all(payload).await
 }
 
-async fn read_frame(reader: &mut OwnedReadHalf) -> std::io::Result<Vec<u8>> {
+async fn read_frame(reader: &mut Reader) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     reader.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -185,7 +232,7 @@ async fn read_frame(reader: &mut OwnedReadHalf) -> std::io::Result<Vec<u8>> {
 
 /// Writes queued frames until the queue closes or a write fails.
 async fn run_writer(
-    mut writer: OwnedWriteHalf,
+    mut writer: Writer,
     mut queue: mpsc::Receiver<Vec<u8>>,
     done: CancellationToken,
 ) {
@@ -218,18 +265,29 @@ impl Connection {
     async fn open(
         addr: SocketAddr,
         deadline: Instant,
+        tls: Option<&RpcTls>,
         tasks: &TaskTracker,
         shutdown: &CancellationToken,
     ) -> Result<Arc<Connection>, RpcError> {
+        let connect_error = |error: String| RpcError::Connect { addr, error };
         let stream = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
             .await
             .map_err(|_| RpcError::Timeout)?
-            .map_err(|e| RpcError::Connect {
-                addr,
-                error: e.to_string(),
-            })?;
+            .map_err(|e| connect_error(e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let (reader, writer) = stream.into_split();
+        let (reader, writer) = match tls.and_then(|t| t.client.clone().map(|c| (c, t))) {
+            Some((config, tls)) => {
+                let name = rustls::pki_types::ServerName::try_from(tls.server_name.clone())
+                    .map_err(|e| connect_error(format!("bad server name: {e}")))?;
+                let connector = tokio_rustls::TlsConnector::from(config);
+                let stream = tokio::time::timeout_at(deadline, connector.connect(name, stream))
+                    .await
+                    .map_err(|_| RpcError::Timeout)?
+                    .map_err(|e| connect_error(format!("TLS handshake: {e}")))?;
+                halves(stream)
+            }
+            None => halves(stream),
+        };
         let (writes, queue) = mpsc::channel(WRITE_QUEUE);
         let closed = shutdown.child_token();
         let conn = Arc::new(Connection {
@@ -244,7 +302,7 @@ impl Connection {
         Ok(conn)
     }
 
-    async fn read_answers(conn: Arc<Connection>, mut reader: OwnedReadHalf) {
+    async fn read_answers(conn: Arc<Connection>, mut reader: Reader) {
         loop {
             let frame = tokio::select! {
                 _ = conn.closed.cancelled() => break,
@@ -306,6 +364,7 @@ impl Connection {
 #[derive(Clone)]
 pub(crate) struct Client {
     peers: Arc<tokio::sync::Mutex<HashMap<SocketAddr, Arc<Connection>>>>,
+    tls: Option<RpcTls>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -317,9 +376,14 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    pub(crate) fn new(tasks: TaskTracker, shutdown: CancellationToken) -> Client {
+    pub(crate) fn new(
+        tls: Option<RpcTls>,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Client {
         Client {
             peers: Arc::default(),
+            tls,
             tasks,
             shutdown,
         }
@@ -338,7 +402,14 @@ impl Client {
         {
             return Ok(c.clone());
         }
-        let conn = Connection::open(addr, deadline, &self.tasks, &self.shutdown).await?;
+        let conn = Connection::open(
+            addr,
+            deadline,
+            self.tls.as_ref(),
+            &self.tasks,
+            &self.shutdown,
+        )
+        .await?;
         peers.insert(addr, conn.clone());
         Ok(conn)
     }
@@ -372,9 +443,11 @@ pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub(crate) async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
+    tls: Option<RpcTls>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let log = Arc::new(std::sync::Mutex::new(crate::peer_log::PeerLog::default()));
     let permits = Arc::new(Semaphore::new(MAX_RPC_CONNECTIONS));
     loop {
         let permit = tokio::select! {
@@ -396,26 +469,81 @@ pub(crate) async fn serve<H: Handler>(
         };
         let _ = stream.set_nodelay(true);
         let done = shutdown.child_token();
-        tasks.spawn(serve_connection(
-            stream,
-            peer,
-            handler.clone(),
-            tasks.clone(),
-            done,
-            permit,
-        ));
+        let (handler, tls, tasks2, log) =
+            (handler.clone(), tls.clone(), tasks.clone(), log.clone());
+        tasks.spawn(async move {
+            let Some((reader, writer)) = accept(stream, peer, tls.as_ref(), &log).await else {
+                return;
+            };
+            serve_connection(reader, writer, peer, handler, tasks2, done, permit).await;
+        });
+    }
+}
+
+/// Decides how a new connection speaks: TLS when it starts with a handshake (and a
+/// server certificate is configured), plaintext otherwise unless `verify_incoming`
+/// refuses it. Refusals are logged with the peer, once per peer per interval.
+async fn accept(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<&RpcTls>,
+    log: &std::sync::Mutex<crate::peer_log::PeerLog>,
+) -> Option<(Reader, Writer)> {
+    let refuse = |what: &str, error: &dyn std::fmt::Display| {
+        let now = Instant::now();
+        if let Some(suppressed) = log
+            .lock()
+            .expect("peer log lock")
+            .should_log(peer.ip(), now)
+        {
+            tracing::warn!(peer = %peer, error = %error, suppressed, "refused a server RPC connection: {what}");
+        }
+    };
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await;
+    if !matches!(peeked, Ok(Ok(1))) {
+        return None;
+    }
+    let server = tls.and_then(|t| t.server.clone());
+    match (first[0] == TLS_HANDSHAKE_BYTE, server) {
+        (true, Some(config)) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => Some(halves(stream)),
+                Ok(Err(e)) => {
+                    refuse("TLS handshake failed", &e);
+                    None
+                }
+                Err(_) => {
+                    refuse("TLS handshake failed", &"timed out");
+                    None
+                }
+            }
+        }
+        (true, None) => {
+            refuse(
+                "TLS is not configured on this server",
+                &"a TLS handshake arrived",
+            );
+            None
+        }
+        (false, _) if tls.is_some_and(|t| t.verify_incoming) => {
+            refuse("plaintext", &"verify_incoming requires TLS");
+            None
+        }
+        (false, _) => Some(halves(stream)),
     }
 }
 
 async fn serve_connection<H: Handler>(
-    stream: TcpStream,
+    mut reader: Reader,
+    writer: Writer,
     peer: SocketAddr,
     handler: Arc<H>,
     tasks: TaskTracker,
     done: CancellationToken,
     _permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let (mut reader, writer) = stream.into_split();
     let (writes, queue) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     tasks.spawn(run_writer(writer, queue, done.clone()));
     let in_flight = Arc::new(Semaphore::new(MAX_CONCURRENT_PER_CONNECTION));

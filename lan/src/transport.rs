@@ -20,7 +20,7 @@
 //! request or answer (JSON after a one-byte tag), or an error frame (`0xEE` + UTF-8),
 //! which is never sealed and only ever ends a stream.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -38,6 +38,7 @@ use crate::gossip::message::{Message, PROTOCOL, decode_frame, encode_frame};
 use crate::gossip::{self, Engine, Event, MemberState, Output, State};
 use crate::keyring::{Key, Keyring, KeyringError, OpenError, SEALED_VERSION};
 use crate::member::{Member, MemberStatus};
+use crate::peer_log::PeerLog;
 
 /// Commands waiting for the engine task; senders wait when it is full.
 const COMMAND_QUEUE: usize = 256;
@@ -56,10 +57,6 @@ pub const MAX_STREAM_FRAME: usize = 16 * 1024 * 1024;
 pub const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keyring requests sent to members at once during a pool-wide keyring operation.
 pub const KEYRING_FANOUT: usize = 32;
-/// At most one log line per peer per interval for bad input (the rest are counted).
-pub const PEER_LOG_INTERVAL: Duration = Duration::from_secs(10);
-/// Peers whose bad input is being counted; when full, the oldest entries are forgotten.
-const PEER_LOG_ENTRIES: usize = 1024;
 /// How long a graceful leave waits for its announcement to go out.
 pub const LEAVE_PROPAGATE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Receive buffer for one datagram.
@@ -284,41 +281,6 @@ impl Crypto {
         KeyAnswer {
             keys: ring.keys().iter().map(Key::to_base64).collect(),
             error,
-        }
-    }
-}
-
-/// Counts bad input per peer and logs at most once per [`PEER_LOG_INTERVAL`] each.
-#[derive(Default)]
-struct PeerLog {
-    peers: HashMap<IpAddr, (Instant, u64)>,
-}
-
-impl PeerLog {
-    /// Returns how many earlier events were suppressed when this one should be logged.
-    fn should_log(&mut self, peer: IpAddr, now: Instant) -> Option<u64> {
-        if self.peers.len() >= PEER_LOG_ENTRIES && !self.peers.contains_key(&peer) {
-            self.peers
-                .retain(|_, (at, _)| now.saturating_duration_since(*at) < PEER_LOG_INTERVAL);
-            if self.peers.len() >= PEER_LOG_ENTRIES {
-                self.peers.clear();
-            }
-        }
-        match self.peers.get_mut(&peer) {
-            Some((at, suppressed)) if now.saturating_duration_since(*at) < PEER_LOG_INTERVAL => {
-                *suppressed += 1;
-                None
-            }
-            Some((at, suppressed)) => {
-                let n = *suppressed;
-                *at = now;
-                *suppressed = 0;
-                Some(n)
-            }
-            None => {
-                self.peers.insert(peer, (now, 0));
-                Some(0)
-            }
         }
     }
 }
@@ -1267,24 +1229,5 @@ mod tests {
                 "encryption is required by this agent, but the message is not encrypted".into()
             ))
         );
-    }
-
-    #[test]
-    fn bad_input_from_one_peer_is_logged_once_per_interval() {
-        let mut log = PeerLog::default();
-        let now = Instant::now();
-        let peer: IpAddr = "10.0.0.1".parse().unwrap();
-        assert_eq!(log.should_log(peer, now), Some(0));
-        assert_eq!(log.should_log(peer, now + Duration::from_secs(1)), None);
-        assert_eq!(log.should_log(peer, now + Duration::from_secs(2)), None);
-        assert_eq!(
-            log.should_log(peer, now + PEER_LOG_INTERVAL + Duration::from_secs(1)),
-            Some(2)
-        );
-        for i in 0..(PEER_LOG_ENTRIES * 2) {
-            let ip = IpAddr::from([10, 1, (i / 256) as u8, (i % 256) as u8]);
-            log.should_log(ip, now);
-        }
-        assert!(log.peers.len() <= PEER_LOG_ENTRIES);
     }
 }

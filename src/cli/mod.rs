@@ -16,6 +16,7 @@ mod catalog;
 mod gossip;
 mod members;
 mod operator;
+mod tls;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -56,6 +57,11 @@ pub enum Command {
     Snapshot {
         #[command(subcommand)]
         command: operator::SnapshotCommand,
+    },
+    /// Creates TLS material: a CA and certificates
+    Tls {
+        #[command(subcommand)]
+        command: tls::TlsCommand,
     },
     /// Forces a member of the cluster into the left state
     #[command(name = "force-leave")]
@@ -162,6 +168,7 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
         Command::Join(args) => client_command(|| gossip::join(args)),
         Command::ForceLeave(args) => client_command(|| gossip::force_leave(args)),
         Command::Keygen => gossip::keygen(),
+        Command::Tls { command } => tls::run(command),
         Command::Info(args) => client_command(|| operator::info(args)),
         Command::Operator { command } => client_command(|| operator::operator(command)),
         Command::Snapshot { command } => client_command(|| operator::snapshot(command)),

@@ -176,12 +176,28 @@ pub struct AgentConfig {
     pub skip_leave_on_interrupt: bool,
     /// LAN gossip timers: memberlist's LAN defaults, or shorter ones with `-dev`.
     pub gossip_lan: lan::gossip::Config,
+    /// TLS for internal RPC (the server port), when `ca_file` is set.
+    pub tls: Option<TlsSettings>,
     /// The LAN gossip port other agents are told to use, when traffic reaches this agent
     /// through a port mapping or a proxy. Not a Consul config key: set by embedding
     /// programs (and the fault tests); `None` advertises the bound port.
     pub serf_lan_advertise_port: Option<u16>,
     /// The sources, for a reload.
     pub sources: Sources,
+}
+
+/// TLS settings for internal RPC, merged from the top-level keys, `tls.defaults` and
+/// `tls.internal_rpc` (the later wins, as in Consul).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// The files.
+    pub files: wan::tls::TlsFiles,
+    /// Servers require callers to present a certificate from the CA.
+    pub verify_incoming: bool,
+    /// This agent uses TLS (and checks the server's certificate) when it calls a server.
+    pub verify_outgoing: bool,
+    /// The server's certificate must name `server.<dc>.<domain>`.
+    pub verify_server_hostname: bool,
 }
 
 /// The shortest `reconnect_timeout` Consul accepts.
@@ -540,6 +556,79 @@ fn check_layer(
     (services, checks)
 }
 
+/// The TLS settings of the merged configuration, or `None` without a `ca_file`.
+fn tls_settings(m: &RawConfig, server: bool, problems: &mut Vec<Problem>) -> Option<TlsSettings> {
+    let mut block = raw::RawTlsBlock {
+        ca_file: m.ca_file.clone(),
+        cert_file: m.cert_file.clone(),
+        key_file: m.key_file.clone(),
+        verify_incoming: m.verify_incoming,
+        verify_outgoing: m.verify_outgoing,
+        verify_server_hostname: m.verify_server_hostname,
+    };
+    if let Some(t) = &m.tls {
+        if let Some(d) = &t.defaults {
+            block.merge(d.clone());
+        }
+        if let Some(r) = &t.internal_rpc {
+            block.merge(r.clone());
+        }
+    }
+    let verify_incoming = block.verify_incoming.unwrap_or(false);
+    let verify_outgoing = block.verify_outgoing.unwrap_or(false);
+    let verify_server_hostname = block.verify_server_hostname.unwrap_or(false);
+    let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+    let (ca, cert, key) = (
+        nonempty(&block.ca_file),
+        nonempty(&block.cert_file),
+        nonempty(&block.key_file),
+    );
+    if cert.is_some() != key.is_some() {
+        problems.push(problem(
+            None,
+            "cert_file",
+            "cert_file and key_file must be given together",
+        ));
+    }
+    let Some(ca) = ca else {
+        if verify_incoming || verify_outgoing || verify_server_hostname {
+            problems.push(problem(
+                None,
+                "ca_file",
+                "verify_incoming, verify_outgoing and verify_server_hostname need a ca_file",
+            ));
+        }
+        if cert.is_some() {
+            problems.push(problem(None, "ca_file", "cert_file needs a ca_file"));
+        }
+        return None;
+    };
+    if server && verify_incoming && cert.is_none() {
+        problems.push(problem(
+            None,
+            "cert_file",
+            "a server with verify_incoming needs its own cert_file and key_file",
+        ));
+    }
+    if verify_server_hostname && !verify_outgoing {
+        problems.push(problem(
+            None,
+            "verify_server_hostname",
+            "verify_server_hostname needs verify_outgoing",
+        ));
+    }
+    Some(TlsSettings {
+        files: wan::tls::TlsFiles {
+            ca_file: PathBuf::from(ca),
+            cert_file: cert.map(PathBuf::from),
+            key_file: key.map(PathBuf::from),
+        },
+        verify_incoming,
+        verify_outgoing,
+        verify_server_hostname,
+    })
+}
+
 /// The tracing filter for a Consul log level, or `None` when the level is unknown.
 /// Dependencies log at `warn` (openraft's `info` is per-election chatter) unless the
 /// level asks for less.
@@ -554,7 +643,7 @@ pub fn log_filter(level: &str) -> Option<String> {
     };
     let deps = if ours == "error" { "error" } else { "warn" };
     Some(format!(
-        "{deps},proconsul={ours},proconsul_lan={ours},proconsul_gateway={ours},proconsul_api={ours}"
+        "{deps},proconsul={ours},proconsul_lan={ours},proconsul_wan={ours},proconsul_gateway={ours},proconsul_api={ours}"
     ))
 }
 
@@ -771,6 +860,7 @@ impl AgentConfig {
                 ));
             }
         }
+        let tls = tls_settings(&m, server, &mut problems);
         if !problems.is_empty() {
             return Err(Problems(problems));
         }
@@ -814,6 +904,7 @@ impl AgentConfig {
             reconnect_timeout: d(&m.reconnect_timeout).unwrap_or(Duration::from_secs(72 * 3600)),
             leave_on_terminate: m.leave_on_terminate.unwrap_or(!server),
             skip_leave_on_interrupt: m.skip_leave_on_interrupt.unwrap_or(server),
+            tls,
             serf_lan_advertise_port: None,
             gossip_lan: if sources.dev {
                 lan::gossip::Config::local()
@@ -950,6 +1041,47 @@ mod tests {
             text.contains("reconnect_timeout: must be at least 8h"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn tls_keys_merge_from_the_old_and_the_new_form() {
+        let layers = vec![
+            Layer {
+                origin: Origin::Defaults,
+                raw: dev_layer(),
+            },
+            layer(r#"{"ca_file": "/old/ca.pem", "verify_outgoing": true}"#),
+            layer(
+                r#"{"tls": {"defaults": {"ca_file": "/ca.pem", "cert_file": "/c.pem", "key_file": "/k.pem", "verify_incoming": true},
+                            "internal_rpc": {"verify_server_hostname": true}}}"#,
+            ),
+        ];
+        let c = AgentConfig::from_layers(&layers, dev_sources()).unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.files.ca_file, PathBuf::from("/ca.pem"));
+        assert_eq!(tls.files.cert_file, Some(PathBuf::from("/c.pem")));
+        assert!(tls.verify_incoming && tls.verify_outgoing && tls.verify_server_hostname);
+        let bad = |text: &str| {
+            let layers = vec![
+                Layer {
+                    origin: Origin::Defaults,
+                    raw: dev_layer(),
+                },
+                layer(text),
+            ];
+            AgentConfig::from_layers(&layers, dev_sources())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad(r#"{"verify_incoming": true}"#).contains("need a ca_file"));
+        assert!(bad(r#"{"ca_file": "/ca.pem", "cert_file": "/c.pem"}"#).contains("together"));
+        assert!(
+            bad(r#"{"ca_file": "/ca.pem", "verify_incoming": true}"#)
+                .contains("a server with verify_incoming needs")
+        );
+        let e =
+            parse_layer(Origin::File("t.json".into()), r#"{"tls": {"https": {}}}"#).unwrap_err();
+        assert_eq!(e.key, "tls.https");
     }
 
     #[test]

@@ -56,6 +56,51 @@ pub struct RawDnsConfig {
     pub cache_max_age: Option<String>,
 }
 
+/// One block of `tls` (`defaults`, `internal_rpc`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawTlsBlock {
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub verify_incoming: Option<bool>,
+    pub verify_outgoing: Option<bool>,
+    pub verify_server_hostname: Option<bool>,
+}
+
+impl RawTlsBlock {
+    /// Layers `later` over `self`, key by key.
+    pub fn merge(&mut self, later: RawTlsBlock) {
+        let l = later;
+        if l.ca_file.is_some() {
+            self.ca_file = l.ca_file;
+        }
+        if l.cert_file.is_some() {
+            self.cert_file = l.cert_file;
+        }
+        if l.key_file.is_some() {
+            self.key_file = l.key_file;
+        }
+        if l.verify_incoming.is_some() {
+            self.verify_incoming = l.verify_incoming;
+        }
+        if l.verify_outgoing.is_some() {
+            self.verify_outgoing = l.verify_outgoing;
+        }
+        if l.verify_server_hostname.is_some() {
+            self.verify_server_hostname = l.verify_server_hostname;
+        }
+    }
+}
+
+/// `tls` (Consul 1.12+).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub defaults: Option<RawTlsBlock>,
+    pub internal_rpc: Option<RawTlsBlock>,
+}
+
 /// One configuration source.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -97,6 +142,13 @@ pub struct RawConfig {
     pub retry_interval: Option<String>,
     pub retry_max: Option<u32>,
     pub reconnect_timeout: Option<String>,
+    pub tls: Option<RawTls>,
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub verify_incoming: Option<bool>,
+    pub verify_outgoing: Option<bool>,
+    pub verify_server_hostname: Option<bool>,
 
     // Keys of Consul features this version does not have. They are accepted by the
     // parser only so that validation can say so plainly instead of "unknown key".
@@ -106,13 +158,6 @@ pub struct RawConfig {
     pub connect: Option<Value>,
     pub ui_config: Option<Value>,
     pub ui: Option<Value>,
-    pub tls: Option<Value>,
-    pub ca_file: Option<Value>,
-    pub cert_file: Option<Value>,
-    pub key_file: Option<Value>,
-    pub verify_incoming: Option<Value>,
-    pub verify_outgoing: Option<Value>,
-    pub verify_server_hostname: Option<Value>,
     pub alt_domain: Option<Value>,
     pub translate_wan_addrs: Option<Value>,
 }
@@ -128,13 +173,6 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
     ),
     ("ui_config", "proconsul has no web UI"),
     ("ui", "proconsul has no web UI"),
-    ("tls", "TLS is not in this version"),
-    ("ca_file", "TLS is not in this version"),
-    ("cert_file", "TLS is not in this version"),
-    ("key_file", "TLS is not in this version"),
-    ("verify_incoming", "TLS is not in this version"),
-    ("verify_outgoing", "TLS is not in this version"),
-    ("verify_server_hostname", "TLS is not in this version"),
     ("alt_domain", "alt_domain is not supported by proconsul yet"),
     (
         "translate_wan_addrs",
@@ -156,13 +194,6 @@ impl RawConfig {
             &self.connect,
             &self.ui_config,
             &self.ui,
-            &self.tls,
-            &self.ca_file,
-            &self.cert_file,
-            &self.key_file,
-            &self.verify_incoming,
-            &self.verify_outgoing,
-            &self.verify_server_hostname,
             &self.alt_domain,
             &self.translate_wan_addrs,
         ];
@@ -280,7 +311,19 @@ impl RawConfig {
         scalar(&mut self.connect, l.connect);
         scalar(&mut self.ui_config, l.ui_config);
         scalar(&mut self.ui, l.ui);
-        scalar(&mut self.tls, l.tls);
+        if let Some(t) = l.tls {
+            let tls = self.tls.get_or_insert_with(RawTls::default);
+            if let Some(d) = t.defaults {
+                tls.defaults
+                    .get_or_insert_with(RawTlsBlock::default)
+                    .merge(d);
+            }
+            if let Some(r) = t.internal_rpc {
+                tls.internal_rpc
+                    .get_or_insert_with(RawTlsBlock::default)
+                    .merge(r);
+            }
+        }
         scalar(&mut self.ca_file, l.ca_file);
         scalar(&mut self.cert_file, l.cert_file);
         scalar(&mut self.key_file, l.key_file);

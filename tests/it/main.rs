@@ -15,3 +15,4 @@ mod http;
 mod process;
 mod raft;
 mod support;
+mod tls;
