@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+mod accept;
 mod autopilot;
 pub mod catalog;
 mod checks;

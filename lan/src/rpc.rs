@@ -448,25 +448,10 @@ pub(crate) async fn serve<H: Handler>(
     shutdown: CancellationToken,
 ) {
     let log = Arc::new(std::sync::Mutex::new(crate::peer_log::PeerLog::default()));
-    let permits = Arc::new(Semaphore::new(MAX_RPC_CONNECTIONS));
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::debug!(error = %e, "server RPC accept failed");
-                    continue;
-                }
-            },
-        };
+    let slots = Arc::new(Semaphore::new(MAX_RPC_CONNECTIONS));
+    while let Some((permit, stream, peer)) =
+        crate::accept::next(&listener, &slots, &shutdown, "server RPC").await
+    {
         let _ = stream.set_nodelay(true);
         let done = shutdown.child_token();
         let (handler, tls, tasks2, log) =

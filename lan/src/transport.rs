@@ -862,25 +862,10 @@ async fn serve_streams(
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_INBOUND_STREAMS));
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::debug!(error = %e, "gossip accept failed");
-                    continue;
-                }
-            },
-        };
+    let slots = Arc::new(Semaphore::new(MAX_INBOUND_STREAMS));
+    while let Some((permit, stream, peer)) =
+        crate::accept::next(&listener, &slots, &shutdown, "gossip").await
+    {
         let (commands, shared, shutdown) = (commands.clone(), shared.clone(), shutdown.clone());
         tasks.spawn(async move {
             let _permit = permit;

@@ -11,15 +11,7 @@ use crate::support::cluster::{Member, Spec, leader_of};
 use crate::support::{eventually, secs};
 
 fn request(kind: CertKind, dc: &str) -> CertRequest {
-    CertRequest {
-        kind,
-        datacenter: dc.into(),
-        domain: "consul".into(),
-        node: None,
-        days: 30,
-        extra_dns: vec![],
-        extra_ips: vec![],
-    }
+    CertRequest::new(kind, dc)
 }
 
 /// Writes a certificate and key into `dir`; returns their paths.

@@ -98,6 +98,22 @@ pub struct CertRequest {
     pub extra_ips: Vec<IpAddr>,
 }
 
+impl CertRequest {
+    /// A request with Consul's defaults: domain `consul`, valid for [`CERT_DAYS`], no
+    /// node name and no extra names.
+    pub fn new(kind: CertKind, datacenter: &str) -> CertRequest {
+        CertRequest {
+            kind,
+            datacenter: datacenter.to_owned(),
+            domain: "consul".into(),
+            node: None,
+            days: CERT_DAYS,
+            extra_dns: Vec::new(),
+            extra_ips: Vec::new(),
+        }
+    }
+}
+
 /// A certificate and its private key, in PEM.
 #[derive(Debug, Clone)]
 pub struct Pem {
@@ -482,15 +498,7 @@ mod tests {
     use super::*;
 
     fn request(kind: CertKind, dc: &str) -> CertRequest {
-        CertRequest {
-            kind,
-            datacenter: dc.into(),
-            domain: "consul".into(),
-            node: None,
-            days: 30,
-            extra_dns: vec![],
-            extra_ips: vec![],
-        }
+        CertRequest::new(kind, dc)
     }
 
     #[test]
