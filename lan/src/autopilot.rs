@@ -48,6 +48,8 @@ struct SeenServer {
     addr: SocketAddr,
     status: MemberStatus,
     expect: Option<u32>,
+    /// Started with `-bootstrap` (or `bootstrap_expect = 1`): it elects itself.
+    bootstrap: bool,
 }
 
 fn servers_in(members: &[Member], dc: &str) -> Vec<SeenServer> {
@@ -68,6 +70,7 @@ fn servers_in(members: &[Member], dc: &str) -> Vec<SeenServer> {
                 addr,
                 status: m.status,
                 expect: m.tags.get("expect").and_then(|e| e.parse().ok()),
+                bootstrap: m.tags.get("bootstrap").map(String::as_str) == Some("1"),
             })
         })
         .collect()
@@ -84,6 +87,7 @@ pub(crate) async fn bootstrap(lan: Lan, expect: u32, shutdown: CancellationToken
     let mut last: BTreeSet<NodeId> = BTreeSet::new();
     let mut stable_since = Instant::now();
     let mut waiting_logged = false;
+    let mut conflict_logged = false;
     loop {
         if consensus.is_initialized().await {
             return;
@@ -93,12 +97,26 @@ pub(crate) async fn bootstrap(lan: Lan, expect: u32, shutdown: CancellationToken
             .into_iter()
             .filter(|s| s.status == MemberStatus::Alive)
             .collect();
-        for s in &seen {
-            if s.expect.is_some_and(|e| e != expect) {
-                tracing::error!(node = %s.node.name, "member has a conflicting expect value; all servers should set the same bootstrap_expect");
+        // A server that expects another count, or none, or that bootstraps itself means
+        // this is not a fresh set of servers agreeing on one cluster: never bootstrap
+        // then (Consul's rule); such a cluster adds this server when it has a leader.
+        let conflicting: Vec<&str> = seen
+            .iter()
+            .filter(|s| s.id != me && (s.bootstrap || s.expect != Some(expect)))
+            .map(|s| s.node.name.as_str())
+            .collect();
+        if !conflicting.is_empty() {
+            if !conflict_logged {
+                tracing::error!(servers = %conflicting.join(", "), expect, "not bootstrapping: these servers have a different bootstrap_expect or bootstrap themselves; all new servers should set the same bootstrap_expect");
+                conflict_logged = true;
             }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(BOOTSTRAP_POLL) => {}
+            }
+            continue;
         }
-        let agreeing: Vec<&SeenServer> = seen.iter().filter(|s| s.expect == Some(expect)).collect();
+        let agreeing: Vec<&SeenServer> = seen.iter().collect();
         let ids: BTreeSet<NodeId> = agreeing.iter().map(|s| s.id).collect();
         if ids != last {
             last = ids.clone();

@@ -57,8 +57,8 @@ pub use local::{CHECK_OUTPUT_LIMIT, CHECK_OUTPUT_MAX, CheckDefinition, Local, Lo
 pub use member::{Member, MemberStatus};
 pub use peer_log::PEER_LOG_INTERVAL;
 pub use raft::{
-    Consistency, LEADER_LEASE, RPC_HOLD_TIMEOUT, RaftServer, RaftStartError, RaftStatus,
-    RaftTiming, ReadError, ReadMeta, SNAPSHOT_THRESHOLD, ServerNode, Storage, WriteError,
+    Consistency, RPC_HOLD_TIMEOUT, RaftServer, RaftStartError, RaftStatus, RaftTiming, ReadError,
+    ReadMeta, SNAPSHOT_THRESHOLD, ServerNode, Storage, WriteError,
 };
 pub use rpc::RpcTls;
 pub use transport::{Encryption, JoinError, KeyOperation, KeyringReport, Pool, PoolConfig};
@@ -289,6 +289,7 @@ impl Lan {
                     raft::network::Network {
                         rpc: rpc.clone(),
                         members: pool.subscribe(),
+                        acks: Default::default(),
                     },
                     tasks,
                     shutdown.child_token(),

@@ -43,6 +43,12 @@ type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
 /// The writing half of a connection, TLS or not.
 type Writer = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
 
+/// Time a peer has to send the rest of a frame once its length has arrived.
+pub(crate) const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// An inbound connection with no request in flight and none arriving for this long is
+/// closed (callers reconnect on their next call).
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Budget of a TLS handshake on the server port.
 pub(crate) const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first byte of a TLS handshake record; a plaintext connection starts with a frame
@@ -164,6 +170,8 @@ pub(crate) enum Response {
     ),
     /// The receiver cannot serve this kind of request (a client agent, say).
     Unsupported(String),
+    /// The request was served but its answer cannot be sent (too large).
+    Error(String),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -192,6 +200,9 @@ pub(crate) enum RpcError {
     /// Too many requests are waiting on this connection; back off.
     #[error("too many requests in flight to {0}")]
     Busy(SocketAddr),
+    /// The request is larger than any server accepts; split it.
+    #[error("request of {0} bytes is over the frame limit")]
+    TooLarge(usize),
 }
 
 /// Milliseconds left until `deadline` (0 once it passed).
@@ -225,8 +236,18 @@ async fn read_frame(reader: &mut Reader) -> std::io::Result<Vec<u8>> {
             format!("frame of {len} bytes is over the limit of {MAX_RPC_FRAME}"),
         ));
     }
-    let mut payload = vec![0u8; len];
-    reader.read_exact(&mut payload).await?;
+    // The body must follow promptly, and memory grows only as bytes arrive: a peer
+    // that announces a large frame and stalls pins neither a slot nor 64 MiB.
+    let mut payload = Vec::with_capacity(len.min(64 * 1024));
+    let mut body = (&mut *reader).take(len as u64);
+    tokio::time::timeout(FRAME_TIMEOUT, body.read_to_end(&mut payload))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "frame body not sent in time")
+        })??;
+    if payload.len() != len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
     Ok(payload)
 }
 
@@ -255,7 +276,8 @@ async fn run_writer(
 /// One outbound connection.
 struct Connection {
     addr: SocketAddr,
-    writes: mpsc::Sender<Vec<u8>>,
+    /// Request frames by ID, in the order they are to be written.
+    writes: mpsc::Sender<(u64, Vec<u8>)>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
     next_id: AtomicU64,
     closed: CancellationToken,
@@ -270,9 +292,10 @@ impl Connection {
         shutdown: &CancellationToken,
     ) -> Result<Arc<Connection>, RpcError> {
         let connect_error = |error: String| RpcError::Connect { addr, error };
+        // A server that does not answer at all is unreachable (try another), not slow.
         let stream = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
             .await
-            .map_err(|_| RpcError::Timeout)?
+            .map_err(|_| connect_error("connection timed out".into()))?
             .map_err(|e| connect_error(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         let (reader, writer) = match tls.and_then(|t| t.client.clone().map(|c| (c, t))) {
@@ -282,7 +305,7 @@ impl Connection {
                 let connector = tokio_rustls::TlsConnector::from(config);
                 let stream = tokio::time::timeout_at(deadline, connector.connect(name, stream))
                     .await
-                    .map_err(|_| RpcError::Timeout)?
+                    .map_err(|_| connect_error("TLS handshake timed out".into()))?
                     .map_err(|e| connect_error(format!("TLS handshake: {e}")))?;
                 halves(stream)
             }
@@ -297,9 +320,35 @@ impl Connection {
             next_id: AtomicU64::new(1),
             closed: closed.clone(),
         });
-        tasks.spawn(run_writer(writer, queue, closed.clone()));
+        tasks.spawn(Connection::write_requests(conn.clone(), writer, queue));
         tasks.spawn(Connection::read_answers(conn.clone(), reader));
         Ok(conn)
+    }
+
+    /// Writes queued requests, skipping those whose caller gave up (its deadline
+    /// passed) so that a backlog of stale frames never delays a fresh one.
+    async fn write_requests(
+        conn: Arc<Connection>,
+        mut writer: Writer,
+        mut queue: mpsc::Receiver<(u64, Vec<u8>)>,
+    ) {
+        loop {
+            let (id, frame) = tokio::select! {
+                _ = conn.closed.cancelled() => break,
+                f = queue.recv() => match f {
+                    Some(f) => f,
+                    None => break,
+                },
+            };
+            if !conn.pending.lock().expect("pending lock").contains_key(&id) {
+                continue;
+            }
+            if write_frame(&mut writer, &frame).await.is_err() {
+                break;
+            }
+        }
+        conn.closed.cancel();
+        let _ = writer.shutdown().await;
     }
 
     async fn read_answers(conn: Arc<Connection>, mut reader: Reader) {
@@ -335,6 +384,11 @@ impl Connection {
     async fn call(&self, request: &Request, deadline: Instant) -> Result<Response, RpcError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
+        let frame =
+            serde_json::to_vec(&Envelope { id, body: request }).expect("requests serialise");
+        if frame.len() > MAX_RPC_FRAME {
+            return Err(RpcError::TooLarge(frame.len()));
+        }
         {
             let mut pending = self.pending.lock().expect("pending lock");
             if pending.len() >= MAX_PENDING_PER_CONNECTION {
@@ -342,11 +396,15 @@ impl Connection {
             }
             pending.insert(id, tx);
         }
-        let frame =
-            serde_json::to_vec(&Envelope { id, body: request }).expect("requests serialise");
+        // The reader may have given up on the connection just before the insert: then
+        // nobody would ever answer this call.
+        if self.closed.is_cancelled() {
+            self.pending.lock().expect("pending lock").remove(&id);
+            return Err(RpcError::Closed(self.addr));
+        }
         let result = tokio::time::timeout_at(deadline, async {
             self.writes
-                .send(frame)
+                .send((id, frame))
                 .await
                 .map_err(|_| RpcError::Closed(self.addr))?;
             rx.await.map_err(|_| RpcError::Closed(self.addr))
@@ -359,11 +417,19 @@ impl Connection {
     }
 }
 
+/// The connection to one server, once opened.
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<Connection>>>>;
+
+/// Servers with a connection slot; past it, slots of closed connections are dropped.
+const MAX_PEERS: usize = 1024;
+
 /// Outbound server RPC: one multiplexed connection per server, opened on first use and
 /// again after it breaks. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Client {
-    peers: Arc<tokio::sync::Mutex<HashMap<SocketAddr, Arc<Connection>>>>,
+    /// One slot per server: its lock is held only while connecting to that server, so
+    /// a server that does not answer never delays calls to the others.
+    peers: Arc<Mutex<HashMap<SocketAddr, Slot>>>,
     tls: Option<RpcTls>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -394,10 +460,24 @@ impl Client {
         addr: SocketAddr,
         deadline: Instant,
     ) -> Result<Arc<Connection>, RpcError> {
-        // The lock is held while connecting so that concurrent callers share one
-        // connection; connecting is bounded by the deadline.
-        let mut peers = self.peers.lock().await;
-        if let Some(c) = peers.get(&addr)
+        let slot = {
+            let mut peers = self.peers.lock().expect("peers lock");
+            if peers.len() >= MAX_PEERS {
+                // Forget servers whose connection is gone.
+                peers.retain(|_, s| {
+                    s.try_lock()
+                        .map(|c| c.as_ref().is_some_and(|c| !c.closed.is_cancelled()))
+                        .unwrap_or(true)
+                });
+            }
+            peers.entry(addr).or_default().clone()
+        };
+        // Concurrent callers of one server share one connection; waiting for it and
+        // connecting are both bounded by the deadline.
+        let mut current = tokio::time::timeout_at(deadline, slot.lock())
+            .await
+            .map_err(|_| RpcError::Timeout)?;
+        if let Some(c) = current.as_ref()
             && !c.closed.is_cancelled()
         {
             return Ok(c.clone());
@@ -410,7 +490,7 @@ impl Client {
             &self.shutdown,
         )
         .await?;
-        peers.insert(addr, conn.clone());
+        *current = Some(conn.clone());
         Ok(conn)
     }
 
@@ -533,12 +613,17 @@ async fn serve_connection<H: Handler>(
     tasks.spawn(run_writer(writer, queue, done.clone()));
     let in_flight = Arc::new(Semaphore::new(MAX_CONCURRENT_PER_CONNECTION));
     loop {
+        // Idle only counts while nothing is in flight: a blocking query may keep its
+        // caller silent for minutes.
+        let idle = in_flight.available_permits() == MAX_CONCURRENT_PER_CONNECTION;
+        let next = read_frame(&mut reader);
         let frame = tokio::select! {
             _ = done.cancelled() => break,
-            f = read_frame(&mut reader) => match f {
+            _ = tokio::time::sleep(IDLE_TIMEOUT), if idle => break,
+            f = next => match f {
                 Ok(f) => f,
                 Err(e) => {
-                    if e.kind() == std::io::ErrorKind::InvalidData {
+                    if matches!(e.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::TimedOut) {
                         tracing::warn!(peer = %peer, error = %e, "closing a server RPC connection");
                     }
                     break;
@@ -562,11 +647,24 @@ async fn serve_connection<H: Handler>(
                 _ = done.cancelled() => return,
                 r = handler.handle(envelope.body, peer) => r,
             };
-            let frame = serde_json::to_vec(&Envelope {
+            let mut frame = serde_json::to_vec(&Envelope {
                 id: envelope.id,
                 body,
             })
             .expect("responses serialise");
+            if frame.len() > MAX_RPC_FRAME {
+                // The caller would close the connection on a frame this size: tell it
+                // instead.
+                let body = Response::Error(format!(
+                    "the answer of {} bytes is over the frame limit",
+                    frame.len()
+                ));
+                frame = serde_json::to_vec(&Envelope {
+                    id: envelope.id,
+                    body,
+                })
+                .expect("responses serialise");
+            }
             let _ = writes.send(frame).await;
         });
     }

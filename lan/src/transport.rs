@@ -57,6 +57,8 @@ pub const MAX_STREAM_FRAME: usize = 16 * 1024 * 1024;
 pub const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keyring requests sent to members at once during a pool-wide keyring operation.
 pub const KEYRING_FANOUT: usize = 32;
+/// How long one member has to answer a keyring request.
+pub const KEYRING_MEMBER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a graceful leave waits for its announcement to go out.
 pub const LEAVE_PROPAGATE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Receive buffer for one datagram.
@@ -230,6 +232,12 @@ impl Crypto {
         if !self.verify_outgoing {
             return plaintext;
         }
+        self.seal_always(plaintext, aad)
+    }
+
+    /// Seals with the primary key whenever there is a keyring, even while
+    /// `encrypt_verify_outgoing` is off (keyring requests always travel sealed).
+    fn seal_always(&self, plaintext: Vec<u8>, aad: &[u8]) -> Vec<u8> {
         match &*self.keyring.read().expect("keyring lock") {
             Some(ring) => ring.seal(&plaintext, aad),
             None => plaintext,
@@ -515,7 +523,13 @@ impl Pool {
                         .map_err(|e| e.to_string())
                 } else {
                     match permits.acquire().await {
-                        Ok(_permit) => key_request(&shared, addr, &op, deadline).await,
+                        // Each member gets its own share of the time, so a few silent
+                        // ones cannot use up everyone's.
+                        Ok(_permit) if Instant::now() < deadline => {
+                            let own = deadline.min(Instant::now() + KEYRING_MEMBER_TIMEOUT);
+                            key_request(&shared, addr, &op, own).await
+                        }
+                        Ok(_) => Err("not asked before the deadline".into()),
                         Err(e) => Err(e.to_string()),
                     }
                 };
@@ -778,12 +792,22 @@ async fn exchange(
     payload: Vec<u8>,
     deadline: Instant,
 ) -> Result<Vec<u8>, JoinError> {
+    let sealed = shared.crypto.seal(payload, STREAM_AAD);
+    exchange_sealed(shared, to, sealed, deadline).await
+}
+
+/// [`exchange`] of an already sealed (or deliberately plain) payload.
+async fn exchange_sealed(
+    shared: &Shared,
+    to: SocketAddr,
+    sealed: Vec<u8>,
+    deadline: Instant,
+) -> Result<Vec<u8>, JoinError> {
     let work = async {
         let mut stream = connect(shared.source, to)
             .await
             .map_err(|e| JoinError::Io(e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let sealed = shared.crypto.seal(payload, STREAM_AAD);
         write_frame(&mut stream, &sealed)
             .await
             .map_err(|e| JoinError::Io(e.to_string()))?;
@@ -839,7 +863,8 @@ async fn key_request(
 ) -> Result<KeyAnswer, String> {
     let mut frame = vec![KEY_REQUEST];
     frame.extend_from_slice(&serde_json::to_vec(op).expect("a key operation serialises"));
-    let answer = exchange(shared, to, frame, deadline)
+    let sealed = shared.crypto.seal_always(frame, STREAM_AAD);
+    let answer = exchange_sealed(shared, to, sealed, deadline)
         .await
         .map_err(|e| match e {
             JoinError::Timeout => "no answer before the deadline".to_string(),
@@ -906,6 +931,17 @@ async fn serve_stream(
     };
     let answer = match plain.split_first() {
         Some((&KEY_REQUEST, body)) => {
+            // Only a holder of an installed key may change keys, whatever
+            // `encrypt_verify_incoming` lets through for gossip.
+            let sealed = payload.first() == Some(&SEALED_VERSION);
+            if !sealed && shared.crypto.enabled() {
+                shared.refused(peer, "keyring request", &"not encrypted");
+                return write_frame(
+                    &mut stream,
+                    &error_frame("keyring requests must be encrypted with an installed key"),
+                )
+                .await;
+            }
             let op: KeyOperation = match serde_json::from_slice(body) {
                 Ok(op) => op,
                 Err(e) => {
@@ -1157,6 +1193,30 @@ mod tests {
         assert_eq!(list.num_resp, 2);
         assert!(list.messages.contains_key("n2"), "{list:?}");
         assert_eq!(list.keys.get(&k1.to_base64()), Some(&2));
+    }
+
+    #[tokio::test]
+    async fn a_plaintext_keyring_request_is_refused_even_while_plaintext_gossip_is_accepted() {
+        let key = Key::generate();
+        let c = Cluster::start(1, |_| {
+            Some(Encryption {
+                keyring: Keyring::new(key.clone()),
+                file: None,
+                verify_incoming: false,
+                verify_outgoing: false,
+            })
+        })
+        .await;
+        let mut stream = TcpStream::connect(c.pools[0].addr()).await.unwrap();
+        let mut frame = vec![KEY_REQUEST];
+        let op = KeyOperation::Install(Key::generate().to_base64());
+        frame.extend_from_slice(&serde_json::to_vec(&op).unwrap());
+        write_frame(&mut stream, &frame).await.unwrap();
+        let answer = read_frame(&mut stream).await.unwrap();
+        assert_eq!(answer[0], ERROR_FRAME);
+        // The pool's own operations still work: they are sealed.
+        let report = c.pools[0].keyring(KeyOperation::List, soon()).await;
+        assert_eq!(report.keys.len(), 1, "{report:?}");
     }
 
     #[tokio::test]

@@ -21,6 +21,12 @@ use crate::catalog::Command;
 
 /// Most commands in one Raft entry.
 pub(crate) const MAX_BATCH: usize = 256;
+/// Most bytes of commands (as encoded) in one Raft entry: with openraft's 300 entries per
+/// AppendEntries at most, replication stays far below the RPC frame limit, and a
+/// request that still does not fit is split by the network.
+pub(crate) const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Largest single command (a snapshot restore is the big one).
+pub(crate) const MAX_COMMAND_BYTES: usize = 48 * 1024 * 1024;
 /// Writes waiting for a batch; a writer waits (within its deadline) when it is full.
 pub(crate) const WRITE_QUEUE: usize = 4096;
 /// Entries being committed at once.
@@ -40,6 +46,13 @@ pub(crate) fn start(
     tx
 }
 
+/// Bytes of `command` as it goes into the log.
+fn encoded_len(command: &Command) -> usize {
+    serde_json::to_vec(command)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX)
+}
+
 async fn run(
     raft: Raft<TypeConfig>,
     mut queue: mpsc::Receiver<Pending>,
@@ -47,6 +60,7 @@ async fn run(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut carried: Option<Pending> = None;
     loop {
         // Take a slot first: while all are busy, writes keep gathering in the queue.
         let slot = tokio::select! {
@@ -56,17 +70,37 @@ async fn run(
                 Err(_) => return,
             },
         };
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            w = queue.recv() => match w {
-                Some(w) => w,
-                None => return,
+        let first = match carried.take() {
+            Some(w) => w,
+            None => tokio::select! {
+                _ = shutdown.cancelled() => return,
+                w = queue.recv() => match w {
+                    Some(w) => w,
+                    None => return,
+                },
             },
         };
+        let mut bytes = encoded_len(&first.0);
+        if bytes > MAX_COMMAND_BYTES {
+            let _ = first.1.send(Err(WriteError::TooLarge(bytes)));
+            continue;
+        }
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        // A command that would overflow this batch starts the next one.
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match queue.try_recv() {
-                Ok(w) => batch.push(w),
+                Ok(w) => {
+                    let size = encoded_len(&w.0);
+                    if size > MAX_COMMAND_BYTES {
+                        let _ = w.1.send(Err(WriteError::TooLarge(size)));
+                    } else if bytes + size > MAX_BATCH_BYTES {
+                        carried = Some(w);
+                        break;
+                    } else {
+                        bytes += size;
+                        batch.push(w);
+                    }
+                }
                 Err(_) => break,
             }
         }

@@ -147,6 +147,9 @@ pub enum WriteError {
     /// No server could be reached; the write may or may not have been applied.
     #[error("rpc error making call: {0}")]
     Rpc(String),
+    /// The change is larger than a log entry may be; it was not applied.
+    #[error("the change of {0} bytes is too large for the catalog log")]
+    TooLarge(usize),
 }
 
 impl WriteError {
@@ -225,6 +228,9 @@ pub(crate) struct Consensus {
     contact: Arc<std::sync::Mutex<Option<Instant>>>,
     /// Writes on their way into a shared Raft entry ([`batch`]).
     writes: tokio::sync::mpsc::Sender<batch::Pending>,
+    /// Followers' acknowledgements of this server's leadership.
+    acks: network::Acks,
+    leases: Leases,
 }
 
 /// Who a server is to Raft, and whether it may bootstrap a cluster alone.
@@ -323,36 +329,51 @@ impl Consensus {
             }
         }
         let writes = batch::start(raft.clone(), tasks, shutdown);
+        let acks = network.acks.clone();
         Ok((
             Consensus {
                 id,
                 raft,
                 contact: Arc::default(),
                 writes,
+                acks,
+                leases: Leases::from(&timing),
             },
             catalog,
         ))
     }
 
     /// The leader as this server should believe it: the one openraft names, unless
-    /// that is this server and a quorum has not answered it within [`LEADER_LEASE`], or
-    /// another server that has not been heard from within it (openraft keeps naming a
-    /// dead leader until the next term; Consul's followers forget it on a heartbeat
-    /// timeout).
+    /// that is this server and a quorum of voters has not acknowledged it within its
+    /// lease, or another server not heard from within the follower lease (openraft keeps
+    /// naming a dead leader until the next term; Consul's followers forget it on a
+    /// heartbeat timeout).
     fn leader_id(&self, m: &openraft::RaftMetrics<NodeId, ServerNode>) -> Option<NodeId> {
         let leader = m.current_leader?;
         if leader != m.id {
             let heard = *self.contact.lock().expect("contact lock");
             return heard
-                .is_some_and(|at| at.elapsed() < LEADER_LEASE)
+                .is_some_and(|at| at.elapsed() < self.leases.follower)
                 .then_some(leader);
         }
         if m.state != ServerState::Leader {
             return None;
         }
-        let alone = m.membership_config.membership().voter_ids().count() <= 1;
-        let lease = u64::try_from(LEADER_LEASE.as_millis()).unwrap_or(u64::MAX);
-        (alone || m.millis_since_quorum_ack.is_some_and(|ms| ms < lease)).then_some(leader)
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        // Acknowledgements needed from others for a quorum (this server counts itself).
+        let needed = (voters.len() / 2 + 1).saturating_sub(1);
+        if needed == 0 {
+            return Some(leader);
+        }
+        let acks = self.acks.lock().expect("acks lock");
+        let mut times: Vec<Instant> = voters
+            .iter()
+            .filter(|v| **v != m.id)
+            .filter_map(|v| acks.get(v).copied())
+            .collect();
+        times.sort_unstable_by(|a, b| b.cmp(a));
+        let quorum_at = times.get(needed - 1)?;
+        (quorum_at.elapsed() < self.leases.leader).then_some(leader)
     }
 
     /// Resolves once this server no longer holds a valid leader lease (checked every
@@ -667,12 +688,33 @@ impl Consensus {
     }
 }
 
-/// How long a leader stays leader without hearing from a quorum of voters. Past it,
-/// the server acts as if it had stepped down (Consul's `leader_lease_timeout`): it takes
-/// no writes and serves no default reads, so a leader cut off from its cluster never
-/// answers with data the others may have moved past. openraft 0.9 keeps such a leader in
-/// the leader state until it hears a higher term; this is where we stop trusting it.
-pub const LEADER_LEASE: Duration = Duration::from_secs(1);
+/// How long leadership is trusted after the last word from the other side.
+///
+/// A leader whose AppendEntries a quorum has not acknowledged within `leader` acts as if
+/// it had stepped down (Consul's `leader_lease_timeout`): it takes no writes and serves
+/// no default reads. openraft 0.9 keeps such a leader in the leader state until it hears
+/// a higher term, so this is where we stop trusting it. The lease must end before the
+/// others can elect someone else: followers refuse votes for `election_timeout_max`
+/// after their last heartbeat and only campaign after `election_timeout_min`, so the
+/// leader lease is `election_timeout_min` less half a heartbeat interval, counted from
+/// when the acknowledged request was sent. A follower forgets a leader it has not heard
+/// from for `follower` (`election_timeout_max`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Leases {
+    leader: Duration,
+    follower: Duration,
+}
+
+impl Leases {
+    fn from(timing: &RaftTiming) -> Leases {
+        Leases {
+            leader: timing
+                .election_timeout_min
+                .saturating_sub(timing.heartbeat_interval / 2),
+            follower: timing.election_timeout_max,
+        }
+    }
+}
 
 /// How often a write waiting for its commit checks that the lease still holds.
 const LEASE_CHECK: Duration = Duration::from_millis(100);

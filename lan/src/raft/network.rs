@@ -5,11 +5,13 @@
 //! attempt); a call that runs out of time is a `Timeout`; an error the remote Raft
 //! returned comes back as it was.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -23,12 +25,18 @@ use super::{NodeId, ServerNode, TypeConfig};
 use crate::member::Member;
 use crate::rpc::{self, Request, Response, RpcError};
 
+/// When each follower last acknowledged this server as leader (answered an
+/// AppendEntries in its term), for the leader's lease.
+pub(crate) type Acks = Arc<std::sync::Mutex<HashMap<NodeId, Instant>>>;
+
 /// Hands out [`Peer`]s that share the agent's RPC connections.
 #[derive(Debug, Clone)]
 pub(crate) struct Network {
     pub(crate) rpc: rpc::Client,
     /// The LAN pool's member list: the current address of each server.
     pub(crate) members: watch::Receiver<Arc<Vec<Member>>>,
+    /// Follower acknowledgements, filled in by the peers.
+    pub(crate) acks: Acks,
 }
 
 /// One peer as Raft sees it.
@@ -38,6 +46,7 @@ pub(crate) struct Peer {
     node: ServerNode,
     rpc: rpc::Client,
     members: watch::Receiver<Arc<Vec<Member>>>,
+    acks: Acks,
 }
 
 /// The server RPC address of `node` now: what gossip says for that node name (a server
@@ -62,6 +71,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             node: node.clone(),
             rpc: self.rpc.clone(),
             members: self.members.clone(),
+            acks: self.acks.clone(),
         }
     }
 }
@@ -89,6 +99,16 @@ impl Peer {
         let deadline = Instant::now() + option.hard_ttl();
         match self.rpc.call(addr, &request, deadline).await {
             Ok(r) => Ok(r),
+            Err(RpcError::TooLarge(_)) => {
+                let entries = match &request {
+                    Request::AppendEntries(r) => r.entries.len(),
+                    _ => 1,
+                };
+                // Halving until one entry is left; openraft treats one as unreachable.
+                Err(RPCError::PayloadTooLarge(
+                    PayloadTooLarge::new_entries_hint((entries / 2).max(1) as u64),
+                ))
+            }
             Err(RpcError::Timeout) => Err(RPCError::Network(NetworkError::new(&Failure(format!(
                 "no answer from {addr} in {:?}",
                 option.hard_ttl()
@@ -128,8 +148,19 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        let sent = Instant::now();
         match self.call(Request::AppendEntries(rpc), &option).await? {
-            Response::AppendEntries(Ok(r)) => Ok(r),
+            Response::AppendEntries(Ok(r)) => {
+                // Any answer but a higher vote acknowledges our leadership; the lease
+                // counts from when the request left, the safe end.
+                if !matches!(r, AppendEntriesResponse::HigherVote(_)) {
+                    self.acks
+                        .lock()
+                        .expect("acks lock")
+                        .insert(self.target, sent);
+                }
+                Ok(r)
+            }
             Response::AppendEntries(Err(e)) => Err(self.remote(e)),
             other => Err(Self::unexpected(&other)),
         }
