@@ -50,9 +50,9 @@ pub(crate) async fn run(
         let list = members.borrow_and_update().clone();
         let servers_ok =
             crate::autopilot::reconcile(&consensus, &datacenter, &list, &mut dead).await;
-        let ok = reconcile(&consensus, &catalog, &datacenter, &list).await
-            && reap(&consensus, &catalog, &list).await
-            && servers_ok;
+        let members_ok = reconcile(&consensus, &catalog, &datacenter, &list).await;
+        let reaped_ok = reap(&consensus, &catalog, &list).await;
+        let ok = members_ok && reaped_ok && servers_ok;
         let wait = if ok {
             RECONCILE_INTERVAL
         } else {

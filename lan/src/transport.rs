@@ -675,8 +675,7 @@ impl Driver {
                 }
             }
             Command::ForceLeave { node, prune, reply } => {
-                let known = self.engine.members().any(|m| m.name == node);
-                self.engine.force_leave(now, &node, prune);
+                let known = self.engine.force_leave(now, &node, prune);
                 let _ = reply.send(known);
             }
             Command::SetTags(tags) => self.engine.set_tags(tags),

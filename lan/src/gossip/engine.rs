@@ -19,6 +19,10 @@ use super::message::{
 /// Most indirect probes relayed for others at once; more requests are ignored (the
 /// requester then counts a missing nack, which is what an overloaded relay means).
 pub const MAX_RELAYS: usize = 256;
+/// How long a pruned member's tombstone lasts: far longer than news takes to spread.
+pub(crate) const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
+/// Most tombstones kept; the oldest go first.
+const MAX_TOMBSTONES: usize = 4096;
 /// Bytes of a packet's header (protocol byte and message count).
 const PACKET_HEADER: usize = 2;
 
@@ -72,6 +76,16 @@ pub struct Member {
     pub tags: BTreeMap<String, String>,
     /// When the state last changed.
     pub since: Instant,
+}
+
+/// What is remembered of a pruned member.
+#[derive(Debug, Clone, Copy)]
+struct Tombstone {
+    incarnation: u32,
+    since: Instant,
+    /// Where it was, if known: traffic from there gets the prune news back, so that a
+    /// pruned member that is in fact alive refutes with a newer incarnation and returns.
+    addr: Option<SocketAddr>,
 }
 
 /// A probe in flight.
@@ -145,6 +159,10 @@ pub struct Engine {
     seq: u32,
     relays: BTreeMap<u32, Relay>,
     suspicions: BTreeMap<String, Suspicion>,
+    /// Members pruned by `force-leave -prune`, with the incarnation pruned and when:
+    /// news of them at that incarnation or older is ignored until [`TOMBSTONE_TTL`], so
+    /// that a peer that has not heard of the prune yet cannot bring them back.
+    tombstones: BTreeMap<String, Tombstone>,
     broadcasts: Queue,
     /// Lifeguard's local health score: 0 is healthy; timeouts scale by score + 1.
     awareness: u32,
@@ -208,6 +226,7 @@ impl Engine {
             seq: 0,
             relays: BTreeMap::new(),
             suspicions: BTreeMap::new(),
+            tombstones: BTreeMap::new(),
             broadcasts: Queue::default(),
             awareness: 0,
             rng,
@@ -435,7 +454,17 @@ impl Engine {
         from: SocketAddr,
         bytes: &[u8],
     ) -> Result<(), DecodeError> {
-        for message in decode_packet(bytes)? {
+        let messages = decode_packet(bytes)?;
+        // A pruned member still talking is alive after all: tell it, so that it refutes.
+        let pruned = self
+            .tombstones
+            .iter()
+            .find(|(_, t)| t.addr == Some(from))
+            .map(|(name, t)| (name.clone(), t.incarnation));
+        if let Some((node, incarnation)) = pruned {
+            self.send(from, vec![Message::Prune { incarnation, node }]);
+        }
+        for message in messages {
             self.handle_message(now, from, message);
         }
         Ok(())
@@ -515,6 +544,7 @@ impl Engine {
                     self.answer_accusation(to);
                 }
             }
+            Message::Prune { incarnation, node } => self.on_prune(now, incarnation, &node),
             // Push-pull travels on streams, not in packets.
             Message::PushPull { .. } => {}
         }
@@ -580,6 +610,13 @@ impl Engine {
                 self.refute(incarnation);
             }
             return;
+        }
+        if let Some(t) = self.tombstones.get(&node) {
+            if incarnation <= t.incarnation {
+                return;
+            }
+            // Back with a newer incarnation: a real restart, not stale news.
+            self.tombstones.remove(&node);
         }
         let message = Message::Alive {
             incarnation,
@@ -692,13 +729,15 @@ impl Engine {
             }
             return;
         }
+        let left = from == node;
         let Some(m) = self.members.get_mut(node) else {
             return;
         };
-        if incarnation < m.incarnation || matches!(m.state, State::Dead | State::Left) {
+        // A leave notice also turns a failed member into a left one (`force-leave`).
+        let known = m.state == State::Left || (m.state == State::Dead && !left);
+        if incarnation < m.incarnation || known {
             return;
         }
-        let left = from == node;
         m.state = if left { State::Left } else { State::Dead };
         m.incarnation = incarnation;
         m.since = now;
@@ -955,6 +994,8 @@ impl Engine {
     }
 
     fn reap(&mut self, now: Instant) {
+        self.tombstones
+            .retain(|_, t| now.saturating_duration_since(t.since) < TOMBSTONE_TTL);
         let dead = self.config.dead_reap_timeout;
         let left = self.config.left_reap_timeout;
         let gone: Vec<String> = self
@@ -974,21 +1015,73 @@ impl Engine {
         }
     }
 
-    /// Forgets a failed or left member at once (`force-leave -prune`); a live member is
-    /// marked left so that its next refutation brings it back.
-    pub fn force_leave(&mut self, now: Instant, node: &str, prune: bool) {
+    /// `force-leave`: marks `node` left everywhere (a failed member stops being retried;
+    /// a live one refutes and stays). With `prune` every member also forgets it at
+    /// once. Returns whether the member was known.
+    pub fn force_leave(&mut self, now: Instant, node: &str, prune: bool) -> bool {
+        if node == self.name {
+            return false;
+        }
         let Some(m) = self.members.get(node) else {
-            return;
+            return false;
         };
-        if matches!(m.state, State::Alive | State::Suspect) {
-            let incarnation = m.incarnation;
+        let incarnation = m.incarnation;
+        if m.state != State::Left {
             let node = node.to_owned();
             self.on_dead(now, incarnation, &node, &node);
         }
-        if prune && node != self.name {
-            self.members.remove(node);
+        if prune {
+            self.on_prune(now, incarnation, node);
+        }
+        true
+    }
+
+    /// Forgets `node` at `incarnation` and spreads the news.
+    fn on_prune(&mut self, now: Instant, incarnation: u32, node: &str) {
+        if node == self.name {
+            // Pruned while alive: say so with a newer incarnation.
+            self.refute(incarnation);
+            return;
+        }
+        if self
+            .members
+            .get(node)
+            .is_some_and(|m| m.incarnation > incarnation)
+        {
+            return;
+        }
+        if self.tombstones.contains_key(node) && !self.members.contains_key(node) {
+            return;
+        }
+        let addr = self.members.get(node).map(|m| m.addr);
+        if self.members.remove(node).is_some() {
             self.events.push(Event::Reap(node.to_owned()));
         }
+        self.suspicions.remove(node);
+        if self.tombstones.len() >= MAX_TOMBSTONES
+            && let Some(oldest) = self
+                .tombstones
+                .iter()
+                .min_by_key(|(_, t)| t.since)
+                .map(|(k, _)| k.clone())
+        {
+            self.tombstones.remove(&oldest);
+        }
+        self.tombstones.insert(
+            node.to_owned(),
+            Tombstone {
+                incarnation,
+                since: now,
+                addr,
+            },
+        );
+        self.broadcasts.push(
+            node,
+            Message::Prune {
+                incarnation,
+                node: node.to_owned(),
+            },
+        );
     }
 }
 

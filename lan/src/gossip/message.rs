@@ -130,6 +130,14 @@ pub enum Message {
         /// Who declares it.
         from: String,
     },
+    /// Forget `node` (`force-leave -prune`): everyone drops it from its member list and
+    /// ignores news of it at this incarnation or older.
+    Prune {
+        /// Incarnation of `node`.
+        incarnation: u32,
+        /// Node name.
+        node: String,
+    },
     /// Full state exchange (push-pull), over a stream.
     PushPull {
         /// Sent while joining: the receiver answers with its own state.
@@ -147,6 +155,7 @@ const T_ALIVE: u8 = 5;
 const T_SUSPECT: u8 = 6;
 const T_DEAD: u8 = 7;
 const T_PUSH_PULL: u8 = 8;
+const T_PRUNE: u8 = 9;
 
 struct Writer(Vec<u8>);
 
@@ -296,6 +305,7 @@ impl Message {
             Message::Suspect { .. } => T_SUSPECT,
             Message::Dead { .. } => T_DEAD,
             Message::PushPull { .. } => T_PUSH_PULL,
+            Message::Prune { .. } => T_PRUNE,
         }
     }
 
@@ -348,6 +358,10 @@ impl Message {
                 w.str(node);
                 w.str(from);
             }
+            Message::Prune { incarnation, node } => {
+                w.u32(*incarnation);
+                w.str(node);
+            }
             Message::PushPull { join, states } => {
                 w.u8(u8::from(*join));
                 w.u32(states.len().min(MAX_STATES) as u32);
@@ -399,6 +413,10 @@ impl Message {
                 incarnation: r.u32()?,
                 node: r.str()?,
                 from: r.str()?,
+            },
+            T_PRUNE => Message::Prune {
+                incarnation: r.u32()?,
+                node: r.str()?,
             },
             T_PUSH_PULL => {
                 let join = r.bool()?;
@@ -527,6 +545,10 @@ mod tests {
                 incarnation: 5,
                 node: "b".into(),
                 from: "b".into(),
+            },
+            Message::Prune {
+                incarnation: 6,
+                node: "c".into(),
             },
             Message::PushPull {
                 join: true,

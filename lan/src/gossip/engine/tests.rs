@@ -379,23 +379,37 @@ fn failed_members_are_reaped_after_the_reconnect_timeout() {
 }
 
 #[test]
-fn force_leave_marks_a_failed_member_left_and_prune_forgets_it() {
-    let mut sim = Sim::new(3, Config::local(), 11);
+fn force_leave_marks_a_failed_member_left_everywhere_and_prune_forgets_it_everywhere() {
+    let mut sim = Sim::new(4, Config::local(), 11);
     sim.join_all();
     sim.run_until(Duration::from_secs(10), "convergence", Sim::converged);
-    sim.down.insert(2);
+    sim.down.insert(3);
     sim.run_until(Duration::from_secs(30), "failure", |s| {
-        s.everyone_sees(2, State::Dead)
+        s.everyone_sees(3, State::Dead)
     });
     let now = sim.now;
-    sim.nodes[0].force_leave(now, "n2", false);
-    assert_eq!(
-        sim.state(0, 2),
-        Some(State::Dead),
-        "a failed member stays as it is"
-    );
-    sim.nodes[0].force_leave(now, "n2", true);
-    assert_eq!(sim.state(0, 2), None);
+    assert!(sim.nodes[0].force_leave(now, "n3", false));
+    assert_eq!(sim.state(0, 3), Some(State::Left));
+    sim.run_until(Duration::from_secs(10), "the others to see n3 left", |s| {
+        s.everyone_sees(3, State::Left)
+    });
+    let now = sim.now;
+    assert!(sim.nodes[1].force_leave(now, "n3", true));
+    assert_eq!(sim.state(1, 3), None);
+    sim.run_until(Duration::from_secs(10), "everyone to forget n3", |s| {
+        (0..3).all(|i| s.state(i, 3).is_none())
+    });
+    // Full state exchanges with members that still had it do not bring it back.
+    sim.run(Duration::from_secs(20));
+    assert!((0..3).all(|i| sim.state(i, 3).is_none()));
+    // A node that really comes back (a newer incarnation) is taken in again.
+    sim.down.remove(&3);
+    let seed = sim.addrs[0];
+    sim.nodes[3].join(&[seed]);
+    sim.run_until(Duration::from_secs(10), "n3 back", |s| {
+        s.everyone_sees(3, State::Alive)
+    });
+    assert!(!sim.nodes[0].force_leave(sim.now, "nobody", true));
 }
 
 #[test]
