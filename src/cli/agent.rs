@@ -210,6 +210,17 @@ async fn serve(config: AgentConfig, gate: Gate) -> ExitCode {
     use tokio::signal::unix::{SignalKind, signal};
     let leave_on_terminate = config.leave_on_terminate;
     let leave_on_interrupt = !config.skip_leave_on_interrupt;
+    // Handlers first: a signal that arrives while the agent starts (or right after its
+    // banner) is then handled instead of killing the process.
+    let signals = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    );
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = signals else {
+        eprintln!("==> cannot install signal handlers");
+        return ExitCode::from(1);
+    };
     let agent = match Agent::start(config).await {
         Ok(a) => a,
         Err(e) => {
@@ -221,16 +232,6 @@ async fn serve(config: AgentConfig, gate: Gate) -> ExitCode {
     // As Consul does: the banner first, then the log lines held back during start-up.
     print!("{}", agent.banner());
     gate.open();
-    let signals = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    );
-    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = signals else {
-        eprintln!("==> cannot install signal handlers");
-        agent.shutdown().await;
-        return ExitCode::from(1);
-    };
     let leave = loop {
         tokio::select! {
             _ = int.recv() => {
