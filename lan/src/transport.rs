@@ -168,6 +168,8 @@ pub struct KeyringReport {
 enum Command {
     Join {
         states: Vec<MemberState>,
+        /// Answered once the member list shows what the exchange brought.
+        merged: oneshot::Sender<()>,
     },
     LocalState(oneshot::Sender<Vec<MemberState>>),
     Remote {
@@ -473,11 +475,14 @@ impl Pool {
             .await
             .ok_or(JoinError::ShuttingDown)?;
         let theirs = push_pull(&self.shared, target, true, ours, deadline).await?;
-        self.commands
-            .send(Command::Join { states: theirs })
-            .await
-            .map_err(|_| JoinError::ShuttingDown)?;
-        Ok(())
+        // Answered once the member list shows the pool joined, so that a caller (a
+        // starting agent, say) can use it at once.
+        self.ask(|merged| Command::Join {
+            states: theirs,
+            merged,
+        })
+        .await
+        .ok_or(JoinError::ShuttingDown)
     }
 
     /// Joins every address; returns each one's result, in order.
@@ -656,10 +661,12 @@ impl Driver {
     fn on_command(&mut self, command: Command) {
         let now = std::time::Instant::now();
         match command {
-            Command::Join { states } => {
+            Command::Join { states, merged } => {
                 self.engine.merge_remote(now, states);
                 self.engine.join(&[]);
                 self.engine.resync_soon(now);
+                self.publish.send_replace(member_list(&self.engine));
+                let _ = merged.send(());
             }
             Command::LocalState(reply) => {
                 let _ = reply.send(self.engine.local_state());

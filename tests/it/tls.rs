@@ -175,6 +175,14 @@ async fn servers_and_clients_with_certificates_from_the_ca_speak_tls_and_others_
         ..Spec::default()
     })
     .await;
+    eventually(secs(20), "careful to see the impostor", || async {
+        if careful.agent.lan().servers().len() == 1 {
+            Ok(())
+        } else {
+            Err(format!("{:?}", careful.agent.lan().servers()))
+        }
+    })
+    .await;
     let (status, body) = read_through(&careful).await;
     assert_eq!(status, 500, "{body}");
     assert!(body.contains("TLS handshake"), "{body}");

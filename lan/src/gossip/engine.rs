@@ -19,6 +19,8 @@ use super::message::{
 /// Most indirect probes relayed for others at once; more requests are ignored (the
 /// requester then counts a missing nack, which is what an overloaded relay means).
 pub const MAX_RELAYS: usize = 256;
+/// Members told of a leave directly (the rest hear it by gossip).
+pub(crate) const LEAVE_DIRECT: usize = 64;
 /// How long a pruned member's tombstone lasts: far longer than news takes to spread.
 pub(crate) const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 /// Most tombstones kept; the oldest go first.
@@ -397,8 +399,23 @@ impl Engine {
             node: name.clone(),
             from: name.clone(),
         };
-        self.broadcast(&name, dead);
-        // Tell a few members right away rather than waiting for the next gossip round.
+        self.broadcast(&name, dead.clone());
+        // Tell up to LEAVE_DIRECT members directly, so that a leave is seen as one
+        // whatever gossip loses, then let gossip carry it to the rest.
+        let mut peers: Vec<SocketAddr> = self
+            .members
+            .values()
+            .filter(|m| m.name != self.name && matches!(m.state, State::Alive | State::Suspect))
+            .map(|m| m.addr)
+            .collect();
+        peers.shuffle(&mut self.rng);
+        peers.truncate(LEAVE_DIRECT);
+        for to in peers {
+            self.outputs.push(Output::Packet {
+                to,
+                bytes: encode_packet(std::slice::from_ref(&dead)),
+            });
+        }
         self.gossip(now);
     }
 
