@@ -242,18 +242,6 @@ PY
 )
 echo "$report"
 if [ "$WRITE" = 1 ]; then
-  python3 - "$ROOT/BENCHMARKS.md" "$report" <<'PY'
-import sys
-path, report = sys.argv[1], sys.argv[2]
-text = open(path).read()
-begin, end = "<!-- raft:begin -->", "<!-- raft:end -->"
-if begin in text and end in text:
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    text = head + begin + "\n" + report + "\n" + end + tail
-else:
-    text = text.rstrip() + "\n\n" + begin + "\n" + report + "\n" + end + "\n"
-open(path, "w").write(text)
-PY
+  python3 "$ROOT/bench/put_section.py" "$ROOT/BENCHMARKS.md" raft "$report"
   echo "BENCHMARKS.md updated" >&2
 fi

@@ -55,11 +55,10 @@ struct SeenServer {
 fn servers_in(members: &[Member], dc: &str) -> Vec<SeenServer> {
     members
         .iter()
-        .filter(|m| m.is_server() && m.tags.get("dc").map(String::as_str) == Some(dc))
+        .filter(|m| m.is_server() && m.in_datacenter(dc))
         .filter_map(|m| {
             let node_id = m.tags.get("id")?.clone();
-            let port = m.tags.get("port")?.parse::<u16>().ok()?;
-            let addr = SocketAddr::new(m.addr, port);
+            let addr = m.rpc_addr()?;
             Some(SeenServer {
                 id: raft_id(&node_id),
                 node: ServerNode {

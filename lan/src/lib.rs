@@ -456,12 +456,8 @@ impl Lan {
             .pool
             .members()
             .iter()
-            .filter(|m| m.is_server() && m.status == MemberStatus::Alive)
-            .filter(|m| m.tags.get("dc").map(String::as_str) == Some(dc))
-            .filter_map(|m| {
-                let port = m.tags.get("port")?.parse::<u16>().ok()?;
-                Some(SocketAddr::new(m.addr, port))
-            })
+            .filter(|m| m.is_server() && m.status == MemberStatus::Alive && m.in_datacenter(dc))
+            .filter_map(Member::rpc_addr)
             .collect()
     }
 

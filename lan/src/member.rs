@@ -63,4 +63,15 @@ impl Member {
     pub fn is_server(&self) -> bool {
         self.tags.get("role").map(String::as_str) == Some("consul")
     }
+
+    /// Whether the member belongs to datacenter `dc` (its `dc` tag).
+    pub fn in_datacenter(&self, dc: &str) -> bool {
+        self.tags.get("dc").map(String::as_str) == Some(dc)
+    }
+
+    /// A server's RPC address: its gossip address with the port of its `port` tag.
+    pub fn rpc_addr(&self) -> Option<std::net::SocketAddr> {
+        let port = self.tags.get("port")?.parse::<u16>().ok()?;
+        Some(std::net::SocketAddr::new(self.addr, port))
+    }
 }

@@ -56,6 +56,13 @@ pub struct RawDnsConfig {
     pub cache_max_age: Option<String>,
 }
 
+/// A later source's value replaces an earlier one's (Consul's rule for scalars).
+fn scalar<T>(into: &mut Option<T>, from: Option<T>) {
+    if from.is_some() {
+        *into = from;
+    }
+}
+
 /// One block of `tls` (`defaults`, `internal_rpc`).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -72,24 +79,12 @@ impl RawTlsBlock {
     /// Layers `later` over `self`, key by key.
     pub fn merge(&mut self, later: RawTlsBlock) {
         let l = later;
-        if l.ca_file.is_some() {
-            self.ca_file = l.ca_file;
-        }
-        if l.cert_file.is_some() {
-            self.cert_file = l.cert_file;
-        }
-        if l.key_file.is_some() {
-            self.key_file = l.key_file;
-        }
-        if l.verify_incoming.is_some() {
-            self.verify_incoming = l.verify_incoming;
-        }
-        if l.verify_outgoing.is_some() {
-            self.verify_outgoing = l.verify_outgoing;
-        }
-        if l.verify_server_hostname.is_some() {
-            self.verify_server_hostname = l.verify_server_hostname;
-        }
+        scalar(&mut self.ca_file, l.ca_file);
+        scalar(&mut self.cert_file, l.cert_file);
+        scalar(&mut self.key_file, l.key_file);
+        scalar(&mut self.verify_incoming, l.verify_incoming);
+        scalar(&mut self.verify_outgoing, l.verify_outgoing);
+        scalar(&mut self.verify_server_hostname, l.verify_server_hostname);
     }
 }
 
@@ -208,11 +203,6 @@ impl RawConfig {
     /// Layers `later` over `self`: scalars are replaced, lists appended, maps merged
     /// key by key (Consul's rules).
     pub fn merge(&mut self, later: RawConfig) {
-        fn scalar<T>(into: &mut Option<T>, from: Option<T>) {
-            if from.is_some() {
-                *into = from;
-            }
-        }
         fn list<T>(into: &mut Option<Vec<T>>, from: Option<Vec<T>>) {
             if let Some(mut items) = from {
                 into.get_or_insert_with(Vec::new).append(&mut items);

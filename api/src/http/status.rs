@@ -8,15 +8,20 @@ use tokio::time::Instant;
 use super::{ApiError, Params, REQUEST_TIMEOUT, json};
 use crate::Context;
 
+/// The Raft status of the datacenter the request names.
+async fn raft_status(ctx: &Context, params: &Params) -> Result<lan::RaftStatus, ApiError> {
+    Ok(ctx
+        .gateway
+        .raft_status(params.dc(), Instant::now() + REQUEST_TIMEOUT)
+        .await?)
+}
+
 pub(crate) async fn leader(
     State(ctx): State<Context>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(q.as_deref());
-    let status = ctx
-        .gateway
-        .raft_status(params.dc(), Instant::now() + REQUEST_TIMEOUT)
-        .await?;
+    let status = raft_status(&ctx, &params).await?;
     Ok(json(&status.leader.unwrap_or_default(), params.pretty()))
 }
 
@@ -25,10 +30,7 @@ pub(crate) async fn peers(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(q.as_deref());
-    let status = ctx
-        .gateway
-        .raft_status(params.dc(), Instant::now() + REQUEST_TIMEOUT)
-        .await?;
+    let status = raft_status(&ctx, &params).await?;
     Ok(json(&status.peers, params.pretty()))
 }
 
@@ -59,10 +61,7 @@ pub(crate) async fn raft_configuration(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(q.as_deref());
-    let status = ctx
-        .gateway
-        .raft_status(params.dc(), Instant::now() + REQUEST_TIMEOUT)
-        .await?;
+    let status = raft_status(&ctx, &params).await?;
     let body = RaftConfigurationJson {
         servers: status
             .servers

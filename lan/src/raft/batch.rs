@@ -48,9 +48,22 @@ pub(crate) fn start(
 
 /// Bytes of `command` as it goes into the log.
 fn encoded_len(command: &Command) -> usize {
-    serde_json::to_vec(command)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX)
+    // Counted without keeping the encoding.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, command) {
+        Ok(()) => count.0,
+        Err(_) => usize::MAX,
+    }
 }
 
 async fn run(

@@ -26,14 +26,14 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
     Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
 };
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{NodeId, TypeConfig};
 
@@ -43,6 +43,8 @@ const VOTE: &str = "vote";
 const PURGED: &str = "last_purged";
 const COMMITTED: &str = "committed";
 
+/// Changes waiting for the writer; openraft waits (asynchronously) when it is full.
+const JOB_QUEUE: usize = 4096;
 /// Most queued changes applied in one transaction; the rest wait for the next one.
 const MAX_BATCH: usize = 1024;
 
@@ -153,7 +155,7 @@ impl DiskLog {
             path: path.display().to_string(),
             source,
         })?);
-        let (jobs, queue) = mpsc::channel();
+        let (jobs, queue) = mpsc::channel(JOB_QUEUE);
         let pending: Arc<Mutex<Pending>> = Arc::default();
         let writer = {
             let (db, pending) = (db.clone(), pending.clone());
@@ -175,11 +177,11 @@ impl DiskLog {
         Ok(DiskLog { shared })
     }
 
-    fn submit(&self, job: Job) -> Result<(), StorageError<NodeId>> {
-        let jobs = self.shared.jobs.lock().expect("job queue lock");
-        jobs.as_ref()
-            .ok_or_else(|| write_failed("the raft log is closing"))?
+    async fn submit(&self, job: Job) -> Result<(), StorageError<NodeId>> {
+        let jobs = self.shared.jobs.lock().expect("job queue lock").clone();
+        jobs.ok_or_else(|| write_failed("the raft log is closing"))?
             .send(job)
+            .await
             .map_err(|_| write_failed("the raft log writer has stopped"))
     }
 
@@ -189,7 +191,7 @@ impl DiskLog {
         make: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Job,
     ) -> Result<(), StorageError<NodeId>> {
         let (done, answer) = oneshot::channel();
-        self.submit(make(done))?;
+        self.submit(make(done)).await?;
         answer
             .await
             .map_err(|_| write_failed("the raft log writer has stopped"))?
@@ -226,8 +228,8 @@ impl DiskLog {
 
 /// The writer thread: applies queued jobs in order, as many as are waiting per
 /// transaction, one fsync per transaction. Stops when every handle is gone.
-fn run_writer(db: Arc<Database>, queue: mpsc::Receiver<Job>, pending: Arc<Mutex<Pending>>) {
-    while let Ok(first) = queue.recv() {
+fn run_writer(db: Arc<Database>, mut queue: mpsc::Receiver<Job>, pending: Arc<Mutex<Pending>>) {
+    while let Some(first) = queue.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
@@ -398,6 +400,7 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
             durable: false,
             done,
         })
+        .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
@@ -436,6 +439,7 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
             seq,
             callback,
         })
+        .await
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {

@@ -55,10 +55,7 @@ pub(crate) fn resolve(members: &[Member], node: &ServerNode) -> Option<SocketAdd
     let from_gossip = members
         .iter()
         .find(|m| m.name == node.name && m.is_server())
-        .and_then(|m| {
-            let port = m.tags.get("port")?.parse::<u16>().ok()?;
-            Some(SocketAddr::new(m.addr, port))
-        });
+        .and_then(Member::rpc_addr);
     from_gossip.or_else(|| node.rpc_addr.parse().ok())
 }
 
