@@ -1,11 +1,13 @@
-//! The LAN gossip driver: runs the SWIM [`Engine`] on the serf LAN port (8301), UDP for
-//! packets and TCP for streams, and owns the sockets, the clock and the keyring.
+//! The gossip driver: runs the SWIM [`Engine`] over a [`Link`] and owns the clock and the
+//! keyring. The LAN pool's link is UDP for packets and TCP for streams on the serf LAN
+//! port (8301); the WAN pool (crate `proconsul-wan`) runs the same driver over QUIC
+//! datagrams and streams.
 //!
 //! ```text
-//!   UDP 8301 ──open──▶ Engine::handle_packet ─┐
-//!   TCP 8301 ──open──▶ push-pull / keyring ───┤   one task owns the engine (`run`)
-//!   Pool (handle) ─────────▶ commands ────────┤──▶ Engine::tick ──▶ outputs ──seal──▶ UDP / TCP
-//!                                             └──▶ events ──▶ watch<Arc<Vec<Member>>>
+//!   link packets ──open──▶ Engine::handle_packet ─┐
+//!   link streams ──open──▶ push-pull / keyring ───┤   one task owns the engine (`run`)
+//!   Pool (handle) ─────────▶ commands ────────────┤──▶ Engine::tick ──▶ outputs ──seal──▶ link
+//!                                                 └──▶ events ──▶ watch<Arc<Vec<Member>>>
 //! ```
 //!
 //! Every packet and stream frame is sealed with the keyring's primary key when gossip
@@ -21,8 +23,10 @@
 //! which is never sealed and only ever ends a stream.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -63,6 +67,24 @@ pub const KEYRING_MEMBER_TIMEOUT: Duration = Duration::from_secs(2);
 pub const LEAVE_PROPAGATE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Receive buffer for one datagram.
 const MAX_DATAGRAM: usize = 65_536;
+/// Received packets waiting for the engine task; a packet that finds the queue full is
+/// dropped, which SWIM tolerates.
+pub const PACKET_QUEUE: usize = 1024;
+
+/// The answer of a [`Link::exchange`].
+pub type Exchange<'a> = Pin<Box<dyn Future<Output = Result<Vec<u8>, JoinError>> + Send + 'a>>;
+
+/// How a pool reaches the other members: unreliable packets, and one-frame exchanges on
+/// a reliable stream. What arrives is handed to the pool's [`Inbound`].
+pub trait Link: Send + Sync + 'static {
+    /// The address the link is bound to.
+    fn local_addr(&self) -> SocketAddr;
+    /// Sends one packet, at once or never (SWIM tolerates loss; nothing may wait here).
+    fn send_packet(&self, to: SocketAddr, bytes: Vec<u8>);
+    /// Sends `frame` on a new stream to `to` and reads the one frame of the answer. The
+    /// caller bounds it with a deadline.
+    fn exchange(&self, to: SocketAddr, frame: Vec<u8>) -> Exchange<'_>;
+}
 
 const ERROR_FRAME: u8 = 0xEE;
 const KEY_REQUEST: u8 = 0x4B;
@@ -298,9 +320,9 @@ impl Crypto {
 struct Shared {
     crypto: Crypto,
     log: std::sync::Mutex<PeerLog>,
-    /// The address outgoing streams leave from: the bind address when one is set, so
-    /// that peers (and firewalls) see the same address as for packets.
-    source: Option<IpAddr>,
+    link: Arc<dyn Link>,
+    /// "LAN" or "WAN", for logs.
+    pool: &'static str,
 }
 
 impl Shared {
@@ -312,12 +334,12 @@ impl Shared {
             .expect("peer log lock")
             .should_log(peer.ip(), now);
         if let Some(suppressed) = log {
-            tracing::warn!(peer = %peer, error = %error, suppressed, "dropped {what}");
+            tracing::warn!(pool = self.pool, peer = %peer, error = %error, suppressed, "dropped {what}");
         }
     }
 }
 
-/// Handle to the LAN gossip pool. Cheap to clone.
+/// Handle to a gossip pool. Cheap to clone.
 #[derive(Clone)]
 pub struct Pool {
     commands: mpsc::Sender<Command>,
@@ -376,8 +398,8 @@ fn member_list(engine: &Engine) -> Arc<Vec<Member>> {
 }
 
 impl Pool {
-    /// Binds the gossip port and starts the pool with this member alone. Tasks run on
-    /// `tasks` until `shutdown`.
+    /// Binds the LAN gossip port (UDP and TCP on `config.bind`) and starts the pool with
+    /// this member alone. Tasks run on `tasks` until `shutdown`.
     pub async fn start(
         config: PoolConfig,
         tasks: &TaskTracker,
@@ -390,12 +412,34 @@ impl Pool {
             )
         })?;
         let bound = udp.local_addr()?;
+        tracing::info!(proto = "serf-lan-udp", addr = %bound, "listening");
+        tracing::info!(proto = "serf-lan-tcp", addr = %bound, "listening");
+        let udp = Arc::new(udp);
+        let link = Arc::new(TcpLink {
+            udp: udp.clone(),
+            bound,
+            source: (!config.bind.ip().is_unspecified()).then(|| config.bind.ip()),
+        });
+        let (pool, inbound) = Pool::start_with(config, link, "LAN", tasks, shutdown.clone());
+        tasks.spawn(receive_packets(udp, inbound.clone(), shutdown.clone()));
+        tasks.spawn(serve_streams(tcp, inbound, tasks.clone(), shutdown));
+        Ok(pool)
+    }
+
+    /// Starts a pool over a link the caller bound (at `config.bind`). The caller hands
+    /// what arrives on the link to the returned [`Inbound`]. `pool` names it in logs.
+    pub fn start_with(
+        config: PoolConfig,
+        link: Arc<dyn Link>,
+        pool: &'static str,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> (Pool, Inbound) {
+        let bound = link.local_addr();
         let addr = SocketAddr::new(
             config.advertise,
             config.advertise_port.unwrap_or(bound.port()),
         );
-        tracing::info!(proto = "serf-lan-udp", addr = %bound, "listening");
-        tracing::info!(proto = "serf-lan-tcp", addr = %bound, "listening");
         let seed = rand::random();
         let engine = Engine::new(
             config.gossip,
@@ -406,13 +450,15 @@ impl Pool {
             seed,
         );
         let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
+        let (packets, packet_inbox) = mpsc::channel(PACKET_QUEUE);
         let (publish, members) = watch::channel(member_list(&engine));
         let shared = Arc::new(Shared {
             crypto: Crypto::new(config.encryption),
             log: std::sync::Mutex::new(PeerLog::default()),
-            source: (!config.bind.ip().is_unspecified()).then(|| config.bind.ip()),
+            link,
+            pool,
         });
-        let pool = Pool {
+        let handle = Pool {
             commands: commands.clone(),
             members,
             shared: shared.clone(),
@@ -421,23 +467,20 @@ impl Pool {
         };
         let driver = Driver {
             engine,
-            udp: Arc::new(udp),
             shared: shared.clone(),
             publish,
             tasks: tasks.clone(),
             outbound: Arc::new(Semaphore::new(MAX_OUTBOUND_STREAMS)),
             leaving: None,
-            shutdown: shutdown.clone(),
+            shutdown,
         };
-        tasks.spawn(driver.run(inbox));
-        tasks.spawn(serve_streams(
-            tcp,
+        tasks.spawn(driver.run(inbox, packet_inbox));
+        let inbound = Inbound {
+            packets,
             commands,
             shared,
-            tasks.clone(),
-            shutdown,
-        ));
-        Ok(pool)
+        };
+        (handle, inbound)
     }
 
     /// The address other members reach this one at.
@@ -598,7 +641,6 @@ async fn resolve(addr: &str, deadline: Instant) -> Result<SocketAddr, JoinError>
 /// The task that owns the engine.
 struct Driver {
     engine: Engine,
-    udp: Arc<UdpSocket>,
     shared: Arc<Shared>,
     publish: watch::Sender<Arc<Vec<Member>>>,
     tasks: TaskTracker,
@@ -608,18 +650,17 @@ struct Driver {
 }
 
 impl Driver {
-    async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<Command>,
+        mut packets: mpsc::Receiver<(Vec<u8>, SocketAddr)>,
+    ) {
         let (merged_tx, mut merged) = mpsc::channel::<Vec<MemberState>>(MERGE_QUEUE);
-        let mut buf = vec![0u8; MAX_DATAGRAM];
-        let udp = self.udp.clone();
         loop {
             let next = Instant::from_std(self.engine.next_deadline());
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
-                received = udp.recv_from(&mut buf) => match received {
-                    Ok((n, from)) => self.on_datagram(&buf[..n], from),
-                    Err(e) => tracing::debug!(error = %e, "gossip receive failed"),
-                },
+                Some((bytes, from)) = packets.recv() => self.on_datagram(&bytes, from),
                 Some(command) = inbox.recv() => self.on_command(command),
                 Some(states) = merged.recv() => {
                     self.engine.merge_remote(std::time::Instant::now(), states);
@@ -636,7 +677,7 @@ impl Driver {
                 if let Some((_, reply)) = self.leaving.take() {
                     let _ = reply.send(());
                 }
-                tracing::info!("left the LAN pool");
+                tracing::info!(pool = self.shared.pool, "left the gossip pool");
                 break;
             }
         }
@@ -703,10 +744,7 @@ impl Driver {
             match output {
                 Output::Packet { to, bytes } => {
                     let sealed = self.shared.crypto.seal(bytes, PACKET_AAD);
-                    // A full socket buffer loses the packet, which SWIM tolerates.
-                    if let Err(e) = self.udp.try_send_to(&sealed, to) {
-                        tracing::trace!(peer = %to, error = %e, "gossip send failed");
-                    }
+                    self.shared.link.send_packet(to, sealed);
                 }
                 Output::PushPull { to, join } => {
                     let Ok(permit) = self.outbound.clone().try_acquire_owned() else {
@@ -735,11 +773,21 @@ impl Driver {
         if !events.is_empty() {
             for event in &events {
                 match event {
-                    Event::Join(n) => tracing::info!(node = %n, "member joined"),
-                    Event::Update(n) => tracing::debug!(node = %n, "member updated"),
-                    Event::Leave(n) => tracing::info!(node = %n, "member left"),
-                    Event::Failed(n) => tracing::warn!(node = %n, "member failed"),
-                    Event::Reap(n) => tracing::info!(node = %n, "member reaped"),
+                    Event::Join(n) => {
+                        tracing::info!(pool = self.shared.pool, node = %n, "member joined")
+                    }
+                    Event::Update(n) => {
+                        tracing::debug!(pool = self.shared.pool, node = %n, "member updated")
+                    }
+                    Event::Leave(n) => {
+                        tracing::info!(pool = self.shared.pool, node = %n, "member left")
+                    }
+                    Event::Failed(n) => {
+                        tracing::warn!(pool = self.shared.pool, node = %n, "member failed")
+                    }
+                    Event::Reap(n) => {
+                        tracing::info!(pool = self.shared.pool, node = %n, "member reaped")
+                    }
                 }
             }
             self.publish.send_replace(member_list(&self.engine));
@@ -809,22 +857,10 @@ async fn exchange_sealed(
     sealed: Vec<u8>,
     deadline: Instant,
 ) -> Result<Vec<u8>, JoinError> {
-    let work = async {
-        let mut stream = connect(shared.source, to)
-            .await
-            .map_err(|e| JoinError::Io(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
-        write_frame(&mut stream, &sealed)
-            .await
-            .map_err(|e| JoinError::Io(e.to_string()))?;
-        let answer = read_frame(&mut stream)
-            .await
-            .map_err(|e| JoinError::Io(e.to_string()))?;
-        open_answer(shared, to, &answer)
-    };
-    tokio::time::timeout_at(deadline, work)
+    let answer = tokio::time::timeout_at(deadline, shared.link.exchange(to, sealed))
         .await
-        .map_err(|_| JoinError::Timeout)?
+        .map_err(|_| JoinError::Timeout)??;
+    open_answer(shared, to, &answer)
 }
 
 /// Connects to `to` from `source` (any address when `None`).
@@ -839,6 +875,52 @@ async fn connect(source: Option<IpAddr>, to: SocketAddr) -> std::io::Result<TcpS
     };
     socket.bind(SocketAddr::new(ip, 0))?;
     socket.connect(to).await
+}
+
+/// The LAN link: UDP packets, and one TCP connection per exchange.
+struct TcpLink {
+    udp: Arc<UdpSocket>,
+    bound: SocketAddr,
+    /// The address outgoing streams leave from: the bind address when one is set, so
+    /// that peers (and firewalls) see the same address as for packets.
+    source: Option<IpAddr>,
+}
+
+impl Link for TcpLink {
+    fn local_addr(&self) -> SocketAddr {
+        self.bound
+    }
+
+    fn send_packet(&self, to: SocketAddr, bytes: Vec<u8>) {
+        // A full socket buffer loses the packet, which SWIM tolerates.
+        if let Err(e) = self.udp.try_send_to(&bytes, to) {
+            tracing::trace!(peer = %to, error = %e, "gossip send failed");
+        }
+    }
+
+    fn exchange(&self, to: SocketAddr, frame: Vec<u8>) -> Exchange<'_> {
+        Box::pin(async move {
+            let io = |e: std::io::Error| JoinError::Io(e.to_string());
+            let mut stream = connect(self.source, to).await.map_err(io)?;
+            let _ = stream.set_nodelay(true);
+            write_frame(&mut stream, &frame).await.map_err(io)?;
+            read_frame(&mut stream).await.map_err(io)
+        })
+    }
+}
+
+/// Reads UDP packets into the pool until `shutdown`.
+async fn receive_packets(udp: Arc<UdpSocket>, inbound: Inbound, shutdown: CancellationToken) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            received = udp.recv_from(&mut buf) => match received {
+                Ok((n, from)) => inbound.packet(from, buf[..n].to_vec()),
+                Err(e) => tracing::debug!(error = %e, "gossip receive failed"),
+            },
+        }
+    }
 }
 
 /// A full state exchange with the member at `to`.
@@ -888,8 +970,7 @@ async fn key_request(
 /// once.
 async fn serve_streams(
     listener: TcpListener,
-    commands: mpsc::Sender<Command>,
-    shared: Arc<Shared>,
+    inbound: Inbound,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -897,13 +978,13 @@ async fn serve_streams(
     while let Some((permit, stream, peer)) =
         crate::accept::next(&listener, &slots, &shutdown, "gossip").await
     {
-        let (commands, shared, shutdown) = (commands.clone(), shared.clone(), shutdown.clone());
+        let (inbound, shutdown) = (inbound.clone(), shutdown.clone());
         tasks.spawn(async move {
             let _permit = permit;
             let deadline = Instant::now() + STREAM_TIMEOUT;
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                r = tokio::time::timeout_at(deadline, serve_stream(stream, peer, &commands, &shared)) => {
+                r = tokio::time::timeout_at(deadline, serve_stream(stream, peer, &inbound)) => {
                     if let Ok(Err(e)) = r {
                         tracing::debug!(peer = %peer, error = %e, "gossip stream failed");
                     }
@@ -916,87 +997,119 @@ async fn serve_streams(
 async fn serve_stream(
     mut stream: TcpStream,
     peer: SocketAddr,
-    commands: &mpsc::Sender<Command>,
-    shared: &Arc<Shared>,
+    inbound: &Inbound,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let payload = match read_frame(&mut stream).await {
         Ok(p) => p,
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-            shared.refused(peer, "gossip stream", &e);
+            inbound.shared.refused(peer, "gossip stream", &e);
             return Ok(());
         }
         Err(e) => return Err(e),
     };
-    let plain = match shared.crypto.open(&payload, STREAM_AAD) {
-        Ok(p) => p,
-        Err(e) => {
-            shared.refused(peer, "gossip stream", &e);
-            return write_frame(&mut stream, &error_frame(&e.to_string())).await;
+    match inbound.frame(peer, &payload).await {
+        Some(answer) => write_frame(&mut stream, &answer).await,
+        None => Ok(()),
+    }
+}
+
+/// Where a link hands what it receives. Cheap to clone.
+#[derive(Clone)]
+pub struct Inbound {
+    packets: mpsc::Sender<(Vec<u8>, SocketAddr)>,
+    commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbound")
+            .field("pool", &self.shared.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inbound {
+    /// A packet from `from`, still sealed. Dropped when the engine is [`PACKET_QUEUE`]
+    /// packets behind.
+    pub fn packet(&self, from: SocketAddr, bytes: Vec<u8>) {
+        if self.packets.try_send((bytes, from)).is_err() {
+            tracing::trace!(peer = %from, "gossip packet queue full; dropped");
         }
-    };
-    let answer = match plain.split_first() {
-        Some((&KEY_REQUEST, body)) => {
-            // Only a holder of an installed key may change keys, whatever
-            // `encrypt_verify_incoming` lets through for gossip.
-            let sealed = payload.first() == Some(&SEALED_VERSION);
-            if !sealed && shared.crypto.enabled() {
-                shared.refused(peer, "keyring request", &"not encrypted");
-                return write_frame(
-                    &mut stream,
-                    &error_frame("keyring requests must be encrypted with an installed key"),
-                )
-                .await;
-            }
-            let op: KeyOperation = match serde_json::from_slice(body) {
-                Ok(op) => op,
-                Err(e) => {
-                    shared.refused(peer, "keyring request", &e);
-                    return Ok(());
-                }
-            };
-            let worker = shared.clone();
-            let answer = tokio::task::spawn_blocking(move || worker.crypto.apply(&op))
-                .await
-                .map_err(std::io::Error::other)?;
-            let mut out = vec![KEY_ANSWER];
-            out.extend_from_slice(&serde_json::to_vec(&answer).expect("an answer serialises"));
-            out
-        }
-        Some((&PROTOCOL, _)) => match decode_frame(&plain) {
-            Ok(Message::PushPull { states, .. }) => {
-                let (reply, ours) = oneshot::channel();
-                if commands
-                    .send(Command::Remote { states, reply })
-                    .await
-                    .is_err()
-                {
-                    return Ok(());
-                }
-                let Ok(ours) = ours.await else {
-                    return Ok(());
-                };
-                encode_frame(&Message::PushPull {
-                    join: false,
-                    states: ours,
-                })
-            }
-            Ok(_) => {
-                shared.refused(peer, "gossip stream", &"not a push-pull");
-                return Ok(());
-            }
+    }
+
+    /// Logs (rate-limited per peer) that something from `peer` was refused.
+    pub fn refused(&self, peer: SocketAddr, what: &str, error: &dyn std::fmt::Display) {
+        self.shared.refused(peer, what, error);
+    }
+
+    /// The one frame of a stream from `peer`; returns the answer frame to write back, or
+    /// `None` to close the stream without one.
+    pub async fn frame(&self, peer: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+        let shared = &self.shared;
+        let plain = match shared.crypto.open(payload, STREAM_AAD) {
+            Ok(p) => p,
             Err(e) => {
-                shared.refused(peer, "undecodable gossip stream", &e);
-                return Ok(());
+                shared.refused(peer, "gossip stream", &e);
+                return Some(error_frame(&e.to_string()));
             }
-        },
-        _ => {
-            shared.refused(peer, "gossip stream", &"unknown frame type");
-            return Ok(());
-        }
-    };
-    let sealed = shared.crypto.seal(answer, STREAM_AAD);
-    write_frame(&mut stream, &sealed).await
+        };
+        let answer = match plain.split_first() {
+            Some((&KEY_REQUEST, body)) => {
+                // Only a holder of an installed key may change keys, whatever
+                // `encrypt_verify_incoming` lets through for gossip.
+                let sealed = payload.first() == Some(&SEALED_VERSION);
+                if !sealed && shared.crypto.enabled() {
+                    shared.refused(peer, "keyring request", &"not encrypted");
+                    return Some(error_frame(
+                        "keyring requests must be encrypted with an installed key",
+                    ));
+                }
+                let op: KeyOperation = match serde_json::from_slice(body) {
+                    Ok(op) => op,
+                    Err(e) => {
+                        shared.refused(peer, "keyring request", &e);
+                        return None;
+                    }
+                };
+                let worker = shared.clone();
+                let answer = tokio::task::spawn_blocking(move || worker.crypto.apply(&op))
+                    .await
+                    .ok()?;
+                let mut out = vec![KEY_ANSWER];
+                out.extend_from_slice(&serde_json::to_vec(&answer).expect("an answer serialises"));
+                out
+            }
+            Some((&PROTOCOL, _)) => match decode_frame(&plain) {
+                Ok(Message::PushPull { states, .. }) => {
+                    let (reply, ours) = oneshot::channel();
+                    self.commands
+                        .send(Command::Remote { states, reply })
+                        .await
+                        .ok()?;
+                    let ours = ours.await.ok()?;
+                    encode_frame(&Message::PushPull {
+                        join: false,
+                        states: ours,
+                    })
+                }
+                Ok(_) => {
+                    shared.refused(peer, "gossip stream", &"not a push-pull");
+                    return None;
+                }
+                Err(e) => {
+                    shared.refused(peer, "undecodable gossip stream", &e);
+                    return None;
+                }
+            },
+            _ => {
+                shared.refused(peer, "gossip stream", &"unknown frame type");
+                return None;
+            }
+        };
+        Some(shared.crypto.seal(answer, STREAM_AAD))
+    }
 }
 
 #[cfg(test)]
