@@ -55,13 +55,15 @@ use catalog::{Answer, Catalog, Command, Node, Query};
 pub use checks::CheckKind;
 pub use local::{CHECK_OUTPUT_LIMIT, CHECK_OUTPUT_MAX, CheckDefinition, Local, LocalError, Source};
 pub use member::{Member, MemberStatus};
-pub use peer_log::PEER_LOG_INTERVAL;
+pub use peer_log::{PEER_LOG_ENTRIES, PEER_LOG_INTERVAL, PeerLog};
 pub use raft::{
     Consistency, RPC_HOLD_TIMEOUT, RaftServer, RaftStartError, RaftStatus, RaftTiming, ReadError,
     ReadMeta, SNAPSHOT_THRESHOLD, ServerNode, Storage, WriteError,
 };
 pub use rpc::RpcTls;
-pub use transport::{Encryption, JoinError, KeyOperation, KeyringReport, Pool, PoolConfig};
+pub use transport::{
+    Encryption, Exchange, Inbound, JoinError, KeyOperation, KeyringReport, Link, Pool, PoolConfig,
+};
 
 /// The protocol version this agent speaks in member tags (`vsn`), as Consul's.
 pub const PROTOCOL_VERSION: u8 = 2;

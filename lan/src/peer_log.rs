@@ -11,17 +11,17 @@ use tokio::time::Instant;
 /// At most one log line per peer per interval for bad input (the rest are counted).
 pub const PEER_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Peers whose bad input is being counted; when full, the oldest entries are forgotten.
-pub(crate) const PEER_LOG_ENTRIES: usize = 1024;
+pub const PEER_LOG_ENTRIES: usize = 1024;
 
 /// Counts bad input per peer and logs at most once per [`PEER_LOG_INTERVAL`] each.
-#[derive(Default)]
-pub(crate) struct PeerLog {
+#[derive(Debug, Default)]
+pub struct PeerLog {
     peers: HashMap<IpAddr, (Instant, u64)>,
 }
 
 impl PeerLog {
     /// Returns how many earlier events were suppressed when this one should be logged.
-    pub(crate) fn should_log(&mut self, peer: IpAddr, now: Instant) -> Option<u64> {
+    pub fn should_log(&mut self, peer: IpAddr, now: Instant) -> Option<u64> {
         if self.peers.len() >= PEER_LOG_ENTRIES && !self.peers.contains_key(&peer) {
             self.peers
                 .retain(|_, (at, _)| now.saturating_duration_since(*at) < PEER_LOG_INTERVAL);

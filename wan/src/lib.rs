@@ -1,8 +1,26 @@
 //! # proconsul-wan: between datacenters
 //!
-//! TLS material for the whole federation: the CA and the certificates of `proconsul tls`,
-//! and the rustls configurations built from `ca_file`, `cert_file` and `key_file`.
+//! - [`endpoint`]: one QUIC endpoint per server on the serf WAN port, mutual TLS with the
+//!   federation's CA, one long-lived connection per peer;
+//! - [`federation`]: the WAN gossip pool (the `lan` engine over QUIC datagrams and
+//!   streams, still sealed with the gossip keyring), flood join, and RPCs to a datacenter;
+//! - [`rpc`]: what servers of different datacenters ask each other;
+//! - [`tls`]: TLS material for the whole federation: the CA and the certificates of
+//!   `proconsul tls`, and the rustls configurations built from `ca_file`, `cert_file` and
+//!   `key_file`.
 
 #![warn(missing_docs)]
 
+pub mod endpoint;
+pub mod federation;
+pub mod rpc;
 pub mod tls;
+
+#[cfg(test)]
+mod tests;
+
+pub use endpoint::{Endpoint, EndpointConfig, WanError};
+pub use federation::{Federation, FederationConfig};
+
+/// The serf WAN port, used when a WAN join address has no port.
+pub const DEFAULT_SERF_WAN_PORT: u16 = 8302;

@@ -1,0 +1,686 @@
+//! One QUIC endpoint per server on the serf WAN port (8302/udp): it accepts and dials on
+//! the same socket, keeps one long-lived connection per peer, and carries gossip packets
+//! as datagrams and gossip exchanges and RPCs as bidirectional streams.
+//!
+//! Every connection is mutual TLS with the federation's CA. The TLS handshake checks the
+//! chain (a foreign CA, an expired certificate or a missing client certificate fail it);
+//! then, before anything else is read, both sides check that the peer's certificate names
+//! a server of the federation: `server.<datacenter>.<domain>`. A client or CLI
+//! certificate from the same CA is refused here. The datacenter the certificate names is
+//! the peer's identity: an RPC meant for a datacenter goes only to a peer whose
+//! certificate is for that datacenter.
+//!
+//! Streams carry one request and one answer: `[kind][payload]`, finished, then the answer
+//! read to its end under a size limit, all within the caller's deadline.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use lan::{Exchange, Inbound, JoinError, Link, PeerLog};
+
+use crate::rpc::{Caller, Request, Response, Service};
+use crate::tls::Material;
+
+/// The ALPN protocol of WAN connections.
+pub const ALPN: &[u8] = b"proconsul-wan/1";
+/// Budget of a QUIC and TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no traffic for this long is closed (the keep-alive prevents it
+/// while both sides are up).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Keep-alive on every connection, well below [`IDLE_TIMEOUT`].
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// Connections held at once; more incoming ones are refused.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Streams a peer may have open on one connection at once (back-pressure for RPCs).
+pub const MAX_STREAMS: u32 = 256;
+/// Dials started by gossip packets at once; a packet that finds them all busy is dropped.
+pub const MAX_PACKET_DIALS: usize = 64;
+/// After a failed dial, further dials to the same address wait this long.
+pub const DIAL_BACKOFF: Duration = Duration::from_secs(1);
+/// Largest request payload accepted on a stream.
+pub const MAX_REQUEST: usize = 16 * 1024 * 1024;
+/// Largest answer read from a stream.
+pub const MAX_ANSWER: usize = 64 * 1024 * 1024;
+/// How long a server has to serve one incoming stream.
+pub const STREAM_TIMEOUT: Duration = Duration::from_secs(60);
+/// Received gossip datagrams buffered per connection (the oldest are dropped).
+const DATAGRAM_BUFFER: usize = 1024 * 1024;
+/// Remembered dial failures; when full, the expired ones are forgotten.
+const MAX_FAILURES: usize = 4096;
+
+const KIND_GOSSIP: u8 = b'G';
+const KIND_RPC: u8 = b'R';
+/// Close code for a peer whose certificate is not a server's of the federation.
+const CLOSE_IDENTITY: u32 = 0x1;
+/// Close code for an endpoint that stops.
+const CLOSE_SHUTDOWN: u32 = 0x3;
+
+/// Why a WAN operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WanError {
+    /// The endpoint could not be set up.
+    #[error("{0}")]
+    Config(String),
+    /// No connection to the peer (unreachable, refused, or the TLS handshake failed).
+    #[error("connecting to {addr}: {error}")]
+    Connect {
+        /// The peer.
+        addr: SocketAddr,
+        /// What happened.
+        error: String,
+    },
+    /// The peer's certificate is not a server certificate of this federation, or not for
+    /// the datacenter asked for.
+    #[error("{addr}: {error}")]
+    Identity {
+        /// The peer.
+        addr: SocketAddr,
+        /// What is wrong with its certificate.
+        error: String,
+    },
+    /// The deadline passed.
+    #[error("timed out")]
+    Timeout,
+    /// The stream broke, or its answer was unreadable.
+    #[error("{0}")]
+    Stream(String),
+    /// This endpoint is stopping.
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+    /// No server of the datacenter is known (Consul's text).
+    #[error("No path to datacenter")]
+    NoPath,
+    /// The datacenter is known, but none of its servers answered (Consul's text).
+    #[error("Remote DC has no server currently reachable")]
+    NoServer,
+}
+
+/// What a QUIC endpoint needs.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// Address to bind (UDP); port 0 picks a free one.
+    pub bind: SocketAddr,
+    /// The federation's CA and this server's certificate.
+    pub material: Material,
+    /// The DNS domain certificates are issued in (`consul`).
+    pub domain: String,
+}
+
+#[derive(Clone)]
+struct Peer {
+    conn: quinn::Connection,
+    datacenter: String,
+}
+
+struct Inner {
+    quic: quinn::Endpoint,
+    domain: String,
+    peers: Mutex<HashMap<SocketAddr, Peer>>,
+    /// One dial at a time per address.
+    dialing: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
+    failures: Mutex<HashMap<SocketAddr, (Instant, WanError)>>,
+    packet_dials: Arc<Semaphore>,
+    gossip: OnceLock<Inbound>,
+    service: OnceLock<Arc<dyn Service>>,
+    log: Mutex<PeerLog>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// Handle to the endpoint. Cheap to clone.
+#[derive(Clone)]
+pub struct Endpoint {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("addr", &self.local_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(IDLE_TIMEOUT).expect("idle timeout fits"),
+    ));
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.max_concurrent_bidi_streams(MAX_STREAMS.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    t.datagram_receive_buffer_size(Some(DATAGRAM_BUFFER));
+    Arc::new(t)
+}
+
+/// The datacenter a peer's certificate is a server certificate for
+/// (`server.<datacenter>.<domain>`).
+fn peer_datacenter(conn: &quinn::Connection, domain: &str) -> Result<String, String> {
+    let chain = conn
+        .peer_identity()
+        .and_then(|any| {
+            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .ok_or("the peer presented no certificate")?;
+    let leaf = chain.first().ok_or("the peer presented no certificate")?;
+    let cert = webpki::EndEntityCert::try_from(leaf).map_err(|e| e.to_string())?;
+    let suffix = format!(".{domain}");
+    for name in cert.valid_dns_names() {
+        let Some(dc) = name
+            .strip_prefix("server.")
+            .and_then(|rest| rest.strip_suffix(suffix.as_str()))
+        else {
+            continue;
+        };
+        if dc.is_empty() || dc.contains('.') {
+            continue;
+        }
+        // The name came out of the certificate; have webpki confirm it the proper way.
+        let Ok(subject) = rustls::pki_types::ServerName::try_from(name.to_owned()) else {
+            continue;
+        };
+        if cert.verify_is_valid_for_subject_name(&subject).is_ok() {
+            return Ok(dc.to_owned());
+        }
+    }
+    Err(format!(
+        "the peer's certificate is not a server certificate of this federation \
+         (it must carry the name server.<datacenter>.{domain}; create one with \
+         `proconsul tls cert create -server -dc <datacenter>`)"
+    ))
+}
+
+impl Endpoint {
+    /// Binds the endpoint and starts accepting connections. Tasks run on `tasks` until
+    /// `shutdown`.
+    pub fn bind(
+        config: EndpointConfig,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Result<Endpoint, WanError> {
+        let cfg = |e: &dyn std::fmt::Display| WanError::Config(e.to_string());
+        if !config.material.has_certificate() {
+            return Err(WanError::Config(
+                "WAN federation needs this server's certificate (cert_file and key_file); \
+                 create them with `proconsul tls ca create` and \
+                 `proconsul tls cert create -server -dc <datacenter>`"
+                    .into(),
+            ));
+        }
+        let server_tls = config
+            .material
+            .server_config(true, &[ALPN])
+            .map_err(|e| cfg(&e))?;
+        // The chain is checked in the handshake; the server name after it, for both
+        // directions alike (see `peer_datacenter`).
+        let client_tls = config
+            .material
+            .client_config(false, &[ALPN])
+            .map_err(|e| cfg(&e))?;
+        let server_crypto =
+            quinn::crypto::rustls::QuicServerConfig::try_from(server_tls).map_err(|e| cfg(&e))?;
+        let client_crypto =
+            quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).map_err(|e| cfg(&e))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server.transport_config(transport());
+        server.max_incoming(MAX_CONNECTIONS);
+        let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client.transport_config(transport());
+        let mut quic = quinn::Endpoint::server(server, config.bind).map_err(|e| {
+            WanError::Config(format!("binding the WAN endpoint to {}: {e}", config.bind))
+        })?;
+        quic.set_default_client_config(client);
+        let endpoint = Endpoint {
+            inner: Arc::new(Inner {
+                quic,
+                domain: config.domain,
+                peers: Mutex::default(),
+                dialing: Mutex::default(),
+                failures: Mutex::default(),
+                packet_dials: Arc::new(Semaphore::new(MAX_PACKET_DIALS)),
+                gossip: OnceLock::new(),
+                service: OnceLock::new(),
+                log: Mutex::default(),
+                tasks: tasks.clone(),
+                shutdown: shutdown.clone(),
+            }),
+        };
+        tracing::info!(proto = "serf-wan-quic", addr = %endpoint.local_addr(), "listening");
+        tasks.spawn(endpoint.clone().accept_loop());
+        Ok(endpoint)
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner
+            .quic
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Hands gossip arriving on the endpoint to this pool (set once).
+    pub fn set_gossip(&self, inbound: Inbound) {
+        let _ = self.inner.gossip.set(inbound);
+    }
+
+    /// Serves RPCs arriving on the endpoint with this service (set once).
+    pub fn set_service(&self, service: Arc<dyn Service>) {
+        let _ = self.inner.service.set(service);
+    }
+
+    /// The smoothed round-trip time to `addr`, when connected.
+    pub fn rtt(&self, addr: SocketAddr) -> Option<Duration> {
+        let peers = self.inner.peers.lock().expect("peers lock");
+        peers.get(&addr).map(|p| p.conn.rtt())
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.inner.peers.lock().expect("peers lock").len()
+    }
+
+    fn refused(&self, peer: SocketAddr, what: &str, error: &dyn std::fmt::Display) {
+        let log = self
+            .inner
+            .log
+            .lock()
+            .expect("peer log lock")
+            .should_log(peer.ip(), Instant::now());
+        if let Some(suppressed) = log {
+            tracing::warn!(pool = "WAN", peer = %peer, error = %error, suppressed, "refused {what}");
+        }
+    }
+
+    async fn accept_loop(self) {
+        loop {
+            let incoming = tokio::select! {
+                _ = self.inner.shutdown.cancelled() => break,
+                incoming = self.inner.quic.accept() => incoming,
+            };
+            let Some(incoming) = incoming else { break };
+            if self.connections() >= MAX_CONNECTIONS {
+                self.refused(
+                    incoming.remote_address(),
+                    "WAN connection",
+                    &"at the connection limit",
+                );
+                incoming.refuse();
+                continue;
+            }
+            let endpoint = self.clone();
+            self.inner.tasks.spawn(async move {
+                let remote = incoming.remote_address();
+                let connecting = match incoming.accept() {
+                    Ok(c) => c,
+                    Err(e) => return endpoint.refused(remote, "WAN connection", &e),
+                };
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+                    Ok(Ok(conn)) => {
+                        if let Err(e) = endpoint.admit(conn, None) {
+                            endpoint.refused(remote, "WAN connection", &e);
+                        }
+                    }
+                    Ok(Err(e)) => endpoint.refused(remote, "WAN connection", &e),
+                    Err(_) => endpoint.refused(remote, "WAN connection", &"handshake timed out"),
+                }
+            });
+        }
+        self.inner
+            .quic
+            .close(CLOSE_SHUTDOWN.into(), b"the agent is shutting down");
+    }
+
+    /// Checks a new connection's identity, records it and serves what it brings.
+    fn admit(&self, conn: quinn::Connection, expect: Option<&str>) -> Result<Peer, WanError> {
+        let addr = conn.remote_address();
+        let datacenter = match peer_datacenter(&conn, &self.inner.domain) {
+            Ok(dc) => dc,
+            Err(error) => {
+                conn.close(CLOSE_IDENTITY.into(), b"not a server certificate");
+                return Err(WanError::Identity { addr, error });
+            }
+        };
+        if let Some(want) = expect
+            && want != datacenter
+        {
+            conn.close(CLOSE_IDENTITY.into(), b"unexpected datacenter");
+            return Err(WanError::Identity {
+                addr,
+                error: format!(
+                    "the peer's certificate is for datacenter {datacenter:?}, not {want:?}"
+                ),
+            });
+        }
+        let peer = Peer { conn, datacenter };
+        {
+            let mut peers = self.inner.peers.lock().expect("peers lock");
+            let live = peers
+                .get(&addr)
+                .is_some_and(|p| p.conn.close_reason().is_none());
+            // When both sides dial at once, the first connection stays the one used to
+            // send; the other is served all the same until it idles out.
+            if !live {
+                peers.insert(addr, peer.clone());
+            }
+        }
+        self.inner.tasks.spawn(self.clone().serve(peer.clone()));
+        Ok(peer)
+    }
+
+    async fn serve(self, peer: Peer) {
+        let conn = peer.conn.clone();
+        let addr = conn.remote_address();
+        let caller = Caller {
+            addr,
+            datacenter: peer.datacenter.clone(),
+        };
+        let datagrams = async {
+            while let Ok(bytes) = conn.read_datagram().await {
+                if let Some(gossip) = self.inner.gossip.get() {
+                    gossip.packet(addr, bytes.to_vec());
+                }
+            }
+        };
+        let streams = async {
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                let endpoint = self.clone();
+                let caller = caller.clone();
+                // At most MAX_STREAMS at once: the peer cannot open more.
+                self.inner.tasks.spawn(async move {
+                    let shutdown = endpoint.inner.shutdown.clone();
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        r = tokio::time::timeout(STREAM_TIMEOUT, endpoint.serve_stream(caller.clone(), send, recv)) => {
+                            match r {
+                                Ok(Ok(())) => {}
+                                Ok(Err(e)) => tracing::debug!(peer = %caller.addr, error = %e, "WAN stream failed"),
+                                Err(_) => tracing::debug!(peer = %caller.addr, "WAN stream timed out"),
+                            }
+                        }
+                    }
+                });
+            }
+        };
+        tokio::select! {
+            _ = self.inner.shutdown.cancelled() => {
+                conn.close(CLOSE_SHUTDOWN.into(), b"the agent is shutting down");
+            }
+            _ = datagrams => {}
+            _ = streams => {}
+        }
+        let mut peers = self.inner.peers.lock().expect("peers lock");
+        if peers
+            .get(&addr)
+            .is_some_and(|p| p.conn.stable_id() == conn.stable_id())
+        {
+            peers.remove(&addr);
+        }
+    }
+
+    async fn serve_stream(
+        &self,
+        caller: Caller,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) -> Result<(), String> {
+        let request = match recv.read_to_end(MAX_REQUEST + 1).await {
+            Ok(r) => r,
+            Err(quinn::ReadToEndError::TooLong) => {
+                self.refused(caller.addr, "WAN request", &"over the size limit");
+                let _ = recv.stop(0u32.into());
+                return Ok(());
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        let answer = match request.split_first() {
+            Some((&KIND_GOSSIP, frame)) => match self.inner.gossip.get() {
+                Some(gossip) => gossip.frame(caller.addr, frame).await,
+                None => None,
+            },
+            Some((&KIND_RPC, body)) => {
+                let response = match serde_json::from_slice::<Request>(body) {
+                    Ok(request) => match self.inner.service.get() {
+                        Some(service) => service.serve(caller.clone(), request).await,
+                        None => Response::Error("this server serves no WAN requests yet".into()),
+                    },
+                    Err(e) => {
+                        self.refused(caller.addr, "WAN request", &e);
+                        Response::Error(format!("unreadable request: {e}"))
+                    }
+                };
+                Some(serde_json::to_vec(&response).expect("a response serialises"))
+            }
+            _ => {
+                self.refused(caller.addr, "WAN stream", &"unknown stream kind");
+                None
+            }
+        };
+        if let Some(answer) = answer {
+            send.write_all(&answer).await.map_err(|e| e.to_string())?;
+        }
+        let _ = send.finish();
+        // Wait until the peer has the answer (or is gone) before the stream is dropped.
+        let _ = send.stopped().await;
+        Ok(())
+    }
+
+    fn server_name(&self, datacenter: Option<&str>) -> String {
+        match datacenter {
+            Some(dc) => crate::tls::server_name(dc, &self.inner.domain),
+            None => format!("server.{}", self.inner.domain),
+        }
+    }
+
+    fn connected(&self, addr: SocketAddr) -> Option<Peer> {
+        let peers = self.inner.peers.lock().expect("peers lock");
+        peers
+            .get(&addr)
+            .filter(|p| p.conn.close_reason().is_none())
+            .cloned()
+    }
+
+    /// The connection to `addr`, dialed when there is none. With `expect`, the peer's
+    /// certificate must be for that datacenter.
+    async fn connection(&self, addr: SocketAddr, expect: Option<&str>) -> Result<Peer, WanError> {
+        let check = |peer: Peer| match expect {
+            Some(want) if want != peer.datacenter => Err(WanError::Identity {
+                addr,
+                error: format!(
+                    "the peer's certificate is for datacenter {:?}, not {want:?}",
+                    peer.datacenter
+                ),
+            }),
+            _ => Ok(peer),
+        };
+        if let Some(peer) = self.connected(addr) {
+            return check(peer);
+        }
+        let lock = {
+            let mut dialing = self.inner.dialing.lock().expect("dialing lock");
+            dialing.entry(addr).or_default().clone()
+        };
+        let _guard = lock.lock().await;
+        let result = self.dial_locked(addr, expect).await;
+        {
+            let mut dialing = self.inner.dialing.lock().expect("dialing lock");
+            if Arc::strong_count(&lock) <= 2 {
+                dialing.remove(&addr);
+            }
+        }
+        check(result?)
+    }
+
+    async fn dial_locked(&self, addr: SocketAddr, expect: Option<&str>) -> Result<Peer, WanError> {
+        if let Some(peer) = self.connected(addr) {
+            return Ok(peer);
+        }
+        if self.inner.shutdown.is_cancelled() {
+            return Err(WanError::ShuttingDown);
+        }
+        let now = Instant::now();
+        {
+            let failures = self.inner.failures.lock().expect("failures lock");
+            if let Some((at, error)) = failures.get(&addr)
+                && now.duration_since(*at) < DIAL_BACKOFF
+            {
+                return Err(error.clone());
+            }
+        }
+        let result = async {
+            let connecting = self
+                .inner
+                .quic
+                .connect(addr, &self.server_name(expect))
+                .map_err(|e| WanError::Connect {
+                    addr,
+                    error: e.to_string(),
+                })?;
+            let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
+                .await
+                .map_err(|_| WanError::Connect {
+                    addr,
+                    error: "handshake timed out".into(),
+                })?
+                .map_err(|e| WanError::Connect {
+                    addr,
+                    error: e.to_string(),
+                })?;
+            self.admit(conn, expect)
+        }
+        .await;
+        let mut failures = self.inner.failures.lock().expect("failures lock");
+        match &result {
+            Ok(_) => {
+                failures.remove(&addr);
+            }
+            Err(e) => {
+                self.refused(addr, "WAN connection", e);
+                if failures.len() >= MAX_FAILURES {
+                    failures.retain(|_, (at, _)| now.duration_since(*at) < DIAL_BACKOFF);
+                    if failures.len() >= MAX_FAILURES {
+                        failures.clear();
+                    }
+                }
+                failures.insert(addr, (now, e.clone()));
+            }
+        }
+        result
+    }
+
+    /// Sends `payload` of `kind` on a new stream to `addr` and reads the answer, all
+    /// before `deadline`.
+    async fn request(
+        &self,
+        addr: SocketAddr,
+        expect: Option<&str>,
+        kind: u8,
+        payload: &[u8],
+        deadline: Instant,
+    ) -> Result<Vec<u8>, WanError> {
+        let work = async {
+            let peer = self.connection(addr, expect).await?;
+            // When the connection is gone, why it went (the peer refused our
+            // certificate, say) says more than the stream's error.
+            let stream = |e: &dyn std::fmt::Display| match peer.conn.close_reason() {
+                Some(reason) => WanError::Connect {
+                    addr,
+                    error: reason.to_string(),
+                },
+                None => WanError::Stream(e.to_string()),
+            };
+            let (mut send, mut recv) = peer.conn.open_bi().await.map_err(|e| stream(&e))?;
+            let mut framed = Vec::with_capacity(payload.len() + 1);
+            framed.push(kind);
+            framed.extend_from_slice(payload);
+            send.write_all(&framed).await.map_err(|e| stream(&e))?;
+            let _ = send.finish();
+            let answer = recv.read_to_end(MAX_ANSWER).await.map_err(|e| stream(&e))?;
+            Ok::<_, WanError>(answer)
+        };
+        tokio::time::timeout_at(deadline, work)
+            .await
+            .map_err(|_| WanError::Timeout)?
+    }
+
+    /// Sends an RPC to the server at `addr`, whose certificate must be for `datacenter`,
+    /// and returns its answer, all before `deadline`.
+    pub async fn call(
+        &self,
+        addr: SocketAddr,
+        datacenter: &str,
+        request: &Request,
+        deadline: Instant,
+    ) -> Result<Response, WanError> {
+        let body = serde_json::to_vec(request).expect("a request serialises");
+        let answer = self
+            .request(addr, Some(datacenter), KIND_RPC, &body, deadline)
+            .await?;
+        serde_json::from_slice(&answer)
+            .map_err(|e| WanError::Stream(format!("unreadable answer from {addr}: {e}")))
+    }
+
+    /// The gossip link over this endpoint, for the WAN pool.
+    pub fn link(&self) -> Arc<dyn Link> {
+        Arc::new(QuicLink {
+            endpoint: self.clone(),
+        })
+    }
+}
+
+/// The WAN pool's link: datagrams for packets, a stream per exchange.
+struct QuicLink {
+    endpoint: Endpoint,
+}
+
+impl Link for QuicLink {
+    fn local_addr(&self) -> SocketAddr {
+        self.endpoint.local_addr()
+    }
+
+    fn send_packet(&self, to: SocketAddr, bytes: Vec<u8>) {
+        if let Some(peer) = self.endpoint.connected(to) {
+            if let Err(e) = peer.conn.send_datagram(Bytes::from(bytes)) {
+                tracing::trace!(peer = %to, error = %e, "WAN datagram not sent");
+            }
+            return;
+        }
+        // No connection yet: dial in the background and send once connected; with every
+        // dial slot busy, the packet is lost like any other.
+        let Ok(permit) = self.endpoint.inner.packet_dials.clone().try_acquire_owned() else {
+            return;
+        };
+        let endpoint = self.endpoint.clone();
+        self.endpoint.inner.tasks.spawn(async move {
+            let _permit = permit;
+            let dial = tokio::time::timeout(HANDSHAKE_TIMEOUT, endpoint.connection(to, None));
+            if let Ok(Ok(peer)) = dial.await {
+                let _ = peer.conn.send_datagram(Bytes::from(bytes));
+            }
+        });
+    }
+
+    fn exchange(&self, to: SocketAddr, frame: Vec<u8>) -> Exchange<'_> {
+        Box::pin(async move {
+            let deadline = Instant::now() + lan::transport::STREAM_TIMEOUT;
+            self.endpoint
+                .request(to, None, KIND_GOSSIP, &frame, deadline)
+                .await
+                .map_err(|e| match e {
+                    WanError::Timeout => JoinError::Timeout,
+                    WanError::ShuttingDown => JoinError::ShuttingDown,
+                    WanError::Identity { error, .. } => JoinError::Refused(error),
+                    other => JoinError::Io(other.to_string()),
+                })
+        })
+    }
+}
