@@ -57,10 +57,14 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The gossip keyring, by Consul's precedence: the keyring file in the data dir if
 /// there is one (it wins over `encrypt`, with a log line when they differ), else the
 /// `encrypt` key (saved as the keyring file for next time), else no encryption.
-fn gossip_encryption(config: &AgentConfig) -> anyhow::Result<Option<lan::Encryption>> {
+/// `file_name` is `local.keyring` for the LAN pool and `remote.keyring` for the WAN pool.
+fn gossip_encryption(
+    config: &AgentConfig,
+    file_name: &str,
+) -> anyhow::Result<Option<lan::Encryption>> {
     use lan::keyring::Keyring;
     let file = match &config.data_dir {
-        Some(dir) if !config.disable_keyring_file => Some(dir.join("serf").join("local.keyring")),
+        Some(dir) if !config.disable_keyring_file => Some(dir.join("serf").join(file_name)),
         _ => None,
     };
     let from_file = match &file {
@@ -74,7 +78,7 @@ fn gossip_encryption(config: &AgentConfig) -> anyhow::Result<Option<lan::Encrypt
             if !ring.keys().contains(key) {
                 tracing::warn!(
                     file = %file.as_ref().map(|f| f.display().to_string()).unwrap_or_default(),
-                    "LAN keyring doesn't include key provided with -encrypt, using keyring"
+                    "keyring doesn't include key provided with -encrypt, using keyring"
                 );
             }
             ring
@@ -128,15 +132,96 @@ fn rpc_tls(config: &AgentConfig) -> anyhow::Result<Option<lan::RpcTls>> {
     }))
 }
 
-/// `start_join`: join at start; an agent that reaches none of them does not start
-/// (Consul's behaviour).
-async fn start_join(lan: &Lan, addrs: &[String]) -> anyhow::Result<()> {
+/// The WAN side of a server: its QUIC endpoint and WAN pool, when it has TLS material;
+/// otherwise why it has none (the text WAN operations answer with).
+fn federation(
+    config: &AgentConfig,
+    tasks: &TaskTracker,
+    shutdown: CancellationToken,
+    advertise_wan: IpAddr,
+) -> anyhow::Result<Result<wan::Federation, String>> {
+    if !config.server {
+        return Ok(Err(
+            "WAN federation is for servers: this agent is a client; ask a server".into(),
+        ));
+    }
+    let material = match &config.tls {
+        Some(tls) => wan::tls::Material::load(&tls.files)?,
+        None => {
+            return Ok(Err(format!(
+                "WAN federation needs TLS: set ca_file, cert_file and key_file (create them \
+                 with `proconsul tls ca create` and `proconsul tls cert create -server -dc {}`)",
+                config.datacenter
+            )));
+        }
+    };
+    let peers_file = config
+        .data_dir
+        .as_ref()
+        .filter(|_| !config.dev)
+        .map(|d| d.join("serf").join("remote.peers"));
+    if let Some(f) = peers_file.as_ref().and_then(|f| f.parent()) {
+        std::fs::create_dir_all(f).with_context(|| format!("creating {}", f.display()))?;
+    }
+    let mut gossip = config.gossip_wan.clone();
+    gossip.dead_reap_timeout = config.reconnect_timeout;
+    let federation = wan::Federation::start(
+        wan::FederationConfig {
+            node: config.node_name.clone(),
+            datacenter: config.datacenter.to_string(),
+            domain: config
+                .dns
+                .domain
+                .to_string()
+                .trim_end_matches('.')
+                .to_owned(),
+            bind: SocketAddr::new(config.bind_addr, config.ports.serf_wan),
+            advertise: advertise_wan,
+            advertise_port: None,
+            tags: Default::default(),
+            gossip,
+            encryption: gossip_encryption(config, "remote.keyring")?,
+            material,
+            peers_file,
+        },
+        tasks,
+        shutdown,
+    )
+    .context("starting WAN federation")?;
+    Ok(Ok(federation))
+}
+
+/// A gossip pool to join: the LAN pool, or the WAN pool of a server.
+#[derive(Clone)]
+enum Joinable {
+    Lan(Lan),
+    Wan(wan::Federation),
+}
+
+impl Joinable {
+    fn name(&self) -> &'static str {
+        match self {
+            Joinable::Lan(_) => "LAN",
+            Joinable::Wan(_) => "WAN",
+        }
+    }
+
+    async fn join(&self, addrs: &[String]) -> Vec<Result<(), lan::JoinError>> {
+        let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+        match self {
+            Joinable::Lan(lan) => lan.join(addrs, deadline).await,
+            Joinable::Wan(f) => f.join(addrs, deadline).await,
+        }
+    }
+}
+
+/// `start_join` / `start_join_wan`: join at start; an agent that reaches none of them
+/// does not start (Consul's behaviour).
+async fn start_join(pool: &Joinable, addrs: &[String]) -> anyhow::Result<()> {
     if addrs.is_empty() {
         return Ok(());
     }
-    let results = lan
-        .join(addrs, tokio::time::Instant::now() + JOIN_TIMEOUT)
-        .await;
+    let results = pool.join(addrs).await;
     let joined = results.iter().filter(|r| r.is_ok()).count();
     for (addr, r) in addrs.iter().zip(&results) {
         if let Err(e) = r {
@@ -144,16 +229,16 @@ async fn start_join(lan: &Lan, addrs: &[String]) -> anyhow::Result<()> {
         }
     }
     if joined == 0 {
-        bail!("Failed to join any nodes");
+        bail!("Failed to join any {} nodes", pool.name());
     }
-    tracing::info!(joined, "joined the LAN pool");
+    tracing::info!(joined, pool = pool.name(), "joined the pool");
     Ok(())
 }
 
 /// `retry_join`: joins in the background, again every `interval` until one address
 /// answers; after `max` failed attempts (0 = no limit) the agent stops with an error.
 async fn retry_join(
-    lan: Lan,
+    pool: Joinable,
     addrs: Vec<String>,
     interval: Duration,
     max: u32,
@@ -163,14 +248,14 @@ async fn retry_join(
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
-        let join = lan.join(&addrs, tokio::time::Instant::now() + JOIN_TIMEOUT);
+        let join = pool.join(&addrs);
         let results = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = join => r,
         };
         let joined = results.iter().filter(|r| r.is_ok()).count();
         if joined > 0 {
-            tracing::info!(joined, "retry join completed");
+            tracing::info!(joined, pool = pool.name(), "retry join completed");
             return;
         }
         let errors: Vec<String> = addrs
@@ -179,11 +264,11 @@ async fn retry_join(
             .filter_map(|(a, r)| r.as_ref().err().map(|e| format!("{a}: {e}")))
             .collect();
         if max > 0 && attempt >= max {
-            tracing::error!(attempts = attempt, errors = %errors.join("; "), "max join retry exhausted, exiting");
+            tracing::error!(attempts = attempt, pool = pool.name(), errors = %errors.join("; "), "max join retry exhausted, exiting");
             failed.cancel();
             return;
         }
-        tracing::warn!(attempt, errors = %errors.join("; "), retry_in = ?interval, "join failed, retrying");
+        tracing::warn!(attempt, pool = pool.name(), errors = %errors.join("; "), retry_in = ?interval, "join failed, retrying");
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
@@ -309,8 +394,21 @@ impl Agent {
         let front = CancellationToken::new();
         let leave = CancellationToken::new();
         let failed = CancellationToken::new();
-        let encryption = gossip_encryption(&config)?;
+        let encryption = gossip_encryption(&config, "local.keyring")?;
         let rpc_tls = rpc_tls(&config)?;
+        let advertise_wan = config.advertise_addr_wan.unwrap_or(advertise);
+        let federation = federation(&config, &tasks, core.child_token(), advertise_wan)?;
+        if let Err(why) = &federation
+            && !(config.start_join_wan.is_empty() && config.retry_join_wan.is_empty())
+        {
+            core.cancel();
+            bail!("cannot join the WAN: {why}");
+        }
+        // Servers of this datacenter flood-join each other into the WAN pool at this port.
+        let serf_wan_port = match &federation {
+            Ok(f) => f.endpoint().local_addr().port(),
+            Err(_) => config.ports.serf_wan,
+        };
         let mut gossip = config.gossip_lan.clone();
         gossip.dead_reap_timeout = config.reconnect_timeout;
         let lan_config = lan::Config {
@@ -322,11 +420,11 @@ impl Agent {
             bootstrap_expect: config.bootstrap_expect,
             bind: config.bind_addr,
             advertise,
-            advertise_wan: config.advertise_addr_wan.unwrap_or(advertise),
+            advertise_wan,
             server_port: config.ports.server,
             serf_lan_port: config.ports.serf_lan,
             serf_lan_advertise_port: config.serf_lan_advertise_port,
-            serf_wan_port: config.ports.serf_wan,
+            serf_wan_port,
             node_meta: config.node_meta.clone(),
             enable_script_checks: config.enable_script_checks || config.enable_local_script_checks,
             raft: RaftTiming::default(),
@@ -339,10 +437,27 @@ impl Agent {
             rpc_tls,
             version: crate::VERSION.to_owned(),
         };
-        let lan = Lan::start(lan_config, &tasks, core.child_token())
-            .await
-            .context("starting the catalog")?;
-        let gateway = Gateway::new(lan.clone());
+        let lan = match Lan::start(lan_config, &tasks, core.child_token()).await {
+            Ok(lan) => lan,
+            Err(e) => {
+                core.cancel();
+                return Err(anyhow::Error::from(e).context("starting the catalog"));
+            }
+        };
+        let gateway = match federation {
+            Ok(f) => {
+                // The WAN member carries the server tags of the LAN member.
+                if let Some(me) = lan.members().iter().find(|m| m.name == config.node_name) {
+                    f.pool().set_tags(me.tags.clone()).await;
+                }
+                tasks.spawn(
+                    f.clone()
+                        .flood_join(lan.subscribe_members(), core.child_token()),
+                );
+                Gateway::with_federation(lan.clone(), f)
+            }
+            Err(why) => Gateway::new(lan.clone(), why),
+        };
 
         let (reload_tx, reload_rx) = mpsc::channel(RELOAD_QUEUE);
         let context = api::Context {
@@ -408,8 +523,16 @@ impl Agent {
             Err(e) => Err(e),
         };
         let registered = match registered {
-            Ok(bound) => start_join(&lan, &config.start_join).await.map(|()| bound),
+            Ok(bound) => start_join(&Joinable::Lan(lan.clone()), &config.start_join)
+                .await
+                .map(|()| bound),
             Err(e) => Err(e),
+        };
+        let registered = match (registered, gateway.federation()) {
+            (Ok(bound), Ok(f)) => start_join(&Joinable::Wan(f.clone()), &config.start_join_wan)
+                .await
+                .map(|()| bound),
+            (r, _) => r,
         };
         let (http, dns) = match registered {
             Ok(bound) => bound,
@@ -425,10 +548,22 @@ impl Agent {
         };
         if !config.retry_join.is_empty() {
             tasks.spawn(retry_join(
-                lan.clone(),
+                Joinable::Lan(lan.clone()),
                 config.retry_join.clone(),
                 config.retry_interval,
                 config.retry_max,
+                failed.clone(),
+                core.child_token(),
+            ));
+        }
+        if let Ok(f) = gateway.federation()
+            && !config.retry_join_wan.is_empty()
+        {
+            tasks.spawn(retry_join(
+                Joinable::Wan(f.clone()),
+                config.retry_join_wan.clone(),
+                config.retry_interval_wan,
+                config.retry_max_wan,
                 failed.clone(),
                 core.child_token(),
             ));
@@ -538,7 +673,10 @@ impl Agent {
             dns = port(c.ports.dns, self.dns_addr()),
             advertise = self.advertise,
             lan = self.lan.gossip_addr().port(),
-            wan = c.ports.serf_wan,
+            wan = match self.gateway.federation() {
+                Ok(f) => f.endpoint().local_addr().port().to_string(),
+                Err(_) => "-1".into(),
+            },
             encrypted = self.lan.encrypted(),
         )
     }
@@ -555,6 +693,9 @@ impl Agent {
     pub async fn stop(self, leave: bool) {
         self.front.cancel();
         if leave {
+            if let Ok(f) = self.gateway.federation() {
+                f.leave().await;
+            }
             self.lan.leave().await;
         }
         self.core.cancel();

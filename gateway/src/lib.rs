@@ -8,18 +8,29 @@
 //!                                                 └─other dc──▶ RouteError::NoPath
 //! ```
 //!
-//! A datacenter the agent does not know is Consul's `No path to datacenter`. This
-//! version knows only its own datacenter: federation between datacenters (WAN) is not
-//! built yet, so every other name has no path, exactly as in a Consul datacenter that
-//! was never joined to another.
+//! A datacenter the agent does not know is Consul's `No path to datacenter`. The
+//! gateway knows the other datacenters of the federation (through the WAN pool of
+//! `proconsul-wan`) and lists them nearest first, and it runs keyring operations across
+//! every pool; catalog reads and writes for another datacenter are not routed over the
+//! WAN yet and answer `No path to datacenter`.
 //!
 //! Invariants: the gateway never parses DNS or HTTP and knows nothing of Consul's JSON.
 
 #![warn(missing_docs)]
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use lan::catalog::{Command, Query};
-use lan::{Datacenter, Lan, QueryResult, RaftStatus, ReadError, ReadOptions, WriteError};
+use lan::{
+    Datacenter, KeyOperation, Lan, QueryResult, RaftStatus, ReadError, ReadOptions, WriteError,
+};
 use tokio::time::Instant;
+use wan::Federation;
+use wan::rpc::{Caller, Request, Response, Service, Serving};
+
+pub mod keyring;
+pub use keyring::PoolKeyring;
 
 /// Why a routed request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,18 +48,49 @@ pub enum RouteError {
     /// The datacenter could not apply the write.
     #[error(transparent)]
     Write(#[from] WriteError),
+    /// This agent has no part in WAN federation (a client agent, or a server without a
+    /// TLS certificate); the text says which and what to do.
+    #[error("{0}")]
+    NoFederation(String),
 }
 
 /// Routes queries to the datacenter that answers them. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Gateway {
     lan: Lan,
+    federation: Result<Federation, String>,
 }
 
 impl Gateway {
-    /// A gateway for an agent whose own datacenter is served by `lan`.
-    pub fn new(lan: Lan) -> Gateway {
-        Gateway { lan }
+    /// A gateway for an agent whose own datacenter is served by `lan`, with no WAN
+    /// federation (`why` says why, for errors of WAN operations).
+    pub fn new(lan: Lan, why: String) -> Gateway {
+        Gateway {
+            lan,
+            federation: Err(why),
+        }
+    }
+
+    /// A gateway for a server that is part of the WAN federation; it also serves the
+    /// requests other datacenters send it.
+    pub fn with_federation(lan: Lan, federation: Federation) -> Gateway {
+        federation.set_service(Arc::new(WanService { lan: lan.clone() }));
+        Gateway {
+            lan,
+            federation: Ok(federation),
+        }
+    }
+
+    /// The WAN side of this server, or why there is none.
+    pub fn federation(&self) -> Result<&Federation, RouteError> {
+        self.federation
+            .as_ref()
+            .map_err(|why| RouteError::NoFederation(why.clone()))
+    }
+
+    /// The datacenter layer.
+    pub fn lan(&self) -> &Lan {
+        &self.lan
     }
 
     /// The agent's own datacenter.
@@ -56,9 +98,32 @@ impl Gateway {
         self.lan.datacenter()
     }
 
-    /// Known datacenters, nearest first (the local one leads).
+    /// Known datacenters, nearest first: the local one, then the others by the median
+    /// round-trip time to their servers (unmeasured ones last), ties by name.
     pub fn datacenters(&self) -> Vec<Datacenter> {
-        vec![self.lan.datacenter().clone()]
+        let local = self.lan.datacenter().clone();
+        let Ok(federation) = &self.federation else {
+            return vec![local];
+        };
+        let mut remote: Vec<(Option<Duration>, String)> = federation
+            .datacenters()
+            .into_iter()
+            .filter(|dc| dc != local.as_str())
+            .map(|dc| (median_rtt(federation, &dc), dc))
+            .collect();
+        remote.sort_by(|a, b| match (a.0, b.0) {
+            (Some(x), Some(y)) => x.cmp(&y).then_with(|| a.1.cmp(&b.1)),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => a.1.cmp(&b.1),
+        });
+        std::iter::once(local)
+            .chain(
+                remote
+                    .into_iter()
+                    .filter_map(|(_, dc)| Datacenter::new(&dc).ok()),
+            )
+            .collect()
     }
 
     /// Checks that `dc` (None = local) can be reached from here.
@@ -125,5 +190,103 @@ impl Gateway {
     ) -> Result<RaftStatus, RouteError> {
         self.route(dc)?;
         Ok(self.lan.raft_status(deadline).await?)
+    }
+}
+
+fn median_rtt(federation: &Federation, dc: &str) -> Option<Duration> {
+    let mut rtts: Vec<Duration> = federation
+        .servers(dc)
+        .iter()
+        .filter_map(|(_, addr)| federation.endpoint().rtt(*addr))
+        .collect();
+    rtts.sort();
+    rtts.get(rtts.len().checked_sub(1)? / 2).copied()
+}
+
+/// What this server answers to other datacenters.
+struct WanService {
+    lan: Lan,
+}
+
+impl Service for WanService {
+    fn serve(&self, _caller: Caller, request: Request) -> Serving<'_> {
+        Box::pin(async move {
+            match request {
+                Request::Ping => Response::Pong {
+                    node: self.lan.node_name().to_owned(),
+                    datacenter: self.lan.datacenter().to_string(),
+                },
+                Request::Keyring { op, timeout_ms } => {
+                    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+                    match self.lan.keyring(op, deadline).await {
+                        Ok(report) => Response::Keyring(report),
+                        Err(e) => Response::Error(e.to_string()),
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl Gateway {
+    /// Runs a keyring operation on every pool: the WAN pool and the LAN pool of every
+    /// datacenter (one server of each runs it there), or with `local_only` the local
+    /// LAN pool alone. A client agent, which is in no WAN pool, reaches its own LAN
+    /// pool only.
+    pub async fn keyring(
+        &self,
+        op: KeyOperation,
+        local_only: bool,
+        deadline: Instant,
+    ) -> Result<Vec<PoolKeyring>, RouteError> {
+        let local = self.lan.datacenter().to_string();
+        let lan_report = self.lan.keyring(op.clone(), deadline);
+        let Ok(federation) = &self.federation else {
+            return Ok(vec![PoolKeyring::lan(&local, lan_report.await?)]);
+        };
+        if local_only {
+            return Ok(vec![PoolKeyring::lan(&local, lan_report.await?)]);
+        }
+        let wan_report = federation.keyring(op.clone(), deadline);
+        let remote = federation
+            .datacenters()
+            .into_iter()
+            .filter(|dc| *dc != local)
+            .map(|dc| {
+                let op = op.clone();
+                async move {
+                    let request = Request::Keyring {
+                        op,
+                        timeout_ms: deadline
+                            .saturating_duration_since(Instant::now())
+                            .as_millis()
+                            .try_into()
+                            .unwrap_or(u64::MAX),
+                    };
+                    // The remote server answers a little before our deadline.
+                    let answer = federation
+                        .call(&dc, &request, deadline + Duration::from_millis(500))
+                        .await;
+                    match answer {
+                        Ok(Response::Keyring(report)) => PoolKeyring::lan(&dc, report),
+                        Ok(Response::Error(e)) => PoolKeyring::failed(&dc, e),
+                        Ok(other) => {
+                            PoolKeyring::failed(&dc, format!("unexpected answer {other:?}"))
+                        }
+                        Err(e) => PoolKeyring::failed(&dc, e.to_string()),
+                    }
+                }
+            });
+        let (wan_report, lan_report, remote) = tokio::join!(
+            wan_report,
+            lan_report,
+            futures_util::future::join_all(remote)
+        );
+        let mut pools = vec![
+            PoolKeyring::wan(&local, wan_report),
+            PoolKeyring::lan(&local, lan_report?),
+        ];
+        pools.extend(remote);
+        Ok(pools)
     }
 }

@@ -104,6 +104,19 @@ pub struct AgentArgs {
     /// Most retry-join attempts before the agent exits (default 0, no limit)
     #[arg(long = "retry-max")]
     pub retry_max: Option<u32>,
+    /// Server of another datacenter to WAN-join at start; failing to join any is fatal
+    /// (repeatable)
+    #[arg(long = "join-wan")]
+    pub join_wan: Vec<String>,
+    /// Server of another datacenter to WAN-join, retried until one answers (repeatable)
+    #[arg(long = "retry-join-wan")]
+    pub retry_join_wan: Vec<String>,
+    /// Time between retry-join-wan attempts (default 30s)
+    #[arg(long = "retry-interval-wan")]
+    pub retry_interval_wan: Option<String>,
+    /// Most retry-join-wan attempts before the agent exits (default 0, no limit)
+    #[arg(long = "retry-max-wan")]
+    pub retry_max_wan: Option<u32>,
     /// Allows script checks from config files only
     #[arg(long = "enable-local-script-checks", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub enable_local_script_checks: Option<bool>,
@@ -148,6 +161,10 @@ impl AgentArgs {
             retry_join: (!self.retry_join.is_empty()).then(|| self.retry_join.clone()),
             retry_interval: self.retry_interval.clone(),
             retry_max: self.retry_max,
+            start_join_wan: (!self.join_wan.is_empty()).then(|| self.join_wan.clone()),
+            retry_join_wan: (!self.retry_join_wan.is_empty()).then(|| self.retry_join_wan.clone()),
+            retry_interval_wan: self.retry_interval_wan.clone(),
+            retry_max_wan: self.retry_max_wan,
             ports: any_port.then(|| RawPorts {
                 http: self.http_port,
                 dns: self.dns_port,

@@ -168,6 +168,15 @@ pub struct AgentConfig {
     pub retry_interval: Duration,
     /// Most `retry_join` attempts before the agent gives up and exits (0 = no limit).
     pub retry_max: u32,
+    /// Servers of other datacenters to WAN-join at start (`start_join_wan`,
+    /// `-join-wan`); failing to join any is fatal.
+    pub start_join_wan: Vec<String>,
+    /// Servers to WAN-join, trying again until one answers (`retry_join_wan`).
+    pub retry_join_wan: Vec<String>,
+    /// Time between `retry_join_wan` attempts.
+    pub retry_interval_wan: Duration,
+    /// Most `retry_join_wan` attempts before the agent exits (0 = no limit).
+    pub retry_max_wan: u32,
     /// How long a failed member is kept before it is forgotten and deregistered.
     pub reconnect_timeout: Duration,
     /// Leave the pool on SIGTERM (Consul's default: clients do, servers do not).
@@ -176,6 +185,8 @@ pub struct AgentConfig {
     pub skip_leave_on_interrupt: bool,
     /// LAN gossip timers: memberlist's LAN defaults, or shorter ones with `-dev`.
     pub gossip_lan: lan::gossip::Config,
+    /// WAN gossip timers: memberlist's WAN defaults, or the short local ones with `-dev`.
+    pub gossip_wan: lan::gossip::Config,
     /// TLS for internal RPC (the server port), when `ca_file` is set.
     pub tls: Option<TlsSettings>,
     /// The LAN gossip port other agents are told to use, when traffic reaches this agent
@@ -486,6 +497,7 @@ fn check_layer(
         ));
     }
     duration(o, "retry_interval", &r.retry_interval, problems);
+    duration(o, "retry_interval_wan", &r.retry_interval_wan, problems);
     if let Some(d) = duration(o, "reconnect_timeout", &r.reconnect_timeout, problems)
         && d < MIN_RECONNECT_TIMEOUT
     {
@@ -901,6 +913,10 @@ impl AgentConfig {
             retry_join: m.retry_join.clone().unwrap_or_default(),
             retry_interval: d(&m.retry_interval).unwrap_or(Duration::from_secs(30)),
             retry_max: m.retry_max.unwrap_or(0),
+            start_join_wan: m.start_join_wan.clone().unwrap_or_default(),
+            retry_join_wan: m.retry_join_wan.clone().unwrap_or_default(),
+            retry_interval_wan: d(&m.retry_interval_wan).unwrap_or(Duration::from_secs(30)),
+            retry_max_wan: m.retry_max_wan.unwrap_or(0),
             reconnect_timeout: d(&m.reconnect_timeout).unwrap_or(Duration::from_secs(72 * 3600)),
             leave_on_terminate: m.leave_on_terminate.unwrap_or(!server),
             skip_leave_on_interrupt: m.skip_leave_on_interrupt.unwrap_or(server),
@@ -910,6 +926,11 @@ impl AgentConfig {
                 lan::gossip::Config::local()
             } else {
                 lan::gossip::Config::lan()
+            },
+            gossip_wan: if sources.dev {
+                lan::gossip::Config::local()
+            } else {
+                lan::gossip::Config::wan()
             },
             sources,
         })
@@ -992,13 +1013,10 @@ mod tests {
                 origin: Origin::Defaults,
                 raw: dev_layer(),
             },
-            layer(r#"{"retry_join_wan": ["10.0.0.1"]}"#),
+            layer(r#"{"acl": {"enabled": true}}"#),
         ];
         let e = AgentConfig::from_layers(&layers, dev_sources()).unwrap_err();
-        assert!(
-            e.to_string().contains("retry_join_wan: not supported"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("acl: not supported"), "{e}");
     }
 
     #[test]

@@ -136,6 +136,10 @@ pub struct RawConfig {
     pub start_join: Option<Vec<String>>,
     pub retry_interval: Option<String>,
     pub retry_max: Option<u32>,
+    pub retry_join_wan: Option<Vec<String>>,
+    pub start_join_wan: Option<Vec<String>>,
+    pub retry_interval_wan: Option<String>,
+    pub retry_max_wan: Option<u32>,
     pub reconnect_timeout: Option<String>,
     pub tls: Option<RawTls>,
     pub ca_file: Option<String>,
@@ -147,8 +151,6 @@ pub struct RawConfig {
 
     // Keys of Consul features this version does not have. They are accepted by the
     // parser only so that validation can say so plainly instead of "unknown key".
-    pub retry_join_wan: Option<Value>,
-    pub start_join_wan: Option<Value>,
     pub acl: Option<Value>,
     pub connect: Option<Value>,
     pub ui_config: Option<Value>,
@@ -159,8 +161,6 @@ pub struct RawConfig {
 
 /// The keys above that name features proconsul lacks, with what to say about them.
 pub const UNSUPPORTED: &[(&str, &str)] = &[
-    ("retry_join_wan", "WAN federation is not in this version"),
-    ("start_join_wan", "WAN federation is not in this version"),
     ("acl", "ACLs are not supported by proconsul"),
     (
         "connect",
@@ -171,7 +171,7 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
     ("alt_domain", "alt_domain is not supported by proconsul yet"),
     (
         "translate_wan_addrs",
-        "WAN address translation needs WAN federation, which this version does not have",
+        "WAN address translation is not supported by proconsul yet",
     ),
 ];
 
@@ -183,8 +183,6 @@ impl RawConfig {
                 .is_some_and(|v| !v.is_null() && *v != Value::Bool(false))
         };
         let values = [
-            &self.retry_join_wan,
-            &self.start_join_wan,
             &self.acl,
             &self.connect,
             &self.ui_config,
@@ -295,8 +293,10 @@ impl RawConfig {
         scalar(&mut self.retry_interval, l.retry_interval);
         scalar(&mut self.retry_max, l.retry_max);
         scalar(&mut self.reconnect_timeout, l.reconnect_timeout);
-        scalar(&mut self.retry_join_wan, l.retry_join_wan);
-        scalar(&mut self.start_join_wan, l.start_join_wan);
+        list(&mut self.retry_join_wan, l.retry_join_wan);
+        list(&mut self.start_join_wan, l.start_join_wan);
+        scalar(&mut self.retry_interval_wan, l.retry_interval_wan);
+        scalar(&mut self.retry_max_wan, l.retry_max_wan);
         scalar(&mut self.acl, l.acl);
         scalar(&mut self.connect, l.connect);
         scalar(&mut self.ui_config, l.ui_config);

@@ -16,3 +16,4 @@ mod process;
 mod raft;
 mod support;
 mod tls;
+mod wan;

@@ -112,11 +112,11 @@ pub(crate) async fn members(
 ) -> Result<Response, ApiError> {
     let params = Params::parse(q.as_deref());
     params.refuse_unsupported()?;
-    // Consul treats any non-empty value of `wan` as true, even "0".
-    if params.get("wan").is_some_and(|v| !v.is_empty()) {
-        return Err(no_wan());
-    }
-    let members = ctx.lan.members();
+    let members = if wan(&params) {
+        ctx.gateway.federation()?.members()
+    } else {
+        ctx.lan.members()
+    };
     let list: Vec<_> = members.iter().map(super::json::member).collect();
     Ok(json(&list, params.pretty()))
 }
@@ -322,27 +322,30 @@ pub(crate) async fn reload(State(ctx): State<Context>) -> Result<Response, ApiEr
     }
 }
 
-fn no_wan() -> ApiError {
-    ApiError::BadRequest(
-        "this version of proconsul has no WAN pool: federation between datacenters is not available yet".into(),
-    )
+/// Whether the request is for the WAN pool. Consul treats any non-empty value of `wan`
+/// as true, even "0".
+fn wan(params: &Params) -> bool {
+    params.get("wan").is_some_and(|v| !v.is_empty())
 }
 
 /// How long a join waits for the other agent.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `PUT /v1/agent/join/:address`: joins the LAN pool of the agent there.
+/// `PUT /v1/agent/join/:address[?wan=1]`: joins the LAN pool of the agent there, or
+/// with `wan` the WAN pool of the server there.
 pub(crate) async fn join(
     State(ctx): State<Context>,
     Path(addr): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(q.as_deref());
-    if params.get("wan").is_some_and(|v| !v.is_empty()) {
-        return Err(no_wan());
-    }
     let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
-    let results = ctx.lan.join(std::slice::from_ref(&addr), deadline).await;
+    let addrs = std::slice::from_ref(&addr);
+    let results = if wan(&params) {
+        ctx.gateway.federation()?.join(addrs, deadline).await
+    } else {
+        ctx.lan.join(addrs, deadline).await
+    };
     match results.into_iter().next() {
         Some(Ok(())) => Ok(empty_ok()),
         Some(Err(e)) => Err(ApiError::Internal(format!(
@@ -352,19 +355,21 @@ pub(crate) async fn join(
     }
 }
 
-/// `PUT /v1/agent/force-leave/:node[?prune]`: marks a failed member left, or with
-/// `prune` forgets it at once.
+/// `PUT /v1/agent/force-leave/:node[?prune][&wan=1]`: marks a failed member left, or
+/// with `prune` forgets it at once; with `wan`, a member of the WAN pool (`node.dc`).
 pub(crate) async fn force_leave(
     State(ctx): State<Context>,
     Path(node): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(q.as_deref());
-    if params.get("wan").is_some_and(|v| !v.is_empty()) {
-        return Err(no_wan());
-    }
     let prune = params.get("prune").is_some();
-    if ctx.lan.force_leave(&node, prune).await {
+    let known = if wan(&params) {
+        ctx.gateway.federation()?.force_leave(&node, prune).await
+    } else {
+        ctx.lan.force_leave(&node, prune).await
+    };
+    if known {
         Ok(empty_ok())
     } else {
         // Consul's serf answers a force-leave of an unknown node with this text.

@@ -1,9 +1,10 @@
 //! `/v1/operator/keyring`: gossip keys across the pool.
 //!
-//! Every operation runs on every live member of the LAN pool (a client agent asks a
-//! server to run it, as Consul does). The answer has one entry per pool in Consul's
-//! shape (`WAN`, `Datacenter`, `Keys`, `PrimaryKeys`, `NumNodes`); this version has only
-//! the LAN pool. Unlike Consul, a listing where some member did not answer still succeeds
+//! On a server of a federation every operation runs on every live member of the WAN pool
+//! and of the LAN pool of every datacenter (one server of each datacenter runs it
+//! there); `?local-only` lists the local LAN pool only. A client agent asks a server of
+//! its datacenter to run it on the LAN pool. The answer has one entry per pool in
+//! Consul's shape (`WAN`, `Datacenter`, `Keys`, `PrimaryKeys`, `NumNodes`). Unlike Consul, a listing where some member did not answer still succeeds
 //! with what the others said, and names the silent members in `Messages`; a change that
 //! any member refused fails with Consul's per-pool error text.
 
@@ -14,8 +15,9 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use gateway::PoolKeyring;
+use lan::KeyOperation;
 use lan::keyring::Key;
-use lan::{KeyOperation, KeyringReport};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -71,23 +73,43 @@ fn key_from_body(body: &[u8]) -> Result<String, ApiError> {
     Ok(key.to_owned())
 }
 
-async fn run(ctx: &Context, op: KeyOperation) -> Result<KeyringReport, ApiError> {
+async fn run(
+    ctx: &Context,
+    op: KeyOperation,
+    local_only: bool,
+) -> Result<Vec<PoolKeyring>, ApiError> {
     Ok(ctx
-        .lan
-        .keyring(op, Instant::now() + KEYRING_TIMEOUT)
+        .gateway
+        .keyring(op, local_only, Instant::now() + KEYRING_TIMEOUT)
         .await?)
 }
 
-/// Consul's error text for a pool where some member failed.
-fn pool_error(dc: &str, report: &KeyringReport) -> String {
+/// Consul's error text for a pool where some member failed (or that could not be
+/// asked).
+fn pool_error(pool: &PoolKeyring) -> String {
+    if let Some(e) = &pool.error {
+        return format!("{} error: {e}", pool.label());
+    }
+    let report = &pool.report;
     let mut text = format!(
-        "{dc} (LAN) error: {}/{} nodes reported failure",
-        report.num_err, report.num_nodes
+        "{} error: {}/{} nodes reported failure",
+        pool.label(),
+        report.num_err,
+        report.num_nodes
     );
     for (node, message) in &report.messages {
         text.push_str(&format!("\n  {node}: {message}"));
     }
     text
+}
+
+fn errors(pools: &[PoolKeyring], failed: impl Fn(&PoolKeyring) -> bool) -> Result<(), ApiError> {
+    let text: Vec<String> = pools.iter().filter(|p| failed(p)).map(pool_error).collect();
+    if text.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Internal(text.join("\n")))
+    }
 }
 
 pub(crate) async fn list(
@@ -96,23 +118,22 @@ pub(crate) async fn list(
 ) -> Result<Response, ApiError> {
     let params = Params::parse(q.as_deref());
     check_params(&params, false)?;
-    let report = run(&ctx, KeyOperation::List).await?;
-    if report.num_resp == 0 {
-        return Err(ApiError::Internal(pool_error(
-            &ctx.agent.datacenter,
-            &report,
-        )));
-    }
-    let pools = [PoolKeys {
-        wan: false,
-        datacenter: &ctx.agent.datacenter,
-        segment: "",
-        messages: &report.messages,
-        keys: &report.keys,
-        primary_keys: &report.primary_keys,
-        num_nodes: report.num_nodes,
-    }];
-    Ok(json(&pools, params.pretty()))
+    let pools = run(&ctx, KeyOperation::List, params.get("local-only").is_some()).await?;
+    // A listing fails only for a pool where nobody answered.
+    errors(&pools, |p| p.error.is_some() || p.report.num_resp == 0)?;
+    let shown: Vec<PoolKeys> = pools
+        .iter()
+        .map(|p| PoolKeys {
+            wan: p.wan,
+            datacenter: &p.datacenter,
+            segment: "",
+            messages: &p.report.messages,
+            keys: &p.report.keys,
+            primary_keys: &p.report.primary_keys,
+            num_nodes: p.report.num_nodes,
+        })
+        .collect();
+    Ok(json(&shown, params.pretty()))
 }
 
 async fn change(
@@ -124,13 +145,8 @@ async fn change(
     let params = Params::parse(q.as_deref());
     check_params(&params, true)?;
     let key = key_from_body(&body)?;
-    let report = run(&ctx, op(key)).await?;
-    if report.num_err > 0 {
-        return Err(ApiError::Internal(pool_error(
-            &ctx.agent.datacenter,
-            &report,
-        )));
-    }
+    let pools = run(&ctx, op(key), false).await?;
+    errors(&pools, |p| p.error.is_some() || p.report.num_err > 0)?;
     Ok(StatusCode::OK.into_response())
 }
 

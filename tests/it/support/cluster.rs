@@ -47,6 +47,8 @@ pub struct Spec {
     pub proxied: bool,
     /// `bootstrap_expect` of a server (default 1).
     pub expect: Option<u32>,
+    /// Datacenter (default dc1).
+    pub datacenter: Option<String>,
 }
 
 /// One running agent of a cluster.
@@ -87,6 +89,7 @@ impl Member {
             files: vec![],
             flags: RawConfig {
                 node_name: Some(spec.name.clone()),
+                datacenter: spec.datacenter.clone(),
                 log_level: Some("warn".into()),
                 server: Some(spec.server),
                 bootstrap_expect: spec.server.then_some(spec.expect.unwrap_or(1)),
@@ -99,6 +102,7 @@ impl Member {
                     dns: Some(0),
                     server: Some(0),
                     serf_lan: Some(0),
+                    serf_wan: Some(0),
                     ..RawPorts::default()
                 }),
                 ..RawConfig::default()
@@ -106,6 +110,7 @@ impl Member {
         };
         let mut config = AgentConfig::load(sources)?;
         config.gossip_lan = lan::gossip::Config::local();
+        config.gossip_wan = lan::gossip::Config::local();
         config.start_join = spec.join.clone();
         let proxy = if spec.proxied {
             // The gossip port must be known before the proxy can point at it, so it is
@@ -135,6 +140,16 @@ impl Member {
     /// Where other agents join this one.
     pub fn gossip_addr(&self) -> String {
         self.agent.lan().gossip_addr().to_string()
+    }
+
+    /// Where servers of other datacenters WAN-join this one.
+    pub fn wan_addr(&self) -> String {
+        let f = self
+            .agent
+            .gateway()
+            .federation()
+            .expect("a federated server");
+        f.addr().to_string()
     }
 
     pub async fn get(&self, path: &str) -> Response {

@@ -1,0 +1,300 @@
+//! WAN federation of in-process datacenters: servers with certificates from one CA join
+//! over QUIC, one join per datacenter brings in every server (flood join), keyring
+//! operations reach every pool, and a datacenter that dies is marked failed, comes back
+//! by itself from its data dir, and can be removed for good with `force-leave -prune`.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use wan::tls::{self, CertKind, CertRequest, Pem};
+
+use crate::support::cluster::{Member, Spec, leader_of};
+use crate::support::{eventually, secs};
+
+const KEY: &str = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s=";
+
+/// A server certificate for `dc` and the config that uses it.
+fn tls_config(dir: &Path, ca: &Pem, name: &str, dc: &str) -> String {
+    let ca_file = dir.join("consul-agent-ca.pem");
+    if !ca_file.exists() {
+        std::fs::write(&ca_file, &ca.cert).unwrap();
+    }
+    let pem = tls::create_cert(ca, &CertRequest::new(CertKind::Server, dc)).unwrap();
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}-key.pem"));
+    std::fs::write(&cert, &pem.cert).unwrap();
+    std::fs::write(&key, &pem.key).unwrap();
+    json!({
+        "ca_file": ca_file,
+        "cert_file": cert,
+        "key_file": key,
+        "verify_incoming": true,
+        "verify_outgoing": true,
+        "verify_server_hostname": true,
+    })
+    .to_string()
+}
+
+fn server(name: &str, dc: &str, expect: u32, join: Vec<String>, config: String) -> Spec {
+    Spec {
+        name: name.into(),
+        server: true,
+        expect: Some(expect),
+        datacenter: Some(dc.into()),
+        key: Some(KEY.into()),
+        join,
+        config: Some(config),
+        ..Spec::default()
+    }
+}
+
+/// WAN members alive as `m` sees them, by name.
+async fn wan_alive(m: &Member) -> Vec<String> {
+    let list = m.json("/v1/agent/members?wan=1").await;
+    let mut names: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["Status"] == 1)
+        .map(|x| x["Name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+async fn wan_status(m: &Member, name: &str) -> Option<u64> {
+    let list = m.json("/v1/agent/members?wan=1").await;
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["Name"] == name)
+        .and_then(|x| x["Status"].as_u64())
+}
+
+async fn wan_join(m: &Member, addr: &str) {
+    let r = m
+        .call(
+            hyper::Method::PUT,
+            &format!("/v1/agent/join/{addr}?wan=1"),
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 200, "WAN join from {}: {}", m.name, r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_datacenters_federate_through_one_join_each_and_share_one_keyring() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = tls::create_ca("consul", 30).unwrap();
+    // dc1 has three servers; dc2 and dc3 one each.
+    let mut dc1: Vec<Member> = Vec::new();
+    for i in 0..3 {
+        let join = dc1
+            .first()
+            .map(|m| vec![m.gossip_addr()])
+            .unwrap_or_default();
+        let name = format!("a{i}");
+        let config = tls_config(dir.path(), &ca, &name, "dc1");
+        dc1.push(Member::start(server(&name, "dc1", 3, join, config)).await);
+    }
+    let all: Vec<&Member> = dc1.iter().collect();
+    leader_of(&all, 3).await;
+    let b = Member::start(server(
+        "b0",
+        "dc2",
+        1,
+        vec![],
+        tls_config(dir.path(), &ca, "b0", "dc2"),
+    ))
+    .await;
+    let c = Member::start(server(
+        "c0",
+        "dc3",
+        1,
+        vec![],
+        tls_config(dir.path(), &ca, "c0", "dc3"),
+    ))
+    .await;
+
+    // One join per datacenter: dc2 joins one server of dc1, dc3 joins dc2.
+    wan_join(&b, &dc1[0].wan_addr()).await;
+    wan_join(&c, &b.wan_addr()).await;
+    let everyone = ["a0.dc1", "a1.dc1", "a2.dc1", "b0.dc2", "c0.dc3"];
+    for m in dc1.iter().chain([&b, &c]) {
+        eventually(
+            secs(30),
+            "every server in every WAN member list",
+            || async {
+                let alive = wan_alive(m).await;
+                if alive == everyone {
+                    Ok(())
+                } else {
+                    Err(format!("{} sees {alive:?}", m.name))
+                }
+            },
+        )
+        .await;
+    }
+    // Each server lists every datacenter, its own first.
+    let dcs = b.json("/v1/catalog/datacenters").await;
+    let dcs: Vec<&str> = dcs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    assert_eq!(dcs[0], "dc2");
+    let mut sorted = dcs.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["dc1", "dc2", "dc3"]);
+    // WAN members carry the server tags.
+    let list = c.json("/v1/agent/members?wan=1").await;
+    let a0 = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["Name"] == "a0.dc1")
+        .unwrap();
+    assert_eq!(a0["Tags"]["role"], "consul");
+    assert_eq!(a0["Tags"]["dc"], "dc1");
+
+    // One keyring listing covers the WAN pool and the LAN pool of each datacenter.
+    let pools = c.json("/v1/operator/keyring").await;
+    let pool = |wan: bool, dc: &str| -> Value {
+        pools
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["WAN"] == wan && p["Datacenter"] == dc)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {dc} (wan: {wan}) pool in {pools}"))
+    };
+    assert_eq!(pool(true, "dc3")["NumNodes"], 5);
+    assert_eq!(pool(true, "dc3")["Keys"][KEY], 5);
+    assert_eq!(pool(false, "dc1")["NumNodes"], 3);
+    assert_eq!(pool(false, "dc2")["NumNodes"], 1);
+    assert_eq!(pool(false, "dc3")["NumNodes"], 1);
+    let local = c.json("/v1/operator/keyring?local-only=1").await;
+    assert_eq!(local.as_array().unwrap().len(), 1, "{local}");
+
+    // A new key installed from dc2 reaches every member of every pool, and can become
+    // the primary everywhere.
+    let new_key = "HjuSW0BBZFmBpXIjRmfuRyQzIB6gkF6Ty1bv1Yl5Mvc=";
+    let body = json!({ "Key": new_key }).to_string();
+    let r = b
+        .call(hyper::Method::POST, "/v1/operator/keyring", &body)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = b
+        .call(hyper::Method::PUT, "/v1/operator/keyring", &body)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let pools = dc1[1].json("/v1/operator/keyring").await;
+    for p in pools.as_array().unwrap() {
+        assert_eq!(p["PrimaryKeys"][new_key], p["NumNodes"], "{p}");
+    }
+    // Gossip goes on with the new key: nobody is lost.
+    tokio::time::sleep(secs(2)).await;
+    assert_eq!(wan_alive(&dc1[2]).await, everyone);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_datacenter_that_dies_is_marked_failed_rejoins_from_its_data_dir_and_can_be_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = tls::create_ca("consul", 30).unwrap();
+    let a_config = tls_config(dir.path(), &ca, "a0", "dc1");
+    let b_config = tls_config(dir.path(), &ca, "b0", "dc2");
+    let a = Member::start(server("a0", "dc1", 1, vec![], a_config)).await;
+    let b = Member::start(server("b0", "dc2", 1, vec![], b_config.clone())).await;
+    wan_join(&b, &a.wan_addr()).await;
+    eventually(secs(20), "dc2 in dc1's WAN pool", || async {
+        match wan_status(&a, "b0.dc2").await {
+            Some(1) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    // dc2 dies (no leave): dc1 marks it failed and still lists it.
+    let Member {
+        agent, dir: b_dir, ..
+    } = b;
+    agent.stop(false).await;
+    eventually(secs(30), "dc2 marked failed in dc1", || async {
+        match wan_status(&a, "b0.dc2").await {
+            Some(4) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let dcs = a.json("/v1/catalog/datacenters").await;
+    assert_eq!(dcs, json!(["dc1", "dc2"]));
+
+    // dc2 comes back on other ports with its data dir and no join flag: it finds dc1
+    // through the peers it remembered.
+    let b = Member::start_in(server("b0", "dc2", 1, vec![], b_config), b_dir)
+        .await
+        .unwrap();
+    for m in [&a, &b] {
+        eventually(secs(30), "both datacenters alive again", || async {
+            let alive = wan_alive(m).await;
+            if alive == ["a0.dc1", "b0.dc2"] {
+                Ok(())
+            } else {
+                Err(format!("{} sees {alive:?}", m.name))
+            }
+        })
+        .await;
+    }
+
+    // Decommissioned for good: stopped, then force-left with -prune.
+    let Member { agent, .. } = b;
+    agent.stop(false).await;
+    eventually(secs(30), "dc2 marked failed again", || async {
+        match wan_status(&a, "b0.dc2").await {
+            Some(4) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let r = a
+        .call(
+            hyper::Method::PUT,
+            "/v1/agent/force-leave/b0.dc2?prune=1&wan=1",
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    eventually(secs(10), "dc2 forgotten", || async {
+        match wan_status(&a, "b0.dc2").await {
+            None => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(a.json("/v1/catalog/datacenters").await, json!(["dc1"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_tls_material_refuses_to_federate_and_says_how_to_fix_it() {
+    let a = Member::start(Spec {
+        name: "plain".into(),
+        server: true,
+        ..Spec::default()
+    })
+    .await;
+    let r = a.get("/v1/agent/members?wan=1").await;
+    assert_eq!(r.status, 500);
+    assert!(r.body.contains("tls cert create -server"), "{}", r.body);
+    let r = a
+        .call(
+            hyper::Method::PUT,
+            "/v1/agent/join/127.0.0.1:8302?wan=1",
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 500);
+    assert!(r.body.contains("WAN federation needs TLS"), "{}", r.body);
+    // Its catalog lists only its own datacenter, and the LAN side works as ever.
+    assert_eq!(a.json("/v1/catalog/datacenters").await, json!(["dc1"]));
+}
