@@ -229,7 +229,10 @@ async fn start_join(pool: &Joinable, addrs: &[String]) -> anyhow::Result<()> {
         }
     }
     if joined == 0 {
-        bail!("Failed to join any {} nodes", pool.name());
+        match pool {
+            Joinable::Lan(_) => bail!("Failed to join any nodes"),
+            Joinable::Wan(_) => bail!("Failed to join any WAN nodes"),
+        }
     }
     tracing::info!(joined, pool = pool.name(), "joined the pool");
     Ok(())

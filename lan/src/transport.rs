@@ -726,7 +726,11 @@ impl Driver {
                 let known = self.engine.force_leave(now, &node, prune);
                 let _ = reply.send(known);
             }
-            Command::SetTags(tags) => self.engine.set_tags(tags),
+            Command::SetTags(tags) => {
+                self.engine.set_tags(tags);
+                // No member event says so, but the list shows this member's tags too.
+                self.publish.send_replace(member_list(&self.engine));
+            }
             Command::Targets(reply) => {
                 let live = self
                     .engine

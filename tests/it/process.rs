@@ -1009,3 +1009,116 @@ fn retry_join_gives_up_after_retry_max_and_exits_1() {
         p.output()
     );
 }
+
+/// Polls a CLI verb until its output satisfies `pred`.
+fn poll_cli(args: &[&str], what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, out, err) = text(&run(args));
+        if pred(&out) {
+            return out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: never seen; last output:\n{out}{err}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The README's two-datacenter walkthrough, verb for verb: a CA and a server
+/// certificate per datacenter, one server in each on its own loopback address with
+/// Consul's default ports, `join -wan`, `members -wan`, `catalog datacenters`,
+/// `keyring -list` across both pools; then dc2 is killed and comes back from its data dir
+/// with no join flag and finds dc1 again.
+#[test]
+fn two_datacenters_federate_as_the_readme_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for args in [
+        &["tls", "ca", "create"][..],
+        &["tls", "cert", "create", "-server", "-dc", "dc1"],
+        &["tls", "cert", "create", "-server", "-dc", "dc2"],
+    ] {
+        let (code, out, err) = text(&crate::support::process::run_in(d, args));
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+    }
+    let (_, key, _) = text(&run(&["keygen"]));
+    let key = key.trim().to_owned();
+    // Addresses of their own, so that Consul's default ports are free on them.
+    let base = 200 + (std::process::id() % 50) as u8;
+    let ips = [format!("127.{base}.0.11"), format!("127.{base}.0.12")];
+    let start = |dc: &str, node: &str, ip: &str, data: &str| {
+        let config_dir = d.join(format!("{dc}.d"));
+        std::fs::create_dir_all(&config_dir).unwrap();
+        let tls = serde_json::json!({
+            "ca_file": d.join("consul-agent-ca.pem"),
+            "cert_file": d.join(format!("{dc}-server-consul-0.pem")),
+            "key_file": d.join(format!("{dc}-server-consul-0-key.pem")),
+            "verify_incoming": true,
+            "verify_outgoing": true,
+            "verify_server_hostname": true,
+        });
+        std::fs::write(config_dir.join("tls.json"), tls.to_string()).unwrap();
+        let p = Proc::spawn(&[
+            "agent",
+            "-server",
+            "-bootstrap-expect=1",
+            &format!("-datacenter={dc}"),
+            &format!("-node={node}"),
+            &format!("-data-dir={}", d.join(data).display()),
+            &format!("-bind={ip}"),
+            &format!("-client={ip}"),
+            &format!("-config-dir={}", config_dir.display()),
+            &format!("-encrypt={key}"),
+        ]);
+        p.listening("serf-wan-quic");
+        p.listening("http");
+        p
+    };
+    let _dc1 = start("dc1", "s1", &ips[0], "d1");
+    let mut dc2 = start("dc2", "s2", &ips[1], "d2");
+    let at = |ip: &str| format!("-http-addr={ip}:8500");
+    let (code, out, err) = text(&run(&["join", "-wan", &ips[1], &at(&ips[0])]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("Successfully joined cluster by contacting 1 nodes"),
+        "{out}"
+    );
+    for ip in &ips {
+        let out = poll_cli(&["members", "-wan", &at(ip)], "both servers alive", |out| {
+            out.lines().filter(|l| l.contains(" alive ")).count() == 2
+        });
+        assert!(out.contains(&format!("s1.dc1  {}:8302", ips[0])), "{out}");
+        assert!(out.contains(&format!("s2.dc2  {}:8302", ips[1])), "{out}");
+    }
+    let (_, out, _) = text(&run(&["catalog", "datacenters", &at(&ips[1])]));
+    assert_eq!(out, "dc2\ndc1\n");
+    let (code, out, err) = text(&run(&["keyring", "-list", &at(&ips[0])]));
+    assert_eq!(code, 0, "{out}{err}");
+    for pool in ["WAN:", "dc1 (LAN):", "dc2 (LAN):"] {
+        assert!(out.contains(pool), "{pool} in\n{out}");
+    }
+    assert!(out.contains(&format!("{key} [2/2]")), "{out}");
+
+    // dc2 dies and comes back from its data dir, with no join flag. (The WAN peers are
+    // saved within half a second of a change; wait for that first.)
+    let peers = d.join("d2").join("serf").join("remote.peers");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&peers).is_ok_and(|t| t.contains(&ips[0])) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never written",
+            peers.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    dc2.signal("KILL");
+    dc2.wait(Duration::from_secs(10));
+    let _dc2 = start("dc2", "s2", &ips[1], "d2");
+    poll_cli(
+        &["members", "-wan", &at(&ips[1])],
+        "dc2 back in the federation",
+        |out| out.lines().filter(|l| l.contains(" alive ")).count() == 2,
+    );
+}

@@ -362,17 +362,16 @@ impl Endpoint {
             });
         }
         let peer = Peer { conn, datacenter };
-        {
-            let mut peers = self.inner.peers.lock().expect("peers lock");
-            let live = peers
-                .get(&addr)
-                .is_some_and(|p| p.conn.close_reason().is_none());
-            // When both sides dial at once, the first connection stays the one used to
-            // send; the other is served all the same until it idles out.
-            if !live {
-                peers.insert(addr, peer.clone());
-            }
-        }
+        // The newest connection is the one used to send: a peer that dials while we
+        // hold a connection to it has most likely restarted, and the old connection is
+        // dead. (When both sides dial at once, each may send on a different one of the
+        // two; both work, and the unused one idles out.) Any older connection is still
+        // served until it closes.
+        self.inner
+            .peers
+            .lock()
+            .expect("peers lock")
+            .insert(addr, peer.clone());
         self.inner.tasks.spawn(self.clone().serve(peer.clone()));
         Ok(peer)
     }

@@ -413,11 +413,14 @@ async fn remember_peers(
                 }
             }
         }
+        // At most one write per half second; changes meanwhile are written together.
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             changed = members.changed() => if changed.is_err() { return },
         }
-        // Coalesce bursts of changes.
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

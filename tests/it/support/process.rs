@@ -19,6 +19,16 @@ pub fn run(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Runs a CLI verb to completion in `dir` (for verbs that write files there).
+pub fn run_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(binary())
+        .args(args)
+        .current_dir(dir)
+        .env_remove("CONSUL_HTTP_ADDR")
+        .output()
+        .unwrap()
+}
+
 /// A running agent process; its output is collected line by line.
 pub struct Proc {
     child: Option<Child>,
