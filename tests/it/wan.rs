@@ -215,7 +215,16 @@ async fn a_datacenter_that_dies_is_marked_failed_rejoins_from_its_data_dir_and_c
     })
     .await;
 
-    // dc2 dies (no leave): dc1 marks it failed and still lists it.
+    // dc2 dies (no leave): dc1 marks it failed and still lists it. (First wait until it
+    // saved its WAN peers, which it does right after a change.)
+    let peers = b.dir.path().join("data").join("serf").join("remote.peers");
+    eventually(secs(10), "dc2's WAN peers saved", || async {
+        match std::fs::read_to_string(&peers) {
+            Ok(text) if text.contains(&a.wan_addr()) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
     let Member {
         agent, dir: b_dir, ..
     } = b;

@@ -653,8 +653,19 @@ impl Link for QuicLink {
             }
             return;
         }
-        // No connection yet: dial in the background and send once connected; with every
-        // dial slot busy, the packet is lost like any other.
+        // No connection yet: dial in the background and send once connected. While a
+        // dial to this peer is under way, or with every dial slot busy, the packet is
+        // lost like any other (a dead peer must not tie up the slots other peers need).
+        if self
+            .endpoint
+            .inner
+            .dialing
+            .lock()
+            .expect("dialing lock")
+            .contains_key(&to)
+        {
+            return;
+        }
         let Ok(permit) = self.endpoint.inner.packet_dials.clone().try_acquire_owned() else {
             return;
         };

@@ -412,11 +412,11 @@ async fn remember_peers(
                     tracing::warn!(file = %file.display(), error = %e, "cannot save WAN peers")
                 }
             }
-        }
-        // At most one write per half second; changes meanwhile are written together.
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            // At most one write per half second; changes meanwhile are written together.
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
