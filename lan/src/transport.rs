@@ -512,7 +512,7 @@ impl Pool {
     /// Joins the pool of the agent at `addr` (`host:port`, or `host` for port 8301) by a
     /// full state exchange with it.
     pub async fn join_one(&self, addr: &str, deadline: Instant) -> Result<(), JoinError> {
-        let target = resolve(addr, deadline).await?;
+        let target = resolve(addr, crate::DEFAULT_SERF_LAN_PORT, deadline).await?;
         let ours = self
             .ask(Command::LocalState)
             .await
@@ -614,13 +614,17 @@ impl Pool {
     }
 }
 
-/// Resolves `host[:port]` (default port 8301) to one address.
-async fn resolve(addr: &str, deadline: Instant) -> Result<SocketAddr, JoinError> {
+/// Resolves `host[:port]` to one address; a bare host or IP gets `default_port`.
+pub async fn resolve(
+    addr: &str,
+    default_port: u16,
+    deadline: Instant,
+) -> Result<SocketAddr, JoinError> {
     if let Ok(a) = addr.parse::<SocketAddr>() {
         return Ok(a);
     }
     if let Ok(ip) = addr.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, crate::DEFAULT_SERF_LAN_PORT));
+        return Ok(SocketAddr::new(ip, default_port));
     }
     let with_port = if addr
         .rsplit_once(':')
@@ -628,7 +632,7 @@ async fn resolve(addr: &str, deadline: Instant) -> Result<SocketAddr, JoinError>
     {
         addr.to_owned()
     } else {
-        format!("{addr}:{}", crate::DEFAULT_SERF_LAN_PORT)
+        format!("{addr}:{default_port}")
     };
     let found = tokio::time::timeout_at(deadline, tokio::net::lookup_host(with_port))
         .await

@@ -84,30 +84,6 @@ fn datacenter_of(m: &Member) -> Option<&str> {
         .or_else(|| m.name.rsplit_once('.').map(|(_, dc)| dc))
 }
 
-/// Resolves a WAN join address; a bare host gets port 8302.
-pub async fn resolve(addr: &str, deadline: Instant) -> Result<SocketAddr, JoinError> {
-    if let Ok(a) = addr.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    if let Ok(ip) = addr.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, crate::DEFAULT_SERF_WAN_PORT));
-    }
-    let with_port = if addr
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        addr.to_owned()
-    } else {
-        format!("{addr}:{}", crate::DEFAULT_SERF_WAN_PORT)
-    };
-    tokio::time::timeout_at(deadline, tokio::net::lookup_host(with_port))
-        .await
-        .map_err(|_| JoinError::Timeout)?
-        .map_err(|_| JoinError::Resolve(addr.to_owned()))?
-        .next()
-        .ok_or_else(|| JoinError::Resolve(addr.to_owned()))
-}
-
 impl Federation {
     /// Binds the QUIC endpoint and starts the WAN pool with this server alone, then joins
     /// the remembered peers in the background. Tasks run on `tasks` until `shutdown`.
@@ -207,7 +183,7 @@ impl Federation {
     /// Joins the WAN pool through each address (`host[:port]`, default port 8302).
     pub async fn join(&self, addrs: &[String], deadline: Instant) -> Vec<Result<(), JoinError>> {
         let attempts = addrs.iter().map(|a| async move {
-            let addr = resolve(a, deadline).await?;
+            let addr = lan::transport::resolve(a, crate::DEFAULT_SERF_WAN_PORT, deadline).await?;
             self.pool.join_one(&addr.to_string(), deadline).await
         });
         futures_util::future::join_all(attempts).await
