@@ -99,17 +99,33 @@ impl Gateway {
     }
 
     /// Known datacenters, nearest first: the local one, then the others by the median
-    /// round-trip time to their servers (unmeasured ones last), ties by name.
-    pub fn datacenters(&self) -> Vec<Datacenter> {
+    /// estimated round-trip time from this server to their servers (WAN network
+    /// coordinates; the QUIC round-trip time measured on the connection where a server
+    /// has no coordinate yet), unknown ones last, ties by name (Consul's order).
+    pub async fn datacenters(&self) -> Vec<Datacenter> {
         let local = self.lan.datacenter().clone();
         let Ok(federation) = &self.federation else {
             return vec![local];
         };
+        let coordinates = federation.coordinates().await;
+        let own = coordinates.get(federation.name());
         let mut remote: Vec<(Option<Duration>, String)> = federation
             .datacenters()
             .into_iter()
             .filter(|dc| dc != local.as_str())
-            .map(|dc| (median_rtt(federation, &dc), dc))
+            .map(|dc| {
+                let mut rtts: Vec<Duration> = federation
+                    .servers(&dc)
+                    .iter()
+                    .filter_map(|(name, addr)| match (own, coordinates.get(name)) {
+                        (Some(a), Some(b)) => Some(Duration::from_secs_f64(a.distance(b))),
+                        _ => federation.endpoint().rtt(*addr),
+                    })
+                    .collect();
+                rtts.sort();
+                let median = rtts.len().checked_sub(1).map(|i| rtts[i / 2]);
+                (median, dc)
+            })
             .collect();
         remote.sort_by(|a, b| match (a.0, b.0) {
             (Some(x), Some(y)) => x.cmp(&y).then_with(|| a.1.cmp(&b.1)),
@@ -191,16 +207,6 @@ impl Gateway {
         self.route(dc)?;
         Ok(self.lan.raft_status(deadline).await?)
     }
-}
-
-fn median_rtt(federation: &Federation, dc: &str) -> Option<Duration> {
-    let mut rtts: Vec<Duration> = federation
-        .servers(dc)
-        .iter()
-        .filter_map(|(_, addr)| federation.endpoint().rtt(*addr))
-        .collect();
-    rtts.sort();
-    rtts.get(rtts.len().checked_sub(1)? / 2).copied()
 }
 
 /// What this server answers to other datacenters.

@@ -523,6 +523,11 @@ impl Lan {
         self.inner.pool.join(addrs, deadline).await
     }
 
+    /// LAN network coordinates this agent knows (its own included), by node name.
+    pub async fn coordinates(&self) -> transport::Coordinates {
+        self.inner.pool.coordinates().await
+    }
+
     /// Marks a failed member as left; with `prune`, forgets it at once. Returns whether
     /// the member was known.
     pub async fn force_leave(&self, node: &str, prune: bool) -> bool {

@@ -38,6 +38,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::gossip::coordinate::Coordinate;
 use crate::gossip::message::{Message, PROTOCOL, decode_frame, encode_frame};
 use crate::gossip::{self, Engine, Event, MemberState, Output, State};
 use crate::keyring::{Key, Keyring, KeyringError, OpenError, SEALED_VERSION};
@@ -206,7 +207,12 @@ enum Command {
     },
     SetTags(BTreeMap<String, String>),
     Targets(oneshot::Sender<Vec<(String, SocketAddr)>>),
+    Coordinates(oneshot::Sender<Coordinates>),
 }
+
+/// This member's network coordinate and the latest one of every member that answered
+/// its probes, by name (this member included).
+pub type Coordinates = BTreeMap<String, Coordinate>;
 
 /// The keyring in use and how messages are sealed and opened with it.
 struct Crypto {
@@ -549,6 +555,12 @@ impl Pool {
             .unwrap_or(false)
     }
 
+    /// Network coordinates this member knows: its own and those of the members that
+    /// answered its probes.
+    pub async fn coordinates(&self) -> Coordinates {
+        self.ask(Command::Coordinates).await.unwrap_or_default()
+    }
+
     /// Replaces this member's tags (spread with a new incarnation).
     pub async fn set_tags(&self, tags: BTreeMap<String, String>) {
         let _ = self.commands.send(Command::SetTags(tags)).await;
@@ -734,6 +746,14 @@ impl Driver {
                 self.engine.set_tags(tags);
                 // No member event says so, but the list shows this member's tags too.
                 self.publish.send_replace(member_list(&self.engine));
+            }
+            Command::Coordinates(reply) => {
+                let mut all = self.engine.coordinates().clone();
+                all.insert(
+                    self.engine.name().to_owned(),
+                    self.engine.coordinate().clone(),
+                );
+                let _ = reply.send(all);
             }
             Command::Targets(reply) => {
                 let live = self

@@ -16,6 +16,7 @@ mod catalog;
 mod gossip;
 mod members;
 mod operator;
+mod rtt;
 mod tls;
 
 use std::ffi::OsString;
@@ -78,6 +79,8 @@ pub enum Command {
     Members(members::MembersArgs),
     /// Triggers the agent to reload its configuration files
     Reload(ClientArgs),
+    /// Estimates the round-trip time between two nodes from their network coordinates
+    Rtt(rtt::RttArgs),
     /// Validates configuration files
     Validate(ValidateArgs),
     /// Prints the proconsul version
@@ -164,6 +167,7 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
         }
         Command::Validate(args) => validate(args),
         Command::Members(args) => client_command(|| members::run(args)),
+        Command::Rtt(args) => client_command(|| rtt::run(args)),
         Command::Catalog { command } => client_command(|| catalog::run(command)),
         Command::Join(args) => client_command(|| gossip::join(args)),
         Command::ForceLeave(args) => client_command(|| gossip::force_leave(args)),

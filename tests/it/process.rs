@@ -1101,6 +1101,24 @@ fn two_datacenters_federate_as_the_readme_says() {
     }
     assert!(out.contains(&format!("{key} [2/2]")), "{out}");
 
+    // Network coordinates estimate the round trip between the two servers (WAN probes
+    // every 5 s, so the first sample takes a few seconds).
+    let out = poll_cli(
+        &["rtt", "-wan", "s1.dc1", "s2.dc2", &at(&ips[0])],
+        "a WAN round-trip estimate",
+        |out| out.starts_with("Estimated s1.dc1 <-> s2.dc2 rtt: "),
+    );
+    assert!(
+        out.trim_end().ends_with("ms (using WAN coordinates)"),
+        "{out}"
+    );
+    let (code, _, err) = text(&run(&["rtt", "nobody", &at(&ips[0])]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("Could not find a coordinate for node \"nobody\""),
+        "{err}"
+    );
+
     // dc2 dies and comes back from its data dir, with no join flag. (The WAN peers are
     // saved within half a second of a change; wait for that first.)
     let peers = d.join("d2").join("serf").join("remote.peers");

@@ -158,6 +158,46 @@ async fn three_datacenters_federate_through_one_join_each_and_share_one_keyring(
     assert_eq!(a0["Tags"]["role"], "consul");
     assert_eq!(a0["Tags"]["dc"], "dc1");
 
+    // Network coordinates: every datacenter's servers have WAN coordinates, every node
+    // of dc1 a LAN coordinate, and the estimates between them are plausible loopback
+    // round trips.
+    eventually(secs(20), "WAN coordinates of every server", || async {
+        let dcs = c.json("/v1/coordinate/datacenters").await;
+        let nodes: Vec<&str> = dcs
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|d| d["Coordinates"].as_array().unwrap())
+            .map(|n| n["Node"].as_str().unwrap())
+            .collect();
+        if nodes.len() == 5 && dcs[0]["AreaID"] == "WAN" {
+            Ok(())
+        } else {
+            Err(format!("{dcs}"))
+        }
+    })
+    .await;
+    eventually(secs(20), "LAN coordinates of dc1's nodes", || async {
+        let nodes = dc1[0].json("/v1/coordinate/nodes").await;
+        let names: Vec<&str> = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["Node"].as_str().unwrap())
+            .collect();
+        let vec_len = nodes[0]["Coord"]["Vec"].as_array().map(Vec::len);
+        if names == ["a0", "a1", "a2"] && vec_len == Some(8) {
+            Ok(())
+        } else {
+            Err(format!("{nodes}"))
+        }
+    })
+    .await;
+    let r = dc1[0].get("/v1/coordinate/node/nobody").await;
+    assert_eq!(r.status, 404);
+    let r = dc1[0].get("/v1/coordinate/nodes?dc=dc9").await;
+    assert_eq!((r.status, r.body.trim()), (500, "No path to datacenter"));
+
     // One keyring listing covers the WAN pool and the LAN pool of each datacenter.
     let pools = c.json("/v1/operator/keyring").await;
     let pool = |wan: bool, dc: &str| -> Value {

@@ -199,6 +199,11 @@ impl Federation {
         self.pool.force_leave(node, prune).await
     }
 
+    /// WAN network coordinates this server knows (its own included), by member name.
+    pub async fn coordinates(&self) -> lan::transport::Coordinates {
+        self.pool.coordinates().await
+    }
+
     /// Runs a keyring operation across the WAN pool.
     pub async fn keyring(&self, op: KeyOperation, deadline: Instant) -> KeyringReport {
         self.pool.keyring(op, deadline).await

@@ -45,6 +45,7 @@ pub(crate) async fn self_info(State(ctx): State<Context>, RawQuery(q): RawQuery)
     } else {
         None
     };
+    let known_datacenters = ctx.gateway.datacenters().await.len();
     let members = ctx.lan.members();
     let me = members.iter().find(|m| m.name == info.node_name);
     let local = ctx.lan.local();
@@ -80,7 +81,7 @@ pub(crate) async fn self_info(State(ctx): State<Context>, RawQuery(q): RawQuery)
                     .is_some_and(|r| r.leader.is_some() && r.leader == ctx.lan.server_addr().map(|a| a.to_string()))
                     .to_string(),
                 "leader_addr": raft.as_ref().and_then(|r| r.leader.clone()).unwrap_or_default(),
-                "known_datacenters": ctx.gateway.datacenters().len().to_string(),
+                "known_datacenters": known_datacenters.to_string(),
                 "bootstrap": info.bootstrap.to_string(),
             },
             "raft": raft.as_ref().map(|r| json_value!({

@@ -45,6 +45,7 @@ pub(crate) async fn datacenters(
     let names: Vec<String> = ctx
         .gateway
         .datacenters()
+        .await
         .into_iter()
         .map(String::from)
         .collect();

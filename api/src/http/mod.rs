@@ -7,6 +7,7 @@
 
 mod agent;
 mod catalog;
+mod coordinate;
 mod health;
 pub(crate) mod json;
 mod keyring;
@@ -363,6 +364,9 @@ pub(crate) fn router(ctx: Context) -> Router {
         .route("/v1/health/node/{node}", get(health::node))
         .route("/v1/health/checks/{service}", get(health::checks))
         .route("/v1/health/state/{state}", get(health::state))
+        .route("/v1/coordinate/datacenters", get(coordinate::datacenters))
+        .route("/v1/coordinate/nodes", get(coordinate::nodes))
+        .route("/v1/coordinate/node/{node}", get(coordinate::node))
         .route("/v1/agent/self", get(agent::self_info))
         .route("/v1/agent/members", get(agent::members))
         .route("/v1/agent/services", get(agent::services))

@@ -12,6 +12,7 @@ use rand::{RngExt, SeedableRng};
 
 use super::Config;
 use super::broadcast::{Queue, retransmit_limit};
+use super::coordinate::{Coordinate, Vivaldi};
 use super::message::{
     DecodeError, MAX_MESSAGES, MemberState, Message, State, decode_packet, encode_packet,
 };
@@ -95,6 +96,8 @@ struct Tombstone {
 struct Probe {
     seq: u32,
     target: String,
+    /// When the direct ping went out (the RTT sample of its ack).
+    sent: Instant,
     /// When to ask others to probe the target for us.
     indirect_at: Instant,
     /// When the probe has failed if no ack arrived.
@@ -171,6 +174,10 @@ pub struct Engine {
     rng: StdRng,
     outputs: Vec<Output>,
     events: Vec<Event>,
+    /// This member's network coordinate, from the RTTs of its probes.
+    vivaldi: Vivaldi,
+    /// The latest coordinate of each member that answered a probe (members only).
+    coordinates: BTreeMap<String, Coordinate>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -234,7 +241,19 @@ impl Engine {
             rng,
             outputs: Vec::new(),
             events: Vec::new(),
+            vivaldi: Vivaldi::default(),
+            coordinates: BTreeMap::new(),
         }
+    }
+
+    /// This member's network coordinate.
+    pub fn coordinate(&self) -> &Coordinate {
+        self.vivaldi.coordinate()
+    }
+
+    /// The latest coordinate of every other member that answered a probe.
+    pub fn coordinates(&self) -> &BTreeMap<String, Coordinate> {
+        &self.coordinates
     }
 
     /// This member's name.
@@ -494,7 +513,8 @@ impl Engine {
                 // A ping meant for a node that used to have our address is not ours to
                 // answer.
                 if target.is_empty() || target == self.name {
-                    self.send(from, vec![Message::Ack { seq }]);
+                    let coord = self.vivaldi.coordinate().clone();
+                    self.send(from, vec![Message::AckCoord { seq, coord }]);
                 }
             }
             Message::IndirectPing {
@@ -524,6 +544,19 @@ impl Engine {
                 self.send(target_addr, vec![ping]);
             }
             Message::Ack { seq } => self.on_ack(seq),
+            Message::AckCoord { seq, coord } => {
+                if let Some(probe) = self.probe.as_ref().filter(|p| p.seq == seq)
+                    && self.members.contains_key(&probe.target)
+                    && coord.is_valid()
+                {
+                    let target = probe.target.clone();
+                    let rtt = now.saturating_duration_since(probe.sent);
+                    if self.vivaldi.update(&target, &coord, rtt) {
+                        self.coordinates.insert(target, coord);
+                    }
+                }
+                self.on_ack(seq);
+            }
             Message::Nack { seq } => {
                 if let Some(p) = &mut self.probe
                     && p.seq == seq
@@ -820,6 +853,7 @@ impl Engine {
         self.probe = Some(Probe {
             seq,
             target: target.clone(),
+            sent: now,
             indirect_at: now + self.scaled(self.config.probe_timeout),
             fails_at: now + interval,
             indirect_sent: false,
@@ -1028,6 +1062,8 @@ impl Engine {
             .collect();
         for name in gone {
             self.members.remove(&name);
+            self.coordinates.remove(&name);
+            self.vivaldi.forget(&name);
             self.events.push(Event::Reap(name));
         }
     }
@@ -1074,6 +1110,8 @@ impl Engine {
         if self.members.remove(node).is_some() {
             self.events.push(Event::Reap(node.to_owned()));
         }
+        self.coordinates.remove(node);
+        self.vivaldi.forget(node);
         self.suspicions.remove(node);
         if self.tombstones.len() >= MAX_TOMBSTONES
             && let Some(oldest) = self

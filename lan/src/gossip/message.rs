@@ -13,6 +13,8 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use super::coordinate::{Coordinate, DIMENSIONS};
+
 /// The first byte of every plaintext packet and frame: gossip protocol version 1.
 pub const PROTOCOL: u8 = 0x47;
 /// Most messages in one packet.
@@ -69,7 +71,7 @@ pub struct MemberState {
 }
 
 /// One gossip message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Message {
     /// Are you alive? (`target` names who the sender thinks it is talking to.)
     Ping {
@@ -91,10 +93,17 @@ pub enum Message {
         /// Send a nack if the target does not answer in time.
         nack: bool,
     },
-    /// Alive (answer to a ping).
+    /// Alive (answer to a ping relayed for someone else).
     Ack {
         /// The ping's sequence number.
         seq: u32,
+    },
+    /// Alive (answer to a ping), with the answering member's network coordinate.
+    AckCoord {
+        /// The ping's sequence number.
+        seq: u32,
+        /// The answering member's coordinate.
+        coord: Coordinate,
     },
     /// I could not reach the target you asked about (Lifeguard).
     Nack {
@@ -156,6 +165,7 @@ const T_SUSPECT: u8 = 6;
 const T_DEAD: u8 = 7;
 const T_PUSH_PULL: u8 = 8;
 const T_PRUNE: u8 = 9;
+const T_ACK_COORD: u8 = 10;
 
 struct Writer(Vec<u8>);
 
@@ -168,6 +178,9 @@ impl Writer {
     }
     fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn f64(&mut self, v: f64) {
+        self.0.extend_from_slice(&v.to_bits().to_be_bytes());
     }
     fn str(&mut self, s: &str) {
         // Names and tags are bounded by callers far below 64 KiB; cut rather than wrap.
@@ -221,6 +234,25 @@ impl<'a> Reader<'a> {
     fn u32(&mut self) -> Result<u32, DecodeError> {
         let b = self.take(4)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn f64(&mut self) -> Result<f64, DecodeError> {
+        let b: [u8; 8] = self
+            .take(8)?
+            .try_into()
+            .map_err(|_| DecodeError::Truncated)?;
+        Ok(f64::from_bits(u64::from_be_bytes(b)))
+    }
+    fn coord(&mut self) -> Result<Coordinate, DecodeError> {
+        let mut vec = Vec::with_capacity(DIMENSIONS);
+        for _ in 0..DIMENSIONS {
+            vec.push(self.f64()?);
+        }
+        Ok(Coordinate {
+            vec,
+            error: self.f64()?,
+            adjustment: self.f64()?,
+            height: self.f64()?,
+        })
     }
     fn str(&mut self) -> Result<String, DecodeError> {
         let len = usize::from(self.u16()?);
@@ -300,6 +332,7 @@ impl Message {
             Message::Ping { .. } => T_PING,
             Message::IndirectPing { .. } => T_INDIRECT,
             Message::Ack { .. } => T_ACK,
+            Message::AckCoord { .. } => T_ACK_COORD,
             Message::Nack { .. } => T_NACK,
             Message::Alive { .. } => T_ALIVE,
             Message::Suspect { .. } => T_SUSPECT,
@@ -333,6 +366,16 @@ impl Message {
                 w.u8(u8::from(*nack));
             }
             Message::Ack { seq } | Message::Nack { seq } => w.u32(*seq),
+            Message::AckCoord { seq, coord } => {
+                w.u32(*seq);
+                // Always DIMENSIONS values: a short vector is padded, a long one cut.
+                for i in 0..DIMENSIONS {
+                    w.f64(coord.vec.get(i).copied().unwrap_or(0.0));
+                }
+                w.f64(coord.error);
+                w.f64(coord.adjustment);
+                w.f64(coord.height);
+            }
             Message::Alive {
                 incarnation,
                 node,
@@ -397,6 +440,10 @@ impl Message {
                 nack: r.bool()?,
             },
             T_ACK => Message::Ack { seq: r.u32()? },
+            T_ACK_COORD => Message::AckCoord {
+                seq: r.u32()?,
+                coord: r.coord()?,
+            },
             T_NACK => Message::Nack { seq: r.u32()? },
             T_ALIVE => Message::Alive {
                 incarnation: r.u32()?,
@@ -529,6 +576,15 @@ mod tests {
                 nack: true,
             },
             Message::Ack { seq: 9 },
+            Message::AckCoord {
+                seq: 11,
+                coord: Coordinate {
+                    vec: vec![0.001, -0.002, 0.0, 1e-9, 0.5, -0.25, 0.0, 3.0],
+                    error: 0.7,
+                    adjustment: -0.0001,
+                    height: 0.00002,
+                },
+            },
             Message::Nack { seq: 10 },
             Message::Alive {
                 incarnation: 3,

@@ -30,6 +30,7 @@
 //! WAN pool runs the same engine over QUIC.
 
 mod broadcast;
+pub mod coordinate;
 mod engine;
 pub mod message;
 
