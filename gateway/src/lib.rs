@@ -23,14 +23,14 @@ use std::time::Duration;
 
 use lan::catalog::{Command, Query};
 use lan::{
-    Datacenter, KeyOperation, Lan, QueryResult, RaftStatus, ReadError, ReadOptions, WriteError,
+    Datacenter, KeyOperation, KeyringHook, KeyringRun, Lan, QueryResult, RaftStatus, ReadError,
+    ReadOptions, WriteError,
 };
 use tokio::time::Instant;
 use wan::Federation;
 use wan::rpc::{Caller, Request, Response, Service, Serving};
 
-pub mod keyring;
-pub use keyring::PoolKeyring;
+pub use lan::PoolKeyring;
 
 /// Why a routed request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,6 +75,9 @@ impl Gateway {
     /// requests other datacenters send it.
     pub fn with_federation(lan: Lan, federation: Federation) -> Gateway {
         federation.set_service(Arc::new(WanService { lan: lan.clone() }));
+        lan.set_keyring_hook(Arc::new(AllPools {
+            federation: federation.clone(),
+        }));
         Gateway {
             lan,
             federation: Ok(federation),
@@ -237,62 +240,82 @@ impl Service for WanService {
 impl Gateway {
     /// Runs a keyring operation on every pool: the WAN pool and the LAN pool of every
     /// datacenter (one server of each runs it there), or with `local_only` the local
-    /// LAN pool alone. A client agent, which is in no WAN pool, reaches its own LAN
-    /// pool only.
+    /// LAN pool alone. A client agent has a server of its datacenter do it.
     pub async fn keyring(
         &self,
         op: KeyOperation,
         local_only: bool,
         deadline: Instant,
     ) -> Result<Vec<PoolKeyring>, RouteError> {
-        let local = self.lan.datacenter().to_string();
-        let lan_report = self.lan.keyring(op.clone(), deadline);
-        let Ok(federation) = &self.federation else {
-            return Ok(vec![PoolKeyring::lan(&local, lan_report.await?)]);
-        };
-        if local_only {
-            return Ok(vec![PoolKeyring::lan(&local, lan_report.await?)]);
-        }
-        let wan_report = federation.keyring(op.clone(), deadline);
-        let remote = federation
-            .datacenters()
-            .into_iter()
-            .filter(|dc| *dc != local)
-            .map(|dc| {
-                let op = op.clone();
-                async move {
-                    let request = Request::Keyring {
-                        op,
-                        timeout_ms: deadline
-                            .saturating_duration_since(Instant::now())
-                            .as_millis()
-                            .try_into()
-                            .unwrap_or(u64::MAX),
-                    };
-                    // The remote server answers a little before our deadline.
-                    let answer = federation
-                        .call(&dc, &request, deadline + Duration::from_millis(500))
-                        .await;
-                    match answer {
-                        Ok(Response::Keyring(report)) => PoolKeyring::lan(&dc, report),
-                        Ok(Response::Error(e)) => PoolKeyring::failed(&dc, e),
-                        Ok(other) => {
-                            PoolKeyring::failed(&dc, format!("unexpected answer {other:?}"))
-                        }
-                        Err(e) => PoolKeyring::failed(&dc, e.to_string()),
-                    }
-                }
-            });
-        let (wan_report, lan_report, remote) = tokio::join!(
-            wan_report,
-            lan_report,
-            futures_util::future::join_all(remote)
-        );
-        let mut pools = vec![
-            PoolKeyring::wan(&local, wan_report),
-            PoolKeyring::lan(&local, lan_report?),
-        ];
-        pools.extend(remote);
-        Ok(pools)
+        Ok(self.lan.keyring_all(op, local_only, deadline).await?)
     }
+}
+
+/// The keyring hook of a federated server: every pool it reaches.
+struct AllPools {
+    federation: Federation,
+}
+
+impl KeyringHook for AllPools {
+    fn run<'a>(
+        &'a self,
+        lan: &'a Lan,
+        op: KeyOperation,
+        local_only: bool,
+        deadline: Instant,
+    ) -> KeyringRun<'a> {
+        Box::pin(all_pools(lan, &self.federation, op, local_only, deadline))
+    }
+}
+
+async fn all_pools(
+    lan: &Lan,
+    federation: &Federation,
+    op: KeyOperation,
+    local_only: bool,
+    deadline: Instant,
+) -> Vec<PoolKeyring> {
+    let local = lan.datacenter().to_string();
+    let lan_pool = async {
+        match lan.keyring(op.clone(), deadline).await {
+            Ok(report) => PoolKeyring::lan(&local, report),
+            Err(e) => PoolKeyring::failed(&local, e.to_string()),
+        }
+    };
+    if local_only {
+        return vec![lan_pool.await];
+    }
+    let wan_report = federation.keyring(op.clone(), deadline);
+    let remote = federation
+        .datacenters()
+        .into_iter()
+        .filter(|dc| *dc != local)
+        .map(|dc| {
+            let op = op.clone();
+            async move {
+                let request = Request::Keyring {
+                    op,
+                    timeout_ms: deadline
+                        .saturating_duration_since(Instant::now())
+                        .as_millis()
+                        .try_into()
+                        .unwrap_or(u64::MAX),
+                };
+                // The remote server answers a little before our deadline.
+                let answer = federation
+                    .call(&dc, &request, deadline + Duration::from_millis(500))
+                    .await;
+                match answer {
+                    Ok(Response::Keyring(report)) => PoolKeyring::lan(&dc, report),
+                    Ok(Response::Error(e)) => PoolKeyring::failed(&dc, e),
+                    Ok(other) => PoolKeyring::failed(&dc, format!("unexpected answer {other:?}")),
+                    Err(e) => PoolKeyring::failed(&dc, e.to_string()),
+                }
+            }
+        });
+    let (wan_report, lan_pool, remote) =
+        tokio::join!(wan_report, lan_pool, futures_util::future::join_all(remote));
+    let mut pools = vec![PoolKeyring::wan(&local, wan_report), lan_pool];
+    pools.extend(remote);
+    pools
 }

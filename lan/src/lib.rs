@@ -32,6 +32,7 @@ mod leader;
 mod local;
 mod member;
 mod peer_log;
+mod pool_keyring;
 mod raft;
 mod rpc;
 mod server;
@@ -56,6 +57,7 @@ pub use checks::CheckKind;
 pub use local::{CHECK_OUTPUT_LIMIT, CHECK_OUTPUT_MAX, CheckDefinition, Local, LocalError, Source};
 pub use member::{Member, MemberStatus};
 pub use peer_log::{PEER_LOG_ENTRIES, PEER_LOG_INTERVAL, PeerLog};
+pub use pool_keyring::{KeyringHook, KeyringRun, PoolKeyring};
 pub use raft::{
     Consistency, RPC_HOLD_TIMEOUT, RaftServer, RaftStartError, RaftStatus, RaftTiming, ReadError,
     ReadMeta, SNAPSHOT_THRESHOLD, ServerNode, Storage, WriteError,
@@ -175,6 +177,9 @@ struct Inner {
     pool: Pool,
     rpc: rpc::Client,
     server_addr: Option<SocketAddr>,
+    /// How this server runs keyring operations on every pool (set once, on servers of a
+    /// federation).
+    keyring_hook: std::sync::OnceLock<Arc<dyn KeyringHook>>,
 }
 
 /// Handle to this agent's datacenter layer. Cheap to clone.
@@ -324,6 +329,7 @@ impl Lan {
                 pool,
                 rpc,
                 server_addr,
+                keyring_hook: std::sync::OnceLock::new(),
             }),
         };
         if let Some(listener) = listener {
@@ -553,6 +559,53 @@ impl Lan {
                     other => Err(ReadError::Rpc(format!("unexpected answer {other:?}"))),
                 }
             }
+        }
+    }
+
+    /// Lets this server run keyring operations on every pool of the federation (for
+    /// itself and for the client agents that ask it). Set once.
+    pub fn set_keyring_hook(&self, hook: Arc<dyn KeyringHook>) {
+        let _ = self.inner.keyring_hook.set(hook);
+    }
+
+    /// Runs a keyring operation on every pool: on a server with a keyring hook, the
+    /// hook's pools; on a server without one, its LAN pool; a client agent asks a server
+    /// of its datacenter to do it.
+    pub async fn keyring_all(
+        &self,
+        op: KeyOperation,
+        local_only: bool,
+        deadline: Instant,
+    ) -> Result<Vec<PoolKeyring>, ReadError> {
+        match &self.inner.role {
+            Role::Server { .. } => Ok(self.keyring_all_here(op, local_only, deadline).await),
+            Role::Client { .. } => {
+                let request = rpc::Request::KeyringAll {
+                    op,
+                    local_only,
+                    timeout_ms: rpc::remaining_ms(deadline),
+                };
+                match self.forward(&request, deadline + FORWARD_MARGIN).await? {
+                    rpc::Response::KeyringAll(r) => Ok(r),
+                    other => Err(ReadError::Rpc(format!("unexpected answer {other:?}"))),
+                }
+            }
+        }
+    }
+
+    /// [`Lan::keyring_all`] as a server runs it.
+    pub(crate) async fn keyring_all_here(
+        &self,
+        op: KeyOperation,
+        local_only: bool,
+        deadline: Instant,
+    ) -> Vec<PoolKeyring> {
+        match self.inner.keyring_hook.get() {
+            Some(hook) => hook.run(self, op, local_only, deadline).await,
+            None => vec![PoolKeyring::lan(
+                self.datacenter().as_str(),
+                self.keyring_here(op, deadline).await,
+            )],
         }
     }
 

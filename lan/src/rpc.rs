@@ -139,6 +139,15 @@ pub(crate) enum Request {
         /// Time left until the caller's deadline, in milliseconds.
         timeout_ms: u64,
     },
+    /// A keyring operation for every pool the receiving server reaches.
+    KeyringAll {
+        /// The operation.
+        op: KeyOperation,
+        /// Only the local LAN pool (`-local-only`).
+        local_only: bool,
+        /// Time left until the caller's deadline, in milliseconds.
+        timeout_ms: u64,
+    },
     /// This datacenter's Raft state (leader, peers).
     Status,
     /// Raft: replicate entries or heartbeat.
@@ -158,6 +167,8 @@ pub(crate) enum Response {
     Write(Result<u64, WriteError>),
     /// For [`Request::Keyring`].
     Keyring(KeyringReport),
+    /// For [`Request::KeyringAll`].
+    KeyringAll(Vec<crate::PoolKeyring>),
     /// For [`Request::Status`].
     Status(RaftStatus),
     /// For [`Request::AppendEntries`].

@@ -199,6 +199,14 @@ impl rpc::Handler for Handler {
             Request::Keyring { op, timeout_ms } => {
                 Response::Keyring(lan.keyring_here(op, rpc::deadline_in(timeout_ms)).await)
             }
+            Request::KeyringAll {
+                op,
+                local_only,
+                timeout_ms,
+            } => Response::KeyringAll(
+                lan.keyring_all_here(op, local_only, rpc::deadline_in(timeout_ms))
+                    .await,
+            ),
             Request::Status => Response::Status(consensus.status()),
             Request::AppendEntries(r) => {
                 let answer = consensus.raft().append_entries(r).await;

@@ -216,6 +216,39 @@ async fn three_datacenters_federate_through_one_join_each_and_share_one_keyring(
     assert_eq!(pool(false, "dc3")["NumNodes"], 1);
     let local = c.json("/v1/operator/keyring?local-only=1").await;
     assert_eq!(local.as_array().unwrap().len(), 1, "{local}");
+    // A client agent of dc2 has its server run the operation on every pool.
+    let pem = tls::create_cert(&ca, &CertRequest::new(CertKind::Client, "dc2")).unwrap();
+    let (cert, key) = (dir.path().join("cl.pem"), dir.path().join("cl-key.pem"));
+    std::fs::write(&cert, &pem.cert).unwrap();
+    std::fs::write(&key, &pem.key).unwrap();
+    let client_tls = json!({
+        "ca_file": dir.path().join("consul-agent-ca.pem"),
+        "cert_file": cert,
+        "key_file": key,
+        "verify_outgoing": true,
+        "verify_server_hostname": true,
+    });
+    let client = Member::start(Spec {
+        name: "b-client".into(),
+        datacenter: Some("dc2".into()),
+        key: Some(KEY.into()),
+        join: vec![b.gossip_addr()],
+        config: Some(client_tls.to_string()),
+        ..Spec::default()
+    })
+    .await;
+    let pools = client.json("/v1/operator/keyring").await;
+    assert_eq!(pools.as_array().unwrap().len(), 4, "{pools}");
+    let dc2_lan = pools
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["WAN"] == false && p["Datacenter"] == "dc2")
+        .unwrap();
+    assert_eq!(dc2_lan["NumNodes"], 2, "the client counts in its LAN pool");
+    let r = client.get("/v1/agent/members?wan=1").await;
+    assert_eq!(r.status, 500);
+    assert!(r.body.contains("this agent is a client"), "{}", r.body);
 
     // A new key installed from dc2 reaches every member of every pool, and can become
     // the primary everywhere.
@@ -245,8 +278,12 @@ async fn a_datacenter_that_dies_is_marked_failed_rejoins_from_its_data_dir_and_c
     let a_config = tls_config(dir.path(), &ca, "a0", "dc1");
     let b_config = tls_config(dir.path(), &ca, "b0", "dc2");
     let a = Member::start(server("a0", "dc1", 1, vec![], a_config)).await;
-    let b = Member::start(server("b0", "dc2", 1, vec![], b_config.clone())).await;
-    wan_join(&b, &a.wan_addr()).await;
+    // dc2 joins at start (`start_join_wan`, `-join-wan`).
+    let b = Member::start(Spec {
+        join_wan: vec![a.wan_addr()],
+        ..server("b0", "dc2", 1, vec![], b_config.clone())
+    })
+    .await;
     eventually(secs(20), "dc2 in dc1's WAN pool", || async {
         match wan_status(&a, "b0.dc2").await {
             Some(1) => Ok(()),

@@ -1,12 +1,13 @@
 //! `/v1/operator/keyring`: gossip keys across the pool.
 //!
-//! On a server of a federation every operation runs on every live member of the WAN pool
-//! and of the LAN pool of every datacenter (one server of each datacenter runs it
-//! there); `?local-only` lists the local LAN pool only. A client agent asks a server of
-//! its datacenter to run it on the LAN pool. The answer has one entry per pool in
-//! Consul's shape (`WAN`, `Datacenter`, `Keys`, `PrimaryKeys`, `NumNodes`). Unlike Consul, a listing where some member did not answer still succeeds
-//! with what the others said, and names the silent members in `Messages`; a change that
-//! any member refused fails with Consul's per-pool error text.
+//! Every operation runs on every live member of the WAN pool and of the LAN pool of every
+//! datacenter (one server of each datacenter runs it there); `?local-only` lists the
+//! local LAN pool only. A client agent asks a server of its datacenter to run it, and a
+//! server outside any federation runs it on its LAN pool. The answer has one entry per
+//! pool in Consul's shape (`WAN`, `Datacenter`, `Keys`, `PrimaryKeys`, `NumNodes`).
+//! Unlike Consul, a listing where some member did not answer still succeeds with what the
+//! others said, and names the silent members in `Messages`; a change that any member
+//! refused fails with Consul's per-pool error text.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

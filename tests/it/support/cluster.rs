@@ -49,6 +49,8 @@ pub struct Spec {
     pub expect: Option<u32>,
     /// Datacenter (default dc1).
     pub datacenter: Option<String>,
+    /// WAN addresses to join at start (`start_join_wan`).
+    pub join_wan: Vec<String>,
 }
 
 /// One running agent of a cluster.
@@ -112,6 +114,7 @@ impl Member {
         config.gossip_lan = lan::gossip::Config::local();
         config.gossip_wan = lan::gossip::Config::local();
         config.start_join = spec.join.clone();
+        config.start_join_wan = spec.join_wan.clone();
         let proxy = if spec.proxied {
             // The gossip port must be known before the proxy can point at it, so it is
             // picked here rather than by the agent.
