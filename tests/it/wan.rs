@@ -266,9 +266,49 @@ async fn three_datacenters_federate_through_one_join_each_and_share_one_keyring(
     for p in pools.as_array().unwrap() {
         assert_eq!(p["PrimaryKeys"][new_key], p["NumNodes"], "{p}");
     }
+    // Each server keeps its WAN keyring apart from its LAN one, as Consul does.
+    for m in dc1.iter().chain([&b, &c]) {
+        let serf = m.dir.path().join("data").join("serf");
+        for file in ["remote.keyring", "local.keyring"] {
+            let text = std::fs::read_to_string(serf.join(file)).unwrap();
+            assert!(
+                text.starts_with(&format!("[\"{new_key}\"")),
+                "{file} of {}: {text}",
+                m.name
+            );
+        }
+    }
     // Gossip goes on with the new key: nobody is lost.
     tokio::time::sleep(secs(2)).await;
     assert_eq!(wan_alive(&dc1[2]).await, everyone);
+
+    // One of dc1's servers leaves gracefully: it is `left` in every datacenter, the
+    // others stay alive, and dc1 is still reached through its other servers.
+    let leaver = dc1.pop().unwrap();
+    leaver.agent.shutdown().await;
+    for m in dc1.iter().chain([&b, &c]) {
+        eventually(secs(20), "a2.dc1 left everywhere", || async {
+            match wan_status(m, "a2.dc1").await {
+                Some(3) => Ok(()),
+                other => Err(format!("{} sees {other:?}", m.name)),
+            }
+        })
+        .await;
+        assert_eq!(
+            wan_alive(m).await,
+            ["a0.dc1", "a1.dc1", "b0.dc2", "c0.dc3"],
+            "{}",
+            m.name
+        );
+    }
+    let pools = c.json("/v1/operator/keyring").await;
+    let dc1_lan = pools
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["WAN"] == false && p["Datacenter"] == "dc1")
+        .unwrap();
+    assert_eq!(dc1_lan["NumNodes"], 2, "{pools}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
