@@ -5,14 +5,16 @@
 //!
 //! ```text
 //!   api (HTTP, DNS) ──(dc, Query)──▶ Gateway::read ──local dc──▶ lan::Lan::read
-//!                                                 └─other dc──▶ RouteError::NoPath
+//!                                                 └─other dc──▶ wan::Federation::call
+//!                                                               (a server of that dc,
+//!                                                                nearest first)
 //! ```
 //!
-//! A datacenter the agent does not know is Consul's `No path to datacenter`. The
-//! gateway knows the other datacenters of the federation (through the WAN pool of
-//! `proconsul-wan`) and lists them nearest first, and it runs keyring operations across
-//! every pool; catalog reads and writes for another datacenter are not routed over the
-//! WAN yet and answer `No path to datacenter`.
+//! A datacenter the WAN pool does not know is Consul's `No path to datacenter`; one
+//! whose servers do not answer in time is `Remote DC has no server currently
+//! reachable`. The gateway also lists the datacenters nearest first, runs keyring
+//! operations across every pool, and serves what other datacenters ask this server.
+//! Client agents are in no WAN pool and answer for their own datacenter only.
 //!
 //! Invariants: the gateway never parses DNS or HTTP and knows nothing of Consul's JSON.
 
@@ -48,6 +50,13 @@ pub enum RouteError {
     /// The datacenter could not apply the write.
     #[error(transparent)]
     Write(#[from] WriteError),
+    /// The datacenter is known, but none of its servers answered within the deadline
+    /// (Consul's text).
+    #[error("Remote DC has no server currently reachable")]
+    NoServer {
+        /// The datacenter asked for.
+        dc: String,
+    },
     /// This agent has no part in WAN federation (a client agent, or a server without a
     /// TLS certificate); the text says which and what to do.
     #[error("{0}")]
@@ -145,60 +154,125 @@ impl Gateway {
             .collect()
     }
 
-    /// Checks that `dc` (None = local) can be reached from here.
-    fn route(&self, dc: Option<&str>) -> Result<(), RouteError> {
+    /// Who answers for `dc` (None = local): this agent's datacenter, or another one of
+    /// the federation.
+    fn route<'a>(&'a self, dc: Option<&'a str>) -> Result<Route<'a>, RouteError> {
         match dc {
-            None => Ok(()),
-            Some(name) if name.is_empty() || name == self.lan.datacenter().as_str() => Ok(()),
-            Some(name) => Err(RouteError::NoPath {
-                dc: name.to_owned(),
-            }),
+            None => Ok(Route::Local),
+            Some(name) if name.is_empty() || name == self.lan.datacenter().as_str() => {
+                Ok(Route::Local)
+            }
+            Some(name) => match &self.federation {
+                Ok(f) if f.knows(name) => Ok(Route::Remote(f, name)),
+                _ => Err(RouteError::NoPath {
+                    dc: name.to_owned(),
+                }),
+            },
         }
     }
 
     /// Whether `dc` (None = local) is the agent's own datacenter.
     pub fn is_local(&self, dc: Option<&str>) -> bool {
-        self.route(dc).is_ok()
+        matches!(self.route(dc), Ok(Route::Local))
     }
 
-    /// Reads from the catalog of `dc`.
+    /// Sends `request` to a server of `dc`, within `deadline`.
+    async fn remote(
+        federation: &Federation,
+        dc: &str,
+        request: &Request,
+        deadline: Instant,
+    ) -> Result<Response, RouteError> {
+        federation
+            .call(dc, request, deadline)
+            .await
+            .map_err(|e| match e {
+                wan::WanError::NoPath => RouteError::NoPath { dc: dc.to_owned() },
+                _ => RouteError::NoServer { dc: dc.to_owned() },
+            })
+    }
+
+    /// Reads from the catalog of `dc`; another datacenter's servers answer for it, with
+    /// their own consistency rules and blocking.
     pub async fn read(
         &self,
         dc: Option<&str>,
         query: &Query,
         options: ReadOptions,
     ) -> Result<QueryResult, RouteError> {
-        self.route(dc)?;
-        Ok(self.lan.read(query, options).await?)
+        match self.route(dc)? {
+            Route::Local => Ok(self.lan.read(query, options).await?),
+            Route::Remote(f, name) => {
+                let request = Request::Read {
+                    query: query.clone(),
+                    consistency: options.consistency,
+                    min_index: options.min_index,
+                    timeout_ms: millis_until(options.deadline),
+                    max_stale_ms: options
+                        .max_stale
+                        .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
+                };
+                // A blocking read answers at its deadline: leave room for the answer.
+                let deadline = options.deadline + REMOTE_MARGIN;
+                match Gateway::remote(f, name, &request, deadline).await? {
+                    Response::Read(r) => Ok(r?),
+                    Response::Error(e) => Err(RouteError::Read(ReadError::Rpc(e))),
+                    other => Err(RouteError::Read(ReadError::Rpc(format!(
+                        "unexpected answer {other:?}"
+                    )))),
+                }
+            }
+        }
     }
 
     /// Reads the local copy of `dc`'s catalog at once, with no leader check (DNS's
-    /// default `allow_stale`). `Ok(None)` when no copy is held here (a client agent):
-    /// then [`Gateway::read`] with [`lan::Consistency::Stale`] asks a server.
+    /// default `allow_stale`). `Ok(None)` when no copy is held here (a client agent, or
+    /// another datacenter): then [`Gateway::read`] with [`lan::Consistency::Stale`]
+    /// asks a server that has one.
     pub fn read_stale(
         &self,
         dc: Option<&str>,
         query: &Query,
     ) -> Result<Option<(lan::catalog::Answer, u64)>, RouteError> {
-        self.route(dc)?;
-        Ok(self.lan.read_stale(query))
+        match self.route(dc)? {
+            Route::Local => Ok(self.lan.read_stale(query)),
+            Route::Remote(..) => Ok(None),
+        }
     }
 
     /// The newest index of `dc`'s local catalog copy, for callers that cache what they
     /// derive from it; `None` for a datacenter whose data is not held here.
     pub fn stale_index(&self, dc: Option<&str>) -> Option<u64> {
-        self.route(dc).ok().and_then(|()| self.lan.catalog_index())
+        match self.route(dc) {
+            Ok(Route::Local) => self.lan.catalog_index(),
+            _ => None,
+        }
     }
 
-    /// Applies a write in `dc`'s catalog; returns the index it was applied at.
+    /// Applies a write in `dc`'s catalog (by that datacenter's leader); returns the index
+    /// it was applied at.
     pub async fn write(
         &self,
         dc: Option<&str>,
         command: Command,
         deadline: Instant,
     ) -> Result<u64, RouteError> {
-        self.route(dc)?;
-        Ok(self.lan.write(command, deadline).await?)
+        match self.route(dc)? {
+            Route::Local => Ok(self.lan.write(command, deadline).await?),
+            Route::Remote(f, name) => {
+                let request = Request::Write {
+                    command: Box::new(command),
+                    timeout_ms: millis_until(deadline),
+                };
+                match Gateway::remote(f, name, &request, deadline + REMOTE_MARGIN).await? {
+                    Response::Write(r) => Ok(r?),
+                    Response::Error(e) => Err(RouteError::Write(WriteError::Rpc(e))),
+                    other => Err(RouteError::Write(WriteError::Rpc(format!(
+                        "unexpected answer {other:?}"
+                    )))),
+                }
+            }
+        }
     }
 
     /// Raft status of `dc` (leader and peers).
@@ -207,9 +281,39 @@ impl Gateway {
         dc: Option<&str>,
         deadline: Instant,
     ) -> Result<RaftStatus, RouteError> {
-        self.route(dc)?;
-        Ok(self.lan.raft_status(deadline).await?)
+        match self.route(dc)? {
+            Route::Local => Ok(self.lan.raft_status(deadline).await?),
+            Route::Remote(f, name) => {
+                let request = Request::Status {
+                    timeout_ms: millis_until(deadline),
+                };
+                match Gateway::remote(f, name, &request, deadline + REMOTE_MARGIN).await? {
+                    Response::Status(r) => Ok(r?),
+                    other => Err(RouteError::Read(ReadError::Rpc(format!(
+                        "unexpected answer {other:?}"
+                    )))),
+                }
+            }
+        }
     }
+}
+
+/// Who answers a request.
+enum Route<'a> {
+    Local,
+    Remote(&'a Federation, &'a str),
+}
+
+/// Extra time a remote call waits beyond the caller's deadline, for an answer the remote
+/// server sends at the deadline (a blocking query that timed out).
+const REMOTE_MARGIN: Duration = Duration::from_secs(2);
+
+fn millis_until(deadline: Instant) -> u64 {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .as_millis()
+        .try_into()
+        .unwrap_or(u64::MAX)
 }
 
 /// What this server answers to other datacenters.
@@ -231,6 +335,32 @@ impl Service for WanService {
                         Ok(report) => Response::Keyring(report),
                         Err(e) => Response::Error(e.to_string()),
                     }
+                }
+                Request::Read {
+                    query,
+                    consistency,
+                    min_index,
+                    timeout_ms,
+                    max_stale_ms,
+                } => {
+                    let options = ReadOptions {
+                        consistency,
+                        min_index,
+                        deadline: Instant::now() + Duration::from_millis(timeout_ms),
+                        max_stale: max_stale_ms.map(Duration::from_millis),
+                    };
+                    Response::Read(self.lan.read(&query, options).await)
+                }
+                Request::Write {
+                    command,
+                    timeout_ms,
+                } => {
+                    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+                    Response::Write(self.lan.write(*command, deadline).await)
+                }
+                Request::Status { timeout_ms } => {
+                    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+                    Response::Status(self.lan.raft_status(deadline).await)
                 }
             }
         })

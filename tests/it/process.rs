@@ -1094,6 +1094,26 @@ fn two_datacenters_federate_as_the_readme_says() {
     }
     let (_, out, _) = text(&run(&["catalog", "datacenters", &at(&ips[1])]));
     assert_eq!(out, "dc2\ndc1\n");
+    // dc1 answers for dc2: its catalog through the CLI, its servers through DNS.
+    let (code, out, err) = text(&run(&[
+        "catalog",
+        "services",
+        "-datacenter",
+        "dc2",
+        &at(&ips[0]),
+    ]));
+    assert_eq!((code, out.as_str()), (0, "consul\n"), "{err}");
+    let dig = Command::new("dig")
+        .args([
+            &format!("@{}", ips[0]),
+            "-p",
+            "8600",
+            "consul.service.dc2.consul",
+            "+short",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&dig.stdout).trim(), ips[1]);
     let (code, out, err) = text(&run(&["keyring", "-list", &at(&ips[0])]));
     assert_eq!(code, 0, "{out}{err}");
     for pool in ["WAN:", "dc1 (LAN):", "dc2 (LAN):"] {

@@ -424,3 +424,111 @@ async fn a_server_without_tls_material_refuses_to_federate_and_says_how_to_fix_i
     // Its catalog lists only its own datacenter, and the LAN side works as ever.
     assert_eq!(a.json("/v1/catalog/datacenters").await, json!(["dc1"]));
 }
+
+/// The A records of a DNS answer.
+fn a_records(m: &hickory_proto::op::Message) -> Vec<String> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            hickory_proto::rr::RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_reads_writes_and_dns_reach_another_datacenter_and_fail_fast_when_it_is_gone() {
+    use hickory_proto::op::ResponseCode;
+    use hickory_proto::rr::RecordType;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = tls::create_ca("consul", 30).unwrap();
+    let a = Member::start(server(
+        "a0",
+        "dc1",
+        1,
+        vec![],
+        tls_config(dir.path(), &ca, "a0", "dc1"),
+    ))
+    .await;
+    let b = Member::start(Spec {
+        join_wan: vec![a.wan_addr()],
+        ..server(
+            "b0",
+            "dc2",
+            1,
+            vec![],
+            tls_config(dir.path(), &ca, "b0", "dc2"),
+        )
+    })
+    .await;
+    leader_of(&[&b], 1).await;
+    // A write sent to dc1 with ?dc=dc2 is applied by dc2's leader.
+    let body = json!({"Node": "web-2", "Address": "10.2.0.7",
+        "Service": {"Service": "web", "ID": "web", "Port": 80, "Tags": ["v2"]}});
+    let r = a
+        .call(
+            hyper::Method::PUT,
+            "/v1/catalog/register?dc=dc2",
+            &body.to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let local = b.json("/v1/catalog/service/web").await;
+    assert_eq!(local[0]["Node"], "web-2", "{local}");
+    assert!(
+        a.json("/v1/catalog/service/web")
+            .await
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // Reads with ?dc= are answered by dc2, with dc2's index.
+    let r = a.get("/v1/health/service/web?dc=dc2").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let list: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(list[0]["Node"]["Datacenter"], "dc2", "{list}");
+    assert_eq!(list[0]["Service"]["Port"], 80);
+    let index = |r: &proconsul::client::Response| {
+        r.headers
+            .iter()
+            .find(|(k, _)| k == "x-consul-index")
+            .map(|(_, v)| v.clone())
+    };
+    let direct = b.get("/v1/health/service/web").await;
+    assert!(index(&r).is_some());
+    assert_eq!(index(&r), index(&direct), "dc2's index");
+    let r = a.get("/v1/catalog/nodes?dc=dc2&stale").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body.contains("web-2") && !r.body.contains("\"a0\""),
+        "{}",
+        r.body
+    );
+    assert_eq!(a.get("/v1/status/leader?dc=dc2").await.status, 200);
+
+    // DNS on dc1 answers names of dc2.
+    let m = a.dig("web.service.dc2.consul", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(a_records(&m), ["10.2.0.7"]);
+    let m = a.dig("v2.web.service.dc2.consul", RecordType::A).await;
+    assert_eq!(a_records(&m), ["10.2.0.7"]);
+    let m = a.dig("web-2.node.dc2.consul", RecordType::A).await;
+    assert_eq!(a_records(&m), ["10.2.0.7"]);
+    let m = a.dig("web.service.dc9.consul", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    let r = a.get("/v1/catalog/nodes?dc=dc9").await;
+    assert_eq!((r.status, r.body.trim()), (500, "No path to datacenter"));
+
+    // dc2 goes away: dc1 keeps answering for itself, and for dc2 says so in time.
+    let Member { agent, .. } = b;
+    agent.stop(false).await;
+    let started = std::time::Instant::now();
+    let r = a.get("/v1/catalog/nodes?dc=dc2").await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert_eq!(r.body.trim(), "Remote DC has no server currently reachable");
+    assert!(started.elapsed() < secs(15), "{:?}", started.elapsed());
+    let m = a.dig("web.service.dc2.consul", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(a.get("/v1/catalog/nodes").await.status, 200);
+}

@@ -50,8 +50,9 @@ pub const DIAL_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_REQUEST: usize = 16 * 1024 * 1024;
 /// Largest answer read from a stream.
 pub const MAX_ANSWER: usize = 64 * 1024 * 1024;
-/// How long a server has to serve one incoming stream.
-pub const STREAM_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a server has to serve one incoming stream: a blocking query from another
+/// datacenter may wait up to Consul's 10-minute maximum, plus a margin.
+pub const STREAM_TIMEOUT: Duration = Duration::from_secs(10 * 60 + 30);
 /// Received gossip datagrams buffered per connection (the oldest are dropped).
 const DATAGRAM_BUFFER: usize = 1024 * 1024;
 /// Remembered dial failures; when full, the expired ones are forgotten.

@@ -9,7 +9,10 @@ use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
 
-use lan::{KeyOperation, KeyringReport};
+use lan::catalog::{Command, Query};
+use lan::{
+    Consistency, KeyOperation, KeyringReport, QueryResult, RaftStatus, ReadError, WriteError,
+};
 
 /// Who sent a request: the connection's address and the datacenter its certificate is
 /// for.
@@ -33,6 +36,31 @@ pub enum Request {
         /// Time left until the caller's deadline, in milliseconds.
         timeout_ms: u64,
     },
+    /// A read of the receiver's catalog, as a read in its own datacenter would be made.
+    Read {
+        /// The query.
+        query: Query,
+        /// Its consistency mode.
+        consistency: Consistency,
+        /// Blocking query index (0 = answer at once).
+        min_index: u64,
+        /// Time left until the caller's deadline, in milliseconds.
+        timeout_ms: u64,
+        /// `?max_stale`, in milliseconds.
+        max_stale_ms: Option<u64>,
+    },
+    /// A write to the receiver's catalog, applied by its datacenter's leader.
+    Write {
+        /// The change (boxed: it is much larger than the other requests).
+        command: Box<Command>,
+        /// Time left until the caller's deadline, in milliseconds.
+        timeout_ms: u64,
+    },
+    /// The receiver's datacenter's Raft state.
+    Status {
+        /// Time left until the caller's deadline, in milliseconds.
+        timeout_ms: u64,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -47,6 +75,12 @@ pub enum Response {
     },
     /// For [`Request::Keyring`]: the LAN pool's report.
     Keyring(KeyringReport),
+    /// For [`Request::Read`].
+    Read(Result<QueryResult, ReadError>),
+    /// For [`Request::Write`].
+    Write(Result<u64, WriteError>),
+    /// For [`Request::Status`].
+    Status(Result<RaftStatus, ReadError>),
     /// The request could not be served.
     Error(String),
 }
