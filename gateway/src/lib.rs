@@ -14,7 +14,8 @@
 //! whose servers do not answer in time is `Remote DC has no server currently
 //! reachable`. The gateway also lists the datacenters nearest first, runs keyring
 //! operations across every pool, and serves what other datacenters ask this server.
-//! Client agents are in no WAN pool and answer for their own datacenter only.
+//! Client agents are in no WAN pool: they send questions about another datacenter to a
+//! server of their own, which asks over the WAN ([`lan::RemoteCatalog`]).
 //!
 //! Invariants: the gateway never parses DNS or HTTP and knows nothing of Consul's JSON.
 
@@ -85,6 +86,9 @@ impl Gateway {
     pub fn with_federation(lan: Lan, federation: Federation) -> Gateway {
         federation.set_service(Arc::new(WanService { lan: lan.clone() }));
         lan.set_keyring_hook(Arc::new(AllPools {
+            federation: federation.clone(),
+        }));
+        lan.set_remote_catalog(Arc::new(RemoteVia {
             federation: federation.clone(),
         }));
         Gateway {
@@ -164,6 +168,8 @@ impl Gateway {
             }
             Some(name) => match &self.federation {
                 Ok(f) if f.knows(name) => Ok(Route::Remote(f, name)),
+                // A client agent is in no WAN pool: a server of its datacenter knows.
+                Err(_) if !self.lan.is_server() => Ok(Route::ViaServer(name)),
                 _ => Err(RouteError::NoPath {
                     dc: name.to_owned(),
                 }),
@@ -176,22 +182,6 @@ impl Gateway {
         matches!(self.route(dc), Ok(Route::Local))
     }
 
-    /// Sends `request` to a server of `dc`, within `deadline`.
-    async fn remote(
-        federation: &Federation,
-        dc: &str,
-        request: &Request,
-        deadline: Instant,
-    ) -> Result<Response, RouteError> {
-        federation
-            .call(dc, request, deadline)
-            .await
-            .map_err(|e| match e {
-                wan::WanError::NoPath => RouteError::NoPath { dc: dc.to_owned() },
-                _ => RouteError::NoServer { dc: dc.to_owned() },
-            })
-    }
-
     /// Reads from the catalog of `dc`; another datacenter's servers answer for it, with
     /// their own consistency rules and blocking.
     pub async fn read(
@@ -202,26 +192,12 @@ impl Gateway {
     ) -> Result<QueryResult, RouteError> {
         match self.route(dc)? {
             Route::Local => Ok(self.lan.read(query, options).await?),
-            Route::Remote(f, name) => {
-                let request = Request::Read {
-                    query: query.clone(),
-                    consistency: options.consistency,
-                    min_index: options.min_index,
-                    timeout_ms: millis_until(options.deadline),
-                    max_stale_ms: options
-                        .max_stale
-                        .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
-                };
-                // A blocking read answers at its deadline: leave room for the answer.
-                let deadline = options.deadline + REMOTE_MARGIN;
-                match Gateway::remote(f, name, &request, deadline).await? {
-                    Response::Read(r) => Ok(r?),
-                    Response::Error(e) => Err(RouteError::Read(ReadError::Rpc(e))),
-                    other => Err(RouteError::Read(ReadError::Rpc(format!(
-                        "unexpected answer {other:?}"
-                    )))),
-                }
-            }
+            Route::Remote(f, name) => remote_read(f, name, query, options).await,
+            Route::ViaServer(name) => self
+                .lan
+                .read_in(name, query, options)
+                .await
+                .map_err(|e| from_read_error(name, e)),
         }
     }
 
@@ -236,7 +212,7 @@ impl Gateway {
     ) -> Result<Option<(lan::catalog::Answer, u64)>, RouteError> {
         match self.route(dc)? {
             Route::Local => Ok(self.lan.read_stale(query)),
-            Route::Remote(..) => Ok(None),
+            Route::Remote(..) | Route::ViaServer(_) => Ok(None),
         }
     }
 
@@ -259,18 +235,20 @@ impl Gateway {
     ) -> Result<u64, RouteError> {
         match self.route(dc)? {
             Route::Local => Ok(self.lan.write(command, deadline).await?),
-            Route::Remote(f, name) => {
-                let request = Request::Write {
-                    command: Box::new(command),
-                    timeout_ms: millis_until(deadline),
-                };
-                match Gateway::remote(f, name, &request, deadline + REMOTE_MARGIN).await? {
-                    Response::Write(r) => Ok(r?),
-                    Response::Error(e) => Err(RouteError::Write(WriteError::Rpc(e))),
-                    other => Err(RouteError::Write(WriteError::Rpc(format!(
-                        "unexpected answer {other:?}"
-                    )))),
-                }
+            Route::Remote(f, name) => remote_write(f, name, command, deadline).await,
+            Route::ViaServer(name) => {
+                self.lan
+                    .write_in(name, command, deadline)
+                    .await
+                    .map_err(|e| match e {
+                        WriteError::NoPath => RouteError::NoPath {
+                            dc: name.to_owned(),
+                        },
+                        WriteError::NoServer => RouteError::NoServer {
+                            dc: name.to_owned(),
+                        },
+                        other => RouteError::Write(other),
+                    })
             }
         }
     }
@@ -287,21 +265,136 @@ impl Gateway {
                 let request = Request::Status {
                     timeout_ms: millis_until(deadline),
                 };
-                match Gateway::remote(f, name, &request, deadline + REMOTE_MARGIN).await? {
+                match remote(f, name, &request, deadline + REMOTE_MARGIN).await? {
                     Response::Status(r) => Ok(r?),
                     other => Err(RouteError::Read(ReadError::Rpc(format!(
                         "unexpected answer {other:?}"
                     )))),
                 }
             }
+            Route::ViaServer(_) => Err(RouteError::NoFederation(
+                "a client agent reports the Raft status of its own datacenter only; ask a server"
+                    .into(),
+            )),
         }
     }
 }
 
 /// Who answers a request.
 enum Route<'a> {
+    /// This agent's datacenter.
     Local,
+    /// Another datacenter, over this server's WAN connections.
     Remote(&'a Federation, &'a str),
+    /// Another datacenter, through a server of this (client) agent's datacenter.
+    ViaServer(&'a str),
+}
+
+/// Sends `request` to a server of `dc`, within `deadline`.
+async fn remote(
+    federation: &Federation,
+    dc: &str,
+    request: &Request,
+    deadline: Instant,
+) -> Result<Response, RouteError> {
+    federation
+        .call(dc, request, deadline)
+        .await
+        .map_err(|e| match e {
+            wan::WanError::NoPath => RouteError::NoPath { dc: dc.to_owned() },
+            _ => RouteError::NoServer { dc: dc.to_owned() },
+        })
+}
+
+async fn remote_read(
+    federation: &Federation,
+    dc: &str,
+    query: &Query,
+    options: ReadOptions,
+) -> Result<QueryResult, RouteError> {
+    let request = Request::Read {
+        query: query.clone(),
+        consistency: options.consistency,
+        min_index: options.min_index,
+        timeout_ms: millis_until(options.deadline),
+        max_stale_ms: options
+            .max_stale
+            .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
+    };
+    // A blocking read answers at its deadline: leave room for the answer.
+    match remote(federation, dc, &request, options.deadline + REMOTE_MARGIN).await? {
+        Response::Read(r) => Ok(r?),
+        Response::Error(e) => Err(RouteError::Read(ReadError::Rpc(e))),
+        other => Err(RouteError::Read(ReadError::Rpc(format!(
+            "unexpected answer {other:?}"
+        )))),
+    }
+}
+
+async fn remote_write(
+    federation: &Federation,
+    dc: &str,
+    command: Command,
+    deadline: Instant,
+) -> Result<u64, RouteError> {
+    let request = Request::Write {
+        command: Box::new(command),
+        timeout_ms: millis_until(deadline),
+    };
+    match remote(federation, dc, &request, deadline + REMOTE_MARGIN).await? {
+        Response::Write(r) => Ok(r?),
+        Response::Error(e) => Err(RouteError::Write(WriteError::Rpc(e))),
+        other => Err(RouteError::Write(WriteError::Rpc(format!(
+            "unexpected answer {other:?}"
+        )))),
+    }
+}
+
+fn from_read_error(dc: &str, e: ReadError) -> RouteError {
+    match e {
+        ReadError::NoPath => RouteError::NoPath { dc: dc.to_owned() },
+        ReadError::NoServer => RouteError::NoServer { dc: dc.to_owned() },
+        other => RouteError::Read(other),
+    }
+}
+
+/// What a federated server does for the client agents of its datacenter that ask about
+/// another datacenter.
+struct RemoteVia {
+    federation: Federation,
+}
+
+impl lan::RemoteCatalog for RemoteVia {
+    fn read<'a>(&'a self, dc: &'a str, query: Query, options: ReadOptions) -> lan::RemoteRead<'a> {
+        Box::pin(async move {
+            remote_read(&self.federation, dc, &query, options)
+                .await
+                .map_err(|e| match e {
+                    RouteError::NoPath { .. } => ReadError::NoPath,
+                    RouteError::NoServer { .. } => ReadError::NoServer,
+                    RouteError::Read(e) => e,
+                    other => ReadError::Rpc(other.to_string()),
+                })
+        })
+    }
+
+    fn write<'a>(
+        &'a self,
+        dc: &'a str,
+        command: Command,
+        deadline: Instant,
+    ) -> lan::RemoteWrite<'a> {
+        Box::pin(async move {
+            remote_write(&self.federation, dc, command, deadline)
+                .await
+                .map_err(|e| match e {
+                    RouteError::NoPath { .. } => WriteError::NoPath,
+                    RouteError::NoServer { .. } => WriteError::NoServer,
+                    RouteError::Write(e) => e,
+                    other => WriteError::Rpc(other.to_string()),
+                })
+        })
+    }
 }
 
 /// Extra time a remote call waits beyond the caller's deadline, for an answer the remote

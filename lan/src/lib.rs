@@ -57,7 +57,9 @@ pub use checks::CheckKind;
 pub use local::{CHECK_OUTPUT_LIMIT, CHECK_OUTPUT_MAX, CheckDefinition, Local, LocalError, Source};
 pub use member::{Member, MemberStatus};
 pub use peer_log::{PEER_LOG_ENTRIES, PEER_LOG_INTERVAL, PeerLog};
-pub use pool_keyring::{KeyringHook, KeyringRun, PoolKeyring};
+pub use pool_keyring::{
+    KeyringHook, KeyringRun, PoolKeyring, RemoteCatalog, RemoteRead, RemoteWrite,
+};
 pub use raft::{
     Consistency, RPC_HOLD_TIMEOUT, RaftServer, RaftStartError, RaftStatus, RaftTiming, ReadError,
     ReadMeta, SNAPSHOT_THRESHOLD, ServerNode, Storage, WriteError,
@@ -180,6 +182,9 @@ struct Inner {
     /// How this server runs keyring operations on every pool (set once, on servers of a
     /// federation).
     keyring_hook: std::sync::OnceLock<Arc<dyn KeyringHook>>,
+    /// How this server reaches other datacenters' catalogs (set once, on servers of a
+    /// federation).
+    remote: std::sync::OnceLock<Arc<dyn RemoteCatalog>>,
 }
 
 /// Handle to this agent's datacenter layer. Cheap to clone.
@@ -330,6 +335,7 @@ impl Lan {
                 rpc,
                 server_addr,
                 keyring_hook: std::sync::OnceLock::new(),
+                remote: std::sync::OnceLock::new(),
             }),
         };
         if let Some(listener) = listener {
@@ -557,6 +563,77 @@ impl Lan {
                 match self.forward(&request, deadline + FORWARD_MARGIN).await? {
                     rpc::Response::Keyring(r) => Ok(r),
                     other => Err(ReadError::Rpc(format!("unexpected answer {other:?}"))),
+                }
+            }
+        }
+    }
+
+    /// Lets this server read and write other datacenters' catalogs for its client
+    /// agents. Set once.
+    pub fn set_remote_catalog(&self, remote: Arc<dyn RemoteCatalog>) {
+        let _ = self.inner.remote.set(remote);
+    }
+
+    /// Reads `query` in another datacenter `dc`: a server of a federation asks that
+    /// datacenter over the WAN, a client agent asks a server of its own datacenter to.
+    pub async fn read_in(
+        &self,
+        dc: &str,
+        query: &Query,
+        options: ReadOptions,
+    ) -> Result<QueryResult, ReadError> {
+        match &self.inner.role {
+            Role::Server { .. } => match self.inner.remote.get() {
+                Some(remote) => remote.read(dc, query.clone(), options).await,
+                None => Err(ReadError::NoPath),
+            },
+            Role::Client { .. } => {
+                let request = rpc::Request::ReadIn {
+                    dc: dc.to_owned(),
+                    query: query.clone(),
+                    consistency: options.consistency,
+                    min_index: options.min_index,
+                    timeout_ms: rpc::remaining_ms(options.deadline),
+                    max_stale_ms: options
+                        .max_stale
+                        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                };
+                // The server's remote call has its own margin beyond the deadline.
+                match self
+                    .forward(&request, options.deadline + 2 * FORWARD_MARGIN)
+                    .await?
+                {
+                    rpc::Response::Read(r) => r,
+                    other => Err(ReadError::Rpc(format!("unexpected answer {other:?}"))),
+                }
+            }
+        }
+    }
+
+    /// Applies `command` in another datacenter `dc` (see [`Lan::read_in`]).
+    pub async fn write_in(
+        &self,
+        dc: &str,
+        command: Command,
+        deadline: Instant,
+    ) -> Result<u64, WriteError> {
+        match &self.inner.role {
+            Role::Server { .. } => match self.inner.remote.get() {
+                Some(remote) => remote.write(dc, command, deadline).await,
+                None => Err(WriteError::NoPath),
+            },
+            Role::Client { .. } => {
+                let request = rpc::Request::WriteIn {
+                    dc: dc.to_owned(),
+                    command: Box::new(command),
+                    timeout_ms: rpc::remaining_ms(deadline),
+                };
+                match self
+                    .forward(&request, deadline + 2 * FORWARD_MARGIN)
+                    .await?
+                {
+                    rpc::Response::Write(r) => r,
+                    other => Err(WriteError::Rpc(format!("unexpected answer {other:?}"))),
                 }
             }
         }

@@ -77,3 +77,29 @@ pub trait KeyringHook: Send + Sync + 'static {
         deadline: Instant,
     ) -> KeyringRun<'a>;
 }
+
+/// A read in another datacenter: the query and how it is read.
+pub type RemoteRead<'a> =
+    Pin<Box<dyn Future<Output = Result<crate::QueryResult, crate::ReadError>> + Send + 'a>>;
+/// A write in another datacenter: the index it was applied at.
+pub type RemoteWrite<'a> =
+    Pin<Box<dyn Future<Output = Result<u64, crate::WriteError>> + Send + 'a>>;
+
+/// How a server of a federation reads and writes another datacenter's catalog, for the
+/// client agents of its datacenter (set by the agent; the WAN side is not this crate's).
+pub trait RemoteCatalog: Send + Sync + 'static {
+    /// Reads `query` in `dc`.
+    fn read<'a>(
+        &'a self,
+        dc: &'a str,
+        query: crate::catalog::Query,
+        options: crate::ReadOptions,
+    ) -> RemoteRead<'a>;
+    /// Applies `command` in `dc`.
+    fn write<'a>(
+        &'a self,
+        dc: &'a str,
+        command: crate::catalog::Command,
+        deadline: Instant,
+    ) -> RemoteWrite<'a>;
+}

@@ -132,6 +132,30 @@ pub(crate) enum Request {
         /// Already forwarded once.
         forwarded: bool,
     },
+    /// A catalog read in another datacenter, made by the receiving server over the WAN.
+    ReadIn {
+        /// The datacenter.
+        dc: String,
+        /// The query.
+        query: Query,
+        /// Its consistency mode.
+        consistency: Consistency,
+        /// Blocking query index (0 = answer at once).
+        min_index: u64,
+        /// Time left until the caller's deadline, in milliseconds.
+        timeout_ms: u64,
+        /// `?max_stale`, in milliseconds.
+        max_stale_ms: Option<u64>,
+    },
+    /// A catalog write in another datacenter, sent on by the receiving server.
+    WriteIn {
+        /// The datacenter.
+        dc: String,
+        /// The change.
+        command: Box<Command>,
+        /// Time left until the caller's deadline, in milliseconds.
+        timeout_ms: u64,
+    },
     /// A keyring operation for the whole LAN pool, run by the receiving server.
     Keyring {
         /// The operation.

@@ -199,6 +199,30 @@ impl rpc::Handler for Handler {
             Request::Keyring { op, timeout_ms } => {
                 Response::Keyring(lan.keyring_here(op, rpc::deadline_in(timeout_ms)).await)
             }
+            Request::ReadIn {
+                dc,
+                query,
+                consistency,
+                min_index,
+                timeout_ms,
+                max_stale_ms,
+            } => {
+                let options = ReadOptions {
+                    consistency,
+                    min_index,
+                    deadline: rpc::deadline_in(timeout_ms),
+                    max_stale: max_stale_ms.map(std::time::Duration::from_millis),
+                };
+                Response::Read(lan.read_in(&dc, &query, options).await)
+            }
+            Request::WriteIn {
+                dc,
+                command,
+                timeout_ms,
+            } => Response::Write(
+                lan.write_in(&dc, *command, rpc::deadline_in(timeout_ms))
+                    .await,
+            ),
             Request::KeyringAll {
                 op,
                 local_only,

@@ -217,23 +217,12 @@ async fn three_datacenters_federate_through_one_join_each_and_share_one_keyring(
     let local = c.json("/v1/operator/keyring?local-only=1").await;
     assert_eq!(local.as_array().unwrap().len(), 1, "{local}");
     // A client agent of dc2 has its server run the operation on every pool.
-    let pem = tls::create_cert(&ca, &CertRequest::new(CertKind::Client, "dc2")).unwrap();
-    let (cert, key) = (dir.path().join("cl.pem"), dir.path().join("cl-key.pem"));
-    std::fs::write(&cert, &pem.cert).unwrap();
-    std::fs::write(&key, &pem.key).unwrap();
-    let client_tls = json!({
-        "ca_file": dir.path().join("consul-agent-ca.pem"),
-        "cert_file": cert,
-        "key_file": key,
-        "verify_outgoing": true,
-        "verify_server_hostname": true,
-    });
     let client = Member::start(Spec {
         name: "b-client".into(),
         datacenter: Some("dc2".into()),
         key: Some(KEY.into()),
         join: vec![b.gossip_addr()],
-        config: Some(client_tls.to_string()),
+        config: Some(client_tls(dir.path(), &ca, "dc2")),
         ..Spec::default()
     })
     .await;
@@ -520,6 +509,36 @@ async fn catalog_reads_writes_and_dns_reach_another_datacenter_and_fail_fast_whe
     let r = a.get("/v1/catalog/nodes?dc=dc9").await;
     assert_eq!((r.status, r.body.trim()), (500, "No path to datacenter"));
 
+    // A client agent of dc1 has a server of dc1 ask dc2, for HTTP and DNS alike.
+    let client = Member::start(Spec {
+        name: "a-client".into(),
+        key: Some(KEY.into()),
+        join: vec![a.gossip_addr()],
+        config: Some(client_tls(dir.path(), &ca, "dc1")),
+        ..Spec::default()
+    })
+    .await;
+    let nodes = client.json("/v1/catalog/service/web?dc=dc2").await;
+    assert_eq!(nodes[0]["Node"], "web-2", "{nodes}");
+    let body = json!({"Node": "web-3", "Address": "10.2.0.8",
+        "Service": {"Service": "web", "ID": "web", "Port": 80}});
+    let r = client
+        .call(
+            hyper::Method::PUT,
+            "/v1/catalog/register?dc=dc2",
+            &body.to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let m = client.dig("web.service.dc2.consul", RecordType::A).await;
+    let mut ips = a_records(&m);
+    ips.sort();
+    assert_eq!(ips, ["10.2.0.7", "10.2.0.8"]);
+    let m = client.dig("web.service.dc9.consul", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    let r = client.get("/v1/catalog/nodes?dc=dc9").await;
+    assert_eq!((r.status, r.body.trim()), (500, "No path to datacenter"));
+
     // dc2 goes away: dc1 keeps answering for itself, and for dc2 says so in time.
     let Member { agent, .. } = b;
     agent.stop(false).await;
@@ -531,4 +550,30 @@ async fn catalog_reads_writes_and_dns_reach_another_datacenter_and_fail_fast_whe
     let m = a.dig("web.service.dc2.consul", RecordType::A).await;
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
     assert_eq!(a.get("/v1/catalog/nodes").await.status, 200);
+    let r = client.get("/v1/catalog/nodes?dc=dc2").await;
+    assert_eq!(
+        (r.status, r.body.trim()),
+        (500, "Remote DC has no server currently reachable")
+    );
+    let m = client.dig("web.service.dc2.consul", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+}
+
+/// A client certificate for `dc` and the config of a client agent that uses it.
+fn client_tls(dir: &Path, ca: &Pem, dc: &str) -> String {
+    let pem = tls::create_cert(ca, &CertRequest::new(CertKind::Client, dc)).unwrap();
+    let (cert, key) = (
+        dir.join(format!("client-{dc}.pem")),
+        dir.join(format!("client-{dc}-key.pem")),
+    );
+    std::fs::write(&cert, &pem.cert).unwrap();
+    std::fs::write(&key, &pem.key).unwrap();
+    json!({
+        "ca_file": dir.join("consul-agent-ca.pem"),
+        "cert_file": cert,
+        "key_file": key,
+        "verify_outgoing": true,
+        "verify_server_hostname": true,
+    })
+    .to_string()
 }
