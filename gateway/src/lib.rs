@@ -134,7 +134,7 @@ impl Gateway {
                     .servers(&dc)
                     .iter()
                     .filter_map(|(name, addr)| match (own, coordinates.get(name)) {
-                        (Some(a), Some(b)) => Some(Duration::from_secs_f64(a.distance(b))),
+                        (Some(a), Some(b)) => Duration::try_from_secs_f64(a.distance(b)).ok(),
                         _ => federation.endpoint().rtt(*addr),
                     })
                     .collect();

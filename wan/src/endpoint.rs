@@ -40,6 +40,8 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// Connections held at once; more incoming ones are refused.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Incoming handshakes in progress at once; more are refused.
+pub const MAX_HANDSHAKES: usize = 256;
 /// Streams a peer may have open on one connection at once (back-pressure for RPCs).
 pub const MAX_STREAMS: u32 = 256;
 /// Dials started by gossip packets at once; a packet that finds them all busy is dropped.
@@ -130,6 +132,7 @@ struct Inner {
     dialing: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
     failures: Mutex<HashMap<SocketAddr, (Instant, WanError)>>,
     packet_dials: Arc<Semaphore>,
+    handshakes: Arc<Semaphore>,
     gossip: OnceLock<Inbound>,
     service: OnceLock<Arc<dyn Service>>,
     log: Mutex<PeerLog>,
@@ -249,6 +252,7 @@ impl Endpoint {
                 dialing: Mutex::default(),
                 failures: Mutex::default(),
                 packet_dials: Arc::new(Semaphore::new(MAX_PACKET_DIALS)),
+                handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
                 gossip: OnceLock::new(),
                 service: OnceLock::new(),
                 log: Mutex::default(),
@@ -309,6 +313,16 @@ impl Endpoint {
                 incoming = self.inner.quic.accept() => incoming,
             };
             let Some(incoming) = incoming else { break };
+            // Handshakes in progress are bounded too: each holds state until it ends.
+            let Ok(handshake) = self.inner.handshakes.clone().try_acquire_owned() else {
+                self.refused(
+                    incoming.remote_address(),
+                    "WAN connection",
+                    &"too many handshakes in progress",
+                );
+                incoming.refuse();
+                continue;
+            };
             if self.connections() >= MAX_CONNECTIONS {
                 self.refused(
                     incoming.remote_address(),
@@ -320,6 +334,7 @@ impl Endpoint {
             }
             let endpoint = self.clone();
             self.inner.tasks.spawn(async move {
+                let _handshake = handshake;
                 let remote = incoming.remote_address();
                 let connecting = match incoming.accept() {
                     Ok(c) => c,
@@ -505,19 +520,35 @@ impl Endpoint {
         if let Some(peer) = self.connected(addr) {
             return check(peer);
         }
+        // The dial runs as a task of its own, so that a caller giving up (its deadline
+        // passed) neither leaves the dialing entry behind nor skips the failure
+        // bookkeeping; the dial itself is bounded by HANDSHAKE_TIMEOUT.
+        let endpoint = self.clone();
+        let want = expect.map(str::to_owned);
+        let dial = self
+            .inner
+            .tasks
+            .spawn(async move { endpoint.dial(addr, want.as_deref()).await });
+        check(dial.await.map_err(|_| WanError::ShuttingDown)??)
+    }
+
+    /// One dial to `addr` at a time: later callers wait for the first, then find its
+    /// connection (or its failure, within DIAL_BACKOFF).
+    async fn dial(&self, addr: SocketAddr, expect: Option<&str>) -> Result<Peer, WanError> {
         let lock = {
             let mut dialing = self.inner.dialing.lock().expect("dialing lock");
             dialing.entry(addr).or_default().clone()
         };
-        let _guard = lock.lock().await;
-        let result = self.dial_locked(addr, expect).await;
-        {
-            let mut dialing = self.inner.dialing.lock().expect("dialing lock");
-            if Arc::strong_count(&lock) <= 2 {
-                dialing.remove(&addr);
-            }
+        let result = {
+            let _guard = lock.lock().await;
+            self.dial_locked(addr, expect).await
+        };
+        let mut dialing = self.inner.dialing.lock().expect("dialing lock");
+        // The map's reference and ours: nobody else is waiting for this address.
+        if Arc::strong_count(&lock) <= 2 {
+            dialing.remove(&addr);
         }
-        check(result?)
+        result
     }
 
     async fn dial_locked(&self, addr: SocketAddr, expect: Option<&str>) -> Result<Peer, WanError> {
@@ -650,7 +681,7 @@ impl Link for QuicLink {
     fn send_packet(&self, to: SocketAddr, bytes: Vec<u8>) {
         if let Some(peer) = self.endpoint.connected(to) {
             if let Err(e) = peer.conn.send_datagram(Bytes::from(bytes)) {
-                tracing::trace!(peer = %to, error = %e, "WAN datagram not sent");
+                tracing::debug!(peer = %to, error = %e, "WAN datagram not sent");
             }
             return;
         }

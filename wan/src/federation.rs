@@ -33,6 +33,9 @@ use crate::tls::Material;
 pub const FLOOD_INTERVAL: Duration = Duration::from_secs(10);
 /// Budget of one flood join or remembered-peer join.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest WAN gossip packet before sealing: it fits one QUIC datagram (about 1150
+/// bytes at QUIC's minimum MTU) with the keyring's 29 bytes of sealing.
+pub const MAX_WAN_PACKET: usize = 1100;
 /// Remembered WAN peers at most (the newest are kept).
 pub const MAX_REMEMBERED: usize = 512;
 
@@ -102,6 +105,10 @@ impl Federation {
             shutdown.clone(),
         )?;
         let name = member_name(&config.node, &config.datacenter);
+        let mut gossip = config.gossip;
+        // A gossip packet must fit one QUIC datagram, sealed, at the smallest MTU QUIC
+        // allows (1200 bytes on the wire).
+        gossip.max_packet_size = gossip.max_packet_size.min(MAX_WAN_PACKET);
         let (pool, inbound) = Pool::start_with(
             lan::PoolConfig {
                 name: name.clone(),
@@ -109,7 +116,7 @@ impl Federation {
                 advertise: config.advertise,
                 advertise_port: config.advertise_port,
                 tags: config.tags,
-                gossip: config.gossip,
+                gossip,
                 encryption: config.encryption,
             },
             endpoint.link(),

@@ -33,6 +33,11 @@ const GRAVITY_RHO: f64 = 150.0;
 const MAX_RTT: f64 = 10.0;
 /// Peers whose samples are filtered; when full, the filter forgets them all.
 const MAX_FILTERED_PEERS: usize = 4096;
+/// Largest magnitude, in seconds, of any component of a coordinate taken from the
+/// network; anything beyond is not a real network's.
+const MAX_COMPONENT: f64 = 1.0e4;
+/// Smallest total error used as a divisor.
+const ZERO_THRESHOLD: f64 = 1.0e-6;
 
 /// A member's place in the coordinate space; distances are in seconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,14 +69,18 @@ fn magnitude(v: &[f64]) -> f64 {
 }
 
 impl Coordinate {
-    /// Whether every component is a finite number and the vector has the right size
-    /// (a coordinate from the network is checked before use).
+    /// Whether the coordinate is one a real member could have: the right size, every
+    /// component finite and within [`MAX_COMPONENT`], the error within
+    /// `0..=ERROR_MAX`, the height not negative (a coordinate from the network is
+    /// checked before use).
     pub fn is_valid(&self) -> bool {
+        let bounded = |x: f64| x.is_finite() && x.abs() <= MAX_COMPONENT;
         self.vec.len() == DIMENSIONS
-            && self.vec.iter().all(|x| x.is_finite())
-            && self.error.is_finite()
-            && self.adjustment.is_finite()
-            && self.height.is_finite()
+            && self.vec.iter().all(|x| bounded(*x))
+            && (0.0..=ERROR_MAX).contains(&self.error)
+            && bounded(self.adjustment)
+            && bounded(self.height)
+            && self.height >= 0.0
     }
 
     fn raw_distance(&self, other: &Coordinate) -> f64 {
@@ -84,11 +93,12 @@ impl Coordinate {
         magnitude(&diff) + self.height + other.height
     }
 
-    /// The estimated round-trip time to `other`, in seconds.
+    /// The estimated round-trip time to `other`, in seconds (never negative).
     pub fn distance(&self, other: &Coordinate) -> f64 {
         let raw = self.raw_distance(other);
         let adjusted = raw + self.adjustment + other.adjustment;
-        if adjusted > 0.0 { adjusted } else { raw }
+        let d = if adjusted > 0.0 { adjusted } else { raw };
+        if d.is_finite() { d.max(0.0) } else { 0.0 }
     }
 
     /// Moves this coordinate by `force` seconds away from `other` (towards it when
@@ -192,14 +202,10 @@ impl Vivaldi {
     fn vivaldi(&mut self, other: &Coordinate, rtt: f64) {
         let dist = self.coord.raw_distance(other);
         let wrongness = ((dist - rtt) / rtt).abs();
-        let total = self.coord.error + other.error;
-        let weight = if total > 0.0 {
-            self.coord.error / total
-        } else {
-            0.5
-        };
-        self.coord.error =
-            (CE * weight * wrongness + self.coord.error * (1.0 - CE * weight)).min(ERROR_MAX);
+        let total = (self.coord.error + other.error).max(ZERO_THRESHOLD);
+        let weight = (self.coord.error / total).clamp(0.0, 1.0);
+        self.coord.error = (CE * weight * wrongness + self.coord.error * (1.0 - CE * weight))
+            .clamp(0.0, ERROR_MAX);
         let force = CC * weight * (rtt - dist);
         let seed = self.updates;
         self.coord.apply_force(force, other, seed);
@@ -283,6 +289,32 @@ mod tests {
             ..Coordinate::default()
         };
         assert!(!v.update("a", &short, Duration::from_millis(5)));
+        // Values no real member has: a negative height or error, a huge component.
+        for bad in [
+            Coordinate {
+                height: -1.0,
+                ..Coordinate::default()
+            },
+            Coordinate {
+                error: -1.5,
+                ..Coordinate::default()
+            },
+            Coordinate {
+                error: 9.0,
+                ..Coordinate::default()
+            },
+            Coordinate {
+                vec: vec![1e200; DIMENSIONS],
+                ..Coordinate::default()
+            },
+            Coordinate {
+                adjustment: f64::INFINITY,
+                ..Coordinate::default()
+            },
+        ] {
+            assert!(!bad.is_valid(), "{bad:?}");
+            assert!(!v.update("a", &bad, Duration::from_millis(5)));
+        }
         assert_eq!(v.coordinate(), &Coordinate::default());
         // Coincident coordinates still split apart.
         assert!(v.update("a", &good, Duration::from_millis(5)));
