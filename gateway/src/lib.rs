@@ -27,7 +27,7 @@ use std::time::Duration;
 use lan::catalog::{Command, Query};
 use lan::{
     Datacenter, KeyOperation, KeyringHook, KeyringRun, Lan, QueryResult, RaftStatus, ReadError,
-    ReadOptions, WriteError,
+    ReadOptions, WriteError, deadline_in, remaining_ms,
 };
 use tokio::time::Instant;
 use wan::Federation;
@@ -263,7 +263,7 @@ impl Gateway {
             Route::Local => Ok(self.lan.raft_status(deadline).await?),
             Route::Remote(f, name) => {
                 let request = Request::Status {
-                    timeout_ms: millis_until(deadline),
+                    timeout_ms: remaining_ms(deadline),
                 };
                 match remote(f, name, &request, deadline + REMOTE_MARGIN).await? {
                     Response::Status(r) => Ok(r?),
@@ -314,12 +314,7 @@ async fn remote_read(
 ) -> Result<QueryResult, RouteError> {
     let request = Request::Read {
         query: query.clone(),
-        consistency: options.consistency,
-        min_index: options.min_index,
-        timeout_ms: millis_until(options.deadline),
-        max_stale_ms: options
-            .max_stale
-            .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
+        options: options.to_sent(),
     };
     // A blocking read answers at its deadline: leave room for the answer.
     match remote(federation, dc, &request, options.deadline + REMOTE_MARGIN).await? {
@@ -339,7 +334,7 @@ async fn remote_write(
 ) -> Result<u64, RouteError> {
     let request = Request::Write {
         command: Box::new(command),
-        timeout_ms: millis_until(deadline),
+        timeout_ms: remaining_ms(deadline),
     };
     match remote(federation, dc, &request, deadline + REMOTE_MARGIN).await? {
         Response::Write(r) => Ok(r?),
@@ -401,14 +396,6 @@ impl lan::RemoteCatalog for RemoteVia {
 /// server sends at the deadline (a blocking query that timed out).
 const REMOTE_MARGIN: Duration = Duration::from_secs(2);
 
-fn millis_until(deadline: Instant) -> u64 {
-    deadline
-        .saturating_duration_since(Instant::now())
-        .as_millis()
-        .try_into()
-        .unwrap_or(u64::MAX)
-}
-
 /// What this server answers to other datacenters.
 struct WanService {
     lan: Lan,
@@ -423,37 +410,20 @@ impl Service for WanService {
                     datacenter: self.lan.datacenter().to_string(),
                 },
                 Request::Keyring { op, timeout_ms } => {
-                    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
-                    match self.lan.keyring(op, deadline).await {
+                    match self.lan.keyring(op, deadline_in(timeout_ms)).await {
                         Ok(report) => Response::Keyring(report),
                         Err(e) => Response::Error(e.to_string()),
                     }
                 }
-                Request::Read {
-                    query,
-                    consistency,
-                    min_index,
-                    timeout_ms,
-                    max_stale_ms,
-                } => {
-                    let options = ReadOptions {
-                        consistency,
-                        min_index,
-                        deadline: Instant::now() + Duration::from_millis(timeout_ms),
-                        max_stale: max_stale_ms.map(Duration::from_millis),
-                    };
-                    Response::Read(self.lan.read(&query, options).await)
+                Request::Read { query, options } => {
+                    Response::Read(self.lan.read(&query, options.to_options()).await)
                 }
                 Request::Write {
                     command,
                     timeout_ms,
-                } => {
-                    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
-                    Response::Write(self.lan.write(*command, deadline).await)
-                }
+                } => Response::Write(self.lan.write(*command, deadline_in(timeout_ms)).await),
                 Request::Status { timeout_ms } => {
-                    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
-                    Response::Status(self.lan.raft_status(deadline).await)
+                    Response::Status(self.lan.raft_status(deadline_in(timeout_ms)).await)
                 }
             }
         })
@@ -518,11 +488,7 @@ async fn all_pools(
             async move {
                 let request = Request::Keyring {
                     op,
-                    timeout_ms: deadline
-                        .saturating_duration_since(Instant::now())
-                        .as_millis()
-                        .try_into()
-                        .unwrap_or(u64::MAX),
+                    timeout_ms: remaining_ms(deadline),
                 };
                 // The remote server answers a little before our deadline.
                 let answer = federation

@@ -64,7 +64,7 @@ pub use raft::{
     Consistency, RPC_HOLD_TIMEOUT, RaftServer, RaftStartError, RaftStatus, RaftTiming, ReadError,
     ReadMeta, SNAPSHOT_THRESHOLD, ServerNode, Storage, WriteError,
 };
-pub use rpc::RpcTls;
+pub use rpc::{RpcTls, deadline_in, remaining_ms};
 pub use transport::{
     Encryption, Exchange, Inbound, JoinError, KeyOperation, KeyringReport, Link, Pool, PoolConfig,
 };
@@ -134,6 +134,47 @@ pub struct ReadOptions {
     /// With [`Consistency::Stale`]: a follower that has not heard from the leader for
     /// longer than this sends the read to the leader instead (`?max_stale`).
     pub max_stale: Option<Duration>,
+}
+
+/// [`ReadOptions`] as a request to another server carries them: the deadline becomes the
+/// time left, counted again from the request's arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentReadOptions {
+    /// Consistency mode.
+    pub consistency: Consistency,
+    /// Blocking query index (0 = answer at once).
+    pub min_index: u64,
+    /// Time left until the caller's deadline, in milliseconds.
+    pub timeout_ms: u64,
+    /// `?max_stale`, in milliseconds.
+    #[serde(default)]
+    pub max_stale_ms: Option<u64>,
+}
+
+impl ReadOptions {
+    /// These options as a request carries them.
+    pub fn to_sent(&self) -> SentReadOptions {
+        SentReadOptions {
+            consistency: self.consistency,
+            min_index: self.min_index,
+            timeout_ms: remaining_ms(self.deadline),
+            max_stale_ms: self
+                .max_stale
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+}
+
+impl SentReadOptions {
+    /// The options of a request that just arrived.
+    pub fn to_options(&self) -> ReadOptions {
+        ReadOptions {
+            consistency: self.consistency,
+            min_index: self.min_index,
+            deadline: deadline_in(self.timeout_ms),
+            max_stale: self.max_stale_ms.map(Duration::from_millis),
+        }
+    }
 }
 
 /// An answer with what Consul reports in its headers.
@@ -407,13 +448,8 @@ impl Lan {
             Role::Client { .. } => {
                 let request = rpc::Request::Read {
                     query: query.clone(),
-                    consistency: options.consistency,
-                    min_index: options.min_index,
-                    timeout_ms: rpc::remaining_ms(options.deadline),
+                    options: options.to_sent(),
                     forwarded: false,
-                    max_stale_ms: options
-                        .max_stale
-                        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                 };
                 match self
                     .forward(&request, options.deadline + FORWARD_MARGIN)
@@ -591,12 +627,7 @@ impl Lan {
                 let request = rpc::Request::ReadIn {
                     dc: dc.to_owned(),
                     query: query.clone(),
-                    consistency: options.consistency,
-                    min_index: options.min_index,
-                    timeout_ms: rpc::remaining_ms(options.deadline),
-                    max_stale_ms: options
-                        .max_stale
-                        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                    options: options.to_sent(),
                 };
                 // The server's remote call has its own margin beyond the deadline.
                 match self

@@ -34,8 +34,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::SentReadOptions;
 use crate::catalog::{Command, Query};
-use crate::raft::{Consistency, NodeId, RaftStatus, ReadError, TypeConfig, WriteError};
+use crate::raft::{NodeId, RaftStatus, ReadError, TypeConfig, WriteError};
 use crate::{KeyOperation, KeyringReport, QueryResult};
 
 /// The reading half of a connection, TLS or not.
@@ -111,17 +112,11 @@ pub(crate) enum Request {
     Read {
         /// The query.
         query: Query,
-        /// Its consistency mode.
-        consistency: Consistency,
-        /// Blocking query index (0 = answer at once).
-        min_index: u64,
-        /// Time left until the caller's deadline, in milliseconds.
-        timeout_ms: u64,
+        /// How to read it.
+        #[serde(flatten)]
+        options: SentReadOptions,
         /// Already forwarded once: answer here or fail, never forward again.
         forwarded: bool,
-        /// `?max_stale`, in milliseconds.
-        #[serde(default)]
-        max_stale_ms: Option<u64>,
     },
     /// A catalog write.
     Write {
@@ -138,14 +133,9 @@ pub(crate) enum Request {
         dc: String,
         /// The query.
         query: Query,
-        /// Its consistency mode.
-        consistency: Consistency,
-        /// Blocking query index (0 = answer at once).
-        min_index: u64,
-        /// Time left until the caller's deadline, in milliseconds.
-        timeout_ms: u64,
-        /// `?max_stale`, in milliseconds.
-        max_stale_ms: Option<u64>,
+        /// How to read it.
+        #[serde(flatten)]
+        options: SentReadOptions,
     },
     /// A catalog write in another datacenter, sent on by the receiving server.
     WriteIn {
@@ -240,8 +230,8 @@ pub(crate) enum RpcError {
     TooLarge(usize),
 }
 
-/// Milliseconds left until `deadline` (0 once it passed).
-pub(crate) fn remaining_ms(deadline: Instant) -> u64 {
+/// Milliseconds left until `deadline` (0 once it passed), as requests carry it.
+pub fn remaining_ms(deadline: Instant) -> u64 {
     u64::try_from(
         deadline
             .saturating_duration_since(Instant::now())
@@ -250,8 +240,9 @@ pub(crate) fn remaining_ms(deadline: Instant) -> u64 {
     .unwrap_or(u64::MAX)
 }
 
-/// The deadline a request's `timeout_ms` gives, counted from its arrival.
-pub(crate) fn deadline_in(timeout_ms: u64) -> Instant {
+/// The deadline a request's `timeout_ms` gives, counted from its arrival (at most a
+/// day away, whatever the peer sent).
+pub fn deadline_in(timeout_ms: u64) -> Instant {
     Instant::now() + Duration::from_millis(timeout_ms.min(24 * 3600 * 1000))
 }
 

@@ -65,13 +65,16 @@ pub(crate) async fn read(
                 Some(_) if forwarded => return Err(ReadError::NoLeader),
                 Some((_, node)) => {
                     let addr = address_of(lan, &node).ok_or(ReadError::NoLeader)?;
+                    // The leader reads with the caller's consistency mode; `max_stale`
+                    // only ever sends a read to the leader, so it goes no further.
                     let request = Request::Read {
                         query: query.clone(),
-                        consistency: options.consistency,
-                        min_index: options.min_index,
-                        timeout_ms: rpc::remaining_ms(options.deadline),
+                        options: ReadOptions {
+                            max_stale: None,
+                            ..options
+                        }
+                        .to_sent(),
                         forwarded: true,
-                        max_stale_ms: None,
                     };
                     match lan
                         .inner
@@ -175,20 +178,9 @@ impl rpc::Handler for Handler {
         match request {
             Request::Read {
                 query,
-                consistency,
-                min_index,
-                timeout_ms,
+                options,
                 forwarded,
-                max_stale_ms,
-            } => {
-                let options = ReadOptions {
-                    consistency,
-                    min_index,
-                    deadline: rpc::deadline_in(timeout_ms),
-                    max_stale: max_stale_ms.map(std::time::Duration::from_millis),
-                };
-                Response::Read(read(lan, &query, options, forwarded).await)
-            }
+            } => Response::Read(read(lan, &query, options.to_options(), forwarded).await),
             Request::Write {
                 command,
                 timeout_ms,
@@ -199,21 +191,8 @@ impl rpc::Handler for Handler {
             Request::Keyring { op, timeout_ms } => {
                 Response::Keyring(lan.keyring_here(op, rpc::deadline_in(timeout_ms)).await)
             }
-            Request::ReadIn {
-                dc,
-                query,
-                consistency,
-                min_index,
-                timeout_ms,
-                max_stale_ms,
-            } => {
-                let options = ReadOptions {
-                    consistency,
-                    min_index,
-                    deadline: rpc::deadline_in(timeout_ms),
-                    max_stale: max_stale_ms.map(std::time::Duration::from_millis),
-                };
-                Response::Read(lan.read_in(&dc, &query, options).await)
+            Request::ReadIn { dc, query, options } => {
+                Response::Read(lan.read_in(&dc, &query, options.to_options()).await)
             }
             Request::WriteIn {
                 dc,

@@ -1067,11 +1067,6 @@ impl Inbound {
         }
     }
 
-    /// Logs (rate-limited per peer) that something from `peer` was refused.
-    pub fn refused(&self, peer: SocketAddr, what: &str, error: &dyn std::fmt::Display) {
-        self.shared.refused(peer, what, error);
-    }
-
     /// The one frame of a stream from `peer`; returns the answer frame to write back, or
     /// `None` to close the stream without one.
     pub async fn frame(&self, peer: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {

@@ -1010,22 +1010,6 @@ fn retry_join_gives_up_after_retry_max_and_exits_1() {
     );
 }
 
-/// Polls a CLI verb until its output satisfies `pred`.
-fn poll_cli(args: &[&str], what: &str, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, out, err) = text(&run(args));
-        if pred(&out) {
-            return out;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: never seen; last output:\n{out}{err}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The README's two-datacenter walkthrough, verb for verb: a CA and a server
 /// certificate per datacenter, one server in each on its own loopback address with
 /// Consul's default ports, `join -wan`, `members -wan`, `catalog datacenters`,
@@ -1086,9 +1070,11 @@ fn two_datacenters_federate_as_the_readme_says() {
         "{out}"
     );
     for ip in &ips {
-        let out = poll_cli(&["members", "-wan", &at(ip)], "both servers alive", |out| {
-            out.lines().filter(|l| l.contains(" alive ")).count() == 2
-        });
+        let out = wait_for_cli(
+            &["members", "-wan", &at(ip)],
+            "both servers alive",
+            |_, out| out.lines().filter(|l| l.contains(" alive ")).count() == 2,
+        );
         assert!(out.contains(&format!("s1.dc1  {}:8302", ips[0])), "{out}");
         assert!(out.contains(&format!("s2.dc2  {}:8302", ips[1])), "{out}");
     }
@@ -1123,10 +1109,10 @@ fn two_datacenters_federate_as_the_readme_says() {
 
     // Network coordinates estimate the round trip between the two servers (WAN probes
     // every 5 s, so the first sample takes a few seconds).
-    let out = poll_cli(
+    let out = wait_for_cli(
         &["rtt", "-wan", "s1.dc1", "s2.dc2", &at(&ips[0])],
         "a WAN round-trip estimate",
-        |out| out.starts_with("Estimated s1.dc1 <-> s2.dc2 rtt: "),
+        |_, out| out.starts_with("Estimated s1.dc1 <-> s2.dc2 rtt: "),
     );
     assert!(
         out.trim_end().ends_with("ms (using WAN coordinates)"),
@@ -1154,9 +1140,9 @@ fn two_datacenters_federate_as_the_readme_says() {
     dc2.signal("KILL");
     dc2.wait(Duration::from_secs(10));
     let _dc2 = start("dc2", "s2", &ips[1], "d2");
-    poll_cli(
+    wait_for_cli(
         &["members", "-wan", &at(&ips[1])],
         "dc2 back in the federation",
-        |out| out.lines().filter(|l| l.contains(" alive ")).count() == 2,
+        |_, out| out.lines().filter(|l| l.contains(" alive ")).count() == 2,
     );
 }

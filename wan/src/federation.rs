@@ -393,7 +393,11 @@ async fn remember_peers(
         if written.as_ref() != Some(&peers) && !peers.is_empty() {
             let text = serde_json::to_vec(&peers).expect("addresses serialise");
             let tmp = file.with_extension("tmp");
-            let saved = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &file));
+            // Off the runtime's workers, like every other file write.
+            let saved = match tokio::fs::write(&tmp, text).await {
+                Ok(()) => tokio::fs::rename(&tmp, &file).await,
+                Err(e) => Err(e),
+            };
             match saved {
                 Ok(()) => written = Some(peers),
                 Err(e) => {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use lan::catalog::{Command, Query};
 use lan::{
-    Consistency, KeyOperation, KeyringReport, QueryResult, RaftStatus, ReadError, WriteError,
+    KeyOperation, KeyringReport, QueryResult, RaftStatus, ReadError, SentReadOptions, WriteError,
 };
 
 /// Who sent a request: the connection's address and the datacenter its certificate is
@@ -40,14 +40,8 @@ pub enum Request {
     Read {
         /// The query.
         query: Query,
-        /// Its consistency mode.
-        consistency: Consistency,
-        /// Blocking query index (0 = answer at once).
-        min_index: u64,
-        /// Time left until the caller's deadline, in milliseconds.
-        timeout_ms: u64,
-        /// `?max_stale`, in milliseconds.
-        max_stale_ms: Option<u64>,
+        /// How to read it.
+        options: SentReadOptions,
     },
     /// A write to the receiver's catalog, applied by its datacenter's leader.
     Write {
