@@ -177,7 +177,7 @@ fn federation(
                 .to_owned(),
             bind: SocketAddr::new(config.bind_addr, config.ports.serf_wan),
             advertise: advertise_wan,
-            advertise_port: None,
+            advertise_port: config.serf_wan_advertise_port,
             tags: Default::default(),
             gossip,
             encryption: gossip_encryption(config, "remote.keyring")?,
@@ -409,7 +409,7 @@ impl Agent {
         }
         // Servers of this datacenter flood-join each other into the WAN pool at this port.
         let serf_wan_port = match &federation {
-            Ok(f) => f.endpoint().local_addr().port(),
+            Ok(f) => f.addr().port(),
             Err(_) => config.ports.serf_wan,
         };
         let mut gossip = config.gossip_lan.clone();

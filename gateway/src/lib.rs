@@ -316,8 +316,14 @@ async fn remote_read(
         query: query.clone(),
         options: options.to_sent(),
     };
-    // A blocking read answers at its deadline: leave room for the answer.
-    match remote(federation, dc, &request, options.deadline + REMOTE_MARGIN).await? {
+    // A blocking read answers at its deadline: leave room for the answer. Any other
+    // read is answered before it, or not at all.
+    let deadline = if options.min_index > 0 {
+        options.deadline + REMOTE_MARGIN
+    } else {
+        options.deadline
+    };
+    match remote(federation, dc, &request, deadline).await? {
         Response::Read(r) => Ok(r?),
         Response::Error(e) => Err(RouteError::Read(ReadError::Rpc(e))),
         other => Err(RouteError::Read(ReadError::Rpc(format!(

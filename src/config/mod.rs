@@ -193,6 +193,8 @@ pub struct AgentConfig {
     /// through a port mapping or a proxy. Not a Consul config key: set by embedding
     /// programs (and the fault tests); `None` advertises the bound port.
     pub serf_lan_advertise_port: Option<u16>,
+    /// The same for the WAN port (QUIC) of a server.
+    pub serf_wan_advertise_port: Option<u16>,
     /// The sources, for a reload.
     pub sources: Sources,
 }
@@ -922,6 +924,7 @@ impl AgentConfig {
             skip_leave_on_interrupt: m.skip_leave_on_interrupt.unwrap_or(server),
             tls,
             serf_lan_advertise_port: None,
+            serf_wan_advertise_port: None,
             gossip_lan: if sources.dev {
                 lan::gossip::Config::local()
             } else {

@@ -11,6 +11,7 @@
 
 mod cluster;
 mod dns;
+mod gateway;
 mod http;
 mod process;
 mod raft;

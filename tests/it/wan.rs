@@ -11,10 +11,10 @@ use wan::tls::{self, CertKind, CertRequest, Pem};
 use crate::support::cluster::{Member, Spec, leader_of};
 use crate::support::{eventually, secs};
 
-const KEY: &str = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s=";
+pub(crate) const KEY: &str = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s=";
 
 /// A server certificate for `dc` and the config that uses it.
-fn tls_config(dir: &Path, ca: &Pem, name: &str, dc: &str) -> String {
+pub(crate) fn tls_config(dir: &Path, ca: &Pem, name: &str, dc: &str) -> String {
     let ca_file = dir.join("consul-agent-ca.pem");
     if !ca_file.exists() {
         std::fs::write(&ca_file, &ca.cert).unwrap();
@@ -35,7 +35,7 @@ fn tls_config(dir: &Path, ca: &Pem, name: &str, dc: &str) -> String {
     .to_string()
 }
 
-fn server(name: &str, dc: &str, expect: u32, join: Vec<String>, config: String) -> Spec {
+pub(crate) fn server(name: &str, dc: &str, expect: u32, join: Vec<String>, config: String) -> Spec {
     Spec {
         name: name.into(),
         server: true,
@@ -49,7 +49,7 @@ fn server(name: &str, dc: &str, expect: u32, join: Vec<String>, config: String) 
 }
 
 /// WAN members alive as `m` sees them, by name.
-async fn wan_alive(m: &Member) -> Vec<String> {
+pub(crate) async fn wan_alive(m: &Member) -> Vec<String> {
     let list = m.json("/v1/agent/members?wan=1").await;
     let mut names: Vec<String> = list
         .as_array()
@@ -62,7 +62,7 @@ async fn wan_alive(m: &Member) -> Vec<String> {
     names
 }
 
-async fn wan_status(m: &Member, name: &str) -> Option<u64> {
+pub(crate) async fn wan_status(m: &Member, name: &str) -> Option<u64> {
     let list = m.json("/v1/agent/members?wan=1").await;
     list.as_array()
         .unwrap()
@@ -71,7 +71,7 @@ async fn wan_status(m: &Member, name: &str) -> Option<u64> {
         .and_then(|x| x["Status"].as_u64())
 }
 
-async fn wan_join(m: &Member, addr: &str) {
+pub(crate) async fn wan_join(m: &Member, addr: &str) {
     let r = m
         .call(
             hyper::Method::PUT,
@@ -415,7 +415,7 @@ async fn a_server_without_tls_material_refuses_to_federate_and_says_how_to_fix_i
 }
 
 /// The A records of a DNS answer.
-fn a_records(m: &hickory_proto::op::Message) -> Vec<String> {
+pub(crate) fn a_records(m: &hickory_proto::op::Message) -> Vec<String> {
     m.answers
         .iter()
         .filter_map(|r| match &r.data {
@@ -560,7 +560,7 @@ async fn catalog_reads_writes_and_dns_reach_another_datacenter_and_fail_fast_whe
 }
 
 /// A client certificate for `dc` and the config of a client agent that uses it.
-fn client_tls(dir: &Path, ca: &Pem, dc: &str) -> String {
+pub(crate) fn client_tls(dir: &Path, ca: &Pem, dc: &str) -> String {
     let pem = tls::create_cert(ca, &CertRequest::new(CertKind::Client, dc)).unwrap();
     let (cert, key) = (
         dir.join(format!("client-{dc}.pem")),

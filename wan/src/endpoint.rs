@@ -643,6 +643,20 @@ impl Endpoint {
             .map_err(|_| WanError::Timeout)?
     }
 
+    /// Makes sure a connection to the server at `addr`, whose certificate must be for
+    /// `datacenter`, is open, dialing it before `deadline` if need be.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        datacenter: &str,
+        deadline: Instant,
+    ) -> Result<(), WanError> {
+        tokio::time::timeout_at(deadline, self.connection(addr, Some(datacenter)))
+            .await
+            .map_err(|_| WanError::Timeout)?
+            .map(|_| ())
+    }
+
     /// Sends an RPC to the server at `addr`, whose certificate must be for `datacenter`,
     /// and returns its answer, all before `deadline`.
     pub async fn call(

@@ -9,9 +9,10 @@
 //! - **rejoin after restart**: the addresses of the WAN members are kept in the data dir
 //!   (`serf/remote.peers`) and joined again when the server starts;
 //! - **routing**: [`Federation::call`] sends a request to a datacenter's servers, nearest
-//!   (by QUIC round-trip time) first, moving to the next one on error within one deadline.
+//!   (by QUIC round-trip time) first, moving to the next one on error or silence, each
+//!   attempt a share of one deadline.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +39,13 @@ pub const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_WAN_PACKET: usize = 1100;
 /// Remembered WAN peers at most (the newest are kept).
 pub const MAX_REMEMBERED: usize = 512;
+/// How long a server that failed a request is tried after the others of its datacenter
+/// (Consul rotates such a server to the end of its list).
+pub const FAILED_SERVER_PENALTY: Duration = Duration::from_secs(30);
+/// The least time one server is given in [`Federation::call`] before the next is tried.
+pub const MIN_ATTEMPT: Duration = Duration::from_millis(250);
+/// Servers remembered as recently failed, at most.
+const MAX_FAILED_SERVERS: usize = 4096;
 
 /// Everything the WAN pool needs.
 #[derive(Debug, Clone)]
@@ -73,6 +81,8 @@ pub struct Federation {
     pool: Pool,
     datacenter: String,
     name: String,
+    /// Servers whose last request failed, and when.
+    failed: Arc<std::sync::Mutex<HashMap<SocketAddr, Instant>>>,
 }
 
 /// The WAN member name of a server.
@@ -130,6 +140,7 @@ impl Federation {
             pool,
             datacenter: config.datacenter,
             name,
+            failed: Arc::default(),
         };
         if let Some(file) = config.peers_file {
             let remembered = read_peers(&file);
@@ -237,10 +248,13 @@ impl Federation {
     }
 
     /// The servers of `datacenter` to try, in order: alive ones before failed ones
-    /// (WAN soft fail: a server gossip calls failed may still answer), each group by
-    /// measured round-trip time, unmeasured ones last.
+    /// (WAN soft fail: a server gossip calls failed may still answer), then those whose
+    /// last request failed within [`FAILED_SERVER_PENALTY`] after the others, each group
+    /// by measured round-trip time, unmeasured ones last.
     pub fn servers(&self, datacenter: &str) -> Vec<(String, SocketAddr)> {
         let members = self.members();
+        let now = Instant::now();
+        let failed = self.failed.lock().expect("failed servers lock");
         let mut found: Vec<_> = members
             .iter()
             .filter(|m| m.name != self.name)
@@ -249,8 +263,12 @@ impl Federation {
             .map(|m| {
                 let addr = SocketAddr::new(m.addr, m.port);
                 let rtt = self.endpoint.rtt(addr);
+                let penalized = failed
+                    .get(&addr)
+                    .is_some_and(|at| now.duration_since(*at) < FAILED_SERVER_PENALTY);
                 (
                     m.status != MemberStatus::Alive,
+                    penalized,
                     rtt.is_none(),
                     rtt,
                     m.name.clone(),
@@ -258,15 +276,39 @@ impl Federation {
                 )
             })
             .collect();
+        drop(failed);
         found.sort();
         found
             .into_iter()
-            .map(|(_, _, _, name, addr)| (name, addr))
+            .map(|(_, _, _, _, name, addr)| (name, addr))
             .collect()
+    }
+
+    fn mark_failed(&self, addr: SocketAddr, ok: bool) {
+        let mut failed = self.failed.lock().expect("failed servers lock");
+        if ok {
+            failed.remove(&addr);
+            return;
+        }
+        let now = Instant::now();
+        if failed.len() >= MAX_FAILED_SERVERS {
+            failed.retain(|_, at| now.duration_since(*at) < FAILED_SERVER_PENALTY);
+            if failed.len() >= MAX_FAILED_SERVERS {
+                failed.clear();
+            }
+        }
+        failed.insert(addr, now);
     }
 
     /// Sends `request` to a server of `datacenter`, trying them in [`Self::servers`]
     /// order until one answers or `deadline` passes.
+    ///
+    /// A server that does not answer must not eat the whole deadline: each attempt gets
+    /// an equal share of the time left (at least [`MIN_ATTEMPT`]). A blocking read waits
+    /// on purpose, so for it the share bounds only reaching the server (the QUIC
+    /// connection); once connected it may take until `deadline`, and a server that dies
+    /// meanwhile is noticed by the connection's keep-alive. A server that fails is tried
+    /// after the others by the next calls, for [`FAILED_SERVER_PENALTY`].
     pub async fn call(
         &self,
         datacenter: &str,
@@ -276,16 +318,31 @@ impl Federation {
         if !self.knows(datacenter) {
             return Err(WanError::NoPath);
         }
+        let blocking = matches!(request, Request::Read { options, .. } if options.min_index > 0);
+        let servers = self.servers(datacenter);
+        let count = servers.len();
         let mut last = WanError::NoServer;
-        for (name, addr) in self.servers(datacenter) {
-            if Instant::now() >= deadline {
+        for (i, (name, addr)) in servers.into_iter().enumerate() {
+            let now = Instant::now();
+            if now >= deadline {
                 break;
             }
-            match self
-                .endpoint
-                .call(addr, datacenter, request, deadline)
-                .await
-            {
+            let left = u32::try_from(count - i).unwrap_or(u32::MAX);
+            let share = (now + ((deadline - now) / left).max(MIN_ATTEMPT)).min(deadline);
+            let result = if blocking {
+                match self.endpoint.connect(addr, datacenter, share).await {
+                    Ok(()) => {
+                        self.endpoint
+                            .call(addr, datacenter, request, deadline)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
+            } else {
+                self.endpoint.call(addr, datacenter, request, share).await
+            };
+            self.mark_failed(addr, result.is_ok());
+            match result {
                 Ok(answer) => return Ok(answer),
                 Err(e) => {
                     tracing::debug!(server = %name, error = %e, "WAN request failed; trying the next server");

@@ -51,6 +51,8 @@ pub struct Spec {
     pub datacenter: Option<String>,
     /// WAN addresses to join at start (`start_join_wan`).
     pub join_wan: Vec<String>,
+    /// Put a fault proxy in front of the WAN port (QUIC) of a server.
+    pub proxied_wan: bool,
 }
 
 /// One running agent of a cluster.
@@ -61,6 +63,8 @@ pub struct Member {
     pub http: Client,
     pub dns: SocketAddr,
     pub proxy: Option<Proxy>,
+    /// The fault proxy in front of the WAN port.
+    pub wan_proxy: Option<Proxy>,
     pub dir: tempfile::TempDir,
 }
 
@@ -126,6 +130,15 @@ impl Member {
         } else {
             None
         };
+        let wan_proxy = if spec.proxied_wan {
+            let port = free_port(ip);
+            config.ports.serf_wan = port;
+            let proxy = Proxy::start(ip, SocketAddr::new(ip, port)).await;
+            config.serf_wan_advertise_port = Some(proxy.addr.port());
+            Some(proxy)
+        } else {
+            None
+        };
         let agent = Agent::start(config).await?;
         let http = Client::new(&agent.http_addr().unwrap().to_string()).unwrap();
         let dns = agent.dns_addr().unwrap();
@@ -136,6 +149,7 @@ impl Member {
             http,
             dns,
             proxy,
+            wan_proxy,
             dir,
         })
     }

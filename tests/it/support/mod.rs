@@ -201,10 +201,19 @@ pub fn query_message(name: &str, rtype: RecordType, edns: Option<u16>) -> Messag
 
 /// Sends raw bytes over UDP and returns the raw reply, if any arrives within 2 s.
 pub async fn udp_exchange(server: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
+    udp_exchange_within(server, bytes, secs(2)).await
+}
+
+/// [`udp_exchange`] with a wait of its own.
+pub async fn udp_exchange_within(
+    server: SocketAddr,
+    bytes: &[u8],
+    wait: Duration,
+) -> Option<Vec<u8>> {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     socket.send_to(bytes, server).await.unwrap();
     let mut buf = vec![0u8; 65535];
-    match tokio::time::timeout(secs(2), socket.recv(&mut buf)).await {
+    match tokio::time::timeout(wait, socket.recv(&mut buf)).await {
         Ok(Ok(n)) => {
             buf.truncate(n);
             Some(buf)
@@ -229,7 +238,8 @@ pub async fn dig(server: SocketAddr, name: &str, rtype: RecordType, opts: DigOpt
         stream.read_exact(&mut buf).await.unwrap();
         buf
     } else {
-        udp_exchange(server, &bytes)
+        // dig's default wait: longer than any deadline the agent has for an answer.
+        udp_exchange_within(server, &bytes, secs(5))
             .await
             .unwrap_or_else(|| panic!("no DNS answer for {name} {rtype}"))
     };
