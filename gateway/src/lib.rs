@@ -21,6 +21,10 @@
 
 #![warn(missing_docs)]
 
+mod prepared;
+
+pub use prepared::{Executed, MIN_FAILOVER_ATTEMPT};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,6 +94,7 @@ impl Gateway {
         }));
         lan.set_remote_catalog(Arc::new(RemoteVia {
             federation: federation.clone(),
+            local: lan.datacenter().clone(),
         }));
         Gateway {
             lan,
@@ -114,48 +119,31 @@ impl Gateway {
         self.lan.datacenter()
     }
 
-    /// Known datacenters, nearest first: the local one, then the others by the median
-    /// estimated round-trip time from this server to their servers (WAN network
-    /// coordinates; the QUIC round-trip time measured on the connection where a server
-    /// has no coordinate yet), unknown ones last, ties by name (Consul's order).
+    /// Known datacenters, nearest first: the local one, then the others by estimated
+    /// round-trip time from this server (see [`nearest_datacenters`]); a client agent
+    /// asks a server of its datacenter.
     pub async fn datacenters(&self) -> Vec<Datacenter> {
         let local = self.lan.datacenter().clone();
-        let Ok(federation) = &self.federation else {
-            return vec![local];
-        };
-        let coordinates = federation.coordinates().await;
-        let own = coordinates.get(federation.name());
-        let mut remote: Vec<(Option<Duration>, String)> = federation
-            .datacenters()
-            .into_iter()
-            .filter(|dc| dc != local.as_str())
-            .map(|dc| {
-                let mut rtts: Vec<Duration> = federation
-                    .servers(&dc)
+        match &self.federation {
+            Ok(federation) => nearest_datacenters(local, federation).await,
+            // A client agent: a server of its datacenter knows.
+            Err(_) if !self.lan.is_server() => {
+                let deadline = Instant::now() + DATACENTERS_TIMEOUT;
+                let mut list: Vec<Datacenter> = self
+                    .lan
+                    .datacenters(deadline)
+                    .await
                     .iter()
-                    .filter_map(|(name, addr)| match (own, coordinates.get(name)) {
-                        (Some(a), Some(b)) => Duration::try_from_secs_f64(a.distance(b)).ok(),
-                        _ => federation.endpoint().rtt(*addr),
-                    })
+                    .filter_map(|dc| Datacenter::new(dc).ok())
                     .collect();
-                rtts.sort();
-                let median = rtts.len().checked_sub(1).map(|i| rtts[i / 2]);
-                (median, dc)
-            })
-            .collect();
-        remote.sort_by(|a, b| match (a.0, b.0) {
-            (Some(x), Some(y)) => x.cmp(&y).then_with(|| a.1.cmp(&b.1)),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (None, None) => a.1.cmp(&b.1),
-        });
-        std::iter::once(local)
-            .chain(
-                remote
-                    .into_iter()
-                    .filter_map(|(_, dc)| Datacenter::new(&dc).ok()),
-            )
-            .collect()
+                if list.first() != Some(&local) {
+                    list.retain(|dc| *dc != local);
+                    list.insert(0, local);
+                }
+                list
+            }
+            Err(_) => vec![local],
+        }
     }
 
     /// Who answers for `dc` (None = local): this agent's datacenter, or another one of
@@ -280,6 +268,49 @@ impl Gateway {
     }
 }
 
+/// How long a client agent waits for a server's list of datacenters.
+const DATACENTERS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The datacenters `federation` knows, nearest first: `local`, then the others by the
+/// median estimated round-trip time from this server to their servers (WAN network
+/// coordinates; the QUIC round-trip time measured on the connection where a server has
+/// no coordinate yet), unknown ones last, ties by name (Consul's order).
+async fn nearest_datacenters(local: Datacenter, federation: &Federation) -> Vec<Datacenter> {
+    let coordinates = federation.coordinates().await;
+    let own = coordinates.get(federation.name());
+    let mut remote: Vec<(Option<Duration>, String)> = federation
+        .datacenters()
+        .into_iter()
+        .filter(|dc| dc != local.as_str())
+        .map(|dc| {
+            let mut rtts: Vec<Duration> = federation
+                .servers(&dc)
+                .iter()
+                .filter_map(|(name, addr)| match (own, coordinates.get(name)) {
+                    (Some(a), Some(b)) => Duration::try_from_secs_f64(a.distance(b)).ok(),
+                    _ => federation.endpoint().rtt(*addr),
+                })
+                .collect();
+            rtts.sort();
+            let median = rtts.len().checked_sub(1).map(|i| rtts[i / 2]);
+            (median, dc)
+        })
+        .collect();
+    remote.sort_by(|a, b| match (a.0, b.0) {
+        (Some(x), Some(y)) => x.cmp(&y).then_with(|| a.1.cmp(&b.1)),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => a.1.cmp(&b.1),
+    });
+    std::iter::once(local)
+        .chain(
+            remote
+                .into_iter()
+                .filter_map(|(_, dc)| Datacenter::new(&dc).ok()),
+        )
+        .collect()
+}
+
 /// Who answers a request.
 enum Route<'a> {
     /// This agent's datacenter.
@@ -363,6 +394,7 @@ fn from_read_error(dc: &str, e: ReadError) -> RouteError {
 /// another datacenter.
 struct RemoteVia {
     federation: Federation,
+    local: Datacenter,
 }
 
 impl lan::RemoteCatalog for RemoteVia {
@@ -394,6 +426,16 @@ impl lan::RemoteCatalog for RemoteVia {
                     RouteError::Write(e) => e,
                     other => WriteError::Rpc(other.to_string()),
                 })
+        })
+    }
+
+    fn datacenters(&self) -> lan::RemoteDatacenters<'_> {
+        Box::pin(async move {
+            nearest_datacenters(self.local.clone(), &self.federation)
+                .await
+                .into_iter()
+                .map(String::from)
+                .collect()
         })
     }
 }

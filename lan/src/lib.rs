@@ -37,6 +37,7 @@ mod raft;
 mod rpc;
 mod server;
 pub mod transport;
+pub mod uuid;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -58,7 +59,7 @@ pub use local::{CHECK_OUTPUT_LIMIT, CHECK_OUTPUT_MAX, CheckDefinition, Local, Lo
 pub use member::{Member, MemberStatus};
 pub use peer_log::{PEER_LOG_ENTRIES, PEER_LOG_INTERVAL, PeerLog};
 pub use pool_keyring::{
-    KeyringHook, KeyringRun, PoolKeyring, RemoteCatalog, RemoteRead, RemoteWrite,
+    KeyringHook, KeyringRun, PoolKeyring, RemoteCatalog, RemoteDatacenters, RemoteRead, RemoteWrite,
 };
 pub use raft::{
     Consistency, RPC_HOLD_TIMEOUT, RaftServer, RaftStartError, RaftStatus, RaftTiming, ReadError,
@@ -638,6 +639,26 @@ impl Lan {
                     other => Err(ReadError::Rpc(format!("unexpected answer {other:?}"))),
                 }
             }
+        }
+    }
+
+    /// The datacenters of the federation, nearest first (this one first): a server with
+    /// a remote catalog knows them, a client agent asks a server. Just this one when
+    /// nobody knows better.
+    pub async fn datacenters(&self, deadline: Instant) -> Vec<String> {
+        match &self.inner.role {
+            Role::Server { .. } => self.datacenters_here().await,
+            Role::Client { .. } => match self.forward(&rpc::Request::Datacenters, deadline).await {
+                Ok(rpc::Response::Datacenters(list)) if !list.is_empty() => list,
+                _ => vec![self.datacenter().to_string()],
+            },
+        }
+    }
+
+    async fn datacenters_here(&self) -> Vec<String> {
+        match self.inner.remote.get() {
+            Some(remote) => remote.datacenters().await,
+            None => vec![self.datacenter().to_string()],
         }
     }
 

@@ -102,4 +102,9 @@ pub trait RemoteCatalog: Send + Sync + 'static {
         command: crate::catalog::Command,
         deadline: Instant,
     ) -> RemoteWrite<'a>;
+    /// The datacenters of the federation, nearest first (this one first).
+    fn datacenters(&self) -> RemoteDatacenters<'_>;
 }
+
+/// The datacenters a server knows, nearest first.
+pub type RemoteDatacenters<'a> = Pin<Box<dyn Future<Output = Vec<String>> + Send + 'a>>;

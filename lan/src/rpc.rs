@@ -164,6 +164,9 @@ pub(crate) enum Request {
     },
     /// This datacenter's Raft state (leader, peers).
     Status,
+    /// The datacenters of the federation, nearest first, as the receiving server sees
+    /// them.
+    Datacenters,
     /// Raft: replicate entries or heartbeat.
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     /// Raft: ask for a vote.
@@ -185,6 +188,8 @@ pub(crate) enum Response {
     KeyringAll(Vec<crate::PoolKeyring>),
     /// For [`Request::Status`].
     Status(RaftStatus),
+    /// For [`Request::Datacenters`].
+    Datacenters(Vec<String>),
     /// For [`Request::AppendEntries`].
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     /// For [`Request::Vote`].

@@ -211,6 +211,7 @@ impl rpc::Handler for Handler {
                     .await,
             ),
             Request::Status => Response::Status(consensus.status()),
+            Request::Datacenters => Response::Datacenters(lan.datacenters_here().await),
             Request::AppendEntries(r) => {
                 let answer = consensus.raft().append_entries(r).await;
                 if answer.as_ref().is_ok_and(|a| a.is_success()) {

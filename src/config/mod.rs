@@ -532,6 +532,15 @@ fn check_layer(
                 "must be \"sequential\" or \"random\"",
             ));
         }
+        for dc in d
+            .failover
+            .iter()
+            .flat_map(|f| f.datacenters.iter().flatten())
+        {
+            if let Err(e) = lan::catalog::Datacenter::new(dc) {
+                problems.push(problem(o, "dns_config.failover.datacenters", e.to_string()));
+            }
+        }
         if d.use_cache == Some(true) {
             problems.push(problem(
                 o,
@@ -661,30 +670,8 @@ pub fn log_filter(level: &str) -> Option<String> {
     ))
 }
 
-fn is_uuid(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    parts.len() == 5
-        && parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
-        && parts
-            .iter()
-            .all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
-}
-
-/// A fresh random UUID (version 4).
-pub fn new_uuid() -> String {
-    let mut b: [u8; 16] = rand::random();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
-}
+use lan::uuid::is_uuid;
+pub use lan::uuid::new_uuid;
 
 /// This machine's host name, the default node name.
 pub fn hostname() -> String {
@@ -825,6 +812,14 @@ impl AgentConfig {
                     .map(Duration::from_secs)
                     .unwrap_or(default_soa.min_ttl),
             },
+            failover: dns_raw
+                .failover
+                .as_ref()
+                .map(|f| lan::catalog::Failover {
+                    nearest_n: usize::try_from(f.nearest_n.unwrap_or(0)).unwrap_or(usize::MAX),
+                    datacenters: f.datacenters.clone().unwrap_or_default(),
+                })
+                .unwrap_or_default(),
         };
         let enable_script_checks = m.enable_script_checks.unwrap_or(false);
         let enable_local_script_checks = m.enable_local_script_checks.unwrap_or(false);
@@ -1184,14 +1179,6 @@ mod tests {
             ),
         ];
         assert!(AgentConfig::from_layers(&layers, dev_sources()).is_err());
-    }
-
-    #[test]
-    fn uuids() {
-        let id = new_uuid();
-        assert!(is_uuid(&id), "{id}");
-        assert_eq!(&id[14..15], "4");
-        assert!(!is_uuid("not-a-uuid"));
     }
 
     #[test]

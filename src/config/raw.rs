@@ -35,6 +35,15 @@ pub struct RawSoa {
     pub min_ttl: Option<u64>,
 }
 
+/// `dns_config.failover` (not a Consul key): where plain service lookups go when this
+/// datacenter has no healthy instance.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawFailover {
+    pub nearest_n: Option<u64>,
+    pub datacenters: Option<Vec<String>>,
+}
+
 /// `dns_config`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -54,6 +63,7 @@ pub struct RawDnsConfig {
     pub soa: Option<RawSoa>,
     pub use_cache: Option<bool>,
     pub cache_max_age: Option<String>,
+    pub failover: Option<RawFailover>,
 }
 
 /// A later source's value replaces an earlier one's (Consul's rule for scalars).
@@ -265,6 +275,7 @@ impl RawConfig {
             }
             scalar(&mut dns.use_cache, d.use_cache);
             scalar(&mut dns.cache_max_age, d.cache_max_age);
+            scalar(&mut dns.failover, d.failover);
         }
         scalar(&mut self.enable_script_checks, l.enable_script_checks);
         scalar(

@@ -254,3 +254,254 @@ async fn every_query_form_reaches_other_datacenters_past_silent_servers_and_blac
         healed.elapsed()
     );
 }
+
+/// Registers `web` on `node` in `dc` (through `m`) with one check in `status`.
+async fn register_checked(m: &Member, dc: &str, node: &str, address: &str, status: &str) {
+    let body = json!({"Node": node, "Address": address,
+        "Service": {"Service": "web", "ID": "web", "Port": 80},
+        "Check": {"CheckID": "web-ok", "Name": "web ok", "Status": status, "ServiceID": "web"}});
+    let r = m
+        .call(
+            hyper::Method::PUT,
+            &format!("/v1/catalog/register?dc={dc}"),
+            &body.to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "register {node} in {dc}: {}", r.body);
+}
+
+async fn create_query(m: &Member, path: &str, body: Value) -> String {
+    let r = m.call(hyper::Method::POST, path, &body.to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let created: Value = serde_json::from_str(&r.body).unwrap();
+    created["ID"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_queries_and_the_default_failover_policy_serve_a_healthy_datacenter() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = tls::create_ca("consul", 30).unwrap();
+    let failover = json!({"dns_config": {"failover": {"nearest_n": 2}}});
+    let with_failover = |tls: String| {
+        let mut config: Value = serde_json::from_str(&tls).unwrap();
+        config
+            .as_object_mut()
+            .unwrap()
+            .extend(failover.as_object().unwrap().clone());
+        config.to_string()
+    };
+    let a = Member::start(server(
+        "a0",
+        "dc1",
+        1,
+        vec![],
+        with_failover(tls_config(dir.path(), &ca, "a0", "dc1")),
+    ))
+    .await;
+    let b = Member::start(server(
+        "b0",
+        "dc2",
+        1,
+        vec![],
+        tls_config(dir.path(), &ca, "b0", "dc2"),
+    ))
+    .await;
+    let c = Member::start(server(
+        "c0",
+        "dc3",
+        1,
+        vec![],
+        tls_config(dir.path(), &ca, "c0", "dc3"),
+    ))
+    .await;
+    let client = Member::start(Spec {
+        name: "a-client".into(),
+        key: Some(crate::wan::KEY.into()),
+        join: vec![a.gossip_addr()],
+        config: Some(with_failover(crate::wan::client_tls(
+            dir.path(),
+            &ca,
+            "dc1",
+        ))),
+        ..Spec::default()
+    })
+    .await;
+    leader_of(&[&b], 1).await;
+    leader_of(&[&c], 1).await;
+    wan_join(&b, &a.wan_addr()).await;
+    wan_join(&c, &a.wan_addr()).await;
+    eventually(secs(30), "three datacenters federated", || async {
+        let alive = wan_alive(&a).await;
+        if alive.len() == 3 {
+            Ok(())
+        } else {
+            Err(format!("{alive:?}"))
+        }
+    })
+    .await;
+    let dcs = client.json("/v1/catalog/datacenters").await;
+    assert_eq!(
+        dcs.as_array().unwrap().len(),
+        3,
+        "a client lists them too: {dcs}"
+    );
+    assert_eq!(dcs[0], "dc1");
+    register_checked(&a, "dc1", "web-1", "10.1.0.7", "passing").await;
+    register_checked(&a, "dc2", "web-2", "10.2.0.7", "passing").await;
+    register_checked(&a, "dc3", "web-3", "10.3.0.7", "passing").await;
+
+    // Create, list, read (by ID and by name) and explain.
+    let listed = create_query(
+        &a,
+        "/v1/query",
+        json!({"Name": "web-listed", "Service": {"Service": "web",
+            "Failover": {"Datacenters": ["dc9", "dc2", "dc3"]}}, "DNS": {"TTL": "7s"}}),
+    )
+    .await;
+    let nearest = create_query(
+        &a,
+        "/v1/query",
+        json!({"Name": "web-nearest", "Service": {"Service": "web", "OnlyPassing": true,
+            "Failover": {"NearestN": 2}}}),
+    )
+    .await;
+    let all = a.json("/v1/query").await;
+    assert_eq!(all.as_array().unwrap().len(), 2, "{all}");
+    let one = a.json(&format!("/v1/query/{listed}")).await;
+    assert_eq!(one[0]["Name"], "web-listed");
+    assert_eq!(one[0]["Service"]["Failover"]["Datacenters"][1], "dc2");
+    assert_eq!(one[0]["DNS"]["TTL"], "7s");
+    assert_eq!(
+        a.json("/v1/query/web-nearest").await[0]["ID"],
+        nearest.as_str()
+    );
+    let explained = a.json("/v1/query/web-listed/explain").await;
+    assert_eq!(explained["Query"]["ID"], listed.as_str());
+    let r = a
+        .call(
+            hyper::Method::POST,
+            "/v1/query",
+            &json!({"Name": "web-listed", "Service": {"Service": "web"}}).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 500, "names are unique: {}", r.body);
+    assert!(
+        r.body.contains("aliases an existing query name"),
+        "{}",
+        r.body
+    );
+    let r = a.call(hyper::Method::POST, "/v1/query", "{not json").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    // Healthy here: answered by dc1.
+    let run = a.json("/v1/query/web-listed/execute").await;
+    assert_eq!(
+        (&run["Datacenter"], &run["Failovers"], &run["Service"]),
+        (&json!("dc1"), &json!(0), &json!("web"))
+    );
+    assert_eq!(run["Nodes"][0]["Node"]["Node"], "web-1", "{run}");
+    assert_eq!(run["DNS"]["TTL"], "7s");
+    let m = a.dig("web-listed.query.consul", RecordType::A).await;
+    assert_eq!(a_records(&m), ["10.1.0.7"]);
+    assert_eq!(m.answers[0].ttl, 7);
+    let m = client.dig("web-nearest.query.consul", RecordType::A).await;
+    assert_eq!(
+        a_records(&m),
+        ["10.1.0.7"],
+        "a client agent runs queries too"
+    );
+
+    // dc1's instance goes critical: the listed datacenters are asked in order (dc9 is
+    // unknown and passed over), the nearest ones for the other query.
+    register_checked(&a, "dc1", "web-1", "10.1.0.7", "critical").await;
+    let run = a.json("/v1/query/web-listed/execute").await;
+    assert_eq!(
+        (&run["Datacenter"], &run["Failovers"]),
+        (&json!("dc2"), &json!(2))
+    );
+    assert_eq!(run["Nodes"][0]["Node"]["Node"], "web-2", "{run}");
+    let run = a.json(&format!("/v1/query/{nearest}/execute")).await;
+    let dc = run["Datacenter"].as_str().unwrap().to_owned();
+    assert!(dc == "dc2" || dc == "dc3", "{run}");
+    assert!(run["Failovers"].as_u64().unwrap() >= 1, "{run}");
+    let m = a
+        .dig("_web-listed._tcp.query.consul", RecordType::SRV)
+        .await;
+    let targets: Vec<String> = m
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::SRV(srv) => Some(srv.target.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(targets, ["web-2.node.dc2.consul."], "SRV targets name dc2");
+
+    // The default failover policy serves plain lookups from the nearest healthy
+    // datacenter, on the server and through a client agent; a name that names a
+    // datacenter, and an agent without the policy, keep Consul's NXDOMAIN.
+    let m = a.dig("web.service.consul", RecordType::A).await;
+    let ip = a_records(&m);
+    assert!(ip == ["10.2.0.7"] || ip == ["10.3.0.7"], "{m:?}");
+    let m = client.dig("web.service.consul", RecordType::A).await;
+    assert_eq!(a_records(&m).len(), 1, "{m:?}");
+    let m = a.dig("web.service.dc1.consul", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    register_checked(&a, "dc2", "web-2", "10.2.0.7", "critical").await;
+    let m = b.dig("web.service.consul", RecordType::A).await;
+    assert_eq!(
+        m.metadata.response_code,
+        ResponseCode::NXDomain,
+        "off by default"
+    );
+    let m = a.dig("web.service.consul", RecordType::A).await;
+    assert_eq!(a_records(&m), ["10.3.0.7"]);
+    let run = a.json("/v1/query/web-listed/execute").await;
+    assert_eq!(
+        (&run["Datacenter"], &run["Failovers"]),
+        (&json!("dc3"), &json!(3))
+    );
+    let m = a.dig("web-nearest.query.consul", RecordType::A).await;
+    assert_eq!(a_records(&m), ["10.3.0.7"]);
+
+    // Nothing healthy anywhere: empty, and NXDOMAIN in DNS.
+    register_checked(&a, "dc3", "web-3", "10.3.0.7", "critical").await;
+    let run = a.json("/v1/query/web-listed/execute").await;
+    assert_eq!(run["Nodes"], json!([]), "{run}");
+    assert_eq!(run["Datacenter"], "dc1");
+    let m = a.dig("web-listed.query.consul", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+
+    // Update, queries of another datacenter, delete.
+    let r = a
+        .call(
+            hyper::Method::PUT,
+            &format!("/v1/query/{listed}"),
+            &json!({"Name": "web-listed", "Service": {"Service": "web", "OnlyPassing": true}})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let one = a.json(&format!("/v1/query/{listed}")).await;
+    assert_eq!(one[0]["Service"]["OnlyPassing"], true);
+    assert!(one[0]["ModifyIndex"].as_u64() > one[0]["CreateIndex"].as_u64());
+    let remote = create_query(
+        &a,
+        "/v1/query?dc=dc2",
+        json!({"Name": "in-dc2", "Service": {"Service": "web"}}),
+    )
+    .await;
+    assert_eq!(b.json("/v1/query/in-dc2").await[0]["ID"], remote.as_str());
+    assert_eq!(a.get("/v1/query/in-dc2").await.status, 404);
+    let run = a.json("/v1/query/in-dc2/execute?dc=dc2").await;
+    assert_eq!(run["Datacenter"], "dc2");
+    let r = a
+        .call(hyper::Method::DELETE, &format!("/v1/query/{listed}"), "")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = a.get(&format!("/v1/query/{listed}")).await;
+    assert_eq!((r.status, r.body.trim()), (404, "Query not found"));
+    assert_eq!(a.get("/v1/query/web-listed/execute").await.status, 404);
+    let m = a.dig("web-listed.query.consul", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+}

@@ -8,11 +8,11 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use gateway::{Gateway, RouteError};
+use gateway::{Executed, Gateway, RouteError};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use lan::catalog::{Answer, Health, Node, Query, ServiceHealth};
+use lan::catalog::{Answer, Health, Node, Query, ServiceHealth, ServiceQuery};
 use rand::seq::SliceRandom;
 
 use super::DnsConfig;
@@ -36,33 +36,78 @@ pub(crate) enum Outcome {
     Recurse,
     /// Send nothing (a response, not a query).
     Drop,
-    /// The answer needs a read this agent cannot make from a local copy (a client agent
-    /// asks a server): make it, then call [`Responder::respond_fetched`].
-    Fetch {
+    /// The answer needs something this agent cannot read from a local copy (a read
+    /// through a server or in another datacenter, a prepared query, a failover): get it,
+    /// then call [`Responder::respond_fetched`].
+    Fetch(Need),
+}
+
+/// Something an answer needs that takes a request to a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// A catalog read in a datacenter.
+    Read {
         /// The datacenter named in the question.
         dc: Option<String>,
         /// The read.
         query: Query,
     },
+    /// A prepared query, by name or ID, executed in a datacenter.
+    Execute {
+        /// The datacenter named in the question.
+        dc: Option<String>,
+        /// The query's name or ID.
+        name: String,
+    },
+    /// A service lookup under `dns_config.failover`: the local datacenter has no
+    /// healthy instance.
+    Failover {
+        /// The lookup, with the policy.
+        service: ServiceQuery,
+    },
 }
 
-/// The result of a read made for a request whose answer needed it.
+/// What getting a [`Need`] returned.
+#[derive(Debug)]
+pub(crate) enum Found {
+    /// For [`Need::Read`].
+    Read(Result<(Answer, u64), RouteError>),
+    /// For [`Need::Execute`] (`None`: no such query) and [`Need::Failover`].
+    Executed(Result<Option<Executed>, RouteError>),
+}
+
+/// A need and what it returned.
 #[derive(Debug)]
 pub(crate) struct Fetched {
-    /// The datacenter it was made in.
-    pub(crate) dc: Option<String>,
-    /// The read.
-    pub(crate) query: Query,
-    /// What it returned.
-    pub(crate) result: Result<(Answer, u64), RouteError>,
+    /// What was needed.
+    pub(crate) need: Need,
+    /// What came back.
+    pub(crate) found: Found,
 }
 
-/// The reads available while one request is answered.
-struct Reads {
-    /// A read made beforehand (second pass of a request that needed one).
-    fetched: Option<Fetched>,
-    /// The read the request needs and that is not available here (first pass).
-    needed: std::cell::RefCell<Option<(Option<String>, Query)>>,
+/// What is available while one request is answered.
+struct Reads<'a> {
+    /// Got beforehand (later passes of a request that needed them).
+    fetched: &'a [Fetched],
+    /// The first thing the request needs that is not available yet.
+    needed: std::cell::RefCell<Option<Need>>,
+}
+
+impl Reads<'_> {
+    fn found(&self, need: &Need) -> Option<&Found> {
+        self.fetched
+            .iter()
+            .find(|f| f.need == *need)
+            .map(|f| &f.found)
+    }
+
+    /// Records `need` as missing, unless something else already is.
+    fn missing(&self, need: Need) {
+        let mut needed = self.needed.borrow_mut();
+        if needed.is_none() {
+            *needed = Some(need);
+        }
+    }
 }
 
 /// Largest UDP payload we send, whatever the client's EDNS says (Consul's cap).
@@ -225,49 +270,64 @@ impl Responder {
     /// needs first ([`Outcome::Fetch`]).
     pub(crate) fn respond(&self, request: &Message, transport: Transport) -> Outcome {
         let reads = Reads {
-            fetched: None,
+            fetched: &[],
             needed: std::cell::RefCell::new(None),
         };
         self.respond_with(request, transport, &reads)
     }
 
-    /// Answers a decoded request with the read [`Outcome::Fetch`] asked for.
+    /// Answers a decoded request with what [`Outcome::Fetch`] asked for (and, in a later
+    /// pass, what it asked for after that).
     pub(crate) fn respond_fetched(
         &self,
         request: &Message,
         transport: Transport,
-        fetched: Fetched,
+        fetched: &[Fetched],
     ) -> Outcome {
         let reads = Reads {
-            fetched: Some(fetched),
+            fetched,
             needed: std::cell::RefCell::new(None),
         };
         self.respond_with(request, transport, &reads)
     }
 
-    /// Reads `query` in `dc`: the fetched result when it is the one, else the local
-    /// copy. A read that is neither is recorded in `reads.needed` (first pass only).
+    /// Reads `query` in `dc`: the fetched result when there is one, else the local
+    /// copy. A read that is neither is recorded as missing.
     fn read(
         &self,
         reads: &Reads,
         dc: Option<&str>,
         query: &Query,
     ) -> Result<(Answer, u64), RouteError> {
-        if let Some(f) = &reads.fetched
-            && f.dc.as_deref() == dc
-            && f.query == *query
-        {
-            return f.result.clone();
+        let need = Need::Read {
+            dc: dc.map(str::to_owned),
+            query: query.clone(),
+        };
+        if let Some(Found::Read(result)) = reads.found(&need) {
+            return result.clone();
         }
         match self.gateway.read_stale(dc, query) {
             Ok(Some(found)) => Ok(found),
             Ok(None) => {
-                if reads.fetched.is_none() {
-                    *reads.needed.borrow_mut() = Some((dc.map(str::to_owned), query.clone()));
-                }
+                reads.missing(need);
                 Err(RouteError::Read(lan::ReadError::NoServers))
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// What executing `need` returned, or `None` (recorded as missing) in a first pass.
+    fn executed<'r>(
+        &self,
+        reads: &'r Reads,
+        need: Need,
+    ) -> Option<&'r Result<Option<Executed>, RouteError>> {
+        match reads.found(&need) {
+            Some(Found::Executed(result)) => Some(result),
+            _ => {
+                reads.missing(need);
+                None
+            }
         }
     }
 
@@ -303,8 +363,8 @@ impl Responder {
             self.in_domain(reads, qname, qtype, below)
         } else if let Some(ip) = parse_reverse(&labels) {
             let found = self.reverse(reads, qname, ip);
-            if let Some((dc, query)) = reads.needed.borrow_mut().take() {
-                return Outcome::Fetch { dc, query };
+            if let Some(need) = reads.needed.borrow_mut().take() {
+                return Outcome::Fetch(need);
             }
             match found {
                 Some(sections) => {
@@ -322,8 +382,8 @@ impl Responder {
         } else {
             Sections::code(ResponseCode::Refused)
         };
-        if let Some((dc, query)) = reads.needed.borrow_mut().take() {
-            return Outcome::Fetch { dc, query };
+        if let Some(need) = reads.needed.borrow_mut().take() {
+            return Outcome::Fetch(need);
         }
         match self.finish(&mut response, request, sections, qtype, transport) {
             Some(bytes) => Outcome::Reply(bytes),
@@ -359,8 +419,9 @@ impl Responder {
         }
         match parse(below, qtype == RecordType::SRV) {
             Lookup::Apex | Lookup::Invalid => Sections::nxdomain(),
-            // Prepared queries are not stored by this version, so none is ever found.
-            Lookup::PreparedQuery { .. } => Sections::nxdomain(),
+            Lookup::PreparedQuery { name, dc } => {
+                self.prepared_query(reads, qname, qtype, name, dc)
+            }
             Lookup::Addr(ip) => self.addr(qname, qtype, ip),
             Lookup::Node { name, dc } => self.node(reads, qname, qtype, &name, dc.as_deref()),
             Lookup::Service { name, tag, dc } => {
@@ -569,7 +630,18 @@ impl Responder {
         let dc = dc
             .map(str::to_owned)
             .unwrap_or_else(|| self.gateway.local_datacenter().to_string());
-        let prepared = Arc::new(self.prepare(&instances, name, &dc));
+        let only_passing = self.config.only_passing;
+        let prepared =
+            Arc::new(self.prepare(
+                &instances,
+                &dc,
+                self.service_ttl(name),
+                |e| match e.aggregate() {
+                    Health::Passing => true,
+                    Health::Warning => !only_passing,
+                    Health::Critical => false,
+                },
+            ));
         if let Some(index) = index {
             // Keyed by the catalog index read before the query: if a change raced with
             // the read, the next query sees a newer index and builds again.
@@ -582,15 +654,15 @@ impl Responder {
         Ok(prepared)
     }
 
-    /// Builds the records of the healthy instances of a service.
-    fn prepare(&self, instances: &[ServiceHealth], name: &str, dc: &str) -> Prepared {
-        let ttl = self.service_ttl(name);
-        let only_passing = self.config.only_passing;
-        let healthy = instances.iter().filter(|e| match e.aggregate() {
-            Health::Passing => true,
-            Health::Warning => !only_passing,
-            Health::Critical => false,
-        });
+    /// Builds the records of the instances of a service in `dc` that `keep` keeps.
+    fn prepare(
+        &self,
+        instances: &[ServiceHealth],
+        dc: &str,
+        ttl: u32,
+        keep: impl Fn(&ServiceHealth) -> bool,
+    ) -> Prepared {
+        let healthy = instances.iter().filter(|e| keep(e));
         let mut prepared = Prepared {
             ttl,
             ..Prepared::default()
@@ -668,20 +740,106 @@ impl Responder {
         tag: Option<String>,
         dc: Option<&str>,
     ) -> Sections {
-        let prepared = match self.prepared(reads, name, tag, dc) {
+        let prepared = match self.prepared(reads, name, tag.clone(), dc) {
             Ok(p) => p,
             Err(sections) => return sections,
         };
         if !prepared.found {
+            // Only for names that name no datacenter: one that does asks for that one.
+            if dc.is_none() && !self.config.failover.is_empty() {
+                return self.fail_over(reads, qname, qtype, name, tag);
+            }
             // Consul: no healthy instance is "not found" (issue #1142).
             return Sections::nxdomain();
         }
+        self.records(&prepared, qname, qtype, true)
+    }
+
+    /// A service lookup with no healthy instance here, under `dns_config.failover`.
+    fn fail_over(
+        &self,
+        reads: &Reads,
+        qname: &Name,
+        qtype: RecordType,
+        name: &str,
+        tag: Option<String>,
+    ) -> Sections {
+        let service = ServiceQuery {
+            service: name.to_owned(),
+            tags: tag.into_iter().collect(),
+            only_passing: self.config.only_passing,
+            failover: self.config.failover.clone(),
+            ..ServiceQuery::default()
+        };
+        match self.executed(reads, Need::Failover { service }) {
+            // First pass: the failover is made, then the request answered again.
+            None => Sections::nxdomain(),
+            Some(Err(e)) => route_error(e.clone()),
+            Some(Ok(None)) => Sections::nxdomain(),
+            Some(Ok(Some(executed))) => {
+                let ttl = self.service_ttl(name);
+                self.executed_records(executed, qname, qtype, ttl, true)
+            }
+        }
+    }
+
+    /// `<name>.query[.<dc>]`: a prepared query, executed through the gateway.
+    fn prepared_query(
+        &self,
+        reads: &Reads,
+        qname: &Name,
+        qtype: RecordType,
+        name: String,
+        dc: Option<String>,
+    ) -> Sections {
+        match self.executed(reads, Need::Execute { dc, name }) {
+            None => Sections::nxdomain(),
+            Some(Err(e)) => route_error(e.clone()),
+            Some(Ok(None)) => Sections::nxdomain(),
+            Some(Ok(Some(executed))) => {
+                let ttl = match lan::duration::parse(&executed.dns_ttl) {
+                    Ok(ttl) if !executed.dns_ttl.is_empty() => secs(ttl),
+                    _ => self.service_ttl(&executed.service),
+                };
+                // The query already ordered them (nearest first, or shuffled).
+                self.executed_records(executed, qname, qtype, ttl, false)
+            }
+        }
+    }
+
+    /// The records of what a failover or a prepared query selected; SRV targets and
+    /// `.addr` names are in the datacenter that answered.
+    fn executed_records(
+        &self,
+        executed: &Executed,
+        qname: &Name,
+        qtype: RecordType,
+        ttl: u32,
+        shuffle: bool,
+    ) -> Sections {
+        let prepared = self.prepare(&executed.nodes, &executed.datacenter, ttl, |_| true);
+        if !prepared.found {
+            return Sections::nxdomain();
+        }
+        self.records(&prepared, qname, qtype, shuffle)
+    }
+
+    /// The answer records of a service lookup, in random order with `shuffle`.
+    fn records(
+        &self,
+        prepared: &Prepared,
+        qname: &Name,
+        qtype: RecordType,
+        shuffle: bool,
+    ) -> Sections {
         let ttl = prepared.ttl;
         let mut rng = rand::rng();
         match qtype {
             RecordType::SRV => {
                 let mut order: Vec<usize> = (0..prepared.srv.len()).collect();
-                order.shuffle(&mut rng);
+                if shuffle {
+                    order.shuffle(&mut rng);
+                }
                 let mut answers = Vec::with_capacity(order.len());
                 let mut additionals = Vec::new();
                 let mut added = vec![false; prepared.additionals.len()];
@@ -708,7 +866,9 @@ impl Responder {
                     .filter(|data| fits_query(qtype, data))
                     .map(|data| rr(qname, ttl, data.clone()))
                     .collect();
-                answers.shuffle(&mut rng);
+                if shuffle {
+                    answers.shuffle(&mut rng);
+                }
                 let limit = self.config.a_record_limit;
                 if limit > 0 {
                     answers.truncate(limit);

@@ -33,7 +33,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use answer::{Outcome, Responder, Transport};
+use answer::{Fetched, Found, Need, Outcome, Responder, Transport};
 
 /// DNS names, as the configuration gives the domain.
 pub use hickory_proto::rr::Name;
@@ -43,8 +43,10 @@ pub const MAX_RECURSIONS: usize = 256;
 /// Most questions at once whose answer needs a read from a server (on a client agent);
 /// more get SERVFAIL at once.
 pub const MAX_FETCHES: usize = 256;
-/// Budget of the read behind such a question.
+/// Budget of the reads behind such a question.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most separate reads one question may need.
+pub const MAX_FETCH_ROUNDS: usize = 3;
 /// Most DNS-over-TCP connections open at once; more wait in the kernel's backlog.
 pub const MAX_TCP_CONNECTIONS: usize = 256;
 /// A TCP connection with no complete query, or whose answer is not read, for this long
@@ -110,6 +112,10 @@ pub struct DnsConfig {
     pub recursor_timeout: Duration,
     /// SOA timers.
     pub soa: Soa,
+    /// Where a `<service>.service.consul` lookup (no datacenter named) goes when this
+    /// datacenter has no healthy instance (`dns_config.failover`); empty (the default)
+    /// keeps Consul's NXDOMAIN.
+    pub failover: lan::catalog::Failover,
 }
 
 impl Default for DnsConfig {
@@ -126,6 +132,7 @@ impl Default for DnsConfig {
             recursor_strategy: RecursorStrategy::Sequential,
             recursor_timeout: Duration::from_secs(2),
             soa: Soa::default(),
+            failover: lan::catalog::Failover::default(),
         }
     }
 }
@@ -183,8 +190,8 @@ enum Handled {
     Nothing,
     /// Forward this request to the recursors.
     Recurse(Box<Message>),
-    /// Make this read, then answer.
-    Fetch(Box<(Message, Option<String>, lan::catalog::Query)>),
+    /// Get what the answer needs, then answer.
+    Fetch(Box<(Message, Need)>),
 }
 
 fn encode(message: &Message) -> Option<Vec<u8>> {
@@ -205,7 +212,7 @@ impl Server {
                 Outcome::Reply(bytes) => Handled::Reply(bytes),
                 Outcome::Drop => Handled::Nothing,
                 Outcome::Recurse => Handled::Recurse(Box::new(request)),
-                Outcome::Fetch { dc, query } => Handled::Fetch(Box::new((request, dc, query))),
+                Outcome::Fetch(need) => Handled::Fetch(Box::new((request, need))),
             },
             Decoded::FormErr(m) => match encode(&m) {
                 Some(bytes) => Handled::Reply(bytes),
@@ -231,29 +238,51 @@ impl Server {
             })
     }
 
-    /// Makes the read a request needs (bounded by [`FETCH_TIMEOUT`]), then answers it.
-    async fn fetch(
-        &self,
-        request: &Message,
-        dc: Option<String>,
-        query: lan::catalog::Query,
-        transport: Transport,
-    ) -> Option<Vec<u8>> {
+    /// Gets what a request needs (all of it bounded by [`FETCH_TIMEOUT`]), then answers
+    /// it. An answer may need a second thing once it has the first (a client agent reads
+    /// a service through a server, then finds no healthy instance and fails over), at
+    /// most [`MAX_FETCH_ROUNDS`] in all.
+    async fn fetch(&self, request: &Message, need: Need, transport: Transport) -> Option<Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + FETCH_TIMEOUT;
+        let mut fetched: Vec<Fetched> = Vec::new();
+        let mut need = need;
+        for _ in 0..MAX_FETCH_ROUNDS {
+            let found = self.get(&need, deadline).await;
+            fetched.push(Fetched { need, found });
+            match self.responder.respond_fetched(request, transport, &fetched) {
+                Outcome::Reply(bytes) => return Some(bytes),
+                Outcome::Fetch(next) if !fetched.iter().any(|f| f.need == next) => need = next,
+                _ => break,
+            }
+        }
+        Server::servfail(request)
+    }
+
+    async fn get(&self, need: &Need, deadline: tokio::time::Instant) -> Found {
         let options = lan::ReadOptions {
             consistency: lan::Consistency::Stale,
             min_index: 0,
-            deadline: tokio::time::Instant::now() + FETCH_TIMEOUT,
+            deadline,
             max_stale: None,
         };
-        let result = self
-            .gateway
-            .read(dc.as_deref(), &query, options)
-            .await
-            .map(|r| (r.answer, r.index));
-        let fetched = answer::Fetched { dc, query, result };
-        match self.responder.respond_fetched(request, transport, fetched) {
-            Outcome::Reply(bytes) => Some(bytes),
-            _ => Server::servfail(request),
+        match need {
+            Need::Read { dc, query } => Found::Read(
+                self.gateway
+                    .read(dc.as_deref(), query, options)
+                    .await
+                    .map(|r| (r.answer, r.index)),
+            ),
+            Need::Execute { dc, name } => Found::Executed(
+                self.gateway
+                    .execute(dc.as_deref(), name, None, options)
+                    .await,
+            ),
+            Need::Failover { service } => Found::Executed(
+                self.gateway
+                    .run_service_query(None, service, options)
+                    .await
+                    .map(Some),
+            ),
         }
     }
 
@@ -435,10 +464,10 @@ fn serve_udp(
                 let stop = shutdown.clone();
                 let fetch = async move {
                     let _permit = permit;
-                    let (request, dc, query) = *work;
+                    let (request, need) = *work;
                     tokio::select! {
                         _ = stop.cancelled() => {}
-                        reply = server2.fetch(&request, dc, query, Transport::Udp) => {
+                        reply = server2.fetch(&request, need, Transport::Udp) => {
                             if let Some(reply) = reply {
                                 let _ = socket2.send_to(&reply, peer);
                             }
@@ -509,8 +538,8 @@ async fn serve_tcp_connection(mut stream: TcpStream, server: &Server) -> io::Res
             },
             Handled::Fetch(work) => match server.fetches.clone().try_acquire_owned() {
                 Ok(_permit) => {
-                    let (request, dc, query) = *work;
-                    server.fetch(&request, dc, query, Transport::Tcp).await
+                    let (request, need) = *work;
+                    server.fetch(&request, need, Transport::Tcp).await
                 }
                 Err(_) => Server::servfail(&work.0),
             },

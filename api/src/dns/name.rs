@@ -31,6 +31,8 @@ pub(crate) enum Lookup {
     PreparedQuery {
         /// Query name or ID.
         name: String,
+        /// Datacenter, when given.
+        dc: Option<String>,
     },
     /// `<hex>.addr[.<dc>]`.
     Addr(IpAddr),
@@ -89,9 +91,11 @@ pub(crate) fn parse(labels: &[String], srv: bool) -> Lookup {
             None => Lookup::Invalid,
         },
         "query" => {
+            // Only `<dc>` may follow (not `<dc>.dc`), as in Consul.
             if suffix.len() > 1 {
                 return Lookup::Invalid;
             }
+            let dc = suffix.first().cloned();
             // `_name._proto.query`: the protocol label is ignored, as in Consul.
             let name = if parts.len() == 2 && parts[0].starts_with('_') && parts[1].starts_with('_')
             {
@@ -99,7 +103,7 @@ pub(crate) fn parse(labels: &[String], srv: bool) -> Lookup {
             } else {
                 parts.join(".")
             };
-            Lookup::PreparedQuery { name }
+            Lookup::PreparedQuery { name, dc }
         }
         "addr" => {
             if parts.len() != 1 || locality(suffix).is_none() {
@@ -260,6 +264,31 @@ mod tests {
             Lookup::Node {
                 name: "foo.bar".into(),
                 dc: Some("dc1".into())
+            }
+        );
+    }
+
+    #[test]
+    fn prepared_query_names() {
+        assert_eq!(
+            p("web-near.query"),
+            Lookup::PreparedQuery {
+                name: "web-near".into(),
+                dc: None
+            }
+        );
+        assert_eq!(
+            p("a.b.query.dc2"),
+            Lookup::PreparedQuery {
+                name: "a.b".into(),
+                dc: Some("dc2".into())
+            }
+        );
+        assert_eq!(
+            p("_web._tcp.query"),
+            Lookup::PreparedQuery {
+                name: "web".into(),
+                dc: None
             }
         );
     }

@@ -156,14 +156,14 @@ pub(crate) fn unexpected() -> Response {
 }
 
 /// Looks up a key of a JSON object case-insensitively (Go's decoding rule).
-fn field<'a>(obj: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a Value> {
+pub(crate) fn field<'a>(obj: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a Value> {
     obj.iter()
         .find(|(k, _)| fold_key(k) == key)
         .map(|(_, v)| v)
         .filter(|v| !v.is_null())
 }
 
-fn string_field(
+pub(crate) fn string_field(
     obj: &serde_json::Map<String, Value>,
     key: &str,
     name: &str,
@@ -177,7 +177,7 @@ fn string_field(
     }
 }
 
-fn string_map_field(
+pub(crate) fn string_map_field(
     obj: &serde_json::Map<String, Value>,
     key: &str,
     name: &str,

@@ -11,6 +11,7 @@ mod coordinate;
 mod health;
 pub(crate) mod json;
 mod keyring;
+mod query;
 mod snapshot;
 mod status;
 
@@ -141,6 +142,17 @@ impl Params {
             Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(Some(false)),
             Some(_) => Err(()),
         }
+    }
+
+    /// These parameters without `keys` (which the caller handles itself).
+    pub(crate) fn without(&self, keys: &[&str]) -> Params {
+        Params(
+            self.0
+                .iter()
+                .filter(|(k, _)| !keys.contains(&k.as_str()))
+                .cloned()
+                .collect(),
+        )
     }
 
     /// `?pretty` (any value).
@@ -397,6 +409,16 @@ pub(crate) fn router(ctx: Context) -> Router {
                 .delete(keyring::remove),
         )
         .route("/v1/agent/reload", put(agent::reload))
+        .route(
+            "/v1/query",
+            get(query::list).post(query::create).put(query::create),
+        )
+        .route(
+            "/v1/query/{id}",
+            get(query::read).put(query::update).delete(query::delete),
+        )
+        .route("/v1/query/{id}/execute", get(query::execute))
+        .route("/v1/query/{id}/explain", get(query::explain))
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
         .route(

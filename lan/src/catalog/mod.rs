@@ -10,6 +10,7 @@
 //! This module imports nothing else from `lan` (no Raft, no gossip), so it could become
 //! a crate of its own if a consumer ever needs the types without the machinery.
 
+mod prepared;
 mod query;
 mod state;
 mod types;
@@ -19,6 +20,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+pub use prepared::{Failover, PreparedQuery, ServiceQuery};
 pub use query::{Answer, Query};
 pub use state::{ApplyError, Command, Deregistration, Indexes, Registration, Snapshot, State};
 pub use types::{

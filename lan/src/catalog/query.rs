@@ -68,6 +68,11 @@ pub enum Query {
     },
     /// The whole catalog, for `/v1/snapshot`.
     Snapshot,
+    /// Prepared queries: all of them, or the one with this ID or name (`/v1/query`).
+    PreparedQueries {
+        /// An ID or a name.
+        key: Option<String>,
+    },
 }
 
 /// The answer to a [`Query`], variant for variant.
@@ -89,6 +94,8 @@ pub enum Answer {
     Address(Vec<Node>, Vec<Service>),
     /// For [`Query::Snapshot`].
     Snapshot(Box<super::state::Snapshot>),
+    /// For [`Query::PreparedQueries`].
+    PreparedQueries(Vec<super::prepared::PreparedQuery>),
 }
 
 fn meta_matches(node: &Node, filter: &[(String, String)]) -> bool {
@@ -223,6 +230,14 @@ impl State {
                 (Answer::Address(nodes, services), ix.nodes.max(ix.services))
             }
             Query::Snapshot => (Answer::Snapshot(Box::new(self.to_snapshot())), ix.max()),
+            Query::PreparedQueries { key: None } => (
+                Answer::PreparedQueries(self.queries.values().cloned().collect()),
+                ix.queries,
+            ),
+            Query::PreparedQueries { key: Some(key) } => (
+                Answer::PreparedQueries(self.find_query(key).cloned().into_iter().collect()),
+                ix.queries,
+            ),
         };
         (answer, index.max(1))
     }

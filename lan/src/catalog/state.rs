@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::prepared::PreparedQuery;
 use super::types::{Check, Node, Service};
 
 /// A change to the catalog, as it is written to the Raft log.
@@ -25,6 +26,18 @@ pub enum Command {
     Deregister(Deregistration),
     /// Replace the whole catalog (`snapshot restore`).
     Restore(Box<Snapshot>),
+    /// Create (`create`) or replace a prepared query.
+    SetQuery {
+        /// The query; its index fields are ignored.
+        query: Box<PreparedQuery>,
+        /// Whether it must be new (else it must exist).
+        create: bool,
+    },
+    /// Delete a prepared query.
+    DeleteQuery {
+        /// Its ID.
+        id: String,
+    },
 }
 
 /// The body of a catalog registration (Consul's `RegisterRequest`).
@@ -84,6 +97,10 @@ pub enum ApplyError {
     /// Deregistering a service or check of a node that is not registered.
     #[error("Unknown node {0:?}")]
     UnknownNode(String),
+    /// A prepared query that cannot be stored, created, changed or deleted; the text says
+    /// why (Consul's wording).
+    #[error("{0}")]
+    Query(String),
 }
 
 /// Per-table indexes: the Raft index of the last change to each table.
@@ -95,12 +112,18 @@ pub struct Indexes {
     pub services: u64,
     /// Last change to any check.
     pub checks: u64,
+    /// Last change to any prepared query.
+    #[serde(default)]
+    pub queries: u64,
 }
 
 impl Indexes {
     /// The newest of the three.
     pub fn max(&self) -> u64 {
-        self.nodes.max(self.services).max(self.checks)
+        self.nodes
+            .max(self.services)
+            .max(self.checks)
+            .max(self.queries)
     }
 }
 
@@ -120,6 +143,8 @@ pub struct State {
     /// them. A name without instances has no entry: its index is then the services
     /// table's, which is at least the index of the removal of its last instance.
     pub(super) service_index: BTreeMap<String, u64>,
+    /// Prepared queries by ID.
+    pub(super) queries: BTreeMap<String, PreparedQuery>,
     pub(super) indexes: Indexes,
 }
 
@@ -132,6 +157,8 @@ pub struct Snapshot {
     indexes: Indexes,
     #[serde(default)]
     service_index: BTreeMap<String, u64>,
+    #[serde(default)]
+    queries: Vec<PreparedQuery>,
 }
 
 pub(super) fn fold(s: &str) -> String {
@@ -207,6 +234,8 @@ impl State {
                 self.restore(index, s);
                 Ok(())
             }
+            Command::SetQuery { query, create } => self.set_query(index, query, *create),
+            Command::DeleteQuery { id } => self.delete_query(index, id),
         }
     }
 
@@ -218,6 +247,7 @@ impl State {
             nodes: index,
             services: index,
             checks: index,
+            queries: index,
         };
         let names: Vec<String> = state.by_name.keys().cloned().collect();
         state.service_index.clear();
@@ -466,6 +496,7 @@ impl State {
             checks: self.checks.values().cloned().collect(),
             indexes: self.indexes,
             service_index: self.service_index.clone(),
+            queries: self.queries.values().cloned().collect(),
         }
     }
 
@@ -474,6 +505,11 @@ impl State {
         let mut state = State {
             indexes: snapshot.indexes,
             service_index: snapshot.service_index,
+            queries: snapshot
+                .queries
+                .into_iter()
+                .map(|q| (q.id.clone(), q))
+                .collect(),
             ..State::default()
         };
         for node in snapshot.nodes {
