@@ -21,8 +21,13 @@
 
 #![warn(missing_docs)]
 
+mod load;
 mod prepared;
 
+pub use load::{
+    CachePolicy, CacheStatus, MAX_BLOCKING_IN_FLIGHT, MAX_CACHED_ITEMS, MAX_ENTRIES, MAX_ENTRY_AGE,
+    MAX_READS_IN_FLIGHT, UNKNOWN_DC_TTL,
+};
 pub use prepared::{Executed, MIN_FAILOVER_ATTEMPT};
 
 use std::sync::Arc;
@@ -66,6 +71,24 @@ pub enum RouteError {
     /// TLS certificate); the text says which and what to do.
     #[error("{0}")]
     NoFederation(String),
+    /// Too many reads to this datacenter are in flight; retry later (HTTP 429).
+    #[error("too many requests in flight to datacenter {dc:?} (the limit is {limit})")]
+    Busy {
+        /// The datacenter asked for.
+        dc: String,
+        /// The limit that was reached.
+        limit: usize,
+    },
+}
+
+/// A read's answer, and whether it came from the cache (when the read named a
+/// [`CachePolicy`]).
+#[derive(Debug, Clone)]
+pub struct Cached {
+    /// The answer.
+    pub result: QueryResult,
+    /// Hit or miss; `None` when no cache was asked for.
+    pub cache: Option<CacheStatus>,
 }
 
 /// Routes queries to the datacenter that answers them. Cheap to clone.
@@ -73,6 +96,7 @@ pub enum RouteError {
 pub struct Gateway {
     lan: Lan,
     federation: Result<Federation, String>,
+    load: Arc<load::Load>,
 }
 
 impl Gateway {
@@ -82,6 +106,7 @@ impl Gateway {
         Gateway {
             lan,
             federation: Err(why),
+            load: Arc::default(),
         }
     }
 
@@ -99,6 +124,7 @@ impl Gateway {
         Gateway {
             lan,
             federation: Ok(federation),
+            load: Arc::default(),
         }
     }
 
@@ -178,7 +204,144 @@ impl Gateway {
         query: &Query,
         options: ReadOptions,
     ) -> Result<QueryResult, RouteError> {
-        match self.route(dc)? {
+        Ok(self.read_cached(dc, query, options, None).await?.result)
+    }
+
+    /// [`Gateway::read`], from the cache when `cache` allows it. Reads answered by a
+    /// server's own catalog never use the cache (they are as cheap as a cache hit);
+    /// the others are coalesced and capped per datacenter (see the `load` module).
+    pub async fn read_cached(
+        &self,
+        dc: Option<&str>,
+        query: &Query,
+        options: ReadOptions,
+        cache: Option<CachePolicy>,
+    ) -> Result<Cached, RouteError> {
+        let route = self.route(dc)?;
+        let status = |hit: Option<Duration>| {
+            cache.map(|_| match hit {
+                Some(age) => CacheStatus::Hit(age),
+                None => CacheStatus::Miss,
+            })
+        };
+        let name = match route {
+            Route::Local if self.lan.is_server() => {
+                return Ok(Cached {
+                    result: self.lan.read(query, options).await?,
+                    cache: status(None),
+                });
+            }
+            Route::Local => self.lan.datacenter().as_str(),
+            Route::Remote(_, name) => name,
+            Route::ViaServer(name) => {
+                if self.load.is_unknown(name) {
+                    return Err(RouteError::NoPath {
+                        dc: name.to_owned(),
+                    });
+                }
+                name
+            }
+        };
+        let key = load::Key::new(name, query, &options);
+        let blocking = options.min_index > 0;
+        if let Some(policy) = cache.filter(|_| !blocking)
+            && let Some((result, age)) = self.load.cached(&key, policy.max_age)
+        {
+            return Ok(Cached {
+                result,
+                cache: status(Some(age)),
+            });
+        }
+        let fetched = if blocking {
+            self.read_direct(dc, query, options).await
+        } else {
+            self.read_coalesced(dc, key.clone(), options).await
+        };
+        match fetched {
+            Ok(result) => {
+                if cache.is_some() && !blocking {
+                    self.load.store(key, &result);
+                }
+                Ok(Cached {
+                    result,
+                    cache: status(None),
+                })
+            }
+            Err(e) => {
+                if let RouteError::NoPath { dc } = &e
+                    && matches!(route, Route::ViaServer(_))
+                {
+                    self.load.mark_unknown(dc);
+                }
+                if let Some(stale) = cache.and_then(|c| c.stale_if_error)
+                    && let Some((result, age)) = self.load.cached(&key, stale)
+                {
+                    return Ok(Cached {
+                        result,
+                        cache: status(Some(age)),
+                    });
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A non-blocking read that shares the request of an identical one in flight.
+    async fn read_coalesced(
+        &self,
+        dc: Option<&str>,
+        key: load::Key,
+        options: ReadOptions,
+    ) -> Result<QueryResult, RouteError> {
+        let mut flight = match self.load.join(&key) {
+            load::Joined::Full => return self.read_direct(dc, &key.query, options).await,
+            load::Joined::Flying(flight) => flight,
+            load::Joined::First(tx) => {
+                let gateway = self.clone();
+                let dc = dc.map(str::to_owned);
+                let key = key.clone();
+                let rx = tx.subscribe();
+                // Its own task: the callers waiting on it may give up, it does not. It
+                // ends by `options.deadline`.
+                tokio::spawn(async move {
+                    let result = gateway
+                        .read_direct(dc.as_deref(), &key.query, options)
+                        .await;
+                    let _ = tx.send(Some(result));
+                    gateway.load.landed(&key);
+                });
+                rx
+            }
+        };
+        let landed = tokio::time::timeout_at(
+            options.deadline + REMOTE_MARGIN,
+            flight.wait_for(Option::is_some),
+        )
+        .await;
+        match landed {
+            Ok(Ok(result)) => result.clone().expect("waited for a result"),
+            Ok(Err(_)) => Err(RouteError::Read(ReadError::Rpc(
+                "the shared request was dropped".into(),
+            ))),
+            Err(_) => Err(RouteError::NoServer { dc: key.dc.clone() }),
+        }
+    }
+
+    /// A read not answered by this server's catalog: through a server of this
+    /// datacenter, or over the WAN, within the datacenter's in-flight cap.
+    async fn read_direct(
+        &self,
+        dc: Option<&str>,
+        query: &Query,
+        options: ReadOptions,
+    ) -> Result<QueryResult, RouteError> {
+        let route = self.route(dc)?;
+        let name = match route {
+            Route::Local => self.lan.datacenter().as_str(),
+            Route::Remote(_, name) | Route::ViaServer(name) => name,
+        };
+        let _permit = self.load.permit(name, options.min_index > 0)?;
+        match route {
             Route::Local => Ok(self.lan.read(query, options).await?),
             Route::Remote(f, name) => remote_read(f, name, query, options).await,
             Route::ViaServer(name) => self

@@ -541,13 +541,7 @@ fn check_layer(
                 problems.push(problem(o, "dns_config.failover.datacenters", e.to_string()));
             }
         }
-        if d.use_cache == Some(true) {
-            problems.push(problem(
-                o,
-                "dns_config.use_cache",
-                "not supported: the agent cache is not in this version",
-            ));
-        }
+        duration(o, "dns_config.cache_max_age", &d.cache_max_age, problems);
     }
     let mut services = Vec::new();
     let mut checks = Vec::new();
@@ -812,6 +806,11 @@ impl AgentConfig {
                     .map(Duration::from_secs)
                     .unwrap_or(default_soa.min_ttl),
             },
+            cache: (dns_raw.use_cache == Some(true)).then(|| {
+                d(&dns_raw.cache_max_age)
+                    .filter(|age| !age.is_zero())
+                    .unwrap_or(api::dns::DEFAULT_CACHE_MAX_AGE)
+            }),
             failover: dns_raw
                 .failover
                 .as_ref()

@@ -136,6 +136,8 @@ struct Inner {
     gossip: OnceLock<Inbound>,
     service: OnceLock<Arc<dyn Service>>,
     log: Mutex<PeerLog>,
+    /// RPC requests handed to the service so far.
+    served: std::sync::atomic::AtomicU64,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -256,6 +258,7 @@ impl Endpoint {
                 gossip: OnceLock::new(),
                 service: OnceLock::new(),
                 log: Mutex::default(),
+                served: Default::default(),
                 tasks: tasks.clone(),
                 shutdown: shutdown.clone(),
             }),
@@ -287,6 +290,11 @@ impl Endpoint {
     pub fn rtt(&self, addr: SocketAddr) -> Option<Duration> {
         let peers = self.inner.peers.lock().expect("peers lock");
         peers.get(&addr).map(|p| p.conn.rtt())
+    }
+
+    /// RPC requests from other datacenters this endpoint has served so far.
+    pub fn served(&self) -> u64 {
+        self.inner.served.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Connections open now.
@@ -465,7 +473,12 @@ impl Endpoint {
             Some((&KIND_RPC, body)) => {
                 let response = match serde_json::from_slice::<Request>(body) {
                     Ok(request) => match self.inner.service.get() {
-                        Some(service) => service.serve(caller.clone(), request).await,
+                        Some(service) => {
+                            self.inner
+                                .served
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            service.serve(caller.clone(), request).await
+                        }
                         None => Response::Error("this server serves no WAN requests yet".into()),
                     },
                     Err(e) => {

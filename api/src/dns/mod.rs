@@ -116,7 +116,15 @@ pub struct DnsConfig {
     /// datacenter has no healthy instance (`dns_config.failover`); empty (the default)
     /// keeps Consul's NXDOMAIN.
     pub failover: lan::catalog::Failover,
+    /// `dns_config.use_cache`: answers of reads made through a server (another
+    /// datacenter, or any read of a client agent) are served from the agent's cache
+    /// while younger than this (`cache_max_age`, default [`DEFAULT_CACHE_MAX_AGE`]).
+    pub cache: Option<Duration>,
 }
+
+/// The age a cached answer may have under `use_cache` when `cache_max_age` is 0 or
+/// unset (proconsul's cache is not refreshed in the background).
+pub const DEFAULT_CACHE_MAX_AGE: Duration = Duration::from_secs(3);
 
 impl Default for DnsConfig {
     fn default() -> Self {
@@ -133,6 +141,7 @@ impl Default for DnsConfig {
             recursor_timeout: Duration::from_secs(2),
             soa: Soa::default(),
             failover: lan::catalog::Failover::default(),
+            cache: None,
         }
     }
 }
@@ -266,12 +275,22 @@ impl Server {
             max_stale: None,
         };
         match need {
-            Need::Read { dc, query } => Found::Read(
-                self.gateway
-                    .read(dc.as_deref(), query, options)
-                    .await
-                    .map(|r| (r.answer, r.index)),
-            ),
+            Need::Read { dc, query } => {
+                let cache = self
+                    .responder
+                    .config()
+                    .cache
+                    .map(|max_age| gateway::CachePolicy {
+                        max_age,
+                        stale_if_error: None,
+                    });
+                Found::Read(
+                    self.gateway
+                        .read_cached(dc.as_deref(), query, options, cache)
+                        .await
+                        .map(|r| (r.result.answer, r.result.index)),
+                )
+            }
             Need::Execute { dc, name } => Found::Executed(
                 self.gateway
                     .execute(dc.as_deref(), name, None, options)

@@ -21,13 +21,15 @@ pub(crate) async fn read_and_render(
     render: impl FnOnce(&Answer, bool) -> Response,
 ) -> Result<Response, ApiError> {
     let request = read_request(params)?;
-    let result = tokio::select! {
-        result = ctx.gateway.read(params.dc(), &query, request.options) => result?,
+    let cached = tokio::select! {
+        result = ctx.gateway.read_cached(params.dc(), &query, request.options, request.cache) => result?,
         _ = ctx.shutdown.cancelled() => {
             return Err(ApiError::Internal("the agent is shutting down".into()));
         }
     };
+    let result = cached.result;
     let mut response = render(&result.answer, request.pretty);
+    super::add_cache_headers(&mut response, cached.cache);
     add_meta_headers(
         &mut response,
         result.index,

@@ -55,13 +55,18 @@ pub(crate) enum ApiError {
     BadRequest(String),
     /// 404 with a message.
     NotFound(String),
+    /// 429 with a message: a limit was reached, retry later.
+    TooManyRequests(String),
     /// 500 with a message.
     Internal(String),
 }
 
 impl From<RouteError> for ApiError {
     fn from(e: RouteError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            RouteError::Busy { .. } => ApiError::TooManyRequests(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
     }
 }
 
@@ -82,6 +87,7 @@ impl IntoResponse for ApiError {
         let (status, text) = match self {
             ApiError::BadRequest(t) => (StatusCode::BAD_REQUEST, t),
             ApiError::NotFound(t) => (StatusCode::NOT_FOUND, t),
+            ApiError::TooManyRequests(t) => (StatusCode::TOO_MANY_REQUESTS, t),
             ApiError::Internal(t) => (StatusCode::INTERNAL_SERVER_ERROR, t),
         };
         (
@@ -174,7 +180,7 @@ impl Params {
     /// Parameters proconsul does not implement; refusing them beats answering as if
     /// they were not there.
     pub(crate) fn refuse_unsupported(&self) -> Result<(), ApiError> {
-        for key in ["filter", "near", "cached", "peer"] {
+        for key in ["filter", "near", "peer"] {
             if self.has(key) {
                 return Err(ApiError::BadRequest(format!(
                     "the ?{key} parameter is not supported by proconsul"
@@ -189,6 +195,82 @@ impl Params {
 pub(crate) struct ReadRequest {
     pub(crate) options: ReadOptions,
     pub(crate) pretty: bool,
+    /// `?cached`, with `max-age` and `stale-if-error` (parameters, or directives of the
+    /// `Cache-Control` header).
+    pub(crate) cache: Option<gateway::CachePolicy>,
+}
+
+/// How old a cached answer `?cached` accepts when no `max-age` says (proconsul's cache
+/// is not refreshed in the background, so "any age" would mean "any staleness").
+pub const DEFAULT_CACHE_MAX_AGE: Duration = Duration::from_secs(3);
+
+fn seconds_param(params: &Params, key: &str) -> Result<Option<Duration>, ApiError> {
+    match params.get(key) {
+        None | Some("") => Ok(None),
+        Some(v) => v
+            .parse::<u64>()
+            .map(|s| Some(Duration::from_secs(s)))
+            .map_err(|_| {
+                ApiError::BadRequest(format!("Invalid {key} value {v:?}: seconds expected"))
+            }),
+    }
+}
+
+fn cache_policy(params: &Params) -> Result<Option<gateway::CachePolicy>, ApiError> {
+    if !params.has("cached") {
+        return Ok(None);
+    }
+    if params.has("consistent") {
+        return Err(ApiError::BadRequest(
+            "Cannot specify ?cached with ?consistent, conflicting semantics.".into(),
+        ));
+    }
+    Ok(Some(gateway::CachePolicy {
+        max_age: seconds_param(params, "max-age")?.unwrap_or(DEFAULT_CACHE_MAX_AGE),
+        stale_if_error: seconds_param(params, "stale-if-error")?,
+    }))
+}
+
+/// Moves the `max-age`, `must-revalidate` and `stale-if-error` directives of a
+/// `Cache-Control` request header into the query string, where the read handlers find
+/// them (a query-string value wins).
+async fn cache_control_params(mut request: axum::extract::Request) -> axum::extract::Request {
+    let Some(control) = request
+        .headers()
+        .get(header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    else {
+        return request;
+    };
+    let query = request.uri().query().unwrap_or("").to_owned();
+    let present = Params::parse(Some(&query));
+    let mut extra = Vec::new();
+    for directive in control.split(',').map(str::trim) {
+        let (name, value) = directive.split_once('=').unwrap_or((directive, ""));
+        let name = name.trim().to_ascii_lowercase();
+        let (key, value) = match name.as_str() {
+            "max-age" | "stale-if-error" => (name.clone(), value.trim().to_owned()),
+            "must-revalidate" => ("max-age".to_owned(), "0".to_owned()),
+            _ => continue,
+        };
+        if !present.has(&key) && value.chars().all(|c| c.is_ascii_digit()) && !value.is_empty() {
+            extra.push(format!("{key}={value}"));
+        }
+    }
+    if extra.is_empty() {
+        return request;
+    }
+    let joined = if query.is_empty() {
+        extra.join("&")
+    } else {
+        format!("{query}&{}", extra.join("&"))
+    };
+    let path_and_query = format!("{}?{joined}", request.uri().path());
+    if let Ok(uri) = path_and_query.parse() {
+        *request.uri_mut() = uri;
+    }
+    request
 }
 
 /// Parses `?stale`, `?consistent`, `?index` and `?wait`.
@@ -243,6 +325,7 @@ pub(crate) fn read_request(params: &Params) -> Result<ReadRequest, ApiError> {
             max_stale,
         },
         pretty: params.pretty(),
+        cache: cache_policy(params)?,
     })
 }
 
@@ -272,6 +355,23 @@ pub(crate) fn json<T: Serialize>(value: &T, pretty: bool) -> Response {
         to_json(value, pretty),
     )
         .into_response()
+}
+
+/// Adds `X-Cache` and `Age` to the response of a read that asked for the cache.
+pub(crate) fn add_cache_headers(response: &mut Response, status: Option<gateway::CacheStatus>) {
+    let (hit, age) = match status {
+        None => return,
+        Some(gateway::CacheStatus::Hit(age)) => ("HIT", age.as_secs()),
+        Some(gateway::CacheStatus::Miss) => ("MISS", 0),
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        HeaderName::from_static("x-cache"),
+        HeaderValue::from_static(hit),
+    );
+    if let Ok(v) = HeaderValue::from_str(&age.to_string()) {
+        headers.insert(header::AGE, v);
+    }
 }
 
 /// Adds the blocking-query headers to a read's response.
@@ -434,6 +534,7 @@ pub(crate) fn router(ctx: Context) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(add_common_headers))
+        .layer(axum::middleware::map_request(cache_control_params))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(ctx)
 }
@@ -538,5 +639,44 @@ async fn serve_connection(
     };
     if let Err(e) = result {
         tracing::debug!(peer = %peer, error = %e, "http connection ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn rewritten(uri: &str, control: &str) -> String {
+        let request = axum::http::Request::builder()
+            .uri(uri)
+            .header(header::CACHE_CONTROL, control)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        cache_control_params(request).await.uri().to_string()
+    }
+
+    #[tokio::test]
+    async fn cache_control_directives_become_parameters() {
+        assert_eq!(
+            rewritten(
+                "/v1/catalog/services?cached",
+                "max-age=30, stale-if-error=600"
+            )
+            .await,
+            "/v1/catalog/services?cached&max-age=30&stale-if-error=600"
+        );
+        assert_eq!(
+            rewritten("/v1/catalog/services?cached", "must-revalidate").await,
+            "/v1/catalog/services?cached&max-age=0"
+        );
+        assert_eq!(
+            rewritten("/v1/catalog/services?cached&max-age=5", "max-age=30").await,
+            "/v1/catalog/services?cached&max-age=5",
+            "the query string wins"
+        );
+        assert_eq!(
+            rewritten("/v1/catalog/services", "no-cache, max-age=abc").await,
+            "/v1/catalog/services"
+        );
     }
 }

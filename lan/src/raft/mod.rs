@@ -114,7 +114,7 @@ impl Default for RaftTiming {
 }
 
 /// How fresh a read must be. See the module documentation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub enum Consistency {
     /// Read on the leader.
     #[default]

@@ -1,0 +1,332 @@
+//! Bounds on the load an agent puts on the servers that answer for it: reads of another
+//! datacenter (over the WAN) and a client agent's reads (through a server).
+//!
+//! - **Coalescing**: identical non-blocking reads in flight at the same time share one
+//!   request; the first caller's request runs as a task of its own, so a caller that
+//!   gives up does not cancel it for the others.
+//! - **In-flight cap**: at most [`MAX_READS_IN_FLIGHT`] non-blocking and
+//!   [`MAX_BLOCKING_IN_FLIGHT`] blocking reads per datacenter; beyond that a read fails
+//!   at once with [`RouteError::Busy`] instead of queueing (together they fit the
+//!   streams one WAN connection carries).
+//! - **Cache** (Consul's `?cached`, DNS `use_cache`): answers of reads that asked for
+//!   it are kept for [`MAX_ENTRY_AGE`] at most, [`MAX_ENTRIES`] of them, and served
+//!   while younger than the caller's `max-age` (or on error, while younger than its
+//!   `stale-if-error`). Entries are not refreshed in the background, unlike Consul's.
+//! - **Unknown datacenters** a client agent asked about are remembered for
+//!   [`UNKNOWN_DC_TTL`], so a storm of lookups for one costs its server one request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lan::catalog::{Answer, Query};
+use lan::{Consistency, QueryResult, ReadOptions};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
+
+use crate::RouteError;
+
+/// Non-blocking reads in flight to one datacenter at most.
+pub const MAX_READS_IN_FLIGHT: usize = 128;
+/// Blocking reads in flight to one datacenter at most.
+pub const MAX_BLOCKING_IN_FLIGHT: usize = 128;
+/// Cached answers at most.
+pub const MAX_ENTRIES: usize = 1024;
+/// Answers with more items than this are not cached.
+pub const MAX_CACHED_ITEMS: usize = 5000;
+/// Oldest a cached answer gets before it is dropped.
+pub const MAX_ENTRY_AGE: Duration = Duration::from_secs(600);
+/// How long a datacenter a server called unknown stays unknown to a client agent.
+pub const UNKNOWN_DC_TTL: Duration = Duration::from_secs(5);
+/// Datacenters tracked (limits, unknown names) at most.
+const MAX_TRACKED_DCS: usize = 1024;
+
+/// How a read may use the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachePolicy {
+    /// Serve a cached answer up to this old.
+    pub max_age: Duration,
+    /// When the read fails, serve a cached answer up to this old instead.
+    pub stale_if_error: Option<Duration>,
+}
+
+/// Whether an answer came from the cache (`X-Cache`, `Age`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// From the cache, fetched this long ago.
+    Hit(Duration),
+    /// Fetched for this request.
+    Miss,
+}
+
+/// What identifies a read for coalescing and caching.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Key {
+    pub(crate) dc: String,
+    pub(crate) query: Query,
+    pub(crate) consistency: Consistency,
+    pub(crate) max_stale: Option<Duration>,
+}
+
+impl Key {
+    pub(crate) fn new(dc: &str, query: &Query, options: &ReadOptions) -> Key {
+        Key {
+            dc: dc.to_owned(),
+            query: query.clone(),
+            consistency: options.consistency,
+            max_stale: options.max_stale,
+        }
+    }
+}
+
+/// What a read in flight lands with (`None` until it lands).
+type Landing = Option<Result<QueryResult, RouteError>>;
+/// Waiting on a read in flight.
+pub(crate) type Flight = watch::Receiver<Landing>;
+/// Reporting how the read in flight landed.
+pub(crate) type Pilot = watch::Sender<Landing>;
+
+/// The outcome of [`Load::join`].
+pub(crate) enum Joined {
+    /// An identical read is in flight: wait for it.
+    Flying(Flight),
+    /// None is: run it and report through this.
+    First(Pilot),
+    /// Too many reads are in flight to track one more: run it alone.
+    Full,
+}
+
+/// The in-flight caps of one datacenter.
+#[derive(Debug)]
+struct Limits {
+    reads: Arc<Semaphore>,
+    blocking: Arc<Semaphore>,
+}
+
+/// The state behind the bounds. One per agent.
+#[derive(Debug, Default)]
+pub(crate) struct Load {
+    cache: Mutex<HashMap<Key, (Instant, QueryResult)>>,
+    in_flight: Mutex<HashMap<Key, Flight>>,
+    limits: Mutex<HashMap<String, Limits>>,
+    unknown: Mutex<HashMap<String, Instant>>,
+}
+
+/// How many items an answer carries, for the cache's size bound.
+fn items(answer: &Answer) -> usize {
+    match answer {
+        Answer::Nodes(v) => v.len(),
+        Answer::Services(m) => m.len(),
+        Answer::ServiceNodes(v) => v.len(),
+        Answer::NodeServices(n) => n.as_ref().map_or(0, |n| n.services.len()),
+        Answer::ServiceHealth(v) => v.len(),
+        Answer::Checks(v) => v.len(),
+        Answer::Address(n, s) => n.len() + s.len(),
+        Answer::Snapshot(_) => usize::MAX,
+        Answer::PreparedQueries(v) => v.len(),
+    }
+}
+
+impl Load {
+    /// A cached answer for `key` no older than `max_age`.
+    pub(crate) fn cached(&self, key: &Key, max_age: Duration) -> Option<(QueryResult, Duration)> {
+        let cache = self.cache.lock().expect("cache lock");
+        let (at, result) = cache.get(key)?;
+        let age = at.elapsed();
+        (age <= max_age).then(|| (result.clone(), age))
+    }
+
+    pub(crate) fn store(&self, key: Key, result: &QueryResult) {
+        if items(&result.answer) > MAX_CACHED_ITEMS {
+            return;
+        }
+        let now = Instant::now();
+        let mut cache = self.cache.lock().expect("cache lock");
+        if cache.len() >= MAX_ENTRIES && !cache.contains_key(&key) {
+            cache.retain(|_, (at, _)| now.duration_since(*at) < MAX_ENTRY_AGE);
+            if cache.len() >= MAX_ENTRIES
+                && let Some(oldest) = cache
+                    .iter()
+                    .min_by_key(|(_, (at, _))| *at)
+                    .map(|(k, _)| k.clone())
+            {
+                cache.remove(&oldest);
+            }
+        }
+        cache.insert(key, (now, result.clone()));
+    }
+
+    /// A slot for one read to `dc`, or `Busy` when all are taken.
+    pub(crate) fn permit(
+        &self,
+        dc: &str,
+        blocking: bool,
+    ) -> Result<OwnedSemaphorePermit, RouteError> {
+        let semaphore = {
+            let mut limits = self.limits.lock().expect("limits lock");
+            if limits.len() >= MAX_TRACKED_DCS && !limits.contains_key(dc) {
+                // Only known datacenters get here; this many means a name churn, and
+                // dropping the idle ones' counters loses nothing.
+                limits.retain(|_, l| {
+                    l.reads.available_permits() < MAX_READS_IN_FLIGHT
+                        || l.blocking.available_permits() < MAX_BLOCKING_IN_FLIGHT
+                });
+            }
+            let limit = limits.entry(dc.to_owned()).or_insert_with(|| Limits {
+                reads: Arc::new(Semaphore::new(MAX_READS_IN_FLIGHT)),
+                blocking: Arc::new(Semaphore::new(MAX_BLOCKING_IN_FLIGHT)),
+            });
+            if blocking {
+                limit.blocking.clone()
+            } else {
+                limit.reads.clone()
+            }
+        };
+        let limit = if blocking {
+            MAX_BLOCKING_IN_FLIGHT
+        } else {
+            MAX_READS_IN_FLIGHT
+        };
+        semaphore.try_acquire_owned().map_err(|_| RouteError::Busy {
+            dc: dc.to_owned(),
+            limit,
+        })
+    }
+
+    /// Joins the read in flight for `key`, or registers a new flight.
+    pub(crate) fn join(&self, key: &Key) -> Joined {
+        let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+        if let Some(flight) = in_flight.get(key) {
+            return Joined::Flying(flight.clone());
+        }
+        if in_flight.len() >= MAX_READS_IN_FLIGHT * 8 {
+            return Joined::Full;
+        }
+        let (tx, rx) = watch::channel(None);
+        in_flight.insert(key.clone(), rx);
+        Joined::First(tx)
+    }
+
+    pub(crate) fn landed(&self, key: &Key) {
+        self.in_flight.lock().expect("in-flight lock").remove(key);
+    }
+
+    pub(crate) fn is_unknown(&self, dc: &str) -> bool {
+        let unknown = self.unknown.lock().expect("unknown lock");
+        unknown
+            .get(dc)
+            .is_some_and(|at| at.elapsed() < UNKNOWN_DC_TTL)
+    }
+
+    pub(crate) fn mark_unknown(&self, dc: &str) {
+        let mut unknown = self.unknown.lock().expect("unknown lock");
+        if unknown.len() >= MAX_TRACKED_DCS {
+            unknown.retain(|_, at| at.elapsed() < UNKNOWN_DC_TTL);
+            if unknown.len() >= MAX_TRACKED_DCS {
+                unknown.clear();
+            }
+        }
+        unknown.insert(dc.to_owned(), Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lan::ReadMeta;
+
+    fn key(n: usize) -> Key {
+        Key {
+            dc: "dc2".into(),
+            query: Query::NodeChecks {
+                node: format!("n{n}"),
+            },
+            consistency: Consistency::Stale,
+            max_stale: None,
+        }
+    }
+
+    fn result(index: u64) -> QueryResult {
+        QueryResult {
+            answer: Answer::Checks(vec![]),
+            index,
+            meta: ReadMeta {
+                known_leader: true,
+                last_contact: Duration::ZERO,
+            },
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cache_serves_young_enough_answers_and_stays_bounded() {
+        let load = Load::default();
+        load.store(key(0), &result(7));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            load.cached(&key(0), Duration::from_secs(3))
+                .map(|r| r.0.index),
+            Some(7)
+        );
+        assert!(load.cached(&key(0), Duration::from_secs(1)).is_none());
+        assert!(load.cached(&key(1), Duration::from_secs(60)).is_none());
+        for n in 1..=MAX_ENTRIES + 10 {
+            load.store(key(n), &result(n as u64));
+        }
+        assert!(load.cache.lock().unwrap().len() <= MAX_ENTRIES);
+        assert!(
+            load.cached(&key(MAX_ENTRIES + 10), Duration::from_secs(1))
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn permits_run_out_per_datacenter_and_come_back() {
+        let load = Load::default();
+        let held: Vec<_> = (0..MAX_READS_IN_FLIGHT)
+            .map(|_| load.permit("dc2", false).unwrap())
+            .collect();
+        assert!(matches!(
+            load.permit("dc2", false),
+            Err(RouteError::Busy { .. })
+        ));
+        assert!(
+            load.permit("dc2", true).is_ok(),
+            "blocking reads count apart"
+        );
+        assert!(load.permit("dc3", false).is_ok(), "other datacenters too");
+        drop(held);
+        assert!(load.permit("dc2", false).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unknown_datacenters_are_remembered_for_a_while() {
+        let load = Load::default();
+        assert!(!load.is_unknown("dc9"));
+        load.mark_unknown("dc9");
+        assert!(load.is_unknown("dc9"));
+        tokio::time::advance(UNKNOWN_DC_TTL).await;
+        assert!(!load.is_unknown("dc9"));
+    }
+
+    #[test]
+    fn a_second_identical_read_joins_the_first() {
+        let load = Load::default();
+        let Joined::First(tx) = load.join(&key(0)) else {
+            panic!("the first read flies");
+        };
+        let Joined::Flying(mut rx) = load.join(&key(0)) else {
+            panic!("the second joins");
+        };
+        assert!(
+            matches!(load.join(&key(1)), Joined::First(_)),
+            "a different read flies"
+        );
+        tx.send(Some(Ok(result(3)))).unwrap();
+        load.landed(&key(0));
+        assert!(rx.borrow_and_update().as_ref().unwrap().is_ok());
+        assert!(
+            matches!(load.join(&key(0)), Joined::First(_)),
+            "landed: a new flight"
+        );
+    }
+}
