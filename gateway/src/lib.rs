@@ -412,22 +412,29 @@ impl Gateway {
     ) -> Result<RaftStatus, RouteError> {
         match self.route(dc)? {
             Route::Local => Ok(self.lan.raft_status(deadline).await?),
-            Route::Remote(f, name) => {
-                let request = Request::Status {
-                    timeout_ms: remaining_ms(deadline),
-                };
-                match remote(f, name, &request, deadline + REMOTE_MARGIN).await? {
-                    Response::Status(r) => Ok(r?),
-                    other => Err(RouteError::Read(ReadError::Rpc(format!(
-                        "unexpected answer {other:?}"
-                    )))),
-                }
-            }
-            Route::ViaServer(_) => Err(RouteError::NoFederation(
-                "a client agent reports the Raft status of its own datacenter only; ask a server"
-                    .into(),
-            )),
+            Route::Remote(f, name) => remote_status(f, name, deadline).await,
+            Route::ViaServer(name) => self
+                .lan
+                .raft_status_in(name, deadline)
+                .await
+                .map_err(|e| from_read_error(name, e)),
         }
+    }
+}
+
+async fn remote_status(
+    federation: &Federation,
+    dc: &str,
+    deadline: Instant,
+) -> Result<RaftStatus, RouteError> {
+    let request = Request::Status {
+        timeout_ms: remaining_ms(deadline),
+    };
+    match remote(federation, dc, &request, deadline + REMOTE_MARGIN).await? {
+        Response::Status(r) => Ok(r?),
+        other => Err(RouteError::Read(ReadError::Rpc(format!(
+            "unexpected answer {other:?}"
+        )))),
     }
 }
 
@@ -588,6 +595,19 @@ impl lan::RemoteCatalog for RemoteVia {
                     RouteError::NoServer { .. } => WriteError::NoServer,
                     RouteError::Write(e) => e,
                     other => WriteError::Rpc(other.to_string()),
+                })
+        })
+    }
+
+    fn raft_status<'a>(&'a self, dc: &'a str, deadline: Instant) -> lan::RemoteStatus<'a> {
+        Box::pin(async move {
+            remote_status(&self.federation, dc, deadline)
+                .await
+                .map_err(|e| match e {
+                    RouteError::NoPath { .. } => ReadError::NoPath,
+                    RouteError::NoServer { .. } => ReadError::NoServer,
+                    RouteError::Read(e) => e,
+                    other => ReadError::Rpc(other.to_string()),
                 })
         })
     }

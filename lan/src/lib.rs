@@ -59,7 +59,8 @@ pub use local::{CHECK_OUTPUT_LIMIT, CHECK_OUTPUT_MAX, CheckDefinition, Local, Lo
 pub use member::{Member, MemberStatus};
 pub use peer_log::{PEER_LOG_ENTRIES, PEER_LOG_INTERVAL, PeerLog};
 pub use pool_keyring::{
-    KeyringHook, KeyringRun, PoolKeyring, RemoteCatalog, RemoteDatacenters, RemoteRead, RemoteWrite,
+    KeyringHook, KeyringRun, PoolKeyring, RemoteCatalog, RemoteDatacenters, RemoteRead,
+    RemoteStatus, RemoteWrite,
 };
 pub use raft::{
     Consistency, RPC_HOLD_TIMEOUT, RaftServer, RaftStartError, RaftStatus, RaftTiming, ReadError,
@@ -752,6 +753,33 @@ impl Lan {
                 rpc::Response::Status(s) => Ok(s),
                 other => Err(ReadError::Rpc(format!("unexpected answer {other:?}"))),
             },
+        }
+    }
+
+    /// The Raft state of another datacenter `dc` (see [`Lan::read_in`]).
+    pub async fn raft_status_in(
+        &self,
+        dc: &str,
+        deadline: Instant,
+    ) -> Result<RaftStatus, ReadError> {
+        match &self.inner.role {
+            Role::Server { .. } => match self.inner.remote.get() {
+                Some(remote) => remote.raft_status(dc, deadline).await,
+                None => Err(ReadError::NoPath),
+            },
+            Role::Client { .. } => {
+                let request = rpc::Request::StatusIn {
+                    dc: dc.to_owned(),
+                    timeout_ms: rpc::remaining_ms(deadline),
+                };
+                match self
+                    .forward(&request, deadline + 2 * FORWARD_MARGIN)
+                    .await?
+                {
+                    rpc::Response::StatusIn(r) => r,
+                    other => Err(ReadError::Rpc(format!("unexpected answer {other:?}"))),
+                }
+            }
         }
     }
 

@@ -104,7 +104,13 @@ pub trait RemoteCatalog: Send + Sync + 'static {
     ) -> RemoteWrite<'a>;
     /// The datacenters of the federation, nearest first (this one first).
     fn datacenters(&self) -> RemoteDatacenters<'_>;
+    /// The Raft state of `dc`.
+    fn raft_status<'a>(&'a self, dc: &'a str, deadline: Instant) -> RemoteStatus<'a>;
 }
+
+/// Another datacenter's Raft state.
+pub type RemoteStatus<'a> =
+    Pin<Box<dyn Future<Output = Result<crate::RaftStatus, crate::ReadError>> + Send + 'a>>;
 
 /// The datacenters a server knows, nearest first.
 pub type RemoteDatacenters<'a> = Pin<Box<dyn Future<Output = Vec<String>> + Send + 'a>>;

@@ -167,6 +167,13 @@ pub(crate) enum Request {
     /// The datacenters of the federation, nearest first, as the receiving server sees
     /// them.
     Datacenters,
+    /// Another datacenter's Raft state, asked by the receiving server over the WAN.
+    StatusIn {
+        /// The datacenter.
+        dc: String,
+        /// Time left until the caller's deadline, in milliseconds.
+        timeout_ms: u64,
+    },
     /// Raft: replicate entries or heartbeat.
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     /// Raft: ask for a vote.
@@ -190,6 +197,8 @@ pub(crate) enum Response {
     Status(RaftStatus),
     /// For [`Request::Datacenters`].
     Datacenters(Vec<String>),
+    /// For [`Request::StatusIn`].
+    StatusIn(Result<RaftStatus, ReadError>),
     /// For [`Request::AppendEntries`].
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     /// For [`Request::Vote`].

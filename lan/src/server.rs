@@ -212,6 +212,9 @@ impl rpc::Handler for Handler {
             ),
             Request::Status => Response::Status(consensus.status()),
             Request::Datacenters => Response::Datacenters(lan.datacenters_here().await),
+            Request::StatusIn { dc, timeout_ms } => {
+                Response::StatusIn(lan.raft_status_in(&dc, rpc::deadline_in(timeout_ms)).await)
+            }
             Request::AppendEntries(r) => {
                 let answer = consensus.raft().append_entries(r).await;
                 if answer.as_ref().is_ok_and(|a| a.is_success()) {
