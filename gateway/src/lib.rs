@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod client;
 mod load;
 mod prepared;
 
@@ -113,6 +114,7 @@ impl Gateway {
     /// A gateway for a server that is part of the WAN federation; it also serves the
     /// requests other datacenters send it.
     pub fn with_federation(lan: Lan, federation: Federation) -> Gateway {
+        let load = Arc::<load::Load>::default();
         federation.set_service(Arc::new(WanService { lan: lan.clone() }));
         lan.set_keyring_hook(Arc::new(AllPools {
             federation: federation.clone(),
@@ -120,11 +122,12 @@ impl Gateway {
         lan.set_remote_catalog(Arc::new(RemoteVia {
             federation: federation.clone(),
             local: lan.datacenter().clone(),
+            load: load.clone(),
         }));
         Gateway {
             lan,
             federation: Ok(federation),
-            load: Arc::default(),
+            load,
         }
     }
 
@@ -252,10 +255,20 @@ impl Gateway {
                 cache: status(Some(age)),
             });
         }
-        let fetched = if blocking {
-            self.read_direct(dc, query, options).await
+        let fetched = if options.consistency == lan::Consistency::Stale && !blocking {
+            let gateway = self.clone();
+            let dc_owned = dc.map(str::to_owned);
+            let query_owned = query.clone();
+            let read = async move {
+                gateway
+                    .read_direct(dc_owned.as_deref(), &query_owned, options)
+                    .await
+            };
+            self.load
+                .coalesce(key.clone(), options.deadline + REMOTE_MARGIN, read)
+                .await
         } else {
-            self.read_coalesced(dc, key.clone(), options).await
+            self.read_direct(dc, query, options).await
         };
         match fetched {
             Ok(result) => {
@@ -286,69 +299,28 @@ impl Gateway {
         }
     }
 
-    /// A non-blocking read that shares the request of an identical one in flight.
-    async fn read_coalesced(
-        &self,
-        dc: Option<&str>,
-        key: load::Key,
-        options: ReadOptions,
-    ) -> Result<QueryResult, RouteError> {
-        let mut flight = match self.load.join(&key) {
-            load::Joined::Full => return self.read_direct(dc, &key.query, options).await,
-            load::Joined::Flying(flight) => flight,
-            load::Joined::First(tx) => {
-                let gateway = self.clone();
-                let dc = dc.map(str::to_owned);
-                let key = key.clone();
-                let rx = tx.subscribe();
-                // Its own task: the callers waiting on it may give up, it does not. It
-                // ends by `options.deadline`.
-                tokio::spawn(async move {
-                    let result = gateway
-                        .read_direct(dc.as_deref(), &key.query, options)
-                        .await;
-                    let _ = tx.send(Some(result));
-                    gateway.load.landed(&key);
-                });
-                rx
-            }
-        };
-        let landed = tokio::time::timeout_at(
-            options.deadline + REMOTE_MARGIN,
-            flight.wait_for(Option::is_some),
-        )
-        .await;
-        match landed {
-            Ok(Ok(result)) => result.clone().expect("waited for a result"),
-            Ok(Err(_)) => Err(RouteError::Read(ReadError::Rpc(
-                "the shared request was dropped".into(),
-            ))),
-            Err(_) => Err(RouteError::NoServer { dc: key.dc.clone() }),
-        }
-    }
-
     /// A read not answered by this server's catalog: through a server of this
-    /// datacenter, or over the WAN, within the datacenter's in-flight cap.
+    /// datacenter, or (within that datacenter's in-flight cap) another datacenter.
     async fn read_direct(
         &self,
         dc: Option<&str>,
         query: &Query,
         options: ReadOptions,
     ) -> Result<QueryResult, RouteError> {
-        let route = self.route(dc)?;
-        let name = match route {
-            Route::Local => self.lan.datacenter().as_str(),
-            Route::Remote(_, name) | Route::ViaServer(name) => name,
-        };
-        let _permit = self.load.permit(name, options.min_index > 0)?;
-        match route {
+        match self.route(dc)? {
+            // The server RPC layer bounds these.
             Route::Local => Ok(self.lan.read(query, options).await?),
-            Route::Remote(f, name) => remote_read(f, name, query, options).await,
-            Route::ViaServer(name) => self
-                .lan
-                .read_in(name, query, options)
-                .await
-                .map_err(|e| from_read_error(name, e)),
+            Route::Remote(f, name) => {
+                let _permit = self.load.permit(name, options.min_index > 0)?;
+                remote_read(f, name, query, options).await
+            }
+            Route::ViaServer(name) => {
+                let _permit = self.load.permit(name, options.min_index > 0)?;
+                self.lan
+                    .read_in(name, query, options)
+                    .await
+                    .map_err(|e| from_read_error(name, e))
+            }
         }
     }
 
@@ -565,19 +537,39 @@ fn from_read_error(dc: &str, e: ReadError) -> RouteError {
 struct RemoteVia {
     federation: Federation,
     local: Datacenter,
+    /// Shared with the server's gateway: the client agents' reads count against the
+    /// same caps and coalesce with the server's own.
+    load: Arc<load::Load>,
 }
 
 impl lan::RemoteCatalog for RemoteVia {
     fn read<'a>(&'a self, dc: &'a str, query: Query, options: ReadOptions) -> lan::RemoteRead<'a> {
         Box::pin(async move {
-            remote_read(&self.federation, dc, &query, options)
-                .await
-                .map_err(|e| match e {
-                    RouteError::NoPath { .. } => ReadError::NoPath,
-                    RouteError::NoServer { .. } => ReadError::NoServer,
-                    RouteError::Read(e) => e,
-                    other => ReadError::Rpc(other.to_string()),
-                })
+            let blocking = options.min_index > 0;
+            let direct = {
+                let federation = self.federation.clone();
+                let load = self.load.clone();
+                let dc = dc.to_owned();
+                let query = query.clone();
+                async move {
+                    let _permit = load.permit(&dc, blocking)?;
+                    remote_read(&federation, &dc, &query, options).await
+                }
+            };
+            let result = if options.consistency == lan::Consistency::Stale && !blocking {
+                let key = load::Key::new(dc, &query, &options);
+                self.load
+                    .coalesce(key, options.deadline + REMOTE_MARGIN, direct)
+                    .await
+            } else {
+                direct.await
+            };
+            result.map_err(|e| match e {
+                RouteError::NoPath { .. } => ReadError::NoPath,
+                RouteError::NoServer { .. } => ReadError::NoServer,
+                RouteError::Read(e) => e,
+                other => ReadError::Rpc(other.to_string()),
+            })
         })
     }
 

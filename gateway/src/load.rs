@@ -1,13 +1,15 @@
 //! Bounds on the load an agent puts on the servers that answer for it: reads of another
 //! datacenter (over the WAN) and a client agent's reads (through a server).
 //!
-//! - **Coalescing**: identical non-blocking reads in flight at the same time share one
-//!   request; the first caller's request runs as a task of its own, so a caller that
-//!   gives up does not cancel it for the others.
+//! - **Coalescing**: identical stale non-blocking reads (DNS's, and `?stale` ones) in
+//!   flight at the same time share one request; the first caller's request runs as a
+//!   task of its own, so a caller that gives up does not cancel it for the others.
+//!   Default and consistent reads are never shared: one that began before a caller's
+//!   write could miss it.
 //! - **In-flight cap**: at most [`MAX_READS_IN_FLIGHT`] non-blocking and
-//!   [`MAX_BLOCKING_IN_FLIGHT`] blocking reads per datacenter; beyond that a read fails
-//!   at once with [`RouteError::Busy`] instead of queueing (together they fit the
-//!   streams one WAN connection carries).
+//!   [`MAX_BLOCKING_IN_FLIGHT`] blocking reads per other datacenter; beyond that a read
+//!   fails at once with [`RouteError::Busy`] instead of queueing. A client agent's reads
+//!   of its own datacenter are bounded by the server RPC layer instead.
 //! - **Cache** (Consul's `?cached`, DNS `use_cache`): answers of reads that asked for
 //!   it are kept for [`MAX_ENTRY_AGE`] at most, [`MAX_ENTRIES`] of them, and served
 //!   while younger than the caller's `max-age` (or on error, while younger than its
@@ -16,6 +18,7 @@
 //!   [`UNKNOWN_DC_TTL`], so a storm of lookups for one costs its server one request.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,8 +31,9 @@ use crate::RouteError;
 
 /// Non-blocking reads in flight to one datacenter at most.
 pub const MAX_READS_IN_FLIGHT: usize = 128;
-/// Blocking reads in flight to one datacenter at most.
-pub const MAX_BLOCKING_IN_FLIGHT: usize = 128;
+/// Blocking reads in flight to one datacenter at most (beyond the 256 streams of one
+/// WAN connection they wait for a stream, within their deadline).
+pub const MAX_BLOCKING_IN_FLIGHT: usize = 1024;
 /// Cached answers at most.
 pub const MAX_ENTRIES: usize = 1024;
 /// Answers with more items than this are not cached.
@@ -209,6 +213,42 @@ impl Load {
 
     pub(crate) fn landed(&self, key: &Key) {
         self.in_flight.lock().expect("in-flight lock").remove(key);
+    }
+
+    /// Runs `read` for `key`, unless an identical read is in flight: then waits for that
+    /// one's answer instead (until `deadline`). The first read runs as a task of its own,
+    /// so a caller that gives up does not cancel it for the others; it must end by
+    /// itself (every read has a deadline).
+    pub(crate) async fn coalesce<F>(
+        self: &Arc<Self>,
+        key: Key,
+        deadline: Instant,
+        read: F,
+    ) -> Result<QueryResult, RouteError>
+    where
+        F: Future<Output = Result<QueryResult, RouteError>> + Send + 'static,
+    {
+        let mut flight = match self.join(&key) {
+            Joined::Full => return read.await,
+            Joined::Flying(flight) => flight,
+            Joined::First(pilot) => {
+                let flight = pilot.subscribe();
+                let load = self.clone();
+                let key = key.clone();
+                tokio::spawn(async move {
+                    let result = read.await;
+                    let _ = pilot.send(Some(result));
+                    load.landed(&key);
+                });
+                flight
+            }
+        };
+        match tokio::time::timeout_at(deadline, flight.wait_for(Option::is_some)).await {
+            Ok(Ok(landed)) => landed
+                .clone()
+                .unwrap_or_else(|| Err(RouteError::NoServer { dc: key.dc.clone() })),
+            Ok(Err(_)) | Err(_) => Err(RouteError::NoServer { dc: key.dc }),
+        }
     }
 
     pub(crate) fn is_unknown(&self, dc: &str) -> bool {
