@@ -9,6 +9,7 @@
     unreachable_pub
 )]
 
+mod client;
 mod cluster;
 mod dns;
 mod gateway;

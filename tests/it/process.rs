@@ -1100,6 +1100,43 @@ fn two_datacenters_federate_as_the_readme_says() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&dig.stdout).trim(), ips[1]);
+    // A service only dc2 has, found from dc1 by a prepared query that fails over.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = proconsul::client::Client::new(&format!("{}:8500", ips[0])).unwrap();
+    runtime.block_on(async {
+        for (path, body) in [
+            (
+                "/v1/catalog/register?dc=dc2",
+                r#"{"Node": "web-2", "Address": "10.2.0.7", "Service": {"Service": "web", "Port": 80}}"#,
+            ),
+            (
+                "/v1/query",
+                r#"{"Name": "web", "Service": {"Service": "web", "Failover": {"NearestN": 1}}}"#,
+            ),
+        ] {
+            let method = if path == "/v1/query" {
+                hyper::Method::POST
+            } else {
+                hyper::Method::PUT
+            };
+            let r = client.call(method, path, Some(body.into())).await.unwrap();
+            assert_eq!(r.status, 200, "{path}: {}", r.body);
+        }
+    });
+    let dig = Command::new("dig")
+        .args([
+            &format!("@{}", ips[0]),
+            "-p",
+            "8600",
+            "web.query.consul",
+            "+short",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&dig.stdout).trim(), "10.2.0.7");
     let (code, out, err) = text(&run(&["keyring", "-list", &at(&ips[0])]));
     assert_eq!(code, 0, "{out}{err}");
     for pool in ["WAN:", "dc1 (LAN):", "dc2 (LAN):"] {

@@ -521,7 +521,10 @@ async fn catalog_reads_writes_and_dns_reach_another_datacenter_and_fail_fast_whe
     let nodes = client.json("/v1/catalog/service/web?dc=dc2").await;
     assert_eq!(nodes[0]["Node"], "web-2", "{nodes}");
     let leader = client.json("/v1/status/leader?dc=dc2").await;
-    assert!(!leader.as_str().unwrap().is_empty(), "dc2's leader: {leader}");
+    assert!(
+        !leader.as_str().unwrap().is_empty(),
+        "dc2's leader: {leader}"
+    );
     let body = json!({"Node": "web-3", "Address": "10.2.0.8",
         "Service": {"Service": "web", "ID": "web", "Port": 80}});
     let r = client

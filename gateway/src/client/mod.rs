@@ -1,0 +1,858 @@
+//! # A typed client of an agent, for any datacenter
+//!
+//! [`AgentClient`] is how a Rust program outside the agent asks the catalog of any
+//! datacenter: it speaks Consul's HTTP API (port 8500) to one agent, names the
+//! datacenter with `?dc=`, and that agent forwards the question over the WAN. It works
+//! against a proconsul agent and, since it reads Consul's JSON, against a Consul agent
+//! too.
+//!
+//! ```text
+//!   your program ──HTTP :8500, ?dc=dc2──▶ agent (dc1) ──WAN──▶ a server of dc2
+//!        ▲                                                          │
+//!        └──── Answer { value: Vec<ServiceEntry>, meta: QueryMeta } ◀┘
+//! ```
+//!
+//! Asking dc2 for the healthy instances of `web` through the local agent, then waiting
+//! (a blocking query) until that list changes:
+//!
+//! ```text
+//! use std::time::Duration;
+//! use proconsul_gateway::client::{AgentClient, ClientError, QueryOptions};
+//!
+//! async fn web_in_dc2() -> Result<(), ClientError> {
+//!     let agent = AgentClient::new("127.0.0.1:8500")?;
+//!     let healthy = agent
+//!         .health_service("web", true, &QueryOptions::in_dc("dc2"))
+//!         .await?;
+//!     for entry in &healthy.value {
+//!         println!("{} {}:{}", entry.node.node, entry.address(), entry.service.port);
+//!     }
+//!     let changed = agent
+//!         .health_service(
+//!             "web",
+//!             true,
+//!             &QueryOptions::in_dc("dc2").blocking(healthy.meta.index, Duration::from_secs(20)),
+//!         )
+//!         .await?;
+//!     println!("index {} -> {}", healthy.meta.index, changed.meta.index);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Reads return an [`Answer`]: the decoded value and the [`QueryMeta`] of Consul's
+//! headers (`X-Consul-Index` for the next blocking query, leader contact, cache hit).
+//! Failures are a [`ClientError`] that says whose fault it was: the agent's answer
+//! (`Http`, with its text, e.g. 500 `No path to datacenter`), no answer (`Transport`), or
+//! an answer that is not the JSON expected (`Decode`). Nothing the agent sends can make
+//! the client panic.
+//!
+//! Every request is bounded by [`http::REQUEST_TIMEOUT`]; blocking queries therefore
+//! wait at most [`MAX_WAIT`]. The raw client, [`http::Client`], stays available
+//! ([`AgentClient::http`]) for the endpoints this module does not type.
+//!
+//! This module is the client side of the HTTP API, for programs outside the agent; the
+//! routing code of this crate never uses it.
+
+pub mod http;
+mod types;
+
+pub use types::*;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hyper::Method;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use self::http::{Client, REQUEST_TIMEOUT, Response, encode, encode_segment};
+
+/// The longest wait a blocking query asks for. The agent adds up to wait/16 of jitter,
+/// and the whole answer must arrive within [`http::REQUEST_TIMEOUT`]; a longer `wait`
+/// is shortened to this, and a blocking query without one asks for this (Consul's own
+/// default of 5 minutes would outlast the timeout).
+pub const MAX_WAIT: Duration = Duration::from_secs(25);
+
+const _: () = assert!(
+    MAX_WAIT.as_millis() + MAX_WAIT.as_millis() / 16 + 2000 < REQUEST_TIMEOUT.as_millis(),
+    "a blocking query must end well within the request timeout"
+);
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The agent answered with an error status. `message` is its text as sent (trimmed):
+    /// 400 means the request is wrong; 404 that the thing asked for does not exist;
+    /// 500 `No path to datacenter` that the datacenter is unknown (retrying will not
+    /// help), `Remote DC has no server currently reachable` that it is known but down
+    /// (retry later); 429 that the agent is busy (retry later).
+    #[error("the agent answered {status}: {message}")]
+    Http {
+        /// HTTP status code.
+        status: u16,
+        /// The agent's plain-text error.
+        message: String,
+    },
+    /// No answer: the agent could not be reached, the connection broke, or the answer
+    /// did not arrive within [`http::REQUEST_TIMEOUT`]. Also returned by
+    /// [`AgentClient::new`] for an address that is not a plain `http://` one. Try again
+    /// later or ask another agent.
+    #[error("{0}")]
+    Transport(String),
+    /// The agent answered 200 with a body that is not the JSON expected: it speaks
+    /// another version of the API. Retrying will not help.
+    #[error("unexpected answer from the agent: {0}")]
+    Decode(String),
+}
+
+/// Which server may answer a read (Consul's consistency modes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Consistency {
+    /// The leader answers, without checking it is still the leader.
+    #[default]
+    Default,
+    /// Any server answers, however far behind (`?stale`): fastest, and works without a
+    /// leader.
+    Stale,
+    /// The leader answers after confirming its leadership (`?consistent`).
+    Consistent,
+}
+
+/// How a read is asked: where, how consistent, blocking or not, cached or not.
+/// `QueryOptions::default()` asks the agent's own datacenter, once, without the cache.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueryOptions {
+    /// The datacenter to ask (`?dc=`); `None` is the agent's own.
+    pub datacenter: Option<String>,
+    /// Which server may answer.
+    pub consistency: Consistency,
+    /// Block until the answer's index is above this one (`?index=`), a blocking query.
+    pub index: Option<u64>,
+    /// How long a blocking query waits for a change (`?wait=`), at most [`MAX_WAIT`].
+    pub wait: Option<Duration>,
+    /// Accept an answer from the agent's cache at most this old (`?cached&max-age=`,
+    /// whole seconds).
+    pub cached: Option<Duration>,
+    /// Sort by distance from this node (`?near=`; `_agent` is the agent itself).
+    /// proconsul takes it for prepared queries only and refuses it elsewhere.
+    pub near: Option<String>,
+}
+
+impl QueryOptions {
+    /// Asks datacenter `dc`.
+    pub fn in_dc(dc: impl Into<String>) -> QueryOptions {
+        QueryOptions {
+            datacenter: Some(dc.into()),
+            ..QueryOptions::default()
+        }
+    }
+
+    /// Lets any server answer (`?stale`).
+    pub fn stale(self) -> QueryOptions {
+        QueryOptions {
+            consistency: Consistency::Stale,
+            ..self
+        }
+    }
+
+    /// Has the leader confirm its leadership before answering (`?consistent`).
+    pub fn consistent(self) -> QueryOptions {
+        QueryOptions {
+            consistency: Consistency::Consistent,
+            ..self
+        }
+    }
+
+    /// Waits up to `wait` for the answer's index to pass `index` (the index of a
+    /// previous answer, [`QueryMeta::index`]).
+    pub fn blocking(self, index: u64, wait: Duration) -> QueryOptions {
+        QueryOptions {
+            index: Some(index),
+            wait: Some(wait),
+            ..self
+        }
+    }
+
+    /// Accepts a cached answer at most `max_age` old.
+    pub fn cached(self, max_age: Duration) -> QueryOptions {
+        QueryOptions {
+            cached: Some(max_age),
+            ..self
+        }
+    }
+
+    /// Sorts by distance from `node`.
+    pub fn near(self, node: impl Into<String>) -> QueryOptions {
+        QueryOptions {
+            near: Some(node.into()),
+            ..self
+        }
+    }
+
+    /// Adds these options to a query string.
+    fn render(&self, query: &mut QueryString) {
+        if let Some(dc) = &self.datacenter {
+            query.pair("dc", dc);
+        }
+        match self.consistency {
+            Consistency::Default => {}
+            Consistency::Stale => query.flag("stale"),
+            Consistency::Consistent => query.flag("consistent"),
+        }
+        if let Some(index) = self.index {
+            query.pair("index", &index.to_string());
+        }
+        let wait = match (self.index, self.wait) {
+            (_, Some(wait)) => Some(wait.min(MAX_WAIT)),
+            (Some(_), None) => Some(MAX_WAIT),
+            (None, None) => None,
+        };
+        if let Some(wait) = wait {
+            query.pair("wait", &go_duration(wait));
+        }
+        if let Some(max_age) = self.cached {
+            query.flag("cached");
+            query.pair("max-age", &max_age.as_secs().to_string());
+        }
+        if let Some(near) = &self.near {
+            query.pair("near", near);
+        }
+    }
+}
+
+/// A duration as Go's `time.ParseDuration` reads it: `10s`, or `1500ms`.
+fn go_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// A request path and its query string, values percent-encoded.
+struct QueryString {
+    path: String,
+    parts: Vec<String>,
+}
+
+impl QueryString {
+    fn new(path: String) -> QueryString {
+        QueryString {
+            path,
+            parts: Vec::new(),
+        }
+    }
+
+    fn flag(&mut self, name: &str) {
+        self.parts.push(name.to_owned());
+    }
+
+    fn pair(&mut self, name: &str, value: &str) {
+        self.parts.push(format!("{name}={}", encode(value)));
+    }
+
+    fn finish(self) -> String {
+        if self.parts.is_empty() {
+            self.path
+        } else {
+            format!("{}?{}", self.path, self.parts.join("&"))
+        }
+    }
+}
+
+/// Whether a cached answer was used (`X-Cache`, `Age`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheHit {
+    /// The answer came from the agent's cache, this old.
+    Hit {
+        /// Time since the agent fetched it (`Age`, whole seconds).
+        age: Duration,
+    },
+    /// The agent fetched a fresh answer (and cached it).
+    Miss,
+}
+
+/// What Consul's headers say about a read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueryMeta {
+    /// The index of the answer (`X-Consul-Index`): pass it to
+    /// [`QueryOptions::blocking`] to wait for the next change. 0 when absent.
+    pub index: u64,
+    /// Whether the answering server knew a leader (`X-Consul-KnownLeader`).
+    pub known_leader: bool,
+    /// Time since the answering server last heard from the leader
+    /// (`X-Consul-LastContact`, milliseconds); zero on the leader.
+    pub last_contact: Duration,
+    /// Whether the cache was used; `None` when the read did not ask for it.
+    pub cache: Option<CacheHit>,
+}
+
+impl QueryMeta {
+    /// Reads the headers of an answer (names in any case). A header that is missing or
+    /// unreadable leaves its field at the default.
+    pub fn from_headers(headers: &[(String, String)]) -> QueryMeta {
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim())
+        };
+        let number = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok());
+        let cache = match get("x-cache") {
+            Some(v) if v.eq_ignore_ascii_case("hit") => Some(CacheHit::Hit {
+                age: Duration::from_secs(number("age").unwrap_or(0)),
+            }),
+            Some(v) if v.eq_ignore_ascii_case("miss") => Some(CacheHit::Miss),
+            _ => None,
+        };
+        QueryMeta {
+            index: number("x-consul-index").unwrap_or(0),
+            known_leader: get("x-consul-knownleader") == Some("true"),
+            last_contact: Duration::from_millis(number("x-consul-lastcontact").unwrap_or(0)),
+            cache,
+        }
+    }
+}
+
+/// A read's value and what its headers said.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer<T> {
+    /// The decoded body.
+    pub value: T,
+    /// Index, leader contact and cache status.
+    pub meta: QueryMeta,
+}
+
+/// A client of one agent's HTTP API, asking about any datacenter. Cloning copies the
+/// address only; every request opens its own connection.
+#[derive(Debug, Clone)]
+pub struct AgentClient {
+    http: Client,
+}
+
+impl AgentClient {
+    /// A client of the agent at `http_addr`: `127.0.0.1:8500` or
+    /// `http://127.0.0.1:8500`. Nothing is sent yet.
+    pub fn new(http_addr: &str) -> Result<AgentClient, ClientError> {
+        let http = Client::new(http_addr).map_err(|e| ClientError::Transport(format!("{e:#}")))?;
+        Ok(AgentClient { http })
+    }
+
+    /// The raw client, for endpoints this one does not type.
+    pub fn http(&self) -> &Client {
+        &self.http
+    }
+
+    /// The datacenters the agent knows, nearest first (`/v1/catalog/datacenters`).
+    pub async fn datacenters(&self) -> Result<Vec<String>, ClientError> {
+        let path = "/v1/catalog/datacenters";
+        let r = self.send(Method::GET, path, None).await?;
+        decode(path, &r.body)
+    }
+
+    /// Every node of the datacenter (`/v1/catalog/nodes`).
+    pub async fn catalog_nodes(
+        &self,
+        options: &QueryOptions,
+    ) -> Result<Answer<Vec<Node>>, ClientError> {
+        let mut query = QueryString::new("/v1/catalog/nodes".into());
+        options.render(&mut query);
+        self.read(query.finish()).await
+    }
+
+    /// Every service of the datacenter with the tags of its instances
+    /// (`/v1/catalog/services`).
+    pub async fn catalog_services(
+        &self,
+        options: &QueryOptions,
+    ) -> Result<Answer<BTreeMap<String, Vec<String>>>, ClientError> {
+        let mut query = QueryString::new("/v1/catalog/services".into());
+        options.render(&mut query);
+        let answer: Answer<BTreeMap<String, Option<Vec<String>>>> =
+            self.read(query.finish()).await?;
+        Ok(Answer {
+            value: answer
+                .value
+                .into_iter()
+                .map(|(name, tags)| (name, tags.unwrap_or_default()))
+                .collect(),
+            meta: answer.meta,
+        })
+    }
+
+    /// The instances of service `name`, healthy or not, optionally only those with
+    /// `tag` (`/v1/catalog/service/:name`).
+    pub async fn catalog_service(
+        &self,
+        name: &str,
+        tag: Option<&str>,
+        options: &QueryOptions,
+    ) -> Result<Answer<Vec<CatalogService>>, ClientError> {
+        let mut query = QueryString::new(format!("/v1/catalog/service/{}", encode_segment(name)));
+        options.render(&mut query);
+        if let Some(tag) = tag {
+            query.pair("tag", tag);
+        }
+        self.read(query.finish()).await
+    }
+
+    /// The instances of service `name` with their nodes and checks; with
+    /// `passing_only`, only those whose every check passes
+    /// (`/v1/health/service/:name`).
+    pub async fn health_service(
+        &self,
+        name: &str,
+        passing_only: bool,
+        options: &QueryOptions,
+    ) -> Result<Answer<Vec<ServiceEntry>>, ClientError> {
+        let mut query = QueryString::new(format!("/v1/health/service/{}", encode_segment(name)));
+        options.render(&mut query);
+        if passing_only {
+            query.flag("passing");
+        }
+        self.read(query.finish()).await
+    }
+
+    /// Runs the prepared query `id_or_name` stored in the datacenter of `options`
+    /// (`/v1/query/:id/execute`); it may fail over to other datacenters.
+    pub async fn execute_query(
+        &self,
+        id_or_name: &str,
+        options: &QueryOptions,
+    ) -> Result<Answer<QueryExecution>, ClientError> {
+        let mut query =
+            QueryString::new(format!("/v1/query/{}/execute", encode_segment(id_or_name)));
+        options.render(&mut query);
+        self.read(query.finish()).await
+    }
+
+    /// Registers a node, and optionally an instance and a check, in datacenter `dc`
+    /// (the agent's own when `None`).
+    pub async fn register(
+        &self,
+        registration: &CatalogRegistration,
+        dc: Option<&str>,
+    ) -> Result<(), ClientError> {
+        self.write("/v1/catalog/register", dc, registration).await
+    }
+
+    /// Removes service instance `service_id` of `node`, or the whole node when `None`,
+    /// from datacenter `dc` (the agent's own when `None`).
+    pub async fn deregister(
+        &self,
+        node: &str,
+        service_id: Option<&str>,
+        dc: Option<&str>,
+    ) -> Result<(), ClientError> {
+        let body = Deregistration { node, service_id };
+        self.write("/v1/catalog/deregister", dc, &body).await
+    }
+
+    /// The Raft leader of datacenter `dc` as `ip:port`, or `""` when it has none
+    /// (`/v1/status/leader`).
+    pub async fn leader(&self, dc: Option<&str>) -> Result<String, ClientError> {
+        let mut query = QueryString::new("/v1/status/leader".into());
+        if let Some(dc) = dc {
+            query.pair("dc", dc);
+        }
+        let path = query.finish();
+        let r = self.send(Method::GET, &path, None).await?;
+        decode(&path, &r.body)
+    }
+
+    async fn read<T: DeserializeOwned>(&self, path: String) -> Result<Answer<T>, ClientError> {
+        let r = self.send(Method::GET, &path, None).await?;
+        Ok(Answer {
+            value: decode(&path, &r.body)?,
+            meta: QueryMeta::from_headers(&r.headers),
+        })
+    }
+
+    async fn write(
+        &self,
+        path: &str,
+        dc: Option<&str>,
+        body: &impl Serialize,
+    ) -> Result<(), ClientError> {
+        let mut query = QueryString::new(path.to_owned());
+        if let Some(dc) = dc {
+            query.pair("dc", dc);
+        }
+        // Our request types are structs of strings, numbers and string-keyed maps.
+        let body = serde_json::to_string(body).expect("a request serialises");
+        self.send(Method::PUT, &query.finish(), Some(body)).await?;
+        Ok(())
+    }
+
+    /// One request; anything but 200 is the agent's error.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<Response, ClientError> {
+        let r = self
+            .http
+            .call(method, path, body)
+            .await
+            .map_err(|e| ClientError::Transport(format!("{e:#}")))?;
+        if r.status == 200 {
+            Ok(r)
+        } else {
+            Err(ClientError::Http {
+                status: r.status,
+                message: r.body.trim().to_owned(),
+            })
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(path: &str, body: &str) -> Result<T, ClientError> {
+    serde_json::from_str(body).map_err(|e| ClientError::Decode(format!("{path}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(options: &QueryOptions) -> String {
+        let mut query = QueryString::new("/v1/catalog/nodes".into());
+        options.render(&mut query);
+        query.finish()
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn options_render_as_consul_parameters_with_values_encoded() {
+        for (options, want) in [
+            (QueryOptions::default(), "/v1/catalog/nodes"),
+            (QueryOptions::in_dc("dc2"), "/v1/catalog/nodes?dc=dc2"),
+            (
+                QueryOptions::in_dc("dc 2/x&y=z").stale(),
+                "/v1/catalog/nodes?dc=dc+2%2Fx%26y%3Dz&stale",
+            ),
+            (
+                QueryOptions::default().consistent(),
+                "/v1/catalog/nodes?consistent",
+            ),
+            (
+                QueryOptions::in_dc("dc2").blocking(42, secs(10)),
+                "/v1/catalog/nodes?dc=dc2&index=42&wait=10s",
+            ),
+            (
+                QueryOptions::default().blocking(7, Duration::from_millis(1500)),
+                "/v1/catalog/nodes?index=7&wait=1500ms",
+            ),
+            // Beyond what the request timeout allows: shortened to MAX_WAIT.
+            (
+                QueryOptions::default().blocking(7, secs(600)),
+                "/v1/catalog/nodes?index=7&wait=25s",
+            ),
+            // No wait given: MAX_WAIT rather than Consul's 5 minutes.
+            (
+                QueryOptions {
+                    index: Some(3),
+                    ..QueryOptions::default()
+                },
+                "/v1/catalog/nodes?index=3&wait=25s",
+            ),
+            (
+                QueryOptions::in_dc("dc2").stale().cached(secs(30)),
+                "/v1/catalog/nodes?dc=dc2&stale&cached&max-age=30",
+            ),
+            (
+                QueryOptions::default().near("_agent"),
+                "/v1/catalog/nodes?near=_agent",
+            ),
+        ] {
+            assert_eq!(path(&options), want, "{options:?}");
+        }
+        assert_eq!(encode_segment("web api/v1"), "web%20api%2Fv1");
+    }
+
+    fn headers(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn meta_is_read_from_consul_headers() {
+        let meta = QueryMeta::from_headers(&headers(&[
+            ("content-type", "application/json"),
+            ("X-Consul-Index", "1234"),
+            ("x-consul-knownleader", "true"),
+            ("x-consul-lastcontact", "250"),
+            ("x-cache", "HIT"),
+            ("age", "17"),
+        ]));
+        assert_eq!(
+            meta,
+            QueryMeta {
+                index: 1234,
+                known_leader: true,
+                last_contact: Duration::from_millis(250),
+                cache: Some(CacheHit::Hit { age: secs(17) }),
+            }
+        );
+        let meta = QueryMeta::from_headers(&headers(&[
+            ("x-consul-index", "9"),
+            ("x-consul-knownleader", "false"),
+            ("x-cache", "MISS"),
+            ("age", "0"),
+        ]));
+        assert_eq!(meta.cache, Some(CacheHit::Miss));
+        assert!(!meta.known_leader);
+        // Missing or garbled headers leave the defaults; nothing panics.
+        assert_eq!(QueryMeta::from_headers(&[]), QueryMeta::default());
+        let meta = QueryMeta::from_headers(&headers(&[
+            ("x-consul-index", "-1"),
+            ("x-consul-lastcontact", "soon"),
+            ("x-cache", "MAYBE"),
+        ]));
+        assert_eq!(meta, QueryMeta::default());
+        let meta = QueryMeta::from_headers(&headers(&[("x-cache", "HIT")]));
+        assert_eq!(
+            meta.cache,
+            Some(CacheHit::Hit {
+                age: Duration::ZERO
+            })
+        );
+    }
+
+    /// `/v1/health/service/web` as our API renders it (`api::http::json`).
+    const HEALTH: &str = r#"[{
+        "Node": {"ID": "0b6a3c1e-0000-4000-8000-000000000001", "Node": "web-2",
+            "Address": "10.2.0.7", "Datacenter": "dc2",
+            "TaggedAddresses": {"lan": "10.2.0.7"}, "Meta": {"rack": "r1"},
+            "CreateIndex": 11, "ModifyIndex": 12},
+        "Service": {"ID": "web-1", "Service": "web", "Tags": ["v2"], "Address": "",
+            "TaggedAddresses": {"lan_ipv4": {"Address": "10.2.0.7", "Port": 80}},
+            "Meta": {"version": "2"}, "Port": 80,
+            "Weights": {"Passing": 1, "Warning": 1}, "EnableTagOverride": false,
+            "CreateIndex": 13, "ModifyIndex": 14},
+        "Checks": [{"Node": "web-2", "CheckID": "service:web-1", "Name": "web alive",
+            "Status": "passing", "Notes": "", "Output": "HTTP 200",
+            "ServiceID": "web-1", "ServiceName": "web", "ServiceTags": ["v2"],
+            "Type": "http", "Interval": "10s", "Timeout": "1s", "ExposedPort": 0,
+            "Definition": {}, "CreateIndex": 15, "ModifyIndex": 16}]
+    }]"#;
+
+    fn web_entry() -> ServiceEntry {
+        ServiceEntry {
+            node: Node {
+                id: "0b6a3c1e-0000-4000-8000-000000000001".into(),
+                node: "web-2".into(),
+                address: "10.2.0.7".into(),
+                datacenter: "dc2".into(),
+                tagged_addresses: [("lan".into(), "10.2.0.7".into())].into(),
+                meta: [("rack".into(), "r1".into())].into(),
+                create_index: 11,
+                modify_index: 12,
+            },
+            service: Service {
+                id: "web-1".into(),
+                service: "web".into(),
+                tags: vec!["v2".into()],
+                address: String::new(),
+                meta: [("version".into(), "2".into())].into(),
+                port: 80,
+                create_index: 13,
+                modify_index: 14,
+            },
+            checks: vec![HealthCheck {
+                node: "web-2".into(),
+                check_id: "service:web-1".into(),
+                name: "web alive".into(),
+                status: "passing".into(),
+                notes: String::new(),
+                output: "HTTP 200".into(),
+                service_id: "web-1".into(),
+                service_name: "web".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn health_entries_decode_from_our_json() {
+        let list: Vec<ServiceEntry> = decode("/v1/health/service/web", HEALTH).unwrap();
+        assert_eq!(list, [web_entry()]);
+        assert_eq!(
+            list[0].address(),
+            "10.2.0.7",
+            "the node's, as Address is empty"
+        );
+    }
+
+    #[test]
+    fn nodes_and_catalog_services_decode_from_our_json() {
+        let nodes: Vec<Node> = decode(
+            "/v1/catalog/nodes",
+            r#"[{"ID": "", "Node": "b0", "Address": "127.0.0.2", "Datacenter": "dc2",
+                "TaggedAddresses": {"lan": "127.0.0.2", "wan": "127.0.0.2"}, "Meta": {},
+                "CreateIndex": 5, "ModifyIndex": 6}]"#,
+        )
+        .unwrap();
+        assert_eq!(nodes[0].node, "b0");
+        assert_eq!(nodes[0].tagged_addresses["wan"], "127.0.0.2");
+        assert_eq!((nodes[0].create_index, nodes[0].modify_index), (5, 6));
+
+        let list: Vec<CatalogService> = decode(
+            "/v1/catalog/service/web",
+            r#"[{"ID": "n-1", "Node": "web-2", "Address": "10.2.0.7", "Datacenter": "dc2",
+                "TaggedAddresses": {}, "NodeMeta": {"rack": "r1"}, "ServiceKind": "",
+                "ServiceID": "web-1", "ServiceName": "web", "ServiceTags": ["v2"],
+                "ServiceAddress": "10.2.0.70",
+                "ServiceTaggedAddresses": {"lan_ipv4": {"Address": "10.2.0.70", "Port": 80}},
+                "ServiceWeights": {"Passing": 1, "Warning": 1}, "ServiceMeta": {"v": "2"},
+                "ServicePort": 80, "ServiceSocketPath": "", "ServiceEnableTagOverride": false,
+                "ServiceProxy": {"MeshGateway": {}, "Expose": {}}, "ServiceConnect": {},
+                "CreateIndex": 13, "ModifyIndex": 14}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            list,
+            [CatalogService {
+                id: "n-1".into(),
+                node: "web-2".into(),
+                address: "10.2.0.7".into(),
+                datacenter: "dc2".into(),
+                tagged_addresses: BTreeMap::new(),
+                node_meta: [("rack".into(), "r1".into())].into(),
+                service_id: "web-1".into(),
+                service_name: "web".into(),
+                service_tags: vec!["v2".into()],
+                service_address: "10.2.0.70".into(),
+                service_port: 80,
+                service_meta: [("v".into(), "2".into())].into(),
+                create_index: 13,
+                modify_index: 14,
+            }]
+        );
+    }
+
+    #[test]
+    fn query_executions_decode_from_our_json() {
+        let body = format!(
+            r#"{{"Service": "web", "Nodes": {HEALTH}, "DNS": {{"TTL": "10s"}},
+                "Datacenter": "dc2", "Failovers": 1}}"#
+        );
+        let executed: QueryExecution = decode("/v1/query/web-q/execute", &body).unwrap();
+        assert_eq!(
+            executed,
+            QueryExecution {
+                service: "web".into(),
+                nodes: vec![web_entry()],
+                dns: QueryDns { ttl: "10s".into() },
+                datacenter: "dc2".into(),
+                failovers: 1,
+            }
+        );
+    }
+
+    #[test]
+    fn consul_nulls_and_missing_fields_read_as_empty() {
+        // Go writes nil maps and slices as null, and older agents omit fields.
+        let list: Vec<ServiceEntry> = decode(
+            "/v1/health/service/web",
+            r#"[{"Node": {"Node": "n1", "Address": "10.0.0.1", "TaggedAddresses": null,
+                    "Meta": null, "Partition": "default"},
+                 "Service": {"ID": "web", "Service": "web", "Tags": null, "Meta": null,
+                    "Port": 80},
+                 "Checks": null}]"#,
+        )
+        .unwrap();
+        assert_eq!(list[0].node.node, "n1");
+        assert!(list[0].node.meta.is_empty() && list[0].node.datacenter.is_empty());
+        assert!(list[0].service.tags.is_empty() && list[0].checks.is_empty());
+        let executed: QueryExecution = decode(
+            "/v1/query/q/execute",
+            r#"{"Service": "web", "Nodes": null}"#,
+        )
+        .unwrap();
+        assert!(executed.nodes.is_empty() && executed.dns.ttl.is_empty());
+    }
+
+    #[test]
+    fn a_body_of_the_wrong_shape_is_a_decode_error() {
+        for body in [
+            "",
+            "{",
+            "null",
+            r#"[{"Node": 5}]"#,
+            r#"[{"Service": {"Port": 70000}}]"#,
+        ] {
+            match decode::<Vec<ServiceEntry>>("/v1/health/service/web", body) {
+                Err(ClientError::Decode(text)) => {
+                    assert!(text.starts_with("/v1/health/service/web: "), "{text}");
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+        assert_eq!(decode::<String>("/v1/status/leader", r#""""#).unwrap(), "");
+    }
+
+    #[test]
+    fn registrations_serialise_with_consul_field_names() {
+        let registration = CatalogRegistration {
+            node: "web-2".into(),
+            address: "10.2.0.7".into(),
+            datacenter: None,
+            service: Some(ServiceRegistration {
+                id: "web-1".into(),
+                service: "web".into(),
+                tags: vec!["v2".into()],
+                address: String::new(),
+                port: 80,
+                meta: [("v".into(), "2".into())].into(),
+            }),
+            check: Some(CheckRegistration {
+                check_id: "web-alive".into(),
+                name: "web alive".into(),
+                status: "passing".into(),
+                service_id: "web-1".into(),
+            }),
+        };
+        assert_eq!(
+            serde_json::to_value(&registration).unwrap(),
+            serde_json::json!({
+                "Node": "web-2", "Address": "10.2.0.7",
+                "Service": {"ID": "web-1", "Service": "web", "Tags": ["v2"], "Port": 80,
+                    "Meta": {"v": "2"}},
+                "Check": {"CheckID": "web-alive", "Name": "web alive", "Status": "passing",
+                    "ServiceID": "web-1"}
+            })
+        );
+        let node_only = CatalogRegistration {
+            datacenter: Some("dc2".into()),
+            ..CatalogRegistration::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&node_only).unwrap(),
+            serde_json::json!({"Node": "", "Address": "", "Datacenter": "dc2"})
+        );
+        let deregistration = Deregistration {
+            node: "web-2",
+            service_id: Some("web-1"),
+        };
+        assert_eq!(
+            serde_json::to_value(&deregistration).unwrap(),
+            serde_json::json!({"Node": "web-2", "ServiceID": "web-1"})
+        );
+    }
+
+    #[test]
+    fn a_bad_address_is_refused_before_anything_is_sent() {
+        assert!(AgentClient::new("127.0.0.1:8500").is_ok());
+        assert!(AgentClient::new("http://127.0.0.1:8500/").is_ok());
+        for bad in ["", "https://127.0.0.1:8501", "unix:///tmp/consul.sock"] {
+            assert!(
+                matches!(AgentClient::new(bad), Err(ClientError::Transport(_))),
+                "{bad}"
+            );
+        }
+    }
+}
