@@ -491,7 +491,14 @@ impl Agent {
                         .iter()
                         .map(|ip| SocketAddr::new(*ip, port))
                         .collect();
-                    api::http::start(&addrs, context, &tasks, front.child_token()).await?
+                    api::http::start(
+                        &addrs,
+                        context,
+                        config.http_limits.clone(),
+                        &tasks,
+                        front.child_token(),
+                    )
+                    .await?
                 }
                 None => Vec::new(),
             };

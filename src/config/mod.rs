@@ -148,6 +148,8 @@ pub struct AgentConfig {
     pub enable_local_script_checks: bool,
     /// DNS settings.
     pub dns: DnsConfig,
+    /// Bounds of the HTTP server (`limits`).
+    pub http_limits: api::http::HttpLimits,
     /// Services from config files, with their checks.
     pub services: Vec<(Service, Vec<CheckDefinition>)>,
     /// Node-level checks from config files.
@@ -505,6 +507,56 @@ fn check_layer(
     {
         problems.push(problem(o, "reconnect_timeout", "must be at least 8h"));
     }
+    if let Some(l) = &r.limits {
+        duration(
+            o,
+            "limits.http_header_timeout",
+            &l.http_header_timeout,
+            problems,
+        );
+        let range = |key: &str, v: Option<u64>, min: u64, max: u64, problems: &mut Vec<Problem>| {
+            if let Some(n) = v
+                && !(min..=max).contains(&n)
+            {
+                problems.push(problem(o, key, format!("must be between {min} and {max}")));
+            }
+        };
+        range(
+            "limits.http_max_connections",
+            l.http_max_connections,
+            1,
+            1 << 20,
+            problems,
+        );
+        range(
+            "limits.http_max_header_bytes",
+            l.http_max_header_bytes,
+            8192,
+            16 << 20,
+            problems,
+        );
+        range(
+            "limits.http_max_body_bytes",
+            l.http_max_body_bytes,
+            1024,
+            1 << 30,
+            problems,
+        );
+        range(
+            "limits.dns_udp_max_response_bytes",
+            l.dns_udp_max_response_bytes,
+            512,
+            65467,
+            problems,
+        );
+        range(
+            "limits.dns_rate_per_source",
+            l.dns_rate_per_source,
+            0,
+            1 << 24,
+            problems,
+        );
+    }
     if let Some(d) = &r.dns_config {
         duration(o, "dns_config.max_stale", &d.max_stale, problems);
         duration(o, "dns_config.node_ttl", &d.node_ttl, problems);
@@ -762,7 +814,37 @@ impl AgentConfig {
         let d = |v: &Option<String>| v.as_deref().and_then(|t| lan::duration::parse(t).ok());
         let soa_raw = dns_raw.soa.clone().unwrap_or_default();
         let default_soa = Soa::default();
+        let limits_raw = m.limits.clone().unwrap_or_default();
+        let http_default = api::http::HttpLimits::default();
+        let size = |v: Option<u64>, default: usize| {
+            v.map_or(default, |n| usize::try_from(n).unwrap_or(usize::MAX))
+        };
+        let http_limits = api::http::HttpLimits {
+            max_connections: size(
+                limits_raw.http_max_connections,
+                http_default.max_connections,
+            ),
+            max_conns_per_client: match limits_raw.http_max_conns_per_client {
+                // Consul: 0 means no per-client limit.
+                Some(0) => usize::MAX,
+                v => size(v, http_default.max_conns_per_client),
+            },
+            max_header_bytes: size(
+                limits_raw.http_max_header_bytes,
+                http_default.max_header_bytes,
+            ),
+            max_body_bytes: size(limits_raw.http_max_body_bytes, http_default.max_body_bytes),
+            header_timeout: d(&limits_raw.http_header_timeout)
+                .unwrap_or(http_default.header_timeout),
+        };
         let dns = DnsConfig {
+            udp_max_response: limits_raw
+                .dns_udp_max_response_bytes
+                .and_then(|n| u16::try_from(n).ok())
+                .unwrap_or(api::dns::DEFAULT_UDP_MAX_RESPONSE),
+            rate_per_source: limits_raw
+                .dns_rate_per_source
+                .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
             domain,
             node_ttl: d(&dns_raw.node_ttl).unwrap_or(Duration::ZERO),
             service_ttl: dns_raw
@@ -899,6 +981,7 @@ impl AgentConfig {
             enable_script_checks,
             enable_local_script_checks,
             dns,
+            http_limits,
             services,
             checks,
             encrypt: m.encrypt.as_deref().and_then(|k| Key::parse(k).ok()),

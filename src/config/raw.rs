@@ -35,6 +35,19 @@ pub struct RawSoa {
     pub min_ttl: Option<u64>,
 }
 
+/// `limits`: Consul's `http_max_conns_per_client` and proconsul's own bounds.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub http_max_conns_per_client: Option<u64>,
+    pub http_max_connections: Option<u64>,
+    pub http_max_header_bytes: Option<u64>,
+    pub http_max_body_bytes: Option<u64>,
+    pub http_header_timeout: Option<String>,
+    pub dns_udp_max_response_bytes: Option<u64>,
+    pub dns_rate_per_source: Option<u64>,
+}
+
 /// `dns_config.failover` (not a Consul key): where plain service lookups go when this
 /// datacenter has no healthy instance.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -128,6 +141,7 @@ pub struct RawConfig {
     pub ports: Option<RawPorts>,
     pub recursors: Option<Vec<String>>,
     pub dns_config: Option<RawDnsConfig>,
+    pub limits: Option<RawLimits>,
     pub enable_script_checks: Option<bool>,
     pub enable_local_script_checks: Option<bool>,
     pub leave_on_terminate: Option<bool>,
@@ -249,6 +263,22 @@ impl RawConfig {
             scalar(&mut ports.server, p.server);
         }
         list(&mut self.recursors, l.recursors);
+        if let Some(x) = l.limits {
+            let limits = self.limits.get_or_insert_with(RawLimits::default);
+            scalar(
+                &mut limits.http_max_conns_per_client,
+                x.http_max_conns_per_client,
+            );
+            scalar(&mut limits.http_max_connections, x.http_max_connections);
+            scalar(&mut limits.http_max_header_bytes, x.http_max_header_bytes);
+            scalar(&mut limits.http_max_body_bytes, x.http_max_body_bytes);
+            scalar(&mut limits.http_header_timeout, x.http_header_timeout);
+            scalar(
+                &mut limits.dns_udp_max_response_bytes,
+                x.dns_udp_max_response_bytes,
+            );
+            scalar(&mut limits.dns_rate_per_source, x.dns_rate_per_source);
+        }
         if let Some(d) = l.dns_config {
             let dns = self.dns_config.get_or_insert_with(RawDnsConfig::default);
             scalar(&mut dns.allow_stale, d.allow_stale);

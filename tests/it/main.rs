@@ -14,6 +14,7 @@ mod cluster;
 mod dns;
 mod gateway;
 mod http;
+mod limits;
 mod process;
 mod raft;
 mod support;

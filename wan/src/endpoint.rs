@@ -52,6 +52,10 @@ pub const DIAL_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_REQUEST: usize = 16 * 1024 * 1024;
 /// Largest answer read from a stream.
 pub const MAX_ANSWER: usize = 64 * 1024 * 1024;
+/// Bytes of requests being read or served at once, over every connection; a stream
+/// that would go beyond is refused (so 1024 peers × 256 streams cannot each hold a
+/// 16 MiB request).
+pub const MAX_REQUEST_BYTES_IN_FLIGHT: usize = 256 * 1024 * 1024;
 /// How long a server has to serve one incoming stream: a blocking query from another
 /// datacenter may wait up to Consul's 10-minute maximum, plus a margin.
 pub const STREAM_TIMEOUT: Duration = Duration::from_secs(10 * 60 + 30);
@@ -138,6 +142,10 @@ struct Inner {
     log: Mutex<PeerLog>,
     /// RPC requests handed to the service so far.
     served: std::sync::atomic::AtomicU64,
+    /// Connections being served, replaced ones included.
+    live: std::sync::atomic::AtomicUsize,
+    /// [`MAX_REQUEST_BYTES_IN_FLIGHT`], in KiB.
+    request_budget: Arc<Semaphore>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -259,6 +267,8 @@ impl Endpoint {
                 service: OnceLock::new(),
                 log: Mutex::default(),
                 served: Default::default(),
+                live: Default::default(),
+                request_budget: Arc::new(Semaphore::new(MAX_REQUEST_BYTES_IN_FLIGHT / 1024)),
                 tasks: tasks.clone(),
                 shutdown: shutdown.clone(),
             }),
@@ -297,9 +307,10 @@ impl Endpoint {
         self.inner.served.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Connections open now.
+    /// Connections open now, counting those a newer connection to the same peer
+    /// replaced and that are still being served until they close.
     pub fn connections(&self) -> usize {
-        self.inner.peers.lock().expect("peers lock").len()
+        self.inner.live.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn refused(&self, peer: SocketAddr, what: &str, error: &dyn std::fmt::Display) {
@@ -401,6 +412,16 @@ impl Endpoint {
     }
 
     async fn serve(self, peer: Peer) {
+        struct Live<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Live<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        self.inner
+            .live
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _live = Live(&self.inner.live);
         let conn = peer.conn.clone();
         let addr = conn.remote_address();
         let caller = Caller {
@@ -456,15 +477,47 @@ impl Endpoint {
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) -> Result<(), String> {
-        let request = match recv.read_to_end(MAX_REQUEST + 1).await {
-            Ok(r) => r,
-            Err(quinn::ReadToEndError::TooLong) => {
+        // Read in chunks, each counted against the shared budget before it is kept.
+        let mut request = Vec::new();
+        let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+        loop {
+            let chunk = match recv.read_chunk(64 * 1024, true).await {
+                Ok(Some(chunk)) => chunk.bytes,
+                Ok(None) => break,
+                Err(e) => return Err(e.to_string()),
+            };
+            let total = request.len() + chunk.len();
+            if total > MAX_REQUEST {
                 self.refused(caller.addr, "WAN request", &"over the size limit");
                 let _ = recv.stop(0u32.into());
                 return Ok(());
             }
-            Err(e) => return Err(e.to_string()),
-        };
+            let want = u32::try_from(total.div_ceil(1024)).unwrap_or(u32::MAX);
+            let have = held.as_ref().map_or(0, |p| p.num_permits() as u32);
+            if want > have {
+                match self
+                    .inner
+                    .request_budget
+                    .clone()
+                    .try_acquire_many_owned(want - have)
+                {
+                    Ok(more) => match held.as_mut() {
+                        Some(p) => p.merge(more),
+                        None => held = Some(more),
+                    },
+                    Err(_) => {
+                        self.refused(
+                            caller.addr,
+                            "WAN request",
+                            &"the memory budget for requests in flight is used up",
+                        );
+                        let _ = recv.stop(0u32.into());
+                        return Ok(());
+                    }
+                }
+            }
+            request.extend_from_slice(&chunk);
+        }
         let answer = match request.split_first() {
             Some((&KIND_GOSSIP, frame)) => match self.inner.gossip.get() {
                 Some(gossip) => gossip.frame(caller.addr, frame).await,

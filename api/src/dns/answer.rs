@@ -928,7 +928,10 @@ impl Responder {
         let limit = match transport {
             Transport::Tcp => usize::from(u16::MAX),
             Transport::Udp => match &request.edns {
-                Some(edns) => usize::from(edns.max_payload().clamp(512, MAX_UDP_PAYLOAD)),
+                Some(edns) => usize::from(edns.max_payload().clamp(
+                    512,
+                    self.config.udp_max_response.clamp(512, MAX_UDP_PAYLOAD),
+                )),
                 None => 512,
             },
         };

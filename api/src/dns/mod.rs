@@ -15,6 +15,7 @@
 //! unbounded set and accepts TCP connections without limit.
 
 mod answer;
+mod limit;
 mod name;
 mod recursor;
 
@@ -116,11 +117,22 @@ pub struct DnsConfig {
     /// datacenter has no healthy instance (`dns_config.failover`); empty (the default)
     /// keeps Consul's NXDOMAIN.
     pub failover: lan::catalog::Failover,
+    /// Largest UDP answer, whatever the client's EDNS buffer says
+    /// (`limits.dns_udp_max_response_bytes`, 512 to 65467); longer ones are cut with
+    /// TC set, and the client asks again over TCP. Bounds amplification.
+    pub udp_max_response: u16,
+    /// Queries per second answered per client address (`limits.dns_rate_per_source`);
+    /// 0, the default, is no limit. Queries over it are dropped without an answer.
+    pub rate_per_source: u32,
     /// `dns_config.use_cache`: answers of reads made through a server (another
     /// datacenter, or any read of a client agent) are served from the agent's cache
     /// while younger than this (`cache_max_age`, default [`DEFAULT_CACHE_MAX_AGE`]).
     pub cache: Option<Duration>,
 }
+
+/// Largest UDP answer by default: the EDNS buffer size DNS Flag Day 2020 recommends,
+/// which fits one unfragmented packet on nearly every path.
+pub const DEFAULT_UDP_MAX_RESPONSE: u16 = 1232;
 
 /// The age a cached answer may have under `use_cache` when `cache_max_age` is 0 or
 /// unset (proconsul's cache is not refreshed in the background).
@@ -142,6 +154,8 @@ impl Default for DnsConfig {
             soa: Soa::default(),
             failover: lan::catalog::Failover::default(),
             cache: None,
+            udp_max_response: DEFAULT_UDP_MAX_RESPONSE,
+            rate_per_source: 0,
         }
     }
 }
@@ -157,6 +171,7 @@ pub struct Bound {
 
 struct Server {
     responder: Responder,
+    limiter: Option<limit::RateLimiter>,
     gateway: Gateway,
     recursions: Arc<Semaphore>,
     fetches: Arc<Semaphore>,
@@ -214,6 +229,13 @@ fn encode(message: &Message) -> Option<Vec<u8>> {
 }
 
 impl Server {
+    /// Whether a query from `ip` is within `limits.dns_rate_per_source`.
+    fn allows(&self, ip: std::net::IpAddr) -> bool {
+        self.limiter
+            .as_ref()
+            .is_none_or(|l| l.allow(ip, std::time::Instant::now()))
+    }
+
     /// Answers one request from its bytes.
     fn handle(&self, bytes: &[u8], transport: Transport) -> Handled {
         match decode(bytes) {
@@ -377,7 +399,10 @@ pub async fn start(
     tasks: &TaskTracker,
     shutdown: CancellationToken,
 ) -> io::Result<Bound> {
+    let limiter =
+        (config.rate_per_source > 0).then(|| limit::RateLimiter::new(config.rate_per_source));
     let server = Arc::new(Server {
+        limiter,
         responder: Responder::new(gateway.clone(), config),
         gateway,
         recursions: Arc::new(Semaphore::new(MAX_RECURSIONS)),
@@ -443,6 +468,9 @@ fn serve_udp(
         let Some(bytes) = buf.get(..len) else {
             continue;
         };
+        if !server.allows(peer.ip()) {
+            continue;
+        }
         match server.handle(bytes, Transport::Udp) {
             Handled::Reply(reply) => {
                 if let Err(e) = socket.send_to(&reply, peer) {
@@ -535,6 +563,7 @@ async fn serve_tcp(listener: TcpListener, server: Arc<Server>, shutdown: Cancell
 
 async fn serve_tcp_connection(mut stream: TcpStream, server: &Server) -> io::Result<()> {
     let mut buf = vec![0u8; 65535];
+    let peer = stream.peer_addr()?.ip();
     loop {
         let len = match tokio::time::timeout(TCP_IDLE_TIMEOUT, stream.read_u16()).await {
             Err(_) => return Ok(()),
@@ -548,6 +577,9 @@ async fn serve_tcp_connection(mut stream: TcpStream, server: &Server) -> io::Res
         tokio::time::timeout(TCP_IDLE_TIMEOUT, stream.read_exact(body))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "query not sent in time"))??;
+        if !server.allows(peer) {
+            continue;
+        }
         let reply = match server.handle(body, Transport::Tcp) {
             Handled::Reply(reply) => Some(reply),
             Handled::Nothing => None,

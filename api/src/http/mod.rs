@@ -36,11 +36,45 @@ use tokio_util::task::TaskTracker;
 
 use crate::Context;
 
-/// Largest request body accepted, in bytes; larger bodies get 413.
+/// Largest request body accepted by default, in bytes; larger bodies get 413
+/// (`limits.http_max_body_bytes`).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// Most HTTP connections open at once; further clients wait in the kernel's backlog
-/// until one closes (see [`HEADER_READ_TIMEOUT`]).
+/// Most HTTP connections open at once by default; further clients wait in the kernel's
+/// backlog until one closes (`limits.http_max_connections`; see [`HEADER_READ_TIMEOUT`]).
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Most connections open at once from one client address by default (Consul's
+/// `limits.http_max_conns_per_client`); more are answered 429 and closed.
+pub const MAX_CONNS_PER_CLIENT: usize = 200;
+/// Largest request head (request line and headers) by default; larger gets 431
+/// (`limits.http_max_header_bytes`).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// The HTTP server's bounds (the `limits` config block).
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// Connections open at once from one client IP address.
+    pub max_conns_per_client: usize,
+    /// Largest request head, in bytes (at least 8192).
+    pub max_header_bytes: usize,
+    /// Largest request body, in bytes (`/v1/snapshot` restores take up to 32 MiB).
+    pub max_body_bytes: usize,
+    /// Time a client has to send a request's head, and idle time between requests.
+    pub header_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: MAX_CONNECTIONS,
+            max_conns_per_client: MAX_CONNS_PER_CLIENT,
+            max_header_bytes: MAX_HEADER_BYTES,
+            max_body_bytes: MAX_BODY_BYTES,
+            header_timeout: HEADER_READ_TIMEOUT,
+        }
+    }
+}
 /// Blocking-query wait when `?wait` is absent (Consul: 5m).
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 /// Longest blocking-query wait (Consul: 10m).
@@ -439,13 +473,13 @@ async fn method_not_allowed(method: Method) -> Response {
         .into_response()
 }
 
-async fn add_common_headers(mut response: Response) -> Response {
+async fn add_common_headers(mut response: Response, max_body_bytes: usize) -> Response {
     response.headers_mut().insert(
         HeaderName::from_static("x-consul-default-acl-policy"),
         HeaderValue::from_static("allow"),
     );
     if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        let text = format!("Request body too large: the limit is {MAX_BODY_BYTES} bytes");
+        let text = format!("Request body too large: the limit is {max_body_bytes} bytes");
         let mut replaced = (StatusCode::PAYLOAD_TOO_LARGE, text).into_response();
         std::mem::swap(replaced.headers_mut(), response.headers_mut());
         replaced.headers_mut().insert(
@@ -459,7 +493,7 @@ async fn add_common_headers(mut response: Response) -> Response {
 }
 
 /// The API's routes.
-pub(crate) fn router(ctx: Context) -> Router {
+pub(crate) fn router(ctx: Context, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/v1/catalog/datacenters", get(catalog::datacenters))
         .route("/v1/catalog/nodes", get(catalog::nodes))
@@ -533,9 +567,11 @@ pub(crate) fn router(ctx: Context) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::map_response(add_common_headers))
+        .layer(axum::middleware::map_response(move |r: Response| {
+            add_common_headers(r, max_body_bytes)
+        }))
         .layer(axum::middleware::map_request(cache_control_params))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(ctx)
 }
 
@@ -551,11 +587,14 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 pub async fn start(
     addrs: &[SocketAddr],
     ctx: Context,
+    limits: HttpLimits,
     tasks: &TaskTracker,
     shutdown: CancellationToken,
 ) -> io::Result<Vec<SocketAddr>> {
-    let app = router(ctx);
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let app = router(ctx, limits.max_body_bytes);
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_client = Arc::new(PerClient::default());
+    let limits = Arc::new(limits);
     let mut bound = Vec::new();
     let mut listeners = Vec::new();
     for addr in addrs {
@@ -571,7 +610,11 @@ pub async fn start(
         tasks.spawn(serve(
             listener,
             app.clone(),
-            permits.clone(),
+            Shared {
+                permits: permits.clone(),
+                per_client: per_client.clone(),
+                limits: limits.clone(),
+            },
             tasks.clone(),
             shutdown.clone(),
         ));
@@ -579,18 +622,65 @@ pub async fn start(
     Ok(bound)
 }
 
+/// What every listener of one agent shares.
+#[derive(Clone)]
+struct Shared {
+    permits: Arc<Semaphore>,
+    per_client: Arc<PerClient>,
+    limits: Arc<HttpLimits>,
+}
+
+/// Connections open per client address.
+#[derive(Default)]
+struct PerClient {
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection counted for its client; uncounted when dropped.
+struct ClientSlot {
+    per_client: Arc<PerClient>,
+    ip: std::net::IpAddr,
+}
+
+impl PerClient {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut open = self.open.lock().expect("per-client lock");
+        let count = open.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            per_client: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.per_client.open.lock().expect("per-client lock");
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Accepts connections while a permit is free and serves each on a task of its own.
 async fn serve(
     listener: TcpListener,
     app: Router,
-    permits: Arc<Semaphore>,
+    shared: Shared,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => return,
-            p = permits.clone().acquire_owned() => p.expect("the connection semaphore is never closed"),
+            p = shared.permits.clone().acquire_owned() => p.expect("the connection semaphore is never closed"),
         };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -604,27 +694,49 @@ async fn serve(
                 }
             },
         };
+        let Some(slot) = shared
+            .per_client
+            .take(peer.ip(), shared.limits.max_conns_per_client)
+        else {
+            tasks.spawn(refuse_connection(stream, peer, permit));
+            continue;
+        };
         tasks.spawn(serve_connection(
             stream,
             peer,
             app.clone(),
-            permit,
+            (permit, slot),
+            shared.limits.clone(),
             shutdown.clone(),
         ));
     }
+}
+
+/// Tells a client over its connection limit so (429), then closes.
+async fn refuse_connection(mut stream: TcpStream, peer: SocketAddr, _permit: OwnedSemaphorePermit) {
+    use tokio::io::AsyncWriteExt;
+    tracing::debug!(peer = %peer, "http connection refused: too many from this client");
+    let body = "Your IP is issuing too many concurrent connections, please rate limit your calls\n";
+    let reply = format!(
+        "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(reply.as_bytes())).await;
 }
 
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     app: Router,
-    _permit: OwnedSemaphorePermit,
+    _slots: (OwnedSemaphorePermit, ClientSlot),
+    limits: Arc<HttpLimits>,
     shutdown: CancellationToken,
 ) {
     let service = hyper_util::service::TowerToHyperService::new(app);
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
         .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
     tokio::pin!(connection);
     let result = tokio::select! {
