@@ -12,6 +12,7 @@
 mod client;
 mod cluster;
 mod dns;
+mod faults;
 mod gateway;
 mod http;
 mod limits;

@@ -44,6 +44,8 @@ pub const MAX_REMEMBERED: usize = 512;
 pub const FAILED_SERVER_PENALTY: Duration = Duration::from_secs(30);
 /// The least time one server is given in [`Federation::call`] before the next is tried.
 pub const MIN_ATTEMPT: Duration = Duration::from_millis(250);
+/// The most time a server the WAN pool holds failed is given in [`Federation::call`].
+pub const FAILED_SERVER_ATTEMPT: Duration = Duration::from_secs(1);
 /// Servers remembered as recently failed, at most.
 const MAX_FAILED_SERVERS: usize = 4096;
 
@@ -252,6 +254,14 @@ impl Federation {
     /// last request failed within [`FAILED_SERVER_PENALTY`] after the others, each group
     /// by measured round-trip time, unmeasured ones last.
     pub fn servers(&self, datacenter: &str) -> Vec<(String, SocketAddr)> {
+        self.servers_by_status(datacenter)
+            .into_iter()
+            .map(|(name, addr, _)| (name, addr))
+            .collect()
+    }
+
+    /// [`Self::servers`], each with whether gossip holds it alive.
+    fn servers_by_status(&self, datacenter: &str) -> Vec<(String, SocketAddr, bool)> {
         let members = self.members();
         let now = Instant::now();
         let failed = self.failed.lock().expect("failed servers lock");
@@ -280,7 +290,7 @@ impl Federation {
         found.sort();
         found
             .into_iter()
-            .map(|(_, _, _, _, name, addr)| (name, addr))
+            .map(|(failed, _, _, _, name, addr)| (name, addr, !failed))
             .collect()
     }
 
@@ -304,7 +314,8 @@ impl Federation {
     /// order until one answers or `deadline` passes.
     ///
     /// A server that does not answer must not eat the whole deadline: each attempt gets
-    /// an equal share of the time left (at least [`MIN_ATTEMPT`]). A blocking read waits
+    /// an equal share of the time left (at least [`MIN_ATTEMPT`]; at most
+    /// [`FAILED_SERVER_ATTEMPT`] for a server gossip holds failed). A blocking read waits
     /// on purpose, so for it the share bounds only reaching the server (the QUIC
     /// connection); once connected it may take until `deadline`, and a server that dies
     /// meanwhile is noticed by the connection's keep-alive. A server that fails is tried
@@ -319,16 +330,22 @@ impl Federation {
             return Err(WanError::NoPath);
         }
         let blocking = matches!(request, Request::Read { options, .. } if options.min_index > 0);
-        let servers = self.servers(datacenter);
+        let servers = self.servers_by_status(datacenter);
         let count = servers.len();
         let mut last = WanError::NoServer;
-        for (i, (name, addr)) in servers.into_iter().enumerate() {
+        for (i, (name, addr, alive)) in servers.into_iter().enumerate() {
             let now = Instant::now();
             if now >= deadline {
                 break;
             }
             let left = u32::try_from(count - i).unwrap_or(u32::MAX);
-            let share = (now + ((deadline - now) / left).max(MIN_ATTEMPT)).min(deadline);
+            let mut budget = ((deadline - now) / left).max(MIN_ATTEMPT);
+            if !alive {
+                // Gossip has not heard from it: it may still answer (soft fail), but is
+                // not worth more than a moment.
+                budget = budget.min(FAILED_SERVER_ATTEMPT);
+            }
+            let share = (now + budget).min(deadline);
             let result = if blocking {
                 match self.endpoint.connect(addr, datacenter, share).await {
                     Ok(()) => {

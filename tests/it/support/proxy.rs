@@ -8,39 +8,121 @@
 //! both directions. Random loss applies to datagrams.
 //!
 //! UDP works like a NAT: each sender gets a relay socket of its own towards the agent,
-//! so the agent's answers find their way back to the right sender.
+//! so the agent's answers find their way back to the right sender. Datagrams (so QUIC
+//! too) can also be lost, delayed, duplicated and reordered, each way on its own
+//! ([`Link`]); TCP streams are only ever cut by a partition.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rand::RngExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// Most UDP senders relayed at once; beyond that new senders are dropped.
 const MAX_UDP_SESSIONS: usize = 1024;
 
-#[derive(Default)]
+/// Most datagrams held back (delayed or reordered) at once; more are sent on time.
+const MAX_HELD: usize = 4096;
+
+/// What happens to datagrams going one way.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Link {
+    /// Fraction lost.
+    pub loss: f64,
+    /// Every datagram is held this long.
+    pub delay: Duration,
+    /// Fraction sent twice.
+    pub duplicate: f64,
+    /// Fraction held 1–10 ms longer than the others, so that later ones overtake them.
+    pub reorder: f64,
+}
+
+/// Which way a [`Link`] applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// From senders to the agent.
+    ToAgent,
+    /// From the agent back to senders.
+    FromAgent,
+    /// Both.
+    Both,
+}
+
 struct Faults {
     blocked: Mutex<HashSet<IpAddr>>,
-    /// Datagrams lost, per thousand.
-    loss: AtomicU32,
+    to_agent: Mutex<Link>,
+    from_agent: Mutex<Link>,
+    held: Arc<Semaphore>,
 }
 
 impl Faults {
+    fn new() -> Faults {
+        Faults {
+            blocked: Mutex::default(),
+            to_agent: Mutex::default(),
+            from_agent: Mutex::default(),
+            held: Arc::new(Semaphore::new(MAX_HELD)),
+        }
+    }
+
     fn blocks(&self, ip: IpAddr) -> bool {
         self.blocked.lock().unwrap().contains(&ip)
     }
 
-    /// Whether a datagram from or to `peer` is lost.
-    fn drops(&self, peer: IpAddr) -> bool {
+    /// When to send a datagram from or to `peer` going `way` (one time per copy; none
+    /// when it is lost).
+    fn plan(&self, peer: IpAddr, way: Way) -> Vec<Duration> {
         if self.blocks(peer) {
-            return true;
+            return Vec::new();
         }
-        let loss = self.loss.load(Ordering::Relaxed);
-        loss > 0 && rand::rng().random_range(0..1000) < loss
+        let link = match way {
+            Way::FromAgent => *self.from_agent.lock().unwrap(),
+            _ => *self.to_agent.lock().unwrap(),
+        };
+        let mut rng = rand::rng();
+        if link.loss > 0.0 && rng.random_bool(link.loss.clamp(0.0, 1.0)) {
+            return Vec::new();
+        }
+        let mut at = link.delay;
+        if link.reorder > 0.0 && rng.random_bool(link.reorder.clamp(0.0, 1.0)) {
+            at += Duration::from_millis(rng.random_range(1..=10));
+        }
+        let mut times = vec![at];
+        if link.duplicate > 0.0 && rng.random_bool(link.duplicate.clamp(0.0, 1.0)) {
+            times.push(at);
+        }
+        times
+    }
+}
+
+/// Sends `bytes` to `to` through `socket` at each planned time.
+async fn send_planned(
+    socket: &Arc<UdpSocket>,
+    faults: &Arc<Faults>,
+    bytes: &[u8],
+    to: SocketAddr,
+    times: Vec<Duration>,
+) {
+    for at in times {
+        if at.is_zero() {
+            let _ = socket.send_to(bytes, to).await;
+            continue;
+        }
+        // Held back on a task of its own; with too many held already, sent on time.
+        let Ok(permit) = faults.held.clone().try_acquire_owned() else {
+            let _ = socket.send_to(bytes, to).await;
+            continue;
+        };
+        let (socket, bytes) = (socket.clone(), bytes.to_vec());
+        tokio::spawn(async move {
+            let _permit = permit;
+            tokio::time::sleep(at).await;
+            let _ = socket.send_to(&bytes, to).await;
+        });
     }
 }
 
@@ -61,7 +143,7 @@ impl Proxy {
             }
         };
         let addr = udp.local_addr().unwrap();
-        let faults = Arc::new(Faults::default());
+        let faults = Arc::new(Faults::new());
         let stop = CancellationToken::new();
         tokio::spawn(relay_udp(
             Arc::new(udp),
@@ -83,10 +165,25 @@ impl Proxy {
         self.faults.blocked.lock().unwrap().clear();
     }
 
-    /// Loses this fraction of datagrams, each way.
+    /// Loses this fraction of datagrams, each way (and no other fault).
     pub fn set_loss(&self, fraction: f64) {
-        let per_mille = (fraction.clamp(0.0, 1.0) * 1000.0) as u32;
-        self.faults.loss.store(per_mille, Ordering::Relaxed);
+        self.set_link(
+            Way::Both,
+            Link {
+                loss: fraction,
+                ..Link::default()
+            },
+        );
+    }
+
+    /// Applies `link` to datagrams going `way`.
+    pub fn set_link(&self, way: Way, link: Link) {
+        if way != Way::FromAgent {
+            *self.faults.to_agent.lock().unwrap() = link;
+        }
+        if way != Way::ToAgent {
+            *self.faults.from_agent.lock().unwrap() = link;
+        }
     }
 }
 
@@ -112,7 +209,8 @@ async fn relay_udp(
                 Err(_) => continue,
             },
         };
-        if faults.drops(from.ip()) {
+        let times = faults.plan(from.ip(), Way::ToAgent);
+        if times.is_empty() {
             continue;
         }
         let session = match sessions.get(&from) {
@@ -137,7 +235,7 @@ async fn relay_udp(
                 socket
             }
         };
-        let _ = session.send_to(&buf[..n], target).await;
+        send_planned(&session, &faults, &buf[..n], target, times).await;
     }
 }
 
@@ -158,10 +256,8 @@ async fn relay_back(
                 Err(_) => continue,
             },
         };
-        if faults.drops(client.ip()) {
-            continue;
-        }
-        let _ = front.send_to(&buf[..n], client).await;
+        let times = faults.plan(client.ip(), Way::FromAgent);
+        send_planned(&front, &faults, &buf[..n], client, times).await;
     }
 }
 
