@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Every benchmark, one after the other, each against its reference in the same run, and
+# BENCHMARKS.md regenerated from the results (each section names the machine, the
+# command and the ratio to its reference):
+#
+#   bench/all.sh                 # install what is missing, run everything, --write
+#   bench/all.sh dns_http wan    # only these (names of the scripts in bench/)
+#   QUICK=1 bench/all.sh         # shorter runs (rough figures, for checking the scripts)
+#
+# The scripts: dns_http (DNS vs NSD, HTTP reads, memory), gossip (LAN gossip vs serf),
+# raft (catalog writes and failover vs etcd), wan (QUIC requests vs a UDP echo, WAN pool
+# vs serf -profile=wan), crossdc (cross-datacenter DNS with an injected WAN delay, with
+# and without the cache). A script that fails is reported and the others still run; the
+# exit code is non-zero if any failed. Needs root for apt-get (Debian) and for gossip's
+# iptables-made loss.
+set -uo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+ALL=(dns_http gossip raft wan crossdc)
+if [ "$#" -gt 0 ]; then SELECTED=("$@"); else SELECTED=("${ALL[@]}"); fi
+
+if command -v apt-get >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  missing=()
+  for pair in dnsperf:dnsperf nsd:nsd wrk:wrk dig:bind9-dnsutils curl:curl jq:jq \
+      serf:serf iptables:iptables etcd:etcd-server etcdctl:etcd-client python3:python3; do
+    command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "== installing ${missing[*]}" >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+      "${missing[@]}" >/dev/null || echo "could not install some of: ${missing[*]}" >&2
+  fi
+fi
+
+if [ "${QUICK:-0}" = 1 ]; then
+  export RUNS=1 DURATION=3 REPEATS=1 SECONDS_PER_RUN=3 FAILOVERS=1 COUNT=300 SIZES=3 \
+    BASELINE_COUNT=50 CLIENTS="1 8" NODES="1 3"
+fi
+
+failed=()
+started=$(date +%s)
+for name in "${SELECTED[@]}"; do
+  script="$ROOT/bench/$name.sh"
+  if [ ! -x "$script" ]; then
+    echo "== $name: no such benchmark (bench/$name.sh)" >&2
+    failed+=("$name")
+    continue
+  fi
+  echo "== $name" >&2
+  t0=$(date +%s)
+  if "$script" --write; then
+    echo "== $name done in $(( $(date +%s) - t0 )) s" >&2
+  else
+    echo "== $name FAILED after $(( $(date +%s) - t0 )) s" >&2
+    failed+=("$name")
+  fi
+done
+echo "== all done in $(( $(date +%s) - started )) s; BENCHMARKS.md updated" >&2
+if [ "${#failed[@]}" -gt 0 ]; then
+  echo "== failed: ${failed[*]}" >&2
+  exit 1
+fi
