@@ -18,6 +18,8 @@
 mod agent;
 pub mod client;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use agent::{Agent, resolve_bind};
 pub use config::AgentConfig;

@@ -21,6 +21,8 @@
 
 pub mod definition;
 pub mod dns;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 
 use std::sync::Arc;

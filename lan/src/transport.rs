@@ -87,9 +87,9 @@ pub trait Link: Send + Sync + 'static {
     fn exchange(&self, to: SocketAddr, frame: Vec<u8>) -> Exchange<'_>;
 }
 
-const ERROR_FRAME: u8 = 0xEE;
-const KEY_REQUEST: u8 = 0x4B;
-const KEY_ANSWER: u8 = 0x6B;
+pub(crate) const ERROR_FRAME: u8 = 0xEE;
+pub(crate) const KEY_REQUEST: u8 = 0x4B;
+pub(crate) const KEY_ANSWER: u8 = 0x6B;
 
 /// Gossip encryption settings of a pool.
 #[derive(Debug, Clone)]
@@ -215,7 +215,7 @@ enum Command {
 pub type Coordinates = BTreeMap<String, Coordinate>;
 
 /// The keyring in use and how messages are sealed and opened with it.
-struct Crypto {
+pub(crate) struct Crypto {
     keyring: RwLock<Option<Keyring>>,
     file: Option<PathBuf>,
     verify_incoming: bool,
@@ -224,7 +224,7 @@ struct Crypto {
 
 /// Why a received message was dropped.
 #[derive(Debug, thiserror::Error)]
-enum Refusal {
+pub(crate) enum Refusal {
     #[error("{0}")]
     Open(#[from] OpenError),
     #[error("encryption is not configured on this agent, but the message is encrypted")]
@@ -233,11 +233,11 @@ enum Refusal {
     Plaintext,
 }
 
-const PACKET_AAD: &[u8] = b"packet";
-const STREAM_AAD: &[u8] = b"stream";
+pub(crate) const PACKET_AAD: &[u8] = b"packet";
+pub(crate) const STREAM_AAD: &[u8] = b"stream";
 
 impl Crypto {
-    fn new(encryption: Option<Encryption>) -> Crypto {
+    pub(crate) fn new(encryption: Option<Encryption>) -> Crypto {
         match encryption {
             None => Crypto {
                 keyring: RwLock::new(None),
@@ -700,18 +700,9 @@ impl Driver {
     }
 
     fn on_datagram(&mut self, bytes: &[u8], from: SocketAddr) {
-        let plain = match self.shared.crypto.open(bytes, PACKET_AAD) {
-            Ok(p) => p,
-            Err(e) => {
-                self.shared.refused(from, "gossip packet", &e);
-                return;
-            }
-        };
-        if let Err(e) = self
-            .engine
-            .handle_packet(std::time::Instant::now(), from, &plain)
-        {
-            self.shared.refused(from, "undecodable gossip packet", &e);
+        let now = std::time::Instant::now();
+        if let Err(e) = receive_packet(&self.shared.crypto, &mut self.engine, now, from, bytes) {
+            self.shared.refused(from, e.what(), &e);
         }
     }
 
@@ -823,6 +814,41 @@ impl Driver {
             self.publish.send_replace(member_list(&self.engine));
         }
     }
+}
+
+/// Why a received packet was dropped.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PacketError {
+    /// It does not open with this agent's keyring, or its encryption settings refuse it.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// It opened, but is not a gossip packet.
+    #[error(transparent)]
+    Undecodable(#[from] gossip::DecodeError),
+}
+
+impl PacketError {
+    /// What the log line says was dropped.
+    fn what(&self) -> &'static str {
+        match self {
+            PacketError::Refused(_) => "gossip packet",
+            PacketError::Undecodable(_) => "undecodable gossip packet",
+        }
+    }
+}
+
+/// Opens a received packet and hands it to the engine: what the driver does with each
+/// one (and what `crate::fuzzing` feeds arbitrary bytes to).
+pub(crate) fn receive_packet(
+    crypto: &Crypto,
+    engine: &mut Engine,
+    now: std::time::Instant,
+    from: SocketAddr,
+    bytes: &[u8],
+) -> Result<(), PacketError> {
+    let plain = crypto.open(bytes, PACKET_AAD)?;
+    engine.handle_packet(now, from, &plain)?;
+    Ok(())
 }
 
 async fn write_frame(stream: &mut TcpStream, payload: &[u8]) -> std::io::Result<()> {

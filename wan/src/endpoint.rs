@@ -64,12 +64,32 @@ const DATAGRAM_BUFFER: usize = 1024 * 1024;
 /// Remembered dial failures; when full, the expired ones are forgotten.
 const MAX_FAILURES: usize = 4096;
 
-const KIND_GOSSIP: u8 = b'G';
-const KIND_RPC: u8 = b'R';
+pub(crate) const KIND_GOSSIP: u8 = b'G';
+pub(crate) const KIND_RPC: u8 = b'R';
 /// Close code for a peer whose certificate is not a server's of the federation.
 const CLOSE_IDENTITY: u32 = 0x1;
 /// Close code for an endpoint that stops.
 const CLOSE_SHUTDOWN: u32 = 0x3;
+
+/// What the request of an incoming stream asks for.
+#[derive(Debug)]
+pub(crate) enum StreamRequest<'a> {
+    /// A gossip exchange: the frame, for the WAN pool.
+    Gossip(&'a [u8]),
+    /// An RPC, or why its payload is not one.
+    Rpc(Result<Request, serde_json::Error>),
+    /// A kind this endpoint does not know (or no bytes at all).
+    Unknown,
+}
+
+/// Reads the request of an incoming stream: `[kind][payload]`.
+pub(crate) fn parse_request(request: &[u8]) -> StreamRequest<'_> {
+    match request.split_first() {
+        Some((&KIND_GOSSIP, frame)) => StreamRequest::Gossip(frame),
+        Some((&KIND_RPC, body)) => StreamRequest::Rpc(serde_json::from_slice(body)),
+        _ => StreamRequest::Unknown,
+    }
+}
 
 /// Why a WAN operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -109,6 +129,10 @@ pub enum WanError {
     /// The datacenter is known, but none of its servers answered (Consul's text).
     #[error("Remote DC has no server currently reachable")]
     NoServer,
+    /// A write reached a server (or may have) but no answer came back: it may or may not
+    /// have been applied, and it was not sent to another server.
+    #[error("no answer from {0}; the write may or may not have been applied")]
+    Unknown(String),
 }
 
 /// What a QUIC endpoint needs.
@@ -518,13 +542,13 @@ impl Endpoint {
             }
             request.extend_from_slice(&chunk);
         }
-        let answer = match request.split_first() {
-            Some((&KIND_GOSSIP, frame)) => match self.inner.gossip.get() {
+        let answer = match parse_request(&request) {
+            StreamRequest::Gossip(frame) => match self.inner.gossip.get() {
                 Some(gossip) => gossip.frame(caller.addr, frame).await,
                 None => None,
             },
-            Some((&KIND_RPC, body)) => {
-                let response = match serde_json::from_slice::<Request>(body) {
+            StreamRequest::Rpc(decoded) => {
+                let response = match decoded {
                     Ok(request) => match self.inner.service.get() {
                         Some(service) => {
                             self.inner
@@ -541,7 +565,7 @@ impl Endpoint {
                 };
                 Some(serde_json::to_vec(&response).expect("a response serialises"))
             }
-            _ => {
+            StreamRequest::Unknown => {
                 self.refused(caller.addr, "WAN stream", &"unknown stream kind");
                 None
             }

@@ -13,6 +13,8 @@
 
 pub mod endpoint;
 pub mod federation;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod rpc;
 pub mod tls;
 

@@ -339,7 +339,9 @@ impl Responder {
         response.metadata.recursion_desired = request.metadata.recursion_desired;
         response.metadata.checking_disabled = request.metadata.checking_disabled;
         response.metadata.recursion_available = !self.config.recursors.is_empty();
-        response.queries = request.queries.clone();
+        // The first question only, as Consul's (miekg/dns `SetReply`): an error answer to
+        // a packet of many questions must still fit in a UDP answer.
+        response.queries = request.queries.iter().take(1).cloned().collect();
         if let Some(edns) = &request.edns {
             let mut ours = Edns::new();
             ours.set_max_payload(edns.max_payload().max(512));

@@ -34,7 +34,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use answer::{Fetched, Found, Need, Outcome, Responder, Transport};
+pub(crate) use answer::Transport;
+use answer::{Fetched, Found, Need, Outcome, Responder};
 
 /// DNS names, as the configuration gives the domain.
 pub use hickory_proto::rr::Name;
@@ -169,7 +170,8 @@ pub struct Bound {
     pub tcp: Vec<SocketAddr>,
 }
 
-struct Server {
+/// One agent's DNS request handling, shared by the serving loops.
+pub(crate) struct Server {
     responder: Responder,
     limiter: Option<limit::RateLimiter>,
     gateway: Gateway,
@@ -229,6 +231,40 @@ fn encode(message: &Message) -> Option<Vec<u8>> {
 }
 
 impl Server {
+    /// The request handling of a DNS interface; forwarding tasks run on `tasks`.
+    pub(crate) fn new(gateway: Gateway, config: DnsConfig, tasks: &TaskTracker) -> Server {
+        let limiter =
+            (config.rate_per_source > 0).then(|| limit::RateLimiter::new(config.rate_per_source));
+        Server {
+            limiter,
+            responder: Responder::new(gateway.clone(), config),
+            gateway,
+            recursions: Arc::new(Semaphore::new(MAX_RECURSIONS)),
+            fetches: Arc::new(Semaphore::new(MAX_FETCHES)),
+            tasks: tasks.clone(),
+        }
+    }
+
+    /// Answers one request from its bytes, waiting for what the answer needs, as a TCP
+    /// connection is served (the UDP loop runs the waiting part as a task instead).
+    pub(crate) async fn answer(&self, bytes: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        match self.handle(bytes, transport) {
+            Handled::Reply(reply) => Some(reply),
+            Handled::Nothing => None,
+            Handled::Recurse(request) => match self.recursions.clone().try_acquire_owned() {
+                Ok(_permit) => self.recurse(&request, transport).await,
+                Err(_) => Server::servfail(&request),
+            },
+            Handled::Fetch(work) => match self.fetches.clone().try_acquire_owned() {
+                Ok(_permit) => {
+                    let (request, need) = *work;
+                    self.fetch(&request, need, transport).await
+                }
+                Err(_) => Server::servfail(&work.0),
+            },
+        }
+    }
+
     /// Whether a query from `ip` is within `limits.dns_rate_per_source`.
     fn allows(&self, ip: std::net::IpAddr) -> bool {
         self.limiter
@@ -399,16 +435,7 @@ pub async fn start(
     tasks: &TaskTracker,
     shutdown: CancellationToken,
 ) -> io::Result<Bound> {
-    let limiter =
-        (config.rate_per_source > 0).then(|| limit::RateLimiter::new(config.rate_per_source));
-    let server = Arc::new(Server {
-        limiter,
-        responder: Responder::new(gateway.clone(), config),
-        gateway,
-        recursions: Arc::new(Semaphore::new(MAX_RECURSIONS)),
-        fetches: Arc::new(Semaphore::new(MAX_FETCHES)),
-        tasks: tasks.clone(),
-    });
+    let server = Arc::new(Server::new(gateway, config, tasks));
     let mut bound = Bound {
         udp: Vec::new(),
         tcp: Vec::new(),
@@ -580,22 +607,7 @@ async fn serve_tcp_connection(mut stream: TcpStream, server: &Server) -> io::Res
         if !server.allows(peer) {
             continue;
         }
-        let reply = match server.handle(body, Transport::Tcp) {
-            Handled::Reply(reply) => Some(reply),
-            Handled::Nothing => None,
-            Handled::Recurse(request) => match server.recursions.clone().try_acquire_owned() {
-                Ok(_permit) => server.recurse(&request, Transport::Tcp).await,
-                Err(_) => Server::servfail(&request),
-            },
-            Handled::Fetch(work) => match server.fetches.clone().try_acquire_owned() {
-                Ok(_permit) => {
-                    let (request, need) = *work;
-                    server.fetch(&request, need, Transport::Tcp).await
-                }
-                Err(_) => Server::servfail(&work.0),
-            },
-        };
-        let Some(reply) = reply else {
+        let Some(reply) = server.answer(body, Transport::Tcp).await else {
             continue;
         };
         let Ok(reply_len) = u16::try_from(reply.len()) else {

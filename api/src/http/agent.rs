@@ -191,9 +191,7 @@ pub(crate) async fn register_service(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(q.as_deref());
-    let value = parse_body(&body)?;
-    let (service, checks) =
-        definition::service(&value, Style::Api, "").map_err(definition_error)?;
+    let (service, checks) = service_registration(&body)?;
     let replace = params
         .flag("replace-existing-checks")
         .map_err(|()| ApiError::BadRequest("Invalid value for ?replace-existing-checks".into()))?
@@ -204,6 +202,14 @@ pub(crate) async fn register_service(
         .register_service(service, checks, Source::Api, replace)
         .map_err(local_error)?;
     Ok(empty_ok())
+}
+
+/// The service and checks of a `/v1/agent/service/register` body.
+pub(crate) fn service_registration(
+    body: &[u8],
+) -> Result<(lan::catalog::Service, Vec<lan::CheckDefinition>), ApiError> {
+    let value = parse_body(body)?;
+    definition::service(&value, Style::Api, "").map_err(definition_error)
 }
 
 pub(crate) async fn deregister_service(
@@ -218,20 +224,25 @@ pub(crate) async fn register_check(
     State(ctx): State<Context>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let value = parse_body(&body)?;
-    let check = definition::check(&value, Style::Api, "").map_err(|e| {
-        if e.message == "Missing check name" {
-            ApiError::BadRequest(e.message)
-        } else {
-            definition_error(e)
-        }
-    })?;
+    let check = check_registration(&body)?;
     refuse_api_scripts(&ctx, std::slice::from_ref(&check))?;
     ctx.lan
         .local()
         .register_check(check, Source::Api)
         .map_err(local_error)?;
     Ok(empty_ok())
+}
+
+/// The check of a `/v1/agent/check/register` body.
+pub(crate) fn check_registration(body: &[u8]) -> Result<lan::CheckDefinition, ApiError> {
+    let value = parse_body(body)?;
+    definition::check(&value, Style::Api, "").map_err(|e| {
+        if e.message == "Missing check name" {
+            ApiError::BadRequest(e.message)
+        } else {
+            definition_error(e)
+        }
+    })
 }
 
 pub(crate) async fn deregister_check(
@@ -283,7 +294,13 @@ pub(crate) async fn check_update(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let value = parse_body(&body)?;
+    let (status, output) = check_update_body(&body)?;
+    ttl_update(&ctx, &id, status, output)
+}
+
+/// The status and output of a `/v1/agent/check/update/:id` body.
+pub(crate) fn check_update_body(body: &[u8]) -> Result<(Health, String), ApiError> {
+    let value = parse_body(body)?;
     let obj = value.as_object().ok_or_else(|| {
         ApiError::BadRequest("Request decode failed: body must be an object".into())
     })?;
@@ -297,7 +314,7 @@ pub(crate) async fn check_update(
     let status_text = get("status");
     let status = Health::parse(&status_text)
         .ok_or_else(|| ApiError::BadRequest(format!("Invalid check status: '{status_text}'")))?;
-    ttl_update(&ctx, &id, status, get("output"))
+    Ok((status, get("output")))
 }
 
 pub(crate) async fn leave(State(ctx): State<Context>) -> Response {

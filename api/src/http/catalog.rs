@@ -257,7 +257,22 @@ pub(crate) async fn register(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(q.as_deref());
-    let value = parse_body(&body)?;
+    let local_dc = ctx.gateway.local_datacenter().as_str();
+    let (dc, command) = registration(&params, &body, local_dc)?;
+    ctx.gateway
+        .write(dc.as_deref(), command, Instant::now() + REQUEST_TIMEOUT)
+        .await?;
+    Ok(json(&true, params.pretty()))
+}
+
+/// The datacenter and the command of a registration's body (`local_dc` when it names
+/// none).
+pub(crate) fn registration(
+    params: &Params,
+    body: &[u8],
+    local_dc: &str,
+) -> Result<(Option<String>, Command), ApiError> {
+    let value = parse_body(body)?;
     let obj = value.as_object().ok_or_else(|| {
         ApiError::BadRequest("Request decode failed: body must be an object".into())
     })?;
@@ -295,9 +310,7 @@ pub(crate) async fn register(
         id: string_field(obj, "id", "ID")?,
         name: node_name,
         address,
-        datacenter: dc
-            .clone()
-            .unwrap_or_else(|| ctx.gateway.local_datacenter().to_string()),
+        datacenter: dc.clone().unwrap_or_else(|| local_dc.to_owned()),
         tagged_addresses: string_map_field(obj, "taggedaddresses", "TaggedAddresses")?,
         meta: node_meta,
         create_index: 0,
@@ -309,10 +322,7 @@ pub(crate) async fn register(
         service,
         checks,
     });
-    ctx.gateway
-        .write(dc.as_deref(), command, Instant::now() + REQUEST_TIMEOUT)
-        .await?;
-    Ok(json(&true, params.pretty()))
+    Ok((dc, command))
 }
 
 pub(crate) async fn deregister(
@@ -321,7 +331,19 @@ pub(crate) async fn deregister(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(q.as_deref());
-    let value = parse_body(&body)?;
+    let (dc, command) = deregistration(&params, &body)?;
+    ctx.gateway
+        .write(dc.as_deref(), command, Instant::now() + REQUEST_TIMEOUT)
+        .await?;
+    Ok(json(&true, params.pretty()))
+}
+
+/// The datacenter and the command of a deregistration's body.
+pub(crate) fn deregistration(
+    params: &Params,
+    body: &[u8],
+) -> Result<(Option<String>, Command), ApiError> {
+    let value = parse_body(body)?;
     let obj = value.as_object().ok_or_else(|| {
         ApiError::BadRequest("Request decode failed: body must be an object".into())
     })?;
@@ -340,8 +362,5 @@ pub(crate) async fn deregister(
         service_id: non_empty(string_field(obj, "serviceid", "ServiceID")?),
         check_id: non_empty(string_field(obj, "checkid", "CheckID")?),
     });
-    ctx.gateway
-        .write(dc.as_deref(), command, Instant::now() + REQUEST_TIMEOUT)
-        .await?;
-    Ok(json(&true, params.pretty()))
+    Ok((dc, command))
 }

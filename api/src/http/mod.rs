@@ -5,13 +5,13 @@
 //! renders the answer in Consul's JSON shapes (`json`) with Consul's headers. Errors
 //! become Consul's status codes and texts (`ApiError`).
 
-mod agent;
-mod catalog;
+pub(crate) mod agent;
+pub(crate) mod catalog;
 mod coordinate;
 mod health;
 pub(crate) mod json;
 mod keyring;
-mod query;
+pub(crate) mod query;
 mod snapshot;
 mod status;
 

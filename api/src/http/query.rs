@@ -78,7 +78,7 @@ fn object<'a>(
 }
 
 /// Parses a definition (the body of a create or an update), with Consul's checks.
-fn definition(body: &[u8]) -> Result<PreparedQuery, ApiError> {
+pub(crate) fn definition(body: &[u8]) -> Result<PreparedQuery, ApiError> {
     let value = parse_body(body)?;
     let obj = value
         .as_object()

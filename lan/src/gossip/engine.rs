@@ -371,7 +371,7 @@ impl Engine {
     /// Changes this member's tags (announced with a new incarnation).
     pub fn set_tags(&mut self, tags: BTreeMap<String, String>) {
         self.tags = tags.clone();
-        self.incarnation += 1;
+        self.incarnation = self.incarnation.saturating_add(1);
         if let Some(me) = self.members.get_mut(&self.name) {
             me.tags = tags;
             me.incarnation = self.incarnation;
@@ -632,7 +632,8 @@ impl Engine {
         if self.leaving {
             return;
         }
-        self.incarnation = self.incarnation.max(incarnation) + 1;
+        // Saturating: a peer may claim any incarnation, u32::MAX included.
+        self.incarnation = self.incarnation.max(incarnation).saturating_add(1);
         if let Some(me) = self.members.get_mut(&self.name) {
             me.incarnation = self.incarnation;
             me.state = State::Alive;

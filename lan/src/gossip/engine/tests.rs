@@ -561,3 +561,21 @@ fn a_member_that_just_joined_exchanges_state_again_within_two_probe_intervals() 
     assert_eq!(count_push_pulls(false), 0, "the regular interval is 30 s");
     assert_eq!(count_push_pulls(true), 1);
 }
+
+#[test]
+fn an_accusation_at_the_highest_incarnation_does_not_overflow() {
+    // Found by `fuzz/run.sh` (target gossip): `Dead { incarnation: u32::MAX, node:
+    // "fuzzed", from: "\0\0\0\0" }`, which made the refutation overflow.
+    let packet = [
+        0x47, 0x01, 0x07, 0x00, 0x12, 0xff, 0xff, 0xff, 0xff, 0x00, 0x06, b'f', b'u', b'z', b'z',
+        b'e', b'd', 0x00, 0x04, 0x00, 0x00, 0x00, 0x00,
+    ];
+    let now = Instant::now();
+    let addr: SocketAddr = "10.0.0.1:8301".parse().unwrap();
+    let mut engine = Engine::new(Config::lan(), "fuzzed".into(), addr, tags(0), now, 1);
+    let from: SocketAddr = "10.0.0.2:8301".parse().unwrap();
+    engine.handle_packet(now, from, &packet).unwrap();
+    assert_eq!(engine.incarnation, u32::MAX);
+    engine.set_tags(tags(1));
+    assert_eq!(engine.incarnation, u32::MAX);
+}

@@ -1,0 +1,25 @@
+//! One request body, parsed by every HTTP write endpoint (catalog register and
+//! deregister, agent service and check register, check update, prepared query create
+//! and update). A refused body must be a 400; an accepted catalog change must survive
+//! the Raft log's encoding and apply to a catalog without panicking.
+#![no_main]
+
+use api::fuzzing::{Endpoint, http_body};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    for endpoint in Endpoint::ALL {
+        match http_body(endpoint, data) {
+            Ok(accepted) => assert!(
+                accepted.log_round_trips,
+                "{endpoint:?}: the command does not round-trip: {:?}",
+                accepted.command
+            ),
+            Err(refused) => assert_eq!(
+                refused.status, 400,
+                "{endpoint:?} refused a body with {}: {}",
+                refused.status, refused.message
+            ),
+        }
+    }
+});
