@@ -479,6 +479,7 @@ async fn remote(
         .await
         .map_err(|e| match e {
             wan::WanError::NoPath => RouteError::NoPath { dc: dc.to_owned() },
+            wan::WanError::Unknown(_) => RouteError::Write(WriteError::Rpc(e.to_string())),
             _ => RouteError::NoServer { dc: dc.to_owned() },
         })
 }

@@ -26,6 +26,8 @@ mod autopilot;
 pub mod catalog;
 mod checks;
 pub mod duration;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gossip;
 pub mod keyring;
 mod leader;
@@ -544,6 +546,18 @@ impl Lan {
                     return Ok(response);
                 }
                 Err(rpc::RpcError::Timeout) => return Err(ForwardError::Timeout),
+                // A write whose connection closed after it was sent may still be
+                // applied: another copy could land after the caller's next write.
+                Err(e @ rpc::RpcError::Closed(_))
+                    if matches!(
+                        request,
+                        rpc::Request::Write { .. } | rpc::Request::WriteIn { .. }
+                    ) =>
+                {
+                    return Err(ForwardError::Rpc(format!(
+                        "{e}; the write may or may not have been applied"
+                    )));
+                }
                 Err(e) => {
                     tracing::debug!(peer = %server, error = %e, "server did not answer, trying another");
                     last = e.to_string();

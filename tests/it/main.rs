@@ -15,6 +15,7 @@ mod dns;
 mod faults;
 mod gateway;
 mod http;
+mod jepsen;
 mod limits;
 mod process;
 mod raft;

@@ -330,6 +330,10 @@ impl Federation {
             return Err(WanError::NoPath);
         }
         let blocking = matches!(request, Request::Read { options, .. } if options.min_index > 0);
+        // A write that may have reached a server is never sent to another: the first
+        // copy could still be applied after the second, and after whatever the caller
+        // does next (undoing it). Only a write that never left (no connection) moves on.
+        let write = matches!(request, Request::Write { .. });
         let servers = self.servers_by_status(datacenter);
         let count = servers.len();
         let mut last = WanError::NoServer;
@@ -346,12 +350,18 @@ impl Federation {
                 budget = budget.min(FAILED_SERVER_ATTEMPT);
             }
             let share = (now + budget).min(deadline);
-            let result = if blocking {
+            let result = if blocking || write {
                 match self.endpoint.connect(addr, datacenter, share).await {
                     Ok(()) => {
-                        self.endpoint
+                        let answer = self
+                            .endpoint
                             .call(addr, datacenter, request, deadline)
-                            .await
+                            .await;
+                        if write && let Err(e) = &answer {
+                            self.mark_failed(addr, false);
+                            return Err(WanError::Unknown(format!("{name}: {e}")));
+                        }
+                        answer
                     }
                     Err(e) => Err(e),
                 }

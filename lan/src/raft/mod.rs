@@ -248,6 +248,13 @@ pub(crate) struct Consensus {
     /// Followers' acknowledgements of this server's leadership.
     acks: network::Acks,
     leases: Leases,
+    /// The term and last log index this server's storage held when it started. A
+    /// server that held the leadership before a restart can come back as leader of the
+    /// same term with no election and no new entry (openraft restores it), while the
+    /// commit index it saved may be behind writes it had already acknowledged; it must
+    /// not answer reads until it has applied its whole log again (see
+    /// [`Consensus::read_barrier`]).
+    restored: (u64, u64),
 }
 
 /// Who a server is to Raft, and whether it may bootstrap a cluster alone.
@@ -345,6 +352,11 @@ impl Consensus {
                 Err(e) => return Err(RaftStartError::Fatal(e.to_string())),
             }
         }
+        let restored = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            (m.current_term, m.last_log_index.unwrap_or(0))
+        };
         let writes = batch::start(raft.clone(), tasks, shutdown);
         let acks = network.acks.clone();
         Ok((
@@ -355,6 +367,7 @@ impl Consensus {
                 writes,
                 acks,
                 leases: Leases::from(&timing),
+                restored,
             },
             catalog,
         ))
@@ -587,16 +600,48 @@ impl Consensus {
         };
         match consistency {
             Consistency::Stale => Ok(meta),
-            Consistency::Default if is_leader => Ok(meta),
+            Consistency::Default if is_leader => {
+                self.caught_up_after_restart(deadline).await?;
+                Ok(meta)
+            }
             Consistency::Default => Err(ReadError::NoLeader),
             Consistency::Consistent => {
                 match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await {
                     Err(_) => Err(ReadError::Timeout),
-                    Ok(Ok(_)) => Ok(meta),
+                    Ok(Ok(_)) => {
+                        self.caught_up_after_restart(deadline).await?;
+                        Ok(meta)
+                    }
                     Ok(Err(RaftError::Fatal(_))) => Err(ReadError::ShuttingDown),
                     Ok(Err(RaftError::APIError(_))) if known_leader => Err(ReadError::NotReady),
                     Ok(Err(RaftError::APIError(_))) => Err(ReadError::NoLeader),
                 }
+            }
+        }
+    }
+
+    /// On a leader still in the term it restarted in (openraft restored its leadership
+    /// with no election), waits until everything its log held at start is applied: its
+    /// saved commit index may be behind writes it acknowledged before the restart, and
+    /// the read index openraft gives does not cover them. In any later term the new
+    /// leader's first entry commits the whole log, and this returns at once.
+    async fn caught_up_after_restart(&self, deadline: Instant) -> Result<(), ReadError> {
+        let (term, last) = self.restored;
+        let mut metrics = self.raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if m.current_term != term
+                    || m.last_applied.map_or(0, |l| l.index) >= last
+                    || m.running_state.is_err()
+                {
+                    return Ok(());
+                }
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(ReadError::ShuttingDown),
+                Err(_) => return Err(ReadError::Timeout),
             }
         }
     }

@@ -1,6 +1,8 @@
 //! Shared helpers: agents on OS-chosen ports, a DNS client, waiting on conditions.
 
 pub mod cluster;
+pub mod history;
+pub mod netns;
 pub mod process;
 pub mod proxy;
 
