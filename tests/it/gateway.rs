@@ -22,6 +22,17 @@ fn header(r: &proconsul::client::Response, name: &str) -> Option<String> {
         .map(|(_, v)| v.clone())
 }
 
+/// The targets of the SRV answers of `m`.
+fn srv_targets(m: &hickory_proto::op::Message) -> Vec<String> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::SRV(srv) => Some(srv.target.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn index(r: &proconsul::client::Response) -> u64 {
     header(r, "x-consul-index")
         .and_then(|v| v.parse().ok())
@@ -123,14 +134,7 @@ async fn every_query_form_reaches_other_datacenters_past_silent_servers_and_blac
         assert_eq!(a_records(&m), ["10.2.0.7"], "{name}: {m:?}");
     }
     let m = a.dig("_web._v2.service.dc2.consul", RecordType::SRV).await;
-    let targets: Vec<String> = m
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::SRV(srv) => Some(srv.target.to_string()),
-            _ => None,
-        })
-        .collect();
+    let targets = srv_targets(&m);
     assert_eq!(targets, ["web-2.node.dc2.consul."], "{m:?}");
     let m = a.dig("0a020007.addr.dc2.consul", RecordType::A).await;
     assert_eq!(a_records(&m), ["10.2.0.7"]);
@@ -478,14 +482,7 @@ async fn prepared_queries_and_the_default_failover_policy_serve_a_healthy_datace
     let m = a
         .dig("_web-listed._tcp.query.consul", RecordType::SRV)
         .await;
-    let targets: Vec<String> = m
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::SRV(srv) => Some(srv.target.to_string()),
-            _ => None,
-        })
-        .collect();
+    let targets = srv_targets(&m);
     assert_eq!(targets, ["web-2.node.dc2.consul."], "SRV targets name dc2");
 
     // The default failover policy serves plain lookups from the nearest healthy
