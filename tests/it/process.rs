@@ -661,6 +661,13 @@ fn acknowledged_writes_survive_kill_9() {
     }
 }
 
+/// Whether a table printed by a CLI verb has a row for node `name` (its first column; a
+/// node ID elsewhere in a row may end with the same characters).
+fn has_row(out: &str, name: &str) -> bool {
+    out.lines()
+        .any(|l| l.split_whitespace().next() == Some(name))
+}
+
 /// Waits until `check` passes on the output of a CLI verb, or fails with the last one.
 fn wait_for_cli(args: &[&str], what: &str, check: impl Fn(i32, &str) -> bool) -> String {
     // Generous: failure detection stretches on a loaded machine (Lifeguard backs off).
@@ -763,24 +770,24 @@ fn five_agent_processes_form_a_datacenter_and_see_kill_9_and_sigterm() {
     wait_for_cli(
         &["members", "-status=failed", &at(&server_http)],
         "c1 failed",
-        |code, out| code == 0 && out.contains("c1 "),
+        |code, out| code == 0 && has_row(out, "c1"),
     );
     wait_for_cli(
         &["catalog", "nodes", "-service=web", &at(&clients[2].1)],
         "web still registered on the failed node",
-        |code, out| code == 0 && out.contains("c1 "),
+        |code, out| code == 0 && has_row(out, "c1"),
     );
     // force-leave -prune forgets it for good.
     let (code, _, err) = text(&run(&["force-leave", "-prune", "c1", &at(&server_http)]));
     assert_eq!(code, 0, "{err}");
     wait_for_cli(&["members", &at(&server_http)], "c1 pruned", |code, out| {
-        code == 0 && !out.contains("c1 ")
+        code == 0 && !has_row(out, "c1")
     });
     // ...and the leader removes its node from the catalog.
     wait_for_cli(
         &["catalog", "nodes", &at(&server_http)],
         "c1 deregistered",
-        |code, out| code == 0 && !out.contains("c1 ") && out.contains("c2 "),
+        |code, out| code == 0 && !has_row(out, "c1") && has_row(out, "c2"),
     );
 
     // SIGTERM on a client leaves gracefully (Consul's default for clients) and exits 0.
@@ -789,7 +796,7 @@ fn five_agent_processes_form_a_datacenter_and_see_kill_9_and_sigterm() {
     wait_for_cli(
         &["members", "-status=left", &at(&server_http)],
         "c2 left",
-        |code, out| code == 0 && out.contains("c2 "),
+        |code, out| code == 0 && has_row(out, "c2"),
     );
 }
 
