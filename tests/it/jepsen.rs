@@ -5,7 +5,7 @@
 //! of their own acknowledged ones and read the whole service with `?consistent`, each
 //! operation sent to a random server and recorded with its invocation, completion and
 //! outcome (ok; failed = refused or never sent; unknown = a timeout, a broken
-//! connection or an answer such as 500 `No cluster leader` that does not say whether the
+//! connection or an answer such as 500 `leadership lost while committing log` that leaves open whether the
 //! write was applied). Meanwhile a nemesis, one fault at a time, kills the leader with
 //! SIGKILL and restarts it from its data dir, cuts a server off entirely (its bridge
 //! port down), cuts a server off from its peers only (the clients still reach it, which
@@ -296,8 +296,8 @@ async fn client(k: usize, cluster: Arc<Cluster>, until: Instant, mut rng: Rng) -
                 }
             }
             Ok(r) => {
-                // A refusal (4xx) was not applied; a 500 (`No cluster leader` after the
-                // lease was lost, a timeout, an RPC error) or a 429 may have been.
+                // A refusal (4xx) was not applied; a 500 (`leadership lost while
+                // committing log`, a timeout, an RPC error) or a 429 may have been.
                 let refused = (400..500).contains(&r.status) && r.status != 429;
                 record.outcome = if refused {
                     Outcome::Failed

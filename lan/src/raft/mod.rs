@@ -134,6 +134,10 @@ pub enum WriteError {
     /// The deadline passed before the write was committed; it may still be applied.
     #[error("timed out waiting for the catalog write to commit")]
     Timeout,
+    /// This server lost its leadership after the write was handed to Raft; it may still
+    /// be applied by the next leader (Consul's text).
+    #[error("leadership lost while committing log")]
+    LeadershipLost,
     /// The catalog refused the command; the same command will always be refused.
     #[error(transparent)]
     Rejected(#[from] ApplyError),
@@ -166,6 +170,7 @@ impl WriteError {
             self,
             WriteError::NoLeader
                 | WriteError::Timeout
+                | WriteError::LeadershipLost
                 | WriteError::NoServers
                 | WriteError::Rpc(_)
                 | WriteError::NoServer
@@ -569,7 +574,9 @@ impl Consensus {
         };
         tokio::select! {
             r = tokio::time::timeout_at(deadline, commit) => r.unwrap_or(Err(WriteError::Timeout)),
-            _ = self.lease_lost() => Err(WriteError::NoLeader),
+            // The command may already be in the log: not "No cluster leader", which
+            // promises nothing was written.
+            _ = self.lease_lost() => Err(WriteError::LeadershipLost),
         }
     }
 
