@@ -1,21 +1,21 @@
 //! A Jepsen-style history test of the catalog under faults.
 //!
 //! Three servers of dc1 run as real processes, each in a network namespace of its own
-//! (`support::netns`). Four clients register services with unique ids, deregister some
-//! of their own acknowledged ones and read the whole service with `?consistent`, each
+//! (`support::netns`). Four clients register services with unique ids, deregister some of
+//! their own acknowledged ones and read the whole service with `?consistent`, each
 //! operation sent to a random server and recorded with its invocation, completion and
-//! outcome (ok; failed = refused or never sent; unknown = a timeout, a broken
-//! connection or an answer such as 500 `leadership lost while committing log` that leaves open whether the
-//! write was applied). Meanwhile a nemesis, one fault at a time, kills the leader with
-//! SIGKILL and restarts it from its data dir, cuts a server off entirely (its bridge
-//! port down), cuts a server off from its peers only (the clients still reach it, which
-//! is where a deposed leader must refuse consistent reads), or kills and restarts a
-//! follower. Then everything is healed and restarted, the datacenter must recover (a
-//! leader, a consistent read through every server) and a final consistent read is
-//! taken. The checks (`support::history`): every acknowledged registration not
-//! (possibly) deregistered is in the final read, no acknowledged deregistration is
-//! undone, no id that was never registered appears, and all the consistent reads
-//! together with the writes form a linearizable history.
+//! outcome (ok; failed = refused or never sent; unknown = a timeout, a broken connection or
+//! an answer such as 500 `leadership lost while committing log` that leaves open whether
+//! the write was applied). Meanwhile a nemesis, one fault at a time, kills the leader with
+//! SIGKILL and restarts it from its data dir, cuts a server off entirely (its bridge port
+//! down), cuts a server off from its peers only (the clients still reach it, which is where
+//! a deposed leader must refuse consistent reads), or kills and restarts a follower. Then
+//! everything is healed and restarted, the datacenter must recover (a leader, a consistent
+//! read through every server) and a final consistent read is taken. The checks
+//! (`support::history`): every acknowledged registration not (possibly) deregistered is in
+//! the final read, no acknowledged deregistration is undone, no id that was never
+//! registered appears, and all the consistent reads together with the writes form a
+//! linearizable history.
 //!
 //! The second test does the same with a second datacenter: one server of dc2, federated
 //! over the WAN (QUIC, mutual TLS) with dc1; the writes go to it with `?dc=dc1`, so they
