@@ -35,6 +35,7 @@ mod local;
 mod member;
 mod peer_log;
 mod pool_keyring;
+pub mod quota;
 mod raft;
 mod rpc;
 mod server;

@@ -44,6 +44,7 @@ use crate::gossip::{self, Engine, Event, MemberState, Output, State};
 use crate::keyring::{Key, Keyring, KeyringError, OpenError, SEALED_VERSION};
 use crate::member::{Member, MemberStatus};
 use crate::peer_log::PeerLog;
+use crate::quota::{PerAddr, PerIp, Share};
 
 /// Commands waiting for the engine task; senders wait when it is full.
 const COMMAND_QUEUE: usize = 256;
@@ -71,6 +72,13 @@ const MAX_DATAGRAM: usize = 65_536;
 /// Received packets waiting for the engine task; a packet that finds the queue full is
 /// dropped, which SWIM tolerates.
 pub const PACKET_QUEUE: usize = 1024;
+/// Of [`PACKET_QUEUE`], what one sender (address and port) may hold; its further packets
+/// are dropped until the engine has taken some, so one noisy peer cannot crowd out the
+/// rest.
+pub const PACKET_QUEUE_PER_PEER: usize = 128;
+/// Of [`MAX_INBOUND_STREAMS`], what one IP address may be served at once; its further
+/// streams are closed unanswered (and logged).
+pub const MAX_INBOUND_STREAMS_PER_PEER: usize = 16;
 
 /// The answer of a [`Link::exchange`].
 pub type Exchange<'a> = Pin<Box<dyn Future<Output = Result<Vec<u8>, JoinError>> + Send + 'a>>;
@@ -457,6 +465,10 @@ impl Pool {
         );
         let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
         let (packets, packet_inbox) = mpsc::channel(PACKET_QUEUE);
+        let packets = PacketQueue {
+            tx: packets,
+            senders: PerAddr::new(),
+        };
         let (publish, members) = watch::channel(member_list(&engine));
         let shared = Arc::new(Shared {
             crypto: Crypto::new(config.encryption),
@@ -669,14 +681,14 @@ impl Driver {
     async fn run(
         mut self,
         mut inbox: mpsc::Receiver<Command>,
-        mut packets: mpsc::Receiver<(Vec<u8>, SocketAddr)>,
+        mut packets: mpsc::Receiver<Queued>,
     ) {
         let (merged_tx, mut merged) = mpsc::channel::<Vec<MemberState>>(MERGE_QUEUE);
         loop {
             let next = Instant::from_std(self.engine.next_deadline());
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
-                Some((bytes, from)) = packets.recv() => self.on_datagram(&bytes, from),
+                Some(Queued { bytes, from, .. }) = packets.recv() => self.on_datagram(&bytes, from),
                 Some(command) = inbox.recv() => self.on_command(command),
                 Some(states) = merged.recv() => {
                     self.engine.merge_remote(std::time::Instant::now(), states);
@@ -1021,7 +1033,7 @@ async fn key_request(
 }
 
 /// Accepts gossip streams until `shutdown`, serving at most [`MAX_INBOUND_STREAMS`] at
-/// once.
+/// once, and [`MAX_INBOUND_STREAMS_PER_PEER`] from one IP address.
 async fn serve_streams(
     listener: TcpListener,
     inbound: Inbound,
@@ -1029,12 +1041,23 @@ async fn serve_streams(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_INBOUND_STREAMS));
+    let per_peer = PerIp::new();
     while let Some((permit, stream, peer)) =
         crate::accept::next(&listener, &slots, &shutdown, "gossip").await
     {
+        let Some(share) = per_peer.take(peer.ip(), MAX_INBOUND_STREAMS_PER_PEER) else {
+            inbound.shared.refused(
+                peer,
+                "gossip stream",
+                &"too many streams from this address at once",
+            );
+            // Dropping the stream closes it; the peer's exchange fails and is retried.
+            drop((stream, permit));
+            continue;
+        };
         let (inbound, shutdown) = (inbound.clone(), shutdown.clone());
         tasks.spawn(async move {
-            let _permit = permit;
+            let _held = (permit, share);
             let deadline = Instant::now() + STREAM_TIMEOUT;
             tokio::select! {
                 _ = shutdown.cancelled() => {}
@@ -1068,10 +1091,40 @@ async fn serve_stream(
     }
 }
 
+/// A received packet waiting for the engine, holding its sender's place in the queue.
+struct Queued {
+    bytes: Vec<u8>,
+    from: SocketAddr,
+    _share: Share<SocketAddr>,
+}
+
+/// The engine's queue of received packets, with a share of it per sender.
+#[derive(Clone)]
+struct PacketQueue {
+    tx: mpsc::Sender<Queued>,
+    senders: Arc<PerAddr>,
+}
+
+impl PacketQueue {
+    fn push(&self, from: SocketAddr, bytes: Vec<u8>) -> Result<(), &'static str> {
+        let share = self
+            .senders
+            .take(from, PACKET_QUEUE_PER_PEER)
+            .ok_or("this sender's share of the queue is full")?;
+        self.tx
+            .try_send(Queued {
+                bytes,
+                from,
+                _share: share,
+            })
+            .map_err(|_| "the queue is full")
+    }
+}
+
 /// Where a link hands what it receives. Cheap to clone.
 #[derive(Clone)]
 pub struct Inbound {
-    packets: mpsc::Sender<(Vec<u8>, SocketAddr)>,
+    packets: PacketQueue,
     commands: mpsc::Sender<Command>,
     shared: Arc<Shared>,
 }
@@ -1086,10 +1139,10 @@ impl std::fmt::Debug for Inbound {
 
 impl Inbound {
     /// A packet from `from`, still sealed. Dropped when the engine is [`PACKET_QUEUE`]
-    /// packets behind.
+    /// packets behind, or [`PACKET_QUEUE_PER_PEER`] of them are from `from`.
     pub fn packet(&self, from: SocketAddr, bytes: Vec<u8>) {
-        if self.packets.try_send((bytes, from)).is_err() {
-            tracing::trace!(peer = %from, "gossip packet queue full; dropped");
+        if let Err(why) = self.packets.push(from, bytes) {
+            tracing::trace!(peer = %from, "gossip packet dropped: {why}");
         }
     }
 
@@ -1442,5 +1495,70 @@ mod tests {
                 "encryption is required by this agent, but the message is not encrypted".into()
             ))
         );
+    }
+
+    #[tokio::test]
+    async fn one_sender_cannot_fill_the_packet_queue() {
+        let (tx, mut rx) = mpsc::channel(PACKET_QUEUE);
+        let queue = PacketQueue {
+            tx,
+            senders: PerAddr::new(),
+        };
+        let noisy: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let quiet: SocketAddr = "127.0.0.1:7002".parse().unwrap();
+        let taken = (0..PACKET_QUEUE_PER_PEER * 2)
+            .filter(|_| queue.push(noisy, vec![0; 8]).is_ok())
+            .count();
+        assert_eq!(taken, PACKET_QUEUE_PER_PEER);
+        queue
+            .push(quiet, vec![1])
+            .expect("another sender still has its share");
+        // The engine takes one of the noisy sender's packets: its place is free again.
+        let first = rx.recv().await.unwrap();
+        assert_eq!(first.from, noisy);
+        drop(first);
+        queue.push(noisy, vec![2]).expect("a place was given back");
+        assert!(queue.push(noisy, vec![3]).is_err());
+    }
+
+    #[tokio::test]
+    async fn one_address_cannot_take_every_gossip_stream_slot() {
+        use tokio::io::AsyncReadExt;
+        let tasks = TaskTracker::new();
+        let token = CancellationToken::new();
+        let _stop = token.clone().drop_guard();
+        let pool = Pool::start(config("target", None), &tasks, token.clone())
+            .await
+            .unwrap();
+        // Connections that never send their frame hold a stream slot each for up to
+        // STREAM_TIMEOUT.
+        let mut held = Vec::new();
+        for _ in 0..MAX_INBOUND_STREAMS_PER_PEER {
+            held.push(TcpStream::connect(pool.addr()).await.unwrap());
+        }
+        let mut over = TcpStream::connect(pool.addr()).await.unwrap();
+        let mut buf = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(5), over.read(&mut buf))
+            .await
+            .expect("the stream over the share is closed at once");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+        // The streams within the share are still being served (waiting for a frame).
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(300), held[0].read(&mut buf)).await;
+        assert!(
+            waiting.is_err(),
+            "a stream within the share was closed: {waiting:?}"
+        );
+        // A member at another address still joins.
+        let mut other = config("other", None);
+        other.bind = "127.0.0.2:0".parse().unwrap();
+        other.advertise = "127.0.0.2".parse().unwrap();
+        let other = Pool::start(other, &tasks, token.clone()).await.unwrap();
+        other
+            .join_one(&pool.addr().to_string(), soon())
+            .await
+            .expect("a member at another address is served");
+        eventually("the join", || sees(&pool, "other", MemberStatus::Alive)).await;
+        drop(held);
     }
 }

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -56,6 +56,9 @@ pub const MAX_ANSWER: usize = 64 * 1024 * 1024;
 /// that would go beyond is refused (so 1024 peers × 256 streams cannot each hold a
 /// 16 MiB request).
 pub const MAX_REQUEST_BYTES_IN_FLIGHT: usize = 256 * 1024 * 1024;
+/// Of [`MAX_REQUEST_BYTES_IN_FLIGHT`], what the streams of one connection may hold, so
+/// one peer cannot take the whole budget; a stream beyond it is refused.
+pub const MAX_REQUEST_BYTES_PER_CONNECTION: usize = 32 * 1024 * 1024;
 /// How long a server has to serve one incoming stream: a blocking query from another
 /// datacenter may wait up to Consul's 10-minute maximum, plus a margin.
 pub const STREAM_TIMEOUT: Duration = Duration::from_secs(10 * 60 + 30);
@@ -63,6 +66,52 @@ pub const STREAM_TIMEOUT: Duration = Duration::from_secs(10 * 60 + 30);
 const DATAGRAM_BUFFER: usize = 1024 * 1024;
 /// Remembered dial failures; when full, the expired ones are forgotten.
 const MAX_FAILURES: usize = 4096;
+
+/// What a stream's request holds of the connection's and the endpoint's byte budgets,
+/// in KiB; given back when dropped.
+#[derive(Default)]
+struct Held {
+    connection: Option<OwnedSemaphorePermit>,
+    endpoint: Option<OwnedSemaphorePermit>,
+}
+
+impl Held {
+    /// Holds `want` KiB of both budgets, or says which one has no more.
+    fn grow(
+        &mut self,
+        want: u32,
+        connection: &Arc<Semaphore>,
+        endpoint: &Arc<Semaphore>,
+    ) -> Result<(), &'static str> {
+        fn take(
+            held: &mut Option<OwnedSemaphorePermit>,
+            budget: &Arc<Semaphore>,
+            want: u32,
+        ) -> bool {
+            let have = held.as_ref().map_or(0, |p| p.num_permits() as u32);
+            if want <= have {
+                return true;
+            }
+            match budget.clone().try_acquire_many_owned(want - have) {
+                Ok(more) => {
+                    match held.as_mut() {
+                        Some(p) => p.merge(more),
+                        None => *held = Some(more),
+                    }
+                    true
+                }
+                Err(_) => false,
+            }
+        }
+        if !take(&mut self.connection, connection, want) {
+            return Err("on this connection");
+        }
+        if !take(&mut self.endpoint, endpoint, want) {
+            return Err("over all connections");
+        }
+        Ok(())
+    }
+}
 
 pub(crate) const KIND_GOSSIP: u8 = b'G';
 pub(crate) const KIND_RPC: u8 = b'R';
@@ -459,16 +508,18 @@ impl Endpoint {
                 }
             }
         };
+        let budget = Arc::new(Semaphore::new(MAX_REQUEST_BYTES_PER_CONNECTION / 1024));
         let streams = async {
             while let Ok((send, recv)) = conn.accept_bi().await {
                 let endpoint = self.clone();
                 let caller = caller.clone();
+                let budget = budget.clone();
                 // At most MAX_STREAMS at once: the peer cannot open more.
                 self.inner.tasks.spawn(async move {
                     let shutdown = endpoint.inner.shutdown.clone();
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
-                        r = tokio::time::timeout(STREAM_TIMEOUT, endpoint.serve_stream(caller.clone(), send, recv)) => {
+                        r = tokio::time::timeout(STREAM_TIMEOUT, endpoint.serve_stream(caller.clone(), &budget, send, recv)) => {
                             match r {
                                 Ok(Ok(())) => {}
                                 Ok(Err(e)) => tracing::debug!(peer = %caller.addr, error = %e, "WAN stream failed"),
@@ -495,15 +546,18 @@ impl Endpoint {
         }
     }
 
+    /// Serves one stream of `caller`'s connection, whose requests share `connection`'s
+    /// budget (in KiB) as well as the endpoint's.
     async fn serve_stream(
         &self,
         caller: Caller,
+        connection: &Arc<Semaphore>,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) -> Result<(), String> {
-        // Read in chunks, each counted against the shared budget before it is kept.
+        // Read in chunks, each counted against both budgets before it is kept.
         let mut request = Vec::new();
-        let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+        let mut held = Held::default();
         loop {
             let chunk = match recv.read_chunk(64 * 1024, true).await {
                 Ok(Some(chunk)) => chunk.bytes,
@@ -517,28 +571,14 @@ impl Endpoint {
                 return Ok(());
             }
             let want = u32::try_from(total.div_ceil(1024)).unwrap_or(u32::MAX);
-            let have = held.as_ref().map_or(0, |p| p.num_permits() as u32);
-            if want > have {
-                match self
-                    .inner
-                    .request_budget
-                    .clone()
-                    .try_acquire_many_owned(want - have)
-                {
-                    Ok(more) => match held.as_mut() {
-                        Some(p) => p.merge(more),
-                        None => held = Some(more),
-                    },
-                    Err(_) => {
-                        self.refused(
-                            caller.addr,
-                            "WAN request",
-                            &"the memory budget for requests in flight is used up",
-                        );
-                        let _ = recv.stop(0u32.into());
-                        return Ok(());
-                    }
-                }
+            if let Err(which) = held.grow(want, connection, &self.inner.request_budget) {
+                self.refused(
+                    caller.addr,
+                    "WAN request",
+                    &format!("the memory budget for requests in flight {which} is used up"),
+                );
+                let _ = recv.stop(0u32.into());
+                return Ok(());
             }
             request.extend_from_slice(&chunk);
         }
@@ -762,6 +802,16 @@ impl Endpoint {
             .await?;
         serde_json::from_slice(&answer)
             .map_err(|e| WanError::Stream(format!("unreadable answer from {addr}: {e}")))
+    }
+
+    /// The connection to the server at `addr`, for tests that speak on raw streams.
+    #[cfg(test)]
+    pub(crate) async fn raw_connection(
+        &self,
+        addr: SocketAddr,
+        datacenter: &str,
+    ) -> Result<quinn::Connection, WanError> {
+        Ok(self.connection(addr, Some(datacenter)).await?.conn)
     }
 
     /// The gossip link over this endpoint, for the WAN pool.

@@ -326,3 +326,69 @@ async fn a_wan_member_with_another_gossip_key_is_refused() {
     assert_eq!(report.num_nodes, 2);
     assert_eq!(report.keys.get(&key.to_base64()), Some(&2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_cannot_hold_more_than_its_share_of_the_request_budget() {
+    use crate::endpoint::{MAX_REQUEST, MAX_REQUEST_BYTES_PER_CONNECTION};
+    let fx = Fixture::new();
+    let ca = tls::create_ca("consul", 30).unwrap();
+    let start = |node: &str, dc: &str| {
+        let m = material(fx.dir.path(), node, &ca, &server_cert(&ca, dc));
+        fx.start(node, dc, m, None).unwrap()
+    };
+    let (s1, s2, s3) = (start("s1", "dc1"), start("s2", "dc2"), start("s3", "dc3"));
+    let conn = s2
+        .endpoint()
+        .raw_connection(s1.addr(), "dc1")
+        .await
+        .unwrap();
+    // Requests that are never finished hold what s1 has read of them. Together they
+    // are over the connection's share, though far below the endpoint's whole budget.
+    let each = MAX_REQUEST - 1024;
+    let count = MAX_REQUEST_BYTES_PER_CONNECTION / each + 1;
+    let mut streams = Vec::new();
+    for _ in 0..count {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        let chunk = vec![b'R'; 64 * 1024];
+        let mut sent = 0;
+        while sent < each {
+            let n = chunk.len().min(each - sent);
+            if send.write_all(&chunk[..n]).await.is_err() {
+                break;
+            }
+            sent += n;
+        }
+        streams.push((send, recv));
+    }
+    let stops = streams.iter_mut().map(|(send, _)| Box::pin(send.stopped()));
+    let (stopped, ..) = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures_util::future::select_all(stops),
+    )
+    .await
+    .expect("a stream over the connection's share is refused");
+    assert!(matches!(stopped, Ok(Some(_))), "{stopped:?}");
+    // Another server's connection is not held back.
+    let pong = s3
+        .endpoint()
+        .call(s1.addr(), "dc1", &Request::Ping, soon())
+        .await;
+    assert!(matches!(pong, Ok(Response::Pong { .. })), "{pong:?}");
+    // Once the held requests are given up, the connection gets its share back.
+    drop(streams);
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let again = s2
+            .endpoint()
+            .call(s1.addr(), "dc1", &Request::Ping, soon())
+            .await;
+        if matches!(again, Ok(Response::Pong { .. })) {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the connection's share came back: {again:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -26,6 +26,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use gateway::RouteError;
+use lan::quota::{PerIp, Share};
 use lan::{Consistency, ReadError, ReadMeta, ReadOptions, WriteError};
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
@@ -593,7 +594,7 @@ pub async fn start(
 ) -> io::Result<Vec<SocketAddr>> {
     let app = router(ctx, limits.max_body_bytes);
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let per_client = Arc::new(PerClient::default());
+    let per_client = PerIp::new();
     let limits = Arc::new(limits);
     let mut bound = Vec::new();
     let mut listeners = Vec::new();
@@ -626,47 +627,8 @@ pub async fn start(
 #[derive(Clone)]
 struct Shared {
     permits: Arc<Semaphore>,
-    per_client: Arc<PerClient>,
+    per_client: Arc<PerIp>,
     limits: Arc<HttpLimits>,
-}
-
-/// Connections open per client address.
-#[derive(Default)]
-struct PerClient {
-    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
-}
-
-/// One connection counted for its client; uncounted when dropped.
-struct ClientSlot {
-    per_client: Arc<PerClient>,
-    ip: std::net::IpAddr,
-}
-
-impl PerClient {
-    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<ClientSlot> {
-        let mut open = self.open.lock().expect("per-client lock");
-        let count = open.entry(ip).or_insert(0);
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(ClientSlot {
-            per_client: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut open = self.per_client.open.lock().expect("per-client lock");
-        if let Some(count) = open.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.ip);
-            }
-        }
-    }
 }
 
 /// Accepts connections while a permit is free and serves each on a task of its own.
@@ -728,7 +690,7 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     app: Router,
-    _slots: (OwnedSemaphorePermit, ClientSlot),
+    _slots: (OwnedSemaphorePermit, Share<std::net::IpAddr>),
     limits: Arc<HttpLimits>,
     shutdown: CancellationToken,
 ) {
