@@ -457,9 +457,9 @@ impl Agent {
                     f.clone()
                         .flood_join(lan.subscribe_members(), core.child_token()),
                 );
-                Gateway::with_federation(lan.clone(), f)
+                Gateway::with_federation(lan.clone(), f, &tasks)
             }
-            Err(why) => Gateway::new(lan.clone(), why),
+            Err(why) => Gateway::new(lan.clone(), why, &tasks),
         };
 
         let (reload_tx, reload_rx) = mpsc::channel(RELOAD_QUEUE);

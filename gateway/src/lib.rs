@@ -44,6 +44,7 @@ use lan::{
     ReadOptions, WriteError, deadline_in, remaining_ms,
 };
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 use wan::Federation;
 use wan::rpc::{Caller, Request, Response, Service, Serving};
 
@@ -106,19 +107,21 @@ pub struct Gateway {
 
 impl Gateway {
     /// A gateway for an agent whose own datacenter is served by `lan`, with no WAN
-    /// federation (`why` says why, for errors of WAN operations).
-    pub fn new(lan: Lan, why: String) -> Gateway {
+    /// federation (`why` says why, for errors of WAN operations). Reads shared by several
+    /// callers run on `tasks`.
+    pub fn new(lan: Lan, why: String, tasks: &TaskTracker) -> Gateway {
         Gateway {
             lan,
             federation: Err(why),
-            load: Arc::default(),
+            load: Arc::new(load::Load::new(tasks)),
         }
     }
 
     /// A gateway for a server that is part of the WAN federation; it also serves the
-    /// requests other datacenters send it.
-    pub fn with_federation(lan: Lan, federation: Federation) -> Gateway {
-        let load = Arc::<load::Load>::default();
+    /// requests other datacenters send it. Reads shared by several callers run on
+    /// `tasks`.
+    pub fn with_federation(lan: Lan, federation: Federation, tasks: &TaskTracker) -> Gateway {
+        let load = Arc::new(load::Load::new(tasks));
         federation.set_service(Arc::new(WanService { lan: lan.clone() }));
         lan.set_keyring_hook(Arc::new(AllPools {
             federation: federation.clone(),

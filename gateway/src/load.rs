@@ -26,6 +26,7 @@ use lan::catalog::{Answer, Query};
 use lan::{Consistency, QueryResult, ReadOptions};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 use crate::RouteError;
 
@@ -114,6 +115,8 @@ pub(crate) struct Load {
     in_flight: Mutex<HashMap<Key, Flight>>,
     limits: Mutex<HashMap<String, Limits>>,
     unknown: Mutex<HashMap<String, Instant>>,
+    /// Where coalesced reads run, so the agent's shutdown waits for them.
+    tasks: TaskTracker,
 }
 
 /// How many items an answer carries, for the cache's size bound.
@@ -197,6 +200,14 @@ impl Load {
         })
     }
 
+    /// State whose coalesced reads run on `tasks`.
+    pub(crate) fn new(tasks: &TaskTracker) -> Load {
+        Load {
+            tasks: tasks.clone(),
+            ..Load::default()
+        }
+    }
+
     /// Joins the read in flight for `key`, or registers a new flight.
     pub(crate) fn join(&self, key: &Key) -> Joined {
         let mut in_flight = self.in_flight.lock().expect("in-flight lock");
@@ -218,7 +229,7 @@ impl Load {
     /// Runs `read` for `key`, unless an identical read is in flight: then waits for that
     /// one's answer instead (until `deadline`). The first read runs as a task of its own,
     /// so a caller that gives up does not cancel it for the others; it must end by
-    /// itself (every read has a deadline).
+    /// itself (every read has a deadline), and is tracked with the agent's tasks.
     pub(crate) async fn coalesce<F>(
         self: &Arc<Self>,
         key: Key,
@@ -235,7 +246,7 @@ impl Load {
                 let flight = pilot.subscribe();
                 let load = self.clone();
                 let key = key.clone();
-                tokio::spawn(async move {
+                self.tasks.spawn(async move {
                     let result = read.await;
                     let _ = pilot.send(Some(result));
                     load.landed(&key);
