@@ -135,6 +135,11 @@ async fn run(
                     }
                 }
                 Err(e) => {
+                    // openraft (0.9) answers ForwardToLeader when this server is not the
+                    // leader as the entry is submitted, and when a new leader's log
+                    // truncates the entry (a conflicting suffix). Either way the entry is
+                    // not and will not be applied, so "No cluster leader" is true. An
+                    // entry a new leader keeps is answered when it is applied.
                     let error = match e {
                         RaftError::APIError(ClientWriteError::ForwardToLeader(_))
                         | RaftError::APIError(ClientWriteError::ChangeMembershipError(_)) => {
