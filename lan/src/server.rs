@@ -9,7 +9,9 @@
 //!
 //! A forwarded request is marked so that it is never forwarded again: if leadership
 //! moved meanwhile, the second server answers `No cluster leader` rather than bouncing
-//! the request around.
+//! the request around. A forwarded read whose leader goes silent or is replaced before it
+//! answers is sent again to the next leader (within the hold); a forwarded write is not,
+//! since it may still be applied, and waits for its answer until its deadline.
 
 use std::net::SocketAddr;
 
@@ -63,7 +65,7 @@ pub(crate) async fn read(
                 None => return Err(ReadError::NoLeader),
                 Some((id, _)) if id == consensus.id() => break,
                 Some(_) if forwarded => return Err(ReadError::NoLeader),
-                Some((_, node)) => {
+                Some((leader, node)) => {
                     let addr = address_of(lan, &node).ok_or(ReadError::NoLeader)?;
                     // The leader reads with the caller's consistency mode; `max_stale`
                     // only ever sends a read to the leader, so it goes no further.
@@ -76,12 +78,21 @@ pub(crate) async fn read(
                         .to_sent(),
                         forwarded: true,
                     };
-                    match lan
-                        .inner
-                        .rpc
-                        .call(addr, &request, options.deadline + FORWARD_MARGIN)
-                        .await
-                    {
+                    let call =
+                        lan.inner
+                            .rpc
+                            .call(addr, &request, options.deadline + FORWARD_MARGIN);
+                    // A leader that goes silent (or is replaced) while it holds the read
+                    // would keep it until the deadline; a read has no effect, so it is
+                    // asked again of the next leader instead.
+                    let answer = tokio::select! {
+                        answer = call => answer,
+                        () = consensus.leader_gone(leader) => {
+                            tracing::debug!(peer = %addr, "the leader went silent during a read; asking the next one");
+                            continue;
+                        }
+                    };
+                    match answer {
                         Ok(Response::Read(r)) => return r,
                         Ok(other) => {
                             return Err(ReadError::Rpc(format!("unexpected answer {other:?}")));

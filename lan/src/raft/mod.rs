@@ -688,6 +688,25 @@ impl Consensus {
         }
     }
 
+    /// Waits until `leader` is no longer the leader this server trusts: another was
+    /// elected, or nothing was heard from it for a follower's lease, or Raft stopped.
+    pub(crate) async fn leader_gone(&self, leader: NodeId) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if m.running_state.is_err() || self.leader_id(&m) != Some(leader) {
+                    return;
+                }
+            }
+            // Leases expire without a metrics change, so look again now and then too.
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(LEASE_CHECK) => {}
+            }
+        }
+    }
+
     /// The Raft handle, for the RPC handler.
     pub(crate) fn raft(&self) -> &Raft<TypeConfig> {
         &self.raft
