@@ -4,11 +4,11 @@
 //! normally for any input, and a panic in one is a bug in the code it calls.
 
 use gateway::Gateway;
-use lan::catalog::{Command, State};
+use lan::catalog::{Answer, Command, Query, State};
 use tokio_util::task::TaskTracker;
 
 use crate::dns::{DnsConfig, Server, Transport};
-use crate::http::{ApiError, Params, agent, catalog, query};
+use crate::http::{ApiError, Params, agent, catalog, keyring, query, snapshot};
 
 /// A write endpoint whose body is parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,11 +27,15 @@ pub enum Endpoint {
     QueryCreate,
     /// `PUT /v1/query/:id`.
     QueryUpdate,
+    /// `POST`, `PUT` and `DELETE /v1/operator/keyring` (install, use, remove a key).
+    KeyringKey,
+    /// `PUT /v1/snapshot` (a restore).
+    SnapshotRestore,
 }
 
 impl Endpoint {
     /// Every endpoint with a body to parse.
-    pub const ALL: [Endpoint; 7] = [
+    pub const ALL: [Endpoint; 9] = [
         Endpoint::CatalogRegister,
         Endpoint::CatalogDeregister,
         Endpoint::AgentServiceRegister,
@@ -39,6 +43,8 @@ impl Endpoint {
         Endpoint::AgentCheckUpdate,
         Endpoint::QueryCreate,
         Endpoint::QueryUpdate,
+        Endpoint::KeyringKey,
+        Endpoint::SnapshotRestore,
     ];
 }
 
@@ -79,7 +85,8 @@ const QUERY_ID: &str = "00000000-0000-4000-8000-00000000f022";
 
 /// Parses `body` as `endpoint`'s handler does (no query parameters); a catalog change
 /// it makes is then applied to an empty catalog, as the leader applies it once
-/// committed.
+/// committed. A restored catalog is then read with every kind of query, for each node
+/// and service it holds, and must still pass as a snapshot itself.
 pub fn http_body(endpoint: Endpoint, body: &[u8]) -> Result<Accepted, Refused> {
     let params = Params::parse(None);
     let command = match endpoint {
@@ -97,6 +104,11 @@ pub fn http_body(endpoint: Endpoint, body: &[u8]) -> Result<Accepted, Refused> {
             agent::check_update_body(body)?;
             None
         }
+        Endpoint::KeyringKey => {
+            keyring::key_from_body(body)?;
+            None
+        }
+        Endpoint::SnapshotRestore => Some(snapshot::restore_command(body)?),
         Endpoint::QueryCreate | Endpoint::QueryUpdate => {
             let mut definition = query::definition(body)?;
             definition.id = QUERY_ID.into();
@@ -109,7 +121,11 @@ pub fn http_body(endpoint: Endpoint, body: &[u8]) -> Result<Accepted, Refused> {
     let log_round_trips = match &command {
         None => true,
         Some(command) => {
-            let _ = State::new().apply(1, command);
+            let mut state = State::new();
+            let _ = state.apply(1, command);
+            if let Command::Restore(_) = command {
+                read_everything(&state);
+            }
             let log = serde_json::to_vec(command).expect("a command serialises");
             serde_json::from_slice::<Command>(&log).ok().as_ref() == Some(command)
         }
@@ -118,6 +134,57 @@ pub fn http_body(endpoint: Endpoint, body: &[u8]) -> Result<Accepted, Refused> {
         command,
         log_round_trips,
     })
+}
+
+/// Reads `state` with every kind of query, naming each node and service it holds, and
+/// checks that what it holds passes as a snapshot.
+fn read_everything(state: &State) {
+    let snapshot = state.to_snapshot();
+    if let Err(e) = snapshot.validate() {
+        panic!("a restored catalog does not pass as a snapshot: {e}");
+    }
+    let (Answer::Nodes(nodes), _) = state.query(&Query::Nodes { node_meta: vec![] }) else {
+        panic!("a nodes query answered with something else");
+    };
+    let (Answer::Services(services), _) = state.query(&Query::Services { node_meta: vec![] })
+    else {
+        panic!("a services query answered with something else");
+    };
+    let mut queries = vec![
+        Query::ChecksInState { state: None },
+        Query::Snapshot,
+        Query::PreparedQueries { key: None },
+    ];
+    for node in &nodes {
+        queries.push(Query::NodeServices {
+            node: node.name.clone(),
+        });
+        queries.push(Query::NodeChecks {
+            node: node.name.clone(),
+        });
+        queries.push(Query::Address {
+            address: node.address.clone(),
+        });
+    }
+    for service in services.keys() {
+        queries.push(Query::ServiceNodes {
+            service: service.clone(),
+            tags: vec![],
+            node_meta: vec![],
+        });
+        queries.push(Query::ServiceHealth {
+            service: service.clone(),
+            tags: vec![],
+            passing_only: true,
+            node_meta: vec![],
+        });
+        queries.push(Query::ServiceChecks {
+            service: service.clone(),
+        });
+    }
+    for query in &queries {
+        let _ = state.query(query);
+    }
 }
 
 /// One agent's DNS request handling over a real gateway, without sockets: raw request
@@ -377,7 +444,148 @@ mod tests {
         assert!(seen > 0, "no seeds in {}", dir.display());
     }
 
+    /// A snapshot file of a small catalog: two nodes, a service on each, a check bound to
+    /// a service and a node check, and a prepared query.
+    fn snapshot_file() -> Value {
+        let mut state = State::new();
+        let bodies: [&[u8]; 3] = [
+            br#"{"Node": "n1", "Address": "10.0.0.1", "Service": {"Service": "web", "Port": 80},
+                "Check": {"Name": "alive", "Status": "passing", "ServiceID": "web"}}"#,
+            br#"{"Node": "n2", "Address": "10.0.0.2",
+                "Service": {"ID": "db1", "Service": "db", "Port": 5432},
+                "Check": {"CheckID": "disk", "Name": "disk", "Status": "warning"}}"#,
+            br#"{"Name": "web-q", "Service": {"Service": "web"}}"#,
+        ];
+        let endpoints = [
+            Endpoint::CatalogRegister,
+            Endpoint::CatalogRegister,
+            Endpoint::QueryCreate,
+        ];
+        for (i, (endpoint, body)) in endpoints.into_iter().zip(bodies).enumerate() {
+            let command = http_body(endpoint, body).unwrap().command.unwrap();
+            state.apply(i as u64 + 1, &command).unwrap();
+        }
+        json!({"Format": "proconsul-snapshot", "Version": 1, "Datacenter": "dc1",
+            "Catalog": state.to_snapshot()})
+    }
+
+    /// Changes one field or entry of a snapshot file: `kind` picks what, `at` which
+    /// entry, `choice` the new value.
+    fn mutate(file: &mut Value, kind: u8, at: usize, choice: usize) {
+        const NAMES: [&str; 5] = ["n1", "N1", "n2", "n3", ""];
+        const IDS: [&str; 5] = ["web", "WEB", "db1", "alive", ""];
+        let catalog = &mut file["Catalog"];
+        let table = ["nodes", "services", "checks", "queries"][usize::from(kind % 4)];
+        let Some(rows) = catalog[table].as_array_mut() else {
+            return;
+        };
+        if rows.is_empty() {
+            return;
+        }
+        let i = at % rows.len();
+        match kind / 4 {
+            // A duplicate entry, or a missing one.
+            0 => {
+                let copy = rows[i].clone();
+                rows.push(copy);
+            }
+            1 => {
+                rows.remove(i);
+            }
+            // A name or key changed.
+            _ => {
+                let name = json!(NAMES[choice % NAMES.len()]);
+                let id = json!(IDS[choice % IDS.len()]);
+                match table {
+                    "nodes" => rows[i]["name"] = name,
+                    "services" if choice % 2 == 0 => rows[i][0] = name,
+                    "services" => rows[i][1]["id"] = id,
+                    "checks" => match choice % 3 {
+                        0 => rows[i]["node"] = name,
+                        1 => rows[i]["check_id"] = id,
+                        _ => rows[i]["service_id"] = id,
+                    },
+                    _ => rows[i]["id"] = id,
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_snapshot_file_restores_and_broken_ones_are_400s_that_say_why() {
+        let file = snapshot_file();
+        let accepted = http_body(Endpoint::SnapshotRestore, file.to_string().as_bytes())
+            .expect("a snapshot the catalog wrote restores");
+        assert!(matches!(accepted.command, Some(Command::Restore(_))));
+        assert!(accepted.log_round_trips);
+        // (kind, at, choice) as `mutate` reads them, and what the refusal must say.
+        let cases: [(u8, usize, usize, &str); 5] = [
+            // The service on n1 moved to n3.
+            (
+                9,
+                0,
+                8,
+                "service \"web\" is on node \"n3\", which the snapshot does not hold",
+            ),
+            (0, 0, 0, "node \"n1\" appears twice"),
+            // n1 gone, its service left behind.
+            (
+                4,
+                0,
+                0,
+                "is on node \"n1\", which the snapshot does not hold",
+            ),
+            (2, 0, 0, "appears twice on node \"n1\""),
+            // n1's check bound to a service of n2.
+            (
+                10,
+                0,
+                2,
+                "is for service \"db1\", which node \"n1\" does not have",
+            ),
+        ];
+        for (kind, at, choice, why) in cases {
+            let mut broken = file.clone();
+            mutate(&mut broken, kind, at, choice);
+            let refused =
+                http_body(Endpoint::SnapshotRestore, broken.to_string().as_bytes()).unwrap_err();
+            assert_eq!(refused.status, 400);
+            assert!(
+                refused.message.contains("invalid snapshot") && refused.message.contains(why),
+                "{why}: {}",
+                refused.message
+            );
+        }
+    }
+
+    #[test]
+    fn a_keyring_body_needs_a_valid_key() {
+        let key = lan::keyring::Key::generate().to_base64();
+        let body = json!({"Key": key}).to_string();
+        assert!(http_body(Endpoint::KeyringKey, body.as_bytes()).is_ok());
+        for bad in [
+            r#"{"Key": "c2hvcnQ="}"#,
+            r#"{"Key": 7}"#,
+            r#"{"key": ""}"#,
+            r#"{}"#,
+        ] {
+            let refused = http_body(Endpoint::KeyringKey, bad.as_bytes()).unwrap_err();
+            assert_eq!(refused.status, 400, "{bad}: {}", refused.message);
+        }
+    }
+
     proptest! {
+        #[test]
+        fn snapshot_files_with_changed_entries_restore_consistently_or_are_400s(
+            changes in proptest::collection::vec((0u8..12, 0usize..4, 0usize..6), 1..4),
+        ) {
+            let mut file = snapshot_file();
+            for (kind, at, choice) in changes {
+                mutate(&mut file, kind, at, choice);
+            }
+            check(file.to_string().as_bytes())?;
+        }
+
         #[test]
         fn arbitrary_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..300)) {
             check(&body)?;

@@ -1,7 +1,9 @@
 //! One request body, parsed by every HTTP write endpoint (catalog register and
 //! deregister, agent service and check register, check update, prepared query create
-//! and update). A refused body must be a 400; an accepted catalog change must survive
-//! the Raft log's encoding and apply to a catalog without panicking.
+//! and update, keyring key changes, snapshot restore). A refused body must be a 400; an
+//! accepted catalog change must survive the Raft log's encoding and apply to a catalog
+//! without panicking, and a restored catalog must answer every query and pass as a
+//! snapshot itself.
 #![no_main]
 
 use api::fuzzing::{Endpoint, http_body};

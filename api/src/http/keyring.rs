@@ -61,7 +61,7 @@ fn check_params(params: &Params, write: bool) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn key_from_body(body: &[u8]) -> Result<String, ApiError> {
+pub(crate) fn key_from_body(body: &[u8]) -> Result<String, ApiError> {
     let value = parse_body(body)?;
     let key = value
         .as_object()

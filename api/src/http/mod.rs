@@ -10,9 +10,9 @@ pub(crate) mod catalog;
 mod coordinate;
 mod health;
 pub(crate) mod json;
-mod keyring;
+pub(crate) mod keyring;
 pub(crate) mod query;
-mod snapshot;
+pub(crate) mod snapshot;
 mod status;
 
 use std::io;

@@ -70,7 +70,17 @@ pub(crate) async fn restore(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(q.as_deref());
-    let file: SnapshotFile = serde_json::from_slice(&body).map_err(|e| {
+    let command = restore_command(&body)?;
+    ctx.gateway
+        .write(params.dc(), command, Instant::now() + RESTORE_TIMEOUT)
+        .await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// The catalog change a restore body makes, or why it is not a snapshot this agent can
+/// restore (400).
+pub(crate) fn restore_command(body: &[u8]) -> Result<Command, ApiError> {
+    let file: SnapshotFile = serde_json::from_slice(body).map_err(|e| {
         ApiError::BadRequest(format!("Request decode failed: not a snapshot file: {e}"))
     })?;
     if file.format != FORMAT || file.version != 1 {
@@ -79,12 +89,8 @@ pub(crate) async fn restore(
             file.format, file.version
         )));
     }
-    ctx.gateway
-        .write(
-            params.dc(),
-            Command::Restore(Box::new(file.catalog)),
-            Instant::now() + RESTORE_TIMEOUT,
-        )
-        .await?;
-    Ok(StatusCode::OK.into_response())
+    file.catalog.validate().map_err(|e| {
+        ApiError::BadRequest(format!("Request decode failed: invalid snapshot: {e}"))
+    })?;
+    Ok(Command::Restore(Box::new(file.catalog)))
 }

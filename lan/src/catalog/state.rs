@@ -161,6 +161,80 @@ pub struct Snapshot {
     queries: Vec<PreparedQuery>,
 }
 
+impl Snapshot {
+    /// Checks that the snapshot holds a catalog this one could have built: names and IDs
+    /// present and unique (case-insensitively, as the catalog compares them), every
+    /// service and check on a node of the snapshot, and every check of a service on that
+    /// node naming one there. A snapshot file from elsewhere (`/v1/snapshot`) is checked
+    /// before it replaces the catalog.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut nodes = BTreeSet::new();
+        for node in &self.nodes {
+            if node.name.is_empty() {
+                return Err("a node has no name".into());
+            }
+            if !nodes.insert(fold(&node.name)) {
+                return Err(format!("node {:?} appears twice", node.name));
+            }
+        }
+        let mut services = BTreeSet::new();
+        for (node_key, service) in &self.services {
+            if !nodes.contains(node_key) {
+                return Err(format!(
+                    "service {:?} is on node {node_key:?}, which the snapshot does not hold                      (node keys are lower-case node names)",
+                    service.id
+                ));
+            }
+            if service.id.is_empty() {
+                return Err(format!("a service on node {node_key:?} has no ID"));
+            }
+            if !services.insert((node_key.clone(), fold(&service.id))) {
+                return Err(format!(
+                    "service {:?} appears twice on node {node_key:?}",
+                    service.id
+                ));
+            }
+        }
+        let mut checks = BTreeSet::new();
+        for check in &self.checks {
+            let node_key = fold(&check.node);
+            if !nodes.contains(&node_key) {
+                return Err(format!(
+                    "check {:?} is on node {:?}, which the snapshot does not hold",
+                    check.check_id, check.node
+                ));
+            }
+            if check.check_id.is_empty() {
+                return Err(format!("a check on node {:?} has no ID", check.node));
+            }
+            if !checks.insert((node_key.clone(), fold(&check.check_id))) {
+                return Err(format!(
+                    "check {:?} appears twice on node {:?}",
+                    check.check_id, check.node
+                ));
+            }
+            if !check.service_id.is_empty()
+                && !services.contains(&(node_key, fold(&check.service_id)))
+            {
+                return Err(format!(
+                    "check {:?} is for service {:?}, which node {:?} does not have",
+                    check.check_id, check.service_id, check.node
+                ));
+            }
+        }
+        let mut queries = BTreeSet::new();
+        for query in &self.queries {
+            if query.id.is_empty() {
+                return Err("a prepared query has no ID".into());
+            }
+            if !queries.insert(query.id.as_str()) {
+                return Err(format!("prepared query {:?} appears twice", query.id));
+            }
+        }
+        Ok(())
+    }
+}
+
 pub(super) fn fold(s: &str) -> String {
     s.to_ascii_lowercase()
 }
