@@ -498,7 +498,7 @@ mod tests {
                 let id = json!(IDS[choice % IDS.len()]);
                 match table {
                     "nodes" => rows[i]["name"] = name,
-                    "services" if choice % 2 == 0 => rows[i][0] = name,
+                    "services" if choice.is_multiple_of(2) => rows[i][0] = name,
                     "services" => rows[i][1]["id"] = id,
                     "checks" => match choice % 3 {
                         0 => rows[i]["node"] = name,
