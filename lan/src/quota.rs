@@ -6,23 +6,29 @@
 //! dropped, wherever it travels (inside a queued packet, beside a served connection).
 //!
 //! The map holds an entry only for a peer that holds something, so it never has more
-//! entries than the shared bound it sits beside has places.
+//! entries than the shared bound it sits beside has places. [`PerPeer::wait`] waits for a
+//! share instead of refusing, for callers that queue (within their own bound).
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::Notify;
+
 /// What each peer holds, keyed by `K` (an IP address, or an address and port).
 #[derive(Debug)]
 pub struct PerPeer<K: Hash + Eq + Copy> {
     held: Mutex<HashMap<K, usize>>,
+    /// Woken whenever a share is given back, for [`PerPeer::wait`].
+    freed: Notify,
 }
 
 impl<K: Hash + Eq + Copy> Default for PerPeer<K> {
     fn default() -> Self {
         PerPeer {
             held: Mutex::new(HashMap::new()),
+            freed: Notify::new(),
         }
     }
 }
@@ -57,6 +63,21 @@ impl<K: Hash + Eq + Copy> PerPeer<K> {
         })
     }
 
+    /// One more place for `peer`, waiting while it holds `max`. The caller bounds the
+    /// wait (a deadline) and the number of waiters.
+    pub async fn wait(self: &Arc<Self>, peer: K, max: usize) -> Share<K> {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before looking, so a share given back in between is not missed.
+            freed.as_mut().enable();
+            if let Some(share) = self.take(peer, max) {
+                return share;
+            }
+            freed.await;
+        }
+    }
+
     /// How many places `peer` holds.
     pub fn held(&self, peer: &K) -> usize {
         let held = self.held.lock().expect("per-peer lock");
@@ -78,6 +99,8 @@ impl<K: Hash + Eq + Copy> Drop for Share<K> {
                 held.remove(&self.peer);
             }
         }
+        drop(held);
+        self.owner.freed.notify_waiters();
     }
 }
 
@@ -120,6 +143,24 @@ mod tests {
         let share = quota.take(peer, 1).unwrap();
         assert_eq!(quota.peers(), 1);
         drop(share);
+        assert_eq!(quota.peers(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_gets_the_share_given_back() {
+        let quota = PerIp::new();
+        let peer: IpAddr = "10.0.0.3".parse().unwrap();
+        let first = quota.take(peer, 1).unwrap();
+        let waiter = tokio::spawn({
+            let quota = quota.clone();
+            async move { quota.wait(peer, 1).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "the share is still held");
+        drop(first);
+        let second = waiter.await.unwrap();
+        assert_eq!(quota.held(&peer), 1);
+        drop(second);
         assert_eq!(quota.peers(), 0);
     }
 

@@ -77,8 +77,12 @@ pub const PACKET_QUEUE: usize = 1024;
 /// rest.
 pub const PACKET_QUEUE_PER_PEER: usize = 128;
 /// Of [`MAX_INBOUND_STREAMS`], what one IP address may be served at once; its further
-/// streams are closed unanswered (and logged).
+/// streams wait for one of its own to end (a star join of many agents on one host), up
+/// to [`STREAM_TIMEOUT`], without holding a serving slot.
 pub const MAX_INBOUND_STREAMS_PER_PEER: usize = 16;
+/// Streams waiting for their address's share at once; more are closed unanswered (and
+/// logged).
+pub const MAX_WAITING_STREAMS: usize = 256;
 
 /// The answer of a [`Link::exchange`].
 pub type Exchange<'a> = Pin<Box<dyn Future<Output = Result<Vec<u8>, JoinError>> + Send + 'a>>;
@@ -1033,7 +1037,8 @@ async fn key_request(
 }
 
 /// Accepts gossip streams until `shutdown`, serving at most [`MAX_INBOUND_STREAMS`] at
-/// once, and [`MAX_INBOUND_STREAMS_PER_PEER`] from one IP address.
+/// once, and [`MAX_INBOUND_STREAMS_PER_PEER`] from one IP address (its further streams
+/// wait, at most [`MAX_WAITING_STREAMS`] of them in all).
 async fn serve_streams(
     listener: TcpListener,
     inbound: Inbound,
@@ -1041,33 +1046,70 @@ async fn serve_streams(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_INBOUND_STREAMS));
+    let waiting = Arc::new(Semaphore::new(MAX_WAITING_STREAMS));
     let per_peer = PerIp::new();
-    while let Some((permit, stream, peer)) =
+    while let Some((slot, stream, peer)) =
         crate::accept::next(&listener, &slots, &shutdown, "gossip").await
     {
-        let Some(share) = per_peer.take(peer.ip(), MAX_INBOUND_STREAMS_PER_PEER) else {
-            inbound.shared.refused(
-                peer,
-                "gossip stream",
-                &"too many streams from this address at once",
-            );
-            // Dropping the stream closes it; the peer's exchange fails and is retried.
-            drop((stream, permit));
-            continue;
-        };
-        let (inbound, shutdown) = (inbound.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            let _held = (permit, share);
-            let deadline = Instant::now() + STREAM_TIMEOUT;
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                r = tokio::time::timeout_at(deadline, serve_stream(stream, peer, &inbound)) => {
-                    if let Ok(Err(e)) = r {
-                        tracing::debug!(peer = %peer, error = %e, "gossip stream failed");
-                    }
-                }
+        let deadline = Instant::now() + STREAM_TIMEOUT;
+        match per_peer.take(peer.ip(), MAX_INBOUND_STREAMS_PER_PEER) {
+            Some(share) => {
+                let (inbound, shutdown) = (inbound.clone(), shutdown.clone());
+                tasks.spawn(async move {
+                    let held = (slot, share);
+                    serve_until(stream, peer, &inbound, held, deadline, &shutdown).await;
+                });
             }
-        });
+            None => {
+                // The serving slot goes to another address while this one waits.
+                drop(slot);
+                let Ok(wait) = waiting.clone().try_acquire_owned() else {
+                    inbound.shared.refused(
+                        peer,
+                        "gossip stream",
+                        &"too many streams from this address at once",
+                    );
+                    // Dropping the stream closes it; the peer's exchange fails.
+                    continue;
+                };
+                let (slots, per_peer) = (slots.clone(), per_peer.clone());
+                let (inbound, shutdown) = (inbound.clone(), shutdown.clone());
+                tasks.spawn(async move {
+                    let turn = async {
+                        let share = per_peer.wait(peer.ip(), MAX_INBOUND_STREAMS_PER_PEER).await;
+                        let slot = slots.acquire_owned().await.ok()?;
+                        Some((slot, share))
+                    };
+                    let held = tokio::select! {
+                        _ = shutdown.cancelled() => None,
+                        held = tokio::time::timeout_at(deadline, turn) => held.ok().flatten(),
+                    };
+                    drop(wait);
+                    if let Some(held) = held {
+                        serve_until(stream, peer, &inbound, held, deadline, &shutdown).await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Serves one stream until `deadline` or `shutdown`, holding its slot and share.
+async fn serve_until(
+    stream: TcpStream,
+    peer: SocketAddr,
+    inbound: &Inbound,
+    _held: (tokio::sync::OwnedSemaphorePermit, Share<std::net::IpAddr>),
+    deadline: Instant,
+    shutdown: &CancellationToken,
+) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        r = tokio::time::timeout_at(deadline, serve_stream(stream, peer, inbound)) => {
+            if let Ok(Err(e)) = r {
+                tracing::debug!(peer = %peer, error = %e, "gossip stream failed");
+            }
+        }
     }
 }
 
@@ -1522,7 +1564,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn one_address_cannot_take_every_gossip_stream_slot() {
+    async fn one_address_gets_its_share_of_stream_slots_and_its_other_streams_wait() {
         use tokio::io::AsyncReadExt;
         let tasks = TaskTracker::new();
         let token = CancellationToken::new();
@@ -1530,35 +1572,54 @@ mod tests {
         let pool = Pool::start(config("target", None), &tasks, token.clone())
             .await
             .unwrap();
-        // Connections that never send their frame hold a stream slot each for up to
-        // STREAM_TIMEOUT.
+        let seed = pool.addr().to_string();
+        // Connections that never send their frame hold their address's share, each for
+        // up to STREAM_TIMEOUT.
         let mut held = Vec::new();
         for _ in 0..MAX_INBOUND_STREAMS_PER_PEER {
             held.push(TcpStream::connect(pool.addr()).await.unwrap());
+        }
+        // A member on the same address waits for a share instead of being refused.
+        let late = Pool::start(config("late", None), &tasks, token.clone())
+            .await
+            .unwrap();
+        let join = tokio::spawn({
+            let (late, seed) = (late.clone(), seed.clone());
+            async move {
+                late.join_one(&seed, Instant::now() + Duration::from_secs(20))
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!join.is_finished(), "the join was not held back: {join:?}");
+        // The waiting room is bounded: with it full, the next stream is closed at once.
+        let mut waiting = Vec::new();
+        for _ in 0..MAX_WAITING_STREAMS - 1 {
+            waiting.push(TcpStream::connect(pool.addr()).await.unwrap());
         }
         let mut over = TcpStream::connect(pool.addr()).await.unwrap();
         let mut buf = [0u8; 1];
         let closed = tokio::time::timeout(Duration::from_secs(5), over.read(&mut buf))
             .await
-            .expect("the stream over the share is closed at once");
+            .expect("a stream beyond the waiting room is closed at once");
         assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
-        // The streams within the share are still being served (waiting for a frame).
-        let waiting =
-            tokio::time::timeout(Duration::from_millis(300), held[0].read(&mut buf)).await;
-        assert!(
-            waiting.is_err(),
-            "a stream within the share was closed: {waiting:?}"
-        );
-        // A member at another address still joins.
+        // A member at another address is served meanwhile.
         let mut other = config("other", None);
         other.bind = "127.0.0.2:0".parse().unwrap();
         other.advertise = "127.0.0.2".parse().unwrap();
         let other = Pool::start(other, &tasks, token.clone()).await.unwrap();
         other
-            .join_one(&pool.addr().to_string(), soon())
+            .join_one(&seed, soon())
             .await
             .expect("a member at another address is served");
-        eventually("the join", || sees(&pool, "other", MemberStatus::Alive)).await;
-        drop(held);
+        // Once the held streams close, the waiting join goes through.
+        drop((held, waiting));
+        join.await
+            .unwrap()
+            .expect("the waiting join is served once its address has a share again");
+        eventually("both joins", || {
+            sees(&pool, "other", MemberStatus::Alive) && sees(&pool, "late", MemberStatus::Alive)
+        })
+        .await;
     }
 }
