@@ -691,17 +691,26 @@ impl Consensus {
     /// Waits until `leader` is no longer the leader this server trusts: another was
     /// elected, or nothing was heard from it for a follower's lease, or Raft stopped.
     pub(crate) async fn leader_gone(&self, leader: NodeId) {
+        self.until_leader(|trusted| trusted != Some(leader)).await;
+    }
+
+    /// Waits until `done` holds of the leader this server trusts; `false` when Raft
+    /// stopped first.
+    async fn until_leader(&self, mut done: impl FnMut(Option<NodeId>) -> bool) -> bool {
         let mut metrics = self.raft.metrics();
         loop {
             {
                 let m = metrics.borrow_and_update();
-                if m.running_state.is_err() || self.leader_id(&m) != Some(leader) {
-                    return;
+                if m.running_state.is_err() {
+                    return false;
+                }
+                if done(self.leader_id(&m)) {
+                    return true;
                 }
             }
             // Leases expire without a metrics change, so look again now and then too.
             tokio::select! {
-                changed = metrics.changed() => if changed.is_err() { return },
+                changed = metrics.changed() => if changed.is_err() { return false },
                 _ = tokio::time::sleep(LEASE_CHECK) => {}
             }
         }
@@ -721,24 +730,9 @@ impl Consensus {
 
     /// Waits until this server's leadership changes; `false` when Raft stopped instead.
     pub(crate) async fn leadership_changed(&self, was_leader: bool) -> bool {
-        let mut metrics = self.raft.metrics();
-        loop {
-            {
-                let m = metrics.borrow_and_update();
-                if m.running_state.is_err() {
-                    return false;
-                }
-                let leader = self.leader_id(&m) == Some(self.id);
-                if leader != was_leader {
-                    return true;
-                }
-            }
-            // Leases expire without a metrics change, so look again now and then too.
-            tokio::select! {
-                changed = metrics.changed() => if changed.is_err() { return false },
-                _ = tokio::time::sleep(LEASE_CHECK) => {}
-            }
-        }
+        let me = self.id;
+        self.until_leader(|trusted| (trusted == Some(me)) != was_leader)
+            .await
     }
 
     /// This server's view of Raft.
