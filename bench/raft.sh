@@ -56,34 +56,38 @@ start_servers() {
   for i in $(seq 0 $((n - 1))); do
     local http serf rpc dir
     http=$(free_port); serf=$(free_port); rpc=$(free_port)
-    dir="$WORK/p$n-s$i"
+    dir="$WORK/${RUN_TAG:-}p$n-s$i"
     mkdir -p "$dir"
     "$BIN" agent -server -bootstrap-expect="$n" -node="s$i" -data-dir="$dir" \
       -bind=127.0.0.1 -client=127.0.0.1 -http-port="$http" -dns-port=-1 \
-      -server-port="$rpc" -serf-lan-port="$serf" -log-level=warn $join > "$dir/log" 2>&1 &
+      -server-port="$rpc" -serf-lan-port="$serf" -log-level="$LOG_LEVEL" $join > "$dir/log" 2>&1 &
     SERVER_PIDS+=($!); PIDS+=($!); HTTP+=("$http"); DIRS+=("$dir"); SERF+=("$serf")
     join="-join=127.0.0.1:${SERF[0]}"
   done
   wait_leader "$n"
 }
 
-# Prints the HTTP port of the leader once N voters agree on one (polls server 0..N-1).
+# Prints the HTTP port of the leader once every one of the N servers answers and all of
+# them report the same N voters and the same leader.
 leader_http() {
   local n=$1
   python3 - "$n" "${HTTP[@]}" <<'PY'
 import json, sys, urllib.request
 n = int(sys.argv[1]); ports = sys.argv[2:]
+views = set()
 for port in ports:
     try:
         c = json.load(urllib.request.urlopen("http://127.0.0.1:%s/v1/operator/raft/configuration" % port, timeout=2))
     except Exception:
-        continue
+        sys.exit(1)
     servers = c.get("Servers", [])
     leaders = [s["Node"] for s in servers if s.get("Leader")]
-    if len(servers) == n and all(s.get("Voter") for s in servers) and leaders:
-        print(ports[int(leaders[0][1:])])
-        sys.exit(0)
-sys.exit(1)
+    if len(servers) != n or not all(s.get("Voter") for s in servers) or len(leaders) != 1:
+        sys.exit(1)
+    views.add(leaders[0])
+if len(views) != 1:
+    sys.exit(1)
+print(ports[int(views.pop()[1:])])
 PY
 }
 
@@ -136,6 +140,7 @@ print("timeout")
 PY
 }
 
+LOG_LEVEL=warn
 started=$(date -u +"%Y-%m-%d %H:%M UTC")
 : > "$WORK/ours"
 for n in $NODES; do
@@ -159,17 +164,25 @@ NODES="$NODES" CLIENTS="$CLIENTS" RUNS="$RUNS" SECONDS_PER_RUN="$SECONDS_PER_RUN
 grep -E '^MEDIAN|^#' "$WORK/etcd.log" >&2 || true
 etcd_version=$(etcd --version | head -1)
 
-# Failover: proconsul.
+# Failover: proconsul. The servers log at info level; when a failover times out, their logs
+# are kept in target/bench-raft-failover-RUN/ to explain it.
 : > "$WORK/fo-ours"
+LOG_LEVEL=info
 for r in $(seq "$FAILOVERS"); do
-  start_servers 3
+  RUN_TAG="fo$r-" start_servers 3
   leader_idx=-1
   for i in 0 1 2; do [ "${HTTP[$i]}" = "$LEADER_HTTP" ] && leader_idx=$i; done
   survivor=$(( (leader_idx + 1) % 3 ))
   ms=$(time_failover "${SERVER_PIDS[$leader_idx]}" "http://127.0.0.1:${HTTP[$survivor]}/v1/catalog/register" '{"Node":"failover","Address":"10.0.0.1"}')
-  echo "  proconsul failover run $r: $ms ms" >&2
+  echo "  proconsul failover run $r: $ms ms (killed s$leader_idx, wrote through s$survivor)" >&2
   echo "$ms" >> "$WORK/fo-ours"
   stop_servers
+  if [ "$ms" = timeout ]; then
+    kept="$ROOT/target/bench-raft-failover-$r"
+    rm -rf "$kept"; mkdir -p "$kept"
+    for i in 0 1 2; do cp "${DIRS[$i]}/log" "$kept/s$i.log"; done
+    echo "  the servers' logs are kept in $kept" >&2
+  fi
 done
 
 # Failover: etcd, 3 members.
