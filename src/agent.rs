@@ -438,6 +438,7 @@ impl Agent {
             gossip,
             encryption,
             rpc_tls,
+            rpc_max_conns_per_client: config.rpc_max_conns_per_client,
             version: crate::VERSION.to_owned(),
         };
         let lan = match Lan::start(lan_config, &tasks, core.child_token()).await {

@@ -69,7 +69,7 @@ pub use raft::{
     Consistency, RPC_HOLD_TIMEOUT, RaftServer, RaftStartError, RaftStatus, RaftTiming, ReadError,
     ReadMeta, SNAPSHOT_THRESHOLD, ServerNode, Storage, WriteError,
 };
-pub use rpc::{RpcTls, deadline_in, remaining_ms};
+pub use rpc::{DEFAULT_RPC_MAX_CONNS_PER_CLIENT, RpcTls, deadline_in, remaining_ms};
 pub use transport::{
     Encryption, Exchange, Inbound, JoinError, KeyOperation, KeyringReport, Link, Pool, PoolConfig,
 };
@@ -123,6 +123,9 @@ pub struct Config {
     pub encryption: Option<Encryption>,
     /// TLS on the server port, if configured.
     pub rpc_tls: Option<RpcTls>,
+    /// Server port connections open at once from one IP address
+    /// (`limits.rpc_max_conns_per_client`; `usize::MAX` for no limit).
+    pub rpc_max_conns_per_client: usize,
     /// This build's version (`0.1.0`), for tags and node meta.
     pub version: String,
 }
@@ -389,6 +392,7 @@ impl Lan {
                 listener,
                 Arc::new(server::Handler::new(lan.clone())),
                 lan.inner.config.rpc_tls.clone(),
+                lan.inner.config.rpc_max_conns_per_client,
                 tasks.clone(),
                 shutdown.child_token(),
             ));

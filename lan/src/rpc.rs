@@ -97,6 +97,9 @@ where
 pub(crate) const MAX_RPC_FRAME: usize = 64 * 1024 * 1024;
 /// Inbound connections served at once; more wait in the kernel's backlog.
 pub(crate) const MAX_RPC_CONNECTIONS: usize = 1024;
+/// Inbound connections open at once from one IP address, unless configured otherwise
+/// (Consul's `limits.rpc_max_conns_per_client` and its default); more are closed at once.
+pub const DEFAULT_RPC_MAX_CONNS_PER_CLIENT: usize = 100;
 /// Requests of one inbound connection handled at once; the connection is not read
 /// further until one finishes.
 pub(crate) const MAX_CONCURRENT_PER_CONNECTION: usize = 512;
@@ -559,19 +562,38 @@ pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         .map_err(|e| std::io::Error::new(e.kind(), format!("binding server RPC to {addr}: {e}")))
 }
 
-/// Accepts connections on the server port until `shutdown`.
+/// Accepts connections on the server port until `shutdown`: at most
+/// `max_conns_per_client` open at once from one IP address (more are closed at once and
+/// logged with the peer, once per peer per interval).
 pub(crate) async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     tls: Option<RpcTls>,
+    max_conns_per_client: usize,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
     let log = Arc::new(std::sync::Mutex::new(crate::peer_log::PeerLog::default()));
     let slots = Arc::new(Semaphore::new(MAX_RPC_CONNECTIONS));
+    let per_client = crate::quota::PerIp::new();
     while let Some((permit, stream, peer)) =
         crate::accept::next(&listener, &slots, &shutdown, "server RPC").await
     {
+        let Some(share) = per_client.take(peer.ip(), max_conns_per_client) else {
+            let suppressed = log
+                .lock()
+                .expect("peer log lock")
+                .should_log(peer.ip(), Instant::now());
+            if let Some(suppressed) = suppressed {
+                tracing::warn!(
+                    peer = %peer,
+                    limit = max_conns_per_client,
+                    suppressed,
+                    "refused a server RPC connection: this address has limits.rpc_max_conns_per_client open"
+                );
+            }
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let done = shutdown.child_token();
         let (handler, tls, tasks2, log) =
@@ -580,7 +602,7 @@ pub(crate) async fn serve<H: Handler>(
             let Some((reader, writer)) = accept(stream, peer, tls.as_ref(), &log).await else {
                 return;
             };
-            serve_connection(reader, writer, peer, handler, tasks2, done, permit).await;
+            serve_connection(reader, writer, peer, handler, tasks2, done, (permit, share)).await;
         });
     }
 }
@@ -647,7 +669,10 @@ async fn serve_connection<H: Handler>(
     handler: Arc<H>,
     tasks: TaskTracker,
     done: CancellationToken,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _held: (
+        tokio::sync::OwnedSemaphorePermit,
+        crate::quota::Share<std::net::IpAddr>,
+    ),
 ) {
     let (writes, queue) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     tasks.spawn(run_writer(writer, queue, done.clone()));
@@ -709,4 +734,97 @@ async fn serve_connection<H: Handler>(
         });
     }
     done.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers every request with the datacenter list `["dc1"]`.
+    struct Answers;
+
+    impl Handler for Answers {
+        async fn handle(&self, _request: Request, _peer: SocketAddr) -> Response {
+            Response::Datacenters(vec!["dc1".into()])
+        }
+    }
+
+    fn answered(r: Result<Response, RpcError>) -> bool {
+        matches!(r, Ok(Response::Datacenters(dcs)) if dcs == ["dc1"])
+    }
+
+    /// A connection to `server` from the address `source`.
+    async fn connect_from(
+        source: std::net::IpAddr,
+        server: SocketAddr,
+    ) -> std::io::Result<(Reader, Writer)> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source, 0))?;
+        Ok(halves(socket.connect(server).await?))
+    }
+
+    /// One request on `connection`; an error when the server closed it.
+    async fn ask(connection: &mut (Reader, Writer)) -> std::io::Result<bool> {
+        let request = serde_json::to_vec(&Envelope {
+            id: 1,
+            body: Request::Datacenters,
+        })
+        .expect("requests serialise");
+        write_frame(&mut connection.1, &request).await?;
+        let frame = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut connection.0))
+            .await
+            .map_err(|_| std::io::Error::other("no answer within 10 s"))??;
+        let answer: Envelope<Response> =
+            serde_json::from_slice(&frame).map_err(std::io::Error::other)?;
+        Ok(answered(Ok(answer.body)))
+    }
+
+    #[tokio::test]
+    async fn one_address_gets_at_most_its_connections_and_others_are_still_served() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let server = listener.local_addr().unwrap();
+        let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
+        tasks.spawn(serve(
+            listener,
+            Arc::new(Answers),
+            None,
+            2,
+            tasks.clone(),
+            shutdown.clone(),
+        ));
+        let (here, there) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
+        let mut first = connect_from(here, server).await.unwrap();
+        let mut second = connect_from(here, server).await.unwrap();
+        assert!(ask(&mut first).await.unwrap());
+        assert!(ask(&mut second).await.unwrap());
+        // A third connection from the same address is closed without an answer.
+        let mut third = connect_from(here, server).await.unwrap();
+        assert!(ask(&mut third).await.is_err());
+        // The two it holds are still served, and so is another address.
+        assert!(ask(&mut first).await.unwrap());
+        assert!(
+            ask(&mut connect_from(there, server).await.unwrap())
+                .await
+                .unwrap()
+        );
+        // This module's client, on the connection it opens, gets no place either.
+        let client = Client::new(None, tasks.clone(), shutdown.clone());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let refused = client.call(server, &Request::Datacenters, deadline).await;
+        assert_eq!(refused.unwrap_err(), RpcError::Closed(server));
+        // Once a connection of 127.0.0.1 closes, its place is free again.
+        drop(first);
+        let mut again = false;
+        while !again && Instant::now() < deadline {
+            again = answered(client.call(server, &Request::Datacenters, deadline).await);
+            if !again {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        assert!(again, "a freed place was not given to the next connection");
+        drop(second);
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
+    }
 }

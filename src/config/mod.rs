@@ -150,6 +150,9 @@ pub struct AgentConfig {
     pub dns: DnsConfig,
     /// Bounds of the HTTP server (`limits`).
     pub http_limits: api::http::HttpLimits,
+    /// Server port connections open at once from one IP address
+    /// (`limits.rpc_max_conns_per_client`; `usize::MAX` for no limit).
+    pub rpc_max_conns_per_client: usize,
     /// Services from config files, with their checks.
     pub services: Vec<(Service, Vec<CheckDefinition>)>,
     /// Node-level checks from config files.
@@ -982,6 +985,11 @@ impl AgentConfig {
             enable_local_script_checks,
             dns,
             http_limits,
+            rpc_max_conns_per_client: match limits_raw.rpc_max_conns_per_client {
+                // Consul: 0 means no per-client limit.
+                Some(0) => usize::MAX,
+                v => size(v, lan::DEFAULT_RPC_MAX_CONNS_PER_CLIENT),
+            },
             services,
             checks,
             encrypt: m.encrypt.as_deref().and_then(|k| Key::parse(k).ok()),
@@ -1047,6 +1055,28 @@ mod tests {
         assert!(e.to_string().starts_with("a.json: ports.htpp:"), "{e}");
         let e = parse_layer(Origin::File("a.json".into()), r#"{"datacentre": "x"}"#).unwrap_err();
         assert!(e.message.contains("datacentre"), "{e}");
+    }
+
+    #[test]
+    fn rpc_max_conns_per_client_defaults_to_consuls_and_zero_means_no_limit() {
+        let with = |text: &str| {
+            let mut layers = vec![Layer {
+                origin: Origin::Defaults,
+                raw: dev_layer(),
+            }];
+            if !text.is_empty() {
+                layers.push(layer(text));
+            }
+            AgentConfig::from_layers(&layers, dev_sources())
+                .unwrap()
+                .rpc_max_conns_per_client
+        };
+        assert_eq!(with(""), 100);
+        assert_eq!(with(r#"{"limits": {"rpc_max_conns_per_client": 7}}"#), 7);
+        assert_eq!(
+            with(r#"{"limits": {"rpc_max_conns_per_client": 0}}"#),
+            usize::MAX
+        );
     }
 
     #[test]

@@ -35,11 +35,13 @@ pub struct RawSoa {
     pub min_ttl: Option<u64>,
 }
 
-/// `limits`: Consul's `http_max_conns_per_client` and proconsul's own bounds.
+/// `limits`: Consul's `http_max_conns_per_client` and `rpc_max_conns_per_client`, and
+/// proconsul's own bounds.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub http_max_conns_per_client: Option<u64>,
+    pub rpc_max_conns_per_client: Option<u64>,
     pub http_max_connections: Option<u64>,
     pub http_max_header_bytes: Option<u64>,
     pub http_max_body_bytes: Option<u64>,
@@ -268,6 +270,10 @@ impl RawConfig {
             scalar(
                 &mut limits.http_max_conns_per_client,
                 x.http_max_conns_per_client,
+            );
+            scalar(
+                &mut limits.rpc_max_conns_per_client,
+                x.rpc_max_conns_per_client,
             );
             scalar(&mut limits.http_max_connections, x.http_max_connections);
             scalar(&mut limits.http_max_header_bytes, x.http_max_header_bytes);
