@@ -32,6 +32,9 @@ pub struct NodesArgs {
     /// Only nodes providing this service
     #[arg(long)]
     pub service: Option<String>,
+    /// Sorts by estimated round-trip time from this node (`_agent`: the agent's own)
+    #[arg(long)]
+    pub near: Option<String>,
     /// Only nodes with this metadata, as key:value (repeatable)
     #[arg(long = "node-meta")]
     pub node_meta: Vec<String>,
@@ -83,10 +86,13 @@ struct NodeServices {
     services: BTreeMap<String, NodeService>,
 }
 
-fn query(dc: &Option<String>, node_meta: &[String]) -> String {
+fn query(dc: &Option<String>, node_meta: &[String], near: Option<&str>) -> String {
     let mut params: Vec<String> = Vec::new();
     if let Some(dc) = dc {
         params.push(format!("dc={}", encode(dc)));
+    }
+    if let Some(near) = near {
+        params.push(format!("near={}", encode(near)));
     }
     for m in node_meta {
         params.push(format!("node-meta={}", encode(m)));
@@ -115,15 +121,20 @@ pub async fn run(command: CatalogCommand) -> anyhow::Result<ExitCode> {
             }
         }
         CatalogCommand::Nodes(args) => {
-            let q = query(&args.datacenter, &args.node_meta);
+            let q = query(&args.datacenter, &args.node_meta, args.near.as_deref());
             let path = match &args.service {
                 Some(s) => format!("/v1/catalog/service/{}{q}", encode_segment(s)),
                 None => format!("/v1/catalog/nodes{q}"),
             };
             let body = args.client.client()?.get(&path).await?;
             let mut nodes: Vec<Node> = serde_json::from_str(&body)?;
-            nodes.sort_by(|a, b| a.node.cmp(&b.node));
-            nodes.dedup_by(|a, b| a.node == b.node);
+            if args.near.is_none() {
+                nodes.sort_by(|a, b| a.node.cmp(&b.node));
+            }
+            // A node with several instances of the service is listed once, where it
+            // first appears (the agent's order under -near).
+            let mut seen = std::collections::HashSet::new();
+            nodes.retain(|n| seen.insert(n.node.clone()));
             if nodes.is_empty() {
                 eprintln!("No nodes match the given query - try expanding your search.");
                 return Ok(ExitCode::SUCCESS);
@@ -159,7 +170,7 @@ pub async fn run(command: CatalogCommand) -> anyhow::Result<ExitCode> {
             print!("{}", columns(&rows));
         }
         CatalogCommand::Services(args) => {
-            let q = query(&args.datacenter, &args.node_meta);
+            let q = query(&args.datacenter, &args.node_meta, None);
             let client = args.client.client()?;
             if args.node.is_some() && !args.node_meta.is_empty() {
                 anyhow::bail!("-node and -node-meta cannot be used together");

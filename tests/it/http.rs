@@ -413,6 +413,54 @@ async fn catalog_registrations_of_external_services() {
 }
 
 #[tokio::test]
+async fn near_puts_the_nodes_with_coordinates_first() {
+    let a = TestAgent::dev().await;
+    // Nodes registered through the catalog have no network coordinate; the agent's own
+    // node (node-1) has one, so it comes first from `_agent`, though it sorts last by name.
+    for node in ["aaa", "bbb"] {
+        let body = json!({"Node": node, "Address": "10.0.0.1",
+                          "Service": {"Service": "web", "Port": 80},
+                          "Check": {"CheckID": "up", "Name": "up", "Status": "passing"}});
+        let r = a.put("/v1/catalog/register", &body.to_string()).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let names = |v: &Value, key: &str| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.pointer(key).unwrap().as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(&a.json("/v1/catalog/nodes").await, "/Node"),
+        ["aaa", "bbb", "node-1"]
+    );
+    let near = a.json("/v1/catalog/nodes?near=_agent").await;
+    assert_eq!(names(&near, "/Node")[0], "node-1");
+    let near = a.json("/v1/catalog/nodes?near=node-1&stale").await;
+    assert_eq!(names(&near, "/Node")[0], "node-1");
+    // Checks too: node-1's serfHealth moves ahead of the checks of aaa and bbb.
+    let checks = a.json("/v1/health/state/any").await;
+    assert_eq!(names(&checks, "/Node"), ["aaa", "bbb", "node-1"]);
+    let checks = a.json("/v1/health/state/any?near=_agent").await;
+    assert_eq!(names(&checks, "/Node"), ["node-1", "aaa", "bbb"]);
+    // A node without a coordinate leaves the usual order.
+    let web = a.json("/v1/catalog/service/web?near=aaa").await;
+    assert_eq!(names(&web, "/Node"), ["aaa", "bbb"]);
+    let web = a.json("/v1/health/service/web?near=_agent").await;
+    assert_eq!(names(&web, "/Node/Node"), ["aaa", "bbb"]);
+    // Another datacenter's coordinates are not known here.
+    let r = a.get("/v1/catalog/nodes?near=x&dc=dc2").await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("?near=x"), "{}", r.body);
+    // Reads that Consul does not sort still refuse the parameter.
+    let r = a.get("/v1/catalog/node/aaa?near=_agent").await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("?near"), "{}", r.body);
+    a.shutdown().await;
+}
+
+#[tokio::test]
 async fn pretty_output_and_consistency_modes() {
     let a = TestAgent::dev().await;
     let r = a.get("/v1/catalog/datacenters?pretty").await;

@@ -153,6 +153,12 @@ fn cli_verbs_work_against_a_running_agent_and_sigterm_exits_cleanly() {
     assert_eq!(r, 200);
     let (_, out, _) = text(&run(&["catalog", "nodes", &addr]));
     assert!(out.contains("later"), "{out}");
+    let first_row = |out: &str| out.lines().nth(1).unwrap_or("").to_owned();
+    assert!(first_row(&out).starts_with("later"), "{out}");
+    // The agent's node has a network coordinate and `later` none: nearest first.
+    let (code, out, err) = text(&run(&["catalog", "nodes", "-near=_agent", &addr]));
+    assert_eq!(code, 0, "{err}");
+    assert!(first_row(&out).starts_with("proc-node"), "{out}");
     let (code, out, err) = text(&run(&["snapshot", "restore", &addr, &file_text]));
     assert_eq!((code, out.as_str()), (0, "Restored snapshot\n"), "{err}");
     let (_, out, _) = text(&run(&["catalog", "nodes", &addr]));

@@ -6,6 +6,7 @@ use axum::response::Response;
 use lan::catalog::{
     Answer, Check, Command, Deregistration, Health, Node, Query, Registration, Service,
 };
+use lan::transport::Coordinates;
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -20,6 +21,47 @@ pub(crate) async fn read_and_render(
     query: Query,
     render: impl FnOnce(&Answer, bool) -> Response,
 ) -> Result<Response, ApiError> {
+    read_sort_and_render(ctx, params, query, None, render).await
+}
+
+/// [`read_and_render`] for the reads that take `?near=NODE` (`_agent` is this agent):
+/// the answer is ordered by estimated round-trip time from that node, nearest first,
+/// entries of nodes without a coordinate last. Only this datacenter's coordinates are
+/// known here. With `?dc=` naming another datacenter, `_agent` leaves the answer in its
+/// usual order, as in Consul, where this agent is no node of that datacenter; another
+/// node name is refused. A node without a coordinate leaves the order as it is, as in
+/// Consul.
+pub(crate) async fn read_near_and_render(
+    ctx: &Context,
+    params: &Params,
+    query: Query,
+    render: impl FnOnce(&Answer, bool) -> Response,
+) -> Result<Response, ApiError> {
+    let near = params
+        .get("near")
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned);
+    let rest = params.without(&["near"]);
+    let near = match near {
+        Some(near) if ctx.gateway.is_local(params.dc()) => Some(near),
+        Some(near) if near != "_agent" => {
+            return Err(ApiError::BadRequest(format!(
+                "?near={near} with another datacenter's ?dc is not supported by proconsul: \
+                 only this datacenter's network coordinates are known here"
+            )));
+        }
+        _ => None,
+    };
+    read_sort_and_render(ctx, &rest, query, near, render).await
+}
+
+async fn read_sort_and_render(
+    ctx: &Context,
+    params: &Params,
+    query: Query,
+    near: Option<String>,
+    render: impl FnOnce(&Answer, bool) -> Response,
+) -> Result<Response, ApiError> {
     let request = read_request(params)?;
     let cached = tokio::select! {
         result = ctx.gateway.read_cached(params.dc(), &query, request.options, request.cache) => result?,
@@ -27,7 +69,16 @@ pub(crate) async fn read_and_render(
             return Err(ApiError::Internal("the agent is shutting down".into()));
         }
     };
-    let result = cached.result;
+    let mut result = cached.result;
+    if let Some(near) = near {
+        let lan = ctx.gateway.lan();
+        let origin = if near == "_agent" {
+            lan.node_name()
+        } else {
+            &near
+        };
+        sort_by_distance(&mut result.answer, &lan.coordinates().await, origin);
+    }
     let mut response = render(&result.answer, request.pretty);
     super::add_cache_headers(&mut response, cached.cache);
     add_meta_headers(
@@ -37,6 +88,31 @@ pub(crate) async fn read_and_render(
         request.options.consistency,
     );
     Ok(response)
+}
+
+/// Orders the entries of `answer` by the estimated round-trip time from `origin` to
+/// their node, nearest first; the sort is stable, and entries whose node has no
+/// coordinate go last. Leaves `answer` as it is when `origin` has no coordinate.
+pub(crate) fn sort_by_distance(answer: &mut Answer, coordinates: &Coordinates, origin: &str) {
+    let Some(from) = coordinates.get(origin) else {
+        return;
+    };
+    let rtt = |node: &str| {
+        coordinates
+            .get(node)
+            .map_or(f64::INFINITY, |c| from.distance(c))
+    };
+    match answer {
+        Answer::Nodes(list) => list.sort_by(|a, b| rtt(&a.name).total_cmp(&rtt(&b.name))),
+        Answer::ServiceNodes(list) => {
+            list.sort_by(|a, b| rtt(&a.node.name).total_cmp(&rtt(&b.node.name)));
+        }
+        Answer::ServiceHealth(list) => {
+            list.sort_by(|a, b| rtt(&a.node.name).total_cmp(&rtt(&b.node.name)));
+        }
+        Answer::Checks(list) => list.sort_by(|a, b| rtt(&a.node).total_cmp(&rtt(&b.node))),
+        _ => {}
+    }
 }
 
 pub(crate) async fn datacenters(
@@ -62,7 +138,7 @@ pub(crate) async fn nodes(
     let query = Query::Nodes {
         node_meta: params.node_meta()?,
     };
-    read_and_render(&ctx, &params, query, |answer, pretty| match answer {
+    read_near_and_render(&ctx, &params, query, |answer, pretty| match answer {
         Answer::Nodes(nodes) => json(
             &nodes.iter().map(super::json::node).collect::<Vec<_>>(),
             pretty,
@@ -101,7 +177,7 @@ pub(crate) async fn service(
         tags: params.all("tag"),
         node_meta: params.node_meta()?,
     };
-    read_and_render(&ctx, &params, query, |answer, pretty| match answer {
+    read_near_and_render(&ctx, &params, query, |answer, pretty| match answer {
         Answer::ServiceNodes(list) => json(
             &list
                 .iter()
@@ -363,4 +439,62 @@ pub(crate) fn deregistration(
         check_id: non_empty(string_field(obj, "checkid", "CheckID")?),
     });
     Ok((dc, command))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lan::gossip::coordinate::Coordinate;
+
+    /// Nodes on one axis, `x` seconds from the origin.
+    fn at(x: f64) -> Coordinate {
+        let mut c = Coordinate::default();
+        c.vec[0] = x;
+        c
+    }
+
+    fn node(name: &str) -> Node {
+        Node {
+            name: name.into(),
+            ..Node::default()
+        }
+    }
+
+    fn coordinates() -> Coordinates {
+        [("a", 0.0), ("b", 0.010), ("c", 0.002)]
+            .into_iter()
+            .map(|(n, x)| (n.to_owned(), at(x)))
+            .collect()
+    }
+
+    fn names(answer: &Answer) -> Vec<&str> {
+        match answer {
+            Answer::Nodes(list) => list.iter().map(|n| n.name.as_str()).collect(),
+            Answer::Checks(list) => list.iter().map(|c| c.node.as_str()).collect(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn near_orders_by_round_trip_time_with_unknown_nodes_last() {
+        let mut answer = Answer::Nodes(["d", "b", "a", "e", "c"].map(node).to_vec());
+        sort_by_distance(&mut answer, &coordinates(), "a");
+        assert_eq!(names(&answer), ["a", "c", "b", "d", "e"]);
+        sort_by_distance(&mut answer, &coordinates(), "b");
+        assert_eq!(names(&answer), ["b", "c", "a", "d", "e"]);
+        let check = |node: &str| Check {
+            node: node.into(),
+            ..Check::default()
+        };
+        let mut answer = Answer::Checks(vec![check("b"), check("x"), check("c")]);
+        sort_by_distance(&mut answer, &coordinates(), "a");
+        assert_eq!(names(&answer), ["c", "b", "x"]);
+    }
+
+    #[test]
+    fn near_a_node_without_a_coordinate_keeps_the_order() {
+        let mut answer = Answer::Nodes(["b", "a", "c"].map(node).to_vec());
+        sort_by_distance(&mut answer, &coordinates(), "nowhere");
+        assert_eq!(names(&answer), ["b", "a", "c"]);
+    }
 }

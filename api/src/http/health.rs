@@ -4,7 +4,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 use lan::catalog::{Answer, Health, Query};
 
-use super::catalog::{read_and_render, unexpected};
+use super::catalog::{read_and_render, read_near_and_render, unexpected};
 use super::{ApiError, Params, json};
 use crate::Context;
 
@@ -37,7 +37,7 @@ pub(crate) async fn service(
         passing_only,
         node_meta: params.node_meta()?,
     };
-    read_and_render(&ctx, &params, query, |answer, pretty| match answer {
+    read_near_and_render(&ctx, &params, query, |answer, pretty| match answer {
         Answer::ServiceHealth(list) => json(
             &list
                 .iter()
@@ -65,7 +65,7 @@ pub(crate) async fn checks(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(q.as_deref());
-    read_and_render(
+    read_near_and_render(
         &ctx,
         &params,
         Query::ServiceChecks { service },
@@ -87,5 +87,5 @@ pub(crate) async fn state(
                 .ok_or_else(|| ApiError::BadRequest(format!("Unsupported state: {other}")))?,
         ),
     };
-    read_and_render(&ctx, &params, Query::ChecksInState { state }, render_checks).await
+    read_near_and_render(&ctx, &params, Query::ChecksInState { state }, render_checks).await
 }
