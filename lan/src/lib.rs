@@ -263,6 +263,38 @@ fn raft_id(node_id: &str) -> u64 {
 /// server sends at the deadline (a blocking query that timed out) still arrives.
 const FORWARD_MARGIN: Duration = Duration::from_secs(2);
 
+/// A server of the Raft configuration, as `operator raft remove-peer` names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftPeer {
+    /// By its server ID (the node UUID, `ID` in `/v1/operator/raft/configuration`).
+    Id(String),
+    /// By its server RPC address, `ip:port`.
+    Address(String),
+}
+
+impl RaftPeer {
+    /// Consul's text for a server that is not in the configuration.
+    pub fn not_found(&self) -> String {
+        match self {
+            RaftPeer::Id(id) => format!("id {id:?} was not found in the Raft configuration"),
+            RaftPeer::Address(a) => {
+                format!("address {a:?} was not found in the Raft configuration")
+            }
+        }
+    }
+}
+
+/// Why a server could not be removed from the Raft configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RemovePeerError {
+    /// The leader refused: no such server, or the membership change failed.
+    #[error("{0}")]
+    Refused(String),
+    /// No leader did it (none known, unreachable, the deadline).
+    #[error(transparent)]
+    NoChange(#[from] WriteError),
+}
+
 /// Why a request could not be forwarded to a server.
 enum ForwardError {
     NoServers,
@@ -762,6 +794,33 @@ impl Lan {
     /// for a forwarded request).
     pub(crate) async fn keyring_here(&self, op: KeyOperation, deadline: Instant) -> KeyringReport {
         self.inner.pool.keyring(op, deadline).await
+    }
+
+    /// Removes a server from this datacenter's Raft configuration, on the leader
+    /// (`operator raft remove-peer`); a client agent asks a server. A server that is still
+    /// alive is added back by the leader's upkeep, as in Consul: this is for servers that
+    /// are gone for good.
+    pub async fn remove_raft_peer(
+        &self,
+        peer: RaftPeer,
+        deadline: Instant,
+    ) -> Result<(), RemovePeerError> {
+        let answer = match &self.inner.role {
+            Role::Server { .. } => server::remove_peer(self, peer, deadline, false).await,
+            Role::Client { .. } => {
+                let request = rpc::Request::RemovePeer {
+                    peer,
+                    timeout_ms: rpc::remaining_ms(deadline),
+                    forwarded: false,
+                };
+                match self.forward(&request, deadline + FORWARD_MARGIN).await {
+                    Ok(rpc::Response::RemovePeer(r)) => r,
+                    Ok(other) => Err(WriteError::Rpc(format!("unexpected answer {other:?}"))),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        };
+        answer?.map_err(RemovePeerError::Refused)
     }
 
     /// This datacenter's view of Raft; a client agent asks a server.

@@ -37,7 +37,7 @@ use tokio_util::task::TaskTracker;
 use crate::SentReadOptions;
 use crate::catalog::{Command, Query};
 use crate::raft::{NodeId, RaftStatus, ReadError, TypeConfig, WriteError};
-use crate::{KeyOperation, KeyringReport, QueryResult};
+use crate::{KeyOperation, KeyringReport, QueryResult, RaftPeer};
 
 /// The reading half of a connection, TLS or not.
 type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
@@ -183,6 +183,15 @@ pub(crate) enum Request {
     Vote(VoteRequest<NodeId>),
     /// Raft: a snapshot chunk.
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// Remove a server from the Raft configuration (`operator raft remove-peer`).
+    RemovePeer {
+        /// The server.
+        peer: RaftPeer,
+        /// Time left until the caller's deadline, in milliseconds.
+        timeout_ms: u64,
+        /// Already forwarded once.
+        forwarded: bool,
+    },
 }
 
 /// The answer to a [`Request`], variant for variant.
@@ -214,6 +223,8 @@ pub(crate) enum Response {
     Unsupported(String),
     /// The request was served but its answer cannot be sent (too large).
     Error(String),
+    /// For [`Request::RemovePeer`]: the leader's refusal inside, or why no leader did it.
+    RemovePeer(Result<Result<(), String>, WriteError>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -4,6 +4,7 @@
 //! | request | on the leader | on a follower |
 //! |---|---|---|
 //! | write | Raft `client_write` | forwarded to the leader once |
+//! | remove a Raft peer | membership change | forwarded to the leader once |
 //! | read, default or `?consistent` | local read (after a quorum check for consistent) | forwarded to the leader once |
 //! | read, `?stale` | local read | local read |
 //!
@@ -20,7 +21,7 @@ use tokio::time::Instant;
 use crate::catalog::{Command, Query};
 use crate::raft::{Consistency, ReadError, WriteError};
 use crate::rpc::{self, Request, Response, RpcError};
-use crate::{FORWARD_MARGIN, Lan, QueryResult, ReadOptions};
+use crate::{FORWARD_MARGIN, Lan, QueryResult, RaftPeer, ReadOptions};
 
 /// Pause before looking for a leader again after the last one could not be reached.
 const LEADER_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
@@ -130,6 +131,87 @@ pub(crate) async fn write(
     deadline: Instant,
     forwarded: bool,
 ) -> Result<u64, WriteError> {
+    on_leader(
+        lan,
+        command,
+        deadline,
+        forwarded,
+        |consensus, command| async move { consensus.write(command, deadline).await },
+        |command, timeout_ms| Request::Write {
+            command: command.clone(),
+            timeout_ms,
+            forwarded: true,
+        },
+        |answer| match answer {
+            Response::Write(r) => r,
+            other => Err(unexpected(other)),
+        },
+    )
+    .await
+}
+
+/// Removes a server from the Raft configuration on the leader: here, or forwarded to it.
+/// `Ok(Err(why))` when the leader refused (no such server, a failed change).
+pub(crate) async fn remove_peer(
+    lan: &Lan,
+    peer: RaftPeer,
+    deadline: Instant,
+    forwarded: bool,
+) -> Result<Result<(), String>, WriteError> {
+    on_leader(
+        lan,
+        peer,
+        deadline,
+        forwarded,
+        |consensus, peer| async move {
+            let found = consensus.configuration().into_iter().find(|s| match &peer {
+                RaftPeer::Id(id) => s.node.node_id == *id,
+                RaftPeer::Address(addr) => s.node.rpc_addr == *addr,
+            });
+            let Some(server) = found else {
+                return Ok(Err(peer.not_found()));
+            };
+            tracing::info!(node = %server.node.name, "removing server from the raft cluster on request");
+            Ok(consensus
+                .remove_server(server.raft_id, deadline)
+                .await
+                .map_err(|e| e.to_string()))
+        },
+        |peer, timeout_ms| Request::RemovePeer {
+            peer: peer.clone(),
+            timeout_ms,
+            forwarded: true,
+        },
+        |answer| match answer {
+            Response::RemovePeer(r) => r,
+            other => Err(unexpected(other)),
+        },
+    )
+    .await
+}
+
+/// A forwarded request answered with a response of another kind.
+fn unexpected(other: Response) -> WriteError {
+    WriteError::Rpc(format!("unexpected answer {other:?}"))
+}
+
+/// Runs `here` with `payload` on the leader of this datacenter. When this server leads,
+/// `here` runs on its consensus; otherwise the leader is sent `request(payload, time left
+/// in ms)` once, and its answer is read with `answer`. A request that was not sent (the
+/// leader could not be reached) waits for the next leader, within the hold; one that was
+/// sent is never sent again, since it may have taken effect.
+async fn on_leader<P, T, F>(
+    lan: &Lan,
+    payload: P,
+    deadline: Instant,
+    forwarded: bool,
+    here: impl FnOnce(crate::raft::Consensus, P) -> F,
+    request: impl Fn(&P, u64) -> Request,
+    answer: impl Fn(Response) -> Result<T, WriteError>,
+) -> Result<T, WriteError>
+where
+    F: std::future::Future<Output = Result<T, WriteError>>,
+{
     let Some(consensus) = lan.consensus() else {
         return Err(WriteError::Rpc("not a server".into()));
     };
@@ -138,27 +220,22 @@ pub(crate) async fn write(
         let (_, node) = match consensus.wait_for_leader(hold).await {
             None => return Err(WriteError::NoLeader),
             Some((id, _)) if id == consensus.id() => {
-                return consensus.write(command, deadline).await;
+                return here(consensus.clone(), payload).await;
             }
             Some(_) if forwarded => return Err(WriteError::NoLeader),
             Some(leader) => leader,
         };
         let addr = address_of(lan, &node).ok_or(WriteError::NoLeader)?;
-        let request = Request::Write {
-            command: command.clone(),
-            timeout_ms: rpc::remaining_ms(deadline),
-            forwarded: true,
-        };
+        let sent = request(&payload, rpc::remaining_ms(deadline));
         match lan
             .inner
             .rpc
-            .call(addr, &request, deadline + FORWARD_MARGIN)
+            .call(addr, &sent, deadline + FORWARD_MARGIN)
             .await
         {
-            Ok(Response::Write(r)) => return r,
-            Ok(other) => return Err(WriteError::Rpc(format!("unexpected answer {other:?}"))),
+            Ok(response) => return answer(response),
             Err(RpcError::Timeout) => return Err(WriteError::Timeout),
-            // Not connected: the write never left, so trying the next leader is safe.
+            // Not connected: the request never left, so trying the next leader is safe.
             Err(e @ RpcError::Connect { .. }) if Instant::now() < hold => {
                 tracing::debug!(peer = %addr, error = %e, "leader unreachable, waiting for another");
                 tokio::time::sleep(LEADER_RETRY).await;
@@ -237,6 +314,13 @@ impl rpc::Handler for Handler {
             Request::InstallSnapshot(r) => {
                 Response::InstallSnapshot(consensus.raft().install_snapshot(r).await)
             }
+            Request::RemovePeer {
+                peer,
+                timeout_ms,
+                forwarded,
+            } => Response::RemovePeer(
+                remove_peer(lan, peer, rpc::deadline_in(timeout_ms), forwarded).await,
+            ),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! `proconsul operator raft list-peers`, `snapshot save|restore` and `info`.
+//! `proconsul operator raft list-peers|remove-peer`, `snapshot save|restore` and `info`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +8,7 @@ use hyper::Method;
 use serde_json::Value;
 
 use super::{ClientArgs, columns};
+use proconsul::client::encode;
 
 #[derive(Subcommand, Debug)]
 pub enum OperatorCommand {
@@ -23,6 +24,21 @@ pub enum RaftCommand {
     /// Lists the servers of the Raft configuration
     #[command(name = "list-peers")]
     ListPeers(StaleArgs),
+    /// Removes a server that is gone for good from the Raft configuration
+    #[command(name = "remove-peer")]
+    RemovePeer(RemovePeerArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RemovePeerArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The server's ID, as list-peers shows it
+    #[arg(long, conflicts_with = "address")]
+    pub id: Option<String>,
+    /// The server's RPC address, IP:port, as list-peers shows it
+    #[arg(long)]
+    pub address: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -35,9 +51,11 @@ pub struct StaleArgs {
 }
 
 pub async fn operator(command: OperatorCommand) -> anyhow::Result<ExitCode> {
-    let OperatorCommand::Raft {
-        command: RaftCommand::ListPeers(args),
-    } = command;
+    let OperatorCommand::Raft { command } = command;
+    let args = match command {
+        RaftCommand::ListPeers(args) => args,
+        RaftCommand::RemovePeer(args) => return remove_peer(args).await,
+    };
     let path = if args.stale {
         "/v1/operator/raft/configuration?stale"
     } else {
@@ -67,6 +85,34 @@ pub async fn operator(command: OperatorCommand) -> anyhow::Result<ExitCode> {
         ]);
     }
     print!("{}", columns(&rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `operator raft remove-peer -id=ID | -address=IP:PORT`.
+async fn remove_peer(args: RemovePeerArgs) -> anyhow::Result<ExitCode> {
+    let (key, value) = match (&args.id, &args.address) {
+        (Some(id), _) => ("id", id),
+        (None, Some(address)) => ("address", address),
+        (None, None) => {
+            eprintln!("Error removing peer: missing peer address or id: use -id or -address");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let path = format!("/v1/operator/raft/peer?{key}={}", encode(value));
+    let r = args
+        .client
+        .client()?
+        .call(Method::DELETE, &path, None)
+        .await?;
+    if r.status != 200 {
+        eprintln!(
+            "Error removing peer: Unexpected response code: {} ({})",
+            r.status,
+            r.body.trim()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    println!("Removed peer with {key} {value:?}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -126,6 +126,24 @@ fn cli_verbs_work_against_a_running_agent_and_sigterm_exits_cleanly() {
     assert_eq!(rows[1][0], "proc-node");
     assert_eq!(rows[1][3], "leader");
     assert_eq!(rows[1][4], "true");
+    // A peer that is not in the configuration: Consul's text, exit 1, nothing removed.
+    let (code, _, err) = text(&run(&[
+        "operator",
+        "raft",
+        "remove-peer",
+        "-address=127.0.0.1:1",
+        &addr,
+    ]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(r#"address "127.0.0.1:1" was not found in the Raft configuration"#),
+        "{err}"
+    );
+    let (code, _, err) = text(&run(&["operator", "raft", "remove-peer", &addr]));
+    assert_eq!(code, 1, "neither -id nor -address: {err}");
+    let (code, out, _) = text(&run(&["operator", "raft", "list-peers", &addr]));
+    assert_eq!(code, 0);
+    assert!(out.contains("proc-node"), "{out}");
     let (code, out, err) = text(&run(&["info", &addr]));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("consul:\n"), "{out}");

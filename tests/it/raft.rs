@@ -242,3 +242,84 @@ async fn a_minority_cannot_write_and_a_client_keeps_answering_stale_reads() {
     client.agent.stop(false).await;
     lone.agent.stop(false).await;
 }
+
+/// The servers of `agent`'s Raft configuration: (node name, ID, address).
+async fn raft_servers(agent: &Member) -> Vec<(String, String, String)> {
+    let config = agent.json("/v1/operator/raft/configuration").await;
+    config["Servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let text = |k: &str| s[k].as_str().unwrap().to_owned();
+            (text("Node"), text("ID"), text("Address"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_server_is_removed_by_operator_raft_remove_peer() {
+    let mut members = servers(3).await;
+    let all: Vec<&Member> = members.iter().collect();
+    let leader = leader_of(&all, 3).await;
+    // A follower dies without leaving; a survivor that is not the leader asks.
+    let dead_at = members.iter().position(|m| m.name != leader).unwrap();
+    let dead = members.remove(dead_at);
+    let (_, dead_id, dead_addr) = raft_servers(&members[0])
+        .await
+        .into_iter()
+        .find(|(name, _, _)| *name == dead.name)
+        .unwrap();
+    dead.agent.stop(false).await;
+    let asker = members.iter().find(|m| m.name != leader).unwrap();
+
+    let delete = |query: String| async move {
+        asker
+            .call(
+                Method::DELETE,
+                &format!("/v1/operator/raft/peer{query}"),
+                "",
+            )
+            .await
+    };
+    let r = delete(String::new()).await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("Must specify either ?id"), "{}", r.body);
+    let r = delete(format!("?id={dead_id}&address={dead_addr}")).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = delete("?address=127.0.0.1:1".into()).await;
+    assert_eq!(r.status, 500);
+    assert!(
+        r.body
+            .contains("address \"127.0.0.1:1\" was not found in the Raft configuration"),
+        "{}",
+        r.body
+    );
+
+    let r = delete(format!("?address={dead_addr}")).await;
+    assert_eq!((r.status, r.body.as_str()), (200, ""), "{}", r.body);
+    for m in &members {
+        eventually(
+            secs(10),
+            "the dead server to leave the configuration",
+            || async {
+                let names: Vec<String> = raft_servers(m).await.into_iter().map(|s| s.0).collect();
+                if names.len() == 2 && !names.contains(&dead.name) {
+                    Ok(())
+                } else {
+                    Err(format!("{} still sees {names:?}", m.name))
+                }
+            },
+        )
+        .await;
+    }
+    // It is gone: a second removal, by ID, finds nothing.
+    let r = delete(format!("?id={dead_id}")).await;
+    assert_eq!(r.status, 500);
+    assert!(r.body.contains("was not found"), "{}", r.body);
+    // The two that are left still commit writes.
+    assert!(register(asker, 1).await);
+    for m in members {
+        m.agent.stop(false).await;
+    }
+}

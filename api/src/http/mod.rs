@@ -566,6 +566,10 @@ pub(crate) fn router(ctx: Context, max_body_bytes: usize) -> Router {
             "/v1/operator/raft/configuration",
             get(status::raft_configuration),
         )
+        .route(
+            "/v1/operator/raft/peer",
+            axum::routing::delete(status::raft_remove_peer),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(move |r: Response| {

@@ -80,3 +80,45 @@ pub(crate) async fn raft_configuration(
     };
     Ok(json(&body, params.pretty()))
 }
+
+/// `DELETE /v1/operator/raft/peer?id=ID` or `?address=IP:PORT`: removes a server that is
+/// gone for good from this datacenter's Raft configuration (on the leader).
+pub(crate) async fn raft_remove_peer(
+    State(ctx): State<Context>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref());
+    if !ctx.gateway.is_local(params.dc()) {
+        return Err(ApiError::BadRequest(
+            "removing a Raft peer of another datacenter is not supported by proconsul: \
+             ask an agent of that datacenter"
+                .into(),
+        ));
+    }
+    let given = |key: &str| params.get(key).filter(|v| !v.is_empty()).map(str::to_owned);
+    let peer = match (given("id"), given("address")) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "Must specify only one of ?id or ?address".into(),
+            ));
+        }
+        (Some(id), None) => lan::RaftPeer::Id(id),
+        (None, Some(address)) => lan::RaftPeer::Address(address),
+        (None, None) => {
+            return Err(ApiError::BadRequest(
+                "Must specify either ?id with the server's ID or ?address with IP:port of peer to remove"
+                    .into(),
+            ));
+        }
+    };
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    tokio::select! {
+        r = ctx.gateway.lan().remove_raft_peer(peer, deadline) => {
+            r.map_err(|e| ApiError::Internal(e.to_string()))?;
+        }
+        _ = ctx.shutdown.cancelled() => {
+            return Err(ApiError::Internal("the agent is shutting down".into()));
+        }
+    }
+    Ok(axum::response::IntoResponse::into_response(()))
+}
