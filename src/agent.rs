@@ -634,10 +634,14 @@ impl Agent {
         self.leave.cancelled().await;
     }
 
-    /// Resolves when the agent cannot go on (`retry_max` join attempts failed); the
-    /// caller should shut it down and exit with an error.
-    pub async fn failed(&self) {
-        self.failed.cancelled().await;
+    /// Resolves, with the reason, when the agent cannot go on: `retry_max` join attempts
+    /// failed, or Raft stopped by itself (a full disk, a panic). The caller should stop
+    /// it and exit with an error, so that a supervisor restarts it.
+    pub async fn failed(&self) -> String {
+        tokio::select! {
+            _ = self.failed.cancelled() => "joining failed after retry_max attempts".into(),
+            reason = self.lan.failed() => reason,
+        }
     }
 
     /// Re-reads the config files and replaces the services and checks they define

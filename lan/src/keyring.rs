@@ -70,6 +70,11 @@ impl Key {
         Key(bytes.to_vec())
     }
 
+    /// The raw key material, for deriving other keys from it (never log it).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// The key in base64, as `keygen` prints and keyring files hold it.
     pub fn to_base64(&self) -> String {
         STANDARD.encode(&self.0)

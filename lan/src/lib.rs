@@ -26,6 +26,7 @@ mod autopilot;
 pub mod catalog;
 mod checks;
 pub mod duration;
+pub mod fair;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gossip;
@@ -360,8 +361,22 @@ impl Lan {
             shutdown.child_token(),
         )
         .await?;
+        let keys: rpc::Keys = {
+            let pool = pool.clone();
+            Arc::new(move || pool.encryption())
+        };
+        if config.server && !rpc::secure::can_prove(config.rpc_tls.as_ref(), keys().as_ref()) {
+            let addr = SocketAddr::new(config.bind, server_port);
+            let text = "the server port accepts Raft and catalog requests from anyone who can reach it: set a gossip key (encrypt) or TLS with verify_incoming to authenticate servers";
+            if config.bind.is_loopback() {
+                tracing::info!(addr = %addr, "{text}");
+            } else {
+                tracing::warn!(addr = %addr, "{text}");
+            }
+        }
         let rpc = rpc::Client::new(
             config.rpc_tls.clone(),
+            Some(keys.clone()),
             tasks.clone(),
             shutdown.child_token(),
         );
@@ -383,6 +398,7 @@ impl Lan {
                         rpc: rpc.clone(),
                         members: pool.subscribe(),
                         acks: Default::default(),
+                        term: Default::default(),
                     },
                     tasks,
                     shutdown.child_token(),
@@ -423,8 +439,12 @@ impl Lan {
             tasks.spawn(rpc::serve(
                 listener,
                 Arc::new(server::Handler::new(lan.clone())),
-                lan.inner.config.rpc_tls.clone(),
-                lan.inner.config.rpc_max_conns_per_client,
+                rpc::Port {
+                    tls: lan.inner.config.rpc_tls.clone(),
+                    keys: Some(keys),
+                    max_connections: rpc::MAX_RPC_CONNECTIONS,
+                    max_conns_per_client: lan.inner.config.rpc_max_conns_per_client,
+                },
                 tasks.clone(),
                 shutdown.child_token(),
             ));
@@ -497,7 +517,7 @@ impl Lan {
                     .await?
                 {
                     rpc::Response::Read(r) => r,
-                    other => Err(ReadError::Rpc(format!("unexpected answer {other:?}"))),
+                    other => Err(ReadError::Rpc(rpc::unexpected(other))),
                 }
             }
         }
@@ -534,7 +554,7 @@ impl Lan {
                 };
                 match self.forward(&request, deadline + FORWARD_MARGIN).await? {
                     rpc::Response::Write(r) => r,
-                    other => Err(WriteError::Rpc(format!("unexpected answer {other:?}"))),
+                    other => Err(WriteError::Rpc(rpc::unexpected(other))),
                 }
             }
         }
@@ -651,7 +671,7 @@ impl Lan {
                 };
                 match self.forward(&request, deadline + FORWARD_MARGIN).await? {
                     rpc::Response::Keyring(r) => Ok(r),
-                    other => Err(ReadError::Rpc(format!("unexpected answer {other:?}"))),
+                    other => Err(ReadError::Rpc(rpc::unexpected(other))),
                 }
             }
         }
@@ -688,7 +708,7 @@ impl Lan {
                     .await?
                 {
                     rpc::Response::Read(r) => r,
-                    other => Err(ReadError::Rpc(format!("unexpected answer {other:?}"))),
+                    other => Err(ReadError::Rpc(rpc::unexpected(other))),
                 }
             }
         }
@@ -737,7 +757,7 @@ impl Lan {
                     .await?
                 {
                     rpc::Response::Write(r) => r,
-                    other => Err(WriteError::Rpc(format!("unexpected answer {other:?}"))),
+                    other => Err(WriteError::Rpc(rpc::unexpected(other))),
                 }
             }
         }
@@ -768,7 +788,7 @@ impl Lan {
                 };
                 match self.forward(&request, deadline + FORWARD_MARGIN).await? {
                     rpc::Response::KeyringAll(r) => Ok(r),
-                    other => Err(ReadError::Rpc(format!("unexpected answer {other:?}"))),
+                    other => Err(ReadError::Rpc(rpc::unexpected(other))),
                 }
             }
         }
@@ -815,7 +835,7 @@ impl Lan {
                 };
                 match self.forward(&request, deadline + FORWARD_MARGIN).await {
                     Ok(rpc::Response::RemovePeer(r)) => r,
-                    Ok(other) => Err(WriteError::Rpc(format!("unexpected answer {other:?}"))),
+                    Ok(other) => Err(WriteError::Rpc(rpc::unexpected(other))),
                     Err(e) => Err(e.into()),
                 }
             }
@@ -829,7 +849,7 @@ impl Lan {
             Role::Server { consensus, .. } => Ok(consensus.status()),
             Role::Client { .. } => match self.forward(&rpc::Request::Status, deadline).await? {
                 rpc::Response::Status(s) => Ok(s),
-                other => Err(ReadError::Rpc(format!("unexpected answer {other:?}"))),
+                other => Err(ReadError::Rpc(rpc::unexpected(other))),
             },
         }
     }
@@ -855,7 +875,7 @@ impl Lan {
                     .await?
                 {
                     rpc::Response::StatusIn(r) => r,
-                    other => Err(ReadError::Rpc(format!("unexpected answer {other:?}"))),
+                    other => Err(ReadError::Rpc(rpc::unexpected(other))),
                 }
             }
         }
@@ -879,6 +899,17 @@ impl Lan {
     /// the leader removes its node from the catalog.
     pub async fn leave(&self) {
         self.inner.pool.leave().await;
+    }
+
+    /// Resolves, with the reason, once this server's Raft has stopped by itself (a
+    /// storage error such as a full disk, or a panic inside openraft). It cannot restart
+    /// in this process: the agent should exit with an error so that a supervisor starts
+    /// it again. Never resolves on a client agent or after a clean shutdown.
+    pub async fn failed(&self) -> String {
+        match self.consensus() {
+            Some(c) => c.failed().await,
+            None => std::future::pending().await,
+        }
     }
 
     /// Stops Raft. Call after the shutdown token was cancelled and tasks have stopped.

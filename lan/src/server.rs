@@ -19,8 +19,8 @@ use std::net::SocketAddr;
 use tokio::time::Instant;
 
 use crate::catalog::{Command, Query};
-use crate::raft::{Consistency, ReadError, WriteError};
-use crate::rpc::{self, Request, Response, RpcError};
+use crate::raft::{Consistency, ReadError, WriteError, guard};
+use crate::rpc::{self, Caller, Request, Response, RpcError};
 use crate::{FORWARD_MARGIN, Lan, QueryResult, RaftPeer, ReadOptions};
 
 /// Pause before looking for a leader again after the last one could not be reached.
@@ -96,7 +96,7 @@ pub(crate) async fn read(
                     match answer {
                         Ok(Response::Read(r)) => return r,
                         Ok(other) => {
-                            return Err(ReadError::Rpc(format!("unexpected answer {other:?}")));
+                            return Err(ReadError::Rpc(rpc::unexpected(other)));
                         }
                         Err(RpcError::Timeout) => return Err(ReadError::Timeout),
                         // The leader we knew is gone: look for the next one until the hold
@@ -192,7 +192,7 @@ pub(crate) async fn remove_peer(
 
 /// A forwarded request answered with a response of another kind.
 fn unexpected(other: Response) -> WriteError {
-    WriteError::Rpc(format!("unexpected answer {other:?}"))
+    WriteError::Rpc(rpc::unexpected(other))
 }
 
 /// Runs `here` with `payload` on the leader of this datacenter. When this server leads,
@@ -249,20 +249,64 @@ where
 /// Serves the server port of this server.
 pub(crate) struct Handler {
     lan: Lan,
+    /// Refused requests, logged once per peer per interval.
+    log: std::sync::Mutex<crate::peer_log::PeerLog>,
 }
 
 impl Handler {
     pub(crate) fn new(lan: Lan) -> Handler {
-        Handler { lan }
+        Handler {
+            lan,
+            log: Default::default(),
+        }
+    }
+
+    /// Logs a refused request (once per peer per interval) and answers with why.
+    fn refuse(&self, caller: &Caller, what: &str, why: &dyn std::fmt::Display) -> Response {
+        let suppressed = self
+            .log
+            .lock()
+            .expect("peer log lock")
+            .should_log(caller.addr.ip(), Instant::now());
+        if let Some(suppressed) = suppressed {
+            tracing::warn!(peer = %caller.addr, error = %why, suppressed, "refused {what}");
+        }
+        Response::Refused(why.to_string())
+    }
+
+    /// Whether `caller` may ask `request` (see `rpc::secure`); the refusal if not.
+    fn refusal(&self, request: &Request, caller: &Caller) -> Option<Response> {
+        match request {
+            Request::Keyring { .. } | Request::KeyringAll { .. } if !caller.may_use_keyring() => {
+                Some(self.refuse(caller, "a keyring request", &KEYRING_NEEDS_PROOF))
+            }
+            Request::AppendEntries(_)
+            | Request::Vote(_)
+            | Request::InstallSnapshot(_)
+            | Request::RemovePeer { .. }
+                if !caller.may_change_raft() =>
+            {
+                Some(self.refuse(caller, "a raft request", &RAFT_NEEDS_PROOF))
+            }
+            _ => None,
+        }
     }
 }
 
+/// Why a keyring request from an unproven caller is refused.
+const KEYRING_NEEDS_PROOF: &str = "Permission denied: keyring operations over the server port need a caller that proved it belongs to the datacenter (the gossip key, or a TLS client certificate from the CA)";
+/// Why a Raft request from an unproven caller is refused.
+const RAFT_NEEDS_PROOF: &str = "Permission denied: Raft over the server port needs a server that proved it belongs to the datacenter (the gossip key, or a TLS client certificate from the CA)";
+
 impl rpc::Handler for Handler {
-    async fn handle(&self, request: Request, _peer: SocketAddr) -> Response {
+    async fn handle(&self, request: Request, caller: Caller) -> Response {
         let lan = &self.lan;
         let Some(consensus) = lan.consensus() else {
             return Response::Unsupported("this agent is not a server".into());
         };
+        if let Some(refusal) = self.refusal(&request, &caller) {
+            return refusal;
+        }
         match request {
             Request::Read {
                 query,
@@ -304,14 +348,25 @@ impl rpc::Handler for Handler {
                 Response::StatusIn(lan.raft_status_in(&dc, rpc::deadline_in(timeout_ms)).await)
             }
             Request::AppendEntries(r) => {
+                if let Err(e) = guard::append_entries(&r, consensus.current_term()) {
+                    return self.refuse(&caller, "a raft append-entries", &e);
+                }
                 let answer = consensus.raft().append_entries(r).await;
                 if answer.as_ref().is_ok_and(|a| a.is_success()) {
                     consensus.heard_from_leader();
                 }
                 Response::AppendEntries(answer)
             }
-            Request::Vote(r) => Response::Vote(consensus.raft().vote(r).await),
+            Request::Vote(r) => {
+                if let Err(e) = guard::vote_request(&r, consensus.current_term()) {
+                    return self.refuse(&caller, "a raft vote request", &e);
+                }
+                Response::Vote(consensus.raft().vote(r).await)
+            }
             Request::InstallSnapshot(r) => {
+                if let Err(e) = guard::install_snapshot(&r, consensus.current_term()) {
+                    return self.refuse(&caller, "a raft snapshot chunk", &e);
+                }
                 Response::InstallSnapshot(consensus.raft().install_snapshot(r).await)
             }
             Request::RemovePeer {

@@ -525,6 +525,19 @@ impl Pool {
         self.shared.crypto.enabled()
     }
 
+    /// The keyring as it is now and the `encrypt_verify_*` settings, for a protocol that
+    /// authenticates with the pool's keys (the server port); `None` without encryption.
+    pub fn encryption(&self) -> Option<Encryption> {
+        let crypto = &self.shared.crypto;
+        let keyring = crypto.keyring.read().expect("keyring lock").clone()?;
+        Some(Encryption {
+            keyring,
+            file: None,
+            verify_incoming: crypto.verify_incoming,
+            verify_outgoing: crypto.verify_outgoing,
+        })
+    }
+
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
         let (tx, rx) = oneshot::channel();
         self.commands.send(make(tx)).await.ok()?;

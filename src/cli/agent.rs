@@ -266,8 +266,9 @@ async fn serve(config: AgentConfig, gate: Gate) -> ExitCode {
                 }
             }
             _ = agent.left() => break false,
-            _ = agent.failed() => {
+            reason = agent.failed() => {
                 agent.stop(false).await;
+                tracing::error!(error = %reason, "exiting with an error so that a supervisor restarts the agent");
                 return ExitCode::from(1);
             }
         }

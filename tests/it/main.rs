@@ -14,6 +14,7 @@ mod cluster;
 mod dns;
 mod faults;
 mod gateway;
+mod hostile;
 mod http;
 mod jepsen;
 mod limits;

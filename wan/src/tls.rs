@@ -371,8 +371,9 @@ impl Material {
             .ok_or_else(|| TlsError::Config("this agent has no certificate (cert_file)".into()))
     }
 
-    /// A server configuration: this agent's certificate; with `require_client_cert`,
-    /// peers must present a certificate from the CA (`verify_incoming`).
+    /// A server configuration: this agent's certificate. Peers are asked for a
+    /// certificate, and one they present must come from the CA; with
+    /// `require_client_cert` (`verify_incoming`) they must present one.
     pub fn server_config(
         &self,
         require_client_cert: bool,
@@ -381,17 +382,19 @@ impl Material {
         let builder = rustls::ServerConfig::builder_with_provider(Material::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Config(e.to_string()))?;
-        let builder = if require_client_cert {
-            let verifier = WebPkiClientVerifier::builder_with_provider(
-                self.roots.clone(),
-                Material::provider(),
-            )
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), Material::provider());
+        // Without `verify_incoming` a caller may come without a certificate: it is then
+        // served as unproven (see the server port's rules in proconsul-lan).
+        let verifier = if require_client_cert {
+            verifier
+        } else {
+            verifier.allow_unauthenticated()
+        };
+        let verifier = verifier
             .build()
             .map_err(|e| TlsError::Config(e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
-        } else {
-            builder.with_no_client_auth()
-        };
+        let builder = builder.with_client_cert_verifier(verifier);
         let mut config = builder
             .with_single_cert(self.chain.clone(), self.key()?)
             .map_err(|e| TlsError::Config(e.to_string()))?;

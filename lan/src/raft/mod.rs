@@ -16,6 +16,7 @@
 
 mod batch;
 mod disk;
+pub(crate) mod guard;
 pub(crate) mod network;
 pub(crate) mod store;
 
@@ -260,6 +261,8 @@ pub(crate) struct Consensus {
     /// not answer reads until it has applied its whole log again (see
     /// [`Consensus::read_barrier`]).
     restored: (u64, u64),
+    /// Why Raft stopped by itself, once it has ([`Consensus::failed`]).
+    failed: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 /// Who a server is to Raft, and whether it may bootstrap a cluster alone.
@@ -362,6 +365,13 @@ impl Consensus {
             let m = m.borrow();
             (m.current_term, m.last_log_index.unwrap_or(0))
         };
+        let (fatal, failed) = tokio::sync::watch::channel(None);
+        tasks.spawn(watch(
+            raft.clone(),
+            network.term.clone(),
+            fatal,
+            shutdown.clone(),
+        ));
         let writes = batch::start(raft.clone(), tasks, shutdown);
         let acks = network.acks.clone();
         Ok((
@@ -373,9 +383,23 @@ impl Consensus {
                 acks,
                 leases: Leases::from(&timing),
                 restored,
+                failed,
             },
             catalog,
         ))
+    }
+
+    /// Resolves, with the reason, once Raft has stopped by itself: a storage error (a
+    /// full disk, say) or a panic inside openraft. Raft does not come back from that in
+    /// this process; the agent should exit with an error so that a supervisor restarts it
+    /// (crash-only), rather than stay up as a server that can neither vote nor write.
+    pub(crate) async fn failed(&self) -> String {
+        let mut failed = self.failed.clone();
+        match failed.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            // The watcher ended without a failure (a clean shutdown): never resolves.
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// The leader as this server should believe it: the one openraft names, unless
@@ -662,6 +686,11 @@ impl Consensus {
         Some((id, node.clone()))
     }
 
+    /// The term this server is in.
+    pub(crate) fn current_term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
     /// This server's Raft ID.
     pub(crate) fn id(&self) -> NodeId {
         self.id
@@ -796,6 +825,42 @@ impl Leases {
             follower: timing.election_timeout_max,
         }
     }
+}
+
+/// Follows Raft's metrics until `shutdown`: mirrors its term into `term` (which the
+/// network checks answers against) and reports on `fatal` if Raft stops by itself. A
+/// stop after `shutdown` (the agent stopping) is not a failure.
+async fn watch(
+    raft: Raft<TypeConfig>,
+    term: Arc<std::sync::atomic::AtomicU64>,
+    fatal: tokio::sync::watch::Sender<Option<String>>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut metrics = raft.metrics();
+    let reason = loop {
+        {
+            let m = metrics.borrow_and_update();
+            term.store(m.current_term, std::sync::atomic::Ordering::Relaxed);
+            match &m.running_state {
+                Ok(()) => {}
+                Err(openraft::error::Fatal::Stopped) => return,
+                Err(e) => break format!("raft stopped: {e}"),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = metrics.changed() => if changed.is_err() {
+                // The core task ended without a word: it panicked (the panic is on
+                // stderr).
+                break "raft stopped: its core task ended unexpectedly".to_string();
+            },
+        }
+    };
+    if shutdown.is_cancelled() {
+        return;
+    }
+    tracing::error!(error = %reason, "raft has stopped and cannot restart in this process; the agent will exit");
+    fatal.send_replace(Some(reason));
 }
 
 /// How often a write waiting for its commit checks that the lease still holds.

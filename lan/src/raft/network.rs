@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
@@ -37,6 +38,9 @@ pub(crate) struct Network {
     pub(crate) members: watch::Receiver<Arc<Vec<Member>>>,
     /// Follower acknowledgements, filled in by the peers.
     pub(crate) acks: Acks,
+    /// The term this server is in, mirrored from Raft's metrics: answers carrying a term
+    /// too far ahead of it are not believed ([`super::guard`]).
+    pub(crate) term: Arc<AtomicU64>,
 }
 
 /// One peer as Raft sees it.
@@ -47,6 +51,7 @@ pub(crate) struct Peer {
     rpc: rpc::Client,
     members: watch::Receiver<Arc<Vec<Member>>>,
     acks: Acks,
+    term: Arc<AtomicU64>,
 }
 
 /// The server RPC address of `node` now: what gossip says for that node name (a server
@@ -69,6 +74,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             rpc: self.rpc.clone(),
             members: self.members.clone(),
             acks: self.acks.clone(),
+            term: self.term.clone(),
         }
     }
 }
@@ -119,6 +125,22 @@ impl Peer {
         }
     }
 
+    /// Refuses an answer whose vote this server cannot believe (see [`super::guard`]).
+    #[allow(clippy::result_large_err)] // openraft's error type, returned as it is.
+    fn believe<E: std::error::Error>(
+        &self,
+        vote: &openraft::Vote<NodeId>,
+    ) -> Result<(), RPCError<NodeId, ServerNode, RaftError<NodeId, E>>> {
+        let term = self.term.load(Ordering::Relaxed);
+        super::guard::vote(vote, term).map_err(|e| {
+            tracing::warn!(node = %self.node.name, error = %e, "refused a raft answer");
+            RPCError::Network(NetworkError::new(&Failure(format!(
+                "refused an answer from {}: {e}",
+                self.node.name
+            ))))
+        })
+    }
+
     fn remote<E: std::error::Error>(
         &self,
         e: RaftError<NodeId, E>,
@@ -148,6 +170,9 @@ impl RaftNetwork<TypeConfig> for Peer {
         let sent = Instant::now();
         match self.call(Request::AppendEntries(rpc), &option).await? {
             Response::AppendEntries(Ok(r)) => {
+                if let AppendEntriesResponse::HigherVote(vote) = &r {
+                    self.believe(vote)?;
+                }
                 // Any answer but a higher vote acknowledges our leadership; the lease
                 // counts from when the request left, the safe end.
                 if !matches!(r, AppendEntriesResponse::HigherVote(_)) {
@@ -169,7 +194,10 @@ impl RaftNetwork<TypeConfig> for Peer {
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
         match self.call(Request::InstallSnapshot(rpc), &option).await? {
-            Response::InstallSnapshot(Ok(r)) => Ok(r),
+            Response::InstallSnapshot(Ok(r)) => {
+                self.believe(&r.vote)?;
+                Ok(r)
+            }
             Response::InstallSnapshot(Err(e)) => Err(self.remote(e)),
             other => Err(Self::unexpected(&other)),
         }
@@ -181,7 +209,10 @@ impl RaftNetwork<TypeConfig> for Peer {
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
         match self.call(Request::Vote(rpc), &option).await? {
-            Response::Vote(Ok(r)) => Ok(r),
+            Response::Vote(Ok(r)) => {
+                self.believe(&r.vote)?;
+                Ok(r)
+            }
             Response::Vote(Err(e)) => Err(self.remote(e)),
             other => Err(Self::unexpected(&other)),
         }

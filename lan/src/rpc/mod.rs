@@ -27,8 +27,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -39,63 +38,21 @@ use crate::catalog::{Command, Query};
 use crate::raft::{NodeId, RaftStatus, ReadError, TypeConfig, WriteError};
 use crate::{KeyOperation, KeyringReport, QueryResult, RaftPeer};
 
-/// The reading half of a connection, TLS or not.
-type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
-/// The writing half of a connection, TLS or not.
-type Writer = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+mod frame;
+pub(crate) mod secure;
 
-/// Time a peer has to send the rest of a frame once its length has arrived.
-pub(crate) const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) use frame::MAX_FRAME as MAX_RPC_FRAME;
+use frame::{FrameBudget, FrameReader, FrameWriter};
+pub use secure::RpcTls;
+pub(crate) use secure::{Caller, Keys};
+
 /// An inbound connection with no request in flight and none arriving for this long is
 /// closed (callers reconnect on their next call).
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Budget of a TLS handshake on the server port.
-pub(crate) const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The first byte of a TLS handshake record; a plaintext connection starts with a frame
-/// length, whose first byte is 0 for any frame under 16 MiB.
-const TLS_HANDSHAKE_BYTE: u8 = 0x16;
-
-/// TLS on the server port (Consul's `verify_incoming`, `verify_outgoing` and
-/// `verify_server_hostname` for internal RPC).
-#[derive(Clone)]
-pub struct RpcTls {
-    /// What a server presents to callers; `None` on a client agent or without a
-    /// certificate (the port then speaks plaintext only).
-    pub server: Option<Arc<rustls::ServerConfig>>,
-    /// Refuse callers that do not speak TLS (the server config then also asks them for a
-    /// certificate from the CA).
-    pub verify_incoming: bool,
-    /// What this agent uses to call servers (`verify_outgoing`); `None` calls in
-    /// plaintext.
-    pub client: Option<Arc<rustls::ClientConfig>>,
-    /// The name servers' certificates must carry (`server.<dc>.<domain>`).
-    pub server_name: String,
-}
-
-impl std::fmt::Debug for RpcTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RpcTls")
-            .field("server", &self.server.is_some())
-            .field("verify_incoming", &self.verify_incoming)
-            .field("client", &self.client.is_some())
-            .field("server_name", &self.server_name)
-            .finish()
-    }
-}
-
-/// Splits any stream into boxed halves.
-fn halves<S>(stream: S) -> (Reader, Writer)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let (r, w) = tokio::io::split(stream);
-    (Box::new(r), Box::new(w))
-}
-
-/// Largest frame accepted, in bytes. openraft sends snapshots in chunks well below it.
-pub(crate) const MAX_RPC_FRAME: usize = 64 * 1024 * 1024;
-/// Inbound connections served at once; more wait in the kernel's backlog.
+/// Inbound connections held at once. When all are taken, a caller from an address that
+/// holds fewer than another takes that address's oldest place ([`crate::fair`]), so a
+/// few addresses cannot shut the others out.
 pub(crate) const MAX_RPC_CONNECTIONS: usize = 1024;
 /// Inbound connections open at once from one IP address, unless configured otherwise
 /// (Consul's `limits.rpc_max_conns_per_client` and its default); more are closed at once.
@@ -225,6 +182,18 @@ pub(crate) enum Response {
     Error(String),
     /// For [`Request::RemovePeer`]: the leader's refusal inside, or why no leader did it.
     RemovePeer(Result<Result<(), String>, WriteError>),
+    /// The caller may not ask this (it proved too little), or the request carries values
+    /// that cannot be true; nothing was done.
+    Refused(String),
+}
+
+/// What to report for an answer of the wrong kind: the text of a refusal or error the
+/// server sent, else the answer itself.
+pub(crate) fn unexpected(answer: Response) -> String {
+    match answer {
+        Response::Refused(text) | Response::Unsupported(text) | Response::Error(text) => text,
+        other => format!("unexpected answer {other:?}"),
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -274,40 +243,9 @@ pub fn deadline_in(timeout_ms: u64) -> Instant {
     Instant::now() + Duration::from_millis(timeout_ms.min(24 * 3600 * 1000))
 }
 
-async fn write_frame(writer: &mut Writer, payload: &[u8]) -> std::io::Result<()> {
-    let len = u32::try_from(payload.len()).map_err(|_| std::io::Error::other("frame too large"))?;
-    writer.write_all(&len.to_be_bytes()).await?;
-    writer.write_all(payload).await
-}
-
-async fn read_frame(reader: &mut Reader) -> std::io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    reader.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_RPC_FRAME {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes is over the limit of {MAX_RPC_FRAME}"),
-        ));
-    }
-    // The body must follow promptly, and memory grows only as bytes arrive: a peer
-    // that announces a large frame and stalls pins neither a slot nor 64 MiB.
-    let mut payload = Vec::with_capacity(len.min(64 * 1024));
-    let mut body = (&mut *reader).take(len as u64);
-    tokio::time::timeout(FRAME_TIMEOUT, body.read_to_end(&mut payload))
-        .await
-        .map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, "frame body not sent in time")
-        })??;
-    if payload.len() != len {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    Ok(payload)
-}
-
 /// Writes queued frames until the queue closes or a write fails.
 async fn run_writer(
-    mut writer: Writer,
+    mut writer: FrameWriter,
     mut queue: mpsc::Receiver<Vec<u8>>,
     done: CancellationToken,
 ) {
@@ -319,12 +257,12 @@ async fn run_writer(
                 None => break,
             },
         };
-        if write_frame(&mut writer, &frame).await.is_err() {
+        if writer.write(&frame).await.is_err() {
             break;
         }
     }
     done.cancel();
-    let _ = writer.shutdown().await;
+    writer.shutdown().await;
 }
 
 /// One outbound connection.
@@ -342,29 +280,14 @@ impl Connection {
         addr: SocketAddr,
         deadline: Instant,
         tls: Option<&RpcTls>,
+        keys: Option<&Keys>,
         tasks: &TaskTracker,
         shutdown: &CancellationToken,
     ) -> Result<Arc<Connection>, RpcError> {
-        let connect_error = |error: String| RpcError::Connect { addr, error };
-        // A server that does not answer at all is unreachable (try another), not slow.
-        let stream = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
+        let keys = keys.and_then(|k| k());
+        let (reader, writer) = secure::connect(addr, deadline, tls, keys)
             .await
-            .map_err(|_| connect_error("connection timed out".into()))?
-            .map_err(|e| connect_error(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
-        let (reader, writer) = match tls.and_then(|t| t.client.clone().map(|c| (c, t))) {
-            Some((config, tls)) => {
-                let name = rustls::pki_types::ServerName::try_from(tls.server_name.clone())
-                    .map_err(|e| connect_error(format!("bad server name: {e}")))?;
-                let connector = tokio_rustls::TlsConnector::from(config);
-                let stream = tokio::time::timeout_at(deadline, connector.connect(name, stream))
-                    .await
-                    .map_err(|_| connect_error("TLS handshake timed out".into()))?
-                    .map_err(|e| connect_error(format!("TLS handshake: {e}")))?;
-                halves(stream)
-            }
-            None => halves(stream),
-        };
+            .map_err(|error| RpcError::Connect { addr, error })?;
         let (writes, queue) = mpsc::channel(WRITE_QUEUE);
         let closed = shutdown.child_token();
         let conn = Arc::new(Connection {
@@ -383,7 +306,7 @@ impl Connection {
     /// passed) so that a backlog of stale frames never delays a fresh one.
     async fn write_requests(
         conn: Arc<Connection>,
-        mut writer: Writer,
+        mut writer: FrameWriter,
         mut queue: mpsc::Receiver<(u64, Vec<u8>)>,
     ) {
         loop {
@@ -397,24 +320,24 @@ impl Connection {
             if !conn.pending.lock().expect("pending lock").contains_key(&id) {
                 continue;
             }
-            if write_frame(&mut writer, &frame).await.is_err() {
+            if writer.write(&frame).await.is_err() {
                 break;
             }
         }
         conn.closed.cancel();
-        let _ = writer.shutdown().await;
+        writer.shutdown().await;
     }
 
-    async fn read_answers(conn: Arc<Connection>, mut reader: Reader) {
+    async fn read_answers(conn: Arc<Connection>, mut reader: FrameReader) {
         loop {
             let frame = tokio::select! {
                 _ = conn.closed.cancelled() => break,
-                f = read_frame(&mut reader) => match f {
+                f = reader.read() => match f {
                     Ok(f) => f,
                     Err(_) => break,
                 },
             };
-            let envelope: Envelope<Response> = match serde_json::from_slice(&frame) {
+            let envelope: Envelope<Response> = match serde_json::from_slice(&frame.payload) {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::warn!(peer = %conn.addr, error = %e, "closing a server RPC connection after an unreadable answer");
@@ -485,6 +408,8 @@ pub(crate) struct Client {
     /// a server that does not answer never delays calls to the others.
     peers: Arc<Mutex<HashMap<SocketAddr, Slot>>>,
     tls: Option<RpcTls>,
+    /// The gossip keyring, for the keyring handshake when there is no TLS.
+    keys: Option<Keys>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -498,12 +423,14 @@ impl std::fmt::Debug for Client {
 impl Client {
     pub(crate) fn new(
         tls: Option<RpcTls>,
+        keys: Option<Keys>,
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> Client {
         Client {
             peers: Arc::default(),
             tls,
+            keys,
             tasks,
             shutdown,
         }
@@ -540,6 +467,7 @@ impl Client {
             addr,
             deadline,
             self.tls.as_ref(),
+            self.keys.as_ref(),
             &self.tasks,
             &self.shutdown,
         )
@@ -562,8 +490,8 @@ impl Client {
 
 /// What serves requests arriving on the server port.
 pub(crate) trait Handler: Send + Sync + 'static {
-    /// Answers one request from `peer`.
-    fn handle(&self, request: Request, peer: SocketAddr) -> impl Future<Output = Response> + Send;
+    /// Answers one request from `caller`.
+    fn handle(&self, request: Request, caller: Caller) -> impl Future<Output = Response> + Send;
 }
 
 /// Binds the server port.
@@ -573,118 +501,120 @@ pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         .map_err(|e| std::io::Error::new(e.kind(), format!("binding server RPC to {addr}: {e}")))
 }
 
-/// Accepts connections on the server port until `shutdown`: at most
-/// `max_conns_per_client` open at once from one IP address (more are closed at once and
-/// logged with the peer, once per peer per interval).
+/// How the server port admits and authenticates connections.
+pub(crate) struct Port {
+    /// TLS, if configured.
+    pub(crate) tls: Option<RpcTls>,
+    /// The gossip keyring, for the keyring handshake.
+    pub(crate) keys: Option<Keys>,
+    /// Connections held at once ([`MAX_RPC_CONNECTIONS`]).
+    pub(crate) max_connections: usize,
+    /// Connections held at once from one IP address
+    /// (`limits.rpc_max_conns_per_client`).
+    pub(crate) max_conns_per_client: usize,
+}
+
+/// Pause after a failed accept (out of file descriptors, say), so that the loop does not
+/// spin while the condition lasts.
+const ACCEPT_RETRY: Duration = Duration::from_millis(20);
+
+/// Accepts connections on the server port until `shutdown`, each holding a fair place
+/// ([`crate::fair::Seats`]): at most `max_conns_per_client` from one IP address, and
+/// when all are taken a newcomer takes a place of the address holding the most. Each
+/// connection then proves what it can ([`secure::accept`]); refusals are logged with the
+/// peer, once per peer per interval.
 pub(crate) async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
-    tls: Option<RpcTls>,
-    max_conns_per_client: usize,
+    port: Port,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
     let log = Arc::new(std::sync::Mutex::new(crate::peer_log::PeerLog::default()));
-    let slots = Arc::new(Semaphore::new(MAX_RPC_CONNECTIONS));
-    let per_client = crate::quota::PerIp::new();
-    while let Some((permit, stream, peer)) =
-        crate::accept::next(&listener, &slots, &shutdown, "server RPC").await
-    {
-        let Some(share) = per_client.take(peer.ip(), max_conns_per_client) else {
-            let suppressed = log
-                .lock()
-                .expect("peer log lock")
-                .should_log(peer.ip(), Instant::now());
-            if let Some(suppressed) = suppressed {
-                tracing::warn!(
-                    peer = %peer,
-                    limit = max_conns_per_client,
-                    suppressed,
-                    "refused a server RPC connection: this address has limits.rpc_max_conns_per_client open"
-                );
+    let seats = crate::fair::Seats::new(port.max_connections);
+    let budget = FrameBudget::new(
+        frame::UNPROVEN_FRAME_BYTES,
+        frame::UNPROVEN_FRAME_BYTES_PER_PEER,
+    );
+    let port = Arc::new(port);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::debug!(error = %e, "server RPC accept failed");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                    continue;
+                }
+            },
+        };
+        let seat = match seats.admit(peer.ip(), port.max_conns_per_client) {
+            Ok(seat) => seat,
+            Err(why) => {
+                refused(&log, peer, "server RPC connection", &why);
+                continue;
             }
-            continue;
         };
         let _ = stream.set_nodelay(true);
         let done = shutdown.child_token();
-        let (handler, tls, tasks2, log) =
-            (handler.clone(), tls.clone(), tasks.clone(), log.clone());
+        let (handler, port, budget, tasks2, log) = (
+            handler.clone(),
+            port.clone(),
+            budget.clone(),
+            tasks.clone(),
+            log.clone(),
+        );
         tasks.spawn(async move {
-            let Some((reader, writer)) = accept(stream, peer, tls.as_ref(), &log).await else {
-                return;
+            let keys = port.keys.as_ref().and_then(|k| k());
+            let accepted = tokio::select! {
+                _ = done.cancelled() => return,
+                _ = seat.evicted() => return,
+                a = secure::accept(stream, peer, port.tls.as_ref(), keys, &budget) => a,
             };
-            serve_connection(reader, writer, peer, handler, tasks2, done, (permit, share)).await;
+            match accepted {
+                Ok(Some(accepted)) => {
+                    serve_connection(accepted, handler, tasks2, done, seat).await;
+                }
+                Ok(None) => {}
+                Err(refusal) => {
+                    let what = format!("server RPC connection: {}", refusal.what);
+                    refused(&log, peer, &what, &refusal.error);
+                }
+            }
         });
     }
 }
 
-/// Decides how a new connection speaks: TLS when it starts with a handshake (and a
-/// server certificate is configured), plaintext otherwise unless `verify_incoming`
-/// refuses it. Refusals are logged with the peer, once per peer per interval.
-async fn accept(
-    stream: TcpStream,
-    peer: SocketAddr,
-    tls: Option<&RpcTls>,
+/// Logs a refused connection or request, once per peer per interval.
+fn refused(
     log: &std::sync::Mutex<crate::peer_log::PeerLog>,
-) -> Option<(Reader, Writer)> {
-    let refuse = |what: &str, error: &dyn std::fmt::Display| {
-        let now = Instant::now();
-        if let Some(suppressed) = log
-            .lock()
-            .expect("peer log lock")
-            .should_log(peer.ip(), now)
-        {
-            tracing::warn!(peer = %peer, error = %error, suppressed, "refused a server RPC connection: {what}");
-        }
-    };
-    let mut first = [0u8; 1];
-    let peeked = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await;
-    if !matches!(peeked, Ok(Ok(1))) {
-        return None;
-    }
-    let server = tls.and_then(|t| t.server.clone());
-    match (first[0] == TLS_HANDSHAKE_BYTE, server) {
-        (true, Some(config)) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(config);
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => Some(halves(stream)),
-                Ok(Err(e)) => {
-                    refuse("TLS handshake failed", &e);
-                    None
-                }
-                Err(_) => {
-                    refuse("TLS handshake failed", &"timed out");
-                    None
-                }
-            }
-        }
-        (true, None) => {
-            refuse(
-                "TLS is not configured on this server",
-                &"a TLS handshake arrived",
-            );
-            None
-        }
-        (false, _) if tls.is_some_and(|t| t.verify_incoming) => {
-            refuse("plaintext", &"verify_incoming requires TLS");
-            None
-        }
-        (false, _) => Some(halves(stream)),
+    peer: SocketAddr,
+    what: &str,
+    error: &dyn std::fmt::Display,
+) {
+    let suppressed = log
+        .lock()
+        .expect("peer log lock")
+        .should_log(peer.ip(), Instant::now());
+    if let Some(suppressed) = suppressed {
+        tracing::warn!(peer = %peer, error = %error, suppressed, "refused a {what}");
     }
 }
 
 async fn serve_connection<H: Handler>(
-    mut reader: Reader,
-    writer: Writer,
-    peer: SocketAddr,
+    accepted: secure::Accepted,
     handler: Arc<H>,
     tasks: TaskTracker,
     done: CancellationToken,
-    _held: (
-        tokio::sync::OwnedSemaphorePermit,
-        crate::quota::Share<std::net::IpAddr>,
-    ),
+    seat: crate::fair::Seat,
 ) {
+    let secure::Accepted {
+        mut reader,
+        writer,
+        caller,
+    } = accepted;
+    let peer = caller.addr;
     let (writes, queue) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     tasks.spawn(run_writer(writer, queue, done.clone()));
     let in_flight = Arc::new(Semaphore::new(MAX_CONCURRENT_PER_CONNECTION));
@@ -692,27 +622,35 @@ async fn serve_connection<H: Handler>(
         // Idle only counts while nothing is in flight: a blocking query may keep its
         // caller silent for minutes.
         let idle = in_flight.available_permits() == MAX_CONCURRENT_PER_CONNECTION;
-        let next = read_frame(&mut reader);
+        let next = reader.read();
         let frame = tokio::select! {
             _ = done.cancelled() => break,
+            _ = seat.evicted() => {
+                tracing::debug!(peer = %peer, "closing a server RPC connection: its place went to another address");
+                break;
+            }
             _ = tokio::time::sleep(IDLE_TIMEOUT), if idle => break,
             f = next => match f {
                 Ok(f) => f,
                 Err(e) => {
-                    if matches!(e.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::TimedOut) {
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::InvalidData | std::io::ErrorKind::TimedOut
+                    ) {
                         tracing::warn!(peer = %peer, error = %e, "closing a server RPC connection");
                     }
                     break;
                 }
             },
         };
-        let envelope: Envelope<Request> = match serde_json::from_slice(&frame) {
+        let envelope: Envelope<Request> = match serde_json::from_slice(&frame.payload) {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(peer = %peer, error = %e, "closing a server RPC connection after an unreadable request");
                 break;
             }
         };
+        drop(frame);
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break;
         };
@@ -721,7 +659,7 @@ async fn serve_connection<H: Handler>(
             let _permit = permit;
             let body = tokio::select! {
                 _ = done.cancelled() => return,
-                r = handler.handle(envelope.body, peer) => r,
+                r = handler.handle(envelope.body, caller) => r,
             };
             let mut frame = serde_json::to_vec(&Envelope {
                 id: envelope.id,
@@ -750,60 +688,92 @@ async fn serve_connection<H: Handler>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keyring::{Key, Keyring};
+    use crate::transport::Encryption;
 
-    /// Answers every request with the datacenter list `["dc1"]`.
+    /// Answers every request with `["dc1", "proven" | "unproven"]`, saying what the
+    /// caller proved.
     struct Answers;
 
     impl Handler for Answers {
-        async fn handle(&self, _request: Request, _peer: SocketAddr) -> Response {
-            Response::Datacenters(vec!["dc1".into()])
+        async fn handle(&self, _request: Request, caller: Caller) -> Response {
+            let proof = if caller.proven { "proven" } else { "unproven" };
+            Response::Datacenters(vec!["dc1".into(), proof.into()])
         }
     }
 
     fn answered(r: Result<Response, RpcError>) -> bool {
-        matches!(r, Ok(Response::Datacenters(dcs)) if dcs == ["dc1"])
+        matches!(r, Ok(Response::Datacenters(dcs)) if dcs.first().is_some_and(|d| d == "dc1"))
     }
 
-    /// A connection to `server` from the address `source`.
-    async fn connect_from(
-        source: std::net::IpAddr,
-        server: SocketAddr,
-    ) -> std::io::Result<(Reader, Writer)> {
-        let socket = tokio::net::TcpSocket::new_v4()?;
-        socket.bind(SocketAddr::new(source, 0))?;
-        Ok(halves(socket.connect(server).await?))
+    fn port(max_connections: usize, max_conns_per_client: usize) -> Port {
+        Port {
+            tls: None,
+            keys: None,
+            max_connections,
+            max_conns_per_client,
+        }
     }
 
-    /// One request on `connection`; an error when the server closed it.
-    async fn ask(connection: &mut (Reader, Writer)) -> std::io::Result<bool> {
-        let request = serde_json::to_vec(&Envelope {
-            id: 1,
-            body: Request::Datacenters,
-        })
-        .expect("requests serialise");
-        write_frame(&mut connection.1, &request).await?;
-        let frame = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut connection.0))
-            .await
-            .map_err(|_| std::io::Error::other("no answer within 10 s"))??;
-        let answer: Envelope<Response> =
-            serde_json::from_slice(&frame).map_err(std::io::Error::other)?;
-        Ok(answered(Ok(answer.body)))
-    }
-
-    #[tokio::test]
-    async fn one_address_gets_at_most_its_connections_and_others_are_still_served() {
+    /// The server port serving [`Answers`] until the token is cancelled.
+    async fn start(port: Port) -> (SocketAddr, TaskTracker, CancellationToken) {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let server = listener.local_addr().unwrap();
         let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
         tasks.spawn(serve(
             listener,
             Arc::new(Answers),
-            None,
-            2,
+            port,
             tasks.clone(),
             shutdown.clone(),
         ));
-        let (here, there) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
+        (server, tasks, shutdown)
+    }
+
+    async fn stop(tasks: TaskTracker, shutdown: CancellationToken) {
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
+    }
+
+    /// A plaintext connection to `server` from the address `source`.
+    async fn connect_from(
+        source: std::net::IpAddr,
+        server: SocketAddr,
+    ) -> std::io::Result<(FrameReader, FrameWriter)> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source, 0))?;
+        let (reader, writer) = tokio::io::split(socket.connect(server).await?);
+        Ok((
+            FrameReader::new(Box::new(reader), None, None),
+            FrameWriter::new(Box::new(writer), None),
+        ))
+    }
+
+    /// One request on `connection`; an error when the server closed it.
+    async fn ask(connection: &mut (FrameReader, FrameWriter)) -> std::io::Result<bool> {
+        let request = serde_json::to_vec(&Envelope {
+            id: 1,
+            body: Request::Datacenters,
+        })
+        .expect("requests serialise");
+        connection.1.write(&request).await?;
+        let frame = tokio::time::timeout(Duration::from_secs(10), connection.0.read())
+            .await
+            .map_err(|_| std::io::Error::other("no answer within 10 s"))??;
+        let answer: Envelope<Response> =
+            serde_json::from_slice(&frame.payload).map_err(std::io::Error::other)?;
+        Ok(answered(Ok(answer.body)))
+    }
+
+    fn ip(last: u8) -> std::net::IpAddr {
+        std::net::IpAddr::from([127, 0, 0, last])
+    }
+
+    #[tokio::test]
+    async fn one_address_gets_at_most_its_connections_and_others_are_still_served() {
+        let (server, tasks, shutdown) = start(port(MAX_RPC_CONNECTIONS, 2)).await;
+        let (here, there) = (ip(1), ip(2));
         let mut first = connect_from(here, server).await.unwrap();
         let mut second = connect_from(here, server).await.unwrap();
         assert!(ask(&mut first).await.unwrap());
@@ -819,7 +789,7 @@ mod tests {
                 .unwrap()
         );
         // This module's client, on the connection it opens, gets no place either.
-        let client = Client::new(None, tasks.clone(), shutdown.clone());
+        let client = Client::new(None, None, tasks.clone(), shutdown.clone());
         let deadline = Instant::now() + Duration::from_secs(10);
         let refused = client.call(server, &Request::Datacenters, deadline).await;
         assert_eq!(refused.unwrap_err(), RpcError::Closed(server));
@@ -834,8 +804,67 @@ mod tests {
         }
         assert!(again, "a freed place was not given to the next connection");
         drop(second);
-        shutdown.cancel();
-        tasks.close();
-        tasks.wait().await;
+        stop(tasks, shutdown).await;
+    }
+
+    #[tokio::test]
+    async fn a_few_addresses_holding_every_place_cannot_shut_out_another() {
+        let (server, tasks, shutdown) = start(port(8, 4)).await;
+        // Two addresses take every place, each within its share.
+        let mut flood = Vec::new();
+        for source in [ip(2), ip(3)] {
+            for _ in 0..4 {
+                let mut c = connect_from(source, server).await.unwrap();
+                assert!(ask(&mut c).await.unwrap());
+                flood.push(c);
+            }
+        }
+        // A newcomer is served: it took the oldest place of one of them.
+        let mut newcomer = connect_from(ip(4), server).await.unwrap();
+        assert!(ask(&mut newcomer).await.unwrap());
+        let mut closed = 0;
+        for c in &mut flood {
+            if ask(c).await.is_err() {
+                closed += 1;
+            }
+        }
+        assert_eq!(closed, 1, "exactly one place was taken from the flood");
+        drop(flood);
+        stop(tasks, shutdown).await;
+    }
+
+    fn keys(fill: u8, verify_incoming: bool) -> Keys {
+        let encryption = Encryption {
+            keyring: Keyring::new(Key::from_bytes(vec![fill; 32]).unwrap()),
+            file: None,
+            verify_incoming,
+            verify_outgoing: true,
+        };
+        Arc::new(move || Some(encryption.clone()))
+    }
+
+    #[tokio::test]
+    async fn with_a_gossip_key_callers_prove_it_and_plaintext_is_refused() {
+        let (server, tasks, shutdown) = start(Port {
+            keys: Some(keys(1, true)),
+            ..port(MAX_RPC_CONNECTIONS, 100)
+        })
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let member = Client::new(None, Some(keys(1, true)), tasks.clone(), shutdown.clone());
+        let answer = member.call(server, &Request::Datacenters, deadline).await;
+        assert!(
+            matches!(&answer, Ok(Response::Datacenters(d)) if d[1] == "proven"),
+            "{answer:?}"
+        );
+        let stranger = Client::new(None, Some(keys(2, true)), tasks.clone(), shutdown.clone());
+        let refused = stranger.call(server, &Request::Datacenters, deadline).await;
+        assert!(
+            matches!(&refused, Err(RpcError::Connect { error, .. }) if error.contains("gossip key")),
+            "{refused:?}"
+        );
+        let mut plain = connect_from(ip(1), server).await.unwrap();
+        assert!(ask(&mut plain).await.is_err(), "plaintext is refused");
+        stop(tasks, shutdown).await;
     }
 }
