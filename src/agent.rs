@@ -381,9 +381,12 @@ fn debug_config(config: &AgentConfig, node_id: &str, advertise: IpAddr) -> serde
 }
 
 impl Agent {
-    /// Starts an agent: binds its listeners (ports 0 pick free ports) and registers the
-    /// services of its config files.
+    /// Starts an agent: logs the warnings of its configuration (files skipped), binds its
+    /// listeners (ports 0 pick free ports) and registers the services of its config files.
     pub async fn start(config: AgentConfig) -> anyhow::Result<Agent> {
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
         if let Some(dir) = &config.data_dir {
             prepare_data_dir(dir)?;
         }
@@ -739,6 +742,9 @@ fn reload(
     lan: &Lan,
 ) -> Result<(), String> {
     let config = AgentConfig::load(running.sources.clone()).map_err(|e| e.to_string())?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     lan.local()
         .replace_config(config.services.clone(), config.checks.clone())
         .map_err(|e| e.to_string())?;

@@ -7,21 +7,25 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::config::raw::{RawConfig, RawPorts};
-use crate::config::{AgentConfig, Origin, Sources, load_layers, parse_layer};
+use crate::config::{AgentConfig, Format, Origin, Sources, load_layers, parse, parse_layer};
 use crate::{Agent, config};
 
-/// A config file's text, parsed as the agent reads a `-config-file` (JSON, the only
-/// format proconsul reads) and checked as `proconsul validate` and an agent start do:
-/// on its own and on top of the `-dev` preset. `Ok` when either accepts it; `Err` holds
-/// the problems of the `-dev` check as printed.
-pub fn config(text: &str) -> Result<AgentConfig, String> {
-    let layer = parse_layer(Origin::File("fuzzed.json".into()), text).map_err(|p| p.to_string())?;
+/// A config file's text in `format`, parsed as the agent reads a `-config-file` and
+/// checked as `proconsul validate` and an agent start do: on its own and on top of the
+/// `-dev` preset. `Ok` when either accepts it; `Err` holds the problems of the `-dev`
+/// check as printed.
+pub fn config(text: &str, format: Format) -> Result<AgentConfig, String> {
+    let name = match format {
+        Format::Json => "fuzzed.json",
+        Format::Hcl => "fuzzed.hcl",
+    };
+    let layer = parse(Origin::File(name.into()), text, format).map_err(|p| p.to_string())?;
     let check = |dev: bool| {
         let sources = Sources {
             dev,
             ..Sources::default()
         };
-        let mut layers = load_layers(&sources).map_err(|p| p.to_string())?;
+        let mut layers = load_layers(&sources).map_err(|p| p.to_string())?.layers;
         // Files come before the flags layer.
         layers.insert(layers.len() - 1, layer.clone());
         AgentConfig::from_layers(&layers, sources).map_err(|p| p.to_string())
@@ -135,7 +139,9 @@ async fn start_agent() -> anyhow::Result<Agent> {
         },
         ..Sources::default()
     };
-    let mut layers = load_layers(&sources).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let mut layers = load_layers(&sources)
+        .map_err(|p| anyhow::anyhow!("{p}"))?
+        .layers;
     let services = parse_layer(Origin::File("services.json".into()), SERVICES)
         .map_err(|p| anyhow::anyhow!("{p}"))?;
     layers.insert(layers.len() - 1, services);
@@ -207,7 +213,8 @@ mod tests {
         for entry in std::fs::read_dir(dir.join("config")).unwrap() {
             let path = entry.unwrap().path();
             let text = std::fs::read_to_string(&path).unwrap();
-            if let Err(e) = config(&text) {
+            let format = Format::of(&path, None).unwrap();
+            if let Err(e) = config(&text, format) {
                 panic!("{}: {e}", path.display());
             }
             seen += 1;
@@ -249,7 +256,8 @@ mod tests {
     proptest! {
         #[test]
         fn config_text_never_panics(text in "\\PC{0,300}") {
-            let _ = config(&text);
+            let _ = config(&text, Format::Json);
+            let _ = config(&text, Format::Hcl);
         }
 
         #[test]
@@ -269,7 +277,12 @@ mod tests {
                 "\"[ -~]{0,20}\"",
             ],
         ) {
-            let _ = config(&format!("{{\"{key}\": {value}}}"));
+            let _ = config(&format!("{{\"{key}\": {value}}}"), Format::Json);
+            // The same as an HCL attribute, and (for objects) as a block, given twice.
+            let _ = config(&format!("{key} = {value}"), Format::Hcl);
+            if value.starts_with('{') {
+                let _ = config(&format!("{key} {value}\n{key} {value}"), Format::Hcl);
+            }
         }
 
         #[test]

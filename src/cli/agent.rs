@@ -53,12 +53,18 @@ pub struct AgentArgs {
     /// Directory for the agent's state
     #[arg(long = "data-dir")]
     pub data_dir: Option<String>,
-    /// Directory of *.json config files, read in lexical order (repeatable)
+    /// Directory of config files (*.json, *.hcl), read in lexical order (repeatable)
     #[arg(long = "config-dir")]
     pub config_dir: Vec<PathBuf>,
-    /// A JSON config file (repeatable)
+    /// A config file, JSON or HCL by its extension (repeatable)
     #[arg(long = "config-file")]
     pub config_file: Vec<PathBuf>,
+    /// The format of every config file, whatever its extension: json or hcl
+    #[arg(long = "config-format")]
+    pub config_format: Option<String>,
+    /// A configuration fragment in HCL, applied after the other flags (repeatable)
+    #[arg(long)]
+    pub hcl: Vec<String>,
     /// HTTP API port (-1 disables)
     #[arg(long = "http-port", allow_negative_numbers = true)]
     pub http_port: Option<i64>,
@@ -186,11 +192,21 @@ pub fn run(args: AgentArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let format = match args.config_format.as_deref().map(config::Format::parse) {
+        None => None,
+        Some(Ok(f)) => Some(f),
+        Some(Err(e)) => {
+            eprintln!("==> config: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let sources = Sources {
         dev: args.dev,
         dirs: args.config_dir.clone(),
         files: args.config_file.clone(),
         flags,
+        format,
+        hcl: args.hcl.clone(),
     };
     let config = match AgentConfig::load(sources) {
         Ok(c) => c,

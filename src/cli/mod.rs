@@ -110,7 +110,10 @@ pub struct ValidateArgs {
     /// Do not print "Configuration is valid!" on success
     #[arg(long)]
     pub quiet: bool,
-    /// Config files or directories of *.json files
+    /// The format of every config file, whatever its extension: json or hcl
+    #[arg(long = "config-format")]
+    pub config_format: Option<String>,
+    /// Config files, or directories of *.json and *.hcl files
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
 }
@@ -215,32 +218,46 @@ where
     }
 }
 
+/// Checks config files and directories as an agent reads them. Skipped files are named
+/// on stderr (Consul's warning) even with `-quiet`, which only drops the success line.
 fn validate(args: ValidateArgs) -> ExitCode {
-    use proconsul::config::{self, Layer, Origin, Problems, Sources};
+    use proconsul::config::{self, Format, Layer, Origin, Problems, Sources};
+    let forced = match args.config_format.as_deref().map(Format::parse) {
+        None => None,
+        Some(Ok(f)) => Some(f),
+        Some(Err(e)) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
     let mut files = Vec::new();
     let mut problems = Vec::new();
     for path in &args.paths {
         if path.is_dir() {
-            match config::dir_files(path) {
+            match config::dir_files(path, forced) {
                 Ok(f) => files.extend(f),
                 Err(p) => problems.push(p),
             }
         } else {
-            files.push(path.clone());
+            files.push((path.clone(), Format::of(path, forced)));
         }
     }
     // Files are checked as an agent started with -dev would read them, so a directory
     // of service definitions validates without a data_dir.
-    let mut layers = vec![Layer {
-        origin: Origin::Defaults,
-        raw: config::raw::RawConfig {
+    let mut layers = vec![Layer::new(
+        Origin::Defaults,
+        config::raw::RawConfig {
             server: Some(true),
             bootstrap: Some(true),
             ..Default::default()
         },
-    }];
-    for file in &files {
-        match config::read_file(file) {
+    )];
+    for (file, format) in &files {
+        let Some(format) = format else {
+            eprintln!("{}", config::skipped_warning(file));
+            continue;
+        };
+        match config::read_file(file, *format) {
             Ok(layer) => layers.push(layer),
             Err(p) => problems.push(p),
         }

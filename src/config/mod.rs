@@ -1,11 +1,14 @@
-//! Configuration: Consul's JSON read as written ([`raw`]), layered in Consul's order
-//! (defaults or the `-dev` preset, then `-config-dir` files in lexical order and
-//! `-config-file`s, then flags), checked, and turned into the typed [`AgentConfig`] the
-//! agent runs with.
+//! Configuration: Consul's config files, JSON or HCL, read as written ([`raw`]; HCL is
+//! first turned into the JSON the same file would be, by [`hcl`](self::hcl)), layered in
+//! Consul's order (defaults or the `-dev` preset, then `-config-dir` files in lexical
+//! order and `-config-file`s, then flags, then `-hcl` fragments), checked, and turned
+//! into the typed [`AgentConfig`] the agent runs with.
 //!
-//! Every problem names its source and key (`web.json: services[0].port: must be a port
-//! number`), and all problems are reported at once.
+//! Every problem names its source and key, and the line where the format tells it
+//! (`web.json: services[0].port: must be a port number`, `web.hcl:4: ports.htpp: unknown
+//! field`), and all problems are reported at once.
 
+pub mod hcl;
 pub mod raw;
 
 use std::collections::BTreeMap;
@@ -14,6 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use self::hcl::Lines;
 use api::definition::{self, Style};
 use api::dns::Name;
 use api::dns::{DnsConfig, RecursorStrategy, Soa};
@@ -31,6 +35,8 @@ pub enum Origin {
     Flags,
     /// The `-dev` preset or built-in defaults.
     Defaults,
+    /// The n-th `-hcl` flag (from 0).
+    Fragment(usize),
 }
 
 impl fmt::Display for Origin {
@@ -39,6 +45,7 @@ impl fmt::Display for Origin {
             Origin::File(p) => write!(f, "{}", p.display()),
             Origin::Flags => f.write_str("command line"),
             Origin::Defaults => f.write_str("defaults"),
+            Origin::Fragment(i) => write!(f, "-hcl flag {}", i + 1),
         }
     }
 }
@@ -50,17 +57,21 @@ pub struct Problem {
     pub origin: Option<Origin>,
     /// The key (`ports.http`, `services[0].checks[1].interval`).
     pub key: String,
+    /// The line of the key (or of the syntax error) in the source, when its format tells
+    /// it (HCL).
+    pub line: Option<usize>,
     /// What is wrong.
     pub message: String,
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let line = self.line.map(|l| format!(":{l}")).unwrap_or_default();
         match &self.origin {
             Some(origin) if !self.key.is_empty() => {
-                write!(f, "{origin}: {}: {}", self.key, self.message)
+                write!(f, "{origin}{line}: {}: {}", self.key, self.message)
             }
-            Some(origin) => write!(f, "{origin}: {}", self.message),
+            Some(origin) => write!(f, "{origin}{line}: {}", self.message),
             None if !self.key.is_empty() => write!(f, "{}: {}", self.key, self.message),
             None => f.write_str(&self.message),
         }
@@ -92,6 +103,65 @@ pub struct Layer {
     pub origin: Origin,
     /// What it says.
     pub raw: RawConfig,
+    /// The line of each key, for sources whose format tells it (HCL).
+    pub lines: Lines,
+}
+
+impl Layer {
+    /// A layer without line information.
+    pub fn new(origin: Origin, raw: RawConfig) -> Layer {
+        Layer {
+            origin,
+            raw,
+            lines: Lines::default(),
+        }
+    }
+}
+
+/// A config file format. Consul's rule: a file's extension tells it (`.json`, `.hcl`),
+/// unless `-config-format` names one for every file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// JSON.
+    Json,
+    /// HCL, as Consul reads it ([`hcl`](self::hcl)).
+    Hcl,
+}
+
+impl Format {
+    /// Parses a `-config-format` value, with Consul's error.
+    pub fn parse(text: &str) -> Result<Format, String> {
+        match text {
+            "json" => Ok(Format::Json),
+            "hcl" => Ok(Format::Hcl),
+            _ => Err("-config-format must be either 'hcl' or 'json'".into()),
+        }
+    }
+
+    /// The format of the file at `path`: `forced` if given, else by the end of its name
+    /// (`.json`, `.hcl`, case-sensitive as in Consul); `None` means Consul skips the
+    /// file (see [`skipped_warning`]).
+    pub fn of(path: &Path, forced: Option<Format>) -> Option<Format> {
+        forced.or_else(|| {
+            let name = path.file_name()?.to_str()?;
+            if name.ends_with(".json") {
+                Some(Format::Json)
+            } else if name.ends_with(".hcl") {
+                Some(Format::Hcl)
+            } else {
+                None
+            }
+        })
+    }
+}
+
+/// Consul's warning for a config file it does not read (kept verbatim: users and log
+/// watchers match on it).
+pub fn skipped_warning(path: &Path) -> String {
+    format!(
+        "skipping file {}, extension must be .hcl or .json, or config format must be set",
+        path.display()
+    )
 }
 
 /// Ports; `None` means disabled (`-1`).
@@ -202,6 +272,8 @@ pub struct AgentConfig {
     pub serf_wan_advertise_port: Option<u16>,
     /// The sources, for a reload.
     pub sources: Sources,
+    /// Warnings from reading the sources (Consul's text), for the agent to log.
+    pub warnings: Vec<String>,
 }
 
 /// TLS settings for internal RPC, merged from the top-level keys, `tls.defaults` and
@@ -232,49 +304,91 @@ pub struct Sources {
     pub files: Vec<PathBuf>,
     /// Command-line flags as a layer.
     pub flags: RawConfig,
+    /// `-config-format`: the format of every file, whatever its extension.
+    pub format: Option<Format>,
+    /// `-hcl` fragments, applied after the flags (as Consul does).
+    pub hcl: Vec<String>,
 }
 
 fn problem(origin: Option<&Origin>, key: &str, message: impl Into<String>) -> Problem {
     Problem {
         origin: origin.cloned(),
         key: key.to_owned(),
+        line: None,
         message: message.into(),
     }
 }
 
-/// Reads one JSON config file.
-pub fn read_file(path: &Path) -> Result<Layer, Problem> {
+/// Reads one config file in `format`.
+pub fn read_file(path: &Path, format: Format) -> Result<Layer, Problem> {
     let origin = Origin::File(path.to_owned());
     let text = std::fs::read_to_string(path)
         .map_err(|e| problem(Some(&origin), "", format!("cannot read: {e}")))?;
-    parse_layer(origin, &text)
+    parse(origin, &text, format)
+}
+
+/// Parses one source in `format`, naming the key (and, for HCL, the line) of the first
+/// problem.
+pub fn parse(origin: Origin, text: &str, format: Format) -> Result<Layer, Problem> {
+    match format {
+        Format::Json => parse_layer(origin, text),
+        Format::Hcl => {
+            let (value, lines) = self::hcl::to_json(text).map_err(|e| Problem {
+                origin: Some(origin.clone()),
+                key: e.key,
+                line: e.line,
+                message: e.message,
+            })?;
+            let raw = deserialize(value, &origin, &lines)?;
+            Ok(Layer { origin, raw, lines })
+        }
+    }
 }
 
 /// Parses one JSON source, naming the key of the first problem.
 pub fn parse_layer(origin: Origin, text: &str) -> Result<Layer, Problem> {
     let de = &mut serde_json::Deserializer::from_str(text);
-    match serde_path_to_error::deserialize::<_, RawConfig>(de) {
-        Ok(raw) => Ok(Layer { origin, raw }),
-        Err(e) => {
-            let key = e.path().to_string();
-            let key = if key == "." { String::new() } else { key };
-            let inner = e.into_inner();
-            Err(problem(Some(&origin), &key, inner.to_string()))
-        }
-    }
+    let lines = Lines::default();
+    let raw = deserialize(de, &origin, &lines)?;
+    Ok(Layer { origin, raw, lines })
 }
 
-/// The `*.json` files of a config directory, in lexical order.
-pub fn dir_files(dir: &Path) -> Result<Vec<PathBuf>, Problem> {
+/// The one typed path every format takes into [`RawConfig`].
+fn deserialize<'de, D>(de: D, origin: &Origin, lines: &Lines) -> Result<RawConfig, Problem>
+where
+    D: serde::Deserializer<'de>,
+    D::Error: fmt::Display,
+{
+    serde_path_to_error::deserialize::<_, RawConfig>(de).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { String::new() } else { key };
+        let mut p = problem(Some(origin), &key, e.into_inner().to_string());
+        p.line = lines.find(&key);
+        p
+    })
+}
+
+/// The files of a config directory in lexical order (not recursive), each with its
+/// format; `None` for a file Consul skips with [`skipped_warning`].
+pub fn dir_files(
+    dir: &Path,
+    forced: Option<Format>,
+) -> Result<Vec<(PathBuf, Option<Format>)>, Problem> {
     let origin = Origin::File(dir.to_owned());
     let entries = std::fs::read_dir(dir)
         .map_err(|e| problem(Some(&origin), "", format!("cannot read directory: {e}")))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "json"))
+        .filter(|p| p.is_file())
         .collect();
     files.sort();
-    Ok(files)
+    Ok(files
+        .into_iter()
+        .map(|p| {
+            let format = Format::of(&p, forced);
+            (p, format)
+        })
+        .collect())
 }
 
 /// The `-dev` preset.
@@ -289,36 +403,56 @@ fn dev_layer() -> RawConfig {
     }
 }
 
+/// The sources read: their layers in Consul's order, and what was passed over.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The layers.
+    pub layers: Vec<Layer>,
+    /// Warnings for the operator (Consul's text), such as files skipped for their
+    /// extension.
+    pub warnings: Vec<String>,
+}
+
 /// Reads every source in Consul's order.
-pub fn load_layers(sources: &Sources) -> Result<Vec<Layer>, Problems> {
+pub fn load_layers(sources: &Sources) -> Result<Loaded, Problems> {
     let mut layers = Vec::new();
+    let mut warnings = Vec::new();
     let mut problems = Vec::new();
     if sources.dev {
-        layers.push(Layer {
-            origin: Origin::Defaults,
-            raw: dev_layer(),
-        });
+        layers.push(Layer::new(Origin::Defaults, dev_layer()));
     }
     let mut paths = Vec::new();
     for dir in &sources.dirs {
-        match dir_files(dir) {
+        match dir_files(dir, sources.format) {
             Ok(files) => paths.extend(files),
             Err(p) => problems.push(p),
         }
     }
-    paths.extend(sources.files.iter().cloned());
-    for path in paths {
-        match read_file(&path) {
+    paths.extend(
+        sources
+            .files
+            .iter()
+            .map(|f| (f.clone(), Format::of(f, sources.format))),
+    );
+    for (path, format) in paths {
+        let Some(format) = format else {
+            warnings.push(skipped_warning(&path));
+            continue;
+        };
+        match read_file(&path, format) {
             Ok(layer) => layers.push(layer),
             Err(p) => problems.push(p),
         }
     }
-    layers.push(Layer {
-        origin: Origin::Flags,
-        raw: sources.flags.clone(),
-    });
+    layers.push(Layer::new(Origin::Flags, sources.flags.clone()));
+    for (i, text) in sources.hcl.iter().enumerate() {
+        match parse(Origin::Fragment(i), text, Format::Hcl) {
+            Ok(layer) => layers.push(layer),
+            Err(p) => problems.push(p),
+        }
+    }
     if problems.is_empty() {
-        Ok(layers)
+        Ok(Loaded { layers, warnings })
     } else {
         Err(Problems(problems))
     }
@@ -741,7 +875,13 @@ impl AgentConfig {
         let mut checks = Vec::new();
         let mut merged = RawConfig::default();
         for layer in layers {
+            let first = problems.len();
             let (s, c) = check_layer(layer, &mut problems);
+            for p in &mut problems[first..] {
+                if p.line.is_none() {
+                    p.line = layer.lines.find(&p.key);
+                }
+            }
             services.extend(s);
             checks.extend(c);
             merged.merge(layer.raw.clone());
@@ -1021,13 +1161,16 @@ impl AgentConfig {
                 lan::gossip::Config::wan()
             },
             sources,
+            warnings: Vec::new(),
         })
     }
 
     /// Loads and checks the configuration from its sources.
     pub fn load(sources: Sources) -> Result<AgentConfig, Problems> {
-        let layers = load_layers(&sources)?;
-        AgentConfig::from_layers(&layers, sources)
+        let loaded = load_layers(&sources)?;
+        let mut config = AgentConfig::from_layers(&loaded.layers, sources)?;
+        config.warnings = loaded.warnings;
+        Ok(config)
     }
 }
 
@@ -1060,10 +1203,7 @@ mod tests {
     #[test]
     fn rpc_max_conns_per_client_defaults_to_consuls_and_zero_means_no_limit() {
         let with = |text: &str| {
-            let mut layers = vec![Layer {
-                origin: Origin::Defaults,
-                raw: dev_layer(),
-            }];
+            let mut layers = vec![Layer::new(Origin::Defaults, dev_layer())];
             if !text.is_empty() {
                 layers.push(layer(text));
             }
@@ -1082,10 +1222,7 @@ mod tests {
     #[test]
     fn later_layers_win_and_lists_append() {
         let layers = vec![
-            Layer {
-                origin: Origin::Defaults,
-                raw: dev_layer(),
-            },
+            Layer::new(Origin::Defaults, dev_layer()),
             layer(r#"{"datacenter": "east", "service": {"name": "a"}, "recursors": ["1.1.1.1"]}"#),
             layer(
                 r#"{"datacenter": "west", "services": [{"name": "b"}], "recursors": ["9.9.9.9:5353"]}"#,
@@ -1101,10 +1238,7 @@ mod tests {
     #[test]
     fn all_problems_are_reported_with_their_source() {
         let layers = vec![
-            Layer {
-                origin: Origin::Defaults,
-                raw: dev_layer(),
-            },
+            Layer::new(Origin::Defaults, dev_layer()),
             layer(
                 r#"{"datacenter": "d c", "ports": {"http": 70000}, "service": {"name": "w", "port": "x"}}"#,
             ),
@@ -1119,10 +1253,7 @@ mod tests {
     #[test]
     fn unsupported_features_are_named() {
         let layers = vec![
-            Layer {
-                origin: Origin::Defaults,
-                raw: dev_layer(),
-            },
+            Layer::new(Origin::Defaults, dev_layer()),
             layer(r#"{"acl": {"enabled": true}}"#),
         ];
         let e = AgentConfig::from_layers(&layers, dev_sources()).unwrap_err();
@@ -1135,13 +1266,7 @@ mod tests {
         let text = format!(
             r#"{{"encrypt": "{key}", "encrypt_verify_incoming": false, "retry_join": ["10.0.0.1"], "start_join": ["10.0.0.2:8301"], "retry_interval": "5s", "retry_max": 3}}"#
         );
-        let layers = vec![
-            Layer {
-                origin: Origin::Defaults,
-                raw: dev_layer(),
-            },
-            layer(&text),
-        ];
+        let layers = vec![Layer::new(Origin::Defaults, dev_layer()), layer(&text)];
         let c = AgentConfig::from_layers(&layers, dev_sources()).unwrap();
         assert_eq!(c.encrypt.as_ref().map(Key::to_base64), Some(key));
         assert!(!c.encrypt_verify_incoming);
@@ -1151,10 +1276,7 @@ mod tests {
         assert_eq!(c.retry_interval, Duration::from_secs(5));
         assert_eq!(c.retry_max, 3);
         let layers = vec![
-            Layer {
-                origin: Origin::Defaults,
-                raw: dev_layer(),
-            },
+            Layer::new(Origin::Defaults, dev_layer()),
             layer(r#"{"encrypt": "AAAA", "reconnect_timeout": "1h"}"#),
         ];
         let e = AgentConfig::from_layers(&layers, dev_sources()).unwrap_err();
@@ -1174,10 +1296,7 @@ mod tests {
     #[test]
     fn tls_keys_merge_from_the_old_and_the_new_form() {
         let layers = vec![
-            Layer {
-                origin: Origin::Defaults,
-                raw: dev_layer(),
-            },
+            Layer::new(Origin::Defaults, dev_layer()),
             layer(r#"{"ca_file": "/old/ca.pem", "verify_outgoing": true}"#),
             layer(
                 r#"{"tls": {"defaults": {"ca_file": "/ca.pem", "cert_file": "/c.pem", "key_file": "/k.pem", "verify_incoming": true},
@@ -1190,13 +1309,7 @@ mod tests {
         assert_eq!(tls.files.cert_file, Some(PathBuf::from("/c.pem")));
         assert!(tls.verify_incoming && tls.verify_outgoing && tls.verify_server_hostname);
         let bad = |text: &str| {
-            let layers = vec![
-                Layer {
-                    origin: Origin::Defaults,
-                    raw: dev_layer(),
-                },
-                layer(text),
-            ];
+            let layers = vec![Layer::new(Origin::Defaults, dev_layer()), layer(text)];
             AgentConfig::from_layers(&layers, dev_sources())
                 .unwrap_err()
                 .to_string()
@@ -1253,10 +1366,7 @@ mod tests {
     #[test]
     fn script_checks_need_to_be_enabled() {
         let layers = vec![
-            Layer {
-                origin: Origin::Defaults,
-                raw: dev_layer(),
-            },
+            Layer::new(Origin::Defaults, dev_layer()),
             layer(r#"{"service": {"name": "w", "check": {"args": ["true"], "interval": "5s"}}}"#),
         ];
         assert!(AgentConfig::from_layers(&layers, dev_sources()).is_err());
@@ -1265,27 +1375,18 @@ mod tests {
     #[test]
     fn check_references_and_duplicate_ids_are_checked() {
         let layers = vec![
-            Layer {
-                origin: Origin::Defaults,
-                raw: dev_layer(),
-            },
+            Layer::new(Origin::Defaults, dev_layer()),
             layer(r#"{"check": {"name": "c", "ttl": "10s", "service_id": "nope"}}"#),
         ];
         let e = AgentConfig::from_layers(&layers, dev_sources()).unwrap_err();
         assert!(e.to_string().contains("nope"), "{e}");
         let layers = vec![
-            Layer {
-                origin: Origin::Defaults,
-                raw: dev_layer(),
-            },
+            Layer::new(Origin::Defaults, dev_layer()),
             layer(r#"{"services": [{"name": "Web"}, {"name": "web"}]}"#),
         ];
         assert!(AgentConfig::from_layers(&layers, dev_sources()).is_err());
         let layers = vec![
-            Layer {
-                origin: Origin::Defaults,
-                raw: dev_layer(),
-            },
+            Layer::new(Origin::Defaults, dev_layer()),
             layer(
                 r#"{"service": {"name": "web", "check": {"id": "c", "ttl": "1s"}}, "check": {"id": "C", "name": "x", "ttl": "1s"}}"#,
             ),
@@ -1296,10 +1397,7 @@ mod tests {
     #[test]
     fn dns_settings_are_read() {
         let layers = vec![
-            Layer {
-                origin: Origin::Defaults,
-                raw: dev_layer(),
-            },
+            Layer::new(Origin::Defaults, dev_layer()),
             layer(
                 r#"{"domain": "Example", "dns_config": {"node_ttl": "10s", "service_ttl": {"*": "5s"}, "udp_answer_limit": 20}}"#,
             ),
@@ -1311,10 +1409,330 @@ mod tests {
         assert_eq!(c.dns.udp_answer_limit, 8);
     }
 
+    /// One configuration in every shape HCL has (scalars, blocks, repeated blocks, lists
+    /// of objects, maps, heredocs, negative numbers), and the same in JSON.
+    const EVERY_SHAPE_HCL: &str = r#"
+datacenter = "east"
+node_name  = "n1"
+server     = true
+enable_local_script_checks = true
+retry_join = ["10.0.0.1", "10.0.0.2:8301"]
+encrypt    = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="
+
+ports {
+  http  = 8501
+  https = -1
+}
+node_meta = {
+  rack = "r1"
+  "zone-a" = "z"
+}
+dns_config {
+  node_ttl    = "10s"
+  service_ttl = { "*" = "5s", web = "1s" }
+  soa { min_ttl = 3 }
+}
+tls {
+  defaults {
+    ca_file = "/ca.pem"
+  }
+}
+
+service {
+  name = "web"
+  port = 80
+  tags = ["rails", "v1"]
+  meta { version = "2" }
+  weights = { passing = 10, warning = 1 }
+  tagged_addresses {
+    wan = { address = "203.0.113.5", port = 8080 }
+  }
+  check {
+    http     = "http://localhost:80/health"
+    header   = { X-Probe = ["1"] }
+    interval = "10s"
+  }
+}
+services {
+  id   = "db-1"
+  name = "db"
+  port = 5432
+  checks {
+    ttl = "30s"
+  }
+  checks {
+    tcp      = "localhost:5432"
+    interval = "5s"
+  }
+}
+services = [
+  { name = "cache", port = 6379, checks = [{ ttl = "5s" }] },
+]
+checks {
+  id    = "disk"
+  name  = "disk"
+  args  = ["/bin/sh", "-c", "df ${HOME}"]
+  interval = "1m"
+  notes = <<-EOT
+    free space
+    on /
+    EOT
+}
+"#;
+
+    const EVERY_SHAPE_JSON: &str = r#"{
+  "datacenter": "east", "node_name": "n1", "server": true, "enable_local_script_checks": true,
+  "retry_join": ["10.0.0.1", "10.0.0.2:8301"],
+  "encrypt": "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s=",
+  "ports": {"http": 8501, "https": -1},
+  "node_meta": {"rack": "r1", "zone-a": "z"},
+  "dns_config": {"node_ttl": "10s", "service_ttl": {"*": "5s", "web": "1s"}, "soa": {"min_ttl": 3}},
+  "tls": {"defaults": {"ca_file": "/ca.pem"}},
+  "service": {
+    "name": "web", "port": 80, "tags": ["rails", "v1"], "meta": {"version": "2"},
+    "weights": {"passing": 10, "warning": 1},
+    "tagged_addresses": {"wan": {"address": "203.0.113.5", "port": 8080}},
+    "check": {"http": "http://localhost:80/health", "header": {"X-Probe": ["1"]}, "interval": "10s"}
+  },
+  "services": [
+    {"id": "db-1", "name": "db", "port": 5432,
+     "checks": [{"ttl": "30s"}, {"tcp": "localhost:5432", "interval": "5s"}]},
+    {"name": "cache", "port": 6379, "checks": [{"ttl": "5s"}]}
+  ],
+  "checks": [{"id": "disk", "name": "disk", "args": ["/bin/sh", "-c", "df ${HOME}"],
+              "interval": "1m", "notes": "free space\non /\n"}]
+}"#;
+
+    fn hcl(name: &str, text: &str) -> Result<Layer, Problem> {
+        parse(Origin::File(name.into()), text, Format::Hcl)
+    }
+
+    #[test]
+    fn hcl_reads_as_the_same_raw_config_as_the_equivalent_json() {
+        let from_hcl = hcl("t.hcl", EVERY_SHAPE_HCL).unwrap();
+        let from_json = layer(EVERY_SHAPE_JSON);
+        assert_eq!(from_hcl.raw, from_json.raw);
+        // And both check into the same agent configuration.
+        let load = |l: Layer| {
+            AgentConfig::from_layers(
+                &[Layer::new(Origin::Defaults, dev_layer()), l],
+                dev_sources(),
+            )
+            .unwrap()
+        };
+        let (a, b) = (load(from_hcl), load(from_json));
+        assert_eq!(a.services, b.services);
+        assert_eq!(a.checks, b.checks);
+        assert_eq!(a.services.len(), 3);
+        assert_eq!(a.services[1].1.len(), 2, "db's two checks blocks");
+        assert_eq!(
+            a.encrypt.map(|k| k.to_base64()),
+            b.encrypt.map(|k| k.to_base64())
+        );
+        assert_eq!(a.node_meta["zone-a"], "z");
+        assert_eq!(a.ports.http, Some(8501));
+    }
+
+    #[test]
+    fn hcl_problems_name_the_file_the_key_and_the_line() {
+        let e = hcl("web.hcl", "datacenter = \"a\"\nports {\n  htpp = 1\n}\n").unwrap_err();
+        assert_eq!(
+            e.to_string().split(" unknown").next(),
+            Some("web.hcl:3: ports.htpp:")
+        );
+        let e = hcl("web.hcl", "ports {\n  http = \n}\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("web.hcl:2: HCL syntax error at column"),
+            "{e}"
+        );
+        let e = hcl(
+            "web.hcl",
+            "service { name = \"a\" }\nservice { name = \"b\" }\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("web.hcl:2: service: given a second time"),
+            "{e}"
+        );
+        // Problems found when the layers are checked carry the line too.
+        let layers = vec![
+            Layer::new(Origin::Defaults, dev_layer()),
+            hcl(
+                "svc.hcl",
+                "services {\n  name = \"w\"\n  port = 80\n}\nservices {\n  name = \"v\"\n  port = \"x\"\n}\n",
+            )
+            .unwrap(),
+        ];
+        let e = AgentConfig::from_layers(&layers, dev_sources()).unwrap_err();
+        assert!(
+            e.to_string().contains("svc.hcl:7: services[1].port:"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_config_dir_mixes_json_and_hcl_in_lexical_order_and_warns_about_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write(
+            "10-base.json",
+            r#"{"datacenter": "one", "retry_join": ["a"]}"#,
+        );
+        write(
+            "20-web.hcl",
+            "datacenter = \"two\"\nretry_join = [\"b\"]\nservice { name = \"web\" }",
+        );
+        write(
+            "30-db.json",
+            r#"{"retry_join": ["c"], "service": {"name": "db"}}"#,
+        );
+        write("README.md", "not config");
+        write("40-later.hcl.bak", "datacenter = \"never\"");
+        std::fs::create_dir(dir.path().join("sub.hcl")).unwrap();
+        let sources = Sources {
+            dev: true,
+            dirs: vec![dir.path().to_owned()],
+            ..Sources::default()
+        };
+        let config = AgentConfig::load(sources.clone()).unwrap();
+        assert_eq!(config.datacenter.as_str(), "two");
+        let names: Vec<&str> = config
+            .services
+            .iter()
+            .map(|(s, _)| s.name.as_str())
+            .collect();
+        assert_eq!(names, ["web", "db"]);
+        assert_eq!(config.retry_join, ["a", "b", "c"]);
+        let skipped: Vec<String> = ["40-later.hcl.bak", "README.md"]
+            .iter()
+            .map(|f| skipped_warning(&dir.path().join(f)))
+            .collect();
+        assert_eq!(config.warnings, skipped);
+        assert!(
+            skipped[1].ends_with(
+                "README.md, extension must be .hcl or .json, or config format must be set"
+            ),
+            "{}",
+            skipped[1]
+        );
+        // A file named on its own is skipped in the same way.
+        let file = Sources {
+            dev: true,
+            files: vec![dir.path().join("README.md")],
+            ..Sources::default()
+        };
+        assert_eq!(AgentConfig::load(file).unwrap().warnings, skipped[1..]);
+        // -config-format reads every file, whatever its extension.
+        let forced = Sources {
+            format: Some(Format::Hcl),
+            dirs: Vec::new(),
+            files: vec![dir.path().join("40-later.hcl.bak")],
+            ..sources
+        };
+        let config = AgentConfig::load(forced).unwrap();
+        assert!(config.warnings.is_empty());
+        assert_eq!(config.datacenter.as_str(), "never");
+    }
+
+    #[test]
+    fn a_malformed_hcl_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.json"), r#"{"datacenter": "one"}"#).unwrap();
+        std::fs::write(dir.path().join("b.hcl"), "datacenter = \"two\"\nports {\n").unwrap();
+        let e = AgentConfig::load(Sources {
+            dev: true,
+            dirs: vec![dir.path().to_owned()],
+            ..Sources::default()
+        })
+        .unwrap_err();
+        let text = e.to_string();
+        let name = dir.path().join("b.hcl").display().to_string();
+        assert!(text.starts_with(&format!("{name}:")), "{text}");
+        assert!(text.contains("HCL syntax error"), "{text}");
+        // A JSON file is not read as HCL, nor the other way round.
+        std::fs::write(dir.path().join("b.hcl"), r#"{"datacenter": "two"}"#).unwrap();
+        assert!(
+            AgentConfig::load(Sources {
+                dev: true,
+                dirs: vec![dir.path().to_owned()],
+                ..Sources::default()
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn hcl_fragments_come_after_the_flags() {
+        let sources = Sources {
+            dev: true,
+            flags: RawConfig {
+                datacenter: Some("flags".into()),
+                ..RawConfig::default()
+            },
+            hcl: vec![
+                "datacenter = \"fragment\"".into(),
+                "node_meta { a = \"b\" }".into(),
+            ],
+            ..Sources::default()
+        };
+        let config = AgentConfig::load(sources.clone()).unwrap();
+        assert_eq!(config.datacenter.as_str(), "fragment");
+        assert_eq!(config.node_meta["a"], "b");
+        let bad = Sources {
+            hcl: vec!["ports { dns = \"x\" }".into()],
+            ..sources
+        };
+        let e = AgentConfig::load(bad).unwrap_err().to_string();
+        assert!(e.starts_with("-hcl flag 1:1: ports.dns:"), "{e}");
+    }
+
+    #[test]
+    fn config_format_names_consuls_choices() {
+        assert_eq!(Format::parse("hcl"), Ok(Format::Hcl));
+        assert_eq!(Format::parse("json"), Ok(Format::Json));
+        assert_eq!(
+            Format::parse("yaml"),
+            Err("-config-format must be either 'hcl' or 'json'".into())
+        );
+        assert_eq!(Format::of(Path::new("a/b.HCL"), None), None);
+        assert_eq!(Format::of(Path::new("a/b.hcl"), None), Some(Format::Hcl));
+        assert_eq!(
+            Format::of(Path::new("a/b"), Some(Format::Json)),
+            Some(Format::Json)
+        );
+    }
+
     proptest::proptest! {
         #[test]
         fn parsing_arbitrary_text_never_panics(text in "\\PC{0,200}") {
             let _ = parse_layer(Origin::Flags, &text);
+            let _ = parse(Origin::Flags, &text, Format::Hcl);
+        }
+
+        #[test]
+        fn parsing_hcl_shaped_text_never_panics(
+            items in proptest::collection::vec(
+                (
+                    proptest::sample::select(&["services", "service", "checks", "ports", "node_meta", "datacenter", "x"][..]),
+                    proptest::prop_oneof![
+                        proptest::strategy::Just(" { name = \"w\" }".to_string()),
+                        proptest::strategy::Just(" = { port = -1 }".to_string()),
+                        proptest::strategy::Just(" = [{ ttl = \"1s\" }]".to_string()),
+                        proptest::strategy::Just(" = \"${a}\"".to_string()),
+                        proptest::strategy::Just(" = 1e400".to_string()),
+                        proptest::strategy::Just(" \"label\" { a = b }".to_string()),
+                        proptest::strategy::Just(" = null".to_string()),
+                    ],
+                ),
+                0..6,
+            )
+        ) {
+            let text: String = items.iter().map(|(k, v)| format!("{k}{v}\n")).collect();
+            if let Ok(layer) = parse(Origin::Flags, &text, Format::Hcl) {
+                let _ = AgentConfig::from_layers(&[layer], dev_sources());
+            }
         }
 
         #[test]

@@ -403,6 +403,81 @@ fn validate_names_file_and_field() {
 }
 
 #[test]
+fn an_agent_reads_encryption_and_services_from_hcl_files_in_its_config_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, key, _) = text(&run(&["keygen"]));
+    let key = key.trim();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    // JSON and HCL side by side, read in lexical order; the key and the service are only
+    // in HCL files, and a file of another kind is skipped with Consul's warning.
+    write("00-meta.json", r#"{"node_meta": {"from": "json"}}"#);
+    write("10-gossip.hcl", &format!("# gossip\nencrypt = \"{key}\"\n"));
+    write(
+        "20-web.hcl",
+        "service {\n  name = \"web\"\n  port = 8080\n  tags = [\"hcl\"]\n  check {\n    ttl = \"30s\"\n  }\n}\n",
+    );
+    write("notes.txt", "not configuration");
+    let config_dir = format!("-config-dir={}", dir.path().display());
+    let (code, _, err) = text(&run(&["validate", &dir.path().display().to_string()]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("notes.txt, extension must be .hcl or .json, or config format must be set"),
+        "{err}"
+    );
+
+    let (p, http, _) = dev_agent(&[&config_dir, "-hcl=node_meta { via = \"flag\" }"]);
+    let banner = p.wait_for_line(Duration::from_secs(5), |l| l.contains("Gossip Encryption:"));
+    assert!(
+        banner.trim_end().ends_with("Gossip Encryption: true"),
+        "{banner}"
+    );
+    let warning = p.wait_for_line(Duration::from_secs(5), |l| l.contains("skipping file"));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(warning.contains("notes.txt"), "{warning}");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let web = loop {
+        let web = get_json(&http, "/v1/catalog/service/web");
+        if let Some(web) = web.filter(|w| w.as_array().is_some_and(|a| !a.is_empty())) {
+            break web;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "web never reached the catalog:\n{}",
+            p.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(web[0]["ServicePort"], 8080, "{web}");
+    assert_eq!(web[0]["ServiceTags"], serde_json::json!(["hcl"]), "{web}");
+    let node = get_json(&http, "/v1/catalog/node/proc-node").unwrap();
+    let meta = &node["Node"]["Meta"];
+    assert_eq!(
+        (&meta["from"], &meta["via"]),
+        (&"json".into(), &"flag".into()),
+        "{node}"
+    );
+}
+
+#[test]
+fn a_malformed_hcl_file_stops_the_agent_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.hcl"),
+        "datacenter = \"dc1\"\nports {\n  htpp = 1\n}\n",
+    )
+    .unwrap();
+    let out = run(&[
+        "agent",
+        "-dev",
+        &format!("-config-dir={}", dir.path().display()),
+    ]);
+    let (code, _, err) = text(&out);
+    assert_eq!(code, 1);
+    assert!(err.contains("a.hcl:3: ports.htpp: unknown field"), "{err}");
+}
+
+#[test]
 fn a_broken_config_file_stops_the_agent_with_exit_1() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a.json"), r#"{"datacenter": "Not Valid!"}"#).unwrap();

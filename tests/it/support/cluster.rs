@@ -113,6 +113,7 @@ impl Member {
                 }),
                 ..RawConfig::default()
             },
+            ..Sources::default()
         };
         let mut config = AgentConfig::load(sources)?;
         config.gossip_lan = lan::gossip::Config::local();

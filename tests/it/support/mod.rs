@@ -119,6 +119,7 @@ impl TestAgent {
                 }),
                 ..RawConfig::default()
             },
+            ..Sources::default()
         };
         let config = AgentConfig::load(sources).unwrap();
         let agent = Agent::start(config).await.unwrap();

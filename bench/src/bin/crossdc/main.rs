@@ -419,6 +419,7 @@ async fn start_server(root: &Path, ca: &Pem, spec: ServerSpec<'_>) -> Result<Age
             }),
             ..RawConfig::default()
         },
+        ..Sources::default()
     };
     let mut config =
         AgentConfig::load(sources).map_err(|e| format!("config of {}: {e:#}", spec.name))?;
