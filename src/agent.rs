@@ -433,7 +433,10 @@ impl Agent {
             serf_wan_port,
             node_meta: config.node_meta.clone(),
             enable_script_checks: config.enable_script_checks || config.enable_local_script_checks,
-            raft: RaftTiming::default(),
+            raft: RaftTiming {
+                snapshot_threshold: config.raft_snapshot_threshold,
+                ..RaftTiming::default()
+            },
             storage: match &config.data_dir {
                 Some(dir) if !config.dev => lan::Storage::Disk(dir.join("raft")),
                 _ => lan::Storage::Memory,

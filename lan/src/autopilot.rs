@@ -25,10 +25,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::Lan;
 use crate::member::{Member, MemberStatus};
 use crate::raft::{Consensus, NodeId, RaftServer, ServerNode};
 use crate::rpc::{Request, Response};
-use crate::{Lan, raft_id};
 
 /// How long the set of servers must stay the same before one of them bootstraps.
 pub(crate) const BOOTSTRAP_SETTLE: Duration = Duration::from_secs(2);
@@ -59,8 +59,9 @@ fn servers_in(members: &[Member], dc: &str) -> Vec<SeenServer> {
         .filter_map(|m| {
             let node_id = m.tags.get("id")?.clone();
             let addr = m.rpc_addr()?;
+            let id = m.raft_id()?;
             Some(SeenServer {
-                id: raft_id(&node_id),
+                id,
                 node: ServerNode {
                     name: m.name.clone(),
                     rpc_addr: addr.to_string(),
@@ -82,7 +83,7 @@ pub(crate) async fn bootstrap(lan: Lan, expect: u32, shutdown: CancellationToken
         return;
     };
     let dc = lan.datacenter().to_string();
-    let me = raft_id(&lan.config().node_id);
+    let me = consensus.id();
     let mut last: BTreeSet<NodeId> = BTreeSet::new();
     let mut stable_since = Instant::now();
     let mut waiting_logged = false;
@@ -196,7 +197,7 @@ pub(crate) async fn reconcile(
                     Some(RaftServer {
                         voter: true, node, ..
                     }) => {
-                        if node.rpc_addr != s.node.rpc_addr {
+                        if *node != s.node {
                             ok &= change(
                                 "update the address of",
                                 &s.node.name,
@@ -206,6 +207,32 @@ pub(crate) async fn reconcile(
                         }
                     }
                     _ => {
+                        // A server that came back with a new Raft ID (its log was wiped
+                        // or damaged) left its old ID behind at the same name or address.
+                        // That one is gone for good: removing it first keeps the voters
+                        // at what the quorum was, instead of adding a fourth of three
+                        // whose loss, in the window, would cost the quorum.
+                        let stale: Vec<&RaftServer> = config
+                            .iter()
+                            .filter(|c| c.raft_id != s.id && c.raft_id != consensus.id())
+                            .filter(|c| {
+                                c.node.name == s.node.name || c.node.rpc_addr == s.node.rpc_addr
+                            })
+                            .collect();
+                        let mut replaced = true;
+                        for old in stale {
+                            tracing::info!(node = %s.node.name, old_id = old.raft_id, new_id = s.id, "removing the old raft ID of a server that came back with a new one");
+                            replaced &= change(
+                                "remove the old raft ID of",
+                                &s.node.name,
+                                consensus.remove_server(old.raft_id, deadline()),
+                            )
+                            .await;
+                        }
+                        if !replaced {
+                            ok = false;
+                            continue;
+                        }
                         tracing::info!(node = %s.node.name, "adding server to the raft cluster");
                         ok &= change(
                             "add",

@@ -252,14 +252,6 @@ impl std::fmt::Debug for Lan {
     }
 }
 
-/// Raft's numeric ID for a server, from its node UUID (stable across restarts).
-fn raft_id(node_id: &str) -> u64 {
-    // FNV-1a: stable across builds and platforms, unlike std's hasher.
-    node_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 /// Extra time a forwarded call waits beyond the caller's deadline, so that the answer a
 /// server sends at the deadline (a blocking query that timed out) still arrives.
 const FORWARD_MARGIN: Duration = Duration::from_secs(2);
@@ -347,13 +339,23 @@ impl Lan {
         if let Some(l) = &listener {
             tracing::info!(proto = "server-rpc", addr = %l.local_addr()?, "listening");
         }
+        // Raft's state is opened first: its Raft ID goes into this member's tags.
+        let opened = if config.server {
+            Some(raft::open(
+                &config.storage,
+                &config.node_id,
+                config.bootstrap,
+            )?)
+        } else {
+            None
+        };
         let pool = Pool::start(
             PoolConfig {
                 name: config.node_name.clone(),
                 bind: SocketAddr::new(config.bind, config.serf_lan_port),
                 advertise: config.advertise,
                 advertise_port: config.serf_lan_advertise_port,
-                tags: member_tags(&config, server_port),
+                tags: member_tags(&config, server_port, opened.as_ref().map(|o| o.id)),
                 gossip: config.gossip.clone(),
                 encryption: config.encryption.clone(),
             },
@@ -380,11 +382,11 @@ impl Lan {
             tasks.clone(),
             shutdown.child_token(),
         );
-        let role = match server_addr {
-            Some(addr) => {
+        let role = match (server_addr, opened) {
+            (Some(addr), Some(opened)) => {
                 let (consensus, catalog) = raft::Consensus::start(
                     raft::Identity {
-                        id: raft_id(&config.node_id),
+                        id: opened.id,
                         node: ServerNode {
                             name: config.node_name.clone(),
                             rpc_addr: addr.to_string(),
@@ -393,7 +395,7 @@ impl Lan {
                         bootstrap: config.bootstrap,
                     },
                     config.raft,
-                    &config.storage,
+                    opened,
                     raft::network::Network {
                         rpc: rpc.clone(),
                         members: pool.subscribe(),
@@ -413,7 +415,7 @@ impl Lan {
                 ));
                 Role::Server { consensus, catalog }
             }
-            None => Role::Client {
+            _ => Role::Client {
                 preferred: std::sync::Mutex::new(None),
             },
         };
@@ -945,7 +947,15 @@ fn own_node(config: &Config) -> Node {
 }
 
 /// The tags this agent gossips, as Consul's (`role`, `dc`, `port`, `id`, `build`, …).
-fn member_tags(config: &Config, server_port: u16) -> BTreeMap<String, String> {
+/// The member tag that carries a server's Raft ID; a server without it (an older build)
+/// uses the ID derived from its node ID.
+pub(crate) const RAFT_ID_TAG: &str = "raft_id";
+
+fn member_tags(
+    config: &Config,
+    server_port: u16,
+    raft_id: Option<u64>,
+) -> BTreeMap<String, String> {
     let mut tags = BTreeMap::new();
     tags.insert(
         "role".to_string(),
@@ -961,6 +971,9 @@ fn member_tags(config: &Config, server_port: u16) -> BTreeMap<String, String> {
     if config.server {
         tags.insert("port".into(), server_port.to_string());
         tags.insert("raft_vsn".into(), "3".into());
+        if let Some(id) = raft_id {
+            tags.insert(RAFT_ID_TAG.into(), id.to_string());
+        }
         tags.insert("wan_join_port".into(), config.serf_wan_port.to_string());
         if config.bootstrap_expect > 1 {
             tags.insert("expect".into(), config.bootstrap_expect.to_string());
@@ -977,8 +990,8 @@ mod tests {
 
     #[test]
     fn raft_ids_are_stable_and_distinct() {
-        let a = raft_id("6a1f4b3e-0000-4000-8000-000000000001");
-        assert_eq!(a, raft_id("6a1f4b3e-0000-4000-8000-000000000001"));
-        assert_ne!(a, raft_id("6a1f4b3e-0000-4000-8000-000000000002"));
+        let a = raft::raft_id("6a1f4b3e-0000-4000-8000-000000000001");
+        assert_eq!(a, raft::raft_id("6a1f4b3e-0000-4000-8000-000000000001"));
+        assert_ne!(a, raft::raft_id("6a1f4b3e-0000-4000-8000-000000000002"));
     }
 }

@@ -26,9 +26,9 @@ use crate::{FORWARD_MARGIN, Lan, QueryResult, RaftPeer, ReadOptions};
 /// Pause before looking for a leader again after the last one could not be reached.
 const LEADER_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Where the server `node` answers now.
-fn address_of(lan: &Lan, node: &crate::raft::ServerNode) -> Option<SocketAddr> {
-    crate::raft::network::resolve(&lan.members(), node)
+/// Where the server `id` (recorded as `node`) answers now.
+fn address_of(lan: &Lan, id: u64, node: &crate::raft::ServerNode) -> Option<SocketAddr> {
+    crate::raft::network::resolve(&lan.members(), id, node)
 }
 
 /// Reads on this server, or on the leader when the mode needs the leader.
@@ -67,7 +67,7 @@ pub(crate) async fn read(
                 Some((id, _)) if id == consensus.id() => break,
                 Some(_) if forwarded => return Err(ReadError::NoLeader),
                 Some((leader, node)) => {
-                    let addr = address_of(lan, &node).ok_or(ReadError::NoLeader)?;
+                    let addr = address_of(lan, leader, &node).ok_or(ReadError::NoLeader)?;
                     // The leader reads with the caller's consistency mode; `max_stale`
                     // only ever sends a read to the leader, so it goes no further.
                     let request = Request::Read {
@@ -217,7 +217,7 @@ where
     };
     let hold = deadline.min(Instant::now() + crate::RPC_HOLD_TIMEOUT);
     loop {
-        let (_, node) = match consensus.wait_for_leader(hold).await {
+        let (leader, node) = match consensus.wait_for_leader(hold).await {
             None => return Err(WriteError::NoLeader),
             Some((id, _)) if id == consensus.id() => {
                 return here(consensus.clone(), payload).await;
@@ -225,7 +225,7 @@ where
             Some(_) if forwarded => return Err(WriteError::NoLeader),
             Some(leader) => leader,
         };
-        let addr = address_of(lan, &node).ok_or(WriteError::NoLeader)?;
+        let addr = address_of(lan, leader, &node).ok_or(WriteError::NoLeader)?;
         let sent = request(&payload, rpc::remaining_ms(deadline));
         match lan
             .inner
@@ -280,9 +280,9 @@ impl Handler {
             Request::Keyring { .. } | Request::KeyringAll { .. } if !caller.may_use_keyring() => {
                 Some(self.refuse(caller, "a keyring request", &KEYRING_NEEDS_PROOF))
             }
-            Request::AppendEntries(_)
-            | Request::Vote(_)
-            | Request::InstallSnapshot(_)
+            Request::AppendEntries { .. }
+            | Request::Vote { .. }
+            | Request::InstallSnapshot { .. }
             | Request::RemovePeer { .. }
                 if !caller.may_change_raft() =>
             {
@@ -290,6 +290,18 @@ impl Handler {
             }
             _ => None,
         }
+    }
+}
+
+/// Refuses a Raft message meant for another server: one that had this server's address or
+/// name under an older Raft ID. Believing it would hand this server another's log.
+fn misdirected(to: u64, me: u64) -> Result<(), guard::Refused> {
+    if to == me {
+        Ok(())
+    } else {
+        Err(guard::Refused::new(format!(
+            "the message is for raft server {to}; this is raft server {me}"
+        )))
     }
 }
 
@@ -347,27 +359,33 @@ impl rpc::Handler for Handler {
             Request::StatusIn { dc, timeout_ms } => {
                 Response::StatusIn(lan.raft_status_in(&dc, rpc::deadline_in(timeout_ms)).await)
             }
-            Request::AppendEntries(r) => {
-                if let Err(e) = guard::append_entries(&r, consensus.current_term()) {
+            Request::AppendEntries { to, request } => {
+                let checked = misdirected(to, consensus.id())
+                    .and_then(|()| guard::append_entries(&request, consensus.current_term()));
+                if let Err(e) = checked {
                     return self.refuse(&caller, "a raft append-entries", &e);
                 }
-                let answer = consensus.raft().append_entries(r).await;
+                let answer = consensus.raft().append_entries(request).await;
                 if answer.as_ref().is_ok_and(|a| a.is_success()) {
                     consensus.heard_from_leader();
                 }
                 Response::AppendEntries(answer)
             }
-            Request::Vote(r) => {
-                if let Err(e) = guard::vote_request(&r, consensus.current_term()) {
+            Request::Vote { to, request } => {
+                let checked = misdirected(to, consensus.id())
+                    .and_then(|()| guard::vote_request(&request, consensus.current_term()));
+                if let Err(e) = checked {
                     return self.refuse(&caller, "a raft vote request", &e);
                 }
-                Response::Vote(consensus.raft().vote(r).await)
+                Response::Vote(consensus.raft().vote(request).await)
             }
-            Request::InstallSnapshot(r) => {
-                if let Err(e) = guard::install_snapshot(&r, consensus.current_term()) {
+            Request::InstallSnapshot { to, request } => {
+                let checked = misdirected(to, consensus.id())
+                    .and_then(|()| guard::install_snapshot(&request, consensus.current_term()));
+                if let Err(e) = checked {
                     return self.refuse(&caller, "a raft snapshot chunk", &e);
                 }
-                Response::InstallSnapshot(consensus.raft().install_snapshot(r).await)
+                Response::InstallSnapshot(consensus.raft().install_snapshot(request).await)
             }
             Request::RemovePeer {
                 peer,

@@ -254,6 +254,9 @@ pub struct AgentConfig {
     pub retry_max_wan: u32,
     /// How long a failed member is kept before it is forgotten and deregistered.
     pub reconnect_timeout: Duration,
+    /// Raft log entries after which a server takes a snapshot and drops the log before
+    /// it (`raft_snapshot_threshold`).
+    pub raft_snapshot_threshold: u64,
     /// Leave the pool on SIGTERM (Consul's default: clients do, servers do not).
     pub leave_on_terminate: bool,
     /// Do not leave the pool on SIGINT (Consul's default: servers do not, clients do).
@@ -288,6 +291,30 @@ pub struct TlsSettings {
     pub verify_outgoing: bool,
     /// The server's certificate must name `server.<dc>.<domain>`.
     pub verify_server_hostname: bool,
+}
+
+/// Consul's warnings about the number of servers a datacenter bootstraps with (its
+/// texts, which operators know): two servers tolerate no failure, and an even number
+/// tolerates no more than one server fewer would.
+fn bootstrap_warnings(server: bool, dev: bool, bootstrap: bool, expect: u32) -> Vec<String> {
+    const TABLE: &str = "See https://www.consul.io/docs/internals/consensus.html#deployment-table";
+    let mut warnings = Vec::new();
+    if !server || dev || bootstrap {
+        return warnings;
+    }
+    if expect > 1 {
+        warnings.push(format!("bootstrap_expect > 0: expecting {expect} servers"));
+    }
+    if expect == 2 {
+        warnings.push(format!(
+            "bootstrap_expect = 2: A cluster with 2 servers will provide no failure tolerance. {TABLE}"
+        ));
+    } else if expect > 2 && expect.is_multiple_of(2) {
+        warnings.push(format!(
+            "bootstrap_expect is even number: A cluster with an even number of servers does not achieve optimum fault tolerance. {TABLE}"
+        ));
+    }
+    warnings
 }
 
 /// The shortest `reconnect_timeout` Consul accepts.
@@ -921,6 +948,13 @@ impl AgentConfig {
                 "bootstrap and bootstrap_expect are only for servers (add -server)",
             ));
         }
+        if m.raft_snapshot_threshold == Some(0) {
+            problems.push(problem(
+                None,
+                "raft_snapshot_threshold",
+                "must be at least 1",
+            ));
+        }
         if !sources.dev && m.data_dir.as_deref().unwrap_or("").is_empty() {
             problems.push(problem(
                 None,
@@ -1145,6 +1179,7 @@ impl AgentConfig {
             retry_interval_wan: d(&m.retry_interval_wan).unwrap_or(Duration::from_secs(30)),
             retry_max_wan: m.retry_max_wan.unwrap_or(0),
             reconnect_timeout: d(&m.reconnect_timeout).unwrap_or(Duration::from_secs(72 * 3600)),
+            raft_snapshot_threshold: m.raft_snapshot_threshold.unwrap_or(lan::SNAPSHOT_THRESHOLD),
             leave_on_terminate: m.leave_on_terminate.unwrap_or(!server),
             skip_leave_on_interrupt: m.skip_leave_on_interrupt.unwrap_or(server),
             tls,
@@ -1160,8 +1195,8 @@ impl AgentConfig {
             } else {
                 lan::gossip::Config::wan()
             },
+            warnings: bootstrap_warnings(server, sources.dev, bootstrap, bootstrap_expect),
             sources,
-            warnings: Vec::new(),
         })
     }
 
@@ -1169,7 +1204,9 @@ impl AgentConfig {
     pub fn load(sources: Sources) -> Result<AgentConfig, Problems> {
         let loaded = load_layers(&sources)?;
         let mut config = AgentConfig::from_layers(&loaded.layers, sources)?;
-        config.warnings = loaded.warnings;
+        let mut warnings = loaded.warnings;
+        warnings.append(&mut config.warnings);
+        config.warnings = warnings;
         Ok(config)
     }
 }
@@ -1355,6 +1392,29 @@ mod tests {
         let c = AgentConfig::from_layers(&layers, Sources::default()).unwrap();
         assert!(!c.bootstrap);
         assert_eq!(c.bootstrap_expect, 3);
+        assert_eq!(c.warnings, ["bootstrap_expect > 0: expecting 3 servers"]);
+        let two = AgentConfig::from_layers(
+            &[layer(
+                r#"{"server": true, "bootstrap_expect": 2, "data_dir": "/tmp/x"}"#,
+            )],
+            Sources::default(),
+        )
+        .unwrap();
+        assert!(
+            two.warnings[1].starts_with(
+                "bootstrap_expect = 2: A cluster with 2 servers will provide no failure tolerance."
+            ),
+            "{:?}",
+            two.warnings
+        );
+        let four = AgentConfig::from_layers(
+            &[layer(
+                r#"{"server": true, "bootstrap_expect": 4, "data_dir": "/tmp/x"}"#,
+            )],
+            Sources::default(),
+        )
+        .unwrap();
+        assert!(four.warnings[1].starts_with("bootstrap_expect is even number"));
         let layers = vec![layer(r#"{"server": true, "data_dir": "/tmp/x"}"#)];
         assert!(AgentConfig::from_layers(&layers, Sources::default()).is_ok());
         let layers = vec![layer(

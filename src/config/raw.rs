@@ -167,6 +167,7 @@ pub struct RawConfig {
     pub retry_interval_wan: Option<String>,
     pub retry_max_wan: Option<u32>,
     pub reconnect_timeout: Option<String>,
+    pub raft_snapshot_threshold: Option<u64>,
     pub tls: Option<RawTls>,
     pub ca_file: Option<String>,
     pub cert_file: Option<String>,
@@ -340,6 +341,7 @@ impl RawConfig {
         scalar(&mut self.retry_interval, l.retry_interval);
         scalar(&mut self.retry_max, l.retry_max);
         scalar(&mut self.reconnect_timeout, l.reconnect_timeout);
+        scalar(&mut self.raft_snapshot_threshold, l.raft_snapshot_threshold);
         list(&mut self.retry_join_wan, l.retry_join_wan);
         list(&mut self.start_join_wan, l.start_join_wan);
         scalar(&mut self.retry_interval_wan, l.retry_interval_wan);

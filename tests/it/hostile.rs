@@ -55,12 +55,25 @@ async fn term(m: &Member) -> u64 {
     m.agent.lan().raft_status(deadline).await.unwrap().term
 }
 
-/// The frame of the finding: an AppendEntries whose committed vote is at `u64::MAX - 1`.
-fn poisoned_append_entries() -> Value {
-    json!({"id": 1, "body": {"AppendEntries": {
+/// `m`'s Raft ID.
+async fn raft_id(m: &Member) -> u64 {
+    let deadline = tokio::time::Instant::now() + secs(5);
+    let status = m.agent.lan().raft_status(deadline).await.unwrap();
+    status
+        .servers
+        .iter()
+        .find(|s| s.node.name == m.name)
+        .unwrap()
+        .raft_id
+}
+
+/// The frame of the finding, addressed to the server `to`: an AppendEntries whose
+/// committed vote is at `u64::MAX - 1`.
+fn poisoned_append_entries(to: u64) -> Value {
+    json!({"id": 1, "body": {"AppendEntries": {"to": to, "request": {
         "vote": {"leader_id": {"term": u64::MAX - 1, "node_id": 123}, "committed": true},
         "prev_log_id": null, "entries": [], "leader_commit": null
-    }}})
+    }}}})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,16 +86,27 @@ async fn a_poisoned_append_entries_is_refused_and_the_next_election_still_works(
 
     // The port has nothing to prove with (no TLS, no key): the frame is read, and
     // refused for its term. Once with a term of a million too.
-    let answer = exchange(None, server_port(follower), &poisoned_append_entries()).await;
+    let to = raft_id(follower).await;
+    let answer = exchange(None, server_port(follower), &poisoned_append_entries(to)).await;
     let refusal = answer.as_ref().and_then(|a| a["body"]["Refused"].as_str());
     assert!(
         refusal.is_some_and(|r| r.contains("ahead of this server's term")),
         "{answer:?}"
     );
-    let mut big = poisoned_append_entries();
-    big["body"]["AppendEntries"]["vote"]["leader_id"]["term"] = json!(before + 1_000_000_000);
+    let mut big = poisoned_append_entries(to);
+    big["body"]["AppendEntries"]["request"]["vote"]["leader_id"]["term"] =
+        json!(before + 1_000_000_000);
     let answer = exchange(None, server_port(follower), &big).await;
     assert!(answer.is_some_and(|a| a["body"]["Refused"].is_string()));
+    // A message for another Raft server is refused whatever it holds.
+    let mut elsewhere = poisoned_append_entries(to.wrapping_add(1));
+    elsewhere["body"]["AppendEntries"]["request"]["vote"]["leader_id"]["term"] = json!(before);
+    let answer = exchange(None, server_port(follower), &elsewhere).await;
+    let refusal = answer.as_ref().and_then(|a| a["body"]["Refused"].as_str());
+    assert!(
+        refusal.is_some_and(|r| r.contains("is for raft server")),
+        "{answer:?}"
+    );
     assert!(
         term(follower).await < before + 1000,
         "the term was not moved"

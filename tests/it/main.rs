@@ -20,6 +20,7 @@ mod jepsen;
 mod limits;
 mod process;
 mod raft;
+mod recovery;
 mod support;
 mod tls;
 mod wan;

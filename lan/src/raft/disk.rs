@@ -42,6 +42,10 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const VOTE: &str = "vote";
 const PURGED: &str = "last_purged";
 const COMMITTED: &str = "committed";
+/// This server's Raft ID ([`DiskLog::server_id`]).
+const SERVER_ID: &str = "server_id";
+/// The vote, for [`DiskLog::write_now`].
+pub(crate) const VOTE_KEY: &str = VOTE;
 
 /// Changes waiting for the writer; openraft waits (asynchronously) when it is full.
 const JOB_QUEUE: usize = 4096;
@@ -106,6 +110,16 @@ pub(crate) struct DiskLog {
     shared: Arc<Shared>,
 }
 
+/// Tells when every handle of a [`DiskLog`] is gone, and with them the open database.
+pub(crate) struct Closing(std::sync::Weak<Shared>);
+
+impl Closing {
+    /// Whether the database is closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.0.strong_count() == 0
+    }
+}
+
 impl Debug for DiskLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DiskLog").finish_non_exhaustive()
@@ -114,11 +128,17 @@ impl Debug for DiskLog {
 
 /// The database could not be opened.
 #[derive(Debug, thiserror::Error)]
-#[error("opening the raft log {path}: {source}")]
-pub(crate) struct OpenError {
-    path: String,
-    #[source]
-    source: redb::Error,
+pub(crate) enum OpenError {
+    /// The file could not be opened or created (permissions, a full disk).
+    #[error("opening the raft log {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: redb::Error,
+    },
+    /// The file opened but what it holds is damaged: it must not be believed.
+    #[error("the raft log {path} is damaged: {reason}")]
+    Damaged { path: String, reason: String },
 }
 
 fn read_err(e: impl Into<redb::Error>) -> StorageError<NodeId> {
@@ -140,21 +160,43 @@ fn decode_err(e: serde_json::Error) -> StorageError<NodeId> {
 }
 
 impl DiskLog {
-    /// Opens (or creates) the log database at `path` and starts its writer thread.
+    /// Opens (or creates) the log database at `path`, checks it (the file's own
+    /// checksums, then every entry: it decodes, sits at its own index, and follows the one
+    /// before it), and starts its writer thread.
     pub(crate) fn open(path: &Path) -> Result<DiskLog, OpenError> {
-        let open = || -> Result<Database, redb::Error> {
-            let db = Database::create(path)?;
+        let io = |source: redb::Error| OpenError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let damaged = |reason: String| OpenError::Damaged {
+            path: path.display().to_string(),
+            reason,
+        };
+        let mut db = match Database::create(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(e))) => {
+                return Err(damaged(e));
+            }
+            Err(e) => return Err(io(e.into())),
+        };
+        match db.check_integrity() {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(path = %path.display(), "the raft log file was damaged and has been repaired")
+            }
+            Err(e) => return Err(damaged(e.to_string())),
+        }
+        let tables = || -> Result<(), redb::Error> {
             // Create the tables up front so that readers never meet a missing table.
             let txn = db.begin_write()?;
             txn.open_table(LOG)?;
             txn.open_table(META)?;
             txn.commit()?;
-            Ok(db)
+            Ok(())
         };
-        let db = Arc::new(open().map_err(|source| OpenError {
-            path: path.display().to_string(),
-            source,
-        })?);
+        tables().map_err(io)?;
+        check_entries(&db).map_err(damaged)?;
+        let db = Arc::new(db);
         let (jobs, queue) = mpsc::channel(JOB_QUEUE);
         let pending: Arc<Mutex<Pending>> = Arc::default();
         let writer = {
@@ -162,10 +204,7 @@ impl DiskLog {
             std::thread::Builder::new()
                 .name("raft-log-writer".into())
                 .spawn(move || run_writer(db, queue, pending))
-                .map_err(|e| OpenError {
-                    path: path.display().to_string(),
-                    source: redb::Error::Io(e),
-                })?
+                .map_err(|e| io(redb::Error::Io(e)))?
         };
         let shared = Arc::new(Shared {
             db,
@@ -175,6 +214,85 @@ impl DiskLog {
             writer: Mutex::new(Some(writer)),
         });
         Ok(DiskLog { shared })
+    }
+
+    /// What tells when this log is closed.
+    pub(crate) fn closing(&self) -> Closing {
+        Closing(Arc::downgrade(&self.shared))
+    }
+
+    /// This server's Raft ID, kept with its log. A log that holds nothing (a new server,
+    /// or one whose log was wiped) gets a new random ID: a server that lost its log also
+    /// lost the record of its votes, and must join as a server the others have never
+    /// met rather than vote again under its old ID. A log from before the ID was kept
+    /// here goes on with `legacy`, the ID it has been using.
+    pub(crate) fn server_id(&self, legacy: NodeId) -> Result<(NodeId, bool), String> {
+        let read = || -> Result<(Option<NodeId>, bool), redb::Error> {
+            let txn = self.shared.db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            let log = txn.open_table(LOG)?;
+            let id = match meta.get(SERVER_ID)? {
+                Some(v) => serde_json::from_slice(v.value()).ok(),
+                None => None,
+            };
+            let empty =
+                log.first()?.is_none() && meta.get(VOTE)?.is_none() && meta.get(PURGED)?.is_none();
+            Ok((id, empty))
+        };
+        let (id, empty) = read().map_err(|e| e.to_string())?;
+        if let Some(id) = id {
+            return Ok((id, false));
+        }
+        let id = if empty { rand::random() } else { legacy };
+        let value = serde_json::to_vec(&id).map_err(|e| e.to_string())?;
+        self.write_now(&[(SERVER_ID, value)], None)
+            .map_err(|e| e.to_string())?;
+        Ok((id, empty))
+    }
+
+    /// Writes meta keys and (optionally) one log entry in one durable transaction, before
+    /// Raft starts (a recovery from `peers.json`).
+    pub(crate) fn write_now(
+        &self,
+        meta: &[(&'static str, Vec<u8>)],
+        entry: Option<&Entry<TypeConfig>>,
+    ) -> Result<(), redb::Error> {
+        let mut txn = self.shared.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            let mut table = txn.open_table(META)?;
+            for (key, value) in meta {
+                table.insert(*key, value.as_slice())?;
+            }
+            if let Some(entry) = entry {
+                let bytes = serde_json::to_vec(entry).map_err(|e| redb::Error::Io(e.into()))?;
+                txn.open_table(LOG)?
+                    .insert(entry.log_id.index, bytes.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// A meta value, read straight from disk (before Raft starts).
+    pub(crate) fn meta_now<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, String> {
+        self.meta(key).map_err(|e| e.to_string())
+    }
+
+    /// Every entry of the log, oldest first, read straight from disk (before Raft
+    /// starts).
+    pub(crate) fn entries_now(&self) -> Result<Vec<Entry<TypeConfig>>, String> {
+        let txn = self.shared.db.begin_read().map_err(|e| e.to_string())?;
+        let table = txn.open_table(LOG).map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(|e| e.to_string())? {
+            let (_, value) = item.map_err(|e| e.to_string())?;
+            out.push(serde_json::from_slice(value.value()).map_err(|e| e.to_string())?);
+        }
+        Ok(out)
     }
 
     async fn submit(&self, job: Job) -> Result<(), StorageError<NodeId>> {
@@ -301,6 +419,38 @@ fn apply_batch(db: &Database, batch: &[Job]) -> Result<(), redb::Error> {
         }
     }
     txn.commit()?;
+    Ok(())
+}
+
+/// Checks what the log holds: every entry decodes and sits at its own index, each
+/// follows the one before it, and the meta values decode. The reason when not.
+fn check_entries(db: &Database) -> Result<(), String> {
+    let txn = db.begin_read().map_err(|e| e.to_string())?;
+    let log = txn.open_table(LOG).map_err(|e| e.to_string())?;
+    let mut previous: Option<u64> = None;
+    for item in log.iter().map_err(|e| e.to_string())? {
+        let (index, value) = item.map_err(|e| e.to_string())?;
+        let index = index.value();
+        let entry: Entry<TypeConfig> = serde_json::from_slice(value.value())
+            .map_err(|e| format!("entry {index} does not decode: {e}"))?;
+        if entry.log_id.index != index {
+            return Err(format!(
+                "the entry stored at index {index} says it is {}",
+                entry.log_id
+            ));
+        }
+        if previous.is_some_and(|p| p + 1 != index) {
+            return Err(format!("entry {index} does not follow entry {previous:?}"));
+        }
+        previous = Some(index);
+    }
+    let meta = txn.open_table(META).map_err(|e| e.to_string())?;
+    for key in [VOTE, PURGED, COMMITTED, SERVER_ID] {
+        if let Some(v) = meta.get(key).map_err(|e| e.to_string())? {
+            serde_json::from_slice::<serde_json::Value>(v.value())
+                .map_err(|e| format!("{key} does not decode: {e}"))?;
+        }
+    }
     Ok(())
 }
 

@@ -29,6 +29,13 @@ pub(crate) const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 #[error("{0}")]
 pub(crate) struct Refused(String);
 
+impl Refused {
+    /// A refusal saying `why`.
+    pub(crate) fn new(why: String) -> Refused {
+        Refused(why)
+    }
+}
+
 fn term_of(vote: &Vote<NodeId>) -> u64 {
     vote.leader_id.term
 }

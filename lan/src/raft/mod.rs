@@ -17,6 +17,9 @@
 mod batch;
 mod disk;
 pub(crate) mod guard;
+mod open;
+
+pub(crate) use open::{Opened, open};
 pub(crate) mod network;
 pub(crate) mod store;
 
@@ -37,8 +40,18 @@ use crate::catalog::{ApplyError, Catalog, Command};
 /// leader" (Consul's `rpc_hold_timeout`). Bounded by the request's own deadline.
 pub const RPC_HOLD_TIMEOUT: Duration = Duration::from_secs(7);
 
-/// Raft's ID of a server, derived from its node ID.
+/// Raft's ID of a server. A server started before IDs were kept with the log, or one
+/// whose log is in memory, uses the one derived from its node ID ([`raft_id`]); any
+/// other gets a random one with its log ([`disk::DiskLog::server_id`]).
 pub(crate) type NodeId = u64;
+
+/// The Raft ID derived from a node UUID: stable across builds and platforms (FNV-1a),
+/// unlike std's hasher.
+pub(crate) fn raft_id(node_id: &str) -> NodeId {
+    node_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
 
 /// What Raft's membership records about a server: enough to reach and name it.
 ///
@@ -90,10 +103,10 @@ pub enum Storage {
 }
 
 /// A snapshot is taken after this many log entries, and the log before it is dropped
-/// (Consul's `raft_snapshot_threshold`).
+/// (Consul's `raft_snapshot_threshold` and its default).
 pub const SNAPSHOT_THRESHOLD: u64 = 8192;
 
-/// Raft timers.
+/// Raft's timers, and how often it takes a snapshot.
 #[derive(Debug, Clone, Copy)]
 pub struct RaftTiming {
     /// How often the leader sends heartbeats.
@@ -102,6 +115,8 @@ pub struct RaftTiming {
     pub election_timeout_min: Duration,
     /// Upper bound of the randomised election timeout.
     pub election_timeout_max: Duration,
+    /// Log entries after which a snapshot is taken (`raft_snapshot_threshold`).
+    pub snapshot_threshold: u64,
 }
 
 impl Default for RaftTiming {
@@ -110,6 +125,7 @@ impl Default for RaftTiming {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout_min: Duration::from_millis(300),
             election_timeout_max: Duration::from_millis(600),
+            snapshot_threshold: SNAPSHOT_THRESHOLD,
         }
     }
 }
@@ -263,6 +279,8 @@ pub(crate) struct Consensus {
     restored: (u64, u64),
     /// Why Raft stopped by itself, once it has ([`Consensus::failed`]).
     failed: tokio::sync::watch::Receiver<Option<String>>,
+    /// Tells when the log on disk is closed, after [`Consensus::shutdown`].
+    closing: Option<Arc<disk::Closing>>,
 }
 
 /// Who a server is to Raft, and whether it may bootstrap a cluster alone.
@@ -301,7 +319,7 @@ impl Consensus {
     pub(crate) async fn start(
         identity: Identity,
         timing: RaftTiming,
-        storage: &Storage,
+        opened: Opened,
         network: network::Network,
         tasks: &tokio_util::task::TaskTracker,
         shutdown: tokio_util::sync::CancellationToken,
@@ -317,35 +335,26 @@ impl Consensus {
                 heartbeat_interval: millis(timing.heartbeat_interval),
                 election_timeout_min: millis(timing.election_timeout_min),
                 election_timeout_max: millis(timing.election_timeout_max),
-                snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_THRESHOLD),
+                snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
+                    timing.snapshot_threshold.max(1),
+                ),
                 ..openraft::Config::default()
             }
             .validate()?,
         );
-        let (catalog, writer) = Catalog::new();
-        let storage_err = |e: &dyn std::fmt::Display| RaftStartError::Storage(e.to_string());
-        let raft = match storage {
-            Storage::Memory => {
-                let machine =
-                    store::StateMachine::new(writer, None).map_err(|e| storage_err(&e))?;
-                Raft::new(
-                    id,
-                    config,
-                    network.clone(),
-                    store::MemLog::default(),
-                    machine,
-                )
-                .await
-            }
-            Storage::Disk(dir) => {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    RaftStartError::Storage(format!("creating {}: {e}", dir.display()))
-                })?;
-                let log = disk::DiskLog::open(&dir.join("raft.db")).map_err(|e| storage_err(&e))?;
-                let machine = store::StateMachine::new(writer, Some(dir.join("snapshot.json")))
-                    .map_err(|e| storage_err(&e))?;
-                Raft::new(id, config, network.clone(), log, machine).await
-            }
+        let Opened {
+            log,
+            machine,
+            catalog,
+            ..
+        } = opened;
+        let closing = match &log {
+            open::Log::Disk(log) => Some(Arc::new(log.closing())),
+            open::Log::Memory(_) => None,
+        };
+        let raft = match log {
+            open::Log::Memory(log) => Raft::new(id, config, network.clone(), log, machine).await,
+            open::Log::Disk(log) => Raft::new(id, config, network.clone(), log, machine).await,
         }
         .map_err(|e| RaftStartError::Fatal(e.to_string()))?;
         let initialized = raft
@@ -384,6 +393,7 @@ impl Consensus {
                 leases: Leases::from(&timing),
                 restored,
                 failed,
+                closing,
             },
             catalog,
         ))
@@ -791,10 +801,23 @@ impl Consensus {
         }
     }
 
-    /// Stops Raft.
+    /// Stops Raft, and waits (within [`LOG_CLOSE_TIMEOUT`]) until its log on disk is
+    /// closed, so that the same data dir can be opened again at once (an embedding
+    /// program, or a test, restarting the agent in the same process).
     pub(crate) async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
-            tracing::warn!(error = %e, "raft did not stop cleanly");
+            tracing::debug!(error = %e, "raft did not stop cleanly");
+        }
+        let Some(closing) = &self.closing else {
+            return;
+        };
+        let deadline = Instant::now() + LOG_CLOSE_TIMEOUT;
+        // openraft's replication tasks let go of the log when their last call ends.
+        while !closing.is_closed() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !closing.is_closed() {
+            tracing::warn!("the raft log is still open after raft stopped");
         }
     }
 }
@@ -862,6 +885,9 @@ async fn watch(
     tracing::error!(error = %reason, "raft has stopped and cannot restart in this process; the agent will exit");
     fatal.send_replace(Some(reason));
 }
+
+/// How long a stopped Raft's log may take to close.
+const LOG_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often a write waiting for its commit checks that the lease still holds.
 const LEASE_CHECK: Duration = Duration::from_millis(100);

@@ -54,14 +54,19 @@ pub(crate) struct Peer {
     term: Arc<AtomicU64>,
 }
 
-/// The server RPC address of `node` now: what gossip says for that node name (a server
-/// may come back on another address or port), else what Raft recorded.
-pub(crate) fn resolve(members: &[Member], node: &ServerNode) -> Option<SocketAddr> {
-    let from_gossip = members
+/// The server RPC address of server `id` (recorded as `node`) now: what gossip says for
+/// that node name (a server may come back on another address or port), else what Raft
+/// recorded. `None` when the member of that name now runs under another Raft ID: the
+/// server `id` is gone, and whoever answers there is someone else.
+pub(crate) fn resolve(members: &[Member], id: NodeId, node: &ServerNode) -> Option<SocketAddr> {
+    match members
         .iter()
         .find(|m| m.name == node.name && m.is_server())
-        .and_then(Member::rpc_addr);
-    from_gossip.or_else(|| node.rpc_addr.parse().ok())
+    {
+        Some(m) if m.raft_id() != Some(id) => None,
+        Some(m) => m.rpc_addr(),
+        None => node.rpc_addr.parse().ok(),
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -92,7 +97,7 @@ impl Peer {
         request: Request,
         option: &RPCOption,
     ) -> Result<Response, RPCError<NodeId, ServerNode, RaftError<NodeId, E>>> {
-        let found = resolve(&self.members.borrow(), &self.node);
+        let found = resolve(&self.members.borrow(), self.target, &self.node);
         let addr = found.ok_or_else(|| {
             RPCError::Unreachable(Unreachable::new(&Failure(format!(
                 "no address for server {} ({:?})",
@@ -104,7 +109,7 @@ impl Peer {
             Ok(r) => Ok(r),
             Err(RpcError::TooLarge(_)) => {
                 let entries = match &request {
-                    Request::AppendEntries(r) => r.entries.len(),
+                    Request::AppendEntries { request, .. } => request.entries.len(),
                     _ => 1,
                 };
                 // Halving until one entry is left; openraft treats one as unreachable.
@@ -168,7 +173,11 @@ impl RaftNetwork<TypeConfig> for Peer {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
         let sent = Instant::now();
-        match self.call(Request::AppendEntries(rpc), &option).await? {
+        let request = Request::AppendEntries {
+            to: self.target,
+            request: rpc,
+        };
+        match self.call(request, &option).await? {
             Response::AppendEntries(Ok(r)) => {
                 if let AppendEntriesResponse::HigherVote(vote) = &r {
                     self.believe(vote)?;
@@ -193,7 +202,11 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        match self.call(Request::InstallSnapshot(rpc), &option).await? {
+        let request = Request::InstallSnapshot {
+            to: self.target,
+            request: rpc,
+        };
+        match self.call(request, &option).await? {
             Response::InstallSnapshot(Ok(r)) => {
                 self.believe(&r.vote)?;
                 Ok(r)
@@ -208,7 +221,11 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        match self.call(Request::Vote(rpc), &option).await? {
+        let request = Request::Vote {
+            to: self.target,
+            request: rpc,
+        };
+        match self.call(request, &option).await? {
             Response::Vote(Ok(r)) => {
                 self.believe(&r.vote)?;
                 Ok(r)

@@ -191,10 +191,49 @@ pub(crate) struct StateMachine {
 
 /// The snapshot file could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("reading the raft snapshot {path}: {reason}")]
-pub(crate) struct LoadError {
-    path: String,
-    reason: String,
+pub(crate) enum LoadError {
+    /// It could not be read at all (permissions, an I/O error).
+    #[error("reading the raft snapshot {path}: {reason}")]
+    Unreadable { path: String, reason: String },
+    /// It was read, but its checksum does not match or it does not decode: it must not
+    /// be believed.
+    #[error("the raft snapshot {path} is damaged: {reason}")]
+    Damaged { path: String, reason: String },
+}
+
+/// Hex SHA-256 of `bytes`.
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A snapshot file's contents: the hex SHA-256 of the JSON, a newline, then the JSON, so
+/// that one changed byte anywhere is found when it is read again.
+fn with_checksum(json: Vec<u8>) -> Vec<u8> {
+    let mut out = sha256_hex(&json).into_bytes();
+    out.push(b'\n');
+    out.extend_from_slice(&json);
+    out
+}
+
+/// The JSON of a snapshot file, once its checksum is verified. A file that starts with
+/// the JSON itself was written before files carried a checksum, and is read as it is.
+fn verified(bytes: &[u8]) -> Result<&[u8], String> {
+    if bytes.first() == Some(&b'{') {
+        return Ok(bytes);
+    }
+    let at = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or("no checksum line")?;
+    let (sum, json) = (&bytes[..at], &bytes[at + 1..]);
+    if sum != sha256_hex(json).as_bytes() {
+        return Err("its checksum does not match its contents".into());
+    }
+    Ok(json)
 }
 
 impl StateMachine {
@@ -215,15 +254,19 @@ impl StateMachine {
         if let Some(path) = &inner.snapshot_path
             && path.exists()
         {
-            let fail = |reason: String| LoadError {
+            let damaged = |reason: String| LoadError::Damaged {
                 path: path.display().to_string(),
                 reason,
             };
-            let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+            let bytes = std::fs::read(path).map_err(|e| LoadError::Unreadable {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            let json = verified(&bytes).map_err(damaged)?;
             let stored: StoredFile =
-                serde_json::from_slice(&bytes).map_err(|e| fail(e.to_string()))?;
+                serde_json::from_slice(json).map_err(|e| damaged(e.to_string()))?;
             let file: SnapshotFile =
-                serde_json::from_slice(&stored.data).map_err(|e| fail(e.to_string()))?;
+                serde_json::from_slice(&stored.data).map_err(|e| damaged(e.to_string()))?;
             inner.catalog.replace(file.catalog);
             inner.last_applied = stored.meta.last_log_id;
             inner.membership = stored.meta.last_membership.clone();
@@ -239,6 +282,16 @@ impl StateMachine {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MachineInner> {
         self.inner.lock().expect("state machine lock poisoned")
+    }
+
+    /// The configuration the applied state holds (from its snapshot, before Raft starts).
+    pub(crate) fn membership(&self) -> openraft::Membership<NodeId, ServerNode> {
+        self.lock().membership.membership().clone()
+    }
+
+    /// The last log ID applied (from its snapshot, before Raft starts).
+    pub(crate) fn last_applied(&self) -> Option<LogId<NodeId>> {
+        self.lock().last_applied
     }
 }
 
@@ -290,6 +343,7 @@ async fn persist(path: PathBuf, snapshot: &StoredSnapshot) -> Result<(), Storage
     let bytes = serde_json::to_vec(&file).map_err(|e| StorageError::IO {
         source: StorageIOError::write_snapshot(Some(signature.clone()), &e),
     })?;
+    let bytes = with_checksum(bytes);
     tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
         .await
         .map_err(|e| StorageError::IO {
@@ -402,5 +456,32 @@ mod tests {
     #[test]
     fn the_memory_log_passes_openraft_storage_suite() {
         Suite::test_all(InMemory).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_file_with_one_changed_byte_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snapshot.json");
+        let (_, writer) = Catalog::new();
+        let mut machine = StateMachine::new(writer, Some(path.clone())).unwrap();
+        machine.build_snapshot().await.unwrap();
+        let (_, writer) = Catalog::new();
+        assert!(StateMachine::new(writer, Some(path.clone())).is_ok());
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.len() - 3;
+        bytes[at] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, writer) = Catalog::new();
+        let e = StateMachine::new(writer, Some(path.clone())).err().unwrap();
+        assert!(matches!(e, LoadError::Damaged { .. }), "{e}");
+        // A file from before checksums is still read.
+        let json = verified(&std::fs::read(&path).unwrap()).err();
+        assert!(json.is_some());
+        let legacy = bytes[bytes.iter().position(|b| *b == b'\n').unwrap() + 1..].to_vec();
+        let mut fixed = legacy.clone();
+        fixed[at - 65] ^= 0x01;
+        std::fs::write(&path, &fixed).unwrap();
+        let (_, writer) = Catalog::new();
+        assert!(StateMachine::new(writer, Some(path)).is_ok());
     }
 }

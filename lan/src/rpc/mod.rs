@@ -135,11 +135,27 @@ pub(crate) enum Request {
         timeout_ms: u64,
     },
     /// Raft: replicate entries or heartbeat.
-    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    AppendEntries {
+        /// The Raft ID of the server it is for: a server refuses a message for another
+        /// (one that now answers at an address or name an old ID had).
+        to: NodeId,
+        /// The message.
+        request: AppendEntriesRequest<TypeConfig>,
+    },
     /// Raft: ask for a vote.
-    Vote(VoteRequest<NodeId>),
+    Vote {
+        /// The Raft ID of the server it is for.
+        to: NodeId,
+        /// The message.
+        request: VoteRequest<NodeId>,
+    },
     /// Raft: a snapshot chunk.
-    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    InstallSnapshot {
+        /// The Raft ID of the server it is for.
+        to: NodeId,
+        /// The message.
+        request: InstallSnapshotRequest<TypeConfig>,
+    },
     /// Remove a server from the Raft configuration (`operator raft remove-peer`).
     RemovePeer {
         /// The server.
