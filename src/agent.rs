@@ -446,6 +446,7 @@ impl Agent {
             rpc_tls,
             rpc_max_conns_per_client: config.rpc_max_conns_per_client,
             version: crate::VERSION.to_owned(),
+            sync_interval: config.ae_interval,
         };
         let lan = match Lan::start(lan_config, &tasks, core.child_token()).await {
             Ok(lan) => lan,

@@ -59,7 +59,9 @@ pub use autopilot::DEAD_SERVER_GRACE;
 pub use catalog::Datacenter;
 use catalog::{Answer, Catalog, Command, Node, Query};
 pub use checks::CheckKind;
-pub use local::{CHECK_OUTPUT_LIMIT, CHECK_OUTPUT_MAX, CheckDefinition, Local, LocalError, Source};
+pub use local::{
+    CHECK_OUTPUT_LIMIT, CHECK_OUTPUT_MAX, CheckDefinition, Local, LocalError, SYNC_INTERVAL, Source,
+};
 pub use member::{Member, MemberStatus};
 pub use peer_log::{PEER_LOG_ENTRIES, PEER_LOG_INTERVAL, PeerLog};
 pub use pool_keyring::{
@@ -129,6 +131,9 @@ pub struct Config {
     pub rpc_max_conns_per_client: usize,
     /// This build's version (`0.1.0`), for tags and node meta.
     pub version: String,
+    /// Time between full anti-entropy passes before the spread for the pool's size
+    /// ([`SYNC_INTERVAL`], Consul's `ae_interval`).
+    pub sync_interval: Duration,
 }
 
 /// Options of a read.

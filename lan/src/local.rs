@@ -3,12 +3,26 @@
 //!
 //! The agent is the authority for what runs on its node: services and checks registered
 //! through config files or `/v1/agent/...` live here, health checks update them here, and
-//! [`run_sync`] writes the difference to the catalog whenever something changes, and in
-//! full every sync interval, so a catalog that lost or changed an entry is repaired.
-//! Consul calls this anti-entropy. Entries the leader owns (`serfHealth`, and the `consul`
-//! service of a server) are never touched by the sync.
+//! [`run_sync`] writes them to the catalog. Consul calls this anti-entropy. Entries the
+//! leader owns (`serfHealth`, and the `consul` service of a server) are never touched by
+//! the sync.
+//!
+//! A pass costs what changed. Every local change records the entry it touched as pending
+//! (Consul keeps an `InSync` flag per service and check for the same purpose), and a
+//! *changes pass* writes only those entries, without reading the catalog. A *full pass*
+//! reads this node's services and checks from the catalog, compares everything by ID and
+//! writes the differences, which repairs a catalog that lost or changed an entry behind
+//! the agent's back. Full passes run at start, when a server joins or leaves, after a
+//! change the catalog refused, and every [`SYNC_INTERVAL`] plus a random spread that
+//! grows with the size of the pool (Consul's `ae_interval` and its stagger).
+//!
+//! ```text
+//!   /v1/agent, config, check runs ──▶ Local (entries + Pending) ──plan_changes──▶ writes
+//!   catalog read (NodeServices, NodeChecks) ──────────────────────plan_full─────▶ writes
+//!   each write taken or refused ──▶ Local::settle (pending entry cleared if unchanged)
+//! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +43,18 @@ pub const CHECK_OUTPUT_MAX: usize = 4096;
 /// The largest `output_max_size` accepted: check output is stored in the catalog, so it
 /// must stay small.
 pub const CHECK_OUTPUT_LIMIT: usize = 64 * 1024;
+
+/// The time between two full anti-entropy passes before the random spread is added
+/// (Consul's `ae_interval`).
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Pools up to this many members spread full passes over one more [`SYNC_INTERVAL`];
+/// each doubling beyond it adds another interval to the spread (Consul's scale threshold).
+const SYNC_SCALE_THRESHOLD: usize = 128;
+
+/// Removals waiting to reach the catalog, at most. Beyond this they are forgotten and the
+/// next pass is a full one, which finds every entry the catalog has and the agent does not.
+const PENDING_REMOVALS_MAX: usize = 4096;
 
 /// The service ID servers register for themselves; owned by the leader, not by the sync.
 pub(crate) const CONSUL_SERVICE: &str = "consul";
@@ -97,11 +123,167 @@ struct LocalCheck {
     ttl_expires: Option<Instant>,
 }
 
+/// What the catalog has not been told yet.
+///
+/// Every change takes a new generation and records it against the entry it touched; a
+/// write settles an entry only if the entry still has the generation the write was
+/// planned with, so a change made while its write was on the way is sent again. Each map
+/// holds only IDs of entries that exist locally (or were just removed), and removals are
+/// bounded by [`PENDING_REMOVALS_MAX`].
+#[derive(Debug, Default)]
+struct Pending {
+    /// The newest generation handed out.
+    generation: u64,
+    /// The next pass must compare everything with the catalog.
+    full: bool,
+    /// Services to register, by ID, with the generation of their last change.
+    services: BTreeMap<String, u64>,
+    /// Services to deregister.
+    removed_services: BTreeMap<String, u64>,
+    /// Checks to register.
+    checks: BTreeMap<String, u64>,
+    /// Checks to deregister, with the service they covered (empty for a node check).
+    removed_checks: BTreeMap<String, (u64, String)>,
+}
+
+impl Pending {
+    fn next(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
+    }
+
+    fn service_changed(&mut self, id: &str) {
+        let generation = self.next();
+        self.removed_services.remove(id);
+        self.services.insert(id.to_owned(), generation);
+    }
+
+    fn service_removed(&mut self, id: &str) {
+        let generation = self.next();
+        self.services.remove(id);
+        self.removed_services.insert(id.to_owned(), generation);
+        self.bound_removals();
+    }
+
+    fn check_changed(&mut self, id: &str) {
+        let generation = self.next();
+        self.removed_checks.remove(id);
+        self.checks.insert(id.to_owned(), generation);
+    }
+
+    fn check_removed(&mut self, id: &str, service_id: &str) {
+        let generation = self.next();
+        self.checks.remove(id);
+        self.removed_checks
+            .insert(id.to_owned(), (generation, service_id.to_owned()));
+        self.bound_removals();
+    }
+
+    fn bound_removals(&mut self) {
+        if self.removed_services.len() + self.removed_checks.len() > PENDING_REMOVALS_MAX {
+            self.removed_services.clear();
+            self.removed_checks.clear();
+            self.full = true;
+        }
+    }
+
+    /// Forgets everything pending: a full pass is about to cover it.
+    fn clear(&mut self) {
+        self.full = false;
+        self.services.clear();
+        self.removed_services.clear();
+        self.checks.clear();
+        self.removed_checks.clear();
+    }
+
+    fn settle(&mut self, settles: &Settles) {
+        fn clear_if<V>(map: &mut BTreeMap<String, V>, id: &str, current: impl Fn(&V) -> bool) {
+            if map.get(id).is_some_and(current) {
+                map.remove(id);
+            }
+        }
+        match settles {
+            Settles::Nothing => {}
+            Settles::Service(id, g) => clear_if(&mut self.services, id, |v| v == g),
+            Settles::ServiceRemoval(id, g) => clear_if(&mut self.removed_services, id, |v| v == g),
+            Settles::Check(id, g) => clear_if(&mut self.checks, id, |v| v == g),
+            Settles::CheckRemoval(id, g) => {
+                clear_if(&mut self.removed_checks, id, |(v, _)| v == g);
+            }
+        }
+    }
+}
+
+/// The pending entry a write of a changes pass settles once the catalog took it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Settles {
+    /// Nothing: a full pass cleared what it covers when it was planned.
+    Nothing,
+    /// The registration of a service, at a generation.
+    Service(String, u64),
+    /// The deregistration of a service.
+    ServiceRemoval(String, u64),
+    /// The registration of a check.
+    Check(String, u64),
+    /// The deregistration of a check.
+    CheckRemoval(String, u64),
+}
+
+/// One catalog write of a pass.
+#[derive(Debug)]
+pub(crate) struct Write {
+    /// What to write.
+    pub(crate) command: Command,
+    /// What it settles once the catalog took or refused it.
+    pub(crate) settles: Settles,
+}
+
+/// The catalog writes one anti-entropy pass makes, in order: the node, services to
+/// register, services to deregister, checks to register, checks to deregister (a check
+/// needs its service in the catalog first).
+#[derive(Debug)]
+pub(crate) struct Plan {
+    /// Whether the pass compares everything with the catalog.
+    pub(crate) full: bool,
+    /// Local and catalog entries the plan looked at: the work the pass cost.
+    pub(crate) examined: usize,
+    /// The writes.
+    pub(crate) writes: Vec<Write>,
+}
+
+/// This node's entries as the catalog holds them, read for a full pass.
+#[derive(Debug, Default)]
+pub(crate) struct Remote {
+    /// The node, `None` when the catalog does not have it.
+    pub(crate) node: Option<Node>,
+    /// Its service instances.
+    pub(crate) services: Vec<Service>,
+    /// Its checks.
+    pub(crate) checks: Vec<Check>,
+}
+
 #[derive(Debug)]
 struct Inner {
     node: Node,
     services: BTreeMap<String, (Service, Source)>,
     checks: BTreeMap<String, LocalCheck>,
+    /// Lower-case service ID → the ID as registered, to find clashes and catalog entries
+    /// (which compare IDs case-insensitively) without a scan.
+    service_keys: BTreeMap<String, String>,
+    /// Lower-case check ID → the ID as registered.
+    check_keys: BTreeMap<String, String>,
+    /// Service ID → the IDs of the checks that cover it.
+    service_checks: BTreeMap<String, BTreeSet<String>>,
+    pending: Pending,
+}
+
+/// Whether storing a definition that equals the stored one is sent to the catalog again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// Yes: an API registration is a request to (re)register, as in Consul.
+    Always,
+    /// No: a reload sends only what it changed.
+    IfChanged,
 }
 
 /// Handle to this agent's services and checks. Cheap to clone.
@@ -129,6 +311,24 @@ fn truncate_output(mut output: String, max: usize) -> String {
     output
 }
 
+/// An ID as the catalog compares it.
+fn fold(id: &str) -> String {
+    id.to_ascii_lowercase()
+}
+
+impl Inner {
+    /// The registered ID that `id` clashes with: one that differs only in case and is not
+    /// being replaced.
+    fn clash<'a>(
+        keys: &'a BTreeMap<String, String>,
+        id: &str,
+        replacing: &BTreeSet<String>,
+    ) -> Option<&'a String> {
+        keys.get(&fold(id))
+            .filter(|other| *other != id && !replacing.contains(*other))
+    }
+}
+
 impl Local {
     pub(crate) fn new(node: Node, runner: Runner) -> Local {
         Local {
@@ -136,6 +336,14 @@ impl Local {
                 node,
                 services: BTreeMap::new(),
                 checks: BTreeMap::new(),
+                service_keys: BTreeMap::new(),
+                check_keys: BTreeMap::new(),
+                service_checks: BTreeMap::new(),
+                // The first pass compares everything.
+                pending: Pending {
+                    full: true,
+                    ..Pending::default()
+                },
             })),
             changed: Arc::new(Notify::new()),
             runner,
@@ -165,8 +373,15 @@ impl Local {
         replace_existing_checks: bool,
     ) -> Result<(), LocalError> {
         let mut inner = self.lock();
-        let service = self.checked_service(&inner, service, &checks, &[])?;
-        self.put_service(&mut inner, service, checks, source, replace_existing_checks);
+        let service = self.checked_service(&inner, service, &checks, &BTreeSet::new())?;
+        self.put_service(
+            &mut inner,
+            service,
+            checks,
+            source,
+            replace_existing_checks,
+            Resend::Always,
+        );
         drop(inner);
         self.touch();
         Ok(())
@@ -179,7 +394,7 @@ impl Local {
         inner: &Inner,
         mut service: Service,
         checks: &[CheckDefinition],
-        replacing: &[String],
+        replacing: &BTreeSet<String>,
     ) -> Result<Service, LocalError> {
         if service.id.is_empty() {
             service.id = service.name.clone();
@@ -187,12 +402,7 @@ impl Local {
         if service.id.eq_ignore_ascii_case(CONSUL_SERVICE) {
             return Err(LocalError::Reserved(service.id));
         }
-        let clash = inner.services.keys().find(|other| {
-            other.eq_ignore_ascii_case(&service.id)
-                && **other != service.id
-                && !replacing.contains(other)
-        });
-        if let Some(other) = clash {
+        if let Some(other) = Inner::clash(&inner.service_keys, &service.id, replacing) {
             return Err(LocalError::CaseClash(service.id, other.clone()));
         }
         for check in checks {
@@ -206,7 +416,7 @@ impl Local {
         &self,
         inner: &Inner,
         check: &CheckDefinition,
-        replacing: &[String],
+        replacing: &BTreeSet<String>,
     ) -> Result<(), LocalError> {
         if matches!(check.kind, CheckKind::Script { .. }) && !self.runner.scripts_enabled() {
             return Err(LocalError::ScriptsDisabled);
@@ -214,12 +424,7 @@ impl Local {
         if check.id.eq_ignore_ascii_case(SERF_HEALTH_CHECK) {
             return Err(LocalError::Reserved(check.id.clone()));
         }
-        let clash = inner.checks.keys().find(|other| {
-            other.eq_ignore_ascii_case(&check.id)
-                && **other != check.id
-                && !replacing.contains(other)
-        });
-        if let Some(other) = clash {
+        if let Some(other) = Inner::clash(&inner.check_keys, &check.id, replacing) {
             return Err(LocalError::CaseClash(check.id.clone(), other.clone()));
         }
         Ok(())
@@ -233,15 +438,31 @@ impl Local {
         checks: Vec<CheckDefinition>,
         source: Source,
         replace_existing_checks: bool,
+        resend: Resend,
     ) {
         let id = service.id.clone();
+        let changed = inner
+            .services
+            .get(&id)
+            .is_none_or(|(old, _)| *old != service);
+        if changed || resend == Resend::Always {
+            inner.pending.service_changed(&id);
+            if service.enable_tag_override {
+                // The catalog's tags win for this service, so writing it means reading
+                // them first: a full pass does.
+                inner.pending.full = true;
+            }
+        }
+        inner.service_keys.insert(fold(&id), id.clone());
         inner.services.insert(id.clone(), (service, source));
         if replace_existing_checks {
             let stale: Vec<String> = inner
-                .checks
-                .iter()
-                .filter(|(cid, c)| c.def.service_id == id && !checks.iter().any(|n| &n.id == *cid))
-                .map(|(cid, _)| cid.clone())
+                .service_checks
+                .get(&id)
+                .into_iter()
+                .flatten()
+                .filter(|cid| !checks.iter().any(|n| &n.id == *cid))
+                .cloned()
                 .collect();
             for cid in stale {
                 self.take_check(inner, &cid);
@@ -249,7 +470,7 @@ impl Local {
         }
         for mut check in checks {
             check.service_id = id.clone();
-            self.put_check(inner, check, source);
+            self.put_check(inner, check, source, resend);
         }
     }
 
@@ -266,13 +487,12 @@ impl Local {
         if inner.services.remove(id).is_none() {
             return false;
         }
-        let checks: Vec<String> = inner
-            .checks
-            .iter()
-            .filter(|(_, c)| c.def.service_id == id)
-            .map(|(cid, _)| cid.clone())
-            .collect();
-        for cid in checks {
+        let key = fold(id);
+        if inner.service_keys.get(&key).is_some_and(|k| k == id) {
+            inner.service_keys.remove(&key);
+        }
+        inner.pending.service_removed(id);
+        for cid in inner.service_checks.remove(id).unwrap_or_default() {
             self.take_check(inner, &cid);
         }
         true
@@ -281,11 +501,11 @@ impl Local {
     /// Adds or replaces a check.
     pub fn register_check(&self, check: CheckDefinition, source: Source) -> Result<(), LocalError> {
         let mut inner = self.lock();
-        self.checked_check(&inner, &check, &[])?;
+        self.checked_check(&inner, &check, &BTreeSet::new())?;
         if !check.service_id.is_empty() && !inner.services.contains_key(&check.service_id) {
             return Err(LocalError::UnknownService(check.service_id));
         }
-        self.put_check(&mut inner, check, source);
+        self.put_check(&mut inner, check, source, Resend::Always);
         drop(inner);
         self.touch();
         Ok(())
@@ -293,28 +513,49 @@ impl Local {
 
     /// Stores a checked check and (re)starts its runner, under the caller's lock so a
     /// concurrent removal cannot leave a runner behind.
-    fn put_check(&self, inner: &mut Inner, def: CheckDefinition, source: Source) {
+    fn put_check(&self, inner: &mut Inner, def: CheckDefinition, source: Source, resend: Resend) {
         let id = def.id.clone();
         let kind = def.kind.clone();
         let ttl_expires = match &def.kind {
             CheckKind::Ttl { ttl } => Some(Instant::now() + *ttl),
             _ => None,
         };
+        let before = inner.checks.get(&id).map(|c| to_catalog_check(inner, c));
         let (status, output) = match inner.checks.get(&id) {
             // Re-registering the same check keeps its last result, as Consul does.
             Some(old) if old.def.kind == def.kind => (old.status, old.output.clone()),
             _ => (def.status, String::new()),
         };
-        inner.checks.insert(
-            id.clone(),
-            LocalCheck {
-                def,
-                status,
-                output,
-                source,
-                ttl_expires,
-            },
-        );
+        if let Some(old) = inner.checks.get(&id)
+            && old.def.service_id != def.service_id
+            && let Some(set) = inner.service_checks.get_mut(&old.def.service_id)
+        {
+            set.remove(&id);
+            if set.is_empty() {
+                inner.service_checks.remove(&old.def.service_id);
+            }
+        }
+        if !def.service_id.is_empty() {
+            inner
+                .service_checks
+                .entry(def.service_id.clone())
+                .or_default()
+                .insert(id.clone());
+        }
+        inner.check_keys.insert(fold(&id), id.clone());
+        let check = LocalCheck {
+            def,
+            status,
+            output,
+            source,
+            ttl_expires,
+        };
+        let after = to_catalog_check(inner, &check);
+        inner.checks.insert(id.clone(), check);
+        let changed = before.is_none_or(|b| !same_check(&b, &after));
+        if changed || resend == Resend::Always {
+            inner.pending.check_changed(&id);
+        }
         self.runner.start(id, kind, self.clone());
     }
 
@@ -329,45 +570,76 @@ impl Local {
 
     fn take_check(&self, inner: &mut Inner, id: &str) -> bool {
         self.runner.stop(id);
-        inner.checks.remove(id).is_some()
+        let Some(check) = inner.checks.remove(id) else {
+            return false;
+        };
+        let key = fold(id);
+        if inner.check_keys.get(&key).is_some_and(|k| k == id) {
+            inner.check_keys.remove(&key);
+        }
+        let service_id = &check.def.service_id;
+        if let Some(set) = inner.service_checks.get_mut(service_id) {
+            set.remove(id);
+            if set.is_empty() {
+                inner.service_checks.remove(service_id);
+            }
+        }
+        inner.pending.check_removed(id, service_id);
+        true
     }
 
     /// Sets a TTL check's status (`/v1/agent/check/pass|warn|fail|update`) and restarts
-    /// its timer.
+    /// its timer. Only a new status or output is sent to the catalog.
     pub fn update_ttl(&self, id: &str, status: Health, output: String) -> Result<(), LocalError> {
-        {
+        let changed = {
             let mut inner = self.lock();
-            let check = inner
-                .checks
+            let Inner {
+                checks, pending, ..
+            } = &mut *inner;
+            let check = checks
                 .get_mut(id)
                 .ok_or_else(|| LocalError::UnknownCheck(id.to_owned()))?;
             let CheckKind::Ttl { ttl } = check.def.kind else {
                 return Err(LocalError::NotTtl(id.to_owned()));
             };
+            let output = truncate_output(output, check.def.output_max_size);
+            let changed = check.status != status || check.output != output;
             check.status = status;
-            check.output = truncate_output(output, check.def.output_max_size);
+            check.output = output;
             check.ttl_expires = Some(Instant::now() + ttl);
-        }
+            if changed {
+                pending.check_changed(id);
+            }
+            changed
+        };
         self.runner.wake(id);
-        self.touch();
+        if changed {
+            self.touch();
+        }
         Ok(())
     }
 
     /// Records the result of a check run. Ignored when the check was removed meanwhile.
     ///
     /// A new status is synced to the catalog at once; new output with the same status
-    /// waits for the next full sync, as Consul's `check_update_interval` holds back
+    /// waits for the next full pass, as Consul's `check_update_interval` holds back
     /// output-only changes, so a check whose output varies (a timestamp, a counter) does
     /// not write to Raft on every run.
     pub(crate) fn record(&self, id: &str, status: Health, output: String) {
         let status_changed = {
             let mut inner = self.lock();
-            match inner.checks.get_mut(id) {
+            let Inner {
+                checks, pending, ..
+            } = &mut *inner;
+            match checks.get_mut(id) {
                 Some(c) => {
                     let output = truncate_output(output, c.def.output_max_size);
                     let status_changed = c.status != status;
                     c.status = status;
                     c.output = output;
+                    if status_changed {
+                        pending.check_changed(id);
+                    }
                     status_changed
                 }
                 None => false,
@@ -387,12 +659,20 @@ impl Local {
     pub(crate) fn expire_ttl(&self, id: &str, expired_at: Instant) {
         let changed = {
             let mut inner = self.lock();
-            match inner.checks.get_mut(id) {
+            let Inner {
+                checks, pending, ..
+            } = &mut *inner;
+            match checks.get_mut(id) {
                 Some(c) if c.ttl_expires == Some(expired_at) => {
+                    const EXPIRED: &str = "TTL expired";
+                    let changed = c.status != Health::Critical || c.output != EXPIRED;
                     c.ttl_expires = None;
                     c.status = Health::Critical;
-                    c.output = "TTL expired".into();
-                    true
+                    c.output = EXPIRED.into();
+                    if changed {
+                        pending.check_changed(id);
+                    }
+                    changed
                 }
                 _ => false,
             }
@@ -404,7 +684,8 @@ impl Local {
 
     /// Replaces every definition that came from config files with `services` and `checks`
     /// (a reload). API registrations stay. Everything is checked first: a refused
-    /// definition leaves the agent exactly as it was.
+    /// definition leaves the agent exactly as it was. Only what the reload changed is
+    /// sent to the catalog.
     pub fn replace_config(
         &self,
         services: Vec<(Service, Vec<CheckDefinition>)>,
@@ -423,16 +704,17 @@ impl Local {
             .filter(|(_, c)| c.source == Source::Config)
             .map(|(id, _)| id.clone())
             .collect();
-        let replacing: Vec<String> = old_services.iter().chain(&old_checks).cloned().collect();
+        let replacing: BTreeSet<String> = old_services.iter().chain(&old_checks).cloned().collect();
         let mut checked = Vec::with_capacity(services.len());
         for (service, service_checks) in services {
             let service = self.checked_service(&inner, service, &service_checks, &replacing)?;
             checked.push((service, service_checks));
         }
+        let new_service_ids: BTreeSet<String> = checked.iter().map(|(s, _)| s.id.clone()).collect();
         for check in &checks {
             self.checked_check(&inner, check, &replacing)?;
             let known = check.service_id.is_empty()
-                || checked.iter().any(|(s, _)| s.id == check.service_id)
+                || new_service_ids.contains(&check.service_id)
                 || inner
                     .services
                     .get(&check.service_id)
@@ -441,26 +723,33 @@ impl Local {
                 return Err(LocalError::UnknownService(check.service_id.clone()));
             }
         }
-        let new_check_ids: Vec<&str> = checked
+        let new_check_ids: BTreeSet<String> = checked
             .iter()
-            .flat_map(|(_, cs)| cs.iter().map(|c| c.id.as_str()))
-            .chain(checks.iter().map(|c| c.id.as_str()))
+            .flat_map(|(_, cs)| cs.iter().map(|c| c.id.clone()))
+            .chain(checks.iter().map(|c| c.id.clone()))
             .collect();
         for id in &old_checks {
-            if !new_check_ids.contains(&id.as_str()) {
+            if !new_check_ids.contains(id) {
                 self.take_check(&mut inner, id);
             }
         }
         for id in &old_services {
-            if !checked.iter().any(|(s, _)| s.id == *id) {
+            if !new_service_ids.contains(id) {
                 self.take_service(&mut inner, id);
             }
         }
         for (service, service_checks) in checked {
-            self.put_service(&mut inner, service, service_checks, Source::Config, true);
+            self.put_service(
+                &mut inner,
+                service,
+                service_checks,
+                Source::Config,
+                true,
+                Resend::IfChanged,
+            );
         }
         for check in checks {
-            self.put_check(&mut inner, check, Source::Config);
+            self.put_check(&mut inner, check, Source::Config, Resend::IfChanged);
         }
         drop(inner);
         self.touch();
@@ -495,6 +784,197 @@ impl Local {
     async fn changed(&self) {
         self.changed.notified().await;
     }
+
+    /// Whether the next pass must compare everything with the catalog.
+    pub(crate) fn full_due(&self) -> bool {
+        self.lock().pending.full
+    }
+
+    /// Makes the next pass a full one.
+    pub(crate) fn request_full(&self) {
+        self.lock().pending.full = true;
+    }
+
+    /// The writes for what changed since it was last written, or `None` when the next
+    /// pass must be a full one. Looks only at pending entries: its cost is the number of
+    /// changes, whatever the number of services and checks.
+    pub(crate) fn plan_changes(&self) -> Option<Plan> {
+        let mut inner = self.lock();
+        if inner.pending.full {
+            return None;
+        }
+        let inner = &mut *inner;
+        let pending = &inner.pending;
+        let node = &inner.node;
+        let mut examined = 0;
+        let mut writes = Vec::new();
+        for (id, &generation) in &pending.services {
+            examined += 1;
+            let (service, _) = inner
+                .services
+                .get(id)
+                .expect("a pending service is a local one (removal moves it)");
+            writes.push(Write {
+                command: register_service(node, service.clone()),
+                settles: Settles::Service(id.clone(), generation),
+            });
+        }
+        for (id, &generation) in &pending.removed_services {
+            examined += 1;
+            writes.push(Write {
+                command: deregister(node, Some(id.clone()), None),
+                settles: Settles::ServiceRemoval(id.clone(), generation),
+            });
+        }
+        for (id, &generation) in &pending.checks {
+            examined += 1;
+            let check = inner
+                .checks
+                .get(id)
+                .expect("a pending check is a local one (removal moves it)");
+            writes.push(Write {
+                command: register_check(node, to_catalog_check(inner, check)),
+                settles: Settles::Check(id.clone(), generation),
+            });
+        }
+        let mut gone_with_service = Vec::new();
+        for (id, (generation, service_id)) in &pending.removed_checks {
+            examined += 1;
+            // Checks of a service that is being removed go with their service.
+            if !service_id.is_empty() && !inner.services.contains_key(service_id) {
+                gone_with_service.push(id.clone());
+                continue;
+            }
+            writes.push(Write {
+                command: deregister(node, None, Some(id.clone())),
+                settles: Settles::CheckRemoval(id.clone(), *generation),
+            });
+        }
+        for id in gone_with_service {
+            inner.pending.removed_checks.remove(&id);
+        }
+        Some(Plan {
+            full: false,
+            examined,
+            writes,
+        })
+    }
+
+    /// The writes that make the catalog's copy of this node (`remote`, as just read)
+    /// match the agent's, comparing entries by ID through maps. Everything pending is
+    /// covered, so it is cleared.
+    pub(crate) fn plan_full(&self, remote: Remote) -> Plan {
+        let remote_services: HashMap<String, &Service> =
+            remote.services.iter().map(|s| (fold(&s.id), s)).collect();
+        let remote_checks: HashMap<String, &Check> = remote
+            .checks
+            .iter()
+            .map(|c| (fold(&c.check_id), c))
+            .collect();
+        let mut inner = self.lock();
+        inner.pending.clear();
+        let inner = &*inner;
+        let node = &inner.node;
+        let mut examined = 1;
+        let mut writes = Vec::new();
+        let mut write = |command| {
+            writes.push(Write {
+                command,
+                settles: Settles::Nothing,
+            });
+        };
+
+        if !remote.node.as_ref().is_some_and(|r| same_node(node, r)) {
+            write(Command::Register(Registration {
+                node: node.clone(),
+                skip_node_update: false,
+                service: None,
+                checks: Vec::new(),
+            }));
+        }
+        for (service, _) in inner.services.values() {
+            examined += 1;
+            let theirs = remote_services.get(&fold(&service.id)).copied();
+            if !theirs.is_some_and(|r| same_service(service, r)) {
+                let mut wanted = service.clone();
+                if wanted.enable_tag_override
+                    && let Some(r) = theirs
+                {
+                    wanted.tags = r.tags.clone();
+                }
+                write(register_service(node, wanted));
+            }
+        }
+        for theirs in &remote.services {
+            examined += 1;
+            let ours = inner.service_keys.contains_key(&fold(&theirs.id));
+            if !ours && theirs.id != CONSUL_SERVICE {
+                write(deregister(node, Some(theirs.id.clone()), None));
+            }
+        }
+        for check in inner.checks.values() {
+            examined += 1;
+            let check = to_catalog_check(inner, check);
+            let theirs = remote_checks.get(&fold(&check.check_id));
+            if !theirs.is_some_and(|r| same_check(&check, r)) {
+                write(register_check(node, check));
+            }
+        }
+        for theirs in &remote.checks {
+            examined += 1;
+            let ours = inner.check_keys.contains_key(&fold(&theirs.check_id));
+            // Checks of services that are being removed go with their service.
+            let service_gone = !theirs.service_id.is_empty()
+                && !inner.service_keys.contains_key(&fold(&theirs.service_id));
+            if !ours && theirs.check_id != SERF_HEALTH_CHECK && !service_gone {
+                write(deregister(node, None, Some(theirs.check_id.clone())));
+            }
+        }
+        Plan {
+            full: true,
+            examined,
+            writes,
+        }
+    }
+
+    /// Records that the catalog took a write, or refused it (`refused`). Either way the
+    /// entry stops being pending unless it changed again meanwhile: a refused command
+    /// would be refused again. A refusal in a changes pass usually means the catalog lost
+    /// something this write relied on (the check's service, the node), so the next pass
+    /// is a full one, which repairs that first.
+    pub(crate) fn settle(&self, settles: &Settles, refused: bool) {
+        let mut inner = self.lock();
+        inner.pending.settle(settles);
+        if refused && *settles != Settles::Nothing {
+            inner.pending.full = true;
+        }
+    }
+}
+
+fn register_service(node: &Node, service: Service) -> Command {
+    Command::Register(Registration {
+        node: node.clone(),
+        skip_node_update: true,
+        service: Some(service),
+        checks: Vec::new(),
+    })
+}
+
+fn register_check(node: &Node, check: Check) -> Command {
+    Command::Register(Registration {
+        node: node.clone(),
+        skip_node_update: true,
+        service: None,
+        checks: vec![check],
+    })
+}
+
+fn deregister(node: &Node, service_id: Option<String>, check_id: Option<String>) -> Command {
+    Command::Deregister(Deregistration {
+        node: node.name.clone(),
+        service_id,
+        check_id,
+    })
 }
 
 fn to_catalog_check(inner: &Inner, c: &LocalCheck) -> Check {
@@ -522,39 +1002,79 @@ fn to_catalog_check(inner: &Inner, c: &LocalCheck) -> Check {
     }
 }
 
-/// How often the sync compares everything, even when nothing local changed.
-const SYNC_INTERVAL: Duration = Duration::from_secs(60);
 /// Back-off after a failed sync, doubling up to [`SYNC_RETRY_MAX`].
 const SYNC_RETRY_MIN: Duration = Duration::from_millis(250);
 const SYNC_RETRY_MAX: Duration = Duration::from_secs(15);
-/// Budget of one catalog write made by the sync.
+/// Budget of one catalog read or write made by the sync.
 const SYNC_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs anti-entropy until `shutdown`: after every local change, and every
-/// [`SYNC_INTERVAL`], writes what differs between `local` and the catalog.
+/// How many [`SYNC_INTERVAL`]s the random spread of full passes covers in a pool of
+/// `members`: one up to [`SYNC_SCALE_THRESHOLD`], one more each time the pool doubles.
+fn pool_scale(members: usize) -> u32 {
+    let mut scale = 1;
+    let mut covered = SYNC_SCALE_THRESHOLD;
+    while covered < members {
+        covered = covered.saturating_mul(2);
+        scale += 1;
+    }
+    scale
+}
+
+/// The wait from one full pass to the next: `interval`, plus `unit` (a random number in
+/// `[0, 1)`) of the spread for a pool of `members`, so that the agents of a large pool
+/// do not all read the catalog at once.
+fn full_sync_delay(interval: Duration, members: usize, unit: f64) -> Duration {
+    interval + interval.mul_f64(f64::from(pool_scale(members)) * unit.clamp(0.0, 1.0))
+}
+
+/// Runs anti-entropy until `shutdown`: a changes pass after every local change, a full
+/// pass at start, when the live servers change and every [`full_sync_delay`].
 pub(crate) async fn run_sync(lan: Lan, shutdown: CancellationToken) {
     let local = lan.local().clone();
+    let interval = lan.config().sync_interval;
     let mut members = lan.subscribe_members();
     let mut servers = live_servers(&members.borrow_and_update());
     let mut retry = SYNC_RETRY_MIN;
+    let next_full_after =
+        |lan: &Lan| Instant::now() + full_sync_delay(interval, lan.members().len(), rand::random());
+    let mut next_full = next_full_after(&lan);
     loop {
-        if let Err(e) = sync_once(&local, &lan).await {
-            tracing::debug!(error = %e, "anti-entropy sync failed, will retry");
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(retry) => {}
+        match sync_once(&local, &lan).await {
+            Err(e) => {
+                tracing::debug!(error = %e, "anti-entropy sync failed, will retry");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(retry) => {}
+                }
+                retry = (retry * 2).min(SYNC_RETRY_MAX);
+                continue;
             }
-            retry = (retry * 2).min(SYNC_RETRY_MAX);
+            Ok(pass) => {
+                retry = SYNC_RETRY_MIN;
+                tracing::debug!(
+                    full = pass.full,
+                    examined = pass.examined,
+                    writes = pass.writes,
+                    refused = pass.refused,
+                    "anti-entropy pass done"
+                );
+                if pass.full {
+                    next_full = next_full_after(&lan);
+                }
+            }
+        }
+        if local.full_due() {
+            // A change the catalog refused asks for a full pass at once.
             continue;
         }
-        retry = SYNC_RETRY_MIN;
-        let next_full = tokio::time::sleep(SYNC_INTERVAL);
-        tokio::pin!(next_full);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = local.changed() => break,
-                _ = &mut next_full => break,
+                _ = tokio::time::sleep_until(next_full) => {
+                    local.request_full();
+                    break;
+                }
                 changed = members.changed() => {
                     if changed.is_err() {
                         return;
@@ -564,6 +1084,7 @@ pub(crate) async fn run_sync(lan: Lan, shutdown: CancellationToken) {
                     let now = live_servers(&members.borrow_and_update());
                     if now != servers {
                         servers = now;
+                        local.request_full();
                         break;
                     }
                 }
@@ -618,120 +1139,90 @@ fn same_node(a: &Node, b: &Node) -> bool {
         && a.meta == b.meta
 }
 
-/// One anti-entropy pass.
-async fn sync_once(local: &Local, lan: &Lan) -> Result<(), SyncError> {
-    let node = local.node();
-    let services = local.services();
-    let checks = local.checks();
-    let deadline = || Instant::now() + SYNC_WRITE_TIMEOUT;
+/// What one pass did, for the log.
+#[derive(Debug, Clone, Copy)]
+struct PassReport {
+    full: bool,
+    examined: usize,
+    writes: usize,
+    refused: usize,
+}
+
+/// One anti-entropy pass: the pending changes, or a full comparison when one is due.
+async fn sync_once(local: &Local, lan: &Lan) -> Result<PassReport, SyncError> {
+    let plan = match local.plan_changes() {
+        Some(plan) => plan,
+        None => local.plan_full(read_remote(local, lan).await?),
+    };
+    let full = plan.full;
+    let result = write_plan(local, lan, plan).await;
+    if result.is_err() && full {
+        // What the full pass cleared is known again only by comparing.
+        local.request_full();
+    }
+    result
+}
+
+/// This node's services and checks as the catalog holds them.
+async fn read_remote(local: &Local, lan: &Lan) -> Result<Remote, SyncError> {
+    let node = local.node().name;
     let options = || ReadOptions {
         consistency: Consistency::Default,
         min_index: 0,
-        deadline: deadline(),
+        deadline: Instant::now() + SYNC_WRITE_TIMEOUT,
         max_stale: None,
     };
-    let by_node = Query::NodeServices {
-        node: node.name.clone(),
-    };
-    let checks_query = Query::NodeChecks {
-        node: node.name.clone(),
-    };
+    let by_node = Query::NodeServices { node: node.clone() };
+    let checks_query = Query::NodeChecks { node };
     let node_services = match lan.read(&by_node, options()).await?.answer {
         Answer::NodeServices(ns) => ns,
         _ => None,
     };
-    let remote_checks = match lan.read(&checks_query, options()).await?.answer {
+    let checks = match lan.read(&checks_query, options()).await?.answer {
         Answer::Checks(c) => c,
         _ => Vec::new(),
     };
-    let (remote_node, remote_services) = match node_services {
-        Some(ns) => (Some(ns.node), ns.services),
-        None => (None, Vec::new()),
-    };
-    let mut writes = Vec::new();
+    Ok(match node_services {
+        Some(ns) => Remote {
+            node: Some(ns.node),
+            services: ns.services,
+            checks,
+        },
+        None => Remote {
+            node: None,
+            services: Vec::new(),
+            checks,
+        },
+    })
+}
 
-    let node_ok = remote_node.as_ref().is_some_and(|r| same_node(&node, r));
-    if !node_ok {
-        writes.push(Command::Register(Registration {
-            node: node.clone(),
-            skip_node_update: false,
-            service: None,
-            checks: Vec::new(),
-        }));
-    }
-    for service in &services {
-        let remote = remote_services
-            .iter()
-            .find(|r| r.id.eq_ignore_ascii_case(&service.id));
-        let mut wanted = service.clone();
-        if wanted.enable_tag_override
-            && let Some(r) = remote
+/// Makes the writes of `plan` in order, settling each one the catalog took or refused;
+/// stops at the first that failed otherwise (its entry stays pending for the retry).
+async fn write_plan(local: &Local, lan: &Lan, plan: Plan) -> Result<PassReport, SyncError> {
+    let mut pass = PassReport {
+        full: plan.full,
+        examined: plan.examined,
+        writes: 0,
+        refused: 0,
+    };
+    for Write { command, settles } in plan.writes {
+        pass.writes += 1;
+        match lan
+            .write(command, Instant::now() + SYNC_WRITE_TIMEOUT)
+            .await
         {
-            wanted.tags = r.tags.clone();
-        }
-        if !remote.is_some_and(|r| same_service(service, r)) {
-            writes.push(Command::Register(Registration {
-                node: node.clone(),
-                skip_node_update: true,
-                service: Some(wanted),
-                checks: Vec::new(),
-            }));
-        }
-    }
-    for remote in &remote_services {
-        let ours = services
-            .iter()
-            .any(|s| s.id.eq_ignore_ascii_case(&remote.id));
-        if !ours && remote.id != CONSUL_SERVICE {
-            writes.push(Command::Deregister(Deregistration {
-                node: node.name.clone(),
-                service_id: Some(remote.id.clone()),
-                check_id: None,
-            }));
-        }
-    }
-    for check in &checks {
-        let remote = remote_checks
-            .iter()
-            .find(|r| r.check_id.eq_ignore_ascii_case(&check.check_id));
-        if !remote.is_some_and(|r| same_check(check, r)) {
-            writes.push(Command::Register(Registration {
-                node: node.clone(),
-                skip_node_update: true,
-                service: None,
-                checks: vec![check.clone()],
-            }));
-        }
-    }
-    for remote in &remote_checks {
-        let ours = checks
-            .iter()
-            .any(|c| c.check_id.eq_ignore_ascii_case(&remote.check_id));
-        // Checks of services that are being removed go with their service.
-        let service_gone = !remote.service_id.is_empty()
-            && !services
-                .iter()
-                .any(|s| s.id.eq_ignore_ascii_case(&remote.service_id));
-        if !ours && remote.check_id != SERF_HEALTH_CHECK && !service_gone {
-            writes.push(Command::Deregister(Deregistration {
-                node: node.name.clone(),
-                service_id: None,
-                check_id: Some(remote.check_id.clone()),
-            }));
-        }
-    }
-    for command in writes {
-        match lan.write(command, deadline()).await {
-            Ok(_) => {}
+            Ok(_) => local.settle(&settles, false),
             // A refused command will be refused again; log it and move on so one bad
             // entry does not block the others.
             Err(crate::WriteError::Rejected(e)) => {
                 tracing::warn!(error = %e, "catalog refused an anti-entropy update");
+                pass.refused += 1;
+                local.settle(&settles, true);
             }
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
+    Ok(pass)
 }
 
 /// Why an anti-entropy pass stopped; the next pass retries.
@@ -742,3 +1233,6 @@ enum SyncError {
     #[error(transparent)]
     Write(#[from] crate::WriteError),
 }
+
+#[cfg(test)]
+mod tests;

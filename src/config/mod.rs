@@ -273,6 +273,10 @@ pub struct AgentConfig {
     pub serf_lan_advertise_port: Option<u16>,
     /// The same for the WAN port (QUIC) of a server.
     pub serf_wan_advertise_port: Option<u16>,
+    /// Time between full anti-entropy passes before the spread for the pool's size. Not
+    /// a key users set (Consul keeps `ae_interval` out of user config): one minute, set
+    /// shorter by embedding programs and tests that wait for a full pass.
+    pub ae_interval: Duration,
     /// The sources, for a reload.
     pub sources: Sources,
     /// Warnings from reading the sources (Consul's text), for the agent to log.
@@ -1185,6 +1189,7 @@ impl AgentConfig {
             tls,
             serf_lan_advertise_port: None,
             serf_wan_advertise_port: None,
+            ae_interval: lan::SYNC_INTERVAL,
             gossip_lan: if sources.dev {
                 lan::gossip::Config::local()
             } else {

@@ -649,9 +649,14 @@ async fn unsupported_and_unsafe_registrations_are_refused() {
 
 #[tokio::test]
 async fn catalog_tags_win_with_enable_tag_override() {
-    let a = TestAgent::with_config(
-        r#"{"services": [{"name": "over", "tags": ["a"], "enable_tag_override": true}, {"name": "plain", "tags": ["a"]}]}"#,
-    )
+    let a = TestAgent::start(Setup {
+        config: Some(
+            r#"{"services": [{"name": "over", "tags": ["a"], "enable_tag_override": true}, {"name": "plain", "tags": ["a"]}]}"#
+                .into(),
+        ),
+        ae_interval: Some(std::time::Duration::from_millis(300)),
+        ..Setup::default()
+    })
     .await;
     eventually(secs(10), "services synced", || async {
         let v = a.json("/v1/catalog/services").await;
@@ -672,11 +677,7 @@ async fn catalog_tags_win_with_enable_tag_override() {
             200
         );
     }
-    // Anti-entropy repairs the plain service and leaves the override alone.
-    let r = a
-        .put("/v1/agent/service/register", r#"{"Name": "nudge"}"#)
-        .await;
-    assert_eq!(r.status, 200);
+    // The next full sync repairs the plain service and leaves the override alone.
     eventually(secs(10), "plain repaired", || async {
         let plain = a.json("/v1/catalog/service/plain").await;
         if plain[0]["ServiceTags"] == json!(["a"]) {

@@ -53,6 +53,8 @@ pub struct Spec {
     pub join_wan: Vec<String>,
     /// Put a fault proxy in front of the WAN port (QUIC) of a server.
     pub proxied_wan: bool,
+    /// Time between anti-entropy full syncs, for tests that wait for one.
+    pub ae_interval: Option<std::time::Duration>,
 }
 
 /// One running agent of a cluster.
@@ -120,6 +122,9 @@ impl Member {
         config.gossip_wan = lan::gossip::Config::local();
         config.start_join = spec.join.clone();
         config.start_join_wan = spec.join_wan.clone();
+        if let Some(interval) = spec.ae_interval {
+            config.ae_interval = interval;
+        }
         let proxy = if spec.proxied {
             // The gossip port must be known before the proxy can point at it, so it is
             // picked here rather than by the agent.

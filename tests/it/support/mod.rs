@@ -75,6 +75,8 @@ pub struct Setup {
     pub node: Option<String>,
     /// Run as a durable server with this data dir instead of `-dev`.
     pub data_dir: Option<PathBuf>,
+    /// Time between anti-entropy full syncs, for tests that wait for one.
+    pub ae_interval: Option<Duration>,
 }
 
 impl TestAgent {
@@ -121,7 +123,10 @@ impl TestAgent {
             },
             ..Sources::default()
         };
-        let config = AgentConfig::load(sources).unwrap();
+        let mut config = AgentConfig::load(sources).unwrap();
+        if let Some(interval) = setup.ae_interval {
+            config.ae_interval = interval;
+        }
         let agent = Agent::start(config).await.unwrap();
         let http = Client::new(&agent.http_addr().unwrap().to_string()).unwrap();
         let dns = agent.dns_addr().unwrap();
