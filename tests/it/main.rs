@@ -12,6 +12,7 @@
 mod anti_entropy;
 mod client;
 mod cluster;
+mod disk;
 mod dns;
 mod faults;
 mod gateway;

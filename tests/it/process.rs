@@ -658,7 +658,7 @@ fn sighup_reloads_config_files_and_node_meta_is_served() {
 
 /// Registers `ext-<i>` through the catalog API until the agent stops answering; returns
 /// the IDs it acknowledged.
-fn register_until_failure(http: &str, stop_after: usize) -> Vec<usize> {
+pub(crate) fn register_until_failure(http: &str, stop_after: usize) -> Vec<usize> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

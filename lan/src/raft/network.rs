@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
@@ -166,7 +167,24 @@ impl Peer {
     }
 }
 
+/// First pause before calling an unreachable server again.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+/// Longest pause between calls to an unreachable server: a server that is down costs
+/// the leader one failed call (and its log lines) per this interval, not several a
+/// second, and is found again within it once it is back.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The pauses between calls to an unreachable server: doubling from [`BACKOFF_FIRST`] to
+/// [`BACKOFF_MAX`].
+fn backoff() -> impl Iterator<Item = Duration> {
+    std::iter::successors(Some(BACKOFF_FIRST), |d| Some((*d * 2).min(BACKOFF_MAX)))
+}
+
 impl RaftNetwork<TypeConfig> for Peer {
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(backoff())
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
@@ -233,5 +251,18 @@ impl RaftNetwork<TypeConfig> for Peer {
             Response::Vote(Err(e)) => Err(self.remote(e)),
             other => Err(Self::unexpected(&other)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_to_an_unreachable_server_back_off_to_one_per_interval() {
+        let pauses: Vec<Duration> = backoff().take(8).collect();
+        assert_eq!(pauses[0], BACKOFF_FIRST);
+        assert!(pauses.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(pauses[7], BACKOFF_MAX);
     }
 }
