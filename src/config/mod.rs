@@ -676,12 +676,17 @@ fn check_layer(
         problems.push(problem(o, "reconnect_timeout", "must be at least 8h"));
     }
     if let Some(l) = &r.limits {
-        duration(
-            o,
-            "limits.http_header_timeout",
-            &l.http_header_timeout,
-            problems,
-        );
+        for (key, value) in [
+            ("limits.http_header_timeout", &l.http_header_timeout),
+            ("limits.http_body_timeout", &l.http_body_timeout),
+            ("limits.http_write_timeout", &l.http_write_timeout),
+        ] {
+            if let Some(d) = duration(o, key, value, problems)
+                && d < Duration::from_secs(1)
+            {
+                problems.push(problem(o, key, "must be at least 1s"));
+            }
+        }
         let range = |key: &str, v: Option<u64>, min: u64, max: u64, problems: &mut Vec<Problem>| {
             if let Some(n) = v
                 && !(min..=max).contains(&n)
@@ -693,6 +698,20 @@ fn check_layer(
             "limits.http_max_connections",
             l.http_max_connections,
             1,
+            1 << 20,
+            problems,
+        );
+        range(
+            "limits.http_max_blocking_queries",
+            l.http_max_blocking_queries,
+            1,
+            1 << 20,
+            problems,
+        );
+        range(
+            "limits.http_max_blocking_queries_per_client",
+            l.http_max_blocking_queries_per_client,
+            0,
             1 << 20,
             problems,
         );
@@ -1017,6 +1036,17 @@ impl AgentConfig {
             max_body_bytes: size(limits_raw.http_max_body_bytes, http_default.max_body_bytes),
             header_timeout: d(&limits_raw.http_header_timeout)
                 .unwrap_or(http_default.header_timeout),
+            body_timeout: d(&limits_raw.http_body_timeout).unwrap_or(http_default.body_timeout),
+            write_timeout: d(&limits_raw.http_write_timeout).unwrap_or(http_default.write_timeout),
+            max_blocking_queries: size(
+                limits_raw.http_max_blocking_queries,
+                http_default.max_blocking_queries,
+            ),
+            max_blocking_queries_per_client: match limits_raw.http_max_blocking_queries_per_client {
+                // As for connections: 0 means no per-client limit.
+                Some(0) => usize::MAX,
+                v => size(v, http_default.max_blocking_queries_per_client),
+            },
         };
         let dns = DnsConfig {
             udp_max_response: limits_raw
@@ -1258,6 +1288,51 @@ mod tests {
         assert_eq!(
             with(r#"{"limits": {"rpc_max_conns_per_client": 0}}"#),
             usize::MAX
+        );
+    }
+
+    #[test]
+    fn http_time_limits_and_blocking_query_allowance_are_read_and_checked() {
+        let load = |text: &str| {
+            let layers = vec![
+                Layer {
+                    origin: Origin::Defaults,
+                    raw: dev_layer(),
+                },
+                layer(text),
+            ];
+            AgentConfig::from_layers(&layers, dev_sources())
+        };
+        let c = load(r#"{"limits": {}}"#).unwrap().http_limits;
+        assert_eq!(c.body_timeout, Duration::from_secs(60));
+        assert_eq!(c.write_timeout, Duration::from_secs(30));
+        assert_eq!(c.max_blocking_queries, 4096);
+        assert_eq!(c.max_blocking_queries_per_client, 200);
+        let c = load(
+            r#"{"limits": {"http_body_timeout": "5s", "http_write_timeout": "2m",
+                "http_max_blocking_queries": 10, "http_max_blocking_queries_per_client": 0}}"#,
+        )
+        .unwrap()
+        .http_limits;
+        assert_eq!(c.body_timeout, Duration::from_secs(5));
+        assert_eq!(c.write_timeout, Duration::from_secs(120));
+        assert_eq!(c.max_blocking_queries, 10);
+        assert_eq!(
+            c.max_blocking_queries_per_client,
+            usize::MAX,
+            "0 = no limit"
+        );
+        let e =
+            load(r#"{"limits": {"http_body_timeout": "10ms", "http_max_blocking_queries": 0}}"#)
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("limits.http_body_timeout: must be at least 1s"),
+            "{e}"
+        );
+        assert!(
+            e.contains("limits.http_max_blocking_queries: must be between"),
+            "{e}"
         );
     }
 

@@ -46,6 +46,10 @@ pub struct RawLimits {
     pub http_max_header_bytes: Option<u64>,
     pub http_max_body_bytes: Option<u64>,
     pub http_header_timeout: Option<String>,
+    pub http_body_timeout: Option<String>,
+    pub http_write_timeout: Option<String>,
+    pub http_max_blocking_queries: Option<u64>,
+    pub http_max_blocking_queries_per_client: Option<u64>,
     pub dns_udp_max_response_bytes: Option<u64>,
     pub dns_rate_per_source: Option<u64>,
 }
@@ -280,6 +284,16 @@ impl RawConfig {
             scalar(&mut limits.http_max_header_bytes, x.http_max_header_bytes);
             scalar(&mut limits.http_max_body_bytes, x.http_max_body_bytes);
             scalar(&mut limits.http_header_timeout, x.http_header_timeout);
+            scalar(&mut limits.http_body_timeout, x.http_body_timeout);
+            scalar(&mut limits.http_write_timeout, x.http_write_timeout);
+            scalar(
+                &mut limits.http_max_blocking_queries,
+                x.http_max_blocking_queries,
+            );
+            scalar(
+                &mut limits.http_max_blocking_queries_per_client,
+                x.http_max_blocking_queries_per_client,
+            );
             scalar(
                 &mut limits.dns_udp_max_response_bytes,
                 x.dns_udp_max_response_bytes,

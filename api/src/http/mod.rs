@@ -5,19 +5,19 @@
 //! renders the answer in Consul's JSON shapes (`json`) with Consul's headers. Errors
 //! become Consul's status codes and texts (`ApiError`).
 
+mod admission;
 pub(crate) mod agent;
 pub(crate) mod catalog;
 mod coordinate;
+mod deadline;
 mod health;
 pub(crate) mod json;
 pub(crate) mod keyring;
 pub(crate) mod query;
+mod server;
 pub(crate) mod snapshot;
 mod status;
 
-use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -26,56 +26,18 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use gateway::RouteError;
-use lan::quota::{PerIp, Share};
 use lan::{Consistency, ReadError, ReadMeta, ReadOptions, WriteError};
 use serde::Serialize;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::Context;
 
-/// Largest request body accepted by default, in bytes; larger bodies get 413
-/// (`limits.http_max_body_bytes`).
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// Most HTTP connections open at once by default; further clients wait in the kernel's
-/// backlog until one closes (`limits.http_max_connections`; see [`HEADER_READ_TIMEOUT`]).
-pub const MAX_CONNECTIONS: usize = 1024;
-/// Most connections open at once from one client address by default (Consul's
-/// `limits.http_max_conns_per_client`); more are answered 429 and closed.
-pub const MAX_CONNS_PER_CLIENT: usize = 200;
-/// Largest request head (request line and headers) by default; larger gets 431
-/// (`limits.http_max_header_bytes`).
-pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+pub use server::{
+    BODY_TIMEOUT, HEADER_READ_TIMEOUT, HttpLimits, MAX_BLOCKING_QUERIES,
+    MAX_BLOCKING_QUERIES_PER_CLIENT, MAX_BODY_BYTES, MAX_CONNECTIONS, MAX_CONNS_PER_CLIENT,
+    MAX_HEADER_BYTES, MAX_REFUSALS, WRITE_TIMEOUT, start,
+};
 
-/// The HTTP server's bounds (the `limits` config block).
-#[derive(Debug, Clone)]
-pub struct HttpLimits {
-    /// Connections open at once.
-    pub max_connections: usize,
-    /// Connections open at once from one client IP address.
-    pub max_conns_per_client: usize,
-    /// Largest request head, in bytes (at least 8192).
-    pub max_header_bytes: usize,
-    /// Largest request body, in bytes (`/v1/snapshot` restores take up to 32 MiB).
-    pub max_body_bytes: usize,
-    /// Time a client has to send a request's head, and idle time between requests.
-    pub header_timeout: Duration,
-}
-
-impl Default for HttpLimits {
-    fn default() -> Self {
-        HttpLimits {
-            max_connections: MAX_CONNECTIONS,
-            max_conns_per_client: MAX_CONNS_PER_CLIENT,
-            max_header_bytes: MAX_HEADER_BYTES,
-            max_body_bytes: MAX_BODY_BYTES,
-            header_timeout: HEADER_READ_TIMEOUT,
-        }
-    }
-}
 /// Blocking-query wait when `?wait` is absent (Consul: 5m).
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 /// Longest blocking-query wait (Consul: 10m).
@@ -194,6 +156,13 @@ impl Params {
                 .cloned()
                 .collect(),
         )
+    }
+
+    /// These parameters as a query string (without the `?`).
+    pub(crate) fn encode(&self) -> String {
+        form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&self.0)
+            .finish()
     }
 
     /// `?pretty` (any value).
@@ -578,146 +547,6 @@ pub(crate) fn router(ctx: Context, max_body_bytes: usize) -> Router {
         .layer(axum::middleware::map_request(cache_control_params))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(ctx)
-}
-
-/// A client must send a request's headers within this time, including the wait for the
-/// next request on a kept-alive connection; then the connection is closed. This is what
-/// stops idle or slow clients from holding [`MAX_CONNECTIONS`] open.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a stopping agent lets open HTTP connections finish their requests.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-
-/// Binds the HTTP API on every address and serves it until `shutdown`; returns the bound
-/// addresses.
-pub async fn start(
-    addrs: &[SocketAddr],
-    ctx: Context,
-    limits: HttpLimits,
-    tasks: &TaskTracker,
-    shutdown: CancellationToken,
-) -> io::Result<Vec<SocketAddr>> {
-    let app = router(ctx, limits.max_body_bytes);
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let per_client = PerIp::new();
-    let limits = Arc::new(limits);
-    let mut bound = Vec::new();
-    let mut listeners = Vec::new();
-    for addr in addrs {
-        let listener = TcpListener::bind(addr).await.map_err(|e| {
-            io::Error::new(e.kind(), format!("binding the HTTP API to {addr}: {e}"))
-        })?;
-        let local = listener.local_addr()?;
-        tracing::info!(proto = "http", addr = %local, "listening");
-        bound.push(local);
-        listeners.push(listener);
-    }
-    for listener in listeners {
-        tasks.spawn(serve(
-            listener,
-            app.clone(),
-            Shared {
-                permits: permits.clone(),
-                per_client: per_client.clone(),
-                limits: limits.clone(),
-            },
-            tasks.clone(),
-            shutdown.clone(),
-        ));
-    }
-    Ok(bound)
-}
-
-/// What every listener of one agent shares.
-#[derive(Clone)]
-struct Shared {
-    permits: Arc<Semaphore>,
-    per_client: Arc<PerIp>,
-    limits: Arc<HttpLimits>,
-}
-
-/// Accepts connections while a permit is free and serves each on a task of its own.
-async fn serve(
-    listener: TcpListener,
-    app: Router,
-    shared: Shared,
-    tasks: TaskTracker,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            p = shared.permits.clone().acquire_owned() => p.expect("the connection semaphore is never closed"),
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a moment rather than spin.
-                    tracing::warn!(error = %e, "http accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Some(slot) = shared
-            .per_client
-            .take(peer.ip(), shared.limits.max_conns_per_client)
-        else {
-            tasks.spawn(refuse_connection(stream, peer, permit));
-            continue;
-        };
-        tasks.spawn(serve_connection(
-            stream,
-            peer,
-            app.clone(),
-            (permit, slot),
-            shared.limits.clone(),
-            shutdown.clone(),
-        ));
-    }
-}
-
-/// Tells a client over its connection limit so (429), then closes.
-async fn refuse_connection(mut stream: TcpStream, peer: SocketAddr, _permit: OwnedSemaphorePermit) {
-    use tokio::io::AsyncWriteExt;
-    tracing::debug!(peer = %peer, "http connection refused: too many from this client");
-    let body = "Your IP is issuing too many concurrent connections, please rate limit your calls\n";
-    let reply = format!(
-        "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(reply.as_bytes())).await;
-}
-
-async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    app: Router,
-    _slots: (OwnedSemaphorePermit, Share<std::net::IpAddr>),
-    limits: Arc<HttpLimits>,
-    shutdown: CancellationToken,
-) {
-    let service = hyper_util::service::TowerToHyperService::new(app);
-    let connection = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            match tokio::time::timeout(SHUTDOWN_GRACE, connection.as_mut()).await {
-                Ok(result) => result,
-                Err(_) => Ok(()),
-            }
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(peer = %peer, error = %e, "http connection ended");
-    }
 }
 
 #[cfg(test)]
