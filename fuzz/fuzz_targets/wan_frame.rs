@@ -1,5 +1,5 @@
 //! The request of an incoming WAN stream: the kind byte, then an RPC (JSON) or a gossip
-//! frame for a plaintext and an encrypted pool. A decoded RPC must encode back to
+//! stream for a plaintext and an encrypted pool. A decoded RPC must encode back to
 //! itself; a pool's answer must be a frame its peer can read.
 #![no_main]
 
@@ -25,18 +25,16 @@ fuzz_target!(|data: &[u8]| {
             assert!(round_trips, "the request does not round-trip: {request:?}");
         }
         Stream::Gossip(answers) => {
-            if let Some(a) = &answers.plaintext {
-                assert!(
-                    lan::fuzzing::answer_is_well_formed(a, false),
-                    "plaintext answer {a:?}"
-                );
-            }
-            if let Some(a) = &answers.encrypted {
-                assert!(
-                    lan::fuzzing::answer_is_well_formed(a, true),
-                    "encrypted answer {a:?}"
-                );
-            }
+            let plaintext = &answers.plaintext;
+            assert!(
+                runtime.block_on(lan::fuzzing::answer_is_well_formed(plaintext, false)),
+                "plaintext answer {plaintext:?}"
+            );
+            let encrypted = &answers.encrypted;
+            assert!(
+                runtime.block_on(lan::fuzzing::answer_is_well_formed(encrypted, true)),
+                "encrypted answer {encrypted:?}"
+            );
         }
         Stream::Unreadable | Stream::Unknown => {}
     }

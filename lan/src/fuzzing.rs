@@ -1,13 +1,15 @@
 //! Entry points for the fuzz targets in `fuzz/` and for their property tests: bytes as
-//! a peer sends them, through the code that handles a received gossip packet or stream
-//! frame. Not part of the API; every function returns normally for any input, and a
+//! a peer sends them, through the code that handles a received gossip packet or gossip
+//! stream. Not part of the API; every function returns normally for any input, and a
 //! panic in one is a bug in the code it calls.
 //!
 //! The receiving member has gossip encryption on, with [`test_keyring`], and still
 //! accepts plaintext (`encrypt_verify_incoming = false`, as during a key roll-out): a
 //! sealed message is opened with the test key, anything else goes to the decoder as it
-//! is, so arbitrary bytes reach the decoder and the engine. Stream frames also go to a
-//! member without encryption, the only one that reads a plaintext keyring request.
+//! is, so arbitrary bytes reach the decoder and the engine. Streams also go to a member
+//! without encryption, the only one that reads a plaintext keyring request. A fuzzer
+//! cannot forge a chunk's tag, so [`sealed_frame`] seals chosen payloads with the test
+//! key to reach what follows authentication.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::gossip::message::decode_packet;
 use crate::gossip::{self, Engine, Output};
 use crate::keyring::{Key, Keyring};
+use crate::stream::{self, Expect, Kind, Opener};
 use crate::transport::{
     self, Crypto, Encryption, Exchange, JoinError, Link, PacketError, Pool, PoolConfig,
 };
@@ -61,17 +64,18 @@ pub fn seal_packet(plaintext: &[u8]) -> Vec<u8> {
     test_keyring().seal(plaintext, transport::PACKET_AAD)
 }
 
-/// Seals a plaintext stream frame as a member holding [`TEST_KEY`] sends it.
-pub fn seal_frame(plaintext: &[u8]) -> Vec<u8> {
-    test_keyring().seal(plaintext, transport::STREAM_AAD)
+/// A stream frame whose header names `kind` (a [`Kind`]'s byte) carrying `payload`,
+/// sealed in chunks with [`TEST_KEY`] as a member holding it sends it; `None` when the
+/// byte names no kind or the payload is over the kind's limit.
+pub fn sealed_frame(kind: u8, payload: &[u8]) -> Option<Vec<u8>> {
+    let kind = Kind::from_byte(kind)?;
+    stream::encode(kind, payload, Some(test_keyring().primary())).ok()
 }
 
-/// A plaintext keyring request frame (what `keyring -list` sends each member, before
-/// sealing).
-pub fn keyring_request(json: &[u8]) -> Vec<u8> {
-    let mut frame = vec![transport::KEY_REQUEST];
-    frame.extend_from_slice(json);
-    frame
+/// A frame of `kind` carrying `payload`, sealed with [`TEST_KEY`] or plaintext.
+pub fn frame(kind: Kind, payload: &[u8], seal: bool) -> Vec<u8> {
+    let key = test_keyring().primary().clone();
+    stream::encode(kind, payload, seal.then_some(&key)).expect("a payload within the limit")
 }
 
 /// What became of a received packet.
@@ -146,27 +150,28 @@ impl Link for NoLink {
     }
 }
 
-/// The answers of two new one-member pools to one stream frame.
+/// The answers of two new one-member pools to one gossip stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameAnswers {
-    /// A pool without encryption: the frame's answer, or `None` when the stream is
-    /// closed without one.
-    pub plaintext: Option<Vec<u8>>,
+    /// A pool without encryption: what it wrote back (empty when it closed the stream
+    /// without an answer).
+    pub plaintext: Vec<u8>,
     /// A pool holding [`test_keyring`] that accepts plaintext too.
-    pub encrypted: Option<Vec<u8>>,
+    pub encrypted: Vec<u8>,
 }
 
-/// The one frame of a gossip stream from [`peer_addr`], as [`transport::Inbound::frame`]
-/// serves it (the LAN pool's TCP streams and the WAN pool's QUIC streams alike), to a
-/// plaintext pool and to an encrypted one. Needs a Tokio runtime with timers.
-pub async fn gossip_frame(bytes: &[u8]) -> FrameAnswers {
+/// A gossip stream from [`peer_addr`] whose bytes are `bytes`, as
+/// [`transport::Inbound::serve`] serves it (the LAN pool's TCP streams and the WAN pool's
+/// QUIC streams alike), to a plaintext pool and to an encrypted one. Needs a Tokio
+/// runtime with timers.
+pub async fn gossip_stream(bytes: &[u8]) -> FrameAnswers {
     FrameAnswers {
-        plaintext: frame_to_pool(None, bytes).await,
-        encrypted: frame_to_pool(Some(test_encryption()), bytes).await,
+        plaintext: stream_to_pool(None, bytes).await,
+        encrypted: stream_to_pool(Some(test_encryption()), bytes).await,
     }
 }
 
-async fn frame_to_pool(encryption: Option<Encryption>, bytes: &[u8]) -> Option<Vec<u8>> {
+async fn stream_to_pool(encryption: Option<Encryption>, bytes: &[u8]) -> Vec<u8> {
     let tasks = TaskTracker::new();
     let shutdown = CancellationToken::new();
     let config = PoolConfig {
@@ -180,36 +185,64 @@ async fn frame_to_pool(encryption: Option<Encryption>, bytes: &[u8]) -> Option<V
     };
     let (_pool, inbound) =
         Pool::start_with(config, Arc::new(NoLink), "LAN", &tasks, shutdown.clone());
-    let answer = inbound.frame(peer_addr(), bytes).await;
+    let (mut recv, mut answer) = (bytes, Vec::new());
+    // A stream that ends early is the stream's error; whatever was written stays.
+    let _ = inbound.serve(peer_addr(), &mut recv, &mut answer).await;
     shutdown.cancel();
     tasks.close();
     tasks.wait().await;
     answer
 }
 
-/// Whether `answer` is a frame a pool may send back: an error frame, or (from the
-/// encrypted pool) a frame that opens with [`test_keyring`], or (from the plaintext
-/// pool) a keyring answer or a push-pull.
-pub fn answer_is_well_formed(answer: &[u8], encrypted: bool) -> bool {
-    if answer.first() == Some(&transport::ERROR_FRAME) {
+/// Reads `bytes` as the request frame of a stream, the way a pool holding
+/// [`test_keyring`] reads it (refusing plaintext when `strict`); returns the frame's kind
+/// and payload, or why it was refused.
+pub async fn read_request(bytes: &[u8], strict: bool) -> Result<(Kind, Vec<u8>), String> {
+    let opener = Opener {
+        keyring: Some(test_keyring()),
+        verify_incoming: strict,
+    };
+    let budget = stream::budget();
+    let mut grant = budget.grant(peer_addr().ip());
+    let mut recv = bytes;
+    stream::read(&mut recv, &opener, Expect::Request, &mut grant)
+        .await
+        .map(|f| (f.kind, f.payload))
+        .map_err(|e| e.to_string())
+}
+
+/// Whether `answer` is what a pool may write back: nothing, an error frame, or (from the
+/// encrypted pool) a frame sealed with [`test_keyring`], or (from the plaintext pool) a
+/// plaintext one; either a keyring answer or a push-pull that decodes, with nothing after
+/// it.
+pub async fn answer_is_well_formed(answer: &[u8], encrypted: bool) -> bool {
+    if answer.is_empty() {
         return true;
     }
-    let plain = if encrypted {
-        match test_keyring().open(answer, transport::STREAM_AAD) {
-            Ok(p) => p,
-            Err(_) => return false,
-        }
-    } else {
-        answer.to_vec()
+    let opener = Opener {
+        keyring: encrypted.then(test_keyring),
+        verify_incoming: encrypted,
     };
-    match plain.first() {
-        Some(&transport::KEY_ANSWER) => true,
-        Some(&gossip::message::PROTOCOL) => matches!(
-            gossip::message::decode_frame(&plain),
-            Ok(gossip::message::Message::PushPull { .. })
-        ),
-        _ => false,
+    let budget = stream::budget();
+    for asked in [Kind::PushPull, Kind::KeyRequest] {
+        let mut grant = budget.grant(own_addr().ip());
+        let mut rest = answer;
+        let Ok(frame) = stream::read(&mut rest, &opener, Expect::Answer(asked), &mut grant).await
+        else {
+            continue;
+        };
+        return rest.is_empty()
+            && match frame.kind {
+                Kind::Error => std::str::from_utf8(&frame.payload).is_ok(),
+                Kind::KeyAnswer => true,
+                Kind::PushPull => matches!(
+                    gossip::message::decode_frame(&frame.payload),
+                    Ok(gossip::message::Message::PushPull { .. })
+                ),
+                Kind::KeyRequest => false,
+            };
     }
+    false
 }
 
 #[cfg(test)]
@@ -328,16 +361,65 @@ mod tests {
         assert_eq!(gossip_packet(&ping), gossip_packet(&ping), "deterministic");
     }
 
+    /// The kind and payload of a sealed answer frame.
+    async fn read_request_as_answer(answer: &[u8]) -> Result<(Kind, Vec<u8>), String> {
+        let opener = Opener {
+            keyring: Some(test_keyring()),
+            verify_incoming: true,
+        };
+        let budget = stream::budget();
+        let mut grant = budget.grant(own_addr().ip());
+        let mut rest = answer;
+        stream::read(
+            &mut rest,
+            &opener,
+            Expect::Answer(Kind::PushPull),
+            &mut grant,
+        )
+        .await
+        .map(|f| (f.kind, f.payload))
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_sealed_keyring_listing_is_answered_and_a_plaintext_one_refused() {
+        let list = serde_json::to_vec(&transport::KeyOperation::List).unwrap();
+        let sealed = runtime().block_on(gossip_stream(&frame(Kind::KeyRequest, &list, true)));
+        assert_eq!(sealed.encrypted.first(), Some(&b'S'));
+        assert!(runtime().block_on(answer_is_well_formed(&sealed.encrypted, true)));
+        let plain = runtime().block_on(gossip_stream(&frame(Kind::KeyRequest, &list, false)));
+        let refused =
+            stream::error_frame("keyring requests must be encrypted with an installed key");
+        assert_eq!(plain.encrypted, refused);
+        assert!(runtime().block_on(answer_is_well_formed(&plain.plaintext, false)));
+    }
+
     #[test]
     fn seeds_are_accepted() {
+        // `stream-*` seeds are a frame's kind byte and payload, for the fuzz target to
+        // seal (`sealed_frame`); the others are packets.
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/gossip");
-        let mut seen = 0;
+        let (mut packets, mut streams) = (0, 0);
         for entry in std::fs::read_dir(&dir).unwrap() {
-            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-            assert!(matches!(gossip_packet(&bytes), Packet::Handled { .. }));
-            seen += 1;
+            let entry = entry.unwrap();
+            let bytes = std::fs::read(entry.path()).unwrap();
+            if entry.file_name().to_string_lossy().starts_with("stream-") {
+                let (&kind, payload) = bytes.split_first().unwrap();
+                let frame = sealed_frame(kind, payload).unwrap();
+                let answers = runtime().block_on(gossip_stream(&frame));
+                assert_eq!(answers.encrypted.first(), Some(&b'S'), "{entry:?}");
+                assert!(runtime().block_on(answer_is_well_formed(&answers.encrypted, true)));
+                streams += 1;
+            } else {
+                assert!(matches!(gossip_packet(&bytes), Packet::Handled { .. }));
+                packets += 1;
+            }
         }
-        assert!(seen > 0, "no seeds in {}", dir.display());
+        assert!(
+            packets > 0 && streams > 0,
+            "seeds missing in {}",
+            dir.display()
+        );
     }
 
     proptest! {
@@ -377,13 +459,33 @@ mod tests {
         }
 
         #[test]
-        fn arbitrary_frames_get_well_formed_answers(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let answers = runtime().block_on(gossip_frame(&bytes));
-            if let Some(a) = &answers.plaintext {
-                prop_assert!(answer_is_well_formed(a, false));
-            }
-            if let Some(a) = &answers.encrypted {
-                prop_assert!(answer_is_well_formed(a, true));
+        fn arbitrary_streams_get_well_formed_answers(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let answers = runtime().block_on(gossip_stream(&bytes));
+            prop_assert!(runtime().block_on(answer_is_well_formed(&answers.plaintext, false)));
+            prop_assert!(runtime().block_on(answer_is_well_formed(&answers.encrypted, true)));
+        }
+
+        #[test]
+        fn arbitrary_bytes_are_never_a_request_to_a_strict_member(
+            bytes in proptest::collection::vec(any::<u8>(), 0..300),
+            header in (0usize..4, any::<u32>()),
+        ) {
+            // As sent, and behind a well-formed header (a sealed push-pull or keyring
+            // request of any length), so that the chunk reader gets to work.
+            prop_assert!(runtime().block_on(read_request(&bytes, true)).is_err());
+            let (mode, kind) = [(b'S', Kind::PushPull), (b'S', Kind::KeyRequest), (b'P', Kind::PushPull), (b'S', Kind::KeyAnswer)][header.0];
+            let mut framed = vec![mode, kind.byte()];
+            framed.extend_from_slice(&(header.1 % (2 * stream::CHUNK as u32)).to_be_bytes());
+            framed.extend_from_slice(&bytes);
+            prop_assert!(runtime().block_on(read_request(&framed, true)).is_err());
+        }
+
+        #[test]
+        fn sealed_payloads_get_well_formed_answers(kind in any::<u8>(), payload in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Some(frame) = sealed_frame(kind, &payload) {
+                let answers = runtime().block_on(gossip_stream(&frame));
+                prop_assert!(runtime().block_on(answer_is_well_formed(&answers.encrypted, true)));
+                prop_assert!(runtime().block_on(answer_is_well_formed(&answers.plaintext, false)));
             }
         }
 
@@ -393,26 +495,25 @@ mod tests {
             join in any::<bool>(),
             seal in any::<bool>(),
         ) {
-            let frame = encode_frame(&Message::PushPull { join, states });
-            let frame = if seal { seal_frame(&frame) } else { frame };
-            let answers = runtime().block_on(gossip_frame(&frame));
-            let encrypted = answers.encrypted.expect("a push-pull is answered");
-            prop_assert!(answer_is_well_formed(&encrypted, true));
-            prop_assert_ne!(encrypted.first(), Some(&transport::ERROR_FRAME));
+            let payload = encode_frame(&Message::PushPull { join, states });
+            let request = frame(Kind::PushPull, &payload, seal);
+            let answers = runtime().block_on(gossip_stream(&request));
+            prop_assert!(runtime().block_on(answer_is_well_formed(&answers.encrypted, true)));
+            prop_assert_eq!(answers.encrypted.first(), Some(&b'S'), "a sealed push-pull answer");
+            let (kind, _) = runtime().block_on(read_request_as_answer(&answers.encrypted)).unwrap();
+            prop_assert_eq!(kind, Kind::PushPull);
             if !seal {
-                let plain = answers.plaintext.expect("a push-pull is answered");
-                prop_assert!(answer_is_well_formed(&plain, false));
+                prop_assert_eq!(answers.plaintext.first(), Some(&b'P'));
+                prop_assert!(runtime().block_on(answer_is_well_formed(&answers.plaintext, false)));
             }
         }
 
         #[test]
         fn keyring_requests_with_random_json_never_panic(json in "[ -~]{0,60}", seal in any::<bool>()) {
-            let frame = keyring_request(json.as_bytes());
-            let frame = if seal { seal_frame(&frame) } else { frame };
-            let answers = runtime().block_on(gossip_frame(&frame));
-            if let Some(a) = &answers.encrypted {
-                prop_assert!(answer_is_well_formed(a, true));
-            }
+            let request = frame(Kind::KeyRequest, json.as_bytes(), seal);
+            let answers = runtime().block_on(gossip_stream(&request));
+            prop_assert!(runtime().block_on(answer_is_well_formed(&answers.encrypted, true)));
+            prop_assert!(runtime().block_on(answer_is_well_formed(&answers.plaintext, false)));
         }
     }
 }

@@ -5,14 +5,15 @@
 //! are sealed with the primary and opened with whichever installed key works, so a key can
 //! be rotated on a running pool (install everywhere, make primary, remove the old one).
 //!
-//! Sealed layout: `[version = 1][nonce: 12][ciphertext][tag: 16]`, AES-GCM with a random
-//! nonce and the caller's associated data (the stream frame header, or nothing for a
-//! packet). The layout is our own; wire compatibility with Consul agents is not a goal.
+//! Sealed packet layout: `[version = 1][nonce: 12][ciphertext][tag: 16]`, AES-GCM with a
+//! random nonce and the caller's associated data. Stream frames are sealed chunk by chunk
+//! with a `Cipher` (see [`crate::stream`]). The layouts are our own; wire compatibility
+//! with Consul agents is not a goal.
 
 use std::path::Path;
 
 use aes_gcm::aead::consts::U12;
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::{Aead, AeadInOut, KeyInit, Payload};
 use aes_gcm::aes::Aes192;
 use aes_gcm::{Aes128Gcm, Aes256Gcm, AesGcm};
 use base64::Engine as _;
@@ -20,8 +21,10 @@ use base64::engine::general_purpose::STANDARD;
 
 /// Version byte of a sealed message.
 pub const SEALED_VERSION: u8 = 1;
-const NONCE_LEN: usize = 12;
-const TAG_LEN: usize = 16;
+/// Bytes of an AES-GCM nonce.
+pub const NONCE_LEN: usize = 12;
+/// Bytes of an AES-GCM tag.
+pub const TAG_LEN: usize = 16;
 /// Bytes a sealed message adds to its plaintext.
 pub const SEAL_OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
 
@@ -80,6 +83,22 @@ impl Key {
         STANDARD.encode(&self.0)
     }
 
+    /// This key, set up to seal or open many messages (the chunks of one stream frame).
+    pub(crate) fn cipher(&self) -> Cipher {
+        // A key of a valid size always sets up (checked in `from_bytes`).
+        match self.0.len() {
+            16 => Cipher::Aes128(Box::new(
+                Aes128Gcm::new_from_slice(&self.0).expect("16-byte key"),
+            )),
+            24 => Cipher::Aes192(Box::new(
+                AesGcm::<Aes192, U12>::new_from_slice(&self.0).expect("24-byte key"),
+            )),
+            _ => Cipher::Aes256(Box::new(
+                Aes256Gcm::new_from_slice(&self.0).expect("32-byte key"),
+            )),
+        }
+    }
+
     fn seal(&self, nonce: &[u8; NONCE_LEN], plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
         let nonce = aes_gcm::Nonce::<U12>::from(*nonce);
         let payload = Payload {
@@ -119,6 +138,55 @@ impl Key {
                 .decrypt(&nonce, payload),
         }
         .ok()
+    }
+}
+
+/// One key set up for AES-GCM, for sealing or opening in place with a detached tag.
+pub(crate) enum Cipher {
+    Aes128(Box<Aes128Gcm>),
+    Aes192(Box<AesGcm<Aes192, U12>>),
+    Aes256(Box<Aes256Gcm>),
+}
+
+impl Cipher {
+    /// Encrypts `buf` in place and returns its tag.
+    pub(crate) fn seal_in_place(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> [u8; TAG_LEN] {
+        let nonce = aes_gcm::Nonce::<U12>::from(*nonce);
+        let tag = match self {
+            Cipher::Aes128(c) => c.encrypt_inout_detached(&nonce, aad, buf.into()),
+            Cipher::Aes192(c) => c.encrypt_inout_detached(&nonce, aad, buf.into()),
+            Cipher::Aes256(c) => c.encrypt_inout_detached(&nonce, aad, buf.into()),
+        };
+        // Only lengths beyond 64 GiB fail; callers seal at most one chunk at a time.
+        tag.expect("AES-GCM encrypts any chunk of a sane size")
+            .into()
+    }
+
+    /// Decrypts `buf` in place when `tag` authenticates it with `aad`; returns whether it
+    /// did. On failure `buf` is left as it was (AES-GCM checks the tag before it
+    /// decrypts), so the next installed key can be tried on the same bytes.
+    pub(crate) fn open_in_place(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8],
+    ) -> bool {
+        let Ok(tag) = aes_gcm::Tag::try_from(tag) else {
+            return false;
+        };
+        let nonce = aes_gcm::Nonce::<U12>::from(*nonce);
+        match self {
+            Cipher::Aes128(c) => c.decrypt_inout_detached(&nonce, aad, buf.into(), &tag),
+            Cipher::Aes192(c) => c.decrypt_inout_detached(&nonce, aad, buf.into(), &tag),
+            Cipher::Aes256(c) => c.decrypt_inout_detached(&nonce, aad, buf.into(), &tag),
+        }
+        .is_ok()
     }
 }
 
@@ -340,6 +408,35 @@ mod tests {
         assert_eq!(mode, 0o600);
         std::fs::write(&path, "[]").unwrap();
         assert!(Keyring::load(&path).is_err());
+    }
+
+    #[test]
+    fn a_chunk_that_does_not_open_is_left_as_it_was() {
+        let nonce = [3u8; NONCE_LEN];
+        let mut buf = b"chunk of a frame".to_vec();
+        let tag = key(32, 1).cipher().seal_in_place(&nonce, b"aad", &mut buf);
+        let sealed = buf.clone();
+        for other in [key(16, 2), key(24, 2), key(32, 2)] {
+            assert!(!other.cipher().open_in_place(&nonce, b"aad", &mut buf, &tag));
+            assert_eq!(buf, sealed, "a failed open must not touch the bytes");
+        }
+        assert!(
+            !key(32, 1)
+                .cipher()
+                .open_in_place(&nonce, b"other", &mut buf, &tag)
+        );
+        assert!(
+            !key(32, 1)
+                .cipher()
+                .open_in_place(&nonce, b"aad", &mut buf, &tag[..8])
+        );
+        assert_eq!(buf, sealed);
+        assert!(
+            key(32, 1)
+                .cipher()
+                .open_in_place(&nonce, b"aad", &mut buf, &tag)
+        );
+        assert_eq!(buf, b"chunk of a frame");
     }
 
     proptest! {

@@ -40,6 +40,7 @@ pub mod quota;
 mod raft;
 mod rpc;
 mod server;
+pub mod stream;
 pub mod transport;
 pub mod uuid;
 
@@ -75,6 +76,7 @@ pub use raft::{
 pub use rpc::{DEFAULT_RPC_MAX_CONNS_PER_CLIENT, RpcTls, deadline_in, remaining_ms};
 pub use transport::{
     Encryption, Exchange, Inbound, JoinError, KeyOperation, KeyringReport, Link, Pool, PoolConfig,
+    Reply,
 };
 
 /// The protocol version this agent speaks in member tags (`vsn`), as Consul's.

@@ -8,6 +8,10 @@
 //! The map holds an entry only for a peer that holds something, so it never has more
 //! entries than the shared bound it sits beside has places. [`PerPeer::wait`] waits for a
 //! share instead of refusing, for callers that queue (within their own bound).
+//!
+//! [`Budget`] does the same for bytes: a memory budget shared by every reader, of which one
+//! peer may hold a share; each [`Grant`] grows as its reader buffers more and gives
+//! everything back when dropped.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -104,6 +108,135 @@ impl<K: Hash + Eq + Copy> Drop for Share<K> {
     }
 }
 
+/// A byte budget with a share per peer. Readers hold a [`Grant`] each and grow it before
+/// they buffer more; a growth that would take the peer past its share, or everyone past
+/// the whole, is refused and the grant keeps what it had.
+#[derive(Debug)]
+pub struct Budget<K: Hash + Eq + Copy> {
+    max: usize,
+    per_peer: usize,
+    state: Mutex<Usage<K>>,
+}
+
+#[derive(Debug)]
+struct Usage<K> {
+    used: usize,
+    peak: usize,
+    /// Bytes held per peer; only peers holding some have an entry, so there are never
+    /// more entries than grants.
+    peers: HashMap<K, usize>,
+}
+
+/// Which bound a refused [`Grant::grow_to`] met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Exhausted {
+    /// The peer holds its share; it may go on once one of its own readers is done.
+    #[error("for this address")]
+    Peer,
+    /// Everyone together holds the whole budget.
+    #[error("over all peers")]
+    All,
+}
+
+/// Bytes of a [`Budget`] held by one reader; given back when dropped.
+#[derive(Debug)]
+pub struct Grant<K: Hash + Eq + Copy> {
+    budget: Arc<Budget<K>>,
+    peer: K,
+    bytes: usize,
+}
+
+impl<K: Hash + Eq + Copy> Budget<K> {
+    /// A budget of `max` bytes, of which one peer may hold `per_peer`.
+    pub fn new(max: usize, per_peer: usize) -> Arc<Self> {
+        Arc::new(Budget {
+            max,
+            per_peer,
+            state: Mutex::new(Usage {
+                used: 0,
+                peak: 0,
+                peers: HashMap::new(),
+            }),
+        })
+    }
+
+    /// An empty grant for a reader serving `peer`.
+    pub fn grant(self: &Arc<Self>, peer: K) -> Grant<K> {
+        Grant {
+            budget: self.clone(),
+            peer,
+            bytes: 0,
+        }
+    }
+
+    /// Bytes held now, by everyone.
+    pub fn used(&self) -> usize {
+        self.state.lock().expect("budget lock").used
+    }
+
+    /// The most bytes ever held at once.
+    pub fn peak(&self) -> usize {
+        self.state.lock().expect("budget lock").peak
+    }
+
+    /// Bytes `peer` holds now.
+    pub fn held(&self, peer: &K) -> usize {
+        let state = self.state.lock().expect("budget lock");
+        state.peers.get(peer).copied().unwrap_or(0)
+    }
+
+    /// Peers holding anything.
+    pub fn peers(&self) -> usize {
+        self.state.lock().expect("budget lock").peers.len()
+    }
+}
+
+impl<K: Hash + Eq + Copy> Grant<K> {
+    /// Bytes this grant holds.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Holds `bytes` in all (never less than now). Refused when that would take the peer
+    /// past its share or everyone past the budget; the grant is then unchanged.
+    pub fn grow_to(&mut self, bytes: usize) -> Result<(), Exhausted> {
+        let more = bytes.saturating_sub(self.bytes);
+        if more == 0 {
+            return Ok(());
+        }
+        let budget = &self.budget;
+        let mut state = budget.state.lock().expect("budget lock");
+        let mine = state.peers.get(&self.peer).copied().unwrap_or(0);
+        if mine.saturating_add(more) > budget.per_peer {
+            return Err(Exhausted::Peer);
+        }
+        if state.used.saturating_add(more) > budget.max {
+            return Err(Exhausted::All);
+        }
+        state.used += more;
+        state.peak = state.peak.max(state.used);
+        *state.peers.entry(self.peer).or_insert(0) += more;
+        self.bytes = bytes;
+        Ok(())
+    }
+}
+
+impl<K: Hash + Eq + Copy> Drop for Grant<K> {
+    fn drop(&mut self) {
+        if self.bytes == 0 {
+            return;
+        }
+        let mut state = self.budget.state.lock().expect("budget lock");
+        state.used = state.used.saturating_sub(self.bytes);
+        if let Some(held) = state.peers.get_mut(&self.peer) {
+            *held = held.saturating_sub(self.bytes);
+            if *held == 0 {
+                state.peers.remove(&self.peer);
+            }
+        }
+    }
+}
+
 /// Shares keyed by IP address (connections, whose source ports are ephemeral).
 pub type PerIp = PerPeer<IpAddr>;
 /// Shares keyed by address and port (gossip packets, whose sender is a member's address).
@@ -162,6 +295,37 @@ mod tests {
         assert_eq!(quota.held(&peer), 1);
         drop(second);
         assert_eq!(quota.peers(), 0);
+    }
+
+    #[test]
+    fn a_budget_grants_a_peer_its_share_and_everyone_the_whole_and_no_more() {
+        let budget = Budget::<IpAddr>::new(100, 60);
+        let (a, b, c): (IpAddr, IpAddr, IpAddr) = (
+            "10.0.0.1".parse().unwrap(),
+            "10.0.0.2".parse().unwrap(),
+            "10.0.0.3".parse().unwrap(),
+        );
+        let mut a1 = budget.grant(a);
+        let mut a2 = budget.grant(a);
+        a1.grow_to(40).unwrap();
+        assert_eq!(a2.grow_to(30), Err(Exhausted::Peer));
+        assert_eq!(a2.bytes(), 0, "a refused growth keeps what the grant had");
+        a2.grow_to(20).unwrap();
+        let mut b1 = budget.grant(b);
+        b1.grow_to(40).unwrap();
+        let mut c1 = budget.grant(c);
+        assert_eq!(c1.grow_to(1), Err(Exhausted::All));
+        assert_eq!(
+            (budget.used(), budget.peak(), budget.held(&a)),
+            (100, 100, 60)
+        );
+        a1.grow_to(10).unwrap();
+        assert_eq!(a1.bytes(), 40, "a grant never shrinks while held");
+        drop(a1);
+        c1.grow_to(40).unwrap();
+        assert_eq!(budget.held(&a), 20);
+        drop((a2, b1, c1));
+        assert_eq!((budget.used(), budget.peers(), budget.peak()), (0, 0, 100));
     }
 
     #[test]

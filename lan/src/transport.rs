@@ -17,10 +17,12 @@
 //! so that an agent joining with the wrong key is told why (and the refusing side logs
 //! it too).
 //!
-//! Stream frames are `[length: u32][payload]`; the payload is a sealed message (first byte
-//! [`SEALED_VERSION`]), a plaintext gossip frame ([`PROTOCOL`]), a plaintext keyring
-//! request or answer (JSON after a one-byte tag), or an error frame (`0xEE` + UTF-8),
-//! which is never sealed and only ever ends a stream.
+//! A stream carries one request frame (a push-pull or a keyring request) and one answer
+//! frame, in the layout of [`crate::stream`]: a header whose announced length is checked
+//! against its kind's limit before anything is buffered, then the payload, sealed in
+//! chunks that are each authenticated before the next is read. What a pool's frames hold
+//! while they are read is bounded by its budget ([`stream::MAX_STREAM_BYTES`], with a
+//! share per IP address), for incoming requests and for the answers to its own exchanges.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -31,7 +33,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -39,12 +41,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::gossip::coordinate::Coordinate;
-use crate::gossip::message::{Message, PROTOCOL, decode_frame, encode_frame};
+use crate::gossip::message::{Message, decode_frame, encode_frame};
 use crate::gossip::{self, Engine, Event, MemberState, Output, State};
 use crate::keyring::{Key, Keyring, KeyringError, OpenError, SEALED_VERSION};
 use crate::member::{Member, MemberStatus};
 use crate::peer_log::PeerLog;
-use crate::quota::{PerAddr, PerIp, Share};
+use crate::quota::{Budget, Grant, PerAddr, PerIp, Share};
+use crate::stream::{self, Expect, Frame, FrameError, Kind, Opener};
 
 /// Commands waiting for the engine task; senders wait when it is full.
 const COMMAND_QUEUE: usize = 256;
@@ -57,9 +60,7 @@ pub const MAX_INBOUND_STREAMS: usize = 64;
 /// Outgoing push-pulls at once; the engine's periodic exchange is skipped while all are
 /// busy (it runs again at the next interval).
 pub const MAX_OUTBOUND_STREAMS: usize = 16;
-/// Largest stream frame accepted, in bytes (a push-pull of the largest pool fits).
-pub const MAX_STREAM_FRAME: usize = 16 * 1024 * 1024;
-/// Budget of one stream exchange (connect, send, answer).
+/// Budget of one stream exchange (connect, send, answer), and of serving one.
 pub const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keyring requests sent to members at once during a pool-wide keyring operation.
 pub const KEYRING_FANOUT: usize = 32;
@@ -84,8 +85,10 @@ pub const MAX_INBOUND_STREAMS_PER_PEER: usize = 16;
 /// logged).
 pub const MAX_WAITING_STREAMS: usize = 256;
 
-/// The answer of a [`Link::exchange`].
-pub type Exchange<'a> = Pin<Box<dyn Future<Output = Result<Vec<u8>, JoinError>> + Send + 'a>>;
+/// The reading half of a stream opened by [`Link::exchange`], where the answer arrives.
+pub type Reply = Box<dyn AsyncRead + Send + Unpin>;
+/// A stream being opened by [`Link::exchange`].
+pub type Exchange<'a> = Pin<Box<dyn Future<Output = Result<Reply, JoinError>> + Send + 'a>>;
 
 /// How a pool reaches the other members: unreliable packets, and one-frame exchanges on
 /// a reliable stream. What arrives is handed to the pool's [`Inbound`].
@@ -94,14 +97,11 @@ pub trait Link: Send + Sync + 'static {
     fn local_addr(&self) -> SocketAddr;
     /// Sends one packet, at once or never (SWIM tolerates loss; nothing may wait here).
     fn send_packet(&self, to: SocketAddr, bytes: Vec<u8>);
-    /// Sends `frame` on a new stream to `to` and reads the one frame of the answer. The
-    /// caller bounds it with a deadline.
+    /// Opens a new stream to `to`, sends `frame` (one [`crate::stream`] frame) on it and
+    /// hands back the stream's reading half, from which the pool reads the answer frame
+    /// under its own bounds. The caller bounds the whole exchange with a deadline.
     fn exchange(&self, to: SocketAddr, frame: Vec<u8>) -> Exchange<'_>;
 }
-
-pub(crate) const ERROR_FRAME: u8 = 0xEE;
-pub(crate) const KEY_REQUEST: u8 = 0x4B;
-pub(crate) const KEY_ANSWER: u8 = 0x6B;
 
 /// Gossip encryption settings of a pool.
 #[derive(Debug, Clone)]
@@ -246,7 +246,6 @@ pub(crate) enum Refusal {
 }
 
 pub(crate) const PACKET_AAD: &[u8] = b"packet";
-pub(crate) const STREAM_AAD: &[u8] = b"stream";
 
 impl Crypto {
     pub(crate) fn new(encryption: Option<Encryption>) -> Crypto {
@@ -274,15 +273,29 @@ impl Crypto {
         if !self.verify_outgoing {
             return plaintext;
         }
-        self.seal_always(plaintext, aad)
-    }
-
-    /// Seals with the primary key whenever there is a keyring, even while
-    /// `encrypt_verify_outgoing` is off (keyring requests always travel sealed).
-    fn seal_always(&self, plaintext: Vec<u8>, aad: &[u8]) -> Vec<u8> {
         match &*self.keyring.read().expect("keyring lock") {
             Some(ring) => ring.seal(&plaintext, aad),
             None => plaintext,
+        }
+    }
+
+    /// The key to seal a stream frame with: the primary when there is a keyring and
+    /// `encrypt_verify_outgoing` is on, or with `always` (keyring requests always travel
+    /// sealed).
+    fn stream_key(&self, always: bool) -> Option<Key> {
+        if !(always || self.verify_outgoing) {
+            return None;
+        }
+        let guard = self.keyring.read().expect("keyring lock");
+        guard.as_ref().map(|ring| ring.primary().clone())
+    }
+
+    /// What stream frames are read with: the keys installed now, and whether plaintext
+    /// is refused.
+    fn opener(&self) -> Opener {
+        Opener {
+            keyring: self.keyring.read().expect("keyring lock").clone(),
+            verify_incoming: self.verify_incoming,
         }
     }
 
@@ -339,6 +352,8 @@ struct Shared {
     crypto: Crypto,
     log: std::sync::Mutex<PeerLog>,
     link: Arc<dyn Link>,
+    /// What stream frames being read may hold, in all and per IP address.
+    streams: Arc<Budget<IpAddr>>,
     /// "LAN" or "WAN", for logs.
     pool: &'static str,
 }
@@ -478,6 +493,7 @@ impl Pool {
             crypto: Crypto::new(config.encryption),
             log: std::sync::Mutex::new(PeerLog::default()),
             link,
+            streams: stream::budget(),
             pool,
         });
         let handle = Pool {
@@ -880,70 +896,43 @@ pub(crate) fn receive_packet(
     Ok(())
 }
 
-async fn write_frame(stream: &mut TcpStream, payload: &[u8]) -> std::io::Result<()> {
-    let len = u32::try_from(payload.len()).map_err(|_| std::io::Error::other("frame too large"))?;
-    let mut out = Vec::with_capacity(payload.len() + 4);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(payload);
-    stream.write_all(&out).await
-}
-
-async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_STREAM_FRAME {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes is over the limit of {MAX_STREAM_FRAME}"),
-        ));
-    }
-    let mut payload = vec![0u8; len];
-    stream.read_exact(&mut payload).await?;
-    Ok(payload)
-}
-
-fn error_frame(text: &str) -> Vec<u8> {
-    let mut out = vec![ERROR_FRAME];
-    out.extend_from_slice(text.as_bytes());
-    out
-}
-
-/// Reads the answer of a stream exchange: an error frame, or a sealed or plain payload.
-fn open_answer(shared: &Shared, peer: SocketAddr, payload: &[u8]) -> Result<Vec<u8>, JoinError> {
-    if let Some((&ERROR_FRAME, text)) = payload.split_first() {
-        return Err(JoinError::Refused(
-            String::from_utf8_lossy(text).into_owned(),
-        ));
-    }
-    shared.crypto.open(payload, STREAM_AAD).map_err(|e| {
-        shared.refused(peer, "gossip stream answer", &e);
-        JoinError::Protocol(e.to_string())
-    })
-}
-
-/// One exchange over a fresh TCP connection: send `payload`, read the answer.
+/// One exchange on a new stream to `to`: sends a frame of `kind` carrying `payload`
+/// (sealed when `encrypt_verify_outgoing` is on, or always with `seal_always`) and reads
+/// the answer, holding what it buffers in `grant`, all before `deadline`. Returns the
+/// answer's payload; an error frame becomes [`JoinError::Refused`].
 async fn exchange(
     shared: &Shared,
     to: SocketAddr,
-    payload: Vec<u8>,
+    kind: Kind,
+    payload: &[u8],
+    seal_always: bool,
+    grant: &mut Grant<IpAddr>,
     deadline: Instant,
 ) -> Result<Vec<u8>, JoinError> {
-    let sealed = shared.crypto.seal(payload, STREAM_AAD);
-    exchange_sealed(shared, to, sealed, deadline).await
-}
-
-/// [`exchange`] of an already sealed (or deliberately plain) payload.
-async fn exchange_sealed(
-    shared: &Shared,
-    to: SocketAddr,
-    sealed: Vec<u8>,
-    deadline: Instant,
-) -> Result<Vec<u8>, JoinError> {
-    let answer = tokio::time::timeout_at(deadline, shared.link.exchange(to, sealed))
+    let key = shared.crypto.stream_key(seal_always);
+    let frame = stream::encode(kind, payload, key.as_ref())
+        .map_err(|e| JoinError::Protocol(e.to_string()))?;
+    let work = async {
+        let mut reply = shared.link.exchange(to, frame).await?;
+        let opener = shared.crypto.opener();
+        match stream::read(&mut reply, &opener, Expect::Answer(kind), grant).await {
+            Ok(Frame {
+                kind: Kind::Error,
+                payload,
+            }) => Err(JoinError::Refused(
+                String::from_utf8_lossy(&payload).into_owned(),
+            )),
+            Ok(answer) => Ok(answer.payload),
+            Err(FrameError::Io(e)) => Err(JoinError::Io(e.to_string())),
+            Err(e) => {
+                shared.refused(to, "gossip stream answer", &e);
+                Err(JoinError::Protocol(e.to_string()))
+            }
+        }
+    };
+    tokio::time::timeout_at(deadline, work)
         .await
-        .map_err(|_| JoinError::Timeout)??;
-    open_answer(shared, to, &answer)
+        .map_err(|_| JoinError::Timeout)?
 }
 
 /// Connects to `to` from `source` (any address when `None`).
@@ -986,8 +975,8 @@ impl Link for TcpLink {
             let io = |e: std::io::Error| JoinError::Io(e.to_string());
             let mut stream = connect(self.source, to).await.map_err(io)?;
             let _ = stream.set_nodelay(true);
-            write_frame(&mut stream, &frame).await.map_err(io)?;
-            read_frame(&mut stream).await.map_err(io)
+            stream.write_all(&frame).await.map_err(io)?;
+            Ok(Box::new(stream) as Reply)
         })
     }
 }
@@ -1014,8 +1003,20 @@ async fn push_pull(
     ours: Vec<MemberState>,
     deadline: Instant,
 ) -> Result<Vec<MemberState>, JoinError> {
-    let frame = encode_frame(&Message::PushPull { join, states: ours });
-    let answer = exchange(shared, to, frame, deadline).await?;
+    let request = encode_frame(&Message::PushPull { join, states: ours });
+    // Held until the answer is decoded.
+    let mut grant = shared.streams.grant(to.ip());
+    let (kind, seal_always) = (Kind::PushPull, false);
+    let answer = exchange(
+        shared,
+        to,
+        kind,
+        &request,
+        seal_always,
+        &mut grant,
+        deadline,
+    )
+    .await?;
     match decode_frame(&answer) {
         Ok(Message::PushPull { states, .. }) => Ok(states),
         Ok(_) => Err(JoinError::Protocol(
@@ -1032,21 +1033,24 @@ async fn key_request(
     op: &KeyOperation,
     deadline: Instant,
 ) -> Result<KeyAnswer, String> {
-    let mut frame = vec![KEY_REQUEST];
-    frame.extend_from_slice(&serde_json::to_vec(op).expect("a key operation serialises"));
-    let sealed = shared.crypto.seal_always(frame, STREAM_AAD);
-    let answer = exchange_sealed(shared, to, sealed, deadline)
-        .await
-        .map_err(|e| match e {
-            JoinError::Timeout => "no answer before the deadline".to_string(),
-            other => other.to_string(),
-        })?;
-    match answer.split_first() {
-        Some((&KEY_ANSWER, body)) => {
-            serde_json::from_slice(body).map_err(|e| format!("unreadable answer: {e}"))
-        }
-        _ => Err("unexpected answer to a keyring request".into()),
-    }
+    let request = serde_json::to_vec(op).expect("a key operation serialises");
+    let mut grant = shared.streams.grant(to.ip());
+    let (kind, seal_always) = (Kind::KeyRequest, true);
+    let answer = exchange(
+        shared,
+        to,
+        kind,
+        &request,
+        seal_always,
+        &mut grant,
+        deadline,
+    )
+    .await
+    .map_err(|e| match e {
+        JoinError::Timeout => "no answer before the deadline".to_string(),
+        other => other.to_string(),
+    })?;
+    serde_json::from_slice(&answer).map_err(|e| format!("unreadable answer: {e}"))
 }
 
 /// Accepts gossip streams until `shutdown`, serving at most [`MAX_INBOUND_STREAMS`] at
@@ -1132,18 +1136,8 @@ async fn serve_stream(
     inbound: &Inbound,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
-    let payload = match read_frame(&mut stream).await {
-        Ok(p) => p,
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-            inbound.shared.refused(peer, "gossip stream", &e);
-            return Ok(());
-        }
-        Err(e) => return Err(e),
-    };
-    match inbound.frame(peer, &payload).await {
-        Some(answer) => write_frame(&mut stream, &answer).await,
-        None => Ok(()),
-    }
+    let (mut recv, mut send) = stream.split();
+    inbound.serve(peer, &mut recv, &mut send).await
 }
 
 /// A received packet waiting for the engine, holding its sender's place in the queue.
@@ -1201,29 +1195,48 @@ impl Inbound {
         }
     }
 
-    /// The one frame of a stream from `peer`; returns the answer frame to write back, or
-    /// `None` to close the stream without one.
-    pub async fn frame(&self, peer: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+    /// Serves one gossip stream from `peer`: reads its request frame from `recv` (within
+    /// the limits of [`crate::stream`] and this pool's budget) and writes the answer to
+    /// `send`, or an error frame saying why the request was refused, or nothing. Bad input
+    /// is logged here (once per peer per [`PEER_LOG_INTERVAL`]); the error returned is the
+    /// stream's own (it broke, or ended early). The caller bounds it with a deadline.
+    pub async fn serve<R, W>(
+        &self,
+        peer: SocketAddr,
+        recv: &mut R,
+        send: &mut W,
+    ) -> std::io::Result<()>
+    where
+        R: AsyncRead + Unpin + Send + ?Sized,
+        W: AsyncWrite + Unpin + Send + ?Sized,
+    {
         let shared = &self.shared;
-        let plain = match shared.crypto.open(payload, STREAM_AAD) {
-            Ok(p) => p,
+        // Held until the answer is written: the request's buffer lives that long.
+        let mut grant = shared.streams.grant(peer.ip());
+        let opener = shared.crypto.opener();
+        let answer = match stream::read(recv, &opener, Expect::Request, &mut grant).await {
+            Ok(frame) => self.answer(peer, frame).await,
+            Err(FrameError::Io(e)) => return Err(e),
             Err(e) => {
                 shared.refused(peer, "gossip stream", &e);
-                return Some(error_frame(&e.to_string()));
+                e.tells_peer().then(|| stream::error_frame(&e.to_string()))
             }
         };
-        let answer = match plain.split_first() {
-            Some((&KEY_REQUEST, body)) => {
-                // Only a holder of an installed key may change keys, whatever
-                // `encrypt_verify_incoming` lets through for gossip.
-                let sealed = payload.first() == Some(&SEALED_VERSION);
-                if !sealed && shared.crypto.enabled() {
-                    shared.refused(peer, "keyring request", &"not encrypted");
-                    return Some(error_frame(
-                        "keyring requests must be encrypted with an installed key",
-                    ));
-                }
-                let op: KeyOperation = match serde_json::from_slice(body) {
+        if let Some(answer) = answer {
+            send.write_all(&answer).await?;
+            send.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// The answer frame to a request, or `None` to close the stream without one.
+    async fn answer(&self, peer: SocketAddr, request: Frame) -> Option<Vec<u8>> {
+        let shared = &self.shared;
+        let (kind, payload) = match request.kind {
+            Kind::KeyRequest => {
+                // Only sealed ones get here while this agent has a keyring (see
+                // `stream::Opener`).
+                let op: KeyOperation = match serde_json::from_slice(&request.payload) {
                     Ok(op) => op,
                     Err(e) => {
                         shared.refused(peer, "keyring request", &e);
@@ -1234,11 +1247,10 @@ impl Inbound {
                 let answer = tokio::task::spawn_blocking(move || worker.crypto.apply(&op))
                     .await
                     .ok()?;
-                let mut out = vec![KEY_ANSWER];
-                out.extend_from_slice(&serde_json::to_vec(&answer).expect("an answer serialises"));
-                out
+                let json = serde_json::to_vec(&answer).expect("an answer serialises");
+                (Kind::KeyAnswer, json)
             }
-            Some((&PROTOCOL, _)) => match decode_frame(&plain) {
+            Kind::PushPull => match decode_frame(&request.payload) {
                 Ok(Message::PushPull { states, .. }) => {
                     let (reply, ours) = oneshot::channel();
                     self.commands
@@ -1246,10 +1258,11 @@ impl Inbound {
                         .await
                         .ok()?;
                     let ours = ours.await.ok()?;
-                    encode_frame(&Message::PushPull {
+                    let state = encode_frame(&Message::PushPull {
                         join: false,
                         states: ours,
-                    })
+                    });
+                    (Kind::PushPull, state)
                 }
                 Ok(_) => {
                     shared.refused(peer, "gossip stream", &"not a push-pull");
@@ -1260,18 +1273,26 @@ impl Inbound {
                     return None;
                 }
             },
-            _ => {
-                shared.refused(peer, "gossip stream", &"unknown frame type");
+            other => {
+                shared.refused(peer, "gossip stream", &format!("unexpected {other} frame"));
                 return None;
             }
         };
-        Some(shared.crypto.seal(answer, STREAM_AAD))
+        let key = shared.crypto.stream_key(false);
+        match stream::encode(kind, &payload, key.as_ref()) {
+            Ok(frame) => Some(frame),
+            Err(e) => {
+                tracing::warn!(pool = shared.pool, peer = %peer, error = %e, "gossip stream answer not sent");
+                Some(stream::error_frame(&e.to_string()))
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     fn config(name: &str, encryption: Option<Encryption>) -> PoolConfig {
         PoolConfig {
@@ -1357,6 +1378,17 @@ mod tests {
 
     fn soon() -> Instant {
         Instant::now() + Duration::from_secs(5)
+    }
+
+    /// Reads the answer to a request of `kind` as a member without a key does.
+    async fn read_answer(stream: &mut TcpStream, kind: Kind) -> Result<Frame, FrameError> {
+        let opener = Opener {
+            keyring: None,
+            verify_incoming: false,
+        };
+        let budget = stream::budget();
+        let mut grant = budget.grant(stream.peer_addr().unwrap().ip());
+        stream::read(stream, &opener, Expect::Answer(kind), &mut grant).await
     }
 
     #[tokio::test]
@@ -1484,12 +1516,16 @@ mod tests {
         })
         .await;
         let mut stream = TcpStream::connect(c.pools[0].addr()).await.unwrap();
-        let mut frame = vec![KEY_REQUEST];
         let op = KeyOperation::Install(Key::generate().to_base64());
-        frame.extend_from_slice(&serde_json::to_vec(&op).unwrap());
-        write_frame(&mut stream, &frame).await.unwrap();
-        let answer = read_frame(&mut stream).await.unwrap();
-        assert_eq!(answer[0], ERROR_FRAME);
+        let request = serde_json::to_vec(&op).unwrap();
+        let frame = stream::encode(Kind::KeyRequest, &request, None).unwrap();
+        stream.write_all(&frame).await.unwrap();
+        let answer = read_answer(&mut stream, Kind::KeyRequest).await.unwrap();
+        assert_eq!(answer.kind, Kind::Error);
+        assert_eq!(
+            answer.payload,
+            b"keyring requests must be encrypted with an installed key"
+        );
         // The pool's own operations still work: they are sealed.
         let report = c.pools[0].keyring(KeyOperation::List, soon()).await;
         assert_eq!(report.keys.len(), 1, "{report:?}");
@@ -1578,7 +1614,6 @@ mod tests {
 
     #[tokio::test]
     async fn one_address_gets_its_share_of_stream_slots_and_its_other_streams_wait() {
-        use tokio::io::AsyncReadExt;
         let tasks = TaskTracker::new();
         let token = CancellationToken::new();
         let _stop = token.clone().drop_guard();

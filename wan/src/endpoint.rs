@@ -10,8 +10,12 @@
 //! the peer's identity: an RPC meant for a datacenter goes only to a peer whose
 //! certificate is for that datacenter.
 //!
-//! Streams carry one request and one answer: `[kind][payload]`, finished, then the answer
-//! read to its end under a size limit, all within the caller's deadline.
+//! Streams carry one request and one answer: `[kind][payload]`, all within the caller's
+//! deadline. An RPC's payload is read to its end under the request budgets below, its
+//! answer likewise under [`MAX_ANSWER`]. A gossip stream's payload is one gossip stream
+//! frame, handed to the WAN pool as it arrives ([`Inbound::serve`]), which reads it chunk
+//! by chunk under the pool's own limits and budget ([`lan::stream`]); its answer is read
+//! the same way by the asking pool.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,7 +28,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use lan::{Exchange, Inbound, JoinError, Link, PeerLog};
+use lan::{Exchange, Inbound, JoinError, Link, PeerLog, Reply};
+use tokio::io::AsyncReadExt;
 
 use crate::rpc::{Caller, Request, Response, Service};
 use crate::tls::Material;
@@ -48,11 +53,12 @@ pub const MAX_STREAMS: u32 = 256;
 pub const MAX_PACKET_DIALS: usize = 64;
 /// After a failed dial, further dials to the same address wait this long.
 pub const DIAL_BACKOFF: Duration = Duration::from_secs(1);
-/// Largest request payload accepted on a stream.
+/// Largest RPC request payload accepted on a stream (gossip frames have the limits of
+/// [`lan::stream`]).
 pub const MAX_REQUEST: usize = 16 * 1024 * 1024;
 /// Largest answer read from a stream.
 pub const MAX_ANSWER: usize = 64 * 1024 * 1024;
-/// Bytes of requests being read or served at once, over every connection; a stream
+/// Bytes of RPC requests being read or served at once, over every connection; a stream
 /// that would go beyond is refused (so 1024 peers × 256 streams cannot each hold a
 /// 16 MiB request).
 pub const MAX_REQUEST_BYTES_IN_FLIGHT: usize = 256 * 1024 * 1024;
@@ -131,7 +137,8 @@ pub(crate) enum StreamRequest<'a> {
     Unknown,
 }
 
-/// Reads the request of an incoming stream: `[kind][payload]`.
+/// Reads the request of an incoming stream, `[kind][payload]`, as [`Endpoint`] serves it
+/// (which reads the kind first, then the payload as the kind says).
 pub(crate) fn parse_request(request: &[u8]) -> StreamRequest<'_> {
     match request.split_first() {
         Some((&KIND_GOSSIP, frame)) => StreamRequest::Gossip(frame),
@@ -546,8 +553,9 @@ impl Endpoint {
         }
     }
 
-    /// Serves one stream of `caller`'s connection, whose requests share `connection`'s
-    /// budget (in KiB) as well as the endpoint's.
+    /// Serves one stream of `caller`'s connection: a gossip stream goes to the WAN pool as
+    /// it arrives; an RPC request is read whole, its bytes counted against
+    /// `connection`'s budget (in KiB) as well as the endpoint's.
     async fn serve_stream(
         &self,
         caller: Caller,
@@ -555,40 +563,25 @@ impl Endpoint {
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) -> Result<(), String> {
-        // Read in chunks, each counted against both budgets before it is kept.
-        let mut request = Vec::new();
-        let mut held = Held::default();
-        loop {
-            let chunk = match recv.read_chunk(64 * 1024, true).await {
-                Ok(Some(chunk)) => chunk.bytes,
-                Ok(None) => break,
-                Err(e) => return Err(e.to_string()),
-            };
-            let total = request.len() + chunk.len();
-            if total > MAX_REQUEST {
-                self.refused(caller.addr, "WAN request", &"over the size limit");
-                let _ = recv.stop(0u32.into());
-                return Ok(());
+        let kind = recv.read_u8().await.map_err(|e| e.to_string())?;
+        let answer = match kind {
+            KIND_GOSSIP => {
+                let Some(gossip) = self.inner.gossip.get() else {
+                    return Ok(());
+                };
+                // A gossip exchange gets the LAN's budget, not an RPC's blocking wait.
+                let serve = gossip.serve(caller.addr, &mut recv, &mut send);
+                tokio::time::timeout(lan::transport::STREAM_TIMEOUT, serve)
+                    .await
+                    .map_err(|_| "gossip stream timed out".to_string())?
+                    .map_err(|e| e.to_string())?;
+                None
             }
-            let want = u32::try_from(total.div_ceil(1024)).unwrap_or(u32::MAX);
-            if let Err(which) = held.grow(want, connection, &self.inner.request_budget) {
-                self.refused(
-                    caller.addr,
-                    "WAN request",
-                    &format!("the memory budget for requests in flight {which} is used up"),
-                );
-                let _ = recv.stop(0u32.into());
-                return Ok(());
-            }
-            request.extend_from_slice(&chunk);
-        }
-        let answer = match parse_request(&request) {
-            StreamRequest::Gossip(frame) => match self.inner.gossip.get() {
-                Some(gossip) => gossip.frame(caller.addr, frame).await,
-                None => None,
-            },
-            StreamRequest::Rpc(decoded) => {
-                let response = match decoded {
+            KIND_RPC => {
+                let Some(body) = self.read_rpc(&caller, connection, &mut recv).await? else {
+                    return Ok(());
+                };
+                let response = match serde_json::from_slice::<Request>(&body) {
                     Ok(request) => match self.inner.service.get() {
                         Some(service) => {
                             self.inner
@@ -605,7 +598,7 @@ impl Endpoint {
                 };
                 Some(serde_json::to_vec(&response).expect("a response serialises"))
             }
-            StreamRequest::Unknown => {
+            _ => {
                 self.refused(caller.addr, "WAN stream", &"unknown stream kind");
                 None
             }
@@ -617,6 +610,43 @@ impl Endpoint {
         // Wait until the peer has the answer (or is gone) before the stream is dropped.
         let _ = send.stopped().await;
         Ok(())
+    }
+
+    /// Reads an RPC request to its end in chunks, each counted against `connection`'s
+    /// budget and the endpoint's before it is kept; `None` when it was refused (and
+    /// logged).
+    async fn read_rpc(
+        &self,
+        caller: &Caller,
+        connection: &Arc<Semaphore>,
+        recv: &mut quinn::RecvStream,
+    ) -> Result<Option<Vec<u8>>, String> {
+        let mut request = Vec::new();
+        let mut held = Held::default();
+        loop {
+            let chunk = match recv.read_chunk(64 * 1024, true).await {
+                Ok(Some(chunk)) => chunk.bytes,
+                Ok(None) => return Ok(Some(request)),
+                Err(e) => return Err(e.to_string()),
+            };
+            let total = request.len() + chunk.len();
+            if total > MAX_REQUEST {
+                self.refused(caller.addr, "WAN request", &"over the size limit");
+                let _ = recv.stop(0u32.into());
+                return Ok(None);
+            }
+            let want = u32::try_from(total.div_ceil(1024)).unwrap_or(u32::MAX);
+            if let Err(which) = held.grow(want, connection, &self.inner.request_budget) {
+                self.refused(
+                    caller.addr,
+                    "WAN request",
+                    &format!("the memory budget for requests in flight {which} is used up"),
+                );
+                let _ = recv.stop(0u32.into());
+                return Ok(None);
+            }
+            request.extend_from_slice(&chunk);
+        }
     }
 
     fn server_name(&self, datacenter: Option<&str>) -> String {
@@ -738,8 +768,32 @@ impl Endpoint {
         result
     }
 
-    /// Sends `payload` of `kind` on a new stream to `addr` and reads the answer, all
-    /// before `deadline`.
+    /// Opens a stream to `addr` and sends `payload` of `kind` on it, finished; returns the
+    /// stream's reading half, where the answer arrives, and its connection.
+    async fn open(
+        &self,
+        addr: SocketAddr,
+        expect: Option<&str>,
+        kind: u8,
+        payload: &[u8],
+    ) -> Result<(quinn::RecvStream, quinn::Connection), WanError> {
+        let conn = self.connection(addr, expect).await?.conn;
+        let (mut send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| stream_error(addr, &conn, &e))?;
+        let mut framed = Vec::with_capacity(payload.len() + 1);
+        framed.push(kind);
+        framed.extend_from_slice(payload);
+        send.write_all(&framed)
+            .await
+            .map_err(|e| stream_error(addr, &conn, &e))?;
+        let _ = send.finish();
+        Ok((recv, conn))
+    }
+
+    /// Sends `payload` of `kind` on a new stream to `addr` and reads the answer to its end
+    /// (at most [`MAX_ANSWER`] bytes), all before `deadline`.
     async fn request(
         &self,
         addr: SocketAddr,
@@ -749,23 +803,11 @@ impl Endpoint {
         deadline: Instant,
     ) -> Result<Vec<u8>, WanError> {
         let work = async {
-            let peer = self.connection(addr, expect).await?;
-            // When the connection is gone, why it went (the peer refused our
-            // certificate, say) says more than the stream's error.
-            let stream = |e: &dyn std::fmt::Display| match peer.conn.close_reason() {
-                Some(reason) => WanError::Connect {
-                    addr,
-                    error: reason.to_string(),
-                },
-                None => WanError::Stream(e.to_string()),
-            };
-            let (mut send, mut recv) = peer.conn.open_bi().await.map_err(|e| stream(&e))?;
-            let mut framed = Vec::with_capacity(payload.len() + 1);
-            framed.push(kind);
-            framed.extend_from_slice(payload);
-            send.write_all(&framed).await.map_err(|e| stream(&e))?;
-            let _ = send.finish();
-            let answer = recv.read_to_end(MAX_ANSWER).await.map_err(|e| stream(&e))?;
+            let (mut recv, conn) = self.open(addr, expect, kind, payload).await?;
+            let answer = recv
+                .read_to_end(MAX_ANSWER)
+                .await
+                .map_err(|e| stream_error(addr, &conn, &e))?;
             Ok::<_, WanError>(answer)
         };
         tokio::time::timeout_at(deadline, work)
@@ -822,6 +864,43 @@ impl Endpoint {
     }
 }
 
+/// Why a stream to `addr` failed: when its connection is gone, why it went (the peer
+/// refused our certificate, say), which says more than the stream's own error.
+fn stream_error(addr: SocketAddr, conn: &quinn::Connection, e: &dyn std::fmt::Display) -> WanError {
+    match conn.close_reason() {
+        Some(reason) => WanError::Connect {
+            addr,
+            error: reason.to_string(),
+        },
+        None => WanError::Stream(e.to_string()),
+    }
+}
+
+/// The reading half of a gossip exchange, whose errors say why the connection closed
+/// when it did (see [`stream_error`]).
+struct GossipReply {
+    recv: quinn::RecvStream,
+    conn: quinn::Connection,
+    addr: SocketAddr,
+}
+
+impl tokio::io::AsyncRead for GossipReply {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        match std::pin::Pin::new(&mut this.recv).poll_read(cx, buf) {
+            std::task::Poll::Ready(Err(e)) => {
+                let error = stream_error(this.addr, &this.conn, &e);
+                std::task::Poll::Ready(Err(std::io::Error::new(e.kind(), error.to_string())))
+            }
+            other => other,
+        }
+    }
+}
+
 /// The WAN pool's link: datagrams for packets, a stream per exchange.
 struct QuicLink {
     endpoint: Endpoint,
@@ -867,16 +946,24 @@ impl Link for QuicLink {
 
     fn exchange(&self, to: SocketAddr, frame: Vec<u8>) -> Exchange<'_> {
         Box::pin(async move {
+            // The pool reads the answer from the stream under its own bounds and deadline.
             let deadline = Instant::now() + lan::transport::STREAM_TIMEOUT;
-            self.endpoint
-                .request(to, None, KIND_GOSSIP, &frame, deadline)
+            let open = self.endpoint.open(to, None, KIND_GOSSIP, &frame);
+            let opened = tokio::time::timeout_at(deadline, open)
                 .await
-                .map_err(|e| match e {
-                    WanError::Timeout => JoinError::Timeout,
-                    WanError::ShuttingDown => JoinError::ShuttingDown,
-                    WanError::Identity { error, .. } => JoinError::Refused(error),
-                    other => JoinError::Io(other.to_string()),
-                })
+                .map_err(|_| WanError::Timeout)
+                .and_then(|r| r);
+            match opened {
+                Ok((recv, conn)) => Ok(Box::new(GossipReply {
+                    recv,
+                    conn,
+                    addr: to,
+                }) as Reply),
+                Err(WanError::Timeout) => Err(JoinError::Timeout),
+                Err(WanError::ShuttingDown) => Err(JoinError::ShuttingDown),
+                Err(WanError::Identity { error, .. }) => Err(JoinError::Refused(error)),
+                Err(other) => Err(JoinError::Io(other.to_string())),
+            }
         })
     }
 }

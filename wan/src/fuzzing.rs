@@ -11,7 +11,7 @@ use crate::rpc::Request;
 /// What the endpoint makes of a stream's request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stream {
-    /// A gossip frame, with the answers of a plaintext and an encrypted pool.
+    /// A gossip stream, with the answers of a plaintext and an encrypted pool.
     Gossip(lan::fuzzing::FrameAnswers),
     /// An RPC that decoded.
     Rpc {
@@ -27,13 +27,14 @@ pub enum Stream {
     Unknown,
 }
 
-/// The request of a stream as the endpoint reads it ([`parse_request`]); a gossip frame
-/// goes on to the pools as [`crate::endpoint`] hands it to its pool, and a decoded write
+/// The request of a stream as the endpoint reads it ([`parse_request`]); the rest of a
+/// gossip stream goes on to the pools as [`crate::endpoint`] hands it to its pool
+/// ([`lan::Inbound::serve`]), and a decoded write
 /// is applied to an empty catalog, as the receiving datacenter's leader applies it once
 /// committed. Needs a Tokio runtime with timers.
 pub async fn stream(bytes: &[u8]) -> Stream {
     match parse_request(bytes) {
-        StreamRequest::Gossip(frame) => Stream::Gossip(lan::fuzzing::gossip_frame(frame).await),
+        StreamRequest::Gossip(rest) => Stream::Gossip(lan::fuzzing::gossip_stream(rest).await),
         StreamRequest::Rpc(Ok(request)) => {
             let encoded = serde_json::to_vec(&request).expect("a request serialises");
             let round_trips =
@@ -58,7 +59,7 @@ pub fn rpc_stream(request: &Request) -> Vec<u8> {
     bytes
 }
 
-/// The bytes of a stream carrying a gossip frame.
+/// The bytes of a stream carrying a gossip stream frame.
 pub fn gossip_stream(frame: &[u8]) -> Vec<u8> {
     let mut bytes = vec![KIND_GOSSIP];
     bytes.extend_from_slice(frame);
@@ -170,7 +171,7 @@ mod tests {
             let bytes = std::fs::read(entry.unwrap().path()).unwrap();
             match run(&bytes) {
                 Stream::Rpc { round_trips, .. } => assert!(round_trips),
-                Stream::Gossip(answers) => assert!(answers.encrypted.is_some()),
+                Stream::Gossip(answers) => assert!(!answers.encrypted.is_empty()),
                 other => panic!("a seed is {other:?}"),
             }
             seen += 1;

@@ -39,6 +39,10 @@ use std::time::Duration;
 pub use engine::{Engine, Event, MAX_RELAYS, Member, Output};
 pub use message::{DecodeError, MemberState, State};
 
+/// Largest plaintext gossip packet on the LAN, in bytes (memberlist's UDP buffer size):
+/// [`Config::lan`]'s `max_packet_size`. A member's announcement must fit in one.
+pub const MAX_PACKET_SIZE: usize = 1400;
+
 /// Timers and sizes of the protocol. Use [`Config::lan`] or [`Config::wan`].
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -92,7 +96,7 @@ impl Config {
             reconnect_interval: Duration::from_secs(30),
             dead_reap_timeout: Duration::from_secs(72 * 3600),
             left_reap_timeout: Duration::from_secs(24 * 3600),
-            max_packet_size: 1400,
+            max_packet_size: MAX_PACKET_SIZE,
         }
     }
 
