@@ -1292,6 +1292,7 @@ impl Inbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gossip::MemberState;
     use tokio::io::AsyncReadExt;
 
     fn config(name: &str, encryption: Option<Encryption>) -> PoolConfig {
@@ -1669,5 +1670,261 @@ mod tests {
             sees(&pool, "other", MemberStatus::Alive) && sees(&pool, "late", MemberStatus::Alive)
         })
         .await;
+    }
+
+    /// A stream to `to` from 127.0.0.`host`.
+    async fn connect_from(host: u8, to: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, host], 0)))
+            .unwrap();
+        socket.connect(to).await.unwrap()
+    }
+
+    /// The header of a push-pull frame announcing `len` bytes, sealed (with a random
+    /// nonce base) or plaintext, as someone without the key can write it.
+    fn push_pull_header(len: usize, sealed: bool) -> Vec<u8> {
+        let mut header = vec![if sealed { b'S' } else { b'P' }, Kind::PushPull.byte()];
+        header.extend_from_slice(&u32::try_from(len).unwrap().to_be_bytes());
+        if sealed {
+            header.extend_from_slice(&rand::random::<[u8; 12]>());
+        }
+        header
+    }
+
+    #[tokio::test]
+    async fn junk_streams_from_many_addresses_cost_one_chunk_each_while_a_member_joins() {
+        use stream::{CHUNK_WIRE, MAX_PUSH_PULL_FRAME};
+        let key = Key::generate();
+        let c = Cluster::start(1, |_| encrypted(&key)).await;
+        let target = &c.pools[0];
+        let budget = target.shared.streams.clone();
+        // Three addresses open more streams than their share each (the rest wait), all
+        // announcing the largest push-pull, sealed, and sending half a chunk of junk.
+        let per_address = MAX_INBOUND_STREAMS_PER_PEER + 4;
+        let mut junk = Vec::new();
+        for host in 2..=4 {
+            for _ in 0..per_address {
+                let mut s = connect_from(host, target.addr()).await;
+                s.write_all(&push_pull_header(MAX_PUSH_PULL_FRAME, true))
+                    .await
+                    .unwrap();
+                s.write_all(&vec![0xA5; CHUNK_WIRE / 2]).await.unwrap();
+                junk.push(s);
+            }
+        }
+        // One more announces more than any push-pull may hold: refused on its header.
+        let mut oversized = connect_from(5, target.addr()).await;
+        oversized
+            .write_all(&push_pull_header(16 * 1024 * 1024, true))
+            .await
+            .unwrap();
+        let refused = read_answer(&mut oversized, Kind::PushPull).await.unwrap();
+        assert_eq!(refused.kind, Kind::Error);
+        assert_eq!(
+            String::from_utf8_lossy(&refused.payload),
+            format!(
+                "push-pull frame of {} bytes is over the limit of {MAX_PUSH_PULL_FRAME}",
+                16 * 1024 * 1024
+            )
+        );
+
+        // A member at another address joins and gossips meanwhile.
+        let mut member = config("member", encrypted(&key));
+        member.bind = "127.0.0.9:0".parse().unwrap();
+        member.advertise = "127.0.0.9".parse().unwrap();
+        let token = CancellationToken::new();
+        let _stop = token.clone().drop_guard();
+        let member = Pool::start(member, &c.tasks, token).await.unwrap();
+        member
+            .join_one(&target.addr().to_string(), soon())
+            .await
+            .expect("a member joins while junk streams are open");
+        eventually("the member and the target see each other", || {
+            sees(target, "member", MemberStatus::Alive) && sees(&member, "n0", MemberStatus::Alive)
+        })
+        .await;
+
+        // Each junk stream completes its first chunk: no key opens it, it is told so
+        // and closed, and none of its bytes was ever charged to the budget.
+        for mut s in junk {
+            s.write_all(&vec![0xA5; CHUNK_WIRE - CHUNK_WIRE / 2])
+                .await
+                .unwrap();
+            let answer = read_answer(&mut s, Kind::PushPull).await.unwrap();
+            assert_eq!(answer.kind, Kind::Error);
+            assert_eq!(
+                answer.payload,
+                b"No installed keys could decrypt the message"
+            );
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty(), "the stream ends after the error frame");
+        }
+        assert_eq!(budget.peak(), 0, "no junk byte got past the first chunk");
+        // Gossip still flows: the member's leave reaches the target.
+        member.leave().await;
+        eventually("the leave", || sees(target, "member", MemberStatus::Left)).await;
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn plaintext_frames_are_held_to_an_addresss_share_of_the_budget() {
+        use stream::{CHUNK_WIRE, FRAME_ALLOWANCE, MAX_PUSH_PULL_FRAME};
+        let c = Cluster::start(1, |_| None).await;
+        let target = &c.pools[0];
+        let budget = target.shared.streams.clone();
+        let from: IpAddr = "127.0.0.2".parse().unwrap();
+        // Three streams from one address announce the largest push-pull, without
+        // encryption, and send 1 MiB of it each: one fits the address's share, the
+        // others are refused after their first chunk.
+        let mut writers = Vec::new();
+        let mut readers = Vec::new();
+        for _ in 0..3 {
+            let (mut r, mut w) = connect_from(2, target.addr()).await.into_split();
+            readers.push(tokio::spawn(async move {
+                let mut answer = Vec::new();
+                // A refused stream may be reset under the writer; what came first stays.
+                let _ = r.read_to_end(&mut answer).await;
+                answer
+            }));
+            writers.push(tokio::spawn(async move {
+                let _ = w
+                    .write_all(&push_pull_header(MAX_PUSH_PULL_FRAME, false))
+                    .await;
+                for _ in 0..16 {
+                    if w.write_all(&vec![0; CHUNK_WIRE]).await.is_err() {
+                        break;
+                    }
+                }
+                // Held open: the frame is never finished.
+                w
+            }));
+        }
+        let mut pending = readers;
+        for _ in 0..2 {
+            let (answer, _, rest) = futures_util::future::select_all(pending).await;
+            pending = rest;
+            let refused = read_answer_bytes(&answer.unwrap(), Kind::PushPull).await;
+            assert_eq!(refused.kind, Kind::Error);
+            assert_eq!(
+                refused.payload,
+                b"the memory budget for stream frames being read for this address is used up"
+            );
+        }
+        assert!(
+            !pending[0].is_finished(),
+            "the stream that fits is still read"
+        );
+        let charged = MAX_PUSH_PULL_FRAME - FRAME_ALLOWANCE;
+        assert_eq!(budget.held(&from), charged);
+        assert_eq!(
+            budget.peak(),
+            charged,
+            "the refused ones never held anything"
+        );
+
+        // A member at another address still joins (its frames fit their first chunk).
+        let mut member = config("member", None);
+        member.bind = "127.0.0.3:0".parse().unwrap();
+        member.advertise = "127.0.0.3".parse().unwrap();
+        let token = CancellationToken::new();
+        let _stop = token.clone().drop_guard();
+        let member = Pool::start(member, &c.tasks, token).await.unwrap();
+        member
+            .join_one(&target.addr().to_string(), soon())
+            .await
+            .expect("a member joins while an address holds its share");
+        // Once the streams are gone, so is what they held.
+        for w in writers {
+            drop(w.await.unwrap());
+        }
+        pending[0].abort();
+        eventually("the budget is given back", || budget.used() == 0).await;
+    }
+
+    /// Reads `bytes` as an answer frame to a request of `kind`, as a member without a
+    /// key does.
+    async fn read_answer_bytes(bytes: &[u8], kind: Kind) -> Frame {
+        let opener = Opener {
+            keyring: None,
+            verify_incoming: false,
+        };
+        let budget = stream::budget();
+        let mut grant = budget.grant("127.0.0.1".parse().unwrap());
+        let mut rest = bytes;
+        stream::read(&mut rest, &opener, Expect::Answer(kind), &mut grant)
+            .await
+            .unwrap()
+    }
+
+    /// `n` members of 50 kB each (long names keep the pool small while the frame is
+    /// large), at an address nobody listens on.
+    fn large_states(n: usize) -> Vec<MemberState> {
+        (0..n)
+            .map(|i| MemberState {
+                name: format!("m{i:03}-{}", "x".repeat(50_000)),
+                addr: "127.0.0.1:1".parse().unwrap(),
+                incarnation: 1,
+                state: State::Alive,
+                tags: BTreeMap::from([("role".to_string(), "node".to_string())]),
+            })
+            .collect()
+    }
+
+    // Two threads: the client seals and opens while the pool does (AES-GCM is slow in
+    // debug builds).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn push_pulls_of_several_mib_go_both_ways_with_and_without_encryption() {
+        let key = Key::generate();
+        for encryption in [encrypted(&key), None] {
+            let c = Cluster::start(1, |_| encryption.clone()).await;
+            let target = &c.pools[0];
+            let sealer = encryption.as_ref().map(|_| key.clone());
+            let opener = Opener {
+                keyring: encryption.as_ref().map(|e| e.keyring.clone()),
+                verify_incoming: true,
+            };
+            let budget = stream::budget();
+            let ask = |states: Vec<MemberState>| {
+                let (opener, budget, sealer) = (opener.clone(), budget.clone(), sealer.clone());
+                let to = target.addr();
+                async move {
+                    let payload = encode_frame(&Message::PushPull {
+                        join: false,
+                        states,
+                    });
+                    let frame = stream::encode(Kind::PushPull, &payload, sealer.as_ref()).unwrap();
+                    let mut s = TcpStream::connect(to).await.unwrap();
+                    s.write_all(&frame).await.unwrap();
+                    let mut grant = budget.grant(to.ip());
+                    let answer =
+                        stream::read(&mut s, &opener, Expect::Answer(Kind::PushPull), &mut grant)
+                            .await
+                            .unwrap();
+                    assert_eq!(answer.kind, Kind::PushPull);
+                    match decode_frame(&answer.payload).unwrap() {
+                        Message::PushPull { states, .. } => {
+                            (payload.len(), answer.payload.len(), states)
+                        }
+                        other => panic!("{other:?}"),
+                    }
+                }
+            };
+            // A request of some 3 MiB, then an answer as large.
+            let (sent, _, _) = ask(large_states(60)).await;
+            assert!(sent > 3_000_000, "{sent}");
+            let (_, received, states) = ask(Vec::new()).await;
+            assert!(received > 3_000_000, "{received}");
+            assert_eq!(
+                states.len(),
+                61,
+                "the target's state holds every member sent"
+            );
+            eventually("the target's budget is given back", || {
+                target.shared.streams.used() == 0
+            })
+            .await;
+        }
     }
 }
