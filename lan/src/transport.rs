@@ -1282,7 +1282,9 @@ impl Inbound {
         match stream::encode(kind, &payload, key.as_ref()) {
             Ok(frame) => Some(frame),
             Err(e) => {
-                tracing::warn!(pool = shared.pool, peer = %peer, error = %e, "gossip stream answer not sent");
+                // This pool's own state is over the limit: the peer is told, and the log
+                // says so once per peer per PEER_LOG_INTERVAL.
+                shared.refused(peer, "gossip stream answer", &e);
                 Some(stream::error_frame(&e.to_string()))
             }
         }

@@ -58,9 +58,10 @@ pub const DIAL_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_REQUEST: usize = 16 * 1024 * 1024;
 /// Largest answer read from a stream.
 pub const MAX_ANSWER: usize = 64 * 1024 * 1024;
-/// Bytes of RPC requests being read or served at once, over every connection; a stream
-/// that would go beyond is refused (so 1024 peers × 256 streams cannot each hold a
-/// 16 MiB request).
+/// Bytes of requests being read or served at once, over every connection (an RPC's
+/// bytes, and two chunks of every gossip stream, whose frames beyond that are charged to
+/// the WAN pool's own budget); a stream that would go beyond is refused (so 1024 peers ×
+/// 256 streams cannot each hold a 16 MiB request).
 pub const MAX_REQUEST_BYTES_IN_FLIGHT: usize = 256 * 1024 * 1024;
 /// Of [`MAX_REQUEST_BYTES_IN_FLIGHT`], what the streams of one connection may hold, so
 /// one peer cannot take the whole budget; a stream beyond it is refused.
@@ -569,7 +570,22 @@ impl Endpoint {
                 let Some(gossip) = self.inner.gossip.get() else {
                     return Ok(());
                 };
-                // A gossip exchange gets the LAN's budget, not an RPC's blocking wait.
+                // What the pool holds of every stream without charging its own budget (a
+                // chunk being opened, the first chunk of the frame) counts here like an
+                // RPC's bytes; the rest of the frame is charged to the pool's budget.
+                let mut held = Held::default();
+                let first = 2 * lan::stream::CHUNK_WIRE;
+                let want = u32::try_from(first.div_ceil(1024)).unwrap_or(u32::MAX);
+                if let Err(which) = held.grow(want, connection, &self.inner.request_budget) {
+                    self.refused(
+                        caller.addr,
+                        "WAN gossip stream",
+                        &format!("the memory budget for requests in flight {which} is used up"),
+                    );
+                    let _ = recv.stop(0u32.into());
+                    return Ok(());
+                }
+                // A gossip exchange gets the LAN's time limit, not an RPC's blocking wait.
                 let serve = gossip.serve(caller.addr, &mut recv, &mut send);
                 tokio::time::timeout(lan::transport::STREAM_TIMEOUT, serve)
                     .await
