@@ -1294,13 +1294,7 @@ mod tests {
     #[test]
     fn http_time_limits_and_blocking_query_allowance_are_read_and_checked() {
         let load = |text: &str| {
-            let layers = vec![
-                Layer {
-                    origin: Origin::Defaults,
-                    raw: dev_layer(),
-                },
-                layer(text),
-            ];
+            let layers = vec![Layer::new(Origin::Defaults, dev_layer()), layer(text)];
             AgentConfig::from_layers(&layers, dev_sources())
         };
         let c = load(r#"{"limits": {}}"#).unwrap().http_limits;
