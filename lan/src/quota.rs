@@ -110,12 +110,15 @@ impl<K: Hash + Eq + Copy> Drop for Share<K> {
 
 /// A byte budget with a share per peer. Readers hold a [`Grant`] each and grow it before
 /// they buffer more; a growth that would take the peer past its share, or everyone past
-/// the whole, is refused and the grant keeps what it had.
+/// the whole, is refused and the grant keeps what it had ([`Grant::grow_to`]), or waits
+/// until other grants are given back ([`Grant::wait_to_grow`]).
 #[derive(Debug)]
 pub struct Budget<K: Hash + Eq + Copy> {
     max: usize,
     per_peer: usize,
     state: Mutex<Usage<K>>,
+    /// Woken whenever a grant gives bytes back, for [`Grant::wait_to_grow`].
+    freed: Notify,
 }
 
 #[derive(Debug)]
@@ -157,6 +160,7 @@ impl<K: Hash + Eq + Copy> Budget<K> {
                 peak: 0,
                 peers: HashMap::new(),
             }),
+            freed: Notify::new(),
         })
     }
 
@@ -221,6 +225,25 @@ impl<K: Hash + Eq + Copy> Grant<K> {
     }
 }
 
+impl<K: Hash + Eq + Copy> Grant<K> {
+    /// Holds `bytes` in all, waiting while that would take the peer past its share or
+    /// everyone past the budget. The caller bounds the wait (a deadline); `bytes` must
+    /// not be more than a peer's share, which no wait can make room for.
+    pub async fn wait_to_grow(&mut self, bytes: usize) {
+        let budget = self.budget.clone();
+        loop {
+            let freed = budget.freed.notified();
+            tokio::pin!(freed);
+            // Registered before trying, so bytes given back in between are not missed.
+            freed.as_mut().enable();
+            if self.grow_to(bytes).is_ok() {
+                return;
+            }
+            freed.await;
+        }
+    }
+}
+
 impl<K: Hash + Eq + Copy> Drop for Grant<K> {
     fn drop(&mut self) {
         if self.bytes == 0 {
@@ -234,6 +257,8 @@ impl<K: Hash + Eq + Copy> Drop for Grant<K> {
                 state.peers.remove(&self.peer);
             }
         }
+        drop(state);
+        self.budget.freed.notify_waiters();
     }
 }
 

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::process::register_until_failure;
-use crate::support::process::{Proc, run};
+use crate::process::{ext_listing_after_restart, register_until_failure};
+use crate::support::process::Proc;
 
 /// A small tmpfs mounted for the test, unmounted when dropped.
 struct SmallDisk {
@@ -88,26 +88,7 @@ fn a_full_disk_stops_a_server_with_exit_1_and_a_restart_keeps_every_acknowledged
     // Room again: the restarted server holds every acknowledged write.
     std::fs::remove_file(filler).unwrap();
     let p = Proc::spawn(&args);
-    let http = p.listening("http").to_string();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let present = loop {
-        let out = run(&[
-            "catalog",
-            "nodes",
-            "-service=ext",
-            &format!("-http-addr={http}"),
-        ]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() && !text.is_empty() {
-            break text;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the restarted agent never answered:\n{}",
-            p.output()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let present = ext_listing_after_restart(&p);
     for i in before.iter().chain(&acknowledged) {
         assert!(
             present.contains(&format!("ext-{i} ")),

@@ -656,6 +656,26 @@ fn sighup_reloads_config_files_and_node_meta_is_served() {
     assert!(out.contains("rack=r1"), "{out}");
 }
 
+/// `catalog nodes -service=ext` of a restarted agent, once it answers (within 30 s).
+pub(crate) fn ext_listing_after_restart(p: &Proc) -> String {
+    let http = p.listening("http").to_string();
+    let client_addr = format!("-http-addr={http}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = run(&["catalog", "nodes", "-service=ext", &client_addr]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && !text.is_empty() {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "restarted agent never answered:\n{}",
+            p.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Registers `ext-<i>` through the catalog API until the agent stops answering; returns
 /// the IDs it acknowledged.
 pub(crate) fn register_until_failure(http: &str, stop_after: usize) -> Vec<usize> {
@@ -735,22 +755,7 @@ fn acknowledged_writes_survive_kill_9() {
     assert!(acknowledged.len() > 40, "{}", acknowledged.len());
 
     let p = Proc::spawn(&args);
-    let http = p.listening("http").to_string();
-    let client_addr = format!("-http-addr={http}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let present = loop {
-        let out = run(&["catalog", "nodes", "-service=ext", &client_addr]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() && !text.is_empty() {
-            break text;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "restarted agent never answered:\n{}",
-            p.output()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let present = ext_listing_after_restart(&p);
     for i in &acknowledged {
         let name = format!("ext-{i} ");
         assert!(

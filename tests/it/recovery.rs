@@ -4,7 +4,7 @@
 use hyper::Method;
 use serde_json::json;
 
-use crate::support::cluster::{Member, Spec, leader_of, servers};
+use crate::support::cluster::{Member, Spec, leader_of, servers, servers_with};
 use crate::support::{eventually, secs};
 
 /// Registers external node `ext-<i>`; whether it was acknowledged.
@@ -173,24 +173,7 @@ async fn peers_json_brings_back_a_datacenter_that_lost_its_quorum() {
 async fn a_follower_with_a_damaged_snapshot_starts_anew_and_gets_the_leaders_catalog() {
     // Snapshots every 5 entries, so that every server writes one soon.
     let config = Some(r#"{"raft_snapshot_threshold": 5}"#.to_string());
-    let mut members: Vec<Member> = Vec::new();
-    for i in 0..3 {
-        let join = members
-            .first()
-            .map(|m| vec![m.gossip_addr()])
-            .unwrap_or_default();
-        members.push(
-            Member::start(Spec {
-                name: format!("server-{i}"),
-                server: true,
-                expect: Some(3),
-                join,
-                config: config.clone(),
-                ..Spec::default()
-            })
-            .await,
-        );
-    }
+    let mut members = servers_with(3, config.clone()).await;
     let all: Vec<&Member> = members.iter().collect();
     let leader = leader_of(&all, 3).await;
     for i in 0..20 {

@@ -19,14 +19,17 @@
 //! server hold gigabytes. A proven peer (a server of this datacenter) is not charged:
 //! Raft's snapshots and large appends must never wait behind strangers.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ring::aead::{Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Notify;
+
+use crate::quota::{Budget, Grant};
+
+/// Bytes of frames from unproven peers held at once, with a share per IP address.
+pub(crate) type FrameBudget = Budget<IpAddr>;
 
 /// The reading half of a connection, TLS or not.
 pub(crate) type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
@@ -157,7 +160,7 @@ impl FrameWriter {
 pub(crate) struct Frame {
     /// The payload.
     pub(crate) payload: Vec<u8>,
-    _charge: Option<Charge>,
+    _charge: Option<Grant<IpAddr>>,
 }
 
 /// Reads frames from one connection.
@@ -193,11 +196,10 @@ impl FrameReader {
     }
 
     async fn read_rest(&mut self, header: [u8; 4]) -> std::io::Result<Frame> {
-        let mut charge = self.budget.as_ref().map(|(budget, peer)| Charge {
-            budget: budget.clone(),
-            peer: *peer,
-            bytes: 0,
-        });
+        let mut charge = self
+            .budget
+            .as_ref()
+            .map(|(budget, peer)| budget.grant(*peer));
         let mut payload = Vec::new();
         if self.seal.is_some() {
             self.read_sealed(header, &mut payload, &mut charge).await?;
@@ -211,7 +213,7 @@ impl FrameReader {
             while payload.len() < len {
                 let step = (len - payload.len()).min(RECORD);
                 if let Some(charge) = &mut charge {
-                    charge.grow(step).await;
+                    charge.wait_to_grow(charge.bytes() + step).await;
                 }
                 let start = payload.len();
                 payload.resize(start + step, 0);
@@ -228,7 +230,7 @@ impl FrameReader {
         &mut self,
         mut header: [u8; 4],
         payload: &mut Vec<u8>,
-        charge: &mut Option<Charge>,
+        charge: &mut Option<Grant<IpAddr>>,
     ) -> std::io::Result<()> {
         let mut record = Vec::new();
         loop {
@@ -247,7 +249,7 @@ impl FrameReader {
                 )));
             }
             if let Some(charge) = charge {
-                charge.grow(plain).await;
+                charge.wait_to_grow(charge.bytes() + plain).await;
             }
             payload.extend_from_slice(&record[..plain]);
             if word & MORE == 0 {
@@ -255,96 +257,6 @@ impl FrameReader {
             }
             self.io.read_exact(&mut header).await?;
         }
-    }
-}
-
-#[derive(Debug, Default)]
-struct Held {
-    total: usize,
-    by_peer: HashMap<IpAddr, usize>,
-}
-
-/// Bytes of frames from unproven peers held at once, with a share per IP address.
-#[derive(Debug)]
-pub(crate) struct FrameBudget {
-    total: usize,
-    per_peer: usize,
-    held: Mutex<Held>,
-    freed: Notify,
-}
-
-impl FrameBudget {
-    /// A budget of `total` bytes, of which one address may hold `per_peer`.
-    pub(crate) fn new(total: usize, per_peer: usize) -> Arc<FrameBudget> {
-        Arc::new(FrameBudget {
-            total,
-            per_peer,
-            held: Mutex::default(),
-            freed: Notify::new(),
-        })
-    }
-
-    fn try_take(&self, peer: IpAddr, bytes: usize) -> bool {
-        let mut held = self.held.lock().expect("budget lock");
-        let mine = held.by_peer.get(&peer).copied().unwrap_or(0);
-        if held.total + bytes > self.total || mine + bytes > self.per_peer {
-            return false;
-        }
-        held.total += bytes;
-        *held.by_peer.entry(peer).or_insert(0) += bytes;
-        true
-    }
-
-    fn give_back(&self, peer: IpAddr, bytes: usize) {
-        if bytes == 0 {
-            return;
-        }
-        let mut held = self.held.lock().expect("budget lock");
-        held.total -= bytes;
-        if let Some(mine) = held.by_peer.get_mut(&peer) {
-            *mine -= bytes;
-            if *mine == 0 {
-                held.by_peer.remove(&peer);
-            }
-        }
-        drop(held);
-        self.freed.notify_waiters();
-    }
-
-    /// Bytes held now, over all peers.
-    #[cfg(test)]
-    pub(crate) fn held(&self) -> usize {
-        self.held.lock().expect("budget lock").total
-    }
-}
-
-/// What one frame holds of a [`FrameBudget`].
-struct Charge {
-    budget: Arc<FrameBudget>,
-    peer: IpAddr,
-    bytes: usize,
-}
-
-impl Charge {
-    /// Holds `bytes` more, waiting while the budget (or the peer's share) is spent.
-    async fn grow(&mut self, bytes: usize) {
-        loop {
-            let freed = self.budget.freed.notified();
-            tokio::pin!(freed);
-            // Registered before looking, so bytes given back in between are not missed.
-            freed.as_mut().enable();
-            if self.budget.try_take(self.peer, bytes) {
-                self.bytes += bytes;
-                return;
-            }
-            freed.await;
-        }
-    }
-}
-
-impl Drop for Charge {
-    fn drop(&mut self) {
-        self.budget.give_back(self.peer, self.bytes);
     }
 }
 
@@ -457,7 +369,7 @@ mod tests {
 
     #[tokio::test]
     async fn unproven_frames_wait_for_their_peers_share_and_give_it_back() {
-        let budget = FrameBudget::new(3 * RECORD, 2 * RECORD);
+        let budget: Arc<FrameBudget> = FrameBudget::new(3 * RECORD, 2 * RECORD);
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
         let other: IpAddr = "10.0.0.2".parse().unwrap();
         let open = |peer| {
@@ -469,7 +381,7 @@ mod tests {
         let (mut w1, mut r1) = open(peer);
         w1.write(&vec![0u8; 2 * RECORD]).await.unwrap();
         let first = r1.read().await.unwrap();
-        assert_eq!(budget.held(), 2 * RECORD);
+        assert_eq!(budget.used(), 2 * RECORD);
         // The same address's next frame waits for the first to be handled.
         let (mut w2, mut r2) = open(peer);
         w2.write(&[7u8; 10]).await.unwrap();
@@ -486,7 +398,7 @@ mod tests {
         let second = second.await.unwrap();
         assert_eq!(second.payload, [7u8; 10]);
         drop((second, third));
-        assert_eq!(budget.held(), 0);
+        assert_eq!(budget.used(), 0);
     }
 
     proptest! {

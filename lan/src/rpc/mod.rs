@@ -38,7 +38,7 @@ use crate::catalog::{Command, Query};
 use crate::raft::{NodeId, RaftStatus, ReadError, TypeConfig, WriteError};
 use crate::{KeyOperation, KeyringReport, QueryResult, RaftPeer};
 
-mod frame;
+pub(crate) mod frame;
 pub(crate) mod secure;
 
 pub(crate) use frame::MAX_FRAME as MAX_RPC_FRAME;
@@ -216,6 +216,11 @@ pub(crate) fn unexpected(answer: Response) -> String {
 struct Envelope<T> {
     id: u64,
     body: T,
+}
+
+/// The request a frame of the server port holds, as the server decodes it.
+pub(crate) fn decode_request(payload: &[u8]) -> Result<Request, serde_json::Error> {
+    serde_json::from_slice::<Envelope<Request>>(payload).map(|e| e.body)
 }
 
 /// Why a call failed. The request may or may not have reached the server.

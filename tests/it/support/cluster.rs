@@ -231,6 +231,11 @@ fn free_port(ip: IpAddr) -> u16 {
 
 /// `n` servers started with `bootstrap_expect = n`, each joining the first.
 pub async fn servers(n: usize) -> Vec<Member> {
+    servers_with(n, None).await
+}
+
+/// [`servers`], each with the config file `config`.
+pub async fn servers_with(n: usize, config: Option<String>) -> Vec<Member> {
     let mut members: Vec<Member> = Vec::new();
     for i in 0..n {
         let join = members
@@ -243,6 +248,7 @@ pub async fn servers(n: usize) -> Vec<Member> {
                 server: true,
                 expect: Some(n as u32),
                 join,
+                config: config.clone(),
                 ..Spec::default()
             })
             .await,

@@ -11,6 +11,10 @@
 //! cannot forge a chunk's tag, so [`sealed_frame`] seals chosen payloads with the test
 //! key to reach what follows authentication.
 
+mod server_port;
+
+pub use server_port::{SERVER_ID, ServerPort, server_port, server_port_frames};
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
