@@ -20,4 +20,5 @@ fuzz_target!(|data: &[u8]| {
     });
     let out = runtime.block_on(server_port(data));
     assert_eq!(out.opened, 0, "a sealed record opened without its key");
+    assert!(out.raft_alive, "raft stopped on what passed the checks");
 });

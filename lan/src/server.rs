@@ -362,6 +362,10 @@ impl rpc::Handler for Handler {
             Request::AppendEntries { to, request } => {
                 let checked = misdirected(to, consensus.id())
                     .and_then(|()| guard::append_entries(&request, consensus.current_term()));
+                let checked = match checked {
+                    Ok(()) => consensus.check_committed(&request).await,
+                    Err(e) => Err(e),
+                };
                 if let Err(e) = checked {
                     return self.refuse(&caller, "a raft append-entries", &e);
                 }
@@ -382,10 +386,14 @@ impl rpc::Handler for Handler {
             Request::InstallSnapshot { to, request } => {
                 let checked = misdirected(to, consensus.id())
                     .and_then(|()| guard::install_snapshot(&request, consensus.current_term()));
-                if let Err(e) = checked {
-                    return self.refuse(&caller, "a raft snapshot chunk", &e);
+                let answer = match checked {
+                    Ok(()) => consensus.install_snapshot(request).await,
+                    Err(e) => Err(e),
+                };
+                match answer {
+                    Ok(answer) => Response::InstallSnapshot(answer),
+                    Err(e) => self.refuse(&caller, "a raft snapshot chunk", &e),
                 }
-                Response::InstallSnapshot(consensus.raft().install_snapshot(request).await)
             }
             Request::RemovePeer {
                 peer,

@@ -15,10 +15,11 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::storage::RaftLogReader;
 use openraft::{Config, Raft};
 
 use crate::catalog::Catalog;
-use crate::raft::store::{MemLog, StateMachine};
+use crate::raft::store::{self, MemLog, StateMachine};
 use crate::raft::{NodeId, ServerNode, TypeConfig, guard};
 use crate::rpc::frame::{FrameReader, Seal};
 use crate::rpc::{Request, decode_request};
@@ -42,13 +43,16 @@ pub struct ServerPort {
     pub handled: usize,
     /// Frames that opened when read as sealed records (always 0: nobody holds the key).
     pub opened: usize,
+    /// Whether Raft was still running afterwards (a panic in its core stops it).
+    pub raft_alive: bool,
 }
 
 /// Serves `bytes` as one server-port connection (see the module documentation). Needs a
 /// Tokio runtime with timers.
 pub async fn server_port(bytes: &[u8]) -> ServerPort {
     let mut out = ServerPort::default();
-    let raft = one_server().await;
+    let (raft, log) = one_server().await;
+    let shadow = guard::SnapshotShadow::default();
     let mut reader = FrameReader::new(Box::new(Cursor::new(bytes.to_vec())), None, None);
     while let Ok(frame) = reader.read().await {
         out.frames += 1;
@@ -59,14 +63,28 @@ pub async fn server_port(bytes: &[u8]) -> ServerPort {
         let term = raft.metrics().borrow().current_term;
         let checked = match &request {
             Request::AppendEntries { to, request } => {
-                addressed(*to).and_then(|()| guard::append_entries(request, term))
+                let committed = raft.with_raft_state(|s| s.committed).await.ok().flatten();
+                let local = match guard::below_committed(request, committed) {
+                    Some(range) => {
+                        let entries = log.clone().try_get_log_entries(range).await;
+                        entries
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|e| e.log_id)
+                            .collect()
+                    }
+                    None => Vec::new(),
+                };
+                addressed(*to)
+                    .and_then(|()| guard::append_entries(request, term))
+                    .and_then(|()| guard::agrees_with_committed(request, committed, &local))
             }
             Request::Vote { to, request } => {
                 addressed(*to).and_then(|()| guard::vote_request(request, term))
             }
-            Request::InstallSnapshot { to, request } => {
-                addressed(*to).and_then(|()| guard::install_snapshot(request, term))
-            }
+            Request::InstallSnapshot { to, request } => addressed(*to)
+                .and_then(|()| guard::install_snapshot(request, term))
+                .and_then(|()| shadow.before(request, store::check_snapshot_data)),
             _ => continue,
         };
         if checked.is_err() {
@@ -82,7 +100,10 @@ pub async fn server_port(bytes: &[u8]) -> ServerPort {
                     let _ = raft.vote(request).await;
                 }
                 Request::InstallSnapshot { request, .. } => {
-                    let _ = raft.install_snapshot(request).await;
+                    let copy = (!request.done).then(|| request.clone());
+                    if let (Ok(_), Some(copy)) = (raft.install_snapshot(request).await, copy) {
+                        shadow.accepted(&copy);
+                    }
                 }
                 _ => {}
             }
@@ -100,6 +121,8 @@ pub async fn server_port(bytes: &[u8]) -> ServerPort {
     while sealed.read().await.is_ok() {
         out.opened += 1;
     }
+    // A panic inside Raft's core task ends it: the API then reports it stopped.
+    out.raft_alive = raft.with_raft_state(|_| ()).await.is_ok();
     let _ = raft.shutdown().await;
     out
 }
@@ -113,7 +136,7 @@ fn addressed(to: NodeId) -> Result<(), guard::Refused> {
 }
 
 /// A single server, bootstrapped, whose calls to other servers all fail.
-async fn one_server() -> Raft<TypeConfig> {
+async fn one_server() -> (Raft<TypeConfig>, MemLog) {
     let config = Config {
         cluster_name: "fuzz".into(),
         ..Config::default()
@@ -122,22 +145,26 @@ async fn one_server() -> Raft<TypeConfig> {
     .expect("openraft's defaults are valid");
     let (_, writer) = Catalog::new();
     let machine = StateMachine::new(writer, None).expect("no file to read");
-    let raft = Raft::new(
-        SERVER_ID,
-        Arc::new(config),
-        Nowhere,
-        MemLog::default(),
-        machine,
-    )
-    .await
-    .expect("raft starts in memory");
+    let log = MemLog::default();
+    let raft = Raft::new(SERVER_ID, Arc::new(config), Nowhere, log.clone(), machine)
+        .await
+        .expect("raft starts in memory");
     let node = ServerNode {
         name: "fuzzed".into(),
         rpc_addr: "127.0.0.1:8300".into(),
         node_id: "fuzzed".into(),
     };
     let _ = raft.initialize(BTreeMap::from([(SERVER_ID, node)])).await;
-    raft
+    // Once it leads and has applied its first entry, nothing but the fuzzed messages
+    // changes its state.
+    let _ = raft
+        .wait(Some(CALL_TIMEOUT))
+        .metrics(
+            |m| m.current_leader == Some(SERVER_ID) && m.last_applied.is_some_and(|l| l.index >= 1),
+            "the fuzzed server leads",
+        )
+        .await;
+    (raft, log)
 }
 
 /// A network on which no other server answers.
@@ -242,7 +269,8 @@ mod tests {
                 requests: 5,
                 refused: 2,
                 handled: 2,
-                opened: 0
+                opened: 0,
+                raft_alive: true,
             }
         );
     }
@@ -256,6 +284,7 @@ mod tests {
             let bytes = std::fs::read(entry.unwrap().path()).unwrap();
             let out = runtime().block_on(server_port(&bytes));
             assert!(out.requests >= 1 && out.requests == out.frames, "{out:?}");
+            assert!(out.raft_alive, "{out:?}");
             seen += 1;
         }
         assert!(seen >= 5);
@@ -268,6 +297,7 @@ mod tests {
         ) {
             let out = runtime().block_on(server_port(&bytes));
             prop_assert_eq!(out.opened, 0);
+            prop_assert!(out.raft_alive);
         }
 
         #[test]
@@ -289,6 +319,7 @@ mod tests {
             }}})]);
             let out = runtime().block_on(server_port(&bytes));
             prop_assert_eq!(out.requests, 1);
+            prop_assert!(out.raft_alive);
         }
     }
 }

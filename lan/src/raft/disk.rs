@@ -110,6 +110,16 @@ pub(crate) struct DiskLog {
     shared: Arc<Shared>,
 }
 
+/// A handle to a [`DiskLog`] that does not keep its database open.
+pub(crate) struct WeakDiskLog(std::sync::Weak<Shared>);
+
+impl WeakDiskLog {
+    /// The log, while it is open.
+    pub(crate) fn upgrade(&self) -> Option<DiskLog> {
+        self.0.upgrade().map(|shared| DiskLog { shared })
+    }
+}
+
 /// Tells when every handle of a [`DiskLog`] is gone, and with them the open database.
 pub(crate) struct Closing(std::sync::Weak<Shared>);
 
@@ -214,6 +224,11 @@ impl DiskLog {
             writer: Mutex::new(Some(writer)),
         });
         Ok(DiskLog { shared })
+    }
+
+    /// A handle that does not keep the database open.
+    pub(crate) fn downgrade(&self) -> WeakDiskLog {
+        WeakDiskLog(Arc::downgrade(&self.shared))
     }
 
     /// What tells when this log is closed.

@@ -101,6 +101,67 @@ pub(crate) fn append_entries(
     Ok(())
 }
 
+/// The log positions an AppendEntries speaks of (its `prev_log_id`, then its entries).
+fn positions(request: &AppendEntriesRequest<TypeConfig>) -> impl Iterator<Item = &LogId<NodeId>> {
+    request
+        .prev_log_id
+        .iter()
+        .chain(request.entries.iter().map(|e| &e.log_id))
+}
+
+/// The indexes below this server's committed one that an AppendEntries speaks of: the
+/// log IDs this server holds there are what [`agrees_with_committed`] compares it with.
+pub(crate) fn below_committed(
+    request: &AppendEntriesRequest<TypeConfig>,
+    committed: Option<LogId<NodeId>>,
+) -> Option<std::ops::RangeInclusive<u64>> {
+    let committed = committed?.index;
+    let below = || {
+        positions(request)
+            .map(|id| id.index)
+            .filter(|&i| i < committed)
+    };
+    Some(below().min()?..=below().max()?)
+}
+
+/// Checks that what an AppendEntries says of positions within this server's committed
+/// log agrees with it. Committed entries are the same on every server and every leader
+/// holds them all, so a real leader never sends a log ID there that this server does not
+/// hold: the one at the committed index must be the committed one, the ones below it
+/// those in `local` (this server's log IDs over [`below_committed`]; an index missing
+/// from it is in a snapshot, where only a log ID after the committed one can be told
+/// wrong). openraft takes this on trust: it would cut committed entries from its log,
+/// and its debug builds stop on it.
+pub(crate) fn agrees_with_committed(
+    request: &AppendEntriesRequest<TypeConfig>,
+    committed: Option<LogId<NodeId>>,
+    local: &[LogId<NodeId>],
+) -> Result<(), Refused> {
+    let Some(committed) = committed else {
+        return Ok(());
+    };
+    for id in positions(request).filter(|id| id.index <= committed.index) {
+        let ours = if id.index == committed.index {
+            Some(&committed)
+        } else {
+            local
+                .binary_search_by_key(&id.index, |l| l.index)
+                .ok()
+                .map(|i| &local[i])
+        };
+        let agrees = match ours {
+            Some(ours) => ours == id,
+            None => *id <= committed,
+        };
+        if !agrees {
+            return Err(Refused(format!(
+                "{id} contradicts this server's committed log (committed up to {committed})"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Checks a vote request against this server's `current_term`.
 pub(crate) fn vote_request(
     request: &VoteRequest<NodeId>,
@@ -129,6 +190,70 @@ pub(crate) fn install_snapshot(
         )));
     }
     Ok(())
+}
+
+/// What the snapshot chunks this server accepted add up to, so that the last chunk of a
+/// snapshot can be checked before openraft installs it: openraft takes a snapshot whose
+/// data the state machine cannot read as fatal, and stops Raft. The chunks are written
+/// as openraft writes them (a chunk at offset 0 starts a snapshot, the others are written
+/// at their offset into the snapshot of the same ID).
+#[derive(Default)]
+pub(crate) struct SnapshotShadow(std::sync::Mutex<Option<(String, std::io::Cursor<Vec<u8>>)>>);
+
+impl SnapshotShadow {
+    /// Called before `request` goes to openraft: a final chunk is refused unless the
+    /// snapshot it completes passes `check` (the state machine's reading of its data).
+    pub(crate) fn before(
+        &self,
+        request: &InstallSnapshotRequest<TypeConfig>,
+        check: impl FnOnce(&[u8]) -> Result<(), String>,
+    ) -> Result<(), Refused> {
+        if !request.done {
+            return Ok(());
+        }
+        let id = &request.meta.snapshot_id;
+        let mut shadow = self.lock();
+        let mut data = match shadow.take() {
+            _ if request.offset == 0 => std::io::Cursor::new(Vec::new()),
+            Some((held, data)) if held == *id => data,
+            _ => {
+                return Err(Refused(format!(
+                    "the last chunk of snapshot {id} arrived without the chunks before it"
+                )));
+            }
+        };
+        write_at(&mut data, request.offset, &request.data);
+        check(data.get_ref()).map_err(|e| Refused(format!("snapshot {id} cannot be read: {e}")))
+    }
+
+    /// Called once openraft has accepted `request`.
+    pub(crate) fn accepted(&self, request: &InstallSnapshotRequest<TypeConfig>) {
+        if request.done {
+            return;
+        }
+        let id = &request.meta.snapshot_id;
+        let mut shadow = self.lock();
+        if request.offset == 0 {
+            *shadow = Some((id.clone(), std::io::Cursor::new(Vec::new())));
+        }
+        match shadow.as_mut() {
+            Some((held, data)) if held == id => write_at(data, request.offset, &request.data),
+            // openraft refuses a chunk of another snapshot too.
+            _ => {}
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(String, std::io::Cursor<Vec<u8>>)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Writes `chunk` at `offset` (bounded by [`install_snapshot`]), filling a gap with zeros.
+fn write_at(data: &mut std::io::Cursor<Vec<u8>>, offset: u64, chunk: &[u8]) {
+    use std::io::{Seek, SeekFrom, Write};
+    // Writing into a Vec cannot fail short of running out of memory.
+    let _ = data.seek(SeekFrom::Start(offset));
+    let _ = data.write_all(chunk);
 }
 
 #[cfg(test)]
@@ -199,6 +324,61 @@ mod tests {
     }
 
     #[test]
+    fn a_log_id_that_contradicts_the_committed_log_is_refused() {
+        let lid = |term, node, index| LogId::new(CommittedLeaderId::new(term, node), index);
+        let committed = Some(lid(3, 1, 10));
+        // This server's log: index 4 is in a snapshot, 5..=9 are held.
+        let local = [
+            lid(2, 7, 5),
+            lid(2, 7, 6),
+            lid(3, 1, 7),
+            lid(3, 1, 8),
+            lid(3, 1, 9),
+        ];
+        let at = |term, node, index| {
+            let mut r = append(5, None, &[]);
+            r.prev_log_id = Some(lid(term, node, index));
+            r
+        };
+        let check = |r: &AppendEntriesRequest<TypeConfig>| {
+            let range = below_committed(r, committed);
+            let held: Vec<_> = local
+                .iter()
+                .filter(|l| range.as_ref().is_some_and(|r| r.contains(&l.index)))
+                .copied()
+                .collect();
+            agrees_with_committed(r, committed, &held)
+        };
+        assert_eq!(below_committed(&at(3, 1, 10), committed), None);
+        assert_eq!(below_committed(&at(2, 7, 5), committed), Some(5..=5));
+        assert_eq!(check(&at(3, 1, 10)), Ok(()));
+        assert_eq!(check(&at(2, 7, 6)), Ok(()));
+        assert_eq!(
+            check(&at(1, 1, 4)),
+            Ok(()),
+            "in the snapshot, before the commit"
+        );
+        assert_eq!(check(&at(5, 2, 12)), Ok(()), "past the commit");
+        assert!(
+            check(&at(3, 2, 10)).is_err(),
+            "another leader at the commit"
+        );
+        assert!(check(&at(3, 0, 10)).is_err(), "a lesser one too");
+        assert!(check(&at(2, 6, 6)).is_err(), "not the one held below it");
+        assert!(check(&at(4, 1, 4)).is_err(), "a later term in the snapshot");
+        let overlapping = |last| {
+            let entries = [lid(3, 1, 7), lid(3, 1, 8), last, lid(3, 1, 10)];
+            append(5, Some(lid(2, 7, 6)), &entries)
+        };
+        assert!(
+            check(&overlapping(lid(3, 2, 9))).is_err(),
+            "an entry that differs"
+        );
+        assert_eq!(check(&overlapping(lid(3, 1, 9))), Ok(()));
+        assert_eq!(agrees_with_committed(&at(4, 1, 9), None, &[]), Ok(()));
+    }
+
+    #[test]
     fn votes_and_snapshots_are_checked_too() {
         let request = VoteRequest::new(vote_at(u64::MAX), Some(id(1, 1)));
         assert!(vote_request(&request, 1).is_err());
@@ -218,5 +398,58 @@ mod tests {
         assert_eq!(install_snapshot(&chunk(0), 2), Ok(()));
         assert!(install_snapshot(&chunk(MAX_SNAPSHOT_BYTES), 2).is_err());
         assert!(install_snapshot(&chunk(u64::MAX), 2).is_err());
+    }
+
+    #[test]
+    fn the_last_snapshot_chunk_is_refused_when_the_whole_cannot_be_read() {
+        let chunk = |id: &str, offset: u64, data: &[u8], done: bool| {
+            let meta = openraft::SnapshotMeta::<NodeId, super::super::ServerNode> {
+                snapshot_id: id.into(),
+                ..Default::default()
+            };
+            InstallSnapshotRequest::<TypeConfig> {
+                vote: vote_at(2),
+                meta,
+                offset,
+                data: data.to_vec(),
+                done,
+            }
+        };
+        let is_hello = |data: &[u8]| {
+            if data == b"hello" {
+                Ok(())
+            } else {
+                Err(format!("{} bytes that are not hello", data.len()))
+            }
+        };
+        let shadow = SnapshotShadow::default();
+        for c in [chunk("a", 0, b"he", false), chunk("a", 2, b"l", false)] {
+            shadow.before(&c, is_hello).unwrap();
+            shadow.accepted(&c);
+        }
+        assert_eq!(shadow.before(&chunk("a", 3, b"lo", true), is_hello), Ok(()));
+        // A chunk of another snapshot, then the end of the first: nothing before it.
+        let other = chunk("b", 0, b"xx", false);
+        shadow.accepted(&other);
+        assert!(
+            shadow
+                .before(&chunk("a", 2, b"llo", true), is_hello)
+                .is_err()
+        );
+        // One chunk that is the whole snapshot.
+        assert_eq!(
+            shadow.before(&chunk("c", 0, b"hello", true), is_hello),
+            Ok(())
+        );
+        assert!(
+            shadow
+                .before(&chunk("c", 0, b"{}", true), is_hello)
+                .is_err()
+        );
+        // A chunk written again at its offset replaces what was there.
+        for c in [chunk("d", 0, b"hexxo", false), chunk("d", 2, b"ll", false)] {
+            shadow.accepted(&c);
+        }
+        assert_eq!(shadow.before(&chunk("d", 5, b"", true), is_hello), Ok(()));
     }
 }

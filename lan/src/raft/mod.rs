@@ -281,6 +281,17 @@ pub(crate) struct Consensus {
     failed: tokio::sync::watch::Receiver<Option<String>>,
     /// Tells when the log on disk is closed, after [`Consensus::shutdown`].
     closing: Option<Arc<disk::Closing>>,
+    /// The snapshot being received, checked before its last chunk is installed.
+    snapshot: Arc<guard::SnapshotShadow>,
+    /// Reads this server's log, to check what a leader says of its committed part.
+    reader: LogReader,
+}
+
+/// A reader of the log that does not keep it open (see [`Consensus::shutdown`]).
+#[derive(Clone)]
+enum LogReader {
+    Memory(store::MemLog),
+    Disk(Arc<disk::WeakDiskLog>),
 }
 
 /// Who a server is to Raft, and whether it may bootstrap a cluster alone.
@@ -348,9 +359,12 @@ impl Consensus {
             catalog,
             ..
         } = opened;
-        let closing = match &log {
-            open::Log::Disk(log) => Some(Arc::new(log.closing())),
-            open::Log::Memory(_) => None,
+        let (closing, reader) = match &log {
+            open::Log::Disk(log) => (
+                Some(Arc::new(log.closing())),
+                LogReader::Disk(Arc::new(log.downgrade())),
+            ),
+            open::Log::Memory(log) => (None, LogReader::Memory(log.clone())),
         };
         let raft = match log {
             open::Log::Memory(log) => Raft::new(id, config, network.clone(), log, machine).await,
@@ -394,6 +408,8 @@ impl Consensus {
                 restored,
                 failed,
                 closing,
+                snapshot: Arc::default(),
+                reader,
             },
             catalog,
         ))
@@ -696,6 +712,40 @@ impl Consensus {
         Some((id, node.clone()))
     }
 
+    /// Checks what an AppendEntries (already checked by [`guard::append_entries`]) says
+    /// of this server's committed log against the log ([`guard::agrees_with_committed`]).
+    pub(crate) async fn check_committed(
+        &self,
+        request: &openraft::raft::AppendEntriesRequest<TypeConfig>,
+    ) -> Result<(), guard::Refused> {
+        let Ok(committed) = self.raft.with_raft_state(|s| s.committed).await else {
+            return Err(guard::Refused::new("raft has stopped".into()));
+        };
+        let local = match guard::below_committed(request, committed) {
+            Some(range) => self.log_ids(range).await.map_err(|e| {
+                guard::Refused::new(format!("this server's log could not be read: {e}"))
+            })?,
+            None => Vec::new(),
+        };
+        guard::agrees_with_committed(request, committed, &local)
+    }
+
+    /// The log IDs this server's log holds over `range`, in order.
+    async fn log_ids(
+        &self,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<Vec<openraft::LogId<NodeId>>, openraft::StorageError<NodeId>> {
+        use openraft::storage::RaftLogReader;
+        let entries = match &self.reader {
+            LogReader::Memory(log) => log.clone().try_get_log_entries(range).await?,
+            LogReader::Disk(log) => match log.upgrade() {
+                Some(mut log) => log.try_get_log_entries(range).await?,
+                None => Vec::new(),
+            },
+        };
+        Ok(entries.into_iter().map(|e| e.log_id).collect())
+    }
+
     /// The term this server is in.
     pub(crate) fn current_term(&self) -> u64 {
         self.raft.metrics().borrow().current_term
@@ -753,6 +803,29 @@ impl Consensus {
                 _ = tokio::time::sleep(LEASE_CHECK) => {}
             }
         }
+    }
+
+    /// Hands a snapshot chunk (already checked by [`guard::install_snapshot`]) to Raft.
+    /// The last chunk of a snapshot is refused when the snapshot it completes is not one
+    /// the state machine can read: openraft would stop on it.
+    pub(crate) async fn install_snapshot(
+        &self,
+        request: openraft::raft::InstallSnapshotRequest<TypeConfig>,
+    ) -> Result<
+        Result<
+            openraft::raft::InstallSnapshotResponse<NodeId>,
+            RaftError<NodeId, openraft::error::InstallSnapshotError>,
+        >,
+        guard::Refused,
+    > {
+        self.snapshot.before(&request, store::check_snapshot_data)?;
+        // A chunk before the last is mirrored once Raft has taken it (chunks are a few MiB).
+        let copy = (!request.done).then(|| request.clone());
+        let answer = self.raft.install_snapshot(request).await;
+        if let (Some(copy), Ok(_)) = (copy, &answer) {
+            self.snapshot.accepted(&copy);
+        }
+        Ok(answer)
     }
 
     /// The Raft handle, for the RPC handler.

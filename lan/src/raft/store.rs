@@ -142,6 +142,14 @@ struct SnapshotFile {
     catalog: crate::catalog::Snapshot,
 }
 
+/// Whether `data` is a snapshot this state machine can install (checked before openraft
+/// is handed the last chunk of one: a snapshot it cannot read would stop Raft).
+pub(crate) fn check_snapshot_data(data: &[u8]) -> Result<(), String> {
+    serde_json::from_slice::<SnapshotFile>(data)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 /// A snapshot as written to disk: its Raft metadata and its data.
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredFile {
