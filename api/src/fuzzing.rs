@@ -560,7 +560,7 @@ mod tests {
 
     #[test]
     fn a_keyring_body_needs_a_valid_key() {
-        let key = lan::keyring::Key::generate().to_base64();
+        let key = gossip::keyring::Key::generate().to_base64();
         let body = json!({"Key": key}).to_string();
         assert!(http_body(Endpoint::KeyringKey, body.as_bytes()).is_ok());
         for bad in [

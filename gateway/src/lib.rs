@@ -38,10 +38,11 @@ pub use prepared::{Executed, MIN_FAILOVER_ATTEMPT};
 use std::sync::Arc;
 use std::time::Duration;
 
+use gossip::KeyOperation;
 use lan::catalog::{Command, Query};
 use lan::{
-    Datacenter, KeyOperation, KeyringHook, KeyringRun, Lan, QueryResult, RaftStatus, ReadError,
-    ReadOptions, WriteError, deadline_in, remaining_ms,
+    Datacenter, KeyringHook, KeyringRun, Lan, QueryResult, RaftStatus, ReadError, ReadOptions,
+    WriteError, deadline_in, remaining_ms,
 };
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;

@@ -21,8 +21,8 @@ use crate::catalog::{
     SERF_HEALTH_CHECK, Service,
 };
 use crate::local::CONSUL_SERVICE;
-use crate::member::{Member, MemberStatus};
 use crate::raft::Consensus;
+use gossip::{Member, MemberStatus};
 
 /// How often the leader re-applies the whole member list even without changes.
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(60);

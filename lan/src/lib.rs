@@ -3,7 +3,7 @@
 //! This crate owns everything that happens inside one datacenter: the service catalog
 //! and its Raft replication, this agent's own services and health checks, the
 //! anti-entropy sync between the two, and the leader's upkeep of catalog health from
-//! pool membership.
+//! pool membership. Its LAN pool runs on crate `proconsul-gossip`.
 //!
 //! ```text
 //!   HTTP/DNS (api) ─▶ gateway ─▶ Lan::read ──barrier──▶ Catalog (in memory) ◀── apply ── Raft log
@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Main types: [`Lan`] (the handle), [`Config`], [`catalog::Catalog`] and
-//! [`catalog::Query`]/[`catalog::Answer`], [`Local`], [`Member`].
+//! [`catalog::Query`]/[`catalog::Answer`], [`Local`].
 //!
 //! Invariants: this crate never opens an HTTP or DNS socket and knows other datacenters
 //! only by name. Every write carries a deadline; every task it starts is tracked and
@@ -21,27 +21,20 @@
 
 #![warn(missing_docs)]
 
-mod accept;
 mod autopilot;
 pub mod catalog;
 mod checks;
 pub mod duration;
 pub mod fair;
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod gossip;
-pub mod keyring;
 mod leader;
 mod local;
-mod member;
-mod peer_log;
 mod pool_keyring;
-pub mod quota;
 mod raft;
 mod rpc;
 mod server;
-pub mod stream;
-pub mod transport;
 pub mod uuid;
 
 use std::collections::BTreeMap;
@@ -60,11 +53,12 @@ pub use autopilot::DEAD_SERVER_GRACE;
 pub use catalog::Datacenter;
 use catalog::{Answer, Catalog, Command, Node, Query};
 pub use checks::CheckKind;
+use gossip::{
+    Encryption, JoinError, KeyOperation, KeyringReport, Member, MemberStatus, Pool, PoolConfig,
+};
 pub use local::{
     CHECK_OUTPUT_LIMIT, CHECK_OUTPUT_MAX, CheckDefinition, Local, LocalError, SYNC_INTERVAL, Source,
 };
-pub use member::{Member, MemberStatus};
-pub use peer_log::{PEER_LOG_ENTRIES, PEER_LOG_INTERVAL, PeerLog};
 pub use pool_keyring::{
     KeyringHook, KeyringRun, PoolKeyring, RemoteCatalog, RemoteDatacenters, RemoteRead,
     RemoteStatus, RemoteWrite,
@@ -74,16 +68,9 @@ pub use raft::{
     ReadMeta, SNAPSHOT_THRESHOLD, ServerNode, Storage, WriteError,
 };
 pub use rpc::{DEFAULT_RPC_MAX_CONNS_PER_CLIENT, RpcTls, deadline_in, remaining_ms};
-pub use transport::{
-    Encryption, Exchange, Inbound, JoinError, KeyOperation, KeyringReport, Link, Pool, PoolConfig,
-    Reply,
-};
 
 /// The protocol version this agent speaks in member tags (`vsn`), as Consul's.
 pub const PROTOCOL_VERSION: u8 = 2;
-
-/// The serf LAN port Consul agents gossip on, used when a join address has no port.
-pub const DEFAULT_SERF_LAN_PORT: u16 = 8301;
 
 /// Everything the datacenter layer needs to start. Built by the agent from its config.
 #[derive(Debug, Clone)]
@@ -123,7 +110,7 @@ pub struct Config {
     /// Where Raft keeps its state.
     pub storage: Storage,
     /// Gossip timers.
-    pub gossip: gossip::Config,
+    pub gossip: gossip::swim::Config,
     /// Gossip encryption, if on.
     pub encryption: Option<Encryption>,
     /// TLS on the server port, if configured.
@@ -654,7 +641,7 @@ impl Lan {
     }
 
     /// LAN network coordinates this agent knows (its own included), by node name.
-    pub async fn coordinates(&self) -> transport::Coordinates {
+    pub async fn coordinates(&self) -> gossip::transport::Coordinates {
         self.inner.pool.coordinates().await
     }
 

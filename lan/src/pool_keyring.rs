@@ -8,7 +8,9 @@ use std::pin::Pin;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::{KeyOperation, KeyringReport, Lan};
+use gossip::{KeyOperation, KeyringReport};
+
+use crate::Lan;
 
 /// A pool's answer: the WAN pool, or the LAN pool of a datacenter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

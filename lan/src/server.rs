@@ -250,7 +250,7 @@ where
 pub(crate) struct Handler {
     lan: Lan,
     /// Refused requests, logged once per peer per interval.
-    log: std::sync::Mutex<crate::peer_log::PeerLog>,
+    log: std::sync::Mutex<gossip::PeerLog>,
 }
 
 impl Handler {

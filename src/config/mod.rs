@@ -21,8 +21,8 @@ pub use self::hcl::Lines;
 use api::definition::{self, Style};
 use api::dns::Name;
 use api::dns::{DnsConfig, RecursorStrategy, Soa};
+use gossip::keyring::Key;
 use lan::catalog::Service;
-use lan::keyring::Key;
 use lan::{CheckDefinition, Datacenter};
 use raw::RawConfig;
 
@@ -262,9 +262,9 @@ pub struct AgentConfig {
     /// Do not leave the pool on SIGINT (Consul's default: servers do not, clients do).
     pub skip_leave_on_interrupt: bool,
     /// LAN gossip timers: memberlist's LAN defaults, or shorter ones with `-dev`.
-    pub gossip_lan: lan::gossip::Config,
+    pub gossip_lan: gossip::swim::Config,
     /// WAN gossip timers: memberlist's WAN defaults, or the short local ones with `-dev`.
-    pub gossip_wan: lan::gossip::Config,
+    pub gossip_wan: gossip::swim::Config,
     /// TLS for internal RPC (the server port), when `ca_file` is set.
     pub tls: Option<TlsSettings>,
     /// The LAN gossip port other agents are told to use, when traffic reaches this agent
@@ -1221,14 +1221,14 @@ impl AgentConfig {
             serf_wan_advertise_port: None,
             ae_interval: lan::SYNC_INTERVAL,
             gossip_lan: if sources.dev {
-                lan::gossip::Config::local()
+                gossip::swim::Config::local()
             } else {
-                lan::gossip::Config::lan()
+                gossip::swim::Config::lan()
             },
             gossip_wan: if sources.dev {
-                lan::gossip::Config::local()
+                gossip::swim::Config::local()
             } else {
-                lan::gossip::Config::wan()
+                gossip::swim::Config::wan()
             },
             warnings: bootstrap_warnings(server, sources.dev, bootstrap, bootstrap_expect),
             sources,

@@ -12,7 +12,7 @@ use crate::rpc::Request;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stream {
     /// A gossip stream, with the answers of a plaintext and an encrypted pool.
-    Gossip(lan::fuzzing::FrameAnswers),
+    Gossip(gossip::fuzzing::FrameAnswers),
     /// An RPC that decoded.
     Rpc {
         /// The request.
@@ -34,7 +34,7 @@ pub enum Stream {
 /// committed. Needs a Tokio runtime with timers.
 pub async fn stream(bytes: &[u8]) -> Stream {
     match parse_request(bytes) {
-        StreamRequest::Gossip(rest) => Stream::Gossip(lan::fuzzing::gossip_stream(rest).await),
+        StreamRequest::Gossip(rest) => Stream::Gossip(gossip::fuzzing::gossip_stream(rest).await),
         StreamRequest::Rpc(Ok(request)) => {
             let encoded = serde_json::to_vec(&request).expect("a request serialises");
             let round_trips =
@@ -69,8 +69,9 @@ pub fn gossip_stream(frame: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gossip::KeyOperation;
     use lan::catalog::{Command, Deregistration, Query};
-    use lan::{Consistency, KeyOperation, SentReadOptions};
+    use lan::{Consistency, SentReadOptions};
     use proptest::prelude::*;
 
     fn runtime() -> &'static tokio::runtime::Runtime {

@@ -9,10 +9,9 @@ use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
 
+use gossip::{KeyOperation, KeyringReport};
 use lan::catalog::{Command, Query};
-use lan::{
-    KeyOperation, KeyringReport, QueryResult, RaftStatus, ReadError, SentReadOptions, WriteError,
-};
+use lan::{QueryResult, RaftStatus, ReadError, SentReadOptions, WriteError};
 
 /// Who sent a request: the connection's address and the datacenter its certificate is
 /// for.

@@ -93,8 +93,8 @@ pub(crate) async fn self_info(State(ctx): State<Context>, RawQuery(q): RawQuery)
             })),
             "serf_lan": {
                 "members": members.len().to_string(),
-                "failed": members.iter().filter(|m| m.status == lan::MemberStatus::Failed).count().to_string(),
-                "left": members.iter().filter(|m| m.status == lan::MemberStatus::Left).count().to_string(),
+                "failed": members.iter().filter(|m| m.status == gossip::MemberStatus::Failed).count().to_string(),
+                "left": members.iter().filter(|m| m.status == gossip::MemberStatus::Left).count().to_string(),
                 "encrypted": ctx.lan.encrypted().to_string(),
             },
             "runtime": {

@@ -3,10 +3,10 @@
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
+use gossip::transport::Coordinates;
 use lan::catalog::{
     Answer, Check, Command, Deregistration, Health, Node, Query, Registration, Service,
 };
-use lan::transport::Coordinates;
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -444,7 +444,7 @@ pub(crate) fn deregistration(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lan::gossip::coordinate::Coordinate;
+    use gossip::swim::coordinate::Coordinate;
 
     /// Nodes on one axis, `x` seconds from the origin.
     fn at(x: f64) -> Coordinate {

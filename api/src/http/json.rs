@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use lan::Member;
+use gossip::Member;
 use lan::catalog::{Check, Node, Service, ServiceAddress, ServiceHealth, ServiceNode, Weights};
 use serde::Serialize;
 

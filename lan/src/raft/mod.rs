@@ -53,6 +53,15 @@ pub(crate) fn raft_id(node_id: &str) -> NodeId {
     })
 }
 
+/// A server's Raft ID as gossip tells it: its `raft_id` tag, or for a server too old to
+/// send one, the ID derived from its node ID.
+pub(crate) fn member_raft_id(member: &gossip::Member) -> Option<NodeId> {
+    match member.tags.get(crate::RAFT_ID_TAG) {
+        Some(id) => id.parse().ok(),
+        None => member.tags.get("id").map(|id| raft_id(id)),
+    }
+}
+
 /// What Raft's membership records about a server: enough to reach and name it.
 ///
 /// The address is where the server was when it was added; the network resolves the

@@ -36,7 +36,9 @@ use tokio_util::task::TaskTracker;
 use crate::SentReadOptions;
 use crate::catalog::{Command, Query};
 use crate::raft::{NodeId, RaftStatus, ReadError, TypeConfig, WriteError};
-use crate::{KeyOperation, KeyringReport, QueryResult, RaftPeer};
+use gossip::{KeyOperation, KeyringReport};
+
+use crate::{QueryResult, RaftPeer};
 
 pub(crate) mod frame;
 pub(crate) mod secure;
@@ -219,6 +221,7 @@ struct Envelope<T> {
 }
 
 /// The request a frame of the server port holds, as the server decodes it.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn decode_request(payload: &[u8]) -> Result<Request, serde_json::Error> {
     serde_json::from_slice::<Envelope<Request>>(payload).map(|e| e.body)
 }
@@ -551,7 +554,7 @@ pub(crate) async fn serve<H: Handler>(
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let log = Arc::new(std::sync::Mutex::new(crate::peer_log::PeerLog::default()));
+    let log = Arc::new(std::sync::Mutex::new(gossip::PeerLog::default()));
     let seats = crate::fair::Seats::new(port.max_connections);
     let budget = FrameBudget::new(
         frame::UNPROVEN_FRAME_BYTES,
@@ -609,7 +612,7 @@ pub(crate) async fn serve<H: Handler>(
 
 /// Logs a refused connection or request, once per peer per interval.
 fn refused(
-    log: &std::sync::Mutex<crate::peer_log::PeerLog>,
+    log: &std::sync::Mutex<gossip::PeerLog>,
     peer: SocketAddr,
     what: &str,
     error: &dyn std::fmt::Display,
@@ -709,8 +712,8 @@ async fn serve_connection<H: Handler>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keyring::{Key, Keyring};
-    use crate::transport::Encryption;
+    use gossip::keyring::{Key, Keyring};
+    use gossip::transport::Encryption;
 
     /// Answers every request with `["dc1", "proven" | "unproven"]`, saying what the
     /// caller proved.
