@@ -3,8 +3,8 @@
 //! handlers and the DNS serving loops run. Not part of the API; every function returns
 //! normally for any input, and a panic in one is a bug in the code it calls.
 
+use ::catalog::{Answer, Command, Query, State};
 use gateway::Gateway;
-use lan::catalog::{Answer, Command, Query, State};
 use tokio_util::task::TaskTracker;
 
 use crate::dns::{DnsConfig, Server, Transport};

@@ -26,7 +26,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Lan;
-use crate::raft::{Consensus, NodeId, RaftServer, ServerNode};
+use catalog::{RaftServer, ServerNode};
+
+use crate::raft::{Consensus, NodeId};
 use crate::rpc::{Request, Response};
 use gossip::{Member, MemberStatus};
 

@@ -19,8 +19,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::catalog::Health;
 use crate::local::{CHECK_OUTPUT_LIMIT, Local};
+use catalog::Health;
 
 /// What a check runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,22 +74,22 @@ impl CheckKind {
                 interval, timeout, ..
             } => (
                 "http",
-                crate::duration::format(*interval),
-                crate::duration::format(*timeout),
+                catalog::duration::format(*interval),
+                catalog::duration::format(*timeout),
             ),
             CheckKind::Tcp {
                 interval, timeout, ..
             } => (
                 "tcp",
-                crate::duration::format(*interval),
-                crate::duration::format(*timeout),
+                catalog::duration::format(*interval),
+                catalog::duration::format(*timeout),
             ),
             CheckKind::Script {
                 interval, timeout, ..
             } => (
                 "script",
-                crate::duration::format(*interval),
-                crate::duration::format(*timeout),
+                catalog::duration::format(*interval),
+                catalog::duration::format(*timeout),
             ),
         }
     }
@@ -229,7 +229,7 @@ async fn run_interval(id: String, kind: CheckKind, local: Local, token: Cancella
         let (status, output) = tokio::select! {
             _ = token.cancelled() => return,
             result = tokio::time::timeout(timeout, run) => result.unwrap_or_else(|_| {
-                (Health::Critical, format!("Timed out ({}) running check", crate::duration::format(timeout)))
+                (Health::Critical, format!("Timed out ({}) running check", catalog::duration::format(timeout)))
             }),
         };
         local.record(&id, status, output);

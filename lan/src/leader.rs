@@ -16,12 +16,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{
+use crate::local::CONSUL_SERVICE;
+use crate::raft::Consensus;
+use catalog::{
     Answer, Catalog, Check, Command, Deregistration, Health, Node, Query, Registration,
     SERF_HEALTH_CHECK, Service,
 };
-use crate::local::CONSUL_SERVICE;
-use crate::raft::Consensus;
 use gossip::{Member, MemberStatus};
 
 /// How often the leader re-applies the whole member list even without changes.

@@ -22,9 +22,7 @@
 #![warn(missing_docs)]
 
 mod autopilot;
-pub mod catalog;
 mod checks;
-pub mod duration;
 pub mod fair;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
@@ -35,7 +33,6 @@ mod pool_keyring;
 mod raft;
 mod rpc;
 mod server;
-pub mod uuid;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -50,8 +47,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use autopilot::DEAD_SERVER_GRACE;
-pub use catalog::Datacenter;
-use catalog::{Answer, Catalog, Command, Node, Query};
+use catalog::{
+    Answer, Catalog, Command, Consistency, Datacenter, Node, Query, QueryResult, RaftStatus,
+    ReadError, ReadOptions, ServerNode, WriteError, remaining_ms,
+};
 pub use checks::CheckKind;
 use gossip::{
     Encryption, JoinError, KeyOperation, KeyringReport, Member, MemberStatus, Pool, PoolConfig,
@@ -63,11 +62,8 @@ pub use pool_keyring::{
     KeyringHook, KeyringRun, PoolKeyring, RemoteCatalog, RemoteDatacenters, RemoteRead,
     RemoteStatus, RemoteWrite,
 };
-pub use raft::{
-    Consistency, RPC_HOLD_TIMEOUT, RaftServer, RaftStartError, RaftStatus, RaftTiming, ReadError,
-    ReadMeta, SNAPSHOT_THRESHOLD, ServerNode, Storage, WriteError,
-};
-pub use rpc::{DEFAULT_RPC_MAX_CONNS_PER_CLIENT, RpcTls, deadline_in, remaining_ms};
+pub use raft::{RPC_HOLD_TIMEOUT, RaftStartError, RaftTiming, SNAPSHOT_THRESHOLD, Storage};
+pub use rpc::{DEFAULT_RPC_MAX_CONNS_PER_CLIENT, RpcTls};
 
 /// The protocol version this agent speaks in member tags (`vsn`), as Consul's.
 pub const PROTOCOL_VERSION: u8 = 2;
@@ -123,72 +119,6 @@ pub struct Config {
     /// Time between full anti-entropy passes before the spread for the pool's size
     /// ([`SYNC_INTERVAL`], Consul's `ae_interval`).
     pub sync_interval: Duration,
-}
-
-/// Options of a read.
-#[derive(Debug, Clone, Copy)]
-pub struct ReadOptions {
-    /// Consistency mode.
-    pub consistency: Consistency,
-    /// Blocking query: answer once the result's index exceeds this (0 = at once).
-    pub min_index: u64,
-    /// When a blocking query answers anyway, and the budget of any consistency check.
-    pub deadline: Instant,
-    /// With [`Consistency::Stale`]: a follower that has not heard from the leader for
-    /// longer than this sends the read to the leader instead (`?max_stale`).
-    pub max_stale: Option<Duration>,
-}
-
-/// [`ReadOptions`] as a request to another server carries them: the deadline becomes the
-/// time left, counted again from the request's arrival.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SentReadOptions {
-    /// Consistency mode.
-    pub consistency: Consistency,
-    /// Blocking query index (0 = answer at once).
-    pub min_index: u64,
-    /// Time left until the caller's deadline, in milliseconds.
-    pub timeout_ms: u64,
-    /// `?max_stale`, in milliseconds.
-    #[serde(default)]
-    pub max_stale_ms: Option<u64>,
-}
-
-impl ReadOptions {
-    /// These options as a request carries them.
-    pub fn to_sent(&self) -> SentReadOptions {
-        SentReadOptions {
-            consistency: self.consistency,
-            min_index: self.min_index,
-            timeout_ms: remaining_ms(self.deadline),
-            max_stale_ms: self
-                .max_stale
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        }
-    }
-}
-
-impl SentReadOptions {
-    /// The options of a request that just arrived.
-    pub fn to_options(&self) -> ReadOptions {
-        ReadOptions {
-            consistency: self.consistency,
-            min_index: self.min_index,
-            deadline: deadline_in(self.timeout_ms),
-            max_stale: self.max_stale_ms.map(Duration::from_millis),
-        }
-    }
-}
-
-/// An answer with what Consul reports in its headers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueryResult {
-    /// The answer.
-    pub answer: Answer,
-    /// `X-Consul-Index`.
-    pub index: u64,
-    /// `X-Consul-KnownLeader` and `X-Consul-LastContact`.
-    pub meta: ReadMeta,
 }
 
 /// The datacenter could not be started.
@@ -545,7 +475,7 @@ impl Lan {
             Role::Client { .. } => {
                 let request = rpc::Request::Write {
                     command,
-                    timeout_ms: rpc::remaining_ms(deadline),
+                    timeout_ms: remaining_ms(deadline),
                     forwarded: false,
                 };
                 match self.forward(&request, deadline + FORWARD_MARGIN).await? {
@@ -663,7 +593,7 @@ impl Lan {
             Role::Client { .. } => {
                 let request = rpc::Request::Keyring {
                     op,
-                    timeout_ms: rpc::remaining_ms(deadline),
+                    timeout_ms: remaining_ms(deadline),
                 };
                 match self.forward(&request, deadline + FORWARD_MARGIN).await? {
                     rpc::Response::Keyring(r) => Ok(r),
@@ -746,7 +676,7 @@ impl Lan {
                 let request = rpc::Request::WriteIn {
                     dc: dc.to_owned(),
                     command: Box::new(command),
-                    timeout_ms: rpc::remaining_ms(deadline),
+                    timeout_ms: remaining_ms(deadline),
                 };
                 match self
                     .forward(&request, deadline + 2 * FORWARD_MARGIN)
@@ -780,7 +710,7 @@ impl Lan {
                 let request = rpc::Request::KeyringAll {
                     op,
                     local_only,
-                    timeout_ms: rpc::remaining_ms(deadline),
+                    timeout_ms: remaining_ms(deadline),
                 };
                 match self.forward(&request, deadline + FORWARD_MARGIN).await? {
                     rpc::Response::KeyringAll(r) => Ok(r),
@@ -826,7 +756,7 @@ impl Lan {
             Role::Client { .. } => {
                 let request = rpc::Request::RemovePeer {
                     peer,
-                    timeout_ms: rpc::remaining_ms(deadline),
+                    timeout_ms: remaining_ms(deadline),
                     forwarded: false,
                 };
                 match self.forward(&request, deadline + FORWARD_MARGIN).await {
@@ -864,7 +794,7 @@ impl Lan {
             Role::Client { .. } => {
                 let request = rpc::Request::StatusIn {
                     dc: dc.to_owned(),
-                    timeout_ms: rpc::remaining_ms(deadline),
+                    timeout_ms: remaining_ms(deadline),
                 };
                 match self
                     .forward(&request, deadline + 2 * FORWARD_MARGIN)

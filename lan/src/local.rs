@@ -30,12 +30,12 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{
+use crate::checks::{CheckKind, Runner};
+use crate::{Consistency, Lan, ReadOptions};
+use catalog::{
     Answer, Check, Command, Deregistration, Health, Node, Query, Registration, SERF_HEALTH_CHECK,
     Service,
 };
-use crate::checks::{CheckKind, Runner};
-use crate::{Consistency, Lan, ReadOptions};
 
 /// The most output a check keeps, in bytes, unless its `output_max_size` says otherwise
 /// (Consul's default).

@@ -94,14 +94,14 @@ pub trait RemoteCatalog: Send + Sync + 'static {
     fn read<'a>(
         &'a self,
         dc: &'a str,
-        query: crate::catalog::Query,
+        query: catalog::Query,
         options: crate::ReadOptions,
     ) -> RemoteRead<'a>;
     /// Applies `command` in `dc`.
     fn write<'a>(
         &'a self,
         dc: &'a str,
-        command: crate::catalog::Command,
+        command: catalog::Command,
         deadline: Instant,
     ) -> RemoteWrite<'a>;
     /// The datacenters of the federation, nearest first (this one first).

@@ -40,7 +40,7 @@ pub async fn stream(bytes: &[u8]) -> Stream {
             let round_trips =
                 serde_json::from_slice::<Request>(&encoded).ok() == Some(request.clone());
             if let Request::Write { command, .. } = &request {
-                let _ = lan::catalog::State::new().apply(1, command);
+                let _ = catalog::State::new().apply(1, command);
             }
             Stream::Rpc {
                 request: Box::new(request),
@@ -69,9 +69,9 @@ pub fn gossip_stream(frame: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use catalog::{Command, Deregistration, Query};
+    use catalog::{Consistency, SentReadOptions};
     use gossip::KeyOperation;
-    use lan::catalog::{Command, Deregistration, Query};
-    use lan::{Consistency, SentReadOptions};
     use proptest::prelude::*;
 
     fn runtime() -> &'static tokio::runtime::Runtime {

@@ -9,9 +9,9 @@ use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
 
+use catalog::{Command, Query};
+use catalog::{QueryResult, RaftStatus, ReadError, SentReadOptions, WriteError};
 use gossip::{KeyOperation, KeyringReport};
-use lan::catalog::{Command, Query};
-use lan::{QueryResult, RaftStatus, ReadError, SentReadOptions, WriteError};
 
 /// Who sent a request: the connection's address and the datacenter its certificate is
 /// for.

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use catalog::{Check, Node, Service, ServiceAddress, ServiceHealth, ServiceNode, Weights};
 use gossip::Member;
-use lan::catalog::{Check, Node, Service, ServiceAddress, ServiceHealth, ServiceNode, Weights};
 use serde::Serialize;
 
 /// `Node` in catalog responses.

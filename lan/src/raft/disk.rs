@@ -632,8 +632,8 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Catalog;
     use crate::raft::store::StateMachine;
+    use catalog::Catalog;
     use openraft::testing::{StoreBuilder, Suite};
 
     struct OnDisk;

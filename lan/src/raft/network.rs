@@ -23,7 +23,9 @@ use openraft::raft::{
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{NodeId, ServerNode, TypeConfig};
+use catalog::ServerNode;
+
+use super::{NodeId, TypeConfig};
 use crate::rpc::{self, Request, Response, RpcError};
 use gossip::Member;
 

@@ -33,9 +33,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::SentReadOptions;
-use crate::catalog::{Command, Query};
-use crate::raft::{NodeId, RaftStatus, ReadError, TypeConfig, WriteError};
+use crate::raft::{NodeId, TypeConfig};
+use catalog::{Command, Query, RaftStatus, ReadError, SentReadOptions, WriteError};
 use gossip::{KeyOperation, KeyringReport};
 
 use crate::{QueryResult, RaftPeer};
@@ -249,22 +248,6 @@ pub(crate) enum RpcError {
     /// The request is larger than any server accepts; split it.
     #[error("request of {0} bytes is over the frame limit")]
     TooLarge(usize),
-}
-
-/// Milliseconds left until `deadline` (0 once it passed), as requests carry it.
-pub fn remaining_ms(deadline: Instant) -> u64 {
-    u64::try_from(
-        deadline
-            .saturating_duration_since(Instant::now())
-            .as_millis(),
-    )
-    .unwrap_or(u64::MAX)
-}
-
-/// The deadline a request's `timeout_ms` gives, counted from its arrival (at most a
-/// day away, whatever the peer sent).
-pub fn deadline_in(timeout_ms: u64) -> Instant {
-    Instant::now() + Duration::from_millis(timeout_ms.min(24 * 3600 * 1000))
 }
 
 /// Writes queued frames until the queue closes or a write fails.

@@ -221,7 +221,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{Answer, Check, Command, Node, Query, Service};
+    use crate::{Answer, Check, Command, Node, Query, Service};
 
     fn query(id: &str, name: &str) -> PreparedQuery {
         PreparedQuery {

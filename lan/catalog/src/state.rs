@@ -619,7 +619,7 @@ fn service_id(service: &Service) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::types::Health;
+    use crate::types::Health;
 
     fn node(name: &str) -> Node {
         Node {
