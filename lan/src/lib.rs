@@ -48,16 +48,14 @@ use tokio_util::task::TaskTracker;
 
 pub use autopilot::DEAD_SERVER_GRACE;
 use catalog::{
-    Answer, Catalog, Command, Consistency, Datacenter, Node, Query, QueryResult, RaftStatus,
-    ReadError, ReadOptions, ServerNode, WriteError, remaining_ms,
+    Answer, Catalog, Command, Datacenter, Node, Query, QueryResult, RaftStatus, ReadError,
+    ReadOptions, ServerNode, WriteError, remaining_ms,
 };
-pub use checks::CheckKind;
+pub use checks::{CHECK_OUTPUT_LIMIT, CheckKind};
 use gossip::{
     Encryption, JoinError, KeyOperation, KeyringReport, Member, MemberStatus, Pool, PoolConfig,
 };
-pub use local::{
-    CHECK_OUTPUT_LIMIT, CHECK_OUTPUT_MAX, CheckDefinition, Local, LocalError, SYNC_INTERVAL, Source,
-};
+pub use local::{CHECK_OUTPUT_MAX, CheckDefinition, Local, LocalError, SYNC_INTERVAL, Source};
 pub use pool_keyring::{
     KeyringHook, KeyringRun, PoolKeyring, RemoteCatalog, RemoteDatacenters, RemoteRead,
     RemoteStatus, RemoteWrite,

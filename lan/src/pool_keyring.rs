@@ -82,10 +82,10 @@ pub trait KeyringHook: Send + Sync + 'static {
 
 /// A read in another datacenter: the query and how it is read.
 pub type RemoteRead<'a> =
-    Pin<Box<dyn Future<Output = Result<crate::QueryResult, crate::ReadError>> + Send + 'a>>;
+    Pin<Box<dyn Future<Output = Result<catalog::QueryResult, catalog::ReadError>> + Send + 'a>>;
 /// A write in another datacenter: the index it was applied at.
 pub type RemoteWrite<'a> =
-    Pin<Box<dyn Future<Output = Result<u64, crate::WriteError>> + Send + 'a>>;
+    Pin<Box<dyn Future<Output = Result<u64, catalog::WriteError>> + Send + 'a>>;
 
 /// How a server of a federation reads and writes another datacenter's catalog, for the
 /// client agents of its datacenter (set by the agent; the WAN side is not this crate's).
@@ -95,7 +95,7 @@ pub trait RemoteCatalog: Send + Sync + 'static {
         &'a self,
         dc: &'a str,
         query: catalog::Query,
-        options: crate::ReadOptions,
+        options: catalog::ReadOptions,
     ) -> RemoteRead<'a>;
     /// Applies `command` in `dc`.
     fn write<'a>(
@@ -112,7 +112,7 @@ pub trait RemoteCatalog: Send + Sync + 'static {
 
 /// Another datacenter's Raft state.
 pub type RemoteStatus<'a> =
-    Pin<Box<dyn Future<Output = Result<crate::RaftStatus, crate::ReadError>> + Send + 'a>>;
+    Pin<Box<dyn Future<Output = Result<catalog::RaftStatus, catalog::ReadError>> + Send + 'a>>;
 
 /// The datacenters a server knows, nearest first.
 pub type RemoteDatacenters<'a> = Pin<Box<dyn Future<Output = Vec<String>> + Send + 'a>>;

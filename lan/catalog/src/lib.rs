@@ -36,14 +36,13 @@ pub use contract::{
     Consistency, QueryResult, ReadError, ReadMeta, ReadOptions, SentReadOptions, WriteError,
     deadline_in, remaining_ms,
 };
-pub use prepared::{Failover, PreparedQuery, ServiceQuery};
 pub use query::{Answer, Query};
 pub use state::{ApplyError, Command, Deregistration, Indexes, Registration, Snapshot, State};
 pub use status::{RaftServer, RaftStatus, ServerNode};
 pub use types::{
-    Check, Datacenter, DatacenterError, Health, META_KEY_MAX, META_MAX_PAIRS, META_RESERVED_PREFIX,
-    META_VALUE_MAX, Node, NodeServices, SERF_HEALTH_CHECK, Service, ServiceAddress, ServiceHealth,
-    ServiceNode, Weights, validate_meta,
+    Check, Datacenter, DatacenterError, Failover, Health, META_KEY_MAX, META_MAX_PAIRS,
+    META_RESERVED_PREFIX, META_VALUE_MAX, Node, NodeServices, PreparedQuery, SERF_HEALTH_CHECK,
+    Service, ServiceAddress, ServiceHealth, ServiceNode, ServiceQuery, Weights, validate_meta,
 };
 
 /// Shared, read-mostly access to the catalog. Cheap to clone.

@@ -95,7 +95,7 @@ pub enum Answer {
     /// For [`Query::Snapshot`].
     Snapshot(Box<super::state::Snapshot>),
     /// For [`Query::PreparedQueries`].
-    PreparedQueries(Vec<super::prepared::PreparedQuery>),
+    PreparedQueries(Vec<super::types::PreparedQuery>),
 }
 
 fn meta_matches(node: &Node, filter: &[(String, String)]) -> bool {

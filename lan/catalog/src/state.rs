@@ -11,8 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::prepared::PreparedQuery;
-use super::types::{Check, Node, Service};
+use super::types::{Check, Node, PreparedQuery, Service};
 
 /// A change to the catalog, as it is written to the Raft log.
 // Commands are built once and moved into the log; boxing the large variant would only

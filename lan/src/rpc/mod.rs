@@ -37,7 +37,9 @@ use crate::raft::{NodeId, TypeConfig};
 use catalog::{Command, Query, RaftStatus, ReadError, SentReadOptions, WriteError};
 use gossip::{KeyOperation, KeyringReport};
 
-use crate::{QueryResult, RaftPeer};
+use catalog::QueryResult;
+
+use crate::RaftPeer;
 
 pub(crate) mod frame;
 pub(crate) mod secure;
