@@ -398,7 +398,7 @@ mod tests {
     fn seeds_are_accepted() {
         // `stream-*` seeds are a frame's kind byte and payload, for the fuzz target to
         // seal (`sealed_frame`); the others are packets.
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/gossip");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/gossip");
         let (mut packets, mut streams) = (0, 0);
         for entry in std::fs::read_dir(&dir).unwrap() {
             let entry = entry.unwrap();
