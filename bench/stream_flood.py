@@ -24,7 +24,7 @@ import struct
 import threading
 import time
 
-# lan::stream::MAX_PUSH_PULL_FRAME: 10,000 member states of 1396 bytes and a header.
+# gossip::stream::MAX_PUSH_PULL_FRAME: 10,000 member states of 1396 bytes and a header.
 MAX_PUSH_PULL_FRAME = 10_000 * 1396 + 7
 MIB = 1 << 20
 

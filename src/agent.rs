@@ -61,8 +61,8 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 fn gossip_encryption(
     config: &AgentConfig,
     file_name: &str,
-) -> anyhow::Result<Option<lan::Encryption>> {
-    use lan::keyring::Keyring;
+) -> anyhow::Result<Option<gossip::Encryption>> {
+    use gossip::keyring::Keyring;
     let file = match &config.data_dir {
         Some(dir) if !config.disable_keyring_file => Some(dir.join("serf").join(file_name)),
         _ => None,
@@ -94,7 +94,7 @@ fn gossip_encryption(
         }
         (None, None) => return Ok(None),
     };
-    Ok(Some(lan::Encryption {
+    Ok(Some(gossip::Encryption {
         keyring,
         file,
         verify_incoming: config.encrypt_verify_incoming,
@@ -206,7 +206,7 @@ impl Joinable {
         }
     }
 
-    async fn join(&self, addrs: &[String]) -> Vec<Result<(), lan::JoinError>> {
+    async fn join(&self, addrs: &[String]) -> Vec<Result<(), gossip::JoinError>> {
         let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
         match self {
             Joinable::Lan(lan) => lan.join(addrs, deadline).await,

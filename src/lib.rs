@@ -18,6 +18,7 @@
 mod agent;
 pub mod client;
 pub mod config;
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 

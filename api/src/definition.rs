@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use lan::catalog::{Health, Service, ServiceAddress, Weights};
+use catalog::{Health, Service, ServiceAddress, Weights};
 use lan::{CheckDefinition, CheckKind};
 use serde_json::{Map, Value};
 
@@ -180,7 +180,7 @@ impl<'a> Fields<'a> {
     fn duration(&self, key: &str) -> Result<Option<Duration>, DefinitionError> {
         match self.get(key) {
             None => Ok(None),
-            Some(Value::String(s)) => lan::duration::parse(s)
+            Some(Value::String(s)) => catalog::duration::parse(s)
                 .map(Some)
                 .map_err(|e| err(&self.field(key), e.to_string())),
             Some(_) => Err(err(
@@ -321,7 +321,7 @@ pub fn service(
         }
     };
     let meta = f.string_map("meta")?;
-    lan::catalog::validate_meta(&meta).map_err(|e| err(&f.field("meta"), e))?;
+    catalog::validate_meta(&meta).map_err(|e| err(&f.field("meta"), e))?;
     if weights.passing == 0 {
         return Err(err(
             &f.field("weights"),

@@ -3,8 +3,8 @@
 //! handlers and the DNS serving loops run. Not part of the API; every function returns
 //! normally for any input, and a panic in one is a bug in the code it calls.
 
+use ::catalog::{Answer, Command, Query, State};
 use gateway::Gateway;
-use lan::catalog::{Answer, Command, Query, State};
 use tokio_util::task::TaskTracker;
 
 use crate::dns::{DnsConfig, Server, Transport};
@@ -560,7 +560,7 @@ mod tests {
 
     #[test]
     fn a_keyring_body_needs_a_valid_key() {
-        let key = lan::keyring::Key::generate().to_base64();
+        let key = gossip::keyring::Key::generate().to_base64();
         let body = json!({"Key": key}).to_string();
         assert!(http_body(Endpoint::KeyringKey, body.as_bytes()).is_ok());
         for bad in [

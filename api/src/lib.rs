@@ -21,6 +21,7 @@
 
 pub mod definition;
 pub mod dns;
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;

@@ -9,7 +9,7 @@
 
 use std::sync::OnceLock;
 
-use lan::fuzzing::{
+use gossip::fuzzing::{
     FrameAnswers, Packet, answer_is_well_formed, gossip_packet, gossip_stream, sealed_frame,
     sent_packet_decodes,
 };

@@ -27,12 +27,12 @@ fuzz_target!(|data: &[u8]| {
         Stream::Gossip(answers) => {
             let plaintext = &answers.plaintext;
             assert!(
-                runtime.block_on(lan::fuzzing::answer_is_well_formed(plaintext, false)),
+                runtime.block_on(gossip::fuzzing::answer_is_well_formed(plaintext, false)),
                 "plaintext answer {plaintext:?}"
             );
             let encrypted = &answers.encrypted;
             assert!(
-                runtime.block_on(lan::fuzzing::answer_is_well_formed(encrypted, true)),
+                runtime.block_on(gossip::fuzzing::answer_is_well_formed(encrypted, true)),
                 "encrypted answer {encrypted:?}"
             );
         }

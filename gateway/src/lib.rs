@@ -38,11 +38,13 @@ pub use prepared::{Executed, MIN_FAILOVER_ATTEMPT};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lan::catalog::{Command, Query};
-use lan::{
-    Datacenter, KeyOperation, KeyringHook, KeyringRun, Lan, QueryResult, RaftStatus, ReadError,
-    ReadOptions, WriteError, deadline_in, remaining_ms,
+use catalog::{Command, Query};
+use catalog::{
+    Datacenter, QueryResult, RaftStatus, ReadError, ReadOptions, WriteError, deadline_in,
+    remaining_ms,
 };
+use gossip::KeyOperation;
+use lan::{KeyringHook, KeyringRun, Lan};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use wan::Federation;
@@ -262,7 +264,7 @@ impl Gateway {
                 cache: status(Some(age)),
             });
         }
-        let fetched = if options.consistency == lan::Consistency::Stale && !blocking {
+        let fetched = if options.consistency == catalog::Consistency::Stale && !blocking {
             let gateway = self.clone();
             let dc_owned = dc.map(str::to_owned);
             let query_owned = query.clone();
@@ -333,13 +335,13 @@ impl Gateway {
 
     /// Reads the local copy of `dc`'s catalog at once, with no leader check (DNS's
     /// default `allow_stale`). `Ok(None)` when no copy is held here (a client agent, or
-    /// another datacenter): then [`Gateway::read`] with [`lan::Consistency::Stale`]
+    /// another datacenter): then [`Gateway::read`] with [`catalog::Consistency::Stale`]
     /// asks a server that has one.
     pub fn read_stale(
         &self,
         dc: Option<&str>,
         query: &Query,
-    ) -> Result<Option<(lan::catalog::Answer, u64)>, RouteError> {
+    ) -> Result<Option<(catalog::Answer, u64)>, RouteError> {
         match self.route(dc)? {
             Route::Local => Ok(self.lan.read_stale(query)),
             Route::Remote(..) | Route::ViaServer(_) => Ok(None),
@@ -564,7 +566,7 @@ impl lan::RemoteCatalog for RemoteVia {
                     remote_read(&federation, &dc, &query, options).await
                 }
             };
-            let result = if options.consistency == lan::Consistency::Stale && !blocking {
+            let result = if options.consistency == catalog::Consistency::Stale && !blocking {
                 let key = load::Key::new(dc, &query, &options);
                 self.load
                     .coalesce(key, options.deadline + REMOTE_MARGIN, direct)

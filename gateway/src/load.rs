@@ -22,8 +22,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lan::catalog::{Answer, Query};
-use lan::{Consistency, QueryResult, ReadOptions};
+use catalog::{Answer, Query};
+use catalog::{Consistency, QueryResult, ReadOptions};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -284,7 +284,7 @@ impl Load {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lan::ReadMeta;
+    use catalog::ReadMeta;
 
     fn key(n: usize) -> Key {
         Key {

@@ -12,8 +12,8 @@
 
 use std::time::Duration;
 
-use lan::catalog::{Answer, Failover, PreparedQuery, Query, ServiceHealth, ServiceQuery};
-use lan::{ReadMeta, ReadOptions, remaining_ms};
+use catalog::{Answer, Failover, PreparedQuery, Query, ServiceHealth, ServiceQuery};
+use catalog::{ReadMeta, ReadOptions, remaining_ms};
 use rand::seq::SliceRandom;
 use tokio::time::Instant;
 

@@ -26,9 +26,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Lan;
-use crate::member::{Member, MemberStatus};
-use crate::raft::{Consensus, NodeId, RaftServer, ServerNode};
+use catalog::{RaftServer, ServerNode};
+
+use crate::raft::{Consensus, NodeId};
 use crate::rpc::{Request, Response};
+use gossip::{Member, MemberStatus};
 
 /// How long the set of servers must stay the same before one of them bootstraps.
 pub(crate) const BOOTSTRAP_SETTLE: Duration = Duration::from_secs(2);
@@ -59,7 +61,7 @@ fn servers_in(members: &[Member], dc: &str) -> Vec<SeenServer> {
         .filter_map(|m| {
             let node_id = m.tags.get("id")?.clone();
             let addr = m.rpc_addr()?;
-            let id = m.raft_id()?;
+            let id = crate::raft::member_raft_id(m)?;
             Some(SeenServer {
                 id,
                 node: ServerNode {

@@ -16,11 +16,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::catalog::Health;
-use crate::local::{CHECK_OUTPUT_LIMIT, Local};
+use catalog::Health;
 
 /// What a check runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,22 +74,22 @@ impl CheckKind {
                 interval, timeout, ..
             } => (
                 "http",
-                crate::duration::format(*interval),
-                crate::duration::format(*timeout),
+                catalog::duration::format(*interval),
+                catalog::duration::format(*timeout),
             ),
             CheckKind::Tcp {
                 interval, timeout, ..
             } => (
                 "tcp",
-                crate::duration::format(*interval),
-                crate::duration::format(*timeout),
+                catalog::duration::format(*interval),
+                catalog::duration::format(*timeout),
             ),
             CheckKind::Script {
                 interval, timeout, ..
             } => (
                 "script",
-                crate::duration::format(*interval),
-                crate::duration::format(*timeout),
+                catalog::duration::format(*interval),
+                catalog::duration::format(*timeout),
             ),
         }
     }
@@ -98,6 +98,21 @@ impl CheckKind {
 struct Running {
     token: CancellationToken,
     wake: Arc<Notify>,
+}
+
+/// The largest `output_max_size` accepted: check output is stored in the catalog, so it
+/// must stay small.
+pub const CHECK_OUTPUT_LIMIT: usize = 64 * 1024;
+
+/// Where a runner's checks report, and where a TTL check's deadline is kept: the agent's
+/// local state. Owned here so that the runner needs nothing else of the agent.
+pub(crate) trait Reports: Send + Sync + 'static {
+    /// Records a check's result.
+    fn record(&self, id: &str, status: Health, output: String);
+    /// When TTL check `id` expires (`Some(None)`: no deadline now; `None`: no such check).
+    fn ttl_expiry(&self, id: &str) -> Option<Option<Instant>>;
+    /// Marks TTL check `id` critical if its deadline is still `expired_at`.
+    fn expire_ttl(&self, id: &str, expired_at: Instant);
 }
 
 /// Starts and stops check tasks. Cheap to clone.
@@ -128,7 +143,7 @@ impl Runner {
     }
 
     /// Starts the task for check `id`, replacing any task it had.
-    pub(crate) fn start(&self, id: String, kind: CheckKind, local: Local) {
+    pub(crate) fn start(&self, id: String, kind: CheckKind, local: Arc<dyn Reports>) {
         let token = self.shutdown.child_token();
         let wake = Arc::new(Notify::new());
         let previous = self.running.lock().expect("runner lock poisoned").insert(
@@ -171,7 +186,7 @@ impl Runner {
     }
 }
 
-async fn run_ttl(id: String, local: Local, wake: Arc<Notify>, token: CancellationToken) {
+async fn run_ttl(id: String, local: Arc<dyn Reports>, wake: Arc<Notify>, token: CancellationToken) {
     loop {
         let expiry = match local.ttl_expiry(&id) {
             None => return,
@@ -191,7 +206,12 @@ async fn run_ttl(id: String, local: Local, wake: Arc<Notify>, token: Cancellatio
     }
 }
 
-async fn run_interval(id: String, kind: CheckKind, local: Local, token: CancellationToken) {
+async fn run_interval(
+    id: String,
+    kind: CheckKind,
+    local: Arc<dyn Reports>,
+    token: CancellationToken,
+) {
     let (interval, timeout) = match &kind {
         CheckKind::Http {
             interval, timeout, ..
@@ -229,7 +249,7 @@ async fn run_interval(id: String, kind: CheckKind, local: Local, token: Cancella
         let (status, output) = tokio::select! {
             _ = token.cancelled() => return,
             result = tokio::time::timeout(timeout, run) => result.unwrap_or_else(|_| {
-                (Health::Critical, format!("Timed out ({}) running check", crate::duration::format(timeout)))
+                (Health::Critical, format!("Timed out ({}) running check", catalog::duration::format(timeout)))
             }),
         };
         local.record(&id, status, output);

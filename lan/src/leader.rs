@@ -16,13 +16,13 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{
+use crate::local::CONSUL_SERVICE;
+use crate::raft::Consensus;
+use catalog::{
     Answer, Catalog, Check, Command, Deregistration, Health, Node, Query, Registration,
     SERF_HEALTH_CHECK, Service,
 };
-use crate::local::CONSUL_SERVICE;
-use crate::member::{Member, MemberStatus};
-use crate::raft::Consensus;
+use gossip::{Member, MemberStatus};
 
 /// How often the leader re-applies the whole member list even without changes.
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(60);

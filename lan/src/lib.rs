@@ -3,7 +3,7 @@
 //! This crate owns everything that happens inside one datacenter: the service catalog
 //! and its Raft replication, this agent's own services and health checks, the
 //! anti-entropy sync between the two, and the leader's upkeep of catalog health from
-//! pool membership.
+//! pool membership. Its LAN pool runs on crate `proconsul-gossip`.
 //!
 //! ```text
 //!   HTTP/DNS (api) ─▶ gateway ─▶ Lan::read ──barrier──▶ Catalog (in memory) ◀── apply ── Raft log
@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Main types: [`Lan`] (the handle), [`Config`], [`catalog::Catalog`] and
-//! [`catalog::Query`]/[`catalog::Answer`], [`Local`], [`Member`].
+//! [`catalog::Query`]/[`catalog::Answer`], [`Local`].
 //!
 //! Invariants: this crate never opens an HTTP or DNS socket and knows other datacenters
 //! only by name. Every write carries a deadline; every task it starts is tracked and
@@ -21,28 +21,18 @@
 
 #![warn(missing_docs)]
 
-mod accept;
 mod autopilot;
-pub mod catalog;
 mod checks;
-pub mod duration;
 pub mod fair;
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod gossip;
-pub mod keyring;
 mod leader;
 mod local;
-mod member;
-mod peer_log;
 mod pool_keyring;
-pub mod quota;
 mod raft;
 mod rpc;
 mod server;
-pub mod stream;
-pub mod transport;
-pub mod uuid;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -57,33 +47,24 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use autopilot::DEAD_SERVER_GRACE;
-pub use catalog::Datacenter;
-use catalog::{Answer, Catalog, Command, Node, Query};
-pub use checks::CheckKind;
-pub use local::{
-    CHECK_OUTPUT_LIMIT, CHECK_OUTPUT_MAX, CheckDefinition, Local, LocalError, SYNC_INTERVAL, Source,
+use catalog::{
+    Answer, Catalog, Command, Datacenter, Node, Query, QueryResult, RaftStatus, ReadError,
+    ReadOptions, ServerNode, WriteError, remaining_ms,
 };
-pub use member::{Member, MemberStatus};
-pub use peer_log::{PEER_LOG_ENTRIES, PEER_LOG_INTERVAL, PeerLog};
+pub use checks::{CHECK_OUTPUT_LIMIT, CheckKind};
+use gossip::{
+    Encryption, JoinError, KeyOperation, KeyringReport, Member, MemberStatus, Pool, PoolConfig,
+};
+pub use local::{CHECK_OUTPUT_MAX, CheckDefinition, Local, LocalError, SYNC_INTERVAL, Source};
 pub use pool_keyring::{
     KeyringHook, KeyringRun, PoolKeyring, RemoteCatalog, RemoteDatacenters, RemoteRead,
     RemoteStatus, RemoteWrite,
 };
-pub use raft::{
-    Consistency, RPC_HOLD_TIMEOUT, RaftServer, RaftStartError, RaftStatus, RaftTiming, ReadError,
-    ReadMeta, SNAPSHOT_THRESHOLD, ServerNode, Storage, WriteError,
-};
-pub use rpc::{DEFAULT_RPC_MAX_CONNS_PER_CLIENT, RpcTls, deadline_in, remaining_ms};
-pub use transport::{
-    Encryption, Exchange, Inbound, JoinError, KeyOperation, KeyringReport, Link, Pool, PoolConfig,
-    Reply,
-};
+pub use raft::{RPC_HOLD_TIMEOUT, RaftStartError, RaftTiming, SNAPSHOT_THRESHOLD, Storage};
+pub use rpc::{DEFAULT_RPC_MAX_CONNS_PER_CLIENT, RpcTls};
 
 /// The protocol version this agent speaks in member tags (`vsn`), as Consul's.
 pub const PROTOCOL_VERSION: u8 = 2;
-
-/// The serf LAN port Consul agents gossip on, used when a join address has no port.
-pub const DEFAULT_SERF_LAN_PORT: u16 = 8301;
 
 /// Everything the datacenter layer needs to start. Built by the agent from its config.
 #[derive(Debug, Clone)]
@@ -123,7 +104,7 @@ pub struct Config {
     /// Where Raft keeps its state.
     pub storage: Storage,
     /// Gossip timers.
-    pub gossip: gossip::Config,
+    pub gossip: gossip::swim::Config,
     /// Gossip encryption, if on.
     pub encryption: Option<Encryption>,
     /// TLS on the server port, if configured.
@@ -136,72 +117,6 @@ pub struct Config {
     /// Time between full anti-entropy passes before the spread for the pool's size
     /// ([`SYNC_INTERVAL`], Consul's `ae_interval`).
     pub sync_interval: Duration,
-}
-
-/// Options of a read.
-#[derive(Debug, Clone, Copy)]
-pub struct ReadOptions {
-    /// Consistency mode.
-    pub consistency: Consistency,
-    /// Blocking query: answer once the result's index exceeds this (0 = at once).
-    pub min_index: u64,
-    /// When a blocking query answers anyway, and the budget of any consistency check.
-    pub deadline: Instant,
-    /// With [`Consistency::Stale`]: a follower that has not heard from the leader for
-    /// longer than this sends the read to the leader instead (`?max_stale`).
-    pub max_stale: Option<Duration>,
-}
-
-/// [`ReadOptions`] as a request to another server carries them: the deadline becomes the
-/// time left, counted again from the request's arrival.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SentReadOptions {
-    /// Consistency mode.
-    pub consistency: Consistency,
-    /// Blocking query index (0 = answer at once).
-    pub min_index: u64,
-    /// Time left until the caller's deadline, in milliseconds.
-    pub timeout_ms: u64,
-    /// `?max_stale`, in milliseconds.
-    #[serde(default)]
-    pub max_stale_ms: Option<u64>,
-}
-
-impl ReadOptions {
-    /// These options as a request carries them.
-    pub fn to_sent(&self) -> SentReadOptions {
-        SentReadOptions {
-            consistency: self.consistency,
-            min_index: self.min_index,
-            timeout_ms: remaining_ms(self.deadline),
-            max_stale_ms: self
-                .max_stale
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        }
-    }
-}
-
-impl SentReadOptions {
-    /// The options of a request that just arrived.
-    pub fn to_options(&self) -> ReadOptions {
-        ReadOptions {
-            consistency: self.consistency,
-            min_index: self.min_index,
-            deadline: deadline_in(self.timeout_ms),
-            max_stale: self.max_stale_ms.map(Duration::from_millis),
-        }
-    }
-}
-
-/// An answer with what Consul reports in its headers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueryResult {
-    /// The answer.
-    pub answer: Answer,
-    /// `X-Consul-Index`.
-    pub index: u64,
-    /// `X-Consul-KnownLeader` and `X-Consul-LastContact`.
-    pub meta: ReadMeta,
 }
 
 /// The datacenter could not be started.
@@ -558,7 +473,7 @@ impl Lan {
             Role::Client { .. } => {
                 let request = rpc::Request::Write {
                     command,
-                    timeout_ms: rpc::remaining_ms(deadline),
+                    timeout_ms: remaining_ms(deadline),
                     forwarded: false,
                 };
                 match self.forward(&request, deadline + FORWARD_MARGIN).await? {
@@ -654,7 +569,7 @@ impl Lan {
     }
 
     /// LAN network coordinates this agent knows (its own included), by node name.
-    pub async fn coordinates(&self) -> transport::Coordinates {
+    pub async fn coordinates(&self) -> gossip::transport::Coordinates {
         self.inner.pool.coordinates().await
     }
 
@@ -676,7 +591,7 @@ impl Lan {
             Role::Client { .. } => {
                 let request = rpc::Request::Keyring {
                     op,
-                    timeout_ms: rpc::remaining_ms(deadline),
+                    timeout_ms: remaining_ms(deadline),
                 };
                 match self.forward(&request, deadline + FORWARD_MARGIN).await? {
                     rpc::Response::Keyring(r) => Ok(r),
@@ -759,7 +674,7 @@ impl Lan {
                 let request = rpc::Request::WriteIn {
                     dc: dc.to_owned(),
                     command: Box::new(command),
-                    timeout_ms: rpc::remaining_ms(deadline),
+                    timeout_ms: remaining_ms(deadline),
                 };
                 match self
                     .forward(&request, deadline + 2 * FORWARD_MARGIN)
@@ -793,7 +708,7 @@ impl Lan {
                 let request = rpc::Request::KeyringAll {
                     op,
                     local_only,
-                    timeout_ms: rpc::remaining_ms(deadline),
+                    timeout_ms: remaining_ms(deadline),
                 };
                 match self.forward(&request, deadline + FORWARD_MARGIN).await? {
                     rpc::Response::KeyringAll(r) => Ok(r),
@@ -839,7 +754,7 @@ impl Lan {
             Role::Client { .. } => {
                 let request = rpc::Request::RemovePeer {
                     peer,
-                    timeout_ms: rpc::remaining_ms(deadline),
+                    timeout_ms: remaining_ms(deadline),
                     forwarded: false,
                 };
                 match self.forward(&request, deadline + FORWARD_MARGIN).await {
@@ -877,7 +792,7 @@ impl Lan {
             Role::Client { .. } => {
                 let request = rpc::Request::StatusIn {
                     dc: dc.to_owned(),
-                    timeout_ms: rpc::remaining_ms(deadline),
+                    timeout_ms: remaining_ms(deadline),
                 };
                 match self
                     .forward(&request, deadline + 2 * FORWARD_MARGIN)

@@ -30,19 +30,18 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{
+use crate::checks::{CheckKind, Reports, Runner};
+use catalog::{Consistency, ReadOptions};
+
+use crate::Lan;
+use catalog::{
     Answer, Check, Command, Deregistration, Health, Node, Query, Registration, SERF_HEALTH_CHECK,
     Service,
 };
-use crate::checks::{CheckKind, Runner};
-use crate::{Consistency, Lan, ReadOptions};
 
 /// The most output a check keeps, in bytes, unless its `output_max_size` says otherwise
 /// (Consul's default).
 pub const CHECK_OUTPUT_MAX: usize = 4096;
-/// The largest `output_max_size` accepted: check output is stored in the catalog, so it
-/// must stay small.
-pub const CHECK_OUTPUT_LIMIT: usize = 64 * 1024;
 
 /// The time between two full anti-entropy passes before the random spread is added
 /// (Consul's `ae_interval`).
@@ -84,7 +83,7 @@ pub struct CheckDefinition {
     pub kind: CheckKind,
     /// Initial status (Consul: critical unless given).
     pub status: Health,
-    /// The most output kept, in bytes (at most [`CHECK_OUTPUT_LIMIT`]).
+    /// The most output kept, in bytes (at most [`crate::CHECK_OUTPUT_LIMIT`]).
     pub output_max_size: usize,
 }
 
@@ -556,7 +555,7 @@ impl Local {
         if changed || resend == Resend::Always {
             inner.pending.check_changed(&id);
         }
-        self.runner.start(id, kind, self.clone());
+        self.runner.start(id, kind, Arc::new(self.clone()));
     }
 
     /// Removes a check. Unknown IDs are a no-op.
@@ -1094,10 +1093,10 @@ pub(crate) async fn run_sync(lan: Lan, shutdown: CancellationToken) {
 }
 
 /// The names of the live servers among `members`.
-fn live_servers(members: &[crate::Member]) -> Vec<String> {
+fn live_servers(members: &[gossip::Member]) -> Vec<String> {
     members
         .iter()
-        .filter(|m| m.is_server() && m.status == crate::MemberStatus::Alive)
+        .filter(|m| m.is_server() && m.status == gossip::MemberStatus::Alive)
         .map(|m| m.name.clone())
         .collect()
 }
@@ -1214,7 +1213,7 @@ async fn write_plan(local: &Local, lan: &Lan, plan: Plan) -> Result<PassReport, 
             Ok(_) => local.settle(&settles, false),
             // A refused command will be refused again; log it and move on so one bad
             // entry does not block the others.
-            Err(crate::WriteError::Rejected(e)) => {
+            Err(catalog::WriteError::Rejected(e)) => {
                 tracing::warn!(error = %e, "catalog refused an anti-entropy update");
                 pass.refused += 1;
                 local.settle(&settles, true);
@@ -1229,9 +1228,23 @@ async fn write_plan(local: &Local, lan: &Lan, plan: Plan) -> Result<PassReport, 
 #[derive(Debug, thiserror::Error)]
 enum SyncError {
     #[error(transparent)]
-    Read(#[from] crate::ReadError),
+    Read(#[from] catalog::ReadError),
     #[error(transparent)]
-    Write(#[from] crate::WriteError),
+    Write(#[from] catalog::WriteError),
+}
+
+impl Reports for Local {
+    fn record(&self, id: &str, status: Health, output: String) {
+        Local::record(self, id, status, output);
+    }
+
+    fn ttl_expiry(&self, id: &str) -> Option<Option<Instant>> {
+        Local::ttl_expiry(self, id)
+    }
+
+    fn expire_ttl(&self, id: &str, expired_at: Instant) {
+        Local::expire_ttl(self, id, expired_at);
+    }
 }
 
 #[cfg(test)]

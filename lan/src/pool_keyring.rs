@@ -8,7 +8,9 @@ use std::pin::Pin;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::{KeyOperation, KeyringReport, Lan};
+use gossip::{KeyOperation, KeyringReport};
+
+use crate::Lan;
 
 /// A pool's answer: the WAN pool, or the LAN pool of a datacenter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,10 +82,10 @@ pub trait KeyringHook: Send + Sync + 'static {
 
 /// A read in another datacenter: the query and how it is read.
 pub type RemoteRead<'a> =
-    Pin<Box<dyn Future<Output = Result<crate::QueryResult, crate::ReadError>> + Send + 'a>>;
+    Pin<Box<dyn Future<Output = Result<catalog::QueryResult, catalog::ReadError>> + Send + 'a>>;
 /// A write in another datacenter: the index it was applied at.
 pub type RemoteWrite<'a> =
-    Pin<Box<dyn Future<Output = Result<u64, crate::WriteError>> + Send + 'a>>;
+    Pin<Box<dyn Future<Output = Result<u64, catalog::WriteError>> + Send + 'a>>;
 
 /// How a server of a federation reads and writes another datacenter's catalog, for the
 /// client agents of its datacenter (set by the agent; the WAN side is not this crate's).
@@ -92,14 +94,14 @@ pub trait RemoteCatalog: Send + Sync + 'static {
     fn read<'a>(
         &'a self,
         dc: &'a str,
-        query: crate::catalog::Query,
-        options: crate::ReadOptions,
+        query: catalog::Query,
+        options: catalog::ReadOptions,
     ) -> RemoteRead<'a>;
     /// Applies `command` in `dc`.
     fn write<'a>(
         &'a self,
         dc: &'a str,
-        command: crate::catalog::Command,
+        command: catalog::Command,
         deadline: Instant,
     ) -> RemoteWrite<'a>;
     /// The datacenters of the federation, nearest first (this one first).
@@ -110,7 +112,7 @@ pub trait RemoteCatalog: Send + Sync + 'static {
 
 /// Another datacenter's Raft state.
 pub type RemoteStatus<'a> =
-    Pin<Box<dyn Future<Output = Result<crate::RaftStatus, crate::ReadError>> + Send + 'a>>;
+    Pin<Box<dyn Future<Output = Result<catalog::RaftStatus, catalog::ReadError>> + Send + 'a>>;
 
 /// The datacenters a server knows, nearest first.
 pub type RemoteDatacenters<'a> = Pin<Box<dyn Future<Output = Vec<String>> + Send + 'a>>;

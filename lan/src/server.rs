@@ -18,16 +18,19 @@ use std::net::SocketAddr;
 
 use tokio::time::Instant;
 
-use crate::catalog::{Command, Query};
-use crate::raft::{Consistency, ReadError, WriteError, guard};
+use crate::raft::guard;
 use crate::rpc::{self, Caller, Request, Response, RpcError};
-use crate::{FORWARD_MARGIN, Lan, QueryResult, RaftPeer, ReadOptions};
+use crate::{FORWARD_MARGIN, Lan, RaftPeer};
+use catalog::{
+    Command, Consistency, Query, QueryResult, ReadError, ReadOptions, WriteError, deadline_in,
+    remaining_ms,
+};
 
 /// Pause before looking for a leader again after the last one could not be reached.
 const LEADER_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Where the server `id` (recorded as `node`) answers now.
-fn address_of(lan: &Lan, id: u64, node: &crate::raft::ServerNode) -> Option<SocketAddr> {
+fn address_of(lan: &Lan, id: u64, node: &catalog::ServerNode) -> Option<SocketAddr> {
     crate::raft::network::resolve(&lan.members(), id, node)
 }
 
@@ -226,7 +229,7 @@ where
             Some(leader) => leader,
         };
         let addr = address_of(lan, leader, &node).ok_or(WriteError::NoLeader)?;
-        let sent = request(&payload, rpc::remaining_ms(deadline));
+        let sent = request(&payload, remaining_ms(deadline));
         match lan
             .inner
             .rpc
@@ -250,7 +253,7 @@ where
 pub(crate) struct Handler {
     lan: Lan,
     /// Refused requests, logged once per peer per interval.
-    log: std::sync::Mutex<crate::peer_log::PeerLog>,
+    log: std::sync::Mutex<gossip::PeerLog>,
 }
 
 impl Handler {
@@ -329,11 +332,9 @@ impl rpc::Handler for Handler {
                 command,
                 timeout_ms,
                 forwarded,
-            } => {
-                Response::Write(write(lan, command, rpc::deadline_in(timeout_ms), forwarded).await)
-            }
+            } => Response::Write(write(lan, command, deadline_in(timeout_ms), forwarded).await),
             Request::Keyring { op, timeout_ms } => {
-                Response::Keyring(lan.keyring_here(op, rpc::deadline_in(timeout_ms)).await)
+                Response::Keyring(lan.keyring_here(op, deadline_in(timeout_ms)).await)
             }
             Request::ReadIn { dc, query, options } => {
                 Response::Read(lan.read_in(&dc, &query, options.to_options()).await)
@@ -342,22 +343,19 @@ impl rpc::Handler for Handler {
                 dc,
                 command,
                 timeout_ms,
-            } => Response::Write(
-                lan.write_in(&dc, *command, rpc::deadline_in(timeout_ms))
-                    .await,
-            ),
+            } => Response::Write(lan.write_in(&dc, *command, deadline_in(timeout_ms)).await),
             Request::KeyringAll {
                 op,
                 local_only,
                 timeout_ms,
             } => Response::KeyringAll(
-                lan.keyring_all_here(op, local_only, rpc::deadline_in(timeout_ms))
+                lan.keyring_all_here(op, local_only, deadline_in(timeout_ms))
                     .await,
             ),
             Request::Status => Response::Status(consensus.status()),
             Request::Datacenters => Response::Datacenters(lan.datacenters_here().await),
             Request::StatusIn { dc, timeout_ms } => {
-                Response::StatusIn(lan.raft_status_in(&dc, rpc::deadline_in(timeout_ms)).await)
+                Response::StatusIn(lan.raft_status_in(&dc, deadline_in(timeout_ms)).await)
             }
             Request::AppendEntries { to, request } => {
                 let checked = misdirected(to, consensus.id())
@@ -400,7 +398,7 @@ impl rpc::Handler for Handler {
                 timeout_ms,
                 forwarded,
             } => Response::RemovePeer(
-                remove_peer(lan, peer, rpc::deadline_in(timeout_ms), forwarded).await,
+                remove_peer(lan, peer, deadline_in(timeout_ms), forwarded).await,
             ),
         }
     }

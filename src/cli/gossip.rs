@@ -85,7 +85,7 @@ pub async fn force_leave(args: ForceLeaveArgs) -> anyhow::Result<ExitCode> {
 
 /// `keygen`: a new 32-byte gossip key in base64.
 pub fn keygen() -> ExitCode {
-    println!("{}", lan::keyring::Key::generate().to_base64());
+    println!("{}", gossip::keyring::Key::generate().to_base64());
     ExitCode::SUCCESS
 }
 

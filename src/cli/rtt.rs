@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use lan::gossip::coordinate::Coordinate;
+use gossip::swim::coordinate::Coordinate;
 use serde::Deserialize;
 
 use super::ClientArgs;

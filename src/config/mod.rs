@@ -21,9 +21,10 @@ pub use self::hcl::Lines;
 use api::definition::{self, Style};
 use api::dns::Name;
 use api::dns::{DnsConfig, RecursorStrategy, Soa};
-use lan::catalog::Service;
-use lan::keyring::Key;
-use lan::{CheckDefinition, Datacenter};
+use catalog::Datacenter;
+use catalog::Service;
+use gossip::keyring::Key;
+use lan::CheckDefinition;
 use raw::RawConfig;
 
 /// Where a layer of configuration came from.
@@ -262,9 +263,9 @@ pub struct AgentConfig {
     /// Do not leave the pool on SIGINT (Consul's default: servers do not, clients do).
     pub skip_leave_on_interrupt: bool,
     /// LAN gossip timers: memberlist's LAN defaults, or shorter ones with `-dev`.
-    pub gossip_lan: lan::gossip::Config,
+    pub gossip_lan: gossip::swim::Config,
     /// WAN gossip timers: memberlist's WAN defaults, or the short local ones with `-dev`.
-    pub gossip_wan: lan::gossip::Config,
+    pub gossip_wan: gossip::swim::Config,
     /// TLS for internal RPC (the server port), when `ca_file` is set.
     pub tls: Option<TlsSettings>,
     /// The LAN gossip port other agents are told to use, when traffic reaches this agent
@@ -520,7 +521,7 @@ fn duration(
     problems: &mut Vec<Problem>,
 ) -> Option<Duration> {
     let text = value.as_ref()?;
-    match lan::duration::parse(text) {
+    match catalog::duration::parse(text) {
         Ok(d) => Some(d),
         Err(e) => {
             problems.push(problem(origin, key, e.to_string()));
@@ -595,7 +596,7 @@ fn check_layer(
         problems.push(problem(o, "node_name", e));
     }
     if let Some(meta) = &r.node_meta
-        && let Err(e) = lan::catalog::validate_meta(meta)
+        && let Err(e) = catalog::validate_meta(meta)
     {
         problems.push(problem(o, "node_meta", e));
     }
@@ -776,7 +777,7 @@ fn check_layer(
             .iter()
             .flat_map(|f| f.datacenters.iter().flatten())
         {
-            if let Err(e) = lan::catalog::Datacenter::new(dc) {
+            if let Err(e) = catalog::Datacenter::new(dc) {
                 problems.push(problem(o, "dns_config.failover.datacenters", e.to_string()));
             }
         }
@@ -903,8 +904,8 @@ pub fn log_filter(level: &str) -> Option<String> {
     ))
 }
 
-use lan::uuid::is_uuid;
-pub use lan::uuid::new_uuid;
+use catalog::uuid::is_uuid;
+pub use catalog::uuid::new_uuid;
 
 /// This machine's host name, the default node name.
 pub fn hostname() -> String {
@@ -1011,7 +1012,7 @@ impl AgentConfig {
             domain_text.push('.');
         }
         let domain = Name::from_ascii(&domain_text).expect("checked per layer");
-        let d = |v: &Option<String>| v.as_deref().and_then(|t| lan::duration::parse(t).ok());
+        let d = |v: &Option<String>| v.as_deref().and_then(|t| catalog::duration::parse(t).ok());
         let soa_raw = dns_raw.soa.clone().unwrap_or_default();
         let default_soa = Soa::default();
         let limits_raw = m.limits.clone().unwrap_or_default();
@@ -1062,7 +1063,9 @@ impl AgentConfig {
                 .service_ttl
                 .iter()
                 .flatten()
-                .filter_map(|(k, v)| Some((k.to_ascii_lowercase(), lan::duration::parse(v).ok()?)))
+                .filter_map(|(k, v)| {
+                    Some((k.to_ascii_lowercase(), catalog::duration::parse(v).ok()?))
+                })
                 .collect(),
             only_passing: dns_raw.only_passing.unwrap_or(false),
             udp_answer_limit: dns_raw.udp_answer_limit.unwrap_or(3).clamp(1, 8) as usize,
@@ -1107,7 +1110,7 @@ impl AgentConfig {
             failover: dns_raw
                 .failover
                 .as_ref()
-                .map(|f| lan::catalog::Failover {
+                .map(|f| catalog::Failover {
                     nearest_n: usize::try_from(f.nearest_n.unwrap_or(0)).unwrap_or(usize::MAX),
                     datacenters: f.datacenters.clone().unwrap_or_default(),
                 })
@@ -1221,14 +1224,14 @@ impl AgentConfig {
             serf_wan_advertise_port: None,
             ae_interval: lan::SYNC_INTERVAL,
             gossip_lan: if sources.dev {
-                lan::gossip::Config::local()
+                gossip::swim::Config::local()
             } else {
-                lan::gossip::Config::lan()
+                gossip::swim::Config::lan()
             },
             gossip_wan: if sources.dev {
-                lan::gossip::Config::local()
+                gossip::swim::Config::local()
             } else {
-                lan::gossip::Config::wan()
+                gossip::swim::Config::wan()
             },
             warnings: bootstrap_warnings(server, sources.dev, bootstrap, bootstrap_expect),
             sources,

@@ -168,8 +168,8 @@ fn server_addr(members: &[Member]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_with_another_key_cannot_join_and_both_sides_say_why() {
-    let k1 = lan::keyring::Key::generate().to_base64();
-    let k2 = lan::keyring::Key::generate().to_base64();
+    let k1 = gossip::keyring::Key::generate().to_base64();
+    let k2 = gossip::keyring::Key::generate().to_base64();
     let server = Member::start(Spec {
         name: "server-0".into(),
         server: true,
@@ -214,7 +214,7 @@ async fn an_agent_with_another_key_cannot_join_and_both_sides_say_why() {
     // A start with only unreachable join targets fails, as Consul's does.
     let e = Member::try_start(Spec {
         name: "lonely".into(),
-        key: Some(lan::keyring::Key::generate().to_base64()),
+        key: Some(gossip::keyring::Key::generate().to_base64()),
         join: vec![server.gossip_addr()],
         ..Spec::default()
     })
@@ -233,8 +233,8 @@ async fn an_agent_with_another_key_cannot_join_and_both_sides_say_why() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gossip_key_rotates_across_eight_agents_without_losing_one() {
-    let k1 = lan::keyring::Key::generate().to_base64();
-    let k2 = lan::keyring::Key::generate().to_base64();
+    let k1 = gossip::keyring::Key::generate().to_base64();
+    let k2 = gossip::keyring::Key::generate().to_base64();
     let cluster = Cluster::start(7, |s| s.key = Some(k1.clone())).await;
     cluster.converged(&cluster.names()).await;
     // Operations go through a client agent, which asks the server to run them.
@@ -373,8 +373,8 @@ async fn five_percent_packet_loss_marks_no_member_failed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_keyring_file_wins_over_the_configured_key_after_a_restart() {
-    let k1 = lan::keyring::Key::generate().to_base64();
-    let k2 = lan::keyring::Key::generate().to_base64();
+    let k1 = gossip::keyring::Key::generate().to_base64();
+    let k2 = gossip::keyring::Key::generate().to_base64();
     let spec = |key: Option<String>| Spec {
         name: "server-0".into(),
         server: true,

@@ -223,13 +223,13 @@ async fn every_query_form_reaches_other_datacenters_past_silent_servers_and_blac
     for _ in 0..32 {
         let gateway = a.agent.gateway().clone();
         reads.spawn(async move {
-            let options = lan::ReadOptions {
-                consistency: lan::Consistency::Stale,
+            let options = catalog::ReadOptions {
+                consistency: catalog::Consistency::Stale,
                 min_index: 0,
                 deadline: tokio::time::Instant::now() + secs(10),
                 max_stale: None,
             };
-            let query = lan::catalog::Query::Nodes { node_meta: vec![] };
+            let query = catalog::Query::Nodes { node_meta: vec![] };
             gateway.read(Some("dc3"), &query, options).await
         });
     }

@@ -14,7 +14,7 @@
 //! deadline. An RPC's payload is read to its end under the request budgets below, its
 //! answer likewise under [`MAX_ANSWER`]. A gossip stream's payload is one gossip stream
 //! frame, handed to the WAN pool as it arrives ([`Inbound::serve`]), which reads it chunk
-//! by chunk under the pool's own limits and budget ([`lan::stream`]); its answer is read
+//! by chunk under the pool's own limits and budget ([`gossip::stream`]); its answer is read
 //! the same way by the asking pool.
 
 use std::collections::HashMap;
@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use lan::{Exchange, Inbound, JoinError, Link, PeerLog, Reply};
+use gossip::{Exchange, Inbound, JoinError, Link, PeerLog, Reply};
 use tokio::io::AsyncReadExt;
 
 use crate::rpc::{Caller, Request, Response, Service};
@@ -54,7 +54,7 @@ pub const MAX_PACKET_DIALS: usize = 64;
 /// After a failed dial, further dials to the same address wait this long.
 pub const DIAL_BACKOFF: Duration = Duration::from_secs(1);
 /// Largest RPC request payload accepted on a stream (gossip frames have the limits of
-/// [`lan::stream`]).
+/// [`gossip::stream`]).
 pub const MAX_REQUEST: usize = 16 * 1024 * 1024;
 /// Largest answer read from a stream.
 pub const MAX_ANSWER: usize = 64 * 1024 * 1024;
@@ -128,6 +128,7 @@ const CLOSE_IDENTITY: u32 = 0x1;
 const CLOSE_SHUTDOWN: u32 = 0x3;
 
 /// What the request of an incoming stream asks for.
+#[cfg(any(test, feature = "fuzzing"))]
 #[derive(Debug)]
 pub(crate) enum StreamRequest<'a> {
     /// A gossip exchange: the frame, for the WAN pool.
@@ -140,6 +141,7 @@ pub(crate) enum StreamRequest<'a> {
 
 /// Reads the request of an incoming stream, `[kind][payload]`, as [`Endpoint`] serves it
 /// (which reads the kind first, then the payload as the kind says).
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn parse_request(request: &[u8]) -> StreamRequest<'_> {
     match request.split_first() {
         Some((&KIND_GOSSIP, frame)) => StreamRequest::Gossip(frame),
@@ -574,7 +576,7 @@ impl Endpoint {
                 // chunk being opened, the first chunk of the frame) counts here like an
                 // RPC's bytes; the rest of the frame is charged to the pool's budget.
                 let mut held = Held::default();
-                let first = 2 * lan::stream::CHUNK_WIRE;
+                let first = 2 * gossip::stream::CHUNK_WIRE;
                 let want = u32::try_from(first.div_ceil(1024)).unwrap_or(u32::MAX);
                 if let Err(which) = held.grow(want, connection, &self.inner.request_budget) {
                     self.refused(
@@ -587,7 +589,7 @@ impl Endpoint {
                 }
                 // A gossip exchange gets the LAN's time limit, not an RPC's blocking wait.
                 let serve = gossip.serve(caller.addr, &mut recv, &mut send);
-                tokio::time::timeout(lan::transport::STREAM_TIMEOUT, serve)
+                tokio::time::timeout(gossip::transport::STREAM_TIMEOUT, serve)
                     .await
                     .map_err(|_| "gossip stream timed out".to_string())?
                     .map_err(|e| e.to_string())?;
@@ -963,7 +965,7 @@ impl Link for QuicLink {
     fn exchange(&self, to: SocketAddr, frame: Vec<u8>) -> Exchange<'_> {
         Box::pin(async move {
             // The pool reads the answer from the stream under its own bounds and deadline.
-            let deadline = Instant::now() + lan::transport::STREAM_TIMEOUT;
+            let deadline = Instant::now() + gossip::transport::STREAM_TIMEOUT;
             let open = self.endpoint.open(to, None, KIND_GOSSIP, &frame);
             let opened = tokio::time::timeout_at(deadline, open)
                 .await

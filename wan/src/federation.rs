@@ -23,8 +23,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use lan::gossip;
-use lan::{Encryption, JoinError, KeyOperation, KeyringReport, Member, MemberStatus, Pool};
+use gossip::swim;
+use gossip::{Encryption, JoinError, KeyOperation, KeyringReport, Member, MemberStatus, Pool};
 
 use crate::endpoint::{Endpoint, EndpointConfig, WanError};
 use crate::rpc::{Request, Response, Service};
@@ -66,8 +66,8 @@ pub struct FederationConfig {
     pub advertise_port: Option<u16>,
     /// The server tags (`role`, `dc`, `port`, `id`, …).
     pub tags: BTreeMap<String, String>,
-    /// Protocol timers ([`gossip::Config::wan`] normally).
-    pub gossip: gossip::Config,
+    /// Protocol timers ([`swim::Config::wan`] normally).
+    pub gossip: swim::Config,
     /// Gossip encryption with the WAN keyring (`serf/remote.keyring`).
     pub encryption: Option<Encryption>,
     /// The federation's CA and this server's certificate.
@@ -122,7 +122,7 @@ impl Federation {
         // allows (1200 bytes on the wire).
         gossip.max_packet_size = gossip.max_packet_size.min(MAX_WAN_PACKET);
         let (pool, inbound) = Pool::start_with(
-            lan::PoolConfig {
+            gossip::PoolConfig {
                 name: name.clone(),
                 bind: config.bind,
                 advertise: config.advertise,
@@ -203,7 +203,8 @@ impl Federation {
     /// Joins the WAN pool through each address (`host[:port]`, default port 8302).
     pub async fn join(&self, addrs: &[String], deadline: Instant) -> Vec<Result<(), JoinError>> {
         let attempts = addrs.iter().map(|a| async move {
-            let addr = lan::transport::resolve(a, crate::DEFAULT_SERF_WAN_PORT, deadline).await?;
+            let addr =
+                gossip::transport::resolve(a, crate::DEFAULT_SERF_WAN_PORT, deadline).await?;
             self.pool.join_one(&addr.to_string(), deadline).await
         });
         futures_util::future::join_all(attempts).await
@@ -220,7 +221,7 @@ impl Federation {
     }
 
     /// WAN network coordinates this server knows (its own included), by member name.
-    pub async fn coordinates(&self) -> lan::transport::Coordinates {
+    pub async fn coordinates(&self) -> gossip::transport::Coordinates {
         self.pool.coordinates().await
     }
 

@@ -12,7 +12,7 @@ use crate::rpc::Request;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stream {
     /// A gossip stream, with the answers of a plaintext and an encrypted pool.
-    Gossip(lan::fuzzing::FrameAnswers),
+    Gossip(gossip::fuzzing::FrameAnswers),
     /// An RPC that decoded.
     Rpc {
         /// The request.
@@ -34,13 +34,13 @@ pub enum Stream {
 /// committed. Needs a Tokio runtime with timers.
 pub async fn stream(bytes: &[u8]) -> Stream {
     match parse_request(bytes) {
-        StreamRequest::Gossip(rest) => Stream::Gossip(lan::fuzzing::gossip_stream(rest).await),
+        StreamRequest::Gossip(rest) => Stream::Gossip(gossip::fuzzing::gossip_stream(rest).await),
         StreamRequest::Rpc(Ok(request)) => {
             let encoded = serde_json::to_vec(&request).expect("a request serialises");
             let round_trips =
                 serde_json::from_slice::<Request>(&encoded).ok() == Some(request.clone());
             if let Request::Write { command, .. } = &request {
-                let _ = lan::catalog::State::new().apply(1, command);
+                let _ = catalog::State::new().apply(1, command);
             }
             Stream::Rpc {
                 request: Box::new(request),
@@ -69,8 +69,9 @@ pub fn gossip_stream(frame: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lan::catalog::{Command, Deregistration, Query};
-    use lan::{Consistency, KeyOperation, SentReadOptions};
+    use catalog::{Command, Deregistration, Query};
+    use catalog::{Consistency, SentReadOptions};
+    use gossip::KeyOperation;
     use proptest::prelude::*;
 
     fn runtime() -> &'static tokio::runtime::Runtime {

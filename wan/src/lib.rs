@@ -13,6 +13,7 @@
 
 pub mod endpoint;
 pub mod federation;
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod rpc;

@@ -9,10 +9,9 @@ use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
 
-use lan::catalog::{Command, Query};
-use lan::{
-    KeyOperation, KeyringReport, QueryResult, RaftStatus, ReadError, SentReadOptions, WriteError,
-};
+use catalog::{Command, Query};
+use catalog::{QueryResult, RaftStatus, ReadError, SentReadOptions, WriteError};
+use gossip::{KeyOperation, KeyringReport};
 
 /// Who sent a request: the connection's address and the datacenter its certificate is
 /// for.

@@ -10,8 +10,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use lan::keyring::{Key, Keyring};
-use lan::{Encryption, JoinError, MemberStatus};
+use gossip::keyring::{Key, Keyring};
+use gossip::{Encryption, JoinError, MemberStatus};
 
 use crate::rpc::{Caller, Request, Response, Service, Serving};
 use crate::tls::{self, CertKind, CertRequest, Material, Pem, TlsFiles};
@@ -109,7 +109,7 @@ impl Fixture {
                 advertise: "127.0.0.1".parse().unwrap(),
                 advertise_port: None,
                 tags,
-                gossip: lan::gossip::Config::local(),
+                gossip: gossip::swim::Config::local(),
                 encryption: key.map(|k| Encryption {
                     keyring: Keyring::new(k.clone()),
                     file: None,
@@ -322,7 +322,7 @@ async fn a_wan_member_with_another_gossip_key_is_refused() {
         alive(&s1) == ["s1.dc1", "s3.dc3"]
     })
     .await;
-    let report = s1.keyring(lan::KeyOperation::List, soon()).await;
+    let report = s1.keyring(gossip::KeyOperation::List, soon()).await;
     assert_eq!(report.num_nodes, 2);
     assert_eq!(report.keys.get(&key.to_base64()), Some(&2));
 }

@@ -8,11 +8,11 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use catalog::{Answer, Health, Node, Query, ServiceHealth, ServiceQuery};
 use gateway::{Executed, Gateway, RouteError};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use lan::catalog::{Answer, Health, Node, Query, ServiceHealth, ServiceQuery};
 use rand::seq::SliceRandom;
 
 use super::DnsConfig;
@@ -310,7 +310,7 @@ impl Responder {
             Ok(Some(found)) => Ok(found),
             Ok(None) => {
                 reads.missing(need);
-                Err(RouteError::Read(lan::ReadError::NoServers))
+                Err(RouteError::Read(catalog::ReadError::NoServers))
             }
             Err(e) => Err(e),
         }
@@ -799,7 +799,7 @@ impl Responder {
             Some(Err(e)) => route_error(e.clone()),
             Some(Ok(None)) => Sections::nxdomain(),
             Some(Ok(Some(executed))) => {
-                let ttl = match lan::duration::parse(&executed.dns_ttl) {
+                let ttl = match catalog::duration::parse(&executed.dns_ttl) {
                     Ok(ttl) if !executed.dns_ttl.is_empty() => secs(ttl),
                     _ => self.service_ttl(&executed.service),
                 };

@@ -117,7 +117,7 @@ pub struct DnsConfig {
     /// Where a `<service>.service.consul` lookup (no datacenter named) goes when this
     /// datacenter has no healthy instance (`dns_config.failover`); empty (the default)
     /// keeps Consul's NXDOMAIN.
-    pub failover: lan::catalog::Failover,
+    pub failover: catalog::Failover,
     /// Largest UDP answer, whatever the client's EDNS buffer says
     /// (`limits.dns_udp_max_response_bytes`, 512 to 65467); longer ones are cut with
     /// TC set, and the client asks again over TCP. Bounds amplification.
@@ -153,7 +153,7 @@ impl Default for DnsConfig {
             recursor_strategy: RecursorStrategy::Sequential,
             recursor_timeout: Duration::from_secs(2),
             soa: Soa::default(),
-            failover: lan::catalog::Failover::default(),
+            failover: catalog::Failover::default(),
             cache: None,
             udp_max_response: DEFAULT_UDP_MAX_RESPONSE,
             rate_per_source: 0,
@@ -326,8 +326,8 @@ impl Server {
     }
 
     async fn get(&self, need: &Need, deadline: tokio::time::Instant) -> Found {
-        let options = lan::ReadOptions {
-            consistency: lan::Consistency::Stale,
+        let options = catalog::ReadOptions {
+            consistency: catalog::Consistency::Stale,
             min_index: 0,
             deadline,
             max_stale: None,

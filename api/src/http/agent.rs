@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use lan::catalog::Health;
+use catalog::Health;
 use lan::{LocalError, Source};
 use serde_json::{Value, json as json_value};
 
@@ -93,8 +93,8 @@ pub(crate) async fn self_info(State(ctx): State<Context>, RawQuery(q): RawQuery)
             })),
             "serf_lan": {
                 "members": members.len().to_string(),
-                "failed": members.iter().filter(|m| m.status == lan::MemberStatus::Failed).count().to_string(),
-                "left": members.iter().filter(|m| m.status == lan::MemberStatus::Left).count().to_string(),
+                "failed": members.iter().filter(|m| m.status == gossip::MemberStatus::Failed).count().to_string(),
+                "left": members.iter().filter(|m| m.status == gossip::MemberStatus::Left).count().to_string(),
                 "encrypted": ctx.lan.encrypted().to_string(),
             },
             "runtime": {
@@ -207,7 +207,7 @@ pub(crate) async fn register_service(
 /// The service and checks of a `/v1/agent/service/register` body.
 pub(crate) fn service_registration(
     body: &[u8],
-) -> Result<(lan::catalog::Service, Vec<lan::CheckDefinition>), ApiError> {
+) -> Result<(catalog::Service, Vec<lan::CheckDefinition>), ApiError> {
     let value = parse_body(body)?;
     definition::service(&value, Style::Api, "").map_err(definition_error)
 }

@@ -3,10 +3,8 @@
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
-use lan::catalog::{
-    Answer, Check, Command, Deregistration, Health, Node, Query, Registration, Service,
-};
-use lan::transport::Coordinates;
+use catalog::{Answer, Check, Command, Deregistration, Health, Node, Query, Registration, Service};
+use gossip::transport::Coordinates;
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -380,7 +378,7 @@ pub(crate) fn registration(
         }
     }
     let node_meta = string_map_field(obj, "nodemeta", "NodeMeta")?;
-    lan::catalog::validate_meta(&node_meta)
+    catalog::validate_meta(&node_meta)
         .map_err(|e| ApiError::BadRequest(format!("Invalid node metadata: {e}")))?;
     let node = Node {
         id: string_field(obj, "id", "ID")?,
@@ -444,7 +442,7 @@ pub(crate) fn deregistration(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lan::gossip::coordinate::Coordinate;
+    use gossip::swim::coordinate::Coordinate;
 
     /// Nodes on one axis, `x` seconds from the origin.
     fn at(x: f64) -> Coordinate {

@@ -7,7 +7,7 @@
 
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
-use lan::gossip::coordinate::Coordinate;
+use gossip::swim::coordinate::Coordinate;
 use serde::Serialize;
 use std::collections::BTreeMap;
 

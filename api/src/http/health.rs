@@ -2,7 +2,7 @@
 
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
-use lan::catalog::{Answer, Health, Query};
+use catalog::{Answer, Health, Query};
 
 use super::catalog::{read_and_render, read_near_and_render, unexpected};
 use super::{ApiError, Params, json};

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use lan::Member;
-use lan::catalog::{Check, Node, Service, ServiceAddress, ServiceHealth, ServiceNode, Weights};
+use catalog::{Check, Node, Service, ServiceAddress, ServiceHealth, ServiceNode, Weights};
+use gossip::Member;
 use serde::Serialize;
 
 /// `Node` in catalog responses.

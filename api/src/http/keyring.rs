@@ -17,8 +17,8 @@ use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use gateway::PoolKeyring;
-use lan::KeyOperation;
-use lan::keyring::Key;
+use gossip::KeyOperation;
+use gossip::keyring::Key;
 use serde::Serialize;
 use tokio::time::Instant;
 

@@ -1,7 +1,7 @@
 //! Consul's HTTP API on the HTTP port (8500).
 //!
-//! Each handler parses its request into a catalog [`Query`](lan::catalog::Query) or
-//! [`Command`](lan::catalog::Command) for a datacenter, hands it to the gateway, and
+//! Each handler parses its request into a catalog [`Query`](catalog::Query) or
+//! [`Command`](catalog::Command) for a datacenter, hands it to the gateway, and
 //! renders the answer in Consul's JSON shapes (`json`) with Consul's headers. Errors
 //! become Consul's status codes and texts (`ApiError`).
 
@@ -20,13 +20,13 @@ mod status;
 
 use std::time::Duration;
 
+use ::catalog::{Consistency, ReadError, ReadMeta, ReadOptions, WriteError};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use gateway::RouteError;
-use lan::{Consistency, ReadError, ReadMeta, ReadOptions, WriteError};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -283,7 +283,7 @@ pub(crate) fn read_request(params: &Params) -> Result<ReadRequest, ApiError> {
     let max_stale = match params.get("max_stale") {
         None | Some("") => None,
         Some(m) => Some(
-            lan::duration::parse(m)
+            ::catalog::duration::parse(m)
                 .map_err(|_| ApiError::BadRequest("Invalid max_stale value".into()))?,
         ),
     };
@@ -309,9 +309,8 @@ pub(crate) fn read_request(params: &Params) -> Result<ReadRequest, ApiError> {
     };
     let wait = match params.get("wait") {
         None | Some("") => DEFAULT_WAIT,
-        Some(w) => {
-            lan::duration::parse(w).map_err(|_| ApiError::BadRequest("Invalid wait time".into()))?
-        }
+        Some(w) => ::catalog::duration::parse(w)
+            .map_err(|_| ApiError::BadRequest("Invalid wait time".into()))?,
     }
     .min(MAX_WAIT);
     let deadline = if min_index > 0 {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use lan::catalog::{Command, Failover, PreparedQuery, ServiceQuery};
+use catalog::{Command, Failover, PreparedQuery, ServiceQuery};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -84,7 +84,7 @@ pub(crate) fn definition(body: &[u8]) -> Result<PreparedQuery, ApiError> {
         .as_object()
         .ok_or_else(|| bad("Request decode failed: body must be an object"))?;
     let name = string_field(obj, "name", "Name")?;
-    if lan::uuid::is_uuid(&name) {
+    if catalog::uuid::is_uuid(&name) {
         return Err(bad("Query name cannot be a UUID"));
     }
     if !string_field(obj, "session", "Session")?.is_empty() {
@@ -159,7 +159,7 @@ pub(crate) fn definition(body: &[u8]) -> Result<PreparedQuery, ApiError> {
         None => String::new(),
         Some(dns) => string_field(dns, "ttl", "DNS.TTL")?,
     };
-    if !dns_ttl.is_empty() && lan::duration::parse(&dns_ttl).is_err() {
+    if !dns_ttl.is_empty() && catalog::duration::parse(&dns_ttl).is_err() {
         return Err(bad(format!("Bad DNS TTL '{dns_ttl}'")));
     }
     Ok(PreparedQuery {
@@ -258,7 +258,7 @@ pub(crate) async fn create(
 ) -> Result<Response, ApiError> {
     let params = Params::parse(q.as_deref());
     let mut query = definition(&body)?;
-    query.id = lan::uuid::new_uuid();
+    query.id = catalog::uuid::new_uuid();
     let id = query.id.clone();
     let command = Command::SetQuery {
         query: Box::new(query),
@@ -291,12 +291,12 @@ async fn read_queries(
 ) -> Result<Response, ApiError> {
     let request = read_request(params)?;
     let missing_is_404 = key.is_some();
-    let query = lan::catalog::Query::PreparedQueries { key };
+    let query = catalog::Query::PreparedQueries { key };
     let result = ctx
         .gateway
         .read(params.dc(), &query, request.options)
         .await?;
-    let lan::catalog::Answer::PreparedQueries(list) = &result.answer else {
+    let catalog::Answer::PreparedQueries(list) = &result.answer else {
         return Ok(super::catalog::unexpected());
     };
     if missing_is_404 && list.is_empty() {

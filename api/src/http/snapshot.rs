@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use lan::catalog::{Answer, Command, Query, Snapshot};
+use catalog::{Answer, Command, Query, Snapshot};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 

@@ -9,7 +9,7 @@ use super::{ApiError, Params, REQUEST_TIMEOUT, json};
 use crate::Context;
 
 /// The Raft status of the datacenter the request names.
-async fn raft_status(ctx: &Context, params: &Params) -> Result<lan::RaftStatus, ApiError> {
+async fn raft_status(ctx: &Context, params: &Params) -> Result<catalog::RaftStatus, ApiError> {
     Ok(ctx
         .gateway
         .raft_status(params.dc(), Instant::now() + REQUEST_TIMEOUT)

@@ -27,9 +27,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lan::gossip;
-use lan::keyring::{Key, Keyring};
-use lan::{Encryption, MemberStatus, Pool, PoolConfig};
+use gossip::keyring::{Key, Keyring};
+use gossip::swim;
+use gossip::{Encryption, MemberStatus, Pool, PoolConfig};
 use rand::seq::IndexedRandom;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -97,7 +97,7 @@ struct Node {
 struct Cluster {
     nodes: Vec<Node>,
     tasks: TaskTracker,
-    config: gossip::Config,
+    config: swim::Config,
     key: Option<Key>,
     /// Members stopped on purpose (their failure is expected).
     killed: Arc<Mutex<BTreeSet<String>>>,
@@ -279,9 +279,9 @@ fn loadavg() -> String {
 
 async fn run_once(args: &Args, n: usize, rep: usize) -> Value {
     let config = match args.profile.as_str() {
-        "local" => gossip::Config::local(),
-        "wan" => gossip::Config::wan(),
-        _ => gossip::Config::lan(),
+        "local" => swim::Config::local(),
+        "wan" => swim::Config::wan(),
+        _ => swim::Config::lan(),
     };
     let mut cl = Cluster {
         nodes: Vec::new(),

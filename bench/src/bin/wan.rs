@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lan::MemberStatus;
+use gossip::MemberStatus;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -59,7 +59,7 @@ fn start(
     dir: &Path,
     ca: &Pem,
     dc: &str,
-    gossip: lan::gossip::Config,
+    gossip: gossip::swim::Config,
     tasks: &TaskTracker,
     shutdown: CancellationToken,
 ) -> Federation {
@@ -102,7 +102,7 @@ async fn rtt(count: usize) {
     let ca = tls::create_ca("consul", 30).expect("ca");
     let tasks = TaskTracker::new();
     let shutdown = CancellationToken::new();
-    let gossip = lan::gossip::Config::wan();
+    let gossip = gossip::swim::Config::wan();
     let a = start(
         dir.path(),
         &ca,
@@ -196,8 +196,8 @@ fn alive_everywhere(members: &[&Federation], n: usize) -> bool {
 
 async fn pool(sizes: &[usize], profile: &str) {
     let gossip = match profile {
-        "local" => lan::gossip::Config::local(),
-        _ => lan::gossip::Config::wan(),
+        "local" => gossip::swim::Config::local(),
+        _ => gossip::swim::Config::wan(),
     };
     for &n in sizes {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -18,11 +18,11 @@ use openraft::raft::{
 use openraft::storage::RaftLogReader;
 use openraft::{Config, Raft};
 
-use crate::catalog::Catalog;
 use crate::raft::store::{self, MemLog, StateMachine};
-use crate::raft::{NodeId, ServerNode, TypeConfig, guard};
+use crate::raft::{NodeId, TypeConfig, guard};
 use crate::rpc::frame::{FrameReader, Seal};
 use crate::rpc::{Request, decode_request};
+use catalog::{Catalog, ServerNode};
 
 /// The Raft ID of the fuzzed server; Raft messages for another are refused.
 pub const SERVER_ID: u64 = 1;

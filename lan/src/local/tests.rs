@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::*;
-use crate::catalog::State;
+use catalog::State;
 
 const NODE: &str = "agent-1";
 

@@ -16,8 +16,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{TypeConfig, WriteError};
-use crate::catalog::Command;
+use super::TypeConfig;
+use catalog::{Command, WriteError};
 
 /// Most commands in one Raft entry.
 pub(crate) const MAX_BATCH: usize = 256;

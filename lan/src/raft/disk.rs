@@ -91,6 +91,18 @@ struct Shared {
     pending: Arc<Mutex<Pending>>,
     seq: std::sync::atomic::AtomicU64,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set once everything above is dropped, the database included (fields drop in
+    /// order, after [`Shared`]'s own `drop` has let the writer finish).
+    closed: Closed,
+}
+
+/// Sets its flag when dropped.
+struct Closed(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 impl Drop for Shared {
@@ -121,12 +133,14 @@ impl WeakDiskLog {
 }
 
 /// Tells when every handle of a [`DiskLog`] is gone, and with them the open database.
-pub(crate) struct Closing(std::sync::Weak<Shared>);
+/// (Not the handles' count: that is zero while the last one is still being dropped, with
+/// the database still open.)
+pub(crate) struct Closing(Arc<std::sync::atomic::AtomicBool>);
 
 impl Closing {
     /// Whether the database is closed.
     pub(crate) fn is_closed(&self) -> bool {
-        self.0.strong_count() == 0
+        self.0.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -222,6 +236,7 @@ impl DiskLog {
             pending,
             seq: std::sync::atomic::AtomicU64::new(0),
             writer: Mutex::new(Some(writer)),
+            closed: Closed(Arc::default()),
         });
         Ok(DiskLog { shared })
     }
@@ -233,7 +248,7 @@ impl DiskLog {
 
     /// What tells when this log is closed.
     pub(crate) fn closing(&self) -> Closing {
-        Closing(Arc::downgrade(&self.shared))
+        Closing(self.shared.closed.0.clone())
     }
 
     /// This server's Raft ID, kept with its log. A log that holds nothing (a new server,
@@ -632,8 +647,8 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Catalog;
     use crate::raft::store::StateMachine;
+    use catalog::Catalog;
     use openraft::testing::{StoreBuilder, Suite};
 
     struct OnDisk;

@@ -403,7 +403,7 @@ mod tests {
     #[test]
     fn the_last_snapshot_chunk_is_refused_when_the_whole_cannot_be_read() {
         let chunk = |id: &str, offset: u64, data: &[u8], done: bool| {
-            let meta = openraft::SnapshotMeta::<NodeId, super::super::ServerNode> {
+            let meta = openraft::SnapshotMeta::<NodeId, catalog::ServerNode> {
                 snapshot_id: id.into(),
                 ..Default::default()
             };

@@ -31,10 +31,12 @@ use std::time::Duration;
 
 use openraft::error::RaftError;
 use openraft::{Raft, ServerState};
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::catalog::{ApplyError, Catalog, Command};
+use catalog::{
+    ApplyError, Catalog, Command, Consistency, RaftServer, RaftStatus, ReadError, ReadMeta,
+    ServerNode, WriteError,
+};
 
 /// How long a request waits for a leader to appear before failing with "No cluster
 /// leader" (Consul's `rpc_hold_timeout`). Bounded by the request's own deadline.
@@ -53,33 +55,13 @@ pub(crate) fn raft_id(node_id: &str) -> NodeId {
     })
 }
 
-/// What Raft's membership records about a server: enough to reach and name it.
-///
-/// The address is where the server was when it was added; the network resolves the
-/// current one through gossip by name first, so a server that comes back on another
-/// address (or port) is still reached.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServerNode {
-    /// The server's node name.
-    pub name: String,
-    /// `ip:port` of its server RPC port.
-    pub rpc_addr: String,
-    /// The server's node UUID (Consul's Raft server ID).
-    #[serde(default)]
-    pub node_id: String,
-}
-
-/// One server of the Raft configuration (`/v1/operator/raft/configuration`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RaftServer {
-    /// Raft's numeric ID.
-    pub raft_id: u64,
-    /// The server as recorded.
-    pub node: ServerNode,
-    /// Whether it votes (else it is a learner catching up).
-    pub voter: bool,
-    /// Whether it is the leader.
-    pub leader: bool,
+/// A server's Raft ID as gossip tells it: its `raft_id` tag, or for a server too old to
+/// send one, the ID derived from its node ID.
+pub(crate) fn member_raft_id(member: &gossip::Member) -> Option<NodeId> {
+    match member.tags.get(crate::RAFT_ID_TAG) {
+        Some(id) => id.parse().ok(),
+        None => member.tags.get("id").map(|id| raft_id(id)),
+    }
 }
 
 openraft::declare_raft_types!(
@@ -128,133 +110,6 @@ impl Default for RaftTiming {
             snapshot_threshold: SNAPSHOT_THRESHOLD,
         }
     }
-}
-
-/// How fresh a read must be. See the module documentation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-pub enum Consistency {
-    /// Read on the leader.
-    #[default]
-    Default,
-    /// Read on any server, possibly behind the leader.
-    Stale,
-    /// Linearizable read.
-    Consistent,
-}
-
-/// Why a catalog write failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
-pub enum WriteError {
-    /// No leader is known; retry later or report to the user (Consul's text).
-    #[error("No cluster leader")]
-    NoLeader,
-    /// The deadline passed before the write was committed; it may still be applied.
-    #[error("timed out waiting for the catalog write to commit")]
-    Timeout,
-    /// This server lost its leadership after the write was handed to Raft; it may still
-    /// be applied by the next leader (Consul's text).
-    #[error("leadership lost while committing log")]
-    LeadershipLost,
-    /// The catalog refused the command; the same command will always be refused.
-    #[error(transparent)]
-    Rejected(#[from] ApplyError),
-    /// Raft is stopping; the agent is shutting down.
-    #[error("the agent is shutting down")]
-    ShuttingDown,
-    /// A client agent knows no server of its datacenter: it has not joined one (Consul's
-    /// text).
-    #[error("No known Consul servers")]
-    NoServers,
-    /// No server could be reached; the write may or may not have been applied.
-    #[error("rpc error making call: {0}")]
-    Rpc(String),
-    /// The change is larger than a log entry may be; it was not applied.
-    #[error("the change of {0} bytes is too large for the catalog log")]
-    TooLarge(usize),
-    /// The write names a datacenter no server of the federation is in (Consul's text).
-    #[error("No path to datacenter")]
-    NoPath,
-    /// The datacenter is known but none of its servers answered (Consul's text); the
-    /// write may or may not have been applied.
-    #[error("Remote DC has no server currently reachable")]
-    NoServer,
-}
-
-impl WriteError {
-    /// Whether sending the same write again (elsewhere or later) can succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            WriteError::NoLeader
-                | WriteError::Timeout
-                | WriteError::LeadershipLost
-                | WriteError::NoServers
-                | WriteError::Rpc(_)
-                | WriteError::NoServer
-        )
-    }
-}
-
-/// Why a catalog read could not be served in the consistency mode asked for.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
-pub enum ReadError {
-    /// The read needs a leader and none is known; `?stale` reads still work (Consul's text).
-    #[error("No cluster leader")]
-    NoLeader,
-    /// A consistent read could not confirm leadership in time (Consul's text).
-    #[error("Not ready to serve consistent reads")]
-    NotReady,
-    /// The deadline passed.
-    #[error("timed out waiting for a consistent read")]
-    Timeout,
-    /// Raft is stopping; the agent is shutting down.
-    #[error("the agent is shutting down")]
-    ShuttingDown,
-    /// A client agent knows no server of its datacenter (Consul's text).
-    #[error("No known Consul servers")]
-    NoServers,
-    /// No server could be reached.
-    #[error("rpc error making call: {0}")]
-    Rpc(String),
-    /// The read names a datacenter no server of the federation is in (Consul's text).
-    #[error("No path to datacenter")]
-    NoPath,
-    /// The datacenter is known but none of its servers answered (Consul's text).
-    #[error("Remote DC has no server currently reachable")]
-    NoServer,
-}
-
-/// What a read reports about the Raft state behind its answer (Consul's headers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReadMeta {
-    /// Whether the answering server knows a leader (`X-Consul-KnownLeader`).
-    pub known_leader: bool,
-    /// Time since the answering server last heard from the leader; zero on the leader
-    /// (`X-Consul-LastContact`).
-    pub last_contact: Duration,
-}
-
-/// A snapshot of this server's view of Raft.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RaftStatus {
-    /// Server RPC address of the leader, if one is known.
-    pub leader: Option<String>,
-    /// Server RPC addresses of the voters.
-    pub peers: Vec<String>,
-    /// This server's role: `Leader`, `Follower`, `Candidate` or `Learner`.
-    pub state: String,
-    /// Current term.
-    pub term: u64,
-    /// Index of the last entry in the log.
-    pub last_log_index: u64,
-    /// Index of the last applied entry.
-    pub applied_index: u64,
-    /// Every server of the configuration.
-    #[serde(default)]
-    pub servers: Vec<RaftServer>,
-    /// Index of the log entry that holds the configuration.
-    #[serde(default)]
-    pub configuration_index: u64,
 }
 
 /// This server's Raft and the catalog it drives. Cheap to clone.

@@ -23,9 +23,11 @@ use openraft::raft::{
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{NodeId, ServerNode, TypeConfig};
-use crate::member::Member;
+use catalog::ServerNode;
+
+use super::{NodeId, TypeConfig};
 use crate::rpc::{self, Request, Response, RpcError};
+use gossip::Member;
 
 /// When each follower last acknowledged this server as leader (answered an
 /// AppendEntries in its term), for the leader's lease.
@@ -64,7 +66,7 @@ pub(crate) fn resolve(members: &[Member], id: NodeId, node: &ServerNode) -> Opti
         .iter()
         .find(|m| m.name == node.name && m.is_server())
     {
-        Some(m) if m.raft_id() != Some(id) => None,
+        Some(m) if crate::raft::member_raft_id(m) != Some(id) => None,
         Some(m) => m.rpc_addr(),
         None => node.rpc_addr.parse().ok(),
     }

@@ -35,8 +35,8 @@ use serde::Deserialize;
 
 use super::disk::{self, DiskLog};
 use super::store::{self, MemLog, StateMachine};
-use super::{NodeId, RaftStartError, ServerNode, Storage};
-use crate::catalog::Catalog;
+use super::{NodeId, RaftStartError, Storage};
+use catalog::{Catalog, ServerNode};
 
 /// The log a server runs with.
 pub(crate) enum Log {

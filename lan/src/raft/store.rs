@@ -21,8 +21,8 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{NodeId, ServerNode, TypeConfig};
-use crate::catalog::{ApplyError, CatalogWriter};
+use super::{NodeId, TypeConfig};
+use catalog::{ApplyError, CatalogWriter, ServerNode};
 
 #[derive(Debug, Default)]
 struct LogInner {
@@ -139,7 +139,7 @@ impl RaftLogStorage<TypeConfig> for MemLog {
 /// metadata, see [`StoredFile`].)
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotFile {
-    catalog: crate::catalog::Snapshot,
+    catalog: catalog::Snapshot,
 }
 
 /// Whether `data` is a snapshot this state machine can install (checked before openraft
@@ -448,7 +448,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Catalog;
+    use catalog::Catalog;
     use openraft::testing::{StoreBuilder, Suite};
 
     struct InMemory;

@@ -26,7 +26,7 @@ use std::time::Duration;
 use ring::aead::{Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::quota::{Budget, Grant};
+use gossip::quota::{Budget, Grant};
 
 /// Bytes of frames from unproven peers held at once, with a share per IP address.
 pub(crate) type FrameBudget = Budget<IpAddr>;

@@ -33,10 +33,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::SentReadOptions;
-use crate::catalog::{Command, Query};
-use crate::raft::{NodeId, RaftStatus, ReadError, TypeConfig, WriteError};
-use crate::{KeyOperation, KeyringReport, QueryResult, RaftPeer};
+use crate::raft::{NodeId, TypeConfig};
+use catalog::{Command, Query, RaftStatus, ReadError, SentReadOptions, WriteError};
+use gossip::{KeyOperation, KeyringReport};
+
+use catalog::QueryResult;
+
+use crate::RaftPeer;
 
 pub(crate) mod frame;
 pub(crate) mod secure;
@@ -219,6 +222,7 @@ struct Envelope<T> {
 }
 
 /// The request a frame of the server port holds, as the server decodes it.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn decode_request(payload: &[u8]) -> Result<Request, serde_json::Error> {
     serde_json::from_slice::<Envelope<Request>>(payload).map(|e| e.body)
 }
@@ -246,22 +250,6 @@ pub(crate) enum RpcError {
     /// The request is larger than any server accepts; split it.
     #[error("request of {0} bytes is over the frame limit")]
     TooLarge(usize),
-}
-
-/// Milliseconds left until `deadline` (0 once it passed), as requests carry it.
-pub fn remaining_ms(deadline: Instant) -> u64 {
-    u64::try_from(
-        deadline
-            .saturating_duration_since(Instant::now())
-            .as_millis(),
-    )
-    .unwrap_or(u64::MAX)
-}
-
-/// The deadline a request's `timeout_ms` gives, counted from its arrival (at most a
-/// day away, whatever the peer sent).
-pub fn deadline_in(timeout_ms: u64) -> Instant {
-    Instant::now() + Duration::from_millis(timeout_ms.min(24 * 3600 * 1000))
 }
 
 /// Writes queued frames until the queue closes or a write fails.
@@ -551,7 +539,7 @@ pub(crate) async fn serve<H: Handler>(
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let log = Arc::new(std::sync::Mutex::new(crate::peer_log::PeerLog::default()));
+    let log = Arc::new(std::sync::Mutex::new(gossip::PeerLog::default()));
     let seats = crate::fair::Seats::new(port.max_connections);
     let budget = FrameBudget::new(
         frame::UNPROVEN_FRAME_BYTES,
@@ -609,7 +597,7 @@ pub(crate) async fn serve<H: Handler>(
 
 /// Logs a refused connection or request, once per peer per interval.
 fn refused(
-    log: &std::sync::Mutex<crate::peer_log::PeerLog>,
+    log: &std::sync::Mutex<gossip::PeerLog>,
     peer: SocketAddr,
     what: &str,
     error: &dyn std::fmt::Display,
@@ -709,8 +697,8 @@ async fn serve_connection<H: Handler>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keyring::{Key, Keyring};
-    use crate::transport::Encryption;
+    use gossip::keyring::{Key, Keyring};
+    use gossip::transport::Encryption;
 
     /// Answers every request with `["dc1", "proven" | "unproven"]`, saying what the
     /// caller proved.

@@ -44,8 +44,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::frame::{FrameBudget, FrameReader, FrameWriter, Reader, Seal, Writer};
-use crate::keyring::{Key, Keyring};
-use crate::transport::Encryption;
+use gossip::keyring::{Key, Keyring};
+use gossip::transport::Encryption;
 
 /// Budget of a handshake (TLS or keyring) on the server port, and of a plaintext
 /// caller's first byte.

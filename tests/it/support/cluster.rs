@@ -118,8 +118,8 @@ impl Member {
             ..Sources::default()
         };
         let mut config = AgentConfig::load(sources)?;
-        config.gossip_lan = lan::gossip::Config::local();
-        config.gossip_wan = lan::gossip::Config::local();
+        config.gossip_lan = gossip::swim::Config::local();
+        config.gossip_wan = gossip::swim::Config::local();
         config.start_join = spec.join.clone();
         config.start_join_wan = spec.join_wan.clone();
         if let Some(interval) = spec.ae_interval {

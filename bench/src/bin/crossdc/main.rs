@@ -423,10 +423,10 @@ async fn start_server(root: &Path, ca: &Pem, spec: ServerSpec<'_>) -> Result<Age
     };
     let mut config =
         AgentConfig::load(sources).map_err(|e| format!("config of {}: {e:#}", spec.name))?;
-    config.gossip_lan = lan::gossip::Config::local();
+    config.gossip_lan = gossip::swim::Config::local();
     // WAN timers, not the tests' short local ones: their 100 ms probe timeout is too close
     // to the injected round trip once the load phase queues datagrams at the proxy.
-    config.gossip_wan = lan::gossip::Config::wan();
+    config.gossip_wan = gossip::swim::Config::wan();
     config.start_join_wan = spec.join_wan;
     if let Some((bind, advertise)) = spec.wan {
         config.ports.serf_wan = bind;

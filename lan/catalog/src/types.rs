@@ -311,6 +311,64 @@ pub struct NodeServices {
     pub services: Vec<Service>,
 }
 
+/// A stored prepared query (Consul's `PreparedQuery`, without sessions, tokens or
+/// templates).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedQuery {
+    /// The ID (a UUID), chosen when it is created.
+    pub id: String,
+    /// An optional name it can also be executed by; unique, case-insensitive.
+    pub name: String,
+    /// What it selects.
+    pub service: ServiceQuery,
+    /// The TTL of its DNS answers, as given (`"10s"`); empty means the agent's
+    /// `service_ttl`.
+    pub dns_ttl: String,
+    /// Index of the creation.
+    pub create_index: u64,
+    /// Index of the last change.
+    pub modify_index: u64,
+}
+
+/// The service selection of a prepared query.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ServiceQuery {
+    /// Service name.
+    pub service: String,
+    /// Where to look when the queried datacenter has no healthy instance.
+    pub failover: Failover,
+    /// Keep only instances whose checks all pass (else passing and warning).
+    pub only_passing: bool,
+    /// Checks that do not count for health.
+    pub ignore_check_ids: Vec<String>,
+    /// Sort by estimated round-trip time from this node (`_agent`: the agent that
+    /// runs the query); empty shuffles.
+    pub near: String,
+    /// Tags every instance must have; a `!tag` must be absent.
+    pub tags: Vec<String>,
+    /// Node metadata every instance's node must have.
+    pub node_meta: BTreeMap<String, String>,
+    /// Service metadata every instance must have.
+    pub service_meta: BTreeMap<String, String>,
+}
+
+/// A failover policy: other datacenters asked, in order, until one has a healthy
+/// instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Failover {
+    /// The nearest this many other datacenters (by estimated round-trip time), first.
+    pub nearest_n: usize,
+    /// Then these, in this order (each datacenter is asked once).
+    pub datacenters: Vec<String>,
+}
+
+impl Failover {
+    /// Whether it asks any other datacenter.
+    pub fn is_empty(&self) -> bool {
+        self.nearest_n == 0 && self.datacenters.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

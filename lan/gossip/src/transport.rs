@@ -40,14 +40,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::gossip::coordinate::Coordinate;
-use crate::gossip::message::{Message, decode_frame, encode_frame};
-use crate::gossip::{self, Engine, Event, MemberState, Output, State};
 use crate::keyring::{Key, Keyring, KeyringError, OpenError, SEALED_VERSION};
 use crate::member::{Member, MemberStatus};
 use crate::peer_log::PeerLog;
 use crate::quota::{Budget, Grant, PerAddr, PerIp, Share};
 use crate::stream::{self, Expect, Frame, FrameError, Kind, Opener};
+use crate::swim::coordinate::Coordinate;
+use crate::swim::message::{Message, decode_frame, encode_frame};
+use crate::swim::{self, Engine, Event, MemberState, Output, State};
 
 /// Commands waiting for the engine task; senders wait when it is full.
 const COMMAND_QUEUE: usize = 256;
@@ -132,7 +132,7 @@ pub struct PoolConfig {
     /// This member's tags.
     pub tags: BTreeMap<String, String>,
     /// Protocol timers.
-    pub gossip: gossip::Config,
+    pub gossip: swim::Config,
     /// Gossip encryption; `None` for plaintext gossip.
     pub encryption: Option<Encryption>,
 }
@@ -411,7 +411,7 @@ async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
     }
 }
 
-fn to_member(m: &gossip::Member) -> Member {
+fn to_member(m: &swim::Member) -> Member {
     Member {
         name: m.name.clone(),
         addr: m.addr.ip(),
@@ -869,7 +869,7 @@ pub(crate) enum PacketError {
     Refused(#[from] Refusal),
     /// It opened, but is not a gossip packet.
     #[error(transparent)]
-    Undecodable(#[from] gossip::DecodeError),
+    Undecodable(#[from] swim::DecodeError),
 }
 
 impl PacketError {
@@ -1294,7 +1294,7 @@ impl Inbound {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gossip::MemberState;
+    use crate::swim::MemberState;
     use tokio::io::AsyncReadExt;
 
     fn config(name: &str, encryption: Option<Encryption>) -> PoolConfig {
@@ -1304,7 +1304,7 @@ mod tests {
             advertise: "127.0.0.1".parse().unwrap(),
             advertise_port: None,
             tags: BTreeMap::from([("role".to_string(), "node".to_string())]),
-            gossip: gossip::Config::local(),
+            gossip: swim::Config::local(),
             encryption,
         }
     }

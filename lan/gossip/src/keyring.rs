@@ -74,7 +74,7 @@ impl Key {
     }
 
     /// The raw key material, for deriving other keys from it (never log it).
-    pub(crate) fn bytes(&self) -> &[u8] {
+    pub fn bytes(&self) -> &[u8] {
         &self.0
     }
 

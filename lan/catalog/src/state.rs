@@ -11,8 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::prepared::PreparedQuery;
-use super::types::{Check, Node, Service};
+use super::types::{Check, Node, PreparedQuery, Service};
 
 /// A change to the catalog, as it is written to the Raft log.
 // Commands are built once and moved into the log; boxing the large variant would only
@@ -619,7 +618,7 @@ fn service_id(service: &Service) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::types::Health;
+    use crate::types::Health;
 
     fn node(name: &str) -> Node {
         Node {

@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use super::*;
-use crate::gossip::Config;
+use crate::swim::Config;
 
 const STEP: Duration = Duration::from_millis(10);
 const LATENCY: Duration = Duration::from_millis(2);
@@ -482,7 +482,7 @@ fn a_probe_of_a_suspect_carries_the_suspicion_and_the_suspect_answers_its_accuse
         node: "n1".into(),
         from: "n2".into(),
     };
-    let packet = crate::gossip::message::encode_packet(&[suspect]);
+    let packet = crate::swim::message::encode_packet(&[suspect]);
     sim.nodes[0]
         .handle_packet(now, sim.addrs[2], &packet)
         .unwrap();
@@ -498,7 +498,7 @@ fn a_probe_of_a_suspect_carries_the_suspicion_and_the_suspect_answers_its_accuse
             if let Output::Packet { to, bytes } = out
                 && to == sim.addrs[1]
             {
-                let messages = crate::gossip::message::decode_packet(&bytes).unwrap();
+                let messages = crate::swim::message::decode_packet(&bytes).unwrap();
                 let ping = messages.iter().any(|m| matches!(m, Message::Ping { .. }));
                 let buddy = messages
                     .iter()
@@ -513,7 +513,7 @@ fn a_probe_of_a_suspect_carries_the_suspicion_and_the_suspect_answers_its_accuse
     assert!(carried, "no probe of the suspect carried the suspicion");
 
     // The accused answers its accuser directly with a newer incarnation.
-    let accusation = crate::gossip::message::encode_packet(&[Message::Suspect {
+    let accusation = crate::swim::message::encode_packet(&[Message::Suspect {
         incarnation: inc,
         node: "n1".into(),
         from: "n0".into(),
@@ -525,7 +525,7 @@ fn a_probe_of_a_suspect_carries_the_suspicion_and_the_suspect_answers_its_accuse
     let answered = sim.nodes[1].take_outputs().into_iter().any(|out| match out {
         Output::Packet { to, bytes } => {
             to == sim.addrs[0]
-                && crate::gossip::message::decode_packet(&bytes).unwrap().iter().any(|m| {
+                && crate::swim::message::decode_packet(&bytes).unwrap().iter().any(|m| {
                     matches!(m, Message::Alive { node, incarnation, .. } if node == "n1" && *incarnation > inc)
                 })
         }

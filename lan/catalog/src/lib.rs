@@ -1,5 +1,10 @@
-//! The service catalog of one datacenter: types, the state machine Raft applies, read
-//! queries, and the shared handle readers use.
+//! # proconsul-catalog: the service catalog of one datacenter
+//!
+//! Its types, the state machine Raft applies, read queries and prepared queries, the
+//! shared handle readers use, and the read/write contract every layer shares
+//! ([`Consistency`], [`ReadOptions`], [`ReadMeta`], [`ReadError`], [`WriteError`],
+//! deadlines as requests carry them). Consul's durations ([`duration`]) and UUIDs
+//! ([`uuid`]) are here too, as the catalog's values use them.
 //!
 //! ```text
 //!   Raft log ──apply(index, Command)──▶ State ──query(&Query)──▶ (Answer, index)
@@ -7,26 +12,37 @@
 //!                       watch<u64> ◀─────┘ newest index, for blocking queries
 //! ```
 //!
-//! This module imports nothing else from `lan` (no Raft, no gossip), so it could become
-//! a crate of its own if a consumer ever needs the types without the machinery.
+//! Invariants: nothing here does I/O or knows Raft, gossip or HTTP; replication is
+//! crate `proconsul-lan`'s. Applying a command is deterministic: every server that
+//! applies the same log holds the same catalog.
 
+#![warn(missing_docs)]
+
+mod contract;
+pub mod duration;
 mod prepared;
 mod query;
 mod state;
+mod status;
 mod types;
+pub mod uuid;
 
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-pub use prepared::{Failover, PreparedQuery, ServiceQuery};
+pub use contract::{
+    Consistency, QueryResult, ReadError, ReadMeta, ReadOptions, SentReadOptions, WriteError,
+    deadline_in, remaining_ms,
+};
 pub use query::{Answer, Query};
 pub use state::{ApplyError, Command, Deregistration, Indexes, Registration, Snapshot, State};
+pub use status::{RaftServer, RaftStatus, ServerNode};
 pub use types::{
-    Check, Datacenter, DatacenterError, Health, META_KEY_MAX, META_MAX_PAIRS, META_RESERVED_PREFIX,
-    META_VALUE_MAX, Node, NodeServices, SERF_HEALTH_CHECK, Service, ServiceAddress, ServiceHealth,
-    ServiceNode, Weights, validate_meta,
+    Check, Datacenter, DatacenterError, Failover, Health, META_KEY_MAX, META_MAX_PAIRS,
+    META_RESERVED_PREFIX, META_VALUE_MAX, Node, NodeServices, PreparedQuery, SERF_HEALTH_CHECK,
+    Service, ServiceAddress, ServiceHealth, ServiceNode, ServiceQuery, Weights, validate_meta,
 };
 
 /// Shared, read-mostly access to the catalog. Cheap to clone.
@@ -39,16 +55,16 @@ pub struct Catalog {
     index: watch::Receiver<u64>,
 }
 
-/// The writing side of a [`Catalog`], held by the Raft state machine.
+/// The writing side of a [`Catalog`], held by the Raft state machine (its only writer).
 #[derive(Debug)]
-pub(crate) struct CatalogWriter {
+pub struct CatalogWriter {
     state: Arc<RwLock<State>>,
     index: watch::Sender<u64>,
 }
 
 impl Catalog {
     /// An empty catalog and the writer that fills it.
-    pub(crate) fn new() -> (Catalog, CatalogWriter) {
+    pub fn new() -> (Catalog, CatalogWriter) {
         let state = Arc::new(RwLock::new(State::new()));
         let (tx, rx) = watch::channel(0);
         (
@@ -108,11 +124,7 @@ impl Catalog {
 impl CatalogWriter {
     /// Applies several commands at one Raft index (a batched entry), in order, under one
     /// lock, and wakes blocking queries once.
-    pub(crate) fn apply_all(
-        &self,
-        index: u64,
-        commands: &[Command],
-    ) -> Vec<Result<(), ApplyError>> {
+    pub fn apply_all(&self, index: u64, commands: &[Command]) -> Vec<Result<(), ApplyError>> {
         let mut state = self.state.write().expect("catalog lock poisoned");
         let results = commands.iter().map(|c| state.apply(index, c)).collect();
         let newest = state.indexes().max();
@@ -125,7 +137,7 @@ impl CatalogWriter {
     }
 
     /// The catalog as a serialisable snapshot.
-    pub(crate) fn snapshot(&self) -> Snapshot {
+    pub fn snapshot(&self) -> Snapshot {
         self.state
             .read()
             .expect("catalog lock poisoned")
@@ -133,7 +145,7 @@ impl CatalogWriter {
     }
 
     /// Replaces the whole catalog (snapshot install).
-    pub(crate) fn replace(&self, snapshot: Snapshot) {
+    pub fn replace(&self, snapshot: Snapshot) {
         let mut state = self.state.write().expect("catalog lock poisoned");
         *state = State::from_snapshot(snapshot);
         self.index.send_replace(state.indexes().max());

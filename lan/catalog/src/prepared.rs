@@ -1,72 +1,10 @@
 //! Prepared queries (`/v1/query`): named service queries stored in the catalog, with a
 //! failover policy, executed by ID or name over HTTP and as `<name>.query.consul` in
-//! DNS. This module stores them; running one (which may ask other datacenters) is the
-//! gateway's work.
-
-use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
+//! DNS. This module stores them and selects the instances one returns (their types are
+//! in `types`); running one (which may ask other datacenters) is the gateway's work.
 
 use super::state::{ApplyError, State, fold};
-use super::types::{Health, ServiceHealth};
-
-/// A stored prepared query (Consul's `PreparedQuery`, without sessions, tokens or
-/// templates).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PreparedQuery {
-    /// The ID (a UUID), chosen when it is created.
-    pub id: String,
-    /// An optional name it can also be executed by; unique, case-insensitive.
-    pub name: String,
-    /// What it selects.
-    pub service: ServiceQuery,
-    /// The TTL of its DNS answers, as given (`"10s"`); empty means the agent's
-    /// `service_ttl`.
-    pub dns_ttl: String,
-    /// Index of the creation.
-    pub create_index: u64,
-    /// Index of the last change.
-    pub modify_index: u64,
-}
-
-/// The service selection of a prepared query.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct ServiceQuery {
-    /// Service name.
-    pub service: String,
-    /// Where to look when the queried datacenter has no healthy instance.
-    pub failover: Failover,
-    /// Keep only instances whose checks all pass (else passing and warning).
-    pub only_passing: bool,
-    /// Checks that do not count for health.
-    pub ignore_check_ids: Vec<String>,
-    /// Sort by estimated round-trip time from this node (`_agent`: the agent that
-    /// runs the query); empty shuffles.
-    pub near: String,
-    /// Tags every instance must have; a `!tag` must be absent.
-    pub tags: Vec<String>,
-    /// Node metadata every instance's node must have.
-    pub node_meta: BTreeMap<String, String>,
-    /// Service metadata every instance must have.
-    pub service_meta: BTreeMap<String, String>,
-}
-
-/// A failover policy: other datacenters asked, in order, until one has a healthy
-/// instance.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Failover {
-    /// The nearest this many other datacenters (by estimated round-trip time), first.
-    pub nearest_n: usize,
-    /// Then these, in this order (each datacenter is asked once).
-    pub datacenters: Vec<String>,
-}
-
-impl Failover {
-    /// Whether it asks any other datacenter.
-    pub fn is_empty(&self) -> bool {
-        self.nearest_n == 0 && self.datacenters.is_empty()
-    }
-}
+use super::types::{Health, PreparedQuery, ServiceHealth, ServiceQuery};
 
 impl ServiceQuery {
     /// The catalog read that fetches the candidates: the required tags and node
@@ -221,7 +159,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{Answer, Check, Command, Node, Query, Service};
+    use crate::{Answer, Check, Command, Node, Query, Service};
 
     fn query(id: &str, name: &str) -> PreparedQuery {
         PreparedQuery {

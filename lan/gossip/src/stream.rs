@@ -67,9 +67,9 @@ use std::net::IpAddr;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::gossip::{self, message::PROTOCOL};
 use crate::keyring::{Cipher, Key, Keyring, NONCE_LEN, OpenError, TAG_LEN};
 use crate::quota::{Budget, Exhausted, Grant};
+use crate::swim::{self, message::PROTOCOL};
 use crate::transport::Refusal;
 
 /// Bytes of one sealed chunk on the wire (payload and tag): all a reader buffers before it
@@ -90,8 +90,8 @@ const MESSAGE_HEADER: usize = 3;
 const PUSH_PULL_HEADER: usize = 7;
 /// Largest member state a push-pull carries for a member that can announce itself at all:
 /// a state is the body of the member's alive message plus one state byte, and that
-/// message has to fit one gossip packet ([`gossip::MAX_PACKET_SIZE`]).
-pub const MAX_MEMBER_STATE: usize = gossip::MAX_PACKET_SIZE - PACKET_HEADER - MESSAGE_HEADER + 1;
+/// message has to fit one gossip packet ([`swim::MAX_PACKET_SIZE`]).
+pub const MAX_MEMBER_STATE: usize = swim::MAX_PACKET_SIZE - PACKET_HEADER - MESSAGE_HEADER + 1;
 /// Pool size the push-pull limit is sized for, every member at [`MAX_MEMBER_STATE`].
 pub const MAX_PUSH_PULL_MEMBERS: usize = 10_000;
 /// Largest push-pull frame, in payload bytes (about 13.3 MiB): [`MAX_PUSH_PULL_MEMBERS`]
@@ -127,7 +127,7 @@ const AAD_LEN: usize = AAD_LABEL.len() + HEADER_LEN + NONCE_LEN + 4 + 1;
 /// What a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// A full state exchange: a gossip push-pull message ([`crate::gossip::message`]).
+    /// A full state exchange: a gossip push-pull message ([`crate::swim::message`]).
     PushPull,
     /// A keyring operation (JSON).
     KeyRequest,
@@ -548,8 +548,8 @@ pub(crate) fn budget() -> std::sync::Arc<Budget<IpAddr>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gossip::message::{Message, encode_frame, encode_packet};
-    use crate::gossip::{MemberState, State};
+    use crate::swim::message::{Message, encode_frame, encode_packet};
+    use crate::swim::{MemberState, State};
     use std::collections::BTreeMap;
     use std::net::SocketAddr;
     use std::sync::Arc;
@@ -882,10 +882,10 @@ mod tests {
             tags: tags.clone(),
         };
         let short = encode_packet(&[alive(String::new())]).len();
-        let name = "n".repeat(gossip::MAX_PACKET_SIZE - short);
+        let name = "n".repeat(swim::MAX_PACKET_SIZE - short);
         assert_eq!(
             encode_packet(&[alive(name.clone())]).len(),
-            gossip::MAX_PACKET_SIZE
+            swim::MAX_PACKET_SIZE
         );
         let state = MemberState {
             name,

@@ -95,7 +95,7 @@ pub enum Answer {
     /// For [`Query::Snapshot`].
     Snapshot(Box<super::state::Snapshot>),
     /// For [`Query::PreparedQueries`].
-    PreparedQueries(Vec<super::prepared::PreparedQuery>),
+    PreparedQueries(Vec<super::types::PreparedQuery>),
 }
 
 fn meta_matches(node: &Node, filter: &[(String, String)]) -> bool {
@@ -276,7 +276,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::state::{Command, Registration};
+    use crate::state::{Command, Registration};
 
     fn setup() -> State {
         let mut s = State::new();
@@ -417,7 +417,7 @@ mod tests {
         // Removing the last db instance still moves db's index forward.
         s.apply(
             12,
-            &Command::Deregister(crate::catalog::Deregistration {
+            &Command::Deregister(crate::Deregistration {
                 node: "other".into(),
                 service_id: Some("db1".into()),
                 check_id: None,

@@ -74,13 +74,4 @@ impl Member {
         let port = self.tags.get("port")?.parse::<u16>().ok()?;
         Some(std::net::SocketAddr::new(self.addr, port))
     }
-
-    /// A server's Raft ID: its `raft_id` tag, or for a server too old to send one, the ID
-    /// derived from its node ID.
-    pub fn raft_id(&self) -> Option<u64> {
-        match self.tags.get(crate::RAFT_ID_TAG) {
-            Some(id) => id.parse().ok(),
-            None => self.tags.get("id").map(|id| crate::raft::raft_id(id)),
-        }
-    }
 }
