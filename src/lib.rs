@@ -11,7 +11,8 @@
 //!
 //! - [`config`]: Consul's JSON configuration, layered and checked.
 //! - [`Agent`]: start order, shutdown order, reloads.
-//! - [`client`]: a small client of an agent's HTTP API.
+//! - [`client`]: a typed client of an agent's HTTP API that asks any datacenter; the
+//!   CLI verbs use it, and so can other programs.
 
 #![warn(missing_docs)]
 
