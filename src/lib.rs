@@ -13,6 +13,9 @@
 //! - [`Agent`]: start order, shutdown order, reloads.
 //! - [`client`]: a typed client of an agent's HTTP API that asks any datacenter; the
 //!   CLI verbs use it, and so can other programs.
+//!
+//! `examples/embed_agent.rs` starts an agent inside a program, registers a service and
+//! reads it back; `examples/query_other_dc.rs` asks another datacenter with [`client`].
 
 #![warn(missing_docs)]
 
