@@ -1,9 +1,12 @@
 //! Assembly of one agent: start order, shutdown order, reloads.
 //!
-//! Start: resolve addresses and the node ID → datacenter layer (Raft, sync, leader
-//! upkeep) → gateway → HTTP and DNS listeners → config-file services. Shutdown runs the
-//! other way: listeners stop accepting, the agent leaves, background tasks stop (each
-//! stage bounded by a timeout), then Raft stops.
+//! Start ([`Agent::start`]): advertise addresses and the node ID → the gossip keyring
+//! and the server port's TLS → WAN federation (a server with TLS material) → the
+//! datacenter layer (gossip, Raft on servers, anti-entropy) → the gateway → HTTP and DNS
+//! listeners → config-file services → `start_join` on the LAN, then the WAN →
+//! background `retry_join`s and reloads. Shutdown runs the other way: listeners stop
+//! accepting, the agent leaves the WAN and LAN pools (unless told to just stop),
+//! background tasks stop (within a grace period), then Raft stops.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -24,7 +27,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Reload requests waiting to be served; more get "a reload is already in progress".
 const RELOAD_QUEUE: usize = 1;
 
-/// A running agent: a server of one datacenter with its HTTP API and DNS interface.
+/// A running agent, server or client, of one datacenter, with its HTTP API and DNS
+/// interface.
 ///
 /// ```no_run
 /// # async fn run() -> anyhow::Result<()> {
@@ -38,17 +42,57 @@ const RELOAD_QUEUE: usize = 1;
 pub struct Agent {
     config: AgentConfig,
     reload: mpsc::Sender<api::ReloadRequest>,
-    node_id: String,
-    advertise: IpAddr,
+    identity: Identity,
     lan: Lan,
     gateway: Gateway,
     http: Vec<SocketAddr>,
     dns: Option<api::dns::Bound>,
+    life: Lifecycle,
+}
+
+/// Who the agent is to others, resolved once at start.
+struct Identity {
+    /// The node ID (configured, saved in the data dir, or new).
+    node_id: String,
+    /// The address other agents of the datacenter reach it at.
+    advertise: IpAddr,
+    /// The address other datacenters reach it at.
+    advertise_wan: IpAddr,
+}
+
+/// The agent's tasks and the tokens that stop them.
+struct Lifecycle {
+    /// Every task the agent spawns.
     tasks: TaskTracker,
+    /// Stops the HTTP and DNS listeners, first at shutdown.
     front: CancellationToken,
+    /// Stops everything else (gossip, Raft upkeep, WAN, joins, reloads), after the leave.
     core: CancellationToken,
+    /// Cancelled when a leave is requested through the API.
     leave: CancellationToken,
+    /// Cancelled when the agent cannot go on: `retry_max` join attempts failed.
     failed: CancellationToken,
+}
+
+impl Lifecycle {
+    fn new() -> Lifecycle {
+        Lifecycle {
+            tasks: TaskTracker::new(),
+            front: CancellationToken::new(),
+            core: CancellationToken::new(),
+            leave: CancellationToken::new(),
+            failed: CancellationToken::new(),
+        }
+    }
+
+    /// Stops what a failed start did start, before the error is reported.
+    async fn abort(&self, lan: &Lan) {
+        self.front.cancel();
+        self.core.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait()).await;
+        lan.shutdown().await;
+    }
 }
 
 /// Budget of each `start_join` / `retry_join` attempt.
@@ -380,13 +424,10 @@ fn debug_config(config: &AgentConfig, node_id: &str, advertise: IpAddr) -> serde
     })
 }
 
-impl Agent {
-    /// Starts an agent: logs the warnings of its configuration (files skipped), binds its
-    /// listeners (ports 0 pick free ports) and registers the services of its config files.
-    pub async fn start(config: AgentConfig) -> anyhow::Result<Agent> {
-        for warning in &config.warnings {
-            tracing::warn!("{warning}");
-        }
+impl Identity {
+    /// Prepares the data dir (the node ID is kept there), then resolves the advertise
+    /// addresses and the node ID.
+    fn resolve(config: &AgentConfig) -> anyhow::Result<Identity> {
         if let Some(dir) = &config.data_dir {
             prepare_data_dir(dir)?;
         }
@@ -394,220 +435,285 @@ impl Agent {
             Some(a) => a,
             None => resolve_bind(config.bind_addr)?,
         };
-        let node_id = node_id(&config)?;
-        let tasks = TaskTracker::new();
-        let core = CancellationToken::new();
-        let front = CancellationToken::new();
-        let leave = CancellationToken::new();
-        let failed = CancellationToken::new();
-        let encryption = gossip_encryption(&config, "local.keyring")?;
-        let rpc_tls = rpc_tls(&config)?;
-        let advertise_wan = config.advertise_addr_wan.unwrap_or(advertise);
-        let federation = federation(&config, &tasks, core.child_token(), advertise_wan)?;
-        if let Err(why) = &federation
-            && !(config.start_join_wan.is_empty() && config.retry_join_wan.is_empty())
-        {
-            core.cancel();
-            bail!("cannot join the WAN: {why}");
+        let node_id = node_id(config)?;
+        Ok(Identity {
+            node_id,
+            advertise,
+            advertise_wan: config.advertise_addr_wan.unwrap_or(advertise),
+        })
+    }
+}
+
+/// Starts the datacenter layer and the gateway over it, with the WAN federation of a
+/// server that has TLS material. What this starts stops with `life.core`.
+async fn start_datacenter(
+    config: &AgentConfig,
+    identity: &Identity,
+    life: &Lifecycle,
+) -> anyhow::Result<(Lan, Gateway)> {
+    let encryption = gossip_encryption(config, "local.keyring")?;
+    let rpc_tls = rpc_tls(config)?;
+    let federation = federation(
+        config,
+        &life.tasks,
+        life.core.child_token(),
+        identity.advertise_wan,
+    )?;
+    if let Err(why) = &federation
+        && !(config.start_join_wan.is_empty() && config.retry_join_wan.is_empty())
+    {
+        bail!("cannot join the WAN: {why}");
+    }
+    let lan_config = lan_config(config, identity, &federation, encryption, rpc_tls);
+    let lan = Lan::start(lan_config, &life.tasks, life.core.child_token())
+        .await
+        .context("starting the catalog")?;
+    let gateway = gateway(config, lan.clone(), federation, life).await;
+    Ok((lan, gateway))
+}
+
+/// The datacenter layer's configuration, taken from the agent's.
+fn lan_config(
+    config: &AgentConfig,
+    identity: &Identity,
+    federation: &Result<wan::Federation, String>,
+    encryption: Option<gossip::Encryption>,
+    rpc_tls: Option<lan::RpcTls>,
+) -> lan::Config {
+    // Servers of this datacenter flood-join each other into the WAN pool at this port.
+    let serf_wan_port = match federation {
+        Ok(f) => f.addr().port(),
+        Err(_) => config.ports.serf_wan,
+    };
+    let mut gossip = config.gossip_lan.clone();
+    gossip.dead_reap_timeout = config.reconnect_timeout;
+    lan::Config {
+        node_name: config.node_name.clone(),
+        node_id: identity.node_id.clone(),
+        datacenter: config.datacenter.clone(),
+        server: config.server,
+        bootstrap: config.bootstrap,
+        bootstrap_expect: config.bootstrap_expect,
+        bind: config.bind_addr,
+        advertise: identity.advertise,
+        advertise_wan: identity.advertise_wan,
+        server_port: config.ports.server,
+        serf_lan_port: config.ports.serf_lan,
+        serf_lan_advertise_port: config.serf_lan_advertise_port,
+        serf_wan_port,
+        node_meta: config.node_meta.clone(),
+        enable_script_checks: config.enable_script_checks || config.enable_local_script_checks,
+        raft: RaftTiming {
+            snapshot_threshold: config.raft_snapshot_threshold,
+            ..RaftTiming::default()
+        },
+        storage: match &config.data_dir {
+            Some(dir) if !config.dev => lan::Storage::Disk(dir.join("raft")),
+            _ => lan::Storage::Memory,
+        },
+        gossip,
+        encryption,
+        rpc_tls,
+        rpc_max_conns_per_client: config.rpc_max_conns_per_client,
+        version: crate::VERSION.to_owned(),
+        sync_interval: config.ae_interval,
+    }
+}
+
+/// The gateway: over the WAN federation when there is one (its WAN member then carries
+/// the LAN member's server tags, and it flood-joins the datacenter's other servers),
+/// else with the reason WAN operations fail.
+async fn gateway(
+    config: &AgentConfig,
+    lan: Lan,
+    federation: Result<wan::Federation, String>,
+    life: &Lifecycle,
+) -> Gateway {
+    match federation {
+        Ok(f) => {
+            if let Some(me) = lan.members().iter().find(|m| m.name == config.node_name) {
+                f.pool().set_tags(me.tags.clone()).await;
+            }
+            life.tasks.spawn(
+                f.clone()
+                    .flood_join(lan.subscribe_members(), life.core.child_token()),
+            );
+            Gateway::with_federation(lan, f, &life.tasks)
         }
-        // Servers of this datacenter flood-join each other into the WAN pool at this port.
-        let serf_wan_port = match &federation {
-            Ok(f) => f.addr().port(),
-            Err(_) => config.ports.serf_wan,
-        };
-        let mut gossip = config.gossip_lan.clone();
-        gossip.dead_reap_timeout = config.reconnect_timeout;
-        let lan_config = lan::Config {
+        Err(why) => Gateway::new(lan, why, &life.tasks),
+    }
+}
+
+/// What the HTTP API answers from, and the controls it may pull: leave and reload.
+fn api_context(
+    config: &AgentConfig,
+    identity: &Identity,
+    lan: &Lan,
+    gateway: &Gateway,
+    reload: mpsc::Sender<api::ReloadRequest>,
+    life: &Lifecycle,
+) -> api::Context {
+    api::Context {
+        gateway: gateway.clone(),
+        lan: lan.clone(),
+        agent: Arc::new(api::AgentInfo {
             node_name: config.node_name.clone(),
-            node_id: node_id.clone(),
-            datacenter: config.datacenter.clone(),
+            node_id: identity.node_id.clone(),
+            datacenter: config.datacenter.to_string(),
             server: config.server,
             bootstrap: config.bootstrap,
-            bootstrap_expect: config.bootstrap_expect,
-            bind: config.bind_addr,
-            advertise,
-            advertise_wan,
-            server_port: config.ports.server,
-            serf_lan_port: config.ports.serf_lan,
-            serf_lan_advertise_port: config.serf_lan_advertise_port,
-            serf_wan_port,
-            node_meta: config.node_meta.clone(),
-            enable_script_checks: config.enable_script_checks || config.enable_local_script_checks,
-            raft: RaftTiming {
-                snapshot_threshold: config.raft_snapshot_threshold,
-                ..RaftTiming::default()
-            },
-            storage: match &config.data_dir {
-                Some(dir) if !config.dev => lan::Storage::Disk(dir.join("raft")),
-                _ => lan::Storage::Memory,
-            },
-            gossip,
-            encryption,
-            rpc_tls,
-            rpc_max_conns_per_client: config.rpc_max_conns_per_client,
             version: crate::VERSION.to_owned(),
-            sync_interval: config.ae_interval,
-        };
-        let lan = match Lan::start(lan_config, &tasks, core.child_token()).await {
-            Ok(lan) => lan,
-            Err(e) => {
-                core.cancel();
-                return Err(anyhow::Error::from(e).context("starting the catalog"));
-            }
-        };
-        let gateway = match federation {
-            Ok(f) => {
-                // The WAN member carries the server tags of the LAN member.
-                if let Some(me) = lan.members().iter().find(|m| m.name == config.node_name) {
-                    f.pool().set_tags(me.tags.clone()).await;
-                }
-                tasks.spawn(
-                    f.clone()
-                        .flood_join(lan.subscribe_members(), core.child_token()),
-                );
-                Gateway::with_federation(lan.clone(), f, &tasks)
-            }
-            Err(why) => Gateway::new(lan.clone(), why, &tasks),
-        };
+            revision: String::new(),
+            enable_script_checks: config.enable_script_checks,
+            debug_config: debug_config(config, &identity.node_id, identity.advertise),
+        }),
+        control: api::Control {
+            leave: life.leave.clone(),
+            reload,
+        },
+        shutdown: life.front.clone(),
+    }
+}
 
-        let (reload_tx, reload_rx) = mpsc::channel(RELOAD_QUEUE);
-        let context = api::Context {
-            gateway: gateway.clone(),
-            lan: lan.clone(),
-            agent: Arc::new(api::AgentInfo {
-                node_name: config.node_name.clone(),
-                node_id: node_id.clone(),
-                datacenter: config.datacenter.to_string(),
-                server: config.server,
-                bootstrap: config.bootstrap,
-                version: crate::VERSION.to_owned(),
-                revision: String::new(),
-                enable_script_checks: config.enable_script_checks,
-                debug_config: debug_config(&config, &node_id, advertise),
-            }),
-            control: api::Control {
-                leave: leave.clone(),
-                reload: reload_tx.clone(),
-            },
-            shutdown: front.clone(),
-        };
-        let started = async {
-            let http = match config.ports.http {
-                Some(port) => {
-                    let addrs: Vec<SocketAddr> = config
-                        .client_addrs
-                        .iter()
-                        .map(|ip| SocketAddr::new(*ip, port))
-                        .collect();
-                    api::http::start(
-                        &addrs,
-                        context,
-                        config.http_limits.clone(),
-                        &tasks,
-                        front.child_token(),
-                    )
-                    .await?
-                }
-                None => Vec::new(),
-            };
-            let dns = match config.ports.dns {
-                Some(port) => {
-                    let addrs: Vec<SocketAddr> = config
-                        .client_addrs
-                        .iter()
-                        .map(|ip| SocketAddr::new(*ip, port))
-                        .collect();
-                    Some(
-                        api::dns::start(
-                            &addrs,
-                            gateway.clone(),
-                            config.dns.clone(),
-                            &tasks,
-                            front.child_token(),
-                        )
-                        .await?,
-                    )
-                }
-                None => None,
-            };
-            anyhow::Ok((http, dns))
-        };
-        let registered = match started.await {
-            Ok(bound) => lan
-                .local()
-                .replace_config(config.services.clone(), config.checks.clone())
-                .map(|()| bound)
-                .context("registering the services of the config files"),
-            Err(e) => Err(e),
-        };
-        let registered = match registered {
-            Ok(bound) => start_join(&Joinable::Lan(lan.clone()), &config.start_join)
-                .await
-                .map(|()| bound),
-            Err(e) => Err(e),
-        };
-        let registered = match (registered, gateway.federation()) {
-            (Ok(bound), Ok(f)) => start_join(&Joinable::Wan(f.clone()), &config.start_join_wan)
-                .await
-                .map(|()| bound),
-            (r, _) => r,
-        };
-        let (http, dns) = match registered {
-            Ok(bound) => bound,
+/// The listeners an agent bound: HTTP addresses, and the DNS interface if enabled.
+type Listeners = (Vec<SocketAddr>, Option<api::dns::Bound>);
+
+/// Opens the agent to others: binds its listeners, registers the services of its
+/// config files, and joins what `start_join`, then `start_join_wan`, name.
+async fn open(
+    config: &AgentConfig,
+    context: api::Context,
+    lan: &Lan,
+    gateway: &Gateway,
+    life: &Lifecycle,
+) -> anyhow::Result<Listeners> {
+    let listeners = listen(config, context, gateway, life).await?;
+    lan.local()
+        .replace_config(config.services.clone(), config.checks.clone())
+        .context("registering the services of the config files")?;
+    start_join(&Joinable::Lan(lan.clone()), &config.start_join).await?;
+    if let Ok(f) = gateway.federation() {
+        start_join(&Joinable::Wan(f.clone()), &config.start_join_wan).await?;
+    }
+    Ok(listeners)
+}
+
+/// Binds the HTTP API and the DNS interface on every client address (port 0 picks a
+/// free port), each unless its port is disabled.
+async fn listen(
+    config: &AgentConfig,
+    context: api::Context,
+    gateway: &Gateway,
+    life: &Lifecycle,
+) -> anyhow::Result<Listeners> {
+    let on_client_addrs = |port: u16| -> Vec<SocketAddr> {
+        config
+            .client_addrs
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, port))
+            .collect()
+    };
+    let http = match config.ports.http {
+        Some(port) => {
+            api::http::start(
+                &on_client_addrs(port),
+                context,
+                config.http_limits.clone(),
+                &life.tasks,
+                life.front.child_token(),
+            )
+            .await?
+        }
+        None => Vec::new(),
+    };
+    let dns = match config.ports.dns {
+        Some(port) => Some(
+            api::dns::start(
+                &on_client_addrs(port),
+                gateway.clone(),
+                config.dns.clone(),
+                &life.tasks,
+                life.front.child_token(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    Ok((http, dns))
+}
+
+/// `retry_join` and `retry_join_wan`: joins that go on in the background.
+fn spawn_retry_joins(config: &AgentConfig, lan: &Lan, gateway: &Gateway, life: &Lifecycle) {
+    if !config.retry_join.is_empty() {
+        life.tasks.spawn(retry_join(
+            Joinable::Lan(lan.clone()),
+            config.retry_join.clone(),
+            config.retry_interval,
+            config.retry_max,
+            life.failed.clone(),
+            life.core.child_token(),
+        ));
+    }
+    if let Ok(f) = gateway.federation()
+        && !config.retry_join_wan.is_empty()
+    {
+        life.tasks.spawn(retry_join(
+            Joinable::Wan(f.clone()),
+            config.retry_join_wan.clone(),
+            config.retry_interval_wan,
+            config.retry_max_wan,
+            life.failed.clone(),
+            life.core.child_token(),
+        ));
+    }
+}
+
+impl Agent {
+    /// Starts an agent: logs the warnings of its configuration (files skipped), binds its
+    /// listeners (ports 0 pick free ports), registers the services of its config files
+    /// and joins the addresses of `start_join` and `start_join_wan`. If any step fails,
+    /// what had started is stopped before the error is returned.
+    pub async fn start(config: AgentConfig) -> anyhow::Result<Agent> {
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
+        let identity = Identity::resolve(&config)?;
+        let life = Lifecycle::new();
+        let (lan, gateway) = match start_datacenter(&config, &identity, &life).await {
+            Ok(started) => started,
             Err(e) => {
-                // Stop what did start before reporting.
-                front.cancel();
-                core.cancel();
-                tasks.close();
-                let _ = tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await;
-                lan.shutdown().await;
+                // Stops the WAN federation if it had started.
+                life.core.cancel();
                 return Err(e);
             }
         };
-        if !config.retry_join.is_empty() {
-            tasks.spawn(retry_join(
-                Joinable::Lan(lan.clone()),
-                config.retry_join.clone(),
-                config.retry_interval,
-                config.retry_max,
-                failed.clone(),
-                core.child_token(),
-            ));
-        }
-        if let Ok(f) = gateway.federation()
-            && !config.retry_join_wan.is_empty()
-        {
-            tasks.spawn(retry_join(
-                Joinable::Wan(f.clone()),
-                config.retry_join_wan.clone(),
-                config.retry_interval_wan,
-                config.retry_max_wan,
-                failed.clone(),
-                core.child_token(),
-            ));
-        }
-        tasks.spawn(serve_reloads(
-            reload_rx,
+        let (reload, reloads) = mpsc::channel(RELOAD_QUEUE);
+        let context = api_context(&config, &identity, &lan, &gateway, reload.clone(), &life);
+        let (http, dns) = match open(&config, context, &lan, &gateway, &life).await {
+            Ok(bound) => bound,
+            Err(e) => {
+                life.abort(&lan).await;
+                return Err(e);
+            }
+        };
+        spawn_retry_joins(&config, &lan, &gateway, &life);
+        life.tasks.spawn(serve_reloads(
+            reloads,
             config.clone(),
-            node_id.clone(),
-            advertise,
+            identity.node_id.clone(),
+            identity.advertise,
             lan.clone(),
-            core.child_token(),
+            life.core.child_token(),
         ));
         Ok(Agent {
             config,
-            reload: reload_tx,
-            node_id,
-            advertise,
+            reload,
+            identity,
             lan,
             gateway,
             http,
             dns,
-            tasks,
-            front,
-            core,
-            leave,
-            failed,
+            life,
         })
     }
 
@@ -638,7 +744,7 @@ impl Agent {
 
     /// Resolves when a leave was requested through the API.
     pub async fn left(&self) {
-        self.leave.cancelled().await;
+        self.life.leave.cancelled().await;
     }
 
     /// Resolves, with the reason, when the agent cannot go on: `retry_max` join attempts
@@ -646,7 +752,7 @@ impl Agent {
     /// it and exit with an error, so that a supervisor restarts it.
     pub async fn failed(&self) -> String {
         tokio::select! {
-            _ = self.failed.cancelled() => "joining failed after retry_max attempts".into(),
+            _ = self.life.failed.cancelled() => "joining failed after retry_max attempts".into(),
             reason = self.lan.failed() => reason,
         }
     }
@@ -685,7 +791,7 @@ impl Agent {
              \n\
              ==> Log data will now stream in as it occurs:\n",
             version = crate::VERSION,
-            id = self.node_id,
+            id = self.identity.node_id,
             node = c.node_name,
             dc = c.datacenter,
             server = c.server,
@@ -693,7 +799,7 @@ impl Agent {
             clients = clients.join(" "),
             http = port(c.ports.http, self.http_addr()),
             dns = port(c.ports.dns, self.dns_addr()),
-            advertise = self.advertise,
+            advertise = self.identity.advertise,
             lan = self.lan.gossip_addr().port(),
             wan = match self.gateway.federation() {
                 Ok(f) => f.endpoint().local_addr().port().to_string(),
@@ -713,21 +819,21 @@ impl Agent {
     /// it `left`), else it just stops (members see it `failed`, as after a crash, and
     /// it rejoins when it comes back).
     pub async fn stop(self, leave: bool) {
-        self.front.cancel();
+        self.life.front.cancel();
         if leave {
             if let Ok(f) = self.gateway.federation() {
                 f.leave().await;
             }
             self.lan.leave().await;
         }
-        self.core.cancel();
-        self.tasks.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
+        self.life.core.cancel();
+        self.life.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.life.tasks.wait())
             .await
             .is_err()
         {
             tracing::warn!(
-                remaining = self.tasks.len(),
+                remaining = self.life.tasks.len(),
                 "background tasks did not stop within the grace period"
             );
         }
@@ -799,8 +905,8 @@ impl Drop for Agent {
     /// Stops the agent's own tasks if it was dropped without [`Agent::shutdown`] (which
     /// also leaves and stops Raft in order).
     fn drop(&mut self) {
-        self.front.cancel();
-        self.core.cancel();
+        self.life.front.cancel();
+        self.life.core.cancel();
     }
 }
 

@@ -5,13 +5,18 @@
 //! an agent the same way:
 //!
 //! ```text
-//!   config files + flags ─▶ AgentConfig ─▶ Agent::start
-//!        lan (Raft catalog, local services, checks) ◀─ gateway ◀─ api (HTTP :8500, DNS :8600)
+//!   config files + flags ─▶ AgentConfig ─▶ Agent::start, which assembles
+//!     api (HTTP :8500, DNS :8600) ─▶ gateway ─▶ lan (gossip, Raft catalog, local services, checks)
+//!                                      └──────▶ wan (other datacenters, QUIC :8302)
 //! ```
 //!
-//! - [`config`]: Consul's JSON configuration, layered and checked.
+//! - [`config`]: Consul's configuration (JSON or HCL), layered and checked.
 //! - [`Agent`]: start order, shutdown order, reloads.
-//! - [`client`]: a small client of an agent's HTTP API.
+//! - [`client`]: a typed client of an agent's HTTP API that asks any datacenter; the
+//!   CLI verbs use it, and so can other programs.
+//!
+//! `examples/embed_agent.rs` starts an agent inside a program, registers a service and
+//! reads it back; `examples/query_other_dc.rs` asks another datacenter with [`client`].
 
 #![warn(missing_docs)]
 

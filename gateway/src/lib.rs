@@ -17,15 +17,11 @@
 //! Client agents are in no WAN pool: they send questions about another datacenter to a
 //! server of their own, which asks over the WAN ([`lan::RemoteCatalog`]).
 //!
-//! Other programs ask through an agent's HTTP API with the typed [`client`], which
-//! speaks Consul's JSON (and so works with a Consul agent too).
-//!
-//! Invariants: the routing part never parses DNS or HTTP and knows nothing of Consul's
-//! JSON; only [`client`], which other programs use, does.
+//! Invariants: this crate never parses DNS or HTTP and knows nothing of Consul's JSON
+//! (programs outside the agent ask through the HTTP API, with `proconsul::client`).
 
 #![warn(missing_docs)]
 
-pub mod client;
 mod load;
 mod prepared;
 

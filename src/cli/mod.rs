@@ -101,7 +101,7 @@ pub struct ClientArgs {
 
 impl ClientArgs {
     fn client(&self) -> anyhow::Result<Client> {
-        Client::new(&self.http_addr)
+        Ok(Client::new(&self.http_addr)?)
     }
 }
 

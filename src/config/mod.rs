@@ -1,5 +1,5 @@
 //! Configuration: Consul's config files, JSON or HCL, read as written ([`raw`]; HCL is
-//! first turned into the JSON the same file would be, by [`hcl`](self::hcl)), layered in
+//! first turned into the JSON the same file would be, by [`hcl`]), layered in
 //! Consul's order (defaults or the `-dev` preset, then `-config-dir` files in lexical
 //! order and `-config-file`s, then flags, then `-hcl` fragments), checked, and turned
 //! into the typed [`AgentConfig`] the agent runs with.
@@ -125,7 +125,7 @@ impl Layer {
 pub enum Format {
     /// JSON.
     Json,
-    /// HCL, as Consul reads it ([`hcl`](self::hcl)).
+    /// HCL, as Consul reads it ([`hcl`]).
     Hcl,
 }
 
@@ -189,9 +189,11 @@ pub struct AgentConfig {
     pub node_id: Option<String>,
     /// Datacenter.
     pub datacenter: Datacenter,
-    /// Runs as a server (always, in this version).
+    /// Runs as a server (`server`); otherwise a client agent, which needs a server of
+    /// its datacenter to join.
     pub server: bool,
-    /// Elects itself.
+    /// Elects itself leader without waiting for other servers (`bootstrap`, or
+    /// `bootstrap_expect` of 1).
     pub bootstrap: bool,
     /// `bootstrap_expect` as given.
     pub bootstrap_expect: u32,
@@ -918,260 +920,334 @@ pub fn hostname() -> String {
         .to_owned()
 }
 
-impl AgentConfig {
-    /// Merges and checks the layers.
-    pub fn from_layers(layers: &[Layer], sources: Sources) -> Result<AgentConfig, Problems> {
-        let mut problems = Vec::new();
-        let mut services = Vec::new();
-        let mut checks = Vec::new();
-        let mut merged = RawConfig::default();
-        for layer in layers {
-            let first = problems.len();
-            let (s, c) = check_layer(layer, &mut problems);
-            for p in &mut problems[first..] {
-                if p.line.is_none() {
-                    p.line = layer.lines.find(&p.key);
-                }
+/// The services, with their checks, and the node-level checks of the config files.
+#[derive(Default)]
+struct Definitions {
+    services: Vec<(Service, Vec<CheckDefinition>)>,
+    checks: Vec<CheckDefinition>,
+}
+
+/// Checks every layer on its own, blaming it (and the line, where its format tells it),
+/// and merges them in order; fails with every problem found.
+fn check_and_merge(layers: &[Layer]) -> Result<(RawConfig, Definitions), Problems> {
+    let mut problems = Vec::new();
+    let mut definitions = Definitions::default();
+    let mut merged = RawConfig::default();
+    for layer in layers {
+        let first = problems.len();
+        let (services, checks) = check_layer(layer, &mut problems);
+        for p in &mut problems[first..] {
+            if p.line.is_none() {
+                p.line = layer.lines.find(&p.key);
             }
-            services.extend(s);
-            checks.extend(c);
-            merged.merge(layer.raw.clone());
         }
-        if !problems.is_empty() {
-            return Err(Problems(problems));
-        }
-        let m = merged;
-        let datacenter = Datacenter::new(
-            &m.datacenter
-                .as_deref()
-                .unwrap_or("dc1")
-                .to_ascii_lowercase(),
-        )
-        .expect("checked per layer");
-        let server = m.server.unwrap_or(false);
-        let bootstrap_expect = m.bootstrap_expect.unwrap_or(0);
-        let bootstrap = m.bootstrap.unwrap_or(false) || bootstrap_expect == 1;
-        if m.bootstrap.unwrap_or(false) && bootstrap_expect > 0 {
+        definitions.services.extend(services);
+        definitions.checks.extend(checks);
+        merged.merge(layer.raw.clone());
+    }
+    if problems.is_empty() {
+        Ok((merged, definitions))
+    } else {
+        Err(Problems(problems))
+    }
+}
+
+/// Whether the agent is a server, and how its datacenter's first leader is elected.
+struct Role {
+    server: bool,
+    bootstrap: bool,
+    bootstrap_expect: u32,
+}
+
+/// `server`, `bootstrap` and `bootstrap_expect` of the merged layers, checked against
+/// each other and `-dev`.
+fn role(m: &RawConfig, dev: bool, problems: &mut Vec<Problem>) -> Role {
+    let server = m.server.unwrap_or(false);
+    let bootstrap_expect = m.bootstrap_expect.unwrap_or(0);
+    let bootstrap = m.bootstrap.unwrap_or(false) || bootstrap_expect == 1;
+    if m.bootstrap.unwrap_or(false) && bootstrap_expect > 0 {
+        problems.push(problem(
+            None,
+            "bootstrap_expect",
+            "bootstrap cannot be combined with bootstrap_expect",
+        ));
+    }
+    if dev && bootstrap_expect > 1 {
+        problems.push(problem(
+            None,
+            "bootstrap_expect",
+            "-dev runs a single server: bootstrap_expect cannot be above 1",
+        ));
+    }
+    if !server && (bootstrap || bootstrap_expect > 0) {
+        problems.push(problem(
+            None,
+            "bootstrap_expect",
+            "bootstrap and bootstrap_expect are only for servers (add -server)",
+        ));
+    }
+    Role {
+        server,
+        bootstrap,
+        bootstrap_expect,
+    }
+}
+
+/// Where and how the agent keeps its state: a data dir unless `-dev`, and a usable
+/// snapshot threshold.
+fn check_storage(m: &RawConfig, dev: bool, problems: &mut Vec<Problem>) {
+    if m.raft_snapshot_threshold == Some(0) {
+        problems.push(problem(
+            None,
+            "raft_snapshot_threshold",
+            "must be at least 1",
+        ));
+    }
+    if !dev && m.data_dir.as_deref().unwrap_or("").is_empty() {
+        problems.push(problem(
+            None,
+            "data_dir",
+            "data_dir cannot be empty (give -data-dir, or use -dev)",
+        ));
+    }
+}
+
+/// A duration the layers' checks already parsed, or `None` when not set.
+fn checked_duration(value: &Option<String>) -> Option<Duration> {
+    value
+        .as_deref()
+        .and_then(|t| catalog::duration::parse(t).ok())
+}
+
+/// A count or size from the config, `default` when not set.
+fn size(value: Option<u64>, default: usize) -> usize {
+    value.map_or(default, |n| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// A per-client limit: as [`size`], except that 0 means no limit (Consul's rule).
+fn per_client(value: Option<u64>, default: usize) -> usize {
+    match value {
+        Some(0) => usize::MAX,
+        v => size(v, default),
+    }
+}
+
+/// The ports of the merged layers (checked per layer; `-1` disables HTTP and DNS).
+fn ports(m: &RawConfig) -> Ports {
+    let raw = m.ports.clone().unwrap_or_default();
+    let mut ignore = Vec::new();
+    Ports {
+        dns: port(None, "", raw.dns, 8600, &mut ignore),
+        http: port(None, "", raw.http, 8500, &mut ignore),
+        server: port(None, "", raw.server, 8300, &mut ignore).unwrap_or(8300),
+        serf_lan: port(None, "", raw.serf_lan, 8301, &mut ignore).unwrap_or(8301),
+        serf_wan: port(None, "", raw.serf_wan, 8302, &mut ignore).unwrap_or(8302),
+    }
+}
+
+/// The addresses HTTP and DNS listen on (`client_addr`, space-separated).
+fn client_addrs(m: &RawConfig) -> Vec<IpAddr> {
+    m.client_addr
+        .as_deref()
+        .unwrap_or("127.0.0.1")
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// The HTTP server's bounds from `limits`.
+fn http_limits(limits: &raw::RawLimits) -> api::http::HttpLimits {
+    let default = api::http::HttpLimits::default();
+    api::http::HttpLimits {
+        max_connections: size(limits.http_max_connections, default.max_connections),
+        max_conns_per_client: per_client(
+            limits.http_max_conns_per_client,
+            default.max_conns_per_client,
+        ),
+        max_header_bytes: size(limits.http_max_header_bytes, default.max_header_bytes),
+        max_body_bytes: size(limits.http_max_body_bytes, default.max_body_bytes),
+        header_timeout: checked_duration(&limits.http_header_timeout)
+            .unwrap_or(default.header_timeout),
+        body_timeout: checked_duration(&limits.http_body_timeout).unwrap_or(default.body_timeout),
+        write_timeout: checked_duration(&limits.http_write_timeout)
+            .unwrap_or(default.write_timeout),
+        max_blocking_queries: size(
+            limits.http_max_blocking_queries,
+            default.max_blocking_queries,
+        ),
+        max_blocking_queries_per_client: per_client(
+            limits.http_max_blocking_queries_per_client,
+            default.max_blocking_queries_per_client,
+        ),
+    }
+}
+
+/// The DNS interface's settings: `domain`, `recursors`, `dns_config` and the DNS keys
+/// of `limits`.
+fn dns_config(m: &RawConfig, limits: &raw::RawLimits) -> DnsConfig {
+    let raw = m.dns_config.clone().unwrap_or_default();
+    let mut domain = m
+        .domain
+        .clone()
+        .unwrap_or_else(|| "consul".into())
+        .to_ascii_lowercase();
+    if !domain.ends_with('.') {
+        domain.push('.');
+    }
+    let soa = raw.soa.clone().unwrap_or_default();
+    let default_soa = Soa::default();
+    DnsConfig {
+        udp_max_response: limits
+            .dns_udp_max_response_bytes
+            .and_then(|n| u16::try_from(n).ok())
+            .unwrap_or(api::dns::DEFAULT_UDP_MAX_RESPONSE),
+        rate_per_source: limits
+            .dns_rate_per_source
+            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+        domain: Name::from_ascii(&domain).expect("checked per layer"),
+        node_ttl: checked_duration(&raw.node_ttl).unwrap_or(Duration::ZERO),
+        service_ttl: raw
+            .service_ttl
+            .iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k.to_ascii_lowercase(), catalog::duration::parse(v).ok()?)))
+            .collect(),
+        only_passing: raw.only_passing.unwrap_or(false),
+        udp_answer_limit: raw.udp_answer_limit.unwrap_or(3).clamp(1, 8) as usize,
+        a_record_limit: raw.a_record_limit.unwrap_or(0) as usize,
+        enable_additional_node_meta_txt: raw.enable_additional_node_meta_txt.unwrap_or(true),
+        recursors: m
+            .recursors
+            .iter()
+            .flatten()
+            .filter_map(|r| recursor(r))
+            .collect(),
+        recursor_strategy: match raw.recursor_strategy.as_deref() {
+            Some("random") => RecursorStrategy::Random,
+            _ => RecursorStrategy::Sequential,
+        },
+        recursor_timeout: checked_duration(&raw.recursor_timeout).unwrap_or(Duration::from_secs(2)),
+        soa: Soa {
+            refresh: soa
+                .refresh
+                .map(Duration::from_secs)
+                .unwrap_or(default_soa.refresh),
+            retry: soa
+                .retry
+                .map(Duration::from_secs)
+                .unwrap_or(default_soa.retry),
+            expire: soa
+                .expire
+                .map(Duration::from_secs)
+                .unwrap_or(default_soa.expire),
+            min_ttl: soa
+                .min_ttl
+                .map(Duration::from_secs)
+                .unwrap_or(default_soa.min_ttl),
+        },
+        cache: (raw.use_cache == Some(true)).then(|| {
+            checked_duration(&raw.cache_max_age)
+                .filter(|age| !age.is_zero())
+                .unwrap_or(api::dns::DEFAULT_CACHE_MAX_AGE)
+        }),
+        failover: raw
+            .failover
+            .as_ref()
+            .map(|f| catalog::Failover {
+                nearest_n: usize::try_from(f.nearest_n.unwrap_or(0)).unwrap_or(usize::MAX),
+                datacenters: f.datacenters.clone().unwrap_or_default(),
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// Checks the config files' services and checks together: script checks need one of
+/// the two switches, IDs are unique (without case, as the catalog compares them), and
+/// a check's `service_id` names a service the files define.
+fn check_definitions(
+    definitions: &Definitions,
+    scripts_enabled: bool,
+    problems: &mut Vec<Problem>,
+) {
+    let Definitions { services, checks } = definitions;
+    let every_check = || {
+        services
+            .iter()
+            .flat_map(|(_, cs)| cs.iter())
+            .chain(checks.iter())
+    };
+    if !scripts_enabled && every_check().any(|c| matches!(c.kind, lan::CheckKind::Script { .. })) {
+        problems.push(problem(None, "enable_script_checks", "script checks are defined but disabled: set enable_script_checks or enable_local_script_checks to true"));
+    }
+    let mut service_ids = std::collections::BTreeSet::new();
+    for (s, _) in services {
+        if !service_ids.insert(s.id.to_ascii_lowercase()) {
             problems.push(problem(
                 None,
-                "bootstrap_expect",
-                "bootstrap cannot be combined with bootstrap_expect",
+                "services",
+                format!("service ID {:?} is defined twice", s.id),
             ));
         }
-        if sources.dev && bootstrap_expect > 1 {
+    }
+    let mut check_ids = std::collections::BTreeSet::new();
+    for c in every_check() {
+        if !check_ids.insert(c.id.to_ascii_lowercase()) {
             problems.push(problem(
                 None,
-                "bootstrap_expect",
-                "-dev runs a single server: bootstrap_expect cannot be above 1",
+                "checks",
+                format!("check ID {:?} is defined twice", c.id),
             ));
         }
-        if !server && (bootstrap || bootstrap_expect > 0) {
+    }
+    for c in checks {
+        if !c.service_id.is_empty() && !service_ids.contains(&c.service_id.to_ascii_lowercase()) {
             problems.push(problem(
                 None,
-                "bootstrap_expect",
-                "bootstrap and bootstrap_expect are only for servers (add -server)",
+                "checks",
+                format!(
+                    "check {:?} names service_id {:?}, which no config file defines",
+                    c.id, c.service_id
+                ),
             ));
         }
-        if m.raft_snapshot_threshold == Some(0) {
-            problems.push(problem(
-                None,
-                "raft_snapshot_threshold",
-                "must be at least 1",
-            ));
-        }
-        if !sources.dev && m.data_dir.as_deref().unwrap_or("").is_empty() {
-            problems.push(problem(
-                None,
-                "data_dir",
-                "data_dir cannot be empty (give -data-dir, or use -dev)",
-            ));
-        }
-        let ports_raw = m.ports.clone().unwrap_or_default();
-        let mut ignore = Vec::new();
-        let ports = Ports {
-            dns: port(None, "", ports_raw.dns, 8600, &mut ignore),
-            http: port(None, "", ports_raw.http, 8500, &mut ignore),
-            server: port(None, "", ports_raw.server, 8300, &mut ignore).unwrap_or(8300),
-            serf_lan: port(None, "", ports_raw.serf_lan, 8301, &mut ignore).unwrap_or(8301),
-            serf_wan: port(None, "", ports_raw.serf_wan, 8302, &mut ignore).unwrap_or(8302),
-        };
-        let client_addrs: Vec<IpAddr> = m
-            .client_addr
-            .as_deref()
-            .unwrap_or("127.0.0.1")
-            .split_whitespace()
-            .filter_map(|s| s.parse().ok())
-            .collect();
-        let dns_raw = m.dns_config.clone().unwrap_or_default();
-        let mut domain_text = m
-            .domain
-            .clone()
-            .unwrap_or_else(|| "consul".into())
-            .to_ascii_lowercase();
-        if !domain_text.ends_with('.') {
-            domain_text.push('.');
-        }
-        let domain = Name::from_ascii(&domain_text).expect("checked per layer");
-        let d = |v: &Option<String>| v.as_deref().and_then(|t| catalog::duration::parse(t).ok());
-        let soa_raw = dns_raw.soa.clone().unwrap_or_default();
-        let default_soa = Soa::default();
-        let limits_raw = m.limits.clone().unwrap_or_default();
-        let http_default = api::http::HttpLimits::default();
-        let size = |v: Option<u64>, default: usize| {
-            v.map_or(default, |n| usize::try_from(n).unwrap_or(usize::MAX))
-        };
-        let http_limits = api::http::HttpLimits {
-            max_connections: size(
-                limits_raw.http_max_connections,
-                http_default.max_connections,
-            ),
-            max_conns_per_client: match limits_raw.http_max_conns_per_client {
-                // Consul: 0 means no per-client limit.
-                Some(0) => usize::MAX,
-                v => size(v, http_default.max_conns_per_client),
-            },
-            max_header_bytes: size(
-                limits_raw.http_max_header_bytes,
-                http_default.max_header_bytes,
-            ),
-            max_body_bytes: size(limits_raw.http_max_body_bytes, http_default.max_body_bytes),
-            header_timeout: d(&limits_raw.http_header_timeout)
-                .unwrap_or(http_default.header_timeout),
-            body_timeout: d(&limits_raw.http_body_timeout).unwrap_or(http_default.body_timeout),
-            write_timeout: d(&limits_raw.http_write_timeout).unwrap_or(http_default.write_timeout),
-            max_blocking_queries: size(
-                limits_raw.http_max_blocking_queries,
-                http_default.max_blocking_queries,
-            ),
-            max_blocking_queries_per_client: match limits_raw.http_max_blocking_queries_per_client {
-                // As for connections: 0 means no per-client limit.
-                Some(0) => usize::MAX,
-                v => size(v, http_default.max_blocking_queries_per_client),
-            },
-        };
-        let dns = DnsConfig {
-            udp_max_response: limits_raw
-                .dns_udp_max_response_bytes
-                .and_then(|n| u16::try_from(n).ok())
-                .unwrap_or(api::dns::DEFAULT_UDP_MAX_RESPONSE),
-            rate_per_source: limits_raw
-                .dns_rate_per_source
-                .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
-            domain,
-            node_ttl: d(&dns_raw.node_ttl).unwrap_or(Duration::ZERO),
-            service_ttl: dns_raw
-                .service_ttl
-                .iter()
-                .flatten()
-                .filter_map(|(k, v)| {
-                    Some((k.to_ascii_lowercase(), catalog::duration::parse(v).ok()?))
-                })
-                .collect(),
-            only_passing: dns_raw.only_passing.unwrap_or(false),
-            udp_answer_limit: dns_raw.udp_answer_limit.unwrap_or(3).clamp(1, 8) as usize,
-            a_record_limit: dns_raw.a_record_limit.unwrap_or(0) as usize,
-            enable_additional_node_meta_txt: dns_raw
-                .enable_additional_node_meta_txt
-                .unwrap_or(true),
-            recursors: m
-                .recursors
-                .iter()
-                .flatten()
-                .filter_map(|r| recursor(r))
-                .collect(),
-            recursor_strategy: match dns_raw.recursor_strategy.as_deref() {
-                Some("random") => RecursorStrategy::Random,
-                _ => RecursorStrategy::Sequential,
-            },
-            recursor_timeout: d(&dns_raw.recursor_timeout).unwrap_or(Duration::from_secs(2)),
-            soa: Soa {
-                refresh: soa_raw
-                    .refresh
-                    .map(Duration::from_secs)
-                    .unwrap_or(default_soa.refresh),
-                retry: soa_raw
-                    .retry
-                    .map(Duration::from_secs)
-                    .unwrap_or(default_soa.retry),
-                expire: soa_raw
-                    .expire
-                    .map(Duration::from_secs)
-                    .unwrap_or(default_soa.expire),
-                min_ttl: soa_raw
-                    .min_ttl
-                    .map(Duration::from_secs)
-                    .unwrap_or(default_soa.min_ttl),
-            },
-            cache: (dns_raw.use_cache == Some(true)).then(|| {
-                d(&dns_raw.cache_max_age)
-                    .filter(|age| !age.is_zero())
-                    .unwrap_or(api::dns::DEFAULT_CACHE_MAX_AGE)
-            }),
-            failover: dns_raw
-                .failover
-                .as_ref()
-                .map(|f| catalog::Failover {
-                    nearest_n: usize::try_from(f.nearest_n.unwrap_or(0)).unwrap_or(usize::MAX),
-                    datacenters: f.datacenters.clone().unwrap_or_default(),
-                })
-                .unwrap_or_default(),
-        };
+    }
+}
+
+impl AgentConfig {
+    /// Merges and checks the layers: each layer on its own first (every problem there is
+    /// reported, with its source), then the merged result as a whole.
+    pub fn from_layers(layers: &[Layer], sources: Sources) -> Result<AgentConfig, Problems> {
+        let (m, definitions) = check_and_merge(layers)?;
+        let mut problems = Vec::new();
+        let role = role(&m, sources.dev, &mut problems);
+        check_storage(&m, sources.dev, &mut problems);
         let enable_script_checks = m.enable_script_checks.unwrap_or(false);
         let enable_local_script_checks = m.enable_local_script_checks.unwrap_or(false);
-        let scripts_in_files = services
-            .iter()
-            .flat_map(|(_, cs)| cs.iter())
-            .chain(checks.iter())
-            .any(|c| matches!(c.kind, lan::CheckKind::Script { .. }));
-        if scripts_in_files && !(enable_script_checks || enable_local_script_checks) {
-            problems.push(problem(None, "enable_script_checks", "script checks are defined but disabled: set enable_script_checks or enable_local_script_checks to true"));
-        }
-        // IDs are compared without case, as the catalog compares them.
-        let mut service_ids = std::collections::BTreeSet::new();
-        for (s, _) in &services {
-            if !service_ids.insert(s.id.to_ascii_lowercase()) {
-                problems.push(problem(
-                    None,
-                    "services",
-                    format!("service ID {:?} is defined twice", s.id),
-                ));
-            }
-        }
-        let mut check_ids = std::collections::BTreeSet::new();
-        for c in services
-            .iter()
-            .flat_map(|(_, cs)| cs.iter())
-            .chain(checks.iter())
-        {
-            if !check_ids.insert(c.id.to_ascii_lowercase()) {
-                problems.push(problem(
-                    None,
-                    "checks",
-                    format!("check ID {:?} is defined twice", c.id),
-                ));
-            }
-        }
-        for c in &checks {
-            if !c.service_id.is_empty() && !service_ids.contains(&c.service_id.to_ascii_lowercase())
-            {
-                problems.push(problem(
-                    None,
-                    "checks",
-                    format!(
-                        "check {:?} names service_id {:?}, which no config file defines",
-                        c.id, c.service_id
-                    ),
-                ));
-            }
-        }
-        let tls = tls_settings(&m, server, &mut problems);
+        check_definitions(
+            &definitions,
+            enable_script_checks || enable_local_script_checks,
+            &mut problems,
+        );
+        let tls = tls_settings(&m, role.server, &mut problems);
         if !problems.is_empty() {
             return Err(Problems(problems));
         }
+        let limits = m.limits.clone().unwrap_or_default();
+        let Role {
+            server,
+            bootstrap,
+            bootstrap_expect,
+        } = role;
         Ok(AgentConfig {
             node_name: m.node_name.clone().unwrap_or_else(hostname),
             node_id: m.node_id.clone().map(|s| s.to_ascii_lowercase()),
-            datacenter,
+            datacenter: Datacenter::new(
+                &m.datacenter
+                    .as_deref()
+                    .unwrap_or("dc1")
+                    .to_ascii_lowercase(),
+            )
+            .expect("checked per layer"),
             server,
             bootstrap,
             bootstrap_expect,
@@ -1183,39 +1259,40 @@ impl AgentConfig {
                 .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             advertise_addr: m.advertise_addr.as_deref().and_then(|s| s.parse().ok()),
             advertise_addr_wan: m.advertise_addr_wan.as_deref().and_then(|s| s.parse().ok()),
-            client_addrs,
+            client_addrs: client_addrs(&m),
             data_dir: m
                 .data_dir
                 .clone()
                 .filter(|d| !d.is_empty())
                 .map(PathBuf::from),
             log_level: m.log_level.clone().unwrap_or_else(|| "info".into()),
-            ports,
+            ports: ports(&m),
             node_meta: m.node_meta.clone().unwrap_or_default(),
             enable_script_checks,
             enable_local_script_checks,
-            dns,
-            http_limits,
-            rpc_max_conns_per_client: match limits_raw.rpc_max_conns_per_client {
-                // Consul: 0 means no per-client limit.
-                Some(0) => usize::MAX,
-                v => size(v, lan::DEFAULT_RPC_MAX_CONNS_PER_CLIENT),
-            },
-            services,
-            checks,
+            dns: dns_config(&m, &limits),
+            http_limits: http_limits(&limits),
+            rpc_max_conns_per_client: per_client(
+                limits.rpc_max_conns_per_client,
+                lan::DEFAULT_RPC_MAX_CONNS_PER_CLIENT,
+            ),
+            services: definitions.services,
+            checks: definitions.checks,
             encrypt: m.encrypt.as_deref().and_then(|k| Key::parse(k).ok()),
             encrypt_verify_incoming: m.encrypt_verify_incoming.unwrap_or(true),
             encrypt_verify_outgoing: m.encrypt_verify_outgoing.unwrap_or(true),
             disable_keyring_file: m.disable_keyring_file.unwrap_or(false) || sources.dev,
             start_join: m.start_join.clone().unwrap_or_default(),
             retry_join: m.retry_join.clone().unwrap_or_default(),
-            retry_interval: d(&m.retry_interval).unwrap_or(Duration::from_secs(30)),
+            retry_interval: checked_duration(&m.retry_interval).unwrap_or(Duration::from_secs(30)),
             retry_max: m.retry_max.unwrap_or(0),
             start_join_wan: m.start_join_wan.clone().unwrap_or_default(),
             retry_join_wan: m.retry_join_wan.clone().unwrap_or_default(),
-            retry_interval_wan: d(&m.retry_interval_wan).unwrap_or(Duration::from_secs(30)),
+            retry_interval_wan: checked_duration(&m.retry_interval_wan)
+                .unwrap_or(Duration::from_secs(30)),
             retry_max_wan: m.retry_max_wan.unwrap_or(0),
-            reconnect_timeout: d(&m.reconnect_timeout).unwrap_or(Duration::from_secs(72 * 3600)),
+            reconnect_timeout: checked_duration(&m.reconnect_timeout)
+                .unwrap_or(Duration::from_secs(72 * 3600)),
             raft_snapshot_threshold: m.raft_snapshot_threshold.unwrap_or(lan::SNAPSHOT_THRESHOLD),
             leave_on_terminate: m.leave_on_terminate.unwrap_or(!server),
             skip_leave_on_interrupt: m.skip_leave_on_interrupt.unwrap_or(server),

@@ -1,9 +1,9 @@
-//! The typed client of `proconsul_gateway`, as a Rust program uses it: pointed at an agent
+//! The typed client of `proconsul::client`, as a Rust program uses it: pointed at an agent
 //! of dc1, it writes to and reads from dc2 through that agent.
 
 use std::time::{Duration, Instant};
 
-use gateway::client::{
+use proconsul::client::{
     AgentClient, CacheHit, CatalogRegistration, ClientError, QueryOptions, ServiceRegistration,
 };
 use serde_json::json;

@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::Method;
-use proconsul::client::{Client, Response};
+use proconsul::client::{Client, RequestError, Response};
 
 use crate::support::history::{self, Nanos, Op, Outcome, Record};
 use crate::support::netns::{Net, ProcId};
@@ -183,15 +183,9 @@ async fn call(
     let client = Client::new(addr).unwrap();
     match tokio::time::timeout(limit, client.call(method, path, body)).await {
         Err(_) => Err(CallError::Unknown(format!("no answer within {limit:?}"))),
-        Ok(Err(e)) => {
-            let text = format!("{e:#}");
-            // The client's text for a failed connect: nothing was sent.
-            if text.starts_with("Error connecting to the agent") {
-                Err(CallError::NotSent(text))
-            } else {
-                Err(CallError::Unknown(text))
-            }
-        }
+        // A failed connect: nothing was sent.
+        Ok(Err(e @ RequestError::Connect { .. })) => Err(CallError::NotSent(e.to_string())),
+        Ok(Err(e)) => Err(CallError::Unknown(e.to_string())),
         Ok(Ok(r)) => Ok(r),
     }
 }

@@ -187,7 +187,8 @@ pub struct CatalogRegistration {
     pub node: String,
     /// The node's address.
     pub address: String,
-    /// The datacenter; the `dc` argument of [`AgentClient::register`] wins over it.
+    /// The datacenter; the `dc` argument of
+    /// [`AgentClient::register`](super::AgentClient::register) wins over it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub datacenter: Option<String>,
     /// A service instance on the node.

@@ -17,7 +17,7 @@
 //!
 //! ```text
 //! use std::time::Duration;
-//! use proconsul_gateway::client::{AgentClient, ClientError, QueryOptions};
+//! use proconsul::client::{AgentClient, ClientError, QueryOptions};
 //!
 //! async fn web_in_dc2() -> Result<(), ClientError> {
 //!     let agent = AgentClient::new("127.0.0.1:8500")?;
@@ -47,15 +47,17 @@
 //! the client panic.
 //!
 //! Every request is bounded by [`http::REQUEST_TIMEOUT`]; blocking queries therefore
-//! wait at most [`MAX_WAIT`]. The raw client, [`http::Client`], stays available
-//! ([`AgentClient::http`]) for the endpoints this module does not type.
+//! wait at most [`MAX_WAIT`]. The raw client, [`Client`] (from [`http`]), stays available
+//! ([`AgentClient::http`]) for the endpoints this module does not type; the CLI verbs
+//! use it.
 //!
-//! This module is the client side of the HTTP API, for programs outside the agent; the
-//! routing code of this crate never uses it.
+//! This module is the client side of the HTTP API, for programs outside the agent: the
+//! agent itself never calls it, and it depends on none of the workspace's crates.
 
 pub mod http;
 mod types;
 
+pub use self::http::{AddressError, Client, RequestError, Response, encode, encode_segment};
 pub use types::*;
 
 use std::collections::BTreeMap;
@@ -65,7 +67,7 @@ use hyper::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use self::http::{Client, REQUEST_TIMEOUT, Response, encode, encode_segment};
+use self::http::REQUEST_TIMEOUT;
 
 /// The longest wait a blocking query asks for. The agent adds up to wait/16 of jitter,
 /// and the whole answer must arrive within [`http::REQUEST_TIMEOUT`]; a longer `wait`
@@ -334,7 +336,7 @@ impl AgentClient {
     /// A client of the agent at `http_addr`: `127.0.0.1:8500` or
     /// `http://127.0.0.1:8500`. Nothing is sent yet.
     pub fn new(http_addr: &str) -> Result<AgentClient, ClientError> {
-        let http = Client::new(http_addr).map_err(|e| ClientError::Transport(format!("{e:#}")))?;
+        let http = Client::new(http_addr).map_err(|e| ClientError::Transport(e.to_string()))?;
         Ok(AgentClient { http })
     }
 
@@ -495,7 +497,7 @@ impl AgentClient {
             .http
             .call(method, path, body)
             .await
-            .map_err(|e| ClientError::Transport(format!("{e:#}")))?;
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
         if r.status == 200 {
             Ok(r)
         } else {
