@@ -14,8 +14,9 @@
 //! whose servers do not answer in time is `Remote DC has no server currently
 //! reachable`. The gateway also lists the datacenters nearest first, runs keyring
 //! operations across every pool, and serves what other datacenters ask this server.
-//! Client agents are in no WAN pool: they send questions about another datacenter to a
-//! server of their own, which asks over the WAN ([`lan::RemoteCatalog`]).
+//! Client agents are in no WAN pool: they relay questions about another datacenter
+//! through a server of their own, which asks over the WAN (see the `remote` module for
+//! the hops and what crosses them).
 //!
 //! Invariants: this crate never parses DNS or HTTP and knows nothing of Consul's JSON
 //! (programs outside the agent ask through the HTTP API, with `proconsul::client`).
@@ -24,6 +25,7 @@
 
 mod load;
 mod prepared;
+mod remote;
 
 pub use load::{
     CachePolicy, CacheStatus, MAX_BLOCKING_IN_FLIGHT, MAX_CACHED_ITEMS, MAX_ENTRIES, MAX_ENTRY_AGE,
@@ -36,20 +38,21 @@ use std::time::Duration;
 
 use catalog::{Command, Query};
 use catalog::{
-    Datacenter, QueryResult, RaftStatus, ReadError, ReadOptions, WriteError, deadline_in,
-    remaining_ms,
+    Datacenter, QueryResult, RaftStatus, ReadError, ReadOptions, WriteError, remaining_ms,
 };
-use gossip::KeyOperation;
-use lan::{KeyringHook, KeyringRun, Lan};
+use gossip::{KeyOperation, KeyringReport};
+use lan::Lan;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use wan::Federation;
 use wan::rpc::{Caller, Request, Response, Service, Serving};
 
-pub use lan::PoolKeyring;
+use remote::{Call, Relayed, Reply};
 
-/// Why a routed request failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a routed request failed. It crosses hops as it is (a client agent's relay, the
+/// WAN), so the caller sees what the datacenter that failed said.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum RouteError {
     /// No known server of this datacenter: the name is wrong or the datacenter was never
     /// joined. Report to the user; retrying will not help (Consul's text).
@@ -108,10 +111,17 @@ impl Gateway {
     /// federation (`why` says why, for errors of WAN operations). Reads shared by several
     /// callers run on `tasks`.
     pub fn new(lan: Lan, why: String, tasks: &TaskTracker) -> Gateway {
+        let load = Arc::new(load::Load::new(tasks));
+        if lan.is_server() {
+            lan.set_relay(Arc::new(ServeRelayed {
+                federation: Err(why.clone()),
+                load: load.clone(),
+            }));
+        }
         Gateway {
             lan,
             federation: Err(why),
-            load: Arc::new(load::Load::new(tasks)),
+            load,
         }
     }
 
@@ -120,13 +130,17 @@ impl Gateway {
     /// `tasks`.
     pub fn with_federation(lan: Lan, federation: Federation, tasks: &TaskTracker) -> Gateway {
         let load = Arc::new(load::Load::new(tasks));
-        federation.set_service(Arc::new(WanService { lan: lan.clone() }));
-        lan.set_keyring_hook(Arc::new(AllPools {
-            federation: federation.clone(),
+        // What other datacenters ask is always for this one: that gateway needs no
+        // federation (and holding none, it keeps the federation from holding itself).
+        federation.set_service(Arc::new(WanService {
+            here: Gateway {
+                lan: lan.clone(),
+                federation: Err("a request from another datacenter".into()),
+                load: load.clone(),
+            },
         }));
-        lan.set_remote_catalog(Arc::new(RemoteVia {
-            federation: federation.clone(),
-            local: lan.datacenter().clone(),
+        lan.set_relay(Arc::new(ServeRelayed {
+            federation: Ok(federation.clone()),
             load: load.clone(),
         }));
         Gateway {
@@ -163,10 +177,14 @@ impl Gateway {
             // A client agent: a server of its datacenter knows.
             Err(_) if !self.lan.is_server() => {
                 let deadline = Instant::now() + DATACENTERS_TIMEOUT;
-                let mut list: Vec<Datacenter> = self
-                    .lan
-                    .datacenters(deadline)
+                let names = match self
+                    .via_server(local.as_str(), Call::Datacenters, deadline)
                     .await
+                {
+                    Ok(Reply::Datacenters(names)) => names,
+                    _ => Vec::new(),
+                };
+                let mut list: Vec<Datacenter> = names
                     .iter()
                     .filter_map(|dc| Datacenter::new(dc).ok())
                     .collect();
@@ -182,21 +200,33 @@ impl Gateway {
 
     /// Who answers for `dc` (None = local): this agent's datacenter, or another one of
     /// the federation.
-    fn route<'a>(&'a self, dc: Option<&'a str>) -> Result<Route<'a>, RouteError> {
+    fn route(&self, dc: Option<&str>) -> Result<Route, RouteError> {
         match dc {
             None => Ok(Route::Local),
             Some(name) if name.is_empty() || name == self.lan.datacenter().as_str() => {
                 Ok(Route::Local)
             }
             Some(name) => match &self.federation {
-                Ok(f) if f.knows(name) => Ok(Route::Remote(f, name)),
+                Ok(f) if f.knows(name) => Ok(Route::Remote(name.to_owned())),
                 // A client agent is in no WAN pool: a server of its datacenter knows.
-                Err(_) if !self.lan.is_server() => Ok(Route::ViaServer(name)),
+                Err(_) if !self.lan.is_server() => {
+                    if self.load.is_unknown(name) {
+                        return Err(RouteError::NoPath {
+                            dc: name.to_owned(),
+                        });
+                    }
+                    Ok(Route::ViaServer(name.to_owned()))
+                }
                 _ => Err(RouteError::NoPath {
                     dc: name.to_owned(),
                 }),
             },
         }
+    }
+
+    /// The federation behind a [`Route::Remote`] (which only a gateway with one gives).
+    fn wan(&self) -> Result<&Federation, RouteError> {
+        self.federation()
     }
 
     /// Whether `dc` (None = local) is the agent's own datacenter.
@@ -232,7 +262,7 @@ impl Gateway {
                 None => CacheStatus::Miss,
             })
         };
-        let name = match route {
+        let name = match &route {
             Route::Local if self.lan.is_server() => {
                 return Ok(Cached {
                     result: self.lan.read(query, options).await?,
@@ -240,15 +270,7 @@ impl Gateway {
                 });
             }
             Route::Local => self.lan.datacenter().as_str(),
-            Route::Remote(_, name) => name,
-            Route::ViaServer(name) => {
-                if self.load.is_unknown(name) {
-                    return Err(RouteError::NoPath {
-                        dc: name.to_owned(),
-                    });
-                }
-                name
-            }
+            Route::Remote(name) | Route::ViaServer(name) => name.as_str(),
         };
         let key = load::Key::new(name, query, &options);
         let blocking = options.min_index > 0;
@@ -262,18 +284,14 @@ impl Gateway {
         }
         let fetched = if options.consistency == catalog::Consistency::Stale && !blocking {
             let gateway = self.clone();
-            let dc_owned = dc.map(str::to_owned);
+            let owned = route.clone();
             let query_owned = query.clone();
-            let read = async move {
-                gateway
-                    .read_direct(dc_owned.as_deref(), &query_owned, options)
-                    .await
-            };
+            let read = async move { gateway.read_direct(&owned, &query_owned, options).await };
             self.load
                 .coalesce(key.clone(), options.deadline + REMOTE_MARGIN, read)
                 .await
         } else {
-            self.read_direct(dc, query, options).await
+            self.read_direct(&route, query, options).await
         };
         match fetched {
             Ok(result) => {
@@ -308,24 +326,108 @@ impl Gateway {
     /// datacenter, or (within that datacenter's in-flight cap) another datacenter.
     async fn read_direct(
         &self,
-        dc: Option<&str>,
+        route: &Route,
         query: &Query,
         options: ReadOptions,
     ) -> Result<QueryResult, RouteError> {
-        match self.route(dc)? {
+        let call = || Call::Read {
+            query: query.clone(),
+            options: options.to_sent(),
+        };
+        match route {
             // The server RPC layer bounds these.
             Route::Local => Ok(self.lan.read(query, options).await?),
-            Route::Remote(f, name) => {
+            Route::Remote(name) => {
                 let _permit = self.load.permit(name, options.min_index > 0)?;
-                remote_read(f, name, query, options).await
+                // A blocking read answers at its deadline: leave room for the answer.
+                // Any other read is answered before it, or not at all.
+                let deadline = if options.min_index > 0 {
+                    options.deadline + REMOTE_MARGIN
+                } else {
+                    options.deadline
+                };
+                match remote(self.wan()?, name, &call(), deadline).await? {
+                    Reply::Read(r) => r,
+                    other => Err(unexpected(&call(), other)),
+                }
             }
             Route::ViaServer(name) => {
                 let _permit = self.load.permit(name, options.min_index > 0)?;
-                self.lan
-                    .read_in(name, query, options)
-                    .await
-                    .map_err(|e| from_read_error(name, e))
+                match self.via_server(name, call(), options.deadline).await? {
+                    Reply::Read(r) => r,
+                    other => Err(unexpected(&call(), other)),
+                }
             }
+        }
+    }
+
+    /// Has a server of this (client) agent's datacenter make `call` for `dc`; it answers
+    /// by `deadline` plus the margin of its own hop to `dc`.
+    async fn via_server(
+        &self,
+        dc: &str,
+        call: Call,
+        deadline: Instant,
+    ) -> Result<Reply, RouteError> {
+        let retry_safe = !call.is_write();
+        let relayed = remote::encode(&Relayed {
+            dc: dc.to_owned(),
+            call: call.clone(),
+        });
+        let answer = self
+            .lan
+            .relay(relayed, retry_safe, deadline + REMOTE_MARGIN)
+            .await
+            .map_err(|e| call.failed(e.to_string()))?;
+        let reply = remote::decode::<Reply>(&answer).map_err(|e| call.failed(e))?;
+        if let Reply::Read(Err(RouteError::NoPath { dc }))
+        | Reply::Write(Err(RouteError::NoPath { dc }))
+        | Reply::Status(Err(RouteError::NoPath { dc })) = &reply
+        {
+            // The server knows no such datacenter: remember it for a while.
+            self.load.mark_unknown(dc);
+        }
+        Ok(reply)
+    }
+
+    /// Serves `call` for `dc` (`None`: this datacenter) on behalf of a caller that
+    /// `proven` it belongs here (keyring operations need that).
+    async fn serve_call(&self, dc: Option<&str>, call: Call, proven: bool) -> Reply {
+        match call {
+            Call::Read { query, options } => {
+                Reply::Read(self.read(dc, &query, options.to_options()).await)
+            }
+            Call::Write {
+                command,
+                timeout_ms,
+            } => Reply::Write(self.write(dc, *command, remote::deadline(timeout_ms)).await),
+            Call::Status { timeout_ms } => {
+                Reply::Status(self.raft_status(dc, remote::deadline(timeout_ms)).await)
+            }
+            Call::Keyring { .. } | Call::KeyringAll { .. } if !proven => {
+                Reply::Refused(lan::KEYRING_NEEDS_PROOF.into())
+            }
+            Call::Keyring { op, timeout_ms } => Reply::Keyring(
+                self.lan
+                    .keyring(op, remote::deadline(timeout_ms))
+                    .await
+                    .map_err(|e| e.to_string()),
+            ),
+            Call::KeyringAll {
+                op,
+                local_only,
+                timeout_ms,
+            } => Reply::KeyringAll(
+                self.keyring(op, local_only, remote::deadline(timeout_ms))
+                    .await,
+            ),
+            Call::Datacenters => Reply::Datacenters(
+                self.datacenters()
+                    .await
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+            ),
         }
     }
 
@@ -340,7 +442,7 @@ impl Gateway {
     ) -> Result<Option<(catalog::Answer, u64)>, RouteError> {
         match self.route(dc)? {
             Route::Local => Ok(self.lan.read_stale(query)),
-            Route::Remote(..) | Route::ViaServer(_) => Ok(None),
+            Route::Remote(_) | Route::ViaServer(_) => Ok(None),
         }
     }
 
@@ -361,23 +463,25 @@ impl Gateway {
         command: Command,
         deadline: Instant,
     ) -> Result<u64, RouteError> {
-        match self.route(dc)? {
-            Route::Local => Ok(self.lan.write(command, deadline).await?),
-            Route::Remote(f, name) => remote_write(f, name, command, deadline).await,
-            Route::ViaServer(name) => {
-                self.lan
-                    .write_in(name, command, deadline)
-                    .await
-                    .map_err(|e| match e {
-                        WriteError::NoPath => RouteError::NoPath {
-                            dc: name.to_owned(),
-                        },
-                        WriteError::NoServer => RouteError::NoServer {
-                            dc: name.to_owned(),
-                        },
-                        other => RouteError::Write(other),
-                    })
+        let call = Call::Write {
+            command: Box::new(command),
+            timeout_ms: remaining_ms(deadline),
+        };
+        let reply = match self.route(dc)? {
+            Route::Local => {
+                let Call::Write { command, .. } = call else {
+                    unreachable!("built as a write above")
+                };
+                return Ok(self.lan.write(*command, deadline).await?);
             }
+            Route::Remote(name) => {
+                remote(self.wan()?, &name, &call, deadline + REMOTE_MARGIN).await?
+            }
+            Route::ViaServer(name) => self.via_server(&name, call.clone(), deadline).await?,
+        };
+        match reply {
+            Reply::Write(r) => r,
+            other => Err(unexpected(&call, other)),
         }
     }
 
@@ -387,31 +491,28 @@ impl Gateway {
         dc: Option<&str>,
         deadline: Instant,
     ) -> Result<RaftStatus, RouteError> {
-        match self.route(dc)? {
-            Route::Local => Ok(self.lan.raft_status(deadline).await?),
-            Route::Remote(f, name) => remote_status(f, name, deadline).await,
-            Route::ViaServer(name) => self
-                .lan
-                .raft_status_in(name, deadline)
-                .await
-                .map_err(|e| from_read_error(name, e)),
+        let call = Call::Status {
+            timeout_ms: remaining_ms(deadline),
+        };
+        let reply = match self.route(dc)? {
+            Route::Local => return Ok(self.lan.raft_status(deadline).await?),
+            Route::Remote(name) => {
+                remote(self.wan()?, &name, &call, deadline + REMOTE_MARGIN).await?
+            }
+            Route::ViaServer(name) => self.via_server(&name, call.clone(), deadline).await?,
+        };
+        match reply {
+            Reply::Status(r) => r,
+            other => Err(unexpected(&call, other)),
         }
     }
 }
 
-async fn remote_status(
-    federation: &Federation,
-    dc: &str,
-    deadline: Instant,
-) -> Result<RaftStatus, RouteError> {
-    let request = Request::Status {
-        timeout_ms: remaining_ms(deadline),
-    };
-    match remote(federation, dc, &request, deadline + REMOTE_MARGIN).await? {
-        Response::Status(r) => Ok(r?),
-        other => Err(RouteError::Read(ReadError::Rpc(format!(
-            "unexpected answer {other:?}"
-        )))),
+/// The error of a call answered with a reply of another kind (or refused).
+fn unexpected(call: &Call, reply: Reply) -> RouteError {
+    match reply {
+        Reply::Refused(why) => call.failed(why),
+        other => call.failed(format!("unexpected answer {other:?}")),
     }
 }
 
@@ -458,165 +559,70 @@ async fn nearest_datacenters(local: Datacenter, federation: &Federation) -> Vec<
         .collect()
 }
 
-/// Who answers a request.
-enum Route<'a> {
+/// Who answers a request, decided once per request ([`Gateway::route`]).
+#[derive(Debug, Clone)]
+enum Route {
     /// This agent's datacenter.
     Local,
     /// Another datacenter, over this server's WAN connections.
-    Remote(&'a Federation, &'a str),
+    Remote(String),
     /// Another datacenter, through a server of this (client) agent's datacenter.
-    ViaServer(&'a str),
+    ViaServer(String),
 }
 
-/// Sends `request` to a server of `dc`, within `deadline`.
+/// Sends `call` to a server of `dc`, within `deadline`.
 async fn remote(
     federation: &Federation,
     dc: &str,
-    request: &Request,
+    call: &Call,
     deadline: Instant,
-) -> Result<Response, RouteError> {
-    federation
-        .call(dc, request, deadline)
+) -> Result<Reply, RouteError> {
+    let request = Request::Relay(remote::encode(call));
+    let answer = federation
+        .call(dc, &request, call.delivery(), deadline)
         .await
         .map_err(|e| match e {
             wan::WanError::NoPath => RouteError::NoPath { dc: dc.to_owned() },
-            wan::WanError::Unknown(_) => RouteError::Write(WriteError::Rpc(e.to_string())),
+            wan::WanError::Unknown(_) => call.failed(e.to_string()),
             _ => RouteError::NoServer { dc: dc.to_owned() },
-        })
-}
-
-async fn remote_read(
-    federation: &Federation,
-    dc: &str,
-    query: &Query,
-    options: ReadOptions,
-) -> Result<QueryResult, RouteError> {
-    let request = Request::Read {
-        query: query.clone(),
-        options: options.to_sent(),
-    };
-    // A blocking read answers at its deadline: leave room for the answer. Any other
-    // read is answered before it, or not at all.
-    let deadline = if options.min_index > 0 {
-        options.deadline + REMOTE_MARGIN
-    } else {
-        options.deadline
-    };
-    match remote(federation, dc, &request, deadline).await? {
-        Response::Read(r) => Ok(r?),
-        Response::Error(e) => Err(RouteError::Read(ReadError::Rpc(e))),
-        other => Err(RouteError::Read(ReadError::Rpc(format!(
-            "unexpected answer {other:?}"
-        )))),
+        })?;
+    match answer {
+        Response::Relay(raw) => remote::decode(&raw).map_err(|e| call.failed(e)),
+        Response::Error(e) => Err(call.failed(e)),
+        other => Err(call.failed(format!("unexpected answer {other:?}"))),
     }
 }
 
-async fn remote_write(
-    federation: &Federation,
-    dc: &str,
-    command: Command,
-    deadline: Instant,
-) -> Result<u64, RouteError> {
-    let request = Request::Write {
-        command: Box::new(command),
-        timeout_ms: remaining_ms(deadline),
-    };
-    match remote(federation, dc, &request, deadline + REMOTE_MARGIN).await? {
-        Response::Write(r) => Ok(r?),
-        Response::Error(e) => Err(RouteError::Write(WriteError::Rpc(e))),
-        other => Err(RouteError::Write(WriteError::Rpc(format!(
-            "unexpected answer {other:?}"
-        )))),
-    }
-}
-
-fn from_read_error(dc: &str, e: ReadError) -> RouteError {
-    match e {
-        ReadError::NoPath => RouteError::NoPath { dc: dc.to_owned() },
-        ReadError::NoServer => RouteError::NoServer { dc: dc.to_owned() },
-        other => RouteError::Read(other),
-    }
-}
-
-/// What a federated server does for the client agents of its datacenter that ask about
-/// another datacenter.
-struct RemoteVia {
-    federation: Federation,
-    local: Datacenter,
+/// What a server does with the calls its client agents relay: serves them with a
+/// gateway of its own, whose federation (when it has one) and load it holds.
+struct ServeRelayed {
+    federation: Result<Federation, String>,
     /// Shared with the server's gateway: the client agents' reads count against the
     /// same caps and coalesce with the server's own.
     load: Arc<load::Load>,
 }
 
-impl lan::RemoteCatalog for RemoteVia {
-    fn read<'a>(&'a self, dc: &'a str, query: Query, options: ReadOptions) -> lan::RemoteRead<'a> {
-        Box::pin(async move {
-            let blocking = options.min_index > 0;
-            let direct = {
-                let federation = self.federation.clone();
-                let load = self.load.clone();
-                let dc = dc.to_owned();
-                let query = query.clone();
-                async move {
-                    let _permit = load.permit(&dc, blocking)?;
-                    remote_read(&federation, &dc, &query, options).await
-                }
-            };
-            let result = if options.consistency == catalog::Consistency::Stale && !blocking {
-                let key = load::Key::new(dc, &query, &options);
-                self.load
-                    .coalesce(key, options.deadline + REMOTE_MARGIN, direct)
-                    .await
-            } else {
-                direct.await
-            };
-            result.map_err(|e| match e {
-                RouteError::NoPath { .. } => ReadError::NoPath,
-                RouteError::NoServer { .. } => ReadError::NoServer,
-                RouteError::Read(e) => e,
-                other => ReadError::Rpc(other.to_string()),
-            })
-        })
-    }
-
-    fn write<'a>(
+impl lan::Relay for ServeRelayed {
+    fn relay<'a>(
         &'a self,
-        dc: &'a str,
-        command: Command,
-        deadline: Instant,
-    ) -> lan::RemoteWrite<'a> {
+        lan: &'a Lan,
+        request: lan::Opaque,
+        proven: bool,
+        _deadline: Instant,
+    ) -> lan::Relaying<'a> {
         Box::pin(async move {
-            remote_write(&self.federation, dc, command, deadline)
-                .await
-                .map_err(|e| match e {
-                    RouteError::NoPath { .. } => WriteError::NoPath,
-                    RouteError::NoServer { .. } => WriteError::NoServer,
-                    RouteError::Write(e) => e,
-                    other => WriteError::Rpc(other.to_string()),
-                })
-        })
-    }
-
-    fn raft_status<'a>(&'a self, dc: &'a str, deadline: Instant) -> lan::RemoteStatus<'a> {
-        Box::pin(async move {
-            remote_status(&self.federation, dc, deadline)
-                .await
-                .map_err(|e| match e {
-                    RouteError::NoPath { .. } => ReadError::NoPath,
-                    RouteError::NoServer { .. } => ReadError::NoServer,
-                    RouteError::Read(e) => e,
-                    other => ReadError::Rpc(other.to_string()),
-                })
-        })
-    }
-
-    fn datacenters(&self) -> lan::RemoteDatacenters<'_> {
-        Box::pin(async move {
-            nearest_datacenters(self.local.clone(), &self.federation)
-                .await
-                .into_iter()
-                .map(String::from)
-                .collect()
+            let reply = match remote::decode::<Relayed>(&request) {
+                Ok(Relayed { dc, call }) => {
+                    let gateway = Gateway {
+                        lan: lan.clone(),
+                        federation: self.federation.clone(),
+                        load: self.load.clone(),
+                    };
+                    gateway.serve_call(Some(&dc), call, proven).await
+                }
+                Err(e) => Reply::Refused(e),
+            };
+            remote::encode(&reply)
         })
     }
 }
@@ -625,9 +631,10 @@ impl lan::RemoteCatalog for RemoteVia {
 /// server sends at the deadline (a blocking query that timed out).
 const REMOTE_MARGIN: Duration = Duration::from_secs(2);
 
-/// What this server answers to other datacenters.
+/// What this server answers to other datacenters: calls for this datacenter, served by
+/// a gateway with no federation (so that none goes further).
 struct WanService {
-    lan: Lan,
+    here: Gateway,
 }
 
 impl Service for WanService {
@@ -635,24 +642,20 @@ impl Service for WanService {
         Box::pin(async move {
             match request {
                 Request::Ping => Response::Pong {
-                    node: self.lan.node_name().to_owned(),
-                    datacenter: self.lan.datacenter().to_string(),
+                    node: self.here.lan.node_name().to_owned(),
+                    datacenter: self.here.lan.datacenter().to_string(),
                 },
-                Request::Keyring { op, timeout_ms } => {
-                    match self.lan.keyring(op, deadline_in(timeout_ms)).await {
-                        Ok(report) => Response::Keyring(report),
-                        Err(e) => Response::Error(e.to_string()),
-                    }
-                }
-                Request::Read { query, options } => {
-                    Response::Read(self.lan.read(&query, options.to_options()).await)
-                }
-                Request::Write {
-                    command,
-                    timeout_ms,
-                } => Response::Write(self.lan.write(*command, deadline_in(timeout_ms)).await),
-                Request::Status { timeout_ms } => {
-                    Response::Status(self.lan.raft_status(deadline_in(timeout_ms)).await)
+                Request::Relay(raw) => {
+                    let reply = match remote::decode::<Call>(&raw) {
+                        // Fanning out again is the asking server's work, not this one's.
+                        Ok(Call::KeyringAll { .. } | Call::Datacenters) => {
+                            Reply::Refused("not served to other datacenters".into())
+                        }
+                        // The caller's certificate proved it is a server of the federation.
+                        Ok(call) => self.here.serve_call(None, call, true).await,
+                        Err(e) => Reply::Refused(e),
+                    };
+                    Response::Relay(remote::encode(&reply))
                 }
             }
         })
@@ -669,24 +672,25 @@ impl Gateway {
         local_only: bool,
         deadline: Instant,
     ) -> Result<Vec<PoolKeyring>, RouteError> {
-        Ok(self.lan.keyring_all(op, local_only, deadline).await?)
-    }
-}
-
-/// The keyring hook of a federated server: every pool it reaches.
-struct AllPools {
-    federation: Federation,
-}
-
-impl KeyringHook for AllPools {
-    fn run<'a>(
-        &'a self,
-        lan: &'a Lan,
-        op: KeyOperation,
-        local_only: bool,
-        deadline: Instant,
-    ) -> KeyringRun<'a> {
-        Box::pin(all_pools(lan, &self.federation, op, local_only, deadline))
+        let local = self.lan.datacenter().to_string();
+        match &self.federation {
+            Ok(federation) => Ok(all_pools(&self.lan, federation, op, local_only, deadline).await),
+            Err(_) if self.lan.is_server() => {
+                let report = self.lan.keyring(op, deadline).await?;
+                Ok(vec![PoolKeyring::lan(&local, report)])
+            }
+            Err(_) => {
+                let call = Call::KeyringAll {
+                    op,
+                    local_only,
+                    timeout_ms: remaining_ms(deadline),
+                };
+                match self.via_server(&local, call.clone(), deadline).await? {
+                    Reply::KeyringAll(r) => r,
+                    other => Err(unexpected(&call, other)),
+                }
+            }
+        }
     }
 }
 
@@ -715,17 +719,21 @@ async fn all_pools(
         .map(|dc| {
             let op = op.clone();
             async move {
-                let request = Request::Keyring {
+                let call = Call::Keyring {
                     op,
                     timeout_ms: remaining_ms(deadline),
                 };
                 // The remote server answers a little before our deadline.
-                let answer = federation
-                    .call(&dc, &request, deadline + Duration::from_millis(500))
-                    .await;
+                let answer = remote(
+                    federation,
+                    &dc,
+                    &call,
+                    deadline + Duration::from_millis(500),
+                )
+                .await;
                 match answer {
-                    Ok(Response::Keyring(report)) => PoolKeyring::lan(&dc, report),
-                    Ok(Response::Error(e)) => PoolKeyring::failed(&dc, e),
+                    Ok(Reply::Keyring(Ok(report))) => PoolKeyring::lan(&dc, report),
+                    Ok(Reply::Keyring(Err(e)) | Reply::Refused(e)) => PoolKeyring::failed(&dc, e),
                     Ok(other) => PoolKeyring::failed(&dc, format!("unexpected answer {other:?}")),
                     Err(e) => PoolKeyring::failed(&dc, e.to_string()),
                 }
@@ -736,4 +744,55 @@ async fn all_pools(
     let mut pools = vec![PoolKeyring::wan(&local, wan_report), lan_pool];
     pools.extend(remote);
     pools
+}
+
+/// A pool's answer to a keyring operation: the WAN pool, or the LAN pool of a datacenter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolKeyring {
+    /// The WAN pool (else a LAN pool).
+    pub wan: bool,
+    /// The datacenter of the LAN pool; for the WAN pool, this agent's.
+    pub datacenter: String,
+    /// What the pool's members said. A datacenter that could not be reached has an empty
+    /// report with the reason in `error`.
+    pub report: KeyringReport,
+    /// Why the pool could not be asked at all.
+    pub error: Option<String>,
+}
+
+impl PoolKeyring {
+    /// A LAN pool's answer.
+    pub fn lan(datacenter: &str, report: KeyringReport) -> PoolKeyring {
+        PoolKeyring {
+            wan: false,
+            datacenter: datacenter.to_owned(),
+            report,
+            error: None,
+        }
+    }
+
+    /// The WAN pool's answer.
+    pub fn wan(datacenter: &str, report: KeyringReport) -> PoolKeyring {
+        PoolKeyring {
+            wan: true,
+            ..PoolKeyring::lan(datacenter, report)
+        }
+    }
+
+    /// A datacenter that could not be asked.
+    pub fn failed(datacenter: &str, error: String) -> PoolKeyring {
+        PoolKeyring {
+            error: Some(error),
+            ..PoolKeyring::lan(datacenter, KeyringReport::default())
+        }
+    }
+
+    /// How Consul names the pool in errors: `dc1 (LAN)` or `WAN`.
+    pub fn label(&self) -> String {
+        if self.wan {
+            "WAN".to_owned()
+        } else {
+            format!("{} (LAN)", self.datacenter)
+        }
+    }
 }

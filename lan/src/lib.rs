@@ -29,8 +29,8 @@ pub mod fair;
 pub mod fuzzing;
 mod leader;
 mod local;
-mod pool_keyring;
 mod raft;
+mod relay;
 mod rpc;
 mod server;
 
@@ -56,12 +56,10 @@ use gossip::{
     Encryption, JoinError, KeyOperation, KeyringReport, Member, MemberStatus, Pool, PoolConfig,
 };
 pub use local::{CHECK_OUTPUT_MAX, CheckDefinition, Local, LocalError, SYNC_INTERVAL, Source};
-pub use pool_keyring::{
-    KeyringHook, KeyringRun, PoolKeyring, RemoteCatalog, RemoteDatacenters, RemoteRead,
-    RemoteStatus, RemoteWrite,
-};
 pub use raft::{RPC_HOLD_TIMEOUT, RaftStartError, RaftTiming, SNAPSHOT_THRESHOLD, Storage};
+pub use relay::{Opaque, Relay, Relaying};
 pub use rpc::{DEFAULT_RPC_MAX_CONNS_PER_CLIENT, RpcTls};
+pub use server::KEYRING_NEEDS_PROOF;
 
 /// The protocol version this agent speaks in member tags (`vsn`), as Consul's.
 pub const PROTOCOL_VERSION: u8 = 2;
@@ -151,12 +149,8 @@ struct Inner {
     pool: Pool,
     rpc: rpc::Client,
     server_addr: Option<SocketAddr>,
-    /// How this server runs keyring operations on every pool (set once, on servers of a
-    /// federation).
-    keyring_hook: std::sync::OnceLock<Arc<dyn KeyringHook>>,
-    /// How this server reaches other datacenters' catalogs (set once, on servers of a
-    /// federation).
-    remote: std::sync::OnceLock<Arc<dyn RemoteCatalog>>,
+    /// What this server does with requests its client agents relay (set once).
+    relay: std::sync::OnceLock<Arc<dyn Relay>>,
 }
 
 /// Handle to this agent's datacenter layer. Cheap to clone.
@@ -355,8 +349,7 @@ impl Lan {
                 pool,
                 rpc,
                 server_addr,
-                keyring_hook: std::sync::OnceLock::new(),
-                remote: std::sync::OnceLock::new(),
+                relay: std::sync::OnceLock::new(),
             }),
         };
         if let Some(listener) = listener {
@@ -532,7 +525,11 @@ impl Lan {
                 Err(e @ rpc::RpcError::Closed(_))
                     if matches!(
                         request,
-                        rpc::Request::Write { .. } | rpc::Request::WriteIn { .. }
+                        rpc::Request::Write { .. }
+                            | rpc::Request::Relay {
+                                retry_safe: false,
+                                ..
+                            }
                     ) =>
                 {
                     return Err(ForwardError::Rpc(format!(
@@ -601,137 +598,41 @@ impl Lan {
         }
     }
 
-    /// Lets this server read and write other datacenters' catalogs for its client
-    /// agents. Set once.
-    pub fn set_remote_catalog(&self, remote: Arc<dyn RemoteCatalog>) {
-        let _ = self.inner.remote.set(remote);
+    /// Lets this server serve the requests its client agents relay. Set once.
+    pub fn set_relay(&self, relay: Arc<dyn Relay>) {
+        let _ = self.inner.relay.set(relay);
     }
 
-    /// Reads `query` in another datacenter `dc`: a server of a federation asks that
-    /// datacenter over the WAN, a client agent asks a server of its own datacenter to.
-    pub async fn read_in(
+    /// Has a server of this datacenter serve `request` (a client agent's way to reach
+    /// what only servers can, such as other datacenters). `retry_safe`: the request may
+    /// be sent to another server when the connection to the first closes after it was
+    /// sent (not so for a write, which may have been applied).
+    pub async fn relay(
         &self,
-        dc: &str,
-        query: &Query,
-        options: ReadOptions,
-    ) -> Result<QueryResult, ReadError> {
-        match &self.inner.role {
-            Role::Server { .. } => match self.inner.remote.get() {
-                Some(remote) => remote.read(dc, query.clone(), options).await,
-                None => Err(ReadError::NoPath),
-            },
-            Role::Client { .. } => {
-                let request = rpc::Request::ReadIn {
-                    dc: dc.to_owned(),
-                    query: query.clone(),
-                    options: options.to_sent(),
-                };
-                // The server's remote call has its own margin beyond the deadline.
-                match self
-                    .forward(&request, options.deadline + 2 * FORWARD_MARGIN)
-                    .await?
-                {
-                    rpc::Response::Read(r) => r,
-                    other => Err(ReadError::Rpc(rpc::unexpected(other))),
-                }
-            }
-        }
-    }
-
-    /// The datacenters of the federation, nearest first (this one first): a server with
-    /// a remote catalog knows them, a client agent asks a server. Just this one when
-    /// nobody knows better.
-    pub async fn datacenters(&self, deadline: Instant) -> Vec<String> {
-        match &self.inner.role {
-            Role::Server { .. } => self.datacenters_here().await,
-            Role::Client { .. } => match self.forward(&rpc::Request::Datacenters, deadline).await {
-                Ok(rpc::Response::Datacenters(list)) if !list.is_empty() => list,
-                _ => vec![self.datacenter().to_string()],
-            },
-        }
-    }
-
-    async fn datacenters_here(&self) -> Vec<String> {
-        match self.inner.remote.get() {
-            Some(remote) => remote.datacenters().await,
-            None => vec![self.datacenter().to_string()],
-        }
-    }
-
-    /// Applies `command` in another datacenter `dc` (see [`Lan::read_in`]).
-    pub async fn write_in(
-        &self,
-        dc: &str,
-        command: Command,
+        request: Opaque,
+        retry_safe: bool,
         deadline: Instant,
-    ) -> Result<u64, WriteError> {
-        match &self.inner.role {
-            Role::Server { .. } => match self.inner.remote.get() {
-                Some(remote) => remote.write(dc, command, deadline).await,
-                None => Err(WriteError::NoPath),
-            },
-            Role::Client { .. } => {
-                let request = rpc::Request::WriteIn {
-                    dc: dc.to_owned(),
-                    command: Box::new(command),
-                    timeout_ms: remaining_ms(deadline),
-                };
-                match self
-                    .forward(&request, deadline + 2 * FORWARD_MARGIN)
-                    .await?
-                {
-                    rpc::Response::Write(r) => r,
-                    other => Err(WriteError::Rpc(rpc::unexpected(other))),
-                }
-            }
+    ) -> Result<Opaque, ReadError> {
+        let request = rpc::Request::Relay {
+            request,
+            timeout_ms: remaining_ms(deadline),
+            retry_safe,
+        };
+        match self.forward(&request, deadline + FORWARD_MARGIN).await? {
+            rpc::Response::Relay(answer) => Ok(answer),
+            other => Err(ReadError::Rpc(rpc::unexpected(other))),
         }
     }
 
-    /// Lets this server run keyring operations on every pool of the federation (for
-    /// itself and for the client agents that ask it). Set once.
-    pub fn set_keyring_hook(&self, hook: Arc<dyn KeyringHook>) {
-        let _ = self.inner.keyring_hook.set(hook);
-    }
-
-    /// Runs a keyring operation on every pool: on a server with a keyring hook, the
-    /// hook's pools; on a server without one, its LAN pool; a client agent asks a server
-    /// of its datacenter to do it.
-    pub async fn keyring_all(
+    /// Serves a relayed request on this server.
+    pub(crate) async fn serve_relayed(
         &self,
-        op: KeyOperation,
-        local_only: bool,
+        request: Opaque,
+        proven: bool,
         deadline: Instant,
-    ) -> Result<Vec<PoolKeyring>, ReadError> {
-        match &self.inner.role {
-            Role::Server { .. } => Ok(self.keyring_all_here(op, local_only, deadline).await),
-            Role::Client { .. } => {
-                let request = rpc::Request::KeyringAll {
-                    op,
-                    local_only,
-                    timeout_ms: remaining_ms(deadline),
-                };
-                match self.forward(&request, deadline + FORWARD_MARGIN).await? {
-                    rpc::Response::KeyringAll(r) => Ok(r),
-                    other => Err(ReadError::Rpc(rpc::unexpected(other))),
-                }
-            }
-        }
-    }
-
-    /// [`Lan::keyring_all`] as a server runs it.
-    pub(crate) async fn keyring_all_here(
-        &self,
-        op: KeyOperation,
-        local_only: bool,
-        deadline: Instant,
-    ) -> Vec<PoolKeyring> {
-        match self.inner.keyring_hook.get() {
-            Some(hook) => hook.run(self, op, local_only, deadline).await,
-            None => vec![PoolKeyring::lan(
-                self.datacenter().as_str(),
-                self.keyring_here(op, deadline).await,
-            )],
-        }
+    ) -> Option<Opaque> {
+        let relay = self.inner.relay.get()?;
+        Some(relay.relay(self, request, proven, deadline).await)
     }
 
     /// Runs a keyring operation across the LAN pool from this agent (what a server does
@@ -775,33 +676,6 @@ impl Lan {
                 rpc::Response::Status(s) => Ok(s),
                 other => Err(ReadError::Rpc(rpc::unexpected(other))),
             },
-        }
-    }
-
-    /// The Raft state of another datacenter `dc` (see [`Lan::read_in`]).
-    pub async fn raft_status_in(
-        &self,
-        dc: &str,
-        deadline: Instant,
-    ) -> Result<RaftStatus, ReadError> {
-        match &self.inner.role {
-            Role::Server { .. } => match self.inner.remote.get() {
-                Some(remote) => remote.raft_status(dc, deadline).await,
-                None => Err(ReadError::NoPath),
-            },
-            Role::Client { .. } => {
-                let request = rpc::Request::StatusIn {
-                    dc: dc.to_owned(),
-                    timeout_ms: remaining_ms(deadline),
-                };
-                match self
-                    .forward(&request, deadline + 2 * FORWARD_MARGIN)
-                    .await?
-                {
-                    rpc::Response::StatusIn(r) => r,
-                    other => Err(ReadError::Rpc(rpc::unexpected(other))),
-                }
-            }
         }
     }
 

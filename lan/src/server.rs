@@ -280,7 +280,7 @@ impl Handler {
     /// Whether `caller` may ask `request` (see `rpc::secure`); the refusal if not.
     fn refusal(&self, request: &Request, caller: &Caller) -> Option<Response> {
         match request {
-            Request::Keyring { .. } | Request::KeyringAll { .. } if !caller.may_use_keyring() => {
+            Request::Keyring { .. } if !caller.may_use_keyring() => {
                 Some(self.refuse(caller, "a keyring request", &KEYRING_NEEDS_PROOF))
             }
             Request::AppendEntries { .. }
@@ -309,7 +309,7 @@ fn misdirected(to: u64, me: u64) -> Result<(), guard::Refused> {
 }
 
 /// Why a keyring request from an unproven caller is refused.
-const KEYRING_NEEDS_PROOF: &str = "Permission denied: keyring operations over the server port need a caller that proved it belongs to the datacenter (the gossip key, or a TLS client certificate from the CA)";
+pub const KEYRING_NEEDS_PROOF: &str = "Permission denied: keyring operations over the server port need a caller that proved it belongs to the datacenter (the gossip key, or a TLS client certificate from the CA)";
 /// Why a Raft request from an unproven caller is refused.
 const RAFT_NEEDS_PROOF: &str = "Permission denied: Raft over the server port needs a server that proved it belongs to the datacenter (the gossip key, or a TLS client certificate from the CA)";
 
@@ -336,27 +336,21 @@ impl rpc::Handler for Handler {
             Request::Keyring { op, timeout_ms } => {
                 Response::Keyring(lan.keyring_here(op, deadline_in(timeout_ms)).await)
             }
-            Request::ReadIn { dc, query, options } => {
-                Response::Read(lan.read_in(&dc, &query, options.to_options()).await)
+            Request::Relay {
+                request,
+                timeout_ms,
+                ..
+            } => {
+                let proven = caller.may_use_keyring();
+                match lan
+                    .serve_relayed(request, proven, deadline_in(timeout_ms))
+                    .await
+                {
+                    Some(answer) => Response::Relay(answer),
+                    None => Response::Unsupported("this server relays nothing yet".into()),
+                }
             }
-            Request::WriteIn {
-                dc,
-                command,
-                timeout_ms,
-            } => Response::Write(lan.write_in(&dc, *command, deadline_in(timeout_ms)).await),
-            Request::KeyringAll {
-                op,
-                local_only,
-                timeout_ms,
-            } => Response::KeyringAll(
-                lan.keyring_all_here(op, local_only, deadline_in(timeout_ms))
-                    .await,
-            ),
             Request::Status => Response::Status(consensus.status()),
-            Request::Datacenters => Response::Datacenters(lan.datacenters_here().await),
-            Request::StatusIn { dc, timeout_ms } => {
-                Response::StatusIn(lan.raft_status_in(&dc, deadline_in(timeout_ms)).await)
-            }
             Request::AppendEntries { to, request } => {
                 let checked = misdirected(to, consensus.id())
                     .and_then(|()| guard::append_entries(&request, consensus.current_term()));

@@ -27,7 +27,7 @@ use gossip::swim;
 use gossip::{Encryption, JoinError, KeyOperation, KeyringReport, Member, MemberStatus, Pool};
 
 use crate::endpoint::{Endpoint, EndpointConfig, WanError};
-use crate::rpc::{Request, Response, Service};
+use crate::rpc::{Delivery, Request, Response, Service};
 use crate::tls::Material;
 
 /// How often a server checks for servers of its datacenter missing from the WAN pool.
@@ -325,16 +325,17 @@ impl Federation {
         &self,
         datacenter: &str,
         request: &Request,
+        delivery: Delivery,
         deadline: Instant,
     ) -> Result<Response, WanError> {
         if !self.knows(datacenter) {
             return Err(WanError::NoPath);
         }
-        let blocking = matches!(request, Request::Read { options, .. } if options.min_index > 0);
+        let blocking = delivery.long;
         // A write that may have reached a server is never sent to another: the first
         // copy could still be applied after the second, and after whatever the caller
         // does next (undoing it). Only a write that never left (no connection) moves on.
-        let write = matches!(request, Request::Write { .. });
+        let write = delivery.at_most_once;
         let servers = self.servers_by_status(datacenter);
         let count = servers.len();
         let mut last = WanError::NoServer;

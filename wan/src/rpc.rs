@@ -1,17 +1,19 @@
 //! Requests between servers of different datacenters, one per QUIC stream.
 //!
-//! The receiving server serves them through a [`Service`] the agent provides: the WAN
-//! layer knows how to carry a request to a datacenter, not what a catalog is.
+//! The WAN layer knows how to carry a request to a datacenter, not what it asks: besides
+//! its own [`Request::Ping`], a request is JSON it relays to the receiving server's
+//! [`Service`] (the agent's gateway) without reading it. What it needs to know to deliver
+//! one (may it take until its deadline, may it be sent twice) comes as a [`Delivery`].
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
-use catalog::{Command, Query};
-use catalog::{QueryResult, RaftStatus, ReadError, SentReadOptions, WriteError};
-use gossip::{KeyOperation, KeyringReport};
+/// A relayed request or its answer: JSON this crate does not read.
+pub type Opaque = Box<RawValue>;
 
 /// Who sent a request: the connection's address and the datacenter its certificate is
 /// for.
@@ -24,40 +26,16 @@ pub struct Caller {
 }
 
 /// A request to a server of another datacenter.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
     /// Are you there? Answered with the server's node and datacenter.
     Ping,
-    /// Run a keyring operation across the receiver's LAN pool.
-    Keyring {
-        /// The operation.
-        op: KeyOperation,
-        /// Time left until the caller's deadline, in milliseconds.
-        timeout_ms: u64,
-    },
-    /// A read of the receiver's catalog, as a read in its own datacenter would be made.
-    Read {
-        /// The query.
-        query: Query,
-        /// How to read it.
-        options: SentReadOptions,
-    },
-    /// A write to the receiver's catalog, applied by its datacenter's leader.
-    Write {
-        /// The change (boxed: it is much larger than the other requests).
-        command: Box<Command>,
-        /// Time left until the caller's deadline, in milliseconds.
-        timeout_ms: u64,
-    },
-    /// The receiver's datacenter's Raft state.
-    Status {
-        /// Time left until the caller's deadline, in milliseconds.
-        timeout_ms: u64,
-    },
+    /// A request for the receiving server's [`Service`].
+    Relay(Opaque),
 }
 
 /// The answer to a [`Request`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
     /// For [`Request::Ping`].
     Pong {
@@ -66,16 +44,21 @@ pub enum Response {
         /// Its datacenter.
         datacenter: String,
     },
-    /// For [`Request::Keyring`]: the LAN pool's report.
-    Keyring(KeyringReport),
-    /// For [`Request::Read`].
-    Read(Result<QueryResult, ReadError>),
-    /// For [`Request::Write`].
-    Write(Result<u64, WriteError>),
-    /// For [`Request::Status`].
-    Status(Result<RaftStatus, ReadError>),
+    /// For [`Request::Relay`]: the service's answer.
+    Relay(Opaque),
     /// The request could not be served.
     Error(String),
+}
+
+/// How a request may be delivered, for a layer that does not read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Delivery {
+    /// It may take until its deadline to be answered (a blocking read): reaching a
+    /// server gets a share of the time, then the answer is awaited.
+    pub long: bool,
+    /// Once it may have reached a server it is never sent to another (a write: the first
+    /// copy could still be applied after the second).
+    pub at_most_once: bool,
 }
 
 /// The answer of a [`Service`].

@@ -52,13 +52,6 @@ pub enum WriteError {
     /// The change is larger than a log entry may be; it was not applied.
     #[error("the change of {0} bytes is too large for the catalog log")]
     TooLarge(usize),
-    /// The write names a datacenter no server of the federation is in (Consul's text).
-    #[error("No path to datacenter")]
-    NoPath,
-    /// The datacenter is known but none of its servers answered (Consul's text); the
-    /// write may or may not have been applied.
-    #[error("Remote DC has no server currently reachable")]
-    NoServer,
 }
 
 impl WriteError {
@@ -71,7 +64,6 @@ impl WriteError {
                 | WriteError::LeadershipLost
                 | WriteError::NoServers
                 | WriteError::Rpc(_)
-                | WriteError::NoServer
         )
     }
 }
@@ -97,12 +89,6 @@ pub enum ReadError {
     /// No server could be reached.
     #[error("rpc error making call: {0}")]
     Rpc(String),
-    /// The read names a datacenter no server of the federation is in (Consul's text).
-    #[error("No path to datacenter")]
-    NoPath,
-    /// The datacenter is known but none of its servers answered (Consul's text).
-    #[error("Remote DC has no server currently reachable")]
-    NoServer,
 }
 
 /// What a read reports about the Raft state behind its answer (Consul's headers).

@@ -90,25 +90,6 @@ pub(crate) enum Request {
         /// Already forwarded once.
         forwarded: bool,
     },
-    /// A catalog read in another datacenter, made by the receiving server over the WAN.
-    ReadIn {
-        /// The datacenter.
-        dc: String,
-        /// The query.
-        query: Query,
-        /// How to read it.
-        #[serde(flatten)]
-        options: SentReadOptions,
-    },
-    /// A catalog write in another datacenter, sent on by the receiving server.
-    WriteIn {
-        /// The datacenter.
-        dc: String,
-        /// The change.
-        command: Box<Command>,
-        /// Time left until the caller's deadline, in milliseconds.
-        timeout_ms: u64,
-    },
     /// A keyring operation for the whole LAN pool, run by the receiving server.
     Keyring {
         /// The operation.
@@ -116,26 +97,17 @@ pub(crate) enum Request {
         /// Time left until the caller's deadline, in milliseconds.
         timeout_ms: u64,
     },
-    /// A keyring operation for every pool the receiving server reaches.
-    KeyringAll {
-        /// The operation.
-        op: KeyOperation,
-        /// Only the local LAN pool (`-local-only`).
-        local_only: bool,
-        /// Time left until the caller's deadline, in milliseconds.
-        timeout_ms: u64,
-    },
     /// This datacenter's Raft state (leader, peers).
     Status,
-    /// The datacenters of the federation, nearest first, as the receiving server sees
-    /// them.
-    Datacenters,
-    /// Another datacenter's Raft state, asked by the receiving server over the WAN.
-    StatusIn {
-        /// The datacenter.
-        dc: String,
+    /// A request for the receiving server's [`crate::Relay`], which this crate does not
+    /// read (a client agent's request for another datacenter, say).
+    Relay {
+        /// The request.
+        request: crate::Opaque,
         /// Time left until the caller's deadline, in milliseconds.
         timeout_ms: u64,
+        /// Whether it may be sent again to another server (see [`crate::Lan::relay`]).
+        retry_safe: bool,
     },
     /// Raft: replicate entries or heartbeat.
     AppendEntries {
@@ -179,14 +151,10 @@ pub(crate) enum Response {
     Write(Result<u64, WriteError>),
     /// For [`Request::Keyring`].
     Keyring(KeyringReport),
-    /// For [`Request::KeyringAll`].
-    KeyringAll(Vec<crate::PoolKeyring>),
     /// For [`Request::Status`].
     Status(RaftStatus),
-    /// For [`Request::Datacenters`].
-    Datacenters(Vec<String>),
-    /// For [`Request::StatusIn`].
-    StatusIn(Result<RaftStatus, ReadError>),
+    /// For [`Request::Relay`]: the relay's answer.
+    Relay(crate::Opaque),
     /// For [`Request::AppendEntries`].
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     /// For [`Request::Vote`].
@@ -700,19 +668,19 @@ mod tests {
     use gossip::keyring::{Key, Keyring};
     use gossip::transport::Encryption;
 
-    /// Answers every request with `["dc1", "proven" | "unproven"]`, saying what the
-    /// caller proved.
+    /// Answers every request with `dc1 proven` or `dc1 unproven`, saying what the caller
+    /// proved.
     struct Answers;
 
     impl Handler for Answers {
         async fn handle(&self, _request: Request, caller: Caller) -> Response {
             let proof = if caller.proven { "proven" } else { "unproven" };
-            Response::Datacenters(vec!["dc1".into(), proof.into()])
+            Response::Unsupported(format!("dc1 {proof}"))
         }
     }
 
     fn answered(r: Result<Response, RpcError>) -> bool {
-        matches!(r, Ok(Response::Datacenters(dcs)) if dcs.first().is_some_and(|d| d == "dc1"))
+        matches!(r, Ok(Response::Unsupported(t)) if t.starts_with("dc1 "))
     }
 
     fn port(max_connections: usize, max_conns_per_client: usize) -> Port {
@@ -763,7 +731,7 @@ mod tests {
     async fn ask(connection: &mut (FrameReader, FrameWriter)) -> std::io::Result<bool> {
         let request = serde_json::to_vec(&Envelope {
             id: 1,
-            body: Request::Datacenters,
+            body: Request::Status,
         })
         .expect("requests serialise");
         connection.1.write(&request).await?;
@@ -800,13 +768,13 @@ mod tests {
         // This module's client, on the connection it opens, gets no place either.
         let client = Client::new(None, None, tasks.clone(), shutdown.clone());
         let deadline = Instant::now() + Duration::from_secs(10);
-        let refused = client.call(server, &Request::Datacenters, deadline).await;
+        let refused = client.call(server, &Request::Status, deadline).await;
         assert_eq!(refused.unwrap_err(), RpcError::Closed(server));
         // Once a connection of 127.0.0.1 closes, its place is free again.
         drop(first);
         let mut again = false;
         while !again && Instant::now() < deadline {
-            again = answered(client.call(server, &Request::Datacenters, deadline).await);
+            again = answered(client.call(server, &Request::Status, deadline).await);
             if !again {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -861,13 +829,13 @@ mod tests {
         .await;
         let deadline = Instant::now() + Duration::from_secs(10);
         let member = Client::new(None, Some(keys(1, true)), tasks.clone(), shutdown.clone());
-        let answer = member.call(server, &Request::Datacenters, deadline).await;
+        let answer = member.call(server, &Request::Status, deadline).await;
         assert!(
-            matches!(&answer, Ok(Response::Datacenters(d)) if d[1] == "proven"),
+            matches!(&answer, Ok(Response::Unsupported(t)) if t == "dc1 proven"),
             "{answer:?}"
         );
         let stranger = Client::new(None, Some(keys(2, true)), tasks.clone(), shutdown.clone());
-        let refused = stranger.call(server, &Request::Datacenters, deadline).await;
+        let refused = stranger.call(server, &Request::Status, deadline).await;
         assert!(
             matches!(&refused, Err(RpcError::Connect { error, .. }) if error.contains("gossip key")),
             "{refused:?}"

@@ -52,7 +52,7 @@ use tokio::net::UdpSocket;
 use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use wan::rpc::Request;
+use wan::rpc::{Delivery, Request};
 use wan::tls::{self, CertKind, CertRequest, Pem};
 
 const USAGE: &str = "usage: crossdc-bench [--count N] [--delay-ms D] [--concurrency C] \
@@ -312,7 +312,12 @@ async fn measure(
         for i in 0..WARMUP + o.baseline_count {
             let t = Instant::now();
             let answer = federation
-                .call("dc2", &Request::Ping, t + QUERY_TIMEOUT)
+                .call(
+                    "dc2",
+                    &Request::Ping,
+                    Delivery::default(),
+                    t + QUERY_TIMEOUT,
+                )
                 .await;
             if i >= WARMUP {
                 match answer {
