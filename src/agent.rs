@@ -538,9 +538,9 @@ async fn gateway(
                 f.clone()
                     .flood_join(lan.subscribe_members(), life.core.child_token()),
             );
-            Gateway::with_federation(lan, f, &life.tasks)
+            Gateway::with_federation(lan, f, &life.tasks, config.remote_read_caps)
         }
-        Err(why) => Gateway::new(lan, why, &life.tasks),
+        Err(why) => Gateway::new(lan, why, &life.tasks, config.remote_read_caps),
     }
 }
 

@@ -28,8 +28,8 @@ mod prepared;
 mod remote;
 
 pub use load::{
-    CachePolicy, CacheStatus, MAX_BLOCKING_IN_FLIGHT, MAX_CACHED_ITEMS, MAX_ENTRIES, MAX_ENTRY_AGE,
-    MAX_READS_IN_FLIGHT, UNKNOWN_DC_TTL,
+    CachePolicy, CacheStatus, Caps, MAX_BLOCKING_IN_FLIGHT, MAX_CACHED_ITEMS, MAX_ENTRIES,
+    MAX_ENTRY_AGE, MAX_READS_IN_FLIGHT, UNKNOWN_DC_TTL,
 };
 pub use prepared::{Executed, MIN_FAILOVER_ATTEMPT};
 
@@ -109,9 +109,9 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway for an agent whose own datacenter is served by `lan`, with no WAN
     /// federation (`why` says why, for errors of WAN operations). Reads shared by several
-    /// callers run on `tasks`.
-    pub fn new(lan: Lan, why: String, tasks: &TaskTracker) -> Gateway {
-        let load = Arc::new(load::Load::new(tasks));
+    /// callers run on `tasks`; `caps` bound the reads in flight to each other datacenter.
+    pub fn new(lan: Lan, why: String, tasks: &TaskTracker, caps: Caps) -> Gateway {
+        let load = Arc::new(load::Load::new(tasks, caps));
         if lan.is_server() {
             lan.set_relay(Arc::new(ServeRelayed {
                 federation: Err(why.clone()),
@@ -128,8 +128,13 @@ impl Gateway {
     /// A gateway for a server that is part of the WAN federation; it also serves the
     /// requests other datacenters send it. Reads shared by several callers run on
     /// `tasks`.
-    pub fn with_federation(lan: Lan, federation: Federation, tasks: &TaskTracker) -> Gateway {
-        let load = Arc::new(load::Load::new(tasks));
+    pub fn with_federation(
+        lan: Lan,
+        federation: Federation,
+        tasks: &TaskTracker,
+        caps: Caps,
+    ) -> Gateway {
+        let load = Arc::new(load::Load::new(tasks, caps));
         // What other datacenters ask is always for this one: that gateway needs no
         // federation (and holding none, it keeps the federation from holding itself).
         federation.set_service(Arc::new(WanService {

@@ -35,6 +35,24 @@ pub const MAX_READS_IN_FLIGHT: usize = 128;
 /// Blocking reads in flight to one datacenter at most (beyond the 256 streams of one
 /// WAN connection they wait for a stream, within their deadline).
 pub const MAX_BLOCKING_IN_FLIGHT: usize = 1024;
+/// How many reads may be in flight to one other datacenter at once, by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// Non-blocking reads ([`MAX_READS_IN_FLIGHT`] by default).
+    pub reads: usize,
+    /// Blocking reads ([`MAX_BLOCKING_IN_FLIGHT`] by default).
+    pub blocking: usize,
+}
+
+impl Default for Caps {
+    fn default() -> Caps {
+        Caps {
+            reads: MAX_READS_IN_FLIGHT,
+            blocking: MAX_BLOCKING_IN_FLIGHT,
+        }
+    }
+}
+
 /// Cached answers at most.
 pub const MAX_ENTRIES: usize = 1024;
 /// Answers with more items than this are not cached.
@@ -117,6 +135,8 @@ pub(crate) struct Load {
     unknown: Mutex<HashMap<String, Instant>>,
     /// Where coalesced reads run, so the agent's shutdown waits for them.
     tasks: TaskTracker,
+    /// The in-flight caps per datacenter.
+    caps: Caps,
 }
 
 /// How many items an answer carries, for the cache's size bound.
@@ -174,14 +194,15 @@ impl Load {
             if limits.len() >= MAX_TRACKED_DCS && !limits.contains_key(dc) {
                 // Only known datacenters get here; this many means a name churn, and
                 // dropping the idle ones' counters loses nothing.
+                let caps = self.caps;
                 limits.retain(|_, l| {
-                    l.reads.available_permits() < MAX_READS_IN_FLIGHT
-                        || l.blocking.available_permits() < MAX_BLOCKING_IN_FLIGHT
+                    l.reads.available_permits() < caps.reads
+                        || l.blocking.available_permits() < caps.blocking
                 });
             }
             let limit = limits.entry(dc.to_owned()).or_insert_with(|| Limits {
-                reads: Arc::new(Semaphore::new(MAX_READS_IN_FLIGHT)),
-                blocking: Arc::new(Semaphore::new(MAX_BLOCKING_IN_FLIGHT)),
+                reads: Arc::new(Semaphore::new(self.caps.reads)),
+                blocking: Arc::new(Semaphore::new(self.caps.blocking)),
             });
             if blocking {
                 limit.blocking.clone()
@@ -190,9 +211,9 @@ impl Load {
             }
         };
         let limit = if blocking {
-            MAX_BLOCKING_IN_FLIGHT
+            self.caps.blocking
         } else {
-            MAX_READS_IN_FLIGHT
+            self.caps.reads
         };
         semaphore.try_acquire_owned().map_err(|_| RouteError::Busy {
             dc: dc.to_owned(),
@@ -201,9 +222,10 @@ impl Load {
     }
 
     /// State whose coalesced reads run on `tasks`.
-    pub(crate) fn new(tasks: &TaskTracker) -> Load {
+    pub(crate) fn new(tasks: &TaskTracker, caps: Caps) -> Load {
         Load {
             tasks: tasks.clone(),
+            caps,
             ..Load::default()
         }
     }

@@ -223,6 +223,10 @@ pub struct AgentConfig {
     pub dns: DnsConfig,
     /// Bounds of the HTTP server (`limits`).
     pub http_limits: api::http::HttpLimits,
+    /// Reads in flight to each other datacenter at most, from this agent (Consul has no
+    /// such setting: not read from config files; a program embedding the agent may
+    /// change it).
+    pub remote_read_caps: gateway::Caps,
     /// Server port connections open at once from one IP address
     /// (`limits.rpc_max_conns_per_client`; `usize::MAX` for no limit).
     pub rpc_max_conns_per_client: usize,
@@ -1272,6 +1276,7 @@ impl AgentConfig {
             enable_local_script_checks,
             dns: dns_config(&m, &limits),
             http_limits: http_limits(&limits),
+            remote_read_caps: gateway::Caps::default(),
             rpc_max_conns_per_client: per_client(
                 limits.rpc_max_conns_per_client,
                 lan::DEFAULT_RPC_MAX_CONNS_PER_CLIENT,

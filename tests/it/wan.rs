@@ -564,6 +564,87 @@ async fn catalog_reads_writes_and_dns_reach_another_datacenter_and_fail_fast_whe
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_datacenter_reaches_a_client_agents_caller_as_429() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = tls::create_ca("consul", 30).unwrap();
+    // dc1's server lets one blocking read at a time go to another datacenter.
+    let a = Member::start(Spec {
+        remote_read_caps: Some(gateway::Caps {
+            reads: 128,
+            blocking: 1,
+        }),
+        ..server(
+            "a0",
+            "dc1",
+            1,
+            vec![],
+            tls_config(dir.path(), &ca, "a0", "dc1"),
+        )
+    })
+    .await;
+    let b = Member::start(server(
+        "b0",
+        "dc2",
+        1,
+        vec![],
+        tls_config(dir.path(), &ca, "b0", "dc2"),
+    ))
+    .await;
+    leader_of(&[&a], 1).await;
+    leader_of(&[&b], 1).await;
+    wan_join(&b, &a.wan_addr()).await;
+    eventually(secs(30), "dc2 answers through dc1", || async {
+        let r = a.get("/v1/catalog/nodes?dc=dc2").await;
+        if r.status == 200 { Ok(()) } else { Err(r.body) }
+    })
+    .await;
+    let client = Member::start(Spec {
+        name: "a-client".into(),
+        key: Some(KEY.into()),
+        join: vec![a.gossip_addr()],
+        config: Some(client_tls(dir.path(), &ca, "dc1")),
+        ..Spec::default()
+    })
+    .await;
+    assert_eq!(client.get("/v1/catalog/nodes?dc=dc2").await.status, 200);
+
+    // One blocking read of dc2 held on the server takes its only slot. (dc2's new leader
+    // may still be writing its first entries: a read whose index is passed returns at
+    // once, so it is made again with the newer index.)
+    let busy = "too many requests in flight to datacenter \"dc2\" (the limit is 1)";
+    let mut held = None;
+    for _ in 0..50 {
+        let r = a.get("/v1/catalog/nodes?dc=dc2").await;
+        let index = r
+            .headers
+            .iter()
+            .find(|(k, _)| k == "x-consul-index")
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        let path = format!("/v1/catalog/nodes?dc=dc2&index={index}&wait=20s");
+        let holder = {
+            let http = a.http.clone();
+            let path = path.clone();
+            tokio::spawn(async move { http.call(hyper::Method::GET, &path, None).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if a.get(&path).await.status == 429 {
+            held = Some((holder, path));
+            break;
+        }
+        holder.abort();
+    }
+    let (holder, path) = held.expect("a blocking read held on the server");
+    // The client agent's own slot is free; the server it relays through says Busy, and
+    // the caller gets what a caller of that server gets: 429 with the same text.
+    let r = client.get(&path).await;
+    assert_eq!((r.status, r.body.trim()), (429, busy));
+    // Reads that do not block have slots of their own.
+    assert_eq!(client.get("/v1/catalog/nodes?dc=dc2").await.status, 200);
+    holder.abort();
+}
+
 /// A client certificate for `dc` and the config of a client agent that uses it.
 pub(crate) fn client_tls(dir: &Path, ca: &Pem, dc: &str) -> String {
     let pem = tls::create_cert(ca, &CertRequest::new(CertKind::Client, dc)).unwrap();

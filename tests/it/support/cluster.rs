@@ -55,6 +55,8 @@ pub struct Spec {
     pub proxied_wan: bool,
     /// Time between anti-entropy full syncs, for tests that wait for one.
     pub ae_interval: Option<std::time::Duration>,
+    /// Reads in flight to each other datacenter at most (the agent's default if `None`).
+    pub remote_read_caps: Option<gateway::Caps>,
 }
 
 /// One running agent of a cluster.
@@ -124,6 +126,9 @@ impl Member {
         config.start_join_wan = spec.join_wan.clone();
         if let Some(interval) = spec.ae_interval {
             config.ae_interval = interval;
+        }
+        if let Some(caps) = spec.remote_read_caps {
+            config.remote_read_caps = caps;
         }
         let proxy = if spec.proxied {
             // The gossip port must be known before the proxy can point at it, so it is
