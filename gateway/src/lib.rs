@@ -4,10 +4,13 @@
 //! The gateway decides who answers it:
 //!
 //! ```text
-//!   api (HTTP, DNS) ──(dc, Query)──▶ Gateway::read ──local dc──▶ lan::Lan::read
-//!                                                 └─other dc──▶ wan::Federation::call
-//!                                                               (a server of that dc,
-//!                                                                nearest first)
+//!   api (HTTP, DNS) ──(dc, Query)──▶ Gateway::read ─route─┬─ local dc ─▶ lan::Lan::read
+//!                                                         ├─ other dc ─▶ wan::Federation::call
+//!                                                         │   (a server; a server of that dc,
+//!                                                         │    nearest first)
+//!                                                         └─ other dc ─▶ lan::Lan::relay
+//!                                                             (a client agent: a server of
+//!                                                              its own dc routes it again)
 //! ```
 //!
 //! A datacenter the WAN pool does not know is Consul's `No path to datacenter`; one

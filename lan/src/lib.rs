@@ -16,8 +16,10 @@
 //! [`catalog::Query`]/[`catalog::Answer`], [`Local`].
 //!
 //! Invariants: this crate never opens an HTTP or DNS socket and knows other datacenters
-//! only by name. Every write carries a deadline; every task it starts is tracked and
-//! stops on the shutdown token.
+//! only by name: what a client agent asks of another datacenter, it hands to a server of
+//! its own as a request this crate does not read ([`Lan::relay`], served by the gateway
+//! through [`Relay`]). Every write carries a deadline; every task it starts is tracked
+//! and stops on the shutdown token.
 
 #![warn(missing_docs)]
 

@@ -128,9 +128,16 @@ async fn a_poisoned_append_entries_is_refused_and_the_next_election_still_works(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_gets_no_keys_from_the_server_port() {
-    let list = json!({"id": 7, "body": {"KeyringAll": {
-        "op": "List", "local_only": false, "timeout_ms": 2000
+    // Every pool's keys, asked as a client agent asks its server (relayed to the
+    // gateway), and the LAN pool's, asked of the server itself.
+    let list = json!({"id": 7, "body": {"Relay": {
+        "request": {"dc": "dc1", "call": {"KeyringAll": {
+            "op": "List", "local_only": false, "timeout_ms": 2000
+        }}},
+        "timeout_ms": 2000,
+        "retry_safe": true
     }}});
+    let lan_list = json!({"id": 8, "body": {"Keyring": {"op": "List", "timeout_ms": 2000}}});
     // With a gossip key, a caller that does not prove it holds the key is not served at
     // all: the connection closes without an answer.
     let key = "PAfZLsxW8d3gXQQ0aXcy+o0WXIKkQtR2ANKr3lIsXqM=";
@@ -142,8 +149,10 @@ async fn a_stranger_gets_no_keys_from_the_server_port() {
     })
     .await;
     leader_of(&[&keyed], 1).await;
-    let answer = exchange(None, server_port(&keyed), &list).await;
-    assert!(answer.is_none(), "a stranger was answered: {answer:?}");
+    for ask in [&list, &lan_list] {
+        let answer = exchange(None, server_port(&keyed), ask).await;
+        assert!(answer.is_none(), "a stranger was answered: {answer:?}");
+    }
     // The members themselves still rotate keys through the server port.
     let r = keyed.get("/v1/operator/keyring").await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -158,6 +167,11 @@ async fn a_stranger_gets_no_keys_from_the_server_port() {
     .await;
     leader_of(&[&open], 1).await;
     let answer = exchange(None, server_port(&open), &list).await.unwrap();
+    let refusal = answer["body"]["Relay"]["Refused"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(refusal.starts_with("Permission denied"), "{answer}");
+    let answer = exchange(None, server_port(&open), &lan_list).await.unwrap();
     let refusal = answer["body"]["Refused"].as_str().unwrap_or_default();
     assert!(refusal.starts_with("Permission denied"), "{answer}");
     keyed.agent.stop(false).await;
