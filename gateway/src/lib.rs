@@ -185,10 +185,7 @@ impl Gateway {
             // A client agent: a server of its datacenter knows.
             Err(_) if !self.lan.is_server() => {
                 let deadline = Instant::now() + DATACENTERS_TIMEOUT;
-                let names = match self
-                    .via_server(local.as_str(), Call::Datacenters, deadline)
-                    .await
-                {
+                let names = match self.via_server(&local, Call::Datacenters, deadline).await {
                     Ok(Reply::Datacenters(names)) => names,
                     _ => Vec::new(),
                 };
@@ -214,21 +211,21 @@ impl Gateway {
             Some(name) if name.is_empty() || name == self.lan.datacenter().as_str() => {
                 Ok(Route::Local)
             }
-            Some(name) => match &self.federation {
-                Ok(f) if f.knows(name) => Ok(Route::Remote(name.to_owned())),
-                // A client agent is in no WAN pool: a server of its datacenter knows.
-                Err(_) if !self.lan.is_server() => {
-                    if self.load.is_unknown(name) {
-                        return Err(RouteError::NoPath {
-                            dc: name.to_owned(),
-                        });
-                    }
-                    Ok(Route::ViaServer(name.to_owned()))
-                }
-                _ => Err(RouteError::NoPath {
+            Some(name) => {
+                let no_path = || RouteError::NoPath {
                     dc: name.to_owned(),
-                }),
-            },
+                };
+                // A name Consul would not allow is no datacenter of the federation.
+                let dc = Datacenter::new(name).map_err(|_| no_path())?;
+                match &self.federation {
+                    Ok(f) if f.knows(name) => Ok(Route::Remote(dc)),
+                    // A client agent is in no WAN pool: a server of its datacenter knows.
+                    Err(_) if !self.lan.is_server() && !self.load.is_unknown(name) => {
+                        Ok(Route::ViaServer(dc))
+                    }
+                    _ => Err(no_path()),
+                }
+            }
         }
     }
 
@@ -278,7 +275,7 @@ impl Gateway {
                 });
             }
             Route::Local => self.lan.datacenter().as_str(),
-            Route::Remote(name) | Route::ViaServer(name) => name.as_str(),
+            Route::Remote(dc) | Route::ViaServer(dc) => dc.as_str(),
         };
         let key = load::Key::new(name, query, &options);
         let blocking = options.min_index > 0;
@@ -345,8 +342,8 @@ impl Gateway {
         match route {
             // The server RPC layer bounds these.
             Route::Local => Ok(self.lan.read(query, options).await?),
-            Route::Remote(name) => {
-                let _permit = self.load.permit(name, options.min_index > 0)?;
+            Route::Remote(dc) => {
+                let _permit = self.load.permit(dc.as_str(), options.min_index > 0)?;
                 // A blocking read answers at its deadline: leave room for the answer.
                 // Any other read is answered before it, or not at all.
                 let deadline = if options.min_index > 0 {
@@ -354,14 +351,14 @@ impl Gateway {
                 } else {
                     options.deadline
                 };
-                match remote(self.wan()?, name, &call(), deadline).await? {
+                match remote(self.wan()?, dc, &call(), deadline).await? {
                     Reply::Read(r) => r,
                     other => Err(unexpected(&call(), other)),
                 }
             }
-            Route::ViaServer(name) => {
-                let _permit = self.load.permit(name, options.min_index > 0)?;
-                match self.via_server(name, call(), options.deadline).await? {
+            Route::ViaServer(dc) => {
+                let _permit = self.load.permit(dc.as_str(), options.min_index > 0)?;
+                match self.via_server(dc, call(), options.deadline).await? {
                     Reply::Read(r) => r,
                     other => Err(unexpected(&call(), other)),
                 }
@@ -373,13 +370,13 @@ impl Gateway {
     /// by `deadline` plus the margin of its own hop to `dc`.
     async fn via_server(
         &self,
-        dc: &str,
+        dc: &Datacenter,
         call: Call,
         deadline: Instant,
     ) -> Result<Reply, RouteError> {
         let retry_safe = !call.is_write();
         let relayed = remote::encode(&Relayed {
-            dc: dc.to_owned(),
+            dc: dc.clone(),
             call: call.clone(),
         });
         let answer = self
@@ -482,10 +479,8 @@ impl Gateway {
                 };
                 return Ok(self.lan.write(*command, deadline).await?);
             }
-            Route::Remote(name) => {
-                remote(self.wan()?, &name, &call, deadline + REMOTE_MARGIN).await?
-            }
-            Route::ViaServer(name) => self.via_server(&name, call.clone(), deadline).await?,
+            Route::Remote(dc) => remote(self.wan()?, &dc, &call, deadline + REMOTE_MARGIN).await?,
+            Route::ViaServer(dc) => self.via_server(&dc, call.clone(), deadline).await?,
         };
         match reply {
             Reply::Write(r) => r,
@@ -504,10 +499,8 @@ impl Gateway {
         };
         let reply = match self.route(dc)? {
             Route::Local => return Ok(self.lan.raft_status(deadline).await?),
-            Route::Remote(name) => {
-                remote(self.wan()?, &name, &call, deadline + REMOTE_MARGIN).await?
-            }
-            Route::ViaServer(name) => self.via_server(&name, call.clone(), deadline).await?,
+            Route::Remote(dc) => remote(self.wan()?, &dc, &call, deadline + REMOTE_MARGIN).await?,
+            Route::ViaServer(dc) => self.via_server(&dc, call.clone(), deadline).await?,
         };
         match reply {
             Reply::Status(r) => r,
@@ -573,26 +566,26 @@ enum Route {
     /// This agent's datacenter.
     Local,
     /// Another datacenter, over this server's WAN connections.
-    Remote(String),
+    Remote(Datacenter),
     /// Another datacenter, through a server of this (client) agent's datacenter.
-    ViaServer(String),
+    ViaServer(Datacenter),
 }
 
 /// Sends `call` to a server of `dc`, within `deadline`.
 async fn remote(
     federation: &Federation,
-    dc: &str,
+    dc: &Datacenter,
     call: &Call,
     deadline: Instant,
 ) -> Result<Reply, RouteError> {
     let request = Request::Relay(remote::encode(call));
     let answer = federation
-        .call(dc, &request, call.delivery(), deadline)
+        .call(dc.as_str(), &request, call.delivery(), deadline)
         .await
         .map_err(|e| match e {
-            wan::WanError::NoPath => RouteError::NoPath { dc: dc.to_owned() },
+            wan::WanError::NoPath => RouteError::NoPath { dc: dc.to_string() },
             wan::WanError::Unknown(_) => call.failed(e.to_string()),
-            _ => RouteError::NoServer { dc: dc.to_owned() },
+            _ => RouteError::NoServer { dc: dc.to_string() },
         })?;
     match answer {
         Response::Relay(raw) => remote::decode(&raw).map_err(|e| call.failed(e)),
@@ -626,7 +619,7 @@ impl lan::Relay for ServeRelayed {
                         federation: self.federation.clone(),
                         load: self.load.clone(),
                     };
-                    gateway.serve_call(Some(&dc), call, proven).await
+                    gateway.serve_call(Some(dc.as_str()), call, proven).await
                 }
                 Err(e) => Reply::Refused(e),
             };
@@ -693,7 +686,8 @@ impl Gateway {
                     local_only,
                     timeout_ms: remaining_ms(deadline),
                 };
-                match self.via_server(&local, call.clone(), deadline).await? {
+                let here = self.lan.datacenter();
+                match self.via_server(here, call.clone(), deadline).await? {
                     Reply::KeyringAll(r) => r,
                     other => Err(unexpected(&call, other)),
                 }
@@ -732,13 +726,18 @@ async fn all_pools(
                     timeout_ms: remaining_ms(deadline),
                 };
                 // The remote server answers a little before our deadline.
-                let answer = remote(
-                    federation,
-                    &dc,
-                    &call,
-                    deadline + Duration::from_millis(500),
-                )
-                .await;
+                let answer = match Datacenter::new(&dc) {
+                    Ok(name) => {
+                        remote(
+                            federation,
+                            &name,
+                            &call,
+                            deadline + Duration::from_millis(500),
+                        )
+                        .await
+                    }
+                    Err(e) => Err(call.failed(e.to_string())),
+                };
                 match answer {
                     Ok(Reply::Keyring(Ok(report))) => PoolKeyring::lan(&dc, report),
                     Ok(Reply::Keyring(Err(e)) | Reply::Refused(e)) => PoolKeyring::failed(&dc, e),

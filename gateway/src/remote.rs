@@ -19,7 +19,8 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use catalog::{
-    Command, Query, QueryResult, RaftStatus, ReadError, SentReadOptions, WriteError, deadline_in,
+    Command, Datacenter, Query, QueryResult, RaftStatus, ReadError, SentReadOptions, WriteError,
+    deadline_in,
 };
 use gossip::{KeyOperation, KeyringReport};
 
@@ -124,7 +125,7 @@ pub(crate) enum Reply {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Relayed {
     /// The datacenter the call is for.
-    pub(crate) dc: String,
+    pub(crate) dc: Datacenter,
     /// The call.
     pub(crate) call: Call,
 }
@@ -192,11 +193,11 @@ mod tests {
         assert!(matches!(write.failed("x".into()), RouteError::Write(_)));
         assert!(matches!(read(0).failed("x".into()), RouteError::Read(_)));
         let relayed = Relayed {
-            dc: "dc2".into(),
+            dc: Datacenter::new("dc2").unwrap(),
             call: read(3),
         };
         let back: Relayed = decode(&encode(&relayed)).unwrap();
-        assert!(back.dc == "dc2" && back.call.is_long());
+        assert!(back.dc.as_str() == "dc2" && back.call.is_long());
         assert!(decode::<Relayed>(&RawValue::from_string("[1]".into()).unwrap()).is_err());
     }
 }

@@ -508,6 +508,9 @@ async fn catalog_reads_writes_and_dns_reach_another_datacenter_and_fail_fast_whe
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     let r = a.get("/v1/catalog/nodes?dc=dc9").await;
     assert_eq!((r.status, r.body.trim()), (500, "No path to datacenter"));
+    // A name Consul would not allow for a datacenter names none.
+    let r = a.get("/v1/catalog/nodes?dc=DC2").await;
+    assert_eq!((r.status, r.body.trim()), (500, "No path to datacenter"));
 
     // A client agent of dc1 has a server of dc1 ask dc2, for HTTP and DNS alike.
     let client = Member::start(Spec {
@@ -542,6 +545,8 @@ async fn catalog_reads_writes_and_dns_reach_another_datacenter_and_fail_fast_whe
     let m = client.dig("web.service.dc9.consul", RecordType::A).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     let r = client.get("/v1/catalog/nodes?dc=dc9").await;
+    assert_eq!((r.status, r.body.trim()), (500, "No path to datacenter"));
+    let r = client.get("/v1/catalog/nodes?dc=dc%202").await;
     assert_eq!((r.status, r.body.trim()), (500, "No path to datacenter"));
 
     // dc2 goes away: dc1 keeps answering for itself, and for dc2 says so in time.
