@@ -3,7 +3,7 @@
 //! reads it with. Not part of the API; every function returns normally for any input,
 //! and a panic in one is a bug in the code it calls.
 //!
-//! Datagrams are gossip packets, fuzzed by `lan::fuzzing::gossip_packet`.
+//! Datagrams are gossip packets, fuzzed by `gossip::fuzzing::gossip_packet`.
 
 use crate::endpoint::{KIND_GOSSIP, KIND_RPC, StreamRequest, parse_request};
 use crate::rpc::Request;
