@@ -85,30 +85,20 @@ pub(crate) struct Fetched {
     pub(crate) found: Found,
 }
 
-/// What is available while one request is answered.
-struct Reads<'a> {
-    /// Got beforehand (later passes of a request that needed them).
-    fetched: &'a [Fetched],
-    /// The first thing the request needs that is not available yet.
-    needed: std::cell::RefCell<Option<Need>>,
-}
+/// What was fetched for one request in earlier passes (see [`Responder::respond_fetched`]).
+#[derive(Clone, Copy)]
+struct Reads<'a>(&'a [Fetched]);
 
-impl Reads<'_> {
-    fn found(&self, need: &Need) -> Option<&Found> {
-        self.fetched
-            .iter()
-            .find(|f| f.need == *need)
-            .map(|f| &f.found)
-    }
-
-    /// Records `need` as missing, unless something else already is.
-    fn missing(&self, need: Need) {
-        let mut needed = self.needed.borrow_mut();
-        if needed.is_none() {
-            *needed = Some(need);
-        }
+impl<'a> Reads<'a> {
+    fn found(self, need: &Need) -> Option<&'a Found> {
+        self.0.iter().find(|f| f.need == *need).map(|f| &f.found)
     }
 }
+
+/// A read the answer needs that is not available here: the request is answered again
+/// once it is fetched. Answer building stops at the first one (`?`), so an answer is
+/// built whole only once, in the pass that has everything it reads.
+struct Missing(Box<Need>);
 
 /// Largest UDP payload we send, whatever the client's EDNS says (Consul's cap).
 const MAX_UDP_PAYLOAD: u16 = 65535 - 68;
@@ -269,11 +259,7 @@ impl Responder {
     /// Answers a decoded request from the local catalog copy, or says which read it
     /// needs first ([`Outcome::Fetch`]).
     pub(crate) fn respond(&self, request: &Message, transport: Transport) -> Outcome {
-        let reads = Reads {
-            fetched: &[],
-            needed: std::cell::RefCell::new(None),
-        };
-        self.respond_with(request, transport, &reads)
+        self.respond_with(request, transport, Reads(&[]))
     }
 
     /// Answers a decoded request with what [`Outcome::Fetch`] asked for (and, in a later
@@ -284,54 +270,45 @@ impl Responder {
         transport: Transport,
         fetched: &[Fetched],
     ) -> Outcome {
-        let reads = Reads {
-            fetched,
-            needed: std::cell::RefCell::new(None),
-        };
-        self.respond_with(request, transport, &reads)
+        self.respond_with(request, transport, Reads(fetched))
     }
 
-    /// Reads `query` in `dc`: the fetched result when there is one, else the local
-    /// copy. A read that is neither is recorded as missing.
+    /// Reads `query` in `dc`: the local copy when this agent holds one, else the fetched
+    /// result, else [`Missing`].
     fn read(
         &self,
-        reads: &Reads,
+        reads: Reads,
         dc: Option<&str>,
         query: &Query,
-    ) -> Result<(Answer, u64), RouteError> {
+    ) -> Result<Result<(Answer, u64), RouteError>, Missing> {
+        match self.gateway.read_stale(dc, query) {
+            Ok(Some(found)) => return Ok(Ok(found)),
+            Ok(None) => {}
+            Err(e) => return Ok(Err(e)),
+        }
         let need = Need::Read {
             dc: dc.map(str::to_owned),
             query: query.clone(),
         };
-        if let Some(Found::Read(result)) = reads.found(&need) {
-            return result.clone();
-        }
-        match self.gateway.read_stale(dc, query) {
-            Ok(Some(found)) => Ok(found),
-            Ok(None) => {
-                reads.missing(need);
-                Err(RouteError::Read(catalog::ReadError::NoServers))
-            }
-            Err(e) => Err(e),
+        match reads.found(&need) {
+            Some(Found::Read(result)) => Ok(result.clone()),
+            _ => Err(Missing(Box::new(need))),
         }
     }
 
-    /// What executing `need` returned, or `None` (recorded as missing) in a first pass.
+    /// What executing `need` returned, or [`Missing`] in a first pass.
     fn executed<'r>(
         &self,
-        reads: &'r Reads,
+        reads: Reads<'r>,
         need: Need,
-    ) -> Option<&'r Result<Option<Executed>, RouteError>> {
+    ) -> Result<&'r Result<Option<Executed>, RouteError>, Missing> {
         match reads.found(&need) {
-            Some(Found::Executed(result)) => Some(result),
-            _ => {
-                reads.missing(need);
-                None
-            }
+            Some(Found::Executed(result)) => Ok(result),
+            _ => Err(Missing(Box::new(need))),
         }
     }
 
-    fn respond_with(&self, request: &Message, transport: Transport, reads: &Reads) -> Outcome {
+    fn respond_with(&self, request: &Message, transport: Transport, reads: Reads) -> Outcome {
         if request.metadata.message_type != MessageType::Query {
             return Outcome::Drop;
         }
@@ -362,12 +339,15 @@ impl Responder {
         let sections = if in_domain {
             response.metadata.authoritative = true;
             let below = &labels[..labels.len().saturating_sub(self.domain_labels)];
-            self.in_domain(reads, qname, qtype, below)
-        } else if let Some(ip) = parse_reverse(&labels) {
-            let found = self.reverse(reads, qname, ip);
-            if let Some(need) = reads.needed.borrow_mut().take() {
-                return Outcome::Fetch(need);
+            match self.in_domain(reads, qname, qtype, below) {
+                Ok(sections) => sections,
+                Err(Missing(need)) => return Outcome::Fetch(*need),
             }
+        } else if let Some(ip) = parse_reverse(&labels) {
+            let found = match self.reverse(reads, qname, ip) {
+                Ok(found) => found,
+                Err(Missing(need)) => return Outcome::Fetch(*need),
+            };
             match found {
                 Some(sections) => {
                     response.metadata.authoritative = true;
@@ -384,9 +364,6 @@ impl Responder {
         } else {
             Sections::code(ResponseCode::Refused)
         };
-        if let Some(need) = reads.needed.borrow_mut().take() {
-            return Outcome::Fetch(need);
-        }
         match self.finish(&mut response, request, sections, qtype, transport) {
             Some(bytes) => Outcome::Reply(bytes),
             None => {
@@ -403,33 +380,35 @@ impl Responder {
 
     fn in_domain(
         &self,
-        reads: &Reads,
+        reads: Reads,
         qname: &Name,
         qtype: RecordType,
         below: &[String],
-    ) -> Sections {
+    ) -> Result<Sections, Missing> {
         match qtype {
-            RecordType::AXFR | RecordType::IXFR => return Sections::code(ResponseCode::NotImp),
+            RecordType::AXFR | RecordType::IXFR => {
+                return Ok(Sections::code(ResponseCode::NotImp));
+            }
             RecordType::SOA => {
-                return Sections {
+                return Ok(Sections {
                     answers: vec![self.soa()],
-                    ..self.ns_sections(reads, true)
-                };
+                    ..self.ns_sections(reads, true)?
+                });
             }
             RecordType::NS => return self.ns_sections(reads, false),
             _ => {}
         }
-        match parse(below, qtype == RecordType::SRV) {
+        Ok(match parse(below, qtype == RecordType::SRV) {
             Lookup::Apex | Lookup::Invalid => Sections::nxdomain(),
             Lookup::PreparedQuery { name, dc } => {
-                self.prepared_query(reads, qname, qtype, name, dc)
+                self.prepared_query(reads, qname, qtype, name, dc)?
             }
             Lookup::Addr(ip) => self.addr(qname, qtype, ip),
-            Lookup::Node { name, dc } => self.node(reads, qname, qtype, &name, dc.as_deref()),
+            Lookup::Node { name, dc } => self.node(reads, qname, qtype, &name, dc.as_deref())?,
             Lookup::Service { name, tag, dc } => {
-                self.service(reads, qname, qtype, &name, tag, dc.as_deref())
+                self.service(reads, qname, qtype, &name, tag, dc.as_deref())?
             }
-        }
+        })
     }
 
     fn soa(&self) -> Record {
@@ -456,14 +435,14 @@ impl Responder {
 
     /// NS records for up to three servers of this datacenter, with glue; in the
     /// authority section when `authority` (the SOA answer), else as the answer.
-    fn ns_sections(&self, reads: &Reads, authority: bool) -> Sections {
+    fn ns_sections(&self, reads: Reads, authority: bool) -> Result<Sections, Missing> {
         let query = Query::ServiceHealth {
             service: "consul".into(),
             tags: vec![],
             passing_only: false,
             node_meta: vec![],
         };
-        let mut servers = match self.read(reads, None, &query) {
+        let mut servers = match self.read(reads, None, &query)? {
             Ok((Answer::ServiceHealth(list), _)) => list,
             _ => Vec::new(),
         };
@@ -486,7 +465,7 @@ impl Responder {
             ns.push(rr(&self.domain, ttl, RData::NS(NS(target.clone()))));
             glue.push(rr(&target, ttl, address_rdata(ip)));
         }
-        if authority {
+        Ok(if authority {
             Sections {
                 authorities: ns,
                 additionals: glue,
@@ -498,7 +477,7 @@ impl Responder {
                 additionals: glue,
                 ..Sections::default()
             }
-        }
+        })
     }
 
     /// `<node>.node.<dc>.<domain>`.
@@ -525,22 +504,22 @@ impl Responder {
 
     fn node(
         &self,
-        reads: &Reads,
+        reads: Reads,
         qname: &Name,
         qtype: RecordType,
         name: &str,
         dc: Option<&str>,
-    ) -> Sections {
+    ) -> Result<Sections, Missing> {
         let query = Query::NodeServices { node: name.into() };
-        let node = match self.read(reads, dc, &query) {
+        let node = match self.read(reads, dc, &query)? {
             Ok((Answer::NodeServices(Some(ns)), _)) => ns.node,
-            Ok(_) => return Sections::nxdomain(),
-            Err(e) => return route_error(e),
+            Ok(_) => return Ok(Sections::nxdomain()),
+            Err(e) => return Ok(route_error(e)),
         };
         let ttl = secs(self.config.node_ttl);
         let address = address_record(qname, qtype, &node.address, ttl);
         let txt = || self.node_txt(qname, &node, ttl);
-        match qtype {
+        Ok(match qtype {
             RecordType::A | RecordType::AAAA => match address {
                 Some(record) => Sections {
                     answers: vec![record],
@@ -573,7 +552,7 @@ impl Responder {
                 }
             }
             _ => Sections::nodata(),
-        }
+        })
     }
 
     fn node_txt(&self, owner: &Name, node: &Node, ttl: u32) -> Vec<Record> {
@@ -602,11 +581,11 @@ impl Responder {
     /// The records of a service lookup, from the cache while the catalog is unchanged.
     fn prepared(
         &self,
-        reads: &Reads,
+        reads: Reads,
         name: &str,
         tag: Option<String>,
         dc: Option<&str>,
-    ) -> Result<Arc<Prepared>, Sections> {
+    ) -> Result<Result<Arc<Prepared>, Sections>, Missing> {
         let key = (
             name.to_ascii_lowercase(),
             tag.as_ref().map(|t| t.to_ascii_lowercase()),
@@ -616,7 +595,7 @@ impl Responder {
             && let Some((at, prepared)) = self.cache.lock().expect("dns cache poisoned").get(&key)
             && *at == index
         {
-            return Ok(prepared.clone());
+            return Ok(Ok(prepared.clone()));
         }
         let query = Query::ServiceHealth {
             service: name.into(),
@@ -624,10 +603,10 @@ impl Responder {
             passing_only: false,
             node_meta: vec![],
         };
-        let instances = match self.read(reads, dc, &query) {
+        let instances = match self.read(reads, dc, &query)? {
             Ok((Answer::ServiceHealth(list), _)) => list,
             Ok(_) => Vec::new(),
-            Err(e) => return Err(route_error(e)),
+            Err(e) => return Ok(Err(route_error(e))),
         };
         let dc = dc
             .map(str::to_owned)
@@ -653,7 +632,7 @@ impl Responder {
             }
             cache.insert(key, (index, prepared.clone()));
         }
-        Ok(prepared)
+        Ok(Ok(prepared))
     }
 
     /// Builds the records of the instances of a service in `dc` that `keep` keeps.
@@ -735,16 +714,16 @@ impl Responder {
 
     fn service(
         &self,
-        reads: &Reads,
+        reads: Reads,
         qname: &Name,
         qtype: RecordType,
         name: &str,
         tag: Option<String>,
         dc: Option<&str>,
-    ) -> Sections {
-        let prepared = match self.prepared(reads, name, tag.clone(), dc) {
+    ) -> Result<Sections, Missing> {
+        let prepared = match self.prepared(reads, name, tag.clone(), dc)? {
             Ok(p) => p,
-            Err(sections) => return sections,
+            Err(sections) => return Ok(sections),
         };
         if !prepared.found {
             // Only for names that name no datacenter: one that does asks for that one.
@@ -752,20 +731,20 @@ impl Responder {
                 return self.fail_over(reads, qname, qtype, name, tag);
             }
             // Consul: no healthy instance is "not found" (issue #1142).
-            return Sections::nxdomain();
+            return Ok(Sections::nxdomain());
         }
-        self.records(&prepared, qname, qtype, true)
+        Ok(self.records(&prepared, qname, qtype, true))
     }
 
     /// A service lookup with no healthy instance here, under `dns_config.failover`.
     fn fail_over(
         &self,
-        reads: &Reads,
+        reads: Reads,
         qname: &Name,
         qtype: RecordType,
         name: &str,
         tag: Option<String>,
-    ) -> Sections {
+    ) -> Result<Sections, Missing> {
         let service = ServiceQuery {
             service: name.to_owned(),
             tags: tag.into_iter().collect(),
@@ -773,32 +752,30 @@ impl Responder {
             failover: self.config.failover.clone(),
             ..ServiceQuery::default()
         };
-        match self.executed(reads, Need::Failover { service }) {
-            // First pass: the failover is made, then the request answered again.
-            None => Sections::nxdomain(),
-            Some(Err(e)) => route_error(e.clone()),
-            Some(Ok(None)) => Sections::nxdomain(),
-            Some(Ok(Some(executed))) => {
+        // A first pass stops here: the failover is made, then the request answered again.
+        Ok(match self.executed(reads, Need::Failover { service })? {
+            Err(e) => route_error(e.clone()),
+            Ok(None) => Sections::nxdomain(),
+            Ok(Some(executed)) => {
                 let ttl = self.service_ttl(name);
                 self.executed_records(executed, qname, qtype, ttl, true)
             }
-        }
+        })
     }
 
     /// `<name>.query[.<dc>]`: a prepared query, executed through the gateway.
     fn prepared_query(
         &self,
-        reads: &Reads,
+        reads: Reads,
         qname: &Name,
         qtype: RecordType,
         name: String,
         dc: Option<String>,
-    ) -> Sections {
-        match self.executed(reads, Need::Execute { dc, name }) {
-            None => Sections::nxdomain(),
-            Some(Err(e)) => route_error(e.clone()),
-            Some(Ok(None)) => Sections::nxdomain(),
-            Some(Ok(Some(executed))) => {
+    ) -> Result<Sections, Missing> {
+        Ok(match self.executed(reads, Need::Execute { dc, name })? {
+            Err(e) => route_error(e.clone()),
+            Ok(None) => Sections::nxdomain(),
+            Ok(Some(executed)) => {
                 let ttl = match catalog::duration::parse(&executed.dns_ttl) {
                     Ok(ttl) if !executed.dns_ttl.is_empty() => secs(ttl),
                     _ => self.service_ttl(&executed.service),
@@ -806,7 +783,7 @@ impl Responder {
                 // The query already ordered them (nearest first, or shuffled).
                 self.executed_records(executed, qname, qtype, ttl, false)
             }
-        }
+        })
     }
 
     /// The records of what a failover or a prepared query selected; SRV targets and
@@ -888,14 +865,14 @@ impl Responder {
         }
     }
 
-    fn reverse(&self, reads: &Reads, qname: &Name, ip: IpAddr) -> Option<Sections> {
+    fn reverse(&self, reads: Reads, qname: &Name, ip: IpAddr) -> Result<Option<Sections>, Missing> {
         let query = Query::Address {
             address: ip.to_string(),
         };
         let dc = self.gateway.local_datacenter().to_string();
-        let (nodes, services) = match self.read(reads, None, &query) {
+        let (nodes, services) = match self.read(reads, None, &query)? {
             Ok((Answer::Address(nodes, services), _)) => (nodes, services),
-            _ => return None,
+            _ => return Ok(None),
         };
         let target = if let Some(node) = nodes.first() {
             self.node_name(&node.name, &dc)
@@ -903,12 +880,12 @@ impl Responder {
             name_from(&format!("{}.service.{dc}.{}", service.name, self.domain))
         } else {
             None
-        }?;
+        };
         // Consul always answers PTR with TTL 0.
-        Some(Sections {
+        Ok(target.map(|target| Sections {
             answers: vec![rr(qname, 0, RData::PTR(PTR(target)))],
             ..Sections::default()
-        })
+        }))
     }
 
     /// Puts the sections into the response, trims them to the transport's size and
