@@ -25,7 +25,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::quota::{PerIp, Share};
 
-use super::{Exchange, Inbound, JoinError, Link, Pool, PoolConfig, Reply, STREAM_TIMEOUT};
+use super::link::{Exchange, Inbound, Link, Reply, STREAM_TIMEOUT};
+use super::pool::{JoinError, Pool, PoolConfig};
 
 /// Streams served at once (incoming push-pulls and keyring requests); more wait in the
 /// kernel's backlog.
