@@ -17,8 +17,8 @@
 //! within [`KEYRING_MEMBER_TIMEOUT`]) and sums up their answers in a [`KeyringReport`].
 //!
 //! Every packet and stream frame is sealed with the keyring's primary key when gossip
-//! encryption is on (see [`crate::keyring`]); what does not open or decode is dropped and
-//! logged with its sender, at most once per peer per
+//! encryption is on (see `encryption` and [`crate::keyring`]); what does not open or
+//! decode is dropped and logged with its sender, at most once per peer per
 //! [`PEER_LOG_INTERVAL`](crate::PEER_LOG_INTERVAL). A stream whose frame the other side
 //! cannot open is answered with a short plaintext error frame, so that an agent joining
 //! with the wrong key is told why (and the refusing side logs it too).
@@ -32,8 +32,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -42,15 +41,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::keyring::{Key, Keyring, KeyringError, OpenError, SEALED_VERSION};
 use crate::member::{Member, MemberStatus};
 use crate::peer_log::PeerLog;
 use crate::quota::{Budget, Grant};
-use crate::stream::{self, Expect, Frame, FrameError, Kind, Opener};
+use crate::stream::{self, Expect, Frame, FrameError, Kind};
 use crate::swim::coordinate::Coordinate;
 use crate::swim::message::{Message, decode_frame, encode_frame};
 use crate::swim::{self, Engine, Event, MemberState, Output, State};
 
+use super::encryption::{Crypto, Encryption, KeyAnswer, KeyOperation, PACKET_AAD, Refusal};
 use super::link::{Inbound, Link, PacketQueue, Queued, STREAM_TIMEOUT};
 
 /// Commands waiting for the engine task; senders wait when it is full.
@@ -67,20 +66,6 @@ pub const KEYRING_FANOUT: usize = 32;
 pub const KEYRING_MEMBER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a graceful leave waits for its announcement to go out.
 pub const LEAVE_PROPAGATE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Gossip encryption settings of a pool.
-#[derive(Debug, Clone)]
-pub struct Encryption {
-    /// The keys, primary first.
-    pub keyring: Keyring,
-    /// Where the keyring is saved after every change (`serf/local.keyring`); `None`
-    /// keeps changes in memory only (`-dev`).
-    pub file: Option<PathBuf>,
-    /// Refuse plaintext messages (`encrypt_verify_incoming`).
-    pub verify_incoming: bool,
-    /// Seal what is sent (`encrypt_verify_outgoing`).
-    pub verify_outgoing: bool,
-}
 
 /// Everything a pool needs to start.
 #[derive(Debug, Clone)]
@@ -126,28 +111,6 @@ pub enum JoinError {
     ShuttingDown,
 }
 
-/// One keyring operation, run by every member on its own keyring.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum KeyOperation {
-    /// Report the installed keys.
-    List,
-    /// Add a key.
-    Install(String),
-    /// Make a key the primary.
-    Use(String),
-    /// Remove a key.
-    Remove(String),
-}
-
-/// A member's answer to a keyring operation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct KeyAnswer {
-    /// Installed keys after the operation, primary first.
-    keys: Vec<String>,
-    /// The error, when the member refused.
-    error: Option<String>,
-}
-
 /// The pool-wide result of a keyring operation, as Consul reports it per pool.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyringReport {
@@ -190,128 +153,6 @@ pub(super) enum Command {
 /// This member's network coordinate and the latest one of every member that answered
 /// its probes, by name (this member included).
 pub type Coordinates = BTreeMap<String, Coordinate>;
-
-/// The keyring in use and how messages are sealed and opened with it.
-pub(crate) struct Crypto {
-    keyring: RwLock<Option<Keyring>>,
-    file: Option<PathBuf>,
-    verify_incoming: bool,
-    verify_outgoing: bool,
-}
-
-/// Why a received message was dropped.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum Refusal {
-    #[error("{0}")]
-    Open(#[from] OpenError),
-    #[error("encryption is not configured on this agent, but the message is encrypted")]
-    Unexpected,
-    #[error("encryption is required by this agent, but the message is not encrypted")]
-    Plaintext,
-}
-
-pub(crate) const PACKET_AAD: &[u8] = b"packet";
-
-impl Crypto {
-    pub(crate) fn new(encryption: Option<Encryption>) -> Crypto {
-        match encryption {
-            None => Crypto {
-                keyring: RwLock::new(None),
-                file: None,
-                verify_incoming: false,
-                verify_outgoing: false,
-            },
-            Some(e) => Crypto {
-                keyring: RwLock::new(Some(e.keyring)),
-                file: e.file,
-                verify_incoming: e.verify_incoming,
-                verify_outgoing: e.verify_outgoing,
-            },
-        }
-    }
-
-    fn enabled(&self) -> bool {
-        self.keyring.read().expect("keyring lock").is_some()
-    }
-
-    fn seal(&self, plaintext: Vec<u8>, aad: &[u8]) -> Vec<u8> {
-        if !self.verify_outgoing {
-            return plaintext;
-        }
-        match &*self.keyring.read().expect("keyring lock") {
-            Some(ring) => ring.seal(&plaintext, aad),
-            None => plaintext,
-        }
-    }
-
-    /// The key to seal a stream frame with: the primary when there is a keyring and
-    /// `encrypt_verify_outgoing` is on, or with `always` (keyring requests always travel
-    /// sealed).
-    fn stream_key(&self, always: bool) -> Option<Key> {
-        if !(always || self.verify_outgoing) {
-            return None;
-        }
-        let guard = self.keyring.read().expect("keyring lock");
-        guard.as_ref().map(|ring| ring.primary().clone())
-    }
-
-    /// What stream frames are read with: the keys installed now, and whether plaintext
-    /// is refused.
-    pub(super) fn opener(&self) -> Opener {
-        Opener {
-            keyring: self.keyring.read().expect("keyring lock").clone(),
-            verify_incoming: self.verify_incoming,
-        }
-    }
-
-    fn open(&self, bytes: &[u8], aad: &[u8]) -> Result<Vec<u8>, Refusal> {
-        let guard = self.keyring.read().expect("keyring lock");
-        match (&*guard, bytes.first()) {
-            (None, Some(&SEALED_VERSION)) => Err(Refusal::Unexpected),
-            (None, _) => Ok(bytes.to_vec()),
-            (Some(ring), Some(&SEALED_VERSION)) => Ok(ring.open(bytes, aad)?),
-            (Some(_), _) if self.verify_incoming => Err(Refusal::Plaintext),
-            (Some(_), _) => Ok(bytes.to_vec()),
-        }
-    }
-
-    /// Applies a keyring operation to this member's keyring and saves it.
-    fn apply(&self, op: &KeyOperation) -> KeyAnswer {
-        let mut guard = self.keyring.write().expect("keyring lock");
-        let Some(ring) = guard.as_mut() else {
-            return KeyAnswer {
-                keys: Vec::new(),
-                error: Some("Gossip encryption is not enabled".into()),
-            };
-        };
-        let parse = |text: &str| Key::parse(text).map_err(|e| e.to_string());
-        let before = ring.clone();
-        let result: Result<(), String> = match op {
-            KeyOperation::List => Ok(()),
-            KeyOperation::Install(k) => parse(k).map(|k| ring.install(k)),
-            KeyOperation::Use(k) => {
-                parse(k).and_then(|k| ring.use_key(&k).map_err(|e: KeyringError| e.to_string()))
-            }
-            KeyOperation::Remove(k) => {
-                parse(k).and_then(|k| ring.remove(&k).map_err(|e: KeyringError| e.to_string()))
-            }
-        };
-        let mut error = result.err();
-        if error.is_none()
-            && *ring != before
-            && let Some(file) = &self.file
-            && let Err(e) = ring.save(file)
-        {
-            // Keep memory and disk in step: a change that cannot be saved is undone.
-            *ring = before;
-            error = Some(format!("failed to write {}: {e}", file.display()));
-        }
-        KeyAnswer {
-            keys: ring.keys().iter().map(Key::to_base64).collect(),
-            error,
-        }
-    }
-}
 
 /// What the driver task, the pool's handle and its [`Inbound`] share.
 pub(super) struct Shared {
@@ -464,14 +305,7 @@ impl Pool {
     /// The keyring as it is now and the `encrypt_verify_*` settings, for a protocol that
     /// authenticates with the pool's keys (the server port); `None` without encryption.
     pub fn encryption(&self) -> Option<Encryption> {
-        let crypto = &self.shared.crypto;
-        let keyring = crypto.keyring.read().expect("keyring lock").clone()?;
-        Some(Encryption {
-            keyring,
-            file: None,
-            verify_incoming: crypto.verify_incoming,
-            verify_outgoing: crypto.verify_outgoing,
-        })
+        self.shared.crypto.settings()
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
@@ -982,6 +816,7 @@ pub(super) async fn answer_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keyring::{Key, Keyring};
     use crate::transport::support::{Cluster, encrypted, eventually, read_answer, sees, soon};
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpStream;
@@ -1124,62 +959,5 @@ mod tests {
         // The pool's own operations still work: they are sealed.
         let report = c.pools[0].keyring(KeyOperation::List, soon()).await;
         assert_eq!(report.keys.len(), 1, "{report:?}");
-    }
-
-    #[tokio::test]
-    async fn encryption_is_turned_on_in_a_running_pool_without_a_split() {
-        // Consul's rolling procedure: every agent gets the key with both verify flags
-        // off (they read both), then outgoing on, then incoming on.
-        let key = Key::generate();
-        let lenient = |outgoing: bool| {
-            Some(Encryption {
-                keyring: Keyring::new(key.clone()),
-                file: None,
-                verify_incoming: false,
-                verify_outgoing: outgoing,
-            })
-        };
-        let c = Cluster::start(4, |i| match i {
-            0 => None,
-            1 => lenient(false),
-            2 => lenient(true),
-            _ => encrypted(&key),
-        })
-        .await;
-        // n0 (no key) and n1 (key, plaintext out) speak plaintext to each other.
-        c.pools[0]
-            .join_one(&c.pools[1].addr().to_string(), soon())
-            .await
-            .unwrap();
-        eventually("n0 and n1 together", || {
-            sees(&c.pools[0], "n1", MemberStatus::Alive)
-                && sees(&c.pools[1], "n0", MemberStatus::Alive)
-        })
-        .await;
-        // n2 seals what it sends but still reads plaintext: n1 reads both, so n2 and n1
-        // agree; n0, which has no key, cannot read n2.
-        c.pools[2]
-            .join_one(&c.pools[1].addr().to_string(), soon())
-            .await
-            .unwrap();
-        eventually("n1 and n2 together", || {
-            sees(&c.pools[1], "n2", MemberStatus::Alive)
-                && sees(&c.pools[2], "n1", MemberStatus::Alive)
-        })
-        .await;
-        // n3 is strict: it joins n2 (which seals) but refuses n1's plaintext.
-        c.pools[3]
-            .join_one(&c.pools[2].addr().to_string(), soon())
-            .await
-            .unwrap();
-        let refused = c.pools[1]
-            .join_one(&c.pools[3].addr().to_string(), soon())
-            .await;
-        assert_eq!(
-            refused,
-            Err(JoinError::Refused(
-                "encryption is required by this agent, but the message is not encrypted".into()
-            ))
-        );
     }
 }
