@@ -7,13 +7,29 @@
 //! the same driver.
 //!
 //! ```text
-//!   Link (UDP/TCP here, QUIC in wan) ─▶ transport::run ─▶ swim::Engine (sans-IO)
-//!                                          │  keyring seals and opens every packet and stream
+//!   Link (UDP/TCP here, QUIC in wan) ─▶ the pool's driver task ─▶ swim::Engine (sans-IO)
+//!                                          │  the keyring seals and opens every packet and stream
 //!   Pool (handle) ── join, leave, keyring ─┘─▶ members: watch<Arc<Vec<Member>>>
 //! ```
 //!
 //! Main types: [`Pool`] (the handle of a running pool), [`PoolConfig`], [`Link`] (what a
 //! pool runs over), [`Member`], [`keyring::Keyring`], [`swim::Engine`].
+//!
+//! ## Layout
+//!
+//! - [`swim`]: the SWIM engine, sans-IO: members, probes, suspicion, dissemination, push-pull
+//!   state, network coordinates, the packet codec.
+//! - [`transport`]: running a pool over a network. Its files: `pool` (the driver task that
+//!   owns the engine, the clock and the keyring; the [`Pool`] handle; stream exchanges;
+//!   keyring operations across the pool), `encryption` (the keyring in use: sealing,
+//!   opening, applying a keyring operation), `link` ([`Link`] and [`Inbound`], what every
+//!   link implements and hands what it receives to) and `udp_tcp` (the LAN pool's link on
+//!   the serf LAN port).
+//! - [`stream`]: the frames of a stream exchange, read without trusting the sender.
+//! - [`keyring`]: keys, the keyring file, sealing and opening bytes.
+//! - [`quota`]: per-peer shares of a bound, and memory budgets.
+//! - [`Member`], [`PeerLog`]: what a pool publishes of each member; rate-limited logging
+//!   of bad input per peer.
 //!
 //! Invariants: nothing from the network is trusted. Every packet and stream frame is
 //! bounded before it is buffered ([`stream`], [`quota`]); what does not open or decode
