@@ -20,8 +20,9 @@ use openraft::{Config, Raft};
 
 use crate::raft::store::{self, MemLog, StateMachine};
 use crate::raft::{NodeId, TypeConfig, guard};
+use crate::rpc::decode;
 use crate::rpc::frame::{FrameReader, Seal};
-use crate::rpc::{Request, decode_request};
+use crate::server::Request;
 use catalog::{Catalog, ServerNode};
 
 /// The Raft ID of the fuzzed server; Raft messages for another are refused.
@@ -56,7 +57,7 @@ pub async fn server_port(bytes: &[u8]) -> ServerPort {
     let mut reader = FrameReader::new(Box::new(Cursor::new(bytes.to_vec())), None, None);
     while let Ok(frame) = reader.read().await {
         out.frames += 1;
-        let Ok(request) = decode_request(&frame.payload) else {
+        let Ok(request) = decode::<Request>(&frame.payload) else {
             continue;
         };
         out.requests += 1;

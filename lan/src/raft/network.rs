@@ -26,7 +26,8 @@ use tokio::time::Instant;
 use catalog::ServerNode;
 
 use super::{NodeId, TypeConfig};
-use crate::rpc::{self, Request, Response, RpcError};
+use crate::rpc::{self, RpcError};
+use crate::server::{Request, Response};
 use gossip::Member;
 
 /// When each follower last acknowledged this server as leader (answered an

@@ -19,12 +19,16 @@ use std::net::SocketAddr;
 use tokio::time::Instant;
 
 use crate::raft::guard;
-use crate::rpc::{self, Caller, Request, Response, RpcError};
+use crate::rpc::{self, Caller, RpcError};
 use crate::{FORWARD_MARGIN, Lan, RaftPeer};
 use catalog::{
     Command, Consistency, Query, QueryResult, ReadError, ReadOptions, WriteError, deadline_in,
     remaining_ms,
 };
+
+mod request;
+
+pub(crate) use request::{Request, Response, unexpected};
 
 /// Pause before looking for a leader again after the last one could not be reached.
 const LEADER_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
@@ -99,7 +103,7 @@ pub(crate) async fn read(
                     match answer {
                         Ok(Response::Read(r)) => return r,
                         Ok(other) => {
-                            return Err(ReadError::Rpc(rpc::unexpected(other)));
+                            return Err(ReadError::Rpc(request::unexpected(other)));
                         }
                         Err(RpcError::Timeout) => return Err(ReadError::Timeout),
                         // The leader we knew is gone: look for the next one until the hold
@@ -147,7 +151,7 @@ pub(crate) async fn write(
         },
         |answer| match answer {
             Response::Write(r) => r,
-            other => Err(unexpected(other)),
+            other => Err(unexpected_write(other)),
         },
     )
     .await
@@ -187,15 +191,15 @@ pub(crate) async fn remove_peer(
         },
         |answer| match answer {
             Response::RemovePeer(r) => r,
-            other => Err(unexpected(other)),
+            other => Err(unexpected_write(other)),
         },
     )
     .await
 }
 
 /// A forwarded request answered with a response of another kind.
-fn unexpected(other: Response) -> WriteError {
-    WriteError::Rpc(rpc::unexpected(other))
+fn unexpected_write(other: Response) -> WriteError {
+    WriteError::Rpc(unexpected(other))
 }
 
 /// Runs `here` with `payload` on the leader of this datacenter. When this server leads,
@@ -314,6 +318,13 @@ pub const KEYRING_NEEDS_PROOF: &str = "Permission denied: keyring operations ove
 const RAFT_NEEDS_PROOF: &str = "Permission denied: Raft over the server port needs a server that proved it belongs to the datacenter (the gossip key, or a TLS client certificate from the CA)";
 
 impl rpc::Handler for Handler {
+    type Request = Request;
+    type Response = Response;
+
+    fn unsendable(why: String) -> Response {
+        Response::Error(why)
+    }
+
     async fn handle(&self, request: Request, caller: Caller) -> Response {
         let lan = &self.lan;
         let Some(consensus) = lan.consensus() else {
