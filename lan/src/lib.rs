@@ -314,12 +314,8 @@ impl Lan {
                     },
                     config.raft,
                     opened,
-                    raft::network::Network {
-                        rpc: rpc.clone(),
-                        members: pool.subscribe(),
-                        acks: Default::default(),
-                        term: Default::default(),
-                    },
+                    // Raft's messages travel in the server port's requests.
+                    raft::network::Network::<server::Request>::new(rpc.clone(), pool.subscribe()),
                     tasks,
                     shutdown.child_token(),
                 )

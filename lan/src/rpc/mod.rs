@@ -1,7 +1,7 @@
 //! Server RPC on the server port (8300/tcp): framing and connections, whatever the
 //! messages are. What travels is the business of the modules that send and serve it:
-//! [`crate::server`] owns the port's requests and answers, Raft's messages among them.
-//! This module imports neither it nor [`crate::raft`].
+//! [`crate::server`] owns the port's requests and answers, [`crate::raft`] owns Raft's
+//! messages inside them. This module imports neither.
 //!
 //! ```text
 //!   caller ──call(addr, &Req, deadline)──▶ Client ── one TCP connection per peer ──▶ serve

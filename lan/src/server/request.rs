@@ -2,17 +2,15 @@
 //! a server, Raft's messages among them.
 //!
 //! A frame's body is one [`Request`] or one [`Response`] in serde's JSON for enums:
-//! `"Status"`, `{"Read": {…}}`, `{"AppendEntries": {"to": 2, "request": {…}}}`.
+//! `"Status"`, `{"Read": {…}}`, `{"AppendEntries": {"to": 2, "request": {…}}}`. Raft's
+//! messages are [`crate::raft`]'s own types, wrapped variant for variant under their own
+//! names, so the port reads them without a second layer of nesting; Raft's network sends
+//! them through the [`Carrier`] impl below.
 
-use openraft::error::{InstallSnapshotError, RaftError};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
 use serde::{Deserialize, Serialize};
 
 use crate::RaftPeer;
-use crate::raft::{NodeId, TypeConfig};
+use crate::raft::{self, network::Carrier};
 use catalog::{Command, Query, QueryResult, RaftStatus, ReadError, SentReadOptions, WriteError};
 use gossip::{KeyOperation, KeyringReport};
 
@@ -58,27 +56,11 @@ pub(crate) enum Request {
         retry_safe: bool,
     },
     /// Raft: replicate entries or heartbeat.
-    AppendEntries {
-        /// The Raft ID of the server it is for: a server refuses a message for another
-        /// (one that now answers at an address or name an old ID had).
-        to: NodeId,
-        /// The message.
-        request: AppendEntriesRequest<TypeConfig>,
-    },
+    AppendEntries(raft::AppendEntries),
     /// Raft: ask for a vote.
-    Vote {
-        /// The Raft ID of the server it is for.
-        to: NodeId,
-        /// The message.
-        request: VoteRequest<NodeId>,
-    },
+    Vote(raft::Vote),
     /// Raft: a snapshot chunk.
-    InstallSnapshot {
-        /// The Raft ID of the server it is for.
-        to: NodeId,
-        /// The message.
-        request: InstallSnapshotRequest<TypeConfig>,
-    },
+    InstallSnapshot(raft::InstallSnapshot),
     /// Remove a server from the Raft configuration (`operator raft remove-peer`).
     RemovePeer {
         /// The server.
@@ -104,13 +86,11 @@ pub(crate) enum Response {
     /// For [`Request::Relay`]: the relay's answer.
     Relay(crate::Opaque),
     /// For [`Request::AppendEntries`].
-    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    AppendEntries(raft::AppendEntriesAnswer),
     /// For [`Request::Vote`].
-    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    Vote(raft::VoteAnswer),
     /// For [`Request::InstallSnapshot`].
-    InstallSnapshot(
-        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
-    ),
+    InstallSnapshot(raft::InstallSnapshotAnswer),
     /// The receiver cannot serve this kind of request (a client agent, say).
     Unsupported(String),
     /// The request was served but its answer cannot be sent (too large).
@@ -128,5 +108,77 @@ pub(crate) fn unexpected(answer: Response) -> String {
     match answer {
         Response::Refused(text) | Response::Unsupported(text) | Response::Error(text) => text,
         other => format!("unexpected answer {other:?}"),
+    }
+}
+
+impl From<raft::Answer> for Response {
+    fn from(answer: raft::Answer) -> Response {
+        match answer {
+            raft::Answer::AppendEntries(a) => Response::AppendEntries(a),
+            raft::Answer::Vote(a) => Response::Vote(a),
+            raft::Answer::InstallSnapshot(a) => Response::InstallSnapshot(a),
+        }
+    }
+}
+
+impl Carrier for Request {
+    type Answer = Response;
+
+    fn carry(message: raft::Message) -> Request {
+        match message {
+            raft::Message::AppendEntries(m) => Request::AppendEntries(m),
+            raft::Message::Vote(m) => Request::Vote(m),
+            raft::Message::InstallSnapshot(m) => Request::InstallSnapshot(m),
+        }
+    }
+
+    fn answer(answer: Response) -> Result<raft::Answer, Response> {
+        match answer {
+            Response::AppendEntries(a) => Ok(raft::Answer::AppendEntries(a)),
+            Response::Vote(a) => Ok(raft::Answer::Vote(a)),
+            Response::InstallSnapshot(a) => Ok(raft::Answer::InstallSnapshot(a)),
+            other => Err(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A heartbeat for server 2 as it travels in a frame's body.
+    fn heartbeat() -> serde_json::Value {
+        json!({"AppendEntries": {"to": 2, "request": {
+            "vote": {"leader_id": {"term": 3, "node_id": 9}, "committed": true},
+            "prev_log_id": null, "entries": [], "leader_commit": null
+        }}})
+    }
+
+    #[test]
+    fn raft_messages_travel_under_their_own_names_in_the_port_requests() {
+        let request: Request = serde_json::from_value(heartbeat()).unwrap();
+        let Request::AppendEntries(message) = request else {
+            panic!("not read as an append-entries: {request:?}");
+        };
+        assert_eq!(message.to, 2);
+        // What Raft's network sends is the same JSON.
+        let sent = Request::carry(message.into());
+        assert_eq!(serde_json::to_value(&sent).unwrap(), heartbeat());
+    }
+
+    #[test]
+    fn raft_finds_its_answer_in_the_port_answer_and_nothing_else() {
+        let refused = Request::answer(Response::Refused("no".into()));
+        assert!(matches!(refused, Err(Response::Refused(t)) if t == "no"));
+        let answer: Response = serde_json::from_value(json!({"Vote": {"Ok": {
+            "vote": {"leader_id": {"term": 3, "node_id": 9}, "committed": false},
+            "vote_granted": true, "last_log_id": null
+        }}}))
+        .unwrap();
+        assert!(matches!(
+            Request::answer(answer),
+            Ok(raft::Answer::Vote(Ok(v))) if v.vote_granted
+        ));
     }
 }
