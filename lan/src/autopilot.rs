@@ -29,7 +29,7 @@ use crate::Lan;
 use catalog::{RaftServer, ServerNode};
 
 use crate::raft::{Consensus, NodeId};
-use crate::rpc::{Request, Response};
+use crate::server::{Request, Response};
 use gossip::{Member, MemberStatus};
 
 /// How long the set of servers must stay the same before one of them bootstraps.

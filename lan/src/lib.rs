@@ -314,12 +314,8 @@ impl Lan {
                     },
                     config.raft,
                     opened,
-                    raft::network::Network {
-                        rpc: rpc.clone(),
-                        members: pool.subscribe(),
-                        acks: Default::default(),
-                        term: Default::default(),
-                    },
+                    // Raft's messages travel in the server port's requests.
+                    raft::network::Network::<server::Request>::new(rpc.clone(), pool.subscribe()),
                     tasks,
                     shutdown.child_token(),
                 )
@@ -426,7 +422,7 @@ impl Lan {
         match &self.inner.role {
             Role::Server { .. } => server::read(self, query, options, false).await,
             Role::Client { .. } => {
-                let request = rpc::Request::Read {
+                let request = server::Request::Read {
                     query: query.clone(),
                     options: options.to_sent(),
                     forwarded: false,
@@ -435,8 +431,8 @@ impl Lan {
                     .forward(&request, options.deadline + FORWARD_MARGIN)
                     .await?
                 {
-                    rpc::Response::Read(r) => r,
-                    other => Err(ReadError::Rpc(rpc::unexpected(other))),
+                    server::Response::Read(r) => r,
+                    other => Err(ReadError::Rpc(server::unexpected(other))),
                 }
             }
         }
@@ -466,14 +462,14 @@ impl Lan {
         match &self.inner.role {
             Role::Server { .. } => server::write(self, command, deadline, false).await,
             Role::Client { .. } => {
-                let request = rpc::Request::Write {
+                let request = server::Request::Write {
                     command,
                     timeout_ms: remaining_ms(deadline),
                     forwarded: false,
                 };
                 match self.forward(&request, deadline + FORWARD_MARGIN).await? {
-                    rpc::Response::Write(r) => r,
-                    other => Err(WriteError::Rpc(rpc::unexpected(other))),
+                    server::Response::Write(r) => r,
+                    other => Err(WriteError::Rpc(server::unexpected(other))),
                 }
             }
         }
@@ -495,9 +491,9 @@ impl Lan {
     /// the others in random order, until one answers or `deadline`.
     async fn forward(
         &self,
-        request: &rpc::Request,
+        request: &server::Request,
         deadline: Instant,
-    ) -> Result<rpc::Response, ForwardError> {
+    ) -> Result<server::Response, ForwardError> {
         let Role::Client { preferred } = &self.inner.role else {
             return Err(ForwardError::Rpc(
                 "a server does not forward to itself".into(),
@@ -527,8 +523,8 @@ impl Lan {
                 Err(e @ rpc::RpcError::Closed(_))
                     if matches!(
                         request,
-                        rpc::Request::Write { .. }
-                            | rpc::Request::Relay {
+                        server::Request::Write { .. }
+                            | server::Request::Relay {
                                 retry_safe: false,
                                 ..
                             }
@@ -588,13 +584,13 @@ impl Lan {
         match &self.inner.role {
             Role::Server { .. } => Ok(self.inner.pool.keyring(op, deadline).await),
             Role::Client { .. } => {
-                let request = rpc::Request::Keyring {
+                let request = server::Request::Keyring {
                     op,
                     timeout_ms: remaining_ms(deadline),
                 };
                 match self.forward(&request, deadline + FORWARD_MARGIN).await? {
-                    rpc::Response::Keyring(r) => Ok(r),
-                    other => Err(ReadError::Rpc(rpc::unexpected(other))),
+                    server::Response::Keyring(r) => Ok(r),
+                    other => Err(ReadError::Rpc(server::unexpected(other))),
                 }
             }
         }
@@ -615,14 +611,14 @@ impl Lan {
         retry_safe: bool,
         deadline: Instant,
     ) -> Result<Opaque, ReadError> {
-        let request = rpc::Request::Relay {
+        let request = server::Request::Relay {
             request,
             timeout_ms: remaining_ms(deadline),
             retry_safe,
         };
         match self.forward(&request, deadline + FORWARD_MARGIN).await? {
-            rpc::Response::Relay(answer) => Ok(answer),
-            other => Err(ReadError::Rpc(rpc::unexpected(other))),
+            server::Response::Relay(answer) => Ok(answer),
+            other => Err(ReadError::Rpc(server::unexpected(other))),
         }
     }
 
@@ -655,14 +651,14 @@ impl Lan {
         let answer = match &self.inner.role {
             Role::Server { .. } => server::remove_peer(self, peer, deadline, false).await,
             Role::Client { .. } => {
-                let request = rpc::Request::RemovePeer {
+                let request = server::Request::RemovePeer {
                     peer,
                     timeout_ms: remaining_ms(deadline),
                     forwarded: false,
                 };
                 match self.forward(&request, deadline + FORWARD_MARGIN).await {
-                    Ok(rpc::Response::RemovePeer(r)) => r,
-                    Ok(other) => Err(WriteError::Rpc(rpc::unexpected(other))),
+                    Ok(server::Response::RemovePeer(r)) => r,
+                    Ok(other) => Err(WriteError::Rpc(server::unexpected(other))),
                     Err(e) => Err(e.into()),
                 }
             }
@@ -674,9 +670,9 @@ impl Lan {
     pub async fn raft_status(&self, deadline: Instant) -> Result<RaftStatus, ReadError> {
         match &self.inner.role {
             Role::Server { consensus, .. } => Ok(consensus.status()),
-            Role::Client { .. } => match self.forward(&rpc::Request::Status, deadline).await? {
-                rpc::Response::Status(s) => Ok(s),
-                other => Err(ReadError::Rpc(rpc::unexpected(other))),
+            Role::Client { .. } => match self.forward(&server::Request::Status, deadline).await? {
+                server::Response::Status(s) => Ok(s),
+                other => Err(ReadError::Rpc(server::unexpected(other))),
             },
         }
     }

@@ -19,9 +19,10 @@ use openraft::storage::RaftLogReader;
 use openraft::{Config, Raft};
 
 use crate::raft::store::{self, MemLog, StateMachine};
-use crate::raft::{NodeId, TypeConfig, guard};
+use crate::raft::{Message, NodeId, TypeConfig, guard};
+use crate::rpc::decode;
 use crate::rpc::frame::{FrameReader, Seal};
-use crate::rpc::{Request, decode_request};
+use crate::server::Request;
 use catalog::{Catalog, ServerNode};
 
 /// The Raft ID of the fuzzed server; Raft messages for another are refused.
@@ -56,13 +57,19 @@ pub async fn server_port(bytes: &[u8]) -> ServerPort {
     let mut reader = FrameReader::new(Box::new(Cursor::new(bytes.to_vec())), None, None);
     while let Ok(frame) = reader.read().await {
         out.frames += 1;
-        let Ok(request) = decode_request(&frame.payload) else {
+        let Ok(request) = decode::<Request>(&frame.payload) else {
             continue;
         };
         out.requests += 1;
+        let message: Message = match request {
+            Request::AppendEntries(m) => m.into(),
+            Request::Vote(m) => m.into(),
+            Request::InstallSnapshot(m) => m.into(),
+            _ => continue,
+        };
         let term = raft.metrics().borrow().current_term;
-        let checked = match &request {
-            Request::AppendEntries { to, request } => {
+        let checked = match &message {
+            Message::AppendEntries(crate::raft::AppendEntries { to, request }) => {
                 let committed = raft.with_raft_state(|s| s.committed).await.ok().flatten();
                 let local = match guard::below_committed(request, committed) {
                     Some(range) => {
@@ -75,37 +82,38 @@ pub async fn server_port(bytes: &[u8]) -> ServerPort {
                     }
                     None => Vec::new(),
                 };
-                addressed(*to)
+                guard::addressed(*to, SERVER_ID)
                     .and_then(|()| guard::append_entries(request, term))
                     .and_then(|()| guard::agrees_with_committed(request, committed, &local))
             }
-            Request::Vote { to, request } => {
-                addressed(*to).and_then(|()| guard::vote_request(request, term))
+            Message::Vote(crate::raft::Vote { to, request }) => {
+                guard::addressed(*to, SERVER_ID).and_then(|()| guard::vote_request(request, term))
             }
-            Request::InstallSnapshot { to, request } => addressed(*to)
-                .and_then(|()| guard::install_snapshot(request, term))
-                .and_then(|()| shadow.before(request, store::check_snapshot_data)),
-            _ => continue,
+            Message::InstallSnapshot(crate::raft::InstallSnapshot { to, request }) => {
+                guard::addressed(*to, SERVER_ID)
+                    .and_then(|()| guard::install_snapshot(request, term))
+                    .and_then(|()| shadow.before(request, store::check_snapshot_data))
+            }
         };
         if checked.is_err() {
             out.refused += 1;
             continue;
         }
         let call = async {
-            match request {
-                Request::AppendEntries { request, .. } => {
-                    let _ = raft.append_entries(request).await;
+            match message {
+                Message::AppendEntries(m) => {
+                    let _ = raft.append_entries(m.request).await;
                 }
-                Request::Vote { request, .. } => {
-                    let _ = raft.vote(request).await;
+                Message::Vote(m) => {
+                    let _ = raft.vote(m.request).await;
                 }
-                Request::InstallSnapshot { request, .. } => {
+                Message::InstallSnapshot(m) => {
+                    let request = m.request;
                     let copy = (!request.done).then(|| request.clone());
                     if let (Ok(_), Some(copy)) = (raft.install_snapshot(request).await, copy) {
                         shadow.accepted(&copy);
                     }
                 }
-                _ => {}
             }
         };
         let _ = tokio::time::timeout(CALL_TIMEOUT, call).await;
@@ -125,14 +133,6 @@ pub async fn server_port(bytes: &[u8]) -> ServerPort {
     out.raft_alive = raft.with_raft_state(|_| ()).await.is_ok();
     let _ = raft.shutdown().await;
     out
-}
-
-fn addressed(to: NodeId) -> Result<(), guard::Refused> {
-    if to == SERVER_ID {
-        Ok(())
-    } else {
-        Err(guard::Refused::new(format!("for raft server {to}")))
-    }
 }
 
 /// A single server, bootstrapped, whose calls to other servers all fail.

@@ -36,6 +36,19 @@ impl Refused {
     }
 }
 
+/// A message for the server `me`: one for another server (one that had this server's
+/// address or name under an older Raft ID) is refused. Believing it would hand this
+/// server another's log.
+pub(crate) fn addressed(to: NodeId, me: NodeId) -> Result<(), Refused> {
+    if to == me {
+        Ok(())
+    } else {
+        Err(Refused(format!(
+            "the message is for raft server {to}; this is raft server {me}"
+        )))
+    }
+}
+
 fn term_of(vote: &Vote<NodeId>) -> u64 {
     vote.leader_id.term
 }

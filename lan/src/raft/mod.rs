@@ -20,8 +20,14 @@ pub(crate) mod guard;
 mod open;
 
 pub(crate) use open::{Opened, open};
+mod message;
 pub(crate) mod network;
 pub(crate) mod store;
+
+pub(crate) use message::{
+    Answer, AppendEntries, AppendEntriesAnswer, InstallSnapshot, InstallSnapshotAnswer, Message,
+    Vote, VoteAnswer,
+};
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -186,7 +192,7 @@ impl Consensus {
         identity: Identity,
         timing: RaftTiming,
         opened: Opened,
-        network: network::Network,
+        network: network::Network<impl network::Carrier>,
         tasks: &tokio_util::task::TaskTracker,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Result<(Consensus, Catalog), RaftStartError> {
@@ -569,7 +575,7 @@ impl Consensus {
 
     /// Checks what an AppendEntries (already checked by [`guard::append_entries`]) says
     /// of this server's committed log against the log ([`guard::agrees_with_committed`]).
-    pub(crate) async fn check_committed(
+    async fn check_committed(
         &self,
         request: &openraft::raft::AppendEntriesRequest<TypeConfig>,
     ) -> Result<(), guard::Refused> {
@@ -663,7 +669,7 @@ impl Consensus {
     /// Hands a snapshot chunk (already checked by [`guard::install_snapshot`]) to Raft.
     /// The last chunk of a snapshot is refused when the snapshot it completes is not one
     /// the state machine can read: openraft would stop on it.
-    pub(crate) async fn install_snapshot(
+    async fn install_snapshot(
         &self,
         request: openraft::raft::InstallSnapshotRequest<TypeConfig>,
     ) -> Result<
@@ -681,11 +687,6 @@ impl Consensus {
             self.snapshot.accepted(&copy);
         }
         Ok(answer)
-    }
-
-    /// The Raft handle, for the RPC handler.
-    pub(crate) fn raft(&self) -> &Raft<TypeConfig> {
-        &self.raft
     }
 
     /// Whether this server is the leader right now.

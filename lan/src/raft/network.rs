@@ -1,11 +1,19 @@
 //! How one server's Raft reaches the others: its RPCs travel on the server port (8300)
 //! through [`crate::rpc`], each bounded by the time budget openraft gives it.
 //!
+//! Raft's messages ([`super::Message`]) ride inside the server port's requests, which
+//! this module does not know: it is generic over a [`Carrier`], the port's request type,
+//! which wraps a message into a request and finds Raft's answer in the port's answer.
+//! `crate::server` implements it for its request enum and the assembly in `lib.rs` picks
+//! it, so the modules import each other one way only: `server` → `raft` → `rpc`.
+//!
 //! A peer that cannot be reached is `Unreachable` (openraft backs off before the next
 //! attempt); a call that runs out of time is a `Timeout`; an error the remote Raft
 //! returned comes back as it was.
 
 use std::collections::HashMap;
+use std::fmt::Debug;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,22 +28,39 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use catalog::ServerNode;
 
-use super::{NodeId, TypeConfig};
-use crate::rpc::{self, Request, Response, RpcError};
+use super::{Answer, AppendEntries, InstallSnapshot, Message, NodeId, TypeConfig, Vote};
+use crate::rpc::{self, RpcError};
 use gossip::Member;
+
+/// The requests of the port Raft's messages travel in, as Raft needs them: one carries
+/// a message, and the port's answer to it holds Raft's answer, or something else (a
+/// refusal, say) that Raft reports as a network failure.
+pub(crate) trait Carrier: Serialize + Send + Sync + 'static {
+    /// The port's answer to a request.
+    type Answer: DeserializeOwned + Debug + Send;
+
+    /// The request that carries `message`.
+    fn carry(message: Message) -> Self;
+
+    /// Raft's answer inside `answer`; the answer itself when it holds none.
+    fn answer(answer: Self::Answer) -> Result<Answer, Self::Answer>;
+}
 
 /// When each follower last acknowledged this server as leader (answered an
 /// AppendEntries in its term), for the leader's lease.
 pub(crate) type Acks = Arc<std::sync::Mutex<HashMap<NodeId, Instant>>>;
 
-/// Hands out [`Peer`]s that share the agent's RPC connections.
-#[derive(Debug, Clone)]
-pub(crate) struct Network {
+/// Hands out [`Peer`]s that share the agent's RPC connections; they send Raft's messages
+/// in requests of type `C`.
+#[derive(Debug)]
+pub(crate) struct Network<C> {
     pub(crate) rpc: rpc::Client,
     /// The LAN pool's member list: the current address of each server.
     pub(crate) members: watch::Receiver<Arc<Vec<Member>>>,
@@ -44,17 +69,45 @@ pub(crate) struct Network {
     /// The term this server is in, mirrored from Raft's metrics: answers carrying a term
     /// too far ahead of it are not believed ([`super::guard`]).
     pub(crate) term: Arc<AtomicU64>,
+    carrier: PhantomData<fn() -> C>,
+}
+
+impl<C> Network<C> {
+    /// A network on `rpc`, finding servers in the LAN pool's `members`.
+    pub(crate) fn new(rpc: rpc::Client, members: watch::Receiver<Arc<Vec<Member>>>) -> Self {
+        Network {
+            rpc,
+            members,
+            acks: Acks::default(),
+            term: Arc::default(),
+            carrier: PhantomData,
+        }
+    }
+}
+
+// Not derived: a derive would ask for `C: Clone`, and no `C` is held.
+impl<C> Clone for Network<C> {
+    fn clone(&self) -> Self {
+        Network {
+            rpc: self.rpc.clone(),
+            members: self.members.clone(),
+            acks: self.acks.clone(),
+            term: self.term.clone(),
+            carrier: PhantomData,
+        }
+    }
 }
 
 /// One peer as Raft sees it.
 #[derive(Debug)]
-pub(crate) struct Peer {
+pub(crate) struct Peer<C> {
     target: NodeId,
     node: ServerNode,
     rpc: rpc::Client,
     members: watch::Receiver<Arc<Vec<Member>>>,
     acks: Acks,
     term: Arc<AtomicU64>,
+    carrier: PhantomData<fn() -> C>,
 }
 
 /// The server RPC address of server `id` (recorded as `node`) now: what gossip says for
@@ -72,10 +125,10 @@ pub(crate) fn resolve(members: &[Member], id: NodeId, node: &ServerNode) -> Opti
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for Network {
-    type Network = Peer;
+impl<C: Carrier> RaftNetworkFactory<TypeConfig> for Network<C> {
+    type Network = Peer<C>;
 
-    async fn new_client(&mut self, target: NodeId, node: &ServerNode) -> Peer {
+    async fn new_client(&mut self, target: NodeId, node: &ServerNode) -> Peer<C> {
         Peer {
             target,
             node: node.clone(),
@@ -83,6 +136,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             members: self.members.clone(),
             acks: self.acks.clone(),
             term: self.term.clone(),
+            carrier: PhantomData,
         }
     }
 }
@@ -94,12 +148,13 @@ struct Failure(String);
 type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, ServerNode, RaftError<NodeId, E>>>;
 
-impl Peer {
+impl<C: Carrier> Peer<C> {
+    /// Sends `message` and returns Raft's answer, or the port's answer when it holds none.
     async fn call<E: std::error::Error>(
         &self,
-        request: Request,
+        message: Message,
         option: &RPCOption,
-    ) -> Result<Response, RPCError<NodeId, ServerNode, RaftError<NodeId, E>>> {
+    ) -> Result<Result<Answer, C::Answer>, RPCError<NodeId, ServerNode, RaftError<NodeId, E>>> {
         let found = resolve(&self.members.borrow(), self.target, &self.node);
         let addr = found.ok_or_else(|| {
             RPCError::Unreachable(Unreachable::new(&Failure(format!(
@@ -108,13 +163,14 @@ impl Peer {
             ))))
         })?;
         let deadline = Instant::now() + option.hard_ttl();
+        let entries = match &message {
+            Message::AppendEntries(m) => m.request.entries.len(),
+            _ => 1,
+        };
+        let request = C::carry(message);
         match self.rpc.call(addr, &request, deadline).await {
-            Ok(r) => Ok(r),
+            Ok(r) => Ok(C::answer(r)),
             Err(RpcError::TooLarge(_)) => {
-                let entries = match &request {
-                    Request::AppendEntries { request, .. } => request.entries.len(),
-                    _ => 1,
-                };
                 // Halving until one entry is left; openraft treats one as unreachable.
                 Err(RPCError::PayloadTooLarge(
                     PayloadTooLarge::new_entries_hint((entries / 2).max(1) as u64),
@@ -161,7 +217,7 @@ impl Peer {
     }
 
     fn unexpected<E: std::error::Error>(
-        response: &Response,
+        response: &dyn Debug,
     ) -> RPCError<NodeId, ServerNode, RaftError<NodeId, E>> {
         RPCError::Network(NetworkError::new(&Failure(format!(
             "unexpected answer {response:?}"
@@ -182,7 +238,7 @@ fn backoff() -> impl Iterator<Item = Duration> {
     std::iter::successors(Some(BACKOFF_FIRST), |d| Some((*d * 2).min(BACKOFF_MAX)))
 }
 
-impl RaftNetwork<TypeConfig> for Peer {
+impl<C: Carrier> RaftNetwork<TypeConfig> for Peer<C> {
     fn backoff(&self) -> openraft::network::Backoff {
         openraft::network::Backoff::new(backoff())
     }
@@ -193,12 +249,12 @@ impl RaftNetwork<TypeConfig> for Peer {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
         let sent = Instant::now();
-        let request = Request::AppendEntries {
+        let message = Message::AppendEntries(AppendEntries {
             to: self.target,
             request: rpc,
-        };
-        match self.call(request, &option).await? {
-            Response::AppendEntries(Ok(r)) => {
+        });
+        match self.call(message, &option).await? {
+            Ok(Answer::AppendEntries(Ok(r))) => {
                 if let AppendEntriesResponse::HigherVote(vote) = &r {
                     self.believe(vote)?;
                 }
@@ -212,8 +268,9 @@ impl RaftNetwork<TypeConfig> for Peer {
                 }
                 Ok(r)
             }
-            Response::AppendEntries(Err(e)) => Err(self.remote(e)),
-            other => Err(Self::unexpected(&other)),
+            Ok(Answer::AppendEntries(Err(e))) => Err(self.remote(e)),
+            Ok(other) => Err(Self::unexpected(&other)),
+            Err(other) => Err(Self::unexpected(&other)),
         }
     }
 
@@ -222,17 +279,18 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        let request = Request::InstallSnapshot {
+        let message = Message::InstallSnapshot(InstallSnapshot {
             to: self.target,
             request: rpc,
-        };
-        match self.call(request, &option).await? {
-            Response::InstallSnapshot(Ok(r)) => {
+        });
+        match self.call(message, &option).await? {
+            Ok(Answer::InstallSnapshot(Ok(r))) => {
                 self.believe(&r.vote)?;
                 Ok(r)
             }
-            Response::InstallSnapshot(Err(e)) => Err(self.remote(e)),
-            other => Err(Self::unexpected(&other)),
+            Ok(Answer::InstallSnapshot(Err(e))) => Err(self.remote(e)),
+            Ok(other) => Err(Self::unexpected(&other)),
+            Err(other) => Err(Self::unexpected(&other)),
         }
     }
 
@@ -241,17 +299,18 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        let request = Request::Vote {
+        let message = Message::Vote(Vote {
             to: self.target,
             request: rpc,
-        };
-        match self.call(request, &option).await? {
-            Response::Vote(Ok(r)) => {
+        });
+        match self.call(message, &option).await? {
+            Ok(Answer::Vote(Ok(r))) => {
                 self.believe(&r.vote)?;
                 Ok(r)
             }
-            Response::Vote(Err(e)) => Err(self.remote(e)),
-            other => Err(Self::unexpected(&other)),
+            Ok(Answer::Vote(Err(e))) => Err(self.remote(e)),
+            Ok(other) => Err(Self::unexpected(&other)),
+            Err(other) => Err(Self::unexpected(&other)),
         }
     }
 }

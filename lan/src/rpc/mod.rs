@@ -1,18 +1,25 @@
-//! Server RPC on the server port (8300/tcp): requests forwarded from client agents and
-//! from other servers (catalog reads and writes), and Raft's own traffic.
+//! Server RPC on the server port (8300/tcp): framing and connections, whatever the
+//! messages are. What travels is the business of the modules that send and serve it:
+//! [`crate::server`] owns the port's requests and answers, [`crate::raft`] owns Raft's
+//! messages inside them. This module imports neither.
 //!
 //! ```text
-//!   caller ──call(addr, Request, deadline)──▶ Client ── one TCP connection per peer ──▶ serve
-//!          ◀──────────── Response ───────────        (requests multiplexed by id)     │
-//!                                                                       Handler::handle
+//!   caller ──call(addr, &Req, deadline)──▶ Client ── one TCP connection per peer ──▶ serve
+//!          ◀──────────── Resp ───────────        (requests multiplexed by id)     │
+//!                                                                   Handler::handle
 //! ```
 //!
 //! A connection carries many requests at once: each frame is `[length: u32][JSON]` of an
-//! [`Envelope`] whose `id` pairs a response with its request, so a blocking query that
-//! waits minutes does not hold up a heartbeat behind it. Every call has a deadline; the
+//! envelope `{"id": …, "body": …}` whose `id` pairs a response with its request, so a
+//! blocking query that waits minutes does not hold up a heartbeat behind it. The body is
+//! any type with serde's traits: [`Client::call`] names the request and answer types per
+//! call, and a [`Handler`] names the ones it serves. Every call has a deadline; the
 //! remaining time travels with forwarded requests so the far side stops when the caller
 //! has given up. Peer input is length-checked before it is read and a frame that does
 //! not decode closes its connection; it never reaches a panic.
+//!
+//! Connections are secured by the gossip keyring or by TLS ([`secure`]), framed and
+//! budgeted ([`frame`]), and admitted to fair seats ([`crate::fair`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,25 +28,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, RaftError};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-use crate::raft::{NodeId, TypeConfig};
-use catalog::{Command, Query, RaftStatus, ReadError, SentReadOptions, WriteError};
-use gossip::{KeyOperation, KeyringReport};
-
-use catalog::QueryResult;
-
-use crate::RaftPeer;
 
 pub(crate) mod frame;
 pub(crate) mod secure;
@@ -68,131 +63,18 @@ pub(crate) const MAX_PENDING_PER_CONNECTION: usize = 4096;
 /// Frames waiting to be written on one connection; writers wait when it is full.
 const WRITE_QUEUE: usize = 256;
 
-/// A request to a server.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum Request {
-    /// A catalog read.
-    Read {
-        /// The query.
-        query: Query,
-        /// How to read it.
-        #[serde(flatten)]
-        options: SentReadOptions,
-        /// Already forwarded once: answer here or fail, never forward again.
-        forwarded: bool,
-    },
-    /// A catalog write.
-    Write {
-        /// The change.
-        command: Command,
-        /// Time left until the caller's deadline, in milliseconds.
-        timeout_ms: u64,
-        /// Already forwarded once.
-        forwarded: bool,
-    },
-    /// A keyring operation for the whole LAN pool, run by the receiving server.
-    Keyring {
-        /// The operation.
-        op: KeyOperation,
-        /// Time left until the caller's deadline, in milliseconds.
-        timeout_ms: u64,
-    },
-    /// This datacenter's Raft state (leader, peers).
-    Status,
-    /// A request for the receiving server's [`crate::Relay`], which this crate does not
-    /// read (a client agent's request for another datacenter, say).
-    Relay {
-        /// The request.
-        request: crate::Opaque,
-        /// Time left until the caller's deadline, in milliseconds.
-        timeout_ms: u64,
-        /// Whether it may be sent again to another server (see [`crate::Lan::relay`]).
-        retry_safe: bool,
-    },
-    /// Raft: replicate entries or heartbeat.
-    AppendEntries {
-        /// The Raft ID of the server it is for: a server refuses a message for another
-        /// (one that now answers at an address or name an old ID had).
-        to: NodeId,
-        /// The message.
-        request: AppendEntriesRequest<TypeConfig>,
-    },
-    /// Raft: ask for a vote.
-    Vote {
-        /// The Raft ID of the server it is for.
-        to: NodeId,
-        /// The message.
-        request: VoteRequest<NodeId>,
-    },
-    /// Raft: a snapshot chunk.
-    InstallSnapshot {
-        /// The Raft ID of the server it is for.
-        to: NodeId,
-        /// The message.
-        request: InstallSnapshotRequest<TypeConfig>,
-    },
-    /// Remove a server from the Raft configuration (`operator raft remove-peer`).
-    RemovePeer {
-        /// The server.
-        peer: RaftPeer,
-        /// Time left until the caller's deadline, in milliseconds.
-        timeout_ms: u64,
-        /// Already forwarded once.
-        forwarded: bool,
-    },
-}
-
-/// The answer to a [`Request`], variant for variant.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum Response {
-    /// For [`Request::Read`].
-    Read(Result<QueryResult, ReadError>),
-    /// For [`Request::Write`].
-    Write(Result<u64, WriteError>),
-    /// For [`Request::Keyring`].
-    Keyring(KeyringReport),
-    /// For [`Request::Status`].
-    Status(RaftStatus),
-    /// For [`Request::Relay`]: the relay's answer.
-    Relay(crate::Opaque),
-    /// For [`Request::AppendEntries`].
-    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
-    /// For [`Request::Vote`].
-    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
-    /// For [`Request::InstallSnapshot`].
-    InstallSnapshot(
-        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
-    ),
-    /// The receiver cannot serve this kind of request (a client agent, say).
-    Unsupported(String),
-    /// The request was served but its answer cannot be sent (too large).
-    Error(String),
-    /// For [`Request::RemovePeer`]: the leader's refusal inside, or why no leader did it.
-    RemovePeer(Result<Result<(), String>, WriteError>),
-    /// The caller may not ask this (it proved too little), or the request carries values
-    /// that cannot be true; nothing was done.
-    Refused(String),
-}
-
-/// What to report for an answer of the wrong kind: the text of a refusal or error the
-/// server sent, else the answer itself.
-pub(crate) fn unexpected(answer: Response) -> String {
-    match answer {
-        Response::Refused(text) | Response::Unsupported(text) | Response::Error(text) => text,
-        other => format!("unexpected answer {other:?}"),
-    }
-}
-
+/// One frame's JSON: a request or its answer, paired by `id`.
 #[derive(Debug, Serialize, Deserialize)]
 struct Envelope<T> {
     id: u64,
     body: T,
 }
 
-/// The request a frame of the server port holds, as the server decodes it.
+/// The body of a frame of the server port, read as `T` (what the server does with a
+/// request frame).
 #[cfg(any(test, feature = "fuzzing"))]
-pub(crate) fn decode_request(payload: &[u8]) -> Result<Request, serde_json::Error> {
-    serde_json::from_slice::<Envelope<Request>>(payload).map(|e| e.body)
+pub(crate) fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, serde_json::Error> {
+    serde_json::from_slice::<Envelope<T>>(payload).map(|e| e.body)
 }
 
 /// Why a call failed. The request may or may not have reached the server.
@@ -247,7 +129,9 @@ struct Connection {
     addr: SocketAddr,
     /// Request frames by ID, in the order they are to be written.
     writes: mpsc::Sender<(u64, Vec<u8>)>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
+    /// The callers waiting, by request ID; each is handed its answer's frame, which it
+    /// reads as the type it expects.
+    pending: Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>,
     next_id: AtomicU64,
     closed: CancellationToken,
 }
@@ -314,7 +198,8 @@ impl Connection {
                     Err(_) => break,
                 },
             };
-            let envelope: Envelope<Response> = match serde_json::from_slice(&frame.payload) {
+            // Only the ID is read here: the caller reads the body as the type it expects.
+            let envelope: Envelope<IgnoredAny> = match serde_json::from_slice(&frame.payload) {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::warn!(peer = %conn.addr, error = %e, "closing a server RPC connection after an unreadable answer");
@@ -327,7 +212,7 @@ impl Connection {
                 .expect("pending lock")
                 .remove(&envelope.id);
             if let Some(waiter) = waiter {
-                let _ = waiter.send(envelope.body);
+                let _ = waiter.send(frame.payload);
             }
         }
         conn.closed.cancel();
@@ -335,7 +220,11 @@ impl Connection {
         conn.pending.lock().expect("pending lock").clear();
     }
 
-    async fn call(&self, request: &Request, deadline: Instant) -> Result<Response, RpcError> {
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        request: &Req,
+        deadline: Instant,
+    ) -> Result<Resp, RpcError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let frame =
@@ -367,7 +256,21 @@ impl Connection {
         if !matches!(result, Ok(Ok(_))) {
             self.pending.lock().expect("pending lock").remove(&id);
         }
-        result.map_err(|_| RpcError::Timeout)?
+        let answer = result.map_err(|_| RpcError::Timeout)??;
+        self.read_answer(&answer)
+    }
+
+    /// The body of an answer frame as `Resp`. An answer that does not read closes the
+    /// connection, as any unreadable frame from the peer does.
+    fn read_answer<Resp: DeserializeOwned>(&self, payload: &[u8]) -> Result<Resp, RpcError> {
+        match serde_json::from_slice::<Envelope<Resp>>(payload) {
+            Ok(envelope) => Ok(envelope.body),
+            Err(e) => {
+                tracing::warn!(peer = %self.addr, error = %e, "closing a server RPC connection after an unreadable answer");
+                self.closed.cancel();
+                Err(RpcError::Closed(self.addr))
+            }
+        }
     }
 }
 
@@ -453,22 +356,39 @@ impl Client {
         Ok(conn)
     }
 
-    /// Sends `request` to the server at `addr` and waits for its answer until `deadline`.
-    pub(crate) async fn call(
+    /// Sends `request` to the server at `addr` and waits for its answer, read as `Resp`,
+    /// until `deadline`. `Req` must serialise to JSON (every request type of this crate
+    /// does); an answer that does not read as `Resp` closes the connection.
+    pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         addr: SocketAddr,
-        request: &Request,
+        request: &Req,
         deadline: Instant,
-    ) -> Result<Response, RpcError> {
+    ) -> Result<Resp, RpcError> {
         let conn = self.connection(addr, deadline).await?;
         conn.call(request, deadline).await
     }
 }
 
-/// What serves requests arriving on the server port.
+/// What serves requests arriving on the server port: the types it reads and answers,
+/// and the answers themselves.
 pub(crate) trait Handler: Send + Sync + 'static {
+    /// What a request frame's body holds; a frame whose body does not read as this
+    /// closes its connection.
+    type Request: DeserializeOwned + Send + 'static;
+    /// What an answer frame's body holds.
+    type Response: Serialize + Send + 'static;
+
     /// Answers one request from `caller`.
-    fn handle(&self, request: Request, caller: Caller) -> impl Future<Output = Response> + Send;
+    fn handle(
+        &self,
+        request: Self::Request,
+        caller: Caller,
+    ) -> impl Future<Output = Self::Response> + Send;
+
+    /// The answer sent instead of one that was served but cannot be sent, saying `why`
+    /// (it is over the frame limit, say).
+    fn unsendable(why: String) -> Self::Response;
 }
 
 /// Binds the server port.
@@ -620,7 +540,7 @@ async fn serve_connection<H: Handler>(
                 }
             },
         };
-        let envelope: Envelope<Request> = match serde_json::from_slice(&frame.payload) {
+        let envelope: Envelope<H::Request> = match serde_json::from_slice(&frame.payload) {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(peer = %peer, error = %e, "closing a server RPC connection after an unreadable request");
@@ -646,7 +566,7 @@ async fn serve_connection<H: Handler>(
             if frame.len() > MAX_RPC_FRAME {
                 // The caller would close the connection on a frame this size: tell it
                 // instead.
-                let body = Response::Error(format!(
+                let body = H::unsendable(format!(
                     "the answer of {} bytes is over the frame limit",
                     frame.len()
                 ));
@@ -668,19 +588,29 @@ mod tests {
     use gossip::keyring::{Key, Keyring};
     use gossip::transport::Encryption;
 
-    /// Answers every request with `dc1 proven` or `dc1 unproven`, saying what the caller
-    /// proved.
+    /// Answers every request (a text) with `dc1 proven` or `dc1 unproven`, saying what
+    /// the caller proved.
     struct Answers;
 
     impl Handler for Answers {
-        async fn handle(&self, _request: Request, caller: Caller) -> Response {
+        type Request = String;
+        type Response = String;
+
+        async fn handle(&self, _request: String, caller: Caller) -> String {
             let proof = if caller.proven { "proven" } else { "unproven" };
-            Response::Unsupported(format!("dc1 {proof}"))
+            format!("dc1 {proof}")
+        }
+
+        fn unsendable(why: String) -> String {
+            why
         }
     }
 
-    fn answered(r: Result<Response, RpcError>) -> bool {
-        matches!(r, Ok(Response::Unsupported(t)) if t.starts_with("dc1 "))
+    /// The request every test sends.
+    const STATUS: &str = "Status";
+
+    fn answered(r: Result<String, RpcError>) -> bool {
+        matches!(r, Ok(t) if t.starts_with("dc1 "))
     }
 
     fn port(max_connections: usize, max_conns_per_client: usize) -> Port {
@@ -731,14 +661,14 @@ mod tests {
     async fn ask(connection: &mut (FrameReader, FrameWriter)) -> std::io::Result<bool> {
         let request = serde_json::to_vec(&Envelope {
             id: 1,
-            body: Request::Status,
+            body: STATUS,
         })
         .expect("requests serialise");
         connection.1.write(&request).await?;
         let frame = tokio::time::timeout(Duration::from_secs(10), connection.0.read())
             .await
             .map_err(|_| std::io::Error::other("no answer within 10 s"))??;
-        let answer: Envelope<Response> =
+        let answer: Envelope<String> =
             serde_json::from_slice(&frame.payload).map_err(std::io::Error::other)?;
         Ok(answered(Ok(answer.body)))
     }
@@ -768,13 +698,13 @@ mod tests {
         // This module's client, on the connection it opens, gets no place either.
         let client = Client::new(None, None, tasks.clone(), shutdown.clone());
         let deadline = Instant::now() + Duration::from_secs(10);
-        let refused = client.call(server, &Request::Status, deadline).await;
+        let refused = client.call::<_, String>(server, &STATUS, deadline).await;
         assert_eq!(refused.unwrap_err(), RpcError::Closed(server));
         // Once a connection of 127.0.0.1 closes, its place is free again.
         drop(first);
         let mut again = false;
         while !again && Instant::now() < deadline {
-            again = answered(client.call(server, &Request::Status, deadline).await);
+            again = answered(client.call(server, &STATUS, deadline).await);
             if !again {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -829,19 +759,28 @@ mod tests {
         .await;
         let deadline = Instant::now() + Duration::from_secs(10);
         let member = Client::new(None, Some(keys(1, true)), tasks.clone(), shutdown.clone());
-        let answer = member.call(server, &Request::Status, deadline).await;
-        assert!(
-            matches!(&answer, Ok(Response::Unsupported(t)) if t == "dc1 proven"),
-            "{answer:?}"
-        );
+        let answer: Result<String, _> = member.call(server, &STATUS, deadline).await;
+        assert!(matches!(&answer, Ok(t) if t == "dc1 proven"), "{answer:?}");
         let stranger = Client::new(None, Some(keys(2, true)), tasks.clone(), shutdown.clone());
-        let refused = stranger.call(server, &Request::Status, deadline).await;
+        let refused = stranger.call::<_, String>(server, &STATUS, deadline).await;
         assert!(
             matches!(&refused, Err(RpcError::Connect { error, .. }) if error.contains("gossip key")),
             "{refused:?}"
         );
         let mut plain = connect_from(ip(1), server).await.unwrap();
         assert!(ask(&mut plain).await.is_err(), "plaintext is refused");
+        stop(tasks, shutdown).await;
+    }
+
+    #[tokio::test]
+    async fn an_answer_of_another_type_fails_the_call_and_closes_the_connection() {
+        let (server, tasks, shutdown) = start(port(MAX_RPC_CONNECTIONS, 100)).await;
+        let client = Client::new(None, None, tasks.clone(), shutdown.clone());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let wrong = client.call::<_, u64>(server, &STATUS, deadline).await;
+        assert_eq!(wrong.unwrap_err(), RpcError::Closed(server));
+        // The next call opens a new connection and reads its answer.
+        assert!(answered(client.call(server, &STATUS, deadline).await));
         stop(tasks, shutdown).await;
     }
 }

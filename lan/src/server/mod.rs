@@ -13,18 +13,27 @@
 //! the request around. A forwarded read whose leader goes silent or is replaced before it
 //! answers is sent again to the next leader (within the hold); a forwarded write is not,
 //! since it may still be applied, and waits for its answer until its deadline.
+//!
+//! The port's requests and answers are this module's ([`request`]); Raft's messages among
+//! them are [`crate::raft`]'s, handed to [`crate::raft::Consensus::receive`] once the
+//! caller is known to be allowed to send them. Framing and connections are
+//! [`crate::rpc`]'s. Imports go one way: this module uses `raft` and `rpc`, neither
+//! uses this one.
 
 use std::net::SocketAddr;
 
 use tokio::time::Instant;
 
-use crate::raft::guard;
-use crate::rpc::{self, Caller, Request, Response, RpcError};
+use crate::rpc::{self, Caller, RpcError};
 use crate::{FORWARD_MARGIN, Lan, RaftPeer};
 use catalog::{
     Command, Consistency, Query, QueryResult, ReadError, ReadOptions, WriteError, deadline_in,
     remaining_ms,
 };
+
+mod request;
+
+pub(crate) use request::{Request, Response, unexpected};
 
 /// Pause before looking for a leader again after the last one could not be reached.
 const LEADER_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
@@ -99,7 +108,7 @@ pub(crate) async fn read(
                     match answer {
                         Ok(Response::Read(r)) => return r,
                         Ok(other) => {
-                            return Err(ReadError::Rpc(rpc::unexpected(other)));
+                            return Err(ReadError::Rpc(request::unexpected(other)));
                         }
                         Err(RpcError::Timeout) => return Err(ReadError::Timeout),
                         // The leader we knew is gone: look for the next one until the hold
@@ -147,7 +156,7 @@ pub(crate) async fn write(
         },
         |answer| match answer {
             Response::Write(r) => r,
-            other => Err(unexpected(other)),
+            other => Err(unexpected_write(other)),
         },
     )
     .await
@@ -187,15 +196,15 @@ pub(crate) async fn remove_peer(
         },
         |answer| match answer {
             Response::RemovePeer(r) => r,
-            other => Err(unexpected(other)),
+            other => Err(unexpected_write(other)),
         },
     )
     .await
 }
 
 /// A forwarded request answered with a response of another kind.
-fn unexpected(other: Response) -> WriteError {
-    WriteError::Rpc(rpc::unexpected(other))
+fn unexpected_write(other: Response) -> WriteError {
+    WriteError::Rpc(unexpected(other))
 }
 
 /// Runs `here` with `payload` on the leader of this datacenter. When this server leads,
@@ -277,15 +286,30 @@ impl Handler {
         Response::Refused(why.to_string())
     }
 
+    /// Hands Raft's `message` to this server's Raft, which checks it first; a refusal is
+    /// logged and answered.
+    async fn receive(
+        &self,
+        consensus: &crate::raft::Consensus,
+        caller: &Caller,
+        message: crate::raft::Message,
+    ) -> Response {
+        let what = message.what();
+        match consensus.receive(message).await {
+            Ok(answer) => answer.into(),
+            Err(e) => self.refuse(caller, what, &e),
+        }
+    }
+
     /// Whether `caller` may ask `request` (see `rpc::secure`); the refusal if not.
     fn refusal(&self, request: &Request, caller: &Caller) -> Option<Response> {
         match request {
             Request::Keyring { .. } if !caller.may_use_keyring() => {
                 Some(self.refuse(caller, "a keyring request", &KEYRING_NEEDS_PROOF))
             }
-            Request::AppendEntries { .. }
-            | Request::Vote { .. }
-            | Request::InstallSnapshot { .. }
+            Request::AppendEntries(_)
+            | Request::Vote(_)
+            | Request::InstallSnapshot(_)
             | Request::RemovePeer { .. }
                 if !caller.may_change_raft() =>
             {
@@ -296,24 +320,19 @@ impl Handler {
     }
 }
 
-/// Refuses a Raft message meant for another server: one that had this server's address or
-/// name under an older Raft ID. Believing it would hand this server another's log.
-fn misdirected(to: u64, me: u64) -> Result<(), guard::Refused> {
-    if to == me {
-        Ok(())
-    } else {
-        Err(guard::Refused::new(format!(
-            "the message is for raft server {to}; this is raft server {me}"
-        )))
-    }
-}
-
 /// Why a keyring request from an unproven caller is refused.
 pub const KEYRING_NEEDS_PROOF: &str = "Permission denied: keyring operations over the server port need a caller that proved it belongs to the datacenter (the gossip key, or a TLS client certificate from the CA)";
 /// Why a Raft request from an unproven caller is refused.
 const RAFT_NEEDS_PROOF: &str = "Permission denied: Raft over the server port needs a server that proved it belongs to the datacenter (the gossip key, or a TLS client certificate from the CA)";
 
 impl rpc::Handler for Handler {
+    type Request = Request;
+    type Response = Response;
+
+    fn unsendable(why: String) -> Response {
+        Response::Error(why)
+    }
+
     async fn handle(&self, request: Request, caller: Caller) -> Response {
         let lan = &self.lan;
         let Some(consensus) = lan.consensus() else {
@@ -351,42 +370,9 @@ impl rpc::Handler for Handler {
                 }
             }
             Request::Status => Response::Status(consensus.status()),
-            Request::AppendEntries { to, request } => {
-                let checked = misdirected(to, consensus.id())
-                    .and_then(|()| guard::append_entries(&request, consensus.current_term()));
-                let checked = match checked {
-                    Ok(()) => consensus.check_committed(&request).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = checked {
-                    return self.refuse(&caller, "a raft append-entries", &e);
-                }
-                let answer = consensus.raft().append_entries(request).await;
-                if answer.as_ref().is_ok_and(|a| a.is_success()) {
-                    consensus.heard_from_leader();
-                }
-                Response::AppendEntries(answer)
-            }
-            Request::Vote { to, request } => {
-                let checked = misdirected(to, consensus.id())
-                    .and_then(|()| guard::vote_request(&request, consensus.current_term()));
-                if let Err(e) = checked {
-                    return self.refuse(&caller, "a raft vote request", &e);
-                }
-                Response::Vote(consensus.raft().vote(request).await)
-            }
-            Request::InstallSnapshot { to, request } => {
-                let checked = misdirected(to, consensus.id())
-                    .and_then(|()| guard::install_snapshot(&request, consensus.current_term()));
-                let answer = match checked {
-                    Ok(()) => consensus.install_snapshot(request).await,
-                    Err(e) => Err(e),
-                };
-                match answer {
-                    Ok(answer) => Response::InstallSnapshot(answer),
-                    Err(e) => self.refuse(&caller, "a raft snapshot chunk", &e),
-                }
-            }
+            Request::AppendEntries(m) => self.receive(consensus, &caller, m.into()).await,
+            Request::Vote(m) => self.receive(consensus, &caller, m.into()).await,
+            Request::InstallSnapshot(m) => self.receive(consensus, &caller, m.into()).await,
             Request::RemovePeer {
                 peer,
                 timeout_ms,
