@@ -70,7 +70,7 @@ pub async fn server_port(bytes: &[u8]) -> ServerPort {
         let term = raft.metrics().borrow().current_term;
         let checked = match &message {
             Message::AppendEntries(crate::raft::AppendEntries { to, request }) => {
-                let committed = raft.with_raft_state(|s| s.committed).await.ok().flatten();
+                let committed = raft.metrics().borrow().last_applied;
                 let local = match guard::below_committed(request, committed) {
                     Some(range) => {
                         let entries = log.clone().try_get_log_entries(range).await;
