@@ -41,7 +41,8 @@ use std::time::Duration;
 
 use catalog::{Command, Query};
 use catalog::{
-    Datacenter, QueryResult, RaftStatus, ReadError, ReadOptions, WriteError, remaining_ms,
+    Datacenter, QueryResult, RaftStatus, ReadError, ReadOptions, WriteError, deadline_in,
+    remaining_ms,
 };
 use gossip::{KeyOperation, KeyringReport};
 use lan::Lan;
@@ -229,11 +230,6 @@ impl Gateway {
         }
     }
 
-    /// The federation behind a [`Route::Remote`] (which only a gateway with one gives).
-    fn wan(&self) -> Result<&Federation, RouteError> {
-        self.federation()
-    }
-
     /// Whether `dc` (None = local) is the agent's own datacenter.
     pub fn is_local(&self, dc: Option<&str>) -> bool {
         matches!(self.route(dc), Ok(Route::Local))
@@ -309,11 +305,8 @@ impl Gateway {
                 })
             }
             Err(e) => {
-                if let RouteError::NoPath { dc } = &e
-                    && matches!(route, Route::ViaServer(_))
-                {
-                    self.load.mark_unknown(dc);
-                }
+                // A datacenter a server said it does not know is remembered by
+                // `via_server`, for every kind of call.
                 if let Some(stale) = cache.and_then(|c| c.stale_if_error)
                     && let Some((result, age)) = self.load.cached(&key, stale)
                 {
@@ -351,7 +344,7 @@ impl Gateway {
                 } else {
                     options.deadline
                 };
-                match remote(self.wan()?, dc, &call(), deadline).await? {
+                match remote(self.federation()?, dc, &call(), deadline).await? {
                     Reply::Read(r) => r,
                     other => Err(unexpected(&call(), other)),
                 }
@@ -405,16 +398,16 @@ impl Gateway {
             Call::Write {
                 command,
                 timeout_ms,
-            } => Reply::Write(self.write(dc, *command, remote::deadline(timeout_ms)).await),
+            } => Reply::Write(self.write(dc, *command, deadline_in(timeout_ms)).await),
             Call::Status { timeout_ms } => {
-                Reply::Status(self.raft_status(dc, remote::deadline(timeout_ms)).await)
+                Reply::Status(self.raft_status(dc, deadline_in(timeout_ms)).await)
             }
             Call::Keyring { .. } | Call::KeyringAll { .. } if !proven => {
                 Reply::Refused(lan::KEYRING_NEEDS_PROOF.into())
             }
             Call::Keyring { op, timeout_ms } => Reply::Keyring(
                 self.lan
-                    .keyring(op, remote::deadline(timeout_ms))
+                    .keyring(op, deadline_in(timeout_ms))
                     .await
                     .map_err(|e| e.to_string()),
             ),
@@ -422,10 +415,7 @@ impl Gateway {
                 op,
                 local_only,
                 timeout_ms,
-            } => Reply::KeyringAll(
-                self.keyring(op, local_only, remote::deadline(timeout_ms))
-                    .await,
-            ),
+            } => Reply::KeyringAll(self.keyring(op, local_only, deadline_in(timeout_ms)).await),
             Call::Datacenters => Reply::Datacenters(
                 self.datacenters()
                     .await
@@ -479,7 +469,9 @@ impl Gateway {
                 };
                 return Ok(self.lan.write(*command, deadline).await?);
             }
-            Route::Remote(dc) => remote(self.wan()?, &dc, &call, deadline + REMOTE_MARGIN).await?,
+            Route::Remote(dc) => {
+                remote(self.federation()?, &dc, &call, deadline + REMOTE_MARGIN).await?
+            }
             Route::ViaServer(dc) => self.via_server(&dc, call.clone(), deadline).await?,
         };
         match reply {
@@ -499,7 +491,9 @@ impl Gateway {
         };
         let reply = match self.route(dc)? {
             Route::Local => return Ok(self.lan.raft_status(deadline).await?),
-            Route::Remote(dc) => remote(self.wan()?, &dc, &call, deadline + REMOTE_MARGIN).await?,
+            Route::Remote(dc) => {
+                remote(self.federation()?, &dc, &call, deadline + REMOTE_MARGIN).await?
+            }
             Route::ViaServer(dc) => self.via_server(&dc, call.clone(), deadline).await?,
         };
         match reply {

@@ -16,11 +16,9 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio::time::Instant;
 
 use catalog::{
     Command, Datacenter, Query, QueryResult, RaftStatus, ReadError, SentReadOptions, WriteError,
-    deadline_in,
 };
 use gossip::{KeyOperation, KeyringReport};
 
@@ -139,11 +137,6 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Box<RawValue> {
 /// Reads what a carrier handed over.
 pub(crate) fn decode<'a, T: Deserialize<'a>>(raw: &'a RawValue) -> Result<T, String> {
     serde_json::from_str(raw.get()).map_err(|e| format!("unreadable relayed message: {e}"))
-}
-
-/// The deadline a call's `timeout_ms` gives, counted from its arrival.
-pub(crate) fn deadline(timeout_ms: u64) -> Instant {
-    deadline_in(timeout_ms)
 }
 
 #[cfg(test)]
