@@ -25,11 +25,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::Lan;
 use catalog::{RaftServer, ServerNode};
 
 use crate::raft::{Consensus, NodeId};
-use crate::server::{Request, Response};
+use crate::server::{Request, Response, Server};
 use gossip::{Member, MemberStatus};
 
 /// How long the set of servers must stay the same before one of them bootstraps.
@@ -80,11 +79,13 @@ fn servers_in(members: &[Member], dc: &str) -> Vec<SeenServer> {
 
 /// Runs the bootstrap of a server started with `bootstrap_expect = expect` (> 1),
 /// until Raft holds state or `shutdown`.
-pub(crate) async fn bootstrap(lan: Lan, expect: u32, shutdown: CancellationToken) {
-    let Some(consensus) = lan.consensus().cloned() else {
-        return;
-    };
-    let dc = lan.datacenter().to_string();
+pub(crate) async fn bootstrap(
+    server: Server,
+    dc: String,
+    expect: u32,
+    shutdown: CancellationToken,
+) {
+    let consensus = server.consensus();
     let me = consensus.id();
     let mut last: BTreeSet<NodeId> = BTreeSet::new();
     let mut stable_since = Instant::now();
@@ -94,7 +95,7 @@ pub(crate) async fn bootstrap(lan: Lan, expect: u32, shutdown: CancellationToken
         if consensus.is_initialized().await {
             return;
         }
-        let members = lan.members();
+        let members = server.members();
         let seen: Vec<SeenServer> = servers_in(&members, &dc)
             .into_iter()
             .filter(|s| s.status == MemberStatus::Alive)
@@ -135,7 +136,7 @@ pub(crate) async fn bootstrap(lan: Lan, expect: u32, shutdown: CancellationToken
                 waiting_logged = true;
             }
         } else if settled && ids.first() == Some(&me) {
-            if someone_holds_state(&lan, &agreeing, me).await {
+            if someone_holds_state(&server, &agreeing, me).await {
                 tracing::info!("a server already holds raft state; waiting to be added");
             } else {
                 let voters: BTreeMap<NodeId, ServerNode> =
@@ -159,10 +160,10 @@ pub(crate) async fn bootstrap(lan: Lan, expect: u32, shutdown: CancellationToken
 
 /// Whether any of `servers` (other than `me`) reports Raft state. A server that does
 /// not answer counts as holding state: better to wait than to risk a second cluster.
-async fn someone_holds_state(lan: &Lan, servers: &[&SeenServer], me: NodeId) -> bool {
+async fn someone_holds_state(server: &Server, servers: &[&SeenServer], me: NodeId) -> bool {
     for s in servers.iter().filter(|s| s.id != me) {
         let deadline = Instant::now() + BOOTSTRAP_ASK_TIMEOUT;
-        match lan.inner.rpc.call(s.addr, &Request::Status, deadline).await {
+        match server.call(s.addr, &Request::Status, deadline).await {
             Ok(Response::Status(status)) if status.servers.is_empty() && status.term == 0 => {}
             Ok(Response::Status(_)) => return true,
             Ok(_) | Err(_) => {

@@ -15,6 +15,16 @@
 //! Main types: [`Lan`] (the handle), [`Config`], [`catalog::Catalog`] and
 //! [`catalog::Query`]/[`catalog::Answer`], [`Local`].
 //!
+//! Modules, each importing only those below it (no circles, and none imports the crate
+//! root, which assembles them into [`Lan`] and lends itself to them through traits they
+//! own: `server::Relays`, `local::Upstream`):
+//!
+//! ```text
+//!   leader ─▶ autopilot ─▶ server ─▶ raft ─▶ rpc ─▶ fair
+//!     │                      └────▶ relay
+//!     └────▶ local ─▶ checks
+//! ```
+//!
 //! Invariants: this crate never opens an HTTP or DNS socket and knows other datacenters
 //! only by name: what a client agent asks of another datacenter, it hands to a server of
 //! its own as a request this crate does not read ([`Lan::relay`], served by the gateway
@@ -42,7 +52,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::seq::SliceRandom;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -50,8 +59,8 @@ use tokio_util::task::TaskTracker;
 
 pub use autopilot::DEAD_SERVER_GRACE;
 use catalog::{
-    Answer, Catalog, Command, Datacenter, Node, Query, QueryResult, RaftStatus, ReadError,
-    ReadOptions, ServerNode, WriteError, remaining_ms,
+    Answer, Command, Datacenter, Node, Query, QueryResult, RaftStatus, ReadError, ReadOptions,
+    ServerNode, WriteError, remaining_ms,
 };
 pub use checks::{CHECK_OUTPUT_LIMIT, CheckKind};
 use gossip::{
@@ -59,9 +68,10 @@ use gossip::{
 };
 pub use local::{CHECK_OUTPUT_MAX, CheckDefinition, Local, LocalError, SYNC_INTERVAL, Source};
 pub use raft::{RPC_HOLD_TIMEOUT, RaftStartError, RaftTiming, SNAPSHOT_THRESHOLD, Storage};
-pub use relay::{Opaque, Relay, Relaying};
+pub use relay::{Opaque, Relaying};
 pub use rpc::{DEFAULT_RPC_MAX_CONNS_PER_CLIENT, RpcTls};
-pub use server::KEYRING_NEEDS_PROOF;
+use server::FORWARD_MARGIN;
+pub use server::{KEYRING_NEEDS_PROOF, RaftPeer};
 
 /// The protocol version this agent speaks in member tags (`vsn`), as Consul's.
 pub const PROTOCOL_VERSION: u8 = 2;
@@ -133,10 +143,7 @@ pub enum StartError {
 /// What this agent is in its datacenter.
 enum Role {
     /// A server: a Raft voter with a copy of the catalog.
-    Server {
-        consensus: raft::Consensus,
-        catalog: Catalog,
-    },
+    Server(Box<server::Server>),
     /// A client agent: every catalog request goes to a server.
     Client {
         /// The server that answered last, tried first next time.
@@ -170,29 +177,19 @@ impl std::fmt::Debug for Lan {
     }
 }
 
-/// Extra time a forwarded call waits beyond the caller's deadline, so that the answer a
-/// server sends at the deadline (a blocking query that timed out) still arrives.
-const FORWARD_MARGIN: Duration = Duration::from_secs(2);
-
-/// A server of the Raft configuration, as `operator raft remove-peer` names it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RaftPeer {
-    /// By its server ID (the node UUID, `ID` in `/v1/operator/raft/configuration`).
-    Id(String),
-    /// By its server RPC address, `ip:port`.
-    Address(String),
-}
-
-impl RaftPeer {
-    /// Consul's text for a server that is not in the configuration.
-    pub fn not_found(&self) -> String {
-        match self {
-            RaftPeer::Id(id) => format!("id {id:?} was not found in the Raft configuration"),
-            RaftPeer::Address(a) => {
-                format!("address {a:?} was not found in the Raft configuration")
-            }
-        }
-    }
+/// What a server does with requests relayed by the client agents of its datacenter
+/// (see [`Lan::relay`]).
+pub trait Relay: Send + Sync + 'static {
+    /// Serves `request` by `deadline`. `proven` tells whether the caller proved it
+    /// belongs to the datacenter (gossip key or TLS client certificate): keyring
+    /// operations need it. `lan` is this server's datacenter layer.
+    fn relay<'a>(
+        &'a self,
+        lan: &'a Lan,
+        request: Opaque,
+        proven: bool,
+        deadline: Instant,
+    ) -> Relaying<'a>;
 }
 
 /// Why a server could not be removed from the Raft configuration.
@@ -327,7 +324,12 @@ impl Lan {
                     pool.subscribe(),
                     shutdown.child_token(),
                 ));
-                Role::Server { consensus, catalog }
+                Role::Server(Box::new(server::Server::new(
+                    consensus,
+                    catalog,
+                    pool.clone(),
+                    rpc.clone(),
+                )))
             }
             _ => Role::Client {
                 preferred: std::sync::Mutex::new(None),
@@ -350,10 +352,10 @@ impl Lan {
                 relay: std::sync::OnceLock::new(),
             }),
         };
-        if let Some(listener) = listener {
+        if let (Some(listener), Role::Server(server)) = (listener, &lan.inner.role) {
             tasks.spawn(rpc::serve(
                 listener,
-                Arc::new(server::Handler::new(lan.clone())),
+                Arc::new(server::Handler::new((**server).clone(), lan.clone())),
                 rpc::Port {
                     tls: lan.inner.config.rpc_tls.clone(),
                     keys: Some(keys),
@@ -364,15 +366,24 @@ impl Lan {
                 shutdown.child_token(),
             ));
         }
-        if lan.is_server() && lan.inner.config.bootstrap_expect > 1 && !lan.inner.config.bootstrap {
+        let c = &lan.inner.config;
+        if let Role::Server(server) = &lan.inner.role
+            && c.bootstrap_expect > 1
+            && !c.bootstrap
+        {
             tasks.spawn(autopilot::bootstrap(
-                lan.clone(),
-                lan.inner.config.bootstrap_expect,
+                (**server).clone(),
+                c.datacenter.to_string(),
+                c.bootstrap_expect,
                 shutdown.child_token(),
             ));
         }
-        tasks.spawn(local::run_sync(lan.clone(), shutdown.child_token()));
-        let c = &lan.inner.config;
+        tasks.spawn(local::run_sync(
+            lan.clone(),
+            lan.inner.local.clone(),
+            c.sync_interval,
+            shutdown.child_token(),
+        ));
         tracing::info!(node = %c.node_name, dc = %c.datacenter, server = c.server, "datacenter layer started");
         Ok(lan)
     }
@@ -420,7 +431,7 @@ impl Lan {
         options: ReadOptions,
     ) -> Result<QueryResult, ReadError> {
         match &self.inner.role {
-            Role::Server { .. } => server::read(self, query, options, false).await,
+            Role::Server(server) => server.read(query, options, false).await,
             Role::Client { .. } => {
                 let request = server::Request::Read {
                     query: query.clone(),
@@ -442,7 +453,7 @@ impl Lan {
     /// default `allow_stale`). `None` on a client agent, which holds no copy.
     pub fn read_stale(&self, query: &Query) -> Option<(Answer, u64)> {
         match &self.inner.role {
-            Role::Server { catalog, .. } => Some(catalog.query(query)),
+            Role::Server(server) => Some(server.catalog().query(query)),
             Role::Client { .. } => None,
         }
     }
@@ -451,7 +462,7 @@ impl Lan {
     /// to the catalog changes it.
     pub fn catalog_index(&self) -> Option<u64> {
         match &self.inner.role {
-            Role::Server { catalog, .. } => Some(catalog.index()),
+            Role::Server(server) => Some(server.catalog().index()),
             Role::Client { .. } => None,
         }
     }
@@ -460,7 +471,7 @@ impl Lan {
     /// agent (or a follower) sends the write on to the leader.
     pub async fn write(&self, command: Command, deadline: Instant) -> Result<u64, WriteError> {
         match &self.inner.role {
-            Role::Server { .. } => server::write(self, command, deadline, false).await,
+            Role::Server(server) => server.write(command, deadline, false).await,
             Role::Client { .. } => {
                 let request = server::Request::Write {
                     command,
@@ -582,7 +593,7 @@ impl Lan {
         deadline: Instant,
     ) -> Result<KeyringReport, ReadError> {
         match &self.inner.role {
-            Role::Server { .. } => Ok(self.inner.pool.keyring(op, deadline).await),
+            Role::Server(server) => Ok(server.keyring(op, deadline).await),
             Role::Client { .. } => {
                 let request = server::Request::Keyring {
                     op,
@@ -622,23 +633,6 @@ impl Lan {
         }
     }
 
-    /// Serves a relayed request on this server.
-    pub(crate) async fn serve_relayed(
-        &self,
-        request: Opaque,
-        proven: bool,
-        deadline: Instant,
-    ) -> Option<Opaque> {
-        let relay = self.inner.relay.get()?;
-        Some(relay.relay(self, request, proven, deadline).await)
-    }
-
-    /// Runs a keyring operation across the LAN pool from this agent (what a server does
-    /// for a forwarded request).
-    pub(crate) async fn keyring_here(&self, op: KeyOperation, deadline: Instant) -> KeyringReport {
-        self.inner.pool.keyring(op, deadline).await
-    }
-
     /// Removes a server from this datacenter's Raft configuration, on the leader
     /// (`operator raft remove-peer`); a client agent asks a server. A server that is still
     /// alive is added back by the leader's upkeep, as in Consul: this is for servers that
@@ -649,7 +643,7 @@ impl Lan {
         deadline: Instant,
     ) -> Result<(), RemovePeerError> {
         let answer = match &self.inner.role {
-            Role::Server { .. } => server::remove_peer(self, peer, deadline, false).await,
+            Role::Server(server) => server.remove_peer(peer, deadline, false).await,
             Role::Client { .. } => {
                 let request = server::Request::RemovePeer {
                     peer,
@@ -669,7 +663,7 @@ impl Lan {
     /// This datacenter's view of Raft; a client agent asks a server.
     pub async fn raft_status(&self, deadline: Instant) -> Result<RaftStatus, ReadError> {
         match &self.inner.role {
-            Role::Server { consensus, .. } => Ok(consensus.status()),
+            Role::Server(server) => Ok(server.consensus().status()),
             Role::Client { .. } => match self.forward(&server::Request::Status, deadline).await? {
                 server::Response::Status(s) => Ok(s),
                 other => Err(ReadError::Rpc(server::unexpected(other))),
@@ -679,14 +673,7 @@ impl Lan {
 
     fn consensus(&self) -> Option<&raft::Consensus> {
         match &self.inner.role {
-            Role::Server { consensus, .. } => Some(consensus),
-            Role::Client { .. } => None,
-        }
-    }
-
-    fn catalog(&self) -> Option<&Catalog> {
-        match &self.inner.role {
-            Role::Server { catalog, .. } => Some(catalog),
+            Role::Server(server) => Some(server.consensus()),
             Role::Client { .. } => None,
         }
     }
@@ -716,6 +703,34 @@ impl Lan {
     }
 }
 
+/// The server port hands relayed requests to the relay the agent set.
+impl server::Relays for Lan {
+    async fn serve_relayed(
+        &self,
+        request: Opaque,
+        proven: bool,
+        deadline: Instant,
+    ) -> Option<Opaque> {
+        let relay = self.inner.relay.get()?;
+        Some(relay.relay(self, request, proven, deadline).await)
+    }
+}
+
+/// Anti-entropy reads and writes the catalog through this agent's datacenter layer.
+impl local::Upstream for Lan {
+    async fn read(&self, query: &Query, options: ReadOptions) -> Result<QueryResult, ReadError> {
+        Lan::read(self, query, options).await
+    }
+
+    async fn write(&self, command: Command, deadline: Instant) -> Result<u64, WriteError> {
+        Lan::write(self, command, deadline).await
+    }
+
+    fn subscribe_members(&self) -> watch::Receiver<Arc<Vec<Member>>> {
+        Lan::subscribe_members(self)
+    }
+}
+
 fn own_node(config: &Config) -> Node {
     let lan = config.advertise.to_string();
     let wan = config.advertise_wan.to_string();
@@ -741,10 +756,6 @@ fn own_node(config: &Config) -> Node {
 }
 
 /// The tags this agent gossips, as Consul's (`role`, `dc`, `port`, `id`, `build`, …).
-/// The member tag that carries a server's Raft ID; a server without it (an older build)
-/// uses the ID derived from its node ID.
-pub(crate) const RAFT_ID_TAG: &str = "raft_id";
-
 fn member_tags(
     config: &Config,
     server_port: u16,
@@ -766,7 +777,7 @@ fn member_tags(
         tags.insert("port".into(), server_port.to_string());
         tags.insert("raft_vsn".into(), "3".into());
         if let Some(id) = raft_id {
-            tags.insert(RAFT_ID_TAG.into(), id.to_string());
+            tags.insert(raft::RAFT_ID_TAG.into(), id.to_string());
         }
         tags.insert("wan_join_port".into(), config.serf_wan_port.to_string());
         if config.bootstrap_expect > 1 {

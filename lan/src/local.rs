@@ -23,21 +23,21 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::checks::{CheckKind, Reports, Runner};
-use catalog::{Consistency, ReadOptions};
-
-use crate::Lan;
 use catalog::{
-    Answer, Check, Command, Deregistration, Health, Node, Query, Registration, SERF_HEALTH_CHECK,
-    Service,
+    Answer, Check, Command, Consistency, Deregistration, Health, Node, Query, QueryResult,
+    ReadError, ReadOptions, Registration, SERF_HEALTH_CHECK, Service, WriteError,
 };
+use gossip::Member;
+
+use crate::checks::{CheckKind, Reports, Runner};
 
 /// The most output a check keeps, in bytes, unless its `output_max_size` says otherwise
 /// (Consul's default).
@@ -1026,19 +1026,44 @@ fn full_sync_delay(interval: Duration, members: usize, unit: f64) -> Duration {
     interval + interval.mul_f64(f64::from(pool_scale(members)) * unit.clamp(0.0, 1.0))
 }
 
-/// Runs anti-entropy until `shutdown`: a changes pass after every local change, a full
-/// pass at start, when the live servers change and every [`full_sync_delay`].
-pub(crate) async fn run_sync(lan: Lan, shutdown: CancellationToken) {
-    let local = lan.local().clone();
-    let interval = lan.config().sync_interval;
-    let mut members = lan.subscribe_members();
+/// The catalog as anti-entropy reaches it (a server of this datacenter, or this one),
+/// and the pool whose servers and size time its full passes.
+pub(crate) trait Upstream: Send + Sync + 'static {
+    /// Reads the catalog.
+    fn read(
+        &self,
+        query: &Query,
+        options: ReadOptions,
+    ) -> impl Future<Output = Result<QueryResult, ReadError>> + Send;
+    /// Writes to the catalog.
+    fn write(
+        &self,
+        command: Command,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<u64, WriteError>> + Send;
+    /// The LAN pool's members and every change of them.
+    fn subscribe_members(&self) -> watch::Receiver<Arc<Vec<Member>>>;
+}
+
+/// Runs anti-entropy of `local` against `upstream` until `shutdown`: a changes pass after
+/// every local change, a full pass at start, when the live servers change and every
+/// [`full_sync_delay`] after `interval`.
+pub(crate) async fn run_sync(
+    upstream: impl Upstream,
+    local: Local,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut members = upstream.subscribe_members();
     let mut servers = live_servers(&members.borrow_and_update());
     let mut retry = SYNC_RETRY_MIN;
-    let next_full_after =
-        |lan: &Lan| Instant::now() + full_sync_delay(interval, lan.members().len(), rand::random());
-    let mut next_full = next_full_after(&lan);
+    let next_full_after = |members: &watch::Receiver<Arc<Vec<Member>>>| {
+        let size = members.borrow().len();
+        Instant::now() + full_sync_delay(interval, size, rand::random())
+    };
+    let mut next_full = next_full_after(&members);
     loop {
-        match sync_once(&local, &lan).await {
+        match sync_once(&local, &upstream).await {
             Err(e) => {
                 tracing::debug!(error = %e, "anti-entropy sync failed, will retry");
                 tokio::select! {
@@ -1058,7 +1083,7 @@ pub(crate) async fn run_sync(lan: Lan, shutdown: CancellationToken) {
                     "anti-entropy pass done"
                 );
                 if pass.full {
-                    next_full = next_full_after(&lan);
+                    next_full = next_full_after(&members);
                 }
             }
         }
@@ -1148,13 +1173,13 @@ struct PassReport {
 }
 
 /// One anti-entropy pass: the pending changes, or a full comparison when one is due.
-async fn sync_once(local: &Local, lan: &Lan) -> Result<PassReport, SyncError> {
+async fn sync_once(local: &Local, upstream: &impl Upstream) -> Result<PassReport, SyncError> {
     let plan = match local.plan_changes() {
         Some(plan) => plan,
-        None => local.plan_full(read_remote(local, lan).await?),
+        None => local.plan_full(read_remote(local, upstream).await?),
     };
     let full = plan.full;
-    let result = write_plan(local, lan, plan).await;
+    let result = write_plan(local, upstream, plan).await;
     if result.is_err() && full {
         // What the full pass cleared is known again only by comparing.
         local.request_full();
@@ -1163,7 +1188,7 @@ async fn sync_once(local: &Local, lan: &Lan) -> Result<PassReport, SyncError> {
 }
 
 /// This node's services and checks as the catalog holds them.
-async fn read_remote(local: &Local, lan: &Lan) -> Result<Remote, SyncError> {
+async fn read_remote(local: &Local, upstream: &impl Upstream) -> Result<Remote, SyncError> {
     let node = local.node().name;
     let options = || ReadOptions {
         consistency: Consistency::Default,
@@ -1173,11 +1198,11 @@ async fn read_remote(local: &Local, lan: &Lan) -> Result<Remote, SyncError> {
     };
     let by_node = Query::NodeServices { node: node.clone() };
     let checks_query = Query::NodeChecks { node };
-    let node_services = match lan.read(&by_node, options()).await?.answer {
+    let node_services = match upstream.read(&by_node, options()).await?.answer {
         Answer::NodeServices(ns) => ns,
         _ => None,
     };
-    let checks = match lan.read(&checks_query, options()).await?.answer {
+    let checks = match upstream.read(&checks_query, options()).await?.answer {
         Answer::Checks(c) => c,
         _ => Vec::new(),
     };
@@ -1197,7 +1222,11 @@ async fn read_remote(local: &Local, lan: &Lan) -> Result<Remote, SyncError> {
 
 /// Makes the writes of `plan` in order, settling each one the catalog took or refused;
 /// stops at the first that failed otherwise (its entry stays pending for the retry).
-async fn write_plan(local: &Local, lan: &Lan, plan: Plan) -> Result<PassReport, SyncError> {
+async fn write_plan(
+    local: &Local,
+    upstream: &impl Upstream,
+    plan: Plan,
+) -> Result<PassReport, SyncError> {
     let mut pass = PassReport {
         full: plan.full,
         examined: plan.examined,
@@ -1206,14 +1235,14 @@ async fn write_plan(local: &Local, lan: &Lan, plan: Plan) -> Result<PassReport, 
     };
     for Write { command, settles } in plan.writes {
         pass.writes += 1;
-        match lan
+        match upstream
             .write(command, Instant::now() + SYNC_WRITE_TIMEOUT)
             .await
         {
             Ok(_) => local.settle(&settles, false),
             // A refused command will be refused again; log it and move on so one bad
             // entry does not block the others.
-            Err(catalog::WriteError::Rejected(e)) => {
+            Err(WriteError::Rejected(e)) => {
                 tracing::warn!(error = %e, "catalog refused an anti-entropy update");
                 pass.refused += 1;
                 local.settle(&settles, true);
@@ -1228,9 +1257,9 @@ async fn write_plan(local: &Local, lan: &Lan, plan: Plan) -> Result<PassReport, 
 #[derive(Debug, thiserror::Error)]
 enum SyncError {
     #[error(transparent)]
-    Read(#[from] catalog::ReadError),
+    Read(#[from] ReadError),
     #[error(transparent)]
-    Write(#[from] catalog::WriteError),
+    Write(#[from] WriteError),
 }
 
 impl Reports for Local {

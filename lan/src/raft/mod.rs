@@ -44,6 +44,10 @@ use catalog::{
     ServerNode, WriteError,
 };
 
+/// The member tag that carries a server's Raft ID; a server without it (an older build)
+/// uses the ID derived from its node ID.
+pub(crate) const RAFT_ID_TAG: &str = "raft_id";
+
 /// How long a request waits for a leader to appear before failing with "No cluster
 /// leader" (Consul's `rpc_hold_timeout`). Bounded by the request's own deadline.
 pub const RPC_HOLD_TIMEOUT: Duration = Duration::from_secs(7);
@@ -64,7 +68,7 @@ pub(crate) fn raft_id(node_id: &str) -> NodeId {
 /// A server's Raft ID as gossip tells it: its `raft_id` tag, or for a server too old to
 /// send one, the ID derived from its node ID.
 pub(crate) fn member_raft_id(member: &gossip::Member) -> Option<NodeId> {
-    match member.tags.get(crate::RAFT_ID_TAG) {
+    match member.tags.get(RAFT_ID_TAG) {
         Some(id) => id.parse().ok(),
         None => member.tags.get("id").map(|id| raft_id(id)),
     }

@@ -18,160 +18,220 @@
 //! them are [`crate::raft`]'s, handed to [`crate::raft::Consensus::receive`] once the
 //! caller is known to be allowed to send them. Framing and connections are
 //! [`crate::rpc`]'s. Imports go one way: this module uses `raft` and `rpc`, neither
-//! uses this one.
+//! uses this one; nor does it use the crate root: what it needs of the agent around it
+//! (serving relayed requests) comes through [`Relays`], which the root implements.
 
 use std::net::SocketAddr;
 
 use tokio::time::Instant;
 
-use crate::rpc::{self, Caller, RpcError};
-use crate::{FORWARD_MARGIN, Lan, RaftPeer};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
 use catalog::{
-    Command, Consistency, Query, QueryResult, ReadError, ReadOptions, WriteError, deadline_in,
-    remaining_ms,
+    Catalog, Command, Consistency, Query, QueryResult, ReadError, ReadOptions, WriteError,
+    deadline_in, remaining_ms,
 };
+use gossip::{KeyOperation, KeyringReport, Member, Pool};
+
+use crate::raft::{Consensus, RPC_HOLD_TIMEOUT};
+use crate::relay::Opaque;
+use crate::rpc::{self, Caller, RpcError};
 
 mod request;
 
+pub use request::RaftPeer;
 pub(crate) use request::{Request, Response, unexpected};
 
 /// Pause before looking for a leader again after the last one could not be reached.
-const LEADER_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+const LEADER_RETRY: Duration = Duration::from_millis(100);
 
-/// Where the server `id` (recorded as `node`) answers now.
-fn address_of(lan: &Lan, id: u64, node: &catalog::ServerNode) -> Option<SocketAddr> {
-    crate::raft::network::resolve(&lan.members(), id, node)
+/// Extra time a forwarded call waits beyond the caller's deadline, so that the answer a
+/// server sends at the deadline (a blocking query that timed out) still arrives.
+pub(crate) const FORWARD_MARGIN: Duration = Duration::from_secs(2);
+
+/// What a server answers with: its Raft, its copy of the catalog, the LAN pool (where
+/// the other servers are, the keyring) and a client of the other servers' ports. Cheap
+/// to clone.
+#[derive(Clone)]
+pub(crate) struct Server {
+    consensus: Consensus,
+    catalog: Catalog,
+    pool: Pool,
+    rpc: rpc::Client,
 }
 
-/// Reads on this server, or on the leader when the mode needs the leader.
-pub(crate) async fn read(
-    lan: &Lan,
-    query: &Query,
-    options: ReadOptions,
-    forwarded: bool,
-) -> Result<QueryResult, ReadError> {
-    let (Some(consensus), Some(catalog)) = (lan.consensus(), lan.catalog()) else {
-        return Err(ReadError::Rpc("not a server".into()));
-    };
-    // A stale read on a follower that lost touch with the leader for longer than
-    // `max_stale` is read on the leader instead (Consul's rule).
-    let too_stale = options.consistency == Consistency::Stale
-        && options
-            .max_stale
-            .is_some_and(|max| consensus.last_contact().is_none_or(|c| c > max));
-    let options = if too_stale {
-        ReadOptions {
-            consistency: Consistency::Default,
-            ..options
+impl Server {
+    pub(crate) fn new(
+        consensus: Consensus,
+        catalog: Catalog,
+        pool: Pool,
+        rpc: rpc::Client,
+    ) -> Server {
+        Server {
+            consensus,
+            catalog,
+            pool,
+            rpc,
         }
-    } else {
-        options
-    };
-    let hold = options
-        .deadline
-        .min(Instant::now() + crate::RPC_HOLD_TIMEOUT);
-    // Reads that need the leader: here if it is this server, else on it.
-    if options.consistency != Consistency::Stale {
-        loop {
-            let leader = consensus.wait_for_leader(hold).await;
-            match leader {
-                None => return Err(ReadError::NoLeader),
-                Some((id, _)) if id == consensus.id() => break,
-                Some(_) if forwarded => return Err(ReadError::NoLeader),
-                Some((leader, node)) => {
-                    let addr = address_of(lan, leader, &node).ok_or(ReadError::NoLeader)?;
-                    // The leader reads with the caller's consistency mode; `max_stale`
-                    // only ever sends a read to the leader, so it goes no further.
-                    let request = Request::Read {
-                        query: query.clone(),
-                        options: ReadOptions {
-                            max_stale: None,
-                            ..options
+    }
+
+    /// This server's Raft.
+    pub(crate) fn consensus(&self) -> &Consensus {
+        &self.consensus
+    }
+
+    /// This server's copy of the catalog.
+    pub(crate) fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The members of the LAN pool.
+    pub(crate) fn members(&self) -> Arc<Vec<Member>> {
+        self.pool.members()
+    }
+
+    /// Calls another server's port.
+    pub(crate) async fn call(
+        &self,
+        addr: SocketAddr,
+        request: &Request,
+        deadline: Instant,
+    ) -> Result<Response, RpcError> {
+        self.rpc.call(addr, request, deadline).await
+    }
+
+    /// Runs a keyring operation across the LAN pool from this server.
+    pub(crate) async fn keyring(&self, op: KeyOperation, deadline: Instant) -> KeyringReport {
+        self.pool.keyring(op, deadline).await
+    }
+
+    /// Where the server `id` (recorded as `node`) answers now.
+    fn address_of(&self, id: u64, node: &catalog::ServerNode) -> Option<SocketAddr> {
+        crate::raft::network::resolve(&self.members(), id, node)
+    }
+
+    /// Reads on this server, or on the leader when the mode needs the leader.
+    pub(crate) async fn read(
+        &self,
+        query: &Query,
+        options: ReadOptions,
+        forwarded: bool,
+    ) -> Result<QueryResult, ReadError> {
+        let (consensus, catalog) = (&self.consensus, &self.catalog);
+        // A stale read on a follower that lost touch with the leader for longer than
+        // `max_stale` is read on the leader instead (Consul's rule).
+        let too_stale = options.consistency == Consistency::Stale
+            && options
+                .max_stale
+                .is_some_and(|max| consensus.last_contact().is_none_or(|c| c > max));
+        let options = if too_stale {
+            ReadOptions {
+                consistency: Consistency::Default,
+                ..options
+            }
+        } else {
+            options
+        };
+        let hold = options.deadline.min(Instant::now() + RPC_HOLD_TIMEOUT);
+        // Reads that need the leader: here if it is this server, else on it.
+        if options.consistency != Consistency::Stale {
+            loop {
+                let leader = consensus.wait_for_leader(hold).await;
+                match leader {
+                    None => return Err(ReadError::NoLeader),
+                    Some((id, _)) if id == consensus.id() => break,
+                    Some(_) if forwarded => return Err(ReadError::NoLeader),
+                    Some((leader, node)) => {
+                        let addr = self.address_of(leader, &node).ok_or(ReadError::NoLeader)?;
+                        // The leader reads with the caller's consistency mode; `max_stale`
+                        // only ever sends a read to the leader, so it goes no further.
+                        let request = Request::Read {
+                            query: query.clone(),
+                            options: ReadOptions {
+                                max_stale: None,
+                                ..options
+                            }
+                            .to_sent(),
+                            forwarded: true,
+                        };
+                        let call = self.call(addr, &request, options.deadline + FORWARD_MARGIN);
+                        // A leader that goes silent (or is replaced) while it holds the read
+                        // would keep it until the deadline; a read has no effect, so it is
+                        // asked again of the next leader instead.
+                        let answer = tokio::select! {
+                            answer = call => answer,
+                            () = consensus.leader_gone(leader) => {
+                                tracing::debug!(peer = %addr, "the leader went silent during a read; asking the next one");
+                                continue;
+                            }
+                        };
+                        match answer {
+                            Ok(Response::Read(r)) => return r,
+                            Ok(other) => {
+                                return Err(ReadError::Rpc(request::unexpected(other)));
+                            }
+                            Err(RpcError::Timeout) => return Err(ReadError::Timeout),
+                            // The leader we knew is gone: look for the next one until the hold
+                            // runs out (then "No cluster leader", as Consul says).
+                            Err(e) if Instant::now() < hold => {
+                                tracing::debug!(peer = %addr, error = %e, "leader unreachable, waiting for another");
+                                tokio::time::sleep(LEADER_RETRY).await;
+                            }
+                            Err(_) => return Err(ReadError::NoLeader),
                         }
-                        .to_sent(),
-                        forwarded: true,
-                    };
-                    let call =
-                        lan.inner
-                            .rpc
-                            .call(addr, &request, options.deadline + FORWARD_MARGIN);
-                    // A leader that goes silent (or is replaced) while it holds the read
-                    // would keep it until the deadline; a read has no effect, so it is
-                    // asked again of the next leader instead.
-                    let answer = tokio::select! {
-                        answer = call => answer,
-                        () = consensus.leader_gone(leader) => {
-                            tracing::debug!(peer = %addr, "the leader went silent during a read; asking the next one");
-                            continue;
-                        }
-                    };
-                    match answer {
-                        Ok(Response::Read(r)) => return r,
-                        Ok(other) => {
-                            return Err(ReadError::Rpc(request::unexpected(other)));
-                        }
-                        Err(RpcError::Timeout) => return Err(ReadError::Timeout),
-                        // The leader we knew is gone: look for the next one until the hold
-                        // runs out (then "No cluster leader", as Consul says).
-                        Err(e) if Instant::now() < hold => {
-                            tracing::debug!(peer = %addr, error = %e, "leader unreachable, waiting for another");
-                            tokio::time::sleep(LEADER_RETRY).await;
-                        }
-                        Err(_) => return Err(ReadError::NoLeader),
                     }
                 }
             }
         }
+        let meta = consensus
+            .read_barrier(options.consistency, options.deadline)
+            .await?;
+        let (answer, index) = catalog
+            .query_blocking(query, options.min_index, options.deadline)
+            .await;
+        Ok(QueryResult {
+            answer,
+            index,
+            meta,
+        })
     }
-    let meta = consensus
-        .read_barrier(options.consistency, options.deadline)
-        .await?;
-    let (answer, index) = catalog
-        .query_blocking(query, options.min_index, options.deadline)
-        .await;
-    Ok(QueryResult {
-        answer,
-        index,
-        meta,
-    })
-}
 
-/// Writes through Raft on the leader: here, or forwarded to it.
-pub(crate) async fn write(
-    lan: &Lan,
-    command: Command,
-    deadline: Instant,
-    forwarded: bool,
-) -> Result<u64, WriteError> {
-    on_leader(
-        lan,
-        command,
-        deadline,
-        forwarded,
-        |consensus, command| async move { consensus.write(command, deadline).await },
-        |command, timeout_ms| Request::Write {
-            command: command.clone(),
-            timeout_ms,
-            forwarded: true,
-        },
-        |answer| match answer {
-            Response::Write(r) => r,
-            other => Err(unexpected_write(other)),
-        },
-    )
-    .await
-}
+    /// Writes through Raft on the leader: here, or forwarded to it.
+    pub(crate) async fn write(
+        &self,
+        command: Command,
+        deadline: Instant,
+        forwarded: bool,
+    ) -> Result<u64, WriteError> {
+        self.on_leader(
+            command,
+            deadline,
+            forwarded,
+            |consensus, command| async move { consensus.write(command, deadline).await },
+            |command, timeout_ms| Request::Write {
+                command: command.clone(),
+                timeout_ms,
+                forwarded: true,
+            },
+            |answer| match answer {
+                Response::Write(r) => r,
+                other => Err(unexpected_write(other)),
+            },
+        )
+        .await
+    }
 
-/// Removes a server from the Raft configuration on the leader: here, or forwarded to it.
-/// `Ok(Err(why))` when the leader refused (no such server, a failed change).
-pub(crate) async fn remove_peer(
-    lan: &Lan,
-    peer: RaftPeer,
-    deadline: Instant,
-    forwarded: bool,
-) -> Result<Result<(), String>, WriteError> {
-    on_leader(
-        lan,
+    /// Removes a server from the Raft configuration on the leader: here, or forwarded to it.
+    /// `Ok(Err(why))` when the leader refused (no such server, a failed change).
+    pub(crate) async fn remove_peer(
+        &self,
+        peer: RaftPeer,
+        deadline: Instant,
+        forwarded: bool,
+    ) -> Result<Result<(), String>, WriteError> {
+        self.on_leader(
         peer,
         deadline,
         forwarded,
@@ -200,6 +260,51 @@ pub(crate) async fn remove_peer(
         },
     )
     .await
+    }
+
+    /// Runs `here` with `payload` on the leader of this datacenter. When this server leads,
+    /// `here` runs on its consensus; otherwise the leader is sent `request(payload, time left
+    /// in ms)` once, and its answer is read with `answer`. A request that was not sent (the
+    /// leader could not be reached) waits for the next leader, within the hold; one that was
+    /// sent is never sent again, since it may have taken effect.
+    async fn on_leader<P, T, F>(
+        &self,
+        payload: P,
+        deadline: Instant,
+        forwarded: bool,
+        here: impl FnOnce(Consensus, P) -> F,
+        request: impl Fn(&P, u64) -> Request,
+        answer: impl Fn(Response) -> Result<T, WriteError>,
+    ) -> Result<T, WriteError>
+    where
+        F: Future<Output = Result<T, WriteError>>,
+    {
+        let consensus = &self.consensus;
+        let hold = deadline.min(Instant::now() + RPC_HOLD_TIMEOUT);
+        loop {
+            let (leader, node) = match consensus.wait_for_leader(hold).await {
+                None => return Err(WriteError::NoLeader),
+                Some((id, _)) if id == consensus.id() => {
+                    return here(consensus.clone(), payload).await;
+                }
+                Some(_) if forwarded => return Err(WriteError::NoLeader),
+                Some(leader) => leader,
+            };
+            let addr = self.address_of(leader, &node).ok_or(WriteError::NoLeader)?;
+            let sent = request(&payload, remaining_ms(deadline));
+            match self.call(addr, &sent, deadline + FORWARD_MARGIN).await {
+                Ok(response) => return answer(response),
+                Err(RpcError::Timeout) => return Err(WriteError::Timeout),
+                // Not connected: the request never left, so trying the next leader is safe.
+                Err(e @ RpcError::Connect { .. }) if Instant::now() < hold => {
+                    tracing::debug!(peer = %addr, error = %e, "leader unreachable, waiting for another");
+                    tokio::time::sleep(LEADER_RETRY).await;
+                }
+                Err(RpcError::Connect { .. }) => return Err(WriteError::NoLeader),
+                Err(e) => return Err(WriteError::Rpc(e.to_string())),
+            }
+        }
+    }
 }
 
 /// A forwarded request answered with a response of another kind.
@@ -207,68 +312,31 @@ fn unexpected_write(other: Response) -> WriteError {
     WriteError::Rpc(unexpected(other))
 }
 
-/// Runs `here` with `payload` on the leader of this datacenter. When this server leads,
-/// `here` runs on its consensus; otherwise the leader is sent `request(payload, time left
-/// in ms)` once, and its answer is read with `answer`. A request that was not sent (the
-/// leader could not be reached) waits for the next leader, within the hold; one that was
-/// sent is never sent again, since it may have taken effect.
-async fn on_leader<P, T, F>(
-    lan: &Lan,
-    payload: P,
-    deadline: Instant,
-    forwarded: bool,
-    here: impl FnOnce(crate::raft::Consensus, P) -> F,
-    request: impl Fn(&P, u64) -> Request,
-    answer: impl Fn(Response) -> Result<T, WriteError>,
-) -> Result<T, WriteError>
-where
-    F: std::future::Future<Output = Result<T, WriteError>>,
-{
-    let Some(consensus) = lan.consensus() else {
-        return Err(WriteError::Rpc("not a server".into()));
-    };
-    let hold = deadline.min(Instant::now() + crate::RPC_HOLD_TIMEOUT);
-    loop {
-        let (leader, node) = match consensus.wait_for_leader(hold).await {
-            None => return Err(WriteError::NoLeader),
-            Some((id, _)) if id == consensus.id() => {
-                return here(consensus.clone(), payload).await;
-            }
-            Some(_) if forwarded => return Err(WriteError::NoLeader),
-            Some(leader) => leader,
-        };
-        let addr = address_of(lan, leader, &node).ok_or(WriteError::NoLeader)?;
-        let sent = request(&payload, remaining_ms(deadline));
-        match lan
-            .inner
-            .rpc
-            .call(addr, &sent, deadline + FORWARD_MARGIN)
-            .await
-        {
-            Ok(response) => return answer(response),
-            Err(RpcError::Timeout) => return Err(WriteError::Timeout),
-            // Not connected: the request never left, so trying the next leader is safe.
-            Err(e @ RpcError::Connect { .. }) if Instant::now() < hold => {
-                tracing::debug!(peer = %addr, error = %e, "leader unreachable, waiting for another");
-                tokio::time::sleep(LEADER_RETRY).await;
-            }
-            Err(RpcError::Connect { .. }) => return Err(WriteError::NoLeader),
-            Err(e) => return Err(WriteError::Rpc(e.to_string())),
-        }
-    }
+/// Who serves the requests client agents relay through this server (see
+/// [`crate::relay`]); implemented by the crate root, which holds the relay the agent set.
+pub(crate) trait Relays: Send + Sync + 'static {
+    /// Serves `request` by `deadline`; `None` when nothing relays here.
+    fn serve_relayed(
+        &self,
+        request: Opaque,
+        proven: bool,
+        deadline: Instant,
+    ) -> impl Future<Output = Option<Opaque>> + Send;
 }
 
 /// Serves the server port of this server.
-pub(crate) struct Handler {
-    lan: Lan,
+pub(crate) struct Handler<R> {
+    server: Server,
+    relays: R,
     /// Refused requests, logged once per peer per interval.
     log: std::sync::Mutex<gossip::PeerLog>,
 }
 
-impl Handler {
-    pub(crate) fn new(lan: Lan) -> Handler {
+impl<R: Relays> Handler<R> {
+    pub(crate) fn new(server: Server, relays: R) -> Handler<R> {
         Handler {
-            lan,
+            server,
+            relays,
             log: Default::default(),
         }
     }
@@ -290,7 +358,7 @@ impl Handler {
     /// logged and answered.
     async fn receive(
         &self,
-        consensus: &crate::raft::Consensus,
+        consensus: &Consensus,
         caller: &Caller,
         message: crate::raft::Message,
     ) -> Response {
@@ -325,7 +393,7 @@ pub const KEYRING_NEEDS_PROOF: &str = "Permission denied: keyring operations ove
 /// Why a Raft request from an unproven caller is refused.
 const RAFT_NEEDS_PROOF: &str = "Permission denied: Raft over the server port needs a server that proved it belongs to the datacenter (the gossip key, or a TLS client certificate from the CA)";
 
-impl rpc::Handler for Handler {
+impl<R: Relays> rpc::Handler for Handler<R> {
     type Request = Request;
     type Response = Response;
 
@@ -334,10 +402,8 @@ impl rpc::Handler for Handler {
     }
 
     async fn handle(&self, request: Request, caller: Caller) -> Response {
-        let lan = &self.lan;
-        let Some(consensus) = lan.consensus() else {
-            return Response::Unsupported("this agent is not a server".into());
-        };
+        let server = &self.server;
+        let consensus = &server.consensus;
         if let Some(refusal) = self.refusal(&request, &caller) {
             return refusal;
         }
@@ -346,14 +412,18 @@ impl rpc::Handler for Handler {
                 query,
                 options,
                 forwarded,
-            } => Response::Read(read(lan, &query, options.to_options(), forwarded).await),
+            } => Response::Read(server.read(&query, options.to_options(), forwarded).await),
             Request::Write {
                 command,
                 timeout_ms,
                 forwarded,
-            } => Response::Write(write(lan, command, deadline_in(timeout_ms), forwarded).await),
+            } => Response::Write(
+                server
+                    .write(command, deadline_in(timeout_ms), forwarded)
+                    .await,
+            ),
             Request::Keyring { op, timeout_ms } => {
-                Response::Keyring(lan.keyring_here(op, deadline_in(timeout_ms)).await)
+                Response::Keyring(server.keyring(op, deadline_in(timeout_ms)).await)
             }
             Request::Relay {
                 request,
@@ -361,7 +431,8 @@ impl rpc::Handler for Handler {
                 ..
             } => {
                 let proven = caller.may_use_keyring();
-                match lan
+                match self
+                    .relays
                     .serve_relayed(request, proven, deadline_in(timeout_ms))
                     .await
                 {
@@ -378,7 +449,9 @@ impl rpc::Handler for Handler {
                 timeout_ms,
                 forwarded,
             } => Response::RemovePeer(
-                remove_peer(lan, peer, deadline_in(timeout_ms), forwarded).await,
+                server
+                    .remove_peer(peer, deadline_in(timeout_ms), forwarded)
+                    .await,
             ),
         }
     }

@@ -9,10 +9,32 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::RaftPeer;
-use crate::raft::{self, network::Carrier};
 use catalog::{Command, Query, QueryResult, RaftStatus, ReadError, SentReadOptions, WriteError};
 use gossip::{KeyOperation, KeyringReport};
+
+use crate::raft::{self, network::Carrier};
+use crate::relay::Opaque;
+
+/// A server of the Raft configuration, as `operator raft remove-peer` names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftPeer {
+    /// By its server ID (the node UUID, `ID` in `/v1/operator/raft/configuration`).
+    Id(String),
+    /// By its server RPC address, `ip:port`.
+    Address(String),
+}
+
+impl RaftPeer {
+    /// Consul's text for a server that is not in the configuration.
+    pub fn not_found(&self) -> String {
+        match self {
+            RaftPeer::Id(id) => format!("id {id:?} was not found in the Raft configuration"),
+            RaftPeer::Address(a) => {
+                format!("address {a:?} was not found in the Raft configuration")
+            }
+        }
+    }
+}
 
 /// A request to a server.
 #[derive(Debug, Serialize, Deserialize)]
@@ -45,11 +67,11 @@ pub(crate) enum Request {
     },
     /// This datacenter's Raft state (leader, peers).
     Status,
-    /// A request for the receiving server's [`crate::Relay`], which this crate does not
+    /// A request for the receiving server's relay ([`crate::relay`]), which this crate does not
     /// read (a client agent's request for another datacenter, say).
     Relay {
         /// The request.
-        request: crate::Opaque,
+        request: Opaque,
         /// Time left until the caller's deadline, in milliseconds.
         timeout_ms: u64,
         /// Whether it may be sent again to another server (see [`crate::Lan::relay`]).
@@ -84,7 +106,7 @@ pub(crate) enum Response {
     /// For [`Request::Status`].
     Status(RaftStatus),
     /// For [`Request::Relay`]: the relay's answer.
-    Relay(crate::Opaque),
+    Relay(Opaque),
     /// For [`Request::AppendEntries`].
     AppendEntries(raft::AppendEntriesAnswer),
     /// For [`Request::Vote`].
