@@ -565,6 +565,7 @@ fn api_context(
             version: crate::VERSION.to_owned(),
             revision: String::new(),
             enable_script_checks: config.enable_script_checks,
+            kv_max_value_size: config.http_limits.kv_max_value_size,
             debug_config: debug_config(config, &identity.node_id, identity.advertise),
         }),
         control: api::Control {

@@ -71,6 +71,7 @@ impl From<ApiError> for Refused {
         let (status, message) = match e {
             ApiError::BadRequest(m) => (400, m),
             ApiError::NotFound(m) => (404, m),
+            ApiError::TooLarge(m) => (413, m),
             ApiError::TooManyRequests(m) => (429, m),
             ApiError::Internal(m) => (500, m),
         };

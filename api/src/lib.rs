@@ -52,6 +52,8 @@ pub struct AgentInfo {
     pub revision: String,
     /// Script checks may be registered through the API (`enable_script_checks`).
     pub enable_script_checks: bool,
+    /// The largest KV value, in bytes (`limits.kv_max_value_size`).
+    pub kv_max_value_size: usize,
     /// The resolved runtime configuration (`DebugConfig`).
     pub debug_config: serde_json::Value,
 }

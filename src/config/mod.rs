@@ -1070,6 +1070,7 @@ fn http_limits(limits: &raw::RawLimits) -> api::http::HttpLimits {
         ),
         max_header_bytes: size(limits.http_max_header_bytes, default.max_header_bytes),
         max_body_bytes: size(limits.http_max_body_bytes, default.max_body_bytes),
+        kv_max_value_size: size(limits.kv_max_value_size, default.kv_max_value_size),
         header_timeout: checked_duration(&limits.http_header_timeout)
             .unwrap_or(default.header_timeout),
         body_timeout: checked_duration(&limits.http_body_timeout).unwrap_or(default.body_timeout),

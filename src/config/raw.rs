@@ -52,6 +52,7 @@ pub struct RawLimits {
     pub http_max_blocking_queries_per_client: Option<u64>,
     pub dns_udp_max_response_bytes: Option<u64>,
     pub dns_rate_per_source: Option<u64>,
+    pub kv_max_value_size: Option<u64>,
 }
 
 /// `dns_config.failover` (not a Consul key): where plain service lookups go when this
@@ -281,6 +282,7 @@ impl RawConfig {
                 x.rpc_max_conns_per_client,
             );
             scalar(&mut limits.http_max_connections, x.http_max_connections);
+            scalar(&mut limits.kv_max_value_size, x.kv_max_value_size);
             scalar(&mut limits.http_max_header_bytes, x.http_max_header_bytes);
             scalar(&mut limits.http_max_body_bytes, x.http_max_body_bytes);
             scalar(&mut limits.http_header_timeout, x.http_header_timeout);

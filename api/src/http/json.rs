@@ -3,9 +3,38 @@
 
 use std::collections::BTreeMap;
 
-use catalog::{Check, Node, Service, ServiceAddress, ServiceHealth, ServiceNode, Weights};
+use catalog::{Check, KvEntry, Node, Service, ServiceAddress, ServiceHealth, ServiceNode, Weights};
 use gossip::Member;
 use serde::Serialize;
+
+/// A KV entry (Consul's `DirEntry`): `Value` in base64, `null` when empty; `Session`
+/// only while a session holds the key.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct KvEntryJson<'a> {
+    lock_index: u64,
+    key: &'a str,
+    flags: u64,
+    value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: Option<&'a str>,
+    create_index: u64,
+    modify_index: u64,
+}
+
+pub(crate) fn kv_entry(e: &KvEntry) -> KvEntryJson<'_> {
+    use base64::Engine;
+    KvEntryJson {
+        lock_index: e.lock_index,
+        key: &e.key,
+        flags: e.flags,
+        value: (!e.value.is_empty())
+            .then(|| base64::engine::general_purpose::STANDARD.encode(&e.value)),
+        session: e.session.as_deref(),
+        create_index: e.create_index,
+        modify_index: e.modify_index,
+    }
+}
 
 /// `Node` in catalog responses.
 #[derive(Serialize)]

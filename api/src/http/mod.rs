@@ -13,6 +13,7 @@ mod deadline;
 mod health;
 pub(crate) mod json;
 pub(crate) mod keyring;
+mod kv;
 pub(crate) mod query;
 mod server;
 pub(crate) mod snapshot;
@@ -52,6 +53,8 @@ pub(crate) enum ApiError {
     BadRequest(String),
     /// 404 with a message.
     NotFound(String),
+    /// 413 with a message: the request body is over a limit.
+    TooLarge(String),
     /// 429 with a message: a limit was reached, retry later.
     TooManyRequests(String),
     /// 500 with a message.
@@ -84,17 +87,24 @@ impl IntoResponse for ApiError {
         let (status, text) = match self {
             ApiError::BadRequest(t) => (StatusCode::BAD_REQUEST, t),
             ApiError::NotFound(t) => (StatusCode::NOT_FOUND, t),
+            ApiError::TooLarge(t) => (StatusCode::PAYLOAD_TOO_LARGE, t),
             ApiError::TooManyRequests(t) => (StatusCode::TOO_MANY_REQUESTS, t),
             ApiError::Internal(t) => (StatusCode::INTERNAL_SERVER_ERROR, t),
         };
-        (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             text,
         )
-            .into_response()
+            .into_response();
+        response.extensions_mut().insert(Worded);
+        response
     }
 }
+
+/// Marks a response whose error text is the handler's own (not to be reworded).
+#[derive(Debug, Clone, Copy)]
+struct Worded;
 
 /// Query-string parameters in order, with repeats (`?tag=a&tag=b`).
 pub(crate) struct Params(Vec<(String, String)>);
@@ -156,6 +166,13 @@ impl Params {
                 .cloned()
                 .collect(),
         )
+    }
+
+    /// These parameters sorted by name (Go's `url.Values.Encode` order).
+    pub(crate) fn sorted(&self) -> Params {
+        let mut pairs = self.0.clone();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        Params(pairs)
     }
 
     /// These parameters as a query string (without the `?`).
@@ -447,7 +464,9 @@ async fn add_common_headers(mut response: Response, max_body_bytes: usize) -> Re
         HeaderName::from_static("x-consul-default-acl-policy"),
         HeaderValue::from_static("allow"),
     );
-    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE
+        && response.extensions().get::<Worded>().is_none()
+    {
         let text = format!("Request body too large: the limit is {max_body_bytes} bytes");
         let mut replaced = (StatusCode::PAYLOAD_TOO_LARGE, text).into_response();
         std::mem::swap(replaced.headers_mut(), response.headers_mut());
@@ -522,6 +541,14 @@ pub(crate) fn router(ctx: Context, max_body_bytes: usize) -> Router {
         )
         .route("/v1/query/{id}/execute", get(query::execute))
         .route("/v1/query/{id}/explain", get(query::explain))
+        .route(
+            "/v1/kv/",
+            get(kv::get_root).put(kv::put_root).delete(kv::delete_root),
+        )
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete_key),
+        )
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
         .route(

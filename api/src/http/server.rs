@@ -111,6 +111,8 @@ pub struct HttpLimits {
     pub max_header_bytes: usize,
     /// Largest request body, in bytes (`/v1/snapshot` restores take up to 32 MiB).
     pub max_body_bytes: usize,
+    /// Largest KV value, in bytes (`limits.kv_max_value_size`).
+    pub kv_max_value_size: usize,
     /// Time a client has to send a request's head, and idle time between requests.
     pub header_timeout: Duration,
     /// Time a client has to send a request's body, from the end of its head.
@@ -130,6 +132,7 @@ impl Default for HttpLimits {
             max_conns_per_client: MAX_CONNS_PER_CLIENT,
             max_header_bytes: MAX_HEADER_BYTES,
             max_body_bytes: MAX_BODY_BYTES,
+            kv_max_value_size: catalog::KV_MAX_VALUE_SIZE,
             header_timeout: HEADER_READ_TIMEOUT,
             body_timeout: BODY_TIMEOUT,
             write_timeout: WRITE_TIMEOUT,

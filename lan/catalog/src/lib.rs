@@ -1,6 +1,7 @@
 //! # proconsul-catalog: the service catalog of one datacenter
 //!
-//! Its types, the state machine Raft applies, read queries and prepared queries, the
+//! Its types, the state machine Raft applies (services and checks, prepared queries, the
+//! key/value store), read queries and prepared queries, the
 //! shared handle readers use, and the read/write contract every layer shares
 //! ([`Consistency`], [`ReadOptions`], [`ReadMeta`], [`ReadError`], [`WriteError`],
 //! deadlines as requests carry them). Consul's durations ([`duration`]) and UUIDs
@@ -20,6 +21,7 @@
 
 mod contract;
 pub mod duration;
+mod kv;
 mod prepared;
 mod query;
 mod state;
@@ -36,6 +38,7 @@ pub use contract::{
     Consistency, QueryResult, ReadError, ReadMeta, ReadOptions, SentReadOptions, WriteError,
     deadline_in, remaining_ms,
 };
+pub use kv::{KV_MAX_VALUE_SIZE, KvAnswer, KvEntry, KvRead, KvRefusal, KvWrite, TOMBSTONE_TTL};
 pub use query::{Answer, Query};
 pub use state::{ApplyError, Command, Deregistration, Indexes, Registration, Snapshot, State};
 pub use status::{RaftServer, RaftStatus, ServerNode};

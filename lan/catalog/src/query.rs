@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::kv::{KvAnswer, KvRead};
 use super::state::{State, fold, on_node};
 use super::types::{Check, Health, Node, NodeServices, Service, ServiceHealth, ServiceNode};
 
@@ -73,6 +74,13 @@ pub enum Query {
         /// An ID or a name.
         key: Option<String>,
     },
+    /// Keys and values (`/v1/kv/:key`).
+    Kv {
+        /// The key, or the prefix of a tree or key list.
+        key: String,
+        /// What to read.
+        read: KvRead,
+    },
 }
 
 /// The answer to a [`Query`], variant for variant.
@@ -96,6 +104,8 @@ pub enum Answer {
     Snapshot(Box<super::state::Snapshot>),
     /// For [`Query::PreparedQueries`].
     PreparedQueries(Vec<super::types::PreparedQuery>),
+    /// For [`Query::Kv`].
+    Kv(KvAnswer),
 }
 
 fn meta_matches(node: &Node, filter: &[(String, String)]) -> bool {
@@ -238,6 +248,10 @@ impl State {
                 Answer::PreparedQueries(self.find_query(key).cloned().into_iter().collect()),
                 ix.queries,
             ),
+            Query::Kv { key, read } => {
+                let (answer, index) = self.query_kv(key, read);
+                (Answer::Kv(answer), index)
+            }
         };
         (answer, index.max(1))
     }

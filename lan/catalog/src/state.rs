@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::kv::{Kv, KvEntry, KvRefusal, KvWrite};
 use super::types::{Check, Node, PreparedQuery, Service};
 
 /// A change to the catalog, as it is written to the Raft log.
@@ -37,6 +38,8 @@ pub enum Command {
         /// Its ID.
         id: String,
     },
+    /// A change to the key/value store.
+    Kv(KvWrite),
 }
 
 /// The body of a catalog registration (Consul's `RegisterRequest`).
@@ -100,6 +103,12 @@ pub enum ApplyError {
     /// why (Consul's wording).
     #[error("{0}")]
     Query(String),
+    /// A KV write that cannot be made; the text says why (Consul's wording).
+    #[error("{0}")]
+    Kv(String),
+    /// A conditional KV write whose condition did not hold (the HTTP API answers `false`).
+    #[error(transparent)]
+    KvRefused(#[from] KvRefusal),
 }
 
 /// Per-table indexes: the Raft index of the last change to each table.
@@ -114,15 +123,19 @@ pub struct Indexes {
     /// Last change to any prepared query.
     #[serde(default)]
     pub queries: u64,
+    /// Last change to any key (a write or a deletion).
+    #[serde(default)]
+    pub kv: u64,
 }
 
 impl Indexes {
-    /// The newest of the three.
+    /// The newest of them all.
     pub fn max(&self) -> u64 {
         self.nodes
             .max(self.services)
             .max(self.checks)
             .max(self.queries)
+            .max(self.kv)
     }
 }
 
@@ -144,6 +157,8 @@ pub struct State {
     pub(super) service_index: BTreeMap<String, u64>,
     /// Prepared queries by ID.
     pub(super) queries: BTreeMap<String, PreparedQuery>,
+    /// The key/value store.
+    pub(super) kv: Kv,
     pub(super) indexes: Indexes,
 }
 
@@ -158,6 +173,11 @@ pub struct Snapshot {
     service_index: BTreeMap<String, u64>,
     #[serde(default)]
     queries: Vec<PreparedQuery>,
+    #[serde(default)]
+    kv: Vec<KvEntry>,
+    /// Deleted keys and the index each was deleted at.
+    #[serde(default)]
+    tombstones: Vec<(String, u64)>,
 }
 
 impl Snapshot {
@@ -228,6 +248,15 @@ impl Snapshot {
             }
             if !queries.insert(query.id.as_str()) {
                 return Err(format!("prepared query {:?} appears twice", query.id));
+            }
+        }
+        let mut keys = BTreeSet::new();
+        for entry in &self.kv {
+            if entry.key.is_empty() {
+                return Err("a key/value entry has an empty key".into());
+            }
+            if !keys.insert(entry.key.as_str()) {
+                return Err(format!("key {:?} appears twice", entry.key));
             }
         }
         Ok(())
@@ -309,6 +338,7 @@ impl State {
             }
             Command::SetQuery { query, create } => self.set_query(index, query, *create),
             Command::DeleteQuery { id } => self.delete_query(index, id),
+            Command::Kv(write) => self.apply_kv(index, write),
         }
     }
 
@@ -321,6 +351,7 @@ impl State {
             services: index,
             checks: index,
             queries: index,
+            kv: index,
         };
         let names: Vec<String> = state.by_name.keys().cloned().collect();
         state.service_index.clear();
@@ -570,6 +601,13 @@ impl State {
             indexes: self.indexes,
             service_index: self.service_index.clone(),
             queries: self.queries.values().cloned().collect(),
+            kv: self.kv.entries.values().cloned().collect(),
+            tombstones: self
+                .kv
+                .tombstones
+                .iter()
+                .map(|(k, i)| (k.clone(), *i))
+                .collect(),
         }
     }
 
@@ -583,6 +621,14 @@ impl State {
                 .into_iter()
                 .map(|q| (q.id.clone(), q))
                 .collect(),
+            kv: Kv {
+                entries: snapshot
+                    .kv
+                    .into_iter()
+                    .map(|e| (e.key.clone(), e))
+                    .collect(),
+                tombstones: snapshot.tombstones.into_iter().collect(),
+            },
             ..State::default()
         };
         for node in snapshot.nodes {
