@@ -19,6 +19,7 @@ mod gateway;
 mod hostile;
 mod http;
 mod jepsen;
+mod kv;
 mod limits;
 mod process;
 mod raft;

@@ -1,0 +1,389 @@
+//! The key/value store through `/v1/kv`: three servers with CAS races, blocking reads
+//! of a key and of a prefix (deletions included) and a leader that dies; a restart from
+//! disk and a snapshot restore that keep every key; another datacenter's keys through
+//! `?dc=`; and bad requests that get Consul's answers and write nothing.
+
+use hyper::Method;
+use serde_json::{Value, json};
+
+use crate::support::cluster::{Member, Spec, leader_of, leader_other_than, servers};
+use crate::support::{eventually, secs};
+use crate::wan::{server, tls_config};
+
+/// `PUT /v1/kv/<path>` with `value`; the JSON answer (`true`/`false`).
+async fn put(m: &Member, path: &str, value: &str) -> Value {
+    let r = m.call(Method::PUT, &format!("/v1/kv/{path}"), value).await;
+    assert_eq!(r.status, 200, "PUT {path}: {}", r.body);
+    serde_json::from_str(&r.body).unwrap()
+}
+
+/// The entry of `key` on `m` (read with `query`), or `None` on 404.
+async fn entry(m: &Member, key: &str, query: &str) -> Option<Value> {
+    let r = m.get(&format!("/v1/kv/{key}{query}")).await;
+    match r.status {
+        404 => {
+            assert!(r.header("x-consul-index").is_some(), "a 404 has an index");
+            None
+        }
+        200 => {
+            let list: Value = serde_json::from_str(&r.body).unwrap();
+            Some(list[0].clone())
+        }
+        other => panic!("GET {key}: {other} {}", r.body),
+    }
+}
+
+fn decode(value: &Value) -> String {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value.as_str().unwrap())
+        .unwrap();
+    String::from_utf8(bytes).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_serve_cas_races_and_blocking_reads_and_keep_every_key_when_the_leader_dies()
+{
+    let mut members = servers(3).await;
+    let all: Vec<&Member> = members.iter().collect();
+    let leader = leader_of(&all, 3).await;
+
+    // Writes through any server; followers forward them.
+    for (i, m) in members.iter().enumerate() {
+        assert_eq!(
+            put(m, &format!("app/config/{i}?flags=7"), &format!("v{i}")).await,
+            true
+        );
+    }
+    let e = entry(&members[0], "app/config/2", "?consistent")
+        .await
+        .unwrap();
+    assert_eq!(decode(&e["Value"]), "v2");
+    assert_eq!(e["Flags"], 7);
+    assert_eq!(e["CreateIndex"], e["ModifyIndex"]);
+
+    // A counter under CAS, raced by six writers over the three servers: every increment
+    // that was acknowledged is counted exactly once.
+    assert_eq!(put(&members[0], "counter?cas=0", "0").await, true);
+    let mut racers = Vec::new();
+    let clients: Vec<_> = members.iter().map(|m| m.http.clone()).collect();
+    for w in 0..6 {
+        let http = clients[w % 3].clone();
+        racers.push(tokio::spawn(async move {
+            let mut won = 0;
+            for _ in 0..5 {
+                loop {
+                    let r = http
+                        .call(Method::GET, "/v1/kv/counter?consistent", None)
+                        .await
+                        .unwrap();
+                    let list: Value = serde_json::from_str(&r.body).unwrap();
+                    let index = list[0]["ModifyIndex"].as_u64().unwrap();
+                    let n: u64 = decode(&list[0]["Value"]).parse().unwrap();
+                    let path = format!("/v1/kv/counter?cas={index}");
+                    let r = http
+                        .call(Method::PUT, &path, Some((n + 1).to_string()))
+                        .await
+                        .unwrap();
+                    if r.body.trim() == "true" {
+                        won += 1;
+                        break;
+                    }
+                    assert_eq!(r.body.trim(), "false", "{}", r.body);
+                }
+            }
+            won
+        }));
+    }
+    let mut acknowledged = 0;
+    for r in racers {
+        acknowledged += r.await.unwrap();
+    }
+    assert_eq!(acknowledged, 30);
+    let e = entry(&members[1], "counter", "?consistent").await.unwrap();
+    assert_eq!(decode(&e["Value"]), "30");
+
+    // A blocking read of one key wakes when that key changes, not for another key.
+    let index = members[0]
+        .get("/v1/kv/counter")
+        .await
+        .header("x-consul-index")
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    let watcher = {
+        let http = members[2].http.clone();
+        tokio::spawn(async move {
+            let path = format!("/v1/kv/counter?index={index}&wait=30s");
+            http.call(Method::GET, &path, None).await.unwrap()
+        })
+    };
+    assert_eq!(put(&members[0], "elsewhere", "x").await, true);
+    tokio::time::sleep(secs(1)).await;
+    assert!(!watcher.is_finished(), "another key's change wakes no one");
+    assert_eq!(put(&members[1], "counter", "done").await, true);
+    let r = watcher.await.unwrap();
+    let list: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(decode(&list[0]["Value"]), "done");
+    assert!(r.header("x-consul-index").unwrap().parse::<u64>().unwrap() > index);
+
+    // A blocking read of a prefix wakes when a key under it is deleted, and its index
+    // moves forward, not back.
+    let r = members[0].get("/v1/kv/app/?recurse").await;
+    let prefix_index: u64 = r.header("x-consul-index").unwrap().parse().unwrap();
+    let watcher = {
+        let http = members[1].http.clone();
+        tokio::spawn(async move {
+            let path = format!("/v1/kv/app/?recurse&index={prefix_index}&wait=30s");
+            http.call(Method::GET, &path, None).await.unwrap()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let r = members[2]
+        .call(Method::DELETE, "/v1/kv/app/config/1", "")
+        .await;
+    assert_eq!(r.body.trim(), "true");
+    let r = watcher.await.unwrap();
+    assert_eq!(r.status, 200);
+    let after: u64 = r.header("x-consul-index").unwrap().parse().unwrap();
+    assert!(after > prefix_index, "{after} > {prefix_index}");
+    let keys = members[1].json("/v1/kv/app/?keys").await;
+    assert_eq!(keys, json!(["app/config/0", "app/config/2"]));
+
+    // The leader dies: the new one has every key.
+    let at = members.iter().position(|m| m.name == leader).unwrap();
+    let old = members.remove(at);
+    old.agent.stop(false).await;
+    let survivors: Vec<&Member> = members.iter().collect();
+    leader_other_than(&survivors, 3, Some(&leader)).await;
+    for m in &members {
+        let e = eventually(secs(20), "a consistent read on the new leader", || async {
+            let r = m.get("/v1/kv/counter?consistent").await;
+            if r.status != 200 {
+                return Err(format!("{} {}", r.status, r.body));
+            }
+            let list: Value = serde_json::from_str(&r.body).unwrap();
+            Ok(list[0].clone())
+        })
+        .await;
+        assert_eq!(decode(&e["Value"]), "done");
+    }
+    assert_eq!(put(&members[0], "after-failover", "1").await, true);
+    for m in members {
+        m.agent.stop(false).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_survive_a_restart_from_disk_and_come_back_with_a_snapshot_restore() {
+    let spec = Spec {
+        name: "kv-0".into(),
+        server: true,
+        ..Spec::default()
+    };
+    let m = Member::start(spec.clone()).await;
+    leader_of(&[&m], 1).await;
+    for i in 0..20 {
+        assert_eq!(put(&m, &format!("svc/{i:02}"), &format!("{i}")).await, true);
+    }
+    assert_eq!(
+        m.call(Method::DELETE, "/v1/kv/svc/19", "")
+            .await
+            .body
+            .trim(),
+        "true"
+    );
+    let before = m.get("/v1/kv/svc/?recurse").await;
+    let before_index: u64 = before.header("x-consul-index").unwrap().parse().unwrap();
+    let snapshot = m.get("/v1/snapshot").await;
+    assert_eq!(snapshot.status, 200);
+
+    // Back from its data dir: every key, and the prefix index (a tombstone's) kept.
+    let dir = m.dir;
+    m.agent.stop(false).await;
+    let m = Member::start_in(spec, dir).await.unwrap();
+    leader_of(&[&m], 1).await;
+    let after = eventually(secs(20), "the keys after a restart", || async {
+        let r = m.get("/v1/kv/svc/?recurse&consistent").await;
+        if r.status == 200 { Ok(r) } else { Err(r.body) }
+    })
+    .await;
+    assert_eq!(after.body, before.body);
+    let after_index: u64 = after.header("x-consul-index").unwrap().parse().unwrap();
+    assert_eq!(after_index, before_index);
+
+    // Everything deleted, then the snapshot restored: the keys are back.
+    assert_eq!(
+        m.call(Method::DELETE, "/v1/kv/?recurse", "")
+            .await
+            .body
+            .trim(),
+        "true"
+    );
+    assert_eq!(m.get("/v1/kv/svc/?recurse").await.status, 404);
+    let r = m.call(Method::PUT, "/v1/snapshot", &snapshot.body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let list = m.json("/v1/kv/svc/?recurse").await;
+    assert_eq!(list.as_array().unwrap().len(), 19);
+    assert_eq!(decode(&list[18]["Value"]), "18");
+    m.agent.stop(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_datacenters_keys_are_read_and_written_through_dc() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = wan::tls::create_ca("consul", 30).unwrap();
+    let a = Member::start(server(
+        "a0",
+        "dc1",
+        1,
+        vec![],
+        tls_config(dir.path(), &ca, "a0", "dc1"),
+    ))
+    .await;
+    let b = Member::start(Spec {
+        join_wan: vec![a.wan_addr()],
+        ..server(
+            "b0",
+            "dc2",
+            1,
+            vec![],
+            tls_config(dir.path(), &ca, "b0", "dc2"),
+        )
+    })
+    .await;
+    leader_of(&[&b], 1).await;
+    leader_of(&[&a], 1).await;
+    assert_eq!(put(&a, "shared/x?dc=dc2", "from-dc1").await, true);
+    assert_eq!(entry(&a, "shared/x", "").await, None, "dc1 has no such key");
+    let e = entry(&b, "shared/x", "").await.unwrap();
+    assert_eq!(decode(&e["Value"]), "from-dc1");
+    let e = entry(&a, "shared/x", "?dc=dc2").await.unwrap();
+    assert_eq!(decode(&e["Value"]), "from-dc1");
+    // CAS across datacenters answers as at home.
+    assert_eq!(put(&a, "shared/x?dc=dc2&cas=1", "stale").await, false);
+
+    // A blocking read through dc1 wakes on a write in dc2.
+    let index: u64 = a
+        .get("/v1/kv/shared/x?dc=dc2")
+        .await
+        .header("x-consul-index")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let watcher = {
+        let http = a.http.clone();
+        tokio::spawn(async move {
+            let path = format!("/v1/kv/shared/x?dc=dc2&index={index}&wait=30s");
+            http.call(Method::GET, &path, None).await.unwrap()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(put(&b, "shared/x", "changed").await, true);
+    let r = watcher.await.unwrap();
+    let list: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(decode(&list[0]["Value"]), "changed");
+
+    // A value at the limit crosses the WAN whole.
+    let big = "v".repeat(catalog::KV_MAX_VALUE_SIZE);
+    assert_eq!(put(&a, "shared/big?dc=dc2", &big).await, true);
+    let e = entry(&b, "shared/big", "").await.unwrap();
+    assert_eq!(decode(&e["Value"]).len(), catalog::KV_MAX_VALUE_SIZE);
+
+    let r = a.get("/v1/kv/shared/x?dc=dc9").await;
+    assert_eq!((r.status, r.body.trim()), (500, "No path to datacenter"));
+    a.agent.stop(false).await;
+    b.agent.stop(false).await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_consuls_answers_and_write_nothing() {
+    let m = Member::start(Spec {
+        name: "kv-bad".into(),
+        server: true,
+        ..Spec::default()
+    })
+    .await;
+    leader_of(&[&m], 1).await;
+    assert_eq!(put(&m, "k", "v").await, true);
+    let index = |r: &proconsul::client::Response| -> u64 {
+        r.header("x-consul-index").unwrap().parse().unwrap()
+    };
+    let before = index(&m.get("/v1/kv/k").await);
+
+    let cases: &[(Method, &str, String, u16, &str)] = &[
+        (Method::PUT, "/v1/kv/", "v".into(), 400, "Missing key name"),
+        (
+            Method::GET,
+            "/v1/kv/",
+            String::new(),
+            400,
+            "Missing key name",
+        ),
+        (
+            Method::DELETE,
+            "/v1/kv/",
+            String::new(),
+            400,
+            "Missing key name",
+        ),
+        (
+            Method::PUT,
+            "/v1/kv/k?cas=0&acquire=s",
+            "v".into(),
+            400,
+            "Conflicting flags: acquire=s&cas=0",
+        ),
+        (
+            Method::DELETE,
+            "/v1/kv/k?recurse&cas=3",
+            String::new(),
+            400,
+            "Conflicting flags: cas=3&recurse=",
+        ),
+        (
+            Method::PUT,
+            "/v1/kv/k?cas=abc",
+            "v".into(),
+            500,
+            "strconv.ParseUint: parsing \"abc\": invalid syntax",
+        ),
+        (
+            Method::PUT,
+            "/v1/kv/k?flags=-1",
+            "v".into(),
+            500,
+            "strconv.ParseUint: parsing \"-1\": invalid syntax",
+        ),
+        (
+            Method::PUT,
+            "/v1/kv/k",
+            "v".repeat(catalog::KV_MAX_VALUE_SIZE + 1),
+            413,
+            "Request body(524289 bytes) too large, max size: 524288 bytes. See https://developer.hashicorp.com/docs/agent/config/config-files#kv_max_value_size.",
+        ),
+        (
+            Method::PUT,
+            "/v1/kv/k?acquire=",
+            "v".into(),
+            500,
+            "missing session",
+        ),
+    ];
+    for (method, path, body, status, text) in cases {
+        let r = m.call(method.clone(), path, body).await;
+        assert_eq!(
+            (r.status, r.body.trim()),
+            (*status, *text),
+            "{method} {path}"
+        );
+    }
+    // A traversal segment is refused, wherever it is.
+    let r = m.call(Method::PUT, "/v1/kv/a/../k", "x").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = m.get("/v1/kv/k").await;
+    assert_eq!(index(&r), before, "nothing was written");
+    let list: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(decode(&list[0]["Value"]), "v");
+    m.agent.stop(false).await;
+}
