@@ -21,8 +21,8 @@
 //!
 //! ```text
 //!   leader ─▶ autopilot ─▶ server ─▶ raft ─▶ rpc ─▶ fair
-//!     │                      └────▶ relay
-//!     └────▶ local ─▶ checks
+//!     │                      └────▶ relay     ▲
+//!     └────▶ local ─▶ checks      tombstones ─┘
 //! ```
 //!
 //! Invariants: this crate never opens an HTTP or DNS socket and knows other datacenters
@@ -45,6 +45,7 @@ mod raft;
 mod relay;
 mod rpc;
 mod server;
+mod tombstones;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -322,6 +323,11 @@ impl Lan {
                     catalog.clone(),
                     config.datacenter.to_string(),
                     pool.subscribe(),
+                    shutdown.child_token(),
+                ));
+                tasks.spawn(tombstones::run(
+                    consensus.clone(),
+                    catalog.clone(),
                     shutdown.child_token(),
                 ));
                 Role::Server(Box::new(server::Server::new(

@@ -370,6 +370,92 @@ print(json.dumps(out))
     assert_eq!(v["db"], serde_json::json!([["db-host", "", 5432]]));
 }
 
+/// A Python interpreter with py-consul (the maintained Consul client on PyPI): the one in
+/// `$PY_CONSUL_PYTHON`, else the virtualenv `.ci/run` makes (`.venv-py-consul`).
+fn python_with_py_consul() -> String {
+    let python = std::env::var("PY_CONSUL_PYTHON").unwrap_or_else(|_| {
+        format!(
+            "{}/.venv-py-consul/bin/python",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    });
+    let ok = Command::new(&python)
+        .args(["-c", "import consul.api.kv"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "this test needs py-consul: python3 -m venv .venv-py-consul && \
+         .venv-py-consul/bin/pip install py-consul (or set PY_CONSUL_PYTHON)"
+    );
+    python
+}
+
+#[test]
+fn py_consul_drives_the_key_value_store() {
+    let python = python_with_py_consul();
+    let (_p, http, _) = dev_agent(&[]);
+    let (host, port) = http.rsplit_once(':').unwrap();
+    let script = r#"
+import json, sys, threading
+import consul
+c = consul.Consul(host=sys.argv[1], port=int(sys.argv[2]))
+out = {}
+out["put"] = c.kv.put("app/config/db", "postgres://db:5432", flags=7)
+index, entry = c.kv.get("app/config/db")
+out["get"] = [entry["Key"], entry["Value"].decode(), entry["Flags"]]
+out["missing"] = c.kv.get("no/such/key")[1]
+out["cas_create_again"] = c.kv.put("app/config/db", "x", cas=0)
+out["cas_stale"] = c.kv.put("app/config/db", "x", cas=entry["ModifyIndex"] + 1000)
+out["cas_ok"] = c.kv.put("app/config/db", "mysql://db:3306", cas=entry["ModifyIndex"])
+c.kv.put("app/config/cache", "redis")
+c.kv.put("app/name", "shop")
+c.kv.put("app/empty", "")
+out["empty"] = c.kv.get("app/empty")[1]["Value"]
+index, entries = c.kv.get("app/", recurse=True)
+out["recurse"] = [e["Key"] for e in entries]
+out["keys"] = c.kv.get("app/", keys=True, separator="/")[1]
+# A blocking read of the prefix returns when a key under it is deleted.
+result = {}
+def watch():
+    result["answer"] = c.kv.get("app/", recurse=True, index=index, wait="20s")
+t = threading.Thread(target=watch)
+t.start()
+out["delete"] = c.kv.delete("app/name")
+t.join(25)
+new_index, after = result["answer"]
+out["woke_with_higher_index"] = int(new_index) > int(index)
+out["after_delete"] = [e["Key"] for e in after]
+out["delete_tree"] = c.kv.delete("app/config/", recurse=True)
+out["left"] = c.kv.get("", keys=True)[1]
+print(json.dumps(out))
+"#;
+    let output = Command::new(&python)
+        .args(["-c", script, host, port])
+        .output()
+        .unwrap();
+    let (code, out, err) = text(&output);
+    assert_eq!(code, 0, "py-consul failed:\n{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let expected = serde_json::json!({
+        "put": true,
+        "get": ["app/config/db", "postgres://db:5432", 7],
+        "missing": null,
+        "cas_create_again": false,
+        "cas_stale": false,
+        "cas_ok": true,
+        "empty": null,
+        "recurse": ["app/config/cache", "app/config/db", "app/empty", "app/name"],
+        "keys": ["app/config/", "app/empty", "app/name"],
+        "delete": true,
+        "woke_with_higher_index": true,
+        "after_delete": ["app/config/cache", "app/config/db", "app/empty"],
+        "delete_tree": true,
+        "left": ["app/empty"],
+    });
+    assert_eq!(v, expected);
+}
+
 #[test]
 fn validate_names_file_and_field() {
     let dir = tempfile::tempdir().unwrap();

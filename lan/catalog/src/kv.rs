@@ -277,6 +277,11 @@ impl State {
         (answer, index.max(1))
     }
 
+    /// The deletion index of the oldest tombstone, if any.
+    pub fn oldest_tombstone(&self) -> Option<u64> {
+        self.kv.tombstones.values().min().copied()
+    }
+
     fn prefix_index(&self, prefix: &str, entries: &[KvEntry]) -> u64 {
         self.prefix_index_of(prefix, entries.iter().map(|e| e.modify_index).max())
     }
