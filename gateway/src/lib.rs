@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use catalog::{Command, Query};
 use catalog::{
-    Datacenter, QueryResult, RaftStatus, ReadError, ReadOptions, WriteError, deadline_in,
+    Datacenter, QueryResult, RaftStatus, ReadError, ReadOptions, WriteError, Written, deadline_in,
     remaining_ms,
 };
 use gossip::{KeyOperation, KeyringReport};
@@ -451,13 +451,13 @@ impl Gateway {
     }
 
     /// Applies a write in `dc`'s catalog (by that datacenter's leader); returns the index
-    /// it was applied at.
+    /// it was applied at and what it produced.
     pub async fn write(
         &self,
         dc: Option<&str>,
         command: Command,
         deadline: Instant,
-    ) -> Result<u64, RouteError> {
+    ) -> Result<Written, RouteError> {
         let call = Call::Write {
             command: Box::new(command),
             timeout_ms: remaining_ms(deadline),

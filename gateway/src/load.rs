@@ -22,7 +22,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use catalog::{Answer, KvAnswer, Query};
+use catalog::{Answer, KvAnswer, Query, TxnOutcome};
 use catalog::{Consistency, QueryResult, ReadOptions};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
@@ -154,6 +154,9 @@ fn items(answer: &Answer) -> usize {
         // A value may be as large as 512 KiB: each KiB counts as an item.
         Answer::Kv(KvAnswer::Entries(v)) => v.iter().map(|e| 1 + e.value.len() / 1024).sum(),
         Answer::Kv(KvAnswer::Keys(v)) => v.len(),
+        Answer::Sessions(v) => v.len(),
+        Answer::Txn(TxnOutcome::Done(v)) => v.iter().map(|e| 1 + e.value.len() / 1024).sum(),
+        Answer::Txn(TxnOutcome::Failed(v)) => v.len(),
     }
 }
 

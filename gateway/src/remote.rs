@@ -19,6 +19,7 @@ use serde_json::value::RawValue;
 
 use catalog::{
     Command, Datacenter, Query, QueryResult, RaftStatus, ReadError, SentReadOptions, WriteError,
+    Written,
 };
 use gossip::{KeyOperation, KeyringReport};
 
@@ -105,7 +106,7 @@ pub(crate) enum Reply {
     /// For [`Call::Read`].
     Read(Result<QueryResult, RouteError>),
     /// For [`Call::Write`]: the index the write was applied at.
-    Write(Result<u64, RouteError>),
+    Write(Result<Written, RouteError>),
     /// For [`Call::Status`].
     Status(Result<RaftStatus, RouteError>),
     /// For [`Call::Keyring`]: the pool's report, or why it could not be asked.

@@ -22,7 +22,7 @@
 //! ```text
 //!   leader ─▶ autopilot ─▶ server ─▶ raft ─▶ rpc ─▶ fair
 //!     │                      └────▶ relay     ▲
-//!     └────▶ local ─▶ checks      tombstones ─┘
+//!     └────▶ local ─▶ checks      tombstones, session_ttl ─┘
 //! ```
 //!
 //! Invariants: this crate never opens an HTTP or DNS socket and knows other datacenters
@@ -45,6 +45,7 @@ mod raft;
 mod relay;
 mod rpc;
 mod server;
+mod session_ttl;
 mod tombstones;
 
 use std::collections::BTreeMap;
@@ -61,7 +62,7 @@ use tokio_util::task::TaskTracker;
 pub use autopilot::DEAD_SERVER_GRACE;
 use catalog::{
     Answer, Command, Datacenter, Node, Query, QueryResult, RaftStatus, ReadError, ReadOptions,
-    ServerNode, WriteError, remaining_ms,
+    ServerNode, WriteError, Written, remaining_ms,
 };
 pub use checks::{CHECK_OUTPUT_LIMIT, CheckKind};
 use gossip::{
@@ -330,6 +331,11 @@ impl Lan {
                     catalog.clone(),
                     shutdown.child_token(),
                 ));
+                tasks.spawn(session_ttl::run(
+                    consensus.clone(),
+                    catalog.clone(),
+                    shutdown.child_token(),
+                ));
                 Role::Server(Box::new(server::Server::new(
                     consensus,
                     catalog,
@@ -473,9 +479,9 @@ impl Lan {
         }
     }
 
-    /// Writes to the catalog; returns the Raft index the change was applied at. A client
-    /// agent (or a follower) sends the write on to the leader.
-    pub async fn write(&self, command: Command, deadline: Instant) -> Result<u64, WriteError> {
+    /// Writes to the catalog; returns the Raft index the change was applied at and what
+    /// it produced. A client agent (or a follower) sends the write on to the leader.
+    pub async fn write(&self, command: Command, deadline: Instant) -> Result<Written, WriteError> {
         match &self.inner.role {
             Role::Server(server) => server.write(command, deadline, false).await,
             Role::Client { .. } => {
@@ -729,7 +735,7 @@ impl local::Upstream for Lan {
     }
 
     async fn write(&self, command: Command, deadline: Instant) -> Result<u64, WriteError> {
-        Lan::write(self, command, deadline).await
+        Lan::write(self, command, deadline).await.map(|w| w.index)
     }
 
     fn subscribe_members(&self) -> watch::Receiver<Arc<Vec<Member>>> {

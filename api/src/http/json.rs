@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use catalog::{Check, KvEntry, Node, Service, ServiceAddress, ServiceHealth, ServiceNode, Weights};
+use catalog::{
+    Check, KvEntry, Node, Service, ServiceAddress, ServiceHealth, ServiceNode, Session, Weights,
+};
 use gossip::Member;
 use serde::Serialize;
 
@@ -33,6 +35,53 @@ pub(crate) fn kv_entry(e: &KvEntry) -> KvEntryJson<'_> {
         session: e.session.as_deref(),
         create_index: e.create_index,
         modify_index: e.modify_index,
+    }
+}
+
+/// A session (Consul's `Session`): `LockDelay` in nanoseconds, `ServiceChecks` as
+/// objects with an `ID` (null when none).
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct SessionJson<'a> {
+    #[serde(rename = "ID")]
+    id: &'a str,
+    name: &'a str,
+    node: &'a str,
+    lock_delay: u64,
+    behavior: &'static str,
+    #[serde(rename = "TTL")]
+    ttl: &'a str,
+    node_checks: &'a [String],
+    service_checks: Option<Vec<ServiceCheckJson<'a>>>,
+    create_index: u64,
+    modify_index: u64,
+}
+
+#[derive(Serialize)]
+pub(crate) struct ServiceCheckJson<'a> {
+    #[serde(rename = "ID")]
+    id: &'a str,
+    #[serde(rename = "Namespace")]
+    namespace: &'static str,
+}
+
+pub(crate) fn session(s: &Session) -> SessionJson<'_> {
+    SessionJson {
+        id: &s.id,
+        name: &s.name,
+        node: &s.node,
+        lock_delay: u64::try_from(s.lock_delay.as_nanos()).unwrap_or(u64::MAX),
+        behavior: s.behavior.as_str(),
+        ttl: &s.ttl,
+        node_checks: &s.node_checks,
+        service_checks: (!s.service_checks.is_empty()).then(|| {
+            s.service_checks
+                .iter()
+                .map(|id| ServiceCheckJson { id, namespace: "" })
+                .collect()
+        }),
+        create_index: s.create_index,
+        modify_index: s.modify_index,
     }
 }
 

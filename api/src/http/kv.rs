@@ -15,8 +15,9 @@
 //! `.` or `..` segment is refused: Consul's router never delivers those, and they read
 //! as a path traversal to every proxy in front of it.
 //!
-//! Locks (`?acquire`, `?release`) need sessions, which proconsul does not have yet: they
-//! are refused with a text that says so.
+//! `PUT ?acquire=SESSION` takes the key's lock for a session (and writes the value), and
+//! `?release=SESSION` gives it back; each answers `false` when the lock is held by
+//! another session, is not held, or is in an ended session's lock delay.
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
@@ -63,25 +64,30 @@ pub(crate) async fn put(
     let key = checked_key(key)?;
     let params = Params::parse(q.as_deref());
     conflicting_flags(&params, &["cas", "acquire", "release"])?;
-    for lock in ["acquire", "release"] {
-        if let Some(session) = params.get(lock) {
-            return Err(if session.is_empty() {
-                ApiError::Internal("missing session".into())
-            } else {
-                ApiError::Internal(format!(
-                    "invalid session {session:?}: proconsul has no sessions yet, so keys cannot be locked"
-                ))
-            });
-        }
-    }
     let flags = number(&params, "flags")?.unwrap_or(0);
     let cas = number(&params, "cas")?;
     let value = read_value(&ctx, &headers, body).await?;
-    let write = KvWrite::Set {
-        key,
-        value,
-        flags,
-        cas,
+    let write = if let Some(session) = params.get("acquire") {
+        KvWrite::Acquire {
+            key,
+            value,
+            flags,
+            session: session.to_owned(),
+        }
+    } else if let Some(session) = params.get("release") {
+        KvWrite::Release {
+            key,
+            value,
+            flags,
+            session: session.to_owned(),
+        }
+    } else {
+        KvWrite::Set {
+            key,
+            value,
+            flags,
+            cas,
+        }
     };
     write_and_answer(&ctx, &params, write).await
 }
@@ -186,8 +192,9 @@ async fn write_and_answer(
         Err(RouteError::Write(WriteError::Rejected(ApplyError::KvRefused(_)))) => {
             Ok(json(&false, params.pretty()))
         }
+        // Consul answers what it does not map (an unknown session) with 500 and the text.
         Err(RouteError::Write(WriteError::Rejected(ApplyError::Kv(why)))) => {
-            Err(ApiError::BadRequest(why))
+            Err(ApiError::Internal(why))
         }
         Err(e) => Err(e.into()),
     }

@@ -16,8 +16,10 @@ pub(crate) mod keyring;
 mod kv;
 pub(crate) mod query;
 mod server;
+mod session;
 pub(crate) mod snapshot;
 mod status;
+mod txn;
 
 use std::time::Duration;
 
@@ -549,6 +551,13 @@ pub(crate) fn router(ctx: Context, max_body_bytes: usize) -> Router {
             "/v1/kv/{*key}",
             get(kv::get).put(kv::put).delete(kv::delete_key),
         )
+        .route("/v1/session/create", put(session::create))
+        .route("/v1/session/destroy/{id}", put(session::destroy))
+        .route("/v1/session/renew/{id}", put(session::renew))
+        .route("/v1/session/info/{id}", get(session::info))
+        .route("/v1/session/node/{node}", get(session::node))
+        .route("/v1/session/list", get(session::list))
+        .route("/v1/txn", put(txn::apply))
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
         .route(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::{Answer, ApplyError};
+use crate::{Answer, Applied, ApplyError};
 
 /// How fresh a read must be (Consul's consistency modes). A default read is served by
 /// the leader from its state; a stale one by any server, possibly behind the leader; a
@@ -21,6 +21,16 @@ pub enum Consistency {
     Stale,
     /// Linearizable read.
     Consistent,
+}
+
+/// A write the catalog applied: the Raft index it was applied at, and what it produced
+/// (a transaction's results).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Written {
+    /// The index it was applied at.
+    pub index: u64,
+    /// What it produced.
+    pub applied: Applied,
 }
 
 /// Why a catalog write failed.

@@ -78,6 +78,32 @@ pub enum KvWrite {
         /// The prefix; empty deletes every key.
         prefix: String,
     },
+    /// Takes the lock of `key` for `session` and writes `value` and `flags`
+    /// (`PUT ?acquire=`).
+    Acquire {
+        /// The key.
+        key: String,
+        /// The new value.
+        #[serde(with = "base64_bytes")]
+        value: Vec<u8>,
+        /// The new flags.
+        flags: u64,
+        /// The session taking the lock.
+        session: String,
+    },
+    /// Gives back the lock of `key` held by `session` and writes `value` and `flags`
+    /// (`PUT ?release=`).
+    Release {
+        /// The key.
+        key: String,
+        /// The new value.
+        #[serde(with = "base64_bytes")]
+        value: Vec<u8>,
+        /// The new flags.
+        flags: u64,
+        /// The session giving it back.
+        session: String,
+    },
     /// Forgets the tombstones of deletions made at or before index `up_to` (the leader's
     /// upkeep).
     Reap {
@@ -90,7 +116,10 @@ impl KvWrite {
     /// The key or prefix the write touches (empty for [`KvWrite::Reap`]).
     pub fn key(&self) -> &str {
         match self {
-            KvWrite::Set { key, .. } | KvWrite::Delete { key, .. } => key,
+            KvWrite::Set { key, .. }
+            | KvWrite::Delete { key, .. }
+            | KvWrite::Acquire { key, .. }
+            | KvWrite::Release { key, .. } => key,
             KvWrite::DeleteTree { prefix } => prefix,
             KvWrite::Reap { .. } => "",
         }
@@ -107,6 +136,16 @@ pub enum KvRefusal {
     /// A `cas` delete whose index did not match.
     #[error("failed to delete key {0:?}, index is stale")]
     DeleteStale(String),
+    /// An acquire of a key another session holds.
+    #[error("failed to lock key {0:?}, lock is already held")]
+    LockHeld(String),
+    /// An acquire of a key within an invalidated session's lock delay (refused by the
+    /// leader before the log).
+    #[error("failed to lock key {0:?} due to lock delay")]
+    LockDelay(String),
+    /// A release of a key the session does not hold.
+    #[error("failed to unlock key {0:?}, lock isn't held, or is held by another session")]
+    NotHeld(String),
 }
 
 /// What a KV read returns.
@@ -142,7 +181,7 @@ pub(super) struct Kv {
 }
 
 /// The keys of `map` that start with `prefix`, in order.
-fn under<'a, V>(
+pub(super) fn under<'a, V>(
     map: &'a BTreeMap<String, V>,
     prefix: &'a str,
 ) -> impl Iterator<Item = (&'a String, &'a V)> + 'a {
@@ -202,6 +241,18 @@ impl State {
                 }
                 Ok(())
             }
+            KvWrite::Acquire {
+                key,
+                value,
+                flags,
+                session,
+            } => self.acquire(index, key, value, *flags, session),
+            KvWrite::Release {
+                key,
+                value,
+                flags,
+                session,
+            } => self.release(index, key, value, *flags, session),
             KvWrite::Delete { key, cas } => {
                 let Some(existing) = self.kv.entries.get(key) else {
                     return Ok(());
@@ -211,7 +262,9 @@ impl State {
                 {
                     return Err(KvRefusal::DeleteStale(key.clone()).into());
                 }
-                self.kv.entries.remove(key);
+                if let Some(Some(holder)) = self.kv.entries.remove(key).map(|e| e.session) {
+                    self.unhold(&holder, key);
+                }
                 self.kv.tombstones.insert(key.clone(), index);
                 self.indexes.kv = index;
                 Ok(())
@@ -224,7 +277,9 @@ impl State {
                     return Ok(());
                 }
                 for key in keys {
-                    self.kv.entries.remove(&key);
+                    if let Some(Some(holder)) = self.kv.entries.remove(&key).map(|e| e.session) {
+                        self.unhold(&holder, &key);
+                    }
                     self.kv.tombstones.insert(key, index);
                 }
                 self.indexes.kv = index;
@@ -277,6 +332,90 @@ impl State {
         (answer, index.max(1))
     }
 
+    fn acquire(
+        &mut self,
+        index: u64,
+        key: &str,
+        value: &[u8],
+        flags: u64,
+        session: &str,
+    ) -> Result<(), ApplyError> {
+        if key.is_empty() {
+            return Err(ApplyError::Kv("Missing key name".into()));
+        }
+        if session.is_empty() {
+            return Err(ApplyError::Kv("missing session".into()));
+        }
+        if !self.sessions.by_id.contains_key(session) {
+            return Err(ApplyError::Kv(format!("invalid session {session:?}")));
+        }
+        match self.kv.entries.get_mut(key) {
+            Some(e) if e.session.as_deref().is_some_and(|s| s != session) => {
+                return Err(KvRefusal::LockHeld(key.to_owned()).into());
+            }
+            // The holder again: only a new value or new flags change anything.
+            Some(e) if e.session.is_some() => {
+                if e.value != value || e.flags != flags {
+                    e.value = value.to_vec();
+                    e.flags = flags;
+                    e.modify_index = index;
+                    self.indexes.kv = index;
+                }
+            }
+            Some(e) => {
+                e.value = value.to_vec();
+                e.flags = flags;
+                e.session = Some(session.to_owned());
+                e.lock_index += 1;
+                e.modify_index = index;
+                self.indexes.kv = index;
+            }
+            None => {
+                self.kv.tombstones.remove(key);
+                self.kv.entries.insert(
+                    key.to_owned(),
+                    KvEntry {
+                        key: key.to_owned(),
+                        value: value.to_vec(),
+                        flags,
+                        session: Some(session.to_owned()),
+                        lock_index: 1,
+                        create_index: index,
+                        modify_index: index,
+                    },
+                );
+                self.indexes.kv = index;
+            }
+        }
+        self.hold(session, key);
+        Ok(())
+    }
+
+    fn release(
+        &mut self,
+        index: u64,
+        key: &str,
+        value: &[u8],
+        flags: u64,
+        session: &str,
+    ) -> Result<(), ApplyError> {
+        if session.is_empty() {
+            return Err(ApplyError::Kv("missing session".into()));
+        }
+        match self.kv.entries.get_mut(key) {
+            Some(e) if e.session.as_deref() == Some(session) => {
+                e.session = None;
+                e.value = value.to_vec();
+                e.flags = flags;
+                e.modify_index = index;
+                self.indexes.kv = index;
+            }
+            _ => return Err(KvRefusal::NotHeld(key.to_owned()).into()),
+        }
+        self.unhold(session, key);
+        Ok(())
+    }
+
     /// The deletion index of the oldest tombstone, if any.
     pub fn oldest_tombstone(&self) -> Option<u64> {
         self.kv.tombstones.values().min().copied()
@@ -298,16 +437,16 @@ impl State {
 }
 
 /// Values travel in the Raft log and snapshots as base64 text, as in Consul's JSON.
-mod base64_bytes {
+pub(crate) mod base64_bytes {
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&STANDARD.encode(bytes))
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         STANDARD
             .decode(text.as_bytes())

@@ -24,8 +24,10 @@ pub mod duration;
 mod kv;
 mod prepared;
 mod query;
+mod sessions;
 mod state;
 mod status;
+mod txn;
 mod types;
 pub mod uuid;
 
@@ -36,12 +38,19 @@ use tokio::time::Instant;
 
 pub use contract::{
     Consistency, QueryResult, ReadError, ReadMeta, ReadOptions, SentReadOptions, WriteError,
-    deadline_in, remaining_ms,
+    Written, deadline_in, remaining_ms,
 };
 pub use kv::{KV_MAX_VALUE_SIZE, KvAnswer, KvEntry, KvRead, KvRefusal, KvWrite, TOMBSTONE_TTL};
 pub use query::{Answer, Query};
-pub use state::{ApplyError, Command, Deregistration, Indexes, Registration, Snapshot, State};
+pub use sessions::{
+    Behavior, DEFAULT_LOCK_DELAY, MAX_LOCK_DELAY, SESSION_TTL_MAX, SESSION_TTL_MIN, Session,
+    SessionRead, SessionWrite,
+};
+pub use state::{
+    Applied, ApplyError, Command, Deregistration, Indexes, Registration, Snapshot, State,
+};
 pub use status::{RaftServer, RaftStatus, ServerNode};
+pub use txn::{TXN_MAX_OPS, TxnError, TxnOp, TxnOutcome, TxnVerb, too_many};
 pub use types::{
     Check, Datacenter, DatacenterError, Failover, Health, META_KEY_MAX, META_MAX_PAIRS,
     META_RESERVED_PREFIX, META_VALUE_MAX, Node, NodeServices, PreparedQuery, SERF_HEALTH_CHECK,
@@ -127,7 +136,7 @@ impl Catalog {
 impl CatalogWriter {
     /// Applies several commands at one Raft index (a batched entry), in order, under one
     /// lock, and wakes blocking queries once.
-    pub fn apply_all(&self, index: u64, commands: &[Command]) -> Vec<Result<(), ApplyError>> {
+    pub fn apply_all(&self, index: u64, commands: &[Command]) -> Vec<Result<Applied, ApplyError>> {
         let mut state = self.state.write().expect("catalog lock poisoned");
         let results = commands.iter().map(|c| state.apply(index, c)).collect();
         let newest = state.indexes().max();
@@ -176,13 +185,13 @@ mod tests {
     #[tokio::test]
     async fn blocking_query_wakes_on_a_change() {
         let (catalog, writer) = Catalog::new();
-        assert_eq!(writer.apply_all(3, &[register(3)]), [Ok(())]);
+        assert_eq!(writer.apply_all(3, &[register(3)]), [Ok(Applied::Done)]);
         let q = Query::Nodes { node_meta: vec![] };
         let reader = catalog.clone();
         let far = Instant::now() + Duration::from_secs(60);
         let waiter = tokio::spawn(async move { reader.query_blocking(&q, 3, far).await });
         tokio::task::yield_now().await;
-        assert_eq!(writer.apply_all(4, &[register(4)]), [Ok(())]);
+        assert_eq!(writer.apply_all(4, &[register(4)]), [Ok(Applied::Done)]);
         let (answer, index) = waiter.await.unwrap();
         assert_eq!(index, 4);
         assert!(matches!(answer, Answer::Nodes(n) if n.len() == 2));
@@ -191,7 +200,7 @@ mod tests {
     #[tokio::test]
     async fn an_index_from_the_future_answers_at_once() {
         let (catalog, writer) = Catalog::new();
-        assert_eq!(writer.apply_all(3, &[register(3)]), [Ok(())]);
+        assert_eq!(writer.apply_all(3, &[register(3)]), [Ok(Applied::Done)]);
         let q = Query::Nodes { node_meta: vec![] };
         let far = Instant::now() + Duration::from_secs(3600);
         let (_, index) = tokio::time::timeout(
@@ -206,7 +215,7 @@ mod tests {
     #[tokio::test]
     async fn blocking_query_returns_at_the_deadline() {
         let (catalog, writer) = Catalog::new();
-        assert_eq!(writer.apply_all(3, &[register(3)]), [Ok(())]);
+        assert_eq!(writer.apply_all(3, &[register(3)]), [Ok(Applied::Done)]);
         let q = Query::Nodes { node_meta: vec![] };
         let (_, index) = catalog
             .query_blocking(&q, 3, Instant::now() + Duration::from_millis(20))

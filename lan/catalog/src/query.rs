@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::kv::{KvAnswer, KvRead};
+use super::sessions::{Session, SessionRead};
 use super::state::{State, fold, on_node};
+use super::txn::{TxnOp, TxnOutcome};
 use super::types::{Check, Health, Node, NodeServices, Service, ServiceHealth, ServiceNode};
 
 /// A read of the catalog. Queries are plain data so they can travel to another server
@@ -74,6 +76,10 @@ pub enum Query {
         /// An ID or a name.
         key: Option<String>,
     },
+    /// Sessions (`/v1/session/{info,node,list}`).
+    Sessions(SessionRead),
+    /// A transaction that only reads (`/v1/txn`).
+    Txn(Vec<TxnOp>),
     /// Keys and values (`/v1/kv/:key`).
     Kv {
         /// The key, or the prefix of a tree or key list.
@@ -106,6 +112,10 @@ pub enum Answer {
     PreparedQueries(Vec<super::types::PreparedQuery>),
     /// For [`Query::Kv`].
     Kv(KvAnswer),
+    /// For [`Query::Sessions`].
+    Sessions(Vec<Session>),
+    /// For [`Query::Txn`].
+    Txn(TxnOutcome),
 }
 
 fn meta_matches(node: &Node, filter: &[(String, String)]) -> bool {
@@ -252,6 +262,11 @@ impl State {
                 let (answer, index) = self.query_kv(key, read);
                 (Answer::Kv(answer), index)
             }
+            Query::Sessions(read) => {
+                let (list, index) = self.query_sessions(read);
+                (Answer::Sessions(list), index)
+            }
+            Query::Txn(ops) => (Answer::Txn(self.read_txn(ops)), self.indexes.kv),
         };
         (answer, index.max(1))
     }

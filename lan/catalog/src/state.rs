@@ -12,6 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::kv::{Kv, KvEntry, KvRefusal, KvWrite};
+use super::sessions::{Session, SessionWrite, Sessions};
+use super::txn::{TxnOp, TxnOutcome};
 use super::types::{Check, Node, PreparedQuery, Service};
 
 /// A change to the catalog, as it is written to the Raft log.
@@ -40,6 +42,19 @@ pub enum Command {
     },
     /// A change to the key/value store.
     Kv(KvWrite),
+    /// A KV transaction: every operation or none.
+    Txn(Vec<TxnOp>),
+    /// A change to the session table.
+    Session(SessionWrite),
+}
+
+/// What an applied command produced besides its index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    /// Nothing more.
+    Done,
+    /// A transaction's results, or why it changed nothing.
+    Txn(TxnOutcome),
 }
 
 /// The body of a catalog registration (Consul's `RegisterRequest`).
@@ -109,6 +124,9 @@ pub enum ApplyError {
     /// A conditional KV write whose condition did not hold (the HTTP API answers `false`).
     #[error(transparent)]
     KvRefused(#[from] KvRefusal),
+    /// A session that cannot be created or renewed; the text says why (Consul's wording).
+    #[error("{0}")]
+    Session(String),
 }
 
 /// Per-table indexes: the Raft index of the last change to each table.
@@ -126,6 +144,9 @@ pub struct Indexes {
     /// Last change to any key (a write or a deletion).
     #[serde(default)]
     pub kv: u64,
+    /// Last change to any session.
+    #[serde(default)]
+    pub sessions: u64,
 }
 
 impl Indexes {
@@ -136,6 +157,7 @@ impl Indexes {
             .max(self.checks)
             .max(self.queries)
             .max(self.kv)
+            .max(self.sessions)
     }
 }
 
@@ -159,6 +181,8 @@ pub struct State {
     pub(super) queries: BTreeMap<String, PreparedQuery>,
     /// The key/value store.
     pub(super) kv: Kv,
+    /// Sessions and the locks they hold.
+    pub(super) sessions: Sessions,
     pub(super) indexes: Indexes,
 }
 
@@ -178,6 +202,8 @@ pub struct Snapshot {
     /// Deleted keys and the index each was deleted at.
     #[serde(default)]
     tombstones: Vec<(String, u64)>,
+    #[serde(default)]
+    sessions: Vec<Session>,
 }
 
 impl Snapshot {
@@ -328,18 +354,24 @@ impl State {
     }
 
     /// Applies one command at Raft index `index`.
-    pub fn apply(&mut self, index: u64, command: &Command) -> Result<(), ApplyError> {
+    pub fn apply(&mut self, index: u64, command: &Command) -> Result<Applied, ApplyError> {
         match command {
-            Command::Register(r) => self.register(index, r),
-            Command::Deregister(d) => self.deregister(index, d),
-            Command::Restore(s) => {
-                self.restore(index, s);
-                Ok(())
+            Command::Register(r) => {
+                self.register(index, r)?;
+                self.check_sessions_of(&fold(&r.node.name), index);
             }
-            Command::SetQuery { query, create } => self.set_query(index, query, *create),
-            Command::DeleteQuery { id } => self.delete_query(index, id),
-            Command::Kv(write) => self.apply_kv(index, write),
+            Command::Deregister(d) => {
+                self.deregister(index, d)?;
+                self.check_sessions_of(&fold(&d.node), index);
+            }
+            Command::Restore(s) => self.restore(index, s),
+            Command::SetQuery { query, create } => self.set_query(index, query, *create)?,
+            Command::DeleteQuery { id } => self.delete_query(index, id)?,
+            Command::Kv(write) => self.apply_kv(index, write)?,
+            Command::Txn(ops) => return Ok(Applied::Txn(self.apply_txn(index, ops)?)),
+            Command::Session(write) => self.apply_session(index, write)?,
         }
+        Ok(Applied::Done)
     }
 
     /// Replaces everything with `snapshot`, as changed at `index`: every table and
@@ -352,6 +384,7 @@ impl State {
             checks: index,
             queries: index,
             kv: index,
+            sessions: index,
         };
         let names: Vec<String> = state.by_name.keys().cloned().collect();
         state.service_index.clear();
@@ -608,6 +641,7 @@ impl State {
                 .iter()
                 .map(|(k, i)| (k.clone(), *i))
                 .collect(),
+            sessions: self.sessions.by_id.values().cloned().collect(),
         }
     }
 
@@ -648,6 +682,18 @@ impl State {
                 .checks
                 .insert((fold(&check.node), fold(&check.check_id)), check);
         }
+        for session in snapshot.sessions {
+            state.sessions.insert(session);
+        }
+        let held: Vec<(String, String)> = state
+            .kv
+            .entries
+            .values()
+            .filter_map(|e| Some((e.session.clone()?, e.key.clone())))
+            .collect();
+        for (session, key) in held {
+            state.hold(&session, &key);
+        }
         state
     }
 }
@@ -685,7 +731,7 @@ mod tests {
     }
 
     fn register(state: &mut State, index: u64, r: Registration) -> Result<(), ApplyError> {
-        state.apply(index, &Command::Register(r))
+        state.apply(index, &Command::Register(r)).map(|_| ())
     }
 
     fn reg(node_name: &str, service: Option<Service>, checks: Vec<Check>) -> Registration {

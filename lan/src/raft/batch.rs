@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::TypeConfig;
-use catalog::{Command, WriteError};
+use catalog::{Command, WriteError, Written};
 
 /// Most commands in one Raft entry.
 pub(crate) const MAX_BATCH: usize = 256;
@@ -33,7 +33,7 @@ pub(crate) const WRITE_QUEUE: usize = 4096;
 const IN_FLIGHT: usize = 4;
 
 /// A write waiting for its batch: the command and where its result goes.
-pub(crate) type Pending = (Command, oneshot::Sender<Result<u64, WriteError>>);
+pub(crate) type Pending = (Command, oneshot::Sender<Result<Written, WriteError>>);
 
 /// Starts the batcher; returns the queue writes go to.
 pub(crate) fn start(
@@ -127,7 +127,7 @@ async fn run(
                     let mut results = response.data.into_iter();
                     for waiter in waiters {
                         let result = match results.next() {
-                            Some(Ok(())) => Ok(index),
+                            Some(Ok(applied)) => Ok(Written { index, applied }),
                             Some(Err(e)) => Err(WriteError::Rejected(e)),
                             None => Err(WriteError::Rpc("no result for a batched write".into())),
                         };

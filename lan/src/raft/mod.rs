@@ -40,8 +40,8 @@ use openraft::{Raft, ServerState};
 use tokio::time::Instant;
 
 use catalog::{
-    ApplyError, Catalog, Command, Consistency, RaftServer, RaftStatus, ReadError, ReadMeta,
-    ServerNode, WriteError,
+    Applied, ApplyError, Catalog, Command, Consistency, RaftServer, RaftStatus, ReadError,
+    ReadMeta, ServerNode, WriteError, Written,
 };
 
 /// The member tag that carries a server's Raft ID; a server without it (an older build)
@@ -78,7 +78,7 @@ openraft::declare_raft_types!(
     /// openraft's type configuration for the catalog.
     pub(crate) TypeConfig:
         D = Vec<Command>,
-        R = Vec<Result<(), ApplyError>>,
+        R = Vec<Result<Applied, ApplyError>>,
         NodeId = NodeId,
         Node = ServerNode,
         SnapshotData = Cursor<Vec<u8>>,
@@ -473,7 +473,7 @@ impl Consensus {
         &self,
         command: Command,
         deadline: Instant,
-    ) -> Result<u64, WriteError> {
+    ) -> Result<Written, WriteError> {
         if !self.hold_for_leadership(deadline).await {
             return Err(WriteError::NoLeader);
         }

@@ -22,7 +22,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use super::{NodeId, TypeConfig};
-use catalog::{ApplyError, CatalogWriter, ServerNode};
+use catalog::{Applied, ApplyError, CatalogWriter, ServerNode};
 
 #[derive(Debug, Default)]
 struct LogInner {
@@ -376,7 +376,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn apply<I>(
         &mut self,
         entries: I,
-    ) -> Result<Vec<Vec<Result<(), ApplyError>>>, StorageError<NodeId>>
+    ) -> Result<Vec<Vec<Result<Applied, ApplyError>>>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,

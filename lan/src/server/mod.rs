@@ -30,8 +30,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use catalog::{
-    Catalog, Command, Consistency, Query, QueryResult, ReadError, ReadOptions, WriteError,
-    deadline_in, remaining_ms,
+    Applied, Catalog, Command, Consistency, KvRefusal, KvWrite, Query, QueryResult, ReadError,
+    ReadOptions, TxnError, TxnOutcome, TxnVerb, WriteError, Written, deadline_in, remaining_ms,
 };
 use gossip::{KeyOperation, KeyringReport, Member, Pool};
 
@@ -204,12 +204,20 @@ impl Server {
         command: Command,
         deadline: Instant,
         forwarded: bool,
-    ) -> Result<u64, WriteError> {
+    ) -> Result<Written, WriteError> {
         self.on_leader(
             command,
             deadline,
             forwarded,
-            |consensus, command| async move { consensus.write(command, deadline).await },
+            |consensus, command| {
+                let delayed = lock_delayed(&self.catalog, &command);
+                async move {
+                    match delayed {
+                        Some(refused) => refused,
+                        None => consensus.write(command, deadline).await,
+                    }
+                }
+            },
             |command, timeout_ms| Request::Write {
                 command: command.clone(),
                 timeout_ms,
@@ -304,6 +312,41 @@ impl Server {
                 Err(e) => return Err(WriteError::Rpc(e.to_string())),
             }
         }
+    }
+}
+
+/// The answer to a write that takes a KV lock within an invalidated session's lock
+/// delay, as this leader's clock says; `None` when the write may go to Raft. The delay
+/// is not in the log (it is a time), so only the leader consults it, as in Consul.
+fn lock_delayed(catalog: &Catalog, command: &Command) -> Option<Result<Written, WriteError>> {
+    let now = Instant::now();
+    match command {
+        Command::Kv(KvWrite::Acquire { key, .. }) => {
+            catalog.read(|s| s.lock_delayed(key, now)).then(|| {
+                Err(WriteError::Rejected(
+                    KvRefusal::LockDelay(key.clone()).into(),
+                ))
+            })
+        }
+        Command::Txn(ops) => {
+            let errors: Vec<TxnError> = catalog.read(|s| {
+                ops.iter()
+                    .enumerate()
+                    .filter(|(_, op)| op.verb == TxnVerb::Lock && s.lock_delayed(&op.key, now))
+                    .map(|(op_index, op)| TxnError {
+                        op_index,
+                        what: KvRefusal::LockDelay(op.key.clone()).to_string(),
+                    })
+                    .collect()
+            });
+            (!errors.is_empty()).then(|| {
+                Ok(Written {
+                    index: catalog.index(),
+                    applied: Applied::Txn(TxnOutcome::Failed(errors)),
+                })
+            })
+        }
+        _ => None,
     }
 }
 

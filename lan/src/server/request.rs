@@ -9,7 +9,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use catalog::{Command, Query, QueryResult, RaftStatus, ReadError, SentReadOptions, WriteError};
+use catalog::{
+    Command, Query, QueryResult, RaftStatus, ReadError, SentReadOptions, WriteError, Written,
+};
 use gossip::{KeyOperation, KeyringReport};
 
 use crate::raft::{self, network::Carrier};
@@ -100,7 +102,7 @@ pub(crate) enum Response {
     /// For [`Request::Read`].
     Read(Result<QueryResult, ReadError>),
     /// For [`Request::Write`].
-    Write(Result<u64, WriteError>),
+    Write(Result<Written, WriteError>),
     /// For [`Request::Keyring`].
     Keyring(KeyringReport),
     /// For [`Request::Status`].
