@@ -14,6 +14,7 @@
 mod agent;
 mod catalog;
 mod gossip;
+mod kv;
 mod members;
 mod operator;
 mod rtt;
@@ -49,6 +50,11 @@ pub enum Command {
     },
     /// Prints the agent's figures for debugging
     Info(ClientArgs),
+    /// Interacts with the key/value store
+    Kv {
+        #[command(subcommand)]
+        command: kv::KvCommand,
+    },
     /// Runs cluster operations
     Operator {
         #[command(subcommand)]
@@ -150,7 +156,7 @@ pub fn normalize(args: Vec<OsString>) -> Vec<OsString> {
 
 /// Runs the command line; returns the process exit code.
 pub fn run(args: Vec<OsString>) -> ExitCode {
-    let cli = match Cli::try_parse_from(normalize(args)) {
+    let cli = match Cli::try_parse_from(normalize(kv::go_flag_order(args))) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -172,6 +178,7 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
         Command::Members(args) => client_command(|| members::run(args)),
         Command::Rtt(args) => client_command(|| rtt::run(args)),
         Command::Catalog { command } => client_command(|| catalog::run(command)),
+        Command::Kv { command } => client_command(|| kv::run(command)),
         Command::Join(args) => client_command(|| gossip::join(args)),
         Command::ForceLeave(args) => client_command(|| gossip::force_leave(args)),
         Command::Keygen => gossip::keygen(),

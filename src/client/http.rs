@@ -150,6 +150,18 @@ impl Client {
         path: &str,
         body: Option<String>,
     ) -> Result<Response, RequestError> {
+        let body = body.map(String::into_bytes).unwrap_or_default();
+        self.call_bytes(method, path, body).await
+    }
+
+    /// Sends a request whose body is any bytes (a key's value, say) and reads the whole
+    /// response, whatever its status.
+    pub async fn call_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<Response, RequestError> {
         match tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(method, path, body)).await {
             Ok(answer) => answer,
             Err(elapsed) => Err(RequestError::Timeout {
@@ -163,7 +175,7 @@ impl Client {
         &self,
         method: Method,
         path: &str,
-        body: Option<String>,
+        body: Vec<u8>,
     ) -> Result<Response, RequestError> {
         let stream = tokio::net::TcpStream::connect(&self.authority)
             .await
@@ -180,7 +192,7 @@ impl Client {
             .uri(path)
             .header(hyper::header::HOST, &self.authority)
             .header(hyper::header::CONNECTION, "close")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .body(Full::new(Bytes::from(body)))
             .map_err(RequestError::Request)?;
         let exchange = async {
             let response = sender

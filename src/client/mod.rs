@@ -46,6 +46,12 @@
 //! an answer that is not the JSON expected (`Decode`). Nothing the agent sends can make
 //! the client panic.
 //!
+//! The key/value store is read with [`AgentClient::kv_get`] (`None` for a missing key),
+//! [`AgentClient::kv_list`] and [`AgentClient::kv_keys`], and written with
+//! [`AgentClient::kv_put`] and [`AgentClient::kv_delete`] (both with an optional
+//! check-and-set index; `Ok(false)` when it did not hold) and
+//! [`AgentClient::kv_delete_tree`]. Values are bytes ([`KvPair::value`]), any bytes.
+//!
 //! Every request is bounded by [`http::REQUEST_TIMEOUT`]; blocking queries therefore
 //! wait at most [`MAX_WAIT`]. The raw client, [`Client`] (from [`http`]), stays available
 //! ([`AgentClient::http`]) for the endpoints this module does not type; the CLI verbs
@@ -462,6 +468,141 @@ impl AgentClient {
         decode(&path, &r.body)
     }
 
+    /// The key `key` with its value, or `None` when there is no such key
+    /// (`GET /v1/kv/:key`).
+    pub async fn kv_get(
+        &self,
+        key: &str,
+        options: &QueryOptions,
+    ) -> Result<Answer<Option<KvPair>>, ClientError> {
+        let mut query = QueryString::new(kv_path(key));
+        options.render(&mut query);
+        let answer: Answer<Option<Vec<KvPair>>> = self.read_or_missing(query.finish()).await?;
+        Ok(Answer {
+            value: answer.value.and_then(|list| list.into_iter().next()),
+            meta: answer.meta,
+        })
+    }
+
+    /// Every key that starts with `prefix`, with its value, in key order; `""` is the
+    /// whole store (`GET /v1/kv/:prefix?recurse`).
+    pub async fn kv_list(
+        &self,
+        prefix: &str,
+        options: &QueryOptions,
+    ) -> Result<Answer<Vec<KvPair>>, ClientError> {
+        let mut query = QueryString::new(kv_path(prefix));
+        options.render(&mut query);
+        query.flag("recurse");
+        let answer = self.read_or_missing(query.finish()).await?;
+        Ok(Answer {
+            value: answer.value.unwrap_or_default(),
+            meta: answer.meta,
+        })
+    }
+
+    /// The names of the keys that start with `prefix`, in order. With a `separator`,
+    /// names are cut after the first separator past the prefix and listed once, as
+    /// folders: `app/` rather than `app/a` and `app/b` (`GET /v1/kv/:prefix?keys`).
+    pub async fn kv_keys(
+        &self,
+        prefix: &str,
+        separator: Option<&str>,
+        options: &QueryOptions,
+    ) -> Result<Answer<Vec<String>>, ClientError> {
+        let mut query = QueryString::new(kv_path(prefix));
+        options.render(&mut query);
+        query.flag("keys");
+        if let Some(separator) = separator.filter(|s| !s.is_empty()) {
+            query.pair("separator", separator);
+        }
+        let answer = self.read_or_missing(query.finish()).await?;
+        Ok(Answer {
+            value: answer.value.unwrap_or_default(),
+            meta: answer.meta,
+        })
+    }
+
+    /// Sets `key` to `value` with `flags` in datacenter `dc` (the agent's own when
+    /// `None`). With `cas`, only if the key's [`KvPair::modify_index`] is that index
+    /// (`Some(0)`: only if the key does not exist). `Ok(false)` means the condition did
+    /// not hold and nothing was written (`PUT /v1/kv/:key`).
+    pub async fn kv_put(
+        &self,
+        key: &str,
+        value: &[u8],
+        flags: u64,
+        cas: Option<u64>,
+        dc: Option<&str>,
+    ) -> Result<bool, ClientError> {
+        let mut query = QueryString::new(kv_path(key));
+        if let Some(dc) = dc {
+            query.pair("dc", dc);
+        }
+        if flags != 0 {
+            query.pair("flags", &flags.to_string());
+        }
+        if let Some(index) = cas {
+            query.pair("cas", &index.to_string());
+        }
+        let path = query.finish();
+        let r = self.send_bytes(Method::PUT, &path, value.to_vec()).await?;
+        decode(&path, &r.body)
+    }
+
+    /// Deletes `key` (a key that does not exist is no error) in datacenter `dc`. With
+    /// `cas`, only if the key's [`KvPair::modify_index`] is that index; `Ok(false)` means
+    /// it was not (`DELETE /v1/kv/:key`).
+    pub async fn kv_delete(
+        &self,
+        key: &str,
+        cas: Option<u64>,
+        dc: Option<&str>,
+    ) -> Result<bool, ClientError> {
+        let mut query = QueryString::new(kv_path(key));
+        if let Some(dc) = dc {
+            query.pair("dc", dc);
+        }
+        if let Some(index) = cas {
+            query.pair("cas", &index.to_string());
+        }
+        let path = query.finish();
+        let r = self.send(Method::DELETE, &path, None).await?;
+        decode(&path, &r.body)
+    }
+
+    /// Deletes every key that starts with `prefix` (`""`: the whole store) in datacenter
+    /// `dc` (`DELETE /v1/kv/:prefix?recurse`).
+    pub async fn kv_delete_tree(&self, prefix: &str, dc: Option<&str>) -> Result<(), ClientError> {
+        let mut query = QueryString::new(kv_path(prefix));
+        if let Some(dc) = dc {
+            query.pair("dc", dc);
+        }
+        query.flag("recurse");
+        self.send(Method::DELETE, &query.finish(), None).await?;
+        Ok(())
+    }
+
+    /// A read where 404 means "nothing there" (`None`), as the KV endpoint answers.
+    async fn read_or_missing<T: DeserializeOwned>(
+        &self,
+        path: String,
+    ) -> Result<Answer<Option<T>>, ClientError> {
+        let r = self.raw(Method::GET, &path, Vec::new()).await?;
+        let meta = QueryMeta::from_headers(&r.headers);
+        match r.status {
+            200 => Ok(Answer {
+                value: Some(decode(&path, &r.body)?),
+                meta,
+            }),
+            404 => Ok(Answer { value: None, meta }),
+            status => Err(ClientError::Http {
+                status,
+                message: r.body.trim().to_owned(),
+            }),
+        }
+    }
+
     async fn read<T: DeserializeOwned>(&self, path: String) -> Result<Answer<T>, ClientError> {
         let r = self.send(Method::GET, &path, None).await?;
         Ok(Answer {
@@ -493,11 +634,18 @@ impl AgentClient {
         path: &str,
         body: Option<String>,
     ) -> Result<Response, ClientError> {
-        let r = self
-            .http
-            .call(method, path, body)
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let body = body.map(String::into_bytes).unwrap_or_default();
+        self.send_bytes(method, path, body).await
+    }
+
+    /// One request whose body is any bytes; anything but 200 is the agent's error.
+    async fn send_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<Response, ClientError> {
+        let r = self.raw(method, path, body).await?;
         if r.status == 200 {
             Ok(r)
         } else {
@@ -507,6 +655,25 @@ impl AgentClient {
             })
         }
     }
+
+    /// One request, whatever the answer's status.
+    async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<Response, ClientError> {
+        self.http
+            .call_bytes(method, path, body)
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))
+    }
+}
+
+/// `/v1/kv/` and the key, each of its `/`-separated segments percent-encoded.
+fn kv_path(key: &str) -> String {
+    let segments: Vec<String> = key.split('/').map(encode_segment).collect();
+    format!("/v1/kv/{}", segments.join("/"))
 }
 
 fn decode<T: DeserializeOwned>(path: &str, body: &str) -> Result<T, ClientError> {
@@ -844,6 +1011,45 @@ mod tests {
             serde_json::to_value(&deregistration).unwrap(),
             serde_json::json!({"Node": "web-2", "ServiceID": "web-1"})
         );
+    }
+
+    #[test]
+    fn kv_entries_decode_from_our_json_and_consul_s() {
+        let list: Vec<KvPair> = decode(
+            "/v1/kv/app?recurse",
+            r#"[{"LockIndex": 0, "Key": "app/bin", "Flags": 42, "Value": "AP8B",
+                 "CreateIndex": 5, "ModifyIndex": 9},
+                {"LockIndex": 1, "Key": "app/empty", "Flags": 0, "Value": null,
+                 "Session": "", "CreateIndex": 6, "ModifyIndex": 6},
+                {"Key": "app/locked", "Value": "eA==", "Session": "b2f1", "Namespace": "default"}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            list[0],
+            KvPair {
+                key: "app/bin".into(),
+                value: vec![0, 255, 1],
+                flags: 42,
+                session: None,
+                lock_index: 0,
+                create_index: 5,
+                modify_index: 9,
+            }
+        );
+        assert!(list[1].value.is_empty() && list[1].session.is_none());
+        assert_eq!(list[2].session.as_deref(), Some("b2f1"));
+        assert!(matches!(
+            decode::<Vec<KvPair>>("/v1/kv/x", r#"[{"Key": "x", "Value": "not base64!"}]"#),
+            Err(ClientError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn kv_keys_are_encoded_segment_by_segment() {
+        assert_eq!(kv_path(""), "/v1/kv/");
+        assert_eq!(kv_path("app/config/"), "/v1/kv/app/config/");
+        assert_eq!(kv_path("a b/c?d#e%f"), "/v1/kv/a%20b/c%3Fd%23e%25f");
+        assert_eq!(kv_path("/lead"), "/v1/kv//lead");
     }
 
     #[test]

@@ -245,3 +245,48 @@ pub(crate) struct Deregistration<'a> {
     #[serde(rename = "ServiceID", skip_serializing_if = "Option::is_none")]
     pub(crate) service_id: Option<&'a str>,
 }
+
+/// A key of the key/value store with its value (`GET /v1/kv/:key`, and each element of
+/// `?recurse`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct KvPair {
+    /// The key, without a leading `/`.
+    pub key: String,
+    /// The value's bytes (sent base64-encoded; `null` for an empty value).
+    #[serde(deserialize_with = "base64_value")]
+    pub value: Vec<u8>,
+    /// An opaque number the writer chose (`?flags=`); the agent never reads it.
+    pub flags: u64,
+    /// The session holding the key's lock, if any.
+    #[serde(deserialize_with = "empty_as_none")]
+    pub session: Option<String>,
+    /// How many times the key's lock was acquired.
+    pub lock_index: u64,
+    /// Raft index of the key's creation.
+    pub create_index: u64,
+    /// Raft index of the key's last change: the index a check-and-set write names.
+    pub modify_index: u64,
+}
+
+/// A base64 value as Consul sends it; `null` is an empty value.
+fn base64_value<'de, D>(d: D) -> Result<Vec<u8>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    use base64::Engine;
+    let Some(text) = Option::<String>::deserialize(d)? else {
+        return Ok(Vec::new());
+    };
+    base64::engine::general_purpose::STANDARD
+        .decode(text.as_bytes())
+        .map_err(|e| serde::de::Error::custom(format!("a value that is not base64: {e}")))
+}
+
+/// Go's empty string (or `null`) as `None`.
+fn empty_as_none<'de, D>(d: D) -> Result<Option<String>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    Ok(Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()))
+}

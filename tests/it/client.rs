@@ -179,3 +179,137 @@ async fn the_typed_client_reads_and_writes_another_datacenter_through_a_local_ag
     assert!(gone.value.is_empty(), "{gone:?}");
     assert!(gone.meta.index > health.meta.index);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typed_client_reads_writes_and_deletes_keys() {
+    let members = crate::support::cluster::servers(1).await;
+    leader_of(&[&members[0]], 1).await;
+    let agent = AgentClient::new(&members[0].agent.http_addr().unwrap().to_string()).unwrap();
+    let here = QueryOptions::default;
+
+    assert!(
+        agent
+            .kv_put("app/name", b"shop", 7, None, None)
+            .await
+            .unwrap()
+    );
+    let binary = [0u8, 255, b'\n', 1];
+    assert!(
+        agent
+            .kv_put("app/bin ary", &binary, 0, None, None)
+            .await
+            .unwrap()
+    );
+    agent
+        .kv_put("app/cfg/db", b"pg", 0, None, None)
+        .await
+        .unwrap();
+    agent.kv_put("other", b"", 0, None, None).await.unwrap();
+
+    let name = agent.kv_get("app/name", &here()).await.unwrap();
+    let pair = name.value.unwrap();
+    assert_eq!(
+        (pair.key.as_str(), pair.value.as_slice(), pair.flags),
+        ("app/name", &b"shop"[..], 7)
+    );
+    assert_eq!(pair.session, None);
+    assert!(pair.modify_index > 0 && name.meta.index >= pair.modify_index);
+    let odd = agent.kv_get("app/bin ary", &here()).await.unwrap().value;
+    assert_eq!(
+        odd.unwrap().value,
+        binary,
+        "bytes and a space in the key survive"
+    );
+    assert_eq!(
+        agent
+            .kv_get("other", &here())
+            .await
+            .unwrap()
+            .value
+            .unwrap()
+            .value,
+        b""
+    );
+    let missing = agent.kv_get("app/none", &here().stale()).await.unwrap();
+    assert_eq!(missing.value, None);
+    assert!(missing.meta.index > 0, "a missing key still has an index");
+
+    let tree = agent.kv_list("app/", &here()).await.unwrap().value;
+    let keys: Vec<&str> = tree.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["app/bin ary", "app/cfg/db", "app/name"]);
+    assert!(
+        agent
+            .kv_list("none/", &here())
+            .await
+            .unwrap()
+            .value
+            .is_empty()
+    );
+    let folders = agent
+        .kv_keys("app/", Some("/"), &here())
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(folders, ["app/bin ary", "app/cfg/", "app/name"]);
+    let all = agent.kv_keys("", None, &here()).await.unwrap().value;
+    assert_eq!(all.len(), 4, "{all:?}");
+
+    // Check-and-set: 0 creates only; the current index wins, a stale one loses.
+    assert!(
+        !agent
+            .kv_put("app/name", b"x", 0, Some(0), None)
+            .await
+            .unwrap()
+    );
+    let stale = pair.modify_index;
+    assert!(
+        agent
+            .kv_put("app/name", b"v2", 0, Some(stale), None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !agent
+            .kv_put("app/name", b"v3", 0, Some(stale), None)
+            .await
+            .unwrap()
+    );
+    let now = agent
+        .kv_get("app/name", &here())
+        .await
+        .unwrap()
+        .value
+        .unwrap();
+    assert_eq!((now.value.as_slice(), now.flags), (&b"v2"[..], 0));
+    assert!(
+        !agent
+            .kv_delete("app/name", Some(stale), None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        agent
+            .kv_delete("app/name", Some(now.modify_index), None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        agent.kv_delete("app/name", None, None).await.unwrap(),
+        "absent: no error"
+    );
+
+    agent.kv_delete_tree("app/", None).await.unwrap();
+    assert_eq!(
+        agent.kv_keys("", None, &here()).await.unwrap().value,
+        ["other"]
+    );
+    match agent.kv_put("a/b", b"x", 0, None, Some("dc9")).await {
+        Err(ClientError::Http {
+            status: 500,
+            message,
+        }) => {
+            assert!(message.contains("No path to datacenter"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

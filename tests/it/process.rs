@@ -62,7 +62,7 @@ fn version_and_help_list_what_exists() {
     let (code, out, _) = text(&run(&["-help"]));
     assert_eq!(code, 0);
     for verb in [
-        "agent", "catalog", "leave", "members", "reload", "validate", "version",
+        "agent", "catalog", "kv", "leave", "members", "reload", "validate", "version",
     ] {
         assert!(out.contains(verb), "{verb} in help:\n{out}");
     }
@@ -450,6 +450,284 @@ print(json.dumps(out))
         "left": ["app/empty"],
     });
     assert_eq!(v, expected);
+}
+
+/// Runs `proconsul kv VERB -http-addr=HTTP REST…` (`-http-addr` first, as flags must
+/// come before arguments), feeding it `stdin`; returns the exit code, stdout (bytes) and
+/// stderr.
+fn kv_with_stdin(http: &str, args: &[&str], stdin: &[u8]) -> (i32, Vec<u8>, String) {
+    use std::io::Write;
+    let addr = format!("-http-addr={http}");
+    let (verb, rest) = args.split_first().unwrap();
+    let mut child = Command::new(binary())
+        .arg("kv")
+        .arg(verb)
+        .arg(&addr)
+        .args(rest)
+        .env_remove("CONSUL_HTTP_ADDR")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `proconsul kv ARGS…` against the agent at `http`: exit code, stdout, stderr.
+fn kv(http: &str, args: &[&str]) -> (i32, String, String) {
+    let (code, out, err) = kv_with_stdin(http, args, b"");
+    (code, String::from_utf8_lossy(&out).into_owned(), err)
+}
+
+/// The ModifyIndex `kv get -detailed` shows for `key`.
+fn modify_index(http: &str, key: &str) -> u64 {
+    let (code, out, err) = kv(http, &["get", "-detailed", key]);
+    assert_eq!(code, 0, "{err}");
+    out.lines()
+        .find_map(|l| l.strip_prefix("ModifyIndex"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn kv_verbs_put_get_and_delete_with_consul_s_lines_and_exit_codes() {
+    let (_p, http, _) = dev_agent(&[]);
+    let ok = |line: &str| (0, format!("{line}\n"), String::new());
+    let fail = |line: &str| (1, String::new(), format!("{line}\n"));
+
+    assert_eq!(
+        kv(&http, &["put", "app/name", "proconsul"]),
+        ok("Success! Data written to: app/name")
+    );
+    assert_eq!(kv(&http, &["get", "app/name"]), ok("proconsul"));
+    assert_eq!(kv(&http, &["get", "/app/name"]), ok("proconsul"));
+    let index = modify_index(&http, "app/name");
+    let (code, out, _) = kv(&http, &["get", "-detailed", "app/name"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        format!(
+            "CreateIndex      {index}\nFlags            0\nKey              app/name\n\
+             LockIndex        0\nModifyIndex      {index}\nSession          -\n\
+             Value            proconsul\n"
+        )
+    );
+    assert_eq!(
+        kv(&http, &["get", "app/nope"]),
+        fail("Error! No key exists at: app/nope")
+    );
+
+    // Check-and-set, on put and delete.
+    assert_eq!(
+        kv(&http, &["put", "-cas", "-modify-index=0", "app/name", "x"]),
+        fail(
+            "Error! Did not write to app/name: CAS performed with index=0 and key already exists."
+        )
+    );
+    let stale = (index + 1000).to_string();
+    assert_eq!(
+        kv(
+            &http,
+            &["put", "-cas", "-modify-index", &stale, "app/name", "x"]
+        ),
+        fail("Error! Did not write to app/name: CAS failed")
+    );
+    let current = format!("-modify-index={index}");
+    assert_eq!(
+        kv(&http, &["put", "-cas", &current, "app/name", "v2"]),
+        ok("Success! Data written to: app/name")
+    );
+    assert_eq!(kv(&http, &["get", "app/name"]), ok("v2"));
+    assert_eq!(
+        kv(&http, &["put", "-cas", "-modify-index=0", "app/new", "n"]),
+        ok("Success! Data written to: app/new")
+    );
+    assert_eq!(
+        kv(&http, &["delete", "-cas", &current, "app/name"]),
+        fail("Error! Did not delete key app/name: CAS failed")
+    );
+    let current = format!("-modify-index={}", modify_index(&http, "app/name"));
+    assert_eq!(
+        kv(&http, &["delete", "-cas", &current, "app/name"]),
+        ok("Success! Deleted key: app/name")
+    );
+    assert_eq!(
+        kv(&http, &["delete", "app/name"]),
+        ok("Success! Deleted key: app/name"),
+        "an absent key is no error"
+    );
+
+    // Flags, stdin and files; -recurse, -keys with and without a separator.
+    assert_eq!(kv(&http, &["put", "-flags=42", "app/config/db", "pg"]).0, 0);
+    let (code, _, err) = kv_with_stdin(&http, &["put", "app/config/cache", "-"], b"redis");
+    assert_eq!(code, 0, "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("value.txt");
+    std::fs::write(&file, "from a file").unwrap();
+    let at_file = format!("@{}", file.display());
+    assert_eq!(kv(&http, &["put", "app/file", &at_file]).0, 0);
+    assert_eq!(kv(&http, &["put", "app/dash", "-x"]).0, 0, "-x is data");
+    assert_eq!(
+        kv(&http, &["get", "-recurse", "app/"]),
+        ok(
+            "app/config/cache:redis\napp/config/db:pg\napp/dash:-x\napp/file:from a file\napp/new:n"
+        )
+    );
+    assert_eq!(
+        kv(&http, &["get", "-keys", "app/"]),
+        ok("app/config/\napp/dash\napp/file\napp/new")
+    );
+    assert_eq!(
+        kv(&http, &["get", "-keys", "-separator=", "app/c"]),
+        ok("app/config/cache\napp/config/db")
+    );
+    assert_eq!(
+        kv(&http, &["get", "-keys", "-recurse", "app/config"]),
+        ok("app/config/cache\napp/config/db")
+    );
+    let (code, out, _) = kv(&http, &["get", "-recurse", "-detailed", "app/config/"]);
+    assert_eq!(code, 0);
+    let blocks: Vec<&str> = out.split("\n\n").collect();
+    assert_eq!(blocks.len(), 2, "{out}");
+    assert!(
+        blocks[0].contains("Key              app/config/cache\n"),
+        "{out}"
+    );
+    assert!(blocks[1].contains("Flags            42\n"), "{out}");
+    assert!(blocks[1].ends_with("Value            pg\n"), "{out}");
+    assert_eq!(
+        kv(&http, &["get", "-recurse", "nothing/"]),
+        (0, String::new(), String::new())
+    );
+
+    // Binary data through -base64, both ways.
+    assert_eq!(kv(&http, &["put", "-base64", "bin", "AP8BCg=="]).0, 0);
+    assert_eq!(kv(&http, &["get", "-base64", "bin"]), ok("AP8BCg=="));
+    let (code, raw, _) = kv_with_stdin(&http, &["get", "bin"], b"");
+    assert_eq!((code, raw), (0, vec![0, 255, 1, b'\n', b'\n']));
+    assert!(
+        kv(&http, &["get", "-detailed", "-base64", "bin"])
+            .1
+            .ends_with("\nValue            AP8BCg==\n")
+    );
+    let (code, _, err) = kv(&http, &["put", "-base64", "bin", "not base64!"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("Error! Cannot base 64 decode data: "),
+        "{err}"
+    );
+
+    assert_eq!(
+        kv(&http, &["delete", "-recurse", "app/"]),
+        ok("Success! Deleted keys with prefix: app/")
+    );
+    assert_eq!(kv(&http, &["get", "-keys"]), ok("bin"));
+
+    // Usage errors and what proconsul does not do yet.
+    assert_eq!(kv(&http, &["get"]), fail("Error! Missing KEY argument"));
+    assert_eq!(
+        kv(&http, &["get", "a", "-detailed"]),
+        fail("Too many arguments (expected 1, got 2)"),
+        "flags come before arguments, as in Consul"
+    );
+    assert_eq!(
+        kv(&http, &["delete", "-modify-index=3", "k"]),
+        fail("Cannot specify -modify-index without -cas!")
+    );
+    let (code, _, err) = kv(&http, &["put", "-acquire", "-session=s1", "k", "v"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Sessions are not supported yet"), "{err}");
+    assert_eq!(kv(&http, &["get", "k"]).0, 1, "nothing was written");
+    let (code, _, err) = kv(&http, &["get", "-no-such-flag", "k"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no-such-flag") && err.contains("Usage"),
+        "{err}"
+    );
+    assert_eq!(kv(&http, &["get", "-stale", "-datacenter=dc1", "bin"]).0, 0);
+    assert_eq!(
+        kv(&http, &["get", "-datacenter=dc9", "bin"]),
+        fail("Error querying Consul agent: Unexpected response code: 500 (No path to datacenter)")
+    );
+}
+
+#[test]
+fn kv_export_then_import_restores_every_key_with_its_flags_and_bytes() {
+    let (_p, http, _) = dev_agent(&[]);
+    assert_eq!(kv(&http, &["put", "-flags=7", "app/name", "shop"]).0, 0);
+    assert_eq!(kv(&http, &["put", "-base64", "app/bin", "AP8B"]).0, 0);
+    assert_eq!(kv(&http, &["put", "app/folder/"]).0, 0);
+    assert_eq!(kv(&http, &["put", "zz", "outside"]).0, 0);
+
+    let (code, exported, err) = kv(&http, &["export", "app/"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        exported,
+        "[\n\t{\n\t\t\"key\": \"app/bin\",\n\t\t\"flags\": 0,\n\t\t\"value\": \"AP8B\"\n\t},\n\
+         \t{\n\t\t\"key\": \"app/folder/\",\n\t\t\"flags\": 0,\n\t\t\"value\": \"\"\n\t},\n\
+         \t{\n\t\t\"key\": \"app/name\",\n\t\t\"flags\": 7,\n\t\t\"value\": \"c2hvcA==\"\n\t}\n]\n"
+    );
+    assert_eq!(
+        kv(&http, &["export", "none/"]),
+        (0, "[]\n".into(), String::new())
+    );
+
+    assert_eq!(kv(&http, &["delete", "-recurse", "app/"]).0, 0);
+    assert_eq!(
+        kv(&http, &["get", "-keys", "app/"]),
+        (0, String::new(), String::new())
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("export.json");
+    std::fs::write(&file, &exported).unwrap();
+    let (code, out, err) = kv(&http, &["import", &format!("@{}", file.display())]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "Imported: app/bin\nImported: app/folder/\nImported: app/name\n"
+    );
+    let (_, again, _) = kv(&http, &["export", "app/"]);
+    assert_eq!(again, exported, "the same keys, flags and values");
+
+    // From stdin under a prefix; the folder keeps its slash.
+    let (code, out, err) =
+        kv_with_stdin(&http, &["import", "-prefix=copy", "-"], exported.as_bytes());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "Imported: copy/app/bin\nImported: copy/app/folder/\nImported: copy/app/name\n"
+    );
+    let (_, out, _) = kv(&http, &["get", "-detailed", "copy/app/name"]);
+    assert!(out.contains("Flags            7\n") && out.ends_with("Value            shop\n"));
+
+    // Bad input stops before or at the bad entry.
+    let (code, _, err) = kv(&http, &["import", "not json"]);
+    assert_eq!(code, 1);
+    assert!(err.starts_with("Cannot unmarshal data: "), "{err}");
+    let (code, out, err) = kv(
+        &http,
+        &[
+            "import",
+            r#"[{"key": "ok", "value": ""}, {"key": "bad", "value": "%%"}]"#,
+        ],
+    );
+    assert_eq!((code, out.as_str()), (1, "Imported: ok\n"));
+    assert_eq!(
+        err,
+        "Error base 64 decoding value for key bad: illegal base64 data at input byte 0\n"
+    );
+    assert_eq!(
+        kv(&http, &["import"]),
+        (1, String::new(), "Error! Missing DATA argument\n".into())
+    );
 }
 
 #[test]

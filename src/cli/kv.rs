@@ -1,0 +1,1105 @@
+//! `proconsul kv get|put|delete|export|import`: Consul's key/value verbs, with its flags,
+//! its output lines and its exit codes (0 on success, 1 on any error, the message on
+//! stderr).
+//!
+//! Flags come before arguments, as with Go's flag package: the first word that is not
+//! a flag (or the value of one) ends them, so `kv put key -x` stores `-x` and
+//! `kv get key -detailed` is two arguments ([`go_flag_order`]). Boolean flags take Go's
+//! forms too: `-recurse` or `-recurse=false`.
+//!
+//! Locks (`-acquire`, `-release`, `-session`) need sessions, which proconsul does not
+//! have yet: `kv put` refuses them rather than writing without a lock.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use base64::Engine;
+use clap::{ArgAction, Args, Subcommand};
+use serde_json::Value;
+
+use super::ClientArgs;
+use proconsul::client::{AgentClient, ClientError, Consistency, KvPair, QueryOptions};
+
+#[derive(Subcommand, Debug)]
+pub enum KvCommand {
+    /// Retrieves or lists data from the KV store
+    Get(GetArgs),
+    /// Sets or updates data in the KV store
+    Put(PutArgs),
+    /// Removes data from the KV store
+    Delete(DeleteArgs),
+    /// Exports a tree from the KV store as JSON
+    Export(ExportArgs),
+    /// Imports a tree stored as JSON to the KV store
+    Import(ImportArgs),
+}
+
+/// The agent to ask, and the datacenter and consistency of reads (Consul's HTTP flags).
+#[derive(Args, Debug)]
+pub struct HttpArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Datacenter to ask (default: the agent's)
+    #[arg(long)]
+    pub datacenter: Option<String>,
+    /// Lets any server answer a read, even without a leader (ignored by writes)
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true",
+          hide_default_value = true, hide_possible_values = true)]
+    pub stale: bool,
+}
+
+impl HttpArgs {
+    fn agent(&self) -> Result<AgentClient, String> {
+        AgentClient::new(&self.client.http_addr)
+            .map_err(|e| format!("Error connecting to Consul agent: {}", api_error(&e)))
+    }
+
+    fn dc(&self) -> Option<&str> {
+        self.datacenter.as_deref().filter(|dc| !dc.is_empty())
+    }
+
+    fn read_options(&self) -> QueryOptions {
+        QueryOptions {
+            datacenter: self.dc().map(str::to_owned),
+            consistency: if self.stale {
+                Consistency::Stale
+            } else {
+                Consistency::Default
+            },
+            ..QueryOptions::default()
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// Prints values base64-encoded
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true",
+          hide_default_value = true, hide_possible_values = true)]
+    pub base64: bool,
+    /// Prints every field of the key (indexes, flags, session), not only its value
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true",
+          hide_default_value = true, hide_possible_values = true)]
+    pub detailed: bool,
+    /// Lists the names of the keys under the prefix, not their values
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true",
+          hide_default_value = true, hide_possible_values = true)]
+    pub keys: bool,
+    /// Reads every key that starts with the given prefix
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true",
+          hide_default_value = true, hide_possible_values = true)]
+    pub recurse: bool,
+    /// With -keys, lists names only up to the first separator past the prefix ("" for none)
+    #[arg(long, default_value = "/")]
+    pub separator: String,
+    /// The key, or the prefix with -recurse and -keys (default: the whole store)
+    #[arg(value_name = "KEY_OR_PREFIX")]
+    pub args: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PutArgs {
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// Check-and-set: writes only if the key's ModifyIndex is -modify-index (0: only if
+    /// the key does not exist)
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true",
+          hide_default_value = true, hide_possible_values = true)]
+    pub cas: bool,
+    /// An unsigned number stored with the key, for the clients' own use
+    #[arg(long, default_value = "0", value_parser = go_uint)]
+    pub flags: u64,
+    /// DATA is base64-encoded
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true",
+          hide_default_value = true, hide_possible_values = true)]
+    pub base64: bool,
+    /// The ModifyIndex -cas expects
+    #[arg(long = "modify-index", default_value = "0", value_parser = go_uint)]
+    pub modify_index: u64,
+    /// A session for -acquire and -release (not supported yet)
+    #[arg(long)]
+    pub session: Option<String>,
+    /// Locks the key for -session (not supported yet)
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true",
+          hide_default_value = true, hide_possible_values = true)]
+    pub acquire: bool,
+    /// Releases -session's lock on the key (not supported yet)
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true",
+          hide_default_value = true, hide_possible_values = true)]
+    pub release: bool,
+    /// KEY, then DATA: the value, @FILE for a file's contents, - for stdin (default: empty)
+    #[arg(value_name = "KEY [DATA]")]
+    pub args: Vec<OsString>,
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// Check-and-set: deletes only if the key's ModifyIndex is -modify-index
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true",
+          hide_default_value = true, hide_possible_values = true)]
+    pub cas: bool,
+    /// The ModifyIndex -cas expects
+    #[arg(long = "modify-index", default_value = "0", value_parser = go_uint)]
+    pub modify_index: u64,
+    /// Deletes every key that starts with the given prefix
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true",
+          hide_default_value = true, hide_possible_values = true)]
+    pub recurse: bool,
+    /// The key, or the prefix with -recurse
+    #[arg(value_name = "KEY_OR_PREFIX")]
+    pub args: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// Exports the keys that start with this prefix (default: the whole store)
+    #[arg(value_name = "PREFIX")]
+    pub args: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// Prepended to every imported key (joined with "/")
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// What `kv export` printed: the JSON itself, @FILE, or - for stdin
+    #[arg(value_name = "DATA")]
+    pub args: Vec<String>,
+}
+
+/// The kv flags that take a value; the rest are booleans (`-name` or `-name=value`).
+const VALUE_FLAGS: &[&str] = &[
+    "http-addr",
+    "datacenter",
+    "separator",
+    "flags",
+    "modify-index",
+    "session",
+    "prefix",
+];
+
+/// Go's flag order for `kv` verbs: flags end at the first word that is neither a flag
+/// nor a flag's value (`-` included), or at `--`. A `--` is put before that word, so
+/// that what follows is taken as arguments, even words that begin with `-`.
+pub fn go_flag_order(mut args: Vec<OsString>) -> Vec<OsString> {
+    if args.len() < 3 || args[1] != "kv" {
+        return args;
+    }
+    let mut i = 3;
+    while i < args.len() {
+        let Some(word) = args[i].to_str() else {
+            break;
+        };
+        if word == "--" {
+            return args;
+        }
+        let Some(flag) = word.strip_prefix('-').filter(|f| !f.is_empty()) else {
+            break;
+        };
+        let flag = flag.strip_prefix('-').unwrap_or(flag);
+        i += if !flag.contains('=') && VALUE_FLAGS.contains(&flag) {
+            2
+        } else {
+            1
+        };
+    }
+    if i < args.len() {
+        args.insert(i, OsString::from("--"));
+    }
+    args
+}
+
+/// An unsigned number as Go's flag package reads one: decimal, `0x…`, `0o…`, `0b…`, or
+/// octal with a leading `0`.
+fn go_uint(text: &str) -> Result<u64, String> {
+    let lower = text.to_ascii_lowercase();
+    let (digits, radix) = if let Some(d) = lower.strip_prefix("0x") {
+        (d, 16)
+    } else if let Some(d) = lower.strip_prefix("0o") {
+        (d, 8)
+    } else if let Some(d) = lower.strip_prefix("0b") {
+        (d, 2)
+    } else if lower.len() > 1 && lower.starts_with('0') {
+        (&lower[1..], 8)
+    } else {
+        (lower.as_str(), 10)
+    };
+    if digits.is_empty() || digits.starts_with('+') {
+        return Err("parse error".into());
+    }
+    u64::from_str_radix(digits, radix).map_err(|_| "parse error".to_owned())
+}
+
+pub async fn run(command: KvCommand) -> anyhow::Result<ExitCode> {
+    let done = match command {
+        KvCommand::Get(args) => get(args).await,
+        KvCommand::Put(args) => put(args).await,
+        KvCommand::Delete(args) => delete(args).await,
+        KvCommand::Export(args) => export(args).await,
+        KvCommand::Import(args) => import(args).await,
+    };
+    Ok(match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::from(1)
+        }
+    })
+}
+
+/// One line of output, its bytes as they are (a value need not be text).
+fn info(line: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`| head`) is not worth a panic.
+    let _ = out.write_all(line).and_then(|()| out.write_all(b"\n"));
+}
+
+/// A failed request as Consul's CLI words it.
+fn api_error(e: &ClientError) -> String {
+    match e {
+        ClientError::Http { status, message } => {
+            format!("Unexpected response code: {status} ({message})")
+        }
+        ClientError::Transport(text) | ClientError::Decode(text) => text.clone(),
+    }
+}
+
+fn query_error(e: ClientError) -> String {
+    format!("Error querying Consul agent: {}", api_error(&e))
+}
+
+/// The single optional KEY of `get`, `delete` and `export`, without one leading `/`.
+fn key_argument(args: &[String]) -> Result<String, String> {
+    match args {
+        [] => Ok(String::new()),
+        [key] => Ok(key.strip_prefix('/').unwrap_or(key).to_owned()),
+        _ => Err(format!(
+            "Too many arguments (expected 1, got {})",
+            args.len()
+        )),
+    }
+}
+
+async fn get(args: GetArgs) -> Result<(), String> {
+    let key = key_argument(&args.args)?;
+    if key.is_empty() && !(args.recurse || args.keys) {
+        return Err("Error! Missing KEY argument".into());
+    }
+    let agent = args.http.agent()?;
+    let options = args.http.read_options();
+    if args.keys && !args.recurse {
+        let keys = agent
+            .kv_keys(&key, Some(&args.separator), &options)
+            .await
+            .map_err(query_error)?;
+        for k in keys.value {
+            info(k.as_bytes());
+        }
+        return Ok(());
+    }
+    if args.recurse {
+        let pairs = agent
+            .kv_list(&key, &options)
+            .await
+            .map_err(query_error)?
+            .value;
+        for (i, pair) in pairs.iter().enumerate() {
+            if args.detailed {
+                info(&detailed(pair, args.base64, args.keys));
+                if i + 1 < pairs.len() {
+                    info(b"");
+                }
+            } else if args.keys {
+                info(pair.key.as_bytes());
+            } else {
+                let mut line = format!("{}:", pair.key).into_bytes();
+                line.extend(shown_value(pair, args.base64));
+                info(&line);
+            }
+        }
+        return Ok(());
+    }
+    let Some(pair) = agent
+        .kv_get(&key, &options)
+        .await
+        .map_err(query_error)?
+        .value
+    else {
+        return Err(format!("Error! No key exists at: {key}"));
+    };
+    if args.detailed {
+        info(&detailed(&pair, args.base64, false));
+    } else {
+        info(&shown_value(&pair, args.base64));
+    }
+    Ok(())
+}
+
+fn shown_value(pair: &KvPair, base64: bool) -> Vec<u8> {
+    if base64 {
+        base64::engine::general_purpose::STANDARD
+            .encode(&pair.value)
+            .into_bytes()
+    } else {
+        pair.value.clone()
+    }
+}
+
+/// `kv get -detailed`: a label column as wide as the longest label and 6 spaces, then
+/// the field, laid out as Consul's (Go's tabwriter) would; `-keys -recurse -detailed`
+/// leaves the value out.
+fn detailed(pair: &KvPair, base64: bool, keys_only: bool) -> Vec<u8> {
+    let mut text = format!(
+        "CreateIndex\t{}\nFlags\t{}\nKey\t{}\nLockIndex\t{}\nModifyIndex\t{}\nSession\t{}\n",
+        pair.create_index,
+        pair.flags,
+        pair.key,
+        pair.lock_index,
+        pair.modify_index,
+        pair.session.as_deref().unwrap_or("-"),
+    )
+    .into_bytes();
+    if !keys_only {
+        text.extend_from_slice(b"Value\t");
+        text.extend(shown_value(pair, base64));
+    }
+    tabwrite(&text, 6)
+}
+
+/// Go's `text/tabwriter` with no minimum width, `padding` spaces and no flags: cells end
+/// at a tab, and the cells of a column in consecutive lines are padded to the widest of
+/// them; the last cell of a line is never padded. Widths count characters (an invalid
+/// UTF-8 byte counts as one).
+pub fn tabwrite(text: &[u8], padding: usize) -> Vec<u8> {
+    let mut lines: Vec<Vec<&[u8]>> = text
+        .split(|&b| b == b'\n')
+        .map(|line| line.split(|&b| b == b'\t').collect())
+        .collect();
+    // After the last newline, an empty trailing cell is no cell at all.
+    if let Some(last) = lines.last_mut()
+        && last.last().is_some_and(|cell| cell.is_empty())
+    {
+        last.pop();
+    }
+    let mut out = Vec::with_capacity(text.len() + 64);
+    format_block(&mut out, &lines, &mut Vec::new(), 0, lines.len(), padding);
+    out
+}
+
+/// Lays out `lines[line0..line1]`, whose first `widths.len()` columns are already sized.
+fn format_block(
+    out: &mut Vec<u8>,
+    lines: &[Vec<&[u8]>],
+    widths: &mut Vec<usize>,
+    mut line0: usize,
+    line1: usize,
+    padding: usize,
+) {
+    let column = widths.len();
+    let mut this = line0;
+    while this < line1 {
+        // Only a cell followed by another one in its line belongs to a column.
+        if column + 1 >= lines[this].len() {
+            this += 1;
+            continue;
+        }
+        write_lines(out, lines, widths, line0, this);
+        line0 = this;
+        let mut width = 0;
+        while this < line1 && column + 1 < lines[this].len() {
+            width = width.max(char_count(lines[this][column]) + padding);
+            this += 1;
+        }
+        widths.push(width);
+        format_block(out, lines, widths, line0, this, padding);
+        widths.pop();
+        line0 = this;
+    }
+    write_lines(out, lines, widths, line0, line1);
+}
+
+fn write_lines(
+    out: &mut Vec<u8>,
+    lines: &[Vec<&[u8]>],
+    widths: &[usize],
+    line0: usize,
+    line1: usize,
+) {
+    for (i, line) in lines.iter().enumerate().take(line1).skip(line0) {
+        for (j, cell) in line.iter().enumerate() {
+            out.extend_from_slice(cell);
+            if let Some(width) = widths.get(j) {
+                let pad = width.saturating_sub(char_count(cell));
+                out.extend(std::iter::repeat_n(b' ', pad));
+            }
+        }
+        if i + 1 < lines.len() {
+            out.push(b'\n');
+        }
+    }
+}
+
+fn char_count(bytes: &[u8]) -> usize {
+    bytes
+        .utf8_chunks()
+        .map(|chunk| chunk.valid().chars().count() + chunk.invalid().len())
+        .sum()
+}
+
+/// DATA as Consul reads it: `@FILE` is the file's bytes, `-` is stdin, anything else
+/// (`-x` too) is the value itself.
+fn load_data(data: &[u8]) -> Result<Vec<u8>, String> {
+    match data {
+        [b'@', path @ ..] => read_file(&bytes_to_os(path)),
+        b"-" => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .lock()
+                .read_to_end(&mut buf)
+                .map_err(|e| format!("Failed to read stdin: {}", go_io_text(&e)))?;
+            Ok(buf)
+        }
+        _ => Ok(data.to_vec()),
+    }
+}
+
+fn bytes_to_os(bytes: &[u8]) -> OsString {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::OsStr::from_bytes(bytes).to_owned()
+}
+
+/// Reads a file; errors name the step and the file as Go's `os.ReadFile` does
+/// (`open x: no such file or directory`).
+fn read_file(path: &std::ffi::OsStr) -> Result<Vec<u8>, String> {
+    let shown = path.to_string_lossy();
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| format!("Failed to read file: open {shown}: {}", go_io_text(&e)))?;
+    let mut buf = Vec::new();
+    file.read_to_end(&mut buf)
+        .map_err(|e| format!("Failed to read file: read {shown}: {}", go_io_text(&e)))?;
+    Ok(buf)
+}
+
+/// An I/O error in Go's words: the system's text, lower-cased first letter, without
+/// Rust's ` (os error N)`.
+fn go_io_text(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let text = match text.find(" (os error ") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => text,
+    }
+}
+
+/// Base64 as Go's `StdEncoding.DecodeString` takes it: padding required, line breaks
+/// skipped, stray bits in the last character tolerated. Errors give the offset of the
+/// bad byte in the input, as Go's do.
+fn go_base64(input: &[u8]) -> Result<Vec<u8>, String> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const GO_STD: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_allow_trailing_bits(true)
+            .with_decode_padding_mode(DecodePaddingMode::RequireCanonical),
+    );
+    let kept: Vec<usize> = (0..input.len())
+        .filter(|&i| input[i] != b'\n' && input[i] != b'\r')
+        .collect();
+    let text: Vec<u8> = kept.iter().map(|&i| input[i]).collect();
+    GO_STD.decode(&text).map_err(|e| {
+        let at = |offset: usize| kept.get(offset).copied().unwrap_or(input.len());
+        match e {
+            base64::DecodeError::InvalidByte(offset, _)
+            | base64::DecodeError::InvalidLastSymbol { offset, .. } => {
+                format!("illegal base64 data at input byte {}", at(offset))
+            }
+            // A missing or misplaced `=`: Go points at the end of the input.
+            base64::DecodeError::InvalidLength(_) | base64::DecodeError::InvalidPadding => {
+                format!("illegal base64 data at input byte {}", input.len())
+            }
+        }
+    })
+}
+
+async fn put(args: PutArgs) -> Result<(), String> {
+    let (key, data) = match args.args.as_slice() {
+        [] => return Err("Error! Missing KEY argument".into()),
+        [key] => (key, Vec::new()),
+        [key, data] => {
+            use std::os::unix::ffi::OsStrExt;
+            let data = load_data(data.as_bytes()).map_err(|e| format!("Error! {e}"))?;
+            (key, data)
+        }
+        more => {
+            return Err(format!(
+                "Error! Too many arguments (expected 1 or 2, got {})",
+                more.len()
+            ));
+        }
+    };
+    let Some(key) = key.to_str() else {
+        return Err("Error! KEY is not valid UTF-8".into());
+    };
+    let value = if args.base64 {
+        go_base64(&data).map_err(|e| format!("Error! Cannot base 64 decode data: {e}"))?
+    } else {
+        data
+    };
+    let session = args.session.as_deref().unwrap_or("");
+    if (args.acquire || args.release) && session.is_empty() {
+        return Err("Error! Missing -session (required with -acquire and -release)".into());
+    }
+    if args.acquire || args.release || !session.is_empty() {
+        return Err(
+            "Error! Sessions are not supported yet: proconsul cannot -acquire or -release a \
+             lock, or write a key with -session"
+                .into(),
+        );
+    }
+    let agent = args.http.agent()?;
+    let dc = args.http.dc();
+    if args.cas {
+        let written = agent
+            .kv_put(key, &value, args.flags, Some(args.modify_index), dc)
+            .await
+            .map_err(|e| format!("Error! Did not write to {key}: {}", api_error(&e)))?;
+        if !written && args.modify_index == 0 {
+            return Err(format!(
+                "Error! Did not write to {key}: CAS performed with index=0 and key already exists."
+            ));
+        }
+        if !written {
+            return Err(format!("Error! Did not write to {key}: CAS failed"));
+        }
+    } else {
+        agent
+            .kv_put(key, &value, args.flags, None, dc)
+            .await
+            .map_err(|e| format!("Error! Failed writing data: {}", api_error(&e)))?;
+    }
+    info(format!("Success! Data written to: {key}").as_bytes());
+    Ok(())
+}
+
+async fn delete(args: DeleteArgs) -> Result<(), String> {
+    let key = key_argument(&args.args)?;
+    if key.is_empty() && !args.recurse {
+        return Err("Error! Missing KEY argument".into());
+    }
+    if args.cas && args.modify_index == 0 {
+        return Err(
+            "Cannot delete a key that does not exist. Provide a -modify-index greater than than 0."
+                .into(),
+        );
+    }
+    if args.modify_index != 0 && !args.cas {
+        return Err("Cannot specify -modify-index without -cas!".into());
+    }
+    if args.recurse && args.cas {
+        return Err("Cannot specify both -cas and -recurse!".into());
+    }
+    let agent = args.http.agent()?;
+    let dc = args.http.dc();
+    if args.recurse {
+        agent
+            .kv_delete_tree(&key, dc)
+            .await
+            .map_err(|e| format!("Error! Did not delete prefix {key}: {}", api_error(&e)))?;
+        info(format!("Success! Deleted keys with prefix: {key}").as_bytes());
+        return Ok(());
+    }
+    if args.cas {
+        let deleted = agent
+            .kv_delete(&key, Some(args.modify_index), dc)
+            .await
+            .map_err(|e| format!("Error! Did not delete key {key}: {}", api_error(&e)))?;
+        if !deleted {
+            return Err(format!("Error! Did not delete key {key}: CAS failed"));
+        }
+    } else {
+        agent
+            .kv_delete(&key, None, dc)
+            .await
+            .map_err(|e| format!("Error deleting key {key}: {}", api_error(&e)))?;
+    }
+    info(format!("Success! Deleted key: {key}").as_bytes());
+    Ok(())
+}
+
+async fn export(args: ExportArgs) -> Result<(), String> {
+    let key = key_argument(&args.args)?;
+    let agent = args.http.agent()?;
+    let pairs = agent
+        .kv_list(&key, &args.http.read_options())
+        .await
+        .map_err(query_error)?
+        .value;
+    info(export_json(&pairs).as_bytes());
+    Ok(())
+}
+
+/// The entries `kv export` prints as Go's `json.MarshalIndent(…, "", "\t")` does:
+/// `[{"key", "flags", "value" (base64)}]`, one field a line, `[]` when there are none.
+fn export_json(pairs: &[KvPair]) -> String {
+    if pairs.is_empty() {
+        return "[]".into();
+    }
+    let entries: Vec<String> = pairs
+        .iter()
+        .map(|p| {
+            format!(
+                "\t{{\n\t\t\"key\": {},\n\t\t\"flags\": {},\n\t\t\"value\": {}\n\t}}",
+                go_json_string(&p.key),
+                p.flags,
+                go_json_string(&base64::engine::general_purpose::STANDARD.encode(&p.value)),
+            )
+        })
+        .collect();
+    format!("[\n{}\n]", entries.join(",\n"))
+}
+
+/// A JSON string as Go's `encoding/json` writes it: `<`, `>`, `&`, U+2028 and U+2029
+/// escaped as `\u…` too.
+fn go_json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+                out.push_str(&format!("\\u{:04x}", u32::from(c)));
+            }
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// One element of `kv import`'s input.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Entry {
+    key: String,
+    flags: u64,
+    value: String,
+}
+
+/// Reads `kv export`'s JSON as Go's `json.Unmarshal` into Consul's entries would: field
+/// names in any case, other fields ignored, `null` for nothing.
+fn parse_entries(data: &str) -> Result<Vec<Entry>, String> {
+    let value: Value = serde_json::from_str(data).map_err(|e| e.to_string())?;
+    let list = match value {
+        Value::Null => return Ok(Vec::new()),
+        Value::Array(list) => list,
+        other => {
+            return Err(format!(
+                "json: cannot unmarshal {} into Go value of type []*impexp.Entry",
+                json_kind(&other)
+            ));
+        }
+    };
+    let mut entries = Vec::with_capacity(list.len());
+    for item in list {
+        let Value::Object(fields) = item else {
+            return Err(format!(
+                "json: cannot unmarshal {} into Go value of type impexp.Entry",
+                json_kind(&item)
+            ));
+        };
+        let mut entry = Entry::default();
+        for (name, value) in &fields {
+            let mismatch = |go_type: &str| {
+                format!(
+                    "json: cannot unmarshal {} into Go struct field Entry.{} of type {go_type}",
+                    json_kind(value),
+                    name.to_ascii_lowercase()
+                )
+            };
+            match (name.to_ascii_lowercase().as_str(), value) {
+                (_, Value::Null) => {}
+                ("key", Value::String(s)) => entry.key = s.clone(),
+                ("key", _) => return Err(mismatch("string")),
+                ("value", Value::String(s)) => entry.value = s.clone(),
+                ("value", _) => return Err(mismatch("string")),
+                ("flags", Value::Number(n)) => match n.as_u64() {
+                    Some(flags) => entry.flags = flags,
+                    None => return Err(mismatch("uint64")),
+                },
+                ("flags", _) => return Err(mismatch("uint64")),
+                _ => {}
+            }
+        }
+        entries.push(entry);
+    }
+    Ok(entries)
+}
+
+fn json_kind(value: &Value) -> String {
+    match value {
+        Value::Null => "null".into(),
+        Value::Bool(_) => "bool".into(),
+        Value::Number(n) => format!("number {n}"),
+        Value::String(_) => "string".into(),
+        Value::Array(_) => "array".into(),
+        Value::Object(_) => "object".into(),
+    }
+}
+
+/// Go's `path.Join(prefix, key)` (which also cleans: `a//b` is `a/b`, `a/../b` is `b`),
+/// with a folder key's trailing `/` kept, as `kv import` names keys.
+fn import_key(prefix: &str, key: &str) -> String {
+    let joined = match (prefix.is_empty(), key.is_empty()) {
+        (true, true) => String::new(),
+        (true, false) => go_clean(key),
+        (false, true) => go_clean(prefix),
+        (false, false) => go_clean(&format!("{prefix}/{key}")),
+    };
+    if key.ends_with('/') {
+        joined + "/"
+    } else {
+        joined
+    }
+}
+
+/// Go's `path.Clean`.
+fn go_clean(path: &str) -> String {
+    let rooted = path.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for segment in path.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                if parts.last().is_some_and(|last| *last != "..") {
+                    parts.pop();
+                } else if !rooted {
+                    parts.push("..");
+                }
+            }
+            s => parts.push(s),
+        }
+    }
+    let joined = parts.join("/");
+    if rooted {
+        format!("/{joined}")
+    } else if joined.is_empty() {
+        ".".into()
+    } else {
+        joined
+    }
+}
+
+async fn import(args: ImportArgs) -> Result<(), String> {
+    let data = match args.args.as_slice() {
+        [] => return Err("Error! Missing DATA argument".into()),
+        [data] if data.is_empty() => return Err("Error! Empty DATA argument".into()),
+        [data] => load_data(data.as_bytes()).map_err(|e| format!("Error! {e}"))?,
+        more => {
+            return Err(format!(
+                "Error! Too many arguments (expected 1, got {})",
+                more.len()
+            ));
+        }
+    };
+    let agent = args.http.agent()?;
+    let entries = parse_entries(&String::from_utf8_lossy(&data))
+        .map_err(|e| format!("Cannot unmarshal data: {e}"))?;
+    let dc = args.http.dc();
+    for entry in entries {
+        let value = go_base64(entry.value.as_bytes())
+            .map_err(|e| format!("Error base 64 decoding value for key {}: {e}", entry.key))?;
+        let key = import_key(&args.prefix, &entry.key);
+        agent
+            .kv_put(&key, &value, entry.flags, None, dc)
+            .await
+            .map_err(|e| {
+                format!(
+                    "Error! Failed writing data for key {key}: {}",
+                    api_error(&e)
+                )
+            })?;
+        info(format!("Imported: {key}").as_bytes());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    fn pair(key: &str, value: &[u8]) -> KvPair {
+        KvPair {
+            key: key.into(),
+            value: value.to_vec(),
+            flags: 0,
+            session: None,
+            lock_index: 0,
+            create_index: 12,
+            modify_index: 12,
+        }
+    }
+
+    #[test]
+    fn flags_end_at_the_first_argument_as_in_go() {
+        assert_eq!(
+            go_flag_order(os(&["p", "kv", "put", "-flags", "3", "-cas", "k", "-x"])),
+            os(&["p", "kv", "put", "-flags", "3", "-cas", "--", "k", "-x"])
+        );
+        assert_eq!(
+            go_flag_order(os(&["p", "kv", "put", "-flags=3", "k", "-"])),
+            os(&["p", "kv", "put", "-flags=3", "--", "k", "-"])
+        );
+        assert_eq!(
+            go_flag_order(os(&["p", "kv", "get", "k", "-detailed"])),
+            os(&["p", "kv", "get", "--", "k", "-detailed"])
+        );
+        assert_eq!(
+            go_flag_order(os(&["p", "kv", "import", "-"])),
+            os(&["p", "kv", "import", "--", "-"])
+        );
+        // Two dashes are a flag too; `--` itself is left for clap.
+        assert_eq!(
+            go_flag_order(os(&["p", "kv", "get", "--http-addr", "h:1", "-recurse"])),
+            os(&["p", "kv", "get", "--http-addr", "h:1", "-recurse"])
+        );
+        assert_eq!(
+            go_flag_order(os(&["p", "kv", "get", "--", "-k"])),
+            os(&["p", "kv", "get", "--", "-k"])
+        );
+        // Other verbs are left alone.
+        assert_eq!(
+            go_flag_order(os(&["p", "members", "x", "-detailed"])),
+            os(&["p", "members", "x", "-detailed"])
+        );
+    }
+
+    #[test]
+    fn kv_command_lines_parse_with_go_flags() {
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            super::super::Cli::try_parse_from(super::super::normalize(go_flag_order(os(args))))
+        };
+        let cli = parse(&[
+            "p",
+            "kv",
+            "put",
+            "-cas",
+            "-modify-index=0x10",
+            "-flags",
+            "42",
+            "k",
+            "-v",
+        ])
+        .unwrap();
+        let super::super::Command::Kv {
+            command: KvCommand::Put(put),
+        } = cli.command
+        else {
+            panic!()
+        };
+        assert!(put.cas && !put.base64);
+        assert_eq!((put.modify_index, put.flags), (16, 42));
+        assert_eq!(put.args, os(&["k", "-v"]));
+        let cli = parse(&["p", "kv", "get", "-recurse=false", "-keys", "-stale", "a/"]).unwrap();
+        let super::super::Command::Kv {
+            command: KvCommand::Get(get),
+        } = cli.command
+        else {
+            panic!()
+        };
+        assert!(!get.recurse && get.keys && get.http.stale);
+        assert_eq!(
+            (get.separator.as_str(), get.args.as_slice()),
+            ("/", &["a/".to_owned()][..])
+        );
+        assert!(parse(&["p", "kv", "put", "-flags=x", "k"]).is_err());
+        assert!(parse(&["p", "kv", "get", "-nope", "k"]).is_err());
+    }
+
+    #[test]
+    fn go_numbers() {
+        assert_eq!(go_uint("42"), Ok(42));
+        assert_eq!(go_uint("0"), Ok(0));
+        assert_eq!(go_uint("0x1F"), Ok(31));
+        assert_eq!(go_uint("010"), Ok(8));
+        assert_eq!(go_uint("0b101"), Ok(5));
+        for bad in ["", "-1", "+1", "1.5", "abc", "99999999999999999999", "0x"] {
+            assert!(go_uint(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn detailed_matches_consul_layout() {
+        let p = pair("app/name", b"proconsul");
+        assert_eq!(
+            String::from_utf8(detailed(&p, false, false)).unwrap(),
+            "CreateIndex      12\nFlags            0\nKey              app/name\n\
+             LockIndex        0\nModifyIndex      12\nSession          -\n\
+             Value            proconsul"
+        );
+        assert!(
+            String::from_utf8(detailed(&p, true, false))
+                .unwrap()
+                .ends_with("\nValue            cHJvY29uc3Vs")
+        );
+        // Keys only: no value, and the block ends with its newline (Consul then adds one).
+        assert!(
+            String::from_utf8(detailed(&p, false, true))
+                .unwrap()
+                .ends_with("\nSession          -\n")
+        );
+        // An empty value leaves "Value" out of the column, so unpadded (Go's tabwriter).
+        assert!(
+            String::from_utf8(detailed(&pair("k", b""), false, false))
+                .unwrap()
+                .ends_with("Session          -\nValue")
+        );
+    }
+
+    #[test]
+    fn tabwriter_pads_columns_of_consecutive_lines() {
+        assert_eq!(tabwrite(b"a\tb\nlonger\tc\n", 2), b"a       b\nlonger  c\n");
+        // A line without a tab ends the block; the next block is sized on its own.
+        assert_eq!(
+            tabwrite(b"a\t1\nbreak\nlonger\t2", 1),
+            b"a 1\nbreak\nlonger 2"
+        );
+        // Nested columns, characters (not bytes) counted.
+        assert_eq!(
+            tabwrite("é\tx\ty\nab\tlong\tz".as_bytes(), 1),
+            "é  x    y\nab long z".as_bytes()
+        );
+        // Values spanning lines, and invalid UTF-8 passed through.
+        assert_eq!(tabwrite(b"k\tv1\nv2\xff", 1), b"k v1\nv2\xff");
+    }
+
+    #[test]
+    fn export_is_go_s_tab_indented_json() {
+        assert_eq!(export_json(&[]), "[]");
+        let mut second = pair("a<b>&\"c\"", &[0, 255]);
+        second.flags = 42;
+        assert_eq!(
+            export_json(&[pair("app/name", b"proconsul"), second]),
+            "[\n\t{\n\t\t\"key\": \"app/name\",\n\t\t\"flags\": 0,\n\t\t\"value\": \"cHJvY29uc3Vs\"\n\t},\n\
+             \t{\n\t\t\"key\": \"a\\u003cb\\u003e\\u0026\\\"c\\\"\",\n\t\t\"flags\": 42,\n\t\t\"value\": \"AP8=\"\n\t}\n]"
+        );
+        assert_eq!(go_json_string("\u{1}\n\u{2028}é"), "\"\\u0001\\n\\u2028é\"");
+    }
+
+    #[test]
+    fn import_reads_entries_as_go_does() {
+        let entries = parse_entries(
+            r#"[{"key": "a", "flags": 3, "value": "eA=="},
+                {"Key": "b/", "VALUE": null, "namespace": "x"}, {}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            entries,
+            [
+                Entry {
+                    key: "a".into(),
+                    flags: 3,
+                    value: "eA==".into()
+                },
+                Entry {
+                    key: "b/".into(),
+                    ..Entry::default()
+                },
+                Entry::default(),
+            ]
+        );
+        assert_eq!(parse_entries("null").unwrap(), []);
+        assert_eq!(
+            parse_entries(r#"{"key": "a"}"#).unwrap_err(),
+            "json: cannot unmarshal object into Go value of type []*impexp.Entry"
+        );
+        assert_eq!(
+            parse_entries(r#"[{"flags": -1}]"#).unwrap_err(),
+            "json: cannot unmarshal number -1 into Go struct field Entry.flags of type uint64"
+        );
+        assert_eq!(
+            parse_entries(r#"[{"key": 5}]"#).unwrap_err(),
+            "json: cannot unmarshal number 5 into Go struct field Entry.key of type string"
+        );
+        assert!(parse_entries("[{").is_err());
+    }
+
+    #[test]
+    fn import_keys_are_joined_and_cleaned_as_go_s_path_join() {
+        assert_eq!(import_key("", "app/name"), "app/name");
+        assert_eq!(import_key("", "a//b/./c"), "a/b/c");
+        assert_eq!(import_key("", "app/"), "app/");
+        assert_eq!(import_key("copy", "app/name"), "copy/app/name");
+        assert_eq!(import_key("copy/", "/app/"), "copy/app/");
+        assert_eq!(import_key("copy", "../x"), "x");
+        assert_eq!(import_key("", ""), "");
+        assert_eq!(import_key("p", ""), "p");
+        assert_eq!(go_clean("/a/../../b"), "/b");
+        assert_eq!(go_clean("../a"), "../a");
+        assert_eq!(go_clean("a/.."), ".");
+    }
+
+    #[test]
+    fn base64_is_go_s_std_encoding() {
+        assert_eq!(go_base64(b"cHJvY29uc3Vs").unwrap(), b"proconsul");
+        assert_eq!(go_base64(b"cHJv\nY29u\r\nc3Vs\n").unwrap(), b"proconsul");
+        assert_eq!(go_base64(b"").unwrap(), b"");
+        assert_eq!(go_base64(b"AP8=").unwrap(), [0, 255]);
+        assert_eq!(
+            go_base64(b"ab\n!d").unwrap_err(),
+            "illegal base64 data at input byte 3"
+        );
+        assert!(go_base64(b"YWI").is_err(), "padding is required");
+    }
+
+    #[test]
+    fn io_errors_read_as_go_s() {
+        let e = std::io::Error::from_raw_os_error(2);
+        assert_eq!(go_io_text(&e), "no such file or directory");
+        let missing = read_file(std::ffi::OsStr::new("/nonexistent/x.json")).unwrap_err();
+        assert_eq!(
+            missing,
+            "Failed to read file: open /nonexistent/x.json: no such file or directory"
+        );
+        assert_eq!(
+            read_file(std::ffi::OsStr::new("/")).unwrap_err(),
+            "Failed to read file: read /: is a directory"
+        );
+        assert_eq!(load_data(b"-x").unwrap(), b"-x");
+        assert_eq!(load_data(b"plain").unwrap(), b"plain");
+    }
+}
