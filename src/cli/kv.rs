@@ -7,8 +7,8 @@
 //! `kv get key -detailed` is two arguments ([`go_flag_order`]). Boolean flags take Go's
 //! forms too: `-recurse` or `-recurse=false`.
 //!
-//! Locks (`-acquire`, `-release`, `-session`) need sessions, which proconsul does not
-//! have yet: `kv put` refuses them rather than writing without a lock.
+//! `kv put -acquire -session=ID` takes a key's lock for a session (`/v1/session/create`
+//! makes one) and `-release` gives it back, with Consul's lines.
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -126,15 +126,15 @@ pub struct PutArgs {
     /// The ModifyIndex -cas expects
     #[arg(long = "modify-index", default_value = "0", value_parser = go_uint)]
     pub modify_index: u64,
-    /// A session for -acquire and -release (not supported yet)
+    /// The session for -acquire and -release
     #[arg(long)]
     pub session: Option<String>,
-    /// Locks the key for -session (not supported yet)
+    /// Takes the key's lock for -session
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
           default_value = "false", default_missing_value = "true",
           hide_default_value = true, hide_possible_values = true)]
     pub acquire: bool,
-    /// Releases -session's lock on the key (not supported yet)
+    /// Gives back -session's lock on the key
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
           default_value = "false", default_missing_value = "true",
           hide_default_value = true, hide_possible_values = true)]
@@ -573,15 +573,24 @@ async fn put(args: PutArgs) -> Result<(), String> {
     if (args.acquire || args.release) && session.is_empty() {
         return Err("Error! Missing -session (required with -acquire and -release)".into());
     }
-    if args.acquire || args.release || !session.is_empty() {
-        return Err(
-            "Error! Sessions are not supported yet: proconsul cannot -acquire or -release a \
-             lock, or write a key with -session"
-                .into(),
-        );
-    }
     let agent = args.http.agent()?;
     let dc = args.http.dc();
+    if args.acquire || args.release {
+        let done = agent
+            .kv_lock(key, &value, args.flags, session, args.acquire, dc)
+            .await
+            .map_err(|e| format!("Error! Failed writing data: {}", api_error(&e)))?;
+        let (yes, no) = if args.acquire {
+            ("Success! Lock acquired on", "Error! Did not acquire lock")
+        } else {
+            ("Success! Lock released on", "Error! Did not release lock")
+        };
+        if !done {
+            return Err(no.into());
+        }
+        info(format!("{yes}: {key}").as_bytes());
+        return Ok(());
+    }
     if args.cas {
         let written = agent
             .kv_put(key, &value, args.flags, Some(args.modify_index), dc)

@@ -550,6 +550,31 @@ impl AgentClient {
         decode(&path, &r.body)
     }
 
+    /// Takes (`acquire`) or gives back the lock of `key` for `session`, writing `value` and
+    /// `flags`, in datacenter `dc`; `Ok(false)` when the lock is held by another session,
+    /// not held, or in a lock delay (`PUT /v1/kv/:key?acquire=` or `?release=`).
+    pub async fn kv_lock(
+        &self,
+        key: &str,
+        value: &[u8],
+        flags: u64,
+        session: &str,
+        acquire: bool,
+        dc: Option<&str>,
+    ) -> Result<bool, ClientError> {
+        let mut query = QueryString::new(kv_path(key));
+        if let Some(dc) = dc {
+            query.pair("dc", dc);
+        }
+        if flags != 0 {
+            query.pair("flags", &flags.to_string());
+        }
+        query.pair(if acquire { "acquire" } else { "release" }, session);
+        let path = query.finish();
+        let r = self.send_bytes(Method::PUT, &path, value.to_vec()).await?;
+        decode(&path, &r.body)
+    }
+
     /// Deletes `key` (a key that does not exist is no error) in datacenter `dc`. With
     /// `cas`, only if the key's [`KvPair::modify_index`] is that index; `Ok(false)` means
     /// it was not (`DELETE /v1/kv/:key`).

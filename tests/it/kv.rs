@@ -387,3 +387,294 @@ async fn bad_requests_get_consuls_answers_and_write_nothing() {
     assert_eq!(decode(&list[0]["Value"]), "v");
     m.agent.stop(false).await;
 }
+
+/// Creates a session on `m` with `body`; its ID.
+async fn session(m: &Member, body: Value) -> String {
+    let r = m
+        .call(Method::PUT, "/v1/session/create", &body.to_string())
+        .await;
+    assert_eq!(r.status, 200, "session create: {}", r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    v["ID"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_is_exclusive_and_freed_when_its_holders_node_fails() {
+    let cluster = crate::support::cluster::Cluster::start(1, |_| {}).await;
+    cluster.converged(&cluster.names()).await;
+    let (server, client) = (&cluster.members[0], &cluster.members[1]);
+    leader_of(&[server], 1).await;
+    // The client's node must be in the catalog before a session can name it.
+    eventually(secs(20), "the client's node in the catalog", || async {
+        let r = server.get("/v1/catalog/node/client-1").await;
+        if r.status == 200 && r.body.contains("client-1") {
+            Ok(())
+        } else {
+            Err(r.body)
+        }
+    })
+    .await;
+    let held = session(client, json!({"Name": "holder", "LockDelay": "1s"})).await;
+    let waiting = session(server, json!({"Name": "waiter", "LockDelay": "1s"})).await;
+    let info = server.json(&format!("/v1/session/info/{held}")).await;
+    assert_eq!(info[0]["Node"], "client-1");
+    assert_eq!(info[0]["LockDelay"], 1_000_000_000u64);
+    assert_eq!(info[0]["NodeChecks"], json!(["serfHealth"]));
+
+    assert_eq!(
+        put(client, &format!("jobs/leader?acquire={held}"), "client-1").await,
+        true
+    );
+    assert_eq!(
+        put(
+            server,
+            &format!("jobs/leader?acquire={waiting}"),
+            "server-0"
+        )
+        .await,
+        false
+    );
+    let e = entry(server, "jobs/leader", "").await.unwrap();
+    assert_eq!(
+        (e["Session"].as_str(), e["LockIndex"].as_u64()),
+        (Some(held.as_str()), Some(1))
+    );
+    // Only the holder can release; a plain write keeps the holder.
+    assert_eq!(
+        put(server, &format!("jobs/leader?release={waiting}"), "").await,
+        false
+    );
+    assert_eq!(put(server, "jobs/leader", "plain").await, true);
+    let e = entry(server, "jobs/leader", "").await.unwrap();
+    assert_eq!(e["Session"].as_str(), Some(held.as_str()));
+
+    // The holder's agent dies: gossip marks its node failed, serfHealth goes critical,
+    // the session ends and the lock is free (after the lock delay) for the waiter.
+    let index: u64 = server
+        .get("/v1/kv/jobs/leader")
+        .await
+        .header("x-consul-index")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut members = cluster.members;
+    let client = members.pop().unwrap();
+    client.agent.stop(false).await;
+    let server = &members[0];
+    let r = server
+        .get(&format!("/v1/kv/jobs/leader?index={index}&wait=60s"))
+        .await;
+    let list: Value = serde_json::from_str(&r.body).unwrap();
+    assert!(list[0].get("Session").is_none(), "{list}");
+    assert_eq!(
+        server.json(&format!("/v1/session/info/{held}")).await,
+        json!([])
+    );
+    eventually(
+        secs(10),
+        "the waiter takes the lock after the delay",
+        || async {
+            if put(
+                server,
+                &format!("jobs/leader?acquire={waiting}"),
+                "server-0",
+            )
+            .await
+                == true
+            {
+                Ok(())
+            } else {
+                Err("still in the lock delay".to_owned())
+            }
+        },
+    )
+    .await;
+    let e = entry(server, "jobs/leader", "").await.unwrap();
+    assert_eq!(
+        (e["Session"].as_str(), e["LockIndex"].as_u64()),
+        (Some(waiting.as_str()), Some(2))
+    );
+    // Destroying the session with behavior "release" frees the key, which stays.
+    let r = server
+        .call(Method::PUT, &format!("/v1/session/destroy/{waiting}"), "")
+        .await;
+    assert_eq!(r.body.trim(), "true");
+    let e = entry(server, "jobs/leader", "").await.unwrap();
+    assert!(e.get("Session").is_none());
+    for m in members {
+        m.agent.stop(false).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ttl_runs_out_on_a_new_leader_and_deletes_its_keys() {
+    let mut members = servers(3).await;
+    let all: Vec<&Member> = members.iter().collect();
+    let leader = leader_of(&all, 3).await;
+    let follower = members.iter().find(|m| m.name != leader).unwrap();
+    let id = session(
+        follower,
+        json!({"TTL": "10s", "Behavior": "delete", "LockDelay": "0s", "NodeChecks": []}),
+    )
+    .await;
+    assert_eq!(
+        put(follower, &format!("ttl/key?acquire={id}"), "x").await,
+        true
+    );
+    // Renewals answer with the session; an unknown one is 404.
+    let r = follower
+        .call(Method::PUT, &format!("/v1/session/renew/{id}"), "")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let renewed: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(renewed[0]["TTL"], "10s");
+    let r = follower
+        .call(
+            Method::PUT,
+            "/v1/session/renew/00000000-0000-4000-8000-000000000000",
+            "",
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body.trim()),
+        (
+            404,
+            "Session id '00000000-0000-4000-8000-000000000000' not found"
+        )
+    );
+    // The leader dies; the new one times the TTL afresh and ends the session.
+    let at = members.iter().position(|m| m.name == leader).unwrap();
+    let old = members.remove(at);
+    old.agent.stop(false).await;
+    let survivors: Vec<&Member> = members.iter().collect();
+    leader_other_than(&survivors, 3, Some(&leader)).await;
+    eventually(secs(45), "the session to run out", || async {
+        let list = members[0]
+            .json(&format!("/v1/session/info/{id}?consistent"))
+            .await;
+        if list == json!([]) {
+            Ok(())
+        } else {
+            Err(list.to_string())
+        }
+    })
+    .await;
+    assert_eq!(entry(&members[1], "ttl/key", "?consistent").await, None);
+    for m in members {
+        m.agent.stop(false).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_applies_every_operation_or_none() {
+    let m = Member::start(Spec {
+        name: "txn-0".into(),
+        server: true,
+        ..Spec::default()
+    })
+    .await;
+    leader_of(&[&m], 1).await;
+    let b64 = |s: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    };
+    let txn = |ops: Value| {
+        let m = &m;
+        async move { m.call(Method::PUT, "/v1/txn", &ops.to_string()).await }
+    };
+    let r = txn(json!([
+        {"KV": {"Verb": "set", "Key": "t/a", "Value": b64("1")}},
+        {"KV": {"Verb": "cas", "Key": "t/b", "Value": b64("2"), "Index": 0}},
+        {"KV": {"Verb": "get", "Key": "t/a"}},
+    ]))
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["Errors"], Value::Null);
+    let results = v["Results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert_eq!(
+        results[0]["KV"]["Value"],
+        Value::Null,
+        "a write returns no value"
+    );
+    assert_eq!(decode(&results[2]["KV"]["Value"]), "1");
+    let index = results[0]["KV"]["ModifyIndex"].as_u64().unwrap();
+    assert_eq!(
+        results[1]["KV"]["ModifyIndex"].as_u64(),
+        Some(index),
+        "one entry"
+    );
+
+    // A failed operation rolls back the others; every failure is listed.
+    let r = txn(json!([
+        {"KV": {"Verb": "set", "Key": "t/a", "Value": b64("changed")}},
+        {"KV": {"Verb": "delete", "Key": "t/b"}},
+        {"KV": {"Verb": "cas", "Key": "t/a", "Value": b64("x"), "Index": 1}},
+        {"KV": {"Verb": "check-not-exists", "Key": "t/b"}},
+    ]))
+    .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["Results"], Value::Null);
+    assert_eq!(
+        v["Errors"],
+        json!([{"OpIndex": 2, "What": "failed to set key \"t/a\", index is stale"}])
+    );
+    assert_eq!(decode(&entry(&m, "t/a", "").await.unwrap()["Value"]), "1");
+    assert!(entry(&m, "t/b", "").await.is_some());
+
+    // A read-only transaction is a read: consistency headers, no index.
+    let r = m
+        .call(
+            Method::PUT,
+            "/v1/txn?consistent",
+            &json!([{"KV": {"Verb": "get-tree", "Key": "t/"}},
+                    {"KV": {"Verb": "check-index", "Key": "t/b", "Index": index}}])
+            .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.header("x-consul-index").is_none());
+    assert_eq!(r.header("x-consul-knownleader"), Some("true"));
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["Results"].as_array().unwrap().len(), 3);
+
+    // Locks in a transaction follow the session.
+    let node = m.json("/v1/agent/self").await["Config"]["NodeName"].clone();
+    let id = session(&m, json!({"Node": node})).await;
+    let r = txn(json!([
+        {"KV": {"Verb": "lock", "Key": "t/lock", "Session": id, "Value": b64("me")}},
+        {"KV": {"Verb": "check-session", "Key": "t/lock", "Session": id}},
+    ]))
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = txn(json!([{"KV": {"Verb": "unlock", "Key": "t/lock", "Session": "nobody"}}])).await;
+    assert_eq!(r.status, 409);
+    assert!(
+        r.body.contains("failed to unlock key \\\"t/lock\\\""),
+        "{}",
+        r.body
+    );
+
+    // Bad bodies: Consul's statuses, nothing written.
+    let r = txn(json!([{"KV": {"Verb": "frobnicate", "Key": "t/a"}}])).await;
+    assert_eq!(r.status, 409);
+    assert!(r.body.contains("unknown KV verb"), "{}", r.body);
+    let many: Vec<Value> = (0..65)
+        .map(|i| json!({"KV": {"Verb": "set", "Key": format!("t/{i}")}}))
+        .collect();
+    let r = txn(Value::Array(many)).await;
+    assert_eq!(
+        (r.status, r.body.trim()),
+        (413, "Transaction contains too many operations (65 > 64)")
+    );
+    let r = m.call(Method::PUT, "/v1/txn", "[{").await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.starts_with("Failed to parse body: "), "{}", r.body);
+    assert_eq!(
+        m.json("/v1/kv/t/?keys").await,
+        json!(["t/a", "t/b", "t/lock"])
+    );
+    m.agent.stop(false).await;
+}

@@ -631,7 +631,7 @@ fn kv_verbs_put_get_and_delete_with_consul_s_lines_and_exit_codes() {
     );
     assert_eq!(kv(&http, &["get", "-keys"]), ok("bin"));
 
-    // Usage errors and what proconsul does not do yet.
+    // Usage errors, and a lock for a session that does not exist.
     assert_eq!(kv(&http, &["get"]), fail("Error! Missing KEY argument"));
     assert_eq!(
         kv(&http, &["get", "a", "-detailed"]),
@@ -644,7 +644,7 @@ fn kv_verbs_put_get_and_delete_with_consul_s_lines_and_exit_codes() {
     );
     let (code, _, err) = kv(&http, &["put", "-acquire", "-session=s1", "k", "v"]);
     assert_eq!(code, 1);
-    assert!(err.contains("Sessions are not supported yet"), "{err}");
+    assert!(err.contains("invalid session \"s1\""), "{err}");
     assert_eq!(kv(&http, &["get", "k"]).0, 1, "nothing was written");
     let (code, _, err) = kv(&http, &["get", "-no-such-flag", "k"]);
     assert_eq!(code, 1);
