@@ -731,6 +731,78 @@ fn kv_export_then_import_restores_every_key_with_its_flags_and_bytes() {
 }
 
 #[test]
+fn py_consul_drives_sessions_locks_and_transactions() {
+    let python = python_with_py_consul();
+    let (_p, http, _) = dev_agent(&[]);
+    let (host, port) = http.rsplit_once(':').unwrap();
+    let script = r#"
+import base64, json, sys
+import consul
+c = consul.Consul(host=sys.argv[1], port=int(sys.argv[2]))
+out = {}
+a = c.session.create(name="a", lock_delay=0, ttl=30)
+b = c.session.create(name="b", behavior="delete")
+index, info = c.session.info(a)
+out["info"] = [info["Name"], info["TTL"], info["Behavior"], info["Node"]]
+out["list"] = sorted(s["Name"] for s in c.session.list()[1])
+out["node"] = sorted(s["Name"] for s in c.session.node("proc-node")[1])
+out["acquire_a"] = c.kv.put("service/leader", "a", acquire=a)
+out["acquire_b"] = c.kv.put("service/leader", "b", acquire=b)
+entry = c.kv.get("service/leader")[1]
+out["holder_is_a"] = entry["Session"] == a
+out["lock_index"] = entry["LockIndex"]
+out["renew"] = c.session.renew(a)["ID"] == a
+out["release_a"] = c.kv.put("service/leader", "free", release=a)
+out["acquire_b_after"] = c.kv.put("service/leader", "b", acquire=b)
+c.session.destroy(b)
+out["deleted_with_b"] = c.kv.get("service/leader")[1]
+out["info_after_destroy"] = c.session.info(b)[1]
+enc = lambda s: base64.b64encode(s.encode()).decode()
+ok = c.txn.put([
+    {"KV": {"Verb": "set", "Key": "txn/x", "Value": enc("1")}},
+    {"KV": {"Verb": "set", "Key": "txn/y", "Value": enc("2")}},
+    {"KV": {"Verb": "get", "Key": "txn/x"}},
+])
+out["txn_ok"] = [r["KV"]["Key"] for r in ok["Results"]]
+try:
+    c.txn.put([
+        {"KV": {"Verb": "delete", "Key": "txn/x"}},
+        {"KV": {"Verb": "check-index", "Key": "txn/y", "Index": 1}},
+    ])
+    out["txn_conflict"] = "no error"
+except Exception as e:
+    out["txn_conflict"] = type(e).__name__
+out["after_rollback"] = c.kv.get("txn/", keys=True)[1]
+print(json.dumps(out))
+"#;
+    let output = Command::new(&python)
+        .args(["-c", script, host, port])
+        .output()
+        .unwrap();
+    let (code, out, err) = text(&output);
+    assert_eq!(code, 0, "py-consul failed:\n{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let expected = serde_json::json!({
+        "info": ["a", "30s", "release", "proc-node"],
+        "list": ["a", "b"],
+        "node": ["a", "b"],
+        "acquire_a": true,
+        "acquire_b": false,
+        "holder_is_a": true,
+        "lock_index": 1,
+        "renew": true,
+        "release_a": true,
+        "acquire_b_after": true,
+        "deleted_with_b": null,
+        "info_after_destroy": null,
+        "txn_ok": ["txn/x", "txn/y", "txn/x"],
+        "txn_conflict": "ClientError",
+        "after_rollback": ["txn/x", "txn/y"],
+    });
+    assert_eq!(v, expected);
+}
+
+#[test]
 fn validate_names_file_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.json");
