@@ -5,7 +5,6 @@
 //! renders the answer in Consul's JSON shapes (`json`) with Consul's headers. Errors
 //! become Consul's status codes and texts (`ApiError`).
 
-mod admission;
 pub(crate) mod agent;
 pub(crate) mod catalog;
 mod coordinate;

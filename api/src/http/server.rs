@@ -13,11 +13,12 @@
 //!               held-query pool for the wait (refused → 429, closed), and taken back after
 //! ```
 //!
-//! Both pools share out their places by the rule of [`admission`](super::admission):
-//! when one is full, a newcomer takes a place from the address holding the most, so a
-//! few addresses cannot lock out another. Evicting a connection closes it (an idle one
-//! first); evicting a held blocking query answers it at once with the current result, as
-//! if its wait were over — clients of blocking queries handle early answers already.
+//! Both pools share out their places by the rule of [`lan::fair`]: when one is full, a
+//! newcomer takes a place from the address holding the most, so a few addresses cannot
+//! lock out another. Evicting a connection closes it (an idle one first: a connection is
+//! busy while it serves a request); evicting a held blocking query answers it at once
+//! with the current result, as if its wait were over — clients of blocking queries
+//! handle early answers already.
 //!
 //! Held blocking queries do not count against connections: a client waiting on
 //! thousands of them leaves every connection place to ordinary requests. Both pools are
@@ -41,6 +42,7 @@ use hyper::body::Incoming;
 use hyper::service::Service as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use lan::fair::{Refusal, Seat, Seated, Seats};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -48,7 +50,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Params;
-use super::admission::{PlaceId, Pool, Refusal};
 use super::deadline::{BodyDeadline, WriteDeadline};
 use crate::Context;
 
@@ -58,7 +59,7 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Most HTTP connections served at once by default (`limits.http_max_connections`), not
 /// counting those holding a blocking query. When all are taken, a new client takes the
 /// place of a connection of the address holding the most, or is answered 429 and closed
-/// when it holds as many as anyone (see [`admission`](super::admission)).
+/// when no address holds more than one more than its own (see [`lan::fair`]).
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Most connections open at once from one client address by default (Consul's
 /// `limits.http_max_conns_per_client`); more are answered 429 and closed.
@@ -80,7 +81,7 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Blocking queries held at once by default, over all clients
 /// (`limits.http_max_blocking_queries`). When all are held, a new one takes the place of
 /// the oldest of the address holding the most (which is answered at once), or is
-/// answered 429 when its address holds as many as anyone.
+/// answered 429 when no address holds more than one more than its own.
 pub const MAX_BLOCKING_QUERIES: usize = 4096;
 /// Blocking queries held at once for one client address by default
 /// (`limits.http_max_blocking_queries_per_client`); more are answered 429. Consul counts
@@ -156,12 +157,12 @@ pub async fn start(
         connections: Places::new(
             "connection",
             "limits.http_max_conns_per_client",
-            Pool::new(limits.max_connections, limits.max_conns_per_client),
+            Seats::new(limits.max_connections, limits.max_conns_per_client),
         ),
         blocking: Places::new(
             "blocking query",
             "limits.http_max_blocking_queries_per_client",
-            Pool::new(
+            Seats::new(
                 limits.max_blocking_queries,
                 limits.max_blocking_queries_per_client,
             ),
@@ -207,63 +208,54 @@ struct Shared {
     limits: Arc<HttpLimits>,
 }
 
-/// A handle to a [`Pool`] whose places carry the token that ends what holds them.
+/// A pool of [`Seats`], with its refusals and evictions logged.
 #[derive(Clone)]
 struct Places {
     /// `connection` or `blocking query`, for logs.
     kind: &'static str,
     /// The config key of the per-client bound, for logs.
     per_client_key: &'static str,
-    pool: Arc<Mutex<Pool<CancellationToken>>>,
+    seats: Arc<Seats>,
     /// Evictions and refusals are logged once per address per interval.
     log: Arc<Mutex<PeerLog>>,
 }
 
 impl Places {
-    fn new(
-        kind: &'static str,
-        per_client_key: &'static str,
-        pool: Pool<CancellationToken>,
-    ) -> Places {
+    fn new(kind: &'static str, per_client_key: &'static str, seats: Arc<Seats>) -> Places {
         Places {
             kind,
             per_client_key,
-            pool: Arc::new(Mutex::new(pool)),
+            seats,
             log: Arc::new(Mutex::new(PeerLog::default())),
         }
     }
 
     /// A place for `client`; `token` is cancelled if the place is later taken from it.
-    fn admit(&self, client: IpAddr, token: CancellationToken) -> Result<Place, Refusal> {
-        let admitted = self.pool.lock().expect("pool lock").admit(client, token);
-        let admitted = match admitted {
-            Ok(a) => a,
-            Err(Refusal::ClientFull) => {
+    fn admit(&self, client: IpAddr, token: CancellationToken) -> Result<Seat, Refusal> {
+        let Seated { seat, evicted } = match self.seats.admit(client, token) {
+            Ok(seated) => seated,
+            Err(why @ Refusal::ClientFull(_)) => {
                 self.warn(client, |kind, suppressed| {
                     tracing::warn!(peer = %client, kind, suppressed, limit = self.per_client_key,
                         "refused an http client: this address holds its share");
                 });
-                return Err(Refusal::ClientFull);
+                return Err(why);
             }
-            Err(Refusal::PoolFull) => {
+            Err(why @ Refusal::PoolFull) => {
                 self.warn(client, |kind, suppressed| {
                     tracing::warn!(peer = %client, kind, suppressed,
                         "refused an http client: every place is taken and this address holds as many as any other");
                 });
-                return Err(Refusal::PoolFull);
+                return Err(why);
             }
         };
-        if let Some((victim, token)) = admitted.evicted {
-            token.cancel();
+        if let Some(victim) = evicted {
             self.warn(victim, |kind, suppressed| {
                 tracing::warn!(peer = %victim, kind, suppressed,
                     "gave a place of this address to another: every place is taken and it holds the most");
             });
         }
-        Ok(Place {
-            pool: self.pool.clone(),
-            id: admitted.id,
-        })
+        Ok(seat)
     }
 
     /// Calls `log` with the kind of place and the number of events suppressed before,
@@ -277,24 +269,6 @@ impl Places {
         if let Some(suppressed) = suppressed {
             log(self.kind, suppressed);
         }
-    }
-}
-
-/// One place held in a pool; given back when dropped.
-struct Place {
-    pool: Arc<Mutex<Pool<CancellationToken>>>,
-    id: PlaceId,
-}
-
-impl Place {
-    fn set_busy(&self, busy: bool) {
-        self.pool.lock().expect("pool lock").set_busy(self.id, busy);
-    }
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        self.pool.lock().expect("pool lock").release(self.id);
     }
 }
 
@@ -321,7 +295,7 @@ async fn serve(
         };
         let evicted = CancellationToken::new();
         match shared.connections.admit(peer.ip(), evicted.clone()) {
-            Ok(place) => {
+            Ok(seat) => {
                 tasks.spawn(serve_connection(
                     stream,
                     peer,
@@ -329,7 +303,7 @@ async fn serve(
                     Connection {
                         peer: peer.ip(),
                         evicted,
-                        place: Mutex::new(place),
+                        place: Mutex::new(seat),
                         shared: shared.clone(),
                     },
                     shutdown.clone(),
@@ -362,7 +336,7 @@ struct Connection {
     evicted: CancellationToken,
     /// The place this connection holds: in the connection pool, or in the held-query
     /// pool while it holds a blocking query.
-    place: Mutex<Place>,
+    place: Mutex<Seat>,
     shared: Shared,
 }
 
@@ -371,9 +345,9 @@ impl Connection {
         self.place.lock().expect("place lock").set_busy(busy);
     }
 
-    /// Holds `place` instead of the one held so far, which is given back.
-    fn hold(&self, place: Place) {
-        let old = std::mem::replace(&mut *self.place.lock().expect("place lock"), place);
+    /// Holds `seat` instead of the one held so far, which is given back.
+    fn hold(&self, seat: Seat) {
+        let old = std::mem::replace(&mut *self.place.lock().expect("place lock"), seat);
         drop(old);
     }
 }

@@ -20,11 +20,12 @@
 //! - [`swim`]: the SWIM engine, sans-IO: members, probes, suspicion, dissemination, push-pull
 //!   state, network coordinates, the packet codec.
 //! - [`transport`]: running a pool over a network. Its files: `pool` (the driver task that
-//!   owns the engine, the clock and the keyring; the [`Pool`] handle; stream exchanges;
-//!   keyring operations across the pool), `encryption` (the keyring in use: sealing,
-//!   opening, applying a keyring operation), `link` ([`Link`] and [`Inbound`], what every
-//!   link implements and hands what it receives to) and `udp_tcp` (the LAN pool's link on
-//!   the serf LAN port).
+//!   owns the engine, the clock and the keyring; the [`Pool`] handle), `exchange` (stream
+//!   exchanges: push-pull, joining, answering a request), `keyring_ops` (keyring
+//!   operations across the pool), `encryption` (the keyring in use: sealing, opening,
+//!   applying a keyring operation), `link` ([`Link`] and [`Inbound`], what every link
+//!   implements and hands what it receives to) and `udp_tcp` (the LAN pool's link on the
+//!   serf LAN port).
 //! - [`stream`]: the frames of a stream exchange, read without trusting the sender.
 //! - [`keyring`]: keys, the keyring file, sealing and opening bytes.
 //! - [`quota`]: per-peer shares of a bound, and memory budgets.

@@ -417,9 +417,10 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(20);
 
 /// Accepts connections on the server port until `shutdown`, each holding a fair place
 /// ([`crate::fair::Seats`]): at most `max_conns_per_client` from one IP address, and
-/// when all are taken a newcomer takes a place of the address holding the most. Each
-/// connection then proves what it can ([`secure::accept`]); refusals are logged with the
-/// peer, once per peer per interval.
+/// when all are taken a newcomer takes the oldest place of the address holding the most,
+/// provided that address keeps at least as many as the newcomer. Each connection then
+/// proves what it can ([`secure::accept`]); refusals are logged with the peer, once per
+/// peer per interval.
 pub(crate) async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
@@ -428,7 +429,7 @@ pub(crate) async fn serve<H: Handler>(
     shutdown: CancellationToken,
 ) {
     let log = Arc::new(std::sync::Mutex::new(gossip::PeerLog::default()));
-    let seats = crate::fair::Seats::new(port.max_connections);
+    let seats = crate::fair::Seats::new(port.max_connections, port.max_conns_per_client);
     let budget = FrameBudget::new(
         frame::UNPROVEN_FRAME_BYTES,
         frame::UNPROVEN_FRAME_BYTES_PER_PEER,
@@ -446,8 +447,8 @@ pub(crate) async fn serve<H: Handler>(
                 }
             },
         };
-        let seat = match seats.admit(peer.ip(), port.max_conns_per_client) {
-            Ok(seat) => seat,
+        let seat = match seats.admit(peer.ip(), CancellationToken::new()) {
+            Ok(seated) => seated.seat,
             Err(why) => {
                 refused(&log, peer, "server RPC connection", &why);
                 continue;

@@ -28,7 +28,8 @@ use tokio::sync::mpsc;
 use crate::quota::{PerAddr, Share};
 use crate::stream::{self, Expect, FrameError};
 
-use super::pool::{Command, JoinError, Shared, answer_request};
+use super::exchange::{JoinError, answer_request};
+use super::pool::{Command, Shared};
 
 /// Budget of one stream exchange (connect, send, answer), and of serving one.
 pub const STREAM_TIMEOUT: Duration = Duration::from_secs(10);

@@ -12,12 +12,16 @@
 //!                                            Pool (handle)
 //! ```
 //!
-//! Four parts, each in its own file:
+//! Six parts, each in its own file:
 //!
 //! - `pool`: the driver, the task that owns the engine, the clock and the keyring, and its
-//!   handle [`Pool`]: [`PoolConfig`], the commands the handle sends, the member events it
-//!   publishes, the stream exchanges (push-pull, keyring requests, and the answers to
-//!   them), keyring operations across the pool ([`KeyringReport`]).
+//!   handle [`Pool`]: [`PoolConfig`], the commands the handle sends, the packets it opens,
+//!   the member events it publishes.
+//! - `exchange`: stream exchanges, one request and one answer on a stream of their own:
+//!   sending one and reading its answer (push-pull), answering a received request,
+//!   joining through an address ([`Pool::join_one`], [`resolve`], [`JoinError`]).
+//! - `keyring_ops`: keyring operations across the pool ([`Pool::keyring`],
+//!   [`KeyringReport`]): asking every live member, and answering a member that asks.
 //! - `encryption`: the keyring in use and the `encrypt_verify_*` settings ([`Encryption`]
 //!   configures them): sealing and opening packets and stream frames, and applying a
 //!   [`KeyOperation`] to this member's keyring.
@@ -33,6 +37,8 @@
 //! the crate root too.
 
 mod encryption;
+mod exchange;
+mod keyring_ops;
 mod link;
 mod pool;
 #[cfg(test)]
@@ -40,13 +46,12 @@ mod support;
 mod udp_tcp;
 
 pub use encryption::{Encryption, KeyOperation};
+pub use exchange::{JoinError, resolve};
+pub use keyring_ops::{KEYRING_FANOUT, KEYRING_MEMBER_TIMEOUT, KeyringReport};
 pub use link::{
     Exchange, Inbound, Link, PACKET_QUEUE, PACKET_QUEUE_PER_PEER, Reply, STREAM_TIMEOUT,
 };
-pub use pool::{
-    Coordinates, JoinError, KEYRING_FANOUT, KEYRING_MEMBER_TIMEOUT, KeyringReport,
-    LEAVE_PROPAGATE_TIMEOUT, MAX_OUTBOUND_STREAMS, Pool, PoolConfig, resolve,
-};
+pub use pool::{Coordinates, LEAVE_PROPAGATE_TIMEOUT, MAX_OUTBOUND_STREAMS, Pool, PoolConfig};
 pub use udp_tcp::{MAX_INBOUND_STREAMS, MAX_INBOUND_STREAMS_PER_PEER, MAX_WAITING_STREAMS};
 
 // What the rest of the crate uses: stream frames are refused for the same reasons as

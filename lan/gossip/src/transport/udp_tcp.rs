@@ -25,8 +25,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::quota::{PerIp, Share};
 
+use super::exchange::JoinError;
 use super::link::{Exchange, Inbound, Link, Reply, STREAM_TIMEOUT};
-use super::pool::{JoinError, Pool, PoolConfig};
+use super::pool::{Pool, PoolConfig};
 
 /// Streams served at once (incoming push-pulls and keyring requests); more wait in the
 /// kernel's backlog.
