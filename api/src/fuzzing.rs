@@ -8,7 +8,7 @@ use gateway::Gateway;
 use tokio_util::task::TaskTracker;
 
 use crate::dns::{DnsConfig, Server, Transport};
-use crate::http::{ApiError, Params, agent, catalog, keyring, query, snapshot};
+use crate::http::{ApiError, Params, agent, catalog, keyring, query, session, snapshot, txn};
 
 /// A write endpoint whose body is parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,11 +31,15 @@ pub enum Endpoint {
     KeyringKey,
     /// `PUT /v1/snapshot` (a restore).
     SnapshotRestore,
+    /// `PUT /v1/txn`.
+    Txn,
+    /// `PUT /v1/session/create`.
+    SessionCreate,
 }
 
 impl Endpoint {
     /// Every endpoint with a body to parse.
-    pub const ALL: [Endpoint; 9] = [
+    pub const ALL: [Endpoint; 11] = [
         Endpoint::CatalogRegister,
         Endpoint::CatalogDeregister,
         Endpoint::AgentServiceRegister,
@@ -45,7 +49,20 @@ impl Endpoint {
         Endpoint::QueryUpdate,
         Endpoint::KeyringKey,
         Endpoint::SnapshotRestore,
+        Endpoint::Txn,
+        Endpoint::SessionCreate,
     ];
+
+    /// The statuses a refused body may get: 400, and where Consul answers otherwise,
+    /// Consul's (413 for a transaction over its limits, 500 for a session setting Consul
+    /// refuses that way).
+    pub fn refusal_statuses(self) -> &'static [u16] {
+        match self {
+            Endpoint::Txn => &[400, 413],
+            Endpoint::SessionCreate => &[400, 500],
+            _ => &[400],
+        }
+    }
 }
 
 /// A body the endpoint accepted.
@@ -110,6 +127,10 @@ pub fn http_body(endpoint: Endpoint, body: &[u8]) -> Result<Accepted, Refused> {
             None
         }
         Endpoint::SnapshotRestore => Some(snapshot::restore_command(body)?),
+        Endpoint::Txn => txn::command(body, ::catalog::KV_MAX_VALUE_SIZE)?,
+        Endpoint::SessionCreate => Some(Command::Session(::catalog::SessionWrite::Create(
+            Box::new(session::parse_session(body, "fuzz-node")?),
+        ))),
         Endpoint::QueryCreate | Endpoint::QueryUpdate => {
             let mut definition = query::definition(body)?;
             definition.id = QUERY_ID.into();
@@ -122,8 +143,15 @@ pub fn http_body(endpoint: Endpoint, body: &[u8]) -> Result<Accepted, Refused> {
     let log_round_trips = match &command {
         None => true,
         Some(command) => {
-            let mut state = State::new();
-            let _ = state.apply(1, command);
+            let mut state = seeded();
+            let before = state.to_snapshot();
+            match state.apply(1000, command) {
+                // A transaction that fails, or a command refused, changes nothing.
+                Ok(::catalog::Applied::Txn(::catalog::TxnOutcome::Failed(_))) | Err(_) => {
+                    assert_eq!(state.to_snapshot(), before, "a refused change left a trace");
+                }
+                Ok(_) => {}
+            }
             if let Command::Restore(_) = command {
                 read_everything(&state);
             }
@@ -135,6 +163,60 @@ pub fn http_body(endpoint: Endpoint, body: &[u8]) -> Result<Accepted, Refused> {
         command,
         log_round_trips,
     })
+}
+
+/// A catalog with a node, a session and a few keys (one locked), for the KV commands to
+/// work on.
+fn seeded() -> State {
+    use ::catalog::{Behavior, KvWrite, Node, Registration, Session, SessionWrite};
+    let mut state = State::new();
+    let node = Registration {
+        node: Node {
+            name: "fuzz-node".into(),
+            address: "10.0.0.1".into(),
+            ..Node::default()
+        },
+        skip_node_update: false,
+        service: None,
+        checks: vec![],
+    };
+    let session = Session {
+        id: "s1".into(),
+        name: String::new(),
+        node: "fuzz-node".into(),
+        lock_delay: std::time::Duration::ZERO,
+        behavior: Behavior::Release,
+        ttl: String::new(),
+        node_checks: vec![],
+        service_checks: vec![],
+        create_index: 0,
+        modify_index: 0,
+        renewals: 0,
+    };
+    let mut commands = vec![
+        Command::Register(node),
+        Command::Session(SessionWrite::Create(Box::new(session))),
+    ];
+    for key in ["a", "a/b", "b"] {
+        commands.push(Command::Kv(KvWrite::Set {
+            key: key.into(),
+            value: b"v".to_vec(),
+            flags: 0,
+            cas: None,
+        }));
+    }
+    commands.push(Command::Kv(KvWrite::Acquire {
+        key: "lock".into(),
+        value: Vec::new(),
+        flags: 0,
+        session: "s1".into(),
+    }));
+    for (i, command) in commands.iter().enumerate() {
+        state
+            .apply(i as u64 + 1, command)
+            .expect("the seed applies");
+    }
+    state
 }
 
 /// Reads `state` with every kind of query, naming each node and service it holds, and
@@ -291,16 +373,21 @@ mod tests {
     }
 
     /// What must hold of any body at any endpoint: a refusal is the client's fault
-    /// (400), and an accepted change survives the Raft log.
+    /// (400, or Consul's status where it differs), and an accepted change survives the
+    /// Raft log.
     fn check(body: &[u8]) -> Result<(), TestCaseError> {
         for (endpoint, outcome) in Endpoint::ALL.iter().zip(all(body)) {
             match outcome {
                 Ok(accepted) => {
                     prop_assert!(accepted.log_round_trips, "{:?}: {:?}", endpoint, accepted)
                 }
-                Err(refused) => {
-                    prop_assert_eq!(refused.status, 400, "{:?}: {}", endpoint, refused.message)
-                }
+                Err(refused) => prop_assert!(
+                    endpoint.refusal_statuses().contains(&refused.status),
+                    "{:?}: {} {}",
+                    endpoint,
+                    refused.status,
+                    refused.message
+                ),
             }
         }
         Ok(())
@@ -358,6 +445,16 @@ mod tests {
         "check",
         "service_id",
         "enable_tag_override",
+        "KV",
+        "Verb",
+        "Key",
+        "Value",
+        "Flags",
+        "Index",
+        "LockDelay",
+        "Behavior",
+        "NodeChecks",
+        "ServiceChecks",
     ];
 
     /// JSON values of every type, nested, with the keys the endpoints look for.
@@ -374,6 +471,11 @@ mod tests {
                 Just("10s".to_string()),
                 Just("-1s".to_string()),
                 Just("web".to_string()),
+                Just("set".to_string()),
+                Just("lock".to_string()),
+                Just("delete-tree".to_string()),
+                Just("s1".to_string()),
+                Just("YQ==".to_string()),
                 Just("127.0.0.1".to_string()),
                 "\\PC{0,16}",
             ]
@@ -422,8 +524,17 @@ mod tests {
             b"\"x\"",
             b"{\"Node\": 1}",
         ] {
-            for outcome in all(body) {
-                assert_eq!(outcome.unwrap_err().status, 400, "{body:?}");
+            for (endpoint, outcome) in Endpoint::ALL.iter().zip(all(body)) {
+                // A session needs no body, and a transaction may hold no operation.
+                let fine = matches!(
+                    (endpoint, body),
+                    (Endpoint::SessionCreate, b"" | b"  ") | (Endpoint::Txn, b"[]")
+                );
+                if fine {
+                    assert!(outcome.is_ok(), "{endpoint:?} {body:?}");
+                } else {
+                    assert_eq!(outcome.unwrap_err().status, 400, "{endpoint:?} {body:?}");
+                }
             }
         }
     }
@@ -585,6 +696,36 @@ mod tests {
                 mutate(&mut file, kind, at, choice);
             }
             check(file.to_string().as_bytes())?;
+        }
+
+        #[test]
+        fn transactions_of_random_operations_apply_whole_or_leave_no_trace(
+            ops in proptest::collection::vec(
+                (
+                    proptest::sample::select(&[
+                        "set", "cas", "lock", "unlock", "get", "get-tree", "check-index",
+                        "check-session", "check-not-exists", "delete", "delete-tree",
+                        "delete-cas", "nope",
+                    ][..]),
+                    proptest::sample::select(&["", "a", "a/b", "b", "lock", "new"][..]),
+                    0u64..8,
+                    proptest::sample::select(&["", "s1", "s2"][..]),
+                    any::<bool>(),
+                ),
+                0..8,
+            ),
+        ) {
+            let body: Vec<Value> = ops
+                .iter()
+                .map(|(verb, key, index, session, with_value)| {
+                    let mut kv = json!({"Verb": verb, "Key": key, "Index": index, "Session": session});
+                    if *with_value {
+                        kv["Value"] = json!("dg==");
+                    }
+                    json!({"KV": kv})
+                })
+                .collect();
+            check(&serde_json::to_vec(&body).unwrap())?;
         }
 
         #[test]

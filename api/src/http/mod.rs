@@ -15,10 +15,10 @@ pub(crate) mod keyring;
 mod kv;
 pub(crate) mod query;
 mod server;
-mod session;
+pub(crate) mod session;
 pub(crate) mod snapshot;
 mod status;
-mod txn;
+pub(crate) mod txn;
 
 use std::time::Duration;
 

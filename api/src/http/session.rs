@@ -149,7 +149,7 @@ fn needed(value: String, missing: &str) -> Result<String, ApiError> {
 
 /// A session from a create request's body (every field optional, names in any case, as
 /// Go's decoder takes them), owned by `agent_node` unless it names a node.
-fn parse_session(body: &[u8], agent_node: &str) -> Result<Session, ApiError> {
+pub(crate) fn parse_session(body: &[u8], agent_node: &str) -> Result<Session, ApiError> {
     let value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Default::default())
     } else {

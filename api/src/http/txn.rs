@@ -89,6 +89,16 @@ pub(crate) async fn apply(
     }
 }
 
+/// The command a transaction body makes (`None` for one with unknown verbs, which is
+/// answered 409 without a write), for the fuzz targets.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn command(body: &[u8], max_value: usize) -> Result<Option<Command>, ApiError> {
+    Ok(match parse_ops(body, max_value)? {
+        Parsed::Ops(ops) => Some(Command::Txn(ops)),
+        Parsed::Unknown(_) => None,
+    })
+}
+
 /// What a body holds: operations, or verbs no one knows (each an error, as Consul
 /// reports them).
 enum Parsed {
