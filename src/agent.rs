@@ -517,6 +517,7 @@ fn lan_config(
         rpc_max_conns_per_client: config.rpc_max_conns_per_client,
         version: crate::VERSION.to_owned(),
         sync_interval: config.ae_interval,
+        kv_replication: config.kv_replication.clone(),
     }
 }
 
@@ -553,9 +554,14 @@ fn api_context(
     reload: mpsc::Sender<api::ReloadRequest>,
     life: &Lifecycle,
 ) -> api::Context {
+    // A server copies another datacenter's keys whenever it leads.
+    let kv_replication = config.kv_replication.clone().map(|r| {
+        gateway::start_kv_replication(gateway.clone(), r, &life.tasks, life.core.child_token())
+    });
     api::Context {
         gateway: gateway.clone(),
         lan: lan.clone(),
+        kv_replication,
         agent: Arc::new(api::AgentInfo {
             node_name: config.node_name.clone(),
             node_id: identity.node_id.clone(),

@@ -83,4 +83,6 @@ pub struct Context {
     pub control: Control,
     /// Cancelled when the agent stops; blocking queries return at once.
     pub shutdown: CancellationToken,
+    /// Where KV replication from another datacenter stands, when configured.
+    pub kv_replication: Option<Arc<gateway::KvReplicationStatus>>,
 }

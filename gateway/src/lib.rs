@@ -29,12 +29,14 @@
 mod load;
 mod prepared;
 mod remote;
+mod replication;
 
 pub use load::{
     CachePolicy, CacheStatus, Caps, MAX_BLOCKING_IN_FLIGHT, MAX_CACHED_ITEMS, MAX_ENTRIES,
     MAX_ENTRY_AGE, MAX_READS_IN_FLIGHT, UNKNOWN_DC_TTL,
 };
 pub use prepared::{Executed, MIN_FAILOVER_ATTEMPT};
+pub use replication::{KvReplicationStatus, PrefixStatus, start as start_kv_replication};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -61,8 +61,8 @@ use tokio_util::task::TaskTracker;
 
 pub use autopilot::DEAD_SERVER_GRACE;
 use catalog::{
-    Answer, Command, Datacenter, Node, Query, QueryResult, RaftStatus, ReadError, ReadOptions,
-    ServerNode, WriteError, Written, remaining_ms,
+    Answer, Command, Datacenter, KvReplication, Node, Query, QueryResult, RaftStatus, ReadError,
+    ReadOptions, ServerNode, WriteError, Written, remaining_ms,
 };
 pub use checks::{CHECK_OUTPUT_LIMIT, CheckKind};
 use gossip::{
@@ -129,6 +129,9 @@ pub struct Config {
     /// Time between full anti-entropy passes before the spread for the pool's size
     /// ([`SYNC_INTERVAL`], Consul's `ae_interval`).
     pub sync_interval: Duration,
+    /// Keys this datacenter copies from another one (a server refuses other writes to
+    /// them while it leads).
+    pub kv_replication: Option<Arc<KvReplication>>,
 }
 
 /// The datacenter could not be started.
@@ -341,6 +344,7 @@ impl Lan {
                     catalog,
                     pool.clone(),
                     rpc.clone(),
+                    config.kv_replication.clone(),
                 )))
             }
             _ => Role::Client {
@@ -681,6 +685,11 @@ impl Lan {
                 other => Err(ReadError::Rpc(server::unexpected(other))),
             },
         }
+    }
+
+    /// Whether this agent is the leader of its datacenter right now.
+    pub fn is_leader(&self) -> bool {
+        self.consensus().is_some_and(raft::Consensus::is_leader)
     }
 
     fn consensus(&self) -> Option<&raft::Consensus> {

@@ -227,6 +227,8 @@ pub struct AgentConfig {
     /// such setting: not read from config files; a program embedding the agent may
     /// change it).
     pub remote_read_caps: gateway::Caps,
+    /// Keys this datacenter copies from another one (`kv_replication`, servers only).
+    pub kv_replication: Option<std::sync::Arc<catalog::KvReplication>>,
     /// Server port connections open at once from one IP address
     /// (`limits.rpc_max_conns_per_client`; `usize::MAX` for no limit).
     pub rpc_max_conns_per_client: usize,
@@ -1016,6 +1018,50 @@ fn check_storage(m: &RawConfig, dev: bool, problems: &mut Vec<Problem>) {
     }
 }
 
+/// The `kv_replication` block, checked: a server's, naming another datacenter and at
+/// least one prefix.
+fn kv_replication(
+    m: &RawConfig,
+    server: bool,
+    problems: &mut Vec<Problem>,
+) -> Option<std::sync::Arc<catalog::KvReplication>> {
+    let r = m.kv_replication.as_ref()?;
+    let mut fail = |key: &str, what: String| {
+        problems.push(problem(None, &format!("kv_replication.{key}"), &what));
+        None
+    };
+    if !server {
+        return fail(
+            "source_datacenter",
+            "KV replication runs on servers; a client agent's writes go to its servers, which refuse writes to the copied keys".into(),
+        );
+    }
+    let source = r.source_datacenter.clone().unwrap_or_default();
+    if let Err(e) = Datacenter::new(&source) {
+        return fail("source_datacenter", e.to_string());
+    }
+    let own = m
+        .datacenter
+        .as_deref()
+        .unwrap_or("dc1")
+        .to_ascii_lowercase();
+    if source == own {
+        return fail(
+            "source_datacenter",
+            format!("must be another datacenter than this one ({own})"),
+        );
+    }
+    let prefixes = r.prefixes.clone().unwrap_or_default();
+    if prefixes.is_empty() {
+        return fail("prefixes", "name at least one prefix to copy".into());
+    }
+    Some(std::sync::Arc::new(catalog::KvReplication {
+        source,
+        prefixes,
+        exclude: r.exclude.clone().unwrap_or_default(),
+    }))
+}
+
 /// A duration the layers' checks already parsed, or `None` when not set.
 fn checked_duration(value: &Option<String>) -> Option<Duration> {
     value
@@ -1226,6 +1272,7 @@ impl AgentConfig {
         let mut problems = Vec::new();
         let role = role(&m, sources.dev, &mut problems);
         check_storage(&m, sources.dev, &mut problems);
+        let kv_replication = kv_replication(&m, role.server, &mut problems);
         let enable_script_checks = m.enable_script_checks.unwrap_or(false);
         let enable_local_script_checks = m.enable_local_script_checks.unwrap_or(false);
         check_definitions(
@@ -1278,6 +1325,7 @@ impl AgentConfig {
             dns: dns_config(&m, &limits),
             http_limits: http_limits(&limits),
             remote_read_caps: gateway::Caps::default(),
+            kv_replication,
             rpc_max_conns_per_client: per_client(
                 limits.rpc_max_conns_per_client,
                 lan::DEFAULT_RPC_MAX_CONNS_PER_CLIENT,

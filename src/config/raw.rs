@@ -126,6 +126,16 @@ pub struct RawTls {
     pub internal_rpc: Option<RawTlsBlock>,
 }
 
+/// `kv_replication` (proconsul's own block, what consul-replicate does for Consul): copy
+/// another datacenter's keys under some prefixes.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawKvReplication {
+    pub source_datacenter: Option<String>,
+    pub prefixes: Option<Vec<String>>,
+    pub exclude: Option<Vec<String>>,
+}
+
 /// One configuration source.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -180,6 +190,7 @@ pub struct RawConfig {
     pub verify_incoming: Option<bool>,
     pub verify_outgoing: Option<bool>,
     pub verify_server_hostname: Option<bool>,
+    pub kv_replication: Option<RawKvReplication>,
 
     // Keys of Consul features this version does not have. They are accepted by the
     // parser only so that validation can say so plainly instead of "unknown key".
@@ -271,6 +282,10 @@ impl RawConfig {
             scalar(&mut ports.server, p.server);
         }
         list(&mut self.recursors, l.recursors);
+        // The last source that sets the block sets all of it.
+        if l.kv_replication.is_some() {
+            self.kv_replication = l.kv_replication;
+        }
         if let Some(x) = l.limits {
             let limits = self.limits.get_or_insert_with(RawLimits::default);
             scalar(

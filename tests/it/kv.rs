@@ -678,3 +678,174 @@ async fn a_transaction_applies_every_operation_or_none() {
     );
     m.agent.stop(false).await;
 }
+
+/// The keys under `prefix` in `m` with their values (and flags), read `?consistent`.
+async fn tree(m: &Member, prefix: &str) -> Vec<(String, String, u64)> {
+    let r = m.get(&format!("/v1/kv/{prefix}?recurse&consistent")).await;
+    if r.status == 404 {
+        return Vec::new();
+    }
+    assert_eq!(r.status, 200, "{}", r.body);
+    let list: Value = serde_json::from_str(&r.body).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let value = if e["Value"].is_null() {
+                String::new()
+            } else {
+                decode(&e["Value"])
+            };
+            (
+                e["Key"].as_str().unwrap().to_owned(),
+                value,
+                e["Flags"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// What dc2 should hold of dc1's `config/`: all but `config/local/`.
+fn copied(source: Vec<(String, String, u64)>) -> Vec<(String, String, u64)> {
+    source
+        .into_iter()
+        .filter(|(k, _, _)| !k.starts_with("config/local/"))
+        .collect()
+}
+
+async fn replicated_equal(a: &Member, b: &Member, what: &str) {
+    eventually(secs(60), what, || async {
+        let want = copied(tree(a, "config/").await);
+        let have: Vec<_> = tree(b, "config/")
+            .await
+            .into_iter()
+            .filter(|(k, _, _)| !k.starts_with("config/local/"))
+            .collect();
+        if want == have {
+            Ok(())
+        } else {
+            Err(format!("dc1 {want:?}\ndc2 {have:?}"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_replication_copies_a_prefix_through_loss_and_a_partition_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = wan::tls::create_ca("consul", 30).unwrap();
+    let a = Member::start(Spec {
+        proxied_wan: true,
+        ..server(
+            "a0",
+            "dc1",
+            1,
+            vec![],
+            tls_config(dir.path(), &ca, "a0", "dc1"),
+        )
+    })
+    .await;
+    let mut config: Value =
+        serde_json::from_str(&tls_config(dir.path(), &ca, "b0", "dc2")).unwrap();
+    config["kv_replication"] = json!({
+        "source_datacenter": "dc1",
+        "prefixes": ["config/"],
+        "exclude": ["config/local/"],
+    });
+    let b = Member::start(Spec {
+        join_wan: vec![a.wan_addr()],
+        proxied_wan: true,
+        ..server("b0", "dc2", 1, vec![], config.to_string())
+    })
+    .await;
+    leader_of(&[&a], 1).await;
+    leader_of(&[&b], 1).await;
+    for i in 0..10 {
+        assert_eq!(
+            put(&a, &format!("config/app/{i}?flags={i}"), &format!("v{i}")).await,
+            true
+        );
+    }
+    assert_eq!(put(&a, "config/local/dc1-only", "x").await, true);
+    assert_eq!(put(&a, "other/not-copied", "x").await, true);
+    // dc2's own keys under the excluded prefix are its own.
+    assert_eq!(put(&b, "config/local/dc2-only", "mine").await, true);
+    replicated_equal(&a, &b, "the first copy").await;
+    assert_eq!(entry(&b, "other/not-copied", "").await, None);
+    assert_eq!(entry(&b, "config/local/dc1-only", "").await, None);
+
+    // Writes to the copy are refused, in any form; nothing changes.
+    let r = b.call(Method::PUT, "/v1/kv/config/app/0", "mine").await;
+    assert_eq!(r.status, 500);
+    assert!(
+        r.body.contains("replicated from datacenter \"dc1\""),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        b.call(Method::DELETE, "/v1/kv/?recurse", "").await.status,
+        500
+    );
+    let r = b
+        .call(
+            Method::PUT,
+            "/v1/txn",
+            &json!([{"KV": {"Verb": "delete", "Key": "config/app/1"}}]).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    let status = b.json("/v1/operator/kv-replication").await;
+    assert_eq!(status["Enabled"], true);
+    assert_eq!(status["SourceDatacenter"], "dc1");
+    assert_eq!(status["Prefixes"][0]["Prefix"], "config/");
+    assert_eq!(status["Prefixes"][0]["Running"], true);
+    assert_eq!(status["Prefixes"][0]["Keys"], 10);
+    assert!(status["Prefixes"][0]["ReplicatedIndex"].as_u64().unwrap() > 0);
+    assert_eq!(
+        a.json("/v1/operator/kv-replication").await,
+        json!({"Enabled": false})
+    );
+
+    // 10% of WAN datagrams lost each way while dc1 changes and deletes keys.
+    for m in [&a, &b] {
+        m.wan_proxy.as_ref().unwrap().set_loss(0.1);
+    }
+    for i in 0..10 {
+        if i % 3 == 0 {
+            let r = a
+                .call(Method::DELETE, &format!("/v1/kv/config/app/{i}"), "")
+                .await;
+            assert_eq!(r.status, 200);
+        } else {
+            assert_eq!(
+                put(&a, &format!("config/app/{i}"), &format!("w{i}")).await,
+                true
+            );
+        }
+    }
+    replicated_equal(&a, &b, "the copy under loss").await;
+
+    // A 30 s partition: dc1 keeps changing; dc2 catches up after the heal.
+    a.wan_proxy.as_ref().unwrap().block([b.ip]);
+    b.wan_proxy.as_ref().unwrap().block([a.ip]);
+    for i in 10..20 {
+        assert_eq!(put(&a, &format!("config/new/{i}"), "during").await, true);
+    }
+    let r = a
+        .call(Method::DELETE, "/v1/kv/config/app/?recurse", "")
+        .await;
+    assert_eq!(r.status, 200);
+    tokio::time::sleep(secs(30)).await;
+    for m in [&a, &b] {
+        m.wan_proxy.as_ref().unwrap().heal();
+    }
+    replicated_equal(&a, &b, "the copy after the partition").await;
+    assert_eq!(
+        tree(&b, "config/local/").await,
+        [("config/local/dc2-only".to_owned(), "mine".to_owned(), 0)],
+        "nothing outside the copied keys changed"
+    );
+    assert_eq!(entry(&b, "other/not-copied", "").await, None);
+    a.agent.stop(false).await;
+    b.agent.stop(false).await;
+}

@@ -200,6 +200,25 @@ async fn write_and_answer(
     }
 }
 
+/// `GET /v1/operator/kv-replication`: where the copy of another datacenter's keys
+/// stands on this server (only the leader replicates; the others say `Running: false`).
+pub(crate) async fn replication(
+    State(ctx): State<Context>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(q.as_deref());
+    let body = match &ctx.kv_replication {
+        None => serde_json::json!({ "Enabled": false }),
+        Some(status) => serde_json::json!({
+            "Enabled": true,
+            "SourceDatacenter": status.config().source,
+            "Exclude": status.config().exclude,
+            "Prefixes": status.prefixes(),
+        }),
+    };
+    Ok(json(&body, params.pretty()))
+}
+
 /// The key as the path gave it, refused when it has a `.` or `..` segment.
 fn checked_key(key: String) -> Result<String, ApiError> {
     if key

@@ -557,6 +557,7 @@ pub(crate) fn router(ctx: Context, max_body_bytes: usize) -> Router {
         .route("/v1/session/node/{node}", get(session::node))
         .route("/v1/session/list", get(session::list))
         .route("/v1/txn", put(txn::apply))
+        .route("/v1/operator/kv-replication", get(kv::replication))
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
         .route(

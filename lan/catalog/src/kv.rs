@@ -172,6 +172,62 @@ pub enum KvAnswer {
     Keys(Vec<String>),
 }
 
+/// Which keys a datacenter copies from another one (KV replication): every key under one
+/// of `prefixes` and under none of `exclude`. Such keys are written only by the
+/// replicator; other writes to them are refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvReplication {
+    /// The datacenter the keys come from.
+    pub source: String,
+    /// The prefixes copied.
+    pub prefixes: Vec<String>,
+    /// Prefixes within those that are not.
+    pub exclude: Vec<String>,
+}
+
+impl KvReplication {
+    /// Whether `key` is copied from the source.
+    pub fn covers(&self, key: &str) -> bool {
+        self.prefixes.iter().any(|p| key.starts_with(p.as_str()))
+            && !self.exclude.iter().any(|x| key.starts_with(x.as_str()))
+    }
+
+    /// Whether deleting every key under `prefix` would touch a copied key.
+    fn tree_touches(&self, prefix: &str) -> bool {
+        self.covers(prefix)
+            || self.prefixes.iter().any(|p| {
+                p.starts_with(prefix) && !self.exclude.iter().any(|x| p.starts_with(x.as_str()))
+            })
+    }
+
+    /// Why `command` may not be applied here: it writes a copied key. Replication's own
+    /// writes ([`Command::KvReplicate`](crate::Command::KvReplicate)) are not asked about.
+    pub fn refusal(&self, command: &crate::Command) -> Option<String> {
+        let touched: Vec<(&str, bool)> = match command {
+            crate::Command::Kv(KvWrite::Reap { .. }) => Vec::new(),
+            crate::Command::Kv(KvWrite::DeleteTree { prefix }) => vec![(prefix, true)],
+            crate::Command::Kv(write) => vec![(write.key(), false)],
+            crate::Command::Txn(ops) => ops
+                .iter()
+                .filter(|op| !op.verb.reads_only())
+                .map(|op| (op.key.as_str(), op.verb == crate::TxnVerb::DeleteTree))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let key = touched.into_iter().find(|(key, tree)| {
+            if *tree {
+                self.tree_touches(key)
+            } else {
+                self.covers(key)
+            }
+        })?;
+        Some(format!(
+            "Key {:?} is replicated from datacenter {:?} and read-only here: write it in {}",
+            key.0, self.source, self.source
+        ))
+    }
+}
+
 /// The key/value table of the catalog.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Kv {

@@ -40,7 +40,9 @@ pub use contract::{
     Consistency, QueryResult, ReadError, ReadMeta, ReadOptions, SentReadOptions, WriteError,
     Written, deadline_in, remaining_ms,
 };
-pub use kv::{KV_MAX_VALUE_SIZE, KvAnswer, KvEntry, KvRead, KvRefusal, KvWrite, TOMBSTONE_TTL};
+pub use kv::{
+    KV_MAX_VALUE_SIZE, KvAnswer, KvEntry, KvRead, KvRefusal, KvReplication, KvWrite, TOMBSTONE_TTL,
+};
 pub use query::{Answer, Query};
 pub use sessions::{
     Behavior, DEFAULT_LOCK_DELAY, MAX_LOCK_DELAY, SESSION_TTL_MAX, SESSION_TTL_MIN, Session,

@@ -46,6 +46,10 @@ pub enum Command {
     Txn(Vec<TxnOp>),
     /// A change to the session table.
     Session(SessionWrite),
+    /// Keys copied from another datacenter by KV replication, in order: plain sets and
+    /// deletes. Only the replicator writes these; other writes to a replicated prefix
+    /// are refused by the leader.
+    KvReplicate(Vec<KvWrite>),
 }
 
 /// What an applied command produced besides its index.
@@ -370,6 +374,23 @@ impl State {
             Command::Kv(write) => self.apply_kv(index, write)?,
             Command::Txn(ops) => return Ok(Applied::Txn(self.apply_txn(index, ops)?)),
             Command::Session(write) => self.apply_session(index, write)?,
+            Command::KvReplicate(writes) => {
+                // Checked whole first, so that a refusal leaves nothing behind.
+                let plain = writes.iter().all(|w| match w {
+                    KvWrite::Set { key, cas: None, .. } | KvWrite::Delete { key, cas: None } => {
+                        !key.is_empty()
+                    }
+                    _ => false,
+                });
+                if !plain {
+                    return Err(ApplyError::Kv(
+                        "replication writes only sets and deletes of named keys".into(),
+                    ));
+                }
+                for write in writes {
+                    self.apply_kv(index, write)?;
+                }
+            }
         }
         Ok(Applied::Done)
     }

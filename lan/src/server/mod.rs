@@ -30,8 +30,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use catalog::{
-    Applied, Catalog, Command, Consistency, KvRefusal, KvWrite, Query, QueryResult, ReadError,
-    ReadOptions, TxnError, TxnOutcome, TxnVerb, WriteError, Written, deadline_in, remaining_ms,
+    Applied, ApplyError, Catalog, Command, Consistency, KvRefusal, KvReplication, KvWrite, Query,
+    QueryResult, ReadError, ReadOptions, TxnError, TxnOutcome, TxnVerb, WriteError, Written,
+    deadline_in, remaining_ms,
 };
 use gossip::{KeyOperation, KeyringReport, Member, Pool};
 
@@ -60,6 +61,8 @@ pub(crate) struct Server {
     catalog: Catalog,
     pool: Pool,
     rpc: rpc::Client,
+    /// Keys copied from another datacenter, which only the replicator writes.
+    replicated: Option<Arc<KvReplication>>,
 }
 
 impl Server {
@@ -68,12 +71,14 @@ impl Server {
         catalog: Catalog,
         pool: Pool,
         rpc: rpc::Client,
+        replicated: Option<Arc<KvReplication>>,
     ) -> Server {
         Server {
             consensus,
             catalog,
             pool,
             rpc,
+            replicated,
         }
     }
 
@@ -210,7 +215,11 @@ impl Server {
             deadline,
             forwarded,
             |consensus, command| {
-                let delayed = lock_delayed(&self.catalog, &command);
+                let replicated = self.replicated.as_ref().and_then(|r| r.refusal(&command));
+                let delayed = match replicated {
+                    Some(why) => Some(Err(WriteError::Rejected(ApplyError::Kv(why)))),
+                    None => lock_delayed(&self.catalog, &command),
+                };
                 async move {
                     match delayed {
                         Some(refused) => refused,
