@@ -201,32 +201,11 @@ const VALUE_FLAGS: &[&str] = &[
 /// Go's flag order for `kv` verbs: flags end at the first word that is neither a flag
 /// nor a flag's value (`-` included), or at `--`. A `--` is put before that word, so
 /// that what follows is taken as arguments, even words that begin with `-`.
-pub fn go_flag_order(mut args: Vec<OsString>) -> Vec<OsString> {
+pub fn go_flag_order(args: Vec<OsString>) -> Vec<OsString> {
     if args.len() < 3 || args[1] != "kv" {
         return args;
     }
-    let mut i = 3;
-    while i < args.len() {
-        let Some(word) = args[i].to_str() else {
-            break;
-        };
-        if word == "--" {
-            return args;
-        }
-        let Some(flag) = word.strip_prefix('-').filter(|f| !f.is_empty()) else {
-            break;
-        };
-        let flag = flag.strip_prefix('-').unwrap_or(flag);
-        i += if !flag.contains('=') && VALUE_FLAGS.contains(&flag) {
-            2
-        } else {
-            1
-        };
-    }
-    if i < args.len() {
-        args.insert(i, OsString::from("--"));
-    }
-    args
+    super::end_go_flags(args, 3, VALUE_FLAGS)
 }
 
 /// An unsigned number as Go's flag package reads one: decimal, `0x…`, `0o…`, `0b…`, or
@@ -275,7 +254,7 @@ fn info(line: &[u8]) {
 }
 
 /// A failed request as Consul's CLI words it.
-fn api_error(e: &ClientError) -> String {
+pub(super) fn api_error(e: &ClientError) -> String {
     match e {
         ClientError::Http { status, message } => {
             format!("Unexpected response code: {status} ({message})")
@@ -802,7 +781,7 @@ fn import_key(prefix: &str, key: &str) -> String {
 }
 
 /// Go's `path.Clean`.
-fn go_clean(path: &str) -> String {
+pub(super) fn go_clean(path: &str) -> String {
     let rooted = path.starts_with('/');
     let mut parts: Vec<&str> = Vec::new();
     for segment in path.split('/') {

@@ -15,6 +15,7 @@ mod agent;
 mod catalog;
 mod gossip;
 mod kv;
+mod lock;
 mod members;
 mod operator;
 mod rtt;
@@ -55,6 +56,8 @@ pub enum Command {
         #[command(subcommand)]
         command: kv::KvCommand,
     },
+    /// Executes a command holding a lock (or a semaphore slot)
+    Lock(Box<lock::LockArgs>),
     /// Runs cluster operations
     Operator {
         #[command(subcommand)]
@@ -154,9 +157,38 @@ pub fn normalize(args: Vec<OsString>) -> Vec<OsString> {
     out
 }
 
+/// Go's flag order for a verb whose flags start at `args[start]`: flags end at the first
+/// word that is neither a flag nor the value of one of `value_flags` (`-` included), or
+/// at `--`. A `--` is put before that word, so that what follows is taken as arguments,
+/// even words that begin with `-`.
+pub fn end_go_flags(mut args: Vec<OsString>, start: usize, value_flags: &[&str]) -> Vec<OsString> {
+    let mut i = start;
+    while i < args.len() {
+        let Some(word) = args[i].to_str() else {
+            break;
+        };
+        if word == "--" {
+            return args;
+        }
+        let Some(flag) = word.strip_prefix('-').filter(|f| !f.is_empty()) else {
+            break;
+        };
+        let flag = flag.strip_prefix('-').unwrap_or(flag);
+        i += if !flag.contains('=') && value_flags.contains(&flag) {
+            2
+        } else {
+            1
+        };
+    }
+    if i < args.len() {
+        args.insert(i, OsString::from("--"));
+    }
+    args
+}
+
 /// Runs the command line; returns the process exit code.
 pub fn run(args: Vec<OsString>) -> ExitCode {
-    let cli = match Cli::try_parse_from(normalize(kv::go_flag_order(args))) {
+    let cli = match Cli::try_parse_from(normalize(lock::go_flag_order(kv::go_flag_order(args)))) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -179,6 +211,7 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
         Command::Rtt(args) => client_command(|| rtt::run(args)),
         Command::Catalog { command } => client_command(|| catalog::run(command)),
         Command::Kv { command } => client_command(|| kv::run(command)),
+        Command::Lock(args) => client_command(|| lock::run(*args)),
         Command::Join(args) => client_command(|| gossip::join(args)),
         Command::ForceLeave(args) => client_command(|| gossip::force_leave(args)),
         Command::Keygen => gossip::keygen(),

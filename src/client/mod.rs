@@ -51,6 +51,9 @@
 //! [`AgentClient::kv_put`] and [`AgentClient::kv_delete`] (both with an optional
 //! check-and-set index; `Ok(false)` when it did not hold) and
 //! [`AgentClient::kv_delete_tree`]. Values are bytes ([`KvPair::value`]), any bytes.
+//! Locks are taken and given back with [`AgentClient::kv_lock`] for a session, which
+//! [`AgentClient::session_create`] makes, [`AgentClient::session_renew`] keeps alive and
+//! [`AgentClient::session_destroy`] ends.
 //!
 //! Every request is bounded by [`http::REQUEST_TIMEOUT`]; blocking queries therefore
 //! wait at most [`MAX_WAIT`]. The raw client, [`Client`] (from [`http`]), stays available
@@ -608,6 +611,66 @@ impl AgentClient {
         Ok(())
     }
 
+    /// Creates a session in datacenter `dc` (`PUT /v1/session/create`); returns its ID.
+    pub async fn session_create(
+        &self,
+        session: &SessionRequest,
+        dc: Option<&str>,
+    ) -> Result<String, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Created {
+            #[serde(rename = "ID")]
+            id: String,
+        }
+        let mut query = QueryString::new("/v1/session/create".into());
+        if let Some(dc) = dc {
+            query.pair("dc", dc);
+        }
+        let path = query.finish();
+        // A struct of strings always serialises.
+        let body = serde_json::to_string(session).expect("a session request serialises");
+        let r = self.send(Method::PUT, &path, Some(body)).await?;
+        let created: Created = decode(&path, &r.body)?;
+        Ok(created.id)
+    }
+
+    /// Renews session `id`'s TTL (`PUT /v1/session/renew/:id`); `None` when the agent no
+    /// longer knows the session (it ended: 404).
+    pub async fn session_renew(
+        &self,
+        id: &str,
+        dc: Option<&str>,
+    ) -> Result<Option<SessionEntry>, ClientError> {
+        let mut query = QueryString::new(format!("/v1/session/renew/{}", encode_segment(id)));
+        if let Some(dc) = dc {
+            query.pair("dc", dc);
+        }
+        let path = query.finish();
+        let r = self.raw(Method::PUT, &path, Vec::new()).await?;
+        match r.status {
+            200 => {
+                let list: Vec<SessionEntry> = decode(&path, &r.body)?;
+                Ok(list.into_iter().next())
+            }
+            404 => Ok(None),
+            status => Err(ClientError::Http {
+                status,
+                message: r.body.trim().to_owned(),
+            }),
+        }
+    }
+
+    /// Ends session `id`, releasing or deleting the keys it holds; an unknown ID is no
+    /// error (`PUT /v1/session/destroy/:id`).
+    pub async fn session_destroy(&self, id: &str, dc: Option<&str>) -> Result<(), ClientError> {
+        let mut query = QueryString::new(format!("/v1/session/destroy/{}", encode_segment(id)));
+        if let Some(dc) = dc {
+            query.pair("dc", dc);
+        }
+        self.send(Method::PUT, &query.finish(), None).await?;
+        Ok(())
+    }
+
     /// A read where 404 means "nothing there" (`None`), as the KV endpoint answers.
     async fn read_or_missing<T: DeserializeOwned>(
         &self,
@@ -771,6 +834,35 @@ mod tests {
         list.iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn session_requests_leave_out_what_the_agent_defaults() {
+        let request = SessionRequest {
+            name: "job".into(),
+            ttl: "15s".into(),
+            ..SessionRequest::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&request).unwrap(),
+            r#"{"Name":"job","TTL":"15s"}"#
+        );
+        let request = SessionRequest {
+            behavior: "delete".into(),
+            ..request
+        };
+        assert_eq!(
+            serde_json::to_string(&request).unwrap(),
+            r#"{"Name":"job","TTL":"15s","Behavior":"delete"}"#
+        );
+        let entry: SessionEntry = serde_json::from_str(
+            r#"{"ID":"s1","Name":"job","Node":"n1","LockDelay":15000000000,
+                "Behavior":"release","TTL":"15s","NodeChecks":null,
+                "ServiceChecks":[{"ID":"c","Namespace":""}],"CreateIndex":4,"ModifyIndex":4}"#,
+        )
+        .unwrap();
+        assert_eq!((entry.id.as_str(), entry.ttl.as_str()), ("s1", "15s"));
+        assert!(entry.node_checks.is_empty());
     }
 
     #[test]

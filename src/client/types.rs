@@ -269,6 +269,50 @@ pub struct KvPair {
     pub modify_index: u64,
 }
 
+/// A session to create (`PUT /v1/session/create`). Empty fields are left out, so the
+/// agent applies its defaults: the agent's node, its `serfHealth` check, a 15 s lock
+/// delay, behavior `release`, no TTL.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SessionRequest {
+    /// A name for people to read.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// The session ends unless renewed within this Go duration (`15s`); `10s` to `24h`.
+    #[serde(rename = "TTL", skip_serializing_if = "String::is_empty")]
+    pub ttl: String,
+    /// What happens to the keys it holds when it ends: `release` or `delete`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub behavior: String,
+}
+
+/// A session as the agent shows it (`/v1/session/info/:id`, `/v1/session/renew/:id`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct SessionEntry {
+    /// Its ID (a UUID).
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// The node it belongs to.
+    pub node: String,
+    /// How long its locks stay unavailable after it is invalidated, in nanoseconds.
+    pub lock_delay: u64,
+    /// `release` or `delete`.
+    pub behavior: String,
+    /// Its TTL as a Go duration; empty without one.
+    #[serde(rename = "TTL")]
+    pub ttl: String,
+    /// The node checks it depends on.
+    #[serde(deserialize_with = "null_as_default")]
+    pub node_checks: Vec<String>,
+    /// Raft index of its creation.
+    pub create_index: u64,
+    /// Raft index of its last change.
+    pub modify_index: u64,
+}
+
 /// A base64 value as Consul sends it; `null` is an empty value.
 fn base64_value<'de, D>(d: D) -> Result<Vec<u8>, D::Error>
 where

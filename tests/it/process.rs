@@ -1726,3 +1726,298 @@ fn two_datacenters_federate_as_the_readme_says() {
         |_, out| out.lines().filter(|l| l.contains(" alive ")).count() == 2,
     );
 }
+
+// `proconsul lock`: processes that take turns on a prefix of the key/value store.
+
+/// `proconsul lock -http-addr=HTTP ARGS…` as a running process.
+fn lock_process(http: &str, args: &[&str]) -> Proc {
+    let addr = format!("-http-addr={http}");
+    let mut all = vec!["lock", addr.as_str()];
+    all.extend_from_slice(args);
+    Proc::spawn(&all)
+}
+
+/// A shell command that appends `start ID` to `log`, waits (at most 10 s) for the file
+/// `go` to exist, then appends `end ID`.
+fn gated(log: &std::path::Path, go: &std::path::Path, id: &str) -> String {
+    let (log, go) = (log.display(), go.display());
+    format!(
+        "echo start {id} >> '{log}'; i=0; \
+         while [ ! -e '{go}' ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; \
+         echo end {id} >> '{log}'"
+    )
+}
+
+fn log_lines(log: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits (at most 20 s) until `ready` holds.
+fn wait_until(what: &str, ready: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !ready() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn session_count(http: &str) -> usize {
+    get_json(http, "/v1/session/list")
+        .and_then(|v| v.as_array().map(Vec::len))
+        .unwrap_or(0)
+}
+
+/// The keys under `prefix` (none when the prefix is empty: a 404).
+fn keys_under(http: &str, prefix: &str) -> Vec<String> {
+    get_json(http, &format!("/v1/kv/{prefix}?keys"))
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default()
+}
+
+#[test]
+fn two_lock_processes_on_one_prefix_run_their_commands_in_turn() {
+    let (_agent, http, _) = dev_agent(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (log, go) = (dir.path().join("log"), dir.path().join("go"));
+    let mut a = lock_process(&http, &["-verbose", "locks/job", &gated(&log, &go, "a")]);
+    wait_until("a runs", || log_lines(&log) == ["start a"]);
+    // The lock is Consul's: PREFIX/.lock with Consul's flags, held by a's session.
+    let lock = get_json(&http, "/v1/kv/locks/job/.lock").unwrap();
+    assert_eq!(lock[0]["Flags"], 0x2ddc_cbc0_58a5_0c18_u64);
+    let holder = lock[0]["Session"].as_str().unwrap().to_owned();
+    let session = get_json(&http, &format!("/v1/session/info/{holder}")).unwrap();
+    assert_eq!(
+        session[0]["Name"],
+        format!("Consul lock for '{}' at 'locks/job'", gated(&log, &go, "a"))
+    );
+    assert_eq!(session[0]["TTL"], "15s");
+
+    let mut b = lock_process(&http, &["-verbose", "locks/job", &gated(&log, &go, "b")]);
+    b.wait_for_line(Duration::from_secs(10), |l| {
+        l == "Attempting lock acquisition"
+    });
+    wait_until("b has its session", || session_count(&http) == 2);
+    // b waits while a holds the lock.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(log_lines(&log), ["start a"], "{}", b.output());
+
+    std::fs::write(&go, "").unwrap();
+    for p in [&mut a, &mut b] {
+        let status = p.wait(Duration::from_secs(20));
+        assert_eq!(status.code(), Some(0), "{}", p.output());
+    }
+    assert_eq!(log_lines(&log), ["start a", "end a", "start b", "end b"]);
+    // The last holder found nobody waiting: the lock key and the sessions are gone.
+    assert!(b.output().contains("Cleanup succeeded"), "{}", b.output());
+    assert_eq!(keys_under(&http, "locks/"), Vec::<String>::new());
+    assert_eq!(session_count(&http), 0);
+}
+
+#[test]
+fn a_semaphore_of_two_runs_two_commands_at_once_and_makes_a_third_wait() {
+    let (_agent, http, _) = dev_agent(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (log, go) = (dir.path().join("log"), dir.path().join("go"));
+    let starts = |log: &std::path::Path| {
+        log_lines(log)
+            .iter()
+            .filter(|l| l.starts_with("start"))
+            .count()
+    };
+    let mut a = lock_process(&http, &["-n", "2", "locks/sem", &gated(&log, &go, "a")]);
+    let mut b = lock_process(&http, &["-n=2", "locks/sem", &gated(&log, &go, "b")]);
+    wait_until("a and b both run", || starts(&log) == 2);
+    // Consul's layout: a contender key per session, and .lock listing the holders.
+    let lock = get_json(&http, "/v1/kv/locks/sem/.lock").unwrap();
+    assert_eq!(lock[0]["Flags"], 0xe0f6_9a2b_aa41_4de0_u64);
+    let value = lock[0]["Value"].as_str().unwrap();
+    let value = base64_decode(value);
+    let state: serde_json::Value = serde_json::from_slice(&value).unwrap();
+    assert_eq!(state["Limit"], 2);
+    assert_eq!(state["Holders"].as_object().unwrap().len(), 2);
+
+    let mut c = lock_process(&http, &["-n", "2", "locks/sem", &gated(&log, &go, "c")]);
+    wait_until("c has its contender key", || {
+        keys_under(&http, "locks/sem/").len() == 4
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(starts(&log), 2, "c waits: {:?}", log_lines(&log));
+
+    std::fs::write(&go, "").unwrap();
+    for p in [&mut a, &mut b, &mut c] {
+        let status = p.wait(Duration::from_secs(20));
+        assert_eq!(status.code(), Some(0), "{}", p.output());
+    }
+    let lines = log_lines(&log);
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    assert!(
+        lines[..2].iter().all(|l| l.starts_with("start")),
+        "{lines:?}"
+    );
+    let c_start = lines.iter().position(|l| l == "start c").unwrap();
+    assert!(
+        lines[..c_start].iter().any(|l| l.starts_with("end")),
+        "c started before anyone left: {lines:?}"
+    );
+    // Never more than two at once.
+    let mut running = 0;
+    for l in &lines {
+        running += if l.starts_with("start") { 1 } else { -1 };
+        assert!(running <= 2, "{lines:?}");
+    }
+    assert_eq!(keys_under(&http, "locks/"), Vec::<String>::new());
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap()
+}
+
+#[test]
+fn lock_timeout_gives_up_with_exit_1_and_sigterm_stops_the_holder() {
+    let (_agent, http, _) = dev_agent(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (log, go) = (dir.path().join("log"), dir.path().join("go"));
+    let mut holder = lock_process(&http, &["-verbose", "locks/t", &gated(&log, &go, "a")]);
+    wait_until("the holder runs", || log_lines(&log) == ["start a"]);
+    let never = format!("echo never >> '{}'", log.display());
+    let addr = format!("-http-addr={http}");
+    let (code, _, err) = text(&run(&["lock", &addr, "-timeout=500ms", "locks/t", &never]));
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        err.trim(),
+        "Shutdown triggered or timeout during lock acquisition"
+    );
+    // The waiter's session went with it.
+    assert_eq!(session_count(&http), 1);
+
+    // SIGTERM stops the child, then releases and cleans up.
+    holder.signal("TERM");
+    let status = holder.wait(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", holder.output());
+    let out = holder.output();
+    assert!(out.contains("Shutdown triggered, killing child"), "{out}");
+    assert!(out.contains("Cleanup succeeded"), "{out}");
+    assert_eq!(log_lines(&log), ["start a"], "never ran, and a never ended");
+    assert_eq!(keys_under(&http, "locks/"), Vec::<String>::new());
+}
+
+#[test]
+fn lock_exit_codes_are_consuls() {
+    let (_agent, http, _) = dev_agent(&[]);
+    let addr = format!("-http-addr={http}");
+    let lock = |args: &[&str]| {
+        let mut all = vec!["lock", addr.as_str()];
+        all.extend_from_slice(args);
+        text(&run(&all))
+    };
+    // The child's status is not passed on, unless -child-exit-code: then exit 2.
+    let (code, _, err) = lock(&["locks/c", "exit 7"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("Error running handler: exit status 7"),
+        "{err}"
+    );
+    let (code, _, err) = lock(&["-child-exit-code", "locks/c", "exit 7"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, out, err) = lock(&["-child-exit-code", "locks/c", "echo held=$CONSUL_LOCK_HELD"]);
+    assert_eq!((code, out.as_str()), (0, "held=true\n"), "{err}");
+    // -shell=false runs the words as a program: `$HOME` stays as it is.
+    let (code, out, err) = lock(&["-shell=false", "locks/c", "echo", "-n", "$HOME"]);
+    assert_eq!((code, out.as_str()), (0, "$HOME"), "{err}");
+    let (code, _, err) = lock(&["-shell=false", "-child-exit-code", "locks/c", "false"]);
+    assert_eq!(code, 2, "{err}");
+    // Usage errors and an agent that is not there: 1, with Consul's lines.
+    for (args, want) in [
+        (
+            &["locks/c"][..],
+            "Key prefix and child command must be specified",
+        ),
+        (
+            &["-n=0", "locks/c", "true"],
+            "Lock holder limit must be positive",
+        ),
+        (
+            &["-timeout=-1s", "locks/c", "true"],
+            "Timeout must be positive",
+        ),
+        (
+            &["-monitor-retry=-1", "locks/c", "true"],
+            "Number for 'monitor-retry' must be >= 0",
+        ),
+    ] {
+        let (code, _, err) = lock(args);
+        assert_eq!((code, err.trim()), (1, want), "{args:?}");
+    }
+    // A lock and a semaphore on one prefix refuse each other.
+    let (code, _, err) = text(&run(&["kv", "put", &addr, "locks/s/.lock", "x"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = lock(&["locks/s", "true"]);
+    assert_eq!(
+        (code, err.trim()),
+        (
+            1,
+            "Lock acquisition failed: Existing key does not match lock use"
+        )
+    );
+    let (code, _, err) = lock(&["-n=2", "locks/s", "true"]);
+    assert_eq!(
+        (code, err.trim()),
+        (
+            1,
+            "Lock acquisition failed: Existing key does not match semaphore use"
+        )
+    );
+    let (code, _, err) = text(&run(&["lock", "-http-addr=127.0.0.1:1", "locks/c", "true"]));
+    assert_eq!(code, 1);
+    assert!(err.starts_with("Error querying Consul agent: "), "{err}");
+}
+
+#[test]
+fn destroying_the_holders_session_stops_its_command() {
+    let (_agent, http, _) = dev_agent(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (log, pid_file) = (dir.path().join("log"), dir.path().join("pid"));
+    let forever = format!(
+        "echo $$ > '{}'; echo start >> '{}'; i=0; \
+         while [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; echo end >> '{}'",
+        pid_file.display(),
+        log.display(),
+        log.display()
+    );
+    let mut holder = lock_process(&http, &["-verbose", "locks/d", &forever]);
+    wait_until("the command runs", || log_lines(&log) == ["start"]);
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let lock = get_json(&http, "/v1/kv/locks/d/.lock").unwrap();
+    let session = lock[0]["Session"].as_str().unwrap().to_owned();
+    let r = get_or_put(
+        &http,
+        hyper::Method::PUT,
+        &format!("/v1/session/destroy/{session}"),
+        None,
+    );
+    assert_eq!(r, 200);
+    let status = holder.wait(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", holder.output());
+    let out = holder.output();
+    assert!(out.contains("Lock lost, killing child"), "{out}");
+    assert!(
+        out.contains(&format!("Terminating child pid {pid}")),
+        "{out}"
+    );
+    assert_eq!(log_lines(&log), ["start"], "the command was stopped");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the command's shell is gone"
+    );
+    assert_eq!(keys_under(&http, "locks/"), Vec::<String>::new());
+}
