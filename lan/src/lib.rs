@@ -21,8 +21,8 @@
 //!
 //! ```text
 //!   leader ─▶ autopilot ─▶ server ─▶ raft ─▶ rpc ─▶ fair
-//!     │                      └────▶ relay     ▲
-//!     └────▶ local ─▶ checks      tombstones, session_ttl ─┘
+//!     │                      └─▶ relay    ▲
+//!     └─▶ local ─▶ checks                 └── tombstones, session_ttl
 //! ```
 //!
 //! Invariants: this crate never opens an HTTP or DNS socket and knows other datacenters
