@@ -19,6 +19,7 @@ mod members;
 mod operator;
 mod rtt;
 mod tls;
+mod watch;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -91,6 +92,8 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Prints the proconsul version
     Version,
+    /// Watches for changes in a view of the data: prints it, or runs a handler
+    Watch(watch::WatchArgs),
 }
 
 /// Where the agent's HTTP API is.
@@ -156,7 +159,7 @@ pub fn normalize(args: Vec<OsString>) -> Vec<OsString> {
 
 /// Runs the command line; returns the process exit code.
 pub fn run(args: Vec<OsString>) -> ExitCode {
-    let cli = match Cli::try_parse_from(normalize(kv::go_flag_order(args))) {
+    let cli = match Cli::try_parse_from(normalize(watch::go_flag_order(kv::go_flag_order(args)))) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -179,6 +182,7 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
         Command::Rtt(args) => client_command(|| rtt::run(args)),
         Command::Catalog { command } => client_command(|| catalog::run(command)),
         Command::Kv { command } => client_command(|| kv::run(command)),
+        Command::Watch(args) => client_command(|| watch::run(args)),
         Command::Join(args) => client_command(|| gossip::join(args)),
         Command::ForceLeave(args) => client_command(|| gossip::force_leave(args)),
         Command::Keygen => gossip::keygen(),
