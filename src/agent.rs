@@ -4,9 +4,10 @@
 //! and the server port's TLS → WAN federation (a server with TLS material) → the
 //! datacenter layer (gossip, Raft on servers, anti-entropy) → the gateway → HTTP and DNS
 //! listeners → config-file services → `start_join` on the LAN, then the WAN →
-//! background `retry_join`s and reloads. Shutdown runs the other way: listeners stop
-//! accepting, the agent leaves the WAN and LAN pools (unless told to just stop),
-//! background tasks stop (within a grace period), then Raft stops.
+//! background `retry_join`s, the config's watches and reloads. Shutdown runs the other
+//! way: listeners stop accepting (and watches stop), the agent leaves the WAN and LAN
+//! pools (unless told to just stop), background tasks stop (within a grace period),
+//! then Raft stops.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{AgentConfig, new_uuid};
+use crate::watch::agent::WatchSpec;
 
 /// How long shutdown waits for background tasks before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -704,12 +706,22 @@ impl Agent {
             }
         };
         spawn_retry_joins(&config, &lan, &gateway, &life);
+        let watches = Watches {
+            http: http.first().copied(),
+            tasks: life.tasks.clone(),
+            parent: life.front.clone(),
+            running: life.front.child_token(),
+        };
+        watches.start(&config.watches);
         life.tasks.spawn(serve_reloads(
             reloads,
             config.clone(),
-            identity.node_id.clone(),
-            identity.advertise,
-            lan.clone(),
+            Reloaded {
+                node_id: identity.node_id.clone(),
+                advertise: identity.advertise,
+                lan: lan.clone(),
+                watches,
+            },
             life.core.child_token(),
         ));
         Ok(Agent {
@@ -849,15 +861,60 @@ impl Agent {
     }
 }
 
-/// Re-reads the configuration and applies what can change at run time: the services
-/// and checks of the config files. Other changed keys are named in a warning: they take
-/// effect at the next start.
-fn reload(
-    running: &AgentConfig,
-    node_id: &str,
+/// The agent's watches: started once its HTTP API listens, replaced at each reload,
+/// stopped with the listeners at shutdown.
+struct Watches {
+    /// The agent's HTTP API, which watches ask; `None` when it has none (the config
+    /// then has no watches).
+    http: Option<SocketAddr>,
+    tasks: TaskTracker,
+    /// Stops every watch (the listeners' token).
+    parent: CancellationToken,
+    /// Stops the watches now running.
+    running: CancellationToken,
+}
+
+impl Watches {
+    /// Starts `specs` under the current token.
+    fn start(&self, specs: &[WatchSpec]) {
+        match self.http {
+            Some(http) => {
+                crate::watch::agent::start(specs, http, &self.tasks, self.running.clone());
+            }
+            None if !specs.is_empty() => {
+                tracing::error!("watch plans require an HTTP or HTTPS endpoint: watches not run");
+            }
+            None => {}
+        }
+    }
+
+    /// Stops the running watches (a handler still running is killed) and starts `specs`.
+    fn restart(&mut self, specs: &[WatchSpec]) {
+        self.running.cancel();
+        self.running = self.parent.child_token();
+        self.start(specs);
+    }
+}
+
+/// What a reload acts on.
+struct Reloaded {
+    node_id: String,
     advertise: IpAddr,
-    lan: &Lan,
-) -> Result<(), String> {
+    lan: Lan,
+    watches: Watches,
+}
+
+/// Re-reads the configuration and applies what can change at run time: the services
+/// and checks of the config files, and the watches (all restarted, as Consul does).
+/// Other changed keys are named in a warning: they take effect at the next start.
+fn reload(running: &AgentConfig, target: &mut Reloaded) -> Result<(), String> {
+    let Reloaded {
+        node_id,
+        advertise,
+        lan,
+        watches,
+    } = target;
+    let (node_id, advertise) = (node_id.as_str(), *advertise);
     let config = AgentConfig::load(running.sources.clone()).map_err(|e| e.to_string())?;
     for warning in &config.warnings {
         tracing::warn!("{warning}");
@@ -865,6 +922,7 @@ fn reload(
     lan.local()
         .replace_config(config.services.clone(), config.checks.clone())
         .map_err(|e| e.to_string())?;
+    watches.restart(&config.watches);
     let before = debug_config(running, node_id, advertise);
     let after = debug_config(&config, node_id, advertise);
     if let (Some(before), Some(after)) = (before.as_object(), after.as_object()) {
@@ -887,9 +945,7 @@ fn reload(
 async fn serve_reloads(
     mut requests: mpsc::Receiver<api::ReloadRequest>,
     running: AgentConfig,
-    node_id: String,
-    advertise: IpAddr,
-    lan: Lan,
+    mut target: Reloaded,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -900,7 +956,7 @@ async fn serve_reloads(
                 None => return,
             },
         };
-        let result = reload(&running, &node_id, advertise, &lan);
+        let result = reload(&running, &mut target);
         if let Err(e) = &result {
             tracing::warn!(error = %e, "configuration reload failed");
         }

@@ -14,6 +14,7 @@
 //! - [`Agent`]: start order, shutdown order, reloads.
 //! - [`client`]: a typed client of an agent's HTTP API that asks any datacenter; the
 //!   CLI verbs use it, and so can other programs.
+//! - [`watch`]: Consul's watches, for `proconsul watch` and the agent's `watches`.
 //!
 //! `examples/embed_agent.rs` starts an agent inside a program, registers a service and
 //! reads it back; `examples/query_other_dc.rs` asks another datacenter with [`client`].
@@ -26,6 +27,7 @@ pub mod config;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod watch;
 
 pub use agent::{Agent, resolve_bind};
 pub use config::AgentConfig;

@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use super::ClientArgs;
 use proconsul::client::{AgentClient, ClientError, Consistency, KvPair, QueryOptions};
+use proconsul::watch::go_json_string;
 
 #[derive(Subcommand, Debug)]
 pub enum KvCommand {
@@ -56,7 +57,7 @@ impl HttpArgs {
             .map_err(|e| format!("Error connecting to Consul agent: {}", api_error(&e)))
     }
 
-    fn dc(&self) -> Option<&str> {
+    pub(super) fn dc(&self) -> Option<&str> {
         self.datacenter.as_deref().filter(|dc| !dc.is_empty())
     }
 
@@ -481,7 +482,7 @@ fn read_file(path: &std::ffi::OsStr) -> Result<Vec<u8>, String> {
 
 /// An I/O error in Go's words: the system's text, lower-cased first letter, without
 /// Rust's ` (os error N)`.
-fn go_io_text(e: &std::io::Error) -> String {
+pub(super) fn go_io_text(e: &std::io::Error) -> String {
     let text = e.to_string();
     let text = match text.find(" (os error ") {
         Some(at) => text[..at].to_owned(),
@@ -668,31 +669,6 @@ fn export_json(pairs: &[KvPair]) -> String {
         })
         .collect();
     format!("[\n{}\n]", entries.join(",\n"))
-}
-
-/// A JSON string as Go's `encoding/json` writes it: `<`, `>`, `&`, U+2028 and U+2029
-/// escaped as `\u…` too.
-fn go_json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
-                out.push_str(&format!("\\u{:04x}", u32::from(c)));
-            }
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// One element of `kv import`'s input.

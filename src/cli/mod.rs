@@ -20,6 +20,7 @@ mod members;
 mod operator;
 mod rtt;
 mod tls;
+mod watch;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -94,6 +95,8 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Prints the proconsul version
     Version,
+    /// Watches for changes in a view of the data: prints it, or runs a handler
+    Watch(watch::WatchArgs),
 }
 
 /// Where the agent's HTTP API is.
@@ -188,7 +191,8 @@ pub fn end_go_flags(mut args: Vec<OsString>, start: usize, value_flags: &[&str])
 
 /// Runs the command line; returns the process exit code.
 pub fn run(args: Vec<OsString>) -> ExitCode {
-    let cli = match Cli::try_parse_from(normalize(lock::go_flag_order(kv::go_flag_order(args)))) {
+    let args = watch::go_flag_order(lock::go_flag_order(kv::go_flag_order(args)));
+    let cli = match Cli::try_parse_from(normalize(args)) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -212,6 +216,7 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
         Command::Catalog { command } => client_command(|| catalog::run(command)),
         Command::Kv { command } => client_command(|| kv::run(command)),
         Command::Lock(args) => client_command(|| lock::run(*args)),
+        Command::Watch(args) => client_command(|| watch::run(args)),
         Command::Join(args) => client_command(|| gossip::join(args)),
         Command::ForceLeave(args) => client_command(|| gossip::force_leave(args)),
         Command::Keygen => gossip::keygen(),

@@ -60,8 +60,9 @@
 //! ([`AgentClient::http`]) for the endpoints this module does not type; the CLI verbs
 //! use it.
 //!
-//! This module is the client side of the HTTP API, for programs outside the agent: the
-//! agent itself never calls it, and it depends on none of the workspace's crates.
+//! This module is the client side of the HTTP API, for programs outside the agent; the
+//! agent itself only uses the raw [`Client`], for the watches of its configuration
+//! ([`crate::watch`]). It depends on none of the workspace's crates.
 
 pub mod http;
 mod types;

@@ -37,6 +37,7 @@ use api::definition::fold_key;
 const LISTS_OF_OBJECTS: &[&[&str]] = &[
     &["services"],
     &["checks"],
+    &["watches"],
     &["services", "checks"],
     &["service", "checks"],
 ];

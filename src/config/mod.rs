@@ -27,6 +27,8 @@ use gossip::keyring::Key;
 use lan::CheckDefinition;
 use raw::RawConfig;
 
+use crate::watch::agent::WatchSpec;
+
 /// Where a layer of configuration came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
@@ -236,6 +238,8 @@ pub struct AgentConfig {
     pub services: Vec<(Service, Vec<CheckDefinition>)>,
     /// Node-level checks from config files.
     pub checks: Vec<CheckDefinition>,
+    /// Watches from config files (`watches`), run against the agent's own HTTP API.
+    pub watches: Vec<WatchSpec>,
     /// The gossip key from `encrypt`, if given.
     pub encrypt: Option<Key>,
     /// Refuse plaintext gossip once encryption is on.
@@ -584,10 +588,7 @@ fn check_node_name(name: &str) -> Result<(), String> {
 }
 
 /// Checks the values one source sets, blaming that source; returns its definitions.
-fn check_layer(
-    layer: &Layer,
-    problems: &mut Vec<Problem>,
-) -> (Vec<(Service, Vec<CheckDefinition>)>, Vec<CheckDefinition>) {
+fn check_layer(layer: &Layer, problems: &mut Vec<Problem>) -> Definitions {
     let o = Some(&layer.origin);
     let r = &layer.raw;
     for (key, why) in r.unsupported_keys() {
@@ -818,7 +819,23 @@ fn check_layer(
             Err(e) => problems.push(problem(o, &e.field, e.message)),
         }
     }
-    (services, checks)
+    let mut watches = Vec::new();
+    let mut warnings = Vec::new();
+    for (i, w) in r.watches.iter().flatten().enumerate() {
+        match WatchSpec::parse(w) {
+            Ok((spec, warning)) => {
+                watches.push(spec);
+                warnings.extend(warning.map(str::to_owned));
+            }
+            Err(e) => problems.push(problem(o, &format!("watches[{i}]"), e)),
+        }
+    }
+    Definitions {
+        services,
+        checks,
+        watches,
+        warnings,
+    }
 }
 
 /// The TLS settings of the merged configuration, or `None` without a `ca_file`.
@@ -926,11 +943,14 @@ pub fn hostname() -> String {
         .to_owned()
 }
 
-/// The services, with their checks, and the node-level checks of the config files.
+/// The services, with their checks, the node-level checks and the watches of the
+/// config files, and warnings about them.
 #[derive(Default)]
 struct Definitions {
     services: Vec<(Service, Vec<CheckDefinition>)>,
     checks: Vec<CheckDefinition>,
+    watches: Vec<WatchSpec>,
+    warnings: Vec<String>,
 }
 
 /// Checks every layer on its own, blaming it (and the line, where its format tells it),
@@ -941,14 +961,16 @@ fn check_and_merge(layers: &[Layer]) -> Result<(RawConfig, Definitions), Problem
     let mut merged = RawConfig::default();
     for layer in layers {
         let first = problems.len();
-        let (services, checks) = check_layer(layer, &mut problems);
+        let found = check_layer(layer, &mut problems);
         for p in &mut problems[first..] {
             if p.line.is_none() {
                 p.line = layer.lines.find(&p.key);
             }
         }
-        definitions.services.extend(services);
-        definitions.checks.extend(checks);
+        definitions.services.extend(found.services);
+        definitions.checks.extend(found.checks);
+        definitions.watches.extend(found.watches);
+        definitions.warnings.extend(found.warnings);
         merged.merge(layer.raw.clone());
     }
     if problems.is_empty() {
@@ -1220,7 +1242,9 @@ fn check_definitions(
     scripts_enabled: bool,
     problems: &mut Vec<Problem>,
 ) {
-    let Definitions { services, checks } = definitions;
+    let Definitions {
+        services, checks, ..
+    } = definitions;
     let every_check = || {
         services
             .iter()
@@ -1281,6 +1305,13 @@ impl AgentConfig {
             &mut problems,
         );
         let tls = tls_settings(&m, role.server, &mut problems);
+        if !definitions.watches.is_empty() && ports(&m).http.is_none() {
+            problems.push(problem(
+                None,
+                "watches",
+                "watch plans require an HTTP or HTTPS endpoint (ports.http is -1)",
+            ));
+        }
         if !problems.is_empty() {
             return Err(Problems(problems));
         }
@@ -1364,7 +1395,11 @@ impl AgentConfig {
             } else {
                 gossip::swim::Config::wan()
             },
-            warnings: bootstrap_warnings(server, sources.dev, bootstrap, bootstrap_expect),
+            watches: definitions.watches,
+            warnings: bootstrap_warnings(server, sources.dev, bootstrap, bootstrap_expect)
+                .into_iter()
+                .chain(definitions.warnings)
+                .collect(),
             sources,
         })
     }
@@ -1799,6 +1834,116 @@ checks {
         );
         assert_eq!(a.node_meta["zone-a"], "z");
         assert_eq!(a.ports.http, Some(8501));
+    }
+
+    #[test]
+    fn watches_are_read_from_json_and_hcl_and_checked() {
+        use crate::watch::Kind;
+        use crate::watch::agent::Handler;
+        let json = layer(
+            r#"{"watches": [
+                {"type": "key", "key": "app/x", "handler_type": "script", "args": ["/h.sh"]},
+                {"type": "services", "handler": "echo changed"},
+                {"type": "service", "service": "web", "tag": ["v1"], "passingonly": true,
+                 "handler_type": "http",
+                 "http_handler_config": {"path": "http://127.0.0.1:9000/", "header": {"X-A": ["1"]}}}
+            ]}"#,
+        );
+        let from_hcl = hcl(
+            "w.hcl",
+            r#"
+watches {
+  type = "key"
+  key = "app/x"
+  handler_type = "script"
+  args = ["/h.sh"]
+}
+watches = [{ type = "services", handler = "echo changed" }]
+watches {
+  type = "service"
+  service = "web"
+  tag = ["v1"]
+  passingonly = true
+  handler_type = "http"
+  http_handler_config {
+    path = "http://127.0.0.1:9000/"
+    header {
+      X-A = ["1"]
+    }
+  }
+}
+"#,
+        )
+        .unwrap();
+        let load = |l: Layer| {
+            AgentConfig::from_layers(
+                &[Layer::new(Origin::Defaults, dev_layer()), l],
+                dev_sources(),
+            )
+        };
+        let (a, b) = (load(json).unwrap(), load(from_hcl).unwrap());
+        assert_eq!(a.watches, b.watches);
+        assert_eq!(a.watches.len(), 3);
+        assert_eq!(a.watches[0].plan.kind, Kind::Key("app/x".into()));
+        assert_eq!(a.watches[0].handler, Handler::Script(vec!["/h.sh".into()]));
+        assert_eq!(a.watches[1].handler, Handler::Shell("echo changed".into()));
+        assert!(matches!(a.watches[2].handler, Handler::Http(_)));
+        assert!(
+            a.warnings
+                .iter()
+                .any(|w| w.starts_with("The 'handler' field in watches has been deprecated")),
+            "{:?}",
+            a.warnings
+        );
+        // Watches of several files add up.
+        let two = AgentConfig::from_layers(
+            &[
+                Layer::new(Origin::Defaults, dev_layer()),
+                layer(r#"{"watches": [{"type": "nodes", "args": ["/a"]}]}"#),
+                layer(r#"{"watches": [{"type": "nodes", "args": ["/b"]}]}"#),
+            ],
+            dev_sources(),
+        )
+        .unwrap();
+        assert_eq!(two.watches.len(), 2);
+
+        let e = load(
+            hcl(
+                "w.hcl",
+                "watches {\n  type = \"nope\"\n  args = [\"/h\"]\n}\n",
+            )
+            .unwrap(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "w.hcl:1: watches[0]: Unsupported watch type: nope"
+        );
+        let e = load(layer(
+            r#"{"watches": [{"type": "key", "key": "k"}, {"type": "key", "key": "k", "args": ["/h"], "colour": 1}]}"#,
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t.json: watches[0]: Must define a watch handler\n\
+             t.json: watches[1]: Invalid parameters: [colour]"
+        );
+        let e = load(layer(
+            r#"{"ports": {"http": -1}, "watches": [{"type": "nodes", "args": ["/h"]}]}"#,
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("watches: watch plans require an HTTP or HTTPS endpoint"),
+            "{e}"
+        );
+        assert!(
+            parse_layer(
+                Origin::File("t.json".into()),
+                r#"{"watches": {"type": "key"}}"#
+            )
+            .is_err()
+        );
     }
 
     #[test]

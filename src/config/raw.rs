@@ -169,6 +169,8 @@ pub struct RawConfig {
     pub services: Option<Vec<Value>>,
     pub check: Option<Value>,
     pub checks: Option<Vec<Value>>,
+    /// Watches are decoded by `watch::agent::WatchSpec`, which names bad parameters.
+    pub watches: Option<Vec<Value>>,
     pub encrypt: Option<String>,
     pub encrypt_verify_incoming: Option<bool>,
     pub encrypt_verify_outgoing: Option<bool>,
@@ -363,6 +365,7 @@ impl RawConfig {
             self.checks.get_or_insert_with(Vec::new).push(c);
         }
         list(&mut self.checks, l.checks);
+        list(&mut self.watches, l.watches);
         scalar(&mut self.encrypt, l.encrypt);
         scalar(&mut self.encrypt_verify_incoming, l.encrypt_verify_incoming);
         scalar(&mut self.encrypt_verify_outgoing, l.encrypt_verify_outgoing);

@@ -62,7 +62,7 @@ fn version_and_help_list_what_exists() {
     let (code, out, _) = text(&run(&["-help"]));
     assert_eq!(code, 0);
     for verb in [
-        "agent", "catalog", "kv", "leave", "members", "reload", "validate", "version",
+        "agent", "catalog", "kv", "leave", "members", "reload", "validate", "version", "watch",
     ] {
         assert!(out.contains(verb), "{verb} in help:\n{out}");
     }
@@ -2020,4 +2020,153 @@ fn destroying_the_holders_session_stops_its_command() {
         "the command's shell is gone"
     );
     assert_eq!(keys_under(&http, "locks/"), Vec::<String>::new());
+}
+
+/// Waits (at most 20 s) until the file at `path` exists and `pred` holds for its text;
+/// returns the text.
+fn wait_for_file(path: &std::path::Path, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && pred(&text)
+        {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {:?}",
+            std::fs::read_to_string(path)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn watch_prints_a_view_once_and_runs_a_handler_on_each_change() {
+    let (_agent, http, _) = dev_agent(&[]);
+    let addr = format!("-http-addr={http}");
+    assert_eq!(kv(&http, &["put", "app/x", "v1"]).0, 0);
+
+    // -type key without a handler: the current value as Consul's indented JSON, once,
+    // then exit 0 (as Consul's watch does); after a put, the new value.
+    let (code, printed, _) = text(&run(&["watch", "-type=key", "-key", "app/x", &addr]));
+    assert_eq!(code, 0, "{printed}");
+    let mut lines = printed.lines();
+    assert_eq!(lines.next(), Some("{"), "{printed}");
+    assert_eq!(lines.next(), Some(r#"    "Key": "app/x","#), "{printed}");
+    assert!(printed.contains(r#"    "Value": "djE=","#), "{printed}");
+    assert!(printed.ends_with("    \"Session\": \"\"\n}\n"), "{printed}");
+    assert_eq!(kv(&http, &["put", "app/x", "v2"]).0, 0);
+    let (code, printed, _) = text(&run(&["watch", "-type=key", "-key", "app/x", &addr]));
+    assert_eq!(code, 0);
+    assert!(printed.contains(r#"    "Value": "djI=","#), "{printed}");
+
+    // -type keyprefix with a handler run through the shell: JSON on stdin, the index
+    // in CONSUL_INDEX; first `null` (no key under the prefix yet), then the keys.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("prefix.out");
+    let handler = format!(
+        "echo \"index=$CONSUL_INDEX\" >> '{0}'; cat >> '{0}'",
+        out.display()
+    );
+    let _prefix = Proc::spawn(&[
+        "watch",
+        "-type",
+        "keyprefix",
+        "-prefix=conf/",
+        &addr,
+        &handler,
+    ]);
+    wait_for_file(&out, "first call", |t| t.ends_with("null\n"));
+    assert_eq!(kv(&http, &["put", "conf/a", "1"]).0, 0);
+    let calls = wait_for_file(&out, "call after the put", |t| t.contains("conf/a"));
+    let lines: Vec<&str> = calls.lines().collect();
+    assert_eq!(lines.len(), 4, "{calls}");
+    assert!(
+        lines[0].starts_with("index=") && lines[2].starts_with("index="),
+        "{calls}"
+    );
+    assert_eq!(lines[1], "null");
+    assert!(
+        lines[3].starts_with(r#"[{"Key":"conf/a","CreateIndex":"#)
+            && lines[3].ends_with(r#""Flags":0,"Value":"MQ==","Session":""}]"#),
+        "{calls}"
+    );
+
+    // -type service: no instance yet, then the one registered.
+    let (code, printed, _) = text(&run(&["watch", "-type=service", "-service=web", &addr]));
+    assert_eq!((code, printed.as_str()), (0, "[]\n"));
+    let register = r#"{"Node": "n2", "Address": "10.0.0.2",
+                       "Service": {"Service": "web", "ID": "web-1", "Port": 80}}"#;
+    assert_eq!(
+        get_or_put(
+            &http,
+            hyper::Method::PUT,
+            "/v1/catalog/register",
+            Some(register)
+        ),
+        200
+    );
+    let (code, printed, _) = text(&run(&["watch", "-type=service", "-service=web", &addr]));
+    assert_eq!(code, 0);
+    assert!(printed.contains(r#""ID": "web-1","#), "{printed}");
+
+    // A failing handler stops the watch with Consul's line and exit 1.
+    let mut failing = Proc::spawn(&["watch", "-type=nodes", &addr, "exit 3"]);
+    assert_eq!(failing.wait(Duration::from_secs(20)).code(), Some(1));
+    assert!(
+        failing
+            .output()
+            .contains("Error executing handler: exit status 3"),
+        "{}",
+        failing.output()
+    );
+    let (code, _, err) = text(&run(&["watch", "-type=key", &addr]));
+    assert_eq!(
+        (code, err.as_str()),
+        (1, "Must specify a single key to watch\n")
+    );
+}
+
+#[test]
+fn an_agent_runs_the_watches_of_its_config_and_replaces_them_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    let watch = |key: &str, out: &std::path::Path| {
+        serde_json::json!({"watches": [{
+            "type": "key", "key": key, "handler_type": "script",
+            "args": ["/bin/sh", "-c", format!("cat > '{0}.tmp' && mv '{0}.tmp' '{0}'", out.display())]
+        }]})
+        .to_string()
+    };
+    let first = dir.path().join("first.out");
+    std::fs::write(config.join("watches.json"), watch("app/flag", &first)).unwrap();
+    let config_dir = format!("-config-dir={}", config.display());
+    let (agent, http, _) = dev_agent(&[&config_dir]);
+    // The handler runs once at start (no key yet), then on the change.
+    wait_for_file(&first, "first call", |t| t == "null\n");
+    assert_eq!(kv(&http, &["put", "app/flag", "on"]).0, 0);
+    let text = wait_for_file(&first, "call after the put", |t| t != "null\n");
+    assert!(
+        text.starts_with(r#"{"Key":"app/flag","#)
+            && text.ends_with("\"Value\":\"b24=\",\"Session\":\"\"}\n"),
+        "{text}"
+    );
+
+    // A reload replaces the watches: the new one runs, the old one no longer does.
+    let second = dir.path().join("second.out");
+    std::fs::write(config.join("watches.json"), watch("app/other", &second)).unwrap();
+    agent.signal("HUP");
+    wait_for_file(&second, "the new watch's first call", |t| t == "null\n");
+    assert_eq!(kv(&http, &["put", "app/flag", "off"]).0, 0);
+    assert_eq!(kv(&http, &["put", "app/other", "x"]).0, 0);
+    wait_for_file(&second, "the new watch's call after the put", |t| {
+        t.contains("eA==")
+    });
+    assert_eq!(
+        std::fs::read_to_string(&first).unwrap(),
+        text,
+        "the old watch stopped"
+    );
 }
