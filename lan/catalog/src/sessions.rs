@@ -245,7 +245,10 @@ impl State {
         if keys.is_empty() {
             return;
         }
-        let until = Instant::now() + session.lock_delay.min(MAX_LOCK_DELAY);
+        let now = Instant::now();
+        // Delays that ran out are forgotten, so the table holds only live ones.
+        self.sessions.delayed.retain(|_, until| *until > now);
+        let until = now + session.lock_delay.min(MAX_LOCK_DELAY);
         for key in keys {
             if !session.lock_delay.is_zero() {
                 self.sessions.delayed.insert(key.clone(), until);
