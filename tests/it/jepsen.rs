@@ -22,14 +22,30 @@
 //! travel over the WAN to dc1, while the reads stay `?consistent` on dc1's servers and
 //! the nemesis works on dc1.
 //!
-//! Run: `cargo test --test it jepsen -- --nocapture` (60 s of faults for the first test,
-//! 30 s for the second). Environment: `JEPSEN_SECONDS=600` runs each test that long
-//! (`bench/jepsen.sh` does, in release mode); `JEPSEN_SEED=<n>` repeats the random
-//! choices of clients and nemesis (timing still differs); `JEPSEN_KEEP=1` keeps the
-//! agents' logs and the history in the temp dir even when the test passes (a failing
-//! run always keeps them and prints where). Needs root and `ip netns`; otherwise the
-//! tests say `skipped` and pass. The two tests take turns (a lock), so running both
-//! does not put seven agents on two cores at once.
+//! The third test runs another workload on dc1 under the same nemesis: a compare-and-set
+//! register in the KV store. Four clients read the register's key with `?consistent`
+//! (its value and `ModifyIndex`, or 404) and write new unique values with `PUT
+//! ?cas=<the ModifyIndex they last read>`, each request to a random server: `true` is
+//! ok, `false` a refusal (the write was ordered and its index was not the current one),
+//! a refused or unsent request failed, and a timeout, a 5xx or a closed connection
+//! unknown. Every 15 s the clients move to a new key, and a client makes at most 200
+//! operations on one key: that keeps each key's history small enough for an exact
+//! search, and since linearizability is local, checking each key on its own checks the
+//! whole. After the heal every key is read once more. The check
+//! (`support::register`): each key's history is linearizable for a register whose cas
+//! succeeds iff it names the current `ModifyIndex` (0: the key is absent), versions
+//! growing with each write; this catches a stale read after an acknowledged cas, two
+//! acknowledged cas from the same index, a refusal with nothing to explain it, a
+//! refused write taking effect, and a read of a value never written.
+//!
+//! Run: `cargo test --test it jepsen -- --nocapture` (60 s of faults for the first and
+//! third tests, 30 s for the second). Environment: `JEPSEN_SECONDS=600` runs each test
+//! that long (`bench/jepsen.sh` does, in release mode); `JEPSEN_SEED=<n>` repeats the
+//! random choices of clients and nemesis (timing still differs); `JEPSEN_KEEP=1` keeps
+//! the agents' logs and the history in the temp dir even when the test passes (a
+//! failing run always keeps them and prints where). Needs root and `ip netns`;
+//! otherwise the tests say `skipped` and pass. The tests take turns (a lock), so
+//! running them together does not put seven agents on two cores at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -42,6 +58,7 @@ use proconsul::client::{Client, RequestError, Response};
 use crate::support::history::{self, Nanos, Op, Outcome, Record};
 use crate::support::netns::{Net, ProcId};
 use crate::support::process::run_in;
+use crate::support::register;
 
 /// Concurrent clients.
 const CLIENTS: usize = 4;
@@ -58,6 +75,13 @@ const MAX_LIVE: usize = 16;
 /// dc1's servers are hosts 0..DC1; in the WAN test host DC1 is dc2's server.
 const DC1: usize = 3;
 const SERVICE: &str = "jepsen";
+/// The register workload moves to a new key this often (see the module documentation).
+const KEY_PERIOD: Duration = Duration::from_secs(15);
+/// A client makes at most this many operations on one key, which bounds the size of
+/// each key's history and so the search.
+const MAX_OPS_PER_KEY: usize = 200;
+/// The register's keys are this prefix and a number.
+const KEY_PREFIX: &str = "jepsen/register/";
 
 /// One test at a time: each starts several agents on a two-core machine.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -72,12 +96,19 @@ fn writes_through_another_datacenter_stay_linearizable_under_faults() {
     run(Part::Wan, 30);
 }
 
+#[test]
+fn a_cas_register_in_kv_stays_linearizable_under_kills_and_partitions() {
+    run(Part::Register, 60);
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Part {
-    /// Writes and reads to dc1's servers.
+    /// The catalog: writes and reads to dc1's servers.
     Local,
-    /// Writes to dc2's server with `?dc=dc1`, reads to dc1's servers.
+    /// The catalog: writes to dc2's server with `?dc=dc1`, reads to dc1's servers.
     Wan,
+    /// A KV register: reads and cas writes to dc1's servers.
+    Register,
 }
 
 /// splitmix64: small, seedable, good enough for choosing operations.
@@ -205,14 +236,27 @@ fn tally_key(status: Option<u16>, text: &str) -> String {
 }
 
 /// What one client did.
-#[derive(Default)]
-struct ClientLog {
-    records: Vec<Record>,
+struct ClientLog<R> {
+    records: Vec<R>,
     /// Error answers and transport errors, by kind of operation and text.
     errors: BTreeMap<String, usize>,
 }
 
-async fn client(k: usize, cluster: Arc<Cluster>, until: Instant, mut rng: Rng) -> ClientLog {
+impl<R> Default for ClientLog<R> {
+    fn default() -> Self {
+        ClientLog {
+            records: Vec::new(),
+            errors: BTreeMap::new(),
+        }
+    }
+}
+
+async fn client(
+    k: usize,
+    cluster: Arc<Cluster>,
+    until: Instant,
+    mut rng: Rng,
+) -> ClientLog<Record> {
     let mut log = ClientLog::default();
     let mut live: Vec<String> = Vec::new();
     let mut next_id = 0usize;
@@ -221,8 +265,8 @@ async fn client(k: usize, cluster: Arc<Cluster>, until: Instant, mut rng: Rng) -
         let roll = rng.below(100);
         let reader = rng.below(DC1 as u64) as usize;
         let (writer, dc) = match cluster.part {
-            Part::Local => (rng.below(DC1 as u64) as usize, ""),
             Part::Wan => (DC1, "?dc=dc1"),
+            Part::Local | Part::Register => (rng.below(DC1 as u64) as usize, ""),
         };
         let (op, method, target, path, body) =
             if live.len() >= MAX_LIVE || (roll < 20 && !live.is_empty()) {
@@ -317,6 +361,151 @@ async fn client(k: usize, cluster: Arc<Cluster>, until: Instant, mut rng: Rng) -
         tokio::time::sleep(rng.millis(5, 30)).await;
     }
     log
+}
+
+/// One client of the register workload: reads the current key with `?consistent` and
+/// writes new values with `?cas=` the `ModifyIndex` it last read (once it has read one).
+async fn register_client(
+    k: usize,
+    cluster: Arc<Cluster>,
+    begin: Instant,
+    until: Instant,
+    mut rng: Rng,
+) -> ClientLog<register::Record> {
+    use register::Outcome as O;
+    let mut log = ClientLog::default();
+    let nanos = |t: Instant| t.duration_since(cluster.start).as_nanos() as Nanos;
+    let mut key_no = u128::MAX;
+    // The ModifyIndex of the key as this client last read it (0: absent).
+    let mut last: Option<u64> = None;
+    let mut ops_on_key = 0;
+    let mut next_value = 0usize;
+    while Instant::now() < until {
+        let period = begin.elapsed().as_millis() / KEY_PERIOD.as_millis();
+        if period != key_no {
+            key_no = period;
+            last = None;
+            ops_on_key = 0;
+        }
+        if ops_on_key >= MAX_OPS_PER_KEY {
+            let next_key = begin + KEY_PERIOD * (key_no + 1) as u32;
+            tokio::time::sleep_until(next_key.min(until).into()).await;
+            continue;
+        }
+        ops_on_key += 1;
+        let key = format!("{KEY_PREFIX}{key_no}");
+        let last_was_cas = log
+            .records
+            .last()
+            .is_some_and(|r: &register::Record| matches!(r.op, register::Op::Cas { .. }));
+        let target = rng.below(DC1 as u64) as usize;
+        // Mostly a read and then a cas from what it returned; now and then a second cas
+        // from the same index (which must be refused if the first took effect) or a
+        // second read.
+        let write = if last_was_cas {
+            rng.below(4) == 0
+        } else {
+            rng.below(4) != 0
+        };
+        let op = match last {
+            Some(expect) if write => {
+                next_value += 1;
+                register::Op::Cas {
+                    expect,
+                    value: format!("c{k}-{next_value}"),
+                }
+            }
+            _ => register::Op::Read(None),
+        };
+        let (kind, method, path, body) = match &op {
+            register::Op::Read(_) => (
+                "kv read",
+                Method::GET,
+                format!("/v1/kv/{key}?consistent"),
+                None,
+            ),
+            register::Op::Cas { expect, value } => (
+                "kv cas",
+                Method::PUT,
+                format!("/v1/kv/{key}?cas={expect}"),
+                Some(value.clone()),
+            ),
+        };
+        let invoke = Instant::now();
+        let answer = call(&cluster.http(target), method, &path, body, OP_TIMEOUT).await;
+        let complete = Instant::now();
+        let mut record = register::Record {
+            client: k,
+            key,
+            via: cluster.net.name(target).to_owned(),
+            op,
+            invoke: nanos(invoke),
+            complete: nanos(complete),
+            outcome: O::Unknown,
+        };
+        let mut error = |key: String| *log.errors.entry(format!("{kind}: {key}")).or_default() += 1;
+        match (answer, &mut record.op) {
+            (Ok(r), register::Op::Read(seen)) if r.status == 200 || r.status == 404 => {
+                match kv_version(&r.body, r.status) {
+                    Ok(version) => {
+                        last = Some(version.as_ref().map_or(0, |v| v.index));
+                        *seen = version;
+                        record.outcome = O::Ok;
+                    }
+                    Err(e) => error(format!(
+                        "{} with a body that is not an entry: {e}",
+                        r.status
+                    )),
+                }
+            }
+            (Ok(r), register::Op::Cas { .. }) if r.status == 200 => match r.body.trim() {
+                "true" => record.outcome = O::Ok,
+                "false" => record.outcome = O::Refused,
+                other => error(format!("200 with neither true nor false: {other:.40}")),
+            },
+            (Ok(r), _) => {
+                // As in the catalog: a 4xx other than 429 was refused before anything
+                // was written; a 5xx or a 429 may have been applied.
+                if (400..500).contains(&r.status) && r.status != 429 {
+                    record.outcome = O::Failed;
+                }
+                error(tally_key(Some(r.status), &r.body));
+            }
+            (Err(CallError::NotSent(e)), _) => {
+                record.outcome = O::Failed;
+                error(tally_key(None, &e));
+            }
+            (Err(CallError::Unknown(e)), _) => error(tally_key(None, &e)),
+        }
+        log.records.push(record);
+        tokio::time::sleep(rng.millis(20, 120)).await;
+    }
+    log
+}
+
+/// The value and `ModifyIndex` of a `/v1/kv/:key` answer (`None` for a 404).
+fn kv_version(body: &str, status: u16) -> Result<Option<register::Version>, String> {
+    use base64::Engine as _;
+    if status == 404 {
+        return Ok(None);
+    }
+    let v: serde_json::Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    let [entry] = v.as_array().map(Vec::as_slice).ok_or("not an array")? else {
+        return Err(format!("not one entry: {body:.80}"));
+    };
+    let index = entry["ModifyIndex"]
+        .as_u64()
+        .ok_or_else(|| format!("no ModifyIndex: {entry}"))?;
+    let value = match entry["Value"].as_str() {
+        Some(b64) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| format!("Value: {e}"))?;
+            String::from_utf8(bytes).map_err(|e| format!("Value: {e}"))?
+        }
+        None => String::new(),
+    };
+    Ok(Some(register::Version { value, index }))
 }
 
 /// The `ServiceID`s of a `/v1/catalog/service/:name` answer.
@@ -636,6 +825,7 @@ fn run(part: Part, default_seconds: u64) {
     let label = match part {
         Part::Local => "dc1",
         Part::Wan => "dc2->dc1",
+        Part::Register => "kv register",
     };
     let secs = seconds(default_seconds);
     let seed = seed();
@@ -643,6 +833,7 @@ fn run(part: Part, default_seconds: u64) {
     let (tag, hosts) = match part {
         Part::Local => ("j", &["s1", "s2", "s3"][..]),
         Part::Wan => ("w", &["s1", "s2", "s3", "w1"][..]),
+        Part::Register => ("r", &["s1", "s2", "s3"][..]),
     };
     let net = match Net::create(tag, hosts, &dir.path().join("logs")) {
         Ok(net) => net,
@@ -677,11 +868,10 @@ fn run(part: Part, default_seconds: u64) {
     drop(runtime);
     let events = cluster.events.lock().unwrap().clone();
     let Run {
-        mut history,
+        history,
         errors,
         nemesis,
         recovery,
-        final_ids,
     } = match outcome {
         Ok(run) => run,
         Err(e) => {
@@ -704,22 +894,27 @@ fn run(part: Part, default_seconds: u64) {
     // Stop every process and remove the namespaces before checking.
     drop(cluster);
 
-    history.sort_by_key(|r| r.invoke);
-    let started = Instant::now();
-    let verdict = history::check(&history);
-    let check_time = started.elapsed();
-    let mut problems = verdict.problems.clone();
-    problems.extend(history::final_state_problems(&history, &final_ids));
+    eprintln!("jepsen [{label}] figures (seed {seed}):");
+    let (mut problems, acknowledged, lines) = match history {
+        History::Catalog {
+            mut records,
+            final_ids,
+        } => {
+            records.sort_by_key(|r| r.invoke);
+            let (problems, acknowledged) = check_catalog(&records, &final_ids);
+            let lines: Vec<String> = records.iter().map(|r| format!("{r:#}")).collect();
+            (problems, acknowledged, lines)
+        }
+        History::Register(mut records) => {
+            records.sort_by_key(|r| (r.key.clone(), r.invoke));
+            let (problems, acknowledged) = check_register(&records);
+            let lines: Vec<String> = records.iter().map(|r| r.to_string()).collect();
+            (problems, acknowledged, lines)
+        }
+    };
     problems.extend(crashes.iter().map(|c| format!("crash: {c}")));
     // A run that checked next to nothing proves nothing (a very low bar, not a rate).
-    let acknowledged = |f: fn(&Op) -> bool| {
-        history
-            .iter()
-            .filter(|r| r.outcome == Outcome::Ok && f(&r.op))
-            .count()
-    };
-    let writes = acknowledged(|op| !matches!(op, Op::Read(_)));
-    let reads = acknowledged(|op| matches!(op, Op::Read(_)));
+    let (writes, reads) = acknowledged;
     if writes < 10 || reads < 10 || nemesis.leader_kills == 0 {
         problems.push(format!(
             "the run is too thin to check: {writes} acknowledged writes, {reads} reads, \
@@ -733,40 +928,6 @@ fn run(part: Part, default_seconds: u64) {
         }
     }
 
-    // Figures.
-    let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
-    for r in history.iter().filter(|r| r.client != CLIENTS) {
-        let kind = match r.op {
-            Op::Register(_) => "register",
-            Op::Deregister(_) => "deregister",
-            Op::Read(_) => "read",
-        };
-        let t = tallies.entry(kind).or_default();
-        t.attempted += 1;
-        match r.outcome {
-            Outcome::Ok => t.ok += 1,
-            Outcome::Failed => t.failed += 1,
-            Outcome::Unknown => t.unknown += 1,
-        }
-    }
-    eprintln!("jepsen [{label}] figures (seed {seed}):");
-    for (kind, t) in &tallies {
-        eprintln!(
-            "  {kind:<10} attempted {:>6}  ok {:>6}  failed {:>5}  unknown {:>5}",
-            t.attempted, t.ok, t.failed, t.unknown
-        );
-    }
-    eprintln!(
-        "  reads checked {}; search over {} operations, {} steps, {:.2?}; unknown writes: \
-         {} narrowed to required, {} optional, {} dropped",
-        verdict.reads_checked,
-        verdict.ops_searched,
-        verdict.search_steps,
-        check_time,
-        verdict.unknown_required,
-        verdict.unknown_optional,
-        verdict.unknown_dropped
-    );
     let longest = nemesis.recoveries.iter().max().copied().unwrap_or_default();
     eprintln!(
         "  nemesis: {} leader kills, {} partitions (link down), {} isolations (peers only), \
@@ -781,9 +942,8 @@ fn run(part: Part, default_seconds: u64) {
         nemesis.not_recovered
     );
     eprintln!(
-        "  after the final heal: healthy in {:.1} s; the final read holds {} ids",
-        recovery.as_secs_f64(),
-        final_ids.len()
+        "  after the final heal: healthy in {:.1} s",
+        recovery.as_secs_f64()
     );
     eprintln!("  error answers:");
     for (text, n) in &errors {
@@ -791,7 +951,7 @@ fn run(part: Part, default_seconds: u64) {
     }
 
     if !problems.is_empty() || std::env::var_os("JEPSEN_KEEP").is_some() {
-        let path = keep(dir, &history, &events);
+        let path = keep(dir, &lines, &events);
         eprintln!(
             "  kept {} (history.txt, nemesis.txt, logs/)",
             path.display()
@@ -809,30 +969,188 @@ fn run(part: Part, default_seconds: u64) {
     }
 }
 
+/// Checks the catalog's history and prints its figures; returns the problems and the
+/// numbers of acknowledged writes and reads.
+fn check_catalog(
+    history: &[Record],
+    final_ids: &BTreeSet<String>,
+) -> (Vec<String>, (usize, usize)) {
+    let started = Instant::now();
+    let verdict = history::check(history);
+    let check_time = started.elapsed();
+    let mut problems = verdict.problems.clone();
+    problems.extend(history::final_state_problems(history, final_ids));
+    let acknowledged = |f: fn(&Op) -> bool| {
+        history
+            .iter()
+            .filter(|r| r.outcome == Outcome::Ok && f(&r.op))
+            .count()
+    };
+    let writes = acknowledged(|op| !matches!(op, Op::Read(_)));
+    let reads = acknowledged(|op| matches!(op, Op::Read(_)));
+
+    let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
+    for r in history.iter().filter(|r| r.client != CLIENTS) {
+        let kind = match r.op {
+            Op::Register(_) => "register",
+            Op::Deregister(_) => "deregister",
+            Op::Read(_) => "read",
+        };
+        let t = tallies.entry(kind).or_default();
+        t.attempted += 1;
+        match r.outcome {
+            Outcome::Ok => t.ok += 1,
+            Outcome::Failed => t.failed += 1,
+            Outcome::Unknown => t.unknown += 1,
+        }
+    }
+    for (kind, t) in &tallies {
+        eprintln!(
+            "  {kind:<10} attempted {:>6}  ok {:>6}  failed {:>5}  unknown {:>5}",
+            t.attempted, t.ok, t.failed, t.unknown
+        );
+    }
+    eprintln!(
+        "  reads checked {}; search over {} operations, {} steps, {:.2?}; unknown writes: \
+         {} narrowed to required, {} optional, {} dropped",
+        verdict.reads_checked,
+        verdict.ops_searched,
+        verdict.search_steps,
+        check_time,
+        verdict.unknown_required,
+        verdict.unknown_optional,
+        verdict.unknown_dropped
+    );
+    eprintln!("  the final read holds {} ids", final_ids.len());
+    (problems, (writes, reads))
+}
+
+/// Checks the register's history, key by key, and prints its figures; returns the
+/// problems and the numbers of acknowledged writes and reads.
+fn check_register(history: &[register::Record]) -> (Vec<String>, (usize, usize)) {
+    use register::{Op as R, Outcome as O};
+    let started = Instant::now();
+    let verdict = register::check_each_key(history);
+    let check_time = started.elapsed();
+    let clients = || history.iter().filter(|r| r.client != CLIENTS);
+    let count = |cas: bool, outcome: O| {
+        clients()
+            .filter(|r| matches!(r.op, R::Cas { .. }) == cas && r.outcome == outcome)
+            .count()
+    };
+    let reads = clients().filter(|r| matches!(r.op, R::Read(_))).count();
+    let absent = clients()
+        .filter(|r| r.op == R::Read(None) && r.outcome == O::Ok)
+        .count();
+    let writes = clients().count() - reads;
+    eprintln!(
+        "  read       attempted {reads:>6}  ok {:>6} ({absent} absent)  failed {:>5}  \
+         unknown {:>5}",
+        count(false, O::Ok),
+        count(false, O::Failed),
+        count(false, O::Unknown)
+    );
+    eprintln!(
+        "  cas        attempted {writes:>6}  true {:>6}  false {:>6}  failed {:>5}  \
+         unknown {:>5}",
+        count(true, O::Ok),
+        count(true, O::Refused),
+        count(true, O::Failed),
+        count(true, O::Unknown)
+    );
+    eprintln!(
+        "  {} keys; reads checked {} (with a final read of each key); search over {} \
+         operations, {} steps, {:.2?}; unknown cas: {} read later (required), {} optional, \
+         {} dropped",
+        verdict.keys,
+        verdict.reads_checked,
+        verdict.ops_searched,
+        verdict.search_steps,
+        check_time,
+        verdict.unknown_required,
+        verdict.unknown_optional,
+        verdict.unknown_dropped
+    );
+    (verdict.problems, (count(true, O::Ok), count(false, O::Ok)))
+}
+
+/// What the clients recorded, with what was read after the final heal.
+enum History {
+    Catalog {
+        records: Vec<Record>,
+        /// The final read of the service.
+        final_ids: BTreeSet<String>,
+    },
+    /// The final read of each key included.
+    Register(Vec<register::Record>),
+}
+
 /// What the workload produced.
 struct Run {
-    history: Vec<Record>,
+    history: History,
     errors: BTreeMap<String, usize>,
     nemesis: NemesisLog,
     recovery: Duration,
-    final_ids: BTreeSet<String>,
 }
 
-/// Keeps the temp dir (the agents' logs) and writes the history and the nemesis events
-/// into it.
-fn keep(dir: tempfile::TempDir, history: &[Record], events: &[String]) -> std::path::PathBuf {
+/// Keeps the temp dir (the agents' logs) and writes the history (one operation a line)
+/// and the nemesis events into it.
+fn keep(dir: tempfile::TempDir, history: &[String], events: &[String]) -> std::path::PathBuf {
     let path = dir.keep();
     let mut text = String::new();
     for r in history {
-        text.push_str(&format!("{r:#}\n"));
+        text.push_str(r);
+        text.push('\n');
     }
     std::fs::write(path.join("history.txt"), text).unwrap();
     std::fs::write(path.join("nemesis.txt"), events.join("\n") + "\n").unwrap();
     path
 }
 
+/// Waits for the clients and adds up what they did.
+async fn gather<R>(
+    clients: Vec<tokio::task::JoinHandle<ClientLog<R>>>,
+) -> (Vec<R>, BTreeMap<String, usize>) {
+    let mut records = Vec::new();
+    let mut errors = BTreeMap::new();
+    for c in clients {
+        let log = c.await.unwrap();
+        records.extend(log.records);
+        for (k, n) in log.errors {
+            *errors.entry(k).or_default() += n;
+        }
+    }
+    (records, errors)
+}
+
+/// A consistent read after the heal, through `h`, asked again until it is answered with
+/// one of `statuses`: the answer, with when it was sent and when it arrived.
+async fn final_read(
+    cluster: &Cluster,
+    h: usize,
+    path: &str,
+    statuses: &[u16],
+) -> Result<(proconsul::client::Response, Nanos, Nanos), String> {
+    let nanos = |t: Instant| t.duration_since(cluster.start).as_nanos() as Nanos;
+    let started = Instant::now();
+    loop {
+        let invoke = Instant::now();
+        let answer = call(&cluster.http(h), Method::GET, path, None, OP_TIMEOUT).await;
+        let complete = Instant::now();
+        match answer {
+            Ok(r) if statuses.contains(&r.status) => {
+                return Ok((r, nanos(invoke), nanos(complete)));
+            }
+            _ if started.elapsed() > Duration::from_secs(60) => {
+                return Err(format!("no final consistent read of {path} within 60 s"));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
 /// Starts the servers, runs clients and nemesis, heals, waits for recovery and takes the
-/// final read. `Err` when the datacenter does not come up or does not recover.
+/// final reads. `Err` when the datacenter does not come up or does not recover.
 async fn workload(cluster: Arc<Cluster>, secs: u64, seed: u64) -> Result<Run, String> {
     for h in 0..cluster.args.len() {
         blocking(|| cluster.start_server(h));
@@ -845,21 +1163,22 @@ async fn workload(cluster: Arc<Cluster>, secs: u64, seed: u64) -> Result<Run, St
     cluster.log(format!(
         "datacenter up; {secs} s of clients and faults begin"
     ));
-    let until = Instant::now() + Duration::from_secs(secs);
+    let begin = Instant::now();
+    let until = begin + Duration::from_secs(secs);
     let mut rng = Rng(seed);
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|k| tokio::spawn(client(k, cluster.clone(), until, Rng(rng.next()))))
-        .collect();
-    let nemesis = tokio::spawn(nemesis(cluster.clone(), until, Rng(rng.next())));
-    let mut history = Vec::new();
-    let mut errors = BTreeMap::new();
-    for c in clients {
-        let log = c.await.unwrap();
-        history.extend(log.records);
-        for (k, n) in log.errors {
-            *errors.entry(k).or_default() += n;
+    let mut catalog = Vec::new();
+    let mut kv = Vec::new();
+    for k in 0..CLIENTS {
+        let (cluster, rng) = (cluster.clone(), Rng(rng.next()));
+        match cluster.part {
+            Part::Local | Part::Wan => catalog.push(tokio::spawn(client(k, cluster, until, rng))),
+            Part::Register => kv.push(tokio::spawn(register_client(k, cluster, begin, until, rng))),
         }
     }
+    let nemesis = tokio::spawn(nemesis(cluster.clone(), until, Rng(rng.next())));
+    let (catalog, mut errors) = gather(catalog).await;
+    let (mut kv, kv_errors) = gather(kv).await;
+    errors.extend(kv_errors);
     let nemesis = nemesis.await.unwrap();
     cluster.log("clients done; healing everything".into());
     blocking(|| {
@@ -875,42 +1194,46 @@ async fn workload(cluster: Arc<Cluster>, secs: u64, seed: u64) -> Result<Run, St
         }
     };
     cluster.log(format!("recovered in {:.1} s", recovery.as_secs_f64()));
-    // The final read: consistent, through the server that names itself leader.
+    // The final reads: consistent, through the server that names itself leader.
     let leader = leader(&cluster, &mut rng).await.unwrap_or(0);
-    let path = format!("/v1/catalog/service/{SERVICE}?consistent");
-    let started = Instant::now();
-    let final_record = loop {
-        let invoke = Instant::now();
-        let answer = call(&cluster.http(leader), Method::GET, &path, None, OP_TIMEOUT).await;
-        let complete = Instant::now();
-        let nanos = |t: Instant| t.duration_since(cluster.start).as_nanos() as Nanos;
-        match answer {
-            Ok(r) if r.status == 200 => {
-                let ids = service_ids(&r.body).unwrap();
-                break Record {
-                    client: CLIENTS,
-                    via: cluster.net.name(leader).to_owned(),
-                    op: Op::Read(ids),
-                    invoke: nanos(invoke),
-                    complete: nanos(complete),
-                    outcome: Outcome::Ok,
-                };
-            }
-            _ if started.elapsed() > Duration::from_secs(60) => {
-                return Err("no final consistent read within 60 s".into());
-            }
-            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+    let via = cluster.net.name(leader).to_owned();
+    let history = if cluster.part == Part::Register {
+        let keys: BTreeSet<String> = kv.iter().map(|r| r.key.clone()).collect();
+        for key in keys {
+            let path = format!("/v1/kv/{key}?consistent");
+            let (r, invoke, complete) = final_read(&cluster, leader, &path, &[200, 404]).await?;
+            let seen = kv_version(&r.body, r.status)
+                .map_err(|e| format!("the final read of {key}: {e}"))?;
+            kv.push(register::Record {
+                client: CLIENTS,
+                key,
+                via: via.clone(),
+                op: register::Op::Read(seen),
+                invoke,
+                complete,
+                outcome: register::Outcome::Ok,
+            });
         }
+        History::Register(kv)
+    } else {
+        let path = format!("/v1/catalog/service/{SERVICE}?consistent");
+        let (r, invoke, complete) = final_read(&cluster, leader, &path, &[200]).await?;
+        let final_ids = service_ids(&r.body).map_err(|e| format!("the final read: {e}"))?;
+        let mut records = catalog;
+        records.push(Record {
+            client: CLIENTS,
+            via,
+            op: Op::Read(final_ids.clone()),
+            invoke,
+            complete,
+            outcome: Outcome::Ok,
+        });
+        History::Catalog { records, final_ids }
     };
-    let Op::Read(final_ids) = final_record.op.clone() else {
-        unreachable!()
-    };
-    history.push(final_record);
     Ok(Run {
         history,
         errors,
         nemesis,
         recovery,
-        final_ids,
     })
 }

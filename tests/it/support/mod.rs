@@ -5,6 +5,7 @@ pub mod history;
 pub mod netns;
 pub mod process;
 pub mod proxy;
+pub mod register;
 
 use std::future::Future;
 use std::net::SocketAddr;
