@@ -4,19 +4,19 @@
 # command and the ratio to its reference):
 #
 #   bench/all.sh                 # install what is missing, run everything, --write
-#   bench/all.sh dns_http wan    # only these (names of the scripts in bench/)
+#   bench/all.sh dns_http kv     # only these (names of the scripts in bench/)
 #   QUICK=1 bench/all.sh         # shorter runs (rough figures, for checking the scripts)
 #
 # The scripts: dns_http (DNS vs NSD, HTTP reads, memory), gossip (LAN gossip vs serf),
-# raft (catalog writes and failover vs etcd), wan (QUIC requests vs a UDP echo, WAN pool
-# vs serf -profile=wan), crossdc (cross-datacenter DNS with an injected WAN delay, with
-# and without the cache). A script that fails is reported and the others still run; the
-# exit code is non-zero if any failed. Needs root for apt-get (Debian) and for gossip's
-# iptables-made loss.
+# raft (catalog writes and failover vs etcd), kv (KV puts, gets, prefix reads and
+# watchers vs etcd), wan (QUIC requests vs a UDP echo, WAN pool vs serf -profile=wan),
+# crossdc (cross-datacenter DNS with an injected WAN delay, with and without the cache).
+# A script that fails is reported and the others still run; the exit code is non-zero if
+# any failed. Needs root for apt-get (Debian) and for gossip's iptables-made loss.
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-ALL=(dns_http gossip raft wan crossdc)
+ALL=(dns_http gossip raft kv wan crossdc)
 if [ "$#" -gt 0 ]; then SELECTED=("$@"); else SELECTED=("${ALL[@]}"); fi
 
 if command -v apt-get >/dev/null 2>&1; then
@@ -36,7 +36,7 @@ fi
 
 if [ "${QUICK:-0}" = 1 ]; then
   export RUNS=1 DURATION=3 REPEATS=1 SECONDS_PER_RUN=3 FAILOVERS=1 COUNT=300 SIZES=3 \
-    BASELINE_COUNT=50 CLIENTS="1 8" NODES="1 3"
+    BASELINE_COUNT=50 CLIENTS="1 8" NODES="1 3" PREFIX_CLIENTS=1 WATCHERS=1000 WATCH_WRITES=5
 fi
 
 failed=()
