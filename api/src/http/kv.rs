@@ -28,7 +28,7 @@ use gateway::RouteError;
 use tokio::time::Instant;
 
 use super::catalog::read_and_render;
-use super::{ApiError, Params, REQUEST_TIMEOUT, json};
+use super::{ApiError, BodyRead, Params, REQUEST_TIMEOUT, json, read_limited};
 use crate::Context;
 
 /// `GET /v1/kv/` (the root, for `?recurse` and `?keys`).
@@ -285,25 +285,11 @@ async fn read_value(ctx: &Context, headers: &HeaderMap, body: Body) -> Result<Ve
     {
         return Err(too_large(n.to_string()));
     }
-    match axum::body::to_bytes(body, max).await {
+    match read_limited(body, max).await {
         Ok(bytes) => Ok(bytes.to_vec()),
-        Err(e) if is_length_limit(&e) => Err(too_large(format!("more than {max}"))),
-        Err(e) => Err(ApiError::BadRequest(format!(
-            "Request body could not be read: {e}"
-        ))),
+        Err(BodyRead::TooLarge) => Err(too_large(format!("more than {max}"))),
+        Err(BodyRead::Failed(why)) => Err(ApiError::BadRequest(why)),
     }
-}
-
-/// Whether reading a body failed because it passed the limit.
-fn is_length_limit(e: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
 }
 
 /// A 404 with an empty body (the index headers are added by the caller).

@@ -427,6 +427,32 @@ pub(crate) fn add_meta_headers(
     set(headers, "x-consul-effective-consistency", effective.into());
 }
 
+/// Why a body read with [`read_limited`] was not taken.
+pub(crate) enum BodyRead {
+    /// It passed the limit.
+    TooLarge,
+    /// The client did not send it whole (closed, timed out).
+    Failed(String),
+}
+
+/// Reads a request body of at most `max` bytes, telling a body over the limit from one
+/// that could not be read.
+pub(crate) async fn read_limited(
+    body: axum::body::Body,
+    max: usize,
+) -> Result<axum::body::Bytes, BodyRead> {
+    axum::body::to_bytes(body, max).await.map_err(|e| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(err) = source {
+            if err.is::<http_body_util::LengthLimitError>() {
+                return BodyRead::TooLarge;
+            }
+            source = err.source();
+        }
+        BodyRead::Failed(format!("Request body could not be read: {e}"))
+    })
+}
+
 /// Parses a JSON request body, with Consul's error text on failure.
 pub(crate) fn parse_body(body: &[u8]) -> Result<serde_json::Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {

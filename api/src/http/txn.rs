@@ -21,7 +21,10 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::catalog::field;
-use super::{ApiError, Params, REQUEST_TIMEOUT, add_meta_headers, read_request, to_json};
+use super::{
+    ApiError, BodyRead, Params, REQUEST_TIMEOUT, add_meta_headers, read_limited, read_request,
+    to_json,
+};
 use crate::Context;
 
 /// `PUT /v1/txn`.
@@ -33,10 +36,11 @@ pub(crate) async fn apply(
     let params = Params::parse(q.as_deref());
     let max_value = ctx.agent.kv_max_value_size;
     let max_body = max_value.max(KV_MAX_VALUE_SIZE);
-    let body = axum::body::to_bytes(body, max_body).await.map_err(|_| {
-        ApiError::TooLarge(format!(
+    let body = read_limited(body, max_body).await.map_err(|e| match e {
+        BodyRead::TooLarge => ApiError::TooLarge(format!(
             "Request body too large, max size: {max_body} bytes"
-        ))
+        )),
+        BodyRead::Failed(why) => ApiError::BadRequest(why),
     })?;
     let ops = match parse_ops(&body, max_value)? {
         Parsed::Ops(ops) => ops,
