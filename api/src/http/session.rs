@@ -67,12 +67,7 @@ pub(crate) async fn renew(
 ) -> Result<Response, ApiError> {
     let params = Params::parse(q.as_deref());
     let id = needed(id, "Missing session")?;
-    match write(&ctx, &params, SessionWrite::Renew { id: id.clone() }).await {
-        Err(ApiError::Internal(text)) if text.starts_with("Session id") => {
-            return Err(ApiError::NotFound(text));
-        }
-        other => other?,
-    }
+    write(&ctx, &params, SessionWrite::Renew { id: id.clone() }).await?;
     let rest = params.without(&["index", "wait"]);
     read_and_render(&ctx, &rest, Query::Sessions(SessionRead::Info(id)), render).await
 }
@@ -134,6 +129,9 @@ async fn write(ctx: &Context, params: &Params, write: SessionWrite) -> Result<()
         Ok(_) => Ok(()),
         Err(RouteError::Write(WriteError::Rejected(ApplyError::Session(why)))) => {
             Err(ApiError::Internal(why))
+        }
+        Err(RouteError::Write(WriteError::Rejected(e @ ApplyError::UnknownSession(_)))) => {
+            Err(ApiError::NotFound(e.to_string()))
         }
         Err(e) => Err(e.into()),
     }

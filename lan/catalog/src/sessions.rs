@@ -165,7 +165,7 @@ impl State {
                     s.renewals += 1;
                     Ok(())
                 }
-                None => Err(ApplyError::Session(format!("Session id '{id}' not found"))),
+                None => Err(ApplyError::UnknownSession(id.clone())),
             },
         }
     }
@@ -523,7 +523,7 @@ mod tests {
         assert_eq!((list[0].renewals, list[0].modify_index, index), (1, 2, 2));
         assert_eq!(
             s.apply(4, &Command::Session(SessionWrite::Renew { id: "x".into() })),
-            Err(ApplyError::Session("Session id 'x' not found".into()))
+            Err(ApplyError::UnknownSession("x".into()))
         );
     }
 }

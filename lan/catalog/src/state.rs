@@ -128,9 +128,12 @@ pub enum ApplyError {
     /// A conditional KV write whose condition did not hold (the HTTP API answers `false`).
     #[error(transparent)]
     KvRefused(#[from] KvRefusal),
-    /// A session that cannot be created or renewed; the text says why (Consul's wording).
+    /// A session that cannot be created; the text says why (Consul's wording).
     #[error("{0}")]
     Session(String),
+    /// A renewal of a session that does not exist (Consul's text).
+    #[error("Session id '{0}' not found")]
+    UnknownSession(String),
 }
 
 /// Per-table indexes: the Raft index of the last change to each table.
