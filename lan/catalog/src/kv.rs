@@ -277,6 +277,7 @@ impl State {
                         e.flags = *flags;
                         e.modify_index = index;
                         self.indexes.kv = index;
+                        self.changed.key(key);
                     }
                     None => {
                         self.kv.tombstones.remove(key);
@@ -293,6 +294,7 @@ impl State {
                             },
                         );
                         self.indexes.kv = index;
+                        self.changed.key(key);
                     }
                 }
                 Ok(())
@@ -323,6 +325,7 @@ impl State {
                 }
                 self.kv.tombstones.insert(key.clone(), index);
                 self.indexes.kv = index;
+                self.changed.key(key);
                 Ok(())
             }
             KvWrite::DeleteTree { prefix } => {
@@ -336,6 +339,7 @@ impl State {
                     if let Some(Some(holder)) = self.kv.entries.remove(&key).map(|e| e.session) {
                         self.unhold(&holder, &key);
                     }
+                    self.changed.key(&key);
                     self.kv.tombstones.insert(key, index);
                 }
                 self.indexes.kv = index;
@@ -416,6 +420,7 @@ impl State {
                     e.flags = flags;
                     e.modify_index = index;
                     self.indexes.kv = index;
+                    self.changed.key(key);
                 }
             }
             Some(e) => {
@@ -425,6 +430,7 @@ impl State {
                 e.lock_index += 1;
                 e.modify_index = index;
                 self.indexes.kv = index;
+                self.changed.key(key);
             }
             None => {
                 self.kv.tombstones.remove(key);
@@ -441,6 +447,7 @@ impl State {
                     },
                 );
                 self.indexes.kv = index;
+                self.changed.key(key);
             }
         }
         self.hold(session, key);
@@ -465,6 +472,7 @@ impl State {
                 e.flags = flags;
                 e.modify_index = index;
                 self.indexes.kv = index;
+                self.changed.key(key);
             }
             _ => return Err(KvRefusal::NotHeld(key.to_owned()).into()),
         }

@@ -30,6 +30,7 @@ mod status;
 mod txn;
 mod types;
 pub mod uuid;
+mod wake;
 
 use std::sync::{Arc, RwLock};
 
@@ -43,6 +44,7 @@ pub use contract::{
 pub use kv::{
     KV_MAX_VALUE_SIZE, KvAnswer, KvEntry, KvRead, KvRefusal, KvReplication, KvWrite, TOMBSTONE_TTL,
 };
+use query::WaitsOn;
 pub use query::{Answer, Query};
 pub use sessions::{
     Behavior, DEFAULT_LOCK_DELAY, MAX_LOCK_DELAY, SESSION_TTL_MAX, SESSION_TTL_MIN, Session,
@@ -58,6 +60,7 @@ pub use types::{
     META_RESERVED_PREFIX, META_VALUE_MAX, Node, NodeServices, PreparedQuery, SERF_HEALTH_CHECK,
     Service, ServiceAddress, ServiceHealth, ServiceNode, ServiceQuery, Weights, validate_meta,
 };
+use wake::{Changes, Waiters};
 
 /// Shared, read-mostly access to the catalog. Cheap to clone.
 ///
@@ -66,27 +69,58 @@ pub use types::{
 #[derive(Clone, Debug)]
 pub struct Catalog {
     state: Arc<RwLock<State>>,
+    /// The newest index of any table.
     index: watch::Receiver<u64>,
+    /// The newest index of nodes, services, checks and prepared queries.
+    tables: watch::Receiver<u64>,
+    /// Readers of one key, prefix or service.
+    waiters: Waiters,
 }
 
 /// The writing side of a [`Catalog`], held by the Raft state machine (its only writer).
+/// Dropping it ends every blocking read.
 #[derive(Debug)]
 pub struct CatalogWriter {
     state: Arc<RwLock<State>>,
     index: watch::Sender<u64>,
+    tables: watch::Sender<u64>,
+    waiters: Waiters,
+}
+
+/// The index of the tables [`WaitsOn::Catalog`] readers wait on.
+fn tables_index(ix: Indexes) -> u64 {
+    ix.nodes.max(ix.services).max(ix.checks).max(ix.queries)
+}
+
+/// Sets `tx` to `value`, waking its receivers only if that is a change.
+fn advance(tx: &watch::Sender<u64>, value: u64) {
+    tx.send_if_modified(|current| {
+        let changed = *current != value;
+        *current = value;
+        changed
+    });
 }
 
 impl Catalog {
     /// An empty catalog and the writer that fills it.
     pub fn new() -> (Catalog, CatalogWriter) {
         let state = Arc::new(RwLock::new(State::new()));
-        let (tx, rx) = watch::channel(0);
+        let (index_tx, index) = watch::channel(0);
+        let (tables_tx, tables) = watch::channel(0);
+        let waiters = Waiters::default();
         (
             Catalog {
                 state: state.clone(),
-                index: rx,
+                index,
+                tables,
+                waiters: waiters.clone(),
             },
-            CatalogWriter { state, index: tx },
+            CatalogWriter {
+                state,
+                index: index_tx,
+                tables: tables_tx,
+                waiters,
+            },
         )
     }
 
@@ -108,22 +142,45 @@ impl Catalog {
 
     /// Answers `query` once its index exceeds `min_index`, or at `deadline` with whatever
     /// is there then. `min_index == 0` answers at once, as Consul's blocking queries do.
+    ///
+    /// The read waits only on what its answer is made of ([`Query::waits_on`]): a read
+    /// of one key is not woken by writes to other keys, nor a service's health by
+    /// another service's checks.
     pub async fn query_blocking(
         &self,
         query: &Query,
         min_index: u64,
         deadline: Instant,
     ) -> (Answer, u64) {
-        let mut changes = self.index.clone();
+        if min_index == 0 {
+            return self.query(query);
+        }
+        // Held for the whole wait: a topic's slot lives as long as a reader holds it.
+        let mut topic;
+        let mut table;
+        let changes = match query.waits_on() {
+            WaitsOn::Topic(t) => {
+                topic = self.waiters.subscribe(t);
+                topic.changes()
+            }
+            WaitsOn::Catalog => {
+                table = self.tables.clone();
+                &mut table
+            }
+            WaitsOn::Everything => {
+                table = self.index.clone();
+                &mut table
+            }
+        };
         loop {
             // Mark the current value seen before reading, so a change that lands between
             // the read and the wait still wakes us.
-            let newest = *changes.borrow_and_update();
+            changes.borrow_and_update();
             let (answer, index) = self.query(query);
             // An index from the future (the client saw a catalog from before a restart
             // or from another server's longer log) answers at once, so that the client
             // resets instead of waiting out the whole wait.
-            if min_index == 0 || index > min_index || min_index > newest.max(index) {
+            if index > min_index || min_index > self.index().max(index) {
                 return (answer, index);
             }
             match tokio::time::timeout_at(deadline, changes.changed()).await {
@@ -137,16 +194,17 @@ impl Catalog {
 
 impl CatalogWriter {
     /// Applies several commands at one Raft index (a batched entry), in order, under one
-    /// lock, and wakes blocking queries once.
+    /// lock, and wakes the blocking queries they concern once.
     pub fn apply_all(&self, index: u64, commands: &[Command]) -> Vec<Result<Applied, ApplyError>> {
         let mut state = self.state.write().expect("catalog lock poisoned");
         let results = commands.iter().map(|c| state.apply(index, c)).collect();
-        let newest = state.indexes().max();
-        self.index.send_if_modified(|current| {
-            let changed = *current != newest;
-            *current = newest;
-            changed
-        });
+        let changes = state.take_changes();
+        let indexes = state.indexes();
+        drop(state);
+        // After the write, so that a reader woken here reads what woke it.
+        self.waiters.announce(&changes);
+        advance(&self.tables, tables_index(indexes));
+        advance(&self.index, indexes.max());
         results
     }
 
@@ -158,11 +216,23 @@ impl CatalogWriter {
             .to_snapshot()
     }
 
-    /// Replaces the whole catalog (snapshot install).
+    /// Replaces the whole catalog (snapshot install) and wakes every blocking query.
     pub fn replace(&self, snapshot: Snapshot) {
         let mut state = self.state.write().expect("catalog lock poisoned");
         *state = State::from_snapshot(snapshot);
-        self.index.send_replace(state.indexes().max());
+        let indexes = state.indexes();
+        drop(state);
+        let mut everything = Changes::default();
+        everything.everything();
+        self.waiters.announce(&everything);
+        self.tables.send_replace(tables_index(indexes));
+        self.index.send_replace(indexes.max());
+    }
+}
+
+impl Drop for CatalogWriter {
+    fn drop(&mut self) {
+        self.waiters.close();
     }
 }
 
@@ -197,6 +267,122 @@ mod tests {
         let (answer, index) = waiter.await.unwrap();
         assert_eq!(index, 4);
         assert!(matches!(answer, Answer::Nodes(n) if n.len() == 2));
+    }
+
+    fn put(key: &str, value: &str) -> Command {
+        Command::Kv(KvWrite::Set {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+            flags: 0,
+            cas: None,
+        })
+    }
+
+    fn web_on(node: &str, index: u64) -> Command {
+        Command::Register(Registration {
+            node: Node {
+                name: node.into(),
+                address: "10.0.0.2".into(),
+                ..Node::default()
+            },
+            skip_node_update: false,
+            service: Some(Service {
+                id: format!("web-{index}"),
+                name: "web".into(),
+                ..Service::default()
+            }),
+            checks: vec![],
+        })
+    }
+
+    /// Starts a blocking read of `q` from `min` and lets it reach its wait.
+    async fn held(catalog: &Catalog, q: Query, min: u64) -> tokio::task::JoinHandle<(Answer, u64)> {
+        let reader = catalog.clone();
+        let far = Instant::now() + Duration::from_secs(3600);
+        let handle = tokio::spawn(async move { reader.query_blocking(&q, min, far).await });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        handle
+    }
+
+    #[tokio::test]
+    async fn a_key_read_answers_when_its_key_changes_and_not_for_others() {
+        let (catalog, writer) = Catalog::new();
+        writer.apply_all(5, &[put("a", "1"), put("b", "1")]);
+        let key = |k: &str, read| Query::Kv {
+            key: k.into(),
+            read,
+        };
+        let one = held(&catalog, key("a", KvRead::Entry), 5).await;
+        let tree = held(&catalog, key("", KvRead::Tree), 5).await;
+        let other_tree = held(&catalog, key("c/", KvRead::Tree), 5).await;
+        assert_eq!(catalog.waiters.topics(), 3);
+        writer.apply_all(6, &[put("b", "2")]);
+        tokio::task::yield_now().await;
+        assert!(
+            !one.is_finished(),
+            "a write to b does not answer a read of a"
+        );
+        assert_eq!(tree.await.unwrap().1, 6, "but answers a read of every key");
+        writer.apply_all(
+            7,
+            &[Command::Kv(KvWrite::Delete {
+                key: "a".into(),
+                cas: None,
+            })],
+        );
+        assert_eq!(
+            one.await.unwrap().1,
+            7,
+            "a deletion answers with the table index"
+        );
+        assert!(!other_tree.is_finished());
+        other_tree.abort();
+        let _ = other_tree.await;
+        assert_eq!(catalog.waiters.topics(), 0, "slots go with their readers");
+    }
+
+    #[tokio::test]
+    async fn a_service_read_answers_for_its_service_and_catalog_reads_ignore_keys() {
+        let (catalog, writer) = Catalog::new();
+        writer.apply_all(3, &[web_on("n1", 3)]);
+        let health = Query::ServiceHealth {
+            service: "WEB".into(),
+            tags: vec![],
+            passing_only: false,
+            node_meta: vec![],
+        };
+        let web = held(&catalog, health, 3).await;
+        let nodes = held(&catalog, Query::Nodes { node_meta: vec![] }, 3).await;
+        writer.apply_all(4, &[put("k", "v"), register(4)]);
+        assert_eq!(nodes.await.unwrap().1, 4);
+        assert!(
+            !web.is_finished(),
+            "another node does not answer web's health"
+        );
+        writer.apply_all(5, &[web_on("n2", 5)]);
+        let (answer, index) = web.await.unwrap();
+        assert_eq!(index, 5);
+        assert!(matches!(answer, Answer::ServiceHealth(l) if l.len() == 2));
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_install_answers_every_reader_and_a_closed_writer_ends_them() {
+        let (catalog, writer) = Catalog::new();
+        writer.apply_all(3, &[put("a", "1")]);
+        let mut other = State::new();
+        other.apply(9, &put("a", "2")).unwrap();
+        let a = || Query::Kv {
+            key: "a".into(),
+            read: KvRead::Entry,
+        };
+        let before = held(&catalog, a(), 3).await;
+        writer.replace(other.to_snapshot());
+        assert_eq!(before.await.unwrap().1, 9);
+        let last = held(&catalog, a(), 9).await;
+        drop(writer);
+        assert_eq!(last.await.unwrap().1, 9, "shutting down answers as is");
     }
 
     #[tokio::test]

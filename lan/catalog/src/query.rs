@@ -9,6 +9,7 @@ use super::sessions::{Session, SessionRead};
 use super::state::{State, fold, on_node};
 use super::txn::{TxnOp, TxnOutcome};
 use super::types::{Check, Health, Node, NodeServices, Service, ServiceHealth, ServiceNode};
+use super::wake::Topic;
 
 /// A read of the catalog. Queries are plain data so they can travel to another server
 /// or datacenter and be answered there.
@@ -116,6 +117,42 @@ pub enum Answer {
     Sessions(Vec<Session>),
     /// For [`Query::Txn`].
     Txn(TxnOutcome),
+}
+
+/// What a blocking read of a query waits on before it reads again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WaitsOn {
+    /// One key, one prefix or one service: only changes to it wake the reader.
+    Topic(Topic),
+    /// Nodes, services, checks or prepared queries: not the KV store or sessions.
+    Catalog,
+    /// Any change at all.
+    Everything,
+}
+
+impl Query {
+    /// What a blocking read of this query waits on. Every change that can move the index
+    /// the query answers with wakes it; other changes do not.
+    pub(crate) fn waits_on(&self) -> WaitsOn {
+        match self {
+            Query::Kv {
+                key,
+                read: KvRead::Entry,
+            } => WaitsOn::Topic(Topic::Key(key.clone())),
+            Query::Kv { key, .. } => WaitsOn::Topic(Topic::Prefix(key.clone())),
+            Query::ServiceNodes { service, .. }
+            | Query::ServiceHealth { service, .. }
+            | Query::ServiceChecks { service } => WaitsOn::Topic(Topic::Service(fold(service))),
+            Query::Nodes { .. }
+            | Query::Services { .. }
+            | Query::NodeServices { .. }
+            | Query::NodeChecks { .. }
+            | Query::ChecksInState { .. }
+            | Query::Address { .. }
+            | Query::PreparedQueries { .. } => WaitsOn::Catalog,
+            Query::Snapshot | Query::Sessions(_) | Query::Txn(_) => WaitsOn::Everything,
+        }
+    }
 }
 
 fn meta_matches(node: &Node, filter: &[(String, String)]) -> bool {

@@ -253,6 +253,7 @@ impl State {
             if !session.lock_delay.is_zero() {
                 self.sessions.delayed.insert(key.clone(), until);
             }
+            self.changed.key(&key);
             match session.behavior {
                 Behavior::Release => {
                     if let Some(e) = self.kv.entries.get_mut(&key) {

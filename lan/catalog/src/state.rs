@@ -15,6 +15,7 @@ use super::kv::{Kv, KvEntry, KvRefusal, KvWrite};
 use super::sessions::{Session, SessionWrite, Sessions};
 use super::txn::{TxnOp, TxnOutcome};
 use super::types::{Check, Node, PreparedQuery, Service};
+use super::wake::Changes;
 
 /// A change to the catalog, as it is written to the Raft log.
 // Commands are built once and moved into the log; boxing the large variant would only
@@ -191,6 +192,8 @@ pub struct State {
     /// Sessions and the locks they hold.
     pub(super) sessions: Sessions,
     pub(super) indexes: Indexes,
+    /// What applies changed since the writer last took it: whom to wake.
+    pub(super) changed: Changes,
 }
 
 /// The serialised form of the catalog used for Raft snapshots (and `/v1/snapshot`).
@@ -330,6 +333,7 @@ impl State {
 
     /// Records a change at `index` to service `name_key` (lower case).
     fn touch_service(&mut self, name_key: &str, index: u64) {
+        self.changed.service(name_key);
         if self.by_name.contains_key(name_key) {
             self.service_index.insert(name_key.to_owned(), index);
         } else {
@@ -416,6 +420,12 @@ impl State {
             state.service_index.insert(name, index);
         }
         *self = state;
+        self.changed.everything();
+    }
+
+    /// What changed since the last call: the readers to wake.
+    pub(super) fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changed)
     }
 
     fn register(&mut self, index: u64, r: &Registration) -> Result<(), ApplyError> {
