@@ -19,6 +19,7 @@
 
 #![warn(missing_docs)]
 
+pub mod acl;
 mod contract;
 pub mod duration;
 mod kv;

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::acl::{AclAnswer, AclRead};
 use super::kv::{KvAnswer, KvRead};
 use super::sessions::{Session, SessionRead};
 use super::state::{State, fold, on_node};
@@ -81,6 +82,8 @@ pub enum Query {
     Sessions(SessionRead),
     /// A transaction that only reads (`/v1/txn`).
     Txn(Vec<TxnOp>),
+    /// ACL tokens, policies and roles (`/v1/acl/*`).
+    Acl(AclRead),
     /// Keys and values (`/v1/kv/:key`).
     Kv {
         /// The key, or the prefix of a tree or key list.
@@ -117,6 +120,8 @@ pub enum Answer {
     Sessions(Vec<Session>),
     /// For [`Query::Txn`].
     Txn(TxnOutcome),
+    /// For [`Query::Acl`].
+    Acl(AclAnswer),
 }
 
 /// What a blocking read of a query waits on before it reads again.
@@ -150,7 +155,9 @@ impl Query {
             | Query::ChecksInState { .. }
             | Query::Address { .. }
             | Query::PreparedQueries { .. } => WaitsOn::Catalog,
-            Query::Snapshot | Query::Sessions(_) | Query::Txn(_) => WaitsOn::Everything,
+            Query::Snapshot | Query::Sessions(_) | Query::Txn(_) | Query::Acl(_) => {
+                WaitsOn::Everything
+            }
         }
     }
 }
@@ -304,6 +311,10 @@ impl State {
                 (Answer::Sessions(list), index)
             }
             Query::Txn(ops) => (Answer::Txn(self.read_txn(ops)), self.indexes.kv),
+            Query::Acl(read) => {
+                let (answer, index) = self.acl.query(read);
+                (Answer::Acl(answer), index)
+            }
         };
         (answer, index.max(1))
     }

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::acl::{AclSnapshot, AclTables, AclWrite};
 use super::kv::{Kv, KvEntry, KvRefusal, KvWrite};
 use super::sessions::{Session, SessionWrite, Sessions};
 use super::txn::{TxnOp, TxnOutcome};
@@ -51,6 +52,8 @@ pub enum Command {
     /// deletes. Only the replicator writes these; other writes to a replicated prefix
     /// are refused by the leader.
     KvReplicate(Vec<KvWrite>),
+    /// A write to the ACL tables.
+    Acl(AclWrite),
 }
 
 /// What an applied command produced besides its index.
@@ -135,6 +138,13 @@ pub enum ApplyError {
     /// A renewal of a session that does not exist (Consul's text).
     #[error("Session id '{0}' not found")]
     UnknownSession(String),
+    /// An ACL write that cannot be made; the text says why.
+    #[error("{0}")]
+    Acl(String),
+    /// A second bootstrap without the reset index of the last one (Consul's text; the
+    /// HTTP API answers 403 with "Permission denied: " before it).
+    #[error("ACL bootstrap no longer allowed (reset index: {0})")]
+    AclBootstrap(u64),
 }
 
 /// Per-table indexes: the Raft index of the last change to each table.
@@ -155,6 +165,9 @@ pub struct Indexes {
     /// Last change to any session.
     #[serde(default)]
     pub sessions: u64,
+    /// Last change to any ACL token, policy or role.
+    #[serde(default)]
+    pub acl: u64,
 }
 
 impl Indexes {
@@ -166,6 +179,7 @@ impl Indexes {
             .max(self.queries)
             .max(self.kv)
             .max(self.sessions)
+            .max(self.acl)
     }
 }
 
@@ -191,6 +205,8 @@ pub struct State {
     pub(super) kv: Kv,
     /// Sessions and the locks they hold.
     pub(super) sessions: Sessions,
+    /// ACL tokens, policies and roles.
+    pub(super) acl: AclTables,
     pub(super) indexes: Indexes,
     /// What applies changed since the writer last took it: whom to wake.
     pub(super) changed: Changes,
@@ -214,6 +230,8 @@ pub struct Snapshot {
     tombstones: Vec<(String, u64)>,
     #[serde(default)]
     sessions: Vec<Session>,
+    #[serde(default)]
+    acl: AclSnapshot,
 }
 
 impl Snapshot {
@@ -381,6 +399,10 @@ impl State {
             Command::Kv(write) => self.apply_kv(index, write)?,
             Command::Txn(ops) => return Ok(Applied::Txn(self.apply_txn(index, ops)?)),
             Command::Session(write) => self.apply_session(index, write)?,
+            Command::Acl(write) => {
+                self.apply_acl(index, write)?;
+                self.indexes.acl = self.acl.index();
+            }
             Command::KvReplicate(writes) => {
                 // Checked whole first, so that a refusal leaves nothing behind.
                 let plain = writes.iter().all(|w| match w {
@@ -413,7 +435,9 @@ impl State {
             queries: index,
             kv: index,
             sessions: index,
+            acl: index,
         };
+        state.acl.touch_all(index);
         let names: Vec<String> = state.by_name.keys().cloned().collect();
         state.service_index.clear();
         for name in names {
@@ -676,6 +700,7 @@ impl State {
                 .map(|(k, i)| (k.clone(), *i))
                 .collect(),
             sessions: self.sessions.by_id.values().cloned().collect(),
+            acl: self.acl.to_snapshot(),
         }
     }
 
@@ -697,6 +722,7 @@ impl State {
                     .collect(),
                 tombstones: snapshot.tombstones.into_iter().collect(),
             },
+            acl: AclTables::from_snapshot(snapshot.acl),
             ..State::default()
         };
         for node in snapshot.nodes {
