@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::rules::{Level, Resource, Rules};
 
 /// The access a request needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Access {
     /// Reading.
     Read,

@@ -12,12 +12,14 @@
 //! (crates `proconsul-lan` and `proconsul-api`).
 
 mod authorizer;
+mod enforce;
 mod rules;
 mod tables;
 
 use serde::{Deserialize, Serialize};
 
 pub use authorizer::{Access, Authorizer};
+pub use enforce::{Caller, Denied};
 pub use rules::{Level, Resource, Rules, RulesError};
 pub use tables::{AclAnswer, AclRead, AclSnapshot, AclTables, Resolved};
 
