@@ -520,6 +520,7 @@ fn lan_config(
         version: crate::VERSION.to_owned(),
         sync_interval: config.ae_interval,
         kv_replication: config.kv_replication.clone(),
+        acl: None,
     }
 }
 

@@ -158,7 +158,11 @@ async fn start_agent() -> anyhow::Result<Agent> {
         .context("a prepared query is a catalog write")?;
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     loop {
-        match agent.gateway().write(None, command.clone(), deadline).await {
+        match agent
+            .gateway()
+            .write(None, command.clone(), deadline, &catalog::Principal::Agent)
+            .await
+        {
             Ok(_) => break,
             // No leader yet.
             Err(_) if tokio::time::Instant::now() < deadline => {

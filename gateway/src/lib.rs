@@ -41,7 +41,7 @@ pub use replication::{KvReplicationStatus, PrefixStatus, start as start_kv_repli
 use std::sync::Arc;
 use std::time::Duration;
 
-use catalog::{Command, Query};
+use catalog::{Command, Principal, Query};
 use catalog::{
     Datacenter, QueryResult, RaftStatus, ReadError, ReadOptions, WriteError, Written, deadline_in,
     remaining_ms,
@@ -289,7 +289,8 @@ impl Gateway {
             let gateway = self.clone();
             let owned = route.clone();
             let query_owned = query.clone();
-            let read = async move { gateway.read_direct(&owned, &query_owned, options).await };
+            let sent = options.clone();
+            let read = async move { gateway.read_direct(&owned, &query_owned, sent).await };
             self.load
                 .coalesce(key.clone(), options.deadline + REMOTE_MARGIN, read)
                 .await
@@ -332,7 +333,7 @@ impl Gateway {
     ) -> Result<QueryResult, RouteError> {
         let call = || Call::Read {
             query: query.clone(),
-            options: options.to_sent(),
+            options: options.to_sent(self.lan.agent_token()),
         };
         match route {
             // The server RPC layer bounds these.
@@ -400,7 +401,16 @@ impl Gateway {
             Call::Write {
                 command,
                 timeout_ms,
-            } => Reply::Write(self.write(dc, *command, deadline_in(timeout_ms)).await),
+                token,
+            } => Reply::Write(
+                self.write(
+                    dc,
+                    *command,
+                    deadline_in(timeout_ms),
+                    &Principal::from_wire(token),
+                )
+                .await,
+            ),
             Call::Status { timeout_ms } => {
                 Reply::Status(self.raft_status(dc, deadline_in(timeout_ms)).await)
             }
@@ -459,17 +469,19 @@ impl Gateway {
         dc: Option<&str>,
         command: Command,
         deadline: Instant,
+        principal: &Principal,
     ) -> Result<Written, RouteError> {
         let call = Call::Write {
             command: Box::new(command),
             timeout_ms: remaining_ms(deadline),
+            token: principal.to_wire(self.lan.agent_token()),
         };
         let reply = match self.route(dc)? {
             Route::Local => {
                 let Call::Write { command, .. } = call else {
                     unreachable!("built as a write above")
                 };
-                return Ok(self.lan.write(*command, deadline).await?);
+                return Ok(self.lan.write(*command, deadline, principal).await?);
             }
             Route::Remote(dc) => {
                 remote(self.federation()?, &dc, &call, deadline + REMOTE_MARGIN).await?

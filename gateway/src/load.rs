@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use catalog::{Answer, KvAnswer, Query, TxnOutcome};
-use catalog::{Consistency, QueryResult, ReadOptions};
+use catalog::{Consistency, Principal, QueryResult, ReadOptions};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -89,6 +89,8 @@ pub(crate) struct Key {
     pub(crate) query: Query,
     pub(crate) consistency: Consistency,
     pub(crate) max_stale: Option<Duration>,
+    /// Answers are filtered for the caller's token: one cache entry per principal.
+    pub(crate) principal: Principal,
 }
 
 impl Key {
@@ -98,6 +100,7 @@ impl Key {
             query: query.clone(),
             consistency: options.consistency,
             max_stale: options.max_stale,
+            principal: options.principal.clone(),
         }
     }
 }
@@ -324,6 +327,7 @@ mod tests {
             },
             consistency: Consistency::Stale,
             max_stale: None,
+            principal: Principal::Anonymous,
         }
     }
 
@@ -335,6 +339,7 @@ mod tests {
                 known_leader: true,
                 last_contact: Duration::ZERO,
             },
+            filtered: false,
         }
     }
 

@@ -69,7 +69,7 @@ impl Gateway {
         near: Option<&str>,
         options: ReadOptions,
     ) -> Result<Option<Executed>, RouteError> {
-        let Some(definition) = self.prepared_query(dc, key, options).await? else {
+        let Some(definition) = self.prepared_query(dc, key, options.clone()).await? else {
             return Ok(None);
         };
         let mut service = definition.service;
@@ -94,7 +94,7 @@ impl Gateway {
             Some(d) => d.to_owned(),
             None => self.local_datacenter().to_string(),
         };
-        let mut executed = self.instances(&home, service, options).await?;
+        let mut executed = self.instances(&home, service, options.clone()).await?;
         if !executed.nodes.is_empty() || service.failover.is_empty() {
             self.order(&mut executed, service).await;
             return Ok(executed);
@@ -111,7 +111,7 @@ impl Gateway {
             let share = (options.deadline - now) / left;
             let attempt = ReadOptions {
                 deadline: (now + share.max(MIN_FAILOVER_ATTEMPT)).min(options.deadline),
-                ..options
+                ..options.clone()
             };
             match self.instances(&dc, service, attempt).await {
                 Ok(found) if !found.nodes.is_empty() => {

@@ -42,6 +42,9 @@ pub(crate) enum Call {
         command: Box<Command>,
         /// Time left until the caller's deadline, in milliseconds.
         timeout_ms: u64,
+        /// The caller's token (`None`: anonymous).
+        #[serde(default)]
+        token: Option<String>,
     },
     /// That datacenter's Raft state.
     Status {
@@ -172,6 +175,7 @@ mod tests {
                 min_index,
                 timeout_ms: 1000,
                 max_stale_ms: None,
+                token: None,
             },
         };
         assert!(!read(0).is_long() && read(7).is_long());
@@ -182,6 +186,7 @@ mod tests {
                 check_id: None,
             })),
             timeout_ms: 1,
+            token: None,
         };
         assert!(write.is_write() && write.delivery().at_most_once);
         assert!(matches!(write.failed("x".into()), RouteError::Write(_)));

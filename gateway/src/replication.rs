@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use catalog::{
-    Answer, Command, Consistency, KvAnswer, KvEntry, KvRead, KvReplication, KvWrite, Query,
-    ReadOptions,
+    Answer, Command, Consistency, KvAnswer, KvEntry, KvRead, KvReplication, KvWrite, Principal,
+    Query, ReadOptions,
 };
 use serde::Serialize;
 use tokio::time::Instant;
@@ -209,6 +209,7 @@ async fn round(
         min_index: last,
         deadline: Instant::now() + FOLLOW_WAIT,
         max_stale: None,
+        principal: Principal::Agent,
     };
     let source = gateway
         .read(Some(&config.source), &query, options)
@@ -221,6 +222,7 @@ async fn round(
         min_index: 0,
         deadline: Instant::now() + LOCAL_TIMEOUT,
         max_stale: None,
+        principal: Principal::Agent,
     };
     let local = gateway
         .lan()
@@ -234,7 +236,11 @@ async fn round(
     for chunk in chunks(writes) {
         gateway
             .lan()
-            .write(Command::KvReplicate(chunk), Instant::now() + LOCAL_TIMEOUT)
+            .write(
+                Command::KvReplicate(chunk),
+                Instant::now() + LOCAL_TIMEOUT,
+                &Principal::Agent,
+            )
             .await
             .map_err(|e| format!("writing the copy of {prefix:?}: {e}"))?;
     }

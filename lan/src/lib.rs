@@ -33,6 +33,7 @@
 
 #![warn(missing_docs)]
 
+pub mod acl;
 mod autopilot;
 mod checks;
 pub mod fair;
@@ -61,8 +62,8 @@ use tokio_util::task::TaskTracker;
 
 pub use autopilot::DEAD_SERVER_GRACE;
 use catalog::{
-    Answer, Command, Datacenter, KvReplication, Node, Query, QueryResult, RaftStatus, ReadError,
-    ReadOptions, ServerNode, WriteError, Written, remaining_ms,
+    Answer, Command, Datacenter, KvReplication, Node, Principal, Query, QueryResult, RaftStatus,
+    ReadError, ReadOptions, ServerNode, WriteError, Written, remaining_ms,
 };
 pub use checks::{CHECK_OUTPUT_LIMIT, CheckKind};
 use gossip::{
@@ -132,6 +133,8 @@ pub struct Config {
     /// Keys this datacenter copies from another one (a server refuses other writes to
     /// them while it leads).
     pub kv_replication: Option<Arc<KvReplication>>,
+    /// ACL settings; `None` when ACLs are off.
+    pub acl: Option<Arc<acl::AclConfig>>,
 }
 
 /// The datacenter could not be started.
@@ -345,6 +348,10 @@ impl Lan {
                     pool.clone(),
                     rpc.clone(),
                     config.kv_replication.clone(),
+                    config
+                        .acl
+                        .clone()
+                        .map(|a| acl::Acl::new(a, config.datacenter.as_str().to_owned())),
                 )))
             }
             _ => Role::Client {
@@ -419,6 +426,21 @@ impl Lan {
         &self.inner.config
     }
 
+    /// The token this agent presents for its own requests (`acl.tokens.agent`).
+    pub fn agent_token(&self) -> Option<&str> {
+        self.inner.config.acl.as_ref()?.agent_token.as_deref()
+    }
+
+    /// The token requests that present none act as (`acl.tokens.default`).
+    pub fn default_token(&self) -> Option<&str> {
+        self.inner.config.acl.as_ref()?.default_token.as_deref()
+    }
+
+    /// Whether ACLs are on.
+    pub fn acl_enabled(&self) -> bool {
+        self.inner.config.acl.is_some()
+    }
+
     /// Whether this agent is a server.
     pub fn is_server(&self) -> bool {
         matches!(self.inner.role, Role::Server { .. })
@@ -451,7 +473,7 @@ impl Lan {
             Role::Client { .. } => {
                 let request = server::Request::Read {
                     query: query.clone(),
-                    options: options.to_sent(),
+                    options: options.to_sent(self.agent_token()),
                     forwarded: false,
                 };
                 match self
@@ -485,14 +507,21 @@ impl Lan {
 
     /// Writes to the catalog; returns the Raft index the change was applied at and what
     /// it produced. A client agent (or a follower) sends the write on to the leader.
-    pub async fn write(&self, command: Command, deadline: Instant) -> Result<Written, WriteError> {
+    /// `principal` is whom the write is for (ACLs).
+    pub async fn write(
+        &self,
+        command: Command,
+        deadline: Instant,
+        principal: &Principal,
+    ) -> Result<Written, WriteError> {
         match &self.inner.role {
-            Role::Server(server) => server.write(command, deadline, false).await,
+            Role::Server(server) => server.write(command, deadline, principal, false).await,
             Role::Client { .. } => {
                 let request = server::Request::Write {
                     command,
                     timeout_ms: remaining_ms(deadline),
                     forwarded: false,
+                    token: principal.to_wire(self.agent_token()),
                 };
                 match self.forward(&request, deadline + FORWARD_MARGIN).await? {
                     server::Response::Write(r) => r,
@@ -744,7 +773,9 @@ impl local::Upstream for Lan {
     }
 
     async fn write(&self, command: Command, deadline: Instant) -> Result<u64, WriteError> {
-        Lan::write(self, command, deadline).await.map(|w| w.index)
+        Lan::write(self, command, deadline, &Principal::Agent)
+            .await
+            .map(|w| w.index)
     }
 
     fn subscribe_members(&self) -> watch::Receiver<Arc<Vec<Member>>> {

@@ -32,8 +32,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use catalog::{
-    Answer, Check, Command, Consistency, Deregistration, Health, Node, Query, QueryResult,
-    ReadError, ReadOptions, Registration, SERF_HEALTH_CHECK, Service, WriteError,
+    Answer, Check, Command, Consistency, Deregistration, Health, Node, Principal, Query,
+    QueryResult, ReadError, ReadOptions, Registration, SERF_HEALTH_CHECK, Service, WriteError,
 };
 use gossip::Member;
 
@@ -1195,6 +1195,7 @@ async fn read_remote(local: &Local, upstream: &impl Upstream) -> Result<Remote, 
         min_index: 0,
         deadline: Instant::now() + SYNC_WRITE_TIMEOUT,
         max_stale: None,
+        principal: Principal::Agent,
     };
     let by_node = Query::NodeServices { node: node.clone() };
     let checks_query = Query::NodeChecks { node };

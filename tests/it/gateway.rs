@@ -228,6 +228,7 @@ async fn every_query_form_reaches_other_datacenters_past_silent_servers_and_blac
                 min_index: 0,
                 deadline: tokio::time::Instant::now() + secs(10),
                 max_stale: None,
+                principal: catalog::Principal::Anonymous,
             };
             let query = catalog::Query::Nodes { node_meta: vec![] };
             gateway.read(Some("dc3"), &query, options).await

@@ -331,6 +331,10 @@ impl Server {
             min_index: 0,
             deadline,
             max_stale: None,
+            // DNS answers under the agent's default token (else anonymous), as Consul's.
+            principal: catalog::Principal::from_wire(
+                self.gateway.lan().default_token().map(str::to_owned),
+            ),
         };
         match need {
             Need::Read { dc, query } => {

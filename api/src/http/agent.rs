@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use catalog::Health;
@@ -34,8 +34,7 @@ fn empty_ok() -> Response {
     StatusCode::OK.into_response()
 }
 
-pub(crate) async fn self_info(State(ctx): State<Context>, RawQuery(q): RawQuery) -> Response {
-    let params = Params::parse(q.as_deref());
+pub(crate) async fn self_info(State(ctx): State<Context>, params: Params) -> Response {
     let info = &ctx.agent;
     let raft = if ctx.lan.is_server() {
         ctx.gateway
@@ -109,9 +108,8 @@ pub(crate) async fn self_info(State(ctx): State<Context>, RawQuery(q): RawQuery)
 
 pub(crate) async fn members(
     State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     params.refuse_unsupported()?;
     let members = if wan(&params) {
         ctx.gateway.federation()?.members()
@@ -124,9 +122,8 @@ pub(crate) async fn members(
 
 pub(crate) async fn services(
     State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     params.refuse_unsupported()?;
     let services = ctx.lan.local().services();
     let dc = ctx.agent.datacenter.as_str();
@@ -140,9 +137,8 @@ pub(crate) async fn services(
 pub(crate) async fn service(
     State(ctx): State<Context>,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     let service = ctx
         .lan
         .local()
@@ -157,9 +153,8 @@ pub(crate) async fn service(
 
 pub(crate) async fn checks(
     State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     params.refuse_unsupported()?;
     let checks = ctx.lan.local().checks();
     let map: BTreeMap<&str, _> = checks
@@ -187,10 +182,9 @@ fn definition_error(e: definition::DefinitionError) -> ApiError {
 
 pub(crate) async fn register_service(
     State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
+    params: Params,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     let (service, checks) = service_registration(&body)?;
     let replace = params
         .flag("replace-existing-checks")
@@ -261,32 +255,32 @@ fn ttl_update(ctx: &Context, id: &str, status: Health, note: String) -> Result<R
     Ok(empty_ok())
 }
 
-fn note(q: Option<&str>) -> String {
-    Params::parse(q).get("note").unwrap_or_default().to_owned()
+fn note(params: &Params) -> String {
+    params.get("note").unwrap_or_default().to_owned()
 }
 
 pub(crate) async fn check_pass(
     State(ctx): State<Context>,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    ttl_update(&ctx, &id, Health::Passing, note(q.as_deref()))
+    ttl_update(&ctx, &id, Health::Passing, note(&params))
 }
 
 pub(crate) async fn check_warn(
     State(ctx): State<Context>,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    ttl_update(&ctx, &id, Health::Warning, note(q.as_deref()))
+    ttl_update(&ctx, &id, Health::Warning, note(&params))
 }
 
 pub(crate) async fn check_fail(
     State(ctx): State<Context>,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    ttl_update(&ctx, &id, Health::Critical, note(q.as_deref()))
+    ttl_update(&ctx, &id, Health::Critical, note(&params))
 }
 
 pub(crate) async fn check_update(
@@ -354,9 +348,8 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) async fn join(
     State(ctx): State<Context>,
     Path(addr): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
     let addrs = std::slice::from_ref(&addr);
     let results = if wan(&params) {
@@ -378,9 +371,8 @@ pub(crate) async fn join(
 pub(crate) async fn force_leave(
     State(ctx): State<Context>,
     Path(node): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     let prune = params.get("prune").is_some();
     let known = if wan(&params) {
         ctx.gateway.federation()?.force_leave(&node, prune).await

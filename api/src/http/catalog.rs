@@ -1,7 +1,7 @@
 //! `/v1/catalog/...`
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::response::Response;
 use catalog::{Answer, Check, Command, Deregistration, Health, Node, Query, Registration, Service};
 use gossip::transport::Coordinates;
@@ -62,7 +62,7 @@ async fn read_sort_and_render(
 ) -> Result<Response, ApiError> {
     let request = read_request(params)?;
     let cached = tokio::select! {
-        result = ctx.gateway.read_cached(params.dc(), &query, request.options, request.cache) => result?,
+        result = ctx.gateway.read_cached(params.dc(), &query, request.options.clone(), request.cache) => result?,
         _ = ctx.shutdown.cancelled() => {
             return Err(ApiError::Internal("the agent is shutting down".into()));
         }
@@ -79,6 +79,7 @@ async fn read_sort_and_render(
     }
     let mut response = render(&result.answer, request.pretty);
     super::add_cache_headers(&mut response, cached.cache);
+    super::add_filtered_header(&mut response, result.filtered);
     add_meta_headers(
         &mut response,
         result.index,
@@ -115,9 +116,8 @@ pub(crate) fn sort_by_distance(answer: &mut Answer, coordinates: &Coordinates, o
 
 pub(crate) async fn datacenters(
     State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     let names: Vec<String> = ctx
         .gateway
         .datacenters()
@@ -130,9 +130,8 @@ pub(crate) async fn datacenters(
 
 pub(crate) async fn nodes(
     State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     let query = Query::Nodes {
         node_meta: params.node_meta()?,
     };
@@ -148,9 +147,8 @@ pub(crate) async fn nodes(
 
 pub(crate) async fn services(
     State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     let query = Query::Services {
         node_meta: params.node_meta()?,
     };
@@ -164,9 +162,8 @@ pub(crate) async fn services(
 pub(crate) async fn service(
     State(ctx): State<Context>,
     Path(name): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     if name.is_empty() {
         return Err(ApiError::BadRequest("Missing service name".into()));
     }
@@ -191,9 +188,8 @@ pub(crate) async fn service(
 pub(crate) async fn node(
     State(ctx): State<Context>,
     Path(node): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     let query = Query::NodeServices { node };
     read_and_render(&ctx, &params, query, |answer, pretty| match answer {
         // Consul answers an unknown node with 200 and `null` (issue #9330); clients
@@ -210,9 +206,8 @@ pub(crate) async fn node(
 pub(crate) async fn node_services(
     State(ctx): State<Context>,
     Path(node): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     let query = Query::NodeServices { node };
     read_and_render(&ctx, &params, query, |answer, pretty| match answer {
         Answer::NodeServices(None) => json(&Value::Null, pretty),
@@ -327,14 +322,18 @@ fn catalog_check(value: &Value, node: &str) -> Result<Check, ApiError> {
 
 pub(crate) async fn register(
     State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
+    params: Params,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     let local_dc = ctx.gateway.local_datacenter().as_str();
     let (dc, command) = registration(&params, &body, local_dc)?;
     ctx.gateway
-        .write(dc.as_deref(), command, Instant::now() + REQUEST_TIMEOUT)
+        .write(
+            dc.as_deref(),
+            command,
+            Instant::now() + REQUEST_TIMEOUT,
+            params.principal(),
+        )
         .await?;
     Ok(json(&true, params.pretty()))
 }
@@ -401,13 +400,17 @@ pub(crate) fn registration(
 
 pub(crate) async fn deregister(
     State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
+    params: Params,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     let (dc, command) = deregistration(&params, &body)?;
     ctx.gateway
-        .write(dc.as_deref(), command, Instant::now() + REQUEST_TIMEOUT)
+        .write(
+            dc.as_deref(),
+            command,
+            Instant::now() + REQUEST_TIMEOUT,
+            params.principal(),
+        )
         .await?;
     Ok(json(&true, params.pretty()))
 }

@@ -5,7 +5,7 @@
 //! Consul, LAN coordinates are not stored in the catalog, so a node this agent has not
 //! probed yet has none here.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::response::Response;
 use gossip::swim::coordinate::Coordinate;
 use serde::Serialize;
@@ -34,9 +34,8 @@ struct DatacenterCoords<'a> {
 /// `GET /v1/coordinate/datacenters`: the WAN coordinates of every datacenter's servers.
 pub(crate) async fn datacenters(
     State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     let federation = ctx.gateway.federation()?;
     let coordinates = federation.coordinates().await;
     let mut by_dc: BTreeMap<String, Vec<(&str, &Coordinate)>> = federation
@@ -81,9 +80,8 @@ fn local_only(ctx: &Context, params: &Params) -> Result<(), ApiError> {
 /// `GET /v1/coordinate/nodes`: the LAN coordinates of the nodes, by name.
 pub(crate) async fn nodes(
     State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     local_only(&ctx, &params)?;
     let coordinates = ctx.lan.coordinates().await;
     let body: Vec<NodeCoord> = coordinates
@@ -101,9 +99,8 @@ pub(crate) async fn nodes(
 pub(crate) async fn node(
     State(ctx): State<Context>,
     Path(node): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     local_only(&ctx, &params)?;
     let coordinates = ctx.lan.coordinates().await;
     let Some(coord) = coordinates.get(&node) else {

@@ -1,6 +1,6 @@
 //! `/v1/health/...`
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::response::Response;
 use catalog::{Answer, Health, Query};
 
@@ -21,9 +21,8 @@ fn render_checks(answer: &Answer, pretty: bool) -> Response {
 pub(crate) async fn service(
     State(ctx): State<Context>,
     Path(name): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     if name.is_empty() {
         return Err(ApiError::BadRequest("Missing service name".into()));
     }
@@ -53,18 +52,16 @@ pub(crate) async fn service(
 pub(crate) async fn node(
     State(ctx): State<Context>,
     Path(node): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     read_and_render(&ctx, &params, Query::NodeChecks { node }, render_checks).await
 }
 
 pub(crate) async fn checks(
     State(ctx): State<Context>,
     Path(service): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     read_near_and_render(
         &ctx,
         &params,
@@ -77,9 +74,8 @@ pub(crate) async fn checks(
 pub(crate) async fn state(
     State(ctx): State<Context>,
     Path(state): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     let state = match state.as_str() {
         "any" => None,
         other => Some(

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use gateway::PoolKeyring;
@@ -113,11 +113,7 @@ fn errors(pools: &[PoolKeyring], failed: impl Fn(&PoolKeyring) -> bool) -> Resul
     }
 }
 
-pub(crate) async fn list(
-    State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
+pub(crate) async fn list(State(ctx): State<Context>, params: Params) -> Result<Response, ApiError> {
     check_params(&params, false)?;
     let pools = run(&ctx, KeyOperation::List, params.get("local-only").is_some()).await?;
     // A listing fails only for a pool where nobody answered.
@@ -139,11 +135,10 @@ pub(crate) async fn list(
 
 async fn change(
     ctx: Context,
-    q: Option<String>,
+    params: Params,
     body: Bytes,
     op: impl FnOnce(String) -> KeyOperation,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     check_params(&params, true)?;
     let key = key_from_body(&body)?;
     let pools = run(&ctx, op(key), false).await?;
@@ -153,24 +148,24 @@ async fn change(
 
 pub(crate) async fn install(
     State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
+    params: Params,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    change(ctx, q, body, KeyOperation::Install).await
+    change(ctx, params, body, KeyOperation::Install).await
 }
 
 pub(crate) async fn use_key(
     State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
+    params: Params,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    change(ctx, q, body, KeyOperation::Use).await
+    change(ctx, params, body, KeyOperation::Use).await
 }
 
 pub(crate) async fn remove(
     State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
+    params: Params,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    change(ctx, q, body, KeyOperation::Remove).await
+    change(ctx, params, body, KeyOperation::Remove).await
 }

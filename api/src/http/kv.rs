@@ -20,7 +20,7 @@
 //! another session, is not held, or is in an ended session's lock delay.
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use catalog::{Answer, ApplyError, Command, KvAnswer, KvRead, KvWrite, Query, WriteError};
@@ -34,18 +34,18 @@ use crate::Context;
 /// `GET /v1/kv/` (the root, for `?recurse` and `?keys`).
 pub(crate) async fn get_root(
     State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    read(&ctx, String::new(), q.as_deref()).await
+    read(&ctx, String::new(), &params).await
 }
 
 /// `GET /v1/kv/:key`.
 pub(crate) async fn get(
     State(ctx): State<Context>,
     Path(key): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    read(&ctx, checked_key(key)?, q.as_deref()).await
+    read(&ctx, checked_key(key)?, &params).await
 }
 
 /// `PUT /v1/kv/` (always refused: a write needs a key).
@@ -57,12 +57,11 @@ pub(crate) async fn put_root() -> Result<Response, ApiError> {
 pub(crate) async fn put(
     State(ctx): State<Context>,
     Path(key): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = checked_key(key)?;
-    let params = Params::parse(q.as_deref());
     conflicting_flags(&params, &["cas", "acquire", "release"])?;
     let flags = number(&params, "flags")?.unwrap_or(0);
     let cas = number(&params, "cas")?;
@@ -95,25 +94,24 @@ pub(crate) async fn put(
 /// `DELETE /v1/kv/` (every key with `?recurse`).
 pub(crate) async fn delete_root(
     State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    delete(&ctx, String::new(), q.as_deref()).await
+    delete(&ctx, String::new(), &params).await
 }
 
 /// `DELETE /v1/kv/:key`.
 pub(crate) async fn delete_key(
     State(ctx): State<Context>,
     Path(key): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    delete(&ctx, checked_key(key)?, q.as_deref()).await
+    delete(&ctx, checked_key(key)?, &params).await
 }
 
-async fn delete(ctx: &Context, key: String, q: Option<&str>) -> Result<Response, ApiError> {
-    let params = Params::parse(q);
+async fn delete(ctx: &Context, key: String, params: &Params) -> Result<Response, ApiError> {
     let recurse = params.has("recurse");
     if recurse {
-        conflicting_flags(&params, &["recurse", "cas"])?;
+        conflicting_flags(params, &["recurse", "cas"])?;
     } else if key.is_empty() {
         return Err(missing_key());
     }
@@ -122,14 +120,13 @@ async fn delete(ctx: &Context, key: String, q: Option<&str>) -> Result<Response,
     } else {
         KvWrite::Delete {
             key,
-            cas: number(&params, "cas")?,
+            cas: number(params, "cas")?,
         }
     };
-    write_and_answer(ctx, &params, write).await
+    write_and_answer(ctx, params, write).await
 }
 
-async fn read(ctx: &Context, key: String, q: Option<&str>) -> Result<Response, ApiError> {
-    let params = Params::parse(q);
+async fn read(ctx: &Context, key: String, params: &Params) -> Result<Response, ApiError> {
     let keys = params.has("keys");
     let recurse = params.has("recurse");
     if key.is_empty() && !keys && !recurse {
@@ -185,6 +182,7 @@ async fn write_and_answer(
             params.dc(),
             Command::Kv(write),
             Instant::now() + REQUEST_TIMEOUT,
+            params.principal(),
         )
         .await;
     match done {
@@ -204,9 +202,8 @@ async fn write_and_answer(
 /// stands on this server (only the leader replicates; the others say `Running: false`).
 pub(crate) async fn replication(
     State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     let body = match &ctx.kv_replication {
         None => serde_json::json!({ "Enabled": false }),
         Some(status) => serde_json::json!({
@@ -242,7 +239,7 @@ fn conflicting_flags(params: &Params, flags: &[&str]) -> Result<(), ApiError> {
     if flags.iter().filter(|f| params.has(f)).count() > 1 {
         return Err(ApiError::BadRequest(format!(
             "Conflicting flags: {}",
-            params.sorted().encode()
+            params.without(&["token"]).sorted().encode()
         )));
     }
     Ok(())

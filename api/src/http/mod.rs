@@ -22,7 +22,7 @@ pub(crate) mod txn;
 
 use std::time::Duration;
 
-use ::catalog::{Consistency, ReadError, ReadMeta, ReadOptions, WriteError};
+use ::catalog::{Consistency, Principal, ReadError, ReadMeta, ReadOptions, WriteError};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
@@ -58,6 +58,8 @@ pub(crate) enum ApiError {
     TooLarge(String),
     /// 429 with a message: a limit was reached, retry later.
     TooManyRequests(String),
+    /// 403 with a message: ACLs refused the request.
+    Forbidden(String),
     /// 500 with a message.
     Internal(String),
 }
@@ -66,6 +68,8 @@ impl From<RouteError> for ApiError {
     fn from(e: RouteError) -> Self {
         match e {
             RouteError::Busy { .. } => ApiError::TooManyRequests(e.to_string()),
+            RouteError::Read(e) => e.into(),
+            RouteError::Write(e) => e.into(),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -73,13 +77,19 @@ impl From<RouteError> for ApiError {
 
 impl From<ReadError> for ApiError {
     fn from(e: ReadError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            ReadError::AclNotFound | ReadError::Denied(_) => ApiError::Forbidden(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
     }
 }
 
 impl From<WriteError> for ApiError {
     fn from(e: WriteError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            WriteError::AclNotFound | WriteError::Denied(_) => ApiError::Forbidden(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
     }
 }
 
@@ -90,6 +100,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(t) => (StatusCode::NOT_FOUND, t),
             ApiError::TooLarge(t) => (StatusCode::PAYLOAD_TOO_LARGE, t),
             ApiError::TooManyRequests(t) => (StatusCode::TOO_MANY_REQUESTS, t),
+            ApiError::Forbidden(t) => (StatusCode::FORBIDDEN, t),
             ApiError::Internal(t) => (StatusCode::INTERNAL_SERVER_ERROR, t),
         };
         let mut response = (
@@ -107,34 +118,47 @@ impl IntoResponse for ApiError {
 #[derive(Debug, Clone, Copy)]
 struct Worded;
 
-/// Query-string parameters in order, with repeats (`?tag=a&tag=b`).
-pub(crate) struct Params(Vec<(String, String)>);
+/// Query-string parameters in order, with repeats (`?tag=a&tag=b`), and whom the request
+/// is for: the token it presents (`?token=`, else `X-Consul-Token`, else
+/// `Authorization: Bearer`), else the agent's default token, else anonymous.
+pub(crate) struct Params {
+    pairs: Vec<(String, String)>,
+    principal: Principal,
+}
 
 impl Params {
+    /// The parameters of a query string, for an anonymous caller.
     pub(crate) fn parse(raw: Option<&str>) -> Params {
-        Params(
-            raw.map(|q| {
-                form_urlencoded::parse(q.as_bytes())
-                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        )
+        Params {
+            pairs: raw
+                .map(|q| {
+                    form_urlencoded::parse(q.as_bytes())
+                        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            principal: Principal::Anonymous,
+        }
+    }
+
+    /// Whom the request is for.
+    pub(crate) fn principal(&self) -> &Principal {
+        &self.principal
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<&str> {
-        self.0
+        self.pairs
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
 
     pub(crate) fn has(&self, key: &str) -> bool {
-        self.0.iter().any(|(k, _)| k == key)
+        self.pairs.iter().any(|(k, _)| k == key)
     }
 
     pub(crate) fn all(&self, key: &str) -> Vec<String> {
-        self.0
+        self.pairs
             .iter()
             .filter(|(k, _)| k == key)
             .map(|(_, v)| v.clone())
@@ -160,26 +184,31 @@ impl Params {
 
     /// These parameters without `keys` (which the caller handles itself).
     pub(crate) fn without(&self, keys: &[&str]) -> Params {
-        Params(
-            self.0
+        Params {
+            pairs: self
+                .pairs
                 .iter()
                 .filter(|(k, _)| !keys.contains(&k.as_str()))
                 .cloned()
                 .collect(),
-        )
+            principal: self.principal.clone(),
+        }
     }
 
     /// These parameters sorted by name (Go's `url.Values.Encode` order).
     pub(crate) fn sorted(&self) -> Params {
-        let mut pairs = self.0.clone();
+        let mut pairs = self.pairs.clone();
         pairs.sort_by(|a, b| a.0.cmp(&b.0));
-        Params(pairs)
+        Params {
+            pairs,
+            principal: self.principal.clone(),
+        }
     }
 
     /// These parameters as a query string (without the `?`).
     pub(crate) fn encode(&self) -> String {
         form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(&self.0)
+            .extend_pairs(&self.pairs)
             .finish()
     }
 
@@ -210,6 +239,37 @@ impl Params {
             }
         }
         Ok(())
+    }
+}
+
+/// The token a request presents, by Consul's precedence: `?token=`, `X-Consul-Token`,
+/// `Authorization: Bearer` (scheme in any case). Empty values count as none.
+fn presented_token(params: &Params, headers: &axum::http::HeaderMap) -> Option<String> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let bearer = header("authorization").and_then(|v| {
+        let (scheme, token) = v.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    });
+    params
+        .get("token")
+        .or_else(|| header("x-consul-token"))
+        .or(bearer)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+}
+
+impl axum::extract::FromRequestParts<Context> for Params {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        ctx: &Context,
+    ) -> Result<Params, Self::Rejection> {
+        let mut params = Params::parse(parts.uri.query());
+        let token = presented_token(&params, &parts.headers)
+            .or_else(|| ctx.lan.default_token().map(str::to_owned));
+        params.principal = Principal::from_wire(token);
+        Ok(params)
     }
 }
 
@@ -344,6 +404,7 @@ pub(crate) fn read_request(params: &Params) -> Result<ReadRequest, ApiError> {
             min_index,
             deadline,
             max_stale,
+            principal: params.principal().clone(),
         },
         pretty: params.pretty(),
         cache: cache_policy(params)?,
@@ -396,6 +457,18 @@ pub(crate) fn add_cache_headers(response: &mut Response, status: Option<gateway:
 }
 
 /// Adds the blocking-query headers to a read's response.
+/// `X-Consul-Results-Filtered-By-ACLs: true` when ACLs left something out of an answer.
+/// Consul hides it from anonymous callers; proconsul says it to everyone, as knowing that
+/// something was hidden tells nothing about what.
+pub(crate) fn add_filtered_header(response: &mut Response, filtered: bool) {
+    if filtered {
+        response.headers_mut().insert(
+            HeaderName::from_static("x-consul-results-filtered-by-acls"),
+            HeaderValue::from_static("true"),
+        );
+    }
+}
+
 pub(crate) fn add_meta_headers(
     response: &mut Response,
     index: u64,

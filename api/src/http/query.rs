@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use catalog::{Command, Failover, PreparedQuery, ServiceQuery};
 use serde::Serialize;
@@ -253,10 +253,9 @@ fn query_json(q: &PreparedQuery) -> QueryJson<'_> {
 /// `POST /v1/query` (Consul also takes `PUT`): stores a new query, answers its ID.
 pub(crate) async fn create(
     State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
+    params: Params,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     let mut query = definition(&body)?;
     query.id = catalog::uuid::new_uuid();
     let id = query.id.clone();
@@ -265,7 +264,12 @@ pub(crate) async fn create(
         create: true,
     };
     ctx.gateway
-        .write(params.dc(), command, Instant::now() + REQUEST_TIMEOUT)
+        .write(
+            params.dc(),
+            command,
+            Instant::now() + REQUEST_TIMEOUT,
+            params.principal(),
+        )
         .await?;
     #[derive(Serialize)]
     struct Created {
@@ -276,11 +280,7 @@ pub(crate) async fn create(
 }
 
 /// `GET /v1/query`: every stored query.
-pub(crate) async fn list(
-    State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
+pub(crate) async fn list(State(ctx): State<Context>, params: Params) -> Result<Response, ApiError> {
     read_queries(&ctx, &params, None).await
 }
 
@@ -294,7 +294,7 @@ async fn read_queries(
     let query = catalog::Query::PreparedQueries { key };
     let result = ctx
         .gateway
-        .read(params.dc(), &query, request.options)
+        .read(params.dc(), &query, request.options.clone())
         .await?;
     let catalog::Answer::PreparedQueries(list) = &result.answer else {
         return Ok(super::catalog::unexpected());
@@ -319,9 +319,8 @@ async fn read_queries(
 pub(crate) async fn read(
     State(ctx): State<Context>,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     read_queries(&ctx, &params, Some(id)).await
 }
 
@@ -329,10 +328,9 @@ pub(crate) async fn read(
 pub(crate) async fn update(
     State(ctx): State<Context>,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     let mut query = definition(&body)?;
     query.id = id;
     let command = Command::SetQuery {
@@ -340,7 +338,12 @@ pub(crate) async fn update(
         create: false,
     };
     ctx.gateway
-        .write(params.dc(), command, Instant::now() + REQUEST_TIMEOUT)
+        .write(
+            params.dc(),
+            command,
+            Instant::now() + REQUEST_TIMEOUT,
+            params.principal(),
+        )
         .await?;
     Ok(().into_response())
 }
@@ -349,14 +352,14 @@ pub(crate) async fn update(
 pub(crate) async fn delete(
     State(ctx): State<Context>,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     ctx.gateway
         .write(
             params.dc(),
             Command::DeleteQuery { id },
             Instant::now() + REQUEST_TIMEOUT,
+            params.principal(),
         )
         .await?;
     Ok(().into_response())
@@ -377,9 +380,8 @@ struct ExecuteJson<'a> {
 pub(crate) async fn execute(
     State(ctx): State<Context>,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     let near = params.get("near").map(str::to_owned);
     let limit = match params.get("limit") {
         None | Some("") => None,
@@ -390,7 +392,7 @@ pub(crate) async fn execute(
     };
     let request = read_request(&params.without(&["near", "limit", "connect"]))?;
     let executed = tokio::select! {
-        r = ctx.gateway.execute(params.dc(), &id, near.as_deref(), request.options) => r?,
+        r = ctx.gateway.execute(params.dc(), &id, near.as_deref(), request.options.clone()) => r?,
         _ = ctx.shutdown.cancelled() => {
             return Err(ApiError::Internal("the agent is shutting down".into()));
         }
@@ -429,9 +431,8 @@ pub(crate) async fn execute(
 pub(crate) async fn explain(
     State(ctx): State<Context>,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     let request = read_request(&params)?;
     let Some(query) = ctx
         .gateway

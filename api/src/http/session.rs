@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use catalog::{
     Answer, ApplyError, Behavior, Command, DEFAULT_LOCK_DELAY, Query, SERF_HEALTH_CHECK,
@@ -32,10 +32,9 @@ use crate::Context;
 /// `PUT /v1/session/create`.
 pub(crate) async fn create(
     State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
+    params: Params,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     if !ctx.agent.server && !ctx.gateway.is_local(params.dc()) {
         return Err(ApiError::Internal(
             "cross datacenter lock must be created at server agent".into(),
@@ -51,9 +50,8 @@ pub(crate) async fn create(
 pub(crate) async fn destroy(
     State(ctx): State<Context>,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     let id = needed(id, "Missing session")?;
     write(&ctx, &params, SessionWrite::Destroy { id }).await?;
     Ok(json(&true, params.pretty()))
@@ -63,9 +61,8 @@ pub(crate) async fn destroy(
 pub(crate) async fn renew(
     State(ctx): State<Context>,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     let id = needed(id, "Missing session")?;
     write(&ctx, &params, SessionWrite::Renew { id: id.clone() }).await?;
     let rest = params.without(&["index", "wait"]);
@@ -76,33 +73,29 @@ pub(crate) async fn renew(
 pub(crate) async fn info(
     State(ctx): State<Context>,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
     let id = needed(id, "Missing session")?;
-    read(&ctx, q.as_deref(), SessionRead::Info(id)).await
+    read(&ctx, &params, SessionRead::Info(id)).await
 }
 
 /// `GET /v1/session/node/:node`.
 pub(crate) async fn node(
     State(ctx): State<Context>,
     Path(node): Path<String>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
     let node = needed(node, "Missing node name")?;
-    read(&ctx, q.as_deref(), SessionRead::Node(node)).await
+    read(&ctx, &params, SessionRead::Node(node)).await
 }
 
 /// `GET /v1/session/list`.
-pub(crate) async fn list(
-    State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    read(&ctx, q.as_deref(), SessionRead::List).await
+pub(crate) async fn list(State(ctx): State<Context>, params: Params) -> Result<Response, ApiError> {
+    read(&ctx, &params, SessionRead::List).await
 }
 
-async fn read(ctx: &Context, q: Option<&str>, which: SessionRead) -> Result<Response, ApiError> {
-    let params = Params::parse(q);
-    read_and_render(ctx, &params, Query::Sessions(which), render).await
+async fn read(ctx: &Context, params: &Params, which: SessionRead) -> Result<Response, ApiError> {
+    read_and_render(ctx, params, Query::Sessions(which), render).await
 }
 
 fn render(answer: &Answer, pretty: bool) -> Response {
@@ -123,6 +116,7 @@ async fn write(ctx: &Context, params: &Params, write: SessionWrite) -> Result<()
             params.dc(),
             Command::Session(write),
             Instant::now() + REQUEST_TIMEOUT,
+            params.principal(),
         )
         .await;
     match done {

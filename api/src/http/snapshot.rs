@@ -6,7 +6,7 @@
 //! log index and blocking queries on anything wake.
 
 use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use catalog::{Answer, Command, Query, Snapshot};
@@ -34,11 +34,7 @@ struct SnapshotFile {
 }
 
 /// `GET /v1/snapshot`: the catalog as a snapshot file.
-pub(crate) async fn save(
-    State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
+pub(crate) async fn save(State(ctx): State<Context>, params: Params) -> Result<Response, ApiError> {
     let dc = params
         .dc()
         .map(str::to_owned)
@@ -66,13 +62,17 @@ pub(crate) async fn save(
 /// `PUT /v1/snapshot`: replaces the catalog with the snapshot in the body.
 pub(crate) async fn restore(
     State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
+    params: Params,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     let command = restore_command(&body)?;
     ctx.gateway
-        .write(params.dc(), command, Instant::now() + RESTORE_TIMEOUT)
+        .write(
+            params.dc(),
+            command,
+            Instant::now() + RESTORE_TIMEOUT,
+            params.principal(),
+        )
         .await?;
     Ok(StatusCode::OK.into_response())
 }

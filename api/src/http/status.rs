@@ -1,6 +1,6 @@
 //! `/v1/status/...`
 
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::response::Response;
 
 use tokio::time::Instant;
@@ -18,18 +18,16 @@ async fn raft_status(ctx: &Context, params: &Params) -> Result<catalog::RaftStat
 
 pub(crate) async fn leader(
     State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     let status = raft_status(&ctx, &params).await?;
     Ok(json(&status.leader.unwrap_or_default(), params.pretty()))
 }
 
 pub(crate) async fn peers(
     State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     let status = raft_status(&ctx, &params).await?;
     Ok(json(&status.peers, params.pretty()))
 }
@@ -58,9 +56,8 @@ struct RaftConfigurationJson<'a> {
 /// `GET /v1/operator/raft/configuration`: the servers of the Raft configuration.
 pub(crate) async fn raft_configuration(
     State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     let status = raft_status(&ctx, &params).await?;
     let body = RaftConfigurationJson {
         servers: status
@@ -85,9 +82,8 @@ pub(crate) async fn raft_configuration(
 /// gone for good from this datacenter's Raft configuration (on the leader).
 pub(crate) async fn raft_remove_peer(
     State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
+    params: Params,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     if !ctx.gateway.is_local(params.dc()) {
         return Err(ApiError::BadRequest(
             "removing a Raft peer of another datacenter is not supported by proconsul: \

@@ -9,7 +9,7 @@
 //! with 400: proconsul's transactions hold KV operations only.
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -30,10 +30,9 @@ use crate::Context;
 /// `PUT /v1/txn`.
 pub(crate) async fn apply(
     State(ctx): State<Context>,
-    RawQuery(q): RawQuery,
+    params: Params,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(q.as_deref());
     let max_value = ctx.agent.kv_max_value_size;
     let max_body = max_value.max(KV_MAX_VALUE_SIZE);
     let body = read_limited(body, max_body).await.map_err(|e| match e {
@@ -53,7 +52,7 @@ pub(crate) async fn apply(
         request.options.deadline = Instant::now() + REQUEST_TIMEOUT;
         let result = ctx
             .gateway
-            .read(params.dc(), &Query::Txn(ops), request.options)
+            .read(params.dc(), &Query::Txn(ops), request.options.clone())
             .await?;
         let Answer::Txn(answer) = result.answer else {
             return Err(ApiError::Internal(format!(
@@ -62,6 +61,7 @@ pub(crate) async fn apply(
             )));
         };
         let mut response = outcome(answer, request.pretty);
+        super::add_filtered_header(&mut response, result.filtered);
         add_meta_headers(
             &mut response,
             result.index,
@@ -83,6 +83,7 @@ pub(crate) async fn apply(
             params.dc(),
             Command::Txn(ops),
             Instant::now() + REQUEST_TIMEOUT,
+            params.principal(),
         )
         .await?;
     match written.applied {

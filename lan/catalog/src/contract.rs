@@ -2,11 +2,13 @@
 //! reports about the answer (Consul's `X-Consul-*` headers), why a read or a write
 //! failed, and deadlines as requests carry them from server to server.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::acl::Denied;
 use crate::{Answer, Applied, ApplyError};
 
 /// How fresh a read must be (Consul's consistency modes). A default read is served by
@@ -62,6 +64,12 @@ pub enum WriteError {
     /// The change is larger than a log entry may be; it was not applied.
     #[error("the change of {0} bytes is too large for the catalog log")]
     TooLarge(usize),
+    /// The token presented is unknown or expired (Consul's text).
+    #[error("ACL not found")]
+    AclNotFound,
+    /// The token lacks a permission the write needs.
+    #[error(transparent)]
+    Denied(#[from] Denied),
 }
 
 impl WriteError {
@@ -99,6 +107,12 @@ pub enum ReadError {
     /// No server could be reached.
     #[error("rpc error making call: {0}")]
     Rpc(String),
+    /// The token presented is unknown or expired (Consul's text).
+    #[error("ACL not found")]
+    AclNotFound,
+    /// The token lacks a permission the read needs.
+    #[error(transparent)]
+    Denied(#[from] Denied),
 }
 
 /// What a read reports about the Raft state behind its answer (Consul's headers).
@@ -111,8 +125,51 @@ pub struct ReadMeta {
     pub last_contact: Duration,
 }
 
+/// Whom a request acts for, as ACLs see it. Its `Debug` form never shows the secret.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub enum Principal {
+    /// Whoever presented no token: the anonymous token decides.
+    #[default]
+    Anonymous,
+    /// The holder of this secret.
+    Token(Arc<str>),
+    /// The agent itself, for its own duties (anti-entropy, the leader's tasks): on a
+    /// server it may do anything; a client agent sends its agent token for it. Never
+    /// read from the network.
+    Agent,
+}
+
+impl std::fmt::Debug for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Principal::Anonymous => "Anonymous",
+            Principal::Token(_) => "Token(redacted)",
+            Principal::Agent => "Agent",
+        })
+    }
+}
+
+impl Principal {
+    /// The principal of a token sent over the network (`None`: anonymous).
+    pub fn from_wire(token: Option<String>) -> Principal {
+        match token {
+            Some(t) if !t.is_empty() => Principal::Token(t.into()),
+            _ => Principal::Anonymous,
+        }
+    }
+
+    /// The token a request sends for this principal; `agent_token` stands for the agent.
+    pub fn to_wire(&self, agent_token: Option<&str>) -> Option<String> {
+        match self {
+            Principal::Anonymous => None,
+            Principal::Token(t) => Some(t.to_string()),
+            Principal::Agent => agent_token.map(str::to_owned),
+        }
+    }
+}
+
 /// Options of a read.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ReadOptions {
     /// Consistency mode.
     pub consistency: Consistency,
@@ -123,11 +180,13 @@ pub struct ReadOptions {
     /// With [`Consistency::Stale`]: a follower that has not heard from the leader for
     /// longer than this sends the read to the leader instead (`?max_stale`).
     pub max_stale: Option<Duration>,
+    /// Whom the read is for (ACLs).
+    pub principal: Principal,
 }
 
 /// [`ReadOptions`] as a request to another server carries them: the deadline becomes the
 /// time left, counted again from the request's arrival.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SentReadOptions {
     /// Consistency mode.
     pub consistency: Consistency,
@@ -138,11 +197,15 @@ pub struct SentReadOptions {
     /// `?max_stale`, in milliseconds.
     #[serde(default)]
     pub max_stale_ms: Option<u64>,
+    /// The caller's token (`None`: anonymous).
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 impl ReadOptions {
-    /// These options as a request carries them.
-    pub fn to_sent(&self) -> SentReadOptions {
+    /// These options as a request carries them; `agent_token` stands for
+    /// [`Principal::Agent`].
+    pub fn to_sent(&self, agent_token: Option<&str>) -> SentReadOptions {
         SentReadOptions {
             consistency: self.consistency,
             min_index: self.min_index,
@@ -150,6 +213,7 @@ impl ReadOptions {
             max_stale_ms: self
                 .max_stale
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            token: self.principal.to_wire(agent_token),
         }
     }
 }
@@ -162,6 +226,7 @@ impl SentReadOptions {
             min_index: self.min_index,
             deadline: deadline_in(self.timeout_ms),
             max_stale: self.max_stale_ms.map(Duration::from_millis),
+            principal: Principal::from_wire(self.token.clone()),
         }
     }
 }
@@ -175,6 +240,9 @@ pub struct QueryResult {
     pub index: u64,
     /// `X-Consul-KnownLeader` and `X-Consul-LastContact`.
     pub meta: ReadMeta,
+    /// Whether ACLs left something out (`X-Consul-Results-Filtered-By-ACLs`).
+    #[serde(default)]
+    pub filtered: bool,
 }
 
 /// Milliseconds left until `deadline` (0 once it passed), as requests carry it.

@@ -39,8 +39,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub use contract::{
-    Consistency, QueryResult, ReadError, ReadMeta, ReadOptions, SentReadOptions, WriteError,
-    Written, deadline_in, remaining_ms,
+    Consistency, Principal, QueryResult, ReadError, ReadMeta, ReadOptions, SentReadOptions,
+    WriteError, Written, deadline_in, remaining_ms,
 };
 pub use kv::{
     KV_MAX_VALUE_SIZE, KvAnswer, KvEntry, KvRead, KvRefusal, KvReplication, KvWrite, TOMBSTONE_TTL,

@@ -29,13 +29,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use catalog::acl::{AclRead, AclWrite, Caller as AclCaller};
 use catalog::{
-    Applied, ApplyError, Catalog, Command, Consistency, KvRefusal, KvReplication, KvWrite, Query,
-    QueryResult, ReadError, ReadOptions, TxnError, TxnOutcome, TxnVerb, WriteError, Written,
-    deadline_in, remaining_ms,
+    Applied, ApplyError, Catalog, Command, Consistency, KvRefusal, KvReplication, KvWrite,
+    Principal, Query, QueryResult, ReadError, ReadOptions, TxnError, TxnOutcome, TxnVerb,
+    WriteError, Written, deadline_in, remaining_ms,
 };
 use gossip::{KeyOperation, KeyringReport, Member, Pool};
 
+use crate::acl::{Acl, NotFound};
 use crate::raft::{Consensus, RPC_HOLD_TIMEOUT};
 use crate::relay::Opaque;
 use crate::rpc::{self, Caller, RpcError};
@@ -63,6 +65,8 @@ pub(crate) struct Server {
     rpc: rpc::Client,
     /// Keys copied from another datacenter, which only the replicator writes.
     replicated: Option<Arc<KvReplication>>,
+    /// ACLs, when they are on.
+    acl: Option<Acl>,
 }
 
 impl Server {
@@ -72,6 +76,7 @@ impl Server {
         pool: Pool,
         rpc: rpc::Client,
         replicated: Option<Arc<KvReplication>>,
+        acl: Option<Acl>,
     ) -> Server {
         Server {
             consensus,
@@ -79,6 +84,7 @@ impl Server {
             pool,
             rpc,
             replicated,
+            acl,
         }
     }
 
@@ -156,9 +162,9 @@ impl Server {
                             query: query.clone(),
                             options: ReadOptions {
                                 max_stale: None,
-                                ..options
+                                ..options.clone()
                             }
-                            .to_sent(),
+                            .to_sent(self.agent_token()),
                             forwarded: true,
                         };
                         let call = self.call(addr, &request, options.deadline + FORWARD_MARGIN);
@@ -190,17 +196,66 @@ impl Server {
                 }
             }
         }
+        let caller = self.read_caller(query, &options.principal)?;
         let meta = consensus
             .read_barrier(options.consistency, options.deadline)
             .await?;
-        let (answer, index) = catalog
+        let (mut answer, index) = catalog
             .query_blocking(query, options.min_index, options.deadline)
             .await;
+        let filtered = caller.is_some_and(|c| c.filter(&mut answer));
         Ok(QueryResult {
             answer,
             index,
             meta,
+            filtered,
         })
+    }
+
+    /// Who reads, when ACLs are on, after checking what the read needs; `None` when
+    /// nothing is checked.
+    fn read_caller(
+        &self,
+        query: &Query,
+        principal: &Principal,
+    ) -> Result<Option<AclCaller>, ReadError> {
+        let Some(acl) = &self.acl else {
+            return Ok(None);
+        };
+        let caller = acl
+            .caller(&self.catalog, principal)
+            .map_err(|NotFound| ReadError::AclNotFound)?;
+        // Reading one's own token (`/v1/acl/token/self`) needs no permission.
+        let own = matches!(
+            (query, principal),
+            (Query::Acl(AclRead::TokenBySecret(asked)), Principal::Token(held)) if **asked == **held
+        );
+        if let Some(c) = &caller
+            && !own
+        {
+            c.check_read(query)?;
+        }
+        Ok(caller)
+    }
+
+    /// Why the write may not be made by `principal`, when ACLs are on and it may not.
+    fn write_refusal(&self, command: &Command, principal: &Principal) -> Option<WriteError> {
+        let acl = self.acl.as_ref()?;
+        let caller = match acl.caller(&self.catalog, principal) {
+            Ok(caller) => caller?,
+            Err(NotFound) => return Some(WriteError::AclNotFound),
+        };
+        // A bootstrap is open to anyone: the state machine refuses the second one.
+        if matches!(command, Command::Acl(AclWrite::Bootstrap { .. })) {
+            return None;
+        }
+        let checked = self.catalog.read(|s| caller.check_write(s, command));
+        checked.err().map(WriteError::Denied)
+    }
+
+    /// The token this server sends for its own requests to other servers.
+    fn agent_token(&self) -> Option<&str> {
+        self.acl.as_ref()?.config().agent_token.as_deref()
     }
 
     /// Writes through Raft on the leader: here, or forwarded to it.
@@ -208,17 +263,20 @@ impl Server {
         &self,
         command: Command,
         deadline: Instant,
+        principal: &Principal,
         forwarded: bool,
     ) -> Result<Written, WriteError> {
+        let token = principal.to_wire(self.agent_token());
         self.on_leader(
             command,
             deadline,
             forwarded,
             |consensus, command| {
                 let replicated = self.replicated.as_ref().and_then(|r| r.refusal(&command));
-                let delayed = match replicated {
-                    Some(why) => Some(Err(WriteError::Rejected(ApplyError::Kv(why)))),
-                    None => lock_delayed(&self.catalog, &command),
+                let delayed = match (self.write_refusal(&command, principal), replicated) {
+                    (Some(refused), _) => Some(Err(refused)),
+                    (None, Some(why)) => Some(Err(WriteError::Rejected(ApplyError::Kv(why)))),
+                    (None, None) => lock_delayed(&self.catalog, &command),
                 };
                 async move {
                     match delayed {
@@ -231,6 +289,7 @@ impl Server {
                 command: command.clone(),
                 timeout_ms,
                 forwarded: true,
+                token: token.clone(),
             },
             |answer| match answer {
                 Response::Write(r) => r,
@@ -469,9 +528,15 @@ impl<R: Relays> rpc::Handler for Handler<R> {
                 command,
                 timeout_ms,
                 forwarded,
+                token,
             } => Response::Write(
                 server
-                    .write(command, deadline_in(timeout_ms), forwarded)
+                    .write(
+                        command,
+                        deadline_in(timeout_ms),
+                        &Principal::from_wire(token),
+                        forwarded,
+                    )
                     .await,
             ),
             Request::Keyring { op, timeout_ms } => {

@@ -59,6 +59,9 @@ pub(crate) enum Request {
         timeout_ms: u64,
         /// Already forwarded once.
         forwarded: bool,
+        /// The caller's token (`None`: anonymous).
+        #[serde(default)]
+        token: Option<String>,
     },
     /// A keyring operation for the whole LAN pool, run by the receiving server.
     Keyring {
