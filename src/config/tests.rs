@@ -1,0 +1,746 @@
+use std::path::Path;
+
+use super::source::dev_layer;
+use super::*;
+
+fn layer(text: &str) -> Layer {
+    parse_layer(Origin::File("t.json".into()), text).unwrap()
+}
+
+fn dev_sources() -> Sources {
+    Sources {
+        dev: true,
+        ..Sources::default()
+    }
+}
+
+#[test]
+fn unknown_keys_name_the_file_and_key() {
+    let e = parse_layer(Origin::File("a.json".into()), r#"{"ports": {"htpp": 1}}"#).unwrap_err();
+    assert_eq!(e.key, "ports.htpp");
+    assert!(e.message.contains("unknown field `htpp`"), "{}", e.message);
+    assert!(e.to_string().starts_with("a.json: ports.htpp:"), "{e}");
+    let e = parse_layer(Origin::File("a.json".into()), r#"{"datacentre": "x"}"#).unwrap_err();
+    assert!(e.message.contains("datacentre"), "{e}");
+}
+
+#[test]
+fn rpc_max_conns_per_client_defaults_to_consuls_and_zero_means_no_limit() {
+    let with = |text: &str| {
+        let mut layers = vec![Layer::new(Origin::Defaults, dev_layer())];
+        if !text.is_empty() {
+            layers.push(layer(text));
+        }
+        AgentConfig::from_layers(&layers, dev_sources())
+            .unwrap()
+            .rpc_max_conns_per_client
+    };
+    assert_eq!(with(""), 100);
+    assert_eq!(with(r#"{"limits": {"rpc_max_conns_per_client": 7}}"#), 7);
+    assert_eq!(
+        with(r#"{"limits": {"rpc_max_conns_per_client": 0}}"#),
+        usize::MAX
+    );
+}
+
+#[test]
+fn http_time_limits_and_blocking_query_allowance_are_read_and_checked() {
+    let load = |text: &str| {
+        let layers = vec![Layer::new(Origin::Defaults, dev_layer()), layer(text)];
+        AgentConfig::from_layers(&layers, dev_sources())
+    };
+    let c = load(r#"{"limits": {}}"#).unwrap().http_limits;
+    assert_eq!(c.body_timeout, Duration::from_secs(60));
+    assert_eq!(c.write_timeout, Duration::from_secs(30));
+    assert_eq!(c.max_blocking_queries, 4096);
+    assert_eq!(c.max_blocking_queries_per_client, 200);
+    let c = load(
+        r#"{"limits": {"http_body_timeout": "5s", "http_write_timeout": "2m",
+            "http_max_blocking_queries": 10, "http_max_blocking_queries_per_client": 0}}"#,
+    )
+    .unwrap()
+    .http_limits;
+    assert_eq!(c.body_timeout, Duration::from_secs(5));
+    assert_eq!(c.write_timeout, Duration::from_secs(120));
+    assert_eq!(c.max_blocking_queries, 10);
+    assert_eq!(
+        c.max_blocking_queries_per_client,
+        usize::MAX,
+        "0 = no limit"
+    );
+    let e = load(r#"{"limits": {"http_body_timeout": "10ms", "http_max_blocking_queries": 0}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("limits.http_body_timeout: must be at least 1s"),
+        "{e}"
+    );
+    assert!(
+        e.contains("limits.http_max_blocking_queries: must be between"),
+        "{e}"
+    );
+}
+
+#[test]
+fn later_layers_win_and_lists_append() {
+    let layers = vec![
+        Layer::new(Origin::Defaults, dev_layer()),
+        layer(r#"{"datacenter": "east", "service": {"name": "a"}, "recursors": ["1.1.1.1"]}"#),
+        layer(
+            r#"{"datacenter": "west", "services": [{"name": "b"}], "recursors": ["9.9.9.9:5353"]}"#,
+        ),
+    ];
+    let c = AgentConfig::from_layers(&layers, dev_sources()).unwrap();
+    assert_eq!(c.datacenter.as_str(), "west");
+    assert_eq!(c.services.len(), 2);
+    assert_eq!(c.dns.recursors.len(), 2);
+    assert_eq!(c.dns.recursors[0].port(), 53);
+}
+
+#[test]
+fn all_problems_are_reported_with_their_source() {
+    let layers = vec![
+        Layer::new(Origin::Defaults, dev_layer()),
+        layer(
+            r#"{"datacenter": "d c", "ports": {"http": 70000}, "service": {"name": "w", "port": "x"}}"#,
+        ),
+    ];
+    let e = AgentConfig::from_layers(&layers, dev_sources()).unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("t.json: datacenter:"), "{text}");
+    assert!(text.contains("t.json: ports.http:"), "{text}");
+    assert!(text.contains("t.json: service.port:"), "{text}");
+}
+
+#[test]
+fn unsupported_features_are_named() {
+    let layers = vec![
+        Layer::new(Origin::Defaults, dev_layer()),
+        layer(r#"{"acl": {"enabled": true}}"#),
+    ];
+    let e = AgentConfig::from_layers(&layers, dev_sources()).unwrap_err();
+    assert!(e.to_string().contains("acl: not supported"), "{e}");
+}
+
+#[test]
+fn gossip_settings_are_read_and_checked() {
+    let key = Key::generate().to_base64();
+    let text = format!(
+        r#"{{"encrypt": "{key}", "encrypt_verify_incoming": false, "retry_join": ["10.0.0.1"], "start_join": ["10.0.0.2:8301"], "retry_interval": "5s", "retry_max": 3}}"#
+    );
+    let layers = vec![Layer::new(Origin::Defaults, dev_layer()), layer(&text)];
+    let c = AgentConfig::from_layers(&layers, dev_sources()).unwrap();
+    assert_eq!(c.encrypt.as_ref().map(Key::to_base64), Some(key));
+    assert!(!c.encrypt_verify_incoming);
+    assert!(c.encrypt_verify_outgoing);
+    assert_eq!(c.retry_join, ["10.0.0.1"]);
+    assert_eq!(c.start_join, ["10.0.0.2:8301"]);
+    assert_eq!(c.retry_interval, Duration::from_secs(5));
+    assert_eq!(c.retry_max, 3);
+    let layers = vec![
+        Layer::new(Origin::Defaults, dev_layer()),
+        layer(r#"{"encrypt": "AAAA", "reconnect_timeout": "1h"}"#),
+    ];
+    let e = AgentConfig::from_layers(&layers, dev_sources()).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("encrypt: Failed to configure keyring: key size must be 16, 24 or 32 bytes"),
+        "{text}"
+    );
+    assert!(
+        text.contains("reconnect_timeout: must be at least 8h"),
+        "{text}"
+    );
+}
+
+#[test]
+fn tls_keys_merge_from_the_old_and_the_new_form() {
+    let layers = vec![
+        Layer::new(Origin::Defaults, dev_layer()),
+        layer(r#"{"ca_file": "/old/ca.pem", "verify_outgoing": true}"#),
+        layer(
+            r#"{"tls": {"defaults": {"ca_file": "/ca.pem", "cert_file": "/c.pem", "key_file": "/k.pem", "verify_incoming": true},
+                        "internal_rpc": {"verify_server_hostname": true}}}"#,
+        ),
+    ];
+    let c = AgentConfig::from_layers(&layers, dev_sources()).unwrap();
+    let tls = c.tls.unwrap();
+    assert_eq!(tls.files.ca_file, PathBuf::from("/ca.pem"));
+    assert_eq!(tls.files.cert_file, Some(PathBuf::from("/c.pem")));
+    assert!(tls.verify_incoming && tls.verify_outgoing && tls.verify_server_hostname);
+    let bad = |text: &str| {
+        let layers = vec![Layer::new(Origin::Defaults, dev_layer()), layer(text)];
+        AgentConfig::from_layers(&layers, dev_sources())
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(bad(r#"{"verify_incoming": true}"#).contains("need a ca_file"));
+    assert!(bad(r#"{"ca_file": "/ca.pem", "cert_file": "/c.pem"}"#).contains("together"));
+    assert!(
+        bad(r#"{"ca_file": "/ca.pem", "verify_incoming": true}"#)
+            .contains("a server with verify_incoming needs")
+    );
+    let e = parse_layer(Origin::File("t.json".into()), r#"{"tls": {"https": {}}}"#).unwrap_err();
+    assert_eq!(e.key, "tls.https");
+}
+
+#[test]
+fn a_client_agent_needs_a_data_dir_but_no_bootstrap() {
+    let c = AgentConfig::from_layers(&[layer(r#"{"data_dir": "/tmp/x"}"#)], Sources::default())
+        .unwrap();
+    assert!(!c.server);
+    let e = AgentConfig::from_layers(
+        &[layer(r#"{"data_dir": "/tmp/x", "bootstrap_expect": 1}"#)],
+        Sources::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("only for servers"), "{e}");
+}
+
+#[test]
+fn a_server_needs_a_data_dir_and_may_wait_for_others() {
+    let layers = vec![layer(r#"{"server": true}"#)];
+    let e = AgentConfig::from_layers(&layers, Sources::default()).unwrap_err();
+    assert!(e.to_string().contains("data_dir"), "{e}");
+    let layers = vec![layer(
+        r#"{"server": true, "bootstrap_expect": 1, "data_dir": "/tmp/x"}"#,
+    )];
+    let c = AgentConfig::from_layers(&layers, Sources::default()).unwrap();
+    assert!(c.bootstrap);
+    // Three servers find each other; a server with neither waits to be added.
+    let layers = vec![layer(
+        r#"{"server": true, "bootstrap_expect": 3, "data_dir": "/tmp/x"}"#,
+    )];
+    let c = AgentConfig::from_layers(&layers, Sources::default()).unwrap();
+    assert!(!c.bootstrap);
+    assert_eq!(c.bootstrap_expect, 3);
+    assert_eq!(c.warnings, ["bootstrap_expect > 0: expecting 3 servers"]);
+    let two = AgentConfig::from_layers(
+        &[layer(
+            r#"{"server": true, "bootstrap_expect": 2, "data_dir": "/tmp/x"}"#,
+        )],
+        Sources::default(),
+    )
+    .unwrap();
+    assert!(
+        two.warnings[1].starts_with(
+            "bootstrap_expect = 2: A cluster with 2 servers will provide no failure tolerance."
+        ),
+        "{:?}",
+        two.warnings
+    );
+    let four = AgentConfig::from_layers(
+        &[layer(
+            r#"{"server": true, "bootstrap_expect": 4, "data_dir": "/tmp/x"}"#,
+        )],
+        Sources::default(),
+    )
+    .unwrap();
+    assert!(four.warnings[1].starts_with("bootstrap_expect is even number"));
+    let layers = vec![layer(r#"{"server": true, "data_dir": "/tmp/x"}"#)];
+    assert!(AgentConfig::from_layers(&layers, Sources::default()).is_ok());
+    let layers = vec![layer(
+        r#"{"server": true, "bootstrap": true, "bootstrap_expect": 3, "data_dir": "/tmp/x"}"#,
+    )];
+    assert!(AgentConfig::from_layers(&layers, Sources::default()).is_err());
+}
+
+#[test]
+fn script_checks_need_to_be_enabled() {
+    let layers = vec![
+        Layer::new(Origin::Defaults, dev_layer()),
+        layer(r#"{"service": {"name": "w", "check": {"args": ["true"], "interval": "5s"}}}"#),
+    ];
+    assert!(AgentConfig::from_layers(&layers, dev_sources()).is_err());
+}
+
+#[test]
+fn check_references_and_duplicate_ids_are_checked() {
+    let layers = vec![
+        Layer::new(Origin::Defaults, dev_layer()),
+        layer(r#"{"check": {"name": "c", "ttl": "10s", "service_id": "nope"}}"#),
+    ];
+    let e = AgentConfig::from_layers(&layers, dev_sources()).unwrap_err();
+    assert!(e.to_string().contains("nope"), "{e}");
+    let layers = vec![
+        Layer::new(Origin::Defaults, dev_layer()),
+        layer(r#"{"services": [{"name": "Web"}, {"name": "web"}]}"#),
+    ];
+    assert!(AgentConfig::from_layers(&layers, dev_sources()).is_err());
+    let layers = vec![
+        Layer::new(Origin::Defaults, dev_layer()),
+        layer(
+            r#"{"service": {"name": "web", "check": {"id": "c", "ttl": "1s"}}, "check": {"id": "C", "name": "x", "ttl": "1s"}}"#,
+        ),
+    ];
+    assert!(AgentConfig::from_layers(&layers, dev_sources()).is_err());
+}
+
+#[test]
+fn dns_settings_are_read() {
+    let layers = vec![
+        Layer::new(Origin::Defaults, dev_layer()),
+        layer(
+            r#"{"domain": "Example", "dns_config": {"node_ttl": "10s", "service_ttl": {"*": "5s"}, "udp_answer_limit": 20}}"#,
+        ),
+    ];
+    let c = AgentConfig::from_layers(&layers, dev_sources()).unwrap();
+    assert_eq!(c.dns.domain.to_string(), "example.");
+    assert_eq!(c.dns.node_ttl, Duration::from_secs(10));
+    assert_eq!(c.dns.service_ttl["*"], Duration::from_secs(5));
+    assert_eq!(c.dns.udp_answer_limit, 8);
+}
+
+/// One configuration in every shape HCL has (scalars, blocks, repeated blocks, lists
+/// of objects, maps, heredocs, negative numbers), and the same in JSON.
+const EVERY_SHAPE_HCL: &str = r#"
+datacenter = "east"
+node_name  = "n1"
+server     = true
+enable_local_script_checks = true
+retry_join = ["10.0.0.1", "10.0.0.2:8301"]
+encrypt    = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="
+
+ports {
+  http  = 8501
+  https = -1
+}
+node_meta = {
+  rack = "r1"
+  "zone-a" = "z"
+}
+dns_config {
+  node_ttl    = "10s"
+  service_ttl = { "*" = "5s", web = "1s" }
+  soa { min_ttl = 3 }
+}
+tls {
+  defaults {
+ca_file = "/ca.pem"
+  }
+}
+
+service {
+  name = "web"
+  port = 80
+  tags = ["rails", "v1"]
+  meta { version = "2" }
+  weights = { passing = 10, warning = 1 }
+  tagged_addresses {
+wan = { address = "203.0.113.5", port = 8080 }
+  }
+  check {
+http     = "http://localhost:80/health"
+header   = { X-Probe = ["1"] }
+interval = "10s"
+  }
+}
+services {
+  id   = "db-1"
+  name = "db"
+  port = 5432
+  checks {
+ttl = "30s"
+  }
+  checks {
+tcp      = "localhost:5432"
+interval = "5s"
+  }
+}
+services = [
+  { name = "cache", port = 6379, checks = [{ ttl = "5s" }] },
+]
+checks {
+  id    = "disk"
+  name  = "disk"
+  args  = ["/bin/sh", "-c", "df ${HOME}"]
+  interval = "1m"
+  notes = <<-EOT
+free space
+on /
+EOT
+}
+"#;
+
+const EVERY_SHAPE_JSON: &str = r#"{
+  "datacenter": "east", "node_name": "n1", "server": true, "enable_local_script_checks": true,
+  "retry_join": ["10.0.0.1", "10.0.0.2:8301"],
+  "encrypt": "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s=",
+  "ports": {"http": 8501, "https": -1},
+  "node_meta": {"rack": "r1", "zone-a": "z"},
+  "dns_config": {"node_ttl": "10s", "service_ttl": {"*": "5s", "web": "1s"}, "soa": {"min_ttl": 3}},
+  "tls": {"defaults": {"ca_file": "/ca.pem"}},
+  "service": {
+"name": "web", "port": 80, "tags": ["rails", "v1"], "meta": {"version": "2"},
+"weights": {"passing": 10, "warning": 1},
+"tagged_addresses": {"wan": {"address": "203.0.113.5", "port": 8080}},
+"check": {"http": "http://localhost:80/health", "header": {"X-Probe": ["1"]}, "interval": "10s"}
+  },
+  "services": [
+{"id": "db-1", "name": "db", "port": 5432,
+ "checks": [{"ttl": "30s"}, {"tcp": "localhost:5432", "interval": "5s"}]},
+{"name": "cache", "port": 6379, "checks": [{"ttl": "5s"}]}
+  ],
+  "checks": [{"id": "disk", "name": "disk", "args": ["/bin/sh", "-c", "df ${HOME}"],
+          "interval": "1m", "notes": "free space\non /\n"}]
+}"#;
+
+fn hcl(name: &str, text: &str) -> Result<Layer, Problem> {
+    parse(Origin::File(name.into()), text, Format::Hcl)
+}
+
+#[test]
+fn hcl_reads_as_the_same_raw_config_as_the_equivalent_json() {
+    let from_hcl = hcl("t.hcl", EVERY_SHAPE_HCL).unwrap();
+    let from_json = layer(EVERY_SHAPE_JSON);
+    assert_eq!(from_hcl.raw, from_json.raw);
+    // And both check into the same agent configuration.
+    let load = |l: Layer| {
+        AgentConfig::from_layers(
+            &[Layer::new(Origin::Defaults, dev_layer()), l],
+            dev_sources(),
+        )
+        .unwrap()
+    };
+    let (a, b) = (load(from_hcl), load(from_json));
+    assert_eq!(a.services, b.services);
+    assert_eq!(a.checks, b.checks);
+    assert_eq!(a.services.len(), 3);
+    assert_eq!(a.services[1].1.len(), 2, "db's two checks blocks");
+    assert_eq!(
+        a.encrypt.map(|k| k.to_base64()),
+        b.encrypt.map(|k| k.to_base64())
+    );
+    assert_eq!(a.node_meta["zone-a"], "z");
+    assert_eq!(a.ports.http, Some(8501));
+}
+
+#[test]
+fn watches_are_read_from_json_and_hcl_and_checked() {
+    use crate::watch::Kind;
+    use crate::watch::agent::Handler;
+    let json = layer(
+        r#"{"watches": [
+            {"type": "key", "key": "app/x", "handler_type": "script", "args": ["/h.sh"]},
+            {"type": "services", "handler": "echo changed"},
+            {"type": "service", "service": "web", "tag": ["v1"], "passingonly": true,
+             "handler_type": "http",
+             "http_handler_config": {"path": "http://127.0.0.1:9000/", "header": {"X-A": ["1"]}}}
+        ]}"#,
+    );
+    let from_hcl = hcl(
+        "w.hcl",
+        r#"
+watches {
+  type = "key"
+  key = "app/x"
+  handler_type = "script"
+  args = ["/h.sh"]
+}
+watches = [{ type = "services", handler = "echo changed" }]
+watches {
+  type = "service"
+  service = "web"
+  tag = ["v1"]
+  passingonly = true
+  handler_type = "http"
+  http_handler_config {
+path = "http://127.0.0.1:9000/"
+header {
+  X-A = ["1"]
+}
+  }
+}
+"#,
+    )
+    .unwrap();
+    let load = |l: Layer| {
+        AgentConfig::from_layers(
+            &[Layer::new(Origin::Defaults, dev_layer()), l],
+            dev_sources(),
+        )
+    };
+    let (a, b) = (load(json).unwrap(), load(from_hcl).unwrap());
+    assert_eq!(a.watches, b.watches);
+    assert_eq!(a.watches.len(), 3);
+    assert_eq!(a.watches[0].plan.kind, Kind::Key("app/x".into()));
+    assert_eq!(a.watches[0].handler, Handler::Script(vec!["/h.sh".into()]));
+    assert_eq!(a.watches[1].handler, Handler::Shell("echo changed".into()));
+    assert!(matches!(a.watches[2].handler, Handler::Http(_)));
+    assert!(
+        a.warnings
+            .iter()
+            .any(|w| w.starts_with("The 'handler' field in watches has been deprecated")),
+        "{:?}",
+        a.warnings
+    );
+    // Watches of several files add up.
+    let two = AgentConfig::from_layers(
+        &[
+            Layer::new(Origin::Defaults, dev_layer()),
+            layer(r#"{"watches": [{"type": "nodes", "args": ["/a"]}]}"#),
+            layer(r#"{"watches": [{"type": "nodes", "args": ["/b"]}]}"#),
+        ],
+        dev_sources(),
+    )
+    .unwrap();
+    assert_eq!(two.watches.len(), 2);
+
+    let e = load(
+        hcl(
+            "w.hcl",
+            "watches {\n  type = \"nope\"\n  args = [\"/h\"]\n}\n",
+        )
+        .unwrap(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "w.hcl:1: watches[0]: Unsupported watch type: nope"
+    );
+    let e = load(layer(
+        r#"{"watches": [{"type": "key", "key": "k"}, {"type": "key", "key": "k", "args": ["/h"], "colour": 1}]}"#,
+    ))
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "t.json: watches[0]: Must define a watch handler\n\
+         t.json: watches[1]: Invalid parameters: [colour]"
+    );
+    let e = load(layer(
+        r#"{"ports": {"http": -1}, "watches": [{"type": "nodes", "args": ["/h"]}]}"#,
+    ))
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("watches: watch plans require an HTTP or HTTPS endpoint"),
+        "{e}"
+    );
+    assert!(
+        parse_layer(
+            Origin::File("t.json".into()),
+            r#"{"watches": {"type": "key"}}"#
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn hcl_problems_name_the_file_the_key_and_the_line() {
+    let e = hcl("web.hcl", "datacenter = \"a\"\nports {\n  htpp = 1\n}\n").unwrap_err();
+    assert_eq!(
+        e.to_string().split(" unknown").next(),
+        Some("web.hcl:3: ports.htpp:")
+    );
+    let e = hcl("web.hcl", "ports {\n  http = \n}\n").unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("web.hcl:2: HCL syntax error at column"),
+        "{e}"
+    );
+    let e = hcl(
+        "web.hcl",
+        "service { name = \"a\" }\nservice { name = \"b\" }\n",
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("web.hcl:2: service: given a second time"),
+        "{e}"
+    );
+    // Problems found when the layers are checked carry the line too.
+    let layers = vec![
+        Layer::new(Origin::Defaults, dev_layer()),
+        hcl(
+            "svc.hcl",
+            "services {\n  name = \"w\"\n  port = 80\n}\nservices {\n  name = \"v\"\n  port = \"x\"\n}\n",
+        )
+        .unwrap(),
+    ];
+    let e = AgentConfig::from_layers(&layers, dev_sources()).unwrap_err();
+    assert!(
+        e.to_string().contains("svc.hcl:7: services[1].port:"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_config_dir_mixes_json_and_hcl_in_lexical_order_and_warns_about_other_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write(
+        "10-base.json",
+        r#"{"datacenter": "one", "retry_join": ["a"]}"#,
+    );
+    write(
+        "20-web.hcl",
+        "datacenter = \"two\"\nretry_join = [\"b\"]\nservice { name = \"web\" }",
+    );
+    write(
+        "30-db.json",
+        r#"{"retry_join": ["c"], "service": {"name": "db"}}"#,
+    );
+    write("README.md", "not config");
+    write("40-later.hcl.bak", "datacenter = \"never\"");
+    std::fs::create_dir(dir.path().join("sub.hcl")).unwrap();
+    let sources = Sources {
+        dev: true,
+        dirs: vec![dir.path().to_owned()],
+        ..Sources::default()
+    };
+    let config = AgentConfig::load(sources.clone()).unwrap();
+    assert_eq!(config.datacenter.as_str(), "two");
+    let names: Vec<&str> = config
+        .services
+        .iter()
+        .map(|(s, _)| s.name.as_str())
+        .collect();
+    assert_eq!(names, ["web", "db"]);
+    assert_eq!(config.retry_join, ["a", "b", "c"]);
+    let skipped: Vec<String> = ["40-later.hcl.bak", "README.md"]
+        .iter()
+        .map(|f| skipped_warning(&dir.path().join(f)))
+        .collect();
+    assert_eq!(config.warnings, skipped);
+    assert!(
+        skipped[1]
+            .ends_with("README.md, extension must be .hcl or .json, or config format must be set"),
+        "{}",
+        skipped[1]
+    );
+    // A file named on its own is skipped in the same way.
+    let file = Sources {
+        dev: true,
+        files: vec![dir.path().join("README.md")],
+        ..Sources::default()
+    };
+    assert_eq!(AgentConfig::load(file).unwrap().warnings, skipped[1..]);
+    // -config-format reads every file, whatever its extension.
+    let forced = Sources {
+        format: Some(Format::Hcl),
+        dirs: Vec::new(),
+        files: vec![dir.path().join("40-later.hcl.bak")],
+        ..sources
+    };
+    let config = AgentConfig::load(forced).unwrap();
+    assert!(config.warnings.is_empty());
+    assert_eq!(config.datacenter.as_str(), "never");
+}
+
+#[test]
+fn a_malformed_hcl_file_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.json"), r#"{"datacenter": "one"}"#).unwrap();
+    std::fs::write(dir.path().join("b.hcl"), "datacenter = \"two\"\nports {\n").unwrap();
+    let e = AgentConfig::load(Sources {
+        dev: true,
+        dirs: vec![dir.path().to_owned()],
+        ..Sources::default()
+    })
+    .unwrap_err();
+    let text = e.to_string();
+    let name = dir.path().join("b.hcl").display().to_string();
+    assert!(text.starts_with(&format!("{name}:")), "{text}");
+    assert!(text.contains("HCL syntax error"), "{text}");
+    // A JSON file is not read as HCL, nor the other way round.
+    std::fs::write(dir.path().join("b.hcl"), r#"{"datacenter": "two"}"#).unwrap();
+    assert!(
+        AgentConfig::load(Sources {
+            dev: true,
+            dirs: vec![dir.path().to_owned()],
+            ..Sources::default()
+        })
+        .is_err()
+    );
+}
+
+#[test]
+fn hcl_fragments_come_after_the_flags() {
+    let sources = Sources {
+        dev: true,
+        flags: RawConfig {
+            datacenter: Some("flags".into()),
+            ..RawConfig::default()
+        },
+        hcl: vec![
+            "datacenter = \"fragment\"".into(),
+            "node_meta { a = \"b\" }".into(),
+        ],
+        ..Sources::default()
+    };
+    let config = AgentConfig::load(sources.clone()).unwrap();
+    assert_eq!(config.datacenter.as_str(), "fragment");
+    assert_eq!(config.node_meta["a"], "b");
+    let bad = Sources {
+        hcl: vec!["ports { dns = \"x\" }".into()],
+        ..sources
+    };
+    let e = AgentConfig::load(bad).unwrap_err().to_string();
+    assert!(e.starts_with("-hcl flag 1:1: ports.dns:"), "{e}");
+}
+
+#[test]
+fn config_format_names_consuls_choices() {
+    assert_eq!(Format::parse("hcl"), Ok(Format::Hcl));
+    assert_eq!(Format::parse("json"), Ok(Format::Json));
+    assert_eq!(
+        Format::parse("yaml"),
+        Err("-config-format must be either 'hcl' or 'json'".into())
+    );
+    assert_eq!(Format::of(Path::new("a/b.HCL"), None), None);
+    assert_eq!(Format::of(Path::new("a/b.hcl"), None), Some(Format::Hcl));
+    assert_eq!(
+        Format::of(Path::new("a/b"), Some(Format::Json)),
+        Some(Format::Json)
+    );
+}
+
+proptest::proptest! {
+    #[test]
+    fn parsing_arbitrary_text_never_panics(text in "\\PC{0,200}") {
+        let _ = parse_layer(Origin::Flags, &text);
+        let _ = parse(Origin::Flags, &text, Format::Hcl);
+    }
+
+    #[test]
+    fn parsing_hcl_shaped_text_never_panics(
+        items in proptest::collection::vec(
+            (
+                proptest::sample::select(&["services", "service", "checks", "ports", "node_meta", "datacenter", "x"][..]),
+                proptest::prop_oneof![
+                    proptest::strategy::Just(" { name = \"w\" }".to_string()),
+                    proptest::strategy::Just(" = { port = -1 }".to_string()),
+                    proptest::strategy::Just(" = [{ ttl = \"1s\" }]".to_string()),
+                    proptest::strategy::Just(" = \"${a}\"".to_string()),
+                    proptest::strategy::Just(" = 1e400".to_string()),
+                    proptest::strategy::Just(" \"label\" { a = b }".to_string()),
+                    proptest::strategy::Just(" = null".to_string()),
+                ],
+            ),
+            0..6,
+        )
+    ) {
+        let text: String = items.iter().map(|(k, v)| format!("{k}{v}\n")).collect();
+        if let Ok(layer) = parse(Origin::Flags, &text, Format::Hcl) {
+            let _ = AgentConfig::from_layers(&[layer], dev_sources());
+        }
+    }
+
+    #[test]
+    fn parsing_json_shaped_text_never_panics(
+        key in "[a-z_]{1,20}",
+        value in proptest::prop_oneof![
+            proptest::strategy::Just("1".to_string()),
+            proptest::strategy::Just("\"x\"".to_string()),
+            proptest::strategy::Just("{}".to_string()),
+            proptest::strategy::Just("[]".to_string()),
+            proptest::strategy::Just("null".to_string()),
+            proptest::strategy::Just("{\"name\": 1}".to_string()),
+        ]
+    ) {
+        let text = format!("{{\"{key}\": {value}}}");
+        if let Ok(layer) = parse_layer(Origin::Flags, &text) {
+            let _ = AgentConfig::from_layers(&[layer], dev_sources());
+        }
+    }
+}
