@@ -520,7 +520,7 @@ fn lan_config(
         version: crate::VERSION.to_owned(),
         sync_interval: config.ae_interval,
         kv_replication: config.kv_replication.clone(),
-        acl: None,
+        acl: config.acl.clone(),
     }
 }
 
@@ -575,6 +575,7 @@ fn api_context(
             revision: String::new(),
             enable_script_checks: config.enable_script_checks,
             kv_max_value_size: config.http_limits.kv_max_value_size,
+            data_dir: config.data_dir.clone().filter(|_| !config.dev),
             debug_config: debug_config(config, &identity.node_id, identity.advertise),
         }),
         control: api::Control {

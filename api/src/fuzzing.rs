@@ -90,6 +90,7 @@ impl From<ApiError> for Refused {
             ApiError::NotFound(m) => (404, m),
             ApiError::TooLarge(m) => (413, m),
             ApiError::TooManyRequests(m) => (429, m),
+            ApiError::Unauthorized(m) => (401, m),
             ApiError::Forbidden(m) => (403, m),
             ApiError::Internal(m) => (500, m),
         };

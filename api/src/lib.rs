@@ -54,6 +54,9 @@ pub struct AgentInfo {
     pub enable_script_checks: bool,
     /// The largest KV value, in bytes (`limits.kv_max_value_size`).
     pub kv_max_value_size: usize,
+    /// The data directory (`None` in `-dev` mode), where an operator leaves
+    /// `acl-bootstrap-reset`.
+    pub data_dir: Option<std::path::PathBuf>,
     /// The resolved runtime configuration (`DebugConfig`).
     pub debug_config: serde_json::Value,
 }

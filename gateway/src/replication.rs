@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use catalog::{
     Answer, Command, Consistency, KvAnswer, KvEntry, KvRead, KvReplication, KvWrite, Principal,
@@ -165,7 +165,7 @@ async fn follow(
                     p.replicated_index = done.index;
                     p.keys = done.keys;
                     p.writes += done.writes as u64;
-                    p.last_success = Some(rfc3339(SystemTime::now()));
+                    p.last_success = Some(catalog::clock::rfc3339(SystemTime::now()));
                     p.last_error = None;
                 });
             }
@@ -173,7 +173,7 @@ async fn follow(
                 tracing::warn!(prefix = %prefix, source = %config.source, error = %why, "KV replication round failed; will retry");
                 status.update(&prefix, |p| {
                     p.last_error = Some(why);
-                    p.last_error_at = Some(rfc3339(SystemTime::now()));
+                    p.last_error_at = Some(catalog::clock::rfc3339(SystemTime::now()));
                 });
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -319,28 +319,6 @@ fn chunks(writes: Vec<KvWrite>) -> Vec<Vec<KvWrite>> {
     out
 }
 
-/// `time` as RFC 3339 in UTC, to the second.
-fn rfc3339(time: SystemTime) -> String {
-    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,14 +419,5 @@ mod tests {
         assert!(c.refusal(&tree("conf")).is_some());
         assert_eq!(c.refusal(&tree("config/local/")), None);
         assert_eq!(c.refusal(&Command::KvReplicate(vec![])), None);
-    }
-
-    #[test]
-    fn times_are_rfc3339() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        let t = UNIX_EPOCH + Duration::from_secs(1_796_300_000);
-        assert_eq!(rfc3339(t), "2026-12-03T12:13:20Z");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
-        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00Z");
     }
 }

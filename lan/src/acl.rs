@@ -7,11 +7,14 @@
 //! ([`Principal::Agent`]) is not checked on a server; a client agent sends its agent
 //! token for it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use catalog::acl::{ANONYMOUS_ACCESSOR, ANONYMOUS_SECRET, Authorizer, Caller};
+use catalog::acl::{ANONYMOUS_ACCESSOR, ANONYMOUS_SECRET, Authorizer, Caller, Rules};
 use catalog::{Catalog, Principal};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 /// What a datacenter does when it cannot resolve a token (Consul's `acl.down_policy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -69,6 +72,28 @@ impl Acl {
         Acl { config, datacenter }
     }
 
+    /// What `principal` may do, as a server tells a client agent; `None` for a token it
+    /// does not know. The agent itself is anonymous to another agent.
+    pub(crate) fn grant(&self, catalog: &Catalog, principal: &Principal) -> Option<Grant> {
+        let secret: &str = match principal {
+            Principal::Token(secret) => secret,
+            Principal::Anonymous | Principal::Agent => ANONYMOUS_SECRET,
+        };
+        match catalog.read(|s| s.acl().resolve(secret, now_ns(), &self.datacenter)) {
+            Some(r) => Some(Grant {
+                accessor_id: r.accessor_id,
+                management: r.management,
+                rules: (*r.rules).clone(),
+            }),
+            None if secret == ANONYMOUS_SECRET => Some(Grant {
+                accessor_id: ANONYMOUS_ACCESSOR.to_owned(),
+                management: false,
+                rules: Rules::default(),
+            }),
+            None => None,
+        }
+    }
+
     /// Who `principal` is here; `Ok(None)` when nothing is checked (the agent itself).
     pub(crate) fn caller(
         &self,
@@ -102,5 +127,172 @@ impl Acl {
     /// The settings.
     pub(crate) fn config(&self) -> &AclConfig {
         &self.config
+    }
+}
+
+/// What a token may do, as a server sends it to a client agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Grant {
+    accessor_id: String,
+    management: bool,
+    rules: Rules,
+}
+
+impl Grant {
+    fn caller(&self, config: &AclConfig) -> Caller {
+        Caller {
+            accessor_id: self.accessor_id.clone(),
+            authorizer: if self.management {
+                Authorizer::management()
+            } else {
+                Authorizer::new(Arc::new(self.rules.clone()), config.default_allow)
+            },
+            key_list: config.key_list,
+        }
+    }
+}
+
+/// Why an agent could not say what a token may do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// The token is unknown or expired (Consul's text).
+    #[error("ACL not found")]
+    NotFound,
+}
+
+/// The most tokens a client agent remembers.
+const MOST_REMEMBERED: usize = 4096;
+
+/// A client agent's memory of what its servers said tokens may do, for `token_ttl`
+/// (longer when the servers cannot be reached and `down_policy` is `extend-cache`).
+#[derive(Debug, Default)]
+pub(crate) struct Remembered {
+    grants: Mutex<HashMap<Option<String>, Said>>,
+}
+
+/// When a server answered about a token, and what it said (`None`: unknown token).
+type Said = (Instant, Option<Grant>);
+
+impl Remembered {
+    /// What the servers last said of `token`, if within `ttl` (or at any age).
+    pub(crate) fn get(
+        &self,
+        token: &Option<String>,
+        ttl: Option<Duration>,
+    ) -> Option<Option<Grant>> {
+        let grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, grant) = grants.get(token)?;
+        ttl.is_none_or(|ttl| at.elapsed() <= ttl)
+            .then(|| grant.clone())
+    }
+
+    /// Remembers what the servers said of `token`; the oldest entry goes when full.
+    pub(crate) fn put(&self, token: Option<String>, grant: Option<Grant>) {
+        let mut grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
+        if grants.len() >= MOST_REMEMBERED && !grants.contains_key(&token) {
+            let oldest = grants
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                grants.remove(&k);
+            }
+        }
+        grants.insert(token, (Instant::now(), grant));
+    }
+}
+
+/// The caller a client agent settles on for `token`: what the servers said (`fresh`),
+/// else, when they could not be asked, what `down_policy` says.
+pub(crate) fn settle(
+    config: &AclConfig,
+    fresh: Option<Option<Grant>>,
+    remembered: &Remembered,
+    token: &Option<String>,
+) -> Result<Caller, AuthError> {
+    let grant = match fresh {
+        Some(grant) => grant,
+        None => match config.down_policy {
+            DownPolicy::Allow => return Ok(down_caller(true)),
+            DownPolicy::Deny => return Ok(down_caller(false)),
+            DownPolicy::ExtendCache | DownPolicy::AsyncCache => match remembered.get(token, None) {
+                Some(grant) => grant,
+                None => return Ok(down_caller(false)),
+            },
+        },
+    };
+    grant.map(|g| g.caller(config)).ok_or(AuthError::NotFound)
+}
+
+fn down_caller(allow: bool) -> Caller {
+    Caller {
+        accessor_id: ANONYMOUS_ACCESSOR.to_owned(),
+        authorizer: Authorizer::default_only(allow),
+        key_list: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use catalog::acl::{Access, Resource};
+
+    fn grant(rules: &str) -> Grant {
+        Grant {
+            accessor_id: "a1".into(),
+            management: false,
+            rules: Rules::parse(rules).unwrap(),
+        }
+    }
+
+    #[test]
+    fn grants_survive_the_wire() {
+        let g = grant(r#"key_prefix "app/" { policy = "write" }"#);
+        let back: Grant = serde_json::from_str(&serde_json::to_string(&g).unwrap()).unwrap();
+        assert_eq!(back, g);
+        let c = back.caller(&AclConfig::default());
+        assert!(c.may(Resource::Key, "app/x", Access::Write));
+        assert!(!c.may(Resource::Key, "other", Access::Read), "default deny");
+    }
+
+    #[test]
+    fn down_policy_decides_when_the_servers_cannot_be_asked() {
+        let token = Some("s1".to_owned());
+        let remembered = Remembered::default();
+        let mut config = AclConfig::default();
+        let c = settle(&config, None, &remembered, &token).unwrap();
+        assert!(
+            !c.may(Resource::Node, "n", Access::Read),
+            "extend-cache, nothing remembered"
+        );
+        remembered.put(
+            token.clone(),
+            Some(grant(r#"node "n" { policy = "read" }"#)),
+        );
+        let c = settle(&config, None, &remembered, &token).unwrap();
+        assert!(
+            c.may(Resource::Node, "n", Access::Read),
+            "extend-cache keeps what it knew"
+        );
+        config.down_policy = DownPolicy::Deny;
+        let c = settle(&config, None, &remembered, &token).unwrap();
+        assert!(!c.may(Resource::Node, "n", Access::Read));
+        config.down_policy = DownPolicy::Allow;
+        let c = settle(&config, None, &remembered, &token).unwrap();
+        assert!(c.may(Resource::Operator, "", Access::Write));
+        assert_eq!(
+            settle(&config, Some(None), &remembered, &token).err(),
+            Some(AuthError::NotFound),
+            "a token the servers do not know"
+        );
+    }
+
+    #[test]
+    fn the_memory_is_bounded() {
+        let remembered = Remembered::default();
+        for i in 0..MOST_REMEMBERED + 10 {
+            remembered.put(Some(format!("t{i}")), None);
+        }
+        assert_eq!(remembered.grants.lock().unwrap().len(), MOST_REMEMBERED);
     }
 }

@@ -7,6 +7,9 @@
 //! `reconnect_timeout`, or pruned with `force-leave -prune`) is deregistered too; nodes
 //! registered through `/v1/catalog/register`, which have no `serfHealth`, are left
 //! alone. Consul's leader does the same ("reconcile", "reconcileReaped").
+//!
+//! With ACLs on, the leader also makes sure the built-in management policy, the
+//! anonymous token and the configured initial management token exist.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -16,8 +19,13 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::acl::AclConfig;
 use crate::local::CONSUL_SERVICE;
 use crate::raft::Consensus;
+use catalog::acl::{
+    ANONYMOUS_ACCESSOR, ANONYMOUS_SECRET, AclWrite, Link, MANAGEMENT_POLICY_ID,
+    MANAGEMENT_POLICY_NAME, Policy, Token,
+};
 use catalog::{
     Answer, Catalog, Check, Command, Deregistration, Health, Node, Query, Registration,
     SERF_HEALTH_CHECK, Service,
@@ -36,6 +44,7 @@ pub(crate) async fn run(
     consensus: Consensus,
     catalog: Catalog,
     datacenter: String,
+    acl: Option<Arc<AclConfig>>,
     mut members: watch::Receiver<Arc<Vec<Member>>>,
     shutdown: CancellationToken,
 ) {
@@ -52,7 +61,11 @@ pub(crate) async fn run(
             crate::autopilot::reconcile(&consensus, &datacenter, &list, &mut dead).await;
         let members_ok = reconcile(&consensus, &catalog, &datacenter, &list).await;
         let reaped_ok = reap(&consensus, &catalog, &list).await;
-        let ok = members_ok && reaped_ok && servers_ok;
+        let acl_ok = match &acl {
+            Some(acl) => init_acl(&consensus, &catalog, acl).await,
+            None => true,
+        };
+        let ok = members_ok && reaped_ok && servers_ok && acl_ok;
         let wait = if ok {
             RECONCILE_INTERVAL
         } else {
@@ -117,6 +130,76 @@ fn in_step(catalog: &Catalog, member: &Member) -> bool {
     let wants_service = member.is_server() && member.status == MemberStatus::Alive;
     let has_service = node.services.iter().any(|s| s.id == CONSUL_SERVICE);
     serf_ok && (wants_service == has_service || !wants_service)
+}
+
+/// The ACL writes a leader makes when ACLs are on and they are missing: the built-in
+/// management policy, the anonymous token, the initial management token.
+fn acl_writes(catalog: &Catalog, acl: &AclConfig) -> Vec<AclWrite> {
+    let now = crate::acl::now_ns();
+    let token = |accessor: String, secret: &str, description: &str, policies: Vec<Link>| Token {
+        accessor_id: accessor,
+        secret_id: secret.to_owned(),
+        description: description.to_owned(),
+        policies,
+        roles: Vec::new(),
+        service_identities: Vec::new(),
+        node_identities: Vec::new(),
+        local: false,
+        create_time: now,
+        expiration_time: None,
+        create_index: 0,
+        modify_index: 0,
+    };
+    catalog.read(|s| {
+        let t = s.acl();
+        let mut writes = Vec::new();
+        if t.policy(MANAGEMENT_POLICY_ID).is_none() {
+            writes.push(AclWrite::PolicySet(Policy {
+                id: MANAGEMENT_POLICY_ID.into(),
+                name: MANAGEMENT_POLICY_NAME.into(),
+                description: "Builtin Policy that grants unlimited access".into(),
+                rules: String::new(),
+                datacenters: Vec::new(),
+                create_index: 0,
+                modify_index: 0,
+            }));
+        }
+        if t.token(ANONYMOUS_ACCESSOR).is_none() {
+            writes.push(AclWrite::TokenSet(token(
+                ANONYMOUS_ACCESSOR.into(),
+                ANONYMOUS_SECRET,
+                "Anonymous Token",
+                Vec::new(),
+            )));
+        }
+        if let Some(secret) = &acl.initial_management
+            && !t.has_secret(secret)
+        {
+            let management = Link {
+                id: MANAGEMENT_POLICY_ID.into(),
+                name: MANAGEMENT_POLICY_NAME.into(),
+            };
+            writes.push(AclWrite::TokenSet(token(
+                catalog::uuid::new_uuid(),
+                secret,
+                "Initial Management Token",
+                vec![management],
+            )));
+        }
+        writes
+    })
+}
+
+async fn init_acl(consensus: &Consensus, catalog: &Catalog, acl: &AclConfig) -> bool {
+    let mut ok = true;
+    for write in acl_writes(catalog, acl) {
+        let deadline = Instant::now() + RECONCILE_WRITE_TIMEOUT;
+        if let Err(e) = consensus.write(Command::Acl(write), deadline).await {
+            tracing::warn!(error = %e, "failed to set up the built-in ACL policy and tokens");
+            ok = false;
+        }
+    }
+    ok
 }
 
 /// Deregisters nodes that gossip no longer knows at all.

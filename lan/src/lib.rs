@@ -34,6 +34,8 @@
 #![warn(missing_docs)]
 
 pub mod acl;
+pub use acl::{AclConfig, AuthError, DownPolicy};
+pub use catalog::acl::Caller;
 mod autopilot;
 mod checks;
 pub mod fair;
@@ -78,6 +80,9 @@ pub use server::{KEYRING_NEEDS_PROOF, RaftPeer};
 
 /// The protocol version this agent speaks in member tags (`vsn`), as Consul's.
 pub const PROTOCOL_VERSION: u8 = 2;
+
+/// How long a client agent waits for a server to resolve a token.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Everything the datacenter layer needs to start. Built by the agent from its config.
 #[derive(Debug, Clone)]
@@ -168,6 +173,8 @@ struct Inner {
     server_addr: Option<SocketAddr>,
     /// What this server does with requests its client agents relay (set once).
     relay: std::sync::OnceLock<Arc<dyn Relay>>,
+    /// On a client agent with ACLs on: what its servers said tokens may do.
+    remembered: acl::Remembered,
 }
 
 /// Handle to this agent's datacenter layer. Cheap to clone.
@@ -216,6 +223,16 @@ enum ForwardError {
     NoServers,
     Rpc(String),
     Timeout,
+}
+
+impl std::fmt::Display for ForwardError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ForwardError::NoServers => f.write_str("No known Consul servers"),
+            ForwardError::Rpc(e) => write!(f, "rpc error making call: {e}"),
+            ForwardError::Timeout => f.write_str("timed out"),
+        }
+    }
 }
 
 impl From<ForwardError> for ReadError {
@@ -329,6 +346,7 @@ impl Lan {
                     consensus.clone(),
                     catalog.clone(),
                     config.datacenter.to_string(),
+                    config.acl.clone(),
                     pool.subscribe(),
                     shutdown.child_token(),
                 ));
@@ -373,6 +391,7 @@ impl Lan {
                 rpc,
                 server_addr,
                 relay: std::sync::OnceLock::new(),
+                remembered: acl::Remembered::default(),
             }),
         };
         if let (Some(listener), Role::Server(server)) = (listener, &lan.inner.role) {
@@ -441,6 +460,47 @@ impl Lan {
         self.inner.config.acl.is_some()
     }
 
+    /// Who `principal` is, for this agent's own endpoints (the catalog's are decided by
+    /// the server that answers them); `Ok(None)` when ACLs are off. A server resolves the
+    /// token against its copy of the tables; a client agent asks a server and remembers
+    /// the answer for `token_ttl`, or decides by `down_policy` when no server answers.
+    pub async fn authorize(&self, principal: &Principal) -> Result<Option<Caller>, AuthError> {
+        let Some(config) = &self.inner.config.acl else {
+            return Ok(None);
+        };
+        match &self.inner.role {
+            Role::Server(server) => server.caller(principal).map_err(|_| AuthError::NotFound),
+            Role::Client { .. } => {
+                let token = principal.to_wire(self.agent_token());
+                let remembered = &self.inner.remembered;
+                if let Some(grant) = remembered.get(&token, Some(config.token_ttl)) {
+                    return acl::settle(config, Some(grant), remembered, &token).map(Some);
+                }
+                let request = server::Request::ResolveToken {
+                    token: token.clone(),
+                };
+                let fresh = match self
+                    .forward(&request, Instant::now() + RESOLVE_TIMEOUT)
+                    .await
+                {
+                    Ok(server::Response::ResolveToken(grant)) => {
+                        remembered.put(token.clone(), grant.clone());
+                        Some(grant)
+                    }
+                    Ok(other) => {
+                        tracing::warn!(answer = %server::unexpected(other), "a server could not resolve a token");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no server could resolve a token; acl.down_policy decides");
+                        None
+                    }
+                };
+                acl::settle(config, fresh, remembered, &token).map(Some)
+            }
+        }
+    }
+
     /// Whether this agent is a server.
     pub fn is_server(&self) -> bool {
         matches!(self.inner.role, Role::Server { .. })
@@ -488,12 +548,25 @@ impl Lan {
     }
 
     /// Reads the local copy of the catalog at once, whatever the leader's state (DNS's
-    /// default `allow_stale`). `None` on a client agent, which holds no copy.
+    /// default `allow_stale`), as the agent's default token (else anonymous) may see it:
+    /// with ACLs on, what it may not read is left out, and a lookup it may not make
+    /// finds nothing. `None` on a client agent, which holds no copy.
     pub fn read_stale(&self, query: &Query) -> Option<(Answer, u64)> {
-        match &self.inner.role {
-            Role::Server(server) => Some(server.catalog().query(query)),
-            Role::Client { .. } => None,
+        let Role::Server(server) = &self.inner.role else {
+            return None;
+        };
+        let (mut answer, index) = server.catalog().query(query);
+        if self.inner.config.acl.is_some() {
+            let principal = Principal::from_wire(self.default_token().map(str::to_owned));
+            match server.caller(&principal) {
+                Ok(None) => {}
+                Ok(Some(c)) if c.check_read(query).is_ok() => {
+                    c.filter(&mut answer);
+                }
+                Ok(Some(_)) | Err(_) => answer = catalog::acl::nothing_for(query),
+            }
         }
+        Some((answer, index))
     }
 
     /// The newest index of the local catalog copy (`None` on a client agent): any change

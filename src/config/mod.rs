@@ -25,12 +25,14 @@
 //! | `dns.rs` | `domain`, `recursors`, `dns_config` |
 //! | `tls.rs` | `tls` and the top-level TLS keys |
 //! | `kv_replication.rs` | `kv_replication` |
+//! | `acl.rs` | `acl` |
 //! | `definitions.rs` | `service[s]`, `check[s]`, `watches` |
 //!
 //! A new area is a new file with its `check_*` function called from `check_layer`'s
 //! list, a builder called from [`AgentConfig::from_layers`], and a field of
 //! [`AgentConfig`]; its raw keys go in [`raw`].
 
+mod acl;
 mod definitions;
 mod dns;
 pub mod hcl;
@@ -123,6 +125,8 @@ pub struct AgentConfig {
     pub remote_read_caps: gateway::Caps,
     /// Keys this datacenter copies from another one (`kv_replication`, servers only).
     pub kv_replication: Option<std::sync::Arc<catalog::KvReplication>>,
+    /// ACL settings (`acl`); `None` when ACLs are off.
+    pub acl: Option<std::sync::Arc<lan::AclConfig>>,
     /// Server port connections open at once from one IP address
     /// (`limits.rpc_max_conns_per_client`; `usize::MAX` for no limit).
     pub rpc_max_conns_per_client: usize,
@@ -241,6 +245,7 @@ impl AgentConfig {
         let role = node::role(&m, sources.dev, &mut problems);
         node::check_storage(&m, sources.dev, &mut problems);
         let kv_replication = kv_replication::settings(&m, role.server, &mut problems);
+        let acl = acl::settings(&m, &mut problems);
         let enable_script_checks = m.enable_script_checks.unwrap_or(false);
         let enable_local_script_checks = m.enable_local_script_checks.unwrap_or(false);
         definitions::check(
@@ -301,6 +306,7 @@ impl AgentConfig {
             http_limits: limits::http_limits(&limits),
             remote_read_caps: gateway::Caps::default(),
             kv_replication,
+            acl,
             rpc_max_conns_per_client: per_client(
                 limits.rpc_max_conns_per_client,
                 lan::DEFAULT_RPC_MAX_CONNS_PER_CLIENT,

@@ -136,6 +136,37 @@ pub struct RawKvReplication {
     pub exclude: Option<Vec<String>>,
 }
 
+/// `acl` (Consul's ACL settings).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcl {
+    pub enabled: Option<bool>,
+    pub default_policy: Option<String>,
+    pub down_policy: Option<String>,
+    pub enable_key_list_policy: Option<bool>,
+    pub enable_token_persistence: Option<bool>,
+    pub enable_token_replication: Option<bool>,
+    pub token_ttl: Option<String>,
+    pub policy_ttl: Option<String>,
+    pub role_ttl: Option<String>,
+    pub tokens: Option<RawAclTokens>,
+}
+
+/// `acl.tokens`, with the names Consul had before 1.11 (`master`, `agent_master`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawAclTokens {
+    pub initial_management: Option<String>,
+    pub master: Option<String>,
+    pub agent: Option<String>,
+    pub agent_recovery: Option<String>,
+    pub agent_master: Option<String>,
+    pub default: Option<String>,
+    pub replication: Option<String>,
+    pub dns: Option<String>,
+    pub config_file_service_registration: Option<String>,
+}
+
 /// One configuration source.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -193,10 +224,10 @@ pub struct RawConfig {
     pub verify_outgoing: Option<bool>,
     pub verify_server_hostname: Option<bool>,
     pub kv_replication: Option<RawKvReplication>,
+    pub acl: Option<RawAcl>,
 
     // Keys of Consul features this version does not have. They are accepted by the
     // parser only so that validation can say so plainly instead of "unknown key".
-    pub acl: Option<Value>,
     pub connect: Option<Value>,
     pub ui_config: Option<Value>,
     pub ui: Option<Value>,
@@ -206,7 +237,6 @@ pub struct RawConfig {
 
 /// The keys above that name features proconsul lacks, with what to say about them.
 pub const UNSUPPORTED: &[(&str, &str)] = &[
-    ("acl", "ACLs are not supported by proconsul"),
     (
         "connect",
         "service mesh (Connect) is not supported by proconsul",
@@ -228,7 +258,6 @@ impl RawConfig {
                 .is_some_and(|v| !v.is_null() && *v != Value::Bool(false))
         };
         let values = [
-            &self.acl,
             &self.connect,
             &self.ui_config,
             &self.ui,
@@ -380,7 +409,7 @@ impl RawConfig {
         list(&mut self.start_join_wan, l.start_join_wan);
         scalar(&mut self.retry_interval_wan, l.retry_interval_wan);
         scalar(&mut self.retry_max_wan, l.retry_max_wan);
-        scalar(&mut self.acl, l.acl);
+        super::acl::merge(&mut self.acl, l.acl);
         scalar(&mut self.connect, l.connect);
         scalar(&mut self.ui_config, l.ui_config);
         scalar(&mut self.ui, l.ui);

@@ -116,10 +116,67 @@ fn all_problems_are_reported_with_their_source() {
 fn unsupported_features_are_named() {
     let layers = vec![
         Layer::new(Origin::Defaults, dev_layer()),
-        layer(r#"{"acl": {"enabled": true}}"#),
+        layer(r#"{"connect": {"enabled": true}}"#),
     ];
     let e = AgentConfig::from_layers(&layers, dev_sources()).unwrap_err();
-    assert!(e.to_string().contains("acl: not supported"), "{e}");
+    assert!(e.to_string().contains("connect: not supported"), "{e}");
+}
+
+#[test]
+fn acl_settings_are_read_merged_and_checked() {
+    let management = "0b2d7d2a-5c4f-4a53-9a3e-6a0f3b7f2f10";
+    let layers = vec![
+        Layer::new(Origin::Defaults, dev_layer()),
+        layer(&format!(
+            r#"{{"acl": {{"enabled": true, "default_policy": "allow", "tokens": {{"master": "{management}", "agent": "a"}}}}}}"#
+        )),
+        layer(
+            r#"{"acl": {"default_policy": "deny", "down_policy": "deny", "token_ttl": "10s", "tokens": {"default": "d"}}}"#,
+        ),
+    ];
+    let c = AgentConfig::from_layers(&layers, dev_sources()).unwrap();
+    let acl = c.acl.expect("on");
+    assert!(!acl.default_allow, "the later layer wins");
+    assert_eq!(acl.down_policy, lan::DownPolicy::Deny);
+    assert_eq!(acl.token_ttl, Duration::from_secs(10));
+    assert_eq!(
+        acl.initial_management.as_deref(),
+        Some(management),
+        "master is the old name"
+    );
+    assert_eq!(
+        acl.agent_token.as_deref(),
+        Some("a"),
+        "tokens merge key by key"
+    );
+    assert_eq!(acl.default_token.as_deref(), Some("d"));
+    let off = vec![
+        Layer::new(Origin::Defaults, dev_layer()),
+        layer(r#"{"acl": {"default_policy": "deny"}}"#),
+    ];
+    assert!(
+        AgentConfig::from_layers(&off, dev_sources())
+            .unwrap()
+            .acl
+            .is_none()
+    );
+    for bad in [
+        r#"{"acl": {"enabled": true, "default_policy": "maybe"}}"#,
+        r#"{"acl": {"enabled": true, "down_policy": "later"}}"#,
+        r#"{"acl": {"enabled": true, "tokens": {"initial_management": "root"}}}"#,
+        r#"{"acl": {"enabled": true, "tokenz": {}}}"#,
+    ] {
+        let text = match parse_layer(Origin::File("t.json".into()), bad) {
+            Err(e) => format!("{e:?}"),
+            Ok(l) => {
+                let layers = vec![Layer::new(Origin::Defaults, dev_layer()), l];
+                AgentConfig::from_layers(&layers, dev_sources())
+                    .unwrap_err()
+                    .to_string()
+            }
+        };
+        assert!(text.contains("acl."), "{bad}: {text}");
+    }
 }
 
 #[test]

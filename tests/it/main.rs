@@ -9,6 +9,7 @@
     unreachable_pub
 )]
 
+mod acl;
 mod anti_entropy;
 mod client;
 mod cluster;

@@ -346,12 +346,17 @@ impl Server {
                         max_age,
                         stale_if_error: None,
                     });
-                Found::Read(
-                    self.gateway
-                        .read_cached(dc.as_deref(), query, options, cache)
-                        .await
-                        .map(|r| (r.result.answer, r.result.index)),
-                )
+                let read = self
+                    .gateway
+                    .read_cached(dc.as_deref(), query, options, cache)
+                    .await;
+                Found::Read(match read {
+                    // A lookup the token may not make finds nothing (NXDOMAIN), as Consul's.
+                    Err(gateway::RouteError::Read(
+                        catalog::ReadError::Denied(_) | catalog::ReadError::AclNotFound,
+                    )) => Ok((catalog::acl::nothing_for(query), 1)),
+                    other => other.map(|r| (r.result.answer, r.result.index)),
+                })
             }
             Need::Execute { dc, name } => Found::Executed(
                 self.gateway

@@ -11,9 +11,10 @@ use catalog::Health;
 use lan::{LocalError, Source};
 use serde_json::{Value, json as json_value};
 
-use super::{ApiError, Params, json, parse_body};
+use super::{ApiError, Params, gate, json, parse_body};
 use crate::Context;
 use crate::definition::{self, Style, fold_key};
+use catalog::acl::{Access, Resource};
 
 /// How long `/v1/agent/reload` waits for the agent to re-read its config.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -34,7 +35,18 @@ fn empty_ok() -> Response {
     StatusCode::OK.into_response()
 }
 
-pub(crate) async fn self_info(State(ctx): State<Context>, params: Params) -> Response {
+pub(crate) async fn self_info(
+    State(ctx): State<Context>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    gate::require(
+        &ctx,
+        &params,
+        Resource::Agent,
+        ctx.lan.node_name(),
+        Access::Read,
+    )
+    .await?;
     let info = &ctx.agent;
     let raft = if ctx.lan.is_server() {
         ctx.gateway
@@ -103,7 +115,7 @@ pub(crate) async fn self_info(State(ctx): State<Context>, params: Params) -> Res
             },
         },
     });
-    json(&body, params.pretty())
+    Ok(json(&body, params.pretty()))
 }
 
 pub(crate) async fn members(
@@ -111,13 +123,25 @@ pub(crate) async fn members(
     params: Params,
 ) -> Result<Response, ApiError> {
     params.refuse_unsupported()?;
+    let caller = gate::caller(&ctx, &params).await?;
     let members = if wan(&params) {
         ctx.gateway.federation()?.members()
     } else {
         ctx.lan.members()
     };
-    let list: Vec<_> = members.iter().map(super::json::member).collect();
-    Ok(json(&list, params.pretty()))
+    let visible = |name: &str| {
+        caller
+            .as_ref()
+            .is_none_or(|c| c.may(Resource::Node, name, Access::Read))
+    };
+    let list: Vec<_> = members
+        .iter()
+        .filter(|m| visible(&m.name))
+        .map(super::json::member)
+        .collect();
+    let mut response = json(&list, params.pretty());
+    super::add_filtered_header(&mut response, list.len() != members.len());
+    Ok(response)
 }
 
 pub(crate) async fn services(
@@ -125,13 +149,21 @@ pub(crate) async fn services(
     params: Params,
 ) -> Result<Response, ApiError> {
     params.refuse_unsupported()?;
+    let caller = gate::caller(&ctx, &params).await?;
     let services = ctx.lan.local().services();
     let dc = ctx.agent.datacenter.as_str();
     let map: BTreeMap<&str, _> = services
         .iter()
+        .filter(|s| {
+            caller
+                .as_ref()
+                .is_none_or(|c| c.may(Resource::Service, &s.name, Access::Read))
+        })
         .map(|s| (s.id.as_str(), super::json::agent_service(s, dc)))
         .collect();
-    Ok(json(&map, params.pretty()))
+    let mut response = json(&map, params.pretty());
+    super::add_filtered_header(&mut response, map.len() != services.len());
+    Ok(response)
 }
 
 pub(crate) async fn service(
@@ -144,6 +176,14 @@ pub(crate) async fn service(
         .local()
         .service(&id)
         .ok_or_else(|| ApiError::NotFound(format!("unknown service ID: {id}")))?;
+    gate::require(
+        &ctx,
+        &params,
+        Resource::Service,
+        &service.name,
+        Access::Read,
+    )
+    .await?;
     let dc = ctx.agent.datacenter.as_str();
     Ok(json(
         &super::json::agent_service(&service, dc),
@@ -156,12 +196,16 @@ pub(crate) async fn checks(
     params: Params,
 ) -> Result<Response, ApiError> {
     params.refuse_unsupported()?;
+    let caller = gate::caller(&ctx, &params).await?;
     let checks = ctx.lan.local().checks();
     let map: BTreeMap<&str, _> = checks
         .iter()
+        .filter(|c| caller.as_ref().is_none_or(|a| gate::may_read_check(a, c)))
         .map(|c| (c.check_id.as_str(), super::json::check(c)))
         .collect();
-    Ok(json(&map, params.pretty()))
+    let mut response = json(&map, params.pretty());
+    super::add_filtered_header(&mut response, map.len() != checks.len());
+    Ok(response)
 }
 
 /// Script checks through the API need `enable_script_checks` (config files may also use
@@ -186,6 +230,22 @@ pub(crate) async fn register_service(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (service, checks) = service_registration(&body)?;
+    gate::require(
+        &ctx,
+        &params,
+        Resource::Service,
+        &service.name,
+        Access::Write,
+    )
+    .await?;
+    let id = if service.id.is_empty() {
+        &service.name
+    } else {
+        &service.id
+    };
+    if let Some(old) = ctx.lan.local().service(id) {
+        gate::require(&ctx, &params, Resource::Service, &old.name, Access::Write).await?;
+    }
     let replace = params
         .flag("replace-existing-checks")
         .map_err(|()| ApiError::BadRequest("Invalid value for ?replace-existing-checks".into()))?
@@ -209,16 +269,23 @@ pub(crate) fn service_registration(
 pub(crate) async fn deregister_service(
     State(ctx): State<Context>,
     Path(id): Path<String>,
-) -> Response {
+    params: Params,
+) -> Result<Response, ApiError> {
+    match ctx.lan.local().service(&id) {
+        Some(s) => gate::require(&ctx, &params, Resource::Service, &s.name, Access::Write).await?,
+        None => gate::require_check_write(&ctx, &params, "").await?,
+    }
     ctx.lan.local().deregister_service(&id);
-    empty_ok()
+    Ok(empty_ok())
 }
 
 pub(crate) async fn register_check(
     State(ctx): State<Context>,
+    params: Params,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let check = check_registration(&body)?;
+    gate::require_check_write(&ctx, &params, &check.service_id).await?;
     refuse_api_scripts(&ctx, std::slice::from_ref(&check))?;
     ctx.lan
         .local()
@@ -242,12 +309,35 @@ pub(crate) fn check_registration(body: &[u8]) -> Result<lan::CheckDefinition, Ap
 pub(crate) async fn deregister_check(
     State(ctx): State<Context>,
     Path(id): Path<String>,
-) -> Response {
+    params: Params,
+) -> Result<Response, ApiError> {
+    require_check_change(&ctx, &params, &id).await?;
     ctx.lan.local().deregister_check(&id);
-    empty_ok()
+    Ok(empty_ok())
 }
 
-fn ttl_update(ctx: &Context, id: &str, status: Health, note: String) -> Result<Response, ApiError> {
+/// Refuses a change to this agent's check `id` unless the caller may write what it
+/// covers (an unknown check: this node).
+async fn require_check_change(ctx: &Context, params: &Params, id: &str) -> Result<(), ApiError> {
+    let service_id = ctx
+        .lan
+        .local()
+        .checks()
+        .into_iter()
+        .find(|c| c.check_id == id)
+        .map(|c| c.service_id)
+        .unwrap_or_default();
+    gate::require_check_write(ctx, params, &service_id).await
+}
+
+async fn ttl_update(
+    ctx: &Context,
+    params: &Params,
+    id: &str,
+    status: Health,
+    note: String,
+) -> Result<Response, ApiError> {
+    require_check_change(ctx, params, id).await?;
     ctx.lan
         .local()
         .update_ttl(id, status, note)
@@ -264,7 +354,7 @@ pub(crate) async fn check_pass(
     Path(id): Path<String>,
     params: Params,
 ) -> Result<Response, ApiError> {
-    ttl_update(&ctx, &id, Health::Passing, note(&params))
+    ttl_update(&ctx, &params, &id, Health::Passing, note(&params)).await
 }
 
 pub(crate) async fn check_warn(
@@ -272,7 +362,7 @@ pub(crate) async fn check_warn(
     Path(id): Path<String>,
     params: Params,
 ) -> Result<Response, ApiError> {
-    ttl_update(&ctx, &id, Health::Warning, note(&params))
+    ttl_update(&ctx, &params, &id, Health::Warning, note(&params)).await
 }
 
 pub(crate) async fn check_fail(
@@ -280,16 +370,17 @@ pub(crate) async fn check_fail(
     Path(id): Path<String>,
     params: Params,
 ) -> Result<Response, ApiError> {
-    ttl_update(&ctx, &id, Health::Critical, note(&params))
+    ttl_update(&ctx, &params, &id, Health::Critical, note(&params)).await
 }
 
 pub(crate) async fn check_update(
     State(ctx): State<Context>,
     Path(id): Path<String>,
+    params: Params,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (status, output) = check_update_body(&body)?;
-    ttl_update(&ctx, &id, status, output)
+    ttl_update(&ctx, &params, &id, status, output).await
 }
 
 /// The status and output of a `/v1/agent/check/update/:id` body.
@@ -311,14 +402,36 @@ pub(crate) fn check_update_body(body: &[u8]) -> Result<(Health, String), ApiErro
     Ok((status, get("output")))
 }
 
-pub(crate) async fn leave(State(ctx): State<Context>) -> Response {
+pub(crate) async fn leave(
+    State(ctx): State<Context>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    gate::require(
+        &ctx,
+        &params,
+        Resource::Agent,
+        ctx.lan.node_name(),
+        Access::Write,
+    )
+    .await?;
     tracing::info!("graceful leave requested through the HTTP API");
     ctx.lan.leave().await;
     ctx.control.leave.cancel();
-    empty_ok()
+    Ok(empty_ok())
 }
 
-pub(crate) async fn reload(State(ctx): State<Context>) -> Result<Response, ApiError> {
+pub(crate) async fn reload(
+    State(ctx): State<Context>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    gate::require(
+        &ctx,
+        &params,
+        Resource::Agent,
+        ctx.lan.node_name(),
+        Access::Write,
+    )
+    .await?;
     let (reply, done) = tokio::sync::oneshot::channel();
     ctx.control
         .reload
@@ -350,6 +463,14 @@ pub(crate) async fn join(
     Path(addr): Path<String>,
     params: Params,
 ) -> Result<Response, ApiError> {
+    gate::require(
+        &ctx,
+        &params,
+        Resource::Agent,
+        ctx.lan.node_name(),
+        Access::Write,
+    )
+    .await?;
     let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
     let addrs = std::slice::from_ref(&addr);
     let results = if wan(&params) {
@@ -373,6 +494,7 @@ pub(crate) async fn force_leave(
     Path(node): Path<String>,
     params: Params,
 ) -> Result<Response, ApiError> {
+    gate::require(&ctx, &params, Resource::Operator, "", Access::Write).await?;
     let prune = params.get("prune").is_some();
     let known = if wan(&params) {
         ctx.gateway.federation()?.force_leave(&node, prune).await

@@ -11,7 +11,9 @@ use gossip::swim::coordinate::Coordinate;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-use super::{ApiError, Params, json};
+use catalog::acl::{Access, Resource};
+
+use super::{ApiError, Params, gate, json};
 use crate::Context;
 
 #[derive(Serialize)]
@@ -83,16 +85,24 @@ pub(crate) async fn nodes(
     params: Params,
 ) -> Result<Response, ApiError> {
     local_only(&ctx, &params)?;
+    let caller = gate::caller(&ctx, &params).await?;
     let coordinates = ctx.lan.coordinates().await;
     let body: Vec<NodeCoord> = coordinates
         .iter()
+        .filter(|(node, _)| {
+            caller
+                .as_ref()
+                .is_none_or(|c| c.may(Resource::Node, node, Access::Read))
+        })
         .map(|(node, coord)| NodeCoord {
             node,
             segment: "",
             coord,
         })
         .collect();
-    Ok(json(&body, params.pretty()))
+    let mut response = json(&body, params.pretty());
+    super::add_filtered_header(&mut response, body.len() != coordinates.len());
+    Ok(response)
 }
 
 /// `GET /v1/coordinate/node/:node`: one node's LAN coordinate (404 when none is known).
@@ -102,6 +112,7 @@ pub(crate) async fn node(
     params: Params,
 ) -> Result<Response, ApiError> {
     local_only(&ctx, &params)?;
+    gate::require(&ctx, &params, Resource::Node, &node, Access::Read).await?;
     let coordinates = ctx.lan.coordinates().await;
     let Some(coord) = coordinates.get(&node) else {
         return Err(ApiError::NotFound(String::new()));

@@ -22,6 +22,8 @@ use gossip::keyring::Key;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use catalog::acl::{Access, Resource};
+
 use super::{ApiError, Params, json, parse_body};
 use crate::Context;
 
@@ -115,6 +117,7 @@ fn errors(pools: &[PoolKeyring], failed: impl Fn(&PoolKeyring) -> bool) -> Resul
 
 pub(crate) async fn list(State(ctx): State<Context>, params: Params) -> Result<Response, ApiError> {
     check_params(&params, false)?;
+    super::gate::require(&ctx, &params, Resource::Keyring, "", Access::Read).await?;
     let pools = run(&ctx, KeyOperation::List, params.get("local-only").is_some()).await?;
     // A listing fails only for a pool where nobody answered.
     errors(&pools, |p| p.error.is_some() || p.report.num_resp == 0)?;
@@ -140,6 +143,7 @@ async fn change(
     op: impl FnOnce(String) -> KeyOperation,
 ) -> Result<Response, ApiError> {
     check_params(&params, true)?;
+    super::gate::require(&ctx, &params, Resource::Keyring, "", Access::Write).await?;
     let key = key_from_body(&body)?;
     let pools = run(&ctx, op(key), false).await?;
     errors(&pools, |p| p.error.is_some() || p.report.num_err > 0)?;

@@ -28,6 +28,8 @@ use gateway::RouteError;
 use tokio::time::Instant;
 
 use super::catalog::read_and_render;
+use catalog::acl::{Access, Resource};
+
 use super::{ApiError, BodyRead, Params, REQUEST_TIMEOUT, json, read_limited};
 use crate::Context;
 
@@ -204,6 +206,7 @@ pub(crate) async fn replication(
     State(ctx): State<Context>,
     params: Params,
 ) -> Result<Response, ApiError> {
+    super::gate::require(&ctx, &params, Resource::Operator, "", Access::Read).await?;
     let body = match &ctx.kv_replication {
         None => serde_json::json!({ "Enabled": false }),
         Some(status) => serde_json::json!({

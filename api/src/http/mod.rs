@@ -5,10 +5,12 @@
 //! renders the answer in Consul's JSON shapes (`json`) with Consul's headers. Errors
 //! become Consul's status codes and texts (`ApiError`).
 
+mod acl;
 pub(crate) mod agent;
 pub(crate) mod catalog;
 mod coordinate;
 mod deadline;
+mod gate;
 mod health;
 pub(crate) mod json;
 pub(crate) mod keyring;
@@ -58,6 +60,8 @@ pub(crate) enum ApiError {
     TooLarge(String),
     /// 429 with a message: a limit was reached, retry later.
     TooManyRequests(String),
+    /// 401 with a message: ACLs are off (Consul's answer to an ACL endpoint then).
+    Unauthorized(String),
     /// 403 with a message: ACLs refused the request.
     Forbidden(String),
     /// 500 with a message.
@@ -100,6 +104,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(t) => (StatusCode::NOT_FOUND, t),
             ApiError::TooLarge(t) => (StatusCode::PAYLOAD_TOO_LARGE, t),
             ApiError::TooManyRequests(t) => (StatusCode::TOO_MANY_REQUESTS, t),
+            ApiError::Unauthorized(t) => (StatusCode::UNAUTHORIZED, t),
             ApiError::Forbidden(t) => (StatusCode::FORBIDDEN, t),
             ApiError::Internal(t) => (StatusCode::INTERNAL_SERVER_ERROR, t),
         };
@@ -144,6 +149,14 @@ impl Params {
     /// Whom the request is for.
     pub(crate) fn principal(&self) -> &Principal {
         &self.principal
+    }
+
+    /// These parameters for the holder of `secret` instead.
+    pub(crate) fn with_token(&self, secret: &str) -> Params {
+        Params {
+            pairs: self.pairs.clone(),
+            principal: Principal::Token(secret.into()),
+        }
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<&str> {
@@ -657,6 +670,36 @@ pub(crate) fn router(ctx: Context, max_body_bytes: usize) -> Router {
         .route("/v1/session/list", get(session::list))
         .route("/v1/txn", put(txn::apply))
         .route("/v1/operator/kv-replication", get(kv::replication))
+        .route("/v1/acl/bootstrap", put(acl::bootstrap))
+        .route("/v1/acl/token", put(acl::token_create))
+        .route("/v1/acl/tokens", get(acl::token_list))
+        .route("/v1/acl/token/self", get(acl::token_self))
+        .route(
+            "/v1/acl/token/{accessor}",
+            get(acl::token_read)
+                .put(acl::token_update)
+                .delete(acl::token_delete),
+        )
+        .route("/v1/acl/token/{accessor}/clone", put(acl::token_clone))
+        .route("/v1/acl/policy", put(acl::policy_create))
+        .route("/v1/acl/policies", get(acl::policy_list))
+        .route("/v1/acl/policy/name/{name}", get(acl::policy_read_by_name))
+        .route(
+            "/v1/acl/policy/{id}",
+            get(acl::policy_read)
+                .put(acl::policy_update)
+                .delete(acl::policy_delete),
+        )
+        .route("/v1/acl/role", put(acl::role_create))
+        .route("/v1/acl/roles", get(acl::role_list))
+        .route("/v1/acl/role/name/{name}", get(acl::role_read_by_name))
+        .route(
+            "/v1/acl/role/{id}",
+            get(acl::role_read)
+                .put(acl::role_update)
+                .delete(acl::role_delete),
+        )
+        .route("/v1/acl/{*rest}", axum::routing::any(acl::unsupported))
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
         .route(
@@ -686,6 +729,28 @@ pub(crate) fn router(ctx: Context, max_body_bytes: usize) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_is_taken_from_the_query_then_the_header_then_bearer() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        let all = headers(&[("x-consul-token", "h"), ("authorization", "Bearer b")]);
+        let p = Params::parse(Some("token=q"));
+        assert_eq!(presented_token(&p, &all).as_deref(), Some("q"));
+        let none = Params::parse(None);
+        assert_eq!(presented_token(&none, &all).as_deref(), Some("h"));
+        let bearer = headers(&[("authorization", "bEaReR  b2 ")]);
+        assert_eq!(presented_token(&none, &bearer).as_deref(), Some("b2"));
+        let basic = headers(&[("authorization", "Basic dXNlcg==")]);
+        assert_eq!(presented_token(&none, &basic), None);
+        let empty = Params::parse(Some("token="));
+        assert_eq!(presented_token(&empty, &headers(&[])), None);
+    }
 
     async fn rewritten(uri: &str, control: &str) -> String {
         let request = axum::http::Request::builder()

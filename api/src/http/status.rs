@@ -5,7 +5,9 @@ use axum::response::Response;
 
 use tokio::time::Instant;
 
-use super::{ApiError, Params, REQUEST_TIMEOUT, json};
+use catalog::acl::{Access, Resource};
+
+use super::{ApiError, Params, REQUEST_TIMEOUT, gate, json};
 use crate::Context;
 
 /// The Raft status of the datacenter the request names.
@@ -58,6 +60,7 @@ pub(crate) async fn raft_configuration(
     State(ctx): State<Context>,
     params: Params,
 ) -> Result<Response, ApiError> {
+    gate::require(&ctx, &params, Resource::Operator, "", Access::Read).await?;
     let status = raft_status(&ctx, &params).await?;
     let body = RaftConfigurationJson {
         servers: status
@@ -84,6 +87,7 @@ pub(crate) async fn raft_remove_peer(
     State(ctx): State<Context>,
     params: Params,
 ) -> Result<Response, ApiError> {
+    gate::require(&ctx, &params, Resource::Operator, "", Access::Write).await?;
     if !ctx.gateway.is_local(params.dc()) {
         return Err(ApiError::BadRequest(
             "removing a Raft peer of another datacenter is not supported by proconsul: \

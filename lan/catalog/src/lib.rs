@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod acl;
+pub mod clock;
 mod contract;
 pub mod duration;
 mod kv;

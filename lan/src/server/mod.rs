@@ -212,6 +212,15 @@ impl Server {
         })
     }
 
+    /// Who `principal` is on this server; `Ok(None)` when ACLs are off or it is the
+    /// agent itself.
+    pub(crate) fn caller(&self, principal: &Principal) -> Result<Option<AclCaller>, NotFound> {
+        match &self.acl {
+            Some(acl) => acl.caller(&self.catalog, principal),
+            None => Ok(None),
+        }
+    }
+
     /// Who reads, when ACLs are on, after checking what the read needs; `None` when
     /// nothing is checked.
     fn read_caller(
@@ -558,6 +567,12 @@ impl<R: Relays> rpc::Handler for Handler<R> {
                 }
             }
             Request::Status => Response::Status(consensus.status()),
+            Request::ResolveToken { token } => match &server.acl {
+                None => Response::Unsupported("ACLs are off in this datacenter".into()),
+                Some(acl) => {
+                    Response::ResolveToken(acl.grant(&server.catalog, &Principal::from_wire(token)))
+                }
+            },
             Request::AppendEntries(m) => self.receive(consensus, &caller, m.into()).await,
             Request::Vote(m) => self.receive(consensus, &caller, m.into()).await,
             Request::InstallSnapshot(m) => self.receive(consensus, &caller, m.into()).await,

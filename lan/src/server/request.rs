@@ -88,6 +88,11 @@ pub(crate) enum Request {
     Vote(raft::Vote),
     /// Raft: a snapshot chunk.
     InstallSnapshot(raft::InstallSnapshot),
+    /// What a token may do (a client agent asks, for its own endpoints).
+    ResolveToken {
+        /// The token (`None`: anonymous).
+        token: Option<String>,
+    },
     /// Remove a server from the Raft configuration (`operator raft remove-peer`).
     RemovePeer {
         /// The server.
@@ -122,6 +127,8 @@ pub(crate) enum Response {
     Unsupported(String),
     /// The request was served but its answer cannot be sent (too large).
     Error(String),
+    /// For [`Request::ResolveToken`]: the grant, or `None` for an unknown token.
+    ResolveToken(Option<crate::acl::Grant>),
     /// For [`Request::RemovePeer`]: the leader's refusal inside, or why no leader did it.
     RemovePeer(Result<Result<(), String>, WriteError>),
     /// The caller may not ask this (it proved too little), or the request carries values

@@ -310,6 +310,32 @@ impl Caller {
     }
 }
 
+/// The answer `query` would have if nothing were visible: what a lookup the caller may
+/// not make shows where refusing is not an option (DNS answers NXDOMAIN, as Consul's).
+pub fn nothing_for(query: &Query) -> Answer {
+    match query {
+        Query::Nodes { .. } => Answer::Nodes(Vec::new()),
+        Query::Services { .. } => Answer::Services(Default::default()),
+        Query::ServiceNodes { .. } => Answer::ServiceNodes(Vec::new()),
+        Query::NodeServices { .. } => Answer::NodeServices(None),
+        Query::ServiceHealth { .. } => Answer::ServiceHealth(Vec::new()),
+        Query::NodeChecks { .. } | Query::ServiceChecks { .. } | Query::ChecksInState { .. } => {
+            Answer::Checks(Vec::new())
+        }
+        Query::Address { .. } => Answer::Address(Vec::new(), Vec::new()),
+        Query::Snapshot => Answer::Snapshot(Box::default()),
+        Query::PreparedQueries { .. } => Answer::PreparedQueries(Vec::new()),
+        Query::Sessions(_) => Answer::Sessions(Vec::new()),
+        Query::Txn(_) => Answer::Txn(TxnOutcome::Done(Vec::new())),
+        Query::Kv {
+            read: KvRead::Keys { .. },
+            ..
+        } => Answer::Kv(KvAnswer::Keys(Vec::new())),
+        Query::Kv { .. } => Answer::Kv(KvAnswer::Entries(Vec::new())),
+        Query::Acl(_) => Answer::Acl(crate::acl::AclAnswer::Tokens(Vec::new())),
+    }
+}
+
 /// Whether a registration's node differs from the stored one in what a registration
 /// sets (so that re-posting the same node needs no `node:write`, as in Consul).
 fn changes_node(stored: &Node, new: &Node) -> bool {

@@ -19,7 +19,7 @@ mod tables;
 use serde::{Deserialize, Serialize};
 
 pub use authorizer::{Access, Authorizer};
-pub use enforce::{Caller, Denied};
+pub use enforce::{Caller, Denied, nothing_for};
 pub use rules::{Level, Resource, Rules, RulesError};
 pub use tables::{AclAnswer, AclRead, AclSnapshot, AclTables, Resolved};
 

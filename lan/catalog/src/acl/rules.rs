@@ -150,7 +150,7 @@ impl Resource {
 }
 
 /// The rules of one labelled resource.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Labelled {
     exact: HashMap<String, Level>,
     /// Longest prefix first, so that the first match is the one that governs.
@@ -205,8 +205,9 @@ impl Labelled {
     }
 }
 
-/// Parsed ACL rules: one policy's, or several merged.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Parsed ACL rules: one policy's, or several merged. They travel (a server resolves a
+/// token for a client agent) in serde's form.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rules {
     single: BTreeMap<Resource, Level>,
     labelled: BTreeMap<Resource, Labelled>,

@@ -169,6 +169,21 @@ impl AclTables {
         })
     }
 
+    /// The policy with this ID.
+    pub fn policy(&self, id: &str) -> Option<&Policy> {
+        self.policies.get(id)
+    }
+
+    /// The token with this AccessorID.
+    pub fn token(&self, accessor_id: &str) -> Option<&Token> {
+        self.tokens.get(accessor_id)
+    }
+
+    /// Whether a token holds this SecretID.
+    pub fn has_secret(&self, secret: &str) -> bool {
+        self.by_secret.contains_key(secret)
+    }
+
     /// The index a bootstrap was made at, if one was.
     pub fn bootstrapped(&self) -> Option<u64> {
         self.bootstrapped

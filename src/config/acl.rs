@@ -1,0 +1,122 @@
+//! `acl`: whether ACLs are on, what no rule decides, what happens when tokens cannot be
+//! resolved, and the agent's own tokens (Consul's keys, old names included).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lan::{AclConfig, DownPolicy};
+
+use super::problem::{Problem, problem};
+use super::raw::{RawAcl, RawConfig};
+
+/// The ACL settings, checked; `None` when ACLs are off.
+pub(super) fn settings(m: &RawConfig, problems: &mut Vec<Problem>) -> Option<Arc<AclConfig>> {
+    let acl = m.acl.as_ref()?;
+    let before = problems.len();
+    let mut fail = |key: &str, what: String| {
+        problems.push(problem(None, &format!("acl.{key}"), &what));
+    };
+    let default_allow = match acl.default_policy.as_deref() {
+        None | Some("allow") => true,
+        Some("deny") => false,
+        Some(other) => {
+            fail(
+                "default_policy",
+                format!("must be \"allow\" or \"deny\", not {other:?}"),
+            );
+            true
+        }
+    };
+    let down_policy = match acl.down_policy.as_deref() {
+        None | Some("extend-cache") => DownPolicy::ExtendCache,
+        Some("async-cache") => DownPolicy::AsyncCache,
+        Some("allow") => DownPolicy::Allow,
+        Some("deny") => DownPolicy::Deny,
+        Some(other) => {
+            fail(
+                "down_policy",
+                format!(
+                    "must be \"allow\", \"deny\", \"extend-cache\" or \"async-cache\", not {other:?}"
+                ),
+            );
+            DownPolicy::ExtendCache
+        }
+    };
+    let token_ttl = match &acl.token_ttl {
+        None => Duration::from_secs(30),
+        Some(text) => match catalog::duration::parse(text) {
+            Ok(d) => d,
+            Err(_) => {
+                fail("token_ttl", format!("{text:?} is not a duration"));
+                Duration::from_secs(30)
+            }
+        },
+    };
+    let tokens = acl.tokens.clone().unwrap_or_default();
+    let initial_management = tokens
+        .initial_management
+        .or(tokens.master)
+        .filter(|t| !t.is_empty());
+    if let Some(t) = &initial_management
+        && !catalog::uuid::is_uuid(t)
+    {
+        fail(
+            "tokens.initial_management",
+            "must be a UUID (it becomes the SecretID of a management token)".into(),
+        );
+    }
+    if acl.enabled != Some(true) {
+        return None;
+    }
+    if problems.len() > before {
+        return None;
+    }
+    Some(Arc::new(AclConfig {
+        default_allow,
+        down_policy,
+        key_list: acl.enable_key_list_policy.unwrap_or(false),
+        token_ttl,
+        agent_token: tokens.agent.filter(|t| !t.is_empty()),
+        default_token: tokens.default.filter(|t| !t.is_empty()),
+        initial_management,
+    }))
+}
+
+/// Merges `later` into `acl`: keys it sets win, `tokens` key by key.
+pub(super) fn merge(acl: &mut Option<RawAcl>, later: Option<RawAcl>) {
+    let Some(l) = later else {
+        return;
+    };
+    let a = acl.get_or_insert_with(RawAcl::default);
+    macro_rules! take {
+        ($($field:ident),*) => { $( if l.$field.is_some() { a.$field = l.$field; } )* };
+    }
+    take!(
+        enabled,
+        default_policy,
+        down_policy,
+        enable_key_list_policy,
+        enable_token_persistence,
+        enable_token_replication,
+        token_ttl,
+        policy_ttl,
+        role_ttl
+    );
+    if let Some(t) = l.tokens {
+        let tokens = a.tokens.get_or_insert_with(Default::default);
+        macro_rules! token {
+            ($($field:ident),*) => { $( if t.$field.is_some() { tokens.$field = t.$field; } )* };
+        }
+        token!(
+            initial_management,
+            master,
+            agent,
+            agent_recovery,
+            agent_master,
+            default,
+            replication,
+            dns,
+            config_file_service_registration
+        );
+    }
+}

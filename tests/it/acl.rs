@@ -1,0 +1,316 @@
+//! ACLs on a server and a client agent with `default_policy = "deny"`: bootstrap once;
+//! policies, roles and tokens through `/v1/acl/*`; then, endpoint by endpoint, a token
+//! with exactly the rule it needs, one without it, none and an unknown one; filtered lists
+//! and their header; DNS under the anonymous token; and a revoked token refused at once.
+
+use hyper::Method;
+use serde_json::{Value, json};
+
+use crate::support::cluster::{Cluster, Member};
+use crate::support::{eventually, secs};
+
+const MANAGEMENT: &str = "5f3c7a0e-2b1d-4c8e-9f6a-1d2e3f4a5b6c";
+
+fn config() -> String {
+    json!({
+        "acl": {
+            "enabled": true,
+            "default_policy": "deny",
+            "tokens": {"initial_management": MANAGEMENT, "agent": MANAGEMENT}
+        }
+    })
+    .to_string()
+}
+
+/// `path` with `token` added to its query (none: anonymous).
+fn with(path: &str, token: Option<&str>) -> String {
+    match token {
+        None => path.to_owned(),
+        Some(t) if path.contains('?') => format!("{path}&token={t}"),
+        Some(t) => format!("{path}?token={t}"),
+    }
+}
+
+async fn call(
+    m: &Member,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let r = m.call(method, &with(path, token), body).await;
+    (r.status, r.body)
+}
+
+async fn create(m: &Member, path: &str, body: Value) -> Value {
+    let (status, text) = call(m, Method::PUT, path, Some(MANAGEMENT), &body.to_string()).await;
+    assert_eq!(status, 200, "PUT {path}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_is_decided_by_its_token_on_servers_and_client_agents() {
+    let cluster = Cluster::start(1, |s| s.config = Some(config())).await;
+    let server = cluster.server();
+    let client = &cluster.members[1];
+
+    // The leader makes the management token it was given.
+    eventually(secs(30), "the initial management token", || async {
+        let (status, body) = call(
+            server,
+            Method::GET,
+            "/v1/acl/token/self",
+            Some(MANAGEMENT),
+            "",
+        )
+        .await;
+        if status == 200 {
+            Ok(())
+        } else {
+            Err(format!("{status} {body}"))
+        }
+    })
+    .await;
+
+    // Bootstrap once; the second is refused with the index of the first.
+    let (status, body) = call(server, Method::PUT, "/v1/acl/bootstrap", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    let root: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(root["Description"], "Bootstrap Token (Global Management)");
+    assert_eq!(root["ID"], root["SecretID"]);
+    assert_eq!(root["Policies"][0]["Name"], "global-management");
+    let (status, body) = call(client, Method::PUT, "/v1/acl/bootstrap", None, "").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.starts_with("Permission denied: ACL bootstrap no longer allowed (reset index: "),
+        "{body}"
+    );
+
+    // A policy, a role holding it and a token holding the role.
+    let rules = r#"
+key_prefix "app/" { policy = "write" }
+service "web" { policy = "read" }
+node_prefix "" { policy = "read" }
+"#;
+    let policy = create(
+        server,
+        "/v1/acl/policy",
+        json!({"Name": "app", "Rules": rules}),
+    )
+    .await;
+    assert_eq!(policy["Rules"], rules);
+    let (status, body) = call(
+        server,
+        Method::PUT,
+        "/v1/acl/policy",
+        Some(MANAGEMENT),
+        &json!({"Name": "broken", "Rules": "key \"a\" {\n  policy = \"all\"\n}"}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        body.contains("At 2:"),
+        "a rules error names its line: {body}"
+    );
+    let role = create(
+        client,
+        "/v1/acl/role",
+        json!({"Name": "app-role", "Policies": [{"Name": "app"}]}),
+    )
+    .await;
+    assert_eq!(role["Policies"][0]["ID"], policy["ID"]);
+    let token = create(
+        client,
+        "/v1/acl/token",
+        json!({"Description": "app", "Roles": [{"ID": role["ID"]}]}),
+    )
+    .await;
+    let app = token["SecretID"].as_str().unwrap().to_owned();
+    let app = Some(app.as_str());
+    let unknown = Some("0f1e2d3c-4b5a-4978-8a9b-0c1d2e3f4a5b");
+
+    // Something to read: a key outside the token's prefix and the `web` service.
+    for m in [server, client] {
+        let (status, body) = call(m, Method::PUT, "/v1/kv/secret/db", Some(MANAGEMENT), "pw").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let web = json!({"Name": "web", "Port": 80}).to_string();
+    let (status, body) = call(
+        client,
+        Method::PUT,
+        "/v1/agent/service/register",
+        Some(MANAGEMENT),
+        &web,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    eventually(secs(30), "web in the catalog", || async {
+        let (_, body) = call(
+            server,
+            Method::GET,
+            "/v1/health/service/web",
+            Some(MANAGEMENT),
+            "",
+        )
+        .await;
+        let list: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        if list.as_array().is_some_and(|l| !l.is_empty()) {
+            Ok(())
+        } else {
+            Err(body)
+        }
+    })
+    .await;
+
+    // Endpoint by endpoint: (method, path, body, token, status), on both agents.
+    let cases: Vec<(Method, &str, &str, Option<&str>, u16)> = vec![
+        (Method::PUT, "/v1/kv/app/x", "1", app, 200),
+        (Method::PUT, "/v1/kv/secret/x", "1", app, 403),
+        (Method::PUT, "/v1/kv/app/x", "1", None, 403),
+        (Method::PUT, "/v1/kv/app/x", "1", unknown, 403),
+        (Method::GET, "/v1/kv/app/x", "", app, 200),
+        (Method::GET, "/v1/kv/secret/db", "", app, 403),
+        (Method::DELETE, "/v1/kv/app/?recurse", "", app, 200),
+        (Method::DELETE, "/v1/kv/?recurse", "", app, 403),
+        (Method::GET, "/v1/health/service/web", "", app, 200),
+        (Method::GET, "/v1/health/service/db", "", app, 403),
+        (Method::GET, "/v1/catalog/service/web", "", None, 403),
+        (Method::PUT, "/v1/agent/service/register", &web, app, 403),
+        (Method::GET, "/v1/agent/self", "", app, 403),
+        (Method::GET, "/v1/agent/self", "", Some(MANAGEMENT), 200),
+        (Method::PUT, "/v1/agent/reload", "", app, 403),
+        (Method::GET, "/v1/operator/raft/configuration", "", app, 403),
+        (
+            Method::GET,
+            "/v1/operator/raft/configuration",
+            "",
+            Some(MANAGEMENT),
+            200,
+        ),
+        (Method::GET, "/v1/operator/keyring", "", app, 403),
+        (Method::GET, "/v1/acl/tokens", "", app, 403),
+        (Method::GET, "/v1/acl/tokens", "", Some(MANAGEMENT), 200),
+        (Method::GET, "/v1/acl/token/self", "", app, 200),
+        (Method::GET, "/v1/acl/token/self", "", unknown, 403),
+        (Method::GET, "/v1/snapshot", "", app, 403),
+        (Method::GET, "/v1/status/leader", "", None, 200),
+        (Method::PUT, "/v1/session/create", "{}", app, 403),
+    ];
+    for m in [server, client] {
+        for (method, path, body, token, want) in &cases {
+            let (status, text) = call(m, method.clone(), path, *token, body).await;
+            assert_eq!(
+                status, *want,
+                "{} {method} {path} with {token:?}: {text}",
+                m.name
+            );
+            if status == 403 && token.is_some() && *token != unknown {
+                assert!(
+                    text.starts_with("Permission denied: token with AccessorID '"),
+                    "{text}"
+                );
+            }
+            if *token == unknown && *path != "/v1/status/leader" {
+                assert_eq!(text, "ACL not found", "{method} {path}");
+            }
+        }
+    }
+
+    // Lists are filtered, and say so.
+    for m in [server, client] {
+        let (status, _) = call(m, Method::PUT, "/v1/kv/app/y", Some(MANAGEMENT), "2").await;
+        assert_eq!(status, 200);
+        let r = m.get(&with("/v1/kv/?recurse", app)).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let keys: Vec<String> = serde_json::from_str::<Value>(&r.body)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["Key"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(keys, ["app/y"], "secret/db is left out");
+        assert_eq!(r.header("x-consul-results-filtered-by-acls"), Some("true"));
+        let r = m.get("/v1/catalog/nodes").await;
+        assert_eq!(r.body, "[]", "anonymous sees no node under default deny");
+        assert_eq!(r.header("x-consul-results-filtered-by-acls"), Some("true"));
+        let r = m.get(&with("/v1/agent/services", app)).await;
+        let want = if m.name == client.name {
+            "{\"web\":"
+        } else {
+            "{}"
+        };
+        assert!(r.body.starts_with(want), "{}: {}", m.name, r.body);
+        let r = m.get("/v1/agent/members").await;
+        assert_eq!(r.body, "[]");
+    }
+
+    // DNS answers as the anonymous token: nothing until it may read web and the nodes.
+    let dns_name = "web.service.consul";
+    let empty = server.dig(dns_name, hickory_proto::rr::RecordType::A).await;
+    assert!(empty.answers.is_empty(), "{empty:?}");
+    let dns = create(server, "/v1/acl/policy", json!({"Name": "dns", "Rules": "service_prefix \"\" { policy = \"read\" }\nnode_prefix \"\" { policy = \"read\" }"})).await;
+    create(
+        server,
+        "/v1/acl/token/00000000-0000-0000-0000-000000000002",
+        json!({"Description": "Anonymous Token", "Policies": [{"ID": dns["ID"]}]}),
+    )
+    .await;
+    for m in [server, client] {
+        eventually(secs(30), "DNS under the anonymous token", || async {
+            let found = m.dig(dns_name, hickory_proto::rr::RecordType::A).await;
+            if found.answers.is_empty() {
+                Err(format!("{found:?}"))
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+    }
+
+    // A revoked token stops working at once for what servers decide.
+    let (status, body) = call(
+        server,
+        Method::DELETE,
+        &format!("/v1/acl/token/{}", token["AccessorID"].as_str().unwrap()),
+        Some(MANAGEMENT),
+        "",
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "true"));
+    for m in [server, client] {
+        let (status, body) = call(m, Method::GET, "/v1/kv/app/y", app, "").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (403, "ACL not found"),
+            "{}",
+            m.name
+        );
+    }
+    let (status, body) = call(
+        server,
+        Method::DELETE,
+        "/v1/acl/token/00000000-0000-0000-0000-000000000002",
+        Some(MANAGEMENT),
+        "",
+    )
+    .await;
+    assert_eq!(status, 400, "the anonymous token stays: {body}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn acl_endpoints_say_acls_are_off_when_they_are() {
+    let agent = crate::support::TestAgent::dev().await;
+    for path in ["/v1/acl/tokens", "/v1/acl/policies", "/v1/acl/token/self"] {
+        let r = agent.get(path).await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (401, "ACL support disabled"),
+            "{path}"
+        );
+    }
+    let r = agent.put("/v1/acl/bootstrap", "").await;
+    assert_eq!((r.status, r.body.as_str()), (401, "ACL support disabled"));
+    agent.shutdown().await;
+}
