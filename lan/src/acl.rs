@@ -65,11 +65,29 @@ pub(crate) struct NotFound;
 pub(crate) struct Acl {
     config: Arc<AclConfig>,
     datacenter: String,
+    /// Callers resolved since the ACL tables last changed, by secret: resolving merges
+    /// every policy of a token, which a request should not pay for each time.
+    resolved: Arc<Mutex<HashMap<String, Resolution>>>,
 }
+
+/// A caller as resolved at an ACL index, until its token expires.
+#[derive(Debug, Clone)]
+struct Resolution {
+    acl_index: u64,
+    expires: Option<u64>,
+    caller: Caller,
+}
+
+/// The most resolved callers a server keeps (all are dropped when it is full).
+const MOST_RESOLVED: usize = 4096;
 
 impl Acl {
     pub(crate) fn new(config: Arc<AclConfig>, datacenter: String) -> Acl {
-        Acl { config, datacenter }
+        Acl {
+            config,
+            datacenter,
+            resolved: Arc::default(),
+        }
     }
 
     /// What `principal` may do, as a server tells a client agent; `None` for a token it
@@ -105,7 +123,19 @@ impl Acl {
             Principal::Token(secret) => secret,
             Principal::Anonymous => ANONYMOUS_SECRET,
         };
-        let resolved = catalog.read(|s| s.acl().resolve(secret, now_ns(), &self.datacenter));
+        let now = now_ns();
+        let acl_index = catalog.read(|s| s.indexes().acl);
+        {
+            let cache = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(r) = cache.get(secret)
+                && r.acl_index == acl_index
+                && r.expires.is_none_or(|e| now < e)
+            {
+                return Ok(Some(r.caller.clone()));
+            }
+        }
+        let resolved = catalog.read(|s| s.acl().resolve(secret, now, &self.datacenter));
+        let expires = resolved.as_ref().and_then(|r| r.expires);
         let default_allow = self.config.default_allow;
         let (accessor_id, authorizer) = match resolved {
             Some(r) if r.management => (r.accessor_id, Authorizer::management()),
@@ -117,11 +147,24 @@ impl Acl {
             ),
             None => return Err(NotFound),
         };
-        Ok(Some(Caller {
+        let caller = Caller {
             accessor_id,
             authorizer,
             key_list: self.config.key_list,
-        }))
+        };
+        let mut cache = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= MOST_RESOLVED {
+            cache.clear();
+        }
+        cache.insert(
+            secret.to_owned(),
+            Resolution {
+                acl_index,
+                expires,
+                caller: caller.clone(),
+            },
+        );
+        Ok(Some(caller))
     }
 
     /// The settings.

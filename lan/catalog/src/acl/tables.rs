@@ -101,6 +101,8 @@ pub struct Resolved {
     pub management: bool,
     /// The merged rules of its policies, roles and identities that apply here.
     pub rules: Arc<Rules>,
+    /// When the token expires (ns since the Unix epoch).
+    pub expires: Option<u64>,
 }
 
 /// Compares two secrets in time that depends only on their lengths.
@@ -166,6 +168,7 @@ impl AclTables {
             accessor_id: token.accessor_id.clone(),
             management,
             rules: Arc::new(rules),
+            expires: token.expiration_time,
         })
     }
 
