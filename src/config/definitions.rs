@@ -85,7 +85,12 @@ pub(super) fn check(definitions: &Definitions, scripts_enabled: bool, problems: 
             .chain(checks.iter())
     };
     if !scripts_enabled && every_check().any(|c| matches!(c.kind, lan::CheckKind::Script { .. })) {
-        problems.push(problem(None, "enable_script_checks", "script checks are defined but disabled: set enable_script_checks or enable_local_script_checks to true"));
+        // Consul's text when it registers such a check at start.
+        problems.push(problem(
+            None,
+            "enable_script_checks",
+            "Scripts are disabled on this agent; to enable, configure 'enable_script_checks' or 'enable_local_script_checks' to true",
+        ));
     }
     let mut service_ids = std::collections::BTreeSet::new();
     for (s, _) in services {

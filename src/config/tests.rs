@@ -304,11 +304,23 @@ fn a_server_needs_a_data_dir_and_may_wait_for_others() {
 
 #[test]
 fn script_checks_need_to_be_enabled() {
-    let layers = vec![
-        Layer::new(Origin::Defaults, dev_layer()),
-        layer(r#"{"service": {"name": "w", "check": {"args": ["true"], "interval": "5s"}}}"#),
-    ];
-    assert!(AgentConfig::from_layers(&layers, dev_sources()).is_err());
+    let with = |extra: &str| {
+        let layers = vec![
+            Layer::new(Origin::Defaults, dev_layer()),
+            layer(r#"{"service": {"name": "w", "check": {"args": ["true"], "interval": "5s"}}}"#),
+            layer(extra),
+        ];
+        AgentConfig::from_layers(&layers, dev_sources())
+    };
+    let e = with("{}").unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "enable_script_checks: Scripts are disabled on this agent; to enable, configure 'enable_script_checks' or 'enable_local_script_checks' to true"
+    );
+    // Either switch allows them in config files; both are off by default.
+    let local = with(r#"{"enable_local_script_checks": true}"#).unwrap();
+    assert!(local.enable_local_script_checks && !local.enable_script_checks);
+    assert!(with(r#"{"enable_script_checks": true}"#).is_ok());
 }
 
 #[test]

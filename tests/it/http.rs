@@ -616,8 +616,11 @@ async fn unsupported_and_unsafe_registrations_are_refused() {
     let r = a
         .put("/v1/agent/service/register", &script.to_string())
         .await;
-    assert_eq!(r.status, 400, "API script checks need enable_script_checks");
-    assert!(r.body.contains("Scripts are disabled"), "{}", r.body);
+    assert_eq!(r.status, 500, "API script checks need enable_script_checks");
+    assert_eq!(
+        r.body.trim(),
+        "Scripts are disabled on this agent from remote calls; to enable, configure 'enable_script_checks' to true"
+    );
     let https = json!({"Name": "h", "Check": {"HTTP": "https://127.0.0.1/", "Interval": "10s"}});
     let r = a
         .put("/v1/agent/service/register", &https.to_string())

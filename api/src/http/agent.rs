@@ -208,6 +208,10 @@ pub(crate) async fn checks(
     Ok(response)
 }
 
+/// Consul's refusal of a script check registered through the API (its text, and its
+/// status: 500, as for any error its handlers do not map).
+const REMOTE_SCRIPTS_DISABLED: &str = "Scripts are disabled on this agent from remote calls; to enable, configure 'enable_script_checks' to true";
+
 /// Script checks through the API need `enable_script_checks` (config files may also use
 /// `enable_local_script_checks`): a check that runs commands is remote code execution.
 fn refuse_api_scripts(ctx: &Context, checks: &[lan::CheckDefinition]) -> Result<(), ApiError> {
@@ -215,7 +219,7 @@ fn refuse_api_scripts(ctx: &Context, checks: &[lan::CheckDefinition]) -> Result<
         .iter()
         .any(|c| matches!(c.kind, lan::CheckKind::Script { .. }));
     if scripts && !ctx.agent.enable_script_checks {
-        return Err(local_error(LocalError::ScriptsDisabled));
+        return Err(ApiError::Internal(REMOTE_SCRIPTS_DISABLED.into()));
     }
     Ok(())
 }
