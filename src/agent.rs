@@ -47,7 +47,7 @@ pub struct Agent {
     identity: Identity,
     lan: Lan,
     gateway: Gateway,
-    http: Vec<SocketAddr>,
+    http: api::http::Listening,
     dns: Option<api::dns::Bound>,
     life: Lifecycle,
 }
@@ -395,6 +395,17 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))
 }
 
+/// Addresses as Consul's `DebugConfig` lists them (`tcp://127.0.0.1:8501`); none when
+/// the port is off.
+fn listen_addrs(ips: &[IpAddr], port: Option<u16>) -> Vec<String> {
+    port.map(|port| {
+        ips.iter()
+            .map(|ip| format!("tcp://{}", SocketAddr::new(*ip, port)))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
 /// The resolved configuration as `/v1/agent/self` shows it under `DebugConfig`.
 fn debug_config(config: &AgentConfig, node_id: &str, advertise: IpAddr) -> serde_json::Value {
     serde_json::json!({
@@ -412,6 +423,9 @@ fn debug_config(config: &AgentConfig, node_id: &str, advertise: IpAddr) -> serde
         "DNSDomain": config.dns.domain.to_string(),
         "DNSPort": config.ports.dns.map(i64::from).unwrap_or(-1),
         "HTTPPort": config.ports.http.map(i64::from).unwrap_or(-1),
+        "HTTPSPort": config.ports.https.map(i64::from).unwrap_or(-1),
+        "HTTPAddrs": listen_addrs(&config.addresses.http, config.ports.http),
+        "HTTPSAddrs": listen_addrs(&config.addresses.https, config.ports.https),
         "ServerPort": config.ports.server,
         "SerfPortLAN": config.ports.serf_lan,
         "SerfPortWAN": config.ports.serf_wan,
@@ -586,8 +600,9 @@ fn api_context(
     }
 }
 
-/// The listeners an agent bound: HTTP addresses, and the DNS interface if enabled.
-type Listeners = (Vec<SocketAddr>, Option<api::dns::Bound>);
+/// The listeners an agent bound: HTTP and HTTPS addresses, and the DNS interface if
+/// enabled.
+type Listeners = (api::http::Listening, Option<api::dns::Bound>);
 
 /// Opens the agent to others: binds its listeners, registers the services of its
 /// config files, and joins what `start_join`, then `start_join_wan`, name.
@@ -609,38 +624,60 @@ async fn open(
     Ok(listeners)
 }
 
-/// Binds the HTTP API and the DNS interface on every client address (port 0 picks a
-/// free port), each unless its port is disabled.
+/// The HTTPS API's TLS configuration from its files, when `ports.https` is on.
+fn https_tls(
+    config: &AgentConfig,
+) -> anyhow::Result<Option<Arc<tokio_rustls::rustls::ServerConfig>>> {
+    let Some(https) = &config.https else {
+        return Ok(None);
+    };
+    let client_ca = https.ca_file.as_deref().filter(|_| https.verify_incoming);
+    let tls = wan::tls::https_server_config(
+        &https.cert_file,
+        &https.key_file,
+        client_ca,
+        https.tls13_only,
+    )
+    .context("loading the HTTPS API's certificate")?;
+    Ok(Some(Arc::new(tls)))
+}
+
+/// Binds the HTTP and HTTPS APIs and the DNS interface on their addresses
+/// (`addresses`, else `client_addr`; port 0 picks a free port), each unless its port is
+/// disabled.
 async fn listen(
     config: &AgentConfig,
     context: api::Context,
     gateway: &Gateway,
     life: &Lifecycle,
 ) -> anyhow::Result<Listeners> {
-    let on_client_addrs = |port: u16| -> Vec<SocketAddr> {
-        config
-            .client_addrs
-            .iter()
-            .map(|ip| SocketAddr::new(*ip, port))
-            .collect()
+    let on = |ips: &[IpAddr], port: Option<u16>| -> Vec<SocketAddr> {
+        port.map(|port| ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect())
+            .unwrap_or_default()
     };
-    let http = match config.ports.http {
-        Some(port) => {
-            api::http::start(
-                &on_client_addrs(port),
-                context,
-                config.http_limits.clone(),
-                &life.tasks,
-                life.front.child_token(),
-            )
-            .await?
-        }
-        None => Vec::new(),
+    let addresses = &config.addresses;
+    let http = on(&addresses.http, config.ports.http);
+    let https = https_tls(config)?.map(|tls| api::http::Https {
+        addrs: on(&addresses.https, config.ports.https),
+        config: tls,
+    });
+    let http = if http.is_empty() && https.is_none() {
+        api::http::Listening::default()
+    } else {
+        api::http::start(
+            &http,
+            https,
+            context,
+            config.http_limits.clone(),
+            &life.tasks,
+            life.front.child_token(),
+        )
+        .await?
     };
     let dns = match config.ports.dns {
-        Some(port) => Some(
+        Some(_) => Some(
             api::dns::start(
-                &on_client_addrs(port),
+                &on(&addresses.dns, config.ports.dns),
                 gateway.clone(),
                 config.dns.clone(),
                 &life.tasks,
@@ -709,7 +746,7 @@ impl Agent {
         };
         spawn_retry_joins(&config, &lan, &gateway, &life);
         let watches = Watches {
-            http: http.first().copied(),
+            http: http.http.first().copied(),
             tasks: life.tasks.clone(),
             parent: life.front.clone(),
             running: life.front.child_token(),
@@ -740,7 +777,12 @@ impl Agent {
 
     /// The first bound HTTP address.
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http.first().copied()
+        self.http.http.first().copied()
+    }
+
+    /// The first bound HTTPS address.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.http.https.first().copied()
     }
 
     /// The first bound DNS address (UDP and TCP share it).
@@ -806,7 +848,7 @@ impl Agent {
              \x20            Node name: '{node}'\n\
              \x20           Datacenter: '{dc}' (Segment: '<all>')\n\
              \x20               Server: {server} (Bootstrap: {bootstrap})\n\
-             \x20          Client Addr: [{clients}] (HTTP: {http}, HTTPS: -1, gRPC: -1, DNS: {dns})\n\
+             \x20          Client Addr: [{clients}] (HTTP: {http}, HTTPS: {https}, gRPC: -1, DNS: {dns})\n\
              \x20         Cluster Addr: {advertise} (LAN: {lan}, WAN: {wan})\n\
              \x20    Gossip Encryption: {encrypted}\n\
              \n\
@@ -819,6 +861,7 @@ impl Agent {
             bootstrap = c.bootstrap,
             clients = clients.join(" "),
             http = port(c.ports.http, self.http_addr()),
+            https = port(c.ports.https, self.https_addr()),
             dns = port(c.ports.dns, self.dns_addr()),
             advertise = self.identity.advertise,
             lan = self.lan.gossip_addr().port(),

@@ -68,6 +68,9 @@ pub struct AgentArgs {
     /// HTTP API port (-1 disables)
     #[arg(long = "http-port", allow_negative_numbers = true)]
     pub http_port: Option<i64>,
+    /// HTTPS API port (-1, the default, disables; Consul's convention is 8501)
+    #[arg(long = "https-port", allow_negative_numbers = true)]
+    pub https_port: Option<i64>,
     /// DNS port (-1 disables)
     #[arg(long = "dns-port", allow_negative_numbers = true)]
     pub dns_port: Option<i64>,
@@ -139,6 +142,7 @@ impl AgentArgs {
             meta.insert(k.to_owned(), v.to_owned());
         }
         let any_port = self.http_port.is_some()
+            || self.https_port.is_some()
             || self.dns_port.is_some()
             || self.server_port.is_some()
             || self.serf_lan_port.is_some()
@@ -173,6 +177,7 @@ impl AgentArgs {
             retry_max_wan: self.retry_max_wan,
             ports: any_port.then(|| RawPorts {
                 http: self.http_port,
+                https: self.https_port,
                 dns: self.dns_port,
                 server: self.server_port,
                 serf_lan: self.serf_lan_port,

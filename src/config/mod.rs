@@ -23,7 +23,7 @@
 //! | `membership.rs` | `encrypt`, joining and retrying, `reconnect_timeout` |
 //! | `limits.rs` | `limits` |
 //! | `dns.rs` | `domain`, `recursors`, `dns_config` |
-//! | `tls.rs` | `tls` and the top-level TLS keys |
+//! | `tls.rs` | `tls` and the top-level TLS keys, for internal RPC and HTTPS |
 //! | `kv_replication.rs` | `kv_replication` |
 //! | `acl.rs` | `acl` |
 //! | `definitions.rs` | `service[s]`, `check[s]`, `watches` |
@@ -61,14 +61,14 @@ use raw::RawConfig;
 
 pub use self::hcl::Lines;
 pub use self::membership::MIN_RECONNECT_TIMEOUT;
-pub use self::network::Ports;
+pub use self::network::{Addresses, Ports};
 pub use self::node::{hostname, log_filter};
 pub use self::problem::{Origin, Problem, Problems};
 pub use self::source::{
     Format, Layer, Loaded, Sources, dir_files, load_layers, parse, parse_layer, read_file,
     skipped_warning,
 };
-pub use self::tls::TlsSettings;
+pub use self::tls::{HttpsSettings, TlsSettings};
 use crate::watch::agent::WatchSpec;
 pub use catalog::uuid::new_uuid;
 use definitions::Definitions;
@@ -101,8 +101,10 @@ pub struct AgentConfig {
     pub advertise_addr: Option<IpAddr>,
     /// WAN advertise address, if given.
     pub advertise_addr_wan: Option<IpAddr>,
-    /// Addresses HTTP and DNS listen on.
+    /// Addresses HTTP, HTTPS and DNS listen on (`client_addr`).
     pub client_addrs: Vec<IpAddr>,
+    /// Where each of them listens (`addresses`, else `client_addr`).
+    pub addresses: Addresses,
     /// Data directory (`None` only with `-dev`).
     pub data_dir: Option<PathBuf>,
     /// Log level (`trace`, `debug`, `info`, `warn`, `error`).
@@ -176,6 +178,8 @@ pub struct AgentConfig {
     pub gossip_wan: gossip::swim::Config,
     /// TLS for internal RPC (the server port), when `ca_file` is set.
     pub tls: Option<TlsSettings>,
+    /// TLS of the HTTPS API, when `ports.https` is on.
+    pub https: Option<HttpsSettings>,
     /// The LAN gossip port other agents are told to use, when traffic reaches this agent
     /// through a port mapping or a proxy. Not a Consul config key: set by embedding
     /// programs (and the fault tests); `None` advertises the bound port.
@@ -253,8 +257,10 @@ impl AgentConfig {
             enable_script_checks || enable_local_script_checks,
             &mut problems,
         );
-        let tls = tls::settings(&m, role.server, &mut problems);
-        if !definitions.watches.is_empty() && network::ports(&m).http.is_none() {
+        let ports = network::ports(&m);
+        let tls = tls::settings(&m, role.server, ports.https.is_some(), &mut problems);
+        let https = tls::https(&m, ports.https.is_some(), &mut problems);
+        if !definitions.watches.is_empty() && ports.http.is_none() {
             problems.push(problem(
                 None,
                 "watches",
@@ -292,13 +298,14 @@ impl AgentConfig {
             advertise_addr: m.advertise_addr.as_deref().and_then(|s| s.parse().ok()),
             advertise_addr_wan: m.advertise_addr_wan.as_deref().and_then(|s| s.parse().ok()),
             client_addrs: network::client_addrs(&m),
+            addresses: network::addresses(&m),
             data_dir: m
                 .data_dir
                 .clone()
                 .filter(|d| !d.is_empty())
                 .map(PathBuf::from),
             log_level: m.log_level.clone().unwrap_or_else(|| "info".into()),
-            ports: network::ports(&m),
+            ports,
             node_meta: m.node_meta.clone().unwrap_or_default(),
             enable_script_checks,
             enable_local_script_checks,
@@ -332,6 +339,7 @@ impl AgentConfig {
             leave_on_terminate: m.leave_on_terminate.unwrap_or(!server),
             skip_leave_on_interrupt: m.skip_leave_on_interrupt.unwrap_or(server),
             tls,
+            https,
             serf_lan_advertise_port: None,
             serf_wan_advertise_port: None,
             ae_interval: lan::SYNC_INTERVAL,

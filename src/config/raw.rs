@@ -93,13 +93,14 @@ fn scalar<T>(into: &mut Option<T>, from: Option<T>) {
     }
 }
 
-/// One block of `tls` (`defaults`, `internal_rpc`).
+/// One block of `tls` (`defaults`, `internal_rpc`, `https`).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawTlsBlock {
     pub ca_file: Option<String>,
     pub cert_file: Option<String>,
     pub key_file: Option<String>,
+    pub tls_min_version: Option<String>,
     pub verify_incoming: Option<bool>,
     pub verify_outgoing: Option<bool>,
     pub verify_server_hostname: Option<bool>,
@@ -112,6 +113,7 @@ impl RawTlsBlock {
         scalar(&mut self.ca_file, l.ca_file);
         scalar(&mut self.cert_file, l.cert_file);
         scalar(&mut self.key_file, l.key_file);
+        scalar(&mut self.tls_min_version, l.tls_min_version);
         scalar(&mut self.verify_incoming, l.verify_incoming);
         scalar(&mut self.verify_outgoing, l.verify_outgoing);
         scalar(&mut self.verify_server_hostname, l.verify_server_hostname);
@@ -124,6 +126,17 @@ impl RawTlsBlock {
 pub struct RawTls {
     pub defaults: Option<RawTlsBlock>,
     pub internal_rpc: Option<RawTlsBlock>,
+    pub https: Option<RawTlsBlock>,
+}
+
+/// `addresses`: where each client interface listens, instead of `client_addr`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawAddresses {
+    pub dns: Option<String>,
+    pub http: Option<String>,
+    pub https: Option<String>,
+    pub grpc: Option<String>,
 }
 
 /// `kv_replication` (proconsul's own block, what consul-replicate does for Consul): copy
@@ -183,6 +196,7 @@ pub struct RawConfig {
     pub advertise_addr: Option<String>,
     pub advertise_addr_wan: Option<String>,
     pub client_addr: Option<String>,
+    pub addresses: Option<RawAddresses>,
     pub data_dir: Option<String>,
     pub domain: Option<String>,
     pub log_level: Option<String>,
@@ -220,7 +234,10 @@ pub struct RawConfig {
     pub ca_file: Option<String>,
     pub cert_file: Option<String>,
     pub key_file: Option<String>,
+    pub tls_min_version: Option<String>,
     pub verify_incoming: Option<bool>,
+    pub verify_incoming_rpc: Option<bool>,
+    pub verify_incoming_https: Option<bool>,
     pub verify_outgoing: Option<bool>,
     pub verify_server_hostname: Option<bool>,
     pub kv_replication: Option<RawKvReplication>,
@@ -298,6 +315,13 @@ impl RawConfig {
         scalar(&mut self.advertise_addr, l.advertise_addr);
         scalar(&mut self.advertise_addr_wan, l.advertise_addr_wan);
         scalar(&mut self.client_addr, l.client_addr);
+        if let Some(a) = l.addresses {
+            let addresses = self.addresses.get_or_insert_with(RawAddresses::default);
+            scalar(&mut addresses.dns, a.dns);
+            scalar(&mut addresses.http, a.http);
+            scalar(&mut addresses.https, a.https);
+            scalar(&mut addresses.grpc, a.grpc);
+        }
         scalar(&mut self.data_dir, l.data_dir);
         scalar(&mut self.domain, l.domain);
         scalar(&mut self.log_level, l.log_level);
@@ -425,11 +449,17 @@ impl RawConfig {
                     .get_or_insert_with(RawTlsBlock::default)
                     .merge(r);
             }
+            if let Some(h) = t.https {
+                tls.https.get_or_insert_with(RawTlsBlock::default).merge(h);
+            }
         }
         scalar(&mut self.ca_file, l.ca_file);
         scalar(&mut self.cert_file, l.cert_file);
         scalar(&mut self.key_file, l.key_file);
+        scalar(&mut self.tls_min_version, l.tls_min_version);
         scalar(&mut self.verify_incoming, l.verify_incoming);
+        scalar(&mut self.verify_incoming_rpc, l.verify_incoming_rpc);
+        scalar(&mut self.verify_incoming_https, l.verify_incoming_https);
         scalar(&mut self.verify_outgoing, l.verify_outgoing);
         scalar(&mut self.verify_server_hostname, l.verify_server_hostname);
         scalar(&mut self.alt_domain, l.alt_domain);

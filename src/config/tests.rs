@@ -237,8 +237,8 @@ fn tls_keys_merge_from_the_old_and_the_new_form() {
         bad(r#"{"ca_file": "/ca.pem", "verify_incoming": true}"#)
             .contains("a server with verify_incoming needs")
     );
-    let e = parse_layer(Origin::File("t.json".into()), r#"{"tls": {"https": {}}}"#).unwrap_err();
-    assert_eq!(e.key, "tls.https");
+    let e = parse_layer(Origin::File("t.json".into()), r#"{"tls": {"grpc": {}}}"#).unwrap_err();
+    assert_eq!(e.key, "tls.grpc");
 }
 
 #[test]
@@ -321,6 +321,127 @@ fn script_checks_need_to_be_enabled() {
     let local = with(r#"{"enable_local_script_checks": true}"#).unwrap();
     assert!(local.enable_local_script_checks && !local.enable_script_checks);
     assert!(with(r#"{"enable_script_checks": true}"#).is_ok());
+}
+
+fn https_config(text: &str) -> Result<AgentConfig, Problems> {
+    let layers = vec![Layer::new(Origin::Defaults, dev_layer()), layer(text)];
+    AgentConfig::from_layers(&layers, dev_sources())
+}
+
+#[test]
+fn https_is_off_by_default_and_takes_its_files_from_every_tls_form() {
+    let c = https_config("{}").unwrap();
+    assert_eq!((c.ports.https, c.https), (None, None));
+    assert_eq!(c.ports.http, Some(8500));
+    // tls.https over tls.defaults over the top-level keys.
+    let c = https_config(
+        r#"{"ports": {"https": 8501, "http": -1}, "cert_file": "/old.pem", "key_file": "/old-key.pem",
+            "tls": {"defaults": {"ca_file": "/ca.pem", "cert_file": "/d.pem", "key_file": "/d-key.pem",
+                                 "tls_min_version": "TLSv1_2"},
+                    "https": {"cert_file": "/h.pem", "key_file": "/h-key.pem", "verify_incoming": true,
+                              "tls_min_version": "TLSv1_3"}}}"#,
+    )
+    .unwrap();
+    assert_eq!((c.ports.http, c.ports.https), (None, Some(8501)));
+    let https = c.https.unwrap();
+    assert_eq!(https.cert_file, PathBuf::from("/h.pem"));
+    assert_eq!(https.key_file, PathBuf::from("/h-key.pem"));
+    assert_eq!(https.ca_file, Some(PathBuf::from("/ca.pem")));
+    assert!(https.verify_incoming && https.tls13_only);
+    // The legacy keys alone; verify_incoming covers HTTPS, verify_incoming_https too.
+    let legacy = |extra: &str| {
+        https_config(&format!(
+            r#"{{"ports": {{"https": 0}}, "ca_file": "/ca.pem", "cert_file": "/c.pem", "key_file": "/k.pem"{extra}}}"#
+        ))
+        .unwrap()
+        .https
+        .unwrap()
+    };
+    assert!(!legacy("").verify_incoming);
+    assert!(legacy(r#", "verify_incoming": true"#).verify_incoming);
+    assert!(legacy(r#", "verify_incoming_https": true"#).verify_incoming);
+    assert!(
+        !legacy(r#", "verify_incoming": true, "verify_incoming_https": false"#).verify_incoming
+    );
+    // verify_incoming_rpc is the server port's alone.
+    let c = https_config(
+        r#"{"ports": {"https": 0}, "ca_file": "/ca.pem", "cert_file": "/c.pem", "key_file": "/k.pem",
+            "verify_incoming_rpc": true}"#,
+    )
+    .unwrap();
+    assert!(c.tls.unwrap().verify_incoming && !c.https.unwrap().verify_incoming);
+    // A certificate without a CA is fine for HTTPS alone.
+    let c = https_config(r#"{"ports": {"https": 0}, "tls": {"https": {"cert_file": "/c.pem", "key_file": "/k.pem"}}}"#)
+        .unwrap();
+    assert_eq!(c.https.unwrap().ca_file, None);
+    assert_eq!(c.tls, None);
+}
+
+#[test]
+fn https_without_a_certificate_or_with_bad_keys_is_refused() {
+    let e = https_config(
+        r#"{"ports": {"https": 8501}, "verify_incoming": true, "ca_file": "/ca.pem"}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("tls.https.cert_file: VerifyIncoming set but neither a Cert/Key pair was provided nor was auto_encrypt/auto_config enabled"),
+        "{e}"
+    );
+    let e = https_config(r#"{"ports": {"https": 8501}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tls.https.cert_file: HTTPS needs a certificate"),
+        "{e}"
+    );
+    let e = https_config(
+        r#"{"ports": {"https": 8501}, "tls": {"https": {"cert_file": "/c.pem", "key_file": "/k.pem", "verify_incoming": true}}}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("tls.https.ca_file: VerifyIncoming set but no CA certificates were provided"),
+        "{e}"
+    );
+    let e = https_config(
+        r#"{"ports": {"https": 8501}, "tls": {"https": {"cert_file": "/c.pem", "key_file": "/k.pem", "tls_min_version": "tls9"}}}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("tls.https.tls_min_version: value tls9 not supported"),
+        "{e}"
+    );
+    let e = https_config(
+        r#"{"ports": {"https": 70000}, "addresses": {"https": "x", "grpc": "127.0.0.1"}}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("t.json: ports.https: must be a port number"),
+        "{e}"
+    );
+    assert!(
+        e.contains("t.json: addresses.https: \"x\" is not an IP address"),
+        "{e}"
+    );
+    assert!(e.contains("t.json: addresses.grpc: not supported"), "{e}");
+    // With HTTPS off, its keys are not looked at.
+    assert!(https_config(r#"{"ports": {"https": -1}, "verify_incoming_https": true}"#).is_ok());
+}
+
+#[test]
+fn each_client_interface_listens_on_its_address_or_the_client_addr() {
+    let c = https_config(
+        r#"{"client_addr": "127.0.0.2 127.0.0.3", "addresses": {"https": "127.0.0.4"},
+            "ports": {"https": 0}, "tls": {"https": {"cert_file": "/c.pem", "key_file": "/k.pem"}}}"#,
+    )
+    .unwrap();
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    assert_eq!(c.addresses.http, [ip("127.0.0.2"), ip("127.0.0.3")]);
+    assert_eq!(c.addresses.dns, c.addresses.http);
+    assert_eq!(c.addresses.https, [ip("127.0.0.4")]);
 }
 
 #[test]

@@ -275,6 +275,88 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
+/// The CA certificates of a PEM file (at least one).
+fn load_roots(ca_file: &Path) -> Result<RootCertStore, TlsError> {
+    let invalid = |error: String| TlsError::Invalid {
+        path: ca_file.to_owned(),
+        error,
+    };
+    let ca = read(ca_file)?;
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&ca) {
+        let cert = cert.map_err(|e| invalid(e.to_string()))?;
+        roots.add(cert).map_err(|e| invalid(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(invalid("no PEM certificate in it".into()));
+    }
+    Ok(roots)
+}
+
+/// A certificate chain and its private key, from PEM files.
+fn load_identity(
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let bytes = read(cert_file)?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Invalid {
+            path: cert_file.to_owned(),
+            error: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::Invalid {
+            path: cert_file.to_owned(),
+            error: "no PEM certificate in it".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_slice(&read(key_file)?).map_err(|e| TlsError::Invalid {
+        path: key_file.to_owned(),
+        error: format!("no private key in it: {e}"),
+    })?;
+    Ok((chain, key))
+}
+
+/// The server configuration of an HTTPS API: it presents the certificate of
+/// `cert_file` (with `key_file`); with `client_ca`, a client must present a certificate
+/// from that CA or the handshake fails (`verify_incoming`); with `tls13_only`, TLS 1.2
+/// clients are refused (`tls_min_version = "TLSv1_3"`). Offers `http/1.1` by ALPN.
+pub fn https_server_config(
+    cert_file: &Path,
+    key_file: &Path,
+    client_ca: Option<&Path>,
+    tls13_only: bool,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls13_only {
+        &[&rustls::version::TLS13]
+    } else {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    };
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match client_ca {
+        Some(ca_file) => {
+            let verifier = WebPkiClientVerifier::builder_with_provider(
+                Arc::new(load_roots(ca_file)?),
+                provider,
+            )
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let (chain, key) = load_identity(cert_file, key_file)?;
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Config(format!("{}: {e}", cert_file.display())))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// The files an agent is configured with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -297,47 +379,10 @@ pub struct Material {
 impl Material {
     /// Reads and checks the files.
     pub fn load(files: &TlsFiles) -> Result<Material, TlsError> {
-        let ca = read(&files.ca_file)?;
-        let mut roots = RootCertStore::empty();
-        let mut found = 0;
-        for cert in CertificateDer::pem_slice_iter(&ca) {
-            let cert = cert.map_err(|e| TlsError::Invalid {
-                path: files.ca_file.clone(),
-                error: e.to_string(),
-            })?;
-            roots.add(cert).map_err(|e| TlsError::Invalid {
-                path: files.ca_file.clone(),
-                error: e.to_string(),
-            })?;
-            found += 1;
-        }
-        if found == 0 {
-            return Err(TlsError::Invalid {
-                path: files.ca_file.clone(),
-                error: "no PEM certificate in it".into(),
-            });
-        }
+        let roots = load_roots(&files.ca_file)?;
         let (chain, key) = match (&files.cert_file, &files.key_file) {
             (Some(cert_file), Some(key_file)) => {
-                let bytes = read(cert_file)?;
-                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| TlsError::Invalid {
-                        path: cert_file.clone(),
-                        error: e.to_string(),
-                    })?;
-                if chain.is_empty() {
-                    return Err(TlsError::Invalid {
-                        path: cert_file.clone(),
-                        error: "no PEM certificate in it".into(),
-                    });
-                }
-                let key = PrivateKeyDer::from_pem_slice(&read(key_file)?).map_err(|e| {
-                    TlsError::Invalid {
-                        path: key_file.clone(),
-                        error: format!("no private key in it: {e}"),
-                    }
-                })?;
+                let (chain, key) = load_identity(cert_file, key_file)?;
                 (chain, Some(Arc::new(key)))
             }
             (None, None) => (Vec::new(), None),

@@ -1,4 +1,4 @@
-//! Consul's HTTP API on the HTTP port (8500).
+//! Consul's HTTP API on the HTTP port (8500), and on the HTTPS port when it is on.
 //!
 //! Each handler parses its request into a catalog [`Query`](catalog::Query) or
 //! [`Command`](catalog::Command) for a datacenter, hands it to the gateway, and
@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use crate::Context;
 
 pub use server::{
-    BODY_TIMEOUT, HEADER_READ_TIMEOUT, HttpLimits, MAX_BLOCKING_QUERIES,
+    BODY_TIMEOUT, HEADER_READ_TIMEOUT, HttpLimits, Https, Listening, MAX_BLOCKING_QUERIES,
     MAX_BLOCKING_QUERIES_PER_CLIENT, MAX_BODY_BYTES, MAX_CONNECTIONS, MAX_CONNS_PER_CLIENT,
     MAX_HEADER_BYTES, MAX_REFUSALS, WRITE_TIMEOUT, start,
 };

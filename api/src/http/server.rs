@@ -1,10 +1,12 @@
-//! The HTTP listener: who gets a connection, and how long each part of a request may
-//! take.
+//! The HTTP and HTTPS listeners: who gets a connection, and how long each part of a
+//! request may take.
 //!
 //! ```text
 //!  accept ─▶ connection pool: admit(ip) ─┬─ refused ─▶ 429 (Consul's text), closed
 //!                                        └─ a place (maybe taken from the address
 //!                                           holding the most: that connection closes)
+//!   TLS handshake (HTTPS)  header_timeout, as Go's server bounds it; the place is idle
+//!                          meanwhile, so a half-open client is the first evicted
 //!   hyper http/1 connection
 //!     head      header_timeout (also the idle wait between requests), max_header_size → 431
 //!     body      body_timeout from the end of the head → 408, closed
@@ -25,6 +27,9 @@
 //! bounded, so memory is too: at most `max_connections + max_blocking_queries`
 //! connections are served at once, plus [`MAX_REFUSALS`] being refused. Nothing outlives
 //! its connection: when the attack ends, its connections end, and so does their memory.
+//!
+//! HTTP and HTTPS listeners share both pools: a connection is a connection, whichever
+//! port it came to.
 
 use std::convert::Infallible;
 use std::io;
@@ -43,9 +48,12 @@ use hyper::service::Service as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use lan::fair::{Refusal, Seat, Seated, Seats};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -143,15 +151,35 @@ impl Default for HttpLimits {
     }
 }
 
-/// Binds the HTTP API on every address and serves it until `shutdown`; returns the bound
-/// addresses.
+/// The HTTPS side of the API: where, and with what TLS configuration.
+#[derive(Debug, Clone)]
+pub struct Https {
+    /// Addresses to bind (port 0 picks a free port).
+    pub addrs: Vec<SocketAddr>,
+    /// The server's certificate and client-certificate rules.
+    pub config: Arc<ServerConfig>,
+}
+
+/// The addresses the API was bound to.
+#[derive(Debug, Clone, Default)]
+pub struct Listening {
+    /// Plain HTTP.
+    pub http: Vec<SocketAddr>,
+    /// HTTPS.
+    pub https: Vec<SocketAddr>,
+}
+
+/// Binds the HTTP API on every address of `http`, and HTTPS on those of `https`, and
+/// serves them until `shutdown`; returns the bound addresses. Both share the bounds of
+/// `limits`.
 pub async fn start(
-    addrs: &[SocketAddr],
+    http: &[SocketAddr],
+    https: Option<Https>,
     ctx: Context,
     limits: HttpLimits,
     tasks: &TaskTracker,
     shutdown: CancellationToken,
-) -> io::Result<Vec<SocketAddr>> {
+) -> io::Result<Listening> {
     let app = TowerToHyperService::new(super::router(ctx, limits.max_body_bytes));
     let shared = Shared {
         connections: Places::new(
@@ -170,20 +198,33 @@ pub async fn start(
         refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
         limits: Arc::new(limits),
     };
-    let mut bound = Vec::new();
+    let mut bound = Listening::default();
     let mut listeners = Vec::new();
-    for addr in addrs {
+    let plain = http.iter().map(|a| (*a, None));
+    let secure = https.iter().flat_map(|h| {
+        h.addrs
+            .iter()
+            .map(|a| (*a, Some(TlsAcceptor::from(h.config.clone()))))
+    });
+    for (addr, tls) in plain.chain(secure) {
+        let proto = if tls.is_some() { "https" } else { "http" };
         let listener = TcpListener::bind(addr).await.map_err(|e| {
-            io::Error::new(e.kind(), format!("binding the HTTP API to {addr}: {e}"))
+            let name = proto.to_ascii_uppercase();
+            io::Error::new(e.kind(), format!("binding the {name} API to {addr}: {e}"))
         })?;
         let local = listener.local_addr()?;
-        tracing::info!(proto = "http", addr = %local, "listening");
-        bound.push(local);
-        listeners.push(listener);
+        tracing::info!(proto, addr = %local, "listening");
+        if tls.is_some() {
+            bound.https.push(local);
+        } else {
+            bound.http.push(local);
+        }
+        listeners.push((listener, tls));
     }
-    for listener in listeners {
+    for (listener, tls) in listeners {
         tasks.spawn(serve(
             listener,
+            tls,
             app.clone(),
             shared.clone(),
             tasks.clone(),
@@ -272,9 +313,11 @@ impl Places {
     }
 }
 
-/// Accepts connections and serves each admitted one on a task of its own.
+/// Accepts connections and serves each admitted one on a task of its own, over TLS when
+/// `tls` is given.
 async fn serve(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     app: App,
     shared: Shared,
     tasks: TaskTracker,
@@ -298,6 +341,7 @@ async fn serve(
             Ok(seat) => {
                 tasks.spawn(serve_connection(
                     stream,
+                    tls.clone(),
                     peer,
                     app.clone(),
                     Connection {
@@ -352,13 +396,48 @@ impl Connection {
     }
 }
 
+/// Serves one admitted connection: the TLS handshake first for HTTPS, within the time a
+/// client has to send a request's head (Go's server bounds it the same way); the place
+/// is idle meanwhile, so under pressure a stalled handshake is the first evicted.
 async fn serve_connection(
     stream: TcpStream,
+    tls: Option<TlsAcceptor>,
     peer: SocketAddr,
     app: App,
     connection: Connection,
     shutdown: CancellationToken,
 ) {
+    let limits = connection.shared.limits.clone();
+    let stream = WriteDeadline::new(stream, limits.write_timeout);
+    let Some(acceptor) = tls else {
+        return serve_http(stream, peer, app, connection, shutdown).await;
+    };
+    let handshake = tokio::select! {
+        h = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)) => h,
+        _ = connection.evicted.cancelled() => return,
+        _ = shutdown.cancelled() => return,
+    };
+    match handshake {
+        Ok(Ok(stream)) => serve_http(stream, peer, app, connection, shutdown).await,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %peer, error = %e, "https handshake failed");
+        }
+        Err(_) => {
+            tracing::debug!(peer = %peer, timeout = ?limits.header_timeout, "https handshake timed out");
+        }
+    }
+}
+
+/// Serves HTTP/1 requests on a connection (plain, or after its TLS handshake).
+async fn serve_http<S>(
+    stream: S,
+    peer: SocketAddr,
+    app: App,
+    connection: Connection,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let limits = connection.shared.limits.clone();
     let evicted = connection.evicted.clone();
     let connection = Arc::new(connection);
@@ -371,10 +450,7 @@ async fn serve_connection(
         // large read passes it: `max_header_size` checks the head itself.
         .max_header_size(limits.max_header_bytes)
         .max_buf_size(limits.max_header_bytes.max(8192))
-        .serve_connection(
-            TokioIo::new(WriteDeadline::new(stream, limits.write_timeout)),
-            service,
-        );
+        .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(http);
     let result = tokio::select! {
         result = http.as_mut() => result,
