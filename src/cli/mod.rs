@@ -6,7 +6,9 @@
 //! nothing is ambiguous.
 //!
 //! Verbs other than `agent`, `validate` and `version` talk to a running agent over its
-//! HTTP API (`-http-addr`, else `CONSUL_HTTP_ADDR`, else 127.0.0.1:8500).
+//! HTTP API (`-http-addr`, else `CONSUL_HTTP_ADDR`, else 127.0.0.1:8500), or its HTTPS
+//! API for an `https://` address or with `CONSUL_HTTP_SSL=true`; [`ClientArgs`] holds
+//! Consul's flags for both, once for every verb.
 
 #![allow(missing_docs, unreachable_pub)]
 #![allow(clippy::print_stdout)]
@@ -28,7 +30,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use proconsul::client::Client;
+use proconsul::client::{AddressError, AgentClient, Client, ClientError, TlsOptions};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -99,21 +101,80 @@ pub enum Command {
     Watch(watch::WatchArgs),
 }
 
-/// Where the agent's HTTP API is.
+/// Where the agent's HTTP API is, and how to speak TLS to it (Consul's HTTP flags; each
+/// also read from its environment variable).
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
-    /// The agent's HTTP address (also CONSUL_HTTP_ADDR)
+    /// The agent's HTTP address: host:port, http://host:port or https://host:port (also CONSUL_HTTP_ADDR)
     #[arg(
         long = "http-addr",
         env = "CONSUL_HTTP_ADDR",
         default_value = "127.0.0.1:8500"
     )]
     pub http_addr: String,
+    /// CA file to check the agent's HTTPS certificate against (also CONSUL_CACERT)
+    #[arg(long = "ca-file", env = "CONSUL_CACERT")]
+    pub ca_file: Option<PathBuf>,
+    /// Directory of CA files to check the agent's HTTPS certificate against (also CONSUL_CAPATH)
+    #[arg(long = "ca-path", env = "CONSUL_CAPATH")]
+    pub ca_path: Option<PathBuf>,
+    /// Client certificate to present to an agent with verify_incoming (also CONSUL_CLIENT_CERT)
+    #[arg(long = "client-cert", env = "CONSUL_CLIENT_CERT")]
+    pub client_cert: Option<PathBuf>,
+    /// Key of the client certificate (also CONSUL_CLIENT_KEY)
+    #[arg(long = "client-key", env = "CONSUL_CLIENT_KEY")]
+    pub client_key: Option<PathBuf>,
+    /// Name the agent's certificate must carry, instead of the host dialled (also CONSUL_TLS_SERVER_NAME)
+    #[arg(long = "tls-server-name", env = "CONSUL_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+}
+
+/// A boolean environment variable as Go's `strconv.ParseBool` reads it; an unreadable
+/// value is reported and ignored, as Consul's client does.
+fn env_bool(name: &str) -> Option<bool> {
+    let value = std::env::var(name).ok().filter(|v| !v.is_empty())?;
+    match value.as_str() {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => {
+            eprintln!("[WARN] client: could not parse {name}: invalid syntax {value:?}");
+            None
+        }
+    }
 }
 
 impl ClientArgs {
+    /// The raw client: HTTPS for an `https://` address, or for one without a scheme when
+    /// `CONSUL_HTTP_SSL` is true; the agent's certificate is not checked when
+    /// `CONSUL_HTTP_SSL_VERIFY` is false.
+    fn http(&self) -> Result<Client, AddressError> {
+        let tls = TlsOptions {
+            ca_file: self.ca_file.clone().filter(|p| !p.as_os_str().is_empty()),
+            ca_path: self.ca_path.clone().filter(|p| !p.as_os_str().is_empty()),
+            client_cert: self
+                .client_cert
+                .clone()
+                .filter(|p| !p.as_os_str().is_empty()),
+            client_key: self
+                .client_key
+                .clone()
+                .filter(|p| !p.as_os_str().is_empty()),
+            server_name: self.tls_server_name.clone().filter(|s| !s.is_empty()),
+            skip_verify: env_bool("CONSUL_HTTP_SSL_VERIFY") == Some(false),
+        };
+        let https = env_bool("CONSUL_HTTP_SSL").unwrap_or(false);
+        Client::with_tls(&self.http_addr, https, &tls)
+    }
+
     fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::new(&self.http_addr)?)
+        Ok(self.http()?)
+    }
+
+    /// The typed client of the same agent.
+    fn agent(&self) -> Result<AgentClient, ClientError> {
+        self.http()
+            .map(AgentClient::from_http)
+            .map_err(|e| ClientError::Transport(e.to_string()))
     }
 }
 

@@ -17,7 +17,6 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use super::kv::{HttpArgs, go_io_text};
-use proconsul::client::Client;
 use proconsul::watch::agent::{go_exit_text, shell_command};
 use proconsul::watch::{Doc, Flow, Params, Plan};
 
@@ -169,7 +168,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         Ok((plan, _)) => plan,
         Err(e) => return fail(&e),
     };
-    let client = match Client::new(&args.http.client.http_addr) {
+    let client = match args.http.client.http() {
         Ok(c) => c,
         Err(e) => return fail(&format!("Error connecting to Consul agent: {e}")),
     };

@@ -2,14 +2,28 @@
 //! answer read into memory, every request bounded by [`REQUEST_TIMEOUT`]. proconsul's
 //! CLI verbs and tests use it directly; [`super::AgentClient`] decodes its answers into
 //! typed values.
+//!
+//! An `https://` address (or any address with [`Client::with_tls`] told to default to
+//! HTTPS, as `CONSUL_HTTP_SSL=true` does) speaks TLS: the agent's certificate must chain
+//! to the CA of [`TlsOptions`] (else to the system's CA bundle) and name the host
+//! dialled (or [`TlsOptions::server_name`]); a client certificate is presented when one
+//! is given, for agents with `verify_incoming`.
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::Method;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Budget of one request, from connecting to the last byte of the answer: a CLI verb or
 /// a program waits no longer for an agent that does not answer.
@@ -17,10 +31,59 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest response read; a bigger one fails rather than filling memory.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
+/// Where the system's CA bundle may be, as Go's TLS stack (and so Consul's CLI) looks
+/// for it on Linux and the BSDs; the first that can be read is used.
+const SYSTEM_CA_FILES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/pki/tls/cacert.pem",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+    "/usr/local/etc/ssl/cert.pem",
+];
+
 /// An agent's HTTP API, as `-http-addr` / `CONSUL_HTTP_ADDR` name it.
 #[derive(Debug, Clone)]
 pub struct Client {
     authority: String,
+    tls: Option<Tls>,
+}
+
+/// How to speak TLS to an agent's HTTPS API: Consul's `-ca-file`, `-ca-path`,
+/// `-client-cert`, `-client-key` and `-tls-server-name` flags (`CONSUL_CACERT`,
+/// `CONSUL_CAPATH`, `CONSUL_CLIENT_CERT`, `CONSUL_CLIENT_KEY`,
+/// `CONSUL_TLS_SERVER_NAME`) and `CONSUL_HTTP_SSL_VERIFY`.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// A PEM file of the CA certificates the agent's certificate must chain to.
+    pub ca_file: Option<PathBuf>,
+    /// A directory of such files (read when `ca_file` is not given).
+    pub ca_path: Option<PathBuf>,
+    /// The certificate to present, for an agent with `verify_incoming`.
+    pub client_cert: Option<PathBuf>,
+    /// Its key.
+    pub client_key: Option<PathBuf>,
+    /// The name the agent's certificate must carry, instead of the host dialled.
+    pub server_name: Option<String>,
+    /// Accept any certificate (`CONSUL_HTTP_SSL_VERIFY=false`): the connection is
+    /// encrypted but the agent is not authenticated.
+    pub skip_verify: bool,
+}
+
+/// A TLS connector and the name to check the agent's certificate against.
+#[derive(Clone)]
+struct Tls {
+    connector: tokio_rustls::TlsConnector,
+    server_name: ServerName<'static>,
+}
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A response: status, headers and body.
@@ -44,19 +107,23 @@ impl Response {
     }
 }
 
-/// Why [`Client::new`] refused an address. Nothing was sent; the user should give
-/// another address.
+/// Why [`Client::new`] or [`Client::with_tls`] refused an address or its TLS settings.
+/// Nothing was sent; the user should give another address or fix the files.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddressError {
-    /// An `https://` or `unix://` address: this client speaks plain HTTP over TCP only.
-    #[error("{addr}: only plain http:// agent addresses are supported")]
+    /// A `unix://` address: this client speaks HTTP over TCP only.
+    #[error("{addr}: only http:// and https:// agent addresses are supported")]
     Scheme {
         /// The address as given (trimmed).
         addr: String,
     },
-    /// Nothing left once `http://` and trailing slashes are taken off.
+    /// Nothing left once the scheme and trailing slashes are taken off.
     #[error("the HTTP address is empty")]
     Empty,
+    /// The TLS settings cannot be used: a file is unreadable or holds no PEM
+    /// certificate or key, a certificate comes without its key, or no CA is known.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// Why a request failed. Each message carries the text of its cause (so `{:#}` and
@@ -81,6 +148,16 @@ pub enum RequestError {
         authority: String,
         /// The elapsed timer.
         error: tokio::time::error::Elapsed,
+    },
+    /// The TLS handshake with an HTTPS agent failed (its certificate is not from the CA
+    /// or does not carry the name, or it wants a client certificate): nothing was sent.
+    /// Check `-ca-file`, `-tls-server-name` and `-client-cert`.
+    #[error("TLS handshake with the agent at {authority} failed: {error}")]
+    Tls {
+        /// The agent's `host:port`.
+        authority: String,
+        /// What the handshake reported.
+        error: std::io::Error,
     },
     /// The HTTP exchange broke after the connection was made (the handshake, sending, or
     /// the response head). The agent may have acted on the request.
@@ -123,24 +200,51 @@ impl fmt::Display for Chain<'_> {
 }
 
 impl Client {
-    /// `127.0.0.1:8500` or `http://127.0.0.1:8500`.
+    /// `127.0.0.1:8500`, `http://127.0.0.1:8500` or `https://127.0.0.1:8501` (checked
+    /// against the system's CA bundle; see [`Client::with_tls`] for the other settings).
     pub fn new(http_addr: &str) -> Result<Client, AddressError> {
-        let addr = http_addr.trim().trim_end_matches('/');
-        let authority = if let Some(rest) = addr.strip_prefix("http://") {
-            rest
-        } else if addr.starts_with("https://") || addr.starts_with("unix://") {
+        Client::with_tls(http_addr, false, &TlsOptions::default())
+    }
+
+    /// An agent's address with a scheme (`http://`, `https://`) or without one: then
+    /// HTTPS when `https` is true (`CONSUL_HTTP_SSL=true`), else plain HTTP. Over HTTPS,
+    /// `tls` says how to check the agent and what to present to it; its files are read
+    /// now.
+    pub fn with_tls(
+        http_addr: &str,
+        https: bool,
+        tls: &TlsOptions,
+    ) -> Result<Client, AddressError> {
+        let addr = http_addr.trim();
+        let (authority, https) = if let Some(rest) = addr.strip_prefix("http://") {
+            (rest, false)
+        } else if let Some(rest) = addr.strip_prefix("https://") {
+            (rest, true)
+        } else if addr.contains("://") {
             return Err(AddressError::Scheme {
-                addr: addr.to_owned(),
+                addr: addr.trim_end_matches('/').to_owned(),
             });
         } else {
-            addr
+            (addr, https)
         };
+        let authority = authority.trim_end_matches('/');
         if authority.is_empty() {
             return Err(AddressError::Empty);
         }
+        let tls = if https {
+            Some(Tls::new(authority, tls)?)
+        } else {
+            None
+        };
         Ok(Client {
             authority: authority.to_owned(),
+            tls,
         })
+    }
+
+    /// Whether requests go over HTTPS.
+    pub fn is_https(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Sends a request and reads the whole response, whatever its status.
@@ -183,6 +287,33 @@ impl Client {
                 authority: self.authority.clone(),
                 error,
             })?;
+        match &self.tls {
+            None => self.send(stream, method, path, body).await,
+            Some(tls) => {
+                let stream = tls
+                    .connector
+                    .connect(tls.server_name.clone(), stream)
+                    .await
+                    .map_err(|error| RequestError::Tls {
+                        authority: self.authority.clone(),
+                        error,
+                    })?;
+                self.send(stream, method, path, body).await
+            }
+        }
+    }
+
+    /// Sends one request on a connection and reads the whole answer.
+    async fn send<S>(
+        &self,
+        stream: S,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<Response, RequestError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
@@ -238,6 +369,181 @@ impl Client {
     }
 }
 
+impl Tls {
+    /// The TLS side of a client of the agent at `authority` (`host:port`).
+    fn new(authority: &str, options: &TlsOptions) -> Result<Tls, AddressError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| AddressError::Tls(e.to_string()))?;
+        let builder = if options.skip_verify {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        } else {
+            builder.with_root_certificates(roots(options)?)
+        };
+        let mut config = match (&options.client_cert, &options.client_key) {
+            (Some(cert), Some(key)) => {
+                let chain = certificates(cert)?;
+                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                    AddressError::Tls(format!("{}: no private key in it: {e}", key.display()))
+                })?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| AddressError::Tls(format!("{}: {e}", cert.display())))?
+            }
+            (None, None) => builder.with_no_client_auth(),
+            _ => {
+                return Err(AddressError::Tls(
+                    "-client-cert and -client-key must be given together".into(),
+                ));
+            }
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let name = options
+            .server_name
+            .clone()
+            .unwrap_or_else(|| host(authority).to_owned());
+        let server_name = ServerName::try_from(name.clone())
+            .map_err(|e| AddressError::Tls(format!("{name:?} is not a server name: {e}")))?;
+        Ok(Tls {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name,
+        })
+    }
+}
+
+/// The host part of `host:port` or `[v6]:port` (brackets removed).
+fn host(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            host
+        }
+        _ => authority,
+    }
+}
+
+/// The certificates of a PEM file (at least one).
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, AddressError> {
+    let bad = |e: String| AddressError::Tls(format!("{}: {e}", path.display()));
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate in it".into()));
+    }
+    Ok(certs)
+}
+
+/// The CAs to check the agent's certificate against: `ca_file`, else the certificates of
+/// the files under `ca_path`, else the system's bundle.
+fn roots(options: &TlsOptions) -> Result<RootCertStore, AddressError> {
+    let mut roots = RootCertStore::empty();
+    let mut add = |certs: Vec<CertificateDer<'static>>, path: &Path| {
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| AddressError::Tls(format!("{}: {e}", path.display())))?;
+        }
+        Ok::<(), AddressError>(())
+    };
+    if let Some(file) = &options.ca_file {
+        add(certificates(file)?, file)?;
+    } else if let Some(dir) = &options.ca_path {
+        let mut files = Vec::new();
+        let mut dirs = vec![dir.clone()];
+        while let Some(d) = dirs.pop() {
+            let entries = std::fs::read_dir(&d)
+                .map_err(|e| AddressError::Tls(format!("{}: {e}", d.display())))?;
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    files.push(path);
+                }
+            }
+        }
+        // As Go's cert pool does, a file that holds no certificate (a key, a README)
+        // adds nothing.
+        for file in files {
+            if let Ok(certs) = certificates(&file) {
+                add(certs, &file)?;
+            }
+        }
+    } else if let Some(bundle) = SYSTEM_CA_FILES
+        .iter()
+        .map(Path::new)
+        .find_map(|p| certificates(p).ok().map(|c| (c, p)))
+    {
+        // A system bundle may hold a certificate rustls cannot use; skip it as Go does.
+        for cert in bundle.0 {
+            let _ = roots.add(cert);
+        }
+    }
+    if roots.is_empty() {
+        return Err(AddressError::Tls(
+            "no CA certificate to check the agent's certificate against: give -ca-file or -ca-path (CONSUL_CACERT, CONSUL_CAPATH)".into(),
+        ));
+    }
+    Ok(roots)
+}
+
+/// Accepts any server certificate (`CONSUL_HTTP_SSL_VERIFY=false`), still checking that
+/// the server holds its key.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 fn ok(r: Response) -> Result<String, RequestError> {
     if r.status == 200 {
         Ok(r.body)
@@ -274,12 +580,50 @@ mod tests {
     #[test]
     fn refused_addresses_say_why() {
         assert_eq!(
-            Client::new("https://127.0.0.1:8501")
+            Client::new("unix:///tmp/consul.sock")
                 .unwrap_err()
                 .to_string(),
-            "https://127.0.0.1:8501: only plain http:// agent addresses are supported"
+            "unix:///tmp/consul.sock: only http:// and https:// agent addresses are supported"
         );
         assert_eq!(Client::new("  ").unwrap_err(), AddressError::Empty);
+        assert_eq!(Client::new("https://").unwrap_err(), AddressError::Empty);
+        let missing = TlsOptions {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..TlsOptions::default()
+        };
+        let e = Client::with_tls("127.0.0.1:8501", true, &missing).unwrap_err();
+        assert!(e.to_string().starts_with("/nonexistent/ca.pem: "), "{e}");
+        let half = TlsOptions {
+            client_cert: Some("/c.pem".into()),
+            skip_verify: true,
+            ..TlsOptions::default()
+        };
+        assert!(Client::with_tls("https://127.0.0.1:8501", false, &half).is_err());
+    }
+
+    #[test]
+    fn the_scheme_or_the_https_default_chooses_tls() {
+        let insecure = TlsOptions {
+            skip_verify: true,
+            ..TlsOptions::default()
+        };
+        let https = |addr: &str, default: bool| {
+            Client::with_tls(addr, default, &insecure)
+                .unwrap()
+                .is_https()
+        };
+        assert!(https("https://127.0.0.1:8501", false));
+        assert!(https("127.0.0.1:8501", true));
+        assert!(!https("http://127.0.0.1:8500", true));
+        assert!(!https("127.0.0.1:8500", false));
+    }
+
+    #[test]
+    fn the_host_is_the_name_checked() {
+        assert_eq!(host("127.0.0.1:8501"), "127.0.0.1");
+        assert_eq!(host("localhost:8501"), "localhost");
+        assert_eq!(host("[::1]:8501"), "::1");
+        assert_eq!(host("consul.example"), "consul.example");
     }
 
     #[tokio::test]

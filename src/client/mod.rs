@@ -67,7 +67,9 @@
 pub mod http;
 mod types;
 
-pub use self::http::{AddressError, Client, RequestError, Response, encode, encode_segment};
+pub use self::http::{
+    AddressError, Client, RequestError, Response, TlsOptions, encode, encode_segment,
+};
 pub use types::*;
 
 use std::collections::BTreeMap;
@@ -107,8 +109,8 @@ pub enum ClientError {
     },
     /// No answer: the agent could not be reached, the connection broke, or the answer
     /// did not arrive within [`http::REQUEST_TIMEOUT`]. Also returned by
-    /// [`AgentClient::new`] for an address that is not a plain `http://` one. Try again
-    /// later or ask another agent.
+    /// [`AgentClient::new`] for an address it cannot use (a `unix://` one, or an
+    /// `https://` one without a CA to check it). Try again later or ask another agent.
     #[error("{0}")]
     Transport(String),
     /// The agent answered 200 with a body that is not the JSON expected: it speaks
@@ -343,11 +345,17 @@ pub struct AgentClient {
 }
 
 impl AgentClient {
-    /// A client of the agent at `http_addr`: `127.0.0.1:8500` or
-    /// `http://127.0.0.1:8500`. Nothing is sent yet.
+    /// A client of the agent at `http_addr`: `127.0.0.1:8500`, `http://127.0.0.1:8500`
+    /// or `https://127.0.0.1:8501`. Nothing is sent yet.
     pub fn new(http_addr: &str) -> Result<AgentClient, ClientError> {
         let http = Client::new(http_addr).map_err(|e| ClientError::Transport(e.to_string()))?;
         Ok(AgentClient { http })
+    }
+
+    /// A client speaking through `http`, built with [`Client::with_tls`] for an HTTPS
+    /// agent with its own CA or a client certificate.
+    pub fn from_http(http: Client) -> AgentClient {
+        AgentClient { http }
     }
 
     /// The raw client, for endpoints this one does not type.
@@ -1174,7 +1182,7 @@ mod tests {
     fn a_bad_address_is_refused_before_anything_is_sent() {
         assert!(AgentClient::new("127.0.0.1:8500").is_ok());
         assert!(AgentClient::new("http://127.0.0.1:8500/").is_ok());
-        for bad in ["", "https://127.0.0.1:8501", "unix:///tmp/consul.sock"] {
+        for bad in ["", "https://", "unix:///tmp/consul.sock"] {
             assert!(
                 matches!(AgentClient::new(bad), Err(ClientError::Transport(_))),
                 "{bad}"

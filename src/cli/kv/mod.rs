@@ -53,7 +53,8 @@ pub struct HttpArgs {
 
 impl HttpArgs {
     fn agent(&self) -> Result<AgentClient, String> {
-        AgentClient::new(&self.client.http_addr)
+        self.client
+            .agent()
             .map_err(|e| format!("Error connecting to Consul agent: {}", api_error(&e)))
     }
 

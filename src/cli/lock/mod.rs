@@ -210,7 +210,7 @@ async fn lock(args: LockArgs) -> u8 {
         ui.error("Number for 'monitor-retry' must be >= 0");
         return 1;
     };
-    let client = match AgentClient::new(&args.client.http_addr) {
+    let client = match args.client.agent() {
         Ok(c) => c,
         Err(e) => {
             ui.error(&format!(
