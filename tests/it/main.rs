@@ -19,6 +19,7 @@ mod faults;
 mod gateway;
 mod hostile;
 mod http;
+mod https;
 mod jepsen;
 mod kv;
 mod limits;

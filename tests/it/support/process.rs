@@ -15,6 +15,8 @@ pub fn run(args: &[&str]) -> std::process::Output {
     Command::new(binary())
         .args(args)
         .env_remove("CONSUL_HTTP_ADDR")
+        .env_remove("CONSUL_HTTP_SSL")
+        .env_remove("CONSUL_CACERT")
         .output()
         .unwrap()
 }
