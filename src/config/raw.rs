@@ -98,6 +98,7 @@ fn scalar<T>(into: &mut Option<T>, from: Option<T>) {
 #[serde(deny_unknown_fields)]
 pub struct RawTlsBlock {
     pub ca_file: Option<String>,
+    pub ca_path: Option<String>,
     pub cert_file: Option<String>,
     pub key_file: Option<String>,
     pub tls_min_version: Option<String>,
@@ -111,6 +112,7 @@ impl RawTlsBlock {
     pub fn merge(&mut self, later: RawTlsBlock) {
         let l = later;
         scalar(&mut self.ca_file, l.ca_file);
+        scalar(&mut self.ca_path, l.ca_path);
         scalar(&mut self.cert_file, l.cert_file);
         scalar(&mut self.key_file, l.key_file);
         scalar(&mut self.tls_min_version, l.tls_min_version);
@@ -232,6 +234,7 @@ pub struct RawConfig {
     pub raft_snapshot_threshold: Option<u64>,
     pub tls: Option<RawTls>,
     pub ca_file: Option<String>,
+    pub ca_path: Option<String>,
     pub cert_file: Option<String>,
     pub key_file: Option<String>,
     pub tls_min_version: Option<String>,
@@ -454,6 +457,7 @@ impl RawConfig {
             }
         }
         scalar(&mut self.ca_file, l.ca_file);
+        scalar(&mut self.ca_path, l.ca_path);
         scalar(&mut self.cert_file, l.cert_file);
         scalar(&mut self.key_file, l.key_file);
         scalar(&mut self.tls_min_version, l.tls_min_version);

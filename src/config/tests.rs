@@ -370,6 +370,12 @@ fn https_is_off_by_default_and_takes_its_files_from_every_tls_form() {
     )
     .unwrap();
     assert!(c.tls.unwrap().verify_incoming && !c.https.unwrap().verify_incoming);
+    // ca_path when there is no ca_file.
+    let c = https_config(
+        r#"{"ports": {"https": 0}, "ca_path": "/cas", "tls": {"https": {"cert_file": "/c.pem", "key_file": "/k.pem", "verify_incoming": true}}}"#,
+    )
+    .unwrap();
+    assert_eq!(c.https.unwrap().ca_file, Some(PathBuf::from("/cas")));
     // A certificate without a CA is fine for HTTPS alone.
     let c = https_config(r#"{"ports": {"https": 0}, "tls": {"https": {"cert_file": "/c.pem", "key_file": "/k.pem"}}}"#)
         .unwrap();

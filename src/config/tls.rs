@@ -29,7 +29,8 @@ pub struct HttpsSettings {
     pub cert_file: PathBuf,
     /// Its key (`key_file`).
     pub key_file: PathBuf,
-    /// The CA client certificates must chain to (`ca_file`); given with `verify_incoming`.
+    /// The CA client certificates must chain to: `ca_file`, else `ca_path` (a directory
+    /// of PEM files); given with `verify_incoming`.
     pub ca_file: Option<PathBuf>,
     /// Clients must present a certificate from the CA, or the handshake fails.
     pub verify_incoming: bool,
@@ -47,6 +48,7 @@ const VERIFY_INCOMING_WITHOUT_CA: &str = "VerifyIncoming set but no CA certifica
 fn legacy(m: &RawConfig) -> raw::RawTlsBlock {
     raw::RawTlsBlock {
         ca_file: m.ca_file.clone(),
+        ca_path: m.ca_path.clone(),
         cert_file: m.cert_file.clone(),
         key_file: m.key_file.clone(),
         tls_min_version: m.tls_min_version.clone(),
@@ -135,7 +137,7 @@ pub(super) fn https(
         problems,
     );
     let (ca, cert, key) = (
-        nonempty(&block.ca_file),
+        nonempty(&block.ca_file).or_else(|| nonempty(&block.ca_path)),
         nonempty(&block.cert_file),
         nonempty(&block.key_file),
     );
@@ -211,10 +213,17 @@ pub(super) fn settings(
     }
     let Some(ca) = ca else {
         if verify_incoming || verify_outgoing || verify_server_hostname {
+            let also = if nonempty(&block.ca_path).is_some() {
+                " (ca_path is read for HTTPS only)"
+            } else {
+                ""
+            };
             problems.push(problem(
                 None,
                 "ca_file",
-                "verify_incoming, verify_outgoing and verify_server_hostname need a ca_file",
+                format!(
+                    "verify_incoming, verify_outgoing and verify_server_hostname need a ca_file{also}"
+                ),
             ));
         }
         if cert.is_some() && !https {

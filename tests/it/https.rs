@@ -1,6 +1,7 @@
 //! The HTTPS API of the real binary: served with the configured certificate, client
 //! certificates required with `verify_incoming`, plain HTTP turned off with
-//! `ports.http = -1`, and the CLI reaching it with Consul's flags and environment.
+//! `ports.http = -1`, and the CLI and py-consul reaching it with Consul's flags and
+//! environment.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -119,13 +120,19 @@ fn get(client: &Client, path: &str) -> Result<String, String> {
 fn an_https_only_agent_with_verify_incoming_serves_clients_with_a_certificate_from_its_ca() {
     let dir = tempfile::tempdir().unwrap();
     let m = material(dir.path());
+    // The CA as Consul's ca_path gives it: a directory, here with a file that is no
+    // certificate.
+    let cas = dir.path().join("cas");
+    std::fs::create_dir(&cas).unwrap();
+    std::fs::copy(&m.ca, cas.join("ca.pem")).unwrap();
+    std::fs::write(cas.join("README"), "the CA of the HTTPS API's clients").unwrap();
     let (p, https) = https_agent(
         dir.path(),
         serde_json::json!({
             "ports": {"http": -1, "https": 0},
             "tls": {
-                "defaults": {"ca_file": m.ca, "cert_file": m.server.0, "key_file": m.server.1},
-                "https": {"verify_incoming": true},
+                "defaults": {"cert_file": m.server.0, "key_file": m.server.1},
+                "https": {"verify_incoming": true, "ca_path": cas},
             },
         }),
         &[],
@@ -177,6 +184,31 @@ fn an_https_only_agent_with_verify_incoming_serves_clients_with_a_certificate_fr
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("https-node"), "{out}");
+
+    // py-consul, a client we did not write, over HTTPS from CONSUL_HTTP_ADDR, with the
+    // CA to check the agent and a client certificate.
+    let script = r#"
+import sys, consul
+c = consul.Consul(verify=sys.argv[1], cert=(sys.argv[2], sys.argv[3]))
+assert c.http.base_uri.startswith("https://"), c.http.base_uri
+assert c.kv.put("py/tls", "yes")
+index, item = c.kv.get("py/tls")
+assert item["Value"] == b"yes", item
+print(c.agent.self()["Config"]["NodeName"])
+"#;
+    let out = Command::new(crate::process::python_with_py_consul())
+        .args(["-c", script, &ca, &cert, &key])
+        .env("CONSUL_HTTP_ADDR", &url)
+        .env_remove("CONSUL_HTTP_SSL")
+        .env_remove("CONSUL_HTTP_SSL_VERIFY")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "https-node");
 
     // Without a client certificate the handshake fails, as it does with another CA's.
     let (code, _, err) = run_env(

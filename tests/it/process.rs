@@ -372,7 +372,7 @@ print(json.dumps(out))
 
 /// A Python interpreter with py-consul (the maintained Consul client on PyPI): the one in
 /// `$PY_CONSUL_PYTHON`, else the virtualenv `.ci/run` makes (`.venv-py-consul`).
-fn python_with_py_consul() -> String {
+pub(crate) fn python_with_py_consul() -> String {
     let python = std::env::var("PY_CONSUL_PYTHON")
         .unwrap_or_else(|_| format!("{}/.venv-py-consul/bin/python", env!("CARGO_MANIFEST_DIR")));
     let ok = Command::new(&python)

@@ -277,18 +277,58 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 
 /// The CA certificates of a PEM file (at least one).
 fn load_roots(ca_file: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    add_roots(&mut roots, ca_file)?;
+    if roots.is_empty() {
+        return Err(TlsError::Invalid {
+            path: ca_file.to_owned(),
+            error: "no PEM certificate in it".into(),
+        });
+    }
+    Ok(roots)
+}
+
+/// Adds the certificates of a PEM file to `roots`.
+fn add_roots(roots: &mut RootCertStore, ca_file: &Path) -> Result<(), TlsError> {
     let invalid = |error: String| TlsError::Invalid {
         path: ca_file.to_owned(),
         error,
     };
     let ca = read(ca_file)?;
-    let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&ca) {
         let cert = cert.map_err(|e| invalid(e.to_string()))?;
         roots.add(cert).map_err(|e| invalid(e.to_string()))?;
     }
+    Ok(())
+}
+
+/// The CA certificates of a PEM file, or of every file under a directory (Consul's
+/// `ca_path`; files holding no certificate add nothing); at least one.
+fn load_roots_from(path: &Path) -> Result<RootCertStore, TlsError> {
+    if !path.is_dir() {
+        return load_roots(path);
+    }
+    let mut roots = RootCertStore::empty();
+    let mut dirs = vec![path.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| TlsError::File {
+            path: dir.clone(),
+            error: e.to_string(),
+        })?;
+        for entry in entries.flatten() {
+            let file = entry.path();
+            if file.is_dir() {
+                dirs.push(file);
+            } else {
+                add_roots(&mut roots, &file)?;
+            }
+        }
+    }
     if roots.is_empty() {
-        return Err(invalid("no PEM certificate in it".into()));
+        return Err(TlsError::Invalid {
+            path: path.to_owned(),
+            error: "no PEM certificate under it".into(),
+        });
     }
     Ok(roots)
 }
@@ -319,8 +359,9 @@ fn load_identity(
 }
 
 /// The server configuration of an HTTPS API: it presents the certificate of
-/// `cert_file` (with `key_file`); with `client_ca`, a client must present a certificate
-/// from that CA or the handshake fails (`verify_incoming`); with `tls13_only`, TLS 1.2
+/// `cert_file` (with `key_file`); with `client_ca` (a PEM file, or a directory of them),
+/// a client must present a certificate from that CA or the handshake fails
+/// (`verify_incoming`); with `tls13_only`, TLS 1.2
 /// clients are refused (`tls_min_version = "TLSv1_3"`). Offers `http/1.1` by ALPN.
 pub fn https_server_config(
     cert_file: &Path,
@@ -340,7 +381,7 @@ pub fn https_server_config(
     let builder = match client_ca {
         Some(ca_file) => {
             let verifier = WebPkiClientVerifier::builder_with_provider(
-                Arc::new(load_roots(ca_file)?),
+                Arc::new(load_roots_from(ca_file)?),
                 provider,
             )
             .build()
