@@ -84,7 +84,7 @@ fn nonempty(v: &Option<String>) -> Option<String> {
 
 /// Whether `tls_min_version` asks for TLS 1.3 only; a value Consul does not know is a
 /// problem (Consul's names, and the older `tls12` style it still reads).
-pub(super) fn tls13_only(key: &str, value: Option<&str>, problems: &mut Vec<Problem>) -> bool {
+fn tls13_only(key: &str, value: Option<&str>, problems: &mut Vec<Problem>) -> bool {
     match value {
         None | Some("") => false,
         Some("TLSv1_0" | "TLSv1_1" | "TLSv1_2" | "tls10" | "tls11" | "tls12") => false,
