@@ -127,6 +127,12 @@ pub struct ClientArgs {
     /// Name the agent's certificate must carry, instead of the host dialled (also CONSUL_TLS_SERVER_NAME)
     #[arg(long = "tls-server-name", env = "CONSUL_TLS_SERVER_NAME")]
     pub tls_server_name: Option<String>,
+    /// ACL token to present (also CONSUL_HTTP_TOKEN)
+    #[arg(long = "token", env = "CONSUL_HTTP_TOKEN")]
+    pub token: Option<String>,
+    /// File holding the ACL token to present; wins over -token (also CONSUL_HTTP_TOKEN_FILE)
+    #[arg(long = "token-file", env = "CONSUL_HTTP_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// A boolean environment variable as Go's `strconv.ParseBool` reads it; an unreadable
@@ -163,7 +169,24 @@ impl ClientArgs {
             skip_verify: env_bool("CONSUL_HTTP_SSL_VERIFY") == Some(false),
         };
         let https = env_bool("CONSUL_HTTP_SSL").unwrap_or(false);
-        Client::with_tls(&self.http_addr, https, &tls)
+        Ok(Client::with_tls(&self.http_addr, https, &tls)?.with_token(self.token()?))
+    }
+
+    /// The token to present: the token file's (trimmed) if one is named, else `-token`.
+    fn token(&self) -> Result<Option<String>, AddressError> {
+        match self
+            .token_file
+            .as_ref()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            Some(path) => std::fs::read_to_string(path)
+                .map(|t| Some(t.trim().to_owned()))
+                .map_err(|e| AddressError::TokenFile {
+                    path: path.display().to_string(),
+                    error: e.to_string(),
+                }),
+            None => Ok(self.token.clone()),
+        }
     }
 
     fn client(&self) -> anyhow::Result<Client> {

@@ -43,11 +43,24 @@ const SYSTEM_CA_FILES: &[&str] = &[
     "/usr/local/etc/ssl/cert.pem",
 ];
 
-/// An agent's HTTP API, as `-http-addr` / `CONSUL_HTTP_ADDR` name it.
-#[derive(Debug, Clone)]
+/// An agent's HTTP API, as `-http-addr` / `CONSUL_HTTP_ADDR` name it. Its `Debug` form
+/// leaves the token out.
+#[derive(Clone)]
 pub struct Client {
     authority: String,
     tls: Option<Tls>,
+    /// Sent as `X-Consul-Token` with every request.
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("authority", &self.authority)
+            .field("https", &self.tls.is_some())
+            .field("token", &self.token.as_ref().map(|_| "redacted"))
+            .finish()
+    }
 }
 
 /// How to speak TLS to an agent's HTTPS API: Consul's `-ca-file`, `-ca-path`,
@@ -124,6 +137,14 @@ pub enum AddressError {
     /// certificate or key, a certificate comes without its key, or no CA is known.
     #[error("{0}")]
     Tls(String),
+    /// The token file (`-token-file`, `CONSUL_HTTP_TOKEN_FILE`) cannot be read.
+    #[error("Error loading token file {path}: {error}")]
+    TokenFile {
+        /// The file.
+        path: String,
+        /// Why.
+        error: String,
+    },
 }
 
 /// Why a request failed. Each message carries the text of its cause (so `{:#}` and
@@ -239,7 +260,19 @@ impl Client {
         Ok(Client {
             authority: authority.to_owned(),
             tls,
+            token: None,
         })
+    }
+
+    /// Whether a token is sent.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// This client, sending `token` (when set) as `X-Consul-Token` with every request.
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token.filter(|t| !t.is_empty());
+        self
     }
 
     /// Whether requests go over HTTPS.
@@ -318,11 +351,15 @@ impl Client {
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
                 .map_err(RequestError::Exchange)?;
-        let request = hyper::Request::builder()
+        let mut request = hyper::Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, &self.authority)
-            .header(hyper::header::CONNECTION, "close")
+            .header(hyper::header::CONNECTION, "close");
+        if let Some(token) = &self.token {
+            request = request.header("x-consul-token", token);
+        }
+        let request = request
             .body(Full::new(Bytes::from(body)))
             .map_err(RequestError::Request)?;
         let exchange = async {
