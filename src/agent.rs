@@ -575,10 +575,28 @@ fn api_context(
     let kv_replication = config.kv_replication.clone().map(|r| {
         gateway::start_kv_replication(gateway.clone(), r, &life.tasks, life.core.child_token())
     });
+    // A server of a secondary datacenter copies the primary's ACL tables whenever it
+    // leads.
+    let acl_replication = config
+        .acl
+        .as_ref()
+        .filter(|_| config.server)
+        .and_then(|acl| {
+            let primary = acl.primary_datacenter.clone()?;
+            Some(gateway::start_acl_replication(
+                gateway.clone(),
+                primary,
+                acl.replication_token.clone(),
+                acl.token_replication,
+                &life.tasks,
+                life.core.child_token(),
+            ))
+        });
     api::Context {
         gateway: gateway.clone(),
         lan: lan.clone(),
         kv_replication,
+        acl_replication,
         agent: Arc::new(api::AgentInfo {
             node_name: config.node_name.clone(),
             node_id: identity.node_id.clone(),

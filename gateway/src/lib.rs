@@ -26,11 +26,15 @@
 
 #![warn(missing_docs)]
 
+mod acl_replication;
 mod load;
 mod prepared;
 mod remote;
 mod replication;
 
+pub use acl_replication::{
+    AclReplicationReport, AclReplicationStatus, start as start_acl_replication,
+};
 pub use load::{
     CachePolicy, CacheStatus, Caps, MAX_BLOCKING_IN_FLIGHT, MAX_CACHED_ITEMS, MAX_ENTRIES,
     MAX_ENTRY_AGE, MAX_READS_IN_FLIGHT, UNKNOWN_DC_TTL,

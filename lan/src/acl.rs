@@ -47,6 +47,13 @@ pub struct AclConfig {
     pub default_token: Option<String>,
     /// `tokens.initial_management`: a management token the leader creates if missing.
     pub initial_management: Option<String>,
+    /// `primary_datacenter`, when it is another datacenter: this one is a secondary,
+    /// which copies the primary's ACL tables and sends global ACL writes there.
+    pub primary_datacenter: Option<String>,
+    /// `tokens.replication`: what a secondary presents to read the primary's tables.
+    pub replication_token: Option<String>,
+    /// `enable_token_replication`: a secondary copies global tokens too.
+    pub token_replication: bool,
 }
 
 /// Nanoseconds since the Unix epoch now, as token expiry counts time.

@@ -172,7 +172,9 @@ fn acl_writes(catalog: &Catalog, acl: &AclConfig) -> Vec<AclWrite> {
                 Vec::new(),
             )));
         }
+        // Only the primary makes it; a secondary gets it by replication.
         if let Some(secret) = &acl.initial_management
+            && acl.primary_datacenter.is_none()
             && !t.has_secret(secret)
         {
             let management = Link {

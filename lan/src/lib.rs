@@ -460,6 +460,11 @@ impl Lan {
         self.inner.config.acl.is_some()
     }
 
+    /// The ACL settings, when ACLs are on.
+    pub fn acl_config(&self) -> Option<&AclConfig> {
+        self.inner.config.acl.as_deref()
+    }
+
     /// Who `principal` is, for this agent's own endpoints (the catalog's are decided by
     /// the server that answers them); `Ok(None)` when ACLs are off. A server resolves the
     /// token against its copy of the tables; a client agent asks a server and remembers

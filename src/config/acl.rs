@@ -71,6 +71,16 @@ pub(super) fn settings(m: &RawConfig, problems: &mut Vec<Problem>) -> Option<Arc
     if problems.len() > before {
         return None;
     }
+    let own = m
+        .datacenter
+        .as_deref()
+        .unwrap_or("dc1")
+        .to_ascii_lowercase();
+    let primary_datacenter = m
+        .primary_datacenter
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .filter(|p| !p.is_empty() && *p != own);
     Some(Arc::new(AclConfig {
         default_allow,
         down_policy,
@@ -79,6 +89,9 @@ pub(super) fn settings(m: &RawConfig, problems: &mut Vec<Problem>) -> Option<Arc
         agent_token: tokens.agent.filter(|t| !t.is_empty()),
         default_token: tokens.default.filter(|t| !t.is_empty()),
         initial_management,
+        primary_datacenter,
+        replication_token: tokens.replication.filter(|t| !t.is_empty()),
+        token_replication: acl.enable_token_replication.unwrap_or(false),
     }))
 }
 

@@ -314,3 +314,166 @@ async fn acl_endpoints_say_acls_are_off_when_they_are() {
     assert_eq!((r.status, r.body.as_str()), (401, "ACL support disabled"));
     agent.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secondary_copies_the_primarys_acls_and_keeps_them_when_the_primary_is_gone() {
+    use crate::support::cluster::Spec;
+    use crate::wan::{server, tls_config};
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = wan::tls::create_ca("consul", 30).unwrap();
+    let config = |name: &str, dc: &str, acl: Value| {
+        let mut c: Value = serde_json::from_str(&tls_config(dir.path(), &ca, name, dc)).unwrap();
+        c["primary_datacenter"] = json!("dc1");
+        c["acl"] = acl;
+        c.to_string()
+    };
+    let a = Member::start(server(
+        "a0",
+        "dc1",
+        1,
+        vec![],
+        config(
+            "a0",
+            "dc1",
+            json!({"enabled": true, "default_policy": "deny",
+                   "tokens": {"initial_management": MANAGEMENT}}),
+        ),
+    ))
+    .await;
+    let b = Member::start(Spec {
+        join_wan: vec![a.wan_addr()],
+        ..server(
+            "b0",
+            "dc2",
+            1,
+            vec![],
+            config(
+                "b0",
+                "dc2",
+                json!({"enabled": true, "default_policy": "deny",
+                       "enable_token_replication": true,
+                       "tokens": {"replication": MANAGEMENT}}),
+            ),
+        )
+    })
+    .await;
+    for m in [&a, &b] {
+        // `/v1/status/leader` needs no token.
+        eventually(secs(30), "a leader", || async {
+            let r = m.get("/v1/status/leader").await;
+            if r.status == 200 && r.body != "\"\"" {
+                Ok(())
+            } else {
+                Err(r.body)
+            }
+        })
+        .await;
+    }
+    eventually(secs(30), "the initial management token", || async {
+        let (status, body) =
+            call(&a, Method::GET, "/v1/acl/token/self", Some(MANAGEMENT), "").await;
+        if status == 200 {
+            Ok(())
+        } else {
+            Err(format!("{status} {body}"))
+        }
+    })
+    .await;
+
+    // Made in the primary; one made through the secondary lands in the primary too.
+    create(
+        &a,
+        "/v1/acl/policy",
+        json!({"Name": "app", "Rules": "key_prefix \"app/\" { policy = \"write\" }"}),
+    )
+    .await;
+    let token = create(&a, "/v1/acl/token", json!({"Policies": [{"Name": "app"}]})).await;
+    let doomed = create(&a, "/v1/acl/token", json!({"Policies": [{"Name": "app"}]})).await;
+    let kept = token["SecretID"].as_str().unwrap().to_owned();
+    let revoked = doomed["SecretID"].as_str().unwrap().to_owned();
+    for secret in [&kept, &revoked] {
+        eventually(secs(30), "the token to work in dc2", || async {
+            let (status, body) =
+                call(&b, Method::PUT, "/v1/kv/app/x", Some(secret.as_str()), "1").await;
+            if status == 200 {
+                Ok(())
+            } else {
+                Err(format!("{status} {body}"))
+            }
+        })
+        .await;
+    }
+    let via_dc2 = create(
+        &b,
+        "/v1/acl/policy",
+        json!({"Name": "made-in-dc2", "Rules": "operator = \"read\""}),
+    )
+    .await;
+    let (status, body) = call(
+        &a,
+        Method::GET,
+        "/v1/acl/policy/name/made-in-dc2",
+        Some(MANAGEMENT),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["ID"],
+        via_dc2["ID"]
+    );
+
+    // A revocation in the primary reaches the secondary.
+    let accessor = doomed["AccessorID"].as_str().unwrap();
+    let (status, _) = call(
+        &a,
+        Method::DELETE,
+        &format!("/v1/acl/token/{accessor}"),
+        Some(MANAGEMENT),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    eventually(secs(30), "the revocation to reach dc2", || async {
+        let (status, body) =
+            call(&b, Method::PUT, "/v1/kv/app/x", Some(revoked.as_str()), "1").await;
+        if status == 403 {
+            Ok(())
+        } else {
+            Err(format!("{status} {body}"))
+        }
+    })
+    .await;
+    let report: Value = serde_json::from_str(
+        &call(&b, Method::GET, "/v1/acl/replication", Some(MANAGEMENT), "")
+            .await
+            .1,
+    )
+    .unwrap();
+    assert_eq!(report["Enabled"], true);
+    assert_eq!(report["Running"], true);
+    assert_eq!(report["SourceDatacenter"], "dc1");
+    assert_eq!(report["ReplicationType"], "tokens");
+    assert!(
+        report["ReplicatedTokenIndex"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    let primary: Value = serde_json::from_str(
+        &call(&a, Method::GET, "/v1/acl/replication", Some(MANAGEMENT), "")
+            .await
+            .1,
+    )
+    .unwrap();
+    assert_eq!(primary["Enabled"], false);
+
+    // The primary goes away: what was copied keeps working, what was revoked stays so.
+    a.agent.stop(false).await;
+    let (status, body) = call(&b, Method::PUT, "/v1/kv/app/y", Some(kept.as_str()), "2").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = call(&b, Method::PUT, "/v1/kv/app/y", None, "2").await;
+    assert_eq!(status, 403, "anonymous writes stay refused");
+    let (status, body) = call(&b, Method::PUT, "/v1/kv/app/y", Some(revoked.as_str()), "2").await;
+    assert_eq!((status, body.as_str()), (403, "ACL not found"));
+    b.agent.stop(false).await;
+}

@@ -146,16 +146,25 @@ fn role_json(r: &Role) -> Value {
     v
 }
 
-/// Reads the ACL tables of this datacenter with the caller's token.
+/// Where ACL objects are kept: the primary datacenter when this one is a secondary
+/// (`None`: here).
+fn home(ctx: &Context) -> Option<String> {
+    ctx.lan
+        .acl_config()
+        .and_then(|c| c.primary_datacenter.clone())
+}
+
+/// Reads the ACL tables of `dc` (`None`: this datacenter) with the caller's token.
 async fn read(
     ctx: &Context,
     params: &Params,
+    dc: Option<&str>,
     read: AclRead,
 ) -> Result<(AclAnswer, catalog::QueryResult), ApiError> {
     let request = read_request(params)?;
     let result = ctx
         .gateway
-        .read(None, &Query::Acl(read), request.options)
+        .read(dc, &Query::Acl(read), request.options)
         .await?;
     match &result.answer {
         Answer::Acl(answer) => Ok((answer.clone(), result)),
@@ -179,11 +188,16 @@ fn answered(body: &Value, result: &catalog::QueryResult, params: &Params) -> Res
 
 /// Writes to the ACL tables with the caller's token. State-machine refusals are the
 /// caller's mistakes (400); a refused bootstrap is Consul's 403.
-async fn write(ctx: &Context, params: &Params, write: AclWrite) -> Result<(), ApiError> {
+async fn write(
+    ctx: &Context,
+    params: &Params,
+    dc: Option<&str>,
+    write: AclWrite,
+) -> Result<(), ApiError> {
     let done = ctx
         .gateway
         .write(
-            None,
+            dc,
             Command::Acl(write),
             Instant::now() + REQUEST_TIMEOUT,
             params.principal(),
@@ -257,6 +271,7 @@ pub(crate) async fn bootstrap(
     write(
         &ctx,
         &params,
+        home(&ctx).as_deref(),
         AclWrite::Bootstrap {
             token: token.clone(),
             reset_index,
@@ -271,7 +286,14 @@ pub(crate) async fn bootstrap(
     }
     // Read back as stored (indexes), with the caller's new management token.
     let as_root = Params::with_token(&params, &token.secret_id);
-    let stored = match read(&ctx, &as_root, AclRead::Token(accessor)).await {
+    let stored = match read(
+        &ctx,
+        &as_root,
+        home(&ctx).as_deref(),
+        AclRead::Token(accessor),
+    )
+    .await
+    {
         Ok((answer, _)) => one_token(answer).unwrap_or(token),
         Err(_) => token,
     };
@@ -340,7 +362,8 @@ async fn link_list(
         let id = if !id.is_empty() {
             id
         } else if !name.is_empty() {
-            let (answer, _) = read(ctx, params, by_name(name.clone())).await?;
+            let (answer, _) =
+                read(ctx, params, home(ctx).as_deref(), by_name(name.clone())).await?;
             let found = match answer {
                 AclAnswer::Policies(p) => p.into_iter().next().map(|p| p.id),
                 AclAnswer::Roles(r) => r.into_iter().next().map(|r| r.id),
@@ -495,10 +518,12 @@ async fn token_from_body(
 }
 
 /// Writes `token` and answers with it as stored.
+/// A local token is kept here; every other one where ACL objects are kept.
 async fn set_token(ctx: &Context, params: &Params, token: Token) -> Result<Response, ApiError> {
     let accessor = token.accessor_id.clone();
-    write(ctx, params, AclWrite::TokenSet(token)).await?;
-    let (answer, result) = read(ctx, params, AclRead::Token(accessor)).await?;
+    let dc = if token.local { None } else { home(ctx) };
+    write(ctx, params, dc.as_deref(), AclWrite::TokenSet(token)).await?;
+    let (answer, result) = read(ctx, params, dc.as_deref(), AclRead::Token(accessor)).await?;
     let stored = one_token(answer).ok_or_else(|| ApiError::Internal("token not stored".into()))?;
     Ok(answered(&token_json(&stored), &result, params))
 }
@@ -514,9 +539,27 @@ pub(crate) async fn token_create(
     set_token(&ctx, &params, token).await
 }
 
+/// The token with this AccessorID: where ACL objects are kept, else (a local token of
+/// a secondary) here.
 async fn existing_token(ctx: &Context, params: &Params, accessor: &str) -> Result<Token, ApiError> {
-    let (answer, _) = read(ctx, params, AclRead::Token(accessor.to_owned())).await?;
-    one_token(answer).ok_or_else(|| ApiError::NotFound("Requested token does not exist".into()))
+    let home = home(ctx);
+    let (answer, _) = read(
+        ctx,
+        params,
+        home.as_deref(),
+        AclRead::Token(accessor.to_owned()),
+    )
+    .await?;
+    if let Some(t) = one_token(answer) {
+        return Ok(t);
+    }
+    if home.is_some() {
+        let (answer, _) = read(ctx, params, None, AclRead::Token(accessor.to_owned())).await?;
+        if let Some(t) = one_token(answer) {
+            return Ok(t);
+        }
+    }
+    Err(ApiError::NotFound("Requested token does not exist".into()))
 }
 
 /// `GET /v1/acl/token/:accessor`.
@@ -526,9 +569,17 @@ pub(crate) async fn token_read(
     params: Params,
 ) -> Result<Response, ApiError> {
     disabled(&ctx)?;
-    let (answer, result) = read(&ctx, &params, AclRead::Token(accessor)).await?;
-    let token = one_token(answer)
-        .ok_or_else(|| ApiError::NotFound("Requested token does not exist".into()))?;
+    let (answer, result) = read(
+        &ctx,
+        &params,
+        home(&ctx).as_deref(),
+        AclRead::Token(accessor.clone()),
+    )
+    .await?;
+    let token = match one_token(answer) {
+        Some(t) => t,
+        None => existing_token(&ctx, &params, &accessor).await?,
+    };
     Ok(answered(&token_json(&token), &result, &params))
 }
 
@@ -542,7 +593,13 @@ pub(crate) async fn token_self(
         catalog::Principal::Token(t) => t.to_string(),
         _ => catalog::acl::ANONYMOUS_SECRET.to_owned(),
     };
-    let (answer, result) = read(&ctx, &params, AclRead::TokenBySecret(secret)).await?;
+    let (answer, result) = read(
+        &ctx,
+        &params,
+        home(&ctx).as_deref(),
+        AclRead::TokenBySecret(secret),
+    )
+    .await?;
     // Consul: a secret nobody holds is "ACL not found".
     let token = one_token(answer).ok_or_else(|| ApiError::Forbidden("ACL not found".into()))?;
     Ok(answered(&token_json(&token), &result, &params))
@@ -598,20 +655,28 @@ pub(crate) async fn token_delete(
     params: Params,
 ) -> Result<Response, ApiError> {
     disabled(&ctx)?;
-    if existing_token(&ctx, &params, &accessor).await.is_err() {
+    let Ok(existing) = existing_token(&ctx, &params, &accessor).await else {
         return Err(ApiError::NotFound("Cannot find token to delete".into()));
-    }
+    };
     if let catalog::Principal::Token(own) = params.principal() {
-        let (answer, _) = read(&ctx, &params, AclRead::TokenBySecret(own.to_string())).await?;
+        let (answer, _) = read(
+            &ctx,
+            &params,
+            home(&ctx).as_deref(),
+            AclRead::TokenBySecret(own.to_string()),
+        )
+        .await?;
         if one_token(answer).is_some_and(|t| t.accessor_id == accessor) {
             return Err(ApiError::Forbidden(
                 "Deletion of the request's authorization token is not permitted".into(),
             ));
         }
     }
+    let dc = if existing.local { None } else { home(&ctx) };
     write(
         &ctx,
         &params,
+        dc.as_deref(),
         AclWrite::TokenDelete {
             accessor_id: accessor,
         },
@@ -632,7 +697,7 @@ pub(crate) async fn token_list(
         role: nonempty("role"),
         service_name: nonempty("servicename"),
     };
-    let (answer, result) = read(&ctx, &params, query).await?;
+    let (answer, result) = read(&ctx, &params, home(&ctx).as_deref(), query).await?;
     let AclAnswer::Tokens(tokens) = answer else {
         return Err(ApiError::Internal(
             "unexpected answer to a token list".into(),
@@ -667,8 +732,14 @@ fn policy_from_body(body: &[u8], id: String) -> Result<Policy, ApiError> {
 
 async fn set_policy(ctx: &Context, params: &Params, policy: Policy) -> Result<Response, ApiError> {
     let id = policy.id.clone();
-    write(ctx, params, AclWrite::PolicySet(policy)).await?;
-    let (answer, result) = read(ctx, params, AclRead::Policy(id)).await?;
+    write(
+        ctx,
+        params,
+        home(ctx).as_deref(),
+        AclWrite::PolicySet(policy),
+    )
+    .await?;
+    let (answer, result) = read(ctx, params, home(ctx).as_deref(), AclRead::Policy(id)).await?;
     match answer {
         AclAnswer::Policies(p) if !p.is_empty() => {
             Ok(answered(&policy_json(&p[0], true), &result, params))
@@ -709,7 +780,13 @@ pub(crate) async fn policy_update(
             "Policy ID in URL and payload do not match".into(),
         ));
     }
-    let (answer, _) = read(&ctx, &params, AclRead::Policy(id.clone())).await?;
+    let (answer, _) = read(
+        &ctx,
+        &params,
+        home(&ctx).as_deref(),
+        AclRead::Policy(id.clone()),
+    )
+    .await?;
     if !matches!(answer, AclAnswer::Policies(ref p) if !p.is_empty()) {
         return Err(ApiError::NotFound("Requested policy does not exist".into()));
     }
@@ -722,7 +799,7 @@ async fn policy_answer(
     params: &Params,
     read_one: AclRead,
 ) -> Result<Response, ApiError> {
-    let (answer, result) = read(ctx, params, read_one).await?;
+    let (answer, result) = read(ctx, params, home(ctx).as_deref(), read_one).await?;
     match answer {
         AclAnswer::Policies(p) if !p.is_empty() => {
             Ok(answered(&policy_json(&p[0], true), &result, params))
@@ -758,11 +835,23 @@ pub(crate) async fn policy_delete(
     params: Params,
 ) -> Result<Response, ApiError> {
     disabled(&ctx)?;
-    let (answer, _) = read(&ctx, &params, AclRead::Policy(id.clone())).await?;
+    let (answer, _) = read(
+        &ctx,
+        &params,
+        home(&ctx).as_deref(),
+        AclRead::Policy(id.clone()),
+    )
+    .await?;
     if !matches!(answer, AclAnswer::Policies(ref p) if !p.is_empty()) {
         return Err(ApiError::NotFound("Cannot find policy to delete".into()));
     }
-    write(&ctx, &params, AclWrite::PolicyDelete { id }).await?;
+    write(
+        &ctx,
+        &params,
+        home(&ctx).as_deref(),
+        AclWrite::PolicyDelete { id },
+    )
+    .await?;
     Ok(json(&true, params.pretty()))
 }
 
@@ -772,7 +861,7 @@ pub(crate) async fn policy_list(
     params: Params,
 ) -> Result<Response, ApiError> {
     disabled(&ctx)?;
-    let (answer, result) = read(&ctx, &params, AclRead::Policies).await?;
+    let (answer, result) = read(&ctx, &params, home(&ctx).as_deref(), AclRead::Policies).await?;
     let AclAnswer::Policies(list) = answer else {
         return Err(ApiError::Internal(
             "unexpected answer to a policy list".into(),
@@ -812,7 +901,7 @@ async fn role_from_body(
 
 async fn set_role(ctx: &Context, params: &Params, role: Role) -> Result<Response, ApiError> {
     let id = role.id.clone();
-    write(ctx, params, AclWrite::RoleSet(role)).await?;
+    write(ctx, params, home(ctx).as_deref(), AclWrite::RoleSet(role)).await?;
     role_answer(ctx, params, AclRead::Role(id)).await
 }
 
@@ -821,7 +910,7 @@ async fn role_answer(
     params: &Params,
     read_one: AclRead,
 ) -> Result<Response, ApiError> {
-    let (answer, result) = read(ctx, params, read_one).await?;
+    let (answer, result) = read(ctx, params, home(ctx).as_deref(), read_one).await?;
     match answer {
         AclAnswer::Roles(r) if !r.is_empty() => Ok(answered(&role_json(&r[0]), &result, params)),
         _ => Err(ApiError::NotFound("Requested role does not exist".into())),
@@ -860,7 +949,13 @@ pub(crate) async fn role_update(
             "Role ID in URL and payload do not match".into(),
         ));
     }
-    let (answer, _) = read(&ctx, &params, AclRead::Role(id.clone())).await?;
+    let (answer, _) = read(
+        &ctx,
+        &params,
+        home(&ctx).as_deref(),
+        AclRead::Role(id.clone()),
+    )
+    .await?;
     if !matches!(answer, AclAnswer::Roles(ref r) if !r.is_empty()) {
         return Err(ApiError::NotFound("Requested role does not exist".into()));
     }
@@ -895,11 +990,23 @@ pub(crate) async fn role_delete(
     params: Params,
 ) -> Result<Response, ApiError> {
     disabled(&ctx)?;
-    let (answer, _) = read(&ctx, &params, AclRead::Role(id.clone())).await?;
+    let (answer, _) = read(
+        &ctx,
+        &params,
+        home(&ctx).as_deref(),
+        AclRead::Role(id.clone()),
+    )
+    .await?;
     if !matches!(answer, AclAnswer::Roles(ref r) if !r.is_empty()) {
         return Err(ApiError::NotFound("Cannot find role to delete".into()));
     }
-    write(&ctx, &params, AclWrite::RoleDelete { id }).await?;
+    write(
+        &ctx,
+        &params,
+        home(&ctx).as_deref(),
+        AclWrite::RoleDelete { id },
+    )
+    .await?;
     Ok(json(&true, params.pretty()))
 }
 
@@ -909,7 +1016,7 @@ pub(crate) async fn role_list(
     params: Params,
 ) -> Result<Response, ApiError> {
     disabled(&ctx)?;
-    let (answer, result) = read(&ctx, &params, AclRead::Roles).await?;
+    let (answer, result) = read(&ctx, &params, home(&ctx).as_deref(), AclRead::Roles).await?;
     let AclAnswer::Roles(list) = answer else {
         return Err(ApiError::Internal(
             "unexpected answer to a role list".into(),
@@ -917,6 +1024,40 @@ pub(crate) async fn role_list(
     };
     let body: Vec<Value> = list.iter().map(role_json).collect();
     Ok(answered(&Value::Array(body), &result, &params))
+}
+
+/// `GET /v1/acl/replication`: where copying the primary's ACL tables stands here.
+pub(crate) async fn replication(
+    State(ctx): State<Context>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    disabled(&ctx)?;
+    super::gate::require(
+        &ctx,
+        &params,
+        catalog::acl::Resource::Acl,
+        "",
+        catalog::acl::Access::Read,
+    )
+    .await?;
+    let body = match &ctx.acl_replication {
+        Some(status) => {
+            serde_json::to_value(status.report()).map_err(|e| ApiError::Internal(e.to_string()))?
+        }
+        None => json_value!({
+            "Enabled": false,
+            "Running": false,
+            "SourceDatacenter": "",
+            "ReplicationType": "",
+            "ReplicatedIndex": 0,
+            "ReplicatedRoleIndex": 0,
+            "ReplicatedTokenIndex": 0,
+            "LastSuccess": "0001-01-01T00:00:00Z",
+            "LastError": "0001-01-01T00:00:00Z",
+            "LastErrorMessage": "",
+        }),
+    };
+    Ok(json(&body, params.pretty()))
 }
 
 /// Any other `/v1/acl/…` path Consul has that proconsul does not (auth methods,

@@ -671,6 +671,7 @@ pub(crate) fn router(ctx: Context, max_body_bytes: usize) -> Router {
         .route("/v1/txn", put(txn::apply))
         .route("/v1/operator/kv-replication", get(kv::replication))
         .route("/v1/acl/bootstrap", put(acl::bootstrap))
+        .route("/v1/acl/replication", get(acl::replication))
         .route("/v1/acl/token", put(acl::token_create))
         .route("/v1/acl/tokens", get(acl::token_list))
         .route("/v1/acl/token/self", get(acl::token_self))

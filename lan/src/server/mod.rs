@@ -197,13 +197,15 @@ impl Server {
             }
         }
         let caller = self.read_caller(query, &options.principal)?;
+        // One's own token is shown whole, secret included (`/v1/acl/token/self`).
+        let own = is_own_token(query, &options.principal);
         let meta = consensus
             .read_barrier(options.consistency, options.deadline)
             .await?;
         let (mut answer, index) = catalog
             .query_blocking(query, options.min_index, options.deadline)
             .await;
-        let filtered = caller.is_some_and(|c| c.filter(&mut answer));
+        let filtered = caller.is_some_and(|c| !own && c.filter(&mut answer));
         Ok(QueryResult {
             answer,
             index,
@@ -235,12 +237,8 @@ impl Server {
             .caller(&self.catalog, principal)
             .map_err(|NotFound| ReadError::AclNotFound)?;
         // Reading one's own token (`/v1/acl/token/self`) needs no permission.
-        let own = matches!(
-            (query, principal),
-            (Query::Acl(AclRead::TokenBySecret(asked)), Principal::Token(held)) if **asked == **held
-        );
         if let Some(c) = &caller
-            && !own
+            && !is_own_token(query, principal)
         {
             c.check_read(query)?;
         }
@@ -390,6 +388,14 @@ impl Server {
             }
         }
     }
+}
+
+/// Whether `query` reads the token `principal` presents.
+fn is_own_token(query: &Query, principal: &Principal) -> bool {
+    matches!(
+        (query, principal),
+        (Query::Acl(AclRead::TokenBySecret(asked)), Principal::Token(held)) if **asked == **held
+    )
 }
 
 /// The answer to a write that takes a KV lock within an invalidated session's lock

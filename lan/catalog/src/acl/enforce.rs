@@ -27,6 +27,9 @@ use crate::state::{Command, State, fold};
 use crate::txn::{TxnOp, TxnOutcome, TxnVerb};
 use crate::types::{Check, Node};
 
+/// What a token's SecretID reads as to a caller that may not write ACLs (Consul's).
+pub const HIDDEN_SECRET: &str = "<hidden>";
+
 /// A permission a request lacks (Consul 1.11+'s text).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("Permission denied: token with AccessorID '{accessor_id}' lacks permission '{resource}:{access}'{on}", access = access.as_str(), on = on(label))]
@@ -305,6 +308,17 @@ impl Caller {
             Answer::Kv(KvAnswer::Entries(entries)) => retain(entries, |e| key(&e.key)),
             Answer::Kv(KvAnswer::Keys(keys)) => retain(keys, |k| key(k)),
             Answer::Txn(TxnOutcome::Done(entries)) => retain(entries, |e| key(&e.key)),
+            // Secrets are shown to those who may write ACLs (Consul's rule); the tokens
+            // themselves to those who may read them (checked before the read).
+            Answer::Acl(crate::acl::AclAnswer::Tokens(tokens)) => {
+                if self.may(Resource::Acl, "", Access::Write) {
+                    return false;
+                }
+                for t in tokens.iter_mut() {
+                    t.secret_id = HIDDEN_SECRET.to_owned();
+                }
+                false
+            }
             Answer::Txn(TxnOutcome::Failed(_)) | Answer::Snapshot(_) | Answer::Acl(_) => false,
         }
     }
@@ -534,6 +548,25 @@ mod tests {
         assert!(c.check_read(&key("pub/a")).is_ok());
         assert!(c.check_read(&key("priv/a")).is_err());
         assert!(c.check_read(&Query::Snapshot).is_err());
+        let mut tokens = Answer::Acl(crate::acl::AclAnswer::Tokens(vec![crate::acl::Token {
+            accessor_id: "a".into(),
+            secret_id: "s".into(),
+            description: String::new(),
+            policies: vec![],
+            roles: vec![],
+            service_identities: vec![],
+            node_identities: vec![],
+            local: false,
+            create_time: 0,
+            expiration_time: None,
+            create_index: 0,
+            modify_index: 0,
+        }]));
+        c.filter(&mut tokens);
+        assert!(
+            matches!(&tokens, Answer::Acl(crate::acl::AclAnswer::Tokens(t)) if t[0].secret_id == HIDDEN_SECRET),
+            "a reader without acl:write sees no secret"
+        );
         let mut listing = c.clone();
         listing.key_list = true;
         let tree = Query::Kv {

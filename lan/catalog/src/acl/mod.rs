@@ -19,7 +19,7 @@ mod tables;
 use serde::{Deserialize, Serialize};
 
 pub use authorizer::{Access, Authorizer};
-pub use enforce::{Caller, Denied, nothing_for};
+pub use enforce::{Caller, Denied, HIDDEN_SECRET, nothing_for};
 pub use rules::{Level, Resource, Rules, RulesError};
 pub use tables::{AclAnswer, AclRead, AclSnapshot, AclTables, Resolved};
 
@@ -193,6 +193,23 @@ pub enum AclWrite {
     RoleDelete {
         /// Its ID.
         id: String,
+    },
+    /// What a secondary datacenter copies from the primary (ACL replication): these
+    /// deletions, then these objects as the primary holds them. Local tokens are never
+    /// touched, and links are not checked (a token may name a policy copied later).
+    Replicate {
+        /// Policies to create or replace.
+        policies: Vec<Policy>,
+        /// Roles to create or replace.
+        roles: Vec<Role>,
+        /// Global tokens to create or replace.
+        tokens: Vec<Token>,
+        /// IDs of policies to delete.
+        delete_policies: Vec<String>,
+        /// IDs of roles to delete.
+        delete_roles: Vec<String>,
+        /// AccessorIDs of global tokens to delete.
+        delete_tokens: Vec<String>,
     },
 }
 

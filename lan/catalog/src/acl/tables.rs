@@ -559,6 +559,128 @@ impl AclTables {
                     self.roles_index = index;
                 }
             }
+            AclWrite::Replicate {
+                policies,
+                roles,
+                tokens,
+                delete_policies,
+                delete_roles,
+                delete_tokens,
+            } => self.replicate(
+                index,
+                policies,
+                roles,
+                tokens,
+                delete_policies,
+                delete_roles,
+                delete_tokens,
+            )?,
+        }
+        Ok(())
+    }
+
+    /// Applies what replication copied, whole or not at all (checked first).
+    #[allow(clippy::too_many_arguments)]
+    fn replicate(
+        &mut self,
+        index: u64,
+        policies: &[Policy],
+        roles: &[Role],
+        tokens: &[Token],
+        delete_policies: &[String],
+        delete_roles: &[String],
+        delete_tokens: &[String],
+    ) -> Result<(), ApplyError> {
+        let mut parsed = Vec::with_capacity(policies.len());
+        for p in policies {
+            let rules = Rules::parse(&p.rules)
+                .map_err(|e| ApplyError::Acl(format!("replicated policy {:?}: {e}", p.name)))?;
+            parsed.push(Arc::new(rules));
+        }
+        if let Some(t) = tokens.iter().find(|t| t.local || t.secret_id.is_empty()) {
+            return Err(ApplyError::Acl(format!(
+                "replication copies global tokens with their secrets only ({})",
+                t.accessor_id
+            )));
+        }
+        if let Some(t) = tokens.iter().find(|t| {
+            self.by_secret
+                .get(&t.secret_id)
+                .is_some_and(|a| *a != t.accessor_id && self.tokens.get(a).is_some_and(|o| o.local))
+        }) {
+            return Err(ApplyError::Acl(format!(
+                "replicated token {} has the secret of a local token",
+                t.accessor_id
+            )));
+        }
+        for id in delete_policies {
+            if id != MANAGEMENT_POLICY_ID && self.policies.remove(id).is_some() {
+                self.parsed.remove(id);
+                self.policies_index = index;
+            }
+        }
+        for id in delete_roles {
+            if self.roles.remove(id).is_some() {
+                self.roles_index = index;
+            }
+        }
+        for accessor in delete_tokens {
+            if self.tokens.get(accessor).is_some_and(|t| !t.local)
+                && let Some(t) = self.tokens.remove(accessor)
+            {
+                self.by_secret.remove(&t.secret_id);
+                self.tokens_index = index;
+            }
+        }
+        for (p, rules) in policies.iter().zip(parsed) {
+            // A name the primary moved to another policy is freed here first.
+            let clashing: Vec<String> = self
+                .policies
+                .iter()
+                .filter(|(id, other)| **id != p.id && other.name == p.name)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in clashing {
+                self.policies.remove(&id);
+                self.parsed.remove(&id);
+            }
+            self.parsed.insert(p.id.clone(), rules);
+            let mut stored = p.clone();
+            stored.create_index = self.policies.get(&p.id).map_or(index, |e| e.create_index);
+            stored.modify_index = index;
+            self.policies.insert(p.id.clone(), stored);
+            self.policies_index = index;
+        }
+        for r in roles {
+            self.roles
+                .retain(|id, other| *id == r.id || other.name != r.name);
+            let mut stored = r.clone();
+            stored.create_index = self.roles.get(&r.id).map_or(index, |e| e.create_index);
+            stored.modify_index = index;
+            self.roles.insert(r.id.clone(), stored);
+            self.roles_index = index;
+        }
+        for t in tokens {
+            if let Some(old) = self.tokens.get(&t.accessor_id) {
+                self.by_secret.remove(&old.secret_id.clone());
+            }
+            // Another global token with this secret (made here before replication
+            // started) gives way to the primary's.
+            if let Some(other) = self.by_secret.remove(&t.secret_id)
+                && other != t.accessor_id
+            {
+                self.tokens.remove(&other);
+            }
+            let mut stored = t.clone();
+            stored.create_index = self
+                .tokens
+                .get(&t.accessor_id)
+                .map_or(index, |e| e.create_index);
+            stored.modify_index = index;
+            self.by_secret
+                .insert(stored.secret_id.clone(), stored.accessor_id.clone());
+            self.tokens.insert(stored.accessor_id.clone(), stored);
+            self.tokens_index = index;
         }
         Ok(())
     }
