@@ -337,7 +337,7 @@ impl Gateway {
     ) -> Result<QueryResult, RouteError> {
         let call = || Call::Read {
             query: query.clone(),
-            options: options.to_sent(self.lan.agent_token()),
+            options: options.to_sent(self.lan.agent_token().as_deref()),
         };
         match route {
             // The server RPC layer bounds these.
@@ -478,7 +478,7 @@ impl Gateway {
         let call = Call::Write {
             command: Box::new(command),
             timeout_ms: remaining_ms(deadline),
-            token: principal.to_wire(self.lan.agent_token()),
+            token: principal.to_wire(self.lan.agent_token().as_deref()),
         };
         let reply = match self.route(dc)? {
             Route::Local => {

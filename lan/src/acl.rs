@@ -8,7 +8,7 @@
 //! token for it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use catalog::acl::{ANONYMOUS_ACCESSOR, ANONYMOUS_SECRET, Authorizer, Caller, Rules};
@@ -30,8 +30,9 @@ pub enum DownPolicy {
     AsyncCache,
 }
 
-/// The agent's ACL settings (`acl { … }` in its configuration).
-#[derive(Debug, Clone, Default)]
+/// The agent's ACL settings (`acl { … }` in its configuration). Its `Debug` form says
+/// which tokens are set, never their values.
+#[derive(Clone, Default)]
 pub struct AclConfig {
     /// `default_policy = "allow"` (else deny).
     pub default_allow: bool,
@@ -45,6 +46,8 @@ pub struct AclConfig {
     pub agent_token: Option<String>,
     /// `tokens.default`: what requests that present no token act as.
     pub default_token: Option<String>,
+    /// `tokens.dns`: what DNS questions act as (else the default token).
+    pub dns_token: Option<String>,
     /// `tokens.initial_management`: a management token the leader creates if missing.
     pub initial_management: Option<String>,
     /// `primary_datacenter`, when it is another datacenter: this one is a secondary,
@@ -54,6 +57,140 @@ pub struct AclConfig {
     pub replication_token: Option<String>,
     /// `enable_token_replication`: a secondary copies global tokens too.
     pub token_replication: bool,
+}
+
+impl std::fmt::Debug for AclConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |t: &Option<String>| t.as_ref().map(|_| "redacted");
+        f.debug_struct("AclConfig")
+            .field("default_allow", &self.default_allow)
+            .field("down_policy", &self.down_policy)
+            .field("key_list", &self.key_list)
+            .field("token_ttl", &self.token_ttl)
+            .field("agent_token", &shown(&self.agent_token))
+            .field("default_token", &shown(&self.default_token))
+            .field("dns_token", &shown(&self.dns_token))
+            .field("initial_management", &shown(&self.initial_management))
+            .finish()
+    }
+}
+
+/// One of the tokens an agent keeps for itself (Consul's `acl.tokens.*` and the types of
+/// `PUT /v1/agent/token/:type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// `default`: what requests that present no token act as.
+    Default,
+    /// `agent`: what the agent's own requests present (else the default token).
+    Agent,
+    /// `agent_recovery`: kept, not used (proconsul has no offline agent access).
+    AgentRecovery,
+    /// `replication`: kept, not used by this agent.
+    Replication,
+    /// `config_file_service_registration`: kept, not used by this agent.
+    ConfigFileServiceRegistration,
+    /// `dns`: what DNS questions act as (else the default token).
+    Dns,
+}
+
+/// The tokens this agent uses for itself, changeable while it runs: they start as the
+/// configuration says and `PUT /v1/agent/token/:type` replaces them. Nothing is written
+/// to disk (Consul keeps them only with `acl.enable_token_persistence`). Its `Debug` form
+/// shows which are set, never their values.
+#[derive(Default)]
+pub struct Tokens {
+    slots: RwLock<Slots>,
+}
+
+#[derive(Default)]
+struct Slots {
+    default: Option<String>,
+    agent: Option<String>,
+    agent_recovery: Option<String>,
+    replication: Option<String>,
+    config_file_service_registration: Option<String>,
+    dns: Option<String>,
+}
+
+impl Slots {
+    fn slot(&mut self, kind: TokenKind) -> &mut Option<String> {
+        match kind {
+            TokenKind::Default => &mut self.default,
+            TokenKind::Agent => &mut self.agent,
+            TokenKind::AgentRecovery => &mut self.agent_recovery,
+            TokenKind::Replication => &mut self.replication,
+            TokenKind::ConfigFileServiceRegistration => &mut self.config_file_service_registration,
+            TokenKind::Dns => &mut self.dns,
+        }
+    }
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.slots.read().unwrap_or_else(|e| e.into_inner());
+        let shown = |t: &Option<String>| t.as_ref().map(|_| "redacted");
+        f.debug_struct("Tokens")
+            .field("default", &shown(&s.default))
+            .field("agent", &shown(&s.agent))
+            .field("agent_recovery", &shown(&s.agent_recovery))
+            .field("replication", &shown(&s.replication))
+            .field(
+                "config_file_service_registration",
+                &shown(&s.config_file_service_registration),
+            )
+            .field("dns", &shown(&s.dns))
+            .finish()
+    }
+}
+
+impl Tokens {
+    /// The tokens the configuration gives (none when ACLs are off).
+    pub fn new(config: Option<&AclConfig>) -> Tokens {
+        let tokens = Tokens::default();
+        if let Some(c) = config {
+            tokens.set(TokenKind::Default, c.default_token.clone());
+            tokens.set(TokenKind::Agent, c.agent_token.clone());
+            tokens.set(TokenKind::Dns, c.dns_token.clone());
+        }
+        tokens
+    }
+
+    /// Replaces one token; an empty one unsets it, as Consul's store does.
+    pub fn set(&self, kind: TokenKind, token: Option<String>) {
+        let mut slots = self.slots.write().unwrap_or_else(|e| e.into_inner());
+        *slots.slot(kind) = token.filter(|t| !t.is_empty());
+    }
+
+    /// One token as set.
+    pub fn get(&self, kind: TokenKind) -> Option<String> {
+        let s = self.slots.read().unwrap_or_else(|e| e.into_inner());
+        match kind {
+            TokenKind::Default => s.default.clone(),
+            TokenKind::Agent => s.agent.clone(),
+            TokenKind::AgentRecovery => s.agent_recovery.clone(),
+            TokenKind::Replication => s.replication.clone(),
+            TokenKind::ConfigFileServiceRegistration => s.config_file_service_registration.clone(),
+            TokenKind::Dns => s.dns.clone(),
+        }
+    }
+
+    /// What the agent's own requests present: the agent token, else the default one
+    /// (Consul's fallback).
+    pub fn agent(&self) -> Option<String> {
+        self.get(TokenKind::Agent)
+            .or_else(|| self.get(TokenKind::Default))
+    }
+
+    /// What requests that present no token act as.
+    pub fn default_token(&self) -> Option<String> {
+        self.get(TokenKind::Default)
+    }
+
+    /// What DNS questions act as: the DNS token, else the default one.
+    pub fn dns(&self) -> Option<String> {
+        self.get(TokenKind::Dns)
+            .or_else(|| self.get(TokenKind::Default))
+    }
 }
 
 /// Nanoseconds since the Unix epoch now, as token expiry counts time.
@@ -71,6 +208,8 @@ pub(crate) struct NotFound;
 #[derive(Debug, Clone)]
 pub(crate) struct Acl {
     config: Arc<AclConfig>,
+    /// The agent's own tokens, as they are now.
+    tokens: Arc<Tokens>,
     datacenter: String,
     /// Callers resolved since the ACL tables last changed, by secret: resolving merges
     /// every policy of a token, which a request should not pay for each time.
@@ -89,9 +228,10 @@ struct Resolution {
 const MOST_RESOLVED: usize = 4096;
 
 impl Acl {
-    pub(crate) fn new(config: Arc<AclConfig>, datacenter: String) -> Acl {
+    pub(crate) fn new(config: Arc<AclConfig>, tokens: Arc<Tokens>, datacenter: String) -> Acl {
         Acl {
             config,
+            tokens,
             datacenter,
             resolved: Arc::default(),
         }
@@ -174,9 +314,9 @@ impl Acl {
         Ok(Some(caller))
     }
 
-    /// The settings.
-    pub(crate) fn config(&self) -> &AclConfig {
-        &self.config
+    /// The token this server presents for its own requests to other servers.
+    pub(crate) fn agent_token(&self) -> Option<String> {
+        self.tokens.agent()
     }
 }
 
@@ -334,6 +474,36 @@ mod tests {
             settle(&config, Some(None), &remembered, &token).err(),
             Some(AuthError::NotFound),
             "a token the servers do not know"
+        );
+    }
+
+    #[test]
+    fn agent_tokens_change_at_runtime_and_fall_back_to_the_default() {
+        let config = AclConfig {
+            agent_token: Some("a".into()),
+            ..AclConfig::default()
+        };
+        let tokens = Tokens::new(Some(&config));
+        assert_eq!(tokens.agent().as_deref(), Some("a"));
+        assert_eq!(tokens.default_token(), None);
+        tokens.set(TokenKind::Default, Some("d".into()));
+        assert_eq!(
+            tokens.dns().as_deref(),
+            Some("d"),
+            "dns falls back to default"
+        );
+        tokens.set(TokenKind::Agent, Some(String::new()));
+        assert_eq!(
+            tokens.agent().as_deref(),
+            Some("d"),
+            "agent falls back to default"
+        );
+        tokens.set(TokenKind::Dns, Some("n".into()));
+        assert_eq!(tokens.dns().as_deref(), Some("n"));
+        let shown = format!("{tokens:?}");
+        assert!(
+            !shown.contains("\"d\"") && !shown.contains("\"n\""),
+            "{shown}"
         );
     }
 

@@ -34,7 +34,7 @@
 #![warn(missing_docs)]
 
 pub mod acl;
-pub use acl::{AclConfig, AuthError, DownPolicy};
+pub use acl::{AclConfig, AuthError, DownPolicy, TokenKind, Tokens};
 pub use catalog::acl::Caller;
 mod autopilot;
 mod checks;
@@ -175,6 +175,8 @@ struct Inner {
     relay: std::sync::OnceLock<Arc<dyn Relay>>,
     /// On a client agent with ACLs on: what its servers said tokens may do.
     remembered: acl::Remembered,
+    /// The agent's own tokens as they are now (shared with the server's resolver).
+    tokens: Arc<acl::Tokens>,
 }
 
 /// Handle to this agent's datacenter layer. Cheap to clone.
@@ -322,6 +324,7 @@ impl Lan {
             tasks.clone(),
             shutdown.child_token(),
         );
+        let tokens = Arc::new(acl::Tokens::new(config.acl.as_deref()));
         let role = match (server_addr, opened) {
             (Some(addr), Some(opened)) => {
                 let (consensus, catalog) = raft::Consensus::start(
@@ -366,10 +369,9 @@ impl Lan {
                     pool.clone(),
                     rpc.clone(),
                     config.kv_replication.clone(),
-                    config
-                        .acl
-                        .clone()
-                        .map(|a| acl::Acl::new(a, config.datacenter.as_str().to_owned())),
+                    config.acl.clone().map(|a| {
+                        acl::Acl::new(a, tokens.clone(), config.datacenter.as_str().to_owned())
+                    }),
                 )))
             }
             _ => Role::Client {
@@ -392,6 +394,7 @@ impl Lan {
                 server_addr,
                 relay: std::sync::OnceLock::new(),
                 remembered: acl::Remembered::default(),
+                tokens,
             }),
         };
         if let (Some(listener), Role::Server(server)) = (listener, &lan.inner.role) {
@@ -445,14 +448,31 @@ impl Lan {
         &self.inner.config
     }
 
-    /// The token this agent presents for its own requests (`acl.tokens.agent`).
-    pub fn agent_token(&self) -> Option<&str> {
-        self.inner.config.acl.as_ref()?.agent_token.as_deref()
+    /// The token this agent presents for its own requests: `acl.tokens.agent`, else
+    /// `acl.tokens.default`, as last set (see [`Lan::tokens`]); `None` with ACLs off.
+    pub fn agent_token(&self) -> Option<String> {
+        self.inner.config.acl.as_ref()?;
+        self.inner.tokens.agent()
     }
 
-    /// The token requests that present none act as (`acl.tokens.default`).
-    pub fn default_token(&self) -> Option<&str> {
-        self.inner.config.acl.as_ref()?.default_token.as_deref()
+    /// The token requests that present none act as (`acl.tokens.default`, as last
+    /// set); `None` with ACLs off.
+    pub fn default_token(&self) -> Option<String> {
+        self.inner.config.acl.as_ref()?;
+        self.inner.tokens.default_token()
+    }
+
+    /// The token DNS questions act as: `acl.tokens.dns`, else the default token;
+    /// `None` with ACLs off.
+    pub fn dns_token(&self) -> Option<String> {
+        self.inner.config.acl.as_ref()?;
+        self.inner.tokens.dns()
+    }
+
+    /// The agent's own tokens, which `PUT /v1/agent/token/:type` replaces while the
+    /// agent runs; requests made after a change use the new token.
+    pub fn tokens(&self) -> &acl::Tokens {
+        &self.inner.tokens
     }
 
     /// Whether ACLs are on.
@@ -476,7 +496,7 @@ impl Lan {
         match &self.inner.role {
             Role::Server(server) => server.caller(principal).map_err(|_| AuthError::NotFound),
             Role::Client { .. } => {
-                let token = principal.to_wire(self.agent_token());
+                let token = principal.to_wire(self.agent_token().as_deref());
                 let remembered = &self.inner.remembered;
                 if let Some(grant) = remembered.get(&token, Some(config.token_ttl)) {
                     return acl::settle(config, Some(grant), remembered, &token).map(Some);
@@ -538,7 +558,7 @@ impl Lan {
             Role::Client { .. } => {
                 let request = server::Request::Read {
                     query: query.clone(),
-                    options: options.to_sent(self.agent_token()),
+                    options: options.to_sent(self.agent_token().as_deref()),
                     forwarded: false,
                 };
                 match self
@@ -553,8 +573,8 @@ impl Lan {
     }
 
     /// Reads the local copy of the catalog at once, whatever the leader's state (DNS's
-    /// default `allow_stale`), as the agent's default token (else anonymous) may see it:
-    /// with ACLs on, what it may not read is left out, and a lookup it may not make
+    /// default `allow_stale`), as the agent's DNS token (else its default token, else
+    /// anonymous) may see it: with ACLs on, what it may not read is left out, and a lookup it may not make
     /// finds nothing. `None` on a client agent, which holds no copy.
     pub fn read_stale(&self, query: &Query) -> Option<(Answer, u64)> {
         let Role::Server(server) = &self.inner.role else {
@@ -562,7 +582,7 @@ impl Lan {
         };
         let (mut answer, index) = server.catalog().query(query);
         if self.inner.config.acl.is_some() {
-            let principal = Principal::from_wire(self.default_token().map(str::to_owned));
+            let principal = Principal::from_wire(self.dns_token());
             match server.caller(&principal) {
                 Ok(None) => {}
                 Ok(Some(c)) if c.check_read(query).is_ok() => {
@@ -599,7 +619,7 @@ impl Lan {
                     command,
                     timeout_ms: remaining_ms(deadline),
                     forwarded: false,
-                    token: principal.to_wire(self.agent_token()),
+                    token: principal.to_wire(self.agent_token().as_deref()),
                 };
                 match self.forward(&request, deadline + FORWARD_MARGIN).await? {
                     server::Response::Write(r) => r,

@@ -88,6 +88,7 @@ pub(super) fn settings(m: &RawConfig, problems: &mut Vec<Problem>) -> Option<Arc
         token_ttl,
         agent_token: tokens.agent.filter(|t| !t.is_empty()),
         default_token: tokens.default.filter(|t| !t.is_empty()),
+        dns_token: tokens.dns.filter(|t| !t.is_empty()),
         initial_management,
         primary_datacenter,
         replication_token: tokens.replication.filter(|t| !t.is_empty()),

@@ -125,8 +125,8 @@ node_prefix "" { policy = "read" }
         json!({"Description": "app", "Roles": [{"ID": role["ID"]}]}),
     )
     .await;
-    let app = token["SecretID"].as_str().unwrap().to_owned();
-    let app = Some(app.as_str());
+    let app_secret = token["SecretID"].as_str().unwrap().to_owned();
+    let app = Some(app_secret.as_str());
     let unknown = Some("0f1e2d3c-4b5a-4978-8a9b-0c1d2e3f4a5b");
 
     // Something to read: a key outside the token's prefix and the `web` service.
@@ -268,6 +268,57 @@ node_prefix "" { policy = "read" }
         .await;
     }
 
+    // The agent's default token, set while it runs, is what anonymous requests act as
+    // there, at once; other agents are not changed. Setting it needs `acl:write`.
+    let set_default = |token: &str| json!({"Token": token}).to_string();
+    let (status, body) = call(
+        client,
+        Method::PUT,
+        "/v1/agent/token/default",
+        app,
+        &set_default(&app_secret),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("lacks permission 'acl:write'"), "{body}");
+    let (status, body) = call(
+        client,
+        Method::PUT,
+        "/v1/agent/token/bogus",
+        Some(MANAGEMENT),
+        &set_default(""),
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (404, "Token \"bogus\" is unknown"));
+    let (status, body) = call(
+        client,
+        Method::PUT,
+        "/v1/agent/token/acl_token",
+        Some(MANAGEMENT),
+        &set_default(&app_secret),
+    )
+    .await;
+    assert_eq!(status, 200, "the old name of default: {body}");
+    let (status, body) = call(client, Method::GET, "/v1/kv/app/y", None, "").await;
+    assert_eq!(
+        status, 200,
+        "anonymous acts as the new default token: {body}"
+    );
+    assert!(body.contains("\"Key\":\"app/y\""), "{body}");
+    let (status, _) = call(server, Method::GET, "/v1/kv/app/y", None, "").await;
+    assert_eq!(status, 403, "the server's default token is unchanged");
+    let (status, body) = call(
+        client,
+        Method::PUT,
+        "/v1/agent/token/default",
+        Some(MANAGEMENT),
+        &set_default(""),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = call(client, Method::GET, "/v1/kv/app/y", None, "").await;
+    assert_eq!(status, 403, "an empty token unsets the default");
+
     // A revoked token stops working at once for what servers decide.
     let (status, body) = call(
         server,
@@ -311,6 +362,10 @@ async fn acl_endpoints_say_acls_are_off_when_they_are() {
         );
     }
     let r = agent.put("/v1/acl/bootstrap", "").await;
+    assert_eq!((r.status, r.body.as_str()), (401, "ACL support disabled"));
+    let r = agent
+        .put("/v1/agent/token/default", r#"{"Token":"x"}"#)
+        .await;
     assert_eq!((r.status, r.body.as_str()), (401, "ACL support disabled"));
     agent.shutdown().await;
 }

@@ -331,10 +331,9 @@ impl Server {
             min_index: 0,
             deadline,
             max_stale: None,
-            // DNS answers under the agent's default token (else anonymous), as Consul's.
-            principal: catalog::Principal::from_wire(
-                self.gateway.lan().default_token().map(str::to_owned),
-            ),
+            // DNS answers under the agent's DNS token, else its default token (else
+            // anonymous), as Consul's.
+            principal: catalog::Principal::from_wire(self.gateway.lan().dns_token()),
         };
         match need {
             Need::Read { dc, query } => {

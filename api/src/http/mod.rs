@@ -7,6 +7,7 @@
 
 mod acl;
 pub(crate) mod agent;
+mod agent_token;
 pub(crate) mod catalog;
 mod coordinate;
 mod deadline;
@@ -279,8 +280,7 @@ impl axum::extract::FromRequestParts<Context> for Params {
         ctx: &Context,
     ) -> Result<Params, Self::Rejection> {
         let mut params = Params::parse(parts.uri.query());
-        let token = presented_token(&params, &parts.headers)
-            .or_else(|| ctx.lan.default_token().map(str::to_owned));
+        let token = presented_token(&params, &parts.headers).or_else(|| ctx.lan.default_token());
         params.principal = Principal::from_wire(token);
         Ok(params)
     }
@@ -644,6 +644,7 @@ pub(crate) fn router(ctx: Context, max_body_bytes: usize) -> Router {
                 .delete(keyring::remove),
         )
         .route("/v1/agent/reload", put(agent::reload))
+        .route("/v1/agent/token/{kind}", put(agent_token::set))
         .route(
             "/v1/query",
             get(query::list).post(query::create).put(query::create),

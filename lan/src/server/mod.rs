@@ -164,7 +164,7 @@ impl Server {
                                 max_stale: None,
                                 ..options.clone()
                             }
-                            .to_sent(self.agent_token()),
+                            .to_sent(self.agent_token().as_deref()),
                             forwarded: true,
                         };
                         let call = self.call(addr, &request, options.deadline + FORWARD_MARGIN);
@@ -261,8 +261,8 @@ impl Server {
     }
 
     /// The token this server sends for its own requests to other servers.
-    fn agent_token(&self) -> Option<&str> {
-        self.acl.as_ref()?.config().agent_token.as_deref()
+    fn agent_token(&self) -> Option<String> {
+        self.acl.as_ref()?.agent_token()
     }
 
     /// Writes through Raft on the leader: here, or forwarded to it.
@@ -273,7 +273,7 @@ impl Server {
         principal: &Principal,
         forwarded: bool,
     ) -> Result<Written, WriteError> {
-        let token = principal.to_wire(self.agent_token());
+        let token = principal.to_wire(self.agent_token().as_deref());
         self.on_leader(
             command,
             deadline,
