@@ -13,6 +13,7 @@
 #![allow(missing_docs, unreachable_pub)]
 #![allow(clippy::print_stdout)]
 
+mod acl;
 mod agent;
 mod catalog;
 mod gossip;
@@ -45,6 +46,11 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Manages ACLs: bootstrap, policies, tokens, roles, the agent's tokens
+    Acl {
+        #[command(subcommand)]
+        command: acl::AclCommand,
+    },
     /// Runs an agent
     Agent(Box<agent::AgentArgs>),
     /// Interacts with the catalog
@@ -275,7 +281,9 @@ pub fn end_go_flags(mut args: Vec<OsString>, start: usize, value_flags: &[&str])
 
 /// Runs the command line; returns the process exit code.
 pub fn run(args: Vec<OsString>) -> ExitCode {
-    let args = watch::go_flag_order(lock::go_flag_order(kv::go_flag_order(args)));
+    let args = acl::go_flag_order(watch::go_flag_order(lock::go_flag_order(
+        kv::go_flag_order(args),
+    )));
     let cli = match Cli::try_parse_from(normalize(args)) {
         Ok(cli) => cli,
         Err(e) => {
@@ -289,6 +297,7 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
     };
     match cli.command {
         Command::Agent(args) => agent::run(*args),
+        Command::Acl { command } => client_command(|| acl::run(command)),
         Command::Version => {
             println!("proconsul v{}", proconsul::VERSION);
             println!("{}", proconsul::PROTOCOL_LINE);

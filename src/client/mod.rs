@@ -64,12 +64,14 @@
 //! agent itself only uses the raw [`Client`], for the watches of its configuration
 //! ([`crate::watch`]). It depends on none of the workspace's crates.
 
+mod acl;
 pub mod http;
 mod types;
 
 pub use self::http::{
     AddressError, Client, RequestError, Response, TlsOptions, encode, encode_segment,
 };
+pub use acl::{AclLink, AclNodeIdentity, AclPolicy, AclRole, AclServiceIdentity, AclToken};
 pub use types::*;
 
 use std::collections::BTreeMap;
