@@ -10,6 +10,7 @@
 )]
 
 mod acl;
+mod acl_cli;
 mod anti_entropy;
 mod client;
 mod cluster;

@@ -17,6 +17,8 @@ pub fn run(args: &[&str]) -> std::process::Output {
         .env_remove("CONSUL_HTTP_ADDR")
         .env_remove("CONSUL_HTTP_SSL")
         .env_remove("CONSUL_CACERT")
+        .env_remove("CONSUL_HTTP_TOKEN")
+        .env_remove("CONSUL_HTTP_TOKEN_FILE")
         .output()
         .unwrap()
 }
