@@ -55,6 +55,12 @@
 //! [`AgentClient::session_create`] makes, [`AgentClient::session_renew`] keeps alive and
 //! [`AgentClient::session_destroy`] ends.
 //!
+//! ACLs: tokens, policies and roles ([`AclToken`], [`AclPolicy`], [`AclRole`]) are
+//! made, read, listed, changed and deleted with the `acl_*` methods
+//! ([`AgentClient::acl_bootstrap`], [`AgentClient::acl_token_create`], …), and the agent's
+//! own tokens are replaced with [`AgentClient::agent_token_set`]; a client built with
+//! [`Client::with_token`] presents its token with every request.
+//!
 //! Every request is bounded by [`http::REQUEST_TIMEOUT`]; blocking queries therefore
 //! wait at most [`MAX_WAIT`]. The raw client, [`Client`] (from [`http`]), stays available
 //! ([`AgentClient::http`]) for the endpoints this module does not type; the CLI verbs
