@@ -269,7 +269,8 @@ node_prefix "" { policy = "read" }
     }
 
     // The agent's default token, set while it runs, is what anonymous requests act as
-    // there, at once; other agents are not changed. Setting it needs `acl:write`.
+    // there, at once; other agents are not changed. Setting it needs `agent:write` on
+    // the node.
     let set_default = |token: &str| json!({"Token": token}).to_string();
     let (status, body) = call(
         client,
@@ -280,7 +281,10 @@ node_prefix "" { policy = "read" }
     )
     .await;
     assert_eq!(status, 403, "{body}");
-    assert!(body.contains("lacks permission 'acl:write'"), "{body}");
+    assert!(
+        body.contains("lacks permission 'agent:write' on \"client-1\""),
+        "{body}"
+    );
     let (status, body) = call(
         client,
         Method::PUT,

@@ -27,7 +27,8 @@ fn kind(name: &str) -> Option<TokenKind> {
     })
 }
 
-/// `PUT /v1/agent/token/:type` with `{"Token": "…"}`; needs `acl:write`. With ACLs off
+/// `PUT /v1/agent/token/:type` with `{"Token": "…"}`; needs `agent:write` on this node
+/// (what Consul's code checks; its documentation still says `acl:write`). With ACLs off
 /// it answers 401 `ACL support disabled`, and an unknown type 404
 /// `Token "X" is unknown`, as Consul's.
 pub(crate) async fn set(
@@ -39,7 +40,14 @@ pub(crate) async fn set(
     if !ctx.lan.acl_enabled() {
         return Err(ApiError::Unauthorized("ACL support disabled".into()));
     }
-    gate::require(&ctx, &params, Resource::Acl, "", Access::Write).await?;
+    gate::require(
+        &ctx,
+        &params,
+        Resource::Agent,
+        ctx.lan.node_name(),
+        Access::Write,
+    )
+    .await?;
     let value = parse_body(&body)?;
     let token = match token_field(&value) {
         None | Some(Value::Null) => None,
