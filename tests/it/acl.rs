@@ -536,3 +536,90 @@ async fn a_secondary_copies_the_primarys_acls_and_keeps_them_when_the_primary_is
     assert_eq!((status, body.as_str()), (403, "ACL not found"));
     b.agent.stop(false).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_default_allow_only_rules_take_away_and_acls_stay_closed() {
+    let config = json!({
+        "acl": {"enabled": true, "default_policy": "allow",
+                "tokens": {"initial_management": MANAGEMENT, "agent": MANAGEMENT}}
+    })
+    .to_string();
+    let cluster = Cluster::start(1, |s| s.config = Some(config.clone())).await;
+    let (server, client) = (cluster.server(), &cluster.members[1]);
+    eventually(secs(30), "the initial management token", || async {
+        let (status, body) = call(
+            server,
+            Method::GET,
+            "/v1/acl/token/self",
+            Some(MANAGEMENT),
+            "",
+        )
+        .await;
+        if status == 200 {
+            Ok(())
+        } else {
+            Err(format!("{status} {body}"))
+        }
+    })
+    .await;
+    create(
+        server,
+        "/v1/acl/policy",
+        json!({"Name": "no-secrets", "Rules": "key_prefix \"secret/\" { policy = \"deny\" }\noperator = \"read\""}),
+    )
+    .await;
+    let token = create(
+        server,
+        "/v1/acl/token",
+        json!({"Policies": [{"Name": "no-secrets"}]}),
+    )
+    .await;
+    let limited = token["SecretID"].as_str().map(str::to_owned);
+    let limited = limited.as_deref();
+    let cases: Vec<(Method, &str, &str, Option<&str>, u16)> = vec![
+        (Method::PUT, "/v1/kv/open/x", "1", None, 200),
+        (Method::PUT, "/v1/kv/secret/x", "1", None, 200),
+        (Method::PUT, "/v1/kv/secret/x", "1", limited, 403),
+        (Method::GET, "/v1/kv/open/x", "", limited, 200),
+        (Method::GET, "/v1/kv/secret/x", "", limited, 403),
+        (Method::GET, "/v1/agent/self", "", None, 200),
+        (
+            Method::GET,
+            "/v1/operator/raft/configuration",
+            "",
+            limited,
+            200,
+        ),
+        (
+            Method::DELETE,
+            "/v1/operator/raft/peer?id=nobody",
+            "",
+            limited,
+            403,
+        ),
+        (Method::GET, "/v1/acl/tokens", "", None, 403),
+        (Method::GET, "/v1/acl/policies", "", limited, 403),
+        (Method::PUT, "/v1/acl/policy", r#"{"Name":"x"}"#, None, 403),
+    ];
+    for m in [server, client] {
+        for (method, path, body, token, want) in &cases {
+            let (status, text) = call(m, method.clone(), path, *token, body).await;
+            assert_eq!(
+                status, *want,
+                "{} {method} {path} with {token:?}: {text}",
+                m.name
+            );
+        }
+        let r = m.get(&with("/v1/kv/?recurse", limited)).await;
+        let keys: Vec<String> = serde_json::from_str::<Value>(&r.body)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["Key"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(keys, ["open/x"], "the denied prefix is left out");
+        assert_eq!(r.header("x-consul-results-filtered-by-acls"), Some("true"));
+    }
+    cluster.shutdown().await;
+}
