@@ -46,13 +46,11 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::{Buf, Bytes, BytesMut};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
+use hyper::{Method, StatusCode};
+use proconsul_bench::http::Conn;
 use rand::seq::SliceRandom;
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
@@ -176,65 +174,6 @@ fn parse_args() -> Result<Args, String> {
         .parse()
         .map_err(|_| format!("the URL must be http://IP:PORT, not {url}"))?;
     Ok(args)
-}
-
-/// One keep-alive HTTP/1.1 connection.
-struct Conn {
-    sender: SendRequest<Full<Bytes>>,
-    host: String,
-}
-
-type Reply = (StatusCode, hyper::HeaderMap, Bytes);
-
-impl Conn {
-    async fn open(addr: SocketAddr) -> Result<Conn, String> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(Conn {
-            sender,
-            host: addr.to_string(),
-        })
-    }
-
-    async fn send(
-        &mut self,
-        method: Method,
-        path: &str,
-        body: Bytes,
-    ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, &self.host)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body))
-            .map_err(|e| e.to_string())?;
-        self.sender.ready().await.map_err(|e| e.to_string())?;
-        self.sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("{path}: {e}"))
-    }
-
-    /// Sends a request and reads the whole answer.
-    async fn call(&mut self, method: Method, path: &str, body: Bytes) -> Result<Reply, String> {
-        let response = self.send(method, path, body).await?;
-        let (parts, body) = response.into_parts();
-        let bytes = body
-            .collect()
-            .await
-            .map_err(|e| format!("{path}: {e}"))?
-            .to_bytes();
-        Ok((parts.status, parts.headers, bytes))
-    }
 }
 
 fn b64(s: &str) -> String {

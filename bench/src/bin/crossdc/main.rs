@@ -29,16 +29,12 @@
 
 #![allow(clippy::print_stdout, missing_docs)]
 
-mod proxy;
+use proconsul_bench::delay::{DelayProxy, MAX_DATAGRAM};
 
-use proxy::{DelayProxy, MAX_DATAGRAM};
-
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};

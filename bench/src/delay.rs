@@ -1,6 +1,18 @@
-//! A userspace UDP relay that delays every datagram, for the cross-datacenter bench.
+//! A userspace UDP relay that delays every datagram: the WAN link of the benches that
+//! put datacenters a known round trip apart (QUIC runs over UDP, so relaying datagrams
+//! is enough). tc netem would need privileges the benches do not assume.
 
-use super::*;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// Most senders one delay proxy relays for; datagrams from further senders are dropped.
 const MAX_SESSIONS: usize = 64;
@@ -8,7 +20,7 @@ const MAX_SESSIONS: usize = 64;
 /// that the link is full and further datagrams are dropped, as a router's queue would.
 const QUEUE_DATAGRAMS: usize = 4096;
 /// Largest UDP payload.
-pub(crate) const MAX_DATAGRAM: usize = 65_535;
+pub const MAX_DATAGRAM: usize = 65_535;
 
 /// A userspace UDP relay in front of `target` that holds every datagram for `delay` in
 /// each direction. NAT-style: each sender gets a relay socket of its own towards the
@@ -20,13 +32,16 @@ pub(crate) const MAX_DATAGRAM: usize = 65_535;
 /// timer rounds every deadline up to a whole millisecond and wakes up to another one
 /// late, about 1.2 ms per hop measured here: a tenth of a 20 ms hop, and more than what
 /// this bench is after. The delay is constant, so arrival order is due order.
-pub(crate) struct DelayProxy {
-    pub(crate) addr: SocketAddr,
-    pub(crate) stats: Arc<LinkStats>,
+pub struct DelayProxy {
+    /// Where senders send to reach the target.
+    pub addr: SocketAddr,
+    /// What the proxy relayed and dropped, and how late.
+    pub stats: Arc<LinkStats>,
 }
 
+/// Counters of one proxy, both directions together.
 #[derive(Default)]
-pub(crate) struct LinkStats {
+pub struct LinkStats {
     relayed: AtomicU64,
     dropped: AtomicU64,
     /// Sum and maximum of how long datagrams were held past their due time (timer
@@ -41,7 +56,7 @@ impl LinkStats {
     }
 
     /// Relayed, dropped, mean and max lateness in ms.
-    pub(crate) fn summary(&self) -> (u64, u64, f64, f64) {
+    pub fn summary(&self) -> (u64, u64, f64, f64) {
         let relayed = self.relayed.load(Ordering::Relaxed);
         let dropped = self.dropped.load(Ordering::Relaxed);
         let total = self.late_us_total.load(Ordering::Relaxed) as f64;
@@ -104,13 +119,28 @@ impl Wire {
 }
 
 impl DelayProxy {
-    pub(crate) async fn start(
+    /// Starts a proxy in front of `target` on an OS-chosen port of 127.0.0.1; it stops
+    /// with `stop`, its tasks tracked by `tasks`.
+    pub async fn start(
         target: SocketAddr,
         delay: Duration,
         tasks: &TaskTracker,
         stop: CancellationToken,
     ) -> std::io::Result<DelayProxy> {
-        let front = Arc::new(UdpSocket::bind(SocketAddr::new(LOOPBACK, 0)).await?);
+        DelayProxy::start_at(SocketAddr::new(LOOPBACK, 0), target, delay, tasks, stop).await
+    }
+
+    /// [`DelayProxy::start`] with the front socket bound to `front`: for a program that
+    /// cannot be told to advertise another port than the one it binds, the proxy can
+    /// take the same port on another loopback address, which the program advertises.
+    pub async fn start_at(
+        front: SocketAddr,
+        target: SocketAddr,
+        delay: Duration,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
+    ) -> std::io::Result<DelayProxy> {
+        let front = Arc::new(UdpSocket::bind(front).await?);
         let addr = front.local_addr()?;
         let stats = Arc::<LinkStats>::default();
         let out = Wire::open(tasks, stats.clone(), delay, stop.clone());
@@ -204,7 +234,7 @@ fn deliver(held: std::sync::mpsc::Receiver<Held>, stats: Arc<LinkStats>, stop: C
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        // At most the delay (bounded by MAX_DELAY_MS).
+        // At most the delay.
         let wait = next
             .due
             .saturating_duration_since(std::time::Instant::now());
