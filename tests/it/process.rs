@@ -2022,6 +2022,103 @@ fn destroying_the_holders_session_stops_its_command() {
     assert_eq!(keys_under(&http, "locks/"), Vec::<String>::new());
 }
 
+/// Two federated single-server datacenters in this process, dc1 (`a0`) and dc2 (`b0`,
+/// with `dc2_config` added to its config), for CLI processes to talk to; the runtime
+/// runs them while the test blocks.
+struct TwoDatacenters {
+    runtime: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+    a: crate::support::cluster::Member,
+    b: crate::support::cluster::Member,
+}
+
+impl TwoDatacenters {
+    fn start(dc2_config: serde_json::Value) -> TwoDatacenters {
+        use crate::support::cluster::{Member, Spec, leader_of};
+        use crate::wan::{server, tls_config};
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = runtime.block_on(async {
+            let ca = wan::tls::create_ca("consul", 30).unwrap();
+            let a = Member::start(server(
+                "a0",
+                "dc1",
+                1,
+                vec![],
+                tls_config(dir.path(), &ca, "a0", "dc1"),
+            ))
+            .await;
+            let mut config: serde_json::Value =
+                serde_json::from_str(&tls_config(dir.path(), &ca, "b0", "dc2")).unwrap();
+            for (k, v) in dc2_config.as_object().unwrap() {
+                config[k] = v.clone();
+            }
+            let b = Member::start(Spec {
+                join_wan: vec![a.wan_addr()],
+                ..server("b0", "dc2", 1, vec![], config.to_string())
+            })
+            .await;
+            leader_of(&[&a], 1).await;
+            leader_of(&[&b], 1).await;
+            (a, b)
+        });
+        let two = TwoDatacenters { runtime, dir, a, b };
+        let http_a = two.http_a();
+        wait_until("dc1 reaches dc2's KV store", || {
+            get_or_put(&http_a, hyper::Method::GET, "/v1/kv/?keys&dc=dc2", None) == 404
+        });
+        two
+    }
+
+    fn http_a(&self) -> String {
+        self.a.agent.http_addr().unwrap().to_string()
+    }
+
+    fn http_b(&self) -> String {
+        self.b.agent.http_addr().unwrap().to_string()
+    }
+
+    fn stop(self) {
+        let TwoDatacenters { runtime, a, b, .. } = self;
+        runtime.block_on(async {
+            a.agent.stop(false).await;
+            b.agent.stop(false).await;
+        });
+    }
+}
+
+#[test]
+fn lock_with_datacenter_holds_its_session_and_key_in_that_datacenter() {
+    let two = TwoDatacenters::start(serde_json::json!({}));
+    let (http_a, http_b) = (two.http_a(), two.http_b());
+    let dir = two.dir.path();
+    let (log, go) = (dir.join("log"), dir.join("go"));
+    let mut p = lock_process(
+        &http_a,
+        &["-datacenter=dc2", "locks/job", &gated(&log, &go, "a")],
+    );
+    wait_until("the command runs", || log_lines(&log) == ["start a"]);
+    let lock = get_json(&http_b, "/v1/kv/locks/job/.lock").unwrap();
+    let holder = lock[0]["Session"].as_str().unwrap().to_owned();
+    assert!(get_json(&http_b, &format!("/v1/session/info/{holder}")).is_some());
+    assert_eq!(session_count(&http_b), 1);
+    assert_eq!(session_count(&http_a), 0, "no session in dc1");
+    assert_eq!(keys_under(&http_a, "locks/"), Vec::<String>::new());
+
+    std::fs::write(&go, "").unwrap();
+    let status = p.wait(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", p.output());
+    assert_eq!(log_lines(&log), ["start a", "end a"]);
+    // Released, the session destroyed and the key removed, all in dc2.
+    assert_eq!(keys_under(&http_b, "locks/"), Vec::<String>::new());
+    assert_eq!(session_count(&http_b), 0);
+    two.stop();
+}
+
 /// Waits (at most 20 s) until the file at `path` exists and `pred` holds for its text;
 /// returns the text.
 fn wait_for_file(path: &std::path::Path, what: &str, pred: impl Fn(&str) -> bool) -> String {

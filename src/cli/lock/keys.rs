@@ -6,10 +6,12 @@ use super::*;
 // ---------------------------------------------------------------------------------------
 // The session
 
-/// Our session, renewed in the background until [`Session::end`].
+/// Our session in datacenter `dc` (the agent's own for `None`), renewed in the
+/// background until [`Session::end`].
 pub(super) struct Session {
     pub(super) client: AgentClient,
     pub(super) id: String,
+    pub(super) dc: Option<String>,
     pub(super) renewer: JoinHandle<()>,
 }
 
@@ -18,18 +20,20 @@ impl Session {
         client: &AgentClient,
         name: &str,
         behavior: &str,
+        dc: Option<String>,
     ) -> Result<Session, ClientError> {
         let request = SessionRequest {
             name: name.to_owned(),
             ttl: SESSION_TTL.to_owned(),
             behavior: behavior.to_owned(),
         };
-        let id = client.session_create(&request, None).await?;
+        let id = client.session_create(&request, dc.as_deref()).await?;
         let ttl = catalog::duration::parse(SESSION_TTL).unwrap_or(LOCK_WAIT_TIME);
-        let renewer = tokio::spawn(renew(client.clone(), id.clone(), ttl));
+        let renewer = tokio::spawn(renew(client.clone(), id.clone(), dc.clone(), ttl));
         Ok(Session {
             client: client.clone(),
             id,
+            dc,
             renewer,
         })
     }
@@ -38,19 +42,22 @@ impl Session {
     /// or deleted for `delete` sessions).
     pub(super) async fn end(self) {
         self.renewer.abort();
-        let _ = self.client.session_destroy(&self.id, None).await;
+        let _ = self
+            .client
+            .session_destroy(&self.id, self.dc.as_deref())
+            .await;
     }
 }
 
 /// Renews session `id` every TTL/2 (the TTL the agent answers with, from then on); a
 /// failed renewal is tried again every second until a TTL has passed since the last
 /// good one. Ends when the session is gone.
-pub(super) async fn renew(client: AgentClient, id: String, mut ttl: Duration) {
+pub(super) async fn renew(client: AgentClient, id: String, dc: Option<String>, mut ttl: Duration) {
     let mut wait = ttl / 2;
     let mut last = Instant::now();
     while last.elapsed() <= ttl {
         tokio::time::sleep(wait).await;
-        match client.session_renew(&id, None).await {
+        match client.session_renew(&id, dc.as_deref()).await {
             Ok(Some(entry)) => {
                 if let Ok(d) = catalog::duration::parse(&entry.ttl)
                     && !d.is_zero()
@@ -80,6 +87,8 @@ pub(super) enum Kind {
 pub(super) struct Holder {
     pub(super) client: AgentClient,
     pub(super) kind: Kind,
+    /// The datacenter of the keys (the agent's own for `None`).
+    pub(super) dc: Option<String>,
 }
 
 /// Why the keys were not cleaned up.
@@ -142,6 +151,11 @@ impl SemaphoreLock {
 }
 
 impl Holder {
+    /// Options of a read of the keys: blocking on `index` (when not 0) for up to `wait`.
+    fn read_options(&self, index: u64, wait: Duration) -> QueryOptions {
+        read_options(self.dc.as_deref(), index, wait)
+    }
+
     /// The behavior of our session: a semaphore's contender key goes with it.
     pub(super) fn behavior(&self) -> &'static str {
         match self.kind {
@@ -181,7 +195,7 @@ impl Holder {
                 return Ok(false);
             };
             let Some(read) = shutdown
-                .unless(c.kv_get(key, &read_options(index, wait_time)))
+                .unless(c.kv_get(key, &self.read_options(index, wait_time)))
                 .await
             else {
                 return Ok(false);
@@ -201,7 +215,7 @@ impl Holder {
                 }
             }
             let locked = c
-                .kv_lock(key, b"", LOCK_FLAG_VALUE, session, true, None)
+                .kv_lock(key, b"", LOCK_FLAG_VALUE, session, true, self.dc.as_deref())
                 .await
                 .map_err(|e| format!("failed to acquire lock: {}", api_error(&e)))?;
             if locked {
@@ -210,7 +224,7 @@ impl Holder {
             // Refused: held by another (wait for it), or free but in its lock delay
             // (try again in a while).
             let Some(read) = shutdown
-                .unless(c.kv_get(key, &read_options(0, wait_time)))
+                .unless(c.kv_get(key, &self.read_options(0, wait_time)))
                 .await
             else {
                 return Ok(false);
@@ -244,7 +258,14 @@ impl Holder {
         let contender = go_join(prefix, session);
         let lock_key = go_join(prefix, LOCK_KEY);
         match c
-            .kv_lock(&contender, b"", SEMAPHORE_FLAG_VALUE, session, true, None)
+            .kv_lock(
+                &contender,
+                b"",
+                SEMAPHORE_FLAG_VALUE,
+                session,
+                true,
+                self.dc.as_deref(),
+            )
             .await
         {
             Ok(true) => {}
@@ -261,7 +282,7 @@ impl Holder {
                 return Ok(false);
             };
             let Some(read) = shutdown
-                .unless(c.kv_list(prefix, &read_options(index, wait_time)))
+                .unless(c.kv_list(prefix, &self.read_options(index, wait_time)))
                 .await
             else {
                 return Ok(false);
@@ -292,7 +313,7 @@ impl Holder {
                     &state.encode(),
                     SEMAPHORE_FLAG_VALUE,
                     Some(cas),
-                    None,
+                    self.dc.as_deref(),
                 )
                 .await
                 .map_err(|e| format!("failed to update lock: {}", api_error(&e)))?;
@@ -311,7 +332,7 @@ impl Holder {
         'watch: loop {
             let mut left = retries;
             loop {
-                let options = read_options(index, MAX_WAIT).consistent();
+                let options = self.read_options(index, MAX_WAIT).consistent();
                 let held = match &self.kind {
                     Kind::Lock { key } => c.kv_get(key, &options).await.map(|a| {
                         let ours = a
@@ -354,15 +375,22 @@ impl Holder {
         let c = &self.client;
         match &self.kind {
             Kind::Lock { key } => {
-                c.kv_lock(key, b"", LOCK_FLAG_VALUE, session, false, None)
-                    .await
-                    .map_err(|e| format!("failed to release lock: {}", api_error(&e)))?;
+                c.kv_lock(
+                    key,
+                    b"",
+                    LOCK_FLAG_VALUE,
+                    session,
+                    false,
+                    self.dc.as_deref(),
+                )
+                .await
+                .map_err(|e| format!("failed to release lock: {}", api_error(&e)))?;
             }
             Kind::Semaphore { prefix, limit } => {
                 let lock_key = go_join(prefix, LOCK_KEY);
                 loop {
                     let answer = c
-                        .kv_get(&lock_key, &QueryOptions::default())
+                        .kv_get(&lock_key, &self.read_options(0, Duration::ZERO))
                         .await
                         .map_err(|e| api_error(&e))?;
                     let pair = answer.value;
@@ -377,7 +405,7 @@ impl Holder {
                             &state.encode(),
                             SEMAPHORE_FLAG_VALUE,
                             Some(cas),
-                            None,
+                            self.dc.as_deref(),
                         )
                         .await
                         .map_err(|e| format!("failed to update lock: {}", api_error(&e)))?;
@@ -385,7 +413,7 @@ impl Holder {
                         break;
                     }
                 }
-                c.kv_delete(&go_join(prefix, session), None, None)
+                c.kv_delete(&go_join(prefix, session), None, self.dc.as_deref())
                     .await
                     .map_err(|e| api_error(&e))?;
             }
@@ -401,7 +429,7 @@ impl Holder {
         match &self.kind {
             Kind::Lock { key } => {
                 let answer = c
-                    .kv_get(key, &QueryOptions::default())
+                    .kv_get(key, &self.read_options(0, Duration::ZERO))
                     .await
                     .map_err(|e| failed("failed to read lock", e))?;
                 let Some(pair) = answer.value else {
@@ -416,14 +444,14 @@ impl Holder {
                     return Err(Cleanup::InUse);
                 }
                 let removed = c
-                    .kv_delete(key, Some(pair.modify_index), None)
+                    .kv_delete(key, Some(pair.modify_index), self.dc.as_deref())
                     .await
                     .map_err(|e| failed("failed to remove lock", e))?;
                 if removed { Ok(()) } else { Err(Cleanup::InUse) }
             }
             Kind::Semaphore { prefix, limit } => {
                 let answer = c
-                    .kv_list(prefix, &QueryOptions::default())
+                    .kv_list(prefix, &self.read_options(0, Duration::ZERO))
                     .await
                     .map_err(|e| failed("failed to read prefix", e))?;
                 let lock_key = go_join(prefix, LOCK_KEY);
@@ -442,7 +470,7 @@ impl Holder {
                     return Err(Cleanup::InUse);
                 }
                 let removed = c
-                    .kv_delete(&lock_key, Some(pair.modify_index), None)
+                    .kv_delete(&lock_key, Some(pair.modify_index), self.dc.as_deref())
                     .await
                     .map_err(|e| failed("failed to remove semaphore", e))?;
                 if removed { Ok(()) } else { Err(Cleanup::InUse) }

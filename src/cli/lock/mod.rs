@@ -35,6 +35,9 @@
 //!    with `?cas` and the contender key deleted), the session destroyed, and `.lock`
 //!    deleted (`?cas`) when nobody else holds it.
 //!
+//! With `-datacenter DC` every session call and every read and write of the keys carries
+//! `?dc=DC`: the agent forwards them, and the lock lives in that datacenter.
+//!
 //! Exit codes are Consul's: 0 once COMMAND ended and the lock was released, whatever
 //! COMMAND's status; 2 with `-child-exit-code` when COMMAND failed; 1 on any error.
 
@@ -78,6 +81,10 @@ const MIN_WAIT: Duration = Duration::from_millis(10);
 pub struct LockArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    /// Datacenter whose KV store holds the lock, and where the session is made
+    /// (default: the agent's)
+    #[arg(long)]
+    pub datacenter: Option<String>,
     /// How many may hold it at once: 1 is a lock, more a semaphore
     #[arg(
         short = 'n',
@@ -127,7 +134,15 @@ pub struct LockArgs {
 }
 
 /// The lock flags that take a value; the rest are booleans (`-name` or `-name=value`).
-const VALUE_FLAGS: &[&str] = &["http-addr", "n", "timeout", "try", "name", "monitor-retry"];
+const VALUE_FLAGS: &[&str] = &[
+    "http-addr",
+    "datacenter",
+    "n",
+    "timeout",
+    "try",
+    "name",
+    "monitor-retry",
+];
 
 /// Go's flag order for `lock`: flags end at PREFIX, so the command's own flags
 /// (`lock app ls -l`) stay the command's.
@@ -254,10 +269,12 @@ async fn lock(args: LockArgs) -> u8 {
     let holder = Holder {
         client: client.clone(),
         kind,
+        dc: args.datacenter.filter(|dc| !dc.is_empty()),
     };
 
     ui.info("Attempting lock acquisition");
-    let session = match Session::create(&client, &name, holder.behavior()).await {
+    let session = match Session::create(&client, &name, holder.behavior(), holder.dc.clone()).await
+    {
         Ok(s) => s,
         Err(e) => {
             ui.error(&format!(
@@ -367,12 +384,17 @@ fn go_join(a: &str, b: &str) -> String {
     }
 }
 
-/// Options of a read: blocking on `index` (when not 0) for up to `wait`.
-fn read_options(index: u64, wait: Duration) -> QueryOptions {
+/// Options of a read in `dc` (the agent's own for `None`): blocking on `index` (when
+/// not 0) for up to `wait`.
+fn read_options(dc: Option<&str>, index: u64, wait: Duration) -> QueryOptions {
+    let options = QueryOptions {
+        datacenter: dc.map(str::to_owned),
+        ..QueryOptions::default()
+    };
     if index == 0 {
-        QueryOptions::default()
+        options
     } else {
-        QueryOptions::default().blocking(index, wait.clamp(MIN_WAIT, MAX_WAIT))
+        options.blocking(index, wait.clamp(MIN_WAIT, MAX_WAIT))
     }
 }
 

@@ -52,6 +52,19 @@ fn flags_end_at_the_prefix_so_the_command_keeps_its_own() {
 }
 
 #[test]
+fn datacenter_takes_a_value_before_the_prefix() {
+    let a = parse(&["p", "lock", "-datacenter", "dc2", "app", "true"]).unwrap();
+    assert_eq!(a.datacenter.as_deref(), Some("dc2"));
+    assert_eq!(a.args, os(&["app", "true"]));
+    let a = parse(&["p", "lock", "-datacenter=dc3", "app", "true"]).unwrap();
+    assert_eq!(a.datacenter.as_deref(), Some("dc3"));
+    assert_eq!(
+        parse(&["p", "lock", "app", "true"]).unwrap().datacenter,
+        None
+    );
+}
+
+#[test]
 fn defaults_are_consuls() {
     let a = parse(&["p", "lock", "app", "true"]).unwrap();
     assert_eq!(a.limit, 1);
