@@ -175,9 +175,11 @@ pub async fn snapshot(command: SnapshotCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `info`: the agent's figures by section, as Consul prints them.
+/// `info`: the agent's figures by section, as Consul prints them, and on a server that
+/// copies another datacenter's keys, where that copy stands.
 pub async fn info(args: ClientArgs) -> anyhow::Result<ExitCode> {
-    let body = args.client()?.get("/v1/agent/self").await?;
+    let client = args.client()?;
+    let body = client.get("/v1/agent/self").await?;
     let me: Value = serde_json::from_str(&body)?;
     let Some(stats) = me["Stats"].as_object() else {
         anyhow::bail!("the agent sent no Stats");
@@ -188,12 +190,125 @@ pub async fn info(args: ClientArgs) -> anyhow::Result<ExitCode> {
         };
         println!("{section}:");
         for (k, v) in values {
-            let v = v
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| v.to_string());
-            println!("\t{k} = {v}");
+            println!("\t{k} = {}", info_value(v));
         }
     }
+    // Not part of Consul's API: an agent without it (or a Consul agent) has no section.
+    if let Ok(body) = client.get("/v1/operator/kv-replication").await
+        && let Ok(status) = serde_json::from_str::<Value>(&body)
+    {
+        print!("{}", replication_sections(&status));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A value of `info`: strings as they are, lists joined with commas, nothing for null.
+fn info_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        Value::Array(items) => items.iter().map(info_value).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// What `/v1/operator/kv-replication` answered, as `info` sections: `kv_replication:`
+/// with the source and the prefixes, then one `kv_replication "PREFIX":` per prefix with
+/// its figures (snake_case names, as Consul's `info` keys are). Nothing when replication
+/// is not configured.
+fn replication_sections(status: &Value) -> String {
+    use std::fmt::Write;
+    if status["Enabled"] != Value::Bool(true) {
+        return String::new();
+    }
+    let prefixes = status["Prefixes"].as_array().cloned().unwrap_or_default();
+    let names: Vec<Value> = prefixes.iter().map(|p| p["Prefix"].clone()).collect();
+    let mut out = String::from("kv_replication:\n");
+    for (k, v) in [
+        ("exclude", &status["Exclude"]),
+        ("prefixes", &Value::Array(names)),
+        ("source_datacenter", &status["SourceDatacenter"]),
+    ] {
+        let _ = writeln!(out, "\t{k} = {}", info_value(v));
+    }
+    for p in &prefixes {
+        let Some(fields) = p.as_object() else {
+            continue;
+        };
+        let _ = writeln!(out, "kv_replication {:?}:", info_value(&p["Prefix"]));
+        let mut lines: Vec<(String, String)> = fields
+            .iter()
+            .filter(|(k, _)| *k != "Prefix")
+            .map(|(k, v)| (snake_case(k), info_value(v)))
+            .collect();
+        lines.sort();
+        for (k, v) in lines {
+            let _ = writeln!(out, "\t{k} = {v}");
+        }
+    }
+    out
+}
+
+/// `ReplicatedIndex` → `replicated_index`.
+fn snake_case(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn replication_is_shown_as_info_sections() {
+        let status = json!({
+            "Enabled": true,
+            "SourceDatacenter": "dc1",
+            "Exclude": ["config/local/"],
+            "Prefixes": [
+                {"Prefix": "config/", "ReplicatedIndex": 42, "Keys": 3, "Writes": 5,
+                 "LastSuccess": "2026-12-03T12:13:20Z", "LastError": null,
+                 "LastErrorAt": null, "Running": true},
+                {"Prefix": "", "ReplicatedIndex": 0, "Keys": 0, "Writes": 0,
+                 "LastSuccess": null, "LastError": "reading \"\" in dc1: timeout",
+                 "LastErrorAt": "2026-12-03T12:13:21Z", "Running": true},
+            ],
+        });
+        assert_eq!(
+            replication_sections(&status),
+            "kv_replication:\n\
+             \texclude = config/local/\n\
+             \tprefixes = config/,\n\
+             \tsource_datacenter = dc1\n\
+             kv_replication \"config/\":\n\
+             \tkeys = 3\n\
+             \tlast_error = \n\
+             \tlast_error_at = \n\
+             \tlast_success = 2026-12-03T12:13:20Z\n\
+             \treplicated_index = 42\n\
+             \trunning = true\n\
+             \twrites = 5\n\
+             kv_replication \"\":\n\
+             \tkeys = 0\n\
+             \tlast_error = reading \"\" in dc1: timeout\n\
+             \tlast_error_at = 2026-12-03T12:13:21Z\n\
+             \tlast_success = \n\
+             \treplicated_index = 0\n\
+             \trunning = true\n\
+             \twrites = 0\n"
+        );
+        assert_eq!(replication_sections(&json!({"Enabled": false})), "");
+        assert_eq!(snake_case("LastErrorAt"), "last_error_at");
+    }
 }

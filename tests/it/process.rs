@@ -2119,6 +2119,56 @@ fn lock_with_datacenter_holds_its_session_and_key_in_that_datacenter() {
     two.stop();
 }
 
+#[test]
+fn info_shows_where_kv_replication_stands() {
+    let two = TwoDatacenters::start(serde_json::json!({"kv_replication": {
+        "source_datacenter": "dc1",
+        "prefixes": ["config/"],
+        "exclude": ["config/local/"],
+    }}));
+    let (http_a, http_b) = (two.http_a(), two.http_b());
+    assert_eq!(
+        get_or_put(&http_a, hyper::Method::PUT, "/v1/kv/config/a", Some("1")),
+        200
+    );
+    wait_until("dc2 has the copy and says so", || {
+        get_json(&http_b, "/v1/kv/config/a").is_some()
+            && get_json(&http_b, "/v1/operator/kv-replication")
+                .is_some_and(|s| s["Prefixes"][0]["Keys"] == 1)
+    });
+    let (code, out, err) = text(&run(&["info", &format!("-http-addr={http_b}")]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("consul:\n"), "{out}");
+    let section = out
+        .split_once("kv_replication:\n")
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("no kv_replication section:\n{out}"));
+    for line in [
+        "\tsource_datacenter = dc1\n",
+        "\tprefixes = config/\n",
+        "\texclude = config/local/\n",
+        "kv_replication \"config/\":\n",
+        "\trunning = true\n",
+        "\tkeys = 1\n",
+        "\tlast_error = \n",
+    ] {
+        assert!(section.contains(line), "{line:?} in\n{out}");
+    }
+    let index: u64 = section
+        .lines()
+        .find_map(|l| l.strip_prefix("\treplicated_index = "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(index > 0, "{out}");
+    assert!(section.contains("\tlast_success = 20"), "{out}");
+    // A server that copies nothing has no such section.
+    let (code, out, _) = text(&run(&["info", &format!("-http-addr={http_a}")]));
+    assert_eq!(code, 0);
+    assert!(!out.contains("kv_replication"), "{out}");
+    two.stop();
+}
+
 /// Waits (at most 20 s) until the file at `path` exists and `pred` holds for its text;
 /// returns the text.
 fn wait_for_file(path: &std::path::Path, what: &str, pred: impl Fn(&str) -> bool) -> String {
