@@ -10,13 +10,15 @@
 # The scripts: dns_http (DNS vs NSD, HTTP reads, memory), gossip (LAN gossip vs serf),
 # raft (catalog writes and failover vs etcd), kv (KV puts, gets, prefix reads and
 # watchers vs etcd), wan (QUIC requests vs a UDP echo, WAN pool vs serf -profile=wan),
-# crossdc (cross-datacenter DNS with an injected WAN delay, with and without the cache).
+# crossdc (cross-datacenter DNS with an injected WAN delay, with and without the cache),
+# kv_replication (how far a KV copy in another datacenter lags behind its source, against
+# the injected round trip: there is no reference program to run).
 # A script that fails is reported and the others still run; the exit code is non-zero if
 # any failed. Needs root for apt-get (Debian) and for gossip's iptables-made loss.
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-ALL=(dns_http gossip raft kv wan crossdc)
+ALL=(dns_http gossip raft kv wan crossdc kv_replication)
 if [ "$#" -gt 0 ]; then SELECTED=("$@"); else SELECTED=("${ALL[@]}"); fi
 
 if command -v apt-get >/dev/null 2>&1; then
