@@ -38,8 +38,20 @@ DRIVER="$TARGET/release/kv-replication-bench"
 
 OUT=$(mktemp -d)
 CHILD=""
+# A driver that ends by itself stops its servers; one stopped by a signal (ours, or
+# timeout's) cannot, so it lists their PIDs for us.
+stop_servers() {
+  local p
+  [ -f "$OUT/pids" ] || return 0
+  for p in $(cat "$OUT/pids"); do kill -9 "$p" 2>/dev/null || true; done
+  rm -f "$OUT/pids"
+}
 cleanup() {
-  [ -n "$CHILD" ] && kill "$CHILD" 2>/dev/null || true
+  if [ -n "$CHILD" ]; then
+    kill "$CHILD" 2>/dev/null || true
+    wait "$CHILD" 2>/dev/null || true
+    stop_servers
+  fi
   rm -rf "$OUT"
 }
 trap cleanup EXIT
@@ -50,13 +62,19 @@ for keys in $KEYS; do
   echo "== KV replication, $RATE writes/s for $SECONDS_PER_RUN s over $keys keys, WAN ${DELAY_MS} ms each way" >&2
   # The driver stops its servers itself; the timeout bounds a driver that hangs.
   timeout $((SECONDS_PER_RUN + 400)) "$DRIVER" --bin "$BIN" --rate "$RATE" --seconds "$SECONDS_PER_RUN" \
-    --keys "$keys" --value-size "$VALUE_SIZE" --delay-ms "$DELAY_MS" > "$OUT/run-$keys.log" 2> "$OUT/run.err" &
+    --keys "$keys" --value-size "$VALUE_SIZE" --delay-ms "$DELAY_MS" --pid-file "$OUT/pids" \
+    > "$OUT/run-$keys.log" 2> "$OUT/run.err" &
   CHILD=$!
   rc=0
   wait "$CHILD" || rc=$?
   CHILD=""
   cat "$OUT/run.err" >&2
-  [ "$rc" -eq 0 ] || echo "the driver failed ($rc) for $keys keys; left out" >&2
+  if [ "$rc" -ne 0 ]; then
+    # 124: timeout stopped it; its servers may be left.
+    [ "$rc" -ge 124 ] && stop_servers
+    echo "the driver failed ($rc) for $keys keys; left out" >&2
+  fi
+  rm -f "$OUT/pids"
 done
 
 commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)

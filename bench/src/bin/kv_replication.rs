@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! kv-replication-bench --bin PATH [--delay-ms D] [--rate R] [--seconds S] [--keys K]
-//!                      [--value-size B] [--drain-seconds T]
+//!                      [--value-size B] [--drain-seconds T] [--pid-file FILE]
 //! ```
 //!
 //! Two datacenters of one server each, both the real binary at PATH as child processes
@@ -29,6 +29,10 @@
 //! its acknowledgement by s1 until s2 first served it or a later write of the same key
 //! (the copy takes the source's state, so a value overwritten in between may never be
 //! seen by itself). After the writes the bench waits up to T s for the copy to catch up.
+//!
+//! The servers are stopped when the driver ends; a driver killed by a signal cannot, so
+//! with `--pid-file` it appends each server's PID to FILE as it starts it, for the
+//! caller to stop.
 //!
 //! Output: human lines on stderr, then one `JSON {…}` line: lag percentiles, write rate
 //! achieved, the writer's own acknowledgement latency, s2's `/v1/operator/kv-replication`
@@ -57,7 +61,8 @@ use tokio_util::task::TaskTracker;
 use wan::tls::{self, CertKind, CertRequest};
 
 const USAGE: &str = "usage: kv-replication-bench --bin PATH [--delay-ms D] [--rate R] \
-                     [--seconds S] [--keys K] [--value-size B] [--drain-seconds T]";
+                     [--seconds S] [--keys K] [--value-size B] [--drain-seconds T] \
+                     [--pid-file FILE]";
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// Where dc1's and dc2's WAN proxies listen: the servers' own WAN ports on these.
@@ -95,6 +100,7 @@ struct Options {
     keys: u64,
     value_size: usize,
     drain: Duration,
+    pid_file: Option<PathBuf>,
 }
 
 impl Options {
@@ -107,6 +113,7 @@ impl Options {
             keys: 1000,
             value_size: 64,
             drain: Duration::from_secs(30),
+            pid_file: None,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -124,6 +131,7 @@ impl Options {
                 "--keys" => o.keys = number()?,
                 "--value-size" => o.value_size = number()? as usize,
                 "--drain-seconds" => o.drain = Duration::from_secs(number()?),
+                "--pid-file" => o.pid_file = Some(PathBuf::from(value)),
                 _ => return Err(format!("unknown flag {flag}")),
             }
         }
@@ -292,12 +300,22 @@ fn start_server(
         .stderr(err)
         .spawn()
         .map_err(|e| format!("starting {}: {e}", o.bin.display()))?;
-    Ok(Server {
+    let server = Server {
         name,
         child,
         http: SocketAddr::new(LOOPBACK, ports.http),
         log,
-    })
+    };
+    if let Some(path) = &o.pid_file {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| writeln!(f, "{}", server.child.id()))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(server)
 }
 
 async fn run(o: &Options) -> Result<(), String> {
