@@ -872,6 +872,15 @@ mod tests {
             serde_json::to_string(&request).unwrap(),
             r#"{"Name":"job","TTL":"15s","Behavior":"delete"}"#
         );
+        let request = SessionRequest {
+            node: "s1".into(),
+            node_checks: Some(vec![]),
+            ..request
+        };
+        assert_eq!(
+            serde_json::to_string(&request).unwrap(),
+            r#"{"Name":"job","TTL":"15s","Behavior":"delete","Node":"s1","NodeChecks":[]}"#
+        );
         let entry: SessionEntry = serde_json::from_str(
             r#"{"ID":"s1","Name":"job","Node":"n1","LockDelay":15000000000,
                 "Behavior":"release","TTL":"15s","NodeChecks":null,

@@ -284,6 +284,14 @@ pub struct SessionRequest {
     /// What happens to the keys it holds when it ends: `release` or `delete`.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub behavior: String,
+    /// The node it belongs to; empty: the agent's own. A session made in another
+    /// datacenter needs a node of that datacenter.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub node: String,
+    /// The node's checks it depends on: `None` for the agent's default (`serfHealth`),
+    /// an empty list for none (only its TTL or its destruction ends it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_checks: Option<Vec<String>>,
 }
 
 /// A session as the agent shows it (`/v1/session/info/:id`, `/v1/session/renew/:id`).

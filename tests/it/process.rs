@@ -2024,12 +2024,13 @@ fn destroying_the_holders_session_stops_its_command() {
 
 /// Two federated single-server datacenters in this process, dc1 (`a0`) and dc2 (`b0`,
 /// with `dc2_config` added to its config), for CLI processes to talk to; the runtime
-/// runs them while the test blocks.
+/// runs them while the test blocks, and they are stopped when this is dropped (a
+/// failed assertion included).
 struct TwoDatacenters {
     runtime: tokio::runtime::Runtime,
     dir: tempfile::TempDir,
-    a: crate::support::cluster::Member,
-    b: crate::support::cluster::Member,
+    a: Option<crate::support::cluster::Member>,
+    b: Option<crate::support::cluster::Member>,
 }
 
 impl TwoDatacenters {
@@ -2066,27 +2067,37 @@ impl TwoDatacenters {
             leader_of(&[&b], 1).await;
             (a, b)
         });
-        let two = TwoDatacenters { runtime, dir, a, b };
+        let two = TwoDatacenters {
+            runtime,
+            dir,
+            a: Some(a),
+            b: Some(b),
+        };
         let http_a = two.http_a();
         wait_until("dc1 reaches dc2's KV store", || {
-            get_or_put(&http_a, hyper::Method::GET, "/v1/kv/?keys&dc=dc2", None) == 404
+            get_or_put(&http_a, hyper::Method::GET, "/v1/kv/probe?dc=dc2", None) == 404
         });
         two
     }
 
     fn http_a(&self) -> String {
-        self.a.agent.http_addr().unwrap().to_string()
+        let a = self.a.as_ref().expect("running");
+        a.agent.http_addr().unwrap().to_string()
     }
 
     fn http_b(&self) -> String {
-        self.b.agent.http_addr().unwrap().to_string()
+        let b = self.b.as_ref().expect("running");
+        b.agent.http_addr().unwrap().to_string()
     }
+}
 
-    fn stop(self) {
-        let TwoDatacenters { runtime, a, b, .. } = self;
-        runtime.block_on(async {
-            a.agent.stop(false).await;
-            b.agent.stop(false).await;
+impl Drop for TwoDatacenters {
+    fn drop(&mut self) {
+        let members = [self.a.take(), self.b.take()];
+        self.runtime.block_on(async {
+            for m in members.into_iter().flatten() {
+                m.agent.stop(false).await;
+            }
         });
     }
 }
@@ -2099,12 +2110,21 @@ fn lock_with_datacenter_holds_its_session_and_key_in_that_datacenter() {
     let (log, go) = (dir.join("log"), dir.join("go"));
     let mut p = lock_process(
         &http_a,
-        &["-datacenter=dc2", "locks/job", &gated(&log, &go, "a")],
+        &[
+            "-verbose",
+            "-datacenter=dc2",
+            "locks/job",
+            &gated(&log, &go, "a"),
+        ],
     );
+    p.wait_for_line(Duration::from_secs(20), |l| l == "Starting handler");
     wait_until("the command runs", || log_lines(&log) == ["start a"]);
     let lock = get_json(&http_b, "/v1/kv/locks/job/.lock").unwrap();
     let holder = lock[0]["Session"].as_str().unwrap().to_owned();
-    assert!(get_json(&http_b, &format!("/v1/session/info/{holder}")).is_some());
+    // It belongs to dc2's server: dc1's agent is no node of dc2.
+    let session = get_json(&http_b, &format!("/v1/session/info/{holder}")).unwrap();
+    assert_eq!(session[0]["Node"], "b0");
+    assert_eq!(session[0]["NodeChecks"], serde_json::json!([]));
     assert_eq!(session_count(&http_b), 1);
     assert_eq!(session_count(&http_a), 0, "no session in dc1");
     assert_eq!(keys_under(&http_a, "locks/"), Vec::<String>::new());
@@ -2116,7 +2136,6 @@ fn lock_with_datacenter_holds_its_session_and_key_in_that_datacenter() {
     // Released, the session destroyed and the key removed, all in dc2.
     assert_eq!(keys_under(&http_b, "locks/"), Vec::<String>::new());
     assert_eq!(session_count(&http_b), 0);
-    two.stop();
 }
 
 #[test]
@@ -2166,7 +2185,6 @@ fn info_shows_where_kv_replication_stands() {
     let (code, out, _) = text(&run(&["info", &format!("-http-addr={http_a}")]));
     assert_eq!(code, 0);
     assert!(!out.contains("kv_replication"), "{out}");
-    two.stop();
 }
 
 /// Waits (at most 20 s) until the file at `path` exists and `pred` holds for its text;

@@ -21,12 +21,20 @@ impl Session {
         name: &str,
         behavior: &str,
         dc: Option<String>,
+        node: Option<String>,
     ) -> Result<Session, ClientError> {
-        let request = SessionRequest {
+        let mut request = SessionRequest {
             name: name.to_owned(),
             ttl: SESSION_TTL.to_owned(),
             behavior: behavior.to_owned(),
+            ..SessionRequest::default()
         };
+        if let Some(node) = node {
+            // A node of another datacenter: its health is not ours to vouch for, so the
+            // session hangs on its TTL (renewed by us) alone.
+            request.node = node;
+            request.node_checks = Some(Vec::new());
+        }
         let id = client.session_create(&request, dc.as_deref()).await?;
         let ttl = catalog::duration::parse(SESSION_TTL).unwrap_or(LOCK_WAIT_TIME);
         let renewer = tokio::spawn(renew(client.clone(), id.clone(), dc.clone(), ttl));

@@ -36,7 +36,12 @@
 //!    deleted (`?cas`) when nobody else holds it.
 //!
 //! With `-datacenter DC` every session call and every read and write of the keys carries
-//! `?dc=DC`: the agent forwards them, and the lock lives in that datacenter.
+//! `?dc=DC`: the agent forwards them, and the lock lives in that datacenter. When DC is
+//! not the agent's own, the session belongs to one of DC's servers (the first node of
+//! its `consul` service) with no node checks, so only its TTL, which we renew, or its
+//! destruction ends it. Consul's `consul lock` gives it the asking agent's node instead,
+//! which the other datacenter does not know, and fails with `Missing node
+//! registration` (hashicorp/consul#4886); `consul exec -datacenter` does what we do.
 //!
 //! Exit codes are Consul's: 0 once COMMAND ended and the lock was released, whatever
 //! COMMAND's status; 2 with `-child-exit-code` when COMMAND failed; 1 on any error.
@@ -235,10 +240,24 @@ async fn lock(args: LockArgs) -> u8 {
             return 1;
         }
     };
-    if let Err(e) = node_name(&client).await {
-        ui.error(&format!("Error querying Consul agent: {e}"));
-        return 1;
-    }
+    let own_dc = match agent_datacenter(&client).await {
+        Ok(dc) => dc,
+        Err(e) => {
+            ui.error(&format!("Error querying Consul agent: {e}"));
+            return 1;
+        }
+    };
+    let dc = args.datacenter.filter(|dc| !dc.is_empty());
+    let session_node = match &dc {
+        Some(dc) if *dc != own_dc => match server_of(&client, dc).await {
+            Ok(node) => Some(node),
+            Err(e) => {
+                ui.error(&format!("Lock setup failed: {e}"));
+                return 1;
+            }
+        },
+        _ => None,
+    };
     let child_pid = Arc::new(Mutex::new(None));
     let shutdown = match Shutdown::listen(child_pid.clone()) {
         Ok(s) => s,
@@ -269,11 +288,18 @@ async fn lock(args: LockArgs) -> u8 {
     let holder = Holder {
         client: client.clone(),
         kind,
-        dc: args.datacenter.filter(|dc| !dc.is_empty()),
+        dc,
     };
 
     ui.info("Attempting lock acquisition");
-    let session = match Session::create(&client, &name, holder.behavior(), holder.dc.clone()).await
+    let session = match Session::create(
+        &client,
+        &name,
+        holder.behavior(),
+        holder.dc.clone(),
+        session_node,
+    )
+    .await
     {
         Ok(s) => s,
         Err(e) => {
@@ -360,18 +386,35 @@ fn default_session_name(command: &[OsString], prefix: &str) -> String {
     format!("Consul lock for '{}' at '{prefix}'", words.join(" "))
 }
 
-/// The agent's node name (`/v1/agent/self`): proof that the agent answers.
-async fn node_name(client: &AgentClient) -> Result<String, String> {
+/// The agent's datacenter (`/v1/agent/self`), which is also proof that it answers.
+async fn agent_datacenter(client: &AgentClient) -> Result<String, String> {
     let body = client
         .http()
         .get("/v1/agent/self")
         .await
         .map_err(|e| e.to_string())?;
     let value: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-    Ok(value["Config"]["NodeName"]
+    Ok(value["Config"]["Datacenter"]
         .as_str()
         .unwrap_or_default()
         .to_owned())
+}
+
+/// The node name of a server of datacenter `dc` (the `consul` service there), for a
+/// session made in `dc`.
+async fn server_of(client: &AgentClient, dc: &str) -> Result<String, String> {
+    let path = format!(
+        "/v1/catalog/service/consul?dc={}",
+        proconsul::client::encode(dc)
+    );
+    let body = client.http().get(&path).await.map_err(|e| e.to_string())?;
+    let value: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+    value
+        .as_array()
+        .and_then(|servers| servers.first())
+        .and_then(|s| s["Node"].as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| format!("no server of datacenter {dc:?} is known"))
 }
 
 /// Go's `path.Join` of two elements.
