@@ -235,16 +235,15 @@ impl Ports {
 }
 
 /// Starts `name` as the only server of `dc`, advertising its WAN port on `wan_ip` (its
-/// proxy), with `extra` config.
+/// proxy) and joining `join_wan` if given, with `extra` config.
 fn start_server(
     o: &Options,
     root: &Path,
     ca: &tls::Pem,
     (name, dc): (&'static str, &str),
     ports: &Ports,
-    wan_ip: IpAddr,
+    (wan_ip, join_wan): (IpAddr, Option<SocketAddr>),
     extra: Value,
-    join_wan: Option<SocketAddr>,
 ) -> Result<Server, String> {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -359,9 +358,8 @@ async fn federate_and_measure(
         ca,
         ("s1", "dc1"),
         &ports[0],
-        PROXY_IPS[0],
+        (PROXY_IPS[0], None),
         json!({}),
-        None,
     )?;
     let replication = json!({"kv_replication": {
         "source_datacenter": "dc1",
@@ -373,9 +371,8 @@ async fn federate_and_measure(
         ca,
         ("s2", "dc2"),
         &ports[1],
-        PROXY_IPS[1],
+        (PROXY_IPS[1], Some(links[0].addr)),
         replication,
-        Some(links[0].addr),
     )?;
     let result = measure(o, &s1, &s2, &links).await;
     if result.is_err() {
