@@ -85,6 +85,19 @@ async fn every_request_is_decided_by_its_token_on_servers_and_client_agents() {
         body.starts_with("Permission denied: ACL bootstrap no longer allowed (reset index: "),
         "{body}"
     );
+    // The reset rule: the index written to the data dir of the agent asked allows one more.
+    let reset: String = body.chars().filter(char::is_ascii_digit).collect();
+    let reset_file = server.dir.path().join("data").join("acl-bootstrap-reset");
+    std::fs::write(&reset_file, format!("{reset}\n")).unwrap();
+    let (status, body) = call(server, Method::PUT, "/v1/acl/bootstrap", None, "").await;
+    assert_eq!(status, 200, "a reset bootstrap: {body}");
+    assert!(!reset_file.exists(), "the reset index is used up");
+    let (status, body) = call(server, Method::PUT, "/v1/acl/bootstrap", None, "").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        !body.contains(&format!("reset index: {reset})")),
+        "a new index: {body}"
+    );
 
     // A policy, a role holding it and a token holding the role.
     let rules = r#"

@@ -306,6 +306,7 @@ async fn read_queries(
         &list.iter().map(query_json).collect::<Vec<_>>(),
         request.pretty,
     );
+    super::add_filtered_header(&mut response, result.filtered);
     add_meta_headers(
         &mut response,
         result.index,
