@@ -295,7 +295,7 @@ impl Acl {
             None => return Err(NotFound),
         };
         let caller = Caller {
-            accessor_id,
+            accessor_id: accessor_id.into(),
             authorizer,
             key_list: self.config.key_list,
         };
@@ -331,7 +331,7 @@ pub(crate) struct Grant {
 impl Grant {
     fn caller(&self, config: &AclConfig) -> Caller {
         Caller {
-            accessor_id: self.accessor_id.clone(),
+            accessor_id: self.accessor_id.as_str().into(),
             authorizer: if self.management {
                 Authorizer::management()
             } else {
@@ -416,7 +416,7 @@ pub(crate) fn settle(
 
 fn down_caller(allow: bool) -> Caller {
     Caller {
-        accessor_id: ANONYMOUS_ACCESSOR.to_owned(),
+        accessor_id: ANONYMOUS_ACCESSOR.into(),
         authorizer: Authorizer::default_only(allow),
         key_list: false,
     }

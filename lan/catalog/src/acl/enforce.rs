@@ -51,11 +51,11 @@ fn on(label: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
-/// Who asks: their token's AccessorID and what it may do.
+/// Who asks: their token's AccessorID and what it may do. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// The AccessorID, for errors.
-    pub accessor_id: String,
+    pub accessor_id: std::sync::Arc<str>,
     /// What the token may do.
     pub authorizer: Authorizer,
     /// `acl.enable_key_list_policy`: tree and key-list reads need `key:list`.
@@ -79,7 +79,7 @@ impl Caller {
 
     fn denied(&self, resource: Resource, label: &str, access: Access) -> Denied {
         Denied {
-            accessor_id: self.accessor_id.clone(),
+            accessor_id: self.accessor_id.to_string(),
             resource,
             access,
             label: resource.labelled().then(|| label.to_owned()),

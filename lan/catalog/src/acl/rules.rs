@@ -149,10 +149,38 @@ impl Resource {
     }
 }
 
+/// FNV-1a, for the exact-label maps. Their keys are written by whoever writes
+/// policies, never by callers (who only look labels up, at the cost of one comparison
+/// per entry of a bucket at worst), so hash flooding does not apply; and these lookups,
+/// one per entry of a filtered list, are the hot part of enforcement.
+#[derive(Debug, Clone, Copy, Default)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type ExactLabels = HashMap<String, Level, std::hash::BuildHasherDefault<Fnv>>;
+
 /// The rules of one labelled resource.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Labelled {
-    exact: HashMap<String, Level>,
+    exact: ExactLabels,
     /// Longest prefix first, so that the first match is the one that governs.
     prefixes: Vec<(String, Level)>,
 }
