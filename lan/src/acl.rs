@@ -194,7 +194,7 @@ impl Tokens {
 }
 
 /// Nanoseconds since the Unix epoch now, as token expiry counts time.
-pub(crate) fn now_ns() -> u64 {
+pub fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))

@@ -5,7 +5,7 @@
 //! refuses the second one; reading one's own token needs nothing). With ACLs off every
 //! endpoint answers 401 `ACL support disabled`, as Consul's.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -34,12 +34,6 @@ fn disabled(ctx: &Context) -> Result<(), ApiError> {
     } else {
         Err(ApiError::Unauthorized("ACL support disabled".into()))
     }
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// A token in Consul's JSON (`secret`: whether to show the SecretID).
@@ -174,6 +168,16 @@ async fn read(
     }
 }
 
+/// Whether the object `read_one` names exists where ACL objects are kept.
+async fn exists(ctx: &Context, params: &Params, read_one: AclRead) -> Result<bool, ApiError> {
+    let (answer, _) = read(ctx, params, home(ctx).as_deref(), read_one).await?;
+    Ok(match answer {
+        AclAnswer::Policies(p) => !p.is_empty(),
+        AclAnswer::Roles(r) => !r.is_empty(),
+        AclAnswer::Tokens(t) => !t.is_empty(),
+    })
+}
+
 /// Answers `body` with the read's index headers.
 fn answered(body: &Value, result: &catalog::QueryResult, params: &Params) -> Response {
     let mut response = json(body, params.pretty());
@@ -262,7 +266,7 @@ pub(crate) async fn bootstrap(
         service_identities: Vec::new(),
         node_identities: Vec::new(),
         local: false,
-        create_time: now_ns(),
+        create_time: lan::acl::now_ns(),
         expiration_time: None,
         create_index: 0,
         modify_index: 0,
@@ -464,7 +468,7 @@ async fn token_from_body(
         ));
     }
     let ttl = string(&value, "expirationttl", WHAT)?;
-    let now = now_ns();
+    let now = lan::acl::now_ns();
     let expiration_time = if ttl.is_empty() {
         existing.and_then(|t| t.expiration_time)
     } else {
@@ -644,7 +648,7 @@ pub(crate) async fn token_clone(
     }
     token.accessor_id = new_uuid();
     token.secret_id = new_uuid();
-    token.create_time = now_ns();
+    token.create_time = lan::acl::now_ns();
     set_token(&ctx, &params, token).await
 }
 
@@ -780,14 +784,7 @@ pub(crate) async fn policy_update(
             "Policy ID in URL and payload do not match".into(),
         ));
     }
-    let (answer, _) = read(
-        &ctx,
-        &params,
-        home(&ctx).as_deref(),
-        AclRead::Policy(id.clone()),
-    )
-    .await?;
-    if !matches!(answer, AclAnswer::Policies(ref p) if !p.is_empty()) {
+    if !exists(&ctx, &params, AclRead::Policy(id.clone())).await? {
         return Err(ApiError::NotFound("Requested policy does not exist".into()));
     }
     let policy = policy_from_body(&body, id)?;
@@ -835,14 +832,7 @@ pub(crate) async fn policy_delete(
     params: Params,
 ) -> Result<Response, ApiError> {
     disabled(&ctx)?;
-    let (answer, _) = read(
-        &ctx,
-        &params,
-        home(&ctx).as_deref(),
-        AclRead::Policy(id.clone()),
-    )
-    .await?;
-    if !matches!(answer, AclAnswer::Policies(ref p) if !p.is_empty()) {
+    if !exists(&ctx, &params, AclRead::Policy(id.clone())).await? {
         return Err(ApiError::NotFound("Cannot find policy to delete".into()));
     }
     write(
@@ -949,14 +939,7 @@ pub(crate) async fn role_update(
             "Role ID in URL and payload do not match".into(),
         ));
     }
-    let (answer, _) = read(
-        &ctx,
-        &params,
-        home(&ctx).as_deref(),
-        AclRead::Role(id.clone()),
-    )
-    .await?;
-    if !matches!(answer, AclAnswer::Roles(ref r) if !r.is_empty()) {
+    if !exists(&ctx, &params, AclRead::Role(id.clone())).await? {
         return Err(ApiError::NotFound("Requested role does not exist".into()));
     }
     let role = role_from_body(&ctx, &params, &body, id).await?;
@@ -990,14 +973,7 @@ pub(crate) async fn role_delete(
     params: Params,
 ) -> Result<Response, ApiError> {
     disabled(&ctx)?;
-    let (answer, _) = read(
-        &ctx,
-        &params,
-        home(&ctx).as_deref(),
-        AclRead::Role(id.clone()),
-    )
-    .await?;
-    if !matches!(answer, AclAnswer::Roles(ref r) if !r.is_empty()) {
+    if !exists(&ctx, &params, AclRead::Role(id.clone())).await? {
         return Err(ApiError::NotFound("Cannot find role to delete".into()));
     }
     write(

@@ -39,14 +39,7 @@ pub(crate) async fn self_info(
     State(ctx): State<Context>,
     params: Params,
 ) -> Result<Response, ApiError> {
-    gate::require(
-        &ctx,
-        &params,
-        Resource::Agent,
-        ctx.lan.node_name(),
-        Access::Read,
-    )
-    .await?;
+    gate::require_agent(&ctx, &params, Access::Read).await?;
     let info = &ctx.agent;
     let raft = if ctx.lan.is_server() {
         ctx.gateway
@@ -410,14 +403,7 @@ pub(crate) async fn leave(
     State(ctx): State<Context>,
     params: Params,
 ) -> Result<Response, ApiError> {
-    gate::require(
-        &ctx,
-        &params,
-        Resource::Agent,
-        ctx.lan.node_name(),
-        Access::Write,
-    )
-    .await?;
+    gate::require_agent(&ctx, &params, Access::Write).await?;
     tracing::info!("graceful leave requested through the HTTP API");
     ctx.lan.leave().await;
     ctx.control.leave.cancel();
@@ -428,14 +414,7 @@ pub(crate) async fn reload(
     State(ctx): State<Context>,
     params: Params,
 ) -> Result<Response, ApiError> {
-    gate::require(
-        &ctx,
-        &params,
-        Resource::Agent,
-        ctx.lan.node_name(),
-        Access::Write,
-    )
-    .await?;
+    gate::require_agent(&ctx, &params, Access::Write).await?;
     let (reply, done) = tokio::sync::oneshot::channel();
     ctx.control
         .reload
@@ -467,14 +446,7 @@ pub(crate) async fn join(
     Path(addr): Path<String>,
     params: Params,
 ) -> Result<Response, ApiError> {
-    gate::require(
-        &ctx,
-        &params,
-        Resource::Agent,
-        ctx.lan.node_name(),
-        Access::Write,
-    )
-    .await?;
+    gate::require_agent(&ctx, &params, Access::Write).await?;
     let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
     let addrs = std::slice::from_ref(&addr);
     let results = if wan(&params) {

@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use catalog::acl::{Access, Resource};
+use catalog::acl::Access;
 use lan::TokenKind;
 use serde_json::Value;
 
@@ -40,14 +40,7 @@ pub(crate) async fn set(
     if !ctx.lan.acl_enabled() {
         return Err(ApiError::Unauthorized("ACL support disabled".into()));
     }
-    gate::require(
-        &ctx,
-        &params,
-        Resource::Agent,
-        ctx.lan.node_name(),
-        Access::Write,
-    )
-    .await?;
+    gate::require_agent(&ctx, &params, Access::Write).await?;
     let value = parse_body(&body)?;
     let token = match token_field(&value) {
         None | Some(Value::Null) => None,

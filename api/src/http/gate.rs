@@ -44,6 +44,16 @@ pub(crate) async fn require(
     Ok(())
 }
 
+/// Refuses the request unless its caller may have `access` to this agent
+/// (`agent:read`/`agent:write` on this node's name).
+pub(crate) async fn require_agent(
+    ctx: &Context,
+    params: &Params,
+    access: Access,
+) -> Result<(), ApiError> {
+    require(ctx, params, Resource::Agent, ctx.lan.node_name(), access).await
+}
+
 /// Whether `caller` may see check `check`: its service's read, or for a node check the
 /// node's.
 pub(crate) fn may_read_check(caller: &Caller, check: &Check) -> bool {
