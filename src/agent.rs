@@ -608,6 +608,7 @@ fn api_context(
             enable_script_checks: config.enable_script_checks,
             kv_max_value_size: config.http_limits.kv_max_value_size,
             data_dir: config.data_dir.clone().filter(|_| !config.dev),
+            prometheus_retention: config.telemetry.prometheus_retention,
             debug_config: debug_config(config, &identity.node_id, identity.advertise),
         }),
         control: api::Control {
@@ -615,6 +616,7 @@ fn api_context(
             reload,
         },
         shutdown: life.front.clone(),
+        telemetry: api::telemetry::install(&config.telemetry),
     }
 }
 
@@ -743,6 +745,8 @@ impl Agent {
         for warning in &config.warnings {
             tracing::warn!("{warning}");
         }
+        // Before anything records: hot paths register their metric handles as they start.
+        api::telemetry::install(&config.telemetry);
         let identity = Identity::resolve(&config)?;
         let life = Lifecycle::new();
         let (lan, gateway) = match start_datacenter(&config, &identity, &life).await {
@@ -755,6 +759,12 @@ impl Agent {
         };
         let (reload, reloads) = mpsc::channel(RELOAD_QUEUE);
         let context = api_context(&config, &identity, &lan, &gateway, reload.clone(), &life);
+        life.tasks.spawn(crate::telemetry::sample(
+            context.telemetry.clone(),
+            lan.clone(),
+            gateway.clone(),
+            life.core.child_token(),
+        ));
         let (http, dns) = match open(&config, context, &lan, &gateway, &life).await {
             Ok(bound) => bound,
             Err(e) => {

@@ -27,6 +27,7 @@ pub mod config;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod telemetry;
 pub mod watch;
 
 pub use agent::{Agent, resolve_bind};

@@ -25,6 +25,7 @@ pub mod dns;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod telemetry;
 
 use std::sync::Arc;
 
@@ -57,6 +58,9 @@ pub struct AgentInfo {
     /// The data directory (`None` in `-dev` mode), where an operator leaves
     /// `acl-bootstrap-reset`.
     pub data_dir: Option<std::path::PathBuf>,
+    /// `telemetry.prometheus_retention_time`: Prometheus's format is served only when
+    /// it is positive (the recorder is per process; this setting is per agent).
+    pub prometheus_retention: std::time::Duration,
     /// The resolved runtime configuration (`DebugConfig`).
     pub debug_config: serde_json::Value,
 }
@@ -91,4 +95,6 @@ pub struct Context {
     /// Where ACL replication from the primary datacenter stands, on a server of a
     /// secondary.
     pub acl_replication: Option<Arc<gateway::AclReplicationStatus>>,
+    /// The process's metrics (`/v1/agent/metrics`).
+    pub telemetry: Arc<telemetry::Telemetry>,
 }

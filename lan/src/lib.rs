@@ -594,6 +594,15 @@ impl Lan {
         Some((answer, index))
     }
 
+    /// How many nodes, service instances and keys the local catalog copy holds (`None`
+    /// on a client agent).
+    pub fn catalog_sizes(&self) -> Option<(usize, usize, usize)> {
+        match &self.inner.role {
+            Role::Server(server) => Some(server.catalog().read(|s| s.sizes())),
+            Role::Client { .. } => None,
+        }
+    }
+
     /// The newest index of the local catalog copy (`None` on a client agent): any change
     /// to the catalog changes it.
     pub fn catalog_index(&self) -> Option<u64> {
@@ -666,7 +675,12 @@ impl Lan {
         }
         let mut last = String::new();
         for server in servers {
-            match self.inner.rpc.call(server, request, deadline).await {
+            metrics::counter!("client.rpc").increment(1);
+            let answer = self.inner.rpc.call(server, request, deadline).await;
+            if answer.is_err() {
+                metrics::counter!("client.rpc.failed").increment(1);
+            }
+            match answer {
                 Ok(response) => {
                     *preferred.lock().expect("preferred lock") = Some(server);
                     return Ok(response);
@@ -812,6 +826,11 @@ impl Lan {
                 other => Err(ReadError::Rpc(server::unexpected(other))),
             },
         }
+    }
+
+    /// On the leader, how long ago a quorum of servers last acknowledged it.
+    pub fn leader_last_contact(&self) -> Option<Duration> {
+        self.consensus()?.since_quorum_ack()
     }
 
     /// Whether this agent is the leader of its datacenter right now.

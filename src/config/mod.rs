@@ -26,6 +26,7 @@
 //! | `tls.rs` | `tls` and the top-level TLS keys, for internal RPC and HTTPS |
 //! | `kv_replication.rs` | `kv_replication` |
 //! | `acl.rs` | `acl` |
+//! | `telemetry.rs` | `telemetry` |
 //! | `definitions.rs` | `service[s]`, `check[s]`, `watches` |
 //!
 //! A new area is a new file with its `check_*` function called from `check_layer`'s
@@ -44,6 +45,7 @@ mod node;
 mod problem;
 pub mod raw;
 mod source;
+mod telemetry;
 mod tls;
 mod value;
 
@@ -129,6 +131,8 @@ pub struct AgentConfig {
     pub kv_replication: Option<std::sync::Arc<catalog::KvReplication>>,
     /// ACL settings (`acl`); `None` when ACLs are off.
     pub acl: Option<std::sync::Arc<lan::AclConfig>>,
+    /// Metrics settings (`telemetry`).
+    pub telemetry: api::telemetry::TelemetryConfig,
     /// Server port connections open at once from one IP address
     /// (`limits.rpc_max_conns_per_client`; `usize::MAX` for no limit).
     pub rpc_max_conns_per_client: usize,
@@ -250,6 +254,7 @@ impl AgentConfig {
         node::check_storage(&m, sources.dev, &mut problems);
         let kv_replication = kv_replication::settings(&m, role.server, &mut problems);
         let acl = acl::settings(&m, &mut problems);
+        let telemetry = telemetry::settings(&m, &mut problems);
         let enable_script_checks = m.enable_script_checks.unwrap_or(false);
         let enable_local_script_checks = m.enable_local_script_checks.unwrap_or(false);
         definitions::check(
@@ -314,6 +319,7 @@ impl AgentConfig {
             remote_read_caps: gateway::Caps::default(),
             kv_replication,
             acl,
+            telemetry,
             rpc_max_conns_per_client: per_client(
                 limits.rpc_max_conns_per_client,
                 lan::DEFAULT_RPC_MAX_CONNS_PER_CLIENT,

@@ -151,6 +151,24 @@ pub struct RawKvReplication {
     pub exclude: Option<Vec<String>>,
 }
 
+/// `telemetry` (Consul's metrics settings).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    pub prometheus_retention_time: Option<String>,
+    pub metrics_prefix: Option<String>,
+    pub disable_hostname: Option<bool>,
+    pub filter_default: Option<bool>,
+    pub prefix_filter: Option<Vec<String>>,
+    #[serde(rename = "disable_compat_1.9")]
+    pub disable_compat_1_9: Option<bool>,
+    pub statsd_address: Option<String>,
+    pub statsite_address: Option<String>,
+    pub dogstatsd_addr: Option<String>,
+    pub circonus_api_token: Option<String>,
+    pub circonus_submission_url: Option<String>,
+}
+
 /// `acl` (Consul's ACL settings).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -245,6 +263,7 @@ pub struct RawConfig {
     pub verify_server_hostname: Option<bool>,
     pub kv_replication: Option<RawKvReplication>,
     pub acl: Option<RawAcl>,
+    pub telemetry: Option<RawTelemetry>,
 
     // Keys of Consul features this version does not have. They are accepted by the
     // parser only so that validation can say so plainly instead of "unknown key".
@@ -437,6 +456,7 @@ impl RawConfig {
         scalar(&mut self.retry_interval_wan, l.retry_interval_wan);
         scalar(&mut self.retry_max_wan, l.retry_max_wan);
         super::acl::merge(&mut self.acl, l.acl);
+        super::telemetry::merge(&mut self.telemetry, l.telemetry);
         scalar(&mut self.connect, l.connect);
         scalar(&mut self.ui_config, l.ui_config);
         scalar(&mut self.ui, l.ui);

@@ -99,6 +99,24 @@ fn datacenter_of(m: &Member) -> Option<&str> {
         .or_else(|| m.name.rsplit_once('.').map(|(_, dc)| dc))
 }
 
+/// One datacenter of the WAN pool, as [`Federation::datacenter_health`] sees it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DatacenterHealth {
+    /// Its name.
+    pub datacenter: String,
+    /// Servers gossip holds alive.
+    pub alive: usize,
+    /// Servers leaving.
+    pub leaving: usize,
+    /// Servers that left.
+    pub left: usize,
+    /// Servers gossip found failed.
+    pub failed: usize,
+    /// Lowest round-trip time measured to one of its servers (none measured yet, or
+    /// this server alone).
+    pub rtt: Option<Duration>,
+}
+
 impl Federation {
     /// Binds the QUIC endpoint and starts the WAN pool with this server alone, then joins
     /// the remembered peers in the background. Tasks run on `tasks` until `shutdown`.
@@ -261,6 +279,36 @@ impl Federation {
             .collect()
     }
 
+    /// Every datacenter of the WAN pool (this one included) as this server sees it: its
+    /// servers by gossip status, and the lowest round-trip time measured to one of them.
+    pub fn datacenter_health(&self) -> Vec<DatacenterHealth> {
+        let mut by_dc: std::collections::BTreeMap<String, DatacenterHealth> =
+            std::collections::BTreeMap::new();
+        for m in self.members().iter() {
+            let Some(dc) = datacenter_of(m) else {
+                continue;
+            };
+            let health = by_dc
+                .entry(dc.to_string())
+                .or_insert_with(|| DatacenterHealth {
+                    datacenter: dc.to_string(),
+                    ..DatacenterHealth::default()
+                });
+            match m.status {
+                MemberStatus::Alive => health.alive += 1,
+                MemberStatus::Leaving => health.leaving += 1,
+                MemberStatus::Left => health.left += 1,
+                MemberStatus::Failed => health.failed += 1,
+            }
+            if m.name != self.name
+                && let Some(rtt) = self.endpoint.rtt(SocketAddr::new(m.addr, m.port))
+            {
+                health.rtt = Some(health.rtt.map_or(rtt, |r: Duration| r.min(rtt)));
+            }
+        }
+        by_dc.into_values().collect()
+    }
+
     /// [`Self::servers`], each with whether gossip holds it alive.
     fn servers_by_status(&self, datacenter: &str) -> Vec<(String, SocketAddr, bool)> {
         let members = self.members();
@@ -343,6 +391,10 @@ impl Federation {
             let now = Instant::now();
             if now >= deadline {
                 break;
+            }
+            if i > 0 {
+                metrics::counter!("gateway.failovers", "datacenter" => datacenter.to_string())
+                    .increment(1);
             }
             let left = u32::try_from(count - i).unwrap_or(u32::MAX);
             let mut budget = ((deadline - now) / left).max(MIN_ATTEMPT);

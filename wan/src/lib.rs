@@ -30,7 +30,7 @@ pub mod tls;
 mod tests;
 
 pub use endpoint::{Endpoint, EndpointConfig, WanError};
-pub use federation::{Federation, FederationConfig};
+pub use federation::{DatacenterHealth, Federation, FederationConfig};
 
 /// The serf WAN port, used when a WAN join address has no port.
 pub const DEFAULT_SERF_WAN_PORT: u16 = 8302;

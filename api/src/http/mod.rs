@@ -16,6 +16,7 @@ mod health;
 pub(crate) mod json;
 pub(crate) mod keyring;
 mod kv;
+mod metrics;
 pub(crate) mod query;
 mod server;
 pub(crate) mod session;
@@ -616,6 +617,7 @@ pub(crate) fn router(ctx: Context, max_body_bytes: usize) -> Router {
         .route("/v1/coordinate/node/{node}", get(coordinate::node))
         .route("/v1/agent/self", get(agent::self_info))
         .route("/v1/agent/members", get(agent::members))
+        .route("/v1/agent/metrics", get(metrics::metrics))
         .route("/v1/agent/services", get(agent::services))
         .route("/v1/agent/service/{id}", get(agent::service))
         .route("/v1/agent/checks", get(agent::checks))
@@ -724,6 +726,7 @@ pub(crate) fn router(ctx: Context, max_body_bytes: usize) -> Router {
             add_common_headers(r, max_body_bytes)
         }))
         .layer(axum::middleware::map_request(cache_control_params))
+        .layer(axum::middleware::from_fn(metrics::record_http))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(ctx)
 }

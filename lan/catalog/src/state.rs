@@ -341,6 +341,11 @@ impl State {
         self.indexes
     }
 
+    /// How many nodes, service instances and keys the catalog holds.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (self.nodes.len(), self.services.len(), self.kv.entries.len())
+    }
+
     /// The index of the last change to what a query about service `name` returns.
     pub fn service_index(&self, name: &str) -> u64 {
         self.service_index

@@ -356,6 +356,12 @@ impl Consensus {
         }
     }
 
+    /// On the leader, how long ago a quorum last acknowledged it.
+    pub(crate) fn since_quorum_ack(&self) -> Option<Duration> {
+        let ms = self.raft.metrics().borrow().millis_since_quorum_ack?;
+        Some(Duration::from_millis(ms))
+    }
+
     /// The servers of the current configuration.
     pub(crate) fn configuration(&self) -> Vec<RaftServer> {
         let m = self.raft.metrics();
