@@ -281,13 +281,16 @@ impl Gateway {
         };
         let key = load::Key::new(name, query, &options);
         let blocking = options.min_index > 0;
-        if let Some(policy) = cache.filter(|_| !blocking)
-            && let Some((result, age)) = self.load.cached(&key, policy.max_age)
-        {
-            return Ok(Cached {
-                result,
-                cache: status(Some(age)),
-            });
+        if let Some(policy) = cache.filter(|_| !blocking) {
+            if let Some((result, age)) = self.load.cached(&key, policy.max_age) {
+                metrics::counter!("gateway.cache_hit", "datacenter" => name.to_string())
+                    .increment(1);
+                return Ok(Cached {
+                    result,
+                    cache: status(Some(age)),
+                });
+            }
+            metrics::counter!("gateway.cache_miss", "datacenter" => name.to_string()).increment(1);
         }
         let fetched = if options.consistency == catalog::Consistency::Stale && !blocking {
             let gateway = self.clone();
@@ -585,6 +588,25 @@ enum Route {
 
 /// Sends `call` to a server of `dc`, within `deadline`.
 async fn remote(
+    federation: &Federation,
+    dc: &Datacenter,
+    call: &Call,
+    deadline: Instant,
+) -> Result<Reply, RouteError> {
+    let start = std::time::Instant::now();
+    let label = dc.to_string();
+    metrics::counter!("rpc.cross-dc", "datacenter" => label.clone()).increment(1);
+    metrics::counter!("gateway.requests", "datacenter" => label.clone()).increment(1);
+    let reply = remote_call(federation, dc, call, deadline).await;
+    metrics::histogram!("gateway.latency", "datacenter" => label.clone())
+        .record(start.elapsed().as_secs_f64() * 1000.0);
+    if reply.is_err() {
+        metrics::counter!("gateway.errors", "datacenter" => label).increment(1);
+    }
+    reply
+}
+
+async fn remote_call(
     federation: &Federation,
     dc: &Datacenter,
     call: &Call,

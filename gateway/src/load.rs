@@ -274,7 +274,10 @@ impl Load {
     {
         let mut flight = match self.join(&key) {
             Joined::Full => return read.await,
-            Joined::Flying(flight) => flight,
+            Joined::Flying(flight) => {
+                metrics::counter!("gateway.coalesced", "datacenter" => key.dc.clone()).increment(1);
+                flight
+            }
             Joined::First(pilot) => {
                 let flight = pilot.subscribe();
                 let load = self.clone();

@@ -193,6 +193,15 @@ impl Tokens {
     }
 }
 
+// Resolution metrics (Consul's names), registered on first use: after the agent
+// installed its recorder.
+static CACHE_HIT: std::sync::LazyLock<metrics::Counter> =
+    std::sync::LazyLock::new(|| metrics::counter!("acl.token.cache_hit"));
+static CACHE_MISS: std::sync::LazyLock<metrics::Counter> =
+    std::sync::LazyLock::new(|| metrics::counter!("acl.token.cache_miss"));
+static RESOLVE: std::sync::LazyLock<metrics::Histogram> =
+    std::sync::LazyLock::new(|| metrics::histogram!("acl.ResolveToken"));
+
 /// Nanoseconds since the Unix epoch now, as token expiry counts time.
 pub fn now_ns() -> u64 {
     SystemTime::now()
@@ -278,10 +287,14 @@ impl Acl {
                 && r.acl_index == acl_index
                 && r.expires.is_none_or(|e| now < e)
             {
+                CACHE_HIT.increment(1);
                 return Ok(Some(r.caller.clone()));
             }
         }
+        CACHE_MISS.increment(1);
+        let start = std::time::Instant::now();
         let resolved = catalog.read(|s| s.acl().resolve(secret, now, &self.datacenter));
+        RESOLVE.record(start.elapsed().as_secs_f64() * 1000.0);
         let expires = resolved.as_ref().and_then(|r| r.expires);
         let default_allow = self.config.default_allow;
         let (accessor_id, authorizer) = match resolved {

@@ -24,6 +24,7 @@ mod https;
 mod jepsen;
 mod kv;
 mod limits;
+mod metrics;
 mod process;
 mod raft;
 mod recovery;

@@ -178,6 +178,38 @@ pub(crate) struct Server {
     recursions: Arc<Semaphore>,
     fetches: Arc<Semaphore>,
     tasks: TaskTracker,
+    metrics: DnsMetrics,
+}
+
+/// The DNS interface's metrics (Consul's names), registered once.
+struct DnsMetrics {
+    /// `dns.domain_query`: time to answer a query, in milliseconds.
+    domain_query: metrics::Histogram,
+    /// `dns.ptr_query`: the same for reverse lookups.
+    ptr_query: metrics::Histogram,
+}
+
+impl DnsMetrics {
+    fn new(node: &str) -> DnsMetrics {
+        let node = node.to_string();
+        DnsMetrics {
+            domain_query: metrics::histogram!("dns.domain_query", "node" => node.clone()),
+            ptr_query: metrics::histogram!("dns.ptr_query", "node" => node),
+        }
+    }
+
+    fn record(&self, request: &Message, start: std::time::Instant) {
+        let ptr = request
+            .queries
+            .first()
+            .is_some_and(|q| q.query_type() == hickory_proto::rr::RecordType::PTR);
+        let timer = if ptr {
+            &self.ptr_query
+        } else {
+            &self.domain_query
+        };
+        timer.record(crate::telemetry::millis_since(start));
+    }
 }
 
 /// A datagram or TCP message, decoded.
@@ -235,6 +267,7 @@ impl Server {
     pub(crate) fn new(gateway: Gateway, config: DnsConfig, tasks: &TaskTracker) -> Server {
         let limiter =
             (config.rate_per_source > 0).then(|| limit::RateLimiter::new(config.rate_per_source));
+        let metrics = DnsMetrics::new(gateway.lan().node_name());
         Server {
             limiter,
             responder: Responder::new(gateway.clone(), config),
@@ -242,6 +275,7 @@ impl Server {
             recursions: Arc::new(Semaphore::new(MAX_RECURSIONS)),
             fetches: Arc::new(Semaphore::new(MAX_FETCHES)),
             tasks: tasks.clone(),
+            metrics,
         }
     }
 
@@ -274,9 +308,13 @@ impl Server {
 
     /// Answers one request from its bytes.
     fn handle(&self, bytes: &[u8], transport: Transport) -> Handled {
+        let start = std::time::Instant::now();
         match decode(bytes) {
             Decoded::Query(request) => match self.responder.respond(&request, transport) {
-                Outcome::Reply(bytes) => Handled::Reply(bytes),
+                Outcome::Reply(bytes) => {
+                    self.metrics.record(&request, start);
+                    Handled::Reply(bytes)
+                }
                 Outcome::Drop => Handled::Nothing,
                 Outcome::Recurse => Handled::Recurse(Box::new(request)),
                 Outcome::Fetch(need) => Handled::Fetch(Box::new((request, need))),
@@ -310,6 +348,18 @@ impl Server {
     /// a service through a server, then finds no healthy instance and fails over), at
     /// most [`MAX_FETCH_ROUNDS`] in all.
     async fn fetch(&self, request: &Message, need: Need, transport: Transport) -> Option<Vec<u8>> {
+        let start = std::time::Instant::now();
+        let reply = self.fetch_and_answer(request, need, transport).await;
+        self.metrics.record(request, start);
+        reply
+    }
+
+    async fn fetch_and_answer(
+        &self,
+        request: &Message,
+        need: Need,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
         let deadline = tokio::time::Instant::now() + FETCH_TIMEOUT;
         let mut fetched: Vec<Fetched> = Vec::new();
         let mut need = need;

@@ -121,8 +121,13 @@ async fn run(
         tasks.spawn(async move {
             let _slot = slot;
             let (commands, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+            let entries = commands.len() as u64;
+            let start = std::time::Instant::now();
             match raft.client_write(commands).await {
                 Ok(response) => {
+                    metrics::counter!("raft.apply").increment(entries);
+                    metrics::histogram!("raft.commitTime")
+                        .record(start.elapsed().as_secs_f64() * 1000.0);
                     let index = response.log_id.index;
                     let mut results = response.data.into_iter();
                     for waiter in waiters {

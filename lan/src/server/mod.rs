@@ -265,8 +265,27 @@ impl Server {
         self.acl.as_ref()?.agent_token()
     }
 
-    /// Writes through Raft on the leader: here, or forwarded to it.
+    /// Writes through Raft on the leader: here, or forwarded to it. The first server
+    /// to get a write times it under Consul's name for its kind (`catalog.register`, …).
     pub(crate) async fn write(
+        &self,
+        command: Command,
+        deadline: Instant,
+        principal: &Principal,
+        forwarded: bool,
+    ) -> Result<Written, WriteError> {
+        let timer = (!forwarded).then(|| write_metric(&command)).flatten();
+        let start = std::time::Instant::now();
+        let written = self
+            .write_on_leader(command, deadline, principal, forwarded)
+            .await;
+        if let Some(name) = timer {
+            metrics::histogram!(name).record(start.elapsed().as_secs_f64() * 1000.0);
+        }
+        written
+    }
+
+    async fn write_on_leader(
         &self,
         command: Command,
         deadline: Instant,
@@ -533,6 +552,14 @@ impl<R: Relays> rpc::Handler for Handler<R> {
         if let Some(refusal) = self.refusal(&request, &caller) {
             return refusal;
         }
+        match &request {
+            Request::AppendEntries(_) | Request::Vote(_) | Request::InstallSnapshot(_) => {}
+            Request::Read { .. } => {
+                metrics::counter!("rpc.request").increment(1);
+                metrics::counter!("rpc.query").increment(1);
+            }
+            _ => metrics::counter!("rpc.request").increment(1),
+        }
         match request {
             Request::Read {
                 query,
@@ -592,5 +619,19 @@ impl<R: Relays> rpc::Handler for Handler<R> {
                     .await,
             ),
         }
+    }
+}
+
+/// Consul's metric for a write of this kind, if it has one.
+fn write_metric(command: &Command) -> Option<&'static str> {
+    match command {
+        Command::Register(_) => Some("catalog.register"),
+        Command::Deregister(_) => Some("catalog.deregister"),
+        Command::Kv(_) => Some("kvs.apply"),
+        Command::Txn(_) => Some("txn.apply"),
+        Command::Session(_) => Some("session.apply"),
+        Command::SetQuery { .. } | Command::DeleteQuery { .. } => Some("prepared-query.apply"),
+        Command::Acl(_) => Some("acl.apply"),
+        Command::Restore(_) | Command::KvReplicate(_) => None,
     }
 }

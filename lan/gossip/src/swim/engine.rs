@@ -174,6 +174,8 @@ pub struct Engine {
     rng: StdRng,
     outputs: Vec<Output>,
     events: Vec<Event>,
+    /// Members this one began to suspect, since it started (a metric's source).
+    suspicions_started: u64,
     /// This member's network coordinate, from the RTTs of its probes.
     vivaldi: Vivaldi,
     /// The latest coordinate of each member that answered a probe (members only).
@@ -241,6 +243,7 @@ impl Engine {
             rng,
             outputs: Vec::new(),
             events: Vec::new(),
+            suspicions_started: 0,
             vivaldi: Vivaldi::default(),
             coordinates: BTreeMap::new(),
         }
@@ -269,6 +272,11 @@ impl Engine {
     /// Lifeguard's local health score (0 = healthy).
     pub fn awareness(&self) -> u32 {
         self.awareness
+    }
+
+    /// How many times a member became suspect here, since the engine started.
+    pub fn suspicions_started(&self) -> u64 {
+        self.suspicions_started
     }
 
     /// Outputs produced since the last call.
@@ -750,6 +758,7 @@ impl Engine {
         m.state = State::Suspect;
         m.incarnation = incarnation;
         m.since = now;
+        self.suspicions_started += 1;
         let min = suspicion_timeout(self.config.suspicion_mult, n, self.config.probe_interval);
         let max = min * self.config.suspicion_max_timeout_mult;
         let expected = self

@@ -22,7 +22,7 @@
 //! [`PEER_LOG_INTERVAL`](crate::PEER_LOG_INTERVAL) (`Shared::refused`, which the stream
 //! exchanges log with too).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -218,6 +218,7 @@ impl Pool {
             outbound: Arc::new(Semaphore::new(MAX_OUTBOUND_STREAMS)),
             leaving: None,
             shutdown,
+            metrics: PoolMetrics::new(pool),
         };
         tasks.spawn(driver.run(inbox, packet_inbox));
         let inbound = Inbound {
@@ -301,6 +302,85 @@ struct Driver {
     outbound: Arc<Semaphore>,
     leaving: Option<(Instant, oneshot::Sender<()>)>,
     shutdown: CancellationToken,
+    metrics: PoolMetrics,
+}
+
+/// A pool's metrics (serf's and memberlist's names, labelled with the network),
+/// registered once.
+struct PoolMetrics {
+    join: metrics::Counter,
+    left: metrics::Counter,
+    failed: metrics::Counter,
+    flap: metrics::Counter,
+    suspect: metrics::Counter,
+    dead: metrics::Counter,
+    gossip: metrics::Histogram,
+    health: metrics::Gauge,
+    /// Suspicions already counted.
+    suspicions_seen: u64,
+    /// When members recently failed, to tell a flap (back within [`FLAP_WINDOW`]).
+    failed_at: HashMap<String, Instant>,
+}
+
+/// A member back within this long of failing counts as a flap (serf's default).
+const FLAP_WINDOW: Duration = Duration::from_secs(60);
+/// Recent failures remembered at most.
+const MAX_FAILURES_KEPT: usize = 1024;
+
+impl PoolMetrics {
+    fn new(pool: &str) -> PoolMetrics {
+        let network = pool.to_ascii_lowercase();
+        let counter = |name: &'static str| metrics::counter!(name, "network" => network.clone());
+        PoolMetrics {
+            join: counter("serf.member.join"),
+            left: counter("serf.member.left"),
+            failed: counter("serf.member.failed"),
+            flap: counter("serf.member.flap"),
+            suspect: counter("memberlist.msg.suspect"),
+            dead: counter("memberlist.msg.dead"),
+            gossip: metrics::histogram!("memberlist.gossip", "network" => network.clone()),
+            health: metrics::gauge!("memberlist.health.score", "network" => network),
+            suspicions_seen: 0,
+            failed_at: HashMap::new(),
+        }
+    }
+
+    fn event(&mut self, event: &Event) {
+        let now = Instant::now();
+        match event {
+            Event::Join(n) => {
+                self.join.increment(1);
+                if self
+                    .failed_at
+                    .remove(n)
+                    .is_some_and(|at| now.duration_since(at) < FLAP_WINDOW)
+                {
+                    self.flap.increment(1);
+                }
+            }
+            Event::Leave(_) => self.left.increment(1),
+            Event::Failed(n) => {
+                self.failed.increment(1);
+                self.dead.increment(1);
+                if self.failed_at.len() >= MAX_FAILURES_KEPT {
+                    self.failed_at
+                        .retain(|_, at| now.duration_since(*at) < FLAP_WINDOW);
+                }
+                if self.failed_at.len() < MAX_FAILURES_KEPT {
+                    self.failed_at.insert(n.clone(), now);
+                }
+            }
+            Event::Update(_) | Event::Reap(_) => {}
+        }
+    }
+
+    fn engine(&mut self, engine: &Engine) {
+        let started = engine.suspicions_started();
+        self.suspect
+            .increment(started.saturating_sub(self.suspicions_seen));
+        self.suspicions_seen = started;
+        self.health.set(f64::from(engine.awareness()));
+    }
 }
 
 impl Driver {
@@ -312,6 +392,7 @@ impl Driver {
         let (merged_tx, mut merged) = mpsc::channel::<Vec<MemberState>>(MERGE_QUEUE);
         loop {
             let next = Instant::from_std(self.engine.next_deadline());
+            let mut timed = false;
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 Some(Queued { bytes, from, .. }) = packets.recv() => self.on_datagram(&bytes, from),
@@ -319,10 +400,18 @@ impl Driver {
                 Some(states) = merged.recv() => {
                     self.engine.merge_remote(std::time::Instant::now(), states);
                 }
-                _ = tokio::time::sleep_until(next) => {}
+                _ = tokio::time::sleep_until(next) => timed = true,
             }
-            self.engine.tick(std::time::Instant::now());
+            let round = std::time::Instant::now();
+            self.engine.tick(round);
             self.flush(&merged_tx).await;
+            if timed {
+                // A timer-driven round: probes, gossip and exchanges that were due.
+                self.metrics
+                    .gossip
+                    .record(round.elapsed().as_secs_f64() * 1000.0);
+                self.metrics.engine(&self.engine);
+            }
             if let Some((deadline, _)) = &self.leaving
                 && (self.engine.pending_broadcasts() == 0
                     || self.engine.live_peers() == 0
@@ -429,6 +518,7 @@ impl Driver {
         let events = self.engine.take_events();
         if !events.is_empty() {
             for event in &events {
+                self.metrics.event(event);
                 match event {
                     Event::Join(n) => {
                         tracing::info!(pool = self.shared.pool, node = %n, "member joined")
