@@ -12,13 +12,14 @@
 # watchers vs etcd), wan (QUIC requests vs a UDP echo, WAN pool vs serf -profile=wan),
 # crossdc (cross-datacenter DNS with an injected WAN delay, with and without the cache),
 # kv_replication (how far a KV copy in another datacenter lags behind its source, against
-# the injected round trip: there is no reference program to run).
+# the injected round trip: there is no reference program to run), acl (ACLs on against
+# off) and metrics (metrics on against off).
 # A script that fails is reported and the others still run; the exit code is non-zero if
 # any failed. Needs root for apt-get (Debian) and for gossip's iptables-made loss.
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-ALL=(dns_http gossip raft kv wan crossdc kv_replication acl)
+ALL=(dns_http gossip raft kv wan crossdc kv_replication acl metrics)
 if [ "$#" -gt 0 ]; then SELECTED=("$@"); else SELECTED=("${ALL[@]}"); fi
 
 if command -v apt-get >/dev/null 2>&1; then
