@@ -158,6 +158,17 @@ impl Gateway {
             federation: Ok(federation.clone()),
             load: load.clone(),
         }));
+        if let Some(primary) = lan
+            .acl_config()
+            .and_then(|a| a.primary_datacenter.as_deref())
+            .and_then(|p| Datacenter::new(p).ok())
+            .filter(|p| p != lan.datacenter())
+        {
+            lan.set_remote_tokens(Arc::new(AskPrimary {
+                federation: federation.clone(),
+                primary,
+            }));
+        }
         Gateway {
             lan,
             federation: Ok(federation),
@@ -435,6 +446,10 @@ impl Gateway {
                 local_only,
                 timeout_ms,
             } => Reply::KeyringAll(self.keyring(op, local_only, deadline_in(timeout_ms)).await),
+            Call::ResolveToken { secret } => match self.lan.grant_for(&secret) {
+                Some(grant) => Reply::ResolvedToken(grant),
+                None => Reply::Refused("ACLs are off in this datacenter".into()),
+            },
             Call::Datacenters => Reply::Datacenters(
                 self.datacenters()
                     .await
@@ -625,6 +640,34 @@ async fn remote_call(
         Response::Relay(raw) => remote::decode(&raw).map_err(|e| call.failed(e)),
         Response::Error(e) => Err(call.failed(e)),
         other => Err(call.failed(format!("unexpected answer {other:?}"))),
+    }
+}
+
+/// How a server of a secondary datacenter asks the primary what a token may do.
+struct AskPrimary {
+    federation: Federation,
+    primary: Datacenter,
+}
+
+impl lan::acl::RemoteTokens for AskPrimary {
+    fn resolve<'a>(
+        &'a self,
+        secret: &'a str,
+        deadline: Instant,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Option<lan::acl::Grant>, String>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let call = Call::ResolveToken {
+                secret: secret.to_owned(),
+            };
+            match remote(&self.federation, &self.primary, &call, deadline).await {
+                Ok(Reply::ResolvedToken(grant)) => Ok(grant),
+                Ok(Reply::Refused(why)) => Err(why),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        })
     }
 }
 

@@ -70,6 +70,12 @@ pub(crate) enum Call {
     },
     /// The federation's datacenters, nearest first, as the receiving server sees them.
     Datacenters,
+    /// What a token may do by the receiving datacenter's ACL tables: a secondary's
+    /// server asks the primary about a token it does not hold.
+    ResolveToken {
+        /// The token's secret.
+        secret: String,
+    },
 }
 
 impl Call {
@@ -118,6 +124,8 @@ pub(crate) enum Reply {
     KeyringAll(Result<Vec<PoolKeyring>, RouteError>),
     /// For [`Call::Datacenters`].
     Datacenters(Vec<String>),
+    /// For [`Call::ResolveToken`]: what the token may do (`None`: no such token).
+    ResolvedToken(Option<lan::acl::Grant>),
     /// The call was not served: unreadable, not allowed to this caller, or not served on
     /// this hop.
     Refused(String),

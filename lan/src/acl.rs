@@ -3,12 +3,22 @@
 //!
 //! The server that answers a read checks and filters it; the leader checks a write
 //! against the state it will apply to. A forwarded request carries its token, so the
-//! server that decides resolves it again. The agent's own work
+//! server that decides resolves it again.
+//!
+//! A server of a secondary datacenter resolves a token its own tables do not hold (a
+//! global token, when `enable_token_replication` is off) at the primary, through the
+//! [`RemoteTokens`] the gateway lends it, and keeps the answer for `token_ttl`. When the
+//! primary cannot be asked, `down_policy` decides: `extend-cache` keeps what the primary
+//! said last, at any age, and denies tokens it never saw; `allow` and `deny` as named.
+//! A token revoked in the primary thus stops working in a secondary within `token_ttl`
+//! (or at once with token replication, once the revocation is copied). The agent's own work
 //! ([`Principal::Agent`]) is not checked on a server; a client agent sends its agent
 //! token for it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use catalog::acl::{ANONYMOUS_ACCESSOR, ANONYMOUS_SECRET, Authorizer, Caller, Rules};
@@ -223,7 +233,33 @@ pub(crate) struct Acl {
     /// Callers resolved since the ACL tables last changed, by secret: resolving merges
     /// every policy of a token, which a request should not pay for each time.
     resolved: Arc<Mutex<HashMap<String, Resolution>>>,
+    /// What the primary said of tokens this secondary does not hold.
+    remote: Arc<PrimarySaid>,
+    /// How to ask the primary (set by the gateway on a server of a secondary).
+    resolver: Arc<OnceLock<Arc<dyn RemoteTokens>>>,
 }
+
+/// How a server of a secondary datacenter asks the primary what a token may do.
+pub trait RemoteTokens: Send + Sync + 'static {
+    /// What the primary says `secret` may do (`Ok(None)`: it knows no such token), or
+    /// why it could not be asked by `deadline`.
+    fn resolve<'a>(
+        &'a self,
+        secret: &'a str,
+        deadline: Instant,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<Grant>, String>> + Send + 'a>>;
+}
+
+impl std::fmt::Debug for dyn RemoteTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RemoteTokens")
+    }
+}
+
+/// How long a server waits for the primary to resolve a token.
+pub const REMOTE_RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a decision of `down_policy` stands before the primary is asked again.
+const DOWN_RETRY: Duration = Duration::from_secs(5);
 
 /// A caller as resolved at an ACL index, until its token expires.
 #[derive(Debug, Clone)]
@@ -243,7 +279,87 @@ impl Acl {
             tokens,
             datacenter,
             resolved: Arc::default(),
+            remote: Arc::default(),
+            resolver: Arc::default(),
         }
+    }
+
+    /// Lets this server ask the primary about tokens it does not hold. Set once.
+    pub(crate) fn set_remote(&self, resolver: Arc<dyn RemoteTokens>) {
+        let _ = self.resolver.set(resolver);
+    }
+
+    /// Whether `principal`'s token must be asked of the primary: this is a server of a
+    /// secondary that can ask, and its tables do not hold the token.
+    fn asks_primary<'p>(&self, catalog: &Catalog, principal: &'p Principal) -> Option<&'p str> {
+        let Principal::Token(secret) = principal else {
+            return None;
+        };
+        self.resolver.get()?;
+        let primary = self.config.primary_datacenter.as_deref()?;
+        if primary == self.datacenter {
+            return None;
+        }
+        let acl_index = catalog.read(|s| s.indexes().acl);
+        let cached = self
+            .resolved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&**secret)
+            .is_some_and(|r| r.acl_index == acl_index);
+        if cached {
+            return None;
+        }
+        let held = catalog.read(|s| s.acl().resolve(secret, now_ns(), &self.datacenter));
+        held.is_none().then_some(&**secret)
+    }
+
+    /// Before a request is checked: on a server of a secondary, a token its tables do
+    /// not hold is asked of the primary (unless asked within `token_ttl`), so that the
+    /// check that follows finds the answer, or what `down_policy` decided.
+    pub(crate) async fn prepare(&self, catalog: &Catalog, principal: &Principal) {
+        let Some(secret) = self.asks_primary(catalog, principal) else {
+            return;
+        };
+        if self.remote.get(secret).is_some_and(|(fresh, _)| fresh) {
+            return;
+        }
+        let Some(resolver) = self.resolver.get() else {
+            return;
+        };
+        match resolver
+            .resolve(secret, Instant::now() + REMOTE_RESOLVE_TIMEOUT)
+            .await
+        {
+            Ok(grant) => self
+                .remote
+                .put(secret, Said::Primary(grant), self.config.token_ttl),
+            Err(e) => {
+                tracing::warn!(error = %e, down_policy = ?self.config.down_policy, "the primary datacenter could not resolve a token; acl.down_policy decides");
+                let decided = match self.config.down_policy {
+                    DownPolicy::Allow => Said::Down(true),
+                    DownPolicy::Deny => Said::Down(false),
+                    DownPolicy::ExtendCache | DownPolicy::AsyncCache => {
+                        match self.remote.get(secret) {
+                            Some((_, Said::Primary(grant))) => Said::Primary(grant),
+                            _ => Said::Down(false),
+                        }
+                    }
+                };
+                self.remote.put(secret, decided, DOWN_RETRY);
+            }
+        }
+    }
+
+    /// What the primary said of `secret` (or `down_policy` decided), if anything.
+    fn remote_caller(&self, secret: &str) -> Option<Result<Caller, NotFound>> {
+        self.resolver.get()?;
+        let (_, said) = self.remote.get(secret)?;
+        Some(match said {
+            Said::Primary(Some(grant)) => Ok(grant.caller(&self.config)),
+            Said::Primary(None) => Err(NotFound),
+            Said::Down(allow) => Ok(down_caller(allow)),
+        })
     }
 
     /// What `principal` may do, as a server tells a client agent; `None` for a token it
@@ -264,7 +380,17 @@ impl Acl {
                 management: false,
                 rules: Rules::default(),
             }),
-            None => None,
+            // On a secondary: what the primary said (a `down_policy` decision to allow
+            // is passed on as a management grant; one to deny as an unknown token).
+            None => match self.resolver.get().and(self.remote.get(secret)) {
+                Some((_, Said::Primary(grant))) => grant,
+                Some((_, Said::Down(true))) => Some(Grant {
+                    accessor_id: ANONYMOUS_ACCESSOR.to_owned(),
+                    management: true,
+                    rules: Rules::default(),
+                }),
+                Some((_, Said::Down(false))) | None => None,
+            },
         }
     }
 
@@ -305,7 +431,14 @@ impl Acl {
                 ANONYMOUS_ACCESSOR.to_owned(),
                 Authorizer::default_only(default_allow),
             ),
-            None => return Err(NotFound),
+            // Not here: what the primary said of it, on a secondary (not cached here:
+            // that answer has its own lifetime).
+            None => {
+                return self
+                    .remote_caller(secret)
+                    .unwrap_or(Err(NotFound))
+                    .map(Some);
+            }
         };
         let caller = Caller {
             accessor_id: accessor_id.into(),
@@ -333,9 +466,10 @@ impl Acl {
     }
 }
 
-/// What a token may do, as a server sends it to a client agent.
+/// What a token may do, as a server sends it to a client agent (and the primary to a
+/// secondary's server).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Grant {
+pub struct Grant {
     accessor_id: String,
     management: bool,
     rules: Rules,
@@ -363,6 +497,47 @@ pub enum AuthError {
     NotFound,
 }
 
+/// What a secondary's server last heard from the primary about a token, or what
+/// `down_policy` decided when it could not ask.
+#[derive(Debug, Clone)]
+enum Said {
+    /// The primary's answer (`None`: no such token).
+    Primary(Option<Grant>),
+    /// `down_policy`'s decision: allow everything, or nothing.
+    Down(bool),
+}
+
+/// A secondary server's memory of [`Said`], by secret, each until its own expiry (past
+/// which it is still consulted by checks that cannot wait for the primary).
+#[derive(Debug, Default)]
+struct PrimarySaid {
+    said: Mutex<HashMap<String, (Instant, Said)>>,
+}
+
+impl PrimarySaid {
+    /// What was said of `secret`, and whether it is still fresh.
+    fn get(&self, secret: &str) -> Option<(bool, Said)> {
+        let said = self.said.lock().unwrap_or_else(|e| e.into_inner());
+        let (until, s) = said.get(secret)?;
+        Some((Instant::now() < *until, s.clone()))
+    }
+
+    /// Remembers `s` for `ttl`; the entry closest to expiry goes when full.
+    fn put(&self, secret: &str, s: Said, ttl: Duration) {
+        let mut said = self.said.lock().unwrap_or_else(|e| e.into_inner());
+        if said.len() >= MOST_REMEMBERED && !said.contains_key(secret) {
+            let first = said
+                .iter()
+                .min_by_key(|(_, (until, _))| *until)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = first {
+                said.remove(&k);
+            }
+        }
+        said.insert(secret.to_owned(), (Instant::now() + ttl, s));
+    }
+}
+
 /// The most tokens a client agent remembers.
 const MOST_REMEMBERED: usize = 4096;
 
@@ -370,11 +545,11 @@ const MOST_REMEMBERED: usize = 4096;
 /// (longer when the servers cannot be reached and `down_policy` is `extend-cache`).
 #[derive(Debug, Default)]
 pub(crate) struct Remembered {
-    grants: Mutex<HashMap<Option<String>, Said>>,
+    grants: Mutex<HashMap<Option<String>, Heard>>,
 }
 
 /// When a server answered about a token, and what it said (`None`: unknown token).
-type Said = (Instant, Option<Grant>);
+type Heard = (Instant, Option<Grant>);
 
 impl Remembered {
     /// What the servers last said of `token`, if within `ttl` (or at any age).

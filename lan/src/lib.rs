@@ -494,7 +494,10 @@ impl Lan {
             return Ok(None);
         };
         match &self.inner.role {
-            Role::Server(server) => server.caller(principal).map_err(|_| AuthError::NotFound),
+            Role::Server(server) => {
+                server.prepare(principal).await;
+                server.caller(principal).map_err(|_| AuthError::NotFound)
+            }
             Role::Client { .. } => {
                 let token = principal.to_wire(self.agent_token().as_deref());
                 let remembered = &self.inner.remembered;
@@ -761,6 +764,23 @@ impl Lan {
                     other => Err(ReadError::Rpc(server::unexpected(other))),
                 }
             }
+        }
+    }
+
+    /// Lets this server (of a secondary datacenter) ask the primary about tokens its
+    /// tables do not hold. Set once; nothing on a client agent or with ACLs off.
+    pub fn set_remote_tokens(&self, resolver: Arc<dyn acl::RemoteTokens>) {
+        if let Role::Server(server) = &self.inner.role {
+            server.set_remote_tokens(resolver);
+        }
+    }
+
+    /// What `secret` may do by this server's ACL tables (`Some(None)`: no such token),
+    /// as the primary tells a secondary; `None` on a client agent or with ACLs off.
+    pub fn grant_for(&self, secret: &str) -> Option<Option<acl::Grant>> {
+        match &self.inner.role {
+            Role::Server(server) => server.grant_for(secret),
+            Role::Client { .. } => None,
         }
     }
 

@@ -387,15 +387,16 @@ async fn acl_endpoints_say_acls_are_off_when_they_are() {
     agent.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_secondary_copies_the_primarys_acls_and_keeps_them_when_the_primary_is_gone() {
+/// A primary datacenter `dc1` (ACLs on, deny, the management token) and a secondary
+/// `dc2` WAN-joined to it with `dc2_acl` as its `acl` block, both led, the management
+/// token working in the primary.
+async fn primary_and_secondary(dir: &std::path::Path, dc2_acl: Value) -> (Member, Member) {
     use crate::support::cluster::Spec;
     use crate::wan::{server, tls_config};
 
-    let dir = tempfile::tempdir().unwrap();
     let ca = wan::tls::create_ca("consul", 30).unwrap();
     let config = |name: &str, dc: &str, acl: Value| {
-        let mut c: Value = serde_json::from_str(&tls_config(dir.path(), &ca, name, dc)).unwrap();
+        let mut c: Value = serde_json::from_str(&tls_config(dir, &ca, name, dc)).unwrap();
         c["primary_datacenter"] = json!("dc1");
         c["acl"] = acl;
         c.to_string()
@@ -415,19 +416,7 @@ async fn a_secondary_copies_the_primarys_acls_and_keeps_them_when_the_primary_is
     .await;
     let b = Member::start(Spec {
         join_wan: vec![a.wan_addr()],
-        ..server(
-            "b0",
-            "dc2",
-            1,
-            vec![],
-            config(
-                "b0",
-                "dc2",
-                json!({"enabled": true, "default_policy": "deny",
-                       "enable_token_replication": true,
-                       "tokens": {"replication": MANAGEMENT}}),
-            ),
-        )
+        ..server("b0", "dc2", 1, vec![], config("b0", "dc2", dc2_acl))
     })
     .await;
     for m in [&a, &b] {
@@ -451,6 +440,19 @@ async fn a_secondary_copies_the_primarys_acls_and_keeps_them_when_the_primary_is
             Err(format!("{status} {body}"))
         }
     })
+    .await;
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secondary_copies_the_primarys_acls_and_keeps_them_when_the_primary_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = primary_and_secondary(
+        dir.path(),
+        json!({"enabled": true, "default_policy": "deny",
+               "enable_token_replication": true,
+               "tokens": {"replication": MANAGEMENT}}),
+    )
     .await;
 
     // Made in the primary; one made through the secondary lands in the primary too.
@@ -547,6 +549,115 @@ async fn a_secondary_copies_the_primarys_acls_and_keeps_them_when_the_primary_is
     assert_eq!(status, 403, "anonymous writes stay refused");
     let (status, body) = call(&b, Method::PUT, "/v1/kv/app/y", Some(revoked.as_str()), "2").await;
     assert_eq!((status, body.as_str()), (403, "ACL not found"));
+    b.agent.stop(false).await;
+}
+
+/// Without token replication a secondary asks the primary about global tokens, keeps
+/// the answer for `token_ttl`, and under `down_policy = "extend-cache"` keeps using it
+/// while the primary cannot be asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secondary_without_token_replication_asks_the_primary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = primary_and_secondary(
+        dir.path(),
+        json!({"enabled": true, "default_policy": "deny", "token_ttl": "1s",
+               "tokens": {"replication": MANAGEMENT}}),
+    )
+    .await;
+    create(
+        &a,
+        "/v1/acl/policy",
+        json!({"Name": "app", "Rules": "key_prefix \"app/\" { policy = \"write\" }"}),
+    )
+    .await;
+    let kept = create(&a, "/v1/acl/token", json!({"Policies": [{"Name": "app"}]})).await;
+    let doomed = create(&a, "/v1/acl/token", json!({"Policies": [{"Name": "app"}]})).await;
+    let kept_secret = kept["SecretID"].as_str().unwrap().to_owned();
+    let doomed_secret = doomed["SecretID"].as_str().unwrap().to_owned();
+    for secret in [&kept_secret, &doomed_secret] {
+        let (status, body) =
+            call(&b, Method::PUT, "/v1/kv/app/x", Some(secret.as_str()), "1").await;
+        assert_eq!(status, 200, "resolved at the primary: {body}");
+        let (status, body) = call(
+            &b,
+            Method::PUT,
+            "/v1/kv/other/x",
+            Some(secret.as_str()),
+            "1",
+        )
+        .await;
+        assert_eq!(status, 403, "with the primary's rules: {body}");
+    }
+    let (status, body) = call(
+        &b,
+        Method::PUT,
+        "/v1/kv/app/x",
+        Some("9d3c7a0e-2b1d-4c8e-9f6a-1d2e3f4a5b6c"),
+        "1",
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (403, "ACL not found"));
+
+    // Revoked in the primary: refused in the secondary once its answer is older than
+    // token_ttl.
+    let accessor = doomed["AccessorID"].as_str().unwrap();
+    let (status, _) = call(
+        &a,
+        Method::DELETE,
+        &format!("/v1/acl/token/{accessor}"),
+        Some(MANAGEMENT),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    eventually(secs(10), "the revocation to reach dc2", || async {
+        let (status, body) = call(
+            &b,
+            Method::PUT,
+            "/v1/kv/app/x",
+            Some(doomed_secret.as_str()),
+            "1",
+        )
+        .await;
+        if (status, body.as_str()) == (403, "ACL not found") {
+            Ok(())
+        } else {
+            Err(format!("{status} {body}"))
+        }
+    })
+    .await;
+
+    // The primary goes away: the known token keeps its rights past token_ttl
+    // (extend-cache), a token never seen is refused.
+    a.agent.stop(false).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (status, body) = call(
+        &b,
+        Method::PUT,
+        "/v1/kv/app/y",
+        Some(kept_secret.as_str()),
+        "2",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = call(
+        &b,
+        Method::PUT,
+        "/v1/kv/other/y",
+        Some(kept_secret.as_str()),
+        "2",
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = call(
+        &b,
+        Method::PUT,
+        "/v1/kv/app/y",
+        Some("7d3c7a0e-2b1d-4c8e-9f6a-1d2e3f4a5b6c"),
+        "2",
+    )
+    .await;
+    assert_eq!(status, 403);
     b.agent.stop(false).await;
 }
 

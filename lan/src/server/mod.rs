@@ -130,6 +130,7 @@ impl Server {
         options: ReadOptions,
         forwarded: bool,
     ) -> Result<QueryResult, ReadError> {
+        self.prepare(&options.principal).await;
         let (consensus, catalog) = (&self.consensus, &self.catalog);
         // A stale read on a follower that lost touch with the leader for longer than
         // `max_stale` is read on the leader instead (Consul's rule).
@@ -214,6 +215,28 @@ impl Server {
         })
     }
 
+    /// Asks the primary about `principal`'s token when this server of a secondary does
+    /// not hold it (see [`Acl::prepare`]); a check that follows finds the answer.
+    pub(crate) async fn prepare(&self, principal: &Principal) {
+        if let Some(acl) = &self.acl {
+            acl.prepare(&self.catalog, principal).await;
+        }
+    }
+
+    /// Lets this server ask the primary about tokens it does not hold.
+    pub(crate) fn set_remote_tokens(&self, resolver: Arc<dyn crate::acl::RemoteTokens>) {
+        if let Some(acl) = &self.acl {
+            acl.set_remote(resolver);
+        }
+    }
+
+    /// What `secret` may do by this server's tables, as told to another datacenter;
+    /// `None` when ACLs are off here.
+    pub(crate) fn grant_for(&self, secret: &str) -> Option<Option<crate::acl::Grant>> {
+        let acl = self.acl.as_ref()?;
+        Some(acl.grant(&self.catalog, &Principal::Token(secret.into())))
+    }
+
     /// Who `principal` is on this server; `Ok(None)` when ACLs are off or it is the
     /// agent itself.
     pub(crate) fn caller(&self, principal: &Principal) -> Result<Option<AclCaller>, NotFound> {
@@ -276,6 +299,7 @@ impl Server {
     ) -> Result<Written, WriteError> {
         let timer = (!forwarded).then(|| write_metric(&command)).flatten();
         let start = std::time::Instant::now();
+        self.prepare(principal).await;
         let written = self
             .write_on_leader(command, deadline, principal, forwarded)
             .await;
@@ -603,7 +627,9 @@ impl<R: Relays> rpc::Handler for Handler<R> {
             Request::ResolveToken { token } => match &server.acl {
                 None => Response::Unsupported("ACLs are off in this datacenter".into()),
                 Some(acl) => {
-                    Response::ResolveToken(acl.grant(&server.catalog, &Principal::from_wire(token)))
+                    let principal = Principal::from_wire(token);
+                    acl.prepare(&server.catalog, &principal).await;
+                    Response::ResolveToken(acl.grant(&server.catalog, &principal))
                 }
             },
             Request::AppendEntries(m) => self.receive(consensus, &caller, m.into()).await,
