@@ -220,6 +220,10 @@ pub enum RemovePeerError {
     NoChange(#[from] WriteError),
 }
 
+/// Refusals by servers logged by this process, at most once per server per interval.
+static REFUSALS: std::sync::LazyLock<std::sync::Mutex<gossip::PeerLog>> =
+    std::sync::LazyLock::new(Default::default);
+
 /// Why a request could not be forwarded to a server.
 enum ForwardError {
     NoServers,
@@ -704,6 +708,18 @@ impl Lan {
                     return Err(ForwardError::Rpc(format!(
                         "{e}; the write may or may not have been applied"
                     )));
+                }
+                Err(e @ rpc::RpcError::Refused { .. }) => {
+                    // A setting of this agent's to fix: said in its log too, at most
+                    // once per server per interval.
+                    let log = REFUSALS
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .should_log(server.ip(), Instant::now());
+                    if let Some(suppressed) = log {
+                        tracing::warn!(peer = %server, suppressed, "{e}");
+                    }
+                    last = e.to_string();
                 }
                 Err(e) => {
                     tracing::debug!(peer = %server, error = %e, "server did not answer, trying another");

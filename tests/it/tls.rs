@@ -154,6 +154,23 @@ async fn servers_and_clients_with_certificates_from_the_ca_speak_tls_and_others_
             agent.name
         );
     }
+    // The plaintext client is told why, and which keys fix it; so are the clients whose
+    // certificate the servers refused after the handshake.
+    for agent in [&anonymous, &stale] {
+        let (_, body) = read_through(agent).await;
+        assert!(
+            body.contains("refused this agent's TLS") && body.contains("cert_file"),
+            "{}: {body}",
+            agent.name
+        );
+    }
+    let (_, body) = read_through(&plain).await;
+    assert!(
+        body.contains("requires TLS (verify_incoming)")
+            && body.contains("ca_file, cert_file and key_file")
+            && body.contains("proconsul tls cert create -client"),
+        "{body}"
+    );
 
     // A server whose certificate is for another datacenter fails hostname checks: a
     // client of dc1 that verifies hostnames refuses it.

@@ -100,6 +100,73 @@ pub(crate) enum RpcError {
     /// The request is larger than any server accepts; split it.
     #[error("request of {0} bytes is over the frame limit")]
     TooLarge(usize),
+    /// The server ended the TLS session with an alert about this agent's certificate.
+    #[error(
+        "the server at {addr} refused this agent's TLS ({alert}): it needs a client \
+         certificate from the datacenter's CA that is valid now; give this agent cert_file \
+         and key_file (proconsul tls cert create -client) and the CA's ca_file"
+    )]
+    Certificate {
+        /// The server.
+        addr: SocketAddr,
+        /// The alert, as rustls words it.
+        alert: String,
+    },
+    /// The server refused this agent's connection and said why.
+    #[error("the server at {addr} refused this agent: {why}")]
+    Refused {
+        /// The server.
+        addr: SocketAddr,
+        /// Why, and what fixes it.
+        why: Refused,
+    },
+}
+
+/// Why a server refused a plaintext connection, as it tells the caller (in a frame of
+/// ID 0, which no request uses) before closing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Refused {
+    /// The server has `verify_incoming`: callers need TLS with a client certificate.
+    TlsRequired,
+    /// The server has a gossip key and `encrypt_verify_incoming`: callers need the key.
+    KeyRequired,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::TlsRequired => f.write_str(
+                "its server port requires TLS (verify_incoming); give this agent ca_file, \
+                 cert_file and key_file with a certificate from the datacenter's CA \
+                 (proconsul tls cert create -client)",
+            ),
+            Refused::KeyRequired => f.write_str(
+                "its server port requires the gossip key (encrypt_verify_incoming); give \
+                 this agent the datacenter's key (encrypt)",
+            ),
+        }
+    }
+}
+
+/// Whether a read error is a TLS alert about this side's certificate.
+fn is_certificate_alert(text: &str) -> bool {
+    text.contains("alert")
+        && ["Certificate", "UnknownCA", "DecryptError", "AccessDenied"]
+            .iter()
+            .any(|a| text.contains(a))
+}
+
+/// The frame that tells a refused caller why.
+pub(crate) fn refusal_frame(why: Refused) -> Vec<u8> {
+    let payload = serde_json::to_vec(&Envelope { id: 0, body: why }).expect("refusals serialise");
+    let mut frame = Vec::with_capacity(payload.len() + 4);
+    frame.extend_from_slice(
+        &u32::try_from(payload.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    frame.extend_from_slice(&payload);
+    frame
 }
 
 /// Writes queued frames until the queue closes or a write fails.
@@ -134,9 +201,31 @@ struct Connection {
     pending: Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>,
     next_id: AtomicU64,
     closed: CancellationToken,
+    /// Why the server refused this connection, if it said so.
+    refused: Mutex<Option<Refused>>,
+    /// The TLS alert the server ended the connection with, if it did.
+    alert: Mutex<Option<String>>,
 }
 
 impl Connection {
+    /// The error of a call on this connection once it closed: the server's refusal
+    /// when it gave one.
+    fn closed_error(&self) -> RpcError {
+        if let Some(why) = *self.refused.lock().expect("refused lock") {
+            return RpcError::Refused {
+                addr: self.addr,
+                why,
+            };
+        }
+        match self.alert.lock().expect("alert lock").clone() {
+            Some(alert) => RpcError::Certificate {
+                addr: self.addr,
+                alert,
+            },
+            None => RpcError::Closed(self.addr),
+        }
+    }
+
     async fn open(
         addr: SocketAddr,
         deadline: Instant,
@@ -157,6 +246,8 @@ impl Connection {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             closed: closed.clone(),
+            refused: Mutex::new(None),
+            alert: Mutex::new(None),
         });
         tasks.spawn(Connection::write_requests(conn.clone(), writer, queue));
         tasks.spawn(Connection::read_answers(conn.clone(), reader));
@@ -195,7 +286,15 @@ impl Connection {
                 _ = conn.closed.cancelled() => break,
                 f = reader.read() => match f {
                     Ok(f) => f,
-                    Err(_) => break,
+                    Err(e) => {
+                        // A server that refuses the certificate after the handshake
+                        // (TLS 1.3) says so in an alert, which the read returns.
+                        let text = e.to_string();
+                        if is_certificate_alert(&text) {
+                            *conn.alert.lock().expect("alert lock") = Some(text);
+                        }
+                        break;
+                    }
                 },
             };
             // Only the ID is read here: the caller reads the body as the type it expects.
@@ -206,6 +305,13 @@ impl Connection {
                     break;
                 }
             };
+            if envelope.id == 0 {
+                // No request has ID 0: the server refused the connection and says why.
+                if let Ok(refusal) = serde_json::from_slice::<Envelope<Refused>>(&frame.payload) {
+                    *conn.refused.lock().expect("refused lock") = Some(refusal.body);
+                }
+                break;
+            }
             let waiter = conn
                 .pending
                 .lock()
@@ -243,7 +349,7 @@ impl Connection {
         // nobody would ever answer this call.
         if self.closed.is_cancelled() {
             self.pending.lock().expect("pending lock").remove(&id);
-            return Err(RpcError::Closed(self.addr));
+            return Err(self.closed_error());
         }
         let result = tokio::time::timeout_at(deadline, async {
             self.writes
@@ -256,7 +362,11 @@ impl Connection {
         if !matches!(result, Ok(Ok(_))) {
             self.pending.lock().expect("pending lock").remove(&id);
         }
-        let answer = result.map_err(|_| RpcError::Timeout)??;
+        let answer = match result {
+            Err(_) => return Err(RpcError::Timeout),
+            Ok(Err(_)) => return Err(self.closed_error()),
+            Ok(Ok(answer)) => answer,
+        };
         self.read_answer(&answer)
     }
 
@@ -671,6 +781,9 @@ mod tests {
             .map_err(|_| std::io::Error::other("no answer within 10 s"))??;
         let answer: Envelope<String> =
             serde_json::from_slice(&frame.payload).map_err(std::io::Error::other)?;
+        if answer.id == 0 {
+            return Err(std::io::Error::other(format!("refused: {}", answer.body)));
+        }
         Ok(answered(Ok(answer.body)))
     }
 
@@ -770,6 +883,21 @@ mod tests {
         );
         let mut plain = connect_from(ip(1), server).await.unwrap();
         assert!(ask(&mut plain).await.is_err(), "plaintext is refused");
+        // A plaintext caller hears why, and what to set.
+        let keyless = Client::new(None, None, tasks.clone(), shutdown.clone());
+        let refused = keyless.call::<_, String>(server, &STATUS, deadline).await;
+        assert_eq!(
+            refused,
+            Err(RpcError::Refused {
+                addr: server,
+                why: Refused::KeyRequired
+            })
+        );
+        let text = refused.unwrap_err().to_string();
+        assert!(
+            text.contains("give this agent the datacenter's key (encrypt)"),
+            "{text}"
+        );
         stop(tasks, shutdown).await;
     }
 

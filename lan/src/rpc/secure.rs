@@ -304,6 +304,34 @@ pub(crate) struct Refusal {
     pub(crate) error: String,
 }
 
+/// Time a refused plaintext caller gets to hear why, before the connection closes.
+const TELL_TIMEOUT: Duration = Duration::from_secs(1);
+/// What is read (and dropped) of a refused caller's frames before closing, so that the
+/// close does not reset the connection before the caller reads why.
+const TELL_DRAIN: usize = 64 * 1024;
+
+/// Tells a plaintext caller why it is refused, in one frame it reads as an answer,
+/// then closes: the caller's error then names the cause and the keys that fix it
+/// instead of "connection closed". Bounded by [`TELL_TIMEOUT`] and [`TELL_DRAIN`].
+async fn tell_and_close(stream: &mut TcpStream, why: super::Refused) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let frame = super::refusal_frame(why);
+    let _ = tokio::time::timeout(TELL_TIMEOUT, async {
+        stream.write_all(&frame).await?;
+        stream.shutdown().await?;
+        let mut buf = [0u8; 4096];
+        let mut drained = 0;
+        while drained < TELL_DRAIN {
+            match stream.read(&mut buf).await? {
+                0 => break,
+                n => drained += n,
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    })
+    .await;
+}
+
 fn refuse(what: &'static str, error: impl Into<String>) -> Refusal {
     Refusal {
         what,
@@ -394,9 +422,11 @@ pub(crate) async fn accept(
         }));
     }
     if tls.is_some_and(|t| t.verify_incoming) {
+        tell_and_close(&mut stream, super::Refused::TlsRequired).await;
         return Err(refuse("plaintext", "verify_incoming requires TLS"));
     }
     if keys.is_some_and(|k| k.verify_incoming) {
+        tell_and_close(&mut stream, super::Refused::KeyRequired).await;
         return Err(refuse(
             "plaintext",
             "this server port needs the gossip key (encrypt_verify_incoming)",
