@@ -437,6 +437,13 @@ fn debug_config(config: &AgentConfig, node_id: &str, advertise: IpAddr) -> serde
         "EnableLocalScriptChecks": config.enable_local_script_checks,
         "NodeMeta": config.node_meta,
         "LogLevel": config.log_level,
+        "Logging": {
+            "LogJSON": config.log_json,
+            "LogFilePath": config.log_file.as_ref().map(|f| f.path.display().to_string()).unwrap_or_default(),
+            "LogRotateBytes": config.log_file.as_ref().map_or(0, |f| f.rotate_bytes),
+            "LogRotateDuration": config.log_file.as_ref().map(|f| format!("{:?}", f.rotate_duration)).unwrap_or_default(),
+            "LogRotateMaxFiles": config.log_file.as_ref().map_or(0, |f| f.max_files),
+        },
     })
 }
 
@@ -617,6 +624,7 @@ fn api_context(
         },
         shutdown: life.front.clone(),
         telemetry: api::telemetry::install(&config.telemetry),
+        monitor: config.monitor.clone(),
     }
 }
 

@@ -15,6 +15,8 @@
 //! - [`client`]: a typed client of an agent's HTTP API that asks any datacenter; the
 //!   CLI verbs use it, and so can other programs.
 //! - [`watch`]: Consul's watches, for `proconsul watch` and the agent's `watches`.
+//! - [`logging`]: the agent's log in Consul's line shapes, on stdout, in a rotated file,
+//!   and live to `/v1/agent/monitor` readers.
 //!
 //! `examples/embed_agent.rs` starts an agent inside a program, registers a service and
 //! reads it back; `examples/query_other_dc.rs` asks another datacenter with [`client`].
@@ -27,6 +29,7 @@ pub mod config;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod logging;
 mod telemetry;
 pub mod watch;
 

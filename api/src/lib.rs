@@ -25,6 +25,7 @@ pub mod dns;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod monitor;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -97,4 +98,6 @@ pub struct Context {
     pub acl_replication: Option<Arc<gateway::AclReplicationStatus>>,
     /// The process's metrics (`/v1/agent/metrics`).
     pub telemetry: Arc<telemetry::Telemetry>,
+    /// The agent's log, for `/v1/agent/monitor`.
+    pub monitor: monitor::Monitor,
 }

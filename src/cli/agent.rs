@@ -1,7 +1,7 @@
 //! `proconsul agent`.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -86,6 +86,21 @@ pub struct AgentArgs {
     /// Log level: trace, debug, info, warn, error
     #[arg(long = "log-level")]
     pub log_level: Option<String>,
+    /// Writes log lines as JSON objects
+    #[arg(long = "log-json", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub log_json: Option<bool>,
+    /// Also writes the log to this file (consul.log inside it if it is a directory)
+    #[arg(long = "log-file")]
+    pub log_file: Option<String>,
+    /// Size in bytes at which the log file is rotated (default 0, no limit)
+    #[arg(long = "log-rotate-bytes")]
+    pub log_rotate_bytes: Option<u64>,
+    /// Age at which the log file is rotated (default 24h)
+    #[arg(long = "log-rotate-duration")]
+    pub log_rotate_duration: Option<String>,
+    /// Rotated log files kept (default 0: all; -1: none)
+    #[arg(long = "log-rotate-max-files", allow_negative_numbers = true)]
+    pub log_rotate_max_files: Option<i64>,
     /// DNS domain (default consul)
     #[arg(long)]
     pub domain: Option<String>,
@@ -161,6 +176,11 @@ impl AgentArgs {
             client_addr: self.client.clone(),
             data_dir: self.data_dir.clone(),
             log_level: self.log_level.clone(),
+            log_json: self.log_json,
+            log_file: self.log_file.clone(),
+            log_rotate_bytes: self.log_rotate_bytes,
+            log_rotate_duration: self.log_rotate_duration.clone(),
+            log_rotate_max_files: self.log_rotate_max_files,
             domain: self.domain.clone(),
             recursors: (!self.recursor.is_empty()).then(|| self.recursor.clone()),
             enable_script_checks: self.enable_script_checks,
@@ -223,13 +243,20 @@ pub fn run(args: AgentArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let filter = config::log_filter(&config.log_level).unwrap_or_else(|| "info".into());
     let gate = Gate::default();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_ansi(std::io::stdout().is_terminal())
-        .with_writer(gate.clone())
-        .try_init();
+    let logging = match proconsul::logging::install(
+        config.log,
+        config.log_json,
+        config.log_file.as_ref(),
+        Box::new(gate.clone()),
+        config.monitor.clone(),
+    ) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("==> {e}");
+            return ExitCode::from(1);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("proconsul")
@@ -241,7 +268,9 @@ pub fn run(args: AgentArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(serve(config, gate))
+    let code = runtime.block_on(serve(config, gate));
+    logging.flush();
+    code
 }
 
 async fn serve(config: AgentConfig, gate: Gate) -> ExitCode {
@@ -325,32 +354,15 @@ impl Gate {
     }
 }
 
-struct GateWriter {
-    state: Arc<Mutex<GateState>>,
-}
-
-impl Write for GateWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+impl proconsul::logging::Sink for Gate {
+    fn write_line(&self, line: &[u8]) {
         let mut state = self.state.lock().expect("log gate poisoned");
         if state.open {
-            std::io::stdout().lock().write_all(buf)?;
-        } else if state.held.len() + buf.len() <= GATE_BUFFER {
-            state.held.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stdout().lock().flush()
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Gate {
-    type Writer = GateWriter;
-
-    fn make_writer(&'a self) -> GateWriter {
-        GateWriter {
-            state: self.state.clone(),
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(line);
+            let _ = out.flush();
+        } else if state.held.len() + line.len() <= GATE_BUFFER {
+            state.held.extend_from_slice(line);
         }
     }
 }

@@ -18,7 +18,8 @@
 //!
 //! | file | keys |
 //! |---|---|
-//! | `node.rs` | datacenter, node name/ID/meta, server role and bootstrap, data dir, log level |
+//! | `node.rs` | datacenter, node name/ID/meta, server role and bootstrap, data dir |
+//! | `logging.rs` | `log_level`, `log_json`, `log_file` and its rotation |
 //! | `network.rs` | addresses and `ports` |
 //! | `membership.rs` | `encrypt`, joining and retrying, `reconnect_timeout` |
 //! | `limits.rs` | `limits` |
@@ -39,6 +40,7 @@ mod dns;
 pub mod hcl;
 mod kv_replication;
 mod limits;
+mod logging;
 mod membership;
 mod network;
 mod node;
@@ -55,6 +57,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use api::dns::DnsConfig;
+use api::monitor::LogLevel;
 use catalog::Datacenter;
 use catalog::Service;
 use gossip::keyring::Key;
@@ -64,7 +67,7 @@ use raw::RawConfig;
 pub use self::hcl::Lines;
 pub use self::membership::MIN_RECONNECT_TIMEOUT;
 pub use self::network::{Addresses, Ports};
-pub use self::node::{hostname, log_filter};
+pub use self::node::hostname;
 pub use self::problem::{Origin, Problem, Problems};
 pub use self::source::{
     Format, Layer, Loaded, Sources, dir_files, load_layers, parse, parse_layer, read_file,
@@ -109,8 +112,18 @@ pub struct AgentConfig {
     pub addresses: Addresses,
     /// Data directory (`None` only with `-dev`).
     pub data_dir: Option<PathBuf>,
-    /// Log level (`trace`, `debug`, `info`, `warn`, `error`).
+    /// Log level (`trace`, `debug`, `info`, `warn`, `error`) as given.
     pub log_level: String,
+    /// The same, parsed.
+    pub log: LogLevel,
+    /// Log lines as JSON objects instead of text (`log_json`).
+    pub log_json: bool,
+    /// The log file and its rotation (`log_file`), if any.
+    pub log_file: Option<crate::logging::LogFileConfig>,
+    /// Where the agent's log is fanned out to `/v1/agent/monitor` readers. Not a config
+    /// key: the binary installs a log layer that feeds it (see [`crate::logging`]); a
+    /// program embedding the agent may do the same, or leave it unfed.
+    pub monitor: api::monitor::Monitor,
     /// Ports.
     pub ports: Ports,
     /// User node metadata.
@@ -207,7 +220,7 @@ fn check_layer(layer: &Layer, problems: &mut Vec<Problem>) -> Definitions {
     let r = &layer.raw;
     node::check_identity(o, r, problems);
     network::check_addresses(o, r, problems);
-    node::check_log_level(o, r, problems);
+    logging::check_layer(o, r, problems);
     dns::check_domain(o, r, problems);
     network::check_ports(o, r, problems);
     dns::check_recursors(o, r, problems);
@@ -310,6 +323,10 @@ impl AgentConfig {
                 .filter(|d| !d.is_empty())
                 .map(PathBuf::from),
             log_level: m.log_level.clone().unwrap_or_else(|| "info".into()),
+            log: logging::level(&m),
+            log_json: m.log_json.unwrap_or(false),
+            log_file: logging::file(&m),
+            monitor: api::monitor::Monitor::default(),
             ports,
             node_meta: m.node_meta.clone().unwrap_or_default(),
             enable_script_checks,

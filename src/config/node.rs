@@ -1,6 +1,6 @@
 //! Who the agent is and how it runs: `datacenter`, `node_name`, `node_id`, `node_meta`,
-//! `server`, `bootstrap[_expect]`, `data_dir`, `raft_snapshot_threshold` and
-//! `log_level`; also the keys of Consul features proconsul lacks.
+//! `server`, `bootstrap[_expect]`, `data_dir` and `raft_snapshot_threshold`; also the
+//! keys of Consul features proconsul lacks.
 
 use catalog::Datacenter;
 use catalog::uuid::is_uuid;
@@ -32,19 +32,6 @@ pub(super) fn check_identity(o: Option<&Origin>, r: &RawConfig, problems: &mut V
         && !is_uuid(id)
     {
         problems.push(problem(o, "node_id", format!("{id:?} is not a UUID")));
-    }
-}
-
-/// Checks the log level one source sets.
-pub(super) fn check_log_level(o: Option<&Origin>, r: &RawConfig, problems: &mut Vec<Problem>) {
-    if let Some(level) = &r.log_level
-        && log_filter(level).is_none()
-    {
-        problems.push(problem(
-            o,
-            "log_level",
-            format!("{level:?} is not one of trace, debug, info, warn, error"),
-        ));
     }
 }
 
@@ -151,24 +138,6 @@ pub(super) fn check_storage(m: &RawConfig, dev: bool, problems: &mut Vec<Problem
             "data_dir cannot be empty (give -data-dir, or use -dev)",
         ));
     }
-}
-
-/// The tracing filter for a Consul log level, or `None` when the level is unknown.
-/// Dependencies log at `warn` (openraft's `info` is per-election chatter) unless the
-/// level asks for less.
-pub fn log_filter(level: &str) -> Option<String> {
-    let ours = match level.to_ascii_lowercase().as_str() {
-        "trace" => "trace",
-        "debug" => "debug",
-        "info" => "info",
-        "warn" | "warning" => "warn",
-        "err" | "error" => "error",
-        _ => return None,
-    };
-    let deps = if ours == "error" { "error" } else { "warn" };
-    Some(format!(
-        "{deps},proconsul={ours},proconsul_lan={ours},proconsul_wan={ours},proconsul_gateway={ours},proconsul_api={ours}"
-    ))
 }
 
 /// This machine's host name, the default node name.

@@ -220,6 +220,11 @@ pub struct RawConfig {
     pub data_dir: Option<String>,
     pub domain: Option<String>,
     pub log_level: Option<String>,
+    pub log_json: Option<bool>,
+    pub log_file: Option<String>,
+    pub log_rotate_bytes: Option<u64>,
+    pub log_rotate_duration: Option<String>,
+    pub log_rotate_max_files: Option<i64>,
     pub ports: Option<RawPorts>,
     pub recursors: Option<Vec<String>>,
     pub dns_config: Option<RawDnsConfig>,
@@ -347,6 +352,11 @@ impl RawConfig {
         scalar(&mut self.data_dir, l.data_dir);
         scalar(&mut self.domain, l.domain);
         scalar(&mut self.log_level, l.log_level);
+        scalar(&mut self.log_json, l.log_json);
+        scalar(&mut self.log_file, l.log_file);
+        scalar(&mut self.log_rotate_bytes, l.log_rotate_bytes);
+        scalar(&mut self.log_rotate_duration, l.log_rotate_duration);
+        scalar(&mut self.log_rotate_max_files, l.log_rotate_max_files);
         if let Some(p) = l.ports {
             let ports = self.ports.get_or_insert_with(RawPorts::default);
             scalar(&mut ports.dns, p.dns);

@@ -17,6 +17,7 @@ pub(crate) mod json;
 pub(crate) mod keyring;
 mod kv;
 mod metrics;
+mod monitor;
 pub(crate) mod query;
 mod server;
 pub(crate) mod session;
@@ -638,6 +639,7 @@ pub(crate) fn router(ctx: Context, max_body_bytes: usize) -> Router {
         .route("/v1/agent/leave", put(agent::leave))
         .route("/v1/agent/join/{addr}", put(agent::join))
         .route("/v1/agent/force-leave/{node}", put(agent::force_leave))
+        .route("/v1/agent/monitor", get(monitor::monitor))
         .route(
             "/v1/operator/keyring",
             get(keyring::list)

@@ -475,10 +475,14 @@ async fn serve_http<S>(
 async fn handle(
     connection: Arc<Connection>,
     app: App,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
 ) -> Result<Response, Infallible> {
     let limits = &connection.shared.limits;
     connection.set_busy(true);
+    // Handlers that name their client (the monitor) read it from here.
+    request
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(connection.peer));
     let late = Arc::new(AtomicBool::new(false));
     let request = request.map(|body| {
         if hyper::body::Body::is_end_stream(&body) {
