@@ -20,6 +20,7 @@ mod gossip;
 mod kv;
 mod lock;
 mod members;
+mod monitor;
 mod operator;
 mod rtt;
 mod tls;
@@ -95,6 +96,8 @@ pub enum Command {
     Leave(ClientArgs),
     /// Lists the members of the datacenter
     Members(members::MembersArgs),
+    /// Streams the log of a running agent
+    Monitor(monitor::MonitorArgs),
     /// Triggers the agent to reload its configuration files
     Reload(ClientArgs),
     /// Estimates the round-trip time between two nodes from their network coordinates
@@ -305,6 +308,7 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
         }
         Command::Validate(args) => validate(args),
         Command::Members(args) => client_command(|| members::run(args)),
+        Command::Monitor(args) => client_command(|| monitor::run(args)),
         Command::Rtt(args) => client_command(|| rtt::run(args)),
         Command::Catalog { command } => client_command(|| catalog::run(command)),
         Command::Kv { command } => client_command(|| kv::run(command)),

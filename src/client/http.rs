@@ -314,25 +314,9 @@ impl Client {
         path: &str,
         body: Vec<u8>,
     ) -> Result<Response, RequestError> {
-        let stream = tokio::net::TcpStream::connect(&self.authority)
-            .await
-            .map_err(|error| RequestError::Connect {
-                authority: self.authority.clone(),
-                error,
-            })?;
-        match &self.tls {
-            None => self.send(stream, method, path, body).await,
-            Some(tls) => {
-                let stream = tls
-                    .connector
-                    .connect(tls.server_name.clone(), stream)
-                    .await
-                    .map_err(|error| RequestError::Tls {
-                        authority: self.authority.clone(),
-                        error,
-                    })?;
-                self.send(stream, method, path, body).await
-            }
+        match self.connect().await? {
+            Connected::Plain(stream) => self.send(stream, method, path, body).await,
+            Connected::Tls(stream) => self.send(*stream, method, path, body).await,
         }
     }
 
@@ -405,6 +389,151 @@ impl Client {
         ok(r)
     }
 }
+
+/// The connection under a [`Stream`], driven while its body is read.
+type Driver = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), hyper::Error>> + Send>>;
+
+/// An answer read as it arrives, for endpoints that stream (`/v1/agent/monitor`).
+pub struct Stream {
+    body: hyper::body::Incoming,
+    connection: Driver,
+    connection_done: bool,
+}
+
+impl fmt::Debug for Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stream").finish_non_exhaustive()
+    }
+}
+
+impl Stream {
+    /// The next piece of the body as it arrives; `None` when the agent ended it. Waits
+    /// as long as the agent sends nothing (no [`REQUEST_TIMEOUT`] here).
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, RequestError> {
+        loop {
+            tokio::select! {
+                frame = self.body.frame() => match frame {
+                    None => return Ok(None),
+                    Some(Err(e)) => return Err(RequestError::Body(Box::new(e))),
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            return Ok(Some(data));
+                        }
+                    }
+                },
+                result = &mut self.connection, if !self.connection_done => {
+                    self.connection_done = true;
+                    result.map_err(RequestError::Exchange)?;
+                }
+            }
+        }
+    }
+}
+
+impl Client {
+    /// GETs `path` and returns its body as a [`Stream`] once the agent has answered 200
+    /// (within [`REQUEST_TIMEOUT`]); another status fails with the agent's message.
+    pub async fn stream(&self, path: &str) -> Result<Stream, RequestError> {
+        let open = async {
+            match self.connect().await? {
+                Connected::Plain(s) => self.open_stream(s, path).await,
+                Connected::Tls(s) => self.open_stream(*s, path).await,
+            }
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, open).await {
+            Ok(stream) => stream,
+            Err(elapsed) => Err(RequestError::Timeout {
+                authority: self.authority.clone(),
+                error: elapsed,
+            }),
+        }
+    }
+
+    async fn connect(&self) -> Result<Connected, RequestError> {
+        let stream = tokio::net::TcpStream::connect(&self.authority)
+            .await
+            .map_err(|error| RequestError::Connect {
+                authority: self.authority.clone(),
+                error,
+            })?;
+        let Some(tls) = &self.tls else {
+            return Ok(Connected::Plain(stream));
+        };
+        let stream = tls
+            .connector
+            .connect(tls.server_name.clone(), stream)
+            .await
+            .map_err(|error| RequestError::Tls {
+                authority: self.authority.clone(),
+                error,
+            })?;
+        Ok(Connected::Tls(Box::new(stream)))
+    }
+
+    async fn open_stream<S>(&self, stream: S, path: &str) -> Result<Stream, RequestError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(RequestError::Exchange)?;
+        let mut request = hyper::Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(hyper::header::HOST, &self.authority)
+            .header(hyper::header::CONNECTION, "close");
+        if let Some(token) = &self.token {
+            request = request.header("x-consul-token", token);
+        }
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .map_err(RequestError::Request)?;
+        let mut connection: Driver = Box::pin(conn);
+        let mut connection_done = false;
+        let responding = sender.send_request(request);
+        tokio::pin!(responding);
+        let response = tokio::select! {
+            biased;
+            response = &mut responding => response.map_err(RequestError::Exchange)?,
+            // The agent may answer and close before the answer is picked up.
+            result = &mut connection => {
+                connection_done = true;
+                result.map_err(RequestError::Exchange)?;
+                responding.await.map_err(RequestError::Exchange)?
+            }
+        };
+        let status = response.status().as_u16();
+        let mut stream = Stream {
+            body: response.into_body(),
+            connection,
+            connection_done,
+        };
+        if status == 200 {
+            return Ok(stream);
+        }
+        let mut message = Vec::new();
+        while let Some(chunk) = stream.next_chunk().await? {
+            message.extend_from_slice(&chunk);
+            if message.len() > MAX_ERROR_BYTES {
+                break;
+            }
+        }
+        Err(RequestError::Status {
+            status,
+            message: String::from_utf8_lossy(&message).trim().to_owned(),
+        })
+    }
+}
+
+/// A connection to the agent, plain or TLS.
+enum Connected {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+/// Most of an error answer read from a stream endpoint.
+const MAX_ERROR_BYTES: usize = 64 * 1024;
 
 impl Tls {
     /// The TLS side of a client of the agent at `authority` (`host:port`).

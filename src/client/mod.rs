@@ -75,7 +75,7 @@ pub mod http;
 mod types;
 
 pub use self::http::{
-    AddressError, Client, RequestError, Response, TlsOptions, encode, encode_segment,
+    AddressError, Client, RequestError, Response, Stream, TlsOptions, encode, encode_segment,
 };
 pub use acl::{AclLink, AclNodeIdentity, AclPolicy, AclRole, AclServiceIdentity, AclToken};
 pub use types::*;

@@ -345,7 +345,7 @@ mod tests {
         let stamp = at(3).duration_since(UNIX_EPOCH).unwrap().as_nanos();
         assert_eq!(
             names(dir.path()),
-            ["agent.log".to_owned(), format!("agent-{stamp}.log")]
+            [format!("agent-{stamp}.log"), "agent.log".to_owned()]
         );
         assert_eq!(
             std::fs::read_to_string(dir.path().join("agent.log")).unwrap(),
@@ -384,9 +384,9 @@ mod tests {
         assert_eq!(
             names(dir.path()),
             [
-                "agent-old.log".to_owned(),
                 format!("agent-{}.log", stamp(4)),
                 format!("agent-{}.log", stamp(5)),
+                "agent-old.log".to_owned(),
                 "agent.log".to_owned(),
                 "other-1.log".to_owned(),
             ]

@@ -75,15 +75,14 @@ impl hyper::body::Body for Lines {
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        if self.stopping.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(None);
-        }
         match self.subscription.poll_line(cx) {
             Poll::Ready(Polled::Line(line)) => Poll::Ready(Some(Ok(Frame::data(line)))),
             // An error, not the end: the client must not take a cut stream for a whole one.
             Poll::Ready(Polled::CutOff) => Poll::Ready(Some(Err(std::io::Error::other(
                 "the monitor reader fell behind and was cut off",
             )))),
+            // The lines logged while the agent stops are sent first.
+            Poll::Pending if self.stopping.as_mut().poll(cx).is_ready() => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
     }
