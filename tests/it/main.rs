@@ -25,6 +25,7 @@ mod jepsen;
 mod kv;
 mod limits;
 mod metrics;
+mod monitor;
 mod process;
 mod raft;
 mod recovery;

@@ -100,9 +100,10 @@ impl Proc {
         }
     }
 
-    /// The address of the listener the agent logged for `proto` (`http`, `dns-udp`).
+    /// The address of the listener the agent logged for `proto` (`http`, `dns-udp`), from
+    /// its text log line (`listening: proto=http addr=127.0.0.1:8500`).
     pub fn listening(&self, proto: &str) -> SocketAddr {
-        let marker = format!("proto=\"{proto}\" addr=");
+        let marker = format!("proto={proto} addr=");
         let line = self.wait_for_line(Duration::from_secs(20), |l| {
             l.contains("listening") && l.contains(&marker)
         });
