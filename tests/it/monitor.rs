@@ -418,3 +418,34 @@ fn a_log_file_that_cannot_be_opened_stops_the_agent_at_start() {
         p.output()
     );
 }
+
+/// The status line of a monitor request with `token` (the stream is then dropped).
+fn monitor_status(http: &str, token: Option<&str>) -> String {
+    let mut s = TcpStream::connect(http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let header = token.map_or_else(String::new, |t| format!("X-Consul-Token: {t}\r\n"));
+    write!(
+        s,
+        "GET /v1/agent/monitor HTTP/1.1\r\nHost: {http}\r\n{header}\r\n"
+    )
+    .unwrap();
+    let mut status = String::new();
+    BufReader::new(s).read_line(&mut status).unwrap();
+    status.trim_end().to_owned()
+}
+
+#[test]
+fn monitor_needs_agent_read() {
+    const MANAGEMENT: &str = "5b7d0c1e-2f3a-4b5c-8d9e-0a1b2c3d4e5f";
+    let acl = format!(
+        r#"-hcl=acl = {{ enabled = true, default_policy = "deny", tokens = {{ initial_management = "{MANAGEMENT}" }} }}"#
+    );
+    let (p, http) = dev_agent("info", &[&acl]);
+    // The management token works once the leader has written it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while monitor_status(&http, Some(MANAGEMENT)) != "HTTP/1.1 200 OK" {
+        assert!(Instant::now() < deadline, "{}", p.output());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(monitor_status(&http, None), "HTTP/1.1 403 Forbidden");
+}
