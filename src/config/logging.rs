@@ -47,3 +47,68 @@ pub(super) fn file(m: &RawConfig) -> Option<LogFileConfig> {
         max_files: m.log_rotate_max_files.unwrap_or(0),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::config::source::dev_layer;
+    use crate::config::{AgentConfig, Layer, Origin, Sources, parse_layer};
+
+    fn load(texts: &[&str]) -> Result<AgentConfig, crate::config::Problems> {
+        let mut layers = vec![Layer::new(Origin::Defaults, dev_layer())];
+        for (n, text) in texts.iter().enumerate() {
+            layers.push(parse_layer(Origin::File(format!("{n}.json").into()), text).unwrap());
+        }
+        AgentConfig::from_layers(
+            &layers,
+            Sources {
+                dev: true,
+                ..Sources::default()
+            },
+        )
+    }
+
+    #[test]
+    fn log_keys_are_read_with_consuls_defaults() {
+        let c = load(&[]).unwrap();
+        assert!(!c.log_json);
+        assert_eq!(c.log_file, None);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.log");
+        let c = load(&[
+            &format!(r#"{{"log_file": "{}", "log_json": true}}"#, file.display()),
+            r#"{"log_rotate_bytes": 1048576, "log_rotate_max_files": -1, "log_level": "WARN"}"#,
+        ])
+        .unwrap();
+        assert!(c.log_json);
+        assert_eq!(c.log, api::monitor::LogLevel::Warn);
+        let f = c.log_file.unwrap();
+        assert_eq!(f.path, file);
+        assert_eq!(f.rotate_bytes, 1_048_576);
+        assert_eq!(f.rotate_duration, Duration::from_secs(24 * 3600));
+        assert_eq!(f.max_files, -1);
+        let c = load(&[&format!(
+            r#"{{"log_file": "{}/", "log_rotate_duration": "90m"}}"#,
+            dir.path().display()
+        )])
+        .unwrap();
+        let f = c.log_file.unwrap();
+        assert_eq!(f.path, dir.path().join("consul.log"));
+        assert_eq!(f.rotate_duration, Duration::from_secs(90 * 60));
+    }
+
+    #[test]
+    fn bad_log_keys_are_named() {
+        let problems =
+            load(&[r#"{"log_level": "loud", "log_rotate_duration": "soon", "log_file": ""}"#])
+                .unwrap_err()
+                .to_string();
+        for key in ["log_level", "log_rotate_duration", "log_file"] {
+            assert!(
+                problems.contains(&format!("0.json: {key}")),
+                "{key}: {problems}"
+            );
+        }
+    }
+}
