@@ -14,6 +14,10 @@
 //! Service and check definitions (config files and `/v1/agent/service/register`) are
 //! decoded by [`definition`], shared with the agent's config loader.
 //!
+//! The agent's log reaches `/v1/agent/monitor` through a [`monitor::Monitor`]: the
+//! binary's log layer publishes each line to it, and each reader has a bounded queue; a
+//! reader that falls behind is cut off rather than slowing the agent.
+//!
 //! Invariants: this crate never calls Raft or another datacenter directly; every
 //! listener bounds its connections, and every request has a deadline.
 
