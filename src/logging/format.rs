@@ -7,6 +7,7 @@
 //!
 //! Times are UTC. A tracing target becomes a module name under `agent` ([`module`]).
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -25,7 +26,7 @@ pub struct Record {
     /// Its level.
     pub level: LogLevel,
     /// Consul-style module name (`agent.http`).
-    pub module: String,
+    pub module: Cow<'static, str>,
     /// The message.
     pub message: String,
     /// The other fields, in the order they were given.
@@ -130,7 +131,7 @@ impl Record {
         }
         object.insert("@level".into(), self.level.as_str().into());
         object.insert("@message".into(), self.message.as_str().into());
-        object.insert("@module".into(), self.module.as_str().into());
+        object.insert("@module".into(), self.module.as_ref().into());
         object.insert("@timestamp".into(), timestamp.into());
         let mut line = serde_json::Value::Object(object).to_string();
         line.push('\n');
@@ -207,7 +208,7 @@ pub fn level_of(level: &tracing::Level) -> LogLevel {
 /// Consul's own loggers use where there is one (`agent.http`, `agent.dns`,
 /// `agent.server.raft`, `agent.router`, `agent.anti_entropy`), other parts of proconsul
 /// `agent.<crate>`, and dependencies `agent.<crate>` too.
-pub fn module(target: &str) -> String {
+pub fn module(target: &str) -> Cow<'static, str> {
     /// Longest prefix first within a crate.
     const NAMES: &[(&str, &str)] = &[
         ("proconsul_api::http", "agent.http"),
@@ -232,11 +233,11 @@ pub fn module(target: &str) -> String {
         if let Some(rest) = target.strip_prefix(prefix)
             && (rest.is_empty() || rest.starts_with("::"))
         {
-            return (*name).to_owned();
+            return Cow::Borrowed(name);
         }
     }
     let krate = target.split("::").next().unwrap_or(target);
-    format!("agent.{krate}")
+    Cow::Owned(format!("agent.{krate}"))
 }
 
 /// A text value as go-hclog writes it: bare, or quoted with Go's escapes when it is
