@@ -437,13 +437,20 @@ fn debug_config(config: &AgentConfig, node_id: &str, advertise: IpAddr) -> serde
         "EnableLocalScriptChecks": config.enable_local_script_checks,
         "NodeMeta": config.node_meta,
         "LogLevel": config.log_level,
-        "Logging": {
-            "LogJSON": config.log_json,
-            "LogFilePath": config.log_file.as_ref().map(|f| f.path.display().to_string()).unwrap_or_default(),
-            "LogRotateBytes": config.log_file.as_ref().map_or(0, |f| f.rotate_bytes),
-            "LogRotateDuration": config.log_file.as_ref().map(|f| format!("{:?}", f.rotate_duration)).unwrap_or_default(),
-            "LogRotateMaxFiles": config.log_file.as_ref().map_or(0, |f| f.max_files),
-        },
+        "Logging": log_file_config(config),
+    })
+}
+
+/// The log keys as `DebugConfig` shows them (Consul's `Logging` block).
+fn log_file_config(config: &AgentConfig) -> serde_json::Value {
+    let file = config.log_file.as_ref();
+    serde_json::json!({
+        "LogLevel": config.log_level,
+        "LogJSON": config.log_json,
+        "LogFilePath": file.map(|f| f.path.display().to_string()).unwrap_or_default(),
+        "LogRotateBytes": file.map_or(0, |f| f.rotate_bytes),
+        "LogRotateDuration": file.map(|f| catalog::duration::format(f.rotate_duration)).unwrap_or_default(),
+        "LogRotateMaxFiles": file.map_or(0, |f| f.max_files),
     })
 }
 
