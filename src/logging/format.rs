@@ -119,7 +119,15 @@ impl Record {
         let mut object = serde_json::Map::new();
         let mut timestamp = String::with_capacity(32);
         push_timestamp(&mut timestamp, self.time, 6);
-        for (key, value) in &self.fields {
+        // Inserted in sorted order, so the order is Go's whether or not serde_json keeps
+        // insertion order (its `preserve_order` feature).
+        object.insert("@level".into(), self.level.as_str().into());
+        object.insert("@message".into(), self.message.as_str().into());
+        object.insert("@module".into(), self.module.as_ref().into());
+        object.insert("@timestamp".into(), timestamp.into());
+        let mut fields: Vec<_> = self.fields.iter().collect();
+        fields.sort_by_key(|(key, _)| *key);
+        for (key, value) in fields {
             let value = match value {
                 Value::Str(s) => serde_json::Value::from(s.as_str()),
                 Value::I64(n) => serde_json::Value::from(*n),
@@ -129,10 +137,6 @@ impl Record {
             };
             object.insert((*key).to_owned(), value);
         }
-        object.insert("@level".into(), self.level.as_str().into());
-        object.insert("@message".into(), self.message.as_str().into());
-        object.insert("@module".into(), self.module.as_ref().into());
-        object.insert("@timestamp".into(), timestamp.into());
         let mut line = serde_json::Value::Object(object).to_string();
         line.push('\n');
         line
