@@ -445,7 +445,6 @@ fn debug_config(config: &AgentConfig, node_id: &str, advertise: IpAddr) -> serde
 fn log_file_config(config: &AgentConfig) -> serde_json::Value {
     let file = config.log_file.as_ref();
     serde_json::json!({
-        "LogLevel": config.log_level,
         "LogJSON": config.log_json,
         "LogFilePath": file.map(|f| f.path.display().to_string()).unwrap_or_default(),
         "LogRotateBytes": file.map_or(0, |f| f.rotate_bytes),
@@ -993,7 +992,8 @@ struct Reloaded {
 }
 
 /// Re-reads the configuration and applies what can change at run time: the services
-/// and checks of the config files, and the watches (all restarted, as Consul does).
+/// and checks of the config files, the watches (all restarted, as Consul does) and the
+/// log level.
 /// Other changed keys are named in a warning: they take effect at the next start.
 fn reload(running: &AgentConfig, target: &mut Reloaded) -> Result<(), String> {
     let Reloaded {
@@ -1011,11 +1011,14 @@ fn reload(running: &AgentConfig, target: &mut Reloaded) -> Result<(), String> {
         .replace_config(config.services.clone(), config.checks.clone())
         .map_err(|e| e.to_string())?;
     watches.restart(&config.watches);
+    // The log level applies at once, as in Consul.
+    running.log.set(config.log.get());
     let before = debug_config(running, node_id, advertise);
     let after = debug_config(&config, node_id, advertise);
     if let (Some(before), Some(after)) = (before.as_object(), after.as_object()) {
         let changed: Vec<&str> = after
             .iter()
+            .filter(|(k, _)| k.as_str() != "LogLevel")
             .filter(|(k, v)| before.get(*k) != Some(*v))
             .map(|(k, _)| k.as_str())
             .collect();

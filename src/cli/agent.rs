@@ -245,7 +245,7 @@ pub fn run(args: AgentArgs) -> ExitCode {
     };
     let gate = Gate::default();
     let logging = match proconsul::logging::install(
-        config.log,
+        config.log.clone(),
         config.log_json,
         config.log_file.as_ref(),
         Box::new(gate.clone()),

@@ -82,7 +82,7 @@ mod tests {
         ])
         .unwrap();
         assert!(c.log_json);
-        assert_eq!(c.log, api::monitor::LogLevel::Warn);
+        assert_eq!(c.log.get(), api::monitor::LogLevel::Warn);
         let f = c.log_file.unwrap();
         assert_eq!(f.path, file);
         assert_eq!(f.rotate_bytes, 1_048_576);

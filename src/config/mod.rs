@@ -57,7 +57,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use api::dns::DnsConfig;
-use api::monitor::LogLevel;
 use catalog::Datacenter;
 use catalog::Service;
 use gossip::keyring::Key;
@@ -114,8 +113,10 @@ pub struct AgentConfig {
     pub data_dir: Option<PathBuf>,
     /// Log level (`trace`, `debug`, `info`, `warn`, `error`) as given.
     pub log_level: String,
-    /// The same, parsed.
-    pub log: LogLevel,
+    /// The same, as the setting the log layer reads: the binary hands this handle to
+    /// [`crate::logging::install`], and a reload sets it to the new `log_level` (each
+    /// load makes a new handle; the running agent's is the one that counts).
+    pub log: crate::logging::OutputLevel,
     /// Log lines as JSON objects instead of text (`log_json`).
     pub log_json: bool,
     /// The log file and its rotation (`log_file`), if any.
@@ -323,7 +324,7 @@ impl AgentConfig {
                 .filter(|d| !d.is_empty())
                 .map(PathBuf::from),
             log_level: m.log_level.clone().unwrap_or_else(|| "info".into()),
-            log: logging::level(&m),
+            log: crate::logging::OutputLevel::new(logging::level(&m)),
             log_json: m.log_json.unwrap_or(false),
             log_file: logging::file(&m),
             monitor: api::monitor::Monitor::default(),

@@ -18,6 +18,7 @@ use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::Context;
 
+use super::OutputLevel;
 use super::format::{Record, level_of};
 
 /// Somewhere whole log lines are written (stdout, the log file). Writing must not wait
@@ -29,7 +30,7 @@ pub trait Sink: Send + Sync + 'static {
 
 /// The agent's log layer.
 pub struct Layer {
-    level: LogLevel,
+    level: OutputLevel,
     format: LineFormat,
     sinks: Vec<Box<dyn Sink>>,
     monitor: Monitor,
@@ -38,7 +39,7 @@ pub struct Layer {
 impl Layer {
     /// Writes events at `level` in `format` to `sinks`, and feeds `monitor`.
     pub fn new(
-        level: LogLevel,
+        level: OutputLevel,
         format: LineFormat,
         sinks: Vec<Box<dyn Sink>>,
         monitor: Monitor,
@@ -58,7 +59,7 @@ impl Layer {
         }
         let level = level_of(meta.level());
         let ours = is_ours(meta.target());
-        shows(Some(self.level), ours, level) || shows(self.monitor.wanted(), ours, level)
+        shows(Some(self.level.get()), ours, level) || shows(self.monitor.wanted(), ours, level)
     }
 }
 
@@ -125,10 +126,8 @@ impl<S: Subscriber> tracing_subscriber::Layer<S> for Layer {
     }
 
     fn max_level_hint(&self) -> Option<LevelFilter> {
-        let most = self
-            .monitor
-            .wanted()
-            .map_or(self.level, |w| w.max(self.level));
+        let outputs = self.level.get();
+        let most = self.monitor.wanted().map_or(outputs, |w| w.max(outputs));
         Some(level_filter(most))
     }
 
@@ -136,7 +135,7 @@ impl<S: Subscriber> tracing_subscriber::Layer<S> for Layer {
         let meta = event.metadata();
         let level = level_of(meta.level());
         let ours = is_ours(meta.target());
-        let to_outputs = shows(Some(self.level), ours, level);
+        let to_outputs = shows(Some(self.level.get()), ours, level);
         // The interest cache may lag a reader that just left: ask again.
         let to_monitor = shows(self.monitor.wanted(), ours, level);
         if !to_outputs && !to_monitor {
@@ -212,7 +211,7 @@ mod tests {
         let out = Lines::default();
         let monitor = Monitor::default();
         let layer = Layer::new(
-            LogLevel::Info,
+            OutputLevel::new(LogLevel::Info),
             LineFormat::Text,
             vec![Box::new(out.clone())],
             monitor.clone(),

@@ -19,6 +19,9 @@ pub mod file;
 pub mod format;
 mod layer;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
 use api::monitor::{LineFormat, LogLevel, Monitor};
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -28,6 +31,41 @@ pub use self::layer::{Layer, Sink};
 impl Sink for FileSink {
     fn write_line(&self, line: &[u8]) {
         FileSink::write_line(self, line);
+    }
+}
+
+/// The level the agent's outputs (stdout, the log file) write at: `log_level`, which a
+/// reload may change, as Consul's does. Cheap to clone; every clone is the same setting.
+#[derive(Clone, Debug)]
+pub struct OutputLevel {
+    rank: Arc<AtomicU8>,
+}
+
+impl OutputLevel {
+    /// A setting at `level`.
+    pub fn new(level: LogLevel) -> OutputLevel {
+        OutputLevel {
+            rank: Arc::new(AtomicU8::new(level as u8)),
+        }
+    }
+
+    /// The level now.
+    pub fn get(&self) -> LogLevel {
+        match self.rank.load(Ordering::Relaxed) {
+            1 => LogLevel::Error,
+            2 => LogLevel::Warn,
+            3 => LogLevel::Info,
+            4 => LogLevel::Debug,
+            _ => LogLevel::Trace,
+        }
+    }
+
+    /// Changes the level; tracing's per-callsite cache is rebuilt when it changed, so
+    /// that callsites turned off before are asked again.
+    pub fn set(&self, level: LogLevel) {
+        if self.rank.swap(level as u8, Ordering::Relaxed) != level as u8 {
+            tracing::callsite::rebuild_interest_cache();
+        }
     }
 }
 
@@ -67,7 +105,7 @@ pub enum SetupError {
 /// in text or JSON (`json`), the log file if configured, and `monitor`'s readers.
 /// A subscriber installed earlier (by a program embedding the agent) is kept.
 pub fn install(
-    level: LogLevel,
+    level: OutputLevel,
     json: bool,
     log_file: Option<&LogFileConfig>,
     stdout: Box<dyn Sink>,

@@ -449,3 +449,39 @@ fn monitor_needs_agent_read() {
     }
     assert_eq!(monitor_status(&http, None), "HTTP/1.1 403 Forbidden");
 }
+
+#[test]
+fn a_reload_changes_the_log_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("log.json");
+    std::fs::write(&file, r#"{"log_level": "info"}"#).unwrap();
+    let config = format!("-config-file={}", file.display());
+    let p = Proc::spawn(&[
+        "agent",
+        "-dev",
+        "-http-port=0",
+        "-server-port=0",
+        "-serf-lan-port=0",
+        "-dns-port=0",
+        &config,
+    ]);
+    let http = p.listening("http").to_string();
+    provoke_debug_line(&http);
+    assert!(!p.output().contains("[DEBUG]"), "{}", p.output());
+    std::fs::write(&file, r#"{"log_level": "debug"}"#).unwrap();
+    let (status, body) = request(&http, "PUT", "/v1/agent/reload", "");
+    assert_eq!(status, 200, "{body}");
+    p.wait_for_line(Duration::from_secs(10), |l| {
+        l.contains("configuration reloaded")
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !p
+        .output()
+        .contains("[DEBUG] agent.http: http connection ended")
+    {
+        provoke_debug_line(&http);
+        assert!(Instant::now() < deadline, "{}", p.output());
+    }
+    // Applied, so not among the changes that wait for a restart.
+    assert!(!p.output().contains("LogLevel"), "{}", p.output());
+}
