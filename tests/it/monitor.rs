@@ -275,6 +275,16 @@ fn proconsul_monitor_prints_the_log_until_interrupted_or_the_agent_stops() {
     monitor.signal("INT");
     assert_eq!(monitor.wait(Duration::from_secs(10)).code(), Some(0));
 
+    let mut bad = Proc::spawn(&["monitor", &addr, "-log-level=loud"]);
+    assert_eq!(bad.wait(Duration::from_secs(10)).code(), Some(1));
+    assert!(
+        bad.output().contains(
+            "Error starting monitor: Unexpected response code: 400 (Unknown log level: loud)"
+        ),
+        "{}",
+        bad.output()
+    );
+
     let json = Proc::spawn(&["monitor", &addr, "-log-json"]);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !json
@@ -303,14 +313,6 @@ fn proconsul_monitor_prints_the_log_until_interrupted_or_the_agent_stops() {
     assert!(
         out.contains("Remote side ended the monitor! This usually means that the"),
         "{out}"
-    );
-
-    let mut bad = Proc::spawn(&["monitor", &addr, "-log-level=loud"]);
-    assert_eq!(bad.wait(Duration::from_secs(10)).code(), Some(1));
-    assert!(
-        bad.output().contains("Error starting monitor"),
-        "{}",
-        bad.output()
     );
 }
 
