@@ -38,7 +38,10 @@ use proconsul::client::{AddressError, AgentClient, Client, ClientError, TlsOptio
 #[command(
     name = "proconsul",
     about = "A Consul-compatible service catalog agent",
-    disable_version_flag = true
+    disable_version_flag = true,
+    // Go's flag package: a flag given twice takes its last value (scripts append
+    // overrides); repeatable flags still collect every value.
+    args_override_self = true
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -253,6 +256,27 @@ pub fn normalize(args: Vec<OsString>) -> Vec<OsString> {
     out
 }
 
+/// A parse error with its flags as Consul's users write them (`-data-dir`, not the
+/// `--data-dir` the parser was handed): a double dash before a letter becomes one, but
+/// not the `--` that ends the flags.
+fn as_users_write_flags(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("--") {
+        let (before, after) = rest.split_at(at);
+        out.push_str(before);
+        let starts_word = before
+            .chars()
+            .next_back()
+            .is_none_or(|c| c.is_whitespace() || c == '\'' || c == '[' || c == '<');
+        let flag = after[2..].starts_with(|c: char| c.is_ascii_alphabetic());
+        out.push_str(if starts_word && flag { "-" } else { "--" });
+        rest = &after[2..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Go's flag order for a verb whose flags start at `args[start]`: flags end at the first
 /// word that is neither a flag nor the value of one of `value_flags` (`-` included), or
 /// at `--`. A `--` is put before that word, so that what follows is taken as arguments,
@@ -290,12 +314,13 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
     let cli = match Cli::try_parse_from(normalize(args)) {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            };
+            if !e.use_stderr() {
+                // Help and the like, as clap prints them.
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            eprint!("{}", as_users_write_flags(&e.render().to_string()));
+            return ExitCode::from(1);
         }
     };
     match cli.command {
@@ -512,6 +537,49 @@ mod tests {
         );
         assert_eq!(norm(&["p", "agent", "--dev"]), ["p", "agent", "--dev"]);
         assert_eq!(norm(&["p", "-help"]), ["p", "--help"]);
+    }
+
+    #[test]
+    fn a_flag_given_twice_takes_its_last_value_and_repeatable_ones_collect() {
+        let cli = Cli::try_parse_from(normalize(
+            [
+                "p",
+                "agent",
+                "-data-dir",
+                "one",
+                "-data-dir=two",
+                "-dev",
+                "-dev",
+                "-config-dir",
+                "d1",
+                "-config-dir=d2",
+            ]
+            .iter()
+            .map(OsString::from)
+            .collect(),
+        ))
+        .unwrap();
+        let Command::Agent(args) = cli.command else {
+            panic!("not agent");
+        };
+        assert_eq!(args.data_dir.as_deref(), Some("two"));
+        assert!(args.dev);
+        assert_eq!(args.config_dir.len(), 2);
+    }
+
+    #[test]
+    fn parse_errors_name_flags_as_users_write_them() {
+        assert_eq!(
+            as_users_write_flags(
+                "error: unexpected argument '--bogus' found\n  tip: to pass '--bogus' as a value, use '-- --bogus'"
+            ),
+            "error: unexpected argument '-bogus' found\n  tip: to pass '-bogus' as a value, use '-- -bogus'"
+        );
+        assert_eq!(
+            as_users_write_flags("Usage: proconsul agent --data-dir <DATA_DIR>"),
+            "Usage: proconsul agent -data-dir <DATA_DIR>"
+        );
+        assert_eq!(as_users_write_flags("a -- b"), "a -- b");
     }
 
     #[test]
