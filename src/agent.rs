@@ -548,6 +548,7 @@ fn lan_config(
         sync_interval: config.ae_interval,
         kv_replication: config.kv_replication.clone(),
         acl: config.acl.clone(),
+        autopilot: config.autopilot.clone(),
     }
 }
 

@@ -162,6 +162,7 @@ fn items(answer: &Answer) -> usize {
         Answer::Txn(TxnOutcome::Failed(v)) => v.len(),
         // Tokens carry secrets: never kept.
         Answer::Acl(_) => usize::MAX,
+        Answer::Autopilot(_) => 1,
     }
 }
 

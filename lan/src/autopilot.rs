@@ -11,12 +11,18 @@
 //! set is chosen changes the set everyone sees, and by the time it has settled again the
 //! initializer answers that it holds state.
 //!
-//! **Upkeep (leader only).** For every server that gossip shows: alive and not a voter →
-//! added as a learner, then promoted once caught up; left → removed; failed for longer
-//! than [`DEAD_SERVER_GRACE`] (or forgotten by gossip altogether) → removed, but only when
-//! the servers still alive keep a quorum of the smaller configuration, so a network
-//! problem never shrinks the cluster below what it needs. A server whose address changed
-//! (it came back on another port) gets its record updated.
+//! **Upkeep (leader only), under the replicated [`AutopilotConfig`].** For every server
+//! that gossip shows: alive and not a voter → added as a learner, which returns once it
+//! has caught up, then promoted once it has stayed so for `ServerStabilizationTime`;
+//! left → removed; failed for longer than [`DEAD_SERVER_GRACE`] (or forgotten by gossip
+//! altogether) → removed when `CleanupDeadServers` is on, but only when the servers still
+//! alive keep a quorum of the smaller configuration (and at least `MinQuorum` voters
+//! remain), so a network problem never shrinks the cluster below what it needs. A server
+//! whose address changed (it came back on another port) gets its record updated.
+//!
+//! **Health** (`/v1/operator/autopilot/health`, on the leader): a server is healthy when
+//! gossip holds it alive, it acknowledged the leader within `LastContactThreshold`, and
+//! its log trails the leader's by at most `MaxTrailingLogs` entries.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -25,7 +31,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use catalog::{RaftServer, ServerNode};
+use catalog::{AutopilotConfig, RaftServer, ServerNode};
 
 use crate::raft::{Consensus, NodeId};
 use crate::server::{Request, Response, Server};
@@ -175,10 +181,12 @@ async fn someone_holds_state(server: &Server, servers: &[&SeenServer], me: NodeI
     false
 }
 
-/// When each failed server was first seen failed (or missing), by Raft ID.
+/// What the leader remembers between passes: when each failed server was first seen
+/// failed (or missing), and since when each learner has been caught up, by Raft ID.
 #[derive(Default)]
 pub(crate) struct DeadServers {
     since: HashMap<NodeId, Instant>,
+    caught_up: HashMap<NodeId, Instant>,
 }
 
 /// The leader's pass over the server set; returns whether everything was in step.
@@ -187,6 +195,7 @@ pub(crate) async fn reconcile(
     dc: &str,
     members: &[Member],
     dead: &mut DeadServers,
+    settings: &AutopilotConfig,
 ) -> bool {
     let config = consensus.configuration();
     let seen = servers_in(members, dc);
@@ -236,13 +245,7 @@ pub(crate) async fn reconcile(
                             ok = false;
                             continue;
                         }
-                        tracing::info!(node = %s.node.name, "adding server to the raft cluster");
-                        ok &= change(
-                            "add",
-                            &s.node.name,
-                            consensus.add_voter(s.id, s.node.clone(), deadline()),
-                        )
-                        .await;
+                        ok &= promote(consensus, s, by_id(s.id).is_some(), dead, settings).await;
                     }
                 }
             }
@@ -274,6 +277,13 @@ pub(crate) async fn reconcile(
         .map(|s| s.id)
         .chain(std::iter::once(consensus.id()))
         .collect();
+    dead.caught_up.retain(|id, _| alive.contains(id));
+    // Failed servers pending: the leader looks again within a second, so that a
+    // removal follows its grace period (or a change of the settings) closely.
+    ok &= dead.since.is_empty();
+    if !settings.cleanup_dead_servers {
+        return ok;
+    }
     let expired: Vec<NodeId> = dead
         .since
         .iter()
@@ -300,6 +310,10 @@ pub(crate) async fn reconcile(
             tracing::warn!(node = %server.node.name, "not removing a failed server: the others would not keep a quorum");
             continue;
         }
+        if server.voter && remaining < settings.min_quorum as usize {
+            tracing::warn!(node = %server.node.name, min_quorum = settings.min_quorum, "not removing a failed server: fewer voters than autopilot's MinQuorum would remain");
+            continue;
+        }
         tracing::info!(node = %server.node.name, "removing failed server");
         if change(
             "remove",
@@ -314,6 +328,41 @@ pub(crate) async fn reconcile(
         }
     }
     ok
+}
+
+/// Brings an alive server that is not a voter along: added as a learner (which returns
+/// once it has caught up), then made a voter once it has stayed caught up for
+/// `ServerStabilizationTime`. Whether it is a voter now.
+async fn promote(
+    consensus: &Consensus,
+    s: &SeenServer,
+    learner: bool,
+    dead: &mut DeadServers,
+    settings: &AutopilotConfig,
+) -> bool {
+    if !learner {
+        tracing::info!(node = %s.node.name, "adding server to the raft cluster");
+        if !change(
+            "add",
+            &s.node.name,
+            consensus.add_learner(s.id, s.node.clone(), deadline()),
+        )
+        .await
+        {
+            return false;
+        }
+    }
+    let since = *dead.caught_up.entry(s.id).or_insert_with(Instant::now);
+    if since.elapsed() < Duration::from_millis(settings.server_stabilization_time_ms) {
+        // Not yet: the leader's next pass (a second away) looks again.
+        return false;
+    }
+    tracing::info!(node = %s.node.name, "promoting server to voter");
+    let promoted = change("promote", &s.node.name, consensus.promote(s.id, deadline())).await;
+    if promoted {
+        dead.caught_up.remove(&s.id);
+    }
+    promoted
 }
 
 fn deadline() -> Instant {

@@ -27,8 +27,8 @@ use catalog::acl::{
     MANAGEMENT_POLICY_NAME, Policy, Token,
 };
 use catalog::{
-    Answer, Catalog, Check, Command, Deregistration, Health, Node, Query, Registration,
-    SERF_HEALTH_CHECK, Service,
+    Answer, AutopilotConfig, Catalog, Check, Command, Deregistration, Health, Node, Query,
+    Registration, SERF_HEALTH_CHECK, Service,
 };
 use gossip::{Member, MemberStatus};
 
@@ -45,6 +45,7 @@ pub(crate) async fn run(
     catalog: Catalog,
     datacenter: String,
     acl: Option<Arc<AclConfig>>,
+    initial: AutopilotConfig,
     mut members: watch::Receiver<Arc<Vec<Member>>>,
     shutdown: CancellationToken,
 ) {
@@ -57,15 +58,17 @@ pub(crate) async fn run(
             }
         }
         let list = members.borrow_and_update().clone();
+        let settings_ok = init_autopilot(&consensus, &catalog, &initial).await;
+        let settings = autopilot_settings(&catalog, &initial);
         let servers_ok =
-            crate::autopilot::reconcile(&consensus, &datacenter, &list, &mut dead).await;
+            crate::autopilot::reconcile(&consensus, &datacenter, &list, &mut dead, &settings).await;
         let members_ok = reconcile(&consensus, &catalog, &datacenter, &list).await;
         let reaped_ok = reap(&consensus, &catalog, &list).await;
         let acl_ok = match &acl {
             Some(acl) => init_acl(&consensus, &catalog, acl).await,
             None => true,
         };
-        let ok = members_ok && reaped_ok && servers_ok && acl_ok;
+        let ok = members_ok && reaped_ok && servers_ok && acl_ok && settings_ok;
         let wait = if ok {
             RECONCILE_INTERVAL
         } else {
@@ -190,6 +193,39 @@ fn acl_writes(catalog: &Catalog, acl: &AclConfig) -> Vec<AclWrite> {
         }
         writes
     })
+}
+
+/// Autopilot's settings as the catalog holds them, else `initial` (the agent's
+/// `autopilot` block).
+pub(crate) fn autopilot_settings(catalog: &Catalog, initial: &AutopilotConfig) -> AutopilotConfig {
+    match catalog.query(&Query::Autopilot).0 {
+        Answer::Autopilot(c) if c.modify_index > 0 => c,
+        _ => initial.clone(),
+    }
+}
+
+/// Writes the agent's `autopilot` block as the datacenter's settings when none were
+/// written yet (Consul's leader does the same on its first term).
+async fn init_autopilot(
+    consensus: &Consensus,
+    catalog: &Catalog,
+    initial: &AutopilotConfig,
+) -> bool {
+    if matches!(catalog.query(&Query::Autopilot).0, Answer::Autopilot(c) if c.modify_index > 0) {
+        return true;
+    }
+    let command = Command::Autopilot {
+        config: initial.clone(),
+        cas: Some(0),
+    };
+    let deadline = Instant::now() + RECONCILE_WRITE_TIMEOUT;
+    match consensus.write(command, deadline).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "failed to write autopilot's settings");
+            false
+        }
+    }
 }
 
 async fn init_acl(consensus: &Consensus, catalog: &Catalog, acl: &AclConfig) -> bool {

@@ -140,6 +140,9 @@ pub struct Config {
     pub kv_replication: Option<Arc<KvReplication>>,
     /// ACL settings; `None` when ACLs are off.
     pub acl: Option<Arc<acl::AclConfig>>,
+    /// Autopilot's settings until the datacenter has its own (the agent's `autopilot`
+    /// block; the leader writes them on its first term).
+    pub autopilot: catalog::AutopilotConfig,
 }
 
 /// The datacenter could not be started.
@@ -354,6 +357,7 @@ impl Lan {
                     catalog.clone(),
                     config.datacenter.to_string(),
                     config.acl.clone(),
+                    config.autopilot.clone(),
                     pool.subscribe(),
                     shutdown.child_token(),
                 ));
@@ -861,6 +865,26 @@ impl Lan {
                 server::Response::Status(s) => Ok(s),
                 other => Err(ReadError::Rpc(server::unexpected(other))),
             },
+        }
+    }
+
+    /// The health of this datacenter's servers as its leader sees it (autopilot).
+    pub async fn autopilot_health(
+        &self,
+        deadline: Instant,
+    ) -> Result<catalog::AutopilotHealth, ReadError> {
+        match &self.inner.role {
+            Role::Server(server) => server.autopilot_health(deadline, false).await,
+            Role::Client { .. } => {
+                let request = server::Request::AutopilotHealth {
+                    timeout_ms: remaining_ms(deadline),
+                    forwarded: false,
+                };
+                match self.forward(&request, deadline + FORWARD_MARGIN).await? {
+                    server::Response::AutopilotHealth(r) => r,
+                    other => Err(ReadError::Rpc(server::unexpected(other))),
+                }
+            }
         }
     }
 

@@ -15,6 +15,7 @@
 
 mod acl;
 mod agent;
+mod autopilot;
 mod catalog;
 mod gossip;
 mod kv;
@@ -254,6 +255,17 @@ pub fn normalize(args: Vec<OsString>) -> Vec<OsString> {
         }
     }
     out
+}
+
+/// Go's `strconv.ParseBool`, with its error.
+pub(crate) fn go_bool(text: &str) -> Result<bool, String> {
+    match text {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(format!(
+            "strconv.ParseBool: parsing {text:?}: invalid syntax"
+        )),
+    }
 }
 
 /// A parse error with its flags as Consul's users write them (`-data-dir`, not the

@@ -1,4 +1,5 @@
-//! `proconsul operator raft list-peers|remove-peer`, `snapshot save|restore` and `info`.
+//! `proconsul operator raft list-peers|remove-peer`, `snapshot save|restore` and `info`
+//! (`operator autopilot` is in `autopilot`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,6 +17,11 @@ pub enum OperatorCommand {
     Raft {
         #[command(subcommand)]
         command: RaftCommand,
+    },
+    /// Autopilot's settings and the servers' health
+    Autopilot {
+        #[command(subcommand)]
+        command: super::autopilot::AutopilotCommand,
     },
 }
 
@@ -51,7 +57,10 @@ pub struct StaleArgs {
 }
 
 pub async fn operator(command: OperatorCommand) -> anyhow::Result<ExitCode> {
-    let OperatorCommand::Raft { command } = command;
+    let command = match command {
+        OperatorCommand::Raft { command } => command,
+        OperatorCommand::Autopilot { command } => return super::autopilot::run(command).await,
+    };
     let args = match command {
         RaftCommand::ListPeers(args) => args,
         RaftCommand::RemovePeer(args) => return remove_peer(args).await,

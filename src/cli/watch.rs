@@ -81,17 +81,6 @@ pub fn go_flag_order(args: Vec<OsString>) -> Vec<OsString> {
     super::end_go_flags(args, 2, VALUE_FLAGS)
 }
 
-/// Go's `strconv.ParseBool`, with its error.
-fn go_bool(text: &str) -> Result<bool, String> {
-    match text {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-        _ => Err(format!(
-            "strconv.ParseBool: parsing {text:?}: invalid syntax"
-        )),
-    }
-}
-
 /// A duration as Go prints one (`5s`, `3m0s`).
 fn go_duration(d: Duration) -> String {
     let secs = d.as_secs();
@@ -127,7 +116,7 @@ fn params(args: &WatchArgs) -> Result<Params, String> {
         params.insert("stale".into(), Value::Bool(true));
     }
     if !args.passingonly.is_empty() {
-        let passing = go_bool(&args.passingonly)
+        let passing = super::go_bool(&args.passingonly)
             .map_err(|e| format!("Failed to parse passingonly flag: {e}"))?;
         params.insert("passingonly".into(), Value::Bool(passing));
     }
@@ -384,8 +373,8 @@ mod tests {
             params(&w).unwrap_err(),
             "Failed to parse passingonly flag: strconv.ParseBool: parsing \"yes\": invalid syntax"
         );
-        assert_eq!(go_bool("T"), Ok(true));
-        assert_eq!(go_bool("0"), Ok(false));
+        assert_eq!(crate::cli::go_bool("T"), Ok(true));
+        assert_eq!(crate::cli::go_bool("0"), Ok(false));
         assert_eq!(go_duration(Duration::from_secs(20)), "20s");
         assert_eq!(go_duration(Duration::from_secs(180)), "3m0s");
     }

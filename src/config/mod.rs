@@ -28,6 +28,7 @@
 //! | `kv_replication.rs` | `kv_replication` |
 //! | `acl.rs` | `acl` |
 //! | `telemetry.rs` | `telemetry` |
+//! | `autopilot.rs` | `autopilot` |
 //! | `definitions.rs` | `service[s]`, `check[s]`, `watches` |
 //!
 //! A new area is a new file with its `check_*` function called from `check_layer`'s
@@ -35,6 +36,7 @@
 //! [`AgentConfig`]; its raw keys go in [`raw`].
 
 mod acl;
+mod autopilot;
 mod definitions;
 mod dns;
 pub mod hcl;
@@ -147,6 +149,8 @@ pub struct AgentConfig {
     pub acl: Option<std::sync::Arc<lan::AclConfig>>,
     /// Metrics settings (`telemetry`).
     pub telemetry: api::telemetry::TelemetryConfig,
+    /// Autopilot's settings until the datacenter has its own (`autopilot`).
+    pub autopilot: catalog::AutopilotConfig,
     /// Server port connections open at once from one IP address
     /// (`limits.rpc_max_conns_per_client`; `usize::MAX` for no limit).
     pub rpc_max_conns_per_client: usize,
@@ -269,6 +273,7 @@ impl AgentConfig {
         let kv_replication = kv_replication::settings(&m, role.server, &mut problems);
         let acl = acl::settings(&m, &mut problems);
         let telemetry = telemetry::settings(&m, &mut problems);
+        let autopilot = autopilot::settings(&m, &mut problems);
         let enable_script_checks = m.enable_script_checks.unwrap_or(false);
         let enable_local_script_checks = m.enable_local_script_checks.unwrap_or(false);
         definitions::check(
@@ -338,6 +343,7 @@ impl AgentConfig {
             kv_replication,
             acl,
             telemetry,
+            autopilot,
             rpc_max_conns_per_client: per_client(
                 limits.rpc_max_conns_per_client,
                 lan::DEFAULT_RPC_MAX_CONNS_PER_CLIENT,

@@ -151,6 +151,20 @@ pub struct RawKvReplication {
     pub exclude: Option<Vec<String>>,
 }
 
+/// `autopilot` (Consul's keys; the Enterprise ones are read and have no effect).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawAutopilot {
+    pub cleanup_dead_servers: Option<bool>,
+    pub last_contact_threshold: Option<String>,
+    pub max_trailing_logs: Option<u64>,
+    pub min_quorum: Option<u32>,
+    pub server_stabilization_time: Option<String>,
+    pub redundancy_zone_tag: Option<String>,
+    pub disable_upgrade_migration: Option<bool>,
+    pub upgrade_version_tag: Option<String>,
+}
+
 /// `telemetry` (Consul's metrics settings).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -269,6 +283,7 @@ pub struct RawConfig {
     pub kv_replication: Option<RawKvReplication>,
     pub acl: Option<RawAcl>,
     pub telemetry: Option<RawTelemetry>,
+    pub autopilot: Option<RawAutopilot>,
 
     // Keys of Consul features this version does not have. They are accepted by the
     // parser only so that validation can say so plainly instead of "unknown key".
@@ -467,6 +482,7 @@ impl RawConfig {
         scalar(&mut self.retry_max_wan, l.retry_max_wan);
         super::acl::merge(&mut self.acl, l.acl);
         super::telemetry::merge(&mut self.telemetry, l.telemetry);
+        super::autopilot::merge(&mut self.autopilot, l.autopilot);
         scalar(&mut self.connect, l.connect);
         scalar(&mut self.ui_config, l.ui_config);
         scalar(&mut self.ui, l.ui);

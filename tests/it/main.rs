@@ -12,6 +12,7 @@
 mod acl;
 mod acl_cli;
 mod anti_entropy;
+mod autopilot;
 mod client;
 mod cluster;
 mod disk;

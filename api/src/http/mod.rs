@@ -8,6 +8,7 @@
 mod acl;
 pub(crate) mod agent;
 mod agent_token;
+mod autopilot;
 pub(crate) mod catalog;
 mod coordinate;
 mod deadline;
@@ -714,6 +715,12 @@ pub(crate) fn router(ctx: Context, max_body_bytes: usize) -> Router {
                 .put(snapshot::restore)
                 .layer(DefaultBodyLimit::max(snapshot::MAX_SNAPSHOT_BYTES)),
         )
+        .route(
+            "/v1/operator/autopilot/configuration",
+            get(autopilot::get_config).put(autopilot::put_config),
+        )
+        .route("/v1/operator/autopilot/health", get(autopilot::health))
+        .route("/v1/operator/autopilot/state", get(autopilot::state))
         .route(
             "/v1/operator/raft/configuration",
             get(status::raft_configuration),

@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod acl;
+mod autopilot;
 pub mod clock;
 mod contract;
 pub mod duration;
@@ -39,6 +40,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+pub use autopilot::{AutopilotConfig, AutopilotHealth, ServerHealth};
 pub use contract::{
     Consistency, Principal, QueryResult, ReadError, ReadMeta, ReadOptions, SentReadOptions,
     WriteError, Written, deadline_in, remaining_ms,

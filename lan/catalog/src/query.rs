@@ -91,6 +91,8 @@ pub enum Query {
         /// What to read.
         read: KvRead,
     },
+    /// Autopilot's settings (the defaults until first written).
+    Autopilot,
 }
 
 /// The answer to a [`Query`], variant for variant.
@@ -122,6 +124,8 @@ pub enum Answer {
     Txn(TxnOutcome),
     /// For [`Query::Acl`].
     Acl(AclAnswer),
+    /// For [`Query::Autopilot`].
+    Autopilot(super::autopilot::AutopilotConfig),
 }
 
 /// What a blocking read of a query waits on before it reads again.
@@ -155,9 +159,11 @@ impl Query {
             | Query::ChecksInState { .. }
             | Query::Address { .. }
             | Query::PreparedQueries { .. } => WaitsOn::Catalog,
-            Query::Snapshot | Query::Sessions(_) | Query::Txn(_) | Query::Acl(_) => {
-                WaitsOn::Everything
-            }
+            Query::Snapshot
+            | Query::Sessions(_)
+            | Query::Txn(_)
+            | Query::Acl(_)
+            | Query::Autopilot => WaitsOn::Everything,
         }
     }
 }
@@ -314,6 +320,11 @@ impl State {
             Query::Acl(read) => {
                 let (answer, index) = self.acl.query(read);
                 (Answer::Acl(answer), index)
+            }
+            Query::Autopilot => {
+                let config = self.autopilot.clone().unwrap_or_default();
+                let index = config.modify_index;
+                (Answer::Autopilot(config), index)
             }
         };
         (answer, index.max(1))

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::acl::{AclSnapshot, AclTables, AclWrite};
+use super::autopilot::AutopilotConfig;
 use super::kv::{Kv, KvEntry, KvRefusal, KvWrite};
 use super::sessions::{Session, SessionWrite, Sessions};
 use super::txn::{TxnOp, TxnOutcome};
@@ -54,6 +55,14 @@ pub enum Command {
     KvReplicate(Vec<KvWrite>),
     /// A write to the ACL tables.
     Acl(AclWrite),
+    /// Autopilot's settings; with `cas`, only if their `modify_index` is that (0: only
+    /// if never written).
+    Autopilot {
+        /// The settings; their index fields are ignored.
+        config: AutopilotConfig,
+        /// The check-and-set index, if any.
+        cas: Option<u64>,
+    },
 }
 
 /// What an applied command produced besides its index.
@@ -63,6 +72,8 @@ pub enum Applied {
     Done,
     /// A transaction's results, or why it changed nothing.
     Txn(TxnOutcome),
+    /// Whether a check-and-set write was made.
+    Set(bool),
 }
 
 /// The body of a catalog registration (Consul's `RegisterRequest`).
@@ -207,6 +218,8 @@ pub struct State {
     pub(super) sessions: Sessions,
     /// ACL tokens, policies and roles.
     pub(super) acl: AclTables,
+    /// Autopilot's settings, once written.
+    pub(super) autopilot: Option<AutopilotConfig>,
     pub(super) indexes: Indexes,
     /// What applies changed since the writer last took it: whom to wake.
     pub(super) changed: Changes,
@@ -232,6 +245,8 @@ pub struct Snapshot {
     sessions: Vec<Session>,
     #[serde(default)]
     acl: AclSnapshot,
+    #[serde(default)]
+    autopilot: Option<AutopilotConfig>,
 }
 
 impl Snapshot {
@@ -407,6 +422,18 @@ impl State {
             Command::Acl(write) => {
                 self.apply_acl(index, write)?;
                 self.indexes.acl = self.acl.index();
+            }
+            Command::Autopilot { config, cas } => {
+                let current = self.autopilot.as_ref().map_or(0, |c| c.modify_index);
+                if cas.is_some_and(|cas| cas != current) {
+                    return Ok(Applied::Set(false));
+                }
+                self.autopilot = Some(AutopilotConfig {
+                    create_index: self.autopilot.as_ref().map_or(index, |c| c.create_index),
+                    modify_index: index,
+                    ..config.clone()
+                });
+                return Ok(Applied::Set(true));
             }
             Command::KvReplicate(writes) => {
                 // Checked whole first, so that a refusal leaves nothing behind.
@@ -706,6 +733,7 @@ impl State {
                 .collect(),
             sessions: self.sessions.by_id.values().cloned().collect(),
             acl: self.acl.to_snapshot(),
+            autopilot: self.autopilot.clone(),
         }
     }
 
@@ -728,6 +756,7 @@ impl State {
                 tombstones: snapshot.tombstones.into_iter().collect(),
             },
             acl: AclTables::from_snapshot(snapshot.acl),
+            autopilot: snapshot.autopilot,
             ..State::default()
         };
         for node in snapshot.nodes {

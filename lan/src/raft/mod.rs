@@ -29,7 +29,7 @@ pub(crate) use message::{
     Vote, VoteAnswer,
 };
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -356,6 +356,25 @@ impl Consensus {
         }
     }
 
+    /// On the leader, the last log index each follower is known to hold.
+    pub(crate) fn matched(&self) -> BTreeMap<NodeId, u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .map(|(id, log)| (*id, log.map_or(0, |l| l.index)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// When each follower last acknowledged this server as leader.
+    pub(crate) fn acks(&self) -> HashMap<NodeId, Instant> {
+        self.acks.lock().expect("acks lock").clone()
+    }
+
     /// On the leader, how long ago a quorum last acknowledged it.
     pub(crate) fn since_quorum_ack(&self) -> Option<Duration> {
         let ms = self.raft.metrics().borrow().millis_since_quorum_ack?;
@@ -379,20 +398,28 @@ impl Consensus {
             .collect()
     }
 
-    /// Adds a server: first as a learner, which returns once it has caught up, then as
-    /// a voter. Leader only.
-    pub(crate) async fn add_voter(
+    /// Adds a server as a learner; returns once it has caught up. Leader only.
+    pub(crate) async fn add_learner(
         &self,
         id: NodeId,
         node: ServerNode,
         deadline: Instant,
     ) -> Result<(), MembershipError> {
-        let fail = |e: &dyn std::fmt::Display| MembershipError(e.to_string());
         let learner = tokio::time::timeout_at(deadline, self.raft.add_learner(id, node, true));
         learner
             .await
             .map_err(|_| MembershipError("the new server did not catch up in time".into()))?
-            .map_err(|e| fail(&e))?;
+            .map_err(|e| MembershipError(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Makes a learner a voter. Leader only.
+    pub(crate) async fn promote(
+        &self,
+        id: NodeId,
+        deadline: Instant,
+    ) -> Result<(), MembershipError> {
+        let fail = |e: &dyn std::fmt::Display| MembershipError(e.to_string());
         let ids = std::collections::BTreeSet::from([id]);
         let promote = tokio::time::timeout_at(
             deadline,

@@ -25,20 +25,21 @@ use std::net::SocketAddr;
 
 use tokio::time::Instant;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use catalog::acl::{AclRead, AclWrite, Caller as AclCaller};
 use catalog::{
-    Applied, ApplyError, Catalog, Command, Consistency, KvRefusal, KvReplication, KvWrite,
-    Principal, Query, QueryResult, ReadError, ReadOptions, TxnError, TxnOutcome, TxnVerb,
-    WriteError, Written, deadline_in, remaining_ms,
+    Applied, ApplyError, AutopilotHealth, Catalog, Command, Consistency, KvRefusal, KvReplication,
+    KvWrite, Principal, Query, QueryResult, ReadError, ReadOptions, ServerHealth, TxnError,
+    TxnOutcome, TxnVerb, WriteError, Written, deadline_in, remaining_ms,
 };
-use gossip::{KeyOperation, KeyringReport, Member, Pool};
+use gossip::{KeyOperation, KeyringReport, Member, MemberStatus, Pool};
 
 use crate::acl::{Acl, NotFound};
-use crate::raft::{Consensus, RPC_HOLD_TIMEOUT};
+use crate::raft::{Consensus, NodeId, RPC_HOLD_TIMEOUT};
 use crate::relay::Opaque;
 use crate::rpc::{self, Caller, RpcError};
 
@@ -67,6 +68,9 @@ pub(crate) struct Server {
     replicated: Option<Arc<KvReplication>>,
     /// ACLs, when they are on.
     acl: Option<Acl>,
+    /// Whether each server was healthy at the last health check here, and since when
+    /// (ns since the epoch): autopilot's `StableSince`.
+    stability: Arc<std::sync::Mutex<HashMap<NodeId, (bool, u64)>>>,
 }
 
 impl Server {
@@ -85,6 +89,7 @@ impl Server {
             rpc,
             replicated,
             acl,
+            stability: Arc::default(),
         }
     }
 
@@ -235,6 +240,112 @@ impl Server {
     pub(crate) fn grant_for(&self, secret: &str) -> Option<Option<crate::acl::Grant>> {
         let acl = self.acl.as_ref()?;
         Some(acl.grant(&self.catalog, &Principal::Token(secret.into())))
+    }
+
+    /// The servers' health as the leader sees it: here when this server leads, else
+    /// asked of the leader.
+    pub(crate) async fn autopilot_health(
+        &self,
+        deadline: Instant,
+        forwarded: bool,
+    ) -> Result<AutopilotHealth, ReadError> {
+        if self.consensus.is_leader() {
+            return Ok(self.health_here());
+        }
+        if forwarded {
+            return Err(ReadError::NoLeader);
+        }
+        let hold = deadline.min(Instant::now() + RPC_HOLD_TIMEOUT);
+        let Some((id, node)) = self.consensus.wait_for_leader(hold).await else {
+            return Err(ReadError::NoLeader);
+        };
+        if id == self.consensus.id() {
+            return Ok(self.health_here());
+        }
+        let addr = self.address_of(id, &node).ok_or(ReadError::NoLeader)?;
+        let request = Request::AutopilotHealth {
+            timeout_ms: remaining_ms(deadline),
+            forwarded: true,
+        };
+        match self.rpc.call(addr, &request, deadline).await {
+            Ok(Response::AutopilotHealth(r)) => r,
+            Ok(other) => Err(ReadError::Rpc(unexpected(other))),
+            Err(e) => Err(ReadError::Rpc(e.to_string())),
+        }
+    }
+
+    /// The servers' health from this leader's Raft state and gossip, under autopilot's
+    /// settings.
+    fn health_here(&self) -> AutopilotHealth {
+        let settings = crate::leader::autopilot_settings(&self.catalog, &Default::default());
+        let status = self.consensus.status();
+        let matched = self.consensus.matched();
+        let acks = self.consensus.acks();
+        let members = self.pool.members();
+        let me = self.consensus.id();
+        let now_ns = crate::acl::now_ns();
+        let mut stability = self.stability.lock().unwrap_or_else(|p| p.into_inner());
+        let mut servers = Vec::new();
+        for s in self.consensus.configuration() {
+            let serf_status = members
+                .iter()
+                .find(|m| m.is_server() && m.name == s.node.name)
+                .map_or("none", |m| match m.status {
+                    MemberStatus::Alive => "alive",
+                    MemberStatus::Leaving => "leaving",
+                    MemberStatus::Left => "left",
+                    MemberStatus::Failed => "failed",
+                });
+            let leader = s.raft_id == me;
+            let last_contact_ms = if leader {
+                Some(0)
+            } else {
+                acks.get(&s.raft_id)
+                    .map(|at| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX))
+            };
+            let last_index = if leader {
+                status.last_log_index
+            } else {
+                matched.get(&s.raft_id).copied().unwrap_or(0)
+            };
+            let healthy = serf_status == "alive"
+                && last_contact_ms.is_some_and(|ms| ms <= settings.last_contact_threshold_ms)
+                && status.last_log_index.saturating_sub(last_index) <= settings.max_trailing_logs;
+            let since = match stability.get(&s.raft_id) {
+                Some((was, since)) if *was == healthy => *since,
+                _ => now_ns,
+            };
+            stability.insert(s.raft_id, (healthy, since));
+            servers.push(ServerHealth {
+                id: s.node.node_id.clone(),
+                name: s.node.name.clone(),
+                address: s.node.rpc_addr.clone(),
+                serf_status: serf_status.to_owned(),
+                leader,
+                last_contact_ms,
+                last_term: status.term,
+                last_index,
+                healthy,
+                voter: s.voter,
+                stable_since_ns: since,
+            });
+        }
+        let ids: std::collections::HashSet<NodeId> = self
+            .consensus
+            .configuration()
+            .iter()
+            .map(|s| s.raft_id)
+            .collect();
+        stability.retain(|id, _| ids.contains(id));
+        let voters = servers.iter().filter(|s| s.voter).count();
+        let healthy_voters = servers.iter().filter(|s| s.voter && s.healthy).count();
+        let quorum = voters / 2 + 1;
+        AutopilotHealth {
+            healthy: servers.iter().all(|s| s.healthy),
+            failure_tolerance: u32::try_from(healthy_voters.saturating_sub(quorum))
+                .unwrap_or(u32::MAX),
+            servers,
+        }
     }
 
     /// Who `principal` is on this server; `Ok(None)` when ACLs are off or it is the
@@ -624,6 +735,14 @@ impl<R: Relays> rpc::Handler for Handler<R> {
                 }
             }
             Request::Status => Response::Status(consensus.status()),
+            Request::AutopilotHealth {
+                timeout_ms,
+                forwarded,
+            } => Response::AutopilotHealth(
+                server
+                    .autopilot_health(deadline_in(timeout_ms), forwarded)
+                    .await,
+            ),
             Request::ResolveToken { token } => match &server.acl {
                 None => Response::Unsupported("ACLs are off in this datacenter".into()),
                 Some(acl) => {
@@ -658,6 +777,7 @@ fn write_metric(command: &Command) -> Option<&'static str> {
         Command::Session(_) => Some("session.apply"),
         Command::SetQuery { .. } | Command::DeleteQuery { .. } => Some("prepared-query.apply"),
         Command::Acl(_) => Some("acl.apply"),
+        Command::Autopilot { .. } => Some("autopilot.apply"),
         Command::Restore(_) | Command::KvReplicate(_) => None,
     }
 }

@@ -72,6 +72,13 @@ pub(crate) enum Request {
     },
     /// This datacenter's Raft state (leader, peers).
     Status,
+    /// The leader's view of the servers' health (autopilot).
+    AutopilotHealth {
+        /// Time left until the caller's deadline, in milliseconds.
+        timeout_ms: u64,
+        /// Already forwarded once: answer here (as the leader) or fail.
+        forwarded: bool,
+    },
     /// A request for the receiving server's relay ([`crate::relay`]), which this crate does not
     /// read (a client agent's request for another datacenter, say).
     Relay {
@@ -129,6 +136,8 @@ pub(crate) enum Response {
     Error(String),
     /// For [`Request::ResolveToken`]: the grant, or `None` for an unknown token.
     ResolveToken(Option<crate::acl::Grant>),
+    /// For [`Request::AutopilotHealth`].
+    AutopilotHealth(Result<catalog::AutopilotHealth, ReadError>),
     /// For [`Request::RemovePeer`]: the leader's refusal inside, or why no leader did it.
     RemovePeer(Result<Result<(), String>, WriteError>),
     /// The caller may not ask this (it proved too little), or the request carries values

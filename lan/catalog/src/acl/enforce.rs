@@ -177,6 +177,7 @@ impl Caller {
                 }
             }
             Command::Acl(_) => self.need(Resource::Acl, "", Access::Write),
+            Command::Autopilot { .. } => self.need(Resource::Operator, "", Access::Write),
             Command::Restore(_) | Command::KvReplicate(_) => self.management(),
         }
     }
@@ -251,6 +252,7 @@ impl Caller {
             Query::Kv { key, .. } => self.list(key),
             Query::Txn(ops) => ops.iter().try_for_each(|op| self.check_txn_op(op)),
             Query::Acl(_) => self.need(Resource::Acl, "", Access::Read),
+            Query::Autopilot => self.need(Resource::Operator, "", Access::Read),
             Query::Snapshot => self.management(),
             Query::Nodes { .. }
             | Query::Services { .. }
@@ -319,7 +321,10 @@ impl Caller {
                 }
                 false
             }
-            Answer::Txn(TxnOutcome::Failed(_)) | Answer::Snapshot(_) | Answer::Acl(_) => false,
+            Answer::Txn(TxnOutcome::Failed(_))
+            | Answer::Snapshot(_)
+            | Answer::Acl(_)
+            | Answer::Autopilot(_) => false,
         }
     }
 }
@@ -347,6 +352,7 @@ pub fn nothing_for(query: &Query) -> Answer {
         } => Answer::Kv(KvAnswer::Keys(Vec::new())),
         Query::Kv { .. } => Answer::Kv(KvAnswer::Entries(Vec::new())),
         Query::Acl(_) => Answer::Acl(crate::acl::AclAnswer::Tokens(Vec::new())),
+        Query::Autopilot => Answer::Autopilot(Default::default()),
     }
 }
 
