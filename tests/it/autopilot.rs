@@ -143,3 +143,53 @@ async fn autopilot_settings_health_and_dead_server_cleanup() {
         m.agent.stop(false).await;
     }
 }
+
+/// A server that joins later is a learner first, and votes only once it has stayed
+/// caught up for `ServerStabilizationTime`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_server_votes_only_after_the_stabilization_time() {
+    use crate::support::cluster::{Spec, servers_with};
+    let config = json!({"autopilot": {"server_stabilization_time": "3s"}}).to_string();
+    let first = servers_with(1, Some(config.clone())).await;
+    leader_of(&[&first[0]], 1).await;
+    let late = Member::start(Spec {
+        name: "late".into(),
+        server: true,
+        expect: Some(2),
+        join: vec![first[0].gossip_addr()],
+        config: Some(config),
+        ..Spec::default()
+    })
+    .await;
+    eventually(secs(30), "the new server added as a learner", || async {
+        match late_votes(&first[0]).await {
+            Some(false) => Ok(()),
+            other => Err(format!("late: {other:?}")),
+        }
+    })
+    .await;
+    eventually(secs(30), "the new server promoted", || async {
+        match late_votes(&first[0]).await {
+            Some(true) => Ok(()),
+            other => Err(format!("late: {other:?}")),
+        }
+    })
+    .await;
+    late.agent.stop(false).await;
+    for m in first {
+        m.agent.stop(false).await;
+    }
+}
+
+/// Whether the server named `late` votes, in `m`'s view of the Raft configuration
+/// (`None`: not in it).
+async fn late_votes(m: &Member) -> Option<bool> {
+    let r = m.get("/v1/operator/raft/configuration").await;
+    let c: Value = serde_json::from_str(&r.body).unwrap_or_default();
+    c["Servers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["Node"] == "late")
+        .map(|s| s["Voter"] == true)
+}
