@@ -63,6 +63,9 @@ pub enum CheckKind {
         /// Budget of one run.
         timeout: Duration,
     },
+    /// Maintenance mode: critical for as long as it is registered, with nothing to run
+    /// (Consul's `_node_maintenance` and `_service_maintenance:<id>` checks).
+    Maintenance,
 }
 
 impl CheckKind {
@@ -70,6 +73,7 @@ impl CheckKind {
     pub fn describe(&self) -> (&'static str, String, String) {
         match self {
             CheckKind::Ttl { .. } => ("ttl", String::new(), String::new()),
+            CheckKind::Maintenance => ("maintenance", String::new(), String::new()),
             CheckKind::Http {
                 interval, timeout, ..
             } => (
@@ -160,6 +164,8 @@ impl Runner {
             CheckKind::Ttl { .. } => {
                 self.tasks.spawn(run_ttl(id, local, wake, token));
             }
+            // Nothing runs: the check is critical until it is removed.
+            CheckKind::Maintenance => {}
             other => {
                 self.tasks.spawn(run_interval(id, other, local, token));
             }
@@ -222,7 +228,7 @@ async fn run_interval(
         | CheckKind::Script {
             interval, timeout, ..
         } => (*interval, *timeout),
-        CheckKind::Ttl { .. } => return,
+        CheckKind::Ttl { .. } | CheckKind::Maintenance => return,
     };
     // Consul staggers the first run randomly within the interval; a short fixed spread
     // keeps start-up quick while still avoiding a thundering herd of checks.
@@ -243,7 +249,9 @@ async fn run_interval(
                 } => http_check(url, method, header, body).await,
                 CheckKind::Tcp { address, .. } => tcp_check(address).await,
                 CheckKind::Script { args, .. } => script_check(args).await,
-                CheckKind::Ttl { .. } => unreachable!("ttl checks do not run on an interval"),
+                CheckKind::Ttl { .. } | CheckKind::Maintenance => {
+                    unreachable!("ttl and maintenance checks do not run on an interval")
+                }
             }
         };
         let (status, output) = tokio::select! {

@@ -71,7 +71,11 @@ pub use checks::{CHECK_OUTPUT_LIMIT, CheckKind};
 use gossip::{
     Encryption, JoinError, KeyOperation, KeyringReport, Member, MemberStatus, Pool, PoolConfig,
 };
-pub use local::{CHECK_OUTPUT_MAX, CheckDefinition, Local, LocalError, SYNC_INTERVAL, Source};
+pub use local::{
+    CHECK_OUTPUT_MAX, CheckDefinition, DEFAULT_NODE_MAINTENANCE_REASON,
+    DEFAULT_SERVICE_MAINTENANCE_REASON, Local, LocalError, Maintenance, NODE_MAINTENANCE_CHECK,
+    SERVICE_MAINTENANCE_PREFIX, SYNC_INTERVAL, Source,
+};
 pub use raft::{RPC_HOLD_TIMEOUT, RaftStartError, RaftTiming, SNAPSHOT_THRESHOLD, Storage};
 pub use relay::{Opaque, Relaying};
 pub use rpc::{DEFAULT_RPC_MAX_CONNS_PER_CLIENT, RpcTls};

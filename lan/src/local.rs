@@ -39,6 +39,12 @@ use gossip::Member;
 
 use crate::checks::{CheckKind, Reports, Runner};
 
+mod maintenance;
+pub use maintenance::{
+    DEFAULT_NODE_MAINTENANCE_REASON, DEFAULT_SERVICE_MAINTENANCE_REASON, Maintenance,
+    NODE_MAINTENANCE_CHECK, SERVICE_MAINTENANCE_PREFIX,
+};
+
 /// The most output a check keeps, in bytes, unless its `output_max_size` says otherwise
 /// (Consul's default).
 pub const CHECK_OUTPUT_MAX: usize = 4096;
@@ -110,6 +116,12 @@ pub enum LocalError {
         "Scripts are disabled on this agent; to enable, configure 'enable_script_checks' or 'enable_local_script_checks' to true"
     )]
     ScriptsDisabled,
+    /// Maintenance for a service this agent does not have (HTTP 404 in Consul, with
+    /// this text).
+    #[error(
+        "Unknown service ID {0:?}. Ensure that the service ID is passed, not the service name."
+    )]
+    NoSuchService(String),
 }
 
 #[derive(Debug, Clone)]
@@ -291,6 +303,8 @@ pub struct Local {
     inner: Arc<Mutex<Inner>>,
     changed: Arc<Notify>,
     runner: Runner,
+    /// What is in maintenance, published on every change for whoever keeps it on disk.
+    maintenance: Arc<watch::Sender<Maintenance>>,
 }
 
 impl std::fmt::Debug for Local {
@@ -346,6 +360,7 @@ impl Local {
             })),
             changed: Arc::new(Notify::new()),
             runner,
+            maintenance: Arc::new(watch::Sender::new(Maintenance::default())),
         }
     }
 
@@ -461,6 +476,14 @@ impl Local {
                 .into_iter()
                 .flatten()
                 .filter(|cid| !checks.iter().any(|n| &n.id == *cid))
+                // Maintenance is switched off only by asking for it: a reload or a
+                // re-registration replacing the service's checks keeps it.
+                .filter(|cid| {
+                    inner
+                        .checks
+                        .get(*cid)
+                        .is_none_or(|c| c.def.kind != CheckKind::Maintenance)
+                })
                 .cloned()
                 .collect();
             for cid in stale {
@@ -550,6 +573,7 @@ impl Local {
             ttl_expires,
         };
         let after = to_catalog_check(inner, &check);
+        self.note_maintenance(&id, Some(&check.def));
         inner.checks.insert(id.clone(), check);
         let changed = before.is_none_or(|b| !same_check(&b, &after));
         if changed || resend == Resend::Always {
@@ -572,6 +596,7 @@ impl Local {
         let Some(check) = inner.checks.remove(id) else {
             return false;
         };
+        self.note_maintenance(id, None);
         let key = fold(id);
         if inner.check_keys.get(&key).is_some_and(|k| k == id) {
             inner.check_keys.remove(&key);

@@ -25,13 +25,13 @@ fn node() -> Node {
 
 /// Local state whose check runners stop as soon as they start: the tests report check
 /// results themselves.
-fn local() -> Local {
+pub(super) fn local() -> Local {
     let stopped = CancellationToken::new();
     stopped.cancel();
     Local::new(node(), Runner::new(TaskTracker::new(), stopped, false))
 }
 
-fn service(id: &str) -> Service {
+pub(super) fn service(id: &str) -> Service {
     Service {
         id: id.into(),
         name: format!("svc-{id}"),
