@@ -21,9 +21,9 @@ const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn local_error(e: LocalError) -> ApiError {
     match e {
-        LocalError::UnknownService(_) | LocalError::UnknownCheck(_) => {
-            ApiError::NotFound(e.to_string())
-        }
+        LocalError::UnknownService(_)
+        | LocalError::UnknownCheck(_)
+        | LocalError::NoSuchService(_) => ApiError::NotFound(e.to_string()),
         LocalError::ScriptsDisabled | LocalError::Reserved(_) | LocalError::CaseClash(..) => {
             ApiError::BadRequest(e.to_string())
         }

@@ -11,7 +11,10 @@
 //! | `agent/members`, `coordinate/*` | filtered by `node:read` |
 //! | `agent/services`, `agent/checks` | filtered by `service:read` / `node:read` |
 //! | registering or changing a service or its checks | `service:write` on it |
-//! | a node check | `node:write` on this node |
+//! | a node check, `agent/maintenance` | `node:write` on this node |
+//! | `agent/service/maintenance/:id` | `service:write` on the service |
+//! | `agent/health/service/{id,name}/*` | `service:read` on the service |
+//! | `agent/host` | `operator:read` |
 //! | `operator/keyring` | `keyring:read` / `keyring:write` |
 //! | `operator/raft/*`, `operator/kv-replication` | `operator:read` / `operator:write` |
 

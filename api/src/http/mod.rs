@@ -7,6 +7,7 @@
 
 mod acl;
 pub(crate) mod agent;
+mod agent_health;
 mod agent_token;
 mod autopilot;
 pub(crate) mod catalog;
@@ -17,6 +18,7 @@ mod health;
 pub(crate) mod json;
 pub(crate) mod keyring;
 mod kv;
+mod maintenance;
 mod metrics;
 mod monitor;
 pub(crate) mod query;
@@ -637,6 +639,28 @@ pub(crate) fn router(ctx: Context, max_body_bytes: usize) -> Router {
         .route("/v1/agent/check/warn/{id}", put(agent::check_warn))
         .route("/v1/agent/check/fail/{id}", put(agent::check_fail))
         .route("/v1/agent/check/update/{id}", put(agent::check_update))
+        .route("/v1/agent/maintenance", put(maintenance::node))
+        .route(
+            "/v1/agent/service/maintenance/{id}",
+            put(maintenance::service),
+        )
+        .route(
+            "/v1/agent/service/maintenance/",
+            put(maintenance::service_without_id),
+        )
+        .route("/v1/agent/health/service/id/{id}", get(agent_health::by_id))
+        .route(
+            "/v1/agent/health/service/id/",
+            get(agent_health::id_missing),
+        )
+        .route(
+            "/v1/agent/health/service/name/{name}",
+            get(agent_health::by_name),
+        )
+        .route(
+            "/v1/agent/health/service/name/",
+            get(agent_health::name_missing),
+        )
         .route("/v1/agent/leave", put(agent::leave))
         .route("/v1/agent/join/{addr}", put(agent::join))
         .route("/v1/agent/force-leave/{node}", put(agent::force_leave))
