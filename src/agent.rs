@@ -649,14 +649,38 @@ async fn open(
     life: &Lifecycle,
 ) -> anyhow::Result<Listeners> {
     let listeners = listen(config, context, gateway, life).await?;
+    // Maintenance from the last run is put back around the config files' services: the
+    // node's before they register, each service's right after, so neither is offered
+    // as healthy in between.
+    let saved = match maintenance_dir(config) {
+        Some(dir) => crate::maintenance::load(dir)?,
+        None => lan::Maintenance::default(),
+    };
+    if let Some(reason) = &saved.node {
+        lan.local().enable_node_maintenance(reason);
+    }
     lan.local()
         .replace_config(config.services.clone(), config.checks.clone())
         .context("registering the services of the config files")?;
+    lan.local().restore_maintenance(&saved);
+    if let Some(dir) = maintenance_dir(config) {
+        life.tasks.spawn(crate::maintenance::keep(
+            lan.local().clone(),
+            dir.to_owned(),
+            life.core.child_token(),
+        ));
+    }
     start_join(&Joinable::Lan(lan.clone()), &config.start_join).await?;
     if let Ok(f) = gateway.federation() {
         start_join(&Joinable::Wan(f.clone()), &config.start_join_wan).await?;
     }
     Ok(listeners)
+}
+
+/// Where maintenance mode is kept across restarts: the data dir, unless in `-dev` mode
+/// (which keeps nothing).
+fn maintenance_dir(config: &AgentConfig) -> Option<&Path> {
+    config.data_dir.as_deref().filter(|_| !config.dev)
 }
 
 /// The HTTPS API's TLS configuration from its files, when `ports.https` is on.

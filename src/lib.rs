@@ -30,6 +30,7 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod logging;
+mod maintenance;
 mod telemetry;
 pub mod watch;
 

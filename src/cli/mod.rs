@@ -20,6 +20,7 @@ mod catalog;
 mod gossip;
 mod kv;
 mod lock;
+mod maint;
 mod members;
 mod monitor;
 mod operator;
@@ -98,6 +99,8 @@ pub enum Command {
     Keyring(gossip::KeyringArgs),
     /// Gracefully leaves the cluster and shuts the agent down
     Leave(ClientArgs),
+    /// Controls node or service maintenance mode
+    Maint(maint::MaintArgs),
     /// Lists the members of the datacenter
     Members(members::MembersArgs),
     /// Streams the log of a running agent
@@ -345,6 +348,7 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
         }
         Command::Validate(args) => validate(args),
         Command::Members(args) => client_command(|| members::run(args)),
+        Command::Maint(args) => client_command(|| maint::run(args)),
         Command::Monitor(args) => client_command(|| monitor::run(args)),
         Command::Rtt(args) => client_command(|| rtt::run(args)),
         Command::Catalog { command } => client_command(|| catalog::run(command)),

@@ -25,6 +25,7 @@ mod https;
 mod jepsen;
 mod kv;
 mod limits;
+mod maint;
 mod metrics;
 mod monitor;
 mod process;
