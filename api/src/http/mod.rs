@@ -15,6 +15,7 @@ mod coordinate;
 mod deadline;
 mod gate;
 mod health;
+mod host;
 pub(crate) mod json;
 pub(crate) mod keyring;
 mod kv;
@@ -639,6 +640,8 @@ pub(crate) fn router(ctx: Context, max_body_bytes: usize) -> Router {
         .route("/v1/agent/check/warn/{id}", put(agent::check_warn))
         .route("/v1/agent/check/fail/{id}", put(agent::check_fail))
         .route("/v1/agent/check/update/{id}", put(agent::check_update))
+        .route("/v1/agent/host", get(host::host_info))
+        .route("/v1/agent/version", get(host::version))
         .route("/v1/agent/maintenance", put(maintenance::node))
         .route(
             "/v1/agent/service/maintenance/{id}",
