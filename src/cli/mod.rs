@@ -25,6 +25,7 @@ mod members;
 mod monitor;
 mod operator;
 mod rtt;
+mod services;
 mod tls;
 mod watch;
 
@@ -77,6 +78,11 @@ pub enum Command {
     Operator {
         #[command(subcommand)]
         command: operator::OperatorCommand,
+    },
+    /// Registers or deregisters services of the local agent
+    Services {
+        #[command(subcommand)]
+        command: services::ServicesCommand,
     },
     /// Saves or restores the catalog
     Snapshot {
@@ -362,6 +368,7 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
         Command::Info(args) => client_command(|| operator::info(args)),
         Command::Operator { command } => client_command(|| operator::operator(command)),
         Command::Snapshot { command } => client_command(|| operator::snapshot(command)),
+        Command::Services { command } => client_command(|| services::run(command)),
         Command::Keyring(args) => client_command(|| gossip::keyring(args)),
         Command::Leave(args) => client_command(|| async move {
             args.client()?.put("/v1/agent/leave", None).await?;
