@@ -305,3 +305,119 @@ async fn maintenance_requests_that_cannot_apply_are_refused_with_consul_s_texts(
     assert_eq!(agent.json("/v1/agent/checks").await, json!({}));
     agent.shutdown().await;
 }
+
+#[tokio::test]
+async fn host_and_version_answer_in_consul_s_shape() {
+    let agent = TestAgent::dev().await;
+    let version = agent.json("/v1/agent/version").await;
+    assert_eq!(version["HumanVersion"], proconsul::VERSION);
+    for key in ["SHA", "BuildDate", "FIPS"] {
+        assert!(version[key].is_string(), "{key} in {version}");
+    }
+    let host = agent.json("/v1/agent/host").await;
+    assert!(host["Memory"]["total"].as_u64().unwrap() > 0, "{host}");
+    assert!(!host["CPU"].as_array().unwrap().is_empty());
+    assert!(host["Disk"]["total"].as_u64().unwrap() > 0);
+    assert!(host["CollectionTime"].as_u64().unwrap() > 0);
+    assert_eq!(host["Host"]["hostId"], "", "no machine ID leaves the host");
+    agent.shutdown().await;
+}
+
+/// Runs the binary with `args`: exit code, stdout, stderr.
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = crate::support::process::run(args);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn maint_and_services_verbs_speak_as_consul_s_cli() {
+    let (_agent, http, _) = crate::process::dev_agent(&[]);
+    let addr = format!("-http-addr={http}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.json");
+    std::fs::write(
+        &file,
+        r#"{"service": {"id": "web-1", "name": "web", "port": 8080}}"#,
+    )
+    .unwrap();
+    let file = file.display().to_string();
+    let ok = |out: &str| (0, out.to_owned(), String::new());
+
+    let steps: Vec<(Vec<&str>, (i32, String, String))> = vec![
+        (
+            vec!["services", "register", &addr, &file],
+            ok("Registered service: web\n"),
+        ),
+        (vec!["maint", &addr], ok("")),
+        (
+            vec!["maint", "-enable", "-service", "web-1", "-reason", "deploy", &addr],
+            ok("Service maintenance is now enabled for \"web-1\"\n"),
+        ),
+        (
+            vec!["maint", "-enable", &addr],
+            ok("Node maintenance is now enabled\n"),
+        ),
+        (
+            vec!["maint", &addr],
+            ok(&format!(
+                "Node:\n  Name:   proc-node\n  Reason: {}\n\nService:\n  ID:     web-1\n  Reason: deploy\n\n",
+                lan::DEFAULT_NODE_MAINTENANCE_REASON
+            )),
+        ),
+        (
+            vec!["maint", "-enable", "-service", "nope", &addr],
+            (
+                1,
+                String::new(),
+                "Error enabling service maintenance: Unexpected response code: 404 (Unknown service ID \"nope\". Ensure that the service ID is passed, not the service name.)\n".into(),
+            ),
+        ),
+        (
+            vec!["maint", "-disable", "-reason", "x", &addr],
+            (
+                1,
+                String::new(),
+                "Reason may only be provided with -enable\n".into(),
+            ),
+        ),
+        (
+            vec!["maint", "-disable", &addr],
+            ok("Node maintenance is now disabled\n"),
+        ),
+        (
+            vec!["maint", "-disable", "-service", "web-1", &addr],
+            ok("Service maintenance is now disabled for \"web-1\"\n"),
+        ),
+        (vec!["maint", &addr], ok("")),
+        (
+            vec![
+                "services", "register", "-name", "api", "-port", "81", "-tag", "v1", "-meta",
+                "team=x", &addr,
+            ],
+            ok("Registered service: api\n"),
+        ),
+        (
+            vec!["services", "deregister", "-id", "api", &addr],
+            ok("Deregistered service: api\n"),
+        ),
+        (
+            vec!["services", "deregister", &addr, &file],
+            ok("Deregistered service: web-1\n"),
+        ),
+        (
+            vec!["services", "register", &addr],
+            (
+                1,
+                String::new(),
+                "Service registration requires at least one argument or flags.\n".into(),
+            ),
+        ),
+    ];
+    for (args, want) in steps {
+        assert_eq!(cli(&args), want, "proconsul {}", args.join(" "));
+    }
+}

@@ -9,7 +9,7 @@ use crate::support::process::{Proc, binary, run};
 
 /// Starts `agent -dev` on OS-chosen ports; returns the process and its HTTP and DNS
 /// addresses.
-fn dev_agent(extra: &[&str]) -> (Proc, String, String) {
+pub(crate) fn dev_agent(extra: &[&str]) -> (Proc, String, String) {
     let mut args = vec![
         "agent",
         "-dev",
