@@ -323,8 +323,11 @@ async fn host_and_version_answer_in_consul_s_shape() {
     agent.shutdown().await;
 }
 
-/// Runs the binary with `args`: exit code, stdout, stderr.
-fn cli(args: &[&str]) -> (i32, String, String) {
+/// What a CLI run gives: exit code, stdout, stderr.
+type Outcome = (i32, String, String);
+
+/// Runs the binary with `args`.
+fn cli(args: &[&str]) -> Outcome {
     let out = crate::support::process::run(args);
     (
         out.status.code().unwrap_or(-1),
@@ -347,7 +350,7 @@ fn maint_and_services_verbs_speak_as_consul_s_cli() {
     let file = file.display().to_string();
     let ok = |out: &str| (0, out.to_owned(), String::new());
 
-    let steps: Vec<(Vec<&str>, (i32, String, String))> = vec![
+    let steps: Vec<(Vec<&str>, Outcome)> = vec![
         (
             vec!["services", "register", &addr, &file],
             ok("Registered service: web\n"),

@@ -224,7 +224,9 @@ mod tests {
     #[test]
     fn maintenance_beats_critical_beats_warning_beats_passing() {
         use Health::*;
-        let cases: &[(&[(&str, Health)], &str, u16)] = &[
+        /// Checks by ID and status; the status and code they aggregate to.
+        type Case<'a> = (&'a [(&'a str, Health)], &'a str, u16);
+        let cases: &[Case] = &[
             (&[], "passing", 200),
             (&[("a", Passing)], "passing", 200),
             (&[("a", Passing), ("b", Warning)], "warning", 429),

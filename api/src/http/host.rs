@@ -205,12 +205,13 @@ fn host(now: SystemTime, errors: &mut Vec<String>) -> Value {
 fn root_fstype(mounts: &str) -> &str {
     mounts
         .lines()
+        .rev()
         .filter_map(|l| {
             let mut words = l.split_whitespace();
             let (_, point, fstype) = (words.next()?, words.next()?, words.next()?);
             (point == "/").then_some(fstype)
         })
-        .last()
+        .next()
         .unwrap_or_default()
 }
 
