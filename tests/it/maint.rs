@@ -397,17 +397,6 @@ fn maint_and_services_verbs_speak_as_consul_s_cli() {
         ),
         (vec!["maint", &addr], ok("")),
         (
-            vec![
-                "services", "register", "-name", "api", "-port", "81", "-tag", "v1", "-meta",
-                "team=x", &addr,
-            ],
-            ok("Registered service: api\n"),
-        ),
-        (
-            vec!["services", "deregister", "-id", "api", &addr],
-            ok("Deregistered service: api\n"),
-        ),
-        (
             vec!["services", "deregister", &addr, &file],
             ok("Deregistered service: web-1\n"),
         ),
@@ -423,4 +412,27 @@ fn maint_and_services_verbs_speak_as_consul_s_cli() {
     for (args, want) in steps {
         assert_eq!(cli(&args), want, "proconsul {}", args.join(" "));
     }
+
+    // From flags, repeatable ones collecting every value.
+    let register = [
+        "services", "register", "-name", "api", "-port", "81", "-tag", "v1", "-tag", "v2", "-meta",
+        "team=x", &addr,
+    ];
+    assert_eq!(cli(&register), ok("Registered service: api\n"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, out, _) = cli(&["catalog", "services", "-tags", &addr]);
+        if out.contains("api     v1,v2\n") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "api never synced: {out}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        cli(&["services", "deregister", "-id", "api", &addr]),
+        ok("Deregistered service: api\n")
+    );
 }
