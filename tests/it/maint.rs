@@ -436,3 +436,126 @@ fn maint_and_services_verbs_speak_as_consul_s_cli() {
         ok("Deregistered service: api\n")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_needs_write_and_agent_health_read_under_acls() {
+    const MANAGEMENT: &str = "0b7f1c9e-3d2a-4e6f-8a1b-2c3d4e5f6a7b";
+    let config = json!({
+        "acl": {
+            "enabled": true,
+            "default_policy": "deny",
+            "tokens": {"initial_management": MANAGEMENT, "agent": MANAGEMENT}
+        },
+        "services": [{"id": "web-1", "name": "web", "port": 8080}],
+    })
+    .to_string();
+    let cluster = crate::support::cluster::Cluster::start(0, |s| {
+        s.config = Some(config.clone());
+    })
+    .await;
+    let m = cluster.server();
+    let put = |path: String, body: String| async move {
+        let r = m.call(hyper::Method::PUT, &path, &body).await;
+        (r.status, r.body)
+    };
+    let token = |rules: &'static str, name: &'static str| {
+        let put = &put;
+        async move {
+            eventually(
+                secs(30),
+                "a policy made with the management token",
+                || async {
+                    let body = json!({"Name": name, "Rules": rules}).to_string();
+                    match put(format!("/v1/acl/policy?token={MANAGEMENT}"), body).await {
+                        (200, _) => Ok(()),
+                        (status, text) => Err(format!("{status} {text}")),
+                    }
+                },
+            )
+            .await;
+            let body = json!({"Policies": [{"Name": name}]}).to_string();
+            let (status, text) = put(format!("/v1/acl/token?token={MANAGEMENT}"), body).await;
+            assert_eq!(status, 200, "{text}");
+            let token: Value = serde_json::from_str(&text).unwrap();
+            token["SecretID"].as_str().unwrap().to_owned()
+        }
+    };
+    let reader = token(
+        "service \"web\" { policy = \"read\" }\nnode_prefix \"\" { policy = \"read\" }",
+        "reader",
+    )
+    .await;
+    let writer = token(
+        "service \"web\" { policy = \"write\" }\nnode_prefix \"\" { policy = \"write\" }\noperator = \"read\"",
+        "writer",
+    )
+    .await;
+    let status = |path: &str, method: hyper::Method, token: &str| {
+        let path = format!(
+            "{path}{}token={token}",
+            if path.contains('?') { "&" } else { "?" }
+        );
+        async move { m.call(method, &path, "").await.status }
+    };
+    use hyper::Method;
+    let cases = [
+        (
+            "/v1/agent/maintenance?enable=true",
+            Method::PUT,
+            &reader,
+            403,
+        ),
+        (
+            "/v1/agent/service/maintenance/web-1?enable=true",
+            Method::PUT,
+            &reader,
+            403,
+        ),
+        ("/v1/agent/host", Method::GET, &reader, 403),
+        (
+            "/v1/agent/health/service/id/web-1",
+            Method::GET,
+            &reader,
+            200,
+        ),
+        (
+            "/v1/agent/health/service/name/web",
+            Method::GET,
+            &reader,
+            200,
+        ),
+        (
+            "/v1/agent/maintenance?enable=true",
+            Method::PUT,
+            &writer,
+            200,
+        ),
+        (
+            "/v1/agent/service/maintenance/web-1?enable=true",
+            Method::PUT,
+            &writer,
+            200,
+        ),
+        ("/v1/agent/host", Method::GET, &writer, 200),
+        (
+            "/v1/agent/health/service/id/web-1",
+            Method::GET,
+            &reader,
+            503,
+        ),
+        (
+            "/v1/agent/health/service/name/web",
+            Method::GET,
+            &String::new(),
+            403,
+        ),
+        ("/v1/agent/version", Method::GET, &String::new(), 200),
+    ];
+    for (path, method, token, want) in cases {
+        assert_eq!(
+            status(path, method.clone(), token).await,
+            want,
+            "{method} {path}"
+        );
+    }
+}
