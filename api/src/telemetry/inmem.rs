@@ -143,12 +143,27 @@ impl metrics::HistogramFn for Series {
     }
 }
 
-/// The interval number (seconds since the epoch / 10) of now.
+/// The interval number (seconds since the epoch / 10) events are recorded in: read
+/// from a clock kept by [`tick`] (every few seconds, and before each answer), so that
+/// recording an event reads no clock. An event just after a boundary may count in the
+/// interval before it, by up to the time between two ticks.
+static CURRENT: AtomicU64 = AtomicU64::new(0);
+
 fn interval_now() -> u64 {
+    match CURRENT.load(Ordering::Relaxed) {
+        0 => tick(),
+        n => n,
+    }
+}
+
+/// Moves the recording clock to now; returns the current interval number.
+pub(super) fn tick() -> u64 {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    secs / INTERVAL.as_secs()
+    let n = secs / INTERVAL.as_secs();
+    CURRENT.store(n, Ordering::Relaxed);
+    n
 }
 
 /// The sink: every series by key.
@@ -203,7 +218,7 @@ impl Inmem {
     /// The last finished interval (the current one while there is only one) in Consul's
     /// JSON shape.
     pub(super) fn summary(&self) -> Summary {
-        let now = interval_now();
+        let now = tick();
         let interval = if now > self.first { now - 1 } else { now };
         let mut summary = Summary {
             timestamp: go_time(interval * INTERVAL.as_secs()),

@@ -174,6 +174,7 @@ impl Telemetry {
     /// Drains the Prometheus summaries' buckets; called every few seconds so that they
     /// stay bounded between scrapes.
     pub fn upkeep(&self) {
+        inmem::tick();
         self.prometheus.run_upkeep();
     }
 }
