@@ -11,6 +11,7 @@ use catalog::Health;
 use lan::{LocalError, Source};
 use serde_json::{Value, json as json_value};
 
+use super::filter::schema;
 use super::{ApiError, Params, gate, json, parse_body};
 use crate::Context;
 use crate::definition::{self, Style, fold_key};
@@ -141,11 +142,12 @@ pub(crate) async fn services(
     State(ctx): State<Context>,
     params: Params,
 ) -> Result<Response, ApiError> {
-    params.refuse_unsupported()?;
+    let filter = params.filter(schema::AGENT_SERVICE)?;
+    params.without(&["filter"]).refuse_unsupported()?;
     let caller = gate::caller(&ctx, &params).await?;
     let services = ctx.lan.local().services();
     let dc = ctx.agent.datacenter.as_str();
-    let map: BTreeMap<&str, _> = services
+    let readable: Vec<_> = services
         .iter()
         .filter(|s| {
             caller
@@ -154,8 +156,13 @@ pub(crate) async fn services(
         })
         .map(|s| (s.id.as_str(), super::json::agent_service(s, dc)))
         .collect();
+    let hidden = readable.len() != services.len();
+    let map: BTreeMap<&str, _> = readable
+        .into_iter()
+        .filter(|(_, s)| filter.as_ref().is_none_or(|f| f.keeps(s)))
+        .collect();
     let mut response = json(&map, params.pretty());
-    super::add_filtered_header(&mut response, map.len() != services.len());
+    super::add_filtered_header(&mut response, hidden);
     Ok(response)
 }
 
@@ -188,16 +195,22 @@ pub(crate) async fn checks(
     State(ctx): State<Context>,
     params: Params,
 ) -> Result<Response, ApiError> {
-    params.refuse_unsupported()?;
+    let filter = params.filter(schema::HEALTH_CHECK)?;
+    params.without(&["filter"]).refuse_unsupported()?;
     let caller = gate::caller(&ctx, &params).await?;
     let checks = ctx.lan.local().checks();
-    let map: BTreeMap<&str, _> = checks
+    let readable: Vec<_> = checks
         .iter()
         .filter(|c| caller.as_ref().is_none_or(|a| gate::may_read_check(a, c)))
         .map(|c| (c.check_id.as_str(), super::json::check(c)))
         .collect();
+    let hidden = readable.len() != checks.len();
+    let map: BTreeMap<&str, _> = readable
+        .into_iter()
+        .filter(|(_, c)| filter.as_ref().is_none_or(|f| f.keeps(c)))
+        .collect();
     let mut response = json(&map, params.pretty());
-    super::add_filtered_header(&mut response, map.len() != checks.len());
+    super::add_filtered_header(&mut response, hidden);
     Ok(response)
 }
 

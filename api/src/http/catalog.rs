@@ -8,6 +8,7 @@ use gossip::transport::Coordinates;
 use serde_json::Value;
 use tokio::time::Instant;
 
+use super::filter::{self, Filter, schema};
 use super::{ApiError, Params, REQUEST_TIMEOUT, add_meta_headers, json, parse_body, read_request};
 use crate::Context;
 use crate::definition::{self, Style, fold_key};
@@ -135,9 +136,11 @@ pub(crate) async fn nodes(
     let query = Query::Nodes {
         node_meta: params.node_meta()?,
     };
-    read_near_and_render(&ctx, &params, query, |answer, pretty| match answer {
+    let filter = params.filter(schema::NODE)?;
+    let params = params.without(&["filter"]);
+    read_near_and_render(&ctx, &params, query, move |answer, pretty| match answer {
         Answer::Nodes(nodes) => json(
-            &nodes.iter().map(super::json::node).collect::<Vec<_>>(),
+            &filter::retain(nodes.iter().map(super::json::node), filter.as_ref()),
             pretty,
         ),
         _ => unexpected(),
@@ -172,12 +175,11 @@ pub(crate) async fn service(
         tags: params.all("tag"),
         node_meta: params.node_meta()?,
     };
-    read_near_and_render(&ctx, &params, query, |answer, pretty| match answer {
+    let filter = params.filter(schema::SERVICE_NODE)?;
+    let params = params.without(&["filter"]);
+    read_near_and_render(&ctx, &params, query, move |answer, pretty| match answer {
         Answer::ServiceNodes(list) => json(
-            &list
-                .iter()
-                .map(super::json::service_node)
-                .collect::<Vec<_>>(),
+            &filter::retain(list.iter().map(super::json::service_node), filter.as_ref()),
             pretty,
         ),
         _ => unexpected(),
@@ -191,13 +193,17 @@ pub(crate) async fn node(
     params: Params,
 ) -> Result<Response, ApiError> {
     let query = Query::NodeServices { node };
-    read_and_render(&ctx, &params, query, |answer, pretty| match answer {
+    // Consul filters the node's services, not the node.
+    let filter = params.filter(schema::NODE_SERVICE)?;
+    let params = params.without(&["filter"]);
+    read_and_render(&ctx, &params, query, move |answer, pretty| match answer {
         // Consul answers an unknown node with 200 and `null` (issue #9330); clients
         // depend on it, so we keep it.
         Answer::NodeServices(None) => json(&Value::Null, pretty),
-        Answer::NodeServices(Some(ns)) => {
-            json(&super::json::node_services(&ns.node, &ns.services), pretty)
-        }
+        Answer::NodeServices(Some(ns)) => json(
+            &super::json::node_services(&ns.node, kept_services(&ns.services, filter.as_ref())),
+            pretty,
+        ),
         _ => unexpected(),
     })
     .await
@@ -209,15 +215,28 @@ pub(crate) async fn node_services(
     params: Params,
 ) -> Result<Response, ApiError> {
     let query = Query::NodeServices { node };
-    read_and_render(&ctx, &params, query, |answer, pretty| match answer {
+    let filter = params.filter(schema::NODE_SERVICE)?;
+    let params = params.without(&["filter"]);
+    read_and_render(&ctx, &params, query, move |answer, pretty| match answer {
         Answer::NodeServices(None) => json(&Value::Null, pretty),
         Answer::NodeServices(Some(ns)) => json(
-            &super::json::node_service_list(&ns.node, &ns.services),
+            &super::json::node_service_list(&ns.node, kept_services(&ns.services, filter.as_ref())),
             pretty,
         ),
         _ => unexpected(),
     })
     .await
+}
+
+/// The services of a node that `filter` keeps, judged in the shape Consul filters
+/// (`NodeService`).
+fn kept_services<'a>(
+    services: &'a [Service],
+    filter: Option<&'a Filter>,
+) -> impl Iterator<Item = &'a Service> {
+    services
+        .iter()
+        .filter(move |s| filter.is_none_or(|f| f.keeps(&super::json::service(s))))
 }
 
 /// A gateway answer of the wrong variant for its query: a bug, reported as a 500.

@@ -5,17 +5,27 @@ use axum::response::Response;
 use catalog::{Answer, Health, Query};
 
 use super::catalog::{read_and_render, read_near_and_render, unexpected};
+use super::filter::{self, Filter, schema};
 use super::{ApiError, Params, json};
 use crate::Context;
 
-fn render_checks(answer: &Answer, pretty: bool) -> Response {
-    match answer {
+/// Renders a list of checks, keeping those `filter` passes.
+fn render_checks(filter: Option<Filter>) -> impl FnOnce(&Answer, bool) -> Response {
+    move |answer, pretty| match answer {
         Answer::Checks(list) => json(
-            &list.iter().map(super::json::check).collect::<Vec<_>>(),
+            &filter::retain(list.iter().map(super::json::check), filter.as_ref()),
             pretty,
         ),
         _ => unexpected(),
     }
+}
+
+/// The `?filter=` of a checks endpoint, and the parameters without it.
+fn checks_filter(params: &Params) -> Result<(Option<Filter>, Params), ApiError> {
+    Ok((
+        params.filter(schema::HEALTH_CHECK)?,
+        params.without(&["filter"]),
+    ))
 }
 
 pub(crate) async fn service(
@@ -36,12 +46,14 @@ pub(crate) async fn service(
         passing_only,
         node_meta: params.node_meta()?,
     };
-    read_near_and_render(&ctx, &params, query, |answer, pretty| match answer {
+    let filter = params.filter(schema::CHECK_SERVICE_NODE)?;
+    let params = params.without(&["filter"]);
+    read_near_and_render(&ctx, &params, query, move |answer, pretty| match answer {
         Answer::ServiceHealth(list) => json(
-            &list
-                .iter()
-                .map(super::json::service_health)
-                .collect::<Vec<_>>(),
+            &filter::retain(
+                list.iter().map(super::json::service_health),
+                filter.as_ref(),
+            ),
             pretty,
         ),
         _ => unexpected(),
@@ -54,7 +66,14 @@ pub(crate) async fn node(
     Path(node): Path<String>,
     params: Params,
 ) -> Result<Response, ApiError> {
-    read_and_render(&ctx, &params, Query::NodeChecks { node }, render_checks).await
+    let (filter, params) = checks_filter(&params)?;
+    read_and_render(
+        &ctx,
+        &params,
+        Query::NodeChecks { node },
+        render_checks(filter),
+    )
+    .await
 }
 
 pub(crate) async fn checks(
@@ -62,11 +81,12 @@ pub(crate) async fn checks(
     Path(service): Path<String>,
     params: Params,
 ) -> Result<Response, ApiError> {
+    let (filter, params) = checks_filter(&params)?;
     read_near_and_render(
         &ctx,
         &params,
         Query::ServiceChecks { service },
-        render_checks,
+        render_checks(filter),
     )
     .await
 }
@@ -83,5 +103,12 @@ pub(crate) async fn state(
                 .ok_or_else(|| ApiError::BadRequest(format!("Unsupported state: {other}")))?,
         ),
     };
-    read_near_and_render(&ctx, &params, Query::ChecksInState { state }, render_checks).await
+    let (filter, params) = checks_filter(&params)?;
+    read_near_and_render(
+        &ctx,
+        &params,
+        Query::ChecksInState { state },
+        render_checks(filter),
+    )
+    .await
 }

@@ -340,11 +340,14 @@ pub(crate) struct NodeServicesJson<'a> {
     services: BTreeMap<&'a str, ServiceJson<'a>>,
 }
 
-pub(crate) fn node_services<'a>(n: &'a Node, services: &'a [Service]) -> NodeServicesJson<'a> {
+pub(crate) fn node_services<'a>(
+    n: &'a Node,
+    services: impl IntoIterator<Item = &'a Service>,
+) -> NodeServicesJson<'a> {
     NodeServicesJson {
         node: node(n),
         services: services
-            .iter()
+            .into_iter()
             .map(|s| (s.id.as_str(), service(s)))
             .collect(),
     }
@@ -360,11 +363,11 @@ pub(crate) struct NodeServiceListJson<'a> {
 
 pub(crate) fn node_service_list<'a>(
     n: &'a Node,
-    services: &'a [Service],
+    services: impl IntoIterator<Item = &'a Service>,
 ) -> NodeServiceListJson<'a> {
     NodeServiceListJson {
         node: node(n),
-        services: services.iter().map(service).collect(),
+        services: services.into_iter().map(service).collect(),
     }
 }
 

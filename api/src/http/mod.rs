@@ -13,6 +13,7 @@ mod autopilot;
 pub(crate) mod catalog;
 mod coordinate;
 mod deadline;
+pub(crate) mod filter;
 mod gate;
 mod health;
 mod host;
@@ -246,6 +247,21 @@ impl Params {
                 None => Ok((kv, String::new())),
             })
             .collect()
+    }
+
+    /// `?filter=`, checked against `schema` (the fields of the endpoint's items); absent
+    /// or empty means no filter, as in Consul. A bad expression is a 400 with Consul's
+    /// text.
+    pub(crate) fn filter(
+        &self,
+        schema: filter::Schema,
+    ) -> Result<Option<filter::Filter>, ApiError> {
+        match self.get("filter") {
+            None | Some("") => Ok(None),
+            Some(text) => filter::Filter::new(text, schema)
+                .map(Some)
+                .map_err(|e| ApiError::BadRequest(e.to_string())),
+        }
     }
 
     /// Parameters proconsul does not implement; refusing them beats answering as if
