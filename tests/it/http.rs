@@ -347,7 +347,7 @@ async fn bad_requests_get_consul_errors() {
     );
     let r = a.get("/v1/health/state/bogus").await;
     assert_eq!(r.status, 400);
-    let r = a.get("/v1/catalog/nodes?filter=Node%20==%20x").await;
+    let r = a.get("/v1/catalog/services?filter=Node%20==%20x").await;
     assert_eq!(
         r.status, 400,
         "unsupported parameters are refused, not ignored"

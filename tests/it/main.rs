@@ -18,6 +18,7 @@ mod cluster;
 mod disk;
 mod dns;
 mod faults;
+mod filter;
 mod gateway;
 mod hostile;
 mod http;
