@@ -336,3 +336,32 @@ fn retain_keeps_all_without_a_filter() {
     let f = Filter::new("Node.Node == n3", CHECK_SERVICE_NODE).unwrap();
     assert_eq!(retain(items, Some(&f)).len(), 1);
 }
+
+proptest::proptest! {
+    /// Sequences of the grammar's own tokens (and stray bytes) never panic: they parse
+    /// and evaluate, or are refused with Consul's prefix.
+    #[test]
+    fn token_soup_is_parsed_or_refused_never_panics(
+        tokens in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "Service", ".", "Tags", "Meta", "[", "]", "\"v1\"", "`x`", "\"", "`",
+                "==", "!=", " ", "in", "not", "contains", "matches", "is", "empty",
+                "and", "or", "(", ")", "Checks", "Status", "Port", "8080", "-1.5",
+                "\\", "\n", "é", "Node", "Node.Meta.os", "0x1f",
+            ]),
+            0..40,
+        )
+    ) {
+        let text = tokens.concat();
+        match Filter::new(&text, CHECK_SERVICE_NODE) {
+            Ok(f) => {
+                for entry in health_entries() {
+                    let _ = f.matches(&entry);
+                }
+            }
+            Err(e) => proptest::prop_assert!(
+                e.to_string().starts_with("Failed to create boolean expression evaluator: ")
+            ),
+        }
+    }
+}
