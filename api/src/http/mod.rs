@@ -3,7 +3,8 @@
 //! Each handler parses its request into a catalog [`Query`](catalog::Query) or
 //! [`Command`](catalog::Command) for a datacenter, hands it to the gateway, and
 //! renders the answer in Consul's JSON shapes (`json`) with Consul's headers. Errors
-//! become Consul's status codes and texts (`ApiError`).
+//! become Consul's status codes and texts (`ApiError`). Listing endpoints that take
+//! `?filter=` keep the rendered items its expression passes (`filter`).
 
 mod acl;
 pub(crate) mod agent;
