@@ -364,6 +364,34 @@ pub fn answer_records(reply: &[u8]) -> usize {
     hickory_proto::op::Message::from_vec(reply).map_or(0, |m| m.answers.len())
 }
 
+/// A `?filter=` expression as `/v1/health/service/:name` and `/v1/catalog/service/:name`
+/// take it: `Err` with the 400 text when the endpoint refuses it, else whether it keeps
+/// a fixed entry (and a fixed catalog entry).
+pub fn filter(text: &str) -> Result<(bool, bool), String> {
+    use crate::http::filter::{Filter, FilterError, schema};
+    let health = serde_json::json!({
+        "Node": {"ID": "", "Node": "n1", "Address": "10.0.0.1", "Datacenter": "dc1",
+                 "TaggedAddresses": {"lan": "10.0.0.1"}, "Meta": {"os": "linux"}},
+        "Service": {"ID": "web1", "Service": "web", "Tags": ["v1", "primary"], "Address": "",
+                    "TaggedAddresses": {"lan": {"Address": "10.0.0.1", "Port": 80}},
+                    "Meta": {"version": "1.0"}, "Port": 8080,
+                    "Weights": {"Passing": 1, "Warning": 1}, "EnableTagOverride": false},
+        "Checks": [{"Node": "n1", "CheckID": "c", "Name": "c", "Status": "passing",
+                    "ServiceTags": ["v1"], "ExposedPort": 0}],
+    });
+    let catalog = serde_json::json!({
+        "Node": "n1", "ServiceID": "web1", "ServiceName": "web", "ServiceTags": [],
+        "ServiceMeta": {}, "ServicePort": 8080, "ServiceEnableTagOverride": true,
+    });
+    let health_filter = Filter::new(text, schema::CHECK_SERVICE_NODE);
+    let catalog_filter = Filter::new(text, schema::SERVICE_NODE);
+    let kept = |f: Result<Filter, FilterError>, item: &serde_json::Value| {
+        f.map(|f| f.matches(item)).map_err(|e| e.to_string())
+    };
+    let catalog_kept = kept(catalog_filter, &catalog).unwrap_or(false);
+    Ok((kept(health_filter, &health)?, catalog_kept))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -756,32 +784,4 @@ mod tests {
             check(&serde_json::to_vec(&body).unwrap())?;
         }
     }
-}
-
-/// A `?filter=` expression as `/v1/health/service/:name` and `/v1/catalog/service/:name`
-/// take it: `Err` with the 400 text when the endpoint refuses it, else whether it keeps
-/// a fixed entry (and a fixed catalog entry).
-pub fn filter(text: &str) -> Result<(bool, bool), String> {
-    use crate::http::filter::{Filter, FilterError, schema};
-    let health = serde_json::json!({
-        "Node": {"ID": "", "Node": "n1", "Address": "10.0.0.1", "Datacenter": "dc1",
-                 "TaggedAddresses": {"lan": "10.0.0.1"}, "Meta": {"os": "linux"}},
-        "Service": {"ID": "web1", "Service": "web", "Tags": ["v1", "primary"], "Address": "",
-                    "TaggedAddresses": {"lan": {"Address": "10.0.0.1", "Port": 80}},
-                    "Meta": {"version": "1.0"}, "Port": 8080,
-                    "Weights": {"Passing": 1, "Warning": 1}, "EnableTagOverride": false},
-        "Checks": [{"Node": "n1", "CheckID": "c", "Name": "c", "Status": "passing",
-                    "ServiceTags": ["v1"], "ExposedPort": 0}],
-    });
-    let catalog = serde_json::json!({
-        "Node": "n1", "ServiceID": "web1", "ServiceName": "web", "ServiceTags": [],
-        "ServiceMeta": {}, "ServicePort": 8080, "ServiceEnableTagOverride": true,
-    });
-    let health_filter = Filter::new(text, schema::CHECK_SERVICE_NODE);
-    let catalog_filter = Filter::new(text, schema::SERVICE_NODE);
-    let kept = |f: Result<Filter, FilterError>, item: &serde_json::Value| {
-        f.map(|f| f.matches(item)).map_err(|e| e.to_string())
-    };
-    let catalog_kept = kept(catalog_filter, &catalog).unwrap_or(false);
-    Ok((kept(health_filter, &health)?, catalog_kept))
 }
