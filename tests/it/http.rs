@@ -645,7 +645,7 @@ async fn unsupported_and_unsafe_registrations_are_refused() {
     let r = a.put("/v1/catalog/register", &long_meta.to_string()).await;
     assert_eq!(r.status, 400);
     assert!(r.body.contains("512"), "{}", r.body);
-    let r = a.get("/v1/agent/services?filter=Service%20==%20web").await;
+    let r = a.get("/v1/agent/members?filter=Name%20==%20web").await;
     assert_eq!(r.status, 400);
     a.shutdown().await;
 }
