@@ -151,6 +151,10 @@ fn items(answer: &Answer) -> usize {
         Answer::NodeServices(n) => n.as_ref().map_or(0, |n| n.services.len()),
         Answer::ServiceHealth(v) => v.len(),
         Answer::Checks(v) => v.len(),
+        Answer::NodeDump(v) => v
+            .iter()
+            .map(|i| 1 + i.services.len() + i.checks.len())
+            .sum(),
         Answer::Address(n, s) => n.len() + s.len(),
         Answer::Snapshot(_) => usize::MAX,
         Answer::PreparedQueries(v) => v.len(),

@@ -61,8 +61,9 @@ pub use status::{RaftServer, RaftStatus, ServerNode};
 pub use txn::{TXN_MAX_OPS, TxnError, TxnOp, TxnOutcome, TxnVerb, too_many};
 pub use types::{
     Check, Datacenter, DatacenterError, Failover, Health, META_KEY_MAX, META_MAX_PAIRS,
-    META_RESERVED_PREFIX, META_VALUE_MAX, Node, NodeServices, PreparedQuery, SERF_HEALTH_CHECK,
-    Service, ServiceAddress, ServiceHealth, ServiceNode, ServiceQuery, Weights, validate_meta,
+    META_RESERVED_PREFIX, META_VALUE_MAX, Node, NodeInfo, NodeServices, PreparedQuery,
+    SERF_HEALTH_CHECK, Service, ServiceAddress, ServiceHealth, ServiceNode, ServiceQuery, Weights,
+    validate_meta,
 };
 use wake::{Changes, Waiters};
 

@@ -9,7 +9,9 @@ use super::kv::{KvAnswer, KvRead};
 use super::sessions::{Session, SessionRead};
 use super::state::{State, fold, on_node};
 use super::txn::{TxnOp, TxnOutcome};
-use super::types::{Check, Health, Node, NodeServices, Service, ServiceHealth, ServiceNode};
+use super::types::{
+    Check, Health, Node, NodeInfo, NodeServices, Service, ServiceHealth, ServiceNode,
+};
 use super::wake::Topic;
 
 /// A read of the catalog. Queries are plain data so they can travel to another server
@@ -93,6 +95,12 @@ pub enum Query {
     },
     /// Autopilot's settings (the defaults until first written).
     Autopilot,
+    /// Nodes with their instances and checks: every node, or the one named
+    /// (`/v1/internal/ui/nodes`, `/v1/internal/ui/node/:node`, `/v1/internal/ui/services`).
+    NodeDump {
+        /// One node's name (case-insensitive); `None` for all of them.
+        node: Option<String>,
+    },
 }
 
 /// The answer to a [`Query`], variant for variant.
@@ -126,6 +134,8 @@ pub enum Answer {
     Acl(AclAnswer),
     /// For [`Query::Autopilot`].
     Autopilot(super::autopilot::AutopilotConfig),
+    /// For [`Query::NodeDump`]: empty when the named node is unknown.
+    NodeDump(Vec<NodeInfo>),
 }
 
 /// What a blocking read of a query waits on before it reads again.
@@ -158,7 +168,8 @@ impl Query {
             | Query::NodeChecks { .. }
             | Query::ChecksInState { .. }
             | Query::Address { .. }
-            | Query::PreparedQueries { .. } => WaitsOn::Catalog,
+            | Query::PreparedQueries { .. }
+            | Query::NodeDump { .. } => WaitsOn::Catalog,
             Query::Snapshot
             | Query::Sessions(_)
             | Query::Txn(_)
@@ -325,6 +336,28 @@ impl State {
                 let config = self.autopilot.clone().unwrap_or_default();
                 let index = config.modify_index;
                 (Answer::Autopilot(config), index)
+            }
+            Query::NodeDump { node } => {
+                let info = |(key, n): (&String, &Node)| NodeInfo {
+                    node: n.clone(),
+                    services: on_node(&self.services, key)
+                        .map(|(_, s)| s.clone())
+                        .collect(),
+                    checks: on_node(&self.checks, key).map(|(_, c)| c.clone()).collect(),
+                };
+                let list = match node {
+                    Some(name) => self
+                        .nodes
+                        .get_key_value(&fold(name))
+                        .map(info)
+                        .into_iter()
+                        .collect(),
+                    None => self.nodes.iter().map(info).collect(),
+                };
+                (
+                    Answer::NodeDump(list),
+                    ix.nodes.max(ix.services).max(ix.checks),
+                )
             }
         };
         (answer, index.max(1))
@@ -534,5 +567,29 @@ mod tests {
             panic!()
         };
         assert_eq!(ns.services.len(), 1);
+    }
+
+    #[test]
+    fn a_node_dump_has_every_node_with_its_instances_and_checks() {
+        let s = setup();
+        let (Answer::NodeDump(all), index) = s.query(&Query::NodeDump { node: None }) else {
+            panic!()
+        };
+        assert_eq!(index, 3);
+        let names: Vec<&str> = all.iter().map(|i| i.node.name.as_str()).collect();
+        assert_eq!(names, ["n1", "n2", "n3"]);
+        assert_eq!(all[2].services[0].id, "web3");
+        assert_eq!(all[2].checks.len(), 2);
+        let (Answer::NodeDump(one), _) = s.query(&Query::NodeDump {
+            node: Some("N2".into()),
+        }) else {
+            panic!()
+        };
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].checks[0].status, Health::Warning);
+        let (answer, _) = s.query(&Query::NodeDump {
+            node: Some("zz".into()),
+        });
+        assert_eq!(answer, Answer::NodeDump(Vec::new()));
     }
 }

@@ -311,6 +311,17 @@ pub struct NodeServices {
     pub services: Vec<Service>,
 }
 
+/// A node with its instances and all of its checks (`/v1/internal/ui/nodes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The node.
+    pub node: Node,
+    /// Its instances, by ID.
+    pub services: Vec<Service>,
+    /// Its checks, node-level and of its instances, by ID.
+    pub checks: Vec<Check>,
+}
+
 /// A stored prepared query (Consul's `PreparedQuery`, without sessions, tokens or
 /// templates).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

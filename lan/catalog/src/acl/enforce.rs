@@ -262,6 +262,7 @@ impl Caller {
             | Query::ChecksInState { .. }
             | Query::Address { .. }
             | Query::PreparedQueries { .. }
+            | Query::NodeDump { .. }
             | Query::Sessions(_) => Ok(()),
         }
     }
@@ -296,6 +297,14 @@ impl Caller {
                 retain(&mut ns.services, |s| service(&s.name))
             }
             Answer::Checks(checks) => retain(checks, |c| check(c)),
+            Answer::NodeDump(list) => {
+                let mut filtered = retain(list, |i| node(&i.node));
+                for info in list.iter_mut() {
+                    filtered |= retain(&mut info.services, |s| service(&s.name));
+                    filtered |= retain(&mut info.checks, |c| check(c));
+                }
+                filtered
+            }
             Answer::Address(nodes, services) => {
                 let a = retain(nodes, |n| node(n));
                 let b = retain(services, |s| service(&s.name));
@@ -353,6 +362,7 @@ pub fn nothing_for(query: &Query) -> Answer {
         Query::Kv { .. } => Answer::Kv(KvAnswer::Entries(Vec::new())),
         Query::Acl(_) => Answer::Acl(crate::acl::AclAnswer::Tokens(Vec::new())),
         Query::Autopilot => Answer::Autopilot(Default::default()),
+        Query::NodeDump { .. } => Answer::NodeDump(Vec::new()),
     }
 }
 
@@ -584,6 +594,43 @@ mod tests {
             listing.check_read(&tree).is_err(),
             "list is enforced when asked for"
         );
+    }
+
+    #[test]
+    fn a_node_dump_keeps_only_readable_nodes_services_and_checks() {
+        let c = caller(
+            "node_prefix \"web-\" { policy = \"read\" }\nservice \"web\" { policy = \"read\" }",
+            false,
+        );
+        let info = |name: &str, services: &[&str]| crate::types::NodeInfo {
+            node: node(name),
+            services: services
+                .iter()
+                .map(|s| Service {
+                    id: (*s).into(),
+                    name: (*s).into(),
+                    ..Service::default()
+                })
+                .collect(),
+            checks: std::iter::once(check(name, "serfHealth", ""))
+                .chain(
+                    services
+                        .iter()
+                        .map(|s| check(name, &format!("{s}-check"), s)),
+                )
+                .collect(),
+        };
+        let mut dump = Answer::NodeDump(vec![info("web-1", &["web", "db"]), info("db-1", &["db"])]);
+        assert!(c.filter(&mut dump));
+        let Answer::NodeDump(list) = dump else {
+            panic!()
+        };
+        assert_eq!(list.len(), 1, "{list:?}");
+        assert_eq!(list[0].node.name, "web-1");
+        let services: Vec<&str> = list[0].services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(services, ["web"]);
+        let checks: Vec<&str> = list[0].checks.iter().map(|c| c.check_id.as_str()).collect();
+        assert_eq!(checks, ["serfHealth", "web-check"]);
     }
 
     #[test]
