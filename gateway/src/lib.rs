@@ -221,6 +221,50 @@ impl Gateway {
         }
     }
 
+    /// [`Self::datacenters`] with what this agent knows of each: round-trip time and
+    /// how many of its servers are alive (a server's view of the WAN pool; a client
+    /// agent knows only the names).
+    pub async fn datacenter_reports(&self) -> Vec<DatacenterReport> {
+        let local = self.lan.datacenter().clone();
+        let Ok(federation) = &self.federation else {
+            return self
+                .datacenters()
+                .await
+                .into_iter()
+                .map(|name| DatacenterReport {
+                    local: name == local,
+                    name,
+                    rtt: None,
+                    servers: None,
+                    alive: None,
+                })
+                .collect();
+        };
+        let members = federation.members();
+        let count = |dc: &Datacenter, alive_only: bool| {
+            members
+                .iter()
+                .filter(|m| m.is_server() && m.in_datacenter(dc.as_str()))
+                .filter(|m| match m.status {
+                    gossip::MemberStatus::Alive => true,
+                    gossip::MemberStatus::Failed => !alive_only,
+                    _ => false,
+                })
+                .count()
+        };
+        ranked_datacenters(local.clone(), federation)
+            .await
+            .into_iter()
+            .map(|(name, rtt)| DatacenterReport {
+                local: name == local,
+                servers: Some(count(&name, false)),
+                alive: Some(count(&name, true)),
+                name,
+                rtt,
+            })
+            .collect()
+    }
+
     /// Who answers for `dc` (None = local): this agent's datacenter, or another one of
     /// the federation.
     fn route(&self, dc: Option<&str>) -> Result<Route, RouteError> {
@@ -555,6 +599,19 @@ const DATACENTERS_TIMEOUT: Duration = Duration::from_secs(2);
 /// coordinates; the QUIC round-trip time measured on the connection where a server has
 /// no coordinate yet), unknown ones last, ties by name (Consul's order).
 async fn nearest_datacenters(local: Datacenter, federation: &Federation) -> Vec<Datacenter> {
+    ranked_datacenters(local, federation)
+        .await
+        .into_iter()
+        .map(|(dc, _)| dc)
+        .collect()
+}
+
+/// [`nearest_datacenters`], each with its median round-trip time when known (none for
+/// `local`).
+async fn ranked_datacenters(
+    local: Datacenter,
+    federation: &Federation,
+) -> Vec<(Datacenter, Option<Duration>)> {
     let coordinates = federation.coordinates().await;
     let own = coordinates.get(federation.name());
     let mut remote: Vec<(Option<Duration>, String)> = federation
@@ -581,13 +638,30 @@ async fn nearest_datacenters(local: Datacenter, federation: &Federation) -> Vec<
         (None, Some(_)) => std::cmp::Ordering::Greater,
         (None, None) => a.1.cmp(&b.1),
     });
-    std::iter::once(local)
+    std::iter::once((local, None))
         .chain(
             remote
                 .into_iter()
-                .filter_map(|(_, dc)| Datacenter::new(&dc).ok()),
+                .filter_map(|(rtt, dc)| Datacenter::new(&dc).ok().map(|dc| (dc, rtt))),
         )
         .collect()
+}
+
+/// A datacenter as the web UI's datacenter switcher shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatacenterReport {
+    /// Its name.
+    pub name: Datacenter,
+    /// Whether it is this agent's own.
+    pub local: bool,
+    /// The median estimated round-trip time from this server to its servers, when
+    /// known (never for the local datacenter).
+    pub rtt: Option<Duration>,
+    /// Its servers in the WAN pool, alive or failed; `None` where this agent is in no
+    /// WAN pool (a client agent) and so cannot tell.
+    pub servers: Option<usize>,
+    /// How many of those gossip holds alive; a datacenter with none is unreachable.
+    pub alive: Option<usize>,
 }
 
 /// Who answers a request, decided once per request ([`Gateway::route`]).
