@@ -611,6 +611,7 @@ fn api_context(
         lan: lan.clone(),
         kv_replication,
         acl_replication,
+        ui: config.ui.clone(),
         agent: Arc::new(api::AgentInfo {
             node_name: config.node_name.clone(),
             node_id: identity.node_id.clone(),

@@ -97,6 +97,8 @@ pub struct Context {
     pub shutdown: CancellationToken,
     /// Where KV replication from another datacenter stands, when configured.
     pub kv_replication: Option<Arc<gateway::KvReplicationStatus>>,
+    /// The web UI's settings.
+    pub ui: http::UiConfig,
     /// Where ACL replication from the primary datacenter stands, on a server of a
     /// secondary.
     pub acl_replication: Option<Arc<gateway::AclReplicationStatus>>,

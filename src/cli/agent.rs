@@ -110,6 +110,12 @@ pub struct AgentArgs {
     /// Allows script checks
     #[arg(long = "enable-script-checks", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub enable_script_checks: Option<bool>,
+    /// Serves the web UI (on with -dev)
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub ui: Option<bool>,
+    /// Path the web UI is served under (default /ui/)
+    #[arg(long = "ui-content-path")]
+    pub ui_content_path: Option<String>,
     /// Gossip encryption key (base64 of 16, 24 or 32 bytes; see `proconsul keygen`)
     #[arg(long)]
     pub encrypt: Option<String>,
@@ -186,6 +192,13 @@ impl AgentArgs {
             enable_script_checks: self.enable_script_checks,
             enable_local_script_checks: self.enable_local_script_checks,
             encrypt: self.encrypt.clone(),
+            ui_config: (self.ui.is_some() || self.ui_content_path.is_some()).then(|| {
+                proconsul::config::raw::RawUiConfig {
+                    enabled: self.ui,
+                    content_path: self.ui_content_path.clone(),
+                    dir: None,
+                }
+            }),
             disable_keyring_file: self.disable_keyring_file,
             start_join: (!self.join.is_empty()).then(|| self.join.clone()),
             retry_join: (!self.retry_join.is_empty()).then(|| self.retry_join.clone()),

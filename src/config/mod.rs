@@ -29,6 +29,7 @@
 //! | `acl.rs` | `acl` |
 //! | `telemetry.rs` | `telemetry` |
 //! | `autopilot.rs` | `autopilot` |
+//! | `ui.rs` | `ui_config`, `ui`, `ui_content_path` |
 //! | `definitions.rs` | `service[s]`, `check[s]`, `watches` |
 //!
 //! A new area is a new file with its `check_*` function called from `check_layer`'s
@@ -51,6 +52,7 @@ pub mod raw;
 mod source;
 mod telemetry;
 mod tls;
+mod ui;
 mod value;
 
 use std::collections::BTreeMap;
@@ -145,6 +147,8 @@ pub struct AgentConfig {
     pub remote_read_caps: gateway::Caps,
     /// Keys this datacenter copies from another one (`kv_replication`, servers only).
     pub kv_replication: Option<std::sync::Arc<catalog::KvReplication>>,
+    /// The web UI (`ui_config`).
+    pub ui: api::http::UiConfig,
     /// ACL settings (`acl`); `None` when ACLs are off.
     pub acl: Option<std::sync::Arc<lan::AclConfig>>,
     /// Metrics settings (`telemetry`).
@@ -274,6 +278,7 @@ impl AgentConfig {
         let acl = acl::settings(&m, &mut problems);
         let telemetry = telemetry::settings(&m, &mut problems);
         let autopilot = autopilot::settings(&m, &mut problems);
+        let ui = ui::settings(&m, sources.dev, &mut problems);
         let enable_script_checks = m.enable_script_checks.unwrap_or(false);
         let enable_local_script_checks = m.enable_local_script_checks.unwrap_or(false);
         definitions::check(
@@ -344,6 +349,7 @@ impl AgentConfig {
             acl,
             telemetry,
             autopilot,
+            ui,
             rpc_max_conns_per_client: per_client(
                 limits.rpc_max_conns_per_client,
                 lan::DEFAULT_RPC_MAX_CONNS_PER_CLIENT,

@@ -183,6 +183,23 @@ pub struct RawTelemetry {
     pub circonus_submission_url: Option<String>,
 }
 
+/// `ui_config` (the web UI).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawUiConfig {
+    pub enabled: Option<bool>,
+    pub content_path: Option<String>,
+    pub dir: Option<String>,
+}
+
+impl RawUiConfig {
+    fn merge(&mut self, later: RawUiConfig) {
+        scalar(&mut self.enabled, later.enabled);
+        scalar(&mut self.content_path, later.content_path);
+        scalar(&mut self.dir, later.dir);
+    }
+}
+
 /// `acl` (Consul's ACL settings).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -284,12 +301,15 @@ pub struct RawConfig {
     pub acl: Option<RawAcl>,
     pub telemetry: Option<RawTelemetry>,
     pub autopilot: Option<RawAutopilot>,
+    pub ui_config: Option<RawUiConfig>,
+    /// `ui`: Consul's spelling of `ui_config.enabled` before 1.9.
+    pub ui: Option<bool>,
+    /// `ui_content_path`: the same for `ui_config.content_path`.
+    pub ui_content_path: Option<String>,
 
     // Keys of Consul features this version does not have. They are accepted by the
     // parser only so that validation can say so plainly instead of "unknown key".
     pub connect: Option<Value>,
-    pub ui_config: Option<Value>,
-    pub ui: Option<Value>,
     pub alt_domain: Option<Value>,
     pub translate_wan_addrs: Option<Value>,
 }
@@ -300,8 +320,6 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
         "connect",
         "service mesh (Connect) is not supported by proconsul",
     ),
-    ("ui_config", "proconsul has no web UI"),
-    ("ui", "proconsul has no web UI"),
     ("alt_domain", "alt_domain is not supported by proconsul yet"),
     (
         "translate_wan_addrs",
@@ -316,13 +334,7 @@ impl RawConfig {
             v.as_ref()
                 .is_some_and(|v| !v.is_null() && *v != Value::Bool(false))
         };
-        let values = [
-            &self.connect,
-            &self.ui_config,
-            &self.ui,
-            &self.alt_domain,
-            &self.translate_wan_addrs,
-        ];
+        let values = [&self.connect, &self.alt_domain, &self.translate_wan_addrs];
         UNSUPPORTED
             .iter()
             .zip(values)
@@ -484,8 +496,13 @@ impl RawConfig {
         super::telemetry::merge(&mut self.telemetry, l.telemetry);
         super::autopilot::merge(&mut self.autopilot, l.autopilot);
         scalar(&mut self.connect, l.connect);
-        scalar(&mut self.ui_config, l.ui_config);
+        if let Some(u) = l.ui_config {
+            self.ui_config
+                .get_or_insert_with(RawUiConfig::default)
+                .merge(u);
+        }
         scalar(&mut self.ui, l.ui);
+        scalar(&mut self.ui_content_path, l.ui_content_path);
         if let Some(t) = l.tls {
             let tls = self.tls.get_or_insert_with(RawTls::default);
             if let Some(d) = t.defaults {

@@ -123,6 +123,45 @@ fn unsupported_features_are_named() {
 }
 
 #[test]
+fn the_ui_is_on_with_dev_or_its_keys_and_its_path_is_checked() {
+    let load = |dev: bool, texts: &[&str]| {
+        let mut layers = vec![Layer::new(Origin::Defaults, dev_layer())];
+        if !dev {
+            layers.push(layer(r#"{"data_dir": "/var/lib/proconsul"}"#));
+        }
+        layers.extend(texts.iter().map(|t| layer(t)));
+        let sources = Sources {
+            dev,
+            ..Sources::default()
+        };
+        AgentConfig::from_layers(&layers, sources)
+    };
+    let ui = |dev, texts: &[&str]| load(dev, texts).unwrap().ui;
+    assert!(ui(true, &[]).enabled, "-dev turns the UI on");
+    assert!(!ui(false, &[]).enabled);
+    assert_eq!(ui(false, &[]).content_path, "/ui/");
+    assert!(!ui(true, &[r#"{"ui_config": {"enabled": false}}"#]).enabled);
+    assert!(ui(false, &[r#"{"ui": true}"#]).enabled, "the pre-1.9 key");
+    let later = ui(
+        false,
+        &[
+            r#"{"ui_config": {"enabled": true, "content_path": "/a/"}}"#,
+            r#"{"ui_config": {"content_path": "consul"}}"#,
+        ],
+    );
+    assert!(later.enabled, "a later block keeps what it does not set");
+    assert_eq!(later.content_path, "/consul/");
+    for bad in [
+        r#"{"ui_config": {"content_path": "/v1/ui"}}"#,
+        r#"{"ui_config": {"content_path": "/"}}"#,
+        r#"{"ui_config": {"dir": "/srv/ui"}}"#,
+    ] {
+        let e = load(true, &[bad]).unwrap_err().to_string();
+        assert!(e.contains("ui_config."), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn acl_settings_are_read_merged_and_checked() {
     let management = "0b2d7d2a-5c4f-4a53-9a3e-6a0f3b7f2f10";
     let layers = vec![

@@ -18,6 +18,7 @@ pub(crate) mod filter;
 mod gate;
 mod health;
 mod host;
+mod internal_ui;
 pub(crate) mod json;
 pub(crate) mod keyring;
 mod kv;
@@ -30,6 +31,7 @@ pub(crate) mod session;
 pub(crate) mod snapshot;
 mod status;
 pub(crate) mod txn;
+mod ui;
 
 use std::time::Duration;
 
@@ -44,6 +46,8 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::Context;
+
+pub use ui::UiConfig;
 
 pub use server::{
     BODY_TIMEOUT, HEADER_READ_TIMEOUT, HttpLimits, Https, Listening, MAX_BLOCKING_QUERIES,
@@ -573,8 +577,22 @@ pub(crate) fn parse_body(body: &[u8]) -> Result<serde_json::Value, ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))
 }
 
-async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
-    let _ = method;
+/// Paths no route claims: the web UI's, when it is on and the path is under its content
+/// path; otherwise Consul's 404.
+async fn fallback(
+    axum::extract::State(ctx): axum::extract::State<Context>,
+    method: Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    ui: std::sync::Arc<ui::Ui>,
+) -> Response {
+    if let Some(response) = ui.serve(&ctx, &method, uri.path(), &headers) {
+        return response;
+    }
+    not_found(uri)
+}
+
+fn not_found(uri: axum::http::Uri) -> Response {
     (
         StatusCode::NOT_FOUND,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -618,7 +636,20 @@ async fn add_common_headers(mut response: Response, max_body_bytes: usize) -> Re
 
 /// The API's routes.
 pub(crate) fn router(ctx: Context, max_body_bytes: usize) -> Router {
+    let ui = std::sync::Arc::new(ui::Ui::new(ctx.ui.clone()));
+    let root = ui.clone();
     Router::new()
+        .route(
+            "/",
+            get(move || {
+                let root = root.clone();
+                async move { root.root() }
+            }),
+        )
+        .route("/v1/internal/ui/services", get(internal_ui::services))
+        .route("/v1/internal/ui/nodes", get(internal_ui::nodes))
+        .route("/v1/internal/ui/node/{node}", get(internal_ui::node))
+        .route("/v1/internal/ui/datacenters", get(internal_ui::datacenters))
         .route("/v1/catalog/datacenters", get(catalog::datacenters))
         .route("/v1/catalog/nodes", get(catalog::nodes))
         .route("/v1/catalog/services", get(catalog::services))
@@ -773,7 +804,12 @@ pub(crate) fn router(ctx: Context, max_body_bytes: usize) -> Router {
             "/v1/operator/raft/peer",
             axum::routing::delete(status::raft_remove_peer),
         )
-        .fallback(not_found)
+        .fallback(
+            move |state: axum::extract::State<Context>,
+                  method: Method,
+                  uri: axum::http::Uri,
+                  headers: HeaderMap| fallback(state, method, uri, headers, ui.clone()),
+        )
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(move |r: Response| {
             add_common_headers(r, max_body_bytes)
