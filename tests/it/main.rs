@@ -34,4 +34,5 @@ mod raft;
 mod recovery;
 mod support;
 mod tls;
+mod ui;
 mod wan;

@@ -1,5 +1,6 @@
 //! Shared helpers: agents on OS-chosen ports, a DNS client, waiting on conditions.
 
+pub mod browser;
 pub mod cluster;
 pub mod history;
 pub mod netns;
