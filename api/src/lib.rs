@@ -11,6 +11,9 @@
 //!   dig ──▶ dns (UDP/TCP) ┘                        └─▶ records, TTLs, rcode, TC bit
 //! ```
 //!
+//! With `ui_config.enabled`, the HTTP port also serves the web UI (`http::ui`): a page,
+//! a style sheet and a script built into the binary, which read this same API.
+//!
 //! Service and check definitions (config files and `/v1/agent/service/register`) are
 //! decoded by [`definition`], shared with the agent's config loader.
 //!

@@ -648,7 +648,12 @@ function wanPage(r) {
           })));
       }));
     },
-    onError: (e) => showError(slot, e, "the WAN pool"),
+    onError: (e) => {
+      // An agent in no WAN pool (a client, or a server without TLS material) says why.
+      if (e instanceof ApiError && /WAN|federat/i.test(e.message) && e.status === 500)
+        slot.replaceChildren(h("p", { class: "muted empty" }, "This agent is in no WAN pool: " + e.message));
+      else showError(slot, e, "the WAN pool");
+    },
   });
 }
 
