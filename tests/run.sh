@@ -7,11 +7,12 @@
 # (a Consul client and Prometheus's text parser, neither written by us); py-consul from
 # PyPI in a virtualenv beside the sources (.venv-py-consul); iproute2 for the tests
 # that give agents hosts of their own (network namespaces, root only: skipped
-# otherwise). With those installed by other means, `cargo test --workspace` is enough.
+# otherwise); chromium, which the web UI's tests drive headless (skipped without it).
+# With those installed by other means, `cargo test --workspace` is enough.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-PACKAGES=(dnsutils python3-consul python3-prometheus-client python3-venv iproute2)
+PACKAGES=(dnsutils python3-consul python3-prometheus-client python3-venv iproute2 chromium)
 if command -v apt-get >/dev/null 2>&1; then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then
