@@ -104,26 +104,29 @@ done
 
 LOAD=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo "?")
 report=$(python3 - "$RESULTS" "$RUNS" "$SERVICES" "$COMMIT" "$("$CHROMIUM" --version 2>/dev/null | head -1)" "$(nproc)" "$LOAD" <<'PY'
-import json, statistics, sys
+import datetime, json, statistics, sys
 path, runs, services, commit, browser, cores, load = sys.argv[1:]
 rows = [json.loads(l) for l in open(path) if l.strip()]
 med = lambda f: statistics.median(f(r) for r in rows)
-kinds = ["html", "js", "css", "api"]
-print("## Web UI: first page load\n")
-print(f"`bench/ui.sh` (commit {commit}, {browser}, {cores} cores, load average {load} at the end): "
-      f"a new `proconsul agent -dev` per run with {services} services on 10 nodes, a new headless "
-      f"Chromium profile per run, `/ui/` opened once; medians of {runs} runs.\n")
+now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+print(f"Measured {now} on {cores} CPUs (load average {load} at the end); proconsul {commit}; {browser}; "
+      f"medians of {runs} runs, each a new agent with {services} services on 10 nodes and a new browser profile.")
+print(f"Command: `RUNS={runs} SERVICES={services} bench/ui.sh --write`.\n")
 print("| figure | median | min | max |")
 print("|---|---:|---:|---:|")
 t = [r["first_list_ms"] for r in rows]
 print(f"| time from navigation to the first list of services | {statistics.median(t):.0f} ms | {min(t):.0f} ms | {max(t):.0f} ms |")
 b = [r["total_bytes"] for r in rows]
 print(f"| bytes received by then (transfer sizes, headers included) | {statistics.median(b)/1024:.1f} KiB | {min(b)/1024:.1f} KiB | {max(b)/1024:.1f} KiB |")
-for k in kinds:
-    label = {"html": "the page (index.html)", "js": "the script", "css": "the style sheet", "api": "API answers (datacenters, services)"}[k]
+labels = {"html": "the page (index.html)", "js": "the script", "css": "the style sheet",
+          "api": "API answers (datacenters, services)"}
+for k, label in labels.items():
     print(f"| … of which {label} | {med(lambda r: r['bytes'][k])/1024:.1f} KiB | | |")
 print(f"| requests by then | {med(lambda r: r['requests']):.0f} | | |")
 print(f"| services drawn | {med(lambda r: r['rows']):.0f} | | |")
+if float(load) > float(cores) / 2:
+    print(f"\nThe machine was busy (load average {load} on {cores} CPUs): the times are upper bounds; "
+          "the byte counts do not depend on load.")
 PY
 )
 echo "$report"

@@ -587,6 +587,16 @@ async fn with_acls_on_the_ui_asks_for_a_token_and_edits_keys_with_it() {
             .body
             .contains(r#""AclsEnabled":true"#)
     );
+    // The UI's summaries are filtered as the catalog's lists are.
+    let r = a.get("/v1/internal/ui/services").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "[]"));
+    assert_eq!(header(&r, "x-consul-results-filtered-by-acls"), "true");
+    let r = a
+        .get(&format!("/v1/internal/ui/services?token={MANAGEMENT}"))
+        .await;
+    assert!(r.body.contains(r#""Name":"consul""#), "{}", r.body);
+    let r = a.get("/v1/internal/ui/nodes").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "[]"));
 
     let base = format!("http://{}", a.agent.http_addr().unwrap());
     let mut browser = in_browser(|| Browser::start(&chromium, 1280, 720));

@@ -239,12 +239,12 @@ impl Ui {
         // Inside a <script type="application/json"> only `</` could end the element early;
         // `<` never appears escaped otherwise, so escaping all of them is safe JSON.
         let json = json.replace('<', "\\u003c");
-        let mut page = INDEX
-            .replace("{{SETTINGS}}", &json)
-            .replace("{{BASE}}", &self.config.content_path);
+        // The settings go in last, so that nothing in them is taken for a placeholder.
+        let mut page = INDEX.replace("{{BASE}}", &self.config.content_path);
         for (asset, etag) in ASSETS.iter().zip(&self.tags) {
             page = page.replace(&format!("{{{{V:{}}}}}", asset.name), etag);
         }
+        let page = page.replace("{{SETTINGS}}", &json);
         let mut response = (
             [
                 (header::CONTENT_TYPE, "text/html; charset=utf-8"),
