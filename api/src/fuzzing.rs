@@ -239,8 +239,12 @@ fn read_everything(state: &State) {
         Query::ChecksInState { state: None },
         Query::Snapshot,
         Query::PreparedQueries { key: None },
+        Query::NodeDump { node: None },
     ];
     for node in &nodes {
+        queries.push(Query::NodeDump {
+            node: Some(node.name.clone()),
+        });
         queries.push(Query::NodeServices {
             node: node.name.clone(),
         });
