@@ -128,7 +128,13 @@ impl Browser {
         browser
     }
 
-    fn send(&mut self, method: &str, params: Value, session: Option<String>) -> Value {
+    /// Sends a command and waits for its reply: the result, or the protocol's error.
+    fn send(
+        &mut self,
+        method: &str,
+        params: Value,
+        session: Option<String>,
+    ) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut message = json!({"id": id, "method": method, "params": params});
@@ -146,10 +152,10 @@ impl Browser {
                 .recv_timeout(left)
                 .unwrap_or_else(|e| panic!("no reply to {method} from the browser: {e}"));
             if reply["id"] == id {
-                if let Some(err) = reply.get("error") {
-                    panic!("{method} failed: {err}");
-                }
-                return reply["result"].clone();
+                return match reply.get("error") {
+                    Some(err) => Err(err.clone()),
+                    None => Ok(reply["result"].clone()),
+                };
             }
         }
     }
@@ -157,30 +163,43 @@ impl Browser {
     /// A browser-level command.
     fn call(&mut self, method: &str, params: Value) -> Value {
         self.send(method, params, None)
+            .unwrap_or_else(|e| panic!("{method} failed: {e}"))
     }
 
     /// A command to the page.
     fn page_call(&mut self, method: &str, params: Value) -> Value {
         let session = self.session.clone();
         self.send(method, params, Some(session))
+            .unwrap_or_else(|e| panic!("{method} failed: {e}"))
     }
 
-    /// Opens `url` in the page (without waiting for anything on it).
+    /// Opens `url` in the page and waits until the new document has replaced the old
+    /// one (not for anything on it).
     pub fn goto(&mut self, url: &str) {
+        self.eval("window.previousDocument = true");
         self.page_call("Page.navigate", json!({"url": url}));
+        self.wait(
+            COMMAND_TIMEOUT,
+            &format!("the new document of {url}"),
+            "document.readyState !== 'loading' && window.previousDocument !== true",
+        );
     }
 
     /// The value of a JavaScript expression in the page (`null` for what JSON cannot
     /// hold, and while the page is between documents).
     pub fn eval(&mut self, expression: &str) -> Value {
-        let r = self.page_call(
+        let session = self.session.clone();
+        let reply = self.send(
             "Runtime.evaluate",
             json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
+            Some(session),
         );
-        if r.get("exceptionDetails").is_some() {
-            return Value::Null;
+        match reply {
+            // A document being replaced has no context to evaluate in: as good as null.
+            Err(_) => Value::Null,
+            Ok(r) if r.get("exceptionDetails").is_some() => Value::Null,
+            Ok(r) => r["result"]["value"].clone(),
         }
-        r["result"]["value"].clone()
     }
 
     /// Waits until `expression` is truthy in the page and returns its value; fails the
