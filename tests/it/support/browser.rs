@@ -32,11 +32,11 @@ pub struct Browser {
 }
 
 impl Browser {
-    /// The browser to run: `$CHROMIUM`, else the first of `chromium`,
-    /// `chromium-browser`, `google-chrome` on the `PATH`.
+    /// The browser to run: `$CHROMIUM` (none if that is no file), else the first of
+    /// `chromium`, `chromium-browser`, `google-chrome` on the `PATH`.
     pub fn find() -> Option<PathBuf> {
         if let Some(p) = std::env::var_os("CHROMIUM") {
-            return Some(PathBuf::from(p));
+            return Some(PathBuf::from(p)).filter(|p| p.is_file());
         }
         let path = std::env::var_os("PATH")?;
         ["chromium", "chromium-browser", "google-chrome"]
