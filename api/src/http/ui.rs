@@ -132,7 +132,7 @@ struct Settings<'a> {
 /// The UI's files and page, built once when the router is.
 pub(crate) struct Ui {
     config: UiConfig,
-    /// `(name, etag)` of each asset, in [`ASSETS`] order.
+    /// The ETag of each asset, in [`ASSETS`] order.
     tags: Vec<String>,
 }
 
