@@ -139,7 +139,8 @@ async fn a_stranger_gets_no_keys_from_the_server_port() {
     }}});
     let lan_list = json!({"id": 8, "body": {"Keyring": {"op": "List", "timeout_ms": 2000}}});
     // With a gossip key, a caller that does not prove it holds the key is not served at
-    // all: the connection closes without an answer.
+    // all: it is told why (a frame of ID 0 naming the missing key) and the connection
+    // closes.
     let key = "PAfZLsxW8d3gXQQ0aXcy+o0WXIKkQtR2ANKr3lIsXqM=";
     let keyed = Member::start(Spec {
         name: "keyed".into(),
@@ -151,7 +152,14 @@ async fn a_stranger_gets_no_keys_from_the_server_port() {
     leader_of(&[&keyed], 1).await;
     for ask in [&list, &lan_list] {
         let answer = exchange(None, server_port(&keyed), ask).await;
-        assert!(answer.is_none(), "a stranger was answered: {answer:?}");
+        let refused = answer
+            .as_ref()
+            .is_none_or(|a| a["id"] == 0 && a["body"] == "KeyRequired");
+        assert!(refused, "a stranger was answered: {answer:?}");
+        assert!(
+            !answer.is_some_and(|a| a.to_string().contains(key)),
+            "a stranger saw the key"
+        );
     }
     // The members themselves still rotate keys through the server port.
     let r = keyed.get("/v1/operator/keyring").await;
