@@ -2,7 +2,7 @@
 //! clocks. The driver feeds it packets, stream messages and the time, and carries out the
 //! [`Output`]s it returns.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,8 @@ use super::Config;
 use super::broadcast::{Queue, retransmit_limit};
 use super::coordinate::{Coordinate, Vivaldi};
 use super::message::{
-    DecodeError, MAX_MESSAGES, MemberState, Message, State, decode_packet, encode_packet,
+    DecodeError, MAX_MESSAGES, MAX_USER_EVENT, MemberState, Message, State, UserEvent,
+    decode_packet, encode_packet,
 };
 
 /// Most indirect probes relayed for others at once; more requests are ignored (the
@@ -26,6 +27,9 @@ pub(crate) const LEAVE_DIRECT: usize = 64;
 pub(crate) const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 /// Most tombstones kept; the oldest go first.
 const MAX_TOMBSTONES: usize = 4096;
+/// User event IDs remembered to deliver each event once: far more than can be in flight
+/// (an event stops being gossiped after a few rounds), the oldest forgotten first.
+pub(crate) const MAX_SEEN_EVENTS: usize = 4096;
 /// Bytes of a packet's header (protocol byte and message count).
 const PACKET_HEADER: usize = 2;
 
@@ -62,6 +66,16 @@ pub enum Event {
     Failed(String),
     /// A long-dead or long-left member was forgotten.
     Reap(String),
+    /// A user event, fired here or heard for the first time.
+    User(UserEvent),
+}
+
+/// Why a user event was not fired.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserEventError {
+    /// Name, payload, filters and ID together are over [`MAX_USER_EVENT`] bytes.
+    #[error("user event exceeds configured limit of {MAX_USER_EVENT} bytes before encoding")]
+    TooLarge,
 }
 
 /// A member as the engine knows it.
@@ -180,6 +194,12 @@ pub struct Engine {
     vivaldi: Vivaldi,
     /// The latest coordinate of each member that answered a probe (members only).
     coordinates: BTreeMap<String, Coordinate>,
+    /// Lamport clock of user events: the next event fired here gets this time.
+    event_clock: u64,
+    /// IDs of user events already delivered, oldest first (bounded by
+    /// [`MAX_SEEN_EVENTS`]), and the same as a set.
+    seen_order: VecDeque<String>,
+    seen: HashSet<String>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -246,7 +266,46 @@ impl Engine {
             suspicions_started: 0,
             vivaldi: Vivaldi::default(),
             coordinates: BTreeMap::new(),
+            event_clock: 0,
+            seen_order: VecDeque::new(),
+            seen: HashSet::new(),
         }
+    }
+
+    /// Fires a user event: stamps it with the event clock, delivers it here as
+    /// [`Event::User`] and queues it for gossip. The ID must be fresh (a UUID).
+    pub fn fire(&mut self, mut event: UserEvent) -> Result<UserEvent, UserEventError> {
+        if event.size() > MAX_USER_EVENT {
+            return Err(UserEventError::TooLarge);
+        }
+        event.ltime = self.event_clock;
+        self.event_clock = self.event_clock.saturating_add(1);
+        self.on_user_event(event.clone());
+        Ok(event)
+    }
+
+    /// The Lamport time the next user event fired here gets.
+    pub fn event_clock(&self) -> u64 {
+        self.event_clock
+    }
+
+    /// Delivers and rebroadcasts a user event the first time it is seen.
+    fn on_user_event(&mut self, event: UserEvent) {
+        // Lamport: never fire below a time already witnessed.
+        self.event_clock = self.event_clock.max(event.ltime.saturating_add(1));
+        if self.seen.contains(&event.id) {
+            return;
+        }
+        if self.seen_order.len() >= MAX_SEEN_EVENTS
+            && let Some(old) = self.seen_order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        self.seen_order.push_back(event.id.clone());
+        self.seen.insert(event.id.clone());
+        let key = format!("event:{}", event.id);
+        self.broadcast(&key, Message::UserEvent(event.clone()));
+        self.events.push(Event::User(event));
     }
 
     /// This member's network coordinate.
@@ -603,6 +662,7 @@ impl Engine {
                 }
             }
             Message::Prune { incarnation, node } => self.on_prune(now, incarnation, &node),
+            Message::UserEvent(event) => self.on_user_event(event),
             // Push-pull travels on streams, not in packets.
             Message::PushPull { .. } => {}
         }

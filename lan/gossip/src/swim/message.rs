@@ -23,6 +23,10 @@ pub const MAX_MESSAGES: usize = 64;
 pub const MAX_STATES: usize = 65_536;
 /// Most tags on one member.
 pub const MAX_TAGS: usize = 64;
+/// Largest user event, in bytes of its name, payload, filters and ID together (serf's
+/// `UserEventSizeLimit`, which Consul keeps at its default): an event must ride on a
+/// probe with room to spare.
+pub const MAX_USER_EVENT: usize = 512;
 
 /// Why bytes could not be decoded. The packet is dropped whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,6 +72,38 @@ pub struct MemberState {
     pub state: State,
     /// Tags.
     pub tags: BTreeMap<String, String>,
+}
+
+/// A user event (`consul event`): fired by one member, spread to all by gossip, and
+/// delivered once to each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserEvent {
+    /// Lamport time of the pool's event clock when it was fired.
+    pub ltime: u64,
+    /// Unique ID (a UUID), the key of deduplication.
+    pub id: String,
+    /// Event name.
+    pub name: String,
+    /// Opaque payload.
+    pub payload: Vec<u8>,
+    /// Regular expression on node names; empty for every node.
+    pub node_filter: String,
+    /// Regular expression on the names of a node's services; empty for every node.
+    pub service_filter: String,
+    /// Regular expression on the tags of the matching services; empty for any.
+    pub tag_filter: String,
+}
+
+impl UserEvent {
+    /// Bytes counted against [`MAX_USER_EVENT`].
+    pub fn size(&self) -> usize {
+        self.id.len()
+            + self.name.len()
+            + self.payload.len()
+            + self.node_filter.len()
+            + self.service_filter.len()
+            + self.tag_filter.len()
+    }
 }
 
 /// One gossip message.
@@ -154,6 +190,8 @@ pub enum Message {
         /// Every member the sender knows.
         states: Vec<MemberState>,
     },
+    /// A user event, gossiped like a membership change.
+    UserEvent(UserEvent),
 }
 
 const T_PING: u8 = 1;
@@ -166,6 +204,7 @@ const T_DEAD: u8 = 7;
 const T_PUSH_PULL: u8 = 8;
 const T_PRUNE: u8 = 9;
 const T_ACK_COORD: u8 = 10;
+const T_USER_EVENT: u8 = 11;
 
 struct Writer(Vec<u8>);
 
@@ -179,8 +218,17 @@ impl Writer {
     fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_be_bytes());
     }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
     fn f64(&mut self, v: f64) {
         self.0.extend_from_slice(&v.to_bits().to_be_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        // Payloads are bounded by MAX_USER_EVENT; cut rather than wrap.
+        let len = b.len().min(usize::from(u16::MAX));
+        self.u16(len as u16);
+        self.0.extend_from_slice(&b[..len]);
     }
     fn str(&mut self, s: &str) {
         // Names and tags are bounded by callers far below 64 KiB; cut rather than wrap.
@@ -234,6 +282,17 @@ impl<'a> Reader<'a> {
     fn u32(&mut self) -> Result<u32, DecodeError> {
         let b = self.take(4)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let b: [u8; 8] = self
+            .take(8)?
+            .try_into()
+            .map_err(|_| DecodeError::Truncated)?;
+        Ok(u64::from_be_bytes(b))
+    }
+    fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
+        let len = usize::from(self.u16()?);
+        Ok(self.take(len)?.to_vec())
     }
     fn f64(&mut self) -> Result<f64, DecodeError> {
         let b: [u8; 8] = self
@@ -339,6 +398,7 @@ impl Message {
             Message::Dead { .. } => T_DEAD,
             Message::PushPull { .. } => T_PUSH_PULL,
             Message::Prune { .. } => T_PRUNE,
+            Message::UserEvent(_) => T_USER_EVENT,
         }
     }
 
@@ -416,6 +476,15 @@ impl Message {
                     w.tags(&s.tags);
                 }
             }
+            Message::UserEvent(e) => {
+                w.u64(e.ltime);
+                w.str(&e.id);
+                w.str(&e.name);
+                w.bytes(&e.payload);
+                w.str(&e.node_filter);
+                w.str(&e.service_filter);
+                w.str(&e.tag_filter);
+            }
         }
         w.0
     }
@@ -483,6 +552,21 @@ impl Message {
                     });
                 }
                 Message::PushPull { join, states }
+            }
+            T_USER_EVENT => {
+                let event = UserEvent {
+                    ltime: r.u64()?,
+                    id: r.str()?,
+                    name: r.str()?,
+                    payload: r.bytes()?,
+                    node_filter: r.str()?,
+                    service_filter: r.str()?,
+                    tag_filter: r.str()?,
+                };
+                if event.size() > MAX_USER_EVENT {
+                    return Err(DecodeError::Invalid("user event size"));
+                }
+                Message::UserEvent(event)
             }
             other => return Err(DecodeError::Type(other)),
         };
@@ -616,6 +700,15 @@ mod tests {
                     tags,
                 }],
             },
+            Message::UserEvent(UserEvent {
+                ltime: 12,
+                id: "2c8f2d40-64b5-4d1c-9a7e-0f3c5a6e1b2d".into(),
+                name: "deploy".into(),
+                payload: b"v1.2\0".to_vec(),
+                node_filter: "^web".into(),
+                service_filter: "api".into(),
+                tag_filter: "v1".into(),
+            }),
         ]
     }
 
@@ -657,6 +750,24 @@ mod tests {
         let mut frame = vec![PROTOCOL, T_PUSH_PULL, 0];
         frame.extend_from_slice(&60_000u32.to_be_bytes());
         assert_eq!(decode_frame(&frame), Err(DecodeError::Truncated));
+    }
+
+    #[test]
+    fn an_oversized_user_event_is_refused() {
+        let event = UserEvent {
+            ltime: 1,
+            id: "x".into(),
+            name: "big".into(),
+            payload: vec![0; MAX_USER_EVENT],
+            node_filter: String::new(),
+            service_filter: String::new(),
+            tag_filter: String::new(),
+        };
+        let bytes = encode_packet(&[Message::UserEvent(event)]);
+        assert_eq!(
+            decode_packet(&bytes),
+            Err(DecodeError::Invalid("user event size"))
+        );
     }
 
     proptest! {

@@ -36,8 +36,8 @@ pub mod message;
 
 use std::time::Duration;
 
-pub use engine::{Engine, Event, MAX_RELAYS, Member, Output};
-pub use message::{DecodeError, MemberState, State};
+pub use engine::{Engine, Event, MAX_RELAYS, Member, Output, UserEventError};
+pub use message::{DecodeError, MAX_USER_EVENT, MemberState, State, UserEvent};
 
 /// Largest plaintext gossip packet on the LAN, in bytes (memberlist's UDP buffer size):
 /// [`Config::lan`]'s `max_packet_size`. A member's announcement must fit in one.

@@ -27,7 +27,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -37,7 +37,7 @@ use crate::peer_log::PeerLog;
 use crate::quota::Budget;
 use crate::stream;
 use crate::swim::coordinate::Coordinate;
-use crate::swim::{self, Engine, Event, MemberState, Output, State};
+use crate::swim::{self, Engine, Event, MemberState, Output, State, UserEvent, UserEventError};
 
 use super::encryption::{Crypto, Encryption, PACKET_AAD, Refusal};
 use super::exchange::push_pull;
@@ -51,6 +51,9 @@ const MERGE_QUEUE: usize = 64;
 /// Outgoing push-pulls at once; the engine's periodic exchange is skipped while all are
 /// busy (it runs again at the next interval).
 pub const MAX_OUTBOUND_STREAMS: usize = 16;
+/// User events published to subscribers and not yet read; a subscriber that falls this
+/// far behind loses the oldest (and is told how many).
+pub(crate) const USER_EVENT_CHANNEL: usize = 256;
 /// How long a graceful leave waits for its announcement to go out.
 pub const LEAVE_PROPAGATE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -94,6 +97,10 @@ pub(super) enum Command {
     SetTags(BTreeMap<String, String>),
     Targets(oneshot::Sender<Vec<(String, SocketAddr)>>),
     Coordinates(oneshot::Sender<Coordinates>),
+    Fire {
+        event: UserEvent,
+        reply: oneshot::Sender<Result<UserEvent, UserEventError>>,
+    },
 }
 
 /// This member's network coordinate and the latest one of every member that answered
@@ -139,6 +146,7 @@ pub struct Pool {
     pub(super) shared: Arc<Shared>,
     addr: SocketAddr,
     pub(super) name: String,
+    user_events: broadcast::Sender<UserEvent>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -196,6 +204,7 @@ impl Pool {
         let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
         let (packets, packet_inbox) = PacketQueue::new();
         let (publish, members) = watch::channel(member_list(&engine));
+        let (user_events, _) = broadcast::channel(USER_EVENT_CHANNEL);
         let shared = Arc::new(Shared {
             crypto: Crypto::new(config.encryption),
             log: std::sync::Mutex::new(PeerLog::default()),
@@ -209,11 +218,13 @@ impl Pool {
             shared: shared.clone(),
             addr,
             name: config.name,
+            user_events: user_events.clone(),
         };
         let driver = Driver {
             engine,
             shared: shared.clone(),
             publish,
+            user_events,
             tasks: tasks.clone(),
             outbound: Arc::new(Semaphore::new(MAX_OUTBOUND_STREAMS)),
             leaving: None,
@@ -287,6 +298,18 @@ impl Pool {
         self.ask(Command::Coordinates).await.unwrap_or_default()
     }
 
+    /// Fires a user event in the pool: the driver stamps it with the pool's Lamport
+    /// clock, publishes it here and gossips it. `None` once the pool has stopped.
+    pub async fn fire(&self, event: UserEvent) -> Option<Result<UserEvent, UserEventError>> {
+        self.ask(|reply| Command::Fire { event, reply }).await
+    }
+
+    /// A receiver of every user event fired here or heard from the pool from now on,
+    /// each once.
+    pub fn subscribe_user_events(&self) -> broadcast::Receiver<UserEvent> {
+        self.user_events.subscribe()
+    }
+
     /// Replaces this member's tags (spread with a new incarnation).
     pub async fn set_tags(&self, tags: BTreeMap<String, String>) {
         let _ = self.commands.send(Command::SetTags(tags)).await;
@@ -298,6 +321,7 @@ struct Driver {
     engine: Engine,
     shared: Arc<Shared>,
     publish: watch::Sender<Arc<Vec<Member>>>,
+    user_events: broadcast::Sender<UserEvent>,
     tasks: TaskTracker,
     outbound: Arc<Semaphore>,
     leaving: Option<(Instant, oneshot::Sender<()>)>,
@@ -370,7 +394,7 @@ impl PoolMetrics {
                     self.failed_at.insert(n.clone(), now);
                 }
             }
-            Event::Update(_) | Event::Reap(_) => {}
+            Event::Update(_) | Event::Reap(_) | Event::User(_) => {}
         }
     }
 
@@ -473,6 +497,9 @@ impl Driver {
                 );
                 let _ = reply.send(all);
             }
+            Command::Fire { event, reply } => {
+                let _ = reply.send(self.engine.fire(event));
+            }
             Command::Targets(reply) => {
                 let live = self
                     .engine
@@ -515,7 +542,18 @@ impl Driver {
                 }
             }
         }
-        let events = self.engine.take_events();
+        let (users, events): (Vec<_>, Vec<_>) = self
+            .engine
+            .take_events()
+            .into_iter()
+            .partition(|e| matches!(e, Event::User(_)));
+        for event in users {
+            if let Event::User(event) = event {
+                tracing::debug!(pool = self.shared.pool, name = %event.name, id = %event.id, "user event");
+                // No subscriber is not an error: nobody listens yet.
+                let _ = self.user_events.send(event);
+            }
+        }
         if !events.is_empty() {
             for event in &events {
                 self.metrics.event(event);
@@ -535,6 +573,7 @@ impl Driver {
                     Event::Reap(n) => {
                         tracing::info!(pool = self.shared.pool, node = %n, "member reaped")
                     }
+                    Event::User(_) => {}
                 }
             }
             self.publish.send_replace(member_list(&self.engine));

@@ -579,3 +579,77 @@ fn an_accusation_at_the_highest_incarnation_does_not_overflow() {
     engine.set_tags(tags(1));
     assert_eq!(engine.incarnation, u32::MAX);
 }
+
+fn user_event(id: &str, payload: usize) -> UserEvent {
+    UserEvent {
+        ltime: 0,
+        id: id.into(),
+        name: "deploy".into(),
+        payload: vec![b'x'; payload],
+        node_filter: String::new(),
+        service_filter: String::new(),
+        tag_filter: String::new(),
+    }
+}
+
+fn user_events_at(sim: &Sim, i: usize) -> Vec<UserEvent> {
+    sim.events
+        .iter()
+        .filter_map(|(at, e)| match e {
+            Event::User(u) if *at == i => Some(u.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_user_event_reaches_every_member_once() {
+    let mut sim = Sim::new(6, Config::local(), 7);
+    sim.join_all();
+    sim.run_until(Duration::from_secs(10), "convergence", Sim::converged);
+    let fired = sim.nodes[2].fire(user_event("e1", 100)).unwrap();
+    sim.run_until(Duration::from_secs(5), "the event everywhere", |s| {
+        (0..6).all(|i| !user_events_at(s, i).is_empty())
+    });
+    // Let every retransmission happen: still delivered once per member.
+    sim.run(Duration::from_secs(5));
+    for i in 0..6 {
+        assert_eq!(user_events_at(&sim, i), vec![fired.clone()], "member n{i}");
+    }
+    // The Lamport clock moved past the event's time everywhere.
+    assert!((0..6).all(|i| sim.nodes[i].event_clock() > fired.ltime));
+}
+
+#[test]
+fn a_user_event_heard_twice_is_delivered_once_and_clocks_advance() {
+    let now = Instant::now();
+    let addr: SocketAddr = "10.0.0.1:8301".parse().unwrap();
+    let from: SocketAddr = "10.0.0.2:8301".parse().unwrap();
+    let mut engine = Engine::new(Config::lan(), "n0".into(), addr, tags(0), now, 1);
+    let mut heard = user_event("e1", 3);
+    heard.ltime = 41;
+    let packet = encode_packet(&[Message::UserEvent(heard.clone())]);
+    engine.handle_packet(now, from, &packet).unwrap();
+    engine.handle_packet(now, from, &packet).unwrap();
+    assert_eq!(engine.take_events(), vec![Event::User(heard)]);
+    assert_eq!(engine.pending_broadcasts(), 1, "rebroadcast once");
+    let fired = engine.fire(user_event("e2", 3)).unwrap();
+    assert_eq!(fired.ltime, 42);
+}
+
+#[test]
+fn a_user_event_over_the_limit_is_not_fired() {
+    let now = Instant::now();
+    let addr: SocketAddr = "10.0.0.1:8301".parse().unwrap();
+    let mut engine = Engine::new(Config::lan(), "n0".into(), addr, tags(0), now, 1);
+    assert_eq!(
+        engine.fire(user_event("e1", MAX_USER_EVENT)),
+        Err(UserEventError::TooLarge)
+    );
+    assert!(engine.take_events().is_empty());
+    assert_eq!(engine.pending_broadcasts(), 0);
+    assert_eq!(
+        UserEventError::TooLarge.to_string(),
+        "user event exceeds configured limit of 512 bytes before encoding"
+    );
+}
