@@ -38,6 +38,7 @@ pub use acl::{AclConfig, AuthError, DownPolicy, TokenKind, Tokens};
 pub use catalog::acl::Caller;
 mod autopilot;
 mod checks;
+pub mod events;
 pub mod fair;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
@@ -184,6 +185,8 @@ struct Inner {
     remembered: acl::Remembered,
     /// The agent's own tokens as they are now (shared with the server's resolver).
     tokens: Arc<acl::Tokens>,
+    /// The user events this agent accepted.
+    events: events::Events,
 }
 
 /// Handle to this agent's datacenter layer. Cheap to clone.
@@ -225,6 +228,39 @@ pub enum RemovePeerError {
     /// No leader did it (none known, unreachable, the deadline).
     #[error(transparent)]
     NoChange(#[from] WriteError),
+}
+
+/// Keeps the user events meant for this agent, as gossip delivers them, until
+/// `shutdown`.
+async fn ingest_events(
+    lan: Lan,
+    mut heard: tokio::sync::broadcast::Receiver<gossip::swim::UserEvent>,
+    shutdown: CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            e = heard.recv() => e,
+        };
+        match event {
+            Ok(event) => {
+                let event = events::UserEvent::from_gossip(event);
+                let services = lan.local().services();
+                if events::matches(&event, lan.node_name(), &services) {
+                    tracing::debug!(name = %event.name, id = %event.id, "new event");
+                    lan.inner.events.push(event);
+                }
+            }
+            Err(RecvError::Lagged(lost)) => {
+                tracing::warn!(
+                    lost,
+                    "user events arrived faster than they were kept; some were lost"
+                );
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
 }
 
 /// Refusals by servers logged by this process, at most once per server per interval.
@@ -407,8 +443,14 @@ impl Lan {
                 relay: std::sync::OnceLock::new(),
                 remembered: acl::Remembered::default(),
                 tokens,
+                events: events::Events::default(),
             }),
         };
+        tasks.spawn(ingest_events(
+            lan.clone(),
+            lan.inner.pool.subscribe_user_events(),
+            shutdown.child_token(),
+        ));
         if let (Some(listener), Role::Server(server)) = (listener, &lan.inner.role) {
             tasks.spawn(rpc::serve(
                 listener,
@@ -761,6 +803,48 @@ impl Lan {
     /// LAN network coordinates this agent knows (its own included), by node name.
     pub async fn coordinates(&self) -> gossip::transport::Coordinates {
         self.inner.pool.coordinates().await
+    }
+
+    /// Fires a user event in this datacenter's LAN pool, if `principal` may
+    /// (`event:write` on its name); returns it as fired.
+    pub async fn fire_event(
+        &self,
+        fire: events::Fire,
+        principal: &Principal,
+    ) -> Result<events::UserEvent, events::FireError> {
+        if let Some(caller) = self
+            .authorize(principal)
+            .await
+            .map_err(|e| events::FireError::Denied(e.to_string()))?
+        {
+            caller
+                .need(
+                    catalog::acl::Resource::Event,
+                    &fire.name,
+                    catalog::acl::Access::Write,
+                )
+                .map_err(|d| events::FireError::Denied(d.to_string()))?;
+        }
+        fire.validate()?;
+        let event = gossip::swim::UserEvent {
+            ltime: 0,
+            id: catalog::uuid::new_uuid(),
+            name: fire.name,
+            payload: fire.payload,
+            node_filter: fire.node_filter,
+            service_filter: fire.service_filter,
+            tag_filter: fire.tag_filter,
+        };
+        match self.inner.pool.fire(event).await {
+            Some(Ok(fired)) => Ok(events::UserEvent::from_gossip(fired)),
+            Some(Err(e)) => Err(events::FireError::TooLarge(e.to_string())),
+            None => Err(events::FireError::Stopped),
+        }
+    }
+
+    /// The user events this agent accepted (the last [`events::EVENT_BUFFER`]).
+    pub fn events(&self) -> &events::Events {
+        &self.inner.events
     }
 
     /// Marks a failed member as left; with `prune`, forgets it at once. Returns whether
