@@ -494,6 +494,18 @@ impl Gateway {
                 Some(grant) => Reply::ResolvedToken(grant),
                 None => Reply::Refused("ACLs are off in this datacenter".into()),
             },
+            Call::FireEvent { fire, token } => match self
+                .fire_event(
+                    dc,
+                    fire,
+                    Instant::now() + FIRE_TIMEOUT,
+                    &Principal::from_wire(token),
+                )
+                .await
+            {
+                Ok(fired) => Reply::Fired(fired),
+                Err(e) => Reply::Refused(e.to_string()),
+            },
             Call::Datacenters => Reply::Datacenters(
                 self.datacenters()
                     .await
@@ -560,6 +572,37 @@ impl Gateway {
         }
     }
 
+    /// Fires a user event in `dc`'s LAN pool (a server there fires it); the outer error
+    /// is the route's, the inner one the event's (too large, not allowed).
+    pub async fn fire_event(
+        &self,
+        dc: Option<&str>,
+        fire: lan::events::Fire,
+        deadline: Instant,
+        principal: &Principal,
+    ) -> Result<Result<lan::events::UserEvent, lan::events::FireError>, RouteError> {
+        let token = principal.to_wire(self.lan.agent_token().as_deref());
+        let call = |fire| Call::FireEvent { fire, token };
+        let (call, reply) = match self.route(dc)? {
+            Route::Local => return Ok(self.lan.fire_event(fire, principal).await),
+            Route::Remote(dc) => {
+                let call = call(fire);
+                let reply =
+                    remote(self.federation()?, &dc, &call, deadline + REMOTE_MARGIN).await?;
+                (call, reply)
+            }
+            Route::ViaServer(dc) => {
+                let call = call(fire);
+                let reply = self.via_server(&dc, call.clone(), deadline).await?;
+                (call, reply)
+            }
+        };
+        match reply {
+            Reply::Fired(r) => Ok(r),
+            other => Err(unexpected(&call, other)),
+        }
+    }
+
     /// Raft status of `dc` (leader and peers).
     pub async fn raft_status(
         &self,
@@ -590,6 +633,10 @@ fn unexpected(call: &Call, reply: Reply) -> RouteError {
         other => call.failed(format!("unexpected answer {other:?}")),
     }
 }
+
+/// How long a server takes at most to fire an event another datacenter sent (firing is
+/// local: the time is for resolving the caller's token).
+const FIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a client agent waits for a server's list of datacenters.
 const DATACENTERS_TIMEOUT: Duration = Duration::from_secs(2);

@@ -68,6 +68,14 @@ pub(crate) enum Call {
         /// Time left until the caller's deadline, in milliseconds.
         timeout_ms: u64,
     },
+    /// A user event to fire in that datacenter's LAN pool.
+    FireEvent {
+        /// The event.
+        fire: lan::events::Fire,
+        /// The caller's token (`None`: anonymous).
+        #[serde(default)]
+        token: Option<String>,
+    },
     /// The federation's datacenters, nearest first, as the receiving server sees them.
     Datacenters,
     /// What a token may do by the receiving datacenter's ACL tables: a secondary's
@@ -82,7 +90,7 @@ impl Call {
     /// Whether it changes something, so that once it may have reached a server it must
     /// not be sent to another (the first copy could still be applied after the second).
     pub(crate) fn is_write(&self) -> bool {
-        matches!(self, Call::Write { .. })
+        matches!(self, Call::Write { .. } | Call::FireEvent { .. })
     }
 
     /// Whether it may take until its deadline to be answered (a blocking read).
@@ -122,6 +130,8 @@ pub(crate) enum Reply {
     Keyring(Result<KeyringReport, String>),
     /// For [`Call::KeyringAll`].
     KeyringAll(Result<Vec<PoolKeyring>, RouteError>),
+    /// For [`Call::FireEvent`]: the event as fired, or why it was not.
+    Fired(Result<lan::events::UserEvent, lan::events::FireError>),
     /// For [`Call::Datacenters`].
     Datacenters(Vec<String>),
     /// For [`Call::ResolveToken`]: what the token may do (`None`: no such token).
