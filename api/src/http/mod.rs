@@ -14,6 +14,7 @@ mod autopilot;
 pub(crate) mod catalog;
 mod coordinate;
 mod deadline;
+pub(crate) mod event;
 pub(crate) mod filter;
 mod gate;
 mod health;
@@ -668,6 +669,9 @@ pub(crate) fn router(ctx: Context, max_body_bytes: usize) -> Router {
         .route("/v1/coordinate/datacenters", get(coordinate::datacenters))
         .route("/v1/coordinate/nodes", get(coordinate::nodes))
         .route("/v1/coordinate/node/{node}", get(coordinate::node))
+        .route("/v1/event/fire/", put(event::fire_unnamed))
+        .route("/v1/event/fire/{name}", put(event::fire))
+        .route("/v1/event/list", get(event::list))
         .route("/v1/agent/self", get(agent::self_info))
         .route("/v1/agent/members", get(agent::members))
         .route("/v1/agent/metrics", get(metrics::metrics))
