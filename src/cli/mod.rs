@@ -17,6 +17,7 @@ mod acl;
 mod agent;
 mod autopilot;
 mod catalog;
+mod event;
 mod gossip;
 mod kv;
 mod lock;
@@ -64,6 +65,15 @@ pub enum Command {
     Catalog {
         #[command(subcommand)]
         command: catalog::CatalogCommand,
+    },
+    /// Fires a new user event
+    Event(Box<event::EventArgs>),
+    /// Not built, on purpose: remote execution (says why)
+    #[command(hide = true)]
+    Exec {
+        /// Ignored.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Prints the agent's figures for debugging
     Info(ClientArgs),
@@ -327,10 +337,13 @@ pub fn end_go_flags(mut args: Vec<OsString>, start: usize, value_flags: &[&str])
     args
 }
 
+/// What `proconsul exec` says: remote execution is left out on purpose.
+const EXEC_REFUSAL: &str = "proconsul does not implement exec: remote execution lets whoever may fire an event run commands on every node, which is why Consul turns it off by default (disable_remote_exec). Use a configuration-management tool, or a watch of type event with a handler you control.";
+
 /// Runs the command line; returns the process exit code.
 pub fn run(args: Vec<OsString>) -> ExitCode {
-    let args = acl::go_flag_order(watch::go_flag_order(lock::go_flag_order(
-        kv::go_flag_order(args),
+    let args = event::go_flag_order(acl::go_flag_order(watch::go_flag_order(
+        lock::go_flag_order(kv::go_flag_order(args)),
     )));
     let cli = match Cli::try_parse_from(normalize(args)) {
         Ok(cli) => cli,
@@ -354,6 +367,11 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
         }
         Command::Validate(args) => validate(args),
         Command::Members(args) => client_command(|| members::run(args)),
+        Command::Event(args) => client_command(|| event::run(*args)),
+        Command::Exec { .. } => {
+            eprintln!("{EXEC_REFUSAL}");
+            ExitCode::from(1)
+        }
         Command::Maint(args) => client_command(|| maint::run(args)),
         Command::Monitor(args) => client_command(|| monitor::run(args)),
         Command::Rtt(args) => client_command(|| rtt::run(args)),

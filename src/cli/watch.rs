@@ -1,5 +1,5 @@
 //! `proconsul watch`: Consul's `consul watch`. Watches one view of the data (`-type`
-//! key, keyprefix, services, nodes, service, checks) with blocking queries. Without a
+//! key, keyprefix, services, nodes, service, checks, event) with blocking queries. Without a
 //! handler, prints the view as indented JSON once and exits, as Consul's does (a
 //! script gets the current value); with one (the words after the flags, run through
 //! `$SHELL -c`, or directly with `-shell=false`), runs it on each change with the JSON
@@ -24,7 +24,7 @@ use proconsul::watch::{Doc, Flow, Params, Plan};
 pub struct WatchArgs {
     #[command(flatten)]
     pub http: HttpArgs,
-    /// The watch type: key, keyprefix, services, nodes, service or checks
+    /// The watch type: key, keyprefix, services, nodes, service, checks or event
     #[arg(long = "type", default_value = "", hide_default_value = true)]
     pub watch_type: String,
     /// The key to watch (type key)
@@ -45,7 +45,7 @@ pub struct WatchArgs {
     /// The check state to watch (type checks; default any)
     #[arg(long, default_value = "", hide_default_value = true)]
     pub state: String,
-    /// An event name (type event, which proconsul does not have)
+    /// Only the events of this name (type event)
     #[arg(long, default_value = "", hide_default_value = true)]
     pub name: String,
     /// Runs the handler through $SHELL -c (default true)

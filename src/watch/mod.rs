@@ -1,7 +1,8 @@
 //! # Watches: Consul's `consul watch` and the agent's `watches`
 //!
 //! A watch asks an agent's HTTP API for one view of the data (a key, the keys under a
-//! prefix, the services, the nodes, the instances of a service, the checks) with
+//! prefix, the services, the nodes, the instances of a service, the checks, the user
+//! events the agent received) with
 //! blocking queries, and hands the view to a handler each time it changes:
 //!
 //! ```text
@@ -68,6 +69,10 @@ pub enum Kind {
         /// With a state, only the checks of services with every one of these tags.
         tags: Vec<String>,
     },
+    /// The user events the agent received (`/v1/event/list`), only those of a name when
+    /// given. Each change hands over the events that arrived since the last one (all
+    /// the agent keeps, the first time), as Consul's event watch does.
+    Event(Option<String>),
 }
 
 /// Whose checks a `checks` watch looks at.
@@ -93,7 +98,6 @@ pub struct Plan {
 /// Consul's watch types that proconsul does not run, with why.
 fn unsupported(kind: &str) -> Option<&'static str> {
     match kind {
-        "event" => Some("proconsul has no user events"),
         "connect_roots" | "connect_leaf" => Some("proconsul has no service mesh"),
         "agent_service" => Some("proconsul does not run agent_service watches"),
         _ => None,
@@ -154,7 +158,7 @@ impl Plan {
             }
         }
         let stale = match kind.as_str() {
-            "key" | "keyprefix" | "services" | "nodes" | "service" | "checks" => {
+            "key" | "keyprefix" | "services" | "nodes" | "service" | "checks" | "event" => {
                 take_bool(&mut rest, "stale")?
             }
             other => {
@@ -177,6 +181,7 @@ impl Plan {
             ),
             "services" => Kind::Services,
             "nodes" => Kind::Nodes,
+            "event" => Kind::Event(take_string(&mut rest, "name")?.filter(|n| !n.is_empty())),
             "service" => {
                 let service = take_string(&mut rest, "service")?
                     .filter(|s| !s.is_empty())
@@ -225,6 +230,7 @@ impl Plan {
             Kind::Nodes => "nodes",
             Kind::Service { .. } => "service",
             Kind::Checks { .. } => "checks",
+            Kind::Event(_) => "event",
         }
     }
 
@@ -264,6 +270,12 @@ impl Plan {
                 of: ChecksOf::State(state),
                 ..
             } => format!("/v1/health/state/{}", encode_segment(state)),
+            Kind::Event(name) => {
+                if let Some(name) = name {
+                    query.push(format!("name={}", encode(name)));
+                }
+                "/v1/event/list".into()
+            }
         };
         if let Some(dc) = &self.datacenter {
             query.push(format!("dc={}", encode(dc)));
@@ -337,6 +349,30 @@ impl Plan {
         };
         Ok((index, doc))
     }
+
+    /// Whether the view's index only grows. An event list's index comes from its last
+    /// event's random ID: it moves both ways, and a smaller one is news, not a reset.
+    fn ordered(&self) -> bool {
+        !matches!(self.kind, Kind::Event(_))
+    }
+
+    /// What of the view asked for with index `asked` is news: for events, those after the
+    /// one the index came from (all of them when it is gone, or on the first request).
+    fn news(&self, asked: u64, doc: Doc) -> Doc {
+        match (&self.kind, doc) {
+            (Kind::Event(_), Doc::Array(mut events)) if asked > 0 => {
+                let seen = events.iter().position(|e| {
+                    let id = e.get("ID").and_then(Doc::as_str).unwrap_or_default();
+                    lan::events::id_to_index(id) == Some(asked)
+                });
+                if let Some(at) = seen {
+                    events.drain(..=at);
+                }
+                Doc::Array(events)
+            }
+            (_, doc) => doc,
+        }
+    }
 }
 
 /// A duration as Go's `time.ParseDuration` reads it: `25s`, or `1500ms`.
@@ -387,6 +423,8 @@ pub struct Tracker {
     last: Option<Doc>,
     /// Failures in a row.
     failures: u32,
+    /// Whether an index below the last one is a reset (see [`Plan::ordered`]).
+    unordered: bool,
 }
 
 impl Tracker {
@@ -406,7 +444,7 @@ impl Tracker {
             return None;
         }
         self.index = Some(match previous {
-            Some(p) if index < p => 0,
+            Some(p) if index < p && !self.unordered => 0,
             _ => index,
         });
         if previous.is_some() && self.last.as_ref() == Some(&data) {
@@ -446,11 +484,17 @@ where
     F: Future<Output = Flow>,
     E: FnMut(&str, Duration),
 {
-    let mut tracker = Tracker::default();
+    let mut tracker = Tracker {
+        unordered: !plan.ordered(),
+        ..Tracker::default()
+    };
     loop {
-        let path = plan.path(tracker.index(), MAX_WAIT);
+        let asked = tracker.index();
+        let path = plan.path(asked, MAX_WAIT);
         let answer = match client.call(Method::GET, &path, None).await {
-            Ok(r) => plan.interpret(r.status, &r.headers, &r.body),
+            Ok(r) => plan
+                .interpret(r.status, &r.headers, &r.body)
+                .map(|(index, doc)| (index, plan.news(asked, doc))),
             Err(e) => Err(e.to_string()),
         };
         match answer {
@@ -481,6 +525,34 @@ mod tests {
 
     fn plan(json: &str) -> Result<Plan, String> {
         Plan::parse(&params(json), &[]).map(|(p, _)| p)
+    }
+
+    #[test]
+    fn an_event_watch_hands_over_only_new_events() {
+        let plan = plan(r#"{"type": "event", "name": "deploy"}"#).unwrap();
+        assert_eq!(plan.kind, Kind::Event(Some("deploy".into())));
+        assert_eq!(plan.type_name(), "event");
+        assert_eq!(plan.path(0, MAX_WAIT), "/v1/event/list?name=deploy");
+        let id = |n: u8| format!("00000000-0000-0000-0000-0000000000{n:02}");
+        let list = |ids: &[u8]| {
+            let events: Vec<String> = ids
+                .iter()
+                .map(|n| format!(r#"{{"ID":"{}","Name":"deploy"}}"#, id(*n)))
+                .collect();
+            Doc::parse(&format!("[{}]", events.join(","))).unwrap()
+        };
+        let index = |n: u8| lan::events::id_to_index(&id(n)).unwrap();
+        assert_eq!(plan.news(0, list(&[1, 2])), list(&[1, 2]));
+        assert_eq!(plan.news(index(1), list(&[1, 2, 3])), list(&[2, 3]));
+        assert_eq!(plan.news(index(9), list(&[1, 2])), list(&[1, 2]));
+        // A smaller index is news, not a reset to 0.
+        let mut t = Tracker {
+            unordered: !plan.ordered(),
+            ..Tracker::default()
+        };
+        assert!(t.answer(50, list(&[1])).is_some());
+        assert!(t.answer(7, list(&[2])).is_some());
+        assert_eq!(t.index(), 7);
     }
 
     #[test]
@@ -525,10 +597,6 @@ mod tests {
             (r#"{}"#, "Watch type must be specified"),
             (r#"{"type": ""}"#, "Watch type must be specified"),
             (r#"{"type": "nope"}"#, "Unsupported watch type: nope"),
-            (
-                r#"{"type": "event"}"#,
-                "Unsupported watch type: event (proconsul has no user events)",
-            ),
             (r#"{"type": "key"}"#, "Must specify a single key to watch"),
             (
                 r#"{"type": "keyprefix", "prefix": ""}"#,
