@@ -17,6 +17,7 @@ mod client;
 mod cluster;
 mod disk;
 mod dns;
+mod event;
 mod faults;
 mod filter;
 mod gateway;
