@@ -323,3 +323,73 @@ async fn an_event_fired_in_dc1_for_dc2_reaches_a_blocking_list_on_a_client_of_dc
     b.agent.stop(false).await;
     a.agent.stop(false).await;
 }
+
+#[test]
+fn the_event_verb_and_an_event_watch_speak_as_consul_s_cli() {
+    use crate::process::{dev_agent, text, wait_for_file};
+    use crate::support::process::{Proc, run};
+
+    let (_agent, http, _) = dev_agent(&[]);
+    let addr = format!("-http-addr={http}");
+    // A watch with a handler: each call gets the events that are new since the last.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.out");
+    let handler = format!("cat >> '{}'", out.display());
+    let _watch = Proc::spawn(&["watch", "-type=event", "-name=deploy", &addr, &handler]);
+    wait_for_file(&out, "the first call", |t| t == "[]\n");
+
+    let (code, printed, err) = text(&run(&["event", "-name=deploy", &addr, "v1"]));
+    assert_eq!(code, 0, "{err}");
+    let id = printed
+        .strip_prefix("Event ID: ")
+        .and_then(|rest| rest.strip_suffix('\n'))
+        .unwrap_or_else(|| panic!("{printed}"))
+        .to_owned();
+    assert_eq!(id.len(), 36, "{printed}");
+    let calls = wait_for_file(&out, "the call for the event", |t| t.contains(&id));
+    assert!(calls.contains(r#""Payload":"djE=""#), "{calls}");
+    let (code, printed, _) = text(&run(&["event", "-name=deploy", &addr, "v2"]));
+    assert_eq!(code, 0);
+    let second = printed
+        .trim()
+        .strip_prefix("Event ID: ")
+        .unwrap()
+        .to_owned();
+    let calls = wait_for_file(&out, "the call for the second", |t| t.contains(&second));
+    let last = calls.lines().last().unwrap();
+    assert!(
+        last.contains(&second) && !last.contains(&id),
+        "only the new event: {calls}"
+    );
+
+    // Without a handler: the list as indented JSON, once.
+    let (code, printed, _) = text(&run(&["watch", "-type", "event", &addr]));
+    assert_eq!(code, 0);
+    assert!(printed.starts_with("[\n    {\n"), "{printed}");
+    assert!(
+        printed.contains(&format!(r#""ID": "{second}","#)),
+        "{printed}"
+    );
+
+    let big = "x".repeat(600);
+    for (args, expected) in [
+        (
+            vec!["event", "-name=deploy", &addr, &big],
+            "Error firing event: Unexpected response code: 500 (user event exceeds configured limit of 512 bytes before encoding)\n",
+        ),
+        (vec!["event", &addr], "Event name must be specified\n"),
+        (
+            vec!["event", "-name=x", "-tag=v1", &addr],
+            "Cannot provide tag filter without service filter.\n",
+        ),
+    ] {
+        let (code, printed, err) = text(&run(&args));
+        assert_eq!((code, printed.as_str(), err.as_str()), (1, "", expected));
+    }
+    let (code, _, err) = text(&run(&["exec", "uptime"]));
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("proconsul does not implement exec"),
+        "{err}"
+    );
+}

@@ -42,7 +42,7 @@ pub(crate) fn dev_agent(extra: &[&str]) -> (Proc, String, String) {
     (p, http, dns)
 }
 
-fn text(out: &std::process::Output) -> (i32, String, String) {
+pub(crate) fn text(out: &std::process::Output) -> (i32, String, String) {
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -2189,7 +2189,11 @@ fn info_shows_where_kv_replication_stands() {
 
 /// Waits (at most 20 s) until the file at `path` exists and `pred` holds for its text;
 /// returns the text.
-fn wait_for_file(path: &std::path::Path, what: &str, pred: impl Fn(&str) -> bool) -> String {
+pub(crate) fn wait_for_file(
+    path: &std::path::Path,
+    what: &str,
+    pred: impl Fn(&str) -> bool,
+) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(text) = std::fs::read_to_string(path)
