@@ -165,10 +165,7 @@ mod tests {
             "v1.2",
         ]);
         assert_eq!(a.payload.as_deref(), Some("v1.2"));
-        assert_eq!(
-            path(&a),
-            "/v1/event/fire/deploy?dc=dc2&service=web&tag=v+1"
-        );
+        assert_eq!(path(&a), "/v1/event/fire/deploy?dc=dc2&service=web&tag=v+1");
         assert_eq!(refusal(&a), None);
     }
 

@@ -314,6 +314,24 @@ mod tests {
             }),
             (any::<u32>(), name())
                 .prop_map(|(incarnation, node)| Message::Prune { incarnation, node }),
+            (
+                any::<u64>(),
+                name(),
+                name(),
+                proptest::collection::vec(any::<u8>(), 0..64),
+                "[a-z^$.*]{0,8}",
+            )
+                .prop_map(|(ltime, id, name, payload, filter)| {
+                    Message::UserEvent(swim::UserEvent {
+                        ltime,
+                        id,
+                        name,
+                        payload,
+                        node_filter: filter.clone(),
+                        service_filter: filter.clone(),
+                        tag_filter: filter,
+                    })
+                }),
         ]
     }
 
