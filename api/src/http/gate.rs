@@ -16,6 +16,8 @@
 //! | `agent/health/service/{id,name}/*` | `service:read` on the service |
 //! | `agent/host` | `operator:read` |
 //! | `operator/keyring` | `keyring:read` / `keyring:write` |
+//! | `event/fire/:name` | `event:write` on the name (checked by `lan::Lan::fire_event` where it is fired) |
+//! | `event/list` | filtered by `event:read` |
 //! | `operator/raft/*`, `operator/kv-replication` | `operator:read` / `operator:write` |
 
 use catalog::Check;
