@@ -494,18 +494,19 @@ impl Gateway {
                 Some(grant) => Reply::ResolvedToken(grant),
                 None => Reply::Refused("ACLs are off in this datacenter".into()),
             },
-            Call::FireEvent { fire, token } => match self
-                .fire_event(
+            Call::FireEvent {
+                fire,
+                timeout_ms,
+                token,
+            } => Reply::Fired(
+                self.fire_event(
                     dc,
                     fire,
-                    Instant::now() + FIRE_TIMEOUT,
+                    deadline_in(timeout_ms),
                     &Principal::from_wire(token),
                 )
-                .await
-            {
-                Ok(fired) => Reply::Fired(fired),
-                Err(e) => Reply::Refused(e.to_string()),
-            },
+                .await,
+            ),
             Call::Datacenters => Reply::Datacenters(
                 self.datacenters()
                     .await
@@ -582,7 +583,11 @@ impl Gateway {
         principal: &Principal,
     ) -> Result<Result<lan::events::UserEvent, lan::events::FireError>, RouteError> {
         let token = principal.to_wire(self.lan.agent_token().as_deref());
-        let call = |fire| Call::FireEvent { fire, token };
+        let call = |fire| Call::FireEvent {
+            fire,
+            timeout_ms: remaining_ms(deadline),
+            token,
+        };
         let (call, reply) = match self.route(dc)? {
             Route::Local => return Ok(self.lan.fire_event(fire, principal).await),
             Route::Remote(dc) => {
@@ -598,7 +603,7 @@ impl Gateway {
             }
         };
         match reply {
-            Reply::Fired(r) => Ok(r),
+            Reply::Fired(r) => r,
             other => Err(unexpected(&call, other)),
         }
     }
@@ -633,10 +638,6 @@ fn unexpected(call: &Call, reply: Reply) -> RouteError {
         other => call.failed(format!("unexpected answer {other:?}")),
     }
 }
-
-/// How long a server takes at most to fire an event another datacenter sent (firing is
-/// local: the time is for resolving the caller's token).
-const FIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a client agent waits for a server's list of datacenters.
 const DATACENTERS_TIMEOUT: Duration = Duration::from_secs(2);

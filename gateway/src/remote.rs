@@ -72,6 +72,8 @@ pub(crate) enum Call {
     FireEvent {
         /// The event.
         fire: lan::events::Fire,
+        /// Time left until the caller's deadline, in milliseconds.
+        timeout_ms: u64,
         /// The caller's token (`None`: anonymous).
         #[serde(default)]
         token: Option<String>,
@@ -130,8 +132,9 @@ pub(crate) enum Reply {
     Keyring(Result<KeyringReport, String>),
     /// For [`Call::KeyringAll`].
     KeyringAll(Result<Vec<PoolKeyring>, RouteError>),
-    /// For [`Call::FireEvent`]: the event as fired, or why it was not.
-    Fired(Result<lan::events::UserEvent, lan::events::FireError>),
+    /// For [`Call::FireEvent`]: the event as fired, or why it was not (the event's own
+    /// refusal inside, the route's outside).
+    Fired(Result<Result<lan::events::UserEvent, lan::events::FireError>, RouteError>),
     /// For [`Call::Datacenters`].
     Datacenters(Vec<String>),
     /// For [`Call::ResolveToken`]: what the token may do (`None`: no such token).
@@ -209,6 +212,12 @@ mod tests {
         assert!(write.is_write() && write.delivery().at_most_once);
         assert!(matches!(write.failed("x".into()), RouteError::Write(_)));
         assert!(matches!(read(0).failed("x".into()), RouteError::Read(_)));
+        let fire = Call::FireEvent {
+            fire: lan::events::Fire::default(),
+            timeout_ms: 1,
+            token: None,
+        };
+        assert!(fire.delivery().at_most_once, "an event is fired once");
         let relayed = Relayed {
             dc: Datacenter::new("dc2").unwrap(),
             call: read(3),

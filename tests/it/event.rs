@@ -317,8 +317,15 @@ async fn an_event_fired_in_dc1_for_dc2_reaches_a_blocking_list_on_a_client_of_dc
         body.contains("user event exceeds configured limit of 512 bytes"),
         "{body}"
     );
-    let (status, body) = fire(&a, "x?dc=dc9", "").await;
-    assert_eq!((status, body.trim()), (500, "No path to datacenter"));
+    for m in [&a, &client] {
+        let (status, body) = fire(m, "x?dc=dc9", "").await;
+        assert_eq!(
+            (status, body.trim()),
+            (500, "No path to datacenter"),
+            "{}",
+            m.name
+        );
+    }
     client.agent.stop(false).await;
     b.agent.stop(false).await;
     a.agent.stop(false).await;
