@@ -400,3 +400,55 @@ fn the_event_verb_and_an_event_watch_speak_as_consul_s_cli() {
         "{err}"
     );
 }
+
+#[test]
+fn py_consul_fires_and_lists_events() {
+    use crate::process::{dev_agent, python_with_py_consul, text};
+
+    let python = python_with_py_consul();
+    let (_agent, http, _) = dev_agent(&[]);
+    let (host, port) = http.rsplit_once(':').unwrap();
+    let script = r#"
+import json, sys, threading
+import consul
+c = consul.Consul(host=sys.argv[1], port=int(sys.argv[2]))
+out = {}
+fired = c.event.fire("deploy", "v1")
+out["fired"] = [fired["Name"], fired["Payload"], fired["Version"], len(fired["ID"])]
+index, events = c.event.list()
+out["listed"] = [e["ID"] == fired["ID"] for e in events]
+result = {}
+def wait():
+    result["answer"] = c.event.list(name="deploy", index=index, wait="20s")
+t = threading.Thread(target=wait)
+t.start()
+second = c.event.fire("deploy", "v2", service="nothing-runs-this")
+third = c.event.fire("deploy", "v3")
+t.join(25)
+new_index, after = result["answer"]
+out["woke"] = new_index != index and after[-1]["ID"] == third["ID"]
+out["filtered_out"] = all(e["ID"] != second["ID"] for e in after)
+try:
+    c.event.fire("big", "x" * 600)
+    out["too_large"] = "accepted"
+except Exception as e:
+    out["too_large"] = str(e)
+print(json.dumps(out))
+"#;
+    let output = std::process::Command::new(&python)
+        .args(["-c", script, host, port])
+        .output()
+        .unwrap();
+    let (code, out, err) = text(&output);
+    assert_eq!(code, 0, "py-consul failed:\n{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["fired"], json!(["deploy", "djE=", 1, 36]));
+    assert_eq!(v["listed"], json!([true]));
+    assert_eq!(v["woke"], true, "{v}");
+    assert_eq!(v["filtered_out"], true, "{v}");
+    let too_large = v["too_large"].as_str().unwrap();
+    assert!(
+        too_large.contains("user event exceeds configured limit of 512 bytes"),
+        "{too_large}"
+    );
+}
