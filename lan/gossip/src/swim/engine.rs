@@ -53,7 +53,7 @@ pub enum Output {
     },
 }
 
-/// A change in membership, for the layer above.
+/// A change in membership, or a user event, for the layer above.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A member joined or came back.
@@ -343,7 +343,7 @@ impl Engine {
         std::mem::take(&mut self.outputs)
     }
 
-    /// Membership events since the last call.
+    /// Membership events and user events since the last call.
     pub fn take_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.events)
     }

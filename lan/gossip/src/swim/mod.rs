@@ -24,6 +24,11 @@
 //! - **Dynamic suspicion**: a suspicion starts long and shrinks with each independent
 //!   confirmation from another member.
 //!
+//! **User events** (serf's) ride the same dissemination: an event fired here is stamped
+//! with the pool's Lamport clock and queued like a membership change; each member
+//! delivers it and queues it again the first time it hears it (IDs already seen are
+//! remembered, bounded), so every member gets it once.
+//!
 //! A periodic **push-pull** (full state exchange over a stream) heals partitions and
 //! brings joining members up to date. The [`Engine`] holds all of this as plain state and
 //! is driven by [`transport`](crate::transport), which owns the sockets and the clock; the
