@@ -5,13 +5,15 @@
 //!   link packets ──open──▶ Engine::handle_packet ─┐
 //!   link streams ──open──▶ push-pull / keyring ───┤   one task owns the engine (`run`)
 //!   Pool (handle) ─────────▶ commands ────────────┤──▶ Engine::tick ──▶ outputs ──seal──▶ link
-//!                                                 └──▶ events ──▶ watch<Arc<Vec<Member>>>
+//!                                                 ├──▶ events ──▶ watch<Arc<Vec<Member>>>
+//!                                                 └──▶ user events ──▶ broadcast<UserEvent>
 //! ```
 //!
 //! The driver performs what the engine returns: packets are sealed and sent on the link,
 //! push-pulls run as stream exchanges in tasks of their own (at most
 //! [`MAX_OUTBOUND_STREAMS`] at once) and their results are merged back, member events are
-//! logged and published. The handle's requests (join, leave, force-leave, tags,
+//! logged and published, user events published to their subscribers (at most
+//! `USER_EVENT_CHANNEL` unread each). The handle's requests (join, leave, force-leave, tags,
 //! coordinates) reach the task as commands on a bounded queue. The stream exchanges
 //! themselves (push-pull, joining, answering a received request) are in `exchange`, and
 //! keyring operations across the pool in `keyring_ops`.
