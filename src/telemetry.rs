@@ -3,7 +3,7 @@
 //! Consul samples its runtime and state gauges on a timer. Event counters and timers
 //! are recorded where the events happen.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,7 +47,7 @@ struct Sampler {
     raft_state: String,
     cpu_ticks: u64,
     /// Datacenters given a series, so that one that left the pool reads 0.
-    datacenters: HashMap<String, ()>,
+    datacenters: HashSet<String>,
 }
 
 impl Sampler {
@@ -163,10 +163,10 @@ impl Sampler {
                 metrics::gauge!("gateway.rtt", "datacenter" => dc.clone())
                     .set(rtt.as_secs_f64() * 1000.0);
             }
-            self.datacenters.insert(dc, ());
+            self.datacenters.insert(dc);
         }
         // A datacenter gone from the pool is no longer reachable.
-        for dc in self.datacenters.keys() {
+        for dc in &self.datacenters {
             if !seen.contains(dc) {
                 metrics::gauge!("gateway.reachable", "datacenter" => dc.clone()).set(0.0);
             }

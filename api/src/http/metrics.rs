@@ -44,7 +44,7 @@ pub(crate) async fn metrics(
         return Ok((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            api_text(),
+            crate::telemetry::PROMETHEUS_DISABLED,
         )
             .into_response());
     }
@@ -54,10 +54,6 @@ pub(crate) async fn metrics(
         ctx.telemetry.prometheus(),
     )
         .into_response())
-}
-
-fn api_text() -> &'static str {
-    crate::telemetry::PROMETHEUS_DISABLED
 }
 
 /// Timers of `api.http` by route, then method, registered on first use (bounded by

@@ -92,9 +92,6 @@ pub struct Telemetry {
     config: TelemetryConfig,
     inmem: Arc<Inmem>,
     prometheus: PrometheusHandle,
-    /// Whether this recorder is the one the facade records into (an embedding program
-    /// may have installed its own first; then both sinks stay empty).
-    installed: bool,
 }
 
 /// What Prometheus's answer is refused with when `prometheus_retention_time` is not
@@ -117,8 +114,9 @@ pub fn install(config: &TelemetryConfig) -> Arc<Telemetry> {
                 prometheus,
                 inmem: inmem.clone(),
             };
-            let installed = metrics::set_global_recorder(recorder).is_ok();
-            if !installed {
+            // An embedding program may have installed its own recorder first; then
+            // both sinks stay empty.
+            if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!(
                     "another metrics recorder is installed in this process; /v1/agent/metrics stays empty"
                 );
@@ -127,7 +125,6 @@ pub fn install(config: &TelemetryConfig) -> Arc<Telemetry> {
                 config: config.clone(),
                 inmem,
                 prometheus: handle,
-                installed,
             });
             describe();
             telemetry
@@ -154,11 +151,6 @@ impl Telemetry {
     /// The settings the recorder was installed with.
     pub fn config(&self) -> &TelemetryConfig {
         &self.config
-    }
-
-    /// Whether the facade records into this telemetry.
-    pub fn installed(&self) -> bool {
-        self.installed
     }
 
     /// Consul's JSON (`GET /v1/agent/metrics`).
@@ -632,12 +624,6 @@ fn describe() {
             }
         }
     });
-}
-
-/// Registers a histogram for milliseconds and returns it (a helper for hot paths that
-/// hold their handles).
-pub fn timer(name: &'static str) -> Histogram {
-    metrics::histogram!(name)
 }
 
 /// Milliseconds since `start`, as timers record them.
