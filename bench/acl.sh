@@ -45,22 +45,10 @@ done
 BIN=${BIN:-"$ROOT/target/release/proconsul"}
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/acl_bench.XXXXXX")
-AGENT_PID=""
-stop_agent() {
-  [ -n "$AGENT_PID" ] || return 0
-  kill -TERM "$AGENT_PID" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 "$AGENT_PID" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$AGENT_PID" 2>/dev/null || true
-  wait "$AGENT_PID" 2>/dev/null || true
-  AGENT_PID=""
-}
-cleanup() { stop_agent; rm -rf "$WORK"; }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+BENCH_NAME=acl_bench
+# shellcheck source=bench/lib/dev_agent.sh
+. "$ROOT/bench/lib/dev_agent.sh"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 MANAGEMENT=$(python3 -c 'import uuid; print(uuid.uuid4())')
 
 # Starts an agent with ACLs on (1) or off (0); sets AGENT_PID, HTTP, DNS_PORT.
@@ -72,23 +60,16 @@ start_agent() {
   else
     echo '{}' >"$config"
   fi
-  "$BIN" agent -dev -log-level=warn -http-port="$http_port" -dns-port="$dns_port" \
-    -serf-lan-port="$(free_port)" -serf-wan-port="$(free_port)" -server-port="$(free_port)" \
-    -config-file="$config" >"$WORK/agent-$acl.log" 2>&1 &
-  AGENT_PID=$!
+  start_dev_agent "$WORK/agent-$acl.log" -http-port="$http_port" -dns-port="$dns_port" \
+    -config-file="$config"
   HTTP="http://127.0.0.1:$http_port"
   DNS_PORT=$dns_port
-  for _ in $(seq 300); do
-    if [ "$acl" = 1 ]; then
-      curl -sf --max-time 1 -H "X-Consul-Token: $MANAGEMENT" "$HTTP/v1/acl/token/self" >/dev/null 2>&1 && return 0
-    else
-      [[ "$(curl -s --max-time 1 "$HTTP/v1/status/leader" 2>/dev/null)" =~ ^\"[^\"]+\"$ ]] && return 0
-    fi
-    sleep 0.1
-  done
-  echo "the agent did not come up; its log:" >&2
-  tail -20 "$WORK/agent-$acl.log" >&2
-  exit 1
+  if [ "$acl" = 1 ]; then
+    wait_for_agent "$WORK/agent-$acl.log" \
+      curl -sf --max-time 1 -o /dev/null -H "X-Consul-Token: $MANAGEMENT" "$HTTP/v1/acl/token/self"
+  else
+    wait_for_agent "$WORK/agent-$acl.log" leader_known "$HTTP"
+  fi
 }
 
 # Registers the catalog, and with ACLs the policies and tokens; prints the token the

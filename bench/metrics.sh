@@ -40,28 +40,16 @@ done
 BIN=${BIN:-"$ROOT/target/release/proconsul"}
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/metrics_bench.XXXXXX")
-AGENT_PID=""
+BENCH_NAME=metrics_bench
+# shellcheck source=bench/lib/dev_agent.sh
+. "$ROOT/bench/lib/dev_agent.sh"
 SCRAPER_PID=""
-stop_agent() {
-  if [ -n "$SCRAPER_PID" ]; then
-    kill "$SCRAPER_PID" 2>/dev/null || true
-    wait "$SCRAPER_PID" 2>/dev/null || true
-    SCRAPER_PID=""
-  fi
-  [ -n "$AGENT_PID" ] || return 0
-  kill -TERM "$AGENT_PID" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 "$AGENT_PID" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$AGENT_PID" 2>/dev/null || true
-  wait "$AGENT_PID" 2>/dev/null || true
-  AGENT_PID=""
+before_stop_agent() {
+  [ -n "$SCRAPER_PID" ] || return 0
+  kill "$SCRAPER_PID" 2>/dev/null || true
+  wait "$SCRAPER_PID" 2>/dev/null || true
+  SCRAPER_PID=""
 }
-cleanup() { stop_agent; rm -rf "$WORK"; }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # Starts an agent with metrics on (1) or off (0); sets AGENT_PID, HTTP, DNS_PORT.
 start_agent() {
@@ -72,19 +60,11 @@ start_agent() {
   else
     echo '{"telemetry": {"filter_default": false}}' >"$config"
   fi
-  "$BIN" agent -dev -log-level=warn -http-port="$http_port" -dns-port="$dns_port" \
-    -serf-lan-port="$(free_port)" -serf-wan-port="$(free_port)" -server-port="$(free_port)" \
-    -config-file="$config" >"$WORK/agent-$on.log" 2>&1 &
-  AGENT_PID=$!
+  start_dev_agent "$WORK/agent-$on.log" -http-port="$http_port" -dns-port="$dns_port" \
+    -config-file="$config"
   HTTP="http://127.0.0.1:$http_port"
   DNS_PORT=$dns_port
-  for _ in $(seq 300); do
-    [[ "$(curl -s --max-time 1 "$HTTP/v1/status/leader" 2>/dev/null)" =~ ^\"[^\"]+\"$ ]] && return 0
-    sleep 0.1
-  done
-  echo "the agent did not come up; its log:" >&2
-  tail -20 "$WORK/agent-$on.log" >&2
-  exit 1
+  wait_for_agent "$WORK/agent-$on.log" leader_known "$HTTP"
 }
 
 seed() {

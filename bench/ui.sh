@@ -39,38 +39,16 @@ done
 BIN=${BIN:-"${CARGO_TARGET_DIR:-$ROOT/target}/release/proconsul"}
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/ui_bench.XXXXXX")
-AGENT_PID=""
-stop_agent() {
-  [ -n "$AGENT_PID" ] || return 0
-  kill -TERM "$AGENT_PID" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 "$AGENT_PID" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$AGENT_PID" 2>/dev/null || true
-  wait "$AGENT_PID" 2>/dev/null || true
-  AGENT_PID=""
-}
-cleanup() { stop_agent; rm -rf "$WORK"; }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BENCH_NAME=ui_bench
+# shellcheck source=bench/lib/dev_agent.sh
+. "$ROOT/bench/lib/dev_agent.sh"
 
 start_agent() {
   local http_port
   http_port=$(free_port)
-  "$BIN" agent -dev -log-level=warn -http-port="$http_port" -dns-port=-1 \
-    -serf-lan-port="$(free_port)" -serf-wan-port="$(free_port)" -server-port="$(free_port)" \
-    >"$WORK/agent.log" 2>&1 &
-  AGENT_PID=$!
+  start_dev_agent "$WORK/agent.log" -http-port="$http_port" -dns-port=-1
   HTTP="http://127.0.0.1:$http_port"
-  for _ in $(seq 300); do
-    [[ "$(curl -s --max-time 1 "$HTTP/v1/status/leader" 2>/dev/null)" =~ ^\"[^\"]+\"$ ]] && return 0
-    sleep 0.1
-  done
-  echo "the agent did not come up; its log:" >&2
-  tail -20 "$WORK/agent.log" >&2
-  exit 1
+  wait_for_agent "$WORK/agent.log" leader_known "$HTTP"
 }
 
 seed() {
