@@ -6,35 +6,24 @@ use std::time::{Duration, Instant};
 use proconsul::client::{
     AgentClient, CacheHit, CatalogRegistration, ClientError, QueryOptions, ServiceRegistration,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use wan::tls;
 
-use crate::support::cluster::{Member, Spec, leader_of};
+use crate::support::cluster::leader_of;
 use crate::support::secs;
-use crate::wan::{server, tls_config};
+use crate::wan::federated_pair;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_typed_client_reads_and_writes_another_datacenter_through_a_local_agent() {
     let dir = tempfile::tempdir().unwrap();
     let ca = tls::create_ca("consul", 30).unwrap();
-    let a = Member::start(server(
-        "a0",
-        "dc1",
-        1,
-        vec![],
-        tls_config(dir.path(), &ca, "a0", "dc1"),
-    ))
-    .await;
-    let b = Member::start(Spec {
-        join_wan: vec![a.wan_addr()],
-        ..server(
-            "b0",
-            "dc2",
-            1,
-            vec![],
-            tls_config(dir.path(), &ca, "b0", "dc2"),
-        )
-    })
+    let (a, b) = federated_pair(
+        dir.path(),
+        &ca,
+        ("a0", "dc1"),
+        ("b0", "dc2"),
+        [Value::Null, Value::Null],
+    )
     .await;
     leader_of(&[&b], 1).await;
     let agent = AgentClient::new(&a.agent.http_addr().unwrap().to_string()).unwrap();

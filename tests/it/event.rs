@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::support::cluster::{Cluster, Member, Spec, leader_of};
 use crate::support::{eventually, secs};
-use crate::wan::{KEY, client_tls, server, tls_config};
+use crate::wan::{KEY, client_tls, federated_pair};
 
 /// Fires `name` with `body` as payload; returns the status and the answer.
 async fn fire(m: &Member, name_and_query: &str, body: &str) -> (u16, String) {
@@ -250,24 +250,13 @@ async fn event_acls_need_write_to_fire_and_read_to_list() {
 async fn an_event_fired_in_dc1_for_dc2_reaches_a_blocking_list_on_a_client_of_dc2() {
     let dir = tempfile::tempdir().unwrap();
     let ca = wan::tls::create_ca("consul", 30).unwrap();
-    let a = Member::start(server(
-        "ev-a0",
-        "dc1",
-        1,
-        vec![],
-        tls_config(dir.path(), &ca, "ev-a0", "dc1"),
-    ))
-    .await;
-    let b = Member::start(Spec {
-        join_wan: vec![a.wan_addr()],
-        ..server(
-            "ev-b0",
-            "dc2",
-            1,
-            vec![],
-            tls_config(dir.path(), &ca, "ev-b0", "dc2"),
-        )
-    })
+    let (a, b) = federated_pair(
+        dir.path(),
+        &ca,
+        ("ev-a0", "dc1"),
+        ("ev-b0", "dc2"),
+        [Value::Null, Value::Null],
+    )
     .await;
     let client = Member::start(Spec {
         name: "ev-b-client".into(),

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::support::cluster::{Member, Spec, leader_of, leader_other_than, servers};
 use crate::support::{eventually, secs};
-use crate::wan::{server, tls_config};
+use crate::wan::{federated_pair, server, tls_config};
 
 /// `PUT /v1/kv/<path>` with `value`; the JSON answer (`true`/`false`).
 async fn put(m: &Member, path: &str, value: &str) -> Value {
@@ -233,24 +233,13 @@ async fn keys_survive_a_restart_from_disk_and_come_back_with_a_snapshot_restore(
 async fn another_datacenters_keys_are_read_and_written_through_dc() {
     let dir = tempfile::tempdir().unwrap();
     let ca = wan::tls::create_ca("consul", 30).unwrap();
-    let a = Member::start(server(
-        "a0",
-        "dc1",
-        1,
-        vec![],
-        tls_config(dir.path(), &ca, "a0", "dc1"),
-    ))
-    .await;
-    let b = Member::start(Spec {
-        join_wan: vec![a.wan_addr()],
-        ..server(
-            "b0",
-            "dc2",
-            1,
-            vec![],
-            tls_config(dir.path(), &ca, "b0", "dc2"),
-        )
-    })
+    let (a, b) = federated_pair(
+        dir.path(),
+        &ca,
+        ("a0", "dc1"),
+        ("b0", "dc2"),
+        [Value::Null, Value::Null],
+    )
     .await;
     leader_of(&[&b], 1).await;
     leader_of(&[&a], 1).await;

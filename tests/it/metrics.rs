@@ -11,9 +11,9 @@ use std::process::{Command, Stdio};
 use hickory_proto::rr::RecordType;
 use serde_json::{Value, json};
 
-use crate::support::cluster::{Member, Spec, leader_of};
+use crate::support::cluster::{Member, leader_of};
 use crate::support::{eventually, secs};
-use crate::wan::{server, tls_config};
+use crate::wan::federated_pair;
 
 /// A Python interpreter with the Prometheus client library, which CI installs.
 fn python_with_prometheus() -> &'static str {
@@ -101,20 +101,16 @@ async fn prometheus(m: &Member) -> Value {
 async fn metrics_come_in_both_formats_and_move_with_their_events() {
     let dir = tempfile::tempdir().unwrap();
     let ca = wan::tls::create_ca("consul", 30).unwrap();
-    let mut config: Value =
-        serde_json::from_str(&tls_config(dir.path(), &ca, "ma0", "metricsa")).unwrap();
-    config["telemetry"] = json!({ "prometheus_retention_time": "30s" });
-    let a = Member::start(server("ma0", "metricsa", 1, vec![], config.to_string())).await;
-    let b = Member::start(Spec {
-        join_wan: vec![a.wan_addr()],
-        ..server(
-            "mb0",
-            "metricsb",
-            1,
-            vec![],
-            tls_config(dir.path(), &ca, "mb0", "metricsb"),
-        )
-    })
+    let (a, b) = federated_pair(
+        dir.path(),
+        &ca,
+        ("ma0", "metricsa"),
+        ("mb0", "metricsb"),
+        [
+            json!({"telemetry": {"prometheus_retention_time": "30s"}}),
+            Value::Null,
+        ],
+    )
     .await;
     leader_of(&[&a], 1).await;
     leader_of(&[&b], 1).await;

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::support::browser::{Browser, screenshot_dir};
 use crate::support::cluster::{Member, Spec, leader_of};
 use crate::support::{TestAgent, eventually, secs};
-use crate::wan::{server, tls_config, wan_status};
+use crate::wan::{federated_pair, wan_status};
 
 /// How long a page may take to show what a test waits for: generous, as the suite runs
 /// on small shared machines; no test measures time.
@@ -262,12 +262,6 @@ async fn internal_ui_endpoints_summarise_services_and_nodes_and_block() {
 }
 
 /// A Member config with the web UI on.
-fn with_ui(config: String) -> String {
-    let mut v: Value = serde_json::from_str(&config).unwrap();
-    v["ui_config"] = json!({"enabled": true});
-    v.to_string()
-}
-
 /// `f` with the browser, off the async worker (DevTools calls block).
 fn in_browser<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
@@ -291,24 +285,13 @@ async fn two_datacenters_in_a_browser_services_health_switching_live_updates_and
     };
     let dir = tempfile::tempdir().unwrap();
     let ca = wan::tls::create_ca("consul", 30).unwrap();
-    let a = Member::start(server(
-        "a0",
-        "dc1",
-        1,
-        vec![],
-        with_ui(tls_config(dir.path(), &ca, "a0", "dc1")),
-    ))
-    .await;
-    let b = Member::start(Spec {
-        join_wan: vec![a.wan_addr()],
-        ..server(
-            "b0",
-            "dc2",
-            1,
-            vec![],
-            tls_config(dir.path(), &ca, "b0", "dc2"),
-        )
-    })
+    let (a, b) = federated_pair(
+        dir.path(),
+        &ca,
+        ("a0", "dc1"),
+        ("b0", "dc2"),
+        [json!({"ui_config": {"enabled": true}}), Value::Null],
+    )
     .await;
     leader_of(&[&a], 1).await;
     leader_of(&[&b], 1).await;

@@ -48,6 +48,32 @@ pub(crate) fn server(name: &str, dc: &str, expect: u32, join: Vec<String>, confi
     }
 }
 
+/// Two one-server datacenters with certificates from `ca` (files in `dir`): `a`
+/// (`(node, datacenter)`) alone, then `b` WAN-joined to it; `extra` adds keys to each
+/// config (`a`'s, then `b`'s; `Value::Null` for none). Leaders are the caller's to wait for.
+pub(crate) async fn federated_pair(
+    dir: &Path,
+    ca: &Pem,
+    a: (&str, &str),
+    b: (&str, &str),
+    extra: [Value; 2],
+) -> (Member, Member) {
+    let config = |(name, dc): (&str, &str), extra: &Value| {
+        let mut c: Value = serde_json::from_str(&tls_config(dir, ca, name, dc)).unwrap();
+        if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+            c.extend(extra.clone());
+        }
+        c.to_string()
+    };
+    let first = Member::start(server(a.0, a.1, 1, vec![], config(a, &extra[0]))).await;
+    let second = Member::start(Spec {
+        join_wan: vec![first.wan_addr()],
+        ..server(b.0, b.1, 1, vec![], config(b, &extra[1]))
+    })
+    .await;
+    (first, second)
+}
+
 /// WAN members alive as `m` sees them, by name.
 pub(crate) async fn wan_alive(m: &Member) -> Vec<String> {
     let list = m.json("/v1/agent/members?wan=1").await;
@@ -431,24 +457,13 @@ async fn catalog_reads_writes_and_dns_reach_another_datacenter_and_fail_fast_whe
     use hickory_proto::rr::RecordType;
     let dir = tempfile::tempdir().unwrap();
     let ca = tls::create_ca("consul", 30).unwrap();
-    let a = Member::start(server(
-        "a0",
-        "dc1",
-        1,
-        vec![],
-        tls_config(dir.path(), &ca, "a0", "dc1"),
-    ))
-    .await;
-    let b = Member::start(Spec {
-        join_wan: vec![a.wan_addr()],
-        ..server(
-            "b0",
-            "dc2",
-            1,
-            vec![],
-            tls_config(dir.path(), &ca, "b0", "dc2"),
-        )
-    })
+    let (a, b) = federated_pair(
+        dir.path(),
+        &ca,
+        ("a0", "dc1"),
+        ("b0", "dc2"),
+        [Value::Null, Value::Null],
+    )
     .await;
     leader_of(&[&b], 1).await;
     // A write sent to dc1 with ?dc=dc2 is applied by dc2's leader.
