@@ -314,10 +314,20 @@ const TELL_DRAIN: usize = 64 * 1024;
 /// then closes: the caller's error then names the cause and the keys that fix it
 /// instead of "connection closed". Bounded by [`TELL_TIMEOUT`] and [`TELL_DRAIN`].
 async fn tell_and_close(stream: &mut TcpStream, why: super::Refused) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let frame = super::refusal_frame(why);
+    let told = tokio::time::timeout(TELL_TIMEOUT, stream.write_all(&frame)).await;
+    if matches!(told, Ok(Ok(()))) {
+        drain_and_close(stream).await;
+    }
+}
+
+/// Ends the connection without a reset: shuts the sending side, then reads (and drops)
+/// what the caller sent, within [`TELL_TIMEOUT`] and [`TELL_DRAIN`], so that what was
+/// sent to it last (a refusal, a TLS alert) is not discarded by its kernel.
+async fn drain_and_close(stream: &mut TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = tokio::time::timeout(TELL_TIMEOUT, async {
-        stream.write_all(&frame).await?;
         stream.shutdown().await?;
         let mut buf = [0u8; 4096];
         let mut drained = 0;
@@ -372,10 +382,19 @@ pub(crate) async fn accept(
             ));
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-            .await
-            .map_err(|_| refuse("TLS handshake failed", "timed out"))?
-            .map_err(|e| refuse("TLS handshake failed", e.to_string()))?;
+        let accepted =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream).into_fallible())
+                .await
+                .map_err(|_| refuse("TLS handshake failed", "timed out"))?;
+        let stream = match accepted {
+            Ok(stream) => stream,
+            Err((e, mut tcp)) => {
+                // rustls sent its alert (a certificate refused after a TLS 1.3
+                // handshake, say): close without resetting, so that the caller reads it.
+                drain_and_close(&mut tcp).await;
+                return Err(refuse("TLS handshake failed", e.to_string()));
+            }
+        };
         // The server config verifies any certificate a caller presents against the CA.
         let proven = stream
             .get_ref()
