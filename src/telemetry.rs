@@ -92,6 +92,7 @@ impl Sampler {
         if !lan.is_server() {
             return;
         }
+        lan.refresh_stale();
         let leader = lan.is_leader();
         metrics::gauge!("server.isLeader").set(if leader { 1.0 } else { 0.0 });
         if let Some(last) = lan.leader_last_contact() {

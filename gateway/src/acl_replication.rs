@@ -43,6 +43,27 @@ enum Kind {
     Tokens,
 }
 
+impl Kind {
+    /// Consul's `leader.replication.acl-<kind>.status`: 1 while the last round
+    /// succeeded, else 0.
+    fn status_series(self) -> &'static str {
+        match self {
+            Kind::Policies => "leader.replication.acl-policies.status",
+            Kind::Roles => "leader.replication.acl-roles.status",
+            Kind::Tokens => "leader.replication.acl-tokens.status",
+        }
+    }
+
+    /// Consul's `leader.replication.acl-<kind>.index`: the primary's index reached.
+    fn index_series(self) -> &'static str {
+        match self {
+            Kind::Policies => "leader.replication.acl-policies.index",
+            Kind::Roles => "leader.replication.acl-roles.index",
+            Kind::Tokens => "leader.replication.acl-tokens.index",
+        }
+    }
+}
+
 /// Where ACL replication stands on this server (`/v1/acl/replication`).
 #[derive(Debug)]
 pub struct AclReplicationStatus {
@@ -187,6 +208,8 @@ async fn follow(
             Ok(index) => {
                 retry = RETRY_MIN;
                 last = index;
+                metrics::gauge!(kind.status_series()).set(1.0);
+                metrics::gauge!(kind.index_series()).set(index as f64);
                 status.update(kind, |k| {
                     k.running = true;
                     k.index = index;
@@ -195,6 +218,7 @@ async fn follow(
             }
             Err(why) => {
                 tracing::warn!(kind = ?kind, source = %source, error = %why, "ACL replication round failed; will retry");
+                metrics::gauge!(kind.status_series()).set(0.0);
                 status.update(kind, |k| {
                     k.last_error = Some(SystemTime::now());
                     k.last_error_message = why;

@@ -189,6 +189,10 @@ struct Inner {
     events: events::Events,
 }
 
+/// `dns.stale_queries`: answers a server gave from a copy older than 5 s.
+static STALE_QUERIES: std::sync::LazyLock<metrics::Counter> =
+    std::sync::LazyLock::new(|| metrics::counter!("dns.stale_queries"));
+
 /// Handle to this agent's datacenter layer. Cheap to clone.
 #[derive(Clone)]
 pub struct Lan {
@@ -638,6 +642,9 @@ impl Lan {
             return None;
         };
         let (mut answer, index) = server.catalog().query(query);
+        if server.consensus().is_stale() {
+            STALE_QUERIES.increment(1);
+        }
         if self.inner.config.acl.is_some() {
             let principal = Principal::from_wire(self.dns_token());
             match server.caller(&principal) {
@@ -649,6 +656,16 @@ impl Lan {
             }
         }
         Some((answer, index))
+    }
+
+    /// Looks again at whether this server's copy is stale (a follower that has not
+    /// heard from a leader for more than 5 s): answers from it then count in
+    /// `dns.stale_queries`. The agent's metrics sampler calls it every 2 s, so that the
+    /// DNS path reads a flag instead of a clock.
+    pub fn refresh_stale(&self) {
+        if let Some(consensus) = self.consensus() {
+            consensus.refresh_stale();
+        }
     }
 
     /// How many nodes, service instances and keys the local catalog copy holds (`None`

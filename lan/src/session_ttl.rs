@@ -21,6 +21,10 @@ const TICK: Duration = Duration::from_secs(1);
 /// Budget of one destroy write; a failed one is tried again at the next tick.
 const DESTROY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// `session_ttl.active`: TTL timers running on this server (the leader; 0 elsewhere).
+static ACTIVE: std::sync::LazyLock<metrics::Gauge> =
+    std::sync::LazyLock::new(|| metrics::gauge!("session_ttl.active"));
+
 /// Deadlines of the sessions with a TTL, by ID: the renewal count they were set at.
 #[derive(Debug, Default)]
 pub(crate) struct Timers {
@@ -67,6 +71,7 @@ pub(crate) async fn run(consensus: Consensus, catalog: Catalog, shutdown: Cancel
         }
         if !consensus.is_leader() {
             timers.clear();
+            ACTIVE.set(0.0);
             continue;
         }
         let sessions: Vec<(String, u64, Duration)> = catalog.read(|s| {
@@ -74,7 +79,9 @@ pub(crate) async fn run(consensus: Consensus, catalog: Catalog, shutdown: Cancel
                 .filter_map(|x| Some((x.id.clone(), x.renewals, x.ttl()?)))
                 .collect()
         });
-        for id in timers.expired(&sessions, Instant::now()) {
+        let expired = timers.expired(&sessions, Instant::now());
+        ACTIVE.set(timers.deadlines.len() as f64);
+        for id in expired {
             let command = Command::Session(SessionWrite::Destroy { id: id.clone() });
             match consensus
                 .write(command, Instant::now() + DESTROY_TIMEOUT)

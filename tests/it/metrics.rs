@@ -156,6 +156,9 @@ async fn metrics_come_in_both_formats_and_move_with_their_events() {
             "consul_runtime_alloc_bytes",
             "consul_api_http",
             "consul_server_isLeader",
+            "consul_raft_fsm_apply",
+            "consul_dns_stale_queries",
+            "consul_session_ttl_active",
         ]
         .into_iter()
         .filter(|n| f.get(*n).is_none())
@@ -177,6 +180,14 @@ async fn metrics_come_in_both_formats_and_move_with_their_events() {
     assert!(!text.contains("consul_raft_apply_total"), "{text}");
     assert_eq!(families["consul_raft_commitTime"]["type"], "summary");
     assert_eq!(families["consul_runtime_alloc_bytes"]["type"], "gauge");
+    // The leader applied its own entries: the state machine's timer counted them.
+    let applied = value(
+        &families,
+        "consul_raft_fsm_apply",
+        "consul_raft_fsm_apply_count",
+        &[],
+    );
+    assert!(applied.is_some_and(|n| n >= 1.0), "{applied:?}");
     // Sampled every two seconds: the leader says so within a few.
     eventually(secs(15), "isLeader 1", || async {
         let f = prometheus(&a).await;

@@ -5,9 +5,12 @@
 //! the prefix (`raft.apply`, `dns.domain_query`); the recorder installed here adds
 //! `metrics_prefix` (`consul`), applies `prefix_filter`, and feeds two sinks:
 //!
-//! - an in-memory one ([`inmem`]) for Consul's JSON, ten-second intervals;
-//! - metrics-exporter-prometheus's recorder for `?format=prometheus` (timers and
-//!   samples as summaries with the 0.5, 0.9 and 0.99 quantiles over ten seconds).
+//! - an in-memory one ([`inmem`]) for Consul's JSON, ten-second intervals; it also
+//!   keeps timers and samples for `?format=prometheus`, as summaries with the 0.5, 0.9
+//!   and 0.99 quantiles over ten to twenty seconds, sharded by thread so that the DNS
+//!   threads timing every query do not contend;
+//! - metrics-exporter-prometheus's recorder for the counters and gauges of
+//!   `?format=prometheus` (atomics; the timers' summaries are appended to its text).
 //!
 //! Timers are recorded in milliseconds, as Consul's. The recorder is per process (as
 //! Consul's): several agents embedded in one process share it, and the first agent's
@@ -132,19 +135,9 @@ pub fn install(config: &TelemetryConfig) -> Arc<Telemetry> {
         .clone()
 }
 
+/// The exporter, for counters and gauges only (timers are the in-memory sink's).
 fn prometheus_recorder() -> PrometheusRecorder {
-    let builder = PrometheusBuilder::new();
-    let builder = match builder.set_quantiles(&[0.5, 0.9, 0.99]) {
-        Ok(b) => b,
-        Err(_) => unreachable!("the quantile list is not empty"),
-    };
-    let builder = match builder.set_bucket_duration(inmem::INTERVAL) {
-        Ok(b) => b,
-        Err(_) => unreachable!("the interval is not zero"),
-    };
-    builder
-        .set_bucket_count(std::num::NonZeroU32::MIN)
-        .build_recorder()
+    PrometheusBuilder::new().build_recorder()
 }
 
 impl Telemetry {
@@ -160,11 +153,12 @@ impl Telemetry {
 
     /// Prometheus's text format (`?format=prometheus`).
     pub fn prometheus(&self) -> String {
-        self.prometheus.render()
+        let mut text = self.prometheus.render();
+        self.inmem.render_prometheus(&mut text);
+        text
     }
 
-    /// Drains the Prometheus summaries' buckets; called every few seconds so that they
-    /// stay bounded between scrapes.
+    /// Moves the recording clock on; called every few seconds.
     pub fn upkeep(&self) {
         inmem::tick();
         self.prometheus.run_upkeep();
@@ -236,15 +230,6 @@ impl metrics::GaugeFn for Both<Gauge, inmem::Series> {
     }
 }
 
-impl metrics::HistogramFn for Both<Histogram, inmem::Series> {
-    fn record(&self, value: f64) {
-        self.prometheus.record(value);
-        if let Some(s) = &self.inmem {
-            metrics::HistogramFn::record(&**s, value);
-        }
-    }
-}
-
 impl metrics::Recorder for Fanout {
     fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
         let name = self.key_name(&key, false);
@@ -256,9 +241,9 @@ impl metrics::Recorder for Fanout {
         self.prometheus.describe_gauge(name, unit, description);
     }
 
-    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+    fn describe_histogram(&self, key: KeyName, _unit: Option<Unit>, description: SharedString) {
         let name = self.key_name(&key, false);
-        self.prometheus.describe_histogram(name, unit, description);
+        self.inmem.describe(name.as_str(), &description);
     }
 
     fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
@@ -285,10 +270,11 @@ impl metrics::Recorder for Fanout {
         let Some(key) = self.key(key, false) else {
             return Histogram::noop();
         };
-        Histogram::from_arc(Arc::new(Both {
-            prometheus: self.prometheus.register_histogram(&key, metadata),
-            inmem: self.inmem.sample(&key),
-        }))
+        let _ = metadata;
+        match self.inmem.sample(&key) {
+            Some(series) => Histogram::from_arc(series),
+            None => Histogram::noop(),
+        }
     }
 }
 
@@ -319,6 +305,21 @@ const KNOWN: &[(&str, Kind, &str)] = &[
         "raft.state.candidate",
         Kind::Counter,
         "Elections this server started.",
+    ),
+    (
+        "raft.fsm.apply",
+        Kind::Timer,
+        "Time to apply one Raft entry to the catalog, in milliseconds.",
+    ),
+    (
+        "raft.rpc.appendEntries",
+        Kind::Timer,
+        "Time a follower took to take in one AppendEntries, in milliseconds.",
+    ),
+    (
+        "rpc.consistentRead",
+        Kind::Timer,
+        "Time to confirm leadership for a consistent read, in milliseconds.",
     ),
     (
         "raft.applied_index",
@@ -437,6 +438,11 @@ const KNOWN: &[(&str, Kind, &str)] = &[
         "Time to answer a reverse DNS query, in milliseconds.",
     ),
     (
+        "dns.stale_queries",
+        Kind::Counter,
+        "DNS answers a server gave from a copy that had not heard from a leader for over 5 s.",
+    ),
+    (
         "catalog.register",
         Kind::Timer,
         "Time of a catalog registration, in milliseconds.",
@@ -452,6 +458,11 @@ const KNOWN: &[(&str, Kind, &str)] = &[
         "Time of a KV write, in milliseconds.",
     ),
     (
+        "txn.read",
+        Kind::Timer,
+        "Time of a read-only transaction, in milliseconds.",
+    ),
+    (
         "txn.apply",
         Kind::Timer,
         "Time of a transaction that writes, in milliseconds.",
@@ -460,6 +471,46 @@ const KNOWN: &[(&str, Kind, &str)] = &[
         "prepared-query.apply",
         Kind::Timer,
         "Time of a prepared query write, in milliseconds.",
+    ),
+    (
+        "session.renew",
+        Kind::Timer,
+        "Time of a session renewal, in milliseconds.",
+    ),
+    (
+        "session_ttl.active",
+        Kind::Gauge,
+        "Session TTL timers the leader runs.",
+    ),
+    (
+        "leader.replication.acl-policies.status",
+        Kind::Gauge,
+        "1 while the last round of ACL policy replication succeeded (a secondary's leader).",
+    ),
+    (
+        "leader.replication.acl-policies.index",
+        Kind::Gauge,
+        "The primary's policy index this datacenter reached.",
+    ),
+    (
+        "leader.replication.acl-roles.status",
+        Kind::Gauge,
+        "1 while the last round of ACL role replication succeeded (a secondary's leader).",
+    ),
+    (
+        "leader.replication.acl-roles.index",
+        Kind::Gauge,
+        "The primary's role index this datacenter reached.",
+    ),
+    (
+        "leader.replication.acl-tokens.status",
+        Kind::Gauge,
+        "1 while the last round of ACL token replication succeeded (a secondary's leader).",
+    ),
+    (
+        "leader.replication.acl-tokens.index",
+        Kind::Gauge,
+        "The primary's token index this datacenter reached.",
     ),
     (
         "acl.apply",
@@ -589,7 +640,8 @@ const LABELLED: &[&str] = &[
     "serf.",
     "memberlist.",
     "rpc.cross-dc",
-    "dns.",
+    "dns.domain_query",
+    "dns.ptr_query",
     "api.http",
     "gateway.",
     "wan.",
@@ -705,7 +757,8 @@ mod tests {
         fanout
             .register_histogram(&Key::from_name("dns.domain_query"), &meta)
             .record(0.5);
-        let text = handle.render();
+        let mut text = handle.render();
+        inmem.render_prometheus(&mut text);
         assert!(
             text.contains("consul_rpc_cross_dc{datacenter=\"dc2\"} 2"),
             "{text}"

@@ -107,6 +107,10 @@ impl From<InstallSnapshot> for Message {
     }
 }
 
+/// `raft.rpc.appendEntries`: a follower's time to take in one AppendEntries.
+static APPEND_ENTRIES: std::sync::LazyLock<metrics::Histogram> =
+    std::sync::LazyLock::new(|| metrics::histogram!("raft.rpc.appendEntries"));
+
 impl Consensus {
     /// Takes in a message from another server: checks it ([`guard`]), hands it to Raft
     /// and returns Raft's answer. A message refused by a check never reaches Raft; the
@@ -117,7 +121,9 @@ impl Consensus {
                 guard::addressed(to, self.id)?;
                 guard::append_entries(&request, self.current_term())?;
                 self.check_committed(&request).await?;
+                let start = std::time::Instant::now();
                 let answer = self.raft.append_entries(request).await;
+                APPEND_ENTRIES.record(start.elapsed().as_secs_f64() * 1000.0);
                 if answer.as_ref().is_ok_and(|a| a.is_success()) {
                     self.heard_from_leader();
                 }

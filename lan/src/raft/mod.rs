@@ -122,6 +122,10 @@ impl Default for RaftTiming {
     }
 }
 
+/// How old a follower's last contact with a leader may be before reads from its copy
+/// count as stale (`dns.stale_queries`), as Consul's.
+pub(crate) const STALE_AFTER: Duration = Duration::from_secs(5);
+
 /// This server's Raft and the catalog it drives. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Consensus {
@@ -130,6 +134,10 @@ pub(crate) struct Consensus {
     /// When this server last heard from a leader (an AppendEntries), for
     /// `X-Consul-LastContact` on followers.
     contact: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// Whether this follower's copy was older than [`STALE_AFTER`] when last looked at
+    /// ([`Consensus::refresh_stale`]): read on every DNS answer, so a flag rather than
+    /// a clock.
+    stale: Arc<std::sync::atomic::AtomicBool>,
     /// Writes on their way into a shared Raft entry ([`batch`]).
     writes: tokio::sync::mpsc::Sender<batch::Pending>,
     /// Followers' acknowledgements of this server's leadership.
@@ -267,6 +275,7 @@ impl Consensus {
                 id,
                 raft,
                 contact: Arc::default(),
+                stale: Arc::default(),
                 writes,
                 acks,
                 leases: Leases::from(&timing),
@@ -474,6 +483,20 @@ impl Consensus {
     /// Notes that a leader was just heard from.
     pub(crate) fn heard_from_leader(&self) {
         *self.contact.lock().expect("contact lock") = Some(Instant::now());
+    }
+
+    /// Looks again at whether this server's copy is stale: a follower that has not
+    /// heard from a leader for more than [`STALE_AFTER`] (Consul's threshold for
+    /// `dns.stale_queries`).
+    pub(crate) fn refresh_stale(&self) {
+        let stale = self.last_contact().is_none_or(|c| c > STALE_AFTER);
+        self.stale
+            .store(stale, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the copy was stale when [`Consensus::refresh_stale`] last looked.
+    pub(crate) fn is_stale(&self) -> bool {
+        self.stale.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Time since the leader was last heard from: zero on the leader, `None` when no

@@ -39,6 +39,10 @@ pub(crate) struct MemLog {
     inner: Arc<Mutex<LogInner>>,
 }
 
+/// `raft.fsm.apply`: time to apply one log entry to the catalog.
+static FSM_APPLY: std::sync::LazyLock<metrics::Histogram> =
+    std::sync::LazyLock::new(|| metrics::histogram!("raft.fsm.apply"));
+
 impl MemLog {
     fn lock(&self) -> std::sync::MutexGuard<'_, LogInner> {
         self.inner.lock().expect("raft log lock poisoned")
@@ -388,7 +392,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             match entry.payload {
                 EntryPayload::Blank => out.push(Vec::new()),
                 EntryPayload::Normal(commands) => {
+                    let start = std::time::Instant::now();
                     out.push(inner.catalog.apply_all(entry.log_id.index, &commands));
+                    FSM_APPLY.record(start.elapsed().as_secs_f64() * 1000.0);
                 }
                 EntryPayload::Membership(m) => {
                     inner.membership = StoredMembership::new(Some(entry.log_id), m);

@@ -128,8 +128,23 @@ impl Server {
         crate::raft::network::resolve(&self.members(), id, node)
     }
 
-    /// Reads on this server, or on the leader when the mode needs the leader.
+    /// Reads on this server, or on the leader when the mode needs the leader. The
+    /// first server to get a read-only transaction times it (`txn.read`).
     pub(crate) async fn read(
+        &self,
+        query: &Query,
+        options: ReadOptions,
+        forwarded: bool,
+    ) -> Result<QueryResult, ReadError> {
+        let start = std::time::Instant::now();
+        let result = self.read_here_or_on_leader(query, options, forwarded).await;
+        if !forwarded && matches!(query, Query::Txn(_)) {
+            metrics::histogram!("txn.read").record(millis_since(start));
+        }
+        result
+    }
+
+    async fn read_here_or_on_leader(
         &self,
         query: &Query,
         options: ReadOptions,
@@ -205,12 +220,17 @@ impl Server {
         let caller = self.read_caller(query, &options.principal)?;
         // One's own token is shown whole, secret included (`/v1/acl/token/self`).
         let own = is_own_token(query, &options.principal);
+        let start = std::time::Instant::now();
         let meta = consensus
             .read_barrier(options.consistency, options.deadline)
             .await?;
+        if options.consistency == Consistency::Consistent {
+            metrics::histogram!("rpc.consistentRead").record(millis_since(start));
+        }
         let (mut answer, index) = catalog
             .query_blocking(query, options.min_index, options.deadline)
             .await;
+
         let filtered = caller.is_some_and(|c| !own && c.filter(&mut answer));
         Ok(QueryResult {
             answer,
@@ -415,7 +435,7 @@ impl Server {
             .write_on_leader(command, deadline, principal, forwarded)
             .await;
         if let Some(name) = timer {
-            metrics::histogram!(name).record(start.elapsed().as_secs_f64() * 1000.0);
+            metrics::histogram!(name).record(millis_since(start));
         }
         written
     }
@@ -767,6 +787,11 @@ impl<R: Relays> rpc::Handler for Handler<R> {
     }
 }
 
+/// Milliseconds since `start`, as timers record them.
+fn millis_since(start: std::time::Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
+}
+
 /// Consul's metric for a write of this kind, if it has one.
 fn write_metric(command: &Command) -> Option<&'static str> {
     match command {
@@ -774,6 +799,7 @@ fn write_metric(command: &Command) -> Option<&'static str> {
         Command::Deregister(_) => Some("catalog.deregister"),
         Command::Kv(_) => Some("kvs.apply"),
         Command::Txn(_) => Some("txn.apply"),
+        Command::Session(catalog::SessionWrite::Renew { .. }) => Some("session.renew"),
         Command::Session(_) => Some("session.apply"),
         Command::SetQuery { .. } | Command::DeleteQuery { .. } => Some("prepared-query.apply"),
         Command::Acl(_) => Some("acl.apply"),
