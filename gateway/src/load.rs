@@ -22,7 +22,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use catalog::{Answer, KvAnswer, Query, TxnOutcome};
+use catalog::{Answer, KvAnswer, KvChange, KvChanges, Query, TxnOutcome};
 use catalog::{Consistency, Principal, QueryResult, ReadOptions};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
@@ -161,6 +161,17 @@ fn items(answer: &Answer) -> usize {
         // A value may be as large as 512 KiB: each KiB counts as an item.
         Answer::Kv(KvAnswer::Entries(v)) => v.iter().map(|e| 1 + e.value.len() / 1024).sum(),
         Answer::Kv(KvAnswer::Keys(v)) => v.len(),
+        Answer::Kv(KvAnswer::Changes(KvChanges::Listed { changes, .. })) => changes
+            .iter()
+            .map(|c| match c {
+                KvChange::Set(e) => 1 + e.value.len() / 1024,
+                KvChange::Deleted { .. } => 1,
+            })
+            .sum(),
+        Answer::Kv(KvAnswer::Changes(KvChanges::Whole { entries, .. })) => {
+            entries.iter().map(|e| 1 + e.value.len() / 1024).sum()
+        }
+        Answer::Kv(KvAnswer::Changes(KvChanges::Unlisted(_))) => 1,
         Answer::Sessions(v) => v.len(),
         Answer::Txn(TxnOutcome::Done(v)) => v.iter().map(|e| 1 + e.value.len() / 1024).sum(),
         Answer::Txn(TxnOutcome::Failed(v)) => v.len(),

@@ -46,7 +46,8 @@ pub use contract::{
     WriteError, Written, deadline_in, remaining_ms,
 };
 pub use kv::{
-    KV_MAX_VALUE_SIZE, KvAnswer, KvEntry, KvRead, KvRefusal, KvReplication, KvWrite, TOMBSTONE_TTL,
+    KV_CHANGES_MAX, KV_CHANGES_MAX_BYTES, KV_MAX_VALUE_SIZE, KvAnswer, KvChange, KvChanges,
+    KvEntry, KvRead, KvRefusal, KvReplication, KvWrite, TOMBSTONE_TTL, Unlisted,
 };
 use query::WaitsOn;
 pub use query::{Answer, Query};

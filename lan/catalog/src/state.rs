@@ -241,6 +241,11 @@ pub struct Snapshot {
     /// Deleted keys and the index each was deleted at.
     #[serde(default)]
     tombstones: Vec<(String, u64)>,
+    /// The newest deletion index whose tombstones are gone. Snapshots written before it
+    /// was kept lack it: the KV index is taken then, which only makes a reader of
+    /// changes compare its whole prefix once.
+    #[serde(default)]
+    kv_reaped: Option<u64>,
     #[serde(default)]
     sessions: Vec<Session>,
     #[serde(default)]
@@ -460,6 +465,9 @@ impl State {
     /// service moves to `index`, so blocking queries on anything wake.
     fn restore(&mut self, index: u64, snapshot: &Snapshot) {
         let mut state = State::from_snapshot(snapshot.clone());
+        // Keys this catalog held and the snapshot does not vanish without tombstones:
+        // the changes after any earlier index cannot be listed.
+        state.kv.reaped = index;
         state.indexes = Indexes {
             nodes: index,
             services: index,
@@ -731,6 +739,7 @@ impl State {
                 .iter()
                 .map(|(k, i)| (k.clone(), *i))
                 .collect(),
+            kv_reaped: Some(self.kv.reaped),
             sessions: self.sessions.by_id.values().cloned().collect(),
             acl: self.acl.to_snapshot(),
             autopilot: self.autopilot.clone(),
@@ -754,6 +763,7 @@ impl State {
                     .map(|e| (e.key.clone(), e))
                     .collect(),
                 tombstones: snapshot.tombstones.into_iter().collect(),
+                reaped: snapshot.kv_reaped.unwrap_or(snapshot.indexes.kv),
             },
             acl: AclTables::from_snapshot(snapshot.acl),
             autopilot: snapshot.autopilot,

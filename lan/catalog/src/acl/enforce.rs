@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::authorizer::{Access, Authorizer};
 use super::rules::Resource;
-use crate::kv::{KvAnswer, KvRead, KvWrite};
+use crate::kv::{KvAnswer, KvChanges, KvRead, KvWrite};
 use crate::query::{Answer, Query};
 use crate::sessions::SessionWrite;
 use crate::state::{Command, State, fold};
@@ -318,6 +318,13 @@ impl Caller {
             }),
             Answer::Kv(KvAnswer::Entries(entries)) => retain(entries, |e| key(&e.key)),
             Answer::Kv(KvAnswer::Keys(keys)) => retain(keys, |k| key(k)),
+            Answer::Kv(KvAnswer::Changes(KvChanges::Listed { changes, .. })) => {
+                retain(changes, |c| key(c.key()))
+            }
+            Answer::Kv(KvAnswer::Changes(KvChanges::Whole { entries, .. })) => {
+                retain(entries, |e| key(&e.key))
+            }
+            Answer::Kv(KvAnswer::Changes(KvChanges::Unlisted(_))) => false,
             Answer::Txn(TxnOutcome::Done(entries)) => retain(entries, |e| key(&e.key)),
             // Secrets are shown to those who may write ACLs (Consul's rule); the tokens
             // themselves to those who may read them (checked before the read).
@@ -359,6 +366,20 @@ pub fn nothing_for(query: &Query) -> Answer {
             read: KvRead::Keys { .. },
             ..
         } => Answer::Kv(KvAnswer::Keys(Vec::new())),
+        // No entry or change shown, and no later index promised.
+        Query::Kv {
+            read: KvRead::Changes { since },
+            ..
+        } => Answer::Kv(KvAnswer::Changes(match since {
+            None => KvChanges::Whole {
+                entries: Vec::new(),
+                kv_index: 0,
+            },
+            Some(since) => KvChanges::Listed {
+                changes: Vec::new(),
+                kv_index: *since,
+            },
+        })),
         Query::Kv { .. } => Answer::Kv(KvAnswer::Entries(Vec::new())),
         Query::Acl(_) => Answer::Acl(crate::acl::AclAnswer::Tokens(Vec::new())),
         Query::Autopilot => Answer::Autopilot(Default::default()),
@@ -549,6 +570,25 @@ mod tests {
         assert!(c.filter(&mut keys));
         let mut untouched = Answer::Kv(KvAnswer::Keys(vec!["pub/a".into()]));
         assert!(!c.filter(&mut untouched), "nothing removed, nothing said");
+        // Changes show neither the entries nor the deletions of keys the caller may not read.
+        let mut changes = Answer::Kv(KvAnswer::Changes(KvChanges::Listed {
+            changes: vec![
+                crate::KvChange::Deleted {
+                    key: "priv/a".into(),
+                    index: 2,
+                },
+                crate::KvChange::Deleted {
+                    key: "pub/b".into(),
+                    index: 3,
+                },
+            ],
+            kv_index: 3,
+        }));
+        assert!(c.filter(&mut changes));
+        assert!(
+            matches!(&changes, Answer::Kv(KvAnswer::Changes(KvChanges::Listed { changes, .. }))
+            if changes.len() == 1 && changes[0].key() == "pub/b")
+        );
         let health = |s: &str| Query::ServiceHealth {
             service: s.into(),
             tags: vec![],

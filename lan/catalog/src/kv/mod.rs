@@ -12,6 +12,9 @@
 //! back. The leader reaps tombstones older than [`TOMBSTONE_TTL`] through the log
 //! ([`KvWrite::Reap`]); a prefix index may go down after that, which Consul's clients
 //! already handle (they restart at index 0).
+//!
+//! Entries and tombstones together also answer "what changed under this prefix after
+//! index I" ([`changes`]).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -20,6 +23,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::state::{ApplyError, State};
+
+mod changes;
+
+pub use changes::{KV_CHANGES_MAX, KV_CHANGES_MAX_BYTES, KvChange, KvChanges, Unlisted};
 
 /// The largest value, in bytes (Consul's `kv_max_value_size` default).
 pub const KV_MAX_VALUE_SIZE: usize = 512 * 1024;
@@ -161,6 +168,16 @@ pub enum KvRead {
         /// Where to cut keys, if anywhere.
         separator: Option<String>,
     },
+    /// What changed under the prefix after index `since`: entries modified and keys
+    /// deleted, oldest first, or with no `since` the whole prefix (KV replication's
+    /// reads of its source). Either comes with the KV table's index it is as of, to ask
+    /// from next. Answered with the prefix's index, as [`KvRead::Tree`] is, so a
+    /// blocking read wakes on the same changes; or, when the changes after `since` are
+    /// reaped, with the reap mark if later, so that it wakes for that too.
+    Changes {
+        /// Changes at or before this index are left out; `None` asks for every entry.
+        since: Option<u64>,
+    },
 }
 
 /// The answer to a KV read.
@@ -170,6 +187,8 @@ pub enum KvAnswer {
     Entries(Vec<KvEntry>),
     /// Keys, in order, without duplicates.
     Keys(Vec<String>),
+    /// For [`KvRead::Changes`].
+    Changes(KvChanges),
 }
 
 /// Which keys a datacenter copies from another one (KV replication): every key under one
@@ -234,6 +253,10 @@ pub(super) struct Kv {
     pub(super) entries: BTreeMap<String, KvEntry>,
     /// Deleted keys and the index each was deleted at.
     pub(super) tombstones: BTreeMap<String, u64>,
+    /// The newest deletion index whose tombstones are gone: reaped, or lost when a
+    /// snapshot was restored (at that index). The changes after an index at or past it
+    /// can be listed in full; those after an earlier one cannot.
+    pub(super) reaped: u64,
 }
 
 /// The keys of `map` that start with `prefix`, in order.
@@ -347,6 +370,7 @@ impl State {
             }
             KvWrite::Reap { up_to } => {
                 self.kv.tombstones.retain(|_, deleted| *deleted > *up_to);
+                self.kv.reaped = self.kv.reaped.max(*up_to);
                 Ok(())
             }
         }
@@ -387,6 +411,28 @@ impl State {
                 }
                 let newest = entries.iter().map(|e| e.modify_index).max();
                 (KvAnswer::Keys(keys), self.prefix_index_of(key, newest))
+            }
+            KvRead::Changes { since: None } => {
+                let entries: Vec<KvEntry> = under(&self.kv.entries, key)
+                    .map(|(_, e)| e.clone())
+                    .collect();
+                let index = self.prefix_index(key, &entries);
+                let whole = KvChanges::Whole {
+                    entries,
+                    kv_index: self.indexes.kv,
+                };
+                (KvAnswer::Changes(whole), index)
+            }
+            KvRead::Changes { since: Some(since) } => {
+                let (changes, newest) = self.kv_changes(key, *since);
+                let mut index = self.prefix_index_of(key, newest);
+                // Keys gone with a restore (or tombstones reaped) may leave the prefix's
+                // index behind: a reader waiting past it hears at once that its changes
+                // cannot be listed.
+                if let KvChanges::Unlisted(Unlisted::Reaped { up_to }) = &changes {
+                    index = index.max(*up_to);
+                }
+                (KvAnswer::Changes(changes), index)
             }
         };
         (answer, index.max(1))
