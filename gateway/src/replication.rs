@@ -1,23 +1,36 @@
 //! KV replication: the leader of a datacenter keeps a copy of another datacenter's keys
 //! under some prefixes (what Consul leaves to the separate consul-replicate daemon).
 //!
-//! For each prefix the leader follows the source datacenter with blocking reads of the
-//! prefix (over the WAN, through this gateway), compares what the source holds with its
-//! own copy, and writes the differences (sets and deletes, never a key outside the
-//! prefix or under an excluded one) as [`Command::KvReplicate`] entries, in key order.
-//! A comparison is idempotent, so a leader that starts (after a restart, a partition or
-//! a leadership change) begins with one full comparison and then follows from the index
-//! it reached; an index that goes backwards (the source restored a snapshot or reaped
-//! tombstones) starts over at 0. Other writes to the copied keys are refused by the
-//! leader ([`catalog::KvReplication::refusal`]).
+//! For each prefix the leader follows the source datacenter over the WAN, through this
+//! gateway, and writes what it learns (sets and deletes, never a key outside the prefix
+//! or under an excluded one) as [`Command::KvReplicate`] entries. Rounds are of two
+//! kinds, both reads of [`KvRead::Changes`]:
+//!
+//! ```text
+//!   no index yet ──▶ full round: the whole prefix + the source's KV index K
+//!        ▲              compare with the local copy, write the differences (key order)
+//!        │              │
+//!        │              ▼
+//!        └─ unlisted ─ incremental round: blocking read of what changed after K
+//!           (reaped,     (entries set, keys deleted), written in index order;
+//!            behind,     K moves to the index the source listed them at
+//!            too many)
+//! ```
+//!
+//! The source says when it cannot list the changes completely (it has reaped tombstones
+//! of deletions after K, restored a snapshot, is behind K, or more changed than one
+//! answer carries); the follower then does a full round. A full round is idempotent, so a
+//! leader that starts (after a restart, a partition or a leadership change) begins with
+//! one and then follows from the index it reached. Other writes to the copied keys are
+//! refused by the leader ([`catalog::KvReplication::refusal`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use catalog::{
-    Answer, Command, Consistency, KvAnswer, KvEntry, KvRead, KvReplication, KvWrite, Principal,
-    Query, ReadOptions,
+    Answer, Command, Consistency, KvAnswer, KvChange, KvChanges, KvEntry, KvRead, KvReplication,
+    KvWrite, Principal, Query, ReadOptions, Unlisted,
 };
 use serde::Serialize;
 use tokio::time::Instant;
@@ -55,10 +68,17 @@ pub struct PrefixStatus {
     /// The source's index this copy is at (0 before the first round, and on a server
     /// that does not lead).
     pub replicated_index: u64,
-    /// Keys under the prefix at the last round.
+    /// Keys the copy holds under the prefix (outside the exclusions) after the last
+    /// round.
     pub keys: usize,
     /// Keys written or deleted since this server started replicating.
     pub writes: u64,
+    /// Rounds that read and compared the whole prefix since this server started
+    /// replicating (the first after gaining leadership, and each time the source could
+    /// not list its changes).
+    pub full_rounds: u64,
+    /// Rounds that applied only the source's changes.
+    pub incremental_rounds: u64,
     /// When the last round ended well (RFC 3339), if one did.
     pub last_success: Option<String>,
     /// Why the last failed round failed, if the last round failed.
@@ -138,11 +158,12 @@ async fn follow(
     status: Arc<KvReplicationStatus>,
     shutdown: CancellationToken,
 ) {
-    let mut last = 0;
+    // The source's KV index the copy is in line with; `None` until a full round.
+    let mut last = None;
     let mut retry = RETRY_MIN;
     loop {
         if !gateway.lan().is_leader() {
-            last = 0;
+            last = None;
             status.update(&prefix, |p| {
                 p.running = false;
                 p.replicated_index = 0;
@@ -159,12 +180,19 @@ async fn follow(
         match round {
             Ok(done) => {
                 retry = RETRY_MIN;
-                last = done.index;
+                last = Some(done.index);
                 status.update(&prefix, |p| {
                     p.running = true;
                     p.replicated_index = done.index;
-                    p.keys = done.keys;
+                    if let Some(keys) = done.keys {
+                        p.keys = keys;
+                    }
                     p.writes += done.writes as u64;
+                    if done.full {
+                        p.full_rounds += 1;
+                    } else {
+                        p.incremental_rounds += 1;
+                    }
                     p.last_success = Some(catalog::clock::rfc3339(SystemTime::now()));
                     p.last_error = None;
                 });
@@ -187,52 +215,149 @@ async fn follow(
 
 /// What one round did.
 struct Round {
+    /// The source's KV index the copy is now in line with.
     index: u64,
-    keys: usize,
+    /// Keys the copy holds, when the round counted them (`None`: as before).
+    keys: Option<usize>,
     writes: usize,
+    /// Whether the round compared the whole prefix.
+    full: bool,
 }
 
-/// Waits for the source's prefix to move past `last` (or for the wait to end), then
-/// brings the local copy in line with it.
+/// Brings the local copy in line with the source: from the changes after `last` when
+/// the source can list them (waiting for one), else by comparing the whole prefix.
 async fn round(
     gateway: &Gateway,
     config: &KvReplication,
     prefix: &str,
-    last: u64,
+    last: Option<u64>,
 ) -> Result<Round, String> {
+    if let Some(since) = last {
+        match incremental(gateway, config, prefix, since).await? {
+            Ok(done) => return Ok(done),
+            Err(why) => {
+                tracing::debug!(prefix = %prefix, source = %config.source, reason = %why, "KV replication compares the whole prefix");
+            }
+        }
+    }
+    full(gateway, config, prefix).await
+}
+
+/// A read of `prefix` in the source datacenter: of every entry, at once; or of what
+/// changed after `since`, once something did (or the wait ends).
+async fn read_source(
+    gateway: &Gateway,
+    config: &KvReplication,
+    prefix: &str,
+    since: Option<u64>,
+) -> Result<KvChanges, String> {
     let query = Query::Kv {
         key: prefix.to_owned(),
-        read: KvRead::Tree,
+        read: KvRead::Changes { since },
     };
     let options = ReadOptions {
         consistency: Consistency::Default,
-        min_index: last,
+        // A prefix's index is never below 1, so waiting past 1 waits for a first write
+        // to a source that has none yet.
+        min_index: since.map_or(0, |i| i.max(1)),
         deadline: Instant::now() + FOLLOW_WAIT,
         max_stale: None,
         principal: Principal::Agent,
     };
-    let source = gateway
+    let answer = gateway
         .read(Some(&config.source), &query, options)
         .await
-        .map_err(|e| format!("reading {prefix:?} in {}: {e}", config.source))?;
-    let index = source.index;
-    let source = entries(source.answer)?;
-    let local_options = ReadOptions {
+        .map_err(|e| format!("reading {prefix:?} in {}: {e}", config.source))?
+        .answer;
+    match answer {
+        Answer::Kv(KvAnswer::Changes(changes)) => Ok(changes),
+        other => Err(format!(
+            "unexpected answer to a read of KV changes: {other:?}"
+        )),
+    }
+}
+
+/// Applies what changed in the source after `since`, or says why it cannot be listed.
+async fn incremental(
+    gateway: &Gateway,
+    config: &KvReplication,
+    prefix: &str,
+    since: u64,
+) -> Result<Result<Round, Unlisted>, String> {
+    let (changes, kv_index) = match read_source(gateway, config, prefix, Some(since)).await? {
+        KvChanges::Listed { changes, kv_index } => (changes, kv_index),
+        KvChanges::Unlisted(why) => return Ok(Err(why)),
+        KvChanges::Whole { .. } => {
+            return Err("the source answered a read of changes with every entry".into());
+        }
+    };
+    let (writes, keys_changed) = changes_to_writes(config, since, changes);
+    let count = writes.len();
+    write_copy(gateway, prefix, writes).await?;
+    let keys = if keys_changed {
+        Some(count_copy(gateway, config, prefix).await?)
+    } else {
+        None
+    };
+    Ok(Ok(Round {
+        index: since.max(kv_index),
+        keys,
+        writes: count,
+        full: false,
+    }))
+}
+
+/// Reads the whole prefix in the source and brings the local copy in line with it.
+async fn full(gateway: &Gateway, config: &KvReplication, prefix: &str) -> Result<Round, String> {
+    let (source, kv_index) = match read_source(gateway, config, prefix, None).await? {
+        KvChanges::Whole { entries, kv_index } => (entries, kv_index),
+        other => {
+            return Err(format!(
+                "unexpected answer to a read of the whole prefix: {other:?}"
+            ));
+        }
+    };
+    let local = match gateway
+        .lan()
+        .read(&tree(prefix), local_options())
+        .await
+        .map_err(|e| format!("reading the local copy of {prefix:?}: {e}"))?
+        .answer
+    {
+        Answer::Kv(KvAnswer::Entries(e)) => e,
+        other => return Err(format!("unexpected answer to a KV read: {other:?}")),
+    };
+    let writes = differences(config, &source, &local);
+    let keys = source.iter().filter(|e| config.covers(&e.key)).count();
+    let count = writes.len();
+    write_copy(gateway, prefix, writes).await?;
+    Ok(Round {
+        index: kv_index,
+        keys: Some(keys),
+        writes: count,
+        full: true,
+    })
+}
+
+fn tree(prefix: &str) -> Query {
+    Query::Kv {
+        key: prefix.to_owned(),
+        read: KvRead::Tree,
+    }
+}
+
+fn local_options() -> ReadOptions {
+    ReadOptions {
         consistency: Consistency::Default,
         min_index: 0,
         deadline: Instant::now() + LOCAL_TIMEOUT,
         max_stale: None,
         principal: Principal::Agent,
-    };
-    let local = gateway
-        .lan()
-        .read(&query, local_options)
-        .await
-        .map_err(|e| format!("reading the local copy of {prefix:?}: {e}"))?;
-    let local = entries(local.answer)?;
-    let writes = differences(config, &source, &local);
-    let keys = source.iter().filter(|e| config.covers(&e.key)).count();
-    let count = writes.len();
+    }
+}
+
+/// Writes `writes` to the local copy, in order, in bounded log entries.
+async fn write_copy(gateway: &Gateway, prefix: &str, writes: Vec<KvWrite>) -> Result<(), String> {
     for chunk in chunks(writes) {
         gateway
             .lan()
@@ -244,18 +369,64 @@ async fn round(
             .await
             .map_err(|e| format!("writing the copy of {prefix:?}: {e}"))?;
     }
-    Ok(Round {
-        index,
-        keys,
-        writes: count,
-    })
+    Ok(())
 }
 
-fn entries(answer: Answer) -> Result<Vec<KvEntry>, String> {
-    match answer {
-        Answer::Kv(KvAnswer::Entries(e)) => Ok(e),
+/// How many keys the local copy holds under `prefix`, outside the exclusions.
+async fn count_copy(
+    gateway: &Gateway,
+    config: &KvReplication,
+    prefix: &str,
+) -> Result<usize, String> {
+    let query = Query::Kv {
+        key: prefix.to_owned(),
+        read: KvRead::Keys { separator: None },
+    };
+    match gateway
+        .lan()
+        .read(&query, local_options())
+        .await
+        .map_err(|e| format!("counting the local copy of {prefix:?}: {e}"))?
+        .answer
+    {
+        Answer::Kv(KvAnswer::Keys(keys)) => Ok(keys.iter().filter(|k| config.covers(k)).count()),
         other => Err(format!("unexpected answer to a KV read: {other:?}")),
     }
+}
+
+/// The writes that apply the source's `changes` after `since` (oldest first) to a copy
+/// in line with the source at `since`, for the keys `config` copies, in the same order;
+/// and whether the set of copied keys may have changed (a key deleted, or created after
+/// `since`), so that it needs counting again.
+fn changes_to_writes(
+    config: &KvReplication,
+    since: u64,
+    changes: Vec<KvChange>,
+) -> (Vec<KvWrite>, bool) {
+    let mut keys_changed = false;
+    let writes = changes
+        .into_iter()
+        .filter(|c| config.covers(c.key()))
+        .map(|c| match c {
+            KvChange::Set(e) => {
+                // A key that existed at `since` and was deleted and created again since
+                // has a newer CreateIndex too: only a key with an older one surely was
+                // in the copy all along.
+                keys_changed |= e.create_index > since;
+                KvWrite::Set {
+                    key: e.key,
+                    value: e.value,
+                    flags: e.flags,
+                    cas: None,
+                }
+            }
+            KvChange::Deleted { key, .. } => {
+                keys_changed = true;
+                KvWrite::Delete { key, cas: None }
+            }
+        })
+        .collect();
+    (writes, keys_changed)
 }
 
 /// The writes that make `local` hold what `source` holds, for the keys `config` copies:
@@ -370,6 +541,60 @@ mod tests {
                 ("config/gone", false)
             ]
         );
+    }
+
+    #[test]
+    fn changes_become_writes_in_their_order_for_the_copied_keys_only() {
+        let set = |key: &str, create: u64, modify: u64| {
+            KvChange::Set(KvEntry {
+                create_index: create,
+                modify_index: modify,
+                ..entry(key, "v", 3)
+            })
+        };
+        let deleted = |key: &str, index: u64| KvChange::Deleted {
+            key: key.into(),
+            index,
+        };
+        let changes = vec![
+            set("config/b", 2, 11),
+            deleted("config/a", 12),
+            set("config/local/x", 13, 13),
+            deleted("config/local/y", 14),
+            set("config/a", 15, 15),
+        ];
+        let (writes, keys_changed) = changes_to_writes(&config(), 10, changes);
+        assert_eq!(
+            writes,
+            [
+                KvWrite::Set {
+                    key: "config/b".into(),
+                    value: b"v".to_vec(),
+                    flags: 3,
+                    cas: None
+                },
+                KvWrite::Delete {
+                    key: "config/a".into(),
+                    cas: None
+                },
+                KvWrite::Set {
+                    key: "config/a".into(),
+                    value: b"v".to_vec(),
+                    flags: 3,
+                    cas: None
+                },
+            ]
+        );
+        assert!(keys_changed);
+        // Changes of keys the copy held all along leave its keys as they were.
+        let (writes, keys_changed) = changes_to_writes(&config(), 10, vec![set("config/b", 2, 11)]);
+        assert_eq!(writes.len(), 1);
+        assert!(!keys_changed);
+        // A key created after the index is new to the copy; so is one deleted.
+        assert!(changes_to_writes(&config(), 10, vec![set("config/n", 11, 11)]).1);
+        assert!(changes_to_writes(&config(), 10, vec![deleted("config/b", 11)]).1);
+        // Excluded keys count for nothing.
+        assert!(!changes_to_writes(&config(), 10, vec![deleted("config/local/y", 11)]).1);
     }
 
     #[test]

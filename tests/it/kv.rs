@@ -813,6 +813,17 @@ async fn kv_replication_copies_a_prefix_through_loss_and_a_partition_and_nothing
         }
     }
     replicated_equal(&a, &b, "the copy under loss").await;
+    // After the first full comparison, rounds move only what changed, deletions included.
+    eventually(secs(30), "the copy's status after the changes", || async {
+        let p = b.json("/v1/operator/kv-replication").await["Prefixes"][0].clone();
+        let incremental = p["IncrementalRounds"].as_u64().unwrap_or(0);
+        if p["Keys"] == 6 && p["FullRounds"] == 1 && incremental > 0 {
+            Ok(())
+        } else {
+            Err(format!("{p}"))
+        }
+    })
+    .await;
 
     // A 30 s partition: dc1 keeps changing; dc2 catches up after the heal.
     a.wan_proxy.as_ref().unwrap().block([b.ip]);
@@ -835,6 +846,77 @@ async fn kv_replication_copies_a_prefix_through_loss_and_a_partition_and_nothing
         "nothing outside the copied keys changed"
     );
     assert_eq!(entry(&b, "other/not-copied", "").await, None);
+    a.agent.stop(false).await;
+    b.agent.stop(false).await;
+}
+
+/// Deleted keys the source can no longer list (here: a snapshot restore takes them away
+/// without tombstones) send the copy back to a full comparison, which removes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_replication_compares_the_whole_prefix_when_the_source_cannot_list_its_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = wan::tls::create_ca("consul", 30).unwrap();
+    let a = Member::start(server(
+        "a0",
+        "dc1",
+        1,
+        vec![],
+        tls_config(dir.path(), &ca, "a0", "dc1"),
+    ))
+    .await;
+    let mut config: Value =
+        serde_json::from_str(&tls_config(dir.path(), &ca, "b0", "dc2")).unwrap();
+    config["kv_replication"] = json!({
+        "source_datacenter": "dc1",
+        "prefixes": ["config/"],
+        "exclude": ["config/local/"],
+    });
+    let b = Member::start(Spec {
+        join_wan: vec![a.wan_addr()],
+        ..server("b0", "dc2", 1, vec![], config.to_string())
+    })
+    .await;
+    leader_of(&[&a], 1).await;
+    leader_of(&[&b], 1).await;
+    assert_eq!(put(&a, "config/a", "1").await, true);
+    replicated_equal(&a, &b, "the first copy").await;
+    let snapshot = a.get("/v1/snapshot").await;
+    assert_eq!(snapshot.status, 200);
+
+    // A key set and one deleted after the first copy: listed by the source.
+    assert_eq!(put(&a, "config/b", "2").await, true);
+    assert_eq!(put(&a, "config/c", "3").await, true);
+    let r = a.call(Method::DELETE, "/v1/kv/config/a", "").await;
+    assert_eq!(r.status, 200);
+    replicated_equal(&a, &b, "the copy after a delete").await;
+    assert_eq!(entry(&b, "config/a", "").await, None);
+    let rounds = |status: Value| {
+        let p = &status["Prefixes"][0];
+        (p["FullRounds"].as_u64(), p["Keys"].as_u64())
+    };
+    eventually(secs(30), "one full round, two keys", || async {
+        let status = b.json("/v1/operator/kv-replication").await;
+        match rounds(status.clone()) {
+            (Some(1), Some(2)) => Ok(()),
+            _ => Err(status.to_string()),
+        }
+    })
+    .await;
+
+    // The snapshot from before brings config/a back and takes config/b and config/c
+    // away, with no tombstones to list: dc2 compares the whole prefix.
+    let r = a.call(Method::PUT, "/v1/snapshot", &snapshot.body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    replicated_equal(&a, &b, "the copy after the restore").await;
+    assert_eq!(entry(&b, "config/b", "").await, None);
+    eventually(secs(30), "a second full round, one key", || async {
+        let status = b.json("/v1/operator/kv-replication").await;
+        match rounds(status.clone()) {
+            (Some(2), Some(1)) => Ok(()),
+            _ => Err(status.to_string()),
+        }
+    })
+    .await;
     a.agent.stop(false).await;
     b.agent.stop(false).await;
 }
