@@ -22,7 +22,8 @@
 //! read fits before 6, for `y` alone after 7, yet no single point explains `{}`: the set
 //! was `{y}`, then `{x, y}`, then `{x}`. So the checker searches for one order of
 //! everything, Wing and Gong's algorithm with Lowe's memoization (the search Knossos and
-//! Porcupine use): take the operations in order of invocation, linearize any one whose
+//! Porcupine use, in `linearization.rs` with the set as its model): take the operations
+//! in order of invocation, linearize any one whose
 //! invocation precedes every pending completion and whose effect fits the model, cache
 //! each set of linearized operations already explored (the set state is a function of
 //! that set), and backtrack when a completion is reached with its operation still
@@ -48,8 +49,10 @@
 //! [`final_state_problems`] checks the set read after the run against the acknowledged
 //! writes.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+
+use super::linearization::{self, Deepest, Failure, Model, Search};
 
 /// Nanoseconds since the start of the run, from the monotonic clock of the process that
 /// recorded the history.
@@ -173,13 +176,13 @@ pub fn check(history: &[Record]) -> Verdict {
     let (ops, reads) = narrow(history, &ids, &mut verdict);
     verdict.reads_checked = reads.len();
     verdict.ops_searched = ops.len();
-    let mut search = Search::new(ops, reads, ids.names.len());
+    let mut search = Search::new(ops, IdSet::new(reads, ids.names.len()));
     match search.run(SEARCH_BUDGET) {
         Ok(()) => {}
         Err(Failure::Budget) => verdict.problems.push(format!(
             "inconclusive: the linearizability search gave up after {SEARCH_BUDGET} steps"
         )),
-        Err(Failure::NoOrder) => verdict.problems.push(search.explain(history, &ids.names)),
+        Err(Failure::NoOrder) => verdict.problems.push(explain(&search, history, &ids.names)),
     }
     verdict.search_steps = search.steps;
     verdict
@@ -386,18 +389,7 @@ enum Kind {
 }
 
 /// An operation as the search sees it.
-#[derive(Debug, Clone, Copy)]
-struct Lin {
-    kind: Kind,
-    invoke: Nanos,
-    /// Completion of a required operation; for an optional one, the latest point at which
-    /// taking effect still matters.
-    ret: Nanos,
-    /// Must take effect (else: may, within `[invoke, ret]`, or never).
-    required: bool,
-    /// Index of the record in the history.
-    record: usize,
-}
+type Lin = linearization::Lin<Kind>;
 
 struct ReadSet {
     ids: Vec<u32>,
@@ -519,125 +511,26 @@ fn reads_lack(read: &ReadSet, id: u32) -> bool {
     read.ids.binary_search(&id).is_err()
 }
 
-enum Failure {
-    NoOrder,
-    Budget,
-}
-
-/// Wing–Gong–Lowe search over a doubly linked list of call and return events.
-struct Search {
-    ops: Vec<Lin>,
+/// The id set as the search sees it: which ids are present, with their count and the
+/// sum of their hashes, so a read is compared in one step when it differs.
+struct IdSet {
     reads: Vec<ReadSet>,
-    /// Events in time order: `(op, is_return)`; node 0 is the head, the last the tail.
-    events: Vec<(usize, bool)>,
-    next: Vec<usize>,
-    prev: Vec<usize>,
-    call_node: Vec<usize>,
-    ret_node: Vec<Option<usize>>,
     present: Vec<bool>,
     count: usize,
     hash: u64,
-    steps: u64,
-    /// The deepest point reached: how many operations were linearized, the operation
-    /// that could not be placed next, and the set then.
-    deepest: Option<(usize, usize, Vec<u32>)>,
 }
 
-struct Frame {
-    op: usize,
-    changed: bool,
-    max_invoke: Nanos,
-    max_op: Option<usize>,
-}
-
-impl Search {
-    fn new(mut ops: Vec<Lin>, reads: Vec<ReadSet>, ids: usize) -> Search {
-        ops.sort_by_key(|o| (o.invoke, o.record));
-        let mut events: Vec<(Nanos, bool, usize)> = Vec::with_capacity(ops.len() * 2);
-        for (i, o) in ops.iter().enumerate() {
-            events.push((o.invoke, false, i));
-            if o.required {
-                events.push((o.ret, true, i));
-            }
-        }
-        // At equal times calls come first: operations that touch are concurrent.
-        events.sort_unstable();
-        let n = events.len();
-        let mut call_node = vec![0; ops.len()];
-        let mut ret_node = vec![None; ops.len()];
-        let mut nodes = Vec::with_capacity(n + 2);
-        nodes.push((usize::MAX, false));
-        for (k, (_, is_ret, op)) in events.iter().enumerate() {
-            if *is_ret {
-                ret_node[*op] = Some(k + 1);
-            } else {
-                call_node[*op] = k + 1;
-            }
-            nodes.push((*op, *is_ret));
-        }
-        nodes.push((usize::MAX, false));
-        Search {
-            ops,
+impl IdSet {
+    fn new(reads: Vec<ReadSet>, ids: usize) -> IdSet {
+        IdSet {
             reads,
-            events: nodes,
-            next: (1..=n + 1).chain([n + 1]).collect(),
-            prev: [0].into_iter().chain(0..=n).collect(),
-            call_node,
-            ret_node,
             present: vec![false; ids],
             count: 0,
             hash: 0,
-            steps: 0,
-            deepest: None,
         }
     }
 
-    fn tail(&self) -> usize {
-        self.events.len() - 1
-    }
-
-    fn unlink(&mut self, node: usize) {
-        let (p, n) = (self.prev[node], self.next[node]);
-        self.next[p] = n;
-        self.prev[n] = p;
-    }
-
-    fn relink(&mut self, node: usize) {
-        let (p, n) = (self.prev[node], self.next[node]);
-        self.next[p] = node;
-        self.prev[n] = node;
-    }
-
-    /// Applies `op` if the model allows it; returns whether the set changed.
-    fn apply(&mut self, op: usize) -> Option<bool> {
-        match self.ops[op].kind {
-            Kind::Add(id) => Some(self.set(id, true)),
-            Kind::Remove(id) => Some(self.set(id, false)),
-            Kind::Read(r) => {
-                let read = &self.reads[r];
-                let same = read.ids.len() == self.count
-                    && read.hash == self.hash
-                    && read.ids.iter().all(|id| self.present[*id as usize]);
-                same.then_some(false)
-            }
-        }
-    }
-
-    fn undo(&mut self, op: usize, changed: bool) {
-        if !changed {
-            return;
-        }
-        match self.ops[op].kind {
-            Kind::Add(id) => {
-                self.set(id, false);
-            }
-            Kind::Remove(id) => {
-                self.set(id, true);
-            }
-            Kind::Read(_) => {}
-        }
-    }
-
+    /// Puts `id` in or out; whether that changed the set.
     fn set(&mut self, id: u32, present: bool) -> bool {
         let slot = &mut self.present[id as usize];
         if *slot == present {
@@ -653,153 +546,93 @@ impl Search {
         }
         true
     }
+}
 
-    fn run(&mut self, budget: u64) -> Result<(), Failure> {
-        let words = self.ops.len().div_ceil(64);
-        let mut bits = vec![0u64; words];
-        // Words before `full` are all ones.
-        let mut full = 0usize;
-        let mut cache: HashSet<Vec<u64>> = HashSet::new();
-        let mut stack: Vec<Frame> = Vec::new();
-        let mut max_invoke: Nanos = 0;
-        let mut max_op: Option<usize> = None;
-        let mut required_left = self.ops.iter().filter(|o| o.required).count();
-        let tail = self.tail();
-        let mut entry = self.next[0];
-        loop {
-            if required_left == 0 {
-                return Ok(());
-            }
-            self.steps += 1;
-            if self.steps > budget {
-                return Err(Failure::Budget);
-            }
-            let (op, is_ret) = if entry == tail {
-                // Only optional calls were left; cannot happen while a required op is
-                // pending, but backtrack rather than loop.
-                (usize::MAX, true)
-            } else {
-                self.events[entry]
-            };
-            if !is_ret {
-                let o = self.ops[op];
-                let allowed = o.required || max_invoke <= o.ret;
-                if allowed && let Some(changed) = self.apply(op) {
-                    bits[op / 64] |= 1 << (op % 64);
-                    while full < words && bits[full] == u64::MAX {
-                        full += 1;
-                    }
-                    let top = max_op.map_or(op, |m| m.max(op));
-                    let mut key = Vec::with_capacity(4);
-                    key.push(full as u64);
-                    if top / 64 >= full {
-                        key.extend_from_slice(&bits[full..=top / 64]);
-                    }
-                    if cache.insert(key) {
-                        stack.push(Frame {
-                            op,
-                            changed,
-                            max_invoke,
-                            max_op,
-                        });
-                        max_invoke = max_invoke.max(o.invoke);
-                        max_op = Some(top);
-                        self.unlink(self.call_node[op]);
-                        if let Some(r) = self.ret_node[op] {
-                            self.unlink(r);
-                        }
-                        if o.required {
-                            required_left -= 1;
-                        }
-                        entry = self.next[0];
-                        continue;
-                    }
-                    bits[op / 64] &= !(1 << (op % 64));
-                    full = full.min(op / 64);
-                    self.undo(op, changed);
-                }
-                entry = self.next[entry];
-            } else {
-                if op != usize::MAX && self.deepest.as_ref().is_none_or(|d| stack.len() > d.0) {
-                    let state = (0..self.present.len() as u32)
-                        .filter(|id| self.present[*id as usize])
-                        .collect();
-                    self.deepest = Some((stack.len(), op, state));
-                }
-                let Some(frame) = stack.pop() else {
-                    return Err(Failure::NoOrder);
-                };
-                let op = frame.op;
-                self.undo(op, frame.changed);
-                bits[op / 64] &= !(1 << (op % 64));
-                full = full.min(op / 64);
-                max_invoke = frame.max_invoke;
-                max_op = frame.max_op;
-                if let Some(r) = self.ret_node[op] {
-                    self.relink(r);
-                }
-                self.relink(self.call_node[op]);
-                if self.ops[op].required {
-                    required_left += 1;
-                }
-                entry = self.next[self.call_node[op]];
+impl Model for IdSet {
+    type Kind = Kind;
+    /// Whether the operation changed the set.
+    type Undo = bool;
+    /// The ids present.
+    type Snapshot = Vec<u32>;
+
+    fn apply(&mut self, kind: Kind) -> Option<bool> {
+        match kind {
+            Kind::Add(id) => Some(self.set(id, true)),
+            Kind::Remove(id) => Some(self.set(id, false)),
+            Kind::Read(r) => {
+                let read = &self.reads[r];
+                let same = read.ids.len() == self.count
+                    && read.hash == self.hash
+                    && read.ids.iter().all(|id| self.present[*id as usize]);
+                same.then_some(false)
             }
         }
     }
 
-    /// Describes where the search got stuck.
-    fn explain(&self, history: &[Record], names: &[String]) -> String {
-        let Some((depth, op, state)) = &self.deepest else {
-            return "the consistent reads are not linearizable".into();
-        };
-        let stuck = self.ops[*op];
-        let record = &history[stuck.record];
-        let state_names: BTreeSet<String> =
-            state.iter().map(|id| names[*id as usize].clone()).collect();
-        let mut text = format!(
-            "the consistent reads are not linearizable: no order of the operations \
-             explains them. The longest explained prefix has {depth} of {} operations; \
-             then no order places\n  {record}\nwhose window ends before later \
-             operations begin; the set was then {} ids {}",
-            self.ops.len(),
-            state_names.len(),
-            short_set(state_names.iter()),
-        );
-        if let Op::Read(seen) = &record.op {
-            let extra: Vec<&String> = seen.difference(&state_names).collect();
-            let missing: Vec<&String> = state_names.difference(seen).collect();
-            text.push_str(&format!(
-                "\n  the read has {} ids the set lacked: {}\n  and lacks {} ids the set held: {}",
-                extra.len(),
-                short_set(extra.into_iter()),
-                missing.len(),
-                short_set(missing.into_iter())
-            ));
+    fn undo(&mut self, kind: Kind, changed: bool) {
+        if !changed {
+            return;
         }
-        text.push_str("\noperations overlapping it:");
-        let mut overlapping: Vec<&Lin> = self
-            .ops
-            .iter()
-            .filter(|o| o.invoke <= stuck.ret && o.ret >= stuck.invoke && o.record != stuck.record)
-            .collect();
-        overlapping.sort_by_key(|o| o.invoke);
-        for o in overlapping.iter().take(60) {
-            let narrowed = if history[o.record].outcome == Outcome::Unknown {
-                format!(
-                    " (narrowed: {} until {:.6} s)",
-                    if o.required { "required" } else { "optional" },
-                    o.ret as f64 / 1e9
-                )
-            } else {
-                String::new()
-            };
-            text.push_str(&format!("\n  {}{narrowed}", history[o.record]));
+        match kind {
+            Kind::Add(id) => {
+                self.set(id, false);
+            }
+            Kind::Remove(id) => {
+                self.set(id, true);
+            }
+            Kind::Read(_) => {}
         }
-        if overlapping.len() > 60 {
-            text.push_str(&format!("\n  … and {} more", overlapping.len() - 60));
-        }
-        text
     }
+
+    /// The set is a function of which operations were linearized.
+    fn memo(&self) -> Option<u64> {
+        None
+    }
+
+    fn snapshot(&self) -> Vec<u32> {
+        (0..self.present.len() as u32)
+            .filter(|id| self.present[*id as usize])
+            .collect()
+    }
+}
+
+/// Describes where the search got stuck.
+fn explain(search: &Search<IdSet>, history: &[Record], names: &[String]) -> String {
+    let Some(Deepest { depth, op, state }) = &search.deepest else {
+        return "the consistent reads are not linearizable".into();
+    };
+    let stuck = search.ops[*op];
+    let record = &history[stuck.record];
+    let state_names: BTreeSet<String> =
+        state.iter().map(|id| names[*id as usize].clone()).collect();
+    let mut text = format!(
+        "the consistent reads are not linearizable: no order of the operations \
+         explains them. The longest explained prefix has {depth} of {} operations; \
+         then no order places\n  {record}\nwhose window ends before later \
+         operations begin; the set was then {} ids {}",
+        search.ops.len(),
+        state_names.len(),
+        short_set(state_names.iter()),
+    );
+    if let Op::Read(seen) = &record.op {
+        let extra: Vec<&String> = seen.difference(&state_names).collect();
+        let missing: Vec<&String> = state_names.difference(seen).collect();
+        text.push_str(&format!(
+            "\n  the read has {} ids the set lacked: {}\n  and lacks {} ids the set held: {}",
+            extra.len(),
+            short_set(extra.into_iter()),
+            missing.len(),
+            short_set(missing.into_iter())
+        ));
+    }
+    text.push_str("\noperations overlapping it:");
+    text.push_str(&search.overlapping(*op, 60, |i| {
+        (
+            history[i].to_string(),
+            history[i].outcome == Outcome::Unknown,
+        )
+    }));
+    text
 }
 
 #[cfg(test)]
@@ -843,7 +676,7 @@ mod tests {
         let mut v = Verdict::default();
         let ids = Ids::index(history, &mut v.problems);
         let (ops, reads) = narrow(history, &ids, &mut v);
-        let mut s = Search::new(ops, reads, ids.names.len());
+        let mut s = Search::new(ops, IdSet::new(reads, ids.names.len()));
         s.run(SEARCH_BUDGET).is_ok()
     }
 

@@ -3,6 +3,7 @@
 pub mod browser;
 pub mod cluster;
 pub mod history;
+pub mod linearization;
 pub mod netns;
 pub mod process;
 pub mod proxy;

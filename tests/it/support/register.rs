@@ -35,7 +35,8 @@
 //! model.
 //!
 //! **The search** is Wing and Gong's with Lowe's memoization (the one Knossos and
-//! Porcupine use, as in `history.rs`): take the operations in order of invocation,
+//! Porcupine use, in `linearization.rs` with the register as its model, as `history.rs`
+//! uses it with a set): take the operations in order of invocation,
 //! linearize any whose invocation precedes every pending completion and that the model
 //! allows in the current state, cache each (set of linearized operations, state)
 //! already explored, and backtrack when a completion is reached with its operation still
@@ -65,10 +66,11 @@
 //! history is linearizable iff each key's is (linearizability is local), and
 //! [`check_each_key`] checks them one by one.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 pub use super::history::Nanos;
+use super::linearization::{self, Deepest, Failure, Model, Search};
 
 /// What a successful read returned for a present key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,13 +223,13 @@ pub fn check(history: &[Record]) -> Verdict {
         .filter(|r| matches!(r.op, Op::Read(_)) && r.outcome == Outcome::Ok)
         .count();
     verdict.ops_searched = ops.len();
-    let mut search = Search::new(ops);
+    let mut search = Search::new(ops, Register { state: ABSENT });
     match search.run(SEARCH_BUDGET) {
         Ok(()) => {}
         Err(Failure::Budget) => verdict.problems.push(format!(
             "inconclusive: the linearizability search gave up after {SEARCH_BUDGET} steps"
         )),
-        Err(Failure::NoOrder) => verdict.problems.push(search.explain(history, &values)),
+        Err(Failure::NoOrder) => verdict.problems.push(explain(&search, history, &values)),
     }
     verdict.search_steps = search.steps;
     verdict
@@ -463,18 +465,7 @@ enum Kind {
 }
 
 /// An operation as the search sees it.
-#[derive(Debug, Clone, Copy)]
-struct Lin {
-    kind: Kind,
-    invoke: Nanos,
-    /// Completion of a required operation; for an optional one, the latest point at which
-    /// taking effect still matters.
-    ret: Nanos,
-    /// Must take effect (else: may, within `[invoke, ret]`, or never).
-    required: bool,
-    /// Index of the record in the history.
-    record: usize,
-}
+type Lin = linearization::Lin<Kind>;
 
 /// Turns the history into the search's operations (see the module documentation).
 fn narrow(history: &[Record], values: &Values, verdict: &mut Verdict) -> Vec<Lin> {
@@ -548,222 +539,63 @@ fn narrow(history: &[Record], values: &Values, verdict: &mut Verdict) -> Vec<Lin
     ops
 }
 
-enum Failure {
-    NoOrder,
-    Budget,
-}
-
-/// Wing–Gong–Lowe search over a doubly linked list of call and return events.
-struct Search {
-    ops: Vec<Lin>,
-    /// Events in time order: `(op, is_return)`; node 0 is the head, the last the tail.
-    events: Vec<(usize, bool)>,
-    next: Vec<usize>,
-    prev: Vec<usize>,
-    call_node: Vec<usize>,
-    ret_node: Vec<Option<usize>>,
+/// The register as the search sees it: the value it holds.
+struct Register {
     state: State,
-    steps: u64,
-    /// The deepest point reached: how many operations were linearized, the operation
-    /// that could not be placed next, and the state then.
-    deepest: Option<(usize, usize, State)>,
 }
 
-struct Frame {
-    op: usize,
-    before: State,
-    max_invoke: Nanos,
-    max_op: Option<usize>,
-}
+impl Model for Register {
+    type Kind = Kind;
+    /// The state before.
+    type Undo = State;
+    type Snapshot = State;
 
-impl Search {
-    fn new(mut ops: Vec<Lin>) -> Search {
-        ops.sort_by_key(|o| (o.invoke, o.record));
-        let mut events: Vec<(Nanos, bool, usize)> = Vec::with_capacity(ops.len() * 2);
-        for (i, o) in ops.iter().enumerate() {
-            events.push((o.invoke, false, i));
-            if o.required {
-                events.push((o.ret, true, i));
-            }
-        }
-        // At equal times calls come first: operations that touch are concurrent.
-        events.sort_unstable();
-        let n = events.len();
-        let mut call_node = vec![0; ops.len()];
-        let mut ret_node = vec![None; ops.len()];
-        let mut nodes = Vec::with_capacity(n + 2);
-        nodes.push((usize::MAX, false));
-        for (k, (_, is_ret, op)) in events.iter().enumerate() {
-            if *is_ret {
-                ret_node[*op] = Some(k + 1);
-            } else {
-                call_node[*op] = k + 1;
-            }
-            nodes.push((*op, *is_ret));
-        }
-        nodes.push((usize::MAX, false));
-        Search {
-            ops,
-            events: nodes,
-            next: (1..=n + 1).chain([n + 1]).collect(),
-            prev: [0].into_iter().chain(0..=n).collect(),
-            call_node,
-            ret_node,
-            state: ABSENT,
-            steps: 0,
-            deepest: None,
-        }
-    }
-
-    fn unlink(&mut self, node: usize) {
-        let (p, n) = (self.prev[node], self.next[node]);
-        self.next[p] = n;
-        self.prev[n] = p;
-    }
-
-    fn relink(&mut self, node: usize) {
-        let (p, n) = (self.prev[node], self.next[node]);
-        self.next[p] = node;
-        self.prev[n] = node;
-    }
-
-    /// The state after `op`, if the model allows `op` now.
-    fn apply(&self, op: usize) -> Option<State> {
-        match self.ops[op].kind {
+    fn apply(&mut self, kind: Kind) -> Option<State> {
+        let after = match kind {
             Kind::Read(want) => (self.state == want).then_some(self.state),
             Kind::Cas(from, to) => (self.state == from).then_some(to),
             Kind::Refused(from) => (self.state != from).then_some(self.state),
-        }
+        }?;
+        Some(std::mem::replace(&mut self.state, after))
     }
 
-    fn run(&mut self, budget: u64) -> Result<(), Failure> {
-        let words = self.ops.len().div_ceil(64);
-        let mut bits = vec![0u64; words];
-        // Words before `full` are all ones.
-        let mut full = 0usize;
-        let mut cache: HashSet<Vec<u64>> = HashSet::new();
-        let mut stack: Vec<Frame> = Vec::new();
-        let mut max_invoke: Nanos = 0;
-        let mut max_op: Option<usize> = None;
-        let mut required_left = self.ops.iter().filter(|o| o.required).count();
-        let tail = self.events.len() - 1;
-        let mut entry = self.next[0];
-        loop {
-            if required_left == 0 {
-                return Ok(());
-            }
-            self.steps += 1;
-            if self.steps > budget {
-                return Err(Failure::Budget);
-            }
-            let (op, is_ret) = if entry == tail {
-                // Only optional calls were left: backtrack.
-                (usize::MAX, true)
-            } else {
-                self.events[entry]
-            };
-            if !is_ret {
-                let o = self.ops[op];
-                let allowed = o.required || max_invoke <= o.ret;
-                if allowed && let Some(after) = self.apply(op) {
-                    bits[op / 64] |= 1 << (op % 64);
-                    while full < words && bits[full] == u64::MAX {
-                        full += 1;
-                    }
-                    let top = max_op.map_or(op, |m| m.max(op));
-                    let mut key = Vec::with_capacity(4);
-                    key.push(full as u64);
-                    key.push(u64::from(after));
-                    if top / 64 >= full {
-                        key.extend_from_slice(&bits[full..=top / 64]);
-                    }
-                    if cache.insert(key) {
-                        stack.push(Frame {
-                            op,
-                            before: self.state,
-                            max_invoke,
-                            max_op,
-                        });
-                        self.state = after;
-                        max_invoke = max_invoke.max(o.invoke);
-                        max_op = Some(top);
-                        self.unlink(self.call_node[op]);
-                        if let Some(r) = self.ret_node[op] {
-                            self.unlink(r);
-                        }
-                        if o.required {
-                            required_left -= 1;
-                        }
-                        entry = self.next[0];
-                        continue;
-                    }
-                    bits[op / 64] &= !(1 << (op % 64));
-                    full = full.min(op / 64);
-                }
-                entry = self.next[entry];
-            } else {
-                if op != usize::MAX && self.deepest.is_none_or(|d| stack.len() > d.0) {
-                    self.deepest = Some((stack.len(), op, self.state));
-                }
-                let Some(frame) = stack.pop() else {
-                    return Err(Failure::NoOrder);
-                };
-                let op = frame.op;
-                self.state = frame.before;
-                bits[op / 64] &= !(1 << (op % 64));
-                full = full.min(op / 64);
-                max_invoke = frame.max_invoke;
-                max_op = frame.max_op;
-                if let Some(r) = self.ret_node[op] {
-                    self.relink(r);
-                }
-                self.relink(self.call_node[op]);
-                if self.ops[op].required {
-                    required_left += 1;
-                }
-                entry = self.next[self.call_node[op]];
-            }
-        }
+    fn undo(&mut self, _: Kind, before: State) {
+        self.state = before;
     }
 
-    /// Describes where the search got stuck.
-    fn explain(&self, history: &[Record], values: &Values) -> String {
-        let Some((depth, op, state)) = self.deepest else {
-            return "the register's history is not linearizable".into();
-        };
-        let stuck = self.ops[op];
-        let mut text = format!(
-            "the register's history is not linearizable: no order of the operations \
-             explains it. The longest explained prefix has {depth} of {} operations; \
-             then no order places\n  {}\nwhose window ends before later operations \
-             begin; the register then held {}\noperations overlapping it:",
-            self.ops.len(),
-            history[stuck.record],
-            values.name(state),
-        );
-        let mut overlapping: Vec<&Lin> = self
-            .ops
-            .iter()
-            .filter(|o| o.invoke <= stuck.ret && o.ret >= stuck.invoke && o.record != stuck.record)
-            .collect();
-        overlapping.sort_by_key(|o| o.invoke);
-        for o in overlapping.iter().take(40) {
-            let narrowed = if history[o.record].outcome == Outcome::Unknown {
-                format!(
-                    " (narrowed: {} until {:.6} s)",
-                    if o.required { "required" } else { "optional" },
-                    o.ret as f64 / 1e9
-                )
-            } else {
-                String::new()
-            };
-            text.push_str(&format!("\n  {}{narrowed}", history[o.record]));
-        }
-        if overlapping.len() > 40 {
-            text.push_str(&format!("\n  … and {} more", overlapping.len() - 40));
-        }
-        text
+    /// Optional writes make the state more than a function of which operations were
+    /// linearized: the cache keeps it too.
+    fn memo(&self) -> Option<u64> {
+        Some(u64::from(self.state))
     }
+
+    fn snapshot(&self) -> State {
+        self.state
+    }
+}
+
+/// Describes where the search got stuck.
+fn explain(search: &Search<Register>, history: &[Record], values: &Values) -> String {
+    let Some(Deepest { depth, op, state }) = search.deepest else {
+        return "the register's history is not linearizable".into();
+    };
+    let stuck = search.ops[op];
+    let mut text = format!(
+        "the register's history is not linearizable: no order of the operations \
+         explains it. The longest explained prefix has {depth} of {} operations; \
+         then no order places\n  {}\nwhose window ends before later operations \
+         begin; the register then held {}\noperations overlapping it:",
+        search.ops.len(),
+        history[stuck.record],
+        values.name(state),
+    );
+    text.push_str(&search.overlapping(op, 40, |i| {
+        (
+            history[i].to_string(),
+            history[i].outcome == Outcome::Unknown,
+        )
+    }));
+    text
 }
 
 #[cfg(test)]
@@ -813,7 +645,9 @@ mod tests {
         let mut v = Verdict::default();
         let values = Values::index(history, &mut v.problems);
         let ops = narrow(history, &values, &mut v);
-        Search::new(ops).run(SEARCH_BUDGET).is_ok()
+        Search::new(ops, Register { state: ABSENT })
+            .run(SEARCH_BUDGET)
+            .is_ok()
     }
 
     fn has(problems: &[String], text: &str) -> bool {
