@@ -123,6 +123,7 @@ for r in runs:
     print(f"- {r['keys']} keys: SourceDatacenter `{st.get('SourceDatacenter')}`, Prefix `{p.get('Prefix')}`, "
           f"Running {str(p.get('Running')).lower()}, ReplicatedIndex {p.get('ReplicatedIndex')} "
           f"(dc1's index {r['source_index']}), Keys {p.get('Keys')}, Writes {p.get('Writes')}, "
+          f"FullRounds {p.get('FullRounds', '—')}, IncrementalRounds {p.get('IncrementalRounds', '—')}, "
           f"LastError {p.get('LastError') or 'none'}; proxies: {relayed} datagrams relayed, "
           f"{dropped} dropped, at most {late:.1f} ms late")
 PY
