@@ -600,7 +600,8 @@ fn api_context(
             Some(gateway::start_acl_replication(
                 gateway.clone(),
                 primary,
-                acl.replication_token.clone(),
+                // The configuration's, or one a previous run kept (token persistence).
+                lan.tokens().get(lan::TokenKind::Replication),
                 acl.token_replication,
                 &life.tasks,
                 life.core.child_token(),

@@ -17,14 +17,17 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use catalog::acl::{ANONYMOUS_ACCESSOR, ANONYMOUS_SECRET, Authorizer, Caller, Rules};
 use catalog::{Catalog, Principal};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+
+pub use crate::agent_tokens::{TokenKind, Tokens};
 
 /// What a datacenter does when it cannot resolve a token (Consul's `acl.down_policy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -42,7 +45,7 @@ pub enum DownPolicy {
 
 /// The agent's ACL settings (`acl { … }` in its configuration). Its `Debug` form says
 /// which tokens are set, never their values.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct AclConfig {
     /// `default_policy = "allow"` (else deny).
     pub default_allow: bool,
@@ -67,7 +70,43 @@ pub struct AclConfig {
     pub replication_token: Option<String>,
     /// `enable_token_replication`: a secondary copies global tokens too.
     pub token_replication: bool,
+    /// `enable_token_persistence`: the file that keeps the tokens set through
+    /// `PUT /v1/agent/token/:type` across restarts (`<data_dir>/acl-tokens.json`);
+    /// `None` keeps them in memory only.
+    pub token_persistence: Option<PathBuf>,
+    /// `token_min_expiration_ttl`: the shortest life a new token may be given.
+    pub token_min_expiration_ttl: Duration,
+    /// `token_max_expiration_ttl`: the longest life a new token may be given.
+    pub token_max_expiration_ttl: Duration,
 }
+
+impl Default for AclConfig {
+    fn default() -> Self {
+        AclConfig {
+            default_allow: false,
+            down_policy: DownPolicy::default(),
+            key_list: false,
+            token_ttl: Duration::ZERO,
+            agent_token: None,
+            default_token: None,
+            dns_token: None,
+            initial_management: None,
+            primary_datacenter: None,
+            replication_token: None,
+            token_replication: false,
+            token_persistence: None,
+            token_min_expiration_ttl: TOKEN_MIN_EXPIRATION_TTL,
+            token_max_expiration_ttl: TOKEN_MAX_EXPIRATION_TTL,
+        }
+    }
+}
+
+/// The shortest life a token may be given unless `acl.token_min_expiration_ttl` says
+/// otherwise (Consul's server default).
+pub const TOKEN_MIN_EXPIRATION_TTL: Duration = Duration::from_secs(60);
+/// The longest life a token may be given unless `acl.token_max_expiration_ttl` says
+/// otherwise (Consul's server default).
+pub const TOKEN_MAX_EXPIRATION_TTL: Duration = Duration::from_secs(24 * 3600);
 
 impl std::fmt::Debug for AclConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -81,125 +120,8 @@ impl std::fmt::Debug for AclConfig {
             .field("default_token", &shown(&self.default_token))
             .field("dns_token", &shown(&self.dns_token))
             .field("initial_management", &shown(&self.initial_management))
+            .field("token_persistence", &self.token_persistence)
             .finish()
-    }
-}
-
-/// One of the tokens an agent keeps for itself (Consul's `acl.tokens.*` and the types of
-/// `PUT /v1/agent/token/:type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenKind {
-    /// `default`: what requests that present no token act as.
-    Default,
-    /// `agent`: what the agent's own requests present (else the default token).
-    Agent,
-    /// `agent_recovery`: kept, not used (proconsul has no offline agent access).
-    AgentRecovery,
-    /// `replication`: kept, not used by this agent.
-    Replication,
-    /// `config_file_service_registration`: kept, not used by this agent.
-    ConfigFileServiceRegistration,
-    /// `dns`: what DNS questions act as (else the default token).
-    Dns,
-}
-
-/// The tokens this agent uses for itself, changeable while it runs: they start as the
-/// configuration says and `PUT /v1/agent/token/:type` replaces them. Nothing is written
-/// to disk (Consul keeps them only with `acl.enable_token_persistence`). Its `Debug` form
-/// shows which are set, never their values.
-#[derive(Default)]
-pub struct Tokens {
-    slots: RwLock<Slots>,
-}
-
-#[derive(Default)]
-struct Slots {
-    default: Option<String>,
-    agent: Option<String>,
-    agent_recovery: Option<String>,
-    replication: Option<String>,
-    config_file_service_registration: Option<String>,
-    dns: Option<String>,
-}
-
-impl Slots {
-    fn slot(&mut self, kind: TokenKind) -> &mut Option<String> {
-        match kind {
-            TokenKind::Default => &mut self.default,
-            TokenKind::Agent => &mut self.agent,
-            TokenKind::AgentRecovery => &mut self.agent_recovery,
-            TokenKind::Replication => &mut self.replication,
-            TokenKind::ConfigFileServiceRegistration => &mut self.config_file_service_registration,
-            TokenKind::Dns => &mut self.dns,
-        }
-    }
-}
-
-impl std::fmt::Debug for Tokens {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = self.slots.read().unwrap_or_else(|e| e.into_inner());
-        let shown = |t: &Option<String>| t.as_ref().map(|_| "redacted");
-        f.debug_struct("Tokens")
-            .field("default", &shown(&s.default))
-            .field("agent", &shown(&s.agent))
-            .field("agent_recovery", &shown(&s.agent_recovery))
-            .field("replication", &shown(&s.replication))
-            .field(
-                "config_file_service_registration",
-                &shown(&s.config_file_service_registration),
-            )
-            .field("dns", &shown(&s.dns))
-            .finish()
-    }
-}
-
-impl Tokens {
-    /// The tokens the configuration gives (none when ACLs are off).
-    pub fn new(config: Option<&AclConfig>) -> Tokens {
-        let tokens = Tokens::default();
-        if let Some(c) = config {
-            tokens.set(TokenKind::Default, c.default_token.clone());
-            tokens.set(TokenKind::Agent, c.agent_token.clone());
-            tokens.set(TokenKind::Dns, c.dns_token.clone());
-        }
-        tokens
-    }
-
-    /// Replaces one token; an empty one unsets it, as Consul's store does.
-    pub fn set(&self, kind: TokenKind, token: Option<String>) {
-        let mut slots = self.slots.write().unwrap_or_else(|e| e.into_inner());
-        *slots.slot(kind) = token.filter(|t| !t.is_empty());
-    }
-
-    /// One token as set.
-    pub fn get(&self, kind: TokenKind) -> Option<String> {
-        let s = self.slots.read().unwrap_or_else(|e| e.into_inner());
-        match kind {
-            TokenKind::Default => s.default.clone(),
-            TokenKind::Agent => s.agent.clone(),
-            TokenKind::AgentRecovery => s.agent_recovery.clone(),
-            TokenKind::Replication => s.replication.clone(),
-            TokenKind::ConfigFileServiceRegistration => s.config_file_service_registration.clone(),
-            TokenKind::Dns => s.dns.clone(),
-        }
-    }
-
-    /// What the agent's own requests present: the agent token, else the default one
-    /// (Consul's fallback).
-    pub fn agent(&self) -> Option<String> {
-        self.get(TokenKind::Agent)
-            .or_else(|| self.get(TokenKind::Default))
-    }
-
-    /// What requests that present no token act as.
-    pub fn default_token(&self) -> Option<String> {
-        self.get(TokenKind::Default)
-    }
-
-    /// What DNS questions act as: the DNS token, else the default one.
-    pub fn dns(&self) -> Option<String> {
-        self.get(TokenKind::Dns)
-            .or_else(|| self.get(TokenKind::Default))
     }
 }
 
@@ -662,36 +584,6 @@ mod tests {
             settle(&config, Some(None), &remembered, &token).err(),
             Some(AuthError::NotFound),
             "a token the servers do not know"
-        );
-    }
-
-    #[test]
-    fn agent_tokens_change_at_runtime_and_fall_back_to_the_default() {
-        let config = AclConfig {
-            agent_token: Some("a".into()),
-            ..AclConfig::default()
-        };
-        let tokens = Tokens::new(Some(&config));
-        assert_eq!(tokens.agent().as_deref(), Some("a"));
-        assert_eq!(tokens.default_token(), None);
-        tokens.set(TokenKind::Default, Some("d".into()));
-        assert_eq!(
-            tokens.dns().as_deref(),
-            Some("d"),
-            "dns falls back to default"
-        );
-        tokens.set(TokenKind::Agent, Some(String::new()));
-        assert_eq!(
-            tokens.agent().as_deref(),
-            Some("d"),
-            "agent falls back to default"
-        );
-        tokens.set(TokenKind::Dns, Some("n".into()));
-        assert_eq!(tokens.dns().as_deref(), Some("n"));
-        let shown = format!("{tokens:?}");
-        assert!(
-            !shown.contains("\"d\"") && !shown.contains("\"n\""),
-            "{shown}"
         );
     }
 

@@ -34,7 +34,9 @@
 #![warn(missing_docs)]
 
 pub mod acl;
+mod agent_tokens;
 pub use acl::{AclConfig, AuthError, DownPolicy, TokenKind, Tokens};
+pub use agent_tokens::TOKEN_FILE;
 pub use catalog::acl::Caller;
 mod autopilot;
 mod checks;
@@ -50,6 +52,7 @@ mod relay;
 mod rpc;
 mod server;
 mod session_ttl;
+mod token_expiry;
 mod tombstones;
 
 use std::collections::BTreeMap;
@@ -410,6 +413,14 @@ impl Lan {
                     catalog.clone(),
                     shutdown.child_token(),
                 ));
+                if let Some(acl) = &config.acl {
+                    tasks.spawn(token_expiry::run(
+                        consensus.clone(),
+                        catalog.clone(),
+                        acl.clone(),
+                        shutdown.child_token(),
+                    ));
+                }
                 tasks.spawn(session_ttl::run(
                     consensus.clone(),
                     catalog.clone(),

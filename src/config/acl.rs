@@ -10,7 +10,11 @@ use super::problem::{Problem, problem};
 use super::raw::{RawAcl, RawConfig};
 
 /// The ACL settings, checked; `None` when ACLs are off.
-pub(super) fn settings(m: &RawConfig, problems: &mut Vec<Problem>) -> Option<Arc<AclConfig>> {
+pub(super) fn settings(
+    m: &RawConfig,
+    dev: bool,
+    problems: &mut Vec<Problem>,
+) -> Option<Arc<AclConfig>> {
     let acl = m.acl.as_ref()?;
     let before = problems.len();
     let mut fail = |key: &str, what: String| {
@@ -51,6 +55,45 @@ pub(super) fn settings(m: &RawConfig, problems: &mut Vec<Problem>) -> Option<Arc
                 Duration::from_secs(30)
             }
         },
+    };
+    let mut duration = |key: &str, text: &Option<String>, default: Duration| match text {
+        None => default,
+        Some(text) => match catalog::duration::parse(text) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                fail(key, format!("{text:?} is not a positive duration"));
+                default
+            }
+        },
+    };
+    let token_min_expiration_ttl = duration(
+        "token_min_expiration_ttl",
+        &acl.token_min_expiration_ttl,
+        lan::acl::TOKEN_MIN_EXPIRATION_TTL,
+    );
+    let token_max_expiration_ttl = duration(
+        "token_max_expiration_ttl",
+        &acl.token_max_expiration_ttl,
+        lan::acl::TOKEN_MAX_EXPIRATION_TTL,
+    );
+    if token_min_expiration_ttl > token_max_expiration_ttl {
+        fail(
+            "token_min_expiration_ttl",
+            "must not be more than token_max_expiration_ttl".into(),
+        );
+    }
+    // `-dev` keeps nothing on disk, tokens included (as for maintenance and Raft).
+    let data_dir = m.data_dir.as_deref().filter(|d| !d.is_empty() && !dev);
+    let token_persistence = match (acl.enable_token_persistence, data_dir) {
+        (Some(true), Some(dir)) => Some(std::path::Path::new(dir).join(lan::TOKEN_FILE)),
+        (Some(true), None) if !dev => {
+            fail(
+                "enable_token_persistence",
+                "needs data_dir, where the tokens are kept".into(),
+            );
+            None
+        }
+        _ => None,
     };
     let tokens = acl.tokens.clone().unwrap_or_default();
     let initial_management = tokens
@@ -93,6 +136,9 @@ pub(super) fn settings(m: &RawConfig, problems: &mut Vec<Problem>) -> Option<Arc
         primary_datacenter,
         replication_token: tokens.replication.filter(|t| !t.is_empty()),
         token_replication: acl.enable_token_replication.unwrap_or(false),
+        token_persistence,
+        token_min_expiration_ttl,
+        token_max_expiration_ttl,
     }))
 }
 
@@ -114,7 +160,9 @@ pub(super) fn merge(acl: &mut Option<RawAcl>, later: Option<RawAcl>) {
         enable_token_replication,
         token_ttl,
         policy_ttl,
-        role_ttl
+        role_ttl,
+        token_min_expiration_ttl,
+        token_max_expiration_ttl
     );
     if let Some(t) = l.tokens {
         let tokens = a.tokens.get_or_insert_with(Default::default);

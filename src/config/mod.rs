@@ -275,7 +275,7 @@ impl AgentConfig {
         let role = node::role(&m, sources.dev, &mut problems);
         node::check_storage(&m, sources.dev, &mut problems);
         let kv_replication = kv_replication::settings(&m, role.server, &mut problems);
-        let acl = acl::settings(&m, &mut problems);
+        let acl = acl::settings(&m, sources.dev, &mut problems);
         let telemetry = telemetry::settings(&m, &mut problems);
         let autopilot = autopilot::settings(&m, &mut problems);
         let ui = ui::settings(&m, sources.dev, &mut problems);

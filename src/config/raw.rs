@@ -213,6 +213,10 @@ pub struct RawAcl {
     pub token_ttl: Option<String>,
     pub policy_ttl: Option<String>,
     pub role_ttl: Option<String>,
+    /// proconsul's key: the shortest `ExpirationTTL` a token may be given (Consul: 1m, fixed).
+    pub token_min_expiration_ttl: Option<String>,
+    /// proconsul's key: the longest `ExpirationTTL` a token may be given (Consul: 24h, fixed).
+    pub token_max_expiration_ttl: Option<String>,
     pub tokens: Option<RawAclTokens>,
 }
 

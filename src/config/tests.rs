@@ -189,6 +189,24 @@ fn acl_settings_are_read_merged_and_checked() {
         "tokens merge key by key"
     );
     assert_eq!(acl.default_token.as_deref(), Some("d"));
+    assert_eq!(acl.token_min_expiration_ttl, Duration::from_secs(60));
+    assert_eq!(acl.token_max_expiration_ttl, Duration::from_secs(24 * 3600));
+    let persisting = r#"{"acl": {"enabled": true, "enable_token_persistence": true, "token_min_expiration_ttl": "1s"}, "data_dir": "/var/lib/proconsul"}"#;
+    let dev = vec![Layer::new(Origin::Defaults, dev_layer()), layer(persisting)];
+    let acl = AgentConfig::from_layers(&dev, dev_sources())
+        .unwrap()
+        .acl
+        .unwrap();
+    assert_eq!(acl.token_persistence, None, "-dev keeps nothing on disk");
+    assert_eq!(acl.token_min_expiration_ttl, Duration::from_secs(1));
+    let acl = AgentConfig::from_layers(&[layer(persisting)], Sources::default())
+        .unwrap()
+        .acl
+        .unwrap();
+    assert_eq!(
+        acl.token_persistence.as_deref(),
+        Some(std::path::Path::new("/var/lib/proconsul/acl-tokens.json"))
+    );
     let off = vec![
         Layer::new(Origin::Defaults, dev_layer()),
         layer(r#"{"acl": {"default_policy": "deny"}}"#),
@@ -204,6 +222,8 @@ fn acl_settings_are_read_merged_and_checked() {
         r#"{"acl": {"enabled": true, "down_policy": "later"}}"#,
         r#"{"acl": {"enabled": true, "tokens": {"initial_management": "root"}}}"#,
         r#"{"acl": {"enabled": true, "tokenz": {}}}"#,
+        r#"{"acl": {"enabled": true, "token_max_expiration_ttl": "soon"}}"#,
+        r#"{"acl": {"enabled": true, "token_min_expiration_ttl": "2h", "token_max_expiration_ttl": "1h"}}"#,
     ] {
         let text = match parse_layer(Origin::File("t.json".into()), bad) {
             Err(e) => format!("{e:?}"),

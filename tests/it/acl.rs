@@ -48,22 +48,10 @@ async fn create(m: &Member, path: &str, body: Value) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_request_is_decided_by_its_token_on_servers_and_client_agents() {
-    let cluster = Cluster::start(1, |s| s.config = Some(config())).await;
-    let server = cluster.server();
-    let client = &cluster.members[1];
-
-    // The leader makes the management token it was given.
+/// Waits until `m`'s datacenter has a leader that made the initial management token.
+async fn management_ready(m: &Member) {
     eventually(secs(30), "the initial management token", || async {
-        let (status, body) = call(
-            server,
-            Method::GET,
-            "/v1/acl/token/self",
-            Some(MANAGEMENT),
-            "",
-        )
-        .await;
+        let (status, body) = call(m, Method::GET, "/v1/acl/token/self", Some(MANAGEMENT), "").await;
         if status == 200 {
             Ok(())
         } else {
@@ -71,6 +59,16 @@ async fn every_request_is_decided_by_its_token_on_servers_and_client_agents() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_is_decided_by_its_token_on_servers_and_client_agents() {
+    let cluster = Cluster::start(1, |s| s.config = Some(config())).await;
+    let server = cluster.server();
+    let client = &cluster.members[1];
+
+    // The leader makes the management token it was given.
+    management_ready(server).await;
 
     // Bootstrap once; the second is refused with the index of the first.
     let (status, body) = call(server, Method::PUT, "/v1/acl/bootstrap", None, "").await;
@@ -431,16 +429,7 @@ async fn primary_and_secondary(dir: &std::path::Path, dc2_acl: Value) -> (Member
         })
         .await;
     }
-    eventually(secs(30), "the initial management token", || async {
-        let (status, body) =
-            call(&a, Method::GET, "/v1/acl/token/self", Some(MANAGEMENT), "").await;
-        if status == 200 {
-            Ok(())
-        } else {
-            Err(format!("{status} {body}"))
-        }
-    })
-    .await;
+    management_ready(&a).await;
     (a, b)
 }
 
@@ -670,22 +659,7 @@ async fn under_default_allow_only_rules_take_away_and_acls_stay_closed() {
     .to_string();
     let cluster = Cluster::start(1, |s| s.config = Some(config.clone())).await;
     let (server, client) = (cluster.server(), &cluster.members[1]);
-    eventually(secs(30), "the initial management token", || async {
-        let (status, body) = call(
-            server,
-            Method::GET,
-            "/v1/acl/token/self",
-            Some(MANAGEMENT),
-            "",
-        )
-        .await;
-        if status == 200 {
-            Ok(())
-        } else {
-            Err(format!("{status} {body}"))
-        }
-    })
-    .await;
+    management_ready(server).await;
     create(
         server,
         "/v1/acl/policy",
@@ -746,4 +720,248 @@ async fn under_default_allow_only_rules_take_away_and_acls_stay_closed() {
         assert_eq!(r.header("x-consul-results-filtered-by-acls"), Some("true"));
     }
     cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_set_through_the_api_outlive_a_restart_only_with_persistence() {
+    use crate::support::cluster::Spec;
+
+    for persistence in [true, false] {
+        let spec = || Spec {
+            name: "s1".into(),
+            server: true,
+            config: Some(
+                json!({"acl": {
+                    "enabled": true,
+                    "default_policy": "deny",
+                    "enable_token_persistence": persistence,
+                    "tokens": {"initial_management": MANAGEMENT}
+                }})
+                .to_string(),
+            ),
+            ..Spec::default()
+        };
+        let m = Member::start(spec()).await;
+        management_ready(&m).await;
+        create(
+            &m,
+            "/v1/acl/policy",
+            json!({"Name": "read-keys", "Rules": "key_prefix \"\" { policy = \"read\" }"}),
+        )
+        .await;
+        let token = create(
+            &m,
+            "/v1/acl/token",
+            json!({"Policies": [{"Name": "read-keys"}]}),
+        )
+        .await;
+        let secret = token["SecretID"].as_str().unwrap();
+        // Requests without a token act as the default token once it is set.
+        let (status, _) = call(&m, Method::GET, "/v1/kv/x", None, "").await;
+        assert_eq!(status, 403);
+        for kind in ["default", "agent"] {
+            let (status, body) = call(
+                &m,
+                Method::PUT,
+                &format!("/v1/agent/token/{kind}"),
+                Some(MANAGEMENT),
+                &json!({"Token": secret}).to_string(),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+        }
+        let (status, body) = call(&m, Method::GET, "/v1/kv/x", None, "").await;
+        assert_eq!(status, 404, "read as the default token: {body}");
+
+        let file = m.dir.path().join("data").join("acl-tokens.json");
+        assert_eq!(file.exists(), persistence);
+        let Member { agent, dir, .. } = m;
+        agent.stop(false).await;
+        let m = Member::start_in(spec(), dir).await.unwrap();
+        management_ready(&m).await;
+        let (status, body) = call(&m, Method::GET, "/v1/kv/x", None, "").await;
+        let want = if persistence { 404 } else { 403 };
+        assert_eq!(
+            status, want,
+            "persistence {persistence}: the default token after a restart: {body}"
+        );
+        if persistence {
+            let kept: Value =
+                serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+            assert_eq!(kept, json!({"default": secret, "agent": secret}));
+        }
+        m.agent.stop(false).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_live_as_long_as_they_were_given_and_are_then_deleted() {
+    use crate::support::cluster::Spec;
+
+    let m = Member::start(Spec {
+        name: "s1".into(),
+        server: true,
+        config: Some(
+            json!({"acl": {
+                "enabled": true,
+                "default_policy": "deny",
+                "token_min_expiration_ttl": "1s",
+                "token_max_expiration_ttl": "1h",
+                "tokens": {"initial_management": MANAGEMENT}
+            }})
+            .to_string(),
+        ),
+        ..Spec::default()
+    })
+    .await;
+    management_ready(&m).await;
+    create(
+        &m,
+        "/v1/acl/policy",
+        json!({"Name": "ops", "Rules": "operator = \"read\""}),
+    )
+    .await;
+
+    // Consul's refusals, and nothing is created by them.
+    let in_an_hour = catalog::clock::rfc3339_nanos(lan::acl::now_ns() + 3_600_000_000_000);
+    let refused = [
+        (
+            json!({"ExpirationTTL": "2h"}),
+            "ExpirationTime cannot be more than 1h0m0s in the future (was 2h0m0s)",
+        ),
+        (
+            json!({"ExpirationTTL": "10ms"}),
+            "ExpirationTime cannot be less than 1s in the future (was 10ms)",
+        ),
+        (
+            json!({"ExpirationTTL": "-1m"}),
+            "Token Expiration TTL '-1m0s' should be > 0",
+        ),
+        (
+            json!({"ExpirationTTL": "10m", "ExpirationTime": in_an_hour}),
+            "Token Expiration TTL and Expiration Time cannot both be set",
+        ),
+        (
+            json!({"ExpirationTime": "2001-01-01T00:00:00Z"}),
+            "ExpirationTime cannot be before CreateTime",
+        ),
+        (
+            json!({"ExpirationTime": "tomorrow"}),
+            "is not an RFC 3339 time",
+        ),
+    ];
+    for (body, text) in refused {
+        let mut body = body;
+        body["Policies"] = json!([{"Name": "ops"}]);
+        let (status, answer) = call(
+            &m,
+            Method::PUT,
+            "/v1/acl/token",
+            Some(MANAGEMENT),
+            &body.to_string(),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(answer.contains(text), "{body}: {answer}");
+    }
+
+    // An ExpirationTime is kept as given; it cannot be changed by an update.
+    let timed = create(
+        &m,
+        "/v1/acl/token",
+        json!({"Policies": [{"Name": "ops"}], "ExpirationTime": in_an_hour}),
+    )
+    .await;
+    assert_eq!(timed["ExpirationTime"], in_an_hour.as_str());
+    let accessor = timed["AccessorID"].as_str().unwrap();
+    for change in [
+        json!({"ExpirationTTL": "5m"}),
+        json!({"ExpirationTime": catalog::clock::rfc3339_nanos(lan::acl::now_ns() + 600_000_000_000)}),
+    ] {
+        let (status, answer) = call(
+            &m,
+            Method::PUT,
+            &format!("/v1/acl/token/{accessor}"),
+            Some(MANAGEMENT),
+            &change.to_string(),
+        )
+        .await;
+        assert_eq!(status, 400, "{change}: {answer}");
+        assert_eq!(
+            answer,
+            format!("Cannot change expiration time of {accessor}")
+        );
+    }
+    let same = json!({"Description": "renamed", "Policies": [{"Name": "ops"}], "ExpirationTime": in_an_hour});
+    let (status, answer) = call(
+        &m,
+        Method::PUT,
+        &format!("/v1/acl/token/{accessor}"),
+        Some(MANAGEMENT),
+        &same.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "the same time is no change: {answer}");
+
+    // A short-lived token works, then is not found, then the leader deletes it.
+    let short = create(
+        &m,
+        "/v1/acl/token",
+        json!({"Policies": [{"Name": "ops"}], "ExpirationTTL": "2s"}),
+    )
+    .await;
+    let (secret, short_accessor) = (
+        short["SecretID"].as_str().unwrap(),
+        short["AccessorID"].as_str().unwrap(),
+    );
+    let (status, body) = call(&m, Method::GET, "/v1/acl/token/self", Some(secret), "").await;
+    assert!(
+        status == 200 || body == "ACL not found",
+        "works until it expires: {status} {body}"
+    );
+    let r = m.get(&with("/v1/acl/tokens", Some(MANAGEMENT))).await;
+    let created_at: u64 = r.header("x-consul-index").unwrap().parse().unwrap();
+    eventually(secs(30), "the token expires", || async {
+        let (status, body) = call(
+            &m,
+            Method::GET,
+            "/v1/operator/raft/configuration",
+            Some(secret),
+            "",
+        )
+        .await;
+        if (status, body.as_str()) == (403, "ACL not found") {
+            Ok(())
+        } else {
+            Err(format!("{status} {body}"))
+        }
+    })
+    .await;
+    let (status, _) = call(
+        &m,
+        Method::GET,
+        &format!("/v1/acl/token/{short_accessor}"),
+        Some(MANAGEMENT),
+        "",
+    )
+    .await;
+    assert_eq!(status, 404, "an expired token is not found");
+    let r = m.get(&with("/v1/acl/tokens", Some(MANAGEMENT))).await;
+    assert!(!r.body.contains(short_accessor), "nor listed");
+    // Only the deletion writes to the token table now.
+    eventually(secs(30), "the leader deletes the expired token", || async {
+        let r = m.get(&with("/v1/acl/tokens", Some(MANAGEMENT))).await;
+        let index: u64 = r
+            .header("x-consul-index")
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0);
+        if index > created_at {
+            Ok(())
+        } else {
+            Err(format!("index {index}"))
+        }
+    })
+    .await;
+    m.agent.stop(false).await;
 }

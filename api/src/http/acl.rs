@@ -220,9 +220,13 @@ async fn write(
     }
 }
 
+/// The token an answer holds; an expired one is not there (Consul's reads skip them
+/// until the leader deletes them).
 fn one_token(answer: AclAnswer) -> Option<Token> {
     match answer {
-        AclAnswer::Tokens(mut t) if !t.is_empty() => Some(t.remove(0)),
+        AclAnswer::Tokens(mut t) if !t.is_empty() => {
+            Some(t.remove(0)).filter(|t| !t.expired(lan::acl::now_ns()))
+        }
         _ => None,
     }
 }
@@ -462,24 +466,40 @@ async fn token_from_body(
     let local = field(&value, "local")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    if field(&value, "expirationtime").is_some_and(|v| !v.is_null()) {
-        return Err(ApiError::BadRequest(
-            "Token: ExpirationTime is not supported by proconsul; give ExpirationTTL".into(),
-        ));
-    }
-    let ttl = string(&value, "expirationttl", WHAT)?;
+    let ttl = expiration_ttl(&value)?;
+    let time = expiration_time(&value)?;
     let now = lan::acl::now_ns();
-    let expiration_time = if ttl.is_empty() {
-        existing.and_then(|t| t.expiration_time)
-    } else {
-        let d = catalog::duration::parse(&ttl)
-            .map_err(|_| ApiError::BadRequest(format!("Token: invalid ExpirationTTL {ttl:?}")))?;
-        if d < Duration::from_secs(60) || d > Duration::from_secs(24 * 3600) {
-            return Err(ApiError::BadRequest(
-                "Token: ExpirationTTL must be between 1m and 24h".into(),
-            ));
+    let expiration_time = match existing {
+        // Consul: a token's life is fixed when it is created.
+        Some(t) => {
+            let changed = time.is_some_and(|at| t.expiration_time != Some(at));
+            if ttl != 0 || changed {
+                return Err(ApiError::BadRequest(format!(
+                    "Cannot change expiration time of {}",
+                    t.accessor_id
+                )));
+            }
+            t.expiration_time
         }
-        Some(now + u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        None => {
+            if ttl < 0 {
+                return Err(ApiError::BadRequest(format!(
+                    "Token Expiration TTL '-{}' should be > 0",
+                    catalog::duration::format(Duration::from_nanos(ttl.unsigned_abs()))
+                )));
+            }
+            if ttl > 0 && time.is_some() {
+                return Err(ApiError::BadRequest(
+                    "Token Expiration TTL and Expiration Time cannot both be set".into(),
+                ));
+            }
+            let at = match ttl.unsigned_abs() {
+                0 => time,
+                ttl => Some(now.saturating_add(ttl)),
+            };
+            check_expiration(ctx, at, now)?;
+            at
+        }
     };
     let accessor_id = given_id(string(&value, "accessorid", WHAT)?, "Token", "AccessorID")?;
     let secret_id = given_id(string(&value, "secretid", WHAT)?, "Token", "SecretID")?;
@@ -519,6 +539,86 @@ async fn token_from_body(
         create_index: 0,
         modify_index: 0,
     })
+}
+
+/// `ExpirationTTL` in nanoseconds, as Consul reads it: Go's duration text (`"1h"`, a
+/// negative one included, refused later) or a number of nanoseconds; 0 when absent.
+fn expiration_ttl(value: &Value) -> Result<i64, ApiError> {
+    let bad = |v: &Value| {
+        ApiError::BadRequest(format!(
+            "Token decoding failed: ExpirationTTL {v} is not a duration"
+        ))
+    };
+    match field(value, "expirationttl") {
+        None | Some(Value::Null) => Ok(0),
+        Some(v @ Value::Number(n)) => n.as_i64().ok_or_else(|| bad(v)),
+        Some(v @ Value::String(text)) => {
+            let (negative, magnitude) = match text.strip_prefix('-') {
+                Some(rest) => (true, rest),
+                None => (false, text.as_str()),
+            };
+            let d = catalog::duration::parse(magnitude).map_err(|_| bad(v))?;
+            let ns = i64::try_from(d.as_nanos()).map_err(|_| bad(v))?;
+            Ok(if negative { -ns } else { ns })
+        }
+        Some(v) => Err(bad(v)),
+    }
+}
+
+/// `ExpirationTime` (RFC 3339), in nanoseconds since the Unix epoch; Go's zero time,
+/// which Consul's older clients send for "none", is none.
+fn expiration_time(value: &Value) -> Result<Option<u64>, ApiError> {
+    match field(value, "expirationtime") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) if text.starts_with("0001-01-01T00:00:00") => Ok(None),
+        Some(v @ Value::String(text)) => catalog::clock::parse_rfc3339_nanos(text)
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "Token decoding failed: ExpirationTime {v} is not an RFC 3339 time"
+                ))
+            }),
+        Some(v) => Err(ApiError::BadRequest(format!(
+            "Token decoding failed: ExpirationTime {v} is not an RFC 3339 time"
+        ))),
+    }
+}
+
+/// Consul's checks of a new token's expiration time `at`, created `now`: not in the
+/// past, and within `acl.token_min_expiration_ttl`..`token_max_expiration_ttl` of now.
+fn check_expiration(ctx: &Context, at: Option<u64>, now: u64) -> Result<(), ApiError> {
+    let Some(at) = at else {
+        return Ok(());
+    };
+    if at < now {
+        return Err(ApiError::BadRequest(
+            "ExpirationTime cannot be before CreateTime".into(),
+        ));
+    }
+    let (min, max) = ctx.lan.acl_config().map_or(
+        (
+            lan::acl::TOKEN_MIN_EXPIRATION_TTL,
+            lan::acl::TOKEN_MAX_EXPIRATION_TTL,
+        ),
+        |c| (c.token_min_expiration_ttl, c.token_max_expiration_ttl),
+    );
+    let expires_in = Duration::from_nanos(at - now);
+    let go = catalog::duration::format;
+    if expires_in > max {
+        return Err(ApiError::BadRequest(format!(
+            "ExpirationTime cannot be more than {} in the future (was {})",
+            go(max),
+            go(expires_in)
+        )));
+    }
+    if expires_in < min {
+        return Err(ApiError::BadRequest(format!(
+            "ExpirationTime cannot be less than {} in the future (was {})",
+            go(min),
+            go(expires_in)
+        )));
+    }
+    Ok(())
 }
 
 /// Writes `token` and answers with it as stored.
@@ -649,6 +749,8 @@ pub(crate) async fn token_clone(
     token.accessor_id = new_uuid();
     token.secret_id = new_uuid();
     token.create_time = lan::acl::now_ns();
+    // Consul: the clone keeps the original's expiration time, checked as a new token's.
+    check_expiration(&ctx, token.expiration_time, token.create_time)?;
     set_token(&ctx, &params, token).await
 }
 
@@ -707,7 +809,12 @@ pub(crate) async fn token_list(
             "unexpected answer to a token list".into(),
         ));
     };
-    let list: Vec<Value> = tokens.iter().map(token_json).collect();
+    let now = lan::acl::now_ns();
+    let list: Vec<Value> = tokens
+        .iter()
+        .filter(|t| !t.expired(now))
+        .map(token_json)
+        .collect();
     Ok(answered(&Value::Array(list), &result, &params))
 }
 

@@ -1,7 +1,7 @@
 //! `PUT /v1/agent/token/:type`: replaces one of the agent's own tokens while it runs
 //! (Consul's `consul acl set-agent-token`). The new token is used by the next request;
-//! nothing is written to disk (Consul keeps them only with
-//! `acl.enable_token_persistence`, which proconsul does not build).
+//! with `acl.enable_token_persistence` it is also kept in `<data_dir>/acl-tokens.json`
+//! and used again after a restart (see `lan::Tokens`).
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -53,7 +53,12 @@ pub(crate) async fn set(
     };
     let kind =
         kind(&name).ok_or_else(|| ApiError::NotFound(format!("Token {name:?} is unknown")))?;
-    ctx.lan.tokens().set(kind, token);
+    let lan = ctx.lan.clone();
+    tokio::task::spawn_blocking(move || lan.tokens().set(kind, token))
+        .await
+        .map_err(|e| ApiError::Internal(format!("Failed to persist tokens - {e}")))?
+        // Consul's text for a token file that cannot be written.
+        .map_err(|e| ApiError::Internal(format!("Failed to persist tokens - {e}")))?;
     tracing::info!(token = %name, "updated the agent's ACL token");
     Ok(StatusCode::OK.into_response())
 }

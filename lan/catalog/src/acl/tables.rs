@@ -182,6 +182,32 @@ impl AclTables {
         self.tokens.get(accessor_id)
     }
 
+    /// The AccessorIDs of up to `limit` tokens that expired by `now` (ns since the Unix
+    /// epoch), only local ones if `local_only`, and when the next of the others
+    /// expires. A scan of every token: the leader calls it once per round, not per
+    /// request.
+    pub fn expired_tokens(
+        &self,
+        now: u64,
+        local_only: bool,
+        limit: usize,
+    ) -> (Vec<String>, Option<u64>) {
+        let mut expired = Vec::new();
+        let mut next: Option<u64> = None;
+        for token in self.tokens.values().filter(|t| t.local || !local_only) {
+            match token.expiration_time {
+                Some(at) if at <= now => {
+                    if expired.len() < limit {
+                        expired.push(token.accessor_id.clone());
+                    }
+                }
+                Some(at) => next = Some(next.map_or(at, |n| n.min(at))),
+                None => {}
+            }
+        }
+        (expired, next)
+    }
+
     /// Whether a token holds this SecretID.
     pub fn has_secret(&self, secret: &str) -> bool {
         self.by_secret.contains_key(secret)
@@ -868,6 +894,30 @@ mod tests {
         );
         assert!(t.resolve("s1", NOW, "dc2").is_some());
         assert!(t.resolve("s1", NOW + 1, "dc2").is_none(), "expired");
+    }
+
+    #[test]
+    fn expired_tokens_are_listed_for_the_leader_to_delete() {
+        let mut t = AclTables::default();
+        for (i, (at, local)) in [(Some(NOW), false), (Some(NOW + 5), true), (None, false)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut tok = token(&format!("a{i}"), &format!("s{i}"), &[]);
+            tok.expiration_time = at;
+            tok.local = local;
+            t.apply(i as u64 + 1, &AclWrite::TokenSet(tok)).unwrap();
+        }
+        assert_eq!(
+            t.expired_tokens(NOW, false, 10),
+            (vec!["a0".into()], Some(NOW + 5))
+        );
+        assert_eq!(t.expired_tokens(NOW, true, 10), (vec![], Some(NOW + 5)));
+        assert_eq!(
+            t.expired_tokens(NOW + 5, true, 10),
+            (vec!["a1".into()], None)
+        );
+        assert_eq!(t.expired_tokens(NOW + 5, false, 1).0.len(), 1, "bounded");
     }
 
     #[test]
