@@ -11,6 +11,7 @@
 
 mod acl;
 mod acl_cli;
+mod acl_table;
 mod anti_entropy;
 mod autopilot;
 mod client;

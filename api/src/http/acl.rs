@@ -12,8 +12,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use catalog::acl::{
-    AclAnswer, AclRead, AclWrite, Link, MANAGEMENT_POLICY_ID, NodeIdentity, Policy,
-    RESERVED_ID_PREFIX, Role, ServiceIdentity, Token,
+    Access, AclAnswer, AclRead, AclWrite, Link, MANAGEMENT_POLICY_ID, NodeIdentity, Policy,
+    RESERVED_ID_PREFIX, Resource, Role, ServiceIdentity, Token,
 };
 use catalog::uuid::{is_uuid, new_uuid};
 use catalog::{Answer, ApplyError, Command, Query, WriteError};
@@ -27,6 +27,17 @@ use crate::Context;
 /// The file an operator writes the reset index into, in the agent's data directory, to
 /// allow one more bootstrap (Consul's name).
 pub(crate) const BOOTSTRAP_RESET_FILE: &str = "acl-bootstrap-reset";
+
+/// Refuses an ACL write before anything is read for it when the caller may not write
+/// ACLs here, so the refusal names `acl:write` as Consul's does (the reads a write makes
+/// first would otherwise refuse it for `acl:read`). The servers check the write again.
+async fn may_write(ctx: &Context, params: &Params) -> Result<(), ApiError> {
+    disabled(ctx)?;
+    if params.dc().is_none() {
+        super::gate::require(ctx, params, Resource::Acl, "", Access::Write).await?;
+    }
+    Ok(())
+}
 
 fn disabled(ctx: &Context) -> Result<(), ApiError> {
     if ctx.lan.acl_enabled() {
@@ -638,7 +649,7 @@ pub(crate) async fn token_create(
     params: Params,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    disabled(&ctx)?;
+    may_write(&ctx, &params).await?;
     let token = token_from_body(&ctx, &params, &body, None).await?;
     set_token(&ctx, &params, token).await
 }
@@ -693,9 +704,10 @@ pub(crate) async fn token_self(
     params: Params,
 ) -> Result<Response, ApiError> {
     disabled(&ctx)?;
+    // Consul looks the presented secret up; with none there is nothing to find.
     let secret = match params.principal() {
         catalog::Principal::Token(t) => t.to_string(),
-        _ => catalog::acl::ANONYMOUS_SECRET.to_owned(),
+        _ => return Err(ApiError::Forbidden("ACL not found".into())),
     };
     let (answer, result) = read(
         &ctx,
@@ -716,7 +728,7 @@ pub(crate) async fn token_update(
     params: Params,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    disabled(&ctx)?;
+    may_write(&ctx, &params).await?;
     let value = parse_body(&body)?;
     let given = string(&value, "accessorid", "Token")?;
     if !given.is_empty() && given != accessor {
@@ -737,7 +749,7 @@ pub(crate) async fn token_clone(
     params: Params,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    disabled(&ctx)?;
+    may_write(&ctx, &params).await?;
     let mut token = existing_token(&ctx, &params, &accessor).await?;
     if !body.iter().all(u8::is_ascii_whitespace) {
         let value = parse_body(&body)?;
@@ -760,7 +772,7 @@ pub(crate) async fn token_delete(
     Path(accessor): Path<String>,
     params: Params,
 ) -> Result<Response, ApiError> {
-    disabled(&ctx)?;
+    may_write(&ctx, &params).await?;
     let Ok(existing) = existing_token(&ctx, &params, &accessor).await else {
         return Err(ApiError::NotFound("Cannot find token to delete".into()));
     };
@@ -865,7 +877,7 @@ pub(crate) async fn policy_create(
     params: Params,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    disabled(&ctx)?;
+    may_write(&ctx, &params).await?;
     let value = parse_body(&body)?;
     if !string(&value, "id", "Policy")?.is_empty() {
         return Err(ApiError::BadRequest(
@@ -883,7 +895,7 @@ pub(crate) async fn policy_update(
     params: Params,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    disabled(&ctx)?;
+    may_write(&ctx, &params).await?;
     let value = parse_body(&body)?;
     let given = string(&value, "id", "Policy")?;
     if !given.is_empty() && given != id {
@@ -938,7 +950,7 @@ pub(crate) async fn policy_delete(
     Path(id): Path<String>,
     params: Params,
 ) -> Result<Response, ApiError> {
-    disabled(&ctx)?;
+    may_write(&ctx, &params).await?;
     if !exists(&ctx, &params, AclRead::Policy(id.clone())).await? {
         return Err(ApiError::NotFound("Cannot find policy to delete".into()));
     }
@@ -1020,7 +1032,7 @@ pub(crate) async fn role_create(
     params: Params,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    disabled(&ctx)?;
+    may_write(&ctx, &params).await?;
     let value = parse_body(&body)?;
     if !string(&value, "id", "Role")?.is_empty() {
         return Err(ApiError::BadRequest(
@@ -1038,7 +1050,7 @@ pub(crate) async fn role_update(
     params: Params,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    disabled(&ctx)?;
+    may_write(&ctx, &params).await?;
     let value = parse_body(&body)?;
     let given = string(&value, "id", "Role")?;
     if !given.is_empty() && given != id {
@@ -1079,7 +1091,7 @@ pub(crate) async fn role_delete(
     Path(id): Path<String>,
     params: Params,
 ) -> Result<Response, ApiError> {
-    disabled(&ctx)?;
+    may_write(&ctx, &params).await?;
     if !exists(&ctx, &params, AclRead::Role(id.clone())).await? {
         return Err(ApiError::NotFound("Cannot find role to delete".into()));
     }

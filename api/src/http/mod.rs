@@ -614,10 +614,16 @@ async fn method_not_allowed(method: Method) -> Response {
         .into_response()
 }
 
-async fn add_common_headers(mut response: Response, max_body_bytes: usize) -> Response {
+/// Adds what Consul adds to every answer: `X-Consul-Default-ACL-Policy`, the agent's
+/// `acl.default_policy` (`allow` with ACLs off), which the UI reads.
+async fn add_common_headers(
+    mut response: Response,
+    max_body_bytes: usize,
+    default_policy: &'static str,
+) -> Response {
     response.headers_mut().insert(
         HeaderName::from_static("x-consul-default-acl-policy"),
-        HeaderValue::from_static("allow"),
+        HeaderValue::from_static(default_policy),
     );
     if response.status() == StatusCode::PAYLOAD_TOO_LARGE
         && response.extensions().get::<Worded>().is_none()
@@ -639,6 +645,10 @@ async fn add_common_headers(mut response: Response, max_body_bytes: usize) -> Re
 pub(crate) fn router(ctx: Context, max_body_bytes: usize) -> Router {
     let ui = std::sync::Arc::new(ui::Ui::new(ctx.ui.clone()));
     let root = ui.clone();
+    let default_policy = match ctx.lan.acl_config() {
+        Some(acl) if !acl.default_allow => "deny",
+        _ => "allow",
+    };
     Router::new()
         .route(
             "/",
@@ -816,7 +826,7 @@ pub(crate) fn router(ctx: Context, max_body_bytes: usize) -> Router {
         )
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(move |r: Response| {
-            add_common_headers(r, max_body_bytes)
+            add_common_headers(r, max_body_bytes, default_policy)
         }))
         .layer(axum::middleware::map_request(cache_control_params))
         .layer(axum::middleware::from_fn(metrics::record_http))

@@ -300,7 +300,7 @@ async fn read_queries(
         return Ok(super::catalog::unexpected());
     };
     if missing_is_404 && list.is_empty() {
-        return Err(ApiError::NotFound(NOT_FOUND.into()));
+        return Err(missing(result.filtered));
     }
     let mut response = json(
         &list.iter().map(query_json).collect::<Vec<_>>(),
@@ -314,6 +314,16 @@ async fn read_queries(
         request.options.consistency,
     );
     Ok(response)
+}
+
+/// Why one asked-for query is not in the answer: the caller may not read it (Consul's
+/// bare 403 `Permission denied`, as its prepared-query reads say), or there is none.
+fn missing(filtered: bool) -> ApiError {
+    if filtered {
+        ApiError::Forbidden("Permission denied".into())
+    } else {
+        ApiError::NotFound(NOT_FOUND.into())
+    }
 }
 
 /// `GET /v1/query/:id`: one query (by ID or name), as a list of one.
@@ -435,12 +445,16 @@ pub(crate) async fn explain(
     params: Params,
 ) -> Result<Response, ApiError> {
     let request = read_request(&params)?;
-    let Some(query) = ctx
+    let query = catalog::Query::PreparedQueries { key: Some(id) };
+    let result = ctx
         .gateway
-        .prepared_query(params.dc(), &id, request.options)
-        .await?
-    else {
-        return Err(ApiError::NotFound(NOT_FOUND.into()));
+        .read(params.dc(), &query, request.options)
+        .await?;
+    let catalog::Answer::PreparedQueries(mut list) = result.answer else {
+        return Ok(super::catalog::unexpected());
+    };
+    let Some(query) = list.pop() else {
+        return Err(missing(result.filtered));
     };
     #[derive(Serialize)]
     struct Explained<'a> {

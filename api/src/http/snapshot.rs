@@ -9,6 +9,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use catalog::acl::{Access, Resource};
 use catalog::{Answer, Command, Query, Snapshot};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -65,6 +66,12 @@ pub(crate) async fn restore(
     params: Params,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    // The servers decide the write; asking first here keeps a caller without the
+    // right from learning anything from the body's checks (Consul refuses before it
+    // reads the snapshot).
+    if params.dc().is_none() {
+        super::gate::require(&ctx, &params, Resource::Acl, "", Access::Write).await?;
+    }
     let command = restore_command(&body)?;
     ctx.gateway
         .write(

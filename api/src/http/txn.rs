@@ -45,6 +45,25 @@ pub(crate) async fn apply(
         Parsed::Ops(ops) => ops,
         Parsed::Unknown(errors) => return Ok(outcome(TxnOutcome::Failed(errors), params.pretty())),
     };
+    // Consul answers operations the caller may not do as errors of the transaction
+    // (409, `Permission denied` for each), not as a refusal of the request. The server
+    // that applies it checks again.
+    if params.dc().is_none()
+        && let Some(caller) = super::gate::caller(&ctx, &params).await?
+    {
+        let denied: Vec<TxnError> = ops
+            .iter()
+            .enumerate()
+            .filter(|(_, op)| caller.check_txn_op(op).is_err())
+            .map(|(op_index, _)| TxnError {
+                op_index,
+                what: "Permission denied".into(),
+            })
+            .collect();
+        if !denied.is_empty() {
+            return Ok(outcome(TxnOutcome::Failed(denied), params.pretty()));
+        }
+    }
     if ops.iter().all(|op| op.verb.reads_only()) {
         let mut request = read_request(&params)?;
         // A read-only transaction never blocks.

@@ -178,7 +178,9 @@ impl Caller {
             }
             Command::Acl(_) => self.need(Resource::Acl, "", Access::Write),
             Command::Autopilot { .. } => self.need(Resource::Operator, "", Access::Write),
-            Command::Restore(_) | Command::KvReplicate(_) => self.management(),
+            // Consul's snapshot permission is `acl:write` (a snapshot holds every secret).
+            Command::Restore(_) => self.need(Resource::Acl, "", Access::Write),
+            Command::KvReplicate(_) => self.management(),
         }
     }
 
@@ -213,7 +215,8 @@ impl Caller {
         }
     }
 
-    fn check_txn_op(&self, op: &TxnOp) -> Result<(), Denied> {
+    /// What one operation of a transaction needs.
+    pub fn check_txn_op(&self, op: &TxnOp) -> Result<(), Denied> {
         match op.verb {
             TxnVerb::Set
             | TxnVerb::Cas
@@ -253,7 +256,7 @@ impl Caller {
             Query::Txn(ops) => ops.iter().try_for_each(|op| self.check_txn_op(op)),
             Query::Acl(_) => self.need(Resource::Acl, "", Access::Read),
             Query::Autopilot => self.need(Resource::Operator, "", Access::Read),
-            Query::Snapshot => self.management(),
+            Query::Snapshot => self.need(Resource::Acl, "", Access::Write),
             Query::Nodes { .. }
             | Query::Services { .. }
             | Query::NodeServices { .. }
