@@ -7,6 +7,7 @@
 //! CLI allows: anything shorter than a whole UUID is looked up in the list.
 
 mod format;
+mod object;
 mod policy;
 mod role;
 mod token;
@@ -41,7 +42,8 @@ pub enum AclCommand {
         #[command(subcommand)]
         command: role::RoleCommand,
     },
-    /// Sets one of the tokens the agent uses (not persisted across restarts)
+    /// Sets one of the tokens the agent uses (kept across restarts only with
+    /// acl.enable_token_persistence)
     #[command(name = "set-agent-token")]
     SetAgentToken(SetAgentTokenArgs),
 }

@@ -2,9 +2,10 @@
 
 use clap::{Args, Subcommand};
 
-use super::{Format, Output, agent, api_error, format, info, load_data, unique_prefix};
+use super::object::{self, Object, chosen, id_or_name};
+use super::{Format, Output, agent, api_error, format, info, load_data};
 use crate::cli::ClientArgs;
-use proconsul::client::{AclPolicy, AgentClient};
+use proconsul::client::AclPolicy;
 
 #[derive(Subcommand, Debug)]
 pub enum PolicyCommand {
@@ -108,47 +109,7 @@ pub async fn run(command: PolicyCommand) -> Result<(), String> {
 }
 
 fn show(policy: &AclPolicy, output: &Output, format: Format) {
-    info(&match format {
-        Format::Pretty => format::policy(policy, output.meta),
-        Format::Json => format::json(policy),
-    });
-}
-
-/// The policy ID a whole ID or a unique prefix names.
-pub(super) async fn policy_id(agent: &AgentClient, partial: &str) -> Result<String, String> {
-    if partial.len() == 36 {
-        return Ok(partial.to_owned());
-    }
-    let policies = agent.acl_policy_list().await.map_err(|e| api_error(&e))?;
-    let ids: Vec<String> = policies.into_iter().map(|p| p.id).collect();
-    unique_prefix(partial, &ids, "policy")
-}
-
-/// The policy `-id` (a prefix) or else `-name` names.
-async fn chosen(
-    agent: &AgentClient,
-    id: Option<&str>,
-    name: Option<&str>,
-) -> Result<String, String> {
-    let found = match (id, name) {
-        (Some(id), _) => policy_id(agent, id).await,
-        (None, Some(name)) => agent
-            .acl_policy_read_by_name(name)
-            .await
-            .map(|p| p.id)
-            .map_err(|e| match e {
-                proconsul::client::ClientError::Http { status: 404, .. } => {
-                    format!("No such policy with name {name}")
-                }
-                other => api_error(&other),
-            }),
-        (None, None) => Err("No name specified".into()),
-    };
-    found.map_err(|e| format!("Error determining policy ID: {e}"))
-}
-
-fn given(value: Option<String>) -> Option<String> {
-    value.filter(|v| !v.is_empty())
+    object::show(policy, output, format, format::policy);
 }
 
 async fn create(args: CreateArgs) -> Result<(), String> {
@@ -180,21 +141,21 @@ async fn list(args: ListArgs) -> Result<(), String> {
         .acl_policy_list()
         .await
         .map_err(|e| format!("Failed to retrieve the policy list: {}", api_error(&e)))?;
-    info(&match format {
-        Format::Pretty => format::policy_list(&policies, args.output.meta),
-        Format::Json => format::json(&policies),
+    object::show(&policies, &args.output, format, |l, meta| {
+        format::policy_list(l, meta)
     });
     Ok(())
 }
 
 async fn read(args: ReadArgs) -> Result<(), String> {
     let format = args.output.format()?;
-    let (id, name) = (given(args.id), given(args.name));
-    if id.is_none() && name.is_none() {
-        return Err("Must specify either the -id or -name parameters".into());
-    }
+    let (id, name) = id_or_name(
+        args.id,
+        args.name,
+        "Must specify either the -id or -name parameters",
+    )?;
     let agent = agent(&args.client)?;
-    let id = chosen(&agent, id.as_deref(), name.as_deref()).await?;
+    let id = chosen(&agent, Object::Policy, id.as_deref(), name.as_deref()).await?;
     let policy = agent
         .acl_policy_read(&id)
         .await
@@ -205,12 +166,13 @@ async fn read(args: ReadArgs) -> Result<(), String> {
 
 async fn update(args: UpdateArgs) -> Result<(), String> {
     let format = args.output.format()?;
-    let (id, name) = (given(args.id), given(args.name));
-    if id.is_none() && name.is_none() {
-        return Err("Cannot update a policy without specifying the -id or -name parameter".into());
-    }
+    let (id, name) = id_or_name(
+        args.id,
+        args.name,
+        "Cannot update a policy without specifying the -id or -name parameter",
+    )?;
     let agent = agent(&args.client)?;
-    let policy_id = chosen(&agent, id.as_deref(), name.as_deref()).await?;
+    let policy_id = chosen(&agent, Object::Policy, id.as_deref(), name.as_deref()).await?;
     let rules = match &args.rules {
         Some(r) => Some(load_data(r).map_err(|e| format!("Error loading rules: {e}"))?),
         None => None,
@@ -242,12 +204,13 @@ async fn update(args: UpdateArgs) -> Result<(), String> {
 }
 
 async fn delete(args: DeleteArgs) -> Result<(), String> {
-    let (id, name) = (given(args.id), given(args.name));
-    if id.is_none() && name.is_none() {
-        return Err("Must specify either the -id or -name parameters".into());
-    }
+    let (id, name) = id_or_name(
+        args.id,
+        args.name,
+        "Must specify either the -id or -name parameters",
+    )?;
     let agent = agent(&args.client)?;
-    let id = chosen(&agent, id.as_deref(), name.as_deref()).await?;
+    let id = chosen(&agent, Object::Policy, id.as_deref(), name.as_deref()).await?;
     agent
         .acl_policy_delete(&id)
         .await

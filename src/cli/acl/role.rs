@@ -2,12 +2,10 @@
 
 use clap::{Args, Subcommand};
 
-use super::{
-    Format, Output, agent, api_error, format, info, node_identities, service_identities,
-    unique_prefix,
-};
+use super::object::{self, Object, chosen, given, id_or_name};
+use super::{Format, Output, agent, api_error, format, info, node_identities, service_identities};
 use crate::cli::ClientArgs;
-use proconsul::client::{AclLink, AclRole, AgentClient, ClientError};
+use proconsul::client::{AclLink, AclRole, AgentClient};
 
 #[derive(Subcommand, Debug)]
 pub enum RoleCommand {
@@ -46,14 +44,7 @@ impl Grants {
     }
 
     async fn policies(&self, agent: &AgentClient) -> Result<Vec<AclLink>, String> {
-        let mut links: Vec<AclLink> = self.policy_name.iter().map(AclLink::by_name).collect();
-        for partial in &self.policy_id {
-            let id = super::policy::policy_id(agent, partial)
-                .await
-                .map_err(|e| format!("Error resolving policy ID {partial}: {e}"))?;
-            links.push(AclLink::by_id(id));
-        }
-        Ok(links)
+        object::links(agent, Object::Policy, &self.policy_name, &self.policy_id).await
     }
 }
 
@@ -138,45 +129,7 @@ pub async fn run(command: RoleCommand) -> Result<(), String> {
 }
 
 fn show(role: &AclRole, output: &Output, format: Format) {
-    info(&match format {
-        Format::Pretty => format::role(role, output.meta),
-        Format::Json => format::json(role),
-    });
-}
-
-/// The role ID a whole ID or a unique prefix names.
-pub(super) async fn role_id(agent: &AgentClient, partial: &str) -> Result<String, String> {
-    if partial.len() == 36 {
-        return Ok(partial.to_owned());
-    }
-    let roles = agent.acl_role_list().await.map_err(|e| api_error(&e))?;
-    let ids: Vec<String> = roles.into_iter().map(|r| r.id).collect();
-    unique_prefix(partial, &ids, "role")
-}
-
-/// The role `-id` (a prefix) or else `-name` names.
-async fn chosen(
-    agent: &AgentClient,
-    id: Option<&str>,
-    name: Option<&str>,
-) -> Result<String, String> {
-    let found = match (id, name) {
-        (Some(id), _) => role_id(agent, id).await,
-        (None, Some(name)) => agent
-            .acl_role_read_by_name(name)
-            .await
-            .map(|r| r.id)
-            .map_err(|e| match e {
-                ClientError::Http { status: 404, .. } => format!("No such role with name {name}"),
-                other => api_error(&other),
-            }),
-        (None, None) => Err("No name specified".into()),
-    };
-    found.map_err(|e| format!("Error determining role ID: {e}"))
-}
-
-fn given(value: Option<String>) -> Option<String> {
-    value.filter(|v| !v.is_empty())
+    object::show(role, output, format, format::role);
 }
 
 async fn create(args: CreateArgs) -> Result<(), String> {
@@ -212,21 +165,21 @@ async fn list(args: ListArgs) -> Result<(), String> {
         .acl_role_list()
         .await
         .map_err(|e| format!("Failed to retrieve the role list: {}", api_error(&e)))?;
-    info(&match format {
-        Format::Pretty => format::role_list(&roles, args.output.meta),
-        Format::Json => format::json(&roles),
+    object::show(&roles, &args.output, format, |l, meta| {
+        format::role_list(l, meta)
     });
     Ok(())
 }
 
 async fn read(args: ReadArgs) -> Result<(), String> {
     let format = args.output.format()?;
-    let (id, name) = (given(args.id), given(args.name));
-    if id.is_none() && name.is_none() {
-        return Err("Must specify either the -id or -name parameters".into());
-    }
+    let (id, name) = id_or_name(
+        args.id,
+        args.name,
+        "Must specify either the -id or -name parameters",
+    )?;
     let agent = agent(&args.client)?;
-    let id = chosen(&agent, id.as_deref(), name.as_deref()).await?;
+    let id = chosen(&agent, Object::Role, id.as_deref(), name.as_deref()).await?;
     let role = agent
         .acl_role_read(&id)
         .await
@@ -241,7 +194,7 @@ async fn update(args: UpdateArgs) -> Result<(), String> {
         return Err("Cannot update a role without specifying the -id parameter".into());
     };
     let agent = agent(&args.client)?;
-    let id = chosen(&agent, Some(&partial), None).await?;
+    let id = chosen(&agent, Object::Role, Some(&partial), None).await?;
     let mut role = agent
         .acl_role_read(&id)
         .await
@@ -271,12 +224,13 @@ async fn update(args: UpdateArgs) -> Result<(), String> {
 }
 
 async fn delete(args: DeleteArgs) -> Result<(), String> {
-    let (id, name) = (given(args.id), given(args.name));
-    if id.is_none() && name.is_none() {
-        return Err("Must specify either the -id or -name parameters".into());
-    }
+    let (id, name) = id_or_name(
+        args.id,
+        args.name,
+        "Must specify either the -id or -name parameters",
+    )?;
     let agent = agent(&args.client)?;
-    let id = chosen(&agent, id.as_deref(), name.as_deref()).await?;
+    let id = chosen(&agent, Object::Role, id.as_deref(), name.as_deref()).await?;
     agent
         .acl_role_delete(&id)
         .await

@@ -2,10 +2,8 @@
 
 use clap::{ArgAction, Args, Subcommand};
 
-use super::{
-    Format, Output, agent, api_error, format, info, node_identities, service_identities,
-    unique_prefix,
-};
+use super::object::{self, Object, chosen, given};
+use super::{Format, Output, agent, api_error, format, info, node_identities, service_identities};
 use crate::cli::ClientArgs;
 use proconsul::client::{AclLink, AclToken, AgentClient};
 
@@ -60,26 +58,12 @@ impl Grants {
 
     /// The policy links: names as given, IDs completed from their prefixes.
     async fn policies(&self, agent: &AgentClient) -> Result<Vec<AclLink>, String> {
-        let mut links: Vec<AclLink> = self.policy_name.iter().map(AclLink::by_name).collect();
-        for partial in &self.policy_id {
-            let id = super::policy::policy_id(agent, partial)
-                .await
-                .map_err(|e| format!("Error resolving policy ID {partial}: {e}"))?;
-            links.push(AclLink::by_id(id));
-        }
-        Ok(links)
+        object::links(agent, Object::Policy, &self.policy_name, &self.policy_id).await
     }
 
     /// The role links: names as given, IDs completed from their prefixes.
     async fn roles(&self, agent: &AgentClient) -> Result<Vec<AclLink>, String> {
-        let mut links: Vec<AclLink> = self.role_name.iter().map(AclLink::by_name).collect();
-        for partial in &self.role_id {
-            let id = super::role::role_id(agent, partial)
-                .await
-                .map_err(|e| format!("Error resolving role ID {partial}: {e}"))?;
-            links.push(AclLink::by_id(id));
-        }
-        Ok(links)
+        object::links(agent, Object::Role, &self.role_name, &self.role_id).await
     }
 }
 
@@ -192,20 +176,12 @@ pub async fn run(command: TokenCommand) -> Result<(), String> {
 }
 
 fn show(token: &AclToken, output: &Output, format: Format) {
-    info(&match format {
-        Format::Pretty => format::token(token, output.meta),
-        Format::Json => format::json(token),
-    });
+    object::show(token, output, format, format::token);
 }
 
 /// The accessor ID a whole ID or a unique prefix names.
 async fn token_id(agent: &AgentClient, partial: &str) -> Result<String, String> {
-    if partial.len() == 36 {
-        return Ok(partial.to_owned());
-    }
-    let tokens = agent.acl_token_list().await.map_err(|e| api_error(&e))?;
-    let ids: Vec<String> = tokens.into_iter().map(|t| t.accessor_id).collect();
-    unique_prefix(partial, &ids, "token")
+    chosen(agent, Object::Token, Some(partial), None).await
 }
 
 async fn create(args: CreateArgs) -> Result<(), String> {
@@ -243,25 +219,22 @@ async fn list(args: ListArgs) -> Result<(), String> {
         .acl_token_list()
         .await
         .map_err(|e| format!("Failed to retrieve the token list: {}", api_error(&e)))?;
-    info(&match format {
-        Format::Pretty => format::token_list(&tokens, args.output.meta),
-        Format::Json => format::json(&tokens),
+    object::show(&tokens, &args.output, format, |l, meta| {
+        format::token_list(l, meta)
     });
     Ok(())
 }
 
 async fn read(args: ReadArgs) -> Result<(), String> {
     let format = args.output.format()?;
-    let id = args.id.filter(|id| !id.is_empty());
+    let id = given(args.id);
     if id.is_none() && !args.own {
         return Err("Must specify the -accessor-id parameter".into());
     }
     let agent = agent(&args.client)?;
     let token = match id {
         Some(partial) if !args.own => {
-            let id = token_id(&agent, &partial)
-                .await
-                .map_err(|e| format!("Error determining token Accessor ID: {e}"))?;
+            let id = token_id(&agent, &partial).await?;
             agent
                 .acl_token_read(&id)
                 .await
@@ -278,13 +251,11 @@ async fn read(args: ReadArgs) -> Result<(), String> {
 
 async fn update(args: UpdateArgs) -> Result<(), String> {
     let format = args.output.format()?;
-    let Some(partial) = args.id.filter(|id| !id.is_empty()) else {
+    let Some(partial) = given(args.id) else {
         return Err("Cannot update a token without specifying the -accessor-id parameter".into());
     };
     let agent = agent(&args.client)?;
-    let id = token_id(&agent, &partial)
-        .await
-        .map_err(|e| format!("Error determining token Accessor ID: {e}"))?;
+    let id = token_id(&agent, &partial).await?;
     let mut token = agent
         .acl_token_read(&id)
         .await
@@ -305,15 +276,14 @@ async fn update(args: UpdateArgs) -> Result<(), String> {
     if !g.node_identity.is_empty() {
         token.node_identities = node_identities(&g.node_identity)?;
     }
-    let append = Grants {
-        policy_id: args.append_policy_id,
-        policy_name: args.append_policy_name,
-        role_id: Vec::new(),
-        role_name: Vec::new(),
-        service_identity: Vec::new(),
-        node_identity: Vec::new(),
-    };
-    for link in append.policies(&agent).await? {
+    let append = object::links(
+        &agent,
+        Object::Policy,
+        &args.append_policy_name,
+        &args.append_policy_id,
+    )
+    .await?;
+    for link in append {
         let known = token.policies.iter().any(|l| {
             (!link.id.is_empty() && l.id == link.id)
                 || (!link.name.is_empty() && l.name == link.name)
@@ -331,13 +301,11 @@ async fn update(args: UpdateArgs) -> Result<(), String> {
 }
 
 async fn delete(args: DeleteArgs) -> Result<(), String> {
-    let Some(partial) = args.id.filter(|id| !id.is_empty()) else {
+    let Some(partial) = given(args.id) else {
         return Err("Must specify the -accessor-id parameter".into());
     };
     let agent = agent(&args.client)?;
-    let id = token_id(&agent, &partial)
-        .await
-        .map_err(|e| format!("Error determining token Accessor ID: {e}"))?;
+    let id = token_id(&agent, &partial).await?;
     agent
         .acl_token_delete(&id)
         .await
@@ -348,13 +316,11 @@ async fn delete(args: DeleteArgs) -> Result<(), String> {
 
 async fn clone(args: CloneArgs) -> Result<(), String> {
     let format = args.output.format()?;
-    let Some(partial) = args.id.filter(|id| !id.is_empty()) else {
+    let Some(partial) = given(args.id) else {
         return Err("Cannot update a token without specifying the -accessor-id parameter".into());
     };
     let agent = agent(&args.client)?;
-    let id = token_id(&agent, &partial)
-        .await
-        .map_err(|e| format!("Error determining token Accessor ID: {e}"))?;
+    let id = token_id(&agent, &partial).await?;
     // Consul prints a clone without -meta.
     let output = Output {
         meta: false,
