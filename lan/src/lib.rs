@@ -22,8 +22,11 @@
 //! ```text
 //!   leader ─▶ autopilot ─▶ server ─▶ raft ─▶ rpc ─▶ fair
 //!     │                      └─▶ relay    ▲
-//!     └─▶ local ─▶ checks                 └── tombstones, session_ttl
+//!     └─▶ local ─▶ checks                 └── tombstones, session_ttl, token_expiry
 //! ```
+//!
+//! `acl` (who a request's principal is) uses `agent_tokens` (the agent's own tokens,
+//! kept in the data dir with token persistence); both stand beside the chain.
 //!
 //! Invariants: this crate never opens an HTTP or DNS socket and knows other datacenters
 //! only by name: what a client agent asks of another datacenter, it hands to a server of
