@@ -4,7 +4,10 @@
 //! - [`delay`]: a userspace UDP relay that holds every datagram for a fixed time, the
 //!   WAN link between datacenters in the cross-datacenter benches;
 //! - [`http`]: one keep-alive HTTP/1.1 connection, for drivers that send thousands of
-//!   requests a second to an agent (or to etcd's JSON gateway).
+//!   requests a second to an agent (or to etcd's JSON gateway);
+//! - [`federation`]: two one-server datacenters of the real binary, federated with
+//!   their WAN ports behind [`delay`] proxies (the replication benches).
 
 pub mod delay;
+pub mod federation;
 pub mod http;

@@ -6,14 +6,10 @@
 //!                      [--value-size B] [--drain-seconds T] [--pid-file FILE]
 //! ```
 //!
-//! Two datacenters of one server each, both the real binary at PATH as child processes
-//! on 127.0.0.1, federated over QUIC with mutual TLS: `s1` of dc1 holds the keys, `s2`
-//! of dc2 copies dc1's `repl/` with `kv_replication`. Each server's WAN port is reached
-//! only through a userspace delay proxy ([`proconsul_bench::delay`]) that holds every
-//! datagram D ms (10 by default) in each direction, so any WAN round trip costs 2×D.
-//! The agents cannot advertise another port than the one they bind, so each proxy takes
-//! the server's own WAN port on another loopback address (127.0.0.2 for dc1, 127.0.0.3
-//! for dc2), which the server advertises with `-advertise-wan`:
+//! Two datacenters of one server each ([`proconsul_bench::federation`]: the real binary
+//! at PATH, federated over QUIC with mutual TLS, each WAN port behind a proxy that holds
+//! every datagram D ms, 10 by default, in each direction): `s1` of dc1 holds the keys,
+//! `s2` of dc2 copies dc1's `repl/` with `kv_replication`:
 //!
 //! ```text
 //!  writer ─PUT─▶ s1 (dc1) ◀──D ms── proxy 127.0.0.2 ◀──QUIC── s2 (dc2) ◀─blocking GET─ follower
@@ -40,9 +36,9 @@
 
 #![allow(clippy::print_stdout, missing_docs)]
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -52,30 +48,20 @@ use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use proconsul_bench::delay::DelayProxy;
+use proconsul_bench::federation::{Federation, Launch, POLL_INTERVAL, Server, get, poll};
 use proconsul_bench::http::Conn;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use wan::tls::{self, CertKind, CertRequest};
 
 const USAGE: &str = "usage: kv-replication-bench --bin PATH [--delay-ms D] [--rate R] \
                      [--seconds S] [--keys K] [--value-size B] [--drain-seconds T] \
                      [--pid-file FILE]";
 
-const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-/// Where dc1's and dc2's WAN proxies listen: the servers' own WAN ports on these.
-const PROXY_IPS: [IpAddr; 2] = [
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)),
-];
 /// The replicated prefix.
 const PREFIX: &str = "repl/";
-/// Budget of each setup step (leaders, federation, first copy).
-const SETUP_TIMEOUT: Duration = Duration::from_secs(120);
-/// Time between two tries of a setup step.
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Most connections the writer opens; a write due while all are busy waits for one
 /// (and the rate achieved says so).
 const MAX_CONNECTIONS: usize = 512;
@@ -87,8 +73,6 @@ const FOLLOW_WAIT: &str = "30s";
 const SEQ_DIGITS: usize = 10;
 /// Most writes a run may plan (rate × seconds), to keep the per-write tables small.
 const MAX_WRITES: u64 = 10_000_000;
-/// How long the servers get to stop on SIGTERM before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long the proxies' tasks get to stop.
 const PROXY_GRACE: Duration = Duration::from_secs(5);
 
@@ -178,151 +162,11 @@ fn main() -> ExitCode {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// The two datacenters
-
-/// A server process, stopped (SIGTERM, then SIGKILL) and reaped when dropped.
-struct Server {
-    name: &'static str,
-    child: Child,
-    http: SocketAddr,
-    log: PathBuf,
-}
-
-impl Server {
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = std::time::Instant::now() + STOP_GRACE;
-        while std::time::Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The ports of one server, chosen before it starts so that its proxy can point at
-/// its WAN port.
-struct Ports {
-    http: u16,
-    server: u16,
-    serf_lan: u16,
-    serf_wan: u16,
-}
-
-impl Ports {
-    fn pick() -> Result<Ports, String> {
-        Ok(Ports {
-            http: free_port()?,
-            server: free_port()?,
-            serf_lan: free_port()?,
-            serf_wan: free_port()?,
-        })
-    }
-}
-
-/// Starts `name` as the only server of `dc`, advertising its WAN port on `wan_ip` (its
-/// proxy) and joining `join_wan` if given, with `extra` config.
-fn start_server(
-    o: &Options,
-    root: &Path,
-    ca: &tls::Pem,
-    (name, dc): (&'static str, &str),
-    ports: &Ports,
-    (wan_ip, join_wan): (IpAddr, Option<SocketAddr>),
-    extra: Value,
-) -> Result<Server, String> {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let write = |path: &Path, text: &str| {
-        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
-    };
-    let leaf = tls::create_cert(ca, &CertRequest::new(CertKind::Server, dc))
-        .map_err(|e| format!("a certificate for {name}: {e}"))?;
-    let (ca_file, cert_file, key_file) = (
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server-key.pem"),
-    );
-    write(&ca_file, &ca.cert)?;
-    write(&cert_file, &leaf.cert)?;
-    write(&key_file, &leaf.key)?;
-    let mut config = json!({
-        "ca_file": ca_file, "cert_file": cert_file, "key_file": key_file,
-        "verify_incoming": true, "verify_outgoing": true, "verify_server_hostname": true,
-    });
-    if let (Some(c), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
-        c.extend(extra.clone());
-    }
-    let config_file = dir.join("config.json");
-    write(&config_file, &config.to_string())?;
-    let log = dir.join("log");
-    let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-    let err = out.try_clone().map_err(|e| e.to_string())?;
-    let mut command = Command::new(&o.bin);
-    command
-        .arg("agent")
-        .arg("-server")
-        .arg("-bootstrap-expect=1")
-        .arg(format!("-datacenter={dc}"))
-        .arg(format!("-node={name}"))
-        .arg(format!("-data-dir={}", dir.join("data").display()))
-        .arg(format!("-config-file={}", config_file.display()))
-        .arg(format!("-bind={LOOPBACK}"))
-        .arg(format!("-client={LOOPBACK}"))
-        .arg(format!("-advertise-wan={wan_ip}"))
-        .arg(format!("-http-port={}", ports.http))
-        .arg("-dns-port=-1")
-        .arg(format!("-server-port={}", ports.server))
-        .arg(format!("-serf-lan-port={}", ports.serf_lan))
-        .arg(format!("-serf-wan-port={}", ports.serf_wan))
-        .arg("-log-level=warn");
-    if let Some(peer) = join_wan {
-        command.arg(format!("-join-wan={peer}"));
-    }
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .map_err(|e| format!("starting {}: {e}", o.bin.display()))?;
-    let server = Server {
-        name,
-        child,
-        http: SocketAddr::new(LOOPBACK, ports.http),
-        log,
-    };
-    if let Some(path) = &o.pid_file {
-        use std::io::Write;
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .and_then(|mut f| writeln!(f, "{}", server.child.id()))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    Ok(server)
-}
-
 async fn run(o: &Options) -> Result<(), String> {
     let root = tempfile::tempdir().map_err(|e| format!("a temp dir: {e}"))?;
-    let ca = tls::create_ca("consul", 30).map_err(|e| format!("the CA: {e}"))?;
     let tasks = TaskTracker::new();
     let stop = CancellationToken::new();
-    let result = federate_and_measure(o, root.path(), &ca, &tasks, &stop).await;
+    let result = federate_and_measure(o, root.path(), &tasks, &stop).await;
     stop.cancel();
     tasks.close();
     if timeout(PROXY_GRACE, tasks.wait()).await.is_err() {
@@ -334,51 +178,29 @@ async fn run(o: &Options) -> Result<(), String> {
 async fn federate_and_measure(
     o: &Options,
     root: &Path,
-    ca: &tls::Pem,
     tasks: &TaskTracker,
     stop: &CancellationToken,
 ) -> Result<(), String> {
-    let ports = [Ports::pick()?, Ports::pick()?];
-    let mut links = Vec::new();
-    for (ip, p) in PROXY_IPS.iter().zip(&ports) {
-        let link = DelayProxy::start_at(
-            SocketAddr::new(*ip, p.serf_wan),
-            SocketAddr::new(LOOPBACK, p.serf_wan),
-            o.delay,
-            tasks,
-            stop.child_token(),
-        )
-        .await
-        .map_err(|e| format!("the delay proxy on {ip}: {e}"))?;
-        links.push(link);
-    }
-    let s1 = start_server(
-        o,
-        root,
-        ca,
-        ("s1", "dc1"),
-        &ports[0],
-        (PROXY_IPS[0], None),
-        json!({}),
-    )?;
     let replication = json!({"kv_replication": {
         "source_datacenter": "dc1",
         "prefixes": [PREFIX],
     }});
-    let s2 = start_server(
-        o,
+    let launch = Launch {
+        bin: &o.bin,
+        pid_file: o.pid_file.as_deref(),
+    };
+    let f = Federation::start(
+        &launch,
         root,
-        ca,
-        ("s2", "dc2"),
-        &ports[1],
-        (PROXY_IPS[1], Some(links[0].addr)),
-        replication,
-    )?;
-    let result = measure(o, &s1, &s2, &links).await;
+        o.delay,
+        (json!({}), replication),
+        tasks,
+        stop,
+    )
+    .await?;
+    let result = measure(o, &f.s1, &f.s2, &f.links).await;
     if result.is_err() {
-        for s in [&s1, &s2] {
-            eprintln!("--- {} log, last lines:\n{}", s.name, s.log_tail());
-        }
+        f.report_logs();
     }
     result
 }
@@ -754,13 +576,6 @@ async fn follow(
 // ---------------------------------------------------------------------------------------
 // Plumbing
 
-async fn get(http: SocketAddr, path: &str) -> Result<proconsul_bench::http::Reply, String> {
-    let mut conn = Conn::open(http).await?;
-    timeout(WRITE_TIMEOUT, conn.call(Method::GET, path, Bytes::new()))
-        .await
-        .map_err(|_| format!("{path}: no answer"))?
-}
-
 async fn put(conn: &mut Conn, key: &str, value: Bytes) -> Result<(), String> {
     let (status, _, body) = conn
         .call(Method::PUT, &format!("/v1/kv/{key}"), value)
@@ -773,35 +588,4 @@ async fn put(conn: &mut Conn, key: &str, value: Bytes) -> Result<(), String> {
             String::from_utf8_lossy(&body)
         ))
     }
-}
-
-/// Tries `step` until it succeeds or [`SETUP_TIMEOUT`] passes.
-async fn poll(what: &str, mut step: impl AsyncFnMut() -> Result<(), String>) -> Result<(), String> {
-    let deadline = Instant::now() + SETUP_TIMEOUT;
-    loop {
-        let last = match step().await {
-            Ok(()) => return Ok(()),
-            Err(e) => e,
-        };
-        if Instant::now() + POLL_INTERVAL >= deadline {
-            return Err(format!(
-                "{what}: not done within {SETUP_TIMEOUT:?} (last: {last})"
-            ));
-        }
-        sleep(POLL_INTERVAL).await;
-    }
-}
-
-/// A port free for both UDP and TCP on the loopback right now (the server binds it a
-/// moment later; another program could take it in between).
-fn free_port() -> Result<u16, String> {
-    for _ in 0..100 {
-        let udp = std::net::UdpSocket::bind(SocketAddr::new(LOOPBACK, 0))
-            .map_err(|e| format!("a UDP port: {e}"))?;
-        let port = udp.local_addr().map_err(|e| e.to_string())?.port();
-        if std::net::TcpListener::bind(SocketAddr::new(LOOPBACK, port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    Err("no port free for UDP and TCP in 100 tries".into())
 }
