@@ -195,14 +195,13 @@ impl AclTables {
         let mut expired = Vec::new();
         let mut next: Option<u64> = None;
         for token in self.tokens.values().filter(|t| t.local || !local_only) {
-            match token.expiration_time {
-                Some(at) if at <= now => {
-                    if expired.len() < limit {
-                        expired.push(token.accessor_id.clone());
-                    }
-                }
-                Some(at) => next = Some(next.map_or(at, |n| n.min(at))),
-                None => {}
+            let Some(at) = token.expiration_time else {
+                continue;
+            };
+            if at > now {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            } else if expired.len() < limit {
+                expired.push(token.accessor_id.clone());
             }
         }
         (expired, next)
