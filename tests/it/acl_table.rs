@@ -6,20 +6,21 @@
 //! may do everything except what Consul keeps for rules that say so (ACL management and
 //! snapshots).
 //!
-//! Rows run in order against one server, so a row may use what an earlier one made;
-//! the deleting rows come after the rows that read what they delete, and `leave` is
-//! last. Endpoints whose answers are filtered (lists) or that need nothing are rows too:
+//! The table runs against a client agent (which asks its server what a token may do)
+//! and then against the server. Rows run in order, so a row may use what an earlier one
+//! made; the deleting rows come after the rows that read what they delete, and `leave`
+//! is last. Endpoints whose answers are filtered (lists) or that need nothing are rows too:
 //! they must never refuse.
 
 use hyper::Method;
 use serde_json::{Value, json};
 
-use crate::support::cluster::{Member, Spec};
+use crate::support::cluster::{Cluster, Member};
 use crate::support::{eventually, secs};
 
 const MANAGEMENT: &str = "2b9f7c1e-4d3a-4f5b-8c6d-7e8f9a0b1c2d";
 const ANONYMOUS: &str = "00000000-0000-0000-0000-000000000002";
-/// The server's node name.
+/// The node name the rows use; each pass puts its agent's in its place.
 const NODE: &str = "s1";
 
 /// What an endpoint needs.
@@ -473,28 +474,57 @@ async fn token_with(m: &Member, name: &str, rules: &str) -> (String, String) {
     )
 }
 
-/// Runs the table against one server with `default_policy`.
+/// Runs the table with `default_policy` against a client agent, then against the
+/// server it joined (the server last: its pass ends with its `leave`).
 async fn every_endpoint_under(default_policy: &str) {
     let old_key = gossip::keyring::Key::generate().to_base64();
     let new_key = gossip::keyring::Key::generate().to_base64();
-    let m = Member::start(Spec {
-        name: NODE.into(),
-        server: true,
-        key: Some(old_key.clone()),
-        config: Some(
-            json!({"acl": {
-                "enabled": true,
-                "default_policy": default_policy,
-                "tokens": {"initial_management": MANAGEMENT, "agent": MANAGEMENT}
-            }})
-            .to_string(),
-        ),
-        ..Spec::default()
+    let config = json!({"acl": {
+        "enabled": true,
+        "default_policy": default_policy,
+        "tokens": {"initial_management": MANAGEMENT, "agent": MANAGEMENT}
+    }})
+    .to_string();
+    let cluster = Cluster::start(1, |s| {
+        s.key = Some(old_key.clone());
+        s.config = Some(config.clone());
     })
     .await;
+    let mut wrong = Vec::new();
+    let (server, client) = (&cluster.members[0], &cluster.members[1]);
+    for (pass, m) in [client, server].into_iter().enumerate() {
+        one_agent(m, pass, default_policy, (&new_key, &old_key), &mut wrong).await;
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} refusals wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    cluster.shutdown().await;
+}
+
+/// The table against agent `m`; `pass` tells apart the objects each pass makes. The
+/// rows name the node `s1`, the fixtures `fixture` and `doomed`, and the queries `q1`,
+/// `q2` and `qdel`: here they become `m`'s node and names of this pass.
+async fn one_agent(
+    m: &Member,
+    pass: usize,
+    default_policy: &str,
+    (new_key, old_key): (&str, &str),
+    wrong: &mut Vec<String>,
+) {
+    let local = |text: &str| {
+        let mut out = text.replace(&format!("\"{NODE}\""), &format!("\"{}\"", m.name));
+        out = out.replace(&format!("/{NODE}"), &format!("/{}", m.name));
+        for name in ["fixture", "doomed", "made", "qdel", "q1", "q2"] {
+            out = out.replace(name, &format!("{name}-{pass}"));
+        }
+        out
+    };
     eventually(secs(30), "the initial management token", || async {
         let (status, body) =
-            call(&m, &Method::GET, "/v1/acl/token/self", Some(MANAGEMENT), "").await;
+            call(m, &Method::GET, "/v1/acl/token/self", Some(MANAGEMENT), "").await;
         if status == 200 {
             Ok(())
         } else {
@@ -503,25 +533,23 @@ async fn every_endpoint_under(default_policy: &str) {
     })
     .await;
     let r = m.get("/v1/status/leader").await;
-    assert_eq!(
-        r.header("x-consul-default-acl-policy"),
-        Some(default_policy),
-        "every answer says the default policy"
-    );
+    if r.header("x-consul-default-acl-policy") != Some(default_policy) {
+        wrong.push(format!("{}: every answer says the default policy", m.name));
+    }
 
     // What the rows act on.
     let service = json!({"ID": "web", "Name": "web", "Check": {"CheckID": "web-ttl", "TTL": "1h"}});
-    made(&m, Method::PUT, "/v1/agent/service/register", service).await;
+    made(m, Method::PUT, "/v1/agent/service/register", service).await;
     let check = json!({"ID": "node-ttl", "Name": "node-ttl", "TTL": "1h"});
-    made(&m, Method::PUT, "/v1/agent/check/register", check).await;
+    made(m, Method::PUT, "/v1/agent/check/register", check).await;
     for key in ["app/x", "app/y"] {
-        made(&m, Method::PUT, &format!("/v1/kv/{key}"), json!(1)).await;
+        made(m, Method::PUT, &format!("/v1/kv/{key}"), json!(1)).await;
     }
     let q = |name: &str| json!({"Name": name, "Service": {"Service": "web"}});
-    let query = made(&m, Method::POST, "/v1/query", q("q1")).await;
-    let query_doomed = made(&m, Method::POST, "/v1/query", q("qdel")).await;
-    let session = made(&m, Method::PUT, "/v1/session/create", json!({})).await;
-    let session_doomed = made(&m, Method::PUT, "/v1/session/create", json!({})).await;
+    let query = made(m, Method::POST, "/v1/query", q(&local("q1"))).await;
+    let query_doomed = made(m, Method::POST, "/v1/query", q(&local("qdel"))).await;
+    let session = made(m, Method::PUT, "/v1/session/create", json!({})).await;
+    let session_doomed = made(m, Method::PUT, "/v1/session/create", json!({})).await;
     let mut ids: Vec<(String, Value)> = vec![
         ("{query}".into(), query["ID"].clone()),
         ("{query-doomed}".into(), query_doomed["ID"].clone()),
@@ -530,12 +558,12 @@ async fn every_endpoint_under(default_policy: &str) {
     ];
     for (kind, body) in [
         ("policy", json!({"Rules": ""})),
-        ("role", json!({"Policies": [{"Name": "fixture"}]})),
+        ("role", json!({"Policies": [{"Name": local("fixture")}]})),
     ] {
         for name in ["fixture", "doomed"] {
             let mut body = body.clone();
-            body["Name"] = json!(name);
-            let made = made(&m, Method::PUT, &format!("/v1/acl/{kind}"), body).await;
+            body["Name"] = json!(local(name));
+            let made = made(m, Method::PUT, &format!("/v1/acl/{kind}"), body).await;
             let slot = match name {
                 "fixture" => format!("{{{kind}}}"),
                 _ => format!("{{{kind}-doomed}}"),
@@ -545,47 +573,56 @@ async fn every_endpoint_under(default_policy: &str) {
     }
     for slot in ["{token}", "{token-doomed}"] {
         let t = made(
-            &m,
+            m,
             Method::PUT,
             "/v1/acl/token",
-            json!({"Policies": [{"Name": "fixture"}]}),
+            json!({"Policies": [{"Name": local("fixture")}]}),
         )
         .await;
         ids.push((slot.into(), t["AccessorID"].clone()));
     }
+    // The slots first: renaming would change `{query-doomed}`.
     let fill = |path: &str| {
         let mut out = path.to_owned();
         for (slot, id) in &ids {
             out = out.replace(slot.as_str(), id.as_str().unwrap());
         }
-        out
+        local(&out)
     };
 
     // A token with each rule, and one with the rule one level short.
-    let rows = table(&new_key, &old_key);
+    let rows = table(new_key, old_key);
     let mut tokens = std::collections::HashMap::new();
     for r in &rows {
         if let Need::Rule { rule, .. } = r.need
-            && !tokens.contains_key(rule)
+            && !tokens.contains_key(&local(rule))
         {
             let n = tokens.len();
-            let exact = token_with(&m, &format!("exact-{n}"), rule).await;
-            let short = token_with(&m, &format!("short-{n}"), &short_of(rule)).await;
+            let rule = local(rule);
+            let exact = token_with(m, &format!("exact-{n}-{pass}"), &rule).await;
+            let short = token_with(m, &format!("short-{n}-{pass}"), &short_of(&rule)).await;
             tokens.insert(rule, (exact, short));
         }
     }
 
+    // A token whose one rule no row needs.
+    let (unrelated, _) = token_with(
+        m,
+        &format!("unrelated-{pass}"),
+        r#"event "unrelated" { policy = "read" }"#,
+    )
+    .await;
+
     let allow = default_policy == "allow";
-    let mut wrong = Vec::new();
     // `token/self` needs a token and nothing more: each reads itself; none finds nothing.
-    let ((exact, _), (short, _)) = tokens.values().next().cloned().unwrap();
-    for secret in [exact, short] {
-        let (status, body) = call(&m, &Method::GET, "/v1/acl/token/self", Some(&secret), "").await;
+    let ((exact, _), _) = tokens.values().next().cloned().unwrap();
+    for secret in [exact, unrelated.clone()] {
+        let (status, body) = call(m, &Method::GET, "/v1/acl/token/self", Some(&secret), "").await;
         if status != 200 || !body.contains(&secret) {
             wrong.push(format!("GET /v1/acl/token/self: {status} {body}"));
         }
     }
-    let (status, body) = call(&m, &Method::GET, "/v1/acl/token/self", None, "").await;
+    let (status, body) = call(m, &Method::GET, "/v1/acl/token/self", None, "").await;
     if (status, body.as_str()) != (403, "ACL not found") {
         wrong.push(format!(
             "GET /v1/acl/token/self with no token: {status} {body}"
@@ -593,7 +630,13 @@ async fn every_endpoint_under(default_policy: &str) {
     }
     for r in &rows {
         let path = fill(r.path);
-        let what = format!("{} {path}", r.method);
+        let what = format!("{}: {} {path}", m.name, r.method);
+        // A gossip key is random base64, which the renaming could touch.
+        let body = if r.path == "/v1/operator/keyring" {
+            r.body.clone()
+        } else {
+            local(&r.body)
+        };
         let mut check = |who: &str, got: (u16, String), want_refused: Option<(u16, String)>| {
             let (status, text) = got;
             match want_refused {
@@ -614,23 +657,19 @@ async fn every_endpoint_under(default_policy: &str) {
         let is_leave = r.path == "/v1/agent/leave";
         match r.need {
             Need::Nothing | Need::Filtered => {
-                let unrelated = tokens
-                    .values()
-                    .next()
-                    .map(|(_, (secret, _))| secret.clone());
                 check(
                     "with an unrelated token",
-                    call(&m, &r.method, &path, unrelated.as_deref(), &r.body).await,
+                    call(m, &r.method, &path, Some(&unrelated), &body).await,
                     None,
                 );
                 check(
                     "with no token",
-                    call(&m, &r.method, &path, None, &r.body).await,
+                    call(m, &r.method, &path, None, &body).await,
                     None,
                 );
                 check(
                     "with management",
-                    call(&m, &r.method, &path, Some(MANAGEMENT), &r.body).await,
+                    call(m, &r.method, &path, Some(MANAGEMENT), &body).await,
                     None,
                 );
             }
@@ -639,7 +678,8 @@ async fn every_endpoint_under(default_policy: &str) {
                 missing,
                 status,
             } => {
-                let ((exact, _), (short, short_accessor)) = tokens[rule].clone();
+                let ((exact, _), (short, short_accessor)) = tokens[&local(rule)].clone();
+                let missing = local(missing);
                 let refusal = |accessor: &str| {
                     if missing.is_empty() {
                         // A query the caller may not read: Consul's bare refusal.
@@ -655,7 +695,7 @@ async fn every_endpoint_under(default_policy: &str) {
                 };
                 check(
                     "with the rule one level short",
-                    call(&m, &r.method, &path, Some(&short), &r.body).await,
+                    call(m, &r.method, &path, Some(&short), &body).await,
                     Some((status, refusal(&short_accessor))),
                 );
                 // Consul's anonymous token under allow may do all but ACL management
@@ -667,26 +707,18 @@ async fn every_endpoint_under(default_policy: &str) {
                 if anonymous_refused || !is_leave {
                     check(
                         "with no token",
-                        call(&m, &r.method, &path, None, &r.body).await,
+                        call(m, &r.method, &path, None, &body).await,
                         anonymous_refused.then(|| (status, refusal(ANONYMOUS))),
                     );
                 }
                 check(
                     "with exactly the rule",
-                    call(&m, &r.method, &path, Some(&exact), &r.body).await,
+                    call(m, &r.method, &path, Some(&exact), &body).await,
                     None,
                 );
             }
         }
     }
-    assert!(
-        wrong.is_empty(),
-        "{} of {} rows wrong:\n{}",
-        wrong.len(),
-        rows.len(),
-        wrong.join("\n")
-    );
-    m.agent.stop(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
