@@ -25,6 +25,7 @@ pub mod clock;
 mod contract;
 pub mod duration;
 mod kv;
+mod names;
 mod prepared;
 mod query;
 mod sessions;

@@ -206,22 +206,11 @@ impl State {
                 ix.nodes,
             ),
             Query::Services { node_meta } => {
-                let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-                for ((node_key, _), s) in &self.services {
-                    let on_matching_node = self
-                        .nodes
-                        .get(node_key)
-                        .is_some_and(|n| meta_matches(n, node_meta));
-                    if on_matching_node {
-                        out.entry(s.name.clone())
-                            .or_default()
-                            .extend(s.tags.iter().cloned());
-                    }
-                }
-                let out = out
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_iter().collect()))
-                    .collect();
+                let out = if node_meta.is_empty() {
+                    self.names.list()
+                } else {
+                    self.services_on_nodes_with(node_meta)
+                };
                 (Answer::Services(out), ix.services)
             }
             Query::ServiceNodes {
@@ -361,6 +350,29 @@ impl State {
             }
         };
         (answer, index.max(1))
+    }
+
+    /// Service names with the union of their tags, over the instances on nodes whose meta
+    /// has every pair of `node_meta`: a walk over every instance.
+    pub(super) fn services_on_nodes_with(
+        &self,
+        node_meta: &[(String, String)],
+    ) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for ((node_key, _), s) in &self.services {
+            let on_matching_node = self
+                .nodes
+                .get(node_key)
+                .is_some_and(|n| meta_matches(n, node_meta));
+            if on_matching_node {
+                out.entry(s.name.clone())
+                    .or_default()
+                    .extend(s.tags.iter().cloned());
+            }
+        }
+        out.into_iter()
+            .map(|(k, v)| (k, v.into_iter().collect()))
+            .collect()
     }
 
     /// Instances of a service (by name, case-insensitive) with their nodes, filtered.

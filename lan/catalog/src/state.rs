@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::acl::{AclSnapshot, AclTables, AclWrite};
 use super::autopilot::AutopilotConfig;
 use super::kv::{Kv, KvEntry, KvRefusal, KvWrite};
+use super::names::ServiceNames;
 use super::sessions::{Session, SessionWrite, Sessions};
 use super::txn::{TxnOp, TxnOutcome};
 use super::types::{Check, Node, PreparedQuery, Service};
@@ -204,6 +205,9 @@ pub struct State {
     pub(super) checks: BTreeMap<Key, Check>,
     /// Lower-case service name → instances, derived from `services`.
     pub(super) by_name: BTreeMap<String, BTreeSet<Key>>,
+    /// Service names as registered with their tags, derived from `services`, for
+    /// `/v1/catalog/services`.
+    pub(super) names: ServiceNames,
     /// Lower-case service name → index of the last change to anything a health query of
     /// that service returns: its instances, their checks, their nodes and node checks.
     /// Blocking queries on one service wait on this, so changes elsewhere do not wake
@@ -596,12 +600,19 @@ impl State {
         self.touch_service(&name_key, index);
         // Checks carry the service's name and tags; keep them in step.
         let (name, tags) = (new.name.clone(), new.tags.clone());
-        self.services.insert(key.clone(), new);
+        self.names.add(&new);
+        if let Some(old) = self.services.insert(key.clone(), new) {
+            self.names.remove(&old);
+        }
         self.indexes.services = index;
         let mut touched = false;
-        for ((n, _), check) in self.checks.iter_mut() {
-            if n == node_key
-                && fold(&check.service_id) == key.1
+        // Only this node's checks can be this instance's: a range, not the whole table.
+        let on_this_node = self
+            .checks
+            .range_mut((node_key.to_owned(), String::new())..)
+            .take_while(|((n, _), _)| n == node_key);
+        for (_, check) in on_this_node {
+            if fold(&check.service_id) == key.1
                 && (check.service_name != name || check.service_tags != tags)
             {
                 check.service_name = name.clone();
@@ -709,12 +720,17 @@ impl State {
         };
         let name_key = fold(&old.name);
         self.unindex_name(&name_key, &key);
+        self.names.remove(&old);
         self.touch_service(&name_key, index);
         self.indexes.services = index;
-        let before = self.checks.len();
-        self.checks
-            .retain(|(n, _), c| !(n == node_key && fold(&c.service_id) == id_key));
-        if self.checks.len() != before {
+        let its_checks: Vec<Key> = on_node(&self.checks, node_key)
+            .filter(|(_, c)| fold(&c.service_id) == id_key)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !its_checks.is_empty() {
+            for k in its_checks {
+                self.checks.remove(&k);
+            }
             self.indexes.checks = index;
         }
     }
@@ -779,6 +795,7 @@ impl State {
                 .entry(fold(&service.name))
                 .or_default()
                 .insert(key.clone());
+            state.names.add(&service);
             state.services.insert(key, service);
         }
         for check in snapshot.checks {
@@ -999,12 +1016,15 @@ mod tests {
         }
 
         fn command() -> impl Strategy<Value = Command> {
-            let service = (name(), name(), any::<u16>()).prop_map(|(id, n, port)| Service {
-                id,
-                name: n,
-                port,
-                ..Service::default()
-            });
+            let tags = proptest::collection::vec(name(), 0..3);
+            let service =
+                (name(), name(), any::<u16>(), tags).prop_map(|(id, n, port, tags)| Service {
+                    id,
+                    name: n,
+                    port,
+                    tags,
+                    ..Service::default()
+                });
             let check = (name(), proptest::option::of(name())).prop_map(|(id, sid)| Check {
                 check_id: id,
                 service_id: sid.unwrap_or_default(),
@@ -1058,6 +1078,11 @@ mod tests {
                     .insert(key.clone());
             }
             assert_eq!(by_name, s.by_name, "the name index follows the services");
+            assert_eq!(
+                s.names.list(),
+                s.services_on_nodes_with(&[]),
+                "the names and tags follow the services"
+            );
             for name in s.service_index.keys() {
                 assert!(
                     s.by_name.contains_key(name),
@@ -1089,6 +1114,7 @@ mod tests {
                 prop_assert_eq!(&back.services, &s.services);
                 prop_assert_eq!(&back.checks, &s.checks);
                 prop_assert_eq!(&back.by_name, &s.by_name);
+                prop_assert_eq!(&back.names, &s.names);
             }
         }
     }
