@@ -18,6 +18,7 @@ mod batch;
 mod disk;
 pub(crate) mod guard;
 mod open;
+mod snapshot_file;
 
 pub(crate) use open::{Opened, open};
 mod message;

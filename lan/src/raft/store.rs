@@ -4,14 +4,19 @@
 //! [`MemLog`] keeps the log in memory, as `agent -dev` does in Consul; `disk::DiskLog`
 //! keeps it in redb for every other server. The state machine keeps the catalog in memory
 //! (as Consul's does) and, on a server with a data dir, writes each snapshot to a file
-//! (`raft/snapshot.json`, replaced atomically) that a restart loads before openraft
-//! re-applies the log entries after it.
+//! (`raft/snapshot.json`, replaced atomically, see [`super::snapshot_file`]) that a
+//! restart loads before openraft re-applies the log entries after it. The snapshot's
+//! bytes are then kept only in that file (read again when a follower needs them), not
+//! in memory beside the catalog they encode.
+//!
+//! Building a snapshot copies the catalog under the locks and nothing more; encoding and
+//! writing it happen on the blocking pool while entries go on being applied.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
@@ -21,6 +26,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::snapshot_file;
 use super::{NodeId, TypeConfig};
 use catalog::{Applied, ApplyError, CatalogWriter, ServerNode};
 
@@ -139,8 +145,8 @@ impl RaftLogStorage<TypeConfig> for MemLog {
     }
 }
 
-/// What a snapshot carries: the catalog. (The snapshot file wraps it with its Raft
-/// metadata, see [`StoredFile`].)
+/// What a snapshot carries: the catalog. (The snapshot file adds its Raft metadata, see
+/// [`snapshot_file`].)
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotFile {
     catalog: catalog::Snapshot,
@@ -154,34 +160,19 @@ pub(crate) fn check_snapshot_data(data: &[u8]) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// A snapshot as written to disk: its Raft metadata and its data.
-#[derive(Debug, Serialize, Deserialize)]
-struct StoredFile {
-    meta: SnapshotMeta<NodeId, ServerNode>,
-    data: Vec<u8>,
-}
-
-/// Writes `bytes` to `path` so that a crash leaves either the old file or the new one:
-/// a temporary file, fsynced, renamed over the old one, then the directory fsynced.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+/// Where the bytes of the current snapshot are.
+#[derive(Debug, Clone)]
+enum Held {
+    /// Here (a server without a data dir).
+    Memory(Vec<u8>),
+    /// In the snapshot file only.
+    File,
 }
 
 #[derive(Debug, Clone)]
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, ServerNode>,
-    data: Vec<u8>,
+    data: Held,
 }
 
 #[derive(Debug)]
@@ -213,41 +204,6 @@ pub(crate) enum LoadError {
     Damaged { path: String, reason: String },
 }
 
-/// Hex SHA-256 of `bytes`.
-fn sha256_hex(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// A snapshot file's contents: the hex SHA-256 of the JSON, a newline, then the JSON, so
-/// that one changed byte anywhere is found when it is read again.
-fn with_checksum(json: Vec<u8>) -> Vec<u8> {
-    let mut out = sha256_hex(&json).into_bytes();
-    out.push(b'\n');
-    out.extend_from_slice(&json);
-    out
-}
-
-/// The JSON of a snapshot file, once its checksum is verified. A file that starts with
-/// the JSON itself was written before files carried a checksum, and is read as it is.
-fn verified(bytes: &[u8]) -> Result<&[u8], String> {
-    if bytes.first() == Some(&b'{') {
-        return Ok(bytes);
-    }
-    let at = bytes
-        .iter()
-        .position(|b| *b == b'\n')
-        .ok_or("no checksum line")?;
-    let (sum, json) = (&bytes[..at], &bytes[at + 1..]);
-    if sum != sha256_hex(json).as_bytes() {
-        return Err("its checksum does not match its contents".into());
-    }
-    Ok(json)
-}
-
 impl StateMachine {
     /// A state machine over `catalog`. With `snapshot_path`, snapshots are written there,
     /// and one found there now is loaded into the catalog.
@@ -274,17 +230,16 @@ impl StateMachine {
                 path: path.display().to_string(),
                 reason: e.to_string(),
             })?;
-            let json = verified(&bytes).map_err(damaged)?;
-            let stored: StoredFile =
-                serde_json::from_slice(json).map_err(|e| damaged(e.to_string()))?;
+            let (meta, data) = snapshot_file::read(bytes, true).map_err(damaged)?;
             let file: SnapshotFile =
-                serde_json::from_slice(&stored.data).map_err(|e| damaged(e.to_string()))?;
+                serde_json::from_slice(&data).map_err(|e| damaged(e.to_string()))?;
+            drop(data);
             inner.catalog.replace(file.catalog);
-            inner.last_applied = stored.meta.last_log_id;
-            inner.membership = stored.meta.last_membership.clone();
+            inner.last_applied = meta.last_log_id;
+            inner.membership = meta.last_membership.clone();
             inner.snapshot = Some(StoredSnapshot {
-                meta: stored.meta,
-                data: stored.data,
+                meta,
+                data: Held::File,
             });
         }
         Ok(StateMachine {
@@ -315,12 +270,13 @@ fn io_error(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let (stored, path) = {
+        // The catalog is copied under the locks, with the log ID it was applied up to;
+        // applies wait only for the copy.
+        let (file, meta, path) = {
             let mut inner = self.lock();
             let file = SnapshotFile {
                 catalog: inner.catalog.snapshot(),
             };
-            let data = serde_json::to_vec(&file).map_err(io_error)?;
             inner.snapshot_seq += 1;
             let snapshot_id = match inner.last_applied {
                 Some(last) => format!("{}-{}-{}", last.leader_id, last.index, inner.snapshot_seq),
@@ -331,13 +287,25 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 last_membership: inner.membership.clone(),
                 snapshot_id,
             };
-            (StoredSnapshot { meta, data }, inner.snapshot_path.clone())
+            (file, meta, inner.snapshot_path.clone())
         };
-        let (meta, data) = (stored.meta.clone(), stored.data.clone());
-        if let Some(path) = path {
-            persist(path, &stored).await?;
-        }
-        self.lock().snapshot = Some(stored);
+        let signature = meta.signature();
+        let encoded = tokio::task::spawn_blocking(move || serde_json::to_vec(&file))
+            .await
+            .map_err(|e| StorageError::IO {
+                source: StorageIOError::write_snapshot(Some(signature.clone()), &e),
+            })?
+            .map_err(|e| StorageError::IO {
+                source: StorageIOError::write_snapshot(Some(signature), &e),
+            })?;
+        let (data, held) = match path {
+            Some(path) => (persist(path, meta.clone(), encoded).await?, Held::File),
+            None => (encoded.clone(), Held::Memory(encoded)),
+        };
+        self.lock().snapshot = Some(StoredSnapshot {
+            meta: meta.clone(),
+            data: held,
+        });
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -345,18 +313,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     }
 }
 
-/// Writes a snapshot file on the blocking pool.
-async fn persist(path: PathBuf, snapshot: &StoredSnapshot) -> Result<(), StorageError<NodeId>> {
-    let file = StoredFile {
-        meta: snapshot.meta.clone(),
-        data: snapshot.data.clone(),
-    };
-    let signature = snapshot.meta.signature();
-    let bytes = serde_json::to_vec(&file).map_err(|e| StorageError::IO {
-        source: StorageIOError::write_snapshot(Some(signature.clone()), &e),
-    })?;
-    let bytes = with_checksum(bytes);
-    tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
+/// Writes a snapshot file on the blocking pool; gives the data back.
+async fn persist(
+    path: PathBuf,
+    meta: SnapshotMeta<NodeId, ServerNode>,
+    data: Vec<u8>,
+) -> Result<Vec<u8>, StorageError<NodeId>> {
+    let signature = meta.signature();
+    tokio::task::spawn_blocking(move || snapshot_file::write(&path, &meta, &data).map(|()| data))
         .await
         .map_err(|e| StorageError::IO {
             source: StorageIOError::write_snapshot(Some(signature.clone()), &e),
@@ -364,6 +328,24 @@ async fn persist(path: PathBuf, snapshot: &StoredSnapshot) -> Result<(), Storage
         .map_err(|e| StorageError::IO {
             source: StorageIOError::write_snapshot(Some(signature), &e),
         })
+}
+
+/// The current snapshot's metadata and data, read from the snapshot file on the blocking
+/// pool. The file holds the newest snapshot this server has, which is the current one
+/// or one made since; its metadata and data are read together, so they always match.
+async fn read_current(path: PathBuf) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+    let read = tokio::task::spawn_blocking(move || {
+        let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+        // Checked when it was loaded or written; a follower checks the data it receives.
+        snapshot_file::read(bytes, false)
+    })
+    .await
+    .map_err(io_error)?;
+    let (meta, data) = read.map_err(|e| io_error(std::io::Error::other(e)))?;
+    Ok(Snapshot {
+        meta,
+        snapshot: Box::new(Cursor::new(data)),
+    })
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -424,30 +406,46 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let file: SnapshotFile = serde_json::from_slice(&data).map_err(|e| StorageError::IO {
             source: StorageIOError::read_snapshot(Some(meta.signature()), &e),
         })?;
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
         let path = self.lock().snapshot_path.clone();
-        if let Some(path) = path {
-            // On disk first: once the catalog is replaced, the snapshot must survive.
-            persist(path, &stored).await?;
-        }
+        let held = match path {
+            Some(path) => {
+                // On disk first: once the catalog is replaced, the snapshot must survive.
+                persist(path, meta.clone(), data).await?;
+                Held::File
+            }
+            None => Held::Memory(data),
+        };
         let mut inner = self.lock();
         inner.catalog.replace(file.catalog);
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
-        inner.snapshot = Some(stored);
+        inner.snapshot = Some(StoredSnapshot {
+            meta: meta.clone(),
+            data: held,
+        });
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        Ok(self.lock().snapshot.clone().map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data)),
-        }))
+        let (current, path) = {
+            let inner = self.lock();
+            (inner.snapshot.clone(), inner.snapshot_path.clone())
+        };
+        let Some(current) = current else {
+            return Ok(None);
+        };
+        match (current.data, path) {
+            (Held::Memory(data), _) => Ok(Some(Snapshot {
+                meta: current.meta,
+                snapshot: Box::new(Cursor::new(data)),
+            })),
+            (Held::File, Some(path)) => read_current(path).await.map(Some),
+            (Held::File, None) => Err(io_error(std::io::Error::other(
+                "a snapshot kept in a file has no path",
+            ))),
+        }
     }
 }
 
@@ -478,9 +476,16 @@ mod tests {
         let path = dir.path().join("snapshot.json");
         let (_, writer) = Catalog::new();
         let mut machine = StateMachine::new(writer, Some(path.clone())).unwrap();
-        machine.build_snapshot().await.unwrap();
+        let built = machine.build_snapshot().await.unwrap();
         let (_, writer) = Catalog::new();
-        assert!(StateMachine::new(writer, Some(path.clone())).is_ok());
+        let mut reloaded = StateMachine::new(writer, Some(path.clone())).unwrap();
+        let current = reloaded.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, built.meta);
+        assert_eq!(
+            current.snapshot.get_ref(),
+            built.snapshot.get_ref(),
+            "read from the file"
+        );
         let mut bytes = std::fs::read(&path).unwrap();
         let at = bytes.len() - 3;
         bytes[at] ^= 0x01;
@@ -488,14 +493,5 @@ mod tests {
         let (_, writer) = Catalog::new();
         let e = StateMachine::new(writer, Some(path.clone())).err().unwrap();
         assert!(matches!(e, LoadError::Damaged { .. }), "{e}");
-        // A file from before checksums is still read.
-        let json = verified(&std::fs::read(&path).unwrap()).err();
-        assert!(json.is_some());
-        let legacy = bytes[bytes.iter().position(|b| *b == b'\n').unwrap() + 1..].to_vec();
-        let mut fixed = legacy.clone();
-        fixed[at - 65] ^= 0x01;
-        std::fs::write(&path, &fixed).unwrap();
-        let (_, writer) = Catalog::new();
-        assert!(StateMachine::new(writer, Some(path)).is_ok());
     }
 }
