@@ -246,13 +246,11 @@ async fn reap(consensus: &Consensus, catalog: &Catalog, members: &[Member]) -> b
         .iter()
         .map(|m| m.name.to_ascii_lowercase())
         .collect();
-    let (Answer::Checks(checks), _) = catalog.query(&Query::ChecksInState { state: None }) else {
-        return true;
-    };
-    let gone: BTreeSet<String> = checks
+    // Only the nodes with a gossip health check: copying every check of a big catalog
+    // under the read lock would hold up the applies for nothing.
+    let gone: BTreeSet<String> = catalog
+        .read(|s| s.nodes_with_check(SERF_HEALTH_CHECK))
         .into_iter()
-        .filter(|c| c.check_id == SERF_HEALTH_CHECK)
-        .map(|c| c.node)
         .filter(|n| !known.contains(&n.to_ascii_lowercase()))
         .collect();
     let mut ok = true;

@@ -268,7 +268,7 @@ impl State {
                     for (node_key, id_key) in keys {
                         list.extend(
                             on_node(&self.checks, node_key)
-                                .filter(|(_, c)| fold(&c.service_id) == *id_key)
+                                .filter(|(_, c)| c.service_id.eq_ignore_ascii_case(id_key))
                                 .map(|(_, c)| c.clone()),
                         );
                     }
@@ -352,6 +352,19 @@ impl State {
         (answer, index.max(1))
     }
 
+    /// Names (as the checks spell them) of the nodes that have a check with exactly this
+    /// ID, without copying any check: one lookup per node, however many instances the
+    /// nodes hold.
+    pub fn nodes_with_check(&self, check_id: &str) -> Vec<String> {
+        let id = fold(check_id);
+        self.nodes
+            .keys()
+            .filter_map(|key| self.checks.get(&(key.clone(), id.clone())))
+            .filter(|c| c.check_id == check_id)
+            .map(|c| c.node.clone())
+            .collect()
+    }
+
     /// Service names with the union of their tags, over the instances on nodes whose meta
     /// has every pair of `node_meta`: a walk over every instance.
     pub(super) fn services_on_nodes_with(
@@ -396,11 +409,14 @@ impl State {
     /// Node-level checks of `node` followed by the checks of service instance `service_id`.
     fn checks_covering(&self, node: &str, service_id: &str) -> Vec<Check> {
         let node_key = fold(node);
-        let id = fold(service_id);
         let all = || on_node(&self.checks, &node_key).map(|(_, c)| c);
+        // Compared in place: folding each check's service ID would allocate once per
+        // check of the node for every instance answered.
         all()
             .filter(|c| c.service_id.is_empty())
-            .chain(all().filter(|c| !c.service_id.is_empty() && fold(&c.service_id) == id))
+            .chain(all().filter(|c| {
+                !c.service_id.is_empty() && c.service_id.eq_ignore_ascii_case(service_id)
+            }))
             .cloned()
             .collect()
     }
@@ -558,6 +574,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.query(&q("db")).1, 12);
+    }
+
+    #[test]
+    fn nodes_with_a_check_are_those_holding_that_exact_id() {
+        let s = setup();
+        assert_eq!(s.nodes_with_check("web3-c1"), ["n3"]);
+        assert_eq!(s.nodes_with_check("web1-c0"), ["n1"]);
+        assert!(
+            s.nodes_with_check("WEB1-C0").is_empty(),
+            "the ID as written"
+        );
+        assert!(s.nodes_with_check("nope").is_empty());
     }
 
     #[test]

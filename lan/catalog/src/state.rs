@@ -612,7 +612,7 @@ impl State {
             .range_mut((node_key.to_owned(), String::new())..)
             .take_while(|((n, _), _)| n == node_key);
         for (_, check) in on_this_node {
-            if fold(&check.service_id) == key.1
+            if check.service_id.eq_ignore_ascii_case(&key.1)
                 && (check.service_name != name || check.service_tags != tags)
             {
                 check.service_name = name.clone();
@@ -724,7 +724,7 @@ impl State {
         self.touch_service(&name_key, index);
         self.indexes.services = index;
         let its_checks: Vec<Key> = on_node(&self.checks, node_key)
-            .filter(|(_, c)| fold(&c.service_id) == id_key)
+            .filter(|(_, c)| c.service_id.eq_ignore_ascii_case(id_key))
             .map(|(k, _)| k.clone())
             .collect();
         if !its_checks.is_empty() {
