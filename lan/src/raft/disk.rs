@@ -51,6 +51,11 @@ pub(crate) const VOTE_KEY: &str = VOTE;
 const JOB_QUEUE: usize = 4096;
 /// Most queued changes applied in one transaction; the rest wait for the next one.
 const MAX_BATCH: usize = 1024;
+/// redb's page cache. Its default (1 GiB) would keep every page read in memory: the
+/// check at start reads the whole log, up to a snapshot threshold of entries, and its
+/// pages would then stay in the agent's memory for nothing. Entries are read again only
+/// to replicate them to a follower that is behind, recent ones first.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// A change for the writer thread.
 enum Job {
@@ -196,7 +201,7 @@ impl DiskLog {
             path: path.display().to_string(),
             reason,
         };
-        let mut db = match Database::create(path) {
+        let mut db = match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
             Ok(db) => db,
             Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(e))) => {
                 return Err(damaged(e));
