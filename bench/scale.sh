@@ -189,30 +189,16 @@ RSS_RESTART=$((RSS_RESTART_KIB / 1024))
 PER_INSTANCE=$(python3 -c "print(round(($RSS_RESTART_KIB - $RSS_EMPTY_KIB) * 1024 / $INSTANCES))")
 PER_INSTANCE_ALL=$(python3 -c "print(round($RSS_RESTART_KIB * 1024 / $INSTANCES))")
 
-REPORT="## Catalog at scale (\`bench/scale.sh\`)
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+[ -n "${PROCONSUL_BIN:-}" ] && COMMIT="$COMMIT (checkout; the binary measured was given by PROCONSUL_BIN)"
+REPORT="Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) CPUs, shared with other builds (figures are upper bounds); proconsul $COMMIT.
+Command: \`SIZES=\"$SIZES\" SERVICES=$SERVICES CLIENTS=$CLIENTS PROBE=$PROBE READS=$READS BIG_READS=$BIG_READS DNS_SECONDS=$DNS_SECONDS bench/scale.sh --write\`.
 
-One server with a data dir (fsync on), filled through \`PUT /v1/catalog/register\` by
-$CLIENTS closed-loop clients (\`scale-bench load\`), one request per instance: $SERVICES
-services per node (\`svc-0\` … \`svc-$((SERVICES - 1))\`), each with one check, plus one
-node with a one-instance service \`solo\`. Command: \`SIZES=\"$SIZES\" SERVICES=$SERVICES
-CLIENTS=$CLIENTS bench/scale.sh --write\`. Figures are from one run on a shared 2-core
-host that was building other things at the same time: read them as upper bounds.
-
-- registrations/s: *step* is the average over the nodes added since the size before;
-  *at size* is the rate of the last $PROBE nodes of the step (p99 of a registration there).
-- reads: p50 / p99 in ms over $READS reads (\`svc-0\`: $BIG_READS reads; it has one
-  instance per node, so its answer grows with the catalog; its size is given).
-- DNS: dnsperf queries per second over ${DNS_SECONDS} s, 4 clients (NA: not run).
-
-| nodes | instances | reg/s step | reg/s at size | reg p99 ms | RSS MiB | \`catalog/services\` ms | \`health/service/solo\` ms | \`health/service/svc-0\` ms | DNS node A q/s | DNS solo SRV q/s |
+| nodes | instances | reg/s step | reg/s at size | reg p99 ms | RSS MiB | \`catalog/services\` p50 / p99 ms | \`health/service/solo\` p50 / p99 ms | \`health/service/svc-0\` p50 / p99 ms (answer) | DNS node A q/s | DNS solo SRV q/s |
 |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 $(printf '%s\n' "${ROWS[@]}")
 
-At $prev nodes ($INSTANCES instances): RSS $RSS_LOADED MiB loaded; \`GET /v1/snapshot\`
-(save) ${SAVE_S} s for ${SNAP_MIB} MiB; Raft snapshot file ${RAFT_SNAP_MIB} MiB. After a
-restart from disk: first \`?consistent\` read ${FIRST_S} s after the process started;
-RSS $RSS_RESTART MiB once idle, $PER_INSTANCE_ALL bytes per instance with its check
-($PER_INSTANCE bytes over the empty server's $((RSS_EMPTY_KIB / 1024)) MiB)."
+At $prev nodes ($INSTANCES instances): RSS $RSS_LOADED MiB loaded; \`GET /v1/snapshot\` (save) ${SAVE_S} s for ${SNAP_MIB} MiB; Raft snapshot file ${RAFT_SNAP_MIB} MiB. After a restart from disk: first \`?consistent\` read ${FIRST_S} s after the process started; RSS $RSS_RESTART MiB once idle: $PER_INSTANCE_ALL bytes per instance with its check, $PER_INSTANCE bytes over the empty server's $((RSS_EMPTY_KIB / 1024)) MiB."
 
 echo "$REPORT"
 if [ "$WRITE" = 1 ]; then
