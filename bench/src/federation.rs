@@ -18,7 +18,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -44,6 +44,42 @@ pub const SETUP_TIMEOUT: Duration = Duration::from_secs(120);
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// A request unanswered this long is an error.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the delay proxies' tasks get to stop after a run.
+pub const PROXY_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs a federation benchmark: `measure` gets a temp dir for the agents' files, a
+/// tracker for the delay proxies' tasks and a token that stops them, on a runtime of
+/// two workers; the proxies are stopped afterwards (waited for up to [`PROXY_GRACE`]).
+/// An error is printed after `name`, and the exit code says whether it succeeded.
+pub fn run<F>(name: &str, measure: F) -> ExitCode
+where
+    F: AsyncFnOnce(&Path, &TaskTracker, &CancellationToken) -> Result<(), String>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let result = runtime.block_on(async {
+        let root = tempfile::tempdir().map_err(|e| format!("a temp dir: {e}"))?;
+        let tasks = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let result = measure(root.path(), &tasks, &stop).await;
+        stop.cancel();
+        tasks.close();
+        if timeout(PROXY_GRACE, tasks.wait()).await.is_err() {
+            eprintln!("warning: {} proxy tasks did not stop in time", tasks.len());
+        }
+        result
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 /// How long the servers get to stop on SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 

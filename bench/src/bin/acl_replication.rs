@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
-use proconsul_bench::federation::{Federation, Launch, REQUEST_TIMEOUT, Server, get, poll};
+use proconsul_bench::federation::{self, Federation, Launch, REQUEST_TIMEOUT, Server, get, poll};
 use proconsul_bench::http::Conn;
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep, timeout};
@@ -50,8 +50,6 @@ const POLICY: &str = "bench-read-keys";
 const POLL_GAP: Duration = Duration::from_millis(1);
 /// A token not working in dc2 this long after its creation is a failure.
 const TOKEN_DEADLINE: Duration = Duration::from_secs(30);
-/// How long the proxies' tasks get to stop.
-const PROXY_GRACE: Duration = Duration::from_secs(5);
 /// Most tokens a run may create.
 const MAX_TOKENS: u64 = 100_000;
 
@@ -112,31 +110,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    match runtime.block_on(run(&options)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("acl-replication-bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn run(o: &Options) -> Result<(), String> {
-    let root = tempfile::tempdir().map_err(|e| format!("a temp dir: {e}"))?;
-    let tasks = TaskTracker::new();
-    let stop = CancellationToken::new();
-    let result = federate_and_measure(o, root.path(), &tasks, &stop).await;
-    stop.cancel();
-    tasks.close();
-    if timeout(PROXY_GRACE, tasks.wait()).await.is_err() {
-        eprintln!("warning: {} proxy tasks did not stop in time", tasks.len());
-    }
-    result
+    federation::run("acl-replication-bench", async |root, tasks, stop| {
+        federate_and_measure(&options, root, tasks, stop).await
+    })
 }
 
 async fn federate_and_measure(

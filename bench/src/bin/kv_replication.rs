@@ -48,7 +48,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use proconsul_bench::delay::DelayProxy;
-use proconsul_bench::federation::{Federation, Launch, POLL_INTERVAL, Server, get, poll};
+use proconsul_bench::federation::{self, Federation, Launch, POLL_INTERVAL, Server, get, poll};
 use proconsul_bench::http::Conn;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -73,8 +73,6 @@ const FOLLOW_WAIT: &str = "30s";
 const SEQ_DIGITS: usize = 10;
 /// Most writes a run may plan (rate × seconds), to keep the per-write tables small.
 const MAX_WRITES: u64 = 10_000_000;
-/// How long the proxies' tasks get to stop.
-const PROXY_GRACE: Duration = Duration::from_secs(5);
 
 struct Options {
     bin: PathBuf,
@@ -148,31 +146,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    match runtime.block_on(run(&options)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("kv-replication-bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn run(o: &Options) -> Result<(), String> {
-    let root = tempfile::tempdir().map_err(|e| format!("a temp dir: {e}"))?;
-    let tasks = TaskTracker::new();
-    let stop = CancellationToken::new();
-    let result = federate_and_measure(o, root.path(), &tasks, &stop).await;
-    stop.cancel();
-    tasks.close();
-    if timeout(PROXY_GRACE, tasks.wait()).await.is_err() {
-        eprintln!("warning: {} proxy tasks did not stop in time", tasks.len());
-    }
-    result
+    federation::run("kv-replication-bench", async |root, tasks, stop| {
+        federate_and_measure(&options, root, tasks, stop).await
+    })
 }
 
 async fn federate_and_measure(
