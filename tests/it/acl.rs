@@ -227,6 +227,30 @@ node_prefix "" { policy = "read" }
         }
     }
 
+    // A transaction's reads are not refused: what the token may not read is left out
+    // of the results, in a transaction that writes and in one that only reads.
+    for m in [server, client] {
+        let ops = json!([
+            {"KV": {"Verb": "set", "Key": "app/t", "Value": "MQ=="}},
+            {"KV": {"Verb": "get", "Key": "secret/db"}},
+            {"KV": {"Verb": "get-tree", "Key": ""}},
+            {"KV": {"Verb": "delete", "Key": "app/t"}},
+        ]);
+        let (status, text) = call(m, Method::PUT, "/v1/txn", app, &ops.to_string()).await;
+        assert_eq!(status, 200, "{}: {text}", m.name);
+        assert!(
+            text.contains("app/t") && !text.contains("secret/db"),
+            "{text}"
+        );
+        let ops = json!([{"KV": {"Verb": "get", "Key": "secret/db"}}]);
+        let (status, text) = call(m, Method::PUT, "/v1/txn", app, &ops.to_string()).await;
+        assert_eq!(status, 200, "{}: {text}", m.name);
+        assert!(!text.contains("secret/db"), "{text}");
+        let ops = json!([{"KV": {"Verb": "check-index", "Key": "secret/db", "Index": 1}}]);
+        let (status, text) = call(m, Method::PUT, "/v1/txn", app, &ops.to_string()).await;
+        assert_eq!(status, 409, "{}: {text}", m.name);
+    }
+
     // Lists are filtered, and say so.
     for m in [server, client] {
         let (status, _) = call(m, Method::PUT, "/v1/kv/app/y", Some(MANAGEMENT), "2").await;

@@ -414,6 +414,16 @@ impl Server {
         checked.err().map(WriteError::Denied)
     }
 
+    /// Leaves out of a transaction's results the keys `principal` may not read (its
+    /// `get`s are not refused, as Consul's are not).
+    fn filter_txn(&self, outcome: &mut TxnOutcome, principal: &Principal) {
+        if let Some(acl) = &self.acl
+            && let Ok(Some(caller)) = acl.caller(&self.catalog, principal)
+        {
+            caller.filter_txn(outcome);
+        }
+    }
+
     /// The token this server sends for its own requests to other servers.
     fn agent_token(&self) -> Option<String> {
         self.acl.as_ref()?.agent_token()
@@ -429,11 +439,20 @@ impl Server {
         forwarded: bool,
     ) -> Result<Written, WriteError> {
         let timer = (!forwarded).then(|| write_metric(&command)).flatten();
+        let txn = matches!(command, Command::Txn(_));
         let start = std::time::Instant::now();
         self.prepare(principal).await;
-        let written = self
+        let mut written = self
             .write_on_leader(command, deadline, principal, forwarded)
             .await;
+        if txn
+            && let Ok(Written {
+                applied: Applied::Txn(outcome),
+                ..
+            }) = &mut written
+        {
+            self.filter_txn(outcome, principal);
+        }
         if let Some(name) = timer {
             metrics::histogram!(name).record(millis_since(start));
         }

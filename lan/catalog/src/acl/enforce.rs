@@ -225,11 +225,24 @@ impl Caller {
             | TxnVerb::Delete
             | TxnVerb::DeleteCas => self.need(Resource::Key, &op.key, Access::Write),
             TxnVerb::DeleteTree => self.key_tree_write(&op.key),
-            TxnVerb::Get
-            | TxnVerb::CheckIndex
-            | TxnVerb::CheckSession
-            | TxnVerb::CheckNotExists => self.need(Resource::Key, &op.key, Access::Read),
-            TxnVerb::GetTree => self.list(&op.key),
+            // What a check's outcome says about a key needs the right to read it.
+            TxnVerb::CheckIndex | TxnVerb::CheckSession | TxnVerb::CheckNotExists => {
+                self.need(Resource::Key, &op.key, Access::Read)
+            }
+            // Reads are left out of the results instead ([`Caller::filter_txn`]), as
+            // Consul does.
+            TxnVerb::Get | TxnVerb::GetTree => Ok(()),
+        }
+    }
+
+    /// Leaves out of a transaction's results the entries this caller may not read;
+    /// returns whether any was left out.
+    pub fn filter_txn(&self, outcome: &mut TxnOutcome) -> bool {
+        match outcome {
+            TxnOutcome::Done(entries) => {
+                retain(entries, |e| self.may(Resource::Key, &e.key, Access::Read))
+            }
+            TxnOutcome::Failed(_) => false,
         }
     }
 
@@ -691,5 +704,39 @@ mod tests {
         );
         let mut nodes = Answer::Nodes(vec![node("a")]);
         assert!(!c.filter(&mut nodes));
+    }
+
+    #[test]
+    fn transaction_reads_are_filtered_and_checks_refused() {
+        let c = caller(r#"key_prefix "pub/" { policy = "read" }"#, false);
+        let op = |verb: TxnVerb, key: &str| TxnOp {
+            verb,
+            key: key.into(),
+            value: vec![],
+            flags: 0,
+            index: 0,
+            session: None,
+        };
+        assert!(c.check_txn_op(&op(TxnVerb::Get, "secret/a")).is_ok());
+        assert!(c.check_txn_op(&op(TxnVerb::GetTree, "secret/")).is_ok());
+        assert!(
+            c.check_txn_op(&op(TxnVerb::CheckIndex, "secret/a"))
+                .is_err()
+        );
+        assert!(c.check_txn_op(&op(TxnVerb::Set, "pub/a")).is_err());
+        let entry = |key: &str| crate::kv::KvEntry {
+            key: key.into(),
+            value: b"v".to_vec(),
+            flags: 0,
+            session: None,
+            lock_index: 0,
+            create_index: 1,
+            modify_index: 1,
+        };
+        let mut outcome = TxnOutcome::Done(vec![entry("pub/a"), entry("secret/a")]);
+        assert!(c.filter_txn(&mut outcome));
+        assert_eq!(outcome, TxnOutcome::Done(vec![entry("pub/a")]));
+        let mut failed = TxnOutcome::Failed(vec![]);
+        assert!(!c.filter_txn(&mut failed));
     }
 }
