@@ -266,11 +266,10 @@ impl metrics::Recorder for Fanout {
         }))
     }
 
-    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+    fn register_histogram(&self, key: &Key, _metadata: &Metadata<'_>) -> Histogram {
         let Some(key) = self.key(key, false) else {
             return Histogram::noop();
         };
-        let _ = metadata;
         match self.inmem.sample(&key) {
             Some(series) => Histogram::from_arc(series),
             None => Histogram::noop(),
