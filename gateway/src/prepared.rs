@@ -9,11 +9,19 @@
 //!      NearestN other datacenters (by estimated RTT), then Datacenters, in turn,
 //!      until one has a healthy instance (each with a share of the deadline)
 //! ```
+//!
+//! ACLs, as Consul's: finding a prepared query to execute needs no right on it
+//! ([`Query::QueryToRun`]); each datacenter asked leaves out the instances that the
+//! query's own token, else the caller's, may not read (`service:read`, `node:read`)
+//! instead of refusing ([`Query::RunServiceQuery`]), so a denied caller gets no
+//! instances. The stored token travels with the reads to failover datacenters, as
+//! Consul sends it with the query; it is in no answer. A plain service lookup with the
+//! agent's failover policy (DNS) reads as the caller and needs `service:read`.
 
 use std::time::Duration;
 
-use catalog::{Answer, Failover, PreparedQuery, Query, ServiceHealth, ServiceQuery};
-use catalog::{ReadMeta, ReadOptions, remaining_ms};
+use catalog::{Answer, Failover, Query, ServiceHealth, ServiceQuery};
+use catalog::{Principal, ReadMeta, ReadOptions, remaining_ms};
 use rand::seq::SliceRandom;
 use tokio::time::Instant;
 
@@ -38,30 +46,27 @@ pub struct Executed {
     pub dns_ttl: String,
     /// The index of the answering read.
     pub index: u64,
+    /// Whether the answering read left out instances the token may not read
+    /// (`X-Consul-Results-Filtered-By-ACLs`).
+    pub filtered: bool,
     /// The answering read's leader contact (`X-Consul-KnownLeader`, `-LastContact`).
     pub meta: ReadMeta,
 }
 
-impl Gateway {
-    /// The prepared query `key` (ID or name) stored in `dc`, or `None`.
-    pub async fn prepared_query(
-        &self,
-        dc: Option<&str>,
-        key: &str,
-        options: ReadOptions,
-    ) -> Result<Option<PreparedQuery>, RouteError> {
-        let query = Query::PreparedQueries {
-            key: Some(key.to_owned()),
-        };
-        match self.read(dc, &query, options).await?.answer {
-            Answer::PreparedQueries(mut list) => Ok(list.pop()),
-            _ => Ok(None),
-        }
-    }
+/// How a service query reads each datacenter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// A health read, as the caller, with what it needs (`service:read`).
+    Checked,
+    /// A prepared query's execution: filtered, never refused.
+    Filtered,
+}
 
+impl Gateway {
     /// Executes the prepared query `key` (ID or name) stored in `dc`: its service
-    /// query there, with its failover policy. `near` overrides the query's own sorting
-    /// (`?near=`). `Ok(None)` when there is no such query.
+    /// query there, with its failover policy, filtered as its token (else the
+    /// caller's) may read. `near` overrides the query's own sorting (`?near=`).
+    /// `Ok(None)` when there is no such query.
     pub async fn execute(
         &self,
         dc: Option<&str>,
@@ -69,14 +74,26 @@ impl Gateway {
         near: Option<&str>,
         options: ReadOptions,
     ) -> Result<Option<Executed>, RouteError> {
-        let Some(definition) = self.prepared_query(dc, key, options.clone()).await? else {
-            return Ok(None);
+        let lookup = Query::QueryToRun {
+            key: key.to_owned(),
+        };
+        let definition = match self.read(dc, &lookup, options.clone()).await?.answer {
+            Answer::QueryToRun(Some(definition)) => *definition,
+            _ => return Ok(None),
         };
         let mut service = definition.service;
         if let Some(near) = near.filter(|n| !n.is_empty()) {
             service.near = near.to_owned();
         }
-        let mut executed = self.run_service_query(dc, &service, options).await?;
+        let options = if definition.token.is_empty() {
+            options
+        } else {
+            ReadOptions {
+                principal: Principal::Token(definition.token.into()),
+                ..options
+            }
+        };
+        let mut executed = self.run(dc, &service, options, Reading::Filtered).await?;
         executed.dns_ttl = definition.dns_ttl;
         Ok(Some(executed))
     }
@@ -90,11 +107,23 @@ impl Gateway {
         service: &ServiceQuery,
         options: ReadOptions,
     ) -> Result<Executed, RouteError> {
+        self.run(dc, service, options, Reading::Checked).await
+    }
+
+    async fn run(
+        &self,
+        dc: Option<&str>,
+        service: &ServiceQuery,
+        options: ReadOptions,
+        reading: Reading,
+    ) -> Result<Executed, RouteError> {
         let home = match dc.filter(|d| !d.is_empty()) {
             Some(d) => d.to_owned(),
             None => self.local_datacenter().to_string(),
         };
-        let mut executed = self.instances(&home, service, options.clone()).await?;
+        let mut executed = self
+            .instances(&home, service, options.clone(), reading)
+            .await?;
         if !executed.nodes.is_empty() || service.failover.is_empty() {
             self.order(&mut executed, service).await;
             return Ok(executed);
@@ -113,7 +142,7 @@ impl Gateway {
                 deadline: (now + share.max(MIN_FAILOVER_ATTEMPT)).min(options.deadline),
                 ..options.clone()
             };
-            match self.instances(&dc, service, attempt).await {
+            match self.instances(&dc, service, attempt, reading).await {
                 Ok(found) if !found.nodes.is_empty() => {
                     let mut found = Executed {
                         failovers: executed.failovers,
@@ -122,7 +151,8 @@ impl Gateway {
                     self.order(&mut found, service).await;
                     return Ok(found);
                 }
-                Ok(_) => {}
+                // Nothing to answer with there; what it left out is still told.
+                Ok(found) => executed.filtered |= found.filtered,
                 Err(e) => {
                     tracing::debug!(datacenter = %dc, error = %e, left_ms = remaining_ms(options.deadline), "failover datacenter did not answer");
                 }
@@ -159,10 +189,17 @@ impl Gateway {
         dc: &str,
         service: &ServiceQuery,
         options: ReadOptions,
+        reading: Reading,
     ) -> Result<Executed, RouteError> {
-        let result = self.read(Some(dc), &service.read(), options).await?;
-        let nodes = match result.answer {
-            Answer::ServiceHealth(list) => service.select(list),
+        let read = match reading {
+            Reading::Checked => service.read(),
+            Reading::Filtered => Query::RunServiceQuery(Box::new(service.clone())),
+        };
+        let result = self.read(Some(dc), &read, options).await?;
+        let nodes = match (result.answer, reading) {
+            (Answer::ServiceHealth(list), Reading::Checked) => service.select(list),
+            // Selected where it was read.
+            (Answer::ServiceHealth(list), Reading::Filtered) => list,
             _ => Vec::new(),
         };
         Ok(Executed {
@@ -173,6 +210,7 @@ impl Gateway {
             dns_ttl: String::new(),
             index: result.index,
             meta: result.meta,
+            filtered: result.filtered,
         })
     }
 

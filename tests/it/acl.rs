@@ -989,3 +989,229 @@ async fn tokens_live_as_long_as_they_were_given_and_are_then_deleted() {
     .await;
     m.agent.stop(false).await;
 }
+
+/// Executes `query` on `m` as `token`: the status, the instances' node names and the
+/// filtered header.
+async fn execute(m: &Member, query: &str, token: Option<&str>) -> (u16, Vec<String>, bool) {
+    let r = m
+        .call(
+            Method::GET,
+            &with(&format!("/v1/query/{query}/execute"), token),
+            "",
+        )
+        .await;
+    let filtered = r.header("x-consul-results-filtered-by-acls") == Some("true");
+    if r.status != 200 {
+        return (r.status, vec![r.body], filtered);
+    }
+    let body: Value = serde_json::from_str(&r.body).unwrap();
+    let nodes = body["Nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["Node"]["Node"].as_str().unwrap().to_owned())
+        .collect();
+    (r.status, nodes, filtered)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_query_runs_for_anyone_filtered_by_its_own_token_or_the_callers() {
+    let cluster = Cluster::start(1, |s| s.config = Some(config())).await;
+    let server = cluster.server();
+    let client = &cluster.members[1];
+    management_ready(server).await;
+
+    let register = json!({"Node": "web-1", "Address": "127.0.0.1",
+                          "Service": {"Service": "web", "Port": 80}});
+    let (status, body) = call(
+        server,
+        Method::PUT,
+        "/v1/catalog/register",
+        Some(MANAGEMENT),
+        &register.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let reader_policy = create(
+        server,
+        "/v1/acl/policy",
+        json!({"Name": "web-reader",
+               "Rules": "service \"web\" { policy = \"read\" }\nnode_prefix \"\" { policy = \"read\" }"}),
+    )
+    .await;
+    let reader = create(
+        server,
+        "/v1/acl/token",
+        json!({"Policies": [{"ID": reader_policy["ID"]}]}),
+    )
+    .await;
+    let reader = reader["SecretID"].as_str().unwrap().to_owned();
+    let queries_policy = create(
+        server,
+        "/v1/acl/policy",
+        json!({"Name": "queries", "Rules": "query_prefix \"\" { policy = \"read\" }"}),
+    )
+    .await;
+    let nobody = create(
+        server,
+        "/v1/acl/token",
+        json!({"Policies": [{"ID": queries_policy["ID"]}]}),
+    )
+    .await;
+    let nobody = nobody["SecretID"].as_str().unwrap().to_owned();
+    let with_token = create(
+        server,
+        "/v1/query",
+        json!({"Name": "web-as-reader", "Token": reader, "Service": {"Service": "web"}}),
+    )
+    .await;
+    create(
+        server,
+        "/v1/query",
+        json!({"Name": "web-as-caller", "Service": {"Service": "web"}}),
+    )
+    .await;
+
+    for m in [server, client] {
+        // Its own token reads web: a caller with no right on it (or no token at all)
+        // gets the instance, and nothing was left out.
+        for caller in [Some(nobody.as_str()), None] {
+            let got = execute(m, "web-as-reader", caller).await;
+            assert_eq!(got, (200, vec!["web-1".to_owned()], false), "{}", m.name);
+        }
+        // Without a token of its own, the caller's decides: denied web, it gets no
+        // instance (not a refusal), and the answer says something was left out.
+        for caller in [Some(nobody.as_str()), None] {
+            let got = execute(m, "web-as-caller", caller).await;
+            assert_eq!(got, (200, vec![], true), "{}", m.name);
+        }
+        let got = execute(m, "web-as-caller", Some(&reader)).await;
+        assert_eq!(got, (200, vec!["web-1".to_owned()], false), "{}", m.name);
+        // An unknown query is still not found.
+        let got = execute(m, "no-such-query", Some(&nobody)).await;
+        assert_eq!(got.0, 404, "{got:?}");
+    }
+
+    // DNS runs the same path, as the anonymous token (which may read nothing).
+    let found = server
+        .dig(
+            "web-as-reader.query.consul",
+            hickory_proto::rr::RecordType::A,
+        )
+        .await;
+    assert_eq!(found.answers.len(), 1, "{found:?}");
+    let found = server
+        .dig(
+            "web-as-caller.query.consul",
+            hickory_proto::rr::RecordType::A,
+        )
+        .await;
+    assert!(found.answers.is_empty(), "{found:?}");
+
+    // The stored token is shown to those who may write ACLs; the others see that
+    // there is one. Explaining still needs `query:read`.
+    let id = with_token["ID"].as_str().unwrap();
+    for (token, want) in [(MANAGEMENT, reader.as_str()), (nobody.as_str(), "<hidden>")] {
+        let (status, body) = call(
+            server,
+            Method::GET,
+            &format!("/v1/query/{id}"),
+            Some(token),
+            "",
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let read: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(read[0]["Token"], want);
+        let (status, body) = call(
+            server,
+            Method::GET,
+            &format!("/v1/query/{id}/explain"),
+            Some(token),
+            "",
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let explained: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(explained["Query"]["Token"], want);
+    }
+    let (status, body) = call(
+        server,
+        Method::GET,
+        &format!("/v1/query/{id}/explain"),
+        Some(&reader),
+        "",
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (403, "Permission denied"));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_query_fails_over_with_its_token_filtering_in_the_other_datacenter() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = primary_and_secondary(
+        dir.path(),
+        json!({"enabled": true, "default_policy": "deny",
+               "tokens": {"replication": MANAGEMENT}}),
+    )
+    .await;
+    // `web` only in dc2.
+    let register = json!({"Node": "web-2", "Address": "127.0.0.2",
+                          "Service": {"Service": "web", "Port": 80}});
+    let (status, body) = call(
+        &a,
+        Method::PUT,
+        "/v1/catalog/register?dc=dc2",
+        Some(MANAGEMENT),
+        &register.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    create(
+        &a,
+        "/v1/acl/policy",
+        json!({"Name": "web-reader",
+               "Rules": "service \"web\" { policy = \"read\" }\nnode_prefix \"\" { policy = \"read\" }"}),
+    )
+    .await;
+    let reader = create(
+        &a,
+        "/v1/acl/token",
+        json!({"Policies": [{"Name": "web-reader"}]}),
+    )
+    .await;
+    let reader = reader["SecretID"].as_str().unwrap().to_owned();
+    let failover = json!({"Service": "web", "Failover": {"Datacenters": ["dc2"]}});
+    create(
+        &a,
+        "/v1/query",
+        json!({"Name": "web-far", "Token": reader, "Service": failover}),
+    )
+    .await;
+    create(
+        &a,
+        "/v1/query",
+        json!({"Name": "web-far-as-caller", "Service": failover}),
+    )
+    .await;
+
+    // The anonymous caller may read nothing: dc2 filters with the query's token.
+    let r = a.get("/v1/query/web-far/execute").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let run: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(run["Datacenter"], "dc2", "{run}");
+    assert_eq!(run["Failovers"], 1, "{run}");
+    assert_eq!(run["Nodes"][0]["Node"]["Node"], "web-2", "{run}");
+    // Without a token of its own, dc2 filters with the caller's.
+    assert_eq!(
+        execute(&a, "web-far-as-caller", None).await,
+        (200, vec![], true)
+    );
+    assert_eq!(
+        execute(&a, "web-far-as-caller", Some(&reader)).await,
+        (200, vec!["web-2".to_owned()], false)
+    );
+    a.agent.stop(false).await;
+    b.agent.stop(false).await;
+}

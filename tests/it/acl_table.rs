@@ -30,6 +30,9 @@ enum Need {
     Nothing,
     /// Its answer is filtered to what the caller may read: never a refusal.
     Filtered,
+    /// Filtered, and always answered 200, whatever the caller may read (a prepared
+    /// query's execution: its instances filtered, the query found whoever asks).
+    Answered,
     /// `rule` suffices; without it the answer is `status` and names `missing`
     /// (`'key:write' on "app/x"`; empty for Consul's bare `Permission denied`).
     Rule {
@@ -69,7 +72,7 @@ fn row(method: Method, path: &'static str, body: &str, need: Need) -> Row {
 /// each row finds what it acts on.
 fn table(new_key: &str, old_key: &str) -> Vec<Row> {
     use Method as M;
-    use Need::{Filtered, Nothing};
+    use Need::{Answered, Filtered, Nothing};
     const ACL_READ: Need = rule(r#"acl = "read""#, "'acl:read'");
     const ACL_WRITE: Need = rule(r#"acl = "write""#, "'acl:write'");
     const OP_READ: Need = rule(r#"operator = "read""#, "'operator:read'");
@@ -127,7 +130,7 @@ fn table(new_key: &str, old_key: &str) -> Vec<Row> {
         row(M::GET, "/v1/agent/services", "", Filtered),
         row(M::GET, "/v1/agent/checks", "", Filtered),
         row(M::GET, "/v1/query", "", Filtered),
-        row(M::GET, "/v1/query/{query}/execute", "", Filtered),
+        row(M::GET, "/v1/query/{query}/execute", "", Answered),
         row(M::GET, "/v1/session/list", "", Filtered),
         row(M::GET, "/v1/session/node/s1", "", Filtered),
         row(M::GET, "/v1/session/info/{session}", "", Filtered),
@@ -656,6 +659,18 @@ async fn one_agent(
         };
         let is_leave = r.path == "/v1/agent/leave";
         match r.need {
+            Need::Answered => {
+                for (who, token) in [
+                    ("with an unrelated token", Some(unrelated.as_str())),
+                    ("with no token", None),
+                    ("with management", Some(MANAGEMENT)),
+                ] {
+                    let (status, text) = call(m, &r.method, &path, token, &body).await;
+                    if status != 200 {
+                        wrong.push(format!("{what} {who}: want 200, got {status} {text:?}"));
+                    }
+                }
+            }
             Need::Nothing | Need::Filtered => {
                 check(
                     "with an unrelated token",

@@ -2,9 +2,11 @@
 //!
 //! Definitions are stored in the catalog of the datacenter named by `?dc=` (the local
 //! one by default) and executed through the gateway, which applies the failover policy.
-//! Sessions, ACL tokens, templates, mesh (`Connect`) and peering targets are not part
-//! of proconsul; a definition that uses them is refused with 400 rather than stored and
-//! then ignored.
+//! Executing needs no right on the query; its results are filtered as its stored
+//! `Token` (else the caller's) may read them, as in Consul. Reads show that token only
+//! to callers that may write ACLs (`<hidden>` to the others). Sessions, templates, mesh
+//! (`Connect`) and peering targets are not part of proconsul; a definition that uses
+//! them is refused with 400 rather than stored and then ignored.
 
 use std::collections::BTreeMap;
 
@@ -92,11 +94,6 @@ pub(crate) fn definition(body: &[u8]) -> Result<PreparedQuery, ApiError> {
             "proconsul has no sessions: a prepared query cannot be bound to one",
         ));
     }
-    if !string_field(obj, "token", "Token")?.is_empty() {
-        return Err(bad(
-            "proconsul has no ACLs: a prepared query cannot carry a token",
-        ));
-    }
     if let Some(template) = object(obj, "template", "Template")?
         && !string_field(template, "type", "Template.Type")?.is_empty()
     {
@@ -175,6 +172,7 @@ pub(crate) fn definition(body: &[u8]) -> Result<PreparedQuery, ApiError> {
             node_meta,
             service_meta,
         },
+        token: string_field(obj, "token", "Token")?,
         dns_ttl,
         create_index: 0,
         modify_index: 0,
@@ -230,7 +228,7 @@ fn query_json(q: &PreparedQuery) -> QueryJson<'_> {
         id: &q.id,
         name: &q.name,
         session: "",
-        token: "",
+        token: &q.token,
         service: ServiceQueryJson {
             service: &s.service,
             failover: FailoverJson {
@@ -428,6 +426,7 @@ pub(crate) async fn execute(
         failovers: executed.failovers,
     };
     let mut response = json(&body, request.pretty);
+    super::add_filtered_header(&mut response, executed.filtered);
     add_meta_headers(
         &mut response,
         executed.index,
@@ -438,7 +437,7 @@ pub(crate) async fn execute(
 }
 
 /// `GET /v1/query/:id/explain`: the stored definition (proconsul has no templates, so
-/// nothing is rendered).
+/// nothing is rendered). Unlike executing, it needs `query:read` (Consul's rule).
 pub(crate) async fn explain(
     State(ctx): State<Context>,
     Path(id): Path<String>,
@@ -496,6 +495,8 @@ mod tests {
         assert_eq!(q.service.tags, ["v1", "!old"]);
         assert_eq!(q.service.near, "_agent");
         assert_eq!(q.dns_ttl, "10s");
+        let q = parse(r#"{"Token": "t-1", "Service": {"Service": "w"}}"#).unwrap();
+        assert_eq!(q.token, "t-1");
         for (body, want) in [
             (r#"{"Name": "x"}"#, "Must provide a Service name to query"),
             (
@@ -526,7 +527,6 @@ mod tests {
         }
         for refused in [
             r#"{"Session": "s", "Service": {"Service": "w"}}"#,
-            r#"{"Token": "t", "Service": {"Service": "w"}}"#,
             r#"{"Template": {"Type": "name_prefix_match"}, "Service": {"Service": "w"}}"#,
             r#"{"Service": {"Service": "w", "Connect": {"Enabled": true}}}"#,
             r#"{"Service": {"Service": "w", "Failover": {"Targets": [{"Peer": "p"}]}}}"#,

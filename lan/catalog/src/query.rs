@@ -101,6 +101,17 @@ pub enum Query {
         /// One node's name (case-insensitive); `None` for all of them.
         node: Option<String>,
     },
+    /// The prepared query with this ID or name, whole (its token included), for the
+    /// agent that executes it. Executing needs no right on the query itself (Consul's
+    /// rule), so this read is neither checked nor filtered; no HTTP answer shows it.
+    QueryToRun {
+        /// An ID or a name.
+        key: String,
+    },
+    /// The healthy instances a prepared query's service selection picks, as the reading
+    /// token may see them: the instances of services or on nodes it may not read are
+    /// left out (never a refusal), with Consul's `service:read` and `node:read`.
+    RunServiceQuery(Box<super::types::ServiceQuery>),
 }
 
 /// The answer to a [`Query`], variant for variant.
@@ -136,6 +147,9 @@ pub enum Answer {
     Autopilot(super::autopilot::AutopilotConfig),
     /// For [`Query::NodeDump`]: empty when the named node is unknown.
     NodeDump(Vec<NodeInfo>),
+    /// For [`Query::QueryToRun`]: `None` when there is no such query. (A
+    /// [`Query::RunServiceQuery`] answers [`Answer::ServiceHealth`].)
+    QueryToRun(Option<Box<super::types::PreparedQuery>>),
 }
 
 /// What a blocking read of a query waits on before it reads again.
@@ -162,6 +176,9 @@ impl Query {
             Query::ServiceNodes { service, .. }
             | Query::ServiceHealth { service, .. }
             | Query::ServiceChecks { service } => WaitsOn::Topic(Topic::Service(fold(service))),
+            Query::RunServiceQuery(selection) => {
+                WaitsOn::Topic(Topic::Service(fold(&selection.service)))
+            }
             Query::Nodes { .. }
             | Query::Services { .. }
             | Query::NodeServices { .. }
@@ -169,6 +186,7 @@ impl Query {
             | Query::ChecksInState { .. }
             | Query::Address { .. }
             | Query::PreparedQueries { .. }
+            | Query::QueryToRun { .. }
             | Query::NodeDump { .. } => WaitsOn::Catalog,
             Query::Snapshot
             | Query::Sessions(_)
@@ -308,6 +326,16 @@ impl State {
                 Answer::PreparedQueries(self.find_query(key).cloned().into_iter().collect()),
                 ix.queries,
             ),
+            Query::QueryToRun { key } => (
+                Answer::QueryToRun(self.find_query(key).cloned().map(Box::new)),
+                ix.queries,
+            ),
+            Query::RunServiceQuery(selection) => match self.query(&selection.read()) {
+                (Answer::ServiceHealth(list), index) => {
+                    (Answer::ServiceHealth(selection.select(list)), index)
+                }
+                (_, index) => (Answer::ServiceHealth(Vec::new()), index),
+            },
             Query::Kv { key, read } => {
                 let (answer, index) = self.query_kv(key, read);
                 (Answer::Kv(answer), index)

@@ -322,9 +322,8 @@ pub struct NodeInfo {
     pub checks: Vec<Check>,
 }
 
-/// A stored prepared query (Consul's `PreparedQuery`, without sessions, tokens or
-/// templates).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A stored prepared query (Consul's `PreparedQuery`, without sessions or templates).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreparedQuery {
     /// The ID (a UUID), chosen when it is created.
     pub id: String,
@@ -332,6 +331,10 @@ pub struct PreparedQuery {
     pub name: String,
     /// What it selects.
     pub service: ServiceQuery,
+    /// The secret of the token whose rights filter its results when it is executed;
+    /// empty: the caller's. Shown only to callers that may write ACLs.
+    #[serde(default)]
+    pub token: String,
     /// The TTL of its DNS answers, as given (`"10s"`); empty means the agent's
     /// `service_ttl`.
     pub dns_ttl: String,
@@ -339,6 +342,21 @@ pub struct PreparedQuery {
     pub create_index: u64,
     /// Index of the last change.
     pub modify_index: u64,
+}
+
+/// Everything but the token's secret, which stays out of logs.
+impl std::fmt::Debug for PreparedQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedQuery")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("service", &self.service)
+            .field("has_token", &!self.token.is_empty())
+            .field("dns_ttl", &self.dns_ttl)
+            .field("create_index", &self.create_index)
+            .field("modify_index", &self.modify_index)
+            .finish()
+    }
 }
 
 /// The service selection of a prepared query.

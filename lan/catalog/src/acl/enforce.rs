@@ -12,7 +12,8 @@
 //! | deregister | `node:write` for a node or node check; `service:write` for a service or its check | |
 //! | KV writes | `key:write`; a tree delete, write over the whole tree | |
 //! | sessions | `session:write` on the session's node | |
-//! | prepared queries | `query:write` on the name | `query:read` |
+//! | prepared queries | `query:write` on the name | `query:read`; the stored token shown to `acl:write` |
+//! | executing a prepared query | — | `service:read`, `node:read`, as its stored token or else the caller |
 //! | ACL tables | `acl:read` / `acl:write` | |
 //! | snapshots, restores, replication | management | |
 
@@ -278,6 +279,8 @@ impl Caller {
             | Query::ChecksInState { .. }
             | Query::Address { .. }
             | Query::PreparedQueries { .. }
+            | Query::QueryToRun { .. }
+            | Query::RunServiceQuery(_)
             | Query::NodeDump { .. }
             | Query::Sessions(_) => Ok(()),
         }
@@ -303,7 +306,11 @@ impl Caller {
                 names.len() != before
             }
             Answer::ServiceNodes(list) => retain(list, |e| node(&e.node)),
-            Answer::ServiceHealth(list) => retain(list, |e| node(&e.node)),
+            // `service:read` is checked before a health read; an executed prepared
+            // query's selection is filtered by it instead.
+            Answer::ServiceHealth(list) => {
+                retain(list, |e| node(&e.node) && service(&e.service.name))
+            }
             Answer::NodeServices(found) => {
                 let Some(ns) = found else { return false };
                 if !node(&ns.node) {
@@ -326,9 +333,19 @@ impl Caller {
                 let b = retain(services, |s| service(&s.name));
                 a || b
             }
-            Answer::PreparedQueries(queries) => retain(queries, |q| {
-                self.may(Resource::Query, &q.name, Access::Read)
-            }),
+            Answer::PreparedQueries(queries) => {
+                let filtered = retain(queries, |q| {
+                    self.may(Resource::Query, &q.name, Access::Read)
+                });
+                // A stored token is shown to those who may write ACLs (Consul's rule);
+                // the others see that there is one.
+                if !self.may(Resource::Acl, "", Access::Write) {
+                    for q in queries.iter_mut().filter(|q| !q.token.is_empty()) {
+                        q.token = HIDDEN_SECRET.to_owned();
+                    }
+                }
+                filtered
+            }
             Answer::Sessions(sessions) => retain(sessions, |s| {
                 self.may(Resource::Session, &s.node, Access::Read)
             }),
@@ -356,7 +373,8 @@ impl Caller {
             Answer::Txn(TxnOutcome::Failed(_))
             | Answer::Snapshot(_)
             | Answer::Acl(_)
-            | Answer::Autopilot(_) => false,
+            | Answer::Autopilot(_)
+            | Answer::QueryToRun(_) => false,
         }
     }
 }
@@ -400,6 +418,8 @@ pub fn nothing_for(query: &Query) -> Answer {
         Query::Acl(_) => Answer::Acl(crate::acl::AclAnswer::Tokens(Vec::new())),
         Query::Autopilot => Answer::Autopilot(Default::default()),
         Query::NodeDump { .. } => Answer::NodeDump(Vec::new()),
+        Query::QueryToRun { .. } => Answer::QueryToRun(None),
+        Query::RunServiceQuery(_) => Answer::ServiceHealth(Vec::new()),
     }
 }
 
