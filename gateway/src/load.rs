@@ -147,7 +147,7 @@ fn items(answer: &Answer) -> usize {
     match answer {
         Answer::Nodes(v) => v.len(),
         Answer::Services(m) => m.len(),
-        Answer::ServiceNodes(v) => v.len(),
+        Answer::ServiceNodes(v) | Answer::ServiceInstances(v) => v.len(),
         Answer::NodeServices(n) => n.as_ref().map_or(0, |n| n.services.len()),
         Answer::ServiceHealth(v) => v.len(),
         Answer::Checks(v) => v.len(),

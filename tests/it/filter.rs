@@ -134,6 +134,29 @@ async fn filter_expressions_select_catalog_health_and_agent_entries() {
         .await;
     assert!(!field(&nodes, "/Node").contains(&"ext".to_owned()));
 
+    // /v1/catalog/services: the expression selects instances (`ServiceNode` fields);
+    // the names and tags of those it keeps are listed.
+    let map = a
+        .json(&filtered("/v1/catalog/services", "ServiceTags contains v2"))
+        .await;
+    assert_eq!(map, json!({"web": ["v2"]}));
+    let map = a
+        .json(&filtered(
+            "/v1/catalog/services",
+            "ServicePort == 5432 or Node == ext or ServiceMeta.version == \"1.0\"",
+        ))
+        .await;
+    assert_eq!(map, json!({"db": [], "web": ["primary", "v1"]}));
+    let plain = a.get("/v1/catalog/services").await;
+    let narrowed = a
+        .get(&filtered("/v1/catalog/services", "ServiceName == nothing"))
+        .await;
+    assert_eq!(narrowed.body, "{}");
+    assert_eq!(
+        plain.header("x-consul-index"),
+        narrowed.header("x-consul-index")
+    );
+
     // /v1/catalog/node/:node filters the node's services.
     let node = a
         .json(&filtered("/v1/catalog/node/node-1", "Service == db"))
@@ -159,6 +182,11 @@ async fn filter_expressions_select_catalog_health_and_agent_entries() {
             "/v1/agent/services",
             "Tags == v1",
             "Failed to create boolean expression evaluator: Invalid match operator \"Equal\" for selector \"Tags\"",
+        ),
+        (
+            "/v1/catalog/services",
+            "Nope == 1",
+            "Failed to create boolean expression evaluator: Selector \"Nope\" is not valid",
         ),
         (
             "/v1/catalog/nodes",

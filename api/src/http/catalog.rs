@@ -1,5 +1,7 @@
 //! `/v1/catalog/...`
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::Response;
@@ -152,11 +154,32 @@ pub(crate) async fn services(
     State(ctx): State<Context>,
     params: Params,
 ) -> Result<Response, ApiError> {
-    let query = Query::Services {
-        node_meta: params.node_meta()?,
+    let node_meta = params.node_meta()?;
+    // With `?filter=`, the expression selects instances (Consul's `ServiceNode` fields)
+    // and the answer gathers the names and tags of those it keeps, as Consul's does.
+    let Some(filter) = params.filter(schema::SERVICE_NODE)? else {
+        let query = Query::Services { node_meta };
+        return read_and_render(&ctx, &params, query, |answer, pretty| match answer {
+            Answer::Services(map) => json(map, pretty),
+            _ => unexpected(),
+        })
+        .await;
     };
-    read_and_render(&ctx, &params, query, |answer, pretty| match answer {
-        Answer::Services(map) => json(map, pretty),
+    let params = params.without(&["filter"]);
+    let query = Query::ServiceInstances { node_meta };
+    read_and_render(&ctx, &params, query, move |answer, pretty| match answer {
+        Answer::ServiceInstances(list) => {
+            let mut names: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+            for instance in list {
+                if filter.keeps(&super::json::service_node(instance)) {
+                    names
+                        .entry(&instance.service.name)
+                        .or_default()
+                        .extend(instance.service.tags.iter().map(String::as_str));
+                }
+            }
+            json(&names, pretty)
+        }
         _ => unexpected(),
     })
     .await

@@ -108,6 +108,12 @@ pub enum Query {
         /// An ID or a name.
         key: String,
     },
+    /// Every service instance with its node (`/v1/catalog/services?filter=`, whose
+    /// expression selects instances before their names and tags are gathered).
+    ServiceInstances {
+        /// Keep only instances on nodes whose meta has every pair.
+        node_meta: Vec<(String, String)>,
+    },
     /// The healthy instances a prepared query's service selection picks, as the reading
     /// token may see them: the instances of services or on nodes it may not read are
     /// left out (never a refusal), with Consul's `service:read` and `node:read`.
@@ -147,6 +153,8 @@ pub enum Answer {
     Autopilot(super::autopilot::AutopilotConfig),
     /// For [`Query::NodeDump`]: empty when the named node is unknown.
     NodeDump(Vec<NodeInfo>),
+    /// For [`Query::ServiceInstances`].
+    ServiceInstances(Vec<ServiceNode>),
     /// For [`Query::QueryToRun`]: `None` when there is no such query. (A
     /// [`Query::RunServiceQuery`] answers [`Answer::ServiceHealth`].)
     QueryToRun(Option<Box<super::types::PreparedQuery>>),
@@ -187,6 +195,7 @@ impl Query {
             | Query::Address { .. }
             | Query::PreparedQueries { .. }
             | Query::QueryToRun { .. }
+            | Query::ServiceInstances { .. }
             | Query::NodeDump { .. } => WaitsOn::Catalog,
             Query::Snapshot
             | Query::Sessions(_)
@@ -326,6 +335,20 @@ impl State {
                 Answer::PreparedQueries(self.find_query(key).cloned().into_iter().collect()),
                 ix.queries,
             ),
+            Query::ServiceInstances { node_meta } => {
+                let list = self
+                    .services
+                    .iter()
+                    .filter_map(|((node_key, _), service)| {
+                        let node = self.nodes.get(node_key)?;
+                        meta_matches(node, node_meta).then(|| ServiceNode {
+                            node: node.clone(),
+                            service: service.clone(),
+                        })
+                    })
+                    .collect();
+                (Answer::ServiceInstances(list), ix.services)
+            }
             Query::QueryToRun { key } => (
                 Answer::QueryToRun(self.find_query(key).cloned().map(Box::new)),
                 ix.queries,

@@ -281,6 +281,7 @@ impl Caller {
             | Query::PreparedQueries { .. }
             | Query::QueryToRun { .. }
             | Query::RunServiceQuery(_)
+            | Query::ServiceInstances { .. }
             | Query::NodeDump { .. }
             | Query::Sessions(_) => Ok(()),
         }
@@ -306,6 +307,8 @@ impl Caller {
                 names.len() != before
             }
             Answer::ServiceNodes(list) => retain(list, |e| node(&e.node)),
+            // What `/v1/catalog/services` lists: by service name only, as Consul's.
+            Answer::ServiceInstances(list) => retain(list, |e| service(&e.service.name)),
             // `service:read` is checked before a health read; an executed prepared
             // query's selection is filtered by it instead.
             Answer::ServiceHealth(list) => {
@@ -419,6 +422,7 @@ pub fn nothing_for(query: &Query) -> Answer {
         Query::Autopilot => Answer::Autopilot(Default::default()),
         Query::NodeDump { .. } => Answer::NodeDump(Vec::new()),
         Query::QueryToRun { .. } => Answer::QueryToRun(None),
+        Query::ServiceInstances { .. } => Answer::ServiceInstances(Vec::new()),
         Query::RunServiceQuery(_) => Answer::ServiceHealth(Vec::new()),
     }
 }
