@@ -157,6 +157,19 @@ async fn filter_expressions_select_catalog_health_and_agent_entries() {
         narrowed.header("x-consul-index")
     );
 
+    // /v1/agent/members: `serf.Member`'s fields.
+    let members = a
+        .json(&filtered(
+            "/v1/agent/members",
+            "Name == \"node-1\" and Status == 1 and Tags.role == consul",
+        ))
+        .await;
+    assert_eq!(field(&members, "/Name"), ["node-1"]);
+    let members = a
+        .json(&filtered("/v1/agent/members", "Tags.role != consul"))
+        .await;
+    assert_eq!(members, json!([]));
+
     // /v1/catalog/node/:node filters the node's services.
     let node = a
         .json(&filtered("/v1/catalog/node/node-1", "Service == db"))
@@ -182,6 +195,11 @@ async fn filter_expressions_select_catalog_health_and_agent_entries() {
             "/v1/agent/services",
             "Tags == v1",
             "Failed to create boolean expression evaluator: Invalid match operator \"Equal\" for selector \"Tags\"",
+        ),
+        (
+            "/v1/agent/members",
+            "Addr == \"127.0.0.1\"",
+            "Failed to create boolean expression evaluator: Selector \"Addr\" is not valid",
         ),
         (
             "/v1/catalog/services",

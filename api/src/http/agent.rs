@@ -11,7 +11,7 @@ use catalog::Health;
 use lan::{LocalError, Source};
 use serde_json::{Value, json as json_value};
 
-use super::filter::schema;
+use super::filter::{self, schema};
 use super::{ApiError, Params, gate, json, parse_body};
 use crate::Context;
 use crate::definition::{self, Style, fold_key};
@@ -116,7 +116,8 @@ pub(crate) async fn members(
     State(ctx): State<Context>,
     params: Params,
 ) -> Result<Response, ApiError> {
-    params.refuse_unsupported()?;
+    let filter = params.filter(schema::MEMBER)?;
+    params.without(&["filter"]).refuse_unsupported()?;
     let caller = gate::caller(&ctx, &params).await?;
     let members = if wan(&params) {
         ctx.gateway.federation()?.members()
@@ -133,8 +134,11 @@ pub(crate) async fn members(
         .filter(|m| visible(&m.name))
         .map(super::json::member)
         .collect();
+    // ACLs first, so that the header tells only what they left out (Consul's order).
+    let acl_filtered = list.len() != members.len();
+    let list = filter::retain(list, filter.as_ref());
     let mut response = json(&list, params.pretty());
-    super::add_filtered_header(&mut response, list.len() != members.len());
+    super::add_filtered_header(&mut response, acl_filtered);
     Ok(response)
 }
 

@@ -108,6 +108,22 @@ pub(crate) const AGENT_SERVICE: Schema = &[
     f("Datacenter", Str),
 ];
 
+/// `serf.Member`: `/v1/agent/members`. `Addr` (a Go `net.IP`, a byte list to the
+/// filter) is left out; `Status` is the number the answer shows (1 alive, 2 leaving,
+/// 3 left, 4 failed).
+pub(crate) const MEMBER: Schema = &[
+    f("Name", Str),
+    f("Port", Int),
+    f("Tags", STR_MAP),
+    f("Status", Int),
+    f("ProtocolMin", Int),
+    f("ProtocolMax", Int),
+    f("ProtocolCur", Int),
+    f("DelegateMin", Int),
+    f("DelegateMax", Int),
+    f("DelegateCur", Int),
+];
+
 /// `structs.HealthCheck`: `/v1/agent/checks`, `/v1/health/node/:node`,
 /// `/v1/health/checks/:service`, `/v1/health/state/:state`, and `Checks` of
 /// `/v1/health/service/:name`.
