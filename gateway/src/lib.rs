@@ -445,7 +445,8 @@ impl Gateway {
         let reply = remote::decode::<Reply>(&answer).map_err(|e| call.failed(e))?;
         if let Reply::Read(Err(RouteError::NoPath { dc }))
         | Reply::Write(Err(RouteError::NoPath { dc }))
-        | Reply::Status(Err(RouteError::NoPath { dc })) = &reply
+        | Reply::Status(Err(RouteError::NoPath { dc }))
+        | Reply::AutopilotHealth(Err(RouteError::NoPath { dc })) = &reply
         {
             // The server knows no such datacenter: remember it for a while.
             self.load.mark_unknown(dc);
@@ -475,6 +476,9 @@ impl Gateway {
             ),
             Call::Status { timeout_ms } => {
                 Reply::Status(self.raft_status(dc, deadline_in(timeout_ms)).await)
+            }
+            Call::AutopilotHealth { timeout_ms } => {
+                Reply::AutopilotHealth(self.autopilot_health(dc, deadline_in(timeout_ms)).await)
             }
             Call::Keyring { .. } | Call::KeyringAll { .. } if !proven => {
                 Reply::Refused(lan::KEYRING_NEEDS_PROOF.into())
@@ -626,6 +630,29 @@ impl Gateway {
         };
         match reply {
             Reply::Status(r) => r,
+            other => Err(unexpected(&call, other)),
+        }
+    }
+
+    /// The health of the servers of `dc` (`None`: this datacenter) as its leader sees
+    /// it (autopilot): asked of a server there, as Consul forwards the read.
+    pub async fn autopilot_health(
+        &self,
+        dc: Option<&str>,
+        deadline: Instant,
+    ) -> Result<catalog::AutopilotHealth, RouteError> {
+        let call = Call::AutopilotHealth {
+            timeout_ms: remaining_ms(deadline),
+        };
+        let reply = match self.route(dc)? {
+            Route::Local => return Ok(self.lan.autopilot_health(deadline).await?),
+            Route::Remote(dc) => {
+                remote(self.federation()?, &dc, &call, deadline + REMOTE_MARGIN).await?
+            }
+            Route::ViaServer(dc) => self.via_server(&dc, call.clone(), deadline).await?,
+        };
+        match reply {
+            Reply::AutopilotHealth(r) => r,
             other => Err(unexpected(&call, other)),
         }
     }

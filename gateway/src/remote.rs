@@ -80,6 +80,11 @@ pub(crate) enum Call {
     },
     /// The federation's datacenters, nearest first, as the receiving server sees them.
     Datacenters,
+    /// The health of that datacenter's servers, as its leader sees it (autopilot).
+    AutopilotHealth {
+        /// Time left until the caller's deadline, in milliseconds.
+        timeout_ms: u64,
+    },
     /// What a token may do by the receiving datacenter's ACL tables: a secondary's
     /// server asks the primary about a token it does not hold.
     ResolveToken {
@@ -139,6 +144,8 @@ pub(crate) enum Reply {
     Datacenters(Vec<String>),
     /// For [`Call::ResolveToken`]: what the token may do (`None`: no such token).
     ResolvedToken(Option<lan::acl::Grant>),
+    /// For [`Call::AutopilotHealth`].
+    AutopilotHealth(Result<catalog::AutopilotHealth, RouteError>),
     /// The call was not served: unreadable, not allowed to this caller, or not served on
     /// this hop.
     Refused(String),

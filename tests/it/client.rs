@@ -159,6 +159,40 @@ async fn the_typed_client_reads_and_writes_another_datacenter_through_a_local_ag
         Err(ClientError::Http { status: 404, .. })
     ));
 
+    // Autopilot's view of dc2's servers, asked of dc1's agent, comes from dc2.
+    let autopilot_health = || async {
+        let r = agent
+            .http()
+            .call(
+                hyper::Method::GET,
+                "/v1/operator/autopilot/health?dc=dc2",
+                None,
+            )
+            .await
+            .unwrap();
+        (r.status, r.body)
+    };
+    crate::support::eventually(secs(30), "dc2's autopilot health", || async {
+        let (status, body) = autopilot_health().await;
+        let h: Value = serde_json::from_str(&body).map_err(|_| body.clone())?;
+        if status == 200 && h["Servers"][0]["Name"] == "b0" && h["Healthy"] == true {
+            Ok(())
+        } else {
+            Err(format!("{status} {body}"))
+        }
+    })
+    .await;
+    let r = agent
+        .http()
+        .call(
+            hyper::Method::GET,
+            "/v1/operator/autopilot/health?dc=dc9",
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.body.as_str()), (500, "No path to datacenter"));
+
     // Deregistering through dc1 empties dc2's list again.
     agent
         .deregister("web-2", Some("web"), Some("dc2"))

@@ -197,15 +197,10 @@ fn stable_since(ns: u64) -> String {
 
 async fn health_of(ctx: &Context, params: &Params) -> Result<AutopilotHealth, ApiError> {
     gate::require(ctx, params, Resource::Operator, "", Access::Read).await?;
-    if !ctx.gateway.is_local(params.dc()) {
-        return Err(ApiError::BadRequest(
-            "autopilot health is served for this agent's datacenter only".into(),
-        ));
-    }
-    ctx.lan
-        .autopilot_health(Instant::now() + REQUEST_TIMEOUT)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))
+    Ok(ctx
+        .gateway
+        .autopilot_health(params.dc(), Instant::now() + REQUEST_TIMEOUT)
+        .await?)
 }
 
 /// `GET /v1/operator/autopilot/health` (`operator:read`): 200 when every server is
