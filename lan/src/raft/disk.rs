@@ -35,6 +35,7 @@ use openraft::{
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
+use super::ahead::Ahead;
 use super::{NodeId, TypeConfig};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -96,6 +97,8 @@ struct Shared {
     pending: Arc<Mutex<Pending>>,
     seq: std::sync::atomic::AtomicU64,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// What the leader sends ahead of its own fsync ([`super::ahead`]).
+    ahead: Arc<Ahead>,
     /// Set once everything above is dropped, the database included (fields drop in
     /// order, after [`Shared`]'s own `drop` has let the writer finish).
     closed: Closed,
@@ -241,9 +244,15 @@ impl DiskLog {
             pending,
             seq: std::sync::atomic::AtomicU64::new(0),
             writer: Mutex::new(Some(writer)),
+            ahead: Arc::default(),
             closed: Closed(Arc::default()),
         });
         Ok(DiskLog { shared })
+    }
+
+    /// Where the leader's own appends are sent ahead of its fsync, once started.
+    pub(crate) fn ahead(&self) -> Arc<Ahead> {
+        self.shared.ahead.clone()
     }
 
     /// A handle that does not keep the database open.
@@ -564,7 +573,9 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.put_meta(VOTE, vote).await
+        self.put_meta(VOTE, vote).await?;
+        self.shared.ahead.saved_vote(vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
@@ -578,6 +589,7 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
         // Queued behind the appends, without waiting: losing it only means a restarted
         // server waits for the leader's next commit before applying.
         let value = serde_json::to_vec(&committed).map_err(decode_err)?;
+        self.shared.ahead.saved_committed(committed);
         let (done, _) = oneshot::channel();
         self.submit(Job::Meta {
             key: COMMITTED,
@@ -612,6 +624,7 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
             encoded.push((entry.log_id.index, bytes));
             queued.push(entry);
         }
+        self.shared.ahead.offer(&queued);
         {
             let mut pending = self.shared.pending.lock().expect("pending lock");
             for e in queued {
@@ -629,6 +642,7 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let from = log_id.index;
+        self.shared.ahead.truncated();
         self.shared
             .pending
             .lock()

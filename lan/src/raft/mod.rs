@@ -14,6 +14,7 @@
 //! A single server elects itself as soon as it is initialised; `-dev` keeps the log in
 //! memory ([`store::MemLog`]).
 
+mod ahead;
 mod batch;
 mod disk;
 pub(crate) mod guard;
@@ -240,6 +241,10 @@ impl Consensus {
             ),
             open::Log::Memory(log) => (None, LogReader::Memory(log.clone())),
         };
+        let ahead = match &log {
+            open::Log::Disk(log) => Some(log.ahead()),
+            open::Log::Memory(_) => None,
+        };
         let raft = match log {
             open::Log::Memory(log) => Raft::new(id, config, network.clone(), log, machine).await,
             open::Log::Disk(log) => Raft::new(id, config, network.clone(), log, machine).await,
@@ -262,6 +267,9 @@ impl Consensus {
             let m = m.borrow();
             (m.current_term, m.last_log_index.unwrap_or(0))
         };
+        if let Some(ahead) = ahead {
+            ahead.start(id, raft.clone(), network.clone(), tasks, shutdown.clone());
+        }
         let (fatal, failed) = tokio::sync::watch::channel(None);
         tasks.spawn(watch(
             raft.clone(),

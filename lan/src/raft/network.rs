@@ -125,19 +125,26 @@ pub(crate) fn resolve(members: &[Member], id: NodeId, node: &ServerNode) -> Opti
     }
 }
 
-impl<C: Carrier> RaftNetworkFactory<TypeConfig> for Network<C> {
-    type Network = Peer<C>;
-
-    async fn new_client(&mut self, target: NodeId, node: &ServerNode) -> Peer<C> {
+impl<C> Network<C> {
+    /// The peer `target`, recorded as `node`.
+    pub(crate) fn peer(&self, target: NodeId, node: ServerNode) -> Peer<C> {
         Peer {
             target,
-            node: node.clone(),
+            node,
             rpc: self.rpc.clone(),
             members: self.members.clone(),
             acks: self.acks.clone(),
             term: self.term.clone(),
             carrier: PhantomData,
         }
+    }
+}
+
+impl<C: Carrier> RaftNetworkFactory<TypeConfig> for Network<C> {
+    type Network = Peer<C>;
+
+    async fn new_client(&mut self, target: NodeId, node: &ServerNode) -> Peer<C> {
+        self.peer(target, node.clone())
     }
 }
 
@@ -186,6 +193,25 @@ impl<C: Carrier> Peer<C> {
             Err(e) => Err(RPCError::Unreachable(Unreachable::new(&Failure(
                 e.to_string(),
             )))),
+        }
+    }
+
+    /// Sends `request` ahead of openraft's own stream ([`super::ahead`]) and drops the
+    /// answer, whatever it is: only openraft's stream counts acknowledgements.
+    pub(crate) async fn send_ahead(
+        &self,
+        request: Arc<AppendEntriesRequest<TypeConfig>>,
+        timeout: Duration,
+    ) {
+        let message = Message::AppendEntries(AppendEntries {
+            to: self.target,
+            request: AppendEntriesRequest::clone(&request),
+        });
+        let answer = self
+            .call::<openraft::error::Infallible>(message, &RPCOption::new(timeout))
+            .await;
+        if let Err(e) = answer {
+            tracing::trace!(node = %self.node.name, error = %e, "entries sent ahead did not arrive");
         }
     }
 
