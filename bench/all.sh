@@ -14,13 +14,14 @@
 # kv_replication (how far a KV copy in another datacenter lags behind its source, against
 # the injected round trip: there is no reference program to run), acl (ACLs on against
 # off), acl_replication (how long a new token takes to work in another datacenter, against
-# the injected round trip) and metrics (metrics on against off).
+# the injected round trip), metrics (metrics on against off) and client_rss (an idle client
+# agent's memory against serf's agent).
 # A script that fails is reported and the others still run; the exit code is non-zero if
 # any failed. Needs root for apt-get (Debian) and for gossip's iptables-made loss.
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-ALL=(dns_http gossip raft kv wan crossdc kv_replication acl acl_replication metrics)
+ALL=(dns_http gossip raft kv wan crossdc kv_replication acl acl_replication metrics client_rss)
 if [ "$#" -gt 0 ]; then SELECTED=("$@"); else SELECTED=("${ALL[@]}"); fi
 
 if command -v apt-get >/dev/null 2>&1; then
@@ -41,7 +42,7 @@ fi
 if [ "${QUICK:-0}" = 1 ]; then
   export RUNS=1 DURATION=3 REPEATS=1 SECONDS_PER_RUN=3 FAILOVERS=1 COUNT=300 SIZES=3 \
     BASELINE_COUNT=50 CLIENTS="1 8" NODES="1 3" PREFIX_CLIENTS=1 WATCHERS=1000 WATCH_WRITES=5 \
-    SAMPLES=20
+    SAMPLES=20 IDLE_SECONDS=5
 fi
 
 failed=()
