@@ -37,7 +37,7 @@ pub use acl_replication::{
 };
 pub use load::{
     CachePolicy, CacheStatus, Caps, MAX_BLOCKING_IN_FLIGHT, MAX_CACHED_ITEMS, MAX_ENTRIES,
-    MAX_ENTRY_AGE, MAX_READS_IN_FLIGHT, UNKNOWN_DC_TTL,
+    MAX_ENTRY_AGE, MAX_READS_IN_FLIGHT, MAX_SHARED_BLOCKING, UNKNOWN_DC_TTL,
 };
 pub use prepared::{Executed, MIN_FAILOVER_ATTEMPT};
 pub use replication::{KvReplicationStatus, PrefixStatus, start as start_kv_replication};
@@ -355,6 +355,30 @@ impl Gateway {
             let read = async move { gateway.read_direct(&owned, &query_owned, sent).await };
             self.load
                 .coalesce(key.clone(), options.deadline + REMOTE_MARGIN, read)
+                .await
+        } else if blocking && matches!(route, Route::Local) {
+            // A client agent's blocking read of its own datacenter: identical ones held
+            // at once share one read to a server.
+            let deadline = options.deadline;
+            let read = |deadline: Instant| {
+                let gateway = self.clone();
+                let query = query.clone();
+                let options = ReadOptions {
+                    deadline,
+                    ..options.clone()
+                };
+                async move { gateway.read_direct(&Route::Local, &query, options).await }
+            };
+            let now = || {
+                let options = ReadOptions {
+                    min_index: 0,
+                    deadline: Instant::now() + NOW_TIMEOUT,
+                    ..options.clone()
+                };
+                self.read_direct(&route, query, options)
+            };
+            self.load
+                .share_blocking(key.clone(), deadline, read, now)
                 .await
         } else {
             self.read_direct(&route, query, options).await
@@ -856,6 +880,8 @@ impl lan::Relay for ServeRelayed {
 
 /// Extra time a remote call waits beyond the caller's deadline, for an answer the remote
 /// server sends at the deadline (a blocking query that timed out).
+/// Budget of the read that answers a shared blocking read's caller at its own deadline.
+const NOW_TIMEOUT: Duration = Duration::from_secs(10);
 const REMOTE_MARGIN: Duration = Duration::from_secs(2);
 
 /// What this server answers to other datacenters: calls for this datacenter, served by

@@ -6,6 +6,10 @@
 //!   task of its own, so a caller that gives up does not cancel it for the others.
 //!   Default and consistent reads are never shared: one that began before a caller's
 //!   write could miss it.
+//! - **Shared blocking reads**: a client agent's identical blocking reads of its own
+//!   datacenter (same query, consistency, token and `?index`) held at the same time
+//!   share one blocking read to a server; see [`Load::share_blocking`]. At most
+//!   [`MAX_SHARED_BLOCKING`] are shared at once, the others run alone.
 //! - **In-flight cap**: at most [`MAX_READS_IN_FLIGHT`] non-blocking and
 //!   [`MAX_BLOCKING_IN_FLIGHT`] blocking reads per other datacenter; beyond that a read
 //!   fails at once with [`RouteError::Busy`] instead of queueing. A client agent's reads
@@ -61,6 +65,17 @@ pub const MAX_CACHED_ITEMS: usize = 5000;
 pub const MAX_ENTRY_AGE: Duration = Duration::from_secs(600);
 /// How long a datacenter a server called unknown stays unknown to a client agent.
 pub const UNKNOWN_DC_TTL: Duration = Duration::from_secs(5);
+/// Distinct blocking reads shared at once at most ([`Load::share_blocking`]); beyond
+/// that a blocking read runs alone.
+pub const MAX_SHARED_BLOCKING: usize = 4096;
+/// A shared blocking read that lands this close to its deadline ran out its wait (the
+/// server counts the wait again from the request's arrival, in whole milliseconds).
+const LANDING_SLACK: Duration = Duration::from_millis(100);
+/// How long past its deadline a shared blocking read is waited for before its callers
+/// are answered without it (the read's own transport deadlines end it before).
+const LANDING_GRACE: Duration = Duration::from_secs(5);
+/// How often a shared blocking read looks whether anyone still waits for it.
+const ABANDONED_CHECK: Duration = Duration::from_secs(1);
 /// Datacenters tracked (limits, unknown names) at most.
 const MAX_TRACKED_DCS: usize = 1024;
 
@@ -91,6 +106,8 @@ pub(crate) struct Key {
     pub(crate) max_stale: Option<Duration>,
     /// Answers are filtered for the caller's token: one cache entry per principal.
     pub(crate) principal: Principal,
+    /// A blocking read's `?index` (0 for any other read).
+    pub(crate) min_index: u64,
 }
 
 impl Key {
@@ -101,6 +118,7 @@ impl Key {
             consistency: options.consistency,
             max_stale: options.max_stale,
             principal: options.principal.clone(),
+            min_index: options.min_index,
         }
     }
 }
@@ -134,6 +152,8 @@ struct Limits {
 pub(crate) struct Load {
     cache: Mutex<HashMap<Key, (Instant, QueryResult)>>,
     in_flight: Mutex<HashMap<Key, Flight>>,
+    /// Shared blocking reads in flight, with the deadline each was sent with.
+    blocking: Mutex<HashMap<Key, (Instant, Flight)>>,
     limits: Mutex<HashMap<String, Limits>>,
     unknown: Mutex<HashMap<String, Instant>>,
     /// Where coalesced reads run, so the agent's shutdown waits for them.
@@ -314,6 +334,125 @@ impl Load {
         }
     }
 
+    /// Runs the blocking read `read(deadline)` for `key` (a blocking read whose own
+    /// deadline is `deadline`), unless an identical one is in flight: then waits for
+    /// that one's answer instead. Identical means the same datacenter, query,
+    /// consistency, `max_stale`, principal and `?index`: the server would give each the
+    /// same answer, and whatever differs per request (`?filter`, `?near`, rendering) is
+    /// applied by the caller afterwards.
+    ///
+    /// Each caller keeps its own deadline. A shared read that lands with nothing new at
+    /// its own deadline, before this caller's, is joined again (or sent again); a
+    /// caller whose deadline comes while the shared read is still held gets the answer
+    /// as it is then, from `now(deadline)` (a non-blocking read). The shared read runs
+    /// as a task of its own and is dropped once nobody waits for it.
+    pub(crate) async fn share_blocking<R, N, F, G>(
+        self: &Arc<Self>,
+        key: Key,
+        deadline: Instant,
+        read: R,
+        now: N,
+    ) -> Result<QueryResult, RouteError>
+    where
+        R: Fn(Instant) -> F,
+        F: Future<Output = Result<QueryResult, RouteError>> + Send + 'static,
+        N: FnOnce() -> G,
+        G: Future<Output = Result<QueryResult, RouteError>>,
+    {
+        loop {
+            let joined = {
+                let mut blocking = self.blocking.lock().expect("blocking lock");
+                if let Some((ends, flight)) = blocking.get(&key) {
+                    Some((*ends, flight.clone()))
+                } else if blocking.len() >= MAX_SHARED_BLOCKING {
+                    None
+                } else {
+                    let (pilot, flight) = watch::channel(None);
+                    blocking.insert(key.clone(), (deadline, flight.clone()));
+                    drop(blocking);
+                    self.fly_blocking(key.clone(), pilot, read(deadline));
+                    Some((deadline, flight))
+                }
+            };
+            let Some((ends, mut flight)) = joined else {
+                return read(deadline).await;
+            };
+            if ends != deadline {
+                metrics::counter!("gateway.blocking_shared").increment(1);
+            }
+            // A shared read that ends by this caller's deadline is waited for (it
+            // answers a little after its deadline, when the server lets it go); one that
+            // ends later only until this caller's deadline.
+            let until = if ends <= deadline {
+                deadline + LANDING_GRACE
+            } else {
+                deadline
+            };
+            let waited =
+                match tokio::time::timeout_at(until, flight.wait_for(Option::is_some)).await {
+                    Ok(Ok(landed)) => Some(landed.clone()),
+                    // The flight was dropped without an answer (the agent is shutting down).
+                    Ok(Err(_)) => Some(None),
+                    // This caller's own deadline came first.
+                    Err(_) => None,
+                };
+            let Some(landed) = waited else {
+                return now().await;
+            };
+            match landed {
+                Some(Ok(result))
+                    if result.index <= key.min_index
+                        && Instant::now() + LANDING_SLACK >= ends
+                        && Instant::now() < deadline =>
+                {
+                    // The shared read ran out its own wait with nothing new: wait on.
+                    continue;
+                }
+                Some(landed) => return landed,
+                None => return Err(RouteError::NoServer { dc: key.dc }),
+            }
+        }
+    }
+
+    /// Runs a shared blocking read as a task; it ends when it lands or when only the
+    /// map still holds its flight.
+    fn fly_blocking<F>(self: &Arc<Self>, key: Key, pilot: Pilot, read: F)
+    where
+        F: Future<Output = Result<QueryResult, RouteError>> + Send + 'static,
+    {
+        let load = self.clone();
+        self.tasks.spawn(async move {
+            let mine = pilot.subscribe();
+            let abandoned = async {
+                loop {
+                    tokio::time::sleep(ABANDONED_CHECK).await;
+                    // The map's receiver and `mine` are the last ones: nobody waits.
+                    if pilot.receiver_count() <= 2 {
+                        return;
+                    }
+                }
+            };
+            let result = tokio::select! {
+                result = read => Some(result),
+                () = abandoned => None,
+            };
+            // Out of the map before the answer is told, so that a caller that joins
+            // again starts a new read instead of finding this one landed.
+            {
+                let mut blocking = load.blocking.lock().expect("blocking lock");
+                if blocking
+                    .get(&key)
+                    .is_some_and(|(_, flight)| flight.same_channel(&mine))
+                {
+                    blocking.remove(&key);
+                }
+            }
+            if let Some(result) = result {
+                let _ = pilot.send(Some(result));
+            }
+        });
+    }
+
     pub(crate) fn is_unknown(&self, dc: &str) -> bool {
         let unknown = self.unknown.lock().expect("unknown lock");
         unknown
@@ -337,6 +476,7 @@ impl Load {
 mod tests {
     use super::*;
     use catalog::ReadMeta;
+    use std::pin::Pin;
 
     fn key(n: usize) -> Key {
         Key {
@@ -347,6 +487,7 @@ mod tests {
             consistency: Consistency::Stale,
             max_stale: None,
             principal: Principal::Anonymous,
+            min_index: 0,
         }
     }
 
@@ -433,5 +574,155 @@ mod tests {
             matches!(load.join(&key(0)), Joined::First(_)),
             "landed: a new flight"
         );
+    }
+
+    /// A blocking key: `principal` and `?index` as given.
+    fn blocking_key(principal: Principal, min_index: u64) -> Key {
+        Key {
+            principal,
+            min_index,
+            ..key(0)
+        }
+    }
+
+    /// A blocking read that counts how often it is sent and answers `answer` after
+    /// `after` (or at its deadline, unchanged, when `after` is `None`).
+    fn counted_read(
+        sent: &Arc<std::sync::atomic::AtomicUsize>,
+        after: Option<Duration>,
+        answer: u64,
+        unchanged: u64,
+    ) -> impl Fn(Instant) -> Pin<Box<dyn Future<Output = Result<QueryResult, RouteError>> + Send>> + use<>
+    {
+        let sent = sent.clone();
+        move |deadline| {
+            sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                match after {
+                    Some(after) if Instant::now() + after < deadline => {
+                        tokio::time::sleep(after).await;
+                        Ok(result(answer))
+                    }
+                    _ => {
+                        tokio::time::sleep_until(deadline).await;
+                        Ok(result(unchanged))
+                    }
+                }
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn identical_blocking_reads_share_one_read_and_different_ones_do_not() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let load = Arc::new(Load::new(&TaskTracker::new(), Caps::default()));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let wait = Duration::from_secs(60);
+        let start = Instant::now();
+        let mut held = Vec::new();
+        for (principal, index) in [
+            (Principal::Anonymous, 5),
+            (Principal::Anonymous, 5),
+            (Principal::Anonymous, 5),
+            (Principal::Token("other".into()), 5),
+            (Principal::Anonymous, 4),
+        ] {
+            let load = load.clone();
+            let read = counted_read(&sent, Some(Duration::from_secs(10)), 6, index);
+            held.push(tokio::spawn(async move {
+                load.share_blocking(
+                    blocking_key(principal, index),
+                    start + wait,
+                    read,
+                    || async { Ok(result(0)) },
+                )
+                .await
+            }));
+            tokio::task::yield_now().await;
+        }
+        for h in held {
+            assert_eq!(h.await.unwrap().unwrap().index, 6);
+        }
+        assert_eq!(sent.load(SeqCst), 3, "one read per distinct request");
+        assert!(
+            load.blocking.lock().unwrap().is_empty(),
+            "nothing left held"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shared_read_that_runs_out_is_sent_again_for_those_who_wait_longer() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let load = Arc::new(Load::new(&TaskTracker::new(), Caps::default()));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let start = Instant::now();
+        // The first read waits 10 s, a second identical one 30 s: nothing changes, so the
+        // first gets its unchanged answer at 10 s and the second at 30 s, not before.
+        let (first, second) = {
+            let (a, b) = (load.clone(), load.clone());
+            let (ra, rb) = (
+                counted_read(&sent, None, 0, 5),
+                counted_read(&sent, None, 0, 5),
+            );
+            let key = blocking_key(Principal::Anonymous, 5);
+            let k2 = key.clone();
+            (
+                tokio::spawn(async move {
+                    let r = a
+                        .share_blocking(key, start + Duration::from_secs(10), ra, || async {
+                            Ok(result(0))
+                        })
+                        .await;
+                    (r, Instant::now())
+                }),
+                tokio::spawn(async move {
+                    tokio::task::yield_now().await;
+                    let r = b
+                        .share_blocking(k2, start + Duration::from_secs(30), rb, || async {
+                            Ok(result(0))
+                        })
+                        .await;
+                    (r, Instant::now())
+                }),
+            )
+        };
+        let (r, at) = first.await.unwrap();
+        assert_eq!(r.unwrap().index, 5);
+        assert_eq!(at, start + Duration::from_secs(10));
+        let (r, at) = second.await.unwrap();
+        assert_eq!(r.unwrap().index, 5);
+        assert_eq!(at, start + Duration::from_secs(30));
+        assert_eq!(sent.load(SeqCst), 2);
+
+        // A caller whose deadline comes while a longer shared read is held is answered
+        // by `now` at its own deadline.
+        let long = {
+            let load = load.clone();
+            let read = counted_read(&sent, None, 0, 5);
+            tokio::spawn(async move {
+                load.share_blocking(
+                    blocking_key(Principal::Anonymous, 5),
+                    Instant::now() + Duration::from_secs(60),
+                    read,
+                    || async { Ok(result(0)) },
+                )
+                .await
+            })
+        };
+        tokio::task::yield_now().await;
+        let short_at = Instant::now() + Duration::from_secs(5);
+        let read = counted_read(&sent, None, 0, 5);
+        let short = load
+            .share_blocking(
+                blocking_key(Principal::Anonymous, 5),
+                short_at,
+                read,
+                || async { Ok(result(7)) },
+            )
+            .await;
+        assert_eq!(short.unwrap().index, 7, "answered by `now`");
+        assert_eq!(Instant::now(), short_at);
+        assert!(!long.is_finished());
+        long.abort();
     }
 }

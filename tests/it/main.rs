@@ -38,3 +38,4 @@ mod support;
 mod tls;
 mod ui;
 mod wan;
+mod watch;
