@@ -605,6 +605,11 @@ const KNOWN: &[(&str, Kind, &str)] = &[
         "Reads that shared a request already in flight.",
     ),
     (
+        "gateway.blocking_shared",
+        Kind::Counter,
+        "A client agent's blocking reads that joined an identical one held at a server.",
+    ),
+    (
         "gateway.rtt",
         Kind::Gauge,
         "Estimated round-trip time to a datacenter's nearest server, in milliseconds.",
