@@ -5,6 +5,7 @@
 #   bench/watchers.sh --write      # ... and put it into BENCHMARKS.md (section `watchers`)
 #   WATCHERS=1000 WRITES=5 bench/watchers.sh                 # a quick check of the script
 #   PROCONSUL_BIN=/path/to/older/proconsul bench/watchers.sh  # measure another build
+#   SKIP_BUILD=1 bench/watchers.sh                            # use watch-bench as built
 #
 # One server (fsync, data in a temp dir) and CLIENTS client agents on 127.0.0.1, with
 # `limits` raised so that the watchers are admitted. `watch-bench` (bench/src/bin/watch.rs)
@@ -40,7 +41,8 @@ else
   cargo build --release -q --bin proconsul
   BIN="$TARGET/release/proconsul"
 fi
-cargo build --release -q -p proconsul-bench --bin watch-bench
+# SKIP_BUILD=1: use the watch-bench already built.
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release -q -p proconsul-bench --bin watch-bench
 WB="$TARGET/release/watch-bench"
 
 WORK=$(mktemp -d)
