@@ -21,7 +21,7 @@
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-ALL=(dns_http gossip raft kv wan crossdc kv_replication acl acl_replication metrics client_rss)
+ALL=(dns_http gossip raft kv wan crossdc kv_replication acl acl_replication metrics client_rss watchers)
 if [ "$#" -gt 0 ]; then SELECTED=("$@"); else SELECTED=("${ALL[@]}"); fi
 
 if command -v apt-get >/dev/null 2>&1; then

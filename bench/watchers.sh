@@ -7,11 +7,11 @@
 #   PROCONSUL_BIN=/path/to/older/proconsul bench/watchers.sh  # measure another build
 #   SKIP_BUILD=1 bench/watchers.sh                            # use watch-bench as built
 #
-# One server (fsync, data in a temp dir) and CLIENTS client agents on 127.0.0.1, with
+# One server (fsync, data in a temp dir) and AGENTS client agents on 127.0.0.1, with
 # `limits` raised so that the watchers are admitted. `watch-bench` (bench/src/bin/watch.rs)
 # registers SERVICES services, then holds WATCHERS blocking reads
 # `GET /v1/health/service/NAME?index=&wait=10m`, one connection each, watcher i on
-# service i % SERVICES and agent i % (1 + CLIENTS), so about WATCHERS / SERVICES
+# service i % SERVICES and agent i % (1 + AGENTS), so about WATCHERS / SERVICES
 # watchers per service; then WRITES writes, one at a time, each changing one service's
 # check: the time from the write until every watcher of that service has its answer,
 # each agent's RSS growth per held read, and CPU per write. About 2 minutes.
@@ -19,7 +19,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-CLIENTS=${CLIENTS:-3}
+AGENTS=${AGENTS:-3}
 SERVICES=${SERVICES:-100}
 WATCHERS=${WATCHERS:-10000}
 WRITES=${WRITES:-20}
@@ -88,7 +88,7 @@ start_agent() {
 started=$(date -u +"%Y-%m-%d %H:%M UTC")
 t_start=$(date +%s)
 start_agent s0 server
-for i in $(seq 1 "$CLIENTS"); do start_agent "c$i" client; done
+for i in $(seq 1 "$AGENTS"); do start_agent "c$i" client; done
 # Ready: the server has a leader and every client agent answers a read through it.
 ready() {
   for url in "${URLS[@]}"; do
@@ -108,14 +108,14 @@ cat "$WORK/err" >&2
 [ "$rc" -eq 0 ] || { echo "watch-bench failed ($rc)" >&2; exit "$rc"; }
 echo "== done in $(( $(date +%s) - t_start )) s" >&2
 
-REPORT=$(python3 - "$started" "$(git rev-parse --short HEAD)" "$(nproc)" "$CLIENTS" "$SERVICES" "$WATCHERS" "$WRITES" "$(grep '^JSON' "$WORK/out" | cut -d' ' -f2-)" <<'PY'
+REPORT=$(python3 - "$started" "$(git rev-parse --short HEAD)" "$(nproc)" "$AGENTS" "$SERVICES" "$WATCHERS" "$WRITES" "$(grep '^JSON' "$WORK/out" | cut -d' ' -f2-)" <<'PY'
 import json, sys
 started, commit, cpus, clients, services, watchers, writes, raw = sys.argv[1:9]
 r = json.loads(raw)
 def f(v, unit=""):
     return "—" if v is None else f"{v}{unit}"
 print(f"Measured {started} on {cpus} CPUs; proconsul {commit}.")
-print(f"Command: `CLIENTS={clients} SERVICES={services} WATCHERS={watchers} WRITES={writes} bench/watchers.sh --write`.")
+print(f"Command: `AGENTS={clients} SERVICES={services} WATCHERS={watchers} WRITES={writes} bench/watchers.sh --write`.")
 print()
 print(f"One server and {clients} client agents on one machine; {r['watchers']} blocking reads "
       f"`GET /v1/health/service/NAME?index=&wait=10m` held at once, one connection each, "
