@@ -7,12 +7,17 @@
 //! the next writes gather for the next one. A lone write is proposed at once, so nothing
 //! waits on a timer. Every command of an entry is applied at the entry's index, in
 //! order, and gets its own result.
+//!
+//! With the log on disk, the next entry is proposed once the last one is durable here
+//! (or its write is over), not as soon as a slot is free: openraft would only queue it
+//! behind the fsync under way and then give it an fsync of its own, while the writes
+//! that arrive during that fsync can all share the next entry.
 
 use std::sync::Arc;
 
 use openraft::Raft;
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -36,13 +41,16 @@ const IN_FLIGHT: usize = 4;
 pub(crate) type Pending = (Command, oneshot::Sender<Result<Written, WriteError>>);
 
 /// Starts the batcher; returns the queue writes go to.
+/// `flushes` is told when the log on disk has made appends durable (`None` for a log
+/// in memory).
 pub(crate) fn start(
     raft: Raft<TypeConfig>,
+    flushes: Option<Arc<Notify>>,
     tasks: &TaskTracker,
     shutdown: CancellationToken,
 ) -> mpsc::Sender<Pending> {
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-    tasks.spawn(run(raft, rx, tasks.clone(), shutdown));
+    tasks.spawn(run(raft, rx, flushes, tasks.clone(), shutdown));
     tx
 }
 
@@ -69,6 +77,7 @@ fn encoded_len(command: &Command) -> usize {
 async fn run(
     raft: Raft<TypeConfig>,
     mut queue: mpsc::Receiver<Pending>,
+    flushes: Option<Arc<Notify>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -117,9 +126,14 @@ async fn run(
                 Err(_) => break,
             }
         }
+        // Listening from before the proposal, so that its flush cannot be missed.
+        let flushed = flushes.as_ref().map(|f| f.clone().notified_owned());
+        let over = Arc::new(Notify::new());
         let raft = raft.clone();
+        let told = over.clone();
         tasks.spawn(async move {
             let _slot = slot;
+            let _over = Over(told);
             let (commands, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
             let entries = commands.len() as u64;
             let start = std::time::Instant::now();
@@ -158,5 +172,22 @@ async fn run(
                 }
             }
         });
+        if let Some(flushed) = flushed {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = flushed => {}
+                _ = over.notified() => {}
+            }
+        }
+    }
+}
+
+/// Tells, when dropped, that a proposal's write is over (answered, failed or dropped).
+struct Over(Arc<Notify>);
+
+impl Drop for Over {
+    fn drop(&mut self) {
+        // Stored if nobody waits yet.
+        self.0.notify_one();
     }
 }

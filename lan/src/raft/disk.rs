@@ -33,7 +33,7 @@ use openraft::{
     Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
 };
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::ahead::Ahead;
 use super::{NodeId, TypeConfig};
@@ -99,6 +99,8 @@ struct Shared {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// What the leader sends ahead of its own fsync ([`super::ahead`]).
     ahead: Arc<Ahead>,
+    /// Told each time appends have been written and reported durable.
+    flushed: Arc<Notify>,
     /// Set once everything above is dropped, the database included (fields drop in
     /// order, after [`Shared`]'s own `drop` has let the writer finish).
     closed: Closed,
@@ -231,11 +233,12 @@ impl DiskLog {
         let db = Arc::new(db);
         let (jobs, queue) = mpsc::channel(JOB_QUEUE);
         let pending: Arc<Mutex<Pending>> = Arc::default();
+        let flushed: Arc<Notify> = Arc::default();
         let writer = {
-            let (db, pending) = (db.clone(), pending.clone());
+            let (db, pending, flushed) = (db.clone(), pending.clone(), flushed.clone());
             std::thread::Builder::new()
                 .name("raft-log-writer".into())
-                .spawn(move || run_writer(db, queue, pending))
+                .spawn(move || run_writer(db, queue, pending, flushed))
                 .map_err(|e| io(redb::Error::Io(e)))?
         };
         let shared = Arc::new(Shared {
@@ -245,6 +248,7 @@ impl DiskLog {
             seq: std::sync::atomic::AtomicU64::new(0),
             writer: Mutex::new(Some(writer)),
             ahead: Arc::default(),
+            flushed,
             closed: Closed(Arc::default()),
         });
         Ok(DiskLog { shared })
@@ -253,6 +257,12 @@ impl DiskLog {
     /// Where the leader's own appends are sent ahead of its fsync, once started.
     pub(crate) fn ahead(&self) -> Arc<Ahead> {
         self.shared.ahead.clone()
+    }
+
+    /// Told each time appends have been written and reported durable: when openraft
+    /// can take the next entry ([`super::batch`]).
+    pub(crate) fn flushes(&self) -> Arc<Notify> {
+        self.shared.flushed.clone()
     }
 
     /// A handle that does not keep the database open.
@@ -390,7 +400,12 @@ impl DiskLog {
 
 /// The writer thread: applies queued jobs in order, as many as are waiting per
 /// transaction, one fsync per transaction. Stops when every handle is gone.
-fn run_writer(db: Arc<Database>, mut queue: mpsc::Receiver<Job>, pending: Arc<Mutex<Pending>>) {
+fn run_writer(
+    db: Arc<Database>,
+    mut queue: mpsc::Receiver<Job>,
+    pending: Arc<Mutex<Pending>>,
+    flushed: Arc<Notify>,
+) {
     while let Some(first) = queue.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -401,6 +416,7 @@ fn run_writer(db: Arc<Database>, mut queue: mpsc::Receiver<Job>, pending: Arc<Mu
         }
         let result = apply_batch(&db, &batch).map_err(|e| e.to_string());
         tracing::trace!(jobs = batch.len(), "raft log batch written");
+        let appended = batch.iter().any(|j| matches!(j, Job::Append { .. }));
         for job in batch {
             match job {
                 Job::Append {
@@ -424,6 +440,9 @@ fn run_writer(db: Arc<Database>, mut queue: mpsc::Receiver<Job>, pending: Arc<Mu
                     let _ = done.send(result.clone());
                 }
             }
+        }
+        if appended {
+            flushed.notify_waiters();
         }
     }
 }

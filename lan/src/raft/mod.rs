@@ -241,9 +241,9 @@ impl Consensus {
             ),
             open::Log::Memory(log) => (None, LogReader::Memory(log.clone())),
         };
-        let ahead = match &log {
-            open::Log::Disk(log) => Some(log.ahead()),
-            open::Log::Memory(_) => None,
+        let (ahead, flushes) = match &log {
+            open::Log::Disk(log) => (Some(log.ahead()), Some(log.flushes())),
+            open::Log::Memory(_) => (None, None),
         };
         let raft = match log {
             open::Log::Memory(log) => Raft::new(id, config, network.clone(), log, machine).await,
@@ -277,7 +277,7 @@ impl Consensus {
             fatal,
             shutdown.clone(),
         ));
-        let writes = batch::start(raft.clone(), tasks, shutdown);
+        let writes = batch::start(raft.clone(), flushes, tasks, shutdown);
         let acks = network.acks.clone();
         Ok((
             Consensus {
