@@ -417,6 +417,24 @@ impl Gateway {
         query: &Query,
         options: ReadOptions,
     ) -> Result<QueryResult, RouteError> {
+        // A prepared query of this datacenter run in another one (a failover): this
+        // server sends the stored selection there, as the stored token when it has
+        // one. The token goes only server to server, over the WAN; never back.
+        let stored = match route {
+            Route::Remote(_) => self.lan.run_stored(query),
+            Route::Local | Route::ViaServer(_) => None,
+        };
+        let (query, options) = match &stored {
+            Some((run, Some(token))) => (
+                run,
+                ReadOptions {
+                    principal: token.clone(),
+                    ..options
+                },
+            ),
+            Some((run, None)) => (run, options),
+            None => (query, options),
+        };
         let call = || Call::Read {
             query: query.clone(),
             options: options.to_sent(self.lan.agent_token().as_deref()),

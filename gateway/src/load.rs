@@ -195,8 +195,10 @@ fn items(answer: &Answer) -> usize {
         Answer::Sessions(v) => v.len(),
         Answer::Txn(TxnOutcome::Done(v)) => v.iter().map(|e| 1 + e.value.len() / 1024).sum(),
         Answer::Txn(TxnOutcome::Failed(v)) => v.len(),
-        // Tokens carry secrets: never kept (nor is a prepared query with its token).
-        Answer::Acl(_) | Answer::QueryToRun(_) => usize::MAX,
+        // Tokens carry secrets: never kept.
+        Answer::Acl(_) => usize::MAX,
+        // A prepared query is looked up afresh for each execution.
+        Answer::QueryToRun(_) => usize::MAX,
         Answer::Autopilot(_) => 1,
     }
 }

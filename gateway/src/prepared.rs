@@ -11,17 +11,21 @@
 //! ```
 //!
 //! ACLs, as Consul's: finding a prepared query to execute needs no right on it
-//! ([`Query::QueryToRun`]); each datacenter asked leaves out the instances that the
-//! query's own token, else the caller's, may not read (`service:read`, `node:read`)
-//! instead of refusing ([`Query::RunServiceQuery`]), so a denied caller gets no
-//! instances. The stored token travels with the reads to failover datacenters, as
-//! Consul sends it with the query; it is in no answer. A plain service lookup with the
-//! agent's failover policy (DNS) reads as the caller and needs `service:read`.
+//! ([`Query::QueryToRun`], whose answer never holds the query's token); each
+//! datacenter asked leaves out the instances that the query's own token, else the
+//! caller's, may not read (`service:read`, `node:read`) instead of refusing
+//! ([`Query::RunServiceQuery`]), so a denied caller gets no instances. The token stays
+//! on the servers: a server of the query's datacenter reads as it, and sends it (with
+//! the stored selection) to the servers of failover datacenters when the reads for them
+//! pass through it, which they do when the query is of the executing agent's own
+//! datacenter; otherwise failover datacenters are read as the caller. A plain service
+//! lookup with the agent's failover policy (DNS) reads as the caller and needs
+//! `service:read`.
 
 use std::time::Duration;
 
-use catalog::{Answer, Failover, Query, ServiceHealth, ServiceQuery};
-use catalog::{Principal, ReadMeta, ReadOptions, remaining_ms};
+use catalog::{Answer, Failover, Query, ServiceHealth, ServiceQuery, StoredQuery};
+use catalog::{ReadMeta, ReadOptions, remaining_ms};
 use rand::seq::SliceRandom;
 use tokio::time::Instant;
 
@@ -55,18 +59,19 @@ pub struct Executed {
 
 /// How a service query reads each datacenter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reading {
+enum Reading<'a> {
     /// A health read, as the caller, with what it needs (`service:read`).
     Checked,
-    /// A prepared query's execution: filtered, never refused.
-    Filtered,
+    /// This stored prepared query's execution: filtered, never refused.
+    Executed(&'a StoredQuery),
 }
 
 impl Gateway {
     /// Executes the prepared query `key` (ID or name) stored in `dc`: its service
     /// query there, with its failover policy, filtered as its token (else the
-    /// caller's) may read. `near` overrides the query's own sorting (`?near=`).
-    /// `Ok(None)` when there is no such query.
+    /// caller's) may read, which only servers hold (see the module's notes). `near`
+    /// overrides the query's own sorting (`?near=`). `Ok(None)` when there is no such
+    /// query.
     pub async fn execute(
         &self,
         dc: Option<&str>,
@@ -85,15 +90,15 @@ impl Gateway {
         if let Some(near) = near.filter(|n| !n.is_empty()) {
             service.near = near.to_owned();
         }
-        let options = if definition.token.is_empty() {
-            options
-        } else {
-            ReadOptions {
-                principal: Principal::Token(definition.token.into()),
-                ..options
-            }
+        let stored = StoredQuery {
+            datacenter: dc
+                .filter(|d| !d.is_empty())
+                .unwrap_or(self.local_datacenter().as_str())
+                .to_owned(),
+            id: definition.id,
         };
-        let mut executed = self.run(dc, &service, options, Reading::Filtered).await?;
+        let reading = Reading::Executed(&stored);
+        let mut executed = self.run(dc, &service, options, reading).await?;
         executed.dns_ttl = definition.dns_ttl;
         Ok(Some(executed))
     }
@@ -115,7 +120,7 @@ impl Gateway {
         dc: Option<&str>,
         service: &ServiceQuery,
         options: ReadOptions,
-        reading: Reading,
+        reading: Reading<'_>,
     ) -> Result<Executed, RouteError> {
         let home = match dc.filter(|d| !d.is_empty()) {
             Some(d) => d.to_owned(),
@@ -189,17 +194,20 @@ impl Gateway {
         dc: &str,
         service: &ServiceQuery,
         options: ReadOptions,
-        reading: Reading,
+        reading: Reading<'_>,
     ) -> Result<Executed, RouteError> {
         let read = match reading {
             Reading::Checked => service.read(),
-            Reading::Filtered => Query::RunServiceQuery(Box::new(service.clone())),
+            Reading::Executed(stored) => Query::RunServiceQuery {
+                selection: Box::new(service.clone()),
+                stored: Some(stored.clone()),
+            },
         };
         let result = self.read(Some(dc), &read, options).await?;
         let nodes = match (result.answer, reading) {
             (Answer::ServiceHealth(list), Reading::Checked) => service.select(list),
             // Selected where it was read.
-            (Answer::ServiceHealth(list), Reading::Filtered) => list,
+            (Answer::ServiceHealth(list), Reading::Executed(_)) => list,
             _ => Vec::new(),
         };
         Ok(Executed {

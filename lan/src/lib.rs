@@ -438,6 +438,7 @@ impl Lan {
                     config.acl.clone().map(|a| {
                         acl::Acl::new(a, tokens.clone(), config.datacenter.as_str().to_owned())
                     }),
+                    config.datacenter.clone(),
                 )))
             }
             _ => Role::Client {
@@ -919,6 +920,17 @@ impl Lan {
     pub fn grant_for(&self, secret: &str) -> Option<Option<acl::Grant>> {
         match &self.inner.role {
             Role::Server(server) => server.grant_for(secret),
+            Role::Client { .. } => None,
+        }
+    }
+
+    /// On a server, a [`Query::RunServiceQuery`] of a prepared query of this datacenter
+    /// as its servers run it: the stored selection, and the stored token it reads as
+    /// when it has one (else the caller's). What a server sends to another datacenter's server
+    /// for a failover; never an answer. `None` on a client agent or for any other read.
+    pub fn run_stored(&self, query: &Query) -> Option<(Query, Option<Principal>)> {
+        match &self.inner.role {
+            Role::Server(server) => server.run_stored(query),
             Role::Client { .. } => None,
         }
     }

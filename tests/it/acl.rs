@@ -1092,6 +1092,46 @@ async fn a_prepared_query_runs_for_anyone_filtered_by_its_own_token_or_the_calle
         assert_eq!(got.0, 404, "{got:?}");
     }
 
+    // The reads a client agent sends over the server port never carry the stored
+    // token: the lookup answers the definition without it, and a forged execution
+    // (another service, this query's ID) is run with the stored selection.
+    let id = with_token["ID"].as_str().unwrap();
+    let anonymous = || catalog::ReadOptions {
+        consistency: catalog::Consistency::Default,
+        min_index: 0,
+        deadline: tokio::time::Instant::now() + secs(10),
+        max_stale: None,
+        principal: catalog::Principal::Anonymous,
+    };
+    let lookup = catalog::Query::QueryToRun {
+        key: "web-as-reader".into(),
+    };
+    let found = client.agent.lan().read(&lookup, anonymous()).await.unwrap();
+    let catalog::Answer::QueryToRun(Some(definition)) = found.answer else {
+        panic!("{:?}", found.answer)
+    };
+    assert_eq!(
+        (definition.id.as_str(), definition.token.as_str()),
+        (id, "")
+    );
+    assert!(!format!("{definition:?}").contains(&reader));
+    let forged = catalog::Query::RunServiceQuery {
+        selection: Box::new(catalog::ServiceQuery {
+            service: "consul".into(),
+            ..Default::default()
+        }),
+        stored: Some(catalog::StoredQuery {
+            datacenter: "dc1".into(),
+            id: id.to_owned(),
+        }),
+    };
+    let ran = client.agent.lan().read(&forged, anonymous()).await.unwrap();
+    let catalog::Answer::ServiceHealth(instances) = ran.answer else {
+        panic!("{:?}", ran.answer)
+    };
+    let names: Vec<&str> = instances.iter().map(|e| e.service.name.as_str()).collect();
+    assert_eq!(names, ["web"]);
+
     // DNS runs the same path, as the anonymous token (which may read nothing).
     let found = server
         .dig(
@@ -1110,7 +1150,6 @@ async fn a_prepared_query_runs_for_anyone_filtered_by_its_own_token_or_the_calle
 
     // The stored token is shown to those who may write ACLs; the others see that
     // there is one. Explaining still needs `query:read`.
-    let id = with_token["ID"].as_str().unwrap();
     for (token, want) in [(MANAGEMENT, reader.as_str()), (nobody.as_str(), "<hidden>")] {
         let (status, body) = call(
             server,

@@ -64,8 +64,8 @@ pub use txn::{TXN_MAX_OPS, TxnError, TxnOp, TxnOutcome, TxnVerb, too_many};
 pub use types::{
     Check, Datacenter, DatacenterError, Failover, Health, META_KEY_MAX, META_MAX_PAIRS,
     META_RESERVED_PREFIX, META_VALUE_MAX, Node, NodeInfo, NodeServices, PreparedQuery,
-    SERF_HEALTH_CHECK, Service, ServiceAddress, ServiceHealth, ServiceNode, ServiceQuery, Weights,
-    validate_meta,
+    SERF_HEALTH_CHECK, Service, ServiceAddress, ServiceHealth, ServiceNode, ServiceQuery,
+    StoredQuery, Weights, validate_meta,
 };
 use wake::{Changes, Waiters};
 

@@ -5,6 +5,7 @@
 
 use super::state::{ApplyError, State, fold};
 use super::types::{Health, PreparedQuery, ServiceHealth, ServiceQuery};
+use crate::{Principal, Query};
 
 impl ServiceQuery {
     /// The catalog read that fetches the candidates: the required tags and node
@@ -154,6 +155,32 @@ impl State {
                 .find(|q| !q.name.is_empty() && fold(&q.name) == name)
         })
     }
+
+    /// A [`Query::RunServiceQuery`] of a prepared query this datacenter (`here`)
+    /// stores, as its servers run it: the stored selection (whatever the executing
+    /// agent sent), naming no stored query any more, and the stored token it reads as
+    /// (`None`: the caller's). `None` when `query` is no such read or the query is not
+    /// stored here (it is then read as sent, as the caller).
+    pub fn run_stored(&self, query: &Query, here: &str) -> Option<(Query, Option<Principal>)> {
+        let Query::RunServiceQuery {
+            stored: Some(stored),
+            ..
+        } = query
+        else {
+            return None;
+        };
+        if stored.datacenter != here {
+            return None;
+        }
+        let found = self.queries.get(&stored.id)?;
+        let run = Query::RunServiceQuery {
+            selection: Box::new(found.service.clone()),
+            stored: None,
+        };
+        let token =
+            (!found.token.is_empty()).then(|| Principal::Token(found.token.as_str().into()));
+        Some((run, token))
+    }
 }
 
 #[cfg(test)]
@@ -231,6 +258,46 @@ mod tests {
         let restored = State::from_snapshot(s.to_snapshot());
         assert_eq!(restored.find_query("kept").unwrap().id, "id-4");
         assert_eq!(restored.indexes().queries, 11);
+    }
+
+    #[test]
+    fn a_stored_token_filters_runs_here_and_is_in_no_lookup() {
+        let mut s = State::new();
+        let mut with_token = query("id-1", "web-as-reader");
+        with_token.token = "reader-secret".into();
+        s.apply(5, &set(with_token, true)).unwrap();
+        s.apply(6, &set(query("id-2", "web-as-caller"), true))
+            .unwrap();
+        // The lookup an executing agent makes holds no token.
+        let (answer, _) = s.query(&Query::QueryToRun {
+            key: "web-as-reader".into(),
+        });
+        let Answer::QueryToRun(Some(found)) = answer else {
+            panic!("{answer:?}")
+        };
+        assert_eq!((found.id.as_str(), found.token.as_str()), ("id-1", ""));
+        // Run here: the stored selection, whatever was sent, as the stored token.
+        let run = |id: &str, dc: &str| Query::RunServiceQuery {
+            selection: Box::new(ServiceQuery {
+                service: "db".into(),
+                ..ServiceQuery::default()
+            }),
+            stored: Some(crate::StoredQuery {
+                datacenter: dc.into(),
+                id: id.into(),
+            }),
+        };
+        let (ran, token) = s.run_stored(&run("id-1", "dc1"), "dc1").unwrap();
+        let Query::RunServiceQuery { selection, stored } = ran else {
+            panic!("{ran:?}")
+        };
+        assert_eq!((selection.service.as_str(), stored), ("web", None));
+        assert_eq!(token, Some(Principal::Token("reader-secret".into())));
+        let (_, token) = s.run_stored(&run("id-2", "dc1"), "dc1").unwrap();
+        assert_eq!(token, None, "no token of its own: the caller's");
+        // Another datacenter's query, or one not stored, is read as sent.
+        assert!(s.run_stored(&run("id-1", "dc2"), "dc1").is_none());
+        assert!(s.run_stored(&run("id-9", "dc1"), "dc1").is_none());
     }
 
     fn instance(tags: &[&str], checks: &[(&str, Health)]) -> ServiceHealth {

@@ -10,7 +10,8 @@ use super::sessions::{Session, SessionRead};
 use super::state::{State, fold, on_node};
 use super::txn::{TxnOp, TxnOutcome};
 use super::types::{
-    Check, Health, Node, NodeInfo, NodeServices, Service, ServiceHealth, ServiceNode,
+    Check, Health, Node, NodeInfo, NodeServices, PreparedQuery, Service, ServiceHealth,
+    ServiceNode, StoredQuery,
 };
 use super::wake::Topic;
 
@@ -101,9 +102,11 @@ pub enum Query {
         /// One node's name (case-insensitive); `None` for all of them.
         node: Option<String>,
     },
-    /// The prepared query with this ID or name, whole (its token included), for the
-    /// agent that executes it. Executing needs no right on the query itself (Consul's
-    /// rule), so this read is neither checked nor filtered; no HTTP answer shows it.
+    /// The prepared query with this ID or name, for the agent that executes it, without
+    /// its token: that stays on the servers, which read as it (see
+    /// [`Query::RunServiceQuery`]). Executing needs no right on the query itself
+    /// (Consul's rule), so this read is neither checked nor filtered; no HTTP answer
+    /// shows it.
     QueryToRun {
         /// An ID or a name.
         key: String,
@@ -117,7 +120,15 @@ pub enum Query {
     /// The healthy instances a prepared query's service selection picks, as the reading
     /// token may see them: the instances of services or on nodes it may not read are
     /// left out (never a refusal), with Consul's `service:read` and `node:read`.
-    RunServiceQuery(Box<super::types::ServiceQuery>),
+    RunServiceQuery {
+        /// The selection, as the executing agent has it.
+        selection: Box<super::types::ServiceQuery>,
+        /// The prepared query executed. A server of its datacenter runs the stored
+        /// selection instead, as the stored token when it has one (see
+        /// [`State::run_stored`](crate::State::run_stored)); any other server reads
+        /// `selection` as the caller.
+        stored: Option<StoredQuery>,
+    },
 }
 
 /// The answer to a [`Query`], variant for variant.
@@ -155,8 +166,8 @@ pub enum Answer {
     NodeDump(Vec<NodeInfo>),
     /// For [`Query::ServiceInstances`].
     ServiceInstances(Vec<ServiceNode>),
-    /// For [`Query::QueryToRun`]: `None` when there is no such query. (A
-    /// [`Query::RunServiceQuery`] answers [`Answer::ServiceHealth`].)
+    /// For [`Query::QueryToRun`]: `None` when there is no such query; its `token` is
+    /// always empty. (A [`Query::RunServiceQuery`] answers [`Answer::ServiceHealth`].)
     QueryToRun(Option<Box<super::types::PreparedQuery>>),
 }
 
@@ -184,7 +195,7 @@ impl Query {
             Query::ServiceNodes { service, .. }
             | Query::ServiceHealth { service, .. }
             | Query::ServiceChecks { service } => WaitsOn::Topic(Topic::Service(fold(service))),
-            Query::RunServiceQuery(selection) => {
+            Query::RunServiceQuery { selection, .. } => {
                 WaitsOn::Topic(Topic::Service(fold(&selection.service)))
             }
             Query::Nodes { .. }
@@ -349,11 +360,15 @@ impl State {
                     .collect();
                 (Answer::ServiceInstances(list), ix.services)
             }
-            Query::QueryToRun { key } => (
-                Answer::QueryToRun(self.find_query(key).cloned().map(Box::new)),
-                ix.queries,
-            ),
-            Query::RunServiceQuery(selection) => match self.query(&selection.read()) {
+            Query::QueryToRun { key } => {
+                let without_token = |q: &PreparedQuery| PreparedQuery {
+                    token: String::new(),
+                    ..q.clone()
+                };
+                let found = self.find_query(key).map(without_token).map(Box::new);
+                (Answer::QueryToRun(found), ix.queries)
+            }
+            Query::RunServiceQuery { selection, .. } => match self.query(&selection.read()) {
                 (Answer::ServiceHealth(list), index) => {
                     (Answer::ServiceHealth(selection.select(list)), index)
                 }

@@ -359,6 +359,16 @@ impl std::fmt::Debug for PreparedQuery {
     }
 }
 
+/// Which stored prepared query an execution runs: only the servers of its datacenter
+/// hold it, with its token.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StoredQuery {
+    /// The datacenter that stores it.
+    pub datacenter: String,
+    /// Its ID there.
+    pub id: String,
+}
+
 /// The service selection of a prepared query.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ServiceQuery {

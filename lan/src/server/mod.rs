@@ -32,9 +32,9 @@ use std::time::Duration;
 
 use catalog::acl::{AclRead, AclWrite, Caller as AclCaller};
 use catalog::{
-    Applied, ApplyError, AutopilotHealth, Catalog, Command, Consistency, KvRefusal, KvReplication,
-    KvWrite, Principal, Query, QueryResult, ReadError, ReadOptions, ServerHealth, TxnError,
-    TxnOutcome, TxnVerb, WriteError, Written, deadline_in, remaining_ms,
+    Applied, ApplyError, AutopilotHealth, Catalog, Command, Consistency, Datacenter, KvRefusal,
+    KvReplication, KvWrite, Principal, Query, QueryResult, ReadError, ReadOptions, ServerHealth,
+    TxnError, TxnOutcome, TxnVerb, WriteError, Written, deadline_in, remaining_ms,
 };
 use gossip::{KeyOperation, KeyringReport, Member, MemberStatus, Pool};
 
@@ -68,6 +68,8 @@ pub(crate) struct Server {
     replicated: Option<Arc<KvReplication>>,
     /// ACLs, when they are on.
     acl: Option<Acl>,
+    /// This server's datacenter.
+    datacenter: Datacenter,
     /// Whether each server was healthy at the last health check here, and since when
     /// (ns since the epoch): autopilot's `StableSince`.
     stability: Arc<std::sync::Mutex<HashMap<NodeId, (bool, u64)>>>,
@@ -81,6 +83,7 @@ impl Server {
         rpc: rpc::Client,
         replicated: Option<Arc<KvReplication>>,
         acl: Option<Acl>,
+        datacenter: Datacenter,
     ) -> Server {
         Server {
             consensus,
@@ -89,6 +92,7 @@ impl Server {
             rpc,
             replicated,
             acl,
+            datacenter,
             stability: Arc::default(),
         }
     }
@@ -150,7 +154,13 @@ impl Server {
         options: ReadOptions,
         forwarded: bool,
     ) -> Result<QueryResult, ReadError> {
-        self.prepare(&options.principal).await;
+        // A prepared query stored here runs as its own token, if it has one.
+        let stored = self.run_stored(query);
+        let principal = match &stored {
+            Some((_, Some(token))) => token.clone(),
+            _ => options.principal.clone(),
+        };
+        self.prepare(&principal).await;
         let (consensus, catalog) = (&self.consensus, &self.catalog);
         // A stale read on a follower that lost touch with the leader for longer than
         // `max_stale` is read on the leader instead (Consul's rule).
@@ -217,7 +227,8 @@ impl Server {
                 }
             }
         }
-        let caller = self.read_caller(query, &options.principal)?;
+        let query = stored.as_ref().map_or(query, |(run, _)| run);
+        let caller = self.read_caller(query, &principal)?;
         // One's own token is shown whole, secret included (`/v1/acl/token/self`).
         let own = is_own_token(query, &options.principal);
         let start = std::time::Instant::now();
@@ -366,6 +377,13 @@ impl Server {
                 .unwrap_or(u32::MAX),
             servers,
         }
+    }
+
+    /// A [`Query::RunServiceQuery`] of a prepared query of this datacenter as it runs
+    /// here (see [`catalog::State::run_stored`]), with the stored token it reads as.
+    pub(crate) fn run_stored(&self, query: &Query) -> Option<(Query, Option<Principal>)> {
+        self.catalog
+            .read(|s| s.run_stored(query, self.datacenter.as_str()))
     }
 
     /// Who `principal` is on this server; `Ok(None)` when ACLs are off or it is the

@@ -280,7 +280,7 @@ impl Caller {
             | Query::Address { .. }
             | Query::PreparedQueries { .. }
             | Query::QueryToRun { .. }
-            | Query::RunServiceQuery(_)
+            | Query::RunServiceQuery { .. }
             | Query::ServiceInstances { .. }
             | Query::NodeDump { .. }
             | Query::Sessions(_) => Ok(()),
@@ -423,7 +423,7 @@ pub fn nothing_for(query: &Query) -> Answer {
         Query::NodeDump { .. } => Answer::NodeDump(Vec::new()),
         Query::QueryToRun { .. } => Answer::QueryToRun(None),
         Query::ServiceInstances { .. } => Answer::ServiceInstances(Vec::new()),
-        Query::RunServiceQuery(_) => Answer::ServiceHealth(Vec::new()),
+        Query::RunServiceQuery { .. } => Answer::ServiceHealth(Vec::new()),
     }
 }
 
