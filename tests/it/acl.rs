@@ -413,12 +413,21 @@ async fn acl_endpoints_say_acls_are_off_when_they_are() {
 /// `dc2` WAN-joined to it with `dc2_acl` as its `acl` block, both led, the management
 /// token working in the primary.
 async fn primary_and_secondary(dir: &std::path::Path, dc2_acl: Value) -> (Member, Member) {
+    let ca = wan::tls::create_ca("consul", 30).unwrap();
+    primary_and_secondary_of(dir, &ca, dc2_acl).await
+}
+
+/// [`primary_and_secondary`] with certificates from `ca`.
+async fn primary_and_secondary_of(
+    dir: &std::path::Path,
+    ca: &wan::tls::Pem,
+    dc2_acl: Value,
+) -> (Member, Member) {
     use crate::support::cluster::Spec;
     use crate::wan::{server, tls_config};
 
-    let ca = wan::tls::create_ca("consul", 30).unwrap();
     let config = |name: &str, dc: &str, acl: Value| {
-        let mut c: Value = serde_json::from_str(&tls_config(dir, &ca, name, dc)).unwrap();
+        let mut c: Value = serde_json::from_str(&tls_config(dir, ca, name, dc)).unwrap();
         c["primary_datacenter"] = json!("dc1");
         c["acl"] = acl;
         c.to_string()
@@ -1188,12 +1197,31 @@ async fn a_prepared_query_runs_for_anyone_filtered_by_its_own_token_or_the_calle
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prepared_query_fails_over_with_its_token_filtering_in_the_other_datacenter() {
+    use crate::support::cluster::Spec;
+    use crate::wan::{KEY, client_tls};
+
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = primary_and_secondary(
+    let ca = wan::tls::create_ca("consul", 30).unwrap();
+    let (a, b) = primary_and_secondary_of(
         dir.path(),
+        &ca,
         json!({"enabled": true, "default_policy": "deny",
                "tokens": {"replication": MANAGEMENT}}),
     )
+    .await;
+    // A client agent of dc1, whose reads of dc2 a server of dc1 relays.
+    let mut client_config: Value =
+        serde_json::from_str(&client_tls(dir.path(), &ca, "dc1")).unwrap();
+    client_config["primary_datacenter"] = json!("dc1");
+    client_config["acl"] = json!({"enabled": true, "default_policy": "deny",
+                                  "tokens": {"agent": MANAGEMENT}});
+    let client = Member::start(Spec {
+        name: "a-client".into(),
+        key: Some(KEY.into()),
+        join: vec![a.gossip_addr()],
+        config: Some(client_config.to_string()),
+        ..Spec::default()
+    })
     .await;
     // `web` only in dc2.
     let register = json!({"Node": "web-2", "Address": "127.0.0.2",
@@ -1235,22 +1263,27 @@ async fn a_prepared_query_fails_over_with_its_token_filtering_in_the_other_datac
     )
     .await;
 
-    // The anonymous caller may read nothing: dc2 filters with the query's token.
-    let r = a.get("/v1/query/web-far/execute").await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    let run: Value = serde_json::from_str(&r.body).unwrap();
-    assert_eq!(run["Datacenter"], "dc2", "{run}");
-    assert_eq!(run["Failovers"], 1, "{run}");
-    assert_eq!(run["Nodes"][0]["Node"]["Node"], "web-2", "{run}");
-    // Without a token of its own, dc2 filters with the caller's.
-    assert_eq!(
-        execute(&a, "web-far-as-caller", None).await,
-        (200, vec![], true)
-    );
-    assert_eq!(
-        execute(&a, "web-far-as-caller", Some(&reader)).await,
-        (200, vec!["web-2".to_owned()], false)
-    );
+    // The anonymous caller may read nothing: dc2 filters with the query's token,
+    // which a server of dc1 sends there (for the client agent too, whose read of dc2
+    // it relays).
+    for m in [&a, &client] {
+        let r = m.get("/v1/query/web-far/execute").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let run: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(run["Datacenter"], "dc2", "{run}");
+        assert_eq!(run["Failovers"], 1, "{run}");
+        assert_eq!(run["Nodes"][0]["Node"]["Node"], "web-2", "{run}");
+        // Without a token of its own, dc2 filters with the caller's.
+        assert_eq!(
+            execute(m, "web-far-as-caller", None).await,
+            (200, vec![], true)
+        );
+        assert_eq!(
+            execute(m, "web-far-as-caller", Some(&reader)).await,
+            (200, vec!["web-2".to_owned()], false)
+        );
+    }
+    client.agent.stop(false).await;
     a.agent.stop(false).await;
     b.agent.stop(false).await;
 }
