@@ -6,8 +6,11 @@
 //! - [`http`]: one keep-alive HTTP/1.1 connection, for drivers that send thousands of
 //!   requests a second to an agent (or to etcd's JSON gateway);
 //! - [`federation`]: two one-server datacenters of the real binary, federated with
-//!   their WAN ports behind [`delay`] proxies (the replication benches).
+//!   their WAN ports behind [`delay`] proxies (the replication benches);
+//! - [`measure`]: percentiles, milliseconds for the JSON reports, and a process's
+//!   memory and CPU time from `/proc`.
 
 pub mod delay;
 pub mod federation;
 pub mod http;
+pub mod measure;

@@ -49,6 +49,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::{Method, StatusCode};
 use proconsul_bench::http::Conn;
+use proconsul_bench::measure::{self, ms, pct};
 use rand::seq::SliceRandom;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
@@ -220,19 +221,6 @@ async fn put(conn: &mut Conn, api: Api, key: &str, value: &str) -> Result<(), St
     }
 }
 
-/// Nearest-rank percentile of sorted values (the formula of `kv_load.py`).
-fn pct(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let k = ((p / 100.0 * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1);
-    Some(sorted[k])
-}
-
-fn ms(v: Option<f64>) -> Value {
-    v.map_or(Value::Null, |s| json!((s * 1e6).round() / 1e3))
-}
-
 fn ms_text(v: Option<f64>) -> String {
     v.map_or("NA".into(), |s| format!("{:.3}", s * 1e3))
 }
@@ -272,6 +260,16 @@ async fn load(api: Api, addr: SocketAddr, keys: Vec<String>, value: String, conc
 fn fail(why: &str) -> ! {
     eprintln!("kv-bench: {why}");
     std::process::exit(1)
+}
+
+/// The process's resident memory in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    measure::rss_kib(pid).unwrap_or_else(|e| fail(&e))
+}
+
+/// The process's CPU time (user and system) in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    measure::cpu_ticks(pid).unwrap_or_else(|e| fail(&e))
 }
 
 async fn run_load(args: &Args) {
@@ -390,34 +388,6 @@ async fn run_range(args: &Args) {
 
 // ---------------------------------------------------------------------------------------
 // watch
-
-/// The process's resident memory in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| fail(&format!("/proc/{pid}/status: {e}")));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// The process's CPU time (user and system) in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|e| fail(&format!("/proc/{pid}/stat: {e}")));
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    field(11) + field(12)
-}
 
 /// Waits until the process uses at most 10% of a core over 300 ms, or `limit`; whether
 /// it went idle.

@@ -31,6 +31,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use proconsul_bench::http::Conn;
+use proconsul_bench::measure::{ms, pct};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -86,19 +87,6 @@ fn parse_args() -> Result<Args, String> {
 fn fail(why: &str) -> ! {
     eprintln!("scale-bench: {why}");
     std::process::exit(1)
-}
-
-/// Nearest-rank percentile of sorted values.
-fn pct(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let k = ((p / 100.0 * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1);
-    Some(sorted[k])
-}
-
-fn ms(v: Option<f64>) -> Value {
-    v.map_or(Value::Null, |s| json!((s * 1e6).round() / 1e3))
 }
 
 fn report(fields: Value) {

@@ -34,6 +34,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use proconsul_bench::http::Conn;
+use proconsul_bench::measure::{self, ms, pct};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
@@ -107,42 +108,14 @@ fn fail(why: &str) -> ! {
     std::process::exit(1);
 }
 
-fn pct(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted.get(i).copied()
-}
-
-fn ms(v: Option<f64>) -> Value {
-    v.map_or(Value::Null, |s| json!((s * 1e6).round() / 1e3))
-}
-
 /// The process's resident memory in KiB.
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| fail(&format!("/proc/{pid}/status: {e}")));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    measure::rss_kib(pid).unwrap_or_else(|e| fail(&e))
 }
 
 /// The process's CPU time (user and system) in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|e| fail(&format!("/proc/{pid}/stat: {e}")));
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    field(11) + field(12)
+    measure::cpu_ticks(pid).unwrap_or_else(|e| fail(&e))
 }
 
 fn total_ticks(pids: &[u32]) -> u64 {
