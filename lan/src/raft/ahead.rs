@@ -93,33 +93,30 @@ impl Ahead {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return;
         };
-        let request = {
-            let mut seen = self.seen.lock().expect("ahead lock");
-            let prev = seen.last.replace(last.log_id);
-            let Some(sender) = self.sender.get() else {
-                return;
-            };
-            let Some(vote) = seen.vote else { return };
-            let own = vote.is_committed()
-                && vote.leader_id().voted_for() == Some(sender.me)
-                && entries
-                    .iter()
-                    .all(|e| e.log_id.leader_id == *vote.leader_id());
-            let follows = prev.is_some_and(|p| p.index + 1 == first.log_id.index);
-            if !own || !follows {
-                return;
-            }
-            AppendEntriesRequest {
-                vote,
-                prev_log_id: prev,
-                entries: entries.to_vec(),
-                leader_commit: seen.committed,
-            }
+        let mut seen = self.seen.lock().expect("ahead lock");
+        let prev = seen.last.replace(last.log_id);
+        let Some(sender) = self.sender.get() else {
+            return;
         };
-        if let Some(sender) = self.sender.get() {
-            // Full: the entries go with openraft's own stream.
-            let _ = sender.queue.try_send(Arc::new(request));
+        let Some(vote) = seen.vote else { return };
+        let own = vote.is_committed()
+            && vote.leader_id().voted_for() == Some(sender.me)
+            && entries
+                .iter()
+                .all(|e| e.log_id.leader_id == *vote.leader_id());
+        let follows = prev.is_some_and(|p| p.index + 1 == first.log_id.index);
+        if !own || !follows {
+            return;
         }
+        let request = AppendEntriesRequest {
+            vote,
+            prev_log_id: prev,
+            entries: entries.to_vec(),
+            leader_commit: seen.committed,
+        };
+        drop(seen);
+        // Full: the entries go with openraft's own stream.
+        let _ = sender.queue.try_send(Arc::new(request));
     }
 
     /// Starts sending ahead for server `me`, through `network`, to the voters `raft`

@@ -128,12 +128,12 @@ async fn run(
         }
         // Listening from before the proposal, so that its flush cannot be missed.
         let flushed = flushes.as_ref().map(|f| f.clone().notified_owned());
-        let over = Arc::new(Notify::new());
+        // Closed when the write below is over (answered, failed or dropped).
+        let (over_tx, over) = oneshot::channel::<()>();
         let raft = raft.clone();
-        let told = over.clone();
         tasks.spawn(async move {
             let _slot = slot;
-            let _over = Over(told);
+            let _over = over_tx;
             let (commands, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
             let entries = commands.len() as u64;
             let start = std::time::Instant::now();
@@ -176,18 +176,8 @@ async fn run(
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = flushed => {}
-                _ = over.notified() => {}
+                _ = over => {}
             }
         }
-    }
-}
-
-/// Tells, when dropped, that a proposal's write is over (answered, failed or dropped).
-struct Over(Arc<Notify>);
-
-impl Drop for Over {
-    fn drop(&mut self) {
-        // Stored if nobody waits yet.
-        self.0.notify_one();
     }
 }
