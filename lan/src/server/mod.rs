@@ -382,6 +382,16 @@ impl Server {
     /// A [`Query::RunServiceQuery`] of a prepared query of this datacenter as it runs
     /// here (see [`catalog::State::run_stored`]), with the stored token it reads as.
     pub(crate) fn run_stored(&self, query: &Query) -> Option<(Query, Option<Principal>)> {
+        // Every read asks; only this one needs the catalog's lock.
+        if !matches!(
+            query,
+            Query::RunServiceQuery {
+                stored: Some(_),
+                ..
+            }
+        ) {
+            return None;
+        }
         self.catalog
             .read(|s| s.run_stored(query, self.datacenter.as_str()))
     }
