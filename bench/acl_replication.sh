@@ -26,55 +26,18 @@ DELAY_MS=${DELAY_MS:-10}
 BENCHMARKS_MD=${BENCHMARKS_MD:-$ROOT/BENCHMARKS.md}
 WRITE=0
 [ "${1:-}" = "--write" ] && WRITE=1
-command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
-cargo build --release -q --bin proconsul
-cargo build --release -q -p proconsul-bench --bin acl-replication-bench
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN="$TARGET/release/proconsul"
-DRIVER="$TARGET/release/acl-replication-bench"
-
-OUT=$(mktemp -d)
-CHILD=""
-# A driver that ends by itself stops its servers; one stopped by a signal (ours, or
-# timeout's) cannot, so it lists their PIDs for us.
-stop_servers() {
-  local p
-  [ -f "$OUT/pids" ] || return 0
-  for p in $(cat "$OUT/pids"); do kill -9 "$p" 2>/dev/null || true; done
-  rm -f "$OUT/pids"
-}
-cleanup() {
-  if [ -n "$CHILD" ]; then
-    kill "$CHILD" 2>/dev/null || true
-    wait "$CHILD" 2>/dev/null || true
-    stop_servers
-  fi
-  rm -rf "$OUT"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+DRIVER_NAME=acl-replication-bench
+# shellcheck source=bench/lib/federated_driver.sh
+. "$ROOT/bench/lib/federated_driver.sh"
 
 started=$(date -u +"%Y-%m-%d %H:%M UTC")
 for replication in true false; do
   echo "== ACL replication, $SAMPLES tokens, token replication $replication, WAN ${DELAY_MS} ms each way" >&2
-  timeout $((SAMPLES * 2 + 400)) "$DRIVER" --bin "$BIN" --tokens "$SAMPLES" --delay-ms "$DELAY_MS" \
-    --token-replication "$replication" --pid-file "$OUT/pids" \
-    > "$OUT/run-$replication.log" 2> "$OUT/run.err" &
-  CHILD=$!
-  rc=0
-  wait "$CHILD" || rc=$?
-  CHILD=""
-  cat "$OUT/run.err" >&2
-  if [ "$rc" -ne 0 ]; then
-    [ "$rc" -ge 124 ] && stop_servers
-    echo "the driver failed ($rc) with token replication $replication; left out" >&2
-  fi
-  rm -f "$OUT/pids"
+  run_driver $((SAMPLES * 2 + 400)) "$OUT/run-$replication.log" "with token replication $replication" \
+    --tokens "$SAMPLES" --delay-ms "$DELAY_MS" --token-replication "$replication"
 done
 
-commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-git -C "$ROOT" diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
-report=$(python3 - "$OUT" "$started" "$(nproc)" "$commit" "$SAMPLES" "$DELAY_MS" <<'PY'
+report=$(python3 - "$OUT" "$started" "$(nproc)" "$COMMIT" "$SAMPLES" "$DELAY_MS" <<'PY'
 import json, os, sys
 out, started, cpus, commit, tokens, delay = sys.argv[1:7]
 runs = []

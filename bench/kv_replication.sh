@@ -29,57 +29,20 @@ DELAY_MS=${DELAY_MS:-10}
 BENCHMARKS_MD=${BENCHMARKS_MD:-$ROOT/BENCHMARKS.md}
 WRITE=0
 [ "${1:-}" = "--write" ] && WRITE=1
-command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
-cargo build --release -q --bin proconsul
-cargo build --release -q -p proconsul-bench --bin kv-replication-bench
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN="$TARGET/release/proconsul"
-DRIVER="$TARGET/release/kv-replication-bench"
-
-OUT=$(mktemp -d)
-CHILD=""
-# A driver that ends by itself stops its servers; one stopped by a signal (ours, or
-# timeout's) cannot, so it lists their PIDs for us.
-stop_servers() {
-  local p
-  [ -f "$OUT/pids" ] || return 0
-  for p in $(cat "$OUT/pids"); do kill -9 "$p" 2>/dev/null || true; done
-  rm -f "$OUT/pids"
-}
-cleanup() {
-  if [ -n "$CHILD" ]; then
-    kill "$CHILD" 2>/dev/null || true
-    wait "$CHILD" 2>/dev/null || true
-    stop_servers
-  fi
-  rm -rf "$OUT"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+DRIVER_NAME=kv-replication-bench
+# shellcheck source=bench/lib/federated_driver.sh
+. "$ROOT/bench/lib/federated_driver.sh"
 
 started=$(date -u +"%Y-%m-%d %H:%M UTC")
 for keys in $KEYS; do
   echo "== KV replication, $RATE writes/s for $SECONDS_PER_RUN s over $keys keys, WAN ${DELAY_MS} ms each way" >&2
   # The driver stops its servers itself; the timeout bounds a driver that hangs.
-  timeout $((SECONDS_PER_RUN + 400)) "$DRIVER" --bin "$BIN" --rate "$RATE" --seconds "$SECONDS_PER_RUN" \
-    --keys "$keys" --value-size "$VALUE_SIZE" --delay-ms "$DELAY_MS" --pid-file "$OUT/pids" \
-    > "$OUT/run-$keys.log" 2> "$OUT/run.err" &
-  CHILD=$!
-  rc=0
-  wait "$CHILD" || rc=$?
-  CHILD=""
-  cat "$OUT/run.err" >&2
-  if [ "$rc" -ne 0 ]; then
-    # 124: timeout stopped it; its servers may be left.
-    [ "$rc" -ge 124 ] && stop_servers
-    echo "the driver failed ($rc) for $keys keys; left out" >&2
-  fi
-  rm -f "$OUT/pids"
+  run_driver $((SECONDS_PER_RUN + 400)) "$OUT/run-$keys.log" "for $keys keys" \
+    --rate "$RATE" --seconds "$SECONDS_PER_RUN" --keys "$keys" --value-size "$VALUE_SIZE" \
+    --delay-ms "$DELAY_MS"
 done
 
-commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-git -C "$ROOT" diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
-report=$(python3 - "$OUT" "$started" "$(nproc)" "$commit" "$RATE" "$SECONDS_PER_RUN" "$KEYS" "$VALUE_SIZE" "$DELAY_MS" <<'PY'
+report=$(python3 - "$OUT" "$started" "$(nproc)" "$COMMIT" "$RATE" "$SECONDS_PER_RUN" "$KEYS" "$VALUE_SIZE" "$DELAY_MS" <<'PY'
 import json, os, sys
 out, started, cpus, commit, rate, secs, keys, size, delay = sys.argv[1:10]
 runs = []
