@@ -653,7 +653,8 @@ async fn open(
     let listeners = listen(config, context, gateway, life).await?;
     // Maintenance from the last run is put back around the config files' services: the
     // node's before they register, each service's right after, so neither is offered
-    // as healthy in between.
+    // as healthy in between. Only then does anti-entropy start, so that its first full
+    // pass does not take out of the catalog what is about to be registered again.
     let saved = match maintenance_dir(config) {
         Some(dir) => crate::maintenance::load(dir)?,
         None => lan::Maintenance::default(),
@@ -665,6 +666,7 @@ async fn open(
         .replace_config(config.services.clone(), config.checks.clone())
         .context("registering the services of the config files")?;
     lan.local().restore_maintenance(&saved);
+    lan.start_anti_entropy(&life.tasks, life.core.child_token());
     if let Some(dir) = maintenance_dir(config) {
         life.tasks.spawn(crate::maintenance::keep(
             lan.local().clone(),

@@ -316,8 +316,10 @@ impl From<ForwardError> for WriteError {
 
 impl Lan {
     /// Starts the datacenter layer: LAN gossip, and for a server also the server port,
-    /// Raft (bootstrapping it when configured) and the leader's reconcile loop; then the
-    /// anti-entropy sync. Tasks run on `tasks` until `shutdown` is cancelled.
+    /// Raft (bootstrapping it when configured) and the leader's reconcile loop. Tasks run
+    /// on `tasks` until `shutdown` is cancelled.
+    ///
+    /// The anti-entropy sync is not started here: see [`Lan::start_anti_entropy`].
     pub async fn start(
         config: Config,
         tasks: &TaskTracker,
@@ -496,14 +498,24 @@ impl Lan {
                 shutdown.child_token(),
             ));
         }
-        tasks.spawn(local::run_sync(
-            lan.clone(),
-            lan.inner.local.clone(),
-            c.sync_interval,
-            shutdown.child_token(),
-        ));
         tracing::info!(node = %c.node_name, dc = %c.datacenter, server = c.server, "datacenter layer started");
         Ok(lan)
+    }
+
+    /// Starts the anti-entropy sync of this agent's services and checks to the catalog.
+    ///
+    /// Call it once what the agent had before a restart is registered again (the config
+    /// files' services, saved maintenance), as Consul starts its sync only after loading
+    /// them: the first pass is a full one, and it removes from the catalog whatever the
+    /// agent does not hold, so starting earlier would offer a node in maintenance as
+    /// healthy until the next pass. Runs on `tasks` until `shutdown` is cancelled.
+    pub fn start_anti_entropy(&self, tasks: &TaskTracker, shutdown: CancellationToken) {
+        tasks.spawn(local::run_sync(
+            self.clone(),
+            self.inner.local.clone(),
+            self.inner.config.sync_interval,
+            shutdown,
+        ));
     }
 
     /// This node's name.
