@@ -43,14 +43,14 @@
 //! cancellation token is cancelled when the place is given to another address (its
 //! holder sees [`Seat::evicted`] and should close).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 /// Names one place of a [`Pool`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PlaceId(u64);
 
 /// Why a client got no place.
@@ -77,10 +77,74 @@ pub struct Admitted<T> {
 /// One place held.
 #[derive(Debug)]
 struct Place<T> {
-    id: PlaceId,
     /// In the middle of a request (not to be evicted while an idle place exists).
     busy: bool,
     handle: T,
+}
+
+/// The places one address holds. Place IDs grow with each admission, so ordering by ID
+/// is ordering by age; both maps keep every operation logarithmic in the places held,
+/// since one address may hold thousands (a load balancer, or a host of watchers, all
+/// behind one address) and each request marks its place busy and idle again.
+#[derive(Debug)]
+struct Holder<T> {
+    places: BTreeMap<PlaceId, Place<T>>,
+    /// The places of `places` not marked busy.
+    idle: BTreeSet<PlaceId>,
+}
+
+impl<T> Default for Holder<T> {
+    fn default() -> Self {
+        Holder {
+            places: BTreeMap::new(),
+            idle: BTreeSet::new(),
+        }
+    }
+}
+
+impl<T> Holder<T> {
+    fn len(&self) -> usize {
+        self.places.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.places.is_empty()
+    }
+
+    fn insert(&mut self, id: PlaceId, handle: T) {
+        self.places.insert(
+            id,
+            Place {
+                busy: false,
+                handle,
+            },
+        );
+        self.idle.insert(id);
+    }
+
+    fn remove(&mut self, id: PlaceId) -> Option<T> {
+        self.idle.remove(&id);
+        self.places.remove(&id).map(|p| p.handle)
+    }
+
+    /// The oldest idle place, else the oldest.
+    fn victim(&self) -> Option<PlaceId> {
+        self.idle
+            .first()
+            .or_else(|| self.places.keys().next())
+            .copied()
+    }
+
+    fn set_busy(&mut self, id: PlaceId, busy: bool) {
+        if let Some(place) = self.places.get_mut(&id) {
+            place.busy = busy;
+            if busy {
+                self.idle.remove(&id);
+            } else {
+                self.idle.insert(id);
+            }
+        }
+    }
 }
 
 /// Places handed out to client addresses, bounded in all and per address.
@@ -90,8 +154,8 @@ pub struct Pool<T> {
     per_client: usize,
     held: usize,
     next_id: u64,
-    /// Each address's places, oldest first. No entry for an address holding nothing.
-    clients: HashMap<IpAddr, Vec<Place<T>>>,
+    /// Each address's places. No entry for an address holding nothing.
+    clients: HashMap<IpAddr, Holder<T>>,
     /// The address holding each place.
     owners: HashMap<PlaceId, IpAddr>,
 }
@@ -132,11 +196,7 @@ impl<T> Pool<T> {
         };
         let id = PlaceId(self.next_id);
         self.next_id += 1;
-        self.clients.entry(client).or_default().push(Place {
-            id,
-            busy: false,
-            handle,
-        });
+        self.clients.entry(client).or_default().insert(id, handle);
         self.owners.insert(id, client);
         self.held += 1;
         Ok(Admitted { id, evicted })
@@ -148,14 +208,14 @@ impl<T> Pool<T> {
             .clients
             .get_mut(&client)
             .expect("the heaviest client holds places");
-        let at = places.iter().position(|p| !p.busy).unwrap_or(0);
-        let place = places.remove(at);
+        let id = places.victim().expect("a holder holds a place");
+        let handle = places.remove(id).expect("the victim is held");
         if places.is_empty() {
             self.clients.remove(&client);
         }
-        self.owners.remove(&place.id);
+        self.owners.remove(&id);
         self.held -= 1;
-        (client, place.handle)
+        (client, handle)
     }
 
     /// Gives a place back; nothing happens if it was evicted already.
@@ -164,7 +224,7 @@ impl<T> Pool<T> {
             return;
         };
         if let Some(places) = self.clients.get_mut(&client) {
-            places.retain(|p| p.id != id);
+            places.remove(id);
             if places.is_empty() {
                 self.clients.remove(&client);
             }
@@ -178,18 +238,14 @@ impl<T> Pool<T> {
         let Some(client) = self.owners.get(&id) else {
             return;
         };
-        if let Some(place) = self
-            .clients
-            .get_mut(client)
-            .and_then(|places| places.iter_mut().find(|p| p.id == id))
-        {
-            place.busy = busy;
+        if let Some(places) = self.clients.get_mut(client) {
+            places.set_busy(id, busy);
         }
     }
 
     /// Places held by `client`.
     pub fn held_by(&self, client: &IpAddr) -> usize {
-        self.clients.get(client).map_or(0, Vec::len)
+        self.clients.get(client).map_or(0, Holder::len)
     }
 
     /// Places held in all.
