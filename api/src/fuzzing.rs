@@ -280,6 +280,9 @@ fn read_everything(state: &State) {
 /// bytes in, raw answer bytes out, as the serving loops answer them.
 pub struct DnsHarness {
     server: Server,
+    /// The encoded answers kept by [`DnsHarness::answer_udp_kept`], as one UDP serving
+    /// thread keeps them.
+    kept: std::sync::Mutex<crate::dns::cache::ResponseCache>,
 }
 
 impl DnsHarness {
@@ -287,7 +290,24 @@ impl DnsHarness {
     pub fn new(gateway: Gateway, config: DnsConfig) -> DnsHarness {
         DnsHarness {
             server: Server::new(gateway, config, &TaskTracker::new()),
+            kept: std::sync::Mutex::new(crate::dns::cache::ResponseCache::new()),
         }
+    }
+
+    /// The answer to a UDP datagram as a serving thread gives it: from the answers it
+    /// keeps when it holds this one, else built (and kept when it may be); `None` for
+    /// no answer and for one that waits on the network (recursors, reads through a
+    /// server).
+    pub fn answer_udp_kept(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let mut kept = self.kept.lock().expect("harness cache poisoned");
+        self.server.answer_udp_now(bytes, &mut kept)
+    }
+
+    /// The answer to a UDP datagram built without the kept answers, its records in
+    /// their `order`-th order (modulo the number of orders; see
+    /// [`crate::dns::ORDERS`]); `None` as for [`DnsHarness::answer_udp_kept`].
+    pub fn answer_udp_in_order(&self, bytes: &[u8], order: usize) -> Option<Vec<u8>> {
+        self.server.answer_udp_in_order(bytes, order)
     }
 
     /// The answer to a UDP datagram, if any. Needs a Tokio runtime.

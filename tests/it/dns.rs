@@ -534,3 +534,133 @@ async fn node_nodata_and_service_ptr() {
     assert!(!m.answers.is_empty());
     a.shutdown().await;
 }
+
+/// The UDP answers a serving thread keeps between queries are byte for byte the answers
+/// built afresh (in one of the orders a fresh answer may come in), with the request's
+/// ID, and none outlives the catalog it was built from.
+#[tokio::test]
+async fn kept_udp_answers_are_the_answers_built_afresh() {
+    let a = TestAgent::dev().await;
+    register(&a, "web", 3, 10).await;
+    register(&a, "big", 4, 11).await;
+    let r = a
+        .put(
+            "/v1/catalog/register",
+            &json!({"Node": "v6-node", "Address": "2001:db8::1",
+            "Service": {"Service": "v6", "ID": "v6", "Port": 80}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let harness =
+        api::fuzzing::DnsHarness::new(a.agent.gateway().clone(), a.agent.config().dns.clone());
+    // Every answer `bytes` may get when built afresh; taken before and after the kept
+    // answers are asked for, as a SOA serial (the current second) may move in between.
+    let fresh = |bytes: &[u8]| -> Vec<Vec<u8>> {
+        (0..api::dns::ORDERS)
+            .filter_map(|k| harness.answer_udp_in_order(bytes, k))
+            .collect()
+    };
+    let questions: &[(&str, RecordType, Option<u16>)] = &[
+        ("web.service.consul.", RecordType::A, None),
+        ("web.service.consul.", RecordType::SRV, None),
+        ("web.service.consul.", RecordType::SRV, Some(4096)),
+        ("WeB.SeRvIcE.CoNsUl.", RecordType::A, None),
+        ("WeB.SeRvIcE.CoNsUl.", RecordType::SRV, Some(1232)),
+        ("primary.web.service.consul.", RecordType::A, None),
+        ("_web._tcp.service.consul.", RecordType::SRV, None),
+        ("web.service.dc1.consul.", RecordType::A, None),
+        ("web.service.consul.", RecordType::AAAA, None),
+        ("v6.service.consul.", RecordType::AAAA, None),
+        ("v6.service.consul.", RecordType::ANY, Some(1232)),
+        // Four answers: cut to three without EDNS, with TC set.
+        ("big.service.consul.", RecordType::A, None),
+        ("big.service.consul.", RecordType::SRV, None),
+        ("big.service.consul.", RecordType::SRV, Some(512)),
+        ("nope.service.consul.", RecordType::A, None),
+        ("NoPe.service.consul.", RecordType::A, Some(1232)),
+        ("web.service.dc9.consul.", RecordType::A, None),
+        ("web-node-0.node.consul.", RecordType::A, None),
+        ("web-node-0.node.consul.", RecordType::TXT, None),
+        ("web-node-1.node.dc1.consul.", RecordType::ANY, Some(1232)),
+        ("web-node-1.node.consul.", RecordType::AAAA, None),
+        ("0a000001.addr.dc1.consul.", RecordType::A, None),
+        ("1.0.0.10.in-addr.arpa.", RecordType::PTR, None),
+        ("consul.", RecordType::SOA, None),
+        ("example.com.", RecordType::A, None),
+    ];
+    let mut ordered = 0;
+    for &(name, rtype, edns) in questions {
+        let mut query = query_message(name, rtype, edns);
+        query.metadata.id = 1;
+        let template = query.to_vec().unwrap();
+        let before = fresh(&template);
+        assert!(!before.is_empty(), "{name} {rtype}: no answer");
+        let mut seen = std::collections::BTreeSet::new();
+        let mut kept = Vec::new();
+        for id in 2..40u16 {
+            let mut bytes = template.clone();
+            bytes[..2].copy_from_slice(&id.to_be_bytes());
+            let answer = harness.answer_udp_kept(&bytes).expect("an answer");
+            assert_eq!(answer[..2], id.to_be_bytes(), "{name} {rtype}: the ID");
+            kept.push(answer[2..].to_vec());
+            // And through the agent's own UDP socket (its serving threads' caches).
+            let served = udp_exchange(a.dns, &bytes).await.expect("an answer");
+            assert_eq!(served[..2], id.to_be_bytes(), "{name} {rtype}: the ID");
+            kept.push(served[2..].to_vec());
+        }
+        let after = fresh(&template);
+        for answer in kept {
+            let built = before.iter().chain(&after).any(|b| b[2..] == answer[..]);
+            assert!(built, "{name} {rtype}: a kept answer not built afresh");
+            seen.insert(answer);
+        }
+        if ["web.service.consul.", "web.service.dc1.consul."].contains(&name)
+            && rtype == RecordType::A
+        {
+            // Three addresses: the order still varies from query to query (76 answers
+            // in one order out of six would be a 1 in 10^57 chance).
+            assert!(seen.len() > 1, "{name} {rtype}: always in the same order");
+            ordered += 1;
+        }
+    }
+    assert!(ordered > 0);
+
+    // A change in the catalog: what was kept for the older index is not served.
+    let mut query = query_message("web.service.consul.", RecordType::A, None);
+    query.metadata.id = 7;
+    let bytes = query.to_vec().unwrap();
+    assert_eq!(
+        addresses(&Message::from_vec(&harness.answer_udp_kept(&bytes).unwrap()).unwrap()).len(),
+        3
+    );
+    register(&a, "web", 4, 10).await;
+    let want: Vec<IpAddr> = (1..=4).map(|i| IpAddr::from([10, 0, 0, i])).collect();
+    let kept = Message::from_vec(&harness.answer_udp_kept(&bytes).unwrap()).unwrap();
+    assert_eq!(kept.answers.len(), 3, "cut to three without EDNS");
+    assert!(kept.metadata.truncation);
+    assert!(addresses(&kept).iter().all(|ip| want.contains(ip)));
+    let served = Message::from_vec(&udp_exchange(a.dns, &bytes).await.unwrap()).unwrap();
+    assert!(
+        served.metadata.truncation,
+        "the agent's socket answers for the new catalog"
+    );
+    let deregistered = a
+        .put(
+            "/v1/catalog/deregister",
+            &json!({"Node": "v6-node"}).to_string(),
+        )
+        .await;
+    assert_eq!(deregistered.status, 200, "{}", deregistered.body);
+    let v6 = query_message("v6.service.consul.", RecordType::AAAA, None)
+        .to_vec()
+        .unwrap();
+    for answer in [
+        harness.answer_udp_kept(&v6).unwrap(),
+        udp_exchange(a.dns, &v6).await.unwrap(),
+    ] {
+        let m = Message::from_vec(&answer).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        assert!(has_soa(&m));
+    }
+}

@@ -2,6 +2,7 @@
 //! choices, TTLs, response codes and truncation. Pure apart from the catalog reads it
 //! makes through the gateway, so it is exercised directly by tests.
 
+use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -85,13 +86,109 @@ pub(crate) struct Fetched {
     pub(crate) found: Found,
 }
 
-/// What was fetched for one request in earlier passes (see [`Responder::respond_fetched`]).
+/// What was fetched for one request in earlier passes (see [`Responder::respond_fetched`]),
+/// and how the answer makes its random choices.
 #[derive(Clone, Copy)]
-struct Reads<'a>(&'a [Fetched]);
+struct Reads<'a> {
+    fetched: &'a [Fetched],
+    draw: &'a Draw,
+}
 
 impl<'a> Reads<'a> {
     fn found(self, need: &Need) -> Option<&'a Found> {
-        self.0.iter().find(|f| f.need == *need).map(|f| &f.found)
+        self.fetched
+            .iter()
+            .find(|f| f.need == *need)
+            .map(|f| &f.found)
+    }
+}
+
+/// Most records whose every order an answer can be asked for ([`Draw::nth`]): 4! = 24
+/// orders. Longer lists are shuffled at random, and such answers are not kept.
+pub(crate) const MAX_ORDERED: usize = 4;
+
+/// The number of orders of `n` records (`n!`), for `n` up to [`MAX_ORDERED`].
+pub(crate) const fn orders(n: usize) -> usize {
+    let n = if n < MAX_ORDERED { n } else { MAX_ORDERED };
+    let mut product = 1;
+    let mut i = 2;
+    while i <= n {
+        product *= i;
+        i += 1;
+    }
+    product
+}
+
+/// How an answer makes its random choices, and what it tells a cache of encoded answers
+/// about them and about what else the answer depends on.
+pub(crate) struct Draw {
+    /// `Some(k)`: the records of the answer come in their `k`-th order (modulo the
+    /// number of orders), when there are at most [`MAX_ORDERED`] of them; `None` (and
+    /// for longer lists): in a random order, as before any cache.
+    order: Option<usize>,
+    /// The length of the longest list of records put in a drawn order.
+    shuffled: Cell<usize>,
+    /// The answer holds a SOA record, whose serial is the current second.
+    timed: Cell<bool>,
+    /// The answer depends on more than the question, the configuration and the local
+    /// catalog at its current index: another datacenter's reachability, or a random
+    /// pick that is not an order (NS records).
+    volatile: Cell<bool>,
+}
+
+impl Draw {
+    /// Random orders, as a response built for one query only.
+    pub(crate) fn random() -> Draw {
+        Draw {
+            order: None,
+            shuffled: Cell::new(0),
+            timed: Cell::new(false),
+            volatile: Cell::new(false),
+        }
+    }
+
+    /// The `k`-th order of the answer's records.
+    pub(crate) fn nth(k: usize) -> Draw {
+        Draw {
+            order: Some(k),
+            ..Draw::random()
+        }
+    }
+
+    /// How many distinct orders of its records the answer has, when an encoded copy
+    /// of it may be kept and served again while the local catalog's index is the same
+    /// (and, if [`Draw::timed`], within the same second); `None` when it may not.
+    pub(crate) fn kept_orders(&self) -> Option<usize> {
+        let shuffled = self.shuffled.get();
+        (!self.volatile.get() && shuffled <= MAX_ORDERED).then(|| orders(shuffled))
+    }
+
+    /// Whether the answer holds the time (the SOA serial, in seconds).
+    pub(crate) fn timed(&self) -> bool {
+        self.timed.get()
+    }
+
+    /// Puts `items` in the drawn order.
+    fn arrange<T>(&self, items: &mut [T]) {
+        self.shuffled.set(self.shuffled.get().max(items.len()));
+        match self.order {
+            Some(k) if items.len() <= MAX_ORDERED => permute(items, k),
+            _ => items.shuffle(&mut rand::rng()),
+        }
+    }
+}
+
+/// Puts `items` in their `k`-th order (modulo `items.len()!`): a Fisher-Yates shuffle
+/// whose choices are the mixed-radix digits of `k`, so each `k` in `0..n!` gives a
+/// different order, and a `k` uniform over a multiple of `n!` gives every order with
+/// the same chance, as a random shuffle.
+fn permute<T>(items: &mut [T], k: usize) {
+    let n = items.len();
+    let mut k = k;
+    for i in 0..n {
+        let left = n - i;
+        items.swap(i, i + k % left);
+        k /= left;
     }
 }
 
@@ -259,7 +356,19 @@ impl Responder {
     /// Answers a decoded request from the local catalog copy, or says which read it
     /// needs first ([`Outcome::Fetch`]).
     pub(crate) fn respond(&self, request: &Message, transport: Transport) -> Outcome {
-        self.respond_with(request, transport, Reads(&[]))
+        self.respond_drawn(request, transport, &Draw::random())
+    }
+
+    /// [`Responder::respond`], with the random choices made as `draw` says; `draw` then
+    /// tells whether the answer may be kept.
+    pub(crate) fn respond_drawn(
+        &self,
+        request: &Message,
+        transport: Transport,
+        draw: &Draw,
+    ) -> Outcome {
+        let reads = Reads { fetched: &[], draw };
+        self.respond_with(request, transport, reads)
     }
 
     /// Answers a decoded request with what [`Outcome::Fetch`] asked for (and, in a later
@@ -270,7 +379,12 @@ impl Responder {
         transport: Transport,
         fetched: &[Fetched],
     ) -> Outcome {
-        self.respond_with(request, transport, Reads(fetched))
+        let draw = Draw::random();
+        let reads = Reads {
+            fetched,
+            draw: &draw,
+        };
+        self.respond_with(request, transport, reads)
     }
 
     /// Reads `query` in `dc`: the local copy when this agent holds one, else the fetched
@@ -284,7 +398,11 @@ impl Responder {
         match self.gateway.read_stale(dc, query) {
             Ok(Some(found)) => return Ok(Ok(found)),
             Ok(None) => {}
-            Err(e) => return Ok(Err(e)),
+            Err(e) => {
+                // Whether another datacenter can be reached is no part of this catalog.
+                reads.draw.volatile.set(true);
+                return Ok(Err(e));
+            }
         }
         let need = Need::Read {
             dc: dc.map(str::to_owned),
@@ -364,7 +482,14 @@ impl Responder {
         } else {
             Sections::code(ResponseCode::Refused)
         };
-        match self.finish(&mut response, request, sections, qtype, transport) {
+        match self.finish(
+            &mut response,
+            request,
+            sections,
+            qtype,
+            transport,
+            reads.draw,
+        ) {
             Some(bytes) => Outcome::Reply(bytes),
             None => {
                 // A record we built cannot be encoded: tell the client instead of
@@ -391,7 +516,7 @@ impl Responder {
             }
             RecordType::SOA => {
                 return Ok(Sections {
-                    answers: vec![self.soa()],
+                    answers: vec![self.soa(reads.draw)],
                     ..self.ns_sections(reads, true)?
                 });
             }
@@ -411,7 +536,8 @@ impl Responder {
         })
     }
 
-    fn soa(&self) -> Record {
+    fn soa(&self, draw: &Draw) -> Record {
+        draw.timed.set(true);
         let soa = &self.config.soa;
         let serial = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -448,6 +574,8 @@ impl Responder {
         };
         servers.retain(|e| e.aggregate() != Health::Critical);
         servers.shuffle(&mut rand::rng());
+        // Up to three of the servers, at random: not an order a cache could keep.
+        reads.draw.volatile.set(true);
         let ttl = secs(self.config.node_ttl);
         let dc = self.gateway.local_datacenter().to_string();
         let mut ns = Vec::new();
@@ -733,7 +861,7 @@ impl Responder {
             // Consul: no healthy instance is "not found" (issue #1142).
             return Ok(Sections::nxdomain());
         }
-        Ok(self.records(&prepared, qname, qtype, true))
+        Ok(self.records(&prepared, qname, qtype, Some(reads.draw)))
     }
 
     /// A service lookup with no healthy instance here, under `dns_config.failover`.
@@ -758,7 +886,7 @@ impl Responder {
             Ok(None) => Sections::nxdomain(),
             Ok(Some(executed)) => {
                 let ttl = self.service_ttl(name);
-                self.executed_records(executed, qname, qtype, ttl, true)
+                self.executed_records(executed, qname, qtype, ttl, Some(reads.draw))
             }
         })
     }
@@ -781,7 +909,7 @@ impl Responder {
                     _ => self.service_ttl(&executed.service),
                 };
                 // The query already ordered them (nearest first, or shuffled).
-                self.executed_records(executed, qname, qtype, ttl, false)
+                self.executed_records(executed, qname, qtype, ttl, None)
             }
         })
     }
@@ -794,7 +922,7 @@ impl Responder {
         qname: &Name,
         qtype: RecordType,
         ttl: u32,
-        shuffle: bool,
+        shuffle: Option<&Draw>,
     ) -> Sections {
         let prepared = self.prepare(&executed.nodes, &executed.datacenter, ttl, |_| true);
         if !prepared.found {
@@ -803,21 +931,21 @@ impl Responder {
         self.records(&prepared, qname, qtype, shuffle)
     }
 
-    /// The answer records of a service lookup, in random order with `shuffle`.
+    /// The answer records of a service lookup, in the order `shuffle` draws (else as
+    /// given).
     fn records(
         &self,
         prepared: &Prepared,
         qname: &Name,
         qtype: RecordType,
-        shuffle: bool,
+        shuffle: Option<&Draw>,
     ) -> Sections {
         let ttl = prepared.ttl;
-        let mut rng = rand::rng();
         match qtype {
             RecordType::SRV => {
                 let mut order: Vec<usize> = (0..prepared.srv.len()).collect();
-                if shuffle {
-                    order.shuffle(&mut rng);
+                if let Some(draw) = shuffle {
+                    draw.arrange(&mut order);
                 }
                 let mut answers = Vec::with_capacity(order.len());
                 let mut additionals = Vec::new();
@@ -845,8 +973,8 @@ impl Responder {
                     .filter(|data| fits_query(qtype, data))
                     .map(|data| rr(qname, ttl, data.clone()))
                     .collect();
-                if shuffle {
-                    answers.shuffle(&mut rng);
+                if let Some(draw) = shuffle {
+                    draw.arrange(&mut answers);
                 }
                 let limit = self.config.a_record_limit;
                 if limit > 0 {
@@ -897,12 +1025,13 @@ impl Responder {
         mut s: Sections,
         qtype: RecordType,
         transport: Transport,
+        draw: &Draw,
     ) -> Option<Vec<u8>> {
         if let Some(code) = s.code {
             response.metadata.response_code = code;
         }
         if s.soa {
-            s.authorities.push(self.soa());
+            s.authorities.push(self.soa(draw));
         }
         let limit = match transport {
             Transport::Tcp => usize::from(u16::MAX),
@@ -1104,6 +1233,27 @@ mod tests {
         let mut m = Message::response(1, OpCode::Query);
         m.answers.push(record);
         assert!(m.to_vec().is_ok());
+    }
+
+    #[test]
+    fn each_order_number_gives_its_own_order_and_all_come_equally_often() {
+        for n in 0..=MAX_ORDERED {
+            let mut seen = std::collections::BTreeMap::new();
+            for k in 0..orders(MAX_ORDERED) {
+                let mut items: Vec<usize> = (0..n).collect();
+                permute(&mut items, k);
+                *seen.entry(items).or_insert(0) += 1;
+            }
+            // Every order of n items, each as often as the others.
+            assert_eq!(seen.len(), orders(n), "{n} items");
+            assert!(seen.values().all(|&c| c == orders(MAX_ORDERED) / orders(n)));
+            for k in 0..orders(n) {
+                let (mut a, mut b): (Vec<usize>, Vec<usize>) = ((0..n).collect(), (0..n).collect());
+                permute(&mut a, k);
+                permute(&mut b, k + orders(n));
+                assert_eq!(a, b, "order numbers count modulo {n}!");
+            }
+        }
     }
 
     #[test]

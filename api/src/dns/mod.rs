@@ -9,12 +9,16 @@
 //! Each UDP socket is served by one thread that answers catalog questions inline, so a
 //! flood of queries can never grow a queue, and no task is woken per datagram; only
 //! forwarding to recursors, which waits on the network, runs as a task, at most
-//! [`MAX_RECURSIONS`] at once (beyond that the client gets SERVFAIL at once). Answers of
-//! service lookups are kept between queries until the catalog changes. The wire format is hickory-proto's; the serving loops
-//! are ours rather than hickory-server's, which spawns a task per datagram into an
+//! [`MAX_RECURSIONS`] at once (beyond that the client gets SERVFAIL at once). The records
+//! of service lookups are kept between queries until the catalog changes, and each UDP
+//! serving thread keeps the encoded answers of the questions it was asked (see
+//! [`cache`]), so a repeated question costs a lookup and a copy instead of a decode,
+//! a build and an encode. The wire format is hickory-proto's; the serving loops are
+//! ours rather than hickory-server's, which spawns a task per datagram into an
 //! unbounded set and accepts TCP connections without limit.
 
 mod answer;
+pub(crate) mod cache;
 mod limit;
 mod name;
 mod recursor;
@@ -35,11 +39,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub(crate) use answer::Transport;
-use answer::{Fetched, Found, Need, Outcome, Responder};
+use answer::{Draw, Fetched, Found, Need, Outcome, Responder};
+use cache::ResponseCache;
 
 /// DNS names, as the configuration gives the domain.
 pub use hickory_proto::rr::Name;
 
+/// How many orders of a service's records a UDP answer may come in and still be kept
+/// between queries (every order of up to four records).
+pub const ORDERS: usize = answer::orders(answer::MAX_ORDERED);
 /// Most forwarded (recursive) queries in flight at once; more get SERVFAIL at once.
 pub const MAX_RECURSIONS: usize = 256;
 /// Most questions at once whose answer needs a read from a server (on a client agent);
@@ -179,6 +187,10 @@ pub(crate) struct Server {
     fetches: Arc<Semaphore>,
     tasks: TaskTracker,
     metrics: DnsMetrics,
+    /// Whether UDP answers may be kept ([`cache`]): not with ACLs, whose answers also
+    /// depend on the agent's DNS token and on tokens expiring, neither of which moves
+    /// the catalog's index.
+    cache_answers: bool,
 }
 
 /// The DNS interface's metrics (Consul's names), registered once.
@@ -199,10 +211,11 @@ impl DnsMetrics {
     }
 
     fn record(&self, request: &Message, start: std::time::Instant) {
-        let ptr = request
-            .queries
-            .first()
-            .is_some_and(|q| q.query_type() == hickory_proto::rr::RecordType::PTR);
+        self.record_as(is_ptr(request), start);
+    }
+
+    /// Records the time of a reverse lookup (`ptr`) or of another query.
+    fn record_as(&self, ptr: bool, start: std::time::Instant) {
         let timer = if ptr {
             &self.ptr_query
         } else {
@@ -210,6 +223,14 @@ impl DnsMetrics {
         };
         timer.record(crate::telemetry::millis_since(start));
     }
+}
+
+/// Whether a request asks for a reverse lookup (timed as `dns.ptr_query`).
+fn is_ptr(request: &Message) -> bool {
+    request
+        .queries
+        .first()
+        .is_some_and(|q| q.query_type() == hickory_proto::rr::RecordType::PTR)
 }
 
 /// A datagram or TCP message, decoded.
@@ -268,7 +289,9 @@ impl Server {
         let limiter =
             (config.rate_per_source > 0).then(|| limit::RateLimiter::new(config.rate_per_source));
         let metrics = DnsMetrics::new(gateway.lan().node_name());
+        let cache_answers = !gateway.lan().acl_enabled();
         Server {
+            cache_answers,
             limiter,
             responder: Responder::new(gateway.clone(), config),
             gateway,
@@ -310,20 +333,102 @@ impl Server {
     fn handle(&self, bytes: &[u8], transport: Transport) -> Handled {
         let start = std::time::Instant::now();
         match decode(bytes) {
-            Decoded::Query(request) => match self.responder.respond(&request, transport) {
-                Outcome::Reply(bytes) => {
-                    self.metrics.record(&request, start);
-                    Handled::Reply(bytes)
-                }
-                Outcome::Drop => Handled::Nothing,
-                Outcome::Recurse => Handled::Recurse(Box::new(request)),
-                Outcome::Fetch(need) => Handled::Fetch(Box::new((request, need))),
-            },
+            Decoded::Query(request) => {
+                let outcome = self.responder.respond(&request, transport);
+                self.handled(request, outcome, start)
+            }
             Decoded::FormErr(m) => match encode(&m) {
                 Some(bytes) => Handled::Reply(bytes),
                 None => Handled::Nothing,
             },
             Decoded::Drop => Handled::Nothing,
+        }
+    }
+
+    fn handled(&self, request: Message, outcome: Outcome, start: std::time::Instant) -> Handled {
+        match outcome {
+            Outcome::Reply(bytes) => {
+                self.metrics.record(&request, start);
+                Handled::Reply(bytes)
+            }
+            Outcome::Drop => Handled::Nothing,
+            Outcome::Recurse => Handled::Recurse(Box::new(request)),
+            Outcome::Fetch(need) => Handled::Fetch(Box::new((request, need))),
+        }
+    }
+
+    /// Answers one UDP datagram: from `cache` when it holds the answer, which is then
+    /// in `out` (and `None` is returned); else as [`Server::handle`], keeping the answer
+    /// in `cache` when it may be kept.
+    fn handle_udp(
+        &self,
+        bytes: &[u8],
+        cache: &mut ResponseCache,
+        out: &mut Vec<u8>,
+    ) -> Option<Handled> {
+        let start = std::time::Instant::now();
+        // Read before the answer is built: if the catalog changes meanwhile, the answer
+        // is kept under the older index, which no later query matches.
+        let index = if self.cache_answers && bytes.len() <= cache::MAX_KEY {
+            self.gateway.stale_index(None)
+        } else {
+            None
+        };
+        let Some(index) = index else {
+            return Some(self.handle(bytes, Transport::Udp));
+        };
+        let order = match cache.get(bytes, index, out) {
+            Ok(hit) => {
+                self.metrics.record_as(hit.ptr, start);
+                return None;
+            }
+            Err(miss) => miss.order,
+        };
+        let Decoded::Query(request) = decode(bytes) else {
+            return Some(self.handle(bytes, Transport::Udp));
+        };
+        let draw = Draw::nth(order);
+        let outcome = self
+            .responder
+            .respond_drawn(&request, Transport::Udp, &draw);
+        if let Outcome::Reply(reply) = &outcome {
+            cache.insert(bytes, order, &draw, is_ptr(&request), reply);
+        }
+        Some(self.handled(request, outcome, start))
+    }
+
+    /// A UDP answer as [`serve_udp`] sends it without waiting on the network: from
+    /// `cache` or built (and kept). For tests and fuzzing.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn answer_udp_now(
+        &self,
+        bytes: &[u8],
+        cache: &mut ResponseCache,
+    ) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        match self.handle_udp(bytes, cache, &mut out) {
+            None => Some(out),
+            Some(Handled::Reply(reply)) => Some(reply),
+            Some(_) => None,
+        }
+    }
+
+    /// A UDP answer built without any cache, its records in their `order`-th order.
+    /// For tests and fuzzing.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn answer_udp_in_order(&self, bytes: &[u8], order: usize) -> Option<Vec<u8>> {
+        let Decoded::Query(request) = decode(bytes) else {
+            return match self.handle(bytes, Transport::Udp) {
+                Handled::Reply(reply) => Some(reply),
+                _ => None,
+            };
+        };
+        match self
+            .responder
+            .respond_drawn(&request, Transport::Udp, &Draw::nth(order))
+        {
+            Outcome::Reply(reply) => Some(reply),
+            _ => None,
         }
     }
 
@@ -531,6 +636,8 @@ fn serve_udp(
     runtime: tokio::runtime::Handle,
 ) {
     let mut buf = vec![0u8; 65535];
+    let mut cache = ResponseCache::new();
+    let mut out = Vec::with_capacity(usize::from(DEFAULT_UDP_MAX_RESPONSE));
     while !shutdown.is_cancelled() {
         let (len, peer) = match socket.recv_from(&mut buf) {
             Ok(r) => r,
@@ -556,7 +663,13 @@ fn serve_udp(
         if !server.allows(peer.ip()) {
             continue;
         }
-        match server.handle(bytes, Transport::Udp) {
+        let Some(handled) = server.handle_udp(bytes, &mut cache, &mut out) else {
+            if let Err(e) = socket.send_to(&out, peer) {
+                tracing::debug!(peer = %peer, error = %e, "dns udp send failed");
+            }
+            continue;
+        };
+        match handled {
             Handled::Reply(reply) => {
                 if let Err(e) = socket.send_to(&reply, peer) {
                     tracing::debug!(peer = %peer, error = %e, "dns udp send failed");
