@@ -108,8 +108,12 @@ impl DnsAgent {
     }
 
     /// Answers `bytes` over UDP and over TCP and checks both answers
-    /// ([`api::fuzzing::check_reply`]).
+    /// ([`api::fuzzing::check_reply`]), and that a UDP answer kept between queries is
+    /// the one built afresh ([`api::fuzzing::DnsHarness::check_kept`]).
     pub fn check(&self, bytes: &[u8]) -> Result<(), String> {
+        self.harness
+            .check_kept(bytes)
+            .map_err(|e| format!("UDP, kept: {e}"))?;
         let limit = api::fuzzing::udp_limit(bytes, self.dns_config());
         if let Some(reply) = self.answer_udp(bytes) {
             api::fuzzing::check_reply(bytes, &reply, Some(limit))

@@ -303,6 +303,35 @@ impl DnsHarness {
         self.server.answer_udp_now(bytes, &mut kept)
     }
 
+    /// Checks that the kept answer to a UDP datagram is one the ordinary path builds
+    /// for it (in one of the orders it may draw), apart from the ID, which must be the
+    /// request's.
+    pub fn check_kept(&self, bytes: &[u8]) -> Result<(), String> {
+        let fresh = || -> Vec<Vec<u8>> {
+            (0..crate::dns::ORDERS)
+                .filter_map(|k| self.answer_udp_in_order(bytes, k))
+                .collect()
+        };
+        // Built before and after: a SOA serial (the second) may move in between.
+        let before = fresh();
+        let Some(kept) = self.answer_udp_kept(bytes) else {
+            return Ok(());
+        };
+        let after = fresh();
+        if kept.get(..2) != bytes.get(..2) {
+            return Err("a kept answer with another ID".into());
+        }
+        let same = |b: &Vec<u8>| b.get(2..) == kept.get(2..);
+        if before.iter().chain(&after).any(same) {
+            Ok(())
+        } else {
+            Err(format!(
+                "a kept answer of {} bytes that the ordinary path does not build",
+                kept.len()
+            ))
+        }
+    }
+
     /// The answer to a UDP datagram built without the kept answers, its records in
     /// their `order`-th order (modulo the number of orders; see
     /// [`crate::dns::ORDERS`]); `None` as for [`DnsHarness::answer_udp_kept`].
