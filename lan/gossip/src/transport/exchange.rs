@@ -69,6 +69,7 @@ impl Pool {
         // Answered once the member list shows the pool joined, so that a caller (a
         // starting agent, say) can use it at once.
         self.ask(|merged| Command::Join {
+            seed: target,
             states: theirs,
             merged,
         })

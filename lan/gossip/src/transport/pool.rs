@@ -81,6 +81,8 @@ pub struct PoolConfig {
 
 pub(super) enum Command {
     Join {
+        /// The member joined through.
+        seed: SocketAddr,
         states: Vec<MemberState>,
         /// Answered once the member list shows what the exchange brought.
         merged: oneshot::Sender<()>,
@@ -462,10 +464,14 @@ impl Driver {
     fn on_command(&mut self, command: Command) {
         let now = std::time::Instant::now();
         match command {
-            Command::Join { states, merged } => {
+            Command::Join {
+                seed,
+                states,
+                merged,
+            } => {
                 self.engine.merge_remote(now, states);
                 self.engine.join(&[]);
-                self.engine.resync_soon(now);
+                self.engine.resync_soon(now, seed);
                 self.publish.send_replace(member_list(&self.engine));
                 let _ = merged.send(());
             }

@@ -535,31 +535,38 @@ fn a_probe_of_a_suspect_carries_the_suspicion_and_the_suspect_answers_its_accuse
 }
 
 #[test]
-fn a_member_that_just_joined_exchanges_state_again_within_two_probe_intervals() {
-    // Two members that know each other; count the push-pulls n1 asks for in 2 s.
-    let count_push_pulls = |resync: bool| {
-        let mut sim = Sim::new(2, Config::lan(), 13);
+fn a_member_that_just_joined_exchanges_state_again_with_its_seed_within_two_seconds() {
+    // Members that know each other; the push-pulls n1 asks for in 2 s, by address.
+    let push_pulls = |config: Config, resync: bool| {
+        let mut sim = Sim::new(4, config, 13);
         sim.join_all();
         sim.run(Duration::from_millis(100));
+        let seed = sim.addrs[3];
         if resync {
             let now = sim.now;
-            sim.nodes[1].resync_soon(now);
+            sim.nodes[1].resync_soon(now, seed);
         }
-        let mut asked = 0;
+        let mut asked = Vec::new();
         for _ in 0..200 {
             sim.now += STEP;
             let now = sim.now;
             sim.nodes[1].tick(now);
-            asked += sim.nodes[1]
-                .take_outputs()
-                .iter()
-                .filter(|o| matches!(o, Output::PushPull { join: false, .. }))
-                .count();
+            asked.extend(sim.nodes[1].take_outputs().iter().filter_map(|o| match o {
+                Output::PushPull { to, join: false } => Some(*to),
+                _ => None,
+            }));
         }
-        asked
+        (asked, seed)
     };
-    assert_eq!(count_push_pulls(false), 0, "the regular interval is 30 s");
-    assert_eq!(count_push_pulls(true), 1);
+    let (asked, _) = push_pulls(Config::lan(), false);
+    assert!(asked.is_empty(), "the regular interval is 30 s");
+    let (asked, seed) = push_pulls(Config::lan(), true);
+    assert_eq!(asked, vec![seed]);
+    // The WAN probes every 5 s; the exchange after a join still comes within 2 s.
+    let (asked, _) = push_pulls(Config::wan(), false);
+    assert!(asked.is_empty(), "the regular interval is 60 s");
+    let (asked, seed) = push_pulls(Config::wan(), true);
+    assert_eq!(asked, vec![seed]);
 }
 
 #[test]
