@@ -10,6 +10,8 @@
 # The scripts: dns_http (DNS vs NSD, HTTP reads, memory), gossip (LAN gossip vs serf),
 # raft (catalog writes and failover vs etcd), kv (KV puts, gets, prefix reads and
 # watchers vs etcd), wan (QUIC requests vs a UDP echo, WAN pool vs serf -profile=wan),
+# wan_scale (tens of single- and three-server datacenters, each server its own process:
+# convergence, idle WAN traffic and memory vs serf -profile=wan, DNS to every datacenter),
 # crossdc (cross-datacenter DNS with an injected WAN delay, with and without the cache),
 # kv_replication (how far a KV copy in another datacenter lags behind its source, against
 # the injected round trip: there is no reference program to run), acl (ACLs on against
@@ -21,7 +23,7 @@
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-ALL=(dns_http gossip raft kv wan crossdc kv_replication acl acl_replication metrics client_rss watchers)
+ALL=(dns_http gossip raft kv wan wan_scale crossdc kv_replication acl acl_replication metrics client_rss watchers)
 if [ "$#" -gt 0 ]; then SELECTED=("$@"); else SELECTED=("${ALL[@]}"); fi
 
 if command -v apt-get >/dev/null 2>&1; then
@@ -42,7 +44,7 @@ fi
 if [ "${QUICK:-0}" = 1 ]; then
   export RUNS=1 DURATION=3 REPEATS=1 SECONDS_PER_RUN=3 FAILOVERS=1 COUNT=300 SIZES=3 \
     BASELINE_COUNT=50 CLIENTS="1 8" NODES="1 3" PREFIX_CLIENTS=1 WATCHERS=1000 WATCH_WRITES=5 \
-    SAMPLES=20 IDLE_SECONDS=5
+    SAMPLES=20 IDLE_SECONDS=5 LAYOUTS=10x1,5x3 IDLE=5 SETTLE=5 ROUNDS=2
 fi
 
 failed=()

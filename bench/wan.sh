@@ -19,11 +19,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 SIZES=${SIZES:-3,5,10}
 COUNT=${COUNT:-2000}
-SERF_BENCH=${SERF_BENCH:-$ROOT/../shared/bench/serf_gossip.py}
 WRITE=0
 [ "${1:-}" = "--write" ] && WRITE=1
-command -v serf >/dev/null || { echo "serf is needed: apt-get install serf" >&2; exit 1; }
-[ -f "$SERF_BENCH" ] || { echo "serf_gossip.py not found at $SERF_BENCH (set SERF_BENCH)" >&2; exit 1; }
+# shellcheck source=bench/lib/serf_bench.sh
+. "$ROOT/bench/lib/serf_bench.sh"
 cargo build --release -q -p proconsul-bench --bin wan-bench
 BENCH="$ROOT/target/release/wan-bench"
 OUT=$(mktemp -d)
@@ -37,7 +36,7 @@ echo "== WAN pool: serf -profile=wan" >&2
 python3 "$SERF_BENCH" --sizes "$SIZES" --profile wan --repeats 1 --joins 1 --kills 1 --idle 2 \
   | tee "$OUT/serf.log" | grep -v '^JSON' >&2 || true
 
-report=$(python3 - "$OUT" "$SIZES" "$COUNT" "$started" "$(nproc)" "$(serf version | head -1)" <<'PY'
+report=$(python3 - "$OUT" "$SIZES" "$COUNT" "$started" "$(nproc)" "$SERF_VERSION" <<'PY'
 import json, sys, os
 out, sizes, count, started, cpus, serf_version = sys.argv[1:7]
 sizes = [int(s) for s in sizes.split(",")]
