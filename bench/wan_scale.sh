@@ -131,9 +131,13 @@ for layout in layouts.split(","):
     else:
         print(f"| {d} × {p} | {n} | proconsul | failed | | | | | | |")
     f = serf.get(n)
-    if f and f.get("converge", {}).get("ok"):
+    if f and "converge" in f:
         c, i, m = f["converge"], f["idle_per_agent"], f["rss_kb"]
-        print(f"| {n} members | {n} | serf -profile=wan | {s(c['all_s'])} | {s(c['median_s'])} | "
+        if c.get("ok"):
+            conv = f"{s(c['all_s'])} | {s(c['median_s'])}"
+        else:
+            conv = f"not all in 120 s ({c['done']} of {c['of']} agents) | —"
+        print(f"| {n} members | {n} | serf -profile=wan | {conv} | "
               f"{s(c['joins_issued_s'])} | — | {i['ip_bytes_per_s']} | {i['udp_dgrams_per_s']} | "
               f"{mib(m['median'])} / {mib(m['max'])} |")
     else:
