@@ -22,10 +22,18 @@ struct Entry {
     id: u64,
 }
 
-/// Broadcasts keyed by the member they are about.
+/// Broadcasts keyed by the member they are about, with an index in sending order.
+///
+/// [`Queue::take`] runs for every packet sent, and in a large pool just after a join the
+/// queue holds news of most members: the index (least transmitted first, then oldest)
+/// and each message's encoded size, measured once when it is queued, let it walk the
+/// queue without sorting, copying keys or encoding messages that are not taken.
 #[derive(Debug, Default)]
 pub(crate) struct Queue {
     entries: BTreeMap<String, Entry>,
+    /// `(transmits, id)` of every entry, in the order they are sent, with the member it
+    /// is about and the message's encoded size.
+    order: BTreeMap<(u32, u64), (String, usize)>,
     next_id: u64,
 }
 
@@ -34,15 +42,15 @@ impl Queue {
     pub(crate) fn push(&mut self, member: &str, message: Message) {
         if self.entries.len() >= MAX_QUEUED
             && !self.entries.contains_key(member)
-            && let Some(worst) = self
-                .entries
-                .iter()
-                .max_by_key(|(_, e)| (e.transmits, std::cmp::Reverse(e.id)))
-                .map(|(k, _)| k.clone())
+            && let Some(worst) = self.most_transmitted()
         {
-            self.entries.remove(&worst);
+            self.remove(&worst);
         }
+        self.remove(member);
         self.next_id += 1;
+        let size = message.encoded_len();
+        self.order
+            .insert((0, self.next_id), (member.to_owned(), size));
         self.entries.insert(
             member.to_owned(),
             Entry {
@@ -53,33 +61,52 @@ impl Queue {
         );
     }
 
+    /// The member whose entry was transmitted most, the oldest among equals: the one
+    /// dropped when the queue is full.
+    fn most_transmitted(&self) -> Option<String> {
+        let (&(most, _), _) = self.order.last_key_value()?;
+        self.order
+            .range((most, 0)..)
+            .next()
+            .map(|(_, (member, _))| member.clone())
+    }
+
+    fn remove(&mut self, member: &str) {
+        if let Some(old) = self.entries.remove(member) {
+            self.order.remove(&(old.transmits, old.id));
+        }
+    }
+
     /// Takes at most `count` queued messages that fit in `space` bytes, least
     /// transmitted first, counting a transmission for each and dropping those that
     /// reached `limit`.
     pub(crate) fn take(&mut self, mut space: usize, count: usize, limit: u32) -> Vec<Message> {
-        let mut order: Vec<(u32, u64, String)> = self
-            .entries
-            .iter()
-            .map(|(k, e)| (e.transmits, e.id, k.clone()))
-            .collect();
-        order.sort();
-        let mut out = Vec::new();
-        for (_, _, key) in order {
-            if out.len() >= count {
+        let mut picked = Vec::new();
+        for (&rank, (_, size)) in &self.order {
+            if picked.len() >= count {
                 break;
             }
-            let Some(entry) = self.entries.get_mut(&key) else {
-                continue;
-            };
-            let size = entry.message.encoded_len();
-            if size > space {
+            if *size > space {
                 continue;
             }
             space -= size;
+            picked.push(rank);
+        }
+        let mut out = Vec::with_capacity(picked.len());
+        for rank in picked {
+            let Some((member, size)) = self.order.remove(&rank) else {
+                continue;
+            };
+            let Some(entry) = self.entries.get_mut(&member) else {
+                continue;
+            };
             out.push(entry.message.clone());
             entry.transmits += 1;
             if entry.transmits >= limit {
-                self.entries.remove(&key);
+                self.entries.remove(&member);
+            } else {
+                self.order
+                    .insert((entry.transmits, entry.id), (member, size));
             }
         }
         out
@@ -138,6 +165,127 @@ mod tests {
         }
         assert_eq!(q.take(10_000, 4, 10).len(), 4);
         assert_eq!(q.len(), 10, "the rest stays queued");
+    }
+
+    /// The queue as it was before its index: every `take` sorts all entries and
+    /// encodes each one it considers. The indexed queue must choose the same messages.
+    #[derive(Default)]
+    struct Reference {
+        entries: BTreeMap<String, Entry>,
+        next_id: u64,
+    }
+
+    impl Reference {
+        fn push(&mut self, member: &str, message: Message) {
+            if self.entries.len() >= MAX_QUEUED
+                && !self.entries.contains_key(member)
+                && let Some(worst) = self
+                    .entries
+                    .iter()
+                    .max_by_key(|(_, e)| (e.transmits, std::cmp::Reverse(e.id)))
+                    .map(|(k, _)| k.clone())
+            {
+                self.entries.remove(&worst);
+            }
+            self.next_id += 1;
+            let id = self.next_id;
+            self.entries.insert(
+                member.to_owned(),
+                Entry {
+                    message,
+                    transmits: 0,
+                    id,
+                },
+            );
+        }
+
+        fn take(&mut self, mut space: usize, count: usize, limit: u32) -> Vec<Message> {
+            let mut order: Vec<(u32, u64, String)> = self
+                .entries
+                .iter()
+                .map(|(k, e)| (e.transmits, e.id, k.clone()))
+                .collect();
+            order.sort();
+            let mut out = Vec::new();
+            for (_, _, key) in order {
+                if out.len() >= count {
+                    break;
+                }
+                let entry = self.entries.get_mut(&key).unwrap();
+                let size = entry.message.encoded_len();
+                if size > space {
+                    continue;
+                }
+                space -= size;
+                out.push(entry.message.clone());
+                entry.transmits += 1;
+                if entry.transmits >= limit {
+                    self.entries.remove(&key);
+                }
+            }
+            out
+        }
+    }
+
+    fn alive(node: &str, incarnation: u32, tags: usize) -> Message {
+        Message::Alive {
+            incarnation,
+            node: node.to_owned(),
+            addr: "127.0.0.1:8301".parse().unwrap(),
+            tags: (0..tags)
+                .map(|i| (format!("k{i}"), "v".repeat(i * 7)))
+                .collect(),
+        }
+    }
+
+    proptest::proptest! {
+        /// Random pushes (messages of different sizes about a few members, so that some
+        /// replace others) and takes with random room: the indexed queue takes exactly
+        /// what the sorting one took, in the same order, and keeps as many entries.
+        #[test]
+        fn the_index_takes_what_a_full_sort_took(
+            ops in proptest::collection::vec(
+                (proptest::bool::ANY, 0usize..24, 0usize..6, 0usize..1500, 1usize..8, 1u32..5),
+                1..300,
+            )
+        ) {
+            let (mut fast, mut slow) = (Queue::default(), Reference::default());
+            for (i, (push, member, tags, space, count, limit)) in ops.into_iter().enumerate() {
+                if push {
+                    let m = alive(&format!("m{member}"), i as u32, tags);
+                    fast.push(&format!("m{member}"), m.clone());
+                    slow.push(&format!("m{member}"), m);
+                } else {
+                    proptest::prop_assert_eq!(
+                        fast.take(space, count, limit),
+                        slow.take(space, count, limit)
+                    );
+                }
+                proptest::prop_assert_eq!(fast.len(), slow.entries.len());
+                proptest::prop_assert_eq!(fast.order.len(), fast.entries.len());
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_most_transmitted_oldest_entry_like_before() {
+        let (mut fast, mut slow) = (Queue::default(), Reference::default());
+        for i in 0..MAX_QUEUED {
+            let m = ack(i as u32);
+            fast.push(&format!("m{i}"), m.clone());
+            slow.push(&format!("m{i}"), m);
+        }
+        // Two rounds of sends give some entries one and some two transmissions.
+        for (space, count) in [(70, 10), (35, 5)] {
+            assert_eq!(fast.take(space, count, 10), slow.take(space, count, 10));
+        }
+        for i in 0..8 {
+            fast.push(&format!("new{i}"), ack(0));
+            slow.push(&format!("new{i}"), ack(0));
+        }
+        let keys = |q: &BTreeMap<String, Entry>| q.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(&fast.entries), keys(&slow.entries));
+        assert_eq!(fast.len(), MAX_QUEUED);
     }
 
     #[test]
