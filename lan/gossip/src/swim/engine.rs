@@ -338,6 +338,11 @@ impl Engine {
         self.members.values()
     }
 
+    /// How many members are known, this one included.
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
     /// Lifeguard's local health score (0 = healthy).
     pub fn awareness(&self) -> u32 {
         self.awareness
@@ -753,12 +758,6 @@ impl Engine {
             // Back with a newer incarnation: a real restart, not stale news.
             self.tombstones.remove(&node);
         }
-        let message = Message::Alive {
-            incarnation,
-            node: node.clone(),
-            addr,
-            tags: tags.clone(),
-        };
         match self.members.get_mut(&node) {
             None => {
                 self.members.insert(
@@ -798,6 +797,19 @@ impl Engine {
                 }
             }
         }
+        // Built only for news that is new here: in a large pool most alive messages
+        // heard are repeats, and this copies the tags.
+        let tags = self
+            .members
+            .get(&node)
+            .map(|m| m.tags.clone())
+            .unwrap_or_default();
+        let message = Message::Alive {
+            incarnation,
+            node: node.clone(),
+            addr,
+            tags,
+        };
         self.broadcast(&node, message);
     }
 
@@ -808,13 +820,18 @@ impl Engine {
             }
             return;
         }
-        let n = self.alive_count();
-        let Some(m) = self.members.get_mut(node) else {
+        let Some(m) = self.members.get(node) else {
             return;
         };
         if incarnation < m.incarnation || matches!(m.state, State::Dead | State::Left) {
             return;
         }
+        // Counted only past the checks above: stale suspicions are frequent and this
+        // walks every member.
+        let n = self.alive_count();
+        let Some(m) = self.members.get_mut(node) else {
+            return;
+        };
         let message = Message::Suspect {
             incarnation,
             node: node.to_owned(),
