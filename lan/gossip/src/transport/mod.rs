@@ -51,7 +51,9 @@ pub use keyring_ops::{KEYRING_FANOUT, KEYRING_MEMBER_TIMEOUT, KeyringReport};
 pub use link::{
     Exchange, Inbound, Link, PACKET_QUEUE, PACKET_QUEUE_PER_PEER, Reply, STREAM_TIMEOUT,
 };
-pub use pool::{Coordinates, LEAVE_PROPAGATE_TIMEOUT, MAX_OUTBOUND_STREAMS, Pool, PoolConfig};
+pub use pool::{
+    Coordinates, LEAVE_PROPAGATE_TIMEOUT, MAX_OUTBOUND_STREAMS, PUBLISH_INTERVAL, Pool, PoolConfig,
+};
 pub use udp_tcp::{MAX_INBOUND_STREAMS, MAX_INBOUND_STREAMS_PER_PEER, MAX_WAITING_STREAMS};
 
 // What the rest of the crate uses: stream frames are refused for the same reasons as

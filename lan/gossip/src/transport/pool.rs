@@ -56,6 +56,12 @@ pub const MAX_OUTBOUND_STREAMS: usize = 16;
 /// User events published to subscribers and not yet read; a subscriber that falls this
 /// far behind loses the oldest (and is told how many).
 pub(crate) const USER_EVENT_CHANNEL: usize = 256;
+/// Shortest time between two publications of the member list while it keeps changing:
+/// the first change is published at once, the ones that follow within this time together
+/// at its end. Each publication copies every member, and a member of a large pool that
+/// just joined hears of hundreds of others one packet at a time; this bounds that copying
+/// to ten times a second, and what a subscriber sees to at most this much late.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a graceful leave waits for its announcement to go out.
 pub const LEAVE_PROPAGATE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -228,6 +234,7 @@ impl Pool {
             engine,
             shared: shared.clone(),
             publish,
+            publishing: Publishing::default(),
             user_events,
             tasks: tasks.clone(),
             outbound: Arc::new(Semaphore::new(MAX_OUTBOUND_STREAMS)),
@@ -325,6 +332,8 @@ struct Driver {
     engine: Engine,
     shared: Arc<Shared>,
     publish: watch::Sender<Arc<Vec<Member>>>,
+    /// When the member list is published next.
+    publishing: Publishing,
     user_events: broadcast::Sender<UserEvent>,
     tasks: TaskTracker,
     outbound: Arc<Semaphore>,
@@ -419,7 +428,10 @@ impl Driver {
     ) {
         let (merged_tx, mut merged) = mpsc::channel::<Vec<MemberState>>(MERGE_QUEUE);
         loop {
-            let next = Instant::from_std(self.engine.next_deadline());
+            let mut next = Instant::from_std(self.engine.next_deadline());
+            if let Some(at) = self.publishing.deadline() {
+                next = next.min(at);
+            }
             let mut timed = false;
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
@@ -433,6 +445,9 @@ impl Driver {
             let round = std::time::Instant::now();
             self.engine.tick(round);
             self.flush(&merged_tx).await;
+            if self.publishing.due(Instant::now()) {
+                self.publish_now();
+            }
             if timed {
                 // A timer-driven round: probes, gossip and exchanges that were due.
                 self.metrics
@@ -451,6 +466,10 @@ impl Driver {
                 tracing::info!(pool = self.shared.pool, "left the gossip pool");
                 break;
             }
+        }
+        // A change still waiting for its interval is not lost when the pool stops.
+        if self.publishing.deadline().is_some() {
+            self.publish_now();
         }
     }
 
@@ -472,7 +491,8 @@ impl Driver {
                 self.engine.merge_remote(now, states);
                 self.engine.join(&[]);
                 self.engine.resync_soon(now, seed);
-                self.publish.send_replace(member_list(&self.engine));
+                // At once: the joining caller is answered with the list showing it.
+                self.publish_now();
                 let _ = merged.send(());
             }
             Command::LocalState(reply) => {
@@ -490,12 +510,14 @@ impl Driver {
             }
             Command::ForceLeave { node, prune, reply } => {
                 let known = self.engine.force_leave(now, &node, prune);
+                // Before answering: the caller reads the list next.
+                self.publish_now();
                 let _ = reply.send(known);
             }
             Command::SetTags(tags) => {
                 self.engine.set_tags(tags);
                 // No member event says so, but the list shows this member's tags too.
-                self.publish.send_replace(member_list(&self.engine));
+                self.publish_now();
             }
             Command::Coordinates(reply) => {
                 let mut all = self.engine.coordinates().clone();
@@ -584,10 +606,65 @@ impl Driver {
                     Event::User(_) => {}
                 }
             }
-            self.publish.send_replace(member_list(&self.engine));
-        } else if self.publish.borrow().len() != self.engine.members().count() {
-            self.publish.send_replace(member_list(&self.engine));
+            self.publish_soon();
+        } else if self.publish.borrow().len() != self.engine.member_count() {
+            self.publish_soon();
         }
+    }
+
+    /// Publishes the member list now, or at the end of [`PUBLISH_INTERVAL`] if it was
+    /// published less than that ago.
+    fn publish_soon(&mut self) {
+        if self.publishing.changed(Instant::now()) {
+            self.publish_now();
+        }
+    }
+
+    fn publish_now(&mut self) {
+        self.publishing.published(Instant::now());
+        self.publish.send_replace(member_list(&self.engine));
+    }
+}
+
+/// When the member list is published: at once after a quiet spell, otherwise at most
+/// once per [`PUBLISH_INTERVAL`], never leaving a change unpublished.
+#[derive(Debug, Default)]
+struct Publishing {
+    /// When it was last published.
+    last: Option<Instant>,
+    /// A change waits for the end of the interval.
+    pending: bool,
+}
+
+impl Publishing {
+    /// The list changed at `now`: whether to publish at once (otherwise it waits for
+    /// [`Publishing::deadline`]).
+    fn changed(&mut self, now: Instant) -> bool {
+        match self.last {
+            Some(last) if now < last + PUBLISH_INTERVAL => {
+                self.pending = true;
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// The list was published at `now`.
+    fn published(&mut self, now: Instant) {
+        self.last = Some(now);
+        self.pending = false;
+    }
+
+    /// When a waiting change is to be published, if one waits.
+    fn deadline(&self) -> Option<Instant> {
+        self.last
+            .filter(|_| self.pending)
+            .map(|last| last + PUBLISH_INTERVAL)
+    }
+
+    /// Whether a waiting change is due at `now`.
+    fn due(&self, now: Instant) -> bool {
+        self.deadline().is_some_and(|at| now >= at)
     }
 }
 
@@ -630,6 +707,27 @@ pub(crate) fn receive_packet(
 mod tests {
     use super::*;
     use crate::transport::support::{Cluster, eventually, sees, soon};
+
+    #[test]
+    fn a_burst_of_changes_is_published_once_at_the_end_of_the_interval() {
+        let t0 = Instant::now();
+        let mut p = Publishing::default();
+        assert!(p.changed(t0), "the first change goes out at once");
+        p.published(t0);
+        assert_eq!(p.deadline(), None);
+        let ms = Duration::from_millis;
+        assert!(!p.changed(t0 + ms(10)));
+        assert!(!p.changed(t0 + ms(50)));
+        assert_eq!(p.deadline(), Some(t0 + PUBLISH_INTERVAL));
+        assert!(!p.due(t0 + ms(99)));
+        assert!(p.due(t0 + PUBLISH_INTERVAL));
+        p.published(t0 + PUBLISH_INTERVAL);
+        assert_eq!(p.deadline(), None, "nothing waits once published");
+        assert!(
+            p.changed(t0 + PUBLISH_INTERVAL * 2),
+            "after a quiet interval a change goes out at once again"
+        );
+    }
 
     #[tokio::test]
     async fn pools_join_through_one_member_and_see_failures_and_leaves() {
