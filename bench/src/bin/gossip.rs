@@ -12,6 +12,15 @@
 //!   idle      loopback UDP datagrams and IP octets per second per member while idle
 //!   false_pos members any member ever listed `failed` without being stopped
 //!   rss       the process's resident memory per member (all members share a process)
+//!   cpu       the process's CPU use (user + system, in cores) while converging, idle and
+//!             detecting failures, and the suspicions members started: all members share
+//!             the process and its cores, so a process that cannot keep up shows here,
+//!             and a suspicion it causes is the bench's doing, not the protocol's
+//!
+//! The star join runs at most `--join-concurrency` joins at once (default
+//! [`MAX_INBOUND_STREAMS_PER_PEER`]): all members share one IP address, and a member
+//! serves that many streams per address at once (serf's driver joins one agent after
+//! another).
 //!
 //! The members run in one process (one tokio runtime on every core) and are observed
 //! through their member-list channels, so observing costs nothing; serf's agents are
@@ -27,9 +36,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::StreamExt;
 use gossip::keyring::{Key, Keyring};
 use gossip::swim;
-use gossip::{Encryption, MemberStatus, Pool, PoolConfig};
+use gossip::transport::MAX_INBOUND_STREAMS_PER_PEER;
+use gossip::{Encryption, Member, MemberStatus, Pool, PoolConfig};
+use proconsul_bench::measure::cpu_ticks;
 use rand::seq::IndexedRandom;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -45,6 +59,8 @@ struct Args {
     timeout: Duration,
     profile: String,
     encrypt: bool,
+    join_concurrency: usize,
+    threads: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -57,6 +73,8 @@ fn parse_args() -> Result<Args, String> {
         timeout: Duration::from_secs(90),
         profile: "lan".into(),
         encrypt: false,
+        join_concurrency: MAX_INBOUND_STREAMS_PER_PEER,
+        threads: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -80,6 +98,13 @@ fn parse_args() -> Result<Args, String> {
             }
             "--profile" => args.profile = value()?,
             "--encrypt" => args.encrypt = true,
+            "--join-concurrency" => {
+                args.join_concurrency = value()?
+                    .parse::<usize>()
+                    .map_err(|_| "bad --join-concurrency")?
+                    .max(1)
+            }
+            "--threads" => args.threads = value()?.parse().map_err(|_| "bad --threads")?,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -177,13 +202,16 @@ impl Cluster {
         }
     }
 
-    /// Seconds from `t0` until each observer's member list satisfied `pred`.
+    /// Seconds from `t0` until each observer's member list satisfied `pred`. The
+    /// predicate reads the published list as it is (no copy): with a thousand members,
+    /// each seeing a thousand changes, a copy per change would cost more than the
+    /// members themselves.
     async fn until(
         &self,
         observers: &[usize],
         t0: Instant,
         timeout: Duration,
-        pred: impl Fn(&BTreeMap<String, MemberStatus>) -> bool + Clone + Send + 'static,
+        pred: impl Fn(&[Member]) -> bool + Clone + Send + 'static,
     ) -> Vec<f64> {
         let waits = observers.iter().map(|&i| {
             let mut rx = self.nodes[i].pool.subscribe();
@@ -191,12 +219,8 @@ impl Cluster {
             async move {
                 let deadline = t0 + timeout;
                 loop {
-                    let view: BTreeMap<String, MemberStatus> = rx
-                        .borrow_and_update()
-                        .iter()
-                        .map(|m| (m.name.clone(), m.status))
-                        .collect();
-                    if pred(&view) {
+                    let list = rx.borrow_and_update().clone();
+                    if pred(&list) {
                         return Some(t0.elapsed().as_secs_f64());
                     }
                     match tokio::time::timeout_at(deadline, rx.changed()).await {
@@ -208,6 +232,101 @@ impl Cluster {
         });
         let results = futures_util::future::join_all(waits).await;
         results.into_iter().flatten().collect()
+    }
+}
+
+/// Whether `list` holds every name of `want` alive, and nothing else.
+fn exactly_alive(list: &[Member], want: &BTreeSet<String>) -> bool {
+    list.len() == want.len()
+        && list
+            .iter()
+            .all(|m| m.status == MemberStatus::Alive && want.contains(&m.name))
+}
+
+/// Whether `name` is in `list` with `status`.
+fn has(list: &[Member], name: &str, status: MemberStatus) -> bool {
+    list.iter().any(|m| m.name == name && m.status == status)
+}
+
+/// Counts the pools' suspicions and failure verdicts (the engine's own counters,
+/// `memberlist.msg.suspect` and `serf.member.failed`, summed over every member); all
+/// other metrics are dropped, so recording costs nothing.
+#[derive(Default)]
+struct Counts {
+    suspect: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+}
+
+impl metrics::Recorder for Counts {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        match key.name() {
+            "memberlist.msg.suspect" => metrics::Counter::from_arc(self.suspect.clone()),
+            "serf.member.failed" => metrics::Counter::from_arc(self.failed.clone()),
+            _ => metrics::Counter::noop(),
+        }
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// The process's CPU time in seconds, and the counters, at one instant; [`Mark::since`]
+/// turns two of them into the phase's CPU use and suspicions.
+struct Mark {
+    at: Instant,
+    cpu_s: f64,
+    suspect: u64,
+    failed: u64,
+}
+
+impl Mark {
+    fn now(counts: &Counts) -> Mark {
+        Mark {
+            at: Instant::now(),
+            cpu_s: cpu_ticks(std::process::id()).unwrap_or(0) as f64 / 100.0,
+            suspect: counts.suspect.load(Ordering::Relaxed),
+            failed: counts.failed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// CPU use (cores), suspicions started and failure verdicts since `self`.
+    fn since(&self, counts: &Counts) -> Value {
+        let end = Mark::now(counts);
+        let wall = end.at.duration_since(self.at).as_secs_f64().max(1e-3);
+        json!({
+            "s": (wall * 100.0).round() / 100.0,
+            "cores": ((end.cpu_s - self.cpu_s) / wall * 100.0).round() / 100.0,
+            "suspicions": end.suspect - self.suspect,
+            "failed_verdicts": end.failed - self.failed,
+        })
     }
 }
 
@@ -277,7 +396,7 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-async fn run_once(args: &Args, n: usize, rep: usize) -> Value {
+async fn run_once(args: &Args, counts: &Counts, n: usize, rep: usize) -> Value {
     let config = match args.profile.as_str() {
         "local" => swim::Config::local(),
         "wan" => swim::Config::wan(),
@@ -297,7 +416,7 @@ async fn run_once(args: &Args, n: usize, rep: usize) -> Value {
     });
     let rss_before = rss_kb();
     for i in 0..n {
-        cl.spawn(&format!("n{i:02}")).await;
+        cl.spawn(&format!("n{i:03}")).await;
     }
     let done = CancellationToken::new();
     cl.watch_false_positives(done.clone());
@@ -305,6 +424,7 @@ async fn run_once(args: &Args, n: usize, rep: usize) -> Value {
 
     // Star join.
     let seed = cl.nodes[0].pool.addr().to_string();
+    let mark = Mark::now(counts);
     let t0 = Instant::now();
     let joins = (1..n).map(|i| {
         let (pool, seed) = (cl.nodes[i].pool.clone(), seed.clone());
@@ -313,30 +433,41 @@ async fn run_once(args: &Args, n: usize, rep: usize) -> Value {
                 .await
         }
     });
-    for r in futures_util::future::join_all(joins).await {
-        if let Err(e) = r {
-            eprintln!("join failed: {e}");
-        }
+    let failed_joins = futures_util::stream::iter(joins)
+        .buffer_unordered(args.join_concurrency)
+        .filter(|r| std::future::ready(r.is_err()))
+        .count()
+        .await;
+    if failed_joins > 0 {
+        eprintln!("N={n}: {failed_joins} joins failed");
     }
+    let joins_issued = t0.elapsed().as_secs_f64();
     let all: Vec<usize> = cl.live();
     let want = names.clone();
     let times = cl
-        .until(&all, t0, args.timeout, move |v| {
-            v.len() == want.len() && want.iter().all(|x| v.get(x) == Some(&MemberStatus::Alive))
-        })
+        .until(&all, t0, args.timeout, move |v| exactly_alive(v, &want))
         .await;
     res["converge"] = summarize(times, n);
-    println!("N={n} rep={rep} converge: {}", res["converge"]);
+    res["converge"]["joins_issued_s"] = json!((joins_issued * 1000.0).round() / 1000.0);
+    res["converge"]["failed_joins"] = json!(failed_joins);
+    res["cpu_converge"] = mark.since(counts);
+    println!(
+        "N={n} rep={rep} converge: {} cpu {}",
+        res["converge"], res["cpu_converge"]
+    );
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let per = |kb: u64| kb.saturating_sub(rss_before) / n as u64;
     res["rss_kb_per_member"] = json!(per(rss_kb()));
 
     let (u0, o0) = net_counters();
+    let mark = Mark::now(counts);
     let t = Instant::now();
     tokio::time::sleep(args.idle).await;
     let (u1, o1) = net_counters();
     let dt = t.elapsed().as_secs_f64();
+    res["cpu_idle"] = mark.since(counts);
+    println!("N={n} rep={rep} idle cpu {}", res["cpu_idle"]);
     res["idle_per_agent"] = json!({
         "udp_dgrams_per_s": ((u1 - u0) as f64 / dt / n as f64 * 10.0).round() / 10.0,
         "ip_bytes_per_s": ((o1 - o0) as f64 / dt / n as f64).round(),
@@ -364,8 +495,11 @@ async fn run_once(args: &Args, n: usize, rep: usize) -> Value {
         let (nm, ms) = (name.clone(), present.clone());
         let times = cl
             .until(&everyone, t0, args.timeout, move |v| {
-                v.get(&nm) == Some(&MemberStatus::Alive)
-                    && ms.iter().all(|x| v.get(x) == Some(&MemberStatus::Alive))
+                has(v, &nm, MemberStatus::Alive)
+                    && v.iter()
+                        .filter(|m| ms.contains(&m.name) && m.status == MemberStatus::Alive)
+                        .count()
+                        == ms.len()
             })
             .await;
         join_times.push(summarize(times, everyone.len()));
@@ -375,7 +509,7 @@ async fn run_once(args: &Args, n: usize, rep: usize) -> Value {
         let nm = name.clone();
         let times = cl
             .until(&others, t0, args.timeout, move |v| {
-                v.get(&nm) == Some(&MemberStatus::Left)
+                has(v, &nm, MemberStatus::Left)
             })
             .await;
         leave_times.push(summarize(times, others.len()));
@@ -390,6 +524,7 @@ async fn run_once(args: &Args, n: usize, rep: usize) -> Value {
 
     // Failure detection: stop one non-seed member at a time.
     let mut fail_times = Vec::new();
+    let mark = Mark::now(counts);
     for _ in 0..args.kills {
         let victims: Vec<usize> = cl
             .live()
@@ -408,15 +543,19 @@ async fn run_once(args: &Args, n: usize, rep: usize) -> Value {
         let observers = cl.live();
         let nm = name.clone();
         let times = cl
-            .until(&observers, t0, args.timeout, move |view| {
-                view.get(&nm) == Some(&MemberStatus::Failed)
+            .until(&observers, t0, args.timeout, move |v| {
+                has(v, &nm, MemberStatus::Failed)
             })
             .await;
         fail_times.push(summarize(times, observers.len()));
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     res["fail"] = json!(fail_times);
-    println!("N={n} rep={rep} fail: {}", res["fail"]);
+    res["cpu_fail"] = mark.since(counts);
+    println!(
+        "N={n} rep={rep} fail: {} cpu {}",
+        res["fail"], res["cpu_fail"]
+    );
     res["false_positives"] = json!(
         cl.false_pos
             .lock()
@@ -443,14 +582,23 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let counts = Arc::new(Counts::default());
+    let recorder = Counts {
+        suspect: counts.suspect.clone(),
+        failed: counts.failed.clone(),
+    };
+    if metrics::set_global_recorder(recorder).is_err() {
+        eprintln!("gossip-bench: a metrics recorder was already set");
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if args.threads > 0 {
+        builder.worker_threads(args.threads);
+    }
+    let runtime = builder.enable_all().build().expect("a runtime");
     runtime.block_on(async {
         for &n in &args.sizes {
             for rep in 0..args.repeats {
-                let res = run_once(&args, n, rep).await;
+                let res = run_once(&args, &counts, n, rep).await;
                 println!("JSON {res}");
             }
         }
