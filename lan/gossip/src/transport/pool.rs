@@ -58,7 +58,8 @@ pub const MAX_OUTBOUND_STREAMS: usize = 16;
 pub(crate) const USER_EVENT_CHANNEL: usize = 256;
 /// Shortest time between two publications of the member list while it keeps changing:
 /// the first change is published at once, the ones that follow within this time together
-/// at its end. Each publication copies every member, and a member of a large pool that
+/// at its end (joins, in both directions, and force-leaves publish at once). Each
+/// publication copies every member, and a member of a large pool that
 /// just joined hears of hundreds of others one packet at a time; this bounds that copying
 /// to ten times a second, and what a subscriber sees to at most this much late.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
@@ -501,6 +502,9 @@ impl Driver {
             Command::Remote { states, reply } => {
                 let _ = reply.send(self.engine.local_state());
                 self.engine.merge_remote(now, states);
+                // At once, like a join on the joining side: a member that was just
+                // joined is asked about the joiner next.
+                self.publish_now();
             }
             Command::Leave(reply) => {
                 if self.leaving.is_none() {
