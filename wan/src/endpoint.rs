@@ -41,13 +41,15 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection with no traffic for this long is closed (the keep-alive prevents it
 /// while both sides are up).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Keep-alive, well below [`IDLE_TIMEOUT`], sent by the end that dialed the connection
+/// Keep-alive, half of [`IDLE_TIMEOUT`], sent by the end that dialed the connection
 /// only: the other end's idle timer restarts on every packet it receives, and the
-/// acknowledgement of each keep-alive restarts the dialer's. A server holds a connection
-/// to every other datacenter's servers, so this is the part of the idle WAN traffic that
-/// grows with their number (with both ends sending, 12.5 datagrams/s per server at 50
-/// datacenters, where probes are one per 5 s).
-pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// acknowledgement of each keep-alive restarts the dialer's; a lost keep-alive is sent
+/// again after QUIC's probe timeout, well within the other half. A server holds a
+/// connection to every other datacenter's servers, so this is the part of the idle WAN
+/// traffic that grows with their number (at 50 datacenters: 12.5 datagrams/s per server
+/// with both ends sending every 5 s, 10.1 with the dialer only; see BENCHMARKS.md, "WAN
+/// pool at scale"). 15 s is also below the 30 s that UDP mappings of NATs commonly last.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Connections held at once; more incoming ones are refused.
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Incoming handshakes in progress at once; more are refused.
