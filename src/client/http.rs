@@ -28,8 +28,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 /// Budget of one request, from connecting to the last byte of the answer: a CLI verb or
 /// a program waits no longer for an agent that does not answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest response read; a bigger one fails rather than filling memory.
-const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest response read; a bigger one fails rather than filling memory. A snapshot save
+/// is the largest answer (80 MiB for 170,000 instances); an agent restores up to 256 MiB.
+const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 
 /// Where the system's CA bundle may be, as Go's TLS stack (and so Consul's CLI) looks
 /// for it on Linux and the BSDs; the first that can be read is used.

@@ -1,7 +1,8 @@
 //! The key/value store through `/v1/kv`: three servers with CAS races, blocking reads
 //! of a key and of a prefix (deletions included) and a leader that dies; a restart from
-//! disk and a snapshot restore that keep every key; another datacenter's keys through
-//! `?dc=`; and bad requests that get Consul's answers and write nothing.
+//! disk and a snapshot restore that keep every key; a snapshot of megabytes restored on
+//! three servers; another datacenter's keys through `?dc=`; and bad requests that get
+//! Consul's answers and write nothing.
 
 use hyper::Method;
 use serde_json::{Value, json};
@@ -227,6 +228,65 @@ async fn keys_survive_a_restart_from_disk_and_come_back_with_a_snapshot_restore(
     assert_eq!(list.as_array().unwrap().len(), 19);
     assert_eq!(decode(&list[18]["Value"]), "18");
     m.agent.stop(false).await;
+}
+
+/// A snapshot of a megabyte or more travels packed in the Raft command (deflated, then
+/// base64): a restore sent to a follower is forwarded to the leader, committed, and
+/// applied by every server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_of_megabytes_is_restored_on_every_server() {
+    let members = servers(3).await;
+    let all: Vec<&Member> = members.iter().collect();
+    leader_of(&all, 3).await;
+    // Six values of 300 KiB: 1.8 MiB, 2.4 MiB of JSON once encoded, which deflates to
+    // a small Raft entry as a catalog's JSON does.
+    let values: Vec<String> = (0..6)
+        .map(|i| {
+            (0..300 * 1024 / 32)
+                .map(|line| format!("value {i}, line {line:08}, ends\n"))
+                .collect()
+        })
+        .collect();
+    for (i, value) in values.iter().enumerate() {
+        assert_eq!(put(&members[i % 3], &format!("big/{i}"), value).await, true);
+    }
+    let snapshot = members[0].get("/v1/snapshot").await;
+    assert_eq!(snapshot.status, 200);
+    assert!(
+        snapshot.body.len() > 2 << 20,
+        "{} bytes",
+        snapshot.body.len()
+    );
+    assert_eq!(
+        members[1]
+            .call(Method::DELETE, "/v1/kv/big/?recurse", "")
+            .await
+            .body
+            .trim(),
+        "true"
+    );
+    for m in &members {
+        let r = m.call(Method::PUT, "/v1/snapshot", &snapshot.body).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    for m in &members {
+        let list = eventually(secs(20), "the restored keys on every server", || async {
+            let r = m.get("/v1/kv/big/?recurse&stale").await;
+            let list: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+            match list.as_array() {
+                Some(l) if l.len() == 6 => Ok(list),
+                _ => Err(format!("{} {}", r.status, &r.body[..r.body.len().min(80)])),
+            }
+        })
+        .await;
+        for (i, value) in values.iter().enumerate() {
+            assert_eq!(list[i]["Key"], format!("big/{i}"));
+            assert!(decode(&list[i]["Value"]) == *value, "big/{i} differs");
+        }
+    }
+    for m in members {
+        m.agent.stop(false).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

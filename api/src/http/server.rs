@@ -81,7 +81,7 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// A request's body must have arrived this long after its head by default; then the
 /// client is answered 408 and the connection closed (`limits.http_body_timeout`). Long
-/// enough for a 32 MiB snapshot restore at 0.5 MiB/s.
+/// enough for the 80 MiB snapshot of a 170,000-instance catalog at 1.4 MiB/s.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A response the client takes no byte of for this long by default closes its connection
 /// (`limits.http_write_timeout`).
@@ -118,7 +118,7 @@ pub struct HttpLimits {
     pub max_conns_per_client: usize,
     /// Largest request head, in bytes (at least 8192).
     pub max_header_bytes: usize,
-    /// Largest request body, in bytes (`/v1/snapshot` restores take up to 32 MiB).
+    /// Largest request body, in bytes (`/v1/snapshot` restores take up to 256 MiB).
     pub max_body_bytes: usize,
     /// Largest KV value, in bytes (`limits.kv_max_value_size`).
     pub kv_max_value_size: usize,

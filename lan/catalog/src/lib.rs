@@ -26,6 +26,7 @@ mod contract;
 pub mod duration;
 mod kv;
 mod names;
+mod packed;
 mod prepared;
 mod query;
 mod sessions;
@@ -50,6 +51,7 @@ pub use kv::{
     KV_CHANGES_MAX, KV_CHANGES_MAX_BYTES, KV_MAX_VALUE_SIZE, KvAnswer, KvChange, KvChanges,
     KvEntry, KvRead, KvRefusal, KvReplication, KvWrite, TOMBSTONE_TTL, Unlisted,
 };
+pub use packed::PackedSnapshot;
 use query::WaitsOn;
 pub use query::{Answer, Query};
 pub use sessions::{

@@ -148,8 +148,9 @@ pub enum Answer {
     Checks(Vec<Check>),
     /// For [`Query::Address`]: nodes with the address, then instances with it.
     Address(Vec<Node>, Vec<Service>),
-    /// For [`Query::Snapshot`].
-    Snapshot(Box<super::state::Snapshot>),
+    /// For [`Query::Snapshot`]; packed when large, as a restore's (an answer forwarded
+    /// from the leader travels in one server-port frame).
+    Snapshot(super::packed::PackedSnapshot),
     /// For [`Query::PreparedQueries`].
     PreparedQueries(Vec<super::types::PreparedQuery>),
     /// For [`Query::Kv`].
@@ -337,7 +338,10 @@ impl State {
                     .collect();
                 (Answer::Address(nodes, services), ix.nodes.max(ix.services))
             }
-            Query::Snapshot => (Answer::Snapshot(Box::new(self.to_snapshot())), ix.max()),
+            Query::Snapshot => (
+                Answer::Snapshot(super::packed::PackedSnapshot::new(self.to_snapshot())),
+                ix.max(),
+            ),
             Query::PreparedQueries { key: None } => (
                 Answer::PreparedQueries(self.queries.values().cloned().collect()),
                 ix.queries,

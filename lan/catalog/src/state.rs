@@ -15,6 +15,7 @@ use super::acl::{AclSnapshot, AclTables, AclWrite};
 use super::autopilot::AutopilotConfig;
 use super::kv::{Kv, KvEntry, KvRefusal, KvWrite};
 use super::names::ServiceNames;
+use super::packed::PackedSnapshot;
 use super::sessions::{Session, SessionWrite, Sessions};
 use super::txn::{TxnOp, TxnOutcome};
 use super::types::{Check, Node, PreparedQuery, Service};
@@ -30,8 +31,9 @@ pub enum Command {
     Register(Registration),
     /// Remove a node (with everything on it), one service (with its checks) or one check.
     Deregister(Deregistration),
-    /// Replace the whole catalog (`snapshot restore`).
-    Restore(Box<Snapshot>),
+    /// Replace the whole catalog (`snapshot restore`); packed in the log and on the wire
+    /// when large.
+    Restore(PackedSnapshot),
     /// Create (`create`) or replace a prepared query.
     SetQuery {
         /// The query; its index fields are ignored.
@@ -157,6 +159,10 @@ pub enum ApplyError {
     /// HTTP API answers 403 with "Permission denied: " before it).
     #[error("ACL bootstrap no longer allowed (reset index: {0})")]
     AclBootstrap(u64),
+    /// A restore whose packed snapshot does not unpack (the same bytes on every server,
+    /// so every server refuses it).
+    #[error("{0}")]
+    Snapshot(String),
 }
 
 /// Per-table indexes: the Raft index of the last change to each table.
@@ -422,7 +428,7 @@ impl State {
                 self.deregister(index, d)?;
                 self.check_sessions_of(&fold(&d.node), index);
             }
-            Command::Restore(s) => self.restore(index, s),
+            Command::Restore(s) => self.restore(index, s.snapshot().map_err(ApplyError::Snapshot)?),
             Command::SetQuery { query, create } => self.set_query(index, query, *create)?,
             Command::DeleteQuery { id } => self.delete_query(index, id)?,
             Command::Kv(write) => self.apply_kv(index, write)?,

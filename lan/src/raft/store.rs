@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::snapshot_file;
 use super::{NodeId, TypeConfig};
-use catalog::{Applied, ApplyError, CatalogWriter, ServerNode};
+use catalog::{Applied, ApplyError, CatalogWriter, Command, PackedSnapshot, ServerNode};
 
 #[derive(Debug, Default)]
 struct LogInner {
@@ -348,6 +348,43 @@ async fn read_current(path: PathBuf) -> Result<Snapshot<TypeConfig>, StorageErro
     })
 }
 
+/// Unpacks the snapshots of the restores among `entries` on a blocking thread, before the
+/// state machine's lock is taken: a packed 80 MiB catalog takes about a second to
+/// inflate and parse, and arrives packed from the leader or the log (see
+/// `catalog::PackedSnapshot`). Returns whether there were any. A snapshot that does not
+/// unpack is refused when applied, on every server alike.
+async fn unpack_restores(entries: &[Entry<TypeConfig>]) -> bool {
+    let restores: Vec<PackedSnapshot> = entries
+        .iter()
+        .filter_map(|e| match &e.payload {
+            EntryPayload::Normal(commands) => Some(commands),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|c| match c {
+            Command::Restore(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    if restores.is_empty() {
+        return false;
+    }
+    // Clones share what is unpacked.
+    let _ = tokio::task::spawn_blocking(move || {
+        for restore in &restores {
+            let _ = restore.snapshot();
+        }
+    })
+    .await;
+    true
+}
+
+/// Whether this runs on a multi-threaded runtime (where `block_in_place` may be used).
+fn multi_threaded() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = StateMachine;
 
@@ -367,6 +404,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let restores = unpack_restores(&entries).await;
         let mut inner = self.lock();
         let mut out = Vec::new();
         for entry in entries {
@@ -375,7 +414,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => out.push(Vec::new()),
                 EntryPayload::Normal(commands) => {
                     let start = std::time::Instant::now();
-                    out.push(inner.catalog.apply_all(entry.log_id.index, &commands));
+                    let index = entry.log_id.index;
+                    let applied = if restores && multi_threaded() {
+                        // Replacing a big catalog takes a second: the other tasks of
+                        // this worker (Raft's heartbeats among them) move elsewhere.
+                        tokio::task::block_in_place(|| inner.catalog.apply_all(index, &commands))
+                    } else {
+                        inner.catalog.apply_all(index, &commands)
+                    };
+                    out.push(applied);
                     FSM_APPLY.record(start.elapsed().as_secs_f64() * 1000.0);
                 }
                 EntryPayload::Membership(m) => {

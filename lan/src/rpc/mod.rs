@@ -651,14 +651,13 @@ async fn serve_connection<H: Handler>(
                 }
             },
         };
-        let envelope: Envelope<H::Request> = match serde_json::from_slice(&frame.payload) {
+        let envelope: Envelope<H::Request> = match decode_request(frame.payload).await {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(peer = %peer, error = %e, "closing a server RPC connection after an unreadable request");
                 break;
             }
         };
-        drop(frame);
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break;
         };
@@ -691,6 +690,25 @@ async fn serve_connection<H: Handler>(
         });
     }
     done.cancel();
+}
+
+/// Requests of this many bytes or more are decoded on a blocking thread.
+const DECODE_APART_FROM: usize = 256 * 1024;
+
+/// Decodes a request, a large one ([`DECODE_APART_FROM`]) on a blocking thread: a
+/// restore's snapshot (megabytes of JSON, unpacked as it is decoded) would otherwise hold
+/// a runtime thread, and the Raft heartbeats and answers waiting for it, for as long as
+/// that takes. The connection waits for it either way, so requests keep their order.
+async fn decode_request<T: DeserializeOwned + Send + 'static>(
+    payload: Vec<u8>,
+) -> Result<Envelope<T>, String> {
+    if payload.len() < DECODE_APART_FROM {
+        return serde_json::from_slice(&payload).map_err(|e| e.to_string());
+    }
+    tokio::task::spawn_blocking(move || serde_json::from_slice(&payload))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -395,7 +395,7 @@ pub fn nothing_for(query: &Query) -> Answer {
             Answer::Checks(Vec::new())
         }
         Query::Address { .. } => Answer::Address(Vec::new(), Vec::new()),
-        Query::Snapshot => Answer::Snapshot(Box::default()),
+        Query::Snapshot => Answer::Snapshot(crate::PackedSnapshot::new(crate::Snapshot::default())),
         Query::PreparedQueries { .. } => Answer::PreparedQueries(Vec::new()),
         Query::Sessions(_) => Answer::Sessions(Vec::new()),
         Query::Txn(_) => Answer::Txn(TxnOutcome::Done(Vec::new())),

@@ -358,7 +358,8 @@ mod tests {
         let old = s.to_snapshot();
         s.apply_kv(3, &set("app/b", "1", None)).unwrap();
         // app/b vanishes without a tombstone.
-        s.apply(4, &crate::Command::Restore(Box::new(old))).unwrap();
+        s.apply(4, &crate::Command::Restore(crate::PackedSnapshot::new(old)))
+            .unwrap();
         assert_eq!(
             changes(&s, "app/", 3),
             (KvChanges::Unlisted(Unlisted::Reaped { up_to: 4 }), 4),
