@@ -23,10 +23,11 @@
 #    grows with the catalog; BIG_READS reads), p50 and p99; with dnsperf installed, DNS
 #    queries per second for `node-1.node.consul A` and `solo.service.consul SRV` over
 #    DNS_SECONDS each.
-# 4. After the last size: `GET /v1/snapshot` (save) timed; the server is stopped (SIGTERM)
+# 4. After the last size: `proconsul snapshot save` timed; the server is stopped (SIGTERM)
 #    and started again on the same data dir; the time from starting the process to the
 #    first answered `GET /v1/catalog/services?consistent`; its RSS once idle, and per
-#    instance (what it grew by since it started empty, divided by the instances).
+#    instance (what it grew by since it started empty, divided by the instances); then
+#    `proconsul snapshot restore` of the saved file timed (until it is applied).
 #
 # Figures are from one run on the machine as it is; on a shared host they are upper
 # bounds. The data dir is in a temp dir, removed on exit; the server listens on free
@@ -169,11 +170,10 @@ INSTANCES=$((prev * SERVICES + 1))
 RSS_LOADED=$(rss_mib)
 
 t0=$(date +%s.%N)
-curl -sf "$URL/v1/snapshot" -o "$WORK/snap"
+"$BIN" snapshot save -http-addr="$ADDR" "$WORK/snap" >/dev/null
 t1=$(date +%s.%N)
 SAVE_S=$(python3 -c "print(round($t1 - $t0, 2))")
 SNAP_MIB=$(python3 -c "import os; print(round(os.path.getsize('$WORK/snap') / 1048576, 1))")
-rm -f "$WORK/snap"
 RAFT_SNAP_MIB=$(python3 -c "
 import os
 p = '$WORK/data/raft/snapshot.json'
@@ -189,6 +189,21 @@ RSS_RESTART=$((RSS_RESTART_KIB / 1024))
 PER_INSTANCE=$(python3 -c "print(round(($RSS_RESTART_KIB - $RSS_EMPTY_KIB) * 1024 / $INSTANCES))")
 PER_INSTANCE_ALL=$(python3 -c "print(round($RSS_RESTART_KIB * 1024 / $INSTANCES))")
 
+# Restore the snapshot saved above over the restarted server: from sending the file until
+# the command returns (committed and applied), then until the catalog answers again.
+t0=$(date +%s.%N)
+"$BIN" snapshot restore -http-addr="$ADDR" "$WORK/snap" >/dev/null
+t1=$(date +%s.%N)
+RESTORE_S=$(python3 -c "print(round($t1 - $t0, 2))")
+rm -f "$WORK/snap"
+# The restored catalog must hold what was saved: every node and every service name.
+NODES_AFTER=$(curl -sf "$URL/v1/catalog/nodes" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
+NAMES_AFTER=$(curl -sf "$URL/v1/catalog/services" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
+if [ "$NODES_AFTER" -lt $((prev + 1)) ] || [ "$NAMES_AFTER" -lt $((SERVICES + 1)) ]; then
+  echo "after the restore: $NODES_AFTER nodes and $NAMES_AFTER service names, expected $((prev + 1))+ and $((SERVICES + 1))+" >&2
+  exit 1
+fi
+
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 [ -n "${PROCONSUL_BIN:-}" ] && COMMIT="$COMMIT (checkout; the binary measured was given by PROCONSUL_BIN)"
 REPORT="Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) CPUs, shared with other builds (figures are upper bounds); proconsul $COMMIT.
@@ -198,7 +213,7 @@ Command: \`SIZES=\"$SIZES\" SERVICES=$SERVICES CLIENTS=$CLIENTS PROBE=$PROBE REA
 |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 $(printf '%s\n' "${ROWS[@]}")
 
-At $prev nodes ($INSTANCES instances): RSS $RSS_LOADED MiB loaded; \`GET /v1/snapshot\` (save) ${SAVE_S} s for ${SNAP_MIB} MiB; Raft snapshot file ${RAFT_SNAP_MIB} MiB. After a restart from disk: first \`?consistent\` read ${FIRST_S} s after the process started; RSS $RSS_RESTART MiB once idle: $PER_INSTANCE_ALL bytes per instance with its check, $PER_INSTANCE bytes over the empty server's $((RSS_EMPTY_KIB / 1024)) MiB."
+At $prev nodes ($INSTANCES instances): RSS $RSS_LOADED MiB loaded; \`snapshot save\` ${SAVE_S} s for ${SNAP_MIB} MiB; Raft snapshot file ${RAFT_SNAP_MIB} MiB; \`snapshot restore\` of that file after the restart ${RESTORE_S} s. After a restart from disk: first \`?consistent\` read ${FIRST_S} s after the process started; RSS $RSS_RESTART MiB once idle: $PER_INSTANCE_ALL bytes per instance with its check, $PER_INSTANCE bytes over the empty server's $((RSS_EMPTY_KIB / 1024)) MiB."
 
 echo "$REPORT"
 if [ "$WRITE" = 1 ]; then
