@@ -230,6 +230,37 @@ async fn keys_survive_a_restart_from_disk_and_come_back_with_a_snapshot_restore(
     m.agent.stop(false).await;
 }
 
+/// The entries under `big/` on `m` (read `?stale`) once there are `n` of them.
+async fn big_keys(m: &Member, n: usize) -> Result<Value, String> {
+    let r = m.get("/v1/kv/big/?recurse&stale").await;
+    let list: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+    match list.as_array() {
+        Some(l) if l.len() == n => Ok(list),
+        _ => Err(format!("{} {}", r.status, &r.body[..r.body.len().min(80)])),
+    }
+}
+
+/// `method path` with `body` on `m` until it is answered 200; an answer that a leader
+/// was lost or is not known yet is retried (for 60 s at most). For requests whose
+/// repetition changes nothing (setting a key, a whole-tree delete, a restore).
+async fn until_ok(m: &Member, method: Method, path: &str, body: &str) -> String {
+    let deadline = std::time::Instant::now() + secs(60);
+    loop {
+        let r = m.call(method.clone(), path, body).await;
+        if r.status == 200 {
+            return r.body;
+        }
+        let transient = r.body.contains("leadership lost") || r.body.contains("No cluster leader");
+        assert!(
+            transient && std::time::Instant::now() < deadline,
+            "{method} {path}: {} {}",
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}
+
 /// A snapshot of a megabyte or more travels packed in the Raft command (deflated, then
 /// base64): a restore sent to a follower is forwarded to the leader, committed, and
 /// applied by every server.
@@ -237,46 +268,37 @@ async fn keys_survive_a_restart_from_disk_and_come_back_with_a_snapshot_restore(
 async fn a_snapshot_of_megabytes_is_restored_on_every_server() {
     let members = servers(3).await;
     let all: Vec<&Member> = members.iter().collect();
-    leader_of(&all, 3).await;
-    // Six values of 300 KiB: 1.8 MiB, 2.4 MiB of JSON once encoded, which deflates to
-    // a small Raft entry as a catalog's JSON does.
-    let values: Vec<String> = (0..6)
+    let leader = leader_of(&all, 3).await;
+    // Four values of 250 KiB: 1.3 MiB of JSON once encoded, which deflates to a small
+    // Raft entry as a catalog's JSON does.
+    let values: Vec<String> = (0..4)
         .map(|i| {
-            (0..300 * 1024 / 32)
+            (0..250 * 1024 / 32)
                 .map(|line| format!("value {i}, line {line:08}, ends\n"))
                 .collect()
         })
         .collect();
+    // Large entries on three debug-built servers in one busy process can delay
+    // heartbeats past the leader's lease (and a restore makes every server install the
+    // whole catalog at once: README, "snapshot restore body"); each request is then
+    // answered "leadership lost while committing log" and sent again.
     for (i, value) in values.iter().enumerate() {
-        assert_eq!(put(&members[i % 3], &format!("big/{i}"), value).await, true);
+        let path = format!("/v1/kv/big/{i}");
+        assert_eq!(
+            until_ok(&members[i % 3], Method::PUT, &path, value)
+                .await
+                .trim(),
+            "true"
+        );
     }
-    let snapshot = members[0].get("/v1/snapshot").await;
-    assert_eq!(snapshot.status, 200);
-    assert!(
-        snapshot.body.len() > 2 << 20,
-        "{} bytes",
-        snapshot.body.len()
-    );
-    assert_eq!(
-        members[1]
-            .call(Method::DELETE, "/v1/kv/big/?recurse", "")
-            .await
-            .body
-            .trim(),
-        "true"
-    );
+    let snapshot = until_ok(&members[0], Method::GET, "/v1/snapshot", "").await;
+    assert!(snapshot.len() > 1 << 20, "{} bytes", snapshot.len());
+    until_ok(&members[1], Method::DELETE, "/v1/kv/big/?recurse", "").await;
+    let follower = members.iter().find(|m| m.name != leader).unwrap();
+    until_ok(follower, Method::PUT, "/v1/snapshot", &snapshot).await;
     for m in &members {
-        let r = m.call(Method::PUT, "/v1/snapshot", &snapshot.body).await;
-        assert_eq!(r.status, 200, "{}", r.body);
-    }
-    for m in &members {
-        let list = eventually(secs(20), "the restored keys on every server", || async {
-            let r = m.get("/v1/kv/big/?recurse&stale").await;
-            let list: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
-            match list.as_array() {
-                Some(l) if l.len() == 6 => Ok(list),
-                _ => Err(format!("{} {}", r.status, &r.body[..r.body.len().min(80)])),
-            }
+        let list = eventually(secs(20), "the restored keys on every server", || {
+            big_keys(m, values.len())
         })
         .await;
         for (i, value) in values.iter().enumerate() {
