@@ -244,21 +244,21 @@ async fn big_keys(m: &Member, n: usize) -> Result<Value, String> {
 /// was lost or is not known yet is retried (for 60 s at most). For requests whose
 /// repetition changes nothing (setting a key, a whole-tree delete, a restore).
 async fn until_ok(m: &Member, method: Method, path: &str, body: &str) -> String {
-    let deadline = std::time::Instant::now() + secs(60);
-    loop {
-        let r = m.call(method.clone(), path, body).await;
-        if r.status == 200 {
-            return r.body;
-        }
-        let transient = r.body.contains("leadership lost") || r.body.contains("No cluster leader");
-        assert!(
-            transient && std::time::Instant::now() < deadline,
-            "{method} {path}: {} {}",
-            r.status,
-            r.body
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    }
+    eventually(
+        secs(60),
+        &format!("{method} {path} answered 200"),
+        || async {
+            let r = m.call(method.clone(), path, body).await;
+            if r.status == 200 {
+                return Ok(r.body);
+            }
+            let transient =
+                r.body.contains("leadership lost") || r.body.contains("No cluster leader");
+            assert!(transient, "{method} {path}: {} {}", r.status, r.body);
+            Err(format!("{} {}", r.status, r.body))
+        },
+    )
+    .await
 }
 
 /// A snapshot of a megabyte or more travels packed in the Raft command (deflated, then

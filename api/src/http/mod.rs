@@ -800,9 +800,9 @@ pub(crate) fn router(ctx: Context, max_body_bytes: usize) -> Router {
         .route("/v1/status/peers", get(status::peers))
         .route(
             "/v1/snapshot",
-            get(snapshot::save)
-                .put(snapshot::restore)
-                .layer(DefaultBodyLimit::max(snapshot::MAX_SNAPSHOT_BYTES)),
+            // The restore reads its body itself, once it is its turn, up to
+            // `snapshot::MAX_SNAPSHOT_BYTES`.
+            get(snapshot::save).put(snapshot::restore),
         )
         .route(
             "/v1/operator/autopilot/configuration",

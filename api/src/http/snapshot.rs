@@ -21,7 +21,7 @@ use crate::Context;
 
 /// Largest snapshot accepted by a restore, in bytes: three times a save of Consul's
 /// benchmark catalog (10,000 nodes, 170,000 instances with a check each: 80 MiB). The
-/// Raft command carries it packed (about a tenth of that).
+/// Raft command carries it packed (that catalog: about a fifteenth of it).
 pub(crate) const MAX_SNAPSHOT_BYTES: usize = 256 * 1024 * 1024;
 /// Restores an agent takes in at once: a body is read only once it is a restore's turn,
 /// so that concurrent restores hold one snapshot's memory (several times its size while
