@@ -564,7 +564,7 @@ async fn gateway(
     match federation {
         Ok(f) => {
             if let Some(me) = lan.members().iter().find(|m| m.name == config.node_name) {
-                f.pool().set_tags(me.tags.clone()).await;
+                f.pool().set_tags((*me.tags).clone()).await;
             }
             life.tasks.spawn(
                 f.clone()

@@ -343,11 +343,10 @@ mod tests {
             name: "n1".into(),
             addr: "10.0.0.1".parse().unwrap(),
             port: 8301,
-            tags: [
+            tags: Arc::new(BTreeMap::from([
                 ("role".to_string(), role.to_string()),
                 ("port".into(), "8300".into()),
-            ]
-            .into(),
+            ])),
             status,
         }
     }

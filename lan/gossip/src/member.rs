@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// A member's state, with Consul's numeric codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -52,8 +53,10 @@ pub struct Member {
     pub addr: IpAddr,
     /// Gossip port.
     pub port: u16,
-    /// Tags (`role`, `dc`, `port`, `id`, `build`, `vsn`, …).
-    pub tags: BTreeMap<String, String>,
+    /// Tags (`role`, `dc`, `port`, `id`, `build`, `vsn`, …), shared: a member list is
+    /// published whole on every change, and copying a pointer here instead of every tag
+    /// is what keeps that cheap in large pools.
+    pub tags: Arc<BTreeMap<String, String>>,
     /// State.
     pub status: MemberStatus,
 }

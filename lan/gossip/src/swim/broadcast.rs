@@ -34,6 +34,9 @@ pub(crate) struct Queue {
     /// `(transmits, id)` of every entry, in the order they are sent, with the member it
     /// is about and the message's encoded size.
     order: BTreeMap<(u32, u64), (String, usize)>,
+    /// How many entries have each encoded size: once a packet has less room left than
+    /// the smallest, [`Queue::take`] stops instead of walking the rest of the queue.
+    sizes: BTreeMap<usize, usize>,
     next_id: u64,
 }
 
@@ -51,6 +54,7 @@ impl Queue {
         let size = message.encoded_len();
         self.order
             .insert((0, self.next_id), (member.to_owned(), size));
+        *self.sizes.entry(size).or_default() += 1;
         self.entries.insert(
             member.to_owned(),
             Entry {
@@ -72,8 +76,19 @@ impl Queue {
     }
 
     fn remove(&mut self, member: &str) {
-        if let Some(old) = self.entries.remove(member) {
-            self.order.remove(&(old.transmits, old.id));
+        if let Some(old) = self.entries.remove(member)
+            && let Some((_, size)) = self.order.remove(&(old.transmits, old.id))
+        {
+            self.forget_size(size);
+        }
+    }
+
+    fn forget_size(&mut self, size: usize) {
+        if let Some(n) = self.sizes.get_mut(&size) {
+            *n -= 1;
+            if *n == 0 {
+                self.sizes.remove(&size);
+            }
         }
     }
 
@@ -82,8 +97,9 @@ impl Queue {
     /// reached `limit`.
     pub(crate) fn take(&mut self, mut space: usize, count: usize, limit: u32) -> Vec<Message> {
         let mut picked = Vec::new();
+        let smallest = self.sizes.first_key_value().map_or(0, |(&size, _)| size);
         for (&rank, (_, size)) in &self.order {
-            if picked.len() >= count {
+            if picked.len() >= count || space < smallest {
                 break;
             }
             if *size > space {
@@ -104,6 +120,7 @@ impl Queue {
             entry.transmits += 1;
             if entry.transmits >= limit {
                 self.entries.remove(&member);
+                self.forget_size(size);
             } else {
                 self.order
                     .insert((entry.transmits, entry.id), (member, size));
@@ -263,6 +280,11 @@ mod tests {
                 }
                 proptest::prop_assert_eq!(fast.len(), slow.entries.len());
                 proptest::prop_assert_eq!(fast.order.len(), fast.entries.len());
+                let mut sizes = BTreeMap::new();
+                for (_, size) in fast.order.values() {
+                    *sizes.entry(*size).or_insert(0usize) += 1;
+                }
+                proptest::prop_assert_eq!(&fast.sizes, &sizes);
             }
         }
     }

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -95,8 +96,9 @@ pub struct Member {
     pub incarnation: u32,
     /// State.
     pub state: State,
-    /// Tags.
-    pub tags: BTreeMap<String, String>,
+    /// Tags, shared with the member lists published from this engine (a publication
+    /// copies every member, and so copies a pointer here rather than every tag).
+    pub tags: Arc<BTreeMap<String, String>>,
     /// When the state last changed.
     pub since: Instant,
 }
@@ -175,6 +177,9 @@ pub struct Engine {
     leaving: bool,
     members: BTreeMap<String, Member>,
     probe_order: Vec<String>,
+    /// The names of every member but this one, in no order: gossip targets are drawn
+    /// from it at random positions instead of by walking the member map.
+    others: Vec<String>,
     probe_index: usize,
     probe: Option<Probe>,
     next_probe: Instant,
@@ -184,6 +189,8 @@ pub struct Engine {
     /// member joined through (see [`Engine::resync_soon`]).
     resync_with: Option<SocketAddr>,
     next_reconnect: Instant,
+    /// When dead and left members are next looked for ([`Engine::reap`]).
+    next_reap: Instant,
     seq: u32,
     relays: BTreeMap<u32, Relay>,
     suspicions: BTreeMap<String, Suspicion>,
@@ -238,7 +245,7 @@ impl Engine {
                 addr,
                 incarnation: 0,
                 state: State::Alive,
-                tags: tags.clone(),
+                tags: Arc::new(tags.clone()),
                 since: now,
             },
         );
@@ -248,6 +255,7 @@ impl Engine {
         let next_gossip = now + jitter(&mut rng, config.gossip_interval);
         let next_push_pull = now + config.push_pull_interval;
         let next_reconnect = now + config.reconnect_interval;
+        let next_reap = now + reap_interval(&config);
         Engine {
             config,
             name,
@@ -257,6 +265,7 @@ impl Engine {
             leaving: false,
             members,
             probe_order: Vec::new(),
+            others: Vec::new(),
             probe_index: 0,
             probe: None,
             next_probe,
@@ -264,6 +273,7 @@ impl Engine {
             next_push_pull,
             resync_with: None,
             next_reconnect,
+            next_reap,
             seq: 0,
             relays: BTreeMap::new(),
             suspicions: BTreeMap::new(),
@@ -383,7 +393,8 @@ impl Engine {
             .next_probe
             .min(self.next_gossip)
             .min(self.next_push_pull)
-            .min(self.next_reconnect);
+            .min(self.next_reconnect)
+            .min(self.next_reap);
         if let Some(p) = &self.probe {
             next = next.min(if p.indirect_sent {
                 p.fails_at
@@ -455,7 +466,7 @@ impl Engine {
         self.tags = tags.clone();
         self.incarnation = self.incarnation.saturating_add(1);
         if let Some(me) = self.members.get_mut(&self.name) {
-            me.tags = tags;
+            me.tags = Arc::new(tags);
             me.incarnation = self.incarnation;
         }
         let alive = self.self_alive();
@@ -535,7 +546,7 @@ impl Engine {
                 addr: m.addr,
                 incarnation: m.incarnation,
                 state: m.state,
-                tags: m.tags.clone(),
+                tags: (*m.tags).clone(),
             })
             .collect()
     }
@@ -767,13 +778,14 @@ impl Engine {
                         addr,
                         incarnation,
                         state: State::Alive,
-                        tags,
+                        tags: Arc::new(tags),
                         since: now,
                     },
                 );
                 // New members are probed soon, at a random place in the order.
                 let at = self.rng.random_range(0..=self.probe_order.len());
                 self.probe_order.insert(at, node.clone());
+                self.others.push(node.clone());
                 self.events.push(Event::Join(node.clone()));
             }
             Some(m) => {
@@ -781,10 +793,12 @@ impl Engine {
                     return;
                 }
                 let was = m.state;
-                let changed = m.addr != addr || m.tags != tags;
+                let changed = m.addr != addr || *m.tags != tags;
                 m.incarnation = incarnation;
                 m.addr = addr;
-                m.tags = tags;
+                if *m.tags != tags {
+                    m.tags = Arc::new(tags);
+                }
                 if was != State::Alive {
                     m.state = State::Alive;
                     m.since = now;
@@ -802,7 +816,7 @@ impl Engine {
         let tags = self
             .members
             .get(&node)
-            .map(|m| m.tags.clone())
+            .map(|m| (*m.tags).clone())
             .unwrap_or_default();
         let message = Message::Alive {
             incarnation,
@@ -925,7 +939,10 @@ impl Engine {
             self.reconnect();
             self.next_reconnect = now + self.config.reconnect_interval;
         }
-        self.reap(now);
+        if now >= self.next_reap {
+            self.reap(now);
+            self.next_reap = now + reap_interval(&self.config);
+        }
     }
 
     fn tick_probe(&mut self, now: Instant) {
@@ -1092,21 +1109,58 @@ impl Engine {
         if self.broadcasts.len() == 0 {
             return;
         }
+        for to in self.gossip_targets(now) {
+            self.send(to, Vec::new());
+        }
+    }
+
+    /// Up to `gossip_nodes` members to gossip to, chosen uniformly among the live ones and
+    /// those dead or gone for less than `gossip_to_the_dead_time`. In a large pool they
+    /// are drawn at random positions of [`Engine::others`] (memberlist's way), which
+    /// costs a few lookups instead of a walk of every member five times a second; a
+    /// small pool, or one where the draws keep finding members not to gossip to, is
+    /// walked whole.
+    fn gossip_targets(&mut self, now: Instant) -> Vec<SocketAddr> {
+        let want = self.config.gossip_nodes;
         let dead_window = self.config.gossip_to_the_dead_time;
+        let eligible = |m: &Member| match m.state {
+            State::Alive | State::Suspect => true,
+            State::Dead | State::Left => now.saturating_duration_since(m.since) < dead_window,
+        };
+        if self.others.len() > 4 * want {
+            let mut picked: Vec<usize> = Vec::with_capacity(want);
+            for _ in 0..8 * want {
+                let at = self.rng.random_range(0..self.others.len());
+                if picked.contains(&at) {
+                    continue;
+                }
+                if self.members.get(&self.others[at]).is_some_and(eligible) {
+                    picked.push(at);
+                    if picked.len() == want {
+                        return picked
+                            .iter()
+                            .filter_map(|&i| self.members.get(&self.others[i]))
+                            .map(|m| m.addr)
+                            .collect();
+                    }
+                }
+            }
+        }
         let mut targets: Vec<SocketAddr> = self
             .members
             .values()
-            .filter(|m| m.name != self.name)
-            .filter(|m| match m.state {
-                State::Alive | State::Suspect => true,
-                State::Dead | State::Left => now.saturating_duration_since(m.since) < dead_window,
-            })
+            .filter(|m| eligible(m) && m.name != self.name)
             .map(|m| m.addr)
             .collect();
         targets.shuffle(&mut self.rng);
-        targets.truncate(self.config.gossip_nodes);
-        for to in targets {
-            self.send(to, Vec::new());
+        targets.truncate(want);
+        targets
+    }
+
+    /// Drops `name` from [`Engine::others`] when it is forgotten (rare: a reap or a prune).
+    fn forget_other(&mut self, name: &str) {
+        if let Some(at) = self.others.iter().position(|n| n == name) {
+            self.others.swap_remove(at);
         }
     }
 
@@ -1159,16 +1213,17 @@ impl Engine {
         let gone: Vec<String> = self
             .members
             .values()
-            .filter(|m| m.name != self.name)
             .filter(|m| match m.state {
                 State::Dead => now.saturating_duration_since(m.since) >= dead,
                 State::Left => now.saturating_duration_since(m.since) >= left,
                 _ => false,
             })
+            .filter(|m| m.name != self.name)
             .map(|m| m.name.clone())
             .collect();
         for name in gone {
             self.members.remove(&name);
+            self.forget_other(&name);
             self.coordinates.remove(&name);
             self.vivaldi.forget(&name);
             self.events.push(Event::Reap(name));
@@ -1215,6 +1270,7 @@ impl Engine {
         }
         let addr = self.members.get(node).map(|m| m.addr);
         if self.members.remove(node).is_some() {
+            self.forget_other(node);
             self.events.push(Event::Reap(node.to_owned()));
         }
         self.coordinates.remove(node);
@@ -1262,6 +1318,16 @@ fn from_addr_of(
 fn suspicion_timeout(mult: u32, n: usize, interval: Duration) -> Duration {
     let scale = (n.max(1) as f64).log10().max(1.0);
     interval.mul_f64(f64::from(mult) * scale)
+}
+
+/// How often dead and left members are looked for to be forgotten: a walk of every
+/// member, so not on every tick (a tick follows every datagram, and walking a pool of
+/// 512 on each was most of what 512 members in one process spent their CPU on). A
+/// second is nothing against the reap timeouts (hours by default), and a quarter of the
+/// shortest one keeps short test timeouts honoured.
+fn reap_interval(config: &Config) -> Duration {
+    let shortest = config.dead_reap_timeout.min(config.left_reap_timeout);
+    (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
 /// Push-pull runs every `interval` up to 32 members, and less often in larger pools so

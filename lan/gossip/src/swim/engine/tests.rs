@@ -203,7 +203,7 @@ fn members_join_through_one_seed_and_converge() {
         .unwrap()
         .tags
         .clone();
-    assert_eq!(tags_seen, tags(0));
+    assert_eq!(*tags_seen, tags(0));
 }
 
 #[test]
@@ -306,7 +306,7 @@ fn tag_changes_spread() {
     t.insert("build".into(), "2".into());
     sim.nodes[1].set_tags(t.clone());
     sim.run_until(Duration::from_secs(10), "the tag update", |s| {
-        (0..5).all(|i| s.nodes[i].members().any(|m| m.name == "n1" && m.tags == t))
+        (0..5).all(|i| s.nodes[i].members().any(|m| m.name == "n1" && *m.tags == t))
     });
     assert!(
         sim.events
@@ -378,6 +378,60 @@ fn failed_members_are_reaped_after_the_reconnect_timeout() {
     );
 }
 
+/// `others` holds exactly the members but this one, each once.
+fn others_match_members(e: &Engine) -> bool {
+    let mut others = e.others.clone();
+    others.sort();
+    let members: Vec<String> = e
+        .members
+        .keys()
+        .filter(|name| **name != e.name)
+        .cloned()
+        .collect();
+    others == members
+}
+
+#[test]
+fn gossip_in_a_larger_pool_draws_distinct_live_targets_and_reaps_the_dead() {
+    // 30 members: more than four times `gossip_nodes`, so targets are drawn at random
+    // positions rather than from a walk of every member.
+    let config = Config {
+        dead_reap_timeout: Duration::from_secs(5),
+        gossip_to_the_dead_time: Duration::from_secs(1),
+        ..Config::local()
+    };
+    let mut sim = Sim::new(30, config, 14);
+    sim.join_all();
+    sim.run_until(Duration::from_secs(30), "convergence", Sim::converged);
+    assert!(sim.nodes.iter().all(others_match_members));
+    sim.down.insert(29);
+    sim.run_until(Duration::from_secs(60), "failure", |s| {
+        s.everyone_sees(29, State::Dead)
+    });
+    // Past the window for gossiping to the dead, the failed member is never a target.
+    sim.run(Duration::from_secs(2));
+    let dead = sim.addrs[29];
+    let now = sim.now;
+    for i in 0..29 {
+        let own = sim.addrs[i];
+        for _ in 0..50 {
+            let targets = sim.nodes[i].gossip_targets(now);
+            assert_eq!(targets.len(), 3);
+            let distinct: BTreeSet<_> = targets.iter().collect();
+            assert_eq!(distinct.len(), 3, "{targets:?}");
+            assert!(
+                !targets.contains(&own) && !targets.contains(&dead),
+                "{targets:?}"
+            );
+        }
+    }
+    sim.run_until(Duration::from_secs(10), "the reap", |s| {
+        (0..29).all(|i| s.state(i, 29).is_none())
+    });
+    assert!(sim.nodes[..29].iter().all(others_match_members));
+    assert!(sim.nodes[..29].iter().all(|e| e.others.len() == 28));
+}
+
 #[test]
 fn force_leave_marks_a_failed_member_left_everywhere_and_prune_forgets_it_everywhere() {
     let mut sim = Sim::new(4, Config::local(), 11);
@@ -399,6 +453,7 @@ fn force_leave_marks_a_failed_member_left_everywhere_and_prune_forgets_it_everyw
     sim.run_until(Duration::from_secs(10), "everyone to forget n3", |s| {
         (0..3).all(|i| s.state(i, 3).is_none())
     });
+    assert!(sim.nodes.iter().all(others_match_members));
     // Full state exchanges with members that still had it do not bring it back.
     sim.run(Duration::from_secs(20));
     assert!((0..3).all(|i| sim.state(i, 3).is_none()));
