@@ -52,7 +52,8 @@ pub use link::{
     Exchange, Inbound, Link, PACKET_QUEUE, PACKET_QUEUE_PER_PEER, Reply, STREAM_TIMEOUT,
 };
 pub use pool::{
-    Coordinates, LEAVE_PROPAGATE_TIMEOUT, MAX_OUTBOUND_STREAMS, PUBLISH_INTERVAL, Pool, PoolConfig,
+    Coordinates, LEAVE_PROPAGATE_TIMEOUT, MAX_OUTBOUND_STREAMS, PUBLISH_INTERVAL, PUBLISH_STEP,
+    Pool, PoolConfig, publish_interval,
 };
 pub use udp_tcp::{MAX_INBOUND_STREAMS, MAX_INBOUND_STREAMS_PER_PEER, MAX_WAITING_STREAMS};
 

@@ -56,13 +56,26 @@ pub const MAX_OUTBOUND_STREAMS: usize = 16;
 /// User events published to subscribers and not yet read; a subscriber that falls this
 /// far behind loses the oldest (and is told how many).
 pub(crate) const USER_EVENT_CHANNEL: usize = 256;
-/// Shortest time between two publications of the member list while it keeps changing:
-/// the first change is published at once, the ones that follow within this time together
-/// at its end (joins, in both directions, and force-leaves publish at once). Each
-/// publication copies every member, and a member of a large pool that
-/// just joined hears of hundreds of others one packet at a time; this bounds that copying
-/// to ten times a second, and what a subscriber sees to at most this much late.
+/// Shortest time between two publications of the member list while it keeps changing,
+/// in a pool of up to [`PUBLISH_STEP`] members: the first change is published at once,
+/// the ones that follow within this time together at its end (joins, in both
+/// directions, and force-leaves publish at once). Each publication copies every member,
+/// and a member of a large pool that just joined hears of hundreds of others one packet
+/// at a time; this bounds that copying to ten times a second, and what a subscriber
+/// sees to at most this much late. Larger pools wait longer ([`publish_interval`]).
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
+/// Members per [`PUBLISH_INTERVAL`] of wait between publications.
+pub const PUBLISH_STEP: usize = 128;
+
+/// The shortest time between publications in a pool of `members`: one
+/// [`PUBLISH_INTERVAL`] per [`PUBLISH_STEP`] members, at most ten (a second). A
+/// publication copies every member, so this keeps its cost per second about the same
+/// at any size: copying a 1,000-member list ten times a second was, with 1,000 members
+/// in one process, half of that process's CPU while they joined.
+pub fn publish_interval(members: usize) -> Duration {
+    let steps = (members / PUBLISH_STEP).clamp(1, 10);
+    PUBLISH_INTERVAL * steps as u32
+}
 /// How long a graceful leave waits for its announcement to go out.
 pub const LEAVE_PROPAGATE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -616,7 +629,7 @@ impl Driver {
         }
     }
 
-    /// Publishes the member list now, or at the end of [`PUBLISH_INTERVAL`] if it was
+    /// Publishes the member list now, or at the end of the publication interval if it was
     /// published less than that ago.
     fn publish_soon(&mut self) {
         if self.publishing.changed(Instant::now()) {
@@ -625,19 +638,33 @@ impl Driver {
     }
 
     fn publish_now(&mut self) {
+        self.publishing.interval = publish_interval(self.engine.member_count());
         self.publishing.published(Instant::now());
         self.publish.send_replace(member_list(&self.engine));
     }
 }
 
 /// When the member list is published: at once after a quiet spell, otherwise at most
-/// once per [`PUBLISH_INTERVAL`], never leaving a change unpublished.
-#[derive(Debug, Default)]
+/// once per `interval`, never leaving a change unpublished.
+#[derive(Debug)]
 struct Publishing {
     /// When it was last published.
     last: Option<Instant>,
     /// A change waits for the end of the interval.
     pending: bool,
+    /// The shortest time between publications ([`publish_interval`] of the pool's size
+    /// at the last one).
+    interval: Duration,
+}
+
+impl Default for Publishing {
+    fn default() -> Publishing {
+        Publishing {
+            last: None,
+            pending: false,
+            interval: PUBLISH_INTERVAL,
+        }
+    }
 }
 
 impl Publishing {
@@ -645,7 +672,7 @@ impl Publishing {
     /// [`Publishing::deadline`]).
     fn changed(&mut self, now: Instant) -> bool {
         match self.last {
-            Some(last) if now < last + PUBLISH_INTERVAL => {
+            Some(last) if now < last + self.interval => {
                 self.pending = true;
                 false
             }
@@ -663,7 +690,7 @@ impl Publishing {
     fn deadline(&self) -> Option<Instant> {
         self.last
             .filter(|_| self.pending)
-            .map(|last| last + PUBLISH_INTERVAL)
+            .map(|last| last + self.interval)
     }
 
     /// Whether a waiting change is due at `now`.
@@ -731,6 +758,23 @@ mod tests {
             p.changed(t0 + PUBLISH_INTERVAL * 2),
             "after a quiet interval a change goes out at once again"
         );
+    }
+
+    #[test]
+    fn larger_pools_publish_less_often_up_to_once_a_second() {
+        assert_eq!(publish_interval(1), PUBLISH_INTERVAL);
+        assert_eq!(publish_interval(PUBLISH_STEP - 1), PUBLISH_INTERVAL);
+        assert_eq!(publish_interval(2 * PUBLISH_STEP), 2 * PUBLISH_INTERVAL);
+        assert_eq!(publish_interval(1000), 7 * PUBLISH_INTERVAL);
+        assert_eq!(publish_interval(100_000), Duration::from_secs(1));
+        let t0 = Instant::now();
+        let mut p = Publishing {
+            interval: publish_interval(512),
+            ..Publishing::default()
+        };
+        p.published(t0);
+        assert!(!p.changed(t0 + PUBLISH_INTERVAL));
+        assert_eq!(p.deadline(), Some(t0 + 4 * PUBLISH_INTERVAL));
     }
 
     #[tokio::test]
