@@ -169,6 +169,7 @@ fn items(answer: &Answer) -> usize {
         Answer::Services(m) => m.len(),
         Answer::ServiceNodes(v) | Answer::ServiceInstances(v) => v.len(),
         Answer::NodeServices(n) => n.as_ref().map_or(0, |n| n.services.len()),
+        Answer::Node(n) => usize::from(n.is_some()),
         Answer::ServiceHealth(v) => v.len(),
         Answer::Checks(v) => v.len(),
         Answer::NodeDump(v) => v

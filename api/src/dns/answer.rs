@@ -638,9 +638,9 @@ impl Responder {
         name: &str,
         dc: Option<&str>,
     ) -> Result<Sections, Missing> {
-        let query = Query::NodeServices { node: name.into() };
+        let query = Query::Node { node: name.into() };
         let node = match self.read(reads, dc, &query)? {
-            Ok((Answer::NodeServices(Some(ns)), _)) => ns.node,
+            Ok((Answer::Node(Some(node)), _)) => node,
             Ok(_) => return Ok(Sections::nxdomain()),
             Err(e) => return Ok(route_error(e)),
         };

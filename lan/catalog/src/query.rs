@@ -43,6 +43,12 @@ pub enum Query {
         /// Node name (case-insensitive).
         node: String,
     },
+    /// One node alone, without its instances (DNS node lookups, which answer with the
+    /// node's address and meta: copying its instances would be wasted).
+    Node {
+        /// Node name (case-insensitive).
+        node: String,
+    },
     /// Instances of a service with their nodes and checks (`/v1/health/service/:name`).
     ServiceHealth {
         /// Service name (case-insensitive).
@@ -142,6 +148,8 @@ pub enum Answer {
     ServiceNodes(Vec<ServiceNode>),
     /// For [`Query::NodeServices`]; `None` when the node is unknown.
     NodeServices(Option<NodeServices>),
+    /// For [`Query::Node`]; `None` when the node is unknown.
+    Node(Option<Node>),
     /// For [`Query::ServiceHealth`].
     ServiceHealth(Vec<ServiceHealth>),
     /// For the three check queries.
@@ -202,6 +210,7 @@ impl Query {
             Query::Nodes { .. }
             | Query::Services { .. }
             | Query::NodeServices { .. }
+            | Query::Node { .. }
             | Query::NodeChecks { .. }
             | Query::ChecksInState { .. }
             | Query::Address { .. }
@@ -276,6 +285,7 @@ impl State {
                 });
                 (Answer::NodeServices(found), ix.nodes.max(ix.services))
             }
+            Query::Node { node } => (Answer::Node(self.nodes.get(&fold(node)).cloned()), ix.nodes),
             Query::ServiceHealth {
                 service,
                 tags,
@@ -677,6 +687,15 @@ mod tests {
             panic!()
         };
         assert_eq!(ns.services.len(), 1);
+        let (answer, _) = s.query(&Query::Node { node: "zz".into() });
+        assert_eq!(answer, Answer::Node(None));
+        let (Answer::Node(Some(node)), _) = s.query(&Query::Node { node: "N1".into() }) else {
+            panic!()
+        };
+        assert_eq!(
+            node, ns.node,
+            "the node alone, as the node with its instances has it"
+        );
     }
 
     #[test]

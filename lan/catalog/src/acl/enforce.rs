@@ -274,6 +274,7 @@ impl Caller {
             Query::Nodes { .. }
             | Query::Services { .. }
             | Query::NodeServices { .. }
+            | Query::Node { .. }
             | Query::NodeChecks { .. }
             | Query::ServiceChecks { .. }
             | Query::ChecksInState { .. }
@@ -321,6 +322,13 @@ impl Caller {
                     return true;
                 }
                 retain(&mut ns.services, |s| service(&s.name))
+            }
+            Answer::Node(found) => {
+                let hidden = found.as_ref().is_some_and(|n| !node(n));
+                if hidden {
+                    *found = None;
+                }
+                hidden
             }
             Answer::Checks(checks) => retain(checks, |c| check(c)),
             Answer::NodeDump(list) => {
@@ -390,6 +398,7 @@ pub fn nothing_for(query: &Query) -> Answer {
         Query::Services { .. } => Answer::Services(Default::default()),
         Query::ServiceNodes { .. } => Answer::ServiceNodes(Vec::new()),
         Query::NodeServices { .. } => Answer::NodeServices(None),
+        Query::Node { .. } => Answer::Node(None),
         Query::ServiceHealth { .. } => Answer::ServiceHealth(Vec::new()),
         Query::NodeChecks { .. } | Query::ServiceChecks { .. } | Query::ChecksInState { .. } => {
             Answer::Checks(Vec::new())
@@ -711,6 +720,23 @@ mod tests {
         assert_eq!(services, ["web"]);
         let checks: Vec<&str> = list[0].checks.iter().map(|c| c.check_id.as_str()).collect();
         assert_eq!(checks, ["serfHealth", "web-check"]);
+    }
+
+    #[test]
+    fn a_node_alone_is_hidden_without_node_read() {
+        let c = caller("node_prefix \"web-\" { policy = \"read\" }", false);
+        let mut readable = Answer::Node(Some(node("web-1")));
+        assert!(!c.filter(&mut readable));
+        assert_eq!(readable, Answer::Node(Some(node("web-1"))));
+        let mut hidden = Answer::Node(Some(node("db-1")));
+        assert!(c.filter(&mut hidden));
+        assert_eq!(hidden, Answer::Node(None));
+        let mut unknown = Answer::Node(None);
+        assert!(!c.filter(&mut unknown));
+        assert_eq!(
+            nothing_for(&Query::Node { node: "x".into() }),
+            Answer::Node(None)
+        );
     }
 
     #[test]
