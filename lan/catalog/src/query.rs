@@ -325,12 +325,15 @@ impl State {
                 (Answer::Checks(list), self.service_index(service))
             }
             Query::ChecksInState { state } => {
-                let list = self
-                    .checks
-                    .values()
-                    .filter(|c| state.is_none_or(|s| c.status == s))
-                    .cloned()
-                    .collect();
+                let list = match state.and_then(|s| self.checks_failing(s)) {
+                    Some(failing) => failing.cloned().collect(),
+                    None => self
+                        .checks
+                        .values()
+                        .filter(|c| state.is_none_or(|s| c.status == s))
+                        .cloned()
+                        .collect(),
+                };
                 (Answer::Checks(list), ix.checks)
             }
             Query::Address { address } => {

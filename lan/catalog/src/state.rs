@@ -18,7 +18,7 @@ use super::names::ServiceNames;
 use super::packed::PackedSnapshot;
 use super::sessions::{Session, SessionWrite, Sessions};
 use super::txn::{TxnOp, TxnOutcome};
-use super::types::{Check, Node, PreparedQuery, Service};
+use super::types::{Check, Health, Node, PreparedQuery, Service};
 use super::wake::Changes;
 
 /// A change to the catalog, as it is written to the Raft log.
@@ -209,6 +209,11 @@ pub struct State {
     pub(super) nodes: BTreeMap<String, Node>,
     pub(super) services: BTreeMap<Key, Service>,
     pub(super) checks: BTreeMap<Key, Check>,
+    /// The checks not passing, by state then key, derived from `checks`:
+    /// `/v1/health/state/warning` and `critical` read these rather than every check.
+    /// Passing checks are not indexed (a healthy catalog's are nearly all of them, and
+    /// an answer listing them is as long as the walk).
+    pub(super) failing: BTreeSet<(Health, Key)>,
     /// Lower-case service name → instances, derived from `services`.
     pub(super) by_name: BTreeMap<String, BTreeSet<Key>>,
     /// Service names as registered with their tags, derived from `services`, for
@@ -662,7 +667,13 @@ impl State {
             }
         }
         self.touch_check(node_key, &new, index);
-        self.checks.insert(key, new);
+        let status = new.status;
+        if let Some(old) = self.checks.insert(key.clone(), new) {
+            self.failing.remove(&(old.status, key.clone()));
+        }
+        if status != Health::Passing {
+            self.failing.insert((status, key));
+        }
         self.indexes.checks = index;
     }
 
@@ -691,7 +702,9 @@ impl State {
         match (&d.service_id, &d.check_id) {
             (Some(service_id), _) => self.remove_service(index, &node_key, &fold(service_id)),
             (None, Some(check_id)) => {
-                if let Some(old) = self.checks.remove(&(node_key.clone(), fold(check_id))) {
+                let key = (node_key.clone(), fold(check_id));
+                if let Some(old) = self.checks.remove(&key) {
+                    self.failing.remove(&(old.status, key));
                     self.indexes.checks = index;
                     self.touch_check(&node_key, &old, index);
                 }
@@ -708,7 +721,7 @@ impl State {
                     .collect();
                 if !check_keys.is_empty() {
                     for k in check_keys {
-                        self.checks.remove(&k);
+                        self.remove_check(k);
                     }
                     self.indexes.checks = index;
                 }
@@ -735,10 +748,31 @@ impl State {
             .collect();
         if !its_checks.is_empty() {
             for k in its_checks {
-                self.checks.remove(&k);
+                self.remove_check(k);
             }
             self.indexes.checks = index;
         }
+    }
+
+    fn remove_check(&mut self, key: Key) {
+        if let Some(old) = self.checks.remove(&key) {
+            self.failing.remove(&(old.status, key));
+        }
+    }
+
+    /// The checks in `status`, in key order, when it is one that is indexed (not
+    /// passing).
+    pub(super) fn checks_failing(&self, status: Health) -> Option<impl Iterator<Item = &Check>> {
+        if status == Health::Passing {
+            return None;
+        }
+        let from = (status, (String::new(), String::new()));
+        Some(
+            self.failing
+                .range(from..)
+                .take_while(move |(s, _)| *s == status)
+                .filter_map(|(_, key)| self.checks.get(key)),
+        )
     }
 
     /// The catalog as a serialisable value, for Raft snapshots.
@@ -822,6 +856,12 @@ impl State {
             .checks
             .into_iter()
             .map(|check| ((fold(&check.node), fold(&check.check_id)), check))
+            .collect();
+        state.failing = state
+            .checks
+            .iter()
+            .filter(|(_, c)| c.status != Health::Passing)
+            .map(|(key, c)| (c.status, key.clone()))
             .collect();
         for session in snapshot.sessions {
             state.sessions.insert(session);
@@ -1045,11 +1085,20 @@ mod tests {
                     tags,
                     ..Service::default()
                 });
-            let check = (name(), proptest::option::of(name())).prop_map(|(id, sid)| Check {
-                check_id: id,
-                service_id: sid.unwrap_or_default(),
-                ..Check::default()
-            });
+            let status = prop_oneof![
+                Just(Health::Passing),
+                Just(Health::Warning),
+                Just(Health::Critical)
+            ];
+            let check =
+                (name(), proptest::option::of(name()), status).prop_map(|(id, sid, status)| {
+                    Check {
+                        check_id: id,
+                        service_id: sid.unwrap_or_default(),
+                        status,
+                        ..Check::default()
+                    }
+                });
             let register = (
                 name(),
                 any::<bool>(),
@@ -1098,6 +1147,19 @@ mod tests {
                     .insert(key.clone());
             }
             assert_eq!(by_name, s.by_name, "the name index follows the services");
+            let failing: BTreeSet<(Health, Key)> = s
+                .checks
+                .iter()
+                .filter(|(_, c)| c.status != Health::Passing)
+                .map(|(key, c)| (c.status, key.clone()))
+                .collect();
+            assert_eq!(failing, s.failing, "the failing index follows the checks");
+            for status in [Health::Warning, Health::Critical] {
+                let walked: Vec<&Check> =
+                    s.checks.values().filter(|c| c.status == status).collect();
+                let indexed: Vec<&Check> = s.checks_failing(status).unwrap().collect();
+                assert_eq!(walked, indexed, "{status:?} in the same order as a walk");
+            }
             assert_eq!(
                 s.names.list(),
                 s.services_on_nodes_with(&[]),
@@ -1135,6 +1197,7 @@ mod tests {
                 prop_assert_eq!(&back.checks, &s.checks);
                 prop_assert_eq!(&back.by_name, &s.by_name);
                 prop_assert_eq!(&back.names, &s.names);
+                prop_assert_eq!(&back.failing, &s.failing);
             }
         }
     }
