@@ -337,18 +337,7 @@ impl State {
                 (Answer::Checks(list), ix.checks)
             }
             Query::Address { address } => {
-                let nodes = self
-                    .nodes
-                    .values()
-                    .filter(|n| n.address == *address)
-                    .cloned()
-                    .collect();
-                let services = self
-                    .services
-                    .values()
-                    .filter(|s| s.address == *address)
-                    .cloned()
-                    .collect();
+                let (nodes, services) = self.at_address(address);
                 (Answer::Address(nodes, services), ix.nodes.max(ix.services))
             }
             Query::Snapshot => (

@@ -214,6 +214,12 @@ pub struct State {
     /// Passing checks are not indexed (a healthy catalog's are nearly all of them, and
     /// an answer listing them is as long as the walk).
     pub(super) failing: BTreeSet<(Health, Key)>,
+    /// `(address, node key)` of every node, derived from `nodes`, for reverse lookups.
+    pub(super) node_addresses: BTreeSet<(String, String)>,
+    /// `(address, service key)` of every instance with an address of its own, derived
+    /// from `services`, for reverse lookups. (Those without one are not indexed: they
+    /// are most instances, and no lookup is for an empty address.)
+    pub(super) service_addresses: BTreeSet<(String, Key)>,
     /// Lower-case service name → instances, derived from `services`.
     pub(super) by_name: BTreeMap<String, BTreeSet<Key>>,
     /// Service names as registered with their tags, derived from `services`, for
@@ -575,7 +581,11 @@ impl State {
                 new.modify_index = index;
             }
         }
-        self.nodes.insert(key.to_owned(), new);
+        let address = new.address.clone();
+        if let Some(old) = self.nodes.insert(key.to_owned(), new) {
+            self.node_addresses.remove(&(old.address, key.to_owned()));
+        }
+        self.node_addresses.insert((address, key.to_owned()));
         self.indexes.nodes = index;
         self.touch_services_on(key, index);
     }
@@ -612,8 +622,15 @@ impl State {
         // Checks carry the service's name and tags; keep them in step.
         let (name, tags) = (new.name.clone(), new.tags.clone());
         self.names.add(&new);
+        if !new.address.is_empty() {
+            self.service_addresses
+                .insert((new.address.clone(), key.clone()));
+        }
         if let Some(old) = self.services.insert(key.clone(), new) {
             self.names.remove(&old);
+            if old.address != self.services[&key].address {
+                self.service_addresses.remove(&(old.address, key.clone()));
+            }
         }
         self.indexes.services = index;
         let mut touched = false;
@@ -725,7 +742,9 @@ impl State {
                     }
                     self.indexes.checks = index;
                 }
-                self.nodes.remove(&node_key);
+                if let Some(old) = self.nodes.remove(&node_key) {
+                    self.node_addresses.remove(&(old.address, node_key));
+                }
                 self.indexes.nodes = index;
             }
         }
@@ -740,6 +759,8 @@ impl State {
         let name_key = fold(&old.name);
         self.unindex_name(&name_key, &key);
         self.names.remove(&old);
+        self.service_addresses
+            .remove(&(old.address.clone(), key.clone()));
         self.touch_service(&name_key, index);
         self.indexes.services = index;
         let its_checks: Vec<Key> = on_node(&self.checks, node_key)
@@ -773,6 +794,33 @@ impl State {
                 .take_while(move |(s, _)| *s == status)
                 .filter_map(|(_, key)| self.checks.get(key)),
         )
+    }
+
+    /// Nodes, then instances, whose address is `address`, each in key order (as a walk
+    /// of the tables finds them).
+    pub(super) fn at_address(&self, address: &str) -> (Vec<Node>, Vec<Service>) {
+        let nodes = self
+            .node_addresses
+            .range((address.to_owned(), String::new())..)
+            .take_while(|(a, _)| a == address)
+            .filter_map(|(_, key)| self.nodes.get(key))
+            .cloned()
+            .collect();
+        let services = if address.is_empty() {
+            self.services
+                .values()
+                .filter(|s| s.address.is_empty())
+                .cloned()
+                .collect()
+        } else {
+            self.service_addresses
+                .range((address.to_owned(), (String::new(), String::new()))..)
+                .take_while(|(a, _)| a == address)
+                .filter_map(|(_, key)| self.services.get(key))
+                .cloned()
+                .collect()
+        };
+        (nodes, services)
     }
 
     /// The catalog as a serialisable value, for Raft snapshots.
@@ -856,6 +904,17 @@ impl State {
             .checks
             .into_iter()
             .map(|check| ((fold(&check.node), fold(&check.check_id)), check))
+            .collect();
+        state.node_addresses = state
+            .nodes
+            .iter()
+            .map(|(key, n)| (n.address.clone(), key.clone()))
+            .collect();
+        state.service_addresses = state
+            .services
+            .iter()
+            .filter(|(_, s)| !s.address.is_empty())
+            .map(|(key, s)| (s.address.clone(), key.clone()))
             .collect();
         state.failing = state
             .checks
@@ -1075,16 +1134,22 @@ mod tests {
             prop_oneof![Just("a"), Just("A"), Just("b"), Just("c")].prop_map(str::to_owned)
         }
 
+        fn address() -> impl Strategy<Value = String> {
+            prop_oneof![Just(""), Just("10.0.0.1"), Just("10.0.0.2")].prop_map(str::to_owned)
+        }
+
         fn command() -> impl Strategy<Value = Command> {
             let tags = proptest::collection::vec(name(), 0..3);
-            let service =
-                (name(), name(), any::<u16>(), tags).prop_map(|(id, n, port, tags)| Service {
+            let service = (name(), name(), any::<u16>(), tags, address()).prop_map(
+                |(id, n, port, tags, address)| Service {
                     id,
                     name: n,
                     port,
                     tags,
+                    address,
                     ..Service::default()
-                });
+                },
+            );
             let status = prop_oneof![
                 Just(Health::Passing),
                 Just(Health::Warning),
@@ -1104,10 +1169,18 @@ mod tests {
                 any::<bool>(),
                 proptest::option::of(service),
                 proptest::collection::vec(check, 0..3),
+                address(),
             )
-                .prop_map(|(n, skip, service, checks)| {
+                .prop_map(|(n, skip, service, checks, address)| {
                     Command::Register(Registration {
-                        node: node(&n),
+                        node: Node {
+                            address: if address.is_empty() {
+                                "10.0.0.1".into()
+                            } else {
+                                address
+                            },
+                            ..node(&n)
+                        },
                         skip_node_update: skip,
                         service,
                         checks,
@@ -1154,6 +1227,38 @@ mod tests {
                 .map(|(key, c)| (c.status, key.clone()))
                 .collect();
             assert_eq!(failing, s.failing, "the failing index follows the checks");
+            for address in ["", "10.0.0.1", "10.0.0.2", "10.0.0.3"] {
+                let walked = (
+                    s.nodes
+                        .values()
+                        .filter(|n| n.address == address)
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                    s.services
+                        .values()
+                        .filter(|x| x.address == address)
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                );
+                assert_eq!(
+                    s.at_address(address),
+                    walked,
+                    "reverse lookup of {address:?}"
+                );
+            }
+            let node_addresses: BTreeSet<(String, String)> = s
+                .nodes
+                .iter()
+                .map(|(k, n)| (n.address.clone(), k.clone()))
+                .collect();
+            assert_eq!(node_addresses, s.node_addresses);
+            let service_addresses: BTreeSet<(String, Key)> = s
+                .services
+                .iter()
+                .filter(|(_, x)| !x.address.is_empty())
+                .map(|(k, x)| (x.address.clone(), k.clone()))
+                .collect();
+            assert_eq!(service_addresses, s.service_addresses);
             for status in [Health::Warning, Health::Critical] {
                 let walked: Vec<&Check> =
                     s.checks.values().filter(|c| c.status == status).collect();
@@ -1198,6 +1303,8 @@ mod tests {
                 prop_assert_eq!(&back.by_name, &s.by_name);
                 prop_assert_eq!(&back.names, &s.names);
                 prop_assert_eq!(&back.failing, &s.failing);
+                prop_assert_eq!(&back.node_addresses, &s.node_addresses);
+                prop_assert_eq!(&back.service_addresses, &s.service_addresses);
             }
         }
     }
