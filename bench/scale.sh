@@ -180,11 +180,22 @@ p = '$WORK/data/raft/snapshot.json'
 print(round(os.path.getsize(p) / 1048576, 1) if os.path.exists(p) else 'NA')")
 
 stop_server
+START_S=$(date +%s)
 start_server
 first=$("$SB" first --addr "$ADDR" --path "/v1/catalog/services?consistent" --timeout 120 | json_of)
 FIRST_S=$(field "$first" seconds)
 settle
+# Then until the resident size stops falling (30 s at most): the snapshot load's freed
+# memory goes back to the system about ten seconds after the start, when the allocator
+# collects it (a blocking-pool thread exits), which can be after the CPU settles.
 RSS_RESTART_KIB=$(rss_kib)
+for _ in $(seq 30); do
+  sleep 1
+  now_kib=$(rss_kib)
+  [ "$now_kib" -ge $((RSS_RESTART_KIB - RSS_RESTART_KIB / 100)) ] && [ "$now_kib" -le "$RSS_RESTART_KIB" ] &&
+    [ "$(( $(date +%s) - START_S ))" -ge 15 ] && { RSS_RESTART_KIB=$now_kib; break; }
+  RSS_RESTART_KIB=$now_kib
+done
 RSS_RESTART=$((RSS_RESTART_KIB / 1024))
 PER_INSTANCE=$(python3 -c "print(round(($RSS_RESTART_KIB - $RSS_EMPTY_KIB) * 1024 / $INSTANCES))")
 PER_INSTANCE_ALL=$(python3 -c "print(round($RSS_RESTART_KIB * 1024 / $INSTANCES))")
