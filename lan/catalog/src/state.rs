@@ -622,15 +622,13 @@ impl State {
         // Checks carry the service's name and tags; keep them in step.
         let (name, tags) = (new.name.clone(), new.tags.clone());
         self.names.add(&new);
-        if !new.address.is_empty() {
-            self.service_addresses
-                .insert((new.address.clone(), key.clone()));
-        }
+        let address = new.address.clone();
         if let Some(old) = self.services.insert(key.clone(), new) {
             self.names.remove(&old);
-            if old.address != self.services[&key].address {
-                self.service_addresses.remove(&(old.address, key.clone()));
-            }
+            self.service_addresses.remove(&(old.address, key.clone()));
+        }
+        if !address.is_empty() {
+            self.service_addresses.insert((address, key.clone()));
         }
         self.indexes.services = index;
         let mut touched = false;
