@@ -17,11 +17,24 @@ fn dc2_config(dir: &std::path::Path, ca: &wan::tls::Pem) -> String {
     config.to_string()
 }
 
-/// `web` in dc2 as dc1 sees it: all instances, and the passing ones.
-async fn web_from_dc1(a: &Member) -> (Value, Value) {
-    let all = a.json("/v1/health/service/web?dc=dc2").await;
-    let passing = a.json("/v1/health/service/web?dc=dc2&passing").await;
-    (all, passing)
+/// `web` in dc2 as dc1 sees it: all instances, and the passing ones. Right after dc2's
+/// server restarts, dc1 may answer that no server of dc2 is reachable (Consul's 500)
+/// until the WAN pool has it back: that is an error to wait through, not a failure.
+async fn web_from_dc1(a: &Member) -> Result<(Value, Value), String> {
+    let mut got = Vec::new();
+    for path in [
+        "/v1/health/service/web?dc=dc2",
+        "/v1/health/service/web?dc=dc2&passing",
+    ] {
+        let r = a.get(path).await;
+        if r.status != 200 {
+            return Err(format!("GET {path}: {} {}", r.status, r.body));
+        }
+        got.push(serde_json::from_str(&r.body).map_err(|e| format!("GET {path}: {e}"))?);
+    }
+    let passing = got.pop().unwrap_or_default();
+    let all = got.pop().unwrap_or_default();
+    Ok((all, passing))
 }
 
 /// The IDs and notes of the critical checks on `web`'s instances in `entries`.
@@ -52,7 +65,7 @@ async fn dc1_sees(a: &Member, critical: &[(&str, &str)]) {
         .collect();
     let healthy = want.is_empty();
     eventually(secs(30), "dc1's view of web in dc2", || async {
-        let (all, passing) = web_from_dc1(a).await;
+        let (all, passing) = web_from_dc1(a).await?;
         let got = critical_checks(&all);
         let passing_count = passing.as_array().map_or(0, Vec::len);
         let listed = all.as_array().map_or(0, Vec::len);
