@@ -262,20 +262,35 @@ async fn until_ok(m: &Member, method: Method, path: &str, body: &str) -> String 
 }
 
 /// A snapshot of a megabyte or more travels packed in the Raft command (deflated, then
-/// base64): a restore sent to a follower is forwarded to the leader, committed, and
-/// applied by every server.
+/// base64), and in several entries when even that is large: a restore sent to a follower
+/// is forwarded to the leader part by part, committed, and applied by every server with
+/// the last part.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_of_megabytes_is_restored_on_every_server() {
     let members = servers(3).await;
     let all: Vec<&Member> = members.iter().collect();
     let leader = leader_of(&all, 3).await;
     // Four values of 250 KiB: 1.3 MiB of JSON once encoded, which deflates to a small
-    // Raft entry as a catalog's JSON does.
-    let values: Vec<String> = (0..4)
-        .map(|i| {
-            (0..250 * 1024 / 32)
+    // Raft entry as a catalog's JSON does; and four of noise (hex digits of a fixed
+    // pseudo-random sequence), which deflate to about half and make the restore go in
+    // parts.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut noise = |bytes: usize| -> String {
+        (0..bytes / 16)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                format!("{x:016x}")
+            })
+            .collect()
+    };
+    let values: Vec<String> = (0..8)
+        .map(|i| match i {
+            0..4 => (0..250 * 1024 / 32)
                 .map(|line| format!("value {i}, line {line:08}, ends\n"))
-                .collect()
+                .collect(),
+            _ => noise(250 * 1024),
         })
         .collect();
     // Large entries on three debug-built servers in one busy process can delay
@@ -293,6 +308,13 @@ async fn a_snapshot_of_megabytes_is_restored_on_every_server() {
     }
     let snapshot = until_ok(&members[0], Method::GET, "/v1/snapshot", "").await;
     assert!(snapshot.len() > 1 << 20, "{} bytes", snapshot.len());
+    let file: Value = serde_json::from_str(&snapshot).unwrap();
+    let catalog: catalog::Snapshot = serde_json::from_value(file["Catalog"].clone()).unwrap();
+    let parts = catalog::PackedSnapshot::new(catalog)
+        .into_commands(1)
+        .unwrap()
+        .len();
+    assert!(parts > 1, "the restore goes in {parts} entry");
     until_ok(&members[1], Method::DELETE, "/v1/kv/big/?recurse", "").await;
     let follower = members.iter().find(|m| m.name != leader).unwrap();
     until_ok(follower, Method::PUT, "/v1/snapshot", &snapshot).await;

@@ -3,7 +3,8 @@
 //! The file is proconsul's own (a JSON document holding the catalog and the index it was
 //! taken at), not Consul's gzipped archive: it restores into proconsul only. A restore
 //! goes through Raft like any write, so every server replaces its catalog at the same
-//! log index and blocking queries on anything wake.
+//! log index and blocking queries on anything wake. A large one is written in parts
+//! (`catalog::RestorePart`), one after the other, and takes effect with the last.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -116,13 +117,29 @@ pub(crate) async fn restore(
     };
     // Parsing, checking and packing an 80 MiB snapshot takes seconds: not on a runtime
     // thread, where it would hold up every other request (and a server's Raft timers).
-    let command = tokio::task::spawn_blocking(move || restore_command(&body))
+    let restore: u64 = rand::random();
+    let commands = tokio::task::spawn_blocking(move || restore_commands(&body, restore))
         .await
         .map_err(|e| ApiError::Internal(format!("the restore's check failed: {e}")))??;
-    ctx.gateway
-        .write(params.dc(), command, deadline, params.principal())
-        .await?;
+    // In order, each once the one before is applied; a part that fails leaves the
+    // catalog as it was (a later restore starts its parts over).
+    for command in commands {
+        ctx.gateway
+            .write(params.dc(), command, deadline, params.principal())
+            .await?;
+    }
     Ok(StatusCode::OK.into_response())
+}
+
+/// The catalog changes a restore body makes, in order (several parts when it is large),
+/// or why it is not a snapshot this agent can restore (400).
+fn restore_commands(body: &[u8], restore: u64) -> Result<Vec<Command>, ApiError> {
+    match restore_command(body)? {
+        Command::Restore(snapshot) => snapshot
+            .into_commands(restore)
+            .map_err(|e| ApiError::Internal(format!("the snapshot could not be packed: {e}"))),
+        other => Ok(vec![other]),
+    }
 }
 
 /// The catalog change a restore body makes, or why it is not a snapshot this agent can

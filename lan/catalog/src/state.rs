@@ -15,7 +15,7 @@ use super::acl::{AclSnapshot, AclTables, AclWrite};
 use super::autopilot::AutopilotConfig;
 use super::kv::{Kv, KvEntry, KvRefusal, KvWrite};
 use super::names::ServiceNames;
-use super::packed::PackedSnapshot;
+use super::packed::{PackedSnapshot, RestorePart, StagedRestore};
 use super::sessions::{Session, SessionWrite, Sessions};
 use super::txn::{TxnOp, TxnOutcome};
 use super::types::{Check, Health, Node, PreparedQuery, Service};
@@ -34,6 +34,9 @@ pub enum Command {
     /// Replace the whole catalog (`snapshot restore`); packed in the log and on the wire
     /// when large.
     Restore(PackedSnapshot),
+    /// One part of a restore written in several entries; the last part replaces the
+    /// whole catalog as [`Command::Restore`] does.
+    RestorePart(RestorePart),
     /// Create (`create`) or replace a prepared query.
     SetQuery {
         /// The query; its index fields are ignored.
@@ -241,9 +244,18 @@ pub struct State {
     pub(super) acl: AclTables,
     /// Autopilot's settings, once written.
     pub(super) autopilot: Option<AutopilotConfig>,
+    /// The parts received of a restore written in parts, until its last arrives.
+    pub(super) restoring: Option<StagedRestore>,
     pub(super) indexes: Indexes,
     /// What applies changed since the writer last took it: whom to wake.
     pub(super) changed: Changes,
+}
+
+/// A catalog built ahead of the command that replaces the whole catalog with it.
+pub(crate) struct Built {
+    state: State,
+    /// For the last part of a restore, the parts it was built on.
+    staged: Option<StagedRestore>,
 }
 
 /// The serialised form of the catalog used for Raft snapshots (and `/v1/snapshot`).
@@ -273,6 +285,10 @@ pub struct Snapshot {
     acl: AclSnapshot,
     #[serde(default)]
     autopilot: Option<AutopilotConfig>,
+    /// A restore whose parts are being written (a snapshot taken between them must hold
+    /// them); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) restoring: Option<StagedRestore>,
 }
 
 impl Snapshot {
@@ -440,6 +456,13 @@ impl State {
                 self.check_sessions_of(&fold(&d.node), index);
             }
             Command::Restore(s) => self.restore(index, s.snapshot().map_err(ApplyError::Snapshot)?),
+            Command::RestorePart(part) => {
+                let last =
+                    StagedRestore::take(&mut self.restoring, part).map_err(ApplyError::Snapshot)?;
+                if let Some(packed) = last {
+                    self.restore(index, packed.snapshot().map_err(ApplyError::Snapshot)?);
+                }
+            }
             Command::SetQuery { query, create } => self.set_query(index, query, *create)?,
             Command::DeleteQuery { id } => self.delete_query(index, id)?,
             Command::Kv(write) => self.apply_kv(index, write)?,
@@ -485,7 +508,14 @@ impl State {
     /// Replaces everything with `snapshot`, as changed at `index`: every table and
     /// service moves to `index`, so blocking queries on anything wake.
     fn restore(&mut self, index: u64, snapshot: &Snapshot) {
+        *self = State::restored(index, snapshot);
+    }
+
+    /// The catalog a restore of `snapshot` at `index` leaves.
+    pub(crate) fn restored(index: u64, snapshot: &Snapshot) -> State {
         let mut state = State::from_snapshot(snapshot.clone());
+        // (A file saved while another restore was being written holds its parts.)
+        state.restoring = None;
         // Keys this catalog held and the snapshot does not vanish without tombstones:
         // the changes after any earlier index cannot be listed.
         state.kv.reaped = index;
@@ -504,8 +534,61 @@ impl State {
         for name in names {
             state.service_index.insert(name, index);
         }
-        *self = state;
-        self.changed.everything();
+        state.changed.everything();
+        state
+    }
+
+    /// For a command at `index` that replaces the whole catalog (a restore, or the last
+    /// part of one, completing the parts `staged`), the catalog it leaves; `None` for any
+    /// other command, or one that would be refused. Slow for a large catalog: the writer
+    /// builds it without holding the catalog's lock, then swaps it in with
+    /// [`State::apply_built`].
+    pub(crate) fn build_replacement(
+        index: u64,
+        command: &Command,
+        staged: Option<&StagedRestore>,
+    ) -> Option<Built> {
+        match command {
+            Command::Restore(s) => Some(Built {
+                state: State::restored(index, s.snapshot().ok()?),
+                staged: None,
+            }),
+            Command::RestorePart(part) => {
+                let staged = staged.filter(|s| s.completed_by(part))?;
+                let mut text = String::with_capacity(staged.len() + part.data.len());
+                text.push_str(staged.text());
+                text.push_str(&part.data);
+                let packed = PackedSnapshot::from_packed(&text);
+                Some(Built {
+                    state: State::restored(index, packed.snapshot().ok()?),
+                    staged: Some(staged.clone()),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Applies `command` at `index` as [`State::apply`] does, taking `built` (from
+    /// [`State::build_replacement`]) as the catalog it leaves when this catalog is still
+    /// the one it was built from; the catalog replaced goes to `retired`, for the caller
+    /// to drop after releasing its lock.
+    pub(crate) fn apply_built(
+        &mut self,
+        index: u64,
+        command: &Command,
+        built: Built,
+        retired: &mut Vec<State>,
+    ) -> Result<Applied, ApplyError> {
+        let current = match command {
+            Command::Restore(_) => true,
+            Command::RestorePart(_) => built.staged.is_some() && self.restoring == built.staged,
+            _ => false,
+        };
+        if !current {
+            return self.apply(index, command);
+        }
+        retired.push(std::mem::replace(self, built.state));
+        Ok(Applied::Done)
     }
 
     /// What changed since the last call: the readers to wake.
@@ -845,6 +928,7 @@ impl State {
             sessions: self.sessions.by_id.values().cloned().collect(),
             acl: self.acl.to_snapshot(),
             autopilot: self.autopilot.clone(),
+            restoring: self.restoring.clone(),
         }
     }
 
@@ -869,6 +953,7 @@ impl State {
             },
             acl: AclTables::from_snapshot(snapshot.acl),
             autopilot: snapshot.autopilot,
+            restoring: snapshot.restoring,
             ..State::default()
         };
         // The big maps are built whole (`collect` sorts, then fills every tree node),

@@ -26,11 +26,12 @@ use catalog::{Command, WriteError, Written};
 
 /// Most commands in one Raft entry.
 pub(crate) const MAX_BATCH: usize = 256;
-/// Most bytes of commands (as encoded) in one Raft entry: with openraft's 300 entries per
-/// AppendEntries at most, replication stays far below the RPC frame limit, and a
-/// request that still does not fit is split by the network.
-pub(crate) const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
-/// Largest single command (a snapshot restore is the big one).
+/// Most bytes of commands (as encoded) in one Raft entry, so that an entry of several
+/// writes fits in one AppendEntries of [`super::REPLICATION_BYTES`].
+pub(crate) const MAX_BATCH_BYTES: usize = super::REPLICATION_BYTES;
+/// Largest single command. Writes are far smaller (a key's value is bounded by
+/// `kv_max_value_size`, a restore travels in parts of [`catalog::RESTORE_PART_BYTES`]);
+/// an entry this large still replicates, alone in its AppendEntries.
 pub(crate) const MAX_COMMAND_BYTES: usize = 48 * 1024 * 1024;
 /// Writes waiting for a batch; a writer waits (within its deadline) when it is full.
 pub(crate) const WRITE_QUEUE: usize = 4096;
@@ -52,26 +53,6 @@ pub(crate) fn start(
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
     tasks.spawn(run(raft, rx, flushes, tasks.clone(), shutdown));
     tx
-}
-
-/// Bytes of `command` as it goes into the log.
-fn encoded_len(command: &Command) -> usize {
-    // Counted without keeping the encoding.
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0 += bytes.len();
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    match serde_json::to_writer(&mut count, command) {
-        Ok(()) => count.0,
-        Err(_) => usize::MAX,
-    }
 }
 
 async fn run(
@@ -102,7 +83,7 @@ async fn run(
                 },
             },
         };
-        let mut bytes = encoded_len(&first.0);
+        let mut bytes = super::encoded_len(&first.0);
         if bytes > MAX_COMMAND_BYTES {
             let _ = first.1.send(Err(WriteError::TooLarge(bytes)));
             continue;
@@ -112,7 +93,7 @@ async fn run(
         while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match queue.try_recv() {
                 Ok(w) => {
-                    let size = encoded_len(&w.0);
+                    let size = super::encoded_len(&w.0);
                     if size > MAX_COMMAND_BYTES {
                         let _ = w.1.send(Err(WriteError::TooLarge(size)));
                     } else if bytes + size > MAX_BATCH_BYTES {

@@ -521,35 +521,77 @@ fn bounds(range: &impl RangeBounds<u64>) -> (Bound<u64>, Bound<u64>) {
     (range.start_bound().cloned(), range.end_bound().cloned())
 }
 
+impl DiskLog {
+    /// The entries in `range`; with `limited`, only the first ones that fit in
+    /// [`super::REPLICATION_BYTES`] (at least one), read no further.
+    fn read_entries(
+        &self,
+        range: impl RangeBounds<u64>,
+        limited: bool,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        let range = bounds(&range);
+        // Snapshot the queued entries first: one that is written meanwhile is then found
+        // on disk, never missed.
+        let queued: Vec<Entry<TypeConfig>> = {
+            let pending = self.shared.pending.lock().expect("pending lock");
+            pending.range(range).map(|(_, (_, e))| e.clone()).collect()
+        };
+        // Sizes as stored (or, for a queued entry, as it would be).
+        let mut out: BTreeMap<u64, (usize, Entry<TypeConfig>)> = BTreeMap::new();
+        let mut total = 0usize;
+        // The first index not read from disk when the budget stopped the read.
+        let mut cut: Option<u64> = None;
+        let txn = self.shared.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(LOG).map_err(read_err)?;
+        for item in table.range(range).map_err(read_err)? {
+            let (index, value) = item.map_err(read_err)?;
+            let size = value.value().len();
+            if limited && !out.is_empty() && total.saturating_add(size) > super::REPLICATION_BYTES {
+                cut = Some(index.value());
+                break;
+            }
+            total = total.saturating_add(size);
+            out.insert(
+                index.value(),
+                (
+                    size,
+                    serde_json::from_slice(value.value()).map_err(decode_err)?,
+                ),
+            );
+        }
+        // Queued entries are newer than what is on disk at the same index. Every index
+        // below the cut is on disk or queued, so what is kept stays contiguous.
+        for e in queued {
+            let index = e.log_id.index;
+            if cut.is_some_and(|cut| index >= cut) {
+                break;
+            }
+            let size = if limited { super::encoded_len(&e) } else { 0 };
+            out.insert(index, (size, e));
+        }
+        let sized = out.into_values();
+        Ok(if limited {
+            super::within_replication_budget(sized)
+        } else {
+            sized.map(|(_, e)| e).collect()
+        })
+    }
+}
+
 impl RaftLogReader<TypeConfig> for DiskLog {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        // Snapshot the queued entries first: one that is written meanwhile is then found
-        // on disk, never missed.
-        let queued: Vec<Entry<TypeConfig>> = {
-            let pending = self.shared.pending.lock().expect("pending lock");
-            pending
-                .range(bounds(&range))
-                .map(|(_, (_, e))| e.clone())
-                .collect()
-        };
-        let mut out: BTreeMap<u64, Entry<TypeConfig>> = BTreeMap::new();
-        let txn = self.shared.db.begin_read().map_err(read_err)?;
-        let table = txn.open_table(LOG).map_err(read_err)?;
-        for item in table.range(bounds(&range)).map_err(read_err)? {
-            let (index, value) = item.map_err(read_err)?;
-            out.insert(
-                index.value(),
-                serde_json::from_slice(value.value()).map_err(decode_err)?,
-            );
-        }
-        // Queued entries are newer than what is on disk at the same index.
-        for e in queued {
-            out.insert(e.log_id.index, e);
-        }
-        Ok(out.into_values().collect())
+        self.read_entries(range, false)
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        self.read_entries(start..end, true)
     }
 }
 
@@ -725,5 +767,65 @@ mod tests {
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(4));
         assert_eq!(state.last_log_id.map(|l| l.index), Some(4));
+    }
+
+    /// An entry at `index` whose encoding is about `bytes` long.
+    fn entry_of(index: u64, bytes: usize) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 7), index),
+            payload: openraft::EntryPayload::Normal(vec![catalog::Command::DeleteQuery {
+                id: "q".repeat(bytes),
+            }]),
+        }
+    }
+
+    fn indexes(entries: &[Entry<TypeConfig>]) -> Vec<u64> {
+        entries.iter().map(|e| e.log_id.index).collect()
+    }
+
+    #[tokio::test]
+    async fn replication_reads_stop_at_the_byte_budget_but_always_give_one_entry() {
+        use openraft::storage::RaftLogStorageExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = DiskLog::open(&dir.path().join("raft.db")).unwrap();
+        let part = super::super::REPLICATION_BYTES * 2 / 5;
+        log.blocking_append((1..=5).map(|i| entry_of(i, part)))
+            .await
+            .unwrap();
+        log.blocking_append([entry_of(6, 3 * super::super::REPLICATION_BYTES)])
+            .await
+            .unwrap();
+        // Two entries fit in the budget, a third would not.
+        assert_eq!(
+            indexes(&log.limited_get_log_entries(1, 7).await.unwrap()),
+            [1, 2]
+        );
+        assert_eq!(
+            indexes(&log.limited_get_log_entries(4, 7).await.unwrap()),
+            [4, 5]
+        );
+        // An entry over the budget goes alone, never behind another.
+        assert_eq!(
+            indexes(&log.limited_get_log_entries(5, 7).await.unwrap()),
+            [5]
+        );
+        assert_eq!(
+            indexes(&log.limited_get_log_entries(6, 7).await.unwrap()),
+            [6]
+        );
+        // Reads that are not for replication are whole.
+        let all = log.try_get_log_entries(1..7).await.unwrap();
+        assert_eq!(indexes(&all), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(all[5], entry_of(6, 3 * super::super::REPLICATION_BYTES));
+        // The log in memory keeps the same budget.
+        let mut memory = crate::raft::store::MemLog::default();
+        memory
+            .blocking_append((1..=6).map(|i| entry_of(i, part)))
+            .await
+            .unwrap();
+        assert_eq!(
+            indexes(&memory.limited_get_log_entries(2, 7).await.unwrap()),
+            [2, 3]
+        );
     }
 }

@@ -124,6 +124,49 @@ impl Default for RaftTiming {
     }
 }
 
+/// Most bytes of log entries (as encoded) the leader puts in one AppendEntries, beyond
+/// its first entry, which goes whatever its size (etcd's default `MaxSizePerMsg`).
+///
+/// openraft gives an AppendEntries one heartbeat interval to be answered, follower's
+/// fsync included; a follower catching up on a backlog of large entries would otherwise
+/// be sent them all at once, time out, and be sent them again.
+pub(crate) const REPLICATION_BYTES: usize = 1024 * 1024;
+
+/// Bytes of `value` as JSON, as it goes into the log and onto the wire, counted without
+/// keeping the encoding.
+pub(crate) fn encoded_len<T: serde::Serialize + ?Sized>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, value) {
+        Ok(()) => count.0,
+        Err(_) => usize::MAX,
+    }
+}
+
+/// The first entries of `sized` (each with its size in bytes) that fit in
+/// [`REPLICATION_BYTES`], and always the first.
+pub(crate) fn within_replication_budget<E>(sized: impl IntoIterator<Item = (usize, E)>) -> Vec<E> {
+    let mut total = 0usize;
+    let mut out = Vec::new();
+    for (size, entry) in sized {
+        total = total.saturating_add(size);
+        if !out.is_empty() && total > REPLICATION_BYTES {
+            break;
+        }
+        out.push(entry);
+    }
+    out
+}
+
 /// How old a follower's last contact with a leader may be before reads from its copy
 /// count as stale (`dns.stale_queries`), as Consul's.
 pub(crate) const STALE_AFTER: Duration = Duration::from_secs(5);

@@ -67,6 +67,22 @@ impl RaftLogReader<TypeConfig> for MemLog {
             .map(|(_, e)| e.clone())
             .collect())
     }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        let inner = self.lock();
+        let sized = inner
+            .entries
+            .range(start..end)
+            .map(|(_, e)| (super::encoded_len(e), e));
+        Ok(super::within_replication_budget(sized)
+            .into_iter()
+            .cloned()
+            .collect())
+    }
 }
 
 impl RaftLogStorage<TypeConfig> for MemLog {
@@ -351,23 +367,29 @@ async fn read_current(path: PathBuf) -> Result<Snapshot<TypeConfig>, StorageErro
 /// Unpacks the snapshots of the restores among `entries` on a blocking thread, before the
 /// state machine's lock is taken: a packed 80 MiB catalog takes about a second to
 /// inflate and parse, and arrives packed from the leader or the log (see
-/// `catalog::PackedSnapshot`). Returns whether there were any. A snapshot that does not
-/// unpack is refused when applied, on every server alike.
+/// `catalog::PackedSnapshot`). Returns whether any command replaces the catalog (a
+/// restore, or the last part of one written in parts, which is unpacked as it is
+/// applied). A snapshot that does not unpack is refused when applied, on every server
+/// alike.
 async fn unpack_restores(entries: &[Entry<TypeConfig>]) -> bool {
-    let restores: Vec<PackedSnapshot> = entries
+    let commands = entries
         .iter()
         .filter_map(|e| match &e.payload {
             EntryPayload::Normal(commands) => Some(commands),
             _ => None,
         })
-        .flatten()
-        .filter_map(|c| match c {
-            Command::Restore(s) => Some(s.clone()),
-            _ => None,
-        })
-        .collect();
+        .flatten();
+    let mut last_parts = false;
+    let mut restores: Vec<PackedSnapshot> = Vec::new();
+    for command in commands {
+        match command {
+            Command::Restore(s) => restores.push(s.clone()),
+            Command::RestorePart(p) => last_parts |= p.part.saturating_add(1) == p.parts,
+            _ => {}
+        }
+    }
     if restores.is_empty() {
-        return false;
+        return last_parts;
     }
     // Clones share what is unpacked.
     let _ = tokio::task::spawn_blocking(move || {

@@ -856,6 +856,6 @@ fn write_metric(command: &Command) -> Option<&'static str> {
         Command::SetQuery { .. } | Command::DeleteQuery { .. } => Some("prepared-query.apply"),
         Command::Acl(_) => Some("acl.apply"),
         Command::Autopilot { .. } => Some("autopilot.apply"),
-        Command::Restore(_) | Command::KvReplicate(_) => None,
+        Command::Restore(_) | Command::RestorePart(_) | Command::KvReplicate(_) => None,
     }
 }

@@ -180,7 +180,9 @@ impl Caller {
             Command::Acl(_) => self.need(Resource::Acl, "", Access::Write),
             Command::Autopilot { .. } => self.need(Resource::Operator, "", Access::Write),
             // Consul's snapshot permission is `acl:write` (a snapshot holds every secret).
-            Command::Restore(_) => self.need(Resource::Acl, "", Access::Write),
+            Command::Restore(_) | Command::RestorePart(_) => {
+                self.need(Resource::Acl, "", Access::Write)
+            }
             Command::KvReplicate(_) => self.management(),
         }
     }
