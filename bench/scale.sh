@@ -18,7 +18,9 @@
 #    separately: their rate is the registration rate *at* that size; the rest of the
 #    step gives the step's average rate.
 # 3. At each size: the server's RSS, then READS reads each (CLIENTS clients) of
-#    `GET /v1/catalog/services` (18 names whatever the size), `GET /v1/health/service/solo`
+#    `GET /v1/catalog/services` (18 names whatever the size), the same filtered by node
+#    meta (`?node-meta=rack:r7`: each node's registration puts it in rack r<n/100>, so
+#    100 nodes match at any size), `GET /v1/health/service/solo`
 #    (one instance) and `GET /v1/health/service/svc-0` (one instance per node: its answer
 #    grows with the catalog; BIG_READS reads), p50 and p99; with dnsperf installed, DNS
 #    queries per second for `node-1.node.consul A` and `solo.service.consul SRV` over
@@ -152,6 +154,7 @@ for size in $SIZES; do
   settle
   rss=$(rss_mib)
   services=$("$SB" read --addr "$ADDR" --path /v1/catalog/services --requests "$READS" --clients "$CLIENTS" | json_of)
+  by_meta=$("$SB" read --addr "$ADDR" --path "/v1/catalog/services?node-meta=rack:r7" --requests "$READS" --clients "$CLIENTS" | json_of)
   solo=$("$SB" read --addr "$ADDR" --path /v1/health/service/solo --requests "$READS" --clients "$CLIENTS" | json_of)
   big=$("$SB" read --addr "$ADDR" --path /v1/health/service/svc-0 --requests "$BIG_READS" --clients "$CLIENTS" | json_of)
   dns_node=$(dns_qps node-1.node.consul A)
@@ -159,6 +162,7 @@ for size in $SIZES; do
   instances=$((size * SERVICES + 1))
   row="| $size | $instances | $step_ops | $probe_ops | $probe_p99 | $rss"
   row+=" | $(field "$services" p50_ms) / $(field "$services" p99_ms)"
+  row+=" | $(field "$by_meta" p50_ms) / $(field "$by_meta" p99_ms)"
   row+=" | $(field "$solo" p50_ms) / $(field "$solo" p99_ms)"
   row+=" | $(field "$big" p50_ms) / $(field "$big" p99_ms) ($(( $(field "$big" bytes) / 1024 )) KiB)"
   row+=" | $dns_node | $dns_solo |"
@@ -220,8 +224,8 @@ COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 REPORT="Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) CPUs, shared with other builds (figures are upper bounds); proconsul $COMMIT.
 Command: \`SIZES=\"$SIZES\" SERVICES=$SERVICES CLIENTS=$CLIENTS PROBE=$PROBE READS=$READS BIG_READS=$BIG_READS DNS_SECONDS=$DNS_SECONDS bench/scale.sh --write\`.
 
-| nodes | instances | reg/s step | reg/s at size | reg p99 ms | RSS MiB | \`catalog/services\` p50 / p99 ms | \`health/service/solo\` p50 / p99 ms | \`health/service/svc-0\` p50 / p99 ms (answer) | DNS node A q/s | DNS solo SRV q/s |
-|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| nodes | instances | reg/s step | reg/s at size | reg p99 ms | RSS MiB | \`catalog/services\` p50 / p99 ms | \`catalog/services?node-meta=rack:r7\` p50 / p99 ms | \`health/service/solo\` p50 / p99 ms | \`health/service/svc-0\` p50 / p99 ms (answer) | DNS node A q/s | DNS solo SRV q/s |
+|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 $(printf '%s\n' "${ROWS[@]}")
 
 At $prev nodes ($INSTANCES instances): RSS $RSS_LOADED MiB loaded; \`snapshot save\` ${SAVE_S} s for ${SNAP_MIB} MiB; Raft snapshot file ${RAFT_SNAP_MIB} MiB; \`snapshot restore\` of that file after the restart ${RESTORE_S} s. After a restart from disk: first \`?consistent\` read ${FIRST_S} s after the process started; RSS $RSS_RESTART MiB once idle: $PER_INSTANCE_ALL bytes per instance with its check, $PER_INSTANCE bytes over the empty server's $((RSS_EMPTY_KIB / 1024)) MiB."

@@ -244,13 +244,7 @@ impl State {
         let ix = self.indexes;
         let (answer, index) = match query {
             Query::Nodes { node_meta } => (
-                Answer::Nodes(
-                    self.nodes
-                        .values()
-                        .filter(|n| meta_matches(n, node_meta))
-                        .cloned()
-                        .collect(),
-                ),
+                Answer::Nodes(self.nodes_with(node_meta).map(|(_, n)| n.clone()).collect()),
                 ix.nodes,
             ),
             Query::Services { node_meta } => {
@@ -354,11 +348,9 @@ impl State {
             ),
             Query::ServiceInstances { node_meta } => {
                 let list = self
-                    .services
-                    .iter()
-                    .filter_map(|((node_key, _), service)| {
-                        let node = self.nodes.get(node_key)?;
-                        meta_matches(node, node_meta).then(|| ServiceNode {
+                    .nodes_with(node_meta)
+                    .flat_map(|(key, node)| {
+                        on_node(&self.services, key).map(move |(_, service)| ServiceNode {
                             node: node.clone(),
                             service: service.clone(),
                         })
@@ -438,18 +430,14 @@ impl State {
     }
 
     /// Service names with the union of their tags, over the instances on nodes whose meta
-    /// has every pair of `node_meta`: a walk over every instance.
+    /// has every pair of `node_meta`.
     pub(super) fn services_on_nodes_with(
         &self,
         node_meta: &[(String, String)],
     ) -> BTreeMap<String, Vec<String>> {
         let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for ((node_key, _), s) in &self.services {
-            let on_matching_node = self
-                .nodes
-                .get(node_key)
-                .is_some_and(|n| meta_matches(n, node_meta));
-            if on_matching_node {
+        for (key, _) in self.nodes_with(node_meta) {
+            for (_, s) in on_node(&self.services, key) {
                 out.entry(s.name.clone())
                     .or_default()
                     .extend(s.tags.iter().cloned());
@@ -458,6 +446,26 @@ impl State {
         out.into_iter()
             .map(|(k, v)| (k, v.into_iter().collect()))
             .collect()
+    }
+
+    /// The nodes (with their keys) whose meta has every pair of `node_meta`, in key
+    /// order: with a filter, those the meta index holds for its first pair, checked for
+    /// the others; without, every node.
+    pub(super) fn nodes_with<'a>(
+        &'a self,
+        node_meta: &'a [(String, String)],
+    ) -> Box<dyn Iterator<Item = (&'a String, &'a Node)> + 'a> {
+        let Some(((key, value), rest)) = node_meta.split_first() else {
+            return Box::new(self.nodes.iter());
+        };
+        let from = (key.clone(), value.clone(), String::new());
+        Box::new(
+            self.node_meta
+                .range(from..)
+                .take_while(move |(k, v, _)| k == key && v == value)
+                .filter_map(move |(_, _, node_key)| self.nodes.get_key_value(node_key))
+                .filter(move |(_, n)| meta_matches(n, rest)),
+        )
     }
 
     /// Instances of a service (by name, case-insensitive) with their nodes, filtered.

@@ -223,6 +223,9 @@ pub struct State {
     /// from `services`, for reverse lookups. (Those without one are not indexed: they
     /// are most instances, and no lookup is for an empty address.)
     pub(super) service_addresses: BTreeSet<(String, Key)>,
+    /// `(meta key, value, node key)` of every pair of every node's meta, derived from
+    /// `nodes`, for `?node-meta=` filters.
+    pub(super) node_meta: BTreeSet<(String, String, String)>,
     /// Lower-case service name → instances, derived from `services`.
     pub(super) by_name: BTreeMap<String, BTreeSet<Key>>,
     /// Service names as registered with their tags, derived from `services`, for
@@ -379,6 +382,14 @@ pub(super) fn fold(s: &str) -> String {
 }
 
 /// The entries of one node in a `(node, id)`-keyed map.
+/// The entries of the node-meta index for `node` under `key`.
+fn meta_entries(key: &str, node: &Node) -> Vec<(String, String, String)> {
+    node.meta
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone(), key.to_owned()))
+        .collect()
+}
+
 pub(super) fn on_node<'a, V>(
     map: &'a BTreeMap<Key, V>,
     node_key: &'a str,
@@ -665,10 +676,16 @@ impl State {
             }
         }
         let address = new.address.clone();
+        let meta = meta_entries(key, &new);
         if let Some(old) = self.nodes.insert(key.to_owned(), new) {
-            self.node_addresses.remove(&(old.address, key.to_owned()));
+            self.node_addresses
+                .remove(&(old.address.clone(), key.to_owned()));
+            for entry in meta_entries(key, &old) {
+                self.node_meta.remove(&entry);
+            }
         }
         self.node_addresses.insert((address, key.to_owned()));
+        self.node_meta.extend(meta);
         self.indexes.nodes = index;
         self.touch_services_on(key, index);
     }
@@ -824,6 +841,9 @@ impl State {
                     self.indexes.checks = index;
                 }
                 if let Some(old) = self.nodes.remove(&node_key) {
+                    for entry in meta_entries(&node_key, &old) {
+                        self.node_meta.remove(&entry);
+                    }
                     self.node_addresses.remove(&(old.address, node_key));
                 }
                 self.indexes.nodes = index;
@@ -992,6 +1012,11 @@ impl State {
             .nodes
             .iter()
             .map(|(key, n)| (n.address.clone(), key.clone()))
+            .collect();
+        state.node_meta = state
+            .nodes
+            .iter()
+            .flat_map(|(key, n)| meta_entries(key, n))
             .collect();
         state.service_addresses = state
             .services
@@ -1211,6 +1236,7 @@ mod tests {
 
     mod properties {
         use super::*;
+        use crate::{Answer, Query, ServiceNode};
         use proptest::prelude::*;
 
         fn name() -> impl Strategy<Value = String> {
@@ -1219,6 +1245,10 @@ mod tests {
 
         fn address() -> impl Strategy<Value = String> {
             prop_oneof![Just(""), Just("10.0.0.1"), Just("10.0.0.2")].prop_map(str::to_owned)
+        }
+
+        fn meta_key() -> impl Strategy<Value = String> {
+            prop_oneof![Just("k"), Just("m")].prop_map(str::to_owned)
         }
 
         fn command() -> impl Strategy<Value = Command> {
@@ -1253,8 +1283,9 @@ mod tests {
                 proptest::option::of(service),
                 proptest::collection::vec(check, 0..3),
                 address(),
+                proptest::collection::btree_map(meta_key(), name(), 0..3),
             )
-                .prop_map(|(n, skip, service, checks, address)| {
+                .prop_map(|(n, skip, service, checks, address, meta)| {
                     Command::Register(Registration {
                         node: Node {
                             address: if address.is_empty() {
@@ -1262,6 +1293,7 @@ mod tests {
                             } else {
                                 address
                             },
+                            meta,
                             ..node(&n)
                         },
                         skip_node_update: skip,
@@ -1342,6 +1374,71 @@ mod tests {
                 .map(|(k, x)| (x.address.clone(), k.clone()))
                 .collect();
             assert_eq!(service_addresses, s.service_addresses);
+            let node_meta: BTreeSet<(String, String, String)> = s
+                .nodes
+                .iter()
+                .flat_map(|(key, n)| {
+                    n.meta
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone(), key.clone()))
+                })
+                .collect();
+            assert_eq!(node_meta, s.node_meta, "the meta index follows the nodes");
+            let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+            let filters = [
+                vec![pair("k", "a")],
+                vec![pair("m", "b")],
+                vec![pair("k", "a"), pair("m", "b")],
+                vec![pair("m", "c"), pair("k", "A")],
+                vec![pair("k", "a"), pair("k", "b")],
+                vec![pair("x", "a")],
+            ];
+            for filter in &filters {
+                let nodes: Vec<&Node> = s
+                    .nodes
+                    .values()
+                    .filter(|n| filter.iter().all(|(k, v)| n.meta.get(k) == Some(v)))
+                    .collect();
+                let on_them = |key: &String| {
+                    s.nodes
+                        .get(key)
+                        .is_some_and(|n| nodes.iter().any(|m| m.name == n.name))
+                };
+                let mut names: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+                let mut instances = Vec::new();
+                for ((node_key, _), x) in &s.services {
+                    if on_them(node_key) {
+                        names
+                            .entry(x.name.clone())
+                            .or_default()
+                            .extend(x.tags.iter().cloned());
+                        instances.push(ServiceNode {
+                            node: s.nodes[node_key].clone(),
+                            service: x.clone(),
+                        });
+                    }
+                }
+                let names: BTreeMap<String, Vec<String>> = names
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_iter().collect()))
+                    .collect();
+                assert_eq!(s.services_on_nodes_with(filter), names, "{filter:?}");
+                let query = |q| s.query(&q).0;
+                assert_eq!(
+                    query(Query::Nodes {
+                        node_meta: filter.clone()
+                    }),
+                    Answer::Nodes(nodes.into_iter().cloned().collect()),
+                    "{filter:?}"
+                );
+                assert_eq!(
+                    query(Query::ServiceInstances {
+                        node_meta: filter.clone()
+                    }),
+                    Answer::ServiceInstances(instances),
+                    "{filter:?}"
+                );
+            }
             for status in [Health::Warning, Health::Critical] {
                 let walked: Vec<&Check> =
                     s.checks.values().filter(|c| c.status == status).collect();
@@ -1388,6 +1485,7 @@ mod tests {
                 prop_assert_eq!(&back.failing, &s.failing);
                 prop_assert_eq!(&back.node_addresses, &s.node_addresses);
                 prop_assert_eq!(&back.service_addresses, &s.service_addresses);
+                prop_assert_eq!(&back.node_meta, &s.node_meta);
             }
         }
     }
