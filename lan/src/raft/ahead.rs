@@ -10,15 +10,20 @@
 //! So the log on disk hands this module a copy of each batch of entries the leader
 //! appends in its own term ([`Ahead::offer`]), and a task sends it at once to every
 //! other voter as an ordinary AppendEntries of that term. The follower appends and
-//! fsyncs it while the leader fsyncs its own; when openraft's AppendEntries for the same
-//! entries arrives, the follower already holds them and answers without writing again.
+//! fsyncs it while the leader fsyncs its own.
 //!
-//! Nothing here decides anything. Answers are dropped: only openraft's replication
-//! streams count acknowledgements. A message is one the leader could always have sent
-//! (entries of its log, its vote, a commit index it has saved), so a follower treats one
-//! that arrives late, twice or out of order as any delayed AppendEntries: it refuses or
-//! ignores it. When a queue is full, or the entry before a batch is not known here
-//! (after a truncation, at start), the batch simply goes the usual way, later.
+//! A follower answers once the entries are durable in its log. Its answer is recorded
+//! ([`super::network::AheadAcks`]): when openraft's stream sends the same entries after
+//! the leader's fsync, a success under the same vote already says what the follower's
+//! answer would be (its log matches the leader's up to them), so the stream takes it
+//! instead of a second round trip, and waits for an answer still on its way. A refusal,
+//! a timeout or another vote lets the stream's request go as usual. The leader still
+//! counts itself only once its own fsync is done: openraft replicates only then. A
+//! message is one the leader could always have sent (entries of its log, its vote, a
+//! commit index it has saved), so a follower treats one that arrives late, twice or out
+//! of order as any delayed AppendEntries: it refuses or ignores it. When a queue is
+//! full, or the entry before a batch is not known here (after a truncation, at start),
+//! the batch simply goes the usual way, later.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

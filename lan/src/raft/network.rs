@@ -57,6 +57,110 @@ pub(crate) trait Carrier: Serialize + Send + Sync + 'static {
 /// AppendEntries in its term), for the leader's lease.
 pub(crate) type Acks = Arc<std::sync::Mutex<HashMap<NodeId, Instant>>>;
 
+/// What the followers have made of the entries sent ahead ([`super::ahead`]), shared by
+/// the sender and openraft's replication streams.
+///
+/// A follower answers an AppendEntries once the entries are durable in its log, and a
+/// success means its log matches the leader's up to the last of them. When openraft's
+/// stream then sends the same entries (it does so only after the leader's own fsync),
+/// the follower's answer is already known: the stream takes it from here instead of
+/// waiting for one more round trip, and waits for an answer still on its way. Only a
+/// success under the very vote of the stream's request counts; anything else sends the
+/// request as usual.
+#[derive(Debug, Default)]
+pub(crate) struct AheadAcks {
+    peers: std::sync::Mutex<HashMap<NodeId, AheadPeer>>,
+    answered: tokio::sync::Notify,
+}
+
+/// One follower's state in [`AheadAcks`], for one vote of this server.
+#[derive(Debug, Clone)]
+struct AheadPeer {
+    vote: openraft::Vote<NodeId>,
+    /// The last log index the follower's log is known to match this leader's through.
+    matched: Option<u64>,
+    /// Last indexes of the batches sent and not yet answered.
+    pending: std::collections::BTreeSet<u64>,
+}
+
+impl AheadAcks {
+    /// The state of `target` for `vote`, started afresh under a new vote.
+    fn peer<'a>(
+        peers: &'a mut HashMap<NodeId, AheadPeer>,
+        target: NodeId,
+        vote: &openraft::Vote<NodeId>,
+    ) -> &'a mut AheadPeer {
+        let peer = peers.entry(target).or_insert_with(|| AheadPeer {
+            vote: *vote,
+            matched: None,
+            pending: Default::default(),
+        });
+        if peer.vote != *vote {
+            *peer = AheadPeer {
+                vote: *vote,
+                matched: None,
+                pending: Default::default(),
+            };
+        }
+        peer
+    }
+
+    /// A batch ending at `last` goes to `target` under `vote`.
+    fn sending(&self, target: NodeId, vote: &openraft::Vote<NodeId>, last: u64) {
+        let mut peers = self.peers.lock().expect("ahead acks lock");
+        Self::peer(&mut peers, target, vote).pending.insert(last);
+    }
+
+    /// The batch ending at `last` was answered: `matched` when the answer was a success.
+    fn answered(&self, target: NodeId, vote: &openraft::Vote<NodeId>, last: u64, matched: bool) {
+        {
+            let mut peers = self.peers.lock().expect("ahead acks lock");
+            let peer = Self::peer(&mut peers, target, vote);
+            peer.pending.remove(&last);
+            if matched {
+                peer.matched = Some(peer.matched.map_or(last, |m| m.max(last)));
+            }
+        }
+        self.answered.notify_waiters();
+    }
+
+    /// Whether `target` is known to hold everything up to `last` under `vote`
+    /// (`Some(true)`), may soon be (`Some(false)`: a batch reaching that far is on its
+    /// way), or neither (`None`).
+    fn holds(&self, target: NodeId, vote: &openraft::Vote<NodeId>, last: u64) -> Option<bool> {
+        let peers = self.peers.lock().expect("ahead acks lock");
+        let peer = peers.get(&target).filter(|p| p.vote == *vote)?;
+        if peer.matched.is_some_and(|m| m >= last) {
+            return Some(true);
+        }
+        peer.pending.range(last..).next().map(|_| false)
+    }
+
+    /// Waits until the follower is known to hold everything up to `last`, or no batch on
+    /// its way could tell, or `until`; returns whether it holds it.
+    async fn wait_for(
+        &self,
+        target: NodeId,
+        vote: &openraft::Vote<NodeId>,
+        last: u64,
+        until: Instant,
+    ) -> bool {
+        loop {
+            let notified = self.answered.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.holds(target, vote, last) {
+                Some(true) => return true,
+                None => return false,
+                Some(false) => {}
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return false;
+            }
+        }
+    }
+}
+
 /// Hands out [`Peer`]s that share the agent's RPC connections; they send Raft's messages
 /// in requests of type `C`.
 #[derive(Debug)]
@@ -66,6 +170,8 @@ pub(crate) struct Network<C> {
     pub(crate) members: watch::Receiver<Arc<Vec<Member>>>,
     /// Follower acknowledgements, filled in by the peers.
     pub(crate) acks: Acks,
+    /// What followers answered to entries sent ahead.
+    ahead: Arc<AheadAcks>,
     /// The term this server is in, mirrored from Raft's metrics: answers carrying a term
     /// too far ahead of it are not believed ([`super::guard`]).
     pub(crate) term: Arc<AtomicU64>,
@@ -79,6 +185,7 @@ impl<C> Network<C> {
             rpc,
             members,
             acks: Acks::default(),
+            ahead: Arc::default(),
             term: Arc::default(),
             carrier: PhantomData,
         }
@@ -92,6 +199,7 @@ impl<C> Clone for Network<C> {
             rpc: self.rpc.clone(),
             members: self.members.clone(),
             acks: self.acks.clone(),
+            ahead: self.ahead.clone(),
             term: self.term.clone(),
             carrier: PhantomData,
         }
@@ -106,6 +214,7 @@ pub(crate) struct Peer<C> {
     rpc: rpc::Client,
     members: watch::Receiver<Arc<Vec<Member>>>,
     acks: Acks,
+    ahead: Arc<AheadAcks>,
     term: Arc<AtomicU64>,
     carrier: PhantomData<fn() -> C>,
 }
@@ -134,6 +243,7 @@ impl<C> Network<C> {
             rpc: self.rpc.clone(),
             members: self.members.clone(),
             acks: self.acks.clone(),
+            ahead: self.ahead.clone(),
             term: self.term.clone(),
             carrier: PhantomData,
         }
@@ -203,13 +313,33 @@ impl<C: Carrier> Peer<C> {
         request: Arc<AppendEntriesRequest<TypeConfig>>,
         timeout: Duration,
     ) {
+        let vote = request.vote;
+        let Some(last) = request.entries.last().map(|e| e.log_id.index) else {
+            return;
+        };
         let message = Message::AppendEntries(AppendEntries {
             to: self.target,
             request: AppendEntriesRequest::clone(&request),
         });
+        let sent = Instant::now();
+        self.ahead.sending(self.target, &vote, last);
         let answer = self
             .call::<openraft::error::Infallible>(message, &RPCOption::new(timeout))
             .await;
+        let matched = matches!(
+            answer,
+            Ok(Ok(Answer::AppendEntries(Ok(
+                AppendEntriesResponse::Success
+            ))))
+        );
+        if matched {
+            // Acknowledges this leadership as any AppendEntries in its term does.
+            self.acks
+                .lock()
+                .expect("acks lock")
+                .insert(self.target, sent);
+        }
+        self.ahead.answered(self.target, &vote, last, matched);
         if let Err(e) = answer {
             tracing::trace!(node = %self.node.name, error = %e, "entries sent ahead did not arrive");
         }
@@ -274,6 +404,19 @@ impl<C: Carrier> RaftNetwork<TypeConfig> for Peer<C> {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        // Entries the follower already confirmed, or is about to, sent ahead: its answer
+        // is known (see `AheadAcks`). Half the time openraft gives the request at most is
+        // spent waiting for it, so that the request can still go when it does not come.
+        if let Some(last) = rpc.entries.last().map(|e| e.log_id.index) {
+            let until = Instant::now() + option.hard_ttl() / 2;
+            if self
+                .ahead
+                .wait_for(self.target, &rpc.vote, last, until)
+                .await
+            {
+                return Ok(AppendEntriesResponse::Success);
+            }
+        }
         let sent = Instant::now();
         let message = Message::AppendEntries(AppendEntries {
             to: self.target,
@@ -351,5 +494,62 @@ mod tests {
         assert_eq!(pauses[0], BACKOFF_FIRST);
         assert!(pauses.windows(2).all(|w| w[1] >= w[0]));
         assert_eq!(pauses[7], BACKOFF_MAX);
+    }
+
+    #[test]
+    fn only_a_success_under_the_same_vote_tells_what_a_follower_holds() {
+        let acks = AheadAcks::default();
+        let (vote, next) = (
+            openraft::Vote::new_committed(3, 1),
+            openraft::Vote::new_committed(4, 2),
+        );
+        assert_eq!(acks.holds(2, &vote, 10), None, "nothing sent");
+        acks.sending(2, &vote, 10);
+        acks.sending(2, &vote, 12);
+        assert_eq!(acks.holds(2, &vote, 10), Some(false), "on its way");
+        assert_eq!(
+            acks.holds(2, &vote, 13),
+            None,
+            "nothing on its way reaches 13"
+        );
+        acks.answered(2, &vote, 10, true);
+        assert_eq!(acks.holds(2, &vote, 9), Some(true));
+        assert_eq!(acks.holds(2, &vote, 10), Some(true));
+        assert_eq!(acks.holds(2, &vote, 11), Some(false), "12 is on its way");
+        acks.answered(2, &vote, 12, false);
+        assert_eq!(acks.holds(2, &vote, 11), None, "12 was refused");
+        assert_eq!(acks.holds(3, &vote, 1), None, "another follower");
+        assert_eq!(acks.holds(2, &next, 1), None, "another vote");
+        // A new vote starts over.
+        acks.sending(2, &next, 20);
+        assert_eq!(acks.holds(2, &vote, 1), None);
+        acks.answered(2, &next, 20, true);
+        assert_eq!(acks.holds(2, &next, 20), Some(true));
+    }
+
+    #[tokio::test]
+    async fn a_stream_waits_for_an_answer_on_its_way_and_no_longer() {
+        let acks = Arc::new(AheadAcks::default());
+        let vote = openraft::Vote::new_committed(3, 1);
+        let soon = || Instant::now() + Duration::from_secs(5);
+        // Nothing on its way: at once.
+        assert!(!acks.wait_for(2, &vote, 5, soon()).await);
+        // Answered later with a success, or a refusal.
+        for (last, success) in [(7, true), (8, false)] {
+            acks.sending(2, &vote, last);
+            let answer = {
+                let acks = acks.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    acks.answered(2, &vote, last, success);
+                })
+            };
+            assert_eq!(acks.wait_for(2, &vote, last, soon()).await, success);
+            answer.await.unwrap();
+        }
+        // An answer that does not come in time.
+        acks.sending(2, &vote, 9);
+        let until = Instant::now() + Duration::from_millis(20);
+        assert!(!acks.wait_for(2, &vote, 9, until).await);
     }
 }
