@@ -160,11 +160,14 @@ pub struct StagedRestore {
 }
 
 impl StagedRestore {
+    /// Whether `part` is the next part of this restore.
+    fn followed_by(&self, part: &RestorePart) -> bool {
+        self.restore == part.restore && self.parts == part.parts && self.received == part.part
+    }
+
     /// Whether `part` is the last one of this restore and the next to arrive.
     pub(crate) fn completed_by(&self, part: &RestorePart) -> bool {
-        self.restore == part.restore
-            && self.parts == part.parts
-            && self.received == part.part
+        self.followed_by(part)
             && part.part.saturating_add(1) == part.parts
             && self.data.len().saturating_add(part.data.len()) <= MAX_STAGED_BYTES
     }
@@ -195,9 +198,7 @@ impl StagedRestore {
         }
         let before = match staged.as_ref() {
             _ if part.part == 0 => 0,
-            Some(s) if s.restore == id && s.parts == part.parts && s.received == part.part => {
-                s.data.len()
-            }
+            Some(s) if s.followed_by(part) => s.data.len(),
             _ => {
                 return Err(format!(
                     "restore {id:x}: part {} of {} arrived without the parts before it; \
