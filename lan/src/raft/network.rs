@@ -111,6 +111,20 @@ impl AheadAcks {
         Self::peer(&mut peers, target, vote).pending.insert(last);
     }
 
+    /// Records that a batch ending at `last` goes to `target`; the returned guard reports
+    /// its answer, and reports it unanswered if dropped first (the sending task ended),
+    /// so that no stream waits for it.
+    fn send<'a>(&'a self, target: NodeId, vote: openraft::Vote<NodeId>, last: u64) -> InFlight<'a> {
+        self.sending(target, &vote, last);
+        InFlight {
+            acks: self,
+            target,
+            vote,
+            last,
+            matched: false,
+        }
+    }
+
     /// The batch ending at `last` was answered: `matched` when the answer was a success.
     fn answered(&self, target: NodeId, vote: &openraft::Vote<NodeId>, last: u64, matched: bool) {
         {
@@ -158,6 +172,23 @@ impl AheadAcks {
                 return false;
             }
         }
+    }
+}
+
+/// A batch sent ahead and not yet answered ([`AheadAcks::send`]).
+struct InFlight<'a> {
+    acks: &'a AheadAcks,
+    target: NodeId,
+    vote: openraft::Vote<NodeId>,
+    last: u64,
+    /// Whether the follower answered with a success.
+    matched: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.acks
+            .answered(self.target, &self.vote, self.last, self.matched);
     }
 }
 
@@ -322,7 +353,7 @@ impl<C: Carrier> Peer<C> {
             request: AppendEntriesRequest::clone(&request),
         });
         let sent = Instant::now();
-        self.ahead.sending(self.target, &vote, last);
+        let mut in_flight = self.ahead.send(self.target, vote, last);
         let answer = self
             .call::<openraft::error::Infallible>(message, &RPCOption::new(timeout))
             .await;
@@ -339,7 +370,8 @@ impl<C: Carrier> Peer<C> {
                 .expect("acks lock")
                 .insert(self.target, sent);
         }
-        self.ahead.answered(self.target, &vote, last, matched);
+        in_flight.matched = matched;
+        drop(in_flight);
         if let Err(e) = answer {
             tracing::trace!(node = %self.node.name, error = %e, "entries sent ahead did not arrive");
         }
@@ -520,6 +552,9 @@ mod tests {
         assert_eq!(acks.holds(2, &vote, 11), None, "12 was refused");
         assert_eq!(acks.holds(3, &vote, 1), None, "another follower");
         assert_eq!(acks.holds(2, &next, 1), None, "another vote");
+        // A batch whose sending ends without an answer is not waited for.
+        drop(acks.send(2, vote, 14));
+        assert_eq!(acks.holds(2, &vote, 13), None, "14 went unanswered");
         // A new vote starts over.
         acks.sending(2, &next, 20);
         assert_eq!(acks.holds(2, &vote, 1), None);
