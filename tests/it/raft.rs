@@ -191,8 +191,19 @@ async fn a_minority_cannot_write_and_a_client_keeps_answering_stale_reads() {
     })
     .await;
 
-    // Two of the three servers stop: the one left has no quorum.
+    // Two of the three servers stop: the one left has no quorum. It learns that the
+    // registration is committed from the leader's next message, which may still be on its
+    // way: its own copy must hold it before the others go.
     let lone = members.remove(2);
+    eventually(secs(20), "web in the last server's copy", || async {
+        let r = lone.get("/v1/catalog/service/web?stale").await;
+        if r.status == 200 && r.body.contains("client-1") {
+            Ok(())
+        } else {
+            Err(r.body)
+        }
+    })
+    .await;
     for m in members {
         m.agent.stop(false).await;
     }
