@@ -33,6 +33,7 @@
 #![allow(clippy::print_stdout, missing_docs)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -133,6 +134,11 @@ struct Cluster {
 impl Cluster {
     async fn spawn(&mut self, name: &str) -> usize {
         let stop = CancellationToken::new();
+        // Each member on an address of its own (all of 127.0.0.0/8 is loopback), as each
+        // would be on a host of its own: what a pool bounds per address (streams served
+        // at once) then bounds one member, not the whole bench.
+        let host = self.nodes.len() + 1;
+        let ip = std::net::Ipv4Addr::new(127, 1, (host / 250) as u8, (host % 250 + 1) as u8);
         let tags = BTreeMap::from([
             ("role".to_string(), "node".to_string()),
             ("dc".into(), "dc1".into()),
@@ -149,8 +155,8 @@ impl Cluster {
         let pool = Pool::start(
             PoolConfig {
                 name: name.to_owned(),
-                bind: "127.0.0.1:0".parse().expect("an address"),
-                advertise: "127.0.0.1".parse().expect("an address"),
+                bind: SocketAddr::new(ip.into(), 0),
+                advertise: ip.into(),
                 advertise_port: None,
                 tags,
                 gossip: self.config.clone(),

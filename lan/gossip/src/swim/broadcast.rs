@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use super::message::Message;
+use super::message::{Message, Packet, encode_message};
 
 /// Most entries queued; when full, the most-transmitted entry is dropped (it has been
 /// spread the most already).
@@ -16,7 +16,8 @@ pub(crate) const MAX_QUEUED: usize = 4096;
 
 #[derive(Debug, Clone)]
 struct Entry {
-    message: Message,
+    /// The message, encoded once when queued and copied into every packet that takes it.
+    encoded: Vec<u8>,
     transmits: u32,
     /// Insertion order, to keep the queue stable among equals.
     id: u64,
@@ -24,10 +25,10 @@ struct Entry {
 
 /// Broadcasts keyed by the member they are about, with an index in sending order.
 ///
-/// [`Queue::take`] runs for every packet sent, and in a large pool just after a join the
-/// queue holds news of most members: the index (least transmitted first, then oldest)
-/// and each message's encoded size, measured once when it is queued, let it walk the
-/// queue without sorting, copying keys or encoding messages that are not taken.
+/// [`Queue::take_into`] runs for every packet sent, and in a large pool just after a join
+/// the queue holds news of most members: the index (least transmitted first, then oldest)
+/// and each message's encoded size let it walk the queue without sorting or copying keys,
+/// and messages are kept encoded, so that taking one copies its bytes into the packet.
 #[derive(Debug, Default)]
 pub(crate) struct Queue {
     entries: BTreeMap<String, Entry>,
@@ -35,14 +36,20 @@ pub(crate) struct Queue {
     /// is about and the message's encoded size.
     order: BTreeMap<(u32, u64), (String, usize)>,
     /// How many entries have each encoded size: once a packet has less room left than
-    /// the smallest, [`Queue::take`] stops instead of walking the rest of the queue.
+    /// the smallest, [`Queue::take_into`] stops instead of walking the rest of the queue.
     sizes: BTreeMap<usize, usize>,
     next_id: u64,
 }
 
 impl Queue {
     /// Queues `message` about `member`, replacing what was queued about it.
-    pub(crate) fn push(&mut self, member: &str, message: Message) {
+    pub(crate) fn push(&mut self, member: &str, message: &Message) {
+        self.push_encoded(member, encode_message(message));
+    }
+
+    /// Queues a message encoded by `encode_message` (or `encode_alive`) about `member`,
+    /// replacing what was queued about it.
+    pub(crate) fn push_encoded(&mut self, member: &str, encoded: Vec<u8>) {
         if self.entries.len() >= MAX_QUEUED
             && !self.entries.contains_key(member)
             && let Some(worst) = self.most_transmitted()
@@ -51,14 +58,14 @@ impl Queue {
         }
         self.remove(member);
         self.next_id += 1;
-        let size = message.encoded_len();
+        let size = encoded.len();
         self.order
             .insert((0, self.next_id), (member.to_owned(), size));
         *self.sizes.entry(size).or_default() += 1;
         self.entries.insert(
             member.to_owned(),
             Entry {
-                message,
+                encoded,
                 transmits: 0,
                 id: self.next_id,
             },
@@ -92,10 +99,16 @@ impl Queue {
         }
     }
 
-    /// Takes at most `count` queued messages that fit in `space` bytes, least
+    /// Adds to `packet` at most `count` queued messages that fit in `space` bytes, least
     /// transmitted first, counting a transmission for each and dropping those that
-    /// reached `limit`.
-    pub(crate) fn take(&mut self, mut space: usize, count: usize, limit: u32) -> Vec<Message> {
+    /// reached `limit`. Returns how many it added.
+    pub(crate) fn take_into(
+        &mut self,
+        packet: &mut Packet,
+        mut space: usize,
+        count: usize,
+        limit: u32,
+    ) -> usize {
         let mut picked = Vec::new();
         let smallest = self.sizes.first_key_value().map_or(0, |(&size, _)| size);
         for (&rank, (_, size)) in &self.order {
@@ -108,7 +121,7 @@ impl Queue {
             space -= size;
             picked.push(rank);
         }
-        let mut out = Vec::with_capacity(picked.len());
+        let mut added = 0;
         for rank in picked {
             let Some((member, size)) = self.order.remove(&rank) else {
                 continue;
@@ -116,7 +129,8 @@ impl Queue {
             let Some(entry) = self.entries.get_mut(&member) else {
                 continue;
             };
-            out.push(entry.message.clone());
+            packet.push_encoded(&entry.encoded);
+            added += 1;
             entry.transmits += 1;
             if entry.transmits >= limit {
                 self.entries.remove(&member);
@@ -126,7 +140,7 @@ impl Queue {
                     .insert((entry.transmits, entry.id), (member, size));
             }
         }
-        out
+        added
     }
 
     /// How many entries wait.
@@ -145,6 +159,16 @@ pub(crate) fn retransmit_limit(mult: u32, members: usize) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::swim::message::decode_packet;
+
+    impl Queue {
+        /// [`Queue::take_into`] an empty packet, decoded.
+        fn take(&mut self, space: usize, count: usize, limit: u32) -> Vec<Message> {
+            let mut packet = Packet::new();
+            self.take_into(&mut packet, space, count, limit);
+            decode_packet(&packet.finish()).expect("the queue's messages decode")
+        }
+    }
 
     fn ack(seq: u32) -> Message {
         Message::Ack { seq }
@@ -153,9 +177,9 @@ mod tests {
     #[test]
     fn newer_news_replaces_older_and_retransmits_are_limited() {
         let mut q = Queue::default();
-        q.push("a", ack(1));
-        q.push("a", ack(2));
-        q.push("b", ack(3));
+        q.push("a", &ack(1));
+        q.push("a", &ack(2));
+        q.push("b", &ack(3));
         assert_eq!(q.len(), 2);
         let first = q.take(1000, 64, 2);
         assert_eq!(first, vec![ack(2), ack(3)]);
@@ -166,9 +190,9 @@ mod tests {
     #[test]
     fn only_what_fits_is_taken_and_fresh_news_goes_first() {
         let mut q = Queue::default();
-        q.push("a", ack(1));
+        q.push("a", &ack(1));
         q.take(1000, 64, 10);
-        q.push("b", ack(2));
+        q.push("b", &ack(2));
         let one = ack(0).encoded_len();
         assert_eq!(q.take(one, 64, 10), vec![ack(2)]);
         assert!(q.take(one - 1, 64, 10).is_empty());
@@ -178,7 +202,7 @@ mod tests {
     fn no_more_than_count_messages_are_taken() {
         let mut q = Queue::default();
         for i in 0..10 {
-            q.push(&format!("m{i}"), ack(i));
+            q.push(&format!("m{i}"), &ack(i));
         }
         assert_eq!(q.take(10_000, 4, 10).len(), 4);
         assert_eq!(q.len(), 10, "the rest stays queued");
@@ -188,8 +212,14 @@ mod tests {
     /// encodes each one it considers. The indexed queue must choose the same messages.
     #[derive(Default)]
     struct Reference {
-        entries: BTreeMap<String, Entry>,
+        entries: BTreeMap<String, RefEntry>,
         next_id: u64,
+    }
+
+    struct RefEntry {
+        message: Message,
+        transmits: u32,
+        id: u64,
     }
 
     impl Reference {
@@ -208,7 +238,7 @@ mod tests {
             let id = self.next_id;
             self.entries.insert(
                 member.to_owned(),
-                Entry {
+                RefEntry {
                     message,
                     transmits: 0,
                     id,
@@ -270,7 +300,7 @@ mod tests {
             for (i, (push, member, tags, space, count, limit)) in ops.into_iter().enumerate() {
                 if push {
                     let m = alive(&format!("m{member}"), i as u32, tags);
-                    fast.push(&format!("m{member}"), m.clone());
+                    fast.push(&format!("m{member}"), &m);
                     slow.push(&format!("m{member}"), m);
                 } else {
                     proptest::prop_assert_eq!(
@@ -294,7 +324,7 @@ mod tests {
         let (mut fast, mut slow) = (Queue::default(), Reference::default());
         for i in 0..MAX_QUEUED {
             let m = ack(i as u32);
-            fast.push(&format!("m{i}"), m.clone());
+            fast.push(&format!("m{i}"), &m);
             slow.push(&format!("m{i}"), m);
         }
         // Two rounds of sends give some entries one and some two transmissions.
@@ -302,11 +332,11 @@ mod tests {
             assert_eq!(fast.take(space, count, 10), slow.take(space, count, 10));
         }
         for i in 0..8 {
-            fast.push(&format!("new{i}"), ack(0));
+            fast.push(&format!("new{i}"), &ack(0));
             slow.push(&format!("new{i}"), ack(0));
         }
-        let keys = |q: &BTreeMap<String, Entry>| q.keys().cloned().collect::<Vec<_>>();
-        assert_eq!(keys(&fast.entries), keys(&slow.entries));
+        let fast_keys: Vec<_> = fast.entries.keys().collect();
+        assert_eq!(fast_keys, slow.entries.keys().collect::<Vec<_>>());
         assert_eq!(fast.len(), MAX_QUEUED);
     }
 

@@ -15,8 +15,8 @@ use super::Config;
 use super::broadcast::{Queue, retransmit_limit};
 use super::coordinate::{Coordinate, Vivaldi};
 use super::message::{
-    DecodeError, MAX_MESSAGES, MAX_USER_EVENT, MemberState, Message, State, UserEvent,
-    decode_packet, encode_packet,
+    DecodeError, Incoming, MAX_MESSAGES, MAX_USER_EVENT, MemberState, Message, Packet, State,
+    UserEvent, decode_incoming, encode_alive, encode_packet,
 };
 
 /// Most indirect probes relayed for others at once; more requests are ignored (the
@@ -31,8 +31,6 @@ const MAX_TOMBSTONES: usize = 4096;
 /// User event IDs remembered to deliver each event once: far more than can be in flight
 /// (an event stops being gossiped after a few rounds), the oldest forgotten first.
 pub(crate) const MAX_SEEN_EVENTS: usize = 4096;
-/// Bytes of a packet's header (protocol byte and message count).
-const PACKET_HEADER: usize = 2;
 /// Longest wait, times one to two, before a member that just joined exchanges state
 /// again (see [`Engine::resync_soon`]). The joins it should pick up were under way at the
 /// same time as its own and end within a few round trips, not a probe interval: on the
@@ -382,6 +380,14 @@ impl Engine {
             .count()
     }
 
+    /// Whether any other member is alive or suspected: [`Engine::live_peers`] without
+    /// walking every member.
+    pub fn has_live_peer(&self) -> bool {
+        self.members
+            .values()
+            .any(|m| m.name != self.name && matches!(m.state, State::Alive | State::Suspect))
+    }
+
     /// Broadcasts waiting to be sent.
     pub fn pending_broadcasts(&self) -> usize {
         self.broadcasts.len()
@@ -442,22 +448,25 @@ impl Engine {
     }
 
     fn broadcast(&mut self, about: &str, message: Message) {
-        self.broadcasts.push(about, message);
+        self.broadcasts.push(about, &message);
     }
 
     /// Sends `messages` to `to`, filling the rest of the packet with broadcasts.
-    fn send(&mut self, to: SocketAddr, mut messages: Vec<Message>) {
-        let used: usize = PACKET_HEADER + messages.iter().map(Message::encoded_len).sum::<usize>();
-        let space = self.config.max_packet_size.saturating_sub(used);
-        let room = MAX_MESSAGES.saturating_sub(messages.len());
+    fn send(&mut self, to: SocketAddr, messages: Vec<Message>) {
+        let mut packet = Packet::new();
+        for m in &messages {
+            packet.push(m);
+        }
+        let space = self.config.max_packet_size.saturating_sub(packet.len());
+        let room = MAX_MESSAGES.saturating_sub(packet.count());
         let limit = retransmit_limit(self.config.retransmit_mult, self.members.len());
-        messages.extend(self.broadcasts.take(space, room, limit));
-        if messages.is_empty() {
+        self.broadcasts.take_into(&mut packet, space, room, limit);
+        if packet.count() == 0 {
             return;
         }
         self.outputs.push(Output::Packet {
             to,
-            bytes: encode_packet(&messages),
+            bytes: packet.finish(),
         });
     }
 
@@ -560,12 +569,12 @@ impl Engine {
                 if s.state != State::Alive && !self.leaving && s.incarnation >= self.incarnation {
                     self.refute(s.incarnation);
                 } else if s.state == State::Alive {
-                    self.on_alive(now, s.incarnation, s.name, s.addr, s.tags);
+                    self.on_alive(now, s.incarnation, &s.name, s.addr, || s.tags);
                 }
                 continue;
             }
             match s.state {
-                State::Alive => self.on_alive(now, s.incarnation, s.name, s.addr, s.tags),
+                State::Alive => self.on_alive(now, s.incarnation, &s.name, s.addr, || s.tags),
                 State::Left => {
                     let name = s.name.clone();
                     self.on_dead(now, s.incarnation, &name, &name);
@@ -573,7 +582,7 @@ impl Engine {
                 State::Dead | State::Suspect => {
                     // Learn of the member first if it is new to us.
                     if !self.members.contains_key(&s.name) && s.name != self.name {
-                        self.on_alive(now, s.incarnation, s.name.clone(), s.addr, s.tags);
+                        self.on_alive(now, s.incarnation, &s.name, s.addr, || s.tags);
                     }
                     let from = self.name.clone();
                     self.on_suspect(now, s.incarnation, &s.name, &from);
@@ -589,7 +598,7 @@ impl Engine {
         from: SocketAddr,
         bytes: &[u8],
     ) -> Result<(), DecodeError> {
-        let messages = decode_packet(bytes)?;
+        let messages = decode_incoming(bytes)?;
         // A pruned member still talking is alive after all: tell it, so that it refutes.
         let pruned = self
             .tombstones
@@ -605,8 +614,27 @@ impl Engine {
         Ok(())
     }
 
-    fn handle_message(&mut self, now: Instant, from: SocketAddr, message: Message) {
+    fn handle_message(&mut self, now: Instant, from: SocketAddr, message: Incoming<'_>) {
         let from_addr = from;
+        let message = match message {
+            Incoming::Alive {
+                incarnation,
+                node,
+                addr,
+                tags,
+            } => return self.on_alive(now, incarnation, node, addr, || tags.to_map()),
+            Incoming::Suspect {
+                incarnation,
+                node,
+                from,
+            } => return self.on_suspect_message(now, from_addr, incarnation, node, from),
+            Incoming::Dead {
+                incarnation,
+                node,
+                from,
+            } => return self.on_dead_message(now, from_addr, incarnation, node, from),
+            Incoming::Other(message) => message,
+        };
         match message {
             Message::Ping { seq, target, .. } => {
                 // A ping meant for a node that used to have our address is not ours to
@@ -668,35 +696,57 @@ impl Engine {
                 node,
                 addr,
                 tags,
-            } => self.on_alive(now, incarnation, node, addr, tags),
+            } => self.on_alive(now, incarnation, &node, addr, || tags),
             Message::Suspect {
                 incarnation,
                 node,
                 from,
-            } => {
-                let accused = node == self.name;
-                let to = from_addr_of(from_addr, &from, &self.members);
-                self.on_suspect(now, incarnation, &node, &from);
-                if accused {
-                    self.answer_accusation(to);
-                }
-            }
+            } => self.on_suspect_message(now, from_addr, incarnation, &node, &from),
             Message::Dead {
                 incarnation,
                 node,
                 from,
-            } => {
-                let accused = node == self.name && from != self.name;
-                let to = from_addr_of(from_addr, &from, &self.members);
-                self.on_dead(now, incarnation, &node, &from);
-                if accused {
-                    self.answer_accusation(to);
-                }
-            }
+            } => self.on_dead_message(now, from_addr, incarnation, &node, &from),
             Message::Prune { incarnation, node } => self.on_prune(now, incarnation, &node),
             Message::UserEvent(event) => self.on_user_event(event),
             // Push-pull travels on streams, not in packets.
             Message::PushPull { .. } => {}
+        }
+    }
+
+    /// A suspicion heard from `sender`, made by `from`; when it accuses us, the refutation
+    /// also goes straight to the accuser.
+    fn on_suspect_message(
+        &mut self,
+        now: Instant,
+        sender: SocketAddr,
+        incarnation: u32,
+        node: &str,
+        from: &str,
+    ) {
+        let accused = node == self.name;
+        let to = from_addr_of(sender, from, &self.members);
+        self.on_suspect(now, incarnation, node, from);
+        if accused {
+            self.answer_accusation(to);
+        }
+    }
+
+    /// A death or leave heard from `sender`, declared by `from`; a verdict on us from
+    /// someone else is answered like a suspicion.
+    fn on_dead_message(
+        &mut self,
+        now: Instant,
+        sender: SocketAddr,
+        incarnation: u32,
+        node: &str,
+        from: &str,
+    ) {
+        let accused = node == self.name && from != self.name;
+        let to = from_addr_of(sender, from, &self.members);
+        self.on_dead(now, incarnation, node, from);
+        if accused {
+            self.answer_accusation(to);
         }
     }
 
@@ -745,32 +795,36 @@ impl Engine {
         self.broadcast(&name, alive);
     }
 
+    /// `node` is alive at `incarnation`. `tags` gives its tags, and is called only for
+    /// news that is new here: in a large pool most alive messages heard are repeats.
     fn on_alive(
         &mut self,
         now: Instant,
         incarnation: u32,
-        node: String,
+        node: &str,
         addr: SocketAddr,
-        tags: BTreeMap<String, String>,
+        tags: impl FnOnce() -> BTreeMap<String, String>,
     ) {
         if node == self.name {
             // Someone else speaks for us with a newer or conflicting view: refute.
             if incarnation > self.incarnation
-                || (incarnation == self.incarnation && (addr != self.addr || tags != self.tags))
+                || (incarnation == self.incarnation && (addr != self.addr || tags() != self.tags))
             {
                 self.refute(incarnation);
             }
             return;
         }
-        if let Some(t) = self.tombstones.get(&node) {
+        if let Some(t) = self.tombstones.get(node) {
             if incarnation <= t.incarnation {
                 return;
             }
             // Back with a newer incarnation: a real restart, not stale news.
-            self.tombstones.remove(&node);
+            self.tombstones.remove(node);
         }
-        match self.members.get_mut(&node) {
+        match self.members.get_mut(node) {
             None => {
+                let tags = tags();
+                let node = node.to_owned();
                 self.members.insert(
                     node.clone(),
                     Member {
@@ -792,6 +846,7 @@ impl Engine {
                 if incarnation <= m.incarnation {
                     return;
                 }
+                let tags = tags();
                 let was = m.state;
                 let changed = m.addr != addr || *m.tags != tags;
                 m.incarnation = incarnation;
@@ -803,28 +858,18 @@ impl Engine {
                     m.state = State::Alive;
                     m.since = now;
                 }
-                self.suspicions.remove(&node);
+                self.suspicions.remove(node);
                 match was {
-                    State::Dead | State::Left => self.events.push(Event::Join(node.clone())),
-                    _ if changed => self.events.push(Event::Update(node.clone())),
+                    State::Dead | State::Left => self.events.push(Event::Join(node.to_owned())),
+                    _ if changed => self.events.push(Event::Update(node.to_owned())),
                     _ => {}
                 }
             }
         }
-        // Built only for news that is new here: in a large pool most alive messages
-        // heard are repeats, and this copies the tags.
-        let tags = self
-            .members
-            .get(&node)
-            .map(|m| (*m.tags).clone())
-            .unwrap_or_default();
-        let message = Message::Alive {
-            incarnation,
-            node: node.clone(),
-            addr,
-            tags,
-        };
-        self.broadcast(&node, message);
+        if let Some(m) = self.members.get(node) {
+            let encoded = encode_alive(incarnation, node, &addr, &m.tags);
+            self.broadcasts.push_encoded(node, encoded);
+        }
     }
 
     fn on_suspect(&mut self, now: Instant, incarnation: u32, node: &str, from: &str) {
@@ -840,13 +885,7 @@ impl Engine {
         if incarnation < m.incarnation || matches!(m.state, State::Dead | State::Left) {
             return;
         }
-        // Counted only past the checks above: stale suspicions are frequent and this
-        // walks every member.
-        let n = self.alive_count();
-        let Some(m) = self.members.get_mut(node) else {
-            return;
-        };
-        let message = Message::Suspect {
+        let message = || Message::Suspect {
             incarnation,
             node: node.to_owned(),
             from: from.to_owned(),
@@ -856,12 +895,19 @@ impl Engine {
             // suspicion coming back to its first sender is already in the set.)
             if let Some(s) = self.suspicions.get_mut(node)
                 && from != node
-                && s.confirmations.insert(from.to_owned())
+                && !s.confirmations.contains(from)
             {
-                self.broadcasts.push(node, message);
+                s.confirmations.insert(from.to_owned());
+                self.broadcasts.push(node, &message());
             }
             return;
         }
+        // Counted only for a suspicion that starts: repeats and confirmations are
+        // frequent, and this walks every member.
+        let n = self.alive_count();
+        let Some(m) = self.members.get_mut(node) else {
+            return;
+        };
         m.state = State::Suspect;
         m.incarnation = incarnation;
         m.since = now;
@@ -884,7 +930,7 @@ impl Engine {
                 confirmations,
             },
         );
-        self.broadcasts.push(node, message);
+        self.broadcasts.push(node, &message());
     }
 
     fn on_dead(&mut self, now: Instant, incarnation: u32, node: &str, from: &str) {
@@ -919,7 +965,7 @@ impl Engine {
             node: node.to_owned(),
             from: from.to_owned(),
         };
-        self.broadcasts.push(node, message);
+        self.broadcasts.push(node, &message);
     }
 
     /// Runs every timer that is due at `now`.
@@ -1295,7 +1341,7 @@ impl Engine {
         );
         self.broadcasts.push(
             node,
-            Message::Prune {
+            &Message::Prune {
                 incarnation,
                 node: node.to_owned(),
             },

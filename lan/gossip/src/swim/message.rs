@@ -206,9 +206,10 @@ const T_PRUNE: u8 = 9;
 const T_ACK_COORD: u8 = 10;
 const T_USER_EVENT: u8 = 11;
 
-struct Writer(Vec<u8>);
+/// Appends fields to a buffer.
+struct Writer<'a>(&'a mut Vec<u8>);
 
-impl Writer {
+impl Writer<'_> {
     fn u8(&mut self, v: u8) {
         self.0.push(v);
     }
@@ -257,6 +258,18 @@ impl Writer {
             self.str(k);
             self.str(v);
         }
+    }
+    fn alive(
+        &mut self,
+        incarnation: u32,
+        node: &str,
+        addr: &SocketAddr,
+        tags: &BTreeMap<String, String>,
+    ) {
+        self.u32(incarnation);
+        self.str(node);
+        self.addr(addr);
+        self.tags(tags);
     }
 }
 
@@ -313,10 +326,12 @@ impl<'a> Reader<'a> {
             height: self.f64()?,
         })
     }
-    fn str(&mut self) -> Result<String, DecodeError> {
+    fn str_ref(&mut self) -> Result<&'a str, DecodeError> {
         let len = usize::from(self.u16()?);
-        let bytes = self.take(len)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::Invalid("utf-8"))
+        std::str::from_utf8(self.take(len)?).map_err(|_| DecodeError::Invalid("utf-8"))
+    }
+    fn str(&mut self) -> Result<String, DecodeError> {
+        Ok(self.str_ref()?.to_owned())
     }
     fn addr(&mut self) -> Result<SocketAddr, DecodeError> {
         let ip = match self.u8()? {
@@ -338,18 +353,22 @@ impl<'a> Reader<'a> {
         };
         Ok(SocketAddr::new(ip, self.u16()?))
     }
-    fn tags(&mut self) -> Result<BTreeMap<String, String>, DecodeError> {
+    /// Checks a tag list and returns its bytes, count included, without copying.
+    fn raw_tags(&mut self) -> Result<RawTags<'a>, DecodeError> {
+        let start = self.0;
         let n = usize::from(self.u8()?);
         if n > MAX_TAGS {
             return Err(DecodeError::Invalid("tag count"));
         }
-        let mut tags = BTreeMap::new();
         for _ in 0..n {
-            let k = self.str()?;
-            let v = self.str()?;
-            tags.insert(k, v);
+            self.str_ref()?;
+            self.str_ref()?;
         }
-        Ok(tags)
+        let used = start.len() - self.0.len();
+        Ok(RawTags(&start[..used]))
+    }
+    fn tags(&mut self) -> Result<BTreeMap<String, String>, DecodeError> {
+        Ok(self.raw_tags()?.to_map())
     }
     fn bool(&mut self) -> Result<bool, DecodeError> {
         match self.u8()? {
@@ -403,7 +422,12 @@ impl Message {
     }
 
     fn body(&self) -> Vec<u8> {
-        let mut w = Writer(Vec::new());
+        let mut body = Vec::new();
+        self.write_body(&mut Writer(&mut body));
+        body
+    }
+
+    fn write_body(&self, w: &mut Writer<'_>) {
         match self {
             Message::Ping {
                 seq,
@@ -441,12 +465,7 @@ impl Message {
                 node,
                 addr,
                 tags,
-            } => {
-                w.u32(*incarnation);
-                w.str(node);
-                w.addr(addr);
-                w.tags(tags);
-            }
+            } => w.alive(*incarnation, node, addr, tags),
             Message::Suspect {
                 incarnation,
                 node,
@@ -486,7 +505,6 @@ impl Message {
                 w.str(&e.tag_filter);
             }
         }
-        w.0
     }
 
     /// The encoded size of this message inside a packet.
@@ -514,22 +532,9 @@ impl Message {
                 coord: r.coord()?,
             },
             T_NACK => Message::Nack { seq: r.u32()? },
-            T_ALIVE => Message::Alive {
-                incarnation: r.u32()?,
-                node: r.str()?,
-                addr: r.addr()?,
-                tags: r.tags()?,
-            },
-            T_SUSPECT => Message::Suspect {
-                incarnation: r.u32()?,
-                node: r.str()?,
-                from: r.str()?,
-            },
-            T_DEAD => Message::Dead {
-                incarnation: r.u32()?,
-                node: r.str()?,
-                from: r.str()?,
-            },
+            T_ALIVE | T_SUSPECT | T_DEAD => {
+                return Incoming::decode(kind, body).map(Incoming::into_message);
+            }
             T_PRUNE => Message::Prune {
                 incarnation: r.u32()?,
                 node: r.str()?,
@@ -575,25 +580,215 @@ impl Message {
     }
 }
 
+/// Tags as a packet carries them: checked, and decoded only when wanted.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RawTags<'a>(&'a [u8]);
+
+impl RawTags<'_> {
+    /// The tags. A repeated key keeps its last value.
+    pub(crate) fn to_map(self) -> BTreeMap<String, String> {
+        let mut r = Reader(self.0);
+        let n = r.u8().map_or(0, usize::from);
+        let mut tags = BTreeMap::new();
+        for _ in 0..n {
+            // Checked by `Reader::raw_tags`: neither read fails.
+            let (Ok(k), Ok(v)) = (r.str_ref(), r.str_ref()) else {
+                break;
+            };
+            tags.insert(k.to_owned(), v.to_owned());
+        }
+        tags
+    }
+}
+
+/// A message as it arrives in a packet. Membership news borrows the packet's bytes: in a
+/// large pool most news heard is news the receiver already has, and a repeat then costs
+/// no allocation. Other messages are decoded whole.
+#[derive(Debug)]
+pub(crate) enum Incoming<'a> {
+    /// [`Message::Alive`], borrowed.
+    Alive {
+        incarnation: u32,
+        node: &'a str,
+        addr: SocketAddr,
+        tags: RawTags<'a>,
+    },
+    /// [`Message::Suspect`], borrowed.
+    Suspect {
+        incarnation: u32,
+        node: &'a str,
+        from: &'a str,
+    },
+    /// [`Message::Dead`], borrowed.
+    Dead {
+        incarnation: u32,
+        node: &'a str,
+        from: &'a str,
+    },
+    /// Any other message.
+    Other(Message),
+}
+
+impl<'a> Incoming<'a> {
+    fn decode(kind: u8, body: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader(body);
+        let m = match kind {
+            T_ALIVE => Incoming::Alive {
+                incarnation: r.u32()?,
+                node: r.str_ref()?,
+                addr: r.addr()?,
+                tags: r.raw_tags()?,
+            },
+            T_SUSPECT => Incoming::Suspect {
+                incarnation: r.u32()?,
+                node: r.str_ref()?,
+                from: r.str_ref()?,
+            },
+            T_DEAD => Incoming::Dead {
+                incarnation: r.u32()?,
+                node: r.str_ref()?,
+                from: r.str_ref()?,
+            },
+            _ => return Message::decode_body(kind, body).map(Incoming::Other),
+        };
+        r.done()?;
+        Ok(m)
+    }
+
+    /// The owned message.
+    pub(crate) fn into_message(self) -> Message {
+        match self {
+            Incoming::Alive {
+                incarnation,
+                node,
+                addr,
+                tags,
+            } => Message::Alive {
+                incarnation,
+                node: node.to_owned(),
+                addr,
+                tags: tags.to_map(),
+            },
+            Incoming::Suspect {
+                incarnation,
+                node,
+                from,
+            } => Message::Suspect {
+                incarnation,
+                node: node.to_owned(),
+                from: from.to_owned(),
+            },
+            Incoming::Dead {
+                incarnation,
+                node,
+                from,
+            } => Message::Dead {
+                incarnation,
+                node: node.to_owned(),
+                from: from.to_owned(),
+            },
+            Incoming::Other(m) => m,
+        }
+    }
+}
+
+/// Appends `m` as a packet carries it: type, length and body.
 fn put_message(out: &mut Vec<u8>, m: &Message) {
-    let body = m.body();
-    out.push(m.kind());
-    out.extend_from_slice(&(body.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
-    out.extend_from_slice(&body);
+    put_with(out, m.kind(), |w| m.write_body(w));
+}
+
+fn put_with(out: &mut Vec<u8>, kind: u8, body: impl FnOnce(&mut Writer<'_>)) {
+    out.push(kind);
+    let at = out.len();
+    out.extend_from_slice(&[0, 0]);
+    body(&mut Writer(out));
+    let len = (out.len() - at - 2).min(usize::from(u16::MAX)) as u16;
+    out[at..at + 2].copy_from_slice(&len.to_be_bytes());
+}
+
+/// `m` encoded as one of a packet's messages, to be added to packets with
+/// [`Packet::push_encoded`].
+pub(crate) fn encode_message(m: &Message) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_message(&mut out, m);
+    out
+}
+
+/// [`encode_message`] of a [`Message::Alive`], from borrowed parts.
+pub(crate) fn encode_alive(
+    incarnation: u32,
+    node: &str,
+    addr: &SocketAddr,
+    tags: &BTreeMap<String, String>,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_with(&mut out, T_ALIVE, |w| {
+        w.alive(incarnation, node, addr, tags)
+    });
+    out
+}
+
+/// A packet being filled, message by message.
+#[derive(Debug)]
+pub(crate) struct Packet {
+    bytes: Vec<u8>,
+    count: usize,
+}
+
+impl Packet {
+    pub(crate) fn new() -> Self {
+        Packet {
+            bytes: vec![PROTOCOL, 0],
+            count: 0,
+        }
+    }
+
+    /// Adds `m`; ignored once the packet holds [`MAX_MESSAGES`].
+    pub(crate) fn push(&mut self, m: &Message) {
+        if self.count < MAX_MESSAGES {
+            put_message(&mut self.bytes, m);
+            self.count += 1;
+        }
+    }
+
+    /// Adds a message encoded by [`encode_message`]; ignored once the packet holds
+    /// [`MAX_MESSAGES`].
+    pub(crate) fn push_encoded(&mut self, encoded: &[u8]) {
+        if self.count < MAX_MESSAGES {
+            self.bytes.extend_from_slice(encoded);
+            self.count += 1;
+        }
+    }
+
+    /// Bytes so far, header included.
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Messages so far.
+    pub(crate) fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The encoded packet.
+    pub(crate) fn finish(mut self) -> Vec<u8> {
+        self.bytes[1] = self.count as u8;
+        self.bytes
+    }
 }
 
 /// Encodes messages into one packet (at most [`MAX_MESSAGES`]).
 pub fn encode_packet(messages: &[Message]) -> Vec<u8> {
-    let n = messages.len().min(MAX_MESSAGES);
-    let mut out = vec![PROTOCOL, n as u8];
-    for m in messages.iter().take(n) {
-        put_message(&mut out, m);
+    let mut packet = Packet::new();
+    for m in messages {
+        packet.push(m);
     }
-    out
+    packet.finish()
 }
 
-/// Decodes a packet into its messages.
-pub fn decode_packet(bytes: &[u8]) -> Result<Vec<Message>, DecodeError> {
+/// Decodes a packet, membership news borrowed. Any message that does not decode fails
+/// the whole packet.
+pub(crate) fn decode_incoming(bytes: &[u8]) -> Result<Vec<Incoming<'_>>, DecodeError> {
     let mut r = Reader(bytes);
     let protocol = r.u8()?;
     if protocol != PROTOCOL {
@@ -607,10 +802,18 @@ pub fn decode_packet(bytes: &[u8]) -> Result<Vec<Message>, DecodeError> {
     for _ in 0..n {
         let kind = r.u8()?;
         let len = usize::from(r.u16()?);
-        out.push(Message::decode_body(kind, r.take(len)?)?);
+        out.push(Incoming::decode(kind, r.take(len)?)?);
     }
     r.done()?;
     Ok(out)
+}
+
+/// Decodes a packet into its messages.
+pub fn decode_packet(bytes: &[u8]) -> Result<Vec<Message>, DecodeError> {
+    Ok(decode_incoming(bytes)?
+        .into_iter()
+        .map(Incoming::into_message)
+        .collect())
 }
 
 /// Encodes one message as a stream frame body (push-pull).
@@ -723,6 +926,54 @@ mod tests {
                 2 + m.encoded_len()
             );
         }
+    }
+
+    #[test]
+    fn a_packet_holds_at_most_max_messages_and_encoded_messages_match() {
+        let ack = Message::Ack { seq: 1 };
+        let mut packet = Packet::new();
+        for _ in 0..MAX_MESSAGES {
+            packet.push_encoded(&encode_message(&ack));
+        }
+        packet.push(&ack);
+        packet.push_encoded(&encode_message(&ack));
+        assert_eq!(packet.count(), MAX_MESSAGES);
+        let bytes = packet.finish();
+        assert_eq!(decode_packet(&bytes).unwrap(), vec![ack; MAX_MESSAGES]);
+        let Message::Alive {
+            incarnation,
+            node,
+            addr,
+            tags,
+        } = &samples()[5]
+        else {
+            panic!("the sixth sample is an alive message");
+        };
+        assert_eq!(
+            encode_alive(*incarnation, node, addr, tags),
+            encode_message(&samples()[5])
+        );
+    }
+
+    #[test]
+    fn repeated_tag_keys_keep_the_last_value_as_before() {
+        let mut body = vec![];
+        let mut w = Writer(&mut body);
+        w.u32(1);
+        w.str("n");
+        w.addr(&"10.0.0.1:8301".parse().unwrap());
+        w.u8(2);
+        for v in ["first", "last"] {
+            w.str("k");
+            w.str(v);
+        }
+        let mut packet = vec![PROTOCOL, 1, T_ALIVE];
+        packet.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        packet.extend_from_slice(&body);
+        let Message::Alive { tags, .. } = &decode_packet(&packet).unwrap()[0] else {
+            panic!("an alive message");
+        };
+        assert_eq!(tags, &BTreeMap::from([("k".into(), "last".into())]));
     }
 
     #[test]

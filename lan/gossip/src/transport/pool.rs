@@ -471,7 +471,7 @@ impl Driver {
             }
             if let Some((deadline, _)) = &self.leaving
                 && (self.engine.pending_broadcasts() == 0
-                    || self.engine.live_peers() == 0
+                    || !self.engine.has_live_peer()
                     || Instant::now() >= *deadline)
             {
                 if let Some((_, reply)) = self.leaving.take() {
