@@ -5,6 +5,7 @@
 #   bench/client_rss.sh --write      # ... and put it into BENCHMARKS.md (section `client-rss`)
 #   IDLE_SECONDS=5 bench/client_rss.sh                           # a quick check of the script
 #   PROCONSUL_BIN=/path/to/older/proconsul bench/client_rss.sh   # measure another build
+#   IDLE_SECONDS=60 bench/client_rss.sh --order link/client.order  # remake the function order
 #
 # One run starts, on free 127.0.0.1 ports: a `proconsul agent -dev` server; two client
 # agents (each with a data dir) joined to it, each with SERVICES services from a config
@@ -20,6 +21,11 @@
 # blocks around each page touched when the file is in the page cache: it is shared with
 # every process running the same executable, but it is resident all the same.
 #
+# --order FILE profiles the two clients instead of measuring them: each runs under
+# valgrind's callgrind from its start until it has been idle IDLE_SECONDS, and FILE gets
+# the executable's functions they ran (mangled, one per line), which build.rs hands to
+# the linker so that they are laid out next to each other. Needs valgrind.
+#
 # Environment: SERVICES=10 IDLE_SECONDS=30 NO_BUILD=0 SERF=serf. Needs cargo, curl and
 # python3; serf (Debian: apt-get install serf) for the reference row. Every process is
 # stopped by PID on exit; the temp dir is removed. About IDLE_SECONDS + 15 s, plus the
@@ -34,7 +40,14 @@ NO_BUILD=${NO_BUILD:-0}
 SERF=${SERF:-serf}
 BENCHMARKS_MD=${BENCHMARKS_MD:-$ROOT/BENCHMARKS.md}
 WRITE=0
-[ "${1:-}" = "--write" ] && WRITE=1
+ORDER=""
+case "${1:-}" in
+  --write) WRITE=1 ;;
+  --order)
+    ORDER=${2:?--order needs a file}
+    command -v valgrind >/dev/null || { echo "valgrind is needed for --order" >&2; exit 1; }
+    ;;
+esac
 
 for tool in curl python3; do
   command -v "$tool" >/dev/null || { echo "$tool is needed" >&2; exit 1; }
@@ -93,7 +106,10 @@ for i in range(n):
                      "tags": ["v1"], "check": check})
 print(json.dumps({"services": services}))
 PY
-  "$BIN" agent -node="$name" -data-dir="$dir/data" -config-dir="$dir/config" -log-level=warn \
+  local wrap=()
+  [ -z "$ORDER" ] || wrap=(valgrind --tool=callgrind --demangle=no --compress-strings=no
+    --dump-instr=no "--callgrind-out-file=$WORK/$name.callgrind")
+  "${wrap[@]}" "$BIN" agent -node="$name" -data-dir="$dir/data" -config-dir="$dir/config" -log-level=warn \
     -bind=127.0.0.1 -client=127.0.0.1 -http-port="$http" -dns-port="$(free_port)" \
     -serf-lan-port="$(free_port)" -join="127.0.0.1:$SERVER_LAN" >"$dir/log" 2>&1 &
   CLIENT_PID=$!
@@ -115,11 +131,40 @@ start_client client-ttl ttl
 TTL_PID=$CLIENT_PID TTL_HTTP=$CLIENT_HTTP
 start_client client-http http
 HTTP_PID=$CLIENT_PID
+if [ -n "$ORDER" ]; then
+  # Under callgrind a client starts some fifty times slower.
+  for _ in $(seq 20); do synced client-ttl && synced client-http && break; sleep 5; done
+fi
 wait_for_agent "$WORK/client-ttl/log" synced client-ttl
 wait_for_agent "$WORK/client-http/log" synced client-http
 for i in $(seq 0 $((SERVICES - 1))); do
   curl -sf -X PUT "http://127.0.0.1:$TTL_HTTP/v1/agent/check/pass/svc-$i-ttl" >/dev/null
 done
+
+if [ -n "$ORDER" ]; then
+  echo "profiling: idle for $IDLE_SECONDS s" >&2
+  sleep "$IDLE_SECONDS"
+  for pid in "$TTL_PID" "$HTTP_PID"; do callgrind_control -d "$pid" >/dev/null; done
+  sleep 2
+  python3 - "$BIN" "$ORDER" "$WORK"/*.callgrind* <<'PY'
+import os, re, sys
+binary, out, files = os.path.realpath(sys.argv[1]), sys.argv[2], sys.argv[3:]
+names, obj = {}, None
+for path in files:
+    for line in open(path, errors="replace"):
+        if line.startswith("ob="):
+            obj = os.path.realpath(line[3:].strip())
+        elif line.startswith("fn=") and obj == binary:
+            # `fn=NAME`, and `NAME'2` for a deeper level of recursion.
+            name = re.sub(r"'\d+$", "", line[3:].strip())
+            if not name.startswith("0x"):
+                names.setdefault(name, None)
+with open(out, "w") as f:
+    f.write("".join(n + "\n" for n in names))
+print(f"{len(names)} functions written to {out}", file=sys.stderr)
+PY
+  exit 0
+fi
 
 SERF_PID="" SERF_VERSION=""
 if command -v "$SERF" >/dev/null; then
