@@ -14,8 +14,10 @@
 # without loss, one join/leave and KILLS failures per size. It also reports the bench
 # process's CPU use (cores) and the suspicions its members started, so that a process
 # that cannot keep up is told apart from the protocol. A serf size that gives no data or
-# runs past SERF_TIMEOUT seconds stops the serf series there (said in the report). The
-# whole run is bounded (each driver by a timeout) and takes about 15 minutes.
+# runs past SERF_TIMEOUT seconds stops the serf series there (said in the report). Each
+# observation waits at most PHASE_TIMEOUT seconds (default 120: a star join of 1,000
+# members takes about a minute). The whole run is bounded (each driver by a timeout) and
+# takes about 15 minutes.
 #
 # What is measured (per N, per repetition; medians over repetitions are reported):
 #   converge  star join from N isolated members until every member lists all N alive
@@ -48,7 +50,8 @@ if [ "$LARGE" = 1 ]; then
   SERF_SIZES=${SERF_SIZES:-128,256}
   KILLS=${KILLS:-2}
   SERF_TIMEOUT=${SERF_TIMEOUT:-300}
-  PROCONSUL_TIMEOUT=${PROCONSUL_TIMEOUT:-600}
+  PROCONSUL_TIMEOUT=${PROCONSUL_TIMEOUT:-900}
+  PHASE_TIMEOUT=${PHASE_TIMEOUT:-120}
 fi
 SIZES=${SIZES:-8,32,64}
 REPEATS=${REPEATS:-2}
@@ -109,7 +112,7 @@ if [ "$LARGE" = 1 ]; then
     t0=$(date +%s)
     rc=0
     bounded "$SERF_TIMEOUT" python3 "$SERF_BENCH" --sizes "$n" --repeats 1 --joins 1 \
-      --kills "$KILLS" --idle "$IDLE" --timeout 60 >"$OUT/serf-$n.log" || rc=$?
+      --kills "$KILLS" --idle "$IDLE" --timeout "$PHASE_TIMEOUT" >"$OUT/serf-$n.log" || rc=$?
     grep -v '^JSON' "$OUT/serf-$n.log" >&2 || true
     cat "$OUT/serf-$n.log" >>"$OUT/serf-large.log"
     took=$(($(date +%s) - t0))
@@ -120,7 +123,7 @@ if [ "$LARGE" = 1 ]; then
   done
   echo "== proconsul N=$SIZES" >&2
   bounded "$PROCONSUL_TIMEOUT" "$BENCH" --sizes "$SIZES" --repeats 1 --joins 1 --kills "$KILLS" \
-    --idle "$IDLE" --timeout 60 >"$OUT/proconsul-large.log" || true
+    --idle "$IDLE" --timeout "$PHASE_TIMEOUT" >"$OUT/proconsul-large.log" || true
   grep -v '^JSON' "$OUT/proconsul-large.log" >&2 || true
   report=$(python3 - "$OUT" "$SIZES" "$SERF_SIZES" "$KILLS" "$IDLE" "$started" "$load" "$(nproc)" \
     "$(serf version | head -1)" "$serf_note" <<'PY'
