@@ -16,7 +16,8 @@
 #    by CLIENTS closed-loop clients of bench/src/bin/scale.rs (`scale-bench load`), each
 #    on its own keep-alive connection. The last PROBE nodes of a step are loaded
 #    separately: their rate is the registration rate *at* that size; the rest of the
-#    step gives the step's average rate.
+#    step gives the step's average rate and its slowest registration (a write that waited
+#    for a Raft snapshot's copy of the catalog shows there).
 # 3. At each size: the server's RSS, then READS reads each (CLIENTS clients) of
 #    `GET /v1/catalog/services` (18 names whatever the size), the same filtered by node
 #    meta (`?node-meta=rack:r7`: each node's registration puts it in rack r<n/100>, so
@@ -144,9 +145,11 @@ for size in $SIZES; do
   probe_from=$((size - PROBE))
   [ "$probe_from" -lt "$prev" ] && probe_from=$prev
   step_ops=NA
+  step_max=NA
   if [ "$probe_from" -gt "$prev" ]; then
     line=$("$SB" load --addr "$ADDR" --from "$prev" --to "$probe_from" --services "$SERVICES" --clients "$CLIENTS" | json_of)
     step_ops=$(field "$line" ops_s)
+    step_max=$(field "$line" max_ms)
   fi
   line=$("$SB" load --addr "$ADDR" --from "$probe_from" --to "$size" --services "$SERVICES" --clients "$CLIENTS" | json_of)
   probe_ops=$(field "$line" ops_s)
@@ -160,7 +163,7 @@ for size in $SIZES; do
   dns_node=$(dns_qps node-1.node.consul A)
   dns_solo=$(dns_qps solo.service.consul SRV)
   instances=$((size * SERVICES + 1))
-  row="| $size | $instances | $step_ops | $probe_ops | $probe_p99 | $rss"
+  row="| $size | $instances | $step_ops | $probe_ops | $probe_p99 | $step_max | $rss"
   row+=" | $(field "$services" p50_ms) / $(field "$services" p99_ms)"
   row+=" | $(field "$by_meta" p50_ms) / $(field "$by_meta" p99_ms)"
   row+=" | $(field "$solo" p50_ms) / $(field "$solo" p99_ms)"
@@ -224,8 +227,8 @@ COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 REPORT="Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) CPUs, shared with other builds (figures are upper bounds); proconsul $COMMIT.
 Command: \`SIZES=\"$SIZES\" SERVICES=$SERVICES CLIENTS=$CLIENTS PROBE=$PROBE READS=$READS BIG_READS=$BIG_READS DNS_SECONDS=$DNS_SECONDS bench/scale.sh --write\`.
 
-| nodes | instances | reg/s step | reg/s at size | reg p99 ms | RSS MiB | \`catalog/services\` p50 / p99 ms | \`catalog/services?node-meta=rack:r7\` p50 / p99 ms | \`health/service/solo\` p50 / p99 ms | \`health/service/svc-0\` p50 / p99 ms (answer) | DNS node A q/s | DNS solo SRV q/s |
-|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| nodes | instances | reg/s step | reg/s at size | reg p99 ms | reg max ms (step) | RSS MiB | \`catalog/services\` p50 / p99 ms | \`catalog/services?node-meta=rack:r7\` p50 / p99 ms | \`health/service/solo\` p50 / p99 ms | \`health/service/svc-0\` p50 / p99 ms (answer) | DNS node A q/s | DNS solo SRV q/s |
+|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 $(printf '%s\n' "${ROWS[@]}")
 
 At $prev nodes ($INSTANCES instances): RSS $RSS_LOADED MiB loaded; \`snapshot save\` ${SAVE_S} s for ${SNAP_MIB} MiB; Raft snapshot file ${RAFT_SNAP_MIB} MiB; \`snapshot restore\` of that file after the restart ${RESTORE_S} s. After a restart from disk: first \`?consistent\` read ${FIRST_S} s after the process started; RSS $RSS_RESTART MiB once idle: $PER_INSTANCE_ALL bytes per instance with its check, $PER_INSTANCE bytes over the empty server's $((RSS_EMPTY_KIB / 1024)) MiB."

@@ -208,6 +208,7 @@ async fn run_load(args: &Args) {
         "ops_s": (latencies.len() as f64 / seconds).round(),
         "p50_ms": ms(pct(&latencies, 50.0)),
         "p99_ms": ms(pct(&latencies, 99.0)),
+        "max_ms": ms(latencies.last().copied()),
     }));
 }
 

@@ -1,6 +1,7 @@
 //! Read queries over the catalog, each answering with the index a blocking query waits on.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -244,7 +245,11 @@ impl State {
         let ix = self.indexes;
         let (answer, index) = match query {
             Query::Nodes { node_meta } => (
-                Answer::Nodes(self.nodes_with(node_meta).map(|(_, n)| n.clone()).collect()),
+                Answer::Nodes(
+                    self.nodes_with(node_meta)
+                        .map(|(_, n)| Node::clone(n))
+                        .collect(),
+                ),
                 ix.nodes,
             ),
             Query::Services { node_meta } => {
@@ -263,8 +268,8 @@ impl State {
                 let list = self
                     .instances(service, tags, node_meta)
                     .map(|(node, service)| ServiceNode {
-                        node: node.clone(),
-                        service: service.clone(),
+                        node: Node::clone(node),
+                        service: Service::clone(service),
                     })
                     .collect();
                 (Answer::ServiceNodes(list), self.service_index(service))
@@ -272,14 +277,17 @@ impl State {
             Query::NodeServices { node } => {
                 let key = fold(node);
                 let found = self.nodes.get(&key).map(|n| NodeServices {
-                    node: n.clone(),
+                    node: Node::clone(n),
                     services: on_node(&self.services, &key)
-                        .map(|(_, s)| s.clone())
+                        .map(|(_, s)| Service::clone(s))
                         .collect(),
                 });
                 (Answer::NodeServices(found), ix.nodes.max(ix.services))
             }
-            Query::Node { node } => (Answer::Node(self.nodes.get(&fold(node)).cloned()), ix.nodes),
+            Query::Node { node } => (
+                Answer::Node(self.nodes.get(&fold(node)).map(|n| Node::clone(n))),
+                ix.nodes,
+            ),
             Query::ServiceHealth {
                 service,
                 tags,
@@ -289,8 +297,8 @@ impl State {
                 let list = self
                     .instances(service, tags, node_meta)
                     .map(|(node, service)| ServiceHealth {
-                        node: node.clone(),
-                        service: service.clone(),
+                        node: Node::clone(node),
+                        service: Service::clone(service),
                         checks: self.checks_covering(&node.name, &service.id),
                     })
                     .filter(|e| !passing_only || e.aggregate() == Health::Passing)
@@ -300,7 +308,7 @@ impl State {
             Query::NodeChecks { node } => {
                 let key = fold(node);
                 let list = on_node(&self.checks, &key)
-                    .map(|(_, c)| c.clone())
+                    .map(|(_, c)| Check::clone(c))
                     .collect();
                 (Answer::Checks(list), ix.checks)
             }
@@ -312,7 +320,7 @@ impl State {
                         list.extend(
                             on_node(&self.checks, node_key)
                                 .filter(|(_, c)| c.service_id.eq_ignore_ascii_case(id_key))
-                                .map(|(_, c)| c.clone()),
+                                .map(|(_, c)| Check::clone(c)),
                         );
                     }
                 }
@@ -325,7 +333,7 @@ impl State {
                         .checks
                         .values()
                         .filter(|c| state.is_none_or(|s| c.status == s))
-                        .cloned()
+                        .map(|c| Check::clone(c))
                         .collect(),
                 };
                 (Answer::Checks(list), ix.checks)
@@ -351,8 +359,8 @@ impl State {
                     .nodes_with(node_meta)
                     .flat_map(|(key, node)| {
                         on_node(&self.services, key).map(move |(_, service)| ServiceNode {
-                            node: node.clone(),
-                            service: service.clone(),
+                            node: Node::clone(node),
+                            service: Service::clone(service),
                         })
                     })
                     .collect();
@@ -391,12 +399,14 @@ impl State {
                 (Answer::Autopilot(config), index)
             }
             Query::NodeDump { node } => {
-                let info = |(key, n): (&String, &Node)| NodeInfo {
-                    node: n.clone(),
+                let info = |(key, n): (&String, &Arc<Node>)| NodeInfo {
+                    node: Node::clone(n),
                     services: on_node(&self.services, key)
-                        .map(|(_, s)| s.clone())
+                        .map(|(_, s)| Service::clone(s))
                         .collect(),
-                    checks: on_node(&self.checks, key).map(|(_, c)| c.clone()).collect(),
+                    checks: on_node(&self.checks, key)
+                        .map(|(_, c)| Check::clone(c))
+                        .collect(),
                 };
                 let list = match node {
                     Some(name) => self
@@ -454,7 +464,7 @@ impl State {
     pub(super) fn nodes_with<'a>(
         &'a self,
         node_meta: &'a [(String, String)],
-    ) -> Box<dyn Iterator<Item = (&'a String, &'a Node)> + 'a> {
+    ) -> Box<dyn Iterator<Item = (&'a String, &'a Arc<Node>)> + 'a> {
         let Some(((key, value), rest)) = node_meta.split_first() else {
             return Box::new(self.nodes.iter());
         };
@@ -480,8 +490,8 @@ impl State {
             .into_iter()
             .flatten()
             .filter_map(move |key| {
-                let svc = self.services.get(key)?;
-                let node = self.nodes.get(&key.0)?;
+                let svc: &Service = self.services.get(key)?;
+                let node: &Node = self.nodes.get(&key.0)?;
                 (tags_match(svc, tags) && meta_matches(node, node_meta)).then_some((node, svc))
             })
     }
@@ -497,7 +507,7 @@ impl State {
             .chain(all().filter(|c| {
                 !c.service_id.is_empty() && c.service_id.eq_ignore_ascii_case(service_id)
             }))
-            .cloned()
+            .map(|c| Check::clone(c))
             .collect()
     }
 }

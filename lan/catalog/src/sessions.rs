@@ -257,6 +257,7 @@ impl State {
             match session.behavior {
                 Behavior::Release => {
                     if let Some(e) = self.kv.entries.get_mut(&key) {
+                        let e = std::sync::Arc::make_mut(e);
                         e.session = None;
                         e.modify_index = index;
                     }
@@ -511,6 +512,48 @@ mod tests {
             None,
             "the lock was known after the restore"
         );
+    }
+
+    #[test]
+    fn a_snapshot_keeps_the_keys_as_they_were_when_it_was_taken() {
+        // A snapshot shares the entries with the store: each way a lock changes an
+        // entry in place must leave the snapshot's copy alone.
+        let mut s = State::new();
+        node(&mut s, 1, "n1", Health::Passing);
+        create(&mut s, 2, session("a", "n1", Behavior::Release)).unwrap();
+        acquire(&mut s, 3, "k", "a").unwrap();
+        acquire(&mut s, 4, "j", "a").unwrap();
+        let put = |value: &str| {
+            Command::Kv(KvWrite::Set {
+                key: "plain".into(),
+                value: value.as_bytes().to_vec(),
+                flags: 0,
+                cas: None,
+            })
+        };
+        s.apply(5, &put("one")).unwrap();
+        let snapshot = s.to_snapshot();
+        let taken = serde_json::to_vec(&snapshot).unwrap();
+        s.apply(6, &put("two")).unwrap();
+        s.apply(
+            7,
+            &Command::Kv(KvWrite::Release {
+                key: "k".into(),
+                value: b"free".to_vec(),
+                flags: 1,
+                session: "a".into(),
+            }),
+        )
+        .unwrap();
+        acquire(&mut s, 8, "k", "a").unwrap();
+        // The session ends: "j" is released by the invalidation.
+        node(&mut s, 9, "n1", Health::Critical);
+        assert_eq!(entry(&s, "j").unwrap().session, None);
+        assert_eq!(entry(&s, "plain").unwrap().value, b"two");
+        assert_eq!(serde_json::to_vec(&snapshot).unwrap(), taken);
+        let back = State::from_snapshot(snapshot);
+        assert_eq!(entry(&back, "plain").unwrap().value, b"one");
+        assert_eq!(entry(&back, "j").unwrap().session.as_deref(), Some("a"));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! Node names, service IDs and check IDs are compared case-insensitively, as in Consul.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -209,9 +210,13 @@ type Key = (String, String);
 /// The replicated catalog of one datacenter.
 #[derive(Debug, Clone, Default)]
 pub struct State {
-    pub(super) nodes: BTreeMap<String, Node>,
-    pub(super) services: BTreeMap<Key, Service>,
-    pub(super) checks: BTreeMap<Key, Check>,
+    // Nodes, instances and checks are shared with the snapshots taken of them: a
+    // snapshot copies pointers under the lock (not every string of 170,000 instances),
+    // and a change made while a snapshot still holds the old value copies that one
+    // value (`Arc::make_mut`).
+    pub(super) nodes: BTreeMap<String, Arc<Node>>,
+    pub(super) services: BTreeMap<Key, Arc<Service>>,
+    pub(super) checks: BTreeMap<Key, Arc<Check>>,
     /// The checks not passing, by state then key, derived from `checks`:
     /// `/v1/health/state/warning` and `critical` read these rather than every check.
     /// Passing checks are not indexed (a healthy catalog's are nearly all of them, and
@@ -264,16 +269,17 @@ pub(crate) struct Built {
 /// The serialised form of the catalog used for Raft snapshots (and `/v1/snapshot`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
-    nodes: Vec<Node>,
-    services: Vec<(String, Service)>,
-    checks: Vec<Check>,
+    nodes: Vec<Arc<Node>>,
+    /// Each instance with its node's key (shared by the instances of one node).
+    services: Vec<(Arc<str>, Arc<Service>)>,
+    checks: Vec<Arc<Check>>,
     indexes: Indexes,
     #[serde(default)]
     service_index: BTreeMap<String, u64>,
     #[serde(default)]
     queries: Vec<PreparedQuery>,
     #[serde(default)]
-    kv: Vec<KvEntry>,
+    kv: Vec<Arc<KvEntry>>,
     /// Deleted keys and the index each was deleted at.
     #[serde(default)]
     tombstones: Vec<(String, u64)>,
@@ -301,7 +307,7 @@ impl Snapshot {
     /// node naming one there. A snapshot file from elsewhere (`/v1/snapshot`) is checked
     /// before it replaces the catalog.
     pub fn validate(&self) -> Result<(), String> {
-        let mut nodes = BTreeSet::new();
+        let mut nodes: BTreeSet<String> = BTreeSet::new();
         for node in &self.nodes {
             if node.name.is_empty() {
                 return Err("a node has no name".into());
@@ -312,16 +318,16 @@ impl Snapshot {
         }
         let mut services = BTreeSet::new();
         for (node_key, service) in &self.services {
-            if !nodes.contains(node_key) {
+            if !nodes.contains(&**node_key) {
                 return Err(format!(
-                    "service {:?} is on node {node_key:?}, which the snapshot does not hold                      (node keys are lower-case node names)",
+                    "service {:?} is on node {node_key:?}, which the snapshot does not hold (node keys are lower-case node names)",
                     service.id
                 ));
             }
             if service.id.is_empty() {
                 return Err(format!("a service on node {node_key:?} has no ID"));
             }
-            if !services.insert((node_key.clone(), fold(&service.id))) {
+            if !services.insert((node_key.to_string(), fold(&service.id))) {
                 return Err(format!(
                     "service {:?} appears twice on node {node_key:?}",
                     service.id
@@ -665,7 +671,7 @@ impl State {
             Some(old) => {
                 new.create_index = old.create_index;
                 new.modify_index = old.modify_index;
-                if *old == new {
+                if **old == new {
                     return;
                 }
                 new.modify_index = index;
@@ -677,7 +683,7 @@ impl State {
         }
         let address = new.address.clone();
         let meta = meta_entries(key, &new);
-        if let Some(old) = self.nodes.insert(key.to_owned(), new) {
+        if let Some(old) = self.nodes.insert(key.to_owned(), Arc::new(new)) {
             self.node_addresses
                 .remove(&(old.address.clone(), key.to_owned()));
             for entry in meta_entries(key, &old) {
@@ -698,7 +704,7 @@ impl State {
             Some(old) => {
                 new.create_index = old.create_index;
                 new.modify_index = old.modify_index;
-                if *old == new {
+                if **old == new {
                     return;
                 }
                 new.modify_index = index;
@@ -723,9 +729,10 @@ impl State {
         let (name, tags) = (new.name.clone(), new.tags.clone());
         self.names.add(&new);
         let address = new.address.clone();
-        if let Some(old) = self.services.insert(key.clone(), new) {
+        if let Some(old) = self.services.insert(key.clone(), Arc::new(new)) {
             self.names.remove(&old);
-            self.service_addresses.remove(&(old.address, key.clone()));
+            self.service_addresses
+                .remove(&(old.address.clone(), key.clone()));
         }
         if !address.is_empty() {
             self.service_addresses.insert((address, key.clone()));
@@ -741,6 +748,7 @@ impl State {
             if check.service_id.eq_ignore_ascii_case(&key.1)
                 && (check.service_name != name || check.service_tags != tags)
             {
+                let check = Arc::make_mut(check);
                 check.service_name = name.clone();
                 check.service_tags = tags.clone();
                 check.modify_index = index;
@@ -771,7 +779,7 @@ impl State {
             Some(old) => {
                 new.create_index = old.create_index;
                 new.modify_index = old.modify_index;
-                if *old == new {
+                if **old == new {
                     return;
                 }
                 new.modify_index = index;
@@ -783,7 +791,7 @@ impl State {
         }
         self.touch_check(node_key, &new, index);
         let status = new.status;
-        if let Some(old) = self.checks.insert(key.clone(), new) {
+        if let Some(old) = self.checks.insert(key.clone(), Arc::new(new)) {
             self.failing.remove(&(old.status, key.clone()));
         }
         if status != Health::Passing {
@@ -844,7 +852,7 @@ impl State {
                     for entry in meta_entries(&node_key, &old) {
                         self.node_meta.remove(&entry);
                     }
-                    self.node_addresses.remove(&(old.address, node_key));
+                    self.node_addresses.remove(&(old.address.clone(), node_key));
                 }
                 self.indexes.nodes = index;
             }
@@ -893,7 +901,7 @@ impl State {
             self.failing
                 .range(from..)
                 .take_while(move |(s, _)| *s == status)
-                .filter_map(|(_, key)| self.checks.get(key)),
+                .filter_map(|(_, key)| self.checks.get(key).map(|c| &**c)),
         )
     }
 
@@ -905,20 +913,20 @@ impl State {
             .range((address.to_owned(), String::new())..)
             .take_while(|(a, _)| a == address)
             .filter_map(|(_, key)| self.nodes.get(key))
-            .cloned()
+            .map(|n| Node::clone(n))
             .collect();
         let services = if address.is_empty() {
             self.services
                 .values()
                 .filter(|s| s.address.is_empty())
-                .cloned()
+                .map(|s| Service::clone(s))
                 .collect()
         } else {
             self.service_addresses
                 .range((address.to_owned(), (String::new(), String::new()))..)
                 .take_while(|(a, _)| a == address)
                 .filter_map(|(_, key)| self.services.get(key))
-                .cloned()
+                .map(|s| Service::clone(s))
                 .collect()
         };
         (nodes, services)
@@ -928,11 +936,21 @@ impl State {
     pub fn to_snapshot(&self) -> Snapshot {
         Snapshot {
             nodes: self.nodes.values().cloned().collect(),
-            services: self
-                .services
-                .iter()
-                .map(|((n, _), s)| (n.clone(), s.clone()))
-                .collect(),
+            services: {
+                // One copy of each node's key, shared by its instances (adjacent in key
+                // order).
+                let mut node: Option<Arc<str>> = None;
+                self.services
+                    .iter()
+                    .map(|((n, _), s)| {
+                        let key = match &node {
+                            Some(key) if **key == **n => key.clone(),
+                            _ => node.insert(Arc::from(n.as_str())).clone(),
+                        };
+                        (key, s.clone())
+                    })
+                    .collect()
+            },
             checks: self.checks.values().cloned().collect(),
             indexes: self.indexes,
             service_index: self.service_index.clone(),
@@ -988,7 +1006,7 @@ impl State {
         let mut by_name: BTreeMap<String, Vec<Key>> = BTreeMap::new();
         let mut services = Vec::with_capacity(snapshot.services.len());
         for (node_key, service) in snapshot.services {
-            let key = (node_key, fold(&service.id));
+            let key = (node_key.to_string(), fold(&service.id));
             by_name
                 .entry(fold(&service.name))
                 .or_default()
@@ -1347,12 +1365,12 @@ mod tests {
                     s.nodes
                         .values()
                         .filter(|n| n.address == address)
-                        .cloned()
+                        .map(|n| Node::clone(n))
                         .collect::<Vec<_>>(),
                     s.services
                         .values()
                         .filter(|x| x.address == address)
-                        .cloned()
+                        .map(|x| Service::clone(x))
                         .collect::<Vec<_>>(),
                 );
                 assert_eq!(
@@ -1398,6 +1416,7 @@ mod tests {
                     .nodes
                     .values()
                     .filter(|n| filter.iter().all(|(k, v)| n.meta.get(k) == Some(v)))
+                    .map(|n| &**n)
                     .collect();
                 let on_them = |key: &String| {
                     s.nodes
@@ -1413,8 +1432,8 @@ mod tests {
                             .or_default()
                             .extend(x.tags.iter().cloned());
                         instances.push(ServiceNode {
-                            node: s.nodes[node_key].clone(),
-                            service: x.clone(),
+                            node: Node::clone(&s.nodes[node_key]),
+                            service: Service::clone(x),
                         });
                     }
                 }
@@ -1440,8 +1459,12 @@ mod tests {
                 );
             }
             for status in [Health::Warning, Health::Critical] {
-                let walked: Vec<&Check> =
-                    s.checks.values().filter(|c| c.status == status).collect();
+                let walked: Vec<&Check> = s
+                    .checks
+                    .values()
+                    .filter(|c| c.status == status)
+                    .map(|c| &**c)
+                    .collect();
                 let indexed: Vec<&Check> = s.checks_failing(status).unwrap().collect();
                 assert_eq!(walked, indexed, "{status:?} in the same order as a walk");
             }
@@ -1465,7 +1488,15 @@ mod tests {
             ) {
                 let mut s = State::new();
                 let mut last = 0;
+                // A snapshot taken halfway shares its values with the catalog: the
+                // commands after it must not change it.
+                let mut held: Option<(Snapshot, Vec<u8>)> = None;
                 for (i, c) in commands.iter().enumerate() {
+                    if i == commands.len() / 2 {
+                        let snapshot = s.to_snapshot();
+                        let json = serde_json::to_vec(&snapshot).unwrap();
+                        held = Some((snapshot, json));
+                    }
                     let index = i as u64 + 1;
                     let before = s.indexes();
                     if s.apply(index, c).is_err() {
@@ -1474,6 +1505,9 @@ mod tests {
                     prop_assert!(s.indexes().max() >= last);
                     last = s.indexes().max();
                     check_invariants(&s);
+                }
+                if let Some((snapshot, json)) = held {
+                    prop_assert_eq!(serde_json::to_vec(&snapshot).unwrap(), json);
                 }
                 let back = State::from_snapshot(s.to_snapshot());
                 prop_assert_eq!(&back.service_index, &s.service_index);

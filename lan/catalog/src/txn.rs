@@ -9,6 +9,7 @@
 //! (`get`, `get-tree`, `check-*`) is a read query instead and never enters the log.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -121,7 +122,7 @@ pub enum TxnOutcome {
 #[derive(Default)]
 struct Undo {
     kv_index: u64,
-    keys: HashMap<String, (Option<KvEntry>, Option<u64>)>,
+    keys: HashMap<String, (Option<Arc<KvEntry>>, Option<u64>)>,
 }
 
 impl State {
@@ -225,11 +226,11 @@ impl State {
         let entry = self.kv.entries.get(key);
         match op.verb {
             TxnVerb::Get => match entry {
-                Some(e) => results.push(e.clone()),
+                Some(e) => results.push(KvEntry::clone(e)),
                 None => return Err(format!("key {key:?} doesn't exist")),
             },
             TxnVerb::GetTree => {
-                results.extend(under(&self.kv.entries, key).map(|(_, e)| e.clone()))
+                results.extend(under(&self.kv.entries, key).map(|(_, e)| KvEntry::clone(e)))
             }
             TxnVerb::CheckIndex => match entry {
                 Some(e) if e.modify_index == op.index => results.push(without_value(e)),

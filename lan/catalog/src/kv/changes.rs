@@ -147,7 +147,7 @@ impl State {
         };
         for (_, e) in under(&self.kv.entries, prefix) {
             newest = newest.max(Some(e.modify_index));
-            if e.modify_index > since && !list(KvChange::Set(e.clone())) {
+            if e.modify_index > since && !list(KvChange::Set(KvEntry::clone(e))) {
                 return (KvChanges::Unlisted(Unlisted::TooMany), newest_entry());
             }
         }

@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -250,7 +251,8 @@ impl KvReplication {
 /// The key/value table of the catalog.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Kv {
-    pub(super) entries: BTreeMap<String, KvEntry>,
+    // Shared with snapshots, as the catalog's nodes are (see `State`).
+    pub(super) entries: BTreeMap<String, Arc<KvEntry>>,
     /// Deleted keys and the index each was deleted at.
     pub(super) tombstones: BTreeMap<String, u64>,
     /// The newest deletion index whose tombstones are gone: reaped, or lost when a
@@ -296,6 +298,7 @@ impl State {
                     // The same value and flags: nothing changes, no one wakes.
                     Some(e) if e.value == *value && e.flags == *flags => {}
                     Some(e) => {
+                        let e = Arc::make_mut(e);
                         e.value.clone_from(value);
                         e.flags = *flags;
                         e.modify_index = index;
@@ -306,7 +309,7 @@ impl State {
                         self.kv.tombstones.remove(key);
                         self.kv.entries.insert(
                             key.clone(),
-                            KvEntry {
+                            Arc::new(KvEntry {
                                 key: key.clone(),
                                 value: value.clone(),
                                 flags: *flags,
@@ -314,7 +317,7 @@ impl State {
                                 lock_index: 0,
                                 create_index: index,
                                 modify_index: index,
-                            },
+                            }),
                         );
                         self.indexes.kv = index;
                         self.changed.key(key);
@@ -343,7 +346,7 @@ impl State {
                 {
                     return Err(KvRefusal::DeleteStale(key.clone()).into());
                 }
-                if let Some(Some(holder)) = self.kv.entries.remove(key).map(|e| e.session) {
+                if let Some(holder) = self.kv.entries.remove(key).and_then(|e| e.session.clone()) {
                     self.unhold(&holder, key);
                 }
                 self.kv.tombstones.insert(key.clone(), index);
@@ -359,7 +362,9 @@ impl State {
                     return Ok(());
                 }
                 for key in keys {
-                    if let Some(Some(holder)) = self.kv.entries.remove(&key).map(|e| e.session) {
+                    if let Some(holder) =
+                        self.kv.entries.remove(&key).and_then(|e| e.session.clone())
+                    {
                         self.unhold(&holder, &key);
                     }
                     self.changed.key(&key);
@@ -383,18 +388,19 @@ impl State {
         let table = self.indexes.kv;
         let (answer, index) = match read {
             KvRead::Entry => match self.kv.entries.get(key) {
-                Some(e) => (KvAnswer::Entries(vec![e.clone()]), e.modify_index),
+                Some(e) => (KvAnswer::Entries(vec![KvEntry::clone(e)]), e.modify_index),
                 None => (KvAnswer::Entries(Vec::new()), table),
             },
             KvRead::Tree => {
                 let entries: Vec<KvEntry> = under(&self.kv.entries, key)
-                    .map(|(_, e)| e.clone())
+                    .map(|(_, e)| KvEntry::clone(e))
                     .collect();
                 let index = self.prefix_index(key, &entries);
                 (KvAnswer::Entries(entries), index)
             }
             KvRead::Keys { separator } => {
-                let entries: Vec<&KvEntry> = under(&self.kv.entries, key).map(|(_, e)| e).collect();
+                let entries: Vec<&KvEntry> =
+                    under(&self.kv.entries, key).map(|(_, e)| &**e).collect();
                 let mut keys: Vec<String> = Vec::new();
                 for e in &entries {
                     let cut = match separator.as_deref().filter(|s| !s.is_empty()) {
@@ -414,7 +420,7 @@ impl State {
             }
             KvRead::Changes { since: None } => {
                 let entries: Vec<KvEntry> = under(&self.kv.entries, key)
-                    .map(|(_, e)| e.clone())
+                    .map(|(_, e)| KvEntry::clone(e))
                     .collect();
                 let index = self.prefix_index(key, &entries);
                 let whole = KvChanges::Whole {
@@ -462,6 +468,7 @@ impl State {
             // The holder again: only a new value or new flags change anything.
             Some(e) if e.session.is_some() => {
                 if e.value != value || e.flags != flags {
+                    let e = Arc::make_mut(e);
                     e.value = value.to_vec();
                     e.flags = flags;
                     e.modify_index = index;
@@ -470,6 +477,7 @@ impl State {
                 }
             }
             Some(e) => {
+                let e = Arc::make_mut(e);
                 e.value = value.to_vec();
                 e.flags = flags;
                 e.session = Some(session.to_owned());
@@ -482,7 +490,7 @@ impl State {
                 self.kv.tombstones.remove(key);
                 self.kv.entries.insert(
                     key.to_owned(),
-                    KvEntry {
+                    Arc::new(KvEntry {
                         key: key.to_owned(),
                         value: value.to_vec(),
                         flags,
@@ -490,7 +498,7 @@ impl State {
                         lock_index: 1,
                         create_index: index,
                         modify_index: index,
-                    },
+                    }),
                 );
                 self.indexes.kv = index;
                 self.changed.key(key);
@@ -513,6 +521,7 @@ impl State {
         }
         match self.kv.entries.get_mut(key) {
             Some(e) if e.session.as_deref() == Some(session) => {
+                let e = Arc::make_mut(e);
                 e.session = None;
                 e.value = value.to_vec();
                 e.flags = flags;
