@@ -1229,13 +1229,13 @@ async fn read_remote(local: &Local, upstream: &impl Upstream) -> Result<Remote, 
         _ => None,
     };
     let checks = match upstream.read(&checks_query, options()).await?.answer {
-        Answer::Checks(c) => c,
+        Answer::Checks(c) => c.into_iter().map(Arc::unwrap_or_clone).collect(),
         _ => Vec::new(),
     };
     Ok(match node_services {
         Some(ns) => Remote {
-            node: Some(ns.node),
-            services: ns.services,
+            node: Some(Arc::unwrap_or_clone(ns.node)),
+            services: ns.services.into_iter().map(Arc::unwrap_or_clone).collect(),
             checks,
         },
         None => Remote {

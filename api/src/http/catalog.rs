@@ -1,6 +1,7 @@
 //! `/v1/catalog/...`
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -142,7 +143,7 @@ pub(crate) async fn nodes(
     let params = params.without(&["filter"]);
     read_near_and_render(&ctx, &params, query, move |answer, pretty| match answer {
         Answer::Nodes(nodes) => json(
-            &filter::retain(nodes.iter().map(super::json::node), filter.as_ref()),
+            &filter::retain(nodes.iter().map(|n| super::json::node(n)), filter.as_ref()),
             pretty,
         ),
         _ => unexpected(),
@@ -254,11 +255,12 @@ pub(crate) async fn node_services(
 /// The services of a node that `filter` keeps, judged in the shape Consul filters
 /// (`NodeService`).
 fn kept_services<'a>(
-    services: &'a [Service],
+    services: &'a [Arc<Service>],
     filter: Option<&'a Filter>,
 ) -> impl Iterator<Item = &'a Service> {
     services
         .iter()
+        .map(|s| &**s)
         .filter(move |s| filter.is_none_or(|f| f.keeps(&super::json::service(s))))
 }
 
@@ -520,7 +522,7 @@ mod tests {
 
     #[test]
     fn near_orders_by_round_trip_time_with_unknown_nodes_last() {
-        let mut answer = Answer::Nodes(["d", "b", "a", "e", "c"].map(node).to_vec());
+        let mut answer = Answer::Nodes(["d", "b", "a", "e", "c"].map(|n| node(n).into()).to_vec());
         sort_by_distance(&mut answer, &coordinates(), "a");
         assert_eq!(names(&answer), ["a", "c", "b", "d", "e"]);
         sort_by_distance(&mut answer, &coordinates(), "b");
@@ -529,14 +531,18 @@ mod tests {
             node: node.into(),
             ..Check::default()
         };
-        let mut answer = Answer::Checks(vec![check("b"), check("x"), check("c")]);
+        let mut answer = Answer::Checks(vec![
+            check("b").into(),
+            check("x").into(),
+            check("c").into(),
+        ]);
         sort_by_distance(&mut answer, &coordinates(), "a");
         assert_eq!(names(&answer), ["c", "b", "x"]);
     }
 
     #[test]
     fn near_a_node_without_a_coordinate_keeps_the_order() {
-        let mut answer = Answer::Nodes(["b", "a", "c"].map(node).to_vec());
+        let mut answer = Answer::Nodes(["b", "a", "c"].map(|n| node(n).into()).to_vec());
         sort_by_distance(&mut answer, &coordinates(), "nowhere");
         assert_eq!(names(&answer), ["b", "a", "c"]);
     }

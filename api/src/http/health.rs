@@ -13,7 +13,7 @@ use crate::Context;
 fn render_checks(filter: Option<Filter>) -> impl FnOnce(&Answer, bool) -> Response {
     move |answer, pretty| match answer {
         Answer::Checks(list) => json(
-            &filter::retain(list.iter().map(super::json::check), filter.as_ref()),
+            &filter::retain(list.iter().map(|c| super::json::check(c)), filter.as_ref()),
             pretty,
         ),
         _ => unexpected(),

@@ -126,8 +126,8 @@ fn node_info(i: &NodeInfo) -> NodeInfoJson<'_> {
         datacenter: &i.node.datacenter,
         tagged_addresses: &i.node.tagged_addresses,
         meta: &i.node.meta,
-        services: i.services.iter().map(service).collect(),
-        checks: i.checks.iter().map(check).collect(),
+        services: i.services.iter().map(|s| service(s)).collect(),
+        checks: i.checks.iter().map(|c| check(c)).collect(),
     }
 }
 
@@ -249,24 +249,31 @@ mod tests {
                 name: name.into(),
                 datacenter: "dc1".into(),
                 ..Node::default()
-            },
+            }
+            .into(),
             services: services
                 .iter()
-                .map(|(id, name, tags)| Service {
-                    id: (*id).into(),
-                    name: (*name).into(),
-                    tags: tags.iter().map(|t| (*t).to_owned()).collect(),
-                    ..Service::default()
+                .map(|(id, name, tags)| {
+                    Service {
+                        id: (*id).into(),
+                        name: (*name).into(),
+                        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+                        ..Service::default()
+                    }
+                    .into()
                 })
                 .collect(),
             checks: checks
                 .iter()
-                .map(|(id, service_id, status)| Check {
-                    node: name.into(),
-                    check_id: (*id).into(),
-                    service_id: (*service_id).into(),
-                    status: *status,
-                    ..Check::default()
+                .map(|(id, service_id, status)| {
+                    Check {
+                        node: name.into(),
+                        check_id: (*id).into(),
+                        service_id: (*service_id).into(),
+                        status: *status,
+                        ..Check::default()
+                    }
+                    .into()
                 })
                 .collect(),
         }

@@ -328,7 +328,7 @@ pub(crate) fn service_health(e: &ServiceHealth) -> ServiceHealthJson<'_> {
     ServiceHealthJson {
         node: node(&e.node),
         service: service(&e.service),
-        checks: e.checks.iter().map(check).collect(),
+        checks: e.checks.iter().map(|c| check(c)).collect(),
     }
 }
 

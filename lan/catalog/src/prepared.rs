@@ -305,19 +305,24 @@ mod tests {
             node: Node {
                 name: "n1".into(),
                 ..Node::default()
-            },
+            }
+            .into(),
             service: Service {
                 id: "web".into(),
                 name: "web".into(),
                 tags: tags.iter().map(|t| t.to_string()).collect(),
                 ..Service::default()
-            },
+            }
+            .into(),
             checks: checks
                 .iter()
-                .map(|(id, status)| Check {
-                    check_id: id.to_string(),
-                    status: *status,
-                    ..Check::default()
+                .map(|(id, status)| {
+                    Check {
+                        check_id: id.to_string(),
+                        status: *status,
+                        ..Check::default()
+                    }
+                    .into()
                 })
                 .collect(),
         }

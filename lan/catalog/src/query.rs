@@ -142,7 +142,7 @@ pub enum Query {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Answer {
     /// For [`Query::Nodes`].
-    Nodes(Vec<Node>),
+    Nodes(Vec<Arc<Node>>),
     /// For [`Query::Services`]: name → sorted distinct tags.
     Services(BTreeMap<String, Vec<String>>),
     /// For [`Query::ServiceNodes`].
@@ -150,13 +150,13 @@ pub enum Answer {
     /// For [`Query::NodeServices`]; `None` when the node is unknown.
     NodeServices(Option<NodeServices>),
     /// For [`Query::Node`]; `None` when the node is unknown.
-    Node(Option<Node>),
+    Node(Option<Arc<Node>>),
     /// For [`Query::ServiceHealth`].
     ServiceHealth(Vec<ServiceHealth>),
     /// For the three check queries.
-    Checks(Vec<Check>),
+    Checks(Vec<Arc<Check>>),
     /// For [`Query::Address`]: nodes with the address, then instances with it.
-    Address(Vec<Node>, Vec<Service>),
+    Address(Vec<Arc<Node>>, Vec<Arc<Service>>),
     /// For [`Query::Snapshot`]; packed when large, as a restore's (an answer forwarded
     /// from the leader travels in one server-port frame).
     Snapshot(super::packed::PackedSnapshot),
@@ -247,7 +247,7 @@ impl State {
             Query::Nodes { node_meta } => (
                 Answer::Nodes(
                     self.nodes_with(node_meta)
-                        .map(|(_, n)| Node::clone(n))
+                        .map(|(_, n)| Arc::clone(n))
                         .collect(),
                 ),
                 ix.nodes,
@@ -267,9 +267,9 @@ impl State {
             } => {
                 let list = self
                     .instances(service, tags, node_meta)
-                    .map(|(node, service)| ServiceNode {
-                        node: Node::clone(node),
-                        service: Service::clone(service),
+                    .map(|(_, node, service)| ServiceNode {
+                        node: Arc::clone(node),
+                        service: Arc::clone(service),
                     })
                     .collect();
                 (Answer::ServiceNodes(list), self.service_index(service))
@@ -277,17 +277,14 @@ impl State {
             Query::NodeServices { node } => {
                 let key = fold(node);
                 let found = self.nodes.get(&key).map(|n| NodeServices {
-                    node: Node::clone(n),
+                    node: Arc::clone(n),
                     services: on_node(&self.services, &key)
-                        .map(|(_, s)| Service::clone(s))
+                        .map(|(_, s)| Arc::clone(s))
                         .collect(),
                 });
                 (Answer::NodeServices(found), ix.nodes.max(ix.services))
             }
-            Query::Node { node } => (
-                Answer::Node(self.nodes.get(&fold(node)).map(|n| Node::clone(n))),
-                ix.nodes,
-            ),
+            Query::Node { node } => (Answer::Node(self.nodes.get(&fold(node)).cloned()), ix.nodes),
             Query::ServiceHealth {
                 service,
                 tags,
@@ -296,10 +293,10 @@ impl State {
             } => {
                 let list = self
                     .instances(service, tags, node_meta)
-                    .map(|(node, service)| ServiceHealth {
-                        node: Node::clone(node),
-                        service: Service::clone(service),
-                        checks: self.checks_covering(&node.name, &service.id),
+                    .map(|(node_key, node, service)| ServiceHealth {
+                        node: Arc::clone(node),
+                        service: Arc::clone(service),
+                        checks: self.checks_covering(node_key, &service.id),
                     })
                     .filter(|e| !passing_only || e.aggregate() == Health::Passing)
                     .collect();
@@ -308,7 +305,7 @@ impl State {
             Query::NodeChecks { node } => {
                 let key = fold(node);
                 let list = on_node(&self.checks, &key)
-                    .map(|(_, c)| Check::clone(c))
+                    .map(|(_, c)| Arc::clone(c))
                     .collect();
                 (Answer::Checks(list), ix.checks)
             }
@@ -320,7 +317,7 @@ impl State {
                         list.extend(
                             on_node(&self.checks, node_key)
                                 .filter(|(_, c)| c.service_id.eq_ignore_ascii_case(id_key))
-                                .map(|(_, c)| Check::clone(c)),
+                                .map(|(_, c)| Arc::clone(c)),
                         );
                     }
                 }
@@ -333,7 +330,7 @@ impl State {
                         .checks
                         .values()
                         .filter(|c| state.is_none_or(|s| c.status == s))
-                        .map(|c| Check::clone(c))
+                        .cloned()
                         .collect(),
                 };
                 (Answer::Checks(list), ix.checks)
@@ -359,8 +356,8 @@ impl State {
                     .nodes_with(node_meta)
                     .flat_map(|(key, node)| {
                         on_node(&self.services, key).map(move |(_, service)| ServiceNode {
-                            node: Node::clone(node),
-                            service: Service::clone(service),
+                            node: Arc::clone(node),
+                            service: Arc::clone(service),
                         })
                     })
                     .collect();
@@ -400,12 +397,12 @@ impl State {
             }
             Query::NodeDump { node } => {
                 let info = |(key, n): (&String, &Arc<Node>)| NodeInfo {
-                    node: Node::clone(n),
+                    node: Arc::clone(n),
                     services: on_node(&self.services, key)
-                        .map(|(_, s)| Service::clone(s))
+                        .map(|(_, s)| Arc::clone(s))
                         .collect(),
                     checks: on_node(&self.checks, key)
-                        .map(|(_, c)| Check::clone(c))
+                        .map(|(_, c)| Arc::clone(c))
                         .collect(),
                 };
                 let list = match node {
@@ -484,31 +481,38 @@ impl State {
         service: &str,
         tags: &'a [String],
         node_meta: &'a [(String, String)],
-    ) -> impl Iterator<Item = (&'a Node, &'a Service)> + 'a {
+    ) -> impl Iterator<Item = (&'a str, &'a Arc<Node>, &'a Arc<Service>)> + 'a {
         self.by_name
             .get(&fold(service))
             .into_iter()
             .flatten()
             .filter_map(move |key| {
-                let svc: &Service = self.services.get(key)?;
-                let node: &Node = self.nodes.get(&key.0)?;
-                (tags_match(svc, tags) && meta_matches(node, node_meta)).then_some((node, svc))
+                let svc = self.services.get(key)?;
+                let node = self.nodes.get(&key.0)?;
+                (tags_match(svc, tags) && meta_matches(node, node_meta)).then_some((
+                    key.0.as_str(),
+                    node,
+                    svc,
+                ))
             })
     }
 
-    /// Node-level checks of `node` followed by the checks of service instance `service_id`.
-    fn checks_covering(&self, node: &str, service_id: &str) -> Vec<Check> {
-        let node_key = fold(node);
-        let all = || on_node(&self.checks, &node_key).map(|(_, c)| c);
-        // Compared in place: folding each check's service ID would allocate once per
-        // check of the node for every instance answered.
-        all()
-            .filter(|c| c.service_id.is_empty())
-            .chain(all().filter(|c| {
-                !c.service_id.is_empty() && c.service_id.eq_ignore_ascii_case(service_id)
-            }))
-            .map(|c| Check::clone(c))
-            .collect()
+    /// Node-level checks of the node whose key is `node_key`, followed by the checks of
+    /// its service instance `service_id`: one walk of the node's checks.
+    fn checks_covering(&self, node_key: &str, service_id: &str) -> Vec<Arc<Check>> {
+        let mut out = Vec::new();
+        let mut node_level = 0;
+        for (_, c) in on_node(&self.checks, node_key) {
+            if c.service_id.is_empty() {
+                out.insert(node_level, c.clone());
+                node_level += 1;
+            } else if c.service_id.eq_ignore_ascii_case(service_id) {
+                // Compared in place: folding each check's service ID would allocate once
+                // per check of the node for every instance answered.
+                out.push(c.clone());
+            }
+        }
+        out
     }
 }
 
@@ -568,7 +572,7 @@ mod tests {
             node_meta: vec![],
         };
         match s.query(&q).0 {
-            Answer::ServiceHealth(list) => list.into_iter().map(|e| e.service.id).collect(),
+            Answer::ServiceHealth(list) => list.into_iter().map(|e| e.service.id.clone()).collect(),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -581,6 +585,59 @@ mod tests {
         assert_eq!(health(&s, &["v1"], false), ["web1", "web2"]);
         assert_eq!(health(&s, &["primary", "v1"], false), ["web1"]);
         assert!(health(&s, &["nope"], false).is_empty());
+    }
+
+    #[test]
+    fn a_health_entry_lists_node_checks_then_its_own() {
+        let mut s = State::new();
+        let check = |id: &str, service_id: &str| Check {
+            check_id: id.into(),
+            service_id: service_id.into(),
+            ..Check::default()
+        };
+        for (index, id) in [(1, "api"), (2, "web")] {
+            let checks = if id == "web" {
+                // In key order the instances' checks come before and between the node's.
+                vec![
+                    check("a-web", "WEB"),
+                    check("b-node", ""),
+                    check("c-api", "api"),
+                    check("d-web", "web"),
+                    check("serfHealth", ""),
+                ]
+            } else {
+                vec![]
+            };
+            s.apply(
+                index,
+                &Command::Register(Registration {
+                    node: Node {
+                        name: "N1".into(),
+                        address: "10.0.0.1".into(),
+                        ..Node::default()
+                    },
+                    skip_node_update: false,
+                    service: Some(Service {
+                        id: id.into(),
+                        name: id.into(),
+                        ..Service::default()
+                    }),
+                    checks,
+                }),
+            )
+            .unwrap();
+        }
+        let q = Query::ServiceHealth {
+            service: "web".into(),
+            tags: vec![],
+            passing_only: false,
+            node_meta: vec![],
+        };
+        let Answer::ServiceHealth(list) = s.query(&q).0 else {
+            panic!()
+        };
+        let ids: Vec<&str> = list[0].checks.iter().map(|c| c.check_id.as_str()).collect();
+        assert_eq!(ids, ["b-node", "serfHealth", "a-web", "d-web"]);
     }
 
     #[test]

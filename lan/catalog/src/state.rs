@@ -892,7 +892,10 @@ impl State {
 
     /// The checks in `status`, in key order, when it is one that is indexed (not
     /// passing).
-    pub(super) fn checks_failing(&self, status: Health) -> Option<impl Iterator<Item = &Check>> {
+    pub(super) fn checks_failing(
+        &self,
+        status: Health,
+    ) -> Option<impl Iterator<Item = &Arc<Check>>> {
         if status == Health::Passing {
             return None;
         }
@@ -901,32 +904,32 @@ impl State {
             self.failing
                 .range(from..)
                 .take_while(move |(s, _)| *s == status)
-                .filter_map(|(_, key)| self.checks.get(key).map(|c| &**c)),
+                .filter_map(|(_, key)| self.checks.get(key)),
         )
     }
 
     /// Nodes, then instances, whose address is `address`, each in key order (as a walk
     /// of the tables finds them).
-    pub(super) fn at_address(&self, address: &str) -> (Vec<Node>, Vec<Service>) {
+    pub(super) fn at_address(&self, address: &str) -> (Vec<Arc<Node>>, Vec<Arc<Service>>) {
         let nodes = self
             .node_addresses
             .range((address.to_owned(), String::new())..)
             .take_while(|(a, _)| a == address)
             .filter_map(|(_, key)| self.nodes.get(key))
-            .map(|n| Node::clone(n))
+            .cloned()
             .collect();
         let services = if address.is_empty() {
             self.services
                 .values()
                 .filter(|s| s.address.is_empty())
-                .map(|s| Service::clone(s))
+                .cloned()
                 .collect()
         } else {
             self.service_addresses
                 .range((address.to_owned(), (String::new(), String::new()))..)
                 .take_while(|(a, _)| a == address)
                 .filter_map(|(_, key)| self.services.get(key))
-                .map(|s| Service::clone(s))
+                .cloned()
                 .collect()
         };
         (nodes, services)
@@ -1365,12 +1368,12 @@ mod tests {
                     s.nodes
                         .values()
                         .filter(|n| n.address == address)
-                        .map(|n| Node::clone(n))
+                        .cloned()
                         .collect::<Vec<_>>(),
                     s.services
                         .values()
                         .filter(|x| x.address == address)
-                        .map(|x| Service::clone(x))
+                        .cloned()
                         .collect::<Vec<_>>(),
                 );
                 assert_eq!(
@@ -1412,11 +1415,10 @@ mod tests {
                 vec![pair("x", "a")],
             ];
             for filter in &filters {
-                let nodes: Vec<&Node> = s
+                let nodes: Vec<&Arc<Node>> = s
                     .nodes
                     .values()
                     .filter(|n| filter.iter().all(|(k, v)| n.meta.get(k) == Some(v)))
-                    .map(|n| &**n)
                     .collect();
                 let on_them = |key: &String| {
                     s.nodes
@@ -1432,8 +1434,8 @@ mod tests {
                             .or_default()
                             .extend(x.tags.iter().cloned());
                         instances.push(ServiceNode {
-                            node: Node::clone(&s.nodes[node_key]),
-                            service: Service::clone(x),
+                            node: s.nodes[node_key].clone(),
+                            service: x.clone(),
                         });
                     }
                 }
@@ -1459,13 +1461,9 @@ mod tests {
                 );
             }
             for status in [Health::Warning, Health::Critical] {
-                let walked: Vec<&Check> = s
-                    .checks
-                    .values()
-                    .filter(|c| c.status == status)
-                    .map(|c| &**c)
-                    .collect();
-                let indexed: Vec<&Check> = s.checks_failing(status).unwrap().collect();
+                let walked: Vec<&Arc<Check>> =
+                    s.checks.values().filter(|c| c.status == status).collect();
+                let indexed: Vec<&Arc<Check>> = s.checks_failing(status).unwrap().collect();
                 assert_eq!(walked, indexed, "{status:?} in the same order as a walk");
             }
             assert_eq!(

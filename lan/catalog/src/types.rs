@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -275,20 +276,20 @@ pub const SERF_HEALTH_CHECK: &str = "serfHealth";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceNode {
     /// The node.
-    pub node: Node,
+    pub node: Arc<Node>,
     /// The instance.
-    pub service: Service,
+    pub service: Arc<Service>,
 }
 
 /// A service instance with its node and every check that covers it (node checks and its own).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceHealth {
     /// The node.
-    pub node: Node,
+    pub node: Arc<Node>,
     /// The instance.
-    pub service: Service,
+    pub service: Arc<Service>,
     /// Node-level checks followed by the instance's own checks.
-    pub checks: Vec<Check>,
+    pub checks: Vec<Arc<Check>>,
 }
 
 impl ServiceHealth {
@@ -306,20 +307,20 @@ impl ServiceHealth {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeServices {
     /// The node.
-    pub node: Node,
+    pub node: Arc<Node>,
     /// Its instances, by ID.
-    pub services: Vec<Service>,
+    pub services: Vec<Arc<Service>>,
 }
 
 /// A node with its instances and all of its checks (`/v1/internal/ui/nodes`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
     /// The node.
-    pub node: Node,
+    pub node: Arc<Node>,
     /// Its instances, by ID.
-    pub services: Vec<Service>,
+    pub services: Vec<Arc<Service>>,
     /// Its checks, node-level and of its instances, by ID.
-    pub checks: Vec<Check>,
+    pub checks: Vec<Arc<Check>>,
 }
 
 /// A stored prepared query (Consul's `PreparedQuery`, without sessions or templates).
@@ -443,19 +444,25 @@ mod tests {
     #[test]
     fn aggregate_health_is_the_worst_check() {
         let mut entry = ServiceHealth {
-            node: Node::default(),
-            service: Service::default(),
+            node: Node::default().into(),
+            service: Service::default().into(),
             checks: vec![],
         };
         assert_eq!(entry.aggregate(), Health::Passing);
-        entry.checks.push(Check {
-            status: Health::Warning,
-            ..Check::default()
-        });
-        entry.checks.push(Check {
-            status: Health::Passing,
-            ..Check::default()
-        });
+        entry.checks.push(
+            Check {
+                status: Health::Warning,
+                ..Check::default()
+            }
+            .into(),
+        );
+        entry.checks.push(
+            Check {
+                status: Health::Passing,
+                ..Check::default()
+            }
+            .into(),
+        );
         assert_eq!(entry.aggregate(), Health::Warning);
     }
 }

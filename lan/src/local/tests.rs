@@ -115,10 +115,11 @@ impl Catalog {
         let Answer::Checks(checks) = checks else {
             panic!("{checks:?}")
         };
+        let checks = checks.into_iter().map(Arc::unwrap_or_clone).collect();
         match services {
             Some(ns) => Remote {
-                node: Some(ns.node),
-                services: ns.services,
+                node: Some(Arc::unwrap_or_clone(ns.node)),
+                services: ns.services.into_iter().map(Arc::unwrap_or_clone).collect(),
                 checks,
             },
             None => Remote {

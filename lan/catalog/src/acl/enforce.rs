@@ -614,7 +614,7 @@ mod tests {
             "node_prefix \"web-\" { policy = \"read\" }\nservice \"web\" { policy = \"read\" }\nkey_prefix \"pub/\" { policy = \"read\" }",
             false,
         );
-        let mut nodes = Answer::Nodes(vec![node("web-1"), node("db-1")]);
+        let mut nodes = Answer::Nodes(vec![node("web-1").into(), node("db-1").into()]);
         assert!(c.filter(&mut nodes));
         assert!(matches!(&nodes, Answer::Nodes(n) if n.len() == 1 && n[0].name == "web-1"));
         let mut keys = Answer::Kv(KvAnswer::Keys(vec!["pub/a".into(), "priv/b".into()]));
@@ -694,13 +694,16 @@ mod tests {
             false,
         );
         let info = |name: &str, services: &[&str]| crate::types::NodeInfo {
-            node: node(name),
+            node: node(name).into(),
             services: services
                 .iter()
-                .map(|s| Service {
-                    id: (*s).into(),
-                    name: (*s).into(),
-                    ..Service::default()
+                .map(|s| {
+                    Service {
+                        id: (*s).into(),
+                        name: (*s).into(),
+                        ..Service::default()
+                    }
+                    .into()
                 })
                 .collect(),
             checks: std::iter::once(check(name, "serfHealth", ""))
@@ -709,6 +712,7 @@ mod tests {
                         .iter()
                         .map(|s| check(name, &format!("{s}-check"), s)),
                 )
+                .map(Into::into)
                 .collect(),
         };
         let mut dump = Answer::NodeDump(vec![info("web-1", &["web", "db"]), info("db-1", &["db"])]);
@@ -727,10 +731,10 @@ mod tests {
     #[test]
     fn a_node_alone_is_hidden_without_node_read() {
         let c = caller("node_prefix \"web-\" { policy = \"read\" }", false);
-        let mut readable = Answer::Node(Some(node("web-1")));
+        let mut readable = Answer::Node(Some(node("web-1").into()));
         assert!(!c.filter(&mut readable));
-        assert_eq!(readable, Answer::Node(Some(node("web-1"))));
-        let mut hidden = Answer::Node(Some(node("db-1")));
+        assert_eq!(readable, Answer::Node(Some(node("web-1").into())));
+        let mut hidden = Answer::Node(Some(node("db-1").into()));
         assert!(c.filter(&mut hidden));
         assert_eq!(hidden, Answer::Node(None));
         let mut unknown = Answer::Node(None);
@@ -754,7 +758,7 @@ mod tests {
             c.check_write(&state, &Command::Kv(KvWrite::Reap { up_to: 1 }))
                 .is_ok()
         );
-        let mut nodes = Answer::Nodes(vec![node("a")]);
+        let mut nodes = Answer::Nodes(vec![node("a").into()]);
         assert!(!c.filter(&mut nodes));
     }
 
