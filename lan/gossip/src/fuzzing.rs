@@ -352,7 +352,7 @@ mod tests {
                 addr,
                 incarnation,
                 state,
-                tags,
+                tags: std::sync::Arc::new(tags),
             },
         )
     }

@@ -892,7 +892,7 @@ mod tests {
             addr,
             incarnation: 1,
             state: State::Alive,
-            tags,
+            tags: std::sync::Arc::new(tags),
         };
         for n in [0, 1, 3] {
             let frame = encode_frame(&Message::PushPull {

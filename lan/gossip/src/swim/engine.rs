@@ -251,8 +251,12 @@ impl Engine {
         let jitter = |rng: &mut StdRng, d: Duration| d.mul_f64(rng.random_range(0.0..1.0));
         let next_probe = now + jitter(&mut rng, config.probe_interval);
         let next_gossip = now + jitter(&mut rng, config.gossip_interval);
-        let next_push_pull = now + config.push_pull_interval;
-        let next_reconnect = now + config.reconnect_interval;
+        // Every periodic round starts at a random point of its interval, as memberlist's
+        // do: members started together (a fleet restarted at once, or a thousand in one
+        // process) would otherwise all exchange their state, or all try to reconnect to a
+        // failed member, in the same instant, every interval.
+        let next_push_pull = now + jitter(&mut rng, config.push_pull_interval);
+        let next_reconnect = now + jitter(&mut rng, config.reconnect_interval);
         let next_reap = now + reap_interval(&config);
         Engine {
             config,
@@ -555,7 +559,7 @@ impl Engine {
                 addr: m.addr,
                 incarnation: m.incarnation,
                 state: m.state,
-                tags: (*m.tags).clone(),
+                tags: m.tags.clone(),
             })
             .collect()
     }
@@ -569,12 +573,16 @@ impl Engine {
                 if s.state != State::Alive && !self.leaving && s.incarnation >= self.incarnation {
                     self.refute(s.incarnation);
                 } else if s.state == State::Alive {
-                    self.on_alive(now, s.incarnation, &s.name, s.addr, || s.tags);
+                    self.on_alive(now, s.incarnation, &s.name, s.addr, || {
+                        Arc::unwrap_or_clone(s.tags)
+                    });
                 }
                 continue;
             }
             match s.state {
-                State::Alive => self.on_alive(now, s.incarnation, &s.name, s.addr, || s.tags),
+                State::Alive => self.on_alive(now, s.incarnation, &s.name, s.addr, || {
+                    Arc::unwrap_or_clone(s.tags)
+                }),
                 State::Left => {
                     let name = s.name.clone();
                     self.on_dead(now, s.incarnation, &name, &name);
@@ -582,7 +590,9 @@ impl Engine {
                 State::Dead | State::Suspect => {
                     // Learn of the member first if it is new to us.
                     if !self.members.contains_key(&s.name) && s.name != self.name {
-                        self.on_alive(now, s.incarnation, &s.name, s.addr, || s.tags);
+                        self.on_alive(now, s.incarnation, &s.name, s.addr, || {
+                            Arc::unwrap_or_clone(s.tags)
+                        });
                     }
                     let from = self.name.clone();
                     self.on_suspect(now, s.incarnation, &s.name, &from);
@@ -995,6 +1005,14 @@ impl Engine {
         if let Some(p) = &self.probe {
             if !p.indirect_sent && now >= p.indirect_at {
                 let (seq, target) = (p.seq, p.target.clone());
+                // A round that comes late means this member was not running (a pause, a
+                // starved process): the target's ack may be waiting unread. The indirect
+                // probes still get their whole window, counted from now, instead of the
+                // probe failing at the next round and blaming the target for our stall.
+                let late = now.saturating_duration_since(p.indirect_at);
+                if let Some(p) = &mut self.probe {
+                    p.fails_at += late;
+                }
                 self.send_indirect(seq, &target);
             } else if p.indirect_sent && now >= p.fails_at {
                 let probe = self.probe.take().expect("checked above");

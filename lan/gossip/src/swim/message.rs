@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 
 use super::coordinate::{Coordinate, DIMENSIONS};
 
@@ -70,8 +71,10 @@ pub struct MemberState {
     pub incarnation: u32,
     /// State.
     pub state: State,
-    /// Tags.
-    pub tags: BTreeMap<String, String>,
+    /// Tags, shared with the engine's member: a push-pull sends every member, and
+    /// copying every member's tags for it, every reconnect attempt included, was most of
+    /// what a thousand members in one process did when one of them had failed.
+    pub tags: Arc<BTreeMap<String, String>>,
 }
 
 /// A user event (`consul event`): fired by one member, spread to all by gossip, and
@@ -553,7 +556,7 @@ impl Message {
                         addr: r.addr()?,
                         incarnation: r.u32()?,
                         state: r.state()?,
-                        tags: r.tags()?,
+                        tags: Arc::new(r.tags()?),
                     });
                 }
                 Message::PushPull { join, states }
@@ -900,7 +903,7 @@ mod tests {
                     addr,
                     incarnation: 1,
                     state: State::Left,
-                    tags,
+                    tags: Arc::new(tags),
                 }],
             },
             Message::UserEvent(UserEvent {

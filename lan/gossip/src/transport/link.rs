@@ -394,7 +394,10 @@ mod tests {
                 addr: "127.0.0.1:1".parse().unwrap(),
                 incarnation: 1,
                 state: State::Alive,
-                tags: BTreeMap::from([("role".to_string(), "node".to_string())]),
+                tags: std::sync::Arc::new(BTreeMap::from([(
+                    "role".to_string(),
+                    "node".to_string(),
+                )])),
             })
             .collect()
     }

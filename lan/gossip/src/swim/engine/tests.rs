@@ -715,3 +715,69 @@ fn a_user_event_over_the_limit_is_not_fired() {
         "user event exceeds configured limit of 512 bytes before encoding"
     );
 }
+
+#[test]
+fn a_member_that_stalls_mid_probe_reads_the_waiting_ack_before_accusing_its_target() {
+    let mut sim = Sim::new(3, Config::local(), 21);
+    sim.join_all();
+    sim.run_until(Duration::from_secs(10), "convergence", Sim::converged);
+    sim.in_flight.clear();
+    // n0's next direct ping, and the target's ack to it, held back as if n0 had stopped
+    // running before reading it.
+    let (target, ping) = loop {
+        sim.now += STEP;
+        let now = sim.now;
+        sim.nodes[0].tick(now);
+        let found = sim.nodes[0]
+            .take_outputs()
+            .into_iter()
+            .find_map(|out| match out {
+                Output::Packet { to, bytes }
+                    if crate::swim::message::decode_packet(&bytes)
+                        .unwrap()
+                        .iter()
+                        .any(|m| matches!(m, Message::Ping { .. })) =>
+                {
+                    Some((sim.index_of(to).unwrap(), bytes))
+                }
+                _ => None,
+            });
+        if let Some(found) = found {
+            break found;
+        }
+    };
+    sim.nodes[target]
+        .handle_packet(sim.now, sim.addrs[0], &ping)
+        .unwrap();
+    let ack = sim.nodes[target]
+        .take_outputs()
+        .into_iter()
+        .find_map(|out| match out {
+            Output::Packet { to, bytes } if to == sim.addrs[0] => Some(bytes),
+            _ => None,
+        })
+        .expect("the target answers the ping");
+    let before = sim.nodes[0].suspicions_started();
+    let fails_at = sim.nodes[0].probe.as_ref().unwrap().fails_at;
+    // n0 runs again 300 ms after the whole probe should have ended: two rounds pass
+    // before it reads what waited for it.
+    let back = fails_at + Duration::from_millis(300);
+    sim.nodes[0].tick(back);
+    sim.nodes[0].tick(back + Duration::from_millis(1));
+    sim.nodes[0]
+        .handle_packet(back + Duration::from_millis(2), sim.addrs[target], &ack)
+        .unwrap();
+    sim.nodes[0].tick(back + Duration::from_secs(2));
+    assert_eq!(
+        sim.nodes[0].suspicions_started(),
+        before,
+        "n0 suspected a live member for its own stall"
+    );
+
+    // A target that does not answer is still suspected, after the indirect window.
+    sim.down.insert(target);
+    let start = sim.nodes[0].suspicions_started();
+    sim.run_until(Duration::from_secs(10), "a suspicion", |s| {
+        s.nodes[0].suspicions_started() > start
+    });
+}
