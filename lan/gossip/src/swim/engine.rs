@@ -497,9 +497,11 @@ impl Engine {
         self.broadcast(&name, alive);
     }
 
-    /// Moves the next full state exchange to within one or two probe intervals from
-    /// `now`, or one to two seconds when the probe interval is longer (it stays sooner
-    /// if it already was), and makes it one with `seed`. A member that just joined
+    /// Moves the next full state exchange to one or two probe intervals from `now`, or
+    /// one to two seconds when the probe interval is longer, and makes it one with
+    /// `seed`. A regular exchange that was due sooner waits for it: run at once it would
+    /// be this one, too early to catch what it is for (the regular rounds start at a
+    /// random point of their interval, so one is often due in the next second). A member that just joined
     /// through `seed` calls it: its join exchange told it about the members its seed
     /// knew, and the one a moment later picks up those who joined meanwhile and whose
     /// announcements it missed, instead of waiting for the regular push-pull interval.
@@ -512,7 +514,7 @@ impl Engine {
             .probe_interval
             .min(RESYNC_AFTER)
             .mul_f64(self.rng.random_range(1.0..2.0));
-        self.next_push_pull = self.next_push_pull.min(now + delay);
+        self.next_push_pull = now + delay;
         self.resync_with = Some(seed);
     }
 

@@ -781,3 +781,21 @@ fn a_member_that_stalls_mid_probe_reads_the_waiting_ack_before_accusing_its_targ
         s.nodes[0].suspicions_started() > start
     });
 }
+
+#[test]
+fn a_resync_waits_its_delay_even_when_a_regular_exchange_was_due_sooner() {
+    let mut sim = Sim::new(2, Config::local(), 22);
+    let now = sim.now;
+    let seed = sim.addrs[1];
+    let e = &mut sim.nodes[0];
+    // The regular exchange starts at a random point of its interval: here, at once.
+    e.next_push_pull = now + Duration::from_millis(10);
+    e.resync_soon(now, seed);
+    let least = e.config.probe_interval.min(RESYNC_AFTER);
+    assert!(
+        e.next_push_pull >= now + least,
+        "the resync was pulled forward"
+    );
+    assert!(e.next_push_pull <= now + least * 2);
+    assert_eq!(e.resync_with, Some(seed));
+}
