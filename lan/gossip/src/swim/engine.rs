@@ -499,15 +499,15 @@ impl Engine {
 
     /// Moves the next full state exchange to one or two probe intervals from `now`, or
     /// one to two seconds when the probe interval is longer, and makes it one with
-    /// `seed`. A regular exchange that was due sooner waits for it: run at once it would
-    /// be this one, too early to catch what it is for (the regular rounds start at a
-    /// random point of their interval, so one is often due in the next second). A member that just joined
-    /// through `seed` calls it: its join exchange told it about the members its seed
-    /// knew, and the one a moment later picks up those who joined meanwhile and whose
-    /// announcements it missed, instead of waiting for the regular push-pull interval.
-    /// It is with the seed because the seed heard first-hand of every join made through
-    /// it, where a member picked at random may have joined a moment ago itself and know
-    /// little more than this one.
+    /// `seed`. A member that just joined through `seed` calls it: its join exchange told
+    /// it about the members its seed knew, and the one a moment later picks up those who
+    /// joined meanwhile and whose announcements it missed, instead of waiting for the
+    /// regular push-pull interval. It is with the seed because the seed heard first-hand
+    /// of every join made through it, where a member picked at random may have joined a
+    /// moment ago itself and know little more than this one. A regular exchange that was
+    /// due sooner waits for it: run at once it would be this one, too early to catch what
+    /// it is for (the regular rounds start at a random point of their interval, so one
+    /// is often due within a second).
     pub fn resync_soon(&mut self, now: Instant, seed: SocketAddr) {
         let delay = self
             .config
