@@ -130,27 +130,39 @@ impl Member {
         if let Some(caps) = spec.remote_read_caps {
             config.remote_read_caps = caps;
         }
-        let proxy = if spec.proxied {
-            // The gossip port must be known before the proxy can point at it, so it is
-            // picked here rather than by the agent.
-            let port = free_port(ip);
-            config.ports.serf_lan = port;
-            let proxy = Proxy::start(ip, SocketAddr::new(ip, port)).await;
-            config.serf_lan_advertise_port = Some(proxy.addr.port());
-            Some(proxy)
-        } else {
-            None
+        // A gossip port behind a proxy must be known before the proxy can point at it, so
+        // it is picked here rather than by the agent; another socket (a wildcard-bound
+        // one's ephemeral port) can take it before the agent binds it, and then the
+        // start is tried again with new ports.
+        let mut attempt = 0;
+        let (agent, proxy, wan_proxy) = loop {
+            attempt += 1;
+            let mut config = config.clone();
+            let proxy = if spec.proxied {
+                let port = free_port(ip);
+                config.ports.serf_lan = port;
+                let proxy = Proxy::start(ip, SocketAddr::new(ip, port)).await;
+                config.serf_lan_advertise_port = Some(proxy.addr.port());
+                Some(proxy)
+            } else {
+                None
+            };
+            let wan_proxy = if spec.proxied_wan {
+                let port = free_port(ip);
+                config.ports.serf_wan = port;
+                let proxy = Proxy::start(ip, SocketAddr::new(ip, port)).await;
+                config.serf_wan_advertise_port = Some(proxy.addr.port());
+                Some(proxy)
+            } else {
+                None
+            };
+            let picked_ahead = spec.proxied || spec.proxied_wan;
+            match Agent::start(config).await {
+                Ok(agent) => break (agent, proxy, wan_proxy),
+                Err(e) if picked_ahead && attempt < 5 && address_in_use(&e) => continue,
+                Err(e) => return Err(e),
+            }
         };
-        let wan_proxy = if spec.proxied_wan {
-            let port = free_port(ip);
-            config.ports.serf_wan = port;
-            let proxy = Proxy::start(ip, SocketAddr::new(ip, port)).await;
-            config.serf_wan_advertise_port = Some(proxy.addr.port());
-            Some(proxy)
-        } else {
-            None
-        };
-        let agent = Agent::start(config).await?;
         let http = Client::new(&agent.http_addr().unwrap().to_string()).unwrap();
         let dns = agent.dns_addr().unwrap();
         Ok(Member {
@@ -221,6 +233,15 @@ impl Member {
         out.sort();
         out
     }
+}
+
+/// Whether `e` says that an address the agent was to bind was taken.
+fn address_in_use(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+    }) || format!("{e:#}").contains("Address already in use")
 }
 
 /// A port free for both UDP and TCP on `ip` right now.
