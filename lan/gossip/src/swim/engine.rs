@@ -1004,17 +1004,14 @@ impl Engine {
     }
 
     fn tick_probe(&mut self, now: Instant) {
-        if let Some(p) = &self.probe {
+        if let Some(p) = &mut self.probe {
             if !p.indirect_sent && now >= p.indirect_at {
-                let (seq, target) = (p.seq, p.target.clone());
                 // A round that comes late means this member was not running (a pause, a
                 // starved process): the target's ack may be waiting unread. The indirect
                 // probes still get their whole window, counted from now, instead of the
                 // probe failing at the next round and blaming the target for our stall.
-                let late = now.saturating_duration_since(p.indirect_at);
-                if let Some(p) = &mut self.probe {
-                    p.fails_at += late;
-                }
+                p.fails_at += now.saturating_duration_since(p.indirect_at);
+                let (seq, target) = (p.seq, p.target.clone());
                 self.send_indirect(seq, &target);
             } else if p.indirect_sent && now >= p.fails_at {
                 let probe = self.probe.take().expect("checked above");
