@@ -139,18 +139,16 @@ impl Member {
             attempt += 1;
             let mut config = config.clone();
             let proxy = if spec.proxied {
-                let port = free_port(ip);
+                let (port, proxy) = proxied_port(ip).await;
                 config.ports.serf_lan = port;
-                let proxy = Proxy::start(ip, SocketAddr::new(ip, port)).await;
                 config.serf_lan_advertise_port = Some(proxy.addr.port());
                 Some(proxy)
             } else {
                 None
             };
             let wan_proxy = if spec.proxied_wan {
-                let port = free_port(ip);
+                let (port, proxy) = proxied_port(ip).await;
                 config.ports.serf_wan = port;
-                let proxy = Proxy::start(ip, SocketAddr::new(ip, port)).await;
                 config.serf_wan_advertise_port = Some(proxy.addr.port());
                 Some(proxy)
             } else {
@@ -235,13 +233,16 @@ impl Member {
     }
 }
 
-/// Whether `e` says that an address the agent was to bind was taken.
+/// Whether `e` says that an address the agent was to bind was taken. By its text: the
+/// WAN endpoint's bind error carries the OS error's words, not the `io::Error`.
 fn address_in_use(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
-    }) || format!("{e:#}").contains("Address already in use")
+    format!("{e:#}").contains("Address already in use")
+}
+
+/// A free port on `ip` and a fault proxy in front of it.
+async fn proxied_port(ip: IpAddr) -> (u16, Proxy) {
+    let port = free_port(ip);
+    (port, Proxy::start(ip, SocketAddr::new(ip, port)).await)
 }
 
 /// A port free for both UDP and TCP on `ip` right now.
