@@ -639,8 +639,24 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
         Ok(())
     }
 
+    /// The vote saved, as a vote that no quorum has granted yet.
+    ///
+    /// openraft reads the vote only at start, and a server whose saved vote is its own
+    /// granted one would start again as leader of that term, with no election. That is
+    /// unsafe here: a leader sends its new entries ahead of its own fsync
+    /// ([`super::ahead`]), so a leader killed before that fsync comes back without
+    /// entries a follower holds, and in the same term it would write different ones at
+    /// the same indexes. The follower would then take the two for one (same term, same
+    /// index), keep its own, and apply it. A vote read back as not granted still counts
+    /// as this server's vote in that term (it votes for no one else in it), but the server
+    /// starts as a follower, and only a new election, in a later term, makes a leader of
+    /// it; that leader's entries overwrite the lost ones on every follower.
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        self.meta(VOTE)
+        let vote: Option<Vote<NodeId>> = self.meta(VOTE)?;
+        Ok(vote.map(|v| Vote {
+            committed: false,
+            ..v
+        }))
     }
 
     async fn save_committed(
@@ -767,6 +783,20 @@ mod tests {
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(4));
         assert_eq!(state.last_log_id.map(|l| l.index), Some(4));
+    }
+
+    #[tokio::test]
+    async fn a_granted_vote_is_read_back_as_not_yet_granted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.db");
+        DiskLog::open(&path)
+            .unwrap()
+            .save_vote(&Vote::new_committed(3, 7))
+            .await
+            .unwrap();
+        // The same term and server: it still votes for no one else in term 3.
+        let mut log = DiskLog::open(&path).unwrap();
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 7)));
     }
 
     /// An entry at `index` whose encoding is about `bytes` long.

@@ -19,6 +19,8 @@ mod batch;
 mod disk;
 pub(crate) mod guard;
 mod open;
+#[cfg(test)]
+mod restart_tests;
 mod snapshot_file;
 
 pub(crate) use open::{Opened, open};
@@ -188,13 +190,6 @@ pub(crate) struct Consensus {
     /// Followers' acknowledgements of this server's leadership.
     acks: network::Acks,
     leases: Leases,
-    /// The term and last log index this server's storage held when it started. A
-    /// server that held the leadership before a restart can come back as leader of the
-    /// same term with no election and no new entry (openraft restores it), while the
-    /// commit index it saved may be behind writes it had already acknowledged; it must
-    /// not answer reads until it has applied its whole log again (see
-    /// [`Consensus::read_barrier`]).
-    restored: (u64, u64),
     /// Why Raft stopped by itself, once it has ([`Consensus::failed`]).
     failed: tokio::sync::watch::Receiver<Option<String>>,
     /// Tells when the log on disk is closed, after [`Consensus::shutdown`].
@@ -305,11 +300,21 @@ impl Consensus {
                 Err(e) => return Err(RaftStartError::Fatal(e.to_string())),
             }
         }
-        let restored = {
+        // A restarted server starts as a follower, even one that was leader (see
+        // `DiskLog::read_vote`). The only voter has no one to wait for: it stands for
+        // election at once rather than after an election timeout.
+        let alone = {
             let m = raft.metrics();
             let m = m.borrow();
-            (m.current_term, m.last_log_index.unwrap_or(0))
+            let mut voters = m.membership_config.membership().voter_ids();
+            voters.next() == Some(id) && voters.next().is_none()
         };
+        if initialized && alone {
+            raft.trigger()
+                .elect()
+                .await
+                .map_err(|e| RaftStartError::Fatal(e.to_string()))?;
+        }
         if let Some(ahead) = ahead {
             ahead.start(id, raft.clone(), network.clone(), tasks, shutdown.clone());
         }
@@ -331,7 +336,6 @@ impl Consensus {
                 writes,
                 acks,
                 leases: Leases::from(&timing),
-                restored,
                 failed,
                 closing,
                 snapshot: Arc::default(),
@@ -631,17 +635,14 @@ impl Consensus {
         match consistency {
             Consistency::Stale => Ok(meta),
             Consistency::Default if is_leader => {
-                self.caught_up_after_restart(deadline).await?;
+                self.applied_in_term(deadline).await?;
                 Ok(meta)
             }
             Consistency::Default => Err(ReadError::NoLeader),
             Consistency::Consistent => {
                 match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await {
                     Err(_) => Err(ReadError::Timeout),
-                    Ok(Ok(_)) => {
-                        self.caught_up_after_restart(deadline).await?;
-                        Ok(meta)
-                    }
+                    Ok(Ok(_)) => Ok(meta),
                     Ok(Err(RaftError::Fatal(_))) => Err(ReadError::ShuttingDown),
                     Ok(Err(RaftError::APIError(_))) if known_leader => Err(ReadError::NotReady),
                     Ok(Err(RaftError::APIError(_))) => Err(ReadError::NoLeader),
@@ -650,22 +651,22 @@ impl Consensus {
         }
     }
 
-    /// On a leader still in the term it restarted in (openraft restored its leadership
-    /// with no election), waits until everything its log held at start is applied: its
-    /// saved commit index may be behind writes it acknowledged before the restart, and
-    /// the read index openraft gives does not cover them. In any later term the new
-    /// leader's first entry commits the whole log, and this returns at once.
-    async fn caught_up_after_restart(&self, deadline: Instant) -> Result<(), ReadError> {
-        let (term, last) = self.restored;
+    /// Waits until this leader has applied an entry of its own term: the first one
+    /// commits every entry before it, writes acknowledged by an earlier leader (or by
+    /// this server before a restart) among them. Until then its catalog may lack them.
+    async fn applied_in_term(&self, deadline: Instant) -> Result<(), ReadError> {
         let mut metrics = self.raft.metrics();
         loop {
             {
                 let m = metrics.borrow_and_update();
-                if m.current_term != term
-                    || m.last_applied.map_or(0, |l| l.index) >= last
+                if m.last_applied
+                    .is_some_and(|l| l.leader_id.term >= m.current_term)
                     || m.running_state.is_err()
                 {
                     return Ok(());
+                }
+                if m.current_leader != Some(self.id) {
+                    return Err(ReadError::NoLeader);
                 }
             }
             match tokio::time::timeout_at(deadline, metrics.changed()).await {
