@@ -24,6 +24,13 @@
 //! of order as any delayed AppendEntries: it refuses or ignores it. When a queue is
 //! full, or the entry before a batch is not known here (after a truncation, at start),
 //! the batch simply goes the usual way, later.
+//!
+//! **The one new duty.** A leader killed before its fsync comes back without entries a
+//! follower may hold. It must never write in that term again: it would put other
+//! entries under the same term and index, and the follower, taking the two for one,
+//! would keep and apply its own. openraft would restore it as leader of that term, so
+//! the log on disk reads a saved vote back as not yet granted (`DiskLog::read_vote`),
+//! and a restarted server leads only after winning a later term.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
