@@ -5,6 +5,9 @@
 //! The servers run openraft with the real log ([`DiskLog`]) and state machine, and call
 //! each other's Raft directly: the server port's transport is not what is under test.
 
+// openraft's `RPCError` is what its network trait returns; the helpers return it too.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
