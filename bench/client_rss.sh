@@ -59,6 +59,18 @@ else
   BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/proconsul"
 fi
 
+# How much of the function order the binary still has: names go stale when dependencies
+# or the code an idle client runs change (BENCHMARKS.md, "Where a client's memory goes").
+if [ -z "$ORDER" ] && [ -f "$ROOT/link/client.order" ] && command -v nm >/dev/null; then
+  listed=$(grep -c . "$ROOT/link/client.order")
+  found=$(nm "$BIN" 2>/dev/null | awk '{print $NF}' | sort -u \
+    | comm -12 - <(sort -u "$ROOT/link/client.order") | wc -l)
+  echo "link/client.order: $found of $listed functions are in the binary" >&2
+  if [ $((found * 100)) -lt $((listed * 97)) ]; then
+    echo "  stale: make it again (IDLE_SECONDS=60 bench/client_rss.sh --order link/client.order) and rebuild" >&2
+  fi
+fi
+
 BENCH_NAME=client_rss
 # shellcheck source=bench/lib/dev_agent.sh
 . "$ROOT/bench/lib/dev_agent.sh"
