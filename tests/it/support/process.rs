@@ -37,6 +37,8 @@ pub fn run_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
 pub struct Proc {
     child: Option<Child>,
     lines: Arc<Mutex<Vec<String>>>,
+    /// The threads reading stdout and stderr into `lines`.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -61,21 +63,23 @@ impl Proc {
             .spawn()
             .unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
             Box::new(child.stderr.take().unwrap()),
         ] {
             let lines = lines.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines() {
                     let Ok(line) = line else { break };
                     lines.lock().unwrap().push(line);
                 }
-            });
+            }));
         }
         Proc {
             child: Some(child),
             lines,
+            readers,
         }
     }
 
@@ -120,13 +124,18 @@ impl Proc {
         assert!(status.success());
     }
 
-    /// Waits for the process to exit.
+    /// Waits for the process to exit, and then for what it wrote to be read (for a
+    /// few seconds at most: a child it left behind may hold its output open).
     pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         let child = self.child.as_mut().unwrap();
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 self.child = None;
+                let read_by = Instant::now() + Duration::from_secs(5);
+                while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < read_by {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 return status;
             }
             if Instant::now() > deadline {
