@@ -10,8 +10,10 @@
 //! [`RemoteTokens`] the gateway lends it, and keeps the answer for `token_ttl`. When the
 //! primary cannot be asked, `down_policy` decides: `extend-cache` keeps what the primary
 //! said last, at any age, and denies tokens it never saw; `allow` and `deny` as named.
-//! A token revoked in the primary thus stops working in a secondary within `token_ttl`
-//! (or at once with token replication, once the revocation is copied). The agent's own work
+//! A token revoked in the primary thus stops working in a secondary within `token_ttl`.
+//! With token replication, once the secondary's tables hold the primary's tokens, they
+//! are the word on every token, as in Consul: a token they do not hold is unknown, and
+//! a revocation takes effect once it is copied. The agent's own work
 //! ([`Principal::Agent`]) is not checked on a server; a client agent sends its agent
 //! token for it.
 
@@ -219,7 +221,7 @@ impl Acl {
         };
         self.resolver.get()?;
         let primary = self.config.primary_datacenter.as_deref()?;
-        if primary == self.datacenter {
+        if primary == self.datacenter || self.copies_tokens(catalog) {
             return None;
         }
         let acl_index = catalog.read(|s| s.indexes().acl);
@@ -234,6 +236,13 @@ impl Acl {
         }
         let held = catalog.read(|s| s.acl().resolve(secret, now_ns(), &self.datacenter));
         held.is_none().then_some(&**secret)
+    }
+
+    /// Whether this server's tables hold the primary's tokens, copied by token
+    /// replication: then a token they do not hold is unknown, whatever the primary said
+    /// of it before.
+    fn copies_tokens(&self, catalog: &Catalog) -> bool {
+        self.config.token_replication && catalog.read(|s| s.acl().holds_global_tokens())
     }
 
     /// Before a request is checked: on a server of a secondary, a token its tables do
@@ -304,6 +313,7 @@ impl Acl {
             }),
             // On a secondary: what the primary said (a `down_policy` decision to allow
             // is passed on as a management grant; one to deny as an unknown token).
+            None if self.copies_tokens(catalog) => None,
             None => match self.resolver.get().and(self.remote.get(secret)) {
                 Some((_, Said::Primary(grant))) => grant,
                 Some((_, Said::Down(true))) => Some(Grant {
@@ -355,6 +365,7 @@ impl Acl {
             ),
             // Not here: what the primary said of it, on a secondary (not cached here:
             // that answer has its own lifetime).
+            None if self.copies_tokens(catalog) => return Err(NotFound),
             None => {
                 return self
                     .remote_caller(secret)

@@ -207,6 +207,16 @@ impl AclTables {
         (expired, next)
     }
 
+    /// Whether a global token other than the anonymous one is held. A secondary gets
+    /// those only by token replication (a global token made through it is made in the
+    /// primary), so there this says replication has copied the primary's tokens. Stops at
+    /// the first such token.
+    pub fn holds_global_tokens(&self) -> bool {
+        self.tokens
+            .values()
+            .any(|t| !t.local && t.accessor_id != ANONYMOUS_ACCESSOR)
+    }
+
     /// Whether a token holds this SecretID.
     pub fn has_secret(&self, secret: &str) -> bool {
         self.by_secret.contains_key(secret)
