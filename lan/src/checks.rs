@@ -437,7 +437,11 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         assert_eq!(tcp_check(&addr).await.0, Health::Passing);
-        drop(listener);
+        // A port bound but not listening refuses connections, and, held, cannot be
+        // taken by another test meanwhile (a port let go could be).
+        let closed = tokio::net::TcpSocket::new_v4().unwrap();
+        closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = closed.local_addr().unwrap().to_string();
         assert_eq!(tcp_check(&addr).await.0, Health::Critical);
     }
 
