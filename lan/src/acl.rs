@@ -214,14 +214,15 @@ impl Acl {
     }
 
     /// Whether `principal`'s token must be asked of the primary: this is a server of a
-    /// secondary that can ask, and its tables do not hold the token.
+    /// secondary that can ask, its tables do not hold the token, and they do not hold
+    /// the primary's tokens either (by token replication).
     fn asks_primary<'p>(&self, catalog: &Catalog, principal: &'p Principal) -> Option<&'p str> {
         let Principal::Token(secret) = principal else {
             return None;
         };
         self.resolver.get()?;
         let primary = self.config.primary_datacenter.as_deref()?;
-        if primary == self.datacenter || self.copies_tokens(catalog) {
+        if primary == self.datacenter {
             return None;
         }
         let acl_index = catalog.read(|s| s.indexes().acl);
@@ -235,7 +236,7 @@ impl Acl {
             return None;
         }
         let held = catalog.read(|s| s.acl().resolve(secret, now_ns(), &self.datacenter));
-        held.is_none().then_some(&**secret)
+        (held.is_none() && !self.copies_tokens(catalog)).then_some(&**secret)
     }
 
     /// Whether this server's tables hold the primary's tokens, copied by token
